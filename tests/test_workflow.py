@@ -1,0 +1,219 @@
+"""The migration workflow on a real Temporal dev server, with real SQLite, FAISS and hnswlib."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import pytest
+from temporalio.client import Client
+
+from control.client import MigrationClient
+from tests.conftest import Sandbox, running_worker
+from vecmigrate.lifecycle import MigrationStatus, Phase
+from vecmigrate.routing import Router
+
+
+async def wait_for(
+    mc: MigrationClient,
+    mid: str,
+    ok: Callable[[MigrationStatus], bool],
+    timeout: float = 60.0,
+) -> MigrationStatus:
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = await mc.status(mid)
+        if ok(last):
+            return last
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"condition not reached; last status: {last}")
+
+
+def phases_entered(sandbox: Sandbox, mid: str) -> list[str]:
+    return [e.data["to"] for e in sandbox.catalog.entries(mid) if e.kind == "phase"]
+
+
+async def test_happy_path_automatic_cutover(client: Client, sandbox: Sandbox) -> None:
+    vectors = sandbox.seed(3000)
+    spec = sandbox.spec()
+    async with running_worker(client, sandbox) as queue:
+        mc = MigrationClient(client, queue)
+        mid = await mc.start(spec, operator="alice")
+        final = await mc.result(mid)
+    assert final.phase == Phase.COMPLETED
+    assert phases_entered(sandbox, mid) == [
+        "PREPARING",
+        "BACKFILLING",
+        "BUILDING_INDEX",
+        "VALIDATING",
+        "AWAITING_CUTOVER",
+        "CUT_OVER",
+        "BAKING",
+        "FINALIZING",
+        "COMPLETED",
+    ]
+    # Every record reached the target, shard by shard.
+    assert sum(s.copied for s in final.shards) == 3000
+    assert all(s.copied == s.total for s in final.shards)
+    assert final.gates is not None
+    assert final.gates.passed
+    assert final.gates.target_recall is not None
+    assert final.gates.target_recall >= 0.8
+    # Routing switched, by compare-and-set, and reads now come from the target's HNSW index.
+    routing = sandbox.catalog.get_routing("default", "docs")
+    assert routing is not None
+    assert routing.read_version == "v2"
+    assert routing.write_versions == ["v2"]
+    assert routing.read_index == final.index_version
+    result = Router(sandbox.catalog).search("default", "docs", vectors[:5], 3)
+    assert result.version == "v2"
+    assert result.ids[:, 0].tolist() == [1, 2, 3, 4, 5]
+    assert sandbox.catalog.find_version("default", "docs", "v1").state == "retained"
+    assert sandbox.catalog.verify_ledger() == []
+
+
+async def test_manual_cutover_waits_for_approval(client: Client, sandbox: Sandbox) -> None:
+    sandbox.seed()
+    spec = sandbox.spec(cutover={"mode": "manual", "bake_seconds": 0.2})
+    async with running_worker(client, sandbox) as queue:
+        mc = MigrationClient(client, queue)
+        mid = await mc.start(spec)
+        st = await wait_for(mc, mid, lambda s: s.phase == Phase.AWAITING_CUTOVER)
+        assert st.blocked_reason == "waiting for approve_cutover"
+        await asyncio.sleep(1.0)
+        assert (await mc.status(mid)).phase == Phase.AWAITING_CUTOVER
+        assert sandbox.catalog.get_routing("default", "docs").read_version == "v1"
+        await mc.signal(mid, "approve_cutover", operator="bob", reason="gates green")
+        final = await mc.result(mid)
+    assert final.phase == Phase.COMPLETED
+    approvals = [a for a in final.operators if a.action == "approve_cutover"]
+    assert [(a.operator, a.reason) for a in approvals] == [("bob", "gates green")]
+    ledger = sandbox.catalog.entries(mid)
+    assert any(e.kind == "operator" and e.actor == "bob" for e in ledger)
+    cut = [e for e in ledger if e.kind == "phase" and e.data["to"] == "CUT_OVER"]
+    assert cut[0].actor == "bob"
+    routed = [e for e in ledger if e.kind == "routing.changed"]
+    assert routed[0].actor == "bob"
+    assert routed[0].data["read_version"] == "v2"
+
+
+@pytest.mark.parametrize("phase", [Phase.BACKFILLING, Phase.AWAITING_CUTOVER, Phase.BAKING])
+async def test_rollback_at_phase(client: Client, sandbox: Sandbox, phase: Phase) -> None:
+    sandbox.seed()
+    # A long bake keeps BAKING observable; manual cut-over holds AWAITING_CUTOVER.
+    mode = "automatic" if phase == Phase.BAKING else "manual"
+    spec = sandbox.spec(cutover={"mode": mode, "bake_seconds": 3600}, batch_size=50)
+    async with running_worker(client, sandbox) as queue:
+        mc = MigrationClient(client, queue)
+        mid = await mc.start(spec)
+        await wait_for(mc, mid, lambda s: s.phase == phase)
+        if phase == Phase.BAKING:
+            assert sandbox.catalog.get_routing("default", "docs").read_version == "v2"
+        await mc.signal(mid, "rollback", operator="carol", reason="p99 regression")
+        final = await mc.result(mid)
+    assert final.phase == Phase.ROLLED_BACK
+    routing = sandbox.catalog.get_routing("default", "docs")
+    assert routing.read_version == "v1"
+    assert routing.write_versions == ["v1"]
+    assert routing.read_index is not None
+    assert "@v1/" in routing.read_index
+    assert sandbox.catalog.find_version("default", "docs", "v2").state == "abandoned"
+    assert phases_entered(sandbox, mid)[-2:] == ["ROLLING_BACK", "ROLLED_BACK"]
+
+
+async def test_abort_leaves_routing(client: Client, sandbox: Sandbox) -> None:
+    sandbox.seed()
+    spec = sandbox.spec(cutover={"mode": "manual", "bake_seconds": 1})
+    async with running_worker(client, sandbox) as queue:
+        mc = MigrationClient(client, queue)
+        mid = await mc.start(spec)
+        await wait_for(mc, mid, lambda s: s.phase == Phase.AWAITING_CUTOVER)
+        await mc.signal(mid, "abort", operator="dave", reason="wrong window")
+        final = await mc.result(mid)
+    assert final.phase == Phase.ABORTED
+    assert sandbox.catalog.get_routing("default", "docs").read_version == "v1"
+    assert final.operators[-1].operator == "dave"
+
+
+async def test_pause_then_resume(client: Client, sandbox: Sandbox) -> None:
+    sandbox.seed(3000)
+    spec = sandbox.spec(batch_size=100, max_parallel_shards=1, shards={"count": 6})
+    async with running_worker(client, sandbox) as queue:
+        mc = MigrationClient(client, queue)
+        mid = await mc.start(spec)
+        await mc.signal(mid, "pause", operator="erin", reason="peak traffic")
+        st = await wait_for(mc, mid, lambda s: s.paused)
+        assert "erin" in st.pause_reason
+        # Paused: the phase stops moving and no new shard starts.
+        await asyncio.sleep(1.5)
+        held = await mc.status(mid)
+        await asyncio.sleep(1.0)
+        later = await mc.status(mid)
+        assert later.phase == held.phase
+        assert later.copied() == held.copied()
+        assert later.phase in (Phase.PREPARING, Phase.BACKFILLING)
+        await mc.signal(mid, "resume", operator="erin")
+        final = await mc.result(mid)
+    assert final.phase == Phase.COMPLETED
+    assert [a.action for a in final.operators] == ["pause", "resume"]
+
+
+async def test_failed_gate_blocks_cutover(client: Client, sandbox: Sandbox) -> None:
+    sandbox.seed()
+    # ef_search 1 and M 2 make a poor graph; a recall floor of 0.999 cannot be met.
+    spec = sandbox.spec(
+        target=sandbox.version(
+            "v2", {"kind": "hnswlib_hnsw", "m": 2, "ef_search": 1, "ef_construction": 4}
+        ).model_dump(mode="json"),
+        gates={"min_recall": 0.999, "sample_queries": 50},
+        cutover={"mode": "manual", "bake_seconds": 0.2},
+    )
+    async with running_worker(client, sandbox) as queue:
+        mc = MigrationClient(client, queue)
+        mid = await mc.start(spec)
+        st = await wait_for(mc, mid, lambda s: s.paused and s.gates is not None)
+        assert st.phase == Phase.VALIDATING
+        assert "recall@10" in st.blocked_reason
+        assert "cut-over is blocked" in st.blocked_reason
+        await mc.signal(mid, "approve_cutover", operator="frank")
+        await asyncio.sleep(1.0)
+        st = await mc.status(mid)
+        assert st.phase == Phase.VALIDATING
+        assert sandbox.catalog.get_routing("default", "docs").read_version == "v1"
+        await mc.signal(mid, "rollback", operator="frank", reason="recall too low")
+        final = await mc.result(mid)
+    assert final.phase == Phase.ROLLED_BACK
+    gates = [e for e in sandbox.catalog.entries(mid) if e.kind == "gate"]
+    assert gates
+    assert gates[0].data["passed"] is False
+
+
+async def test_failed_gate_rolls_back_when_policy_says(client: Client, sandbox: Sandbox) -> None:
+    sandbox.seed()
+    spec = sandbox.spec(
+        target=sandbox.version(
+            "v2", {"kind": "hnswlib_hnsw", "m": 2, "ef_search": 1, "ef_construction": 4}
+        ).model_dump(mode="json"),
+        gates={"min_recall": 0.999, "sample_queries": 50, "on_failure": "rollback"},
+    )
+    async with running_worker(client, sandbox) as queue:
+        mc = MigrationClient(client, queue)
+        final = await mc.result(await mc.start(spec))
+    assert final.phase == Phase.ROLLED_BACK
+    assert sandbox.catalog.get_routing("default", "docs").read_version == "v1"
+
+
+async def test_precondition_failure_pauses_with_reason(client: Client, sandbox: Sandbox) -> None:
+    sandbox.seed()
+    spec = sandbox.spec(collection="nope")
+    async with running_worker(client, sandbox) as queue:
+        mc = MigrationClient(client, queue)
+        mid = await mc.start(spec)
+        st = await wait_for(mc, mid, lambda s: s.paused)
+        assert st.phase == Phase.PREPARING
+        assert "source version 'v1' of default/nope is not in the catalog" in st.error
+        await mc.signal(mid, "abort", operator="gil")
+        final = await mc.result(mid)
+    assert final.phase == Phase.ABORTED

@@ -1,0 +1,693 @@
+"""The catalog: schema registry, versions, routing, migrations and the provenance ledger.
+
+SQLAlchemy 2 Core over any URL; SQLite by default. Every write is idempotent or guarded:
+
+* registrations are upserts keyed by natural ids;
+* the routing row changes only by compare-and-set on its ``generation``, and a change carries a
+  ``change_key`` so a retried change that already applied is recognised, not repeated;
+* the ledger is append-only (database triggers refuse UPDATE and DELETE) and hash-chained: each
+  entry stores the hash of the previous one, and ``prev_hash`` is unique, so two concurrent
+  appends cannot both extend the same entry. An ``event_key`` makes an append idempotent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    event,
+    select,
+    text,
+)
+from sqlalchemy.exc import IntegrityError
+
+from vecmigrate.errors import NotFoundError, PreconditionError, RoutingConflictError
+from vecmigrate.lifecycle import RoutingView
+from vecmigrate.spec import EmbeddingSchema, IndexSpec, MigrationSpec
+from vecmigrate.sql import engine_for
+
+metadata = MetaData()
+
+collections = Table(
+    "collections",
+    metadata,
+    Column("tenant", String(64), primary_key=True),
+    Column("name", String(64), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+embedding_schemas = Table(
+    "embedding_schemas",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("model_id", String(200), nullable=False),
+    Column("model_version", String(64), nullable=False),
+    Column("dimension", Integer, nullable=False),
+    Column("metric", String(16), nullable=False),
+    Column("normalized", Boolean, nullable=False),
+)
+
+vector_versions = Table(
+    "vector_versions",
+    metadata,
+    Column("tenant", String(64), primary_key=True),
+    Column("collection", String(64), primary_key=True),
+    Column("version", String(64), primary_key=True),
+    Column("embedding_schema", String(64), nullable=False),
+    Column("store", JSON, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("migration_id", String(200)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+index_versions = Table(
+    "index_versions",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("tenant", String(64), nullable=False),
+    Column("collection", String(64), nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("spec", JSON, nullable=False),
+    Column("artifacts", JSON, nullable=False),
+    Column("checksum", String(64), nullable=False),
+    Column("migration_id", String(200)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+routing = Table(
+    "routing",
+    metadata,
+    Column("tenant", String(64), primary_key=True),
+    Column("collection", String(64), primary_key=True),
+    Column("read_version", String(64)),
+    Column("read_index", String(200)),
+    Column("write_versions", JSON, nullable=False),
+    Column("generation", Integer, nullable=False),
+    Column("change_key", String(300)),
+    Column("updated_by", String(200)),
+    Column("reason", Text),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+migrations = Table(
+    "migrations",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("tenant", String(64), nullable=False),
+    Column("collection", String(64), nullable=False),
+    Column("source_version", String(64), nullable=False),
+    Column("target_version", String(64), nullable=False),
+    Column("spec", JSON, nullable=False),
+    Column("spec_hash", String(64), nullable=False),
+    Column("phase", String(32), nullable=False),
+    Column("requested_by", String(200)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+ledger = Table(
+    "ledger",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("migration_id", String(200)),
+    Column("tenant", String(64), nullable=False),
+    Column("collection", String(64), nullable=False),
+    Column("at", String(40), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("event_key", String(300), unique=True),
+    Column("data", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False, unique=True),
+    Column("hash", String(64), nullable=False, unique=True),
+)
+
+GENESIS = "0" * 64
+
+_APPEND_ONLY_SQLITE = [
+    "CREATE TRIGGER IF NOT EXISTS ledger_no_update BEFORE UPDATE ON ledger "
+    "BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END",
+    "CREATE TRIGGER IF NOT EXISTS ledger_no_delete BEFORE DELETE ON ledger "
+    "BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END",
+]
+_APPEND_ONLY_POSTGRES = [
+    "CREATE OR REPLACE FUNCTION vecmigrate_ledger_append_only() RETURNS trigger AS $$ "
+    "BEGIN RAISE EXCEPTION 'the ledger is append-only'; END $$ LANGUAGE plpgsql",
+    "DROP TRIGGER IF EXISTS ledger_append_only ON ledger",
+    "CREATE TRIGGER ledger_append_only BEFORE UPDATE OR DELETE ON ledger "
+    "FOR EACH ROW EXECUTE FUNCTION vecmigrate_ledger_append_only()",
+]
+
+
+@event.listens_for(ledger, "after_create")
+def _ledger_append_only(target: Table, connection: Any, **_: Any) -> None:
+    name = connection.dialect.name
+    statements = {"sqlite": _APPEND_ONLY_SQLITE, "postgresql": _APPEND_ONLY_POSTGRES}.get(name, [])
+    for stmt in statements:
+        connection.execute(text(stmt))
+
+
+def now() -> datetime:
+    """Current UTC time (the catalog's clock; never used inside workflows)."""
+    return datetime.now(UTC)
+
+
+def schema_id(schema: EmbeddingSchema) -> str:
+    """Content id of an embedding schema."""
+    canonical = json.dumps(schema.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def entry_hash(prev_hash: str, body: dict[str, Any]) -> str:
+    """Hash of a ledger entry: its canonical body chained to the previous entry's hash."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256((prev_hash + canonical).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One ledger row."""
+
+    seq: int
+    migration_id: str | None
+    tenant: str
+    collection: str
+    at: str
+    actor: str
+    kind: str
+    event_key: str | None
+    data: dict[str, Any]
+    prev_hash: str
+    hash: str
+
+    def body(self) -> dict[str, Any]:
+        """The hashed part of the entry."""
+        return {
+            "migration_id": self.migration_id,
+            "tenant": self.tenant,
+            "collection": self.collection,
+            "at": self.at,
+            "actor": self.actor,
+            "kind": self.kind,
+            "event_key": self.event_key,
+            "data": self.data,
+        }
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """A registered vector version."""
+
+    tenant: str
+    collection: str
+    version: str
+    embedding: EmbeddingSchema
+    store: dict[str, Any]
+    state: str
+    migration_id: str | None
+
+
+@dataclass(frozen=True)
+class IndexVersionRecord:
+    """A registered index version: its spec and per-shard artifacts."""
+
+    id: str
+    tenant: str
+    collection: str
+    version: str
+    spec: dict[str, Any]
+    artifacts: list[dict[str, Any]]
+    checksum: str
+
+
+class Catalog:
+    """The catalog at one SQLAlchemy URL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine: Engine = engine_for(url)
+        metadata.create_all(self.engine)
+
+    def _insert_ignoring_duplicate(self, stmt: Any) -> None:
+        """Run an insert; a duplicate key means a concurrent writer got there first."""
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(stmt)
+        except IntegrityError:
+            pass
+
+    # -- collections and versions -------------------------------------------------------------
+
+    def ensure_collection(self, tenant: str, name: str) -> None:
+        """Register a collection (no-op if it exists)."""
+        with self.engine.connect() as conn:
+            exists = conn.execute(
+                select(collections.c.name).where(
+                    (collections.c.tenant == tenant) & (collections.c.name == name)
+                )
+            ).first()
+        if exists is None:
+            self._insert_ignoring_duplicate(
+                collections.insert().values(tenant=tenant, name=name, created_at=now())
+            )
+
+    def register_version(
+        self,
+        tenant: str,
+        collection: str,
+        version: str,
+        embedding: EmbeddingSchema,
+        store: dict[str, Any],
+        state: str,
+        migration_id: str | None = None,
+    ) -> VersionRecord:
+        """Register a vector version and its schema; an existing version is returned unchanged.
+
+        Raises:
+            PreconditionError: the version exists with another embedding schema.
+        """
+        self.ensure_collection(tenant, collection)
+        sid = schema_id(embedding)
+        with self.engine.connect() as conn:
+            known = conn.execute(
+                select(embedding_schemas.c.id).where(embedding_schemas.c.id == sid)
+            ).first()
+        if known is None:
+            self._insert_ignoring_duplicate(
+                embedding_schemas.insert().values(
+                    id=sid,
+                    model_id=embedding.model_id,
+                    model_version=embedding.model_version,
+                    dimension=embedding.dimension,
+                    metric=str(embedding.metric),
+                    normalized=embedding.normalized,
+                )
+            )
+        existing = self.find_version(tenant, collection, version)
+        if existing is not None:
+            if existing.embedding != embedding:
+                raise PreconditionError(
+                    f"version {version!r} of {tenant}/{collection} is registered with "
+                    f"{_describe(existing.embedding)}, not {_describe(embedding)}: "
+                    "fix the spec or choose a new version name"
+                )
+            return existing
+        self._insert_ignoring_duplicate(
+            vector_versions.insert().values(
+                tenant=tenant,
+                collection=collection,
+                version=version,
+                embedding_schema=sid,
+                store=store,
+                state=state,
+                migration_id=migration_id,
+                created_at=now(),
+                updated_at=now(),
+            )
+        )
+        found = self.find_version(tenant, collection, version)
+        assert found is not None
+        return found
+
+    def find_version(self, tenant: str, collection: str, version: str) -> VersionRecord | None:
+        """A registered version, or None."""
+        q = (
+            select(vector_versions, embedding_schemas)
+            .join(embedding_schemas, embedding_schemas.c.id == vector_versions.c.embedding_schema)
+            .where(
+                (vector_versions.c.tenant == tenant)
+                & (vector_versions.c.collection == collection)
+                & (vector_versions.c.version == version)
+            )
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(q).mappings().first()
+        if row is None:
+            return None
+        return VersionRecord(
+            tenant=row["tenant"],
+            collection=row["collection"],
+            version=row["version"],
+            embedding=EmbeddingSchema(
+                model_id=row["model_id"],
+                model_version=row["model_version"],
+                dimension=row["dimension"],
+                metric=row["metric"],
+                normalized=row["normalized"],
+            ),
+            store=dict(row["store"]),
+            state=row["state"],
+            migration_id=row["migration_id"],
+        )
+
+    def set_version_state(self, tenant: str, collection: str, version: str, state: str) -> None:
+        """Move a version to a new state (building, ready, serving, retained, abandoned)."""
+        with self.engine.begin() as conn:
+            n = conn.execute(
+                vector_versions.update()
+                .where(
+                    (vector_versions.c.tenant == tenant)
+                    & (vector_versions.c.collection == collection)
+                    & (vector_versions.c.version == version)
+                )
+                .values(state=state, updated_at=now())
+            ).rowcount
+        if n == 0:
+            raise NotFoundError(f"version {version!r} of {tenant}/{collection} is not registered")
+
+    # -- index versions ----------------------------------------------------------------------
+
+    def register_index(
+        self,
+        index_id: str,
+        tenant: str,
+        collection: str,
+        version: str,
+        spec: IndexSpec,
+        artifacts: list[dict[str, Any]],
+        migration_id: str | None = None,
+    ) -> IndexVersionRecord:
+        """Register an index version (idempotent on ``index_id``)."""
+        digest = hashlib.sha256(
+            json.dumps(sorted(a["sha256"] for a in artifacts)).encode()
+        ).hexdigest()
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(index_versions.c.id).where(index_versions.c.id == index_id)
+            ).first()
+        if row is None:
+            self._insert_ignoring_duplicate(
+                index_versions.insert().values(
+                    id=index_id,
+                    tenant=tenant,
+                    collection=collection,
+                    version=version,
+                    spec=spec.model_dump(mode="json"),
+                    artifacts=artifacts,
+                    checksum=digest,
+                    migration_id=migration_id,
+                    created_at=now(),
+                )
+            )
+        return self.get_index(index_id)
+
+    def get_index(self, index_id: str) -> IndexVersionRecord:
+        """A registered index version.
+
+        Raises:
+            NotFoundError: no such index version.
+        """
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(select(index_versions).where(index_versions.c.id == index_id))
+                .mappings()
+                .first()
+            )
+        if row is None:
+            raise NotFoundError(f"index version {index_id!r} is not registered")
+        return IndexVersionRecord(
+            id=row["id"],
+            tenant=row["tenant"],
+            collection=row["collection"],
+            version=row["version"],
+            spec=dict(row["spec"]),
+            artifacts=list(row["artifacts"]),
+            checksum=row["checksum"],
+        )
+
+    # -- routing -----------------------------------------------------------------------------
+
+    def get_routing(self, tenant: str, collection: str) -> RoutingView | None:
+        """The routing row of a collection, or None if it has none yet."""
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(
+                    select(routing).where(
+                        (routing.c.tenant == tenant) & (routing.c.collection == collection)
+                    )
+                )
+                .mappings()
+                .first()
+            )
+        if row is None:
+            return None
+        return RoutingView(
+            read_version=row["read_version"],
+            read_index=row["read_index"],
+            write_versions=list(row["write_versions"]),
+            generation=row["generation"],
+        )
+
+    def init_routing(
+        self,
+        tenant: str,
+        collection: str,
+        read_version: str,
+        read_index: str | None,
+        actor: str,
+    ) -> RoutingView:
+        """Create the routing row of a new collection (generation 1); existing rows win."""
+        self._insert_ignoring_duplicate(
+            routing.insert().values(
+                tenant=tenant,
+                collection=collection,
+                read_version=read_version,
+                read_index=read_index,
+                write_versions=[read_version],
+                generation=1,
+                change_key=f"init:{tenant}/{collection}",
+                updated_by=actor,
+                reason="collection created",
+                updated_at=now(),
+            )
+        )
+        view = self.get_routing(tenant, collection)
+        assert view is not None
+        return view
+
+    def compare_and_set_routing(
+        self,
+        tenant: str,
+        collection: str,
+        expected_generation: int,
+        read_version: str | None,
+        read_index: str | None,
+        write_versions: list[str],
+        actor: str,
+        reason: str,
+        change_key: str,
+    ) -> RoutingView:
+        """Switch routing atomically if nobody changed it since ``expected_generation``.
+
+        Raises:
+            RoutingConflictError: the row moved on (someone else changed routing).
+            NotFoundError: the collection has no routing row.
+        """
+        where = (routing.c.tenant == tenant) & (routing.c.collection == collection)
+        with self.engine.begin() as conn:
+            current = conn.execute(select(routing).where(where)).mappings().first()
+            if current is None:
+                raise NotFoundError(f"{tenant}/{collection} has no routing row; seed it first")
+            if current["change_key"] == change_key:
+                return self._view(current)
+            n = conn.execute(
+                routing.update()
+                .where(where & (routing.c.generation == expected_generation))
+                .values(
+                    read_version=read_version,
+                    read_index=read_index,
+                    write_versions=write_versions,
+                    generation=expected_generation + 1,
+                    change_key=change_key,
+                    updated_by=actor,
+                    reason=reason,
+                    updated_at=now(),
+                )
+            ).rowcount
+            if n != 1:
+                raise RoutingConflictError(
+                    f"routing of {tenant}/{collection} is at generation {current['generation']}, "
+                    f"not {expected_generation}: someone else changed it ({current['updated_by']}: "
+                    f"{current['reason']}); check `vecmigrate status` before retrying"
+                )
+        view = self.get_routing(tenant, collection)
+        assert view is not None
+        return view
+
+    @staticmethod
+    def _view(row: Any) -> RoutingView:
+        return RoutingView(
+            read_version=row["read_version"],
+            read_index=row["read_index"],
+            write_versions=list(row["write_versions"]),
+            generation=row["generation"],
+        )
+
+    # -- migrations --------------------------------------------------------------------------
+
+    def record_migration(self, spec: MigrationSpec, phase: str, requested_by: str) -> None:
+        """Register a migration (idempotent) or update its phase."""
+        mid = spec.migration_id
+        with self.engine.begin() as conn:
+            row = conn.execute(select(migrations.c.id).where(migrations.c.id == mid)).first()
+            if row is None:
+                conn.execute(
+                    migrations.insert().values(
+                        id=mid,
+                        tenant=spec.tenant,
+                        collection=spec.collection,
+                        source_version=spec.source.name,
+                        target_version=spec.target.name,
+                        spec=spec.model_dump(mode="json"),
+                        spec_hash=spec.spec_hash(),
+                        phase=phase,
+                        requested_by=requested_by,
+                        created_at=now(),
+                        updated_at=now(),
+                    )
+                )
+            else:
+                conn.execute(
+                    migrations.update()
+                    .where(migrations.c.id == mid)
+                    .values(phase=phase, updated_at=now())
+                )
+
+    def set_migration_phase(self, migration_id: str, phase: str) -> None:
+        """Record a migration's current phase."""
+        with self.engine.begin() as conn:
+            conn.execute(
+                migrations.update()
+                .where(migrations.c.id == migration_id)
+                .values(phase=phase, updated_at=now())
+            )
+
+    def get_migration(self, migration_id: str) -> dict[str, Any]:
+        """A migration row as a mapping.
+
+        Raises:
+            NotFoundError: unknown migration id.
+        """
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(select(migrations).where(migrations.c.id == migration_id))
+                .mappings()
+                .first()
+            )
+        if row is None:
+            raise NotFoundError(f"no migration {migration_id!r} in the catalog")
+        return dict(row)
+
+    # -- ledger ------------------------------------------------------------------------------
+
+    def append(
+        self,
+        *,
+        tenant: str,
+        collection: str,
+        kind: str,
+        actor: str,
+        data: dict[str, Any] | None = None,
+        migration_id: str | None = None,
+        event_key: str | None = None,
+        at: datetime | None = None,
+    ) -> LedgerEntry:
+        """Append one entry; with an ``event_key`` already present, return that entry instead."""
+        for _ in range(50):
+            if event_key is not None:
+                existing = self._entry_by_key(event_key)
+                if existing is not None:
+                    return existing
+            with self.engine.connect() as conn:
+                last = conn.execute(
+                    select(ledger.c.hash).order_by(ledger.c.seq.desc()).limit(1)
+                ).first()
+            prev = last[0] if last is not None else GENESIS
+            body = {
+                "migration_id": migration_id,
+                "tenant": tenant,
+                "collection": collection,
+                "at": (at or now()).isoformat(),
+                "actor": actor,
+                "kind": kind,
+                "event_key": event_key,
+                "data": json.loads(json.dumps(data or {}, default=str)),
+            }
+            digest = entry_hash(prev, body)
+            try:
+                with self.engine.begin() as conn:
+                    seq = conn.execute(
+                        ledger.insert().values(
+                            **{**body, "data": json.dumps(body["data"], sort_keys=True)},
+                            prev_hash=prev,
+                            hash=digest,
+                        )
+                    ).inserted_primary_key
+            except IntegrityError:
+                continue  # another writer extended the chain (or wrote this key): read again
+            assert seq is not None
+            return LedgerEntry(seq=int(seq[0]), prev_hash=prev, hash=digest, **body)
+        raise RuntimeError("could not append to the ledger after 50 attempts")
+
+    def _entry_by_key(self, event_key: str) -> LedgerEntry | None:
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(select(ledger).where(ledger.c.event_key == event_key))
+                .mappings()
+                .first()
+            )
+        return _entry(row) if row is not None else None
+
+    def entries(self, migration_id: str | None = None) -> list[LedgerEntry]:
+        """Ledger entries in order, all or one migration's."""
+        q = select(ledger).order_by(ledger.c.seq)
+        if migration_id is not None:
+            q = q.where(ledger.c.migration_id == migration_id)
+        with self.engine.connect() as conn:
+            return [_entry(r) for r in conn.execute(q).mappings()]
+
+    def verify_ledger(self) -> list[str]:
+        """Problems found walking the whole chain; empty when intact."""
+        problems = []
+        prev = GENESIS
+        for e in self.entries():
+            if e.prev_hash != prev:
+                problems.append(f"entry {e.seq}: does not follow the entry before it")
+            if entry_hash(e.prev_hash, e.body()) != e.hash:
+                problems.append(f"entry {e.seq}: content does not match its hash")
+            prev = e.hash
+        return problems
+
+
+def _entry(row: Any) -> LedgerEntry:
+    return LedgerEntry(
+        seq=row["seq"],
+        migration_id=row["migration_id"],
+        tenant=row["tenant"],
+        collection=row["collection"],
+        at=row["at"],
+        actor=row["actor"],
+        kind=row["kind"],
+        event_key=row["event_key"],
+        data=json.loads(row["data"]),
+        prev_hash=row["prev_hash"],
+        hash=row["hash"],
+    )
+
+
+def _describe(e: EmbeddingSchema) -> str:
+    return f"{e.model_id}@{e.model_version} ({e.dimension}d, {e.metric})"

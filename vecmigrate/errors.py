@@ -1,0 +1,42 @@
+"""Errors a user can meet. Each message says what is wrong and what to do."""
+
+from __future__ import annotations
+
+
+class VecmigrateError(Exception):
+    """Base of every error vecmigrate raises on purpose."""
+
+
+class SpecError(VecmigrateError):
+    """A migration spec is invalid; ``problems`` lists each field and its fix."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid migration spec:\n  " + "\n  ".join(problems))
+
+
+class PreconditionError(VecmigrateError):
+    """The spec is valid but the world does not allow it (missing collection, wrong dimension)."""
+
+
+class DataError(VecmigrateError):
+    """Vectors that must never be written: wrong dimension, NaN or infinity, bad ids.
+
+    Retrying cannot fix bad data, so activities report it as non-retryable.
+    """
+
+
+class ScopeError(VecmigrateError):
+    """A read or write would cross the tenant or collection scope it was opened for."""
+
+
+class RoutingConflictError(VecmigrateError):
+    """A compare-and-set on the routing row found a newer generation than expected."""
+
+
+class NotFoundError(VecmigrateError):
+    """A collection, version, migration or artifact does not exist."""
+
+
+class ArtifactError(VecmigrateError):
+    """An index artifact is missing, half-written or does not match its checksum."""

@@ -1,0 +1,372 @@
+"""FAISS and hnswlib index builders, content-addressed artifacts, and exact search.
+
+An artifact is two files in the version's directory:
+
+* ``shard-0003-<sha256[:16]>.<ext>``: the index bytes, named by their content;
+* ``shard-0003-<buildkey[:16]>.json``: the manifest, named by what went into the build (index
+  parameters, metric, dimension, data checksum), holding the data file's name and SHA-256.
+
+Both are written to a temporary name, flushed and renamed, so a reader never sees a half-written
+file. A build whose manifest exists and whose data file matches the recorded SHA-256 is reused,
+which makes the build step idempotent; anything else is rebuilt.
+
+Distances are "smaller is closer" whatever the metric: squared L2 for ``l2``, ``1 - similarity``
+for ``ip`` and ``cosine``, the convention hnswlib uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import hnswlib
+import numpy as np
+import numpy.typing as npt
+
+from vecmigrate.errors import ArtifactError, PreconditionError
+from vecmigrate.spec import (
+    FaissFlat,
+    FaissHnsw,
+    FaissIvfFlat,
+    FaissIvfPq,
+    HnswlibHnsw,
+    IndexSpec,
+    Metric,
+)
+
+Ids = npt.NDArray[np.int64]
+Vectors = npt.NDArray[np.float32]
+Distances = npt.NDArray[np.float32]
+
+_EXT = {
+    "faiss_flat": "faiss",
+    "faiss_ivf_flat": "faiss",
+    "faiss_ivf_pq": "faiss",
+    "faiss_hnsw": "faiss",
+    "hnswlib_hnsw": "hnsw",
+}
+
+
+def normalize_rows(x: Vectors) -> Vectors:
+    """Unit-norm rows (zero rows stay zero)."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    out: Vectors = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0).astype(np.float32)
+    return out
+
+
+def _faiss_metric(metric: Metric) -> int:
+    return int(faiss.METRIC_L2 if metric == Metric.L2 else faiss.METRIC_INNER_PRODUCT)
+
+
+def _prepare(x: Vectors, metric: Metric) -> Vectors:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    return normalize_rows(x) if metric == Metric.COSINE else x
+
+
+def _to_distance(d: Distances, metric: Metric) -> Distances:
+    if metric == Metric.L2:
+        return d
+    out: Distances = (1.0 - d).astype(np.float32)
+    return out
+
+
+def merge_topk(d1: Distances, i1: Ids, d2: Distances, i2: Ids, k: int) -> tuple[Distances, Ids]:
+    """Merge two (distances, ids) result sets row by row, keeping the k smallest distances."""
+    d = np.concatenate([d1, d2], axis=1)
+    i = np.concatenate([i1, i2], axis=1)
+    d = np.where(i < 0, np.inf, d)
+    order = np.argsort(d, axis=1, kind="stable")[:, :k]
+    dd = np.take_along_axis(d, order, axis=1).astype(np.float32)
+    ii = np.take_along_axis(i, order, axis=1)
+    ii = np.where(np.isinf(dd), -1, ii)
+    return dd, ii.astype(np.int64)
+
+
+def _empty(n: int, k: int) -> tuple[Distances, Ids]:
+    return np.full((n, k), np.inf, np.float32), np.full((n, k), -1, np.int64)
+
+
+class ExactKnn:
+    """Exact k-NN over data fed in batches, in bounded memory (FAISS brute force per batch)."""
+
+    def __init__(self, queries: Vectors, k: int, metric: str | Metric) -> None:
+        self.metric = Metric(metric)
+        self.queries = _prepare(queries, self.metric)
+        self.k = k
+        self.d, self.i = _empty(self.queries.shape[0], k)
+
+    def add(self, ids: Ids, vectors: Vectors) -> None:
+        """Fold one batch of the searched data in."""
+        if ids.shape[0] == 0:
+            return
+        kk = min(self.k, ids.shape[0])
+        d, pos = faiss.knn(
+            self.queries, _prepare(vectors, self.metric), kk, metric=_faiss_metric(self.metric)
+        )
+        found = np.where(pos >= 0, ids[np.clip(pos, 0, None)], -1)
+        self.d, self.i = merge_topk(self.d, self.i, _to_distance(d, self.metric), found, self.k)
+
+    def result(self) -> tuple[Distances, Ids]:
+        """Distances and ids of the k nearest neighbours seen so far, -1 padded."""
+        return self.d, self.i
+
+
+def build_key(spec: IndexSpec, metric: Metric, dimension: int, data_checksum: str) -> str:
+    """SHA-256 of everything that determines an index build."""
+    payload = json.dumps(
+        {
+            "index": spec.model_dump(mode="json"),
+            "metric": str(metric),
+            "dimension": dimension,
+            "data": data_checksum,
+            "format": 1,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def build_index(
+    spec: IndexSpec,
+    metric: Metric,
+    ids: Ids,
+    vectors: Vectors,
+    *,
+    threads: int = 0,
+    seed: int = 1234,
+    on_progress: Callable[[int, int], None] | None = None,
+    chunk: int = 20_000,
+) -> Any:
+    """Build an in-memory FAISS or hnswlib index over ``vectors`` labelled by ``ids``.
+
+    Raises:
+        PreconditionError: too few vectors to train the requested IVF.
+    """
+    x = _prepare(vectors, metric)
+    n, dim = x.shape
+    if threads > 0:
+        faiss.omp_set_num_threads(threads)
+    if isinstance(spec, HnswlibHnsw):
+        space = {"l2": "l2", "ip": "ip", "cosine": "cosine"}[str(metric)]
+        index = hnswlib.Index(space=space, dim=dim)
+        index.init_index(
+            max_elements=max(n, 1), ef_construction=spec.ef_construction, M=spec.m, random_seed=seed
+        )
+        labels = ids.astype(np.uint64)
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            index.add_items(x[start:stop], labels[start:stop], num_threads=threads or -1)
+            if on_progress is not None:
+                on_progress(stop, n)
+        index.set_ef(spec.ef_search)
+        return index
+    fm = _faiss_metric(metric)
+    base: Any
+    if isinstance(spec, FaissFlat):
+        base = faiss.IndexFlat(dim, fm)
+    elif isinstance(spec, FaissHnsw):
+        base = faiss.IndexHNSWFlat(dim, spec.m, fm)
+        base.hnsw.efConstruction = spec.ef_construction
+        base.hnsw.efSearch = spec.ef_search
+    elif isinstance(spec, FaissIvfFlat | FaissIvfPq):
+        if n < spec.nlist:
+            raise PreconditionError(
+                f"an IVF index with nlist={spec.nlist} needs at least {spec.nlist} vectors to "
+                f"train, but this shard holds {n}: lower index.nlist or use fewer shards"
+            )
+        quantizer = faiss.IndexFlat(dim, fm)
+        if isinstance(spec, FaissIvfFlat):
+            base = faiss.IndexIVFFlat(quantizer, dim, spec.nlist, fm)
+        else:
+            if n < (1 << spec.nbits):
+                raise PreconditionError(
+                    f"IVF-PQ with nbits={spec.nbits} needs at least {1 << spec.nbits} vectors "
+                    f"to train, but this shard holds {n}: lower index.nbits or use fewer shards"
+                )
+            base = faiss.IndexIVFPQ(quantizer, dim, spec.nlist, spec.m, spec.nbits, fm)
+        rng = np.random.default_rng(seed)
+        train = x if n <= spec.train_size else x[rng.choice(n, spec.train_size, replace=False)]
+        base.train(train)
+        base.nprobe = spec.nprobe
+    else:  # pragma: no cover - the spec union is closed
+        raise TypeError(f"unknown index spec {spec!r}")
+    # The Python wrapper keeps ``base`` (and the quantizer) alive as long as ``index``.
+    index = faiss.IndexIDMap2(base)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        index.add_with_ids(x[start:stop], ids[start:stop])
+        if on_progress is not None:
+            on_progress(stop, n)
+    return index
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_atomic(path: Path, write: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    try:
+        write(tmp)
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A written (or reused) artifact: its manifest path, data file, checksum and size."""
+
+    manifest: Path
+    data_file: Path
+    sha256: str
+    count: int
+    kind: str
+    reused: bool
+
+
+def find_artifact(directory: Path, stem: str, key: str) -> Artifact | None:
+    """The artifact built from ``key`` if its manifest exists and its data file checks out."""
+    manifest = directory / f"{stem}-{key[:16]}.json"
+    if not manifest.exists():
+        return None
+    meta = json.loads(manifest.read_text())
+    data_file = directory / meta["file"]
+    if meta.get("build_key") != key or not data_file.exists():
+        return None
+    if _sha256_file(data_file) != meta["sha256"]:
+        return None
+    return Artifact(manifest, data_file, meta["sha256"], int(meta["count"]), meta["kind"], True)
+
+
+def write_artifact(
+    index: Any,
+    spec: IndexSpec,
+    metric: Metric,
+    dimension: int,
+    directory: Path,
+    stem: str,
+    key: str,
+    count: int,
+) -> Artifact:
+    """Write ``index`` under a content-derived name, then its manifest; both atomically."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ext = _EXT[spec.kind]
+    staging = directory / f".{stem}-{uuid.uuid4().hex}.{ext}.building"
+    try:
+        if isinstance(spec, HnswlibHnsw):
+            index.save_index(str(staging))
+        else:
+            faiss.write_index(index, str(staging))
+        with staging.open("rb") as f:
+            os.fsync(f.fileno())
+        sha = _sha256_file(staging)
+        data_file = directory / f"{stem}-{sha[:16]}.{ext}"
+        os.replace(staging, data_file)
+    finally:
+        staging.unlink(missing_ok=True)
+    meta = {
+        "file": data_file.name,
+        "sha256": sha,
+        "count": count,
+        "kind": spec.kind,
+        "index": spec.model_dump(mode="json"),
+        "metric": str(metric),
+        "dimension": dimension,
+        "build_key": key,
+        "written_at": time.time(),
+    }
+    manifest = directory / f"{stem}-{key[:16]}.json"
+    _write_atomic(manifest, lambda p: p.write_text(json.dumps(meta, indent=2)))
+    return Artifact(manifest, data_file, sha, count, spec.kind, False)
+
+
+class LoadedIndex:
+    """One shard's index loaded from its manifest, checksum verified."""
+
+    def __init__(self, manifest: Path, expected_sha256: str | None = None) -> None:
+        try:
+            meta = json.loads(manifest.read_text())
+        except (OSError, ValueError) as exc:
+            raise ArtifactError(f"cannot read index manifest {manifest}: {exc}") from None
+        data_file = manifest.parent / meta["file"]
+        if not data_file.exists():
+            raise ArtifactError(f"index file {data_file} named by {manifest} is missing")
+        sha = _sha256_file(data_file)
+        if sha != meta["sha256"] or (expected_sha256 and sha != expected_sha256):
+            raise ArtifactError(
+                f"index file {data_file} does not match its checksum; rebuild the index"
+            )
+        self.kind: str = meta["kind"]
+        self.metric = Metric(meta["metric"])
+        self.dimension = int(meta["dimension"])
+        self.count = int(meta["count"])
+        params = meta["index"]
+        if self.kind == "hnswlib_hnsw":
+            idx = hnswlib.Index(space=str(self.metric), dim=self.dimension)
+            idx.load_index(str(data_file), max_elements=max(self.count, 1))
+            idx.set_ef(int(params["ef_search"]))
+            self._hnsw: Any = idx
+            self._faiss: Any = None
+        else:
+            self._hnsw = None
+            self._faiss = faiss.read_index(str(data_file))
+            inner: Any = faiss.downcast_index(self._faiss.index)
+            if "nprobe" in params:
+                inner.nprobe = int(params["nprobe"])
+            if "ef_search" in params:
+                inner.hnsw.efSearch = int(params["ef_search"])
+
+    def search(self, queries: Vectors, k: int) -> tuple[Distances, Ids]:
+        """k nearest neighbours: distances (smaller is closer) and ids, -1 padded."""
+        q = (
+            _prepare(queries, self.metric)
+            if self._faiss is not None
+            else np.ascontiguousarray(queries, dtype=np.float32)
+        )
+        n = q.shape[0]
+        if self.count == 0:
+            return _empty(n, k)
+        if self._hnsw is not None:
+            kk = min(k, self.count)
+            self._hnsw.set_ef(max(int(self._hnsw.ef), kk))
+            labels, dist = self._hnsw.knn_query(q, k=kk)
+            d = dist.astype(np.float32)
+            i = labels.astype(np.int64)
+        else:
+            d, i = self._faiss.search(q, k)
+            d = _to_distance(d, self.metric)
+        if i.shape[1] < k:
+            pad_d, pad_i = _empty(n, k - i.shape[1])
+            d, i = np.concatenate([d, pad_d], 1), np.concatenate([i, pad_i], 1)
+        d = np.where(i < 0, np.inf, d).astype(np.float32)
+        return d, i.astype(np.int64)
+
+
+class ShardedIndex:
+    """The index of a whole version: one loaded artifact per shard, results merged."""
+
+    def __init__(self, shards: list[LoadedIndex]) -> None:
+        self.shards = shards
+
+    def search(self, queries: Vectors, k: int) -> tuple[Distances, Ids]:
+        """k nearest neighbours over every shard."""
+        d, i = _empty(queries.shape[0], k)
+        for shard in self.shards:
+            sd, si = shard.search(queries, k)
+            d, i = merge_topk(d, i, sd, si, k)
+        return d, i

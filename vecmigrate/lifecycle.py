@@ -1,0 +1,185 @@
+"""The migration lifecycle as data: phases, legal transitions, operator messages and status.
+
+Pure and deterministic (no I/O, no clock): the workflow drives it, the CLI and client read it,
+and the transition rules are tested without Temporal.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from vecmigrate.spec import MigrationSpec
+
+
+class Phase(StrEnum):
+    """Where a migration is. ``paused`` is a flag beside the phase, not a phase."""
+
+    PLANNED = "PLANNED"
+    PREPARING = "PREPARING"
+    BACKFILLING = "BACKFILLING"
+    CATCHING_UP = "CATCHING_UP"
+    BUILDING_INDEX = "BUILDING_INDEX"
+    VALIDATING = "VALIDATING"
+    SHADOWING = "SHADOWING"
+    RAMPING = "RAMPING"
+    AWAITING_CUTOVER = "AWAITING_CUTOVER"
+    CUT_OVER = "CUT_OVER"
+    BAKING = "BAKING"
+    FINALIZING = "FINALIZING"
+    COMPLETED = "COMPLETED"
+    ROLLING_BACK = "ROLLING_BACK"
+    ROLLED_BACK = "ROLLED_BACK"
+    ABORTED = "ABORTED"
+
+
+TERMINAL = frozenset({Phase.COMPLETED, Phase.ROLLED_BACK, Phase.ABORTED})
+
+STRATEGY_PHASES: dict[str, tuple[Phase, ...]] = {
+    "blue_green": (
+        Phase.PLANNED,
+        Phase.PREPARING,
+        Phase.BACKFILLING,
+        Phase.BUILDING_INDEX,
+        Phase.VALIDATING,
+        Phase.AWAITING_CUTOVER,
+        Phase.CUT_OVER,
+        Phase.BAKING,
+        Phase.FINALIZING,
+        Phase.COMPLETED,
+    ),
+}
+
+# Phases after which reads are served by the target: a rollback from here must move routing back.
+SERVING_TARGET = frozenset({Phase.CUT_OVER, Phase.BAKING, Phase.FINALIZING})
+
+
+class IllegalTransitionError(Exception):
+    """A phase change the lifecycle does not allow (a bug in the caller, never user input)."""
+
+
+def check_transition(strategy: str, current: Phase, new: Phase) -> None:
+    """Raise :class:`IllegalTransitionError` unless ``strategy`` allows ``current -> new``."""
+    if current in TERMINAL:
+        raise IllegalTransitionError(f"{current} is terminal; cannot move to {new}")
+    if new in (Phase.ROLLING_BACK, Phase.ABORTED):
+        return
+    if current == Phase.ROLLING_BACK:
+        if new == Phase.ROLLED_BACK:
+            return
+        raise IllegalTransitionError(f"{current} can only end in {Phase.ROLLED_BACK}")
+    order = STRATEGY_PHASES[strategy]
+    if current not in order or new not in order:
+        raise IllegalTransitionError(f"{current} -> {new} is not part of strategy {strategy}")
+    if order.index(new) != order.index(current) + 1:
+        raise IllegalTransitionError(f"{current} -> {new} skips or repeats a phase of {strategy}")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OperatorMessage(_Model):
+    """Payload of every signal: who sent it and why. Both optional so a bare signal works."""
+
+    operator: str = "unknown"
+    reason: str = ""
+
+
+class MigrationInput(_Model):
+    """Input of the migration workflow."""
+
+    spec: MigrationSpec
+    requested_by: str = "unknown"
+
+
+class ShardProgress(_Model):
+    """Copy and index progress of one shard."""
+
+    shard: int
+    total: int = 0
+    copied: int = 0
+    state: str = "pending"
+    checksum: str | None = None
+    artifact: str | None = None
+    seconds: float = 0.0
+
+
+class GateVerdict(_Model):
+    """One check: the figure measured, the threshold it was held to, and the verdict."""
+
+    name: str
+    value: float | None = None
+    threshold: float | None = None
+    comparison: str = ">="
+    passed: bool
+    detail: str = ""
+
+
+class GateReport(_Model):
+    """All verdicts of one validation run plus the figures people ask for."""
+
+    passed: bool
+    verdicts: list[GateVerdict]
+    source_recall: float | None = None
+    target_recall: float | None = None
+    k: int = 10
+    queries: int = 0
+    source_counts: dict[int, int] = Field(default_factory=dict)
+    target_counts: dict[int, int] = Field(default_factory=dict)
+
+    def failures(self) -> list[str]:
+        """One line per failed verdict, for ``status`` and the ledger."""
+        lines = []
+        for v in self.verdicts:
+            if not v.passed:
+                line = f"{v.name} = {v.value} (needs {v.comparison} {v.threshold})"
+                lines.append(f"{line}: {v.detail}" if v.detail else line)
+        return lines
+
+
+class OperatorAction(_Model):
+    """An operator message as the workflow received it."""
+
+    at: str
+    operator: str
+    action: str
+    reason: str = ""
+
+
+class RoutingView(_Model):
+    """The routing row of a collection as last seen by the workflow."""
+
+    read_version: str | None
+    read_index: str | None = None
+    write_versions: list[str] = Field(default_factory=list)
+    generation: int = 0
+
+
+class MigrationStatus(_Model):
+    """What the ``status`` query returns."""
+
+    migration_id: str
+    tenant: str
+    collection: str
+    strategy: str
+    source_version: str
+    target_version: str
+    phase: Phase = Phase.PLANNED
+    paused: bool = False
+    pause_reason: str = ""
+    blocked_reason: str = ""
+    shards: list[ShardProgress] = Field(default_factory=list)
+    phase_seconds: dict[str, float] = Field(default_factory=dict)
+    phase_started_at: str = ""
+    gates: GateReport | None = None
+    routing: RoutingView | None = None
+    operators: list[OperatorAction] = Field(default_factory=list)
+    cutover_approved: bool = False
+    error: str = ""
+    index_version: str | None = None
+
+    def copied(self) -> tuple[int, int]:
+        """Vectors copied and total, over all shards."""
+        return sum(s.copied for s in self.shards), sum(s.total for s in self.shards)

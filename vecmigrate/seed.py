@@ -1,0 +1,109 @@
+"""Creating a collection's first version: load records, build its index, route reads to it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from vecmigrate.build import artifact_dir, build_shard, register_index
+from vecmigrate.catalog import Catalog
+from vecmigrate.config import resolve_store
+from vecmigrate.errors import PreconditionError
+from vecmigrate.indexes import Ids, Vectors
+from vecmigrate.lifecycle import RoutingView
+from vecmigrate.sharding import hash_shards
+from vecmigrate.spec import VersionSpec
+from vecmigrate.stores import Scope, open_store
+from vecmigrate.stores.base import check_vectors
+
+# Called with (records done, records in all) during loading and building.
+SeedProgress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class SeedResult:
+    """What seeding made."""
+
+    count: int
+    index_id: str
+    routing: RoutingView
+
+
+def seed_collection(
+    catalog: Catalog,
+    tenant: str,
+    collection: str,
+    version: VersionSpec,
+    ids: Ids,
+    vectors: Vectors,
+    *,
+    shards: int = 4,
+    batch_size: int = 10_000,
+    actor: str = "seed",
+    on_progress: SeedProgress | None = None,
+) -> SeedResult:
+    """Load ``vectors`` as ``version`` of a new collection, index it and route reads to it.
+
+    Raises:
+        PreconditionError: the collection already serves another version.
+        DataError: a vector has the wrong dimension or is not finite (nothing is written).
+    """
+    routing = catalog.get_routing(tenant, collection)
+    if routing is not None and routing.read_version != version.name:
+        raise PreconditionError(
+            f"{tenant}/{collection} already serves {routing.read_version!r}; "
+            "seed a new collection name or migrate it instead"
+        )
+    store_ref = resolve_store(version.store)
+    store = open_store(
+        store_ref, Scope(tenant, collection, version.name), version.embedding.dimension
+    )
+    # Validate everything before the first write, so bad input leaves nothing behind.
+    ids, vectors = check_vectors(ids, vectors, version.embedding.dimension, store.scope)
+    catalog.register_version(
+        tenant,
+        collection,
+        version.name,
+        version.embedding,
+        store_ref.model_dump(mode="json"),
+        state="serving",
+    )
+    n = int(ids.shape[0])
+    for start in range(0, n, batch_size):
+        stop = min(n, start + batch_size)
+        store.upsert(ids[start:stop], vectors[start:stop])
+        if on_progress:
+            on_progress("load", stop, n)
+    directory = artifact_dir(store_ref, tenant, collection, version.name)
+    artifacts = []
+    done = 0
+    for shard in hash_shards(shards):
+        ref = build_shard(store, version, shard, directory)
+        artifacts.append(ref)
+        done += ref.count
+        if on_progress:
+            on_progress("index", done, n)
+    record = register_index(catalog, tenant, collection, version, artifacts, None)
+    view = catalog.init_routing(tenant, collection, version.name, record.id, actor)
+    catalog.append(
+        tenant=tenant,
+        collection=collection,
+        kind="collection.seeded",
+        actor=actor,
+        data={
+            "version": version.name,
+            "records": n,
+            "embedding": version.embedding.model_dump(mode="json"),
+            "index": record.id,
+            "index_checksum": record.checksum,
+        },
+        event_key=f"seed:{tenant}/{collection}@{version.name}",
+    )
+    return SeedResult(count=n, index_id=record.id, routing=view)
+
+
+def sequential_ids(n: int, start: int = 1) -> Ids:
+    """Ids ``start .. start + n - 1``."""
+    return np.arange(start, start + n, dtype=np.int64)

@@ -1,0 +1,303 @@
+"""The migration spec: what a user writes to describe one migration.
+
+Every model here is pure data (pydantic, no I/O at validation time) so that the workflow can carry
+the spec in its input and the planner, the activities and the CLI can all validate it the same
+way. Load a spec with :func:`load_spec` (YAML or JSON) or :func:`parse_spec` (a mapping).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from vecmigrate.errors import SpecError
+
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Metric(StrEnum):
+    """Distance used by an index: smaller is closer for l2, larger is closer for ip/cosine."""
+
+    L2 = "l2"
+    IP = "ip"
+    COSINE = "cosine"
+
+
+class EmbeddingSchema(_Model):
+    """Which model made the vectors and how they are compared."""
+
+    model_id: str = Field(min_length=1)
+    model_version: str = "1"
+    dimension: int = Field(ge=1, le=65536)
+    metric: Metric = Metric.L2
+    normalized: bool = False
+
+
+class FaissFlat(_Model):
+    """Exact search (brute force) with FAISS."""
+
+    kind: Literal["faiss_flat"] = "faiss_flat"
+
+
+class FaissIvfFlat(_Model):
+    """FAISS inverted file with full vectors: ``nlist`` centroids, ``nprobe`` probed per query."""
+
+    kind: Literal["faiss_ivf_flat"] = "faiss_ivf_flat"
+    nlist: int = Field(default=256, ge=1, le=1 << 20)
+    nprobe: int = Field(default=16, ge=1)
+    train_size: int = Field(default=100_000, ge=1)
+
+    @model_validator(mode="after")
+    def _nprobe_within_nlist(self) -> FaissIvfFlat:
+        if self.nprobe > self.nlist:
+            raise ValueError(f"nprobe ({self.nprobe}) cannot exceed nlist ({self.nlist})")
+        return self
+
+
+class FaissIvfPq(_Model):
+    """FAISS inverted file with product-quantised codes (``m`` sub-vectors of ``nbits`` bits)."""
+
+    kind: Literal["faiss_ivf_pq"] = "faiss_ivf_pq"
+    nlist: int = Field(default=256, ge=1, le=1 << 20)
+    nprobe: int = Field(default=16, ge=1)
+    m: int = Field(default=8, ge=1)
+    nbits: int = Field(default=8, ge=1, le=16)
+    train_size: int = Field(default=100_000, ge=1)
+
+    @model_validator(mode="after")
+    def _nprobe_within_nlist(self) -> FaissIvfPq:
+        if self.nprobe > self.nlist:
+            raise ValueError(f"nprobe ({self.nprobe}) cannot exceed nlist ({self.nlist})")
+        return self
+
+
+class FaissHnsw(_Model):
+    """FAISS HNSW graph (IndexHNSWFlat)."""
+
+    kind: Literal["faiss_hnsw"] = "faiss_hnsw"
+    m: int = Field(default=32, ge=2, le=512)
+    ef_construction: int = Field(default=200, ge=1)
+    ef_search: int = Field(default=64, ge=1)
+
+
+class HnswlibHnsw(_Model):
+    """hnswlib HNSW graph."""
+
+    kind: Literal["hnswlib_hnsw"] = "hnswlib_hnsw"
+    m: int = Field(default=16, ge=2, le=512)
+    ef_construction: int = Field(default=200, ge=1)
+    ef_search: int = Field(default=64, ge=1)
+
+
+IndexSpec = Annotated[
+    FaissFlat | FaissIvfFlat | FaissIvfPq | FaissHnsw | HnswlibHnsw,
+    Field(discriminator="kind"),
+]
+INDEX_KINDS = ("faiss_flat", "faiss_ivf_flat", "faiss_ivf_pq", "faiss_hnsw", "hnswlib_hnsw")
+
+
+class BuiltinStoreRef(_Model):
+    """The built-in store: records in a SQL database, index artifacts in a directory.
+
+    Both default to the vecmigrate home directory (``VECMIGRATE_HOME``, else ``./.vecmigrate``)
+    when left empty; the CLI resolves them to absolute paths before a migration starts.
+    """
+
+    kind: Literal["builtin"] = "builtin"
+    url: str | None = None
+    artifacts: str | None = None
+
+
+StoreRef = Annotated[BuiltinStoreRef, Field(discriminator="kind")]
+STORE_KINDS = ("builtin",)
+
+
+class VersionSpec(_Model):
+    """One representation of a collection: where its vectors live, what made them, its index."""
+
+    name: Name
+    store: StoreRef = Field(default_factory=BuiltinStoreRef)
+    embedding: EmbeddingSchema
+    index: IndexSpec
+
+
+class ShardLayout(_Model):
+    """How the collection is split for backfill and index build.
+
+    ``hash`` spreads ids evenly whatever their distribution; ``range`` keeps id ranges together.
+    ``only`` selects a subset of shards (by index) for this migration.
+    """
+
+    by: Literal["hash", "range"] = "hash"
+    count: int = Field(default=4, ge=1, le=4096)
+    only: tuple[int, ...] | None = None
+
+    @model_validator(mode="after")
+    def _only_in_range(self) -> ShardLayout:
+        if self.only is not None:
+            bad = [s for s in self.only if not 0 <= s < self.count]
+            if bad:
+                raise ValueError(
+                    f"shard indexes {bad} are outside 0..{self.count - 1}; "
+                    f"list shards between 0 and count-1"
+                )
+            if len(set(self.only)) != len(self.only):
+                raise ValueError("shard indexes in 'only' must be distinct")
+        return self
+
+    def selected(self) -> tuple[int, ...]:
+        """The shard indexes this migration copies."""
+        return self.only if self.only is not None else tuple(range(self.count))
+
+
+class GatePolicy(_Model):
+    """Thresholds the new version must meet before it may serve reads."""
+
+    k: int = Field(default=10, ge=1, le=1000)
+    sample_queries: int = Field(default=200, ge=1, le=100_000)
+    min_recall: float = Field(default=0.90, ge=0.0, le=1.0)
+    max_recall_drop: float | None = Field(default=None, ge=0.0, le=1.0)
+    require_count_parity: bool = True
+    on_failure: Literal["pause", "rollback"] = "pause"
+    seed: int = 0
+
+
+class CutoverPolicy(_Model):
+    """Who switches reads, and how long the old version stays ready for an instant rollback."""
+
+    mode: Literal["manual", "automatic"] = "manual"
+    bake_seconds: float = Field(default=300.0, ge=0.0)
+
+
+SUPPORTED_STRATEGIES = ("blue_green",)
+
+
+class MigrationSpec(_Model):
+    """One migration of one collection in one tenant, from a source version to a target."""
+
+    api_version: Literal["vecmigrate/v1"] = "vecmigrate/v1"
+    id: Name | None = None
+    tenant: Name = "default"
+    collection: Name
+    strategy: str = "blue_green"
+    source: VersionSpec
+    target: VersionSpec
+    shards: ShardLayout = Field(default_factory=ShardLayout)
+    batch_size: int = Field(default=10_000, ge=1, le=1_000_000)
+    max_parallel_shards: int = Field(default=2, ge=1, le=256)
+    gates: GatePolicy = Field(default_factory=GatePolicy)
+    cutover: CutoverPolicy = Field(default_factory=CutoverPolicy)
+
+    @model_validator(mode="after")
+    def _coherent(self) -> MigrationSpec:
+        if self.strategy not in SUPPORTED_STRATEGIES:
+            raise ValueError(
+                f"strategy {self.strategy!r} is not available in this release; "
+                f"use one of {', '.join(SUPPORTED_STRATEGIES)}"
+            )
+        if self.source.name == self.target.name:
+            raise ValueError(
+                f"source and target are both version {self.source.name!r}; "
+                "give the target a new version name"
+            )
+        src, dst = self.source.embedding, self.target.embedding
+        if (src.model_id, src.model_version) != (dst.model_id, dst.model_version):
+            raise ValueError(
+                "target.embedding names a different model "
+                f"({dst.model_id}@{dst.model_version} vs {src.model_id}@{src.model_version}); "
+                "re-embedding is not available in this release: keep the source model"
+            )
+        if src.dimension != dst.dimension:
+            raise ValueError(
+                f"target.embedding.dimension is {dst.dimension} but the source model "
+                f"{src.model_id} makes {src.dimension}-dimensional vectors; "
+                "a new dimension needs a new embedding model"
+            )
+        if src.normalized and not dst.normalized:
+            raise ValueError(
+                "target.embedding.normalized is false but the source vectors are normalised; "
+                "norms cannot be recovered: set target.embedding.normalized to true"
+            )
+        idx = self.target.index
+        if isinstance(idx, FaissIvfPq) and dst.dimension % idx.m != 0:
+            raise ValueError(
+                f"target.index.m ({idx.m}) must divide the dimension ({dst.dimension}); "
+                "pick m among its divisors"
+            )
+        return self
+
+    @property
+    def migration_id(self) -> str:
+        """Deterministic id: starting the same migration twice finds the running one."""
+        if self.id:
+            return self.id
+        return f"{self.tenant}.{self.collection}.{self.source.name}-to-{self.target.name}"
+
+    def spec_hash(self) -> str:
+        """SHA-256 of the canonical JSON of the spec."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+_FIX_HINTS = {
+    "missing": "add this field",
+    "extra_forbidden": "remove it or check its spelling",
+    "union_tag_invalid": "",
+    "union_tag_not_found": "add a 'kind' field",
+}
+
+
+def _format_errors(err: ValidationError) -> list[str]:
+    problems = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        # pydantic adds the union member's tag to the location; it only adds noise here.
+        loc = ".".join(p for p in loc.split(".") if p not in INDEX_KINDS + STORE_KINDS)
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "union_tag_invalid":
+            tag = e.get("ctx", {}).get("tag")
+            expected = e.get("ctx", {}).get("expected_tags", "")
+            msg = f"unknown kind {tag!r}; use one of {expected}"
+        hint = _FIX_HINTS.get(e["type"])
+        where = loc or "spec"
+        problems.append(f"{where}: {msg}" + (f" ({hint})" if hint else ""))
+    return problems
+
+
+def parse_spec(data: Any) -> MigrationSpec:
+    """Validate a mapping into a spec.
+
+    Raises:
+        SpecError: naming each invalid field and how to fix it.
+    """
+    if not isinstance(data, dict):
+        raise SpecError(["spec: expected a mapping of fields, got " + type(data).__name__])
+    try:
+        return MigrationSpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(_format_errors(err)) from None
+
+
+def load_spec(path: str | Path) -> MigrationSpec:
+    """Load a spec from a YAML or JSON file (JSON is YAML, so one parser reads both)."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise SpecError([f"cannot read spec file {p}: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise SpecError([f"{p} is not valid YAML or JSON: {exc}"]) from None
+    return parse_spec(data)

@@ -1,0 +1,138 @@
+"""The contract every vector store adapter meets."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from vecmigrate.errors import DataError
+from vecmigrate.tasks import Cursor, ShardRef
+
+Ids = npt.NDArray[np.int64]
+Vectors = npt.NDArray[np.float32]
+
+MAX_ID = (1 << 63) - 2
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What a store handle may touch: one version of one collection of one tenant."""
+
+    tenant: str
+    collection: str
+    version: str
+
+    def __str__(self) -> str:
+        return f"{self.tenant}/{self.collection}@{self.version}"
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Records read from a shard, in scan order, and the cursor to resume after them."""
+
+    ids: Ids
+    vectors: Vectors
+    next_cursor: Cursor | None
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+
+@runtime_checkable
+class VectorStore(Protocol):
+    """A vector store opened for one :class:`Scope`. Every read and write stays inside it."""
+
+    scope: Scope
+    dimension: int
+
+    def scan(self, shard: ShardRef, cursor: Cursor | None, limit: int) -> Batch:
+        """Up to ``limit`` records of ``shard`` after ``cursor``, in a stable order."""
+        ...
+
+    def upsert(self, ids: Ids, vectors: Vectors) -> int:
+        """Insert or replace records by id; running it twice leaves the same store."""
+        ...
+
+    def delete(self, ids: Ids) -> int:
+        """Remove records by id; deleting a missing id is not an error."""
+        ...
+
+    def count(self, shard: ShardRef | None = None) -> int:
+        """Records in the shard (or the whole scope)."""
+        ...
+
+    def checksum(self, shard: ShardRef | None = None) -> str:
+        """Order-independent checksum of ids and vector bytes."""
+        ...
+
+    def search(self, queries: Vectors, k: int) -> tuple[npt.NDArray[np.float32], Ids]:
+        """Exact (or the store's native) k nearest neighbours: distances and ids, -1 padded."""
+        ...
+
+
+def check_vectors(
+    ids: object, vectors: object, dimension: int, scope: Scope
+) -> tuple[Ids, Vectors]:
+    """Coerce and check a batch before anything is written.
+
+    Raises:
+        DataError: wrong shape or dimension, NaN or infinity, ids out of range or repeated.
+    """
+    ids_arr = np.asarray(ids)
+    if ids_arr.ndim != 1 or not np.issubdtype(ids_arr.dtype, np.integer):
+        raise DataError(f"{scope}: ids must be a 1-D array of integers, got {ids_arr.dtype}")
+    vec_arr = np.asarray(vectors)
+    if vec_arr.ndim != 2:
+        raise DataError(f"{scope}: vectors must be a 2-D array, got shape {vec_arr.shape}")
+    if vec_arr.shape[0] != ids_arr.shape[0]:
+        raise DataError(
+            f"{scope}: {ids_arr.shape[0]} ids but {vec_arr.shape[0]} vectors; "
+            "pass one id per vector"
+        )
+    if vec_arr.shape[1] != dimension:
+        raise DataError(
+            f"{scope}: vectors have dimension {vec_arr.shape[1]} but this version holds "
+            f"{dimension}-dimensional vectors"
+        )
+    vec32 = np.ascontiguousarray(vec_arr, dtype=np.float32)
+    finite = np.isfinite(vec32).all(axis=1)
+    if not finite.all():
+        bad = ids_arr[~finite][:5].tolist()
+        raise DataError(f"{scope}: vectors for ids {bad} contain NaN or infinity; nothing written")
+    ids64 = ids_arr.astype(np.int64)
+    if ids64.size and (ids64.min() < -MAX_ID or ids64.max() > MAX_ID):
+        raise DataError(f"{scope}: ids must lie within +-{MAX_ID}")
+    if np.unique(ids64).size != ids64.size:
+        raise DataError(f"{scope}: a batch repeats an id; send each id once per batch")
+    return ids64, vec32
+
+
+class RecordChecksum:
+    """Order-independent checksum: sum of per-record BLAKE2b digests modulo 2**64, plus count."""
+
+    def __init__(self) -> None:
+        self.total = 0
+        self.count = 0
+
+    def add(self, ids: Ids, vectors: Vectors) -> None:
+        """Fold a batch in; the order of batches and of records in them does not matter."""
+        total = self.total
+        raw_ids = ids.astype("<i8").tobytes()
+        vec = np.ascontiguousarray(vectors, dtype="<f4")
+        row = vec.shape[1] * 4 if vec.ndim == 2 else 0
+        raw_vec = vec.tobytes()
+        for i in range(ids.shape[0]):
+            h = hashlib.blake2b(digest_size=8)
+            h.update(raw_ids[i * 8 : i * 8 + 8])
+            h.update(raw_vec[i * row : (i + 1) * row])
+            total += int.from_bytes(h.digest(), "little")
+        self.total = total & 0xFFFFFFFFFFFFFFFF
+        self.count += int(ids.shape[0])
+
+    def hexdigest(self) -> str:
+        """``count:sum`` in hex, comparable across stores."""
+        return f"{self.count}:{self.total:016x}"

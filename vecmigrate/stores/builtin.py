@@ -1,0 +1,269 @@
+"""The built-in store: records in a SQL database (SQLite by default), index artifacts on disk.
+
+Each (tenant, collection, version) is a namespace; a handle is opened for exactly one and every
+statement filters on its namespace id, so a handle cannot read or write outside its scope.
+Records are keyed by (namespace, id) and indexed by (namespace, shard key, id), so a shard is one
+contiguous index range scanned in a stable order from a cursor.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Engine,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    UniqueConstraint,
+    func,
+    select,
+    text,
+)
+from sqlalchemy.exc import IntegrityError
+
+from vecmigrate.errors import DataError, NotFoundError
+from vecmigrate.indexes import ExactKnn
+from vecmigrate.sharding import hash_key
+from vecmigrate.sql import engine_for
+from vecmigrate.stores.base import Batch, Ids, RecordChecksum, Scope, Vectors, check_vectors
+from vecmigrate.tasks import Cursor, ShardRef
+
+metadata = MetaData()
+
+# A shard covering every id: for whole-scope scans.
+WHOLE = ShardRef(index=0, by="range", lo=-(1 << 63), hi=(1 << 63) - 1)
+
+namespaces = Table(
+    "vm_namespaces",
+    metadata,
+    Column("ns", Integer, primary_key=True, autoincrement=True),
+    Column("tenant", String(64), nullable=False),
+    Column("collection", String(64), nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("dimension", Integer, nullable=False),
+    UniqueConstraint("tenant", "collection", "version"),
+)
+
+vectors = Table(
+    "vm_vectors",
+    metadata,
+    Column("ns", Integer, primary_key=True),
+    Column("id", BigInteger, primary_key=True),
+    Column("h", BigInteger, nullable=False),
+    Column("vec", LargeBinary, nullable=False),
+    Index("vm_vectors_shard", "ns", "h", "id"),
+    sqlite_with_rowid=False,
+)
+
+_UPSERT = text(
+    "INSERT INTO vm_vectors (ns, id, h, vec) VALUES (:ns, :id, :h, :vec) "
+    "ON CONFLICT (ns, id) DO UPDATE SET h = excluded.h, vec = excluded.vec"
+)
+
+
+def _key_filter(shard: ShardRef) -> tuple[str, str]:
+    column = "h" if shard.by == "hash" else "id"
+    order = "h, id" if shard.by == "hash" else "id"
+    return column, order
+
+
+class BuiltinStore:
+    """A :class:`~vecmigrate.stores.base.VectorStore` over SQLAlchemy."""
+
+    def __init__(self, engine: Engine, scope: Scope, ns: int, dimension: int) -> None:
+        self.engine = engine
+        self.scope = scope
+        self.ns = ns
+        self.dimension = dimension
+
+    @classmethod
+    def open(cls, url: str, scope: Scope, dimension: int | None = None) -> BuiltinStore:
+        """Open the namespace of ``scope``; create it when ``dimension`` is given.
+
+        Raises:
+            NotFoundError: the namespace does not exist and no dimension was given.
+            DataError: it exists with another dimension.
+        """
+        engine = engine_for(url)
+        metadata.create_all(engine)
+        key = (
+            (namespaces.c.tenant == scope.tenant)
+            & (namespaces.c.collection == scope.collection)
+            & (namespaces.c.version == scope.version)
+        )
+        query = select(namespaces.c.ns, namespaces.c.dimension).where(key)
+        with engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None and dimension is not None:
+            # A concurrent worker may create it first: the unique key decides, then re-read.
+            with contextlib.suppress(IntegrityError), engine.begin() as conn:
+                conn.execute(
+                    namespaces.insert().values(
+                        tenant=scope.tenant,
+                        collection=scope.collection,
+                        version=scope.version,
+                        dimension=dimension,
+                    )
+                )
+            with engine.connect() as conn:
+                row = conn.execute(query).first()
+        if row is None:
+            raise NotFoundError(f"{scope} does not exist in the built-in store at {url}")
+        ns, dim = int(row[0]), int(row[1])
+        if dimension is not None and dim != dimension:
+            raise DataError(
+                f"{scope} holds {dim}-dimensional vectors, not {dimension}; "
+                "use a new version name for the new dimension"
+            )
+        return cls(engine, scope, ns, dim)
+
+    def scan(self, shard: ShardRef, cursor: Cursor | None, limit: int) -> Batch:
+        column, order = _key_filter(shard)
+        params: dict[str, Any] = {"ns": self.ns, "lo": shard.lo, "hi": shard.hi, "n": limit}
+        where = f"ns = :ns AND {column} >= :lo AND {column} < :hi"
+        if cursor is not None:
+            params.update(ck=cursor.key, cid=cursor.id)
+            if shard.by == "hash":
+                where += " AND (h > :ck OR (h = :ck AND id > :cid))"
+            else:
+                where += " AND id > :cid"
+        sql = text(f"SELECT id, h, vec FROM vm_vectors WHERE {where} ORDER BY {order} LIMIT :n")
+        with self.engine.connect() as conn:
+            rows = conn.execute(sql, params).all()
+        if not rows:
+            return Batch(np.empty(0, np.int64), np.empty((0, self.dimension), np.float32), cursor)
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        vecs = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(
+            len(rows), self.dimension
+        )
+        last = rows[-1]
+        key = int(last[1]) if shard.by == "hash" else int(last[0])
+        return Batch(ids, vecs, Cursor(key=key, id=int(last[0])))
+
+    def iter_shard(self, shard: ShardRef, batch_size: int) -> Any:
+        """Every batch of a shard, in scan order."""
+        cursor: Cursor | None = None
+        while True:
+            batch = self.scan(shard, cursor, batch_size)
+            if len(batch) == 0:
+                return
+            yield batch
+            cursor = batch.next_cursor
+
+    def upsert(self, ids: Ids, vectors: Vectors) -> int:
+        ids64, vec32 = check_vectors(ids, vectors, self.dimension, self.scope)
+        if ids64.size == 0:
+            return 0
+        keys = hash_key(ids64)
+        rows = [
+            {"ns": self.ns, "id": int(i), "h": int(h), "vec": vec32[j].tobytes()}
+            for j, (i, h) in enumerate(zip(ids64.tolist(), keys.tolist(), strict=True))
+        ]
+        with self.engine.begin() as conn:
+            conn.execute(_UPSERT, rows)
+        return len(rows)
+
+    def delete(self, ids: Ids) -> int:
+        ids64 = np.asarray(ids, dtype=np.int64)
+        if ids64.size == 0:
+            return 0
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                vectors.delete().where((vectors.c.ns == self.ns) & vectors.c.id.in_(ids64.tolist()))
+            )
+        return int(result.rowcount)
+
+    def count(self, shard: ShardRef | None = None) -> int:
+        q = select(func.count()).select_from(vectors).where(vectors.c.ns == self.ns)
+        if shard is not None:
+            col = vectors.c.h if shard.by == "hash" else vectors.c.id
+            q = q.where((col >= shard.lo) & (col < shard.hi))
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    def checksum(self, shard: ShardRef | None = None, batch_size: int = 50_000) -> str:
+        acc = RecordChecksum()
+        for batch in self.iter_shard(shard or WHOLE, batch_size):
+            acc.add(batch.ids, batch.vectors)
+        return acc.hexdigest()
+
+    def id_quantiles(self, parts: int) -> list[int]:
+        """``parts - 1`` strictly increasing ids splitting the scope into near-equal id ranges."""
+        n = self.count()
+        bounds: list[int] = []
+        with self.engine.connect() as conn:
+            for i in range(1, parts):
+                offset = i * n // parts
+                row = conn.execute(
+                    text("SELECT id FROM vm_vectors WHERE ns = :ns ORDER BY id LIMIT 1 OFFSET :o"),
+                    {"ns": self.ns, "o": offset},
+                ).first()
+                value = int(row[0]) if row is not None else (bounds[-1] + 1 if bounds else 0)
+                if bounds and value <= bounds[-1]:
+                    value = bounds[-1] + 1
+                bounds.append(value)
+        return bounds
+
+    def sample(self, n: int, seed: int = 0) -> tuple[Ids, Vectors]:
+        """A deterministic pseudo-random sample: the records with the smallest seeded hash key."""
+        start = int(hash_key(np.array([seed], dtype=np.int64))[0])
+        batch = self.scan(ShardRef(index=0, by="hash", lo=start, hi=1 << 32), None, n)
+        if len(batch) < n:
+            rest = self.scan(ShardRef(index=0, by="hash", lo=0, hi=start), None, n - len(batch))
+            return (
+                np.concatenate([batch.ids, rest.ids]),
+                np.concatenate([batch.vectors, rest.vectors]),
+            )
+        return batch.ids, batch.vectors
+
+    def fetch(self, ids: Ids) -> tuple[Ids, Vectors]:
+        """The records with these ids that exist, in id order."""
+        ids64 = np.asarray(ids, dtype=np.int64)
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(vectors.c.id, vectors.c.vec)
+                .where((vectors.c.ns == self.ns) & vectors.c.id.in_(ids64.tolist()))
+                .order_by(vectors.c.id)
+            ).all()
+        found = np.array([r[0] for r in rows], dtype=np.int64)
+        vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(
+            len(rows), self.dimension
+        )
+        return found, vecs
+
+    def search(
+        self, queries: Vectors, k: int, metric: str = "l2", batch_size: int = 100_000
+    ) -> tuple[npt.NDArray[np.float32], Ids]:
+        """Exact search over every record, streamed by batch (bounded memory)."""
+        knn = ExactKnn(queries, k, metric)
+        for batch in self.iter_shard(WHOLE, batch_size):
+            knn.add(batch.ids, batch.vectors)
+        return knn.result()
+
+
+def drop_namespace(url: str, scope: Scope) -> int:
+    """Delete a whole version's records (used only for explicit cleanup, never on rollback)."""
+    engine = engine_for(url)
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        row = conn.execute(
+            select(namespaces.c.ns).where(
+                (namespaces.c.tenant == scope.tenant)
+                & (namespaces.c.collection == scope.collection)
+                & (namespaces.c.version == scope.version)
+            )
+        ).first()
+        if row is None:
+            return 0
+        n = conn.execute(vectors.delete().where(vectors.c.ns == row[0])).rowcount
+        conn.execute(namespaces.delete().where(namespaces.c.ns == row[0]))
+    return int(n)

@@ -1,0 +1,93 @@
+"""Worker process: runs migration workflows and their activities against one catalog.
+
+Run it with ``vecmigrate worker`` or ``python -m workers.main``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.migration import MigrationActivities
+from control.client import connect, default_address, default_task_queue
+from vecmigrate.config import default_catalog_url
+from workflows.migration import MigrationWorkflow
+
+
+def build_worker(
+    client: Client,
+    task_queue: str,
+    catalog_url: str,
+    executor: ThreadPoolExecutor,
+    *,
+    max_concurrent_activities: int = 4,
+    build_threads: int = 0,
+) -> Worker:
+    """A worker for the migration workflow and its activities.
+
+    Activities are synchronous and CPU- or I/O-heavy, so they run on ``executor``; index builds
+    use ``build_threads`` threads each (0: all cores).
+    """
+    acts = MigrationActivities(catalog_url, build_threads=build_threads)
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[MigrationWorkflow],
+        activities=acts.all(),
+        activity_executor=executor,
+        max_concurrent_activities=max_concurrent_activities,
+    )
+
+
+async def run_worker(
+    address: str,
+    task_queue: str,
+    catalog_url: str,
+    *,
+    concurrency: int = 4,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Connect and poll until ``stop`` is set (or SIGINT/SIGTERM), then shut down cleanly."""
+    client = await connect(address)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    with ThreadPoolExecutor(max_workers=concurrency + 2) as executor:
+        worker = build_worker(
+            client, task_queue, catalog_url, executor, max_concurrent_activities=concurrency
+        )
+        async with worker:
+            logging.getLogger("vecmigrate").info(
+                "worker polling %s on %s (catalog %s)", task_queue, address, catalog_url
+            )
+            await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of ``python -m workers.main``."""
+    p = argparse.ArgumentParser(description="vecmigrate worker")
+    p.add_argument("--address", default=default_address())
+    p.add_argument("--task-queue", default=default_task_queue())
+    p.add_argument("--catalog", default=default_catalog_url())
+    p.add_argument(
+        "--concurrency", type=int, default=int(os.environ.get("VECMIGRATE_CONCURRENCY", "4"))
+    )
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    asyncio.run(
+        run_worker(args.address, args.task_queue, args.catalog, concurrency=args.concurrency)
+    )
+
+
+if __name__ == "__main__":
+    main()
