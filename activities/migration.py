@@ -118,7 +118,9 @@ class MigrationActivities:
             )
 
         def beat(cursor: Cursor, done: int) -> None:
-            activity.heartbeat({"cursor": cursor.model_dump(), "copied": done})
+            activity.heartbeat(
+                {"shard": inp.shard.index, "cursor": cursor.model_dump(), "copied": done}
+            )
 
         return backfill.copy_shard(inp.spec, inp.shard, start, copied, beat)
 
@@ -136,7 +138,9 @@ class MigrationActivities:
             inp.shard,
             directory,
             threads=self.build_threads,
-            on_progress=lambda done, total: activity.heartbeat({"added": done, "of": total}),
+            on_progress=lambda done, total: activity.heartbeat(
+                {"shard": inp.shard.index, "added": done, "of": total}
+            ),
         )
 
     @activity.defn(name="register_index")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
+from typing import Any
 
 from temporalio.client import Client, WorkflowHandle
 from temporalio.common import WorkflowIDConflictPolicy
@@ -90,6 +91,22 @@ class MigrationClient:
         await self.handle(migration_id).signal(
             name, OperatorMessage(operator=operator, reason=reason)
         )
+
+    async def live_progress(self, migration_id: str) -> dict[tuple[str, int], dict[str, Any]]:
+        """Heartbeats of the activities in flight, keyed by (activity, shard).
+
+        The workflow learns a shard's count when its copy finishes; the heartbeats show it
+        batch by batch.
+        """
+        desc = await self.handle(migration_id).describe()
+        live: dict[tuple[str, int], dict[str, Any]] = {}
+        for pending in desc.raw_description.pending_activities:
+            if not pending.heartbeat_details.payloads:
+                continue
+            decoded = await self.client.data_converter.decode(pending.heartbeat_details.payloads)
+            if decoded and isinstance(decoded[0], dict) and "shard" in decoded[0]:
+                live[(pending.activity_type.name, int(decoded[0]["shard"]))] = decoded[0]
+        return live
 
     async def result(self, migration_id: str, timeout: float | None = None) -> MigrationStatus:
         """Wait for the migration to end and return its final status."""

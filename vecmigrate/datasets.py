@@ -31,20 +31,28 @@ def glove(n: int) -> Vectors:
     return np.ascontiguousarray(data[:n], dtype=np.float32)
 
 
-def clustered(n: int, dim: int, clusters: int = 256, seed: int = 0) -> Vectors:
-    """A Gaussian mixture: ``clusters`` centres, anisotropic spread, like real embeddings.
+def clustered(n: int, dim: int, clusters: int = 256, seed: int = 0, latent: int = 16) -> Vectors:
+    """A Gaussian mixture on a ``latent``-dimensional subspace, lifted to ``dim`` dimensions.
 
-    Uniform random vectors have no neighbourhood structure and flatter recall curves than any
-    real embedding, so benchmarks and demos use this instead.
+    Real embeddings have a low intrinsic dimension and clustered neighbourhoods; uniform or
+    isotropic full-dimensional noise has neither and makes every index look worse than it is
+    on real data. So: ``clusters`` centres with their own spread in a latent space, a random
+    linear map to ``dim`` dimensions, and a little full-dimensional noise.
     """
     rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((clusters, dim)).astype(np.float32) * 4.0
+    latent = min(latent, dim)
+    centres = rng.standard_normal((clusters, latent)).astype(np.float32) * 3.0
     scales = rng.uniform(0.5, 1.5, size=(clusters, 1)).astype(np.float32)
+    lift = rng.standard_normal((latent, dim)).astype(np.float32) / np.sqrt(latent)
     out = np.empty((n, dim), np.float32)
     step = 100_000
     for start in range(0, n, step):
         stop = min(n, start + step)
         which = rng.integers(0, clusters, stop - start)
-        noise = rng.standard_normal((stop - start, dim)).astype(np.float32)
-        out[start:stop] = centres[which] + noise * scales[which]
+        z = (
+            centres[which]
+            + rng.standard_normal((stop - start, latent)).astype(np.float32) * scales[which]
+        )
+        noise = rng.standard_normal((stop - start, dim)).astype(np.float32) * 0.05
+        out[start:stop] = z @ lift + noise
     return out

@@ -1,0 +1,310 @@
+"""The ``vecmigrate`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from rich.console import Console
+
+from control.client import MigrationClient, connect, default_address, default_task_queue
+from control.devserver import DevServer
+from control.report import ledger_table, plan_table, status_tables
+from vecmigrate.catalog import Catalog
+from vecmigrate.config import default_catalog_url, home_dir, resolve_spec
+from vecmigrate.errors import VecmigrateError
+from vecmigrate.plan import plan_migration
+from vecmigrate.spec import load_spec
+
+SIGNAL_COMMANDS = {
+    "pause": "pause",
+    "resume": "resume",
+    "cutover": "approve_cutover",
+    "rollback": "rollback",
+    "abort": "abort",
+}
+
+err = Console(stderr=True)
+out = Console()
+
+
+def _operator() -> str:
+    try:
+        return os.environ.get("VECMIGRATE_OPERATOR") or getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Temporal frontend host:port (default: $TEMPORAL_ADDRESS or 127.0.0.1:7233)",
+    )
+    p.add_argument(
+        "--catalog",
+        default=None,
+        help="catalog SQLAlchemy URL (default: $VECMIGRATE_CATALOG_URL or SQLite in "
+        "$VECMIGRATE_HOME, ./.vecmigrate)",
+    )
+    p.add_argument("--task-queue", default=None, help="worker task queue (default: vecmigrate)")
+    p.add_argument("--operator", default=None, help="who you are, for the ledger (default: $USER)")
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of ``vecmigrate``."""
+    top = argparse.ArgumentParser(
+        prog="vecmigrate",
+        description="Durable, zero-downtime vector database migrations on Temporal.",
+    )
+    sub = top.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="run a real IVF -> HNSW migration end to end")
+    _common(p)
+    p.add_argument("--size", type=int, default=100_000, help="vectors to migrate")
+    p.add_argument("--data", choices=["auto", "glove", "synthetic"], default="auto")
+    p.add_argument("--manual", action="store_true", help="wait for approve_cutover")
+    p.add_argument("--keep", action="store_true", help="keep the server and UI up afterwards")
+
+    p = sub.add_parser("dev", help="start the Temporal dev server (with UI) and a worker")
+    _common(p)
+    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--ui-port", type=int, default=None)
+
+    p = sub.add_parser("worker", help="run a worker")
+    _common(p)
+    p.add_argument("--concurrency", type=int, default=4)
+
+    p = sub.add_parser("seed", help="create a collection's first version from demo data")
+    _common(p)
+    p.add_argument("--collection", required=True)
+    p.add_argument("--tenant", default="default")
+    p.add_argument("--version", default="v1")
+    p.add_argument("--size", type=int, default=100_000)
+    p.add_argument("--data", choices=["auto", "glove", "synthetic"], default="auto")
+    p.add_argument("--shards", type=int, default=4)
+
+    p = sub.add_parser("plan", help="validate a spec and print what a migration would do")
+    _common(p)
+    p.add_argument("spec")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("start", help="start a migration; prints its id")
+    _common(p)
+    p.add_argument("spec")
+    p.add_argument("--watch", action="store_true", help="show progress until it ends")
+
+    p = sub.add_parser("status", help="status of a migration")
+    _common(p)
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("watch", help="live progress of a migration")
+    _common(p)
+    p.add_argument("id")
+
+    for name, signal in SIGNAL_COMMANDS.items():
+        p = sub.add_parser(name, help=f"send the {signal} signal")
+        _common(p)
+        p.add_argument("id")
+        p.add_argument("--reason", default="")
+
+    p = sub.add_parser("log", help="a migration's ledger entries")
+    _common(p)
+    p.add_argument("id")
+    p.add_argument("--verify", action="store_true", help="check the hash chain")
+    p.add_argument("--json", action="store_true")
+    return top
+
+
+async def _client(args: argparse.Namespace) -> MigrationClient:
+    address = args.address or default_address()
+    try:
+        client = await connect(address)
+    except Exception as exc:
+        raise VecmigrateError(
+            f"cannot reach Temporal at {address} ({exc}); start one with `vecmigrate dev` "
+            "or set TEMPORAL_ADDRESS"
+        ) from None
+    return MigrationClient(client, args.task_queue or default_task_queue())
+
+
+def _catalog(args: argparse.Namespace) -> Catalog:
+    return Catalog(args.catalog or default_catalog_url())
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from control.demo import run_demo
+
+    final = await run_demo(
+        size=args.size,
+        data=args.data,
+        manual=args.manual,
+        keep=args.keep,
+        address=args.address or os.environ.get("TEMPORAL_ADDRESS") or None,
+        catalog_url=args.catalog or default_catalog_url(),
+        task_queue=args.task_queue or default_task_queue(),
+        operator=args.operator or _operator(),
+        console=out,
+    )
+    return 0 if final.phase == "COMPLETED" else 1
+
+
+async def _dev(args: argparse.Namespace) -> int:
+    from workers.main import run_worker
+
+    home = home_dir()
+    server = DevServer(home / "temporal.db", args.port, args.ui_port, home / "temporal.log")
+    server.start()
+    catalog = args.catalog or default_catalog_url()
+    out.print(f"Temporal dev server on {server.address}; UI at {server.ui_url}")
+    out.print(f"worker on task queue {args.task_queue or default_task_queue()}, catalog {catalog}")
+    out.print(f"export TEMPORAL_ADDRESS={server.address}   # for other shells; Ctrl-C stops")
+    try:
+        await run_worker(server.address, args.task_queue or default_task_queue(), catalog)
+    finally:
+        server.stop()
+    return 0
+
+
+async def _worker(args: argparse.Namespace) -> int:
+    from workers.main import run_worker
+
+    await run_worker(
+        args.address or default_address(),
+        args.task_queue or default_task_queue(),
+        args.catalog or default_catalog_url(),
+        concurrency=args.concurrency,
+    )
+    return 0
+
+
+async def _seed(args: argparse.Namespace) -> int:
+    from control.demo import _seed, demo_data, demo_versions
+
+    dd = demo_data(args.size, args.data)
+    v1, _ = demo_versions(dd.model_id, dd.vectors.shape[1], args.size // args.shards)
+    v1 = v1.model_copy(update={"name": args.version})
+    catalog = _catalog(args)
+    await asyncio.to_thread(_seed, catalog, args.collection, v1, dd.vectors, err)
+    err.print(
+        f"seeded {args.tenant}/{args.collection}@{args.version}: {args.size:,} vectors, {dd.name}"
+    )
+    print(json.dumps({"version": v1.model_dump(mode="json")}, indent=2))
+    return 0
+
+
+async def _plan(args: argparse.Namespace) -> int:
+    spec = resolve_spec(load_spec(args.spec))
+    plan = plan_migration(_catalog(args), spec)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "migration_id": spec.migration_id,
+                    "ok": plan.ok,
+                    "steps": plan.steps,
+                    "shards": plan.shard_sizes,
+                    "problems": plan.problems,
+                    "estimated_seconds": plan.estimated_seconds,
+                },
+                indent=2,
+            )
+        )
+    else:
+        out.print(plan_table(plan))
+    return 0 if plan.ok else 1
+
+
+async def _start(args: argparse.Namespace) -> int:
+    spec = resolve_spec(load_spec(args.spec))
+    plan = plan_migration(_catalog(args), spec)
+    if not plan.ok:
+        raise VecmigrateError("the migration cannot start:\n  " + "\n  ".join(plan.problems))
+    mc = await _client(args)
+    mid = await mc.start(spec, operator=args.operator or _operator())
+    print(mid)
+    if args.watch:
+        from control.progress import watch
+
+        final = await watch(mc, mid, err)
+        err.print(status_tables(final))
+    return 0
+
+
+async def _status(args: argparse.Namespace) -> int:
+    mc = await _client(args)
+    st = await mc.status(args.id)
+    if args.json:
+        print(st.model_dump_json(indent=2))
+    else:
+        out.print(status_tables(st))
+    return 0
+
+
+async def _watch(args: argparse.Namespace) -> int:
+    from control.progress import watch
+
+    mc = await _client(args)
+    final = await watch(mc, args.id, out)
+    out.print(status_tables(final))
+    return 0
+
+
+async def _signal(args: argparse.Namespace) -> int:
+    mc = await _client(args)
+    name = SIGNAL_COMMANDS[args.command]
+    await mc.signal(args.id, name, operator=args.operator or _operator(), reason=args.reason)
+    err.print(f"sent {name} to {args.id}")
+    return 0
+
+
+async def _log(args: argparse.Namespace) -> int:
+    catalog = _catalog(args)
+    entries = catalog.entries(args.id)
+    if args.json:
+        print(json.dumps([e.__dict__ for e in entries], indent=2, default=str))
+    else:
+        out.print(ledger_table(entries))
+    if args.verify:
+        problems = catalog.verify_ledger()
+        if problems:
+            for p in problems:
+                err.print(f"[red]{p}[/red]")
+            return 1
+        err.print(f"[green]ledger intact[/green]: {len(catalog.entries())} entries chained")
+    return 0
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
+    "demo": _demo,
+    "dev": _dev,
+    "worker": _worker,
+    "seed": _seed,
+    "plan": _plan,
+    "start": _start,
+    "status": _status,
+    "watch": _watch,
+    "log": _log,
+    **dict.fromkeys(SIGNAL_COMMANDS, _signal),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``vecmigrate`` command."""
+    args = parser().parse_args(argv)
+    try:
+        code: int = asyncio.run(COMMANDS[args.command](args))
+    except VecmigrateError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        code = 2
+    except KeyboardInterrupt:
+        code = 130
+    sys.stdout.flush()
+    sys.exit(code)

@@ -1,0 +1,149 @@
+"""Tables people read: status, final report, plan, ledger."""
+
+from __future__ import annotations
+
+from rich.console import Console, Group
+from rich.table import Table
+
+from vecmigrate.catalog import LedgerEntry
+from vecmigrate.lifecycle import MigrationStatus
+from vecmigrate.plan import Plan
+
+
+def status_tables(st: MigrationStatus) -> Group:
+    """Phase, shards, gates, routing and operator actions of a migration."""
+    head = Table.grid(padding=(0, 2))
+    head.add_row("migration", st.migration_id)
+    head.add_row(
+        "collection", f"{st.tenant}/{st.collection}: {st.source_version} -> {st.target_version}"
+    )
+    head.add_row(
+        "phase", f"[bold]{st.phase}[/bold]" + ("  [yellow](paused)[/yellow]" if st.paused else "")
+    )
+    if st.pause_reason:
+        head.add_row("paused because", st.pause_reason)
+    if st.blocked_reason:
+        head.add_row("blocked", st.blocked_reason)
+    if st.error:
+        head.add_row("error", f"[red]{st.error}[/red]")
+    if st.routing:
+        r = st.routing
+        head.add_row(
+            "routing",
+            f"reads {r.read_version} ({r.read_index}); writes {', '.join(r.write_versions)}; "
+            f"generation {r.generation}",
+        )
+    parts: list[Table] = [head]
+
+    if st.phase_seconds:
+        phases = Table(title="time per phase")
+        phases.add_column("phase")
+        phases.add_column("seconds", justify="right")
+        for name, secs in st.phase_seconds.items():
+            if name != "PLANNED":
+                phases.add_row(name, f"{secs:.2f}")
+        parts.append(phases)
+
+    if st.shards:
+        shards = Table(title="shards")
+        for col in ("shard", "source", "copied", "target", "state", "checksum"):
+            shards.add_column(
+                col, justify="right" if col in ("source", "copied", "target") else "left"
+            )
+        src = st.gates.source_counts if st.gates else {}
+        dst = st.gates.target_counts if st.gates else {}
+        for s in st.shards:
+            shards.add_row(
+                str(s.shard),
+                str(src.get(s.shard, s.total)),
+                str(s.copied),
+                str(dst.get(s.shard, "")),
+                s.state,
+                s.checksum or "",
+            )
+        parts.append(shards)
+
+    if st.gates:
+        g = st.gates
+        gates = Table(title=f"gates ({'passed' if g.passed else 'FAILED'})")
+        for col in ("check", "value", "threshold", "verdict", "detail"):
+            gates.add_column(col)
+        for v in g.verdicts:
+            verdict = "info" if v.comparison == "info" else ("pass" if v.passed else "FAIL")
+            style = {"pass": "green", "FAIL": "red"}.get(verdict, "dim")
+            threshold = "" if v.threshold is None else f"{v.comparison} {v.threshold}"
+            gates.add_row(
+                v.name,
+                "" if v.value is None else f"{v.value:g}",
+                threshold,
+                f"[{style}]{verdict}[/{style}]",
+                v.detail,
+            )
+        parts.append(gates)
+        recall = Table(title=f"recall@{g.k} against exact search ({g.queries} queries)")
+        recall.add_column("index")
+        recall.add_column("recall", justify="right")
+        recall.add_row(
+            f"old ({st.source_version})",
+            "n/a" if g.source_recall is None else f"{g.source_recall:.4f}",
+        )
+        recall.add_row(
+            f"new ({st.target_version})",
+            "n/a" if g.target_recall is None else f"{g.target_recall:.4f}",
+        )
+        parts.append(recall)
+
+    if st.operators:
+        ops = Table(title="operator actions")
+        for col in ("at", "operator", "action", "reason"):
+            ops.add_column(col)
+        for a in st.operators:
+            ops.add_row(a.at, a.operator, a.action, a.reason)
+        parts.append(ops)
+    return Group(*parts)
+
+
+def plan_table(plan: Plan) -> Group:
+    """Steps, shard sizes, preconditions and the estimate of a dry run."""
+    steps = Table(title=f"plan for {plan.spec.migration_id} ({plan.spec.strategy})")
+    steps.add_column("phase")
+    steps.add_column("what happens")
+    for phase, text in plan.steps:
+        steps.add_row(phase, text)
+    parts: list[Table] = [steps]
+    if plan.shard_sizes:
+        sizes = Table(title="shards")
+        sizes.add_column("shard")
+        sizes.add_column("vectors", justify="right")
+        for shard, n in plan.shard_sizes.items():
+            sizes.add_row(str(shard), str(n))
+        parts.append(sizes)
+    checks = Table(title="preconditions")
+    checks.add_column("result")
+    if plan.problems:
+        for p in plan.problems:
+            checks.add_row(f"[red]FAIL[/red] {p}")
+    else:
+        checks.add_row(
+            "[green]ok[/green] source registered and serving, target name free, "
+            "dimensions and index parameters fit the data"
+        )
+        checks.add_row(f"estimated duration (rough): {plan.estimated_seconds:.0f} s")
+    parts.append(checks)
+    return Group(*parts)
+
+
+def ledger_table(entries: list[LedgerEntry]) -> Table:
+    """Ledger entries, one row each."""
+    t = Table(title="ledger")
+    for col in ("seq", "at", "actor", "kind", "data", "hash"):
+        t.add_column(col)
+    for e in entries:
+        data = ", ".join(f"{k}={v}" for k, v in e.data.items() if k != "spec")
+        t.add_row(str(e.seq), e.at, e.actor, e.kind, data[:120], e.hash[:12])
+    return t
+
+
+def print_status(console: Console, st: MigrationStatus) -> None:
+    """Print the status tables."""
+    console.print(status_tables(st))
