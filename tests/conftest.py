@@ -41,12 +41,14 @@ class Sandbox:
             url=sqlite_url(self.root / "store.db"), artifacts=str(self.root / "artifacts")
         )
 
-    def version(self, name: str, index: dict[str, Any], dim: int = DIM) -> VersionSpec:
+    def version(
+        self, name: str, index: dict[str, Any], dim: int = DIM, metric: str = "l2"
+    ) -> VersionSpec:
         return VersionSpec.model_validate(
             {
                 "name": name,
                 "store": self.store.model_dump(),
-                "embedding": {"model_id": "test-model", "dimension": dim, "metric": "l2"},
+                "embedding": {"model_id": "test-model", "dimension": dim, "metric": metric},
                 "index": index,
             }
         )

@@ -344,9 +344,7 @@ class LoadedIndex:
         if self._hnsw is not None:
             kk = min(k, self.count)
             self._hnsw.set_ef(max(int(self._hnsw.ef), kk))
-            labels, dist = self._hnsw.knn_query(q, k=kk)
-            d = dist.astype(np.float32)
-            i = labels.astype(np.int64)
+            d, i = _hnsw_rows(self._hnsw, q, kk)
         else:
             d, i = self._faiss.search(q, k)
             d = _to_distance(d, self.metric)
@@ -355,6 +353,31 @@ class LoadedIndex:
             d, i = np.concatenate([d, pad_d], 1), np.concatenate([i, pad_i], 1)
         d = np.where(i < 0, np.inf, d).astype(np.float32)
         return d, i.astype(np.int64)
+
+
+def _hnsw_rows(index: Any, q: Vectors, k: int) -> tuple[Distances, Ids]:
+    """hnswlib query that tolerates a sparse graph.
+
+    hnswlib raises when it finds fewer than k neighbours for a query (a poorly connected graph,
+    small M or ef). Such rows are retried one by one with a smaller k and padded, so a poor
+    index shows up as poor recall in the gates instead of an error.
+    """
+    try:
+        labels, dist = index.knn_query(q, k=k)
+        return dist.astype(np.float32), labels.astype(np.int64)
+    except RuntimeError:
+        pass
+    d, i = _empty(q.shape[0], k)
+    for row in range(q.shape[0]):
+        for kk in range(k, 0, -1):
+            try:
+                labels, dist = index.knn_query(q[row : row + 1], k=kk)
+            except RuntimeError:
+                continue
+            d[row, :kk] = dist[0]
+            i[row, :kk] = labels[0]
+            break
+    return d, i
 
 
 class ShardedIndex:

@@ -1,0 +1,59 @@
+"""Record workflow histories for the replay tests.
+
+Run after a deliberate, compatible change to the workflow's commands: `python -m
+tests.histories.record`. Histories recorded by earlier releases stay in the folder, so a change
+that would break migrations already running fails the replay test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import tempfile
+from pathlib import Path
+
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from control.client import MigrationClient
+from control.devserver import temporal_binary
+from tests.conftest import Sandbox, running_worker
+from vecmigrate.catalog import Catalog
+from vecmigrate.config import sqlite_url
+from vecmigrate.lifecycle import Phase
+
+HERE = Path(__file__).parent
+
+
+async def record() -> None:
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_binary(), data_converter=pydantic_data_converter
+    )
+    try:
+        for name, manual in (("blue_green_completed", False), ("blue_green_rolled_back", True)):
+            root = Path(tempfile.gettempdir()) / "vecmigrate-history" / name
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir(parents=True)
+            sandbox = Sandbox(root, Catalog(sqlite_url(root / "catalog.db")))
+            sandbox.seed(2000)
+            spec = sandbox.spec(
+                cutover={"mode": "manual" if manual else "automatic", "bake_seconds": 0.2}
+            )
+            async with running_worker(env.client, sandbox) as queue:
+                mc = MigrationClient(env.client, queue)
+                mid = await mc.start(spec, operator="recorder")
+                if manual:
+                    while (await mc.status(mid)).phase != Phase.AWAITING_CUTOVER:
+                        await asyncio.sleep(0.1)
+                    await mc.signal(mid, "pause", operator="recorder")
+                    await mc.signal(mid, "rollback", operator="recorder", reason="replay test")
+                await mc.result(mid)
+                history = await mc.handle(mid).fetch_history()
+            (HERE / f"{name}.json").write_text(history.to_json())
+            print(f"wrote {name}.json ({len(history.events)} events)")
+    finally:
+        await env.shutdown()
+
+
+if __name__ == "__main__":
+    asyncio.run(record())

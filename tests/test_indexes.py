@@ -1,0 +1,125 @@
+"""Real FAISS and hnswlib builds, artifacts written atomically and verified by checksum."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vecmigrate.datasets import clustered
+from vecmigrate.errors import ArtifactError, PreconditionError
+from vecmigrate.indexes import (
+    ExactKnn,
+    LoadedIndex,
+    ShardedIndex,
+    build_index,
+    build_key,
+    find_artifact,
+    write_artifact,
+)
+from vecmigrate.spec import (
+    FaissFlat,
+    FaissHnsw,
+    FaissIvfFlat,
+    FaissIvfPq,
+    HnswlibHnsw,
+    IndexSpec,
+    Metric,
+)
+from vecmigrate.validation import recall_at_k
+
+N, DIM = 4000, 32
+SPECS: list[tuple[IndexSpec, float]] = [
+    (FaissFlat(), 1.0),
+    (FaissIvfFlat(nlist=32, nprobe=8), 0.85),
+    (FaissIvfPq(nlist=32, nprobe=8, m=8, nbits=8), 0.3),
+    (FaissHnsw(m=16, ef_search=64), 0.9),
+    (HnswlibHnsw(m=16, ef_search=64), 0.9),
+]
+
+
+@pytest.fixture(scope="module")
+def data() -> tuple[np.ndarray, np.ndarray]:
+    return np.arange(100, 100 + N, dtype=np.int64), clustered(N, DIM, clusters=20, seed=1)
+
+
+@pytest.mark.parametrize(("spec", "floor"), SPECS, ids=lambda s: getattr(s, "kind", ""))
+@pytest.mark.parametrize("metric", [Metric.L2, Metric.IP, Metric.COSINE])
+def test_build_write_load_search(
+    tmp_path: Path,
+    data: tuple[np.ndarray, np.ndarray],
+    spec: IndexSpec,
+    floor: float,
+    metric: Metric,
+) -> None:
+    ids, x = data
+    q = x[:100] + 0.01
+    exact = ExactKnn(q, 10, metric)
+    exact.add(ids, x)
+    _, truth = exact.result()
+    index = build_index(spec, metric, ids, x, threads=1)
+    key = build_key(spec, metric, DIM, "data-checksum")
+    art = write_artifact(index, spec, metric, DIM, tmp_path, "shard-0000", key, N)
+    assert art.data_file.name.startswith("shard-0000-")
+    assert art.sha256[:16] in art.data_file.name
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    loaded = LoadedIndex(art.manifest, expected_sha256=art.sha256)
+    _, found = loaded.search(q, 10)
+    assert recall_at_k(found, truth) >= floor
+
+
+def test_exact_knn_streams_in_batches(data: tuple[np.ndarray, np.ndarray]) -> None:
+    ids, x = data
+    whole = ExactKnn(x[:20], 5, "l2")
+    whole.add(ids, x)
+    parts = ExactKnn(x[:20], 5, "l2")
+    for chunk in np.array_split(np.arange(N), 9):
+        parts.add(ids[chunk], x[chunk])
+    assert np.array_equal(whole.result()[1], parts.result()[1])
+
+
+def test_sharded_search_merges_like_one_index(
+    data: tuple[np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    ids, x = data
+    loaded = []
+    for i, part in enumerate(np.array_split(np.arange(N), 3)):
+        idx = build_index(FaissFlat(), Metric.L2, ids[part], x[part])
+        art = write_artifact(
+            idx, FaissFlat(), Metric.L2, DIM, tmp_path, f"shard-{i:04d}", f"k{i}", len(part)
+        )
+        loaded.append(LoadedIndex(art.manifest))
+    _, merged = ShardedIndex(loaded).search(x[:30], 7)
+    exact = ExactKnn(x[:30], 7, "l2")
+    exact.add(ids, x)
+    assert np.array_equal(merged, exact.result()[1])
+
+
+def test_reuse_only_a_whole_verified_artifact(
+    tmp_path: Path, data: tuple[np.ndarray, np.ndarray]
+) -> None:
+    ids, x = data
+    spec = HnswlibHnsw(m=8)
+    key = build_key(spec, Metric.L2, DIM, "c1")
+    assert find_artifact(tmp_path, "shard-0001", key) is None
+    art = write_artifact(
+        build_index(spec, Metric.L2, ids, x), spec, Metric.L2, DIM, tmp_path, "shard-0001", key, N
+    )
+    reused = find_artifact(tmp_path, "shard-0001", key)
+    assert reused is not None
+    assert reused.reused
+    assert reused.sha256 == art.sha256
+    # Other data or parameters mean another key: no reuse.
+    assert find_artifact(tmp_path, "shard-0001", build_key(spec, Metric.L2, DIM, "c2")) is None
+    # A truncated (half-written) file fails its checksum: never reused, never loaded.
+    art.data_file.write_bytes(art.data_file.read_bytes()[:1000])
+    assert find_artifact(tmp_path, "shard-0001", key) is None
+    with pytest.raises(ArtifactError, match="does not match its checksum"):
+        LoadedIndex(art.manifest)
+
+
+def test_ivf_with_too_few_vectors_says_what_to_do(data: tuple[np.ndarray, np.ndarray]) -> None:
+    ids, x = data
+    with pytest.raises(PreconditionError, match=r"lower index\.nlist or use fewer shards"):
+        build_index(FaissIvfFlat(nlist=64), Metric.L2, ids[:50], x[:50])

@@ -1,0 +1,132 @@
+"""Spec validation: bad input fails with an error naming the field and the fix."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vecmigrate.errors import SpecError
+from vecmigrate.spec import FaissIvfFlat, HnswlibHnsw, load_spec, parse_spec
+
+
+def base() -> dict[str, Any]:
+    emb = {"model_id": "m", "model_version": "1", "dimension": 64, "metric": "l2"}
+    return {
+        "collection": "docs",
+        "source": {"name": "v1", "embedding": emb, "index": {"kind": "faiss_ivf_flat"}},
+        "target": {"name": "v2", "embedding": dict(emb), "index": {"kind": "hnswlib_hnsw"}},
+    }
+
+
+def problems(data: Any) -> str:
+    with pytest.raises(SpecError) as exc:
+        parse_spec(data)
+    return str(exc.value)
+
+
+def test_valid_spec_has_defaults_and_deterministic_id() -> None:
+    spec = parse_spec(base())
+    assert isinstance(spec.source.index, FaissIvfFlat)
+    assert isinstance(spec.target.index, HnswlibHnsw)
+    assert spec.migration_id == "default.docs.v1-to-v2"
+    assert spec.strategy == "blue_green"
+    assert spec.cutover.mode == "manual"
+    assert spec.shards.selected() == (0, 1, 2, 3)
+    assert spec.spec_hash() == parse_spec(base()).spec_hash()
+
+
+def test_unknown_index_type_names_field_and_choices() -> None:
+    data = base()
+    data["target"]["index"] = {"kind": "annoy"}
+    msg = problems(data)
+    assert "target.index: unknown kind 'annoy'" in msg
+    assert "hnswlib_hnsw" in msg
+    assert "faiss_ivf_pq" in msg
+
+
+def test_missing_fields_are_each_named() -> None:
+    data = base()
+    del data["collection"]
+    del data["target"]["embedding"]["dimension"]
+    msg = problems(data)
+    assert "collection: Field required (add this field)" in msg
+    assert "target.embedding.dimension: Field required (add this field)" in msg
+
+
+def test_bad_dimension_values() -> None:
+    data = base()
+    data["target"]["embedding"]["dimension"] = 0
+    assert "target.embedding.dimension: Input should be greater than or equal to 1" in problems(
+        data
+    )
+    data = base()
+    data["target"]["embedding"]["dimension"] = 128
+    msg = problems(data)
+    assert "target.embedding.dimension is 128" in msg
+    assert "64-dimensional" in msg
+
+
+def test_model_change_is_refused_in_this_release() -> None:
+    data = base()
+    data["target"]["embedding"]["model_id"] = "other"
+    assert "re-embedding is not available" in problems(data)
+
+
+def test_misspelled_field_and_unknown_strategy() -> None:
+    data = base()
+    data["shard"] = {"count": 2}
+    assert "shard: Extra inputs are not permitted (remove it or check its spelling)" in problems(
+        data
+    )
+    data = base()
+    data["strategy"] = "online"
+    assert "strategy 'online' is not available" in problems(data)
+
+
+def test_index_parameter_rules() -> None:
+    data = base()
+    data["target"]["index"] = {"kind": "faiss_ivf_flat", "nlist": 8, "nprobe": 16}
+    assert "nprobe (16) cannot exceed nlist (8)" in problems(data)
+    data = base()
+    data["target"]["index"] = {"kind": "faiss_ivf_pq", "m": 7}
+    assert "target.index.m (7) must divide the dimension (64)" in problems(data)
+
+
+def test_same_version_names_and_bad_shards() -> None:
+    data = base()
+    data["target"]["name"] = "v1"
+    assert "give the target a new version name" in problems(data)
+    data = base()
+    data["shards"] = {"count": 4, "only": [1, 9]}
+    assert "shard indexes [9] are outside 0..3" in problems(data)
+
+
+def test_unknown_store_kind() -> None:
+    data = base()
+    data["target"]["store"] = {"kind": "elasticsearch"}
+    msg = problems(data)
+    assert "target.store: unknown kind 'elasticsearch'" in msg
+    assert "builtin" in msg
+
+
+def test_load_yaml_and_json(tmp_path: Path) -> None:
+    import yaml
+
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(base()))
+    (tmp_path / "s.json").write_text(json.dumps(base()))
+    assert load_spec(tmp_path / "s.yaml") == load_spec(tmp_path / "s.json")
+    (tmp_path / "bad.yaml").write_text("collection: [unclosed")
+    with pytest.raises(SpecError, match="not valid YAML or JSON"):
+        load_spec(tmp_path / "bad.yaml")
+    with pytest.raises(SpecError, match="cannot read spec file"):
+        load_spec(tmp_path / "missing.yaml")
+    with pytest.raises(SpecError, match="expected a mapping"):
+        parse_spec([1, 2])
+
+
+def test_example_specs_are_valid() -> None:
+    for path in sorted(Path(__file__).parent.parent.joinpath("examples").glob("*.yaml")):
+        load_spec(path)
