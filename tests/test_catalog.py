@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import threading
-from pathlib import Path
-
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DatabaseError
 
 from vecmigrate.catalog import Catalog
-from vecmigrate.config import sqlite_url
 from vecmigrate.errors import NotFoundError, PreconditionError, RoutingConflictError
 from vecmigrate.spec import EmbeddingSchema
 
 
 @pytest.fixture
-def catalog(tmp_path: Path) -> Catalog:
-    return Catalog(sqlite_url(tmp_path / "catalog.db"))
+def catalog(sql_url: str) -> Catalog:
+    return Catalog(sql_url)
 
 
 EMB = EmbeddingSchema(model_id="m", dimension=8)
@@ -96,8 +93,12 @@ def test_ledger_is_chained_idempotent_and_append_only(catalog: Catalog) -> None:
 def test_verify_detects_an_edited_entry(catalog: Catalog) -> None:
     for i in range(3):
         catalog.append(tenant="t", collection="c", kind="k", actor="a", data={"i": i})
+    drop = {
+        "sqlite": "DROP TRIGGER ledger_no_update",
+        "postgresql": "DROP TRIGGER ledger_append_only ON ledger",
+    }[catalog.engine.dialect.name]
     with catalog.engine.begin() as conn:
-        conn.execute(text("DROP TRIGGER ledger_no_update"))
+        conn.execute(text(drop))
         conn.execute(text("""UPDATE ledger SET data = '{"i": 9}' WHERE seq = 2"""))
     assert catalog.verify_ledger() == ["entry 2: content does not match its hash"]
 

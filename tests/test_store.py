@@ -17,8 +17,8 @@ from vecmigrate.stores.builtin import WHOLE
 
 
 @pytest.fixture
-def url(tmp_path: Path) -> str:
-    return sqlite_url(tmp_path / "store.db")
+def url(sql_url: str) -> str:
+    return sql_url
 
 
 def filled(url: str, n: int = 1000, dim: int = 8) -> tuple[BuiltinStore, np.ndarray, np.ndarray]:
