@@ -12,6 +12,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from rich.console import Console
+from temporalio.service import RPCError, RPCStatusCode
 
 from control.client import MigrationClient, connect, default_address, default_task_queue
 from control.devserver import DevServer
@@ -303,6 +304,13 @@ def main(argv: list[str] | None = None) -> None:
         code: int = asyncio.run(COMMANDS[args.command](args))
     except VecmigrateError as exc:
         err.print(f"[red]error:[/red] {exc}")
+        code = 2
+    except RPCError as exc:
+        hint = {
+            RPCStatusCode.NOT_FOUND: "no such migration (the id is the workflow id)",
+            RPCStatusCode.UNAVAILABLE: "Temporal is unreachable; check --address",
+        }.get(exc.status, "")
+        err.print(f"[red]error:[/red] {exc.message}" + (f" ({hint})" if hint else ""))
         code = 2
     except KeyboardInterrupt:
         code = 130

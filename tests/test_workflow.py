@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -217,3 +220,43 @@ async def test_precondition_failure_pauses_with_reason(client: Client, sandbox: 
         await mc.signal(mid, "abort", operator="gil")
         final = await mc.result(mid)
     assert final.phase == Phase.ABORTED
+
+
+def cli(address: str, queue: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "control", *args, "--address", address, "--task-queue", queue],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+async def test_vecmigrate_signal_commands(client: Client, sandbox: Sandbox) -> None:
+    sandbox.seed()
+    spec = sandbox.spec(cutover={"mode": "manual", "bake_seconds": 0.2})
+    address = client.service_client.config.target_host
+    async with running_worker(client, sandbox) as queue:
+        mc = MigrationClient(client, queue)
+        mid = await mc.start(spec)
+        await wait_for(mc, mid, lambda s: s.phase == Phase.AWAITING_CUTOVER)
+        done = await asyncio.to_thread(
+            cli, address, queue, "pause", mid, "--operator", "ops", "--reason", "freeze"
+        )
+        assert f"sent pause to {mid}" in done.stderr
+        st = await wait_for(mc, mid, lambda s: s.paused)
+        assert st.pause_reason == "paused by ops: freeze"
+        shown = await asyncio.to_thread(cli, address, queue, "status", mid, "--json")
+        assert json.loads(shown.stdout)["paused"] is True
+        await asyncio.to_thread(cli, address, queue, "cutover", mid, "--operator", "ops")
+        await asyncio.sleep(0.5)
+        assert (await mc.status(mid)).phase == Phase.AWAITING_CUTOVER  # still paused
+        await asyncio.to_thread(cli, address, queue, "resume", mid, "--operator", "ops")
+        final = await mc.result(mid)
+    assert final.phase == Phase.COMPLETED
+    assert [a.action for a in final.operators] == ["pause", "approve_cutover", "resume"]
+    late = await asyncio.to_thread(cli, address, queue, "rollback", mid)
+    assert "error:" in late.stderr
+    assert "completed" in late.stderr
+    assert "Traceback" not in late.stderr
+    missing = await asyncio.to_thread(cli, address, queue, "status", "no-such-migration")
+    assert "no such migration" in missing.stderr
