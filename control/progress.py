@@ -89,14 +89,6 @@ async def watch(
                     ) from None
                 await asyncio.sleep(interval)
                 continue
-            note = st.pause_reason or st.blocked_reason
-            if st.phase != last_phase or note != last_note:
-                label = f"phase: [bold]{st.phase}[/bold]" + (
-                    f"  [yellow]{note}[/yellow]" if note else ""
-                )
-                progress.update(phase_line, description=label)
-                say(f"  {st.phase}" + (f": {note}" if note else ""))
-                last_phase, last_note = st.phase, note
             for s in st.shards:
                 if s.shard not in copy_tasks:
                     copy_tasks[s.shard] = progress.add_task(
@@ -117,6 +109,14 @@ async def watch(
                     progress.update(build_tasks[s.shard], completed=done)
                 if s.state == "indexed":
                     say(f"    shard {s.shard}: index built")
+            note = st.pause_reason or st.blocked_reason
+            if st.phase != last_phase or note != last_note:
+                label = f"phase: [bold]{st.phase}[/bold]" + (
+                    f"  [yellow]{note}[/yellow]" if note else ""
+                )
+                progress.update(phase_line, description=label)
+                say(f"  {st.phase}" + (f": {note}" if note else ""))
+                last_phase, last_note = st.phase, note
             if st.phase in TERMINAL:
                 progress.update(phase_line, total=1, completed=1)
                 return st

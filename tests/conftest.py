@@ -53,6 +53,11 @@ class Sandbox:
             }
         )
 
+    def poor_target(self) -> dict[str, Any]:
+        """A target version whose HNSW graph (M 2, ef 1) cannot reach a high recall."""
+        poor = {"kind": "hnswlib_hnsw", "m": 2, "ef_search": 1, "ef_construction": 4}
+        return self.version("v2", poor).model_dump(mode="json")
+
     def seed(
         self, n: int = 2000, collection: str = "docs", tenant: str = "default", dim: int = DIM
     ) -> np.ndarray:

@@ -7,6 +7,10 @@ import numpy as np
 from tests.conftest import Sandbox
 from vecmigrate.backfill import copy_shard, open_source, open_target, prepare
 from vecmigrate.build import artifact_dir, build_shard, register_index
+from vecmigrate.lifecycle import GateReport
+from vecmigrate.spec import MigrationSpec
+from vecmigrate.stores import BuiltinStore
+from vecmigrate.tasks import PrepareResult
 from vecmigrate.validation import count_parity, exclude_self, recall_at_k, validate_migration
 
 
@@ -24,6 +28,24 @@ def test_count_parity_names_the_shards_that_differ() -> None:
     assert "shard 1: 5 vs 4" in v.detail
 
 
+def validate(
+    sandbox: Sandbox,
+    spec: MigrationSpec,
+    prep: PrepareResult,
+    index_id: str,
+    target: BuiltinStore | None = None,
+) -> GateReport:
+    return validate_migration(
+        sandbox.catalog,
+        spec,
+        open_source(spec),
+        target or open_target(spec),
+        prep.shards,
+        prep.source_index,
+        index_id,
+    )
+
+
 def migrate_data(sandbox: Sandbox, **overrides: object) -> tuple:
     sandbox.seed(3000)
     spec = sandbox.spec(**overrides)
@@ -39,15 +61,7 @@ def migrate_data(sandbox: Sandbox, **overrides: object) -> tuple:
 
 def test_gates_pass_on_a_faithful_copy(sandbox: Sandbox) -> None:
     spec, prep, record = migrate_data(sandbox)
-    report = validate_migration(
-        sandbox.catalog,
-        spec,
-        open_source(spec),
-        open_target(spec),
-        prep.shards,
-        prep.source_index,
-        record.id,
-    )
+    report = validate(sandbox, spec, prep, record.id)
     assert report.passed, report.failures()
     assert report.target_recall is not None
     assert report.target_recall >= 0.9
@@ -61,30 +75,17 @@ def test_gates_fail_on_a_lost_record_and_a_changed_vector(sandbox: Sandbox) -> N
     target.delete(np.array([17]))
     ids, vecs = target.fetch(np.array([18]))
     target.upsert(ids, vecs + 0.5)
-    report = validate_migration(
-        sandbox.catalog, spec, open_source(spec), target, prep.shards, prep.source_index, record.id
-    )
+    report = validate(sandbox, spec, prep, record.id, target)
     assert not report.passed
     failed = {v.name for v in report.verdicts if not v.passed}
     assert failed == {"count_parity", "checksum_parity"}
 
 
 def test_recall_gate_fails_on_a_poor_index(sandbox: Sandbox) -> None:
-    poor = sandbox.version(
-        "v2", {"kind": "hnswlib_hnsw", "m": 2, "ef_construction": 4, "ef_search": 1}
-    )
     spec, prep, record = migrate_data(
-        sandbox, target=poor.model_dump(mode="json"), gates={"min_recall": 0.99}
+        sandbox, target=sandbox.poor_target(), gates={"min_recall": 0.99}
     )
-    report = validate_migration(
-        sandbox.catalog,
-        spec,
-        open_source(spec),
-        open_target(spec),
-        prep.shards,
-        prep.source_index,
-        record.id,
-    )
+    report = validate(sandbox, spec, prep, record.id)
     assert not report.passed
     assert [v.name for v in report.verdicts if not v.passed] == ["recall@10"]
     assert "recall@10" in report.failures()[0]

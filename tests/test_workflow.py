@@ -167,9 +167,7 @@ async def test_failed_gate_blocks_cutover(client: Client, sandbox: Sandbox) -> N
     sandbox.seed()
     # ef_search 1 and M 2 make a poor graph; a recall floor of 0.999 cannot be met.
     spec = sandbox.spec(
-        target=sandbox.version(
-            "v2", {"kind": "hnswlib_hnsw", "m": 2, "ef_search": 1, "ef_construction": 4}
-        ).model_dump(mode="json"),
+        target=sandbox.poor_target(),
         gates={"min_recall": 0.999, "sample_queries": 50},
         cutover={"mode": "manual", "bake_seconds": 0.2},
     )
@@ -196,9 +194,7 @@ async def test_failed_gate_blocks_cutover(client: Client, sandbox: Sandbox) -> N
 async def test_failed_gate_rolls_back_when_policy_says(client: Client, sandbox: Sandbox) -> None:
     sandbox.seed()
     spec = sandbox.spec(
-        target=sandbox.version(
-            "v2", {"kind": "hnswlib_hnsw", "m": 2, "ef_search": 1, "ef_construction": 4}
-        ).model_dump(mode="json"),
+        target=sandbox.poor_target(),
         gates={"min_recall": 0.999, "sample_queries": 50, "on_failure": "rollback"},
     )
     async with running_worker(client, sandbox) as queue:

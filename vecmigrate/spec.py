@@ -11,7 +11,7 @@ import hashlib
 import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -50,36 +50,32 @@ class FaissFlat(_Model):
     kind: Literal["faiss_flat"] = "faiss_flat"
 
 
-class FaissIvfFlat(_Model):
+class _Ivf(_Model):
+    """Parameters every FAISS inverted-file index shares."""
+
+    nlist: int = Field(default=256, ge=1, le=1 << 20)
+    nprobe: int = Field(default=16, ge=1)
+    train_size: int = Field(default=100_000, ge=1)
+
+    @model_validator(mode="after")
+    def _nprobe_within_nlist(self) -> Self:
+        if self.nprobe > self.nlist:
+            raise ValueError(f"nprobe ({self.nprobe}) cannot exceed nlist ({self.nlist})")
+        return self
+
+
+class FaissIvfFlat(_Ivf):
     """FAISS inverted file with full vectors: ``nlist`` centroids, ``nprobe`` probed per query."""
 
     kind: Literal["faiss_ivf_flat"] = "faiss_ivf_flat"
-    nlist: int = Field(default=256, ge=1, le=1 << 20)
-    nprobe: int = Field(default=16, ge=1)
-    train_size: int = Field(default=100_000, ge=1)
-
-    @model_validator(mode="after")
-    def _nprobe_within_nlist(self) -> FaissIvfFlat:
-        if self.nprobe > self.nlist:
-            raise ValueError(f"nprobe ({self.nprobe}) cannot exceed nlist ({self.nlist})")
-        return self
 
 
-class FaissIvfPq(_Model):
+class FaissIvfPq(_Ivf):
     """FAISS inverted file with product-quantised codes (``m`` sub-vectors of ``nbits`` bits)."""
 
     kind: Literal["faiss_ivf_pq"] = "faiss_ivf_pq"
-    nlist: int = Field(default=256, ge=1, le=1 << 20)
-    nprobe: int = Field(default=16, ge=1)
     m: int = Field(default=8, ge=1)
     nbits: int = Field(default=8, ge=1, le=16)
-    train_size: int = Field(default=100_000, ge=1)
-
-    @model_validator(mode="after")
-    def _nprobe_within_nlist(self) -> FaissIvfPq:
-        if self.nprobe > self.nlist:
-            raise ValueError(f"nprobe ({self.nprobe}) cannot exceed nlist ({self.nlist})")
-        return self
 
 
 class FaissHnsw(_Model):
