@@ -9,6 +9,7 @@ whose type names the domain error, so the workflow can report them.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar
 
@@ -26,13 +27,15 @@ from vecmigrate.errors import (
     ScopeError,
     SpecError,
 )
-from vecmigrate.lifecycle import RoutingView
+from vecmigrate.lifecycle import RoutingView, ShardCheck
 from vecmigrate.tasks import (
     ArtifactRef,
     BuildIndexInput,
     CopyShardInput,
     CopyShardResult,
     Cursor,
+    IndexRegistered,
+    LedgerAck,
     LedgerInput,
     PrepareInput,
     PrepareResult,
@@ -40,6 +43,7 @@ from vecmigrate.tasks import (
     RoutingChangeInput,
     ValidateInput,
     ValidateResult,
+    ValidateShardInput,
     VersionStateInput,
 )
 
@@ -92,6 +96,7 @@ class MigrationActivities:
             self.copy_shard,
             self.build_shard_index,
             self.register_index,
+            self.validate_shard,
             self.validate,
             self.change_routing,
             self.set_version_state,
@@ -145,34 +150,40 @@ class MigrationActivities:
 
     @activity.defn(name="register_index")
     @_domain_errors
-    def register_index(self, inp: RegisterIndexInput) -> str:
+    def register_index(self, inp: RegisterIndexInput) -> IndexRegistered:
         spec = inp.spec
         record = build.register_index(
             self.catalog, spec.tenant, spec.collection, spec.target, inp.artifacts, inp.migration_id
         )
-        return record.id
+        return IndexRegistered(
+            index_id=record.id, checksum=record.checksum, artifacts=len(record.artifacts)
+        )
+
+    @activity.defn(name="validate_shard")
+    @_domain_errors
+    def validate_shard(self, inp: ValidateShardInput) -> ShardCheck:
+        spec = inp.spec
+        return validation.check_shard(
+            spec, backfill.open_source(spec), backfill.open_target(spec), inp.shard
+        )
 
     @activity.defn(name="validate")
     @_domain_errors
     def validate(self, inp: ValidateInput) -> ValidateResult:
-        import time
-
         began = time.monotonic()
-        report = validation.validate_migration(
-            self.catalog,
-            inp.spec,
-            backfill.open_source(inp.spec),
-            backfill.open_target(inp.spec),
-            inp.shards,
-            inp.source_index,
-            inp.target_index,
+        spec = inp.spec
+        source, target = backfill.open_source(spec), backfill.open_target(spec)
+        checks = inp.checks or [validation.check_shard(spec, source, target, s) for s in inp.shards]
+        figures = validation.measure(
+            self.catalog, spec, source, target, inp.source_index, inp.target_index
         )
+        report = validation.report(spec, checks, figures)
         return ValidateResult(report=report, seconds=time.monotonic() - began)
 
     @activity.defn(name="change_routing")
     @_domain_errors
     def change_routing(self, inp: RoutingChangeInput) -> RoutingView:
-        view = self.catalog.compare_and_set_routing(
+        return self.catalog.compare_and_set_routing(
             inp.tenant,
             inp.collection,
             inp.expected_generation,
@@ -183,16 +194,6 @@ class MigrationActivities:
             inp.reason,
             inp.change_key,
         )
-        self.catalog.append(
-            tenant=inp.tenant,
-            collection=inp.collection,
-            migration_id=inp.migration_id,
-            kind="routing.changed",
-            actor=inp.operator,
-            data={"reason": inp.reason, **view.model_dump()},
-            event_key=f"routing:{inp.change_key}",
-        )
-        return view
 
     @activity.defn(name="set_version_state")
     @_domain_errors
@@ -201,7 +202,7 @@ class MigrationActivities:
 
     @activity.defn(name="record")
     @_domain_errors
-    def record(self, inp: LedgerInput) -> int:
+    def record(self, inp: LedgerInput) -> LedgerAck:
         entry = self.catalog.append(
             tenant=inp.tenant,
             collection=inp.collection,
@@ -213,4 +214,4 @@ class MigrationActivities:
         )
         if inp.kind == "phase":
             self.catalog.set_migration_phase(inp.migration_id, str(inp.data.get("to", "")))
-        return entry.seq
+        return LedgerAck(seq=entry.seq, hash=entry.hash)

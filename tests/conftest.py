@@ -34,6 +34,7 @@ class Sandbox:
 
     root: Path
     catalog: Catalog
+    dim: int = DIM
 
     @property
     def store(self) -> BuiltinStoreRef:
@@ -42,13 +43,23 @@ class Sandbox:
         )
 
     def version(
-        self, name: str, index: dict[str, Any], dim: int = DIM, metric: str = "l2"
+        self,
+        name: str,
+        index: dict[str, Any],
+        dim: int | None = None,
+        metric: str = "l2",
+        normalized: bool = False,
     ) -> VersionSpec:
         return VersionSpec.model_validate(
             {
                 "name": name,
                 "store": self.store.model_dump(),
-                "embedding": {"model_id": "test-model", "dimension": dim, "metric": metric},
+                "embedding": {
+                    "model_id": "test-model",
+                    "dimension": dim or self.dim,
+                    "metric": metric,
+                    "normalized": normalized,
+                },
                 "index": index,
             }
         )
@@ -59,9 +70,17 @@ class Sandbox:
         return self.version("v2", poor).model_dump(mode="json")
 
     def seed(
-        self, n: int = 2000, collection: str = "docs", tenant: str = "default", dim: int = DIM
+        self,
+        n: int = 2000,
+        collection: str = "docs",
+        tenant: str = "default",
+        dim: int = DIM,
+        vectors: np.ndarray | None = None,
     ) -> np.ndarray:
-        vectors = clustered(n, dim, clusters=32, seed=7)
+        if vectors is None:
+            vectors = clustered(n, dim, clusters=32, seed=7)
+        n, dim = vectors.shape
+        self.dim = dim
         seed_collection(
             self.catalog,
             tenant,

@@ -117,8 +117,55 @@ class GateVerdict(_Model):
     detail: str = ""
 
 
+class ShardProfile(_Model):
+    """What one scan of a shard saw: counts, bad vectors, norms and checksums."""
+
+    count: int = 0
+    nonfinite: int = 0
+    zero: int = 0
+    duplicate_ids: int = 0
+    off_unit_norm: int = 0
+    norm_min: float | None = None
+    norm_max: float | None = None
+    norm_mean: float | None = None
+    checksum: str = ""
+    id_checksum: str = ""
+
+
+class ShardCheck(_Model):
+    """Source and target profiles of one shard (the source seen through the transform)."""
+
+    shard: int
+    source: ShardProfile
+    target: ShardProfile
+    seconds: float = 0.0
+
+
+class RetrievalFigures(_Model):
+    """Figures of the retrieval and distribution checks; ``None`` where not measured."""
+
+    query_source: str = "sampled"
+    queries: int = 0
+    k: int = 10
+    source_recall: float | None = None
+    target_recall: float | None = None
+    overlap: float | None = None
+    rank_correlation: float | None = None
+    p50_ms_old: float | None = None
+    p99_ms_old: float | None = None
+    p50_ms_new: float | None = None
+    p99_ms_new: float | None = None
+    norm_ks: float | None = None
+    norm_ks_pvalue: float | None = None
+    mean_shift: float | None = None
+    spectrum_shift: float | None = None
+    distribution_sample: int = 0
+    skipped: list[str] = Field(default_factory=list)
+    seconds: float = 0.0
+
+
 class GateReport(_Model):
-    """All verdicts of one validation run plus the figures people ask for."""
+    """All verdicts of one validation run plus the figures behind them."""
 
     passed: bool
     verdicts: list[GateVerdict]
@@ -128,6 +175,8 @@ class GateReport(_Model):
     queries: int = 0
     source_counts: dict[int, int] = Field(default_factory=dict)
     target_counts: dict[int, int] = Field(default_factory=dict)
+    shards: list[ShardCheck] = Field(default_factory=list)
+    figures: RetrievalFigures | None = None
 
     def failures(self) -> list[str]:
         """One line per failed verdict, for ``status`` and the ledger."""
@@ -179,6 +228,11 @@ class MigrationStatus(_Model):
     cutover_approved: bool = False
     error: str = ""
     index_version: str | None = None
+    # The newest ledger entry this migration wrote, kept in Temporal's history: a ledger whose
+    # tail was cut no longer contains it, whatever was done to the catalog.
+    ledger_seq: int = 0
+    ledger_head: str = ""
+    ledger_entries: int = 0
 
     def copied(self) -> tuple[int, int]:
         """Vectors copied and total, over all shards."""

@@ -157,14 +157,51 @@ class ShardLayout(_Model):
         return self.only if self.only is not None else tuple(range(self.count))
 
 
+class IntegrityPolicy(_Model):
+    """Per-shard checks of the target's vectors. ``None`` switches a check off."""
+
+    max_nonfinite: int = Field(default=0, ge=0)
+    max_zero_vectors: int | None = Field(default=0, ge=0)
+    max_duplicate_ids: int = Field(default=0, ge=0)
+    norm_min: float | None = Field(default=None, ge=0.0)
+    norm_max: float | None = Field(default=None, ge=0.0)
+    # Relative slack allowed around the source's norm range (after the transform).
+    norm_range_tolerance: float | None = Field(default=0.01, ge=0.0)
+    # For normalised targets: allowed |norm - 1|.
+    unit_norm_tolerance: float = Field(default=1e-3, gt=0.0)
+
+
+class DistributionPolicy(_Model):
+    """Same-model checks that the target's vectors follow the source's distribution."""
+
+    sample: int = Field(default=5000, ge=10, le=1_000_000)
+    max_norm_ks: float | None = Field(default=0.05, ge=0.0, le=1.0)
+    max_mean_shift: float | None = Field(default=0.05, ge=0.0)
+    max_spectrum_shift: float | None = Field(default=0.05, ge=0.0, le=1.0)
+    spectrum_components: int = Field(default=32, ge=1, le=4096)
+
+
 class GatePolicy(_Model):
-    """Thresholds the new version must meet before it may serve reads."""
+    """Thresholds the new version must meet before it may serve reads.
+
+    Retrieval figures come from ``sample_queries`` queries sampled from the source data (each
+    query's own record excluded from every result) or from ``query_log``, a ``.npy`` file of
+    recorded queries in the source's embedding space. ``None`` switches a check off.
+    """
 
     k: int = Field(default=10, ge=1, le=1000)
     sample_queries: int = Field(default=200, ge=1, le=100_000)
-    min_recall: float = Field(default=0.90, ge=0.0, le=1.0)
+    query_log: str | None = None
+    min_recall: float | None = Field(default=0.90, ge=0.0, le=1.0)
     max_recall_drop: float | None = Field(default=None, ge=0.0, le=1.0)
+    min_overlap: float | None = Field(default=None, ge=0.0, le=1.0)
+    min_rank_correlation: float | None = Field(default=None, ge=-1.0, le=1.0)
+    max_p99_ratio: float | None = Field(default=None, gt=0.0)
     require_count_parity: bool = True
+    require_checksum_parity: bool = True
+    integrity: IntegrityPolicy = Field(default_factory=IntegrityPolicy)
+    distribution: DistributionPolicy = Field(default_factory=DistributionPolicy)
+    time_budget_seconds: float = Field(default=1800.0, gt=0.0)
     on_failure: Literal["pause", "rollback"] = "pause"
     seed: int = 0
 

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from vecmigrate.lifecycle import GateReport, RoutingView
+from vecmigrate.lifecycle import GateReport, RoutingView, ShardCheck
 from vecmigrate.spec import MigrationSpec
 
 HASH_SPACE = 1 << 32
@@ -94,12 +94,34 @@ class RegisterIndexInput(_Model):
     artifacts: list[ArtifactRef]
 
 
+class ValidateShardInput(_Model):
+    migration_id: str
+    spec: MigrationSpec
+    shard: ShardRef
+
+
 class ValidateInput(_Model):
     migration_id: str
     spec: MigrationSpec
     shards: list[ShardRef]
     source_index: str | None
     target_index: str
+    checks: list[ShardCheck] = Field(default_factory=list)
+
+
+class IndexRegistered(_Model):
+    """An index version recorded in the catalog."""
+
+    index_id: str
+    checksum: str
+    artifacts: int
+
+
+class LedgerAck(_Model):
+    """Where an entry landed in the ledger: the workflow keeps the last one as an anchor."""
+
+    seq: int
+    hash: str
 
 
 class RoutingChangeInput(_Model):

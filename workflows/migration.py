@@ -22,12 +22,14 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from vecmigrate.lifecycle import (
         SERVING_TARGET,
+        GateReport,
         MigrationInput,
         MigrationStatus,
         OperatorAction,
         OperatorMessage,
         Phase,
         RoutingView,
+        ShardCheck,
         ShardProgress,
         check_transition,
     )
@@ -36,6 +38,8 @@ with workflow.unsafe.imports_passed_through():
         BuildIndexInput,
         CopyShardInput,
         CopyShardResult,
+        IndexRegistered,
+        LedgerAck,
         LedgerInput,
         PrepareInput,
         PrepareResult,
@@ -44,6 +48,7 @@ with workflow.unsafe.imports_passed_through():
         ShardRef,
         ValidateInput,
         ValidateResult,
+        ValidateShardInput,
         VersionStateInput,
     )
 
@@ -171,7 +176,7 @@ class MigrationWorkflow:
     async def _record(self, kind: str, actor: str, data: dict[str, Any]) -> None:
         self._events += 1
         key = f"{self._status.migration_id}/{workflow.info().first_execution_run_id}/{self._events}"
-        await workflow.execute_activity(
+        ack: LedgerAck = await workflow.execute_activity(
             "record",
             LedgerInput(
                 migration_id=self._status.migration_id,
@@ -182,10 +187,13 @@ class MigrationWorkflow:
                 actor=actor,
                 data=data,
             ),
-            result_type=int,
+            result_type=LedgerAck,
             start_to_close_timeout=SHORT_TIMEOUT,
             retry_policy=RETRY,
         )
+        self._status.ledger_entries += 1
+        if ack.seq > self._status.ledger_seq:
+            self._status.ledger_seq, self._status.ledger_head = ack.seq, ack.hash
 
     async def _enter(self, phase: Phase, actor: str = "vecmigrate") -> None:
         async with self._lock:
@@ -306,40 +314,25 @@ class MigrationWorkflow:
             artifacts[shard.index] = await self._build(shard)
 
         await self._for_each_shard(shards, build_one)
-        index_id: str = await self._step(
+        registered: IndexRegistered = await self._step(
             "register_index",
             lambda: workflow.execute_activity(
                 "register_index",
                 RegisterIndexInput(
                     migration_id=mid, spec=spec, artifacts=[artifacts[s.index] for s in shards]
                 ),
-                result_type=str,
+                result_type=IndexRegistered,
                 start_to_close_timeout=SHORT_TIMEOUT,
                 retry_policy=RETRY,
             ),
         )
+        index_id = registered.index_id
         self._status.index_version = index_id
+        await self._record("index.registered", "vecmigrate", registered.model_dump(mode="json"))
 
         await self._enter(Phase.VALIDATING)
         while True:
-            result: ValidateResult = await self._step(
-                "validate",
-                lambda: workflow.execute_activity(
-                    "validate",
-                    ValidateInput(
-                        migration_id=mid,
-                        spec=spec,
-                        shards=shards,
-                        source_index=prep.source_index,
-                        target_index=index_id,
-                    ),
-                    result_type=ValidateResult,
-                    start_to_close_timeout=timedelta(hours=2),
-                    heartbeat_timeout=None,
-                    retry_policy=RETRY,
-                ),
-            )
-            report = result.report
+            report = await self._validate(shards, prep.source_index, index_id)
             self._status.gates = report
             await self._record("gate", "vecmigrate", report.model_dump(mode="json"))
             if report.passed:
@@ -406,6 +399,47 @@ class MigrationWorkflow:
         )
         await self._set_state(spec.source.name, "retained", "vecmigrate")
         await self._enter(Phase.COMPLETED)
+
+    async def _validate(
+        self, shards: list[ShardRef], source_index: str | None, index_id: str
+    ) -> GateReport:
+        """Profile every shard (one activity each, so the work resumes shard by shard), then
+        measure retrieval and distribution and judge everything against the gates."""
+        spec = self._spec
+        checks: dict[int, ShardCheck] = {}
+
+        async def check_one(shard: ShardRef) -> None:
+            checks[shard.index] = await self._step(
+                f"validate shard {shard.index}",
+                lambda: workflow.execute_activity(
+                    "validate_shard",
+                    ValidateShardInput(migration_id=spec.migration_id, spec=spec, shard=shard),
+                    result_type=ShardCheck,
+                    start_to_close_timeout=timedelta(hours=2),
+                    retry_policy=RETRY,
+                ),
+            )
+            self._progress(shard.index).state = "validated"
+
+        await self._for_each_shard(shards, check_one)
+        result: ValidateResult = await self._step(
+            "validate",
+            lambda: workflow.execute_activity(
+                "validate",
+                ValidateInput(
+                    migration_id=spec.migration_id,
+                    spec=spec,
+                    shards=shards,
+                    source_index=source_index,
+                    target_index=index_id,
+                    checks=[checks[s.index] for s in shards],
+                ),
+                result_type=ValidateResult,
+                start_to_close_timeout=timedelta(seconds=spec.gates.time_budget_seconds * 2),
+                retry_policy=RETRY,
+            ),
+        )
+        return result.report
 
     async def _for_each_shard(
         self, shards: list[ShardRef], work: Callable[[ShardRef], Awaitable[None]]
@@ -504,6 +538,7 @@ class MigrationWorkflow:
             start_to_close_timeout=SHORT_TIMEOUT,
             retry_policy=RETRY,
         )
+        await self._record("routing.changed", operator, {"reason": reason, **view.model_dump()})
         return view
 
     async def _set_state(self, version: str, state: str, operator: str) -> None:
@@ -521,6 +556,7 @@ class MigrationWorkflow:
             start_to_close_timeout=SHORT_TIMEOUT,
             retry_policy=RETRY,
         )
+        await self._record("version.state", operator, {"version": version, "state": state})
 
     async def _roll_back(self, msg: OperatorMessage) -> None:
         spec = self._spec

@@ -1,0 +1,257 @@
+"""Turning figures into verdicts: each check, its threshold and whether it passed.
+
+Pure Python over the models, so the rules can be read and tested on their own.
+"""
+
+from __future__ import annotations
+
+from vecmigrate.lifecycle import GateReport, GateVerdict, RetrievalFigures, ShardCheck
+from vecmigrate.spec import GatePolicy
+
+
+def _shards(names: list[int]) -> str:
+    return "shards " + ", ".join(str(s) for s in names)
+
+
+def _bounded(
+    name: str, value: float | None, threshold: float | None, comparison: str, detail: str = ""
+) -> GateVerdict | None:
+    """A verdict for ``value comparison threshold``; None when the check is switched off."""
+    if threshold is None:
+        return None
+    if value is None:
+        return GateVerdict(
+            name=name,
+            threshold=threshold,
+            comparison=comparison,
+            passed=False,
+            detail="not measured" + (f": {detail}" if detail else ""),
+        )
+    ok = value >= threshold if comparison == ">=" else value <= threshold
+    return GateVerdict(
+        name=name,
+        value=round(value, 4),
+        threshold=threshold,
+        comparison=comparison,
+        passed=ok,
+        detail=detail,
+    )
+
+
+def _count(name: str, per_shard: dict[int, int], limit: int, what: str) -> GateVerdict:
+    bad = {s: n for s, n in per_shard.items() if n > 0}
+    total = sum(bad.values())
+    return GateVerdict(
+        name=name,
+        value=float(total),
+        threshold=float(limit),
+        comparison="<=",
+        passed=total <= limit,
+        detail=f"{what} in {_shards(sorted(bad))}" if bad else f"no {what}",
+    )
+
+
+def parity_verdicts(
+    policy: GatePolicy, same_bytes: bool, checks: list[ShardCheck]
+) -> list[GateVerdict]:
+    """Counts per shard, then ids and bytes (or the id set where the vectors were transformed)."""
+    out = []
+    if policy.require_count_parity:
+        diff = [c for c in checks if c.source.count != c.target.count]
+        out.append(
+            GateVerdict(
+                name="count_parity",
+                value=float(len(diff)),
+                threshold=0.0,
+                comparison="==",
+                passed=not diff,
+                detail="; ".join(
+                    f"shard {c.shard}: {c.source.count} source vs {c.target.count} target"
+                    for c in diff
+                )
+                or f"{sum(c.target.count for c in checks)} records in {len(checks)} shards",
+            )
+        )
+    if policy.require_checksum_parity:
+        name, field = (
+            ("checksum_parity", "checksum") if same_bytes else ("id_parity", "id_checksum")
+        )
+        bad = [c.shard for c in checks if getattr(c.source, field) != getattr(c.target, field)]
+        what = "ids and vector bytes" if same_bytes else "id sets (vectors were transformed)"
+        out.append(
+            GateVerdict(
+                name=name,
+                value=float(len(bad)),
+                threshold=0.0,
+                comparison="==",
+                passed=not bad,
+                detail=f"{what} differ in {_shards(bad)}" if bad else f"{what} identical",
+            )
+        )
+    return out
+
+
+def integrity_verdicts(
+    policy: GatePolicy, normalized_target: bool, checks: list[ShardCheck]
+) -> list[GateVerdict]:
+    """Bad vectors, duplicate ids and norms of the target, shard by shard."""
+    ip = policy.integrity
+    out = [
+        _count(
+            "nonfinite",
+            {c.shard: c.target.nonfinite for c in checks},
+            ip.max_nonfinite,
+            "NaN/inf vectors",
+        ),
+        _count(
+            "duplicate_ids",
+            {c.shard: c.target.duplicate_ids for c in checks},
+            ip.max_duplicate_ids,
+            "duplicate ids",
+        ),
+    ]
+    if ip.max_zero_vectors is not None:
+        new_zeros = {c.shard: max(0, c.target.zero - c.source.zero) for c in checks}
+        out.append(_count("zero_vectors", new_zeros, ip.max_zero_vectors, "new zero vectors"))
+    if normalized_target:
+        out.append(
+            _count(
+                "unit_norm",
+                {c.shard: c.target.off_unit_norm for c in checks},
+                0,
+                f"vectors off unit norm by more than {ip.unit_norm_tolerance}",
+            )
+        )
+    if ip.norm_range_tolerance is not None:
+        bad = []
+        for c in checks:
+            s_lo, s_hi, t_lo, t_hi = (
+                c.source.norm_min,
+                c.source.norm_max,
+                c.target.norm_min,
+                c.target.norm_max,
+            )
+            if s_lo is None or s_hi is None or t_lo is None or t_hi is None:
+                continue
+            slack = ip.norm_range_tolerance * max(s_hi, 1e-12)
+            if t_lo < s_lo - slack or t_hi > s_hi + slack:
+                bad.append(
+                    f"shard {c.shard}: [{t_lo:.4g}, {t_hi:.4g}] vs source [{s_lo:.4g}, {s_hi:.4g}]"
+                )
+        out.append(
+            GateVerdict(
+                name="norm_range",
+                value=float(len(bad)),
+                threshold=0.0,
+                comparison="==",
+                passed=not bad,
+                detail="; ".join(bad) or "target norms within the source's range",
+            )
+        )
+    lo = [c.target.norm_min for c in checks if c.target.norm_min is not None]
+    hi = [c.target.norm_max for c in checks if c.target.norm_max is not None]
+    if ip.norm_min is not None and lo:
+        v = _bounded("norm_min", min(lo), ip.norm_min, ">=")
+        assert v is not None
+        out.append(v)
+    if ip.norm_max is not None and hi:
+        v = _bounded("norm_max", max(hi), ip.norm_max, "<=")
+        assert v is not None
+        out.append(v)
+    return out
+
+
+def retrieval_verdicts(policy: GatePolicy, f: RetrievalFigures) -> list[GateVerdict]:
+    """Recall, old-vs-new agreement, latency and distribution figures against thresholds."""
+    k = f.k
+    why = "skipped: " + ", ".join(f.skipped) if f.skipped else ""
+    candidates = [
+        _bounded(
+            f"recall@{k}",
+            f.target_recall,
+            policy.min_recall,
+            ">=",
+            f"new index vs exact search, {f.queries} {f.query_source} queries",
+        ),
+        _bounded(
+            f"recall@{k}_vs_old",
+            f.target_recall,
+            None
+            if policy.max_recall_drop is None or f.source_recall is None
+            else round(f.source_recall - policy.max_recall_drop, 4),
+            ">=",
+            f"old index recall@{k} is {f.source_recall}",
+        ),
+        _bounded(f"overlap@{k}", f.overlap, policy.min_overlap, ">=", "old vs new top-k"),
+        _bounded(
+            "rank_correlation",
+            f.rank_correlation,
+            policy.min_rank_correlation,
+            ">=",
+            "Spearman, ids both return",
+        ),
+        _bounded(
+            "p99_ratio",
+            None if not f.p99_ms_old or f.p99_ms_new is None else f.p99_ms_new / f.p99_ms_old,
+            policy.max_p99_ratio,
+            "<=",
+            f"p99 new {f.p99_ms_new} ms / old {f.p99_ms_old} ms",
+        ),
+        _bounded(
+            "norm_ks",
+            f.norm_ks,
+            policy.distribution.max_norm_ks,
+            "<=",
+            f"two-sample KS on norms, p = {f.norm_ks_pvalue}, {f.distribution_sample} each"
+            if f.norm_ks is not None
+            else why,
+        ),
+        _bounded(
+            "mean_shift",
+            f.mean_shift,
+            policy.distribution.max_mean_shift,
+            "<=",
+            "distance of means / mean norm" if f.mean_shift is not None else why,
+        ),
+        _bounded(
+            "spectrum_shift",
+            f.spectrum_shift,
+            policy.distribution.max_spectrum_shift,
+            "<=",
+            "total variation of covariance spectra" if f.spectrum_shift is not None else why,
+        ),
+    ]
+    out = [v for v in candidates if v is not None]
+    for name in ("p50_ms_old", "p99_ms_old", "p50_ms_new", "p99_ms_new"):
+        value = getattr(f, name)
+        if value is not None:
+            out.append(GateVerdict(name=name, value=value, comparison="info", passed=True))
+    return out
+
+
+def judge(
+    policy: GatePolicy,
+    *,
+    same_bytes: bool,
+    normalized_target: bool,
+    checks: list[ShardCheck],
+    figures: RetrievalFigures,
+) -> GateReport:
+    """The gate report: every verdict, passed only if all pass."""
+    verdicts = (
+        parity_verdicts(policy, same_bytes, checks)
+        + integrity_verdicts(policy, normalized_target, checks)
+        + retrieval_verdicts(policy, figures)
+    )
+    return GateReport(
+        passed=all(v.passed for v in verdicts),
+        verdicts=verdicts,
+        source_recall=figures.source_recall,
+        target_recall=figures.target_recall,
+        k=figures.k,
+        queries=figures.queries,
+        source_counts={c.shard: c.source.count for c in checks},
+        target_counts={c.shard: c.target.count for c in checks},
+        shards=checks,
+        figures=figures,
+    )

@@ -1,0 +1,85 @@
+"""One pass over a shard: counts, bad vectors, norms and checksums (integrity and parity)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vecmigrate.lifecycle import ShardProfile
+from vecmigrate.stores import BuiltinStore
+from vecmigrate.stores.base import Ids, RecordChecksum, Vectors
+from vecmigrate.tasks import ShardRef
+from vecmigrate.transforms import Transform
+
+
+class IdChecksum(RecordChecksum):
+    """Order-independent checksum of the ids alone (id-set parity when vectors changed)."""
+
+    def add(self, ids: Ids, vectors: Vectors) -> None:
+        super().add(ids, np.empty((ids.shape[0], 0), np.float32))
+
+
+class ProfileBuilder:
+    """Accumulates a :class:`ShardProfile` batch by batch."""
+
+    def __init__(self, unit_norm_tolerance: float = 1e-3) -> None:
+        self.tolerance = unit_norm_tolerance
+        self.records = RecordChecksum()
+        self.ids = IdChecksum()
+        self.seen: list[Ids] = []
+        self.count = 0
+        self.nonfinite = 0
+        self.zero = 0
+        self.off_unit = 0
+        self.norm_min = np.inf
+        self.norm_max = -np.inf
+        self.norm_sum = 0.0
+
+    def add(self, ids: Ids, vectors: Vectors) -> None:
+        """Fold one batch in."""
+        self.records.add(ids, vectors)
+        self.ids.add(ids, vectors)
+        self.seen.append(ids)
+        self.count += int(ids.shape[0])
+        finite = np.isfinite(vectors).all(axis=1)
+        self.nonfinite += int((~finite).sum())
+        norms = np.linalg.norm(vectors[finite].astype(np.float64), axis=1)
+        self.zero += int((norms == 0).sum())
+        self.off_unit += int((np.abs(norms - 1.0) > self.tolerance).sum())
+        if norms.size:
+            self.norm_min = min(self.norm_min, float(norms.min()))
+            self.norm_max = max(self.norm_max, float(norms.max()))
+            self.norm_sum += float(norms.sum())
+
+    def result(self) -> ShardProfile:
+        """The profile of everything added."""
+        all_ids = np.concatenate(self.seen) if self.seen else np.empty(0, np.int64)
+        duplicates = int(all_ids.size - np.unique(all_ids).size)
+        finite = self.count - self.nonfinite
+        return ShardProfile(
+            count=self.count,
+            nonfinite=self.nonfinite,
+            zero=self.zero,
+            duplicate_ids=duplicates,
+            off_unit_norm=self.off_unit,
+            norm_min=None if finite == 0 else round(self.norm_min, 6),
+            norm_max=None if finite == 0 else round(self.norm_max, 6),
+            norm_mean=None if finite == 0 else round(self.norm_sum / finite, 6),
+            checksum=self.records.hexdigest(),
+            id_checksum=self.ids.hexdigest(),
+        )
+
+
+def profile_shard(
+    store: BuiltinStore,
+    shard: ShardRef,
+    transform: Transform | None = None,
+    *,
+    batch_size: int = 50_000,
+    unit_norm_tolerance: float = 1e-3,
+) -> ShardProfile:
+    """Scan ``shard`` once and profile it, seen through ``transform`` if given."""
+    builder = ProfileBuilder(unit_norm_tolerance)
+    for batch in store.iter_shard(shard, batch_size):
+        vectors = batch.vectors if transform is None else transform(batch.vectors)
+        builder.add(batch.ids, vectors)
+    return builder.result()

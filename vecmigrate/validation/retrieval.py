@@ -1,0 +1,64 @@
+"""Retrieval quality and speed: recall against exact search, old-vs-new agreement, latency."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import numpy.typing as npt
+
+from vecmigrate.indexes import Ids, ShardedIndex, Vectors
+
+
+def exclude_self(i: Ids, query_ids: Ids | None, k: int) -> Ids:
+    """Each row's first k ids other than the query's own id (none excluded without ids)."""
+    out = np.full((i.shape[0], k), -1, np.int64)
+    for row in range(i.shape[0]):
+        own = None if query_ids is None else int(query_ids[row])
+        kept = [x for x in i[row].tolist() if x != own and x >= 0][:k]
+        out[row, : len(kept)] = kept
+    return out
+
+
+def recall_at_k(approx: Ids, exact: Ids) -> float:
+    """Mean over queries of |approx ∩ exact| / |exact| (ignoring -1 padding)."""
+    scores = []
+    for a, e in zip(approx, exact, strict=True):
+        truth = {x for x in e.tolist() if x >= 0}
+        if truth:
+            scores.append(len(truth & set(a.tolist())) / len(truth))
+    return float(np.mean(scores)) if scores else 0.0
+
+
+def overlap_at_k(old: Ids, new: Ids) -> float:
+    """Mean share of the old top-k that the new top-k also returns."""
+    return recall_at_k(new, old)
+
+
+def rank_correlation(old: Ids, new: Ids) -> float | None:
+    """Mean Spearman correlation of the ranks of the ids both lists share (>= 2 of them)."""
+    rhos = []
+    for a, b in zip(old, new, strict=True):
+        pos_b = {x: r for r, x in enumerate(b.tolist()) if x >= 0}
+        common = [(r, pos_b[x]) for r, x in enumerate(a.tolist()) if x >= 0 and x in pos_b]
+        if len(common) < 2:
+            continue
+        ra = np.argsort(np.argsort([c[0] for c in common]))
+        rb = np.argsort(np.argsort([c[1] for c in common]))
+        n = len(common)
+        rhos.append(1.0 - 6.0 * float(((ra - rb) ** 2).sum()) / (n * (n * n - 1)))
+    return float(np.mean(rhos)) if rhos else None
+
+
+def timed_search(
+    index: ShardedIndex, queries: Vectors, k: int
+) -> tuple[Ids, npt.NDArray[np.float64]]:
+    """Search one query at a time (as traffic arrives) and time each in milliseconds."""
+    ids = np.full((queries.shape[0], k), -1, np.int64)
+    millis = np.zeros(queries.shape[0])
+    for row in range(queries.shape[0]):
+        t = time.perf_counter()
+        _, found = index.search(queries[row : row + 1], k)
+        millis[row] = (time.perf_counter() - t) * 1000
+        ids[row] = found[0]
+    return ids, millis

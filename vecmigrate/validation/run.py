@@ -1,0 +1,167 @@
+"""Running the checks of a migration against its stores and indexes."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+
+from vecmigrate.build import load_index_version
+from vecmigrate.catalog import Catalog
+from vecmigrate.errors import PreconditionError
+from vecmigrate.indexes import Ids, Vectors
+from vecmigrate.lifecycle import GateReport, RetrievalFigures, ShardCheck
+from vecmigrate.spec import MigrationSpec
+from vecmigrate.stores import BuiltinStore
+from vecmigrate.tasks import ShardRef
+from vecmigrate.transforms import make_transform
+from vecmigrate.validation.distribution import ks_two_sample, mean_shift, spectrum_shift
+from vecmigrate.validation.gates import judge
+from vecmigrate.validation.profile import profile_shard
+from vecmigrate.validation.retrieval import (
+    exclude_self,
+    overlap_at_k,
+    rank_correlation,
+    recall_at_k,
+    timed_search,
+)
+
+
+def check_shard(
+    spec: MigrationSpec, source: BuiltinStore, target: BuiltinStore, shard: ShardRef
+) -> ShardCheck:
+    """Profile one shard on both sides (the source through the migration's transform)."""
+    began = time.monotonic()
+    _, transform = make_transform(spec.source.embedding, spec.target.embedding)
+    tol = spec.gates.integrity.unit_norm_tolerance
+    return ShardCheck(
+        shard=shard.index,
+        source=profile_shard(source, shard, transform, unit_norm_tolerance=tol),
+        target=profile_shard(target, shard, unit_norm_tolerance=tol),
+        seconds=round(time.monotonic() - began, 3),
+    )
+
+
+def load_queries(spec: MigrationSpec, source: BuiltinStore) -> tuple[Ids | None, Vectors, str]:
+    """Queries for the retrieval checks: the recorded log if the spec names one, else a sample.
+
+    Raises:
+        PreconditionError: the query log is missing or has the wrong dimension.
+    """
+    g = spec.gates
+    if g.query_log:
+        path = Path(g.query_log)
+        try:
+            log = np.load(path, mmap_mode="r")
+        except (OSError, ValueError) as exc:
+            raise PreconditionError(f"gates.query_log {path} cannot be read: {exc}") from None
+        if log.ndim != 2 or log.shape[1] != source.dimension:
+            raise PreconditionError(
+                f"gates.query_log {path} holds shape {log.shape}; it needs rows of "
+                f"{source.dimension} floats (the source's dimension)"
+            )
+        queries = np.ascontiguousarray(log[: g.sample_queries], dtype=np.float32)
+        return None, queries, "recorded"
+    qids, queries = source.sample(g.sample_queries, seed=g.seed)
+    return qids, queries, "sampled"
+
+
+def measure(
+    catalog: Catalog,
+    spec: MigrationSpec,
+    source: BuiltinStore,
+    target: BuiltinStore,
+    source_index: str | None,
+    target_index: str,
+) -> RetrievalFigures:
+    """Recall, agreement, latency and distribution figures, within the spec's time budget.
+
+    Stages run cheapest-first after the ground truth; a stage that would start after the
+    budget is spent is skipped and named in ``skipped`` (its gates then fail as not measured).
+    """
+    g = spec.gates
+    began = time.monotonic()
+    deadline = began + g.time_budget_seconds
+    k = g.k
+    fig = RetrievalFigures(k=k)
+    _, transform = make_transform(spec.source.embedding, spec.target.embedding)
+    qids, queries, kind = load_queries(spec, source)
+    fig.query_source, fig.queries = kind, int(queries.shape[0])
+    extra = 1 if qids is not None else 0
+
+    def over(stage: str) -> bool:
+        if time.monotonic() > deadline:
+            fig.skipped.append(stage)
+            return True
+        return False
+
+    tq = transform(queries)
+    new_found: Ids | None = None
+    if fig.queries and not over("target recall"):
+        _, exact = target.search(tq, k + extra, metric=str(spec.target.embedding.metric))
+        truth = exclude_self(exact, qids, k)
+        found, new_ms = timed_search(
+            load_index_version(catalog.get_index(target_index)), tq, k + extra
+        )
+        new_found = exclude_self(found, qids, k)
+        fig.target_recall = round(recall_at_k(new_found, truth), 4)
+        fig.p50_ms_new = round(float(np.percentile(new_ms, 50)), 3)
+        fig.p99_ms_new = round(float(np.percentile(new_ms, 99)), 3)
+    if fig.queries and source_index is not None and not over("source recall"):
+        _, exact = source.search(queries, k + extra, metric=str(spec.source.embedding.metric))
+        truth = exclude_self(exact, qids, k)
+        old_index = load_index_version(catalog.get_index(source_index))
+        found, old_ms = timed_search(old_index, queries, k + extra)
+        old_found = exclude_self(found, qids, k)
+        fig.source_recall = round(recall_at_k(old_found, truth), 4)
+        fig.p50_ms_old = round(float(np.percentile(old_ms, 50)), 3)
+        fig.p99_ms_old = round(float(np.percentile(old_ms, 99)), 3)
+        if new_found is not None:
+            fig.overlap = round(overlap_at_k(old_found, new_found), 4)
+            rho = rank_correlation(old_found, new_found)
+            fig.rank_correlation = None if rho is None else round(rho, 4)
+    if not over("distribution"):
+        n = g.distribution.sample
+        _, src = source.sample(n, seed=g.seed + 1)
+        _, dst = target.sample(n, seed=g.seed + 1)
+        # Non-finite rows are the integrity gate's business; they would poison the statistics.
+        dst = dst[np.isfinite(dst).all(axis=1)]
+        if len(src) and len(dst):
+            src = transform(src)
+            fig.distribution_sample = int(min(len(src), len(dst)))
+            ks, p = ks_two_sample(np.linalg.norm(src, axis=1), np.linalg.norm(dst, axis=1))
+            fig.norm_ks, fig.norm_ks_pvalue = round(ks, 4), round(p, 4)
+            fig.mean_shift = round(mean_shift(src, dst), 4)
+            fig.spectrum_shift = round(
+                spectrum_shift(src, dst, g.distribution.spectrum_components), 4
+            )
+    fig.seconds = round(time.monotonic() - began, 3)
+    return fig
+
+
+def report(spec: MigrationSpec, checks: list[ShardCheck], figures: RetrievalFigures) -> GateReport:
+    """The gate report of a migration from its shard checks and retrieval figures."""
+    transform_name, _ = make_transform(spec.source.embedding, spec.target.embedding)
+    return judge(
+        spec.gates,
+        same_bytes=transform_name == "identity",
+        normalized_target=spec.target.embedding.normalized,
+        checks=sorted(checks, key=lambda c: c.shard),
+        figures=figures,
+    )
+
+
+def validate_migration(
+    catalog: Catalog,
+    spec: MigrationSpec,
+    source: BuiltinStore,
+    target: BuiltinStore,
+    shards: list[ShardRef],
+    source_index: str | None,
+    target_index: str,
+) -> GateReport:
+    """Every check in one call (the workflow runs the same steps as separate activities)."""
+    checks = [check_shard(spec, source, target, s) for s in shards]
+    figures = measure(catalog, spec, source, target, source_index, target_index)
+    return report(spec, checks, figures)
