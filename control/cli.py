@@ -16,10 +16,11 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from control.client import MigrationClient, connect, default_address, default_task_queue
 from control.devserver import DevServer
-from control.report import ledger_table, plan_table, status_tables
+from control.report import gate_tables, ledger_table, plan_table, status_tables
 from vecmigrate.catalog import Catalog
 from vecmigrate.config import default_catalog_url, home_dir, resolve_spec
 from vecmigrate.errors import VecmigrateError
+from vecmigrate.lifecycle import GateReport
 from vecmigrate.plan import plan_migration
 from vecmigrate.spec import load_spec
 
@@ -115,6 +116,11 @@ def parser() -> argparse.ArgumentParser:
         _common(p)
         p.add_argument("id")
         p.add_argument("--reason", default="")
+
+    p = sub.add_parser("report", help="the latest gate report of a migration")
+    _common(p)
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("log", help="a migration's ledger entries")
     _common(p)
@@ -213,7 +219,9 @@ async def _plan(args: argparse.Namespace) -> int:
                     "steps": plan.steps,
                     "shards": plan.shard_sizes,
                     "problems": plan.problems,
+                    "checks": [c.__dict__ for c in plan.checks],
                     "estimated_seconds": plan.estimated_seconds,
+                    "extra_bytes": plan.extra_bytes,
                 },
                 indent=2,
             )
@@ -273,14 +281,37 @@ async def _log(args: argparse.Namespace) -> int:
         print(json.dumps([e.__dict__ for e in entries], indent=2, default=str))
     else:
         out.print(ledger_table(entries))
-    if args.verify:
-        problems = catalog.verify_ledger()
-        if problems:
-            for p in problems:
-                err.print(f"[red]{p}[/red]")
-            return 1
-        err.print(f"[green]ledger intact[/green]: {len(catalog.entries())} entries chained")
+    if not args.verify:
+        return 0
+    anchor = None
+    try:
+        st = await (await _client(args)).status(args.id)
+        anchor = (st.ledger_seq, st.ledger_head)
+    except (VecmigrateError, RPCError) as exc:
+        err.print(
+            f"[yellow]tail not checked[/yellow]: the workflow's anchor is unreachable ({exc})"
+        )
+    problems = catalog.verify_ledger(anchor)
+    if problems:
+        for p in problems:
+            err.print(f"[red]{p}[/red]")
+        return 1
+    anchored = f", tail anchored at entry {anchor[0]}" if anchor else ""
+    err.print(f"[green]ledger intact[/green]: {len(catalog.entries())} entries chained{anchored}")
     return 0
+
+
+async def _report(args: argparse.Namespace) -> int:
+    entry = _catalog(args).latest(args.id, "gate")
+    if entry is None:
+        raise VecmigrateError(f"migration {args.id!r} has no gate report yet")
+    report = GateReport.model_validate(entry.data)
+    if args.json:
+        print(report.model_dump_json(indent=2))
+    else:
+        out.print(f"gate report of {args.id}, recorded {entry.at} (ledger entry {entry.seq})")
+        out.print(gate_tables(report))
+    return 0 if report.passed else 1
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
@@ -293,6 +324,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "status": _status,
     "watch": _watch,
     "log": _log,
+    "report": _report,
     **dict.fromkeys(SIGNAL_COMMANDS, _signal),
 }
 

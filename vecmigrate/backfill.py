@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from vecmigrate.catalog import Catalog
-from vecmigrate.errors import PreconditionError
+from vecmigrate.errors import PreconditionError, VecmigrateError
 from vecmigrate.sharding import plan_shards
 from vecmigrate.spec import FaissIvfFlat, FaissIvfPq, MigrationSpec
 from vecmigrate.stores import BuiltinStore, Scope, open_store
@@ -41,59 +42,119 @@ def open_target(spec: MigrationSpec) -> BuiltinStore:
     return open_store(spec.target.store, target_scope(spec), spec.target.embedding.dimension)
 
 
-def check_preconditions(catalog: Catalog, spec: MigrationSpec) -> list[str]:
-    """What would stop this migration, checked without writing anything. Empty means go."""
-    problems: list[str] = []
+@dataclass(frozen=True)
+class Check:
+    """One precondition: its name, whether it holds, and what was found."""
+
+    name: str
+    passed: bool
+    detail: str
+
+
+def run_checks(catalog: Catalog, spec: MigrationSpec) -> list[Check]:
+    """Every precondition of the migration, checked without writing anything."""
     where = f"{spec.tenant}/{spec.collection}"
+    checks: list[Check] = []
+
+    def add(name: str, ok: bool, good: str, bad: str) -> bool:
+        checks.append(Check(name, ok, good if ok else bad))
+        return ok
+
     src = catalog.find_version(spec.tenant, spec.collection, spec.source.name)
-    if src is None:
-        return [f"source version {spec.source.name!r} of {where} is not in the catalog"]
-    if src.embedding != spec.source.embedding:
-        problems.append(
-            f"source.embedding does not match the catalog: {where}@{spec.source.name} holds "
-            f"{src.embedding.model_id}@{src.embedding.model_version}, "
-            f"{src.embedding.dimension}d, {src.embedding.metric}; fix the spec"
-        )
+    if not add(
+        "source registered",
+        src is not None,
+        f"{where}@{spec.source.name} is in the catalog",
+        f"source version {spec.source.name!r} of {where} is not in the catalog",
+    ):
+        return checks
+    assert src is not None
+    e = src.embedding
+    add(
+        "source schema",
+        e == spec.source.embedding,
+        f"{e.model_id}@{e.model_version}, {e.dimension}d, {e.metric}",
+        f"source.embedding does not match the catalog: {where}@{spec.source.name} holds "
+        f"{e.model_id}@{e.model_version}, {e.dimension}d, {e.metric}; fix the spec",
+    )
     routing = catalog.get_routing(spec.tenant, spec.collection)
-    if routing is None or routing.read_version != spec.source.name:
-        serving = routing.read_version if routing else None
-        problems.append(
-            f"{where} serves reads from {serving!r}, not the source {spec.source.name!r}; "
-            "migrate from the version that serves"
-        )
+    serving = routing.read_version if routing else None
+    add(
+        "source serves reads",
+        serving == spec.source.name,
+        f"routing reads {serving} (generation {routing.generation if routing else 0})",
+        f"{where} serves reads from {serving!r}, not the source {spec.source.name!r}; "
+        "migrate from the version that serves",
+    )
     dst = catalog.find_version(spec.tenant, spec.collection, spec.target.name)
-    if dst is not None:
-        if dst.migration_id != spec.migration_id:
-            problems.append(
-                f"target version {spec.target.name!r} of {where} already exists "
-                f"(state {dst.state}, made by {dst.migration_id or 'seeding'}); "
-                "choose a new target version name"
-            )
-        elif dst.state == "abandoned":
-            problems.append(
-                f"target version {spec.target.name!r} was abandoned by a rollback; "
-                "choose a new target version name"
-            )
+    if dst is None or (dst.migration_id == spec.migration_id and dst.state != "abandoned"):
+        add("target version free", True, f"{spec.target.name} is new or this migration's", "")
+    elif dst.migration_id != spec.migration_id:
+        add(
+            "target version free",
+            False,
+            "",
+            f"target version {spec.target.name!r} of {where} already exists "
+            f"(state {dst.state}, made by {dst.migration_id or 'seeding'}); "
+            "choose a new target version name",
+        )
+    else:
+        add(
+            "target version free",
+            False,
+            "",
+            f"target version {spec.target.name!r} was abandoned by a rollback; "
+            "choose a new target version name",
+        )
     try:
         store = open_source(spec)
-    except Exception as exc:
-        problems.append(f"cannot open the source store: {exc}")
-        return problems
-    if store.dimension != spec.source.embedding.dimension:
-        problems.append(
-            f"the source store holds {store.dimension}-dimensional vectors but "
-            f"source.embedding.dimension is {spec.source.embedding.dimension}"
-        )
+    except VecmigrateError as exc:
+        add("source store reachable", False, "", f"cannot open the source store: {exc}")
+        return checks
+    add("source store reachable", True, f"{store.count():,} records in {store.scope}", "")
+    add(
+        "dimension consistent",
+        store.dimension == spec.source.embedding.dimension,
+        f"{store.dimension}d in the store, the spec and the target",
+        f"the source store holds {store.dimension}-dimensional vectors but "
+        f"source.embedding.dimension is {spec.source.embedding.dimension}",
+    )
+    s_emb, t_emb = spec.source.embedding, spec.target.embedding
+    add(
+        "metric and normalisation",
+        True,
+        f"{s_emb.metric} -> {t_emb.metric}"
+        + (", target normalised on copy" if t_emb.normalized and not s_emb.normalized else ""),
+        "",
+    )
     idx = spec.target.index
-    if isinstance(idx, FaissIvfFlat | FaissIvfPq):
-        shards = shard_plan(spec, store)
-        smallest = min((store.count(s) for s in shards), default=0)
-        if smallest < idx.nlist:
-            problems.append(
-                f"target.index.nlist is {idx.nlist} but the smallest shard holds {smallest} "
-                "vectors, too few to train it: lower nlist or use fewer shards"
-            )
-    return problems
+    sizes = [store.count(s) for s in shard_plan(spec, store)]
+    smallest = min(sizes, default=0)
+    need = 0
+    if isinstance(idx, FaissIvfFlat):
+        need = idx.nlist
+    elif isinstance(idx, FaissIvfPq):
+        need = max(idx.nlist, 1 << idx.nbits)
+    add(
+        "index fits the data",
+        smallest >= need,
+        f"{idx.kind}: smallest shard {smallest:,} vectors",
+        f"target.index needs at least {need} vectors per shard to train, but the smallest "
+        f"shard holds {smallest}: lower nlist (or nbits) or use fewer shards",
+    )
+    add(
+        "tenant scope",
+        True,
+        f"tenant {spec.tenant!r}, collection {spec.collection!r}: every read and write of this "
+        "migration is scoped to them by the store",
+        "",
+    )
+    return checks
+
+
+def check_preconditions(catalog: Catalog, spec: MigrationSpec) -> list[str]:
+    """What would stop this migration, checked without writing anything. Empty means go."""
+    return [c.detail for c in run_checks(catalog, spec) if not c.passed]
 
 
 def shard_plan(spec: MigrationSpec, source: BuiltinStore) -> list[ShardRef]:

@@ -660,17 +660,47 @@ class Catalog:
         with self.engine.connect() as conn:
             return [_entry(r) for r in conn.execute(q).mappings()]
 
-    def verify_ledger(self) -> list[str]:
-        """Problems found walking the whole chain; empty when intact."""
+    def verify_ledger(self, anchor: tuple[int, str] | None = None) -> list[str]:
+        """Problems found walking the whole chain; empty when intact.
+
+        The chain shows an entry edited, removed or moved anywhere but at the end. ``anchor``,
+        the (seq, hash) of the newest entry as recorded elsewhere (the migration workflow keeps
+        it in Temporal's history), also shows a cut or rewritten tail.
+        """
         problems = []
         prev = GENESIS
+        hashes: dict[int, str] = {}
         for e in self.entries():
             if e.prev_hash != prev:
-                problems.append(f"entry {e.seq}: does not follow the entry before it")
+                problems.append(
+                    f"entry {e.seq}: does not follow the entry before it "
+                    "(an entry was removed, inserted or moved)"
+                )
             if entry_hash(e.prev_hash, e.body()) != e.hash:
-                problems.append(f"entry {e.seq}: content does not match its hash")
+                problems.append(f"entry {e.seq}: content does not match its hash (edited)")
+            hashes[e.seq] = e.hash
             prev = e.hash
+        if anchor is not None and anchor[0] and hashes.get(anchor[0]) != anchor[1]:
+            problems.append(
+                f"entry {anchor[0]}, the newest the workflow recorded ({anchor[1][:12]}), is "
+                "missing or altered: the ledger's tail was cut or rewritten"
+            )
         return problems
+
+    def latest(self, migration_id: str, kind: str) -> LedgerEntry | None:
+        """The newest entry of ``kind`` for a migration."""
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(
+                    select(ledger)
+                    .where((ledger.c.migration_id == migration_id) & (ledger.c.kind == kind))
+                    .order_by(ledger.c.seq.desc())
+                    .limit(1)
+                )
+                .mappings()
+                .first()
+            )
+        return _entry(row) if row is not None else None
 
 
 def _entry(row: Any) -> LedgerEntry:

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from vecmigrate.backfill import check_preconditions, open_source, shard_plan
+from vecmigrate.backfill import Check, open_source, run_checks, shard_plan
 from vecmigrate.catalog import Catalog
 from vecmigrate.errors import VecmigrateError
 from vecmigrate.lifecycle import STRATEGY_PHASES, Phase
-from vecmigrate.spec import MigrationSpec
+from vecmigrate.spec import (
+    FaissHnsw,
+    FaissIvfPq,
+    HnswlibHnsw,
+    IndexSpec,
+    MigrationSpec,
+)
 
 # Rough single-machine rates (vectors/s at 128 dimensions) for the time estimate; the real
 # figures come from the benchmarks and vary with dimension, parameters and cores.
@@ -46,7 +52,9 @@ class Plan:
     steps: list[tuple[str, str]] = field(default_factory=list)
     shard_sizes: dict[int, int] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
     estimated_seconds: float = 0.0
+    extra_bytes: int = 0
 
     @property
     def ok(self) -> bool:
@@ -54,10 +62,25 @@ class Plan:
         return not self.problems
 
 
+# Per-record overhead of the built-in store's row (keys, hash key, page slack), measured roughly.
+ROW_OVERHEAD = 40
+
+
+def index_bytes(spec: IndexSpec, count: int, dim: int) -> int:
+    """Approximate size of an index over ``count`` vectors of ``dim`` floats."""
+    vectors = count * dim * 4
+    if isinstance(spec, FaissIvfPq):
+        return count * (spec.m * spec.nbits // 8 + 8)
+    if isinstance(spec, FaissHnsw | HnswlibHnsw):
+        return vectors + count * (spec.m * 2 * 4 + 16)
+    return vectors + count * 8
+
+
 def plan_migration(catalog: Catalog, spec: MigrationSpec) -> Plan:
     """Check ``spec`` against the catalog and stores and describe every step; writes nothing."""
     plan = Plan(spec=spec)
-    plan.problems = check_preconditions(catalog, spec)
+    plan.checks = run_checks(catalog, spec)
+    plan.problems = [c.detail for c in plan.checks if not c.passed]
     total = 0
     if not plan.problems:
         try:
@@ -67,6 +90,9 @@ def plan_migration(catalog: Catalog, spec: MigrationSpec) -> Plan:
         except VecmigrateError as exc:
             plan.problems.append(str(exc))
     dim = spec.target.embedding.dimension
+    # Blue-green keeps both versions until the source is retired: the extra storage is the
+    # target's records plus its index.
+    plan.extra_bytes = total * (dim * 4 + ROW_OVERHEAD) + index_bytes(spec.target.index, total, dim)
     scale = dim / 128.0
     plan.estimated_seconds = (
         total / COPY_RATE * scale
