@@ -15,7 +15,7 @@ from rich.console import Console
 from temporalio.service import RPCError, RPCStatusCode
 
 from control.client import MigrationClient, connect, default_address, default_task_queue
-from control.devserver import DevServer
+from control.devserver import DevServer, DevServerError, cancel_on_sigterm
 from control.report import gate_tables, ledger_table, plan_table, status_tables
 from vecmigrate.catalog import Catalog
 from vecmigrate.config import default_catalog_url, home_dir, resolve_spec
@@ -166,6 +166,7 @@ async def _demo(args: argparse.Namespace) -> int:
 async def _dev(args: argparse.Namespace) -> int:
     from workers.main import run_worker
 
+    cancel_on_sigterm()
     home = home_dir()
     server = DevServer(home / "temporal.db", args.port, args.ui_port, home / "temporal.log")
     server.start()
@@ -302,7 +303,8 @@ async def _log(args: argparse.Namespace) -> int:
 
 
 async def _report(args: argparse.Namespace) -> int:
-    entry = _catalog(args).latest(args.id, "gate")
+    catalog = _catalog(args)
+    entry = catalog.latest(args.id, "gate")
     if entry is None:
         raise VecmigrateError(f"migration {args.id!r} has no gate report yet")
     report = GateReport.model_validate(entry.data)
@@ -310,7 +312,8 @@ async def _report(args: argparse.Namespace) -> int:
         print(report.model_dump_json(indent=2))
     else:
         out.print(f"gate report of {args.id}, recorded {entry.at} (ledger entry {entry.seq})")
-        out.print(gate_tables(report))
+        migration = catalog.get_migration(args.id)
+        out.print(gate_tables(report, migration["source_version"], migration["target_version"]))
     return 0 if report.passed else 1
 
 
@@ -334,7 +337,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     try:
         code: int = asyncio.run(COMMANDS[args.command](args))
-    except VecmigrateError as exc:
+    except (VecmigrateError, DevServerError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         code = 2
     except RPCError as exc:

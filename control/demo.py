@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from control.client import MigrationClient, connect
-from control.devserver import DevServer
+from control.devserver import DevServer, cancel_on_sigterm
 from control.progress import watch
 from control.report import status_tables
 from vecmigrate.catalog import Catalog
@@ -110,6 +110,7 @@ async def run_demo(
     console: Console,
 ) -> MigrationStatus:
     """Run the whole demo; returns the migration's final status."""
+    cancel_on_sigterm()
     home = home_dir()
     server: DevServer | None = None
     if address is None:
@@ -118,7 +119,9 @@ async def run_demo(
         server.start()
         address = server.address
     stop = asyncio.Event()
-    worker = asyncio.create_task(run_worker(address, task_queue, catalog_url, stop=stop))
+    worker = asyncio.create_task(
+        run_worker(address, task_queue, catalog_url, stop=stop, handle_signals=False)
+    )
     try:
         client = await connect(address)
         mc = MigrationClient(client, task_queue)
@@ -159,8 +162,10 @@ async def run_demo(
             console.print(
                 f"\nThe dev server and worker keep running: UI {server.ui_url}. Ctrl-C to stop."
             )
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                console.print("stopping ...")
         return final
     finally:
         stop.set()

@@ -137,14 +137,59 @@ def plan_table(plan: Plan) -> Group:
     return Group(*parts)
 
 
+def _short(h: object) -> str:
+    return str(h)[:12]
+
+
+def summarize(e: LedgerEntry) -> str:
+    """One readable line for a ledger entry."""
+    d = e.data
+    match e.kind:
+        case "migration.started":
+            return (
+                f"{d.get('source')} -> {d.get('target')} ({d.get('target_model')}), "
+                f"spec {_short(d.get('spec_hash'))}"
+            )
+        case "phase":
+            return f"{d.get('from')} -> {d.get('to')}"
+        case "shard.copied":
+            return (
+                f"shard {d.get('shard')}: {d.get('copied'):,} copied, checksum {d.get('checksum')}"
+            )
+        case "shard.indexed":
+            reused = " (reused)" if d.get("reused") else ""
+            return (
+                f"shard {d.get('shard')}: {d.get('kind')} sha256 {_short(d.get('sha256'))}{reused}"
+            )
+        case "index.registered":
+            return f"{d.get('index_id')} ({d.get('artifacts')} artifacts)"
+        case "gate":
+            failed = [v["name"] for v in d.get("verdicts", []) if not v.get("passed")]
+            return "passed" if d.get("passed") else "FAILED: " + ", ".join(failed)
+        case "routing.changed":
+            return (
+                f"reads {d.get('read_version')}, writes {', '.join(d.get('write_versions', []))}"
+                f" (generation {d.get('generation')}): {d.get('reason')}"
+            )
+        case "version.state":
+            return f"{d.get('version')} -> {d.get('state')}"
+        case "operator":
+            return f"{d.get('action')} in {d.get('phase')}" + (
+                f": {d.get('reason')}" if d.get("reason") else ""
+            )
+        case "step.failed":
+            return f"{d.get('step')}: {d.get('type')}: {d.get('error')}"
+        case _:
+            return ", ".join(f"{k}={v}" for k, v in d.items())[:100]
+
+
 def ledger_table(entries: list[LedgerEntry]) -> Table:
     """Ledger entries, one row each."""
     t = Table(title="ledger")
-    for col in ("seq", "at", "actor", "kind", "data", "hash"):
+    for col in ("seq", "at", "actor", "kind", "what", "hash"):
         t.add_column(col)
     for e in entries:
-        data = ", ".join(f"{k}={v}" for k, v in e.data.items() if k != "spec")
-        t.add_row(str(e.seq), e.at, e.actor, e.kind, data[:120], e.hash[:12])
+        t.add_row(str(e.seq), e.at[11:23], e.actor, e.kind, summarize(e), e.hash[:12])
     return t
 
 

@@ -34,8 +34,9 @@ _DESCRIBE = {
     Phase.BACKFILLING: "copy {total} vectors {source} -> {target} in batches of {batch}, "
     "{parallel} shards at a time, resumable per batch",
     Phase.BUILDING_INDEX: "build {index} per shard, artifacts content-addressed",
-    Phase.VALIDATING: "gates: count parity, checksum parity, recall@{k} >= {min_recall} "
-    "on {queries} sampled queries",
+    Phase.VALIDATING: "profile every shard (counts, checksums, NaN, norms), then recall@{k} "
+    "(floor {min_recall}) on {queries} {query_source} queries, old-vs-new agreement, latency "
+    "and distribution; {on_failure} on a failed gate",
     Phase.AWAITING_CUTOVER: "{cutover}",
     Phase.CUT_OVER: "compare-and-set routing: reads -> {target}, writes -> {target} + {source}",
     Phase.BAKING: "keep {source} ready for instant rollback for {bake}s",
@@ -114,6 +115,8 @@ def plan_migration(catalog: Catalog, spec: MigrationSpec) -> Plan:
         "k": spec.gates.k,
         "min_recall": spec.gates.min_recall,
         "queries": spec.gates.sample_queries,
+        "query_source": "recorded" if spec.gates.query_log else "sampled",
+        "on_failure": spec.gates.on_failure,
         "bake": spec.cutover.bake_seconds,
         "cutover": "wait for approve_cutover (manual)"
         if spec.cutover.mode == "manual"

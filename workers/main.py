@@ -54,14 +54,20 @@ async def run_worker(
     *,
     concurrency: int = 4,
     stop: asyncio.Event | None = None,
+    handle_signals: bool = True,
 ) -> None:
-    """Connect and poll until ``stop`` is set (or SIGINT/SIGTERM), then shut down cleanly."""
+    """Connect and poll until ``stop`` is set, then shut down cleanly.
+
+    With ``handle_signals`` SIGINT and SIGTERM set ``stop`` too (a worker process); without,
+    they stay with the caller (a worker inside another command).
+    """
     client = await connect(address)
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+    if handle_signals:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
     with ThreadPoolExecutor(max_workers=concurrency + 2) as executor:
         worker = build_worker(
             client, task_queue, catalog_url, executor, max_concurrent_activities=concurrency
