@@ -1,0 +1,102 @@
+"""The dry run: it describes, checks and refuses, and writes nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from sqlalchemy import func, select
+
+from tests.conftest import Sandbox
+from vecmigrate.catalog import ledger, migrations, vector_versions
+from vecmigrate.lifecycle import STRATEGY_PHASES
+from vecmigrate.plan import plan_migration
+
+
+def rows(sandbox: Sandbox) -> tuple[int, int, int]:
+    with sandbox.catalog.engine.connect() as conn:
+        return tuple(  # type: ignore[return-value]
+            conn.execute(select(func.count()).select_from(t)).scalar_one()
+            for t in (ledger, migrations, vector_versions)
+        )
+
+
+def plan_cli(
+    sandbox: Sandbox, spec: dict[str, Any], tmp_path: Path
+) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "control",
+            "plan",
+            str(path),
+            "--json",
+            "--catalog",
+            sandbox.catalog.url,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_plan_describes_every_step_and_check(sandbox: Sandbox, tmp_path: Path) -> None:
+    sandbox.seed(3000)
+    before = rows(sandbox)
+    spec = sandbox.spec()
+    plan = plan_migration(sandbox.catalog, spec)
+    assert plan.ok
+    assert [p for p, _ in plan.steps] == list(STRATEGY_PHASES["blue_green"])
+    assert sum(plan.shard_sizes.values()) == 3000
+    assert plan.extra_bytes > 3000 * 16 * 4
+    assert {c.name for c in plan.checks} >= {
+        "source registered",
+        "source serves reads",
+        "target version free",
+        "source store reachable",
+        "dimension consistent",
+        "index fits the data",
+        "tenant scope",
+    }
+    done = plan_cli(sandbox, spec.model_dump(mode="json"), tmp_path)
+    assert done.returncode == 0
+    out = json.loads(done.stdout)
+    assert out["ok"] is True
+    assert out["extra_bytes"] == plan.extra_bytes
+    assert rows(sandbox) == before
+
+
+def test_plan_refuses_with_a_clear_message_and_writes_nothing(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    sandbox.seed(600)
+    before = rows(sandbox)
+    spec = sandbox.spec(
+        target=sandbox.version(
+            "v2", {"kind": "faiss_ivf_flat", "nlist": 4096, "nprobe": 8}
+        ).model_dump(mode="json"),
+    ).model_dump(mode="json")
+    spec["source"]["embedding"]["metric"] = "ip"
+    spec["target"]["embedding"]["metric"] = "ip"
+    done = plan_cli(sandbox, spec, tmp_path)
+    assert done.returncode == 1
+    problems = json.loads(done.stdout)["problems"]
+    assert any("source.embedding does not match the catalog" in p for p in problems)
+    assert any("needs at least 4096 vectors per shard" in p for p in problems)
+    assert rows(sandbox) == before
+
+
+def test_plan_names_a_bad_spec_field(sandbox: Sandbox, tmp_path: Path) -> None:
+    spec = sandbox.spec().model_dump(mode="json")
+    spec["target"]["index"] = {"kind": "annoy"}
+    done = plan_cli(sandbox, spec, tmp_path)
+    assert done.returncode == 2
+    assert "target.index: unknown kind 'annoy'" in done.stderr
+    assert "Traceback" not in done.stderr
