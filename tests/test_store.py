@@ -13,7 +13,7 @@ from vecmigrate.errors import DataError, NotFoundError
 from vecmigrate.sharding import hash_shards, plan_shards, range_shards
 from vecmigrate.spec import ShardLayout
 from vecmigrate.stores import BuiltinStore, Scope
-from vecmigrate.stores.builtin import WHOLE
+from vecmigrate.stores.base import WHOLE
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from vecmigrate.catalog import Catalog
 from vecmigrate.errors import PreconditionError, VecmigrateError
 from vecmigrate.sharding import plan_shards
 from vecmigrate.spec import FaissIvfFlat, FaissIvfPq, MigrationSpec
-from vecmigrate.stores import BuiltinStore, Scope, open_store
+from vecmigrate.stores import Scope, VectorStore, open_store
 from vecmigrate.tasks import CopyShardResult, Cursor, PrepareResult, ShardRef
 from vecmigrate.transforms import make_transform
 
@@ -32,12 +32,12 @@ def target_scope(spec: MigrationSpec) -> Scope:
     return Scope(spec.tenant, spec.collection, spec.target.name)
 
 
-def open_source(spec: MigrationSpec) -> BuiltinStore:
+def open_source(spec: MigrationSpec) -> VectorStore:
     """The source version's store (must exist)."""
     return open_store(spec.source.store, source_scope(spec))
 
 
-def open_target(spec: MigrationSpec) -> BuiltinStore:
+def open_target(spec: MigrationSpec) -> VectorStore:
     """The target version's store (created on first use)."""
     return open_store(spec.target.store, target_scope(spec), spec.target.embedding.dimension)
 
@@ -157,7 +157,7 @@ def check_preconditions(catalog: Catalog, spec: MigrationSpec) -> list[str]:
     return [c.detail for c in run_checks(catalog, spec) if not c.passed]
 
 
-def shard_plan(spec: MigrationSpec, source: BuiltinStore) -> list[ShardRef]:
+def shard_plan(spec: MigrationSpec, source: VectorStore) -> list[ShardRef]:
     """The shards of this migration over the source data."""
     quantiles = source.id_quantiles(spec.shards.count) if spec.shards.by == "range" else None
     return plan_shards(spec.shards, quantiles)

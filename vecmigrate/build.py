@@ -6,21 +6,35 @@ import hashlib
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
+from pydantic import TypeAdapter
 
 from vecmigrate.catalog import Catalog, IndexVersionRecord
 from vecmigrate.config import resolve_store
+from vecmigrate.errors import NotFoundError, PreconditionError
 from vecmigrate.indexes import (
+    Distances,
+    Ids,
     LoadedIndex,
     ShardedIndex,
+    Vectors,
     build_index,
     build_key,
     find_artifact,
     write_artifact,
 )
-from vecmigrate.spec import BuiltinStoreRef, IndexSpec, Metric, VersionSpec
-from vecmigrate.stores import BuiltinStore
+from vecmigrate.spec import (
+    BuiltinStoreRef,
+    IndexSpec,
+    Metric,
+    PgvectorStoreRef,
+    VersionSpec,
+    is_native,
+    store_ref,
+)
+from vecmigrate.stores import PgvectorStore, Scope, VectorStore, open_store
 from vecmigrate.stores.base import RecordChecksum
 from vecmigrate.tasks import ArtifactRef, ShardRef
 
@@ -28,7 +42,9 @@ from vecmigrate.tasks import ArtifactRef, ShardRef
 BuildProgress = Callable[[int, int], None]
 
 
-def artifact_dir(store: BuiltinStoreRef, tenant: str, collection: str, version: str) -> Path:
+def artifact_dir(
+    store: BuiltinStoreRef | PgvectorStoreRef, tenant: str, collection: str, version: str
+) -> Path:
     """Where a version's index artifacts live."""
     resolved = resolve_store(store)
     assert resolved.artifacts is not None
@@ -36,7 +52,7 @@ def artifact_dir(store: BuiltinStoreRef, tenant: str, collection: str, version: 
 
 
 def build_shard(
-    store: BuiltinStore,
+    store: VectorStore,
     version: VersionSpec,
     shard: ShardRef,
     directory: Path,
@@ -112,8 +128,57 @@ def register_index(
     )
 
 
-def load_index_version(record: IndexVersionRecord) -> ShardedIndex:
-    """Load every shard artifact of an index version, verifying checksums."""
+class Searcher(Protocol):
+    """Anything that answers k-NN queries for one index version."""
+
+    def search(self, queries: Vectors, k: int) -> tuple[Distances, Ids]:
+        """k nearest neighbours: distances (smaller is closer) and ids, -1 padded."""
+        ...
+
+
+class NativeIndex:
+    """An index the database built and searches itself."""
+
+    def __init__(self, store: PgvectorStore, spec: IndexSpec, metric: Metric) -> None:
+        self.store, self.spec, self.metric = store, spec, metric
+
+    def search(self, queries: Vectors, k: int) -> tuple[Distances, Ids]:
+        """k nearest neighbours through the database's index."""
+        return self.store.search_native(queries, k, self.spec, self.metric)
+
+
+def build_native(store: VectorStore, version: VersionSpec) -> ArtifactRef:
+    """Have the target database build its own index over the whole version (idempotent).
+
+    Raises:
+        PreconditionError: the store cannot build this index kind.
+    """
+    began = time.monotonic()
+    if not isinstance(store, PgvectorStore):
+        raise PreconditionError(f"{store.kind} stores cannot build {version.index.kind}")
+    metric = Metric(version.embedding.metric)
+    name = store.create_index(version.index, metric)
+    return ArtifactRef(
+        shard=-1,
+        uri=f"pgvector:{store.table}/{name}",
+        sha256=hashlib.sha256(f"{store.table}/{name}".encode()).hexdigest(),
+        count=store.count(),
+        kind=version.index.kind,
+        seconds=time.monotonic() - began,
+    )
+
+
+def load_index_version(catalog: Catalog, record: IndexVersionRecord) -> Searcher:
+    """A searcher for an index version: artifacts loaded and verified, or the native index."""
+    spec: IndexSpec = TypeAdapter(IndexSpec).validate_python(record.spec)
+    if is_native(spec):
+        version = catalog.find_version(record.tenant, record.collection, record.version)
+        if version is None:
+            raise NotFoundError(f"version {record.version} of index {record.id} is not registered")
+        scope = Scope(record.tenant, record.collection, record.version)
+        store = open_store(store_ref(version.store), scope)
+        assert isinstance(store, PgvectorStore)
+        return NativeIndex(store, spec, Metric(version.embedding.metric))
     return ShardedIndex(
         [LoadedIndex(Path(a["uri"]), expected_sha256=a["sha256"]) for a in record.artifacts]
     )

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TypeVar, cast
 
-from vecmigrate.spec import BuiltinStoreRef, MigrationSpec, VersionSpec
+from vecmigrate.spec import BuiltinStoreRef, MigrationSpec, PgvectorStoreRef, VersionSpec
+
+R = TypeVar("R", bound=BuiltinStoreRef | PgvectorStoreRef)
 
 HOME_ENV = "VECMIGRATE_HOME"
 CATALOG_ENV = "VECMIGRATE_CATALOG_URL"
@@ -26,15 +29,17 @@ def default_catalog_url() -> str:
     return os.environ.get(CATALOG_ENV) or sqlite_url(home_dir() / "catalog.db")
 
 
-def resolve_store(ref: BuiltinStoreRef) -> BuiltinStoreRef:
-    """Fill an empty built-in store reference with absolute default locations.
+def resolve_store(ref: R) -> R:
+    """Fill a store reference's empty locations with absolute defaults.
 
     Workers may run in another directory than the CLI that started a migration, so the spec
     carried by the workflow must not depend on anyone's working directory.
     """
-    url = ref.url or sqlite_url(home_dir() / "store.db")
     artifacts = Path(ref.artifacts).resolve() if ref.artifacts else home_dir() / "artifacts"
-    return ref.model_copy(update={"url": url, "artifacts": str(artifacts)})
+    update: dict[str, str] = {"artifacts": str(artifacts)}
+    if ref.kind == "builtin":
+        update["url"] = ref.url or sqlite_url(home_dir() / "store.db")
+    return cast(R, ref.model_copy(update=update))
 
 
 def resolve_spec(spec: MigrationSpec) -> MigrationSpec:

@@ -9,12 +9,12 @@ import threading
 import time
 from dataclasses import dataclass
 
-from vecmigrate.build import load_index_version
+from vecmigrate.build import Searcher, load_index_version
 from vecmigrate.catalog import Catalog
 from vecmigrate.errors import NotFoundError
-from vecmigrate.indexes import Distances, Ids, ShardedIndex, Vectors
+from vecmigrate.indexes import Distances, Ids, Vectors
 from vecmigrate.lifecycle import RoutingView
-from vecmigrate.spec import BuiltinStoreRef
+from vecmigrate.spec import store_ref
 from vecmigrate.stores import Scope, open_store
 
 
@@ -38,7 +38,7 @@ class Router:
         self.catalog = catalog
         self.refresh_seconds = refresh_seconds
         self._routes: dict[tuple[str, str], tuple[float, RoutingView]] = {}
-        self._indexes: dict[str, ShardedIndex] = {}
+        self._indexes: dict[str, Searcher] = {}
         self._lock = threading.Lock()
 
     def routing(self, tenant: str, collection: str) -> RoutingView:
@@ -59,11 +59,11 @@ class Router:
             self._routes[key] = (time.monotonic(), view)
         return view
 
-    def _index(self, index_id: str) -> ShardedIndex:
+    def _index(self, index_id: str) -> Searcher:
         with self._lock:
             loaded = self._indexes.get(index_id)
         if loaded is None:
-            loaded = load_index_version(self.catalog.get_index(index_id))
+            loaded = load_index_version(self.catalog, self.catalog.get_index(index_id))
             with self._lock:
                 self._indexes[index_id] = loaded
         return loaded
@@ -80,7 +80,7 @@ class Router:
         if version is None:
             raise NotFoundError(f"{tenant}/{collection}@{view.read_version} is not registered")
         store = open_store(
-            BuiltinStoreRef.model_validate(version.store),
+            store_ref(version.store),
             Scope(tenant, collection, view.read_version),
         )
         d, i = store.search(queries, k, metric=str(version.embedding.metric))

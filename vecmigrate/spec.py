@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from vecmigrate.errors import SpecError
 
@@ -96,11 +96,57 @@ class HnswlibHnsw(_Model):
     ef_search: int = Field(default=64, ge=1)
 
 
+class PgvectorHnsw(_Model):
+    """pgvector's own HNSW index, built by Postgres on the target table."""
+
+    kind: Literal["pgvector_hnsw"] = "pgvector_hnsw"
+    m: int = Field(default=16, ge=2, le=100)
+    ef_construction: int = Field(default=64, ge=4, le=1000)
+    ef_search: int = Field(default=40, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _ef_construction_covers_m(self) -> Self:
+        if self.ef_construction < 2 * self.m:
+            raise ValueError(
+                f"ef_construction ({self.ef_construction}) must be at least 2 * m ({2 * self.m})"
+            )
+        return self
+
+
+class PgvectorIvfflat(_Model):
+    """pgvector's own IVFFlat index: ``lists`` clusters, ``probes`` searched per query."""
+
+    kind: Literal["pgvector_ivfflat"] = "pgvector_ivfflat"
+    lists: int = Field(default=100, ge=1, le=32768)
+    probes: int = Field(default=10, ge=1)
+
+
 IndexSpec = Annotated[
-    FaissFlat | FaissIvfFlat | FaissIvfPq | FaissHnsw | HnswlibHnsw,
+    FaissFlat
+    | FaissIvfFlat
+    | FaissIvfPq
+    | FaissHnsw
+    | HnswlibHnsw
+    | PgvectorHnsw
+    | PgvectorIvfflat,
     Field(discriminator="kind"),
 ]
-INDEX_KINDS = ("faiss_flat", "faiss_ivf_flat", "faiss_ivf_pq", "faiss_hnsw", "hnswlib_hnsw")
+# Built by vecmigrate from scanned data into artifact files: usable with any store.
+ARTIFACT_INDEX_KINDS = (
+    "faiss_flat",
+    "faiss_ivf_flat",
+    "faiss_ivf_pq",
+    "faiss_hnsw",
+    "hnswlib_hnsw",
+)
+# Built by the database itself, inside the target store.
+NATIVE_INDEX_KINDS = ("pgvector_hnsw", "pgvector_ivfflat")
+INDEX_KINDS = ARTIFACT_INDEX_KINDS + NATIVE_INDEX_KINDS
+
+
+def is_native(index: IndexSpec) -> bool:
+    """Whether the store builds and searches this index itself."""
+    return index.kind in NATIVE_INDEX_KINDS
 
 
 class BuiltinStoreRef(_Model):
@@ -115,8 +161,27 @@ class BuiltinStoreRef(_Model):
     artifacts: str | None = None
 
 
-StoreRef = Annotated[BuiltinStoreRef, Field(discriminator="kind")]
-STORE_KINDS = ("builtin",)
+class PgvectorStoreRef(_Model):
+    """A PostgreSQL database with the pgvector extension.
+
+    ``url`` is a libpq or SQLAlchemy URL (``postgresql://user:pass@host:5432/db``; a Unix socket
+    with ``?host=/path``). Each version gets its own table, so native indexes never span
+    versions. ``artifacts`` holds FAISS/hnswlib index files when the index is not native.
+    """
+
+    kind: Literal["pgvector"] = "pgvector"
+    url: str = Field(min_length=1)
+    artifacts: str | None = None
+
+
+StoreRef = Annotated[BuiltinStoreRef | PgvectorStoreRef, Field(discriminator="kind")]
+STORE_KINDS = ("builtin", "pgvector")
+
+
+def store_ref(data: dict[str, Any]) -> BuiltinStoreRef | PgvectorStoreRef:
+    """A store reference from its stored JSON (as the catalog keeps it)."""
+    adapter: TypeAdapter[BuiltinStoreRef | PgvectorStoreRef] = TypeAdapter(StoreRef)
+    return adapter.validate_python(data)
 
 
 class VersionSpec(_Model):
@@ -263,6 +328,15 @@ class MigrationSpec(_Model):
                 "norms cannot be recovered: set target.embedding.normalized to true"
             )
         idx = self.target.index
+        for side, version in (("source", self.source), ("target", self.target)):
+            if is_native(version.index) and not version.index.kind.startswith(
+                version.store.kind + "_"
+            ):
+                raise ValueError(
+                    f"{side}.index.kind {version.index.kind} is built by "
+                    f"{version.index.kind.split('_')[0]}, but {side}.store is "
+                    f"{version.store.kind}: use a FAISS/hnswlib index kind or that store"
+                )
         if isinstance(idx, FaissIvfPq) and dst.dimension % idx.m != 0:
             raise ValueError(
                 f"target.index.m ({idx.m}) must divide the dimension ({dst.dimension}); "

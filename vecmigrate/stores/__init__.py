@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 from vecmigrate.config import resolve_store
-from vecmigrate.errors import PreconditionError
-from vecmigrate.spec import BuiltinStoreRef
-from vecmigrate.stores.base import Batch, Scope, VectorStore
+from vecmigrate.spec import BuiltinStoreRef, PgvectorStoreRef
+from vecmigrate.stores.base import WHOLE, Batch, Scope, VectorStore
 from vecmigrate.stores.builtin import BuiltinStore
+from vecmigrate.stores.capabilities import CAPABILITIES, Capabilities
+from vecmigrate.stores.pgvector import PgvectorStore
 
-__all__ = ["Batch", "BuiltinStore", "Scope", "VectorStore", "open_store"]
+__all__ = [
+    "CAPABILITIES",
+    "WHOLE",
+    "Batch",
+    "BuiltinStore",
+    "Capabilities",
+    "PgvectorStore",
+    "Scope",
+    "VectorStore",
+    "open_store",
+]
 
 
-def open_store(ref: BuiltinStoreRef, scope: Scope, dimension: int | None = None) -> BuiltinStore:
-    """Open ``scope`` in the store ``ref`` names; create it when ``dimension`` is given.
-
-    Raises:
-        PreconditionError: the store kind is not known to this release.
-    """
-    if ref.kind == "builtin":
-        resolved = resolve_store(ref)
-        assert resolved.url is not None
-        return BuiltinStore.open(resolved.url, scope, dimension)
-    raise PreconditionError(f"unknown store kind {ref.kind!r}; use one of: builtin")
+def open_store(
+    ref: BuiltinStoreRef | PgvectorStoreRef, scope: Scope, dimension: int | None = None
+) -> VectorStore:
+    """Open ``scope`` in the store ``ref`` names; create it when ``dimension`` is given."""
+    if isinstance(ref, PgvectorStoreRef):
+        return PgvectorStore.open(ref.url, scope, dimension)
+    resolved = resolve_store(ref)
+    assert resolved.url is not None
+    return BuiltinStore.open(resolved.url, scope, dimension)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -42,15 +43,24 @@ class Batch:
         return int(self.ids.shape[0])
 
 
+# A shard covering every id: for whole-scope scans.
+WHOLE = ShardRef(index=0, by="range", lo=-(1 << 63), hi=(1 << 63) - 1)
+
+
 @runtime_checkable
 class VectorStore(Protocol):
     """A vector store opened for one :class:`Scope`. Every read and write stays inside it."""
 
+    kind: str
     scope: Scope
     dimension: int
 
     def scan(self, shard: ShardRef, cursor: Cursor | None, limit: int) -> Batch:
         """Up to ``limit`` records of ``shard`` after ``cursor``, in a stable order."""
+        ...
+
+    def iter_shard(self, shard: ShardRef, batch_size: int) -> Iterator[Batch]:
+        """Every batch of a shard, in scan order."""
         ...
 
     def upsert(self, ids: Ids, vectors: Vectors) -> int:
@@ -69,9 +79,74 @@ class VectorStore(Protocol):
         """Order-independent checksum of ids and vector bytes."""
         ...
 
-    def search(self, queries: Vectors, k: int) -> tuple[npt.NDArray[np.float32], Ids]:
-        """Exact (or the store's native) k nearest neighbours: distances and ids, -1 padded."""
+    def search(
+        self, queries: Vectors, k: int, metric: str = "l2"
+    ) -> tuple[npt.NDArray[np.float32], Ids]:
+        """Exact k nearest neighbours (ground truth): distances and ids, -1 padded."""
         ...
+
+    def sample(self, n: int, seed: int = 0) -> tuple[Ids, Vectors]:
+        """A deterministic pseudo-random sample of ``n`` records."""
+        ...
+
+    def fetch(self, ids: Ids) -> tuple[Ids, Vectors]:
+        """The records with these ids that exist, in id order."""
+        ...
+
+    def id_quantiles(self, parts: int) -> list[int]:
+        """``parts - 1`` increasing ids splitting the scope into near-equal id ranges."""
+        ...
+
+
+class ScanningStore:
+    """What every adapter gets from its ``scan``: batches, checksums, exact search, samples."""
+
+    dimension: int
+
+    def scan(self, shard: ShardRef, cursor: Cursor | None, limit: int) -> Batch:
+        raise NotImplementedError
+
+    def iter_shard(self, shard: ShardRef, batch_size: int) -> Iterator[Batch]:
+        """Every batch of a shard, in scan order."""
+        cursor: Cursor | None = None
+        while True:
+            batch = self.scan(shard, cursor, batch_size)
+            if len(batch) == 0:
+                return
+            yield batch
+            cursor = batch.next_cursor
+
+    def checksum(self, shard: ShardRef | None = None, batch_size: int = 50_000) -> str:
+        """Order-independent checksum of ids and vector bytes (comparable across adapters)."""
+        acc = RecordChecksum()
+        for batch in self.iter_shard(shard or WHOLE, batch_size):
+            acc.add(batch.ids, batch.vectors)
+        return acc.hexdigest()
+
+    def search(
+        self, queries: Vectors, k: int, metric: str = "l2", batch_size: int = 100_000
+    ) -> tuple[npt.NDArray[np.float32], Ids]:
+        """Exact search over every record, streamed by batch (bounded memory)."""
+        from vecmigrate.indexes import ExactKnn
+
+        knn = ExactKnn(queries, k, metric)
+        for batch in self.iter_shard(WHOLE, batch_size):
+            knn.add(batch.ids, batch.vectors)
+        return knn.result()
+
+    def sample(self, n: int, seed: int = 0) -> tuple[Ids, Vectors]:
+        """The records with the smallest hash keys from a seeded start: deterministic, spread."""
+        from vecmigrate.sharding import hash_key
+
+        start = int(hash_key(np.array([seed], dtype=np.int64))[0])
+        batch = self.scan(ShardRef(index=0, by="hash", lo=start, hi=1 << 32), None, n)
+        if len(batch) < n:
+            rest = self.scan(ShardRef(index=0, by="hash", lo=0, hi=start), None, n - len(batch))
+            return (
+                np.concatenate([batch.ids, rest.ids]),
+                np.concatenate([batch.vectors, rest.vectors]),
+            )
+        return batch.ids, batch.vectors
 
 
 def check_vectors(

@@ -12,7 +12,6 @@ import contextlib
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -31,16 +30,19 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from vecmigrate.errors import DataError, NotFoundError
-from vecmigrate.indexes import ExactKnn
 from vecmigrate.sharding import hash_key
 from vecmigrate.sql import engine_for
-from vecmigrate.stores.base import Batch, Ids, RecordChecksum, Scope, Vectors, check_vectors
+from vecmigrate.stores.base import (
+    Batch,
+    Ids,
+    ScanningStore,
+    Scope,
+    Vectors,
+    check_vectors,
+)
 from vecmigrate.tasks import Cursor, ShardRef
 
 metadata = MetaData()
-
-# A shard covering every id: for whole-scope scans.
-WHOLE = ShardRef(index=0, by="range", lo=-(1 << 63), hi=(1 << 63) - 1)
 
 namespaces = Table(
     "vm_namespaces",
@@ -76,8 +78,10 @@ def _key_filter(shard: ShardRef) -> tuple[str, str]:
     return column, order
 
 
-class BuiltinStore:
+class BuiltinStore(ScanningStore):
     """A :class:`~vecmigrate.stores.base.VectorStore` over SQLAlchemy."""
+
+    kind = "builtin"
 
     def __init__(self, engine: Engine, scope: Scope, ns: int, dimension: int) -> None:
         self.engine = engine
@@ -149,16 +153,6 @@ class BuiltinStore:
         key = int(last[1]) if shard.by == "hash" else int(last[0])
         return Batch(ids, vecs, Cursor(key=key, id=int(last[0])))
 
-    def iter_shard(self, shard: ShardRef, batch_size: int) -> Any:
-        """Every batch of a shard, in scan order."""
-        cursor: Cursor | None = None
-        while True:
-            batch = self.scan(shard, cursor, batch_size)
-            if len(batch) == 0:
-                return
-            yield batch
-            cursor = batch.next_cursor
-
     def upsert(self, ids: Ids, vectors: Vectors) -> int:
         ids64, vec32 = check_vectors(ids, vectors, self.dimension, self.scope)
         if ids64.size == 0:
@@ -190,12 +184,6 @@ class BuiltinStore:
         with self.engine.connect() as conn:
             return int(conn.execute(q).scalar_one())
 
-    def checksum(self, shard: ShardRef | None = None, batch_size: int = 50_000) -> str:
-        acc = RecordChecksum()
-        for batch in self.iter_shard(shard or WHOLE, batch_size):
-            acc.add(batch.ids, batch.vectors)
-        return acc.hexdigest()
-
     def id_quantiles(self, parts: int) -> list[int]:
         """``parts - 1`` strictly increasing ids splitting the scope into near-equal id ranges."""
         n = self.count()
@@ -213,18 +201,6 @@ class BuiltinStore:
                 bounds.append(value)
         return bounds
 
-    def sample(self, n: int, seed: int = 0) -> tuple[Ids, Vectors]:
-        """A deterministic pseudo-random sample: the records with the smallest seeded hash key."""
-        start = int(hash_key(np.array([seed], dtype=np.int64))[0])
-        batch = self.scan(ShardRef(index=0, by="hash", lo=start, hi=1 << 32), None, n)
-        if len(batch) < n:
-            rest = self.scan(ShardRef(index=0, by="hash", lo=0, hi=start), None, n - len(batch))
-            return (
-                np.concatenate([batch.ids, rest.ids]),
-                np.concatenate([batch.vectors, rest.vectors]),
-            )
-        return batch.ids, batch.vectors
-
     def fetch(self, ids: Ids) -> tuple[Ids, Vectors]:
         """The records with these ids that exist, in id order."""
         ids64 = np.asarray(ids, dtype=np.int64)
@@ -239,15 +215,6 @@ class BuiltinStore:
             len(rows), self.dimension
         )
         return found, vecs
-
-    def search(
-        self, queries: Vectors, k: int, metric: str = "l2", batch_size: int = 100_000
-    ) -> tuple[npt.NDArray[np.float32], Ids]:
-        """Exact search over every record, streamed by batch (bounded memory)."""
-        knn = ExactKnn(queries, k, metric)
-        for batch in self.iter_shard(WHOLE, batch_size):
-            knn.add(batch.ids, batch.vectors)
-        return knn.result()
 
 
 def drop_namespace(url: str, scope: Scope) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from vecmigrate.lifecycle import ShardProfile
-from vecmigrate.stores import BuiltinStore
+from vecmigrate.stores import VectorStore
 from vecmigrate.stores.base import Ids, RecordChecksum, Vectors
 from vecmigrate.tasks import ShardRef
 from vecmigrate.transforms import Transform
@@ -70,7 +70,7 @@ class ProfileBuilder:
 
 
 def profile_shard(
-    store: BuiltinStore,
+    store: VectorStore,
     shard: ShardRef,
     transform: Transform | None = None,
     *,

@@ -7,7 +7,8 @@ import time
 import numpy as np
 import numpy.typing as npt
 
-from vecmigrate.indexes import Ids, ShardedIndex, Vectors
+from vecmigrate.build import Searcher
+from vecmigrate.indexes import Ids, Vectors
 
 
 def exclude_self(i: Ids, query_ids: Ids | None, k: int) -> Ids:
@@ -50,9 +51,7 @@ def rank_correlation(old: Ids, new: Ids) -> float | None:
     return float(np.mean(rhos)) if rhos else None
 
 
-def timed_search(
-    index: ShardedIndex, queries: Vectors, k: int
-) -> tuple[Ids, npt.NDArray[np.float64]]:
+def timed_search(index: Searcher, queries: Vectors, k: int) -> tuple[Ids, npt.NDArray[np.float64]]:
     """Search one query at a time (as traffic arrives) and time each in milliseconds."""
     ids = np.full((queries.shape[0], k), -1, np.int64)
     millis = np.zeros(queries.shape[0])

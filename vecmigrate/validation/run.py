@@ -13,7 +13,7 @@ from vecmigrate.errors import PreconditionError
 from vecmigrate.indexes import Ids, Vectors
 from vecmigrate.lifecycle import GateReport, RetrievalFigures, ShardCheck
 from vecmigrate.spec import MigrationSpec
-from vecmigrate.stores import BuiltinStore
+from vecmigrate.stores import VectorStore
 from vecmigrate.tasks import ShardRef
 from vecmigrate.transforms import make_transform
 from vecmigrate.validation.distribution import ks_two_sample, mean_shift, spectrum_shift
@@ -29,7 +29,7 @@ from vecmigrate.validation.retrieval import (
 
 
 def check_shard(
-    spec: MigrationSpec, source: BuiltinStore, target: BuiltinStore, shard: ShardRef
+    spec: MigrationSpec, source: VectorStore, target: VectorStore, shard: ShardRef
 ) -> ShardCheck:
     """Profile one shard on both sides (the source through the migration's transform)."""
     began = time.monotonic()
@@ -43,7 +43,7 @@ def check_shard(
     )
 
 
-def load_queries(spec: MigrationSpec, source: BuiltinStore) -> tuple[Ids | None, Vectors, str]:
+def load_queries(spec: MigrationSpec, source: VectorStore) -> tuple[Ids | None, Vectors, str]:
     """Queries for the retrieval checks: the recorded log if the spec names one, else a sample.
 
     Raises:
@@ -70,8 +70,8 @@ def load_queries(spec: MigrationSpec, source: BuiltinStore) -> tuple[Ids | None,
 def measure(
     catalog: Catalog,
     spec: MigrationSpec,
-    source: BuiltinStore,
-    target: BuiltinStore,
+    source: VectorStore,
+    target: VectorStore,
     source_index: str | None,
     target_index: str,
 ) -> RetrievalFigures:
@@ -102,7 +102,7 @@ def measure(
         _, exact = target.search(tq, k + extra, metric=str(spec.target.embedding.metric))
         truth = exclude_self(exact, qids, k)
         found, new_ms = timed_search(
-            load_index_version(catalog.get_index(target_index)), tq, k + extra
+            load_index_version(catalog, catalog.get_index(target_index)), tq, k + extra
         )
         new_found = exclude_self(found, qids, k)
         fig.target_recall = round(recall_at_k(new_found, truth), 4)
@@ -111,7 +111,7 @@ def measure(
     if fig.queries and source_index is not None and not over("source recall"):
         _, exact = source.search(queries, k + extra, metric=str(spec.source.embedding.metric))
         truth = exclude_self(exact, qids, k)
-        old_index = load_index_version(catalog.get_index(source_index))
+        old_index = load_index_version(catalog, catalog.get_index(source_index))
         found, old_ms = timed_search(old_index, queries, k + extra)
         old_found = exclude_self(found, qids, k)
         fig.source_recall = round(recall_at_k(old_found, truth), 4)
@@ -155,8 +155,8 @@ def report(spec: MigrationSpec, checks: list[ShardCheck], figures: RetrievalFigu
 def validate_migration(
     catalog: Catalog,
     spec: MigrationSpec,
-    source: BuiltinStore,
-    target: BuiltinStore,
+    source: VectorStore,
+    target: VectorStore,
     shards: list[ShardRef],
     source_index: str | None,
     target_index: str,

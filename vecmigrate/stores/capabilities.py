@@ -1,0 +1,65 @@
+"""What each store can hold and do, declared in one place so `plan` can refuse early."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vecmigrate.spec import ARTIFACT_INDEX_KINDS, IndexSpec, VersionSpec
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """The limits and features of one kind of store."""
+
+    kind: str
+    native_indexes: frozenset[str]
+    max_dimension: int
+    # Native index kinds with a lower dimension cap than the store's vectors.
+    max_index_dimension: dict[str, int]
+    metrics: frozenset[str]
+    scan_order: str
+    transactions: bool
+
+    def problems(self, version: VersionSpec, side: str) -> list[str]:
+        """Why this store cannot hold ``version`` (empty when it can)."""
+        out = []
+        dim = version.embedding.dimension
+        if dim > self.max_dimension:
+            out.append(
+                f"{side}.store ({self.kind}) holds vectors of at most {self.max_dimension} "
+                f"dimensions, not {dim}"
+            )
+        index: IndexSpec = version.index
+        if index.kind not in ARTIFACT_INDEX_KINDS and index.kind not in self.native_indexes:
+            out.append(f"{side}.store ({self.kind}) cannot build {index.kind} natively")
+        cap = self.max_index_dimension.get(index.kind)
+        if cap is not None and dim > cap:
+            out.append(
+                f"{side}.index {index.kind} supports at most {cap} dimensions, not {dim}: "
+                "use a FAISS/hnswlib index kind (built from the data by vecmigrate) instead"
+            )
+        if str(version.embedding.metric) not in self.metrics:
+            out.append(f"{side}.store ({self.kind}) has no {version.embedding.metric} metric")
+        return out
+
+
+CAPABILITIES: dict[str, Capabilities] = {
+    "builtin": Capabilities(
+        kind="builtin",
+        native_indexes=frozenset(),
+        max_dimension=65536,
+        max_index_dimension={},
+        metrics=frozenset({"l2", "ip", "cosine"}),
+        scan_order="(hash of id, id) or id, keyset",
+        transactions=True,
+    ),
+    "pgvector": Capabilities(
+        kind="pgvector",
+        native_indexes=frozenset({"pgvector_hnsw", "pgvector_ivfflat"}),
+        max_dimension=16000,
+        max_index_dimension={"pgvector_hnsw": 2000, "pgvector_ivfflat": 2000},
+        metrics=frozenset({"l2", "ip", "cosine"}),
+        scan_order="(hash of id, id) or id, keyset",
+        transactions=True,
+    ),
+}
