@@ -95,6 +95,7 @@ class MigrationActivities:
             self.prepare,
             self.copy_shard,
             self.build_shard_index,
+            self.build_native_index,
             self.register_index,
             self.validate_shard,
             self.validate,
@@ -147,6 +148,12 @@ class MigrationActivities:
                 {"shard": inp.shard.index, "added": done, "of": total}
             ),
         )
+
+    @activity.defn(name="build_native_index")
+    @_domain_errors
+    def build_native_index(self, inp: BuildIndexInput) -> ArtifactRef:
+        # One statement, no cursor to heartbeat: a retry finds the index by its stable name.
+        return build.build_native(backfill.open_target(inp.spec), inp.spec.target)
 
     @activity.defn(name="register_index")
     @_domain_errors

@@ -49,11 +49,12 @@ class Sandbox:
         dim: int | None = None,
         metric: str = "l2",
         normalized: bool = False,
+        store: dict[str, Any] | None = None,
     ) -> VersionSpec:
         return VersionSpec.model_validate(
             {
                 "name": name,
-                "store": self.store.model_dump(),
+                "store": store or self.store.model_dump(),
                 "embedding": {
                     "model_id": "test-model",
                     "dimension": dim or self.dim,
@@ -76,6 +77,7 @@ class Sandbox:
         tenant: str = "default",
         dim: int = DIM,
         vectors: np.ndarray | None = None,
+        version: VersionSpec | None = None,
     ) -> np.ndarray:
         if vectors is None:
             vectors = clustered(n, dim, clusters=32, seed=7)
@@ -85,7 +87,8 @@ class Sandbox:
             self.catalog,
             tenant,
             collection,
-            self.version("v1", {"kind": "faiss_ivf_flat", "nlist": 16, "nprobe": 4}, dim),
+            version
+            or self.version("v1", {"kind": "faiss_ivf_flat", "nlist": 16, "nprobe": 4}, dim),
             sequential_ids(n),
             vectors,
             shards=2,

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from sqlalchemy import func, select
 
@@ -100,3 +101,24 @@ def test_plan_names_a_bad_spec_field(sandbox: Sandbox, tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "target.index: unknown kind 'annoy'" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_plan_refuses_what_the_target_store_cannot_hold(
+    sandbox: Sandbox, tmp_path: Path, postgres: Any
+) -> None:
+    from tests.conftest import postgres_database
+
+    rng = np.random.default_rng(0)
+    sandbox.seed(vectors=rng.standard_normal((300, 2048)).astype(np.float32))
+    target = sandbox.version(
+        "v2",
+        {"kind": "pgvector_hnsw"},
+        store={"kind": "pgvector", "url": postgres_database(postgres)},
+    )
+    spec = sandbox.spec(target=target.model_dump(mode="json"), shards={"count": 1})
+    plan = plan_migration(sandbox.catalog, spec)
+    assert not plan.ok
+    assert plan.problems == [
+        "target.index pgvector_hnsw supports at most 2000 dimensions, not 2048: use a "
+        "FAISS/hnswlib index kind (built from the data by vecmigrate) instead"
+    ]

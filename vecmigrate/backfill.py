@@ -14,7 +14,7 @@ from vecmigrate.catalog import Catalog
 from vecmigrate.errors import PreconditionError, VecmigrateError
 from vecmigrate.sharding import plan_shards
 from vecmigrate.spec import FaissIvfFlat, FaissIvfPq, MigrationSpec
-from vecmigrate.stores import Scope, VectorStore, open_store
+from vecmigrate.stores import CAPABILITIES, Scope, VectorStore, open_store
 from vecmigrate.tasks import CopyShardResult, Cursor, PrepareResult, ShardRef
 from vecmigrate.transforms import make_transform
 
@@ -141,6 +141,18 @@ def run_checks(catalog: Catalog, spec: MigrationSpec) -> list[Check]:
         f"{idx.kind}: smallest shard {smallest:,} vectors",
         f"target.index needs at least {need} vectors per shard to train, but the smallest "
         f"shard holds {smallest}: lower nlist (or nbits) or use fewer shards",
+    )
+    caps = [
+        problem
+        for side, version in (("source", spec.source), ("target", spec.target))
+        for problem in CAPABILITIES[version.store.kind].problems(version, side)
+    ]
+    add(
+        "stores can hold it",
+        not caps,
+        f"{spec.source.store.kind} -> {spec.target.store.kind}: dimension, metric and index "
+        "within their declared limits",
+        "; ".join(caps),
     )
     add(
         "tenant scope",

@@ -14,6 +14,7 @@ from vecmigrate.spec import (
     HnswlibHnsw,
     IndexSpec,
     MigrationSpec,
+    PgvectorHnsw,
 )
 
 # Rough single-machine rates (vectors/s at 128 dimensions) for the time estimate; the real
@@ -25,6 +26,8 @@ BUILD_RATE = {
     "faiss_ivf_pq": 8_000.0,
     "faiss_hnsw": 2_400.0,
     "hnswlib_hnsw": 2_400.0,
+    "pgvector_hnsw": 1_500.0,
+    "pgvector_ivfflat": 20_000.0,
 }
 
 _DESCRIBE = {
@@ -72,7 +75,7 @@ def index_bytes(spec: IndexSpec, count: int, dim: int) -> int:
     vectors = count * dim * 4
     if isinstance(spec, FaissIvfPq):
         return count * (spec.m * spec.nbits // 8 + 8)
-    if isinstance(spec, FaissHnsw | HnswlibHnsw):
+    if isinstance(spec, FaissHnsw | HnswlibHnsw | PgvectorHnsw):
         return vectors + count * (spec.m * 2 * 4 + 16)
     return vectors + count * 8
 

