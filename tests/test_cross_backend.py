@@ -1,6 +1,7 @@
-"""Migrations between backends with the same lifecycle: built-in <-> pgvector.
+"""Migrations between backends with the same lifecycle: built-in, pgvector and Milvus.
 
-Real Temporal dev server, real PostgreSQL 18 with pgvector 0.8, real FAISS and hnswlib.
+Real Temporal dev server, real PostgreSQL 18 with pgvector 0.8, the real Milvus engine
+(milvus-lite 2.5.1), real FAISS and hnswlib.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from tests.test_workflow import wait_for
 from vecmigrate.lifecycle import Phase
 from vecmigrate.routing import Router
 from vecmigrate.stores import WHOLE, PgvectorStore, Scope, open_store
+from vecmigrate.stores.milvus import close_clients
 
 
 def pg(postgres: Any) -> dict[str, Any]:
@@ -103,3 +105,66 @@ async def test_pgvector_to_builtin(client: Client, sandbox: Sandbox, postgres: A
     result = Router(sandbox.catalog).search("default", "docs", vectors[:3], 2)
     assert result.version == "v2"
     assert np.array_equal(result.ids[:, 0], [1, 2, 3])
+
+
+async def test_pgvector_to_milvus_native_ivf_then_rollback(
+    client: Client, sandbox: Sandbox, postgres: Any
+) -> None:
+    source = sandbox.version(
+        "v1", {"kind": "pgvector_hnsw", "m": 16, "ef_construction": 64}, store=pg(postgres)
+    )
+    vectors = sandbox.seed(3000, version=source)
+    milvus = {"kind": "milvus", "uri": str(sandbox.root / "milvus.db")}
+    target = sandbox.version(
+        "v2", {"kind": "milvus_ivf_flat", "nlist": 16, "nprobe": 8}, store=milvus
+    )
+    spec = sandbox.spec(
+        source=source.model_dump(mode="json"),
+        target=target.model_dump(mode="json"),
+        gates={"min_recall": 0.85},
+        cutover={"mode": "automatic", "bake_seconds": 3600},
+    )
+    router = Router(sandbox.catalog, refresh_seconds=0.0)
+    try:
+        async with running_worker(client, sandbox) as queue:
+            mc = MigrationClient(client, queue)
+            mid = await mc.start(spec)
+            st = await wait_for(mc, mid, lambda s: s.phase == Phase.BAKING, timeout=120)
+            assert st.gates is not None
+            assert {"count_parity", "checksum_parity"} <= {
+                v.name for v in st.gates.verdicts if v.passed
+            }
+            served = router.search("default", "docs", vectors[:10], 3)
+            assert served.version == "v2"
+            assert served.ids[:, 0].tolist() == list(range(1, 11))  # through Milvus's own index
+            await mc.signal(mid, "rollback", operator="sre")
+            final = await mc.result(mid)
+        assert final.phase == Phase.ROLLED_BACK
+        assert router.search("default", "docs", vectors[:3], 2).version == "v1"
+    finally:
+        close_clients()
+
+
+async def test_milvus_to_builtin(client: Client, sandbox: Sandbox) -> None:
+    milvus = {"kind": "milvus", "uri": str(sandbox.root / "milvus.db")}
+    source = sandbox.version("v1", {"kind": "milvus_flat"}, store=milvus)
+    sandbox.seed(2500, version=source)
+    target = sandbox.version("v2", {"kind": "hnswlib_hnsw", "m": 16})
+    spec = sandbox.spec(
+        source=source.model_dump(mode="json"),
+        target=target.model_dump(mode="json"),
+        shards={"by": "range", "count": 3},
+    )
+    try:
+        async with running_worker(client, sandbox) as queue:
+            mc = MigrationClient(client, queue)
+            final = await mc.result(await mc.start(spec))
+        assert final.phase == Phase.COMPLETED, final.error
+        src = open_store(source.store, Scope("default", "docs", "v1"))
+        dst = open_store(target.store, Scope("default", "docs", "v2"))
+        assert dst.count() == 2500
+        assert dst.checksum(WHOLE) == src.checksum(WHOLE)
+        assert final.gates is not None
+        assert final.gates.source_recall == 1.0  # a FLAT index is exact
+    finally:
+        close_clients()

@@ -26,15 +26,14 @@ from vecmigrate.indexes import (
     write_artifact,
 )
 from vecmigrate.spec import (
-    BuiltinStoreRef,
+    AnyStoreRef,
     IndexSpec,
     Metric,
-    PgvectorStoreRef,
     VersionSpec,
     is_native,
     store_ref,
 )
-from vecmigrate.stores import PgvectorStore, Scope, VectorStore, open_store
+from vecmigrate.stores import MilvusStore, PgvectorStore, Scope, VectorStore, open_store
 from vecmigrate.stores.base import RecordChecksum
 from vecmigrate.tasks import ArtifactRef, ShardRef
 
@@ -42,9 +41,7 @@ from vecmigrate.tasks import ArtifactRef, ShardRef
 BuildProgress = Callable[[int, int], None]
 
 
-def artifact_dir(
-    store: BuiltinStoreRef | PgvectorStoreRef, tenant: str, collection: str, version: str
-) -> Path:
+def artifact_dir(store: AnyStoreRef, tenant: str, collection: str, version: str) -> Path:
     """Where a version's index artifacts live."""
     resolved = resolve_store(store)
     assert resolved.artifacts is not None
@@ -136,10 +133,13 @@ class Searcher(Protocol):
         ...
 
 
+NativeStore = PgvectorStore | MilvusStore
+
+
 class NativeIndex:
     """An index the database built and searches itself."""
 
-    def __init__(self, store: PgvectorStore, spec: IndexSpec, metric: Metric) -> None:
+    def __init__(self, store: NativeStore, spec: IndexSpec, metric: Metric) -> None:
         self.store, self.spec, self.metric = store, spec, metric
 
     def search(self, queries: Vectors, k: int) -> tuple[Distances, Ids]:
@@ -154,14 +154,15 @@ def build_native(store: VectorStore, version: VersionSpec) -> ArtifactRef:
         PreconditionError: the store cannot build this index kind.
     """
     began = time.monotonic()
-    if not isinstance(store, PgvectorStore):
+    if not isinstance(store, PgvectorStore | MilvusStore):
         raise PreconditionError(f"{store.kind} stores cannot build {version.index.kind}")
     metric = Metric(version.embedding.metric)
     name = store.create_index(version.index, metric)
+    uri = f"{store.kind}:{name}"
     return ArtifactRef(
         shard=-1,
-        uri=f"pgvector:{store.table}/{name}",
-        sha256=hashlib.sha256(f"{store.table}/{name}".encode()).hexdigest(),
+        uri=uri,
+        sha256=hashlib.sha256(uri.encode()).hexdigest(),
         count=store.count(),
         kind=version.index.kind,
         seconds=time.monotonic() - began,
@@ -177,7 +178,7 @@ def load_index_version(catalog: Catalog, record: IndexVersionRecord) -> Searcher
             raise NotFoundError(f"version {record.version} of index {record.id} is not registered")
         scope = Scope(record.tenant, record.collection, record.version)
         store = open_store(store_ref(version.store), scope)
-        assert isinstance(store, PgvectorStore)
+        assert isinstance(store, PgvectorStore | MilvusStore)
         return NativeIndex(store, spec, Metric(version.embedding.metric))
     return ShardedIndex(
         [LoadedIndex(Path(a["uri"]), expected_sha256=a["sha256"]) for a in record.artifacts]

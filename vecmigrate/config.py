@@ -6,9 +6,9 @@ import os
 from pathlib import Path
 from typing import TypeVar, cast
 
-from vecmigrate.spec import BuiltinStoreRef, MigrationSpec, PgvectorStoreRef, VersionSpec
+from vecmigrate.spec import AnyStoreRef, BuiltinStoreRef, MigrationSpec, VersionSpec
 
-R = TypeVar("R", bound=BuiltinStoreRef | PgvectorStoreRef)
+R = TypeVar("R", bound=AnyStoreRef)
 
 HOME_ENV = "VECMIGRATE_HOME"
 CATALOG_ENV = "VECMIGRATE_CATALOG_URL"
@@ -37,7 +37,7 @@ def resolve_store(ref: R) -> R:
     """
     artifacts = Path(ref.artifacts).resolve() if ref.artifacts else home_dir() / "artifacts"
     update: dict[str, str] = {"artifacts": str(artifacts)}
-    if ref.kind == "builtin":
+    if isinstance(ref, BuiltinStoreRef):
         update["url"] = ref.url or sqlite_url(home_dir() / "store.db")
     return cast(R, ref.model_copy(update=update))
 

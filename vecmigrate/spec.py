@@ -121,6 +121,20 @@ class PgvectorIvfflat(_Model):
     probes: int = Field(default=10, ge=1)
 
 
+class MilvusFlat(_Model):
+    """Milvus's exact (FLAT) index."""
+
+    kind: Literal["milvus_flat"] = "milvus_flat"
+
+
+class MilvusIvfFlat(_Model):
+    """Milvus's IVF_FLAT index: ``nlist`` clusters, ``nprobe`` searched per query."""
+
+    kind: Literal["milvus_ivf_flat"] = "milvus_ivf_flat"
+    nlist: int = Field(default=128, ge=1, le=65536)
+    nprobe: int = Field(default=16, ge=1, le=65536)
+
+
 IndexSpec = Annotated[
     FaissFlat
     | FaissIvfFlat
@@ -128,7 +142,9 @@ IndexSpec = Annotated[
     | FaissHnsw
     | HnswlibHnsw
     | PgvectorHnsw
-    | PgvectorIvfflat,
+    | PgvectorIvfflat
+    | MilvusFlat
+    | MilvusIvfFlat,
     Field(discriminator="kind"),
 ]
 # Built by vecmigrate from scanned data into artifact files: usable with any store.
@@ -140,7 +156,7 @@ ARTIFACT_INDEX_KINDS = (
     "hnswlib_hnsw",
 )
 # Built by the database itself, inside the target store.
-NATIVE_INDEX_KINDS = ("pgvector_hnsw", "pgvector_ivfflat")
+NATIVE_INDEX_KINDS = ("pgvector_hnsw", "pgvector_ivfflat", "milvus_flat", "milvus_ivf_flat")
 INDEX_KINDS = ARTIFACT_INDEX_KINDS + NATIVE_INDEX_KINDS
 
 
@@ -174,13 +190,24 @@ class PgvectorStoreRef(_Model):
     artifacts: str | None = None
 
 
-StoreRef = Annotated[BuiltinStoreRef | PgvectorStoreRef, Field(discriminator="kind")]
-STORE_KINDS = ("builtin", "pgvector")
+class MilvusStoreRef(_Model):
+    """A Milvus deployment: ``uri`` is ``http://host:19530`` (``token`` if it needs one), or a
+    local file path for the embedded milvus-lite engine. Each version is its own collection."""
+
+    kind: Literal["milvus"] = "milvus"
+    uri: str = Field(min_length=1)
+    token: str | None = None
+    artifacts: str | None = None
 
 
-def store_ref(data: dict[str, Any]) -> BuiltinStoreRef | PgvectorStoreRef:
+AnyStoreRef = BuiltinStoreRef | PgvectorStoreRef | MilvusStoreRef
+StoreRef = Annotated[AnyStoreRef, Field(discriminator="kind")]
+STORE_KINDS = ("builtin", "pgvector", "milvus")
+
+
+def store_ref(data: dict[str, Any]) -> AnyStoreRef:
     """A store reference from its stored JSON (as the catalog keeps it)."""
-    adapter: TypeAdapter[BuiltinStoreRef | PgvectorStoreRef] = TypeAdapter(StoreRef)
+    adapter: TypeAdapter[AnyStoreRef] = TypeAdapter(StoreRef)
     return adapter.validate_python(data)
 
 

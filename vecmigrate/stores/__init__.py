@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from vecmigrate.config import resolve_store
-from vecmigrate.spec import BuiltinStoreRef, PgvectorStoreRef
+from vecmigrate.spec import AnyStoreRef, MilvusStoreRef, PgvectorStoreRef
 from vecmigrate.stores.base import WHOLE, Batch, Scope, VectorStore
 from vecmigrate.stores.builtin import BuiltinStore
 from vecmigrate.stores.capabilities import CAPABILITIES, Capabilities
+from vecmigrate.stores.milvus import MilvusStore
 from vecmigrate.stores.pgvector import PgvectorStore
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "Batch",
     "BuiltinStore",
     "Capabilities",
+    "MilvusStore",
     "PgvectorStore",
     "Scope",
     "VectorStore",
@@ -22,12 +24,12 @@ __all__ = [
 ]
 
 
-def open_store(
-    ref: BuiltinStoreRef | PgvectorStoreRef, scope: Scope, dimension: int | None = None
-) -> VectorStore:
+def open_store(ref: AnyStoreRef, scope: Scope, dimension: int | None = None) -> VectorStore:
     """Open ``scope`` in the store ``ref`` names; create it when ``dimension`` is given."""
     if isinstance(ref, PgvectorStoreRef):
         return PgvectorStore.open(ref.url, scope, dimension)
+    if isinstance(ref, MilvusStoreRef):
+        return MilvusStore.open(ref.uri, scope, dimension, token=ref.token)
     resolved = resolve_store(ref)
     assert resolved.url is not None
     return BuiltinStore.open(resolved.url, scope, dimension)

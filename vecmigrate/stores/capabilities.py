@@ -62,4 +62,13 @@ CAPABILITIES: dict[str, Capabilities] = {
         scan_order="(hash of id, id) or id, keyset",
         transactions=True,
     ),
+    "milvus": Capabilities(
+        kind="milvus",
+        native_indexes=frozenset({"milvus_flat", "milvus_ivf_flat"}),
+        max_dimension=32768,
+        max_index_dimension={},
+        metrics=frozenset({"l2", "ip", "cosine"}),
+        scan_order="id within a shard's key range, keyset",
+        transactions=False,
+    ),
 }

@@ -1,0 +1,262 @@
+"""Milvus as a source or target, through pymilvus against any Milvus URI.
+
+Each (tenant, collection, version) is its own Milvus collection with fields (id, h, embedding),
+so a handle cannot reach outside its scope and a native index belongs to one version. Milvus
+needs an index to load a collection at all: a new collection gets a FLAT index (exact search);
+a native IVF_FLAT replaces it when the spec asks for one. Scans are keyset-paginated on the
+primary key inside a shard's key range (Milvus returns query results in primary-key order), so
+the scan order is (id) within a shard rather than (shard key, id).
+
+A local file URI (``./milvus.db``) runs the embedded milvus-lite engine in-process; it serves
+one process at a time and builds FLAT and IVF_FLAT indexes only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import threading
+import warnings
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from vecmigrate.errors import DataError, NotFoundError, PreconditionError
+from vecmigrate.sharding import hash_key
+from vecmigrate.spec import IndexSpec, Metric, MilvusFlat, MilvusIvfFlat
+from vecmigrate.stores.base import Batch, Ids, ScanningStore, Scope, Vectors, check_vectors
+from vecmigrate.tasks import Cursor, ShardRef
+
+_METRIC = {"l2": "L2", "ip": "IP", "cosine": "COSINE"}
+# Milvus answers at most this many rows per query; longer scans page by primary key.
+MAX_QUERY = 16384
+_clients: dict[str, Any] = {}
+_lock = threading.Lock()
+
+
+def client_for(uri: str, token: str | None = None) -> Any:
+    """One pymilvus client per URI per process (a milvus-lite file allows one owner)."""
+    with _lock:
+        client = _clients.get(uri)
+        if client is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # milvus-lite imports pkg_resources
+                from pymilvus import MilvusClient
+
+            client = MilvusClient(uri, token=token or "")
+            _clients[uri] = client
+        return client
+
+
+def close_clients() -> None:
+    """Close every cached client (stops embedded milvus-lite engines)."""
+    with _lock:
+        for client in _clients.values():
+            try:
+                client.close()
+            except Exception:  # a client whose engine is already gone
+                continue
+        _clients.clear()
+
+
+def collection_name(scope: Scope) -> str:
+    """A Milvus collection name for a scope: readable, within Milvus's character set, unique."""
+    raw = f"{scope.tenant}/{scope.collection}@{scope.version}"
+    readable = re.sub(r"[^A-Za-z0-9_]", "_", f"{scope.collection}_{scope.version}")[:160]
+    return f"vm_{readable}_{hashlib.sha256(raw.encode()).hexdigest()[:12]}"
+
+
+def _index_params(client: Any, spec: IndexSpec | None, metric: Metric) -> Any:
+    params = client.prepare_index_params()
+    if isinstance(spec, MilvusIvfFlat):
+        params.add_index(
+            field_name="embedding",
+            index_type="IVF_FLAT",
+            metric_type=_METRIC[str(metric)],
+            params={"nlist": spec.nlist},
+        )
+    else:
+        params.add_index(
+            field_name="embedding", index_type="FLAT", metric_type=_METRIC[str(metric)]
+        )
+    return params
+
+
+class MilvusStore(ScanningStore):
+    """A :class:`~vecmigrate.stores.base.VectorStore` on Milvus."""
+
+    kind = "milvus"
+
+    def __init__(self, client: Any, scope: Scope, name: str, dimension: int, metric: str) -> None:
+        self.client = client
+        self.scope = scope
+        self.name = name
+        self.dimension = dimension
+        self.metric = metric
+
+    @classmethod
+    def open(
+        cls,
+        uri: str,
+        scope: Scope,
+        dimension: int | None = None,
+        *,
+        token: str | None = None,
+        metric: str = "l2",
+    ) -> MilvusStore:
+        """Open the collection of ``scope``; create it when ``dimension`` is given.
+
+        Raises:
+            NotFoundError: no such collection and no dimension given.
+            DataError: it exists with another dimension.
+        """
+        client = client_for(uri, token)
+        name = collection_name(scope)
+        if not client.has_collection(name):
+            if dimension is None:
+                raise NotFoundError(f"{scope} does not exist in Milvus at {uri}")
+            from pymilvus import DataType, MilvusClient
+
+            schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+            schema.add_field("id", DataType.INT64, is_primary=True)
+            schema.add_field("h", DataType.INT64)
+            schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=dimension)
+            client.create_collection(
+                name,
+                schema=schema,
+                index_params=_index_params(client, None, Metric(metric)),
+                consistency_level="Strong",
+            )
+        fields = client.describe_collection(name)["fields"]
+        dim = int(next(f for f in fields if f["name"] == "embedding")["params"]["dim"])
+        if dimension is not None and dim != dimension:
+            raise DataError(
+                f"{scope} holds {dim}-dimensional vectors, not {dimension}; "
+                "use a new version name for the new dimension"
+            )
+        client.load_collection(name)
+        return cls(client, scope, name, dim, metric)
+
+    def _rows(self, rows: list[dict[str, Any]]) -> tuple[Ids, Ids, Vectors]:
+        rows = sorted(rows, key=lambda r: int(r["id"]))
+        ids = np.array([int(r["id"]) for r in rows], dtype=np.int64)
+        keys = np.array([int(r["h"]) for r in rows], dtype=np.int64)
+        vecs = np.array([r["embedding"] for r in rows], dtype=np.float32).reshape(
+            len(rows), self.dimension
+        )
+        return ids, keys, vecs
+
+    def scan(self, shard: ShardRef, cursor: Cursor | None, limit: int) -> Batch:
+        col = "h" if shard.by == "hash" else "id"
+        base = f"{col} >= {int(shard.lo)} and {col} < {int(shard.hi)}"
+        pages: list[dict[str, Any]] = []
+        after = None if cursor is None else int(cursor.id)
+        while len(pages) < limit:
+            expr = base if after is None else f"{base} and id > {after}"
+            want = min(MAX_QUERY, int(limit) - len(pages))
+            rows = self.client.query(
+                self.name, filter=expr, output_fields=["id", "h", "embedding"], limit=want
+            )
+            if not rows:
+                break
+            pages.extend(rows)
+            after = max(int(r["id"]) for r in rows)
+            if len(rows) < want:
+                break
+        ids, keys, vecs = self._rows(pages)
+        if ids.size == 0:
+            return Batch(ids, vecs, cursor)
+        return Batch(ids, vecs, Cursor(key=int(keys[-1]), id=int(ids[-1])))
+
+    def upsert(self, ids: Ids, vectors: Vectors) -> int:
+        ids64, vec32 = check_vectors(ids, vectors, self.dimension, self.scope)
+        if ids64.size == 0:
+            return 0
+        keys = hash_key(ids64)
+        rows = [
+            {"id": int(i), "h": int(h), "embedding": v}
+            for i, h, v in zip(ids64.tolist(), keys.tolist(), vec32, strict=True)
+        ]
+        self.client.upsert(self.name, data=rows)
+        return len(rows)
+
+    def delete(self, ids: Ids) -> int:
+        values = [int(i) for i in np.asarray(ids, dtype=np.int64)]
+        if not values:
+            return 0
+        before = len(self.client.get(self.name, ids=values, output_fields=["id"]))
+        self.client.delete(self.name, ids=values)
+        return before
+
+    def count(self, shard: ShardRef | None = None) -> int:
+        expr = "id >= -9223372036854775807"
+        if shard is not None:
+            col = "h" if shard.by == "hash" else "id"
+            expr = f"{col} >= {int(shard.lo)} and {col} < {int(shard.hi)}"
+        res = self.client.query(self.name, filter=expr, output_fields=["count(*)"])
+        return int(res[0]["count(*)"])
+
+    def id_quantiles(self, parts: int) -> list[int]:
+        n = self.count()
+        wanted = [i * n // parts for i in range(1, parts)]
+        bounds: list[int] = []
+        seen = 0
+        for batch in self.iter_shard(
+            ShardRef(index=0, by="range", lo=-(1 << 63) + 1, hi=(1 << 63) - 1), 10_000
+        ):
+            while wanted and wanted[0] < seen + len(batch):
+                value = int(batch.ids[wanted.pop(0) - seen])
+                bounds.append(value if not bounds or value > bounds[-1] else bounds[-1] + 1)
+            seen += len(batch)
+        while len(bounds) < parts - 1:
+            bounds.append(bounds[-1] + 1 if bounds else 0)
+        return bounds
+
+    def fetch(self, ids: Ids) -> tuple[Ids, Vectors]:
+        values = sorted({int(i) for i in np.asarray(ids, dtype=np.int64)})
+        if not values:
+            return np.empty(0, np.int64), np.empty((0, self.dimension), np.float32)
+        rows = self.client.get(self.name, ids=values, output_fields=["id", "h", "embedding"])
+        found, _, vecs = self._rows(rows)
+        return found, vecs
+
+    # -- native indexes ----------------------------------------------------------------------
+
+    def create_index(self, spec: IndexSpec, metric: Metric) -> str:
+        """Replace the collection's index with the native one the spec names (idempotent)."""
+        if not isinstance(spec, MilvusIvfFlat | MilvusFlat):
+            raise PreconditionError(f"Milvus cannot build {spec.kind} natively here")
+        wanted = "IVF_FLAT" if isinstance(spec, MilvusIvfFlat) else "FLAT"
+        current = self.client.describe_index(self.name, "embedding") or {}
+        same = (
+            current.get("index_type") == wanted
+            and current.get("metric_type") == _METRIC[str(metric)]
+            and (
+                not isinstance(spec, MilvusIvfFlat) or str(current.get("nlist")) == str(spec.nlist)
+            )
+        )
+        if not same:
+            self.client.release_collection(self.name)
+            self.client.drop_index(self.name, "embedding")
+            self.client.create_index(self.name, _index_params(self.client, spec, metric))
+        self.client.load_collection(self.name)
+        return f"{self.name}/{wanted}"
+
+    def search_native(
+        self, queries: Vectors, k: int, spec: IndexSpec, metric: Metric
+    ) -> tuple[npt.NDArray[np.float32], Ids]:
+        """k nearest neighbours through Milvus; distances follow our convention."""
+        params: dict[str, Any] = {"metric_type": _METRIC[str(metric)]}
+        if isinstance(spec, MilvusIvfFlat):
+            params["params"] = {"nprobe": spec.nprobe}
+        q = np.asarray(queries, np.float32)
+        results = self.client.search(self.name, data=list(q), limit=k, search_params=params)
+        d = np.full((q.shape[0], k), np.inf, np.float32)
+        i = np.full((q.shape[0], k), -1, np.int64)
+        for row, hits in enumerate(results):
+            for col, hit in enumerate(hits[:k]):
+                i[row, col] = int(hit["id"])
+                value = float(hit["distance"])
+                d[row, col] = value if str(metric) == "l2" else 1.0 - value
+        return d, i
