@@ -18,15 +18,7 @@ from temporalio.exceptions import ApplicationError
 
 from vecmigrate import backfill, build, validation
 from vecmigrate.catalog import Catalog
-from vecmigrate.errors import (
-    ArtifactError,
-    DataError,
-    NotFoundError,
-    PreconditionError,
-    RoutingConflictError,
-    ScopeError,
-    SpecError,
-)
+from vecmigrate.errors import NON_RETRYABLE, ArtifactError
 from vecmigrate.lifecycle import RoutingView, ShardCheck
 from vecmigrate.tasks import (
     ArtifactRef,
@@ -45,15 +37,6 @@ from vecmigrate.tasks import (
     ValidateResult,
     ValidateShardInput,
     VersionStateInput,
-)
-
-NON_RETRYABLE = (
-    DataError,
-    PreconditionError,
-    SpecError,
-    ScopeError,
-    RoutingConflictError,
-    NotFoundError,
 )
 
 P = ParamSpec("P")

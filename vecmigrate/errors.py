@@ -40,3 +40,15 @@ class NotFoundError(VecmigrateError):
 
 class ArtifactError(VecmigrateError):
     """An index artifact is missing, half-written or does not match its checksum."""
+
+
+# Errors a retry cannot fix; the workflow tells Temporal not to retry these by name.
+NON_RETRYABLE = (
+    DataError,
+    PreconditionError,
+    SpecError,
+    ScopeError,
+    RoutingConflictError,
+    NotFoundError,
+)
+NON_RETRYABLE_NAMES = tuple(e.__name__ for e in NON_RETRYABLE)

@@ -20,6 +20,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from vecmigrate.errors import NON_RETRYABLE_NAMES
     from vecmigrate.lifecycle import (
         SERVING_TARGET,
         GateReport,
@@ -55,21 +56,13 @@ with workflow.unsafe.imports_passed_through():
 
 T = TypeVar("T")
 
-NON_RETRYABLE_TYPES = [
-    "DataError",
-    "PreconditionError",
-    "SpecError",
-    "ScopeError",
-    "RoutingConflictError",
-    "NotFoundError",
-]
 
 RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=30),
     maximum_attempts=10,
-    non_retryable_error_types=NON_RETRYABLE_TYPES,
+    non_retryable_error_types=list(NON_RETRYABLE_NAMES),
 )
 
 # Short bookkeeping calls (ledger, routing, version state) against the catalog.

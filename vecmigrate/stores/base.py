@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -147,6 +147,35 @@ class ScanningStore:
                 np.concatenate([batch.vectors, rest.vectors]),
             )
         return batch.ids, batch.vectors
+
+
+def check_dimension(scope: Scope, found: int, wanted: int | None) -> None:
+    """Refuse to reopen a version with another dimension than it holds.
+
+    Raises:
+        DataError: naming both dimensions.
+    """
+    if wanted is not None and found != wanted:
+        raise DataError(
+            f"{scope} holds {found}-dimensional vectors, not {wanted}; "
+            "use a new version name for the new dimension"
+        )
+
+
+def increasing_bounds(ids_at: Callable[[int], int | None], count: int, parts: int) -> list[int]:
+    """``parts - 1`` strictly increasing ids, the id at each ``i * count // parts`` position.
+
+    ``ids_at(offset)`` returns the id at that position in id order (None past the end).
+    """
+    bounds: list[int] = []
+    for i in range(1, parts):
+        value = ids_at(i * count // parts)
+        if value is None:
+            value = bounds[-1] + 1 if bounds else 0
+        if bounds and value <= bounds[-1]:
+            value = bounds[-1] + 1
+        bounds.append(value)
+    return bounds
 
 
 def check_vectors(

@@ -29,7 +29,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from vecmigrate.errors import DataError, NotFoundError
+from vecmigrate.errors import NotFoundError
 from vecmigrate.sharding import hash_key
 from vecmigrate.sql import engine_for
 from vecmigrate.stores.base import (
@@ -38,7 +38,9 @@ from vecmigrate.stores.base import (
     ScanningStore,
     Scope,
     Vectors,
+    check_dimension,
     check_vectors,
+    increasing_bounds,
 )
 from vecmigrate.tasks import Cursor, ShardRef
 
@@ -123,11 +125,7 @@ class BuiltinStore(ScanningStore):
         if row is None:
             raise NotFoundError(f"{scope} does not exist in the built-in store at {url}")
         ns, dim = int(row[0]), int(row[1])
-        if dimension is not None and dim != dimension:
-            raise DataError(
-                f"{scope} holds {dim}-dimensional vectors, not {dimension}; "
-                "use a new version name for the new dimension"
-            )
+        check_dimension(scope, dim, dimension)
         return cls(engine, scope, ns, dim)
 
     def scan(self, shard: ShardRef, cursor: Cursor | None, limit: int) -> Batch:
@@ -186,20 +184,14 @@ class BuiltinStore(ScanningStore):
 
     def id_quantiles(self, parts: int) -> list[int]:
         """``parts - 1`` strictly increasing ids splitting the scope into near-equal id ranges."""
-        n = self.count()
-        bounds: list[int] = []
+        sql = text("SELECT id FROM vm_vectors WHERE ns = :ns ORDER BY id LIMIT 1 OFFSET :o")
         with self.engine.connect() as conn:
-            for i in range(1, parts):
-                offset = i * n // parts
-                row = conn.execute(
-                    text("SELECT id FROM vm_vectors WHERE ns = :ns ORDER BY id LIMIT 1 OFFSET :o"),
-                    {"ns": self.ns, "o": offset},
-                ).first()
-                value = int(row[0]) if row is not None else (bounds[-1] + 1 if bounds else 0)
-                if bounds and value <= bounds[-1]:
-                    value = bounds[-1] + 1
-                bounds.append(value)
-        return bounds
+
+            def id_at(offset: int) -> int | None:
+                row = conn.execute(sql, {"ns": self.ns, "o": offset}).first()
+                return None if row is None else int(row[0])
+
+            return increasing_bounds(id_at, self.count(), parts)
 
     def fetch(self, ids: Ids) -> tuple[Ids, Vectors]:
         """The records with these ids that exist, in id order."""

@@ -22,10 +22,18 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from vecmigrate.errors import DataError, NotFoundError, PreconditionError
+from vecmigrate.errors import NotFoundError, PreconditionError
 from vecmigrate.sharding import hash_key
 from vecmigrate.spec import IndexSpec, Metric, MilvusFlat, MilvusIvfFlat
-from vecmigrate.stores.base import Batch, Ids, ScanningStore, Scope, Vectors, check_vectors
+from vecmigrate.stores.base import (
+    Batch,
+    Ids,
+    ScanningStore,
+    Scope,
+    Vectors,
+    check_dimension,
+    check_vectors,
+)
 from vecmigrate.tasks import Cursor, ShardRef
 
 _METRIC = {"l2": "L2", "ip": "IP", "cosine": "COSINE"}
@@ -130,11 +138,7 @@ class MilvusStore(ScanningStore):
             )
         fields = client.describe_collection(name)["fields"]
         dim = int(next(f for f in fields if f["name"] == "embedding")["params"]["dim"])
-        if dimension is not None and dim != dimension:
-            raise DataError(
-                f"{scope} holds {dim}-dimensional vectors, not {dimension}; "
-                "use a new version name for the new dimension"
-            )
+        check_dimension(scope, dim, dimension)
         client.load_collection(name)
         return cls(client, scope, name, dim, metric)
 

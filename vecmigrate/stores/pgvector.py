@@ -24,7 +24,16 @@ from vecmigrate.errors import DataError, NotFoundError, PreconditionError
 from vecmigrate.sharding import hash_key
 from vecmigrate.spec import IndexSpec, Metric, PgvectorHnsw, PgvectorIvfflat
 from vecmigrate.sql import engine_for
-from vecmigrate.stores.base import Batch, Ids, ScanningStore, Scope, Vectors, check_vectors
+from vecmigrate.stores.base import (
+    Batch,
+    Ids,
+    ScanningStore,
+    Scope,
+    Vectors,
+    check_dimension,
+    check_vectors,
+    increasing_bounds,
+)
 from vecmigrate.tasks import Cursor, ShardRef
 
 _SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
@@ -150,11 +159,7 @@ class PgvectorStore(ScanningStore):
         if row is None:
             raise NotFoundError(f"{scope} does not exist in the pgvector database at {url}")
         ns, dim = int(row[0]), int(row[1])
-        if dimension is not None and dim != dimension:
-            raise DataError(
-                f"{scope} holds {dim}-dimensional vectors, not {dimension}; "
-                "use a new version name for the new dimension"
-            )
+        check_dimension(scope, dim, dimension)
         store = cls(engine, scope, ns, dim)
         store._ensure_table()
         return store
@@ -258,19 +263,14 @@ class PgvectorStore(ScanningStore):
             return int(conn.execute(text(sql), params).scalar_one())
 
     def id_quantiles(self, parts: int) -> list[int]:
-        n = self.count()
-        bounds: list[int] = []
+        sql = text(f"SELECT id FROM {self.table} ORDER BY id LIMIT 1 OFFSET :o")
         with self.engine.connect() as conn:
-            for i in range(1, parts):
-                row = conn.execute(
-                    text(f"SELECT id FROM {self.table} ORDER BY id LIMIT 1 OFFSET :o"),
-                    {"o": i * n // parts},
-                ).first()
-                value = int(row[0]) if row is not None else (bounds[-1] + 1 if bounds else 0)
-                if bounds and value <= bounds[-1]:
-                    value = bounds[-1] + 1
-                bounds.append(value)
-        return bounds
+
+            def id_at(offset: int) -> int | None:
+                row = conn.execute(sql, {"o": offset}).first()
+                return None if row is None else int(row[0])
+
+            return increasing_bounds(id_at, self.count(), parts)
 
     def fetch(self, ids: Ids) -> tuple[Ids, Vectors]:
         values = sorted({int(i) for i in np.asarray(ids, dtype=np.int64)})
