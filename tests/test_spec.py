@@ -104,6 +104,20 @@ def test_same_version_names_and_bad_shards() -> None:
     assert "shard indexes [9] are outside 0..3" in problems(data)
 
 
+def test_shard_count_is_bounded_by_what_one_history_holds() -> None:
+    data = base()
+    data["shards"] = {"count": 300}
+    assert "shards.count: Input should be less than or equal to 256" in problems(data)
+
+
+def test_native_index_needs_its_own_store() -> None:
+    data = base()
+    data["target"]["index"] = {"kind": "pgvector_hnsw"}
+    assert "target.index.kind pgvector_hnsw is built by pgvector, but target.store is builtin" in (
+        problems(data)
+    )
+
+
 def test_unknown_store_kind() -> None:
     data = base()
     data["target"]["store"] = {"kind": "elasticsearch"}
