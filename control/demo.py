@@ -142,7 +142,9 @@ async def run_demo(
             f"[bold]2. migrating[/bold] v1 -> v2 (hnswlib HNSW) as workflow [cyan]{mid}[/cyan]"
         )
         if server is not None:
-            console.print(f"   Temporal UI: {server.ui_url}/namespaces/default/workflows/{mid}")
+            run_id = (await mc.handle(mid).describe()).run_id
+            page = f"{server.ui_url}/namespaces/default/workflows/{mid}/{run_id}/history"
+            console.print(f"   Temporal UI: {page}")
         console.print(
             f"   query it:  temporal workflow query --address {address} "
             f"--workflow-id {mid} --name status"

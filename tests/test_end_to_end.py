@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -75,7 +76,12 @@ def test_demo_command(tmp_path: Path) -> None:
     output = proc.stdout + proc.stderr
     assert "reads are served by v2 (the new HNSW index)" in output, output
     assert "recall@10" in output
-    assert "Temporal UI: http://127.0.0.1:" in output
+    # The UI link names the run: the UI answers 400 for a workflow URL without one.
+    link = re.search(
+        r"Temporal UI: (http://127\.0\.0\.1:\d+/namespaces/default/workflows/(\S+))", output
+    )
+    assert link is not None, output
+    assert re.fullmatch(r"[\w.-]+v1-to-v2/[0-9a-f-]{36}/history", link.group(2))
     collection = next(
         line.split("seeding")[1].split(":")[0].strip()
         for line in output.splitlines()
