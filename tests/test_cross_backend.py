@@ -1,7 +1,7 @@
-"""Migrations between backends with the same lifecycle: built-in, pgvector and Milvus.
+"""Migrations between backends with the same lifecycle: built-in, pgvector, Milvus, Qdrant.
 
 Real Temporal dev server, real PostgreSQL 18 with pgvector 0.8, the real Milvus engine
-(milvus-lite 2.5.1), real FAISS and hnswlib.
+(milvus-lite 2.5.1), the real Qdrant engine (qdrant-edge-py), real FAISS and hnswlib.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from vecmigrate.lifecycle import Phase
 from vecmigrate.routing import Router
 from vecmigrate.stores import WHOLE, PgvectorStore, Scope, open_store
 from vecmigrate.stores.milvus import close_clients
+from vecmigrate.stores.qdrant import close_shards
 
 
 def pg(postgres: Any) -> dict[str, Any]:
@@ -168,3 +169,26 @@ async def test_milvus_to_builtin(client: Client, sandbox: Sandbox) -> None:
         assert final.gates.source_recall == 1.0  # a FLAT index is exact
     finally:
         close_clients()
+
+
+async def test_builtin_to_qdrant_native_hnsw(client: Client, sandbox: Sandbox) -> None:
+    vectors = sandbox.seed(3000)
+    qdrant = {"kind": "qdrant", "path": str(sandbox.root / "qdrant")}
+    target = sandbox.version(
+        "v2", {"kind": "qdrant_hnsw", "m": 16, "ef_construct": 64, "ef": 64}, store=qdrant
+    )
+    spec = sandbox.spec(target=target.model_dump(mode="json"))
+    try:
+        async with running_worker(client, sandbox) as queue:
+            mc = MigrationClient(client, queue)
+            final = await mc.result(await mc.start(spec))
+        assert final.phase == Phase.COMPLETED, final.error
+        assert final.gates is not None
+        assert {"count_parity", "checksum_parity", "recall@10"} <= {
+            v.name for v in final.gates.verdicts if v.passed
+        }
+        served = Router(sandbox.catalog).search("default", "docs", vectors[:5], 3)
+        assert served.version == "v2"
+        assert served.ids[:, 0].tolist() == [1, 2, 3, 4, 5]
+    finally:
+        close_shards()

@@ -20,7 +20,7 @@ import pytest
 from tests.conftest import postgres_database
 from vecmigrate.config import sqlite_url
 from vecmigrate.datasets import clustered
-from vecmigrate.errors import DataError, NotFoundError
+from vecmigrate.errors import DataError, NotFoundError, PreconditionError
 from vecmigrate.sharding import hash_shards, plan_shards, range_shards
 from vecmigrate.spec import (
     HnswlibHnsw,
@@ -29,6 +29,7 @@ from vecmigrate.spec import (
     MilvusIvfFlat,
     PgvectorHnsw,
     PgvectorIvfflat,
+    QdrantHnsw,
     ShardLayout,
     VersionSpec,
 )
@@ -38,21 +39,26 @@ from vecmigrate.stores import (
     BuiltinStore,
     MilvusStore,
     PgvectorStore,
+    QdrantStore,
     Scope,
     VectorStore,
 )
 from vecmigrate.stores.base import WHOLE
 from vecmigrate.stores.milvus import close_clients
+from vecmigrate.stores.qdrant import close_shards
 from vecmigrate.validation import recall_at_k
 
 Opener = Callable[..., VectorStore]
-ADAPTERS = ["builtin-sqlite", "builtin-postgres", "pgvector", "milvus"]
+ADAPTERS = ["builtin-sqlite", "builtin-postgres", "pgvector", "milvus", "qdrant"]
 
 
 def make_opener(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Opener:
     if kind == "builtin-sqlite":
         url = sqlite_url(tmp_path / f"{uuid.uuid4().hex[:6]}.db")
         return lambda scope, dim=None: BuiltinStore.open(url, scope, dim)
+    if kind == "qdrant":
+        root = str(tmp_path / f"qdrant-{uuid.uuid4().hex[:6]}")
+        return lambda scope, dim=None: QdrantStore.open(root, scope, dim)
     if kind == "milvus":
         uri = str(tmp_path / f"milvus-{uuid.uuid4().hex[:6]}.db")
         return lambda scope, dim=None: MilvusStore.open(uri, scope, dim)
@@ -68,6 +74,7 @@ def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
     yield make_opener(request.param, tmp_path, request)
     dispose_engines()
     close_clients()
+    close_shards()
 
 
 def filled(
@@ -203,11 +210,12 @@ def test_adapters_agree_on_the_same_data(tmp_path: Path, request: pytest.Fixture
         got = np.concatenate([b.ids for b in other.iter_shard(shard, 64)])
         want = np.concatenate([b.ids for b in first.iter_shard(shard, 64)])
         assert sorted(got.tolist()) == sorted(want.tolist())
-        if other.kind != "milvus":  # Milvus scans by id within a shard (declared)
+        if other.kind not in ("milvus", "qdrant"):  # these scan by id within a shard (declared)
             assert got.tolist() == want.tolist()
             assert other.sample(20, seed=4)[0].tolist() == first.sample(20, seed=4)[0].tolist()
     dispose_engines()
     close_clients()
+    close_shards()
 
 
 @pytest.mark.parametrize("metric", [Metric.L2, Metric.IP, Metric.COSINE])
@@ -273,3 +281,31 @@ def test_milvus_native_index_finds_the_exact_neighbours(
     assert recall_at_k(found, exact) >= 0.9
     assert np.allclose(found_d[:, 0], exact_d[:, 0], atol=1e-3)
     close_clients()
+
+
+@pytest.mark.parametrize("metric", [Metric.L2, Metric.IP])
+def test_qdrant_native_hnsw_finds_the_exact_neighbours(tmp_path: Path, metric: Metric) -> None:
+    store = QdrantStore.open(str(tmp_path), Scope("t", "c", "v"), 16, metric=str(metric))
+    vecs = clustered(1500, 16, clusters=12, seed=2)
+    store.upsert(np.arange(1, 1501), vecs)
+    index = QdrantHnsw(m=16, ef_construct=64, ef=80)
+    name = store.create_index(index, metric)
+    assert store.create_index(index, metric) == name
+    queries = vecs[:25] + 0.01
+    exact_d, exact = store.search(queries, 10, metric=str(metric))
+    found_d, found = store.search_native(queries, 10, index, metric)
+    assert recall_at_k(found, exact) >= 0.9
+    assert np.allclose(found_d[:, 0], exact_d[:, 0], atol=1e-3)
+    assert store.shard.info().indexed_vectors_count == 1500  # a real graph, not a full scan
+    assert store.count() == 1500
+    close_shards()
+
+
+def test_qdrant_refuses_what_it_cannot_hold(tmp_path: Path) -> None:
+    store = QdrantStore.open(str(tmp_path), Scope("t", "c", "v"), 4)
+    with pytest.raises(DataError, match="point ids are unsigned"):
+        store.upsert(np.array([-1, 2]), np.ones((2, 4), np.float32))
+    assert store.count() == 0
+    with pytest.raises(PreconditionError, match="set the target's metric to ip"):
+        QdrantStore.open(str(tmp_path), Scope("t", "c", "w"), 4, metric="cosine")
+    close_shards()

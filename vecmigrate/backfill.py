@@ -39,7 +39,8 @@ def open_source(spec: MigrationSpec) -> VectorStore:
 
 def open_target(spec: MigrationSpec) -> VectorStore:
     """The target version's store (created on first use)."""
-    return open_store(spec.target.store, target_scope(spec), spec.target.embedding.dimension)
+    emb = spec.target.embedding
+    return open_store(spec.target.store, target_scope(spec), emb.dimension, str(emb.metric))
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,14 @@ from vecmigrate.spec import (
     is_native,
     store_ref,
 )
-from vecmigrate.stores import MilvusStore, PgvectorStore, Scope, VectorStore, open_store
+from vecmigrate.stores import (
+    MilvusStore,
+    PgvectorStore,
+    QdrantStore,
+    Scope,
+    VectorStore,
+    open_store,
+)
 from vecmigrate.stores.base import RecordChecksum
 from vecmigrate.tasks import ArtifactRef, ShardRef
 
@@ -133,7 +140,7 @@ class Searcher(Protocol):
         ...
 
 
-NativeStore = PgvectorStore | MilvusStore
+NativeStore = PgvectorStore | MilvusStore | QdrantStore
 
 
 class NativeIndex:
@@ -154,7 +161,7 @@ def build_native(store: VectorStore, version: VersionSpec) -> ArtifactRef:
         PreconditionError: the store cannot build this index kind.
     """
     began = time.monotonic()
-    if not isinstance(store, PgvectorStore | MilvusStore):
+    if not isinstance(store, NativeStore):
         raise PreconditionError(f"{store.kind} stores cannot build {version.index.kind}")
     metric = Metric(version.embedding.metric)
     name = store.create_index(version.index, metric)
@@ -178,7 +185,7 @@ def load_index_version(catalog: Catalog, record: IndexVersionRecord) -> Searcher
             raise NotFoundError(f"version {record.version} of index {record.id} is not registered")
         scope = Scope(record.tenant, record.collection, record.version)
         store = open_store(store_ref(version.store), scope)
-        assert isinstance(store, PgvectorStore | MilvusStore)
+        assert isinstance(store, NativeStore)
         return NativeIndex(store, spec, Metric(version.embedding.metric))
     return ShardedIndex(
         [LoadedIndex(Path(a["uri"]), expected_sha256=a["sha256"]) for a in record.artifacts]

@@ -121,6 +121,15 @@ class PgvectorIvfflat(_Model):
     probes: int = Field(default=10, ge=1)
 
 
+class QdrantHnsw(_Model):
+    """Qdrant's own HNSW graph (its optimizers build it with these parameters)."""
+
+    kind: Literal["qdrant_hnsw"] = "qdrant_hnsw"
+    m: int = Field(default=16, ge=2, le=512)
+    ef_construct: int = Field(default=100, ge=4)
+    ef: int = Field(default=64, ge=1)
+
+
 class MilvusFlat(_Model):
     """Milvus's exact (FLAT) index."""
 
@@ -144,7 +153,8 @@ IndexSpec = Annotated[
     | PgvectorHnsw
     | PgvectorIvfflat
     | MilvusFlat
-    | MilvusIvfFlat,
+    | MilvusIvfFlat
+    | QdrantHnsw,
     Field(discriminator="kind"),
 ]
 # Built by vecmigrate from scanned data into artifact files: usable with any store.
@@ -156,7 +166,13 @@ ARTIFACT_INDEX_KINDS = (
     "hnswlib_hnsw",
 )
 # Built by the database itself, inside the target store.
-NATIVE_INDEX_KINDS = ("pgvector_hnsw", "pgvector_ivfflat", "milvus_flat", "milvus_ivf_flat")
+NATIVE_INDEX_KINDS = (
+    "pgvector_hnsw",
+    "pgvector_ivfflat",
+    "milvus_flat",
+    "milvus_ivf_flat",
+    "qdrant_hnsw",
+)
 INDEX_KINDS = ARTIFACT_INDEX_KINDS + NATIVE_INDEX_KINDS
 
 
@@ -200,9 +216,18 @@ class MilvusStoreRef(_Model):
     artifacts: str | None = None
 
 
-AnyStoreRef = BuiltinStoreRef | PgvectorStoreRef | MilvusStoreRef
+class QdrantStoreRef(_Model):
+    """Qdrant's engine in-process (qdrant-edge-py): each version is a shard directory under
+    ``path``. One process owns a shard at a time."""
+
+    kind: Literal["qdrant"] = "qdrant"
+    path: str = Field(min_length=1)
+    artifacts: str | None = None
+
+
+AnyStoreRef = BuiltinStoreRef | PgvectorStoreRef | MilvusStoreRef | QdrantStoreRef
 StoreRef = Annotated[AnyStoreRef, Field(discriminator="kind")]
-STORE_KINDS = ("builtin", "pgvector", "milvus")
+STORE_KINDS = ("builtin", "pgvector", "milvus", "qdrant")
 
 
 def store_ref(data: dict[str, Any]) -> AnyStoreRef:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from vecmigrate.config import resolve_store
-from vecmigrate.spec import AnyStoreRef, MilvusStoreRef, PgvectorStoreRef
+from vecmigrate.spec import AnyStoreRef, MilvusStoreRef, PgvectorStoreRef, QdrantStoreRef
 from vecmigrate.stores.base import WHOLE, Batch, Scope, VectorStore
 from vecmigrate.stores.builtin import BuiltinStore
 from vecmigrate.stores.capabilities import CAPABILITIES, Capabilities
 from vecmigrate.stores.milvus import MilvusStore
 from vecmigrate.stores.pgvector import PgvectorStore
+from vecmigrate.stores.qdrant import QdrantStore
 
 __all__ = [
     "CAPABILITIES",
@@ -18,16 +19,24 @@ __all__ = [
     "Capabilities",
     "MilvusStore",
     "PgvectorStore",
+    "QdrantStore",
     "Scope",
     "VectorStore",
     "open_store",
 ]
 
 
-def open_store(ref: AnyStoreRef, scope: Scope, dimension: int | None = None) -> VectorStore:
-    """Open ``scope`` in the store ``ref`` names; create it when ``dimension`` is given."""
+def open_store(
+    ref: AnyStoreRef, scope: Scope, dimension: int | None = None, metric: str = "l2"
+) -> VectorStore:
+    """Open ``scope`` in the store ``ref`` names; create it when ``dimension`` is given.
+
+    ``metric`` matters only to stores that fix it at creation (Qdrant).
+    """
     if isinstance(ref, PgvectorStoreRef):
         return PgvectorStore.open(ref.url, scope, dimension)
+    if isinstance(ref, QdrantStoreRef):
+        return QdrantStore.open(ref.path, scope, dimension, metric=metric)
     if isinstance(ref, MilvusStoreRef):
         return MilvusStore.open(ref.uri, scope, dimension, token=ref.token)
     resolved = resolve_store(ref)

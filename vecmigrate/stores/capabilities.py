@@ -71,4 +71,14 @@ CAPABILITIES: dict[str, Capabilities] = {
         scan_order="id within a shard's key range, keyset",
         transactions=False,
     ),
+    "qdrant": Capabilities(
+        kind="qdrant",
+        native_indexes=frozenset({"qdrant_hnsw"}),
+        max_dimension=65536,
+        max_index_dimension={},
+        # Cosine shards normalise what they store; use ip on normalised vectors.
+        metrics=frozenset({"l2", "ip"}),
+        scan_order="point id within a shard's key range, keyset; ids must be >= 0",
+        transactions=False,
+    ),
 }
