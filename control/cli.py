@@ -240,6 +240,11 @@ async def _start(args: argparse.Namespace) -> int:
     mc = await _client(args)
     mid = await mc.start(spec, operator=args.operator or _operator())
     print(mid)
+    if not await mc.has_workers():
+        err.print(
+            f"[yellow]warning:[/yellow] no worker polls task queue {mc.task_queue!r}; the "
+            "migration waits until one does (`vecmigrate worker`, or `vecmigrate dev`)"
+        )
     if args.watch:
         from control.progress import watch
 

@@ -79,6 +79,21 @@ class MigrationClient:
         )
         return handle.id
 
+    async def has_workers(self) -> bool:
+        """Whether any worker polled this client's task queue recently."""
+        from temporalio.api.enums.v1 import TaskQueueType
+        from temporalio.api.taskqueue.v1 import TaskQueue
+        from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
+
+        response = await self.client.workflow_service.describe_task_queue(
+            DescribeTaskQueueRequest(
+                namespace=self.client.namespace,
+                task_queue=TaskQueue(name=self.task_queue),
+                task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+            )
+        )
+        return len(response.pollers) > 0
+
     def handle(self, migration_id: str) -> WorkflowHandle[MigrationWorkflow, MigrationStatus]:
         """The workflow handle of a migration."""
         return self.client.get_workflow_handle_for(MigrationWorkflow.run, migration_id)

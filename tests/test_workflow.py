@@ -235,6 +235,7 @@ async def test_vecmigrate_signal_commands(client: Client, sandbox: Sandbox) -> N
         mc = MigrationClient(client, queue)
         mid = await mc.start(spec)
         await wait_for(mc, mid, lambda s: s.phase == Phase.AWAITING_CUTOVER)
+        assert await mc.has_workers() is True
         done = await asyncio.to_thread(
             cli, address, queue, "pause", mid, "--operator", "ops", "--reason", "freeze"
         )
@@ -256,3 +257,4 @@ async def test_vecmigrate_signal_commands(client: Client, sandbox: Sandbox) -> N
     assert "Traceback" not in late.stderr
     missing = await asyncio.to_thread(cli, address, queue, "status", "no-such-migration")
     assert "no such migration" in missing.stderr
+    assert await MigrationClient(client, "a-queue-nobody-polls").has_workers() is False
