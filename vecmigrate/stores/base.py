@@ -134,6 +134,21 @@ class ScanningStore:
             knn.add(batch.ids, batch.vectors)
         return knn.result()
 
+    def count(self, shard: ShardRef | None = None) -> int:
+        raise NotImplementedError
+
+    def id_quantiles(self, parts: int) -> list[int]:
+        """``parts - 1`` increasing ids at equal steps, found by scanning ids in order.
+
+        Adapters with a cheaper way (SQL ``OFFSET``) override this.
+        """
+        everything = list(self.iter_shard(WHOLE, 10_000))
+        ids = np.concatenate([b.ids for b in everything]) if everything else np.empty(0, np.int64)
+        ids.sort()
+        return increasing_bounds(
+            lambda offset: int(ids[offset]) if offset < ids.size else None, int(ids.size), parts
+        )
+
     def sample(self, n: int, seed: int = 0) -> tuple[Ids, Vectors]:
         """The records with the smallest hash keys from a seeded start: deterministic, spread."""
         from vecmigrate.sharding import hash_key

@@ -198,22 +198,6 @@ class QdrantStore(ScanningStore):
             return int(self.shard.count(CountRequest(exact=True, filter=flt)))
         return sum(len(b) for b in self.iter_shard(shard, MAX_PAGE))
 
-    def id_quantiles(self, parts: int) -> list[int]:
-        n = self.count()
-        wanted = [i * n // parts for i in range(1, parts)]
-        bounds: list[int] = []
-        seen = 0
-        for batch in self.iter_shard(
-            ShardRef(index=0, by="range", lo=0, hi=(1 << 63) - 1), MAX_PAGE
-        ):
-            while wanted and wanted[0] < seen + len(batch):
-                value = int(batch.ids[wanted.pop(0) - seen])
-                bounds.append(value if not bounds or value > bounds[-1] else bounds[-1] + 1)
-            seen += len(batch)
-        while len(bounds) < parts - 1:
-            bounds.append(bounds[-1] + 1 if bounds else 0)
-        return bounds
-
     def fetch(self, ids: Ids) -> tuple[Ids, Vectors]:
         values = sorted({int(i) for i in np.asarray(ids, dtype=np.int64) if i >= 0})
         records = sorted(
