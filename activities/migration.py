@@ -20,6 +20,7 @@ from vecmigrate import backfill, build, validation
 from vecmigrate.catalog import Catalog
 from vecmigrate.errors import NON_RETRYABLE, ArtifactError
 from vecmigrate.lifecycle import RoutingView, ShardCheck
+from vecmigrate.stores.base import RecordChecksum
 from vecmigrate.tasks import (
     ArtifactRef,
     BuildIndexInput,
@@ -98,20 +99,29 @@ class MigrationActivities:
         info = activity.info()
         start: Cursor | None = None
         copied = 0
+        written: RecordChecksum | None = None
         if info.heartbeat_details:
             last = info.heartbeat_details[0]
             start = Cursor.model_validate(last["cursor"])
             copied = int(last["copied"])
+            if "sum" in last:
+                written = RecordChecksum(count=int(last["count"]), total=int(last["sum"]))
             activity.logger.info(
                 "shard %s resumes after id %s (%s copied)", inp.shard.index, start.id, copied
             )
 
-        def beat(cursor: Cursor, done: int) -> None:
+        def beat(cursor: Cursor, done: int, acc: RecordChecksum) -> None:
             activity.heartbeat(
-                {"shard": inp.shard.index, "cursor": cursor.model_dump(), "copied": done}
+                {
+                    "shard": inp.shard.index,
+                    "cursor": cursor.model_dump(),
+                    "copied": done,
+                    "count": acc.count,
+                    "sum": acc.total,
+                }
             )
 
-        return backfill.copy_shard(inp.spec, inp.shard, start, copied, beat)
+        return backfill.copy_shard(inp.spec, inp.shard, start, copied, beat, written)
 
     @activity.defn(name="build_shard_index")
     @_domain_errors

@@ -52,7 +52,7 @@ def migrate(
     spec = sandbox.spec(target=target.model_dump(mode="json"), **overrides)
     prep = prepare(sandbox.catalog, spec, "test")
     for shard in prep.shards:
-        copy_shard(spec, shard, None, 0, lambda c, n: None)
+        copy_shard(spec, shard, None, 0, lambda *_: None)
     return spec, prep, rebuild(sandbox, spec, prep)
 
 

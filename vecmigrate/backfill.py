@@ -15,11 +15,13 @@ from vecmigrate.errors import PreconditionError, VecmigrateError
 from vecmigrate.sharding import plan_shards
 from vecmigrate.spec import FaissIvfFlat, FaissIvfPq, MigrationSpec
 from vecmigrate.stores import CAPABILITIES, Scope, VectorStore, open_store
+from vecmigrate.stores.base import RecordChecksum
 from vecmigrate.tasks import CopyShardResult, Cursor, PrepareResult, ShardRef
 from vecmigrate.transforms import make_transform
 
-# Called after every committed batch with the cursor to resume from and the running count.
-ProgressCallback = Callable[[Cursor, int], None]
+# Called after every committed batch with the cursor to resume from, the running count and the
+# running checksum of what was written (so a resumed copy need not re-read to checksum).
+ProgressCallback = Callable[[Cursor, int, RecordChecksum], None]
 
 
 def source_scope(spec: MigrationSpec) -> Scope:
@@ -212,31 +214,38 @@ def copy_shard(
     start: Cursor | None,
     already_copied: int,
     on_batch: ProgressCallback,
+    written: RecordChecksum | None = None,
 ) -> CopyShardResult:
     """Copy one shard from ``start`` to its end, one batch per transaction.
 
     ``on_batch`` runs after each batch is committed, so a resume cursor never points past data
-    that is not in the target: a crash re-copies at most the batch in flight.
+    that is not in the target: a crash re-copies at most the batch in flight. ``written`` is the
+    checksum of what earlier attempts copied; without it (a resume from an older heartbeat) the
+    target shard is read again at the end to checksum it.
     """
     began = time.monotonic()
     source, target = open_source(spec), open_target(spec)
     _, transform = make_transform(spec.source.embedding, spec.target.embedding)
     cursor, copied, batches = start, already_copied, 0
+    resumed_blind = written is None and start is not None
+    acc = written or RecordChecksum()
     while True:
         batch = source.scan(shard, cursor, spec.batch_size)
         if len(batch) == 0:
             break
-        target.upsert(batch.ids, transform(batch.vectors))
+        vectors = transform(batch.vectors)
+        target.upsert(batch.ids, vectors)
+        acc.add(batch.ids, vectors)
         assert batch.next_cursor is not None
         cursor = batch.next_cursor
         copied += len(batch)
         batches += 1
-        on_batch(cursor, copied)
+        on_batch(cursor, copied, acc)
     return CopyShardResult(
         shard=shard.index,
         copied=copied,
         total=target.count(shard),
-        checksum=target.checksum(shard),
+        checksum=target.checksum(shard) if resumed_blind else acc.hexdigest(),
         batches=batches,
         resumed_from=start,
         seconds=time.monotonic() - began,

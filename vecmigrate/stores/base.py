@@ -233,9 +233,9 @@ def check_vectors(
 class RecordChecksum:
     """Order-independent checksum: sum of per-record BLAKE2b digests modulo 2**64, plus count."""
 
-    def __init__(self) -> None:
-        self.total = 0
-        self.count = 0
+    def __init__(self, count: int = 0, total: int = 0) -> None:
+        self.count = count
+        self.total = total
 
     def add(self, ids: Ids, vectors: Vectors) -> None:
         """Fold a batch in; the order of batches and of records in them does not matter."""
