@@ -8,6 +8,7 @@ of data that a power cut could lose).
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +50,27 @@ def engine_for(url: str) -> Engine:
         return engine
 
 
+_prepared: dict[str, set[int]] = {}
+
+
+def once_per_engine(engine: Engine, what: str, prepare: Callable[[], None]) -> None:
+    """Run ``prepare`` (idempotent DDL) the first time ``what`` is asked for on ``engine``.
+
+    Stores are opened by every activity; their schema needs creating once per process, not once
+    per call.
+    """
+    done = _prepared.setdefault(what, set())
+    if id(engine) in done:
+        return
+    prepare()
+    with _lock:
+        done.add(id(engine))
+
+
 def dispose_engines() -> None:
     """Close every pooled connection (tests and clean worker shutdown)."""
     with _lock:
         for engine in _engines.values():
             engine.dispose()
         _engines.clear()
+        _prepared.clear()

@@ -31,7 +31,7 @@ from sqlalchemy.exc import IntegrityError
 
 from vecmigrate.errors import NotFoundError
 from vecmigrate.sharding import hash_key
-from vecmigrate.sql import engine_for
+from vecmigrate.sql import engine_for, once_per_engine
 from vecmigrate.stores.base import (
     Batch,
     Ids,
@@ -100,7 +100,7 @@ class BuiltinStore(ScanningStore):
             DataError: it exists with another dimension.
         """
         engine = engine_for(url)
-        metadata.create_all(engine)
+        once_per_engine(engine, "builtin-store", lambda: metadata.create_all(engine))
         key = (
             (namespaces.c.tenant == scope.tenant)
             & (namespaces.c.collection == scope.collection)

@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, ProgrammingError
 from vecmigrate.errors import DataError, NotFoundError, PreconditionError
 from vecmigrate.sharding import hash_key
 from vecmigrate.spec import IndexSpec, Metric, PgvectorHnsw, PgvectorIvfflat
-from vecmigrate.sql import engine_for
+from vecmigrate.sql import engine_for, once_per_engine
 from vecmigrate.stores.base import (
     Batch,
     Ids,
@@ -127,17 +127,21 @@ class PgvectorStore(ScanningStore):
             DataError: it exists with another dimension.
         """
         engine = engine_for(sqlalchemy_url(url))
-        try:
-            with engine.begin() as conn:
-                conn.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
-                conn.execute(text(_REGISTRY))
-        except (ProgrammingError, IntegrityError) as exc:
-            if "vector" in str(exc) and "extension" in str(exc):
-                raise PreconditionError(
-                    f"the database at {url} has no pgvector extension and this user cannot add "
-                    "it: run CREATE EXTENSION vector as its owner"
-                ) from None
-            # Two workers creating the registry at once: the other one won; carry on.
+
+        def prepare() -> None:
+            try:
+                with engine.begin() as conn:
+                    conn.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
+                    conn.execute(text(_REGISTRY))
+            except (ProgrammingError, IntegrityError) as exc:
+                if "vector" in str(exc) and "extension" in str(exc):
+                    raise PreconditionError(
+                        f"the database at {url} has no pgvector extension and this user cannot "
+                        "add it: run CREATE EXTENSION vector as its owner"
+                    ) from None
+                # Two workers creating the registry at once: the other one won; carry on.
+
+        once_per_engine(engine, "pgvector-registry", prepare)
         key = {"t": scope.tenant, "c": scope.collection, "v": scope.version}
         find = text(
             "SELECT ns, dimension FROM vm_pgvector_namespaces "
@@ -161,7 +165,7 @@ class PgvectorStore(ScanningStore):
         ns, dim = int(row[0]), int(row[1])
         check_dimension(scope, dim, dimension)
         store = cls(engine, scope, ns, dim)
-        store._ensure_table()
+        once_per_engine(engine, store.table, store._ensure_table)
         return store
 
     def _ensure_table(self) -> None:
