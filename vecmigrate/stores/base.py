@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -162,6 +162,34 @@ class ScanningStore:
                 np.concatenate([batch.vectors, rest.vectors]),
             )
         return batch.ids, batch.vectors
+
+
+Row = TypeVar("Row")
+
+
+def collect_pages(
+    fetch: Callable[[int | None, int], list[Row]],
+    id_of: Callable[[Row], int],
+    after: int | None,
+    limit: int,
+    page_size: int,
+) -> list[Row]:
+    """Up to ``limit`` rows after id ``after``, for engines that cap a page at ``page_size``.
+
+    ``fetch(after, n)`` returns at most ``n`` rows with ids greater than ``after`` in id order;
+    the next page starts after the largest id of the last one.
+    """
+    rows: list[Row] = []
+    while len(rows) < limit:
+        want = min(page_size, limit - len(rows))
+        page = fetch(after, want)
+        if not page:
+            break
+        rows.extend(page)
+        after = max(id_of(r) for r in page)
+        if len(page) < want:
+            break
+    return rows
 
 
 def check_dimension(scope: Scope, found: int, wanted: int | None) -> None:

@@ -33,6 +33,7 @@ from vecmigrate.stores.base import (
     Vectors,
     check_dimension,
     check_vectors,
+    collect_pages,
 )
 from vecmigrate.tasks import Cursor, ShardRef
 
@@ -154,20 +155,16 @@ class MilvusStore(ScanningStore):
     def scan(self, shard: ShardRef, cursor: Cursor | None, limit: int) -> Batch:
         col = "h" if shard.by == "hash" else "id"
         base = f"{col} >= {int(shard.lo)} and {col} < {int(shard.hi)}"
-        pages: list[dict[str, Any]] = []
-        after = None if cursor is None else int(cursor.id)
-        while len(pages) < limit:
+
+        def fetch(after: int | None, n: int) -> list[dict[str, Any]]:
             expr = base if after is None else f"{base} and id > {after}"
-            want = min(MAX_QUERY, int(limit) - len(pages))
-            rows = self.client.query(
-                self.name, filter=expr, output_fields=["id", "h", "embedding"], limit=want
+            rows: list[dict[str, Any]] = self.client.query(
+                self.name, filter=expr, output_fields=["id", "h", "embedding"], limit=n
             )
-            if not rows:
-                break
-            pages.extend(rows)
-            after = max(int(r["id"]) for r in rows)
-            if len(rows) < want:
-                break
+            return rows
+
+        after = None if cursor is None else int(cursor.id)
+        pages = collect_pages(fetch, lambda r: int(r["id"]), after, int(limit), MAX_QUERY)
         ids, keys, vecs = self._rows(pages)
         if ids.size == 0:
             return Batch(ids, vecs, cursor)

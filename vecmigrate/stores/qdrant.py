@@ -30,6 +30,7 @@ from vecmigrate.stores.base import (
     Vectors,
     check_dimension,
     check_vectors,
+    collect_pages,
 )
 from vecmigrate.tasks import Cursor, ShardRef
 
@@ -136,17 +137,14 @@ class QdrantStore(ScanningStore):
         return list(records)
 
     def scan(self, shard: ShardRef, cursor: Cursor | None, limit: int) -> Batch:
-        rows: list[Any] = []
         after = None if cursor is None else int(cursor.id)
-        while len(rows) < limit:
-            want = min(MAX_PAGE, int(limit) - len(rows))
-            page = self._page(shard, after, want)
-            if not page:
-                break
-            rows.extend(page)
-            after = int(page[-1].id)
-            if len(page) < want:
-                break
+        rows = collect_pages(
+            lambda start, n: self._page(shard, start, n),
+            lambda r: int(r.id),
+            after,
+            int(limit),
+            MAX_PAGE,
+        )
         if not rows:
             return Batch(np.empty(0, np.int64), np.empty((0, self.dimension), np.float32), cursor)
         ids = np.array([int(r.id) for r in rows], dtype=np.int64)
