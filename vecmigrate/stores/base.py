@@ -11,6 +11,8 @@ import numpy as np
 import numpy.typing as npt
 
 from vecmigrate.errors import DataError
+from vecmigrate.indexes import ExactKnn
+from vecmigrate.sharding import hash_key
 from vecmigrate.tasks import Cursor, ShardRef
 
 Ids = npt.NDArray[np.int64]
@@ -127,8 +129,6 @@ class ScanningStore:
         self, queries: Vectors, k: int, metric: str = "l2", batch_size: int = 100_000
     ) -> tuple[npt.NDArray[np.float32], Ids]:
         """Exact search over every record, streamed by batch (bounded memory)."""
-        from vecmigrate.indexes import ExactKnn
-
         knn = ExactKnn(queries, k, metric)
         for batch in self.iter_shard(WHOLE, batch_size):
             knn.add(batch.ids, batch.vectors)
@@ -151,8 +151,6 @@ class ScanningStore:
 
     def sample(self, n: int, seed: int = 0) -> tuple[Ids, Vectors]:
         """The records with the smallest hash keys from a seeded start: deterministic, spread."""
-        from vecmigrate.sharding import hash_key
-
         start = int(hash_key(np.array([seed], dtype=np.int64))[0])
         batch = self.scan(ShardRef(index=0, by="hash", lo=start, hi=1 << 32), None, n)
         if len(batch) < n:
