@@ -194,13 +194,24 @@ async def _worker(args: argparse.Namespace) -> int:
 
 
 async def _seed(args: argparse.Namespace) -> int:
-    from control.demo import _seed, demo_data, demo_versions
+    from control.demo import demo_data, demo_versions, seed_with_progress
 
     dd = demo_data(args.size, args.data)
     v1, _ = demo_versions(dd.model_id, dd.vectors.shape[1], args.size // args.shards)
     v1 = v1.model_copy(update={"name": args.version})
     catalog = _catalog(args)
-    await asyncio.to_thread(_seed, catalog, args.collection, v1, dd.vectors, err)
+    await asyncio.to_thread(
+        lambda: seed_with_progress(
+            catalog,
+            args.collection,
+            v1,
+            dd.vectors,
+            err,
+            tenant=args.tenant,
+            shards=args.shards,
+            actor=args.operator or _operator(),
+        )
+    )
     err.print(
         f"seeded {args.tenant}/{args.collection}@{args.version}: {args.size:,} vectors, {dd.name}"
     )

@@ -134,7 +134,7 @@ async def run_demo(
             f"[bold]1. seeding[/bold] {collection}: {size:,} vectors ({dd.name}) as v1 "
             f"with FAISS IVF-Flat ({v1.index.model_dump(exclude={'kind'})})"
         )
-        await asyncio.to_thread(_seed, catalog, collection, v1, dd.vectors, console)
+        await asyncio.to_thread(seed_with_progress, catalog, collection, v1, dd.vectors, console)
 
         spec = demo_spec(collection, v1, v2, manual)
         mid = await mc.start(spec, operator=operator)
@@ -181,9 +181,18 @@ async def run_demo(
             )
 
 
-def _seed(
-    catalog: Catalog, collection: str, v1: VersionSpec, vectors: Vectors, console: Console
+def seed_with_progress(
+    catalog: Catalog,
+    collection: str,
+    v1: VersionSpec,
+    vectors: Vectors,
+    console: Console,
+    *,
+    tenant: str = "default",
+    shards: int = 4,
+    actor: str = "demo",
 ) -> None:
+    """Seed ``v1`` of a collection, showing a bar for loading and one for indexing."""
     progress = Progress(
         TextColumn("   {task.description}"),
         BarColumn(),
@@ -198,13 +207,13 @@ def _seed(
         }
         seed_collection(
             catalog,
-            "default",
+            tenant,
             collection,
             v1,
             sequential_ids(len(vectors)),
             vectors,
-            shards=4,
-            actor="demo",
+            shards=shards,
+            actor=actor,
             on_progress=lambda stage, done, total: progress.update(tasks[stage], completed=done),
         )
 
