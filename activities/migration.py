@@ -24,6 +24,7 @@ from vecmigrate.stores.base import RecordChecksum
 from vecmigrate.tasks import (
     ArtifactRef,
     BuildIndexInput,
+    BuildNativeIndexInput,
     CopyShardInput,
     CopyShardResult,
     Cursor,
@@ -144,7 +145,7 @@ class MigrationActivities:
 
     @activity.defn(name="build_native_index")
     @_domain_errors
-    def build_native_index(self, inp: BuildIndexInput) -> ArtifactRef:
+    def build_native_index(self, inp: BuildNativeIndexInput) -> ArtifactRef:
         # One statement, no cursor to heartbeat: a retry finds the index by its stable name.
         return build.build_native(backfill.open_target(inp.spec), inp.spec.target)
 

@@ -76,6 +76,13 @@ class BuildIndexInput(_Model):
     shard: ShardRef
 
 
+class BuildNativeIndexInput(_Model):
+    """The target database builds its own index over the whole version (no shards)."""
+
+    migration_id: str
+    spec: MigrationSpec
+
+
 class ArtifactRef(_Model):
     """A shard's index artifact on disk: content-addressed file plus its checksum."""
 

@@ -38,6 +38,7 @@ with workflow.unsafe.imports_passed_through():
     from vecmigrate.tasks import (
         ArtifactRef,
         BuildIndexInput,
+        BuildNativeIndexInput,
         CopyShardInput,
         CopyShardResult,
         IndexRegistered,
@@ -309,7 +310,7 @@ class MigrationWorkflow:
                 "build native index",
                 lambda: workflow.execute_activity(
                     "build_native_index",
-                    BuildIndexInput(migration_id=mid, spec=spec, shard=shards[0]),
+                    BuildNativeIndexInput(migration_id=mid, spec=spec),
                     result_type=ArtifactRef,
                     start_to_close_timeout=timedelta(hours=24),
                     retry_policy=RETRY,
