@@ -78,10 +78,10 @@ def _to_distance(d: Distances, metric: Metric) -> Distances:
     return out
 
 
-def merge_topk(d1: Distances, i1: Ids, d2: Distances, i2: Ids, k: int) -> tuple[Distances, Ids]:
-    """Merge two (distances, ids) result sets row by row, keeping the k smallest distances."""
-    d = np.concatenate([d1, d2], axis=1)
-    i = np.concatenate([i1, i2], axis=1)
+def merge_topk(parts: list[tuple[Distances, Ids]], k: int) -> tuple[Distances, Ids]:
+    """Merge (distances, ids) result sets row by row in one sort, keeping the k smallest."""
+    d = np.concatenate([p[0] for p in parts], axis=1)
+    i = np.concatenate([p[1] for p in parts], axis=1)
     d = np.where(i < 0, np.inf, d)
     order = np.argsort(d, axis=1, kind="stable")[:, :k]
     dd = np.take_along_axis(d, order, axis=1).astype(np.float32)
@@ -112,7 +112,9 @@ class ExactKnn:
             self.queries, _prepare(vectors, self.metric), kk, metric=_faiss_metric(self.metric)
         )
         found = np.where(pos >= 0, ids[np.clip(pos, 0, None)], -1)
-        self.d, self.i = merge_topk(self.d, self.i, _to_distance(d, self.metric), found, self.k)
+        self.d, self.i = merge_topk(
+            [(self.d, self.i), (_to_distance(d, self.metric), found)], self.k
+        )
 
     def result(self) -> tuple[Distances, Ids]:
         """Distances and ids of the k nearest neighbours seen so far, -1 padded."""
@@ -388,8 +390,6 @@ class ShardedIndex:
 
     def search(self, queries: Vectors, k: int) -> tuple[Distances, Ids]:
         """k nearest neighbours over every shard."""
-        d, i = _empty(queries.shape[0], k)
-        for shard in self.shards:
-            sd, si = shard.search(queries, k)
-            d, i = merge_topk(d, i, sd, si, k)
-        return d, i
+        return merge_topk(
+            [_empty(queries.shape[0], k)] + [s.search(queries, k) for s in self.shards], k
+        )
