@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from control.devserver import free_port, temporal_binary
+from tests.conftest import vecmigrate
 from vecmigrate.catalog import Catalog
 from vecmigrate.config import sqlite_url
 from vecmigrate.sql import dispose_engines
@@ -30,8 +31,6 @@ from vecmigrate.stores import BuiltinStore, Scope
 from vecmigrate.tasks import ShardRef
 
 pytestmark = pytest.mark.devserver
-
-VECMIGRATE = [sys.executable, "-m", "control"]
 
 
 def run(
@@ -72,7 +71,7 @@ def test_demo_command(tmp_path: Path) -> None:
     """The README's first command, at a small size: it runs a whole migration by itself."""
     env = {**os.environ, "VECMIGRATE_HOME": str(tmp_path / "home"), "COLUMNS": "250"}
     env.pop("TEMPORAL_ADDRESS", None)
-    proc = run([*VECMIGRATE, "demo", "--size", "20000", "--data", "synthetic"], env, timeout=300)
+    proc = vecmigrate("demo", "--size", "20000", "--data", "synthetic", env=env, timeout=300)
     output = proc.stdout + proc.stderr
     assert "reads are served by v2 (the new HNSW index)" in output, output
     assert "recall@10" in output
@@ -100,7 +99,7 @@ def test_cli_and_stock_temporal_cli(tmp_path: Path) -> None:
     address = f"127.0.0.1:{port}"
     env = {**os.environ, "VECMIGRATE_HOME": str(home), "TEMPORAL_ADDRESS": address}
     dev = subprocess.Popen(
-        [*VECMIGRATE, "dev", "--port", str(port), "--ui-port", str(ui_port)],
+        [sys.executable, "-m", "control", "dev", "--port", str(port), "--ui-port", str(ui_port)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -118,18 +117,8 @@ def test_cli_and_stock_temporal_cli(tmp_path: Path) -> None:
             60,
             "the dev server",
         )
-        seeded = run(
-            [
-                *VECMIGRATE,
-                "seed",
-                "--collection",
-                "books",
-                "--size",
-                "12000",
-                "--data",
-                "synthetic",
-            ],
-            env,
+        seeded = vecmigrate(
+            "seed", "--collection", "books", "--size", "12000", "--data", "synthetic", env=env
         )
         assert seeded.returncode == 0, seeded.stderr
         v1 = json.loads(seeded.stdout)["version"]
@@ -151,10 +140,10 @@ def test_cli_and_stock_temporal_cli(tmp_path: Path) -> None:
                 }
             )
         )
-        plan = run([*VECMIGRATE, "plan", str(spec_file), "--json"], env)
+        plan = vecmigrate("plan", str(spec_file), "--json", env=env)
         assert json.loads(plan.stdout)["ok"] is True, plan.stdout + plan.stderr
 
-        started = run([*VECMIGRATE, "start", str(spec_file), "--operator", "ci"], env)
+        started = vecmigrate("start", str(spec_file), "--operator", "ci", env=env)
         mid = started.stdout.strip()
         assert mid == "default.books.v1-to-v2", started.stderr
 
@@ -205,7 +194,7 @@ def test_cli_and_stock_temporal_cli(tmp_path: Path) -> None:
         assert signal_cmd.returncode == 0, signal_cmd.stderr
 
         def completed() -> dict[str, Any] | None:
-            st = run([*VECMIGRATE, "status", mid, "--json"], env)
+            st = vecmigrate("status", mid, "--json", env=env)
             if st.returncode != 0 or not st.stdout.strip():
                 return None
             data: dict[str, Any] = json.loads(st.stdout)
@@ -226,7 +215,7 @@ def test_cli_and_stock_temporal_cli(tmp_path: Path) -> None:
             described = json.loads(resp.read())
         assert described["workflowExecutionInfo"]["type"]["name"] == "MigrationWorkflow"
 
-        log = run([*VECMIGRATE, "log", mid, "--verify"], env)
+        log = vecmigrate("log", mid, "--verify", env=env)
         assert "ledger intact" in log.stderr
         dispose_engines()
     finally:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 from typing import Any
 
 import pytest
@@ -12,7 +11,7 @@ from sqlalchemy import text
 from temporalio.client import Client
 
 from control.client import MigrationClient
-from tests.conftest import Sandbox, running_worker
+from tests.conftest import Sandbox, running_worker, vecmigrate
 from vecmigrate.catalog import Catalog
 
 COLUMNS = (
@@ -121,24 +120,16 @@ async def test_log_verify_uses_the_workflow_anchor(client: Client, sandbox: Sand
     address = client.service_client.config.target_host
 
     def verify() -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "control",
-                "log",
-                mid,
-                "--verify",
-                "--address",
-                address,
-                "--catalog",
-                sandbox.catalog.url,
-                "--task-queue",
-                queue,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
+        return vecmigrate(
+            "log",
+            mid,
+            "--verify",
+            "--address",
+            address,
+            "--catalog",
+            sandbox.catalog.url,
+            "--task-queue",
+            queue,
         )
 
     ok = await asyncio.to_thread(verify)
@@ -164,20 +155,6 @@ async def test_log_verify_uses_the_workflow_anchor(client: Client, sandbox: Sand
     assert "the ledger's tail was cut or rewritten" in cut.stderr
 
     shown = await asyncio.to_thread(
-        lambda: subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "control",
-                "report",
-                mid,
-                "--json",
-                "--catalog",
-                sandbox.catalog.url,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        vecmigrate, "report", mid, "--json", "--catalog", sandbox.catalog.url
     )
     assert '"passed": true' in shown.stdout

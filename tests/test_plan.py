@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import numpy as np
 import yaml
 from sqlalchemy import func, select
 
-from tests.conftest import Sandbox
+from tests.conftest import Sandbox, vecmigrate
 from vecmigrate.catalog import ledger, migrations, vector_versions
 from vecmigrate.lifecycle import STRATEGY_PHASES
 from vecmigrate.plan import plan_migration
@@ -31,21 +30,7 @@ def plan_cli(
 ) -> subprocess.CompletedProcess[str]:
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "control",
-            "plan",
-            str(path),
-            "--json",
-            "--catalog",
-            sandbox.catalog.url,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return vecmigrate("plan", str(path), "--json", "--catalog", sandbox.catalog.url)
 
 
 def test_plan_describes_every_step_and_check(sandbox: Sandbox, tmp_path: Path) -> None:

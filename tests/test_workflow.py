@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 
@@ -13,7 +12,7 @@ import pytest
 from temporalio.client import Client
 
 from control.client import MigrationClient
-from tests.conftest import Sandbox, running_worker
+from tests.conftest import Sandbox, running_worker, vecmigrate
 from vecmigrate.lifecycle import MigrationStatus, Phase
 from vecmigrate.routing import Router
 
@@ -219,12 +218,7 @@ async def test_precondition_failure_pauses_with_reason(client: Client, sandbox: 
 
 
 def cli(address: str, queue: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "control", *args, "--address", address, "--task-queue", queue],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return vecmigrate(*args, "--address", address, "--task-queue", queue)
 
 
 async def test_vecmigrate_signal_commands(client: Client, sandbox: Sandbox) -> None:
