@@ -218,6 +218,21 @@ def test_adapters_agree_on_the_same_data(tmp_path: Path, request: pytest.Fixture
     close_shards()
 
 
+def assert_native_index_matches_exact(
+    store: Any, vecs: np.ndarray, index: Any, metric: Metric
+) -> None:
+    """Build the store's own index (twice: idempotent) and hold it to exact search."""
+    store.upsert(np.arange(1, vecs.shape[0] + 1), vecs)
+    name = store.create_index(index, metric)
+    assert store.create_index(index, metric) == name  # idempotent
+    queries = vecs[:25] + 0.01
+    exact_d, exact = store.search(queries, 10, metric=str(metric))
+    found_d, found = store.search_native(queries, 10, index, metric)
+    assert recall_at_k(found, exact) >= 0.9
+    # Distances follow one convention whatever the backend (smaller is closer).
+    assert np.allclose(found_d[:, 0], exact_d[:, 0], atol=1e-3)
+
+
 @pytest.mark.parametrize("metric", [Metric.L2, Metric.IP, Metric.COSINE])
 @pytest.mark.parametrize(
     "index",
@@ -230,15 +245,7 @@ def test_pgvector_native_index_finds_the_exact_neighbours(
     store = make_opener("pgvector", tmp_path, request)(Scope("t", "c", "v"), 16)
     assert isinstance(store, PgvectorStore)
     vecs = clustered(1500, 16, clusters=12, seed=2)
-    store.upsert(np.arange(1, 1501), vecs)
-    name = store.create_index(index, metric)
-    assert store.create_index(index, metric) == name  # idempotent
-    queries = vecs[:25] + 0.01
-    exact_d, exact = store.search(queries, 10, metric=str(metric))
-    found_d, found = store.search_native(queries, 10, index, metric)
-    assert recall_at_k(found, exact) >= 0.9
-    # Distances follow one convention whatever the backend (smaller is closer).
-    assert np.allclose(found_d[:, 0], exact_d[:, 0], atol=1e-3)
+    assert_native_index_matches_exact(store, vecs, index, metric)
     dispose_engines()
 
 
@@ -272,14 +279,7 @@ def test_milvus_native_index_finds_the_exact_neighbours(
 ) -> None:
     store = MilvusStore.open(str(tmp_path / "m.db"), Scope("t", "c", "v"), 16)
     vecs = clustered(1500, 16, clusters=12, seed=2)
-    store.upsert(np.arange(1, 1501), vecs)
-    name = store.create_index(index, metric)
-    assert store.create_index(index, metric) == name
-    queries = vecs[:25] + 0.01
-    exact_d, exact = store.search(queries, 10, metric=str(metric))
-    found_d, found = store.search_native(queries, 10, index, metric)
-    assert recall_at_k(found, exact) >= 0.9
-    assert np.allclose(found_d[:, 0], exact_d[:, 0], atol=1e-3)
+    assert_native_index_matches_exact(store, vecs, index, metric)
     close_clients()
 
 
@@ -287,15 +287,7 @@ def test_milvus_native_index_finds_the_exact_neighbours(
 def test_qdrant_native_hnsw_finds_the_exact_neighbours(tmp_path: Path, metric: Metric) -> None:
     store = QdrantStore.open(str(tmp_path), Scope("t", "c", "v"), 16, metric=str(metric))
     vecs = clustered(1500, 16, clusters=12, seed=2)
-    store.upsert(np.arange(1, 1501), vecs)
-    index = QdrantHnsw(m=16, ef_construct=64, ef=80)
-    name = store.create_index(index, metric)
-    assert store.create_index(index, metric) == name
-    queries = vecs[:25] + 0.01
-    exact_d, exact = store.search(queries, 10, metric=str(metric))
-    found_d, found = store.search_native(queries, 10, index, metric)
-    assert recall_at_k(found, exact) >= 0.9
-    assert np.allclose(found_d[:, 0], exact_d[:, 0], atol=1e-3)
+    assert_native_index_matches_exact(store, vecs, QdrantHnsw(m=16, ef_construct=64, ef=80), metric)
     assert store.shard.info().indexed_vectors_count == 1500  # a real graph, not a full scan
     assert store.count() == 1500
     close_shards()
