@@ -8,9 +8,12 @@ whose type names the domain error, so the workflow can report them.
 
 from __future__ import annotations
 
+import contextvars
 import functools
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, ParamSpec, TypeVar
 
 from temporalio import activity
@@ -18,13 +21,16 @@ from temporalio.exceptions import ApplicationError
 
 from vecmigrate import backfill, build, validation
 from vecmigrate.catalog import Catalog
-from vecmigrate.errors import NON_RETRYABLE, ArtifactError
+from vecmigrate.errors import NON_RETRYABLE, ArtifactError, PreconditionError
+from vecmigrate.journal import Journal
 from vecmigrate.lifecycle import RoutingView, ShardCheck
+from vecmigrate.spec import MigrationSpec
 from vecmigrate.stores.base import RecordChecksum
 from vecmigrate.tasks import (
     ArtifactRef,
     BuildIndexInput,
     BuildNativeIndexInput,
+    ControlInput,
     CopyShardInput,
     CopyShardResult,
     Cursor,
@@ -60,6 +66,42 @@ def _domain_errors(fn: Callable[P, R]) -> Callable[P, R]:
     return wrapper
 
 
+class _Beat:
+    """Heartbeats for a long call: progress details when there are some, and a side thread that
+    repeats the latest ones so a call that makes no progress for a while (an index training, a
+    slow batch) is not taken for a dead worker."""
+
+    def __init__(self) -> None:
+        self.details: dict[str, Any] | None = None
+
+    def __call__(self, details: dict[str, Any]) -> None:
+        self.details = details
+        activity.heartbeat(details)
+
+
+@contextmanager
+def _keepalive(spec: MigrationSpec) -> Iterator[_Beat]:
+    beat = _Beat()
+    stop = threading.Event()
+    context = contextvars.copy_context()  # the activity's context, so heartbeat finds it
+    every = spec.heartbeat_seconds / 4
+
+    def loop() -> None:
+        while not stop.wait(every):
+            if beat.details is None:
+                context.run(activity.heartbeat)
+            else:
+                context.run(activity.heartbeat, beat.details)
+
+    thread = threading.Thread(target=loop, name="heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield beat
+    finally:
+        stop.set()
+        thread.join()
+
+
 class MigrationActivities:
     """Activities bound to one catalog (the worker's ``--catalog``)."""
 
@@ -67,12 +109,32 @@ class MigrationActivities:
         self.catalog_url = catalog_url
         self.build_threads = build_threads
         self._catalog: Catalog | None = None
+        self._journal: Journal | None = None
 
     @property
     def catalog(self) -> Catalog:
         if self._catalog is None:
             self._catalog = Catalog(self.catalog_url)
         return self._catalog
+
+    @property
+    def journal(self) -> Journal:
+        if self._journal is None:
+            self._journal = Journal(self.catalog)
+        return self._journal
+
+    def _ledger(self, spec: MigrationSpec, key: str, kind: str, data: dict[str, Any]) -> LedgerAck:
+        """Append an entry keyed by ``key`` (a retry finds it instead of writing it again)."""
+        entry = self.catalog.append(
+            tenant=spec.tenant,
+            collection=spec.collection,
+            migration_id=spec.migration_id,
+            kind=kind,
+            actor="vecmigrate",
+            data=data,
+            event_key=f"{spec.migration_id}/{key}",
+        )
+        return LedgerAck(seq=entry.seq, hash=entry.hash)
 
     def all(self) -> list[Callable[..., Any]]:
         """Every activity, for ``Worker(activities=...)``."""
@@ -86,76 +148,86 @@ class MigrationActivities:
             self.validate,
             self.change_routing,
             self.set_version_state,
+            self.set_control,
             self.record,
         ]
 
     @activity.defn(name="prepare")
     @_domain_errors
     def prepare(self, inp: PrepareInput) -> PrepareResult:
-        return backfill.prepare(self.catalog, inp.spec, inp.operator)
+        with _keepalive(inp.spec):  # counting thousands of shards takes a while
+            return backfill.prepare(self.catalog, inp.spec, inp.operator)
 
     @activity.defn(name="copy_shard")
     @_domain_errors
     def copy_shard(self, inp: CopyShardInput) -> CopyShardResult:
-        info = activity.info()
-        start: Cursor | None = None
-        copied = 0
-        written: RecordChecksum | None = None
-        if info.heartbeat_details:
-            last = info.heartbeat_details[0]
-            start = Cursor.model_validate(last["cursor"])
-            copied = int(last["copied"])
-            if "sum" in last:
-                written = RecordChecksum(count=int(last["count"]), total=int(last["sum"]))
+        spec, index = inp.spec, inp.shard.index
+        with _keepalive(spec) as beat:
+
+            def progress(cursor: Cursor, done: int, _acc: RecordChecksum) -> None:
+                beat({"shard": index, "cursor": cursor.model_dump(), "copied": done})
+
+            result = backfill.copy_shard(spec, inp.shard, self.journal, progress)
+        if result.resumed_from is not None and result.complete:
             activity.logger.info(
-                "shard %s resumes after id %s (%s copied)", inp.shard.index, start.id, copied
+                "shard %s resumed after id %s (attempt %s, %s vectors re-copied)",
+                index,
+                result.resumed_from.id,
+                result.attempts,
+                result.recopied,
             )
-
-        def beat(cursor: Cursor, done: int, acc: RecordChecksum) -> None:
-            activity.heartbeat(
-                {
-                    "shard": inp.shard.index,
-                    "cursor": cursor.model_dump(),
-                    "copied": done,
-                    "count": acc.count,
-                    "sum": acc.total,
-                }
+        if result.complete:
+            result.ledger = self._ledger(
+                spec, f"shard/{index}/copied", "shard.copied", result.model_dump(mode="json")
             )
-
-        return backfill.copy_shard(inp.spec, inp.shard, start, copied, beat, written)
+        return result
 
     @activity.defn(name="build_shard_index")
     @_domain_errors
     def build_shard_index(self, inp: BuildIndexInput) -> ArtifactRef:
-        spec = inp.spec
+        spec, index = inp.spec, inp.shard.index
         store = backfill.open_target(spec)
         directory = build.artifact_dir(
             spec.target.store, spec.tenant, spec.collection, spec.target.name
         )
-        return build.build_shard(
-            store,
-            spec.target,
-            inp.shard,
-            directory,
-            threads=self.build_threads,
-            on_progress=lambda done, total: activity.heartbeat(
-                {"shard": inp.shard.index, "added": done, "of": total}
-            ),
-        )
+        with _keepalive(spec) as beat:
+            ref = build.build_shard(
+                store,
+                spec.target,
+                inp.shard,
+                directory,
+                threads=self.build_threads,
+                on_progress=lambda done, total: beat({"shard": index, "added": done, "of": total}),
+            )
+        self.journal.set_artifact(spec.migration_id, index, ref.model_dump(mode="json"))
+        self._ledger(spec, f"shard/{index}/indexed", "shard.indexed", ref.model_dump(mode="json"))
+        return ref
 
     @activity.defn(name="build_native_index")
     @_domain_errors
     def build_native_index(self, inp: BuildNativeIndexInput) -> ArtifactRef:
         # One statement, no cursor to heartbeat: a retry finds the index by its stable name.
-        return build.build_native(backfill.open_target(inp.spec), inp.spec.target)
+        with _keepalive(inp.spec):
+            return build.build_native(backfill.open_target(inp.spec), inp.spec.target)
 
     @activity.defn(name="register_index")
     @_domain_errors
     def register_index(self, inp: RegisterIndexInput) -> IndexRegistered:
         spec = inp.spec
-        record = build.register_index(
-            self.catalog, spec.tenant, spec.collection, spec.target, inp.artifacts, inp.migration_id
-        )
+        artifacts = inp.artifacts
+        if not artifacts:
+            stored = self.journal.outcomes(spec.migration_id, "artifact")
+            missing = [s for s in spec.shards.selected() if s not in stored]
+            if missing:
+                raise PreconditionError(
+                    f"no index artifact recorded for shards {missing[:10]}"
+                    f"{' ...' if len(missing) > 10 else ''}; build them first"
+                )
+            artifacts = [ArtifactRef.model_validate(stored[s]) for s in spec.shards.selected()]
+        with _keepalive(spec):  # every artifact is verified against its checksum
+            record = build.register_index(
+                self.catalog, spec.tenant, spec.collection, spec.target, artifacts, inp.migration_id
+            )
         return IndexRegistered(
             index_id=record.id, checksum=record.checksum, artifacts=len(record.artifacts)
         )
@@ -164,9 +236,14 @@ class MigrationActivities:
     @_domain_errors
     def validate_shard(self, inp: ValidateShardInput) -> ShardCheck:
         spec = inp.spec
-        return validation.check_shard(
-            spec, backfill.open_source(spec), backfill.open_target(spec), inp.shard
+        with _keepalive(spec):
+            check = validation.check_shard(
+                spec, backfill.open_source(spec), backfill.open_target(spec), inp.shard
+            )
+        self.journal.set_check(
+            spec.migration_id, inp.shard.index, inp.round, check.model_dump(mode="json")
         )
+        return check
 
     @activity.defn(name="validate")
     @_domain_errors
@@ -174,12 +251,34 @@ class MigrationActivities:
         began = time.monotonic()
         spec = inp.spec
         source, target = backfill.open_source(spec), backfill.open_target(spec)
-        checks = inp.checks or [validation.check_shard(spec, source, target, s) for s in inp.shards]
-        figures = validation.measure(
-            self.catalog, spec, source, target, inp.source_index, inp.target_index
-        )
+        checks = inp.checks or self._checks(spec, inp.round)
+        with _keepalive(spec):
+            figures = validation.measure(
+                self.catalog, spec, source, target, inp.source_index, inp.target_index
+            )
         report = validation.report(spec, checks, figures)
         return ValidateResult(report=report, seconds=time.monotonic() - began)
+
+    def _checks(self, spec: MigrationSpec, round_: int) -> list[ShardCheck]:
+        """The shard profiles of validation round ``round_`` from the shard journal."""
+        stored = self.journal.outcomes(spec.migration_id, "check_result")
+        rounds = self.journal.check_rounds(spec.migration_id)
+        missing = [s for s in spec.shards.selected() if rounds.get(s) != round_]
+        if missing:
+            raise PreconditionError(
+                f"shards {missing[:10]}{' ...' if len(missing) > 10 else ''} have no profile "
+                f"from validation round {round_}; validate them first"
+            )
+        return [ShardCheck.model_validate(stored[s]) for s in spec.shards.selected()]
+
+    @activity.defn(name="set_control")
+    @_domain_errors
+    def set_control(self, inp: ControlInput) -> None:
+        self.journal.set_control(
+            inp.migration_id,
+            paused=inp.paused,
+            max_vectors_per_second=inp.max_vectors_per_second,
+        )
 
     @activity.defn(name="change_routing")
     @_domain_errors

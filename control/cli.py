@@ -12,6 +12,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from rich.console import Console
+from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from control.client import MigrationClient, connect, default_address, default_task_queue
@@ -116,6 +117,12 @@ def parser() -> argparse.ArgumentParser:
         _common(p)
         p.add_argument("id")
         p.add_argument("--reason", default="")
+
+    p = sub.add_parser("throttle", help="change the copy rate of a running migration")
+    _common(p)
+    p.add_argument("id")
+    p.add_argument("rate", help="vectors per second over all shards, or 'none' to lift it")
+    p.add_argument("--reason", default="")
 
     p = sub.add_parser("report", help="the latest gate report of a migration")
     _common(p)
@@ -266,7 +273,7 @@ async def _start(args: argparse.Namespace) -> int:
 
 async def _status(args: argparse.Namespace) -> int:
     mc = await _client(args)
-    st = await mc.status(args.id)
+    st = await mc.status(args.id, live=True)
     if args.json:
         print(st.model_dump_json(indent=2))
     else:
@@ -288,6 +295,29 @@ async def _signal(args: argparse.Namespace) -> int:
     name = SIGNAL_COMMANDS[args.command]
     await mc.signal(args.id, name, operator=args.operator or _operator(), reason=args.reason)
     err.print(f"sent {name} to {args.id}")
+    return 0
+
+
+async def _throttle(args: argparse.Namespace) -> int:
+    rate: float | None = None
+    if args.rate.lower() not in ("none", "off", "unlimited"):
+        try:
+            rate = float(args.rate)
+        except ValueError:
+            err.print(f"rate must be a number of vectors per second or 'none', got {args.rate!r}")
+            return 2
+    mc = await _client(args)
+    try:
+        now = await mc.set_throttle(
+            args.id, rate, operator=args.operator or _operator(), reason=args.reason
+        )
+    except ValueError as exc:
+        err.print(str(exc))
+        return 2
+    except WorkflowUpdateFailedError as exc:
+        err.print(f"refused: {exc.cause}")
+        return 2
+    err.print(f"{args.id}: copy throttle " + (f"{now:,.0f} vectors/s" if now else "lifted"))
     return 0
 
 
@@ -344,6 +374,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "watch": _watch,
     "log": _log,
     "report": _report,
+    "throttle": _throttle,
     **dict.fromkeys(SIGNAL_COMMANDS, _signal),
 }
 

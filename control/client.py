@@ -17,7 +17,7 @@ from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
 
 from vecmigrate.config import resolve_spec
-from vecmigrate.lifecycle import MigrationInput, MigrationStatus, OperatorMessage
+from vecmigrate.lifecycle import MigrationInput, MigrationStatus, OperatorMessage, ThrottleRequest
 from vecmigrate.spec import MigrationSpec
 from workflows.migration import MigrationWorkflow
 
@@ -98,12 +98,28 @@ class MigrationClient:
         """The workflow handle of a migration."""
         return self.client.get_workflow_handle_for(MigrationWorkflow.run, migration_id)
 
-    async def status(self, migration_id: str) -> MigrationStatus:
+    async def status(self, migration_id: str, live: bool = False) -> MigrationStatus:
         """The ``status`` query while the migration runs; its final status once it has ended.
 
         A query of a closed workflow needs a worker to replay it; the final status is in the
-        history itself, so an ended migration is readable with no worker running.
+        history itself, so an ended migration is readable with no worker running. With
+        ``live``, the counts of shards being copied come from their latest heartbeats (the
+        workflow learns a shard's count when its copy finishes), and rate and ETA with them.
         """
+        if live:
+            st = await self.status(migration_id)
+            if st.phase == "BACKFILLING":
+                beats = await self.live_progress(migration_id)
+                for shard in st.shards:
+                    beat = beats.get(("copy_shard", shard.shard))
+                    if shard.state == "copying" and beat is not None:
+                        shard.copied = max(shard.copied, int(beat["copied"]))
+                copied, total = st.copied()
+                spent = st.phase_seconds.get("BACKFILLING", 0.0)
+                if copied and spent > 0:
+                    st.rate = round(copied / spent, 1)
+                    st.eta_seconds = round((total - copied) / st.rate, 1)
+            return st
         handle = self.handle(migration_id)
         desc = await handle.describe()
         if desc.status is not None and desc.status != WorkflowExecutionStatus.RUNNING:
@@ -122,6 +138,30 @@ class MigrationClient:
         await self.handle(migration_id).signal(
             name, OperatorMessage(operator=operator, reason=reason)
         )
+
+    async def set_throttle(
+        self,
+        migration_id: str,
+        max_vectors_per_second: float | None,
+        operator: str = "unknown",
+        reason: str = "",
+    ) -> float | None:
+        """Change the copy throttle of a running migration (``None`` lifts it).
+
+        Raises:
+            ValueError: not a positive finite rate (checked here too: JSON has no NaN, so a NaN
+                would arrive as null and lift the throttle).
+            temporalio.client.WorkflowUpdateFailedError: the workflow's validator refused it
+                (not a positive finite rate, or the migration has ended); nothing changed.
+        """
+        request = ThrottleRequest(
+            max_vectors_per_second=max_vectors_per_second, operator=operator, reason=reason
+        )
+        problem = request.problem()
+        if problem is not None:
+            raise ValueError(problem)
+        result = await self.handle(migration_id).execute_update("set_throttle", request)
+        return None if result is None else float(result)
 
     async def live_progress(self, migration_id: str) -> dict[tuple[str, int], dict[str, Any]]:
         """Heartbeats of the activities in flight, keyed by (activity, shard).

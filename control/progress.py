@@ -35,6 +35,10 @@ class RateColumn(TextColumn):
         return Text(f"{speed:,.0f} vec/s" if speed else "", style="cyan")
 
 
+# Up to this many shards every shard gets its own bars; beyond, only the shards in flight do.
+FEW_SHARDS = 16
+
+
 async def watch(
     mc: MigrationClient,
     migration_id: str,
@@ -64,6 +68,8 @@ async def watch(
     copy_tasks: dict[int, TaskID] = {}
     build_tasks: dict[int, TaskID] = {}
     phase_line = progress.add_task("phase: PLANNED", total=None)
+    all_copy: TaskID | None = None
+    all_index: TaskID | None = None
     seen: set[str] = set()
     last_phase = ""
     last_note = ""
@@ -73,6 +79,13 @@ async def watch(
         if not console.is_terminal and line not in seen:
             seen.add(line)
             console.print(line, highlight=False)
+
+    def shard_bar(tasks: dict[int, TaskID], label: str, shard: int, total: int, show: bool) -> None:
+        """A bar per shard while few; with many, bars only for the shards in flight."""
+        if show and shard not in tasks:
+            tasks[shard] = progress.add_task(f"{label} shard {shard}", total=max(total, 1))
+        elif not show and shard in tasks:
+            progress.remove_task(tasks.pop(shard))
 
     with progress:
         while True:
@@ -89,26 +102,33 @@ async def watch(
                     ) from None
                 await asyncio.sleep(interval)
                 continue
+            few = len(st.shards) <= FEW_SHARDS
+            if st.shards and all_copy is None:
+                total = sum(s.total for s in st.shards)
+                all_copy = progress.add_task("copy  all shards", total=max(total, 1))
+                all_index = progress.add_task("index all shards", total=len(st.shards))
+            copied_all = 0
             for s in st.shards:
-                if s.shard not in copy_tasks:
-                    copy_tasks[s.shard] = progress.add_task(
-                        f"copy  shard {s.shard}", total=max(s.total, 1)
-                    )
                 beat = live.get(("copy_shard", s.shard))
                 copied = s.copied if s.state != "copying" or beat is None else int(beat["copied"])
-                progress.update(copy_tasks[s.shard], completed=copied, total=max(s.total, 1))
-                if s.state in ("copied", "indexing", "indexed"):
-                    say(f"    shard {s.shard}: copied {s.copied:,} in {s.seconds:.1f}s")
+                copied_all += copied
+                shard_bar(copy_tasks, "copy ", s.shard, s.total, few or s.state == "copying")
+                if s.shard in copy_tasks:
+                    progress.update(copy_tasks[s.shard], completed=copied, total=max(s.total, 1))
+                if few and s.state in ("copied", "indexing", "indexed"):
+                    say(f"    shard {s.shard}: copied {s.copied:,}")
                 build = live.get(("build_shard_index", s.shard))
-                if s.state in ("indexing", "indexed") and s.shard not in build_tasks:
-                    build_tasks[s.shard] = progress.add_task(
-                        f"index shard {s.shard}", total=max(s.total, 1)
-                    )
+                building = s.state == "indexing" or (few and s.state == "indexed")
+                shard_bar(build_tasks, "index", s.shard, s.total, building)
                 if s.shard in build_tasks:
                     done = s.total if s.state == "indexed" else int(build["added"]) if build else 0
                     progress.update(build_tasks[s.shard], completed=done)
-                if s.state == "indexed":
+                if few and s.state == "indexed":
                     say(f"    shard {s.shard}: index built")
+            if all_copy is not None and all_index is not None:
+                progress.update(all_copy, completed=copied_all)
+                indexed = sum(s.state in ("indexed", "validating", "validated") for s in st.shards)
+                progress.update(all_index, completed=indexed)
             note = st.pause_reason or st.blocked_reason
             if st.phase != last_phase or note != last_note:
                 label = f"phase: [bold]{st.phase}[/bold]" + (

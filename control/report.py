@@ -11,6 +11,9 @@ from vecmigrate.catalog import LedgerEntry
 from vecmigrate.lifecycle import GateReport, MigrationStatus
 from vecmigrate.plan import Plan
 
+# Shard tables longer than this are left out (the summary line counts shards by state).
+SHARD_ROWS = 64
+
 
 def status_tables(st: MigrationStatus) -> Group:
     """Phase, shards, gates, routing and operator actions of a migration."""
@@ -28,6 +31,20 @@ def status_tables(st: MigrationStatus) -> Group:
         head.add_row("blocked", st.blocked_reason)
     if st.error:
         head.add_row("error", f"[red]{st.error}[/red]")
+    if st.shards:
+        copied, total = st.copied()
+        line = f"{copied:,} of {total:,} vectors in {len(st.shards):,} shards"
+        states = ", ".join(f"{n:,} {state}" for state, n in sorted(st.shard_states().items()))
+        line += f" ({states})"
+        if st.rate:
+            line += f"; {st.rate:,.0f} vectors/s"
+        if st.eta_seconds is not None:
+            line += f", about {st.eta_seconds:,.0f} s to go"
+        head.add_row("copy", line)
+    if st.max_vectors_per_second:
+        head.add_row("throttle", f"{st.max_vectors_per_second:,.0f} vectors/s")
+    if st.runs > 1:
+        head.add_row("runs", f"{st.runs} (continued as new to keep histories small)")
     if st.routing:
         r = st.routing
         head.add_row(
@@ -46,7 +63,7 @@ def status_tables(st: MigrationStatus) -> Group:
                 phases.add_row(name, f"{secs:.2f}")
         parts.append(phases)
 
-    if st.shards:
+    if st.shards and len(st.shards) <= SHARD_ROWS:
         shards = Table(title="shards")
         for col in ("shard", "source", "copied", "target", "state", "checksum"):
             shards.add_column(

@@ -192,9 +192,18 @@ def vecmigrate(
 
 
 @asynccontextmanager
-async def running_worker(client: Client, sandbox: Sandbox) -> AsyncIterator[str]:
+async def running_worker(
+    client: Client, sandbox: Sandbox, concurrency: int = 4
+) -> AsyncIterator[str]:
     """A worker on a task queue of its own; yields the task queue."""
     queue = f"tq-{uuid.uuid4().hex[:10]}"
-    with ThreadPoolExecutor(max_workers=6) as executor:
-        async with build_worker(client, queue, sandbox.catalog.url, executor, build_threads=1):
+    with ThreadPoolExecutor(max_workers=concurrency + 2) as executor:
+        async with build_worker(
+            client,
+            queue,
+            sandbox.catalog.url,
+            executor,
+            max_concurrent_activities=concurrency,
+            build_threads=1,
+        ):
             yield queue

@@ -1,4 +1,4 @@
-"""Activities under ActivityEnvironment: resume from a heartbeat, reuse, non-retryable errors."""
+"""Activities under ActivityEnvironment: resume from the journal, reuse, non-retryable errors."""
 
 from __future__ import annotations
 
@@ -16,16 +16,20 @@ from vecmigrate.tasks import BuildIndexInput, CopyShardInput, PrepareInput
 
 
 class KilledError(Exception):
-    """Stands for the worker dying after a heartbeat."""
+    """Stands for the worker dying."""
 
 
-def test_copy_resumes_from_the_last_heartbeat(sandbox: Sandbox) -> None:
-    sandbox.seed(3000)
+def _copy_input(sandbox: Sandbox, n: int = 3000) -> tuple[MigrationActivities, CopyShardInput]:
+    sandbox.seed(n)
     spec = sandbox.spec(batch_size=100, shards={"count": 1})
     acts = MigrationActivities(sandbox.catalog.url)
     shard = prepare(sandbox.catalog, spec, "t").shards[0]
-    inp = CopyShardInput(migration_id=spec.migration_id, spec=spec, shard=shard)
+    return acts, CopyShardInput(migration_id=spec.migration_id, spec=spec, shard=shard)
 
+
+def test_copy_killed_after_a_batch_resumes_from_the_journal(sandbox: Sandbox) -> None:
+    acts, inp = _copy_input(sandbox)
+    spec, shard = inp.spec, inp.shard
     beats: list[Any] = []
 
     def die_after_five(*details: Any) -> None:
@@ -40,17 +44,53 @@ def test_copy_resumes_from_the_last_heartbeat(sandbox: Sandbox) -> None:
     assert beats[-1]["copied"] == 500
     assert open_target(spec).count() == 500
 
+    # The retry gets no heartbeat details at all (Temporal may not have received the last
+    # ones): the journal alone says where to go on.
     resumed = ActivityEnvironment()
-    resumed.info = dataclasses.replace(resumed.info, heartbeat_details=[beats[-1]], attempt=2)
+    resumed.info = dataclasses.replace(resumed.info, attempt=2)
     later: list[Any] = []
     resumed.on_heartbeat = lambda *d: later.append(d[0])
     result = resumed.run(acts.copy_shard, inp)
-    # Only the 25 batches after the cursor were read again; nothing was copied twice.
-    assert result.batches == 25
+    # The journal pointed at the start of the fifth batch (it may not have committed): that
+    # one batch is copied again, nothing before it.
+    assert result.batches == 26
+    assert later[0]["copied"] == 500
     assert result.copied == 3000
-    assert later[0]["copied"] == 600
-    assert result.resumed_from is not None
+    assert result.attempts == 2
+    assert result.recopied == 100
     assert result.checksum == open_source(spec).checksum(shard)
+    assert open_target(spec).count() == 3000
+
+
+def test_copy_killed_inside_a_write_loses_nothing_and_recopies_one_batch(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vecmigrate.stores.builtin import BuiltinStore
+
+    acts, inp = _copy_input(sandbox)
+    real = BuiltinStore.upsert
+    calls = {"n": 0}
+
+    def dies_in_the_seventh(self: BuiltinStore, ids: Any, vectors: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KilledError()  # before the transaction commits
+        real(self, ids, vectors)
+
+    monkeypatch.setattr(BuiltinStore, "upsert", dies_in_the_seventh)
+    with pytest.raises(KilledError):
+        ActivityEnvironment().run(acts.copy_shard, inp)
+    monkeypatch.setattr(BuiltinStore, "upsert", real)
+    assert open_target(inp.spec).count() == 600
+    result = ActivityEnvironment().run(acts.copy_shard, inp)
+    assert result.copied == 3000
+    assert result.recopied == 100
+    assert result.checksum == open_source(inp.spec).checksum(inp.shard)
+    # A finished shard run again is not copied again: the journal returns its result.
+    again = ActivityEnvironment().run(acts.copy_shard, inp)
+    assert again.checksum == result.checksum
+    assert again.batches == result.batches
+    assert again.attempts == 3
 
 
 def test_build_reuses_a_finished_artifact(sandbox: Sandbox) -> None:

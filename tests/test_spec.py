@@ -104,10 +104,16 @@ def test_same_version_names_and_bad_shards() -> None:
     assert "shard indexes [9] are outside 0..3" in problems(data)
 
 
-def test_shard_count_is_bounded_by_what_one_history_holds() -> None:
+def test_shard_count_and_window_are_bounded() -> None:
     data = base()
-    data["shards"] = {"count": 300}
-    assert "shards.count: Input should be less than or equal to 256" in problems(data)
+    data["shards"] = {"count": 5001}
+    assert "shards.count: Input should be less than or equal to 5000" in problems(data)
+    data = base()
+    data["max_parallel_shards"] = 65
+    assert "max_parallel_shards: Input should be less than or equal to 64" in problems(data)
+    data = base()
+    data["max_vectors_per_second"] = 0
+    assert "max_vectors_per_second: Input should be greater than 0" in problems(data)
 
 
 def test_native_index_needs_its_own_store() -> None:

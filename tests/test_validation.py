@@ -14,6 +14,7 @@ from vecmigrate.backfill import copy_shard, open_source, open_target, prepare
 from vecmigrate.build import artifact_dir, build_shard, register_index
 from vecmigrate.datasets import glove
 from vecmigrate.errors import PreconditionError
+from vecmigrate.journal import Journal
 from vecmigrate.lifecycle import GateReport, RetrievalFigures, ShardCheck, ShardProfile
 from vecmigrate.spec import GatePolicy, MigrationSpec
 from vecmigrate.stores import BuiltinStore
@@ -52,7 +53,7 @@ def migrate(
     spec = sandbox.spec(target=target.model_dump(mode="json"), **overrides)
     prep = prepare(sandbox.catalog, spec, "test")
     for shard in prep.shards:
-        copy_shard(spec, shard, None, 0, lambda *_: None)
+        copy_shard(spec, shard, Journal(sandbox.catalog))
     return spec, prep, rebuild(sandbox, spec, prep)
 
 

@@ -238,13 +238,26 @@ async def test_vecmigrate_signal_commands(client: Client, sandbox: Sandbox) -> N
         assert st.pause_reason == "paused by ops: freeze"
         shown = await asyncio.to_thread(cli, address, queue, "status", mid, "--json")
         assert json.loads(shown.stdout)["paused"] is True
+        throttled = await asyncio.to_thread(
+            cli, address, queue, "throttle", mid, "2500", "--operator", "ops"
+        )
+        assert "copy throttle 2,500 vectors/s" in throttled.stderr
+        refused = await asyncio.to_thread(cli, address, queue, "throttle", mid, "-3")
+        assert refused.returncode == 2
+        assert "positive, finite" in refused.stderr
+        assert (await mc.status(mid)).max_vectors_per_second == 2500
         await asyncio.to_thread(cli, address, queue, "cutover", mid, "--operator", "ops")
         await asyncio.sleep(0.5)
         assert (await mc.status(mid)).phase == Phase.AWAITING_CUTOVER  # still paused
         await asyncio.to_thread(cli, address, queue, "resume", mid, "--operator", "ops")
         final = await mc.result(mid)
     assert final.phase == Phase.COMPLETED
-    assert [a.action for a in final.operators] == ["pause", "approve_cutover", "resume"]
+    assert [a.action for a in final.operators] == [
+        "pause",
+        "set_throttle",
+        "approve_cutover",
+        "resume",
+    ]
     late = await asyncio.to_thread(cli, address, queue, "rollback", mid)
     assert "error:" in late.stderr
     assert "completed" in late.stderr

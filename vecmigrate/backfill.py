@@ -11,11 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from vecmigrate.catalog import Catalog
-from vecmigrate.errors import PreconditionError, VecmigrateError
+from vecmigrate.errors import DataError, PreconditionError, VecmigrateError
+from vecmigrate.journal import Control, Journal
 from vecmigrate.sharding import plan_shards
 from vecmigrate.spec import FaissIvfFlat, FaissIvfPq, MigrationSpec
 from vecmigrate.stores import CAPABILITIES, Scope, VectorStore, open_store
-from vecmigrate.stores.base import RecordChecksum
+from vecmigrate.stores.base import RecordChecksum, check_vectors
 from vecmigrate.tasks import CopyShardResult, Cursor, PrepareResult, ShardRef
 from vecmigrate.transforms import make_transform
 
@@ -208,45 +209,126 @@ def prepare(catalog: Catalog, spec: MigrationSpec, operator: str) -> PrepareResu
     )
 
 
+class Throttle:
+    """Holds a copy to a rate (vectors/s), measured from the last change of the rate."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.rate: float | None = None
+        self.since = clock()
+        self.done = 0
+
+    def delay(self, rate: float | None, added: int) -> float:
+        """Count ``added`` vectors and return how long to wait to stay at ``rate``."""
+        if rate != self.rate:
+            self.rate, self.since, self.done = rate, self.clock(), 0
+        self.done += added
+        if rate is None:
+            return 0.0
+        return max(0.0, self.done / rate - (self.clock() - self.since))
+
+
 def copy_shard(
     spec: MigrationSpec,
     shard: ShardRef,
-    start: Cursor | None,
-    already_copied: int,
-    on_batch: ProgressCallback,
-    written: RecordChecksum | None = None,
+    journal: Journal,
+    on_batch: ProgressCallback | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
 ) -> CopyShardResult:
-    """Copy one shard from ``start`` to its end, one batch per transaction.
+    """Copy one shard from where its journal says to its end, one batch per transaction.
 
-    ``on_batch`` runs after each batch is committed, so a resume cursor never points past data
-    that is not in the target: a crash re-copies at most the batch in flight. ``written`` is the
-    checksum of what earlier attempts copied; without it (a resume from an older heartbeat) the
-    target shard is read again at the end to checksum it.
+    Before each batch the journal records the batch's start as the resume point, so a crash at
+    any instant re-copies at most that one batch, and upserts by id make the re-copy harmless.
+    Before each batch the migration's control row is read too: a pause ends the call with
+    ``complete=False`` (the next call resumes), and the throttle (split evenly over the shards
+    running in parallel) holds the rate.
+
+    Raises:
+        DataError: a batch the target cannot take (wrong dimension, NaN); nothing of it was
+            written, and the journal still points at its start.
     """
     began = time.monotonic()
+    mid = spec.migration_id
+    state = journal.begin_copy(mid, shard.index)
+    if state.result is not None:
+        return CopyShardResult.model_validate(state.result).model_copy(
+            update={"attempts": state.attempts}
+        )
     source, target = open_source(spec), open_target(spec)
     _, transform = make_transform(spec.source.embedding, spec.target.embedding)
-    cursor, copied, batches = start, already_copied, 0
-    resumed_blind = written is None and start is not None
-    acc = written or RecordChecksum()
+    cursor, copied, acc = state.cursor, state.copied, state.written
+    handed, batches = state.handed, 0
+    throttle = Throttle(clock)
+    parallel = min(spec.max_parallel_shards, len(spec.shards.selected()))
+
+    def share(control: Control) -> float | None:
+        rate = control.max_vectors_per_second
+        return None if rate is None else rate / parallel
+
+    def incomplete() -> CopyShardResult:
+        # Everything up to the cursor has committed: the next call starts right after it.
+        journal.before_batch(mid, shard.index, cursor, copied, acc, 0)
+        return CopyShardResult(
+            shard=shard.index,
+            copied=copied,
+            total=copied,
+            checksum=acc.hexdigest(),
+            batches=batches,
+            resumed_from=state.cursor,
+            seconds=time.monotonic() - began,
+            complete=False,
+            attempts=state.attempts,
+            recopied=max(0, handed - copied),
+        )
+
     while True:
+        control = journal.control(mid)
+        if control.paused:
+            return incomplete()
         batch = source.scan(shard, cursor, spec.batch_size)
         if len(batch) == 0:
             break
-        vectors = transform(batch.vectors)
-        target.upsert(batch.ids, vectors)
-        acc.add(batch.ids, vectors)
+        try:
+            ids, vectors = check_vectors(
+                batch.ids, transform(batch.vectors), target.dimension, target.scope
+            )
+        except DataError as exc:
+            # Everything before this batch has committed: a resume after the fix starts here.
+            journal.before_batch(mid, shard.index, cursor, copied, acc, 0)
+            raise DataError(
+                f"shard {shard.index}, batch after id {cursor.id if cursor else 'start'}: {exc}"
+            ) from None
+        journal.before_batch(mid, shard.index, cursor, copied, acc, len(ids))
+        handed += len(ids)
+        target.upsert(ids, vectors)
+        acc.add(ids, vectors)
         assert batch.next_cursor is not None
         cursor = batch.next_cursor
-        copied += len(batch)
+        copied += len(ids)
         batches += 1
-        on_batch(cursor, copied, acc)
-    return CopyShardResult(
+        if on_batch is not None:
+            on_batch(cursor, copied, acc)
+        wait = throttle.delay(share(control), len(ids))
+        while wait > 0:
+            step = min(wait, 1.0)
+            sleep(step)
+            wait -= step
+            control = journal.control(mid)
+            if control.paused:
+                return incomplete()
+            if share(control) != throttle.rate:
+                break  # the throttle changed: measure again from the next batch
+    result = CopyShardResult(
         shard=shard.index,
         copied=copied,
         total=target.count(shard),
-        checksum=target.checksum(shard) if resumed_blind else acc.hexdigest(),
+        checksum=acc.hexdigest(),
         batches=batches,
-        resumed_from=start,
+        resumed_from=state.cursor,
         seconds=time.monotonic() - began,
+        attempts=state.attempts,
+        recopied=max(0, handed - copied),
     )
+    journal.finish_copy(mid, shard.index, cursor, copied, acc, result.model_dump(mode="json"))
+    return result

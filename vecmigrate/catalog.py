@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -38,7 +39,7 @@ from sqlalchemy.exc import IntegrityError
 from vecmigrate.errors import NotFoundError, PreconditionError, RoutingConflictError
 from vecmigrate.lifecycle import RoutingView
 from vecmigrate.spec import EmbeddingSchema, IndexSpec, MigrationSpec
-from vecmigrate.sql import engine_for
+from vecmigrate.sql import begin, engine_for
 
 metadata = MetaData()
 
@@ -137,6 +138,8 @@ ledger = Table(
 )
 
 GENESIS = "0" * 64
+
+_append_lock = threading.Lock()
 
 _APPEND_ONLY_SQLITE = [
     "CREATE TRIGGER IF NOT EXISTS ledger_no_update BEFORE UPDATE ON ledger "
@@ -245,7 +248,7 @@ class Catalog:
     def _insert_ignoring_duplicate(self, stmt: Any) -> None:
         """Run an insert; a duplicate key means a concurrent writer got there first."""
         try:
-            with self.engine.begin() as conn:
+            with begin(self.engine) as conn:
                 conn.execute(stmt)
         except IntegrityError:
             pass
@@ -356,7 +359,7 @@ class Catalog:
 
     def set_version_state(self, tenant: str, collection: str, version: str, state: str) -> None:
         """Move a version to a new state (building, ready, serving, retained, abandoned)."""
-        with self.engine.begin() as conn:
+        with begin(self.engine) as conn:
             n = conn.execute(
                 vector_versions.update()
                 .where(
@@ -498,7 +501,7 @@ class Catalog:
             NotFoundError: the collection has no routing row.
         """
         where = (routing.c.tenant == tenant) & (routing.c.collection == collection)
-        with self.engine.begin() as conn:
+        with begin(self.engine) as conn:
             current = conn.execute(select(routing).where(where)).mappings().first()
             if current is None:
                 raise NotFoundError(f"{tenant}/{collection} has no routing row; seed it first")
@@ -542,7 +545,7 @@ class Catalog:
     def record_migration(self, spec: MigrationSpec, phase: str, requested_by: str) -> None:
         """Register a migration (idempotent) or update its phase."""
         mid = spec.migration_id
-        with self.engine.begin() as conn:
+        with begin(self.engine) as conn:
             row = conn.execute(select(migrations.c.id).where(migrations.c.id == mid)).first()
             if row is None:
                 conn.execute(
@@ -569,7 +572,7 @@ class Catalog:
 
     def set_migration_phase(self, migration_id: str, phase: str) -> None:
         """Record a migration's current phase."""
-        with self.engine.begin() as conn:
+        with begin(self.engine) as conn:
             conn.execute(
                 migrations.update()
                 .where(migrations.c.id == migration_id)
@@ -606,7 +609,35 @@ class Catalog:
         event_key: str | None = None,
         at: datetime | None = None,
     ) -> LedgerEntry:
-        """Append one entry; with an ``event_key`` already present, return that entry instead."""
+        """Append one entry; with an ``event_key`` already present, return that entry instead.
+
+        Appends from one process take turns (activities run on many threads): only appends
+        from other processes can race for the chain's head, and the loser reads it again.
+        """
+        with _append_lock:
+            return self._append(
+                tenant=tenant,
+                collection=collection,
+                kind=kind,
+                actor=actor,
+                data=data,
+                migration_id=migration_id,
+                event_key=event_key,
+                at=at,
+            )
+
+    def _append(
+        self,
+        *,
+        tenant: str,
+        collection: str,
+        kind: str,
+        actor: str,
+        data: dict[str, Any] | None,
+        migration_id: str | None,
+        event_key: str | None,
+        at: datetime | None,
+    ) -> LedgerEntry:
         for _ in range(50):
             if event_key is not None:
                 existing = self._entry_by_key(event_key)
@@ -629,7 +660,7 @@ class Catalog:
             }
             digest = entry_hash(prev, body)
             try:
-                with self.engine.begin() as conn:
+                with begin(self.engine) as conn:
                     seq = conn.execute(
                         ledger.insert().values(
                             **{**body, "data": json.dumps(body["data"], sort_keys=True)},

@@ -7,10 +7,11 @@ and the transition rules are tested without Temporal.
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from vecmigrate.spec import MigrationSpec
+from vecmigrate.spec import MigrationSpec, ShardLayout
 
 
 class Phase(StrEnum):
@@ -87,23 +88,48 @@ class OperatorMessage(_Model):
     reason: str = ""
 
 
-class MigrationInput(_Model):
-    """Input of the migration workflow."""
+HASH_SPACE = 1 << 32
 
-    spec: MigrationSpec
-    requested_by: str = "unknown"
+
+class ShardRef(_Model):
+    """One shard: a half-open range ``[lo, hi)`` of a key.
+
+    The key is the 32-bit hash of the id for ``by="hash"`` and the id itself for ``by="range"``,
+    so every shard is a contiguous range of an index and scans in a stable order.
+    """
+
+    index: int
+    by: Literal["hash", "range"]
+    lo: int
+    hi: int
+
+
+def hash_shards(count: int) -> list[ShardRef]:
+    """``count`` equal ranges of the 32-bit hash space (pure arithmetic: the workflow recomputes
+    them instead of carrying thousands of them across runs)."""
+    bounds = [i * HASH_SPACE // count for i in range(count + 1)]
+    return [ShardRef(index=i, by="hash", lo=bounds[i], hi=bounds[i + 1]) for i in range(count)]
+
+
+def selected_hash_shards(layout: ShardLayout) -> list[ShardRef]:
+    """The hash shards a layout selects, in order."""
+    wanted = set(layout.selected())
+    return [s for s in hash_shards(layout.count) if s.index in wanted]
 
 
 class ShardProgress(_Model):
-    """Copy and index progress of one shard."""
+    """Copy, index and validation progress of one shard.
+
+    Kept small on purpose: a migration of thousands of shards carries one of these per shard
+    into every continued run. Artifacts and profiles live in the catalog's shard journal.
+    """
 
     shard: int
     total: int = 0
     copied: int = 0
     state: str = "pending"
     checksum: str | None = None
-    artifact: str | None = None
-    seconds: float = 0.0
+    recopied: int = 0
 
 
 class GateVerdict(_Model):
@@ -188,6 +214,24 @@ class GateReport(_Model):
         return lines
 
 
+class ThrottleRequest(_Model):
+    """Argument of the ``set_throttle`` update: vectors/s over all shards, ``None`` for none."""
+
+    max_vectors_per_second: float | None = None
+    operator: str = "unknown"
+    reason: str = ""
+
+    def problem(self) -> str | None:
+        """Why this request cannot be applied, or ``None``."""
+        rate = self.max_vectors_per_second
+        if rate is not None and not (rate > 0 and rate != float("inf")):
+            return (
+                f"max_vectors_per_second must be a positive, finite number of vectors per "
+                f"second (or null to lift the throttle), got {rate}"
+            )
+        return None
+
+
 class OperatorAction(_Model):
     """An operator message as the workflow received it."""
 
@@ -204,6 +248,13 @@ class RoutingView(_Model):
     read_index: str | None = None
     write_versions: list[str] = Field(default_factory=list)
     generation: int = 0
+
+
+class Interrupt(_Model):
+    """A rollback or abort an operator (or a gate policy) asked for."""
+
+    action: Literal["rollback", "abort"]
+    message: OperatorMessage
 
 
 class MigrationStatus(_Model):
@@ -233,7 +284,48 @@ class MigrationStatus(_Model):
     ledger_seq: int = 0
     ledger_head: str = ""
     ledger_entries: int = 0
+    # Throttle of the copy (vectors/s over all shards; None: as fast as the stores go).
+    max_vectors_per_second: float | None = None
+    # Vectors/s of the current copy phase so far, and the seconds it still needs at that rate.
+    rate: float | None = None
+    eta_seconds: float | None = None
+    # Temporal runs this migration has gone through (continue-as-new keeps histories small).
+    runs: int = 1
+    validation_round: int = 0
 
     def copied(self) -> tuple[int, int]:
         """Vectors copied and total, over all shards."""
         return sum(s.copied for s in self.shards), sum(s.total for s in self.shards)
+
+    def shard_states(self) -> dict[str, int]:
+        """How many shards are in each state."""
+        counts: dict[str, int] = {}
+        for s in self.shards:
+            counts[s.state] = counts.get(s.state, 0) + 1
+        return counts
+
+
+class Carried(_Model):
+    """What a migration hands to its next Temporal run when it continues as new.
+
+    Everything the lifecycle needs to pick up where it stood: the status (phase, per-shard
+    states, routing, gates, ledger anchor), the shard plan, and the counters that keep ledger
+    event keys unique across runs.
+    """
+
+    status: MigrationStatus
+    # Range shards come from the source's id quantiles and must be carried; hash shards are
+    # recomputed from the layout (empty here).
+    shards: list[ShardRef] = Field(default_factory=list)
+    source_index: str | None = None
+    target_registered: bool = False
+    events: int = 0
+    interrupt: Interrupt | None = None
+
+
+class MigrationInput(_Model):
+    """Input of the migration workflow; ``carried`` is set only by continue-as-new."""
+
+    spec: MigrationSpec
+    requested_by: str = "unknown"
+    carried: Carried | None = None

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
+from vecmigrate.lifecycle import hash_shards as hash_shards
 from vecmigrate.spec import ShardLayout
-from vecmigrate.tasks import HASH_SPACE, ShardRef
+from vecmigrate.tasks import ShardRef
 
 _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -19,12 +20,6 @@ def hash_key(ids: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         z = z ^ (z >> np.uint64(31))
     return (z >> np.uint64(32)).astype(np.int64)
-
-
-def hash_shards(count: int) -> list[ShardRef]:
-    """``count`` equal ranges of the 32-bit hash space."""
-    bounds = [i * HASH_SPACE // count for i in range(count + 1)]
-    return [ShardRef(index=i, by="hash", lo=bounds[i], hi=bounds[i + 1]) for i in range(count)]
 
 
 def range_shards(count: int, boundaries: list[int]) -> list[ShardRef]:

@@ -249,13 +249,13 @@ class ShardLayout(_Model):
     """How the collection is split for backfill and index build.
 
     ``hash`` spreads ids evenly whatever their distribution; ``range`` keeps id ranges together.
-    ``only`` selects a subset of shards (by index) for this migration. A shard costs about 20
-    workflow history events; 256 shards keep one migration's history near 5,000 events, well
-    inside Temporal's limits (more shards need continue-as-new, not in this release).
+    ``only`` selects a subset of shards (by index) for this migration. The workflow continues
+    as new before its history reaches about 2,000 events, so the shard count is bounded by the
+    size of the per-shard state it carries (about 100 bytes a shard), not by the history.
     """
 
     by: Literal["hash", "range"] = "hash"
-    count: int = Field(default=4, ge=1, le=256)
+    count: int = Field(default=4, ge=1, le=5_000)
     only: tuple[int, ...] | None = None
 
     @model_validator(mode="after")
@@ -346,8 +346,17 @@ class MigrationSpec(_Model):
     source: VersionSpec
     target: VersionSpec
     shards: ShardLayout = Field(default_factory=ShardLayout)
+    # Records per copy batch: one transaction, one journal write, one heartbeat. A crash
+    # re-copies at most one batch.
     batch_size: int = Field(default=10_000, ge=1, le=1_000_000)
-    max_parallel_shards: int = Field(default=2, ge=1, le=256)
+    # Shards in flight at once. Bounded so that draining the window before a continue-as-new
+    # stays well under Temporal's history limits.
+    max_parallel_shards: int = Field(default=2, ge=1, le=64)
+    # Copy throttle over all shards together; change it while running with ``set_throttle``.
+    max_vectors_per_second: float | None = Field(default=None, gt=0)
+    # A worker that stops heartbeating for this long is presumed dead and its shard moves to
+    # another worker (from its last committed batch).
+    heartbeat_seconds: float = Field(default=30.0, ge=1.0, le=600.0)
     gates: GatePolicy = Field(default_factory=GatePolicy)
     cutover: CutoverPolicy = Field(default_factory=CutoverPolicy)
 

@@ -8,15 +8,18 @@ of data that a power cut could lose).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 _engines: dict[str, Engine] = {}
 _lock = threading.Lock()
+# One write lock per SQLite engine (see ``begin``).
+_write_locks: dict[int, threading.RLock] = {}
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -44,10 +47,29 @@ def engine_for(url: str) -> Engine:
                 Path(db).parent.mkdir(parents=True, exist_ok=True)
             engine = create_engine(url, pool_size=8, max_overflow=8)
             event.listen(engine, "connect", _sqlite_pragmas)
+            _write_locks[id(engine)] = threading.RLock()
         else:
             engine = create_engine(url, pool_pre_ping=True)
         _engines[url] = engine
         return engine
+
+
+@contextmanager
+def begin(engine: Engine) -> Iterator[Connection]:
+    """A write transaction, committed on success.
+
+    SQLite allows one writer per database, and a writer that finds it busy sleeps in steps of
+    up to 100 ms before trying again: a worker's activity threads writing at once would spend
+    most of their time asleep. Writers of one process take turns on a lock instead; other
+    processes still meet the busy timeout.
+    """
+    lock = _write_locks.get(id(engine))
+    if lock is None:
+        with engine.begin() as conn:
+            yield conn
+        return
+    with lock, engine.begin() as conn:
+        yield conn
 
 
 _prepared: dict[str, set[int]] = {}
@@ -73,4 +95,5 @@ def dispose_engines() -> None:
         for engine in _engines.values():
             engine.dispose()
         _engines.clear()
+        _write_locks.clear()
         _prepared.clear()

@@ -7,31 +7,18 @@ decoding them.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from vecmigrate.lifecycle import HASH_SPACE as HASH_SPACE
 from vecmigrate.lifecycle import GateReport, RoutingView, ShardCheck
+from vecmigrate.lifecycle import ShardRef as ShardRef
 from vecmigrate.spec import MigrationSpec
-
-HASH_SPACE = 1 << 32
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class ShardRef(_Model):
-    """One shard: a half-open range ``[lo, hi)`` of a key.
-
-    The key is the 32-bit hash of the id for ``by="hash"`` and the id itself for ``by="range"``,
-    so every shard is a contiguous range of an index and scans in a stable order.
-    """
-
-    index: int
-    by: Literal["hash", "range"]
-    lo: int
-    hi: int
 
 
 class Cursor(_Model):
@@ -54,6 +41,13 @@ class PrepareResult(_Model):
     source_index: str | None = None
 
 
+class LedgerAck(_Model):
+    """Where an entry landed in the ledger: the workflow keeps the last one as an anchor."""
+
+    seq: int
+    hash: str
+
+
 class CopyShardInput(_Model):
     migration_id: str
     spec: MigrationSpec
@@ -68,6 +62,12 @@ class CopyShardResult(_Model):
     batches: int = 0
     resumed_from: Cursor | None = None
     seconds: float = 0.0
+    # False when a pause stopped the copy between batches; the next call resumes it.
+    complete: bool = True
+    # Attempts at this shard so far, and vectors handed to the target more than once.
+    attempts: int = 1
+    recopied: int = 0
+    ledger: LedgerAck | None = None
 
 
 class BuildIndexInput(_Model):
@@ -96,24 +96,29 @@ class ArtifactRef(_Model):
 
 
 class RegisterIndexInput(_Model):
+    """Register the target index; with no ``artifacts``, those the shard journal holds for
+    every selected shard (a migration of thousands of shards does not pass them around)."""
+
     migration_id: str
     spec: MigrationSpec
-    artifacts: list[ArtifactRef]
+    artifacts: list[ArtifactRef] = Field(default_factory=list)
 
 
 class ValidateShardInput(_Model):
     migration_id: str
     spec: MigrationSpec
     shard: ShardRef
+    round: int = 0
 
 
 class ValidateInput(_Model):
     migration_id: str
     spec: MigrationSpec
-    shards: list[ShardRef]
     source_index: str | None
     target_index: str
+    # Profiles of the shards; with none, those of validation ``round`` in the shard journal.
     checks: list[ShardCheck] = Field(default_factory=list)
+    round: int = 0
 
 
 class IndexRegistered(_Model):
@@ -122,13 +127,6 @@ class IndexRegistered(_Model):
     index_id: str
     checksum: str
     artifacts: int
-
-
-class LedgerAck(_Model):
-    """Where an entry landed in the ledger: the workflow keeps the last one as an anchor."""
-
-    seq: int
-    hash: str
 
 
 class RoutingChangeInput(_Model):
@@ -159,6 +157,14 @@ class LedgerInput(_Model):
     kind: str
     actor: str
     data: dict[str, Any] = Field(default_factory=dict)
+
+
+class ControlInput(_Model):
+    """The live settings running copies read before every batch."""
+
+    migration_id: str
+    paused: bool
+    max_vectors_per_second: float | None = None
 
 
 class VersionStateInput(_Model):

@@ -11,8 +11,9 @@ Operators steer it by signal (``pause``, ``resume``, ``approve_cutover``, ``roll
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
@@ -23,7 +24,11 @@ with workflow.unsafe.imports_passed_through():
     from vecmigrate.errors import NON_RETRYABLE_NAMES
     from vecmigrate.lifecycle import (
         SERVING_TARGET,
+        STRATEGY_PHASES,
+        TERMINAL,
+        Carried,
         GateReport,
+        Interrupt,
         MigrationInput,
         MigrationStatus,
         OperatorAction,
@@ -32,13 +37,16 @@ with workflow.unsafe.imports_passed_through():
         RoutingView,
         ShardCheck,
         ShardProgress,
+        ThrottleRequest,
         check_transition,
+        selected_hash_shards,
     )
     from vecmigrate.spec import is_native
     from vecmigrate.tasks import (
         ArtifactRef,
         BuildIndexInput,
         BuildNativeIndexInput,
+        ControlInput,
         CopyShardInput,
         CopyShardResult,
         IndexRegistered,
@@ -66,12 +74,22 @@ RETRY = RetryPolicy(
     non_retryable_error_types=list(NON_RETRYABLE_NAMES),
 )
 
-# Short bookkeeping calls (ledger, routing, version state) against the catalog.
-SHORT_TIMEOUT = timedelta(seconds=60)
+# Short bookkeeping calls (ledger, routing, version state) against the catalog. A worker killed
+# during one costs this long before another worker retries it.
+SHORT_TIMEOUT = timedelta(seconds=10)
+
+# Continue as new before the history reaches this many events, less what draining the shard
+# window may add (about a dozen events a shard).
+HISTORY_LIMIT = 2_000
+EVENTS_PER_SHARD_IN_FLIGHT = 12
 
 
 class _InterruptedError(Exception):
     """An operator asked to roll back or abort while a step was running."""
+
+
+class _ContinueAsNewError(Exception):
+    """The history is long: carry the state into a new run at a point with nothing in flight."""
 
 
 @workflow.defn(name="MigrationWorkflow")
@@ -82,20 +100,39 @@ class MigrationWorkflow:
     def __init__(self, inp: MigrationInput) -> None:
         spec = inp.spec
         self._spec = spec
-        self._status = MigrationStatus(
-            migration_id=spec.migration_id,
-            tenant=spec.tenant,
-            collection=spec.collection,
-            strategy=spec.strategy,
-            source_version=spec.source.name,
-            target_version=spec.target.name,
-        )
-        self._interrupt: tuple[str, OperatorMessage] | None = None
-        self._events = 0
-        self._phase_began = workflow.now()
         self._lock = asyncio.Lock()
-        self._source_index: str | None = None
-        self._target_registered = False
+        self._control_lock = asyncio.Lock()
+        carried = inp.carried
+        if carried is None:
+            self._status = MigrationStatus(
+                migration_id=spec.migration_id,
+                tenant=spec.tenant,
+                collection=spec.collection,
+                strategy=spec.strategy,
+                source_version=spec.source.name,
+                target_version=spec.target.name,
+                max_vectors_per_second=spec.max_vectors_per_second,
+            )
+            self._interrupt: Interrupt | None = None
+            self._events = 0
+            self._phase_began = workflow.now()
+            self._source_index: str | None = None
+            self._target_registered = False
+            self._shards: list[ShardRef] = []
+        else:
+            self._status = carried.status
+            self._status.runs += 1
+            self._interrupt = carried.interrupt
+            self._events = carried.events
+            self._phase_began = (
+                datetime.fromisoformat(self._status.phase_started_at)
+                if self._status.phase_started_at
+                else workflow.now()
+            )
+            self._source_index = carried.source_index
+            self._target_registered = carried.target_registered
+            self._shards = carried.shards or selected_hash_shards(spec.shards)
+        self._by_shard = {p.shard: p for p in self._status.shards}
 
     # -- messages ------------------------------------------------------------------------------
 
@@ -103,11 +140,17 @@ class MigrationWorkflow:
     def status(self) -> MigrationStatus:
         """Phase, pause flag, per-shard progress, gates, routing and operator actions."""
         current = self._status.model_copy(deep=True)
-        if current.phase not in (Phase.COMPLETED, Phase.ROLLED_BACK, Phase.ABORTED):
+        if current.phase not in TERMINAL:
             elapsed = (workflow.now() - self._phase_began).total_seconds()
             current.phase_seconds[current.phase] = round(
                 current.phase_seconds.get(current.phase, 0.0) + elapsed, 3
             )
+        if current.phase == Phase.BACKFILLING:
+            copied, total = current.copied()
+            spent = current.phase_seconds.get(Phase.BACKFILLING, 0.0)
+            if copied and spent > 0:
+                current.rate = round(copied / spent, 1)
+                current.eta_seconds = round((total - copied) / current.rate, 1)
         return current
 
     @workflow.signal(name="pause")
@@ -118,6 +161,7 @@ class MigrationWorkflow:
         self._status.pause_reason = f"paused by {msg.operator}" + (
             f": {msg.reason}" if msg.reason else ""
         )
+        await self._sync_control()  # running copies stop before their next batch
         await self._operator("pause", msg)
 
     @workflow.signal(name="resume")
@@ -127,6 +171,7 @@ class MigrationWorkflow:
         self._status.paused = False
         self._status.pause_reason = ""
         await self._operator("resume", msg)
+        await self._sync_control()
 
     @workflow.signal(name="approve_cutover")
     async def approve_cutover(self, msg: OperatorMessage | None = None) -> None:
@@ -140,7 +185,7 @@ class MigrationWorkflow:
         """Return reads to the source version and abandon the target."""
         msg = msg or OperatorMessage()
         if self._interrupt is None:
-            self._interrupt = ("rollback", msg)
+            self._interrupt = Interrupt(action="rollback", message=msg)
         await self._operator("rollback", msg)
 
     @workflow.signal(name="abort")
@@ -148,10 +193,49 @@ class MigrationWorkflow:
         """Stop where the migration stands; routing is left as it is."""
         msg = msg or OperatorMessage()
         if self._interrupt is None:
-            self._interrupt = ("abort", msg)
+            self._interrupt = Interrupt(action="abort", message=msg)
         await self._operator("abort", msg)
 
-    async def _operator(self, action: str, msg: OperatorMessage) -> None:
+    @workflow.update(name="set_throttle")
+    async def set_throttle(self, req: ThrottleRequest) -> float | None:
+        """Change the copy throttle (vectors/s over all shards; null lifts it) while running.
+
+        Running copies pick it up before their next batch. Returns the throttle now in force.
+        """
+        self._status.max_vectors_per_second = req.max_vectors_per_second
+        await self._operator(
+            "set_throttle",
+            OperatorMessage(operator=req.operator, reason=req.reason),
+            {"max_vectors_per_second": req.max_vectors_per_second},
+        )
+        await self._sync_control()
+        return self._status.max_vectors_per_second
+
+    @set_throttle.validator
+    def _check_throttle(self, req: ThrottleRequest) -> None:
+        problem = req.problem()
+        if problem is not None:
+            raise ValueError(problem)
+        if self._status.phase in TERMINAL:
+            raise ValueError(f"the migration has ended ({self._status.phase}); nothing to throttle")
+
+    async def _sync_control(self) -> None:
+        """Tell running copies the pause flag and throttle (they read it before every batch)."""
+        async with self._control_lock:
+            await workflow.execute_activity(
+                "set_control",
+                ControlInput(
+                    migration_id=self._status.migration_id,
+                    paused=self._status.paused,
+                    max_vectors_per_second=self._status.max_vectors_per_second,
+                ),
+                start_to_close_timeout=SHORT_TIMEOUT,
+                retry_policy=RETRY,
+            )
+
+    async def _operator(
+        self, action: str, msg: OperatorMessage, extra: dict[str, Any] | None = None
+    ) -> None:
         self._status.operators.append(
             OperatorAction(
                 at=workflow.now().isoformat(),
@@ -163,7 +247,7 @@ class MigrationWorkflow:
         await self._record(
             "operator",
             msg.operator,
-            {"action": action, "reason": msg.reason, "phase": self._status.phase},
+            {"action": action, "reason": msg.reason, "phase": self._status.phase, **(extra or {})},
         )
 
     # -- helpers -------------------------------------------------------------------------------
@@ -186,6 +270,10 @@ class MigrationWorkflow:
             start_to_close_timeout=SHORT_TIMEOUT,
             retry_policy=RETRY,
         )
+        self._anchor(ack)
+
+    def _anchor(self, ack: LedgerAck) -> None:
+        """Keep the newest ledger entry this migration wrote (a cut tail loses it)."""
         self._status.ledger_entries += 1
         if ack.seq > self._status.ledger_seq:
             self._status.ledger_seq, self._status.ledger_head = ack.seq, ack.hash
@@ -240,6 +328,7 @@ class MigrationWorkflow:
                 await self._record(
                     "step.failed", "vecmigrate", {"step": name, "error": message, "type": kind}
                 )
+                await self._sync_control()  # the other shards stop after their batch too
                 continue
             self._status.error = ""
             return result
@@ -250,121 +339,193 @@ class MigrationWorkflow:
     async def run(self, inp: MigrationInput) -> MigrationStatus:
         spec = self._spec
         src, dst = spec.source.embedding, spec.target.embedding
-        await self._record(
-            "migration.started",
-            inp.requested_by,
-            {
-                "spec": spec.model_dump(mode="json"),
-                "spec_hash": spec.spec_hash(),
-                "source": spec.source.name,
-                "target": spec.target.name,
-                "source_model": f"{src.model_id}@{src.model_version}",
-                "target_model": f"{dst.model_id}@{dst.model_version}",
-                "target_index": spec.target.index.model_dump(mode="json"),
-            },
-        )
+        if inp.carried is None:
+            await self._record(
+                "migration.started",
+                inp.requested_by,
+                {
+                    "spec": spec.model_dump(mode="json"),
+                    "spec_hash": spec.spec_hash(),
+                    "source": spec.source.name,
+                    "target": spec.target.name,
+                    "source_model": f"{src.model_id}@{src.model_version}",
+                    "target_model": f"{dst.model_id}@{dst.model_version}",
+                    "target_index": spec.target.index.model_dump(mode="json"),
+                },
+            )
         try:
             await self._lifecycle(inp)
+        except _ContinueAsNewError:
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            workflow.continue_as_new(
+                MigrationInput(spec=spec, requested_by=inp.requested_by, carried=self._carry())
+            )
         except _InterruptedError:
             assert self._interrupt is not None
-            action, msg = self._interrupt
-            if action == "rollback":
-                await self._roll_back(msg)
+            if self._interrupt.action == "rollback":
+                await self._roll_back(self._interrupt.message)
             else:
-                await self._abort(msg)
+                await self._abort(self._interrupt.message)
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self.status()
 
-    async def _lifecycle(self, inp: MigrationInput) -> None:
-        spec = self._spec
-        mid = spec.migration_id
+    def _carry(self) -> Carried:
+        return Carried(
+            status=self._status,
+            shards=self._shards if self._spec.shards.by == "range" else [],
+            source_index=self._source_index,
+            target_registered=self._target_registered,
+            events=self._events,
+            interrupt=self._interrupt,
+        )
 
-        await self._enter(Phase.PREPARING)
+    def _history_full(self) -> bool:
+        info = workflow.info()
+        budget = HISTORY_LIMIT - EVENTS_PER_SHARD_IN_FLIGHT * self._spec.max_parallel_shards
+        return info.is_continue_as_new_suggested() or info.get_current_history_length() > budget
+
+    async def _lifecycle(self, inp: MigrationInput) -> None:
+        """Run each phase's work, then move on; a continued run starts at the phase it left."""
+        work: dict[Phase, Callable[[MigrationInput], Awaitable[None]]] = {
+            Phase.PREPARING: self._prepare,
+            Phase.BACKFILLING: self._backfill,
+            Phase.BUILDING_INDEX: self._build_index,
+            Phase.VALIDATING: self._validating,
+            Phase.AWAITING_CUTOVER: self._await_cutover,
+            Phase.CUT_OVER: self._cut_over,
+            Phase.BAKING: self._bake,
+            Phase.FINALIZING: self._finalize,
+        }
+        order = STRATEGY_PHASES[self._spec.strategy]
+        if self._status.phase == Phase.PLANNED:
+            await self._enter(Phase.PREPARING)
+        while self._status.phase not in TERMINAL:
+            if self._interrupt is not None:
+                raise _InterruptedError()
+            if self._history_full():
+                raise _ContinueAsNewError()
+            phase = self._status.phase
+            await work[phase](inp)
+            await self._enter(order[order.index(phase) + 1], actor=self._phase_actor(phase))
+
+    def _phase_actor(self, phase: Phase) -> str:
+        """Who moves the migration out of ``phase`` (the approver starts the cut-over)."""
+        if phase != Phase.AWAITING_CUTOVER:
+            return "vecmigrate"
+        return self._approver()
+
+    def _approver(self) -> str:
+        return next(
+            (a.operator for a in reversed(self._status.operators) if a.action == "approve_cutover"),
+            "vecmigrate",
+        )
+
+    async def _prepare(self, inp: MigrationInput) -> None:
+        spec = self._spec
         prep: PrepareResult = await self._step(
             "prepare",
             lambda: workflow.execute_activity(
                 "prepare",
-                PrepareInput(migration_id=mid, spec=spec, operator=inp.requested_by),
+                PrepareInput(migration_id=spec.migration_id, spec=spec, operator=inp.requested_by),
                 result_type=PrepareResult,
                 start_to_close_timeout=timedelta(minutes=10),
+                heartbeat_timeout=timedelta(seconds=spec.heartbeat_seconds),
                 retry_policy=RETRY,
             ),
         )
         self._status.routing = prep.routing
         self._source_index = prep.source_index
         self._target_registered = True
+        self._shards = prep.shards
         self._status.shards = [
             ShardProgress(shard=s.index, total=prep.source_counts.get(s.index, 0))
             for s in prep.shards
         ]
-        shards = prep.shards
+        self._by_shard = {p.shard: p for p in self._status.shards}
+        await self._sync_control()
 
-        await self._enter(Phase.BACKFILLING)
-        await self._for_each_shard(shards, self._copy)
+    async def _backfill(self, inp: MigrationInput) -> None:
+        await self._for_each_shard(self._shards_not_in({"pending", "copying"}), self._copy)
 
-        await self._enter(Phase.BUILDING_INDEX)
-        built: list[ArtifactRef]
+    def _shards_not_in(self, states: set[str]) -> list[ShardRef]:
+        """The shards whose state is one of ``states`` (their work is not done yet)."""
+        return [s for s in self._shards if self._by_shard[s.index].state in states]
+
+    async def _build_index(self, inp: MigrationInput) -> None:
+        spec = self._spec
+        mid = spec.migration_id
+        native: ArtifactRef | None = None
         if is_native(spec.target.index):
             # The target database builds its own index over the whole version, once.
-            native: ArtifactRef = await self._step(
+            built: ArtifactRef = await self._step(
                 "build native index",
                 lambda: workflow.execute_activity(
                     "build_native_index",
                     BuildNativeIndexInput(migration_id=mid, spec=spec),
                     result_type=ArtifactRef,
                     start_to_close_timeout=timedelta(hours=24),
+                    heartbeat_timeout=timedelta(seconds=spec.heartbeat_seconds),
                     retry_policy=RETRY,
                 ),
             )
+            native = built
             for progress in self._status.shards:
                 progress.state = "indexed"
-            await self._record("index.native", "vecmigrate", native.model_dump(mode="json"))
-            built = [native]
+            await self._record("index.native", "vecmigrate", built.model_dump(mode="json"))
         else:
-            artifacts: dict[int, ArtifactRef] = {}
-
-            async def build_one(shard: ShardRef) -> None:
-                artifacts[shard.index] = await self._build(shard)
-
-            await self._for_each_shard(shards, build_one)
-            built = [artifacts[s.index] for s in shards]
+            await self._for_each_shard(self._shards_not_in({"copied", "indexing"}), self._build)
         registered: IndexRegistered = await self._step(
             "register_index",
             lambda: workflow.execute_activity(
                 "register_index",
-                RegisterIndexInput(migration_id=mid, spec=spec, artifacts=built),
+                # Without artifacts the activity takes every shard's from the shard journal.
+                RegisterIndexInput(
+                    migration_id=mid, spec=spec, artifacts=[native] if native else []
+                ),
                 result_type=IndexRegistered,
-                start_to_close_timeout=SHORT_TIMEOUT,
+                start_to_close_timeout=timedelta(hours=1),
+                heartbeat_timeout=timedelta(seconds=spec.heartbeat_seconds),
                 retry_policy=RETRY,
             ),
         )
-        index_id = registered.index_id
-        self._status.index_version = index_id
+        self._status.index_version = registered.index_id
         await self._record("index.registered", "vecmigrate", registered.model_dump(mode="json"))
 
-        await self._enter(Phase.VALIDATING)
+    async def _validating(self, inp: MigrationInput) -> None:
+        spec = self._spec
+        index_id = self._status.index_version
+        assert index_id is not None
         while True:
-            report = await self._validate(shards, prep.source_index, index_id)
+            report = await self._validate(self._source_index, index_id)
             self._status.gates = report
             await self._record("gate", "vecmigrate", report.model_dump(mode="json"))
             if report.passed:
-                self._status.blocked_reason = ""
-                break
+                # Set before the phase changes, so no status shows AWAITING_CUTOVER without why.
+                self._status.blocked_reason = self._cutover_wait_reason()
+                return
             reason = "gate failed: " + "; ".join(report.failures())
             self._status.blocked_reason = reason + "; cut-over is blocked"
             if spec.gates.on_failure == "rollback":
-                self._interrupt = (
-                    "rollback",
-                    OperatorMessage(operator="vecmigrate", reason=reason),
+                self._interrupt = Interrupt(
+                    action="rollback", message=OperatorMessage(operator="vecmigrate", reason=reason)
                 )
                 raise _InterruptedError()
             self._status.paused = True
             self._status.pause_reason = reason + "; resume to validate again, or roll back"
             await self._wait_unpaused()
+            # A new round profiles every shard again.
+            self._status.validation_round += 1
+            for progress in self._status.shards:
+                progress.state = "indexed"
 
-        if spec.cutover.mode == "manual" and not self._status.cutover_approved:
-            self._status.blocked_reason = "waiting for approve_cutover"
-        await self._enter(Phase.AWAITING_CUTOVER)
+    def _cutover_wait_reason(self) -> str:
+        if self._spec.cutover.mode == "manual" and not self._status.cutover_approved:
+            return "waiting for approve_cutover"
+        return ""
+
+    async def _await_cutover(self, inp: MigrationInput) -> None:
+        spec = self._spec
+        self._status.blocked_reason = self._cutover_wait_reason()
         await self._guarded(
             lambda: workflow.wait_condition(
                 lambda: (
@@ -374,18 +535,16 @@ class MigrationWorkflow:
             )
         )
         self._status.blocked_reason = ""
-        approver = next(
-            (a.operator for a in reversed(self._status.operators) if a.action == "approve_cutover"),
-            "vecmigrate",
-        )
 
-        await self._enter(Phase.CUT_OVER, actor=approver)
+    async def _cut_over(self, inp: MigrationInput) -> None:
+        spec = self._spec
+        approver = self._approver()
         routing = self._status.routing
         assert routing is not None
         self._status.routing = await self._change_routing(
             routing.generation,
             read_version=spec.target.name,
-            read_index=index_id,
+            read_index=self._status.index_version,
             write_versions=[spec.target.name, spec.source.name],
             operator=approver,
             reason="cut-over: reads move to the target; the source stays current for rollback",
@@ -394,60 +553,69 @@ class MigrationWorkflow:
         await self._set_state(spec.target.name, "serving", approver)
         await self._set_state(spec.source.name, "standby", approver)
 
-        await self._enter(Phase.BAKING)
-        await self._guarded(lambda: workflow.sleep(timedelta(seconds=spec.cutover.bake_seconds)))
+    async def _bake(self, inp: MigrationInput) -> None:
+        spec = self._spec
+        began = datetime.fromisoformat(self._status.phase_started_at)
+        left = timedelta(seconds=spec.cutover.bake_seconds) - (workflow.now() - began)
+        if left > timedelta(0):
+            await self._guarded(lambda: workflow.sleep(left))
         await self._wait_unpaused()
 
-        await self._enter(Phase.FINALIZING)
+    async def _finalize(self, inp: MigrationInput) -> None:
+        spec = self._spec
         routing = self._status.routing
+        assert routing is not None
         self._status.routing = await self._change_routing(
             routing.generation,
             read_version=spec.target.name,
-            read_index=index_id,
+            read_index=self._status.index_version,
             write_versions=[spec.target.name],
             operator="vecmigrate",
             reason="finalize: the source is retained but no longer written",
             key="finalize",
         )
         await self._set_state(spec.source.name, "retained", "vecmigrate")
-        await self._enter(Phase.COMPLETED)
 
-    async def _validate(
-        self, shards: list[ShardRef], source_index: str | None, index_id: str
-    ) -> GateReport:
+    async def _validate(self, source_index: str | None, index_id: str) -> GateReport:
         """Profile every shard (one activity each, so the work resumes shard by shard), then
         measure retrieval and distribution and judge everything against the gates."""
         spec = self._spec
-        checks: dict[int, ShardCheck] = {}
+        round_ = self._status.validation_round
 
         async def check_one(shard: ShardRef) -> None:
-            checks[shard.index] = await self._step(
+            progress = self._by_shard[shard.index]
+            progress.state = "validating"
+            await self._step(
                 f"validate shard {shard.index}",
                 lambda: workflow.execute_activity(
                     "validate_shard",
-                    ValidateShardInput(migration_id=spec.migration_id, spec=spec, shard=shard),
+                    ValidateShardInput(
+                        migration_id=spec.migration_id, spec=spec, shard=shard, round=round_
+                    ),
                     result_type=ShardCheck,
                     start_to_close_timeout=timedelta(hours=2),
+                    heartbeat_timeout=timedelta(seconds=spec.heartbeat_seconds),
                     retry_policy=RETRY,
                 ),
             )
-            self._progress(shard.index).state = "validated"
+            progress.state = "validated"
 
-        await self._for_each_shard(shards, check_one)
+        await self._for_each_shard(self._shards_not_in({"indexed", "validating"}), check_one)
         result: ValidateResult = await self._step(
             "validate",
             lambda: workflow.execute_activity(
                 "validate",
+                # The shard profiles come from the shard journal, not through this payload.
                 ValidateInput(
                     migration_id=spec.migration_id,
                     spec=spec,
-                    shards=shards,
                     source_index=source_index,
                     target_index=index_id,
-                    checks=[checks[s.index] for s in shards],
+                    round=round_,
                 ),
                 result_type=ValidateResult,
                 start_to_close_timeout=timedelta(seconds=spec.gates.time_budget_seconds * 2),
+                heartbeat_timeout=timedelta(seconds=spec.heartbeat_seconds),
                 retry_policy=RETRY,
             ),
         )
@@ -458,16 +626,21 @@ class MigrationWorkflow:
     ) -> None:
         """Run ``work`` per shard in a sliding window of ``max_parallel_shards``.
 
-        A pause stops new shards from starting; shards in flight finish.
+        A pause stops new shards from starting (and running copies stop after their batch).
+        When the history grows long, no new shard starts; once the window has drained the run
+        continues as new and the next run takes the shards still to do.
         """
-        pending = list(shards)
+        pending = deque(shards)
         running: set[asyncio.Task[None]] = set()
         try:
             while pending or running:
                 while pending and len(running) < self._spec.max_parallel_shards:
+                    if self._history_full():
+                        break
                     await self._wait_unpaused()
-                    shard = pending.pop(0)
-                    running.add(asyncio.ensure_future(work(shard)))
+                    running.add(asyncio.ensure_future(work(pending.popleft())))
+                if not running:
+                    raise _ContinueAsNewError()
                 done, _ = await workflow.wait(list(running), return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     running.discard(task)
@@ -476,48 +649,50 @@ class MigrationWorkflow:
             for task in running:
                 task.cancel()
 
-    def _progress(self, shard: int) -> ShardProgress:
-        return next(p for p in self._status.shards if p.shard == shard)
-
     async def _copy(self, shard: ShardRef) -> None:
-        progress = self._progress(shard.index)
+        spec = self._spec
+        progress = self._by_shard[shard.index]
         progress.state = "copying"
-        result: CopyShardResult = await self._step(
-            f"copy shard {shard.index}",
-            lambda: workflow.execute_activity(
-                "copy_shard",
-                CopyShardInput(migration_id=self._spec.migration_id, spec=self._spec, shard=shard),
-                result_type=CopyShardResult,
-                start_to_close_timeout=timedelta(hours=12),
-                heartbeat_timeout=timedelta(seconds=60),
-                retry_policy=RETRY,
-            ),
-        )
-        progress.copied = result.copied
+        while True:
+            result: CopyShardResult = await self._step(
+                f"copy shard {shard.index}",
+                lambda: workflow.execute_activity(
+                    "copy_shard",
+                    CopyShardInput(migration_id=spec.migration_id, spec=spec, shard=shard),
+                    result_type=CopyShardResult,
+                    start_to_close_timeout=timedelta(hours=12),
+                    heartbeat_timeout=timedelta(seconds=spec.heartbeat_seconds),
+                    retry_policy=RETRY,
+                ),
+            )
+            progress.copied = result.copied
+            progress.recopied = result.recopied
+            if result.complete:
+                break
+            await self._wait_unpaused()  # paused between batches: go on from the journal
         progress.total = max(progress.total, result.total)
         progress.checksum = result.checksum
-        progress.seconds = round(result.seconds, 3)
         progress.state = "copied"
-        await self._record("shard.copied", "vecmigrate", result.model_dump(mode="json"))
+        if result.ledger is not None:
+            self._anchor(result.ledger)
 
-    async def _build(self, shard: ShardRef) -> ArtifactRef:
-        progress = self._progress(shard.index)
+    async def _build(self, shard: ShardRef) -> None:
+        spec = self._spec
+        progress = self._by_shard[shard.index]
         progress.state = "indexing"
-        ref: ArtifactRef = await self._step(
+        await self._step(
             f"build index of shard {shard.index}",
             lambda: workflow.execute_activity(
                 "build_shard_index",
-                BuildIndexInput(migration_id=self._spec.migration_id, spec=self._spec, shard=shard),
+                BuildIndexInput(migration_id=spec.migration_id, spec=spec, shard=shard),
                 result_type=ArtifactRef,
                 start_to_close_timeout=timedelta(hours=12),
-                heartbeat_timeout=timedelta(minutes=5),
+                heartbeat_timeout=timedelta(seconds=spec.heartbeat_seconds),
                 retry_policy=RETRY,
             ),
         )
-        progress.artifact = ref.uri
         progress.state = "indexed"
-        await self._record("shard.indexed", "vecmigrate", ref.model_dump(mode="json"))
-        return ref
+        self._status.ledger_entries += 1  # the activity wrote "shard.indexed"
 
     async def _change_routing(
         self,

@@ -51,8 +51,35 @@ async def record() -> None:
                 history = await mc.handle(mid).fetch_history()
             (HERE / f"{name}.json").write_text(history.to_json())
             print(f"wrote {name}.json ({len(history.events)} events)")
+        await record_continued(env)
     finally:
         await env.shutdown()
+
+
+async def record_continued(env: WorkflowEnvironment) -> None:
+    """A run that starts from carried state: the second run of a migration that continued as
+    new (enough shards that the first run's history fills up)."""
+    name = "blue_green_continued"
+    root = Path(tempfile.gettempdir()) / "vecmigrate-history" / name
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    sandbox = Sandbox(root, Catalog(sqlite_url(root / "catalog.db")))
+    sandbox.seed(3000)
+    spec = sandbox.spec(
+        shards={"count": 300},
+        max_parallel_shards=4,
+        target=sandbox.version("v2", {"kind": "faiss_flat"}).model_dump(mode="json"),
+    )
+    async with running_worker(env.client, sandbox) as queue:
+        mc = MigrationClient(env.client, queue)
+        mid = await mc.start(spec, operator="recorder")
+        await mc.result(mid)
+        runs = [r async for r in env.client.list_workflows(f"WorkflowId = '{mid}'")]
+        runs.sort(key=lambda r: r.start_time)
+        assert len(runs) >= 2, f"expected the migration to continue as new, got {len(runs)} runs"
+        history = await env.client.get_workflow_handle(mid, run_id=runs[1].run_id).fetch_history()
+    (HERE / f"{name}.json").write_text(history.to_json())
+    print(f"wrote {name}.json ({len(history.events)} events, run 2 of {len(runs)})")
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from sqlalchemy.exc import IntegrityError
 
 from vecmigrate.errors import NotFoundError
 from vecmigrate.sharding import hash_key
-from vecmigrate.sql import engine_for, once_per_engine
+from vecmigrate.sql import begin, engine_for, once_per_engine
 from vecmigrate.stores.base import (
     Batch,
     Ids,
@@ -111,7 +111,7 @@ class BuiltinStore(ScanningStore):
             row = conn.execute(query).first()
         if row is None and dimension is not None:
             # A concurrent worker may create it first: the unique key decides, then re-read.
-            with contextlib.suppress(IntegrityError), engine.begin() as conn:
+            with contextlib.suppress(IntegrityError), begin(engine) as conn:
                 conn.execute(
                     namespaces.insert().values(
                         tenant=scope.tenant,
@@ -160,7 +160,7 @@ class BuiltinStore(ScanningStore):
             {"ns": self.ns, "id": int(i), "h": int(h), "vec": vec32[j].tobytes()}
             for j, (i, h) in enumerate(zip(ids64.tolist(), keys.tolist(), strict=True))
         ]
-        with self.engine.begin() as conn:
+        with begin(self.engine) as conn:
             conn.execute(_UPSERT, rows)
         return len(rows)
 
@@ -168,7 +168,7 @@ class BuiltinStore(ScanningStore):
         ids64 = np.asarray(ids, dtype=np.int64)
         if ids64.size == 0:
             return 0
-        with self.engine.begin() as conn:
+        with begin(self.engine) as conn:
             result = conn.execute(
                 vectors.delete().where((vectors.c.ns == self.ns) & vectors.c.id.in_(ids64.tolist()))
             )
@@ -213,7 +213,7 @@ def drop_namespace(url: str, scope: Scope) -> int:
     """Delete a whole version's records (used only for explicit cleanup, never on rollback)."""
     engine = engine_for(url)
     metadata.create_all(engine)
-    with engine.begin() as conn:
+    with begin(engine) as conn:
         row = conn.execute(
             select(namespaces.c.ns).where(
                 (namespaces.c.tenant == scope.tenant)

@@ -238,6 +238,7 @@ def judge(
     figures: RetrievalFigures,
 ) -> GateReport:
     """The gate report: every verdict, passed only if all pass."""
+    listed = checks if len(checks) <= REPORT_SHARDS else _suspect(checks)[:REPORT_SHARDS]
     verdicts = (
         parity_verdicts(policy, same_bytes, checks)
         + integrity_verdicts(policy, normalized_target, checks)
@@ -250,8 +251,27 @@ def judge(
         target_recall=figures.target_recall,
         k=figures.k,
         queries=figures.queries,
-        source_counts={c.shard: c.source.count for c in checks},
-        target_counts={c.shard: c.target.count for c in checks},
-        shards=checks,
+        source_counts={c.shard: c.source.count for c in listed},
+        target_counts={c.shard: c.target.count for c in listed},
+        shards=listed,
         figures=figures,
     )
+
+
+# A report lists every shard's profiles up to this many shards; beyond, only the shards that
+# look wrong (the report rides in workflow payloads, and every profile is in the shard journal).
+REPORT_SHARDS = 64
+
+
+def _suspect(checks: list[ShardCheck]) -> list[ShardCheck]:
+    def wrong(c: ShardCheck) -> bool:
+        s, t = c.source, c.target
+        return (
+            s.count != t.count
+            or s.checksum != t.checksum
+            or t.nonfinite > 0
+            or t.duplicate_ids > 0
+            or t.zero > 0
+        )
+
+    return [c for c in checks if wrong(c)]

@@ -1,0 +1,320 @@
+"""The shard journal: where every shard of a migration stands, kept in the catalog.
+
+Temporal's heartbeats are throttled (the SDK sends at most one per 80 % of the heartbeat
+timeout), so a cursor read back from a heartbeat can be many batches old. The journal is written
+before every batch instead, so a copy resumes from the start of the one batch that may not have
+committed: a crash re-copies at most one batch, whatever the heartbeat interval.
+
+It also keeps the per-shard outcomes that must not ride in workflow payloads when there are
+thousands of shards (index artifacts and validation profiles), the counters the chaos test
+checks (attempts, vectors handed to the target over all attempts), and the migration's control
+row (pause flag and throttle), which running copies read before every batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    String,
+    Table,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+
+from vecmigrate.catalog import Catalog, metadata, now
+from vecmigrate.sql import begin, once_per_engine
+from vecmigrate.stores.base import RecordChecksum
+from vecmigrate.tasks import Cursor
+
+shard_work = Table(
+    "shard_work",
+    metadata,
+    Column("migration_id", String(200), primary_key=True),
+    Column("shard", Integer, primary_key=True),
+    # Resume point: the copy continues after (cursor_key, cursor_id); NULL means from the start.
+    Column("cursor_key", BigInteger),
+    Column("cursor_id", BigInteger),
+    # Vectors copied up to the cursor and the running checksum of them (sum kept as text: it
+    # is an unsigned 64-bit number).
+    Column("copied", BigInteger, nullable=False, default=0),
+    Column("sum_count", BigInteger, nullable=False, default=0),
+    Column("sum_total", String(20), nullable=False, default="0"),
+    # Vectors handed to the target over every attempt; minus ``copied``, what was re-copied.
+    Column("handed", BigInteger, nullable=False, default=0),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("copy_result", JSON),
+    Column("artifact", JSON),
+    Column("check_result", JSON),
+    Column("check_round", Integer),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+controls = Table(
+    "migration_controls",
+    metadata,
+    Column("migration_id", String(200), primary_key=True),
+    Column("paused", Boolean, nullable=False, default=False),
+    Column("max_vectors_per_second", Float),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class CopyState:
+    """Where a shard's copy stands, as the journal last recorded it."""
+
+    cursor: Cursor | None
+    copied: int
+    written: RecordChecksum
+    handed: int
+    attempts: int
+    result: dict[str, Any] | None
+
+    @property
+    def recopied(self) -> int:
+        """Vectors handed to the target more than once (at most one batch per crash)."""
+        return max(0, self.handed - self.copied)
+
+
+@dataclass(frozen=True)
+class Control:
+    """The operator's live settings for a migration's running copies."""
+
+    paused: bool = False
+    max_vectors_per_second: float | None = None
+
+
+class Journal:
+    """The shard journal and control rows in a catalog's database."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.engine = catalog.engine
+        once_per_engine(
+            self.engine,
+            "journal",
+            lambda: metadata.create_all(self.engine, tables=[shard_work, controls]),
+        )
+
+    # -- copy progress ------------------------------------------------------------------------
+
+    def _ensure(self, migration_id: str, shard: int) -> None:
+        try:
+            with begin(self.engine) as conn:
+                conn.execute(
+                    shard_work.insert().values(
+                        migration_id=migration_id,
+                        shard=shard,
+                        copied=0,
+                        sum_count=0,
+                        sum_total="0",
+                        handed=0,
+                        attempts=0,
+                        updated_at=now(),
+                    )
+                )
+        except IntegrityError:
+            pass  # already there
+
+    def _row(self, migration_id: str, shard: int) -> Any:
+        with self.engine.connect() as conn:
+            return (
+                conn.execute(
+                    select(shard_work).where(
+                        (shard_work.c.migration_id == migration_id) & (shard_work.c.shard == shard)
+                    )
+                )
+                .mappings()
+                .first()
+            )
+
+    def _where(self, migration_id: str, shard: int) -> Any:
+        return (shard_work.c.migration_id == migration_id) & (shard_work.c.shard == shard)
+
+    def begin_copy(self, migration_id: str, shard: int) -> CopyState:
+        """Count a new copy attempt and return where it must resume."""
+        self._ensure(migration_id, shard)
+        with begin(self.engine) as conn:
+            conn.execute(
+                update(shard_work)
+                .where(self._where(migration_id, shard))
+                .values(attempts=shard_work.c.attempts + 1, updated_at=now())
+            )
+        state = self.copy_state(migration_id, shard)
+        assert state is not None
+        return state
+
+    def copy_state(self, migration_id: str, shard: int) -> CopyState | None:
+        """The shard's copy progress, or ``None`` if no copy of it ever began."""
+        row = self._row(migration_id, shard)
+        if row is None:
+            return None
+        cursor = (
+            Cursor(key=int(row["cursor_key"]), id=int(row["cursor_id"]))
+            if row["cursor_key"] is not None
+            else None
+        )
+        return CopyState(
+            cursor=cursor,
+            copied=int(row["copied"]),
+            written=RecordChecksum(count=int(row["sum_count"]), total=int(row["sum_total"])),
+            handed=int(row["handed"]),
+            attempts=int(row["attempts"]),
+            result=row["copy_result"],
+        )
+
+    def before_batch(
+        self,
+        migration_id: str,
+        shard: int,
+        cursor: Cursor | None,
+        copied: int,
+        written: RecordChecksum,
+        batch: int,
+    ) -> None:
+        """Record the resume point (the start of the batch about to be written) and its size.
+
+        Called before the batch is written: if the writer dies, the next attempt starts at this
+        batch again, and ``handed`` has counted it once per attempt.
+        """
+        with begin(self.engine) as conn:
+            conn.execute(
+                update(shard_work)
+                .where(self._where(migration_id, shard))
+                .values(
+                    cursor_key=None if cursor is None else cursor.key,
+                    cursor_id=None if cursor is None else cursor.id,
+                    copied=copied,
+                    sum_count=written.count,
+                    sum_total=str(written.total),
+                    handed=shard_work.c.handed + batch,
+                    updated_at=now(),
+                )
+            )
+
+    def finish_copy(
+        self,
+        migration_id: str,
+        shard: int,
+        cursor: Cursor | None,
+        copied: int,
+        written: RecordChecksum,
+        result: dict[str, Any],
+    ) -> None:
+        """Record a finished copy: its end cursor, counts and result."""
+        with begin(self.engine) as conn:
+            conn.execute(
+                update(shard_work)
+                .where(self._where(migration_id, shard))
+                .values(
+                    cursor_key=None if cursor is None else cursor.key,
+                    cursor_id=None if cursor is None else cursor.id,
+                    copied=copied,
+                    sum_count=written.count,
+                    sum_total=str(written.total),
+                    copy_result=result,
+                    updated_at=now(),
+                )
+            )
+
+    def copy_states(self, migration_id: str) -> dict[int, CopyState]:
+        """Every shard's copy progress."""
+        with self.engine.connect() as conn:
+            shards = conn.execute(
+                select(shard_work.c.shard).where(shard_work.c.migration_id == migration_id)
+            ).all()
+        states = {int(s[0]): self.copy_state(migration_id, int(s[0])) for s in shards}
+        return {k: v for k, v in states.items() if v is not None}
+
+    # -- per-shard outcomes ---------------------------------------------------------------------
+
+    def set_artifact(self, migration_id: str, shard: int, artifact: dict[str, Any]) -> None:
+        """Record the index artifact built for a shard."""
+        self._ensure(migration_id, shard)
+        with begin(self.engine) as conn:
+            conn.execute(
+                update(shard_work)
+                .where(self._where(migration_id, shard))
+                .values(artifact=artifact, updated_at=now())
+            )
+
+    def set_check(self, migration_id: str, shard: int, round_: int, check: dict[str, Any]) -> None:
+        """Record a shard's validation profile for validation round ``round_``."""
+        self._ensure(migration_id, shard)
+        with begin(self.engine) as conn:
+            conn.execute(
+                update(shard_work)
+                .where(self._where(migration_id, shard))
+                .values(check_result=check, check_round=round_, updated_at=now())
+            )
+
+    def outcomes(self, migration_id: str, column: str) -> dict[int, Any]:
+        """``artifact``, ``check_result`` or ``copy_result`` of every shard that has one."""
+        col = shard_work.c[column]
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(shard_work.c.shard, col).where(
+                    (shard_work.c.migration_id == migration_id) & col.is_not(None)
+                )
+            ).all()
+        return {int(r[0]): r[1] for r in rows}
+
+    def check_rounds(self, migration_id: str) -> dict[int, int]:
+        """The validation round each shard's stored profile belongs to."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(shard_work.c.shard, shard_work.c.check_round).where(
+                    (shard_work.c.migration_id == migration_id)
+                    & shard_work.c.check_round.is_not(None)
+                )
+            ).all()
+        return {int(r[0]): int(r[1]) for r in rows}
+
+    # -- control ------------------------------------------------------------------------------
+
+    def control(self, migration_id: str) -> Control:
+        """Pause flag and throttle of a migration (defaults when never set)."""
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(select(controls).where(controls.c.migration_id == migration_id))
+                .mappings()
+                .first()
+            )
+        if row is None:
+            return Control()
+        return Control(bool(row["paused"]), row["max_vectors_per_second"])
+
+    def set_control(
+        self, migration_id: str, *, paused: bool, max_vectors_per_second: float | None
+    ) -> Control:
+        """Set both live settings at once (the workflow always sends its whole view)."""
+        values = {
+            "paused": paused,
+            "max_vectors_per_second": max_vectors_per_second,
+            "updated_at": now(),
+        }
+        with begin(self.engine) as conn:
+            changed = conn.execute(
+                update(controls).where(controls.c.migration_id == migration_id).values(**values)
+            ).rowcount
+        if not changed:
+            try:
+                with begin(self.engine) as conn:
+                    conn.execute(controls.insert().values(migration_id=migration_id, **values))
+            except IntegrityError:  # a concurrent writer inserted it: write over it
+                with begin(self.engine) as conn:
+                    conn.execute(
+                        update(controls)
+                        .where(controls.c.migration_id == migration_id)
+                        .values(**values)
+                    )
+        return Control(paused, max_vectors_per_second)
