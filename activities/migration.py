@@ -21,15 +21,19 @@ from temporalio.exceptions import ApplicationError
 
 from vecmigrate import backfill, build, validation
 from vecmigrate.catalog import Catalog
+from vecmigrate.changelog import ChangeLog
 from vecmigrate.errors import NON_RETRYABLE, ArtifactError, PreconditionError
 from vecmigrate.journal import Journal
 from vecmigrate.lifecycle import RoutingView, ShardCheck
+from vecmigrate.shadow import ShadowLog
 from vecmigrate.spec import MigrationSpec
 from vecmigrate.stores.base import RecordChecksum
 from vecmigrate.tasks import (
     ArtifactRef,
     BuildIndexInput,
     BuildNativeIndexInput,
+    CatchUpInput,
+    CatchUpResult,
     ControlInput,
     CopyShardInput,
     CopyShardResult,
@@ -37,10 +41,13 @@ from vecmigrate.tasks import (
     IndexRegistered,
     LedgerAck,
     LedgerInput,
+    LogHeadInput,
     PrepareInput,
     PrepareResult,
     RegisterIndexInput,
     RoutingChangeInput,
+    ShadowInput,
+    ShadowResult,
     ValidateInput,
     ValidateResult,
     ValidateShardInput,
@@ -150,6 +157,9 @@ class MigrationActivities:
             self.set_version_state,
             self.set_control,
             self.record,
+            self.catch_up,
+            self.log_head,
+            self.shadow_figures,
         ]
 
     @activity.defn(name="prepare")
@@ -228,6 +238,8 @@ class MigrationActivities:
             record = build.register_index(
                 self.catalog, spec.tenant, spec.collection, spec.target, artifacts, inp.migration_id
             )
+        if inp.log_position is not None:
+            ChangeLog(self.catalog).set_index_position(record.id, inp.log_position)
         return IndexRegistered(
             index_id=record.id, checksum=record.checksum, artifacts=len(record.artifacts)
         )
@@ -236,9 +248,13 @@ class MigrationActivities:
     @_domain_errors
     def validate_shard(self, inp: ValidateShardInput) -> ShardCheck:
         spec = inp.spec
+        volatile = None
+        if inp.volatile_after is not None:
+            after, log = inp.volatile_after, ChangeLog(self.catalog)
+            volatile = lambda: log.changed_ids(spec.tenant, spec.collection, after)  # noqa: E731
         with _keepalive(spec):
             check = validation.check_shard(
-                spec, backfill.open_source(spec), backfill.open_target(spec), inp.shard
+                spec, backfill.open_source(spec), backfill.open_target(spec), inp.shard, volatile
             )
         self.journal.set_check(
             spec.migration_id, inp.shard.index, inp.round, check.model_dump(mode="json")
@@ -271,6 +287,32 @@ class MigrationActivities:
             )
         return [ShardCheck.model_validate(stored[s]) for s in spec.shards.selected()]
 
+    @activity.defn(name="catch_up")
+    @_domain_errors
+    def catch_up(self, inp: CatchUpInput) -> CatchUpResult:
+        with _keepalive(inp.spec) as beat:
+            return backfill.catch_up(
+                inp.spec,
+                ChangeLog(self.catalog),
+                self.journal,
+                inp.after,
+                seconds=inp.seconds,
+                on_progress=lambda pos, n: beat({"position": pos, "applied": n}),
+            )
+
+    @activity.defn(name="log_head")
+    @_domain_errors
+    def log_head(self, inp: LogHeadInput) -> int:
+        return ChangeLog(self.catalog).head(inp.tenant, inp.collection)
+
+    @activity.defn(name="shadow_figures")
+    @_domain_errors
+    def shadow_figures(self, inp: ShadowInput) -> ShadowResult:
+        shadows = ShadowLog(self.catalog)
+        last = shadows.last_id()
+        figures = shadows.figures(inp.tenant, inp.collection, inp.candidate, inp.after)
+        return ShadowResult(figures=figures, last_id=last)
+
     @activity.defn(name="set_control")
     @_domain_errors
     def set_control(self, inp: ControlInput) -> None:
@@ -293,6 +335,11 @@ class MigrationActivities:
             inp.operator,
             inp.reason,
             inp.change_key,
+            candidate_version=inp.candidate_version,
+            candidate_index=inp.candidate_index,
+            ramp_percent=inp.ramp_percent,
+            shadow_percent=inp.shadow_percent,
+            writes_paused=inp.writes_paused,
         )
 
     @activity.defn(name="set_version_state")

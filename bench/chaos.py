@@ -30,6 +30,14 @@ def main() -> None:
     p.add_argument("--parallel", type=int, default=2, help="shards in flight")
     p.add_argument("--workers", type=int, default=2, help="worker processes")
     p.add_argument("--kills", type=int, default=8)
+    p.add_argument(
+        "--kill-gap",
+        type=float,
+        nargs=2,
+        default=(2.0, 12.0),
+        metavar=("MIN", "MAX"),
+        help="seconds between kills, drawn uniformly (default 2 12)",
+    )
     p.add_argument("--throttle", type=float, default=None, help="vectors/s (default: none)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--home", type=Path, default=None, help="work directory (default: temporary)")
@@ -50,6 +58,7 @@ def main() -> None:
         heartbeat_seconds=5.0,
         seed=args.seed,
         timeout=3600,
+        kill_gap=tuple(args.kill_gap),
         log=console.log,
     )
     table = Table(title=f"chaos run: {args.vectors:,} x {args.dim} vectors")

@@ -73,12 +73,15 @@ class ChaosReport:
         return {**asdict(self), "passed": self.passed}
 
 
-def _version(name: str, store: BuiltinStoreRef, dim: int, index: dict[str, Any]) -> VersionSpec:
+def builtin_version(
+    name: str, store: BuiltinStoreRef, dim: int, index: dict[str, Any], model: str = "synthetic"
+) -> VersionSpec:
+    """A version on the built-in store with an L2 embedding of ``dim`` dimensions."""
     return VersionSpec.model_validate(
         {
             "name": name,
             "store": store.model_dump(),
-            "embedding": {"model_id": "chaos", "dimension": dim, "metric": "l2"},
+            "embedding": {"model_id": model, "dimension": dim, "metric": "l2"},
             "index": index,
         }
     )
@@ -177,9 +180,13 @@ def run_chaos(
     heartbeat_seconds: float = 3.0,
     seed: int = 0,
     timeout: float = 900.0,
+    kill_gap: tuple[float, float] = (0.3, 1.5),
     log: Callable[[str], None] = print,
 ) -> ChaosReport:
-    """Run one chaos migration in ``home`` (a fresh directory) and check its result."""
+    """Run one chaos migration in ``home`` (a fresh directory) and check its result.
+
+    A worker is killed every ``kill_gap`` seconds (uniformly at random between the two).
+    """
     return asyncio.run(
         _run(
             home,
@@ -195,6 +202,7 @@ def run_chaos(
             heartbeat_seconds=heartbeat_seconds,
             seed=seed,
             timeout=timeout,
+            kill_gap=kill_gap,
             log=log,
         )
     )
@@ -215,6 +223,7 @@ async def _run(
     heartbeat_seconds: float,
     seed: int,
     timeout: float,
+    kill_gap: tuple[float, float],
     log: Callable[[str], None],
 ) -> ChaosReport:
     home.mkdir(parents=True, exist_ok=True)
@@ -224,11 +233,12 @@ async def _run(
     catalog = Catalog(catalog_url)
     store = BuiltinStoreRef(url=sqlite_url(home / "store.db"), artifacts=str(home / "artifacts"))
     log(f"seeding {n:,} x {dim} clustered vectors")
+    v1 = builtin_version("v1", store, dim, {"kind": "faiss_flat"})
     seed_collection(
         catalog,
         "default",
         "chaos",
-        _version("v1", store, dim, {"kind": "faiss_flat"}),
+        v1,
         sequential_ids(n),
         clustered(n, dim, seed=seed),
         shards=2,
@@ -237,8 +247,8 @@ async def _run(
         {
             "id": f"chaos-{seed}",
             "collection": "chaos",
-            "source": _version("v1", store, dim, {"kind": "faiss_flat"}).model_dump(mode="json"),
-            "target": _version(
+            "source": v1.model_dump(mode="json"),
+            "target": builtin_version(
                 "v2", store, dim, {"kind": "hnswlib_hnsw", "m": 8, "ef_construction": 40}
             ).model_dump(mode="json"),
             "shards": {"by": "hash", "count": shards},
@@ -262,7 +272,7 @@ async def _run(
         restart_at = kills // 2 if restart_server else -1
         final: MigrationStatus | None = None
         while time.monotonic() - began < timeout:
-            await asyncio.sleep(rng.uniform(0.3, 1.5))
+            await asyncio.sleep(rng.uniform(*kill_gap) if report.kills < kills else 1.0)
             st = await _status(mc, mid)
             if st is not None and st.phase in TERMINAL:
                 final = st

@@ -7,6 +7,7 @@ import asyncio
 import getpass
 import json
 import os
+import signal
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -80,6 +81,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=None)
     p.add_argument("--ui-port", type=int, default=None)
 
+    p = sub.add_parser("serve", help="the HTTP gateway applications search and write through")
+    p.add_argument("--catalog", default=None, help="SQLAlchemy URL of the catalog")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument(
+        "--refresh", type=float, default=1.0, help="seconds between reads of the routing row"
+    )
+
     p = sub.add_parser("worker", help="run a worker")
     _common(p)
     p.add_argument("--concurrency", type=int, default=4)
@@ -112,8 +121,8 @@ def parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("id")
 
-    for name, signal in SIGNAL_COMMANDS.items():
-        p = sub.add_parser(name, help=f"send the {signal} signal")
+    for name, message in SIGNAL_COMMANDS.items():
+        p = sub.add_parser(name, help=f"send the {message} signal")
         _common(p)
         p.add_argument("id")
         p.add_argument("--reason", default="")
@@ -185,6 +194,25 @@ async def _dev(args: argparse.Namespace) -> int:
         await run_worker(server.address, args.task_queue or default_task_queue(), catalog)
     finally:
         server.stop()
+    return 0
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from control.gateway import Gateway
+
+    gateway = Gateway(
+        args.catalog or default_catalog_url(), host=args.host, port=args.port, refresh=args.refresh
+    )
+    err.print(f"vecmigrate gateway on {gateway.url} (GET /health, POST /v1/TENANT/COLLECTION/...)")
+    gateway.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        gateway.stop()
     return 0
 
 
@@ -373,6 +401,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "status": _status,
     "watch": _watch,
     "log": _log,
+    "serve": _serve,
     "report": _report,
     "throttle": _throttle,
     **dict.fromkeys(SIGNAL_COMMANDS, _signal),

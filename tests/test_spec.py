@@ -82,8 +82,14 @@ def test_misspelled_field_and_unknown_strategy() -> None:
         data
     )
     data = base()
+    data["strategy"] = "shadow_only"
+    assert "strategy 'shadow_only' is not available" in problems(data)
+    data = base()
     data["strategy"] = "online"
-    assert "strategy 'online' is not available" in problems(data)
+    data["online"] = {"ramp": {"steps": [10, 5]}}
+    assert "ramp steps must increase, got [10.0, 5.0]" in problems(data)
+    data["online"] = {"ramp": {"steps": [10, 100]}}
+    assert "strictly between 0 and 100" in problems(data)
 
 
 def test_index_parameter_rules() -> None:

@@ -11,13 +11,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from vecmigrate.catalog import Catalog
+from vecmigrate.changelog import ChangeLog
 from vecmigrate.errors import DataError, PreconditionError, VecmigrateError
 from vecmigrate.journal import Control, Journal
 from vecmigrate.sharding import plan_shards
 from vecmigrate.spec import FaissIvfFlat, FaissIvfPq, MigrationSpec
 from vecmigrate.stores import CAPABILITIES, Scope, VectorStore, open_store
 from vecmigrate.stores.base import RecordChecksum, check_vectors
-from vecmigrate.tasks import CopyShardResult, Cursor, PrepareResult, ShardRef
+from vecmigrate.tasks import CatchUpResult, CopyShardResult, Cursor, PrepareResult, ShardRef
 from vecmigrate.transforms import make_transform
 
 # Called after every committed batch with the cursor to resume from, the running count and the
@@ -332,3 +333,54 @@ def copy_shard(
     )
     journal.finish_copy(mid, shard.index, cursor, copied, acc, result.model_dump(mode="json"))
     return result
+
+
+def catch_up(
+    spec: MigrationSpec,
+    log: ChangeLog,
+    journal: Journal,
+    after: int,
+    *,
+    seconds: float,
+    batch: int = 10_000,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> CatchUpResult:
+    """Replay the change log after ``after`` onto the target, for at most ``seconds``.
+
+    Each pass reads what is in the log, applies its net effect (the last write of each id wins,
+    deletes are tombstones) and records how far it got in the journal, so a retry goes on from
+    there. ``drained`` means a pass found nothing newer: from then on dual-write alone keeps the
+    target current, and no replayed write can land after a newer one (why the phase waits for a
+    pass that finds the log's head rather than stopping at a small lag).
+    """
+    began = time.monotonic()
+    mid = spec.migration_id
+    target = open_target(spec)
+    _, transform = make_transform(spec.source.embedding, spec.target.embedding)
+    cursor = max(after, journal.catchup_position(mid))
+    applied = 0
+    while True:
+        changes = log.read(spec.tenant, spec.collection, cursor, batch)
+        if len(changes) == 0:
+            drained = True
+            break
+        ids, vectors, gone = changes.net(spec.source.embedding.dimension)
+        if len(ids):
+            target.upsert(ids, transform(vectors))
+        if len(gone):
+            target.delete(gone)
+        cursor = changes.last_seq
+        applied += len(changes)
+        journal.set_catchup_position(mid, cursor)
+        if on_progress is not None:
+            on_progress(cursor, applied)
+        if time.monotonic() - began > seconds:
+            drained = False
+            break
+    return CatchUpResult(
+        position=cursor,
+        applied=applied,
+        lag=log.count_after(spec.tenant, spec.collection, cursor),
+        drained=drained,
+        seconds=time.monotonic() - began,
+    )

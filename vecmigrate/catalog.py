@@ -25,12 +25,15 @@ from sqlalchemy import (
     Column,
     DateTime,
     Engine,
+    Float,
     Integer,
     MetaData,
     String,
     Table,
     Text,
     event,
+    false,
+    inspect,
     select,
     text,
 )
@@ -103,7 +106,21 @@ routing = Table(
     Column("updated_by", String(200)),
     Column("reason", Text),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("candidate_version", String(64)),
+    Column("candidate_index", String(200)),
+    Column("ramp_percent", Float, nullable=False, server_default="0"),
+    Column("shadow_percent", Float, nullable=False, server_default="0"),
+    Column("writes_paused", Boolean, nullable=False, server_default=false()),
 )
+
+# Columns added after the first release, with their DDL: an older catalog gains them on open.
+_ROUTING_ADDED = {
+    "candidate_version": "VARCHAR(64)",
+    "candidate_index": "VARCHAR(200)",
+    "ramp_percent": "FLOAT NOT NULL DEFAULT 0",
+    "shadow_percent": "FLOAT NOT NULL DEFAULT 0",
+    "writes_paused": "BOOLEAN NOT NULL DEFAULT FALSE",
+}
 
 migrations = Table(
     "migrations",
@@ -244,6 +261,18 @@ class Catalog:
         self.url = url
         self.engine: Engine = engine_for(url)
         metadata.create_all(self.engine)
+        self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Add the columns later releases introduced to a catalog an earlier one created."""
+        have = {c["name"] for c in inspect(self.engine).get_columns("routing")}
+        missing = [name for name in _ROUTING_ADDED if name not in have]
+        if missing:
+            with begin(self.engine) as conn:
+                for name in missing:
+                    conn.execute(
+                        text(f"ALTER TABLE routing ADD COLUMN {name} {_ROUTING_ADDED[name]}")
+                    )
 
     def _insert_ignoring_duplicate(self, stmt: Any) -> None:
         """Run an insert; a duplicate key means a concurrent writer got there first."""
@@ -448,12 +477,7 @@ class Catalog:
             )
         if row is None:
             return None
-        return RoutingView(
-            read_version=row["read_version"],
-            read_index=row["read_index"],
-            write_versions=list(row["write_versions"]),
-            generation=row["generation"],
-        )
+        return self._view(row)
 
     def init_routing(
         self,
@@ -493,8 +517,16 @@ class Catalog:
         actor: str,
         reason: str,
         change_key: str,
+        *,
+        candidate_version: str | None = None,
+        candidate_index: str | None = None,
+        ramp_percent: float = 0.0,
+        shadow_percent: float = 0.0,
+        writes_paused: bool = False,
     ) -> RoutingView:
         """Switch routing atomically if nobody changed it since ``expected_generation``.
+
+        Every field is set (a change states the whole row), so a retried change is exact.
 
         Raises:
             RoutingConflictError: the row moved on (someone else changed routing).
@@ -519,6 +551,11 @@ class Catalog:
                     updated_by=actor,
                     reason=reason,
                     updated_at=now(),
+                    candidate_version=candidate_version,
+                    candidate_index=candidate_index,
+                    ramp_percent=ramp_percent,
+                    shadow_percent=shadow_percent,
+                    writes_paused=writes_paused,
                 )
             ).rowcount
             if n != 1:
@@ -538,6 +575,11 @@ class Catalog:
             read_index=row["read_index"],
             write_versions=list(row["write_versions"]),
             generation=row["generation"],
+            candidate_version=row["candidate_version"],
+            candidate_index=row["candidate_index"],
+            ramp_percent=float(row["ramp_percent"] or 0.0),
+            shadow_percent=float(row["shadow_percent"] or 0.0),
+            writes_paused=bool(row["writes_paused"]),
         )
 
     # -- migrations --------------------------------------------------------------------------

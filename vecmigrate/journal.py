@@ -66,6 +66,8 @@ controls = Table(
     Column("paused", Boolean, nullable=False, default=False),
     Column("max_vectors_per_second", Float),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    # How far the catch-up has replayed the change log onto the target.
+    Column("catchup_seq", BigInteger),
 )
 
 
@@ -318,3 +320,23 @@ class Journal:
                         .values(**values)
                     )
         return Control(paused, max_vectors_per_second)
+
+    def catchup_position(self, migration_id: str) -> int:
+        """How far the catch-up replayed the change log (0 if it never ran)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(controls.c.catchup_seq).where(controls.c.migration_id == migration_id)
+            ).first()
+        return int(row[0]) if row is not None and row[0] is not None else 0
+
+    def set_catchup_position(self, migration_id: str, seq: int) -> None:
+        """Record the catch-up's position (a control row is made if there is none)."""
+        with begin(self.engine) as conn:
+            changed = conn.execute(
+                update(controls)
+                .where(controls.c.migration_id == migration_id)
+                .values(catchup_seq=seq, updated_at=now())
+            ).rowcount
+        if not changed:
+            self.set_control(migration_id, paused=False, max_vectors_per_second=None)
+            self.set_catchup_position(migration_id, seq)

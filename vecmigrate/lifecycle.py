@@ -50,10 +50,40 @@ STRATEGY_PHASES: dict[str, tuple[Phase, ...]] = {
         Phase.FINALIZING,
         Phase.COMPLETED,
     ),
+    # Dual-write from before the snapshot, catch-up from the change log, shadow reads and a
+    # canary ramp: the collection serves reads and writes throughout.
+    "online": (
+        Phase.PLANNED,
+        Phase.PREPARING,
+        Phase.BACKFILLING,
+        Phase.CATCHING_UP,
+        Phase.BUILDING_INDEX,
+        Phase.VALIDATING,
+        Phase.SHADOWING,
+        Phase.RAMPING,
+        Phase.AWAITING_CUTOVER,
+        Phase.CUT_OVER,
+        Phase.BAKING,
+        Phase.FINALIZING,
+        Phase.COMPLETED,
+    ),
+    # Writes are refused (503 with Retry-After at the gateway) from PREPARING until the switch.
+    "offline": (
+        Phase.PLANNED,
+        Phase.PREPARING,
+        Phase.BACKFILLING,
+        Phase.BUILDING_INDEX,
+        Phase.VALIDATING,
+        Phase.CUT_OVER,
+        Phase.COMPLETED,
+    ),
 }
 
 # Phases after which reads are served by the target: a rollback from here must move routing back.
 SERVING_TARGET = frozenset({Phase.CUT_OVER, Phase.BAKING, Phase.FINALIZING})
+
+# Phases in which some reads may go to the target (canary) or are mirrored to it (shadow).
+READING_TARGET = frozenset({Phase.SHADOWING, Phase.RAMPING, Phase.AWAITING_CUTOVER})
 
 
 class IllegalTransitionError(Exception):
@@ -70,6 +100,9 @@ def check_transition(strategy: str, current: Phase, new: Phase) -> None:
         if new == Phase.ROLLED_BACK:
             return
         raise IllegalTransitionError(f"{current} can only end in {Phase.ROLLED_BACK}")
+    reversal = current in (Phase.CUT_OVER, Phase.BAKING) and new == Phase.AWAITING_CUTOVER
+    if strategy == "online" and reversal:
+        return  # reads moved back to the old version, which dual-write kept current
     order = STRATEGY_PHASES[strategy]
     if current not in order or new not in order:
         raise IllegalTransitionError(f"{current} -> {new} is not part of strategy {strategy}")
@@ -165,6 +198,8 @@ class ShardCheck(_Model):
     source: ShardProfile
     target: ShardProfile
     seconds: float = 0.0
+    # Records left out of both profiles because they were written during the migration.
+    excluded: int = 0
 
 
 class RetrievalFigures(_Model):
@@ -232,6 +267,38 @@ class ThrottleRequest(_Model):
         return None
 
 
+class RampRequest(_Model):
+    """Argument of the ``set_ramp`` update: the share of reads the new version serves."""
+
+    percent: float
+    operator: str = "unknown"
+    reason: str = ""
+
+    def problem(self) -> str | None:
+        """Why this request cannot be applied, or ``None``."""
+        if not 0.0 <= self.percent < 100.0:  # NaN fails too
+            return (
+                f"percent must be at least 0 and below 100 (100 is the cut-over: approve it "
+                f"instead), got {self.percent}"
+            )
+        return None
+
+
+class ShadowFigures(_Model):
+    """What the shadow reads measured during one gate (shadowing, or one ramp step)."""
+
+    step: str = ""
+    passed: bool = False
+    failures: list[str] = Field(default_factory=list)
+    samples: int = 0
+    overlap: float | None = None
+    p50_ms_old: float | None = None
+    p99_ms_old: float | None = None
+    p50_ms_new: float | None = None
+    p99_ms_new: float | None = None
+    errors: int = 0
+
+
 class OperatorAction(_Model):
     """An operator message as the workflow received it."""
 
@@ -242,12 +309,23 @@ class OperatorAction(_Model):
 
 
 class RoutingView(_Model):
-    """The routing row of a collection as last seen by the workflow."""
+    """The routing row of a collection as last seen by the workflow.
+
+    Reads go to ``read_version`` (through ``read_index``), except ``ramp_percent`` of them (by
+    a stable hash of the request key) to ``candidate_version``; ``shadow_percent`` of the reads
+    are also run on the candidate and compared. Writes go to every one of ``write_versions``,
+    or are refused while ``writes_paused``.
+    """
 
     read_version: str | None
     read_index: str | None = None
     write_versions: list[str] = Field(default_factory=list)
     generation: int = 0
+    candidate_version: str | None = None
+    candidate_index: str | None = None
+    ramp_percent: float = 0.0
+    shadow_percent: float = 0.0
+    writes_paused: bool = False
 
 
 class Interrupt(_Model):
@@ -292,6 +370,13 @@ class MigrationStatus(_Model):
     # Temporal runs this migration has gone through (continue-as-new keeps histories small).
     runs: int = 1
     validation_round: int = 0
+    # Online migrations: change-log position the catch-up replays from, how far the target is
+    # behind, the canary share, and the last shadow figures per gate.
+    watermark: int | None = None
+    catchup_lag: int | None = None
+    ramp_percent: float = 0.0
+    shadow: list[ShadowFigures] = Field(default_factory=list)
+    cutovers: int = 0
 
     def copied(self) -> tuple[int, int]:
         """Vectors copied and total, over all shards."""

@@ -1,21 +1,48 @@
-"""The read path applications use: follow the routing row to the version and index that serve.
+"""The router applications use for search, upsert and delete.
 
-This release routes reads; dual-write, canary split and shadow reads come with online migrations.
+It follows the collection's routing row (re-read at least every ``refresh_seconds``):
+
+* reads go to the row's read version, except ``ramp_percent`` of them, chosen by a stable hash
+  of the request key (the same user always lands on the same side), which go to the candidate;
+* ``shadow_percent`` of reads are also run on the candidate on a side thread, never delaying or
+  changing the response, and each pair's overlap@k and latencies are recorded for the gates;
+* writes are checked (dimension, NaN) before anything is written, logged in the change log
+  (which numbers them), then applied to every write version; while ``writes_paused`` (an
+  offline migration) they are refused with :class:`WritesPausedError`.
+
+An index artifact is a snapshot: it does not hold records written after it was built. Reads
+through one therefore overlay the change log: records changed since the index's log position are
+taken out of its results and searched exactly in the store, so an acknowledged write is visible
+at once and a deleted record never comes back.
 """
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from vecmigrate.build import Searcher, load_index_version
-from vecmigrate.catalog import Catalog
-from vecmigrate.errors import NotFoundError
-from vecmigrate.indexes import Distances, Ids, Vectors
+import numpy as np
+
+from vecmigrate.build import NativeIndex, Searcher, load_index_version
+from vecmigrate.catalog import Catalog, VersionRecord
+from vecmigrate.changelog import DELETE, UPSERT, ChangeLog
+from vecmigrate.errors import DataError, NotFoundError, VecmigrateError
+from vecmigrate.indexes import Distances, ExactKnn, Ids, Vectors, merge_topk
 from vecmigrate.lifecycle import RoutingView
+from vecmigrate.shadow import ShadowLog, ShadowSample
 from vecmigrate.spec import store_ref
-from vecmigrate.stores import Scope, open_store
+from vecmigrate.stores import Scope, VectorStore, open_store
+from vecmigrate.stores.base import check_vectors
+from vecmigrate.transforms import make_transform
+
+
+class WritesPausedError(VecmigrateError):
+    """Writes to this collection are paused (an offline migration); retry after a while."""
+
+    retry_after = 5
 
 
 @dataclass(frozen=True)
@@ -28,18 +55,47 @@ class SearchResult:
     ids: Ids
 
 
+def bucket(key: str) -> float:
+    """A stable position in [0, 100) for a request key (the canary split)."""
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") % 10_000 / 100.0
+
+
+@dataclass
+class _Overlay:
+    """Latest change-log entry per id of one collection, kept up to date incrementally."""
+
+    seq: int = 0
+    # id -> (sequence number, operation, vector bytes as written; None for a delete)
+    last: dict[int, tuple[int, str, bytes | None]] | None = None
+
+
 class Router:
-    """Searches a collection through whatever its routing row says, re-read every few seconds.
+    """Search and write a collection through whatever its routing row says."""
 
-    A change of routing (a cut-over or a rollback) is followed within ``refresh_seconds``.
-    """
-
-    def __init__(self, catalog: Catalog, refresh_seconds: float = 1.0) -> None:
+    def __init__(
+        self, catalog: Catalog, refresh_seconds: float = 1.0, shadow_threads: int = 2
+    ) -> None:
         self.catalog = catalog
         self.refresh_seconds = refresh_seconds
+        self.log = ChangeLog(catalog)
+        self.shadow_log = ShadowLog(catalog)
         self._routes: dict[tuple[str, str], tuple[float, RoutingView]] = {}
         self._indexes: dict[str, Searcher] = {}
+        self._versions: dict[tuple[str, str, str], tuple[VersionRecord, VectorStore]] = {}
+        self._overlays: dict[tuple[str, str], _Overlay] = {}
         self._lock = threading.Lock()
+        self._shadow_pool = ThreadPoolExecutor(shadow_threads, thread_name_prefix="shadow")
+        self._shadow_in_flight = 0
+        self._shadow_buffer: list[ShadowSample] = []
+        self._shadow_flushed = time.monotonic()
+
+    def close(self) -> None:
+        """Finish shadow reads in flight and write their samples."""
+        self._shadow_pool.shutdown(wait=True)
+        self._flush_shadow(force=True)
+
+    # -- routing ------------------------------------------------------------------------------
 
     def routing(self, tenant: str, collection: str) -> RoutingView:
         """The routing row, at most ``refresh_seconds`` old.
@@ -54,12 +110,28 @@ class Router:
             return cached[1]
         view = self.catalog.get_routing(tenant, collection)
         if view is None:
-            raise NotFoundError(f"collection {tenant}/{collection} has no routing; seed it first")
+            raise NotFoundError(f"unknown collection {tenant}/{collection}")
         with self._lock:
             self._routes[key] = (time.monotonic(), view)
         return view
 
-    def _index(self, index_id: str) -> Searcher:
+    def _version(
+        self, tenant: str, collection: str, version: str
+    ) -> tuple[VersionRecord, VectorStore]:
+        key = (tenant, collection, version)
+        with self._lock:
+            found = self._versions.get(key)
+        if found is None:
+            record = self.catalog.find_version(tenant, collection, version)
+            if record is None:
+                raise NotFoundError(f"{tenant}/{collection}@{version} is not registered")
+            store = open_store(store_ref(record.store), Scope(tenant, collection, version))
+            found = (record, store)
+            with self._lock:
+                self._versions[key] = found
+        return found
+
+    def _searcher(self, index_id: str) -> Searcher:
         with self._lock:
             loaded = self._indexes.get(index_id)
         if loaded is None:
@@ -68,20 +140,215 @@ class Router:
                 self._indexes[index_id] = loaded
         return loaded
 
-    def search(self, tenant: str, collection: str, queries: Vectors, k: int) -> SearchResult:
-        """k nearest neighbours from the version and index the routing row names."""
+    # -- reads --------------------------------------------------------------------------------
+
+    def search(
+        self, tenant: str, collection: str, queries: Vectors, k: int, key: str | None = None
+    ) -> SearchResult:
+        """k nearest neighbours from the version the routing row gives this request.
+
+        ``key`` (a user or session id) decides the canary side; without one the query bytes do.
+
+        Raises:
+            NotFoundError: unknown collection, or no version serves reads.
+            DataError: queries of the wrong dimension, or NaN.
+        """
         view = self.routing(tenant, collection)
         if view.read_version is None:
             raise NotFoundError(f"{tenant}/{collection} has no version serving reads")
-        if view.read_index is not None:
-            d, i = self._index(view.read_index).search(queries, k)
-            return SearchResult(view.read_version, view.read_index, d, i)
-        version = self.catalog.find_version(tenant, collection, view.read_version)
-        if version is None:
-            raise NotFoundError(f"{tenant}/{collection}@{view.read_version} is not registered")
-        store = open_store(
-            store_ref(version.store),
-            Scope(tenant, collection, view.read_version),
-        )
-        d, i = store.search(queries, k, metric=str(version.embedding.metric))
-        return SearchResult(view.read_version, None, d, i)
+        q = np.asarray(queries, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None, :]
+        record, _ = self._version(tenant, collection, view.read_version)
+        if q.ndim != 2 or q.shape[1] != record.embedding.dimension:
+            raise DataError(
+                f"queries have dimension {q.shape[-1]} but {tenant}/{collection} serves "
+                f"{record.embedding.dimension}-dimensional vectors ({record.embedding.model_id})"
+            )
+        if not np.isfinite(q).all():
+            raise DataError("queries contain NaN or infinity")
+        version, index = view.read_version, view.read_index
+        canary = view.candidate_version is not None and view.ramp_percent > 0
+        side = bucket(key if key is not None else q.tobytes().hex())
+        if canary and side < view.ramp_percent:
+            assert view.candidate_version is not None
+            version, index = view.candidate_version, view.candidate_index
+        began = time.perf_counter()
+        d, i = self._search_version(tenant, collection, version, index, q, k)
+        ms = (time.perf_counter() - began) * 1000
+        shadowed = view.candidate_version is not None and version != view.candidate_version
+        if shadowed and view.shadow_percent > 0 and bucket(f"shadow:{side}") < view.shadow_percent:
+            self._shadow(tenant, collection, view, q, k, i, ms)
+        return SearchResult(version, index, d, i)
+
+    def _search_version(
+        self,
+        tenant: str,
+        collection: str,
+        version: str,
+        index_id: str | None,
+        queries: Vectors,
+        k: int,
+    ) -> tuple[Distances, Ids]:
+        record, store = self._version(tenant, collection, version)
+        metric = str(record.embedding.metric)
+        if index_id is None:
+            return store.search(queries, k, metric=metric)
+        searcher = self._searcher(index_id)
+        if isinstance(searcher, NativeIndex):
+            return searcher.search(queries, k)  # the database's own index: always current
+        changed = self._changed_since(tenant, collection, self.log.index_position(index_id))
+        if not changed:
+            return searcher.search(queries, k)
+        d, i = searcher.search(queries, k + min(len(changed), 1_000))
+        stale = np.isin(i, np.fromiter(changed, np.int64, len(changed)))
+        d = np.where(stale, np.inf, d)
+        i = np.where(stale, -1, i)
+        # The log holds each write's vector as the client sent it (the serving version's
+        # space): no store round trip, and the version's own transform applies.
+        live = [(r, vec) for r, (op, vec) in changed.items() if op == UPSERT and vec is not None]
+        exact = ExactKnn(queries, k, metric)
+        if live:
+            view = self.routing(tenant, collection)
+            written, _ = self._version(tenant, collection, view.read_version or version)
+            _, transform = make_transform(written.embedding, record.embedding)
+            ids = np.fromiter((r for r, _ in live), np.int64, len(live))
+            raw = np.frombuffer(b"".join(vec for _, vec in live), dtype="<f4")
+            exact.add(ids, transform(raw.reshape(len(live), -1).astype(np.float32)))
+        return merge_topk([(d, i), exact.result()], k)
+
+    def _changed_since(
+        self, tenant: str, collection: str, position: int
+    ) -> dict[int, tuple[str, bytes | None]]:
+        """Ids changed after log position ``position``: their latest operation and vector."""
+        key = (tenant, collection)
+        with self._lock:
+            overlay = self._overlays.setdefault(key, _Overlay(last={}))
+        while True:
+            batch = self.log.read(tenant, collection, overlay.seq, 50_000)
+            if not len(batch):
+                break
+            with self._lock:
+                assert overlay.last is not None
+                for seq, record_id, op, vec in zip(
+                    batch.seqs.tolist(), batch.ids.tolist(), batch.ops, batch.vectors, strict=True
+                ):
+                    overlay.last[record_id] = (seq, op, vec)
+                overlay.seq = max(overlay.seq, batch.last_seq)
+        with self._lock:
+            assert overlay.last is not None
+            return {r: (op, vec) for r, (seq, op, vec) in overlay.last.items() if seq > position}
+
+    # -- shadow reads -------------------------------------------------------------------------
+
+    def _shadow(
+        self,
+        tenant: str,
+        collection: str,
+        view: RoutingView,
+        queries: Vectors,
+        k: int,
+        served: Ids,
+        served_ms: float,
+    ) -> None:
+        with self._lock:
+            if self._shadow_in_flight >= 8:
+                return  # shadowing must never queue up behind live traffic
+            self._shadow_in_flight += 1
+
+        def run() -> None:
+            sample = ShadowSample(
+                tenant=tenant,
+                collection=collection,
+                candidate=str(view.candidate_version),
+                ms_old=served_ms,
+            )
+            try:
+                began = time.perf_counter()
+                _, found = self._search_version(
+                    tenant,
+                    collection,
+                    str(view.candidate_version),
+                    view.candidate_index,
+                    queries,
+                    k,
+                )
+                sample.ms_new = (time.perf_counter() - began) * 1000
+                sample.overlap = _overlap(served, found)
+            except Exception:
+                sample.error = True
+            finally:
+                with self._lock:
+                    self._shadow_in_flight -= 1
+                    self._shadow_buffer.append(sample)
+            self._flush_shadow()
+
+        self._shadow_pool.submit(run)
+
+    def _flush_shadow(self, force: bool = False) -> None:
+        with self._lock:
+            due = len(self._shadow_buffer) >= 20 or time.monotonic() - self._shadow_flushed > 1
+            if not (force or due) or not self._shadow_buffer:
+                return
+            samples, self._shadow_buffer = self._shadow_buffer, []
+            self._shadow_flushed = time.monotonic()
+        self.shadow_log.record(samples)
+
+    # -- writes -------------------------------------------------------------------------------
+
+    def _writable(self, tenant: str, collection: str) -> tuple[RoutingView, VersionRecord]:
+        view = self.routing(tenant, collection)
+        if view.writes_paused:
+            raise WritesPausedError(
+                f"writes to {tenant}/{collection} are paused while it migrates offline"
+            )
+        if not view.write_versions:
+            raise NotFoundError(f"{tenant}/{collection} has no version taking writes")
+        # Writes come in the embedding space of the version that serves reads.
+        live = view.read_version or view.write_versions[0]
+        record, _ = self._version(tenant, collection, live)
+        return view, record
+
+    def upsert(self, tenant: str, collection: str, ids: Ids, vectors: Vectors) -> int:
+        """Write records to every write version; returns their last change-log number.
+
+        Raises:
+            DataError: wrong dimension, NaN, bad ids; nothing was written.
+            WritesPausedError: an offline migration holds writes.
+        """
+        view, live = self._writable(tenant, collection)
+        scope = Scope(tenant, collection, live.version)
+        ids_ok, vectors_ok = check_vectors(ids, vectors, live.embedding.dimension, scope)
+        seq = self.log.append(tenant, collection, UPSERT, ids_ok, vectors_ok)
+        for name in view.write_versions:
+            record, store = self._version(tenant, collection, name)
+            _, transform = make_transform(live.embedding, record.embedding)
+            store.upsert(ids_ok, transform(vectors_ok))
+        return seq
+
+    def delete(self, tenant: str, collection: str, ids: Ids) -> int:
+        """Delete records from every write version (a tombstone in the change log).
+
+        Raises:
+            DataError: ids that are not integers.
+            WritesPausedError: an offline migration holds writes.
+        """
+        view, _ = self._writable(tenant, collection)
+        arr = np.asarray(ids)
+        if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
+            raise DataError(f"ids must be a list of integers, got {arr.dtype}")
+        seq = self.log.append(tenant, collection, DELETE, arr.astype(np.int64))
+        for name in view.write_versions:
+            _, store = self._version(tenant, collection, name)
+            store.delete(arr.astype(np.int64))
+        return seq
+
+
+def _overlap(a: Ids, b: Ids) -> float:
+    """Mean share of one result list found in the other, over queries (-1 padding ignored)."""
+    shares = []
+    for row_a, row_b in zip(a, b, strict=True):
+        left = {int(x) for x in row_a if x >= 0}
+        if left:
+            shares.append(len(left & {int(x) for x in row_b if x >= 0}) / len(left))
+    return float(np.mean(shares)) if shares else 1.0

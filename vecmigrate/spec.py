@@ -332,7 +332,53 @@ class CutoverPolicy(_Model):
     bake_seconds: float = Field(default=300.0, ge=0.0)
 
 
-SUPPORTED_STRATEGIES = ("blue_green",)
+class ShadowPolicy(_Model):
+    """Shadow reads: a share of live searches also runs on the new version, off the response
+    path, and the pairs are compared. The gate needs ``min_samples`` pairs (none is a failure,
+    not a pass)."""
+
+    percent: float = Field(default=20.0, gt=0.0, le=100.0)
+    seconds: float = Field(default=60.0, ge=0.0)
+    min_samples: int = Field(default=50, ge=1)
+    min_overlap: float | None = Field(default=0.8, ge=0.0, le=1.0)
+    # p99 latency of the new version over the old one, on the same queries.
+    max_p99_ratio: float | None = Field(default=2.0, gt=0.0)
+
+
+class RampPolicy(_Model):
+    """Canary: the share of reads (split by a stable hash of the request key) the new version
+    serves, step by step, each held ``step_seconds`` and gated on the shadow figures."""
+
+    steps: tuple[float, ...] = (1.0, 10.0, 50.0)
+    step_seconds: float = Field(default=60.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _increasing(self) -> RampPolicy:
+        if any(not 0.0 < s < 100.0 for s in self.steps):
+            raise ValueError(
+                "ramp steps are percentages strictly between 0 and 100 (the cut-over is 100)"
+            )
+        if list(self.steps) != sorted(set(self.steps)):
+            raise ValueError(f"ramp steps must increase, got {list(self.steps)}")
+        return self
+
+
+class OnlinePolicy(_Model):
+    """How an online migration keeps the collection serving while it moves."""
+
+    # Routers re-read the routing row at least this often; the workflow waits this long after
+    # a routing change before relying on every router having seen it.
+    settle_seconds: float = Field(default=2.0, ge=0.0)
+    # CATCHING_UP ends when the target is at most this many log entries behind (and a last
+    # pass has applied everything up to the head it saw).
+    max_catchup_lag: int = Field(default=1_000, ge=0)
+    shadow: ShadowPolicy = Field(default_factory=ShadowPolicy)
+    ramp: RampPolicy = Field(default_factory=RampPolicy)
+    # A shadow or ramp gate that fails: pause for an operator, or roll back by itself.
+    on_breach: Literal["pause", "rollback"] = "pause"
+
+
+SUPPORTED_STRATEGIES = ("blue_green", "online", "offline")
 
 
 class MigrationSpec(_Model):
@@ -359,6 +405,7 @@ class MigrationSpec(_Model):
     heartbeat_seconds: float = Field(default=30.0, ge=1.0, le=600.0)
     gates: GatePolicy = Field(default_factory=GatePolicy)
     cutover: CutoverPolicy = Field(default_factory=CutoverPolicy)
+    online: OnlinePolicy = Field(default_factory=OnlinePolicy)
 
     @model_validator(mode="after")
     def _coherent(self) -> MigrationSpec:

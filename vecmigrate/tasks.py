@@ -12,7 +12,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from vecmigrate.lifecycle import HASH_SPACE as HASH_SPACE
-from vecmigrate.lifecycle import GateReport, RoutingView, ShardCheck
+from vecmigrate.lifecycle import GateReport, RoutingView, ShadowFigures, ShardCheck
 from vecmigrate.lifecycle import ShardRef as ShardRef
 from vecmigrate.spec import MigrationSpec
 
@@ -97,11 +97,14 @@ class ArtifactRef(_Model):
 
 class RegisterIndexInput(_Model):
     """Register the target index; with no ``artifacts``, those the shard journal holds for
-    every selected shard (a migration of thousands of shards does not pass them around)."""
+    every selected shard (a migration of thousands of shards does not pass them around).
+    ``log_position``: the change-log head read before the index's data was, so readers know
+    which writes the index lacks."""
 
     migration_id: str
     spec: MigrationSpec
     artifacts: list[ArtifactRef] = Field(default_factory=list)
+    log_position: int | None = None
 
 
 class ValidateShardInput(_Model):
@@ -109,6 +112,8 @@ class ValidateShardInput(_Model):
     spec: MigrationSpec
     shard: ShardRef
     round: int = 0
+    # Online: records written after this change-log position are left out of the profiles.
+    volatile_after: int | None = None
 
 
 class ValidateInput(_Model):
@@ -145,6 +150,11 @@ class RoutingChangeInput(_Model):
     operator: str
     reason: str
     change_key: str
+    candidate_version: str | None = None
+    candidate_index: str | None = None
+    ramp_percent: float = 0.0
+    shadow_percent: float = 0.0
+    writes_paused: bool = False
 
 
 class LedgerInput(_Model):
@@ -179,3 +189,39 @@ class VersionStateInput(_Model):
 class ValidateResult(_Model):
     report: GateReport
     seconds: float = 0.0
+
+
+class CatchUpInput(_Model):
+    """Replay the change log after ``after`` onto the target, for at most ``seconds``."""
+
+    migration_id: str
+    spec: MigrationSpec
+    after: int
+    seconds: float = 60.0
+
+
+class CatchUpResult(_Model):
+    position: int
+    applied: int
+    lag: int
+    drained: bool
+    seconds: float = 0.0
+
+
+class LogHeadInput(_Model):
+    tenant: str
+    collection: str
+
+
+class ShadowInput(_Model):
+    """Shadow figures of ``candidate`` after sample ``after`` (0: all)."""
+
+    tenant: str
+    collection: str
+    candidate: str
+    after: int = 0
+
+
+class ShadowResult(_Model):
+    figures: ShadowFigures
+    last_id: int

@@ -23,7 +23,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from vecmigrate.errors import NON_RETRYABLE_NAMES
     from vecmigrate.lifecycle import (
-        SERVING_TARGET,
+        READING_TARGET,
         STRATEGY_PHASES,
         TERMINAL,
         Carried,
@@ -34,6 +34,7 @@ with workflow.unsafe.imports_passed_through():
         OperatorAction,
         OperatorMessage,
         Phase,
+        RampRequest,
         RoutingView,
         ShardCheck,
         ShardProgress,
@@ -46,16 +47,21 @@ with workflow.unsafe.imports_passed_through():
         ArtifactRef,
         BuildIndexInput,
         BuildNativeIndexInput,
+        CatchUpInput,
+        CatchUpResult,
         ControlInput,
         CopyShardInput,
         CopyShardResult,
         IndexRegistered,
         LedgerAck,
         LedgerInput,
+        LogHeadInput,
         PrepareInput,
         PrepareResult,
         RegisterIndexInput,
         RoutingChangeInput,
+        ShadowInput,
+        ShadowResult,
         ShardRef,
         ValidateInput,
         ValidateResult,
@@ -102,6 +108,7 @@ class MigrationWorkflow:
         self._spec = spec
         self._lock = asyncio.Lock()
         self._control_lock = asyncio.Lock()
+        self._routing_lock = asyncio.Lock()
         carried = inp.carried
         if carried is None:
             self._status = MigrationStatus(
@@ -218,6 +225,35 @@ class MigrationWorkflow:
             raise ValueError(problem)
         if self._status.phase in TERMINAL:
             raise ValueError(f"the migration has ended ({self._status.phase}); nothing to throttle")
+
+    @workflow.update(name="set_ramp")
+    async def set_ramp(self, req: RampRequest) -> float:
+        """Set the share of reads the new version serves now (online migrations).
+
+        The ramp then goes on with its steps above this share; 0 sends every read back to the
+        old version. 100 is the cut-over: approve it instead.
+        """
+        self._status.ramp_percent = req.percent
+        await self._operator(
+            "set_ramp",
+            OperatorMessage(operator=req.operator, reason=req.reason),
+            {"percent": req.percent},
+        )
+        await self._route_candidate(req.operator, f"ramp set to {req.percent}% by {req.operator}")
+        return self._status.ramp_percent
+
+    @set_ramp.validator
+    def _check_ramp(self, req: RampRequest) -> None:
+        problem = req.problem()
+        if problem is not None:
+            raise ValueError(problem)
+        if self._spec.strategy != "online":
+            raise ValueError(f"a {self._spec.strategy} migration has no canary ramp")
+        if self._status.phase not in READING_TARGET:
+            raise ValueError(
+                f"the ramp can be set while SHADOWING, RAMPING or AWAITING_CUTOVER, "
+                f"not in {self._status.phase}"
+            )
 
     async def _sync_control(self) -> None:
         """Tell running copies the pause flag and throttle (they read it before every batch)."""
@@ -389,8 +425,11 @@ class MigrationWorkflow:
         work: dict[Phase, Callable[[MigrationInput], Awaitable[None]]] = {
             Phase.PREPARING: self._prepare,
             Phase.BACKFILLING: self._backfill,
+            Phase.CATCHING_UP: self._catching_up,
             Phase.BUILDING_INDEX: self._build_index,
             Phase.VALIDATING: self._validating,
+            Phase.SHADOWING: self._shadowing,
+            Phase.RAMPING: self._ramping,
             Phase.AWAITING_CUTOVER: self._await_cutover,
             Phase.CUT_OVER: self._cut_over,
             Phase.BAKING: self._bake,
@@ -401,12 +440,32 @@ class MigrationWorkflow:
             await self._enter(Phase.PREPARING)
         while self._status.phase not in TERMINAL:
             if self._interrupt is not None:
+                if self._reversible():
+                    await self._reverse(self._interrupt.message)
+                    continue
                 raise _InterruptedError()
             if self._history_full():
                 raise _ContinueAsNewError()
             phase = self._status.phase
-            await work[phase](inp)
+            try:
+                await work[phase](inp)
+            except _InterruptedError:
+                if not self._reversible():
+                    raise
+                assert self._interrupt is not None
+                await self._reverse(self._interrupt.message)
+                continue
             await self._enter(order[order.index(phase) + 1], actor=self._phase_actor(phase))
+
+    def _reversible(self) -> bool:
+        """A rollback of an online migration that reads from the target: reverse the traffic
+        (the old version is current), do not abandon the new one."""
+        return (
+            self._spec.strategy == "online"
+            and self._status.phase in (Phase.CUT_OVER, Phase.BAKING)
+            and self._interrupt is not None
+            and self._interrupt.action == "rollback"
+        )
 
     def _phase_actor(self, phase: Phase) -> str:
         """Who moves the migration out of ``phase`` (the approver starts the cut-over)."""
@@ -443,6 +502,66 @@ class MigrationWorkflow:
         ]
         self._by_shard = {p.shard: p for p in self._status.shards}
         await self._sync_control()
+        if spec.strategy == "online":
+            # The watermark comes first: every write logged after it is replayed after the
+            # backfill, including writes in flight while routers learn of dual-write.
+            self._status.watermark = await self._log_head()
+            await self._set_routing(
+                write_versions=[spec.source.name, spec.target.name],
+                candidate_version=spec.target.name,
+                operator=inp.requested_by,
+                reason="online: dual-write on before the snapshot",
+                key="dual-write",
+            )
+        elif spec.strategy == "offline":
+            await self._set_routing(
+                writes_paused=True,
+                operator=inp.requested_by,
+                reason="offline: writes paused until the switch",
+                key="pause-writes",
+            )
+        if spec.strategy != "blue_green":
+            # Routers follow the routing row within this bound; after it, all of them do.
+            await self._guarded(
+                lambda: workflow.sleep(timedelta(seconds=spec.online.settle_seconds))
+            )
+
+    async def _log_head(self) -> int:
+        spec = self._spec
+        head: int = await workflow.execute_activity(
+            "log_head",
+            LogHeadInput(tenant=spec.tenant, collection=spec.collection),
+            result_type=int,
+            start_to_close_timeout=SHORT_TIMEOUT,
+            retry_policy=RETRY,
+        )
+        return head
+
+    async def _catching_up(self, inp: MigrationInput) -> None:
+        """Replay the change log from the watermark until a pass finds nothing newer."""
+        spec = self._spec
+        assert self._status.watermark is not None
+        while True:
+            result: CatchUpResult = await self._step(
+                "catch up",
+                lambda: workflow.execute_activity(
+                    "catch_up",
+                    CatchUpInput(
+                        migration_id=spec.migration_id,
+                        spec=spec,
+                        after=self._status.watermark or 0,
+                        seconds=60.0,
+                    ),
+                    result_type=CatchUpResult,
+                    start_to_close_timeout=timedelta(minutes=30),
+                    heartbeat_timeout=timedelta(seconds=spec.heartbeat_seconds),
+                    retry_policy=RETRY,
+                ),
+            )
+            self._status.catchup_lag = result.lag
+            if result.drained and result.lag <= spec.online.max_catchup_lag:
+                await self._record("catchup", "vecmigrate", result.model_dump(mode="json"))
+                return
 
     async def _backfill(self, inp: MigrationInput) -> None:
         await self._for_each_shard(self._shards_not_in({"pending", "copying"}), self._copy)
@@ -455,6 +574,8 @@ class MigrationWorkflow:
         spec = self._spec
         mid = spec.migration_id
         native: ArtifactRef | None = None
+        # Writes after this position may be missing from the index; readers overlay them.
+        position = await self._log_head()
         if is_native(spec.target.index):
             # The target database builds its own index over the whole version, once.
             built: ArtifactRef = await self._step(
@@ -480,7 +601,10 @@ class MigrationWorkflow:
                 "register_index",
                 # Without artifacts the activity takes every shard's from the shard journal.
                 RegisterIndexInput(
-                    migration_id=mid, spec=spec, artifacts=[native] if native else []
+                    migration_id=mid,
+                    spec=spec,
+                    artifacts=[native] if native else [],
+                    log_position=position,
                 ),
                 result_type=IndexRegistered,
                 start_to_close_timeout=timedelta(hours=1),
@@ -501,7 +625,8 @@ class MigrationWorkflow:
             await self._record("gate", "vecmigrate", report.model_dump(mode="json"))
             if report.passed:
                 # Set before the phase changes, so no status shows AWAITING_CUTOVER without why.
-                self._status.blocked_reason = self._cutover_wait_reason()
+                waits = spec.strategy == "blue_green"
+                self._status.blocked_reason = self._cutover_wait_reason() if waits else ""
                 return
             reason = "gate failed: " + "; ".join(report.failures())
             self._status.blocked_reason = reason + "; cut-over is blocked"
@@ -539,19 +664,21 @@ class MigrationWorkflow:
     async def _cut_over(self, inp: MigrationInput) -> None:
         spec = self._spec
         approver = self._approver()
-        routing = self._status.routing
-        assert routing is not None
-        self._status.routing = await self._change_routing(
-            routing.generation,
+        offline = spec.strategy == "offline"
+        await self._set_routing(
             read_version=spec.target.name,
             read_index=self._status.index_version,
-            write_versions=[spec.target.name, spec.source.name],
+            # Blue-green and online keep the source current for a rollback; offline does not.
+            write_versions=[spec.target.name] if offline else [spec.target.name, spec.source.name],
             operator=approver,
-            reason="cut-over: reads move to the target; the source stays current for rollback",
+            reason="cut-over: reads move to the target"
+            + ("; writes resume" if offline else "; the source stays current for rollback"),
             key="cutover",
         )
+        self._status.cutovers += 1
+        self._status.ramp_percent = 0.0
         await self._set_state(spec.target.name, "serving", approver)
-        await self._set_state(spec.source.name, "standby", approver)
+        await self._set_state(spec.source.name, "retained" if offline else "standby", approver)
 
     async def _bake(self, inp: MigrationInput) -> None:
         spec = self._spec
@@ -563,10 +690,7 @@ class MigrationWorkflow:
 
     async def _finalize(self, inp: MigrationInput) -> None:
         spec = self._spec
-        routing = self._status.routing
-        assert routing is not None
-        self._status.routing = await self._change_routing(
-            routing.generation,
+        await self._set_routing(
             read_version=spec.target.name,
             read_index=self._status.index_version,
             write_versions=[spec.target.name],
@@ -575,6 +699,133 @@ class MigrationWorkflow:
             key="finalize",
         )
         await self._set_state(spec.source.name, "retained", "vecmigrate")
+
+    # -- online: shadow reads, canary ramp, reversal -------------------------------------------
+
+    async def _route_candidate(self, operator: str, reason: str) -> None:
+        """Routing while the target is evaluated: dual-write, shadow reads, the current ramp."""
+        spec = self._spec
+        await self._set_routing(
+            write_versions=[spec.source.name, spec.target.name],
+            candidate_version=spec.target.name,
+            candidate_index=self._status.index_version,
+            ramp_percent=self._status.ramp_percent,
+            shadow_percent=spec.online.shadow.percent,
+            operator=operator,
+            reason=reason,
+            key="candidate",
+        )
+
+    async def _shadow_mark(self) -> int:
+        result = await self._shadow_result(1 << 62)
+        return result.last_id
+
+    async def _shadow_result(self, after: int) -> ShadowResult:
+        spec = self._spec
+        result: ShadowResult = await workflow.execute_activity(
+            "shadow_figures",
+            ShadowInput(
+                tenant=spec.tenant,
+                collection=spec.collection,
+                candidate=spec.target.name,
+                after=after,
+            ),
+            result_type=ShadowResult,
+            start_to_close_timeout=SHORT_TIMEOUT,
+            retry_policy=RETRY,
+        )
+        return result
+
+    async def _shadow_gate(self, step: str, hold: timedelta) -> None:
+        """Hold the current routing for ``hold``, then judge the shadow pairs it produced.
+
+        A breach pauses for an operator (resume measures again) or rolls back, as
+        ``online.on_breach`` says.
+        """
+        policy = self._spec.online.shadow
+        while True:
+            mark = await self._shadow_mark()
+            await self._guarded(lambda: workflow.sleep(hold))
+            figures = (await self._shadow_result(mark)).figures
+            figures.step = step
+            failures = []
+            if figures.samples < policy.min_samples:
+                failures.append(
+                    f"{figures.samples} shadow pairs, needs {policy.min_samples} "
+                    "(no traffic is not a pass)"
+                )
+            if policy.min_overlap is not None and (
+                figures.overlap is None or figures.overlap < policy.min_overlap
+            ):
+                failures.append(f"overlap@k {figures.overlap} < {policy.min_overlap}")
+            if policy.max_p99_ratio is not None and figures.samples:
+                old, new = figures.p99_ms_old or 0.0, figures.p99_ms_new or 0.0
+                if new > policy.max_p99_ratio * max(old, 0.001):
+                    failures.append(
+                        f"p99 {new:.2f} ms on the new version vs {old:.2f} ms "
+                        f"(allowed {policy.max_p99_ratio}x)"
+                    )
+            figures.failures = failures
+            figures.passed = not failures
+            self._status.shadow.append(figures)
+            await self._record("shadow.gate", "vecmigrate", figures.model_dump(mode="json"))
+            if figures.passed:
+                self._status.blocked_reason = ""
+                return
+            reason = f"{step} gate failed: " + "; ".join(failures)
+            if self._spec.online.on_breach == "rollback":
+                self._interrupt = Interrupt(
+                    action="rollback", message=OperatorMessage(operator="vecmigrate", reason=reason)
+                )
+                raise _InterruptedError()
+            self._status.blocked_reason = reason
+            self._status.paused = True
+            self._status.pause_reason = reason + "; resume to measure again, or roll back"
+            await self._wait_unpaused()
+
+    async def _shadowing(self, inp: MigrationInput) -> None:
+        spec = self._spec
+        await self._route_candidate("vecmigrate", "shadow reads on the new version")
+        settle = timedelta(seconds=spec.online.settle_seconds)
+        await self._guarded(lambda: workflow.sleep(settle))
+        await self._shadow_gate("shadow", timedelta(seconds=spec.online.shadow.seconds))
+
+    async def _ramping(self, inp: MigrationInput) -> None:
+        spec = self._spec
+        for step in spec.online.ramp.steps:
+            if step <= self._status.ramp_percent:
+                continue  # already there (a continued run, or set_ramp moved ahead)
+            await self._wait_unpaused()
+            self._status.ramp_percent = step
+            await self._route_candidate("vecmigrate", f"canary: {step}% of reads on the target")
+            await self._shadow_gate(
+                f"ramp {step}%", timedelta(seconds=spec.online.ramp.step_seconds)
+            )
+        self._status.blocked_reason = self._cutover_wait_reason()
+
+    async def _reverse(self, msg: OperatorMessage) -> None:
+        """Online rollback after cut-over: reads back to the source, which dual-write kept
+        current; dual-write stays on and the migration waits for a new approval."""
+        self._interrupt = None
+        self._status.paused = False
+        self._status.cutover_approved = False
+        self._status.ramp_percent = 0.0
+        spec = self._spec
+        await self._set_routing(
+            read_version=spec.source.name,
+            read_index=self._source_index,
+            write_versions=[spec.source.name, spec.target.name],
+            candidate_version=spec.target.name,
+            candidate_index=self._status.index_version,
+            shadow_percent=spec.online.shadow.percent,
+            operator=msg.operator,
+            reason=f"rollback after cut-over: {msg.reason or 'requested'}; dual-write stays on",
+            key="reverse",
+        )
+        await self._set_state(spec.source.name, "serving", msg.operator)
+        await self._set_state(spec.target.name, "building", msg.operator)
+        self._status.blocked_reason = self._cutover_wait_reason()
+        await self._enter(Phase.AWAITING_CUTOVER, actor=msg.operator)
 
     async def _validate(self, source_index: str | None, index_id: str) -> GateReport:
         """Profile every shard (one activity each, so the work resumes shard by shard), then
@@ -590,7 +841,11 @@ class MigrationWorkflow:
                 lambda: workflow.execute_activity(
                     "validate_shard",
                     ValidateShardInput(
-                        migration_id=spec.migration_id, spec=spec, shard=shard, round=round_
+                        migration_id=spec.migration_id,
+                        spec=spec,
+                        shard=shard,
+                        round=round_,
+                        volatile_after=self._status.watermark,
                     ),
                     result_type=ShardCheck,
                     start_to_close_timeout=timedelta(hours=2),
@@ -694,39 +949,59 @@ class MigrationWorkflow:
         progress.state = "indexed"
         self._status.ledger_entries += 1  # the activity wrote "shard.indexed"
 
-    async def _change_routing(
+    async def _set_routing(
         self,
-        expected_generation: int,
         *,
-        read_version: str | None,
-        read_index: str | None,
-        write_versions: list[str],
         operator: str,
         reason: str,
         key: str,
-    ) -> RoutingView:
+        read_version: str | None = None,
+        read_index: str | None = None,
+        write_versions: list[str] | None = None,
+        candidate_version: str | None = None,
+        candidate_index: str | None = None,
+        ramp_percent: float = 0.0,
+        shadow_percent: float = 0.0,
+        writes_paused: bool = False,
+    ) -> None:
+        """Set the whole routing row by compare-and-set (reads default to the source).
+
+        Changes are made one at a time, each against the generation the last one left.
+        """
         spec = self._spec
-        change = RoutingChangeInput(
-            migration_id=spec.migration_id,
-            tenant=spec.tenant,
-            collection=spec.collection,
-            expected_generation=expected_generation,
-            read_version=read_version,
-            read_index=read_index,
-            write_versions=write_versions,
-            operator=operator,
-            reason=reason,
-            change_key=f"{spec.migration_id}/{workflow.info().first_execution_run_id}/{key}",
-        )
-        view: RoutingView = await workflow.execute_activity(
-            "change_routing",
-            change,
-            result_type=RoutingView,
-            start_to_close_timeout=SHORT_TIMEOUT,
-            retry_policy=RETRY,
-        )
+        async with self._routing_lock:
+            routing = self._status.routing
+            assert routing is not None
+            self._events += 1
+            change = RoutingChangeInput(
+                migration_id=spec.migration_id,
+                tenant=spec.tenant,
+                collection=spec.collection,
+                expected_generation=routing.generation,
+                read_version=read_version or spec.source.name,
+                read_index=read_index if read_version else self._source_index,
+                write_versions=write_versions or [spec.source.name],
+                operator=operator,
+                reason=reason,
+                change_key=(
+                    f"{spec.migration_id}/{workflow.info().first_execution_run_id}/"
+                    f"{key}/{self._events}"
+                ),
+                candidate_version=candidate_version,
+                candidate_index=candidate_index,
+                ramp_percent=ramp_percent,
+                shadow_percent=shadow_percent,
+                writes_paused=writes_paused,
+            )
+            view: RoutingView = await workflow.execute_activity(
+                "change_routing",
+                change,
+                result_type=RoutingView,
+                start_to_close_timeout=SHORT_TIMEOUT,
+                retry_policy=RETRY,
+            )
+            self._status.routing = view
         await self._record("routing.changed", operator, {"reason": reason, **view.model_dump()})
-        return view
 
     async def _set_state(self, version: str, state: str, operator: str) -> None:
         spec = self._spec
@@ -747,20 +1022,22 @@ class MigrationWorkflow:
 
     async def _roll_back(self, msg: OperatorMessage) -> None:
         spec = self._spec
-        was = self._status.phase
         await self._enter(Phase.ROLLING_BACK, actor=msg.operator)
         self._status.paused = False
         routing = self._status.routing
-        if was in SERVING_TARGET and routing is not None:
-            self._status.routing = await self._change_routing(
-                routing.generation,
-                read_version=spec.source.name,
-                read_index=self._source_index,
-                write_versions=[spec.source.name],
+        back = RoutingView(
+            read_version=spec.source.name,
+            read_index=self._source_index,
+            write_versions=[spec.source.name],
+            generation=routing.generation if routing else 0,
+        )
+        if routing is not None and routing != back:
+            await self._set_routing(
                 operator=msg.operator,
                 reason=f"rollback: {msg.reason or 'requested'}",
                 key="rollback",
             )
+        if self._status.cutovers:
             await self._set_state(spec.source.name, "serving", msg.operator)
         if self._target_registered:
             await self._set_state(spec.target.name, "abandoned", msg.operator)
@@ -768,4 +1045,15 @@ class MigrationWorkflow:
 
     async def _abort(self, msg: OperatorMessage) -> None:
         self._status.paused = False
+        routing = self._status.routing
+        if routing is not None and routing.writes_paused:
+            # Stop where it stands, but never leave the collection refusing writes.
+            await self._set_routing(
+                read_version=routing.read_version,
+                read_index=routing.read_index,
+                write_versions=routing.write_versions,
+                operator=msg.operator,
+                reason="abort: writes resume",
+                key="abort",
+            )
         await self._enter(Phase.ABORTED, actor=msg.operator)

@@ -19,10 +19,17 @@ class IdChecksum(RecordChecksum):
 
 
 class ProfileBuilder:
-    """Accumulates a :class:`ShardProfile` batch by batch."""
+    """Accumulates a :class:`ShardProfile` batch by batch.
 
-    def __init__(self, unit_norm_tolerance: float = 1e-3) -> None:
+    With ``keep``, it also keeps the batches, so records can be left out afterwards: an online
+    migration leaves out the records written while it scanned (the change log names them, and
+    dual-write and catch-up account for them).
+    """
+
+    def __init__(self, unit_norm_tolerance: float = 1e-3, keep: bool = False) -> None:
         self.tolerance = unit_norm_tolerance
+        self.keep = keep
+        self.batches: list[tuple[Ids, Vectors]] = []
         self.records = RecordChecksum()
         self.ids = IdChecksum()
         self.seen: list[Ids] = []
@@ -36,6 +43,8 @@ class ProfileBuilder:
 
     def add(self, ids: Ids, vectors: Vectors) -> None:
         """Fold one batch in."""
+        if self.keep:
+            self.batches.append((ids, vectors))
         self.records.add(ids, vectors)
         self.ids.add(ids, vectors)
         self.seen.append(ids)
@@ -49,6 +58,16 @@ class ProfileBuilder:
             self.norm_min = min(self.norm_min, float(norms.min()))
             self.norm_max = max(self.norm_max, float(norms.max()))
             self.norm_sum += float(norms.sum())
+
+    def without(self, exclude: Ids) -> ShardProfile:
+        """The profile of the kept batches with the records of ``exclude`` left out."""
+        if not self.keep:
+            raise ValueError("records can be left out only of a builder made with keep=True")
+        rest = ProfileBuilder(self.tolerance)
+        for ids, vectors in self.batches:
+            mask = ~np.isin(ids, exclude)
+            rest.add(ids[mask], vectors[mask])
+        return rest.result()
 
     def result(self) -> ShardProfile:
         """The profile of everything added."""
@@ -69,6 +88,23 @@ class ProfileBuilder:
         )
 
 
+def scan_shard(
+    store: VectorStore,
+    shard: ShardRef,
+    transform: Transform | None = None,
+    *,
+    batch_size: int = 50_000,
+    unit_norm_tolerance: float = 1e-3,
+    keep: bool = False,
+) -> ProfileBuilder:
+    """Scan ``shard`` once into a profile builder, seen through ``transform`` if given."""
+    builder = ProfileBuilder(unit_norm_tolerance, keep=keep)
+    for batch in store.iter_shard(shard, batch_size):
+        vectors = batch.vectors if transform is None else transform(batch.vectors)
+        builder.add(batch.ids, vectors)
+    return builder
+
+
 def profile_shard(
     store: VectorStore,
     shard: ShardRef,
@@ -78,8 +114,6 @@ def profile_shard(
     unit_norm_tolerance: float = 1e-3,
 ) -> ShardProfile:
     """Scan ``shard`` once and profile it, seen through ``transform`` if given."""
-    builder = ProfileBuilder(unit_norm_tolerance)
-    for batch in store.iter_shard(shard, batch_size):
-        vectors = batch.vectors if transform is None else transform(batch.vectors)
-        builder.add(batch.ids, vectors)
-    return builder.result()
+    return scan_shard(
+        store, shard, transform, batch_size=batch_size, unit_norm_tolerance=unit_norm_tolerance
+    ).result()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ from vecmigrate.tasks import ShardRef
 from vecmigrate.transforms import make_transform
 from vecmigrate.validation.distribution import ks_two_sample, mean_shift, spectrum_shift
 from vecmigrate.validation.gates import judge
-from vecmigrate.validation.profile import profile_shard
+from vecmigrate.validation.profile import profile_shard, scan_shard
 from vecmigrate.validation.retrieval import (
     exclude_self,
     overlap_at_k,
@@ -29,17 +30,38 @@ from vecmigrate.validation.retrieval import (
 
 
 def check_shard(
-    spec: MigrationSpec, source: VectorStore, target: VectorStore, shard: ShardRef
+    spec: MigrationSpec,
+    source: VectorStore,
+    target: VectorStore,
+    shard: ShardRef,
+    volatile: Callable[[], Ids] | None = None,
 ) -> ShardCheck:
-    """Profile one shard on both sides (the source through the migration's transform)."""
+    """Profile one shard on both sides (the source through the migration's transform).
+
+    While the collection takes writes, ``volatile`` names the records written since the
+    migration began, read after both scans: they are left out of both profiles (a write between
+    the two scans would otherwise look like a difference), and counted in ``excluded``.
+    """
     began = time.monotonic()
     _, transform = make_transform(spec.source.embedding, spec.target.embedding)
     tol = spec.gates.integrity.unit_norm_tolerance
+    if volatile is None:
+        return ShardCheck(
+            shard=shard.index,
+            source=profile_shard(source, shard, transform, unit_norm_tolerance=tol),
+            target=profile_shard(target, shard, unit_norm_tolerance=tol),
+            seconds=round(time.monotonic() - began, 3),
+        )
+    src = scan_shard(source, shard, transform, unit_norm_tolerance=tol, keep=True)
+    dst = scan_shard(target, shard, unit_norm_tolerance=tol, keep=True)
+    changed = volatile()
+    seen = np.unique(np.concatenate([ids for ids, _ in src.batches + dst.batches] or [changed]))
     return ShardCheck(
         shard=shard.index,
-        source=profile_shard(source, shard, transform, unit_norm_tolerance=tol),
-        target=profile_shard(target, shard, unit_norm_tolerance=tol),
+        source=src.without(changed),
+        target=dst.without(changed),
         seconds=round(time.monotonic() - began, 3),
+        excluded=int(np.isin(seen, changed).sum()),
     )
 
 

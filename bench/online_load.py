@@ -1,0 +1,230 @@
+"""Online migration under load, at any size: failed requests, lost writes, latency per phase.
+
+    python bench/online_load.py --vectors 100000 --clients 8
+
+Seeds a collection, serves it through the HTTP gateway, runs N clients (search / upsert /
+delete) against it, first alone (the idle baseline), then through the online-migration drill
+(shadow, ramp, cut-over, rollback after cut-over, second cut-over). Prints the table, checks
+every acknowledged write and delete against the live version, and writes JSON and a PNG plot.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from rich.console import Console
+from rich.table import Table
+
+from control.chaos import builtin_version
+from control.client import MigrationClient, connect
+from control.devserver import DevServer, free_port
+from control.drill import run_drill
+from control.gateway import Gateway
+from control.loadgen import LoadGenerator, latency_table, verify
+from vecmigrate.backfill import open_source, open_target
+from vecmigrate.catalog import Catalog
+from vecmigrate.config import sqlite_url
+from vecmigrate.datasets import clustered
+from vecmigrate.lifecycle import STRATEGY_PHASES
+from vecmigrate.seed import seed_collection, sequential_ids
+from vecmigrate.spec import BuiltinStoreRef, parse_spec
+from workers.main import build_worker
+
+
+async def main_async(args: argparse.Namespace, console: Console) -> dict[str, object]:
+    home = args.home or Path(tempfile.mkdtemp(prefix="vecmigrate-online-"))
+    catalog_url = sqlite_url(home / "catalog.db")
+    catalog = Catalog(catalog_url)
+    store = BuiltinStoreRef(url=sqlite_url(home / "store.db"), artifacts=str(home / "artifacts"))
+    console.log(f"seeding {args.vectors:,} x {args.dim} clustered vectors")
+    v1 = builtin_version(
+        "v1", store, args.dim, {"kind": "faiss_ivf_flat", "nlist": 256, "nprobe": 8}
+    )
+    seed_collection(
+        catalog,
+        "default",
+        "bench",
+        v1,
+        sequential_ids(args.vectors),
+        clustered(args.vectors, args.dim, seed=1),
+        shards=4,
+    )
+    spec = parse_spec(
+        {
+            "id": "online-bench",
+            "collection": "bench",
+            "strategy": "online",
+            "source": v1.model_dump(mode="json"),
+            "target": builtin_version(
+                "v2", store, args.dim, {"kind": "hnswlib_hnsw", "m": 16, "ef_search": 64}
+            ).model_dump(mode="json"),
+            "shards": {"count": args.shards},
+            "max_parallel_shards": 2,
+            "max_vectors_per_second": args.throttle,
+            "gates": {"min_recall": 0.8, "sample_queries": 200},
+            "online": {
+                "settle_seconds": 2,
+                "shadow": {
+                    "percent": 20,
+                    "seconds": args.step_seconds,
+                    "min_samples": 20,
+                    "min_overlap": 0.5,
+                    "max_p99_ratio": 10.0,
+                },
+                "ramp": {"steps": [1, 10, 50], "step_seconds": args.step_seconds},
+            },
+            "cutover": {"mode": "manual", "bake_seconds": args.step_seconds * 2},
+        }
+    )
+    queries = open_source(spec).sample(1000, seed=5)[1]
+    phase = {"now": "IDLE"}
+    gateway = Gateway(catalog_url, port=0, refresh=1.0).start()
+    load = LoadGenerator(
+        gateway.url,
+        "default",
+        "bench",
+        queries,
+        clients=args.clients,
+        rate=args.rate,
+        phase=lambda: phase["now"],
+    )
+    server = DevServer(home / "temporal.db", port=free_port(), ui_port=free_port(), ui=False)
+    server.start()
+    began = time.monotonic()
+    try:
+        client = await connect(server.address)
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            async with build_worker(client, "bench", catalog_url, pool, build_threads=1):
+                load.start()
+                console.log(
+                    f"idle baseline for {args.idle_seconds:.0f}s with {args.clients} clients"
+                )
+                await asyncio.sleep(args.idle_seconds)
+                console.log("online migration drill under load")
+                final = await run_drill(
+                    MigrationClient(client, "bench"), spec, lambda p: phase.update(now=p)
+                )
+                phase["now"] = "AFTER"
+                await asyncio.sleep(2.0)
+    finally:
+        load.stop()
+        gateway.stop()
+        server.stop()
+    requests = load.requests()
+    verdict = verify(load.states, open_target(spec))
+    order = ["IDLE", *(str(p) for p in STRATEGY_PHASES["online"]), "AFTER"]
+    rows = latency_table(requests, order)
+    idle = next(r for r in rows if r["phase"] == "IDLE")
+    backfill = next((r for r in rows if r["phase"] == "BACKFILLING"), None)
+    ratio = (
+        round(backfill["search_p99_ms"] / idle["search_p99_ms"], 2)
+        if backfill and backfill["search_p99_ms"] and idle["search_p99_ms"]
+        else None
+    )
+    return {
+        "vectors": args.vectors,
+        "dim": args.dim,
+        "clients": args.clients,
+        "rate_per_client": args.rate,
+        "throttle": args.throttle,
+        "final_phase": str(final.phase),
+        "cutovers": final.cutovers,
+        "requests": len(requests),
+        "failed": sum(r.status != 200 for r in requests),
+        "writes_checked": verdict.writes_checked,
+        "deletes_checked": verdict.deletes_checked,
+        "lost_writes": verdict.lost_writes,
+        "wrong_vectors": verdict.wrong_vectors,
+        "resurrected_deletes": verdict.resurrected,
+        "search_p99_backfill_over_idle": ratio,
+        "seconds": round(time.monotonic() - began, 1),
+        "phases": rows,
+    }
+
+
+def plot(result: dict[str, object], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["phases"]
+    assert isinstance(rows, list)
+    names = [r["phase"] for r in rows]
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    xs = range(len(names))
+    for offset, key, label in (
+        (-0.3, "search_p50_ms", "search p50"),
+        (-0.1, "search_p99_ms", "search p99"),
+        (0.1, "write_p50_ms", "write p50"),
+        (0.3, "write_p99_ms", "write p99"),
+    ):
+        ax.bar([x + offset for x in xs], [r[key] or 0 for r in rows], width=0.2, label=label)
+    ax.set_xticks(list(xs), names, rotation=35, ha="right")
+    ax.set_ylabel("ms")
+    ax.set_title(
+        f"gateway latency per phase: {result['vectors']:,} vectors, {result['clients']} clients, "
+        f"{result['failed']} failed, {result['lost_writes']} lost writes"
+    )
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--vectors", type=int, default=100_000)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--shards", type=int, default=8)
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--rate", type=float, default=25.0, help="requests/s per client")
+    p.add_argument("--throttle", type=float, default=50_000.0, help="copy vectors/s")
+    p.add_argument("--step-seconds", type=float, default=5.0)
+    p.add_argument("--idle-seconds", type=float, default=10.0)
+    p.add_argument("--home", type=Path, default=None)
+    p.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = p.parse_args()
+    console = Console()
+    result = asyncio.run(main_async(args, console))
+    table = Table(
+        title=f"online migration under load: {args.vectors:,} vectors, {args.clients} clients"
+    )
+    rows = result["phases"]
+    assert isinstance(rows, list)
+    for col in rows[0]:
+        table.add_column(col, justify="right")
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    console.print(table)
+    for key in (
+        "requests",
+        "failed",
+        "writes_checked",
+        "deletes_checked",
+        "lost_writes",
+        "wrong_vectors",
+        "resurrected_deletes",
+        "search_p99_backfill_over_idle",
+        "cutovers",
+        "seconds",
+    ):
+        console.print(f"{key:32} {result[key]}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "online_load.json").write_text(json.dumps(result, indent=2))
+    plot(result, args.out / "online_load.png")
+    console.print(f"wrote {args.out / 'online_load.json'} and {args.out / 'online_load.png'}")
+    bad = result["failed"] or result["lost_writes"] or result["wrong_vectors"]
+    sys.exit(1 if bad or result["resurrected_deletes"] else 0)
+
+
+if __name__ == "__main__":
+    main()

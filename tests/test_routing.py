@@ -1,0 +1,119 @@
+"""The router on real stores and indexes: overlay of fresh writes, dual-write, canary, shadow."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tests.conftest import Sandbox
+from vecmigrate.backfill import copy_shard, open_source, open_target, prepare
+from vecmigrate.changelog import ChangeLog
+from vecmigrate.errors import DataError, NotFoundError
+from vecmigrate.journal import Journal
+from vecmigrate.lifecycle import RoutingView
+from vecmigrate.routing import Router, WritesPausedError, bucket
+from vecmigrate.shadow import ShadowLog
+from vecmigrate.spec import MigrationSpec
+from vecmigrate.stores import WHOLE
+
+
+def route(sandbox: Sandbox, key: str, **fields: object) -> RoutingView:
+    current = sandbox.catalog.get_routing("default", "docs")
+    assert current is not None
+    base = current.model_dump()
+    base.update(fields)
+    return sandbox.catalog.compare_and_set_routing(
+        "default",
+        "docs",
+        current.generation,
+        base["read_version"],
+        base["read_index"],
+        base["write_versions"],
+        "test",
+        "test",
+        key,
+        candidate_version=base["candidate_version"],
+        candidate_index=base["candidate_index"],
+        ramp_percent=base["ramp_percent"],
+        shadow_percent=base["shadow_percent"],
+        writes_paused=base["writes_paused"],
+    )
+
+
+def migrated(sandbox: Sandbox) -> MigrationSpec:
+    """v1 seeded and indexed, v2 copied (same vectors), dual-write on."""
+    sandbox.seed(2000)
+    spec = sandbox.spec(shards={"count": 1})
+    shard = prepare(sandbox.catalog, spec, "t").shards[0]
+    copy_shard(spec, shard, Journal(sandbox.catalog))
+    route(sandbox, "dual", write_versions=["v1", "v2"])
+    return spec
+
+
+def test_a_fresh_write_is_found_at_once_and_a_delete_never_comes_back(sandbox: Sandbox) -> None:
+    spec = migrated(sandbox)
+    router = Router(sandbox.catalog, refresh_seconds=0.0)
+    far = np.full((1, sandbox.dim), 50.0, np.float32)  # nowhere near the seeded clusters
+    before = router.search("default", "docs", far, 3)
+    assert before.index is not None  # served through v1's IVF artifact
+    assert 99_999 not in before.ids
+    seq = router.upsert("default", "docs", np.array([99_999]), far)
+    assert seq == ChangeLog(sandbox.catalog).head("default", "docs")
+    after = router.search("default", "docs", far, 3)
+    assert after.ids[0, 0] == 99_999  # not in the artifact: found through the change log
+    # Dual-write: both versions hold it.
+    for store in (open_source(spec), open_target(spec)):
+        assert store.fetch(np.array([99_999]))[0].tolist() == [99_999]
+    nearest = int(before.ids[0, 0])
+    router.delete("default", "docs", np.array([nearest, 99_999]))
+    gone = router.search("default", "docs", far, 10)
+    assert nearest not in gone.ids
+    assert 99_999 not in gone.ids
+    assert open_target(spec).count(WHOLE) == open_source(spec).count(WHOLE) == 1999
+
+
+def test_bad_writes_are_refused_before_anything_is_logged(sandbox: Sandbox) -> None:
+    migrated(sandbox)
+    router = Router(sandbox.catalog, refresh_seconds=0.0)
+    log = ChangeLog(sandbox.catalog)
+    head = log.head("default", "docs")
+    with pytest.raises(DataError, match="dimension 3 but this version holds 16"):
+        router.upsert("default", "docs", np.array([1]), np.ones((1, 3), np.float32))
+    bad = np.ones((1, sandbox.dim), np.float32)
+    bad[0, 2] = np.nan
+    with pytest.raises(DataError, match="NaN"):
+        router.upsert("default", "docs", np.array([1]), bad)
+    with pytest.raises(DataError, match="dimension 5"):
+        router.search("default", "docs", np.ones((1, 5), np.float32), 3)
+    with pytest.raises(NotFoundError, match="unknown collection default/nope"):
+        router.search("default", "nope", bad, 3)
+    assert log.head("default", "docs") == head
+    route(sandbox, "paused", writes_paused=True)
+    with pytest.raises(WritesPausedError):
+        router.upsert("default", "docs", np.array([1]), np.ones((1, sandbox.dim), np.float32))
+
+
+def test_canary_split_is_stable_and_shadow_pairs_are_recorded(sandbox: Sandbox) -> None:
+    migrated(sandbox)
+    route(sandbox, "canary", candidate_version="v2", ramp_percent=30.0, shadow_percent=100.0)
+    router = Router(sandbox.catalog, refresh_seconds=0.0)
+    queries = open_source(sandbox.spec()).sample(50, seed=1)[1]
+    sides = [
+        router.search("default", "docs", queries[j % 50], 5, key=f"user-{j}").version
+        for j in range(400)
+    ]
+    share = sides.count("v2") / len(sides)
+    assert 0.22 < share < 0.38
+    again = [
+        router.search("default", "docs", queries[j % 50], 5, key=f"user-{j}").version
+        for j in range(400)
+    ]
+    assert again == sides  # the same key always lands on the same side
+    assert sum(bucket(f"k{j}") < 30 for j in range(10_000)) / 10_000 == pytest.approx(0.3, abs=0.02)
+    router.close()
+    figures = ShadowLog(sandbox.catalog).figures("default", "docs", "v2", after=0)
+    # Reads served by v1 were mirrored to v2 (exact search over the same vectors).
+    assert figures.samples > 100
+    assert figures.overlap is not None
+    assert figures.overlap > 0.5
+    assert figures.p99_ms_new is not None
