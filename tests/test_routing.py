@@ -117,3 +117,29 @@ def test_canary_split_is_stable_and_shadow_pairs_are_recorded(sandbox: Sandbox) 
     assert figures.overlap is not None
     assert figures.overlap > 0.5
     assert figures.p99_ms_new is not None
+
+
+def test_overlay_follows_many_writes_and_deletes(sandbox: Sandbox) -> None:
+    """The overlay's cached arrays and the entries laid over them agree with the store."""
+    migrated(sandbox)
+    router = Router(sandbox.catalog, refresh_seconds=60.0)  # rely on the laid-over entries
+    rng = np.random.default_rng(4)
+    alive: dict[int, np.ndarray] = {}
+    for step in range(300):
+        if alive and rng.random() < 0.3:
+            victim = int(rng.choice(list(alive)))
+            router.delete("default", "docs", np.array([victim]))
+            del alive[victim]
+        else:
+            record_id = 50_000 + int(rng.integers(0, 400))
+            vec = (rng.normal(size=(1, sandbox.dim)) * 0.1 + 40.0 + step % 7).astype(np.float32)
+            router.upsert("default", "docs", np.array([record_id]), vec)
+            alive[record_id] = vec[0]
+        if step % 25 == 0 and alive:
+            probe = next(iter(alive))
+            found = router.search("default", "docs", alive[probe], 1)
+            assert found.ids[0, 0] == probe
+    far = np.full((1, sandbox.dim), 43.0, np.float32)
+    found = router.search("default", "docs", far, 50).ids[0]
+    new = {int(i) for i in found if i >= 50_000}
+    assert new <= set(alive)  # nothing deleted comes back

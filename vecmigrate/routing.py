@@ -22,7 +22,7 @@ import hashlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -65,9 +65,23 @@ def bucket(key: str) -> float:
 class _Overlay:
     """Latest change-log entry per id of one collection, kept up to date incrementally."""
 
-    seq: int = 0
+    seq: int = 0  # read from the log up to here
+    read_at: float = float("-inf")
     # id -> (sequence number, operation, vector bytes as written; None for a delete)
     last: dict[int, tuple[int, str, bytes | None]] | None = None
+    # Arrays built from ``last`` per index position, with the entries noted since the build in
+    # ``recent``: a search combines the two instead of rebuilding the arrays on every write.
+    arrays: dict[int, tuple[Ids, Ids, Vectors]] = field(default_factory=dict)
+    built_at: float = float("-inf")
+    recent: dict[int, tuple[int, str, bytes | None]] = field(default_factory=dict)
+
+    def note(self, seq: int, record_id: int, op: str, vec: bytes | None) -> None:
+        """Keep an entry unless a newer one for the same id is already known."""
+        assert self.last is not None
+        known = self.last.get(record_id)
+        if known is None or known[0] <= seq:
+            self.last[record_id] = (seq, op, vec)
+            self.recent[record_id] = (seq, op, vec)
 
 
 class Router:
@@ -84,6 +98,7 @@ class Router:
         self._indexes: dict[str, Searcher] = {}
         self._versions: dict[tuple[str, str, str], tuple[VersionRecord, VectorStore]] = {}
         self._overlays: dict[tuple[str, str], _Overlay] = {}
+        self._positions: dict[str, int] = {}
         self._lock = threading.Lock()
         self._shadow_pool = ThreadPoolExecutor(shadow_threads, thread_name_prefix="shadow")
         self._shadow_in_flight = 0
@@ -104,8 +119,7 @@ class Router:
             NotFoundError: the collection has no routing row.
         """
         key = (tenant, collection)
-        with self._lock:
-            cached = self._routes.get(key)
+        cached = self._routes.get(key)  # dict reads are atomic: no lock on the hot path
         if cached is not None and time.monotonic() - cached[0] < self.refresh_seconds:
             return cached[1]
         view = self.catalog.get_routing(tenant, collection)
@@ -119,8 +133,7 @@ class Router:
         self, tenant: str, collection: str, version: str
     ) -> tuple[VersionRecord, VectorStore]:
         key = (tenant, collection, version)
-        with self._lock:
-            found = self._versions.get(key)
+        found = self._versions.get(key)
         if found is None:
             record = self.catalog.find_version(tenant, collection, version)
             if record is None:
@@ -132,8 +145,7 @@ class Router:
         return found
 
     def _searcher(self, index_id: str) -> Searcher:
-        with self._lock:
-            loaded = self._indexes.get(index_id)
+        loaded = self._indexes.get(index_id)
         if loaded is None:
             loaded = load_index_version(self.catalog, self.catalog.get_index(index_id))
             with self._lock:
@@ -168,15 +180,17 @@ class Router:
         if not np.isfinite(q).all():
             raise DataError("queries contain NaN or infinity")
         version, index = view.read_version, view.read_index
-        canary = view.candidate_version is not None and view.ramp_percent > 0
+        if view.candidate_version is None or (view.ramp_percent <= 0 and view.shadow_percent <= 0):
+            # No canary, no shadow: the common case, kept to the search itself.
+            d, i = self._search_version(tenant, collection, version, index, q, k)
+            return SearchResult(version, index, d, i)
         side = bucket(key if key is not None else q.tobytes().hex())
-        if canary and side < view.ramp_percent:
-            assert view.candidate_version is not None
+        if side < view.ramp_percent:
             version, index = view.candidate_version, view.candidate_index
         began = time.perf_counter()
         d, i = self._search_version(tenant, collection, version, index, q, k)
         ms = (time.perf_counter() - began) * 1000
-        shadowed = view.candidate_version is not None and version != view.candidate_version
+        shadowed = version != view.candidate_version
         if shadowed and view.shadow_percent > 0 and bucket(f"shadow:{side}") < view.shadow_percent:
             self._shadow(tenant, collection, view, q, k, i, ms)
         return SearchResult(version, index, d, i)
@@ -197,47 +211,121 @@ class Router:
         searcher = self._searcher(index_id)
         if isinstance(searcher, NativeIndex):
             return searcher.search(queries, k)  # the database's own index: always current
-        changed = self._changed_since(tenant, collection, self.log.index_position(index_id))
-        if not changed:
+        delta = self._delta(tenant, collection, self._index_position(index_id))
+        if delta is None:
             return searcher.search(queries, k)
-        d, i = searcher.search(queries, k + min(len(changed), 1_000))
-        stale = np.isin(i, np.fromiter(changed, np.int64, len(changed)))
+        stale_ids, live_ids, live_raw = delta
+        # Over-fetch just enough to have k results left once stale ones are dropped: start
+        # small (most results are untouched) and widen only for queries that come up short.
+        fetch = min(2 * k + 10, k + len(stale_ids))
+        while True:
+            d, i = searcher.search(queries, fetch)
+            stale = np.isin(i, stale_ids)
+            short = ((i >= 0) & ~stale).sum(axis=1).min() < min(k, len(i[0]))
+            if not short or fetch >= k + len(stale_ids):
+                break
+            fetch = min(fetch * 4, k + len(stale_ids))
         d = np.where(stale, np.inf, d)
         i = np.where(stale, -1, i)
-        # The log holds each write's vector as the client sent it (the serving version's
-        # space): no store round trip, and the version's own transform applies.
-        live = [(r, vec) for r, (op, vec) in changed.items() if op == UPSERT and vec is not None]
         exact = ExactKnn(queries, k, metric)
-        if live:
+        if len(live_ids):
+            # The log holds each write's vector as the client sent it (the serving version's
+            # space): no store round trip, and the version's own transform applies.
             view = self.routing(tenant, collection)
             written, _ = self._version(tenant, collection, view.read_version or version)
             _, transform = make_transform(written.embedding, record.embedding)
-            ids = np.fromiter((r for r, _ in live), np.int64, len(live))
-            raw = np.frombuffer(b"".join(vec for _, vec in live), dtype="<f4")
-            exact.add(ids, transform(raw.reshape(len(live), -1).astype(np.float32)))
+            exact.add(live_ids, transform(live_raw))
         return merge_topk([(d, i), exact.result()], k)
 
-    def _changed_since(
-        self, tenant: str, collection: str, position: int
-    ) -> dict[int, tuple[str, bytes | None]]:
-        """Ids changed after log position ``position``: their latest operation and vector."""
-        key = (tenant, collection)
-        with self._lock:
-            overlay = self._overlays.setdefault(key, _Overlay(last={}))
-        while True:
-            batch = self.log.read(tenant, collection, overlay.seq, 50_000)
-            if not len(batch):
-                break
+    def _index_position(self, index_id: str) -> int:
+        known = self._positions.get(index_id)
+        if known is None:
+            known = self.log.index_position(index_id)
             with self._lock:
-                assert overlay.last is not None
-                for seq, record_id, op, vec in zip(
-                    batch.seqs.tolist(), batch.ids.tolist(), batch.ops, batch.vectors, strict=True
-                ):
-                    overlay.last[record_id] = (seq, op, vec)
-                overlay.seq = max(overlay.seq, batch.last_seq)
+                self._positions[index_id] = known
+        return known
+
+    def _overlay(self, tenant: str, collection: str) -> _Overlay:
+        overlay = self._overlays.get((tenant, collection))
+        if overlay is None:
+            with self._lock:
+                overlay = self._overlays.setdefault((tenant, collection), _Overlay(last={}))
+        return overlay
+
+    def _refreshed(self, tenant: str, collection: str) -> _Overlay:
+        """The collection's overlay, with other routers' writes read from the log if the last
+        read is ``refresh_seconds`` old (this router's own writes are in it at once)."""
+        overlay = self._overlay(tenant, collection)
+        if time.monotonic() - overlay.read_at >= self.refresh_seconds:
+            while True:
+                batch = self.log.read(tenant, collection, overlay.seq, 50_000)
+                if not len(batch):
+                    break
+                with self._lock:
+                    for seq, record_id, op, vec in zip(
+                        batch.seqs.tolist(),
+                        batch.ids.tolist(),
+                        batch.ops,
+                        batch.vectors,
+                        strict=True,
+                    ):
+                        overlay.note(seq, record_id, op, vec)
+                    overlay.seq = max(overlay.seq, batch.last_seq)
+            overlay.read_at = time.monotonic()
+        return overlay
+
+    def _delta(
+        self, tenant: str, collection: str, position: int
+    ) -> tuple[Ids, Ids, Vectors] | None:
+        """Records changed since ``position`` as arrays: every changed id (stale in an index
+        built before), and the ids and vectors of those that now exist.
+
+        The arrays are rebuilt from the whole overlay at most every ``refresh_seconds`` (or
+        when many changes piled up); in between, the few entries noted since are laid over them.
+        """
+        overlay = self._refreshed(tenant, collection)
+        if not overlay.last:
+            return None  # no write since this router started, anywhere
         with self._lock:
             assert overlay.last is not None
-            return {r: (op, vec) for r, (seq, op, vec) in overlay.last.items() if seq > position}
+            base = overlay.arrays.get(position)
+            fresh = time.monotonic() - overlay.built_at < self.refresh_seconds
+            if base is None or not fresh or len(overlay.recent) > 256:
+                items = [(r, op, v) for r, (seq, op, v) in overlay.last.items() if seq > position]
+                base = _arrays(items)
+                overlay.arrays = {position: base}
+                overlay.recent = {}
+                overlay.built_at = time.monotonic()
+            recent = [(r, op, v) for r, (seq, op, v) in overlay.recent.items() if seq > position]
+        if recent:
+            extra = _arrays(recent)
+            keep = ~np.isin(base[1], extra[0])
+            vectors = [v for v in (base[2][keep], extra[2]) if len(v)]
+            base = (
+                np.union1d(base[0], extra[0]),
+                np.concatenate([base[1][keep], extra[1]]),
+                np.concatenate(vectors) if vectors else extra[2],
+            )
+        return base if len(base[0]) else None
+
+    def _noted(
+        self,
+        tenant: str,
+        collection: str,
+        last_seq: int,
+        op: str,
+        ids: Ids,
+        vectors: Vectors | None,
+    ) -> None:
+        """Put this router's own logged write into its overlay (a batch's numbers are
+        consecutive: appends hold the log's write lock)."""
+        overlay = self._overlay(tenant, collection)
+        first = last_seq - len(ids) + 1
+        raw = None if vectors is None else np.ascontiguousarray(vectors, dtype="<f4")
+        with self._lock:
+            for n, record_id in enumerate(ids.tolist()):
+                vec = None if raw is None else raw[n].tobytes()
+                overlay.note(first + n, int(record_id), op, vec)
 
     # -- shadow reads -------------------------------------------------------------------------
 
@@ -320,6 +408,7 @@ class Router:
         scope = Scope(tenant, collection, live.version)
         ids_ok, vectors_ok = check_vectors(ids, vectors, live.embedding.dimension, scope)
         seq = self.log.append(tenant, collection, UPSERT, ids_ok, vectors_ok)
+        self._noted(tenant, collection, seq, UPSERT, ids_ok, vectors_ok)
         for name in view.write_versions:
             record, store = self._version(tenant, collection, name)
             _, transform = make_transform(live.embedding, record.embedding)
@@ -338,10 +427,21 @@ class Router:
         if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
             raise DataError(f"ids must be a list of integers, got {arr.dtype}")
         seq = self.log.append(tenant, collection, DELETE, arr.astype(np.int64))
+        self._noted(tenant, collection, seq, DELETE, arr.astype(np.int64), None)
         for name in view.write_versions:
             _, store = self._version(tenant, collection, name)
             store.delete(arr.astype(np.int64))
         return seq
+
+
+def _arrays(items: list[tuple[int, str, bytes | None]]) -> tuple[Ids, Ids, Vectors]:
+    """(changed ids, ids that exist now, their vectors as written) from overlay entries."""
+    changed = np.fromiter((r for r, _, _ in items), np.int64, len(items))
+    live = [(r, v) for r, op, v in items if op == UPSERT and v is not None]
+    ids = np.fromiter((r for r, _ in live), np.int64, len(live))
+    raw = np.frombuffer(b"".join(v for _, v in live), dtype="<f4")
+    dim = raw.size // len(live) if live else 0
+    return changed, ids, raw.reshape(len(live), dim).astype(np.float32)
 
 
 def _overlap(a: Ids, b: Ids) -> float:
