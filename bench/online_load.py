@@ -13,10 +13,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -37,7 +38,6 @@ from vecmigrate.datasets import clustered
 from vecmigrate.lifecycle import STRATEGY_PHASES
 from vecmigrate.seed import seed_collection, sequential_ids
 from vecmigrate.spec import BuiltinStoreRef, parse_spec
-from workers.main import build_worker
 
 
 async def main_async(args: argparse.Namespace, console: Console) -> dict[str, object]:
@@ -74,9 +74,9 @@ async def main_async(args: argparse.Namespace, console: Console) -> dict[str, ob
             "online": {
                 "settle_seconds": 2,
                 "shadow": {
-                    "percent": 20,
+                    "percent": args.shadow_percent,
                     "seconds": args.step_seconds,
-                    "min_samples": 20,
+                    "min_samples": args.min_samples,
                     "min_overlap": 0.5,
                     "max_p99_ratio": 10.0,
                 },
@@ -100,22 +100,38 @@ async def main_async(args: argparse.Namespace, console: Console) -> dict[str, ob
     server = DevServer(home / "temporal.db", port=free_port(), ui_port=free_port(), ui=False)
     server.start()
     began = time.monotonic()
+    # The worker is its own process, as in production: the gateway does not share a GIL with
+    # index builds.
+    worker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "workers.main",
+            "--address",
+            server.address,
+            "--task-queue",
+            "bench",
+            "--catalog",
+            catalog_url,
+        ],
+        env={**os.environ, "OMP_NUM_THREADS": "1", "VECMIGRATE_CONCURRENCY": "2"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         client = await connect(server.address)
-        with ThreadPoolExecutor(max_workers=6) as pool:
-            async with build_worker(client, "bench", catalog_url, pool, build_threads=1):
-                load.start()
-                console.log(
-                    f"idle baseline for {args.idle_seconds:.0f}s with {args.clients} clients"
-                )
-                await asyncio.sleep(args.idle_seconds)
-                console.log("online migration drill under load")
-                final = await run_drill(
-                    MigrationClient(client, "bench"), spec, lambda p: phase.update(now=p)
-                )
-                phase["now"] = "AFTER"
-                await asyncio.sleep(2.0)
+        load.start()
+        console.log(f"idle baseline for {args.idle_seconds:.0f}s with {args.clients} clients")
+        await asyncio.sleep(args.idle_seconds)
+        console.log("online migration drill under load")
+        final = await run_drill(
+            MigrationClient(client, "bench"), spec, lambda p: phase.update(now=p)
+        )
+        phase["now"] = "AFTER"
+        await asyncio.sleep(2.0)
     finally:
+        worker.terminate()
+        worker.wait(timeout=30)
         load.stop()
         gateway.stop()
         server.stop()
@@ -190,6 +206,8 @@ def main() -> None:
     p.add_argument("--throttle", type=float, default=50_000.0, help="copy vectors/s")
     p.add_argument("--step-seconds", type=float, default=5.0)
     p.add_argument("--idle-seconds", type=float, default=10.0)
+    p.add_argument("--shadow-percent", type=float, default=20.0)
+    p.add_argument("--min-samples", type=int, default=20, help="shadow pairs each gate needs")
     p.add_argument("--home", type=Path, default=None)
     p.add_argument("--out", type=Path, default=Path("bench/results"))
     args = p.parse_args()

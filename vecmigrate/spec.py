@@ -341,7 +341,8 @@ class ShadowPolicy(_Model):
     seconds: float = Field(default=60.0, ge=0.0)
     min_samples: int = Field(default=50, ge=1)
     min_overlap: float | None = Field(default=0.8, ge=0.0, le=1.0)
-    # p99 latency of the new version over the old one, on the same queries.
+    # p99 latency of the new version over the old one, on the same queries (an old p99 under
+    # 1 ms counts as 1 ms: below that a ratio measures scheduler noise).
     max_p99_ratio: float | None = Field(default=2.0, gt=0.0)
 
 

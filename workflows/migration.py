@@ -87,6 +87,9 @@ SHORT_TIMEOUT = timedelta(seconds=10)
 # Continue as new before the history reaches this many events, less what draining the shard
 # window may add (about a dozen events a shard).
 HISTORY_LIMIT = 2_000
+
+# The shadow latency gate compares p99s against at least this many milliseconds.
+LATENCY_FLOOR_MS = 1.0
 EVENTS_PER_SHARD_IN_FLIGHT = 12
 
 
@@ -760,7 +763,8 @@ class MigrationWorkflow:
                 failures.append(f"overlap@k {figures.overlap} < {policy.min_overlap}")
             if policy.max_p99_ratio is not None and figures.samples:
                 old, new = figures.p99_ms_old or 0.0, figures.p99_ms_new or 0.0
-                if new > policy.max_p99_ratio * max(old, 0.001):
+                # Below a millisecond a ratio measures scheduler noise, not the index.
+                if new > policy.max_p99_ratio * max(old, LATENCY_FLOOR_MS):
                     failures.append(
                         f"p99 {new:.2f} ms on the new version vs {old:.2f} ms "
                         f"(allowed {policy.max_p99_ratio}x)"

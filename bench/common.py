@@ -1,0 +1,87 @@
+"""What every benchmark script shares: the machine, the BLAS kernel, a table, JSON and a plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    """CPU, cores, Python, and which BLAS kernels numpy and FAISS loaded (threadpoolctl)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    blas: list[dict[str, Any]] = []
+    try:
+        import faiss  # noqa: F401 - loads FAISS's own OpenMP/BLAS so threadpoolctl sees them
+        import numpy  # noqa: F401
+        from threadpoolctl import threadpool_info
+
+        blas = [
+            {k: lib.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}
+            for lib in threadpool_info()
+        ]
+    except ImportError:
+        blas = [{"note": "install threadpoolctl (pip install '.[bench]') to see BLAS kernels"}]
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "blas": blas,
+    }
+
+
+def report(
+    name: str,
+    title: str,
+    rows: list[dict[str, Any]],
+    summary: dict[str, Any],
+    plot: Callable[[Path], None] | None = None,
+    out: Path = RESULTS,
+    console: Console | None = None,
+) -> Path:
+    """Print ``rows`` as a table and ``summary`` below it; write JSON (and a PNG if ``plot``)."""
+    console = console or Console()
+    info = machine()
+    table = Table(title=title)
+    for col in rows[0]:
+        table.add_column(col, justify="right")
+    for row in rows:
+        table.add_row(*(f"{v:,.3f}" if isinstance(v, float) else str(v) for v in row.values()))
+    console.print(table)
+    for key, value in summary.items():
+        console.print(f"{key:40} {value}")
+    kernels = ", ".join(
+        f"{b.get('internal_api')} {b.get('version')} ({b.get('architecture')})"
+        for b in info["blas"]
+        if b.get("internal_api")
+    )
+    console.print(f"machine: {info['cpu']}, {info['cores']} cores; BLAS: {kernels or 'unknown'}")
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{name}.json"
+    path.write_text(json.dumps({"rows": rows, "summary": summary, "machine": info}, indent=2))
+    if plot is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        plot(out / f"{name}.png")
+        console.print(f"wrote {path} and {out / f'{name}.png'}")
+    else:
+        console.print(f"wrote {path}")
+    return path

@@ -1,0 +1,125 @@
+"""Cost of the full gate suite against raw FAISS exact search of the same queries.
+
+    python bench/validation_cost.py --sizes 100000,1000000
+
+For each size: v1 and v2 hold the same vectors (v2 copied by vecmigrate, both indexed with IVF),
+then the whole validation runs (every shard profiled on both sides, recall@10 of both indexes
+against exact search with 1,000 queries, overlap, latency, distribution). The raw figure is
+FAISS exact search (IndexFlatL2) of the same 1,000 queries over the same vectors, in the same
+run. Target: the suite within 1.2x of the raw exact search.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import faiss
+import numpy as np
+
+from bench.common import RESULTS, report
+from control.chaos import builtin_version
+from vecmigrate import validation
+from vecmigrate.backfill import copy_shard, open_source, open_target, prepare
+from vecmigrate.build import artifact_dir, build_shard, register_index
+from vecmigrate.catalog import Catalog
+from vecmigrate.config import sqlite_url
+from vecmigrate.datasets import clustered
+from vecmigrate.journal import Journal
+from vecmigrate.seed import seed_collection, sequential_ids
+from vecmigrate.spec import BuiltinStoreRef, parse_spec
+
+
+def one(n: int, dim: int, queries: int) -> dict[str, object]:
+    home = Path(tempfile.mkdtemp(prefix="vecmigrate-validation-"))
+    catalog = Catalog(sqlite_url(home / "catalog.db"))
+    store = BuiltinStoreRef(url=sqlite_url(home / "store.db"), artifacts=str(home / "artifacts"))
+    vectors = clustered(n, dim, seed=6)
+    nlist = int(max(8, min(4096, 4 * np.sqrt(n // 4))))
+    ivf = {"kind": "faiss_ivf_flat", "nlist": nlist, "nprobe": 16}
+    v1 = builtin_version("v1", store, dim, ivf)
+    seed_collection(catalog, "default", "bench", v1, sequential_ids(n), vectors, shards=4)
+    spec = parse_spec(
+        {
+            "id": f"validation-{n}",
+            "collection": "bench",
+            "source": v1.model_dump(mode="json"),
+            "target": builtin_version("v2", store, dim, ivf).model_dump(mode="json"),
+            "shards": {"count": 4},
+            "gates": {"sample_queries": queries, "k": 10, "min_recall": 0.5},
+        }
+    )
+    prep = prepare(catalog, spec, "bench")
+    journal = Journal(catalog)
+    target = open_target(spec)
+    directory = artifact_dir(spec.target.store, "default", "bench", "v2")
+    artifacts = []
+    for shard in prep.shards:
+        copy_shard(spec, shard, journal)
+        artifacts.append(build_shard(target, spec.target, shard, directory))
+    record = register_index(catalog, "default", "bench", spec.target, artifacts, spec.migration_id)
+    source = open_source(spec)
+
+    began = time.perf_counter()
+    gate = validation.validate_migration(
+        catalog, spec, source, target, prep.shards, prep.source_index, record.id
+    )
+    suite = time.perf_counter() - began
+    _, q = source.sample(queries, seed=0)
+    began = time.perf_counter()
+    flat = faiss.IndexFlatL2(dim)
+    flat.add(vectors)
+    flat.search(q, 11)
+    raw = time.perf_counter() - began
+    return {
+        "vectors": n,
+        "queries": queries,
+        "gate_suite_s": round(suite, 2),
+        "raw_exact_s": round(raw, 2),
+        "ratio": round(suite / raw, 2),
+        "passed": gate.passed,
+        "target_recall": gate.target_recall,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--sizes", default="100000,1000000")
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--queries", type=int, default=1_000)
+    p.add_argument("--out", type=Path, default=RESULTS, help="where JSON and PNG go")
+    args = p.parse_args()
+    rows = [one(int(s), args.dim, args.queries) for s in args.sizes.split(",")]
+
+    def plot(path: Path) -> None:
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        labels = [f"{r['vectors']:,}" for r in rows]
+        xs = np.arange(len(rows))
+        ax.bar(xs - 0.2, [r["gate_suite_s"] for r in rows], 0.4, label="full gate suite")
+        ax.bar(xs + 0.2, [r["raw_exact_s"] for r in rows], 0.4, label="raw FAISS exact search")
+        ax.set_xticks(xs, labels)
+        ax.set_ylabel("seconds")
+        ax.set_xlabel("vectors")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+
+    report(
+        "validation_cost",
+        f"validation gates vs raw exact search ({args.queries:,} queries, k=10)",
+        rows,
+        {"target": "ratio <= 1.2"},
+        plot,
+        out=args.out,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Every benchmark script runs, at a tiny size, and writes its JSON and its plot.
+
+The figures themselves are not asserted (speed lives in the scripts' output, not in tests);
+what is asserted is that each script works from a clone and checks what it claims to check.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+RUNS = {
+    "router_overhead": ["--vectors", "3000", "--queries", "200", "--rounds", "2"],
+    "validation_cost": ["--sizes", "4000", "--dim", "16", "--queries", "100"],
+    "copy_throughput": ["--vectors", "5000", "--dim", "16", "--batch", "1000"],
+    "migration_throughput": ["--data", "clustered", "--vectors", "6000", "--dim", "16"],
+    "resume_cost": [
+        "--vectors",
+        "12000",
+        "--dim",
+        "16",
+        "--shards",
+        "4",
+        "--batch-size",
+        "1000",
+        "--kills",
+        "2",
+        "--throttle",
+        "6000",
+    ],
+}
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_benchmark_script_runs(name: str, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / f"{name}.py"), *RUNS[name], "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=580,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert any(n.endswith(".json") for n in written), written
+    assert any(n.endswith(".png") for n in written), written
+    result = json.loads(next(tmp_path.glob("*.json")).read_text())
+    assert result["rows"]
+    assert result["machine"]["cores"]
+
+
+@pytest.mark.timeout(600)
+def test_online_load_script_checks_every_write(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "online_load.py"),
+            "--vectors",
+            "5000",
+            "--dim",
+            "16",
+            "--shards",
+            "2",
+            "--clients",
+            "2",
+            "--rate",
+            "20",
+            "--step-seconds",
+            "1.5",
+            "--idle-seconds",
+            "1",
+            "--shadow-percent",
+            "100",
+            "--min-samples",
+            "3",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=580,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    result = json.loads((tmp_path / "online_load.json").read_text())
+    assert result["failed"] == 0
+    assert result["lost_writes"] == 0
+    assert result["writes_checked"] > 0
+    assert (tmp_path / "online_load.png").exists()
