@@ -114,11 +114,7 @@ class MigrationClient:
                     beat = beats.get(("copy_shard", shard.shard))
                     if shard.state == "copying" and beat is not None:
                         shard.copied = max(shard.copied, int(beat["copied"]))
-                copied, total = st.copied()
-                spent = st.phase_seconds.get("BACKFILLING", 0.0)
-                if copied and spent > 0:
-                    st.rate = round(copied / spent, 1)
-                    st.eta_seconds = round((total - copied) / st.rate, 1)
+                st.estimate()
             return st
         handle = self.handle(migration_id)
         desc = await handle.describe()

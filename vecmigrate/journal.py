@@ -142,24 +142,26 @@ class Journal:
     def _where(self, migration_id: str, shard: int) -> Any:
         return (shard_work.c.migration_id == migration_id) & (shard_work.c.shard == shard)
 
-    def begin_copy(self, migration_id: str, shard: int) -> CopyState:
-        """Count a new copy attempt and return where it must resume."""
-        self._ensure(migration_id, shard)
+    def _update(self, migration_id: str, shard: int, **values: Any) -> None:
         with begin(self.engine) as conn:
             conn.execute(
                 update(shard_work)
                 .where(self._where(migration_id, shard))
-                .values(attempts=shard_work.c.attempts + 1, updated_at=now())
+                .values(**values, updated_at=now())
             )
-        state = self.copy_state(migration_id, shard)
-        assert state is not None
-        return state
 
-    def copy_state(self, migration_id: str, shard: int) -> CopyState | None:
-        """The shard's copy progress, or ``None`` if no copy of it ever began."""
-        row = self._row(migration_id, shard)
-        if row is None:
-            return None
+    @staticmethod
+    def _progress(cursor: Cursor | None, copied: int, written: RecordChecksum) -> dict[str, Any]:
+        return {
+            "cursor_key": None if cursor is None else cursor.key,
+            "cursor_id": None if cursor is None else cursor.id,
+            "copied": copied,
+            "sum_count": written.count,
+            "sum_total": str(written.total),
+        }
+
+    @staticmethod
+    def _state(row: Any) -> CopyState:
         cursor = (
             Cursor(key=int(row["cursor_key"]), id=int(row["cursor_id"]))
             if row["cursor_key"] is not None
@@ -173,6 +175,19 @@ class Journal:
             attempts=int(row["attempts"]),
             result=row["copy_result"],
         )
+
+    def begin_copy(self, migration_id: str, shard: int) -> CopyState:
+        """Count a new copy attempt and return where it must resume."""
+        self._ensure(migration_id, shard)
+        self._update(migration_id, shard, attempts=shard_work.c.attempts + 1)
+        state = self.copy_state(migration_id, shard)
+        assert state is not None
+        return state
+
+    def copy_state(self, migration_id: str, shard: int) -> CopyState | None:
+        """The shard's copy progress, or ``None`` if no copy of it ever began."""
+        row = self._row(migration_id, shard)
+        return None if row is None else self._state(row)
 
     def before_batch(
         self,
@@ -188,20 +203,12 @@ class Journal:
         Called before the batch is written: if the writer dies, the next attempt starts at this
         batch again, and ``handed`` has counted it once per attempt.
         """
-        with begin(self.engine) as conn:
-            conn.execute(
-                update(shard_work)
-                .where(self._where(migration_id, shard))
-                .values(
-                    cursor_key=None if cursor is None else cursor.key,
-                    cursor_id=None if cursor is None else cursor.id,
-                    copied=copied,
-                    sum_count=written.count,
-                    sum_total=str(written.total),
-                    handed=shard_work.c.handed + batch,
-                    updated_at=now(),
-                )
-            )
+        self._update(
+            migration_id,
+            shard,
+            **self._progress(cursor, copied, written),
+            handed=shard_work.c.handed + batch,
+        )
 
     def finish_copy(
         self,
@@ -213,54 +220,35 @@ class Journal:
         result: dict[str, Any],
     ) -> None:
         """Record a finished copy: its end cursor, counts and result."""
-        with begin(self.engine) as conn:
-            conn.execute(
-                update(shard_work)
-                .where(self._where(migration_id, shard))
-                .values(
-                    cursor_key=None if cursor is None else cursor.key,
-                    cursor_id=None if cursor is None else cursor.id,
-                    copied=copied,
-                    sum_count=written.count,
-                    sum_total=str(written.total),
-                    copy_result=result,
-                    updated_at=now(),
-                )
-            )
+        self._update(
+            migration_id, shard, **self._progress(cursor, copied, written), copy_result=result
+        )
 
     def copy_states(self, migration_id: str) -> dict[int, CopyState]:
-        """Every shard's copy progress."""
+        """Every shard's copy progress (one query)."""
         with self.engine.connect() as conn:
-            shards = conn.execute(
-                select(shard_work.c.shard).where(shard_work.c.migration_id == migration_id)
-            ).all()
-        states = {int(s[0]): self.copy_state(migration_id, int(s[0])) for s in shards}
-        return {k: v for k, v in states.items() if v is not None}
+            rows = (
+                conn.execute(select(shard_work).where(shard_work.c.migration_id == migration_id))
+                .mappings()
+                .all()
+            )
+        return {int(row["shard"]): self._state(row) for row in rows}
 
     # -- per-shard outcomes ---------------------------------------------------------------------
 
     def set_artifact(self, migration_id: str, shard: int, artifact: dict[str, Any]) -> None:
         """Record the index artifact built for a shard."""
         self._ensure(migration_id, shard)
-        with begin(self.engine) as conn:
-            conn.execute(
-                update(shard_work)
-                .where(self._where(migration_id, shard))
-                .values(artifact=artifact, updated_at=now())
-            )
+        self._update(migration_id, shard, artifact=artifact)
 
     def set_check(self, migration_id: str, shard: int, round_: int, check: dict[str, Any]) -> None:
         """Record a shard's validation profile for validation round ``round_``."""
         self._ensure(migration_id, shard)
-        with begin(self.engine) as conn:
-            conn.execute(
-                update(shard_work)
-                .where(self._where(migration_id, shard))
-                .values(check_result=check, check_round=round_, updated_at=now())
-            )
+        self._update(migration_id, shard, check_result=check, check_round=round_)
 
     def outcomes(self, migration_id: str, column: str) -> dict[int, Any]:
-        """``artifact``, ``check_result`` or ``copy_result`` of every shard that has one."""
+        """``artifact``, ``check_result``, ``check_round`` or ``copy_result`` of every shard that
+        has one."""
         col = shard_work.c[column]
         with self.engine.connect() as conn:
             rows = conn.execute(
@@ -272,14 +260,7 @@ class Journal:
 
     def check_rounds(self, migration_id: str) -> dict[int, int]:
         """The validation round each shard's stored profile belongs to."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(shard_work.c.shard, shard_work.c.check_round).where(
-                    (shard_work.c.migration_id == migration_id)
-                    & shard_work.c.check_round.is_not(None)
-                )
-            ).all()
-        return {int(r[0]): int(r[1]) for r in rows}
+        return {s: int(r) for s, r in self.outcomes(migration_id, "check_round").items()}
 
     # -- control ------------------------------------------------------------------------------
 

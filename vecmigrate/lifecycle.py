@@ -382,6 +382,16 @@ class MigrationStatus(_Model):
         """Vectors copied and total, over all shards."""
         return sum(s.copied for s in self.shards), sum(s.total for s in self.shards)
 
+    def estimate(self) -> None:
+        """Set ``rate`` and ``eta_seconds`` from the vectors copied so far in BACKFILLING."""
+        if self.phase != Phase.BACKFILLING:
+            return
+        copied, total = self.copied()
+        spent = self.phase_seconds.get(Phase.BACKFILLING, 0.0)
+        if copied and spent > 0:
+            self.rate = round(copied / spent, 1)
+            self.eta_seconds = round((total - copied) / self.rate, 1)
+
     def shard_states(self) -> dict[str, int]:
         """How many shards are in each state."""
         counts: dict[str, int] = {}

@@ -155,12 +155,7 @@ class MigrationWorkflow:
             current.phase_seconds[current.phase] = round(
                 current.phase_seconds.get(current.phase, 0.0) + elapsed, 3
             )
-        if current.phase == Phase.BACKFILLING:
-            copied, total = current.copied()
-            spent = current.phase_seconds.get(Phase.BACKFILLING, 0.0)
-            if copied and spent > 0:
-                current.rate = round(copied / spent, 1)
-                current.eta_seconds = round((total - copied) / current.rate, 1)
+        current.estimate()
         return current
 
     @workflow.signal(name="pause")
