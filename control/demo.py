@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -110,21 +111,7 @@ async def run_demo(
     console: Console,
 ) -> MigrationStatus:
     """Run the whole demo; returns the migration's final status."""
-    cancel_on_sigterm()
-    home = home_dir()
-    server: DevServer | None = None
-    if address is None:
-        server = DevServer(db_file=home / "temporal.db", log_file=home / "temporal.log")
-        console.print(f"starting the Temporal dev server (state in {server.db_file}) ...")
-        server.start()
-        address = server.address
-    stop = asyncio.Event()
-    worker = asyncio.create_task(
-        run_worker(address, task_queue, catalog_url, stop=stop, handle_signals=False)
-    )
-    try:
-        client = await connect(address)
-        mc = MigrationClient(client, task_queue)
+    async with demo_runtime(address, catalog_url, task_queue, console) as (mc, server, address):
         catalog = Catalog(catalog_url)
 
         dd = demo_data(size, data)
@@ -141,14 +128,7 @@ async def run_demo(
         console.print(
             f"[bold]2. migrating[/bold] v1 -> v2 (hnswlib HNSW) as workflow [cyan]{mid}[/cyan]"
         )
-        if server is not None:
-            run_id = (await mc.handle(mid).describe()).run_id
-            page = f"{server.ui_url}/namespaces/default/workflows/{mid}/{run_id}/history"
-            console.print(f"   Temporal UI: {page}")
-        console.print(
-            f"   query it:  temporal workflow query --address {address} "
-            f"--workflow-id {mid} --name status"
-        )
+        await show_links(mc, server, mid, address, console)
         if manual:
             console.print(
                 f"   approve:   temporal workflow signal --address {address} --workflow-id {mid} "
@@ -169,6 +149,28 @@ async def run_demo(
             except asyncio.CancelledError:
                 console.print("stopping ...")
         return final
+
+
+@contextlib.asynccontextmanager
+async def demo_runtime(
+    address: str | None, catalog_url: str, task_queue: str, console: Console
+) -> AsyncIterator[tuple[MigrationClient, DevServer | None, str]]:
+    """A worker, and the Temporal dev server when no ``address`` is given, for a demo."""
+    cancel_on_sigterm()
+    home = home_dir()
+    server: DevServer | None = None
+    if address is None:
+        server = DevServer(db_file=home / "temporal.db", log_file=home / "temporal.log")
+        console.print(f"starting the Temporal dev server (state in {server.db_file}) ...")
+        server.start()
+        address = server.address
+    stop = asyncio.Event()
+    worker = asyncio.create_task(
+        run_worker(address, task_queue, catalog_url, stop=stop, handle_signals=False)
+    )
+    try:
+        client = await connect(address)
+        yield MigrationClient(client, task_queue), server, address
     finally:
         stop.set()
         with contextlib.suppress(Exception):
@@ -179,6 +181,20 @@ async def run_demo(
                 f"the dev server stopped; its history persists in {server.db_file} "
                 "(`vecmigrate dev` serves it again with the UI)"
             )
+
+
+async def show_links(
+    mc: MigrationClient, server: DevServer | None, mid: str, address: str, console: Console
+) -> None:
+    """Where to follow a migration: the Temporal UI page and the query command."""
+    if server is not None:
+        run_id = (await mc.handle(mid).describe()).run_id
+        page = f"{server.ui_url}/namespaces/default/workflows/{mid}/{run_id}/history"
+        console.print(f"   Temporal UI: {page}")
+    console.print(
+        f"   query it:  temporal workflow query --address {address} "
+        f"--workflow-id {mid} --name status"
+    )
 
 
 def seed_with_progress(

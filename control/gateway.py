@@ -3,13 +3,19 @@
 JSON over HTTP/1.1 (keep-alive), one thread per connection:
 
     GET  /health
-    POST /v1/{tenant}/{collection}/search   {"vector": [...]} or {"vectors": [[...]]}, "k", "key"
-    POST /v1/{tenant}/{collection}/upsert   {"ids": [...], "vectors": [[...]]}
+    POST /v1/{tenant}/{collection}/search   {"vector": [...]} or {"vectors": [[...]]}
+                                            or {"text": "..."} or {"texts": [...]},
+                                            "k", "key", "model" (the query vectors' model)
+    POST /v1/{tenant}/{collection}/upsert   {"ids": [...], "vectors": [[...]], "texts": [...]}
+                                            (vectors, texts or both)
     POST /v1/{tenant}/{collection}/delete   {"ids": [...]}
 
-Bad input is a 400 naming the problem (wrong dimension, NaN, malformed JSON), an unknown
-collection a 404, and writes during an offline migration a 503 with ``Retry-After``. Nothing is
-written for a request that fails.
+Texts are embedded by the model of the version that reads or writes them (see
+``vecmigrate.routing``); a search answer says which model (or adapter) embedded the query.
+
+Bad input is a 400 naming the problem (wrong dimension, NaN, wrong model, malformed JSON), an
+unknown collection a 404, a model that cannot run (and no adapter) a 409, and writes during an
+offline migration a 503 with ``Retry-After``. Nothing is written for a request that fails.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from vecmigrate.catalog import Catalog
-from vecmigrate.errors import DataError, NotFoundError
+from vecmigrate.errors import DataError, NotFoundError, PreconditionError
 from vecmigrate.routing import Router, WritesPausedError
 
 log = logging.getLogger("vecmigrate.gateway")
@@ -51,6 +57,18 @@ def _ids(value: Any) -> np.ndarray:
     ):
         raise BadRequestError("ids must be a list of integers")
     return np.asarray(value, dtype=np.int64)
+
+
+def _texts(body: dict[str, Any]) -> list[str] | None:
+    if "texts" in body:
+        value = body["texts"]
+    elif "text" in body:
+        value = [body["text"]]
+    else:
+        return None
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        raise BadRequestError("texts must be a list of strings")
+    return value
 
 
 class Gateway:
@@ -99,6 +117,8 @@ class Gateway:
                     self._send(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
                 except NotFoundError as exc:
                     self._send(HTTPStatus.NOT_FOUND, {"error": str(exc)})
+                except PreconditionError as exc:
+                    self._send(HTTPStatus.CONFLICT, {"error": str(exc)})
                 except WritesPausedError as exc:
                     self._send(
                         HTTPStatus.SERVICE_UNAVAILABLE,
@@ -151,23 +171,35 @@ class Gateway:
     ) -> dict[str, Any]:
         """Run one request through the router; the JSON answer."""
         if action == "search":
-            if "vectors" in body:
-                queries = _floats(body["vectors"], "vectors")
-            elif "vector" in body:
-                queries = _floats([body["vector"]], "vector")
-            else:
-                raise BadRequestError("search needs 'vector' or 'vectors'")
-            if queries.ndim != 2:
-                raise BadRequestError("vectors must be a list of equally long lists of numbers")
             k = body.get("k", 10)
             if not isinstance(k, int) or not 1 <= k <= 1000:
                 raise BadRequestError("k must be an integer between 1 and 1000")
             key = body.get("key")
-            found = self.router.search(
-                tenant, collection, queries, k, key=None if key is None else str(key)
-            )
+            key = None if key is None else str(key)
+            texts = _texts(body)
+            if texts is not None:
+                found = self.router.search_text(tenant, collection, texts, k, key=key)
+            else:
+                if "vectors" in body:
+                    queries = _floats(body["vectors"], "vectors")
+                elif "vector" in body:
+                    queries = _floats([body["vector"]], "vector")
+                else:
+                    raise BadRequestError("search needs 'vector', 'vectors', 'text' or 'texts'")
+                if queries.ndim != 2:
+                    raise BadRequestError("vectors must be a list of equally long lists of numbers")
+                model = body.get("model")
+                found = self.router.search(
+                    tenant,
+                    collection,
+                    queries,
+                    k,
+                    key=key,
+                    model=None if model is None else str(model),
+                )
             return {
                 "version": found.version,
+                "via": found.via,
                 "ids": found.ids.tolist(),
                 "distances": np.where(np.isfinite(found.distances), found.distances, -1)
                 .round(6)
@@ -175,10 +207,15 @@ class Gateway:
             }
         if action == "upsert":
             ids = _ids(body.get("ids"))
-            vectors = _floats(body.get("vectors"), "vectors")
-            if vectors.ndim != 2:
-                raise BadRequestError("vectors must be a list of equally long lists of numbers")
-            seq = self.router.upsert(tenant, collection, ids, vectors)
+            texts = _texts(body)
+            vectors = None
+            if "vectors" in body:
+                vectors = _floats(body.get("vectors"), "vectors")
+                if vectors.ndim != 2:
+                    raise BadRequestError("vectors must be a list of equally long lists of numbers")
+            elif texts is None:
+                raise BadRequestError("upsert needs 'vectors', 'texts' or both")
+            seq = self.router.upsert(tenant, collection, ids, vectors, texts)
             return {"upserted": len(ids), "seq": seq}
         if action == "delete":
             ids = _ids(body.get("ids"))

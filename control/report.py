@@ -10,6 +10,7 @@ from rich.table import Table
 from vecmigrate.catalog import LedgerEntry
 from vecmigrate.lifecycle import GateReport, MigrationStatus
 from vecmigrate.plan import Plan
+from vecmigrate.registry import Registry
 
 # Shard tables longer than this are left out (the summary line counts shards by state).
 SHARD_ROWS = 64
@@ -213,3 +214,28 @@ def ledger_table(entries: list[LedgerEntry]) -> Table:
 def print_status(console: Console, st: MigrationStatus) -> None:
     """Print the status tables."""
     console.print(status_tables(st))
+
+
+def model_tables(registry: Registry) -> list[Table]:
+    """The registered models, then the compatibility matrix (query model x index model)."""
+    records = registry.all_models()
+    models = Table(title="embedding models")
+    for col in ("model", "kind", "dim", "metric", "unit", "available", "weights"):
+        models.add_column(col)
+    for r in records:
+        models.add_row(
+            r.key,
+            r.kind,
+            str(r.schema.dimension),
+            str(r.schema.metric),
+            "yes" if r.schema.normalized else "no",
+            "yes" if r.available else "[red]no[/red]",
+            r.uri,
+        )
+    matrix = Table(title="compatibility: can a query of (row) search vectors of (column)?")
+    matrix.add_column("query model")
+    for r in records:
+        matrix.add_column(r.key)
+    for row, cells in registry.compatibility().items():
+        matrix.add_row(row, *(cells[c.key] for c in records))
+    return [models, matrix]

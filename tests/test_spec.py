@@ -69,10 +69,12 @@ def test_bad_dimension_values() -> None:
     assert "64-dimensional" in msg
 
 
-def test_model_change_is_refused_in_this_release() -> None:
+def test_model_change_is_a_reembedding() -> None:
     data = base()
     data["target"]["embedding"]["model_id"] = "other"
-    assert "re-embedding is not available" in problems(data)
+    assert parse_spec(data).model_change
+    data["gates"] = {"query_log": "queries.npy"}
+    assert "gates.query_log holds vectors of the source model" in problems(data)
 
 
 def test_misspelled_field_and_unknown_strategy() -> None:

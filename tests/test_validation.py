@@ -43,12 +43,13 @@ def migrate(
     words: np.ndarray,
     index: dict[str, Any] | None = None,
     normalized: bool = False,
+    metric: str = "l2",
     **overrides: Any,
 ) -> tuple[MigrationSpec, PrepareResult, str]:
     """Seed v1 with real vectors, copy to v2 and build v2's index; validation comes next."""
     sandbox.seed(vectors=words)
     target = sandbox.version(
-        "v2", index or {"kind": "hnswlib_hnsw", "m": 16}, normalized=normalized
+        "v2", index or {"kind": "hnswlib_hnsw", "m": 16}, normalized=normalized, metric=metric
     )
     spec = sandbox.spec(target=target.model_dump(mode="json"), **overrides)
     prep = prepare(sandbox.catalog, spec, "test")
@@ -190,6 +191,31 @@ def test_normalised_migration_passes_with_id_parity(sandbox: Sandbox, words: np.
     assert "id_parity" in names
     assert "unit_norm" in names
     assert "checksum_parity" not in names
+
+
+@pytest.mark.parametrize("metric", ["cosine", "ip"])
+def test_metric_change_with_normalisation_is_gated(
+    sandbox: Sandbox, words: np.ndarray, metric: str
+) -> None:
+    # L2 on raw GloVe vectors -> cosine / inner product on unit vectors: the copy normalises,
+    # recall is measured against exact search under the new metric, and unit norms are checked.
+    spec, prep, index_id = migrate(sandbox, words, normalized=True, metric=metric)
+    report = validate(sandbox, spec, prep, index_id)
+    assert report.passed, report.failures()
+    verdicts = {v.name: v for v in report.verdicts}
+    assert verdicts["unit_norm"].passed
+    assert verdicts["recall@10"].value is not None
+    assert verdicts["recall@10"].value > 0.9
+    # Under the new metric the neighbours differ from L2's on raw vectors, and the report says
+    # by how much (old vs new top-k), without failing a gate nobody set.
+    assert report.figures is not None
+    assert report.figures.overlap is not None
+    assert report.figures.overlap < 0.95
+    # A target vector written off unit length fails the unit-norm gate.
+    ids, vectors = open_target(spec).fetch(np.array([5, 6], np.int64))
+    open_target(spec).upsert(ids, vectors * 3.0)
+    report = validate(sandbox, spec, prep, rebuild(sandbox, spec, prep))
+    assert "unit_norm" in failed(report)
 
 
 def test_a_different_distribution_fails_the_distribution_gates(

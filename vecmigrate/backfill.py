@@ -9,11 +9,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+from vecmigrate.build import artifact_dir
 from vecmigrate.catalog import Catalog
 from vecmigrate.changelog import ChangeLog
+from vecmigrate.documents import Documents
 from vecmigrate.errors import DataError, PreconditionError, VecmigrateError
 from vecmigrate.journal import Control, Journal
+from vecmigrate.reembed import Reembedder, fit_transition
+from vecmigrate.registry import Registry, model_key
 from vecmigrate.sharding import plan_shards
 from vecmigrate.spec import FaissIvfFlat, FaissIvfPq, MigrationSpec
 from vecmigrate.stores import CAPABILITIES, Scope, VectorStore, open_store
@@ -132,6 +137,8 @@ def run_checks(catalog: Catalog, spec: MigrationSpec) -> list[Check]:
         + (", target normalised on copy" if t_emb.normalized and not s_emb.normalized else ""),
         "",
     )
+    if spec.model_change:
+        checks.extend(model_checks(catalog, spec, store.count()))
     idx = spec.target.index
     sizes = [store.count(s) for s in shard_plan(spec, store)]
     smallest = min(sizes, default=0)
@@ -165,6 +172,61 @@ def run_checks(catalog: Catalog, spec: MigrationSpec) -> list[Check]:
         f"tenant {spec.tenant!r}, collection {spec.collection!r}: every read and write of this "
         "migration is scoped to them by the store",
         "",
+    )
+    return checks
+
+
+def model_checks(catalog: Catalog, spec: MigrationSpec, records: int) -> list[Check]:
+    """What a migration to a new embedding model needs: a runnable target model of the right
+    shape, the text of every record, and a way to serve reads until the cut-over."""
+    registry = Registry(catalog)
+    s_emb, t_emb = spec.source.embedding, spec.target.embedding
+    new, old = model_key(t_emb), model_key(s_emb)
+    checks = []
+    try:
+        registry.embedder(t_emb)
+        found = registry.model_for(t_emb)
+        ok = (found.schema.metric, found.schema.normalized) == (t_emb.metric, t_emb.normalized)
+        checks.append(
+            Check(
+                "target model",
+                ok,
+                f"{new} ({found.kind}, {t_emb.dimension}d, {t_emb.metric}) re-embeds every "
+                f"record from its text (was {old}, {s_emb.dimension}d, {s_emb.metric})"
+                if ok
+                else f"model {new} is registered as {found.schema.metric}"
+                f"{', normalised' if found.schema.normalized else ''}; target.embedding says "
+                f"{t_emb.metric}{', normalised' if t_emb.normalized else ''}: fix the spec",
+            )
+        )
+    except VecmigrateError as exc:
+        checks.append(Check("target model", False, f"the new model cannot run: {exc}"))
+    texts = Documents(catalog).count(spec.tenant, spec.collection)
+    checks.append(
+        Check(
+            "source text",
+            texts >= records,
+            f"{texts:,} record texts for {records:,} records"
+            if texts >= records
+            else f"{spec.tenant}/{spec.collection} has texts for {texts:,} of its {records:,} "
+            "records; re-embedding needs every record's text (load it into the documents)",
+        )
+    )
+    old_runs = registry.runnable(s_emb)
+    asked = spec.reembed.adapter != "none"
+    checks.append(
+        Check(
+            "reads during the re-embed",
+            old_runs or asked,
+            f"queries embedded by {old} until the cut-over"
+            if old_runs
+            else f"{old} cannot run: queries embedded by {new} through a {spec.reembed.adapter} "
+            "adapter fit before the backfill"
+            if asked
+            else f"model {old} cannot run (unavailable or not registered), so text queries to the "
+            "old version could not be embedded until the cut-over: set reembed.adapter "
+            "(procrustes or ridge) or make the model available",
+        )
     )
     return checks
 
@@ -203,10 +265,35 @@ def prepare(catalog: Catalog, spec: MigrationSpec, operator: str) -> PrepareResu
         migration_id=spec.migration_id,
     )
     open_target(spec)
+    adapter = None
+    if spec.model_change and spec.reembed.adapter != "none":
+        directory = artifact_dir(spec.target.store, spec.tenant, spec.collection, "adapters")
+        record = fit_transition(catalog, spec, source, directory)
+        adapter = record.id
+        catalog.append(
+            tenant=spec.tenant,
+            collection=spec.collection,
+            kind="adapter.fitted",
+            actor=operator,
+            migration_id=spec.migration_id,
+            data={
+                "adapter": record.id,
+                "method": record.method,
+                "from_model": record.from_model,
+                "to_model": record.to_model,
+                "checksum": record.checksum,
+                **record.figures,
+            },
+            event_key=f"adapter:{spec.migration_id}:{record.id}",
+        )
     routing = catalog.get_routing(spec.tenant, spec.collection)
     assert routing is not None
     return PrepareResult(
-        shards=shards, source_counts=counts, routing=routing, source_index=routing.read_index
+        shards=shards,
+        source_counts=counts,
+        routing=routing,
+        source_index=routing.read_index,
+        adapter=adapter,
     )
 
 
@@ -258,6 +345,7 @@ def copy_shard(
         )
     source, target = open_source(spec), open_target(spec)
     _, transform = make_transform(spec.source.embedding, spec.target.embedding)
+    reembed = Reembedder.for_spec(journal.catalog, spec) if spec.model_change else None
     cursor, copied, acc = state.cursor, state.copied, state.written
     handed, batches = state.handed, 0
     throttle = Throttle(clock)
@@ -281,7 +369,13 @@ def copy_shard(
             complete=False,
             attempts=state.attempts,
             recopied=max(0, handed - copied),
+            **embedded(),
         )
+
+    def embedded() -> dict[str, Any]:
+        if reembed is None:
+            return {}
+        return {"embedded": reembed.texts, "embed_seconds": round(reembed.seconds, 3)}
 
     while True:
         control = journal.control(mid)
@@ -291,9 +385,14 @@ def copy_shard(
         if len(batch) == 0:
             break
         try:
-            ids, vectors = check_vectors(
-                batch.ids, transform(batch.vectors), target.dimension, target.scope
-            )
+            if reembed is not None:
+                ids, vectors = check_vectors(
+                    *reembed.records(batch.ids), target.dimension, target.scope
+                )
+            else:
+                ids, vectors = check_vectors(
+                    batch.ids, transform(batch.vectors), target.dimension, target.scope
+                )
         except DataError as exc:
             # Everything before this batch has committed: a resume after the fix starts here.
             journal.before_batch(mid, shard.index, cursor, copied, acc, 0)
@@ -330,6 +429,7 @@ def copy_shard(
         seconds=time.monotonic() - began,
         attempts=state.attempts,
         recopied=max(0, handed - copied),
+        **embedded(),
     )
     journal.finish_copy(mid, shard.index, cursor, copied, acc, result.model_dump(mode="json"))
     return result
@@ -357,6 +457,7 @@ def catch_up(
     mid = spec.migration_id
     target = open_target(spec)
     _, transform = make_transform(spec.source.embedding, spec.target.embedding)
+    reembed = Reembedder.for_spec(journal.catalog, spec) if spec.model_change else None
     cursor = max(after, journal.catchup_position(mid))
     applied = 0
     while True:
@@ -364,9 +465,14 @@ def catch_up(
         if len(changes) == 0:
             drained = True
             break
-        ids, vectors, gone = changes.net(spec.source.embedding.dimension)
+        if reembed is not None:
+            ids, texts, gone = changes.net_texts()
+            vectors = reembed.embed(texts)
+        else:
+            ids, vectors, gone = changes.net(spec.source.embedding.dimension)
+            vectors = transform(vectors)
         if len(ids):
-            target.upsert(ids, transform(vectors))
+            target.upsert(ids, vectors)
         if len(gone):
             target.delete(gone)
         cursor = changes.last_seq

@@ -27,12 +27,16 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Table,
+    Text,
     func,
+    inspect,
     select,
     text,
 )
 
 from vecmigrate.catalog import Catalog, metadata, now
+from vecmigrate.documents import Documents, delete_texts, write_texts
+from vecmigrate.errors import DataError
 from vecmigrate.indexes import Ids, Vectors
 from vecmigrate.sql import begin, once_per_engine
 
@@ -46,8 +50,11 @@ changes = Table(
     Column("collection", String(64), nullable=False),
     Column("id", BigInteger, nullable=False),
     Column("op", String(8), nullable=False),
-    # float32 little-endian; NULL for a delete.
+    # float32 little-endian, in the space of the version serving reads when it was written;
+    # NULL for a delete, or for a text write to a collection whose reads need a missing model.
     Column("vector", LargeBinary),
+    # The record's source text, when the write carried one (re-embedding replays from it).
+    Column("text", Text),
     Column("at", DateTime(timezone=True), nullable=False),
     Index("change_log_by_collection", "tenant", "collection", "seq"),
 )
@@ -72,6 +79,7 @@ class Changes:
     ids: Ids
     ops: list[str]
     vectors: list[bytes | None]
+    texts: list[str | None]
 
     @property
     def last_seq(self) -> int:
@@ -80,23 +88,30 @@ class Changes:
     def __len__(self) -> int:
         return len(self.ops)
 
+    def _last(self) -> dict[int, int]:
+        last: dict[int, int] = {}
+        for i, record_id in enumerate(self.ids.tolist()):
+            last[record_id] = i
+        return last
+
     def net(self, dimension: int) -> tuple[Ids, Vectors, Ids]:
         """The effect of these entries: ids to upsert with their vectors, and ids to delete.
 
         Later entries win over earlier ones for the same id, so a delete after an upsert is a
         delete, and an upsert after a delete brings the record back.
         """
-        last: dict[int, int] = {}
-        for i, record_id in enumerate(self.ids.tolist()):
-            last[record_id] = i
         up_ids, up_vecs, gone = [], [], []
-        for record_id, i in last.items():
+        for record_id, i in self._last().items():
             if self.ops[i] == DELETE:
                 gone.append(record_id)
             else:
                 up_ids.append(record_id)
                 blob = self.vectors[i]
-                assert blob is not None
+                if blob is None:
+                    raise DataError(
+                        f"change {int(self.seqs[i])} (id {record_id}) carries text but no "
+                        "vector; replay it by re-embedding its text"
+                    )
                 up_vecs.append(np.frombuffer(blob, dtype="<f4"))
         vectors = (
             np.vstack(up_vecs).astype(np.float32)
@@ -105,26 +120,64 @@ class Changes:
         )
         return np.asarray(up_ids, np.int64), vectors, np.asarray(gone, np.int64)
 
+    def net_texts(self) -> tuple[Ids, list[str], Ids]:
+        """Like :meth:`net`, with each upserted record's text instead of its vector.
+
+        Raises:
+            DataError: an upsert that carried no text (written as a bare vector).
+        """
+        up_ids, texts, gone = [], [], []
+        for record_id, i in self._last().items():
+            if self.ops[i] == DELETE:
+                gone.append(record_id)
+                continue
+            t = self.texts[i]
+            if t is None:
+                raise DataError(
+                    f"change {int(self.seqs[i])} wrote id {record_id} as a bare vector, without "
+                    "text: a re-embedding migration needs every write to carry its text"
+                )
+            up_ids.append(record_id)
+            texts.append(t)
+        return np.asarray(up_ids, np.int64), texts, np.asarray(gone, np.int64)
+
 
 class ChangeLog:
     """The change log in a catalog's database."""
 
     def __init__(self, catalog: Catalog) -> None:
         self.engine = catalog.engine
-        once_per_engine(
-            self.engine,
-            "change-log",
-            lambda: metadata.create_all(self.engine, tables=[changes, index_positions]),
-        )
+        Documents(catalog)
+        once_per_engine(self.engine, "change-log", self._create)
+
+    def _create(self) -> None:
+        metadata.create_all(self.engine, tables=[changes, index_positions])
+        have = {c["name"] for c in inspect(self.engine).get_columns("change_log")}
+        if "text" not in have:  # a catalog made before writes carried text
+            with begin(self.engine) as conn:
+                conn.execute(text("ALTER TABLE change_log ADD COLUMN text TEXT"))
 
     def append(
-        self, tenant: str, collection: str, op: str, ids: Ids, vectors: Vectors | None = None
+        self,
+        tenant: str,
+        collection: str,
+        op: str,
+        ids: Ids,
+        vectors: Vectors | None = None,
+        texts: list[str] | None = None,
     ) -> int:
-        """Log one write (many ids) and return the sequence number of its last entry."""
+        """Log one write (many ids) and return the sequence number of its last entry.
+
+        With ``texts``, the records' source texts are stored too (in the entries and in the
+        collection's documents, in the same transaction); a delete removes them.
+        """
         if op not in (UPSERT, DELETE):
             raise ValueError(f"unknown change {op!r}")
         at = now()
         raw = None if vectors is None else np.ascontiguousarray(vectors, dtype="<f4")
+        id_list = np.asarray(ids).tolist()
+        if texts is not None and len(texts) != len(id_list):
+            raise DataError(f"{len(id_list)} ids but {len(texts)} texts; pass one text per id")
         rows = [
             {
                 "tenant": tenant,
@@ -132,9 +185,10 @@ class ChangeLog:
                 "id": int(record_id),
                 "op": op,
                 "vector": None if raw is None else raw[i].tobytes(),
+                "text": None if texts is None else texts[i],
                 "at": at,
             }
-            for i, record_id in enumerate(np.asarray(ids).tolist())
+            for i, record_id in enumerate(id_list)
         ]
         if not rows:
             return self.head(tenant, collection)
@@ -142,6 +196,10 @@ class ChangeLog:
             if conn.dialect.name == "postgresql":
                 conn.execute(text("LOCK TABLE change_log IN EXCLUSIVE MODE"))
             conn.execute(changes.insert(), rows)
+            if op == DELETE:
+                delete_texts(conn, tenant, collection, np.asarray(id_list, np.int64))
+            elif texts is not None:
+                write_texts(conn, tenant, collection, np.asarray(id_list, np.int64), texts)
             last = conn.execute(
                 select(func.max(changes.c.seq)).where(
                     (changes.c.tenant == tenant) & (changes.c.collection == collection)
@@ -163,7 +221,7 @@ class ChangeLog:
         """Entries after sequence number ``after``, oldest first, at most ``limit``."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(changes.c.seq, changes.c.id, changes.c.op, changes.c.vector)
+                select(changes.c.seq, changes.c.id, changes.c.op, changes.c.vector, changes.c.text)
                 .where(
                     (changes.c.tenant == tenant)
                     & (changes.c.collection == collection)
@@ -177,6 +235,7 @@ class ChangeLog:
             ids=np.asarray([r[1] for r in rows], np.int64),
             ops=[r[2] for r in rows],
             vectors=[r[3] for r in rows],
+            texts=[r[4] for r in rows],
         )
 
     def changed_ids(self, tenant: str, collection: str, after: int) -> Ids:
@@ -231,3 +290,21 @@ class ChangeLog:
                     )
                 ).scalar_one()
             )
+
+    def deleted(self, tenant: str, collection: str, ids: Ids) -> Ids:
+        """Those of ``ids`` whose latest log entry is a delete."""
+        wanted = np.asarray(ids, np.int64).tolist()
+        latest: dict[int, tuple[int, str]] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(wanted), 10_000):
+                rows = conn.execute(
+                    select(changes.c.id, changes.c.seq, changes.c.op).where(
+                        (changes.c.tenant == tenant)
+                        & (changes.c.collection == collection)
+                        & changes.c.id.in_(wanted[start : start + 10_000])
+                    )
+                ).all()
+                for record_id, seq, op in rows:
+                    if record_id not in latest or latest[record_id][0] < seq:
+                        latest[record_id] = (seq, op)
+        return np.asarray([i for i, (_, op) in latest.items() if op == DELETE], np.int64)

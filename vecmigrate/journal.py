@@ -100,6 +100,7 @@ class Journal:
     """The shard journal and control rows in a catalog's database."""
 
     def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
         self.engine = catalog.engine
         once_per_engine(
             self.engine,

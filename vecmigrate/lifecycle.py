@@ -202,6 +202,19 @@ class ShardCheck(_Model):
     excluded: int = 0
 
 
+class ReadOption(_Model):
+    """One way to serve text queries during a re-embedding migration, measured on known-item
+    queries: how much of its top-k the new model's exact top-k shares, and how often the
+    record a query came from is in its top-k (``hit_rate``, with ``mrr``)."""
+
+    name: str
+    via: str
+    overlap: float | None = None
+    hit_rate: float | None = None
+    mrr: float | None = None
+    detail: str = ""
+
+
 class RetrievalFigures(_Model):
     """Figures of the retrieval and distribution checks; ``None`` where not measured."""
 
@@ -221,6 +234,11 @@ class RetrievalFigures(_Model):
     mean_shift: float | None = None
     spectrum_shift: float | None = None
     distribution_sample: int = 0
+    # Re-embedding migrations: the models on each side, and each way of serving text queries.
+    source_model: str | None = None
+    target_model: str | None = None
+    task_queries: int = 0
+    read_options: list[ReadOption] = Field(default_factory=list)
     skipped: list[str] = Field(default_factory=list)
     seconds: float = 0.0
 

@@ -10,6 +10,13 @@ It follows the collection's routing row (re-read at least every ``refresh_second
   (which numbers them), then applied to every write version; while ``writes_paused`` (an
   offline migration) they are refused with :class:`WritesPausedError`.
 
+Text goes in, too. ``search_text`` embeds each query with the model of the version it reads (or,
+when that model is marked unavailable, with an available model through a registered adapter),
+and a write that carries texts is embedded by each write version's own model: during a move to a
+new embedding model both versions stay current. A raw query vector must match the version it
+reads: its dimension always, and its model when the caller names it; while versions of two
+models serve, raw vectors are answered by the read version only (no canary, no shadow).
+
 An index artifact is a snapshot: it does not hold records written after it was built. Reads
 through one therefore overlay the change log: records changed since the index's log position are
 taken out of its results and searched exactly in the store, so an acknowledged write is visible
@@ -21,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -29,11 +37,14 @@ import numpy as np
 from vecmigrate.build import NativeIndex, Searcher, load_index_version
 from vecmigrate.catalog import Catalog, VersionRecord
 from vecmigrate.changelog import DELETE, UPSERT, ChangeLog
+from vecmigrate.embedders import check_texts
 from vecmigrate.errors import DataError, NotFoundError, VecmigrateError
 from vecmigrate.indexes import Distances, ExactKnn, Ids, Vectors, merge_topk
 from vecmigrate.lifecycle import RoutingView
+from vecmigrate.reembed import QueryPath, query_path
+from vecmigrate.registry import Registry, model_key
 from vecmigrate.shadow import ShadowLog, ShadowSample
-from vecmigrate.spec import store_ref
+from vecmigrate.spec import EmbeddingSchema, store_ref
 from vecmigrate.stores import Scope, VectorStore, open_store
 from vecmigrate.stores.base import check_vectors
 from vecmigrate.transforms import make_transform
@@ -53,6 +64,8 @@ class SearchResult:
     index: str | None
     distances: Distances
     ids: Ids
+    # How the query reached the version: "vectors", or the model (and adapter) that embedded it.
+    via: str = "vectors"
 
 
 def bucket(key: str) -> float:
@@ -99,6 +112,8 @@ class Router:
         self._versions: dict[tuple[str, str, str], tuple[VersionRecord, VectorStore]] = {}
         self._overlays: dict[tuple[str, str], _Overlay] = {}
         self._positions: dict[str, int] = {}
+        self.registry = Registry(catalog)
+        self._paths: dict[str, tuple[float, QueryPath]] = {}
         self._lock = threading.Lock()
         self._shadow_pool = ThreadPoolExecutor(shadow_threads, thread_name_prefix="shadow")
         self._shadow_in_flight = 0
@@ -155,15 +170,23 @@ class Router:
     # -- reads --------------------------------------------------------------------------------
 
     def search(
-        self, tenant: str, collection: str, queries: Vectors, k: int, key: str | None = None
+        self,
+        tenant: str,
+        collection: str,
+        queries: Vectors,
+        k: int,
+        key: str | None = None,
+        model: str | None = None,
     ) -> SearchResult:
         """k nearest neighbours from the version the routing row gives this request.
 
         ``key`` (a user or session id) decides the canary side; without one the query bytes do.
+        ``model`` (``model_id`` or ``model_id@version``) names the model that made the query
+        vectors; a mismatch with the version read is refused rather than answered wrongly.
 
         Raises:
             NotFoundError: unknown collection, or no version serves reads.
-            DataError: queries of the wrong dimension, or NaN.
+            DataError: queries of the wrong dimension or model, or NaN.
         """
         view = self.routing(tenant, collection)
         if view.read_version is None:
@@ -172,15 +195,25 @@ class Router:
         if q.ndim == 1:
             q = q[None, :]
         record, _ = self._version(tenant, collection, view.read_version)
-        if q.ndim != 2 or q.shape[1] != record.embedding.dimension:
+        emb = record.embedding
+        if model is not None and model not in (emb.model_id, model_key(emb)):
+            raise DataError(
+                f"queries were embedded by {model} but {tenant}/{collection} serves vectors of "
+                f"{model_key(emb)}; embed them with that model, or send the text (search_text)"
+            )
+        if q.ndim != 2 or q.shape[1] != emb.dimension:
             raise DataError(
                 f"queries have dimension {q.shape[-1]} but {tenant}/{collection} serves "
-                f"{record.embedding.dimension}-dimensional vectors ({record.embedding.model_id})"
+                f"{emb.dimension}-dimensional vectors ({model_key(emb)})"
             )
         if not np.isfinite(q).all():
             raise DataError("queries contain NaN or infinity")
         version, index = view.read_version, view.read_index
-        if view.candidate_version is None or (view.ramp_percent <= 0 and view.shadow_percent <= 0):
+        if (
+            view.candidate_version is None
+            or (view.ramp_percent <= 0 and view.shadow_percent <= 0)
+            or self._other_model(tenant, collection, view)
+        ):
             # No canary, no shadow: the common case, kept to the search itself.
             d, i = self._search_version(tenant, collection, version, index, q, k)
             return SearchResult(version, index, d, i)
@@ -194,6 +227,73 @@ class Router:
         if shadowed and view.shadow_percent > 0 and bucket(f"shadow:{side}") < view.shadow_percent:
             self._shadow(tenant, collection, view, q, k, i, ms)
         return SearchResult(version, index, d, i)
+
+    def search_text(
+        self, tenant: str, collection: str, texts: list[str], k: int, key: str | None = None
+    ) -> SearchResult:
+        """k nearest neighbours of query texts, each embedded for the version it reads.
+
+        The canary and shadow reads work as for vectors; a shadow read embeds the texts with the
+        candidate's model on the shadow thread, off the response path.
+
+        Raises:
+            NotFoundError: unknown collection, or no version serves reads.
+            DataError: a text that is empty or not a string.
+            PreconditionError: the version's model cannot run and no adapter maps into it.
+        """
+        texts = check_texts(texts)
+        view = self.routing(tenant, collection)
+        if view.read_version is None:
+            raise NotFoundError(f"{tenant}/{collection} has no version serving reads")
+        version, index = view.read_version, view.read_index
+        canary = view.candidate_version is not None and (
+            view.ramp_percent > 0 or view.shadow_percent > 0
+        )
+        side = bucket(key if key is not None else "\x1f".join(texts)) if canary else 100.0
+        if canary and side < view.ramp_percent:
+            version, index = str(view.candidate_version), view.candidate_index
+        path = self._path(tenant, collection, version)
+        q = path(texts)
+        began = time.perf_counter()
+        d, i = self._search_version(tenant, collection, version, index, q, k)
+        ms = (time.perf_counter() - began) * 1000
+        shadowed = canary and version != view.candidate_version
+        if shadowed and view.shadow_percent > 0 and bucket(f"shadow:{side}") < view.shadow_percent:
+            candidate = str(view.candidate_version)
+            self._shadow(
+                tenant,
+                collection,
+                view,
+                lambda: self._path(tenant, collection, candidate)(texts),
+                k,
+                i,
+                ms,
+            )
+        return SearchResult(version, index, d, i, via=path.via)
+
+    def _path(self, tenant: str, collection: str, version: str) -> QueryPath:
+        """How texts reach ``version``'s space, re-checked every ``refresh_seconds`` (a model
+        can be marked unavailable while routers run)."""
+        record, _ = self._version(tenant, collection, version)
+        key = model_key(record.embedding)
+        cached = self._paths.get(key)
+        if cached is not None and time.monotonic() - cached[0] < self.refresh_seconds:
+            return cached[1]
+        path = query_path(self.registry, record.embedding)
+        with self._lock:
+            self._paths[key] = (time.monotonic(), path)
+        return path
+
+    def _schema(self, tenant: str, collection: str, version: str) -> EmbeddingSchema:
+        return self._version(tenant, collection, version)[0].embedding
+
+    def _other_model(self, tenant: str, collection: str, view: RoutingView) -> bool:
+        """Whether the candidate is made by another model than the read version."""
+        if view.candidate_version is None or view.read_version is None:
+            return False
+        a = self._schema(tenant, collection, view.read_version)
+        b = self._schema(tenant, collection, view.candidate_version)
+        return model_key(a) != model_key(b)
 
     def _search_version(
         self,
@@ -230,11 +330,17 @@ class Router:
         exact = ExactKnn(queries, k, metric)
         if len(live_ids):
             # The log holds each write's vector as the client sent it (the serving version's
-            # space): no store round trip, and the version's own transform applies.
+            # space): no store round trip, and the version's own transform applies. Across
+            # models (or when the log mixes spaces) the version's own vectors are read instead.
             view = self.routing(tenant, collection)
             written, _ = self._version(tenant, collection, view.read_version or version)
-            _, transform = make_transform(written.embedding, record.embedding)
-            exact.add(live_ids, transform(live_raw))
+            same = model_key(written.embedding) == model_key(record.embedding)
+            if same and live_raw.shape[1] == written.embedding.dimension:
+                _, transform = make_transform(written.embedding, record.embedding)
+                exact.add(live_ids, transform(live_raw))
+            else:
+                found_ids, found = store.fetch(live_ids)
+                exact.add(found_ids, found)
         return merge_topk([(d, i), exact.result()], k)
 
     def _index_position(self, index_id: str) -> int:
@@ -300,12 +406,14 @@ class Router:
         if recent:
             extra = _arrays(recent)
             keep = ~np.isin(base[1], extra[0])
-            vectors = [v for v in (base[2][keep], extra[2]) if len(v)]
-            base = (
-                np.union1d(base[0], extra[0]),
-                np.concatenate([base[1][keep], extra[1]]),
-                np.concatenate(vectors) if vectors else extra[2],
-            )
+            live = np.concatenate([base[1][keep], extra[1]])
+            kept = base[2][keep]
+            if kept.shape[1] == extra[2].shape[1] or not len(kept) or not len(extra[2]):
+                parts = [v for v in (kept, extra[2]) if len(v)]
+                vectors = np.concatenate(parts) if parts else extra[2]
+            else:  # spaces differ: the search reads these records from the store
+                vectors = np.empty((len(live), 0), np.float32)
+            base = (np.union1d(base[0], extra[0]), live, vectors)
         return base if len(base[0]) else None
 
     def _noted(
@@ -334,7 +442,7 @@ class Router:
         tenant: str,
         collection: str,
         view: RoutingView,
-        queries: Vectors,
+        queries: Vectors | Callable[[], Vectors],
         k: int,
         served: Ids,
         served_ms: float,
@@ -352,13 +460,14 @@ class Router:
                 ms_old=served_ms,
             )
             try:
+                q = queries() if callable(queries) else queries
                 began = time.perf_counter()
                 _, found = self._search_version(
                     tenant,
                     collection,
                     str(view.candidate_version),
                     view.candidate_index,
-                    queries,
+                    q,
                     k,
                 )
                 sample.ms_new = (time.perf_counter() - began) * 1000
@@ -397,22 +506,61 @@ class Router:
         record, _ = self._version(tenant, collection, live)
         return view, record
 
-    def upsert(self, tenant: str, collection: str, ids: Ids, vectors: Vectors) -> int:
+    def upsert(
+        self,
+        tenant: str,
+        collection: str,
+        ids: Ids,
+        vectors: Vectors | None = None,
+        texts: list[str] | None = None,
+    ) -> int:
         """Write records to every write version; returns their last change-log number.
 
+        ``vectors`` are in the space of the version serving reads. With ``texts``, each write
+        version embeds them with its own model (``vectors``, if also given, are used for
+        versions of the read version's model), and the texts are kept with the records. While
+        the collection moves to a new model, writes must carry texts.
+
         Raises:
-            DataError: wrong dimension, NaN, bad ids; nothing was written.
+            DataError: wrong dimension, NaN, bad ids, missing texts; nothing was written.
             WritesPausedError: an offline migration holds writes.
         """
         view, live = self._writable(tenant, collection)
         scope = Scope(tenant, collection, live.version)
-        ids_ok, vectors_ok = check_vectors(ids, vectors, live.embedding.dimension, scope)
-        seq = self.log.append(tenant, collection, UPSERT, ids_ok, vectors_ok)
-        self._noted(tenant, collection, seq, UPSERT, ids_ok, vectors_ok)
+        if texts is not None:
+            texts = check_texts(texts)
+        elif vectors is None:
+            raise DataError("an upsert needs vectors or texts")
+        live_key = model_key(live.embedding)
+        planned: list[tuple[VectorStore, Vectors]] = []
+        logged: Vectors | None = None
+        ids_ok = None
         for name in view.write_versions:
             record, store = self._version(tenant, collection, name)
-            _, transform = make_transform(live.embedding, record.embedding)
-            store.upsert(ids_ok, transform(vectors_ok))
+            same_model = model_key(record.embedding) == live_key
+            if vectors is not None and same_model:
+                ids_ok, raw = check_vectors(ids, vectors, live.embedding.dimension, scope)
+                _, transform = make_transform(live.embedding, record.embedding)
+                made = transform(raw)
+            elif texts is not None:
+                made = self._path(tenant, collection, name).records(texts)
+            else:
+                raise DataError(
+                    f"{tenant}/{collection}@{name} is made by {model_key(record.embedding)}, "
+                    f"not {live_key}: while the collection moves to a new embedding model, "
+                    "write texts (upsert with texts) so that every version can embed them"
+                )
+            ids_ok, made = check_vectors(ids, made, record.embedding.dimension, store.scope)
+            planned.append((store, made))
+            if name == live.version:
+                logged = made
+        assert ids_ok is not None
+        if texts is not None and len(texts) != len(ids_ok):
+            raise DataError(f"{len(ids_ok)} ids but {len(texts)} texts; pass one text per id")
+        seq = self.log.append(tenant, collection, UPSERT, ids_ok, logged, texts)
+        self._noted(tenant, collection, seq, UPSERT, ids_ok, logged)
+        for store, made in planned:
+            store.upsert(ids_ok, made)
         return seq
 
     def delete(self, tenant: str, collection: str, ids: Ids) -> int:
@@ -435,11 +583,19 @@ class Router:
 
 
 def _arrays(items: list[tuple[int, str, bytes | None]]) -> tuple[Ids, Ids, Vectors]:
-    """(changed ids, ids that exist now, their vectors as written) from overlay entries."""
+    """(changed ids, ids that exist now, their vectors as written) from overlay entries.
+
+    When the entries do not all hold a vector of one size (writes before and after a change of
+    model, or texts logged without one), the vectors come back with no columns: the search
+    then reads them from the version's store.
+    """
     changed = np.fromiter((r for r, _, _ in items), np.int64, len(items))
-    live = [(r, v) for r, op, v in items if op == UPSERT and v is not None]
+    live = [(r, v) for r, op, v in items if op == UPSERT]
     ids = np.fromiter((r for r, _ in live), np.int64, len(live))
-    raw = np.frombuffer(b"".join(v for _, v in live), dtype="<f4")
+    sizes = {len(v) if v is not None else -1 for _, v in live}
+    if len(sizes) != 1 or -1 in sizes:
+        return changed, ids, np.empty((len(live), 0), np.float32)
+    raw = np.frombuffer(b"".join(v for _, v in live if v is not None), dtype="<f4")
     dim = raw.size // len(live) if live else 0
     return changed, ids, raw.reshape(len(live), dim).astype(np.float32)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,7 +10,9 @@ import numpy as np
 from vecmigrate.build import artifact_dir, build_native, build_shard, register_index
 from vecmigrate.catalog import Catalog
 from vecmigrate.config import resolve_store
-from vecmigrate.errors import PreconditionError
+from vecmigrate.documents import Documents
+from vecmigrate.embedders import check_texts
+from vecmigrate.errors import DataError, PreconditionError
 from vecmigrate.indexes import Ids, Vectors
 from vecmigrate.lifecycle import RoutingView
 from vecmigrate.sharding import hash_shards
@@ -43,8 +45,12 @@ def seed_collection(
     batch_size: int = 10_000,
     actor: str = "seed",
     on_progress: SeedProgress | None = None,
+    texts: Sequence[str] | None = None,
 ) -> SeedResult:
     """Load ``vectors`` as ``version`` of a new collection, index it and route reads to it.
+
+    ``texts`` (one per record) are kept as the records' source texts, which a later migration
+    to another embedding model re-embeds.
 
     Raises:
         PreconditionError: the collection already serves another version.
@@ -62,6 +68,10 @@ def seed_collection(
     )
     # Validate everything before the first write, so bad input leaves nothing behind.
     ids, vectors = check_vectors(ids, vectors, version.embedding.dimension, store.scope)
+    if texts is not None:
+        texts = check_texts(texts)
+        if len(texts) != len(ids):
+            raise DataError(f"{len(ids)} records but {len(texts)} texts; pass one text per record")
     catalog.register_version(
         tenant,
         collection,
@@ -71,9 +81,12 @@ def seed_collection(
         state="serving",
     )
     n = int(ids.shape[0])
+    documents = Documents(catalog)
     for start in range(0, n, batch_size):
         stop = min(n, start + batch_size)
         store.upsert(ids[start:stop], vectors[start:stop])
+        if texts is not None:
+            documents.put(tenant, collection, ids[start:stop], texts[start:stop])
         if on_progress:
             on_progress("load", stop, n)
     directory = artifact_dir(store_ref, tenant, collection, version.name)

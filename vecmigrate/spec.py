@@ -379,6 +379,28 @@ class OnlinePolicy(_Model):
     on_breach: Literal["pause", "rollback"] = "pause"
 
 
+class ReembedPolicy(_Model):
+    """A migration to a new embedding model: how the target's vectors are made from the records'
+    texts, and how reads are served meanwhile.
+
+    By default the old version keeps serving, its queries embedded by the old model, until the
+    new version passes its gates. When the old model can no longer run (marked unavailable in
+    the registry), ``adapter`` fits a map from the new model's space to the old one on
+    ``adapter_samples`` records before the backfill starts, so queries embedded by the new model
+    can be served from the old index until the cut-over.
+    """
+
+    # Texts per model call.
+    batch_size: int = Field(default=256, ge=1, le=100_000)
+    adapter: Literal["none", "procrustes", "ridge"] = "none"
+    adapter_samples: int = Field(default=2_000, ge=10, le=1_000_000)
+    ridge_alpha: float = Field(default=1.0, ge=0.0)
+    # Known-item queries (the first ``query_words`` words of a record's text, the record the
+    # expected answer) for the read-options report; 0 switches the report off.
+    task_queries: int = Field(default=200, ge=0, le=100_000)
+    query_words: int = Field(default=12, ge=1, le=1_000)
+
+
 SUPPORTED_STRATEGIES = ("blue_green", "online", "offline")
 
 
@@ -407,6 +429,13 @@ class MigrationSpec(_Model):
     gates: GatePolicy = Field(default_factory=GatePolicy)
     cutover: CutoverPolicy = Field(default_factory=CutoverPolicy)
     online: OnlinePolicy = Field(default_factory=OnlinePolicy)
+    reembed: ReembedPolicy = Field(default_factory=ReembedPolicy)
+
+    @property
+    def model_change(self) -> bool:
+        """Whether the target is made by another embedding model (a re-embedding migration)."""
+        src, dst = self.source.embedding, self.target.embedding
+        return (src.model_id, src.model_version) != (dst.model_id, dst.model_version)
 
     @model_validator(mode="after")
     def _coherent(self) -> MigrationSpec:
@@ -421,19 +450,25 @@ class MigrationSpec(_Model):
                 "give the target a new version name"
             )
         src, dst = self.source.embedding, self.target.embedding
-        if (src.model_id, src.model_version) != (dst.model_id, dst.model_version):
-            raise ValueError(
-                "target.embedding names a different model "
-                f"({dst.model_id}@{dst.model_version} vs {src.model_id}@{src.model_version}); "
-                "re-embedding is not available in this release: keep the source model"
-            )
-        if src.dimension != dst.dimension:
+        if self.model_change:
+            if self.gates.query_log:
+                raise ValueError(
+                    "gates.query_log holds vectors of the source model, which the new model's "
+                    "index cannot be searched with; leave it out (queries are sampled from "
+                    "the records and embedded by each model)"
+                )
+        elif src.dimension != dst.dimension:
             raise ValueError(
                 f"target.embedding.dimension is {dst.dimension} but the source model "
                 f"{src.model_id} makes {src.dimension}-dimensional vectors; "
                 "a new dimension needs a new embedding model"
             )
-        if src.normalized and not dst.normalized:
+        elif self.reembed.adapter != "none":
+            raise ValueError(
+                "reembed.adapter maps between two embedding models, but source and target use "
+                f"the same model ({src.model_id}@{src.model_version}); leave it out"
+            )
+        if not self.model_change and src.normalized and not dst.normalized:
             raise ValueError(
                 "target.embedding.normalized is false but the source vectors are normalised; "
                 "norms cannot be recovered: set target.embedding.normalized to true"

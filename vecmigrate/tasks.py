@@ -39,6 +39,8 @@ class PrepareResult(_Model):
     source_counts: dict[int, int]
     routing: RoutingView
     source_index: str | None = None
+    # The transitional adapter fit for a re-embedding migration, if the spec asked for one.
+    adapter: str | None = None
 
 
 class LedgerAck(_Model):
@@ -67,6 +69,9 @@ class CopyShardResult(_Model):
     # Attempts at this shard so far, and vectors handed to the target more than once.
     attempts: int = 1
     recopied: int = 0
+    # Re-embedding migrations: texts embedded by the new model, and the seconds it took.
+    embedded: int = 0
+    embed_seconds: float = 0.0
     ledger: LedgerAck | None = None
 
 

@@ -10,16 +10,17 @@ from vecmigrate.spec import EmbeddingSchema
 Transform = Callable[[Vectors], Vectors]
 
 
-def _identity(x: Vectors) -> Vectors:
+def identity(x: Vectors) -> Vectors:
+    """Vectors unchanged."""
     return x
 
 
 def make_transform(source: EmbeddingSchema, target: EmbeddingSchema) -> tuple[str, Transform]:
     """The transform from source to target vectors and its name (for the ledger).
 
-    The spec already refuses model or dimension changes this release cannot make, so the only
-    transform left is normalisation.
+    Within one model the only transform is normalisation; a change of model is not a transform
+    of vectors but a re-embedding of texts (``vecmigrate.reembed``).
     """
     if target.normalized and not source.normalized:
         return "normalize", normalize_rows
-    return "identity", _identity
+    return "identity", identity

@@ -77,7 +77,9 @@ def parity_verdicts(
             ("checksum_parity", "checksum") if same_bytes else ("id_parity", "id_checksum")
         )
         bad = [c.shard for c in checks if getattr(c.source, field) != getattr(c.target, field)]
-        what = "ids and vector bytes" if same_bytes else "id sets (vectors were transformed)"
+        what = (
+            "ids and vector bytes" if same_bytes else "id sets (vectors transformed or re-embedded)"
+        )
         out.append(
             GateVerdict(
                 name=name,
@@ -92,9 +94,10 @@ def parity_verdicts(
 
 
 def integrity_verdicts(
-    policy: GatePolicy, normalized_target: bool, checks: list[ShardCheck]
+    policy: GatePolicy, normalized_target: bool, checks: list[ShardCheck], same_model: bool = True
 ) -> list[GateVerdict]:
-    """Bad vectors, duplicate ids and norms of the target, shard by shard."""
+    """Bad vectors, duplicate ids and norms of the target, shard by shard (norms against the
+    source's only within one model: another model's norms live on another scale)."""
     ip = policy.integrity
     out = [
         _count(
@@ -122,7 +125,7 @@ def integrity_verdicts(
                 f"vectors off unit norm by more than {ip.unit_norm_tolerance}",
             )
         )
-    if ip.norm_range_tolerance is not None:
+    if ip.norm_range_tolerance is not None and same_model:
         bad = []
         for c in checks:
             s_lo, s_hi, t_lo, t_hi = (
@@ -161,9 +164,16 @@ def integrity_verdicts(
     return out
 
 
-def retrieval_verdicts(policy: GatePolicy, f: RetrievalFigures) -> list[GateVerdict]:
-    """Recall, old-vs-new agreement, latency and distribution figures against thresholds."""
+def retrieval_verdicts(
+    policy: GatePolicy, f: RetrievalFigures, same_model: bool = True
+) -> list[GateVerdict]:
+    """Recall, old-vs-new agreement, latency and distribution figures against thresholds.
+
+    Across models the distribution checks do not apply (another model's vectors follow another
+    distribution by design); the read options of the re-embedding are reported instead.
+    """
     k = f.k
+    dist = policy.distribution if same_model else None
     why = "skipped: " + ", ".join(f.skipped) if f.skipped else ""
     candidates = [
         _bounded(
@@ -171,7 +181,8 @@ def retrieval_verdicts(policy: GatePolicy, f: RetrievalFigures) -> list[GateVerd
             f.target_recall,
             policy.min_recall,
             ">=",
-            f"new index vs exact search, {f.queries} {f.query_source} queries",
+            f"new index vs exact search, {f.queries} {f.query_source} queries"
+            + ("" if same_model else f" embedded by {f.target_model}"),
         ),
         _bounded(
             f"recall@{k}_vs_old",
@@ -200,7 +211,7 @@ def retrieval_verdicts(policy: GatePolicy, f: RetrievalFigures) -> list[GateVerd
         _bounded(
             "norm_ks",
             f.norm_ks,
-            policy.distribution.max_norm_ks,
+            None if dist is None else dist.max_norm_ks,
             "<=",
             f"two-sample KS on norms, p = {f.norm_ks_pvalue}, {f.distribution_sample} each"
             if f.norm_ks is not None
@@ -209,14 +220,14 @@ def retrieval_verdicts(policy: GatePolicy, f: RetrievalFigures) -> list[GateVerd
         _bounded(
             "mean_shift",
             f.mean_shift,
-            policy.distribution.max_mean_shift,
+            None if dist is None else dist.max_mean_shift,
             "<=",
             "distance of means / mean norm" if f.mean_shift is not None else why,
         ),
         _bounded(
             "spectrum_shift",
             f.spectrum_shift,
-            policy.distribution.max_spectrum_shift,
+            None if dist is None else dist.max_spectrum_shift,
             "<=",
             "total variation of covariance spectra" if f.spectrum_shift is not None else why,
         ),
@@ -226,6 +237,28 @@ def retrieval_verdicts(policy: GatePolicy, f: RetrievalFigures) -> list[GateVerd
         value = getattr(f, name)
         if value is not None:
             out.append(GateVerdict(name=name, value=value, comparison="info", passed=True))
+    if not same_model:
+        out.append(
+            GateVerdict(
+                name="distribution",
+                comparison="info",
+                passed=True,
+                detail=f"not compared: {f.source_model} and {f.target_model} are different models",
+            )
+        )
+    for option in f.read_options:
+        for figure in ("overlap", "hit_rate"):
+            value = getattr(option, figure)
+            out.append(
+                GateVerdict(
+                    name=f"read.{option.name}.{figure}@{k}",
+                    value=value,
+                    comparison="info",
+                    passed=True,
+                    detail=f"{option.via}, {f.task_queries} known-item queries"
+                    + (f"; {option.detail}" if option.detail else ""),
+                )
+            )
     return out
 
 
@@ -234,6 +267,7 @@ def judge(
     *,
     same_bytes: bool,
     normalized_target: bool,
+    same_model: bool = True,
     checks: list[ShardCheck],
     figures: RetrievalFigures,
 ) -> GateReport:
@@ -241,8 +275,8 @@ def judge(
     listed = checks if len(checks) <= REPORT_SHARDS else _suspect(checks)[:REPORT_SHARDS]
     verdicts = (
         parity_verdicts(policy, same_bytes, checks)
-        + integrity_verdicts(policy, normalized_target, checks)
-        + retrieval_verdicts(policy, figures)
+        + integrity_verdicts(policy, normalized_target, checks, same_model)
+        + retrieval_verdicts(policy, figures, same_model)
     )
     return GateReport(
         passed=all(v.passed for v in verdicts),

@@ -13,12 +13,14 @@ from vecmigrate.catalog import Catalog
 from vecmigrate.errors import PreconditionError
 from vecmigrate.indexes import Ids, Vectors
 from vecmigrate.lifecycle import GateReport, RetrievalFigures, ShardCheck
+from vecmigrate.registry import model_key
 from vecmigrate.spec import MigrationSpec
 from vecmigrate.stores import VectorStore
 from vecmigrate.tasks import ShardRef
-from vecmigrate.transforms import make_transform
+from vecmigrate.transforms import Transform, identity, make_transform
 from vecmigrate.validation.distribution import ks_two_sample, mean_shift, spectrum_shift
 from vecmigrate.validation.gates import judge
+from vecmigrate.validation.options import read_options
 from vecmigrate.validation.profile import profile_shard, scan_shard
 from vecmigrate.validation.retrieval import (
     exclude_self,
@@ -43,7 +45,12 @@ def check_shard(
     the two scans would otherwise look like a difference), and counted in ``excluded``.
     """
     began = time.monotonic()
-    _, transform = make_transform(spec.source.embedding, spec.target.embedding)
+    if spec.model_change:
+        # Vectors of another model cannot be compared with the source's: the source side is
+        # profiled as it is (counts and ids still compare; norms are left out by the gates).
+        transform: Transform = identity
+    else:
+        _, transform = make_transform(spec.source.embedding, spec.target.embedding)
     tol = spec.gates.integrity.unit_norm_tolerance
     if volatile is None:
         return ShardCheck(
@@ -119,6 +126,17 @@ def measure(
         return False
 
     tq = transform(queries)
+    if spec.model_change:
+        # The same records, as the new model embedded them (self excluded on both sides).
+        assert qids is not None
+        found_ids, tq = target.fetch(qids)
+        keep = np.isin(qids, found_ids)
+        qids, queries = qids[keep], queries[keep]
+        order = np.searchsorted(found_ids, qids)
+        tq = tq[order]
+        fig.queries = int(queries.shape[0])
+        fig.source_model = model_key(spec.source.embedding)
+        fig.target_model = model_key(spec.target.embedding)
     new_found: Ids | None = None
     if fig.queries and not over("target recall"):
         _, exact = target.search(tq, k + extra, metric=str(spec.target.embedding.metric))
@@ -143,7 +161,12 @@ def measure(
             fig.overlap = round(overlap_at_k(old_found, new_found), 4)
             rho = rank_correlation(old_found, new_found)
             fig.rank_correlation = None if rho is None else round(rho, 4)
-    if not over("distribution"):
+    if spec.model_change:
+        if spec.reembed.task_queries and not over("read options"):
+            fig.task_queries, fig.read_options = read_options(
+                catalog, spec, source, target, source_index, target_index
+            )
+    elif not over("distribution"):
         n = g.distribution.sample
         _, src = source.sample(n, seed=g.seed + 1)
         _, dst = target.sample(n, seed=g.seed + 1)
@@ -167,7 +190,8 @@ def report(spec: MigrationSpec, checks: list[ShardCheck], figures: RetrievalFigu
     transform_name, _ = make_transform(spec.source.embedding, spec.target.embedding)
     return judge(
         spec.gates,
-        same_bytes=transform_name == "identity",
+        same_bytes=transform_name == "identity" and not spec.model_change,
+        same_model=not spec.model_change,
         normalized_target=spec.target.embedding.normalized,
         checks=sorted(checks, key=lambda c: c.shard),
         figures=figures,
