@@ -25,6 +25,7 @@ from vecmigrate.changelog import ChangeLog
 from vecmigrate.errors import NON_RETRYABLE, ArtifactError, PreconditionError
 from vecmigrate.journal import Journal
 from vecmigrate.lifecycle import RoutingView, ShardCheck
+from vecmigrate.residency import Residency
 from vecmigrate.shadow import ShadowLog
 from vecmigrate.spec import MigrationSpec
 from vecmigrate.stores.base import RecordChecksum
@@ -48,6 +49,7 @@ from vecmigrate.tasks import (
     RoutingChangeInput,
     ShadowInput,
     ShadowResult,
+    TenantsInput,
     ValidateInput,
     ValidateResult,
     ValidateShardInput,
@@ -56,6 +58,27 @@ from vecmigrate.tasks import (
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+def _resident(fn: Callable[[Any, Any], R]) -> Callable[[Any, Any], R]:
+    """Admit the call only on a worker of the region its data lives in, and record the run."""
+
+    @functools.wraps(fn)
+    def wrapper(self: MigrationActivities, inp: Any) -> R:
+        spec: MigrationSpec | None = getattr(inp, "spec", None)
+        region: str | None
+        mid: str | None
+        tenant: str | None
+        if spec is not None:
+            region, mid, tenant = spec.region, spec.migration_id, spec.tenant
+        else:
+            region = getattr(inp, "region", None)
+            mid = getattr(inp, "migration_id", None)
+            tenant = getattr(inp, "tenant", None)
+        self.residency.admit(fn.__name__, region, mid, tenant)
+        return fn(self, inp)
+
+    return wrapper
 
 
 def _domain_errors(fn: Callable[P, R]) -> Callable[P, R]:
@@ -112,17 +135,25 @@ def _keepalive(spec: MigrationSpec) -> Iterator[_Beat]:
 class MigrationActivities:
     """Activities bound to one catalog (the worker's ``--catalog``)."""
 
-    def __init__(self, catalog_url: str, build_threads: int = 0) -> None:
+    def __init__(self, catalog_url: str, build_threads: int = 0, region: str | None = None) -> None:
         self.catalog_url = catalog_url
         self.build_threads = build_threads
+        self.region = region
         self._catalog: Catalog | None = None
         self._journal: Journal | None = None
+        self._residency: Residency | None = None
 
     @property
     def catalog(self) -> Catalog:
         if self._catalog is None:
             self._catalog = Catalog(self.catalog_url)
         return self._catalog
+
+    @property
+    def residency(self) -> Residency:
+        if self._residency is None:
+            self._residency = Residency(self.catalog, self.region)
+        return self._residency
 
     @property
     def journal(self) -> Journal:
@@ -140,6 +171,7 @@ class MigrationActivities:
             actor="vecmigrate",
             data=data,
             event_key=f"{spec.migration_id}/{key}",
+            region=self.region,
         )
         return LedgerAck(seq=entry.seq, hash=entry.hash)
 
@@ -160,16 +192,19 @@ class MigrationActivities:
             self.catch_up,
             self.log_head,
             self.shadow_figures,
+            self.list_tenants,
         ]
 
     @activity.defn(name="prepare")
     @_domain_errors
+    @_resident
     def prepare(self, inp: PrepareInput) -> PrepareResult:
         with _keepalive(inp.spec):  # counting thousands of shards takes a while
             return backfill.prepare(self.catalog, inp.spec, inp.operator)
 
     @activity.defn(name="copy_shard")
     @_domain_errors
+    @_resident
     def copy_shard(self, inp: CopyShardInput) -> CopyShardResult:
         spec, index = inp.spec, inp.shard.index
         with _keepalive(spec) as beat:
@@ -194,6 +229,7 @@ class MigrationActivities:
 
     @activity.defn(name="build_shard_index")
     @_domain_errors
+    @_resident
     def build_shard_index(self, inp: BuildIndexInput) -> ArtifactRef:
         spec, index = inp.spec, inp.shard.index
         store = backfill.open_target(spec)
@@ -215,6 +251,7 @@ class MigrationActivities:
 
     @activity.defn(name="build_native_index")
     @_domain_errors
+    @_resident
     def build_native_index(self, inp: BuildNativeIndexInput) -> ArtifactRef:
         # One statement, no cursor to heartbeat: a retry finds the index by its stable name.
         with _keepalive(inp.spec):
@@ -222,6 +259,7 @@ class MigrationActivities:
 
     @activity.defn(name="register_index")
     @_domain_errors
+    @_resident
     def register_index(self, inp: RegisterIndexInput) -> IndexRegistered:
         spec = inp.spec
         artifacts = inp.artifacts
@@ -246,6 +284,7 @@ class MigrationActivities:
 
     @activity.defn(name="validate_shard")
     @_domain_errors
+    @_resident
     def validate_shard(self, inp: ValidateShardInput) -> ShardCheck:
         spec = inp.spec
         volatile = None
@@ -263,6 +302,7 @@ class MigrationActivities:
 
     @activity.defn(name="validate")
     @_domain_errors
+    @_resident
     def validate(self, inp: ValidateInput) -> ValidateResult:
         began = time.monotonic()
         spec = inp.spec
@@ -289,6 +329,7 @@ class MigrationActivities:
 
     @activity.defn(name="catch_up")
     @_domain_errors
+    @_resident
     def catch_up(self, inp: CatchUpInput) -> CatchUpResult:
         with _keepalive(inp.spec) as beat:
             return backfill.catch_up(
@@ -302,11 +343,13 @@ class MigrationActivities:
 
     @activity.defn(name="log_head")
     @_domain_errors
+    @_resident
     def log_head(self, inp: LogHeadInput) -> int:
         return ChangeLog(self.catalog).head(inp.tenant, inp.collection)
 
     @activity.defn(name="shadow_figures")
     @_domain_errors
+    @_resident
     def shadow_figures(self, inp: ShadowInput) -> ShadowResult:
         shadows = ShadowLog(self.catalog)
         last = shadows.last_id()
@@ -315,6 +358,7 @@ class MigrationActivities:
 
     @activity.defn(name="set_control")
     @_domain_errors
+    @_resident
     def set_control(self, inp: ControlInput) -> None:
         self.journal.set_control(
             inp.migration_id,
@@ -324,6 +368,7 @@ class MigrationActivities:
 
     @activity.defn(name="change_routing")
     @_domain_errors
+    @_resident
     def change_routing(self, inp: RoutingChangeInput) -> RoutingView:
         return self.catalog.compare_and_set_routing(
             inp.tenant,
@@ -344,11 +389,13 @@ class MigrationActivities:
 
     @activity.defn(name="set_version_state")
     @_domain_errors
+    @_resident
     def set_version_state(self, inp: VersionStateInput) -> None:
         self.catalog.set_version_state(inp.tenant, inp.collection, inp.version, inp.state)
 
     @activity.defn(name="record")
     @_domain_errors
+    @_resident
     def record(self, inp: LedgerInput) -> LedgerAck:
         entry = self.catalog.append(
             tenant=inp.tenant,
@@ -358,7 +405,14 @@ class MigrationActivities:
             actor=inp.actor,
             data=inp.data,
             event_key=inp.event_key,
+            region=self.region,
         )
         if inp.kind == "phase":
             self.catalog.set_migration_phase(inp.migration_id, str(inp.data.get("to", "")))
         return LedgerAck(seq=entry.seq, hash=entry.hash)
+
+    @activity.defn(name="list_tenants")
+    @_domain_errors
+    @_resident
+    def list_tenants(self, inp: TenantsInput) -> list[str]:
+        return self.catalog.tenants_with(inp.collection, inp.version)

@@ -18,7 +18,13 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from control.client import MigrationClient, connect, default_address, default_task_queue
 from control.devserver import DevServer, DevServerError, cancel_on_sigterm
-from control.report import gate_tables, ledger_table, plan_table, status_tables
+from control.report import (
+    gate_tables,
+    ledger_table,
+    plan_table,
+    regional_table,
+    status_tables,
+)
 from vecmigrate.catalog import Catalog
 from vecmigrate.config import default_catalog_url, home_dir, resolve_spec
 from vecmigrate.errors import VecmigrateError
@@ -130,6 +136,12 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run a worker")
     _common(p)
     p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument(
+        "--region",
+        default=None,
+        help="a region's data-plane worker: runs only that region's work, against the "
+        "region's catalog (--catalog); task queue default vecmigrate-REGION",
+    )
 
     p = sub.add_parser("seed", help="create a collection's first version from demo data")
     _common(p)
@@ -164,6 +176,8 @@ def parser() -> argparse.ArgumentParser:
         _common(p)
         p.add_argument("id")
         p.add_argument("--reason", default="")
+        if name == "rollback":
+            p.add_argument("--region", default=None, help="a regional migration: this region only")
 
     p = sub.add_parser("throttle", help="change the copy rate of a running migration")
     _common(p)
@@ -350,11 +364,15 @@ async def _serve(args: argparse.Namespace) -> int:
 async def _worker(args: argparse.Namespace) -> int:
     from workers.main import run_worker
 
+    queue = args.task_queue or (
+        f"vecmigrate-{args.region}" if args.region else default_task_queue()
+    )
     await run_worker(
         args.address or default_address(),
-        args.task_queue or default_task_queue(),
+        queue,
         args.catalog or default_catalog_url(),
         concurrency=args.concurrency,
+        region=args.region,
     )
     return 0
 
@@ -432,6 +450,13 @@ async def _start(args: argparse.Namespace) -> int:
 
 async def _status(args: argparse.Namespace) -> int:
     mc = await _client(args)
+    if await mc.is_regional(args.id):
+        regional = await mc.regional_status(args.id)
+        if args.json:
+            print(regional.model_dump_json(indent=2))
+        else:
+            out.print(regional_table(regional))
+        return 0
     st = await mc.status(args.id, live=True)
     if args.json:
         print(st.model_dump_json(indent=2))
@@ -452,7 +477,13 @@ async def _watch(args: argparse.Namespace) -> int:
 async def _signal(args: argparse.Namespace) -> int:
     mc = await _client(args)
     name = SIGNAL_COMMANDS[args.command]
-    await mc.signal(args.id, name, operator=args.operator or _operator(), reason=args.reason)
+    await mc.signal(
+        args.id,
+        name,
+        operator=args.operator or _operator(),
+        reason=args.reason,
+        region=getattr(args, "region", None),
+    )
     err.print(f"sent {name} to {args.id}")
     return 0
 

@@ -18,8 +18,10 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 
 from vecmigrate.config import resolve_spec
 from vecmigrate.lifecycle import MigrationInput, MigrationStatus, OperatorMessage, ThrottleRequest
+from vecmigrate.regions import RegionalStatus, RegionRollback
 from vecmigrate.spec import MigrationSpec
 from workflows.migration import MigrationWorkflow
+from workflows.regional import RegionalMigrationWorkflow
 
 ADDRESS_ENV = "TEMPORAL_ADDRESS"
 NAMESPACE_ENV = "TEMPORAL_NAMESPACE"
@@ -64,8 +66,26 @@ class MigrationClient:
         self.task_queue = task_queue or default_task_queue()
 
     async def start(self, spec: MigrationSpec, operator: str = "unknown") -> str:
-        """Start a migration and return its id; an id already running is returned as is."""
+        """Start a migration and return its id; an id already running is returned as is.
+
+        A spec with ``regions`` or ``tenants`` starts the regional workflow, which runs one
+        child migration per region and tenant on the regions' task queues.
+        """
         spec = resolve_spec(spec)
+        if spec.regional:
+            regional = await self.client.start_workflow(
+                RegionalMigrationWorkflow.run,
+                MigrationInput(spec=spec, requested_by=operator),
+                id=spec.migration_id,
+                task_queue=self.task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                static_summary=(
+                    f"{spec.collection}: {spec.source.name} -> {spec.target.name} in "
+                    f"{', '.join(r.name for r in spec.regions) or 'one region'} "
+                    f"({spec.strategy}, tenants {spec.tenants or spec.tenant})"
+                ),
+            )
+            return regional.id
         handle = await self.client.start_workflow(
             MigrationWorkflow.run,
             MigrationInput(spec=spec, requested_by=operator),
@@ -126,14 +146,45 @@ class MigrationClient:
         return await handle.query(MigrationWorkflow.status)
 
     async def signal(
-        self, migration_id: str, name: str, operator: str = "unknown", reason: str = ""
+        self,
+        migration_id: str,
+        name: str,
+        operator: str = "unknown",
+        reason: str = "",
+        region: str | None = None,
     ) -> None:
-        """Send one of ``pause``, ``resume``, ``approve_cutover``, ``rollback``, ``abort``."""
+        """Send one of ``pause``, ``resume``, ``approve_cutover``, ``rollback``, ``abort``.
+
+        ``region`` (a regional migration's ``rollback`` only) rolls back that region alone.
+        """
         if name not in SIGNALS:
             raise ValueError(f"unknown signal {name!r}; use one of {', '.join(SIGNALS)}")
+        if region is not None:
+            if name != "rollback":
+                raise ValueError("only rollback can name a region")
+            await self.handle(migration_id).signal(
+                name, RegionRollback(operator=operator, reason=reason, region=region)
+            )
+            return
         await self.handle(migration_id).signal(
             name, OperatorMessage(operator=operator, reason=reason)
         )
+
+    async def is_regional(self, migration_id: str) -> bool:
+        """Whether ``migration_id`` is a regional migration (the parent of per-region ones)."""
+        desc = await self.client.get_workflow_handle(migration_id).describe()
+        return desc.workflow_type == "RegionalMigrationWorkflow"
+
+    async def regional_status(self, migration_id: str) -> RegionalStatus:
+        """The regional workflow's status: every child's phase and progress, the barrier."""
+        handle = self.client.get_workflow_handle_for(RegionalMigrationWorkflow.run, migration_id)
+        desc = await handle.describe()
+        if desc.status is not None and desc.status != WorkflowExecutionStatus.RUNNING:
+            try:
+                return await handle.result()
+            except WorkflowFailureError:
+                pass
+        return await handle.query(RegionalMigrationWorkflow.status)
 
     async def set_throttle(
         self,

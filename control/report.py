@@ -10,6 +10,7 @@ from rich.table import Table
 from vecmigrate.catalog import LedgerEntry
 from vecmigrate.lifecycle import GateReport, MigrationStatus
 from vecmigrate.plan import Plan
+from vecmigrate.regions import RegionalStatus
 from vecmigrate.registry import Registry
 
 # Shard tables longer than this are left out (the summary line counts shards by state).
@@ -204,10 +205,19 @@ def summarize(e: LedgerEntry) -> str:
 def ledger_table(entries: list[LedgerEntry]) -> Table:
     """Ledger entries, one row each."""
     t = Table(title="ledger")
-    for col in ("seq", "at", "actor", "kind", "what", "hash"):
+    for col in ("seq", "at", "region", "tenant", "actor", "kind", "what", "hash"):
         t.add_column(col)
     for e in entries:
-        t.add_row(str(e.seq), e.at[11:23], e.actor, e.kind, summarize(e), e.hash[:12])
+        t.add_row(
+            str(e.seq),
+            e.at[11:23],
+            e.region or "-",
+            e.tenant,
+            e.actor,
+            e.kind,
+            summarize(e),
+            e.hash[:12],
+        )
     return t
 
 
@@ -239,3 +249,26 @@ def model_tables(registry: Registry) -> list[Table]:
     for row, cells in registry.compatibility().items():
         matrix.add_row(row, *(cells[c.key] for c in records))
     return [models, matrix]
+
+
+def regional_table(st: RegionalStatus) -> Table:
+    """A regional migration: each region and tenant, its phase and progress, and the barrier."""
+    title = f"{st.migration_id}: {st.phase}" + (
+        f" ({st.blocked_reason})" if st.blocked_reason else ""
+    )
+    table = Table(title=title)
+    for col in ("region", "tenant", "phase", "copied", "task queue", "note"):
+        table.add_column(col, justify="right" if col == "copied" else "left")
+    for r in st.regions:
+        note = r.reason if (r.paused or r.failed or r.phase == "ROLLED_BACK") else ""
+        if r.workflow_id in st.cut_over:
+            note = (note + " cut over").strip()
+        table.add_row(
+            r.region or "-",
+            r.tenant,
+            str(r.phase) + (" (paused)" if r.paused else "") if r.started else "not started",
+            f"{r.copied:,}/{r.total:,}" if r.total else "",
+            r.task_queue,
+            note,
+        )
+    return table

@@ -34,6 +34,7 @@ def test_workflows_import_only_temporalio_stdlib_and_pure_models() -> None:
     allowed_vecmigrate = {
         "vecmigrate.spec",
         "vecmigrate.lifecycle",
+        "vecmigrate.regions",
         "vecmigrate.tasks",
         "vecmigrate.errors",
     }

@@ -176,6 +176,13 @@ def test_scopes_are_isolated(opener: Opener) -> None:
     assert a.count() == 3
     assert b.count() == 1
     assert b.scan(WHOLE, None, 10).vectors.sum() == 0
+    # Every read and write stays in its scope: the same ids in another tenant are other records.
+    assert b.fetch(np.array([1, 2, 3]))[0].tolist() == [1]
+    assert b.search(np.ones((1, 4), np.float32), 3)[1][0].tolist()[:1] == [1]
+    assert set(b.sample(5)[0].tolist()) == {1}
+    b.delete(np.array([1, 2, 3]))
+    assert (a.count(), b.count()) == (3, 0)
+    assert a.checksum() != b.checksum()
     with pytest.raises(NotFoundError):
         opener(Scope("tenant-c", "c", "v1"))
 

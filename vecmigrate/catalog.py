@@ -122,6 +122,8 @@ _ROUTING_ADDED = {
     "writes_paused": "BOOLEAN NOT NULL DEFAULT FALSE",
 }
 
+_LEDGER_ADDED = {"region": "VARCHAR(64)"}
+
 migrations = Table(
     "migrations",
     metadata,
@@ -152,6 +154,8 @@ ledger = Table(
     Column("data", Text, nullable=False),
     Column("prev_hash", String(64), nullable=False, unique=True),
     Column("hash", String(64), nullable=False, unique=True),
+    # The region whose worker wrote the entry (None: no region, or the control plane).
+    Column("region", String(64)),
 )
 
 GENESIS = "0" * 64
@@ -213,10 +217,12 @@ class LedgerEntry:
     data: dict[str, Any]
     prev_hash: str
     hash: str
+    region: str | None = None
 
     def body(self) -> dict[str, Any]:
-        """The hashed part of the entry."""
-        return {
+        """The hashed part of the entry (the region only when there is one, so entries written
+        before regions existed keep their hashes)."""
+        body = {
             "migration_id": self.migration_id,
             "tenant": self.tenant,
             "collection": self.collection,
@@ -226,6 +232,9 @@ class LedgerEntry:
             "event_key": self.event_key,
             "data": self.data,
         }
+        if self.region is not None:
+            body["region"] = self.region
+        return body
 
 
 @dataclass(frozen=True)
@@ -265,14 +274,13 @@ class Catalog:
 
     def _upgrade(self) -> None:
         """Add the columns later releases introduced to a catalog an earlier one created."""
-        have = {c["name"] for c in inspect(self.engine).get_columns("routing")}
-        missing = [name for name in _ROUTING_ADDED if name not in have]
-        if missing:
-            with begin(self.engine) as conn:
-                for name in missing:
-                    conn.execute(
-                        text(f"ALTER TABLE routing ADD COLUMN {name} {_ROUTING_ADDED[name]}")
-                    )
+        for table, added in (("routing", _ROUTING_ADDED), ("ledger", _LEDGER_ADDED)):
+            have = {c["name"] for c in inspect(self.engine).get_columns(table)}
+            missing = [name for name in added if name not in have]
+            if missing:
+                with begin(self.engine) as conn:
+                    for name in missing:
+                        conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {added[name]}"))
 
     def _insert_ignoring_duplicate(self, stmt: Any) -> None:
         """Run an insert; a duplicate key means a concurrent writer got there first."""
@@ -354,6 +362,19 @@ class Catalog:
         found = self.find_version(tenant, collection, version)
         assert found is not None
         return found
+
+    def tenants_with(self, collection: str, version: str) -> list[str]:
+        """Tenants whose ``collection`` has ``version`` registered, sorted."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(vector_versions.c.tenant)
+                .where(
+                    (vector_versions.c.collection == collection)
+                    & (vector_versions.c.version == version)
+                )
+                .order_by(vector_versions.c.tenant)
+            ).all()
+        return [r[0] for r in rows]
 
     def find_version(self, tenant: str, collection: str, version: str) -> VersionRecord | None:
         """A registered version, or None."""
@@ -650,8 +671,12 @@ class Catalog:
         migration_id: str | None = None,
         event_key: str | None = None,
         at: datetime | None = None,
+        region: str | None = None,
     ) -> LedgerEntry:
         """Append one entry; with an ``event_key`` already present, return that entry instead.
+
+        ``region`` names the region whose worker writes it (every entry of a regional
+        migration's child says where it happened).
 
         Appends from one process take turns (activities run on many threads): only appends
         from other processes can race for the chain's head, and the loser reads it again.
@@ -666,6 +691,7 @@ class Catalog:
                 migration_id=migration_id,
                 event_key=event_key,
                 at=at,
+                region=region,
             )
 
     def _append(
@@ -679,6 +705,7 @@ class Catalog:
         migration_id: str | None,
         event_key: str | None,
         at: datetime | None,
+        region: str | None = None,
     ) -> LedgerEntry:
         for _ in range(50):
             if event_key is not None:
@@ -700,6 +727,8 @@ class Catalog:
                 "event_key": event_key,
                 "data": json.loads(json.dumps(data or {}, default=str)),
             }
+            if region is not None:
+                body["region"] = region
             digest = entry_hash(prev, body)
             try:
                 with begin(self.engine) as conn:
@@ -789,6 +818,7 @@ def _entry(row: Any) -> LedgerEntry:
         data=json.loads(row["data"]),
         prev_hash=row["prev_hash"],
         hash=row["hash"],
+        region=row.get("region"),
     )
 
 

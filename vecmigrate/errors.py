@@ -30,6 +30,10 @@ class ScopeError(VecmigrateError):
     """A read or write would cross the tenant or collection scope it was opened for."""
 
 
+class ResidencyError(VecmigrateError):
+    """Work for one region reached a worker of another: it is refused, never run."""
+
+
 class RoutingConflictError(VecmigrateError):
     """A compare-and-set on the routing row found a newer generation than expected."""
 
@@ -48,6 +52,7 @@ NON_RETRYABLE = (
     PreconditionError,
     SpecError,
     ScopeError,
+    ResidencyError,
     RoutingConflictError,
     NotFoundError,
 )

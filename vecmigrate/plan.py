@@ -80,8 +80,90 @@ def index_bytes(spec: IndexSpec, count: int, dim: int) -> int:
     return vectors + count * 8
 
 
+def plan_regional(spec: MigrationSpec) -> Plan:
+    """The plan of a regional or multi-tenant migration: where each child runs and in what order.
+
+    Residency and tenant scope were checked when the spec was read (a spec that crosses them
+    never gets here); each child checks its own region's catalog and stores when it prepares,
+    on that region's workers (the control plane does not read regional data).
+    """
+    plan = Plan(spec=spec)
+    policy = spec.region_policy
+    names = [r.name for r in spec.regions]
+    tenants = (
+        "every tenant holding the collection (looked up in each region)"
+        if spec.tenants == "all"
+        else ", ".join(spec.tenants or (spec.tenant,))
+    )
+    for region in spec.regions:
+        source = region.source_store or spec.source.store
+        target = region.target_store or spec.target.store
+        plan.checks.append(
+            Check(
+                f"residency {region.name}",
+                True,
+                f"source in {source.location or region.location}, target in "
+                f"{target.location or region.location}; allowed {list(region.allowed())}; "
+                f"run only by workers on {region.task_queue or 'vecmigrate-' + region.name}",
+            )
+        )
+    plan.checks.append(
+        Check("tenant scope", True, f"tenants {tenants}; one child migration per tenant")
+    )
+    for tenant, limits in spec.tenant_limits.items():
+        plan.checks.append(
+            Check(
+                f"limits {tenant}",
+                True,
+                f"at most {limits.max_parallel_shards or spec.max_parallel_shards} shards at "
+                f"once, {limits.max_vectors_per_second or 'unthrottled'} vectors/s",
+            )
+        )
+    order = list(policy.cutover_order or names)
+    rollout = (
+        f"canary {names[0]} alone until its gates pass, then "
+        + (", ".join(names[1:]) or "nothing else")
+        if policy.canary and len(names) > 1
+        else ", ".join(names) or "one child per tenant"
+    )
+    plan.steps = [
+        ("ROLLOUT", f"{rollout}; at most {policy.max_parallel} regions at a time"),
+        (
+            "PER CHILD",
+            f"{spec.strategy} {spec.source.name} -> {spec.target.name} "
+            f"({spec.target.index.kind}), gates as in the spec; a failed gate rolls it back",
+        ),
+        (
+            "BARRIER",
+            "every child waits before its cut-over until all passed their gates; "
+            + (
+                "then wait for approve_cutover"
+                if spec.cutover.mode == "manual"
+                else "then go on by itself"
+            ),
+        ),
+        (
+            "CUT_OVER",
+            " -> ".join(order or ["all"])
+            + (f", {policy.pause_between_seconds}s between regions" if len(order) > 1 else ""),
+        ),
+        (
+            "ON FAILURE",
+            "the failed region rolls back; "
+            + (
+                "the others wait for an operator (approve_cutover goes on without it)"
+                if policy.on_region_failure == "wait"
+                else "every other region rolls back too"
+            ),
+        ),
+    ]
+    return plan
+
+
 def plan_migration(catalog: Catalog, spec: MigrationSpec) -> Plan:
     """Check ``spec`` against the catalog and stores and describe every step; writes nothing."""
+    if spec.regional:
+        return plan_regional(spec)
     plan = Plan(spec=spec)
     plan.checks = run_checks(catalog, spec)
     plan.problems = [c.detail for c in plan.checks if not c.passed]

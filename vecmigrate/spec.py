@@ -181,7 +181,18 @@ def is_native(index: IndexSpec) -> bool:
     return index.kind in NATIVE_INDEX_KINDS
 
 
-class BuiltinStoreRef(_Model):
+class _StoreRef(_Model):
+    """What every store reference says about where its data lives and whose it is.
+
+    ``location`` is where the store keeps its data (a region or data-centre label, for
+    residency checks); ``tenants``, when set, are the only tenants the store may hold.
+    """
+
+    location: str | None = Field(default=None, min_length=1, max_length=64)
+    tenants: tuple[Name, ...] | None = None
+
+
+class BuiltinStoreRef(_StoreRef):
     """The built-in store: records in a SQL database, index artifacts in a directory.
 
     Both default to the vecmigrate home directory (``VECMIGRATE_HOME``, else ``./.vecmigrate``)
@@ -193,7 +204,7 @@ class BuiltinStoreRef(_Model):
     artifacts: str | None = None
 
 
-class PgvectorStoreRef(_Model):
+class PgvectorStoreRef(_StoreRef):
     """A PostgreSQL database with the pgvector extension.
 
     ``url`` is a libpq or SQLAlchemy URL (``postgresql://user:pass@host:5432/db``; a Unix socket
@@ -206,7 +217,7 @@ class PgvectorStoreRef(_Model):
     artifacts: str | None = None
 
 
-class MilvusStoreRef(_Model):
+class MilvusStoreRef(_StoreRef):
     """A Milvus deployment: ``uri`` is ``http://host:19530`` (``token`` if it needs one), or a
     local file path for the embedded milvus-lite engine. Each version is its own collection."""
 
@@ -216,7 +227,7 @@ class MilvusStoreRef(_Model):
     artifacts: str | None = None
 
 
-class QdrantStoreRef(_Model):
+class QdrantStoreRef(_StoreRef):
     """Qdrant's engine in-process (qdrant-edge-py): each version is a shard directory under
     ``path``. One process owns a shard at a time."""
 
@@ -401,6 +412,50 @@ class ReembedPolicy(_Model):
     query_words: int = Field(default=12, ge=1, le=1_000)
 
 
+class RegionSpec(_Model):
+    """One region of a regional migration: where its data lives and who may touch it.
+
+    Its children run on ``task_queue`` (default ``vecmigrate-<name>``), polled only by that
+    region's workers (``vecmigrate worker --region NAME``) with the region's own catalog.
+    ``source_store``/``target_store``/``target_index`` default to the spec's; every store a
+    region reads or writes must sit in one of ``allowed_locations`` (default: ``location``).
+    """
+
+    name: Name
+    location: str = Field(min_length=1, max_length=64)
+    allowed_locations: tuple[str, ...] = ()
+    task_queue: str | None = Field(default=None, min_length=1, max_length=200)
+    source_store: StoreRef | None = None
+    target_store: StoreRef | None = None
+    # This region's target index, when its parameters differ (another memory budget, say).
+    target_index: IndexSpec | None = None
+
+    def allowed(self) -> tuple[str, ...]:
+        return self.allowed_locations or (self.location,)
+
+
+class RegionPolicy(_Model):
+    """How a regional migration moves: the canary region alone first (until its gates pass),
+    then the others, at most ``max_parallel`` regions at a time; a cut-over only after every
+    region passed its gates, region by region in ``cutover_order`` (default: the spec's order)
+    with ``pause_between_seconds`` between them. A region whose gates fail rolls back; the
+    others then ``wait`` for an operator (``approve_cutover`` goes on without it) or roll back
+    too (``rollback_all``)."""
+
+    canary: bool = True
+    max_parallel: int = Field(default=8, ge=1, le=64)
+    cutover_order: tuple[Name, ...] | None = None
+    pause_between_seconds: float = Field(default=0.0, ge=0.0)
+    on_region_failure: Literal["wait", "rollback_all"] = "wait"
+
+
+class TenantLimits(_Model):
+    """What one tenant's migration may take of shared workers and stores."""
+
+    max_parallel_shards: int | None = Field(default=None, ge=1, le=64)
+    max_vectors_per_second: float | None = Field(default=None, gt=0)
+
+
 SUPPORTED_STRATEGIES = ("blue_green", "online", "offline")
 
 
@@ -430,6 +485,20 @@ class MigrationSpec(_Model):
     cutover: CutoverPolicy = Field(default_factory=CutoverPolicy)
     online: OnlinePolicy = Field(default_factory=OnlinePolicy)
     reembed: ReembedPolicy = Field(default_factory=ReembedPolicy)
+    # Regional migrations: one child per region (and tenant), a barrier before the cut-over.
+    regions: tuple[RegionSpec, ...] = ()
+    region_policy: RegionPolicy = Field(default_factory=RegionPolicy)
+    # Tenants migrated: ``None`` is ``tenant`` alone; a list, or "all" tenants that hold the
+    # collection (found in each region's catalog). Each gets its own child migration.
+    tenants: tuple[Name, ...] | Literal["all"] | None = None
+    tenant_limits: dict[Name, TenantLimits] = Field(default_factory=dict)
+    # Set by a regional parent on its children: the region this migration's data lives in.
+    region: Name | None = None
+
+    @property
+    def regional(self) -> bool:
+        """Whether this spec fans out into child migrations (regions or several tenants)."""
+        return bool(self.regions) or self.tenants is not None
 
     @property
     def model_change(self) -> bool:
@@ -483,12 +552,64 @@ class MigrationSpec(_Model):
                     f"{version.index.kind.split('_')[0]}, but {side}.store is "
                     f"{version.store.kind}: use a FAISS/hnswlib index kind or that store"
                 )
+        self._check_regions()
         if isinstance(idx, FaissIvfPq) and dst.dimension % idx.m != 0:
             raise ValueError(
                 f"target.index.m ({idx.m}) must divide the dimension ({dst.dimension}); "
                 "pick m among its divisors"
             )
         return self
+
+    def _check_regions(self) -> None:
+        """Residency and tenant scope, before anything runs."""
+        names = [r.name for r in self.regions]
+        if len(set(names)) != len(names):
+            raise ValueError(f"region names must be distinct, got {names}")
+        order = self.region_policy.cutover_order
+        if order is not None and sorted(order) != sorted(names):
+            raise ValueError(
+                f"region_policy.cutover_order {list(order)} must name each region once: {names}"
+            )
+        if self.region is not None and self.regional:
+            raise ValueError("region is set on a region's own migration, not with regions")
+        scope = set(self.tenants) if isinstance(self.tenants, tuple) else None
+        if self.tenants is None:
+            scope = {self.tenant}
+        if isinstance(self.tenants, tuple) and not self.tenants:
+            raise ValueError("tenants is empty; name at least one tenant, or 'all'")
+        unknown = sorted(set(self.tenant_limits) - scope) if scope is not None else []
+        if unknown:
+            raise ValueError(
+                f"tenant_limits names {unknown}, outside the migration's tenants "
+                f"{sorted(scope or [])}; a migration may not touch tenants it does not name"
+            )
+        for region in self.regions:
+            stores = (
+                ("source", region.source_store or self.source.store),
+                ("target", region.target_store or self.target.store),
+            )
+            for side, store in stores:
+                where = store.location or region.location
+                if where not in region.allowed():
+                    raise ValueError(
+                        f"region {region.name}: the {side} store is in {where}, but the region "
+                        f"allows data only in {list(region.allowed())}; residency forbids it"
+                    )
+                if store.tenants is not None and scope is not None:
+                    outside = sorted(scope - set(store.tenants))
+                    if outside:
+                        raise ValueError(
+                            f"region {region.name}: the {side} store holds only tenants "
+                            f"{list(store.tenants)}, but the migration covers {outside}; "
+                            "it would cross tenants"
+                        )
+        if not self.regions:
+            for side, store in (("source", self.source.store), ("target", self.target.store)):
+                if store.tenants is not None and scope is not None and scope - set(store.tenants):
+                    raise ValueError(
+                        f"{side}.store holds only tenants {list(store.tenants)}, but the "
+                        f"migration covers {sorted(scope)}; it would cross tenants"
+                    )
 
     @property
     def migration_id(self) -> str:

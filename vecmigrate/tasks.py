@@ -160,6 +160,9 @@ class RoutingChangeInput(_Model):
     ramp_percent: float = 0.0
     shadow_percent: float = 0.0
     writes_paused: bool = False
+    # The region whose data this touches (None outside a regional migration): only a worker
+    # of that region may run it.
+    region: str | None = None
 
 
 class LedgerInput(_Model):
@@ -172,6 +175,9 @@ class LedgerInput(_Model):
     kind: str
     actor: str
     data: dict[str, Any] = Field(default_factory=dict)
+    # The region whose data this touches (None outside a regional migration): only a worker
+    # of that region may run it.
+    region: str | None = None
 
 
 class ControlInput(_Model):
@@ -180,6 +186,9 @@ class ControlInput(_Model):
     migration_id: str
     paused: bool
     max_vectors_per_second: float | None = None
+    # The region whose data this touches (None outside a regional migration): only a worker
+    # of that region may run it.
+    region: str | None = None
 
 
 class VersionStateInput(_Model):
@@ -189,6 +198,9 @@ class VersionStateInput(_Model):
     version: str
     state: str
     operator: str
+    # The region whose data this touches (None outside a regional migration): only a worker
+    # of that region may run it.
+    region: str | None = None
 
 
 class ValidateResult(_Model):
@@ -215,7 +227,11 @@ class CatchUpResult(_Model):
 
 class LogHeadInput(_Model):
     tenant: str
+    migration_id: str | None = None
     collection: str
+    # The region whose data this touches (None outside a regional migration): only a worker
+    # of that region may run it.
+    region: str | None = None
 
 
 class ShadowInput(_Model):
@@ -225,8 +241,20 @@ class ShadowInput(_Model):
     collection: str
     candidate: str
     after: int = 0
+    migration_id: str | None = None
+    # The region whose data this touches (None outside a regional migration): only a worker
+    # of that region may run it.
+    region: str | None = None
 
 
 class ShadowResult(_Model):
     figures: ShadowFigures
     last_id: int
+
+
+class TenantsInput(_Model):
+    """Which tenants of a region hold ``collection`` with version ``version`` registered."""
+
+    collection: str
+    version: str
+    region: str | None = None

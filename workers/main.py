@@ -20,6 +20,7 @@ from activities.migration import MigrationActivities
 from control.client import connect, default_address, default_task_queue
 from vecmigrate.config import default_catalog_url
 from workflows.migration import MigrationWorkflow
+from workflows.regional import RegionalMigrationWorkflow
 
 
 def build_worker(
@@ -30,17 +31,20 @@ def build_worker(
     *,
     max_concurrent_activities: int = 4,
     build_threads: int = 0,
+    region: str | None = None,
 ) -> Worker:
-    """A worker for the migration workflow and its activities.
+    """A worker for the migration workflows and their activities.
 
     Activities are synchronous and CPU- or I/O-heavy, so they run on ``executor``; index builds
-    use ``build_threads`` threads each (0: all cores).
+    use ``build_threads`` threads each (0: all cores). A worker of a ``region`` runs only that
+    region's activities (others are refused before they touch anything) against the region's
+    own catalog and stores.
     """
-    acts = MigrationActivities(catalog_url, build_threads=build_threads)
+    acts = MigrationActivities(catalog_url, build_threads=build_threads, region=region)
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[MigrationWorkflow],
+        workflows=[MigrationWorkflow, RegionalMigrationWorkflow],
         activities=acts.all(),
         activity_executor=executor,
         max_concurrent_activities=max_concurrent_activities,
@@ -55,6 +59,7 @@ async def run_worker(
     concurrency: int = 4,
     stop: asyncio.Event | None = None,
     handle_signals: bool = True,
+    region: str | None = None,
 ) -> None:
     """Connect and poll until ``stop`` is set, then shut down cleanly.
 
@@ -70,11 +75,20 @@ async def run_worker(
                 loop.add_signal_handler(sig, stop.set)
     with ThreadPoolExecutor(max_workers=concurrency + 2) as executor:
         worker = build_worker(
-            client, task_queue, catalog_url, executor, max_concurrent_activities=concurrency
+            client,
+            task_queue,
+            catalog_url,
+            executor,
+            max_concurrent_activities=concurrency,
+            region=region,
         )
         async with worker:
             logging.getLogger("vecmigrate").info(
-                "worker polling %s on %s (catalog %s)", task_queue, address, catalog_url
+                "worker polling %s on %s (catalog %s, region %s)",
+                task_queue,
+                address,
+                catalog_url,
+                region or "none",
             )
             await stop.wait()
 
@@ -83,15 +97,25 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m workers.main``."""
     p = argparse.ArgumentParser(description="vecmigrate worker")
     p.add_argument("--address", default=default_address())
-    p.add_argument("--task-queue", default=default_task_queue())
+    p.add_argument(
+        "--region",
+        default=None,
+        help="run only this region's work (task queue default: vecmigrate-REGION)",
+    )
+    p.add_argument("--task-queue", default=None)
     p.add_argument("--catalog", default=default_catalog_url())
     p.add_argument(
         "--concurrency", type=int, default=int(os.environ.get("VECMIGRATE_CONCURRENCY", "4"))
     )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    queue = args.task_queue or (
+        f"vecmigrate-{args.region}" if args.region else default_task_queue()
+    )
     asyncio.run(
-        run_worker(args.address, args.task_queue, args.catalog, concurrency=args.concurrency)
+        run_worker(
+            args.address, queue, args.catalog, concurrency=args.concurrency, region=args.region
+        )
     )
 
 

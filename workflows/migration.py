@@ -11,6 +11,7 @@ Operators steer it by signal (``pause``, ``resume``, ``approve_cutover``, ``roll
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
@@ -42,6 +43,7 @@ with workflow.unsafe.imports_passed_through():
         check_transition,
         selected_hash_shards,
     )
+    from vecmigrate.regions import RegionUpdate
     from vecmigrate.spec import is_native
     from vecmigrate.tasks import (
         ArtifactRef,
@@ -177,6 +179,7 @@ class MigrationWorkflow:
         self._status.pause_reason = ""
         await self._operator("resume", msg)
         await self._sync_control()
+        await self._report()
 
     @workflow.signal(name="approve_cutover")
     async def approve_cutover(self, msg: OperatorMessage | None = None) -> None:
@@ -262,6 +265,7 @@ class MigrationWorkflow:
                     migration_id=self._status.migration_id,
                     paused=self._status.paused,
                     max_vectors_per_second=self._status.max_vectors_per_second,
+                    region=self._spec.region,
                 ),
                 start_to_close_timeout=SHORT_TIMEOUT,
                 retry_policy=RETRY,
@@ -299,6 +303,7 @@ class MigrationWorkflow:
                 kind=kind,
                 actor=actor,
                 data=data,
+                region=self._spec.region,
             ),
             result_type=LedgerAck,
             start_to_close_timeout=SHORT_TIMEOUT,
@@ -311,6 +316,33 @@ class MigrationWorkflow:
         self._status.ledger_entries += 1
         if ack.seq > self._status.ledger_seq:
             self._status.ledger_seq, self._status.ledger_head = ack.seq, ack.hash
+
+    async def _report(self) -> None:
+        """Tell the parent (a regional migration) this child's phase, pause and progress.
+
+        Only a child has a parent: a migration started on its own sends nothing.
+        """
+        parent = workflow.info().parent
+        if parent is None:
+            return
+        st = self._status
+        reason = st.pause_reason if st.paused else st.blocked_reason
+        if st.phase == Phase.ROLLED_BACK and self._interrupt is not None:
+            reason = self._interrupt.message.reason
+        update = RegionUpdate(
+            workflow_id=st.migration_id,
+            phase=st.phase,
+            paused=st.paused,
+            reason=reason,
+            copied=sum(p.copied for p in st.shards),
+            total=sum(p.total for p in st.shards),
+            cutovers=st.cutovers,
+        )
+        # A parent that has ended cannot hear it: the child goes on by itself.
+        with contextlib.suppress(Exception):
+            await workflow.get_external_workflow_handle(parent.workflow_id).signal(
+                "region_update", update
+            )
 
     async def _enter(self, phase: Phase, actor: str = "vecmigrate") -> None:
         async with self._lock:
@@ -325,6 +357,7 @@ class MigrationWorkflow:
             self._status.phase = phase
             self._status.phase_started_at = now.isoformat()
         await self._record("phase", actor, {"from": old, "to": phase})
+        await self._report()
 
     async def _guarded(self, make: Callable[[], Awaitable[T]]) -> T:
         """Run a step; cancel it and raise `_InterruptedError` on a rollback or abort."""
@@ -340,6 +373,8 @@ class MigrationWorkflow:
         raise _InterruptedError()
 
     async def _wait_unpaused(self) -> None:
+        if self._status.paused:
+            await self._report()
         await workflow.wait_condition(
             lambda: not self._status.paused or self._interrupt is not None
         )
@@ -528,7 +563,12 @@ class MigrationWorkflow:
         spec = self._spec
         head: int = await workflow.execute_activity(
             "log_head",
-            LogHeadInput(tenant=spec.tenant, collection=spec.collection),
+            LogHeadInput(
+                tenant=spec.tenant,
+                collection=spec.collection,
+                region=spec.region,
+                migration_id=spec.migration_id,
+            ),
             result_type=int,
             start_to_close_timeout=SHORT_TIMEOUT,
             retry_policy=RETRY,
@@ -727,6 +767,8 @@ class MigrationWorkflow:
                 collection=spec.collection,
                 candidate=spec.target.name,
                 after=after,
+                region=spec.region,
+                migration_id=spec.migration_id,
             ),
             result_type=ShadowResult,
             start_to_close_timeout=SHORT_TIMEOUT,
@@ -991,6 +1033,7 @@ class MigrationWorkflow:
                 ramp_percent=ramp_percent,
                 shadow_percent=shadow_percent,
                 writes_paused=writes_paused,
+                region=spec.region,
             )
             view: RoutingView = await workflow.execute_activity(
                 "change_routing",
@@ -1013,6 +1056,7 @@ class MigrationWorkflow:
                 version=version,
                 state=state,
                 operator=operator,
+                region=spec.region,
             ),
             start_to_close_timeout=SHORT_TIMEOUT,
             retry_policy=RETRY,
