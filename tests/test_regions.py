@@ -516,3 +516,48 @@ def test_plan_of_a_regional_migration_names_queues_order_and_policy(tmp_path: Pa
     assert steps["ROLLOUT"].startswith("canary eu alone until its gates pass, then us, ap")
     assert steps["CUT_OVER"] == "eu -> ap -> us, 1.0s between regions"
     assert "the others wait for an operator" in steps["ON FAILURE"]
+
+
+async def test_rollback_of_one_region_at_the_barrier_then_the_others_cut_over(
+    client: Client, tmp_path: Path, regions: dict[str, RegionWorker]
+) -> None:
+    # Tenants "all": each region's own catalog says which tenants hold the collection.
+    spec = regional_spec(tmp_path, tenants="all", cutover={"mode": "manual", "bake_seconds": 0.5})
+    async with ControlPlane(client, tmp_path) as mc:
+        mid = await mc.start(spec, operator="alice")
+        assert await mc.is_regional(mid)
+        held = await regional_until(mc, mid, lambda s: "approve_cutover" in s.blocked_reason)
+        assert [(s.region, s.tenant) for s in held.regions] == [(r, "default") for r in REGIONS]
+        assert all(s.ready for s in held.regions)
+        await mc.signal(mid, "rollback", operator="carol", reason="us looks off", region="us")
+        held = await regional_until(
+            mc,
+            mid,
+            lambda s: any(x.region == "us" and x.phase == Phase.ROLLED_BACK for x in s.regions),
+        )
+        by = {s.region: s for s in held.regions}
+        # The others still hold at the barrier.
+        assert by["eu"].ready
+        assert by["ap"].ready
+        assert not by["us"].failed  # an operator's rollback, not a failed gate
+        await mc.signal(mid, "approve_cutover", operator="alice", reason="eu and ap")
+        final = await regional_until(
+            mc, mid, lambda s: s.phase in (Phase.COMPLETED, Phase.ROLLED_BACK)
+        )
+    by = {s.region: s for s in final.regions}
+    assert final.phase == Phase.COMPLETED
+    assert (by["eu"].phase, by["ap"].phase, by["us"].phase) == (
+        Phase.COMPLETED,
+        Phase.COMPLETED,
+        Phase.ROLLED_BACK,
+    )
+    assert [o.action for o in final.operators] == ["rollback", "approve_cutover"]
+    us = region_catalog(tmp_path, "us").get_routing("default", "docs")
+    assert us is not None
+    assert us.read_version == "v1"
+    control = Catalog(sqlite_url(tmp_path / "control.db")).entries(mid)
+    assert [e.data["action"] for e in control if e.kind == "operator"] == [
+        "rollback",
+        "approve_cutover",
+    ]
+    assert next(e for e in control if e.kind == "operator").data["region"] == "us"
