@@ -218,17 +218,20 @@ async def _demo(args: argparse.Namespace) -> int:
     from control.demo import run_demo
 
     final = await run_demo(
-        size=args.size,
-        data=args.data,
-        manual=args.manual,
-        keep=args.keep,
-        address=args.address or os.environ.get("TEMPORAL_ADDRESS") or None,
-        catalog_url=args.catalog or default_catalog_url(),
-        task_queue=args.task_queue or default_task_queue(),
-        operator=args.operator or _operator(),
-        console=out,
+        size=args.size, data=args.data, manual=args.manual, keep=args.keep, **_runtime(args)
     )
     return 0 if final.phase == "COMPLETED" else 1
+
+
+def _runtime(args: argparse.Namespace) -> dict[str, Any]:
+    """Where a demo runs: Temporal (its own dev server when no address), catalog, queue."""
+    return {
+        "address": args.address or os.environ.get("TEMPORAL_ADDRESS") or None,
+        "catalog_url": args.catalog or default_catalog_url(),
+        "task_queue": args.task_queue or default_task_queue(),
+        "operator": args.operator or _operator(),
+        "console": out,
+    }
 
 
 async def _demo_text(args: argparse.Namespace) -> int:
@@ -240,11 +243,7 @@ async def _demo_text(args: argparse.Namespace) -> int:
         size=args.size,
         adapter=args.adapter,
         old_model_unavailable=args.old_model_unavailable,
-        address=args.address or os.environ.get("TEMPORAL_ADDRESS") or None,
-        catalog_url=args.catalog or default_catalog_url(),
-        task_queue=args.task_queue or default_task_queue(),
-        operator=args.operator or _operator(),
-        console=out,
+        **_runtime(args),
     )
     return 0 if final.phase == "COMPLETED" else 1
 

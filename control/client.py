@@ -73,29 +73,25 @@ class MigrationClient:
         """
         spec = resolve_spec(spec)
         if spec.regional:
-            regional = await self.client.start_workflow(
-                RegionalMigrationWorkflow.run,
-                MigrationInput(spec=spec, requested_by=operator),
-                id=spec.migration_id,
-                task_queue=self.task_queue,
-                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-                static_summary=(
-                    f"{spec.collection}: {spec.source.name} -> {spec.target.name} in "
-                    f"{', '.join(r.name for r in spec.regions) or 'one region'} "
-                    f"({spec.strategy}, tenants {spec.tenants or spec.tenant})"
-                ),
+            run: Any = RegionalMigrationWorkflow.run
+            summary = (
+                f"{spec.collection}: {spec.source.name} -> {spec.target.name} in "
+                f"{', '.join(r.name for r in spec.regions) or 'one region'} "
+                f"({spec.strategy}, tenants {spec.tenants or spec.tenant})"
             )
-            return regional.id
+        else:
+            run = MigrationWorkflow.run
+            summary = (
+                f"{spec.tenant}/{spec.collection}: {spec.source.name} -> {spec.target.name} "
+                f"({spec.strategy}, {spec.target.index.kind})"
+            )
         handle = await self.client.start_workflow(
-            MigrationWorkflow.run,
+            run,
             MigrationInput(spec=spec, requested_by=operator),
             id=spec.migration_id,
             task_queue=self.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            static_summary=(
-                f"{spec.tenant}/{spec.collection}: {spec.source.name} -> {spec.target.name} "
-                f"({spec.strategy}, {spec.target.index.kind})"
-            ),
+            static_summary=summary,
         )
         return handle.id
 

@@ -18,11 +18,18 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
+from workflows.common import (
+    RETRY,
+    SHORT_TIMEOUT,
+    append_ledger,
+    event_key,
+    operator_action,
+    operator_data,
+)
+
 with workflow.unsafe.imports_passed_through():
-    from vecmigrate.errors import NON_RETRYABLE_NAMES
     from vecmigrate.lifecycle import (
         READING_TARGET,
         STRATEGY_PHASES,
@@ -32,7 +39,6 @@ with workflow.unsafe.imports_passed_through():
         Interrupt,
         MigrationInput,
         MigrationStatus,
-        OperatorAction,
         OperatorMessage,
         Phase,
         RampRequest,
@@ -73,18 +79,6 @@ with workflow.unsafe.imports_passed_through():
 
 T = TypeVar("T")
 
-
-RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=10,
-    non_retryable_error_types=list(NON_RETRYABLE_NAMES),
-)
-
-# Short bookkeeping calls (ledger, routing, version state) against the catalog. A worker killed
-# during one costs this long before another worker retries it.
-SHORT_TIMEOUT = timedelta(seconds=10)
 
 # Continue as new before the history reaches this many events, less what draining the shard
 # window may add (about a dozen events a shard).
@@ -274,40 +268,28 @@ class MigrationWorkflow:
     async def _operator(
         self, action: str, msg: OperatorMessage, extra: dict[str, Any] | None = None
     ) -> None:
-        self._status.operators.append(
-            OperatorAction(
-                at=workflow.now().isoformat(),
-                operator=msg.operator,
-                action=action,
-                reason=msg.reason,
-            )
-        )
+        self._status.operators.append(operator_action(action, msg))
         await self._record(
             "operator",
             msg.operator,
-            {"action": action, "reason": msg.reason, "phase": self._status.phase, **(extra or {})},
+            operator_data(action, msg, {"phase": self._status.phase, **(extra or {})}),
         )
 
     # -- helpers -------------------------------------------------------------------------------
 
     async def _record(self, kind: str, actor: str, data: dict[str, Any]) -> None:
         self._events += 1
-        key = f"{self._status.migration_id}/{workflow.info().first_execution_run_id}/{self._events}"
-        ack: LedgerAck = await workflow.execute_activity(
-            "record",
+        ack = await append_ledger(
             LedgerInput(
                 migration_id=self._status.migration_id,
                 tenant=self._spec.tenant,
                 collection=self._spec.collection,
-                event_key=key,
+                event_key=event_key(self._status.migration_id, self._events),
                 kind=kind,
                 actor=actor,
                 data=data,
                 region=self._spec.region,
-            ),
-            result_type=LedgerAck,
-            start_to_close_timeout=SHORT_TIMEOUT,
-            retry_policy=RETRY,
+            )
         )
         self._anchor(ack)
 

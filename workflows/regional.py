@@ -27,15 +27,21 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ChildWorkflowError
 
+from workflows.common import (
+    RETRY,
+    SHORT_TIMEOUT,
+    append_ledger,
+    event_key,
+    operator_action,
+    operator_data,
+)
+
 with workflow.unsafe.imports_passed_through():
-    from vecmigrate.errors import NON_RETRYABLE_NAMES
     from vecmigrate.lifecycle import (
         MigrationInput,
         MigrationStatus,
-        OperatorAction,
         OperatorMessage,
         Phase,
     )
@@ -48,16 +54,8 @@ with workflow.unsafe.imports_passed_through():
         child_plans,
         region_queue,
     )
-    from vecmigrate.tasks import LedgerAck, LedgerInput, TenantsInput
+    from vecmigrate.tasks import LedgerInput, TenantsInput
 
-RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=10,
-    non_retryable_error_types=list(NON_RETRYABLE_NAMES),
-)
-SHORT_TIMEOUT = timedelta(seconds=10)
 # A child in one of these phases has switched its reads: its cut-over went through.
 SWITCHED = frozenset({Phase.BAKING, Phase.FINALIZING, Phase.COMPLETED})
 
@@ -163,36 +161,23 @@ class RegionalMigrationWorkflow:
     async def _operator(
         self, action: str, msg: OperatorMessage, extra: dict[str, Any] | None = None
     ) -> None:
-        self._status.operators.append(
-            OperatorAction(
-                at=workflow.now().isoformat(),
-                operator=msg.operator,
-                action=action,
-                reason=msg.reason,
-            )
-        )
-        await self._record(
-            "operator", msg.operator, {"action": action, "reason": msg.reason, **(extra or {})}
-        )
+        self._status.operators.append(operator_action(action, msg))
+        await self._record("operator", msg.operator, operator_data(action, msg, extra or {}))
 
     async def _record(self, kind: str, actor: str, data: dict[str, Any]) -> None:
         self._events += 1
-        key = f"{self._spec.migration_id}/{workflow.info().first_execution_run_id}/{self._events}"
-        await workflow.execute_activity(
-            "record",
+        spec = self._spec
+        await append_ledger(
             LedgerInput(
-                migration_id=self._spec.migration_id,
+                migration_id=spec.migration_id,
                 # The control plane's entries speak for every tenant of the migration.
-                tenant=self._spec.tenant if self._spec.tenants is None else "*",
-                collection=self._spec.collection,
-                event_key=key,
+                tenant=spec.tenant if spec.tenants is None else "*",
+                collection=spec.collection,
+                event_key=event_key(spec.migration_id, self._events),
                 kind=kind,
                 actor=actor,
                 data=data,
-            ),
-            result_type=LedgerAck,
-            start_to_close_timeout=SHORT_TIMEOUT,
-            retry_policy=RETRY,
+            )
         )
 
     async def _phase(self, phase: Phase, blocked: str = "") -> None:

@@ -130,17 +130,22 @@ class BuiltinStore(ScanningStore):
 
     def scan(self, shard: ShardRef, cursor: Cursor | None, limit: int) -> Batch:
         column, order = _key_filter(shard)
-        params: dict[str, Any] = {"ns": self.ns, "lo": shard.lo, "hi": shard.hi, "n": limit}
-        where = f"ns = :ns AND {column} >= :lo AND {column} < :hi"
+        params: list[Any] = [self.ns, shard.lo, shard.hi]
+        where = f"ns = ? AND {column} >= ? AND {column} < ?"
         if cursor is not None:
-            params.update(ck=cursor.key, cid=cursor.id)
             if shard.by == "hash":
-                where += " AND (h > :ck OR (h = :ck AND id > :cid))"
+                where += " AND (h > ? OR (h = ? AND id > ?))"
+                params += [cursor.key, cursor.key, cursor.id]
             else:
-                where += " AND id > :cid"
-        sql = text(f"SELECT id, h, vec FROM vm_vectors WHERE {where} ORDER BY {order} LIMIT :n")
+                where += " AND id > ?"
+                params.append(cursor.id)
+        params.append(limit)
+        sql = f"SELECT id, h, vec FROM vm_vectors WHERE {where} ORDER BY {order} LIMIT ?"
         with self.engine.connect() as conn:
-            rows = conn.execute(sql, params).all()
+            # The driver's own cursor: SQLAlchemy's row objects cost more than the read itself
+            # (a scan is every copy's, build's and profile's inner loop).
+            mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+            rows = conn.exec_driver_sql(sql.replace("?", mark), tuple(params)).fetchall()
         if not rows:
             return Batch(np.empty(0, np.int64), np.empty((0, self.dimension), np.float32), cursor)
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
