@@ -8,7 +8,13 @@ Same vectors, same run:
 - raw SQLite: the same rows read from the store's table and inserted into a table of the same
   shape in another SQLite database with executemany, same pragmas (WAL, synchronous=FULL),
   same batch size;
-- qdrant-client ``migrate()`` between two local-mode clients (its default batch size).
+- qdrant-client ``migrate()`` between two local-mode clients (its default batch size);
+- vector-io (``vdf-io``): ``export_vdf`` from one LanceDB table to its Parquet format, then
+  ``import_vdf`` into another LanceDB database, run with ``--vector-io PYTHON``, a Python with
+  vdf-io installed (``bench/peers/setup_vector_io.sh`` makes one; it cannot share
+  vecmigrate's environment). Reported twice: the whole commands as a user runs them, and the
+  times the tool itself prints (its start-up, about 10 s of importing every database client
+  it supports, left out).
 Targets: vecmigrate at least 0.8 of the raw copy, and at least twice the best peer's points/s.
 """
 
@@ -114,18 +120,124 @@ def qdrant_migrate(home: Path, vectors: np.ndarray) -> float | None:
     return seconds
 
 
+_MAKE_LANCE = """
+import sys, lancedb, numpy as np, pyarrow as pa
+vectors = np.load(sys.argv[2])
+n, dim = vectors.shape
+table = pa.table({
+    "id": pa.array(np.arange(1, n + 1, dtype=np.int64)),
+    "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), dim),
+})
+lancedb.connect(sys.argv[1]).create_table("bench", data=table)
+"""
+
+_COUNT_LANCE = """
+import sys, lancedb
+db = lancedb.connect(sys.argv[1])
+print(sum(db.open_table(t).count_rows() for t in db.table_names()))
+"""
+
+
+def _tool_seconds(output: str) -> float:
+    """The duration vector-io prints ("Time taken: 0.20 seconds" or "... 00:01:02")."""
+    total = 0.0
+    for line in output.splitlines():
+        if "Time taken" not in line:
+            continue
+        value = line.split(":", 1)[1].strip().removesuffix("seconds").strip()
+        if value.count(":") == 2:
+            h, m, sec = (float(x) for x in value.split(":"))
+            total += h * 3600 + m * 60 + sec
+        else:
+            total += float(value)
+    return total
+
+
+def vector_io(home: Path, vectors: np.ndarray, python: Path) -> tuple[float, float] | None:
+    """Export one LanceDB table with vector-io and import it into another: (wall, tool) s."""
+    import subprocess
+
+    bindir = python.parent
+    work = home / "vector-io"
+    work.mkdir()
+    np.save(work / "vectors.npy", vectors)
+    subprocess.run(
+        [str(python), "-c", _MAKE_LANCE, str(work / "src"), str(work / "vectors.npy")],
+        check=True,
+    )
+    began = time.perf_counter()
+    export = subprocess.run(
+        [
+            str(bindir / "export_vdf"),
+            "-m",
+            "none",
+            "--no-push_to_hub",
+            "lancedb",
+            "--endpoint",
+            str(work / "src"),
+            "--tables",
+            "bench",
+            "--lancedb_api_key",
+            "none",
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        check=True,
+    )
+    folder = next(p for p in work.iterdir() if p.name.startswith("vdf_"))
+    imported = subprocess.run(
+        [
+            str(bindir / "import_vdf"),
+            "-d",
+            str(folder),
+            "--create_new",
+            "lancedb",
+            "--endpoint",
+            str(work / "dst"),
+            "--lancedb_api_key",
+            "none",
+        ],
+        cwd=work,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+        check=True,
+    )
+    wall = time.perf_counter() - began
+    count = subprocess.run(
+        [str(python), "-c", _COUNT_LANCE, str(work / "dst")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert int(count.stdout.strip().splitlines()[-1]) == len(vectors), count.stdout
+    tool = _tool_seconds(export.stdout + export.stderr) + _tool_seconds(
+        imported.stdout + imported.stderr
+    )
+    return wall, tool
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--vectors", type=int, default=200_000)
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--batch", type=int, default=10_000)
     p.add_argument("--out", type=Path, default=RESULTS, help="where JSON and PNG go")
+    p.add_argument(
+        "--vector-io",
+        type=Path,
+        default=None,
+        help="a Python with vdf-io, lancedb and pylance (bench/peers/setup_vector_io.sh)",
+    )
     args = p.parse_args()
     vectors = clustered(args.vectors, args.dim, seed=8)
     home = Path(tempfile.mkdtemp(prefix="vecmigrate-copy-"))
     ours = vecmigrate_copy(home, vectors, args.batch)
     raw = raw_copy(home, args.batch)
     peer = qdrant_migrate(home, vectors)
+    vio = vector_io(home, vectors, args.vector_io) if args.vector_io else None
     n = args.vectors
     rows = [
         {
@@ -148,6 +260,23 @@ def main() -> None:
             }
         )
 
+    if vio is not None:
+        rows.append(
+            {
+                "tool": "vector-io LanceDB->LanceDB (commands)",
+                "seconds": round(vio[0], 2),
+                "points_per_s": round(n / vio[0]),
+            }
+        )
+        rows.append(
+            {
+                "tool": "vector-io LanceDB->LanceDB (its own timer)",
+                "seconds": round(vio[1], 2),
+                "points_per_s": round(n / max(vio[1], 1e-3)),
+            }
+        )
+    peers = [r["points_per_s"] for r in rows[2:]]
+
     def plot(path: Path) -> None:
         import matplotlib.pyplot as plt
 
@@ -161,7 +290,7 @@ def main() -> None:
     summary = {
         "vecmigrate / raw SQLite": f"{raw / ours:.2f} (target >= 0.8)",
         "vecmigrate / best peer": (
-            f"{peer / ours:.1f}x (target >= 2)" if peer is not None else "peer not installed"
+            f"{n / ours / max(peers):.2f}x (target >= 2)" if peers else "no peer installed"
         ),
     }
     report(

@@ -134,8 +134,10 @@ class BuiltinStore(ScanningStore):
         where = f"ns = ? AND {column} >= ? AND {column} < ?"
         if cursor is not None:
             if shard.by == "hash":
-                where += " AND (h > ? OR (h = ? AND id > ?))"
-                params += [cursor.key, cursor.key, cursor.id]
+                # A row-value comparison: the index seeks straight to the cursor (an OR of the
+                # two conditions made SQLite walk the shard from its start on every batch).
+                where += " AND (h, id) > (?, ?)"
+                params += [cursor.key, cursor.id]
             else:
                 where += " AND id > ?"
                 params.append(cursor.id)
