@@ -41,11 +41,19 @@ from vecmigrate.stores import VectorStore
 
 
 def embed_in_batches(embedder: Embedder, texts: list[str], batch: int) -> Vectors:
-    """Embed ``texts`` ``batch`` at a time (bounded memory in the model)."""
-    parts = [embedder.embed(texts[i : i + batch]) for i in range(0, len(texts), batch)]
-    if not parts:
+    """Embed ``texts`` ``batch`` at a time (bounded memory in the model), in their order.
+
+    Texts go to the model sorted by length: a transformer pads each batch to its longest text,
+    and records arrive in the source's hash order, which mixes short and long ones.
+    """
+    if not texts:
         return np.empty((0, embedder.schema.dimension), np.float32)
-    return np.concatenate(parts)
+    order = np.argsort(np.fromiter((len(t) for t in texts), np.int64, len(texts)), kind="stable")
+    ranked = [texts[i] for i in order.tolist()]
+    parts = [embedder.embed(ranked[i : i + batch]) for i in range(0, len(ranked), batch)]
+    out = np.empty((len(texts), embedder.schema.dimension), np.float32)
+    out[order] = np.concatenate(parts)
+    return out
 
 
 @dataclass
