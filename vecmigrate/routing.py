@@ -26,6 +26,7 @@ at once and a deleted record never comes back.
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -56,9 +57,9 @@ class WritesPausedError(VecmigrateError):
     retry_after = 5
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class SearchResult:
-    """Neighbours and where they came from."""
+    """Neighbours and where they came from (slots, not frozen: built on every search)."""
 
     version: str
     index: str | None
@@ -206,7 +207,9 @@ class Router:
                 f"queries have dimension {q.shape[-1]} but {tenant}/{collection} serves "
                 f"{emb.dimension}-dimensional vectors ({model_key(emb)})"
             )
-        if not np.isfinite(q).all():
+        # One reduction, then the exact test only when it is not finite (NaN and infinity
+        # carry through a sum; so would an overflow, which the exact test tells apart).
+        if not math.isfinite(q.sum()) and not np.isfinite(q).all():
             raise DataError("queries contain NaN or infinity")
         version, index = view.read_version, view.read_index
         if (
@@ -215,7 +218,7 @@ class Router:
             or self._other_model(tenant, collection, view)
         ):
             # No canary, no shadow: the common case, kept to the search itself.
-            d, i = self._search_version(tenant, collection, version, index, q, k)
+            d, i = self._search_version(tenant, collection, version, index, q, k, record)
             return SearchResult(version, index, d, i)
         side = bucket(key if key is not None else q.tobytes().hex())
         if side < view.ramp_percent:
@@ -303,17 +306,20 @@ class Router:
         index_id: str | None,
         queries: Vectors,
         k: int,
+        record: VersionRecord | None = None,
     ) -> tuple[Distances, Ids]:
-        record, store = self._version(tenant, collection, version)
-        metric = str(record.embedding.metric)
+        if index_id is None or record is None:
+            record, store = self._version(tenant, collection, version)
         if index_id is None:
-            return store.search(queries, k, metric=metric)
-        searcher = self._searcher(index_id)
+            return store.search(queries, k, metric=str(record.embedding.metric))
+        searcher = self._indexes.get(index_id) or self._searcher(index_id)
         if isinstance(searcher, NativeIndex):
             return searcher.search(queries, k)  # the database's own index: always current
         delta = self._delta(tenant, collection, self._index_position(index_id))
         if delta is None:
             return searcher.search(queries, k)
+        record, store = self._version(tenant, collection, version)
+        metric = str(record.embedding.metric)
         stale_ids, live_ids, live_raw = delta
         # Over-fetch just enough to have k results left once stale ones are dropped: start
         # small (most results are untouched) and widen only for queries that come up short.
