@@ -114,7 +114,9 @@ def test_cli_and_stock_temporal_cli(tmp_path: Path) -> None:
                 ).returncode
                 == 0
             ),
-            60,
+            # Generous: on a loaded two-core machine the frontend has been seen to take over a
+            # minute to report healthy after the server printed its address.
+            180,
             "the dev server",
         )
         seeded = vecmigrate(
