@@ -97,12 +97,6 @@ class RegionalStatus(_Model):
     paused: bool = False
     error: str = ""
 
-    def by_region(self) -> dict[str | None, list[RegionState]]:
-        out: dict[str | None, list[RegionState]] = {}
-        for r in self.regions:
-            out.setdefault(r.region, []).append(r)
-        return out
-
 
 def region_queue(region: RegionSpec) -> str:
     """The data-plane task queue of a region."""

@@ -538,29 +538,33 @@ class Router:
         elif vectors is None:
             raise DataError("an upsert needs vectors or texts")
         live_key = model_key(live.embedding)
+        raw: Vectors | None = None
+        if vectors is not None:  # checked once, whatever the number of write versions
+            ids_ok, raw = check_vectors(ids, vectors, live.embedding.dimension, scope)
         planned: list[tuple[VectorStore, Vectors]] = []
         logged: Vectors | None = None
-        ids_ok = None
         for name in view.write_versions:
             record, store = self._version(tenant, collection, name)
-            same_model = model_key(record.embedding) == live_key
-            if vectors is not None and same_model:
-                ids_ok, raw = check_vectors(ids, vectors, live.embedding.dimension, scope)
+            if raw is not None and model_key(record.embedding) == live_key:
                 _, transform = make_transform(live.embedding, record.embedding)
                 made = transform(raw)
             elif texts is not None:
-                made = self._path(tenant, collection, name).records(texts)
+                # A model's output is checked like a client's vectors (dimension, NaN).
+                ids_ok, made = check_vectors(
+                    ids,
+                    self._path(tenant, collection, name).records(texts),
+                    record.embedding.dimension,
+                    store.scope,
+                )
             else:
                 raise DataError(
                     f"{tenant}/{collection}@{name} is made by {model_key(record.embedding)}, "
                     f"not {live_key}: while the collection moves to a new embedding model, "
                     "write texts (upsert with texts) so that every version can embed them"
                 )
-            ids_ok, made = check_vectors(ids, made, record.embedding.dimension, store.scope)
             planned.append((store, made))
             if name == live.version:
                 logged = made
-        assert ids_ok is not None
         if texts is not None and len(texts) != len(ids_ok):
             raise DataError(f"{len(ids_ok)} ids but {len(texts)} texts; pass one text per id")
         seq = self.log.append(tenant, collection, UPSERT, ids_ok, logged, texts)

@@ -39,15 +39,24 @@ def operator_action(action: str, msg: OperatorMessage) -> OperatorAction:
     )
 
 
-async def append_ledger(entry: LedgerInput) -> LedgerAck:
-    """Append one ledger entry through the ``record`` activity (idempotent by event key)."""
-    ack: LedgerAck = await workflow.execute_activity(
-        "record",
-        entry,
-        result_type=LedgerAck,
+async def short_call(
+    activity: str, arg: Any, result_type: type | None = None, task_queue: str | None = None
+) -> Any:
+    """One short bookkeeping activity (ledger, routing, control, lookups) with the common
+    timeout and retry policy."""
+    return await workflow.execute_activity(
+        activity,
+        arg,
+        result_type=result_type,
+        task_queue=task_queue,
         start_to_close_timeout=SHORT_TIMEOUT,
         retry_policy=RETRY,
     )
+
+
+async def append_ledger(entry: LedgerInput) -> LedgerAck:
+    """Append one ledger entry through the ``record`` activity (idempotent by event key)."""
+    ack: LedgerAck = await short_call("record", entry, LedgerAck)
     return ack
 
 

@@ -22,11 +22,11 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 from workflows.common import (
     RETRY,
-    SHORT_TIMEOUT,
     append_ledger,
     event_key,
     operator_action,
     operator_data,
+    short_call,
 )
 
 with workflow.unsafe.imports_passed_through():
@@ -253,7 +253,7 @@ class MigrationWorkflow:
     async def _sync_control(self) -> None:
         """Tell running copies the pause flag and throttle (they read it before every batch)."""
         async with self._control_lock:
-            await workflow.execute_activity(
+            await short_call(
                 "set_control",
                 ControlInput(
                     migration_id=self._status.migration_id,
@@ -261,8 +261,6 @@ class MigrationWorkflow:
                     max_vectors_per_second=self._status.max_vectors_per_second,
                     region=self._spec.region,
                 ),
-                start_to_close_timeout=SHORT_TIMEOUT,
-                retry_policy=RETRY,
             )
 
     async def _operator(
@@ -543,7 +541,7 @@ class MigrationWorkflow:
 
     async def _log_head(self) -> int:
         spec = self._spec
-        head: int = await workflow.execute_activity(
+        head: int = await short_call(
             "log_head",
             LogHeadInput(
                 tenant=spec.tenant,
@@ -551,9 +549,7 @@ class MigrationWorkflow:
                 region=spec.region,
                 migration_id=spec.migration_id,
             ),
-            result_type=int,
-            start_to_close_timeout=SHORT_TIMEOUT,
-            retry_policy=RETRY,
+            int,
         )
         return head
 
@@ -742,7 +738,7 @@ class MigrationWorkflow:
 
     async def _shadow_result(self, after: int) -> ShadowResult:
         spec = self._spec
-        result: ShadowResult = await workflow.execute_activity(
+        result: ShadowResult = await short_call(
             "shadow_figures",
             ShadowInput(
                 tenant=spec.tenant,
@@ -752,9 +748,7 @@ class MigrationWorkflow:
                 region=spec.region,
                 migration_id=spec.migration_id,
             ),
-            result_type=ShadowResult,
-            start_to_close_timeout=SHORT_TIMEOUT,
-            retry_policy=RETRY,
+            ShadowResult,
         )
         return result
 
@@ -1017,19 +1011,17 @@ class MigrationWorkflow:
                 writes_paused=writes_paused,
                 region=spec.region,
             )
-            view: RoutingView = await workflow.execute_activity(
+            view: RoutingView = await short_call(
                 "change_routing",
                 change,
-                result_type=RoutingView,
-                start_to_close_timeout=SHORT_TIMEOUT,
-                retry_policy=RETRY,
+                RoutingView,
             )
             self._status.routing = view
         await self._record("routing.changed", operator, {"reason": reason, **view.model_dump()})
 
     async def _set_state(self, version: str, state: str, operator: str) -> None:
         spec = self._spec
-        await workflow.execute_activity(
+        await short_call(
             "set_version_state",
             VersionStateInput(
                 migration_id=spec.migration_id,
@@ -1040,8 +1032,6 @@ class MigrationWorkflow:
                 operator=operator,
                 region=spec.region,
             ),
-            start_to_close_timeout=SHORT_TIMEOUT,
-            retry_policy=RETRY,
         )
         await self._record("version.state", operator, {"version": version, "state": state})
 

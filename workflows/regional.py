@@ -30,12 +30,11 @@ from temporalio import workflow
 from temporalio.exceptions import ChildWorkflowError
 
 from workflows.common import (
-    RETRY,
-    SHORT_TIMEOUT,
     append_ledger,
     event_key,
     operator_action,
     operator_data,
+    short_call,
 )
 
 with workflow.unsafe.imports_passed_through():
@@ -237,13 +236,11 @@ class RegionalMigrationWorkflow:
         for region in spec.regions or [None]:
             name = region.name if region is not None else None
             queue = region_queue(region) if region is not None else workflow.info().task_queue
-            found[name] = await workflow.execute_activity(
+            found[name] = await short_call(
                 "list_tenants",
                 TenantsInput(collection=spec.collection, version=spec.source.name, region=name),
-                result_type=list[str],
+                list[str],
                 task_queue=queue,
-                start_to_close_timeout=SHORT_TIMEOUT,
-                retry_policy=RETRY,
             )
         await self._record("tenants", "vecmigrate", {str(k): v for k, v in found.items()})
         return found

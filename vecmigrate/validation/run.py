@@ -125,8 +125,9 @@ def measure(
             return True
         return False
 
-    tq = transform(queries)
-    if spec.model_change:
+    if not spec.model_change:
+        tq = transform(queries)
+    else:
         # The same records, as the new model embedded them (self excluded on both sides).
         assert qids is not None
         found_ids, tq = target.fetch(qids)
