@@ -45,7 +45,9 @@ class Batch:
 
 
 # A shard covering every id: for whole-scope scans.
-WHOLE = ShardRef(index=0, by="range", lo=-(1 << 63), hi=(1 << 63) - 1)
+# Everything, in hash-key order: the order in which stores keep their records together (a hash
+# shard is a contiguous range of the built-in store's table), so a whole scan reads sequentially.
+WHOLE = ShardRef(index=0, by="hash", lo=0, hi=1 << 32)
 
 
 @runtime_checkable

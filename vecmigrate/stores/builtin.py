@@ -2,8 +2,16 @@
 
 Each (tenant, collection, version) is a namespace; a handle is opened for exactly one and every
 statement filters on its namespace id, so a handle cannot read or write outside its scope.
-Records are keyed by (namespace, id) and indexed by (namespace, shard key, id), so a shard is one
-contiguous index range scanned in a stable order from a cursor.
+Records are clustered by (namespace, shard key, id): a hash shard is one contiguous range of the
+table itself, read in a stable order from a cursor, and a copy that writes in scan order appends.
+A unique index on (namespace, id) serves lookups by id and the upsert's conflict target.
+
+Why clustered by shard key: every copy, build and profile scans shards, and with the table keyed
+by id each scanned row was a lookup into the table from a secondary index. Measured on 200,000 x
+128 vectors in SQLite: a full shard scan 2.6 s -> 0.28 s, a copy's inserts in scan order 8.2 s ->
+2.0 s; inserts in id order (seeding) slow down instead, so ``upsert`` writes each call's rows in
+key order and ``seed_collection`` feeds them in key order. Stores created by earlier versions keep
+the id-keyed layout: every statement below works on both, only slower on the old one.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     UniqueConstraint,
@@ -60,11 +69,12 @@ namespaces = Table(
 vectors = Table(
     "vm_vectors",
     metadata,
-    Column("ns", Integer, primary_key=True),
-    Column("id", BigInteger, primary_key=True),
+    Column("ns", Integer, nullable=False),
+    Column("id", BigInteger, nullable=False),
     Column("h", BigInteger, nullable=False),
     Column("vec", LargeBinary, nullable=False),
-    Index("vm_vectors_shard", "ns", "h", "id"),
+    PrimaryKeyConstraint("ns", "h", "id", name="vm_vectors_pk"),
+    Index("vm_vectors_id", "ns", "id", unique=True),
     sqlite_with_rowid=False,
 )
 
@@ -163,8 +173,12 @@ class BuiltinStore(ScanningStore):
         if ids64.size == 0:
             return 0
         keys = hash_key(ids64)
+        # In key order: the table is clustered by it (a stable sort keeps repeated ids in the
+        # caller's order, so the last write of an id still wins).
+        order = np.lexsort((ids64, keys))
+        ids64, keys = ids64[order], keys[order]
         row = vec32.shape[1] * 4
-        raw = vec32.tobytes()
+        raw = vec32[order].tobytes()
         rows = [
             (self.ns, i, h, raw[j * row : (j + 1) * row])
             for j, (i, h) in enumerate(zip(ids64.tolist(), keys.tolist(), strict=True))
