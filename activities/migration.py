@@ -23,6 +23,7 @@ from vecmigrate import backfill, build, validation
 from vecmigrate.catalog import Catalog
 from vecmigrate.changelog import ChangeLog
 from vecmigrate.errors import NON_RETRYABLE, ArtifactError, PreconditionError
+from vecmigrate.indexes import merge_topk
 from vecmigrate.journal import Journal
 from vecmigrate.lifecycle import RoutingView, ShardCheck
 from vecmigrate.residency import Residency
@@ -291,9 +292,14 @@ class MigrationActivities:
         if inp.volatile_after is not None:
             after, log = inp.volatile_after, ChangeLog(self.catalog)
             volatile = lambda: log.changed_ids(spec.tenant, spec.collection, after)  # noqa: E731
+        source, target = backfill.open_source(spec), backfill.open_target(spec)
         with _keepalive(spec):
-            check = validation.check_shard(
-                spec, backfill.open_source(spec), backfill.open_target(spec), inp.shard, volatile
+            queries = validation.gate_queries(spec, source, target)
+            knn = queries.exact_search(spec) if validation.fold_truth(spec, queries) else None
+            check = validation.check_shard(spec, source, target, inp.shard, volatile, truth=knn)
+        if knn is not None:
+            self.journal.set_truth(
+                spec.migration_id, inp.shard.index, inp.round, queries.digest(), *knn.result()
             )
         self.journal.set_check(
             spec.migration_id, inp.shard.index, inp.round, check.model_dump(mode="json")
@@ -309,8 +315,20 @@ class MigrationActivities:
         source, target = backfill.open_source(spec), backfill.open_target(spec)
         checks = inp.checks or self._checks(spec, inp.round)
         with _keepalive(spec):
+            queries = validation.gate_queries(spec, source, target)
+            parts = self.journal.truths(
+                spec.migration_id, inp.round, queries.digest(), list(spec.shards.selected())
+            )
             figures = validation.measure(
-                self.catalog, spec, source, target, inp.source_index, inp.target_index
+                self.catalog,
+                spec,
+                source,
+                target,
+                inp.source_index,
+                inp.target_index,
+                queries=queries,
+                truth=merge_topk(parts, queries.ask) if parts else None,
+                source_is_target=validation.same_data(spec, checks),
             )
         report = validation.report(spec, checks, figures)
         return ValidateResult(report=report, seconds=time.monotonic() - began)

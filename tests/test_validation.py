@@ -20,11 +20,15 @@ from vecmigrate.spec import GatePolicy, MigrationSpec
 from vecmigrate.stores import BuiltinStore
 from vecmigrate.tasks import PrepareResult
 from vecmigrate.validation import (
+    check_shard,
     exclude_self,
+    gate_queries,
     judge,
+    measure,
     overlap_at_k,
     rank_correlation,
     recall_at_k,
+    same_data,
     validate_migration,
 )
 from vecmigrate.validation.distribution import ks_two_sample, spectrum_shift
@@ -133,6 +137,48 @@ def test_faithful_migration_passes_every_gate(sandbox: Sandbox, words: np.ndarra
     assert f.mean_shift == 0.0
     assert f.norm_ks == 0.0
     assert sum(c.target.count for c in report.shards) == N
+
+
+def test_folded_ground_truth_is_the_exact_search(sandbox: Sandbox, words: np.ndarray) -> None:
+    """The shard checks' read also runs the exact search: same figures as searching apart."""
+    spec, prep, index_id = migrate(sandbox, words, gates={"max_recall_drop": 0.05})
+    source, target = open_source(spec), open_target(spec)
+    queries = gate_queries(spec, source, target)
+    knn = queries.exact_search(spec)
+    checks = [check_shard(spec, source, target, s, truth=knn) for s in prep.shards]
+    _, searched = target.search(queries.target, queries.ask)
+    assert np.array_equal(np.sort(knn.result()[1], axis=1), np.sort(searched, axis=1))
+    assert same_data(spec, checks)
+    args = (sandbox.catalog, spec, source, target, prep.source_index, index_id)
+    folded = measure(*args, queries=queries, truth=knn.result(), source_is_target=True)
+    apart = measure(*args)
+    assert folded.truth_source == "shard checks"
+    assert apart.truth_source == "search"
+    assert folded.target_recall == apart.target_recall
+    assert folded.source_recall == apart.source_recall
+    assert folded.overlap == apart.overlap
+
+    # One record differs between the sides: the checks no longer prove the same data, so the
+    # source's recall needs its own exact search.
+    corrupt(target, shard_ids(target, prep, 0)[:1], lambda v: v + 1.0)
+    checks = [check_shard(spec, source, target, s) for s in prep.shards]
+    assert not same_data(spec, checks)
+
+
+def test_stored_truths_answer_only_their_queries(sandbox: Sandbox) -> None:
+    journal = Journal(sandbox.catalog)
+    d = np.arange(6, dtype=np.float32).reshape(2, 3)
+    i = np.arange(6, dtype=np.int64).reshape(2, 3)
+    journal.set_truth("m", 0, 1, "digest-a", d, i)
+    journal.set_truth("m", 1, 1, "digest-a", d + 10, i + 10)
+    parts = journal.truths("m", 1, "digest-a", [0, 1])
+    assert parts is not None
+    assert np.array_equal(parts[1][1], i + 10)
+    assert journal.truths("m", 1, "digest-b", [0, 1]) is None  # other queries
+    assert journal.truths("m", 2, "digest-a", [0, 1]) is None  # another round
+    assert journal.truths("m", 1, "digest-a", [0, 1, 2]) is None  # a shard not checked
+    journal.set_truth("m", 1, 2, "digest-a", d, i)  # round 2 replaces shard 1's truth
+    assert journal.truths("m", 1, "digest-a", [0, 1]) is None
 
 
 def test_lowered_recall_fails_the_recall_gate(sandbox: Sandbox, words: np.ndarray) -> None:

@@ -63,6 +63,10 @@ async def test_happy_path_automatic_cutover(client: Client, sandbox: Sandbox) ->
     assert final.gates.passed
     assert final.gates.target_recall is not None
     assert final.gates.target_recall >= 0.8
+    # The ground truth came from the shard checks' read of the target (stored per shard in the
+    # journal), not from a second search.
+    assert final.gates.figures is not None
+    assert final.gates.figures.truth_source == "shard checks"
     # Routing switched, by compare-and-set, and reads now come from the target's HNSW index.
     routing = sandbox.catalog.get_routing("default", "docs")
     assert routing is not None

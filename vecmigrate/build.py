@@ -74,7 +74,7 @@ def build_shard(
     began = time.monotonic()
     id_parts, vec_parts = [], []
     acc = RecordChecksum()
-    for batch in store.iter_shard(shard, read_batch):
+    for batch in store.iter_shard(shard, read_batch, read_ahead=True):
         id_parts.append(batch.ids)
         vec_parts.append(batch.vectors)
         acc.add(batch.ids, batch.vectors)

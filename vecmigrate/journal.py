@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from sqlalchemy import (
     JSON,
     BigInteger,
@@ -24,6 +26,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     Integer,
+    LargeBinary,
     String,
     Table,
     select,
@@ -71,6 +74,24 @@ controls = Table(
 )
 
 
+# The recall gate's ground truth, per shard: each shard check's read of the target also runs the
+# exact search of the gate's queries, so the figures need no second read. Kept here, not in
+# payloads (queries x k distances and ids per shard), and keyed by validation round and by the
+# digest of the queries, so a truth is only ever used for the queries it answers.
+gate_truths = Table(
+    "gate_truths",
+    metadata,
+    Column("migration_id", String(200), primary_key=True),
+    Column("shard", Integer, primary_key=True),
+    Column("round", Integer, nullable=False),
+    Column("queries_digest", String(64), nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("k", Integer, nullable=False),
+    Column("distances", LargeBinary, nullable=False),
+    Column("ids", LargeBinary, nullable=False),
+)
+
+
 @dataclass(frozen=True)
 class CopyState:
     """Where a shard's copy stands, as the journal last recorded it."""
@@ -105,7 +126,7 @@ class Journal:
         once_per_engine(
             self.engine,
             "journal",
-            lambda: metadata.create_all(self.engine, tables=[shard_work, controls]),
+            lambda: metadata.create_all(self.engine, tables=[shard_work, controls, gate_truths]),
         )
 
     # -- copy progress ------------------------------------------------------------------------
@@ -246,6 +267,56 @@ class Journal:
         """Record a shard's validation profile for validation round ``round_``."""
         self._ensure(migration_id, shard)
         self._update(migration_id, shard, check_result=check, check_round=round_)
+
+    def set_truth(
+        self,
+        migration_id: str,
+        shard: int,
+        round_: int,
+        digest: str,
+        distances: npt.NDArray[np.float32],
+        ids: npt.NDArray[np.int64],
+    ) -> None:
+        """Record a shard's exact nearest neighbours of the gate queries (replacing any)."""
+        rows, k = ids.shape
+        values = {
+            "round": round_,
+            "queries_digest": digest,
+            "rows": rows,
+            "k": k,
+            "distances": np.ascontiguousarray(distances, np.float32).tobytes(),
+            "ids": np.ascontiguousarray(ids, np.int64).tobytes(),
+        }
+        key = (gate_truths.c.migration_id == migration_id) & (gate_truths.c.shard == shard)
+        with begin(self.engine) as conn:
+            conn.execute(gate_truths.delete().where(key))
+            conn.execute(
+                gate_truths.insert().values(migration_id=migration_id, shard=shard, **values)
+            )
+
+    def truths(
+        self, migration_id: str, round_: int, digest: str, shards: list[int]
+    ) -> list[tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]] | None:
+        """Every listed shard's ground truth for these queries in this round; None if any is
+        missing (the figures then search the target themselves)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(gate_truths).where(
+                    (gate_truths.c.migration_id == migration_id)
+                    & (gate_truths.c.round == round_)
+                    & (gate_truths.c.queries_digest == digest)
+                )
+            ).all()
+        found = {int(r.shard): r for r in rows}
+        if any(s not in found for s in shards):
+            return None
+        out = []
+        for s in shards:
+            r = found[s]
+            d = np.frombuffer(r.distances, np.float32).reshape(r.rows, r.k)
+            i = np.frombuffer(r.ids, np.int64).reshape(r.rows, r.k)
+            out.append((d, i))
+        return out
 
     def outcomes(self, migration_id: str, column: str) -> dict[int, Any]:
         """``artifact``, ``check_result``, ``check_round`` or ``copy_result`` of every shard that

@@ -219,6 +219,9 @@ class RetrievalFigures(_Model):
     """Figures of the retrieval and distribution checks; ``None`` where not measured."""
 
     query_source: str = "sampled"
+    # Where the exact ground truth came from: "search" (a search of the target here) or "shard
+    # checks" (folded into the shard checks' read of the target).
+    truth_source: str = "search"
     queries: int = 0
     k: int = 10
     source_recall: float | None = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Protocol, TypeVar, runtime_checkable
 
@@ -62,8 +63,11 @@ class VectorStore(Protocol):
         """Up to ``limit`` records of ``shard`` after ``cursor``, in a stable order."""
         ...
 
-    def iter_shard(self, shard: ShardRef, batch_size: int) -> Iterator[Batch]:
-        """Every batch of a shard, in scan order."""
+    def iter_shard(
+        self, shard: ShardRef, batch_size: int, *, read_ahead: bool = False
+    ) -> Iterator[Batch]:
+        """Every batch of a shard, in scan order (the next read overlapping with the caller's
+        work on this batch, with ``read_ahead``)."""
         ...
 
     def upsert(self, ids: Ids, vectors: Vectors) -> int:
@@ -109,8 +113,18 @@ class ScanningStore:
     def scan(self, shard: ShardRef, cursor: Cursor | None, limit: int) -> Batch:
         raise NotImplementedError
 
-    def iter_shard(self, shard: ShardRef, batch_size: int) -> Iterator[Batch]:
-        """Every batch of a shard, in scan order."""
+    def iter_shard(
+        self, shard: ShardRef, batch_size: int, *, read_ahead: bool = False
+    ) -> Iterator[Batch]:
+        """Every batch of a shard, in scan order.
+
+        With ``read_ahead``, a thread reads the next batch while the caller works on this one:
+        for a caller that computes on each batch (a build, a profile with exact search), the
+        read and the computation overlap (the drivers and numpy release the GIL).
+        """
+        if read_ahead:
+            yield from self._iter_ahead(shard, batch_size)
+            return
         cursor: Cursor | None = None
         while True:
             batch = self.scan(shard, cursor, batch_size)
@@ -118,6 +132,16 @@ class ScanningStore:
                 return
             yield batch
             cursor = batch.next_cursor
+
+    def _iter_ahead(self, shard: ShardRef, batch_size: int) -> Iterator[Batch]:
+        with ThreadPoolExecutor(1, thread_name_prefix="read-ahead") as reader:
+            ahead = reader.submit(self.scan, shard, None, batch_size)
+            while True:
+                batch = ahead.result()
+                if len(batch) == 0:
+                    return
+                ahead = reader.submit(self.scan, shard, batch.next_cursor, batch_size)
+                yield batch
 
     def checksum(self, shard: ShardRef | None = None, batch_size: int = 50_000) -> str:
         """Order-independent checksum of ids and vector bytes (comparable across adapters)."""

@@ -13,17 +13,30 @@ from vecmigrate.validation.retrieval import (
     recall_at_k,
     timed_search,
 )
-from vecmigrate.validation.run import check_shard, measure, report, validate_migration
+from vecmigrate.validation.run import (
+    GateQueries,
+    check_shard,
+    fold_truth,
+    gate_queries,
+    measure,
+    report,
+    same_data,
+    validate_migration,
+)
 
 __all__ = [
+    "GateQueries",
     "check_shard",
     "exclude_self",
+    "fold_truth",
+    "gate_queries",
     "judge",
     "measure",
     "overlap_at_k",
     "rank_correlation",
     "recall_at_k",
     "report",
+    "same_data",
     "timed_search",
     "validate_migration",
 ]

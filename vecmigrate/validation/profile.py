@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from vecmigrate.lifecycle import ShardProfile
@@ -96,12 +98,17 @@ def scan_shard(
     batch_size: int = 50_000,
     unit_norm_tolerance: float = 1e-3,
     keep: bool = False,
+    also: Callable[[Ids, Vectors], None] | None = None,
 ) -> ProfileBuilder:
-    """Scan ``shard`` once into a profile builder, seen through ``transform`` if given."""
+    """Scan ``shard`` once into a profile builder, seen through ``transform`` if given.
+
+    ``also`` sees every batch too (the exact search of the recall gate rides on this read)."""
     builder = ProfileBuilder(unit_norm_tolerance, keep=keep)
-    for batch in store.iter_shard(shard, batch_size):
+    for batch in store.iter_shard(shard, batch_size, read_ahead=True):
         vectors = batch.vectors if transform is None else transform(batch.vectors)
         builder.add(batch.ids, vectors)
+        if also is not None:
+            also(batch.ids, vectors)
     return builder
 
 
@@ -112,8 +119,14 @@ def profile_shard(
     *,
     batch_size: int = 50_000,
     unit_norm_tolerance: float = 1e-3,
+    also: Callable[[Ids, Vectors], None] | None = None,
 ) -> ShardProfile:
     """Scan ``shard`` once and profile it, seen through ``transform`` if given."""
     return scan_shard(
-        store, shard, transform, batch_size=batch_size, unit_norm_tolerance=unit_norm_tolerance
+        store,
+        shard,
+        transform,
+        batch_size=batch_size,
+        unit_norm_tolerance=unit_norm_tolerance,
+        also=also,
     ).result()

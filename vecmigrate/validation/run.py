@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ import numpy as np
 from vecmigrate.build import load_index_version
 from vecmigrate.catalog import Catalog
 from vecmigrate.errors import PreconditionError
-from vecmigrate.indexes import Ids, Vectors
+from vecmigrate.indexes import Distances, ExactKnn, Ids, Vectors
 from vecmigrate.lifecycle import GateReport, RetrievalFigures, ShardCheck
 from vecmigrate.registry import model_key
 from vecmigrate.spec import MigrationSpec
@@ -37,8 +39,12 @@ def check_shard(
     target: VectorStore,
     shard: ShardRef,
     volatile: Callable[[], Ids] | None = None,
+    truth: ExactKnn | None = None,
 ) -> ShardCheck:
-    """Profile one shard on both sides (the source through the migration's transform).
+    """Profile one shard on both sides (the source seen through the migration's transform).
+
+    With ``truth``, the target's read also feeds the exact search of the recall gate, so the
+    ground truth costs no read of its own (the figures search a shard's data once, not twice).
 
     While the collection takes writes, ``volatile`` names the records written since the
     migration began, read after both scans: they are left out of both profiles (a write between
@@ -52,15 +58,16 @@ def check_shard(
     else:
         _, transform = make_transform(spec.source.embedding, spec.target.embedding)
     tol = spec.gates.integrity.unit_norm_tolerance
+    also = None if truth is None else truth.add
     if volatile is None:
         return ShardCheck(
             shard=shard.index,
             source=profile_shard(source, shard, transform, unit_norm_tolerance=tol),
-            target=profile_shard(target, shard, unit_norm_tolerance=tol),
+            target=profile_shard(target, shard, unit_norm_tolerance=tol, also=also),
             seconds=round(time.monotonic() - began, 3),
         )
     src = scan_shard(source, shard, transform, unit_norm_tolerance=tol, keep=True)
-    dst = scan_shard(target, shard, unit_norm_tolerance=tol, keep=True)
+    dst = scan_shard(target, shard, unit_norm_tolerance=tol, keep=True, also=also)
     changed = volatile()
     seen = np.unique(np.concatenate([ids for ids, _ in src.batches + dst.batches] or [changed]))
     return ShardCheck(
@@ -69,6 +76,22 @@ def check_shard(
         target=dst.without(changed),
         seconds=round(time.monotonic() - began, 3),
         excluded=int(np.isin(seen, changed).sum()),
+    )
+
+
+def same_data(spec: MigrationSpec, checks: list[ShardCheck]) -> bool:
+    """Whether the checks prove the target holds exactly the source's records, byte for byte.
+
+    Then exact search over either side gives the same answer, and the source recall figure can
+    use the target's ground truth instead of searching the source again.
+    """
+    name, _ = make_transform(spec.source.embedding, spec.target.embedding)
+    return (
+        bool(checks)
+        and name == "identity"
+        and not spec.model_change
+        and spec.source.embedding.metric == spec.target.embedding.metric
+        and all(c.excluded == 0 and c.source.checksum == c.target.checksum for c in checks)
     )
 
 
@@ -96,6 +119,59 @@ def load_queries(spec: MigrationSpec, source: VectorStore) -> tuple[Ids | None, 
     return qids, queries, "sampled"
 
 
+@dataclass
+class GateQueries:
+    """The queries of the retrieval checks, as each side's index sees them."""
+
+    ids: Ids | None  # the records the queries are (None for a recorded query log)
+    source: Vectors  # for the source index and the source's exact search
+    target: Vectors  # in the target's space
+    kind: str  # "sampled" or "recorded"
+    ask: int  # neighbours to ask for: k, plus one for the query's own record
+
+    def digest(self) -> str:
+        """What the queries are: a ground truth stored for one set is never used for another."""
+        h = hashlib.sha256(f"{self.kind}|{self.ask}|".encode())
+        if self.ids is not None:
+            h.update(np.ascontiguousarray(self.ids, np.int64).tobytes())
+        h.update(np.ascontiguousarray(self.target, np.float32).tobytes())
+        return h.hexdigest()
+
+    def exact_search(self, spec: MigrationSpec) -> ExactKnn:
+        """An exact search of these queries in the target's space, fed batch by batch."""
+        return ExactKnn(self.target, self.ask, str(spec.target.embedding.metric))
+
+
+def gate_queries(spec: MigrationSpec, source: VectorStore, target: VectorStore) -> GateQueries:
+    """The retrieval checks' queries: sampled records (or the spec's query log), transformed
+    into the target's space, or for a new model the same records as the new model embedded
+    them."""
+    _, transform = make_transform(spec.source.embedding, spec.target.embedding)
+    qids, queries, kind = load_queries(spec, source)
+    extra = 1 if qids is not None else 0
+    if not spec.model_change:
+        return GateQueries(qids, queries, transform(queries), kind, spec.gates.k + extra)
+    # The same records, as the new model embedded them (self excluded on both sides).
+    assert qids is not None
+    found_ids, tq = target.fetch(qids)
+    keep = np.isin(qids, found_ids)
+    qids, queries = qids[keep], queries[keep]
+    tq = tq[np.searchsorted(found_ids, qids)]
+    return GateQueries(qids, queries, tq, kind, spec.gates.k + extra)
+
+
+# Per-shard ground truths are stored in the catalog (queries x neighbours x 12 bytes each); past
+# this many bytes for a whole migration (about 500 shards at 1,000 queries) the figures search
+# the target themselves instead.
+TRUTH_BYTES_MAX = 64 << 20
+
+
+def fold_truth(spec: MigrationSpec, queries: GateQueries) -> bool:
+    """Whether the shard checks should run the recall gate's exact search as they read."""
+    per_shard = int(queries.target.shape[0]) * queries.ask * 12
+    return 0 < per_shard * len(spec.shards.selected()) <= TRUTH_BYTES_MAX
+
+
 def measure(
     catalog: Catalog,
     spec: MigrationSpec,
@@ -103,21 +179,29 @@ def measure(
     target: VectorStore,
     source_index: str | None,
     target_index: str,
+    queries: GateQueries | None = None,
+    truth: tuple[Distances, Ids] | None = None,
+    source_is_target: bool = False,
 ) -> RetrievalFigures:
     """Recall, agreement, latency and distribution figures, within the spec's time budget.
 
     Stages run cheapest-first after the ground truth; a stage that would start after the
     budget is spent is skipped and named in ``skipped`` (its gates then fail as not measured).
+    ``truth`` is the target's exact search of ``queries``, folded into the shard checks' read
+    (without it the target is searched here); with ``source_is_target`` (see
+    :func:`same_data`) the source's exact search is that same answer.
     """
     g = spec.gates
     began = time.monotonic()
     deadline = began + g.time_budget_seconds
     k = g.k
     fig = RetrievalFigures(k=k)
-    _, transform = make_transform(spec.source.embedding, spec.target.embedding)
-    qids, queries, kind = load_queries(spec, source)
-    fig.query_source, fig.queries = kind, int(queries.shape[0])
-    extra = 1 if qids is not None else 0
+    q = queries or gate_queries(spec, source, target)
+    qids, tq = q.ids, q.target
+    fig.query_source, fig.queries = q.kind, int(q.source.shape[0])
+    if spec.model_change:
+        fig.source_model = model_key(spec.source.embedding)
+        fig.target_model = model_key(spec.target.embedding)
 
     def over(stage: str) -> bool:
         if time.monotonic() > deadline:
@@ -125,37 +209,31 @@ def measure(
             return True
         return False
 
-    if not spec.model_change:
-        tq = transform(queries)
-    else:
-        # The same records, as the new model embedded them (self excluded on both sides).
-        assert qids is not None
-        found_ids, tq = target.fetch(qids)
-        keep = np.isin(qids, found_ids)
-        qids, queries = qids[keep], queries[keep]
-        order = np.searchsorted(found_ids, qids)
-        tq = tq[order]
-        fig.queries = int(queries.shape[0])
-        fig.source_model = model_key(spec.source.embedding)
-        fig.target_model = model_key(spec.target.embedding)
+    target_exact: Ids | None = None
     new_found: Ids | None = None
     if fig.queries and not over("target recall"):
-        _, exact = target.search(tq, k + extra, metric=str(spec.target.embedding.metric))
-        truth = exclude_self(exact, qids, k)
+        if truth is not None:
+            target_exact = truth[1]
+            fig.truth_source = "shard checks"
+        else:
+            _, target_exact = target.search(tq, q.ask, metric=str(spec.target.embedding.metric))
         found, new_ms = timed_search(
-            load_index_version(catalog, catalog.get_index(target_index)), tq, k + extra
+            load_index_version(catalog, catalog.get_index(target_index)), tq, q.ask
         )
         new_found = exclude_self(found, qids, k)
-        fig.target_recall = round(recall_at_k(new_found, truth), 4)
+        fig.target_recall = round(recall_at_k(new_found, exclude_self(target_exact, qids, k)), 4)
         fig.p50_ms_new = round(float(np.percentile(new_ms, 50)), 3)
         fig.p99_ms_new = round(float(np.percentile(new_ms, 99)), 3)
     if fig.queries and source_index is not None and not over("source recall"):
-        _, exact = source.search(queries, k + extra, metric=str(spec.source.embedding.metric))
-        truth = exclude_self(exact, qids, k)
+        if source_is_target and target_exact is not None:
+            # The checks proved both sides hold the same bytes: the same exact answer.
+            exact = target_exact
+        else:
+            _, exact = source.search(q.source, q.ask, metric=str(spec.source.embedding.metric))
         old_index = load_index_version(catalog, catalog.get_index(source_index))
-        found, old_ms = timed_search(old_index, queries, k + extra)
+        found, old_ms = timed_search(old_index, q.source, q.ask)
         old_found = exclude_self(found, qids, k)
-        fig.source_recall = round(recall_at_k(old_found, truth), 4)
+        fig.source_recall = round(recall_at_k(old_found, exclude_self(exact, qids, k)), 4)
         fig.p50_ms_old = round(float(np.percentile(old_ms, 50)), 3)
         fig.p99_ms_old = round(float(np.percentile(old_ms, 99)), 3)
         if new_found is not None:
@@ -174,6 +252,7 @@ def measure(
         # Non-finite rows are the integrity gate's business; they would poison the statistics.
         dst = dst[np.isfinite(dst).all(axis=1)]
         if len(src) and len(dst):
+            _, transform = make_transform(spec.source.embedding, spec.target.embedding)
             src = transform(src)
             fig.distribution_sample = int(min(len(src), len(dst)))
             ks, p = ks_two_sample(np.linalg.norm(src, axis=1), np.linalg.norm(dst, axis=1))
@@ -209,6 +288,18 @@ def validate_migration(
     target_index: str,
 ) -> GateReport:
     """Every check in one call (the workflow runs the same steps as separate activities)."""
-    checks = [check_shard(spec, source, target, s) for s in shards]
-    figures = measure(catalog, spec, source, target, source_index, target_index)
+    queries = gate_queries(spec, source, target)
+    knn = queries.exact_search(spec) if queries.source.shape[0] else None
+    checks = [check_shard(spec, source, target, s, truth=knn) for s in shards]
+    figures = measure(
+        catalog,
+        spec,
+        source,
+        target,
+        source_index,
+        target_index,
+        queries=queries,
+        truth=None if knn is None else knn.result(),
+        source_is_target=same_data(spec, checks),
+    )
     return report(spec, checks, figures)
