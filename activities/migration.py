@@ -23,7 +23,7 @@ from vecmigrate import backfill, build, validation
 from vecmigrate.catalog import Catalog
 from vecmigrate.changelog import ChangeLog
 from vecmigrate.errors import NON_RETRYABLE, ArtifactError, PreconditionError
-from vecmigrate.indexes import merge_topk
+from vecmigrate.indexes import cpu_share, merge_topk, set_openmp_threads
 from vecmigrate.journal import Journal
 from vecmigrate.lifecycle import RoutingView, ShardCheck
 from vecmigrate.residency import Residency
@@ -136,9 +136,18 @@ def _keepalive(spec: MigrationSpec) -> Iterator[_Beat]:
 class MigrationActivities:
     """Activities bound to one catalog (the worker's ``--catalog``)."""
 
-    def __init__(self, catalog_url: str, build_threads: int = 0, region: str | None = None) -> None:
+    def __init__(
+        self,
+        catalog_url: str,
+        build_threads: int = 0,
+        region: str | None = None,
+        slots: int = 4,
+    ) -> None:
         self.catalog_url = catalog_url
         self.build_threads = build_threads
+        # Activities this worker runs at once: with the spec's shard window, how many builds or
+        # shard checks can share the cores (see ``cpu_share``).
+        self.slots = slots
         self.region = region
         self._catalog: Catalog | None = None
         self._journal: Journal | None = None
@@ -243,7 +252,7 @@ class MigrationActivities:
                 spec.target,
                 inp.shard,
                 directory,
-                threads=self.build_threads,
+                threads=self.build_threads or self._share(spec),
                 on_progress=lambda done, total: beat({"shard": index, "added": done, "of": total}),
             )
         self.journal.set_artifact(spec.migration_id, index, ref.model_dump(mode="json"))
@@ -293,6 +302,7 @@ class MigrationActivities:
             after, log = inp.volatile_after, ChangeLog(self.catalog)
             volatile = lambda: log.changed_ids(spec.tenant, spec.collection, after)  # noqa: E731
         source, target = backfill.open_source(spec), backfill.open_target(spec)
+        set_openmp_threads(self._share(spec))  # the exact search runs in FAISS
         with _keepalive(spec):
             queries = validation.gate_queries(spec, source, target)
             knn = queries.exact_search(spec) if validation.fold_truth(spec, queries) else None
@@ -314,6 +324,7 @@ class MigrationActivities:
         spec = inp.spec
         source, target = backfill.open_source(spec), backfill.open_target(spec)
         checks = inp.checks or self._checks(spec, inp.round)
+        set_openmp_threads(cpu_share(1))  # the figures run alone, after every shard check
         with _keepalive(spec):
             queries = validation.gate_queries(spec, source, target)
             parts = self.journal.truths(
@@ -332,6 +343,11 @@ class MigrationActivities:
             )
         report = validation.report(spec, checks, figures)
         return ValidateResult(report=report, seconds=time.monotonic() - began)
+
+    def _share(self, spec: MigrationSpec) -> int:
+        """Threads for one shard's build or check: the cores split among the shards the
+        migration works on at once."""
+        return cpu_share(min(spec.max_parallel_shards, self.slots))
 
     def _checks(self, spec: MigrationSpec, round_: int) -> list[ShardCheck]:
         """The shard profiles of validation round ``round_`` from the shard journal."""

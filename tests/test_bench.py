@@ -21,6 +21,16 @@ RUNS = {
     "copy_throughput": ["--vectors", "5000", "--dim", "16", "--batch", "1000"],
     "reembed_throughput": ["--records", "1500", "--models", "lsa"],
     "migration_throughput": ["--data", "clustered", "--vectors", "6000", "--dim", "16"],
+    "tuning": [
+        "--vectors",
+        "4000",
+        "--build-vectors",
+        "2000",
+        "--dim",
+        "16",
+        "--sizes",
+        "500,2000",
+    ],
     "resume_cost": [
         "--vectors",
         "12000",

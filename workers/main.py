@@ -36,11 +36,13 @@ def build_worker(
     """A worker for the migration workflows and their activities.
 
     Activities are synchronous and CPU- or I/O-heavy, so they run on ``executor``; index builds
-    use ``build_threads`` threads each (0: all cores). A worker of a ``region`` runs only that
-    region's activities (others are refused before they touch anything) against the region's
-    own catalog and stores.
+    use ``build_threads`` threads each (0: the cores split among the shards built at once). A
+    worker of a ``region`` runs only that region's activities (others are refused before they
+    touch anything) against the region's own catalog and stores.
     """
-    acts = MigrationActivities(catalog_url, build_threads=build_threads, region=region)
+    acts = MigrationActivities(
+        catalog_url, build_threads=build_threads, region=region, slots=max_concurrent_activities
+    )
     return Worker(
         client,
         task_queue=task_queue,
