@@ -98,6 +98,20 @@ class _Overlay:
             self.recent[record_id] = (seq, op, vec)
 
 
+@dataclass(slots=True)
+class _Plan:
+    """What a search of one collection needs, worked out once per routing refresh."""
+
+    view: RoutingView
+    at: float  # when the routing row was read (monotonic clock)
+    version: str  # the read version
+    record: VersionRecord  # the read version's
+    # The read index when a search is plain (no canary, no shadow, an index built by
+    # vecmigrate), else None: the general path decides.
+    searcher: Searcher | None
+    overlay: _Overlay
+
+
 class Router:
     """Search and write a collection through whatever its routing row says."""
 
@@ -113,6 +127,7 @@ class Router:
         self._versions: dict[tuple[str, str, str], tuple[VersionRecord, VectorStore]] = {}
         self._overlays: dict[tuple[str, str], _Overlay] = {}
         self._positions: dict[str, int] = {}
+        self._plans: dict[tuple[str, str], _Plan] = {}
         self.registry = Registry(catalog)
         self._paths: dict[str, tuple[float, QueryPath]] = {}
         self._lock = threading.Lock()
@@ -189,13 +204,18 @@ class Router:
             NotFoundError: unknown collection, or no version serves reads.
             DataError: queries of the wrong dimension or model, or NaN.
         """
-        view = self.routing(tenant, collection)
-        if view.read_version is None:
-            raise NotFoundError(f"{tenant}/{collection} has no version serving reads")
+        now = time.monotonic()
+        plan = self._plans.get((tenant, collection))
+        if plan is None or now - plan.at >= self.refresh_seconds:
+            routed = self.routing(tenant, collection)
+            if routed.read_version is None:
+                raise NotFoundError(f"{tenant}/{collection} has no version serving reads")
+            plan = self._plan(tenant, collection, routed)
+        view = plan.view
         q = np.asarray(queries, dtype=np.float32)
         if q.ndim == 1:
             q = q[None, :]
-        record, _ = self._version(tenant, collection, view.read_version)
+        record = plan.record
         emb = record.embedding
         if model is not None and model not in (emb.model_id, model_key(emb)):
             raise DataError(
@@ -213,15 +233,22 @@ class Router:
         flat = q.ravel()
         if not math.isfinite(flat.dot(flat)) and not np.isfinite(q).all():
             raise DataError("queries contain NaN or infinity")
-        version, index = view.read_version, view.read_index
-        if (
-            view.candidate_version is None
-            or (view.ramp_percent <= 0 and view.shadow_percent <= 0)
-            or self._other_model(tenant, collection, view)
-        ):
-            # No canary, no shadow: the common case, kept to the search itself.
+        version, index = plan.version, view.read_index
+        if plan.searcher is not None:
+            # The common case: no canary, no shadow, and (checked against the overlay, which
+            # holds every write this router has seen) no record changed since the router
+            # started: the search itself and nothing else.
+            overlay = plan.overlay
+            if now - overlay.read_at >= self.refresh_seconds:
+                overlay = self._refreshed(tenant, collection)
+            if not overlay.last:
+                d, i = plan.searcher.search(q, k)
+                return SearchResult(version, index, d, i)
+        if self._plain(tenant, collection, view):
+            # No canary, no shadow: the search, laid over the change log.
             d, i = self._search_version(tenant, collection, version, index, q, k, record)
             return SearchResult(version, index, d, i)
+        assert view.candidate_version is not None  # not plain: a candidate takes reads
         side = bucket(key if key is not None else q.tobytes().hex())
         if side < view.ramp_percent:
             version, index = view.candidate_version, view.candidate_index
@@ -291,6 +318,32 @@ class Router:
 
     def _schema(self, tenant: str, collection: str, version: str) -> EmbeddingSchema:
         return self._version(tenant, collection, version)[0].embedding
+
+    def _plain(self, tenant: str, collection: str, view: RoutingView) -> bool:
+        """Whether every read goes to the read version (no canary, no shadow reads, or a
+        candidate of another model, which vector queries cannot reach)."""
+        return (
+            view.candidate_version is None
+            or (view.ramp_percent <= 0 and view.shadow_percent <= 0)
+            or self._other_model(tenant, collection, view)
+        )
+
+    def _plan(self, tenant: str, collection: str, view: RoutingView) -> _Plan:
+        assert view.read_version is not None
+        record, _ = self._version(tenant, collection, view.read_version)
+        searcher = None
+        if view.read_index is not None and self._plain(tenant, collection, view):
+            found = self._indexes.get(view.read_index) or self._searcher(view.read_index)
+            if not isinstance(found, NativeIndex):
+                searcher = found
+        # Valid as long as the routing row it was made from: the same freshness bound.
+        at = self._routes[(tenant, collection)][0]
+        plan = _Plan(
+            view, at, view.read_version, record, searcher, self._overlay(tenant, collection)
+        )
+        with self._lock:
+            self._plans[(tenant, collection)] = plan
+        return plan
 
     def _other_model(self, tenant: str, collection: str, view: RoutingView) -> bool:
         """Whether the candidate is made by another model than the read version."""
