@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -42,14 +44,36 @@ def default_task_queue() -> str:
     return os.environ.get(TASK_QUEUE_ENV) or DEFAULT_TASK_QUEUE
 
 
-async def connect(address: str | None = None, namespace: str | None = None) -> Client:
-    """A Temporal client with the pydantic data converter and OpenTelemetry tracing."""
-    return await Client.connect(
-        address or default_address(),
-        namespace=namespace or os.environ.get(NAMESPACE_ENV) or "default",
-        data_converter=pydantic_data_converter,
-        interceptors=[TracingInterceptor()],
-    )
+# What a server that is still starting says: nothing listens yet, or the frontend listens but
+# reports itself not healthy (the dev server does for a while on a fresh database).
+_STARTING = ("Connection refused", "ConnectionRefused", "not healthy", "Unavailable")
+
+
+async def connect(
+    address: str | None = None, namespace: str | None = None, wait_seconds: float = 30.0
+) -> Client:
+    """A Temporal client with the pydantic data converter and OpenTelemetry tracing.
+
+    A server that is still starting is retried for up to ``wait_seconds``: a worker started
+    alongside its server (a demo, a compose file) must wait for it, not die before polling.
+    Any other failure is raised at once.
+    """
+    deadline = time.monotonic() + wait_seconds
+    delay = 0.2
+    while True:
+        try:
+            return await Client.connect(
+                address or default_address(),
+                namespace=namespace or os.environ.get(NAMESPACE_ENV) or "default",
+                data_converter=pydantic_data_converter,
+                interceptors=[TracingInterceptor()],
+            )
+        except RuntimeError as exc:
+            starting = any(mark in str(exc) for mark in _STARTING)
+            if not starting or time.monotonic() + delay > deadline:
+                raise
+        await asyncio.sleep(delay)
+        delay = min(2.0, delay * 2)
 
 
 class MigrationClient:

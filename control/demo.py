@@ -168,6 +168,14 @@ async def demo_runtime(
     worker = asyncio.create_task(
         run_worker(address, task_queue, catalog_url, stop=stop, handle_signals=False)
     )
+
+    def worker_ended(task: asyncio.Task[None]) -> None:
+        # A worker that dies leaves the migration waiting with nobody to run it: say why now,
+        # rather than after the watch gives up on an unanswered query.
+        if not task.cancelled() and task.exception() is not None and not stop.is_set():
+            console.print(f"[red]the worker stopped: {task.exception()!r}[/red]")
+
+    worker.add_done_callback(worker_ended)
     try:
         client = await connect(address)
         yield MigrationClient(client, task_queue), server, address

@@ -135,7 +135,8 @@ def cpu_share(parallel: int) -> int:
 
 
 def set_openmp_threads(threads: int) -> None:
-    """FAISS's OpenMP thread count. It is one setting for the whole process, so every activity
+    """FAISS's OpenMP thread count for the calling thread's parallel regions (libgomp keeps
+    it per thread: an activity slot's setting does not reach the others), so every activity
     that runs FAISS sets its share (:func:`cpu_share`) before it starts."""
     faiss.omp_set_num_threads(max(1, threads))
 
