@@ -303,11 +303,12 @@ class MigrationActivities:
             volatile = lambda: log.changed_ids(spec.tenant, spec.collection, after)  # noqa: E731
         source, target = backfill.open_source(spec), backfill.open_target(spec)
         set_openmp_threads(self._share(spec))  # the exact search runs in FAISS
+        fold = validation.fold_truth(spec)
         with _keepalive(spec):
-            queries = validation.gate_queries(spec, source, target)
-            knn = queries.exact_search(spec) if validation.fold_truth(spec, queries) else None
+            queries = validation.gate_queries(spec, source, target) if fold else None
+            knn = queries.exact_search(spec) if queries is not None else None
             check = validation.check_shard(spec, source, target, inp.shard, volatile, truth=knn)
-        if knn is not None:
+        if queries is not None and knn is not None:
             self.journal.set_truth(
                 spec.migration_id, inp.shard.index, inp.round, queries.digest(), *knn.result()
             )
@@ -327,9 +328,11 @@ class MigrationActivities:
         set_openmp_threads(cpu_share(1))  # the figures run alone, after every shard check
         with _keepalive(spec):
             queries = validation.gate_queries(spec, source, target)
-            parts = self.journal.truths(
-                spec.migration_id, inp.round, queries.digest(), list(spec.shards.selected())
-            )
+            parts = None
+            if validation.fold_truth(spec):  # else the shard checks stored none
+                parts = self.journal.truths(
+                    spec.migration_id, inp.round, queries.digest(), list(spec.shards.selected())
+                )
             figures = validation.measure(
                 self.catalog,
                 spec,

@@ -50,13 +50,13 @@ _STARTING = ("Connection refused", "ConnectionRefused", "not healthy", "Unavaila
 
 
 async def connect(
-    address: str | None = None, namespace: str | None = None, wait_seconds: float = 30.0
+    address: str | None = None, namespace: str | None = None, wait_seconds: float = 0.0
 ) -> Client:
     """A Temporal client with the pydantic data converter and OpenTelemetry tracing.
 
-    A server that is still starting is retried for up to ``wait_seconds``: a worker started
-    alongside its server (a demo, a compose file) must wait for it, not die before polling.
-    Any other failure is raised at once.
+    With ``wait_seconds``, a server that is still starting is retried that long: a worker
+    started alongside its server (a compose file) waits for it instead of dying before it
+    polls. Commands fail at once (the default), and any other failure is raised at once.
     """
     deadline = time.monotonic() + wait_seconds
     delay = 0.2

@@ -86,7 +86,7 @@ class DevServer:
         return f"http://127.0.0.1:{self.ui_port}"
 
     def start(self, timeout: float = 60.0) -> DevServer:
-        """Start the server and wait until its frontend accepts connections."""
+        """Start the server and wait until its frontend reports healthy."""
         self.db_file.parent.mkdir(parents=True, exist_ok=True)
         cmd = [
             temporal_binary(),
@@ -125,11 +125,24 @@ class DevServer:
                     f"the Temporal dev server exited with {self.process.returncode}; "
                     f"see {self.log_file}"
                 )
-            if not port_free(self.port):
+            if not port_free(self.port) and self._healthy():
                 return self
             time.sleep(0.2)
         self.stop()
-        raise DevServerError(f"the Temporal dev server did not listen within {timeout:.0f}s")
+        raise DevServerError(
+            f"the Temporal dev server did not report healthy within {timeout:.0f}s; "
+            f"see {self.log_file}"
+        )
+
+    def _healthy(self) -> bool:
+        """Whether the frontend answers a health check (it listens a while before it does, on
+        a fresh database: a client connecting in between is refused as "not healthy yet")."""
+        check = subprocess.run(
+            [temporal_binary(), "operator", "cluster", "health", "--address", self.address],
+            capture_output=True,
+            timeout=10,
+        )
+        return check.returncode == 0
 
     def stop(self) -> None:
         """Stop the server (its state stays in ``db_file``)."""

@@ -333,7 +333,7 @@ class Router:
         record, _ = self._version(tenant, collection, view.read_version)
         searcher = None
         if view.read_index is not None and self._plain(tenant, collection, view):
-            found = self._indexes.get(view.read_index) or self._searcher(view.read_index)
+            found = self._searcher(view.read_index)
             if not isinstance(found, NativeIndex):
                 searcher = found
         # Valid as long as the routing row it was made from: the same freshness bound.
@@ -367,7 +367,7 @@ class Router:
             record, store = self._version(tenant, collection, version)
         if index_id is None:
             return store.search(queries, k, metric=str(record.embedding.metric))
-        searcher = self._indexes.get(index_id) or self._searcher(index_id)
+        searcher = self._searcher(index_id)
         if isinstance(searcher, NativeIndex):
             return searcher.search(queries, k)  # the database's own index: always current
         delta = self._delta(tenant, collection, self._index_position(index_id))

@@ -68,7 +68,8 @@ async def run_worker(
     With ``handle_signals`` SIGINT and SIGTERM set ``stop`` too (a worker process); without,
     they stay with the caller (a worker inside another command).
     """
-    client = await connect(address)
+    # A worker may start before its server is up (a compose file, a demo): wait a minute for it.
+    client = await connect(address, wait_seconds=60)
     stop = stop or asyncio.Event()
     if handle_signals:
         loop = asyncio.get_running_loop()

@@ -173,12 +173,14 @@ class BuiltinStore(ScanningStore):
         if ids64.size == 0:
             return 0
         keys = hash_key(ids64)
-        # In key order: the table is clustered by it (a stable sort keeps repeated ids in the
-        # caller's order, so the last write of an id still wins).
-        order = np.lexsort((ids64, keys))
-        ids64, keys = ids64[order], keys[order]
+        # In key order: the table is clustered by it. A copy's batches come in scan order
+        # already (strictly increasing keys: nothing to do); otherwise a stable sort, which
+        # keeps repeated ids in the caller's order, so the last write of an id still wins.
+        if not (keys[1:] > keys[:-1]).all():
+            order = np.lexsort((ids64, keys))
+            ids64, keys, vec32 = ids64[order], keys[order], vec32[order]
         row = vec32.shape[1] * 4
-        raw = vec32[order].tobytes()
+        raw = vec32.tobytes()
         rows = [
             (self.ns, i, h, raw[j * row : (j + 1) * row])
             for j, (i, h) in enumerate(zip(ids64.tolist(), keys.tolist(), strict=True))

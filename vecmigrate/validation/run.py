@@ -166,9 +166,10 @@ def gate_queries(spec: MigrationSpec, source: VectorStore, target: VectorStore) 
 TRUTH_BYTES_MAX = 64 << 20
 
 
-def fold_truth(spec: MigrationSpec, queries: GateQueries) -> bool:
-    """Whether the shard checks should run the recall gate's exact search as they read."""
-    per_shard = int(queries.target.shape[0]) * queries.ask * 12
+def fold_truth(spec: MigrationSpec) -> bool:
+    """Whether the shard checks should run the recall gate's exact search as they read
+    (decided from the spec, before any query is drawn: at most ``sample_queries`` of them)."""
+    per_shard = spec.gates.sample_queries * (spec.gates.k + 1) * 12
     return 0 < per_shard * len(spec.shards.selected()) <= TRUTH_BYTES_MAX
 
 
@@ -196,7 +197,7 @@ def measure(
     deadline = began + g.time_budget_seconds
     k = g.k
     fig = RetrievalFigures(k=k)
-    q = queries or gate_queries(spec, source, target)
+    q = queries if queries is not None else gate_queries(spec, source, target)
     qids, tq = q.ids, q.target
     fig.query_source, fig.queries = q.kind, int(q.source.shape[0])
     if spec.model_change:
