@@ -8,10 +8,12 @@ import pytest
 from tests.conftest import Sandbox
 from vecmigrate.backfill import copy_shard, open_source, open_target, prepare
 from vecmigrate.changelog import ChangeLog
+from vecmigrate.datasets import clustered
 from vecmigrate.errors import DataError, NotFoundError
 from vecmigrate.journal import Journal
 from vecmigrate.lifecycle import RoutingView
 from vecmigrate.routing import Router, WritesPausedError, bucket
+from vecmigrate.seed import seed_collection, sequential_ids
 from vecmigrate.shadow import ShadowLog
 from vecmigrate.spec import MigrationSpec
 from vecmigrate.stores import WHOLE
@@ -143,3 +145,56 @@ def test_overlay_follows_many_writes_and_deletes(sandbox: Sandbox) -> None:
     found = router.search("default", "docs", far, 50).ids[0]
     new = {int(i) for i in found if i >= 50_000}
     assert new <= set(alive)  # nothing deleted comes back
+
+
+def test_the_single_query_path_answers_as_the_index_and_refuses_what_the_general_path_does(
+    sandbox: Sandbox,
+) -> None:
+    """One float32 query against a one-shard hnswlib index takes the router's shortest path:
+    the same neighbours as the index, NaN and infinity refused, k past ef or past the count
+    answered (padded), and the router's own write seen at once."""
+    hnsw = {"kind": "hnswlib_hnsw", "m": 16, "ef_search": 32, "ef_construction": 64}
+    vectors = clustered(300, sandbox.dim, clusters=8, seed=3)
+    ids = sequential_ids(300)
+    seed_collection(
+        sandbox.catalog,
+        "default",
+        "docs",
+        sandbox.version("v1", hnsw),
+        ids,
+        vectors,
+        shards=1,
+    )
+    router = Router(sandbox.catalog, refresh_seconds=60.0)  # the plan stays fresh throughout
+    view = sandbox.catalog.get_routing("default", "docs")
+    assert view is not None
+    assert view.read_index is not None
+    index = router._searcher(view.read_index)
+    q = vectors[7] + np.float32(0.01)
+    first = router.search("default", "docs", q, 5)
+    again = router.search("default", "docs", q, 5)
+    plan = router._plans[("default", "docs")]
+    assert plan.one is not None  # the shortest path is the one taken
+    for got in (first, again):
+        assert got.ids.dtype == np.int64
+        assert np.array_equal(got.ids, index.search(q[None, :], 5)[1])
+        assert got.ids[0, 0] == ids[7]
+    for bad in (np.nan, np.inf, -np.inf):
+        query = q.copy()
+        query[3] = bad
+        with pytest.raises(DataError, match="NaN or infinity"):
+            router.search("default", "docs", query, 5)
+        with pytest.raises(DataError, match="NaN or infinity"):
+            router.search("default", "docs", query.astype(np.float64), 5)
+        with pytest.raises(DataError, match="NaN or infinity"):
+            router.search("default", "docs", np.stack([q, query]), 5)
+    wide = router.search("default", "docs", q, 100)  # k above ef_search (32)
+    assert np.array_equal(np.sort(wide.ids[0, :5]), np.sort(first.ids[0]))
+    assert len(set(wide.ids[0].tolist())) == 100
+    past = router.search("default", "docs", q, 310)  # k above the count: padded
+    assert sorted(past.ids[0, :300].tolist()) == sorted(ids.tolist())
+    assert past.ids[0, 300:].tolist() == [-1] * 10
+    assert np.isinf(past.distances[0, 300:]).all()
+    far = np.full(sandbox.dim, 50.0, np.float32)
+    router.upsert("default", "docs", np.array([99_999]), far[None, :])
+    assert router.search("default", "docs", far, 3).ids[0, 0] == 99_999

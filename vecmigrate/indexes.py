@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
 import uuid
@@ -343,6 +344,11 @@ class LoadedIndex:
             idx.load_index(str(data_file), max_elements=max(self.count, 1))
             idx.set_ef(int(params["ef_search"]))
             self._hnsw: Any = idx
+            self._ef = int(params["ef_search"])
+            # Up to this k a search needs no change of ef and no padding: knn_query answers
+            # as it is (the common case, kept to the fewest steps).
+            self._plain_k = min(self._ef, self.count)
+            self._knn = idx.knn_query
             self._faiss: Any = None
         else:
             self._hnsw = None
@@ -355,26 +361,57 @@ class LoadedIndex:
 
     def search(self, queries: Vectors, k: int) -> tuple[Distances, Ids]:
         """k nearest neighbours: distances (smaller is closer) and ids, -1 padded."""
-        q = (
-            _prepare(queries, self.metric)
-            if self._faiss is not None
-            else np.ascontiguousarray(queries, dtype=np.float32)
-        )
+        if self._hnsw is not None:
+            # The serving hot path: every step here is paid by every query (the router's
+            # overhead figure counts it against hnswlib's own knn_query), so no copies of
+            # arrays already of the right type and no calls into the index that change nothing.
+            q = np.ascontiguousarray(queries, dtype=np.float32)
+            if 0 < k <= self._plain_k:
+                try:
+                    labels, dist = self._knn(q, k=k)
+                    # uint64 labels are ids below 2**63: the same bytes read as int64.
+                    return dist, labels.view(np.int64)
+                except RuntimeError:
+                    pass  # fewer than k found for some query: row by row below
+            if self.count == 0:
+                return _empty(q.shape[0], k)
+            kk = min(k, self.count)
+            if kk > self._ef:  # hnswlib needs ef >= k
+                self._hnsw.set_ef(kk)
+                self._ef = kk
+                self._plain_k = min(self._ef, self.count)
+            d, i = _hnsw_rows(self._hnsw, q, kk)
+            if kk < k:
+                pad_d, pad_i = _empty(q.shape[0], k - kk)
+                d, i = np.concatenate([d, pad_d], 1), np.concatenate([i, pad_i], 1)
+            return d, i
+        q = _prepare(queries, self.metric)
         n = q.shape[0]
         if self.count == 0:
             return _empty(n, k)
-        if self._hnsw is not None:
-            kk = min(k, self.count)
-            self._hnsw.set_ef(max(int(self._hnsw.ef), kk))
-            d, i = _hnsw_rows(self._hnsw, q, kk)
-        else:
-            d, i = self._faiss.search(q, k)
-            d = _to_distance(d, self.metric)
-        if i.shape[1] < k:
-            pad_d, pad_i = _empty(n, k - i.shape[1])
-            d, i = np.concatenate([d, pad_d], 1), np.concatenate([i, pad_i], 1)
+        d, i = self._faiss.search(q, k)
+        d = _to_distance(d, self.metric)
         d = np.where(i < 0, np.inf, d).astype(np.float32)
         return d, i.astype(np.int64)
+
+    def search_one(self, query: Vectors, k: int) -> tuple[Distances, Ids] | None:
+        """k nearest neighbours of one finite float32 query of the index's dimension, in the
+        fewest steps; None when that takes more (another index kind, k above ef or the count,
+        fewer than k found) or the query is not finite: ``search`` answers those.
+
+        NaN or infinity in a query makes every distance to it NaN or infinite, the nearest one
+        too: reading that one distance replaces testing the query up front (one numpy call
+        either way, ~1 us after a search, but the test would be in addition to the read).
+        """
+        if self._hnsw is None or not 0 < k <= self._plain_k:
+            return None
+        try:
+            labels, dist = self._knn(query, k=k)
+        except RuntimeError:
+            return None
+        if not math.isfinite(dist.item(0)):
+            return None
+        return dist, labels.view(np.int64)
 
 
 def _hnsw_rows(index: Any, q: Vectors, k: int) -> tuple[Distances, Ids]:
@@ -386,7 +423,7 @@ def _hnsw_rows(index: Any, q: Vectors, k: int) -> tuple[Distances, Ids]:
     """
     try:
         labels, dist = index.knn_query(q, k=k)
-        return dist.astype(np.float32), labels.astype(np.int64)
+        return np.asarray(dist, dtype=np.float32), labels.view(np.int64)
     except RuntimeError:
         pass
     d, i = _empty(q.shape[0], k)
@@ -409,7 +446,9 @@ class ShardedIndex:
         self.shards = shards
 
     def search(self, queries: Vectors, k: int) -> tuple[Distances, Ids]:
-        """k nearest neighbours over every shard."""
-        return merge_topk(
-            [_empty(queries.shape[0], k)] + [s.search(queries, k) for s in self.shards], k
-        )
+        """k nearest neighbours over every shard (each pads its own answer to k columns)."""
+        if len(self.shards) == 1:
+            return self.shards[0].search(queries, k)
+        if not self.shards:
+            return _empty(np.shape(queries)[0], k)
+        return merge_topk([s.search(queries, k) for s in self.shards], k)
