@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -18,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rich.console import Console
 from rich.table import Table
 
+from bench.common import scratch
 from control.chaos import run_chaos
 
 
@@ -44,7 +44,7 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=Path("bench/results/chaos.json"))
     args = p.parse_args()
     console = Console()
-    home = args.home or Path(tempfile.mkdtemp(prefix="vecmigrate-chaos-"))
+    home = args.home or scratch("chaos")
     report = run_chaos(
         home,
         n=args.vectors,

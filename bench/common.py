@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +17,29 @@ from rich.console import Console
 from rich.table import Table
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def scratch(name: str) -> Path:
+    """A fresh working directory for one benchmark's databases and index files, removed when
+    the script ends well (a 1M-vector run leaves gigabytes). It is kept, and its place
+    printed, when the script fails (its logs are there) or ``VECMIGRATE_BENCH_KEEP=1``."""
+    home = Path(tempfile.mkdtemp(prefix=f"vecmigrate-{name}-"))
+    failed: list[bool] = []
+    previous = sys.excepthook
+
+    def note_failure(*exc: Any) -> None:
+        failed.append(True)
+        previous(*exc)
+
+    def remove() -> None:
+        if failed or os.environ.get("VECMIGRATE_BENCH_KEEP"):
+            print(f"working directory kept: {home}", file=sys.stderr)
+        else:
+            shutil.rmtree(home, ignore_errors=True)
+
+    sys.excepthook = note_failure
+    atexit.register(remove)
+    return home
 
 
 def machine() -> dict[str, Any]:

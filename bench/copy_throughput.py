@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import sqlite3
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -31,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
-from bench.common import RESULTS, report
+from bench.common import RESULTS, report, scratch
 from control.chaos import builtin_version
 from vecmigrate.backfill import copy_shard, prepare
 from vecmigrate.catalog import Catalog
@@ -233,7 +232,7 @@ def main() -> None:
     )
     args = p.parse_args()
     vectors = clustered(args.vectors, args.dim, seed=8)
-    home = Path(tempfile.mkdtemp(prefix="vecmigrate-copy-"))
+    home = scratch("copy")
     ours = vecmigrate_copy(home, vectors, args.batch)
     raw = raw_copy(home, args.batch)
     peer = qdrant_migrate(home, vectors)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import hnswlib
 import numpy as np
 
-from bench.common import RESULTS, report
+from bench.common import RESULTS, report, scratch
 from control.chaos import builtin_version
 from control.client import MigrationClient, connect
 from control.devserver import DevServer, free_port
@@ -123,7 +122,7 @@ def main() -> None:
     n, dim = vectors.shape
     ids = sequential_ids(n)
     raw = raw_build(ids, vectors, args.shards)
-    home = Path(tempfile.mkdtemp(prefix="vecmigrate-throughput-"))
+    home = scratch("throughput")
     total, phases = asyncio.run(migrate(home, vectors, args.shards, args.parallel))
     order = [str(ph) for ph in STRATEGY_PHASES["blue_green"] if str(ph) in phases]
     rows = [{"phase": ph, "seconds": round(phases[ph], 2)} for ph in order if ph != "PLANNED"]

@@ -16,7 +16,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rich.console import Console
 from rich.table import Table
 
+from bench.common import scratch
 from control.chaos import builtin_version
 from control.client import MigrationClient, connect
 from control.devserver import DevServer, free_port
@@ -41,7 +41,7 @@ from vecmigrate.spec import BuiltinStoreRef, parse_spec
 
 
 async def main_async(args: argparse.Namespace, console: Console) -> dict[str, object]:
-    home = args.home or Path(tempfile.mkdtemp(prefix="vecmigrate-online-"))
+    home = args.home or scratch("online")
     catalog_url = sqlite_url(home / "catalog.db")
     catalog = Catalog(catalog_url)
     store = BuiltinStoreRef(url=sqlite_url(home / "store.db"), artifacts=str(home / "artifacts"))

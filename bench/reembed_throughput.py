@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
-from bench.common import RESULTS, report
+from bench.common import RESULTS, report, scratch
 from control.textdemo import Corpus, fit_models, load_corpus, seed_texts, text_versions
 from vecmigrate.backfill import copy_shard, prepare
 from vecmigrate.catalog import Catalog
@@ -115,7 +114,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=256, help="texts per model call")
     p.add_argument("--out", type=Path, default=RESULTS, help="where JSON and PNG go")
     args = p.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="vecmigrate-reembed-"))
+    home = scratch("reembed")
     catalog = Catalog(sqlite_url(home / "catalog.db"))
     corpus = corpus_of(args.records)
     old, new = fit_models(catalog, corpus, home / "models")

@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import RESULTS, report
+from bench.common import RESULTS, report, scratch
 from control.chaos import run_chaos
 
 
@@ -34,7 +33,7 @@ def main() -> None:
     args = p.parse_args()
     runs = []
     for kills in (0, args.kills):
-        home = Path(tempfile.mkdtemp(prefix="vecmigrate-resume-"))
+        home = scratch("resume")
         runs.append(
             run_chaos(
                 home,

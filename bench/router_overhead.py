@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
-from bench.common import RESULTS, report
+from bench.common import RESULTS, report, scratch
 from control.chaos import builtin_version
 from vecmigrate.catalog import Catalog
 from vecmigrate.config import sqlite_url
@@ -43,7 +42,7 @@ def main() -> None:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--out", type=Path, default=RESULTS, help="where JSON and PNG go")
     args = p.parse_args()
-    home = Path(tempfile.mkdtemp(prefix="vecmigrate-router-"))
+    home = scratch("router")
     catalog = Catalog(sqlite_url(home / "catalog.db"))
     store = BuiltinStoreRef(url=sqlite_url(home / "store.db"), artifacts=str(home / "artifacts"))
     index = {"kind": "hnswlib_hnsw", "m": 16, "ef_construction": 100, "ef_search": 64}

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -26,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 from pydantic import TypeAdapter
 
-from bench.common import RESULTS, report
+from bench.common import RESULTS, report, scratch
 from bench.copy_throughput import vecmigrate_copy
 from vecmigrate.datasets import clustered
 from vecmigrate.indexes import build_index, cpu_share
@@ -41,9 +40,7 @@ INDEXES = {
 def batch_sizes(vectors: np.ndarray, sizes: list[int]) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     for size in sizes:
-        seconds = vecmigrate_copy(
-            Path(tempfile.mkdtemp(prefix="vecmigrate-tuning-")), vectors, size
-        )
+        seconds = vecmigrate_copy(scratch("tuning"), vectors, size)
         rows.append(
             {
                 "batch size": size,

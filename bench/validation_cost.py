@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import faiss
 import numpy as np
 
-from bench.common import RESULTS, report
+from bench.common import RESULTS, report, scratch
 from control.chaos import builtin_version
 from vecmigrate import validation
 from vecmigrate.backfill import copy_shard, open_source, open_target, prepare
@@ -38,7 +37,7 @@ from vecmigrate.spec import BuiltinStoreRef, parse_spec
 
 
 def one(n: int, dim: int, queries: int) -> dict[str, object]:
-    home = Path(tempfile.mkdtemp(prefix="vecmigrate-validation-"))
+    home = scratch("validation")
     catalog = Catalog(sqlite_url(home / "catalog.db"))
     store = BuiltinStoreRef(url=sqlite_url(home / "store.db"), artifacts=str(home / "artifacts"))
     vectors = clustered(n, dim, seed=6)
