@@ -155,10 +155,18 @@ class BuiltinStore(ScanningStore):
         params.append(limit)
         sql = f"SELECT id, h, vec FROM vm_vectors WHERE {where} ORDER BY {order} LIMIT ?"
         with self.engine.connect() as conn:
-            # The driver's own cursor: SQLAlchemy's row objects cost more than the read itself
-            # (a scan is every copy's, build's and profile's inner loop).
+            # The driver's own cursor, fetched from directly: SQLAlchemy's row objects (even
+            # through exec_driver_sql) cost more than the read itself, 0.32 s of 0.58 s for
+            # 200,000 rows. A scan is every copy's, build's and profile's inner loop.
             mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-            rows = conn.exec_driver_sql(sql.replace("?", mark), tuple(params)).fetchall()
+            dbapi = conn.connection.dbapi_connection
+            assert dbapi is not None  # a checked-out connection has one
+            db_cursor = dbapi.cursor()
+            try:
+                db_cursor.execute(sql.replace("?", mark), tuple(params))
+                rows = db_cursor.fetchall()
+            finally:
+                db_cursor.close()
         if not rows:
             return Batch(np.empty(0, np.int64), np.empty((0, self.dimension), np.float32), cursor)
         ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
