@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from tests.conftest import Sandbox
 from vecmigrate.backfill import copy_shard, open_source, open_target, prepare
-from vecmigrate.build import artifact_dir, build_shard, register_index
+from vecmigrate.build import artifact_dir, build_shard, load_index_version, register_index
 from vecmigrate.datasets import glove
 from vecmigrate.errors import PreconditionError
 from vecmigrate.journal import Journal
@@ -29,6 +29,7 @@ from vecmigrate.validation import (
     rank_correlation,
     recall_at_k,
     same_data,
+    timed_search,
     validate_migration,
 )
 from vecmigrate.validation.distribution import ks_two_sample, spectrum_shift
@@ -163,6 +164,33 @@ def test_folded_ground_truth_is_the_exact_search(sandbox: Sandbox, words: np.nda
     corrupt(target, shard_ids(target, prep, 0)[:1], lambda v: v + 1.0)
     checks = [check_shard(spec, source, target, s) for s in prep.shards]
     assert not same_data(spec, checks)
+
+
+def test_one_batch_search_gives_recall_and_a_sample_is_timed_singly(
+    sandbox: Sandbox, words: np.ndarray
+) -> None:
+    """Recall comes from one batch search per index, the same answers as searching query by
+    query; only ``latency_queries`` of the queries are timed one at a time."""
+    spec, prep, index_id = migrate(
+        sandbox, words, gates={"sample_queries": 120, "latency_queries": 30}
+    )
+    source = open_source(spec)
+    _, queries = source.sample(120, seed=3)
+    for searcher in (
+        load_index_version(sandbox.catalog, sandbox.catalog.get_index(index_id)),
+        load_index_version(sandbox.catalog, sandbox.catalog.get_index(prep.source_index)),
+    ):
+        ids, millis = timed_search(searcher, queries, 11, timed=30)
+        singly = np.vstack([searcher.search(queries[r : r + 1], 11)[1] for r in range(120)])
+        assert np.array_equal(ids, singly)
+        assert len(millis) == 30
+        assert (millis > 0).all()
+        assert len(timed_search(searcher, queries, 11)[1]) == 120  # all, when not bounded
+    report = validate(sandbox, spec, prep, index_id)
+    assert report.figures is not None
+    assert report.figures.queries == 120
+    assert report.figures.latency_queries == 30
+    assert report.figures.p99_ms_new is not None
 
 
 def test_stored_truths_answer_only_their_queries(sandbox: Sandbox) -> None:

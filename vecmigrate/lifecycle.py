@@ -223,6 +223,7 @@ class RetrievalFigures(_Model):
     # checks" (folded into the shard checks' read of the target).
     truth_source: str = "search"
     queries: int = 0
+    latency_queries: int = 0  # of those, searched one at a time for p50/p99
     k: int = 10
     source_recall: float | None = None
     target_recall: float | None = None

@@ -321,6 +321,9 @@ class GatePolicy(_Model):
 
     k: int = Field(default=10, ge=1, le=1000)
     sample_queries: int = Field(default=200, ge=1, le=100_000)
+    # Of those, how many are also searched one at a time for the p50/p99 figures (recall and
+    # agreement use all of them, searched as one batch).
+    latency_queries: int = Field(default=200, ge=1, le=100_000)
     query_log: str | None = None
     min_recall: float | None = Field(default=0.90, ge=0.0, le=1.0)
     max_recall_drop: float | None = Field(default=None, ge=0.0, le=1.0)

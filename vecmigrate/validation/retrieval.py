@@ -10,6 +10,8 @@ import numpy.typing as npt
 from vecmigrate.build import Searcher
 from vecmigrate.indexes import Ids, Vectors
 
+_NONE: Ids = np.empty(0, np.int64)
+
 
 def exclude_self(i: Ids, query_ids: Ids | None, k: int) -> Ids:
     """Each row's first k ids other than the query's own id (none excluded without ids)."""
@@ -51,13 +53,22 @@ def rank_correlation(old: Ids, new: Ids) -> float | None:
     return float(np.mean(rhos)) if rhos else None
 
 
-def timed_search(index: Searcher, queries: Vectors, k: int) -> tuple[Ids, npt.NDArray[np.float64]]:
-    """Search one query at a time (as traffic arrives) and time each in milliseconds."""
-    ids = np.full((queries.shape[0], k), -1, np.int64)
-    millis = np.zeros(queries.shape[0])
-    for row in range(queries.shape[0]):
+def timed_search(
+    index: Searcher, queries: Vectors, k: int, timed: int | None = None
+) -> tuple[Ids, npt.NDArray[np.float64]]:
+    """Every query's k nearest ids from one batch search, and the milliseconds of ``timed``
+    of them (evenly spaced; all when None) searched again one at a time, as traffic arrives.
+
+    Recall wants many queries and latency a fair sample: timing each of 1,000 queries singly
+    through both indexes was 3 s of a 1M-vector gate suite; the batch gives the same answers.
+    """
+    n = queries.shape[0]
+    _, ids = index.search(queries, k)
+    count = n if timed is None else min(n, timed)
+    rows = np.unique(np.linspace(0, n - 1, count).round().astype(np.int64)) if n else _NONE
+    millis = np.zeros(len(rows))
+    for j, row in enumerate(rows):
         t = time.perf_counter()
-        _, found = index.search(queries[row : row + 1], k)
-        millis[row] = (time.perf_counter() - t) * 1000
-        ids[row] = found[0]
+        index.search(queries[row : row + 1], k)
+        millis[j] = (time.perf_counter() - t) * 1000
     return ids, millis

@@ -219,8 +219,12 @@ def measure(
         else:
             _, target_exact = target.search(tq, q.ask, metric=str(spec.target.embedding.metric))
         found, new_ms = timed_search(
-            load_index_version(catalog, catalog.get_index(target_index)), tq, q.ask
+            load_index_version(catalog, catalog.get_index(target_index)),
+            tq,
+            q.ask,
+            g.latency_queries,
         )
+        fig.latency_queries = len(new_ms)
         new_found = exclude_self(found, qids, k)
         fig.target_recall = round(recall_at_k(new_found, exclude_self(target_exact, qids, k)), 4)
         fig.p50_ms_new = round(float(np.percentile(new_ms, 50)), 3)
@@ -232,7 +236,7 @@ def measure(
         else:
             _, exact = source.search(q.source, q.ask, metric=str(spec.source.embedding.metric))
         old_index = load_index_version(catalog, catalog.get_index(source_index))
-        found, old_ms = timed_search(old_index, q.source, q.ask)
+        found, old_ms = timed_search(old_index, q.source, q.ask, g.latency_queries)
         old_found = exclude_self(found, qids, k)
         fig.source_recall = round(recall_at_k(old_found, exclude_self(exact, qids, k)), 4)
         fig.p50_ms_old = round(float(np.percentile(old_ms, 50)), 3)
