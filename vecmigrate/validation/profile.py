@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import numpy.typing as npt
 
 from vecmigrate.lifecycle import ShardProfile
 from vecmigrate.stores import VectorStore
-from vecmigrate.stores.base import Ids, RecordChecksum, Vectors
+from vecmigrate.stores.base import Ids, RecordChecksum, Vectors, repeated_ids
 from vecmigrate.tasks import ShardRef
 from vecmigrate.transforms import Transform
 
@@ -18,6 +19,18 @@ class IdChecksum(RecordChecksum):
 
     def add(self, ids: Ids, vectors: Vectors) -> None:
         super().add(ids, np.empty((ids.shape[0], 0), np.float32))
+
+
+def _norms(vectors: Vectors) -> npt.NDArray[np.float64]:
+    """Euclidean norm of each (finite) row: summed in float32 (1.4 ms for 50,000 x 128 where a
+    float64 copy and ``np.linalg.norm`` took 28; relative difference ~1e-7), again in float64
+    for rows whose squares overflow float32."""
+    v = np.asarray(vectors, dtype=np.float32)
+    norms: npt.NDArray[np.float64] = np.sqrt(np.einsum("ij,ij->i", v, v)).astype(np.float64)
+    big = ~np.isfinite(norms)
+    if big.any():
+        norms[big] = np.linalg.norm(v[big].astype(np.float64), axis=1)
+    return norms
 
 
 class ProfileBuilder:
@@ -53,7 +66,7 @@ class ProfileBuilder:
         self.count += int(ids.shape[0])
         finite = np.isfinite(vectors).all(axis=1)
         self.nonfinite += int((~finite).sum())
-        norms = np.linalg.norm(vectors[finite].astype(np.float64), axis=1)
+        norms = _norms(vectors if finite.all() else vectors[finite])
         self.zero += int((norms == 0).sum())
         self.off_unit += int((np.abs(norms - 1.0) > self.tolerance).sum())
         if norms.size:
@@ -74,7 +87,7 @@ class ProfileBuilder:
     def result(self) -> ShardProfile:
         """The profile of everything added."""
         all_ids = np.concatenate(self.seen) if self.seen else np.empty(0, np.int64)
-        duplicates = int(all_ids.size - np.unique(all_ids).size)
+        duplicates = repeated_ids(all_ids)
         finite = self.count - self.nonfinite
         return ShardProfile(
             count=self.count,
