@@ -331,8 +331,8 @@ class LoadedIndex:
         if not data_file.exists():
             raise ArtifactError(f"index file {data_file} named by {manifest} is missing")
         # The checksum is computed while the index loads and checked before it is used: FAISS
-        # reads its file without holding the GIL, so the two overlap (a 1M-vector IVF pair took
-        # 3.0 s to verify and load one after the other, half of it the second read).
+        # reads its file without holding the GIL, so the two overlap (loading a 1M-vector
+        # suite's two IVF indexes took 2.95 s one after the other, 1.47 s of it the checksum).
         with ThreadPoolExecutor(1, thread_name_prefix="verify") as pool:
             digest = pool.submit(_sha256_file, data_file)
             try:

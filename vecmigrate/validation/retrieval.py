@@ -60,7 +60,8 @@ def timed_search(
     of them (evenly spaced; all when None) searched again one at a time, as traffic arrives.
 
     Recall wants many queries and latency a fair sample: timing each of 1,000 queries singly
-    through both indexes was 3 s of a 1M-vector gate suite; the batch gives the same answers.
+    through both indexes took 0.8 s of a 200,000-vector gate suite of 4.2 s; the batch gives
+    the same answers.
     """
     n = queries.shape[0]
     _, ids = index.search(queries, k)
