@@ -23,7 +23,6 @@ Targets: vecmigrate at least 0.8 of the raw copy, and at least twice the best pe
 from __future__ import annotations
 
 import argparse
-import functools
 import sqlite3
 import statistics
 import sys
@@ -46,11 +45,13 @@ from vecmigrate.seed import seed_collection, sequential_ids
 from vecmigrate.spec import BuiltinStoreRef, parse_spec
 
 
-def vecmigrate_copy(
-    home: Path, vectors: np.ndarray, batch: int, between: Callable[[], object] | None = None
-) -> float:
-    """Seed v1 in ``home`` and time vecmigrate copying it to v2 (``between`` runs after the
-    seed and before the copy: the raw copy, when it goes first)."""
+def vecmigrate_copy(home: Path, vectors: np.ndarray, batch: int) -> float:
+    """Seed v1 in ``home`` and time vecmigrate copying it to v2."""
+    return seeded_copy(home, vectors, batch)()
+
+
+def seeded_copy(home: Path, vectors: np.ndarray, batch: int) -> Callable[[], float]:
+    """Seed v1 in ``home``; the returned call times vecmigrate copying it to v2."""
     n, dim = vectors.shape
     catalog = Catalog(sqlite_url(home / "catalog.db"))
     src = BuiltinStoreRef(url=sqlite_url(home / "source.db"), artifacts=str(home / "a"))
@@ -71,12 +72,14 @@ def vecmigrate_copy(
     )
     prep = prepare(catalog, spec, "bench")
     journal = Journal(catalog)
-    if between is not None:
-        between()
-    began = time.perf_counter()
-    for shard in prep.shards:
-        copy_shard(spec, shard, journal)
-    return time.perf_counter() - began
+
+    def copy() -> float:
+        began = time.perf_counter()
+        for shard in prep.shards:
+            copy_shard(spec, shard, journal)
+        return time.perf_counter() - began
+
+    return copy
 
 
 def paired_copies(vectors: np.ndarray, batch: int, repeat: int) -> tuple[list[float], list[float]]:
@@ -87,11 +90,12 @@ def paired_copies(vectors: np.ndarray, batch: int, repeat: int) -> tuple[list[fl
     raw: list[float] = []
     for r in range(repeat):
         home = scratch("copy")
+        copy = seeded_copy(home, vectors, batch)
         if r % 2:
-            first = functools.partial(lambda h: raw.append(raw_copy(h, batch)), home)
-            ours.append(vecmigrate_copy(home, vectors, batch, first))
+            raw.append(raw_copy(home, batch))
+            ours.append(copy())
         else:
-            ours.append(vecmigrate_copy(home, vectors, batch))
+            ours.append(copy())
             raw.append(raw_copy(home, batch))
     return ours, raw
 

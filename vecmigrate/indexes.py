@@ -385,10 +385,10 @@ class LoadedIndex:
             if 0 < k <= self._plain_k:
                 try:
                     labels, dist = self._knn(q, k=k)
-                    # uint64 labels are ids below 2**63: the same bytes read as int64.
-                    return dist, labels.view(np.int64)
-                except RuntimeError:
-                    pass  # fewer than k found for some query: row by row below
+                except RuntimeError:  # fewer than k found for some query
+                    return _hnsw_row_by_row(self._hnsw, q, k)
+                # uint64 labels are ids below 2**63: the same bytes read as int64.
+                return dist, labels.view(np.int64)
             if self.count == 0:
                 return _empty(q.shape[0], k)
             kk = min(k, self.count)
@@ -441,7 +441,11 @@ def _hnsw_rows(index: Any, q: Vectors, k: int) -> tuple[Distances, Ids]:
         labels, dist = index.knn_query(q, k=k)
         return np.asarray(dist, dtype=np.float32), labels.view(np.int64)
     except RuntimeError:
-        pass
+        return _hnsw_row_by_row(index, q, k)
+
+
+def _hnsw_row_by_row(index: Any, q: Vectors, k: int) -> tuple[Distances, Ids]:
+    """Each query on its own with the largest k hnswlib can answer for it, padded to k."""
     d, i = _empty(q.shape[0], k)
     for row in range(q.shape[0]):
         for kk in range(k, 0, -1):

@@ -232,8 +232,7 @@ class Router:
             found = plan.one(queries, k)
             if found is not None:
                 return SearchResult(plan.version, plan.view.read_index, found[0], found[1])
-        now = time.monotonic()
-        if plan is None or now >= plan.until:
+        if plan is None or time.monotonic() >= plan.until:
             routed = self.routing(tenant, collection)
             if routed.read_version is None:
                 raise NotFoundError(f"{tenant}/{collection} has no version serving reads")
@@ -256,18 +255,13 @@ class Router:
                 f"{emb.dimension}-dimensional vectors ({model_key(emb)})"
             )
         version, index = plan.version, view.read_index
-        if plan.searcher is not None:
-            # The common case: no canary, no shadow, and (checked against the overlay, which
-            # holds every write this router has seen) no record changed since the router
-            # started: the search itself and nothing else.
-            overlay = plan.overlay
-            if now - overlay.read_at >= self.refresh_seconds:
-                overlay = self._refreshed(tenant, collection)
-            if not overlay.last:
-                _check_finite(q)
-                d, i = plan.searcher.search(q, k)
-                return SearchResult(version, index, d, i)
         _check_finite(q)
+        if plan.searcher is not None and not plan.overlay.last:
+            # The common case: no canary, no shadow, and (checked against the overlay, which
+            # holds every write this router has seen, read no longer ago than the plan was
+            # made) no record changed since the router started: the search and nothing else.
+            d, i = plan.searcher.search(q, k)
+            return SearchResult(version, index, d, i)
         if self._plain(tenant, collection, view):
             # No canary, no shadow: the search, laid over the change log.
             d, i = self._search_version(tenant, collection, version, index, q, k, record)

@@ -10,8 +10,6 @@ import numpy.typing as npt
 from vecmigrate.build import Searcher
 from vecmigrate.indexes import Ids, Vectors
 
-_NONE: Ids = np.empty(0, np.int64)
-
 
 def exclude_self(i: Ids, query_ids: Ids | None, k: int) -> Ids:
     """Each row's first k ids other than the query's own id (none excluded without ids)."""
@@ -66,7 +64,7 @@ def timed_search(
     n = queries.shape[0]
     _, ids = index.search(queries, k)
     count = n if timed is None else min(n, timed)
-    rows = np.unique(np.linspace(0, n - 1, count).round().astype(np.int64)) if n else _NONE
+    rows = np.unique(np.linspace(0, n - 1, count).round().astype(np.int64))
     millis = np.zeros(len(rows))
     for j, row in enumerate(rows):
         t = time.perf_counter()
