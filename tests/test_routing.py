@@ -151,7 +151,8 @@ def test_the_single_query_path_answers_as_the_index_and_refuses_what_the_general
     sandbox: Sandbox,
 ) -> None:
     """One float32 query against a one-shard hnswlib index takes the router's shortest path:
-    the same neighbours as the index, NaN and infinity refused, k past ef or past the count
+    the same neighbours as the index, NaN, infinity and a query of the wrong length refused,
+    k past ef or past the count
     answered (padded), and the router's own write seen at once."""
     hnsw = {"kind": "hnswlib_hnsw", "m": 16, "ef_search": 32, "ef_construction": 64}
     vectors = clustered(300, sandbox.dim, clusters=8, seed=3)
@@ -188,6 +189,11 @@ def test_the_single_query_path_answers_as_the_index_and_refuses_what_the_general
             router.search("default", "docs", query.astype(np.float64), 5)
         with pytest.raises(DataError, match="NaN or infinity"):
             router.search("default", "docs", np.stack([q, query]), 5)
+    # hnswlib answers a 1-D query of the wrong length without a word (reading past a short
+    # one): the router's own check of the shape is all that stands between it and an answer.
+    for length in (sandbox.dim - 1, sandbox.dim + 1):
+        with pytest.raises(DataError, match="dimension"):
+            router.search("default", "docs", np.resize(q, length), 5)
     wide = router.search("default", "docs", q, 100)  # k above ef_search (32)
     assert np.array_equal(np.sort(wide.ids[0, :5]), np.sort(first.ids[0]))
     assert len(set(wide.ids[0].tolist())) == 100

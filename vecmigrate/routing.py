@@ -103,11 +103,15 @@ class _Plan:
 
     view: RoutingView
     version: str  # the read version
+    index: str | None  # its index, as the view names it
     record: VersionRecord  # the read version's
     # The read index when a search is plain (no canary, no shadow, an index built by
     # vecmigrate), else None: the general path decides.
     searcher: Searcher | None
-    overlay: _Overlay
+    # The overlay's entries (the very dict, updated in place): empty while no record changed
+    # since the router started. Held here, not reached through the overlay, as is ``index``:
+    # after a search each object the hot path reaches costs a cache miss.
+    changed: dict[int, tuple[int, str, bytes | None]]
     # The fewest-steps path for one float32 query of the version's dimension (one hnswlib
     # shard), valid until ``until`` (the routing row and the overlay both fresh), else None.
     one: Callable[[Vectors, int], tuple[Distances, Ids] | None] | None
@@ -115,7 +119,11 @@ class _Plan:
     until: float
 
 
+# The hot path's names, bound once: after a search, reaching ``np.ndarray`` or ``time.monotonic``
+# through its module costs a cache miss or two (~0.3 us a lookup in paired timings).
 _F32 = np.dtype(np.float32)
+_ndarray = np.ndarray
+_monotonic = time.monotonic
 
 
 def _check_finite(q: Vectors) -> None:
@@ -220,18 +228,19 @@ class Router:
             plan is not None
             and plan.one is not None
             and model is None
-            and type(queries) is np.ndarray
+            and type(queries) is _ndarray
             and queries.dtype is _F32
-            and queries.shape == plan.shape
-            and time.monotonic() < plan.until
-            and not plan.overlay.last
+            and queries.shape == plan.shape  # hnswlib does not check a 1-D query's length
+            and _monotonic() < plan.until
+            and not plan.changed
         ):
             # The serving hot path: one query, nothing to lay over it, no canary. Measured
-            # after a search, every numpy call here costs about 1 us (a search is ~50): this
-            # path makes none but the search's own.
+            # after a search, every numpy call here costs about 1 us (a search is ~50) and every
+            # object reached a cache miss: this path makes no numpy call but the search's own
+            # and reaches only the plan.
             found = plan.one(queries, k)
             if found is not None:
-                return SearchResult(plan.version, plan.view.read_index, found[0], found[1])
+                return SearchResult(plan.version, plan.index, found[0], found[1])
         if plan is None or time.monotonic() >= plan.until:
             routed = self.routing(tenant, collection)
             if routed.read_version is None:
@@ -254,9 +263,9 @@ class Router:
                 f"queries have dimension {q.shape[-1]} but {tenant}/{collection} serves "
                 f"{emb.dimension}-dimensional vectors ({model_key(emb)})"
             )
-        version, index = plan.version, view.read_index
+        version, index = plan.version, plan.index
         _check_finite(q)
-        if plan.searcher is not None and not plan.overlay.last:
+        if plan.searcher is not None and not plan.changed:
             # The common case: no canary, no shadow, and (checked against the overlay, which
             # holds every write this router has seen, read no longer ago than the plan was
             # made) no record changed since the router started: the search and nothing else.
@@ -360,12 +369,14 @@ class Router:
         one = None
         if isinstance(searcher, ShardedIndex) and len(searcher.shards) == 1:
             one = searcher.shards[0].search_one
+        assert overlay.last is not None
         plan = _Plan(
             view,
             view.read_version,
+            view.read_index,
             record,
             searcher,
-            overlay,
+            overlay.last,
             one,
             (record.embedding.dimension,),
             min(at, overlay.read_at) + self.refresh_seconds,
