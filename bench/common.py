@@ -83,7 +83,8 @@ def report(
     console: Console | None = None,
 ) -> Path:
     """Print ``rows`` as a table and ``summary`` below it; write JSON (and a PNG if ``plot``)."""
-    console = console or Console()
+    # At least 120 columns: piped to a file, rich assumes 80 and cuts wide tables' headers.
+    console = console or Console(width=max(Console().width, 120))
     info = machine()
     table = Table(title=title)
     for col in rows[0]:
