@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -295,18 +296,37 @@ _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
 
 
-def _mix(x: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
-    """SplitMix64's finaliser on every element (wrapping uint64 arithmetic)."""
-    x = x ^ (x >> np.uint64(30))
-    x = x * _MIX1
-    x = x ^ (x >> np.uint64(27))
-    x = x * _MIX2
-    return x ^ (x >> np.uint64(31))
+_SHIFTS = (np.uint64(30), np.uint64(27), np.uint64(31))
 
 
-# Rows hashed at a time: each word position is one pass over a column of the rows, and a
-# column of 4,096 rows of a 128-d batch stays in cache (23.9 -> 18.7 ms for 50,000 rows).
-_HASH_ROWS = 4096
+def _mix(x: npt.NDArray[np.uint64], scratch: npt.NDArray[np.uint64]) -> None:
+    """SplitMix64's finaliser on every element of ``x``, in place (wrapping uint64 arithmetic;
+    ``scratch`` is a buffer of the same length)."""
+    s30, s27, s31 = _SHIFTS
+    np.right_shift(x, s30, out=scratch)
+    np.bitwise_xor(x, scratch, out=x)
+    np.multiply(x, _MIX1, out=x)
+    np.right_shift(x, s27, out=scratch)
+    np.bitwise_xor(x, scratch, out=x)
+    np.multiply(x, _MIX2, out=x)
+    np.right_shift(x, s31, out=scratch)
+    np.bitwise_xor(x, scratch, out=x)
+
+
+# Rows hashed at a time. The arithmetic is done in place: the cost is numpy's per call (nine
+# calls per 64-bit word of a row), so bigger chunks are cheaper until they leave the cache.
+# Measured per 50,000 x 128 rows: 18.3 ms allocating a result per call in chunks of 4,096;
+# in place 16.0 ms (4,096), 14.4 (8,192), 13.9 (16,384), 21.3 (all at once); per 10,000 rows
+# 4.8 -> 3.0 ms.
+_HASH_ROWS = 8192
+
+
+@functools.cache
+def _salts(words: int) -> tuple[np.uint64, ...]:
+    """The constant folded in with each word position of a row."""
+    return tuple(
+        np.uint64(((k + 1) * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) for k in range(words)
+    )
 
 
 def record_hashes(ids: Ids, vectors: Vectors) -> npt.NDArray[np.uint64]:
@@ -318,23 +338,28 @@ def record_hashes(ids: Ids, vectors: Vectors) -> npt.NDArray[np.uint64]:
     record), not against an adversary.
     """
     n = int(ids.shape[0])
-    if n > _HASH_ROWS and np.ndim(vectors) == 2:
-        out = np.empty(n, np.uint64)
-        for start in range(0, n, _HASH_ROWS):
-            stop = start + _HASH_ROWS
-            out[start:stop] = record_hashes(ids[start:stop], vectors[start:stop])
-        return out
-    acc = _mix(np.ascontiguousarray(ids, dtype="<i8").view("<u8") + _GOLDEN)
+    out: npt.NDArray[np.uint64] = np.add(
+        np.ascontiguousarray(ids, dtype="<i8").view("<u8"), _GOLDEN
+    )
     vec = np.ascontiguousarray(vectors, dtype="<f4")
-    if vec.ndim != 2 or vec.shape[1] == 0:
-        return acc
-    if vec.shape[1] % 2:
-        vec = np.concatenate([vec, np.zeros((n, 1), "<f4")], axis=1)
-    words = vec.view("<u8")
-    for k in range(words.shape[1]):
-        salt = np.uint64(((k + 1) * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF)
-        acc = _mix(acc ^ words[:, k] ^ salt)
-    return acc
+    if vec.ndim == 2 and vec.shape[1]:
+        if vec.shape[1] % 2:
+            vec = np.concatenate([vec, np.zeros((n, 1), "<f4")], axis=1)
+        words = vec.view("<u8")
+    else:
+        words = np.empty((n, 0), np.uint64)
+    salts = _salts(words.shape[1])
+    scratch = np.empty(min(n, _HASH_ROWS), np.uint64)
+    for start in range(0, n, _HASH_ROWS):
+        acc = out[start : start + _HASH_ROWS]
+        tmp = scratch[: len(acc)]
+        block = words[start : start + _HASH_ROWS]
+        _mix(acc, tmp)
+        for k, salt in enumerate(salts):
+            np.bitwise_xor(acc, block[:, k], out=acc)
+            np.bitwise_xor(acc, salt, out=acc)
+            _mix(acc, tmp)
+    return out
 
 
 class RecordChecksum:
