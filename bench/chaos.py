@@ -14,10 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from rich.console import Console
 from rich.table import Table
 
-from bench.common import scratch
+from bench.common import scratch, wide_console
 from control.chaos import run_chaos
 
 
@@ -43,7 +42,7 @@ def main() -> None:
     p.add_argument("--home", type=Path, default=None, help="work directory (default: temporary)")
     p.add_argument("--json", type=Path, default=Path("bench/results/chaos.json"))
     args = p.parse_args()
-    console = Console()
+    console = wide_console()
     home = args.home or scratch("chaos")
     report = run_chaos(
         home,

@@ -19,6 +19,12 @@ from rich.table import Table
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def wide_console() -> Console:
+    """A console at least 120 columns wide: piped to a file, rich assumes 80 and cuts the
+    headers of wide tables."""
+    return Console(width=max(Console().width, 120))
+
+
 def scratch(name: str) -> Path:
     """A fresh working directory for one benchmark's databases and index files, removed when
     the script ends well (a 1M-vector run leaves gigabytes). It is kept, and its place
@@ -83,8 +89,7 @@ def report(
     console: Console | None = None,
 ) -> Path:
     """Print ``rows`` as a table and ``summary`` below it; write JSON (and a PNG if ``plot``)."""
-    # At least 120 columns: piped to a file, rich assumes 80 and cuts wide tables' headers.
-    console = console or Console(width=max(Console().width, 120))
+    console = console or wide_console()
     info = machine()
     table = Table(title=title)
     for col in rows[0]:

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import scratch
+from bench.common import scratch, wide_console
 from control.chaos import builtin_version
 from control.client import MigrationClient, connect
 from control.devserver import DevServer, free_port
@@ -211,7 +211,7 @@ def main() -> None:
     p.add_argument("--home", type=Path, default=None)
     p.add_argument("--out", type=Path, default=Path("bench/results"))
     args = p.parse_args()
-    console = Console()
+    console = wide_console()
     result = asyncio.run(main_async(args, console))
     table = Table(
         title=f"online migration under load: {args.vectors:,} vectors, {args.clients} clients"
