@@ -11,12 +11,26 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.table import Table
 
 RESULTS = Path(__file__).resolve().parent / "results"
+A = TypeVar("A")
+B = TypeVar("B")
+
+
+def alternating(pair: int, ours: Callable[[], A], raw: Callable[[], B]) -> tuple[A, B]:
+    """Run one pair of a paired benchmark: ``ours`` first in even pairs, ``raw`` first in odd
+    ones. Whatever runs second finds caches and files warm, and a shared machine drifts; a
+    single pair was a coin toss here (a one-second copy, a 1M build), so benchmarks run several
+    pairs and compare medians."""
+    if pair % 2:
+        theirs = raw()
+        return ours(), theirs
+    mine = ours()
+    return mine, raw()
 
 
 def wide_console() -> Console:

@@ -28,13 +28,14 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
-from bench.common import RESULTS, report, scratch
+from bench.common import RESULTS, alternating, report, scratch
 from control.chaos import builtin_version
 from vecmigrate.backfill import copy_shard, prepare
 from vecmigrate.catalog import Catalog
@@ -84,19 +85,15 @@ def seeded_copy(home: Path, vectors: np.ndarray, batch: int) -> Callable[[], flo
 
 def paired_copies(vectors: np.ndarray, batch: int, repeat: int) -> tuple[list[float], list[float]]:
     """vecmigrate's and the raw copy's seconds, ``repeat`` pairs on fresh databases, which of
-    the two goes first alternating (a second-long copy moves by more than the gap between the
-    two from run to run on a shared machine; a single pair was a coin toss)."""
+    the two goes first alternating."""
     ours: list[float] = []
     raw: list[float] = []
     for r in range(repeat):
         home = scratch("copy")
         copy = seeded_copy(home, vectors, batch)
-        if r % 2:
-            raw.append(raw_copy(home, batch))
-            ours.append(copy())
-        else:
-            ours.append(copy())
-            raw.append(raw_copy(home, batch))
+        mine, theirs = alternating(r, copy, partial(raw_copy, home, batch))
+        ours.append(mine)
+        raw.append(theirs)
     return ours, raw
 
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import hnswlib
 import numpy as np
 
-from bench.common import RESULTS, report, scratch
+from bench.common import RESULTS, alternating, report, scratch
 from control.chaos import builtin_version
 from control.client import MigrationClient, connect
 from control.devserver import DevServer, free_port
@@ -148,22 +148,18 @@ def main() -> None:
         vectors = clustered(args.vectors, args.dim, seed=4)
     n, dim = vectors.shape
     ids = sequential_ids(n)
+
+    def migrate_once() -> tuple[float, float, dict[str, float]]:
+        return asyncio.run(migrate(scratch("throughput"), vectors, args.shards, args.parallel))
+
     runs: list[Run] = []
     for r in range(args.repeat):
-        # Which goes first alternates. The same build moves by 10 % and more from run to run on
-        # a shared machine: single pairs at 1M gave ratios from 1.12 to 1.42.
-        if r % 2:
-            migrated = asyncio.run(
-                migrate(scratch("throughput"), vectors, args.shards, args.parallel)
-            )
-            built = raw_build(ids, vectors, args.shards)
-        else:
-            built = raw_build(ids, vectors, args.shards)
-            migrated = asyncio.run(
-                migrate(scratch("throughput"), vectors, args.shards, args.parallel)
-            )
-        runs.append(Run(*migrated, *built))
-        print(f"pair {r + 1}: vecmigrate {migrated[0]:.1f} s, raw {built[0]:.1f} s", flush=True)
+        # The same build moves by 10 % and more from run to run on a shared machine: single
+        # pairs at 1M gave ratios from 1.12 to 1.42.
+        mine, theirs = alternating(r, migrate_once, lambda: raw_build(ids, vectors, args.shards))
+        run = Run(*mine, *theirs)
+        runs.append(run)
+        print(f"pair {r + 1}: vecmigrate {run.total:.1f} s, raw {run.raw:.1f} s", flush=True)
     median = statistics.median
     phases = {ph: median(run.phases.get(ph, 0.0) for run in runs) for ph in runs[0].phases}
     total = median(run.total for run in runs)
