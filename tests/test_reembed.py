@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -192,7 +193,11 @@ def test_preconditions_name_what_a_reembedding_lacks(sandbox: Sandbox, corpus: C
     with sandbox.catalog.engine.begin() as conn:
         conn.exec_driver_sql("DELETE FROM documents WHERE id = 17")
     failed = {c.name: c.detail for c in run_checks(sandbox.catalog, spec) if not c.passed}
-    assert "texts for 2,499 of its 2,500 records" in failed["source text"]
+    assert "1 of its 2,500 records have no text (ids [17])" in failed["source text"]
+    # A text without a record does not hide it (the counts would be equal).
+    Documents(sandbox.catalog).put("default", "docs", np.array([900_017]), ["orphan text"])
+    failed = {c.name: c.detail for c in run_checks(sandbox.catalog, spec) if not c.passed}
+    assert "1 of its 2,500 records have no text (ids [17])" in failed["source text"]
     # An unregistered model, and an old model that cannot serve reads meanwhile.
     unknown = v2.embedding.model_copy(update={"model_version": "9"})
     spec_unknown = text_spec(v1, v2.model_copy(update={"embedding": unknown}))
@@ -204,6 +209,47 @@ def test_preconditions_name_what_a_reembedding_lacks(sandbox: Sandbox, corpus: C
     with_adapter = text_spec(v1, v2, reembed={"adapter": "procrustes"})
     names = {c.name for c in run_checks(sandbox.catalog, with_adapter) if not c.passed}
     assert "reads during the re-embed" not in names
+
+
+def test_text_check_passes_while_a_delete_is_half_done(sandbox: Sandbox, corpus: Corpus) -> None:
+    """The router's delete removes the text, then the vector: a check in between finds a record
+    without text whose delete is on its way, which is not a missing text."""
+    v1, v2 = text_setup(sandbox, corpus)
+    spec = text_spec(v1, v2)
+    router = Router(sandbox.catalog, refresh_seconds=0.0)
+    _, store = router._version("default", "docs", "v1")
+    reached, release = threading.Event(), threading.Event()
+    real_delete = store.delete
+
+    def held_delete(ids: np.ndarray) -> int:
+        reached.set()
+        assert release.wait(30)
+        return real_delete(ids)
+
+    store.delete = held_delete  # type: ignore[method-assign]
+    deleting = threading.Thread(
+        target=router.delete, args=("default", "docs", np.array([42, 43])), daemon=True
+    )
+    deleting.start()
+    try:
+        assert reached.wait(30)
+        # Texts gone, vectors still stored: counts would say 2 texts are missing.
+        assert Documents(sandbox.catalog).count("default", "docs") == CORPUS_SIZE - 2
+        assert open_source(spec).count() == CORPUS_SIZE
+        checks = {c.name: c for c in run_checks(sandbox.catalog, spec)}
+        assert checks["source text"].passed, checks["source text"].detail
+        assert "every one of 2,500 records has its text" in checks["source text"].detail
+        # A record that truly lacks its text is still found beside the deletes in flight.
+        with sandbox.catalog.engine.begin() as conn:
+            conn.exec_driver_sql("DELETE FROM documents WHERE id = 17")
+        checks = {c.name: c for c in run_checks(sandbox.catalog, spec)}
+        assert not checks["source text"].passed
+        assert "1 of its 2,500 records have no text (ids [17])" in checks["source text"].detail
+    finally:
+        release.set()
+        deleting.join(30)
+    assert not deleting.is_alive()
+    assert open_source(spec).count() == CORPUS_SIZE - 2
 
 
 # -- the copy, the router and the gates, in process ------------------------------------------------

@@ -56,6 +56,26 @@ def embed_in_batches(embedder: Embedder, texts: list[str], batch: int) -> Vector
     return out
 
 
+def untexted(
+    log: ChangeLog, tenant: str, collection: str, ids: Ids, texts: list[str | None]
+) -> tuple[Ids, Ids]:
+    """Of records read from a store, those without text: ``(alive, gone)``.
+
+    ``texts`` are the documents' texts of ``ids``, read after the ids. The router's delete
+    removes a record's text in the change log's transaction and the stored vector just after,
+    so a record read from the store in between has no text though nothing is missing: its latest
+    change is a delete (read after the texts, it is already there). Those are ``gone``; the rest
+    of the records without text are ``alive`` and truly lack it.
+    """
+    missing = np.asarray(
+        [i for i, t in zip(np.asarray(ids).tolist(), texts, strict=True) if t is None], np.int64
+    )
+    if not missing.size:
+        return missing, missing
+    gone = log.deleted(tenant, collection, missing)
+    return np.setdiff1d(missing, gone), gone
+
+
 @dataclass
 class Reembedder:
     """Makes a migration's target vectors from its records' texts."""
@@ -88,13 +108,12 @@ class Reembedder:
             DataError: a record still alive has no text.
         """
         ids = np.asarray(ids, np.int64)
-        texts = self.documents.get(self.spec.tenant, self.spec.collection, ids)
-        missing = np.asarray([i for i, t in zip(ids.tolist(), texts, strict=True) if t is None])
-        if missing.size:
-            gone = self.log.deleted(self.spec.tenant, self.spec.collection, missing)
-            alive = np.setdiff1d(missing, gone)
-            if alive.size:
-                self.documents.require(self.spec.tenant, self.spec.collection, alive)
+        tenant, collection = self.spec.tenant, self.spec.collection
+        texts = self.documents.get(tenant, collection, ids)
+        alive, gone = untexted(self.log, tenant, collection, ids, texts)
+        if alive.size:
+            self.documents.require(tenant, collection, alive)
+        if gone.size:
             keep = ~np.isin(ids, gone)
             self.skipped.extend(gone.tolist())
             ids = ids[keep]
