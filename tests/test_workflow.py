@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 
 import pytest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHistory
 
 from control.client import MigrationClient
 from tests.conftest import Sandbox, running_worker, vecmigrate
@@ -78,6 +78,67 @@ async def test_happy_path_automatic_cutover(client: Client, sandbox: Sandbox) ->
     assert result.ids[:, 0].tolist() == [1, 2, 3, 4, 5]
     assert sandbox.catalog.find_version("default", "docs", "v1").state == "retained"
     assert sandbox.catalog.verify_ledger() == []
+
+
+def activity_events(history: WorkflowHistory) -> list[tuple[str, str, int]]:
+    """``(event, activity, shard)`` per activity scheduled or completed, in history order."""
+    scheduled: dict[int, tuple[str, int]] = {}
+    order = []
+    for event in history.events:
+        if event.HasField("activity_task_scheduled_event_attributes"):
+            attrs = event.activity_task_scheduled_event_attributes
+            payload = json.loads(attrs.input.payloads[0].data) if attrs.input.payloads else {}
+            shard = payload.get("shard", {}).get("index", -1) if isinstance(payload, dict) else -1
+            scheduled[event.event_id] = (attrs.activity_type.name, shard)
+            order.append(("scheduled", *scheduled[event.event_id]))
+        elif event.HasField("activity_task_completed_event_attributes"):
+            done = event.activity_task_completed_event_attributes.scheduled_event_id
+            order.append(("completed", *scheduled[done]))
+    return order
+
+
+async def test_shards_are_built_while_the_next_ones_copy(client: Client, sandbox: Sandbox) -> None:
+    """Blue-green: a shard's build starts when its copy is done, beside the next shard's copy;
+    at most ``max_parallel_shards`` copies and as many builds at once."""
+    vectors = sandbox.seed(3000)
+    spec = sandbox.spec(shards={"count": 3}, max_parallel_shards=1)
+    async with running_worker(client, sandbox) as queue:
+        mc = MigrationClient(client, queue)
+        mid = await mc.start(spec, operator="alice")
+        final = await mc.result(mid)
+        history = await mc.handle(mid).fetch_history()
+    assert final.phase == Phase.COMPLETED
+    events = [e for e in activity_events(history) if e[1] in ("copy_shard", "build_shard_index")]
+    at = {e: i for i, e in enumerate(events)}
+    # Build of shard 0 and copy of shard 1 both start when shard 0's copy completes, and each
+    # build starts before the copy after it has finished: copies and builds overlap.
+    for shard in (0, 1):
+        assert (
+            at[("scheduled", "build_shard_index", shard)]
+            < at[("completed", "copy_shard", shard + 1)]
+        )
+        assert (
+            at[("scheduled", "copy_shard", shard + 1)]
+            < at[("completed", "build_shard_index", shard)]
+        )
+    # One copy at a time and one build at a time.
+    for kind in ("copy_shard", "build_shard_index"):
+        running = 0
+        for event, activity, _ in events:
+            if activity == kind:
+                running += 1 if event == "scheduled" else -1
+                assert running <= 1, (kind, events)
+    # The index snapshot's log position was taken before the first build.
+    assert final.index_log_position is not None
+    record = sandbox.catalog.find_version("default", "docs", "v2")
+    assert record is not None
+    assert Router(sandbox.catalog).search("default", "docs", vectors[:3], 1).ids[:, 0].tolist() == [
+        1,
+        2,
+        3,
+    ]
+    assert sum(s.copied for s in final.shards) == 3000
+    assert [s.state for s in final.shards] == ["validated"] * 3
 
 
 async def test_manual_cutover_waits_for_approval(client: Client, sandbox: Sandbox) -> None:

@@ -139,6 +139,8 @@ class MigrationWorkflow:
             self._target_registered = carried.target_registered
             self._shards = carried.shards or selected_hash_shards(spec.shards)
         self._by_shard = {p.shard: p for p in self._status.shards}
+        # Shard tasks in flight at most (twice as many while copies and builds overlap).
+        self._window = spec.max_parallel_shards
 
     # -- messages ------------------------------------------------------------------------------
 
@@ -430,7 +432,7 @@ class MigrationWorkflow:
 
     def _history_full(self) -> bool:
         info = workflow.info()
-        budget = HISTORY_LIMIT - EVENTS_PER_SHARD_IN_FLIGHT * self._spec.max_parallel_shards
+        budget = HISTORY_LIMIT - EVENTS_PER_SHARD_IN_FLIGHT * self._window
         return info.is_continue_as_new_suggested() or info.get_current_history_length() > budget
 
     async def _lifecycle(self, inp: MigrationInput) -> None:
@@ -580,7 +582,50 @@ class MigrationWorkflow:
                 return
 
     async def _backfill(self, inp: MigrationInput) -> None:
-        await self._for_each_shard(self._shards_not_in({"pending", "copying"}), self._copy)
+        if not self._builds_while_copying():
+            await self._for_each_shard(self._shards_not_in({"pending", "copying"}), self._copy)
+            return
+        # Each shard's index is built as soon as its copy is done, while the next shard copies:
+        # the copy (one core, mostly in the store) and the build (every core the worker gives
+        # it) overlap, and the migration takes less than copy + build. At most
+        # ``max_parallel_shards`` copies and as many builds at once, so the window is twice that.
+        if self._status.index_log_position is None:
+            # Writes after this position may be missing from the index; readers overlay them.
+            self._status.index_log_position = await self._log_head()
+        parallel = self._spec.max_parallel_shards
+        copies, builds = asyncio.Semaphore(parallel), asyncio.Semaphore(parallel)
+
+        async def copy_then_build(shard: ShardRef) -> None:
+            if self._by_shard[shard.index].state in ("pending", "copying"):
+                async with copies:
+                    await self._copy(shard)
+            async with builds:
+                await self._build(shard)
+
+        self._window = 2 * parallel
+        try:
+            await self._for_each_shard(
+                self._shards_not_in({"pending", "copying", "copied", "indexing"}),
+                copy_then_build,
+            )
+        finally:
+            self._window = parallel
+
+    def _builds_while_copying(self) -> bool:
+        """Whether this migration builds each shard's index during the backfill.
+
+        Only where the build comes right after the backfill (no catch-up in between to change
+        the target) and builds per shard (a native index is built once, over everything).
+        Migrations started before this existed keep building after the backfill (the patch
+        marker keeps their replay deterministic).
+        """
+        order = STRATEGY_PHASES[self._spec.strategy]
+        follows = order[order.index(Phase.BACKFILLING) + 1] == Phase.BUILDING_INDEX
+        return (
+            follows
+            and not is_native(self._spec.target.index)
+            and workflow.patched("build-while-copying")
+        )
 
     def _shards_not_in(self, states: set[str]) -> list[ShardRef]:
         """The shards whose state is one of ``states`` (their work is not done yet)."""
@@ -591,7 +636,10 @@ class MigrationWorkflow:
         mid = spec.migration_id
         native: ArtifactRef | None = None
         # Writes after this position may be missing from the index; readers overlay them.
-        position = await self._log_head()
+        # Shards built during the backfill were read after the position taken there.
+        position = self._status.index_log_position
+        if position is None:
+            position = await self._log_head()
         if is_native(spec.target.index):
             # The target database builds its own index over the whole version, once.
             built: ArtifactRef = await self._step(
@@ -906,7 +954,7 @@ class MigrationWorkflow:
         running: set[asyncio.Task[None]] = set()
         try:
             while pending or running:
-                while pending and len(running) < self._spec.max_parallel_shards:
+                while pending and len(running) < self._window:
                     if self._history_full():
                         break
                     await self._wait_unpaused()

@@ -1,17 +1,21 @@
 """Record workflow histories for the replay tests.
 
-Run after a deliberate, compatible change to the workflow's commands: `python -m
-tests.histories.record`. Histories recorded by earlier releases stay in the folder, so a change
-that would break migrations already running fails the replay test.
+`python -m tests.histories.record` records the histories missing from this folder;
+`python -m tests.histories.record NAME ...` records those again. Histories recorded by earlier
+releases stay in the folder, so a change that would break migrations already running fails the
+replay test: after a change to the workflow's commands (behind ``workflow.patched``), add a
+recording of the new path under a new name rather than re-recording the old ones.
 """
 
 from __future__ import annotations
 
 import asyncio
 import shutil
+import sys
 import tempfile
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,42 +34,66 @@ from vecmigrate.routing import Router
 HERE = Path(__file__).parent
 
 
-async def record() -> None:
+async def record(names: list[str]) -> None:
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_binary(), data_converter=pydantic_data_converter
     )
     try:
-        for name, manual in (("blue_green_completed", False), ("blue_green_rolled_back", True)):
-            root = Path(tempfile.gettempdir()) / "vecmigrate-history" / name
-            shutil.rmtree(root, ignore_errors=True)
-            root.mkdir(parents=True)
-            sandbox = Sandbox(root, Catalog(sqlite_url(root / "catalog.db")))
-            sandbox.seed(2000)
-            spec = sandbox.spec(
-                cutover={"mode": "manual" if manual else "automatic", "bake_seconds": 0.2}
-            )
-            async with running_worker(env.client, sandbox) as queue:
-                mc = MigrationClient(env.client, queue)
-                mid = await mc.start(spec, operator="recorder")
-                if manual:
-                    while (await mc.status(mid)).phase != Phase.AWAITING_CUTOVER:
-                        await asyncio.sleep(0.1)
-                    await mc.signal(mid, "pause", operator="recorder")
-                    await mc.signal(mid, "rollback", operator="recorder", reason="replay test")
-                await mc.result(mid)
-                history = await mc.handle(mid).fetch_history()
-            (HERE / f"{name}.json").write_text(history.to_json())
-            print(f"wrote {name}.json ({len(history.events)} events)")
-        await record_continued(env)
-        await record_online(env)
+        for name in names:
+            await RECORDERS[name](env, name)
     finally:
         await env.shutdown()
 
 
-async def record_continued(env: WorkflowEnvironment) -> None:
+async def record_blue_green(env: WorkflowEnvironment, name: str) -> None:
+    """A blue-green migration to completion, or rolled back at the approval it waits for."""
+    manual = name == "blue_green_rolled_back"
+    root = Path(tempfile.gettempdir()) / "vecmigrate-history" / name
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    sandbox = Sandbox(root, Catalog(sqlite_url(root / "catalog.db")))
+    sandbox.seed(2000)
+    spec = sandbox.spec(cutover={"mode": "manual" if manual else "automatic", "bake_seconds": 0.2})
+    async with running_worker(env.client, sandbox) as queue:
+        mc = MigrationClient(env.client, queue)
+        mid = await mc.start(spec, operator="recorder")
+        if manual:
+            while (await mc.status(mid)).phase != Phase.AWAITING_CUTOVER:
+                await asyncio.sleep(0.1)
+            await mc.signal(mid, "pause", operator="recorder")
+            await mc.signal(mid, "rollback", operator="recorder", reason="replay test")
+        await mc.result(mid)
+        history = await mc.handle(mid).fetch_history()
+    (HERE / f"{name}.json").write_text(history.to_json())
+    print(f"wrote {name}.json ({len(history.events)} events)")
+
+
+async def record_build_while_copying(env: WorkflowEnvironment, name: str) -> None:
+    """A blue-green migration that builds each shard's index while the next shard copies."""
+    root = Path(tempfile.gettempdir()) / "vecmigrate-history" / name
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    sandbox = Sandbox(root, Catalog(sqlite_url(root / "catalog.db")))
+    sandbox.seed(3000)
+    spec = sandbox.spec(
+        shards={"count": 4},
+        max_parallel_shards=1,
+        cutover={"mode": "automatic", "bake_seconds": 0.2},
+    )
+    async with running_worker(env.client, sandbox) as queue:
+        mc = MigrationClient(env.client, queue)
+        mid = await mc.start(spec, operator="recorder")
+        final = await mc.result(mid)
+        assert final.phase == Phase.COMPLETED, final
+        assert final.index_log_position is not None, "the shards were not built during the copy"
+        history = await mc.handle(mid).fetch_history()
+    (HERE / f"{name}.json").write_text(history.to_json())
+    print(f"wrote {name}.json ({len(history.events)} events)")
+
+
+async def record_continued(env: WorkflowEnvironment, name: str) -> None:
     """A run that starts from carried state: the second run of a migration that continued as
     new (enough shards that the first run's history fills up)."""
-    name = "blue_green_continued"
     root = Path(tempfile.gettempdir()) / "vecmigrate-history" / name
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
@@ -88,10 +116,9 @@ async def record_continued(env: WorkflowEnvironment) -> None:
     print(f"wrote {name}.json ({len(history.events)} events, run 2 of {len(runs)})")
 
 
-async def record_online(env: WorkflowEnvironment) -> None:
+async def record_online(env: WorkflowEnvironment, name: str) -> None:
     """The online drill (shadow, ramp, cut-over, rollback after it, second cut-over) with a
     router searching and writing on the side."""
-    name = "online_drill"
     root = Path(tempfile.gettempdir()) / "vecmigrate-history" / name
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
@@ -140,5 +167,26 @@ async def record_online(env: WorkflowEnvironment) -> None:
     print(f"wrote {name}.json ({len(history.events)} events)")
 
 
+RECORDERS: dict[str, Callable[[WorkflowEnvironment, str], Awaitable[None]]] = {
+    "blue_green_completed": record_blue_green,
+    "blue_green_rolled_back": record_blue_green,
+    "blue_green_continued": record_continued,
+    "online_drill": record_online,
+    "blue_green_build_while_copying": record_build_while_copying,
+}
+
+
+def main() -> None:
+    asked = sys.argv[1:]
+    unknown = [n for n in asked if n not in RECORDERS]
+    if unknown:
+        raise SystemExit(f"unknown histories {unknown}; known: {', '.join(RECORDERS)}")
+    names = asked or [n for n in RECORDERS if not (HERE / f"{n}.json").exists()]
+    if not names:
+        print("every history is recorded; name one to record it again")
+        return
+    asyncio.run(record(names))
+
+
 if __name__ == "__main__":
-    asyncio.run(record())
+    main()
