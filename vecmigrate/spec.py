@@ -479,8 +479,8 @@ class MigrationSpec(_Model):
     # the noise of each other), 50,000 88,000/s, while a kill, a pause and a throttle change
     # each wait for or redo up to a whole batch: past 10,000 the gain is small next to that.
     batch_size: int = Field(default=10_000, ge=1, le=1_000_000)
-    # Shards in flight at once. Bounded so that draining the window before a continue-as-new
-    # stays well under Temporal's history limits.
+    # Shards copied at once (and built at once, where builds overlap the copy). Bounded so that
+    # draining the window before a continue-as-new stays well under Temporal's history limits.
     max_parallel_shards: int = Field(default=2, ge=1, le=64)
     # Copy throttle over all shards together; change it while running with ``set_throttle``.
     max_vectors_per_second: float | None = Field(default=None, gt=0)
