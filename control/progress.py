@@ -115,17 +115,15 @@ async def watch(
                 shard_bar(copy_tasks, "copy ", s.shard, s.total, few or s.state == "copying")
                 if s.shard in copy_tasks:
                     progress.update(copy_tasks[s.shard], completed=copied, total=max(s.total, 1))
-                if few and s.state in ("copied", "indexing", "indexed", "validating", "validated"):
+                if few and s.state in ("copied", "indexing", "indexed"):
                     say(f"    shard {s.shard}: copied {s.copied:,}")
                 build = live.get(("build_shard_index", s.shard))
-                # A built shard may already be checked (its checks run beside later builds).
-                built = s.state in ("indexed", "validating", "validated")
-                building = s.state == "indexing" or (few and built)
+                building = s.state == "indexing" or (few and s.state == "indexed")
                 shard_bar(build_tasks, "index", s.shard, s.total, building)
                 if s.shard in build_tasks:
-                    done = s.total if built else int(build["added"]) if build else 0
+                    done = s.total if s.state == "indexed" else int(build["added"]) if build else 0
                     progress.update(build_tasks[s.shard], completed=done)
-                if few and built:
+                if few and s.state == "indexed":
                     say(f"    shard {s.shard}: index built")
             if all_copy is not None and all_index is not None:
                 progress.update(all_copy, completed=copied_all)

@@ -594,30 +594,18 @@ class MigrationWorkflow:
             self._status.index_log_position = await self._log_head()
         parallel = self._spec.max_parallel_shards
         copies, builds = asyncio.Semaphore(parallel), asyncio.Semaphore(parallel)
-        # A built shard's checks for the gates' first round run beside the next build as well.
-        # Not for a new model: its checks draw their queries from the target, still being
-        # copied then.
-        check = not self._spec.model_change and workflow.patched("check-while-building")
-        checks = asyncio.Semaphore(parallel)
-        stages = 3 if check else 2
 
         async def copy_then_build(shard: ShardRef) -> None:
             if self._by_shard[shard.index].state in ("pending", "copying"):
                 async with copies:
                     await self._copy(shard)
-            if self._by_shard[shard.index].state in ("copied", "indexing"):
-                async with builds:
-                    await self._build(shard)
-            if check:
-                async with checks:
-                    await self._check_shard(shard)
+            async with builds:
+                await self._build(shard)
 
-        self._window = stages * parallel
+        self._window = 2 * parallel
         try:
             await self._for_each_shard(
-                self._shards_not_in({"pending", "copying", "copied", "indexing", "indexed"})
-                if check
-                else self._shards_not_in({"pending", "copying", "copied", "indexing"}),
+                self._shards_not_in({"pending", "copying", "copied", "indexing"}),
                 copy_then_build,
             )
         finally:
@@ -909,9 +897,30 @@ class MigrationWorkflow:
         measure retrieval and distribution and judge everything against the gates."""
         spec = self._spec
         round_ = self._status.validation_round
-        await self._for_each_shard(
-            self._shards_not_in({"indexed", "validating"}), self._check_shard
-        )
+
+        async def check_one(shard: ShardRef) -> None:
+            progress = self._by_shard[shard.index]
+            progress.state = "validating"
+            await self._step(
+                f"validate shard {shard.index}",
+                lambda: workflow.execute_activity(
+                    "validate_shard",
+                    ValidateShardInput(
+                        migration_id=spec.migration_id,
+                        spec=spec,
+                        shard=shard,
+                        round=round_,
+                        volatile_after=self._status.watermark,
+                    ),
+                    result_type=ShardCheck,
+                    start_to_close_timeout=timedelta(hours=2),
+                    heartbeat_timeout=timedelta(seconds=spec.heartbeat_seconds),
+                    retry_policy=RETRY,
+                ),
+            )
+            progress.state = "validated"
+
+        await self._for_each_shard(self._shards_not_in({"indexed", "validating"}), check_one)
         result: ValidateResult = await self._step(
             "validate",
             lambda: workflow.execute_activity(
@@ -931,32 +940,6 @@ class MigrationWorkflow:
             ),
         )
         return result.report
-
-    async def _check_shard(self, shard: ShardRef) -> None:
-        """Profile one shard on both sides for this validation round (the gates read it from
-        the shard journal)."""
-        spec = self._spec
-        round_ = self._status.validation_round
-        progress = self._by_shard[shard.index]
-        progress.state = "validating"
-        await self._step(
-            f"validate shard {shard.index}",
-            lambda: workflow.execute_activity(
-                "validate_shard",
-                ValidateShardInput(
-                    migration_id=spec.migration_id,
-                    spec=spec,
-                    shard=shard,
-                    round=round_,
-                    volatile_after=self._status.watermark,
-                ),
-                result_type=ShardCheck,
-                start_to_close_timeout=timedelta(hours=2),
-                heartbeat_timeout=timedelta(seconds=spec.heartbeat_seconds),
-                retry_policy=RETRY,
-            ),
-        )
-        progress.state = "validated"
 
     async def _for_each_shard(
         self, shards: list[ShardRef], work: Callable[[ShardRef], Awaitable[None]]

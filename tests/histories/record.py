@@ -69,8 +69,7 @@ async def record_blue_green(env: WorkflowEnvironment, name: str) -> None:
 
 
 async def record_build_while_copying(env: WorkflowEnvironment, name: str) -> None:
-    """A blue-green migration that builds each shard's index while the next shard copies (and,
-    since ``check_while_building``, checks each built shard while the next one builds)."""
+    """A blue-green migration that builds each shard's index while the next shard copies."""
     root = Path(tempfile.gettempdir()) / "vecmigrate-history" / name
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
@@ -174,7 +173,6 @@ RECORDERS: dict[str, Callable[[WorkflowEnvironment, str], Awaitable[None]]] = {
     "blue_green_continued": record_continued,
     "online_drill": record_online,
     "blue_green_build_while_copying": record_build_while_copying,
-    "blue_green_check_while_building": record_build_while_copying,
 }
 
 
