@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import numpy as np
+from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
@@ -45,13 +46,23 @@ async def record(names: list[str]) -> None:
         await env.shutdown()
 
 
-async def record_blue_green(env: WorkflowEnvironment, name: str) -> None:
-    """A blue-green migration to completion, or rolled back at the approval it waits for."""
-    manual = name == "blue_green_rolled_back"
+def fresh_sandbox(name: str) -> Sandbox:
+    """An empty catalog and built-in store for one recording, in the temporary directory."""
     root = Path(tempfile.gettempdir()) / "vecmigrate-history" / name
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
-    sandbox = Sandbox(root, Catalog(sqlite_url(root / "catalog.db")))
+    return Sandbox(root, Catalog(sqlite_url(root / "catalog.db")))
+
+
+def save(name: str, history: WorkflowHistory, note: str = "") -> None:
+    (HERE / f"{name}.json").write_text(history.to_json())
+    print(f"wrote {name}.json ({len(history.events)} events{note})")
+
+
+async def record_blue_green(env: WorkflowEnvironment, name: str) -> None:
+    """A blue-green migration to completion, or rolled back at the approval it waits for."""
+    manual = name == "blue_green_rolled_back"
+    sandbox = fresh_sandbox(name)
     sandbox.seed(2000)
     spec = sandbox.spec(cutover={"mode": "manual" if manual else "automatic", "bake_seconds": 0.2})
     async with running_worker(env.client, sandbox) as queue:
@@ -64,16 +75,12 @@ async def record_blue_green(env: WorkflowEnvironment, name: str) -> None:
             await mc.signal(mid, "rollback", operator="recorder", reason="replay test")
         await mc.result(mid)
         history = await mc.handle(mid).fetch_history()
-    (HERE / f"{name}.json").write_text(history.to_json())
-    print(f"wrote {name}.json ({len(history.events)} events)")
+    save(name, history)
 
 
 async def record_build_while_copying(env: WorkflowEnvironment, name: str) -> None:
     """A blue-green migration that builds each shard's index while the next shard copies."""
-    root = Path(tempfile.gettempdir()) / "vecmigrate-history" / name
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
-    sandbox = Sandbox(root, Catalog(sqlite_url(root / "catalog.db")))
+    sandbox = fresh_sandbox(name)
     sandbox.seed(3000)
     spec = sandbox.spec(
         shards={"count": 4},
@@ -87,17 +94,13 @@ async def record_build_while_copying(env: WorkflowEnvironment, name: str) -> Non
         assert final.phase == Phase.COMPLETED, final
         assert final.index_log_position is not None, "the shards were not built during the copy"
         history = await mc.handle(mid).fetch_history()
-    (HERE / f"{name}.json").write_text(history.to_json())
-    print(f"wrote {name}.json ({len(history.events)} events)")
+    save(name, history)
 
 
 async def record_continued(env: WorkflowEnvironment, name: str) -> None:
     """A run that starts from carried state: the second run of a migration that continued as
     new (enough shards that the first run's history fills up)."""
-    root = Path(tempfile.gettempdir()) / "vecmigrate-history" / name
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
-    sandbox = Sandbox(root, Catalog(sqlite_url(root / "catalog.db")))
+    sandbox = fresh_sandbox(name)
     sandbox.seed(3000)
     spec = sandbox.spec(
         shards={"count": 300},
@@ -112,17 +115,13 @@ async def record_continued(env: WorkflowEnvironment, name: str) -> None:
         runs.sort(key=lambda r: r.start_time)
         assert len(runs) >= 2, f"expected the migration to continue as new, got {len(runs)} runs"
         history = await env.client.get_workflow_handle(mid, run_id=runs[1].run_id).fetch_history()
-    (HERE / f"{name}.json").write_text(history.to_json())
-    print(f"wrote {name}.json ({len(history.events)} events, run 2 of {len(runs)})")
+    save(name, history, f", run 2 of {len(runs)}")
 
 
 async def record_online(env: WorkflowEnvironment, name: str) -> None:
     """The online drill (shadow, ramp, cut-over, rollback after it, second cut-over) with a
     router searching and writing on the side."""
-    root = Path(tempfile.gettempdir()) / "vecmigrate-history" / name
-    shutil.rmtree(root, ignore_errors=True)
-    root.mkdir(parents=True)
-    sandbox = Sandbox(root, Catalog(sqlite_url(root / "catalog.db")))
+    sandbox = fresh_sandbox(name)
     vectors = sandbox.seed(3000)
     spec = sandbox.spec(
         strategy="online",
@@ -163,8 +162,7 @@ async def record_online(env: WorkflowEnvironment, name: str) -> None:
         stop.set()
         side.join()
         router.close()
-    (HERE / f"{name}.json").write_text(history.to_json())
-    print(f"wrote {name}.json ({len(history.events)} events)")
+    save(name, history)
 
 
 RECORDERS: dict[str, Callable[[WorkflowEnvironment, str], Awaitable[None]]] = {
