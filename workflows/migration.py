@@ -139,8 +139,6 @@ class MigrationWorkflow:
             self._target_registered = carried.target_registered
             self._shards = carried.shards or selected_hash_shards(spec.shards)
         self._by_shard = {p.shard: p for p in self._status.shards}
-        # Shard tasks in flight at most (twice as many while copies and builds overlap).
-        self._window = spec.max_parallel_shards
 
     # -- messages ------------------------------------------------------------------------------
 
@@ -430,9 +428,12 @@ class MigrationWorkflow:
             interrupt=self._interrupt,
         )
 
-    def _history_full(self) -> bool:
+    def _history_full(self, window: int | None = None) -> bool:
+        """Whether to continue as new, leaving room for ``window`` shard tasks to drain
+        (``max_parallel_shards`` unless given)."""
         info = workflow.info()
-        budget = HISTORY_LIMIT - EVENTS_PER_SHARD_IN_FLIGHT * self._window
+        in_flight = window or self._spec.max_parallel_shards
+        budget = HISTORY_LIMIT - EVENTS_PER_SHARD_IN_FLIGHT * in_flight
         return info.is_continue_as_new_suggested() or info.get_current_history_length() > budget
 
     async def _lifecycle(self, inp: MigrationInput) -> None:
@@ -602,14 +603,11 @@ class MigrationWorkflow:
             async with builds:
                 await self._build(shard)
 
-        self._window = 2 * parallel
-        try:
-            await self._for_each_shard(
-                self._shards_not_in({"pending", "copying", "copied", "indexing"}),
-                copy_then_build,
-            )
-        finally:
-            self._window = parallel
+        await self._for_each_shard(
+            self._shards_not_in({"pending", "copying", "copied", "indexing"}),
+            copy_then_build,
+            window=2 * parallel,
+        )
 
     def _builds_while_copying(self) -> bool:
         """Whether this migration builds each shard's index during the backfill.
@@ -942,20 +940,25 @@ class MigrationWorkflow:
         return result.report
 
     async def _for_each_shard(
-        self, shards: list[ShardRef], work: Callable[[ShardRef], Awaitable[None]]
+        self,
+        shards: list[ShardRef],
+        work: Callable[[ShardRef], Awaitable[None]],
+        window: int | None = None,
     ) -> None:
-        """Run ``work`` per shard in a sliding window of ``max_parallel_shards``.
+        """Run ``work`` per shard in a sliding window of ``window`` shards
+        (``max_parallel_shards`` unless given).
 
         A pause stops new shards from starting (and running copies stop after their batch).
         When the history grows long, no new shard starts; once the window has drained the run
         continues as new and the next run takes the shards still to do.
         """
+        window = window or self._spec.max_parallel_shards
         pending = deque(shards)
         running: set[asyncio.Task[None]] = set()
         try:
             while pending or running:
-                while pending and len(running) < self._window:
-                    if self._history_full():
+                while pending and len(running) < window:
+                    if self._history_full(window):
                         break
                     await self._wait_unpaused()
                     running.add(asyncio.ensure_future(work(pending.popleft())))
