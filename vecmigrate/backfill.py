@@ -232,10 +232,8 @@ def text_check(catalog: Catalog, spec: MigrationSpec, store: VectorStore) -> Che
 
     Counts would not do: a text without a record (written ahead of its vector, or loaded for an
     id the store lacks) hides a record without one, and live deletes make the two counts
-    disagree though nothing is missing. The router's delete removes the text in the change
-    log's transaction and the stored vector just after, so a record read in between has no text
-    and a delete as its latest change: it is not counted as lacking. One read of the source's
-    ids and vectors, small beside embedding every text.
+    disagree though nothing is missing (a delete in flight is told apart by :func:`untexted`).
+    One read of the source's ids and vectors, small beside embedding every text.
     """
     documents, log = Documents(catalog), ChangeLog(catalog)
     records, lacking = 0, 0
