@@ -9,15 +9,28 @@ from typing import Any
 
 import pytest
 from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
 
 from control.client import MigrationClient
+from control.devserver import temporal_binary
 from tests.conftest import Sandbox, running_worker
 from tests.test_backfill import poison
-from tests.test_workflow import wait_for
+from tests.test_workflow import activity_events, activity_results, wait_for
 from vecmigrate.backfill import open_source, open_target
+from vecmigrate.changelog import ChangeLog
 from vecmigrate.journal import Journal
 from vecmigrate.lifecycle import Phase, ThrottleRequest
 from vecmigrate.stores import WHOLE
+
+# The phases an online migration passes before its index is registered.
+BEFORE_VALIDATION = {
+    Phase.PLANNED,
+    Phase.PREPARING,
+    Phase.BACKFILLING,
+    Phase.CATCHING_UP,
+    Phase.BUILDING_INDEX,
+}
 
 
 async def until(ok: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -158,3 +171,55 @@ async def test_five_thousand_shards_keep_every_history_small(
     assert final.runs == len(lengths) > 1
     assert max(lengths) < 2_000
     assert sandbox.catalog.verify_ledger() == []
+
+
+async def test_an_online_build_continued_as_new_keeps_its_log_position(sandbox: Sandbox) -> None:
+    """The index's change-log position is taken once, before the first shard is built, and a
+    run continued in the middle of the builds keeps it: a later position would claim that the
+    shards built in the earlier run hold writes they were read before, and reads would not lay
+    those writes over them."""
+    sandbox.seed(3000)
+    spec = sandbox.spec(
+        strategy="online",
+        shards={"by": "hash", "count": 6},
+        max_parallel_shards=1,
+        online={"settle_seconds": 0.2},
+        cutover={"mode": "manual"},
+    )
+    # The server suggests continuing as new once a history passes 40 events: every run does a
+    # few shards, so the builds are spread over several runs.
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_binary(),
+        data_converter=pydantic_data_converter,
+        dev_server_log_level="error",
+        dev_server_extra_args=[
+            "--dynamic-config-value",
+            "limit.historyCount.suggestContinueAsNew=40",
+        ],
+    )
+    try:
+        async with running_worker(env.client, sandbox) as queue:
+            mc = MigrationClient(env.client, queue)
+            mid = await mc.start(spec, operator="alice")
+            st = await wait_for(
+                mc, mid, lambda s: s.phase not in BEFORE_VALIDATION or s.paused, timeout=120
+            )
+            assert not st.paused, st.pause_reason
+            await mc.signal(mid, "abort", operator="alice", reason="test done")
+            await mc.result(mid, timeout=60)
+            listed = [r async for r in env.client.list_workflows(f"WorkflowId = '{mid}'")]
+            runs = [
+                await env.client.get_workflow_handle(mid, run_id=r.run_id).fetch_history()
+                for r in sorted(listed, key=lambda r: r.start_time)
+            ]
+    finally:
+        await env.shutdown()
+    building = [
+        run for run in runs if any(e[1] == "build_shard_index" for e in activity_events(run))
+    ]
+    assert len(building) > 1, "the builds did not span a continue-as-new"
+    # One log head for the watermark (prepare), one for the index, whatever the runs.
+    heads = [head for run in runs for head in activity_results(run, "log_head")]
+    assert len(heads) == 2, heads
+    assert st.index_version is not None
+    assert ChangeLog(sandbox.catalog).index_position(st.index_version) == heads[-1]

@@ -7,6 +7,7 @@ import json
 import subprocess
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from temporalio.client import Client, WorkflowHistory
@@ -95,6 +96,22 @@ def activity_events(history: WorkflowHistory) -> list[tuple[str, str, int]]:
             done = event.activity_task_completed_event_attributes.scheduled_event_id
             order.append(("completed", *scheduled[done]))
     return order
+
+
+def activity_results(history: WorkflowHistory, activity: str) -> list[Any]:
+    """What each completed ``activity`` returned, decoded from JSON, in history order."""
+    names = {}
+    results = []
+    for event in history.events:
+        if event.HasField("activity_task_scheduled_event_attributes"):
+            names[event.event_id] = (
+                event.activity_task_scheduled_event_attributes.activity_type.name
+            )
+        elif event.HasField("activity_task_completed_event_attributes"):
+            attrs = event.activity_task_completed_event_attributes
+            if names[attrs.scheduled_event_id] == activity:
+                results.append(json.loads(attrs.result.payloads[0].data))
+    return results
 
 
 async def test_shards_are_built_while_the_next_ones_copy(client: Client, sandbox: Sandbox) -> None:

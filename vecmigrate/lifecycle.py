@@ -392,8 +392,9 @@ class MigrationStatus(_Model):
     # Temporal runs this migration has gone through (continue-as-new keeps histories small).
     runs: int = 1
     validation_round: int = 0
-    # Where the target's index snapshot stands in the change log, when its shards are built
-    # during the backfill (taken before the first build; later writes are overlaid on reads).
+    # Where the target's index snapshot stands in the change log: taken before the first shard
+    # is built (during the backfill or after it) and kept by a continued run; later writes are
+    # overlaid on reads.
     index_log_position: int | None = None
     # Online migrations: change-log position the catch-up replays from, how far the target is
     # behind, the canary share, and the last shadow figures per gate.

@@ -634,10 +634,12 @@ class MigrationWorkflow:
         mid = spec.migration_id
         native: ArtifactRef | None = None
         # Writes after this position may be missing from the index; readers overlay them.
-        # Shards built during the backfill were read after the position taken there.
+        # Shards built during the backfill were read after the position taken there. Kept in
+        # the status, so a run continued in the middle of the builds uses the same one: a later
+        # position would claim writes for the shards the earlier run built.
+        if self._status.index_log_position is None:
+            self._status.index_log_position = await self._log_head()
         position = self._status.index_log_position
-        if position is None:
-            position = await self._log_head()
         if is_native(spec.target.index):
             # The target database builds its own index over the whole version, once.
             built: ArtifactRef = await self._step(
