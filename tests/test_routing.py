@@ -170,7 +170,7 @@ def test_the_single_query_path_answers_as_the_index_and_refuses_what_the_general
     view = sandbox.catalog.get_routing("default", "docs")
     assert view is not None
     assert view.read_index is not None
-    index = router._searcher(view.read_index)
+    index = router.searcher(view.read_index)
     q = vectors[7] + np.float32(0.01)
     first = router.search("default", "docs", q, 5)
     again = router.search("default", "docs", q, 5)

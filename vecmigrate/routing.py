@@ -193,7 +193,8 @@ class Router:
                 self._versions[key] = found
         return found
 
-    def _searcher(self, index_id: str) -> Searcher:
+    def searcher(self, index_id: str) -> Searcher:
+        """The loaded index this router serves ``index_id`` from (loaded on first use)."""
         loaded = self._indexes.get(index_id)
         if loaded is None:
             loaded = load_index_version(self.catalog, self.catalog.get_index(index_id))
@@ -360,7 +361,7 @@ class Router:
         record, _ = self._version(tenant, collection, view.read_version)
         searcher = None
         if view.read_index is not None and self._plain(tenant, collection, view):
-            found = self._searcher(view.read_index)
+            found = self.searcher(view.read_index)
             if not isinstance(found, NativeIndex):
                 searcher = found
         # Valid as long as the routing row it was made from and the overlay read with it.
@@ -407,7 +408,7 @@ class Router:
             record, store = self._version(tenant, collection, version)
         if index_id is None:
             return store.search(queries, k, metric=str(record.embedding.metric))
-        searcher = self._searcher(index_id)
+        searcher = self.searcher(index_id)
         if isinstance(searcher, NativeIndex):
             return searcher.search(queries, k)  # the database's own index: always current
         delta = self._delta(tenant, collection, self._index_position(index_id))
