@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from temporalio.client import (
@@ -148,7 +148,7 @@ class MigrationClient:
         """
         if live:
             st = await self.status(migration_id)
-            if st.phase == "BACKFILLING":
+            if st.phase == "BACKFILLING" and st.copy_seconds is None:
                 beats = await self.live_progress(migration_id)
                 for shard in st.shards:
                     beat = beats.get(("copy_shard", shard.shard))
@@ -163,7 +163,10 @@ class MigrationClient:
                 return await handle.result()
             except WorkflowFailureError:
                 pass  # failed or terminated: only a replay can tell where it stood
-        return await handle.query(MigrationWorkflow.status)
+        st = await handle.query(MigrationWorkflow.status)
+        st.caught_up(datetime.now(UTC))
+        st.estimate()
+        return st
 
     async def signal(
         self,

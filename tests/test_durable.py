@@ -143,6 +143,40 @@ async def test_throttle_update_and_pause_hold_a_running_copy(
 
 
 @pytest.mark.timeout(1200)
+async def test_status_counts_a_long_copy_by_the_clock_not_the_last_event(
+    client: Client, sandbox: Sandbox
+) -> None:
+    """A workflow's clock stands still between its events: during one long shard copy the
+    status query's BACKFILLING seconds stay at the copy's start. The status a reader gets
+    counts them to the reader's clock, so the live rate is the throttled copy's and the time to
+    go follows from it (before: 2,174 vectors/s against a throttle of 300)."""
+    sandbox.seed(3000)
+    spec = sandbox.spec(shards={"count": 1}, batch_size=100, max_vectors_per_second=300.0)
+    async with running_worker(client, sandbox) as queue:
+        mc = MigrationClient(client, queue)
+        mid = await mc.start(spec, operator="alice")
+        await wait_for(mc, mid, lambda s: s.phase == Phase.BACKFILLING)
+        await asyncio.sleep(1.0)
+        before = await mc.status(mid)
+        await asyncio.sleep(4.0)
+        # The live count is the copy's latest heartbeat: at most 2 s old (the worker's
+        # heartbeat throttle), 600 vectors at this rate.
+        after = await mc.status(mid, live=True)
+        await mc.signal(mid, "abort", operator="alice", reason="test done")
+        await mc.result(mid)
+    assert before.phase == after.phase == Phase.BACKFILLING
+    assert after.shards[0].state == "copying"
+    spent = after.phase_seconds[Phase.BACKFILLING] - before.phase_seconds[Phase.BACKFILLING]
+    assert 3.9 < spent < 6.0
+    copied, total = after.copied()
+    assert 0 < copied < total
+    assert after.rate is not None
+    assert 150 < after.rate < 450
+    assert after.eta_seconds == pytest.approx((total - copied) / after.rate, abs=0.1)
+
+
+# About 4.5 minutes on a 2-core machine, near the default timeout of 5.
+@pytest.mark.timeout(900)
 async def test_five_thousand_shards_keep_every_history_small(
     client: Client, sandbox: Sandbox
 ) -> None:

@@ -147,6 +147,10 @@ async def test_shards_are_built_while_the_next_ones_copy(client: Client, sandbox
                 assert running <= 1, (kind, events)
     # The index snapshot's log position was taken before the first build.
     assert final.index_log_position is not None
+    # The copy's own time is kept (for its rate) when the last copy completes, before the last
+    # build does.
+    assert final.copy_seconds is not None
+    assert 0 < final.copy_seconds < final.phase_seconds[Phase.BACKFILLING]
     record = sandbox.catalog.find_version("default", "docs", "v2")
     assert record is not None
     assert Router(sandbox.catalog).search("default", "docs", vectors[:3], 1).ids[:, 0].tolist() == [

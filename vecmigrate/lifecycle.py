@@ -6,6 +6,7 @@ and the transition rules are tested without Temporal.
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 from typing import Literal
 
@@ -373,6 +374,9 @@ class MigrationStatus(_Model):
     shards: list[ShardProgress] = Field(default_factory=list)
     phase_seconds: dict[str, float] = Field(default_factory=dict)
     phase_started_at: str = ""
+    # When the status query counted ``phase_seconds``: in workflow time, the last event the
+    # workflow handled, which is minutes old during a long copy (``caught_up`` adds the rest).
+    as_of: str = ""
     gates: GateReport | None = None
     routing: RoutingView | None = None
     operators: list[OperatorAction] = Field(default_factory=list)
@@ -389,6 +393,9 @@ class MigrationStatus(_Model):
     # Vectors/s of the current copy phase so far, and the seconds it still needs at that rate.
     rate: float | None = None
     eta_seconds: float | None = None
+    # Seconds of BACKFILLING the copy took, set when the last shard's copy completes (builds
+    # can go on in the phase after it): the rate is the copy's, not diluted by the builds.
+    copy_seconds: float | None = None
     # Temporal runs this migration has gone through (continue-as-new keeps histories small).
     runs: int = 1
     validation_round: int = 0
@@ -408,15 +415,31 @@ class MigrationStatus(_Model):
         """Vectors copied and total, over all shards."""
         return sum(s.copied for s in self.shards), sum(s.total for s in self.shards)
 
+    def caught_up(self, now: datetime) -> None:
+        """Count the current phase's seconds up to ``now`` (a reader's clock) from ``as_of``.
+
+        A running workflow's clock stands still between the events it handles; a phase's
+        seconds in a query are as old as its last event. Clocks a little behind the server's
+        change nothing.
+        """
+        if self.phase in TERMINAL or not self.as_of:
+            return
+        behind = (now - datetime.fromisoformat(self.as_of)).total_seconds()
+        if behind > 0:
+            self.phase_seconds[self.phase] = round(
+                self.phase_seconds.get(self.phase, 0.0) + behind, 3
+            )
+            self.as_of = now.isoformat()
+
     def estimate(self) -> None:
         """Set ``rate`` and ``eta_seconds`` from the vectors copied so far in BACKFILLING."""
         if self.phase != Phase.BACKFILLING:
             return
         copied, total = self.copied()
-        spent = self.phase_seconds.get(Phase.BACKFILLING, 0.0)
+        spent = self.copy_seconds or self.phase_seconds.get(Phase.BACKFILLING, 0.0)
         if copied and spent > 0:
             self.rate = round(copied / spent, 1)
-            self.eta_seconds = round((total - copied) / self.rate, 1)
+            self.eta_seconds = round(max(0, total - copied) / self.rate, 1)
 
     def shard_states(self) -> dict[str, int]:
         """How many shards are in each state."""

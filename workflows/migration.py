@@ -147,12 +147,16 @@ class MigrationWorkflow:
         """Phase, pause flag, per-shard progress, gates, routing and operator actions."""
         current = self._status.model_copy(deep=True)
         if current.phase not in TERMINAL:
-            elapsed = (workflow.now() - self._phase_began).total_seconds()
             current.phase_seconds[current.phase] = round(
-                current.phase_seconds.get(current.phase, 0.0) + elapsed, 3
+                current.phase_seconds.get(current.phase, 0.0) + self._in_phase(), 3
             )
+            current.as_of = workflow.now().isoformat()
         current.estimate()
         return current
+
+    def _in_phase(self) -> float:
+        """Seconds in the current phase since this run entered it or started, by workflow time."""
+        return (workflow.now() - self._phase_began).total_seconds()
 
     @workflow.signal(name="pause")
     async def pause(self, msg: OperatorMessage | None = None) -> None:
@@ -998,6 +1002,14 @@ class MigrationWorkflow:
         progress.total = max(progress.total, result.total)
         progress.checksum = result.checksum
         progress.state = "copied"
+        # The last copy done (shards start in order: from the end, one still to copy is found
+        # at once until the last few), builds may go on in the phase: the copy's time is kept.
+        if self._status.phase == Phase.BACKFILLING and not any(
+            p.state in ("pending", "copying") for p in reversed(self._status.shards)
+        ):
+            self._status.copy_seconds = round(
+                self._status.phase_seconds.get(Phase.BACKFILLING, 0.0) + self._in_phase(), 3
+            )
         if result.ledger is not None:
             self._anchor(result.ledger)
 
