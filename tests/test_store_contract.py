@@ -107,6 +107,10 @@ def test_shards_partition_the_data_and_scan_resumes_from_a_cursor(opener: Opener
             half = store.scan(shard, None, len(got) // 2)
             rest = store.scan(shard, half.next_cursor, 10**6)
             assert half.ids.tolist() + rest.ids.tolist() == got
+            # The ids alone, in batches of another size: the same ids, each once.
+            alone = [i for part in store.iter_ids(shard, 29) for i in part.tolist()]
+            assert sorted(alone) == sorted(got)
+            assert len(alone) == len(got)
             seen.extend(got)
         assert sorted(seen) == sorted(ids.tolist())
 

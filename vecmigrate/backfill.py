@@ -233,15 +233,16 @@ def text_check(catalog: Catalog, spec: MigrationSpec, store: VectorStore) -> Che
     Counts would not do: a text without a record (written ahead of its vector, or loaded for an
     id the store lacks) hides a record without one, and live deletes make the two counts
     disagree though nothing is missing (a delete in flight is told apart by :func:`untexted`).
-    One read of the source's ids and vectors, small beside embedding every text.
+    One read of the source's ids (the built-in store leaves the vectors unread), small beside
+    embedding every text.
     """
     documents, log = Documents(catalog), ChangeLog(catalog)
     records, lacking = 0, 0
     named: list[int] = []
-    for batch in store.iter_shard(WHOLE, _TEXT_CHECK_BATCH):
-        got = documents.get(spec.tenant, spec.collection, batch.ids)
-        alive, _ = untexted(log, spec.tenant, spec.collection, batch.ids, got)
-        records += len(batch)
+    for ids in store.iter_ids(WHOLE, _TEXT_CHECK_BATCH):
+        got = documents.get(spec.tenant, spec.collection, ids)
+        alive, _ = untexted(log, spec.tenant, spec.collection, ids, got)
+        records += len(ids)
         lacking += int(alive.size)
         named.extend(alive[: 5 - len(named)].tolist())
     if not lacking:

@@ -71,6 +71,11 @@ class VectorStore(Protocol):
         work on this batch, with ``read_ahead``)."""
         ...
 
+    def iter_ids(self, shard: ShardRef, batch_size: int) -> Iterator[Ids]:
+        """Every id of a shard once, batch by batch, in an order of the store's (the vectors
+        left unread where the store can)."""
+        ...
+
     def upsert(self, ids: Ids, vectors: Vectors) -> int:
         """Insert or replace records by id; running it twice leaves the same store."""
         ...
@@ -133,6 +138,11 @@ class ScanningStore:
                 return
             yield batch
             cursor = batch.next_cursor
+
+    def iter_ids(self, shard: ShardRef, batch_size: int) -> Iterator[Ids]:
+        """Every id of a shard once, in scan order; this default reads the vectors too."""
+        for batch in self.iter_shard(shard, batch_size):
+            yield batch.ids
 
     def _iter_ahead(self, shard: ShardRef, batch_size: int) -> Iterator[Batch]:
         with ThreadPoolExecutor(1, thread_name_prefix="read-ahead") as reader:

@@ -17,8 +17,9 @@ the id-keyed layout: every statement below works on both, only slower on the old
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from itertools import repeat
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from sqlalchemy import (
@@ -43,6 +44,7 @@ from vecmigrate.errors import NotFoundError
 from vecmigrate.sharding import hash_key
 from vecmigrate.sql import begin, engine_for, once_per_engine
 from vecmigrate.stores.base import (
+    MAX_ID,
     Batch,
     Ids,
     ScanningStore,
@@ -83,6 +85,11 @@ _UPSERT_SQL = (
     "INSERT INTO vm_vectors (ns, id, h, vec) VALUES (?, ?, ?, ?) "
     "ON CONFLICT (ns, id) DO UPDATE SET h = excluded.h, vec = excluded.vec"
 )
+
+
+def _after(shard: ShardRef, last: tuple[Any, ...]) -> Cursor:
+    """The cursor just past a scanned ``(id, h, ...)`` row."""
+    return Cursor(key=int(last[1]) if shard.by == "hash" else int(last[0]), id=int(last[0]))
 
 
 def _key_filter(shard: ShardRef) -> tuple[str, str]:
@@ -153,7 +160,36 @@ class BuiltinStore(ScanningStore):
                 where += " AND id > ?"
                 params.append(cursor.id)
         params.append(limit)
-        sql = f"SELECT id, h, vec FROM vm_vectors WHERE {where} ORDER BY {order} LIMIT ?"
+        rows = self._rows(
+            f"SELECT id, h, vec FROM vm_vectors WHERE {where} ORDER BY {order} LIMIT ?", params
+        )
+        if not rows:
+            return Batch(np.empty(0, np.int64), np.empty((0, self.dimension), np.float32), cursor)
+        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+        vecs = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(
+            len(rows), self.dimension
+        )
+        return Batch(ids, vecs, _after(shard, rows[-1]))
+
+    def iter_ids(self, shard: ShardRef, batch_size: int) -> Iterator[Ids]:
+        """Every id of a shard in id order, read from the id index alone: it holds each
+        record's shard key too, so no page of vectors is read (300,000 ids on SQLite in 0.10 s
+        against 2.8-3.1 s with their 384-dimensional vectors, 0.56-0.63 s with 128)."""
+        column, _ = _key_filter(shard)
+        after = -MAX_ID - 1
+        while True:
+            rows = self._rows(
+                f"SELECT id FROM vm_vectors WHERE ns = ? AND {column} >= ? AND {column} < ? "
+                "AND id > ? ORDER BY id LIMIT ?",
+                [self.ns, shard.lo, shard.hi, after, batch_size],
+            )
+            if not rows:
+                return
+            yield np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            after = int(rows[-1][0])
+
+    def _rows(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
+        """The rows of a query with ``?`` marks, fetched from the driver's own cursor."""
         with self.engine.connect() as conn:
             # The driver's own cursor, fetched from directly: SQLAlchemy's row objects (even
             # through exec_driver_sql) cost more than the read itself, 0.32 s of 0.58 s for
@@ -164,18 +200,10 @@ class BuiltinStore(ScanningStore):
             db_cursor = dbapi.cursor()
             try:
                 db_cursor.execute(sql.replace("?", mark), tuple(params))
-                rows = db_cursor.fetchall()
+                rows = cast(list[tuple[Any, ...]], db_cursor.fetchall())
             finally:
                 db_cursor.close()
-        if not rows:
-            return Batch(np.empty(0, np.int64), np.empty((0, self.dimension), np.float32), cursor)
-        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        vecs = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(
-            len(rows), self.dimension
-        )
-        last = rows[-1]
-        key = int(last[1]) if shard.by == "hash" else int(last[0])
-        return Batch(ids, vecs, Cursor(key=key, id=int(last[0])))
+        return rows
 
     def upsert(self, ids: Ids, vectors: Vectors) -> int:
         ids64, vec32 = check_vectors(ids, vectors, self.dimension, self.scope)
