@@ -147,16 +147,16 @@ class MigrationWorkflow:
         """Phase, pause flag, per-shard progress, gates, routing and operator actions."""
         current = self._status.model_copy(deep=True)
         if current.phase not in TERMINAL:
-            current.phase_seconds[current.phase] = round(
-                current.phase_seconds.get(current.phase, 0.0) + self._in_phase(), 3
-            )
+            current.phase_seconds[current.phase] = self._phase_seconds()
             current.as_of = workflow.now().isoformat()
         current.estimate()
         return current
 
-    def _in_phase(self) -> float:
-        """Seconds in the current phase since this run entered it or started, by workflow time."""
-        return (workflow.now() - self._phase_began).total_seconds()
+    def _phase_seconds(self) -> float:
+        """Seconds spent in the current phase so far (earlier runs' and this one's), by
+        workflow time."""
+        spent = (workflow.now() - self._phase_began).total_seconds()
+        return round(self._status.phase_seconds.get(self._status.phase, 0.0) + spent, 3)
 
     @workflow.signal(name="pause")
     async def pause(self, msg: OperatorMessage | None = None) -> None:
@@ -333,10 +333,7 @@ class MigrationWorkflow:
             old = self._status.phase
             check_transition(self._spec.strategy, old, phase)
             now = workflow.now()
-            spent = (now - self._phase_began).total_seconds()
-            self._status.phase_seconds[old] = round(
-                self._status.phase_seconds.get(old, 0.0) + spent, 3
-            )
+            self._status.phase_seconds[old] = self._phase_seconds()
             self._phase_began = now
             self._status.phase = phase
             self._status.phase_started_at = now.isoformat()
@@ -594,9 +591,7 @@ class MigrationWorkflow:
         # the copy (one core, mostly in the store) and the build (every core the worker gives
         # it) overlap, and the migration takes less than copy + build. At most
         # ``max_parallel_shards`` copies and as many builds at once, so the window is twice that.
-        if self._status.index_log_position is None:
-            # Writes after this position may be missing from the index; readers overlay them.
-            self._status.index_log_position = await self._log_head()
+        await self._index_position()
         parallel = self._spec.max_parallel_shards
         copies, builds = asyncio.Semaphore(parallel), asyncio.Semaphore(parallel)
 
@@ -633,17 +628,22 @@ class MigrationWorkflow:
         """The shards whose state is one of ``states`` (their work is not done yet)."""
         return [s for s in self._shards if self._by_shard[s.index].state in states]
 
+    async def _index_position(self) -> int:
+        """The change-log position of the index being built, taken before its first shard is
+        built (writes after it may be missing from the index; readers overlay them).
+
+        Kept in the status, so a run continued in the middle of the builds uses the same one: a
+        later position would claim writes for the shards the earlier run built.
+        """
+        if self._status.index_log_position is None:
+            self._status.index_log_position = await self._log_head()
+        return self._status.index_log_position
+
     async def _build_index(self, inp: MigrationInput) -> None:
         spec = self._spec
         mid = spec.migration_id
         native: ArtifactRef | None = None
-        # Writes after this position may be missing from the index; readers overlay them.
-        # Shards built during the backfill were read after the position taken there. Kept in
-        # the status, so a run continued in the middle of the builds uses the same one: a later
-        # position would claim writes for the shards the earlier run built.
-        if self._status.index_log_position is None:
-            self._status.index_log_position = await self._log_head()
-        position = self._status.index_log_position
+        position = await self._index_position()
         if is_native(spec.target.index):
             # The target database builds its own index over the whole version, once.
             built: ArtifactRef = await self._step(
@@ -1007,9 +1007,7 @@ class MigrationWorkflow:
         if self._status.phase == Phase.BACKFILLING and not any(
             p.state in ("pending", "copying") for p in reversed(self._status.shards)
         ):
-            self._status.copy_seconds = round(
-                self._status.phase_seconds.get(Phase.BACKFILLING, 0.0) + self._in_phase(), 3
-            )
+            self._status.copy_seconds = self._phase_seconds()
         if result.ledger is not None:
             self._anchor(result.ledger)
 
