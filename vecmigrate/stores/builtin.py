@@ -87,11 +87,6 @@ _UPSERT_SQL = (
 )
 
 
-def _after(shard: ShardRef, last: tuple[Any, ...]) -> Cursor:
-    """The cursor just past a scanned ``(id, h, ...)`` row."""
-    return Cursor(key=int(last[1]) if shard.by == "hash" else int(last[0]), id=int(last[0]))
-
-
 def _key_filter(shard: ShardRef) -> tuple[str, str]:
     column = "h" if shard.by == "hash" else "id"
     order = "h, id" if shard.by == "hash" else "id"
@@ -169,12 +164,14 @@ class BuiltinStore(ScanningStore):
         vecs = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(
             len(rows), self.dimension
         )
-        return Batch(ids, vecs, _after(shard, rows[-1]))
+        last = rows[-1]
+        key = int(last[1]) if shard.by == "hash" else int(last[0])
+        return Batch(ids, vecs, Cursor(key=key, id=int(last[0])))
 
     def iter_ids(self, shard: ShardRef, batch_size: int) -> Iterator[Ids]:
         """Every id of a shard in id order, read from the id index alone: it holds each
-        record's shard key too, so no page of vectors is read (300,000 ids on SQLite in 0.10 s
-        against 2.8-3.1 s with their 384-dimensional vectors, 0.56-0.63 s with 128)."""
+        record's shard key too, so no page of vectors is read (300,000 ids on SQLite in 0.10-0.12
+        s against 2.8-3.1 s with their 384-dimensional vectors, 0.56-0.63 s with 128)."""
         column, _ = _key_filter(shard)
         after = -MAX_ID - 1
         while True:
