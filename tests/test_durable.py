@@ -23,15 +23,6 @@ from vecmigrate.journal import Journal
 from vecmigrate.lifecycle import Phase, ThrottleRequest
 from vecmigrate.stores import WHOLE
 
-# The phases an online migration passes before its index is registered.
-BEFORE_VALIDATION = {
-    Phase.PLANNED,
-    Phase.PREPARING,
-    Phase.BACKFILLING,
-    Phase.CATCHING_UP,
-    Phase.BUILDING_INDEX,
-}
-
 
 async def until(ok: Callable[[], bool], timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
@@ -235,8 +226,9 @@ async def test_an_online_build_continued_as_new_keeps_its_log_position(sandbox: 
         async with running_worker(env.client, sandbox) as queue:
             mc = MigrationClient(env.client, queue)
             mid = await mc.start(spec, operator="alice")
+            # Until the index is registered (the builds are over) or something stops it.
             st = await wait_for(
-                mc, mid, lambda s: s.phase not in BEFORE_VALIDATION or s.paused, timeout=120
+                mc, mid, lambda s: s.index_version is not None or s.paused, timeout=120
             )
             assert not st.paused, st.pause_reason
             await mc.signal(mid, "abort", operator="alice", reason="test done")

@@ -6,7 +6,7 @@ import asyncio
 import json
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -81,37 +81,34 @@ async def test_happy_path_automatic_cutover(client: Client, sandbox: Sandbox) ->
     assert sandbox.catalog.verify_ledger() == []
 
 
-def activity_events(history: WorkflowHistory) -> list[tuple[str, str, int]]:
-    """``(event, activity, shard)`` per activity scheduled or completed, in history order."""
+def activity_steps(history: WorkflowHistory) -> Iterator[tuple[str, str, int, Any]]:
+    """``(event, activity, shard, attributes)`` per activity scheduled or completed, in history
+    order (shard -1 for an activity of no shard)."""
     scheduled: dict[int, tuple[str, int]] = {}
-    order = []
     for event in history.events:
         if event.HasField("activity_task_scheduled_event_attributes"):
             attrs = event.activity_task_scheduled_event_attributes
             payload = json.loads(attrs.input.payloads[0].data) if attrs.input.payloads else {}
             shard = payload.get("shard", {}).get("index", -1) if isinstance(payload, dict) else -1
             scheduled[event.event_id] = (attrs.activity_type.name, shard)
-            order.append(("scheduled", *scheduled[event.event_id]))
+            yield "scheduled", *scheduled[event.event_id], attrs
         elif event.HasField("activity_task_completed_event_attributes"):
-            done = event.activity_task_completed_event_attributes.scheduled_event_id
-            order.append(("completed", *scheduled[done]))
-    return order
+            done = event.activity_task_completed_event_attributes
+            yield "completed", *scheduled[done.scheduled_event_id], done
+
+
+def activity_events(history: WorkflowHistory) -> list[tuple[str, str, int]]:
+    """``(event, activity, shard)`` per activity scheduled or completed, in history order."""
+    return [(event, name, shard) for event, name, shard, _ in activity_steps(history)]
 
 
 def activity_results(history: WorkflowHistory, activity: str) -> list[Any]:
     """What each completed ``activity`` returned, decoded from JSON, in history order."""
-    names = {}
-    results = []
-    for event in history.events:
-        if event.HasField("activity_task_scheduled_event_attributes"):
-            names[event.event_id] = (
-                event.activity_task_scheduled_event_attributes.activity_type.name
-            )
-        elif event.HasField("activity_task_completed_event_attributes"):
-            attrs = event.activity_task_completed_event_attributes
-            if names[attrs.scheduled_event_id] == activity:
-                results.append(json.loads(attrs.result.payloads[0].data))
-    return results
+    return [
+        json.loads(attrs.result.payloads[0].data)
+        for event, name, _, attrs in activity_steps(history)
+        if event == "completed" and name == activity
+    ]
 
 
 async def test_shards_are_built_while_the_next_ones_copy(client: Client, sandbox: Sandbox) -> None:
