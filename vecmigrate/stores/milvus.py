@@ -17,6 +17,7 @@ import hashlib
 import re
 import threading
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -152,23 +153,37 @@ class MilvusStore(ScanningStore):
         )
         return ids, keys, vecs
 
-    def scan(self, shard: ShardRef, cursor: Cursor | None, limit: int) -> Batch:
+    def _pages(
+        self, shard: ShardRef, after: int | None, limit: int, fields: list[str]
+    ) -> list[dict[str, Any]]:
+        """Up to ``limit`` rows of a shard after id ``after`` in id order, with ``fields``."""
         col = "h" if shard.by == "hash" else "id"
         base = f"{col} >= {int(shard.lo)} and {col} < {int(shard.hi)}"
 
-        def fetch(after: int | None, n: int) -> list[dict[str, Any]]:
-            expr = base if after is None else f"{base} and id > {after}"
+        def fetch(start: int | None, n: int) -> list[dict[str, Any]]:
+            expr = base if start is None else f"{base} and id > {start}"
             rows: list[dict[str, Any]] = self.client.query(
-                self.name, filter=expr, output_fields=["id", "h", "embedding"], limit=n
+                self.name, filter=expr, output_fields=fields, limit=n
             )
             return rows
 
+        return collect_pages(fetch, lambda r: int(r["id"]), after, int(limit), MAX_QUERY)
+
+    def scan(self, shard: ShardRef, cursor: Cursor | None, limit: int) -> Batch:
         after = None if cursor is None else int(cursor.id)
-        pages = collect_pages(fetch, lambda r: int(r["id"]), after, int(limit), MAX_QUERY)
+        pages = self._pages(shard, after, limit, ["id", "h", "embedding"])
         ids, keys, vecs = self._rows(pages)
         if ids.size == 0:
             return Batch(ids, vecs, cursor)
         return Batch(ids, vecs, Cursor(key=int(keys[-1]), id=int(ids[-1])))
+
+    def iter_ids(self, shard: ShardRef, batch_size: int) -> Iterator[Ids]:
+        """Every id of a shard in id order, queried without the vectors."""
+        after: int | None = None
+        while rows := self._pages(shard, after, batch_size, ["id"]):
+            ids = np.array([int(r["id"]) for r in rows], dtype=np.int64)
+            yield ids
+            after = int(ids.max())
 
     def upsert(self, ids: Ids, vectors: Vectors) -> int:
         ids64, vec32 = check_vectors(ids, vectors, self.dimension, self.scope)

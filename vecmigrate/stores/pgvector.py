@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import struct
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -218,6 +219,31 @@ class PgvectorStore(ScanningStore):
             return Batch(ids, vectors, cursor)
         key = int(keys[-1]) if shard.by == "hash" else int(ids[-1])
         return Batch(ids, vectors, Cursor(key=key, id=int(ids[-1])))
+
+    def iter_ids(self, shard: ShardRef, batch_size: int) -> Iterator[Ids]:
+        """Every id of a shard in scan order, read from the shard index ``(h, id)`` (or the
+        primary key, for a range shard): no vector crosses the wire or is decoded."""
+        lo, hi, n = int(shard.lo), int(shard.hi), int(batch_size)
+        if shard.by == "hash":
+            base, after, order = f"h >= {lo} AND h < {hi}", " AND (h, id) > ({}, {})", "h, id"
+        else:
+            base, after, order = f"id >= {lo} AND id < {hi}", " AND id > {1}", "id"
+        where = base
+        while True:
+            raw = self.engine.raw_connection()
+            try:
+                with raw.driver_connection.cursor() as cur:  # type: ignore[union-attr]
+                    cur.execute(
+                        f"SELECT h, id FROM {self.table} WHERE {where} ORDER BY {order} LIMIT {n}"
+                    )
+                    rows = cur.fetchall()
+                raw.commit()
+            finally:
+                raw.close()
+            if not rows:
+                return
+            yield np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
+            where = base + after.format(int(rows[-1][0]), int(rows[-1][1]))
 
     def upsert(self, ids: Ids, vectors: Vectors) -> int:
         ids64, vec32 = check_vectors(ids, vectors, self.dimension, self.scope)

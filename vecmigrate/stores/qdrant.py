@@ -13,6 +13,7 @@ import hashlib
 import json
 import re
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +117,9 @@ class QdrantStore(ScanningStore):
         found = {"Euclid": "l2", "Dot": "ip", "Cosine": "cosine"}.get(distance, "l2")
         return cls(shard, scope, path, dim, found)
 
-    def _page(self, shard: ShardRef, after: int | None, limit: int) -> list[Any]:
+    def _page(
+        self, shard: ShardRef, after: int | None, limit: int, vectors: bool = True
+    ) -> list[Any]:
         from qdrant_edge import FieldCondition, Filter, RangeFloat, ScrollRequest
 
         start = None if after is None else after + 1
@@ -129,7 +132,7 @@ class QdrantStore(ScanningStore):
             start = max(shard.lo, 0)
         records, _ = self.shard.scroll(
             ScrollRequest(
-                offset=start, limit=limit, filter=flt, with_vector=True, with_payload=True
+                offset=start, limit=limit, filter=flt, with_vector=vectors, with_payload=vectors
             )
         )
         if shard.by == "range":
@@ -153,6 +156,20 @@ class QdrantStore(ScanningStore):
         )
         last = rows[-1]
         return Batch(ids, vecs, Cursor(key=int(last.payload["h"]), id=int(last.id)))
+
+    def iter_ids(self, shard: ShardRef, batch_size: int) -> Iterator[Ids]:
+        """Every id of a shard in id order, scrolled without vectors or payloads."""
+        after: int | None = None
+        while rows := collect_pages(
+            lambda start, n: self._page(shard, start, n, vectors=False),
+            lambda r: int(r.id),
+            after,
+            int(batch_size),
+            MAX_PAGE,
+        ):
+            ids = np.array([int(r.id) for r in rows], dtype=np.int64)
+            yield ids
+            after = int(ids.max())
 
     def upsert(self, ids: Ids, vectors: Vectors) -> int:
         from qdrant_edge import Point, UpdateOperation
