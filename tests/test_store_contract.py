@@ -148,6 +148,16 @@ def test_upsert_is_idempotent_and_checksum_is_order_independent(
     assert other.checksum() != before
 
 
+def test_fetch_returns_every_id_asked_for_with_its_vector(opener: Opener) -> None:
+    # 1,000 records, more than one page of the engines that page their reads (Milvus: 512).
+    store, ids, vecs = filled(opener)
+    asked = np.concatenate([ids[::-1], [1, 2]])  # any order, two ids never written
+    found, got = store.fetch(asked)
+    order = np.argsort(ids)
+    assert found.tolist() == sorted(ids.tolist())
+    assert np.array_equal(got, vecs[order])
+
+
 def test_delete(opener: Opener) -> None:
     store, ids, _ = filled(opener)
     assert store.delete(ids[:10]) == 10
