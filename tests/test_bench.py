@@ -21,6 +21,16 @@ RUNS = {
     "copy_throughput": ["--vectors", "5000", "--dim", "16", "--batch", "1000"],
     "reembed_throughput": ["--records", "1500", "--models", "lsa"],
     "migration_throughput": ["--data", "clustered", "--vectors", "6000", "--dim", "16"],
+    "milvus_pages": [
+        "--records",
+        "600",
+        "--dims",
+        "8",
+        "--pages",
+        "100,300",
+        "--upsert-records",
+        "300",
+    ],
     "tuning": [
         "--vectors",
         "4000",
