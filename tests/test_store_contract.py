@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from sqlalchemy import event
 
 from tests.conftest import postgres_database
 from vecmigrate.config import sqlite_url
@@ -322,3 +323,42 @@ def test_qdrant_refuses_what_it_cannot_hold(tmp_path: Path) -> None:
     with pytest.raises(PreconditionError, match="set the target's metric to ip"):
         QdrantStore.open(str(tmp_path), Scope("t", "c", "w"), 4, metric="cosine")
     close_shards()
+
+
+def test_a_builtin_scan_from_a_cursor_starts_at_the_cursor(tmp_path: Path) -> None:
+    """The last rows of a shard, read from a cursor, cost what its first rows do: SQLite seeks
+    to the cursor instead of walking the shard from its start (counted in SQLite's own virtual
+    machine steps, not timed). Given the shard's start as a bound beside the cursor, SQLite
+    began at the shard's start, and a shard's batches cost more and more."""
+    store = BuiltinStore.open(sqlite_url(tmp_path / "seek.db"), Scope("t", "c", "v1"), 4)
+    n = 20_000
+    store.upsert(np.arange(n), np.random.default_rng(0).standard_normal((n, 4)).astype(np.float32))
+    steps = [0]
+
+    def count() -> int:
+        steps[0] += 1
+        return 0  # carry on
+
+    def watch(dbapi: Any, _record: Any, _proxy: Any) -> None:
+        dbapi.set_progress_handler(count, 10)  # called every 10 steps
+
+    event.listen(store.engine, "checkout", watch)
+    try:
+        for shard in (hash_shards(1)[0], range_shards(1, store.id_quantiles(1))[0]):
+            steps[0] = 0
+            assert len(store.scan(shard, None, 100)) == 100
+            at_start = steps[0]
+            head = store.scan(shard, None, n - 100)
+            steps[0] = 0
+            tail = store.scan(shard, head.next_cursor, 100)
+            at_end = steps[0]
+            assert len(tail) == 100
+            assert not set(tail.ids.tolist()) & set(head.ids.tolist())
+            assert at_start > 0
+            assert at_end <= 2 * at_start + 5, (shard.by, at_start, at_end)
+            steps[0] = 0
+            ids = [i for part in store.iter_ids(shard, 10) for i in part.tolist()]
+            assert sorted(ids) == list(range(n))
+    finally:
+        event.remove(store.engine, "checkout", watch)
+        dispose_engines()

@@ -200,16 +200,18 @@ class PgvectorStore(ScanningStore):
         # Every value below is a Python int from our own models, so inlining is safe; COPY
         # cannot take bound parameters.
         lo, hi, n = int(shard.lo), int(shard.hi), int(limit)
+        # From a cursor the lower bound is the cursor's key (as in the built-in store: given
+        # the shard's start too, an index scan may begin there and skip every row read before).
         if shard.by == "hash":
-            where = f"h >= {lo} AND h < {hi}"
-            if cursor is not None:
+            if cursor is None:
+                where = f"h >= {lo} AND h < {hi}"
+            else:
                 ck, cid = int(cursor.key), int(cursor.id)
-                where += f" AND (h, id) > ({ck}, {cid})"
+                where = f"h >= {max(lo, ck)} AND h < {hi} AND (h, id) > ({ck}, {cid})"
             order = "h, id"
         else:
-            where = f"id >= {lo} AND id < {hi}"
-            if cursor is not None:
-                where += f" AND id > {int(cursor.id)}"
+            start = lo if cursor is None else max(lo, int(cursor.id) + 1)
+            where = f"id >= {start} AND id < {hi}"
             order = "id"
         data = self._copy_out(
             f"SELECT id, h, embedding FROM {self.table} WHERE {where} ORDER BY {order} LIMIT {n}"
@@ -224,11 +226,12 @@ class PgvectorStore(ScanningStore):
         """Every id of a shard in scan order, read from the shard index ``(h, id)`` (or the
         primary key, for a range shard): no vector crosses the wire or is decoded."""
         lo, hi, n = int(shard.lo), int(shard.hi), int(batch_size)
+        # From the last row read, its key is the lower bound (see ``scan``).
         if shard.by == "hash":
-            base, after, order = f"h >= {lo} AND h < {hi}", " AND (h, id) > ({}, {})", "h, id"
+            after, order = "h >= {0} AND h < {hi} AND (h, id) > ({0}, {1})", "h, id"
         else:
-            base, after, order = f"id >= {lo} AND id < {hi}", " AND id > {1}", "id"
-        where = base
+            after, order = "id > {1} AND id < {hi}", "id"
+        where = f"h >= {lo} AND h < {hi}" if shard.by == "hash" else f"id >= {lo} AND id < {hi}"
         while True:
             raw = self.engine.raw_connection()
             try:
@@ -243,7 +246,7 @@ class PgvectorStore(ScanningStore):
             if not rows:
                 return
             yield np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
-            where = base + after.format(int(rows[-1][0]), int(rows[-1][1]))
+            where = after.format(int(rows[-1][0]), int(rows[-1][1]), hi=hi)
 
     def upsert(self, ids: Ids, vectors: Vectors) -> int:
         ids64, vec32 = check_vectors(ids, vectors, self.dimension, self.scope)
