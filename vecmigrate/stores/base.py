@@ -201,6 +201,38 @@ class ScanningStore:
 Row = TypeVar("Row")
 
 
+def seek_bounds(shard: ShardRef, cursor: Cursor | None) -> tuple[int, tuple[int, int] | None]:
+    """Where a scan of ``shard`` ordered by its key resumes after ``cursor``: the lowest value of
+    the key column (``h`` for hash shards, ``id`` for range shards) and, for a hash shard, the
+    ``(h, id)`` row the next rows must come after (None when the bound says it all).
+
+    The bound is the cursor's own key, not the shard's: given both, SQLite seeks to the shard's
+    start and skips every row read before (the last 100 rows of a 250,000-row shard took 65 ms
+    against 0.1 ms from the cursor's key), so a shard's batches cost more and more. The
+    row-value comparison then finds the exact row (an OR of the two conditions made SQLite walk
+    the shard as well).
+    """
+    if cursor is None:
+        return shard.lo, None
+    if shard.by == "hash":
+        return max(shard.lo, cursor.key), (cursor.key, cursor.id)
+    return max(shard.lo, cursor.id + 1), None
+
+
+def paged_ids(
+    fetch: Callable[[int | None, int], list[Row]],
+    id_of: Callable[[Row], int],
+    batch_size: int,
+    page_size: int,
+) -> Iterator[Ids]:
+    """Every id ``fetch`` pages out (see :func:`collect_pages`), ``batch_size`` at a time."""
+    after: int | None = None
+    while rows := collect_pages(fetch, id_of, after, batch_size, page_size):
+        ids = np.array([id_of(r) for r in rows], dtype=np.int64)
+        yield ids
+        after = int(ids.max())
+
+
 def collect_pages(
     fetch: Callable[[int | None, int], list[Row]],
     id_of: Callable[[Row], int],

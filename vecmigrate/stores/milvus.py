@@ -17,7 +17,7 @@ import hashlib
 import re
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,7 @@ from vecmigrate.stores.base import (
     check_dimension,
     check_vectors,
     collect_pages,
+    paged_ids,
 )
 from vecmigrate.tasks import Cursor, ShardRef
 
@@ -49,6 +50,10 @@ MAX_QUERY = 16384
 VECTOR_PAGE = 512
 _clients: dict[str, Any] = {}
 _lock = threading.Lock()
+
+
+def _row_id(row: dict[str, Any]) -> int:
+    return int(row["id"])
 
 
 def client_for(uri: str, token: str | None = None) -> Any:
@@ -159,10 +164,11 @@ class MilvusStore(ScanningStore):
         )
         return ids, keys, vecs
 
-    def _pages(
-        self, shard: ShardRef, after: int | None, limit: int, fields: list[str]
-    ) -> list[dict[str, Any]]:
-        """Up to ``limit`` rows of a shard after id ``after`` in id order, with ``fields``."""
+    def _fetch(
+        self, shard: ShardRef, fields: list[str]
+    ) -> Callable[[int | None, int], list[dict[str, Any]]]:
+        """A page of a shard's rows with ``fields``: at most ``n`` after id ``start``, in id
+        order (for :func:`collect_pages`)."""
         col = "h" if shard.by == "hash" else "id"
         base = f"{col} >= {int(shard.lo)} and {col} < {int(shard.hi)}"
 
@@ -173,12 +179,12 @@ class MilvusStore(ScanningStore):
             )
             return rows
 
-        page = VECTOR_PAGE if "embedding" in fields else MAX_QUERY
-        return collect_pages(fetch, lambda r: int(r["id"]), after, int(limit), page)
+        return fetch
 
     def scan(self, shard: ShardRef, cursor: Cursor | None, limit: int) -> Batch:
         after = None if cursor is None else int(cursor.id)
-        pages = self._pages(shard, after, limit, ["id", "h", "embedding"])
+        fetch = self._fetch(shard, ["id", "h", "embedding"])
+        pages = collect_pages(fetch, _row_id, after, int(limit), VECTOR_PAGE)
         ids, keys, vecs = self._rows(pages)
         if ids.size == 0:
             return Batch(ids, vecs, cursor)
@@ -186,11 +192,7 @@ class MilvusStore(ScanningStore):
 
     def iter_ids(self, shard: ShardRef, batch_size: int) -> Iterator[Ids]:
         """Every id of a shard in id order, queried without the vectors."""
-        after: int | None = None
-        while rows := self._pages(shard, after, batch_size, ["id"]):
-            ids = np.array([int(r["id"]) for r in rows], dtype=np.int64)
-            yield ids
-            after = int(ids.max())
+        return paged_ids(self._fetch(shard, ["id"]), _row_id, batch_size, MAX_QUERY)
 
     def upsert(self, ids: Ids, vectors: Vectors) -> int:
         ids64, vec32 = check_vectors(ids, vectors, self.dimension, self.scope)

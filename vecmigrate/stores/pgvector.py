@@ -34,6 +34,7 @@ from vecmigrate.stores.base import (
     check_dimension,
     check_vectors,
     increasing_bounds,
+    seek_bounds,
 )
 from vecmigrate.tasks import Cursor, ShardRef
 
@@ -196,25 +197,22 @@ class PgvectorStore(ScanningStore):
         finally:
             raw.close()
 
+    @staticmethod
+    def _shard_where(shard: ShardRef, cursor: Cursor | None) -> tuple[str, str]:
+        """WHERE and ORDER BY of a shard's rows after ``cursor``. Every value is a Python int
+        from our own models, so inlining is safe (COPY cannot take bound parameters)."""
+        lo, after = seek_bounds(shard, cursor)
+        column = "h" if shard.by == "hash" else "id"
+        where = f"{column} >= {int(lo)} AND {column} < {int(shard.hi)}"
+        if after is not None:
+            where += f" AND (h, id) > ({int(after[0])}, {int(after[1])})"
+        return where, "h, id" if shard.by == "hash" else "id"
+
     def scan(self, shard: ShardRef, cursor: Cursor | None, limit: int) -> Batch:
-        # Every value below is a Python int from our own models, so inlining is safe; COPY
-        # cannot take bound parameters.
-        lo, hi, n = int(shard.lo), int(shard.hi), int(limit)
-        # From a cursor the lower bound is the cursor's key (as in the built-in store: given
-        # the shard's start too, an index scan may begin there and skip every row read before).
-        if shard.by == "hash":
-            if cursor is None:
-                where = f"h >= {lo} AND h < {hi}"
-            else:
-                ck, cid = int(cursor.key), int(cursor.id)
-                where = f"h >= {max(lo, ck)} AND h < {hi} AND (h, id) > ({ck}, {cid})"
-            order = "h, id"
-        else:
-            start = lo if cursor is None else max(lo, int(cursor.id) + 1)
-            where = f"id >= {start} AND id < {hi}"
-            order = "id"
+        where, order = self._shard_where(shard, cursor)
         data = self._copy_out(
-            f"SELECT id, h, embedding FROM {self.table} WHERE {where} ORDER BY {order} LIMIT {n}"
+            f"SELECT id, h, embedding FROM {self.table} WHERE {where} ORDER BY {order} "
+            f"LIMIT {int(limit)}"
         )
         ids, keys, vectors = decode_copy(data, self.dimension)
         if ids.size == 0:
@@ -225,19 +223,15 @@ class PgvectorStore(ScanningStore):
     def iter_ids(self, shard: ShardRef, batch_size: int) -> Iterator[Ids]:
         """Every id of a shard in scan order, read from the shard index ``(h, id)`` (or the
         primary key, for a range shard): no vector crosses the wire or is decoded."""
-        lo, hi, n = int(shard.lo), int(shard.hi), int(batch_size)
-        # From the last row read, its key is the lower bound (see ``scan``).
-        if shard.by == "hash":
-            after, order = "h >= {0} AND h < {hi} AND (h, id) > ({0}, {1})", "h, id"
-        else:
-            after, order = "id > {1} AND id < {hi}", "id"
-        where = f"h >= {lo} AND h < {hi}" if shard.by == "hash" else f"id >= {lo} AND id < {hi}"
+        cursor: Cursor | None = None
         while True:
+            where, order = self._shard_where(shard, cursor)
             raw = self.engine.raw_connection()
             try:
                 with raw.driver_connection.cursor() as cur:  # type: ignore[union-attr]
                     cur.execute(
-                        f"SELECT h, id FROM {self.table} WHERE {where} ORDER BY {order} LIMIT {n}"
+                        f"SELECT h, id FROM {self.table} WHERE {where} ORDER BY {order} "
+                        f"LIMIT {int(batch_size)}"
                     )
                     rows = cur.fetchall()
                 raw.commit()
@@ -246,7 +240,8 @@ class PgvectorStore(ScanningStore):
             if not rows:
                 return
             yield np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
-            where = after.format(int(rows[-1][0]), int(rows[-1][1]), hi=hi)
+            h, last = int(rows[-1][0]), int(rows[-1][1])
+            cursor = Cursor(key=h if shard.by == "hash" else last, id=last)
 
     def upsert(self, ids: Ids, vectors: Vectors) -> int:
         ids64, vec32 = check_vectors(ids, vectors, self.dimension, self.scope)

@@ -32,6 +32,7 @@ from vecmigrate.stores.base import (
     check_dimension,
     check_vectors,
     collect_pages,
+    paged_ids,
 )
 from vecmigrate.tasks import Cursor, ShardRef
 
@@ -159,17 +160,12 @@ class QdrantStore(ScanningStore):
 
     def iter_ids(self, shard: ShardRef, batch_size: int) -> Iterator[Ids]:
         """Every id of a shard in id order, scrolled without vectors or payloads."""
-        after: int | None = None
-        while rows := collect_pages(
+        return paged_ids(
             lambda start, n: self._page(shard, start, n, vectors=False),
             lambda r: int(r.id),
-            after,
-            int(batch_size),
+            batch_size,
             MAX_PAGE,
-        ):
-            ids = np.array([int(r.id) for r in rows], dtype=np.int64)
-            yield ids
-            after = int(ids.max())
+        )
 
     def upsert(self, ids: Ids, vectors: Vectors) -> int:
         from qdrant_edge import Point, UpdateOperation
