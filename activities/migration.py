@@ -19,18 +19,18 @@ from typing import Any, ParamSpec, TypeVar
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from vecmigrate import backfill, build, validation
-from vecmigrate.catalog import Catalog
-from vecmigrate.changelog import ChangeLog
+from vecmigrate import validation
+from vecmigrate.catalog.catalog import Catalog
+from vecmigrate.catalog.changelog import ChangeLog
+from vecmigrate.catalog.journal import Journal
+from vecmigrate.catalog.residency import Residency
+from vecmigrate.data import backfill
 from vecmigrate.errors import NON_RETRYABLE, ArtifactError, PreconditionError
-from vecmigrate.indexes import cpu_share, merge_topk, set_openmp_threads
-from vecmigrate.journal import Journal
-from vecmigrate.lifecycle import RoutingView, ShardCheck
-from vecmigrate.residency import Residency
-from vecmigrate.shadow import ShadowLog
-from vecmigrate.spec import MigrationSpec
-from vecmigrate.stores.base import RecordChecksum
-from vecmigrate.tasks import (
+from vecmigrate.indexes import build
+from vecmigrate.indexes.artifacts import cpu_share, set_openmp_threads
+from vecmigrate.model.lifecycle import RoutingView, ShardCheck
+from vecmigrate.model.spec import MigrationSpec
+from vecmigrate.model.tasks import (
     ArtifactRef,
     BuildIndexInput,
     BuildNativeIndexInput,
@@ -56,6 +56,9 @@ from vecmigrate.tasks import (
     ValidateShardInput,
     VersionStateInput,
 )
+from vecmigrate.records.checksums import RecordChecksum
+from vecmigrate.records.vectors import merge_topk
+from vecmigrate.validation.shadow import ShadowLog
 
 P = ParamSpec("P")
 R = TypeVar("R")

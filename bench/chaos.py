@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rich.table import Table
 
 from bench.common import scratch, wide_console
-from control.chaos import run_chaos
+from vecmigrate.testing.chaos import run_chaos
 
 
 def main() -> None:

@@ -36,14 +36,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 
 from bench.common import RESULTS, alternating, report, scratch
-from control.chaos import builtin_version
-from vecmigrate.backfill import copy_shard, prepare
-from vecmigrate.catalog import Catalog
+from vecmigrate.catalog.catalog import Catalog
+from vecmigrate.catalog.journal import Journal
 from vecmigrate.config import sqlite_url
-from vecmigrate.datasets import clustered
-from vecmigrate.journal import Journal
-from vecmigrate.seed import seed_collection, sequential_ids
-from vecmigrate.spec import BuiltinStoreRef, parse_spec
+from vecmigrate.data.backfill import copy_shard, prepare
+from vecmigrate.data.datasets import clustered
+from vecmigrate.data.seed import seed_collection, sequential_ids
+from vecmigrate.model.spec import BuiltinStoreRef, parse_spec
+from vecmigrate.testing.chaos import builtin_version
 
 
 def vecmigrate_copy(home: Path, vectors: np.ndarray, batch: int) -> float:

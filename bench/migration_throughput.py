@@ -29,17 +29,18 @@ import hnswlib
 import numpy as np
 
 from bench.common import RESULTS, alternating, report, scratch
-from control.chaos import builtin_version
-from control.client import MigrationClient, connect
-from control.devserver import DevServer, free_port
-from vecmigrate.catalog import Catalog
+from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.config import sqlite_url
-from vecmigrate.datasets import clustered, glove
-from vecmigrate.lifecycle import STRATEGY_PHASES, Phase
-from vecmigrate.seed import seed_collection, sequential_ids
-from vecmigrate.sharding import hash_key, hash_shards
-from vecmigrate.spec import BuiltinStoreRef, parse_spec
-from workers.main import run_worker
+from vecmigrate.control.client import MigrationClient
+from vecmigrate.control.devserver import DevServer, free_port
+from vecmigrate.data.datasets import clustered, glove
+from vecmigrate.data.seed import seed_collection, sequential_ids
+from vecmigrate.model.lifecycle import STRATEGY_PHASES, Phase
+from vecmigrate.model.spec import BuiltinStoreRef, parse_spec
+from vecmigrate.records.sharding import hash_key, hash_shards
+from vecmigrate.testing.chaos import builtin_version
+from vecmigrate.workers.connection import connect
+from vecmigrate.workers.main import run_worker
 
 M, EF_CONSTRUCTION, EF_SEARCH = 16, 200, 64
 

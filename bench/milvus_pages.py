@@ -24,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 
 from bench.common import RESULTS, report, scratch
-from vecmigrate.datasets import clustered
-from vecmigrate.sharding import hash_shards
+from vecmigrate.data.datasets import clustered
+from vecmigrate.model.tasks import ShardRef
+from vecmigrate.records.sharding import hash_shards
 from vecmigrate.stores import MilvusStore, Scope
 from vecmigrate.stores.milvus import VECTOR_PAGE, close_clients
-from vecmigrate.tasks import ShardRef
 
 
 def rows_of(ids: np.ndarray, vectors: np.ndarray) -> list[dict[str, Any]]:

@@ -25,19 +25,20 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.common import scratch, wide_console
-from control.chaos import builtin_version
-from control.client import MigrationClient, connect
-from control.devserver import DevServer, free_port
-from control.drill import run_drill
-from control.gateway import Gateway
-from control.loadgen import LoadGenerator, latency_table, verify
-from vecmigrate.backfill import open_source, open_target
-from vecmigrate.catalog import Catalog
+from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.config import sqlite_url
-from vecmigrate.datasets import clustered
-from vecmigrate.lifecycle import STRATEGY_PHASES
-from vecmigrate.seed import seed_collection, sequential_ids
-from vecmigrate.spec import BuiltinStoreRef, parse_spec
+from vecmigrate.control.client import MigrationClient
+from vecmigrate.control.devserver import DevServer, free_port
+from vecmigrate.data.backfill import open_source, open_target
+from vecmigrate.data.datasets import clustered
+from vecmigrate.data.seed import seed_collection, sequential_ids
+from vecmigrate.model.lifecycle import STRATEGY_PHASES
+from vecmigrate.model.spec import BuiltinStoreRef, parse_spec
+from vecmigrate.serving.gateway import Gateway
+from vecmigrate.testing.chaos import builtin_version
+from vecmigrate.testing.drill import run_drill
+from vecmigrate.testing.loadgen import LoadGenerator, latency_table, verify
+from vecmigrate.workers.connection import connect
 
 
 async def main_async(args: argparse.Namespace, console: Console) -> dict[str, object]:
@@ -106,7 +107,7 @@ async def main_async(args: argparse.Namespace, console: Console) -> dict[str, ob
         [
             sys.executable,
             "-m",
-            "workers.main",
+            "vecmigrate.workers.main",
             "--address",
             server.address,
             "--task-queue",

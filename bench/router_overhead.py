@@ -30,14 +30,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 
 from bench.common import RESULTS, report, scratch
-from control.chaos import builtin_version
-from vecmigrate.catalog import Catalog
+from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.config import sqlite_url
-from vecmigrate.datasets import clustered
-from vecmigrate.indexes import ShardedIndex
-from vecmigrate.routing import Router
-from vecmigrate.seed import seed_collection, sequential_ids
-from vecmigrate.spec import BuiltinStoreRef
+from vecmigrate.data.datasets import clustered
+from vecmigrate.data.seed import seed_collection, sequential_ids
+from vecmigrate.indexes.artifacts import ShardedIndex
+from vecmigrate.model.spec import BuiltinStoreRef
+from vecmigrate.serving.router import Router
+from vecmigrate.testing.chaos import builtin_version
 
 
 @dataclass

@@ -27,9 +27,9 @@ from pydantic import TypeAdapter
 
 from bench.common import RESULTS, report, scratch
 from bench.copy_throughput import vecmigrate_copy
-from vecmigrate.datasets import clustered
-from vecmigrate.indexes import build_index, cpu_share
-from vecmigrate.spec import IndexSpec, Metric
+from vecmigrate.data.datasets import clustered
+from vecmigrate.indexes.artifacts import build_index, cpu_share
+from vecmigrate.model.spec import IndexSpec, Metric
 
 INDEXES = {
     "faiss_ivf_flat": {"kind": "faiss_ivf_flat", "nlist": 1024, "nprobe": 8},

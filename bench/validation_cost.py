@@ -28,16 +28,16 @@ import faiss
 import numpy as np
 
 from bench.common import RESULTS, report, scratch
-from control.chaos import builtin_version
 from vecmigrate import validation
-from vecmigrate.backfill import copy_shard, open_source, open_target, prepare
-from vecmigrate.build import artifact_dir, build_shard, register_index
-from vecmigrate.catalog import Catalog
+from vecmigrate.catalog.catalog import Catalog
+from vecmigrate.catalog.journal import Journal
 from vecmigrate.config import sqlite_url
-from vecmigrate.datasets import clustered
-from vecmigrate.journal import Journal
-from vecmigrate.seed import seed_collection, sequential_ids
-from vecmigrate.spec import BuiltinStoreRef, parse_spec
+from vecmigrate.data.backfill import copy_shard, open_source, open_target, prepare
+from vecmigrate.data.datasets import clustered
+from vecmigrate.data.seed import seed_collection, sequential_ids
+from vecmigrate.indexes.build import artifact_dir, build_shard, register_index
+from vecmigrate.model.spec import BuiltinStoreRef, parse_spec
+from vecmigrate.testing.chaos import builtin_version
 
 CORES = len(os.sched_getaffinity(0))
 

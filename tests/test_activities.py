@@ -9,10 +9,10 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.migration import MigrationActivities
 from tests.conftest import Sandbox
-from vecmigrate.backfill import open_source, open_target, prepare
-from vecmigrate.tasks import BuildIndexInput, CopyShardInput, PrepareInput
+from vecmigrate.activities.migration import MigrationActivities
+from vecmigrate.data.backfill import open_source, open_target, prepare
+from vecmigrate.model.tasks import BuildIndexInput, CopyShardInput, PrepareInput
 
 
 class KilledError(Exception):

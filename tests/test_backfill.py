@@ -10,13 +10,13 @@ import pytest
 from sqlalchemy import select, update
 
 from tests.conftest import Sandbox
-from vecmigrate.backfill import Throttle, copy_shard, open_source, open_target, prepare
+from vecmigrate.catalog.journal import Journal
+from vecmigrate.data.backfill import Throttle, copy_shard, open_source, open_target, prepare
 from vecmigrate.errors import DataError
-from vecmigrate.journal import Journal
-from vecmigrate.lifecycle import ThrottleRequest
-from vecmigrate.spec import MigrationSpec
+from vecmigrate.model.lifecycle import ThrottleRequest
+from vecmigrate.model.spec import MigrationSpec
+from vecmigrate.model.tasks import Cursor, ShardRef
 from vecmigrate.stores.builtin import namespaces, vectors
-from vecmigrate.tasks import Cursor, ShardRef
 
 
 class FakeClock:

@@ -8,9 +8,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DatabaseError
 
-from vecmigrate.catalog import Catalog
+from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.errors import NotFoundError, PreconditionError, RoutingConflictError
-from vecmigrate.spec import EmbeddingSchema
+from vecmigrate.model.spec import EmbeddingSchema
 
 
 @pytest.fixture

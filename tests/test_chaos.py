@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from control.chaos import run_chaos
+from vecmigrate.testing.chaos import run_chaos
 
 
 @pytest.mark.timeout(900)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 
-from control.client import connect
-from control.devserver import DevServer, free_port
+from vecmigrate.control.devserver import DevServer, free_port
+from vecmigrate.workers.connection import connect
 
 pytestmark = pytest.mark.devserver
 

@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 from temporalio.client import Client
 
-from control.client import MigrationClient
 from tests.conftest import Sandbox, postgres_database, running_worker
 from tests.test_workflow import wait_for
-from vecmigrate.lifecycle import Phase
-from vecmigrate.routing import Router
+from vecmigrate.control.client import MigrationClient
+from vecmigrate.model.lifecycle import Phase
+from vecmigrate.serving.router import Router
 from vecmigrate.stores import WHOLE, PgvectorStore, Scope, open_store
 from vecmigrate.stores.milvus import close_clients
 from vecmigrate.stores.qdrant import close_shards

@@ -12,15 +12,15 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from control.client import MigrationClient
-from control.devserver import temporal_binary
 from tests.conftest import Sandbox, running_worker
 from tests.test_backfill import poison
 from tests.test_workflow import activity_events, activity_results, wait_for
-from vecmigrate.backfill import open_source, open_target
-from vecmigrate.changelog import ChangeLog
-from vecmigrate.journal import Journal
-from vecmigrate.lifecycle import Phase, ThrottleRequest
+from vecmigrate.catalog.changelog import ChangeLog
+from vecmigrate.catalog.journal import Journal
+from vecmigrate.control.client import MigrationClient
+from vecmigrate.control.devserver import temporal_binary
+from vecmigrate.data.backfill import open_source, open_target
+from vecmigrate.model.lifecycle import Phase, ThrottleRequest
 from vecmigrate.stores import WHOLE
 
 

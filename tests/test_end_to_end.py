@@ -22,13 +22,13 @@ from typing import Any
 import pytest
 import yaml
 
-from control.devserver import free_port, temporal_binary
 from tests.conftest import vecmigrate
-from vecmigrate.catalog import Catalog
+from vecmigrate.catalog.catalog import Catalog
+from vecmigrate.catalog.engines import dispose_engines
 from vecmigrate.config import sqlite_url
-from vecmigrate.sql import dispose_engines
+from vecmigrate.control.devserver import free_port, temporal_binary
+from vecmigrate.model.tasks import ShardRef
 from vecmigrate.stores import BuiltinStore, Scope
-from vecmigrate.tasks import ShardRef
 
 pytestmark = pytest.mark.devserver
 
@@ -99,7 +99,7 @@ def test_cli_and_stock_temporal_cli(tmp_path: Path) -> None:
     address = f"127.0.0.1:{port}"
     env = {**os.environ, "VECMIGRATE_HOME": str(home), "TEMPORAL_ADDRESS": address}
     dev = subprocess.Popen(
-        [sys.executable, "-m", "control", "dev", "--port", str(port), "--ui-port", str(ui_port)],
+        [sys.executable, "-m", "vecmigrate", "dev", "--port", str(port), "--ui-port", str(ui_port)],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

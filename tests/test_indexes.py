@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vecmigrate.datasets import clustered
+from vecmigrate.data.datasets import clustered
 from vecmigrate.errors import ArtifactError, PreconditionError
-from vecmigrate.indexes import (
-    ExactKnn,
+from vecmigrate.indexes.artifacts import (
     LoadedIndex,
     ShardedIndex,
     build_index,
@@ -18,7 +17,7 @@ from vecmigrate.indexes import (
     find_artifact,
     write_artifact,
 )
-from vecmigrate.spec import (
+from vecmigrate.model.spec import (
     FaissFlat,
     FaissHnsw,
     FaissIvfFlat,
@@ -27,6 +26,7 @@ from vecmigrate.spec import (
     IndexSpec,
     Metric,
 )
+from vecmigrate.records.vectors import ExactKnn
 from vecmigrate.validation import recall_at_k
 
 N, DIM = 4000, 32

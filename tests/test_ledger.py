@@ -10,9 +10,9 @@ import pytest
 from sqlalchemy import text
 from temporalio.client import Client
 
-from control.client import MigrationClient
 from tests.conftest import Sandbox, running_worker, vecmigrate
-from vecmigrate.catalog import Catalog
+from vecmigrate.catalog.catalog import Catalog
+from vecmigrate.control.client import MigrationClient
 
 COLUMNS = (
     "migration_id",

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from vecmigrate.lifecycle import (
+from vecmigrate.model.lifecycle import (
     STRATEGY_PHASES,
     IllegalTransitionError,
     MigrationStatus,

@@ -23,16 +23,16 @@ from rich.console import Console
 from rich.table import Table
 from temporalio.client import Client, WorkflowUpdateFailedError
 
-from control.client import MigrationClient
-from control.devserver import free_port
-from control.drill import run_drill, until_phase
-from control.gateway import Gateway
-from control.loadgen import LoadGenerator, latency_table, verify
 from tests.conftest import Sandbox, running_worker
 from tests.test_workflow import wait_for
-from vecmigrate.backfill import open_source, open_target
-from vecmigrate.lifecycle import STRATEGY_PHASES, Phase, RampRequest
+from vecmigrate.control.client import MigrationClient
+from vecmigrate.control.devserver import free_port
+from vecmigrate.data.backfill import open_source, open_target
+from vecmigrate.model.lifecycle import STRATEGY_PHASES, Phase, RampRequest
+from vecmigrate.serving.gateway import Gateway
 from vecmigrate.stores import WHOLE
+from vecmigrate.testing.drill import run_drill, until_phase
+from vecmigrate.testing.loadgen import LoadGenerator, latency_table, verify
 
 
 def post(url: str, body: dict[str, object]) -> tuple[int, dict[str, object], dict[str, str]]:

@@ -12,9 +12,9 @@ import yaml
 from sqlalchemy import func, select
 
 from tests.conftest import Sandbox, vecmigrate
-from vecmigrate.catalog import ledger, migrations, vector_versions
-from vecmigrate.lifecycle import STRATEGY_PHASES
-from vecmigrate.plan import plan_migration
+from vecmigrate.catalog.catalog import ledger, migrations, vector_versions
+from vecmigrate.control.plan import plan_migration
+from vecmigrate.model.lifecycle import STRATEGY_PHASES
 
 
 def rows(sandbox: Sandbox) -> tuple[int, int, int]:

@@ -13,8 +13,11 @@ import pytest
 from rich.console import Console
 from temporalio.client import Client
 
-from control.client import MigrationClient
-from control.textdemo import (
+from tests.conftest import Sandbox, running_worker
+from vecmigrate.catalog.documents import Documents
+from vecmigrate.catalog.journal import Journal
+from vecmigrate.control.client import MigrationClient
+from vecmigrate.control.textdemo import (
     Corpus,
     TextTraffic,
     fit_models,
@@ -22,19 +25,16 @@ from control.textdemo import (
     seed_texts,
     text_versions,
 )
-from tests.conftest import Sandbox, running_worker
-from vecmigrate.backfill import copy_shard, open_source, open_target, prepare, run_checks
-from vecmigrate.build import artifact_dir, build_shard, register_index
-from vecmigrate.documents import Documents
-from vecmigrate.embedders import LsaModel, fit_lsa
+from vecmigrate.data.backfill import copy_shard, open_source, open_target, prepare, run_checks
+from vecmigrate.embedding.embedders import LsaModel, fit_lsa
+from vecmigrate.embedding.reembed import fit_map
+from vecmigrate.embedding.registry import Registry, neural_schema, packaged_model_uri, register_lsa
 from vecmigrate.errors import DataError, PreconditionError, SpecError
-from vecmigrate.journal import Journal
-from vecmigrate.lifecycle import Phase
-from vecmigrate.reembed import fit_map
-from vecmigrate.registry import Registry, neural_schema, packaged_model_uri, register_lsa
-from vecmigrate.routing import Router
-from vecmigrate.sharding import hash_shards
-from vecmigrate.spec import MigrationSpec, VersionSpec, parse_spec
+from vecmigrate.indexes.build import artifact_dir, build_shard, register_index
+from vecmigrate.model.lifecycle import Phase
+from vecmigrate.model.spec import MigrationSpec, VersionSpec, parse_spec
+from vecmigrate.records.sharding import hash_shards
+from vecmigrate.serving.router import Router
 from vecmigrate.stores import WHOLE
 from vecmigrate.validation import validate_migration
 from vecmigrate.validation.options import first_words

@@ -22,22 +22,22 @@ import pytest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from activities.migration import MigrationActivities
-from control.client import MigrationClient
 from tests.conftest import Sandbox
-from vecmigrate.catalog import Catalog
+from vecmigrate.activities.migration import MigrationActivities
+from vecmigrate.catalog.catalog import Catalog
+from vecmigrate.catalog.residency import Residency
 from vecmigrate.config import sqlite_url
-from vecmigrate.datasets import clustered
+from vecmigrate.control.client import MigrationClient
+from vecmigrate.data.datasets import clustered
+from vecmigrate.data.seed import seed_collection, sequential_ids
 from vecmigrate.errors import SpecError
-from vecmigrate.lifecycle import Phase
-from vecmigrate.regions import RegionalStatus, child_plans
-from vecmigrate.residency import Residency
-from vecmigrate.routing import Router
-from vecmigrate.seed import seed_collection, sequential_ids
-from vecmigrate.spec import BuiltinStoreRef, MigrationSpec, VersionSpec, parse_spec
+from vecmigrate.model.lifecycle import Phase
+from vecmigrate.model.regions import RegionalStatus, child_plans
+from vecmigrate.model.spec import BuiltinStoreRef, MigrationSpec, VersionSpec, parse_spec
+from vecmigrate.model.tasks import ControlInput
+from vecmigrate.serving.router import Router
 from vecmigrate.stores import WHOLE, Scope, open_store
-from vecmigrate.tasks import ControlInput
-from workers.main import build_worker
+from vecmigrate.workers.main import build_worker
 
 REGIONS = ("eu", "us", "ap")
 N = 3000
@@ -128,7 +128,7 @@ class RegionWorker:
             [
                 sys.executable,
                 "-m",
-                "workers.main",
+                "vecmigrate.workers.main",
                 "--address",
                 self.address,
                 "--region",
@@ -502,7 +502,7 @@ async def test_one_tenant_migrates_while_anothers_reads_and_writes_are_untouched
 
 
 def test_plan_of_a_regional_migration_names_queues_order_and_policy(tmp_path: Path) -> None:
-    from vecmigrate.plan import plan_migration
+    from vecmigrate.control.plan import plan_migration
 
     spec = regional_spec(
         tmp_path, tenants=["acme"], tenant_limits={"acme": {"max_parallel_shards": 1}}

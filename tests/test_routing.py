@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 
 from tests.conftest import Sandbox
-from vecmigrate.backfill import copy_shard, open_source, open_target, prepare
-from vecmigrate.changelog import ChangeLog
-from vecmigrate.datasets import clustered
+from vecmigrate.catalog.changelog import ChangeLog
+from vecmigrate.catalog.journal import Journal
+from vecmigrate.data.backfill import copy_shard, open_source, open_target, prepare
+from vecmigrate.data.datasets import clustered
+from vecmigrate.data.seed import seed_collection, sequential_ids
 from vecmigrate.errors import DataError, NotFoundError
-from vecmigrate.journal import Journal
-from vecmigrate.lifecycle import RoutingView
-from vecmigrate.routing import Router, WritesPausedError, bucket
-from vecmigrate.seed import seed_collection, sequential_ids
-from vecmigrate.shadow import ShadowLog
-from vecmigrate.spec import MigrationSpec
+from vecmigrate.model.lifecycle import RoutingView
+from vecmigrate.model.spec import MigrationSpec
+from vecmigrate.serving.router import Router, WritesPausedError, bucket
 from vecmigrate.stores import WHOLE
+from vecmigrate.validation.shadow import ShadowLog
 
 
 def route(sandbox: Sandbox, key: str, **fields: object) -> RoutingView:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from vecmigrate.errors import SpecError
-from vecmigrate.spec import FaissIvfFlat, HnswlibHnsw, load_spec, parse_spec
+from vecmigrate.model.spec import FaissIvfFlat, HnswlibHnsw, load_spec, parse_spec
 
 
 def base() -> dict[str, Any]:

@@ -19,11 +19,11 @@ import pytest
 from sqlalchemy import event
 
 from tests.conftest import postgres_database
+from vecmigrate.catalog.engines import dispose_engines
 from vecmigrate.config import sqlite_url
-from vecmigrate.datasets import clustered
+from vecmigrate.data.datasets import clustered
 from vecmigrate.errors import DataError, NotFoundError, PreconditionError
-from vecmigrate.sharding import hash_shards, plan_shards, range_shards
-from vecmigrate.spec import (
+from vecmigrate.model.spec import (
     HnswlibHnsw,
     Metric,
     MilvusFlat,
@@ -34,7 +34,7 @@ from vecmigrate.spec import (
     ShardLayout,
     VersionSpec,
 )
-from vecmigrate.sql import dispose_engines
+from vecmigrate.records.sharding import hash_shards, plan_shards, range_shards
 from vecmigrate.stores import (
     CAPABILITIES,
     BuiltinStore,

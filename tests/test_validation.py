@@ -10,16 +10,17 @@ import pytest
 from sqlalchemy import text
 
 from tests.conftest import Sandbox
-from vecmigrate.backfill import copy_shard, open_source, open_target, prepare
-from vecmigrate.build import artifact_dir, build_shard, load_index_version, register_index
-from vecmigrate.datasets import glove
+from vecmigrate.catalog.journal import Journal
+from vecmigrate.data.backfill import copy_shard, open_source, open_target, prepare
+from vecmigrate.data.datasets import glove
 from vecmigrate.errors import PreconditionError
-from vecmigrate.journal import Journal
-from vecmigrate.lifecycle import GateReport, RetrievalFigures, ShardCheck, ShardProfile
-from vecmigrate.spec import GatePolicy, MigrationSpec
+from vecmigrate.indexes.build import artifact_dir, build_shard, load_index_version, register_index
+from vecmigrate.model.lifecycle import GateReport, RetrievalFigures, ShardCheck, ShardProfile
+from vecmigrate.model.spec import GatePolicy, MigrationSpec
+from vecmigrate.model.tasks import PrepareResult
+from vecmigrate.records.checksums import record_hashes
+from vecmigrate.records.vectors import repeated_ids
 from vecmigrate.stores import BuiltinStore
-from vecmigrate.stores.base import record_hashes, repeated_ids
-from vecmigrate.tasks import PrepareResult
 from vecmigrate.validation import (
     check_shard,
     exclude_self,

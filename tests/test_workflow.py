@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from temporalio.client import Client, WorkflowHistory
 
-from control.client import MigrationClient
 from tests.conftest import Sandbox, running_worker, vecmigrate
-from vecmigrate.lifecycle import MigrationStatus, Phase
-from vecmigrate.routing import Router
+from vecmigrate.control.client import MigrationClient
+from vecmigrate.model.lifecycle import MigrationStatus, Phase
+from vecmigrate.serving.router import Router
 
 
 async def wait_for(

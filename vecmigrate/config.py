@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import TypeVar, cast
 
-from vecmigrate.spec import AnyStoreRef, BuiltinStoreRef, MigrationSpec, VersionSpec
+from vecmigrate.model.spec import AnyStoreRef, BuiltinStoreRef, MigrationSpec, VersionSpec
 
 R = TypeVar("R", bound=AnyStoreRef)
 

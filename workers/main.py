@@ -1,6 +1,6 @@
 """Worker process: runs migration workflows and their activities against one catalog.
 
-Run it with ``vecmigrate worker`` or ``python -m workers.main``.
+Run it with ``vecmigrate worker`` or ``python -m vecmigrate.workers.main``.
 """
 
 from __future__ import annotations
@@ -17,11 +17,11 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.worker import Worker
 
-from activities.migration import MigrationActivities
-from control.client import connect, default_address, default_task_queue
+from vecmigrate.activities.migration import MigrationActivities
 from vecmigrate.config import default_catalog_url
-from workflows.migration import MigrationWorkflow
-from workflows.regional import RegionalMigrationWorkflow
+from vecmigrate.workers.connection import connect, default_address, default_task_queue
+from vecmigrate.workflows.migration import MigrationWorkflow
+from vecmigrate.workflows.regional import RegionalMigrationWorkflow
 
 
 def build_worker(
@@ -103,7 +103,7 @@ async def run_worker(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of ``python -m workers.main``."""
+    """Entry point of ``python -m vecmigrate.workers.main``."""
     p = argparse.ArgumentParser(description="vecmigrate worker")
     p.add_argument("--address", default=default_address())
     p.add_argument(

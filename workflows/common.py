@@ -13,8 +13,8 @@ from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from vecmigrate.errors import NON_RETRYABLE_NAMES
-    from vecmigrate.lifecycle import OperatorAction, OperatorMessage
-    from vecmigrate.tasks import LedgerAck, LedgerInput
+    from vecmigrate.model.lifecycle import OperatorAction, OperatorMessage
+    from vecmigrate.model.tasks import LedgerAck, LedgerInput
 
 RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
-from workflows.common import (
+from vecmigrate.workflows.common import (
     RETRY,
     append_ledger,
     event_key,
@@ -30,7 +30,7 @@ from workflows.common import (
 )
 
 with workflow.unsafe.imports_passed_through():
-    from vecmigrate.lifecycle import (
+    from vecmigrate.model.lifecycle import (
         READING_TARGET,
         STRATEGY_PHASES,
         TERMINAL,
@@ -49,9 +49,9 @@ with workflow.unsafe.imports_passed_through():
         check_transition,
         selected_hash_shards,
     )
-    from vecmigrate.regions import RegionUpdate
-    from vecmigrate.spec import is_native
-    from vecmigrate.tasks import (
+    from vecmigrate.model.regions import RegionUpdate
+    from vecmigrate.model.spec import is_native
+    from vecmigrate.model.tasks import (
         ArtifactRef,
         BuildIndexInput,
         BuildNativeIndexInput,

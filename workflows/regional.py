@@ -29,7 +29,7 @@ from typing import Any
 from temporalio import workflow
 from temporalio.exceptions import ChildWorkflowError
 
-from workflows.common import (
+from vecmigrate.workflows.common import (
     append_ledger,
     event_key,
     operator_action,
@@ -38,13 +38,13 @@ from workflows.common import (
 )
 
 with workflow.unsafe.imports_passed_through():
-    from vecmigrate.lifecycle import (
+    from vecmigrate.model.lifecycle import (
         MigrationInput,
         MigrationStatus,
         OperatorMessage,
         Phase,
     )
-    from vecmigrate.regions import (
+    from vecmigrate.model.regions import (
         ChildPlan,
         RegionalStatus,
         RegionRollback,
@@ -53,7 +53,7 @@ with workflow.unsafe.imports_passed_through():
         child_plans,
         region_queue,
     )
-    from vecmigrate.tasks import LedgerInput, TenantsInput
+    from vecmigrate.model.tasks import LedgerInput, TenantsInput
 
 # A child in one of these phases has switched its reads: its cut-over went through.
 SWITCHED = frozenset({Phase.BAKING, Phase.FINALIZING, Phase.COMPLETED})

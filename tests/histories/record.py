@@ -23,14 +23,14 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from control.client import MigrationClient
-from control.devserver import temporal_binary
-from control.drill import run_drill
 from tests.conftest import Sandbox, running_worker
-from vecmigrate.catalog import Catalog
+from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.config import sqlite_url
-from vecmigrate.lifecycle import Phase
-from vecmigrate.routing import Router
+from vecmigrate.control.client import MigrationClient
+from vecmigrate.control.devserver import temporal_binary
+from vecmigrate.model.lifecycle import Phase
+from vecmigrate.serving.router import Router
+from vecmigrate.testing.drill import run_drill
 
 HERE = Path(__file__).parent
 

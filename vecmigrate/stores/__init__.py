@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from vecmigrate.config import resolve_store
-from vecmigrate.spec import AnyStoreRef, MilvusStoreRef, PgvectorStoreRef, QdrantStoreRef
+from vecmigrate.model.spec import AnyStoreRef, MilvusStoreRef, PgvectorStoreRef, QdrantStoreRef
 from vecmigrate.stores.base import WHOLE, Batch, Scope, VectorStore
 from vecmigrate.stores.builtin import BuiltinStore
 from vecmigrate.stores.capabilities import CAPABILITIES, Capabilities

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -12,14 +11,13 @@ import numpy as np
 import numpy.typing as npt
 
 from vecmigrate.errors import DataError
-from vecmigrate.indexes import ExactKnn
-from vecmigrate.sharding import hash_key
-from vecmigrate.tasks import Cursor, ShardRef
+from vecmigrate.model.tasks import Cursor, ShardRef
+from vecmigrate.records.checksums import RecordChecksum
+from vecmigrate.records.sharding import hash_key
+from vecmigrate.records.vectors import ExactKnn
 
 Ids = npt.NDArray[np.int64]
 Vectors = npt.NDArray[np.float32]
-
-MAX_ID = (1 << 63) - 2
 
 
 @dataclass(frozen=True)
@@ -285,139 +283,3 @@ def increasing_bounds(ids_at: Callable[[int], int | None], count: int, parts: in
             value = bounds[-1] + 1
         bounds.append(value)
     return bounds
-
-
-def check_vectors(
-    ids: object, vectors: object, dimension: int, scope: Scope
-) -> tuple[Ids, Vectors]:
-    """Coerce and check a batch before anything is written.
-
-    Raises:
-        DataError: wrong shape or dimension, NaN or infinity, ids out of range or repeated.
-    """
-    ids_arr = np.asarray(ids)
-    if ids_arr.ndim != 1 or not np.issubdtype(ids_arr.dtype, np.integer):
-        raise DataError(f"{scope}: ids must be a 1-D array of integers, got {ids_arr.dtype}")
-    vec_arr = np.asarray(vectors)
-    if vec_arr.ndim != 2:
-        raise DataError(f"{scope}: vectors must be a 2-D array, got shape {vec_arr.shape}")
-    if vec_arr.shape[0] != ids_arr.shape[0]:
-        raise DataError(
-            f"{scope}: {ids_arr.shape[0]} ids but {vec_arr.shape[0]} vectors; "
-            "pass one id per vector"
-        )
-    if vec_arr.shape[1] != dimension:
-        raise DataError(
-            f"{scope}: vectors have dimension {vec_arr.shape[1]} but this version holds "
-            f"{dimension}-dimensional vectors"
-        )
-    vec32 = np.ascontiguousarray(vec_arr, dtype=np.float32)
-    finite = np.isfinite(vec32).all(axis=1)
-    if not finite.all():
-        bad = ids_arr[~finite][:5].tolist()
-        raise DataError(f"{scope}: vectors for ids {bad} contain NaN or infinity; nothing written")
-    ids64 = ids_arr.astype(np.int64)
-    if ids64.size and (ids64.min() < -MAX_ID or ids64.max() > MAX_ID):
-        raise DataError(f"{scope}: ids must lie within +-{MAX_ID}")
-    if repeated_ids(ids64):
-        raise DataError(f"{scope}: a batch repeats an id; send each id once per batch")
-    return ids64, vec32
-
-
-def repeated_ids(ids: Ids) -> int:
-    """How many ids repeat an earlier one (n minus the distinct count): a sort and a compare of
-    neighbours, 13 ms for 250,000 ids where ``np.unique`` took 103."""
-    if ids.size < 2:
-        return 0
-    s = np.sort(ids)
-    return int(np.count_nonzero(s[1:] == s[:-1]))
-
-
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
-
-
-_SHIFTS = (np.uint64(30), np.uint64(27), np.uint64(31))
-
-
-def _mix(x: npt.NDArray[np.uint64], scratch: npt.NDArray[np.uint64]) -> None:
-    """SplitMix64's finaliser on every element of ``x``, in place (wrapping uint64 arithmetic;
-    ``scratch`` is a buffer of the same length)."""
-    s30, s27, s31 = _SHIFTS
-    np.right_shift(x, s30, out=scratch)
-    np.bitwise_xor(x, scratch, out=x)
-    np.multiply(x, _MIX1, out=x)
-    np.right_shift(x, s27, out=scratch)
-    np.bitwise_xor(x, scratch, out=x)
-    np.multiply(x, _MIX2, out=x)
-    np.right_shift(x, s31, out=scratch)
-    np.bitwise_xor(x, scratch, out=x)
-
-
-# Rows hashed at a time. The arithmetic is done in place: the cost is numpy's per call (ten
-# calls per 64-bit word of a row), so bigger chunks are cheaper until they leave the cache.
-# Measured per 50,000 x 128 rows: 18.3 ms allocating a result per call in chunks of 4,096;
-# in place 16.0 ms (4,096), 14.4 (8,192), 13.9 (16,384), 21.3 (all at once); per 10,000 rows
-# 4.8 -> 2.6 ms.
-_HASH_ROWS = 8192
-
-
-@functools.cache
-def _salts(words: int) -> tuple[np.uint64, ...]:
-    """The constant folded in with each word position of a row."""
-    return tuple(
-        np.uint64(((k + 1) * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF) for k in range(words)
-    )
-
-
-def record_hashes(ids: Ids, vectors: Vectors) -> npt.NDArray[np.uint64]:
-    """A 64-bit hash of each record's id and vector bytes, computed for all rows at once.
-
-    The row's little-endian float32 bytes are read as 64-bit words (zero-padded) and folded
-    into the id's hash word by word with SplitMix64's mixer: every bit of the id and the vector
-    reaches every bit of the result. For integrity (copy errors, torn writes, a wrong or missing
-    record), not against an adversary.
-    """
-    n = int(ids.shape[0])
-    out: npt.NDArray[np.uint64] = np.add(
-        np.ascontiguousarray(ids, dtype="<i8").view("<u8"), _GOLDEN
-    )
-    vec = np.ascontiguousarray(vectors, dtype="<f4")
-    if vec.ndim == 2 and vec.shape[1]:
-        if vec.shape[1] % 2:
-            vec = np.concatenate([vec, np.zeros((n, 1), "<f4")], axis=1)
-        words = vec.view("<u8")
-    else:
-        words = np.empty((n, 0), np.uint64)
-    salts = _salts(words.shape[1])
-    scratch = np.empty(min(n, _HASH_ROWS), np.uint64)
-    for start in range(0, n, _HASH_ROWS):
-        acc = out[start : start + _HASH_ROWS]
-        tmp = scratch[: len(acc)]
-        block = words[start : start + _HASH_ROWS]
-        _mix(acc, tmp)
-        for k, salt in enumerate(salts):
-            np.bitwise_xor(acc, block[:, k], out=acc)
-            np.bitwise_xor(acc, salt, out=acc)
-            _mix(acc, tmp)
-    return out
-
-
-class RecordChecksum:
-    """Order-independent checksum: sum of per-record 64-bit hashes modulo 2**64, plus count."""
-
-    def __init__(self, count: int = 0, total: int = 0) -> None:
-        self.count = count
-        self.total = total
-
-    def add(self, ids: Ids, vectors: Vectors) -> None:
-        """Fold a batch in; the order of batches and of records in them does not matter."""
-        if ids.shape[0]:
-            batch = int(record_hashes(ids, vectors).sum(dtype=np.uint64))
-            self.total = (self.total + batch) & 0xFFFFFFFFFFFFFFFF
-        self.count += int(ids.shape[0])
-
-    def hexdigest(self) -> str:
-        """``count:sum`` in hex, comparable across stores."""
-        return f"{self.count}:{self.total:016x}"

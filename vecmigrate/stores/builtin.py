@@ -40,22 +40,19 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
+from vecmigrate.catalog.engines import begin, engine_for, once_per_engine
 from vecmigrate.errors import NotFoundError
-from vecmigrate.sharding import hash_key
-from vecmigrate.sql import begin, engine_for, once_per_engine
+from vecmigrate.model.tasks import Cursor, ShardRef
+from vecmigrate.records.sharding import hash_key
+from vecmigrate.records.vectors import MAX_ID, Ids, Vectors, check_vectors
 from vecmigrate.stores.base import (
-    MAX_ID,
     Batch,
-    Ids,
     ScanningStore,
     Scope,
-    Vectors,
     check_dimension,
-    check_vectors,
     increasing_bounds,
     seek_bounds,
 )
-from vecmigrate.tasks import Cursor, ShardRef
 
 metadata = MetaData()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vecmigrate.spec import ARTIFACT_INDEX_KINDS, IndexSpec, VersionSpec
+from vecmigrate.model.spec import ARTIFACT_INDEX_KINDS, IndexSpec, VersionSpec
 
 
 @dataclass(frozen=True)

@@ -24,20 +24,18 @@ import numpy as np
 import numpy.typing as npt
 
 from vecmigrate.errors import NotFoundError, PreconditionError
-from vecmigrate.sharding import hash_key
-from vecmigrate.spec import IndexSpec, Metric, MilvusFlat, MilvusIvfFlat
+from vecmigrate.model.spec import IndexSpec, Metric, MilvusFlat, MilvusIvfFlat
+from vecmigrate.model.tasks import Cursor, ShardRef
+from vecmigrate.records.sharding import hash_key
+from vecmigrate.records.vectors import Ids, Vectors, check_vectors
 from vecmigrate.stores.base import (
     Batch,
-    Ids,
     ScanningStore,
     Scope,
-    Vectors,
     check_dimension,
-    check_vectors,
     collect_pages,
     paged_ids,
 )
-from vecmigrate.tasks import Cursor, ShardRef
 
 _METRIC = {"l2": "L2", "ip": "IP", "cosine": "COSINE"}
 # Milvus answers at most this many rows per query; longer scans page by primary key.

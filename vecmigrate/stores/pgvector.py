@@ -21,22 +21,20 @@ import numpy.typing as npt
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, ProgrammingError
 
+from vecmigrate.catalog.engines import engine_for, once_per_engine
 from vecmigrate.errors import DataError, NotFoundError, PreconditionError
-from vecmigrate.sharding import hash_key
-from vecmigrate.spec import IndexSpec, Metric, PgvectorHnsw, PgvectorIvfflat
-from vecmigrate.sql import engine_for, once_per_engine
+from vecmigrate.model.spec import IndexSpec, Metric, PgvectorHnsw, PgvectorIvfflat
+from vecmigrate.model.tasks import Cursor, ShardRef
+from vecmigrate.records.sharding import hash_key
+from vecmigrate.records.vectors import Ids, Vectors, check_vectors
 from vecmigrate.stores.base import (
     Batch,
-    Ids,
     ScanningStore,
     Scope,
-    Vectors,
     check_dimension,
-    check_vectors,
     increasing_bounds,
     seek_bounds,
 )
-from vecmigrate.tasks import Cursor, ShardRef
 
 _SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 _HEADER = _SIGNATURE + struct.pack(">ii", 0, 0)

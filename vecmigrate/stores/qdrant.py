@@ -21,20 +21,18 @@ import numpy as np
 import numpy.typing as npt
 
 from vecmigrate.errors import DataError, NotFoundError, PreconditionError
-from vecmigrate.sharding import hash_key
-from vecmigrate.spec import IndexSpec, Metric, QdrantHnsw
+from vecmigrate.model.spec import IndexSpec, Metric, QdrantHnsw
+from vecmigrate.model.tasks import Cursor, ShardRef
+from vecmigrate.records.sharding import hash_key
+from vecmigrate.records.vectors import Ids, Vectors, check_vectors
 from vecmigrate.stores.base import (
     Batch,
-    Ids,
     ScanningStore,
     Scope,
-    Vectors,
     check_dimension,
-    check_vectors,
     collect_pages,
     paged_ids,
 )
-from vecmigrate.tasks import Cursor, ShardRef
 
 _shards: dict[str, Any] = {}
 _lock = threading.Lock()

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 
-from vecmigrate.stores.base import Vectors
+from vecmigrate.records.vectors import Vectors
 
 
 def ks_two_sample(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:

@@ -5,8 +5,8 @@ Pure Python over the models, so the rules can be read and tested on their own.
 
 from __future__ import annotations
 
-from vecmigrate.lifecycle import GateReport, GateVerdict, RetrievalFigures, ShardCheck
-from vecmigrate.spec import GatePolicy
+from vecmigrate.model.lifecycle import GateReport, GateVerdict, RetrievalFigures, ShardCheck
+from vecmigrate.model.spec import GatePolicy
 
 
 def _shards(names: list[int]) -> str:

@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from vecmigrate.build import load_index_version
-from vecmigrate.catalog import Catalog
-from vecmigrate.documents import Documents
-from vecmigrate.indexes import Ids, Vectors
-from vecmigrate.lifecycle import ReadOption
-from vecmigrate.reembed import load_adapter
-from vecmigrate.registry import Registry, model_key
-from vecmigrate.spec import MigrationSpec
+from vecmigrate.catalog.catalog import Catalog
+from vecmigrate.catalog.documents import Documents
+from vecmigrate.embedding.reembed import load_adapter
+from vecmigrate.embedding.registry import Registry, model_key
+from vecmigrate.indexes.build import load_index_version
+from vecmigrate.model.lifecycle import ReadOption
+from vecmigrate.model.spec import MigrationSpec
+from vecmigrate.records.vectors import Ids, Vectors
 from vecmigrate.stores import VectorStore
 from vecmigrate.validation.retrieval import recall_at_k
 

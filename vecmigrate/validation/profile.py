@@ -7,11 +7,12 @@ from collections.abc import Callable
 import numpy as np
 import numpy.typing as npt
 
-from vecmigrate.lifecycle import ShardProfile
+from vecmigrate.data.transforms import Transform
+from vecmigrate.model.lifecycle import ShardProfile
+from vecmigrate.model.tasks import ShardRef
+from vecmigrate.records.checksums import RecordChecksum
+from vecmigrate.records.vectors import Ids, Vectors, repeated_ids
 from vecmigrate.stores import VectorStore
-from vecmigrate.stores.base import Ids, RecordChecksum, Vectors, repeated_ids
-from vecmigrate.tasks import ShardRef
-from vecmigrate.transforms import Transform
 
 
 class IdChecksum(RecordChecksum):

@@ -7,8 +7,8 @@ import time
 import numpy as np
 import numpy.typing as npt
 
-from vecmigrate.build import Searcher
-from vecmigrate.indexes import Ids, Vectors
+from vecmigrate.indexes.build import Searcher
+from vecmigrate.records.vectors import Ids, Vectors
 
 
 def exclude_self(i: Ids, query_ids: Ids | None, k: int) -> Ids:

@@ -10,16 +10,16 @@ from pathlib import Path
 
 import numpy as np
 
-from vecmigrate.build import load_index_version
-from vecmigrate.catalog import Catalog
+from vecmigrate.catalog.catalog import Catalog
+from vecmigrate.data.transforms import Transform, identity, make_transform
+from vecmigrate.embedding.registry import model_key
 from vecmigrate.errors import PreconditionError
-from vecmigrate.indexes import Distances, ExactKnn, Ids, Vectors
-from vecmigrate.lifecycle import GateReport, RetrievalFigures, ShardCheck
-from vecmigrate.registry import model_key
-from vecmigrate.spec import MigrationSpec
+from vecmigrate.indexes.build import load_index_version
+from vecmigrate.model.lifecycle import GateReport, RetrievalFigures, ShardCheck
+from vecmigrate.model.spec import MigrationSpec
+from vecmigrate.model.tasks import ShardRef
+from vecmigrate.records.vectors import Distances, ExactKnn, Ids, Vectors
 from vecmigrate.stores import VectorStore
-from vecmigrate.tasks import ShardRef
-from vecmigrate.transforms import Transform, identity, make_transform
 from vecmigrate.validation.distribution import ks_two_sample, mean_shift, spectrum_shift
 from vecmigrate.validation.gates import judge
 from vecmigrate.validation.options import read_options

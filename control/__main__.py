@@ -1,6 +1,0 @@
-"""``python -m control`` runs the ``vecmigrate`` command."""
-
-from control.cli import main
-
-if __name__ == "__main__":
-    main()

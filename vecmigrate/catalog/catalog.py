@@ -1,0 +1,826 @@
+"""The catalog: schema registry, versions, routing, migrations and the provenance ledger.
+
+SQLAlchemy 2 Core over any URL; SQLite by default. Every write is idempotent or guarded:
+
+* registrations are upserts keyed by natural ids;
+* the routing row changes only by compare-and-set on its ``generation``, and a change carries a
+  ``change_key`` so a retried change that already applied is recognised, not repeated;
+* the ledger is append-only (database triggers refuse UPDATE and DELETE) and hash-chained: each
+  entry stores the hash of the previous one, and ``prev_hash`` is unique, so two concurrent
+  appends cannot both extend the same entry. An ``event_key`` makes an append idempotent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Engine,
+    Float,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    event,
+    false,
+    inspect,
+    select,
+    text,
+)
+from sqlalchemy.exc import IntegrityError
+
+from vecmigrate.catalog.engines import begin, engine_for
+from vecmigrate.errors import NotFoundError, PreconditionError, RoutingConflictError
+from vecmigrate.model.lifecycle import RoutingView
+from vecmigrate.model.spec import EmbeddingSchema, IndexSpec, MigrationSpec
+
+metadata = MetaData()
+
+collections = Table(
+    "collections",
+    metadata,
+    Column("tenant", String(64), primary_key=True),
+    Column("name", String(64), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+embedding_schemas = Table(
+    "embedding_schemas",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("model_id", String(200), nullable=False),
+    Column("model_version", String(64), nullable=False),
+    Column("dimension", Integer, nullable=False),
+    Column("metric", String(16), nullable=False),
+    Column("normalized", Boolean, nullable=False),
+)
+
+vector_versions = Table(
+    "vector_versions",
+    metadata,
+    Column("tenant", String(64), primary_key=True),
+    Column("collection", String(64), primary_key=True),
+    Column("version", String(64), primary_key=True),
+    Column("embedding_schema", String(64), nullable=False),
+    Column("store", JSON, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("migration_id", String(200)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+index_versions = Table(
+    "index_versions",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("tenant", String(64), nullable=False),
+    Column("collection", String(64), nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("spec", JSON, nullable=False),
+    Column("artifacts", JSON, nullable=False),
+    Column("checksum", String(64), nullable=False),
+    Column("migration_id", String(200)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)
+
+routing = Table(
+    "routing",
+    metadata,
+    Column("tenant", String(64), primary_key=True),
+    Column("collection", String(64), primary_key=True),
+    Column("read_version", String(64)),
+    Column("read_index", String(200)),
+    Column("write_versions", JSON, nullable=False),
+    Column("generation", Integer, nullable=False),
+    Column("change_key", String(300)),
+    Column("updated_by", String(200)),
+    Column("reason", Text),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("candidate_version", String(64)),
+    Column("candidate_index", String(200)),
+    Column("ramp_percent", Float, nullable=False, server_default="0"),
+    Column("shadow_percent", Float, nullable=False, server_default="0"),
+    Column("writes_paused", Boolean, nullable=False, server_default=false()),
+)
+
+# Columns added after the first release, with their DDL: an older catalog gains them on open.
+_ROUTING_ADDED = {
+    "candidate_version": "VARCHAR(64)",
+    "candidate_index": "VARCHAR(200)",
+    "ramp_percent": "FLOAT NOT NULL DEFAULT 0",
+    "shadow_percent": "FLOAT NOT NULL DEFAULT 0",
+    "writes_paused": "BOOLEAN NOT NULL DEFAULT FALSE",
+}
+
+_LEDGER_ADDED = {"region": "VARCHAR(64)"}
+
+migrations = Table(
+    "migrations",
+    metadata,
+    Column("id", String(200), primary_key=True),
+    Column("tenant", String(64), nullable=False),
+    Column("collection", String(64), nullable=False),
+    Column("source_version", String(64), nullable=False),
+    Column("target_version", String(64), nullable=False),
+    Column("spec", JSON, nullable=False),
+    Column("spec_hash", String(64), nullable=False),
+    Column("phase", String(32), nullable=False),
+    Column("requested_by", String(200)),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+ledger = Table(
+    "ledger",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=True),
+    Column("migration_id", String(200)),
+    Column("tenant", String(64), nullable=False),
+    Column("collection", String(64), nullable=False),
+    Column("at", String(40), nullable=False),
+    Column("actor", String(200), nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("event_key", String(300), unique=True),
+    Column("data", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False, unique=True),
+    Column("hash", String(64), nullable=False, unique=True),
+    # The region whose worker wrote the entry (None: no region, or the control plane).
+    Column("region", String(64)),
+)
+
+GENESIS = "0" * 64
+
+_append_lock = threading.Lock()
+
+_APPEND_ONLY_SQLITE = [
+    "CREATE TRIGGER IF NOT EXISTS ledger_no_update BEFORE UPDATE ON ledger "
+    "BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END",
+    "CREATE TRIGGER IF NOT EXISTS ledger_no_delete BEFORE DELETE ON ledger "
+    "BEGIN SELECT RAISE(ABORT, 'the ledger is append-only'); END",
+]
+_APPEND_ONLY_POSTGRES = [
+    "CREATE OR REPLACE FUNCTION vecmigrate_ledger_append_only() RETURNS trigger AS $$ "
+    "BEGIN RAISE EXCEPTION 'the ledger is append-only'; END $$ LANGUAGE plpgsql",
+    "DROP TRIGGER IF EXISTS ledger_append_only ON ledger",
+    "CREATE TRIGGER ledger_append_only BEFORE UPDATE OR DELETE ON ledger "
+    "FOR EACH ROW EXECUTE FUNCTION vecmigrate_ledger_append_only()",
+]
+
+
+@event.listens_for(ledger, "after_create")
+def _ledger_append_only(target: Table, connection: Any, **_: Any) -> None:
+    name = connection.dialect.name
+    statements = {"sqlite": _APPEND_ONLY_SQLITE, "postgresql": _APPEND_ONLY_POSTGRES}.get(name, [])
+    for stmt in statements:
+        connection.execute(text(stmt))
+
+
+def now() -> datetime:
+    """Current UTC time (the catalog's clock; never used inside workflows)."""
+    return datetime.now(UTC)
+
+
+def schema_id(schema: EmbeddingSchema) -> str:
+    """Content id of an embedding schema."""
+    canonical = json.dumps(schema.model_dump(mode="json"), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+def entry_hash(prev_hash: str, body: dict[str, Any]) -> str:
+    """Hash of a ledger entry: its canonical body chained to the previous entry's hash."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256((prev_hash + canonical).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class LedgerEntry:
+    """One ledger row."""
+
+    seq: int
+    migration_id: str | None
+    tenant: str
+    collection: str
+    at: str
+    actor: str
+    kind: str
+    event_key: str | None
+    data: dict[str, Any]
+    prev_hash: str
+    hash: str
+    region: str | None = None
+
+    def body(self) -> dict[str, Any]:
+        """The hashed part of the entry (the region only when there is one, so entries written
+        before regions existed keep their hashes)."""
+        body = {
+            "migration_id": self.migration_id,
+            "tenant": self.tenant,
+            "collection": self.collection,
+            "at": self.at,
+            "actor": self.actor,
+            "kind": self.kind,
+            "event_key": self.event_key,
+            "data": self.data,
+        }
+        if self.region is not None:
+            body["region"] = self.region
+        return body
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """A registered vector version."""
+
+    tenant: str
+    collection: str
+    version: str
+    embedding: EmbeddingSchema
+    store: dict[str, Any]
+    state: str
+    migration_id: str | None
+
+
+@dataclass(frozen=True)
+class IndexVersionRecord:
+    """A registered index version: its spec and per-shard artifacts."""
+
+    id: str
+    tenant: str
+    collection: str
+    version: str
+    spec: dict[str, Any]
+    artifacts: list[dict[str, Any]]
+    checksum: str
+
+
+class Catalog:
+    """The catalog at one SQLAlchemy URL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine: Engine = engine_for(url)
+        metadata.create_all(self.engine)
+        self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Add the columns later releases introduced to a catalog an earlier one created."""
+        for table, added in (("routing", _ROUTING_ADDED), ("ledger", _LEDGER_ADDED)):
+            have = {c["name"] for c in inspect(self.engine).get_columns(table)}
+            missing = [name for name in added if name not in have]
+            if missing:
+                with begin(self.engine) as conn:
+                    for name in missing:
+                        conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {added[name]}"))
+
+    def _insert_ignoring_duplicate(self, stmt: Any) -> None:
+        """Run an insert; a duplicate key means a concurrent writer got there first."""
+        try:
+            with begin(self.engine) as conn:
+                conn.execute(stmt)
+        except IntegrityError:
+            pass
+
+    # -- collections and versions -------------------------------------------------------------
+
+    def ensure_collection(self, tenant: str, name: str) -> None:
+        """Register a collection (no-op if it exists)."""
+        with self.engine.connect() as conn:
+            exists = conn.execute(
+                select(collections.c.name).where(
+                    (collections.c.tenant == tenant) & (collections.c.name == name)
+                )
+            ).first()
+        if exists is None:
+            self._insert_ignoring_duplicate(
+                collections.insert().values(tenant=tenant, name=name, created_at=now())
+            )
+
+    def register_version(
+        self,
+        tenant: str,
+        collection: str,
+        version: str,
+        embedding: EmbeddingSchema,
+        store: dict[str, Any],
+        state: str,
+        migration_id: str | None = None,
+    ) -> VersionRecord:
+        """Register a vector version and its schema; an existing version is returned unchanged.
+
+        Raises:
+            PreconditionError: the version exists with another embedding schema.
+        """
+        self.ensure_collection(tenant, collection)
+        sid = schema_id(embedding)
+        with self.engine.connect() as conn:
+            known = conn.execute(
+                select(embedding_schemas.c.id).where(embedding_schemas.c.id == sid)
+            ).first()
+        if known is None:
+            self._insert_ignoring_duplicate(
+                embedding_schemas.insert().values(
+                    id=sid,
+                    model_id=embedding.model_id,
+                    model_version=embedding.model_version,
+                    dimension=embedding.dimension,
+                    metric=str(embedding.metric),
+                    normalized=embedding.normalized,
+                )
+            )
+        existing = self.find_version(tenant, collection, version)
+        if existing is not None:
+            if existing.embedding != embedding:
+                raise PreconditionError(
+                    f"version {version!r} of {tenant}/{collection} is registered with "
+                    f"{_describe(existing.embedding)}, not {_describe(embedding)}: "
+                    "fix the spec or choose a new version name"
+                )
+            return existing
+        self._insert_ignoring_duplicate(
+            vector_versions.insert().values(
+                tenant=tenant,
+                collection=collection,
+                version=version,
+                embedding_schema=sid,
+                store=store,
+                state=state,
+                migration_id=migration_id,
+                created_at=now(),
+                updated_at=now(),
+            )
+        )
+        found = self.find_version(tenant, collection, version)
+        assert found is not None
+        return found
+
+    def tenants_with(self, collection: str, version: str) -> list[str]:
+        """Tenants whose ``collection`` has ``version`` registered, sorted."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(vector_versions.c.tenant)
+                .where(
+                    (vector_versions.c.collection == collection)
+                    & (vector_versions.c.version == version)
+                )
+                .order_by(vector_versions.c.tenant)
+            ).all()
+        return [r[0] for r in rows]
+
+    def find_version(self, tenant: str, collection: str, version: str) -> VersionRecord | None:
+        """A registered version, or None."""
+        q = (
+            select(vector_versions, embedding_schemas)
+            .join(embedding_schemas, embedding_schemas.c.id == vector_versions.c.embedding_schema)
+            .where(
+                (vector_versions.c.tenant == tenant)
+                & (vector_versions.c.collection == collection)
+                & (vector_versions.c.version == version)
+            )
+        )
+        with self.engine.connect() as conn:
+            row = conn.execute(q).mappings().first()
+        if row is None:
+            return None
+        return VersionRecord(
+            tenant=row["tenant"],
+            collection=row["collection"],
+            version=row["version"],
+            embedding=EmbeddingSchema(
+                model_id=row["model_id"],
+                model_version=row["model_version"],
+                dimension=row["dimension"],
+                metric=row["metric"],
+                normalized=row["normalized"],
+            ),
+            store=dict(row["store"]),
+            state=row["state"],
+            migration_id=row["migration_id"],
+        )
+
+    def set_version_state(self, tenant: str, collection: str, version: str, state: str) -> None:
+        """Move a version to a new state (building, ready, serving, retained, abandoned)."""
+        with begin(self.engine) as conn:
+            n = conn.execute(
+                vector_versions.update()
+                .where(
+                    (vector_versions.c.tenant == tenant)
+                    & (vector_versions.c.collection == collection)
+                    & (vector_versions.c.version == version)
+                )
+                .values(state=state, updated_at=now())
+            ).rowcount
+        if n == 0:
+            raise NotFoundError(f"version {version!r} of {tenant}/{collection} is not registered")
+
+    # -- index versions ----------------------------------------------------------------------
+
+    def register_index(
+        self,
+        index_id: str,
+        tenant: str,
+        collection: str,
+        version: str,
+        spec: IndexSpec,
+        artifacts: list[dict[str, Any]],
+        migration_id: str | None = None,
+    ) -> IndexVersionRecord:
+        """Register an index version (idempotent on ``index_id``)."""
+        digest = hashlib.sha256(
+            json.dumps(sorted(a["sha256"] for a in artifacts)).encode()
+        ).hexdigest()
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(index_versions.c.id).where(index_versions.c.id == index_id)
+            ).first()
+        if row is None:
+            self._insert_ignoring_duplicate(
+                index_versions.insert().values(
+                    id=index_id,
+                    tenant=tenant,
+                    collection=collection,
+                    version=version,
+                    spec=spec.model_dump(mode="json"),
+                    artifacts=artifacts,
+                    checksum=digest,
+                    migration_id=migration_id,
+                    created_at=now(),
+                )
+            )
+        return self.get_index(index_id)
+
+    def get_index(self, index_id: str) -> IndexVersionRecord:
+        """A registered index version.
+
+        Raises:
+            NotFoundError: no such index version.
+        """
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(select(index_versions).where(index_versions.c.id == index_id))
+                .mappings()
+                .first()
+            )
+        if row is None:
+            raise NotFoundError(f"index version {index_id!r} is not registered")
+        return IndexVersionRecord(
+            id=row["id"],
+            tenant=row["tenant"],
+            collection=row["collection"],
+            version=row["version"],
+            spec=dict(row["spec"]),
+            artifacts=list(row["artifacts"]),
+            checksum=row["checksum"],
+        )
+
+    # -- routing -----------------------------------------------------------------------------
+
+    def get_routing(self, tenant: str, collection: str) -> RoutingView | None:
+        """The routing row of a collection, or None if it has none yet."""
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(
+                    select(routing).where(
+                        (routing.c.tenant == tenant) & (routing.c.collection == collection)
+                    )
+                )
+                .mappings()
+                .first()
+            )
+        if row is None:
+            return None
+        return self._view(row)
+
+    def init_routing(
+        self,
+        tenant: str,
+        collection: str,
+        read_version: str,
+        read_index: str | None,
+        actor: str,
+    ) -> RoutingView:
+        """Create the routing row of a new collection (generation 1); existing rows win."""
+        self._insert_ignoring_duplicate(
+            routing.insert().values(
+                tenant=tenant,
+                collection=collection,
+                read_version=read_version,
+                read_index=read_index,
+                write_versions=[read_version],
+                generation=1,
+                change_key=f"init:{tenant}/{collection}",
+                updated_by=actor,
+                reason="collection created",
+                updated_at=now(),
+            )
+        )
+        view = self.get_routing(tenant, collection)
+        assert view is not None
+        return view
+
+    def compare_and_set_routing(
+        self,
+        tenant: str,
+        collection: str,
+        expected_generation: int,
+        read_version: str | None,
+        read_index: str | None,
+        write_versions: list[str],
+        actor: str,
+        reason: str,
+        change_key: str,
+        *,
+        candidate_version: str | None = None,
+        candidate_index: str | None = None,
+        ramp_percent: float = 0.0,
+        shadow_percent: float = 0.0,
+        writes_paused: bool = False,
+    ) -> RoutingView:
+        """Switch routing atomically if nobody changed it since ``expected_generation``.
+
+        Every field is set (a change states the whole row), so a retried change is exact.
+
+        Raises:
+            RoutingConflictError: the row moved on (someone else changed routing).
+            NotFoundError: the collection has no routing row.
+        """
+        where = (routing.c.tenant == tenant) & (routing.c.collection == collection)
+        with begin(self.engine) as conn:
+            current = conn.execute(select(routing).where(where)).mappings().first()
+            if current is None:
+                raise NotFoundError(f"{tenant}/{collection} has no routing row; seed it first")
+            if current["change_key"] == change_key:
+                return self._view(current)
+            n = conn.execute(
+                routing.update()
+                .where(where & (routing.c.generation == expected_generation))
+                .values(
+                    read_version=read_version,
+                    read_index=read_index,
+                    write_versions=write_versions,
+                    generation=expected_generation + 1,
+                    change_key=change_key,
+                    updated_by=actor,
+                    reason=reason,
+                    updated_at=now(),
+                    candidate_version=candidate_version,
+                    candidate_index=candidate_index,
+                    ramp_percent=ramp_percent,
+                    shadow_percent=shadow_percent,
+                    writes_paused=writes_paused,
+                )
+            ).rowcount
+            if n != 1:
+                raise RoutingConflictError(
+                    f"routing of {tenant}/{collection} is at generation {current['generation']}, "
+                    f"not {expected_generation}: someone else changed it ({current['updated_by']}: "
+                    f"{current['reason']}); check `vecmigrate status` before retrying"
+                )
+        view = self.get_routing(tenant, collection)
+        assert view is not None
+        return view
+
+    @staticmethod
+    def _view(row: Any) -> RoutingView:
+        return RoutingView(
+            read_version=row["read_version"],
+            read_index=row["read_index"],
+            write_versions=list(row["write_versions"]),
+            generation=row["generation"],
+            candidate_version=row["candidate_version"],
+            candidate_index=row["candidate_index"],
+            ramp_percent=float(row["ramp_percent"] or 0.0),
+            shadow_percent=float(row["shadow_percent"] or 0.0),
+            writes_paused=bool(row["writes_paused"]),
+        )
+
+    # -- migrations --------------------------------------------------------------------------
+
+    def record_migration(self, spec: MigrationSpec, phase: str, requested_by: str) -> None:
+        """Register a migration (idempotent) or update its phase."""
+        mid = spec.migration_id
+        with begin(self.engine) as conn:
+            row = conn.execute(select(migrations.c.id).where(migrations.c.id == mid)).first()
+            if row is None:
+                conn.execute(
+                    migrations.insert().values(
+                        id=mid,
+                        tenant=spec.tenant,
+                        collection=spec.collection,
+                        source_version=spec.source.name,
+                        target_version=spec.target.name,
+                        spec=spec.model_dump(mode="json"),
+                        spec_hash=spec.spec_hash(),
+                        phase=phase,
+                        requested_by=requested_by,
+                        created_at=now(),
+                        updated_at=now(),
+                    )
+                )
+            else:
+                conn.execute(
+                    migrations.update()
+                    .where(migrations.c.id == mid)
+                    .values(phase=phase, updated_at=now())
+                )
+
+    def set_migration_phase(self, migration_id: str, phase: str) -> None:
+        """Record a migration's current phase."""
+        with begin(self.engine) as conn:
+            conn.execute(
+                migrations.update()
+                .where(migrations.c.id == migration_id)
+                .values(phase=phase, updated_at=now())
+            )
+
+    def get_migration(self, migration_id: str) -> dict[str, Any]:
+        """A migration row as a mapping.
+
+        Raises:
+            NotFoundError: unknown migration id.
+        """
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(select(migrations).where(migrations.c.id == migration_id))
+                .mappings()
+                .first()
+            )
+        if row is None:
+            raise NotFoundError(f"no migration {migration_id!r} in the catalog")
+        return dict(row)
+
+    # -- ledger ------------------------------------------------------------------------------
+
+    def append(
+        self,
+        *,
+        tenant: str,
+        collection: str,
+        kind: str,
+        actor: str,
+        data: dict[str, Any] | None = None,
+        migration_id: str | None = None,
+        event_key: str | None = None,
+        at: datetime | None = None,
+        region: str | None = None,
+    ) -> LedgerEntry:
+        """Append one entry; with an ``event_key`` already present, return that entry instead.
+
+        ``region`` names the region whose worker writes it (every entry of a regional
+        migration's child says where it happened).
+
+        Appends from one process take turns (activities run on many threads): only appends
+        from other processes can race for the chain's head, and the loser reads it again.
+        """
+        with _append_lock:
+            return self._append(
+                tenant=tenant,
+                collection=collection,
+                kind=kind,
+                actor=actor,
+                data=data,
+                migration_id=migration_id,
+                event_key=event_key,
+                at=at,
+                region=region,
+            )
+
+    def _append(
+        self,
+        *,
+        tenant: str,
+        collection: str,
+        kind: str,
+        actor: str,
+        data: dict[str, Any] | None,
+        migration_id: str | None,
+        event_key: str | None,
+        at: datetime | None,
+        region: str | None = None,
+    ) -> LedgerEntry:
+        for _ in range(50):
+            if event_key is not None:
+                existing = self._entry_by_key(event_key)
+                if existing is not None:
+                    return existing
+            with self.engine.connect() as conn:
+                last = conn.execute(
+                    select(ledger.c.hash).order_by(ledger.c.seq.desc()).limit(1)
+                ).first()
+            prev = last[0] if last is not None else GENESIS
+            body = {
+                "migration_id": migration_id,
+                "tenant": tenant,
+                "collection": collection,
+                "at": (at or now()).isoformat(),
+                "actor": actor,
+                "kind": kind,
+                "event_key": event_key,
+                "data": json.loads(json.dumps(data or {}, default=str)),
+            }
+            if region is not None:
+                body["region"] = region
+            digest = entry_hash(prev, body)
+            try:
+                with begin(self.engine) as conn:
+                    seq = conn.execute(
+                        ledger.insert().values(
+                            **{**body, "data": json.dumps(body["data"], sort_keys=True)},
+                            prev_hash=prev,
+                            hash=digest,
+                        )
+                    ).inserted_primary_key
+            except IntegrityError:
+                continue  # another writer extended the chain (or wrote this key): read again
+            assert seq is not None
+            return LedgerEntry(seq=int(seq[0]), prev_hash=prev, hash=digest, **body)
+        raise RuntimeError("could not append to the ledger after 50 attempts")
+
+    def _entry_by_key(self, event_key: str) -> LedgerEntry | None:
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(select(ledger).where(ledger.c.event_key == event_key))
+                .mappings()
+                .first()
+            )
+        return _entry(row) if row is not None else None
+
+    def entries(self, migration_id: str | None = None) -> list[LedgerEntry]:
+        """Ledger entries in order, all or one migration's."""
+        q = select(ledger).order_by(ledger.c.seq)
+        if migration_id is not None:
+            q = q.where(ledger.c.migration_id == migration_id)
+        with self.engine.connect() as conn:
+            return [_entry(r) for r in conn.execute(q).mappings()]
+
+    def verify_ledger(self, anchor: tuple[int, str] | None = None) -> list[str]:
+        """Problems found walking the whole chain; empty when intact.
+
+        The chain shows an entry edited, removed or moved anywhere but at the end. ``anchor``,
+        the (seq, hash) of the newest entry as recorded elsewhere (the migration workflow keeps
+        it in Temporal's history), also shows a cut or rewritten tail.
+        """
+        problems = []
+        prev = GENESIS
+        hashes: dict[int, str] = {}
+        for e in self.entries():
+            if e.prev_hash != prev:
+                problems.append(
+                    f"entry {e.seq}: does not follow the entry before it "
+                    "(an entry was removed, inserted or moved)"
+                )
+            if entry_hash(e.prev_hash, e.body()) != e.hash:
+                problems.append(f"entry {e.seq}: content does not match its hash (edited)")
+            hashes[e.seq] = e.hash
+            prev = e.hash
+        if anchor is not None and anchor[0] and hashes.get(anchor[0]) != anchor[1]:
+            problems.append(
+                f"entry {anchor[0]}, the newest the workflow recorded ({anchor[1][:12]}), is "
+                "missing or altered: the ledger's tail was cut or rewritten"
+            )
+        return problems
+
+    def latest(self, migration_id: str, kind: str) -> LedgerEntry | None:
+        """The newest entry of ``kind`` for a migration."""
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(
+                    select(ledger)
+                    .where((ledger.c.migration_id == migration_id) & (ledger.c.kind == kind))
+                    .order_by(ledger.c.seq.desc())
+                    .limit(1)
+                )
+                .mappings()
+                .first()
+            )
+        return _entry(row) if row is not None else None
+
+
+def _entry(row: Any) -> LedgerEntry:
+    return LedgerEntry(
+        seq=row["seq"],
+        migration_id=row["migration_id"],
+        tenant=row["tenant"],
+        collection=row["collection"],
+        at=row["at"],
+        actor=row["actor"],
+        kind=row["kind"],
+        event_key=row["event_key"],
+        data=json.loads(row["data"]),
+        prev_hash=row["prev_hash"],
+        hash=row["hash"],
+        region=row.get("region"),
+    )
+
+
+def _describe(e: EmbeddingSchema) -> str:
+    return f"{e.model_id}@{e.model_version} ({e.dimension}d, {e.metric})"

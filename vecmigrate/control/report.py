@@ -1,0 +1,274 @@
+"""Tables people read: status, final report, plan, ledger."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console, Group
+from rich.table import Table
+
+from vecmigrate.catalog.catalog import LedgerEntry
+from vecmigrate.control.plan import Plan
+from vecmigrate.embedding.registry import Registry
+from vecmigrate.model.lifecycle import GateReport, MigrationStatus
+from vecmigrate.model.regions import RegionalStatus
+
+# Shard tables longer than this are left out (the summary line counts shards by state).
+SHARD_ROWS = 64
+
+
+def status_tables(st: MigrationStatus) -> Group:
+    """Phase, shards, gates, routing and operator actions of a migration."""
+    head = Table.grid(padding=(0, 2))
+    head.add_row("migration", st.migration_id)
+    head.add_row(
+        "collection", f"{st.tenant}/{st.collection}: {st.source_version} -> {st.target_version}"
+    )
+    head.add_row(
+        "phase", f"[bold]{st.phase}[/bold]" + ("  [yellow](paused)[/yellow]" if st.paused else "")
+    )
+    if st.pause_reason:
+        head.add_row("paused because", st.pause_reason)
+    if st.blocked_reason:
+        head.add_row("blocked", st.blocked_reason)
+    if st.error:
+        head.add_row("error", f"[red]{st.error}[/red]")
+    if st.shards:
+        copied, total = st.copied()
+        line = f"{copied:,} of {total:,} vectors in {len(st.shards):,} shards"
+        states = ", ".join(f"{n:,} {state}" for state, n in sorted(st.shard_states().items()))
+        line += f" ({states})"
+        if st.rate:
+            line += f"; {st.rate:,.0f} vectors/s"
+        if st.eta_seconds is not None:
+            line += f", about {st.eta_seconds:,.0f} s to go"
+        head.add_row("copy", line)
+    if st.max_vectors_per_second:
+        head.add_row("throttle", f"{st.max_vectors_per_second:,.0f} vectors/s")
+    if st.runs > 1:
+        head.add_row("runs", f"{st.runs} (continued as new to keep histories small)")
+    if st.routing:
+        r = st.routing
+        head.add_row(
+            "routing",
+            f"reads {r.read_version} ({r.read_index}); writes {', '.join(r.write_versions)}; "
+            f"generation {r.generation}",
+        )
+    parts: list[Any] = [head]
+
+    if st.phase_seconds:
+        phases = Table(title="time per phase")
+        phases.add_column("phase")
+        phases.add_column("seconds", justify="right")
+        for name, secs in st.phase_seconds.items():
+            if name != "PLANNED":
+                phases.add_row(name, f"{secs:.2f}")
+        parts.append(phases)
+
+    if st.shards and len(st.shards) <= SHARD_ROWS:
+        shards = Table(title="shards")
+        for col in ("shard", "source", "copied", "target", "state", "checksum"):
+            shards.add_column(
+                col, justify="right" if col in ("source", "copied", "target") else "left"
+            )
+        src = st.gates.source_counts if st.gates else {}
+        dst = st.gates.target_counts if st.gates else {}
+        for s in st.shards:
+            shards.add_row(
+                str(s.shard),
+                str(src.get(s.shard, s.total)),
+                str(s.copied),
+                str(dst.get(s.shard, "")),
+                s.state,
+                s.checksum or "",
+            )
+        parts.append(shards)
+
+    if st.gates:
+        parts.extend(gate_tables(st.gates, st.source_version, st.target_version).renderables)
+
+    if st.operators:
+        ops = Table(title="operator actions")
+        for col in ("at", "operator", "action", "reason"):
+            ops.add_column(col)
+        for a in st.operators:
+            ops.add_row(a.at, a.operator, a.action, a.reason)
+        parts.append(ops)
+    return Group(*parts)
+
+
+def gate_tables(g: GateReport, old: str = "old", new: str = "new") -> Group:
+    """Every verdict with its figure and threshold, then recall of both indexes."""
+    gates = Table(title=f"gates ({'passed' if g.passed else 'FAILED'})")
+    for col in ("check", "value", "threshold", "verdict", "detail"):
+        gates.add_column(col)
+    for v in g.verdicts:
+        verdict = "info" if v.comparison == "info" else ("pass" if v.passed else "FAIL")
+        style = {"pass": "green", "FAIL": "red"}.get(verdict, "dim")
+        threshold = "" if v.threshold is None else f"{v.comparison} {v.threshold}"
+        gates.add_row(
+            v.name,
+            "" if v.value is None else f"{v.value:g}",
+            threshold,
+            f"[{style}]{verdict}[/{style}]",
+            v.detail,
+        )
+    recall = Table(title=f"recall@{g.k} against exact search ({g.queries} queries)")
+    recall.add_column("index")
+    recall.add_column("recall", justify="right")
+    for label, value in ((f"old ({old})", g.source_recall), (f"new ({new})", g.target_recall)):
+        recall.add_row(label, "n/a" if value is None else f"{value:.4f}")
+    return Group(gates, recall)
+
+
+def plan_table(plan: Plan) -> Group:
+    """Steps, shard sizes, preconditions and the estimate of a dry run."""
+    steps = Table(title=f"plan for {plan.spec.migration_id} ({plan.spec.strategy})")
+    steps.add_column("phase")
+    steps.add_column("what happens")
+    for phase, text in plan.steps:
+        steps.add_row(phase, text)
+    parts: list[Table] = [steps]
+    if plan.shard_sizes:
+        sizes = Table(title="shards")
+        sizes.add_column("shard")
+        sizes.add_column("vectors", justify="right")
+        for shard, n in plan.shard_sizes.items():
+            sizes.add_row(str(shard), str(n))
+        parts.append(sizes)
+    checks = Table(title="preconditions")
+    checks.add_column("check")
+    checks.add_column("result")
+    checks.add_column("found")
+    for c in plan.checks:
+        checks.add_row(c.name, "[green]ok[/green]" if c.passed else "[red]FAIL[/red]", c.detail)
+    parts.append(checks)
+    summary = Table.grid(padding=(0, 2))
+    summary.add_row("estimated duration (rough)", f"{plan.estimated_seconds:,.0f} s")
+    summary.add_row("extra storage while both versions exist", f"{plan.extra_bytes / 1e6:,.1f} MB")
+    summary.add_row(
+        "verdict",
+        "[green]ready to start[/green]"
+        if plan.ok
+        else "[red]cannot start[/red]: " + "; ".join(plan.problems),
+    )
+    parts.append(summary)
+    return Group(*parts)
+
+
+def _short(h: object) -> str:
+    return str(h)[:12]
+
+
+def summarize(e: LedgerEntry) -> str:
+    """One readable line for a ledger entry."""
+    d = e.data
+    match e.kind:
+        case "migration.started":
+            return (
+                f"{d.get('source')} -> {d.get('target')} ({d.get('target_model')}), "
+                f"spec {_short(d.get('spec_hash'))}"
+            )
+        case "phase":
+            return f"{d.get('from')} -> {d.get('to')}"
+        case "shard.copied":
+            return (
+                f"shard {d.get('shard')}: {d.get('copied'):,} copied, checksum {d.get('checksum')}"
+            )
+        case "shard.indexed":
+            reused = " (reused)" if d.get("reused") else ""
+            return (
+                f"shard {d.get('shard')}: {d.get('kind')} sha256 {_short(d.get('sha256'))}{reused}"
+            )
+        case "index.registered":
+            return f"{d.get('index_id')} ({d.get('artifacts')} artifacts)"
+        case "gate":
+            failed = [v["name"] for v in d.get("verdicts", []) if not v.get("passed")]
+            return "passed" if d.get("passed") else "FAILED: " + ", ".join(failed)
+        case "routing.changed":
+            return (
+                f"reads {d.get('read_version')}, writes {', '.join(d.get('write_versions', []))}"
+                f" (generation {d.get('generation')}): {d.get('reason')}"
+            )
+        case "version.state":
+            return f"{d.get('version')} -> {d.get('state')}"
+        case "operator":
+            return f"{d.get('action')} in {d.get('phase')}" + (
+                f": {d.get('reason')}" if d.get("reason") else ""
+            )
+        case "step.failed":
+            return f"{d.get('step')}: {d.get('type')}: {d.get('error')}"
+        case _:
+            return ", ".join(f"{k}={v}" for k, v in d.items())[:100]
+
+
+def ledger_table(entries: list[LedgerEntry]) -> Table:
+    """Ledger entries, one row each."""
+    t = Table(title="ledger")
+    for col in ("seq", "at", "region", "tenant", "actor", "kind", "what", "hash"):
+        t.add_column(col)
+    for e in entries:
+        t.add_row(
+            str(e.seq),
+            e.at[11:23],
+            e.region or "-",
+            e.tenant,
+            e.actor,
+            e.kind,
+            summarize(e),
+            e.hash[:12],
+        )
+    return t
+
+
+def print_status(console: Console, st: MigrationStatus) -> None:
+    """Print the status tables."""
+    console.print(status_tables(st))
+
+
+def model_tables(registry: Registry) -> list[Table]:
+    """The registered models, then the compatibility matrix (query model x index model)."""
+    records = registry.all_models()
+    models = Table(title="embedding models")
+    for col in ("model", "kind", "dim", "metric", "unit", "available", "weights"):
+        models.add_column(col)
+    for r in records:
+        models.add_row(
+            r.key,
+            r.kind,
+            str(r.schema.dimension),
+            str(r.schema.metric),
+            "yes" if r.schema.normalized else "no",
+            "yes" if r.available else "[red]no[/red]",
+            r.uri,
+        )
+    matrix = Table(title="compatibility: can a query of (row) search vectors of (column)?")
+    matrix.add_column("query model")
+    for r in records:
+        matrix.add_column(r.key)
+    for row, cells in registry.compatibility().items():
+        matrix.add_row(row, *(cells[c.key] for c in records))
+    return [models, matrix]
+
+
+def regional_table(st: RegionalStatus) -> Table:
+    """A regional migration: each region and tenant, its phase and progress, and the barrier."""
+    title = f"{st.migration_id}: {st.phase}" + (
+        f" ({st.blocked_reason})" if st.blocked_reason else ""
+    )
+    table = Table(title=title)
+    for col in ("region", "tenant", "phase", "copied", "task queue", "note"):
+        table.add_column(col, justify="right" if col == "copied" else "left")
+    for r in st.regions:
+        note = r.reason if (r.paused or r.failed or r.phase == "ROLLED_BACK") else ""
+        if r.workflow_id in st.cut_over:
+            note = (note + " cut over").strip()
+        table.add_row(
+            r.region or "-",
+            r.tenant,
+            str(r.phase) + (" (paused)" if r.paused else "") if r.started else "not started",
+            f"{r.copied:,}/{r.total:,}" if r.total else "",
+            r.task_queue,
+            note,
+        )
+    return table

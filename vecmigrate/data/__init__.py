@@ -1,0 +1,1 @@
+"""Records on their way: sharding, transforms, seeding and the shard copy."""

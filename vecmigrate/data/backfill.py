@@ -1,0 +1,531 @@
+"""Preparing a migration and copying shards from the source version to the target.
+
+Everything here is idempotent: preparing twice registers nothing twice, and copying a shard
+again (whole or from a cursor) upserts the same records by id.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from vecmigrate.catalog.catalog import Catalog
+from vecmigrate.catalog.changelog import ChangeLog
+from vecmigrate.catalog.documents import Documents
+from vecmigrate.catalog.journal import Control, Journal
+from vecmigrate.data.transforms import make_transform
+from vecmigrate.embedding.reembed import Reembedder, fit_transition, untexted
+from vecmigrate.embedding.registry import Registry, model_key
+from vecmigrate.errors import DataError, PreconditionError, VecmigrateError
+from vecmigrate.indexes.build import artifact_dir
+from vecmigrate.model.spec import FaissIvfFlat, FaissIvfPq, MigrationSpec
+from vecmigrate.model.tasks import CatchUpResult, CopyShardResult, Cursor, PrepareResult, ShardRef
+from vecmigrate.records.checksums import RecordChecksum
+from vecmigrate.records.sharding import plan_shards
+from vecmigrate.records.vectors import check_vectors
+from vecmigrate.stores import CAPABILITIES, WHOLE, Scope, VectorStore, open_store
+from vecmigrate.stores.base import Batch
+
+# Called after every committed batch with the cursor to resume from, the running count and the
+# running checksum of what was written (so a resumed copy need not re-read to checksum).
+ProgressCallback = Callable[[Cursor, int, RecordChecksum], None]
+
+
+def source_scope(spec: MigrationSpec) -> Scope:
+    """The scope the migration reads."""
+    return Scope(spec.tenant, spec.collection, spec.source.name)
+
+
+def target_scope(spec: MigrationSpec) -> Scope:
+    """The scope the migration writes."""
+    return Scope(spec.tenant, spec.collection, spec.target.name)
+
+
+def open_source(spec: MigrationSpec) -> VectorStore:
+    """The source version's store (must exist)."""
+    return open_store(spec.source.store, source_scope(spec))
+
+
+def open_target(spec: MigrationSpec) -> VectorStore:
+    """The target version's store (created on first use)."""
+    emb = spec.target.embedding
+    return open_store(spec.target.store, target_scope(spec), emb.dimension, str(emb.metric))
+
+
+@dataclass(frozen=True)
+class Check:
+    """One precondition: its name, whether it holds, and what was found."""
+
+    name: str
+    passed: bool
+    detail: str
+
+
+def run_checks(catalog: Catalog, spec: MigrationSpec) -> list[Check]:
+    """Every precondition of the migration, checked without writing anything."""
+    where = f"{spec.tenant}/{spec.collection}"
+    checks: list[Check] = []
+
+    def add(name: str, ok: bool, good: str, bad: str) -> bool:
+        checks.append(Check(name, ok, good if ok else bad))
+        return ok
+
+    src = catalog.find_version(spec.tenant, spec.collection, spec.source.name)
+    if not add(
+        "source registered",
+        src is not None,
+        f"{where}@{spec.source.name} is in the catalog",
+        f"source version {spec.source.name!r} of {where} is not in the catalog",
+    ):
+        return checks
+    assert src is not None
+    e = src.embedding
+    add(
+        "source schema",
+        e == spec.source.embedding,
+        f"{e.model_id}@{e.model_version}, {e.dimension}d, {e.metric}",
+        f"source.embedding does not match the catalog: {where}@{spec.source.name} holds "
+        f"{e.model_id}@{e.model_version}, {e.dimension}d, {e.metric}; fix the spec",
+    )
+    routing = catalog.get_routing(spec.tenant, spec.collection)
+    serving = routing.read_version if routing else None
+    add(
+        "source serves reads",
+        serving == spec.source.name,
+        f"routing reads {serving} (generation {routing.generation if routing else 0})",
+        f"{where} serves reads from {serving!r}, not the source {spec.source.name!r}; "
+        "migrate from the version that serves",
+    )
+    dst = catalog.find_version(spec.tenant, spec.collection, spec.target.name)
+    if dst is None or (dst.migration_id == spec.migration_id and dst.state != "abandoned"):
+        add("target version free", True, f"{spec.target.name} is new or this migration's", "")
+    elif dst.migration_id != spec.migration_id:
+        add(
+            "target version free",
+            False,
+            "",
+            f"target version {spec.target.name!r} of {where} already exists "
+            f"(state {dst.state}, made by {dst.migration_id or 'seeding'}); "
+            "choose a new target version name",
+        )
+    else:
+        add(
+            "target version free",
+            False,
+            "",
+            f"target version {spec.target.name!r} was abandoned by a rollback; "
+            "choose a new target version name",
+        )
+    try:
+        store = open_source(spec)
+    except VecmigrateError as exc:
+        add("source store reachable", False, "", f"cannot open the source store: {exc}")
+        return checks
+    add("source store reachable", True, f"{store.count():,} records in {store.scope}", "")
+    add(
+        "dimension consistent",
+        store.dimension == spec.source.embedding.dimension,
+        f"{store.dimension}d in the store, the spec and the target",
+        f"the source store holds {store.dimension}-dimensional vectors but "
+        f"source.embedding.dimension is {spec.source.embedding.dimension}",
+    )
+    s_emb, t_emb = spec.source.embedding, spec.target.embedding
+    add(
+        "metric and normalisation",
+        True,
+        f"{s_emb.metric} -> {t_emb.metric}"
+        + (", target normalised on copy" if t_emb.normalized and not s_emb.normalized else ""),
+        "",
+    )
+    if spec.model_change:
+        checks.extend(model_checks(catalog, spec, store))
+    idx = spec.target.index
+    sizes = [store.count(s) for s in shard_plan(spec, store)]
+    smallest = min(sizes, default=0)
+    need = 0
+    if isinstance(idx, FaissIvfFlat):
+        need = idx.nlist
+    elif isinstance(idx, FaissIvfPq):
+        need = max(idx.nlist, 1 << idx.nbits)
+    add(
+        "index fits the data",
+        smallest >= need,
+        f"{idx.kind}: smallest shard {smallest:,} vectors",
+        f"target.index needs at least {need} vectors per shard to train, but the smallest "
+        f"shard holds {smallest}: lower nlist (or nbits) or use fewer shards",
+    )
+    caps = [
+        problem
+        for side, version in (("source", spec.source), ("target", spec.target))
+        for problem in CAPABILITIES[version.store.kind].problems(version, side)
+    ]
+    add(
+        "stores can hold it",
+        not caps,
+        f"{spec.source.store.kind} -> {spec.target.store.kind}: dimension, metric and index "
+        "within their declared limits",
+        "; ".join(caps),
+    )
+    add(
+        "tenant scope",
+        True,
+        f"tenant {spec.tenant!r}, collection {spec.collection!r}: every read and write of this "
+        "migration is scoped to them by the store",
+        "",
+    )
+    return checks
+
+
+def model_checks(catalog: Catalog, spec: MigrationSpec, store: VectorStore) -> list[Check]:
+    """What a migration to a new embedding model needs: a runnable target model of the right
+    shape, the text of every record, and a way to serve reads until the cut-over."""
+    registry = Registry(catalog)
+    s_emb, t_emb = spec.source.embedding, spec.target.embedding
+    new, old = model_key(t_emb), model_key(s_emb)
+    checks = []
+    try:
+        registry.embedder(t_emb)
+        found = registry.model_for(t_emb)
+        ok = (found.schema.metric, found.schema.normalized) == (t_emb.metric, t_emb.normalized)
+        checks.append(
+            Check(
+                "target model",
+                ok,
+                f"{new} ({found.kind}, {t_emb.dimension}d, {t_emb.metric}) re-embeds every "
+                f"record from its text (was {old}, {s_emb.dimension}d, {s_emb.metric})"
+                if ok
+                else f"model {new} is registered as {found.schema.metric}"
+                f"{', normalised' if found.schema.normalized else ''}; target.embedding says "
+                f"{t_emb.metric}{', normalised' if t_emb.normalized else ''}: fix the spec",
+            )
+        )
+    except VecmigrateError as exc:
+        checks.append(Check("target model", False, f"the new model cannot run: {exc}"))
+    checks.append(text_check(catalog, spec, store))
+    old_runs = registry.runnable(s_emb)
+    asked = spec.reembed.adapter != "none"
+    checks.append(
+        Check(
+            "reads during the re-embed",
+            old_runs or asked,
+            f"queries embedded by {old} until the cut-over"
+            if old_runs
+            else f"{old} cannot run: queries embedded by {new} through a {spec.reembed.adapter} "
+            "adapter fit before the backfill"
+            if asked
+            else f"model {old} cannot run (unavailable or not registered), so text queries to the "
+            "old version could not be embedded until the cut-over: set reembed.adapter "
+            "(procrustes or ridge) or make the model available",
+        )
+    )
+    return checks
+
+
+# Records per read when the texts are checked record by record (ids and vectors of 128-d float32:
+# ~26 MB a batch).
+_TEXT_CHECK_BATCH = 50_000
+
+
+def text_check(catalog: Catalog, spec: MigrationSpec, store: VectorStore) -> Check:
+    """Whether every record of the source has a text to re-embed, checked by id.
+
+    Counts would not do: a text without a record (written ahead of its vector, or loaded for an
+    id the store lacks) hides a record without one, and live deletes make the two counts
+    disagree though nothing is missing (a delete in flight is told apart by :func:`untexted`).
+    One read of the source's ids (the built-in store leaves the vectors unread), small beside
+    embedding every text.
+    """
+    documents, log = Documents(catalog), ChangeLog(catalog)
+    records, lacking = 0, 0
+    named: list[int] = []
+    for ids in store.iter_ids(WHOLE, _TEXT_CHECK_BATCH):
+        got = documents.get(spec.tenant, spec.collection, ids)
+        alive, _ = untexted(log, spec.tenant, spec.collection, ids, got)
+        records += len(ids)
+        lacking += int(alive.size)
+        named.extend(alive[: 5 - len(named)].tolist())
+    if not lacking:
+        return Check("source text", True, f"every one of {records:,} records has its text")
+    return Check(
+        "source text",
+        False,
+        f"{spec.tenant}/{spec.collection}: {lacking:,} of its {records:,} records have no text "
+        f"(ids {named}{' ...' if lacking > len(named) else ''}); re-embedding needs every "
+        "record's text (load it into the documents)",
+    )
+
+
+def check_preconditions(catalog: Catalog, spec: MigrationSpec) -> list[str]:
+    """What would stop this migration, checked without writing anything. Empty means go."""
+    return [c.detail for c in run_checks(catalog, spec) if not c.passed]
+
+
+def shard_plan(spec: MigrationSpec, source: VectorStore) -> list[ShardRef]:
+    """The shards of this migration over the source data."""
+    quantiles = source.id_quantiles(spec.shards.count) if spec.shards.by == "range" else None
+    return plan_shards(spec.shards, quantiles)
+
+
+def prepare(catalog: Catalog, spec: MigrationSpec, operator: str) -> PrepareResult:
+    """Check preconditions, then register the migration and the target version.
+
+    Raises:
+        PreconditionError: listing every problem; nothing was written.
+    """
+    problems = check_preconditions(catalog, spec)
+    if problems:
+        raise PreconditionError("; ".join(problems))
+    source = open_source(spec)
+    shards = shard_plan(spec, source)
+    counts = {s.index: source.count(s) for s in shards}
+    catalog.record_migration(spec, "PREPARING", operator)
+    catalog.register_version(
+        spec.tenant,
+        spec.collection,
+        spec.target.name,
+        spec.target.embedding,
+        spec.target.store.model_dump(mode="json"),
+        state="building",
+        migration_id=spec.migration_id,
+    )
+    open_target(spec)
+    adapter = None
+    if spec.model_change and spec.reembed.adapter != "none":
+        directory = artifact_dir(spec.target.store, spec.tenant, spec.collection, "adapters")
+        record = fit_transition(catalog, spec, source, directory)
+        adapter = record.id
+        catalog.append(
+            tenant=spec.tenant,
+            collection=spec.collection,
+            kind="adapter.fitted",
+            actor=operator,
+            migration_id=spec.migration_id,
+            data={
+                "adapter": record.id,
+                "method": record.method,
+                "from_model": record.from_model,
+                "to_model": record.to_model,
+                "checksum": record.checksum,
+                **record.figures,
+            },
+            event_key=f"adapter:{spec.migration_id}:{record.id}",
+        )
+    routing = catalog.get_routing(spec.tenant, spec.collection)
+    assert routing is not None
+    return PrepareResult(
+        shards=shards,
+        source_counts=counts,
+        routing=routing,
+        source_index=routing.read_index,
+        adapter=adapter,
+    )
+
+
+class Throttle:
+    """Holds a copy to a rate (vectors/s), measured from the last change of the rate."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.rate: float | None = None
+        self.since = clock()
+        self.done = 0
+
+    def delay(self, rate: float | None, added: int) -> float:
+        """Count ``added`` vectors and return how long to wait to stay at ``rate``."""
+        if rate != self.rate:
+            self.rate, self.since, self.done = rate, self.clock(), 0
+        self.done += added
+        if rate is None:
+            return 0.0
+        return max(0.0, self.done / rate - (self.clock() - self.since))
+
+
+def copy_shard(
+    spec: MigrationSpec,
+    shard: ShardRef,
+    journal: Journal,
+    on_batch: ProgressCallback | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> CopyShardResult:
+    """Copy one shard from where its journal says to its end, one batch per transaction.
+
+    Before each batch the journal records the batch's start as the resume point, so a crash at
+    any instant re-copies at most that one batch, and upserts by id make the re-copy harmless.
+    Before each batch the migration's control row is read too: a pause ends the call with
+    ``complete=False`` (the next call resumes), and the throttle (split evenly over the shards
+    running in parallel) holds the rate.
+
+    Raises:
+        DataError: a batch the target cannot take (wrong dimension, NaN); nothing of it was
+            written, and the journal still points at its start.
+    """
+    began = time.monotonic()
+    mid = spec.migration_id
+    state = journal.begin_copy(mid, shard.index)
+    if state.result is not None:
+        return CopyShardResult.model_validate(state.result).model_copy(
+            update={"attempts": state.attempts}
+        )
+    source, target = open_source(spec), open_target(spec)
+    _, transform = make_transform(spec.source.embedding, spec.target.embedding)
+    reembed = Reembedder.for_spec(journal.catalog, spec) if spec.model_change else None
+    cursor, copied, acc = state.cursor, state.copied, state.written
+    handed, batches = state.handed, 0
+    throttle = Throttle(clock)
+    parallel = min(spec.max_parallel_shards, len(spec.shards.selected()))
+
+    def share(control: Control) -> float | None:
+        rate = control.max_vectors_per_second
+        return None if rate is None else rate / parallel
+
+    def incomplete() -> CopyShardResult:
+        # Everything up to the cursor has committed: the next call starts right after it.
+        journal.before_batch(mid, shard.index, cursor, copied, acc, 0)
+        return CopyShardResult(
+            shard=shard.index,
+            copied=copied,
+            total=copied,
+            checksum=acc.hexdigest(),
+            batches=batches,
+            resumed_from=state.cursor,
+            seconds=time.monotonic() - began,
+            complete=False,
+            attempts=state.attempts,
+            recopied=max(0, handed - copied),
+            **embedded(),
+        )
+
+    def embedded() -> dict[str, Any]:
+        if reembed is None:
+            return {}
+        return {"embedded": reembed.texts, "embed_seconds": round(reembed.seconds, 3)}
+
+    # The next batch is read while this one is written (the source and the target are other
+    # databases, so the read and the write overlap): reading costs a third of a copy.
+    reader = ThreadPoolExecutor(1, thread_name_prefix="prefetch")
+    ahead: Future[Batch] | None = None
+    try:
+        while True:
+            control = journal.control(mid)
+            if control.paused:
+                return incomplete()
+            batch = (
+                ahead.result() if ahead is not None else source.scan(shard, cursor, spec.batch_size)
+            )
+            ahead = None
+            if len(batch) == 0:
+                break
+            if batch.next_cursor is not None and len(batch) == spec.batch_size:
+                ahead = reader.submit(source.scan, shard, batch.next_cursor, spec.batch_size)
+            try:
+                if reembed is not None:
+                    ids, vectors = check_vectors(
+                        *reembed.records(batch.ids), target.dimension, target.scope
+                    )
+                else:
+                    ids, vectors = check_vectors(
+                        batch.ids, transform(batch.vectors), target.dimension, target.scope
+                    )
+            except DataError as exc:
+                # Everything before this batch has committed: a resume after the fix starts here.
+                journal.before_batch(mid, shard.index, cursor, copied, acc, 0)
+                raise DataError(
+                    f"shard {shard.index}, batch after id {cursor.id if cursor else 'start'}: {exc}"
+                ) from None
+            journal.before_batch(mid, shard.index, cursor, copied, acc, len(ids))
+            handed += len(ids)
+            target.upsert(ids, vectors)
+            acc.add(ids, vectors)
+            assert batch.next_cursor is not None
+            cursor = batch.next_cursor
+            copied += len(ids)
+            batches += 1
+            if on_batch is not None:
+                on_batch(cursor, copied, acc)
+            wait = throttle.delay(share(control), len(ids))
+            while wait > 0:
+                step = min(wait, 1.0)
+                sleep(step)
+                wait -= step
+                control = journal.control(mid)
+                if control.paused:
+                    return incomplete()
+                if share(control) != throttle.rate:
+                    break  # the throttle changed: measure again from the next batch
+    finally:
+        reader.shutdown(wait=True, cancel_futures=True)
+    result = CopyShardResult(
+        shard=shard.index,
+        copied=copied,
+        total=target.count(shard),
+        checksum=acc.hexdigest(),
+        batches=batches,
+        resumed_from=state.cursor,
+        seconds=time.monotonic() - began,
+        attempts=state.attempts,
+        recopied=max(0, handed - copied),
+        **embedded(),
+    )
+    journal.finish_copy(mid, shard.index, cursor, copied, acc, result.model_dump(mode="json"))
+    return result
+
+
+def catch_up(
+    spec: MigrationSpec,
+    log: ChangeLog,
+    journal: Journal,
+    after: int,
+    *,
+    seconds: float,
+    batch: int = 10_000,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> CatchUpResult:
+    """Replay the change log after ``after`` onto the target, for at most ``seconds``.
+
+    Each pass reads what is in the log, applies its net effect (the last write of each id wins,
+    deletes are tombstones) and records how far it got in the journal, so a retry goes on from
+    there. ``drained`` means a pass found nothing newer: from then on dual-write alone keeps the
+    target current, and no replayed write can land after a newer one (why the phase waits for a
+    pass that finds the log's head rather than stopping at a small lag).
+    """
+    began = time.monotonic()
+    mid = spec.migration_id
+    target = open_target(spec)
+    _, transform = make_transform(spec.source.embedding, spec.target.embedding)
+    reembed = Reembedder.for_spec(journal.catalog, spec) if spec.model_change else None
+    cursor = max(after, journal.catchup_position(mid))
+    applied = 0
+    while True:
+        changes = log.read(spec.tenant, spec.collection, cursor, batch)
+        if len(changes) == 0:
+            drained = True
+            break
+        if reembed is not None:
+            ids, texts, gone = changes.net_texts()
+            vectors = reembed.embed(texts)
+        else:
+            ids, vectors, gone = changes.net(spec.source.embedding.dimension)
+            vectors = transform(vectors)
+        if len(ids):
+            target.upsert(ids, vectors)
+        if len(gone):
+            target.delete(gone)
+        cursor = changes.last_seq
+        applied += len(changes)
+        journal.set_catchup_position(mid, cursor)
+        if on_progress is not None:
+            on_progress(cursor, applied)
+        if time.monotonic() - began > seconds:
+            drained = False
+            break
+    return CatchUpResult(
+        position=cursor,
+        applied=applied,
+        lag=log.count_after(spec.tenant, spec.collection, cursor),
+        drained=drained,
+        seconds=time.monotonic() - began,
+    )

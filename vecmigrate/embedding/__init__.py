@@ -1,0 +1,1 @@
+"""Embedding models: the models vecmigrate runs, their registry, and re-embedding."""

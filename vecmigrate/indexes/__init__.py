@@ -1,0 +1,1 @@
+"""Indexes: FAISS and hnswlib artifacts, exact search, and shard-by-shard builds."""

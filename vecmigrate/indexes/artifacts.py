@@ -1,0 +1,428 @@
+"""FAISS and hnswlib index builders, content-addressed artifacts, and exact search.
+
+An artifact is two files in the version's directory:
+
+* ``shard-0003-<sha256[:16]>.<ext>``: the index bytes, named by their content;
+* ``shard-0003-<buildkey[:16]>.json``: the manifest, named by what went into the build (index
+  parameters, metric, dimension, data checksum), holding the data file's name and SHA-256.
+
+Both are written to a temporary name, flushed and renamed, so a reader never sees a half-written
+file. A build whose manifest exists and whose data file matches the recorded SHA-256 is reused,
+which makes the build step idempotent; anything else is rebuilt.
+
+Distances are "smaller is closer" whatever the metric: squared L2 for ``l2``, ``1 - similarity``
+for ``ip`` and ``cosine``, the convention hnswlib uses.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import hnswlib
+import numpy as np
+
+from vecmigrate.errors import ArtifactError, PreconditionError
+from vecmigrate.model.spec import (
+    FaissFlat,
+    FaissHnsw,
+    FaissIvfFlat,
+    FaissIvfPq,
+    HnswlibHnsw,
+    IndexSpec,
+    Metric,
+)
+from vecmigrate.records.vectors import (
+    Distances,
+    Ids,
+    Vectors,
+    empty_results,
+    faiss_metric,
+    merge_topk,
+    prepare_for_metric,
+    to_distance,
+)
+
+_EXT = {
+    "faiss_flat": "faiss",
+    "faiss_ivf_flat": "faiss",
+    "faiss_ivf_pq": "faiss",
+    "faiss_hnsw": "faiss",
+    "hnswlib_hnsw": "hnsw",
+}
+
+# dtype objects for the search path. Given a numpy type (``np.int64``) instead, numpy looks the
+# dtype up on every call: after a search, ``labels.view`` took ~1.4 us with the type against
+# ~0.4 us with the object, and ``np.ascontiguousarray(q, dtype=...)`` ~1.0 against ~0.7 (a
+# search of 200,000 x 64 is ~36 us). hnswlib's uint64 labels are read as int64 through ``_I64``.
+F32 = np.dtype(np.float32)
+_I64 = np.dtype(np.int64)
+_isfinite = math.isfinite  # bound once for search_one (a module lookup is a cache miss there)
+
+
+def cpu_share(parallel: int) -> int:
+    """Threads for one of ``parallel`` CPU-heavy tasks running at once in this process: the
+    cores it may use, split evenly, at least one.
+
+    Why split rather than give each task every core: measured with ``bench/tuning.py`` (2-core
+    VM, two shards of 100,000 x 128 built at once in one process), FAISS IVF-Flat took 3.6 s
+    with one thread per build, 7.8 s with two each (OpenMP threads spinning against each
+    other) and 4.5 s one build after the other; hnswlib took 16.7-17.6 s whichever way.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // max(1, parallel))
+
+
+def set_openmp_threads(threads: int) -> None:
+    """FAISS's OpenMP thread count for the calling thread's parallel regions (libgomp keeps
+    it per thread: an activity slot's setting does not reach the others), so every activity
+    that runs FAISS sets its share (:func:`cpu_share`) before it starts."""
+    faiss.omp_set_num_threads(max(1, threads))
+
+
+def build_key(spec: IndexSpec, metric: Metric, dimension: int, data_checksum: str) -> str:
+    """SHA-256 of everything that determines an index build."""
+    payload = json.dumps(
+        {
+            "index": spec.model_dump(mode="json"),
+            "metric": str(metric),
+            "dimension": dimension,
+            "data": data_checksum,
+            "format": 1,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def build_index(
+    spec: IndexSpec,
+    metric: Metric,
+    ids: Ids,
+    vectors: Vectors,
+    *,
+    threads: int = 0,
+    seed: int = 1234,
+    on_progress: Callable[[int, int], None] | None = None,
+    chunk: int = 20_000,
+) -> Any:
+    """Build an in-memory FAISS or hnswlib index over ``vectors`` labelled by ``ids``.
+
+    Raises:
+        PreconditionError: too few vectors to train the requested IVF.
+    """
+    x = prepare_for_metric(vectors, metric)
+    n, dim = x.shape
+    if threads > 0:
+        set_openmp_threads(threads)
+    if isinstance(spec, HnswlibHnsw):
+        space = {"l2": "l2", "ip": "ip", "cosine": "cosine"}[str(metric)]
+        index = hnswlib.Index(space=space, dim=dim)
+        index.init_index(
+            max_elements=max(n, 1), ef_construction=spec.ef_construction, M=spec.m, random_seed=seed
+        )
+        labels = ids.astype(np.uint64)
+        for start in range(0, n, chunk):
+            stop = min(n, start + chunk)
+            index.add_items(x[start:stop], labels[start:stop], num_threads=threads or -1)
+            if on_progress is not None:
+                on_progress(stop, n)
+        index.set_ef(spec.ef_search)
+        return index
+    fm = faiss_metric(metric)
+    base: Any
+    if isinstance(spec, FaissFlat):
+        base = faiss.IndexFlat(dim, fm)
+    elif isinstance(spec, FaissHnsw):
+        base = faiss.IndexHNSWFlat(dim, spec.m, fm)
+        base.hnsw.efConstruction = spec.ef_construction
+        base.hnsw.efSearch = spec.ef_search
+    elif isinstance(spec, FaissIvfFlat | FaissIvfPq):
+        if n < spec.nlist:
+            raise PreconditionError(
+                f"an IVF index with nlist={spec.nlist} needs at least {spec.nlist} vectors to "
+                f"train, but this shard holds {n}: lower index.nlist or use fewer shards"
+            )
+        quantizer = faiss.IndexFlat(dim, fm)
+        if isinstance(spec, FaissIvfFlat):
+            base = faiss.IndexIVFFlat(quantizer, dim, spec.nlist, fm)
+        else:
+            if n < (1 << spec.nbits):
+                raise PreconditionError(
+                    f"IVF-PQ with nbits={spec.nbits} needs at least {1 << spec.nbits} vectors "
+                    f"to train, but this shard holds {n}: lower index.nbits or use fewer shards"
+                )
+            base = faiss.IndexIVFPQ(quantizer, dim, spec.nlist, spec.m, spec.nbits, fm)
+        rng = np.random.default_rng(seed)
+        train = x if n <= spec.train_size else x[rng.choice(n, spec.train_size, replace=False)]
+        base.train(train)
+        base.nprobe = spec.nprobe
+    else:  # pragma: no cover - the spec union is closed
+        raise TypeError(f"unknown index spec {spec!r}")
+    # The Python wrapper keeps ``base`` (and the quantizer) alive as long as ``index``.
+    index = faiss.IndexIDMap2(base)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        index.add_with_ids(x[start:stop], ids[start:stop])
+        if on_progress is not None:
+            on_progress(stop, n)
+    return index
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_atomic(path: Path, write: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
+    try:
+        write(tmp)
+        with tmp.open("rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A written (or reused) artifact: its manifest path, data file, checksum and size."""
+
+    manifest: Path
+    data_file: Path
+    sha256: str
+    count: int
+    kind: str
+    reused: bool
+
+
+def find_artifact(directory: Path, stem: str, key: str) -> Artifact | None:
+    """The artifact built from ``key`` if its manifest exists and its data file checks out."""
+    manifest = directory / f"{stem}-{key[:16]}.json"
+    if not manifest.exists():
+        return None
+    meta = json.loads(manifest.read_text())
+    data_file = directory / meta["file"]
+    if meta.get("build_key") != key or not data_file.exists():
+        return None
+    if _sha256_file(data_file) != meta["sha256"]:
+        return None
+    return Artifact(manifest, data_file, meta["sha256"], int(meta["count"]), meta["kind"], True)
+
+
+def write_artifact(
+    index: Any,
+    spec: IndexSpec,
+    metric: Metric,
+    dimension: int,
+    directory: Path,
+    stem: str,
+    key: str,
+    count: int,
+) -> Artifact:
+    """Write ``index`` under a content-derived name, then its manifest; both atomically."""
+    directory.mkdir(parents=True, exist_ok=True)
+    ext = _EXT[spec.kind]
+    staging = directory / f".{stem}-{uuid.uuid4().hex}.{ext}.building"
+    try:
+        if isinstance(spec, HnswlibHnsw):
+            index.save_index(str(staging))
+        else:
+            faiss.write_index(index, str(staging))
+        with staging.open("rb") as f:
+            os.fsync(f.fileno())
+        sha = _sha256_file(staging)
+        data_file = directory / f"{stem}-{sha[:16]}.{ext}"
+        os.replace(staging, data_file)
+    finally:
+        staging.unlink(missing_ok=True)
+    meta = {
+        "file": data_file.name,
+        "sha256": sha,
+        "count": count,
+        "kind": spec.kind,
+        "index": spec.model_dump(mode="json"),
+        "metric": str(metric),
+        "dimension": dimension,
+        "build_key": key,
+        "written_at": time.time(),
+    }
+    manifest = directory / f"{stem}-{key[:16]}.json"
+    _write_atomic(manifest, lambda p: p.write_text(json.dumps(meta, indent=2)))
+    return Artifact(manifest, data_file, sha, count, spec.kind, False)
+
+
+class LoadedIndex:
+    """One shard's index loaded from its manifest, checksum verified."""
+
+    def __init__(self, manifest: Path, expected_sha256: str | None = None) -> None:
+        try:
+            meta = json.loads(manifest.read_text())
+        except (OSError, ValueError) as exc:
+            raise ArtifactError(f"cannot read index manifest {manifest}: {exc}") from None
+        data_file = manifest.parent / meta["file"]
+        if not data_file.exists():
+            raise ArtifactError(f"index file {data_file} named by {manifest} is missing")
+        # The checksum is computed while the index loads and checked before it is used: FAISS
+        # reads its file without holding the GIL, so the two overlap (loading a 1M-vector
+        # suite's two IVF indexes took 2.95 s one after the other, 1.47 s of it the checksum).
+        with ThreadPoolExecutor(1, thread_name_prefix="verify") as pool:
+            digest = pool.submit(_sha256_file, data_file)
+            try:
+                self._load(meta, data_file)
+            except Exception:
+                self._verify(digest.result(), meta, data_file, expected_sha256)
+                raise
+            self._verify(digest.result(), meta, data_file, expected_sha256)
+
+    @staticmethod
+    def _verify(sha: str, meta: dict[str, Any], data_file: Path, expected: str | None) -> None:
+        if sha != meta["sha256"] or (expected and sha != expected):
+            raise ArtifactError(
+                f"index file {data_file} does not match its checksum; rebuild the index"
+            )
+
+    def _load(self, meta: dict[str, Any], data_file: Path) -> None:
+        self.kind: str = meta["kind"]
+        self.metric = Metric(meta["metric"])
+        self.dimension = int(meta["dimension"])
+        self.count = int(meta["count"])
+        params = meta["index"]
+        if self.kind == "hnswlib_hnsw":
+            idx = hnswlib.Index(space=str(self.metric), dim=self.dimension)
+            idx.load_index(str(data_file), max_elements=max(self.count, 1))
+            idx.set_ef(int(params["ef_search"]))
+            self._hnsw: Any = idx
+            self._ef = int(params["ef_search"])
+            # Up to this k a search needs no change of ef and no padding: knn_query answers
+            # as it is (the common case, kept to the fewest steps). Called with k by position:
+            # pybind11 matching a keyword took ~0.9 us of a ~31 us search (200,000 x 64, paired
+            # timings), as much as everything else on the router's hot path.
+            self._plain_k = min(self._ef, self.count)
+            self._knn = idx.knn_query
+            self._faiss: Any = None
+        else:
+            self._hnsw = None
+            self._faiss = faiss.read_index(str(data_file))
+            inner: Any = faiss.downcast_index(self._faiss.index)
+            if "nprobe" in params:
+                inner.nprobe = int(params["nprobe"])
+            if "ef_search" in params:
+                inner.hnsw.efSearch = int(params["ef_search"])
+
+    @property
+    def native(self) -> Any:
+        """The library's own index object (an ``hnswlib.Index`` or a FAISS index)."""
+        return self._hnsw if self._hnsw is not None else self._faiss
+
+    def search(self, queries: Vectors, k: int) -> tuple[Distances, Ids]:
+        """k nearest neighbours: distances (smaller is closer) and ids, -1 padded."""
+        if self._hnsw is not None:
+            # The serving hot path: every step here is paid by every query (the router's
+            # overhead figure counts it against hnswlib's own knn_query), so no copies of
+            # arrays already of the right type and no calls into the index that change nothing.
+            q = np.ascontiguousarray(queries, dtype=F32)
+            if 0 < k <= self._plain_k:
+                try:
+                    labels, dist = self._knn(q, k)
+                except RuntimeError:  # fewer than k found for some query
+                    return _hnsw_row_by_row(self._hnsw, q, k)
+                # uint64 labels are ids below 2**63: the same bytes read as int64.
+                return dist, labels.view(_I64)
+            if self.count == 0:
+                return empty_results(q.shape[0], k)
+            kk = min(k, self.count)
+            if kk > self._ef:  # hnswlib needs ef >= k
+                self._hnsw.set_ef(kk)
+                self._ef = kk
+                self._plain_k = min(self._ef, self.count)
+            d, i = _hnsw_rows(self._hnsw, q, kk)
+            if kk < k:
+                pad_d, pad_i = empty_results(q.shape[0], k - kk)
+                d, i = np.concatenate([d, pad_d], 1), np.concatenate([i, pad_i], 1)
+            return d, i
+        q = prepare_for_metric(queries, self.metric)
+        n = q.shape[0]
+        if self.count == 0:
+            return empty_results(n, k)
+        d, i = self._faiss.search(q, k)
+        d = to_distance(d, self.metric)
+        d = np.where(i < 0, np.inf, d).astype(np.float32)
+        return d, i.astype(np.int64)
+
+    def search_one(self, query: Vectors, k: int) -> tuple[Distances, Ids] | None:
+        """k nearest neighbours of one finite float32 query of the index's dimension, in the
+        fewest steps; None when that takes more (another index kind, k above ef or the count,
+        fewer than k found) or the query is not finite: ``search`` answers those.
+
+        NaN or infinity in a query makes every distance to it NaN or infinite, the nearest one
+        too: reading that one distance replaces testing the query up front (one numpy call
+        either way, ~1 us after a search, but the test would be in addition to the read).
+        """
+        if self._hnsw is None or not 0 < k <= self._plain_k:
+            return None
+        try:
+            labels, dist = self._knn(query, k)
+        except RuntimeError:
+            return None
+        if not _isfinite(dist.item(0)):
+            return None
+        return dist, labels.view(_I64)
+
+
+def _hnsw_rows(index: Any, q: Vectors, k: int) -> tuple[Distances, Ids]:
+    """hnswlib query that tolerates a sparse graph.
+
+    hnswlib raises when it finds fewer than k neighbours for a query (a poorly connected graph,
+    small M or ef). Such rows are retried one by one with a smaller k and padded, so a poor
+    index shows up as poor recall in the gates instead of an error.
+    """
+    try:
+        labels, dist = index.knn_query(q, k)
+        return np.asarray(dist, dtype=np.float32), labels.view(_I64)
+    except RuntimeError:
+        return _hnsw_row_by_row(index, q, k)
+
+
+def _hnsw_row_by_row(index: Any, q: Vectors, k: int) -> tuple[Distances, Ids]:
+    """Each query on its own with the largest k hnswlib can answer for it, padded to k."""
+    d, i = empty_results(q.shape[0], k)
+    for row in range(q.shape[0]):
+        for kk in range(k, 0, -1):
+            try:
+                labels, dist = index.knn_query(q[row : row + 1], k=kk)
+            except RuntimeError:
+                continue
+            d[row, :kk] = dist[0]
+            i[row, :kk] = labels[0]
+            break
+    return d, i
+
+
+class ShardedIndex:
+    """The index of a whole version: one loaded artifact per shard, results merged."""
+
+    def __init__(self, shards: list[LoadedIndex]) -> None:
+        self.shards = shards
+
+    def search(self, queries: Vectors, k: int) -> tuple[Distances, Ids]:
+        """k nearest neighbours over every shard (each pads its own answer to k columns)."""
+        if len(self.shards) == 1:
+            return self.shards[0].search(queries, k)
+        if not self.shards:
+            return empty_results(np.shape(queries)[0], k)
+        return merge_topk([s.search(queries, k) for s in self.shards], k)

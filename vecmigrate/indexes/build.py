@@ -1,0 +1,190 @@
+"""Building a version's index shard by shard, and registering the result as an index version."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from pydantic import TypeAdapter
+
+from vecmigrate.catalog.catalog import Catalog, IndexVersionRecord
+from vecmigrate.config import resolve_store
+from vecmigrate.errors import NotFoundError, PreconditionError
+from vecmigrate.indexes.artifacts import (
+    LoadedIndex,
+    ShardedIndex,
+    build_index,
+    build_key,
+    find_artifact,
+    write_artifact,
+)
+from vecmigrate.model.spec import (
+    AnyStoreRef,
+    IndexSpec,
+    Metric,
+    VersionSpec,
+    is_native,
+    store_ref,
+)
+from vecmigrate.model.tasks import ArtifactRef, ShardRef
+from vecmigrate.records.checksums import RecordChecksum
+from vecmigrate.records.vectors import Distances, Ids, Vectors
+from vecmigrate.stores import (
+    MilvusStore,
+    PgvectorStore,
+    QdrantStore,
+    Scope,
+    VectorStore,
+    open_store,
+)
+
+# Called while building with (vectors added, vectors in the shard).
+BuildProgress = Callable[[int, int], None]
+
+
+def artifact_dir(store: AnyStoreRef, tenant: str, collection: str, version: str) -> Path:
+    """Where a version's index artifacts live."""
+    resolved = resolve_store(store)
+    assert resolved.artifacts is not None
+    return Path(resolved.artifacts) / tenant / collection / version
+
+
+def build_shard(
+    store: VectorStore,
+    version: VersionSpec,
+    shard: ShardRef,
+    directory: Path,
+    *,
+    read_batch: int = 50_000,
+    threads: int = 0,
+    on_progress: BuildProgress | None = None,
+) -> ArtifactRef:
+    """Build (or reuse) the index of one shard of ``store``.
+
+    The artifact is keyed by the index parameters and the checksum of the shard's data, so a
+    retry after a crash finds a finished artifact and reuses it, and a half-written one (no
+    manifest, or a file that fails its checksum) is rebuilt.
+    """
+    began = time.monotonic()
+    id_parts, vec_parts = [], []
+    acc = RecordChecksum()
+    for batch in store.iter_shard(shard, read_batch, read_ahead=True):
+        id_parts.append(batch.ids)
+        vec_parts.append(batch.vectors)
+        acc.add(batch.ids, batch.vectors)
+    dim = store.dimension
+    ids = np.concatenate(id_parts) if id_parts else np.empty(0, np.int64)
+    vecs = np.concatenate(vec_parts) if vec_parts else np.empty((0, dim), np.float32)
+    metric = Metric(version.embedding.metric)
+    key = build_key(version.index, metric, dim, acc.hexdigest())
+    stem = f"shard-{shard.index:04d}"
+    found = find_artifact(directory, stem, key)
+    if found is None:
+        index = build_index(
+            version.index, metric, ids, vecs, threads=threads, on_progress=on_progress
+        )
+        found = write_artifact(index, version.index, metric, dim, directory, stem, key, len(ids))
+    return ArtifactRef(
+        shard=shard.index,
+        uri=str(found.manifest),
+        sha256=found.sha256,
+        count=found.count,
+        kind=found.kind,
+        reused=found.reused,
+        seconds=time.monotonic() - began,
+    )
+
+
+def index_version_id(
+    tenant: str, collection: str, version: str, spec: IndexSpec, artifacts: list[ArtifactRef]
+) -> str:
+    """A stable id for the set of artifacts that make one index version."""
+    digest = hashlib.sha256(
+        "|".join(f"{a.shard}:{a.sha256}" for a in sorted(artifacts, key=lambda a: a.shard)).encode()
+    ).hexdigest()
+    return f"{tenant}/{collection}@{version}/{spec.kind}-{digest[:12]}"
+
+
+def register_index(
+    catalog: Catalog,
+    tenant: str,
+    collection: str,
+    version: VersionSpec,
+    artifacts: list[ArtifactRef],
+    migration_id: str | None,
+) -> IndexVersionRecord:
+    """Record the artifacts as one index version of ``version`` (idempotent)."""
+    index_id = index_version_id(tenant, collection, version.name, version.index, artifacts)
+    return catalog.register_index(
+        index_id,
+        tenant,
+        collection,
+        version.name,
+        version.index,
+        [a.model_dump(mode="json") for a in sorted(artifacts, key=lambda a: a.shard)],
+        migration_id,
+    )
+
+
+class Searcher(Protocol):
+    """Anything that answers k-NN queries for one index version."""
+
+    def search(self, queries: Vectors, k: int) -> tuple[Distances, Ids]:
+        """k nearest neighbours: distances (smaller is closer) and ids, -1 padded."""
+        ...
+
+
+NativeStore = PgvectorStore | MilvusStore | QdrantStore
+
+
+class NativeIndex:
+    """An index the database built and searches itself."""
+
+    def __init__(self, store: NativeStore, spec: IndexSpec, metric: Metric) -> None:
+        self.store, self.spec, self.metric = store, spec, metric
+
+    def search(self, queries: Vectors, k: int) -> tuple[Distances, Ids]:
+        """k nearest neighbours through the database's index."""
+        return self.store.search_native(queries, k, self.spec, self.metric)
+
+
+def build_native(store: VectorStore, version: VersionSpec) -> ArtifactRef:
+    """Have the target database build its own index over the whole version (idempotent).
+
+    Raises:
+        PreconditionError: the store cannot build this index kind.
+    """
+    began = time.monotonic()
+    if not isinstance(store, NativeStore):
+        raise PreconditionError(f"{store.kind} stores cannot build {version.index.kind}")
+    metric = Metric(version.embedding.metric)
+    name = store.create_index(version.index, metric)
+    uri = f"{store.kind}:{name}"
+    return ArtifactRef(
+        shard=-1,
+        uri=uri,
+        sha256=hashlib.sha256(uri.encode()).hexdigest(),
+        count=store.count(),
+        kind=version.index.kind,
+        seconds=time.monotonic() - began,
+    )
+
+
+def load_index_version(catalog: Catalog, record: IndexVersionRecord) -> Searcher:
+    """A searcher for an index version: artifacts loaded and verified, or the native index."""
+    spec: IndexSpec = TypeAdapter(IndexSpec).validate_python(record.spec)
+    if is_native(spec):
+        version = catalog.find_version(record.tenant, record.collection, record.version)
+        if version is None:
+            raise NotFoundError(f"version {record.version} of index {record.id} is not registered")
+        scope = Scope(record.tenant, record.collection, record.version)
+        store = open_store(store_ref(version.store), scope)
+        assert isinstance(store, NativeStore)
+        return NativeIndex(store, spec, Metric(version.embedding.metric))
+    return ShardedIndex(
+        [LoadedIndex(Path(a["uri"]), expected_sha256=a["sha256"]) for a in record.artifacts]
+    )

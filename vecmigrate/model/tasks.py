@@ -1,0 +1,260 @@
+"""Inputs and outputs of the data-plane tasks, one model each.
+
+They cross Temporal payloads, so they carry ids, ranges, URIs, counts and checksums, never
+vectors or index bytes. Every field added later must have a default, so running workflows keep
+decoding them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from vecmigrate.model.lifecycle import HASH_SPACE as HASH_SPACE
+from vecmigrate.model.lifecycle import GateReport, RoutingView, ShadowFigures, ShardCheck
+from vecmigrate.model.lifecycle import ShardRef as ShardRef
+from vecmigrate.model.spec import MigrationSpec
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Cursor(_Model):
+    """Resume point of a shard scan: the last (key, id) read. Heartbeated after every batch."""
+
+    key: int
+    id: int
+
+
+class PrepareInput(_Model):
+    migration_id: str
+    spec: MigrationSpec
+    operator: str = "unknown"
+
+
+class PrepareResult(_Model):
+    shards: list[ShardRef]
+    source_counts: dict[int, int]
+    routing: RoutingView
+    source_index: str | None = None
+    # The transitional adapter fit for a re-embedding migration, if the spec asked for one.
+    adapter: str | None = None
+
+
+class LedgerAck(_Model):
+    """Where an entry landed in the ledger: the workflow keeps the last one as an anchor."""
+
+    seq: int
+    hash: str
+
+
+class CopyShardInput(_Model):
+    migration_id: str
+    spec: MigrationSpec
+    shard: ShardRef
+
+
+class CopyShardResult(_Model):
+    shard: int
+    copied: int
+    total: int
+    checksum: str
+    batches: int = 0
+    resumed_from: Cursor | None = None
+    seconds: float = 0.0
+    # False when a pause stopped the copy between batches; the next call resumes it.
+    complete: bool = True
+    # Attempts at this shard so far, and vectors handed to the target more than once.
+    attempts: int = 1
+    recopied: int = 0
+    # Re-embedding migrations: texts embedded by the new model, and the seconds it took.
+    embedded: int = 0
+    embed_seconds: float = 0.0
+    ledger: LedgerAck | None = None
+
+
+class BuildIndexInput(_Model):
+    migration_id: str
+    spec: MigrationSpec
+    shard: ShardRef
+
+
+class BuildNativeIndexInput(_Model):
+    """The target database builds its own index over the whole version (no shards)."""
+
+    migration_id: str
+    spec: MigrationSpec
+
+
+class ArtifactRef(_Model):
+    """A shard's index artifact on disk: content-addressed file plus its checksum."""
+
+    shard: int
+    uri: str
+    sha256: str
+    count: int
+    kind: str
+    reused: bool = False
+    seconds: float = 0.0
+
+
+class RegisterIndexInput(_Model):
+    """Register the target index; with no ``artifacts``, those the shard journal holds for
+    every selected shard (a migration of thousands of shards does not pass them around).
+    ``log_position``: the change-log head read before the index's data was, so readers know
+    which writes the index lacks."""
+
+    migration_id: str
+    spec: MigrationSpec
+    artifacts: list[ArtifactRef] = Field(default_factory=list)
+    log_position: int | None = None
+
+
+class ValidateShardInput(_Model):
+    migration_id: str
+    spec: MigrationSpec
+    shard: ShardRef
+    round: int = 0
+    # Online: records written after this change-log position are left out of the profiles.
+    volatile_after: int | None = None
+
+
+class ValidateInput(_Model):
+    migration_id: str
+    spec: MigrationSpec
+    source_index: str | None
+    target_index: str
+    # Profiles of the shards; with none, those of validation ``round`` in the shard journal.
+    checks: list[ShardCheck] = Field(default_factory=list)
+    round: int = 0
+
+
+class IndexRegistered(_Model):
+    """An index version recorded in the catalog."""
+
+    index_id: str
+    checksum: str
+    artifacts: int
+
+
+class RoutingChangeInput(_Model):
+    """A compare-and-set on a collection's routing row.
+
+    ``change_key`` makes the change idempotent: a retry of an applied change returns the row.
+    """
+
+    migration_id: str
+    tenant: str
+    collection: str
+    expected_generation: int
+    read_version: str | None
+    read_index: str | None
+    write_versions: list[str]
+    operator: str
+    reason: str
+    change_key: str
+    candidate_version: str | None = None
+    candidate_index: str | None = None
+    ramp_percent: float = 0.0
+    shadow_percent: float = 0.0
+    writes_paused: bool = False
+    # The region whose data this touches (None outside a regional migration): only a worker
+    # of that region may run it.
+    region: str | None = None
+
+
+class LedgerInput(_Model):
+    """One ledger entry; ``event_key`` makes the append idempotent under retries."""
+
+    migration_id: str
+    tenant: str
+    collection: str
+    event_key: str
+    kind: str
+    actor: str
+    data: dict[str, Any] = Field(default_factory=dict)
+    # The region whose data this touches (None outside a regional migration): only a worker
+    # of that region may run it.
+    region: str | None = None
+
+
+class ControlInput(_Model):
+    """The live settings running copies read before every batch."""
+
+    migration_id: str
+    paused: bool
+    max_vectors_per_second: float | None = None
+    # The region whose data this touches (None outside a regional migration): only a worker
+    # of that region may run it.
+    region: str | None = None
+
+
+class VersionStateInput(_Model):
+    migration_id: str
+    tenant: str
+    collection: str
+    version: str
+    state: str
+    operator: str
+    # The region whose data this touches (None outside a regional migration): only a worker
+    # of that region may run it.
+    region: str | None = None
+
+
+class ValidateResult(_Model):
+    report: GateReport
+    seconds: float = 0.0
+
+
+class CatchUpInput(_Model):
+    """Replay the change log after ``after`` onto the target, for at most ``seconds``."""
+
+    migration_id: str
+    spec: MigrationSpec
+    after: int
+    seconds: float = 60.0
+
+
+class CatchUpResult(_Model):
+    position: int
+    applied: int
+    lag: int
+    drained: bool
+    seconds: float = 0.0
+
+
+class LogHeadInput(_Model):
+    tenant: str
+    migration_id: str | None = None
+    collection: str
+    # The region whose data this touches (None outside a regional migration): only a worker
+    # of that region may run it.
+    region: str | None = None
+
+
+class ShadowInput(_Model):
+    """Shadow figures of ``candidate`` after sample ``after`` (0: all)."""
+
+    tenant: str
+    collection: str
+    candidate: str
+    after: int = 0
+    migration_id: str | None = None
+    # The region whose data this touches (None outside a regional migration): only a worker
+    # of that region may run it.
+    region: str | None = None
+
+
+class ShadowResult(_Model):
+    figures: ShadowFigures
+    last_id: int
+
+
+class TenantsInput(_Model):
+    """Which tenants of a region hold ``collection`` with version ``version`` registered."""
+
+    collection: str
+    version: str
+    region: str | None = None

@@ -1,0 +1,1 @@
+"""Serving while migrating: the router applications use and the HTTP gateway in front of it."""

@@ -1,0 +1,1 @@
+"""Harnesses for tests and benchmarks: the chaos driver, the load generator and the online drill."""

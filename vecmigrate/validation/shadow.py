@@ -1,0 +1,117 @@
+"""Shadow-read samples: pairs of (served, candidate) searches, recorded for the gates."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    Float,
+    Index,
+    Integer,
+    String,
+    Table,
+    func,
+    select,
+)
+
+from vecmigrate.catalog.catalog import Catalog, metadata
+from vecmigrate.catalog.engines import begin, once_per_engine
+from vecmigrate.model.lifecycle import ShadowFigures
+
+samples_table = Table(
+    "shadow_samples",
+    metadata,
+    Column(
+        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    ),
+    Column("tenant", String(64), nullable=False),
+    Column("collection", String(64), nullable=False),
+    Column("candidate", String(64), nullable=False),
+    Column("overlap", Float),
+    Column("ms_old", Float),
+    Column("ms_new", Float),
+    Column("error", Boolean, nullable=False),
+    Index("shadow_by_candidate", "tenant", "collection", "candidate", "id"),
+)
+
+
+@dataclass
+class ShadowSample:
+    """One shadowed search: how much the candidate agreed and how long each side took."""
+
+    tenant: str
+    collection: str
+    candidate: str
+    ms_old: float
+    ms_new: float | None = None
+    overlap: float | None = None
+    error: bool = False
+
+
+class ShadowLog:
+    """Shadow samples in a catalog's database."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.engine = catalog.engine
+        once_per_engine(
+            self.engine, "shadow", lambda: metadata.create_all(self.engine, tables=[samples_table])
+        )
+
+    def record(self, samples: list[ShadowSample]) -> None:
+        """Store samples (one transaction)."""
+        if not samples:
+            return
+        with begin(self.engine) as conn:
+            conn.execute(
+                samples_table.insert(),
+                [
+                    {
+                        "tenant": s.tenant,
+                        "collection": s.collection,
+                        "candidate": s.candidate,
+                        "overlap": s.overlap,
+                        "ms_old": s.ms_old,
+                        "ms_new": s.ms_new,
+                        "error": s.error,
+                    }
+                    for s in samples
+                ],
+            )
+
+    def last_id(self) -> int:
+        """The newest sample's id (a mark: figures after it cover what comes next)."""
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.max(samples_table.c.id))).scalar_one() or 0)
+
+    def figures(self, tenant: str, collection: str, candidate: str, after: int) -> ShadowFigures:
+        """Overlap and latency of the samples after id ``after``."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(
+                    samples_table.c.overlap,
+                    samples_table.c.ms_old,
+                    samples_table.c.ms_new,
+                    samples_table.c.error,
+                ).where(
+                    (samples_table.c.tenant == tenant)
+                    & (samples_table.c.collection == collection)
+                    & (samples_table.c.candidate == candidate)
+                    & (samples_table.c.id > after)
+                )
+            ).all()
+        ok = [r for r in rows if not r[3] and r[0] is not None]
+        fig = ShadowFigures(samples=len(ok), errors=len(rows) - len(ok))
+        if ok:
+            overlap = np.array([r[0] for r in ok])
+            old = np.array([r[1] for r in ok])
+            new = np.array([r[2] for r in ok])
+            fig.overlap = round(float(overlap.mean()), 4)
+            fig.p50_ms_old = round(float(np.percentile(old, 50)), 3)
+            fig.p99_ms_old = round(float(np.percentile(old, 99)), 3)
+            fig.p50_ms_new = round(float(np.percentile(new, 50)), 3)
+            fig.p99_ms_new = round(float(np.percentile(new, 99)), 3)
+        return fig
