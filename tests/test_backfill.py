@@ -1,4 +1,5 @@
-"""The shard copy on its own: pause between batches, throttle, and bad data that writes nothing."""
+"""The shard copy on its own: pause between batches, throttle, and bad source data that goes to
+the quarantine."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from sqlalchemy import select, update
 from tests.conftest import Sandbox
 from vecmigrate.catalog.journal import Journal
 from vecmigrate.data.backfill import Throttle, copy_shard, open_source, open_target, prepare
-from vecmigrate.errors import DataError
+from vecmigrate.data.quarantine import Quarantine
 from vecmigrate.model.lifecycle import ThrottleRequest
 from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.model.tasks import Cursor, ShardRef
+from vecmigrate.records.batch import Faults
 from vecmigrate.stores.builtin import namespaces, vectors
 
 
@@ -112,22 +114,23 @@ def poison(sandbox: Sandbox, spec: MigrationSpec, record_id: int) -> None:
         )
 
 
-def test_nan_in_the_source_stops_the_copy_with_nothing_of_that_batch_written(
-    sandbox: Sandbox,
-) -> None:
+def test_nan_in_the_source_is_quarantined_and_the_rest_copied(sandbox: Sandbox) -> None:
     spec, shard = _one_shard(sandbox)
     journal = Journal(sandbox.catalog)
     ids = next(iter(open_source(spec).iter_shard(shard, 10_000))).ids
     victim = int(ids[1234])  # in the 13th batch
     poison(sandbox, spec, victim)
-    with pytest.raises(DataError) as exc:
-        copy_shard(spec, shard, journal)
-    message = str(exc.value)
-    assert f"[{victim}]" in message
-    assert "NaN or infinity" in message
-    assert "shard 0" in message
-    assert open_target(spec).count() == 1200  # the twelve batches before it, nothing more
-    state = journal.copy_state(spec.migration_id, shard.index)
-    assert state is not None
-    assert state.copied == 1200
-    assert state.handed == 1200
+    result = copy_shard(spec, shard, journal)
+    assert result.quarantined == 1
+    assert result.copied == 2999
+    target = open_target(spec)
+    assert target.count() == 2999
+    assert target.fetch(np.array([victim]))[0].size == 0  # never written
+    report = Quarantine(sandbox.catalog).report(spec.migration_id)
+    assert report.counts == {"nonfinite": 1}
+    assert report.ids == {"nonfinite": [str(victim)]}
+    # A batch copied again after a crash notes its records once.
+    faults = Faults()
+    faults.add(victim, "nonfinite", "again")
+    Quarantine(sandbox.catalog).add(spec.migration_id, shard.index, faults)
+    assert Quarantine(sandbox.catalog).report(spec.migration_id).total == 1

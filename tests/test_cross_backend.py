@@ -18,7 +18,7 @@ from vecmigrate.model.lifecycle import Phase
 from vecmigrate.serving.router import Router
 from vecmigrate.stores import WHOLE, PgvectorStore, Scope, open_store
 from vecmigrate.stores.milvus import close_clients
-from vecmigrate.stores.qdrant import close_shards
+from vecmigrate.stores.qdrant import close_clients as close_qdrant
 
 
 def pg(postgres: Any) -> dict[str, Any]:
@@ -191,4 +191,4 @@ async def test_builtin_to_qdrant_native_hnsw(client: Client, sandbox: Sandbox) -
         assert served.version == "v2"
         assert served.ids[:, 0].tolist() == [1, 2, 3, 4, 5]
     finally:
-        close_shards()
+        close_qdrant()

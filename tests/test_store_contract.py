@@ -31,6 +31,7 @@ from vecmigrate.model.spec import (
     PgvectorHnsw,
     PgvectorIvfflat,
     QdrantHnsw,
+    QdrantStoreRef,
     ShardLayout,
     VersionSpec,
 )
@@ -46,7 +47,7 @@ from vecmigrate.stores import (
 )
 from vecmigrate.stores.base import WHOLE
 from vecmigrate.stores.milvus import close_clients
-from vecmigrate.stores.qdrant import close_shards
+from vecmigrate.stores.qdrant import close_clients as close_qdrant
 from vecmigrate.validation import recall_at_k
 
 Opener = Callable[..., VectorStore]
@@ -59,7 +60,7 @@ def make_opener(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Op
         return lambda scope, dim=None: BuiltinStore.open(url, scope, dim)
     if kind == "qdrant":
         root = str(tmp_path / f"qdrant-{uuid.uuid4().hex[:6]}")
-        return lambda scope, dim=None: QdrantStore.open(root, scope, dim)
+        return lambda scope, dim=None: QdrantStore.open(QdrantStoreRef(path=root), scope, dim)
     if kind == "milvus":
         uri = str(tmp_path / f"milvus-{uuid.uuid4().hex[:6]}.db")
         return lambda scope, dim=None: MilvusStore.open(uri, scope, dim)
@@ -75,7 +76,7 @@ def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
     yield make_opener(request.param, tmp_path, request)
     dispose_engines()
     close_clients()
-    close_shards()
+    close_qdrant()
 
 
 def filled(
@@ -237,7 +238,7 @@ def test_adapters_agree_on_the_same_data(tmp_path: Path, request: pytest.Fixture
             assert other.sample(20, seed=4)[0].tolist() == first.sample(20, seed=4)[0].tolist()
     dispose_engines()
     close_clients()
-    close_shards()
+    close_qdrant()
 
 
 def assert_native_index_matches_exact(
@@ -307,22 +308,27 @@ def test_milvus_native_index_finds_the_exact_neighbours(
 
 @pytest.mark.parametrize("metric", [Metric.L2, Metric.IP])
 def test_qdrant_native_hnsw_finds_the_exact_neighbours(tmp_path: Path, metric: Metric) -> None:
-    store = QdrantStore.open(str(tmp_path), Scope("t", "c", "v"), 16, metric=str(metric))
+    ref = QdrantStoreRef(path=str(tmp_path))
+    store = QdrantStore.open(ref, Scope("t", "c", "v"), 16, metric=str(metric))
     vecs = clustered(1500, 16, clusters=12, seed=2)
     assert_native_index_matches_exact(store, vecs, QdrantHnsw(m=16, ef_construct=64, ef=80), metric)
-    assert store.shard.info().indexed_vectors_count == 1500  # a real graph, not a full scan
+    # The graph's parameters are the spec's, set on the collection and recorded in its metadata
+    # (qdrant-client's local mode searches exactly; a server builds the graph with them).
+    made = store.client.get_collection(store.name).config.metadata["vecmigrate"]
+    assert made["index"] == {"kind": "qdrant_hnsw", "m": 16, "ef_construct": 64, "ef": 80}
     assert store.count() == 1500
-    close_shards()
+    close_qdrant()
 
 
 def test_qdrant_refuses_what_it_cannot_hold(tmp_path: Path) -> None:
-    store = QdrantStore.open(str(tmp_path), Scope("t", "c", "v"), 4)
+    ref = QdrantStoreRef(path=str(tmp_path))
+    store = QdrantStore.open(ref, Scope("t", "c", "v"), 4)
     with pytest.raises(DataError, match="point ids are unsigned"):
         store.upsert(np.array([-1, 2]), np.ones((2, 4), np.float32))
     assert store.count() == 0
     with pytest.raises(PreconditionError, match="set the target's metric to ip"):
-        QdrantStore.open(str(tmp_path), Scope("t", "c", "w"), 4, metric="cosine")
-    close_shards()
+        QdrantStore.open(ref, Scope("t", "c", "w"), 4, metric="cosine")
+    close_qdrant()
 
 
 def test_a_builtin_scan_from_a_cursor_starts_at_the_cursor(tmp_path: Path) -> None:

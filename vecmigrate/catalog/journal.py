@@ -29,7 +29,10 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Table,
+    Text,
+    inspect,
     select,
+    text,
     update,
 )
 from sqlalchemy.exc import IntegrityError
@@ -47,6 +50,8 @@ shard_work = Table(
     # Resume point: the copy continues after (cursor_key, cursor_id); NULL means from the start.
     Column("cursor_key", BigInteger),
     Column("cursor_id", BigInteger),
+    # Where a scan not ordered by label resumes (see ``Cursor.token``).
+    Column("cursor_token", Text),
     # Vectors copied up to the cursor and the running checksum of them (sum kept as text: it
     # is an unsigned 64-bit number).
     Column("copied", BigInteger, nullable=False, default=0),
@@ -123,11 +128,14 @@ class Journal:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
         self.engine = catalog.engine
-        once_per_engine(
-            self.engine,
-            "journal",
-            lambda: metadata.create_all(self.engine, tables=[shard_work, controls, gate_truths]),
-        )
+        once_per_engine(self.engine, "journal", self._create)
+
+    def _create(self) -> None:
+        metadata.create_all(self.engine, tables=[shard_work, controls, gate_truths])
+        have = {c["name"] for c in inspect(self.engine).get_columns("shard_work")}
+        if "cursor_token" not in have:  # a catalog made before scans had tokens
+            with begin(self.engine) as conn:
+                conn.execute(text("ALTER TABLE shard_work ADD COLUMN cursor_token TEXT"))
 
     # -- copy progress ------------------------------------------------------------------------
 
@@ -177,6 +185,7 @@ class Journal:
         return {
             "cursor_key": None if cursor is None else cursor.key,
             "cursor_id": None if cursor is None else cursor.id,
+            "cursor_token": None if cursor is None else cursor.token,
             "copied": copied,
             "sum_count": written.count,
             "sum_total": str(written.total),
@@ -185,7 +194,7 @@ class Journal:
     @staticmethod
     def _state(row: Any) -> CopyState:
         cursor = (
-            Cursor(key=int(row["cursor_key"]), id=int(row["cursor_id"]))
+            Cursor(key=int(row["cursor_key"]), id=int(row["cursor_id"]), token=row["cursor_token"])
             if row["cursor_key"] is not None
             else None
         )

@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vecmigrate.catalog.catalog import Catalog
-from vecmigrate.data.backfill import Check, open_source, run_checks, shard_plan
+from vecmigrate.data.backfill import open_source, run_checks, shard_plan
+from vecmigrate.data.checks import Check
 from vecmigrate.errors import VecmigrateError
 from vecmigrate.model.lifecycle import STRATEGY_PHASES, Phase
 from vecmigrate.model.spec import (

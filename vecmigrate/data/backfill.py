@@ -9,23 +9,28 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.catalog.changelog import ChangeLog
 from vecmigrate.catalog.documents import Documents
 from vecmigrate.catalog.journal import Control, Journal
+from vecmigrate.data.adopt import adopt, adoption_checks, target_schema
+from vecmigrate.data.checks import Check
+from vecmigrate.data.quarantine import Quarantine
 from vecmigrate.data.transforms import make_transform
 from vecmigrate.embedding.reembed import Reembedder, fit_transition, untexted
 from vecmigrate.embedding.registry import Registry, model_key
-from vecmigrate.errors import DataError, PreconditionError, VecmigrateError
+from vecmigrate.errors import DataError, NotFoundError, PreconditionError, VecmigrateError
 from vecmigrate.indexes.build import artifact_dir
-from vecmigrate.model.spec import FaissIvfFlat, FaissIvfPq, MigrationSpec
+from vecmigrate.model.spec import FaissIvfFlat, FaissIvfPq, MigrationSpec, named
 from vecmigrate.model.tasks import CatchUpResult, CopyShardResult, Cursor, PrepareResult, ShardRef
+from vecmigrate.records.batch import Faults, Records
 from vecmigrate.records.checksums import RecordChecksum
+from vecmigrate.records.screening import Limits, screen
 from vecmigrate.records.sharding import plan_shards
-from vecmigrate.records.vectors import check_vectors
 from vecmigrate.stores import CAPABILITIES, WHOLE, Scope, VectorStore, open_store
 from vecmigrate.stores.base import Batch
 
@@ -45,23 +50,26 @@ def target_scope(spec: MigrationSpec) -> Scope:
 
 
 def open_source(spec: MigrationSpec) -> VectorStore:
-    """The source version's store (must exist)."""
+    """The source version's store (must exist): a store of vecmigrate's, or the existing table
+    or collection the source's store reference names."""
     return open_store(spec.source.store, source_scope(spec))
 
 
-def open_target(spec: MigrationSpec) -> VectorStore:
-    """The target version's store (created on first use)."""
+def open_target(spec: MigrationSpec, source: VectorStore | None = None) -> VectorStore:
+    """The target version's store, created on first use with the source's record schema (see
+    :func:`~vecmigrate.data.adopt.target_schema`)."""
     emb = spec.target.embedding
-    return open_store(spec.target.store, target_scope(spec), emb.dimension, str(emb.metric))
+    try:
+        return open_store(spec.target.store, target_scope(spec), metric=str(emb.metric))
+    except NotFoundError:
+        pass
+    schema = target_schema((source or open_source(spec)).schema, spec)
+    return open_store(spec.target.store, target_scope(spec), metric=str(emb.metric), schema=schema)
 
 
-@dataclass(frozen=True)
-class Check:
-    """One precondition: its name, whether it holds, and what was found."""
-
-    name: str
-    passed: bool
-    detail: str
+def target_limits(spec: MigrationSpec, target: VectorStore) -> Limits:
+    """What the target cannot hold, with the spec's cap on a record's payload."""
+    return target.limits().with_payload_cap(spec.quarantine.max_payload_bytes)
 
 
 def run_checks(catalog: Catalog, spec: MigrationSpec) -> list[Check]:
@@ -74,28 +82,35 @@ def run_checks(catalog: Catalog, spec: MigrationSpec) -> list[Check]:
         return ok
 
     src = catalog.find_version(spec.tenant, spec.collection, spec.source.name)
+    adopting = src is None and named(spec.source.store) is not None
     if not add(
         "source registered",
-        src is not None,
-        f"{where}@{spec.source.name} is in the catalog",
-        f"source version {spec.source.name!r} of {where} is not in the catalog",
+        src is not None or adopting,
+        f"{where}@{spec.source.name} is in the catalog"
+        if src is not None
+        else f"{named(spec.source.store)} will be registered as {where}@{spec.source.name} "
+        "when the migration prepares",
+        f"source version {spec.source.name!r} of {where} is not in the catalog; seed it, or "
+        "name an existing table or collection in source.store to adopt",
     ):
         return checks
-    assert src is not None
-    e = src.embedding
-    add(
-        "source schema",
-        e == spec.source.embedding,
-        f"{e.model_id}@{e.model_version}, {e.dimension}d, {e.metric}",
-        f"source.embedding does not match the catalog: {where}@{spec.source.name} holds "
-        f"{e.model_id}@{e.model_version}, {e.dimension}d, {e.metric}; fix the spec",
-    )
+    if src is not None:
+        e = src.embedding
+        add(
+            "source schema",
+            e == spec.source.embedding,
+            f"{e.model_id}@{e.model_version}, {e.dimension}d, {e.metric}",
+            f"source.embedding does not match the catalog: {where}@{spec.source.name} holds "
+            f"{e.model_id}@{e.model_version}, {e.dimension}d, {e.metric}; fix the spec",
+        )
     routing = catalog.get_routing(spec.tenant, spec.collection)
     serving = routing.read_version if routing else None
     add(
         "source serves reads",
-        serving == spec.source.name,
-        f"routing reads {serving} (generation {routing.generation if routing else 0})",
+        serving == spec.source.name or (routing is None and adopting),
+        f"routing reads {serving} (generation {routing.generation if routing else 0})"
+        if routing is not None
+        else f"reads will be routed to {spec.source.name} when it is registered",
         f"{where} serves reads from {serving!r}, not the source {spec.source.name!r}; "
         "migrate from the version that serves",
     )
@@ -125,6 +140,8 @@ def run_checks(catalog: Catalog, spec: MigrationSpec) -> list[Check]:
         add("source store reachable", False, "", f"cannot open the source store: {exc}")
         return checks
     add("source store reachable", True, f"{store.count():,} records in {store.scope}", "")
+    if store.adopted:
+        checks.extend(adoption_checks(spec, store))
     add(
         "dimension consistent",
         store.dimension == spec.source.embedding.dimension,
@@ -143,7 +160,11 @@ def run_checks(catalog: Catalog, spec: MigrationSpec) -> list[Check]:
     if spec.model_change:
         checks.extend(model_checks(catalog, spec, store))
     idx = spec.target.index
-    sizes = [store.count(s) for s in shard_plan(spec, store)]
+    try:
+        sizes = list(store.shard_counts(shard_plan(spec, store)).values())
+    except PreconditionError as exc:
+        add("shard layout", False, "", str(exc))
+        return checks
     smallest = min(sizes, default=0)
     need = 0
     if isinstance(idx, FaissIvfFlat):
@@ -157,11 +178,12 @@ def run_checks(catalog: Catalog, spec: MigrationSpec) -> list[Check]:
         f"target.index needs at least {need} vectors per shard to train, but the smallest "
         f"shard holds {smallest}: lower nlist (or nbits) or use fewer shards",
     )
-    caps = [
-        problem
-        for side, version in (("source", spec.source), ("target", spec.target))
-        for problem in CAPABILITIES[version.store.kind].problems(version, side)
-    ]
+    caps = CAPABILITIES[spec.target.store.kind].problems(spec.target, "target")
+    if not store.adopted:
+        caps = CAPABILITIES[spec.source.store.kind].problems(spec.source, "source") + caps
+    caps += CAPABILITIES[spec.target.store.kind].schema_problems(
+        target_schema(store.schema, spec), "target"
+    )
     add(
         "stores can hold it",
         not caps,
@@ -280,7 +302,9 @@ def prepare(catalog: Catalog, spec: MigrationSpec, operator: str) -> PrepareResu
         raise PreconditionError("; ".join(problems))
     source = open_source(spec)
     shards = shard_plan(spec, source)
-    counts = {s.index: source.count(s) for s in shards}
+    counts = source.shard_counts(shards)
+    if source.adopted:
+        adopt(catalog, spec, source, operator)
     catalog.record_migration(spec, "PREPARING", operator)
     catalog.register_version(
         spec.tenant,
@@ -291,7 +315,7 @@ def prepare(catalog: Catalog, spec: MigrationSpec, operator: str) -> PrepareResu
         state="building",
         migration_id=spec.migration_id,
     )
-    open_target(spec)
+    open_target(spec, source)
     adapter = None
     if spec.model_change and spec.reembed.adapter != "none":
         directory = artifact_dir(spec.target.store, spec.tenant, spec.collection, "adapters")
@@ -370,11 +394,14 @@ def copy_shard(
         return CopyShardResult.model_validate(state.result).model_copy(
             update={"attempts": state.attempts}
         )
-    source, target = open_source(spec), open_target(spec)
-    _, transform = make_transform(spec.source.embedding, spec.target.embedding)
+    source = open_source(spec)
+    target = open_target(spec, source)
+    limits = target_limits(spec, target)
+    quarantine = Quarantine(journal.catalog)
+    name, transform = make_transform(spec.source.embedding, spec.target.embedding)
     reembed = Reembedder.for_spec(journal.catalog, spec) if spec.model_change else None
     cursor, copied, acc = state.cursor, state.copied, state.written
-    handed, batches = state.handed, 0
+    handed, batches, left_out = state.handed, 0, 0
     throttle = Throttle(clock)
     parallel = min(spec.max_parallel_shards, len(spec.shards.selected()))
 
@@ -396,6 +423,7 @@ def copy_shard(
             complete=False,
             attempts=state.attempts,
             recopied=max(0, handed - copied),
+            quarantined=left_out,
             **embedded(),
         )
 
@@ -403,6 +431,17 @@ def copy_shard(
         if reembed is None:
             return {}
         return {"embedded": reembed.texts, "embed_seconds": round(reembed.seconds, 3)}
+
+    def target_records(batch: Batch) -> tuple[Records, Faults]:
+        """The batch as the target holds it, and the records it cannot."""
+        good, faults = screen(batch.records, limits)
+        faults.extend(batch.faults)
+        if reembed is not None:
+            found, vectors = reembed.records(good.labels)
+            good = good.filter(np.isin(good.labels, found)).with_vectors(vectors)
+        elif name != "identity":
+            good = good.with_vectors(transform(good.vectors()))
+        return good.conform(target.schema), faults
 
     # The next batch is read while this one is written (the source and the target are other
     # databases, so the read and the write overlap): reading costs a third of a copy.
@@ -417,36 +456,31 @@ def copy_shard(
                 ahead.result() if ahead is not None else source.scan(shard, cursor, spec.batch_size)
             )
             ahead = None
-            if len(batch) == 0:
+            if batch.exhausted:
                 break
-            if batch.next_cursor is not None and len(batch) == spec.batch_size:
+            if batch.next_cursor is not None:
                 ahead = reader.submit(source.scan, shard, batch.next_cursor, spec.batch_size)
             try:
-                if reembed is not None:
-                    ids, vectors = check_vectors(
-                        *reembed.records(batch.ids), target.dimension, target.scope
-                    )
-                else:
-                    ids, vectors = check_vectors(
-                        batch.ids, transform(batch.vectors), target.dimension, target.scope
-                    )
+                records, faults = target_records(batch)
             except DataError as exc:
                 # Everything before this batch has committed: a resume after the fix starts here.
                 journal.before_batch(mid, shard.index, cursor, copied, acc, 0)
                 raise DataError(
                     f"shard {shard.index}, batch after id {cursor.id if cursor else 'start'}: {exc}"
                 ) from None
-            journal.before_batch(mid, shard.index, cursor, copied, acc, len(ids))
-            handed += len(ids)
-            target.upsert(ids, vectors)
-            acc.add(ids, vectors)
+            journal.before_batch(mid, shard.index, cursor, copied, acc, len(records))
+            handed += len(records)
+            quarantine.add(mid, shard.index, faults)
+            left_out += len(faults)
+            target.write(records)
+            acc.add_hashes(records.hashes())
             assert batch.next_cursor is not None
             cursor = batch.next_cursor
-            copied += len(ids)
+            copied += len(records)
             batches += 1
             if on_batch is not None:
                 on_batch(cursor, copied, acc)
-            wait = throttle.delay(share(control), len(ids))
+            wait = throttle.delay(share(control), len(records))
             while wait > 0:
                 step = min(wait, 1.0)
                 sleep(step)
@@ -468,6 +502,7 @@ def copy_shard(
         seconds=time.monotonic() - began,
         attempts=state.attempts,
         recopied=max(0, handed - copied),
+        quarantined=left_out,
         **embedded(),
     )
     journal.finish_copy(mid, shard.index, cursor, copied, acc, result.model_dump(mode="json"))

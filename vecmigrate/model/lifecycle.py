@@ -190,6 +190,11 @@ class ShardProfile(_Model):
     norm_mean: float | None = None
     checksum: str = ""
     id_checksum: str = ""
+    # Ids with their payloads alone (empty for records without payload): the payload must cross
+    # unchanged whatever happens to the vectors.
+    payload_checksum: str = ""
+    # Records left out of the shard, by reason (see the quarantine); on the source side only.
+    quarantined: dict[str, int] = Field(default_factory=dict)
 
 
 class ShardCheck(_Model):

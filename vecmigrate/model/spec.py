@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from vecmigrate.errors import SpecError
+from vecmigrate.model.records import FieldKind
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -186,10 +187,20 @@ class _StoreRef(_Model):
 
     ``location`` is where the store keeps its data (a region or data-centre label, for
     residency checks); ``tenants``, when set, are the only tenants the store may hold.
+    ``writable`` lets vecmigrate write to an adopted source (an existing table or collection
+    named as a migration's source): without it, nothing is ever written to one, and writes sent
+    through the router to that version are refused.
     """
 
     location: str | None = Field(default=None, min_length=1, max_length=64)
     tenants: tuple[Name, ...] | None = None
+    writable: bool = False
+
+
+SECRET_PREFIXES = ("env:", "file:")
+# A table name, schema-qualified or not (``documents``, ``search.documents``).
+TABLE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_$]{0,62}(\.[A-Za-z_][A-Za-z0-9_$]{0,62})?$"
+SecretRef = Annotated[str, Field(min_length=1, max_length=1000)]
 
 
 class BuiltinStoreRef(_StoreRef):
@@ -208,37 +219,83 @@ class PgvectorStoreRef(_StoreRef):
     """A PostgreSQL database with the pgvector extension.
 
     ``url`` is a libpq or SQLAlchemy URL (``postgresql://user:pass@host:5432/db``; a Unix socket
-    with ``?host=/path``). Each version gets its own table, so native indexes never span
-    versions. ``artifacts`` holds FAISS/hnswlib index files when the index is not native.
+    with ``?host=/path``). Without ``table`` each version gets a table of vecmigrate's own, so
+    native indexes never span versions. With ``table``, a source reads that existing table as
+    it is (``id_column``: its primary key by default; ``vector_columns``: every ``vector`` and
+    ``halfvec`` column by default, the first one primary; ``payload_columns``: every other
+    column, or a list), and a target is created under that name with the source's columns.
+    ``artifacts`` holds FAISS/hnswlib index files when the index is not native.
     """
 
     kind: Literal["pgvector"] = "pgvector"
     url: str = Field(min_length=1)
     artifacts: str | None = None
+    table: str | None = Field(default=None, pattern=TABLE_PATTERN)
+    id_column: str | None = Field(default=None, min_length=1, max_length=63)
+    vector_columns: tuple[str, ...] | None = Field(default=None, min_length=1)
+    payload_columns: tuple[str, ...] | Literal["all"] = "all"
 
 
 class MilvusStoreRef(_StoreRef):
-    """A Milvus deployment: ``uri`` is ``http://host:19530`` (``token`` if it needs one), or a
-    local file path for the embedded milvus-lite engine. Each version is its own collection."""
+    """A Milvus deployment: ``uri`` is ``http://host:19530`` (``token`` if it needs one, best as
+    a reference: ``env:NAME`` or ``file:PATH``), or a local file path for the embedded
+    milvus-lite engine. Without ``collection`` each version is a collection of vecmigrate's
+    own; with it, a source reads that existing collection (``vector_fields``: every dense
+    vector field by default, the first one primary) and a target is created under that name."""
 
     kind: Literal["milvus"] = "milvus"
     uri: str = Field(min_length=1)
-    token: str | None = None
+    token: SecretRef | None = None
     artifacts: str | None = None
+    collection: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,254}$")
+    vector_fields: tuple[str, ...] | None = Field(default=None, min_length=1)
 
 
 class QdrantStoreRef(_StoreRef):
-    """Qdrant's engine in-process (qdrant-edge-py): each version is a shard directory under
-    ``path``. One process owns a shard at a time."""
+    """Qdrant through qdrant-client: a server at ``url`` (``http(s)://host:6333``, with
+    ``api_key`` as a reference: ``env:NAME`` or ``file:PATH``), or the client's local mode in
+    the directory ``path``. Without ``collection`` each version is a collection of vecmigrate's
+    own; with it, a source reads that existing collection (``vectors``: every named dense
+    vector by default, the first one primary; ``payload_kinds`` fixes the kind of payload fields
+    a sample would guess) and a target is created under that name."""
 
     kind: Literal["qdrant"] = "qdrant"
-    path: str = Field(min_length=1)
+    url: str | None = Field(default=None, pattern=r"^https?://")
+    path: str | None = Field(default=None, min_length=1)
+    api_key: SecretRef | None = None
+    collection: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.-]{1,255}$")
+    vectors: tuple[str, ...] | None = Field(default=None, min_length=1)
+    payload_kinds: dict[str, FieldKind] = Field(default_factory=dict)
     artifacts: str | None = None
+
+    @model_validator(mode="after")
+    def _one_place(self) -> Self:
+        if (self.url is None) == (self.path is None):
+            raise ValueError(
+                "a Qdrant store is a server url (http(s)://host:6333) or a local-mode path; "
+                "give exactly one"
+            )
+        if self.api_key is not None and not self.api_key.startswith(SECRET_PREFIXES):
+            raise ValueError(
+                "api_key would be written into the spec, the catalog and the workflow history: "
+                "give a reference instead (env:NAME or file:PATH)"
+            )
+        return self
 
 
 AnyStoreRef = BuiltinStoreRef | PgvectorStoreRef | MilvusStoreRef | QdrantStoreRef
 StoreRef = Annotated[AnyStoreRef, Field(discriminator="kind")]
 STORE_KINDS = ("builtin", "pgvector", "milvus", "qdrant")
+
+
+def named(ref: AnyStoreRef) -> str | None:
+    """The table or collection a store reference names (an existing one for a source, the one
+    to create for a target), or ``None`` for vecmigrate's own naming."""
+    if isinstance(ref, PgvectorStoreRef):
+        return ref.table
+    if isinstance(ref, MilvusStoreRef | QdrantStoreRef):
+        return ref.collection
+    return None
 
 
 def store_ref(data: dict[str, Any]) -> AnyStoreRef:
@@ -337,6 +394,16 @@ class GatePolicy(_Model):
     time_budget_seconds: float = Field(default=1800.0, gt=0.0)
     on_failure: Literal["pause", "rollback"] = "pause"
     seed: int = 0
+
+
+class QuarantinePolicy(_Model):
+    """Source records no target can hold (a null vector, the wrong dimension, NaN, an id twice,
+    an id or value the target cannot store, a payload over ``max_payload_bytes``) are left out of
+    the copy and listed in the quarantine. The gate fails when more than ``max_records`` are
+    (``None``: the migration passes with the report)."""
+
+    max_records: int | None = Field(default=0, ge=0)
+    max_payload_bytes: int | None = Field(default=None, ge=1)
 
 
 class CutoverPolicy(_Model):
@@ -488,6 +555,7 @@ class MigrationSpec(_Model):
     # another worker (from its last committed batch).
     heartbeat_seconds: float = Field(default=30.0, ge=1.0, le=600.0)
     gates: GatePolicy = Field(default_factory=GatePolicy)
+    quarantine: QuarantinePolicy = Field(default_factory=QuarantinePolicy)
     cutover: CutoverPolicy = Field(default_factory=CutoverPolicy)
     online: OnlinePolicy = Field(default_factory=OnlinePolicy)
     reembed: ReembedPolicy = Field(default_factory=ReembedPolicy)

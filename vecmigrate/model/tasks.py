@@ -22,10 +22,16 @@ class _Model(BaseModel):
 
 
 class Cursor(_Model):
-    """Resume point of a shard scan: the last (key, id) read. Heartbeated after every batch."""
+    """Resume point of a shard scan: the last (key, id) read. Heartbeated after every batch.
+
+    ``id`` is the last record's label (its id, for integer ids); ``token`` is where a scan
+    that is not ordered by label resumes: the last id of a string or UUID keyset, or the
+    engine's own next-page position.
+    """
 
     key: int
     id: int
+    token: str | None = None
 
 
 class PrepareInput(_Model):
@@ -73,6 +79,8 @@ class CopyShardResult(_Model):
     embedded: int = 0
     embed_seconds: float = 0.0
     ledger: LedgerAck | None = None
+    # Source records of this shard left out (see the quarantine), over this call's batches.
+    quarantined: int = 0
 
 
 class BuildIndexInput(_Model):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from vecmigrate.config import resolve_store
+from vecmigrate.model.records import RecordSchema
 from vecmigrate.model.spec import AnyStoreRef, MilvusStoreRef, PgvectorStoreRef, QdrantStoreRef
-from vecmigrate.stores.base import WHOLE, Batch, Scope, VectorStore
+from vecmigrate.stores.base import WHOLE, Batch, Inventory, Scope, VectorStore
 from vecmigrate.stores.builtin import BuiltinStore
 from vecmigrate.stores.capabilities import CAPABILITIES, Capabilities
 from vecmigrate.stores.milvus import MilvusStore
@@ -17,6 +18,7 @@ __all__ = [
     "Batch",
     "BuiltinStore",
     "Capabilities",
+    "Inventory",
     "MilvusStore",
     "PgvectorStore",
     "QdrantStore",
@@ -27,18 +29,26 @@ __all__ = [
 
 
 def open_store(
-    ref: AnyStoreRef, scope: Scope, dimension: int | None = None, metric: str = "l2"
+    ref: AnyStoreRef,
+    scope: Scope,
+    dimension: int | None = None,
+    metric: str = "l2",
+    *,
+    schema: RecordSchema | None = None,
 ) -> VectorStore:
-    """Open ``scope`` in the store ``ref`` names; create it when ``dimension`` is given.
+    """Open ``scope`` in the store ``ref`` names; create it when ``dimension`` or ``schema``
+    is given (records of ``schema``, or integer ids and one vector of ``dimension``).
 
-    ``metric`` matters only to stores that fix it at creation (Qdrant).
+    A reference naming a table or collection opens that one: an existing one vecmigrate did
+    not make is adopted as it is (a source), and ``schema`` creates it (a target). ``metric``
+    matters only to stores that fix it at creation (Qdrant, Milvus).
     """
     if isinstance(ref, PgvectorStoreRef):
-        return PgvectorStore.open(ref.url, scope, dimension)
+        return PgvectorStore.open(ref.url, scope, dimension, schema=schema, ref=ref)
     if isinstance(ref, QdrantStoreRef):
-        return QdrantStore.open(ref.path, scope, dimension, metric=metric)
+        return QdrantStore.open(ref, scope, dimension, metric=metric, schema=schema)
     if isinstance(ref, MilvusStoreRef):
-        return MilvusStore.open(ref.uri, scope, dimension, token=ref.token)
+        return MilvusStore.open(ref, scope, dimension, metric=metric, schema=schema)
     resolved = resolve_store(ref)
     assert resolved.url is not None
-    return BuiltinStore.open(resolved.url, scope, dimension)
+    return BuiltinStore.open(resolved.url, scope, dimension, schema=schema)

@@ -4,17 +4,23 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Protocol, TypeVar, runtime_checkable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
 
-from vecmigrate.errors import DataError
+from vecmigrate.errors import DataError, PreconditionError
+from vecmigrate.model.records import Filter, IdKind, RecordSchema
 from vecmigrate.model.tasks import Cursor, ShardRef
+from vecmigrate.records.batch import Faults, Records
 from vecmigrate.records.checksums import RecordChecksum
-from vecmigrate.records.sharding import hash_key
-from vecmigrate.records.vectors import ExactKnn
+from vecmigrate.records.filters import evaluate
+from vecmigrate.records.ids import id_array
+from vecmigrate.records.screening import Limits
+from vecmigrate.records.sharding import HASH_SPACE, hash_key
+from vecmigrate.records.vectors import ExactKnn, check_vectors
 
 Ids = npt.NDArray[np.int64]
 Vectors = npt.NDArray[np.float32]
@@ -34,20 +40,61 @@ class Scope:
 
 @dataclass(frozen=True)
 class Batch:
-    """Records read from a shard, in scan order, and the cursor to resume after them."""
+    """Records read from a shard, in scan order, and the cursor to resume after them.
 
-    ids: Ids
-    vectors: Vectors
+    ``faults`` are the records read that no store can hold (null vector, wrong dimension, NaN,
+    an id occurring twice): left out of ``records``, named for the quarantine. A batch with
+    neither records nor faults means the shard is done.
+    """
+
+    records: Records
     next_cursor: Cursor | None
+    faults: Faults = field(default_factory=Faults)
+
+    @property
+    def ids(self) -> Ids:
+        """The records' labels (their ids, for integer ids)."""
+        return self.records.labels
+
+    @property
+    def vectors(self) -> Vectors:
+        """The records' primary vectors as float32 rows."""
+        return self.records.vectors()
+
+    @property
+    def exhausted(self) -> bool:
+        """Whether the scan found nothing more in its shard."""
+        return not len(self.records) and not len(self.faults)
 
     def __len__(self) -> int:
-        return int(self.ids.shape[0])
+        return len(self.records)
 
 
 # A shard covering every id: for whole-scope scans.
 # Everything, in hash-key order: the order in which stores keep their records together (a hash
 # shard is a contiguous range of the built-in store's table), so a whole scan reads sequentially.
-WHOLE = ShardRef(index=0, by="hash", lo=0, hi=1 << 32)
+WHOLE = ShardRef(index=0, by="hash", lo=0, hi=HASH_SPACE)
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """What ``vecmigrate inspect`` reports of a table or collection."""
+
+    engine: str
+    name: str
+    count: int
+    schema: RecordSchema
+    # Per vector field: the index on it (kind and parameters), if any.
+    indexes: dict[str, dict[str, Any]]
+    # Payload fields with an index of their own, and what kind.
+    payload_indexes: dict[str, str]
+    size_bytes: int | None
+    samples: list[dict[str, Any]]
+    # Payload fields typed from a sample of records (the engine keeps no schema of them).
+    sampled: bool = False
+    notes: list[str] = field(default_factory=list)
+    # The store reference that reads it as a migration's source.
+    store: dict[str, Any] = field(default_factory=dict)
 
 
 @runtime_checkable
@@ -57,6 +104,12 @@ class VectorStore(Protocol):
     kind: str
     scope: Scope
     dimension: int
+    schema: RecordSchema
+
+    @property
+    def adopted(self) -> bool:
+        """Whether this is an existing table or collection read as it is."""
+        ...
 
     def scan(self, shard: ShardRef, cursor: Cursor | None, limit: int) -> Batch:
         """Up to ``limit`` records of ``shard`` after ``cursor``, in a stable order."""
@@ -70,15 +123,19 @@ class VectorStore(Protocol):
         ...
 
     def iter_ids(self, shard: ShardRef, batch_size: int) -> Iterator[Ids]:
-        """Every id of a shard once, batch by batch, in an order of the store's (the vectors
+        """Every label of a shard once, batch by batch, in an order of the store's (the vectors
         left unread where the store can)."""
         ...
 
-    def upsert(self, ids: Ids, vectors: Vectors) -> int:
+    def write(self, records: Records) -> int:
         """Insert or replace records by id; running it twice leaves the same store."""
         ...
 
-    def delete(self, ids: Ids) -> int:
+    def upsert(self, ids: Ids, vectors: Vectors) -> int:
+        """Insert or replace records of integer ids and one vector (no payload) by id."""
+        ...
+
+    def delete(self, ids: Ids | pa.Array) -> int:
         """Remove records by id; deleting a missing id is not an error."""
         ...
 
@@ -87,35 +144,123 @@ class VectorStore(Protocol):
         ...
 
     def checksum(self, shard: ShardRef | None = None) -> str:
-        """Order-independent checksum of ids and vector bytes."""
+        """Order-independent checksum of ids, vectors and payload."""
         ...
 
     def search(
         self, queries: Vectors, k: int, metric: str = "l2"
     ) -> tuple[npt.NDArray[np.float32], Ids]:
-        """Exact k nearest neighbours (ground truth): distances and ids, -1 padded."""
+        """Exact k nearest neighbours (ground truth): distances and labels, -1 padded."""
         ...
 
     def sample(self, n: int, seed: int = 0) -> tuple[Ids, Vectors]:
-        """A deterministic pseudo-random sample of ``n`` records."""
+        """A deterministic pseudo-random sample of ``n`` records (see :meth:`sample_records`)."""
+        ...
+
+    def sample_records(self, n: int, seed: int = 0) -> Records:
+        """The ``n`` records whose ids rank first from a seeded point: the same records from
+        every adapter holding the same data."""
         ...
 
     def fetch(self, ids: Ids) -> tuple[Ids, Vectors]:
-        """The records with these ids that exist, in id order."""
+        """The records with these labels that exist, in label order."""
+        ...
+
+    def fetch_records(self, ids: pa.Array) -> Records:
+        """The records with these ids (as the source has them) that exist."""
         ...
 
     def id_quantiles(self, parts: int) -> list[int]:
         """``parts - 1`` increasing ids splitting the scope into near-equal id ranges."""
         ...
 
+    def limits(self) -> Limits:
+        """What this store cannot hold (checked per record before a copy writes)."""
+        ...
+
+    def matching(self, flt: Filter) -> Ids:
+        """Labels of the records whose payload matches ``flt``."""
+        ...
+
+    def shard_counts(self, shards: list[ShardRef]) -> dict[int, int]:
+        """Records per shard (one pass over a store that keeps no shard keys)."""
+        ...
+
 
 class ScanningStore:
-    """What every adapter gets from its ``scan``: batches, checksums, exact search, samples."""
+    """What every adapter gets from its ``scan``: batches, checksums, exact search, samples.
 
+    ``keyed`` stores keep each record's shard key beside it (every store vecmigrate creates):
+    a hash shard is a range of an index. An adopted source keeps none (vecmigrate never writes
+    to it), so its scans read in id order and keep the rows of the shard.
+    """
+
+    kind: str
+    scope: Scope
     dimension: int
+    schema: RecordSchema
+    keyed: bool = True
+    # Adopted sources refuse every write unless their store reference allows it.
+    writable: bool = True
+
+    @property
+    def adopted(self) -> bool:
+        """Whether this is an existing table or collection read as it is (not made by
+        vecmigrate)."""
+        return not self.keyed
 
     def scan(self, shard: ShardRef, cursor: Cursor | None, limit: int) -> Batch:
         raise NotImplementedError
+
+    def write(self, records: Records) -> int:
+        raise NotImplementedError
+
+    def fetch_records(self, ids: pa.Array) -> Records:
+        raise NotImplementedError
+
+    def count(self, shard: ShardRef | None = None) -> int:
+        raise NotImplementedError
+
+    def limits(self) -> Limits:
+        """What this store cannot hold; the default holds everything."""
+        return Limits()
+
+    def _writes(self) -> None:
+        """Refuse a write to a store that must not change.
+
+        Raises:
+            PreconditionError: it is an adopted source that does not allow writes.
+        """
+        if not self.writable:
+            raise PreconditionError(
+                f"{self.scope} is an adopted source: vecmigrate does not write to it unless its "
+                "store reference says writable: true"
+            )
+
+    def upsert(self, ids: Ids, vectors: Vectors) -> int:
+        """Insert or replace records of integer ids and one vector by id (no payload).
+
+        Raises:
+            DataError: wrong shape or dimension, NaN, repeated ids, or this store holds records
+                with other ids or a payload.
+        """
+        ids64, vec32 = check_vectors(ids, vectors, self.dimension, self.scope)
+        if self.schema.id_kind != IdKind.INT or len(self.schema.vectors) > 1:
+            raise DataError(
+                f"{self.scope} holds {self.schema.id_kind} ids and vectors "
+                f"{[v.name for v in self.schema.vectors]}; write whole records"
+            )
+        return self.write(
+            Records.build(self.schema, pa.array(ids64), {self.schema.primary.name: vec32})
+        )
+
+    def fetch(self, ids: Ids) -> tuple[Ids, Vectors]:
+        """The records with these labels that exist, in label order (integer ids)."""
+        if self.schema.id_kind != IdKind.INT:
+            raise DataError(f"{self.scope} has {self.schema.id_kind} ids; fetch records by id")
+        found = self.fetch_records(pa.array(np.unique(np.asarray(ids, np.int64))))
+        order = np.argsort(found.labels, kind="stable")
+        return found.labels[order], found.vectors()[order]
 
     def iter_shard(
         self, shard: ShardRef, batch_size: int, *, read_ahead: bool = False
@@ -132,31 +277,33 @@ class ScanningStore:
         cursor: Cursor | None = None
         while True:
             batch = self.scan(shard, cursor, batch_size)
-            if len(batch) == 0:
+            if batch.exhausted:
                 return
             yield batch
             cursor = batch.next_cursor
 
     def iter_ids(self, shard: ShardRef, batch_size: int) -> Iterator[Ids]:
-        """Every id of a shard once, in scan order; this default reads the vectors too."""
+        """Every label of a shard once, in scan order; this default reads the vectors too."""
         for batch in self.iter_shard(shard, batch_size):
-            yield batch.ids
+            if len(batch):
+                yield batch.ids
 
     def _iter_ahead(self, shard: ShardRef, batch_size: int) -> Iterator[Batch]:
         with ThreadPoolExecutor(1, thread_name_prefix="read-ahead") as reader:
             ahead = reader.submit(self.scan, shard, None, batch_size)
             while True:
                 batch = ahead.result()
-                if len(batch) == 0:
+                if batch.exhausted:
                     return
                 ahead = reader.submit(self.scan, shard, batch.next_cursor, batch_size)
                 yield batch
 
     def checksum(self, shard: ShardRef | None = None, batch_size: int = 50_000) -> str:
-        """Order-independent checksum of ids and vector bytes (comparable across adapters)."""
+        """Order-independent checksum of ids, vectors and payload (comparable across
+        adapters)."""
         acc = RecordChecksum()
         for batch in self.iter_shard(shard or WHOLE, batch_size):
-            acc.add(batch.ids, batch.vectors)
+            acc.add_hashes(batch.records.hashes())
         return acc.hexdigest()
 
     def search(
@@ -168,32 +315,128 @@ class ScanningStore:
             knn.add(batch.ids, batch.vectors)
         return knn.result()
 
-    def count(self, shard: ShardRef | None = None) -> int:
-        raise NotImplementedError
-
     def id_quantiles(self, parts: int) -> list[int]:
         """``parts - 1`` increasing ids at equal steps, found by scanning ids in order.
 
         Adapters with a cheaper way (SQL ``OFFSET``) override this.
+
+        Raises:
+            PreconditionError: the ids are not integers (range shards need ordered ids).
         """
-        everything = list(self.iter_shard(WHOLE, 10_000))
-        ids = np.concatenate([b.ids for b in everything]) if everything else np.empty(0, np.int64)
+        self._integer_ids("range shards")
+        everything = [b.ids for b in self.iter_shard(WHOLE, 10_000)]
+        ids = np.concatenate(everything) if everything else np.empty(0, np.int64)
         ids.sort()
         return increasing_bounds(
             lambda offset: int(ids[offset]) if offset < ids.size else None, int(ids.size), parts
         )
 
-    def sample(self, n: int, seed: int = 0) -> tuple[Ids, Vectors]:
-        """The records with the smallest hash keys from a seeded start: deterministic, spread."""
-        start = int(hash_key(np.array([seed], dtype=np.int64))[0])
-        batch = self.scan(ShardRef(index=0, by="hash", lo=start, hi=1 << 32), None, n)
-        if len(batch) < n:
-            rest = self.scan(ShardRef(index=0, by="hash", lo=0, hi=start), None, n - len(batch))
-            return (
-                np.concatenate([batch.ids, rest.ids]),
-                np.concatenate([batch.vectors, rest.vectors]),
+    def shard_counts(self, shards: list[ShardRef]) -> dict[int, int]:
+        """Records per shard: a count per shard where the store keeps shard keys, else one
+        read of everything (a count per shard would read it once per shard)."""
+        if self.keyed or all(s.by == "range" for s in shards):
+            return {s.index: self.count(s) for s in shards}
+        counts = dict.fromkeys((s.index for s in shards), 0)
+        for batch in self.iter_shard(WHOLE, 50_000):
+            keys = hash_key(batch.ids)
+            for s in shards:
+                counts[s.index] += int(((keys >= s.lo) & (keys < s.hi)).sum())
+        return counts
+
+    def _integer_ids(self, what: str) -> None:
+        if self.schema.id_kind != IdKind.INT:
+            raise PreconditionError(
+                f"{what} split integer ids; {self.scope} has {self.schema.id_kind} ids: use hash "
+                "shards"
             )
-        return batch.ids, batch.vectors
+
+    def sample(self, n: int, seed: int = 0) -> tuple[Ids, Vectors]:
+        """A deterministic pseudo-random sample (see :meth:`sample_records`)."""
+        records = self.sample_records(n, seed)
+        return records.labels, records.vectors()
+
+    def sample_records(self, n: int, seed: int = 0) -> Records:
+        """The ``n`` records whose shard keys come first from a seeded point of the key ring
+        (ties broken by label), in that order: deterministic, spread over the whole id space,
+        and the same records from every adapter holding the same data, whatever order its
+        scans return them in.
+
+        A keyed store reads a window of the key ring that holds about ``n`` records (widened
+        until it does); a store without keys reads everything once, keeping the best ``n``.
+        """
+        start = int(hash_key(np.array([seed], dtype=np.int64))[0])
+        if n <= 0:
+            return Records.empty(self.schema)
+        kept: Records | None = None
+        if self.keyed:
+            total = self.count()
+            width = min(HASH_SPACE, max(1024, int(HASH_SPACE * min(1.0, 1.5 * n / max(total, 1)))))
+            while True:
+                parts = [
+                    b.records
+                    for window in _ring_window(start, width)
+                    for b in self.iter_shard(window, 50_000)
+                ]
+                kept = Records.concat(parts, self.schema)
+                if len(kept) >= n or width >= HASH_SPACE:
+                    break
+                width = min(HASH_SPACE, width * 4)
+            return _first_on_ring(kept, start, n)
+        for batch in self.iter_shard(WHOLE, 50_000):
+            both = (
+                batch.records
+                if kept is None
+                else Records.concat([kept, batch.records], self.schema)
+            )
+            kept = _first_on_ring(both, start, n)
+        return kept if kept is not None else Records.empty(self.schema)
+
+    def matching(self, flt: Filter) -> Ids:
+        """Labels of the records whose payload matches ``flt``, found by reading every record
+        (engines with a filter of their own answer this themselves)."""
+        found = [
+            b.records.labels[evaluate(flt, b.records)]
+            for b in self.iter_shard(WHOLE, 50_000)
+            if len(b)
+        ]
+        return np.concatenate(found) if found else np.empty(0, np.int64)
+
+
+def _ring_window(start: int, width: int) -> list[ShardRef]:
+    """The key range ``[start, start + width)`` of the key ring, as one or two shards."""
+    end = start + width
+    if end <= HASH_SPACE:
+        return [ShardRef(index=0, by="hash", lo=start, hi=end)]
+    return [
+        ShardRef(index=0, by="hash", lo=start, hi=HASH_SPACE),
+        ShardRef(index=0, by="hash", lo=0, hi=min(start, end - HASH_SPACE)),
+    ]
+
+
+def _first_on_ring(records: Records, start: int, n: int) -> Records:
+    """The ``n`` records whose keys follow ``start`` most closely on the key ring (ties by
+    label), in that order."""
+    if not len(records):
+        return records
+    labels = records.labels
+    rank = (hash_key(labels) - start) % HASH_SPACE
+    order = np.lexsort((labels, rank))[:n]
+    return records.take(order)
+
+
+def in_shard(labels: Ids, shard: ShardRef) -> npt.NDArray[np.bool_]:
+    """Which records belong to ``shard`` (for stores that keep no shard key)."""
+    key = hash_key(labels) if shard.by == "hash" else labels
+    return (key >= shard.lo) & (key < shard.hi)
+
+
+def ids_of(store: ScanningStore, ids: Ids | pa.Array | Any) -> pa.Array:
+    """Ids handed to a store's delete or fetch as an Arrow array of the store's id kind.
+
+    Raises:
+        DataError: ids of another kind.
+    """
+    return id_array(ids, store.schema.id_kind)
 
 
 Row = TypeVar("Row")
@@ -232,9 +475,9 @@ def paged_ids(
 
 
 def collect_pages(
-    fetch: Callable[[int | None, int], list[Row]],
-    id_of: Callable[[Row], int],
-    after: int | None,
+    fetch: Callable[[Any, int], list[Row]],
+    id_of: Callable[[Row], Any],
+    after: Any,
     limit: int,
     page_size: int,
 ) -> list[Row]:

@@ -12,16 +12,25 @@ by id each scanned row was a lookup into the table from a secondary index. Measu
 2.0 s; inserts in id order (seeding) slow down instead, so ``upsert`` writes each call's rows in
 key order and ``seed_collection`` feeds them in key order. Stores created by earlier versions keep
 the id-keyed layout: every statement below works on both, only slower on the old one.
+
+A namespace of integer ids and one float32 vector (what ``seed`` makes) keeps exactly the rows
+it always had. Other records keep their label in ``id`` (see :mod:`vecmigrate.records.ids`), the
+id itself in ``rid``, the primary vector in its own dtype in ``vec``, the other vectors in
+``more`` and the payload in ``payload`` (one compact JSON array of the fields' canonical values);
+the namespace keeps the record schema.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from itertools import repeat
 from typing import Any, cast
 
 import numpy as np
+import orjson
+import pyarrow as pa
 from sqlalchemy import (
     BigInteger,
     Column,
@@ -33,18 +42,24 @@ from sqlalchemy import (
     PrimaryKeyConstraint,
     String,
     Table,
+    Text,
     UniqueConstraint,
     func,
+    inspect,
     select,
     text,
 )
 from sqlalchemy.exc import IntegrityError
 
 from vecmigrate.catalog.engines import begin, engine_for, once_per_engine
-from vecmigrate.errors import NotFoundError
+from vecmigrate.errors import DataError, NotFoundError
+from vecmigrate.model.records import FieldKind, IdKind, RecordSchema
 from vecmigrate.model.tasks import Cursor, ShardRef
+from vecmigrate.records.batch import Faults, Records, assemble
+from vecmigrate.records.ids import id_array
+from vecmigrate.records.payload import ARROW_TYPES
 from vecmigrate.records.sharding import hash_key
-from vecmigrate.records.vectors import MAX_ID, Ids, Vectors, check_vectors
+from vecmigrate.records.vectors import MAX_ID, Ids, repeated_ids
 from vecmigrate.stores.base import (
     Batch,
     ScanningStore,
@@ -64,6 +79,8 @@ namespaces = Table(
     Column("collection", String(64), nullable=False),
     Column("version", String(64), nullable=False),
     Column("dimension", Integer, nullable=False),
+    # The record schema as JSON; NULL for integer ids and one float32 vector.
+    Column("record_schema", Text),
     UniqueConstraint("tenant", "collection", "version"),
 )
 
@@ -74,6 +91,9 @@ vectors = Table(
     Column("id", BigInteger, nullable=False),
     Column("h", BigInteger, nullable=False),
     Column("vec", LargeBinary, nullable=False),
+    Column("rid", Text),
+    Column("more", LargeBinary),
+    Column("payload", LargeBinary),
     PrimaryKeyConstraint("ns", "h", "id", name="vm_vectors_pk"),
     Index("vm_vectors_id", "ns", "id", unique=True),
     sqlite_with_rowid=False,
@@ -83,6 +103,16 @@ _UPSERT_SQL = (
     "INSERT INTO vm_vectors (ns, id, h, vec) VALUES (?, ?, ?, ?) "
     "ON CONFLICT (ns, id) DO UPDATE SET h = excluded.h, vec = excluded.vec"
 )
+_UPSERT_RECORDS_SQL = (
+    "INSERT INTO vm_vectors (ns, id, h, vec, rid, more, payload) VALUES (?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (ns, id) DO UPDATE SET h = excluded.h, vec = excluded.vec, rid = excluded.rid, "
+    "more = excluded.more, payload = excluded.payload"
+)
+# Columns added after the first release, for stores made before them.
+_ADDED = {
+    "vm_namespaces": {"record_schema": "TEXT"},
+    "vm_vectors": {"rid": "TEXT", "more": "BLOB", "payload": "BLOB"},
+}
 
 
 def _key_filter(shard: ShardRef) -> tuple[str, str]:
@@ -91,36 +121,108 @@ def _key_filter(shard: ShardRef) -> tuple[str, str]:
     return column, order
 
 
+def _prepare(engine: Engine) -> None:
+    metadata.create_all(engine)
+    found = inspect(engine)
+    for table, added in _ADDED.items():
+        have = {c["name"] for c in found.get_columns(table)}
+        for column, kind in added.items():
+            if column not in have:
+                if engine.dialect.name == "postgresql" and kind == "BLOB":
+                    kind = "BYTEA"
+                with contextlib.suppress(Exception), begin(engine) as conn:
+                    conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {column} {kind}"))
+
+
+def _dtype(dtype: str) -> np.dtype[Any]:
+    return np.dtype("<f2") if dtype == "float16" else np.dtype("<f4")
+
+
+def encode_payload(records: Records) -> list[bytes | None]:
+    """Each record's payload as one compact JSON array of its fields' canonical values (a JSON
+    field as its text, a timestamp in microseconds, a float that is not finite as a string),
+    the extra object last."""
+    schema = records.schema
+    if not schema.has_payload:
+        return [None] * len(records)
+    columns: list[list[Any]] = []
+    for f in schema.payload:
+        arr = records.payload(f.name)
+        if f.kind == FieldKind.TIMESTAMP:
+            arr = arr.cast(pa.int64())
+        values = arr.to_pylist()
+        if f.kind == FieldKind.FLOAT:
+            values = [v if v is None or math.isfinite(v) else repr(v) for v in values]
+        columns.append(values)
+    if records.extra is not None:
+        columns.append(records.extra.to_pylist())
+    return [orjson.dumps(list(row)) for row in zip(*columns, strict=True)]
+
+
+def decode_payload(
+    schema: RecordSchema, blobs: list[bytes | None]
+) -> tuple[dict[str, pa.Array], pa.Array | None]:
+    """The payload columns and extra objects of rows written by :func:`encode_payload`."""
+    width = len(schema.payload) + (schema.extra is not None)
+    rows = [orjson.loads(b) if b is not None else [None] * width for b in blobs]
+    columns = list(zip(*rows, strict=True)) if rows else [()] * width
+    out: dict[str, pa.Array] = {}
+    for f, values in zip(schema.payload, columns, strict=False):
+        if f.kind == FieldKind.TIMESTAMP:
+            out[f.name] = pa.array(values, pa.int64()).cast(ARROW_TYPES[f.kind])
+        elif f.kind == FieldKind.FLOAT:
+            out[f.name] = pa.array(
+                [float(v) if isinstance(v, str) else v for v in values], pa.float64()
+            )
+        else:
+            out[f.name] = pa.array(values, ARROW_TYPES[f.kind])
+    extra = pa.array(columns[-1], pa.string()) if schema.extra is not None else None
+    return out, extra
+
+
 class BuiltinStore(ScanningStore):
     """A :class:`~vecmigrate.stores.base.VectorStore` over SQLAlchemy."""
 
     kind = "builtin"
 
-    def __init__(self, engine: Engine, scope: Scope, ns: int, dimension: int) -> None:
+    def __init__(self, engine: Engine, scope: Scope, ns: int, schema: RecordSchema) -> None:
         self.engine = engine
         self.scope = scope
         self.ns = ns
-        self.dimension = dimension
+        self.schema = schema
+        self.dimension = schema.primary.dimension
+        self.plain = schema.is_plain
 
     @classmethod
-    def open(cls, url: str, scope: Scope, dimension: int | None = None) -> BuiltinStore:
-        """Open the namespace of ``scope``; create it when ``dimension`` is given.
+    def open(
+        cls,
+        url: str,
+        scope: Scope,
+        dimension: int | None = None,
+        *,
+        schema: RecordSchema | None = None,
+    ) -> BuiltinStore:
+        """Open the namespace of ``scope``; create it when ``dimension`` or ``schema`` is given.
 
         Raises:
-            NotFoundError: the namespace does not exist and no dimension was given.
-            DataError: it exists with another dimension.
+            NotFoundError: the namespace does not exist and neither was given.
+            DataError: it exists with another dimension or schema.
         """
         engine = engine_for(url)
-        once_per_engine(engine, "builtin-store", lambda: metadata.create_all(engine))
+        once_per_engine(engine, "builtin-store", lambda: _prepare(engine))
+        if schema is None and dimension is not None:
+            schema = RecordSchema.plain(dimension)
         key = (
             (namespaces.c.tenant == scope.tenant)
             & (namespaces.c.collection == scope.collection)
             & (namespaces.c.version == scope.version)
         )
-        query = select(namespaces.c.ns, namespaces.c.dimension).where(key)
+        query = select(namespaces.c.ns, namespaces.c.dimension, namespaces.c.record_schema).where(
+            key
+        )
         with engine.connect() as conn:
             row = conn.execute(query).first()
-        if row is None and dimension is not None:
+        if row is None and schema is not None:
             # A concurrent worker may create it first: the unique key decides, then re-read.
             with contextlib.suppress(IntegrityError), begin(engine) as conn:
                 conn.execute(
@@ -128,7 +230,8 @@ class BuiltinStore(ScanningStore):
                         tenant=scope.tenant,
                         collection=scope.collection,
                         version=scope.version,
-                        dimension=dimension,
+                        dimension=schema.primary.dimension,
+                        record_schema=None if schema.is_plain else schema.model_dump_json(),
                     )
                 )
             with engine.connect() as conn:
@@ -136,8 +239,14 @@ class BuiltinStore(ScanningStore):
         if row is None:
             raise NotFoundError(f"{scope} does not exist in the built-in store at {url}")
         ns, dim = int(row[0]), int(row[1])
+        found = RecordSchema.model_validate_json(row[2]) if row[2] else RecordSchema.plain(dim)
         check_dimension(scope, dim, dimension)
-        return cls(engine, scope, ns, dim)
+        if schema is not None and dimension is None and found.shape() != schema.shape():
+            raise DataError(f"{scope} exists with another record schema; use a new version name")
+        return cls(engine, scope, ns, found)
+
+    def _columns(self) -> str:
+        return "id, h, vec" if self.plain else "id, h, vec, rid, more, payload"
 
     def scan(self, shard: ShardRef, cursor: Cursor | None, limit: int) -> Batch:
         column, order = _key_filter(shard)
@@ -149,25 +258,54 @@ class BuiltinStore(ScanningStore):
             params += after
         params.append(limit)
         rows = self._rows(
-            f"SELECT id, h, vec FROM vm_vectors WHERE {where} ORDER BY {order} LIMIT ?", params
+            f"SELECT {self._columns()} FROM vm_vectors WHERE {where} ORDER BY {order} LIMIT ?",
+            params,
         )
         if not rows:
-            return Batch(np.empty(0, np.int64), np.empty((0, self.dimension), np.float32), cursor)
-        ids = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        vecs = np.frombuffer(b"".join(r[2] for r in rows), dtype=np.float32).reshape(
-            len(rows), self.dimension
-        )
+            return Batch(Records.empty(self.schema), cursor)
         last = rows[-1]
         key = int(last[1]) if shard.by == "hash" else int(last[0])
-        return Batch(ids, vecs, Cursor(key=key, id=int(last[0])))
+        records, faults = self._records(rows)
+        return Batch(records, Cursor(key=key, id=int(last[0])), faults)
+
+    def _records(self, rows: list[tuple[Any, ...]]) -> tuple[Records, Faults]:
+        """Records from rows of :meth:`_columns` (a vector corrupted in the database to NaN or
+        infinity makes its record a fault, see ``assemble``)."""
+        n = len(rows)
+        schema = self.schema
+        labels = np.fromiter((r[0] for r in rows), dtype=np.int64, count=n)
+        primary = schema.primary
+        vecs = np.frombuffer(b"".join(r[2] for r in rows), dtype=_dtype(primary.dtype)).reshape(
+            n, primary.dimension
+        )
+        if self.plain:
+            if not np.isfinite(vecs).all():
+                return assemble(schema, pa.array(labels), {primary.name: vecs})
+            records = Records.from_numpy(labels, vecs, schema)
+            records.__dict__["labels"] = labels
+            return records, Faults()
+        if schema.id_kind == IdKind.INT:
+            ids = pa.array(labels)
+        else:
+            ids = pa.array([r[3] for r in rows], pa.string())
+        columns: dict[str, Any] = {primary.name: vecs}
+        if len(schema.vectors) > 1:
+            more = np.frombuffer(b"".join(r[4] for r in rows), np.uint8).reshape(n, -1)
+            at = 0
+            for v in schema.vectors[1:]:
+                width = v.dimension * _dtype(v.dtype).itemsize
+                columns[v.name] = more[:, at : at + width].copy().view(_dtype(v.dtype))
+                at += width
+        payload, extra = decode_payload(schema, [r[5] for r in rows])
+        return assemble(schema, ids, columns, payload, extra)
 
     def iter_ids(self, shard: ShardRef, batch_size: int) -> Iterator[Ids]:
-        """Every id of a shard in id order, read from the id index alone: it holds each
+        """Every label of a shard in label order, read from the id index alone: it holds each
         record's shard key too, so no page of vectors is read (300,000 ids on SQLite in 0.10-0.12
         s against 2.8-3.1 s with their 384-dimensional vectors, 0.56-0.63 s with 128)."""
         if shard.by == "hash":
             sql = "SELECT id FROM vm_vectors WHERE ns = ? AND h >= ? AND h < ? AND id >= ? "
-            bounds, start = [shard.lo, shard.hi], -MAX_ID
+            bounds, start = [shard.lo, shard.hi], -(1 << 63)
         else:  # the id bounds themselves, from the last id read on (see ``seek_bounds``)
             sql = "SELECT id FROM vm_vectors WHERE ns = ? AND id < ? AND id >= ? "
             bounds, start = [shard.hi], shard.lo
@@ -176,6 +314,8 @@ class BuiltinStore(ScanningStore):
             if not rows:
                 return
             yield np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            if int(rows[-1][0]) >= MAX_ID + 1:
+                return
             start = int(rows[-1][0]) + 1
 
     def _rows(self, sql: str, params: list[Any]) -> list[tuple[Any, ...]]:
@@ -195,38 +335,95 @@ class BuiltinStore(ScanningStore):
                 db_cursor.close()
         return rows
 
-    def upsert(self, ids: Ids, vectors: Vectors) -> int:
-        ids64, vec32 = check_vectors(ids, vectors, self.dimension, self.scope)
-        if ids64.size == 0:
+    def write(self, records: Records) -> int:
+        """Insert or replace records by id (every record of the batch once).
+
+        Raises:
+            DataError: a record of another schema, a NaN or infinite vector, an id twice.
+        """
+        self._writes()
+        n = len(records)
+        if n == 0:
             return 0
-        keys = hash_key(ids64)
+        records = records.conform(self.schema)
+        labels = records.labels
+        for v in self.schema.vectors:
+            if not np.isfinite(records.raw_vectors(v.name)).all():
+                raise DataError(f"{self.scope}: a vector holds NaN or infinity; nothing written")
+        if repeated_ids(labels):
+            raise DataError(f"{self.scope}: a batch repeats an id; send each id once per batch")
+        keys = hash_key(labels)
         # In key order: the table is clustered by it. A copy's batches come in scan order
         # already (strictly increasing keys: nothing to do); otherwise a stable sort, which
         # keeps repeated ids in the caller's order, so the last write of an id still wins.
         if not (keys[1:] > keys[:-1]).all():
-            order = np.lexsort((ids64, keys))
-            ids64, keys, vec32 = ids64[order], keys[order], vec32[order]
+            order = np.lexsort((labels, keys))
+            records, labels, keys = records.take(order), labels[order], keys[order]
+        primary = self.schema.primary
+        raw = np.ascontiguousarray(records.raw_vectors(primary.name), _dtype(primary.dtype))
         # Each vector's bytes as one item of a void array: numpy makes the list of blobs in
         # one call (slicing one bytes object per row in Python took 3x as long, 4.4 ms of a
         # 10,000-row batch).
-        blobs = np.ascontiguousarray(vec32).view(f"V{vec32.shape[1] * 4}").ravel().tolist()
-        rows = list(
-            zip(repeat(self.ns, len(blobs)), ids64.tolist(), keys.tolist(), blobs, strict=True)
-        )
+        blobs = raw.view(f"V{raw.shape[1] * raw.itemsize}").ravel().tolist()
+        if self.plain:
+            rows: list[tuple[Any, ...]] = list(
+                zip(repeat(self.ns, n), labels.tolist(), keys.tolist(), blobs, strict=True)
+            )
+            sql = _UPSERT_SQL
+        else:
+            rids = repeat(None, n) if self.schema.id_kind == IdKind.INT else records.id_values()
+            more: Any = repeat(None, n)
+            if len(self.schema.vectors) > 1:
+                parts = [
+                    np.ascontiguousarray(records.raw_vectors(v.name), _dtype(v.dtype)).view(
+                        np.uint8
+                    )
+                    for v in self.schema.vectors[1:]
+                ]
+                joined = np.ascontiguousarray(np.concatenate(parts, axis=1))
+                more = joined.view(f"V{joined.shape[1]}").ravel().tolist()
+            rows = list(
+                zip(
+                    repeat(self.ns, n),
+                    labels.tolist(),
+                    keys.tolist(),
+                    blobs,
+                    rids,
+                    more,
+                    encode_payload(records),
+                    strict=False,
+                )
+            )
+            sql = _UPSERT_RECORDS_SQL
         with begin(self.engine) as conn:
             # Straight to the driver's executemany: building SQLAlchemy parameter dicts per row
             # cost more than the insert itself.
             mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-            conn.exec_driver_sql(_UPSERT_SQL.replace("?", mark), rows)
-        return len(rows)
+            conn.exec_driver_sql(sql.replace("?", mark), rows)
+        return n
 
-    def delete(self, ids: Ids) -> int:
-        ids64 = np.asarray(ids, dtype=np.int64)
-        if ids64.size == 0:
+    def _labels_of(self, ids: Any) -> Ids:
+        if self.schema.id_kind == IdKind.INT:
+            return (
+                np.asarray(ids, dtype=np.int64)
+                if not isinstance(ids, pa.Array)
+                else (np.asarray(ids.to_numpy(zero_copy_only=False), np.int64))
+            )
+        return Records(
+            self.schema,
+            pa.RecordBatch.from_arrays([id_array(ids, self.schema.id_kind)], names=["id"]),
+        ).labels
+
+    def delete(self, ids: Ids | pa.Array) -> int:
+        self._writes()
+        labels = self._labels_of(ids)
+        if labels.size == 0:
             return 0
         with begin(self.engine) as conn:
             result = conn.execute(
-                vectors.delete().where((vectors.c.ns == self.ns) & vectors.c.id.in_(ids64.tolist()))
+                vectors.delete().where(
+                    (vectors.c.ns == self.ns) & vectors.c.id.in_(labels.tolist())
+                )
             )
         return int(result.rowcount)
 
@@ -240,6 +437,7 @@ class BuiltinStore(ScanningStore):
 
     def id_quantiles(self, parts: int) -> list[int]:
         """``parts - 1`` strictly increasing ids splitting the scope into near-equal id ranges."""
+        self._integer_ids("range shards")
         sql = text("SELECT id FROM vm_vectors WHERE ns = :ns ORDER BY id LIMIT 1 OFFSET :o")
         with self.engine.connect() as conn:
 
@@ -249,26 +447,29 @@ class BuiltinStore(ScanningStore):
 
             return increasing_bounds(id_at, self.count(), parts)
 
-    def fetch(self, ids: Ids) -> tuple[Ids, Vectors]:
-        """The records with these ids that exist, in id order."""
-        ids64 = np.asarray(ids, dtype=np.int64)
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(vectors.c.id, vectors.c.vec)
-                .where((vectors.c.ns == self.ns) & vectors.c.id.in_(ids64.tolist()))
-                .order_by(vectors.c.id)
-            ).all()
-        found = np.array([r[0] for r in rows], dtype=np.int64)
-        vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32).reshape(
-            len(rows), self.dimension
-        )
-        return found, vecs
+    def fetch_records(self, ids: pa.Array | Any) -> Records:
+        """The records with these ids that exist, in label order."""
+        labels = np.unique(self._labels_of(ids))
+        rows: list[tuple[Any, ...]] = []
+        for at in range(0, len(labels), 10_000):
+            part = labels[at : at + 10_000].tolist()
+            if not part:
+                continue
+            marks = ",".join("?" * len(part))
+            rows += self._rows(
+                f"SELECT {self._columns()} FROM vm_vectors WHERE ns = ? AND id IN ({marks}) "
+                "ORDER BY id",
+                [self.ns, *part],
+            )
+        if not rows:
+            return Records.empty(self.schema)
+        return self._records(rows)[0]
 
 
 def drop_namespace(url: str, scope: Scope) -> int:
     """Delete a whole version's records (used only for explicit cleanup, never on rollback)."""
     engine = engine_for(url)
-    metadata.create_all(engine)
+    _prepare(engine)
     with begin(engine) as conn:
         row = conn.execute(
             select(namespaces.c.ns).where(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vecmigrate.model.records import RecordSchema
 from vecmigrate.model.spec import ARTIFACT_INDEX_KINDS, IndexSpec, VersionSpec
 
 
@@ -19,6 +20,10 @@ class Capabilities:
     metrics: frozenset[str]
     scan_order: str
     transactions: bool
+    # Most dimensions of a float16 vector (pgvector's halfvec), where lower than float32's.
+    max_half_dimension: int | None = None
+    # What each store keeps of a record beside its vectors (for ``plan`` and the docs).
+    records: str = ""
 
     def problems(self, version: VersionSpec, side: str) -> list[str]:
         """Why this store cannot hold ``version`` (empty when it can)."""
@@ -42,6 +47,23 @@ class Capabilities:
             out.append(f"{side}.store ({self.kind}) has no {version.embedding.metric} metric")
         return out
 
+    def schema_problems(self, schema: RecordSchema, side: str) -> list[str]:
+        """Why this store cannot hold records of ``schema`` (empty when it can)."""
+        out = []
+        for v in schema.vectors[1:]:
+            if v.metric is not None and v.metric not in self.metrics:
+                out.append(
+                    f"{side}.store ({self.kind}) has no {v.metric} metric for vector {v.name!r}"
+                )
+        for v in schema.vectors:
+            cap = self.max_half_dimension if v.dtype == "float16" else self.max_dimension
+            if cap is not None and v.dimension > cap:
+                out.append(
+                    f"{side}.store ({self.kind}) holds {v.dtype} vectors of at most {cap} "
+                    f"dimensions; {v.name!r} has {v.dimension}"
+                )
+        return out
+
 
 CAPABILITIES: dict[str, Capabilities] = {
     "builtin": Capabilities(
@@ -52,6 +74,7 @@ CAPABILITIES: dict[str, Capabilities] = {
         metrics=frozenset({"l2", "ip", "cosine"}),
         scan_order="(hash of id, id) or id, keyset",
         transactions=True,
+        records="any id, float32/float16 vectors, any payload (kept as canonical JSON)",
     ),
     "pgvector": Capabilities(
         kind="pgvector",
@@ -59,8 +82,11 @@ CAPABILITIES: dict[str, Capabilities] = {
         max_dimension=16000,
         max_index_dimension={"pgvector_hnsw": 2000, "pgvector_ivfflat": 2000},
         metrics=frozenset({"l2", "ip", "cosine"}),
-        scan_order="(hash of id, id) or id, keyset",
+        scan_order="(hash of id, id) or id, keyset; an adopted table by id",
         transactions=True,
+        max_half_dimension=16000,
+        records="bigint/text/uuid ids, vector/halfvec columns, one typed column per payload "
+        "field; text cannot hold NUL",
     ),
     "milvus": Capabilities(
         kind="milvus",
@@ -70,15 +96,18 @@ CAPABILITIES: dict[str, Capabilities] = {
         metrics=frozenset({"l2", "ip", "cosine"}),
         scan_order="id within a shard's key range, keyset",
         transactions=False,
+        records="INT64 or VARCHAR ids, FLOAT/FLOAT16 vectors, typed scalar and JSON fields (a "
+        "VARCHAR value up to 65,535 bytes, a JSON one up to 65,536), the dynamic field",
     ),
     "qdrant": Capabilities(
         kind="qdrant",
         native_indexes=frozenset({"qdrant_hnsw"}),
         max_dimension=65536,
         max_index_dimension={},
-        # Cosine shards normalise what they store; use ip on normalised vectors.
+        # Cosine collections normalise what they store; use ip on normalised vectors.
         metrics=frozenset({"l2", "ip"}),
-        scan_order="point id within a shard's key range, keyset; ids must be >= 0",
+        scan_order="point id within a shard's key range, keyset",
         transactions=False,
+        records="unsigned integer or UUID point ids, named float32/float16 vectors, JSON payload",
     ),
 }

@@ -1,10 +1,25 @@
 """PostgreSQL with pgvector as a source or target.
 
-Each (tenant, collection, version) gets its own table ``vm_vec_<n>`` (id, shard key, vector),
-registered in ``vm_pgvector_namespaces``, so a native index never spans versions and a handle
-cannot reach outside its scope. Bulk reads and writes use binary COPY (no text parsing of
-vectors); scans are keyset-paginated on (shard key, id) or id; native HNSW and IVFFlat indexes
-are built by Postgres with the parameters of the spec.
+Three kinds of table, behind one adapter:
+
+* vecmigrate's own table per (tenant, collection, version), ``vm_vec_<n>`` (registered in
+  ``vm_pgvector_namespaces``), for a store reference without ``table``. Records of integer ids
+  and one float32 vector keep the layout ``(id, h, embedding)``, read and written with binary
+  COPY through numpy (no text parsing of vectors, no Python object per value);
+* a table vecmigrate creates under the name a target's ``table`` gives, shaped like the
+  source's records: the id column, one ``vector``/``halfvec`` column per vector, one column per
+  payload field (the source's own type where the source is PostgreSQL), the extra object as
+  ``jsonb``, and the shard key ``_vm_h`` beside them. Its comment holds the record schema and
+  the scope, so a handle never opens another version's table;
+* an existing table a source's ``table`` names, read where it is through a column mapping. It
+  keeps no shard key: a hash shard is read in id order and the rows of the shard kept. Nothing
+  is written to it unless the reference says ``writable: true``.
+
+Scans are keyset-paginated; rows cross in PostgreSQL's binary format (vectors, UUIDs,
+timestamps and JSON as raw bytes, decoded for a whole batch at once); writes go through binary
+COPY into a staging table and one ``INSERT ... ON CONFLICT`` per batch. Native HNSW and IVFFlat
+indexes are built by Postgres with the parameters of the spec, and payload indexes (btree, or
+GIN for JSON) on the fields the source indexed.
 """
 
 from __future__ import annotations
@@ -12,26 +27,50 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import re
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
+from psycopg.adapt import Loader
+from psycopg.pq import Format
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, ProgrammingError
 
 from vecmigrate.catalog.engines import engine_for, once_per_engine
 from vecmigrate.errors import DataError, NotFoundError, PreconditionError
-from vecmigrate.model.spec import IndexSpec, Metric, PgvectorHnsw, PgvectorIvfflat
+from vecmigrate.model.records import (
+    AndFilter,
+    FieldKind,
+    Filter,
+    IdKind,
+    NotFilter,
+    OrFilter,
+    PayloadField,
+    RecordSchema,
+    VectorField,
+)
+from vecmigrate.model.spec import IndexSpec, Metric, PgvectorHnsw, PgvectorIvfflat, PgvectorStoreRef
 from vecmigrate.model.tasks import Cursor, ShardRef
+from vecmigrate.records.batch import Faults, Records, assemble
+from vecmigrate.records.filters import normalize
+from vecmigrate.records.ids import id_array, uuid_bytes, uuid_texts
+from vecmigrate.records.payload import ARROW_TYPES, canonical_json_text
+from vecmigrate.records.screening import Limits
 from vecmigrate.records.sharding import hash_key
 from vecmigrate.records.vectors import Ids, Vectors, check_vectors
 from vecmigrate.stores.base import (
     Batch,
+    Inventory,
     ScanningStore,
     Scope,
     check_dimension,
+    in_shard,
     increasing_bounds,
     seek_bounds,
 )
@@ -39,8 +78,15 @@ from vecmigrate.stores.base import (
 _SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 _HEADER = _SIGNATURE + struct.pack(">ii", 0, 0)
 _TRAILER = struct.pack(">h", -1)
+_NULL = struct.pack(">i", -1)
 _OPS = {"l2": "vector_l2_ops", "ip": "vector_ip_ops", "cosine": "vector_cosine_ops"}
 _OPERATOR = {"l2": "<->", "ip": "<#>", "cosine": "<=>"}
+_OPCLASS_METRIC = {"l2": "l2", "ip": "ip", "cosine": "cosine"}
+# Microseconds from 1970-01-01 to PostgreSQL's epoch, 2000-01-01.
+_PG_EPOCH = 946_684_800_000_000
+KEY_COLUMN = "_vm_h"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MARKER = "vecmigrate:"
 
 _REGISTRY = """
 CREATE TABLE IF NOT EXISTS vm_pgvector_namespaces (
@@ -53,6 +99,14 @@ CREATE TABLE IF NOT EXISTS vm_pgvector_namespaces (
 )
 """
 
+# How a PostgreSQL type's values cross, by type name: (payload kind, codec).
+_INTS = {"int2": 2, "int4": 4, "int8": 8}
+_TEXTS = {"text", "varchar", "bpchar", "name", "citext"}
+_AS_TEXT = {
+    "uuid", "numeric", "date", "time", "timetz", "interval", "inet", "cidr", "macaddr", "money",
+    "xml",
+}  # fmt: skip
+
 
 def sqlalchemy_url(url: str) -> str:
     """Accept libpq-style ``postgresql://`` URLs; SQLAlchemy needs the psycopg 3 driver named."""
@@ -60,6 +114,11 @@ def sqlalchemy_url(url: str) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix) :]
     return url
+
+
+def quote(name: str) -> str:
+    """A (possibly schema-qualified) name as a quoted SQL identifier."""
+    return ".".join('"' + part.replace('"', '""') + '"' for part in name.split("."))
 
 
 def _row_dtype(dim: int) -> np.dtype[Any]:
@@ -105,43 +164,311 @@ def decode_copy(data: bytes, dim: int) -> tuple[Ids, Ids, Vectors]:
     return rows["id"].astype(np.int64), rows["h"].astype(np.int64), vectors
 
 
+class _Raw(Loader):
+    """A value's binary form as it is (decoded a whole column at a time)."""
+
+    format = Format.BINARY
+
+    def load(self, data: Any) -> bytes:
+        return bytes(data)
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of a table and how its values cross."""
+
+    name: str
+    type: str  # as PostgreSQL writes it: "uuid", "vector(384)", "character varying(200)"
+    typname: str  # pg_type's name: "uuid", "vector", "varchar", "_float4"
+    not_null: bool = False
+
+    @property
+    def array(self) -> bool:
+        return self.typname.startswith("_")
+
+
+@dataclass
+class Layout:
+    """Where a version's records sit in a table, and how each field maps to a column."""
+
+    table: str
+    schema: RecordSchema
+    id: Column
+    vectors: list[Column]
+    payload: list[Column]
+    extra: Column | None
+    key: str | None  # the shard key column; None for an adopted table
+    unique_id: bool
+    legacy: bool = False  # vm_vec_<n> of integer ids and one float32 vector
+    adopted: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def select_list(self) -> str:
+        parts = [quote(self.id.name)]
+        if self.key:
+            parts.append(quote(self.key))
+        parts += [quote(c.name) for c in self.vectors]
+        parts += [_select_expr(c) for c in self.payload]
+        if self.extra is not None:
+            parts.append(quote(self.extra.name))
+        return ", ".join(parts)
+
+
+def _select_expr(col: Column) -> str:
+    if col.typname in _AS_TEXT:
+        return f"{quote(col.name)}::text"
+    if col.array:
+        return f"to_json({quote(col.name)})::text"
+    return quote(col.name)
+
+
+def _kind_of(col: Column) -> FieldKind:
+    """The payload kind a column's values take.
+
+    Raises:
+        PreconditionError: a type vecmigrate cannot carry.
+    """
+    t = col.typname
+    if t in _INTS:
+        return FieldKind.INT
+    if t in ("float4", "float8"):
+        return FieldKind.FLOAT
+    if t == "bool":
+        return FieldKind.BOOL
+    if t in _TEXTS or t in _AS_TEXT:
+        return FieldKind.TEXT
+    if t in ("json", "jsonb") or col.array:
+        return FieldKind.JSON
+    if t in ("timestamp", "timestamptz"):
+        return FieldKind.TIMESTAMP
+    raise PreconditionError(
+        f"column {col.name!r} has type {col.type}, which vecmigrate does not carry; list the "
+        "columns to carry in payload_columns"
+    )
+
+
+def _sql_type(f: PayloadField) -> str:
+    """The column type a target declares for a payload field."""
+    if f.native and f.native.split("(")[0].strip().lower() not in ("vector", "halfvec"):
+        return f.native
+    return {
+        FieldKind.BOOL: "boolean",
+        FieldKind.INT: "bigint",
+        FieldKind.FLOAT: "double precision",
+        FieldKind.TEXT: "text",
+        FieldKind.TIMESTAMP: "timestamp with time zone",
+        FieldKind.JSON: "jsonb",
+    }[f.kind]
+
+
+def _index_using(metric: str, column: str, typname: str, spec: IndexSpec) -> str:
+    ops = _OPS[metric].replace("vector_", "halfvec_") if typname == "halfvec" else _OPS[metric]
+    if isinstance(spec, PgvectorHnsw):
+        params = f"m = {spec.m}, ef_construction = {spec.ef_construction}"
+        return f"hnsw ({quote(column)} {ops}) WITH ({params})"
+    if isinstance(spec, PgvectorIvfflat):
+        return f"ivfflat ({quote(column)} {ops}) WITH (lists = {spec.lists})"
+    raise PreconditionError(f"pgvector cannot build {spec.kind} natively")
+
+
+# -- reading and writing rows ----------------------------------------------------------------
+
+
+def _length_prefixed(values: list[bytes | None]) -> list[bytes]:
+    return [_NULL if v is None else struct.pack(">i", len(v)) + v for v in values]
+
+
+def _fixed(values: npt.NDArray[Any], valid: npt.NDArray[np.bool_] | None = None) -> list[bytes]:
+    """Length-prefixed binary values of a fixed-width big-endian column, for all rows at once."""
+    width = values.dtype.itemsize * (values.shape[1] if values.ndim == 2 else 1)
+    rows = np.zeros(len(values), np.dtype([("len", ">i4"), ("v", values.dtype, values.shape[1:])]))
+    rows["len"] = width
+    rows["v"] = values
+    out: list[bytes] = rows.view(f"V{4 + width}").ravel().tolist()
+    if valid is not None and not valid.all():
+        for i in np.flatnonzero(~valid).tolist():
+            out[i] = _NULL
+    return out
+
+
+def _vector_values(raw: npt.NDArray[Any], dtype: str) -> list[bytes]:
+    n, dim = raw.shape
+    be = ">f2" if dtype == "float16" else ">f4"
+    rows = np.zeros(n, np.dtype([("dim", ">i2"), ("unused", ">i2"), ("v", be, (dim,))]))
+    rows["dim"] = dim
+    rows["v"] = raw
+    return _fixed(rows)
+
+
+def _decode_vectors(values: Sequence[Any], col: Column, dimension: int) -> Any:
+    """Vector column values (raw binary of ``vector``/``halfvec``, or lists of an array type)
+    as a 2-D array when every row is present with the right size, else one row per record."""
+    if col.array:
+        return [None if v is None else np.asarray(v, np.float32) for v in values]
+    be = ">f2" if col.typname == "halfvec" else ">f4"
+    size = 4 + dimension * np.dtype(be).itemsize
+    if all(v is not None and len(v) == size for v in values):
+        rows = np.frombuffer(b"".join(values), np.dtype([("h", ">i4"), ("v", be, (dimension,))]))
+        return rows["v"].astype(np.float16 if be == ">f2" else np.float32)
+    out: list[Any] = []
+    for v in values:
+        if v is None:
+            out.append(None)
+        else:
+            dim = struct.unpack(">h", v[:2])[0]
+            out.append(np.frombuffer(v[4:], be, count=dim))
+    return out
+
+
+def _decode_payload(values: list[Any], col: Column, f: PayloadField) -> pa.Array:
+    kind = f.kind
+    if kind == FieldKind.TIMESTAMP:
+        micros = [None if v is None else struct.unpack(">q", v)[0] + _PG_EPOCH for v in values]
+        return pa.array(micros, pa.int64()).cast(ARROW_TYPES[kind])
+    if kind == FieldKind.JSON:
+        texts: list[str | None] = []
+        for v in values:
+            if v is None:
+                texts.append(None)
+            elif isinstance(v, bytes):
+                texts.append(canonical_json_text(v[1:] if col.typname == "jsonb" else v))
+            else:
+                texts.append(canonical_json_text(v))
+        return pa.array(texts, pa.string())
+    if kind == FieldKind.FLOAT:
+        return pa.array([None if v is None else float(v) for v in values], pa.float64())
+    return pa.array(values, ARROW_TYPES[kind])
+
+
+def _encode_payload(arr: pa.Array, col: Column, f: PayloadField) -> list[bytes]:
+    """A payload column as length-prefixed binary values of the staging table's column."""
+    kind = f.kind
+    valid = np.asarray(arr.is_valid().to_numpy(zero_copy_only=False), bool)
+    t = col.typname
+    if kind == FieldKind.TIMESTAMP:
+        micros = np.asarray(arr.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False))
+        return _fixed((micros - _PG_EPOCH).astype(">i8"), valid)
+    if kind == FieldKind.INT and t in _INTS:
+        ints = np.asarray(arr.fill_null(0).to_numpy(zero_copy_only=False), np.int64)
+        return _fixed(ints.astype(f">i{_INTS[t]}"), valid)
+    if kind == FieldKind.FLOAT and t in ("float4", "float8"):
+        floats = np.asarray(arr.fill_null(0.0).to_numpy(zero_copy_only=False), np.float64)
+        return _fixed(floats.astype(">f4" if t == "float4" else ">f8"), valid)
+    if kind == FieldKind.BOOL and t == "bool":
+        return _fixed(np.asarray(arr.fill_null(False).to_numpy(zero_copy_only=False), ">u1"), valid)
+    values = arr.to_pylist()
+    if t == "jsonb":
+        return _length_prefixed([None if v is None else b"\x01" + v.encode() for v in values])
+    return _length_prefixed([None if v is None else str(v).encode() for v in values])
+
+
+def _staging_type(col: Column) -> str:
+    """The staging table's type for a column: its own, or text where values cross as text."""
+    if col.typname in _AS_TEXT or col.array:
+        return "text"
+    return col.type
+
+
+def _insert_expr(col: Column) -> str:
+    """How a staged value becomes the column's (a cast back from text where it crossed as
+    text; a JSON array back into an array)."""
+    name = quote(col.name)
+    if col.typname in _AS_TEXT:
+        return f"{name}::{col.type}"
+    if col.array:
+        element = col.type.removesuffix("[]")
+        return (
+            f"CASE WHEN {name} IS NULL THEN NULL ELSE COALESCE((SELECT array_agg(x::{element}) "
+            f"FROM json_array_elements_text({name}::json) x), '{{}}') END"
+        )
+    return name
+
+
+# -- filters ---------------------------------------------------------------------------------
+
+
+def sql_filter(flt: Filter, layout: Layout) -> tuple[str, list[Any]]:
+    """A WHERE condition (``%s`` placeholders) and its parameters for a normalised filter."""
+    if isinstance(flt, NotFilter):
+        inner, params = sql_filter(flt.not_, layout)
+        return f"(({inner}) IS NOT TRUE)", params
+    if isinstance(flt, AndFilter | OrFilter):
+        parts = flt.and_ if isinstance(flt, AndFilter) else flt.or_
+        sqls, params = [], []
+        for p in parts:
+            part, more = sql_filter(p, layout)
+            sqls.append(f"({part})")
+            params += more
+        return (" AND " if isinstance(flt, AndFilter) else " OR ").join(sqls), params
+    columns = {f.name: c for f, c in zip(layout.schema.payload, layout.payload, strict=True)}
+    col = columns[flt.field]
+    kind = layout.schema.field(flt.field).kind
+    name = _select_expr(col)
+
+    def value(v: Any) -> Any:
+        if kind != FieldKind.TIMESTAMP:
+            return v
+        at = _EPOCH + timedelta(microseconds=int(v))
+        return at if col.typname == "timestamptz" else at.replace(tzinfo=None)
+
+    if flt.is_null is not None:
+        return f"{name} IS {'' if flt.is_null else 'NOT '}NULL", []
+    if flt.eq is not None:
+        return f"{name} = %s", [value(flt.eq)]
+    if flt.in_ is not None:
+        return f"{name} = ANY(%s)", [[value(v) for v in flt.in_]]
+    ops = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<="}
+    conds = [f"{name} {ops[k]} %s" for k in flt.bounds]
+    return " AND ".join(conds), [value(v) for v in flt.bounds.values()]
+
+
+# -- the store -------------------------------------------------------------------------------
+
+
 class PgvectorStore(ScanningStore):
     """A :class:`~vecmigrate.stores.base.VectorStore` on PostgreSQL + pgvector."""
 
     kind = "pgvector"
 
-    def __init__(self, engine: Engine, scope: Scope, ns: int, dimension: int) -> None:
+    def __init__(self, engine: Engine, scope: Scope, layout: Layout, writable: bool = True) -> None:
         self.engine = engine
         self.scope = scope
-        self.ns = ns
-        self.table = f"vm_vec_{ns}"
-        self.dimension = dimension
+        self.layout = layout
+        self.table = layout.table
+        self.schema = layout.schema
+        self.dimension = layout.schema.primary.dimension
+        self.keyed = layout.key is not None
+        self.writable = writable
+        self._oids: dict[str, int] | None = None
 
     @classmethod
-    def open(cls, url: str, scope: Scope, dimension: int | None = None) -> PgvectorStore:
-        """Open the table of ``scope``; create it when ``dimension`` is given.
+    def open(
+        cls,
+        url: str,
+        scope: Scope,
+        dimension: int | None = None,
+        *,
+        schema: RecordSchema | None = None,
+        ref: PgvectorStoreRef | None = None,
+    ) -> PgvectorStore:
+        """Open the table of ``scope``; create it when ``dimension`` or ``schema`` is given.
+
+        With ``ref.table``: that table; adopted as it is when it exists and was not made by
+        vecmigrate (and no schema was given), created from ``schema`` when it does not exist.
 
         Raises:
-            PreconditionError: the database lacks the pgvector extension and cannot add it.
-            NotFoundError: the scope has no table and no dimension was given.
-            DataError: it exists with another dimension.
+            PreconditionError: the database lacks the pgvector extension and cannot add it; a
+                named table exists and was not made by vecmigrate for this scope; an adopted
+                table's mapping does not fit it.
+            NotFoundError: the scope has no table and no dimension or schema was given.
+            DataError: it exists with another dimension or schema.
         """
         engine = engine_for(sqlalchemy_url(url))
-
-        def prepare() -> None:
-            try:
-                with engine.begin() as conn:
-                    conn.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
-                    conn.execute(text(_REGISTRY))
-            except (ProgrammingError, IntegrityError) as exc:
-                if "vector" in str(exc) and "extension" in str(exc):
-                    raise PreconditionError(
-                        f"the database at {url} has no pgvector extension and this user cannot "
-                        "add it: run CREATE EXTENSION vector as its owner"
-                    ) from None
-                # Two workers creating the registry at once: the other one won; carry on.
-
-        once_per_engine(engine, "pgvector-registry", prepare)
+        _prepare(engine, url)
+        if schema is None and dimension is not None:
+            schema = RecordSchema.plain(dimension)
+        if ref is not None and ref.table is not None:
+            return cls._open_named(engine, scope, ref, schema, dimension)
         key = {"t": scope.tenant, "c": scope.collection, "v": scope.version}
         find = text(
             "SELECT ns, dimension FROM vm_pgvector_namespaces "
@@ -149,14 +476,14 @@ class PgvectorStore(ScanningStore):
         )
         with engine.connect() as conn:
             row = conn.execute(find, key).first()
-        if row is None and dimension is not None:
+        if row is None and schema is not None:
             with contextlib.suppress(IntegrityError), engine.begin() as conn:
                 conn.execute(
                     text(
                         "INSERT INTO vm_pgvector_namespaces (tenant, collection, version, "
                         "dimension) VALUES (:t, :c, :v, :d)"
                     ),
-                    {**key, "d": dimension},
+                    {**key, "d": schema.primary.dimension},
                 )
             with engine.connect() as conn:
                 row = conn.execute(find, key).first()
@@ -164,25 +491,82 @@ class PgvectorStore(ScanningStore):
             raise NotFoundError(f"{scope} does not exist in the pgvector database at {url}")
         ns, dim = int(row[0]), int(row[1])
         check_dimension(scope, dim, dimension)
-        store = cls(engine, scope, ns, dim)
-        once_per_engine(engine, store.table, store._ensure_table)
-        return store
+        table = f"vm_vec_{ns}"
+        made = _comment(engine, table)
+        if made is None and (schema is None or schema.is_plain or _exists(engine, table)):
+            # Integer ids and one float32 vector: the layout of every earlier release.
+            layout = _legacy_layout(table, dim)
+            once_per_engine(engine, table, lambda: _ensure_legacy(engine, table, dim))
+        else:
+            if made is None:
+                assert schema is not None
+                _create(engine, table, scope, schema)
+                made = _comment(engine, table)
+            assert made is not None
+            layout = _own_layout(engine, table, made, scope)
+        if schema is not None and dimension is None and layout.schema.shape() != schema.shape():
+            raise DataError(f"{scope} exists with another record schema; use a new version name")
+        return cls(engine, scope, layout)
 
-    def _ensure_table(self) -> None:
-        ddl = [
-            f"CREATE TABLE IF NOT EXISTS {self.table} (id bigint PRIMARY KEY, "
-            f"h bigint NOT NULL, embedding vector({self.dimension}) NOT NULL)",
-            f"CREATE INDEX IF NOT EXISTS {self.table}_shard ON {self.table} (h, id)",
-        ]
-        for attempt in range(3):
-            try:
-                with self.engine.begin() as conn:
-                    for stmt in ddl:
-                        conn.execute(text(stmt))
-                return
-            except (IntegrityError, DBAPIError):
-                if attempt == 2:
-                    raise  # concurrent CREATE ... IF NOT EXISTS can collide; retry first
+    @classmethod
+    def _open_named(
+        cls,
+        engine: Engine,
+        scope: Scope,
+        ref: PgvectorStoreRef,
+        schema: RecordSchema | None,
+        dimension: int | None,
+    ) -> PgvectorStore:
+        assert ref.table is not None
+        table = ref.table
+        if not _exists(engine, table):
+            if schema is None:
+                raise NotFoundError(f"table {table} does not exist in the database at {ref.url}")
+            _create(engine, table, scope, schema)
+        existing = _comment(engine, table)
+        if existing is not None:
+            layout = _own_layout(engine, table, existing, scope)
+            if schema is not None and dimension is None and layout.schema.shape() != schema.shape():
+                raise DataError(
+                    f"table {table} holds {scope} with another record schema; name a new table"
+                )
+            return cls(engine, scope, layout, writable=True)
+        if schema is not None:
+            raise PreconditionError(
+                f"table {table} already exists and was not made by vecmigrate; name a new table "
+                "for the target (an existing table can only be a source)"
+            )
+        return cls(engine, scope, _adopted_layout(engine, ref), writable=ref.writable)
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def _connection(self) -> Any:
+        return self.engine.raw_connection()
+
+    def _cursor(self, raw: Any) -> Any:
+        """A binary cursor that hands vectors, UUIDs, timestamps and JSON over as raw bytes."""
+        if self._oids is None:
+            with raw.driver_connection.cursor() as cur:
+                cur.execute(
+                    "SELECT typname, oid::int FROM pg_type WHERE typname IN "
+                    "('vector', 'halfvec', 'uuid', 'jsonb', 'json', 'timestamp', 'timestamptz')"
+                )
+                self._oids = {str(r[0]): int(r[1]) for r in cur.fetchall()}
+        cur = raw.driver_connection.cursor(binary=True)
+        for oid in self._oids.values():
+            cur.adapters.register_loader(oid, _Raw)
+        return cur
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        raw = self._connection()
+        try:
+            with self._cursor(raw) as cur:
+                cur.execute(sql, params, binary=True)
+                rows = list(cur.fetchall())
+            raw.commit()
+        finally:
+            raw.close()
+        return rows
 
     def _copy_out(self, query: str) -> bytes:
         raw = self.engine.raw_connection()
@@ -195,56 +579,280 @@ class PgvectorStore(ScanningStore):
         finally:
             raw.close()
 
-    @staticmethod
-    def _shard_where(shard: ShardRef, cursor: Cursor | None) -> tuple[str, str]:
-        """WHERE and ORDER BY of a shard's rows after ``cursor``. Every value is a Python int
-        from our own models, so inlining is safe (COPY cannot take bound parameters)."""
+    def _decode(self, rows: list[tuple[Any, ...]]) -> tuple[Records, Faults]:
+        """Records from rows of :meth:`Layout.select_list` (screened, see ``assemble``)."""
+        layout, schema = self.layout, self.schema
+        columns = list(zip(*rows, strict=True)) if rows else []
+        at = 0
+        id_values = list(columns[at]) if columns else []
+        at += 1
+        if layout.key:
+            at += 1
+        if schema.id_kind == IdKind.UUID:
+            ids = uuid_texts(np.frombuffer(b"".join(id_values), np.uint8).reshape(-1, 16))
+        elif schema.id_kind == IdKind.INT:
+            ids = pa.array(id_values, pa.int64())
+        else:
+            ids = pa.array(id_values, pa.string())
+        vectors: dict[str, Any] = {}
+        for v, col in zip(schema.vectors, layout.vectors, strict=True):
+            vectors[v.name] = _decode_vectors(
+                list(columns[at]) if columns else [], col, v.dimension
+            )
+            at += 1
+        payload: dict[str, pa.Array] = {}
+        for f, col in zip(schema.payload, layout.payload, strict=True):
+            payload[f.name] = _decode_payload(list(columns[at]) if columns else [], col, f)
+            at += 1
+        extra = None
+        if layout.extra is not None:
+            extra = _decode_payload(
+                list(columns[at]) if columns else [],
+                layout.extra,
+                PayloadField(name="x", kind=FieldKind.JSON),
+            )
+        return assemble(schema, ids, vectors, payload, extra)
+
+    def _shard_where(self, shard: ShardRef, cursor: Cursor | None) -> tuple[str, str, list[Any]]:
+        """WHERE, ORDER BY and parameters of a keyed table's shard rows after ``cursor``."""
+        key, idc = quote(self.layout.key or "h"), quote(self.layout.id.name)
+        lo, after = seek_bounds(shard, cursor)
+        if shard.by == "hash":
+            where = f"{key} >= %s AND {key} < %s"
+            params: list[Any] = [lo, shard.hi]
+            if after is not None:
+                last: Any = after[1] if cursor is None or cursor.token is None else cursor.token
+                where += f" AND ({key}, {idc}) > (%s, %s{self._cast})"
+                params += [after[0], last]
+            return where, f"{key}, {idc}", params
+        return f"{idc} >= %s AND {idc} < %s", idc, [lo, shard.hi]
+
+    def scan(self, shard: ShardRef, cursor: Cursor | None, limit: int) -> Batch:
+        if self.layout.legacy:
+            return self._scan_legacy(shard, cursor, limit)
+        if not self.keyed:
+            return self._scan_adopted(shard, cursor, limit)
+        where, order, params = self._shard_where(shard, cursor)
+        rows = self._query(
+            f"SELECT {self.layout.select_list()} FROM {quote(self.table)} WHERE {where} "
+            f"ORDER BY {order} LIMIT {int(limit)}",
+            params,
+        )
+        records, faults = self._decode(rows)
+        if not rows:
+            return Batch(records, cursor)
+        label = int(self._labels([rows[-1][0]])[0])
+        token = None if self.schema.id_kind == IdKind.INT else str(self._id_param(rows[-1][0]))
+        key = int(rows[-1][1]) if shard.by == "hash" else label
+        return Batch(records, Cursor(key=key, id=label, token=token), faults)
+
+    def _scan_legacy(self, shard: ShardRef, cursor: Cursor | None, limit: int) -> Batch:
         lo, after = seek_bounds(shard, cursor)
         column = "h" if shard.by == "hash" else "id"
         where = f"{column} >= {int(lo)} AND {column} < {int(shard.hi)}"
         if after is not None:
             where += f" AND (h, id) > ({int(after[0])}, {int(after[1])})"
-        return where, "h, id" if shard.by == "hash" else "id"
-
-    def scan(self, shard: ShardRef, cursor: Cursor | None, limit: int) -> Batch:
-        where, order = self._shard_where(shard, cursor)
+        order = "h, id" if shard.by == "hash" else "id"
         data = self._copy_out(
             f"SELECT id, h, embedding FROM {self.table} WHERE {where} ORDER BY {order} "
             f"LIMIT {int(limit)}"
         )
         ids, keys, vectors = decode_copy(data, self.dimension)
         if ids.size == 0:
-            return Batch(ids, vectors, cursor)
+            return Batch(Records.empty(self.schema), cursor)
+        records, faults = assemble(self.schema, pa.array(ids), {self.schema.primary.name: vectors})
         key = int(keys[-1]) if shard.by == "hash" else int(ids[-1])
-        return Batch(ids, vectors, Cursor(key=key, id=int(ids[-1])))
+        return Batch(records, Cursor(key=key, id=int(ids[-1])), faults)
+
+    def _scan_adopted(self, shard: ShardRef, cursor: Cursor | None, limit: int) -> Batch:
+        """The shard's rows of an adopted table: read in id order after the cursor's id, the
+        shard's kept (every row of an id in one batch, so an id repeated is seen whole), until
+        ``limit`` are kept or the table ends."""
+        idc, table = quote(self.layout.id.name), quote(self.table)
+        after: Any = None
+        if cursor is not None and cursor.token is not None:
+            after = int(cursor.token) if self.schema.id_kind == IdKind.INT else cursor.token
+        kept: list[Records] = []
+        faults = Faults()
+        count = 0
+        while count < limit:
+            conds, params = [], []
+            if after is not None:
+                conds.append(f"{idc} > %s{self._cast}")
+                params.append(after)
+            if shard.by == "range":
+                conds.append(f"{idc} >= %s AND {idc} < %s")
+                params += [shard.lo, shard.hi]
+            where = " AND ".join(conds) or "TRUE"
+            tail = f" LIMIT {int(limit)}"
+            if not self.layout.unique_id:
+                # Up to the limit-th id, with every other row of that id.
+                last = self._query(
+                    f"SELECT {idc} FROM {table} WHERE {where} ORDER BY {idc} "
+                    f"OFFSET {int(limit) - 1} LIMIT 1",
+                    params,
+                )
+                tail = ""
+                if last:
+                    where += f" AND {idc} <= %s{self._cast}"
+                    params.append(self._id_param(last[0][0]))
+            rows = self._query(
+                f"SELECT {self.layout.select_list()} FROM {table} WHERE {where} "
+                f"ORDER BY {idc}{tail}",
+                params,
+            )
+            if not rows:
+                break
+            records, bad = self._decode(rows)
+            after = self._id_param(rows[-1][0])
+            if shard.by == "hash":
+                records = records.filter(in_shard(records.labels, shard))
+            kept.append(records)
+            count += len(records)
+            for fid, reason, detail in zip(bad.ids, bad.reasons, bad.details, strict=True):
+                if self._fault_in_shard(fid, shard):
+                    faults.add(fid, reason, detail)
+            if len(rows) < limit and self.layout.unique_id:
+                break
+        nxt = cursor if after is None else Cursor(key=0, id=0, token=str(after))
+        return Batch(Records.concat(kept, self.schema), nxt, faults)
+
+    @property
+    def _cast(self) -> str:
+        """The cast a text parameter needs to compare with the id column."""
+        return "::uuid" if self.layout.id.typname == "uuid" else ""
+
+    def _id_param(self, value: Any) -> Any:
+        """An id as a query parameter (a UUID read as raw bytes back to its text)."""
+        return _id_param(value, self.schema)
+
+    def _fault_in_shard(self, record_id: str, shard: ShardRef) -> bool:
+        """Whether a record left out of a batch belongs to ``shard`` (faults are counted once,
+        in the shard of their id)."""
+        arr = id_array(
+            [int(record_id)] if self.schema.id_kind == IdKind.INT else [record_id],
+            self.schema.id_kind,
+        )
+        label = Records(self.schema, pa.RecordBatch.from_arrays([arr], names=["id"])).labels
+        return bool(in_shard(label, shard)[0])
 
     def iter_ids(self, shard: ShardRef, batch_size: int) -> Iterator[Ids]:
-        """Every id of a shard in scan order, read from the shard index ``(h, id)`` (or the
-        primary key, for a range shard): no vector crosses the wire or is decoded."""
+        """Every label of a shard in scan order, read from the shard index (no vector crosses
+        the wire) where the table has one."""
+        if not self.layout.legacy:
+            yield from super().iter_ids(shard, batch_size)
+            return
         cursor: Cursor | None = None
         while True:
-            where, order = self._shard_where(shard, cursor)
-            raw = self.engine.raw_connection()
-            try:
-                with raw.driver_connection.cursor() as cur:  # type: ignore[union-attr]
-                    cur.execute(
-                        f"SELECT h, id FROM {self.table} WHERE {where} ORDER BY {order} "
-                        f"LIMIT {int(batch_size)}"
-                    )
-                    rows = cur.fetchall()
-                raw.commit()
-            finally:
-                raw.close()
+            lo, after = seek_bounds(shard, cursor)
+            column = "h" if shard.by == "hash" else "id"
+            where = f"{column} >= {int(lo)} AND {column} < {int(shard.hi)}"
+            if after is not None:
+                where += f" AND (h, id) > ({int(after[0])}, {int(after[1])})"
+            order = "h, id" if shard.by == "hash" else "id"
+            rows = self._query(
+                f"SELECT h, id FROM {self.table} WHERE {where} ORDER BY {order} "
+                f"LIMIT {int(batch_size)}"
+            )
             if not rows:
                 return
             yield np.fromiter((r[1] for r in rows), dtype=np.int64, count=len(rows))
             h, last = int(rows[-1][0]), int(rows[-1][1])
             cursor = Cursor(key=h if shard.by == "hash" else last, id=last)
 
-    def upsert(self, ids: Ids, vectors: Vectors) -> int:
-        ids64, vec32 = check_vectors(ids, vectors, self.dimension, self.scope)
-        if ids64.size == 0:
+    # -- writing ----------------------------------------------------------------------------
+
+    def write(self, records: Records) -> int:
+        """Insert or replace records by id (binary COPY into a staging table, one INSERT).
+
+        Raises:
+            DataError: records of another schema, NaN, an id twice.
+            PreconditionError: an adopted table that does not allow writes, or has no unique
+                index on its id column to replace records by.
+        """
+        self._writes()
+        if not len(records):
             return 0
+        records = records.conform(self.schema)
+        if self.layout.legacy:
+            ids64, vec32 = check_vectors(
+                records.labels, records.vectors(), self.dimension, self.scope
+            )
+            return self._write_legacy(ids64, vec32)
+        if not self.layout.unique_id:
+            raise PreconditionError(
+                f"table {self.table} has no unique index on {self.layout.id.name}: records cannot "
+                "be replaced by id"
+            )
+        for v in self.schema.vectors:
+            if not np.isfinite(records.raw_vectors(v.name)).all():
+                raise DataError(f"{self.scope}: a vector holds NaN or infinity; nothing written")
+        labels = records.labels
+        if np.unique(labels).size != labels.size:
+            raise DataError(f"{self.scope}: a batch repeats an id; send each id once per batch")
+        layout = self.layout
+        columns: list[list[bytes]] = [self._encode_ids(records)]
+        names = [layout.id.name]
+        stage = [f"{quote(layout.id.name)} {layout.id.type}"]
+        if layout.key:
+            columns.append(_fixed(hash_key(labels).astype(">i8")))
+            names.append(layout.key)
+            stage.append(f"{quote(layout.key)} bigint")
+        for v, col in zip(self.schema.vectors, layout.vectors, strict=True):
+            if col.array:
+                raise PreconditionError(
+                    f"column {col.name} of {self.table} is {col.type}: vecmigrate writes vector "
+                    "and halfvec columns only"
+                )
+            columns.append(_vector_values(records.raw_vectors(v.name), v.dtype))
+            names.append(col.name)
+            stage.append(f"{quote(col.name)} {col.type}")
+        for f, col in zip(self.schema.payload, layout.payload, strict=True):
+            columns.append(_encode_payload(records.payload(f.name), col, f))
+            names.append(col.name)
+            stage.append(f"{quote(col.name)} {_staging_type(col)}")
+        if layout.extra is not None and records.extra is not None:
+            columns.append(
+                _encode_payload(
+                    records.extra, layout.extra, PayloadField(name="x", kind=FieldKind.JSON)
+                )
+            )
+            names.append(layout.extra.name)
+            stage.append(f"{quote(layout.extra.name)} jsonb")
+        count = struct.pack(">h", len(columns))
+        body = b"".join(b"".join((count, *row)) for row in zip(*columns, strict=True))
+        by_name = {c.name: c for c in [*layout.vectors, *layout.payload]}
+        values = ", ".join(_insert_expr(by_name[n]) if n in by_name else quote(n) for n in names)
+        updates = ", ".join(f"{quote(n)} = EXCLUDED.{quote(n)}" for n in names[1:])
+        raw = self.engine.raw_connection()
+        try:
+            with raw.driver_connection.cursor() as cur:  # type: ignore[union-attr]
+                cur.execute(f"CREATE TEMP TABLE vm_stage ({', '.join(stage)}) ON COMMIT DROP")
+                quoted = ", ".join(quote(n) for n in names)
+                with cur.copy(f"COPY vm_stage ({quoted}) FROM STDIN (FORMAT BINARY)") as cp:
+                    cp.write(_HEADER + body + _TRAILER)
+                cur.execute(
+                    f"INSERT INTO {quote(self.table)} ({quoted}) SELECT {values} FROM vm_stage "
+                    f"ON CONFLICT ({quote(layout.id.name)}) DO UPDATE SET {updates}"
+                )
+            raw.commit()
+        except Exception:
+            raw.rollback()
+            raise
+        finally:
+            raw.close()
+        return len(records)
+
+    def _encode_ids(self, records: Records) -> list[bytes]:
+        kind, col = self.schema.id_kind, self.layout.id
+        if kind == IdKind.UUID and col.typname == "uuid":
+            return _fixed(uuid_bytes(records.ids))
+        if kind == IdKind.INT:
+            size = _INTS.get(col.typname, 8)
+            return _fixed(records.labels.astype(f">i{size}"))
+        return _length_prefixed([str(v).encode() for v in records.id_values()])
+
+    def _write_legacy(self, ids64: Ids, vec32: Vectors) -> int:
         payload = encode_copy(ids64, hash_key(ids64), vec32)
         raw = self.engine.raw_connection()
         try:
@@ -268,101 +876,611 @@ class PgvectorStore(ScanningStore):
             raw.close()
         return int(ids64.size)
 
-    def delete(self, ids: Ids) -> int:
-        values = [int(i) for i in np.asarray(ids, dtype=np.int64)]
+    def _id_params(self, ids: Any) -> list[Any]:
+        arr = id_array(ids, self.schema.id_kind)
+        return [_id_param(v, self.schema) for v in arr.to_pylist()]
+
+    def delete(self, ids: Ids | pa.Array) -> int:
+        self._writes()
+        values = self._id_params(ids)
         if not values:
             return 0
+        idc = quote(self.layout.id.name)
+        cast = "::uuid[]" if self.layout.id.typname == "uuid" else ""
         with self.engine.begin() as conn:
-            result = conn.execute(
-                text(f"DELETE FROM {self.table} WHERE id = ANY(:ids)"), {"ids": values}
+            result = conn.exec_driver_sql(
+                f"DELETE FROM {quote(self.table)} WHERE {idc} = ANY(%(ids)s{cast})",
+                {"ids": values},
             )
         return int(result.rowcount)
 
+    # -- counting and fetching --------------------------------------------------------------
+
     def count(self, shard: ShardRef | None = None) -> int:
-        sql = f"SELECT count(*) FROM {self.table}"
-        params: dict[str, int] = {}
+        if shard is not None and not self.keyed and shard.by == "hash":
+            return sum(len(b) for b in self.iter_shard(shard, 50_000))
+        sql = f"SELECT count(*) FROM {quote(self.table)}"
+        params: list[Any] = []
         if shard is not None:
-            col = "h" if shard.by == "hash" else "id"
-            sql += f" WHERE {col} >= :lo AND {col} < :hi"
-            params = {"lo": shard.lo, "hi": shard.hi}
-        with self.engine.connect() as conn:
-            return int(conn.execute(text(sql), params).scalar_one())
+            col = (
+                quote(self.layout.key or "h") if shard.by == "hash" else quote(self.layout.id.name)
+            )
+            sql += f" WHERE {col} >= %s AND {col} < %s"
+            params = [shard.lo, shard.hi]
+        return int(self._query(sql, params)[0][0])
 
     def id_quantiles(self, parts: int) -> list[int]:
-        sql = text(f"SELECT id FROM {self.table} ORDER BY id LIMIT 1 OFFSET :o")
-        with self.engine.connect() as conn:
+        self._integer_ids("range shards")
+        idc = quote(self.layout.id.name)
+        sql = f"SELECT {idc} FROM {quote(self.table)} ORDER BY {idc} LIMIT 1 OFFSET %s"
 
-            def id_at(offset: int) -> int | None:
-                row = conn.execute(sql, {"o": offset}).first()
-                return None if row is None else int(row[0])
+        def id_at(offset: int) -> int | None:
+            rows = self._query(sql, [offset])
+            return None if not rows else int(rows[0][0])
 
-            return increasing_bounds(id_at, self.count(), parts)
+        return increasing_bounds(id_at, self.count(), parts)
 
-    def fetch(self, ids: Ids) -> tuple[Ids, Vectors]:
-        values = sorted({int(i) for i in np.asarray(ids, dtype=np.int64)})
+    def fetch_records(self, ids: pa.Array | Any) -> Records:
+        """The records with these ids that exist (in id order)."""
+        values = sorted(set(self._id_params(ids)), key=str)
         if not values:
-            return np.empty(0, np.int64), np.empty((0, self.dimension), np.float32)
-        listed = ",".join(str(v) for v in values)
-        data = self._copy_out(
-            f"SELECT id, h, embedding FROM {self.table} WHERE id IN ({listed}) ORDER BY id"
-        )
-        found, _, vectors = decode_copy(data, self.dimension)
-        return found, vectors
+            return Records.empty(self.schema)
+        if self.layout.legacy:
+            listed = ",".join(str(int(v)) for v in values)
+            data = self._copy_out(
+                f"SELECT id, h, embedding FROM {self.table} WHERE id IN ({listed}) ORDER BY id"
+            )
+            found, _, vectors = decode_copy(data, self.dimension)
+            return Records.from_numpy(found, vectors, self.schema)
+        idc = quote(self.layout.id.name)
+        cast = "::uuid[]" if self.layout.id.typname == "uuid" else ""
+        parts = []
+        for at in range(0, len(values), 10_000):
+            rows = self._query(
+                f"SELECT {self.layout.select_list()} FROM {quote(self.table)} "
+                f"WHERE {idc} = ANY(%s{cast}) ORDER BY {idc}",
+                [values[at : at + 10_000]],
+            )
+            parts.append(self._decode(rows)[0])
+        return Records.concat(parts, self.schema)
+
+    def limits(self) -> Limits:
+        """PostgreSQL's text and jsonb cannot hold a NUL character."""
+        return Limits(nul=False)
+
+    def matching(self, flt: Filter) -> Ids:
+        """Labels of the records whose payload matches ``flt`` (the database evaluates it)."""
+        where, params = sql_filter(normalize(flt, self.schema), self.layout)
+        idc = quote(self.layout.id.name)
+        rows = self._query(f"SELECT {idc} FROM {quote(self.table)} WHERE {where}", params)
+        if not rows:
+            return np.empty(0, np.int64)
+        return self._labels([r[0] for r in rows])
+
+    def _labels(self, raw_ids: list[Any]) -> Ids:
+        kind = self.schema.id_kind
+        if kind == IdKind.INT:
+            return np.asarray(raw_ids, np.int64)
+        if kind == IdKind.UUID:
+            arr = uuid_texts(np.frombuffer(b"".join(raw_ids), np.uint8).reshape(-1, 16))
+        else:
+            arr = pa.array(raw_ids, pa.string())
+        return Records(self.schema, pa.RecordBatch.from_arrays([arr], names=["id"])).labels
 
     # -- native indexes ----------------------------------------------------------------------
 
-    def index_name(self, spec: IndexSpec, metric: Metric) -> str:
-        """Name of the native index built from ``spec`` (stable, so building is idempotent)."""
-        digest = hashlib.sha256(
-            json.dumps([spec.model_dump(mode="json"), str(metric)], sort_keys=True).encode()
-        ).hexdigest()[:10]
-        return f"{self.table}_{spec.kind}_{digest}"
+    def index_name(self, spec: IndexSpec, metric: Metric, column: str | None = None) -> str:
+        """Name of the native index built from ``spec`` on the primary vector (or on
+        ``column``): stable, so building is idempotent."""
+        key: list[Any] = [spec.model_dump(mode="json"), str(metric)]
+        if column is not None:
+            key.append(column)
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+        return f"{self.table.split('.')[-1][:40]}_{spec.kind}_{digest}"
 
     def create_index(self, spec: IndexSpec, metric: Metric) -> str:
-        """Build a native HNSW or IVFFlat index (a no-op if it exists); returns its name."""
-        name = self.index_name(spec, metric)
-        ops = _OPS[str(metric)]
-        if isinstance(spec, PgvectorHnsw):
-            params = f"m = {spec.m}, ef_construction = {spec.ef_construction}"
-            using = f"hnsw (embedding {ops}) WITH ({params})"
-        elif isinstance(spec, PgvectorIvfflat):
-            using = f"ivfflat (embedding {ops}) WITH (lists = {spec.lists})"
-        else:
-            raise PreconditionError(f"pgvector cannot build {spec.kind} natively")
-        with self.engine.begin() as conn:
-            conn.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON {self.table} USING {using}"))
-        return name
+        """Build a native HNSW or IVFFlat index on each vector column (a no-op where it exists;
+        the other vectors by the metric their source indexed them with); returns the primary
+        one's name."""
+        self._writes()
+        first = ""
+        for v, col in zip(self.schema.vectors, self.layout.vectors, strict=True):
+            m = Metric(v.metric or metric) if v is not self.schema.primary else metric
+            name = self.index_name(spec, m, None if v is self.schema.primary else col.name)
+            using = _index_using(str(m), col.name, col.typname, spec)
+            where = quote(self.table)
+            with self.engine.begin() as conn:
+                conn.execute(
+                    text(f"CREATE INDEX IF NOT EXISTS {quote(name)} ON {where} USING {using}")
+                )
+            first = first or name
+        return first
 
     def search_native(
-        self, queries: Vectors, k: int, spec: IndexSpec, metric: Metric
+        self,
+        queries: Vectors,
+        k: int,
+        spec: IndexSpec,
+        metric: Metric,
+        flt: Filter | None = None,
     ) -> tuple[npt.NDArray[np.float32], Ids]:
         """k nearest neighbours through the native index; distances follow our convention."""
-        op = _OPERATOR[str(metric)]
-        setting = (
-            f"SET LOCAL hnsw.ef_search = {max(spec.ef_search, k)}"
-            if isinstance(spec, PgvectorHnsw)
-            else f"SET LOCAL ivfflat.probes = {spec.probes}"
-            if isinstance(spec, PgvectorIvfflat)
-            else None
-        )
-        d = np.full((queries.shape[0], k), np.inf, np.float32)
-        i = np.full((queries.shape[0], k), -1, np.int64)
-        sql = text(
-            f"SELECT id, embedding {op} CAST(:q AS vector) AS d FROM {self.table} "
-            f"ORDER BY embedding {op} CAST(:q AS vector) LIMIT :k"
-        )
-        with self.engine.begin() as conn:
-            if setting:
-                conn.execute(text(setting))
-            for row, q in enumerate(np.asarray(queries, np.float32)):
-                literal = "[" + ",".join(repr(float(x)) for x in q) + "]"
-                found = conn.execute(sql, {"q": literal, "k": k}).all()
-                for col, (rid, dist) in enumerate(found):
-                    i[row, col] = int(rid)
-                    value = float(dist)
-                    d[row, col] = (
-                        value * value
-                        if str(metric) == "l2"
-                        else (1.0 + value if str(metric) == "ip" else value)
-                    )
+        d, i, _ = self.native_search(queries, k, spec, metric, flt)
         return d, i
+
+    def native_search(
+        self,
+        queries: Vectors,
+        k: int,
+        spec: IndexSpec,
+        metric: Metric,
+        flt: Filter | None = None,
+    ) -> tuple[npt.NDArray[np.float32], Ids, list[list[Any]]]:
+        """k nearest neighbours (with a payload filter) through the native index: distances in
+        our convention, labels, and the ids as the table has them."""
+        op = _OPERATOR[str(metric)]
+        col = self.layout.vectors[0]
+        vtype = "halfvec" if col.typname == "halfvec" else "vector"
+        settings = []
+        if isinstance(spec, PgvectorHnsw):
+            settings.append(f"SET LOCAL hnsw.ef_search = {max(spec.ef_search, k)}")
+            if flt is not None:
+                # Keep scanning the graph until k rows pass the filter (pgvector 0.8).
+                settings.append("SET LOCAL hnsw.iterative_scan = relaxed_order")
+        elif isinstance(spec, PgvectorIvfflat):
+            settings.append(f"SET LOCAL ivfflat.probes = {spec.probes}")
+            if flt is not None:
+                settings.append("SET LOCAL ivfflat.iterative_scan = relaxed_order")
+        where, params = "TRUE", list[Any]()
+        if flt is not None:
+            where, params = sql_filter(normalize(flt, self.schema), self.layout)
+        vcol = quote(col.name)
+        idc = quote(self.layout.id.name)
+        sql = (
+            f"SELECT {idc}, {vcol} {op} %s::{vtype} AS d FROM {quote(self.table)} "
+            f"WHERE {where} ORDER BY {vcol} {op} %s::{vtype} LIMIT %s"
+        )
+        n = queries.shape[0]
+        d = np.full((n, k), np.inf, np.float32)
+        i = np.full((n, k), -1, np.int64)
+        found_ids: list[list[Any]] = []
+        raw = self._connection()
+        try:
+            with self._cursor(raw) as cur:
+                for s in settings:
+                    cur.execute(s)
+                for row, q in enumerate(np.asarray(queries, np.float32)):
+                    literal = "[" + ",".join(repr(float(x)) for x in q) + "]"
+                    cur.execute(sql, [*params, literal, literal, k], binary=True)
+                    hits = cur.fetchall()
+                    ids = [h[0] for h in hits]
+                    if ids:
+                        i[row, : len(ids)] = self._labels(ids)
+                    found_ids.append(self._id_values(ids))
+                    for col_at, (_, dist) in enumerate(hits):
+                        value = float(dist)
+                        d[row, col_at] = (
+                            value * value
+                            if str(metric) == "l2"
+                            else (1.0 + value if str(metric) == "ip" else value)
+                        )
+            raw.commit()
+        finally:
+            raw.close()
+        return d, i, found_ids
+
+    def _id_values(self, raw_ids: list[Any]) -> list[Any]:
+        if self.schema.id_kind == IdKind.UUID:
+            if not raw_ids:
+                return []
+            texts: list[Any] = uuid_texts(
+                np.frombuffer(b"".join(raw_ids), np.uint8).reshape(-1, 16)
+            ).to_pylist()
+            return texts
+        return list(raw_ids)
+
+    # -- inventory ------------------------------------------------------------------------------
+
+    def vector_indexes(self) -> dict[str, dict[str, Any]]:
+        """The pgvector index on each vector column (kind, parameters and metric)."""
+        info = _table_info(self.engine, self.table)
+        return {
+            idx["columns"][0]: _describe_vector_index(idx)
+            for idx in info["indexes"]
+            if idx["method"] in ("hnsw", "ivfflat") and idx["columns"]
+        }
+
+    def inventory(self, samples: int = 3) -> Inventory:
+        """Rows, schema, indexes, size and a few records of the table."""
+        info = _table_info(self.engine, self.table)
+        vectors = {c.name for c in self.layout.vectors}
+        payload_indexes = {
+            idx["columns"][0]: idx["method"]
+            for idx in info["indexes"]
+            if len(idx["columns"]) == 1
+            and idx["columns"][0] not in vectors
+            and idx["columns"][0] != self.layout.id.name
+        }
+        rows = self.scan(ShardRef(index=0, by="hash", lo=0, hi=1 << 32), None, samples).records
+        return Inventory(
+            engine="pgvector",
+            name=self.table,
+            count=self.count(),
+            schema=self.schema,
+            indexes=self.vector_indexes(),
+            payload_indexes=payload_indexes,
+            size_bytes=info["size"],
+            samples=_sample_rows(rows),
+            notes=list(self.layout.notes),
+        )
+
+
+def _sample_rows(records: Records) -> list[dict[str, Any]]:
+    """A few records as JSON-able rows (vectors cut to their first values)."""
+    out = []
+    table = records.batch.to_pylist()
+    for row in table:
+        shown: dict[str, Any] = {}
+        for key, value in row.items():
+            if key.startswith("v:") and value is not None:
+                shown[key[2:]] = [round(float(x), 4) for x in value[:4]] + (
+                    ["..."] if len(value) > 4 else []
+                )
+            elif key.startswith("p:"):
+                shown[key[2:]] = value.isoformat() if hasattr(value, "isoformat") else value
+            elif key == "x":
+                shown["extra"] = value
+            else:
+                shown[key] = value
+        out.append(shown)
+    return out
+
+
+def _id_param(value: Any, schema: RecordSchema) -> Any:
+    if schema.id_kind == IdKind.UUID:
+        if isinstance(value, bytes | bytearray | memoryview):
+            return str(uuid_texts(np.frombuffer(bytes(value), np.uint8).reshape(1, 16))[0])
+        return str(value)
+    if schema.id_kind == IdKind.INT:
+        return int(value)
+    return str(value)
+
+
+# -- tables ----------------------------------------------------------------------------------
+
+
+def _prepare(engine: Engine, url: str) -> None:
+    def prepare() -> None:
+        try:
+            with engine.begin() as conn:
+                conn.execute(text("CREATE EXTENSION IF NOT EXISTS vector"))
+                conn.execute(text(_REGISTRY))
+        except (ProgrammingError, IntegrityError) as exc:
+            if "vector" in str(exc) and "extension" in str(exc):
+                raise PreconditionError(
+                    f"the database at {url} has no pgvector extension and this user cannot "
+                    "add it: run CREATE EXTENSION vector as its owner"
+                ) from None
+            # Two workers creating the registry at once: the other one won; carry on.
+
+    once_per_engine(engine, "pgvector-registry", prepare)
+
+
+def _exists(engine: Engine, table: str) -> bool:
+    with engine.connect() as conn:
+        found = conn.execute(text("SELECT to_regclass(:t) IS NOT NULL"), {"t": table})
+        return bool(found.scalar_one())
+
+
+def _comment(engine: Engine, table: str) -> dict[str, Any] | None:
+    """What vecmigrate wrote in the table's comment when it made it (None: not made by it)."""
+    with engine.connect() as conn:
+        found = conn.execute(
+            text("SELECT obj_description(to_regclass(:t), 'pg_class')"), {"t": table}
+        ).scalar_one_or_none()
+    if not found or not str(found).startswith(MARKER):
+        return None
+    data: dict[str, Any] = json.loads(str(found)[len(MARKER) :])
+    return data
+
+
+def _legacy_layout(table: str, dim: int) -> Layout:
+    schema = RecordSchema.plain(dim)
+    return Layout(
+        table=table,
+        schema=schema,
+        id=Column("id", "bigint", "int8", True),
+        vectors=[Column("embedding", f"vector({dim})", "vector", True)],
+        payload=[],
+        extra=None,
+        key="h",
+        unique_id=True,
+        legacy=True,
+    )
+
+
+def _ensure_legacy(engine: Engine, table: str, dim: int) -> None:
+    ddl = [
+        f"CREATE TABLE IF NOT EXISTS {table} (id bigint PRIMARY KEY, "
+        f"h bigint NOT NULL, embedding vector({dim}) NOT NULL)",
+        f"CREATE INDEX IF NOT EXISTS {table}_shard ON {table} (h, id)",
+    ]
+    for attempt in range(3):
+        try:
+            with engine.begin() as conn:
+                for stmt in ddl:
+                    conn.execute(text(stmt))
+            return
+        except (IntegrityError, DBAPIError):
+            if attempt == 2:
+                raise  # concurrent CREATE ... IF NOT EXISTS can collide; retry first
+
+
+def _create(engine: Engine, table: str, scope: Scope, schema: RecordSchema) -> None:
+    """Create a table for records of ``schema`` (idempotent): id, shard key, vectors, payload,
+    extra; the shard index and the payload indexes; the comment naming scope and schema."""
+    idtype = {IdKind.INT: "bigint", IdKind.UUID: "uuid", IdKind.STRING: "text"}[schema.id_kind]
+    cols = [f"{quote(schema.id_name)} {idtype} PRIMARY KEY", f"{KEY_COLUMN} bigint NOT NULL"]
+    for v in schema.vectors:
+        vtype = "halfvec" if v.dtype == "float16" else "vector"
+        cols.append(f"{quote(v.name)} {vtype}({v.dimension}) NOT NULL")
+    for f in schema.payload:
+        cols.append(f"{quote(f.name)} {_sql_type(f)}" + ("" if f.nullable else " NOT NULL"))
+    if schema.extra is not None:
+        cols.append(f"{quote(schema.extra)} jsonb")
+    short = table.split(".")[-1][:40]
+    comment = MARKER + json.dumps(
+        {"scope": str(scope), "schema": schema.model_dump(mode="json")}, sort_keys=True
+    )
+    ddl = [
+        f"CREATE TABLE IF NOT EXISTS {quote(table)} ({', '.join(cols)})",
+        f"CREATE INDEX IF NOT EXISTS {quote(short + '_shard')} ON {quote(table)} "
+        f"({KEY_COLUMN}, {quote(schema.id_name)})",
+    ]
+    for f in schema.payload:
+        if f.indexed:
+            method = "gin" if f.kind == FieldKind.JSON else "btree"
+            name = f"{short}_{f.name}_{method}"[:63]
+            ddl.append(
+                f"CREATE INDEX IF NOT EXISTS {quote(name)} ON {quote(table)} USING {method} "
+                f"({quote(f.name)})"
+            )
+    escaped = comment.replace("'", "''")
+    ddl.append(f"COMMENT ON TABLE {quote(table)} IS '{escaped}'")
+    for attempt in range(3):
+        try:
+            with engine.begin() as conn:
+                for stmt in ddl:
+                    conn.execute(text(stmt))
+            return
+        except (IntegrityError, DBAPIError):
+            if attempt == 2:
+                raise
+
+
+def _own_layout(engine: Engine, table: str, made: dict[str, Any], scope: Scope) -> Layout:
+    """The layout of a table vecmigrate made, from its comment.
+
+    Raises:
+        PreconditionError: it was made for another scope.
+    """
+    if made.get("scope") != str(scope):
+        raise PreconditionError(
+            f"table {table} holds {made.get('scope')}, not {scope}; name another table"
+        )
+    schema = RecordSchema.model_validate(made["schema"])
+    columns = {c.name: c for c in _columns(engine, table)}
+    return Layout(
+        table=table,
+        schema=schema,
+        id=columns[schema.id_name],
+        vectors=[columns[v.name] for v in schema.vectors],
+        payload=[columns[f.name] for f in schema.payload],
+        extra=columns[schema.extra] if schema.extra is not None else None,
+        key=KEY_COLUMN,
+        unique_id=True,
+    )
+
+
+def _columns(engine: Engine, table: str) -> list[Column]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT a.attname, format_type(a.atttypid, a.atttypmod), t.typname, a.attnotnull "
+                "FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid "
+                "WHERE a.attrelid = to_regclass(:t) AND a.attnum > 0 AND NOT a.attisdropped "
+                "ORDER BY a.attnum"
+            ),
+            {"t": table},
+        ).all()
+    return [Column(str(r[0]), str(r[1]), str(r[2]), bool(r[3])) for r in rows]
+
+
+def _table_info(engine: Engine, table: str) -> dict[str, Any]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT ic.relname, am.amname, i.indisunique, i.indisprimary, "
+                "pg_get_indexdef(i.indexrelid), ic.reloptions, "
+                "(SELECT array_agg(a.attname ORDER BY k.n) FROM unnest(i.indkey::int2[]) "
+                " WITH ORDINALITY k(attnum, n) JOIN pg_attribute a "
+                " ON a.attrelid = i.indrelid AND a.attnum = k.attnum), "
+                "(SELECT opcname FROM pg_opclass WHERE oid = i.indclass[0]), "
+                "i.indexprs IS NOT NULL "
+                "FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid "
+                "JOIN pg_am am ON am.oid = ic.relam WHERE i.indrelid = to_regclass(:t)"
+            ),
+            {"t": table},
+        ).all()
+        size = conn.execute(
+            text("SELECT pg_total_relation_size(to_regclass(:t))"), {"t": table}
+        ).scalar_one()
+    indexes = [
+        {
+            "name": str(r[0]),
+            "method": str(r[1]),
+            "unique": bool(r[2]),
+            "primary": bool(r[3]),
+            "definition": str(r[4]),
+            "options": dict(o.split("=", 1) for o in (r[5] or [])),
+            "columns": [] if r[8] else list(r[6] or []),
+            "opclass": str(r[7] or ""),
+        }
+        for r in rows
+    ]
+    return {"indexes": indexes, "size": int(size or 0)}
+
+
+def _describe_vector_index(idx: dict[str, Any]) -> dict[str, Any]:
+    """A pgvector index as an index spec of ours (kind and parameters) plus its metric."""
+    opclass = idx["opclass"]
+    metric = next((m for m in ("cosine", "ip", "l2") if opclass.endswith(f"_{m}_ops")), "l2")
+    options = idx["options"]
+    if idx["method"] == "hnsw":
+        spec: dict[str, Any] = {
+            "kind": "pgvector_hnsw",
+            "m": int(options.get("m", 16)),
+            "ef_construction": int(options.get("ef_construction", 64)),
+        }
+    else:
+        spec = {"kind": "pgvector_ivfflat", "lists": int(options.get("lists", 100))}
+    return {"index": spec, "metric": metric, "name": idx["name"]}
+
+
+def _adopted_layout(engine: Engine, ref: PgvectorStoreRef) -> Layout:
+    """How an existing table maps onto records, from its catalog and the reference's mapping.
+
+    Raises:
+        PreconditionError: no usable id column, no vector column, a column the mapping names
+            that the table lacks, or a payload column of a type vecmigrate cannot carry.
+    """
+    assert ref.table is not None
+    table = ref.table
+    columns = _columns(engine, table)
+    by_name = {c.name: c for c in columns}
+    info = _table_info(engine, table)
+    singles = [i for i in info["indexes"] if len(i["columns"]) == 1]
+    unique_cols = {i["columns"][0] for i in singles if i["unique"]}
+    primary = [i["columns"] for i in info["indexes"] if i["primary"]]
+    notes: list[str] = []
+
+    def need(name: str, what: str) -> Column:
+        if name not in by_name:
+            raise PreconditionError(
+                f"table {table} has no column {name!r} ({what}); its columns are "
+                f"{', '.join(by_name)}"
+            )
+        return by_name[name]
+
+    if ref.id_column is not None:
+        idcol = need(ref.id_column, "id_column")
+    elif primary and len(primary[0]) == 1:
+        idcol = by_name[primary[0][0]]
+    else:
+        candidates = [c for c in columns if c.name in unique_cols and c.not_null]
+        if not candidates:
+            raise PreconditionError(
+                f"table {table} has no single-column primary key; name its id column with id_column"
+            )
+        idcol = candidates[0]
+    if idcol.typname in _INTS:
+        id_kind = IdKind.INT
+    elif idcol.typname == "uuid":
+        id_kind = IdKind.UUID
+    elif idcol.typname in _TEXTS:
+        id_kind = IdKind.STRING
+    else:
+        raise PreconditionError(
+            f"column {idcol.name} of {table} is {idcol.type}: ids are integers, text or UUIDs"
+        )
+    unique_id = idcol.name in unique_cols
+    if not unique_id:
+        notes.append(
+            f"{idcol.name} has no unique index: ids that occur more than once are quarantined, "
+            "and each batch sorts the rows after the cursor (add an index to read faster)"
+        )
+    vector_indexes = {
+        i["columns"][0]: _describe_vector_index(i)
+        for i in info["indexes"]
+        if i["method"] in ("hnsw", "ivfflat") and i["columns"]
+    }
+    if ref.vector_columns is not None:
+        vcols = [need(n, "vector_columns") for n in ref.vector_columns]
+    else:
+        vcols = [c for c in columns if c.typname in ("vector", "halfvec") and c is not idcol]
+    if not vcols:
+        raise PreconditionError(
+            f"table {table} has no vector or halfvec column; name the vector column with "
+            "vector_columns"
+        )
+    vectors = []
+    for c in vcols:
+        dims = re.search(r"\((\d+)\)", c.type)
+        if c.typname in ("vector", "halfvec") and dims:
+            dim = int(dims.group(1))
+        elif c.typname in ("vector", "halfvec", "_float4", "_float8"):
+            dim = _common_length(engine, table, c)
+        else:
+            raise PreconditionError(
+                f"column {c.name} of {table} is {c.type}: vectors are vector, halfvec, real[] "
+                "or double precision[]"
+            )
+        found = vector_indexes.get(c.name)
+        vectors.append(
+            VectorField(
+                name=c.name,
+                dimension=dim,
+                dtype="float16" if c.typname == "halfvec" else "float32",
+                metric=found["metric"] if found else None,
+            )
+        )
+    taken = {idcol.name, *(c.name for c in vcols)}
+    if ref.payload_columns == "all":
+        pcols = [c for c in columns if c.name not in taken]
+    else:
+        pcols = [need(n, "payload_columns") for n in ref.payload_columns]
+    indexed = {i["columns"][0]: i["method"] for i in singles}
+    payload = [
+        PayloadField(
+            name=c.name,
+            kind=_kind_of(c),
+            native=c.type,
+            nullable=not c.not_null,
+            indexed=c.name in indexed,
+        )
+        for c in pcols
+    ]
+    schema = RecordSchema(
+        id_kind=id_kind, id_name=idcol.name, vectors=tuple(vectors), payload=tuple(payload)
+    )
+    return Layout(
+        table=table,
+        schema=schema,
+        id=idcol,
+        vectors=vcols,
+        payload=pcols,
+        extra=None,
+        key=None,
+        unique_id=unique_id,
+        adopted=True,
+        notes=notes,
+    )
+
+
+def _common_length(engine: Engine, table: str, col: Column) -> int:
+    """The most common length of a vector column without a declared dimension (rows of other
+    lengths are quarantined)."""
+    length = "vector_dims" if col.typname in ("vector", "halfvec") else "cardinality"
+    with engine.connect() as conn:
+        found = conn.execute(
+            text(
+                f"SELECT {length}({quote(col.name)}) AS n FROM "
+                f"(SELECT {quote(col.name)} FROM {quote(table)} LIMIT 10000) s "
+                f"WHERE {quote(col.name)} IS NOT NULL GROUP BY n ORDER BY count(*) DESC LIMIT 1"
+            )
+        ).scalar_one_or_none()
+    if not found:
+        raise PreconditionError(
+            f"column {col.name} of {table} has no dimension and no rows to find one from"
+        )
+    return int(found)

@@ -1,286 +1,784 @@
-"""Qdrant as a source or target, through the real engine in-process (qdrant-edge-py).
+"""Qdrant as a source or target, through qdrant-client.
 
-Each (tenant, collection, version) is its own Qdrant shard directory under ``path``, so a
-handle cannot reach outside its scope. Points carry the shard key ``h`` as payload; scans page
-by point id (Qdrant scrolls in id order) inside a shard's key range. Qdrant builds its own HNSW
-graph: ``qdrant_hnsw`` runs its optimizers with the spec's parameters. Point ids are unsigned, so
-this store refuses negative ids.
+One adapter for both of qdrant-client's backends: a Qdrant server (``url``, with an API key
+given as a secret reference, over https in production) and the client's local mode (``path``),
+which runs the same API in-process and is what the tests use. (The earlier adapter drove
+qdrant-edge-py, Qdrant's engine in-process; it could not reach a server, so it is gone.)
+
+Each version vecmigrate makes is a collection (named by the store reference, or one of its own
+per scope) whose metadata holds the record schema and the scope, so a handle never opens
+another version's collection. Its points carry the record's payload fields, the keys of the
+extra object at the top level, and the shard key ``_vecmigrate_h`` (with an integer payload
+index), so a hash shard is a filtered scroll. An existing collection named as a source is read
+as it is: its payload fields typed from a sample of points (or its payload indexes), its hash
+shards read in point-id order and the shard's points kept, and nothing written to it.
+
+Point ids are unsigned integers or UUIDs: other ids are quarantined (see ``limits``). Qdrant
+normalises what it stores in a cosine collection, so the bytes would not match the source's:
+a target uses ``ip`` on normalised vectors instead (the same ranking).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import threading
+import warnings
 from collections.abc import Iterator
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pyarrow as pa
 
 from vecmigrate.errors import DataError, NotFoundError, PreconditionError
-from vecmigrate.model.spec import IndexSpec, Metric, QdrantHnsw
+from vecmigrate.model.records import (
+    AndFilter,
+    FieldCondition,
+    FieldKind,
+    Filter,
+    IdKind,
+    NotFilter,
+    OrFilter,
+    PayloadField,
+    RecordSchema,
+    VectorField,
+)
+from vecmigrate.model.spec import IndexSpec, Metric, QdrantHnsw, QdrantStoreRef
 from vecmigrate.model.tasks import Cursor, ShardRef
-from vecmigrate.records.sharding import hash_key
-from vecmigrate.records.vectors import Ids, Vectors, check_vectors
+from vecmigrate.records.batch import Faults, Records, assemble_rows
+from vecmigrate.records.filters import normalize
+from vecmigrate.records.ids import id_array
+from vecmigrate.records.payload import infer_kind, python_values
+from vecmigrate.records.screening import Limits
+from vecmigrate.records.sharding import HASH_SPACE, hash_key
+from vecmigrate.records.vectors import Ids, Vectors
 from vecmigrate.stores.base import (
     Batch,
+    Inventory,
     ScanningStore,
     Scope,
     check_dimension,
-    collect_pages,
-    paged_ids,
+    in_shard,
 )
+from vecmigrate.stores.secrets import resolve_secret
 
-_shards: dict[str, Any] = {}
+KEY = "_vecmigrate_h"
+MARK = "vecmigrate"
+# Points per request: Qdrant answers a scroll a page at a time, and a server caps a request's
+# size (32 MB by default: 512 points of 1,536 floats written as JSON are about 8 MB).
+PAGE = 512
+# Points read to type the payload of a collection that keeps no schema of it.
+SAMPLE = 1_000
+_UNNAMED = "vector"  # the field name of a collection's single unnamed vector
+_clients: dict[str, Any] = {}
 _lock = threading.Lock()
-# Qdrant answers a scroll page at a time; longer scans page by point id.
-MAX_PAGE = 10_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _models() -> Any:
+    from qdrant_client import models
+
+    return models
+
+
+def client_for(ref: QdrantStoreRef) -> Any:
+    """One client per server URL or local directory per process (a local-mode directory
+    allows one owner)."""
+    key = ref.url or f"path:{ref.path}"
+    with _lock:
+        client = _clients.get(key)
+        if client is None:
+            from qdrant_client import QdrantClient
+
+            if ref.url is not None:
+                client = QdrantClient(url=ref.url, api_key=resolve_secret(ref.api_key))
+            else:
+                client = QdrantClient(path=ref.path)
+            _clients[key] = client
+        return client
+
+
+def close_clients() -> None:
+    """Close every cached client (a local-mode directory is free for another process)."""
+    with _lock:
+        for client in _clients.values():
+            try:
+                client.close()
+            except Exception:  # a client whose local storage is already gone
+                continue
+        _clients.clear()
+
+
+def collection_name(scope: Scope) -> str:
+    """A collection name for a scope: readable, unique."""
+    raw = f"{scope.tenant}/{scope.collection}@{scope.version}"
+    readable = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{scope.tenant}_{scope.collection}_{scope.version}")
+    return f"vm_{readable[:180]}_{hashlib.sha256(raw.encode()).hexdigest()[:12]}"
 
 
 def _distance(metric: str) -> Any:
-    from qdrant_edge import Distance
-
-    # No cosine: Qdrant normalises vectors written to a cosine shard, so their bytes would no
-    # longer match the source's. Normalise on copy and use "ip" instead (same ranking).
+    # No cosine: Qdrant normalises vectors written to a cosine collection, so their bytes would
+    # no longer match the source's. Normalise on copy and use "ip" instead (same ranking).
     if metric not in ("l2", "ip"):
         raise PreconditionError(
             "Qdrant stores rewrite vectors for cosine; set the target's metric to ip with "
             "normalized: true (the same ranking, and the bytes stay checkable)"
         )
-    return {"l2": Distance.Euclid, "ip": Distance.Dot}[metric]
+    models = _models()
+    return {"l2": models.Distance.EUCLID, "ip": models.Distance.DOT}[metric]
 
 
-def shard_path(root: str, scope: Scope) -> Path:
-    """The directory of a scope's shard: readable, filesystem-safe, unique."""
-    raw = f"{scope.tenant}/{scope.collection}@{scope.version}"
-    readable = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{scope.tenant}_{scope.collection}_{scope.version}")
-    return Path(root) / f"{readable}-{hashlib.sha256(raw.encode()).hexdigest()[:12]}"
+_METRIC_OF = {"Euclid": "l2", "Dot": "ip", "Cosine": "cosine"}
+_INDEX_KIND = {
+    FieldKind.INT: "INTEGER",
+    FieldKind.FLOAT: "FLOAT",
+    FieldKind.BOOL: "BOOL",
+    FieldKind.TEXT: "KEYWORD",
+    FieldKind.TIMESTAMP: "DATETIME",
+}
+_KIND_OF_INDEX = {
+    "integer": FieldKind.INT,
+    "float": FieldKind.FLOAT,
+    "bool": FieldKind.BOOL,
+    "keyword": FieldKind.TEXT,
+    "text": FieldKind.TEXT,
+    "uuid": FieldKind.TEXT,
+    "datetime": FieldKind.TIMESTAMP,
+    "geo": FieldKind.JSON,
+}
 
 
-def close_shards() -> None:
-    """Flush and close every open shard (one process owns a shard directory at a time)."""
-    with _lock:
-        for shard in _shards.values():
-            try:
-                shard.flush()
-                shard.close()
-            except Exception:  # already closed
-                continue
-        _shards.clear()
+def _point_id(value: Any, kind: IdKind) -> Any:
+    """An id as a Qdrant point id (a string of digits as an integer)."""
+    if kind == IdKind.STRING and isinstance(value, str) and value.isdigit():
+        return int(value)
+    return value
+
+
+def _record_id(value: Any, kind: IdKind) -> Any:
+    """A point id as the record's id."""
+    return str(value) if kind == IdKind.STRING else value
+
+
+def _micros_datetime(v: Any) -> str:
+    return (_EPOCH + timedelta(microseconds=int(v))).isoformat().replace("+00:00", "Z")
+
+
+def qdrant_filter(flt: Filter, schema: RecordSchema) -> Any:
+    """A normalised filter as a Qdrant ``Filter`` (equality on floats and timestamps as
+    two-sided ranges; ``not`` as ``must_not``, which holds where a field is null or absent)."""
+    models = _models()
+    if isinstance(flt, NotFilter):
+        return models.Filter(must_not=[qdrant_filter(flt.not_, schema)])
+    if isinstance(flt, AndFilter):
+        return models.Filter(must=[qdrant_filter(p, schema) for p in flt.and_])
+    if isinstance(flt, OrFilter):
+        return models.Filter(should=[qdrant_filter(p, schema) for p in flt.or_])
+    assert isinstance(flt, FieldCondition)
+    kind = schema.field(flt.field).kind
+    key = flt.field
+    if flt.is_null is not None:
+        empty = models.IsEmptyCondition(is_empty=models.PayloadField(key=key))
+        return models.Filter(must=[empty]) if flt.is_null else models.Filter(must_not=[empty])
+
+    def exactly(v: Any) -> Any:
+        if kind == FieldKind.FLOAT:
+            return models.FieldCondition(key=key, range=models.Range(gte=v, lte=v))
+        if kind == FieldKind.TIMESTAMP:
+            at = _micros_datetime(v)
+            return models.FieldCondition(key=key, range=models.DatetimeRange(gte=at, lte=at))
+        return models.FieldCondition(key=key, match=models.MatchValue(value=v))
+
+    if flt.eq is not None:
+        return models.Filter(must=[exactly(flt.eq)])
+    if flt.in_ is not None:
+        if kind in (FieldKind.INT, FieldKind.TEXT):
+            match = models.MatchAny(any=list(flt.in_))
+            return models.Filter(must=[models.FieldCondition(key=key, match=match)])
+        return models.Filter(should=[exactly(v) for v in flt.in_])
+    bounds = flt.bounds
+    if kind == FieldKind.TIMESTAMP:
+        rng = models.DatetimeRange(**{k: _micros_datetime(v) for k, v in bounds.items()})
+    else:
+        rng = models.Range(**bounds)
+    return models.Filter(must=[models.FieldCondition(key=key, range=rng)])
 
 
 class QdrantStore(ScanningStore):
-    """A :class:`~vecmigrate.stores.base.VectorStore` on a Qdrant edge shard."""
+    """A :class:`~vecmigrate.stores.base.VectorStore` on a Qdrant collection."""
 
     kind = "qdrant"
 
-    def __init__(self, shard: Any, scope: Scope, path: Path, dimension: int, metric: str) -> None:
-        self.shard = shard
+    def __init__(
+        self,
+        client: Any,
+        scope: Scope,
+        name: str,
+        schema: RecordSchema,
+        names: dict[str, str],
+        *,
+        keyed: bool,
+        writable: bool,
+        notes: list[str] | None = None,
+    ) -> None:
+        self.client = client
         self.scope = scope
-        self.path = path
-        self.dimension = dimension
-        self.metric = metric
+        self.name = name
+        self.schema = schema
+        self.dimension = schema.primary.dimension
+        self.metric = schema.primary.metric or "l2"
+        self.keyed = keyed
+        self.writable = writable
+        # Schema vector name -> Qdrant's ("" for a collection's single unnamed vector).
+        self.names = names
+        self.notes = notes or []
 
     @classmethod
     def open(
-        cls, root: str, scope: Scope, dimension: int | None = None, *, metric: str = "l2"
+        cls,
+        ref: QdrantStoreRef,
+        scope: Scope,
+        dimension: int | None = None,
+        *,
+        metric: str = "l2",
+        schema: RecordSchema | None = None,
     ) -> QdrantStore:
-        """Open the shard of ``scope`` under ``root``; create it when ``dimension`` is given.
+        """Open the collection of ``scope``; create it when ``dimension`` or ``schema`` is given.
 
         Raises:
-            NotFoundError: no such shard and no dimension given.
-            DataError: it exists with another dimension.
+            NotFoundError: no such collection and nothing to create it from.
+            PreconditionError: a named collection exists and was not made by vecmigrate (a
+                target), or was made for another scope.
+            DataError: it exists with another dimension or schema.
         """
-        from qdrant_edge import EdgeConfig, EdgeShard, EdgeVectorParams
-
-        path = shard_path(root, scope)
-        key = str(path)
-        with _lock:
-            shard = _shards.get(key)
-            if shard is None:
-                if (path / "edge_config.json").exists():
-                    shard = EdgeShard.load(key)
-                elif dimension is None:
-                    raise NotFoundError(f"{scope} does not exist in the Qdrant store at {root}")
-                else:
-                    config = EdgeConfig(
-                        vectors=EdgeVectorParams(size=dimension, distance=_distance(metric))
-                    )
-                    shard = EdgeShard.create(key, config)
-                _shards[key] = shard
-        dim, distance = _shard_config(path)
-        check_dimension(scope, dim, dimension)
-        found = {"Euclid": "l2", "Dot": "ip", "Cosine": "cosine"}.get(distance, "l2")
-        return cls(shard, scope, path, dim, found)
-
-    def _page(
-        self, shard: ShardRef, after: int | None, limit: int, vectors: bool = True
-    ) -> list[Any]:
-        from qdrant_edge import FieldCondition, Filter, RangeFloat, ScrollRequest
-
-        start = None if after is None else after + 1
-        flt = None
-        if shard.by == "hash":
-            flt = Filter(
-                must=[FieldCondition(key="h", range=RangeFloat(gte=shard.lo, lt=shard.hi))]
+        client = client_for(ref)
+        name = ref.collection or collection_name(scope)
+        if schema is None and dimension is not None:
+            schema = RecordSchema.plain(dimension)
+        if schema is not None:
+            primary = schema.primary
+            if primary.metric is None:
+                schema = schema.model_copy(
+                    update={
+                        "vectors": (
+                            primary.model_copy(update={"metric": metric}),
+                            *schema.vectors[1:],
+                        )
+                    }
+                )
+        if not client.collection_exists(name):
+            if schema is None:
+                raise NotFoundError(f"{scope} does not exist in the Qdrant store ({name})")
+            _create(client, name, scope, schema)
+        info = client.get_collection(name)
+        made = (info.config.metadata or {}).get(MARK)
+        if made is not None:
+            if made.get("scope") != str(scope):
+                raise PreconditionError(
+                    f"collection {name} holds {made.get('scope')}, not {scope}; name another one"
+                )
+            found = RecordSchema.model_validate(made["schema"])
+            check_dimension(scope, found.primary.dimension, dimension)
+            if schema is not None and dimension is None and found.shape() != schema.shape():
+                raise DataError(f"{scope} exists with another record schema; use a new version")
+            names = {v.name: v.name for v in found.vectors}
+            return cls(client, scope, name, found, names, keyed=True, writable=True)
+        if schema is not None:
+            raise PreconditionError(
+                f"collection {name} already exists and was not made by vecmigrate; name a new "
+                "collection for the target (an existing one can only be a source)"
             )
-        elif start is None or start < shard.lo:
-            start = max(shard.lo, 0)
-        records, _ = self.shard.scroll(
-            ScrollRequest(
-                offset=start, limit=limit, filter=flt, with_vector=vectors, with_payload=vectors
-            )
+        adopted, names, notes = _adopted_schema(client, name, info, ref)
+        return cls(
+            client,
+            scope,
+            name,
+            adopted,
+            names,
+            keyed=False,
+            writable=ref.writable,
+            notes=notes,
         )
-        if shard.by == "range":
-            records = [r for r in records if shard.lo <= int(r.id) < shard.hi]
-        return list(records)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def _scroll(
+        self, flt: Any, offset: Any, limit: int, *, vectors: bool = True
+    ) -> tuple[list[Any], Any]:
+        with_vectors: Any = [self.names[v.name] for v in self.schema.vectors] if vectors else False
+        if with_vectors and self.names.get(self.schema.primary.name) == "":
+            with_vectors = True
+        points, nxt = self.client.scroll(
+            self.name,
+            scroll_filter=flt,
+            limit=limit,
+            offset=offset,
+            with_payload=vectors,
+            with_vectors=with_vectors,
+        )
+        return list(points), nxt
+
+    def _records(self, points: list[Any]) -> tuple[Records, Faults]:
+        kind = self.schema.id_kind
+        ids = [_record_id(p.id, kind) for p in points]
+        vectors: dict[str, list[Any]] = {}
+        for v in self.schema.vectors:
+            qname = self.names[v.name]
+            rows = []
+            for p in points:
+                found = p.vector
+                rows.append(found.get(qname) if isinstance(found, dict) else found)
+            vectors[v.name] = rows
+        return assemble_rows(
+            self.schema, ids, vectors, [p.payload for p in points], hidden=frozenset({KEY})
+        )
+
+    def _shard_filter(self, shard: ShardRef) -> Any:
+        models = _models()
+        if self.keyed and shard.by == "hash" and (shard.lo, shard.hi) != (0, HASH_SPACE):
+            return models.Filter(
+                must=[models.FieldCondition(key=KEY, range=models.Range(gte=shard.lo, lt=shard.hi))]
+            )
+        return None
 
     def scan(self, shard: ShardRef, cursor: Cursor | None, limit: int) -> Batch:
-        after = None if cursor is None else int(cursor.id)
-        rows = collect_pages(
-            lambda start, n: self._page(shard, start, n),
-            lambda r: int(r.id),
-            after,
-            int(limit),
-            MAX_PAGE,
-        )
-        if not rows:
-            return Batch(np.empty(0, np.int64), np.empty((0, self.dimension), np.float32), cursor)
-        ids = np.array([int(r.id) for r in rows], dtype=np.int64)
-        vecs = np.array([r.vector for r in rows], dtype=np.float32).reshape(
-            len(rows), self.dimension
-        )
-        last = rows[-1]
-        return Batch(ids, vecs, Cursor(key=int(last.payload["h"]), id=int(last.id)))
+        """Up to ``limit`` points of the shard after the cursor's point, in point-id order (a
+        collection without shard keys is read in full and the shard's points kept)."""
+        flt = self._shard_filter(shard)
+        last: Any = None
+        if cursor is not None and cursor.token is not None:
+            last = int(cursor.token) if cursor.token.isdigit() else cursor.token
+        offset: Any = last
+        if shard.by == "range" and (offset is None or offset < shard.lo):
+            offset, last = max(shard.lo, 0), None
+        kept: list[Records] = []
+        faults = Faults()
+        count = 0
+        while count < limit:
+            points, nxt = self._scroll(flt, offset, min(PAGE, limit - count) + 1)
+            if last is not None:
+                points = [p for p in points if p.id != last]
+            if shard.by == "range":
+                points = [p for p in points if isinstance(p.id, int) and p.id < shard.hi]
+            if not points:
+                break
+            points = points[: limit - count]
+            records, bad = self._records(points)
+            last = offset = points[-1].id
+            if not self.keyed and shard.by == "hash":
+                mine = in_shard(records.labels, shard)
+                records = records.filter(mine)
+                for fid, reason, detail in zip(bad.ids, bad.reasons, bad.details, strict=True):
+                    if self._in_shard_id(fid, shard):
+                        faults.add(fid, reason, detail)
+            else:
+                faults.extend(bad)
+            kept.append(records)
+            count += len(records)
+            if nxt is None:
+                break
+        if last is None:
+            return Batch(Records.empty(self.schema), cursor, faults)
+        records = Records.concat(kept, self.schema)
+        label = int(records.labels[-1]) if len(records) else 0
+        key = int(hash_key(np.array([label]))[0]) if len(records) else 0
+        return Batch(records, Cursor(key=key, id=label, token=str(last)), faults)
+
+    def _in_shard_id(self, record_id: str, shard: ShardRef) -> bool:
+        value: Any = int(record_id) if self.schema.id_kind == IdKind.INT else record_id
+        arr = id_array([value], self.schema.id_kind)
+        labels = Records(self.schema, pa.RecordBatch.from_arrays([arr], names=["id"])).labels
+        return bool(in_shard(labels, shard)[0])
 
     def iter_ids(self, shard: ShardRef, batch_size: int) -> Iterator[Ids]:
-        """Every id of a shard in id order, scrolled without vectors or payloads."""
-        return paged_ids(
-            lambda start, n: self._page(shard, start, n, vectors=False),
-            lambda r: int(r.id),
-            batch_size,
-            MAX_PAGE,
-        )
+        """Every label of a shard, scrolled without vectors or payloads where the collection
+        keeps shard keys."""
+        if not self.keyed or shard.by == "range":
+            yield from super().iter_ids(shard, batch_size)
+            return
+        flt = self._shard_filter(shard)
+        offset: Any = None
+        while True:
+            points, nxt = self._scroll(flt, offset, min(batch_size, 10_000), vectors=False)
+            if points:
+                arr = id_array(
+                    [_record_id(p.id, self.schema.id_kind) for p in points], self.schema.id_kind
+                )
+                yield Records(self.schema, pa.RecordBatch.from_arrays([arr], names=["id"])).labels
+            if nxt is None:
+                return
+            offset = nxt
 
-    def upsert(self, ids: Ids, vectors: Vectors) -> int:
-        from qdrant_edge import Point, UpdateOperation
+    def count(self, shard: ShardRef | None = None) -> int:
+        if shard is None or (shard.by == "hash" and (shard.lo, shard.hi) == (0, HASH_SPACE)):
+            return int(self.client.count(self.name, exact=True).count)
+        if self.keyed and shard.by == "hash":
+            return int(
+                self.client.count(
+                    self.name, count_filter=self._shard_filter(shard), exact=True
+                ).count
+            )
+        return sum(len(b) for b in self.iter_shard(shard, 10_000))
 
-        ids64, vec32 = check_vectors(ids, vectors, self.dimension, self.scope)
-        if ids64.size == 0:
+    def fetch_records(self, ids: pa.Array | Any) -> Records:
+        """The records with these ids that exist."""
+        arr = id_array(ids, self.schema.id_kind)
+        wanted = [_point_id(v, self.schema.id_kind) for v in arr.to_pylist()]
+        if self.schema.id_kind == IdKind.INT:
+            wanted = [v for v in wanted if v >= 0]
+        parts = []
+        for at in range(0, len(wanted), PAGE):
+            with_vectors: Any = [self.names[v.name] for v in self.schema.vectors]
+            if self.names.get(self.schema.primary.name) == "":
+                with_vectors = True
+            points = self.client.retrieve(
+                self.name, ids=wanted[at : at + PAGE], with_payload=True, with_vectors=with_vectors
+            )
+            parts.append(self._records(list(points))[0])
+        return Records.concat(parts, self.schema)
+
+    def limits(self) -> Limits:
+        """Point ids are unsigned integers or UUIDs."""
+        return Limits(ids="point")
+
+    def matching(self, flt: Filter) -> Ids:
+        """Labels of the points whose payload matches ``flt`` (Qdrant evaluates it)."""
+        qf = qdrant_filter(normalize(flt, self.schema), self.schema)
+        found: list[Any] = []
+        offset: Any = None
+        while True:
+            points, offset = self.client.scroll(
+                self.name,
+                scroll_filter=qf,
+                limit=10_000,
+                offset=offset,
+                with_payload=False,
+                with_vectors=False,
+            )
+            found += [_record_id(p.id, self.schema.id_kind) for p in points]
+            if offset is None:
+                break
+        if not found:
+            return np.empty(0, np.int64)
+        arr = id_array(found, self.schema.id_kind)
+        return Records(self.schema, pa.RecordBatch.from_arrays([arr], names=["id"])).labels
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def write(self, records: Records) -> int:
+        """Insert or replace points by id, a page at a time.
+
+        Raises:
+            DataError: records of another schema, NaN, an id twice, an id that is not an
+                unsigned integer or a UUID.
+        """
+        self._writes()
+        if not len(records):
             return 0
-        if int(ids64.min()) < 0:
+        records = records.conform(self.schema)
+        models = _models()
+        kind = self.schema.id_kind
+        ids = [_point_id(v, kind) for v in records.id_values()]
+        if any(isinstance(i, int) and i < 0 for i in ids):
             raise DataError(
                 f"{self.scope}: Qdrant point ids are unsigned; negative ids cannot move"
             )
-        keys = hash_key(ids64)
-        points = [
-            Point(int(i), v.tolist(), {"h": int(h)})
-            for i, h, v in zip(ids64.tolist(), keys.tolist(), vec32, strict=True)
-        ]
-        self.shard.update(UpdateOperation.upsert_points(points))
-        self.shard.flush()
-        return len(points)
+        if len(set(ids)) != len(ids):
+            raise DataError(f"{self.scope}: a batch repeats an id; send each id once per batch")
+        vectors: dict[str, list[Any]] = {}
+        for v in self.schema.vectors:
+            raw = records.raw_vectors(v.name)
+            if not np.isfinite(raw).all():
+                raise DataError(f"{self.scope}: a vector holds NaN or infinity; nothing written")
+            vectors[self.names[v.name]] = raw.astype(np.float32).tolist()
+        payloads = self._payloads(records)
+        for at in range(0, len(ids), PAGE):
+            part = slice(at, at + PAGE)
+            batch_vectors: Any = {k: rows[part] for k, rows in vectors.items()}
+            if list(batch_vectors) == [""]:
+                batch_vectors = batch_vectors[""]
+            self.client.upsert(
+                self.name,
+                points=models.Batch(ids=ids[part], vectors=batch_vectors, payloads=payloads[part]),
+                wait=True,
+            )
+        return len(ids)
 
-    def delete(self, ids: Ids) -> int:
-        from qdrant_edge import UpdateOperation
+    def _payloads(self, records: Records) -> list[dict[str, Any]]:
+        """Each record's payload object: its fields (null ones as null), the extra object's
+        keys, and the shard key where the collection keeps one."""
+        import orjson
 
-        values: list[Any] = [int(i) for i in np.asarray(ids, dtype=np.int64) if i >= 0]
+        n = len(records)
+        out: list[dict[str, Any]] = [{} for _ in range(n)]
+        for f in self.schema.payload:
+            for row, value in zip(out, python_values(records.payload(f.name), f.kind), strict=True):
+                row[f.name] = value
+        if records.extra is not None:
+            for row, value in zip(out, records.extra.to_pylist(), strict=True):
+                if value is not None:
+                    row.update(orjson.loads(value))
+        if self.keyed:
+            for row, key in zip(out, hash_key(records.labels).tolist(), strict=True):
+                row[KEY] = key
+        return out
+
+    def delete(self, ids: Ids | pa.Array) -> int:
+        self._writes()
+        arr = id_array(ids, self.schema.id_kind)
+        values = [_point_id(v, self.schema.id_kind) for v in arr.to_pylist()]
+        values = [v for v in values if not (isinstance(v, int) and v < 0)]
         if not values:
             return 0
-        present = len(self.shard.retrieve(values, with_payload=False, with_vector=False))
-        self.shard.update(UpdateOperation.delete_points(values))
-        self.shard.flush()
+        present = len(
+            self.client.retrieve(self.name, ids=values, with_payload=False, with_vectors=False)
+        )
+        models = _models()
+        self.client.delete(self.name, points_selector=models.PointIdsList(points=values), wait=True)
         return present
 
-    def count(self, shard: ShardRef | None = None) -> int:
-        from qdrant_edge import CountRequest, FieldCondition, Filter, RangeFloat
-
-        if shard is None:
-            return int(self.shard.count(CountRequest(exact=True)))
-        if shard.by == "hash":
-            flt = Filter(
-                must=[FieldCondition(key="h", range=RangeFloat(gte=shard.lo, lt=shard.hi))]
-            )
-            return int(self.shard.count(CountRequest(exact=True, filter=flt)))
-        return sum(len(b) for b in self.iter_shard(shard, MAX_PAGE))
-
-    def fetch(self, ids: Ids) -> tuple[Ids, Vectors]:
-        values = sorted({int(i) for i in np.asarray(ids, dtype=np.int64) if i >= 0})
-        records = sorted(
-            self.shard.retrieve(values, with_payload=False, with_vector=True),
-            key=lambda r: int(r.id),
-        )
-        found = np.array([int(r.id) for r in records], dtype=np.int64)
-        vecs = np.array([r.vector for r in records], dtype=np.float32).reshape(
-            len(records), self.dimension
-        )
-        return found, vecs
-
-    # -- native index ------------------------------------------------------------------------
+    # -- native index -------------------------------------------------------------------------
 
     def create_index(self, spec: IndexSpec, metric: Metric) -> str:
-        """Build Qdrant's HNSW graph with the spec's parameters (optimizers run to the end)."""
-        from qdrant_edge import (
-            EdgeConfig,
-            EdgeOptimizersConfig,
-            EdgeShard,
-            EdgeVectorParams,
-            HnswIndexConfig,
-        )
-
+        """Set the collection's HNSW graph to the spec's parameters and index every segment
+        (a server rebuilds the graph; the local mode searches exactly)."""
+        self._writes()
         if not isinstance(spec, QdrantHnsw):
             raise PreconditionError(f"Qdrant cannot build {spec.kind} natively")
-        key = str(self.path)
-        with _lock:
-            self.shard.flush()
-            self.shard.close()
-            hnsw = HnswIndexConfig(m=spec.m, ef_construct=spec.ef_construct, full_scan_threshold=1)
-            config = EdgeConfig(
-                vectors=EdgeVectorParams(
-                    size=self.dimension, distance=_distance(self.metric), hnsw_config=hnsw
-                ),
-                hnsw_config=hnsw,
-                # Index every segment whatever its size: the spec asked for a graph.
-                optimizers=EdgeOptimizersConfig(indexing_threshold=1),
+        models = _models()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the local mode warns that it keeps no graph
+            made = dict(self.client.get_collection(self.name).config.metadata or {})
+            made[MARK] = {**made.get(MARK, {}), "index": spec.model_dump(mode="json")}
+            self.client.update_collection(
+                self.name,
+                hnsw_config=models.HnswConfigDiff(m=spec.m, ef_construct=spec.ef_construct),
+                optimizers_config=models.OptimizersConfigDiff(indexing_threshold=1),
+                metadata=made,
             )
-            self.shard = EdgeShard.load(key, config)
-            _shards[key] = self.shard
-        self.shard.optimize()
-        return f"{self.path.name}/hnsw-m{spec.m}-ef{spec.ef_construct}"
+        return f"{self.name}/hnsw-m{spec.m}-ef{spec.ef_construct}"
 
     def search_native(
-        self, queries: Vectors, k: int, spec: IndexSpec, metric: Metric
+        self,
+        queries: Vectors,
+        k: int,
+        spec: IndexSpec,
+        metric: Metric,
+        flt: Filter | None = None,
     ) -> tuple[npt.NDArray[np.float32], Ids]:
         """k nearest neighbours through Qdrant's index; distances follow our convention."""
-        from qdrant_edge import Query, QueryRequest, SearchParams
+        d, i, _ = self.native_search(queries, k, spec, metric, flt)
+        return d, i
 
+    def native_search(
+        self,
+        queries: Vectors,
+        k: int,
+        spec: IndexSpec,
+        metric: Metric,
+        flt: Filter | None = None,
+    ) -> tuple[npt.NDArray[np.float32], Ids, list[list[Any]]]:
+        """k nearest neighbours (with a payload filter) through Qdrant's own search: distances
+        in our convention, labels, and the point ids."""
+        models = _models()
         ef = spec.ef if isinstance(spec, QdrantHnsw) else None
+        qf = None if flt is None else qdrant_filter(normalize(flt, self.schema), self.schema)
         q = np.asarray(queries, np.float32)
         d = np.full((q.shape[0], k), np.inf, np.float32)
         i = np.full((q.shape[0], k), -1, np.int64)
+        using = self.names[self.schema.primary.name] or None
+        found_ids: list[list[Any]] = []
         for row in range(q.shape[0]):
-            hits = self.shard.query(
-                QueryRequest(
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the local mode searches exactly
+                hits = self.client.query_points(
+                    self.name,
+                    query=q[row].tolist(),
+                    using=using,
                     limit=k,
-                    query=Query.Nearest(q[row].tolist()),
-                    params=SearchParams(hnsw_ef=max(ef or k, k)),
-                )
-            )
+                    query_filter=qf,
+                    search_params=models.SearchParams(hnsw_ef=max(ef or k, k)),
+                    with_payload=False,
+                ).points
+            ids = [_record_id(h.id, self.schema.id_kind) for h in hits[:k]]
+            found_ids.append(ids)
+            if ids:
+                arr = id_array(ids, self.schema.id_kind)
+                i[row, : len(ids)] = Records(
+                    self.schema, pa.RecordBatch.from_arrays([arr], names=["id"])
+                ).labels
             for col, hit in enumerate(hits[:k]):
-                i[row, col] = int(hit.id)
                 score = float(hit.score)
                 d[row, col] = score * score if str(metric) == "l2" else 1.0 - score
-        return d, i
+        return d, i, found_ids
+
+    # -- inventory ------------------------------------------------------------------------------
+
+    def vector_indexes(self) -> dict[str, dict[str, Any]]:
+        """Qdrant's HNSW graph of each vector (its parameters and metric)."""
+        info = self.client.get_collection(self.name)
+        params = info.config.params.vectors
+        hnsw = info.config.hnsw_config
+        out: dict[str, dict[str, Any]] = {}
+        for v in self.schema.vectors:
+            qname = self.names[v.name]
+            vp = params.get(qname) if isinstance(params, dict) else params
+            own = getattr(vp, "hnsw_config", None)
+            m = getattr(own, "m", None) or hnsw.m
+            ef = getattr(own, "ef_construct", None) or hnsw.ef_construct
+            out[v.name] = {
+                "index": {"kind": "qdrant_hnsw", "m": m, "ef_construct": ef},
+                "metric": v.metric,
+            }
+        return out
+
+    def inventory(self, samples: int = 3) -> Inventory:
+        """Points, schema, vector and payload indexes, and a few points of the collection."""
+        from vecmigrate.stores.pgvector import _sample_rows
+
+        info = self.client.get_collection(self.name)
+        payload_indexes = {
+            k: _index_type(s) for k, s in (info.payload_schema or {}).items() if k != KEY
+        }
+        rows = self.scan(ShardRef(index=0, by="hash", lo=0, hi=HASH_SPACE), None, samples).records
+        return Inventory(
+            engine="qdrant",
+            name=self.name,
+            count=self.count(),
+            schema=self.schema,
+            indexes=self.vector_indexes(),
+            payload_indexes=payload_indexes,
+            size_bytes=None,
+            samples=_sample_rows(rows),
+            sampled=not self.keyed,
+            notes=list(self.notes),
+        )
 
 
-def _shard_config(path: Path) -> tuple[int, str]:
-    """Vector size and distance a shard was created with (from its edge_config.json)."""
-    try:
-        config = json.loads((path / "edge_config.json").read_text())
-        vector = config["vectors"][""]
-        return int(vector["size"]), str(vector["distance"])
-    except (OSError, ValueError, KeyError) as exc:
-        raise DataError(f"cannot read the Qdrant shard config at {path}: {exc}") from None
+def _index_type(info: Any) -> str:
+    """A payload index's type as Qdrant names it ("keyword", "integer", ...)."""
+    return str(getattr(info, "data_type", info)).split(".")[-1].lower()
+
+
+def _create(client: Any, name: str, scope: Scope, schema: RecordSchema) -> None:
+    """Create a collection for records of ``schema``: its vectors with their metrics, payload
+    indexes on the indexed fields and the shard key, the schema and scope in its metadata."""
+    models = _models()
+    vectors = {
+        v.name: models.VectorParams(
+            size=v.dimension,
+            distance=_distance(v.metric or "l2"),
+            datatype=models.Datatype.FLOAT16 if v.dtype == "float16" else None,
+        )
+        for v in schema.vectors
+    }
+    client.create_collection(
+        name,
+        vectors_config=vectors,
+        metadata={MARK: {"scope": str(scope), "schema": schema.model_dump(mode="json")}},
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the local mode warns that indexes change nothing
+        client.create_payload_index(name, KEY, field_schema=models.PayloadSchemaType.INTEGER)
+        for f in schema.payload:
+            if f.indexed and f.kind in _INDEX_KIND:
+                client.create_payload_index(
+                    name,
+                    f.name,
+                    field_schema=getattr(models.PayloadSchemaType, _INDEX_KIND[f.kind]),
+                )
+
+
+def _adopted_schema(
+    client: Any, name: str, info: Any, ref: QdrantStoreRef
+) -> tuple[RecordSchema, dict[str, str], list[str]]:
+    """The record schema of an existing collection: its dense vectors from its configuration,
+    its payload fields from its payload indexes and a sample of points.
+
+    Raises:
+        PreconditionError: no dense vector to carry, a vector ``ref.vectors`` names that it lacks,
+            or a distance vecmigrate does not support.
+    """
+    notes: list[str] = []
+    params = info.config.params.vectors
+    configured = {"": params} if not isinstance(params, dict) else dict(params or {})
+    sparse = list((info.config.params.sparse_vectors or {}).keys())
+    if ref.vectors is not None:
+        wanted = [("" if n == _UNNAMED and "" in configured else n) for n in ref.vectors]
+        missing = [n for n in wanted if n not in configured]
+        if missing:
+            raise PreconditionError(
+                f"collection {name} has no vectors {missing}; it has {sorted(configured)}"
+            )
+    else:
+        if sparse:
+            raise PreconditionError(
+                f"collection {name} has sparse vectors {sparse}, which vecmigrate does not carry: "
+                "list the dense vectors to carry in vectors"
+            )
+        wanted = list(configured)
+    vectors: list[VectorField] = []
+    names: dict[str, str] = {}
+    for qname in wanted:
+        vp = configured[qname]
+        if getattr(vp, "multivector_config", None) is not None:
+            raise PreconditionError(f"vector {qname!r} of {name} is a multivector; not carried")
+        distance = str(getattr(vp.distance, "value", vp.distance))
+        if distance not in _METRIC_OF:
+            raise PreconditionError(
+                f"vector {qname!r} of {name} uses {distance} distance, which vecmigrate does not "
+                "support"
+            )
+        field_name = qname or _UNNAMED
+        names[field_name] = qname
+        datatype = str(getattr(vp.datatype, "value", vp.datatype) or "float32")
+        vectors.append(
+            VectorField(
+                name=field_name,
+                dimension=int(vp.size),
+                dtype="float16" if datatype == "float16" else "float32",
+                metric=_METRIC_OF[distance],
+            )
+        )
+    indexed = {
+        k: _KIND_OF_INDEX.get(
+            str(getattr(s, "data_type", s)).split(".")[-1].lower(), FieldKind.JSON
+        )
+        for k, s in (info.payload_schema or {}).items()
+    }
+    points, _ = client.scroll(name, limit=SAMPLE, with_payload=True, with_vectors=False)
+    values: dict[str, list[Any]] = {}
+    id_types: set[str] = set()
+    for p in points:
+        id_types.add("int" if isinstance(p.id, int) else "uuid")
+        for key, value in (p.payload or {}).items():
+            values.setdefault(key, []).append(value)
+    id_kind = (
+        IdKind.INT
+        if id_types <= {"int"}
+        else IdKind.UUID
+        if id_types == {"uuid"}
+        else IdKind.STRING
+    )
+    fields = []
+    for key in sorted(set(values) | set(indexed)):
+        if key == KEY or not re.match(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$", key):
+            if key != KEY:
+                notes.append(f"payload key {key!r} is kept in the extra object (not a field name)")
+            continue
+        kind = ref.payload_kinds.get(key) or indexed.get(key) or infer_kind(values.get(key, []))
+        fields.append(PayloadField(name=key, kind=kind, indexed=key in indexed))
+    taken = {"id", *names, *(f.name for f in fields)}
+    extra = "_extra"
+    while extra in taken:
+        extra = "_" + extra
+    notes.append(
+        f"payload fields typed from {len(points)} points; keys no sampled point had are kept in "
+        f"the extra object {extra!r}"
+    )
+    schema = RecordSchema(
+        id_kind=id_kind, vectors=tuple(vectors), payload=tuple(fields), extra=extra
+    )
+    return schema, names, notes

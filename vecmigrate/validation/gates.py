@@ -6,7 +6,7 @@ Pure Python over the models, so the rules can be read and tested on their own.
 from __future__ import annotations
 
 from vecmigrate.model.lifecycle import GateReport, GateVerdict, RetrievalFigures, ShardCheck
-from vecmigrate.model.spec import GatePolicy
+from vecmigrate.model.spec import GatePolicy, QuarantinePolicy
 
 
 def _shards(names: list[int]) -> str:
@@ -90,7 +90,51 @@ def parity_verdicts(
                 detail=f"{what} differ in {_shards(bad)}" if bad else f"{what} identical",
             )
         )
+        if any(c.source.payload_checksum or c.target.payload_checksum for c in checks):
+            moved = [
+                c.shard for c in checks if c.source.payload_checksum != c.target.payload_checksum
+            ]
+            sums = "; ".join(
+                f"shard {c.shard}: {c.source.payload_checksum} / {c.target.payload_checksum}"
+                for c in checks[:4]
+            )
+            out.append(
+                GateVerdict(
+                    name="payload_parity",
+                    value=float(len(moved)),
+                    threshold=0.0,
+                    comparison="==",
+                    passed=not moved,
+                    detail=(
+                        f"ids with payloads differ in {_shards(moved)}"
+                        if moved
+                        else "ids with payloads identical"
+                    )
+                    + f" (source / target: {sums}{' ...' if len(checks) > 4 else ''})",
+                )
+            )
     return out
+
+
+def quarantine_verdict(policy: QuarantinePolicy, checks: list[ShardCheck]) -> GateVerdict:
+    """Source records left out of the migration, by reason, against the spec's limit (with no
+    limit, a verdict that passes with the figures)."""
+    reasons: dict[str, int] = {}
+    for c in checks:
+        for reason, n in c.source.quarantined.items():
+            reasons[reason] = reasons.get(reason, 0) + n
+    total = sum(reasons.values())
+    detail = ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items()))
+    limit = policy.max_records
+    return GateVerdict(
+        name="quarantine",
+        value=float(total),
+        threshold=None if limit is None else float(limit),
+        comparison="info" if limit is None else "<=",
+        passed=limit is None or total <= limit,
+        detail=(detail or "no record left out")
+        + ("" if limit is not None or not total else "; the spec lets the migration pass"),
+    )
 
 
 def integrity_verdicts(
@@ -265,6 +309,7 @@ def retrieval_verdicts(
 def judge(
     policy: GatePolicy,
     *,
+    quarantine: QuarantinePolicy | None = None,
     same_bytes: bool,
     normalized_target: bool,
     same_model: bool = True,
@@ -273,11 +318,10 @@ def judge(
 ) -> GateReport:
     """The gate report: every verdict, passed only if all pass."""
     listed = checks if len(checks) <= REPORT_SHARDS else _suspect(checks)[:REPORT_SHARDS]
-    verdicts = (
-        parity_verdicts(policy, same_bytes, checks)
-        + integrity_verdicts(policy, normalized_target, checks, same_model)
-        + retrieval_verdicts(policy, figures, same_model)
-    )
+    verdicts = parity_verdicts(policy, same_bytes, checks)
+    verdicts.append(quarantine_verdict(quarantine or QuarantinePolicy(), checks))
+    verdicts += integrity_verdicts(policy, normalized_target, checks, same_model)
+    verdicts += retrieval_verdicts(policy, figures, same_model)
     return GateReport(
         passed=all(v.passed for v in verdicts),
         verdicts=verdicts,
@@ -303,6 +347,8 @@ def _suspect(checks: list[ShardCheck]) -> list[ShardCheck]:
         return (
             s.count != t.count
             or s.checksum != t.checksum
+            or s.payload_checksum != t.payload_checksum
+            or bool(s.quarantined)
             or t.nonfinite > 0
             or t.duplicate_ids > 0
             or t.zero > 0

@@ -1,8 +1,16 @@
-"""One pass over a shard: counts, bad vectors, norms and checksums (integrity and parity)."""
+"""One pass over a shard: counts, bad vectors, norms and checksums (integrity and parity).
+
+The checksums cover whole records (ids, every vector, payload), ids alone (the id set, for
+migrations that change vectors), and ids with payload (the payload must cross unchanged whatever
+happens to the vectors). A source shard is seen as the target should hold it: records no target
+can hold, or this target cannot, are left out and counted per reason (the quarantine), and the
+rest seen through the migration's transform.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import numpy.typing as npt
@@ -10,7 +18,9 @@ import numpy.typing as npt
 from vecmigrate.data.transforms import Transform
 from vecmigrate.model.lifecycle import ShardProfile
 from vecmigrate.model.tasks import ShardRef
-from vecmigrate.records.checksums import RecordChecksum
+from vecmigrate.records.batch import DUPLICATE_ID, Faults, Records
+from vecmigrate.records.checksums import RecordChecksum, record_hashes
+from vecmigrate.records.screening import Limits, screen
 from vecmigrate.records.vectors import Ids, Vectors, repeated_ids
 from vecmigrate.stores import VectorStore
 
@@ -18,7 +28,7 @@ from vecmigrate.stores import VectorStore
 class IdChecksum(RecordChecksum):
     """Order-independent checksum of the ids alone (id-set parity when vectors changed)."""
 
-    def add(self, ids: Ids, vectors: Vectors) -> None:
+    def add(self, ids: Ids, vectors: Vectors | list[Vectors], payload: object = None) -> None:
         super().add(ids, np.empty((ids.shape[0], 0), np.float32))
 
 
@@ -34,6 +44,15 @@ def _norms(vectors: Vectors) -> npt.NDArray[np.float64]:
     return norms
 
 
+@dataclass
+class _Broken:
+    """Records of a target no store can hold (read as faults): counted, not profiled."""
+
+    records: int = 0
+    vectors: int = 0  # null, of the wrong dimension, NaN or infinite
+    duplicates: int = 0
+
+
 class ProfileBuilder:
     """Accumulates a :class:`ShardProfile` batch by batch.
 
@@ -45,10 +64,14 @@ class ProfileBuilder:
     def __init__(self, unit_norm_tolerance: float = 1e-3, keep: bool = False) -> None:
         self.tolerance = unit_norm_tolerance
         self.keep = keep
-        self.batches: list[tuple[Ids, Vectors]] = []
+        self.batches: list[Records] = []
         self.records = RecordChecksum()
         self.ids = IdChecksum()
+        self.payloads = RecordChecksum()
+        self.has_payload = False
         self.seen: list[Ids] = []
+        self.left_out: dict[str, int] = {}
+        self.broken = _Broken()
         self.count = 0
         self.nonfinite = 0
         self.zero = 0
@@ -58,13 +81,34 @@ class ProfileBuilder:
         self.norm_sum = 0.0
 
     def add(self, ids: Ids, vectors: Vectors) -> None:
-        """Fold one batch in."""
+        """Fold in a batch of integer ids and one vector each."""
+        self.add_records(Records.from_numpy(ids, vectors))
+
+    def add_records(
+        self, records: Records, faults: Faults | None = None, *, quarantined: bool = True
+    ) -> None:
+        """Fold one batch in. ``faults`` are the records of it no store can hold: left out of a
+        source (``quarantined``, counted by reason) or, in a target, counted as its broken
+        vectors and repeated ids."""
+        if faults is not None and quarantined:
+            for reason, n in faults.counts().items():
+                self.left_out[reason] = self.left_out.get(reason, 0) + n
+        elif faults is not None and len(faults):
+            counts = faults.counts()
+            self.broken.duplicates += counts.pop(DUPLICATE_ID, 0)
+            self.broken.vectors += sum(counts.values())
+            self.broken.records += len(faults)
         if self.keep:
-            self.batches.append((ids, vectors))
-        self.records.add(ids, vectors)
-        self.ids.add(ids, vectors)
-        self.seen.append(ids)
-        self.count += int(ids.shape[0])
+            self.batches.append(records)
+        labels = records.labels
+        self.records.add_hashes(records.hashes())
+        self.ids.add(labels, [])
+        self.has_payload = records.schema.has_payload
+        if self.has_payload:
+            self.payloads.add_hashes(record_hashes(labels, [], records.payload_only_hashes()))
+        self.seen.append(labels)
+        self.count += len(records)
+        vectors = records.vectors()
         finite = np.isfinite(vectors).all(axis=1)
         self.nonfinite += int((~finite).sum())
         norms = _norms(vectors if finite.all() else vectors[finite])
@@ -80,19 +124,20 @@ class ProfileBuilder:
         if not self.keep:
             raise ValueError("records can be left out only of a builder made with keep=True")
         rest = ProfileBuilder(self.tolerance)
-        for ids, vectors in self.batches:
-            mask = ~np.isin(ids, exclude)
-            rest.add(ids[mask], vectors[mask])
+        for records in self.batches:
+            rest.add_records(records.filter(~np.isin(records.labels, exclude)))
+        rest.left_out = dict(self.left_out)
+        rest.broken = self.broken
         return rest.result()
 
     def result(self) -> ShardProfile:
         """The profile of everything added."""
         all_ids = np.concatenate(self.seen) if self.seen else np.empty(0, np.int64)
-        duplicates = repeated_ids(all_ids)
+        duplicates = repeated_ids(all_ids) + self.broken.duplicates
         finite = self.count - self.nonfinite
         return ShardProfile(
-            count=self.count,
-            nonfinite=self.nonfinite,
+            count=self.count + self.broken.records,
+            nonfinite=self.nonfinite + self.broken.vectors,
             zero=self.zero,
             duplicate_ids=duplicates,
             off_unit_norm=self.off_unit,
@@ -101,6 +146,8 @@ class ProfileBuilder:
             norm_mean=None if finite == 0 else round(self.norm_sum / finite, 6),
             checksum=self.records.hexdigest(),
             id_checksum=self.ids.hexdigest(),
+            payload_checksum=self.payloads.hexdigest() if self.has_payload else "",
+            quarantined=dict(sorted(self.left_out.items())),
         )
 
 
@@ -113,16 +160,27 @@ def scan_shard(
     unit_norm_tolerance: float = 1e-3,
     keep: bool = False,
     also: Callable[[Ids, Vectors], None] | None = None,
+    limits: Limits | None = None,
 ) -> ProfileBuilder:
     """Scan ``shard`` once into a profile builder, seen through ``transform`` if given.
 
-    ``also`` sees every batch too (the exact search of the recall gate rides on this read)."""
+    With ``limits`` (the target's, for a source shard), records the target cannot hold are left
+    out and counted, as the copy leaves them out; without (a target shard), records no store can
+    hold are counted as the target's broken vectors and repeated ids. ``also`` sees every batch
+    too (the exact search of the recall gate rides on this read).
+    """
     builder = ProfileBuilder(unit_norm_tolerance, keep=keep)
     for batch in store.iter_shard(shard, batch_size, read_ahead=True):
-        vectors = batch.vectors if transform is None else transform(batch.vectors)
-        builder.add(batch.ids, vectors)
-        if also is not None:
-            also(batch.ids, vectors)
+        records, faults = batch.records, Faults()
+        faults.extend(batch.faults)
+        if limits is not None:
+            records, bad = screen(records, limits)
+            faults.extend(bad)
+        if transform is not None and len(records):
+            records = records.with_vectors(transform(records.vectors()))
+        builder.add_records(records, faults, quarantined=limits is not None)
+        if also is not None and len(records):
+            also(records.labels, records.vectors())
     return builder
 
 
@@ -134,6 +192,7 @@ def profile_shard(
     batch_size: int = 50_000,
     unit_norm_tolerance: float = 1e-3,
     also: Callable[[Ids, Vectors], None] | None = None,
+    limits: Limits | None = None,
 ) -> ShardProfile:
     """Scan ``shard`` once and profile it, seen through ``transform`` if given."""
     return scan_shard(
@@ -143,4 +202,5 @@ def profile_shard(
         batch_size=batch_size,
         unit_norm_tolerance=unit_norm_tolerance,
         also=also,
+        limits=limits,
     ).result()

@@ -11,13 +11,15 @@ from pathlib import Path
 import numpy as np
 
 from vecmigrate.catalog.catalog import Catalog
-from vecmigrate.data.transforms import Transform, identity, make_transform
+from vecmigrate.data.backfill import target_limits
+from vecmigrate.data.transforms import Transform, make_transform
 from vecmigrate.embedding.registry import model_key
 from vecmigrate.errors import PreconditionError
 from vecmigrate.indexes.build import load_index_version
 from vecmigrate.model.lifecycle import GateReport, RetrievalFigures, ShardCheck
 from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.model.tasks import ShardRef
+from vecmigrate.records.screening import screen
 from vecmigrate.records.vectors import Distances, ExactKnn, Ids, Vectors
 from vecmigrate.stores import VectorStore
 from vecmigrate.validation.distribution import ks_two_sample, mean_shift, spectrum_shift
@@ -51,25 +53,26 @@ def check_shard(
     the two scans would otherwise look like a difference), and counted in ``excluded``.
     """
     began = time.monotonic()
-    if spec.model_change:
+    transform: Transform | None = None
+    if not spec.model_change:
         # Vectors of another model cannot be compared with the source's: the source side is
         # profiled as it is (counts and ids still compare; norms are left out by the gates).
-        transform: Transform = identity
-    else:
-        _, transform = make_transform(spec.source.embedding, spec.target.embedding)
+        name, made = make_transform(spec.source.embedding, spec.target.embedding)
+        transform = None if name == "identity" else made
     tol = spec.gates.integrity.unit_norm_tolerance
     also = None if truth is None else truth.add
+    limits = target_limits(spec, target)
     if volatile is None:
         return ShardCheck(
             shard=shard.index,
-            source=profile_shard(source, shard, transform, unit_norm_tolerance=tol),
+            source=profile_shard(source, shard, transform, unit_norm_tolerance=tol, limits=limits),
             target=profile_shard(target, shard, unit_norm_tolerance=tol, also=also),
             seconds=round(time.monotonic() - began, 3),
         )
-    src = scan_shard(source, shard, transform, unit_norm_tolerance=tol, keep=True)
+    src = scan_shard(source, shard, transform, unit_norm_tolerance=tol, keep=True, limits=limits)
     dst = scan_shard(target, shard, unit_norm_tolerance=tol, keep=True, also=also)
     changed = volatile()
-    seen = np.unique(np.concatenate([ids for ids, _ in src.batches + dst.batches] or [changed]))
+    seen = np.unique(np.concatenate([r.labels for r in src.batches + dst.batches] or [changed]))
     return ShardCheck(
         shard=shard.index,
         source=src.without(changed),
@@ -146,18 +149,19 @@ def gate_queries(spec: MigrationSpec, source: VectorStore, target: VectorStore) 
     """The retrieval checks' queries: sampled records (or the spec's query log), transformed
     into the target's space, or for a new model the same records as the new model embedded
     them."""
-    _, transform = make_transform(spec.source.embedding, spec.target.embedding)
-    qids, queries, kind = load_queries(spec, source)
-    extra = 1 if qids is not None else 0
     if not spec.model_change:
+        _, transform = make_transform(spec.source.embedding, spec.target.embedding)
+        qids, queries, kind = load_queries(spec, source)
+        extra = 1 if qids is not None else 0
         return GateQueries(qids, queries, transform(queries), kind, spec.gates.k + extra)
     # The same records, as the new model embedded them (self excluded on both sides).
-    assert qids is not None
-    found_ids, tq = target.fetch(qids)
-    keep = np.isin(qids, found_ids)
-    qids, queries = qids[keep], queries[keep]
-    tq = tq[np.searchsorted(found_ids, qids)]
-    return GateQueries(qids, queries, tq, kind, spec.gates.k + extra)
+    sample = source.sample_records(spec.gates.sample_queries, seed=spec.gates.seed)
+    found = target.fetch_records(sample.ids)
+    row = {label: i for i, label in enumerate(found.labels.tolist())}
+    keep = np.array([label in row for label in sample.labels.tolist()], bool)
+    qids = sample.labels[keep]
+    tq = found.vectors()[[row[label] for label in qids.tolist()]]
+    return GateQueries(qids, sample.vectors()[keep], tq, "sampled", spec.gates.k + 1)
 
 
 # Per-shard ground truths are stored in the catalog (queries x neighbours x 12 bytes each); past
@@ -252,7 +256,12 @@ def measure(
             )
     elif not over("distribution"):
         n = g.distribution.sample
-        _, src = source.sample(n, seed=g.seed + 1)
+        # The same records on both sides, chosen by id alike by every adapter; on the source
+        # side those the target holds (the quarantine's are not in it).
+        src_records, _ = screen(
+            source.sample_records(n, seed=g.seed + 1), target_limits(spec, target)
+        )
+        src = src_records.vectors()
         _, dst = target.sample(n, seed=g.seed + 1)
         # Non-finite rows are the integrity gate's business; they would poison the statistics.
         dst = dst[np.isfinite(dst).all(axis=1)]
@@ -275,6 +284,7 @@ def report(spec: MigrationSpec, checks: list[ShardCheck], figures: RetrievalFigu
     transform_name, _ = make_transform(spec.source.embedding, spec.target.embedding)
     return judge(
         spec.gates,
+        quarantine=spec.quarantine,
         same_bytes=transform_name == "identity" and not spec.model_change,
         same_model=not spec.model_change,
         normalized_target=spec.target.embedding.normalized,

@@ -1,0 +1,112 @@
+"""Payload filters checked against a schema, and evaluated over a batch of records.
+
+One meaning for every engine: a condition on a field never holds for a record whose field is
+null (``is_null`` excepted), and ``not`` holds wherever its filter does not (a null field
+included), as Qdrant's ``must_not`` does. Each engine's translation keeps this meaning
+(PostgreSQL's ``NOT`` is written ``IS NOT TRUE`` for it).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from vecmigrate.errors import DataError
+from vecmigrate.model.records import (
+    AndFilter,
+    FieldCondition,
+    FieldKind,
+    Filter,
+    NotFilter,
+    OrFilter,
+    RecordSchema,
+    Scalar,
+)
+from vecmigrate.records.batch import Records
+from vecmigrate.records.payload import timestamp_micros
+
+Mask = npt.NDArray[np.bool_]
+
+
+def _value(value: Scalar, kind: FieldKind, name: str) -> Scalar:
+    """A filter value as the field's canonical value (a timestamp in microseconds)."""
+    if kind == FieldKind.TIMESTAMP:
+        return timestamp_micros(value)
+    if kind == FieldKind.BOOL and isinstance(value, bool):
+        return value
+    if kind == FieldKind.INT and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind == FieldKind.FLOAT and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if kind == FieldKind.TEXT and isinstance(value, str):
+        return value
+    raise DataError(f"filter on {name!r} compares a {kind} field with {value!r}")
+
+
+def normalize(flt: Filter, schema: RecordSchema) -> Filter:
+    """``flt`` checked against ``schema``, its values in canonical form.
+
+    Raises:
+        DataError: an unknown field, a JSON field (not filterable), a value of the wrong kind, or
+            a range on a field without order (text, bool).
+    """
+    if isinstance(flt, AndFilter):
+        return AndFilter(**{"and": tuple(normalize(p, schema) for p in flt.and_)})
+    if isinstance(flt, OrFilter):
+        return OrFilter(**{"or": tuple(normalize(p, schema) for p in flt.or_)})
+    if isinstance(flt, NotFilter):
+        return NotFilter(**{"not": normalize(flt.not_, schema)})
+    f = schema.field(flt.field)
+    if f.kind == FieldKind.JSON:
+        raise DataError(f"field {f.name!r} holds JSON documents; filter on scalar fields only")
+    if flt.is_null is not None:
+        return flt
+    if flt.eq is not None:
+        return flt.model_copy(update={"eq": _value(flt.eq, f.kind, f.name)})
+    if flt.in_ is not None:
+        return flt.model_copy(update={"in_": tuple(_value(v, f.kind, f.name) for v in flt.in_)})
+    if f.kind in (FieldKind.TEXT, FieldKind.BOOL):
+        raise DataError(f"field {f.name!r} is {f.kind}: ranges apply to numbers and timestamps")
+    bounds = {k: _value(v, f.kind, f.name) for k, v in flt.bounds.items()}
+    return flt.model_copy(update=bounds)
+
+
+def _condition(cond: FieldCondition, records: Records) -> Mask:
+    kind = records.schema.field(cond.field).kind
+    col = records.payload(cond.field)
+    if kind == FieldKind.TIMESTAMP:
+        col = col.cast(pa.int64())
+    if cond.is_null is not None:
+        nulls = np.asarray(col.is_null().to_numpy(zero_copy_only=False), bool)
+        return nulls if cond.is_null else ~nulls
+    if cond.eq is not None:
+        hit = pc.equal(col, pa.scalar(cond.eq, col.type))
+    elif cond.in_ is not None:
+        hit = pc.is_in(col, value_set=pa.array(list(cond.in_), col.type))
+        hit = pc.and_(hit, col.is_valid())
+    else:
+        hit = pa.array(np.ones(len(col), bool))
+        ops = {"gt": pc.greater, "gte": pc.greater_equal, "lt": pc.less, "lte": pc.less_equal}
+        for name, bound in cond.bounds.items():
+            hit = pc.and_(hit, ops[name](col, pa.scalar(bound, col.type)))
+    return np.asarray(hit.fill_null(False).to_numpy(zero_copy_only=False), bool)
+
+
+def evaluate(flt: Filter, records: Records) -> Mask:
+    """Which records match ``flt`` (normalised against their schema first)."""
+    return _evaluate(normalize(flt, records.schema), records)
+
+
+def _evaluate(flt: Filter, records: Records) -> Mask:
+    if isinstance(flt, FieldCondition):
+        return _condition(flt, records)
+    if isinstance(flt, NotFilter):
+        return ~_evaluate(flt.not_, records)
+    parts = [_evaluate(p, records) for p in (flt.and_ if isinstance(flt, AndFilter) else flt.or_)]
+    combine = np.logical_and if isinstance(flt, AndFilter) else np.logical_or
+    out = parts[0]
+    for p in parts[1:]:
+        out = combine(out, p)
+    return out
