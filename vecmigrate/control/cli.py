@@ -153,6 +153,32 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", choices=["auto", "glove", "synthetic"], default="auto")
     p.add_argument("--shards", type=int, default=4)
 
+    p = sub.add_parser(
+        "inspect",
+        help="the inventory of an existing table or collection, and the spec fragment that "
+        "migrates it",
+    )
+    p.add_argument(
+        "url",
+        help="a PostgreSQL URL, a Qdrant server URL or local-mode directory, a Milvus URI or "
+        "milvus-lite file, or the built-in store's SQLAlchemy URL",
+    )
+    p.add_argument(
+        "--table",
+        "--collection",
+        dest="name",
+        required=True,
+        help="the table or collection (for the built-in store: TENANT/COLLECTION@VERSION)",
+    )
+    p.add_argument("--engine", choices=["pgvector", "qdrant", "milvus", "builtin"], default=None)
+    p.add_argument(
+        "--api-key",
+        default=None,
+        help="Qdrant API key or Milvus token, as a reference: env:NAME or file:PATH",
+    )
+    p.add_argument("--samples", type=int, default=3, help="sample records to show")
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("plan", help="validate a spec and print what a migration would do")
     _common(p)
     p.add_argument("spec")
@@ -403,6 +429,20 @@ async def _seed(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _inspect(args: argparse.Namespace) -> int:
+    from vecmigrate.control.inspect import as_json, engine_of, inspect, inventory_tables
+
+    engine = args.engine or engine_of(args.url)
+    inventory, ref = await asyncio.to_thread(
+        inspect, engine, args.url, args.name, secret=args.api_key, samples=args.samples
+    )
+    if args.json:
+        print(json.dumps(as_json(inventory, ref), indent=2, default=str))
+    else:
+        out.print(inventory_tables(inventory, ref))
+    return 0
+
+
 async def _plan(args: argparse.Namespace) -> int:
     spec = resolve_spec(load_spec(args.spec))
     plan = plan_migration(_catalog(args), spec)
@@ -560,6 +600,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "dev": _dev,
     "worker": _worker,
     "seed": _seed,
+    "inspect": _inspect,
     "plan": _plan,
     "start": _start,
     "status": _status,

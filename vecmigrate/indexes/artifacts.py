@@ -361,7 +361,7 @@ class LoadedIndex:
             return empty_results(n, k)
         d, i = self._faiss.search(q, k)
         d = to_distance(d, self.metric)
-        d = np.where(i < 0, np.inf, d).astype(np.float32)
+        d = np.where(i == -1, np.inf, d).astype(np.float32)
         return d, i.astype(np.int64)
 
     def search_one(self, query: Vectors, k: int) -> tuple[Distances, Ids] | None:

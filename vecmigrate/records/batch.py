@@ -331,9 +331,10 @@ class Faults:
         self.details += other.details
 
     def counts(self) -> dict[str, int]:
-        """Records per reason."""
+        """Ids left out per reason (an id that occurs twice counts once, as the quarantine
+        lists it once)."""
         out: dict[str, int] = {}
-        for r in self.reasons:
+        for r, _ in set(zip(self.reasons, self.ids, strict=True)):
             out[r] = out.get(r, 0) + 1
         return out
 

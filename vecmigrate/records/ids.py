@@ -23,6 +23,8 @@ from vecmigrate.model.records import IdKind
 from vecmigrate.records.checksums import hash_bytes
 from vecmigrate.records.vectors import MAX_ID, Ids
 
+# The label search answers pad with where they found fewer than k records.
+NO_RESULT = -1
 _HEX = np.frombuffer(b"0123456789abcdef", np.uint8)
 _HEX_VALUE = np.full(256, 255, np.uint8)
 _HEX_VALUE[np.frombuffer(b"0123456789abcdef", np.uint8)] = np.arange(16, dtype=np.uint8)
@@ -85,9 +87,13 @@ def labels(arr: pa.Array, kind: IdKind) -> Ids:
     if kind == IdKind.UUID:
         raw = uuid_bytes(arr)
         offsets = np.arange(0, 16 * (raw.shape[0] + 1), 16, dtype=np.int64)
-        return hash_bytes(offsets, raw.reshape(-1)).view(np.int64)
-    offsets, data = _string_buffers(arr)
-    return hash_bytes(offsets - offsets[0], data[offsets[0] : offsets[-1]]).view(np.int64)
+        hashed = hash_bytes(offsets, raw.reshape(-1)).view(np.int64)
+    else:
+        offsets, data = _string_buffers(arr)
+        hashed = hash_bytes(offsets - offsets[0], data[offsets[0] : offsets[-1]]).view(np.int64)
+    # -1 marks "no result" in every search answer: a hash that lands on it moves one down.
+    out: Ids = np.where(hashed == NO_RESULT, NO_RESULT - 1, hashed)
+    return out
 
 
 def canonical_uuid(value: Any) -> str:

@@ -49,7 +49,7 @@ def merge_topk(parts: list[tuple[Distances, Ids]], k: int) -> tuple[Distances, I
     """Merge (distances, ids) result sets row by row in one sort, keeping the k smallest."""
     d = np.concatenate([p[0] for p in parts], axis=1)
     i = np.concatenate([p[1] for p in parts], axis=1)
-    d = np.where(i < 0, np.inf, d)
+    d = np.where(i == -1, np.inf, d)
     order = np.argsort(d, axis=1, kind="stable")[:, :k]
     dd = np.take_along_axis(d, order, axis=1).astype(np.float32)
     ii = np.take_along_axis(i, order, axis=1)

@@ -717,7 +717,7 @@ def _overlap(a: Ids, b: Ids) -> float:
     """Mean share of one result list found in the other, over queries (-1 padding ignored)."""
     shares = []
     for row_a, row_b in zip(a, b, strict=True):
-        left = {int(x) for x in row_a if x >= 0}
+        left = {int(x) for x in row_a if x != -1}
         if left:
-            shares.append(len(left & {int(x) for x in row_b if x >= 0}) / len(left))
+            shares.append(len(left & {int(x) for x in row_b if x != -1}) / len(left))
     return float(np.mean(shares)) if shares else 1.0

@@ -70,6 +70,21 @@ class Batch:
         return len(self.records)
 
 
+# The scope ``vecmigrate inspect`` opens a table or collection with: whichever version it holds,
+# read only (every other handle opens exactly one scope).
+INSPECTING = Scope("*", "*", "*")
+
+
+def check_scope(made_for: object, scope: Scope, what: str) -> None:
+    """Refuse a table or collection vecmigrate made for another scope.
+
+    Raises:
+        PreconditionError: naming both scopes.
+    """
+    if scope != INSPECTING and made_for != str(scope):
+        raise PreconditionError(f"{what} holds {made_for}, not {scope}; name another")
+
+
 # A shard covering every id: for whole-scope scans.
 # Everything, in hash-key order: the order in which stores keep their records together (a hash
 # shard is a contiguous range of the built-in store's table), so a whole scan reads sequentially.
@@ -186,6 +201,10 @@ class VectorStore(Protocol):
         """Records per shard (one pass over a store that keeps no shard keys)."""
         ...
 
+    def inventory(self, samples: int = 3) -> Inventory:
+        """What ``vecmigrate inspect`` reports of this store."""
+        ...
+
 
 class ScanningStore:
     """What every adapter gets from its ``scan``: batches, checksums, exact search, samples.
@@ -231,6 +250,8 @@ class ScanningStore:
         Raises:
             PreconditionError: it is an adopted source that does not allow writes.
         """
+        if self.scope == INSPECTING:
+            raise PreconditionError(f"{self.scope}: a store opened for inspection is read only")
         if not self.writable:
             raise PreconditionError(
                 f"{self.scope} is an adopted source: vecmigrate does not write to it unless its "
@@ -400,6 +421,25 @@ class ScanningStore:
             if len(b)
         ]
         return np.concatenate(found) if found else np.empty(0, np.int64)
+
+
+def sample_rows(records: Records) -> list[dict[str, Any]]:
+    """A few records as JSON-able rows, for ``inspect`` (vectors cut to their first values)."""
+    out = []
+    for row in records.batch.to_pylist():
+        shown: dict[str, Any] = {}
+        for key, value in row.items():
+            if key.startswith("v:") and value is not None:
+                head = [round(float(x), 4) for x in value[:4]]
+                shown[key[2:]] = head + (["..."] if len(value) > 4 else [])
+            elif key.startswith("p:"):
+                shown[key[2:]] = value.isoformat() if hasattr(value, "isoformat") else value
+            elif key == "x":
+                shown["extra"] = value
+            else:
+                shown[key] = value
+        out.append(shown)
+    return out
 
 
 def _ring_window(start: int, width: int) -> list[ShardRef]:

@@ -61,11 +61,14 @@ from vecmigrate.records.payload import ARROW_TYPES
 from vecmigrate.records.sharding import hash_key
 from vecmigrate.records.vectors import MAX_ID, Ids, repeated_ids
 from vecmigrate.stores.base import (
+    WHOLE,
     Batch,
+    Inventory,
     ScanningStore,
     Scope,
     check_dimension,
     increasing_bounds,
+    sample_rows,
     seek_bounds,
 )
 
@@ -464,6 +467,20 @@ class BuiltinStore(ScanningStore):
         if not rows:
             return Records.empty(self.schema)
         return self._records(rows)[0]
+
+    def inventory(self, samples: int = 3) -> Inventory:
+        """Records, schema and a few of them (the built-in store keeps no index of its own)."""
+        return Inventory(
+            engine="builtin",
+            name=str(self.scope),
+            count=self.count(),
+            schema=self.schema,
+            indexes={},
+            payload_indexes={},
+            size_bytes=None,
+            samples=sample_rows(self.scan(WHOLE, None, samples).records),
+            notes=["the built-in store keeps no index: a version's indexes are artifacts"],
+        )
 
 
 def drop_namespace(url: str, scope: Scope) -> int:

@@ -63,9 +63,11 @@ from vecmigrate.stores.base import (
     ScanningStore,
     Scope,
     check_dimension,
+    check_scope,
     collect_pages,
     in_shard,
     paged_ids,
+    sample_rows,
 )
 from vecmigrate.stores.secrets import resolve_secret
 
@@ -255,10 +257,7 @@ class MilvusStore(ScanningStore):
         if description.startswith(MARKER) or (ref.collection is None and LEGACY_KEY in fields):
             if description.startswith(MARKER):
                 made = json.loads(description[len(MARKER) :])
-                if made.get("scope") != str(scope):
-                    raise PreconditionError(
-                        f"collection {name} holds {made.get('scope')}, not {scope}; name another"
-                    )
+                check_scope(made.get("scope"), scope, f"collection {name}")
                 found = RecordSchema.model_validate(made["schema"])
                 key = KEY
             else:  # made before collections described themselves
@@ -644,8 +643,6 @@ class MilvusStore(ScanningStore):
 
     def inventory(self, samples: int = 3) -> Inventory:
         """Rows, schema, vector and scalar indexes, and a few rows of the collection."""
-        from vecmigrate.stores.pgvector import _sample_rows
-
         indexes, payload_indexes = self._indexes()
         rows = self.scan(ShardRef(index=0, by="hash", lo=0, hi=HASH_SPACE), None, samples).records
         return Inventory(
@@ -656,7 +653,7 @@ class MilvusStore(ScanningStore):
             indexes=indexes,
             payload_indexes=payload_indexes,
             size_bytes=None,
-            samples=_sample_rows(rows),
+            samples=sample_rows(rows),
             sampled=False,
             notes=list(self.notes),
         )

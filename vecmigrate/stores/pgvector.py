@@ -65,13 +65,16 @@ from vecmigrate.records.screening import Limits
 from vecmigrate.records.sharding import hash_key
 from vecmigrate.records.vectors import Ids, Vectors, check_vectors
 from vecmigrate.stores.base import (
+    WHOLE,
     Batch,
     Inventory,
     ScanningStore,
     Scope,
     check_dimension,
+    check_scope,
     in_shard,
     increasing_bounds,
+    sample_rows,
     seek_bounds,
 )
 
@@ -684,12 +687,15 @@ class PgvectorStore(ScanningStore):
                 conds.append(f"{idc} >= %s AND {idc} < %s")
                 params += [shard.lo, shard.hi]
             where = " AND ".join(conds) or "TRUE"
-            tail = f" LIMIT {int(limit)}"
+            # A hash shard keeps some of the rows it reads: read whole pages (the batch may pass
+            # the limit by less than a page); otherwise just what the batch still needs.
+            page = int(limit) if shard.by == "hash" and shard != WHOLE else int(limit) - count
+            tail = f" LIMIT {page}"
             if not self.layout.unique_id:
                 # Up to the limit-th id, with every other row of that id.
                 last = self._query(
                     f"SELECT {idc} FROM {table} WHERE {where} ORDER BY {idc} "
-                    f"OFFSET {int(limit) - 1} LIMIT 1",
+                    f"OFFSET {page - 1} LIMIT 1",
                     params,
                 )
                 tail = ""
@@ -712,7 +718,7 @@ class PgvectorStore(ScanningStore):
             for fid, reason, detail in zip(bad.ids, bad.reasons, bad.details, strict=True):
                 if self._fault_in_shard(fid, shard):
                     faults.add(fid, reason, detail)
-            if len(rows) < limit and self.layout.unique_id:
+            if len(rows) < page and self.layout.unique_id:
                 break
         nxt = cursor if after is None else Cursor(key=0, id=0, token=str(after))
         return Batch(Records.concat(kept, self.schema), nxt, faults)
@@ -1051,7 +1057,7 @@ class PgvectorStore(ScanningStore):
                     cur.execute(s)
                 for row, q in enumerate(np.asarray(queries, np.float32)):
                     literal = "[" + ",".join(repr(float(x)) for x in q) + "]"
-                    cur.execute(sql, [*params, literal, literal, k], binary=True)
+                    cur.execute(sql, [literal, *params, literal, k], binary=True)
                     hits = cur.fetchall()
                     ids = [h[0] for h in hits]
                     if ids:
@@ -1100,8 +1106,9 @@ class PgvectorStore(ScanningStore):
             if len(idx["columns"]) == 1
             and idx["columns"][0] not in vectors
             and idx["columns"][0] != self.layout.id.name
+            and idx["columns"][0] != self.layout.key
         }
-        rows = self.scan(ShardRef(index=0, by="hash", lo=0, hi=1 << 32), None, samples).records
+        rows = self.scan(WHOLE, None, samples).records
         return Inventory(
             engine="pgvector",
             name=self.table,
@@ -1110,30 +1117,9 @@ class PgvectorStore(ScanningStore):
             indexes=self.vector_indexes(),
             payload_indexes=payload_indexes,
             size_bytes=info["size"],
-            samples=_sample_rows(rows),
+            samples=sample_rows(rows),
             notes=list(self.layout.notes),
         )
-
-
-def _sample_rows(records: Records) -> list[dict[str, Any]]:
-    """A few records as JSON-able rows (vectors cut to their first values)."""
-    out = []
-    table = records.batch.to_pylist()
-    for row in table:
-        shown: dict[str, Any] = {}
-        for key, value in row.items():
-            if key.startswith("v:") and value is not None:
-                shown[key[2:]] = [round(float(x), 4) for x in value[:4]] + (
-                    ["..."] if len(value) > 4 else []
-                )
-            elif key.startswith("p:"):
-                shown[key[2:]] = value.isoformat() if hasattr(value, "isoformat") else value
-            elif key == "x":
-                shown["extra"] = value
-            else:
-                shown[key] = value
-        out.append(shown)
-    return out
 
 
 def _id_param(value: Any, schema: RecordSchema) -> Any:
@@ -1264,10 +1250,7 @@ def _own_layout(engine: Engine, table: str, made: dict[str, Any], scope: Scope) 
     Raises:
         PreconditionError: it was made for another scope.
     """
-    if made.get("scope") != str(scope):
-        raise PreconditionError(
-            f"table {table} holds {made.get('scope')}, not {scope}; name another table"
-        )
+    check_scope(made.get("scope"), scope, f"table {table}")
     schema = RecordSchema.model_validate(made["schema"])
     columns = {c.name: c for c in _columns(engine, table)}
     return Layout(

@@ -60,7 +60,9 @@ from vecmigrate.stores.base import (
     ScanningStore,
     Scope,
     check_dimension,
+    check_scope,
     in_shard,
+    sample_rows,
 )
 from vecmigrate.stores.secrets import resolve_secret
 
@@ -275,10 +277,7 @@ class QdrantStore(ScanningStore):
         info = client.get_collection(name)
         made = (info.config.metadata or {}).get(MARK)
         if made is not None:
-            if made.get("scope") != str(scope):
-                raise PreconditionError(
-                    f"collection {name} holds {made.get('scope')}, not {scope}; name another one"
-                )
+            check_scope(made.get("scope"), scope, f"collection {name}")
             found = RecordSchema.model_validate(made["schema"])
             check_dimension(scope, found.primary.dimension, dimension)
             if schema is not None and dimension is None and found.shape() != schema.shape():
@@ -636,8 +635,6 @@ class QdrantStore(ScanningStore):
 
     def inventory(self, samples: int = 3) -> Inventory:
         """Points, schema, vector and payload indexes, and a few points of the collection."""
-        from vecmigrate.stores.pgvector import _sample_rows
-
         info = self.client.get_collection(self.name)
         payload_indexes = {
             k: _index_type(s) for k, s in (info.payload_schema or {}).items() if k != KEY
@@ -651,7 +648,7 @@ class QdrantStore(ScanningStore):
             indexes=self.vector_indexes(),
             payload_indexes=payload_indexes,
             size_bytes=None,
-            samples=_sample_rows(rows),
+            samples=sample_rows(rows),
             sampled=not self.keyed,
             notes=list(self.notes),
         )

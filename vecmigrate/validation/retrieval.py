@@ -16,7 +16,7 @@ def exclude_self(i: Ids, query_ids: Ids | None, k: int) -> Ids:
     out = np.full((i.shape[0], k), -1, np.int64)
     for row in range(i.shape[0]):
         own = None if query_ids is None else int(query_ids[row])
-        kept = [x for x in i[row].tolist() if x != own and x >= 0][:k]
+        kept = [x for x in i[row].tolist() if x != own and x != -1][:k]
         out[row, : len(kept)] = kept
     return out
 
@@ -25,7 +25,7 @@ def recall_at_k(approx: Ids, exact: Ids) -> float:
     """Mean over queries of |approx ∩ exact| / |exact| (ignoring -1 padding)."""
     scores = []
     for a, e in zip(approx, exact, strict=True):
-        truth = {x for x in e.tolist() if x >= 0}
+        truth = {x for x in e.tolist() if x != -1}
         if truth:
             scores.append(len(truth & set(a.tolist())) / len(truth))
     return float(np.mean(scores)) if scores else 0.0
@@ -40,8 +40,8 @@ def rank_correlation(old: Ids, new: Ids) -> float | None:
     """Mean Spearman correlation of the ranks of the ids both lists share (>= 2 of them)."""
     rhos = []
     for a, b in zip(old, new, strict=True):
-        pos_b = {x: r for r, x in enumerate(b.tolist()) if x >= 0}
-        common = [(r, pos_b[x]) for r, x in enumerate(a.tolist()) if x >= 0 and x in pos_b]
+        pos_b = {x: r for r, x in enumerate(b.tolist()) if x != -1}
+        common = [(r, pos_b[x]) for r, x in enumerate(a.tolist()) if x != -1 and x in pos_b]
         if len(common) < 2:
             continue
         ra = np.argsort(np.argsort([c[0] for c in common]))
