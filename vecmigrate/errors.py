@@ -46,6 +46,29 @@ class ArtifactError(VecmigrateError):
     """An index artifact is missing, half-written or does not match its checksum."""
 
 
+class SecretError(VecmigrateError):
+    """A secret reference cannot be resolved (unset variable, unreadable file, no resolver).
+
+    The message names the reference, never the secret.
+    """
+
+
+class KeyRingError(VecmigrateError):
+    """The key ring is missing, malformed, or lacks a key that protected something."""
+
+
+class TamperError(VecmigrateError):
+    """Protected data failed its authentication: an encrypted artifact or payload was altered,
+    truncated or swapped, or a ledger entry's MAC does not match."""
+
+
+class AccessDeniedError(VecmigrateError):
+    """A caller's credential or role does not allow the action on that tenant or collection.
+
+    The message says nothing about whether the target exists.
+    """
+
+
 # Errors a retry cannot fix; the workflow tells Temporal not to retry these by name.
 NON_RETRYABLE = (
     DataError,
@@ -55,5 +78,8 @@ NON_RETRYABLE = (
     ResidencyError,
     RoutingConflictError,
     NotFoundError,
+    SecretError,
+    TamperError,
+    AccessDeniedError,
 )
 NON_RETRYABLE_NAMES = tuple(e.__name__ for e in NON_RETRYABLE)

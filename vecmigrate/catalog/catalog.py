@@ -39,7 +39,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from vecmigrate.catalog.engines import begin, engine_for
+from vecmigrate.catalog.engines import begin, catalog_access, engine_for
 from vecmigrate.errors import NotFoundError, PreconditionError, RoutingConflictError
 from vecmigrate.model.lifecycle import RoutingView
 from vecmigrate.model.spec import EmbeddingSchema, IndexSpec, MigrationSpec
@@ -268,7 +268,7 @@ class Catalog:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine: Engine = engine_for(url)
+        self.engine: Engine = engine_for(url, catalog_access())
         metadata.create_all(self.engine)
         self._upgrade()
 

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from vecmigrate.errors import SpecError
+from vecmigrate.model.credentials import SecretRef, UrlWithoutSecret
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -192,39 +193,102 @@ class _StoreRef(_Model):
     tenants: tuple[Name, ...] | None = None
 
 
-class BuiltinStoreRef(_StoreRef):
+class PostgresTls(_Model):
+    """TLS to PostgreSQL, as libpq names it: ``sslmode`` (``verify-full`` checks the server's
+    certificate and host name against ``root_cert``), and a client certificate for servers that
+    ask for one. Paths are read by the process that connects."""
+
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = (
+        "verify-full"
+    )
+    root_cert: str | None = Field(default=None, min_length=1)
+    client_cert: str | None = Field(default=None, min_length=1)
+    client_key: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _pair(self) -> Self:
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("client_cert and client_key go together: give both or neither")
+        return self
+
+
+class _PostgresConnection(_Model):
+    """A database reached by URL: its password and TLS options beside the URL, never in it."""
+
+    password: SecretRef | None = None
+    tls: PostgresTls | None = None
+
+    def _check_postgres_only(self, url: str | None) -> None:
+        if (self.password or self.tls) and not (url or "").startswith(("postgres", "psql")):
+            raise ValueError("password and tls apply to PostgreSQL URLs only")
+
+
+class BuiltinStoreRef(_StoreRef, _PostgresConnection):
     """The built-in store: records in a SQL database, index artifacts in a directory.
 
     Both default to the vecmigrate home directory (``VECMIGRATE_HOME``, else ``./.vecmigrate``)
-    when left empty; the CLI resolves them to absolute paths before a migration starts.
+    when left empty; the CLI resolves them to absolute paths before a migration starts. A
+    PostgreSQL ``url`` takes its ``password`` (a secret reference) and ``tls`` beside it.
     """
 
     kind: Literal["builtin"] = "builtin"
-    url: str | None = None
+    url: UrlWithoutSecret | None = None
     artifacts: str | None = None
 
+    @model_validator(mode="after")
+    def _connection(self) -> Self:
+        self._check_postgres_only(self.url)
+        return self
 
-class PgvectorStoreRef(_StoreRef):
+
+class PgvectorStoreRef(_StoreRef, _PostgresConnection):
     """A PostgreSQL database with the pgvector extension.
 
-    ``url`` is a libpq or SQLAlchemy URL (``postgresql://user:pass@host:5432/db``; a Unix socket
-    with ``?host=/path``). Each version gets its own table, so native indexes never span
-    versions. ``artifacts`` holds FAISS/hnswlib index files when the index is not native.
+    ``url`` is a libpq or SQLAlchemy URL without a password (``postgresql://app@host:5432/db``;
+    a Unix socket with ``?host=/path``); ``password`` names it by reference (``env:PGPASSWORD``,
+    ``file:/run/secrets/pg``) and ``tls`` sets ``sslmode`` and certificates. Each version gets
+    its own table, so native indexes never span versions. ``artifacts`` holds FAISS/hnswlib
+    index files when the index is not native.
     """
 
     kind: Literal["pgvector"] = "pgvector"
-    url: str = Field(min_length=1)
+    url: UrlWithoutSecret = Field(min_length=1)
     artifacts: str | None = None
+
+
+class MilvusTls(_Model):
+    """TLS to a Milvus server: the CA that signed its certificate, the name it presents, and a
+    client certificate for servers that require one (mutual TLS)."""
+
+    ca_cert: str | None = Field(default=None, min_length=1)
+    server_name: str | None = Field(default=None, min_length=1)
+    client_cert: str | None = Field(default=None, min_length=1)
+    client_key: str | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _pair(self) -> Self:
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("client_cert and client_key go together: give both or neither")
+        return self
 
 
 class MilvusStoreRef(_StoreRef):
-    """A Milvus deployment: ``uri`` is ``http://host:19530`` (``token`` if it needs one), or a
-    local file path for the embedded milvus-lite engine. Each version is its own collection."""
+    """A Milvus deployment: ``uri`` is ``https://host:19530`` (``http://`` without TLS), or a
+    local file path for the embedded milvus-lite engine. ``token`` (``user:password`` or an API
+    key) is a secret reference; ``tls`` adds a CA or a client certificate. Each version is its
+    own collection."""
 
     kind: Literal["milvus"] = "milvus"
-    uri: str = Field(min_length=1)
-    token: str | None = None
+    uri: UrlWithoutSecret = Field(min_length=1)
+    token: SecretRef | None = None
+    tls: MilvusTls | None = None
     artifacts: str | None = None
+
+    @model_validator(mode="after")
+    def _remote_only(self) -> Self:
+        if self.tls is not None and not self.uri.startswith(("http://", "https://", "tcp://")):
+            raise ValueError("tls applies to a Milvus server URI (https://host:port)")
+        return self
 
 
 class QdrantStoreRef(_StoreRef):

@@ -98,6 +98,8 @@ class ArtifactRef(_Model):
     kind: str
     reused: bool = False
     seconds: float = 0.0
+    # The key ring key that wraps the artifact's data key (None: written in plaintext).
+    protected_by: str | None = None
 
 
 class RegisterIndexInput(_Model):

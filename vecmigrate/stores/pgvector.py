@@ -21,7 +21,7 @@ import numpy.typing as npt
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, ProgrammingError
 
-from vecmigrate.catalog.engines import engine_for, once_per_engine
+from vecmigrate.catalog.engines import DatabaseAccess, engine_for, once_per_engine
 from vecmigrate.errors import DataError, NotFoundError, PreconditionError
 from vecmigrate.model.spec import IndexSpec, Metric, PgvectorHnsw, PgvectorIvfflat
 from vecmigrate.model.tasks import Cursor, ShardRef
@@ -118,15 +118,22 @@ class PgvectorStore(ScanningStore):
         self.dimension = dimension
 
     @classmethod
-    def open(cls, url: str, scope: Scope, dimension: int | None = None) -> PgvectorStore:
-        """Open the table of ``scope``; create it when ``dimension`` is given.
+    def open(
+        cls,
+        url: str,
+        scope: Scope,
+        dimension: int | None = None,
+        access: DatabaseAccess | None = None,
+    ) -> PgvectorStore:
+        """Open the table of ``scope``; create it when ``dimension`` is given. ``access``
+        carries the password reference and TLS options.
 
         Raises:
             PreconditionError: the database lacks the pgvector extension and cannot add it.
             NotFoundError: the scope has no table and no dimension was given.
             DataError: it exists with another dimension.
         """
-        engine = engine_for(sqlalchemy_url(url))
+        engine = engine_for(sqlalchemy_url(url), access)
 
         def prepare() -> None:
             try:
