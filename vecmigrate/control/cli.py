@@ -18,6 +18,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.config import default_catalog_url, home_dir, resolve_spec
+from vecmigrate.control import keycommands
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.control.devserver import DevServer, DevServerError, cancel_on_sigterm
 from vecmigrate.control.plan import plan_migration
@@ -31,7 +32,13 @@ from vecmigrate.control.report import (
 from vecmigrate.errors import VecmigrateError
 from vecmigrate.model.lifecycle import GateReport
 from vecmigrate.model.spec import load_spec
-from vecmigrate.workers.connection import connect, default_address, default_task_queue
+from vecmigrate.security.scrub import scrub
+from vecmigrate.workers.connection import (
+    TemporalSettings,
+    connect,
+    connect_options,
+    default_task_queue,
+)
 
 SIGNAL_COMMANDS = {
     "pause": "pause",
@@ -52,12 +59,59 @@ def _operator() -> str:
         return "unknown"
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
+def _connection(p: argparse.ArgumentParser) -> None:
+    """How to reach Temporal; each flag overrides the Temporal CLI's profile (envconfig)."""
+    g = p.add_argument_group(
+        "Temporal connection",
+        "defaults come from the Temporal CLI's profile (TEMPORAL_CONFIG_FILE, TEMPORAL_PROFILE) "
+        "and TEMPORAL_* variables",
+    )
+    g.add_argument(
         "--address",
         default=None,
-        help="Temporal frontend host:port (default: $TEMPORAL_ADDRESS or 127.0.0.1:7233)",
+        help="Temporal frontend host:port (default: the profile, $TEMPORAL_ADDRESS or "
+        "127.0.0.1:7233)",
     )
+    g.add_argument("--namespace", default=None, help="Temporal namespace (default: the profile)")
+    g.add_argument("--profile", default=None, help="envconfig profile name")
+    g.add_argument("--config-file", default=None, help="envconfig TOML file")
+    g.add_argument(
+        "--api-key",
+        default=None,
+        help="API key as a secret reference: env:NAME or file:/path (default: the profile's, "
+        "or $VECMIGRATE_TEMPORAL_API_KEY)",
+    )
+    g.add_argument("--tls", action="store_true", default=None, help="connect with TLS")
+    g.add_argument("--tls-ca", default=None, help="CA certificate that signed the server's")
+    g.add_argument("--tls-cert", default=None, help="client certificate (mutual TLS)")
+    g.add_argument("--tls-key", default=None, help="client certificate's private key")
+    g.add_argument("--tls-server-name", default=None, help="name the server's certificate has")
+    g.add_argument(
+        "--identity",
+        default=None,
+        help="who you are to Temporal, recorded with every message you send (default: "
+        "$VECMIGRATE_IDENTITY, the client certificate's name, else user@host)",
+    )
+
+
+def _settings(args: argparse.Namespace) -> TemporalSettings:
+    return TemporalSettings(
+        profile=args.profile,
+        config_file=args.config_file,
+        address=args.address,
+        namespace=args.namespace,
+        api_key=args.api_key,
+        tls=args.tls,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_server_name=args.tls_server_name,
+        identity=args.identity,
+    )
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    _connection(p)
     p.add_argument(
         "--catalog",
         default=None,
@@ -196,17 +250,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.add_argument("--verify", action="store_true", help="check the hash chain")
     p.add_argument("--json", action="store_true")
+
+    COMMANDS.update(keycommands.add_commands(sub, _common))
     return top
 
 
 async def _client(args: argparse.Namespace) -> MigrationClient:
-    address = args.address or default_address()
+    settings = _settings(args)
+    address = connect_options(settings)["target_host"]
     try:
-        client = await connect(address)
+        client = await connect(settings=settings)
+    except VecmigrateError:
+        raise
     except Exception as exc:
         raise VecmigrateError(
-            f"cannot reach Temporal at {address} ({exc}); start one with `vecmigrate dev` "
-            "or set TEMPORAL_ADDRESS"
+            f"cannot reach Temporal at {address} ({scrub(str(exc))}); start one with "
+            "`vecmigrate dev`, or set TEMPORAL_ADDRESS or a profile"
         ) from None
     return MigrationClient(client, args.task_queue or default_task_queue())
 
@@ -368,11 +427,12 @@ async def _worker(args: argparse.Namespace) -> int:
         f"vecmigrate-{args.region}" if args.region else default_task_queue()
     )
     await run_worker(
-        args.address or default_address(),
+        args.address,
         queue,
         args.catalog or default_catalog_url(),
         concurrency=args.concurrency,
         region=args.region,
+        settings=_settings(args),
     )
     return 0
 
@@ -578,14 +638,14 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code: int = asyncio.run(COMMANDS[args.command](args))
     except (VecmigrateError, DevServerError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {scrub(str(exc))}")
         code = 2
     except RPCError as exc:
         hint = {
             RPCStatusCode.NOT_FOUND: "no such migration (the id is the workflow id)",
             RPCStatusCode.UNAVAILABLE: "Temporal is unreachable; check --address",
         }.get(exc.status, "")
-        err.print(f"[red]error:[/red] {exc.message}" + (f" ({hint})" if hint else ""))
+        err.print(f"[red]error:[/red] {scrub(exc.message)}" + (f" ({hint})" if hint else ""))
         code = 2
     except KeyboardInterrupt:
         code = 130
