@@ -21,6 +21,7 @@ from vecmigrate.config import default_catalog_url, home_dir, resolve_spec
 from vecmigrate.control import keycommands
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.control.devserver import DevServer, DevServerError, cancel_on_sigterm
+from vecmigrate.control.ledgeraudit import history_anchors
 from vecmigrate.control.plan import plan_migration
 from vecmigrate.control.report import (
     gate_tables,
@@ -248,7 +249,17 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("log", help="a migration's ledger entries")
     _common(p)
     p.add_argument("id")
-    p.add_argument("--verify", action="store_true", help="check the hash chain")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="check the chain, MACs, signed anchors and Temporal's history; exits 1 on "
+        "tampering, 3 when something cannot be checked",
+    )
+    p.add_argument(
+        "--without-history",
+        action="store_true",
+        help="verify without Temporal (its history is past retention): anchors files only",
+    )
     p.add_argument("--json", action="store_true")
 
     COMMANDS.update(keycommands.add_commands(sub, _common))
@@ -573,6 +584,11 @@ async def _throttle(args: argparse.Namespace) -> int:
 
 async def _log(args: argparse.Namespace) -> int:
     catalog = _catalog(args)
+    if not catalog.knows_migration(args.id):
+        raise VecmigrateError(
+            f"no migration {args.id!r} in the catalog at {catalog.url} (check the id: a "
+            "migration id is its workflow id, not a schedule's or a run's)"
+        )
     entries = catalog.entries(args.id)
     if args.json:
         print(json.dumps([e.__dict__ for e in entries], indent=2, default=str))
@@ -580,21 +596,37 @@ async def _log(args: argparse.Namespace) -> int:
         out.print(ledger_table(entries))
     if not args.verify:
         return 0
-    anchor = None
-    try:
-        st = await (await _client(args)).status(args.id)
-        anchor = (st.ledger_seq, st.ledger_head)
-    except (VecmigrateError, RPCError) as exc:
-        err.print(
-            f"[yellow]tail not checked[/yellow]: the workflow's anchor is unreachable ({exc})"
-        )
-    problems = catalog.verify_ledger(anchor)
-    if problems:
-        for p in problems:
-            err.print(f"[red]{p}[/red]")
+    history: list[tuple[int, str]] | None = None
+    unreachable = ""
+    if not args.without_history:
+        try:
+            history = await history_anchors((await _client(args)).client, args.id)
+        except (VecmigrateError, RPCError) as exc:
+            unreachable = (
+                f"the anchors in Temporal's history of {args.id} cannot be checked "
+                f"({scrub(str(exc))})"
+            )
+    verdict = catalog.verify_ledger(history=history, migration_id=args.id)
+    if unreachable:
+        verdict.unverified.append(unreachable)
+    for note in verdict.notes:
+        err.print(f"note: {note}")
+    for problem in verdict.problems:
+        err.print(f"[red]{problem}[/red]")
+    for reason in verdict.unverified:
+        err.print(f"[yellow]unverified[/yellow]: {reason}")
+    if verdict.problems:
+        err.print(f"[red]ledger tampered with[/red]: {len(verdict.problems)} problems")
         return 1
-    anchored = f", tail anchored at entry {anchor[0]}" if anchor else ""
-    err.print(f"[green]ledger intact[/green]: {len(catalog.entries())} entries chained{anchored}")
+    if verdict.unverified:
+        err.print("[yellow]ledger unverified[/yellow]: nothing found wrong, but see above")
+        return 3
+    anchored = "" if history is None else f", {len(history)} anchored in Temporal's history"
+    skipped = " (Temporal's history not consulted)" if args.without_history else ""
+    err.print(
+        f"[green]ledger intact[/green]: {verdict.entries} entries chained and MACed, "
+        f"signed anchors match{anchored}{skipped}"
+    )
     return 0
 
 
