@@ -105,7 +105,7 @@ def fill(catalog: Catalog) -> None:
 def ledger(sql_url: str, keyring: KeyRing) -> Catalog:
     catalog = Catalog(sql_url)
     fill(catalog)
-    assert catalog.verify_ledger().intact
+    assert catalog.audit_ledger().intact
     unlock(catalog)
     return catalog
 
@@ -132,7 +132,7 @@ def rehash_from(catalog: Catalog, start: int, edit: dict[str, Any]) -> None:
 
 
 def test_an_intact_keyed_ledger_verifies(ledger: Catalog, keyring: KeyRing) -> None:
-    verdict = ledger.verify_ledger()
+    verdict = ledger.audit_ledger()
     assert verdict.intact
     assert all(e.key_id == "k1" and e.mac for e in ledger.entries())
     assert ledger.entries("m")[0].caller == "op0@ops"  # the caller beside the declared actor
@@ -187,7 +187,7 @@ CASES = [
 @pytest.mark.parametrize("case", CASES)
 def test_tampering_is_found(ledger: Catalog, case: str) -> None:
     tamper(ledger, case)
-    verdict = ledger.verify_ledger()
+    verdict = ledger.audit_ledger()
     assert verdict.problems, case
     assert not verdict.intact
 
@@ -196,13 +196,13 @@ def test_what_cannot_be_checked_is_unverified_not_intact(
     ledger: Catalog, keyring: KeyRing, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     shutil.rmtree(ledger.anchors.root)
-    verdict = ledger.verify_ledger()
+    verdict = ledger.audit_ledger()
     assert not verdict.problems
     assert any("no anchor file" in u for u in verdict.unverified)
     monkeypatch.delenv(KEYRING_ENV)
-    assert any("no key ring" in u for u in ledger.verify_ledger().unverified)
+    assert any("no key ring" in u for u in ledger.audit_ledger().unverified)
     rotated = keyring.rotated("k2").without("k1")
-    assert any("lacks" in u for u in ledger.verify_ledger(ring=rotated).unverified)
+    assert any("lacks" in u for u in ledger.audit_ledger(ring=rotated).unverified)
 
 
 def test_a_rotated_key_keeps_older_entries_checkable(
@@ -213,7 +213,7 @@ def test_a_rotated_key_keeps_older_entries_checkable(
     ledger.append(tenant="t", collection="c", kind="phase", actor="op", migration_id="m")
     keys = {e.key_id for e in ledger.entries()}
     assert keys == {"k1", "k2"}
-    assert ledger.verify_ledger().intact
+    assert ledger.audit_ledger().intact
     assert (
         ledger.entries()[-1].mac
         == source.current().mac(LEDGER_MAC, mac_input("k2", ledger.entries()[-1].hash), "k2")[1]
@@ -223,10 +223,10 @@ def test_a_rotated_key_keeps_older_entries_checkable(
 def test_history_anchors_catch_what_matches_nothing(ledger: Catalog) -> None:
     entries = ledger.entries("m")
     history = [(e.seq, e.hash) for e in entries]
-    assert ledger.verify_ledger(history=history, migration_id="m").intact
+    assert ledger.audit_ledger(history=history, migration_id="m").intact
     forged = [*history[:-1], (history[-1][0], "f" * 64)]
-    assert ledger.verify_ledger(history=forged, migration_id="m").problems
-    assert ledger.verify_ledger(history=[*history, (999, "a" * 64)]).problems
+    assert ledger.audit_ledger(history=forged, migration_id="m").problems
+    assert ledger.audit_ledger(history=[*history, (999, "a" * 64)]).problems
 
 
 # -- end to end: a real migration, then `vecmigrate log --verify` on tampered copies ------------

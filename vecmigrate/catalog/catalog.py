@@ -13,7 +13,7 @@ With a key ring (``$VECMIGRATE_KEYRING``) every entry is also MACed with the rin
 (the key id is recorded, so rotation keeps old entries checkable), and after every append a
 signed anchor goes to the anchor files outside the catalog (:mod:`vecmigrate.catalog.anchors`):
 rewriting the chain and recomputing its hashes then needs the key, and cutting its tail is seen
-against the anchors. :meth:`Catalog.verify_ledger` checks all of it and fails closed.
+against the anchors. :meth:`Catalog.audit_ledger` checks all of it and fails closed.
 """
 
 from __future__ import annotations
@@ -278,7 +278,7 @@ def mac_input(key_id: str, entry_hash_: str) -> bytes:
 
 @dataclass
 class LedgerVerdict:
-    """What :meth:`Catalog.verify_ledger` found.
+    """What :meth:`Catalog.audit_ledger` found.
 
     ``problems`` is tampering seen; ``unverified`` is what could not be checked (no key, an
     anchor unreachable). Only a verdict with neither is ``intact``.
@@ -859,7 +859,12 @@ class Catalog:
         with self.engine.connect() as conn:
             return [_entry(r) for r in conn.execute(q).mappings()]
 
-    def verify_ledger(
+    def verify_ledger(self) -> list[str]:
+        """The tampering :meth:`audit_ledger` finds (empty when none; what it could not check
+        is not listed here)."""
+        return self.audit_ledger().problems
+
+    def audit_ledger(
         self,
         *,
         history: Iterable[tuple[int, str]] | None = None,

@@ -606,7 +606,7 @@ async def _log(args: argparse.Namespace) -> int:
                 f"the anchors in Temporal's history of {args.id} cannot be checked "
                 f"({scrub(str(exc))})"
             )
-    verdict = catalog.verify_ledger(history=history, migration_id=args.id)
+    verdict = catalog.audit_ledger(history=history, migration_id=args.id)
     if unreachable:
         verdict.unverified.append(unreachable)
     for note in verdict.notes:
