@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from typing import Any
 
 import numpy as np
 import pytest
@@ -41,9 +42,14 @@ def post(url: str, body: dict[str, object]) -> tuple[int, dict[str, object], dic
     )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read()), dict(resp.headers)
+            return resp.status, json.loads(resp.read()), _headers(resp.headers)
     except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read()), dict(exc.headers)
+        return exc.code, json.loads(exc.read()), _headers(exc.headers)
+
+
+def _headers(headers: Any) -> dict[str, str]:
+    """Header names are case-insensitive: keyed here in their usual spelling (Retry-After)."""
+    return {k.title(): v for k, v in headers.items()}
 
 
 def online_spec(sandbox: Sandbox, **overrides: object):  # type: ignore[no-untyped-def]
@@ -196,8 +202,9 @@ def test_vecmigrate_serve_answers_over_http(sandbox: Sandbox) -> None:
         [
             sys.executable,
             "-m",
-            "control",
+            "vecmigrate",
             "serve",
+            "--no-auth",
             "--catalog",
             sandbox.catalog.url,
             "--port",

@@ -7,9 +7,9 @@ import asyncio
 import getpass
 import json
 import os
-import signal
 import sys
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -187,6 +187,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080)
     p.add_argument(
         "--refresh", type=float, default=1.0, help="seconds between reads of the routing row"
+    )
+    p.add_argument(
+        "--credentials",
+        default=None,
+        help="API keys and JWT settings callers authenticate with (`vecmigrate keys api-key`)",
+    )
+    p.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="serve without authentication (loopback addresses only)",
+    )
+    p.add_argument("--tls-cert", default=None, help="serve HTTPS with this certificate")
+    p.add_argument("--tls-key", default=None, help="... and this key")
+    p.add_argument("--tls-client-ca", default=None, help="require client certificates it signed")
+    p.add_argument("--max-body", type=int, default=64 * 1024 * 1024, help="bytes per request")
+    p.add_argument(
+        "--read-timeout", type=float, default=10.0, help="seconds a request body may take"
     )
 
     p = sub.add_parser("worker", help="run a worker")
@@ -413,21 +430,49 @@ async def _dev(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    import ipaddress
+
+    from vecmigrate.security.credentials import Credentials
+    from vecmigrate.serving.asgi import TlsFiles
     from vecmigrate.serving.gateway import Gateway
 
+    if (args.credentials is None) == (not args.no_auth):
+        raise VecmigrateError(
+            "give --credentials (API keys or JWT settings: `vecmigrate keys api-key`), or "
+            "--no-auth to serve without authentication on a loopback address"
+        )
+    if args.no_auth:
+        try:
+            loopback = ipaddress.ip_address(args.host).is_loopback
+        except ValueError:
+            loopback = args.host == "localhost"
+        if not loopback:
+            raise VecmigrateError(
+                f"--no-auth on {args.host} would let anyone who reaches it read and write every "
+                "tenant's collections; serve on 127.0.0.1, or give --credentials"
+            )
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise VecmigrateError("--tls-cert and --tls-key go together")
+    tls = None
+    if args.tls_cert:
+        client_ca = Path(args.tls_client_ca) if args.tls_client_ca else None
+        tls = TlsFiles(Path(args.tls_cert), Path(args.tls_key), client_ca)
     gateway = Gateway(
-        args.catalog or default_catalog_url(), host=args.host, port=args.port, refresh=args.refresh
+        args.catalog or default_catalog_url(),
+        host=args.host,
+        port=args.port,
+        refresh=args.refresh,
+        credentials=Credentials.load(args.credentials) if args.credentials else None,
+        tls=tls,
+        max_body=args.max_body,
+        read_timeout=args.read_timeout,
     )
-    err.print(f"vecmigrate gateway on {gateway.url} (GET /health, POST /v1/TENANT/COLLECTION/...)")
-    gateway.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        gateway.stop()
+    auth = "no authentication" if args.no_auth else f"credentials from {args.credentials}"
+    err.print(
+        f"vecmigrate gateway on {gateway.url} ({auth}; GET /health, /openapi.json, "
+        "POST /v1/TENANT/COLLECTION/search|upsert|delete)"
+    )
+    await gateway.serve()
     return 0
 
 

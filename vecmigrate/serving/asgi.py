@@ -35,14 +35,6 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 
 
-class _BodyTimeoutError(Exception):
-    pass
-
-
-class _BodyTooLargeError(Exception):
-    pass
-
-
 def _json_response(status: int, error: str) -> tuple[Message, Message]:
     body = json.dumps({"error": error}).encode()
     return (
@@ -73,45 +65,53 @@ class BodyGuard:
             return
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
-            if not declared.isdigit():  # the HTTP parser refuses these first; belt and braces
-                for message in _json_response(400, "Content-Length is not a number"):
-                    await send(message)
-                return
-            for message in _json_response(413, f"body over {self.max_body} bytes"):
-                await send(message)
+            # A non-numeric length is refused by the HTTP parser first; belt and braces.
+            refusal = (
+                (413, f"body over {self.max_body} bytes")
+                if declared.isdigit()
+                else (400, "Content-Length is not a number")
+            )
+            for reply in _json_response(*refusal):
+                await send(reply)
             return
+        # The body is read here, whole, before the app runs: the app sees a complete body or
+        # none, and a client that stops sending gets 408, not an app's parse error.
+        chunks: list[bytes] = []
         seen = 0
-        started = False
-
-        async def guarded_receive() -> Message:
-            nonlocal seen
+        more = True
+        while more:
             try:
                 message: Message = await asyncio.wait_for(receive(), self.read_timeout)
             except TimeoutError:
-                raise _BodyTimeoutError from None
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.max_body:
-                    raise _BodyTooLargeError
-            return message
+                status, error = (
+                    408,
+                    f"the request body did not arrive within {self.read_timeout:g} s",
+                )
+                break
+            if message["type"] != "http.request":
+                return  # the client went away
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.max_body:
+                status, error = 413, f"body over {self.max_body} bytes"
+                break
+            chunks.append(chunk)
+            more = message.get("more_body", False)
+        if more:
+            for reply in _json_response(status, error):
+                await send(reply)
+            return
+        body = b"".join(chunks)
+        delivered = False
 
-        async def tracked_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        async def replay() -> Message:
+            nonlocal delivered
+            if not delivered:
+                delivered = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return dict(await receive())
 
-        try:
-            await self.app(scope, guarded_receive, tracked_send)
-        except (_BodyTimeoutError, _BodyTooLargeError) as exc:
-            if started:
-                raise
-            status, error = (
-                (408, f"the request body did not arrive within {self.read_timeout:g} s")
-                if isinstance(exc, _BodyTimeoutError)
-                else (413, f"body over {self.max_body} bytes")
-            )
-            for message in _json_response(status, error):
-                await send(message)
+        await self.app(scope, replay, send)
 
 
 class _HeaderDeadline(H11Protocol):
