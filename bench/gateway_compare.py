@@ -85,9 +85,15 @@ def wait_healthy(url: str, context: Any, proc: subprocess.Popen[bytes]) -> None:
         time.sleep(0.2)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds a process has used (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def server(kind: str, setup: dict[str, Any]) -> Iterator[tuple[str, dict[str, str], Any]]:
-    """Start one gateway process; yields (url, request headers, TLS context)."""
+def server(kind: str, setup: dict[str, Any]) -> Iterator[tuple[str, dict[str, str], Any, int]]:
+    """Start one gateway process; yields (url, request headers, TLS context, pid)."""
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     headers: dict[str, str] = {}
@@ -120,7 +126,7 @@ def server(kind: str, setup: dict[str, Any]) -> Iterator[tuple[str, dict[str, st
     proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         wait_healthy(url, context, proc)
-        yield url, headers, context
+        yield url, headers, context, proc.pid
     finally:
         proc.terminate()
         try:
@@ -130,7 +136,7 @@ def server(kind: str, setup: dict[str, Any]) -> Iterator[tuple[str, dict[str, st
 
 
 def measure(kind: str, setup: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    with server(kind, setup) as (url, headers, context):
+    with server(kind, setup) as (url, headers, context, pid):
         load = LoadGenerator(
             url,
             "default",
@@ -145,9 +151,9 @@ def measure(kind: str, setup: dict[str, Any], args: argparse.Namespace) -> dict[
         load.start()
         time.sleep(args.warmup)
         began = len(load.requests())
-        start = time.monotonic()
+        start, cpu_start = time.monotonic(), cpu_seconds(pid)
         time.sleep(args.seconds)
-        stop = time.monotonic()
+        stop, cpu_stop = time.monotonic(), cpu_seconds(pid)
         load.stop()
     requests = load.requests()[began:]
     searches = np.array([r.ms for r in requests if r.kind == "search" and r.status == 200])
@@ -157,6 +163,10 @@ def measure(kind: str, setup: dict[str, Any], args: argparse.Namespace) -> dict[
         "requests": len(requests),
         "failed": sum(r.status != 200 for r in requests),
         "per_second": round(len(requests) / (stop - start), 1),
+        # The server's own CPU per request: what the machine's other load does not change.
+        "server_cpu_ms_per_request": round(
+            1000 * (cpu_stop - cpu_start) / max(1, len(requests)), 3
+        ),
         "search_p50_ms": round(float(np.percentile(searches, 50)), 2),
         "search_p99_ms": round(float(np.percentile(searches, 99)), 2),
         "write_p50_ms": round(float(np.percentile(writes, 50)), 2) if writes.size else None,
@@ -215,19 +225,29 @@ def main() -> None:
         title=f"gateway under {args.clients} closed-loop clients, {args.vectors:,} x {args.dim}, "
         f"{args.search_share:.0%} searches ({args.rounds} rounds of {args.seconds:g} s; medians)"
     )
-    columns = ["server", "requests/s", "search p50", "search p99", "write p50", "write p99"]
+    columns = [
+        "server",
+        "requests/s",
+        "server CPU ms/request",
+        "search p50",
+        "search p99",
+        "write p50",
+        "write p99",
+    ]
     for col in (*columns, "failed"):
         table.add_column(col, justify="right")
     summary = []
     for kind in kinds:
         mine = [r for r in runs if r["server"] == kind]
 
-        def med(key: str, mine: list[dict[str, Any]] = mine) -> float:
-            return round(statistics.median(r[key] for r in mine if r[key] is not None), 2)
+        def med(key: str, mine: list[dict[str, Any]] = mine) -> float | None:
+            values = [r[key] for r in mine if r[key] is not None]
+            return round(statistics.median(values), 2) if values else None
 
         row = {
             "server": kind,
             "per_second": med("per_second"),
+            "server_cpu_ms_per_request": med("server_cpu_ms_per_request"),
             "search_p50_ms": med("search_p50_ms"),
             "search_p99_ms": med("search_p99_ms"),
             "write_p50_ms": med("write_p50_ms"),
