@@ -35,7 +35,8 @@ CATALOG_PASSWORD_ENV = "VECMIGRATE_CATALOG_PASSWORD"
 class DatabaseAccess:
     """How to reach a PostgreSQL database beyond its URL: the password by reference, and TLS.
 
-    Field names are libpq's (``sslmode``, ``sslrootcert``, ``sslcert``, ``sslkey``).
+    Field names are libpq's (``sslmode``, ``sslrootcert``, ``sslcert``, ``sslkey``,
+    ``sslnegotiation``).
     """
 
     password: str | None = None
@@ -43,6 +44,7 @@ class DatabaseAccess:
     sslrootcert: str | None = None
     sslcert: str | None = None
     sslkey: str | None = None
+    sslnegotiation: str | None = None
 
     def tls_args(self) -> dict[str, str]:
         """The libpq TLS parameters that are set."""
@@ -51,6 +53,7 @@ class DatabaseAccess:
             "sslrootcert": self.sslrootcert,
             "sslcert": self.sslcert,
             "sslkey": self.sslkey,
+            "sslnegotiation": self.sslnegotiation,
         }
         return {k: v for k, v in fields.items() if v is not None}
 

@@ -204,6 +204,9 @@ class PostgresTls(_Model):
     root_cert: str | None = Field(default=None, min_length=1)
     client_cert: str | None = Field(default=None, min_length=1)
     client_key: str | None = Field(default=None, min_length=1)
+    # ``direct``: TLS from the first byte (PostgreSQL 17 and later, and TLS-terminating
+    # proxies), instead of asking the server to switch to it.
+    negotiation: Literal["postgres", "direct"] = "postgres"
 
     @model_validator(mode="after")
     def _pair(self) -> Self:

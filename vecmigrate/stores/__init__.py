@@ -46,6 +46,7 @@ def database_access(ref: BuiltinStoreRef | PgvectorStoreRef) -> DatabaseAccess |
         sslrootcert=tls.root_cert if tls else None,
         sslcert=tls.client_cert if tls else None,
         sslkey=tls.client_key if tls else None,
+        sslnegotiation="direct" if tls and tls.negotiation == "direct" else None,
     )
 
 

@@ -8,10 +8,10 @@ for 127.0.0.1 and localhost, and client certificates signed by a second CA.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime
 import ipaddress
+import socket
 import ssl
 import threading
 from dataclasses import dataclass, field
@@ -99,13 +99,19 @@ class CertificateAuthority:
         return _write(self.directory, common.replace("@", "_at_"), cert, key)
 
 
+def certificate_common_name(der: bytes) -> str | None:
+    """The subject's common name of a DER certificate."""
+    names = x509.load_der_x509_certificate(der).subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    return str(names[0].value) if names else None
+
+
 @dataclass
 class TlsProxy:
     """Terminates TLS on ``port`` (127.0.0.1) and forwards to ``upstream`` (host, port).
 
     With ``client_ca`` every client must present a certificate that CA signed. ``peers`` lists
     the common name each accepted client presented (None for none); ``refused`` counts
-    handshakes that failed. Runs its own event loop on a thread: ``start``/``stop``.
+    handshakes that failed. One thread per connection and direction: ``start``/``stop``.
     """
 
     upstream: tuple[str, int]
@@ -127,72 +133,72 @@ class TlsProxy:
             ctx.load_verify_locations(self.client_ca)
         return ctx
 
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError, asyncio.CancelledError):
-            while data := await reader.read(65536):
-                writer.write(data)
-                await writer.drain()
-        with contextlib.suppress(OSError):
-            writer.close()
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await writer.start_tls(self._ctx)
-        except (ssl.SSLError, OSError):
-            self.refused += 1
-            writer.transport.abort()
-            return
-        peer = writer.get_extra_info("peercert")
-        common = None
-        if peer:
-            for rdn in peer.get("subject", ()):
-                for key, value in rdn:
-                    if key == "commonName":
-                        common = value
-        self.peers.append(common)
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
-        except OSError:
-            writer.close()
-            return
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-
-    def _handshake_failed(
-        self, loop: asyncio.AbstractEventLoop, context: dict[str, object]
-    ) -> None:
-        if isinstance(context.get("exception"), ssl.SSLError | ConnectionResetError):
-            self.refused += 1
-            return
-        loop.default_exception_handler(context)
-
     def start(self) -> TlsProxy:
-        ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-
         self._ctx = self._context()
-
-        async def main() -> None:
-            self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
-            self.port = self._server.sockets[0].getsockname()[1]
-            ready.set()
-            await self._server.serve_forever()
-
-        def run() -> None:
-            with contextlib.suppress(asyncio.CancelledError):
-                self._loop.run_until_complete(main())
-
-        self._thread = threading.Thread(target=run, name="tls-proxy", daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("the TLS proxy did not start")
+        self._listener = socket.create_server(("127.0.0.1", self.port))
+        self.port = self._listener.getsockname()[1]
+        self._open: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._stopping = False
+        threading.Thread(target=self._accept, name="tls-proxy", daemon=True).start()
         return self
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def _track(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._open.add(sock)
+
+    def _accept(self) -> None:
+        while not self._stopping:
+            try:
+                raw, _ = self._listener.accept()
+            except OSError:
+                return
+            self._track(raw)
+            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
+
+    def _serve(self, raw: socket.socket) -> None:
+        raw.settimeout(10)
+        try:
+            tls = self._ctx.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError):
+            self.refused += 1
+            raw.close()
+            return
+        self._track(tls)
+        tls.settimeout(None)
+        peer = tls.getpeercert(binary_form=True)
+        self.peers.append(certificate_common_name(peer) if peer else None)
+        try:
+            upstream = socket.create_connection(self.upstream)
+        except OSError:
+            tls.close()
+            return
+        self._track(upstream)
+        threading.Thread(target=self._pump, args=(upstream, tls), daemon=True).start()
+        self._pump(tls, upstream)
+
+    @staticmethod
+    def _pump(source: socket.socket, target: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                target.sendall(data)
+        except OSError:
+            pass
+        for sock in (source, target):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
     def stop(self) -> None:
-        self._loop.call_soon_threadsafe(self._server.close)
-        for task in asyncio.all_tasks(self._loop):
-            self._loop.call_soon_threadsafe(task.cancel)
-        self._thread.join(timeout=10)
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        with self._lock:
+            for sock in self._open:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                with contextlib.suppress(OSError):
+                    sock.close()
