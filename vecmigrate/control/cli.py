@@ -279,7 +279,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true")
 
-    COMMANDS.update(keycommands.add_commands(sub, _common))
+    COMMANDS.update(keycommands.add_commands(sub))
     return top
 
 

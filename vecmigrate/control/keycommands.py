@@ -30,30 +30,45 @@ out = Console()
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
 
 
-def add_commands(sub: Any, common: Callable[[argparse.ArgumentParser], None]) -> dict[str, Command]:
+def add_commands(sub: Any) -> dict[str, Command]:
     """Add ``keys`` and ``codec-server`` to the ``vecmigrate`` parser; their handlers."""
-    p = sub.add_parser("keys", help="the key ring (rotation included) and API keys")
-    common(p)
-    p.add_argument(
+    shared = argparse.ArgumentParser(add_help=False)
+    shared.add_argument(
         "--keyring",
         default=None,
         help=f"the key ring, as a secret reference (default: ${KEYRING_ENV}; init: "
         "file:$VECMIGRATE_HOME/keyring.json)",
     )
+    shared.add_argument(
+        "--catalog",
+        default=None,
+        help="catalog SQLAlchemy URL (default: $VECMIGRATE_CATALOG_URL or SQLite in "
+        "$VECMIGRATE_HOME)",
+    )
+    shared.add_argument("--operator", default=None, help="who you are, for the ledger")
+    p = sub.add_parser("keys", help="the key ring (rotation included) and API keys")
     ksub = p.add_subparsers(dest="keys_command", required=True)
-    ksub.add_parser("init", help="create a key ring with one key (refuses to overwrite)")
-    ksub.add_parser("list", help="the keys, which is active, and what each protects")
+    ksub.add_parser(
+        "init", parents=[shared], help="create a key ring with one key (refuses to overwrite)"
+    )
+    ksub.add_parser(
+        "list", parents=[shared], help="the keys, which is active, and what each protects"
+    )
     k = ksub.add_parser(
         "rotate",
+        parents=[shared],
         help="add a key and make it active; re-wrap the artifacts' data keys under it (the "
         "data is not re-encrypted; migrations running meanwhile carry on)",
     )
     k.add_argument("--artifacts", action="append", default=[], help="another artifact directory")
     k.add_argument("--no-rewrap", action="store_true", help="rotate only; re-wrap later")
-    k = ksub.add_parser("rewrap", help="re-wrap every artifact's data key under the active key")
+    k = ksub.add_parser(
+        "rewrap", parents=[shared], help="re-wrap every artifact's data key under the active key"
+    )
     k.add_argument("--artifacts", action="append", default=[], help="another artifact directory")
     k = ksub.add_parser(
         "retire",
+        parents=[shared],
         help="remove a key no artifact uses any more (payloads it encrypted in Temporal "
         "histories become unreadable)",
     )
