@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from tests.conftest import Sandbox, vecmigrate
 from vecmigrate.catalog.catalog import ledger, migrations, vector_versions
 from vecmigrate.control.plan import plan_migration
-from vecmigrate.model.lifecycle import STRATEGY_PHASES
+from vecmigrate.model.lifecycle import LIFECYCLE
 
 
 def rows(sandbox: Sandbox) -> tuple[int, int, int]:
@@ -39,7 +39,7 @@ def test_plan_describes_every_step_and_check(sandbox: Sandbox, tmp_path: Path) -
     spec = sandbox.spec()
     plan = plan_migration(sandbox.catalog, spec)
     assert plan.ok
-    assert [p for p, _ in plan.steps] == list(STRATEGY_PHASES["blue_green"])
+    assert [p for p, _ in plan.steps] == list(LIFECYCLE["blue_green"].phases)
     assert sum(plan.shard_sizes.values()) == 3000
     assert plan.extra_bytes > 3000 * 16 * 4
     assert {c.name for c in plan.checks} >= {

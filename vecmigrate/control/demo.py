@@ -25,8 +25,9 @@ from vecmigrate.control.progress import watch
 from vecmigrate.control.report import status_tables
 from vecmigrate.data.datasets import clustered, glove, glove_available
 from vecmigrate.data.seed import seed_collection, sequential_ids
-from vecmigrate.model.lifecycle import MigrationStatus, Phase
+from vecmigrate.model.lifecycle import Phase
 from vecmigrate.model.spec import MigrationSpec, VersionSpec, parse_spec
+from vecmigrate.model.status import MigrationStatus
 from vecmigrate.records.vectors import Vectors
 from vecmigrate.serving.router import Router
 from vecmigrate.workers.connection import connect

@@ -19,7 +19,8 @@ from temporalio.service import RPCError
 
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.errors import VecmigrateError
-from vecmigrate.model.lifecycle import TERMINAL, MigrationStatus
+from vecmigrate.model.lifecycle import TERMINAL
+from vecmigrate.model.status import MigrationStatus
 
 
 class RateColumn(TextColumn):
@@ -129,7 +130,13 @@ async def watch(
                 progress.update(all_copy, completed=copied_all)
                 indexed = sum(s.state in ("indexed", "validating", "validated") for s in st.shards)
                 progress.update(all_index, completed=indexed)
-            note = st.pause_reason or st.blocked_reason
+            note = st.pause_reason or st.blocked_reason or st.outcome
+            if st.retrying and not note:
+                step = st.retrying[0]
+                note = (
+                    f"retrying {step.activity} (attempt {step.attempt}): "
+                    f"{step.error_type}: {step.last_error[:120]}"
+                )
             if st.phase != last_phase or note != last_note:
                 label = f"phase: [bold]{st.phase}[/bold]" + (
                     f"  [yellow]{note}[/yellow]" if note else ""
