@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from temporalio.client import Client, WorkflowHistory
+from temporalio.client import Client, WorkflowFailureError, WorkflowHistory
+from temporalio.exceptions import ApplicationError
 
 from tests.conftest import Sandbox, running_worker, vecmigrate
 from vecmigrate.control.client import MigrationClient
+from vecmigrate.control.devserver import temporal_binary
+from vecmigrate.errors import MessageRefusedError
 from vecmigrate.model.lifecycle import Phase
 from vecmigrate.model.status import MigrationStatus
 from vecmigrate.serving.router import Router
@@ -346,3 +350,230 @@ async def test_vecmigrate_signal_commands(client: Client, sandbox: Sandbox) -> N
     missing = await asyncio.to_thread(cli, address, queue, "status", "no-such-migration")
     assert "no such migration" in missing.stderr
     assert await MigrationClient(client, "a-queue-nobody-polls").has_workers() is False
+
+
+async def test_an_early_approval_does_not_cut_over_and_status_says_why(
+    client: Client, sandbox: Sandbox
+) -> None:
+    """An approval sent while the copy runs used to be latched: the migration then cut over
+    the moment its gates passed, before anyone saw them. Now it is recorded and ignored, and
+    only an explicit pre-approval is held."""
+    sandbox.seed(3000)
+    spec = sandbox.spec(
+        cutover={"mode": "manual", "bake_seconds": 0.2}, batch_size=100, max_vectors_per_second=3000
+    )
+    async with running_worker(client, sandbox) as queue:
+        mc = MigrationClient(client, queue)
+        mid = await mc.start(spec)
+        await wait_for(mc, mid, lambda s: s.phase == Phase.BACKFILLING)
+        await mc.signal(mid, "approve_cutover", operator="eve", reason="looks fine")
+        st = await wait_for(mc, mid, lambda s: bool(s.ignored()))
+        (ignored,) = st.ignored()
+        assert (ignored.action, ignored.operator) == ("approve_cutover", "eve")
+        assert "gates have not passed yet (BACKFILLING)" in ignored.note
+        assert "preapprove=true" in ignored.note
+        assert not st.cutover_approved
+        st = await wait_for(mc, mid, lambda s: s.phase == Phase.AWAITING_CUTOVER)
+        await asyncio.sleep(1.0)
+        st = await mc.status(mid)
+        assert st.phase == Phase.AWAITING_CUTOVER
+        assert st.blocked_reason == "waiting for approve_cutover"
+        assert sandbox.catalog.get_routing("default", "docs").read_version == "v1"
+        shown = await asyncio.to_thread(
+            cli, client.service_client.config.target_host, queue, "status", mid
+        )
+        assert "ignored" in shown.stdout
+        assert "approve_cutover from eve" in shown.stdout
+        ledger = [e for e in sandbox.catalog.entries(mid) if e.kind == "operator"]
+        assert ledger[0].data["outcome"] == "ignored"
+        assert "preapprove" in ledger[0].data["note"]
+        await mc.signal(mid, "approve_cutover", operator="eve", reason="gates green")
+        assert (await mc.result(mid)).phase == Phase.COMPLETED
+
+        # Pre-approved on purpose: held, and the cut-over follows the passed gates.
+        pre = sandbox.spec(
+            source=spec.target.model_dump(mode="json"),
+            target=sandbox.version("v3", {"kind": "faiss_flat"}).model_dump(mode="json"),
+            cutover={"mode": "manual", "bake_seconds": 0.2},
+        )
+        mid = await mc.start(pre)
+        await mc.signal(mid, "approve_cutover", operator="eve", reason="ok", preapprove=True)
+        final = await mc.result(mid)
+    assert final.phase == Phase.COMPLETED
+    approval = next(a for a in final.operators if a.action == "approve_cutover")
+    assert approval.outcome == "applied"
+    assert approval.note.startswith("pre-approved")
+
+
+async def test_gates_an_operator_can_act_on(client: Client, sandbox: Sandbox) -> None:
+    """A failed gate says what would change it; an approval then is ignored; a resume that
+    changes nothing is ignored (the same figures give the same verdict); a new threshold or an
+    override with a reason judges the same figures again, and the report shows who did it."""
+    sandbox.seed()
+    spec = sandbox.spec(
+        target=sandbox.poor_target(),
+        gates={"min_recall": 0.999, "sample_queries": 50},
+        cutover={"mode": "manual", "bake_seconds": 0.2},
+    )
+    address = client.service_client.config.target_host
+    async with running_worker(client, sandbox) as queue:
+        mc = MigrationClient(client, queue)
+        mid = await mc.start(spec)
+        st = await wait_for(mc, mid, lambda s: s.paused and s.gates is not None)
+        assert st.phase == Phase.VALIDATING
+        assert any(r.startswith("recall@10 is ") and "set_gate" in r for r in st.remedies)
+        validations = len([e for e in sandbox.catalog.entries(mid) if e.kind == "gate"])
+
+        await mc.signal(mid, "approve_cutover", operator="frank")
+        await mc.signal(mid, "resume", operator="frank")
+        st = await wait_for(mc, mid, lambda s: len(s.ignored()) == 2)
+        notes = {a.action: a.note for a in st.ignored()}
+        assert "a gate failed" in notes["approve_cutover"]
+        assert "verdict would be the same" in notes["resume"]
+        assert st.paused
+        assert st.phase == Phase.VALIDATING
+        # Nothing was measured again.
+        assert len([e for e in sandbox.catalog.entries(mid) if e.kind == "gate"]) == validations
+
+        with pytest.raises(MessageRefusedError, match="no gate named 'recall@5'"):
+            await mc.set_gate(mid, "recall@5", threshold=0.1, operator="frank")
+        with pytest.raises(MessageRefusedError, match="needs a reason"):
+            await mc.set_gate(mid, "recall@10", override=True, operator="frank")
+        recall = next(v for v in st.gates.verdicts if v.name == "recall@10")
+        assert recall.value is not None
+        failing = await mc.set_gate(
+            mid, "recall@10", threshold=recall.value, operator="gina", reason="HNSW at this size"
+        )
+        assert not any(f.startswith("recall@10 ") for f in failing)
+        for other in failing:  # any other check this poor index fails: overridden, by name
+            name = other.split(" = ")[0]
+            done = await asyncio.to_thread(
+                cli, address, queue, "gate", mid, name, "--override", "--reason", "known"
+            )
+            assert done.returncode == 0, done.stderr
+        st = await mc.status(mid)
+        assert st.gates is not None
+        assert st.gates.passed
+        assert st.pause_reason == "the gate passes with the adjustments: resume to go on"
+        await mc.signal(mid, "resume", operator="gina")
+        await wait_for(mc, mid, lambda s: s.phase == Phase.AWAITING_CUTOVER)
+        await mc.signal(mid, "approve_cutover", operator="gina")
+        final = await mc.result(mid)
+    assert final.phase == Phase.COMPLETED
+    assert final.gate_adjustments[0].operator == "gina"
+    assert len([e for e in sandbox.catalog.entries(mid) if e.kind == "gate"]) > validations
+    shown = await asyncio.to_thread(
+        vecmigrate,
+        "report",
+        mid,
+        "--catalog",
+        sandbox.catalog.url,
+        env={**os.environ, "COLUMNS": "400"},
+    )
+    assert "pass (adjusted)" in shown.stdout
+    assert "threshold set to" in shown.stdout
+    assert "by gina: HNSW at this size" in shown.stdout
+
+
+def workflow_list(address: str, mid: str) -> dict[str, Any]:
+    """The stock `temporal workflow list` entry of one migration, from its JSON output."""
+    done = subprocess.run(
+        [
+            temporal_binary(),
+            "workflow",
+            "list",
+            "--address",
+            address,
+            "--query",
+            f"WorkflowId = '{mid}'",
+            "--output",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    listed = json.loads(done.stdout)
+    entries = listed if isinstance(listed, list) else [listed]
+    (entry,) = [e for e in entries if e["execution"]["workflowId"] == mid]
+    return entry
+
+
+async def test_a_rolled_back_and_an_aborted_migration_are_told_apart_in_the_list(
+    client: Client, sandbox: Sandbox
+) -> None:
+    sandbox.seed()
+    address = client.service_client.config.target_host
+    ids = {}
+    async with running_worker(client, sandbox) as queue:
+        mc = MigrationClient(client, queue)
+        for outcome, signal, target in (
+            ("rolled_back", "rollback", "v2"),
+            ("aborted", "abort", "v3"),
+        ):
+            spec = sandbox.spec(
+                target=sandbox.version(target, {"kind": "faiss_flat"}).model_dump(mode="json"),
+                cutover={"mode": "manual", "bake_seconds": 0.2},
+            )
+            mid = await mc.start(spec)
+            await wait_for(mc, mid, lambda s: s.phase == Phase.AWAITING_CUTOVER)
+            await mc.signal(mid, signal, operator="hal", reason=f"{outcome} on purpose")
+            ids[outcome] = mid
+            final = await mc.result(mid)
+            assert final.phase == {"rolled_back": "ROLLED_BACK", "aborted": "ABORTED"}[outcome]
+            assert final.outcome.startswith(outcome.replace("_", " ") + f" by hal ({outcome}")
+            assert final.pause_reason == final.blocked_reason == ""
+            # Status reads the outcome from the failure, with no worker involved.
+            st = await mc.status(mid)
+            assert st.phase == final.phase
+        spec = sandbox.spec(
+            target=sandbox.version("v4", {"kind": "faiss_flat"}).model_dump(mode="json"),
+            cutover={"mode": "automatic", "bake_seconds": 0.2},
+        )
+        ids["completed"] = await mc.start(spec)
+        assert (await mc.result(ids["completed"])).phase == Phase.COMPLETED
+    listed = {k: workflow_list(address, mid) for k, mid in ids.items()}
+    assert listed["completed"]["status"] == "WORKFLOW_EXECUTION_STATUS_COMPLETED"
+    assert listed["rolled_back"]["status"] == "WORKFLOW_EXECUTION_STATUS_FAILED"
+    assert listed["aborted"]["status"] == "WORKFLOW_EXECUTION_STATUS_FAILED"
+    phases = {k: e["memo"]["fields"]["phase"] for k, e in listed.items()}
+    assert phases == {"completed": "COMPLETED", "rolled_back": "ROLLED_BACK", "aborted": "ABORTED"}
+    for outcome, error in (("rolled_back", "MigrationRolledBack"), ("aborted", "MigrationAborted")):
+        with pytest.raises(WorkflowFailureError) as failed:
+            await client.get_workflow_handle(ids[outcome]).result()
+        cause = failed.value.cause
+        assert isinstance(cause, ApplicationError)
+        assert (cause.type, cause.non_retryable) == (error, True)
+
+
+async def test_a_retrying_step_shows_its_last_error_attempt_and_next_retry(
+    client: Client, sandbox: Sandbox
+) -> None:
+    """A target that is not there: Temporal retries the step, and status says so (the
+    workflow alone would show PREPARING and nothing else for minutes)."""
+    sandbox.seed()
+    target = sandbox.version(
+        "v2",
+        {"kind": "faiss_flat"},
+        store={"kind": "pgvector", "url": "postgresql://vm:vm@127.0.0.1:1/nowhere"},
+    )
+    spec = sandbox.spec(target=target.model_dump(mode="json"))
+    async with running_worker(client, sandbox) as queue:
+        mc = MigrationClient(client, queue)
+        mid = await mc.start(spec)
+        st = await wait_for(mc, mid, lambda s: bool(s.retrying), timeout=60)
+        (step,) = st.retrying
+        assert step.activity == "prepare"
+        assert step.attempt >= 2
+        assert step.maximum_attempts == 10
+        assert step.next_retry
+        assert "Failure exceeds size limit" not in step.last_error
+        assert "127.0.0.1" in step.last_error or "connect" in step.last_error.lower()
+        shown = await asyncio.to_thread(
+            cli, client.service_client.config.target_host, queue, "status", mid
+        )
+        assert "retrying" in shown.stdout
+        await mc.signal(mid, "abort", operator="ivy", reason="no such database")
+        final = await mc.result(mid)
+    assert final.phase == Phase.ABORTED
