@@ -3,22 +3,43 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from temporalio.client import Client, WorkflowFailureError, WorkflowHistory
+from hypothesis import HealthCheck, given, settings
+from hypothesis import Phase as HypothesisPhase
+from hypothesis import strategies as st
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHistory,
+)
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
 
 from tests.conftest import Sandbox, running_worker, vecmigrate
+from vecmigrate.catalog.catalog import Catalog
+from vecmigrate.config import sqlite_url
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.control.devserver import temporal_binary
 from vecmigrate.errors import MessageRefusedError
-from vecmigrate.model.lifecycle import Phase
+from vecmigrate.model.lifecycle import (
+    LIFECYCLE,
+    SIGNALS,
+    TERMINAL,
+    Message,
+    Phase,
+    Strategy,
+    check_transition,
+)
 from vecmigrate.model.status import MigrationStatus
 from vecmigrate.serving.router import Router
 
@@ -577,3 +598,136 @@ async def test_a_retrying_step_shows_its_last_error_attempt_and_next_retry(
         await mc.signal(mid, "abort", operator="ivy", reason="no such database")
         final = await mc.result(mid)
     assert final.phase == Phase.ABORTED
+
+
+# -- the state machine's messages, sampled, against the real workflow -------------------------
+
+SENT = st.lists(
+    st.tuples(
+        st.sampled_from([*SIGNALS, Message.SET_RAMP, Message.SET_THROTTLE]),
+        st.booleans(),  # preapprove
+        st.sampled_from([0.2, 0.6, 1.5]),  # seconds before the next message
+    ),
+    min_size=2,
+    max_size=7,
+)
+
+
+async def send(mc: MigrationClient, mid: str, message: Message, preapprove: bool) -> None:
+    """Send ``message`` (a refused update, or a message to a migration that ended, is fine)."""
+    with contextlib.suppress(MessageRefusedError, RPCError):
+        if message == Message.SET_RAMP:
+            await mc.set_ramp(mid, 20.0, operator="fuzz")
+        elif message == Message.SET_THROTTLE:
+            await mc.set_throttle(mid, 5000.0, operator="fuzz")
+        else:
+            await mc.signal(mid, str(message), operator="fuzz", preapprove=preapprove)
+
+
+def check_ledger(strategy: Strategy, manual: bool, entries: list[Any]) -> None:
+    """What the table promises, read from what the migration did: only legal moves, rollback
+    applied whenever it was still possible, no cut-over without its approval."""
+    stop_pending, approved, cutovers = False, False, 0
+    for e in entries:
+        d = e.data
+        if e.kind == "phase":
+            old, new = Phase(d["from"]), Phase(d["to"])
+            check_transition(strategy, old, new)
+            if new == Phase.CUT_OVER:
+                assert approved or not (manual or cutovers), "cut over without an approval"
+                cutovers += 1
+            if new in (Phase.ROLLING_BACK, Phase.ABORTED) or (
+                new == Phase.AWAITING_CUTOVER and old in (Phase.CUT_OVER, Phase.BAKING)
+            ):
+                stop_pending, approved = False, False
+        elif e.kind == "operator" and d["action"] in SIGNALS:
+            phase = Phase(d["phase"])
+            applied = d.get("outcome", "applied") == "applied"
+            if not applied:
+                assert d["note"], d
+            possible = phase not in TERMINAL and strategy.before(phase, Phase.FINALIZING)
+            if d["action"] == Message.ROLLBACK and not stop_pending and possible:
+                assert applied, f"rollback refused in {phase}: {d}"
+            if applied and d["action"] in (Message.ROLLBACK, Message.ABORT):
+                stop_pending = True
+            if applied and d["action"] == Message.APPROVE_CUTOVER:
+                if strategy.before(phase, Phase.AWAITING_CUTOVER):
+                    assert d["note"].startswith("pre-approved"), d
+                approved = True
+
+
+@settings(
+    max_examples=4,
+    deadline=None,
+    derandomize=True,
+    phases=[HypothesisPhase.generate],
+    suppress_health_check=list(HealthCheck),
+)
+@given(name=st.sampled_from(sorted(LIFECYCLE)), manual=st.booleans(), sent=SENT)
+async def test_message_sequences_on_the_real_workflow(
+    client: Client,
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    manual: bool,
+    sent: list[tuple[Message, bool, float]],
+) -> None:
+    """A sample of the state machine's message sequences (tests/test_lifecycle.py), sent at
+    random moments to real migrations; each then is driven to an end (approve, resume, abort)
+    and its ledger checked against the table."""
+    root = tmp_path_factory.mktemp("fuzz")
+    sandbox = Sandbox(root, Catalog(sqlite_url(root / "catalog.db")))
+    vectors = sandbox.seed(2000)
+    spec = sandbox.spec(
+        strategy=name,
+        cutover={"mode": "manual" if manual else "automatic", "bake_seconds": 1},
+        batch_size=200,
+        online={
+            "settle_seconds": 0.2,
+            "shadow": {"percent": 100, "seconds": 1, "min_samples": 3, "max_p99_ratio": 50.0},
+            "ramp": {"steps": [50], "step_seconds": 0.5},
+        },
+    )
+    router = Router(sandbox.catalog, refresh_seconds=0.2)
+    stop = threading.Event()
+
+    def reads() -> None:
+        n = 0
+        while not stop.is_set():
+            router.search("default", "docs", vectors[n % 2000], 5, key=f"k{n}")
+            n += 1
+            time.sleep(0.02)
+
+    side = threading.Thread(target=reads, daemon=True)
+    side.start()
+    try:
+        async with running_worker(client, sandbox) as queue:
+            mc = MigrationClient(client, queue)
+            mid = await mc.start(spec, operator="fuzz")
+            for message, preapprove, wait in sent:
+                await send(mc, mid, message, preapprove)
+                await asyncio.sleep(wait)
+            deadline = time.monotonic() + 90
+            while (st_ := await mc.status(mid)).phase not in TERMINAL:
+                if time.monotonic() > deadline:
+                    await mc.signal(mid, "abort", operator="fuzz", reason="took too long")
+                elif st_.paused:
+                    await mc.signal(mid, "resume", operator="fuzz")
+                elif st_.phase == Phase.AWAITING_CUTOVER:
+                    await mc.signal(mid, "approve_cutover", operator="fuzz")
+                await asyncio.sleep(0.5)
+            final = await mc.result(mid)
+            closed = (await mc.handle(mid).describe()).status
+    finally:
+        stop.set()
+        side.join()
+        router.close()
+    strategy = LIFECYCLE[name]
+    check_ledger(strategy, manual, sandbox.catalog.entries(mid))
+    applied = {a.action for a in final.operators if a.outcome == "applied"}
+    if final.phase == Phase.ABORTED:
+        assert "abort" in applied
+    if final.phase == Phase.ROLLED_BACK:
+        assert "rollback" in applied
+    completed = final.phase == Phase.COMPLETED
+    assert (closed == WorkflowExecutionStatus.COMPLETED) == completed, (final.phase, closed)
+    assert final.outcome
