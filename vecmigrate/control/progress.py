@@ -46,8 +46,10 @@ async def watch(
     console: Console,
     interval: float = 0.5,
     unreachable_after: float = 120.0,
+    until_gate_fails: bool = False,
 ) -> MigrationStatus:
-    """Show progress until the migration ends; returns its final status.
+    """Show progress until the migration ends (or, ``until_gate_fails``, until it waits at a
+    failed gate for an operator); returns the status it stopped at.
 
     On a terminal: a live bar per shard with rate and ETA. Elsewhere (logs, CI): one line per
     phase change, pause and finished shard.
@@ -146,5 +148,7 @@ async def watch(
                 last_phase, last_note = st.phase, note
             if st.phase in TERMINAL:
                 progress.update(phase_line, total=1, completed=1)
+                return st
+            if until_gate_fails and st.paused and st.remedies:
                 return st
             await asyncio.sleep(interval)
