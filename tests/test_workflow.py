@@ -21,6 +21,7 @@ from temporalio.client import (
     WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowHistory,
+    WorkflowUpdateFailedError,
 )
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError
@@ -40,6 +41,7 @@ from vecmigrate.model.lifecycle import (
     Strategy,
     check_transition,
 )
+from vecmigrate.model.messages import RampRequest
 from vecmigrate.model.status import MigrationStatus
 from vecmigrate.serving.router import Router
 
@@ -387,6 +389,14 @@ async def test_an_early_approval_does_not_cut_over_and_status_says_why(
         mc = MigrationClient(client, queue)
         mid = await mc.start(spec)
         await wait_for(mc, mid, lambda s: s.phase == Phase.BACKFILLING)
+        # set_throttle takes a bare number too (as `temporal workflow update` sends it), and a
+        # refusal is not worth retrying.
+        assert await mc.handle(mid).execute_update("set_throttle", 2500) == 2500.0
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await mc.handle(mid).execute_update("set_ramp", RampRequest(percent=5))
+        assert isinstance(refused.value.cause, ApplicationError)
+        assert refused.value.cause.non_retryable
+        assert "no canary ramp" in refused.value.cause.message
         await mc.signal(mid, "approve_cutover", operator="eve", reason="looks fine")
         st = await wait_for(mc, mid, lambda s: bool(s.ignored()))
         (ignored,) = st.ignored()
@@ -405,7 +415,11 @@ async def test_an_early_approval_does_not_cut_over_and_status_says_why(
         )
         assert "ignored" in shown.stdout
         assert "approve_cutover from eve" in shown.stdout
-        ledger = [e for e in sandbox.catalog.entries(mid) if e.kind == "operator"]
+        ledger = [
+            e
+            for e in sandbox.catalog.entries(mid)
+            if e.kind == "operator" and e.data["action"] == "approve_cutover"
+        ]
         assert ledger[0].data["outcome"] == "ignored"
         assert "preapprove" in ledger[0].data["note"]
         await mc.signal(mid, "approve_cutover", operator="eve", reason="gates green")
