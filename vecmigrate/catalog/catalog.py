@@ -50,7 +50,7 @@ from sqlalchemy.exc import IntegrityError
 from vecmigrate.catalog.anchors import AnchorFiles, anchor_root
 from vecmigrate.catalog.engines import begin, catalog_access, engine_for
 from vecmigrate.errors import NotFoundError, PreconditionError, RoutingConflictError
-from vecmigrate.model.lifecycle import RoutingView
+from vecmigrate.model.routing import RoutingView
 from vecmigrate.model.spec import EmbeddingSchema, IndexSpec, MigrationSpec
 from vecmigrate.security.keyring import LEDGER_MAC, KeyRing, environment_keyring
 
