@@ -32,10 +32,12 @@ from vecmigrate.data import backfill
 from vecmigrate.errors import NON_RETRYABLE, PreconditionError, SpecMismatchError, summary
 from vecmigrate.indexes import build
 from vecmigrate.indexes.artifacts import cpu_share, set_openmp_threads
+from vecmigrate.model.access import AccessPolicy
 from vecmigrate.model.gates import ShardCheck
 from vecmigrate.model.routing import RoutingView
 from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.model.tasks import (
+    AccessPolicyInput,
     ArtifactRef,
     BuildIndexInput,
     BuildNativeIndexInput,
@@ -238,6 +240,7 @@ class MigrationActivities:
             self.log_head,
             self.shadow_figures,
             self.list_tenants,
+            self.access_policy,
         ]
 
     @activity.defn(name="prepare")
@@ -484,10 +487,16 @@ class MigrationActivities:
             data=inp.data,
             event_key=inp.event_key,
             region=self.region,
+            caller=inp.caller,
         )
         if inp.kind == "phase":
             self.catalog.set_migration_phase(inp.migration_id, str(inp.data.get("to", "")))
         return LedgerAck(seq=entry.seq, hash=entry.hash)
+
+    @activity.defn(name="access_policy")
+    @_boundary
+    def access_policy(self, inp: AccessPolicyInput) -> AccessPolicy:
+        return self.catalog.access_policy(inp.tenant, inp.collection)
 
     @activity.defn(name="list_tenants")
     @_boundary

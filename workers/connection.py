@@ -35,6 +35,7 @@ from temporalio.envconfig import ClientConfigProfile
 from temporalio.service import TLSConfig
 
 from vecmigrate.errors import VecmigrateError
+from vecmigrate.model.access import CALLER_HEADER
 from vecmigrate.security.keyring import KeyRingSource, keyring_from_environment
 from vecmigrate.security.secrets import resolve
 from vecmigrate.workers.codec import data_converter
@@ -46,8 +47,6 @@ IDENTITY_ENV = "VECMIGRATE_IDENTITY"
 API_KEY_ENV = "VECMIGRATE_TEMPORAL_API_KEY"
 DEFAULT_ADDRESS = "127.0.0.1:7233"
 DEFAULT_TASK_QUEUE = "vecmigrate"
-# The header every start, signal and update of ours carries: who the connection says it is.
-CALLER_HEADER = "vecmigrate-caller"
 
 
 def default_address() -> str:

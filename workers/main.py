@@ -22,6 +22,7 @@ from vecmigrate.config import default_catalog_url
 from vecmigrate.security.keyring import environment_keyring
 from vecmigrate.security.scrub import install as install_scrubber
 from vecmigrate.workers.connection import TemporalSettings, connect, default_task_queue
+from vecmigrate.workflows.identity import CallerInterceptor
 from vecmigrate.workflows.migration import MigrationWorkflow
 from vecmigrate.workflows.regional import RegionalMigrationWorkflow
 
@@ -52,6 +53,8 @@ def build_worker(
         workflows=[MigrationWorkflow, RegionalMigrationWorkflow],
         activities=acts.all(),
         activity_executor=executor,
+        # Who sent each message (its ``vecmigrate-caller`` header), for the operator roles.
+        interceptors=[CallerInterceptor()],
         max_concurrent_activities=max_concurrent_activities,
         # Progress views and the live status read a copy's count from its heartbeats, which
         # the SDK sends at most once per 80 % of the heartbeat timeout by default (24 s at the

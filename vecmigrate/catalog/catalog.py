@@ -50,6 +50,7 @@ from sqlalchemy.exc import IntegrityError
 from vecmigrate.catalog.anchors import AnchorFiles, anchor_root
 from vecmigrate.catalog.engines import begin, catalog_access, engine_for
 from vecmigrate.errors import NotFoundError, PreconditionError, RoutingConflictError
+from vecmigrate.model.access import AccessPolicy, Role, RoleBinding
 from vecmigrate.model.routing import RoutingView
 from vecmigrate.model.spec import EmbeddingSchema, IndexSpec, MigrationSpec
 from vecmigrate.security.keyring import LEDGER_MAC, KeyRing, environment_keyring
@@ -177,6 +178,26 @@ ledger = Table(
     # The key ring key and HMAC of the entry (None: written without a key ring).
     Column("key_id", String(64)),
     Column("mac", String(64)),
+)
+
+# Operator roles (``vecmigrate roles``): who may steer migrations of which collection.
+access_roles = Table(
+    "access_roles",
+    metadata,
+    Column("tenant", String(64), primary_key=True),
+    Column("collection", String(64), primary_key=True),
+    Column("identity", String(200), primary_key=True),
+    Column("role", String(16), nullable=False),
+    Column("granted_by", String(200), nullable=False),
+    Column("granted_at", DateTime(timezone=True), nullable=False),
+)
+
+access_settings = Table(
+    "access_settings",
+    metadata,
+    Column("tenant", String(64), primary_key=True),
+    Column("collection", String(64), primary_key=True),
+    Column("four_eyes", Boolean, nullable=False),
 )
 
 catalog_info = Table(
@@ -997,6 +1018,100 @@ class Catalog:
                     "rewritten"
                 )
         return anchored
+
+    # -- operator roles ----------------------------------------------------------------------
+
+    def grant_role(
+        self, identity: str, role: Role, tenant: str, collection: str, actor: str
+    ) -> None:
+        """Give ``identity`` (exact or a pattern) ``role`` on ``tenant``/``collection`` (``*``
+        for any), replacing a role it held there; the ledger records the grant."""
+        RoleBinding(identity=identity, role=role, tenant=tenant, collection=collection)
+        key = (
+            (access_roles.c.tenant == tenant)
+            & (access_roles.c.collection == collection)
+            & (access_roles.c.identity == identity)
+        )
+        with begin(self.engine) as conn:
+            conn.execute(access_roles.delete().where(key))
+            conn.execute(
+                access_roles.insert().values(
+                    tenant=tenant,
+                    collection=collection,
+                    identity=identity,
+                    role=str(role),
+                    granted_by=actor,
+                    granted_at=now(),
+                )
+            )
+        self.append(
+            tenant=tenant,
+            collection=collection,
+            kind="roles.granted",
+            actor=actor,
+            data={"identity": identity, "role": str(role)},
+        )
+
+    def revoke_role(self, identity: str, tenant: str, collection: str, actor: str) -> bool:
+        """Take ``identity``'s role on ``tenant``/``collection`` away; whether it held one."""
+        key = (
+            (access_roles.c.tenant == tenant)
+            & (access_roles.c.collection == collection)
+            & (access_roles.c.identity == identity)
+        )
+        with begin(self.engine) as conn:
+            gone = conn.execute(access_roles.delete().where(key)).rowcount
+        if gone:
+            self.append(
+                tenant=tenant,
+                collection=collection,
+                kind="roles.revoked",
+                actor=actor,
+                data={"identity": identity},
+            )
+        return bool(gone)
+
+    def set_four_eyes(self, tenant: str, collection: str, on: bool, actor: str) -> None:
+        """Require (or not) that a cut-over's approver differ from the migration's starter."""
+        key = (access_settings.c.tenant == tenant) & (access_settings.c.collection == collection)
+        with begin(self.engine) as conn:
+            conn.execute(access_settings.delete().where(key))
+            conn.execute(
+                access_settings.insert().values(tenant=tenant, collection=collection, four_eyes=on)
+            )
+        self.append(
+            tenant=tenant,
+            collection=collection,
+            kind="roles.four_eyes",
+            actor=actor,
+            data={"four_eyes": on},
+        )
+
+    def access_policy(self, tenant: str, collection: str) -> AccessPolicy:
+        """The roles and four-eyes rule in force on ``tenant``/``collection``."""
+        tenants, collections = (tenant, "*"), (collection, "*")
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(access_roles)
+                .where(access_roles.c.tenant.in_(tenants))
+                .where(access_roles.c.collection.in_(collections))
+                .order_by(access_roles.c.tenant, access_roles.c.collection, access_roles.c.identity)
+            ).mappings()
+            bindings = tuple(
+                RoleBinding(
+                    identity=r["identity"],
+                    role=Role(r["role"]),
+                    tenant=r["tenant"],
+                    collection=r["collection"],
+                )
+                for r in rows
+            )
+            four_eyes = conn.execute(
+                select(access_settings.c.four_eyes)
+                .where(access_settings.c.tenant.in_(tenants))
+                .where(access_settings.c.collection.in_(collections))
+            ).all()
+        return AccessPolicy(bindings=bindings, four_eyes=any(r[0] for r in four_eyes))
 
     def knows_migration(self, migration_id: str) -> bool:
         """Whether the catalog has a migration row or any ledger entry for ``migration_id``."""

@@ -17,7 +17,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.config import default_catalog_url, home_dir, resolve_spec
-from vecmigrate.control import keycommands
+from vecmigrate.control import admin
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.control.devserver import DevServer, DevServerError, cancel_on_sigterm
 from vecmigrate.control.ledgeraudit import history_anchors
@@ -299,7 +299,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true")
 
-    COMMANDS.update(keycommands.add_commands(sub))
+    COMMANDS.update(admin.add_commands(sub))
     return top
 
 

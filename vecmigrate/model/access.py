@@ -1,7 +1,8 @@
 """Operator roles: who may steer a migration of which tenant's collection, and how.
 
 Roles are ordered: a ``viewer`` reads status; an ``operator`` also pauses, resumes and throttles;
-an ``approver`` also approves a cut-over, sets the ramp, rolls back and aborts. A binding grants
+an ``approver`` also approves a cut-over, sets the ramp, changes or overrides a gate, rolls back
+and aborts. A binding grants
 one role to an identity (exact, or a shell-style pattern such as ``*@ops.example.com``) for a
 tenant and a collection (``*`` for any). The identity is the caller's as its Temporal connection
 presents it (the ``vecmigrate-caller`` header: the client certificate's name, the API key's
@@ -23,6 +24,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 ANY = "*"
 UNAUTHENTICATED = ""
+# The header our clients stamp every start, signal and update with: the connection's identity.
+CALLER_HEADER = "vecmigrate-caller"
+# What a workflow stamps the messages it sends its children with, before its own id: a child
+# takes its parent's word (the parent checked the sender's role before forwarding).
+WORKFLOW_CALLER = "workflow:"
 
 
 class Role(StrEnum):
@@ -42,6 +48,7 @@ REQUIRED: dict[str, Role] = {
     "resume": Role.OPERATOR,
     "set_throttle": Role.OPERATOR,
     "approve_cutover": Role.APPROVER,
+    "set_gate": Role.APPROVER,
     "set_ramp": Role.APPROVER,
     "rollback": Role.APPROVER,
     "abort": Role.APPROVER,

@@ -216,6 +216,18 @@ class LedgerInput(_Model):
     # The region whose data this touches (None outside a regional migration): only a worker
     # of that region may run it.
     region: str | None = None
+    # The identity the message's connection presented (its ``vecmigrate-caller`` header),
+    # recorded beside ``actor``, the operator name the message declared.
+    caller: str | None = None
+
+
+class AccessPolicyInput(_Model):
+    """Ask the catalog for the operator roles in force on one tenant's collection."""
+
+    migration_id: str
+    tenant: str
+    collection: str
+    region: str | None = None
 
 
 class ControlInput(_Model):

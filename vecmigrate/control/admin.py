@@ -1,8 +1,9 @@
-"""The ``vecmigrate keys`` and ``vecmigrate codec-server`` commands.
+"""The security administration commands: ``keys``, ``roles`` and ``codec-server``.
 
 ``keys`` manages the key ring (``init``, ``list``, ``rotate``, ``rewrap``, ``retire``) and the
-gateway's and codec server's API keys (``api-key``). ``codec-server`` serves the payload codec to
-the Temporal UI and CLI.
+gateway's and codec server's API keys (``api-key``). ``roles`` grants and revokes operator roles
+and sets the four-eyes rule. ``codec-server`` serves the payload codec to the Temporal UI and
+CLI.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.config import default_catalog_url, home_dir
 from vecmigrate.errors import KeyRingError, VecmigrateError
 from vecmigrate.indexes.protection import artifact_manifests, protection, rewrap_artifacts
+from vecmigrate.model.access import Role
 from vecmigrate.security.credentials import ACTIONS, Credentials, new_api_key
 from vecmigrate.security.keyring import KEYRING_ENV, KeyRing, KeyRingSource
 
@@ -88,6 +90,29 @@ def add_commands(sub: Any) -> dict[str, Command]:
         "--action", action="append", required=True, choices=ACTIONS, help="what it may do"
     )
 
+    p = sub.add_parser("roles", help="operator roles: who may steer which collection's migrations")
+    rsub = p.add_subparsers(dest="roles_command", required=True)
+    scope = argparse.ArgumentParser(add_help=False, parents=[shared])
+    scope.add_argument("--tenant", default="*", help="a tenant, or * for all (default)")
+    scope.add_argument("--collection", default="*", help="a collection, or * for all (default)")
+    r = rsub.add_parser(
+        "grant",
+        parents=[scope],
+        help="give an identity a role (viewer, operator, approver); migrations pick it up at "
+        "their next phase",
+    )
+    r.add_argument("identity", help="as its connection presents it; a pattern like *@ops.example")
+    r.add_argument("role", choices=[str(x) for x in Role])
+    r = rsub.add_parser("revoke", parents=[scope], help="take an identity's role away")
+    r.add_argument("identity")
+    r = rsub.add_parser(
+        "four-eyes",
+        parents=[scope],
+        help="require a cut-over's approver to differ from its starter",
+    )
+    r.add_argument("state", choices=["on", "off"])
+    rsub.add_parser("list", parents=[scope], help="the roles in force on a tenant's collection")
+
     p = sub.add_parser(
         "codec-server",
         help="serve the payload codec to the Temporal UI and CLI (authenticated, CORS)",
@@ -107,7 +132,7 @@ def add_commands(sub: Any) -> dict[str, Command]:
     )
     p.add_argument("--tls-cert", default=None, help="serve HTTPS with this certificate")
     p.add_argument("--tls-key", default=None, help="... and this key")
-    return {"keys": _keys, "codec-server": _codec_server}
+    return {"keys": _keys, "roles": _roles, "codec-server": _codec_server}
 
 
 def _source(args: argparse.Namespace, creating: bool = False) -> KeyRingSource:
@@ -197,6 +222,36 @@ async def _keys(args: argparse.Namespace) -> int:
         f"retired {args.key_id}; Temporal payloads it encrypted can no longer be read "
         "(histories past their retention are gone anyway)"
     )
+    return 0
+
+
+async def _roles(args: argparse.Namespace) -> int:
+    catalog = Catalog(args.catalog or default_catalog_url())
+    command, actor = args.roles_command, _operator(args)
+    if command == "grant":
+        catalog.grant_role(args.identity, Role(args.role), args.tenant, args.collection, actor)
+        out.print(f"{args.identity} is {args.role} on {args.tenant}/{args.collection}")
+    elif command == "revoke":
+        if not catalog.revoke_role(args.identity, args.tenant, args.collection, actor):
+            raise VecmigrateError(
+                f"{args.identity} holds no role on {args.tenant}/{args.collection} "
+                "(`vecmigrate roles list` shows who does)"
+            )
+        out.print(f"{args.identity} holds no role on {args.tenant}/{args.collection} any more")
+    elif command == "four-eyes":
+        catalog.set_four_eyes(args.tenant, args.collection, args.state == "on", actor)
+        out.print(f"four-eyes rule {args.state} on {args.tenant}/{args.collection}")
+    else:
+        policy = catalog.access_policy(args.tenant, args.collection)
+        table = Table(title=f"roles in force on {args.tenant}/{args.collection}")
+        for column in ("identity", "role", "tenant", "collection"):
+            table.add_column(column)
+        for b in policy.bindings:
+            table.add_row(b.identity, str(b.role), b.tenant, b.collection)
+        out.print(table)
+        state = "on" if policy.four_eyes else "off"
+        none = " (none: every caller may do everything)" if not policy.enforced else ""
+        out.print(f"four-eyes rule: {state}{none}")
     return 0
 
 
