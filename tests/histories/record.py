@@ -310,7 +310,7 @@ async def record_roles(env: WorkflowEnvironment, name: str) -> None:
         return MigrationClient(await connect(settings=settings), queue)
 
     async with running_worker(env.client, sandbox) as queue:
-        ann, bob, viv = (await as_(w, queue) for w in ("ann@approvers", "bob@approvers", "viv"))
+        ann, bob, viv = [await as_(w, queue) for w in ("ann@approvers", "bob@approvers", "viv")]
         mid = await ann.start(spec, operator="ann")
         while (await ann.status(mid)).phase != Phase.AWAITING_CUTOVER:
             await asyncio.sleep(0.1)
