@@ -1,6 +1,8 @@
 """HTTP gateway over the router: what applications call while collections migrate.
 
-An ASGI app (FastAPI) served by uvicorn, with an OpenAPI document at ``/openapi.json``:
+An ASGI app (FastAPI) served by uvicorn, with an OpenAPI document at ``/openapi.json``.
+Responses are built directly (their models document them in OpenAPI, and are not validated a
+second time on the way out):
 
     GET  /health
     POST /v1/{tenant}/{collection}/search   {"vector": [...]} or {"vectors": [[...]]}
@@ -245,10 +247,10 @@ def create_app(router: Router, credentials: Credentials | None = None) -> FastAP
         return found
 
     @app.get("/health")
-    def health() -> dict[str, bool]:
+    async def health() -> dict[str, bool]:
         return {"ok": True}
 
-    @app.post("/v1/{tenant}/{collection}/search", response_model=SearchResponse)
+    @app.post("/v1/{tenant}/{collection}/search", responses={200: {"model": SearchResponse}})
     def search(tenant: str, collection: str, body: SearchRequest, request: Request) -> Any:
         """k nearest neighbours from the version the collection's routing gives this request."""
         who = principal(request)
@@ -263,34 +265,36 @@ def create_app(router: Router, credentials: Credentials | None = None) -> FastAP
                 tenant, collection, queries, body.k, key=key, model=body.model, access=who
             )
         distances = np.where(np.isfinite(found.distances), found.distances, -1).round(6)
-        return {
-            "version": found.version,
-            "via": found.via,
-            "ids": found.ids.tolist(),
-            "distances": distances.tolist(),
-        }
+        return JSONResponse(
+            {
+                "version": found.version,
+                "via": found.via,
+                "ids": found.ids.tolist(),
+                "distances": distances.tolist(),
+            }
+        )
 
-    @app.post("/v1/{tenant}/{collection}/upsert", response_model=UpsertResponse)
+    @app.post("/v1/{tenant}/{collection}/upsert", responses={200: {"model": UpsertResponse}})
     def upsert(tenant: str, collection: str, body: UpsertRequest, request: Request) -> Any:
         """Write records to every version the collection writes to now."""
         ids = _int_ids(body.ids, f"{tenant}/{collection}")
         vectors = _matrix(body.vectors, "vectors") if body.vectors is not None else None
         seq = router.upsert(tenant, collection, ids, vectors, body.texts, access=principal(request))
-        return {"upserted": len(ids), "seq": seq}
+        return JSONResponse({"upserted": len(ids), "seq": seq})
 
-    @app.post("/v1/{tenant}/{collection}/delete", response_model=DeleteResponse)
+    @app.post("/v1/{tenant}/{collection}/delete", responses={200: {"model": DeleteResponse}})
     def delete(tenant: str, collection: str, body: DeleteRequest, request: Request) -> Any:
         """Delete records, by id, from every version the collection writes to now."""
         ids = _int_ids(body.ids, f"{tenant}/{collection}")
         seq = router.delete(tenant, collection, ids, access=principal(request))
-        return {"deleted": len(ids), "seq": seq}
+        return JSONResponse({"deleted": len(ids), "seq": seq})
 
-    @app.get("/v1/{tenant}/{collection}", response_model=RoutingResponse)
+    @app.get("/v1/{tenant}/{collection}", responses={200: {"model": RoutingResponse}})
     def routing(tenant: str, collection: str, request: Request) -> Any:
         """Which versions the collection reads and writes now (admin)."""
         principal(request).check("admin", tenant, collection)
         view = router.routing(tenant, collection)
-        return view.model_dump()
+        return JSONResponse(view.model_dump())
 
     app.add_middleware(Authenticate, credentials=credentials)
     return app
