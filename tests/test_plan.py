@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import yaml
 from sqlalchemy import func, select
 
@@ -33,6 +34,7 @@ def plan_cli(
     return vecmigrate("plan", str(path), "--json", "--catalog", sandbox.catalog.url)
 
 
+@pytest.mark.integration  # runs the vecmigrate command in a process
 def test_plan_describes_every_step_and_check(sandbox: Sandbox, tmp_path: Path) -> None:
     sandbox.seed(3000)
     before = rows(sandbox)
@@ -59,6 +61,7 @@ def test_plan_describes_every_step_and_check(sandbox: Sandbox, tmp_path: Path) -
     assert rows(sandbox) == before
 
 
+@pytest.mark.integration  # runs the vecmigrate command in a process
 def test_plan_refuses_with_a_clear_message_and_writes_nothing(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
@@ -79,6 +82,7 @@ def test_plan_refuses_with_a_clear_message_and_writes_nothing(
     assert rows(sandbox) == before
 
 
+@pytest.mark.integration  # runs the vecmigrate command in a process
 def test_plan_names_a_bad_spec_field(sandbox: Sandbox, tmp_path: Path) -> None:
     spec = sandbox.spec().model_dump(mode="json")
     spec["target"]["index"] = {"kind": "annoy"}
