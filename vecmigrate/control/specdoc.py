@@ -5,7 +5,7 @@ rendered from the JSON schema of :class:`~vecmigrate.model.spec.MigrationSpec` (
 docstring and each field's, its type, default and bounds). Pages also carry generated blocks
 between ``<!-- generated: NAME -->`` and ``<!-- end generated: NAME -->``: the stores'
 capabilities (from :data:`~vecmigrate.stores.capabilities.CAPABILITIES`), the phases of each
-strategy (from :data:`~vecmigrate.model.lifecycle.STRATEGY_PHASES`) and the package's layout
+strategy (from :data:`~vecmigrate.model.lifecycle.LIFECYCLE`) and the package's layout
 (each module with the first sentence of its docstring). ``--write .`` rewrites the reference
 and every block from the repository root; tests/test_docs.py fails when a committed page
 differs from what this would write.
@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vecmigrate.model.lifecycle import STRATEGY_PHASES
+from vecmigrate.model.lifecycle import LIFECYCLE, TERMINAL, Message, Phase
 from vecmigrate.model.spec import ARTIFACT_INDEX_KINDS, NAME_PATTERN, MigrationSpec
 from vecmigrate.stores.capabilities import CAPABILITIES
 
@@ -207,12 +207,14 @@ def capabilities_table() -> str:
 
 
 def lifecycle_diagram(width: int = 96) -> str:
-    """The phases each strategy runs, in order, as a fenced text block."""
-    label = max(len(s) for s in STRATEGY_PHASES) + 2
-    lines = ["```"]
-    for strategy, phases in STRATEGY_PHASES.items():
-        row = strategy.ljust(label)
-        for i, phase in enumerate(phases):
+    """Each strategy in a sentence and its phases in order, with where a rollback and an abort
+    lead, from the lifecycle table."""
+    lines = [f"- `{name}`: {strategy.summary}" for name, strategy in LIFECYCLE.items()]
+    label = max(len(name) for name in LIFECYCLE) + 2
+    lines += ["", "```"]
+    for name, strategy in LIFECYCLE.items():
+        row = name.ljust(label)
+        for i, phase in enumerate(strategy.phases):
             step = str(phase) if i == 0 else f" -> {phase}"
             if len(row) + len(step) > width:
                 lines.append(row)
@@ -220,13 +222,29 @@ def lifecycle_diagram(width: int = 96) -> str:
             else:
                 row += step
         lines.append(row)
-    lines += [
-        "",
-        "any live phase -> ROLLING_BACK -> ROLLED_BACK    any live phase -> ABORTED",
-        "paused is a flag beside the phase, not a phase",
-        "```",
-    ]
+    lines += ["", *_rollback_and_abort(), "paused is a flag beside the phase, not a phase", "```"]
     return "\n".join(lines)
+
+
+def _rollback_and_abort() -> list[str]:
+    strategies = list(LIFECYCLE.values())
+    refused = {st.name: next(s.phase for s in st.steps if s.rollback is None) for st in strategies}
+    chain = "-> ROLLING_BACK -> ROLLED_BACK"
+    if len(set(refused.values())) == 1:
+        out = [f"rollback: any phase before {next(iter(refused.values()))} {chain}"]
+    else:
+        out = [
+            f"rollback ({name}): any phase before {end} {chain}" for name, end in refused.items()
+        ]
+    for st in strategies:
+        back = [s for s in st.steps if s.rollback not in (None, Phase.ROLLING_BACK)]
+        if back:
+            phases = " and ".join(str(s.phase) for s in back)
+            out.append(f"          ({st.name} in {phases}: back to {back[0].rollback})")
+    live = [s for st in strategies for s in st.steps if s.phase not in TERMINAL]
+    if all(Message.ABORT in s.accepts for s in live):
+        out.append("abort: any of these phases but COMPLETED -> ABORTED")
+    return out
 
 
 _SKIPPED_TOKENS = {tokenize.ENCODING, tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE}

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from vecmigrate.errors import SpecError
+from vecmigrate.model.lifecycle import STRATEGIES
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -530,9 +531,6 @@ class TenantLimits(_Model):
     """This tenant's copy throttle (instead of the spec's)."""
 
 
-SUPPORTED_STRATEGIES = ("blue_green", "online", "offline")
-
-
 class MigrationSpec(_Model):
     """One migration of one collection in one tenant, from a source version to a target."""
 
@@ -542,12 +540,9 @@ class MigrationSpec(_Model):
     versions, so starting the same spec twice finds the running migration."""
     tenant: Name = "default"
     collection: Name
-    strategy: str = Field(
-        default="blue_green", json_schema_extra={"enum": list(SUPPORTED_STRATEGIES)}
-    )
-    """Which phases run: ``blue_green`` builds beside and switches at once, ``online`` keeps
-    serving reads and writes throughout (dual-write, catch-up, shadow, ramp), ``offline``
-    pauses writes until the switch."""
+    strategy: str = Field(default="blue_green", json_schema_extra={"enum": list(STRATEGIES)})
+    """Which phases run, from the lifecycle table: each strategy and its phases are in the
+    README's concepts and docs/concepts.md."""
     source: VersionSpec
     """The version serving today, as registered in the catalog."""
     target: VersionSpec
@@ -598,10 +593,15 @@ class MigrationSpec(_Model):
 
     @model_validator(mode="after")
     def _coherent(self) -> MigrationSpec:
-        if self.strategy not in SUPPORTED_STRATEGIES:
+        if self.strategy not in STRATEGIES:
             raise ValueError(
                 f"strategy {self.strategy!r} is not available in this release; "
-                f"use one of {', '.join(SUPPORTED_STRATEGIES)}"
+                f"use one of {', '.join(STRATEGIES)}"
+            )
+        if self.strategy == "shadow_only" and (self.regions or self.tenants is not None):
+            raise ValueError(
+                "strategy shadow_only never switches reads, so it has no barrier for regions "
+                "or tenants to meet at: start one shadow_only migration per region and tenant"
             )
         if self.source.name == self.target.name:
             raise ValueError(
