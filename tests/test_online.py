@@ -196,6 +196,7 @@ async def test_offline_migration_refuses_writes_with_retry_after(
     assert open_source(spec).count(WHOLE) == 4000  # offline: the old version is not written
 
 
+@pytest.mark.integration  # the gateway in a process of its own
 def test_vecmigrate_serve_answers_over_http(sandbox: Sandbox) -> None:
     vectors = sandbox.seed(1000)
     port = free_port()

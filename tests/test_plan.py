@@ -34,6 +34,7 @@ def plan_cli(
     return vecmigrate("plan", str(path), "--json", "--catalog", sandbox.catalog.url)
 
 
+@pytest.mark.integration  # runs the vecmigrate command in a process
 def test_plan_describes_every_step_and_check(sandbox: Sandbox, tmp_path: Path) -> None:
     sandbox.seed(3000)
     before = rows(sandbox)
@@ -60,6 +61,7 @@ def test_plan_describes_every_step_and_check(sandbox: Sandbox, tmp_path: Path) -
     assert rows(sandbox) == before
 
 
+@pytest.mark.integration  # runs the vecmigrate command in a process
 def test_plan_refuses_with_a_clear_message_and_writes_nothing(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
@@ -80,6 +82,7 @@ def test_plan_refuses_with_a_clear_message_and_writes_nothing(
     assert rows(sandbox) == before
 
 
+@pytest.mark.integration  # runs the vecmigrate command in a process
 def test_plan_names_a_bad_spec_field(sandbox: Sandbox, tmp_path: Path) -> None:
     spec = sandbox.spec().model_dump(mode="json")
     spec["target"]["index"] = {"kind": "annoy"}
@@ -110,6 +113,7 @@ def test_plan_refuses_what_the_target_store_cannot_hold(
     ]
 
 
+@pytest.mark.integration  # runs the vecmigrate command in a process
 @pytest.mark.parametrize("strategy", sorted(LIFECYCLE))
 def test_plan_describes_every_strategys_phases_from_the_table(
     sandbox: Sandbox, tmp_path: Path, strategy: str

@@ -51,6 +51,11 @@ from vecmigrate.validation import recall_at_k
 
 Opener = Callable[..., VectorStore]
 ADAPTERS = ["builtin-sqlite", "builtin-postgres", "pgvector", "milvus", "qdrant"]
+# Every adapter but the built-in store on SQLite opens a real database engine.
+ADAPTER_PARAMS = [
+    kind if kind == "builtin-sqlite" else pytest.param(kind, marks=pytest.mark.integration)
+    for kind in ADAPTERS
+]
 
 
 def make_opener(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Opener:
@@ -69,7 +74,7 @@ def make_opener(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Op
     return lambda scope, dim=None: PgvectorStore.open(url, scope, dim)
 
 
-@pytest.fixture(params=ADAPTERS)
+@pytest.fixture(params=ADAPTER_PARAMS)
 def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
     """Opens a scope in one adapter, creating it when given a dimension."""
     yield make_opener(request.param, tmp_path, request)
@@ -214,6 +219,7 @@ def test_exact_search_and_sample(opener: Opener) -> None:
     assert np.array_equal(svec[0], vecs[lookup[int(sid[0])]])
 
 
+@pytest.mark.integration
 def test_adapters_agree_on_the_same_data(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """Congruence: the same records in every adapter scan, hash, sample and search alike."""
     rng = np.random.default_rng(5)
@@ -255,6 +261,7 @@ def assert_native_index_matches_exact(
     assert np.allclose(found_d[:, 0], exact_d[:, 0], atol=1e-3)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("metric", [Metric.L2, Metric.IP, Metric.COSINE])
 @pytest.mark.parametrize(
     "index",
@@ -292,6 +299,7 @@ def test_pgvector_capabilities_refuse_what_it_cannot_hold() -> None:
     ]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("metric", [Metric.L2, Metric.IP, Metric.COSINE])
 @pytest.mark.parametrize(
     "index", [MilvusFlat(), MilvusIvfFlat(nlist=8, nprobe=8)], ids=lambda i: i.kind
@@ -305,6 +313,7 @@ def test_milvus_native_index_finds_the_exact_neighbours(
     close_clients()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("metric", [Metric.L2, Metric.IP])
 def test_qdrant_native_hnsw_finds_the_exact_neighbours(tmp_path: Path, metric: Metric) -> None:
     store = QdrantStore.open(str(tmp_path), Scope("t", "c", "v"), 16, metric=str(metric))
@@ -315,6 +324,7 @@ def test_qdrant_native_hnsw_finds_the_exact_neighbours(tmp_path: Path, metric: M
     close_shards()
 
 
+@pytest.mark.integration
 def test_qdrant_refuses_what_it_cannot_hold(tmp_path: Path) -> None:
     store = QdrantStore.open(str(tmp_path), Scope("t", "c", "v"), 4)
     with pytest.raises(DataError, match="point ids are unsigned"):
