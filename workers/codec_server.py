@@ -66,7 +66,9 @@ def codec_app(
                 result = await codec.decode(payloads.payloads)
         except (TamperError, KeyRingError) as exc:
             return JSONResponse({"error": str(exc)}, 422)
-        body = json_format.MessageToJson(Payloads(payloads=result))
+        body = json_format.MessageToJson(
+            Payloads(payloads=result), always_print_fields_with_no_presence=True
+        )
         return Response(body, media_type="application/json")
 
     async def health(_: Request) -> Response:
