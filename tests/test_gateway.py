@@ -29,6 +29,9 @@ from vecmigrate.testing.tls import CertificateAuthority
 DIM = 16
 JWT_SECRET = "a-shared-secret-of-at-least-32-bytes!"
 
+# A server of its own (uvicorn, milvus-lite) and seeded collections: seconds, not milliseconds.
+pytestmark = pytest.mark.integration
+
 
 @dataclass
 class Served:

@@ -37,7 +37,7 @@ from vecmigrate.workers.main import build_worker
 from vecmigrate.workflows.migration import MigrationWorkflow
 from vecmigrate.workflows.regional import RegionalMigrationWorkflow
 
-pytestmark = pytest.mark.devserver
+pytestmark = pytest.mark.integration
 
 
 @pytest.fixture

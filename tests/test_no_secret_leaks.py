@@ -43,7 +43,7 @@ from vecmigrate.testing.tls import CertificateAuthority, TlsProxy
 from vecmigrate.workers.connection import TemporalSettings, connect
 from vecmigrate.workers.main import build_worker
 
-pytestmark = pytest.mark.devserver
+pytestmark = pytest.mark.integration
 
 
 class Capture(logging.Handler):

@@ -19,6 +19,9 @@ from vecmigrate.stores.base import Scope
 from vecmigrate.stores.milvus import close_clients
 from vecmigrate.testing.tls import CertificateAuthority, Issued, TlsProxy
 
+# A server of its own (uvicorn, milvus-lite) and seeded collections: seconds, not milliseconds.
+pytestmark = pytest.mark.integration
+
 
 class MilvusBehindTls:
     def __init__(self, root: Path) -> None:

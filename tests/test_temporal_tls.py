@@ -19,7 +19,7 @@ from tests.conftest import vecmigrate
 from vecmigrate.testing.tls import CertificateAuthority, Issued, TlsProxy
 from vecmigrate.workers.connection import TemporalSettings, connect, connect_options
 
-pytestmark = pytest.mark.devserver
+pytestmark = pytest.mark.integration
 
 
 class Pki:
