@@ -29,7 +29,8 @@ from vecmigrate.control.client import MigrationClient
 from vecmigrate.data.backfill import open_source, open_target
 from vecmigrate.data.datasets import clustered
 from vecmigrate.data.quarantine import Quarantine
-from vecmigrate.model.lifecycle import GateReport, Phase
+from vecmigrate.model.gates import GateReport
+from vecmigrate.model.lifecycle import Phase
 from vecmigrate.model.records import parse_filter
 from vecmigrate.model.spec import Metric, QdrantStoreRef, parse_spec
 from vecmigrate.stores import Scope, open_store

@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import yaml
 from sqlalchemy import func, select
 
 from tests.conftest import Sandbox, vecmigrate
 from vecmigrate.catalog.catalog import ledger, migrations, vector_versions
 from vecmigrate.control.plan import plan_migration
-from vecmigrate.model.lifecycle import STRATEGY_PHASES
+from vecmigrate.model.lifecycle import LIFECYCLE
 
 
 def rows(sandbox: Sandbox) -> tuple[int, int, int]:
@@ -33,13 +34,14 @@ def plan_cli(
     return vecmigrate("plan", str(path), "--json", "--catalog", sandbox.catalog.url)
 
 
+@pytest.mark.integration  # runs the vecmigrate command in a process
 def test_plan_describes_every_step_and_check(sandbox: Sandbox, tmp_path: Path) -> None:
     sandbox.seed(3000)
     before = rows(sandbox)
     spec = sandbox.spec()
     plan = plan_migration(sandbox.catalog, spec)
     assert plan.ok
-    assert [p for p, _ in plan.steps] == list(STRATEGY_PHASES["blue_green"])
+    assert [p for p, _ in plan.steps] == list(LIFECYCLE["blue_green"].phases)
     assert sum(plan.shard_sizes.values()) == 3000
     assert plan.extra_bytes > 3000 * 16 * 4
     assert {c.name for c in plan.checks} >= {
@@ -59,6 +61,7 @@ def test_plan_describes_every_step_and_check(sandbox: Sandbox, tmp_path: Path) -
     assert rows(sandbox) == before
 
 
+@pytest.mark.integration  # runs the vecmigrate command in a process
 def test_plan_refuses_with_a_clear_message_and_writes_nothing(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:
@@ -79,6 +82,7 @@ def test_plan_refuses_with_a_clear_message_and_writes_nothing(
     assert rows(sandbox) == before
 
 
+@pytest.mark.integration  # runs the vecmigrate command in a process
 def test_plan_names_a_bad_spec_field(sandbox: Sandbox, tmp_path: Path) -> None:
     spec = sandbox.spec().model_dump(mode="json")
     spec["target"]["index"] = {"kind": "annoy"}
@@ -107,3 +111,20 @@ def test_plan_refuses_what_the_target_store_cannot_hold(
         "target.index pgvector_hnsw supports at most 2000 dimensions, not 2048: use a "
         "FAISS/hnswlib index kind (built from the data by vecmigrate) instead"
     ]
+
+
+@pytest.mark.integration  # runs the vecmigrate command in a process
+@pytest.mark.parametrize("strategy", sorted(LIFECYCLE))
+def test_plan_describes_every_strategys_phases_from_the_table(
+    sandbox: Sandbox, tmp_path: Path, strategy: str
+) -> None:
+    """`plan` (and `start`, which plans first) of an online spec ended in a KeyError: its
+    phases were restated in plan.py and CATCHING_UP was missing. They come from the table."""
+    sandbox.seed(1000)
+    spec = sandbox.spec(strategy=strategy)
+    plan = plan_migration(sandbox.catalog, spec)
+    assert [p for p, _ in plan.steps] == list(LIFECYCLE[strategy].phases)
+    assert "1,000 vectors" in dict(plan.steps)["BACKFILLING"]
+    done = plan_cli(sandbox, spec.model_dump(mode="json"), tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr

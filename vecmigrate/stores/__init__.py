@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+from vecmigrate.catalog.engines import DatabaseAccess
 from vecmigrate.config import resolve_store
 from vecmigrate.model.records import RecordSchema
-from vecmigrate.model.spec import AnyStoreRef, MilvusStoreRef, PgvectorStoreRef, QdrantStoreRef
+from vecmigrate.model.spec import (
+    AnyStoreRef,
+    BuiltinStoreRef,
+    MilvusStoreRef,
+    PgvectorStoreRef,
+    QdrantStoreRef,
+)
 from vecmigrate.stores.base import WHOLE, Batch, Inventory, Scope, VectorStore
 from vecmigrate.stores.builtin import BuiltinStore
 from vecmigrate.stores.capabilities import CAPABILITIES, Capabilities
@@ -24,8 +31,25 @@ __all__ = [
     "QdrantStore",
     "Scope",
     "VectorStore",
+    "database_access",
     "open_store",
 ]
+
+
+def database_access(ref: BuiltinStoreRef | PgvectorStoreRef) -> DatabaseAccess | None:
+    """The password reference and TLS options of a store on PostgreSQL, as the engine takes
+    them (None when the reference sets neither)."""
+    if ref.password is None and ref.tls is None:
+        return None
+    tls = ref.tls
+    return DatabaseAccess(
+        password=ref.password,
+        sslmode=tls.sslmode if tls else None,
+        sslrootcert=tls.root_cert if tls else None,
+        sslcert=tls.client_cert if tls else None,
+        sslkey=tls.client_key if tls else None,
+        sslnegotiation="direct" if tls and tls.negotiation == "direct" else None,
+    )
 
 
 def open_store(
@@ -44,11 +68,15 @@ def open_store(
     matters only to stores that fix it at creation (Qdrant, Milvus).
     """
     if isinstance(ref, PgvectorStoreRef):
-        return PgvectorStore.open(ref.url, scope, dimension, schema=schema, ref=ref)
+        return PgvectorStore.open(
+            ref.url, scope, dimension, database_access(ref), schema=schema, ref=ref
+        )
     if isinstance(ref, QdrantStoreRef):
         return QdrantStore.open(ref, scope, dimension, metric=metric, schema=schema)
     if isinstance(ref, MilvusStoreRef):
         return MilvusStore.open(ref, scope, dimension, metric=metric, schema=schema)
     resolved = resolve_store(ref)
     assert resolved.url is not None
-    return BuiltinStore.open(resolved.url, scope, dimension, schema=schema)
+    return BuiltinStore.open(
+        resolved.url, scope, dimension, database_access(resolved), schema=schema
+    )

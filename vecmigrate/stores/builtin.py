@@ -51,7 +51,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from vecmigrate.catalog.engines import begin, engine_for, once_per_engine
+from vecmigrate.catalog.engines import DatabaseAccess, begin, engine_for, once_per_engine
 from vecmigrate.errors import DataError, NotFoundError
 from vecmigrate.model.records import FieldKind, IdKind, RecordSchema
 from vecmigrate.model.tasks import Cursor, ShardRef
@@ -202,16 +202,18 @@ class BuiltinStore(ScanningStore):
         url: str,
         scope: Scope,
         dimension: int | None = None,
+        access: DatabaseAccess | None = None,
         *,
         schema: RecordSchema | None = None,
     ) -> BuiltinStore:
         """Open the namespace of ``scope``; create it when ``dimension`` or ``schema`` is given.
+        ``access`` carries a PostgreSQL database's password reference and TLS options.
 
         Raises:
             NotFoundError: the namespace does not exist and neither was given.
             DataError: it exists with another dimension or schema.
         """
-        engine = engine_for(url)
+        engine = engine_for(url, access)
         once_per_engine(engine, "builtin-store", lambda: _prepare(engine))
         if schema is None and dimension is not None:
             schema = RecordSchema.plain(dimension)

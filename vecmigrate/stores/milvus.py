@@ -48,7 +48,14 @@ from vecmigrate.model.records import (
     RecordSchema,
     VectorField,
 )
-from vecmigrate.model.spec import IndexSpec, Metric, MilvusFlat, MilvusIvfFlat, MilvusStoreRef
+from vecmigrate.model.spec import (
+    IndexSpec,
+    Metric,
+    MilvusFlat,
+    MilvusIvfFlat,
+    MilvusStoreRef,
+    MilvusTls,
+)
 from vecmigrate.model.tasks import Cursor, ShardRef
 from vecmigrate.records.batch import Faults, Records, assemble_rows
 from vecmigrate.records.filters import normalize
@@ -57,6 +64,7 @@ from vecmigrate.records.payload import python_values
 from vecmigrate.records.screening import Limits
 from vecmigrate.records.sharding import HASH_SPACE, hash_key
 from vecmigrate.records.vectors import Ids, Vectors
+from vecmigrate.security.secrets import resolve_optional
 from vecmigrate.stores.base import (
     Batch,
     Inventory,
@@ -69,7 +77,6 @@ from vecmigrate.stores.base import (
     paged_ids,
     sample_rows,
 )
-from vecmigrate.stores.secrets import resolve_secret
 
 _METRIC = {"l2": "L2", "ip": "IP", "cosine": "COSINE"}
 _METRIC_OF = {v: k for k, v in _METRIC.items()}
@@ -91,7 +98,7 @@ TIMESTAMP_NOTE = "vecmigrate:timestamp"
 MAX_VARCHAR = 65_535
 MAX_JSON = 65_536
 ID_LENGTH = {IdKind.UUID: 36, IdKind.STRING: 1_024}
-_clients: dict[str, Any] = {}
+_clients: dict[tuple[str, str | None, MilvusTls | None], Any] = {}
 _lock = threading.Lock()
 
 
@@ -99,18 +106,39 @@ def _row_id(row: dict[str, Any]) -> Any:
     return row["id"]
 
 
-def client_for(uri: str, token: str | None = None) -> Any:
-    """One pymilvus client per URI per process (a milvus-lite file allows one owner)."""
+def client_for(uri: str, token: str | None = None, tls: MilvusTls | None = None) -> Any:
+    """One pymilvus client per URI (and credentials) per process (a milvus-lite file allows one
+    owner). ``token`` is a secret reference, resolved here; ``tls`` adds a CA, the server's
+    name or a client certificate (mutual TLS)."""
+    key = (uri, token, tls)
     with _lock:
-        client = _clients.get(uri)
+        client = _clients.get(key)
         if client is None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # milvus-lite imports pkg_resources
                 from pymilvus import MilvusClient
 
-            client = MilvusClient(uri, token=resolve_secret(token) or "")
-            _clients[uri] = client
+            client = MilvusClient(uri, token=resolve_optional(token) or "", **tls_options(tls))
+            _clients[key] = client
         return client
+
+
+def tls_options(tls: MilvusTls | None) -> dict[str, Any]:
+    """pymilvus's connection arguments for ``tls`` (one-way with a CA, or mutual)."""
+    if tls is None:
+        return {}
+    options: dict[str, Any] = {"secure": True}
+    if tls.server_name is not None:
+        options["server_name"] = tls.server_name
+    if tls.client_cert is not None:
+        options.update(
+            client_pem_path=tls.client_cert,
+            client_key_path=tls.client_key,
+            ca_pem_path=tls.ca_cert,
+        )
+    elif tls.ca_cert is not None:
+        options["server_pem_path"] = tls.ca_cert
+    return options
 
 
 def close_clients() -> None:
@@ -227,6 +255,7 @@ class MilvusStore(ScanningStore):
         dimension: int | None = None,
         *,
         token: str | None = None,
+        tls: MilvusTls | None = None,
         metric: str = "l2",
         schema: RecordSchema | None = None,
     ) -> MilvusStore:
@@ -239,8 +268,8 @@ class MilvusStore(ScanningStore):
             DataError: it exists with another dimension.
         """
         if isinstance(ref, str):
-            ref = MilvusStoreRef(uri=ref, token=token)
-        client = client_for(ref.uri, ref.token)
+            ref = MilvusStoreRef(uri=ref, token=token, tls=tls)
+        client = client_for(ref.uri, ref.token, ref.tls)
         name = ref.collection or collection_name(scope)
         if schema is None and dimension is not None:
             schema = RecordSchema.plain(dimension)

@@ -42,7 +42,7 @@ from psycopg.pq import Format
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, ProgrammingError
 
-from vecmigrate.catalog.engines import engine_for, once_per_engine
+from vecmigrate.catalog.engines import DatabaseAccess, engine_for, once_per_engine
 from vecmigrate.errors import DataError, NotFoundError, PreconditionError
 from vecmigrate.model.records import (
     AndFilter,
@@ -450,11 +450,13 @@ class PgvectorStore(ScanningStore):
         url: str,
         scope: Scope,
         dimension: int | None = None,
+        access: DatabaseAccess | None = None,
         *,
         schema: RecordSchema | None = None,
         ref: PgvectorStoreRef | None = None,
     ) -> PgvectorStore:
         """Open the table of ``scope``; create it when ``dimension`` or ``schema`` is given.
+        ``access`` carries the password reference and TLS options.
 
         With ``ref.table``: that table; adopted as it is when it exists and was not made by
         vecmigrate (and no schema was given), created from ``schema`` when it does not exist.
@@ -466,7 +468,7 @@ class PgvectorStore(ScanningStore):
             NotFoundError: the scope has no table and no dimension or schema was given.
             DataError: it exists with another dimension or schema.
         """
-        engine = engine_for(sqlalchemy_url(url))
+        engine = engine_for(sqlalchemy_url(url), access)
         _prepare(engine, url)
         if schema is None and dimension is not None:
             schema = RecordSchema.plain(dimension)

@@ -54,6 +54,7 @@ from vecmigrate.records.payload import infer_kind, python_values
 from vecmigrate.records.screening import Limits
 from vecmigrate.records.sharding import HASH_SPACE, hash_key
 from vecmigrate.records.vectors import Ids, Vectors
+from vecmigrate.security.secrets import resolve_optional
 from vecmigrate.stores.base import (
     Batch,
     Inventory,
@@ -64,7 +65,6 @@ from vecmigrate.stores.base import (
     in_shard,
     sample_rows,
 )
-from vecmigrate.stores.secrets import resolve_secret
 
 KEY = "_vecmigrate_h"
 MARK = "vecmigrate"
@@ -95,7 +95,7 @@ def client_for(ref: QdrantStoreRef) -> Any:
             from qdrant_client import QdrantClient
 
             if ref.url is not None:
-                client = QdrantClient(url=ref.url, api_key=resolve_secret(ref.api_key))
+                client = QdrantClient(url=ref.url, api_key=resolve_optional(ref.api_key))
             else:
                 client = QdrantClient(path=ref.path)
             _clients[key] = client

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from vecmigrate.data.transforms import Transform
-from vecmigrate.model.lifecycle import ShardProfile
+from vecmigrate.model.gates import ShardProfile
 from vecmigrate.model.tasks import ShardRef
 from vecmigrate.records.batch import DUPLICATE_ID, Faults, Records
 from vecmigrate.records.checksums import RecordChecksum, record_hashes

@@ -16,7 +16,7 @@ from vecmigrate.data.transforms import Transform, make_transform
 from vecmigrate.embedding.registry import model_key
 from vecmigrate.errors import PreconditionError
 from vecmigrate.indexes.build import load_index_version
-from vecmigrate.model.lifecycle import GateReport, RetrievalFigures, ShardCheck
+from vecmigrate.model.gates import GateReport, RetrievalFigures, ShardCheck
 from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.model.tasks import ShardRef
 from vecmigrate.records.screening import screen
@@ -255,28 +255,36 @@ def measure(
                 catalog, spec, source, target, source_index, target_index
             )
     elif not over("distribution"):
-        n = g.distribution.sample
-        # The same records on both sides, chosen by id alike by every adapter; on the source
-        # side those the target holds (the quarantine's are not in it).
-        src_records, _ = screen(
-            source.sample_records(n, seed=g.seed + 1), target_limits(spec, target)
-        )
-        src = src_records.vectors()
-        _, dst = target.sample(n, seed=g.seed + 1)
-        # Non-finite rows are the integrity gate's business; they would poison the statistics.
-        dst = dst[np.isfinite(dst).all(axis=1)]
-        if len(src) and len(dst):
-            _, transform = make_transform(spec.source.embedding, spec.target.embedding)
-            src = transform(src)
-            fig.distribution_sample = int(min(len(src), len(dst)))
-            ks, p = ks_two_sample(np.linalg.norm(src, axis=1), np.linalg.norm(dst, axis=1))
-            fig.norm_ks, fig.norm_ks_pvalue = round(ks, 4), round(p, 4)
-            fig.mean_shift = round(mean_shift(src, dst), 4)
-            fig.spectrum_shift = round(
-                spectrum_shift(src, dst, g.distribution.spectrum_components), 4
-            )
+        distribution_figures(spec, source, target, fig)
     fig.seconds = round(time.monotonic() - began, 3)
     return fig
+
+
+def distribution_figures(
+    spec: MigrationSpec, source: VectorStore, target: VectorStore, fig: RetrievalFigures
+) -> None:
+    """Set the distribution figures of ``fig`` (norms' KS, mean shift, spectrum shift).
+
+    Both sides draw the same records, chosen by id alike by every adapter (see
+    :meth:`~vecmigrate.stores.base.ScanningStore.sample_records`); on the source side only those
+    the target can hold (the quarantine's are not in it), so byte-identical data measures zero.
+    """
+    g = spec.gates
+    n = g.distribution.sample
+    src_records, _ = screen(source.sample_records(n, seed=g.seed + 1), target_limits(spec, target))
+    src = src_records.vectors()
+    _, dst = target.sample(n, seed=g.seed + 1)
+    # Non-finite rows are the integrity gate's business; they would poison the statistics.
+    dst = dst[np.isfinite(dst).all(axis=1)]
+    if not (len(src) and len(dst)):
+        return
+    _, transform = make_transform(spec.source.embedding, spec.target.embedding)
+    src = transform(src)
+    fig.distribution_sample = int(min(len(src), len(dst)))
+    ks, p = ks_two_sample(np.linalg.norm(src, axis=1), np.linalg.norm(dst, axis=1))
+    fig.norm_ks, fig.norm_ks_pvalue = round(ks, 4), round(p, 4)
+    fig.mean_shift = round(mean_shift(src, dst), 4)
+    fig.spectrum_shift = round(spectrum_shift(src, dst, g.distribution.spectrum_components), 4)
 
 
 def report(spec: MigrationSpec, checks: list[ShardCheck], figures: RetrievalFigures) -> GateReport:
