@@ -346,7 +346,7 @@ async def test_the_table_moves_to_qdrant_and_milvus_with_payload_indexes_and_fil
         # Filtered search: vecmigrate's answer equals the engine's own, on 200 filters.
         src = open_source(spec)
         queries = src.sample(200, seed=9)[1]
-        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+        queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
         metric = Metric(str(embedding["metric"]))
         index_spec = spec.target.index
         for q, flt in zip(queries, filters(200), strict=True):

@@ -97,9 +97,33 @@ def client_for(ref: QdrantStoreRef) -> Any:
             if ref.url is not None:
                 client = QdrantClient(url=ref.url, api_key=resolve_optional(ref.api_key))
             else:
-                client = QdrantClient(path=ref.path)
+                client = OneAtATime(QdrantClient(path=ref.path))
             _clients[key] = client
         return client
+
+
+class OneAtATime:
+    """A local-mode client whose calls run one at a time.
+
+    The local mode keeps a directory's points in one SQLite connection shared by every thread:
+    two shards copied at once into one directory failed inside its writes (``SystemError``)
+    before this.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self._lock = threading.RLock()
+
+    def __getattr__(self, name: str) -> Any:
+        found = getattr(self._client, name)
+        if not callable(found):
+            return found
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                return found(*args, **kwargs)
+
+        return call
 
 
 def close_clients() -> None:
