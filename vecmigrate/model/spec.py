@@ -195,8 +195,8 @@ class _StoreRef(_Model):
 class BuiltinStoreRef(_StoreRef):
     """The built-in store: records in a SQL database, index artifacts in a directory.
 
-    Both default to the vecmigrate home directory (``VECMIGRATE_HOME``, else ``./.vecmigrate``)
-    when left empty; the CLI resolves them to absolute paths before a migration starts.
+    Both default to the vecmigrate home directory (``VECMIGRATE_HOME``, else the user's data
+    directory) when left empty; the CLI resolves them to absolute paths before a migration starts.
     """
 
     kind: Literal["builtin"] = "builtin"
