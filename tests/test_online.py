@@ -196,7 +196,7 @@ def test_vecmigrate_serve_answers_over_http(sandbox: Sandbox) -> None:
         [
             sys.executable,
             "-m",
-            "control",
+            "vecmigrate",
             "serve",
             "--catalog",
             sandbox.catalog.url,
