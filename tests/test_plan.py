@@ -13,7 +13,7 @@ import yaml
 from pydantic import TypeAdapter
 from sqlalchemy import create_engine, func, select, text
 
-from tests.conftest import Sandbox, vecmigrate
+from tests.conftest import Sandbox, postgres_database, vecmigrate
 from tests.test_cli_matrix import run_cli, said
 from vecmigrate.catalog.catalog import Catalog, ledger, migrations, vector_versions
 from vecmigrate.config import resolve_spec, sqlite_url
@@ -30,6 +30,7 @@ from vecmigrate.embedding.embedders import EMBEDDER_KINDS
 from vecmigrate.model.lifecycle import STRATEGY_PHASES
 from vecmigrate.model.spec import INDEX_KINDS, STORE_KINDS, IndexSpec, VersionSpec, parse_spec
 from vecmigrate.stores import Scope, open_store
+from vecmigrate.stores.milvus import client_for
 from vecmigrate.stores.probes import PROBES
 
 
@@ -107,8 +108,6 @@ def test_plan_names_a_bad_spec_field(sandbox: Sandbox, tmp_path: Path) -> None:
 def test_plan_refuses_what_the_target_store_cannot_hold(
     sandbox: Sandbox, tmp_path: Path, postgres: Any
 ) -> None:
-    from tests.conftest import postgres_database
-
     rng = np.random.default_rng(0)
     sandbox.seed(vectors=rng.standard_normal((300, 2048)).astype(np.float32))
     target = sandbox.version(
@@ -205,9 +204,6 @@ def test_plan_writes_to_every_kind_of_target_store_and_leaves_nothing_behind(
     sandbox: Sandbox, postgres: Any
 ) -> None:
     sandbox.seed(1200)
-    from tests.conftest import postgres_database
-    from vecmigrate.stores.milvus import client_for
-
     database = postgres_database(postgres)
     milvus_file = sandbox.root / "milvus.db"
     milvus = client_for(str(milvus_file))
@@ -231,7 +227,7 @@ def test_plan_writes_to_every_kind_of_target_store_and_leaves_nothing_behind(
         assert checks["target store writable"].passed
         assert "(tried, then undone)" in checks["target store writable"].detail
         assert checks["target store free"].detail == "no default/docs@v2 in the store yet"
-    engine = create_engine(database.replace("+psycopg", "+psycopg"))
+    engine = create_engine(database)
     with engine.connect() as conn:
         tables = conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'"))
         assert tables.all() == []

@@ -7,6 +7,7 @@ import asyncio
 import importlib.util
 import os
 import re
+import sqlite3
 import threading
 import uuid
 from pathlib import Path
@@ -17,8 +18,10 @@ from rich.console import Console
 from temporalio.client import Client
 
 from tests.conftest import Sandbox, running_worker, vecmigrate
+from vecmigrate.catalog.catalog import Catalog, migrations, now
 from vecmigrate.catalog.documents import Documents
 from vecmigrate.catalog.journal import Journal
+from vecmigrate.config import sqlite_url
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.control.textdemo import (
     Corpus,
@@ -617,3 +620,44 @@ def test_demo_text_with_the_old_model_retired_fails_no_request(
     assert "marked unavailable: reads of v1 go through the adapter" in said
     assert re.search(r"[\d,]+ requests through the router, 0 failed", said), said[-2000:]
     assert done.returncode == 0
+
+
+def test_adapters_registered_before_collections_were_recorded_gain_theirs(tmp_path: Path) -> None:
+    """An adapter table of an earlier release (keyed by model pair alone) gains each adapter's
+    collection from the migration that fitted it; one no migration fitted serves no collection."""
+    path = tmp_path / "catalog.db"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE model_adapters (id VARCHAR(200) PRIMARY KEY, from_model VARCHAR(270) "
+            "NOT NULL, to_model VARCHAR(270) NOT NULL, method VARCHAR(32) NOT NULL, uri "
+            "VARCHAR(1000) NOT NULL, checksum VARCHAR(64) NOT NULL, figures JSON NOT NULL, "
+            "migration_id VARCHAR(200), created_at DATETIME NOT NULL)"
+        )
+        for aid, mid in (("a->b:ridge:1", "m1"), ("a->b:ridge:2", None)):
+            db.execute(
+                "INSERT INTO model_adapters VALUES (?, 'a@1', 'b@1', 'ridge', 'x', 'c', '{}', ?, "
+                "'2024-01-01 00:00:00')",
+                (aid, mid),
+            )
+    catalog = Catalog(sqlite_url(path))
+    with catalog.engine.begin() as conn:
+        conn.execute(
+            migrations.insert().values(
+                id="m1",
+                tenant="acme",
+                collection="faq",
+                source_version="v1",
+                target_version="v2",
+                spec={},
+                spec_hash="h",
+                phase="COMPLETED",
+                created_at=now(),
+                updated_at=now(),
+            )
+        )
+    registry = Registry(catalog)
+    fitted, orphan = registry.get_adapter("a->b:ridge:1"), registry.get_adapter("a->b:ridge:2")
+    assert fitted is not None
+    assert orphan is not None
+    assert (fitted.tenant, fitted.collection) == ("acme", "faq")
+    assert (orphan.tenant, orphan.collection) == (None, None)
