@@ -41,7 +41,6 @@ from vecmigrate.control.report import (
     regional_table,
     status_tables,
 )
-from vecmigrate.data.backfill import Check
 from vecmigrate.errors import VecmigrateError
 from vecmigrate.model.lifecycle import GateReport
 from vecmigrate.model.spec import MigrationSpec, load_spec
@@ -657,10 +656,6 @@ def _planned(args: argparse.Namespace, spec: MigrationSpec) -> Plan:
             raise VecmigrateError(_no_catalog(region_url))
         return found
 
-    if catalog is None and not spec.regional:
-        plan = Plan(spec=spec, problems=[_no_catalog(url)])
-        plan.checks = [Check("catalog", False, plan.problems[0])]
-        return plan
     return plan_migration(catalog, spec, catalog_for)
 
 
@@ -800,11 +795,10 @@ async def _ended(mc: MigrationClient, mid: str) -> str | None:
 
 
 async def _steer(
-    args: argparse.Namespace, what: str, send: Callable[[], Coroutine[Any, Any, Any]]
+    mc: MigrationClient, mid: str, what: str, send: Callable[[], Coroutine[Any, Any, Any]]
 ) -> Any:
     """Send a signal or update to a running migration; a finished one says how it ended."""
-    mc = await _client(args)
-    ended = await _ended(mc, args.id)
+    ended = await _ended(mc, mid)
     if ended is None:
         try:
             return await send()
@@ -812,7 +806,7 @@ async def _steer(
             # It may have ended in between.
             if exc.status != RPCStatusCode.NOT_FOUND:
                 raise
-            ended = await _ended(mc, args.id)
+            ended = await _ended(mc, mid)
             if ended is None:
                 raise
     raise VecmigrateError(f"{ended}. {what} does nothing now")
@@ -822,7 +816,8 @@ async def _signal(args: argparse.Namespace) -> int:
     mc = await _client(args)
     name = SIGNAL_COMMANDS[args.command]
     await _steer(
-        args,
+        mc,
+        args.id,
         f"`vecmigrate {args.command}`",
         lambda: mc.signal(
             args.id,
@@ -847,7 +842,8 @@ async def _throttle(args: argparse.Namespace) -> int:
     mc = await _client(args)
     try:
         now = await _steer(
-            args,
+            mc,
+            args.id,
             "`vecmigrate throttle`",
             lambda: mc.set_throttle(
                 args.id, rate, operator=args.operator or _operator(), reason=args.reason

@@ -484,8 +484,9 @@ def plan_migration(
 ) -> Plan:
     """Check ``spec`` against the catalog and stores and describe every step; writes nothing.
 
-    ``catalog`` is None when there is none yet (nothing was seeded or migrated with it); a
-    regional spec's regions are checked against ``catalog_for(region)`` (default: ``catalog``).
+    ``catalog`` is None when there is none yet (nothing was seeded or migrated with it).
+    ``catalog_for(region)`` gives the catalog each child of a regional spec is checked against
+    (``catalog_for(None)``: the one of a spec without regions); by default ``catalog``.
     """
 
     def default_for(region: str | None) -> Catalog:
@@ -496,13 +497,13 @@ def plan_migration(
             )
         return catalog
 
+    catalog_for = catalog_for or default_for
     if spec.regional:
-        return plan_regional(spec, catalog_for or default_for)
+        return plan_regional(spec, catalog_for)
     plan = Plan(spec=spec)
     try:
-        checked = check_migration(default_for(None), spec)
+        checked = check_migration(catalog_for(None), spec)
     except VecmigrateError as exc:
-        plan.problems = [str(exc)]
         checked = Checked([Check("catalog", False, str(exc))], {}, 0.0, 0)
     plan.checks = checked.checks
     plan.problems = checked.problems
