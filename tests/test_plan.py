@@ -204,7 +204,7 @@ def test_plan_writes_to_every_kind_of_target_store_and_leaves_nothing_behind(
     sandbox: Sandbox, postgres: Any
 ) -> None:
     sandbox.seed(1200)
-    database = postgres_database(postgres)
+    database, builtin_database = postgres_database(postgres), postgres_database(postgres)
     milvus_file = sandbox.root / "milvus.db"
     milvus = client_for(str(milvus_file))
     milvus.create_collection("someone_elses", dimension=4)
@@ -217,6 +217,7 @@ def test_plan_writes_to_every_kind_of_target_store_and_leaves_nothing_behind(
         "milvus_ivf_flat": {"kind": "milvus", "uri": str(milvus_file)},
         "qdrant_hnsw": {"kind": "qdrant", "path": str(qdrant_root)},
         "hnswlib_hnsw": {"kind": "builtin", "url": sqlite_url(fresh)},
+        "faiss_flat": {"kind": "builtin", "url": builtin_database},
     }
     for kind, store in targets.items():
         target = sandbox.version("v2", {"kind": kind}, store=store)
@@ -227,13 +228,14 @@ def test_plan_writes_to_every_kind_of_target_store_and_leaves_nothing_behind(
         assert checks["target store writable"].passed
         assert "(tried, then undone)" in checks["target store writable"].detail
         assert checks["target store free"].detail == "no default/docs@v2 in the store yet"
-    engine = create_engine(database)
-    with engine.connect() as conn:
-        tables = conn.execute(text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'"))
-        assert tables.all() == []
-        extensions = conn.execute(text("SELECT extname FROM pg_extension WHERE extname='vector'"))
-        assert extensions.all() == []
-    engine.dispose()
+    for url in (database, builtin_database):
+        engine = create_engine(url)
+        with engine.connect() as conn:
+            tables = "SELECT tablename FROM pg_tables WHERE schemaname = 'public'"
+            assert conn.execute(text(tables)).all() == []
+            vector = "SELECT extname FROM pg_extension WHERE extname = 'vector'"
+            assert conn.execute(text(vector)).all() == []
+        engine.dispose()
     assert milvus.list_collections() == ["someone_elses"]
     assert list(qdrant_root.iterdir()) == []
     assert not fresh.parent.exists()
