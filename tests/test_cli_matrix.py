@@ -27,12 +27,11 @@ from vecmigrate.control.cli import main
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.data.datasets import clustered
 from vecmigrate.data.seed import seed_collection, sequential_ids
-from vecmigrate.model.lifecycle import STRATEGY_PHASES, Phase
+from vecmigrate.model.lifecycle import LIFECYCLE, STRATEGIES, Phase
 from vecmigrate.model.spec import (
     ARTIFACT_INDEX_KINDS,
     INDEX_KINDS,
     STORE_KINDS,
-    SUPPORTED_STRATEGIES,
     VersionSpec,
 )
 
@@ -75,17 +74,17 @@ CASES = [
         kind,
         id=f"{strategy}-{STORE_KINDS[(i + s) % len(STORE_KINDS)]}-to-{store}-{kind}",
     )
-    for s, strategy in enumerate(SUPPORTED_STRATEGIES)
+    for s, strategy in enumerate(STRATEGIES)
     for i, (store, kind) in enumerate(TARGETS)
 ]
 
 
 def test_the_matrix_covers_every_strategy_index_kind_and_backend() -> None:
     assert set(INDEX_PARAMS) == set(INDEX_KINDS)
-    assert {c.values[0] for c in CASES} == set(SUPPORTED_STRATEGIES)
+    assert {c.values[0] for c in CASES} == set(STRATEGIES)
     assert {c.values[3] for c in CASES} == set(INDEX_KINDS)
     assert {c.values[2] for c in CASES} == set(STORE_KINDS)
-    for strategy in SUPPORTED_STRATEGIES:
+    for strategy in STRATEGIES:
         sources = {c.values[1] for c in CASES if c.values[0] == strategy}
         assert sources == set(STORE_KINDS), strategy
 
@@ -189,7 +188,7 @@ async def test_plan_start_and_abort_through_the_cli(
     assert code == 0, err + out
     plan = json.loads(out)
     assert plan["ok"], plan["problems"]
-    assert [p for p, _ in plan["steps"]] == list(STRATEGY_PHASES[strategy])
+    assert [p for p, _ in plan["steps"]] == list(LIFECYCLE[strategy].phases)
     assert sum(plan["shards"].values()) == RECORDS
     assert plan["estimated_seconds"] > 0
     assert "Traceback" not in err

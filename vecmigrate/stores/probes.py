@@ -53,7 +53,7 @@ def redacted(url: str) -> str:
         return url.split("@")[-1] if "@" in url else url
 
 
-def describe(ref: AnyStoreRef) -> str:
+def describe_store(ref: AnyStoreRef) -> str:
     """The store a reference names, in words (no secret in them)."""
     if isinstance(ref, PgvectorStoreRef):
         return f"pgvector at {redacted(ref.url)}"
@@ -335,7 +335,7 @@ PROBES: dict[str, StoreProbe] = {
 
 
 def _unreachable(ref: AnyStoreRef, exc: Exception) -> str:
-    return f"cannot reach the {describe(ref)}: {_cause(exc)}"
+    return f"cannot reach the {describe_store(ref)}: {_cause(exc)}"
 
 
 def store_holds(ref: AnyStoreRef, scope: Scope) -> bool:
@@ -361,7 +361,7 @@ def target_problem(ref: AnyStoreRef, scope: Scope, version: VersionSpec) -> str 
     except VecmigrateError as exc:
         problem = str(exc)
     except Exception as exc:
-        problem = f"the {describe(ref)} refused a trial write of {scope}: {_cause(exc)}"
+        problem = f"the {describe_store(ref)} refused a trial write of {scope}: {_cause(exc)}"
     if problem is None and not is_native(version.index):
         artifacts = resolve_store(ref).artifacts
         assert artifacts is not None  # resolve_store fills it
