@@ -208,14 +208,16 @@ async def test_plan_start_and_abort_through_the_cli(
         assert st.index_version is not None
         assert kind in st.index_version
         code, out, err = await asyncio.to_thread(
-            run_cli, "abort", mid, "--reason", "matrix", "--task-queue", queue, *common
+            run_cli, "abort", mid, "--reason", "matrix", "--operator", "ci", *common
         )
         assert code == 0, err + out
         final = await mc.result(mid, timeout=120)
         assert final.phase == Phase.ABORTED, (final.phase, final.error)
         code, out, err = await asyncio.to_thread(run_cli, "pause", mid, *common)
     assert code == 2
-    assert said(f"migration {mid} has finished: it was aborted", err), err
+    assert said(f"migration {mid} has finished at", err), err
+    assert said("aborted by ci (matrix) where it stood", err), err
+    assert said("`vecmigrate pause` does nothing now", err), err
     assert "Traceback" not in err
     # What the message says can still be done: the same migration plans again.
     code, out, err = await asyncio.to_thread(run_cli, "plan", str(path), "--json", *common)

@@ -132,15 +132,16 @@ async def test_steering_a_finished_migration_says_how_it_ended(
         assert back.phase == Phase.ROLLED_BACK
         cases = {
             ("cutover", completed.migration_id): (
-                "has finished: it completed",
-                "v2 serves reads and v1 is retained",
+                "has finished at",
+                "completed: reads are served by v2. v1 is retained.",
                 f"vecmigrate report {completed.migration_id}",
                 "`vecmigrate cutover` does nothing now",
             ),
             ("throttle", completed.migration_id): ("`vecmigrate throttle` does nothing now",),
             ("resume", rolled_back.migration_id): (
-                "has finished: it rolled back",
-                "v1 serves reads again and v2 was abandoned",
+                "rolled back",
+                "reads are served by v1",
+                "v2 was abandoned.",
                 "start a migration to a new target version name",
             ),
         }

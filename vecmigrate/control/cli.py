@@ -27,7 +27,7 @@ from vecmigrate.config import (
     resolve_spec,
     sqlite_path,
 )
-from vecmigrate.control.client import MigrationClient
+from vecmigrate.control.client import MigrationClient, ended_status
 from vecmigrate.control.devserver import DevServer, DevServerError, cancel_on_sigterm
 from vecmigrate.control.plan import Plan, plan_migration
 from vecmigrate.control.report import (
@@ -39,7 +39,10 @@ from vecmigrate.control.report import (
 )
 from vecmigrate.errors import VecmigrateError
 from vecmigrate.model.gates import GateReport
+from vecmigrate.model.lifecycle import Phase
+from vecmigrate.model.regions import RegionalStatus
 from vecmigrate.model.spec import MigrationSpec, load_spec
+from vecmigrate.model.status import MigrationStatus
 from vecmigrate.stores.probes import describe_store, redacted
 from vecmigrate.workers.connection import connect, default_address, default_task_queue
 
@@ -756,25 +759,15 @@ async def _watch(args: argparse.Namespace) -> int:
     return 0
 
 
-# What can still be done once a migration has ended, by how it ended.
+# What can still be done once a migration has ended, by the phase it ended in.
 _AFTER = {
-    "COMPLETED": (
-        "completed",
-        "{target} serves reads and {source} is retained. `vecmigrate report {mid}` and "
-        "`vecmigrate log {mid} --verify` show what it did; to go back, migrate again from "
-        "{target} to a new version",
-    ),
-    "ROLLED_BACK": (
-        "rolled back",
-        "{source} serves reads again and {target} was abandoned. `vecmigrate report {mid}` "
-        "shows the gates and `vecmigrate log {mid}` who did what; once the cause is fixed, "
-        "start a migration to a new target version name",
-    ),
-    "ABORTED": (
-        "was aborted",
-        "the routing is as the abort found it (`vecmigrate log {mid}` shows the last change); "
-        "`vecmigrate start SPEC` runs the same migration again",
-    ),
+    Phase.COMPLETED: "{source} is retained. `vecmigrate report {mid}` and `vecmigrate log {mid} "
+    "--verify` show what it did; to go back, migrate again from {target} to a new version",
+    Phase.ROLLED_BACK: "{target} was abandoned. `vecmigrate report {mid}` shows the gates and "
+    "`vecmigrate log {mid}` who did what; once the cause is fixed, start a migration to a new "
+    "target version name",
+    Phase.ABORTED: "The routing is as the abort found it (`vecmigrate log {mid}` shows the last "
+    "change); `vecmigrate start SPEC` runs the same migration again",
 }
 
 
@@ -789,30 +782,26 @@ async def _ended(mc: MigrationClient, mid: str) -> str | None:
     if desc.status is None or desc.status == WorkflowExecutionStatus.RUNNING:
         return None
     when = f" at {desc.close_time:%Y-%m-%d %H:%M:%S} UTC" if desc.close_time else ""
-    final: dict[str, Any] = {}
+    regional = desc.workflow_type == "RegionalMigrationWorkflow"
+    final: MigrationStatus | RegionalStatus | None = None
     failure = ""
     try:
         result = await handle.result()
-        final = result if isinstance(result, dict) else {}
+        final = (RegionalStatus if regional else MigrationStatus).model_validate(result)
     except WorkflowFailureError as exc:
-        cause = exc.cause
-        failure = str(getattr(cause, "message", "") or cause or exc)
-        details = getattr(cause, "details", None) or ()
-        if details and isinstance(details[0], dict) and "phase" in details[0]:
-            final = details[0]
-    names = {
-        "mid": mid,
-        "source": final.get("source_version") or "the source version",
-        "target": final.get("target_version") or "the target version",
-    }
-    phase = str(final.get("phase", ""))
-    if phase in _AFTER:
-        how, after = _AFTER[phase]
-        why = f" ({final['error']})" if final.get("error") else ""
-        return f"migration {mid} has finished: it {how}{when}{why}. " + after.format(**names)
+        final = (
+            ended_status(exc, RegionalStatus) if regional else ended_status(exc, MigrationStatus)
+        )
+        failure = str(getattr(exc.cause, "message", "") or exc.cause or exc)
+    if final is not None and final.phase in _AFTER:
+        source = getattr(final, "source_version", "") or "the source version"
+        target = getattr(final, "target_version", "") or "the target version"
+        how = final.outcome or str(final.phase).lower().replace("_", " ")
+        after = _AFTER[final.phase].format(mid=mid, source=source, target=target)
+        return f"migration {mid} has finished{when}: {how}. {after}"
     status = desc.status.name.lower().replace("_", " ")
     return (
-        f"migration {mid} has finished: its workflow {status}{when}"
+        f"migration {mid} has finished{when}: its workflow {status}"
         + (f" ({failure})" if failure else "")
         + f". `temporal workflow show --workflow-id {mid}` shows where it stopped and "
         f"`vecmigrate log {mid}` the last routing change; `vecmigrate start SPEC` runs it "
