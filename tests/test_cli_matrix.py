@@ -14,15 +14,21 @@ import asyncio
 import io
 import json
 import time
+from collections.abc import AsyncIterator
 from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
 
 from tests.conftest import Sandbox, postgres_database, running_worker
+from vecmigrate.catalog.catalog import Catalog
+from vecmigrate.catalog.engines import dispose_engines
+from vecmigrate.config import sqlite_url
 from vecmigrate.control.cli import main
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.data.datasets import clustered
@@ -34,6 +40,8 @@ from vecmigrate.model.spec import (
     STORE_KINDS,
     VersionSpec,
 )
+from vecmigrate.stores.milvus import close_clients
+from vecmigrate.stores.qdrant import close_shards
 
 DIM = 8
 RECORDS = 400
@@ -109,25 +117,59 @@ def said(expected: str, text: str) -> bool:
     return "".join(expected.split()) in "".join(text.split())
 
 
-def store_ref(kind: str, root: Path, postgres: Any) -> dict[str, Any]:
-    if kind == "pgvector":
-        return {"kind": "pgvector", "url": postgres_database(postgres)}
-    if kind == "milvus":
-        return {"kind": "milvus", "uri": str(root / "milvus.db")}
-    if kind == "qdrant":
-        return {"kind": "qdrant", "path": str(root / "qdrant")}
-    return {"kind": "builtin", "url": f"sqlite:///{root / 'store.db'}"}
+@dataclass
+class Shared:
+    """What every case of the matrix shares: one catalog, one store of each kind, one worker."""
+
+    root: Path
+    catalog: Catalog
+    database: str
+    queue: str
+    client: Client
+
+    @property
+    def address(self) -> str:
+        return str(self.client.service_client.config.target_host)
+
+    def store(self, kind: str) -> dict[str, Any]:
+        if kind == "pgvector":
+            return {"kind": "pgvector", "url": self.database}
+        if kind == "milvus":
+            return {"kind": "milvus", "uri": str(self.root / "milvus.db")}
+        if kind == "qdrant":
+            return {"kind": "qdrant", "path": str(self.root / "qdrant")}
+        return {"kind": "builtin", "url": sqlite_url(self.root / "store.db")}
+
+    def version(self, name: str, store: str, kind: str) -> dict[str, Any]:
+        return VersionSpec.model_validate(
+            {
+                "name": name,
+                "store": {**self.store(store), "artifacts": str(self.root / "artifacts")},
+                "embedding": {"model_id": "m", "dimension": DIM, "metric": "l2"},
+                "index": {"kind": kind, **INDEX_PARAMS[kind]},
+            }
+        ).model_dump(mode="json")
 
 
-def version(name: str, store: dict[str, Any], kind: str, root: Path) -> dict[str, Any]:
-    return VersionSpec.model_validate(
-        {
-            "name": name,
-            "store": {**store, "artifacts": str(root / "artifacts")},
-            "embedding": {"model_id": "m", "dimension": DIM, "metric": "l2"},
-            "index": {"kind": kind, **INDEX_PARAMS[kind]},
-        }
-    ).model_dump(mode="json")
+@pytest.fixture(scope="module")
+async def shared(
+    env: WorkflowEnvironment, postgres: Any, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[Shared]:
+    """One worker for every case (each case its own collection and migration id): starting one
+    per case cost more than most cases."""
+    root = tmp_path_factory.mktemp("matrix")
+    catalog = Catalog(sqlite_url(root / "catalog.db"))
+    async with running_worker(env.client, Sandbox(root, catalog)) as queue:
+        yield Shared(
+            root,
+            catalog,
+            postgres_database(postgres),
+            queue,
+            env.client,
+        )
+    close_clients()
+    close_shards()
+    dispose_engines()
 
 
 async def wait_until(mc: MigrationClient, mid: str, done: Any, timeout: float = 120.0) -> Any:
@@ -142,47 +184,33 @@ async def wait_until(mc: MigrationClient, mid: str, done: Any, timeout: float = 
 
 @pytest.mark.parametrize(("strategy", "source", "store", "kind"), CASES)
 async def test_plan_start_and_abort_through_the_cli(
-    client: Client,
-    sandbox: Sandbox,
-    postgres: Any,
-    strategy: str,
-    source: str,
-    store: str,
-    kind: str,
+    shared: Shared, strategy: str, source: str, store: str, kind: str
 ) -> None:
-    root = sandbox.root
-    src = VersionSpec.model_validate(
-        version("v1", store_ref(source, root, postgres), SOURCE_INDEX[source], root)
-    )
+    collection = f"{strategy}-{source}-{store}-{kind}".replace("_", "-")
+    src = shared.version("v1", source, SOURCE_INDEX[source])
     seed_collection(
-        sandbox.catalog,
+        shared.catalog,
         "default",
-        "docs",
-        src,
+        collection,
+        VersionSpec.model_validate(src),
         sequential_ids(RECORDS),
         clustered(RECORDS, DIM, clusters=8, seed=3),
         shards=1,
     )
-    target_store = store_ref(store, root, postgres) if store != source else src.store.model_dump()
     spec = {
-        "id": f"matrix-{root.name[-24:]}",
-        "collection": "docs",
+        "id": f"matrix-{collection}",
+        "collection": collection,
         "strategy": strategy,
-        "source": src.model_dump(mode="json"),
-        "target": version("v2", target_store, kind, root),
+        "source": src,
+        "target": shared.version("v2", store, kind),
         "shards": {"count": 2},
         "batch_size": 100,
         "gates": {"sample_queries": 20, "latency_queries": 5, "min_recall": 0.5},
         "cutover": {"mode": "manual", "bake_seconds": 1},
     }
-    path = root / "spec.yaml"
+    path = shared.root / f"{collection}.yaml"
     path.write_text(yaml.safe_dump(spec))
-    common = [
-        "--catalog",
-        sandbox.catalog.url,
-        "--address",
-        client.service_client.config.target_host,
-    ]
+    common = ["--catalog", shared.catalog.url, "--address", shared.address]
 
     code, out, err = await asyncio.to_thread(run_cli, "plan", str(path), "--json", *common)
     assert code == 0, err + out
@@ -193,27 +221,35 @@ async def test_plan_start_and_abort_through_the_cli(
     assert plan["estimated_seconds"] > 0
     assert "Traceback" not in err
 
-    async with running_worker(client, sandbox) as queue:
-        code, out, err = await asyncio.to_thread(
-            run_cli, "start", str(path), "--task-queue", queue, "--operator", "ci", *common
-        )
-        assert code == 0, err + out
-        mid = out.strip()
-        assert mid == spec["id"]
-        mc = MigrationClient(client, queue)
-        # Prepared, copied and indexed: the gates run on what the target store built.
-        gated = {Phase.VALIDATING, Phase.SHADOWING, Phase.AWAITING_CUTOVER, Phase.CUT_OVER}
+    code, out, err = await asyncio.to_thread(
+        run_cli, "start", str(path), "--task-queue", shared.queue, "--operator", "ci", *common
+    )
+    assert code == 0, err + out
+    mid = out.strip()
+    assert mid == spec["id"]
+    mc = MigrationClient(shared.client, shared.queue)
+    if strategy == "blue_green":
+        # Prepared, copied and indexed: the gates run on what the target store built. The copy
+        # and the build are the same for every strategy; blue-green takes every target there.
+        gated = {Phase.VALIDATING, Phase.AWAITING_CUTOVER, Phase.CUT_OVER}
         st = await wait_until(mc, mid, lambda s: s.phase in gated or s.paused or s.error)
         assert st.phase in gated, (st.phase, st.pause_reason, st.error)
         assert st.index_version is not None
         assert kind in st.index_version
-        code, out, err = await asyncio.to_thread(
-            run_cli, "abort", mid, "--reason", "matrix", "--operator", "ci", *common
+    else:
+        # Prepared: the target registered and created, the strategy's routing set (dual-write,
+        # writes paused), the copy under way.
+        st = await wait_until(
+            mc, mid, lambda s: s.phase not in (Phase.PLANNED, Phase.PREPARING) or s.paused
         )
-        assert code == 0, err + out
-        final = await mc.result(mid, timeout=120)
-        assert final.phase == Phase.ABORTED, (final.phase, final.error)
-        code, out, err = await asyncio.to_thread(run_cli, "pause", mid, *common)
+        assert not st.paused, (st.phase, st.pause_reason, st.error)
+    code, out, err = await asyncio.to_thread(
+        run_cli, "abort", mid, "--reason", "matrix", "--operator", "ci", *common
+    )
+    assert code == 0, err + out
+    final = await mc.result(mid, timeout=120)
+    assert final.phase == Phase.ABORTED, (final.phase, final.error)
+    code, out, err = await asyncio.to_thread(run_cli, "pause", mid, *common)
     assert code == 2
     assert said(f"migration {mid} has finished at", err), err
     assert said("aborted by ci (matrix) where it stood", err), err
