@@ -23,6 +23,7 @@ RUNS = {
     "copy_throughput": ["--vectors", "5000", "--dim", "16", "--batch", "1000"],
     "reembed_throughput": ["--records", "1500", "--models", "lsa"],
     "migration_throughput": ["--data", "clustered", "--vectors", "6000", "--dim", "16"],
+    "build_rates": ["--vectors", "600", "--dim", "8"],
     "milvus_pages": [
         "--records",
         "600",

@@ -105,6 +105,31 @@ def decode_copy(data: bytes, dim: int) -> tuple[Ids, Ids, Vectors]:
     return rows["id"].astype(np.int64), rows["h"].astype(np.int64), vectors
 
 
+def table_ddl(table: str, dimension: int) -> list[str]:
+    """The statements that create a version's table and its shard index (if absent)."""
+    return [
+        f"CREATE TABLE IF NOT EXISTS {table} (id bigint PRIMARY KEY, "
+        f"h bigint NOT NULL, embedding vector({dimension}) NOT NULL)",
+        f"CREATE INDEX IF NOT EXISTS {table}_shard ON {table} (h, id)",
+    ]
+
+
+def index_using(spec: IndexSpec, metric: Metric) -> str:
+    """The ``USING`` clause of the native index ``spec`` on a table's ``embedding`` column.
+
+    Raises:
+        PreconditionError: pgvector has no such index kind.
+    """
+    ops = _OPS[str(metric)]
+    if isinstance(spec, PgvectorHnsw):
+        return (
+            f"hnsw (embedding {ops}) WITH (m = {spec.m}, ef_construction = {spec.ef_construction})"
+        )
+    if isinstance(spec, PgvectorIvfflat):
+        return f"ivfflat (embedding {ops}) WITH (lists = {spec.lists})"
+    raise PreconditionError(f"pgvector cannot build {spec.kind} natively")
+
+
 class PgvectorStore(ScanningStore):
     """A :class:`~vecmigrate.stores.base.VectorStore` on PostgreSQL + pgvector."""
 
@@ -176,15 +201,10 @@ class PgvectorStore(ScanningStore):
         return store
 
     def _ensure_table(self) -> None:
-        ddl = [
-            f"CREATE TABLE IF NOT EXISTS {self.table} (id bigint PRIMARY KEY, "
-            f"h bigint NOT NULL, embedding vector({self.dimension}) NOT NULL)",
-            f"CREATE INDEX IF NOT EXISTS {self.table}_shard ON {self.table} (h, id)",
-        ]
         for attempt in range(3):
             try:
                 with self.engine.begin() as conn:
-                    for stmt in ddl:
+                    for stmt in table_ddl(self.table, self.dimension):
                         conn.execute(text(stmt))
                 return
             except (IntegrityError, DBAPIError):
@@ -328,14 +348,7 @@ class PgvectorStore(ScanningStore):
     def create_index(self, spec: IndexSpec, metric: Metric) -> str:
         """Build a native HNSW or IVFFlat index (a no-op if it exists); returns its name."""
         name = self.index_name(spec, metric)
-        ops = _OPS[str(metric)]
-        if isinstance(spec, PgvectorHnsw):
-            params = f"m = {spec.m}, ef_construction = {spec.ef_construction}"
-            using = f"hnsw (embedding {ops}) WITH ({params})"
-        elif isinstance(spec, PgvectorIvfflat):
-            using = f"ivfflat (embedding {ops}) WITH (lists = {spec.lists})"
-        else:
-            raise PreconditionError(f"pgvector cannot build {spec.kind} natively")
+        using = index_using(spec, metric)
         with self.engine.begin() as conn:
             conn.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON {self.table} USING {using}"))
         return name
