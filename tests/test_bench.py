@@ -24,6 +24,7 @@ RUNS = {
     "payload_copy": ["--points", "600", "--dim", "8", "--repeat", "1", "--batch", "200"],
     "reembed_throughput": ["--records", "1500", "--models", "lsa"],
     "migration_throughput": ["--data", "clustered", "--vectors", "6000", "--dim", "16"],
+    "build_rates": ["--vectors", "600", "--dim", "8"],
     "milvus_pages": [
         "--records",
         "600",

@@ -508,8 +508,10 @@ def test_plan_of_a_regional_migration_names_queues_order_and_policy(tmp_path: Pa
     spec = regional_spec(
         tmp_path, tenants=["acme"], tenant_limits={"acme": {"max_parallel_shards": 1}}
     )
-    plan = plan_migration(Catalog(sqlite_url(tmp_path / "control.db")), spec)
-    assert plan.ok
+    for r in REGIONS:
+        seed_region(tmp_path, r, tenants=("acme",))
+    plan = plan_migration(None, spec, lambda region: region_catalog(tmp_path, str(region)))
+    assert plan.ok, plan.problems
     details = {c.name: c.detail for c in plan.checks}
     assert f"run only by workers on {tmp_path.name}-us" in details["residency us"]
     assert "at most 1 shards at once" in details["limits acme"]

@@ -74,7 +74,7 @@ def add_commands(sub: Any) -> dict[str, Command]:
         help="remove a key no artifact uses any more (payloads it encrypted in Temporal "
         "histories become unreadable)",
     )
-    k.add_argument("key_id")
+    k.add_argument("key_id", help="the key to retire (as `vecmigrate keys list` names it)")
     k.add_argument("--artifacts", action="append", default=[], help="another artifact directory")
     k = ksub.add_parser("api-key", help="issue an API key for the gateway or codec server")
     k.add_argument("--credentials", required=True, help="the credentials file (created if new)")
@@ -102,23 +102,23 @@ def add_commands(sub: Any) -> dict[str, Command]:
         "their next phase",
     )
     r.add_argument("identity", help="as its connection presents it; a pattern like *@ops.example")
-    r.add_argument("role", choices=[str(x) for x in Role])
+    r.add_argument("role", choices=[str(x) for x in Role], help="the role to give")
     r = rsub.add_parser("revoke", parents=[scope], help="take an identity's role away")
-    r.add_argument("identity")
+    r.add_argument("identity", help="the identity or pattern as it was granted")
     r = rsub.add_parser(
         "four-eyes",
         parents=[scope],
         help="require a cut-over's approver to differ from its starter",
     )
-    r.add_argument("state", choices=["on", "off"])
+    r.add_argument("state", choices=["on", "off"], help="on: the approver must differ")
     rsub.add_parser("list", parents=[scope], help="the roles in force on a tenant's collection")
 
     p = sub.add_parser(
         "codec-server",
         help="serve the payload codec to the Temporal UI and CLI (authenticated, CORS)",
     )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8081)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback)")
+    p.add_argument("--port", type=int, default=8081, help="port to listen on (default: 8081)")
     p.add_argument("--keyring", default=None, help=f"default: ${KEYRING_ENV}")
     p.add_argument("--credentials", required=True, help="who may decode (API keys or JWT settings)")
     p.add_argument(

@@ -269,9 +269,9 @@ class _PostgresConnection(_Model):
 class BuiltinStoreRef(_StoreRef, _PostgresConnection):
     """The built-in store: records in a SQL database, index artifacts in a directory.
 
-    Both default to the vecmigrate home directory (``VECMIGRATE_HOME``, else ``./.vecmigrate``)
-    when left empty; the CLI resolves them to absolute paths before a migration starts. A
-    PostgreSQL ``url`` takes its ``password`` (a secret reference) and ``tls`` beside it.
+    Both default to the vecmigrate home directory (``VECMIGRATE_HOME``, else the user's data
+    directory) when left empty; the CLI resolves them to absolute paths before a migration starts.
+    A PostgreSQL ``url`` takes its ``password`` (a secret reference) and ``tls`` beside it.
     """
 
     kind: Literal["builtin"] = "builtin"

@@ -155,7 +155,7 @@ class Router:
         self._positions: dict[str, int] = {}
         self._plans: dict[tuple[str, str], _Plan] = {}
         self.registry = Registry(catalog)
-        self._paths: dict[str, tuple[float, QueryPath]] = {}
+        self._paths: dict[tuple[str, str, str], tuple[float, QueryPath]] = {}
         self._lock = threading.Lock()
         self._shadow_pool = ThreadPoolExecutor(shadow_threads, thread_name_prefix="shadow")
         self._shadow_in_flight = 0
@@ -359,11 +359,12 @@ class Router:
         """How texts reach ``version``'s space, re-checked every ``refresh_seconds`` (a model
         can be marked unavailable while routers run)."""
         record, _ = self._version(tenant, collection, version)
-        key = model_key(record.embedding)
+        # Per collection: an adapter serves the collection it was fitted on, no other.
+        key = (tenant, collection, model_key(record.embedding))
         cached = self._paths.get(key)
         if cached is not None and time.monotonic() - cached[0] < self.refresh_seconds:
             return cached[1]
-        path = query_path(self.registry, record.embedding)
+        path = query_path(self.registry, record.embedding, tenant, collection)
         with self._lock:
             self._paths[key] = (time.monotonic(), path)
         return path

@@ -1187,12 +1187,27 @@ def _legacy_layout(table: str, dim: int) -> Layout:
     )
 
 
-def _ensure_legacy(engine: Engine, table: str, dim: int) -> None:
-    ddl = [
+def table_ddl(table: str, dimension: int) -> list[str]:
+    """The statements that create a version's table of integer ids and one vector, and its
+    shard index (if absent)."""
+    return [
         f"CREATE TABLE IF NOT EXISTS {table} (id bigint PRIMARY KEY, "
-        f"h bigint NOT NULL, embedding vector({dim}) NOT NULL)",
+        f"h bigint NOT NULL, embedding vector({dimension}) NOT NULL)",
         f"CREATE INDEX IF NOT EXISTS {table}_shard ON {table} (h, id)",
     ]
+
+
+def index_using(spec: IndexSpec, metric: Metric, column: str = "embedding") -> str:
+    """The ``USING`` clause of the native index ``spec`` on a ``vector`` column.
+
+    Raises:
+        PreconditionError: pgvector has no such index kind.
+    """
+    return _index_using(str(metric), column, "vector", spec)
+
+
+def _ensure_legacy(engine: Engine, table: str, dim: int) -> None:
+    ddl = table_ddl(table, dim)
     for attempt in range(3):
         try:
             with engine.begin() as conn:
