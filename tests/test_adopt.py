@@ -158,6 +158,9 @@ async def test_an_existing_pgvector_table_is_inspected_then_migrated_byte_for_by
     assert human.returncode == 0, human.stderr
     assert "source:" in human.stdout
     assert "pgvector_hnsw" in human.stdout
+    with psycopg.connect(_psycopg_url(url)) as conn:  # inspecting wrote nothing, anywhere
+        tables = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+        assert [r[0] for r in tables.fetchall()] == ["documents"]
     # The spec uses inspect's fragment as its source, as is (the model named).
     source = inventory["source"]
     source["embedding"]["model_id"] = "e5-small"
@@ -586,6 +589,12 @@ async def test_every_kind_of_bad_record_is_quarantined_and_counted_exactly(
     )
     plan = vecmigrate("plan", "--catalog", sandbox.catalog.url, "--json", _spec_file(sandbox, spec))
     assert plan.returncode == 0, plan.stdout + plan.stderr
+    # The plan's estimate: the whole of so small a table is its sample, so it is exact.
+    estimate = next(
+        c for c in json.loads(plan.stdout)["checks"] if c["name"] == "quarantine estimate"
+    )
+    assert estimate["detail"].startswith("about 550 records left out (550 of a sample of 1,000")
+    assert "it will hold the migration" in estimate["detail"]
     try:
         async with running_worker(client, sandbox) as queue:
             mc = MigrationClient(client, queue)

@@ -20,6 +20,7 @@ from vecmigrate.catalog.journal import Control, Journal
 from vecmigrate.data.adopt import adopt, adoption_checks, target_schema
 from vecmigrate.data.checks import Check
 from vecmigrate.data.quarantine import Quarantine
+from vecmigrate.data.quarantine import estimate as estimate_quarantine
 from vecmigrate.data.transforms import make_transform
 from vecmigrate.embedding.reembed import Reembedder, fit_transition, untexted
 from vecmigrate.embedding.registry import Registry, model_key
@@ -31,7 +32,7 @@ from vecmigrate.records.batch import Faults, Records
 from vecmigrate.records.checksums import RecordChecksum
 from vecmigrate.records.screening import Limits, screen
 from vecmigrate.records.sharding import plan_shards
-from vecmigrate.stores import CAPABILITIES, WHOLE, Scope, VectorStore, open_store
+from vecmigrate.stores import CAPABILITIES, WHOLE, Scope, VectorStore, limits_for, open_store
 from vecmigrate.stores.base import Batch
 
 # Called after every committed batch with the cursor to resume from, the running count and the
@@ -190,6 +191,25 @@ def run_checks(catalog: Catalog, spec: MigrationSpec) -> list[Check]:
         f"{spec.source.store.kind} -> {spec.target.store.kind}: dimension, metric and index "
         "within their declared limits",
         "; ".join(caps),
+    )
+    limits = limits_for(spec.target.store.kind, target_schema(store.schema, spec))
+    guess = estimate_quarantine(store, limits.with_payload_cap(spec.quarantine.max_payload_bytes))
+    cap = spec.quarantine.max_records
+    reasons = ", ".join(f"{r} {c:,}" for r, c in sorted(guess.found.items()))
+    if cap is None:
+        verdict = "the gate passes with the report"
+    elif guess.seen > cap:
+        verdict = (
+            f"the gate allows {cap:,}, fewer than the sample holds: it will hold the migration"
+        )
+    else:
+        verdict = f"the gate allows {cap:,}"
+    add(
+        "quarantine estimate",
+        True,
+        f"about {guess.estimated:,} records left out ({guess.seen:,} of a sample of "
+        f"{guess.sampled:,}{': ' + reasons if reasons else ''}); {verdict}",
+        "",
     )
     add(
         "tenant scope",

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 from sqlalchemy import Column, DateTime, Integer, String, Table, Text, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from vecmigrate.catalog.catalog import Catalog, metadata, now
 from vecmigrate.catalog.engines import begin, once_per_engine
 from vecmigrate.records.batch import Faults
+from vecmigrate.records.screening import Limits, screen
+from vecmigrate.records.sharding import HASH_SPACE, hash_key
+from vecmigrate.stores.base import VectorStore, ring_window
 
 quarantine = Table(
     "quarantine",
@@ -109,3 +113,44 @@ class Quarantine:
             query = query.where(quarantine.c.reason == reason)
         with self.engine.connect() as conn:
             return [str(r[0]) for r in conn.execute(query.order_by(quarantine.c.record_id)).all()]
+
+
+# Source records ``plan`` reads to estimate the quarantine.
+ESTIMATE_SAMPLE = 2_000
+
+
+@dataclass
+class QuarantineEstimate:
+    """Records a sample of the source would leave out, and what that makes over the source."""
+
+    sampled: int
+    found: dict[str, int]
+    estimated: int
+
+    @property
+    def seen(self) -> int:
+        """Records of the sample left out, over all reasons."""
+        return sum(self.found.values())
+
+
+def estimate(
+    source: VectorStore, limits: Limits, n: int = ESTIMATE_SAMPLE, seed: int = 0
+) -> QuarantineEstimate:
+    """The quarantine a copy to a target with ``limits`` would fill, estimated from about ``n``
+    source records: a window of the key ring (the whole of a small source), read as the copy
+    reads, its records screened as the copy screens them, scaled to the source's count."""
+    total = source.count()
+    start = int(hash_key(np.array([seed], dtype=np.int64))[0])
+    width = HASH_SPACE if total <= n else max(1, int(HASH_SPACE * n / total))
+    faults = Faults()
+    kept = 0
+    for window in ring_window(start, width):
+        for batch in source.iter_shard(window, 10_000):
+            faults.extend(batch.faults)
+            good, unfit = screen(batch.records, limits)
+            faults.extend(unfit)
+            kept += len(good)
+    found = faults.counts()
+    sampled = kept + len(faults)  # rows read (an id in two rows counts once among faults)
+    share = sum(found.values()) / sampled if sampled else 0.0
+    return QuarantineEstimate(sampled, found, round(share * total))

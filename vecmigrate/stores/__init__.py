@@ -12,12 +12,16 @@ from vecmigrate.model.spec import (
     PgvectorStoreRef,
     QdrantStoreRef,
 )
+from vecmigrate.records.screening import Limits
 from vecmigrate.stores.base import WHOLE, Batch, Inventory, Scope, VectorStore
 from vecmigrate.stores.builtin import BuiltinStore
 from vecmigrate.stores.capabilities import CAPABILITIES, Capabilities
 from vecmigrate.stores.milvus import MilvusStore
+from vecmigrate.stores.milvus import limits_of as milvus_limits
 from vecmigrate.stores.pgvector import PgvectorStore
+from vecmigrate.stores.pgvector import limits_of as pgvector_limits
 from vecmigrate.stores.qdrant import QdrantStore
+from vecmigrate.stores.qdrant import limits_of as qdrant_limits
 
 __all__ = [
     "CAPABILITIES",
@@ -32,6 +36,7 @@ __all__ = [
     "Scope",
     "VectorStore",
     "database_access",
+    "limits_for",
     "open_store",
 ]
 
@@ -80,3 +85,15 @@ def open_store(
     return BuiltinStore.open(
         resolved.url, scope, dimension, database_access(resolved), schema=schema
     )
+
+
+def limits_for(kind: str, schema: RecordSchema) -> Limits:
+    """What a store of ``kind`` made for records of ``schema`` cannot hold (the built-in store
+    holds everything), known before it exists."""
+    if kind == "pgvector":
+        return pgvector_limits(schema)
+    if kind == "qdrant":
+        return qdrant_limits(schema)
+    if kind == "milvus":
+        return milvus_limits(schema)
+    return Limits()

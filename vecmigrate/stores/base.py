@@ -395,7 +395,7 @@ class ScanningStore:
             while True:
                 parts = [
                     b.records
-                    for window in _ring_window(start, width)
+                    for window in ring_window(start, width)
                     for b in self.iter_shard(window, 50_000)
                 ]
                 kept = Records.concat(parts, self.schema)
@@ -442,7 +442,7 @@ def sample_rows(records: Records) -> list[dict[str, Any]]:
     return out
 
 
-def _ring_window(start: int, width: int) -> list[ShardRef]:
+def ring_window(start: int, width: int) -> list[ShardRef]:
     """The key range ``[start, start + width)`` of the key ring, as one or two shards."""
     end = start + width
     if end <= HASH_SPACE:

@@ -141,6 +141,19 @@ def tls_options(tls: MilvusTls | None) -> dict[str, Any]:
     return options
 
 
+def limits_of(schema: RecordSchema) -> Limits:
+    """What a collection of ``schema`` cannot hold: VARCHAR holds 65,535 bytes, a JSON value
+    (the dynamic field too) 65,536, a VARCHAR id its declared length."""
+    caps = {
+        f.name: MAX_VARCHAR if f.kind == FieldKind.TEXT else MAX_JSON
+        for f in schema.payload
+        if f.kind in (FieldKind.TEXT, FieldKind.JSON)
+    }
+    return Limits(
+        max_id_bytes=ID_LENGTH.get(schema.id_kind), max_value_bytes=caps, max_extra_bytes=MAX_JSON
+    )
+
+
 def close_clients() -> None:
     """Close every cached client (stops embedded milvus-lite engines)."""
     with _lock:
@@ -464,18 +477,8 @@ class MilvusStore(ScanningStore):
         return self._records(rows)[0]
 
     def limits(self) -> Limits:
-        """VARCHAR holds 65,535 bytes, a JSON value (the dynamic field too) 65,536; a VARCHAR
-        id its declared length."""
-        caps = {
-            f.name: MAX_VARCHAR if f.kind == FieldKind.TEXT else MAX_JSON
-            for f in self.schema.payload
-            if f.kind in (FieldKind.TEXT, FieldKind.JSON)
-        }
-        return Limits(
-            max_id_bytes=ID_LENGTH.get(self.schema.id_kind),
-            max_value_bytes=caps,
-            max_extra_bytes=MAX_JSON,
-        )
+        """What the collection cannot hold (see :func:`limits_of`)."""
+        return limits_of(self.schema)
 
     def matching(self, flt: Filter) -> Ids:
         """Labels of the records whose payload matches ``flt`` (Milvus evaluates it)."""

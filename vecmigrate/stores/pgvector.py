@@ -469,11 +469,11 @@ class PgvectorStore(ScanningStore):
             DataError: it exists with another dimension or schema.
         """
         engine = engine_for(sqlalchemy_url(url), access)
-        _prepare(engine, url)
         if schema is None and dimension is not None:
             schema = RecordSchema.plain(dimension)
         if ref is not None and ref.table is not None:
             return cls._open_named(engine, scope, ref, schema, dimension)
+        _prepare(engine, url)
         key = {"t": scope.tenant, "c": scope.collection, "v": scope.version}
         find = text(
             "SELECT ns, dimension FROM vm_pgvector_namespaces "
@@ -527,6 +527,9 @@ class PgvectorStore(ScanningStore):
         if not _exists(engine, table):
             if schema is None:
                 raise NotFoundError(f"table {table} does not exist in the database at {ref.url}")
+            # Only a table vecmigrate makes needs the extension: an adopted one is not written
+            # to, nor is its database.
+            _prepare(engine, ref.url)
             _create(engine, table, scope, schema)
         existing = _comment(engine, table)
         if existing is not None:
@@ -953,8 +956,8 @@ class PgvectorStore(ScanningStore):
         return Records.concat(parts, self.schema)
 
     def limits(self) -> Limits:
-        """PostgreSQL's text and jsonb cannot hold a NUL character."""
-        return Limits(nul=False)
+        """What the table cannot hold (see :func:`limits_of`)."""
+        return limits_of(self.schema)
 
     def matching(self, flt: Filter) -> Ids:
         """Labels of the records whose payload matches ``flt`` (the database evaluates it)."""
@@ -1185,6 +1188,11 @@ def _legacy_layout(table: str, dim: int) -> Layout:
         unique_id=True,
         legacy=True,
     )
+
+
+def limits_of(schema: RecordSchema) -> Limits:
+    """What a table of ``schema`` cannot hold: PostgreSQL's text and jsonb take no NUL."""
+    return Limits(nul=False)
 
 
 def table_ddl(table: str, dimension: int) -> list[str]:

@@ -126,6 +126,11 @@ class OneAtATime:
         return call
 
 
+def limits_of(schema: RecordSchema) -> Limits:
+    """What a collection of ``schema`` cannot hold: point ids are unsigned integers or UUIDs."""
+    return Limits(ids="point")
+
+
 def close_clients() -> None:
     """Close every cached client (a local-mode directory is free for another process)."""
     with _lock:
@@ -463,8 +468,8 @@ class QdrantStore(ScanningStore):
         return Records.concat(parts, self.schema)
 
     def limits(self) -> Limits:
-        """Point ids are unsigned integers or UUIDs."""
-        return Limits(ids="point")
+        """What the collection cannot hold (see :func:`limits_of`)."""
+        return limits_of(self.schema)
 
     def matching(self, flt: Filter) -> Ids:
         """Labels of the points whose payload matches ``flt`` (Qdrant evaluates it)."""
