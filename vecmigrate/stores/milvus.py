@@ -102,10 +102,6 @@ _clients: dict[tuple[str, str | None, MilvusTls | None], Any] = {}
 _lock = threading.Lock()
 
 
-def _row_id(row: dict[str, Any]) -> Any:
-    return row["id"]
-
-
 def client_for(uri: str, token: str | None = None, tls: MilvusTls | None = None) -> Any:
     """One pymilvus client per URI (and credentials) per process (a milvus-lite file allows one
     owner). ``token`` is a secret reference, resolved here; ``tls`` adds a CA, the server's
@@ -337,6 +333,9 @@ class MilvusStore(ScanningStore):
 
     # -- reading ------------------------------------------------------------------------------
 
+    def _row_id(self, row: dict[str, Any]) -> Any:
+        return row[self.id_field]
+
     def _output(self) -> list[str]:
         if self.legacy:
             return ["id", "h", "embedding"]
@@ -417,7 +416,7 @@ class MilvusStore(ScanningStore):
         last: Any = None
         while count < limit:
             want = int(limit) - count
-            rows = collect_pages(fetch, _row_id, after, want, VECTOR_PAGE)
+            rows = collect_pages(fetch, self._row_id, after, want, VECTOR_PAGE)
             if not rows:
                 break
             records, bad = self._records(rows)
@@ -451,7 +450,8 @@ class MilvusStore(ScanningStore):
         if not self.keyed or self.schema.id_kind != IdKind.INT:
             yield from super().iter_ids(shard, batch_size)
             return
-        yield from paged_ids(self._fetch(shard, [self.id_field]), _row_id, batch_size, MAX_QUERY)
+        fetch = self._fetch(shard, [self.id_field])
+        yield from paged_ids(fetch, self._row_id, batch_size, MAX_QUERY)
 
     def count(self, shard: ShardRef | None = None) -> int:
         if shard is None or (shard.by == "hash" and (shard.lo, shard.hi) == (0, HASH_SPACE)):
