@@ -10,8 +10,9 @@ import os
 import time
 
 from temporalio.client import Client
-from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.contrib.pydantic import pydantic_data_converter
+
+from vecmigrate.workers.telemetry import temporal_runtime, tracing_interceptor
 
 ADDRESS_ENV = "TEMPORAL_ADDRESS"
 NAMESPACE_ENV = "TEMPORAL_NAMESPACE"
@@ -38,7 +39,8 @@ _STARTING = ("Connection refused", "ConnectionRefused", "not healthy", "Unavaila
 async def connect(
     address: str | None = None, namespace: str | None = None, wait_seconds: float = 0.0
 ) -> Client:
-    """A Temporal client with the pydantic data converter and OpenTelemetry tracing.
+    """A Temporal client with the pydantic data converter and OpenTelemetry tracing (and the
+    SDK's metrics, when the current telemetry records metrics).
 
     With ``wait_seconds``, a server that is still starting is retried that long: a worker
     started alongside its server (a compose file) waits for it instead of dying before it
@@ -52,7 +54,8 @@ async def connect(
                 address or default_address(),
                 namespace=namespace or os.environ.get(NAMESPACE_ENV) or "default",
                 data_converter=pydantic_data_converter,
-                interceptors=[TracingInterceptor()],
+                interceptors=[tracing_interceptor()],
+                runtime=temporal_runtime(),
             )
         except RuntimeError as exc:
             starting = any(mark in str(exc) for mark in _STARTING)

@@ -18,13 +18,16 @@ from vecmigrate.model.lifecycle import (
     MigrationInput,
     MigrationStatus,
     OperatorMessage,
+    Phase,
     ThrottleRequest,
 )
 from vecmigrate.model.regions import RegionalStatus, RegionRollback
+from vecmigrate.model.search import memo, search_values
 from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.workers.connection import default_task_queue
 from vecmigrate.workflows.migration import MigrationWorkflow
 from vecmigrate.workflows.regional import RegionalMigrationWorkflow
+from vecmigrate.workflows.search import typed
 
 SIGNALS = ("pause", "resume", "approve_cutover", "rollback", "abort")
 
@@ -69,6 +72,8 @@ class MigrationClient:
             task_queue=self.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             static_summary=summary,
+            search_attributes=typed(search_values(spec, Phase.PLANNED)),
+            memo=memo(spec, operator),
         )
         return handle.id
 
