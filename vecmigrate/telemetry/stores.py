@@ -122,6 +122,8 @@ class TracedStore(wrapt.ObjectProxy[Any]):
         if work is not None and work.migration_id is not None:
             attrs[names.ATTR_MIGRATION] = work.migration_id
         index = getattr(shard, "index", None)
+        if index is None and work is not None:
+            index = work.shard  # a write knows no shard; the task writing it does
         if index is not None:
             attrs[names.ATTR_SHARD] = int(index)
         return attrs
