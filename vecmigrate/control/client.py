@@ -12,8 +12,10 @@ from temporalio.client import (
     WorkflowHandle,
 )
 from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.service import RPCError, RPCStatusCode
 
 from vecmigrate.config import resolve_spec
+from vecmigrate.errors import VecmigrateError
 from vecmigrate.model.lifecycle import (
     MigrationInput,
     MigrationStatus,
@@ -50,6 +52,9 @@ class MigrationClient:
 
         A spec with ``regions`` or ``tenants`` starts the regional workflow, which runs one
         child migration per region and tenant on the regions' task queues.
+
+        Raises:
+            VecmigrateError: the namespace lacks vecmigrate's search attributes (nothing started).
         """
         spec = resolve_spec(spec)
         if spec.regional:
@@ -65,16 +70,25 @@ class MigrationClient:
                 f"{spec.tenant}/{spec.collection}: {spec.source.name} -> {spec.target.name} "
                 f"({spec.strategy}, {spec.target.index.kind})"
             )
-        handle = await self.client.start_workflow(
-            run,
-            MigrationInput(spec=spec, requested_by=operator),
-            id=spec.migration_id,
-            task_queue=self.task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            static_summary=summary,
-            search_attributes=typed(search_values(spec, Phase.PLANNED)),
-            memo=memo(spec, operator),
-        )
+        try:
+            handle = await self.client.start_workflow(
+                run,
+                MigrationInput(spec=spec, requested_by=operator),
+                id=spec.migration_id,
+                task_queue=self.task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                static_summary=summary,
+                search_attributes=typed(search_values(spec, Phase.PLANNED)),
+                memo=memo(spec, operator),
+            )
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.INVALID_ARGUMENT and "search attribute" in exc.message:
+                raise VecmigrateError(
+                    f"{' '.join(exc.message.split())}: the namespace lacks vecmigrate's search "
+                    "attributes, so the migration was not started; `vecmigrate doctor` names "
+                    "each missing one and the command that registers it"
+                ) from None
+            raise
         return handle.id
 
     async def has_workers(self) -> bool:
