@@ -229,3 +229,11 @@ def test_kustomize_builds_from_files_that_exist() -> None:
     job = next(d for _, d in manifests() if d["kind"] == "Job")
     volume = job["spec"]["template"]["spec"]["volumes"][0]
     assert volume["configMap"]["name"] == kustomization["configMapGenerator"][0]["name"]
+
+
+def test_the_observability_guide_lists_every_metric() -> None:
+    guide = (DEPLOY.parent / "docs" / "observability.md").read_text()
+    for d in names.ALL:
+        assert f"`{d.prometheus}`" in guide, d.name
+    for attribute in SEARCH_ATTRIBUTES:
+        assert attribute.name in guide
