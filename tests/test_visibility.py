@@ -12,13 +12,15 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
+from temporalio.api.enums.v1 import IndexedValueType
+from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from tests.conftest import Sandbox, running_worker, vecmigrate
 from vecmigrate.control.client import MigrationClient
-from vecmigrate.control.devserver import temporal_binary
+from vecmigrate.control.devserver import DevServer, free_port, temporal_binary
 from vecmigrate.control.doctor import diagnose, sqlite_on_network
 from vecmigrate.control.listing import Filters, list_migrations, list_query
 from vecmigrate.model.search import ALL as SEARCH_ATTRIBUTES
@@ -224,3 +226,20 @@ def test_doctor_knows_sqlite_on_a_network_file_system(tmp_path: Path) -> None:
     assert sqlite_on_network("sqlite:////mnt/smb/a/b.db", str(mounts)) == "cifs"
     assert sqlite_on_network("sqlite:////var/lib/catalog.db", str(mounts)) is None
     assert sqlite_on_network("postgresql+psycopg://u@h/db", str(mounts)) is None
+
+
+async def test_vecmigrate_dev_registers_the_search_attributes(tmp_path: Path) -> None:
+    server = await asyncio.to_thread(
+        DevServer(tmp_path / "temporal.db", port=free_port(), ui=False).start
+    )
+    try:
+        client = await Client.connect(server.address)
+        found = await client.operator_service.list_search_attributes(
+            ListSearchAttributesRequest(namespace="default")
+        )
+        keyword = IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD
+        assert {a.name: keyword for a in SEARCH_ATTRIBUTES}.items() <= dict(
+            found.custom_attributes
+        ).items()
+    finally:
+        await asyncio.to_thread(server.stop)

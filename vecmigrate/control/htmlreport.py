@@ -47,11 +47,22 @@ class ReportData:
     def began(self) -> datetime | None:
         return _at(self.entries[0]) if self.entries else None
 
-    def minutes(self, entry: LedgerEntry) -> float:
-        """Minutes from the migration's first entry to ``entry``."""
+    def seconds(self, entry: LedgerEntry) -> float:
+        """Seconds from the migration's first entry to ``entry``."""
         began = self.began
         assert began is not None
-        return (_at(entry) - began).total_seconds() / 60.0
+        return (_at(entry) - began).total_seconds()
+
+    def time_axis(self) -> tuple[float, str]:
+        """(divisor of seconds, axis label): minutes, or seconds for a run of under two."""
+        span = self.seconds(self.entries[-1]) if self.entries else 0.0
+        if span < 120:
+            return 1.0, "seconds since the migration began"
+        return 60.0, "minutes since the migration began"
+
+    def elapsed(self, entry: LedgerEntry) -> float:
+        """Time from the migration's first entry to ``entry``, in :meth:`time_axis` units."""
+        return self.seconds(entry) / self.time_axis()[0]
 
 
 @dataclass
@@ -106,13 +117,13 @@ def throughput(data: ReportData) -> Plot:
     if not copies:
         return Plot("throughput", title, None, "No shard copy finished yet.")
     fig, ax = _figure()
-    t = [data.minutes(e) for e in copies]
+    t = [data.elapsed(e) for e in copies]
     total, running = 0, []
     for e in copies:
         total += int(e.data.get("copied", 0))
         running.append(total)
     ax.step(t, running, where="post", color="#1f77b4", label="vectors copied")
-    ax.set_xlabel("minutes since the migration began")
+    ax.set_xlabel(data.time_axis()[1])
     ax.set_ylabel("vectors copied")
     rates = [
         int(e.data.get("copied", 0)) / float(e.data["seconds"])
@@ -122,7 +133,7 @@ def throughput(data: ReportData) -> Plot:
     if rates:
         right = ax.twinx()
         right.plot(
-            [data.minutes(e) for e in copies if float(e.data.get("seconds") or 0) > 0],
+            [data.elapsed(e) for e in copies if float(e.data.get("seconds") or 0) > 0],
             rates,
             "o",
             color="#ff7f0e",
@@ -209,12 +220,15 @@ def gates(data: ReportData) -> Plot:
             ax.plot(
                 [x for x, _ in limits],
                 [y for _, y in limits],
-                "--",
+                linestyle="--",
+                marker="_",
+                markersize=24,
                 color=line.get_color(),
                 alpha=0.7,
                 label=f"{name} threshold",
             )
     ax.set_xticks(range(len(runs)), runs, rotation=20)
+    ax.set_xlim(-0.6, len(runs) - 0.4)
     ax.set_ylim(min(0.0, *(p[2] for p in points)) - 0.02, 1.02)
     ax.set_ylabel("share of the top-k")
     ax.legend(fontsize="small", loc="lower left")
@@ -272,6 +286,7 @@ def latency(data: ReportData) -> Plot:
             label=label,
         )
     ax.set_xticks(x, [r[0] for r in rows], rotation=20)
+    ax.set_xlim(-0.6, len(rows) - 0.4)
     ax.set_ylabel("milliseconds")
     ax.legend(fontsize="small")
     return Plot(
@@ -311,12 +326,12 @@ def storage(data: ReportData) -> Plot:
             size = _artifact_bytes(str(e.data.get("uri", "")))
             unseen += size == 0
             i_total += size
-        t.append(data.minutes(e))
+        t.append(data.elapsed(e))
         vectors.append(v_total / 2**20)
         index.append(i_total / 2**20)
     fig, ax = _figure()
     ax.stackplot(t, vectors, index, labels=["vectors and ids", "index artifacts"], step="post")
-    ax.set_xlabel("minutes since the migration began")
+    ax.set_xlabel(data.time_axis()[1])
     ax.set_ylabel("MiB")
     ax.legend(loc="upper left")
     note = f" ({unseen} artifact(s) not on this machine are not counted)" if unseen else ""
