@@ -14,6 +14,7 @@ from typing import TypeVar
 
 from temporalio.api.enums.v1 import IndexedValueType
 from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
+from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
@@ -243,3 +244,48 @@ async def test_vecmigrate_dev_registers_the_search_attributes(tmp_path: Path) ->
         ).items()
     finally:
         await asyncio.to_thread(server.stop)
+
+
+async def test_a_running_migration_is_found_by_its_phase_and_reads_from_its_page(
+    client: Client, sandbox: Sandbox
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    # Throttled so that it stays in BACKFILLING for a few seconds.
+    spec = sandbox.spec(id=f"p-{tag}", collection=f"docs{tag}", max_vectors_per_second=600)
+    sandbox.seed(3000, collection=f"docs{tag}")
+    async with running_worker(client, sandbox) as queue:
+        mc = MigrationClient(client, queue)
+        mid = await mc.start(spec, operator="alice")
+        query = f"VecmigratePhase='BACKFILLING' AND VecmigrateCollection='docs{tag}'"
+        found = await eventually(
+            lambda: asyncio.to_thread(stock_list, client, query), lambda f: f == [mid], timeout=30
+        )
+        assert found == [mid]
+        # The page reads without opening a payload: phase, what it does, progress.
+        handle = client.get_workflow_handle(mid)
+        metadata = await handle.query("__temporal_workflow_metadata", result_type=WorkflowMetadata)
+        details = metadata.current_details
+        assert details.startswith("**BACKFILLING**"), details
+        assert "vectors copied" in details
+        await mc.result(mid)
+        done = await eventually(
+            lambda: asyncio.to_thread(
+                stock_list,
+                client,
+                f"VecmigratePhase='COMPLETED' AND VecmigrateCollection='docs{tag}'",
+            ),
+            lambda f: f == [mid],
+        )
+        assert done == [mid]
+    # The timeline says what each activity does, not a column of identical names.
+    summaries: dict[str, list[str]] = {}
+    async for event in handle.fetch_history_events():
+        if event.HasField("activity_task_scheduled_event_attributes"):
+            kind = event.activity_task_scheduled_event_attributes.activity_type.name
+            (text,) = await client.data_converter.decode([event.user_metadata.summary])
+            summaries.setdefault(kind, []).append(text)
+    assert sorted(summaries["copy_shard"]) == ["copy shard 0", "copy shard 1", "copy shard 2"]
+    assert "phase PREPARING -> BACKFILLING" in summaries["record"]
+    assert any(s.startswith("version v2: ") for s in summaries["set_version_state"])
+    assert any(s.startswith("routing: ") for s in summaries["change_routing"])
+    assert len(set(summaries["record"])) > len(summaries["record"]) / 2

@@ -62,7 +62,7 @@ def build_worker(
         # spec's 30 s): bars would jump and the live rate lag by that much. Every 2 s costs the
         # server one call per running activity per 2 s.
         max_heartbeat_throttle_interval=timedelta(seconds=2),
-        interceptors=[ObservingInterceptor()],
+        interceptors=[ObservingInterceptor(spec_of=acts.spec)],
         # `vecmigrate doctor` reads the versions of the workers polling a queue from here.
         identity=f"{os.getpid()}@{socket.gethostname()} vecmigrate/{version()}",
     )

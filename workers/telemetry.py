@@ -13,8 +13,10 @@ a :class:`~temporalio.runtime.MetricBuffer` drained by the SDK's
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from temporalio import activity
@@ -27,8 +29,15 @@ from temporalio.worker import (
     Interceptor,
 )
 
-from vecmigrate.model.lifecycle import GateReport
-from vecmigrate.model.tasks import ArtifactRef, CatchUpResult, CopyShardResult, ShadowResult
+from vecmigrate.model.gates import GateReport
+from vecmigrate.model.spec import MigrationSpec
+from vecmigrate.model.tasks import (
+    ArtifactRef,
+    CatchUpResult,
+    CopyShardResult,
+    ShadowResult,
+    SpecTask,
+)
 from vecmigrate.telemetry import names
 from vecmigrate.telemetry.context import Work, working
 from vecmigrate.telemetry.resources import PeakMemory
@@ -75,8 +84,15 @@ def tracing_interceptor(telemetry: Telemetry | None = None) -> TracingIntercepto
 class ObservingInterceptor(Interceptor):
     """Observes every activity of a worker (see the module's docstring)."""
 
-    def __init__(self, telemetry: Telemetry | None = None) -> None:
+    def __init__(
+        self,
+        telemetry: Telemetry | None = None,
+        spec_of: Callable[[SpecTask], MigrationSpec] | None = None,
+    ) -> None:
         self.telemetry = telemetry
+        # The spec a task names by hash (the activities' own loader, cached per worker): for
+        # the collection and versions that label what the task reports.
+        self.spec_of = spec_of
         # The phase each migration was last seen entering on this worker: log lines of its
         # other activities carry it.
         self.phases: dict[str, str] = {}
@@ -85,9 +101,21 @@ class ObservingInterceptor(Interceptor):
         return _Observer(next, self)
 
 
-def _migration_of(arg: Any, info: activity.Info) -> tuple[str | None, str | None, str | None]:
+async def _spec(root: ObservingInterceptor, arg: Any) -> MigrationSpec | None:
+    """The spec a task names, or None (not a migration's task, or the activity will refuse
+    it and say why)."""
+    if root.spec_of is None or not isinstance(arg, SpecTask):
+        return None
+    try:
+        return await asyncio.to_thread(root.spec_of, arg)
+    except Exception:
+        return None
+
+
+def _migration_of(
+    arg: Any, info: activity.Info, spec: MigrationSpec | None
+) -> tuple[str | None, str | None, str | None]:
     """(migration id, tenant, collection) of an activity's input."""
-    spec = getattr(arg, "spec", None)
     migration = getattr(arg, "migration_id", None) or (spec.migration_id if spec else None)
     tenant = getattr(arg, "tenant", None) or (spec.tenant if spec else None)
     collection = getattr(arg, "collection", None) or (spec.collection if spec else None)
@@ -111,7 +139,8 @@ class _Observer(ActivityInboundInterceptor):
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
         info = activity.info()
         arg = input.args[0] if input.args else None
-        migration, tenant, collection = _migration_of(arg, info)
+        spec = await _spec(self.root, arg)
+        migration, tenant, collection = _migration_of(arg, info, spec)
         shard = getattr(getattr(arg, "shard", None), "index", None)
         stage = SHARD_STAGES.get(info.activity_type)
         m = self.telemetry.metrics
@@ -149,10 +178,12 @@ class _Observer(ActivityInboundInterceptor):
             finally:
                 if self.copy_key is not None:
                     m.copies.end(self.copy_key)
-            self._observe(info.activity_type, arg, result, work)
+            self._observe(info.activity_type, arg, result, work, spec)
             return result
 
-    def _observe(self, kind: str, arg: Any, result: Any, work: Work) -> None:
+    def _observe(
+        self, kind: str, arg: Any, result: Any, work: Work, spec: MigrationSpec | None
+    ) -> None:
         """Metrics and log lines from what an activity returned."""
         m = self.telemetry.metrics
         migration = work.migration_id or ""
@@ -179,7 +210,6 @@ class _Observer(ActivityInboundInterceptor):
         elif isinstance(result, ShadowResult):
             m.shadow(migration, str(getattr(arg, "candidate", "")), result.figures)
         elif isinstance(getattr(result, "report", None), GateReport):
-            spec = getattr(arg, "spec", None)
             source = spec.source.name if spec else "source"
             target = spec.target.name if spec else "target"
             report: GateReport = result.report

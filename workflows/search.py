@@ -17,6 +17,10 @@ from temporalio.common import (
 with workflow.unsafe.imports_passed_through():
     from vecmigrate.model.search import ALL
 
+# The patch that makes a workflow keep its search attributes current (a run from before it
+# replays without the attribute changes).
+SEARCH_ATTRIBUTES = "search-attributes"
+
 KEYS: dict[str, SearchAttributeKey[str]] = {
     a.name: SearchAttributeKey.for_keyword(a.name) for a in ALL
 }

@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 from vecmigrate.catalog.catalog import LedgerEntry
 from vecmigrate.errors import VecmigrateError
-from vecmigrate.model.lifecycle import GateReport, MigrationStatus, ShadowFigures
+from vecmigrate.model.gates import GateReport, ShadowFigures
 from vecmigrate.model.spec import MigrationSpec
+from vecmigrate.model.status import MigrationStatus
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from vecmigrate.model.spec import MigrationSpec, VersionSpec
+from vecmigrate.model.status import MigrationStatus
 
 
 @dataclass(frozen=True)
@@ -94,3 +95,41 @@ def memo(spec: MigrationSpec, requested_by: str) -> dict[str, Any]:
         "regions": [r.name for r in spec.regions],
         "requested_by": requested_by,
     }
+
+
+def current_details(st: MigrationStatus) -> str:
+    """The workflow's current details (Markdown in the Web UI): phase and what it does,
+    progress, the last gate and why the migration waits, so the page reads without payloads."""
+    lines = [f"**{st.phase}**" + (f": {st.doing}" if st.doing else "")]
+    if st.outcome:
+        lines.append(st.outcome)
+    if st.shards:
+        copied = sum(p.copied for p in st.shards)
+        total = sum(p.total for p in st.shards)
+        states: dict[str, int] = {}
+        for p in st.shards:
+            states[p.state] = states.get(p.state, 0) + 1
+        shards = ", ".join(f"{n} {state}" for state, n in sorted(states.items()))
+        of = f" of {total:,}" if total else ""
+        lines.append(f"progress: {copied:,}{of} vectors copied; shards: {shards}")
+    if st.catchup_lag is not None:
+        lines.append(f"change-log lag: {st.catchup_lag:,} entries")
+    if st.gates is not None:
+        failed = st.gates.failures()
+        lines.append(
+            "last gate: passed" if not failed else "last gate: failed: " + "; ".join(failed[:3])
+        )
+    if st.shadow:
+        last = st.shadow[-1]
+        overlap = f", overlap {last.overlap:.3f}" if last.overlap is not None else ""
+        verdict = "passed" if last.passed else "failed"
+        lines.append(
+            f"last {last.step or 'shadow'} gate: {verdict} ({last.samples} pairs{overlap})"
+        )
+    if st.paused:
+        lines.append(f"paused: {st.pause_reason}")
+    elif st.blocked_reason:
+        lines.append(f"waiting: {st.blocked_reason}")
+    if st.error:
+        lines.append(f"last error: {st.error}")
+    return "\n\n".join(lines)

@@ -42,7 +42,7 @@ from vecmigrate.embedding.registry import Registry, model_key
 from vecmigrate.errors import DataError, NotFoundError, VecmigrateError
 from vecmigrate.indexes.artifacts import F32, ShardedIndex
 from vecmigrate.indexes.build import NativeIndex, Searcher, load_index_version
-from vecmigrate.model.lifecycle import RoutingView
+from vecmigrate.model.routing import RoutingView
 from vecmigrate.model.spec import EmbeddingSchema, store_ref
 from vecmigrate.records.vectors import (
     Distances,

@@ -15,7 +15,8 @@ from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
 
-from vecmigrate.model.lifecycle import GateReport, RoutingView, ShadowFigures
+from vecmigrate.model.gates import GateReport, ShadowFigures
+from vecmigrate.model.routing import RoutingView
 from vecmigrate.telemetry import names
 from vecmigrate.telemetry.names import MetricDef
 
