@@ -44,6 +44,18 @@ RUNS = {
         "--sizes",
         "500,2000",
     ],
+    "telemetry_overhead": [
+        "--vectors",
+        "4000",
+        "--dim",
+        "16",
+        "--batch",
+        "1000",
+        "--requests",
+        "300",
+        "--repeat",
+        "1",
+    ],
     "resume_cost": [
         "--vectors",
         "12000",

@@ -38,13 +38,16 @@ from vecmigrate.control.devserver import temporal_binary
 from vecmigrate.model.lifecycle import Phase
 from vecmigrate.serving.router import Router
 from vecmigrate.testing.drill import run_drill
+from vecmigrate.workflows.search import KEYS as SEARCH_KEYS
 
 HERE = Path(__file__).parent
 
 
 async def record(names: list[str]) -> None:
     env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_binary(), data_converter=pydantic_data_converter
+        dev_server_existing_path=temporal_binary(),
+        search_attributes=list(SEARCH_KEYS.values()),
+        data_converter=pydantic_data_converter,
     )
     try:
         for name in names:
