@@ -1,6 +1,10 @@
 """The router applications use for search, upsert and delete.
 
-It follows the collection's routing row (re-read at least every ``refresh_seconds``):
+It follows the collection's routing row. Once per routing generation it resolves everything a
+request needs into a plan (``vecmigrate.serving.plan``): the versions the row names, their
+records, store handles, loaded indexes and models. A request then runs straight through the plan
+to a store or an index; a thread of the router's own (``vecmigrate.serving.upkeep``) re-reads the
+routing row every ``refresh_seconds`` and builds the next plan beside the one serving.
 
 * reads go to the row's read version, except ``ramp_percent`` of them, chosen by a stable hash
   of the request key (the same user always lands on the same side), which go to the candidate;
@@ -17,22 +21,25 @@ new embedding model both versions stay current. A raw query vector must match th
 reads: its dimension always, and its model when the caller names it; while versions of two
 models serve, raw vectors are answered by the read version only (no canary, no shadow).
 
-An index artifact is a snapshot: it does not hold records written after it was built. Reads
-through one therefore overlay the change log: records changed since the index's log position are
-taken out of its results and searched exactly in the store, so an acknowledged write is visible
-at once and a deleted record never comes back.
+Writes reach the indexes served from memory: each is staged on them the moment it is logged (a
+search lays it over the index, so an acknowledged write is seen at once and a deleted record
+never comes back) and applied to the index itself in the background; writes of other routers
+are read from the change log every ``refresh_seconds``. See ``vecmigrate.indexes.live``.
+With ``refresh_seconds=0`` every request reads the routing row and the log first (tests).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
+from pydantic import TypeAdapter
 
 from vecmigrate.catalog.catalog import Catalog, VersionRecord
 from vecmigrate.catalog.changelog import DELETE, UPSERT, ChangeLog
@@ -40,21 +47,24 @@ from vecmigrate.data.transforms import make_transform
 from vecmigrate.embedding.reembed import QueryPath, query_path
 from vecmigrate.embedding.registry import Registry, model_key
 from vecmigrate.errors import DataError, NotFoundError, VecmigrateError
-from vecmigrate.indexes.artifacts import F32, ShardedIndex
-from vecmigrate.indexes.build import NativeIndex, Searcher, load_index_version
+from vecmigrate.indexes.artifacts import F32
+from vecmigrate.indexes.build import NativeIndex, NativeStore
+from vecmigrate.indexes.live import LOG_PAGE, LiveIndex, NetChanges, open_live
 from vecmigrate.model.lifecycle import RoutingView
-from vecmigrate.model.spec import EmbeddingSchema, store_ref
+from vecmigrate.model.spec import IndexSpec, Metric, is_native, store_ref
 from vecmigrate.records.vectors import (
     Distances,
-    ExactKnn,
     Ids,
     Vectors,
     check_texts,
     check_vectors,
-    merge_topk,
 )
+from vecmigrate.serving.plan import Plan, Side
+from vecmigrate.serving.upkeep import Upkeep
 from vecmigrate.stores import Scope, VectorStore, open_store
 from vecmigrate.validation.shadow import ShadowLog, ShadowSample
+
+log = logging.getLogger("vecmigrate.router")
 
 
 class WritesPausedError(VecmigrateError):
@@ -81,60 +91,26 @@ def bucket(key: str) -> float:
     return int.from_bytes(digest, "little") % 10_000 / 100.0
 
 
-@dataclass
-class _Overlay:
-    """Latest change-log entry per id of one collection, kept up to date incrementally."""
-
-    seq: int = 0  # read from the log up to here
-    read_at: float = float("-inf")
-    # id -> (sequence number, operation, vector bytes as written; None for a delete)
-    last: dict[int, tuple[int, str, bytes | None]] | None = None
-    # Arrays built from ``last`` per index position, with the entries noted since the build in
-    # ``recent``: a search combines the two instead of rebuilding the arrays on every write.
-    arrays: dict[int, tuple[Ids, Ids, Vectors]] = field(default_factory=dict)
-    built_at: float = float("-inf")
-    recent: dict[int, tuple[int, str, bytes | None]] = field(default_factory=dict)
-
-    def note(self, seq: int, record_id: int, op: str, vec: bytes | None) -> None:
-        """Keep an entry unless a newer one for the same id is already known."""
-        assert self.last is not None
-        known = self.last.get(record_id)
-        if known is None or known[0] <= seq:
-            self.last[record_id] = (seq, op, vec)
-            self.recent[record_id] = (seq, op, vec)
-
-
-@dataclass(slots=True)
-class _Plan:
-    """What a search of one collection needs, worked out once per routing refresh."""
-
-    view: RoutingView
-    version: str  # the read version
-    index: str | None  # its index, as the view names it
-    record: VersionRecord  # the read version's
-    # The read index when a search is plain (no canary, no shadow, an index built by
-    # vecmigrate), else None: the general path decides.
-    searcher: Searcher | None
-    # The overlay's entries (the very dict, updated in place): empty while no record changed
-    # since the router started. Held here, not reached through the overlay, as is ``index``:
-    # after a search each object the hot path reaches costs a cache miss.
-    changed: dict[int, tuple[int, str, bytes | None]]
-    # The fewest-steps path for one float32 query of the version's dimension (one hnswlib
-    # shard), valid until ``until`` (the routing row and the overlay both fresh), else None.
-    one: Callable[[Vectors, int], tuple[Distances, Ids] | None] | None
-    shape: tuple[int]  # a single query's
-    until: float
-
-
-# The hot path's names, bound once: after a search, reaching ``np.ndarray`` or ``time.monotonic``
-# through its module costs a cache miss or two (~0.3 us a lookup in paired timings).
+# The hot path's names, bound once: after a search, reaching ``np.ndarray`` through its module
+# costs a cache miss or two (~0.3 us a lookup in paired timings).
 _ndarray = np.ndarray
-_monotonic = time.monotonic
 
 
 def _check_finite(q: Vectors) -> None:
     if not np.isfinite(q).all():
         raise DataError("queries contain NaN or infinity")
+
+
+@dataclass
+class _Collection:
+    """What the router keeps of one collection across plans."""
+
+    # Held while changes are staged on the collection's indexes (in log order) and while a plan
+    # is published, so that a write and a new plan never pass each other.
+    lock: threading.Lock
+    # Held while a plan is made (its indexes loaded): one load of each, writes not held up.
+    planning: threading.Lock
+    refreshed: float = float("-inf")
 
 
 class Router:
@@ -147,43 +123,170 @@ class Router:
         self.refresh_seconds = refresh_seconds
         self.log = ChangeLog(catalog)
         self.shadow_log = ShadowLog(catalog)
-        self._routes: dict[tuple[str, str], tuple[float, RoutingView]] = {}
-        self._indexes: dict[str, Searcher] = {}
-        self._versions: dict[tuple[str, str, str], tuple[VersionRecord, VectorStore]] = {}
-        self._overlays: dict[tuple[str, str], _Overlay] = {}
-        self._positions: dict[str, int] = {}
-        self._plans: dict[tuple[str, str], _Plan] = {}
         self.registry = Registry(catalog)
+        self._plans: dict[tuple[str, str], Plan] = {}
+        self._collections: dict[tuple[str, str], _Collection] = {}
+        self._versions: dict[tuple[str, str, str], tuple[VersionRecord, VectorStore]] = {}
+        self._indexes: dict[str, LiveIndex | NativeIndex] = {}
         self._paths: dict[str, tuple[float, QueryPath]] = {}
         self._lock = threading.Lock()
+        self._upkeep: Upkeep | None = None
+        self._closed = False
         self._shadow_pool = ThreadPoolExecutor(shadow_threads, thread_name_prefix="shadow")
         self._shadow_in_flight = 0
         self._shadow_buffer: list[ShadowSample] = []
         self._shadow_flushed = time.monotonic()
 
     def close(self) -> None:
-        """Finish shadow reads in flight and write their samples."""
+        """Stop the background thread, finish shadow reads in flight and write their samples."""
+        self._closed = True
+        if self._upkeep is not None:
+            self._upkeep.stop()
         self._shadow_pool.shutdown(wait=True)
         self._flush_shadow(force=True)
 
-    # -- routing ------------------------------------------------------------------------------
+    # -- plans --------------------------------------------------------------------------------
 
     def routing(self, tenant: str, collection: str) -> RoutingView:
-        """The routing row, at most ``refresh_seconds`` old.
+        """The routing row the current plan follows.
 
         Raises:
             NotFoundError: the collection has no routing row.
         """
-        key = (tenant, collection)
-        cached = self._routes.get(key)  # dict reads are atomic: no lock on the hot path
-        if cached is not None and time.monotonic() - cached[0] < self.refresh_seconds:
-            return cached[1]
+        return self._current(tenant, collection).view
+
+    def _current(self, tenant: str, collection: str) -> Plan:
+        """The plan requests to a collection follow: the one in place, or (no plan yet, or
+        ``refresh_seconds=0``) one refreshed now."""
+        plan = self._plans.get((tenant, collection))
+        if plan is not None and self.refresh_seconds > 0:
+            return plan
+        return self._refresh(tenant, collection)
+
+    def _collection(self, tenant: str, collection: str) -> _Collection:
+        found = self._collections.get((tenant, collection))
+        if found is None:
+            with self._lock:
+                found = self._collections.setdefault(
+                    (tenant, collection), _Collection(threading.Lock(), threading.Lock())
+                )
+        return found
+
+    def _refresh(self, tenant: str, collection: str) -> Plan:
+        """Read the routing row: a new generation gets a new plan; then stage the log's new
+        entries on the plan's indexes and swap an index for a newer compaction if it keeps an
+        overlay.
+
+        Raises:
+            NotFoundError: the collection has no routing row.
+        """
+        state = self._collection(tenant, collection)
         view = self.catalog.get_routing(tenant, collection)
         if view is None:
             raise NotFoundError(f"unknown collection {tenant}/{collection}")
+        with state.planning:
+            plan = self._plans.get((tenant, collection))
+            if plan is None or plan.generation != view.generation:
+                plan = self._make_plan(tenant, collection, view)
+        with state.lock:
+            # Writes staged while the plan was made: its indexes catch up with them here.
+            self._follow(tenant, collection, plan)
+            self._publish(tenant, collection, plan)
+            state.refreshed = time.monotonic()
+        swapped = self._swap_compacted(tenant, collection, plan)
+        self._start_upkeep()
+        return swapped or plan
+
+    def _publish(self, tenant: str, collection: str, plan: Plan) -> None:
         with self._lock:
-            self._routes[key] = (time.monotonic(), view)
-        return view
+            self._plans[(tenant, collection)] = plan
+            used = {i.index_id for p in self._plans.values() for i in p.live_indexes()}
+            for index_id in [i for i, x in self._indexes.items() if isinstance(x, LiveIndex)]:
+                if index_id not in used:
+                    del self._indexes[index_id]  # no plan serves it any more: free its memory
+
+    def refresh_due(self) -> None:
+        """Refresh every plan ``refresh_seconds`` old (the background thread's turn)."""
+        now = time.monotonic()
+        for tenant, collection in list(self._plans):
+            state = self._collection(tenant, collection)
+            if now - state.refreshed < self.refresh_seconds:
+                continue
+            try:
+                self._refresh(tenant, collection)
+            except NotFoundError:
+                with self._lock:
+                    self._plans.pop((tenant, collection), None)
+            except Exception:  # the plan in place keeps serving; the next turn tries again
+                state.refreshed = now
+                log.warning("refresh of %s/%s failed", tenant, collection, exc_info=True)
+
+    def served_indexes(self) -> list[LiveIndex]:
+        """The in-memory indexes the router's plans serve from."""
+        return [x for x in list(self._indexes.values()) if isinstance(x, LiveIndex)]
+
+    def _start_upkeep(self) -> None:
+        if self._upkeep is None and not self._closed:
+            with self._lock:
+                if self._upkeep is None:
+                    self._upkeep = Upkeep(self)
+
+    def _make_plan(self, tenant: str, collection: str, view: RoutingView) -> Plan:
+        read = None
+        if view.read_version is not None:
+            read = self._side(tenant, collection, view.read_version, view.read_index)
+        candidate = None
+        takes_reads = view.ramp_percent > 0 or view.shadow_percent > 0
+        if view.candidate_version is not None and takes_reads and read is not None:
+            candidate = self._side(tenant, collection, view.candidate_version, view.candidate_index)
+        writes = tuple(
+            read
+            if read is not None and name == read.version
+            else candidate
+            if candidate is not None and name == candidate.version
+            else self._side(tenant, collection, name, None, load_index=False)
+            for name in view.write_versions
+        )
+        live = read if read is not None else (writes[0] if writes else None)
+        vectors_canary = (
+            candidate is not None and read is not None and candidate.model == read.model
+        )
+        one = None
+        if (
+            self.refresh_seconds > 0  # with 0, every request refreshes first
+            and read is not None
+            and candidate is None
+            and isinstance(read.searcher, LiveIndex)
+            and read.searcher.search_one_ready
+        ):
+            one = read.searcher.search_one
+        return Plan(
+            view=view,
+            read=read,
+            candidate=candidate,
+            writes=writes,
+            live=live,
+            vectors_canary=vectors_canary,
+            one=one,
+            shape=(read.dimension,) if read is not None else (),
+            version=None if read is None else read.version,
+            index=None if read is None else read.index,
+        )
+
+    def _side(
+        self,
+        tenant: str,
+        collection: str,
+        version: str,
+        index_id: str | None,
+        *,
+        load_index: bool = True,
+    ) -> Side:
+        record, store = self._version(tenant, collection, version)
+        searcher = None
+        if index_id is not None and load_index:
+            searcher = self._index(index_id, record, store)
+        return Side(version, index_id, record, store, searcher, model_key(record.embedding))
 
     def _version(
         self, tenant: str, collection: str, version: str
@@ -200,14 +303,111 @@ class Router:
                 self._versions[key] = found
         return found
 
-    def searcher(self, index_id: str) -> Searcher:
-        """The loaded index this router serves ``index_id`` from (loaded on first use)."""
+    def _index(
+        self, index_id: str, record: VersionRecord, store: VectorStore
+    ) -> LiveIndex | NativeIndex:
+        loaded = self._indexes.get(index_id)
+        if loaded is not None:
+            return loaded
+        index_record = self.catalog.get_index(index_id)
+        spec: IndexSpec = TypeAdapter(IndexSpec).validate_python(index_record.spec)
+        if is_native(spec):
+            assert isinstance(store, NativeStore)
+            loaded = NativeIndex(store, spec, Metric(record.embedding.metric))
+        else:
+            loaded = open_live(
+                self.log,
+                index_record,
+                space=model_key(record.embedding),
+                normalized=record.embedding.normalized,
+                fetch=store.fetch,
+            )
+        with self._lock:
+            self._indexes[index_id] = loaded
+        return loaded
+
+    def searcher(self, index_id: str) -> LiveIndex | NativeIndex:
+        """The index this router serves ``index_id`` from, as loaded (its artifacts with the
+        change log applied), or the database's own index."""
         loaded = self._indexes.get(index_id)
         if loaded is None:
-            loaded = load_index_version(self.catalog, self.catalog.get_index(index_id))
-            with self._lock:
-                self._indexes[index_id] = loaded
+            record = self.catalog.get_index(index_id)
+            version, store = self._version(record.tenant, record.collection, record.version)
+            loaded = self._index(index_id, version, store)
         return loaded
+
+    def _swap_compacted(self, tenant: str, collection: str, plan: Plan) -> Plan | None:
+        """Load a newer compaction of an index whose overlay keeps records only a compaction
+        folds in, and serve from it (the old copy serves until then)."""
+        keeping = [i for i in plan.live_indexes() if i.kept]
+        if not keeping:
+            return None
+        newer = self.log.compacted_positions([i.index_id for i in keeping])
+        fresh = [i for i in keeping if newer.get(i.index_id, -1) > i.base]
+        if not fresh:
+            return None
+        for old in fresh:
+            side = next(s for s in plan.sides() if s.searcher is old)
+            loaded = open_live(
+                self.log,
+                self.catalog.get_index(old.index_id),
+                space=side.model,
+                normalized=side.record.embedding.normalized,
+                fetch=side.store.fetch,
+            )
+            with self._lock:
+                self._indexes[old.index_id] = loaded
+        state = self._collection(tenant, collection)
+        made = self._make_plan(tenant, collection, plan.view)
+        with state.lock:
+            self._follow(tenant, collection, made)
+            self._publish(tenant, collection, made)
+        return made
+
+    def _follow(self, tenant: str, collection: str, plan: Plan) -> None:
+        """Stage the log's entries after what each of the plan's indexes knows (other routers'
+        writes), in one read for all of them. Called with the collection's lock held."""
+        indexes = plan.live_indexes()
+        if not indexes:
+            return
+        sides = {s.searcher.index_id: s for s in plan.sides() if isinstance(s.searcher, LiveIndex)}
+        while True:
+            after = min(i.known for i in indexes)
+            entries = self.log.read(tenant, collection, after, LOG_PAGE)
+            if not len(entries):
+                return
+            for live in indexes:
+                if entries.last_seq > live.known:
+                    side = sides[live.index_id]
+                    live.stage(
+                        NetChanges.of_log(
+                            entries,
+                            live.known,
+                            side.model,
+                            side.dimension,
+                            side.record.embedding.normalized,
+                        )
+                    )
+            if self._upkeep is not None:
+                self._upkeep.wake.set()
+
+    def settle(self, tenant: str, collection: str, timeout: float = 60.0) -> None:
+        """Wait until every write this router has staged on the collection's indexes is in the
+        indexes themselves (what is left in their overlays then is what only a compaction
+        folds in).
+
+        Raises:
+            TimeoutError: not done in ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        plan = self._current(tenant, collection)
+        for live in plan.live_indexes():
+            while live.staged:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{live.staged} changes still staged on {live.index_id}")
+                if self._upkeep is not None:
+                    self._upkeep.wake.set()
+                time.sleep(0.005)
 
     # -- reads --------------------------------------------------------------------------------
 
@@ -238,62 +438,49 @@ class Router:
             and type(queries) is _ndarray
             and queries.dtype is F32
             and queries.shape == plan.shape  # hnswlib does not check a 1-D query's length
-            and _monotonic() < plan.until
-            and not plan.changed
         ):
-            # The serving hot path: one query, nothing to lay over it, no canary. Measured
-            # after a search, every numpy call here costs about 1 us (a search is ~50) and every
-            # object reached a cache miss: this path makes no numpy call but the search and the
-            # two reads of its answer (the nearest distance, the ids' view), and reaches only
-            # the plan.
+            # The serving hot path: one query, one index, nothing to decide. Measured after a
+            # search, every numpy call here costs about 1 us (a search is ~30-80) and every
+            # object reached a cache miss: this path reaches the plan and the index only.
             found = plan.one(queries, k)
             if found is not None:
-                return SearchResult(plan.version, plan.index, found[0], found[1])
-        if plan is None or time.monotonic() >= plan.until:
-            routed = self.routing(tenant, collection)
-            if routed.read_version is None:
-                raise NotFoundError(f"{tenant}/{collection} has no version serving reads")
-            self._refreshed(tenant, collection)
-            plan = self._plan(tenant, collection, routed)
-        view = plan.view
+                return SearchResult(plan.version, plan.index, found[0], found[1])  # type: ignore[arg-type]
+        plan = self._current(tenant, collection)
+        read = plan.read
+        if read is None:
+            raise NotFoundError(f"{tenant}/{collection} has no version serving reads")
         q = np.asarray(queries, dtype=np.float32)
         if q.ndim == 1:
             q = q[None, :]
-        record = plan.record
-        emb = record.embedding
-        if model is not None and model not in (emb.model_id, model_key(emb)):
+        emb = read.record.embedding
+        if model is not None and model not in (emb.model_id, read.model):
             raise DataError(
                 f"queries were embedded by {model} but {tenant}/{collection} serves vectors of "
-                f"{model_key(emb)}; embed them with that model, or send the text (search_text)"
+                f"{read.model}; embed them with that model, or send the text (search_text)"
             )
         if q.ndim != 2 or q.shape[1] != emb.dimension:
             raise DataError(
                 f"queries have dimension {q.shape[-1]} but {tenant}/{collection} serves "
-                f"{emb.dimension}-dimensional vectors ({model_key(emb)})"
+                f"{emb.dimension}-dimensional vectors ({read.model})"
             )
-        version, index = plan.version, plan.index
         _check_finite(q)
-        if plan.searcher is not None and not plan.changed:
-            # The common case: no canary, no shadow, and (checked against the overlay, which
-            # holds every write this router has seen, read no longer ago than the plan was
-            # made) no record changed since the router started: the search and nothing else.
-            d, i = plan.searcher.search(q, k)
-            return SearchResult(version, index, d, i)
-        if self._plain(tenant, collection, view):
-            # No canary, no shadow: the search, laid over the change log.
-            d, i = self._search_version(tenant, collection, version, index, q, k, record)
-            return SearchResult(version, index, d, i)
-        assert view.candidate_version is not None  # not plain: a candidate takes reads
+        candidate = plan.candidate
+        if candidate is None or not plan.vectors_canary:
+            d, i = read.search(q, k)
+            return SearchResult(read.version, read.index, d, i)
+        view = plan.view
         side = bucket(key if key is not None else q.tobytes().hex())
-        if side < view.ramp_percent:
-            version, index = view.candidate_version, view.candidate_index
+        served = candidate if side < view.ramp_percent else read
         began = time.perf_counter()
-        d, i = self._search_version(tenant, collection, version, index, q, k)
+        d, i = served.search(q, k)
         ms = (time.perf_counter() - began) * 1000
-        shadowed = version != view.candidate_version
-        if shadowed and view.shadow_percent > 0 and bucket(f"shadow:{side}") < view.shadow_percent:
-            self._shadow(tenant, collection, view, q, k, i, ms)
-        return SearchResult(version, index, d, i)
+        if (
+            served is read
+            and view.shadow_percent > 0
+            and bucket(f"shadow:{side}") < (view.shadow_percent)
+        ):
+            self._shadow(tenant, collection, candidate, q, k, i, ms)
+        return SearchResult(served.version, served.index, d, i)
 
     def search_text(
         self, tenant: str, collection: str, texts: list[str], k: int, key: str | None = None
@@ -309,240 +496,42 @@ class Router:
             PreconditionError: the version's model cannot run and no adapter maps into it.
         """
         texts = check_texts(texts)
-        view = self.routing(tenant, collection)
-        if view.read_version is None:
+        plan = self._current(tenant, collection)
+        read, candidate = plan.read, plan.candidate
+        if read is None:
             raise NotFoundError(f"{tenant}/{collection} has no version serving reads")
-        version, index = view.read_version, view.read_index
-        canary = view.candidate_version is not None and (
-            view.ramp_percent > 0 or view.shadow_percent > 0
-        )
-        side = bucket(key if key is not None else "\x1f".join(texts)) if canary else 100.0
-        if canary and side < view.ramp_percent:
-            version, index = str(view.candidate_version), view.candidate_index
-        path = self._path(tenant, collection, version)
+        view = plan.view
+        side = bucket(key if key is not None else "\x1f".join(texts)) if candidate else 100.0
+        served = candidate if candidate is not None and side < view.ramp_percent else read
+        path = self._path(served)
         q = path(texts)
         began = time.perf_counter()
-        d, i = self._search_version(tenant, collection, version, index, q, k)
+        d, i = served.search(q, k)
         ms = (time.perf_counter() - began) * 1000
-        shadowed = canary and version != view.candidate_version
+        shadowed = candidate is not None and served is read
         if shadowed and view.shadow_percent > 0 and bucket(f"shadow:{side}") < view.shadow_percent:
-            candidate = str(view.candidate_version)
+            assert candidate is not None
             self._shadow(
                 tenant,
                 collection,
-                view,
-                lambda: self._path(tenant, collection, candidate)(texts),
+                candidate,
+                lambda: self._path(candidate)(texts),
                 k,
                 i,
                 ms,
             )
-        return SearchResult(version, index, d, i, via=path.via)
+        return SearchResult(served.version, served.index, d, i, via=path.via)
 
-    def _path(self, tenant: str, collection: str, version: str) -> QueryPath:
-        """How texts reach ``version``'s space, re-checked every ``refresh_seconds`` (a model
-        can be marked unavailable while routers run)."""
-        record, _ = self._version(tenant, collection, version)
-        key = model_key(record.embedding)
-        cached = self._paths.get(key)
+    def _path(self, side: Side) -> QueryPath:
+        """How texts reach ``side``'s space, re-checked every ``refresh_seconds`` (a model can
+        be marked unavailable while routers run)."""
+        cached = self._paths.get(side.model)
         if cached is not None and time.monotonic() - cached[0] < self.refresh_seconds:
             return cached[1]
-        path = query_path(self.registry, record.embedding)
+        path = query_path(self.registry, side.record.embedding)
         with self._lock:
-            self._paths[key] = (time.monotonic(), path)
+            self._paths[side.model] = (time.monotonic(), path)
         return path
-
-    def _schema(self, tenant: str, collection: str, version: str) -> EmbeddingSchema:
-        return self._version(tenant, collection, version)[0].embedding
-
-    def _plain(self, tenant: str, collection: str, view: RoutingView) -> bool:
-        """Whether every read goes to the read version (no canary, no shadow reads, or a
-        candidate of another model, which vector queries cannot reach)."""
-        return (
-            view.candidate_version is None
-            or (view.ramp_percent <= 0 and view.shadow_percent <= 0)
-            or self._other_model(tenant, collection, view)
-        )
-
-    def _plan(self, tenant: str, collection: str, view: RoutingView) -> _Plan:
-        assert view.read_version is not None
-        record, _ = self._version(tenant, collection, view.read_version)
-        searcher = None
-        if view.read_index is not None and self._plain(tenant, collection, view):
-            found = self.searcher(view.read_index)
-            if not isinstance(found, NativeIndex):
-                searcher = found
-        # Valid as long as the routing row it was made from and the overlay read with it.
-        at = self._routes[(tenant, collection)][0]
-        overlay = self._overlay(tenant, collection)
-        one = None
-        if isinstance(searcher, ShardedIndex) and len(searcher.shards) == 1:
-            one = searcher.shards[0].search_one
-        assert overlay.last is not None
-        plan = _Plan(
-            view,
-            view.read_version,
-            view.read_index,
-            record,
-            searcher,
-            overlay.last,
-            one,
-            (record.embedding.dimension,),
-            min(at, overlay.read_at) + self.refresh_seconds,
-        )
-        with self._lock:
-            self._plans[(tenant, collection)] = plan
-        return plan
-
-    def _other_model(self, tenant: str, collection: str, view: RoutingView) -> bool:
-        """Whether the candidate is made by another model than the read version."""
-        if view.candidate_version is None or view.read_version is None:
-            return False
-        a = self._schema(tenant, collection, view.read_version)
-        b = self._schema(tenant, collection, view.candidate_version)
-        return model_key(a) != model_key(b)
-
-    def _search_version(
-        self,
-        tenant: str,
-        collection: str,
-        version: str,
-        index_id: str | None,
-        queries: Vectors,
-        k: int,
-        record: VersionRecord | None = None,
-    ) -> tuple[Distances, Ids]:
-        if index_id is None or record is None:
-            record, store = self._version(tenant, collection, version)
-        if index_id is None:
-            return store.search(queries, k, metric=str(record.embedding.metric))
-        searcher = self.searcher(index_id)
-        if isinstance(searcher, NativeIndex):
-            return searcher.search(queries, k)  # the database's own index: always current
-        delta = self._delta(tenant, collection, self._index_position(index_id))
-        if delta is None:
-            return searcher.search(queries, k)
-        record, store = self._version(tenant, collection, version)
-        metric = str(record.embedding.metric)
-        stale_ids, live_ids, live_raw = delta
-        # Over-fetch just enough to have k results left once stale ones are dropped: start
-        # small (most results are untouched) and widen only for queries that come up short.
-        fetch = min(2 * k + 10, k + len(stale_ids))
-        while True:
-            d, i = searcher.search(queries, fetch)
-            stale = np.isin(i, stale_ids)
-            short = ((i >= 0) & ~stale).sum(axis=1).min() < min(k, len(i[0]))
-            if not short or fetch >= k + len(stale_ids):
-                break
-            fetch = min(fetch * 4, k + len(stale_ids))
-        d = np.where(stale, np.inf, d)
-        i = np.where(stale, -1, i)
-        exact = ExactKnn(queries, k, metric)
-        if len(live_ids):
-            # The log holds each write's vector as the client sent it (the serving version's
-            # space): no store round trip, and the version's own transform applies. Across
-            # models (or when the log mixes spaces) the version's own vectors are read instead.
-            view = self.routing(tenant, collection)
-            written, _ = self._version(tenant, collection, view.read_version or version)
-            same = model_key(written.embedding) == model_key(record.embedding)
-            if same and live_raw.shape[1] == written.embedding.dimension:
-                _, transform = make_transform(written.embedding, record.embedding)
-                exact.add(live_ids, transform(live_raw))
-            else:
-                found_ids, found = store.fetch(live_ids)
-                exact.add(found_ids, found)
-        return merge_topk([(d, i), exact.result()], k)
-
-    def _index_position(self, index_id: str) -> int:
-        known = self._positions.get(index_id)
-        if known is None:
-            known = self.log.index_position(index_id)
-            with self._lock:
-                self._positions[index_id] = known
-        return known
-
-    def _overlay(self, tenant: str, collection: str) -> _Overlay:
-        overlay = self._overlays.get((tenant, collection))
-        if overlay is None:
-            with self._lock:
-                overlay = self._overlays.setdefault((tenant, collection), _Overlay(last={}))
-        return overlay
-
-    def _refreshed(self, tenant: str, collection: str) -> _Overlay:
-        """The collection's overlay, with other routers' writes read from the log if the last
-        read is ``refresh_seconds`` old (this router's own writes are in it at once)."""
-        overlay = self._overlay(tenant, collection)
-        if time.monotonic() - overlay.read_at >= self.refresh_seconds:
-            while True:
-                batch = self.log.read(tenant, collection, overlay.seq, 50_000)
-                if not len(batch):
-                    break
-                with self._lock:
-                    for seq, record_id, op, vec in zip(
-                        batch.seqs.tolist(),
-                        batch.ids.tolist(),
-                        batch.ops,
-                        batch.vectors,
-                        strict=True,
-                    ):
-                        overlay.note(seq, record_id, op, vec)
-                    overlay.seq = max(overlay.seq, batch.last_seq)
-            overlay.read_at = time.monotonic()
-        return overlay
-
-    def _delta(
-        self, tenant: str, collection: str, position: int
-    ) -> tuple[Ids, Ids, Vectors] | None:
-        """Records changed since ``position`` as arrays: every changed id (stale in an index
-        built before), and the ids and vectors of those that now exist.
-
-        The arrays are rebuilt from the whole overlay at most every ``refresh_seconds`` (or
-        when many changes piled up); in between, the few entries noted since are laid over them.
-        """
-        overlay = self._refreshed(tenant, collection)
-        if not overlay.last:
-            return None  # no write since this router started, anywhere
-        with self._lock:
-            assert overlay.last is not None
-            base = overlay.arrays.get(position)
-            fresh = time.monotonic() - overlay.built_at < self.refresh_seconds
-            if base is None or not fresh or len(overlay.recent) > 256:
-                items = [(r, op, v) for r, (seq, op, v) in overlay.last.items() if seq > position]
-                base = _arrays(items)
-                overlay.arrays = {position: base}
-                overlay.recent = {}
-                overlay.built_at = time.monotonic()
-            recent = [(r, op, v) for r, (seq, op, v) in overlay.recent.items() if seq > position]
-        if recent:
-            extra = _arrays(recent)
-            keep = ~np.isin(base[1], extra[0])
-            live = np.concatenate([base[1][keep], extra[1]])
-            kept = base[2][keep]
-            if kept.shape[1] == extra[2].shape[1] or not len(kept) or not len(extra[2]):
-                parts = [v for v in (kept, extra[2]) if len(v)]
-                vectors = np.concatenate(parts) if parts else extra[2]
-            else:  # spaces differ: the search reads these records from the store
-                vectors = np.empty((len(live), 0), np.float32)
-            base = (np.union1d(base[0], extra[0]), live, vectors)
-        return base if len(base[0]) else None
-
-    def _noted(
-        self,
-        tenant: str,
-        collection: str,
-        last_seq: int,
-        op: str,
-        ids: Ids,
-        vectors: Vectors | None,
-    ) -> None:
-        """Put this router's own logged write into its overlay (a batch's numbers are
-        consecutive: appends hold the log's write lock)."""
-        overlay = self._overlay(tenant, collection)
-        first = last_seq - len(ids) + 1
-        raw = None if vectors is None else np.ascontiguousarray(vectors, dtype="<f4")
-        with self._lock:
-            for n, record_id in enumerate(ids.tolist()):
-                vec = None if raw is None else raw[n].tobytes()
-                overlay.note(first + n, int(record_id), op, vec)
 
     # -- shadow reads -------------------------------------------------------------------------
 
@@ -550,7 +539,7 @@ class Router:
         self,
         tenant: str,
         collection: str,
-        view: RoutingView,
+        candidate: Side,
         queries: Vectors | Callable[[], Vectors],
         k: int,
         served: Ids,
@@ -565,20 +554,13 @@ class Router:
             sample = ShadowSample(
                 tenant=tenant,
                 collection=collection,
-                candidate=str(view.candidate_version),
+                candidate=candidate.version,
                 ms_old=served_ms,
             )
             try:
                 q = queries() if callable(queries) else queries
                 began = time.perf_counter()
-                _, found = self._search_version(
-                    tenant,
-                    collection,
-                    str(view.candidate_version),
-                    view.candidate_index,
-                    q,
-                    k,
-                )
+                _, found = candidate.search(q, k)
                 sample.ms_new = (time.perf_counter() - began) * 1000
                 sample.overlap = _overlap(served, found)
             except Exception:
@@ -602,18 +584,15 @@ class Router:
 
     # -- writes -------------------------------------------------------------------------------
 
-    def _writable(self, tenant: str, collection: str) -> tuple[RoutingView, VersionRecord]:
-        view = self.routing(tenant, collection)
-        if view.writes_paused:
+    def _writable(self, tenant: str, collection: str) -> tuple[Plan, Side]:
+        plan = self._current(tenant, collection)
+        if plan.view.writes_paused:
             raise WritesPausedError(
                 f"writes to {tenant}/{collection} are paused while it migrates offline"
             )
-        if not view.write_versions:
+        if not plan.writes or plan.live is None:
             raise NotFoundError(f"{tenant}/{collection} has no version taking writes")
-        # Writes come in the embedding space of the version that serves reads.
-        live = view.read_version or view.write_versions[0]
-        record, _ = self._version(tenant, collection, live)
-        return view, record
+        return plan, plan.live
 
     def upsert(
         self,
@@ -634,46 +613,38 @@ class Router:
             DataError: wrong dimension, NaN, bad ids, missing texts; nothing was written.
             WritesPausedError: an offline migration holds writes.
         """
-        view, live = self._writable(tenant, collection)
-        scope = Scope(tenant, collection, live.version)
+        plan, live = self._writable(tenant, collection)
         if texts is not None:
             texts = check_texts(texts)
         elif vectors is None:
             raise DataError("an upsert needs vectors or texts")
-        live_key = model_key(live.embedding)
         raw: Vectors | None = None
         if vectors is not None:  # checked once, whatever the number of write versions
-            ids_ok, raw = check_vectors(ids, vectors, live.embedding.dimension, scope)
-        planned: list[tuple[VectorStore, Vectors]] = []
-        logged: Vectors | None = None
-        for name in view.write_versions:
-            record, store = self._version(tenant, collection, name)
-            if raw is not None and model_key(record.embedding) == live_key:
-                _, transform = make_transform(live.embedding, record.embedding)
+            ids_ok, raw = check_vectors(ids, vectors, live.dimension, live.store.scope)
+        made_by: dict[str, Vectors] = {}
+        for side in plan.writes:
+            if raw is not None and side.model == live.model:
+                _, transform = make_transform(live.record.embedding, side.record.embedding)
                 made = transform(raw)
             elif texts is not None:
                 # A model's output is checked like a client's vectors (dimension, NaN).
                 ids_ok, made = check_vectors(
-                    ids,
-                    self._path(tenant, collection, name).records(texts),
-                    record.embedding.dimension,
-                    store.scope,
+                    ids, self._path(side).records(texts), side.dimension, side.store.scope
                 )
             else:
                 raise DataError(
-                    f"{tenant}/{collection}@{name} is made by {model_key(record.embedding)}, "
-                    f"not {live_key}: while the collection moves to a new embedding model, "
+                    f"{tenant}/{collection}@{side.version} is made by {side.model}, not "
+                    f"{live.model}: while the collection moves to a new embedding model, "
                     "write texts (upsert with texts) so that every version can embed them"
                 )
-            planned.append((store, made))
-            if name == live.version:
-                logged = made
+            made_by[side.version] = made
         if texts is not None and len(texts) != len(ids_ok):
             raise DataError(f"{len(ids_ok)} ids but {len(texts)} texts; pass one text per id")
-        seq = self.log.append(tenant, collection, UPSERT, ids_ok, logged, texts)
-        self._noted(tenant, collection, seq, UPSERT, ids_ok, logged)
-        for store, made in planned:
-            store.upsert(ids_ok, made)
+        logged = made_by.get(live.version)
+        seq = self.log.append(tenant, collection, UPSERT, ids_ok, logged, texts, space=live.model)
+        self._stage(tenant, collection, seq - len(ids_ok), seq, UPSERT, ids_ok, made_by)
+        for side in plan.writes:
+            side.store.upsert(ids_ok, made_by[side.version])
         return seq
 
     def delete(self, tenant: str, collection: str, ids: Ids) -> int:
@@ -683,34 +654,59 @@ class Router:
             DataError: ids that are not integers.
             WritesPausedError: an offline migration holds writes.
         """
-        view, _ = self._writable(tenant, collection)
+        plan, _ = self._writable(tenant, collection)
         arr = np.asarray(ids)
         if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):
             raise DataError(f"ids must be a list of integers, got {arr.dtype}")
-        seq = self.log.append(tenant, collection, DELETE, arr.astype(np.int64))
-        self._noted(tenant, collection, seq, DELETE, arr.astype(np.int64), None)
-        for name in view.write_versions:
-            _, store = self._version(tenant, collection, name)
-            store.delete(arr.astype(np.int64))
+        gone = arr.astype(np.int64)
+        seq = self.log.append(tenant, collection, DELETE, gone)
+        self._stage(tenant, collection, seq - len(gone), seq, DELETE, gone, {})
+        for side in plan.writes:
+            side.store.delete(gone)
         return seq
 
+    def _stage(
+        self,
+        tenant: str,
+        collection: str,
+        after: int,
+        last: int,
+        op: str,
+        ids: Ids,
+        made_by: dict[str, Vectors],
+    ) -> None:
+        """Lay this router's own logged write over the indexes it serves (seen by the next
+        search), after any other router's entries the log holds before it.
 
-def _arrays(items: list[tuple[int, str, bytes | None]]) -> tuple[Ids, Ids, Vectors]:
-    """(changed ids, ids that exist now, their vectors as written) from overlay entries.
-
-    When the entries do not all hold a vector of one size (writes before and after a change of
-    model, or texts logged without one), the vectors come back with no columns: the search
-    then reads them from the version's store.
-    """
-    changed = np.fromiter((r for r, _, _ in items), np.int64, len(items))
-    live = [(r, v) for r, op, v in items if op == UPSERT]
-    ids = np.fromiter((r for r, _ in live), np.int64, len(live))
-    sizes = {len(v) if v is not None else -1 for _, v in live}
-    if len(sizes) != 1 or -1 in sizes:
-        return changed, ids, np.empty((len(live), 0), np.float32)
-    raw = np.frombuffer(b"".join(v for _, v in live if v is not None), dtype="<f4")
-    dim = raw.size // len(live) if live else 0
-    return changed, ids, raw.reshape(len(live), dim).astype(np.float32)
+        An index of a version this write reached takes the very vectors written to it; another
+        (a version of another model no longer written) reads them from its store.
+        """
+        if after >= last:
+            return
+        state = self._collection(tenant, collection)
+        with state.lock:
+            plan = self._plans.get((tenant, collection))
+            if plan is None:
+                return  # nothing loaded: an index loaded later reads the write from the log
+            behind = [i for i in plan.live_indexes() if i.known < after]
+            if behind:
+                self._follow(tenant, collection, plan)
+            written = plan.live
+            logged = None if written is None else made_by.get(written.version)
+            for side in plan.sides():
+                live = side.searcher
+                if not isinstance(live, LiveIndex) or live.known >= last:
+                    continue
+                vectors = made_by.get(side.version)
+                same = written is not None and side.model == written.model
+                if vectors is None and logged is not None and written is not None and same:
+                    # A version not written to takes the write as the log holds it (as another
+                    # router following the log would), when it is of the same model.
+                    _, transform = make_transform(written.record.embedding, side.record.embedding)
+                    vectors = transform(logged)
+                live.stage(NetChanges.of_write(after, last, side.dimension, ids, vectors, op))
+        if self._upkeep is not None:
+            self._upkeep.wake.set()
 
 
 def _overlap(a: Ids, b: Ids) -> float:
