@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
+from sqlalchemy import event
 
 from tests.conftest import Sandbox
 from vecmigrate.catalog.changelog import ChangeLog
@@ -12,6 +18,7 @@ from vecmigrate.data.backfill import copy_shard, open_source, open_target, prepa
 from vecmigrate.data.datasets import clustered
 from vecmigrate.data.seed import seed_collection, sequential_ids
 from vecmigrate.errors import DataError, NotFoundError
+from vecmigrate.indexes.live import LiveIndex
 from vecmigrate.model.lifecycle import RoutingView
 from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.serving.router import Router, WritesPausedError, bucket
@@ -204,3 +211,114 @@ def test_the_single_query_path_answers_as_the_index_and_refuses_what_the_general
     far = np.full(sandbox.dim, 50.0, np.float32)
     router.upsert("default", "docs", np.array([99_999]), far[None, :])
     assert router.search("default", "docs", far, 3).ids[0, 0] == 99_999
+
+
+@contextmanager
+def catalog_statements(sandbox: Sandbox) -> Iterator[list[str]]:
+    """SQL statements run on the catalog's engine by this thread while the block runs."""
+    seen: list[str] = []
+    me = threading.get_ident()
+
+    def note(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if threading.get_ident() == me:
+            seen.append(statement)
+
+    engine = sandbox.catalog.engine
+    event.listen(engine, "before_cursor_execute", note)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", note)
+
+
+@pytest.mark.parametrize("kind", ["hnswlib_hnsw", "faiss_hnsw"])
+def test_a_search_after_the_plan_is_built_asks_the_catalog_nothing(
+    sandbox: Sandbox, kind: str
+) -> None:
+    """Routing, versions, models, stores and indexes are resolved once per routing generation:
+    searches then ask the catalog nothing, with writes laid over the index (FAISS HNSW keeps
+    them in its overlay) or applied to it, and with a canary and shadow reads."""
+    index = {"kind": kind, "m": 16, "ef_search": 64}
+    vectors = clustered(1500, sandbox.dim, clusters=8, seed=3)
+    seed_collection(
+        sandbox.catalog, "default", "docs", sandbox.version("v1", index), sequential_ids(1500),
+        vectors, shards=2,
+    )  # fmt: skip
+    queries = vectors[:40] + np.float32(0.01)
+    plain = Router(sandbox.catalog, refresh_seconds=600.0)  # no refresh during the test
+    plain.search("default", "docs", queries[0], 5)  # builds the plan
+    with catalog_statements(sandbox) as seen:
+        for q in queries:
+            plain.search("default", "docs", q, 5)
+            plain.search("default", "docs", q[None, :], 5, key="user-1")
+    assert seen == []
+    plain.close()
+    view = sandbox.catalog.get_routing("default", "docs")
+    assert view is not None
+    route(sandbox, "canary", candidate_version="v1", candidate_index=view.read_index,
+          ramp_percent=30.0, shadow_percent=50.0)  # fmt: skip
+    router = Router(sandbox.catalog, refresh_seconds=600.0)
+    router.search("default", "docs", queries[0], 5)
+    with catalog_statements(sandbox) as seen:
+        for n, q in enumerate(queries):
+            router.search("default", "docs", q, 5, key=f"user-{n}")
+    assert seen == []
+    far = np.full((1, sandbox.dim), 50.0, np.float32)
+    router.upsert("default", "docs", np.array([99_999]), far)  # logs the write: the catalog
+    router.delete("default", "docs", np.array([0, 1]))
+    live = router.searcher(router.routing("default", "docs").read_index or "")
+    assert isinstance(live, LiveIndex)
+    with catalog_statements(sandbox) as seen:
+        assert router.search("default", "docs", far[0], 3).ids[0, 0] == 99_999
+        router.settle("default", "docs")
+        for q in queries:
+            found = router.search("default", "docs", q, 5).ids
+            assert not {0, 1} & set(found[0].tolist())
+    assert seen == []
+    if kind == "faiss_hnsw":
+        assert live.kept == 3  # the overlay keeps them until a compaction
+    else:
+        assert live.laid_over == 0  # applied to the index itself
+    router.close()
+
+
+def test_writes_reach_the_served_index_itself_and_every_router_agrees(sandbox: Sandbox) -> None:
+    """A write through one router is applied to the index that router serves (the index object
+    finds it, not the overlay); another router serving the same artifact reads it from the log
+    and holds the same records."""
+    hnsw = {"kind": "hnswlib_hnsw", "m": 16, "ef_search": 64}
+    vectors = clustered(1000, sandbox.dim, clusters=8, seed=3)
+    seed_collection(
+        sandbox.catalog, "default", "docs", sandbox.version("v1", hnsw), sequential_ids(1000),
+        vectors, shards=1,
+    )  # fmt: skip
+    one = Router(sandbox.catalog, refresh_seconds=0.1)
+    other = Router(sandbox.catalog, refresh_seconds=0.1)
+    for router in (one, other):
+        router.search("default", "docs", vectors[0], 3)
+    far = np.full((1, sandbox.dim), 50.0, np.float32)
+    one.upsert("default", "docs", np.array([99_999]), far)
+    one.delete("default", "docs", np.array([5]))
+    view = sandbox.catalog.get_routing("default", "docs")
+    assert view is not None
+    assert view.read_index is not None
+    for router in (one, other):
+        live = router.searcher(view.read_index)
+        assert isinstance(live, LiveIndex)
+        deadline = time.monotonic() + 10
+        while live.applied < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)  # the other router reads the log every 0.1 s
+        router.settle("default", "docs")
+        assert live.laid_over == 0
+        native = live.shards[0].native
+        assert native.knn_query(far, 1)[0][0, 0] == 99_999  # the index itself
+        with pytest.raises(RuntimeError, match="Label not found"):
+            native.get_items([5])  # deleted in the index itself
+        assert router.search("default", "docs", far[0], 1).ids[0, 0] == 99_999
+    queries = vectors[:50] + np.float32(0.01)
+    assert np.array_equal(
+        one.search("default", "docs", queries, 5).ids,
+        other.search("default", "docs", queries, 5).ids,
+    )
+    one.close()
+    other.close()

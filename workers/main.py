@@ -17,9 +17,11 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from vecmigrate.activities.compaction import CompactionActivities
 from vecmigrate.activities.migration import MigrationActivities
 from vecmigrate.config import default_catalog_url
 from vecmigrate.workers.connection import connect, default_address, default_task_queue
+from vecmigrate.workflows.compaction import CompactionWorkflow
 from vecmigrate.workflows.migration import MigrationWorkflow
 from vecmigrate.workflows.regional import RegionalMigrationWorkflow
 
@@ -47,8 +49,8 @@ def build_worker(
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[MigrationWorkflow, RegionalMigrationWorkflow],
-        activities=acts.all(),
+        workflows=[MigrationWorkflow, RegionalMigrationWorkflow, CompactionWorkflow],
+        activities=acts.all() + CompactionActivities(catalog_url).all(),
         activity_executor=executor,
         max_concurrent_activities=max_concurrent_activities,
         # Progress views and the live status read a copy's count from its heartbeats, which

@@ -416,7 +416,9 @@ class LoadedIndex:
             return
         if self._hnsw is not None:
             index = self._hnsw
-            need = index.get_current_count() + len(ids)
+            # New records take the slots of deleted ones first.
+            vacant = index.get_current_count() - self.count
+            need = index.get_current_count() + max(0, len(ids) - vacant)
             if need > index.get_max_elements():
                 # Grown by a quarter at a time: a resize copies the whole graph.
                 index.resize_index(max(need, index.get_max_elements() * 5 // 4 + 1024))
