@@ -267,9 +267,15 @@ def test_an_entry_of_another_model_is_read_from_the_store(tmp_path: Path) -> Non
 
     loaded = [LoadedIndex(a.manifest) for a in artifacts(tmp_path, FaissFlat(), 1)]
     index = LiveIndex(
-        "ix", loaded, 0, space=SPACE, normalized=False, metric=Metric.L2, dimension=DIM,
+        "ix",
+        loaded,
+        0,
+        space=SPACE,
+        normalized=False,
+        metric=Metric.L2,
+        dimension=DIM,
         fetch=fetch,
-    )  # fmt: skip
+    )
     log = Changes(
         seqs=np.array([1, 2], np.int64),
         ids=np.array([77_777, 5], np.int64),

@@ -107,7 +107,8 @@ def compact(
     since = 0
     paced = time.monotonic()
     while live.applied < upto:
-        entries = log.read(record.tenant, record.collection, live.applied, LOG_PAGE)
+        page = min(LOG_PAGE, checkpoint_every)
+        entries = log.read(record.tenant, record.collection, live.applied, page)
         if not len(entries):
             break
         keep = entries.seqs <= upto

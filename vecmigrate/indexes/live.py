@@ -345,7 +345,8 @@ class LiveIndex:
         self.dimension = dimension
         self.updatable = all(s.updatable for s in shards)
         self._searcher = ShardedIndex(shards)
-        self._fetch = fetch
+        # Reads the version's own vectors of records laid over the index from its store.
+        self.fetch = fetch
         # The log positions: the artifacts hold everything up to ``base``; the index (with the
         # entries kept in the overlay) up to ``applied``; the overlay what is staged up to
         # ``known``.
@@ -400,11 +401,11 @@ class LiveIndex:
             overlay = self.overlay  # read before the index: see ``drain``
             fetched = None
             if len(overlay.fetch):
-                if self._fetch is None:
+                if self.fetch is None:
                     raise PreconditionError(
                         f"index {self.index_id} needs records from its store but has none"
                     )
-                fetched = self._fetch(overlay.fetch)
+                fetched = self.fetch(overlay.fetch)
             found = self._search_index(q, k, overlay.hidden)
             if found is not None:
                 break
