@@ -9,6 +9,7 @@ from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from vecmigrate.workflows.compaction import CompactionWorkflow
 from vecmigrate.workflows.migration import MigrationWorkflow
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
@@ -16,7 +17,9 @@ HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
 async def test_history_replays(path: Path) -> None:
-    replayer = Replayer(workflows=[MigrationWorkflow], data_converter=pydantic_data_converter)
+    replayer = Replayer(
+        workflows=[MigrationWorkflow, CompactionWorkflow], data_converter=pydantic_data_converter
+    )
     history = WorkflowHistory.from_json(path.stem, path.read_text())
     await replayer.replay_workflow(history)
 

@@ -7,7 +7,8 @@ One thread per router, off the request path:
   stages the change log's new entries (other routers' writes) on the indexes it serves, and
   swaps an index for a newer compaction when its overlay keeps records only a compaction folds;
 * in between it applies staged changes to those indexes, a few milliseconds' worth at a time,
-  pausing as long between turns so that searches kept out of a changing index never wait long.
+  pausing briefly between turns so that searches kept out of a changing index never wait
+  longer than a turn.
 
 It holds its router weakly: a router dropped without ``close`` stops its thread.
 """
@@ -83,7 +84,7 @@ class Upkeep:
 
     def _apply(self, indexes: list[LiveIndex]) -> bool:
         """One turn of applying staged changes to each index that has some; whether any are
-        left. Each turn is followed by a pause as long as it took."""
+        left."""
         busy = False
         for live in indexes:
             if not live.staged:
@@ -96,5 +97,7 @@ class Upkeep:
             self._budget[live.index_id] = max(8, min(4096, int(TURN_SECONDS / max(per, 1e-7))))
             busy = busy or more
             if more:
-                time.sleep(spent)
+                # Searches that arrived during the turn wait for it on the index's lock: a short
+                # pause lets them through before the next turn keeps new ones out again.
+                time.sleep(min(spent / 4, 0.002))
         return busy
