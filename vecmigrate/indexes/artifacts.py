@@ -325,7 +325,7 @@ class LoadedIndex:
             self._faiss: Any = None
         else:
             self._hnsw = None
-            self._faiss = _own_ids(faiss.read_index(str(data_file)))
+            self._faiss = faiss.read_index(str(data_file))
             inner: Any = (
                 faiss.downcast_index(self._faiss.index)
                 if isinstance(self._faiss, faiss.IndexIDMap2)
@@ -375,6 +375,9 @@ class LoadedIndex:
             return removed
         if not self.updatable:
             raise PreconditionError(f"a {self.kind} index cannot remove records; rebuild it")
+        # Before its first write an IVF is made to hold its ids itself (a read-only user of
+        # the artifact, a gate, never pays for it).
+        self._faiss = _own_ids(self._faiss)
         removed = int(self._faiss.remove_ids(np.ascontiguousarray(ids, dtype=I64)))
         self.count = int(self._faiss.ntotal)
         return removed
@@ -431,6 +434,7 @@ class LoadedIndex:
             self._counted(len(ids))
             return
         x = prepare_for_metric(vectors, self.metric)
+        self._faiss = _own_ids(self._faiss)
         self._faiss.add_with_ids(x, np.ascontiguousarray(ids, dtype=I64))
         self.count = int(self._faiss.ntotal)
 
@@ -490,7 +494,7 @@ class LoadedIndex:
 
 def _own_ids(index: Any) -> Any:
     """A FAISS index that can take writes in place: an IVF under an id map (as builds write
-    them) becomes the IVF holding the ids itself.
+    them) becomes the IVF holding the ids itself; any other index is returned as it is.
 
     The id map numbers the IVF's entries 0..n-1 and, on a removal, renumbers its own list
     assuming the entries below keep their order, which holds for a flat index but not for an
