@@ -1,9 +1,12 @@
 """Temporal activities of a migration: thin adapters over ``vecmigrate``.
 
-They add what only Temporal knows about: heartbeats carrying a resume cursor, the attempt number,
-and which errors are worth retrying. Heavy ones are plain functions run on the worker's thread
-pool. Domain errors that a retry cannot fix are raised as non-retryable application errors
-whose type names the domain error, so the workflow can report them.
+Every activity goes through one boundary (:func:`_boundary`): it is admitted only on a worker of
+the region its data lives in, it loads its migration's spec from the catalog by the hash the
+task names (refusing one whose hash differs), and whatever it raises leaves as a typed
+``ApplicationError`` whose message is cut to fit Temporal's failure record: non-retryable for
+the domain errors a retry cannot fix, retryable otherwise. Long ones heartbeat, with their
+resume cursor where they have one. Heavy ones are plain functions run on the worker's thread
+pool.
 """
 
 from __future__ import annotations
@@ -14,21 +17,23 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, TypeVar
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, TemporalError
 
 from vecmigrate import validation
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.catalog.changelog import ChangeLog
 from vecmigrate.catalog.journal import Journal
 from vecmigrate.catalog.residency import Residency
+from vecmigrate.catalog.specs import SpecStore
 from vecmigrate.data import backfill
-from vecmigrate.errors import NON_RETRYABLE, ArtifactError, PreconditionError
+from vecmigrate.errors import NON_RETRYABLE, PreconditionError, SpecMismatchError, summary
 from vecmigrate.indexes import build
 from vecmigrate.indexes.artifacts import cpu_share, set_openmp_threads
-from vecmigrate.model.lifecycle import RoutingView, ShardCheck
+from vecmigrate.model.gates import ShardCheck
+from vecmigrate.model.routing import RoutingView
 from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.model.tasks import (
     ArtifactRef,
@@ -40,6 +45,7 @@ from vecmigrate.model.tasks import (
     CopyShardInput,
     CopyShardResult,
     Cursor,
+    DataStateInput,
     IndexRegistered,
     LedgerAck,
     LedgerInput,
@@ -50,6 +56,7 @@ from vecmigrate.model.tasks import (
     RoutingChangeInput,
     ShadowInput,
     ShadowResult,
+    SpecTask,
     TenantsInput,
     ValidateInput,
     ValidateResult,
@@ -58,44 +65,36 @@ from vecmigrate.model.tasks import (
 )
 from vecmigrate.records.checksums import RecordChecksum
 from vecmigrate.records.vectors import merge_topk
+from vecmigrate.stores import WHOLE
 from vecmigrate.validation.shadow import ShadowLog
 
-P = ParamSpec("P")
+I = TypeVar("I")  # noqa: E741
 R = TypeVar("R")
 
 
-def _resident(fn: Callable[[Any, Any], R]) -> Callable[[Any, Any], R]:
-    """Admit the call only on a worker of the region its data lives in, and record the run."""
+def _boundary(fn: Callable[[MigrationActivities, I], R]) -> Callable[[MigrationActivities, I], R]:
+    """Admit the call on the region's workers only, and turn what it raises into typed errors.
+
+    Errors a retry cannot fix are non-retryable; anything else is retried by the workflow's
+    policy. Only a summary of the message travels (Temporal keeps a retried activity's last
+    failure only while it is small); the worker's log keeps the whole error.
+    """
 
     @functools.wraps(fn)
-    def wrapper(self: MigrationActivities, inp: Any) -> R:
-        spec: MigrationSpec | None = getattr(inp, "spec", None)
-        region: str | None
-        mid: str | None
-        tenant: str | None
-        if spec is not None:
-            region, mid, tenant = spec.region, spec.migration_id, spec.tenant
-        else:
-            region = getattr(inp, "region", None)
-            mid = getattr(inp, "migration_id", None)
-            tenant = getattr(inp, "tenant", None)
-        self.residency.admit(fn.__name__, region, mid, tenant)
-        return fn(self, inp)
-
-    return wrapper
-
-
-def _domain_errors(fn: Callable[P, R]) -> Callable[P, R]:
-    """Turn domain errors a retry cannot fix into non-retryable application errors."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+    def wrapper(self: MigrationActivities, inp: I) -> R:
         try:
-            return fn(*args, **kwargs)
+            self.admit(fn.__name__, inp)
+            return fn(self, inp)
+        except TemporalError:
+            raise  # raised on purpose (a cancelled heartbeat, an error already typed)
         except NON_RETRYABLE as exc:
-            raise ApplicationError(str(exc), type=type(exc).__name__, non_retryable=True) from exc
-        except ArtifactError as exc:  # a rebuild on retry can fix a bad artifact
-            raise ApplicationError(str(exc), type=type(exc).__name__) from exc
+            activity.logger.warning("%s refused: %s", fn.__name__, exc)
+            raise ApplicationError(
+                summary(exc), type=type(exc).__name__, non_retryable=True
+            ) from None
+        except Exception as exc:
+            activity.logger.exception("%s failed", fn.__name__)
+            raise ApplicationError(summary(exc), type=type(exc).__name__) from None
 
     return wrapper
 
@@ -155,6 +154,7 @@ class MigrationActivities:
         self._catalog: Catalog | None = None
         self._journal: Journal | None = None
         self._residency: Residency | None = None
+        self._specs: SpecStore | None = None
 
     @property
     def catalog(self) -> Catalog:
@@ -173,6 +173,37 @@ class MigrationActivities:
         if self._journal is None:
             self._journal = Journal(self.catalog)
         return self._journal
+
+    @property
+    def specs(self) -> SpecStore:
+        if self._specs is None:
+            self._specs = SpecStore(self.catalog)
+        return self._specs
+
+    def admit(self, name: str, inp: Any) -> None:
+        """Record this run, or refuse it before it touches anything when it belongs to another
+        region (see :class:`Residency`)."""
+        self.residency.admit(
+            name,
+            getattr(inp, "region", None),
+            getattr(inp, "migration_id", None),
+            getattr(inp, "tenant", None),
+        )
+
+    def spec(self, task: SpecTask) -> MigrationSpec:
+        """The spec ``task`` names, from the catalog (verified against its hash once per worker).
+
+        Raises:
+            SpecMismatchError: not in this catalog, altered, or not the task's tenant or region.
+        """
+        spec = self.specs.load(task.migration_id, task.spec_hash)
+        if (spec.tenant, spec.region) != (task.tenant, task.region):
+            raise SpecMismatchError(
+                f"spec {task.spec_hash[:12]} is for tenant {spec.tenant}, region "
+                f"{spec.region or 'none'}; the task names tenant {task.tenant}, region "
+                f"{task.region or 'none'}: refused"
+            )
+        return spec
 
     def _ledger(self, spec: MigrationSpec, key: str, kind: str, data: dict[str, Any]) -> LedgerAck:
         """Append an entry keyed by ``key`` (a retry finds it instead of writing it again)."""
@@ -198,6 +229,7 @@ class MigrationActivities:
             self.register_index,
             self.validate_shard,
             self.validate,
+            self.data_state,
             self.change_routing,
             self.set_version_state,
             self.set_control,
@@ -209,17 +241,16 @@ class MigrationActivities:
         ]
 
     @activity.defn(name="prepare")
-    @_domain_errors
-    @_resident
+    @_boundary
     def prepare(self, inp: PrepareInput) -> PrepareResult:
-        with _keepalive(inp.spec):  # counting thousands of shards takes a while
-            return backfill.prepare(self.catalog, inp.spec, inp.operator)
+        spec = self.spec(inp)
+        with _keepalive(spec):  # counting thousands of shards takes a while
+            return backfill.prepare(self.catalog, spec, inp.operator)
 
     @activity.defn(name="copy_shard")
-    @_domain_errors
-    @_resident
+    @_boundary
     def copy_shard(self, inp: CopyShardInput) -> CopyShardResult:
-        spec, index = inp.spec, inp.shard.index
+        spec, index = self.spec(inp), inp.shard.index
         with _keepalive(spec) as beat:
 
             def progress(cursor: Cursor, done: int, _acc: RecordChecksum) -> None:
@@ -241,10 +272,9 @@ class MigrationActivities:
         return result
 
     @activity.defn(name="build_shard_index")
-    @_domain_errors
-    @_resident
+    @_boundary
     def build_shard_index(self, inp: BuildIndexInput) -> ArtifactRef:
-        spec, index = inp.spec, inp.shard.index
+        spec, index = self.spec(inp), inp.shard.index
         store = backfill.open_target(spec)
         directory = build.artifact_dir(
             spec.target.store, spec.tenant, spec.collection, spec.target.name
@@ -263,18 +293,17 @@ class MigrationActivities:
         return ref
 
     @activity.defn(name="build_native_index")
-    @_domain_errors
-    @_resident
+    @_boundary
     def build_native_index(self, inp: BuildNativeIndexInput) -> ArtifactRef:
+        spec = self.spec(inp)
         # One statement, no cursor to heartbeat: a retry finds the index by its stable name.
-        with _keepalive(inp.spec):
-            return build.build_native(backfill.open_target(inp.spec), inp.spec.target)
+        with _keepalive(spec):
+            return build.build_native(backfill.open_target(spec), spec.target)
 
     @activity.defn(name="register_index")
-    @_domain_errors
-    @_resident
+    @_boundary
     def register_index(self, inp: RegisterIndexInput) -> IndexRegistered:
-        spec = inp.spec
+        spec = self.spec(inp)
         artifacts = inp.artifacts
         if not artifacts:
             stored = self.journal.outcomes(spec.migration_id, "artifact")
@@ -296,10 +325,9 @@ class MigrationActivities:
         )
 
     @activity.defn(name="validate_shard")
-    @_domain_errors
-    @_resident
+    @_boundary
     def validate_shard(self, inp: ValidateShardInput) -> ShardCheck:
-        spec = inp.spec
+        spec = self.spec(inp)
         volatile = None
         if inp.volatile_after is not None:
             after, log = inp.volatile_after, ChangeLog(self.catalog)
@@ -321,11 +349,11 @@ class MigrationActivities:
         return check
 
     @activity.defn(name="validate")
-    @_domain_errors
-    @_resident
+    @_boundary
     def validate(self, inp: ValidateInput) -> ValidateResult:
         began = time.monotonic()
-        spec = inp.spec
+        spec = self.spec(inp)
+        before = self._data_state(spec)
         source, target = backfill.open_source(spec), backfill.open_target(spec)
         checks = inp.checks or self._checks(spec, inp.round)
         set_openmp_threads(cpu_share(1))  # the figures run alone, after every shard check
@@ -348,7 +376,20 @@ class MigrationActivities:
                 source_is_target=validation.same_data(spec, checks),
             )
         report = validation.report(spec, checks, figures)
+        report.data_state = before
         return ValidateResult(report=report, seconds=time.monotonic() - began)
+
+    @activity.defn(name="data_state")
+    @_boundary
+    def data_state(self, inp: DataStateInput) -> str:
+        return self._data_state(self.spec(inp))
+
+    def _data_state(self, spec: MigrationSpec) -> str:
+        """Counts of both versions and the change-log head: what a gate measured, cheaply."""
+        source = backfill.open_source(spec).count(WHOLE)
+        target = backfill.open_target(spec).count(WHOLE)
+        head = ChangeLog(self.catalog).head(spec.tenant, spec.collection)
+        return f"source {source}, target {target}, change log at {head}"
 
     def _share(self, spec: MigrationSpec) -> int:
         """Threads for one shard's build or check: the cores split among the shards the
@@ -368,12 +409,12 @@ class MigrationActivities:
         return [ShardCheck.model_validate(stored[s]) for s in spec.shards.selected()]
 
     @activity.defn(name="catch_up")
-    @_domain_errors
-    @_resident
+    @_boundary
     def catch_up(self, inp: CatchUpInput) -> CatchUpResult:
-        with _keepalive(inp.spec) as beat:
+        spec = self.spec(inp)
+        with _keepalive(spec) as beat:
             return backfill.catch_up(
-                inp.spec,
+                spec,
                 ChangeLog(self.catalog),
                 self.journal,
                 inp.after,
@@ -382,14 +423,12 @@ class MigrationActivities:
             )
 
     @activity.defn(name="log_head")
-    @_domain_errors
-    @_resident
+    @_boundary
     def log_head(self, inp: LogHeadInput) -> int:
         return ChangeLog(self.catalog).head(inp.tenant, inp.collection)
 
     @activity.defn(name="shadow_figures")
-    @_domain_errors
-    @_resident
+    @_boundary
     def shadow_figures(self, inp: ShadowInput) -> ShadowResult:
         shadows = ShadowLog(self.catalog)
         last = shadows.last_id()
@@ -397,8 +436,7 @@ class MigrationActivities:
         return ShadowResult(figures=figures, last_id=last)
 
     @activity.defn(name="set_control")
-    @_domain_errors
-    @_resident
+    @_boundary
     def set_control(self, inp: ControlInput) -> None:
         self.journal.set_control(
             inp.migration_id,
@@ -407,8 +445,7 @@ class MigrationActivities:
         )
 
     @activity.defn(name="change_routing")
-    @_domain_errors
-    @_resident
+    @_boundary
     def change_routing(self, inp: RoutingChangeInput) -> RoutingView:
         return self.catalog.compare_and_set_routing(
             inp.tenant,
@@ -428,15 +465,16 @@ class MigrationActivities:
         )
 
     @activity.defn(name="set_version_state")
-    @_domain_errors
-    @_resident
+    @_boundary
     def set_version_state(self, inp: VersionStateInput) -> None:
         self.catalog.set_version_state(inp.tenant, inp.collection, inp.version, inp.state)
 
     @activity.defn(name="record")
-    @_domain_errors
-    @_resident
+    @_boundary
     def record(self, inp: LedgerInput) -> LedgerAck:
+        if inp.kind == "migration.started" and "spec" in inp.data:
+            # The one payload that carries the spec: stored by its hash before any task names it.
+            self.specs.store(inp.migration_id, MigrationSpec.model_validate(inp.data["spec"]))
         entry = self.catalog.append(
             tenant=inp.tenant,
             collection=inp.collection,
@@ -452,7 +490,6 @@ class MigrationActivities:
         return LedgerAck(seq=entry.seq, hash=entry.hash)
 
     @activity.defn(name="list_tenants")
-    @_domain_errors
-    @_resident
+    @_boundary
     def list_tenants(self, inp: TenantsInput) -> list[str]:
         return self.catalog.tenants_with(inp.collection, inp.version)

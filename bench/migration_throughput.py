@@ -35,7 +35,7 @@ from vecmigrate.control.client import MigrationClient
 from vecmigrate.control.devserver import DevServer, free_port
 from vecmigrate.data.datasets import clustered, glove
 from vecmigrate.data.seed import seed_collection, sequential_ids
-from vecmigrate.model.lifecycle import STRATEGY_PHASES, Phase
+from vecmigrate.model.lifecycle import LIFECYCLE, Phase
 from vecmigrate.model.spec import BuiltinStoreRef, parse_spec
 from vecmigrate.records.sharding import hash_key, hash_shards
 from vecmigrate.testing.chaos import builtin_version
@@ -165,7 +165,7 @@ def main() -> None:
     phases = {ph: median(run.phases.get(ph, 0.0) for run in runs) for ph in runs[0].phases}
     total = median(run.total for run in runs)
     raw = median(run.raw for run in runs)
-    order = [str(ph) for ph in STRATEGY_PHASES["blue_green"] if str(ph) in phases]
+    order = [str(ph) for ph in LIFECYCLE["blue_green"].phases if str(ph) in phases]
     rows = [{"phase": ph, "seconds": round(phases[ph], 2)} for ph in order if ph != "PLANNED"]
     rows.append({"phase": "vecmigrate end to end", "seconds": round(total, 2)})
     rows.append({"phase": "raw hnswlib build, same shards", "seconds": round(raw, 2)})

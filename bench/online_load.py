@@ -32,7 +32,7 @@ from vecmigrate.control.devserver import DevServer, free_port
 from vecmigrate.data.backfill import open_source, open_target
 from vecmigrate.data.datasets import clustered
 from vecmigrate.data.seed import seed_collection, sequential_ids
-from vecmigrate.model.lifecycle import STRATEGY_PHASES
+from vecmigrate.model.lifecycle import LIFECYCLE
 from vecmigrate.model.spec import BuiltinStoreRef, parse_spec
 from vecmigrate.serving.gateway import Gateway
 from vecmigrate.testing.chaos import builtin_version
@@ -138,7 +138,7 @@ async def main_async(args: argparse.Namespace, console: Console) -> dict[str, ob
         server.stop()
     requests = load.requests()
     verdict = verify(load.states, open_target(spec))
-    order = ["IDLE", *(str(p) for p in STRATEGY_PHASES["online"]), "AFTER"]
+    order = ["IDLE", *(str(p) for p in LIFECYCLE["online"].phases), "AFTER"]
     rows = latency_table(requests, order)
     idle = next(r for r in rows if r["phase"] == "IDLE")
     backfill = next((r for r in rows if r["phase"] == "BACKFILLING"), None)

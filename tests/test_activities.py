@@ -1,4 +1,5 @@
-"""Activities under ActivityEnvironment: resume from the journal, reuse, non-retryable errors."""
+"""Activities under ActivityEnvironment: resume from the journal, reuse, non-retryable errors,
+the spec loaded by its hash, and errors summarised to fit Temporal's failure record."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from temporalio.testing import ActivityEnvironment
 from tests.conftest import Sandbox
 from vecmigrate.activities.migration import MigrationActivities
 from vecmigrate.data.backfill import open_source, open_target, prepare
+from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.model.tasks import BuildIndexInput, CopyShardInput, PrepareInput
 
 
@@ -19,17 +21,36 @@ class KilledError(Exception):
     """Stands for the worker dying."""
 
 
-def _copy_input(sandbox: Sandbox, n: int = 3000) -> tuple[MigrationActivities, CopyShardInput]:
+def task(acts: MigrationActivities, spec: MigrationSpec) -> dict[str, Any]:
+    """What a task of ``spec``'s migration names, its spec stored as the workflow's first
+    ledger entry stores it."""
+    acts.specs.store(spec.migration_id, spec)
+    return {
+        "migration_id": spec.migration_id,
+        "spec_hash": spec.spec_hash(),
+        "tenant": spec.tenant,
+        "region": spec.region,
+    }
+
+
+def _copy_input(
+    sandbox: Sandbox, n: int = 3000
+) -> tuple[MigrationActivities, MigrationSpec, CopyShardInput]:
     sandbox.seed(n)
     spec = sandbox.spec(batch_size=100, shards={"count": 1})
     acts = MigrationActivities(sandbox.catalog.url)
     shard = prepare(sandbox.catalog, spec, "t").shards[0]
-    return acts, CopyShardInput(migration_id=spec.migration_id, spec=spec, shard=shard)
+    return acts, spec, CopyShardInput(**task(acts, spec), shard=shard)
+
+
+def killed(exc: pytest.ExceptionInfo[ApplicationError]) -> bool:
+    """The activity stopped because its worker "died" (the boundary typed the error)."""
+    return exc.value.type == "KilledError" and not exc.value.non_retryable
 
 
 def test_copy_killed_after_a_batch_resumes_from_the_journal(sandbox: Sandbox) -> None:
-    acts, inp = _copy_input(sandbox)
-    spec, shard = inp.spec, inp.shard
+    acts, spec, inp = _copy_input(sandbox)
+    shard = inp.shard
     beats: list[Any] = []
 
     def die_after_five(*details: Any) -> None:
@@ -39,8 +60,9 @@ def test_copy_killed_after_a_batch_resumes_from_the_journal(sandbox: Sandbox) ->
 
     env = ActivityEnvironment()
     env.on_heartbeat = die_after_five
-    with pytest.raises(KilledError):
+    with pytest.raises(ApplicationError) as died:
         env.run(acts.copy_shard, inp)
+    assert killed(died)
     assert beats[-1]["copied"] == 500
     assert open_target(spec).count() == 500
 
@@ -67,7 +89,7 @@ def test_copy_killed_inside_a_write_loses_nothing_and_recopies_one_batch(
 ) -> None:
     from vecmigrate.stores.builtin import BuiltinStore
 
-    acts, inp = _copy_input(sandbox)
+    acts, spec, inp = _copy_input(sandbox)
     real = BuiltinStore.upsert
     calls = {"n": 0}
 
@@ -78,14 +100,15 @@ def test_copy_killed_inside_a_write_loses_nothing_and_recopies_one_batch(
         real(self, ids, vectors)
 
     monkeypatch.setattr(BuiltinStore, "upsert", dies_in_the_seventh)
-    with pytest.raises(KilledError):
+    with pytest.raises(ApplicationError) as died:
         ActivityEnvironment().run(acts.copy_shard, inp)
+    assert killed(died)
     monkeypatch.setattr(BuiltinStore, "upsert", real)
-    assert open_target(inp.spec).count() == 600
+    assert open_target(spec).count() == 600
     result = ActivityEnvironment().run(acts.copy_shard, inp)
     assert result.copied == 3000
     assert result.recopied == 100
-    assert result.checksum == open_source(inp.spec).checksum(inp.shard)
+    assert result.checksum == open_source(spec).checksum(inp.shard)
     # A finished shard run again is not copied again: the journal returns its result.
     again = ActivityEnvironment().run(acts.copy_shard, inp)
     assert again.checksum == result.checksum
@@ -99,13 +122,9 @@ def test_build_reuses_a_finished_artifact(sandbox: Sandbox) -> None:
     acts = MigrationActivities(sandbox.catalog.url, build_threads=1)
     shard = prepare(sandbox.catalog, spec, "t").shards[0]
     env = ActivityEnvironment()
-    env.run(acts.copy_shard, CopyShardInput(migration_id="m", spec=spec, shard=shard))
-    first = env.run(
-        acts.build_shard_index, BuildIndexInput(migration_id="m", spec=spec, shard=shard)
-    )
-    second = env.run(
-        acts.build_shard_index, BuildIndexInput(migration_id="m", spec=spec, shard=shard)
-    )
+    env.run(acts.copy_shard, CopyShardInput(**task(acts, spec), shard=shard))
+    first = env.run(acts.build_shard_index, BuildIndexInput(**task(acts, spec), shard=shard))
+    second = env.run(acts.build_shard_index, BuildIndexInput(**task(acts, spec), shard=shard))
     assert not first.reused
     assert second.reused
     assert second.sha256 == first.sha256
@@ -121,7 +140,7 @@ def test_precondition_failures_are_not_retried(sandbox: Sandbox) -> None:
         target=sandbox.version("v2", {"kind": "faiss_flat"}, metric="ip").model_dump(mode="json"),
     )
     with pytest.raises(ApplicationError) as exc:
-        ActivityEnvironment().run(acts.prepare, PrepareInput(migration_id="m", spec=spec))
+        ActivityEnvironment().run(acts.prepare, PrepareInput(**task(acts, spec)))
     assert exc.value.non_retryable
     assert exc.value.type == "PreconditionError"
     assert "source.embedding does not match the catalog" in str(exc.value)
@@ -138,5 +157,87 @@ def test_ivf_target_too_large_for_the_shards_is_refused_up_front(sandbox: Sandbo
         ).model_dump(mode="json")
     )
     with pytest.raises(ApplicationError, match="lower nlist \\(or nbits\\) or use fewer shards"):
-        ActivityEnvironment().run(acts.prepare, PrepareInput(migration_id="m", spec=spec))
+        ActivityEnvironment().run(acts.prepare, PrepareInput(**task(acts, spec)))
     assert sandbox.catalog.find_version("default", "docs", "v2") is None
+
+
+def test_a_task_names_its_spec_by_hash_and_an_altered_spec_is_refused(sandbox: Sandbox) -> None:
+    from sqlalchemy import update
+
+    from vecmigrate.catalog.specs import applied_specs
+
+    acts, spec, inp = _copy_input(sandbox, n=500)
+    # The spec is not in the task: only what identifies the work.
+    assert set(inp.model_dump()) == {"migration_id", "spec_hash", "tenant", "region", "shard"}
+    assert ActivityEnvironment().run(acts.copy_shard, inp).copied == 500
+
+    # A task naming a spec this catalog never stored is refused, not retried.
+    other = inp.model_copy(update={"spec_hash": "0" * 64})
+    with pytest.raises(ApplicationError) as refused:
+        ActivityEnvironment().run(acts.copy_shard, other)
+    assert refused.value.type == "SpecMismatchError"
+    assert refused.value.non_retryable
+    assert "holds no spec 000000000000" in refused.value.message
+
+    # Edited in the catalog behind the migration's back: the stored spec no longer hashes to
+    # the name the tasks use, and a worker that has not verified it yet refuses it.
+    altered = spec.model_dump(mode="json")
+    altered["batch_size"] = 7
+    with sandbox.catalog.engine.begin() as conn:
+        conn.execute(
+            update(applied_specs)
+            .where(applied_specs.c.spec_hash == inp.spec_hash)
+            .values(spec=altered)
+        )
+    fresh = MigrationActivities(sandbox.catalog.url)
+    with pytest.raises(ApplicationError) as edited:
+        ActivityEnvironment().run(fresh.copy_shard, inp)
+    assert edited.value.type == "SpecMismatchError"
+    assert edited.value.non_retryable
+    assert "it was altered in the catalog" in edited.value.message
+
+
+def test_a_task_of_an_earlier_release_carrying_its_spec_still_runs(sandbox: Sandbox) -> None:
+    """Tasks scheduled before this release carry the whole spec; the spec was in the
+    migration's first ledger entry, which is where it is found."""
+    sandbox.seed(500)
+    spec = sandbox.spec(shards={"count": 1})
+    shard = prepare(sandbox.catalog, spec, "t").shards[0]
+    sandbox.catalog.append(
+        tenant=spec.tenant,
+        collection=spec.collection,
+        kind="migration.started",
+        actor="earlier-release",
+        migration_id=spec.migration_id,
+        data={"spec": spec.model_dump(mode="json")},
+        event_key=f"{spec.migration_id}/started",
+    )
+    legacy = CopyShardInput.model_validate(
+        {"migration_id": spec.migration_id, "spec": spec.model_dump(mode="json"), "shard": shard}
+    )
+    assert legacy.spec_hash == spec.spec_hash()
+    acts = MigrationActivities(sandbox.catalog.url)
+    assert ActivityEnvironment().run(acts.copy_shard, legacy).copied == 500
+
+
+def test_an_error_is_typed_and_cut_to_fit_temporals_failure_record(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vecmigrate.errors import SUMMARY_CHARS
+    from vecmigrate.stores.builtin import BuiltinStore
+
+    acts, _, inp = _copy_input(sandbox, n=500)
+
+    def unreachable(self: BuiltinStore, ids: Any, vectors: Any) -> None:
+        raise ConnectionError("server closed the connection unexpectedly " + "x" * 20_000)
+
+    monkeypatch.setattr(BuiltinStore, "upsert", unreachable)
+    with pytest.raises(ApplicationError) as failed:
+        ActivityEnvironment().run(acts.copy_shard, inp)
+    err = failed.value
+    assert err.type == "ConnectionError"
+    assert not err.non_retryable  # a store may come back: Temporal retries it
+    assert err.message.startswith("server closed the connection unexpectedly")
+    assert len(err.message) < SUMMARY_CHARS + 100
+    assert "more characters in the worker's log" in err.message
+    assert err.__cause__ is None  # no chained stack trace travels with it

@@ -13,7 +13,7 @@ from tests.conftest import Sandbox
 from vecmigrate.catalog.journal import Journal
 from vecmigrate.data.backfill import Throttle, copy_shard, open_source, open_target, prepare
 from vecmigrate.errors import DataError
-from vecmigrate.model.lifecycle import ThrottleRequest
+from vecmigrate.model.messages import ThrottleRequest
 from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.model.tasks import Cursor, ShardRef
 from vecmigrate.stores.builtin import namespaces, vectors

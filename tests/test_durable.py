@@ -20,7 +20,8 @@ from vecmigrate.catalog.journal import Journal
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.control.devserver import temporal_binary
 from vecmigrate.data.backfill import open_source, open_target
-from vecmigrate.model.lifecycle import Phase, ThrottleRequest
+from vecmigrate.model.lifecycle import Phase
+from vecmigrate.model.messages import ThrottleRequest
 from vecmigrate.stores import WHOLE
 
 

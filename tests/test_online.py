@@ -28,7 +28,8 @@ from tests.test_workflow import wait_for
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.control.devserver import free_port
 from vecmigrate.data.backfill import open_source, open_target
-from vecmigrate.model.lifecycle import STRATEGY_PHASES, Phase, RampRequest
+from vecmigrate.model.lifecycle import LIFECYCLE, Phase
+from vecmigrate.model.messages import RampRequest
 from vecmigrate.serving.gateway import Gateway
 from vecmigrate.stores import WHOLE
 from vecmigrate.testing.drill import run_drill, until_phase
@@ -144,7 +145,7 @@ async def test_online_migration_under_load_loses_no_write(client: Client, sandbo
     assert "ROLLING_BACK" not in phases
     assert sandbox.catalog.verify_ledger() == []
 
-    order = ["BEFORE", *STRATEGY_PHASES["online"], "AFTER"]
+    order = ["BEFORE", *LIFECYCLE["online"].phases, "AFTER"]
     rows = latency_table(requests, [str(p) for p in order])
     table = Table(title="requests through the gateway, per phase")
     for col in rows[0]:
@@ -196,7 +197,7 @@ def test_vecmigrate_serve_answers_over_http(sandbox: Sandbox) -> None:
         [
             sys.executable,
             "-m",
-            "control",
+            "vecmigrate",
             "serve",
             "--catalog",
             sandbox.catalog.url,

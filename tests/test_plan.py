@@ -8,13 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import yaml
 from sqlalchemy import func, select
 
 from tests.conftest import Sandbox, vecmigrate
 from vecmigrate.catalog.catalog import ledger, migrations, vector_versions
 from vecmigrate.control.plan import plan_migration
-from vecmigrate.model.lifecycle import STRATEGY_PHASES
+from vecmigrate.model.lifecycle import LIFECYCLE
 
 
 def rows(sandbox: Sandbox) -> tuple[int, int, int]:
@@ -39,7 +40,7 @@ def test_plan_describes_every_step_and_check(sandbox: Sandbox, tmp_path: Path) -
     spec = sandbox.spec()
     plan = plan_migration(sandbox.catalog, spec)
     assert plan.ok
-    assert [p for p, _ in plan.steps] == list(STRATEGY_PHASES["blue_green"])
+    assert [p for p, _ in plan.steps] == list(LIFECYCLE["blue_green"].phases)
     assert sum(plan.shard_sizes.values()) == 3000
     assert plan.extra_bytes > 3000 * 16 * 4
     assert {c.name for c in plan.checks} >= {
@@ -107,3 +108,19 @@ def test_plan_refuses_what_the_target_store_cannot_hold(
         "target.index pgvector_hnsw supports at most 2000 dimensions, not 2048: use a "
         "FAISS/hnswlib index kind (built from the data by vecmigrate) instead"
     ]
+
+
+@pytest.mark.parametrize("strategy", sorted(LIFECYCLE))
+def test_plan_describes_every_strategys_phases_from_the_table(
+    sandbox: Sandbox, tmp_path: Path, strategy: str
+) -> None:
+    """`plan` (and `start`, which plans first) of an online spec ended in a KeyError: its
+    phases were restated in plan.py and CATCHING_UP was missing. They come from the table."""
+    sandbox.seed(1000)
+    spec = sandbox.spec(strategy=strategy)
+    plan = plan_migration(sandbox.catalog, spec)
+    assert [p for p, _ in plan.steps] == list(LIFECYCLE[strategy].phases)
+    assert "1,000 vectors" in dict(plan.steps)["BACKFILLING"]
+    done = plan_cli(sandbox, spec.model_dump(mode="json"), tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr

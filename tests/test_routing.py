@@ -19,7 +19,7 @@ from vecmigrate.data.datasets import clustered
 from vecmigrate.data.seed import seed_collection, sequential_ids
 from vecmigrate.errors import DataError, NotFoundError
 from vecmigrate.indexes.live import LiveIndex
-from vecmigrate.model.lifecycle import RoutingView
+from vecmigrate.model.routing import RoutingView
 from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.serving.router import Router, WritesPausedError, bucket
 from vecmigrate.stores import WHOLE

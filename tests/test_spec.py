@@ -84,8 +84,8 @@ def test_misspelled_field_and_unknown_strategy() -> None:
         data
     )
     data = base()
-    data["strategy"] = "shadow_only"
-    assert "strategy 'shadow_only' is not available" in problems(data)
+    data["strategy"] = "canary"
+    assert "strategy 'canary' is not available" in problems(data)
     data = base()
     data["strategy"] = "online"
     data["online"] = {"ramp": {"steps": [10, 5]}}

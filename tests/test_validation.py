@@ -15,7 +15,7 @@ from vecmigrate.data.backfill import copy_shard, open_source, open_target, prepa
 from vecmigrate.data.datasets import glove
 from vecmigrate.errors import PreconditionError
 from vecmigrate.indexes.build import artifact_dir, build_shard, load_index_version, register_index
-from vecmigrate.model.lifecycle import GateReport, RetrievalFigures, ShardCheck, ShardProfile
+from vecmigrate.model.gates import GateReport, RetrievalFigures, ShardCheck, ShardProfile
 from vecmigrate.model.spec import GatePolicy, MigrationSpec
 from vecmigrate.model.tasks import PrepareResult
 from vecmigrate.records.checksums import record_hashes

@@ -3,18 +3,46 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from temporalio.client import Client, WorkflowHistory
+from hypothesis import HealthCheck, given, settings
+from hypothesis import Phase as HypothesisPhase
+from hypothesis import strategies as st
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHistory,
+    WorkflowUpdateFailedError,
+)
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
 
 from tests.conftest import Sandbox, running_worker, vecmigrate
+from vecmigrate.catalog.catalog import Catalog
+from vecmigrate.config import sqlite_url
 from vecmigrate.control.client import MigrationClient
-from vecmigrate.model.lifecycle import MigrationStatus, Phase
+from vecmigrate.control.devserver import temporal_binary
+from vecmigrate.errors import MessageRefusedError
+from vecmigrate.model.lifecycle import (
+    LIFECYCLE,
+    SIGNALS,
+    TERMINAL,
+    Message,
+    Phase,
+    Strategy,
+    check_transition,
+)
+from vecmigrate.model.messages import RampRequest
+from vecmigrate.model.status import MigrationStatus
 from vecmigrate.serving.router import Router
 
 
@@ -321,26 +349,23 @@ async def test_vecmigrate_signal_commands(client: Client, sandbox: Sandbox) -> N
         assert st.pause_reason == "paused by ops: freeze"
         shown = await asyncio.to_thread(cli, address, queue, "status", mid, "--json")
         assert json.loads(shown.stdout)["paused"] is True
+        # Nothing is copied any more: the throttle is refused, and leaves no history.
         throttled = await asyncio.to_thread(
             cli, address, queue, "throttle", mid, "2500", "--operator", "ops"
         )
-        assert "copy throttle 2,500 vectors/s" in throttled.stderr
+        assert throttled.returncode == 2
+        assert "nothing is being copied in AWAITING_CUTOVER" in throttled.stderr
         refused = await asyncio.to_thread(cli, address, queue, "throttle", mid, "-3")
         assert refused.returncode == 2
         assert "positive, finite" in refused.stderr
-        assert (await mc.status(mid)).max_vectors_per_second == 2500
+        assert (await mc.status(mid)).max_vectors_per_second is None
         await asyncio.to_thread(cli, address, queue, "cutover", mid, "--operator", "ops")
         await asyncio.sleep(0.5)
         assert (await mc.status(mid)).phase == Phase.AWAITING_CUTOVER  # still paused
         await asyncio.to_thread(cli, address, queue, "resume", mid, "--operator", "ops")
         final = await mc.result(mid)
     assert final.phase == Phase.COMPLETED
-    assert [a.action for a in final.operators] == [
-        "pause",
-        "set_throttle",
-        "approve_cutover",
-        "resume",
-    ]
+    assert [a.action for a in final.operators] == ["pause", "approve_cutover", "resume"]
     late = await asyncio.to_thread(cli, address, queue, "rollback", mid)
     assert "error:" in late.stderr
     assert "completed" in late.stderr
@@ -348,3 +373,375 @@ async def test_vecmigrate_signal_commands(client: Client, sandbox: Sandbox) -> N
     missing = await asyncio.to_thread(cli, address, queue, "status", "no-such-migration")
     assert "no such migration" in missing.stderr
     assert await MigrationClient(client, "a-queue-nobody-polls").has_workers() is False
+
+
+async def test_an_early_approval_does_not_cut_over_and_status_says_why(
+    client: Client, sandbox: Sandbox
+) -> None:
+    """An approval sent while the copy runs used to be latched: the migration then cut over
+    the moment its gates passed, before anyone saw them. Now it is recorded and ignored, and
+    only an explicit pre-approval is held."""
+    sandbox.seed(3000)
+    spec = sandbox.spec(
+        cutover={"mode": "manual", "bake_seconds": 0.2}, batch_size=100, max_vectors_per_second=3000
+    )
+    async with running_worker(client, sandbox) as queue:
+        mc = MigrationClient(client, queue)
+        mid = await mc.start(spec)
+        await wait_for(mc, mid, lambda s: s.phase == Phase.BACKFILLING)
+        # set_throttle takes a bare number too (as `temporal workflow update` sends it), and a
+        # refusal is not worth retrying.
+        assert await mc.handle(mid).execute_update("set_throttle", 2500) == 2500.0
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await mc.handle(mid).execute_update("set_ramp", RampRequest(percent=5))
+        assert isinstance(refused.value.cause, ApplicationError)
+        assert refused.value.cause.non_retryable
+        assert "no canary ramp" in refused.value.cause.message
+        await mc.signal(mid, "approve_cutover", operator="eve", reason="looks fine")
+        st = await wait_for(mc, mid, lambda s: bool(s.ignored()))
+        (ignored,) = st.ignored()
+        assert (ignored.action, ignored.operator) == ("approve_cutover", "eve")
+        assert "gates have not passed yet (BACKFILLING)" in ignored.note
+        assert "preapprove=true" in ignored.note
+        assert not st.cutover_approved
+        st = await wait_for(mc, mid, lambda s: s.phase == Phase.AWAITING_CUTOVER)
+        await asyncio.sleep(1.0)
+        st = await mc.status(mid)
+        assert st.phase == Phase.AWAITING_CUTOVER
+        assert st.blocked_reason == "waiting for approve_cutover"
+        assert sandbox.catalog.get_routing("default", "docs").read_version == "v1"
+        shown = await asyncio.to_thread(
+            cli, client.service_client.config.target_host, queue, "status", mid
+        )
+        assert "ignored" in shown.stdout
+        assert "approve_cutover from eve" in shown.stdout
+        ledger = [
+            e
+            for e in sandbox.catalog.entries(mid)
+            if e.kind == "operator" and e.data["action"] == "approve_cutover"
+        ]
+        assert ledger[0].data["outcome"] == "ignored"
+        assert "preapprove" in ledger[0].data["note"]
+        await mc.signal(mid, "approve_cutover", operator="eve", reason="gates green")
+        assert (await mc.result(mid)).phase == Phase.COMPLETED
+
+        # Pre-approved on purpose: held, and the cut-over follows the passed gates.
+        pre = sandbox.spec(
+            source=spec.target.model_dump(mode="json"),
+            target=sandbox.version("v3", {"kind": "faiss_flat"}).model_dump(mode="json"),
+            cutover={"mode": "manual", "bake_seconds": 0.2},
+        )
+        mid = await mc.start(pre)
+        await mc.signal(mid, "approve_cutover", operator="eve", reason="ok", preapprove=True)
+        final = await mc.result(mid)
+    assert final.phase == Phase.COMPLETED
+    approval = next(a for a in final.operators if a.action == "approve_cutover")
+    assert approval.outcome == "applied"
+    assert approval.note.startswith("pre-approved")
+
+
+async def test_gates_an_operator_can_act_on(client: Client, sandbox: Sandbox) -> None:
+    """A failed gate says what would change it; an approval then is ignored; a resume that
+    changes nothing is ignored (the same figures give the same verdict); a new threshold or an
+    override with a reason judges the same figures again, and the report shows who did it."""
+    sandbox.seed()
+    spec = sandbox.spec(
+        target=sandbox.poor_target(),
+        gates={"min_recall": 0.999, "sample_queries": 50},
+        cutover={"mode": "manual", "bake_seconds": 0.2},
+    )
+    address = client.service_client.config.target_host
+    async with running_worker(client, sandbox) as queue:
+        mc = MigrationClient(client, queue)
+        mid = await mc.start(spec)
+        st = await wait_for(mc, mid, lambda s: s.paused and s.gates is not None)
+        assert st.phase == Phase.VALIDATING
+        assert any(r.startswith("recall@10 is ") and "set_gate" in r for r in st.remedies)
+        validations = len([e for e in sandbox.catalog.entries(mid) if e.kind == "gate"])
+
+        await mc.signal(mid, "approve_cutover", operator="frank")
+        await mc.signal(mid, "resume", operator="frank")
+        st = await wait_for(mc, mid, lambda s: len(s.ignored()) == 2)
+        notes = {a.action: a.note for a in st.ignored()}
+        assert "a gate failed" in notes["approve_cutover"]
+        assert "verdict would be the same" in notes["resume"]
+        assert st.paused
+        assert st.phase == Phase.VALIDATING
+        # Nothing was measured again.
+        assert len([e for e in sandbox.catalog.entries(mid) if e.kind == "gate"]) == validations
+
+        with pytest.raises(MessageRefusedError, match="no gate named 'recall@5'"):
+            await mc.set_gate(mid, "recall@5", threshold=0.1, operator="frank")
+        with pytest.raises(MessageRefusedError, match="needs a reason"):
+            await mc.set_gate(mid, "recall@10", override=True, operator="frank")
+        recall = next(v for v in st.gates.verdicts if v.name == "recall@10")
+        assert recall.value is not None
+        failing = await mc.set_gate(
+            mid, "recall@10", threshold=recall.value, operator="gina", reason="HNSW at this size"
+        )
+        assert not any(f.startswith("recall@10 ") for f in failing)
+        for other in failing:  # any other check this poor index fails: overridden, by name
+            name = other.split(" = ")[0]
+            done = await asyncio.to_thread(
+                cli, address, queue, "gate", mid, name, "--override", "--reason", "known"
+            )
+            assert done.returncode == 0, done.stderr
+        st = await mc.status(mid)
+        assert st.gates is not None
+        assert st.gates.passed
+        assert st.pause_reason == "the gate passes with the adjustments: resume to go on"
+        await mc.signal(mid, "resume", operator="gina")
+        await wait_for(mc, mid, lambda s: s.phase == Phase.AWAITING_CUTOVER)
+        await mc.signal(mid, "approve_cutover", operator="gina")
+        final = await mc.result(mid)
+    assert final.phase == Phase.COMPLETED
+    assert final.gate_adjustments[0].operator == "gina"
+    assert len([e for e in sandbox.catalog.entries(mid) if e.kind == "gate"]) > validations
+    shown = await asyncio.to_thread(
+        vecmigrate,
+        "report",
+        mid,
+        "--catalog",
+        sandbox.catalog.url,
+        env={**os.environ, "COLUMNS": "400"},
+    )
+    assert "pass (adjusted)" in shown.stdout
+    assert "threshold set to" in shown.stdout
+    assert "by gina: HNSW at this size" in shown.stdout
+
+
+def workflow_list(address: str, mid: str) -> dict[str, Any]:
+    """The stock `temporal workflow list` entry of one migration, from its JSON output."""
+    done = subprocess.run(
+        [
+            temporal_binary(),
+            "workflow",
+            "list",
+            "--address",
+            address,
+            "--query",
+            f"WorkflowId = '{mid}'",
+            "--output",
+            "json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    listed = json.loads(done.stdout)
+    entries = listed if isinstance(listed, list) else [listed]
+    (entry,) = [e for e in entries if e["execution"]["workflowId"] == mid]
+    return entry
+
+
+async def test_a_rolled_back_and_an_aborted_migration_are_told_apart_in_the_list(
+    client: Client, sandbox: Sandbox
+) -> None:
+    sandbox.seed()
+    address = client.service_client.config.target_host
+    ids = {}
+    async with running_worker(client, sandbox) as queue:
+        mc = MigrationClient(client, queue)
+        for outcome, signal, target in (
+            ("rolled_back", "rollback", "v2"),
+            ("aborted", "abort", "v3"),
+        ):
+            spec = sandbox.spec(
+                target=sandbox.version(target, {"kind": "faiss_flat"}).model_dump(mode="json"),
+                cutover={"mode": "manual", "bake_seconds": 0.2},
+            )
+            mid = await mc.start(spec)
+            await wait_for(mc, mid, lambda s: s.phase == Phase.AWAITING_CUTOVER)
+            await mc.signal(mid, signal, operator="hal", reason=f"{outcome} on purpose")
+            ids[outcome] = mid
+            final = await mc.result(mid)
+            assert final.phase == {"rolled_back": "ROLLED_BACK", "aborted": "ABORTED"}[outcome]
+            assert final.outcome.startswith(outcome.replace("_", " ") + f" by hal ({outcome}")
+            assert final.pause_reason == final.blocked_reason == ""
+            # Status reads the outcome from the failure, with no worker involved.
+            st = await mc.status(mid)
+            assert st.phase == final.phase
+        spec = sandbox.spec(
+            target=sandbox.version("v4", {"kind": "faiss_flat"}).model_dump(mode="json"),
+            cutover={"mode": "automatic", "bake_seconds": 0.2},
+        )
+        ids["completed"] = await mc.start(spec)
+        assert (await mc.result(ids["completed"])).phase == Phase.COMPLETED
+    listed = {k: workflow_list(address, mid) for k, mid in ids.items()}
+    assert listed["completed"]["status"] == "WORKFLOW_EXECUTION_STATUS_COMPLETED"
+    assert listed["rolled_back"]["status"] == "WORKFLOW_EXECUTION_STATUS_FAILED"
+    assert listed["aborted"]["status"] == "WORKFLOW_EXECUTION_STATUS_FAILED"
+    phases = {k: e["memo"]["fields"]["phase"] for k, e in listed.items()}
+    assert phases == {"completed": "COMPLETED", "rolled_back": "ROLLED_BACK", "aborted": "ABORTED"}
+    for outcome, error in (("rolled_back", "MigrationRolledBack"), ("aborted", "MigrationAborted")):
+        with pytest.raises(WorkflowFailureError) as failed:
+            await client.get_workflow_handle(ids[outcome]).result()
+        cause = failed.value.cause
+        assert isinstance(cause, ApplicationError)
+        assert (cause.type, cause.non_retryable) == (error, True)
+
+
+async def test_a_retrying_step_shows_its_last_error_attempt_and_next_retry(
+    client: Client, sandbox: Sandbox
+) -> None:
+    """A target that is not there: Temporal retries the step, and status says so (the
+    workflow alone would show PREPARING and nothing else for minutes)."""
+    sandbox.seed()
+    target = sandbox.version(
+        "v2",
+        {"kind": "faiss_flat"},
+        store={"kind": "pgvector", "url": "postgresql://vm:vm@127.0.0.1:1/nowhere"},
+    )
+    spec = sandbox.spec(target=target.model_dump(mode="json"))
+    async with running_worker(client, sandbox) as queue:
+        mc = MigrationClient(client, queue)
+        mid = await mc.start(spec)
+        st = await wait_for(mc, mid, lambda s: bool(s.retrying), timeout=60)
+        (step,) = st.retrying
+        assert step.activity == "prepare"
+        assert step.attempt >= 2
+        assert step.maximum_attempts == 10
+        assert step.next_retry
+        assert "Failure exceeds size limit" not in step.last_error
+        assert "127.0.0.1" in step.last_error or "connect" in step.last_error.lower()
+        shown = await asyncio.to_thread(
+            cli, client.service_client.config.target_host, queue, "status", mid
+        )
+        assert "retrying" in shown.stdout
+        await mc.signal(mid, "abort", operator="ivy", reason="no such database")
+        final = await mc.result(mid)
+    assert final.phase == Phase.ABORTED
+
+
+# -- the state machine's messages, sampled, against the real workflow -------------------------
+
+SENT = st.lists(
+    st.tuples(
+        st.sampled_from([*SIGNALS, Message.SET_RAMP, Message.SET_THROTTLE]),
+        st.booleans(),  # preapprove
+        st.sampled_from([0.2, 0.6, 1.5]),  # seconds before the next message
+    ),
+    min_size=2,
+    max_size=7,
+)
+
+
+async def send(mc: MigrationClient, mid: str, message: Message, preapprove: bool) -> None:
+    """Send ``message`` (a refused update, or a message to a migration that ended, is fine)."""
+    with contextlib.suppress(MessageRefusedError, RPCError):
+        if message == Message.SET_RAMP:
+            await mc.set_ramp(mid, 20.0, operator="fuzz")
+        elif message == Message.SET_THROTTLE:
+            await mc.set_throttle(mid, 5000.0, operator="fuzz")
+        else:
+            await mc.signal(mid, str(message), operator="fuzz", preapprove=preapprove)
+
+
+def check_ledger(strategy: Strategy, manual: bool, entries: list[Any]) -> None:
+    """What the table promises, read from what the migration did: only legal moves, rollback
+    applied whenever it was still possible, no cut-over without its approval."""
+    stop_pending, approved, cutovers = False, False, 0
+    for e in entries:
+        d = e.data
+        if e.kind == "phase":
+            old, new = Phase(d["from"]), Phase(d["to"])
+            check_transition(strategy, old, new)
+            if new == Phase.CUT_OVER:
+                assert approved or not (manual or cutovers), "cut over without an approval"
+                cutovers += 1
+            if new in (Phase.ROLLING_BACK, Phase.ABORTED) or (
+                new == Phase.AWAITING_CUTOVER and old in (Phase.CUT_OVER, Phase.BAKING)
+            ):
+                stop_pending, approved = False, False
+        elif e.kind == "operator" and d["action"] in SIGNALS:
+            phase = Phase(d["phase"])
+            applied = d.get("outcome", "applied") == "applied"
+            if not applied:
+                assert d["note"], d
+            possible = phase not in TERMINAL and strategy.before(phase, Phase.FINALIZING)
+            if d["action"] == Message.ROLLBACK and not stop_pending and possible:
+                assert applied, f"rollback refused in {phase}: {d}"
+            if applied and d["action"] in (Message.ROLLBACK, Message.ABORT):
+                stop_pending = True
+            if applied and d["action"] == Message.APPROVE_CUTOVER:
+                if strategy.before(phase, Phase.AWAITING_CUTOVER):
+                    assert d["note"].startswith("pre-approved"), d
+                approved = True
+
+
+@settings(
+    max_examples=4,
+    deadline=None,
+    derandomize=True,
+    phases=[HypothesisPhase.generate],
+    suppress_health_check=list(HealthCheck),
+)
+@given(name=st.sampled_from(sorted(LIFECYCLE)), manual=st.booleans(), sent=SENT)
+async def test_message_sequences_on_the_real_workflow(
+    client: Client,
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+    manual: bool,
+    sent: list[tuple[Message, bool, float]],
+) -> None:
+    """A sample of the state machine's message sequences (tests/test_lifecycle.py), sent at
+    random moments to real migrations; each then is driven to an end (approve, resume, abort)
+    and its ledger checked against the table."""
+    root = tmp_path_factory.mktemp("fuzz")
+    sandbox = Sandbox(root, Catalog(sqlite_url(root / "catalog.db")))
+    vectors = sandbox.seed(2000)
+    spec = sandbox.spec(
+        strategy=name,
+        cutover={"mode": "manual" if manual else "automatic", "bake_seconds": 1},
+        batch_size=200,
+        online={
+            "settle_seconds": 0.2,
+            "shadow": {"percent": 100, "seconds": 1, "min_samples": 3, "max_p99_ratio": 50.0},
+            "ramp": {"steps": [50], "step_seconds": 0.5},
+        },
+    )
+    router = Router(sandbox.catalog, refresh_seconds=0.2)
+    stop = threading.Event()
+
+    def reads() -> None:
+        n = 0
+        while not stop.is_set():
+            router.search("default", "docs", vectors[n % 2000], 5, key=f"k{n}")
+            n += 1
+            time.sleep(0.02)
+
+    side = threading.Thread(target=reads, daemon=True)
+    side.start()
+    try:
+        async with running_worker(client, sandbox) as queue:
+            mc = MigrationClient(client, queue)
+            mid = await mc.start(spec, operator="fuzz")
+            for message, preapprove, wait in sent:
+                await send(mc, mid, message, preapprove)
+                await asyncio.sleep(wait)
+            deadline = time.monotonic() + 90
+            while (st_ := await mc.status(mid)).phase not in TERMINAL:
+                if time.monotonic() > deadline:
+                    await mc.signal(mid, "abort", operator="fuzz", reason="took too long")
+                elif st_.paused:
+                    await mc.signal(mid, "resume", operator="fuzz")
+                elif st_.phase == Phase.AWAITING_CUTOVER:
+                    await mc.signal(mid, "approve_cutover", operator="fuzz")
+                await asyncio.sleep(0.5)
+            final = await mc.result(mid)
+            closed = (await mc.handle(mid).describe()).status
+    finally:
+        stop.set()
+        side.join()
+        router.close()
+    strategy = LIFECYCLE[name]
+    check_ledger(strategy, manual, sandbox.catalog.entries(mid))
+    applied = {a.action for a in final.operators if a.outcome == "applied"}
+    if final.phase == Phase.ABORTED:
+        assert "abort" in applied
+    if final.phase == Phase.ROLLED_BACK:
+        assert "rollback" in applied
+    completed = final.phase == Phase.COMPLETED
+    assert (closed == WorkflowExecutionStatus.COMPLETED) == completed, (final.phase, closed)
+    assert final.outcome

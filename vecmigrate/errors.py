@@ -46,6 +46,15 @@ class ArtifactError(VecmigrateError):
     """An index artifact is missing, half-written or does not match its checksum."""
 
 
+class SpecMismatchError(VecmigrateError):
+    """A task names a spec its catalog does not hold, or holds altered (its hash differs)."""
+
+
+class MessageRefusedError(VecmigrateError):
+    """An operator message that means nothing where the migration stands (an update's
+    validator refused it; nothing changed and nothing was written to the history)."""
+
+
 # Errors a retry cannot fix; the workflow tells Temporal not to retry these by name.
 NON_RETRYABLE = (
     DataError,
@@ -55,5 +64,20 @@ NON_RETRYABLE = (
     ResidencyError,
     RoutingConflictError,
     NotFoundError,
+    SpecMismatchError,
+    MessageRefusedError,
 )
 NON_RETRYABLE_NAMES = tuple(e.__name__ for e in NON_RETRYABLE)
+
+# Temporal keeps a retried activity's last failure only while it fits in 4 KB (beyond, status
+# shows "Failure exceeds size limit"): messages are cut well below that, stack trace included.
+SUMMARY_CHARS = 1_000
+
+
+def summary(exc: BaseException) -> str:
+    """The error's message cut to :data:`SUMMARY_CHARS` (the worker's log keeps it whole)."""
+    text = str(exc).strip() or type(exc).__name__
+    if len(text) <= SUMMARY_CHARS:
+        return text
+    cut = len(text) - SUMMARY_CHARS
+    return f"{text[:SUMMARY_CHARS]} ... ({cut:,} more characters in the worker's log)"

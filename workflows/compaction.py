@@ -15,7 +15,7 @@ from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from vecmigrate.model.compaction import CompactionRequest, CompactionResult
-    from vecmigrate.workflows.common import RETRY
+    from vecmigrate.workflows.calls import long_call
 
 
 @workflow.defn(name="compact_index")
@@ -24,15 +24,13 @@ class CompactionWorkflow:
 
     @workflow.run
     async def run(self, request: CompactionRequest) -> CompactionResult:
-        result: CompactionResult = await workflow.execute_activity(
+        return await long_call(
             "compact_index",
             request,
-            result_type=CompactionResult,
-            start_to_close_timeout=timedelta(hours=12),
-            heartbeat_timeout=timedelta(seconds=request.heartbeat_seconds),
-            retry_policy=RETRY,
+            CompactionResult,
+            timeout=timedelta(hours=12),
+            heartbeat_seconds=request.heartbeat_seconds,
         )
-        return result
 
 
 def compaction_id(tenant: str, collection: str) -> str:

@@ -10,10 +10,12 @@ others then wait for an operator (``approve_cutover`` goes on without it, ``roll
 or roll back too, as ``region_policy.on_region_failure`` says. A canary that fails stops the
 rollout: no other region starts.
 
-Signals (the names of a single migration): ``pause``, ``resume``, ``approve_cutover``, ``abort``,
-and ``rollback``, whose payload may name a ``region`` (then only its children roll back).
-Children report to the parent with ``region_update``. The ``status`` query returns each child's
-phase and progress.
+Signals (the names of a single migration, handled by the same code): ``pause``, ``resume``,
+``approve_cutover``, ``abort``, and ``rollback``, whose payload may name a ``region`` (then only
+its children roll back). Children report to the parent with ``region_update``, a child's gate
+failure as a flag, never as words to parse. The ``status`` query returns each child's phase and
+progress. Like a single migration, a regional one that rolled back or was aborted fails its
+execution with a typed error carrying its final status.
 
 Deterministic: imports only temporalio, the standard library and vecmigrate's pure models.
 """
@@ -27,32 +29,33 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.exceptions import ChildWorkflowError
+from temporalio.exceptions import ApplicationError, ChildWorkflowError
 
-from vecmigrate.workflows.common import (
-    append_ledger,
-    event_key,
-    operator_action,
-    operator_data,
-    short_call,
-)
+from vecmigrate.workflows.calls import append_ledger, event_key, short_call
+from vecmigrate.workflows.signals import RULES, OperatorSignals
 
 with workflow.unsafe.imports_passed_through():
+    from vecmigrate.errors import summary
     from vecmigrate.model.lifecycle import (
-        MigrationInput,
-        MigrationStatus,
-        OperatorMessage,
+        OUTCOME_ERRORS,
+        OUTCOMES,
+        REGIONAL,
+        Message,
         Phase,
+        Ruling,
+        Situation,
+        rule,
     )
+    from vecmigrate.model.messages import OperatorMessage
     from vecmigrate.model.regions import (
         ChildPlan,
         RegionalStatus,
-        RegionRollback,
         RegionState,
         RegionUpdate,
         child_plans,
         region_queue,
     )
+    from vecmigrate.model.status import MigrationInput, MigrationStatus, OperatorAction
     from vecmigrate.model.tasks import LedgerInput, TenantsInput
 
 # A child in one of these phases has switched its reads: its cut-over went through.
@@ -60,13 +63,14 @@ SWITCHED = frozenset({Phase.BAKING, Phase.FINALIZING, Phase.COMPLETED})
 
 
 @workflow.defn(name="RegionalMigrationWorkflow")
-class RegionalMigrationWorkflow:
+class RegionalMigrationWorkflow(OperatorSignals):
     """One migration across regions and tenants (see the module's docstring)."""
 
     @workflow.init
     def __init__(self, inp: MigrationInput) -> None:
         spec = inp.spec
         self._spec = spec
+        self._rules = workflow.patched(RULES)
         self._status = RegionalStatus(
             migration_id=spec.migration_id, collection=spec.collection, strategy=spec.strategy
         )
@@ -91,51 +95,52 @@ class RegionalMigrationWorkflow:
             return
         state.phase, state.paused, state.reason = upd.phase, upd.paused, upd.reason
         state.copied, state.total, state.cutovers = upd.copied, upd.total, upd.cutovers
-        if upd.phase == Phase.ROLLED_BACK and "gate failed" in upd.reason:
+        if upd.gate_failed:
             state.failed = True
 
-    @workflow.signal(name="pause")
-    async def pause(self, msg: OperatorMessage | None = None) -> None:
-        """Pause every running child."""
-        msg = msg or OperatorMessage()
-        self._status.paused = True
-        await self._operator("pause", msg)
-        await self._forward("pause", msg, self._live())
+    async def _ruling(self, message: Message, msg: OperatorMessage) -> Ruling:
+        st = self._status
+        if msg.region is not None and message != Message.ROLLBACK:
+            return Ruling(False, f"only a rollback can name a region, not {message}")
+        if msg.region is not None and msg.region not in {s.region for s in st.regions}:
+            known = ", ".join(sorted({s.region or "-" for s in st.regions})) or "none yet"
+            return Ruling(False, f"no region {msg.region} in this migration (regions: {known})")
+        out = any(s.started and s.ended for s in st.regions)
+        now = Situation(
+            phase=st.phase,
+            paused=st.paused,
+            stopping=self._stopping(),
+            cutover_approved=st.cutover_approved,
+            approval_needed=self._spec.cutover.mode == "manual" or out,
+        )
+        return rule(REGIONAL, message, now, preapprove=msg.preapprove)
 
-    @workflow.signal(name="resume")
-    async def resume(self, msg: OperatorMessage | None = None) -> None:
-        """Resume every paused child."""
-        msg = msg or OperatorMessage()
-        self._status.paused = False
-        await self._operator("resume", msg)
-        await self._forward("resume", msg, self._live())
+    async def _apply(self, message: Message, msg: OperatorMessage, ruling: Ruling) -> None:
+        if message == Message.PAUSE:
+            self._status.paused = True
+        elif message == Message.RESUME:
+            self._status.paused = False
+        elif message == Message.APPROVE_CUTOVER:
+            self._status.cutover_approved = True
+        elif message == Message.ABORT:
+            self._aborted = msg
 
-    @workflow.signal(name="approve_cutover")
-    async def approve_cutover(self, msg: OperatorMessage | None = None) -> None:
-        """Allow the cut-over (with a region out, the cut-over of the others)."""
-        msg = msg or OperatorMessage()
-        self._status.cutover_approved = True
-        await self._operator("approve_cutover", msg)
-
-    @workflow.signal(name="rollback")
-    async def rollback(self, msg: RegionRollback | None = None) -> None:
-        """Roll back one region's children (``region`` set) or every child."""
-        msg = msg or RegionRollback()
-        await self._operator("rollback", msg, {"region": msg.region})
+    async def _follow_up(self, message: Message, msg: OperatorMessage) -> None:
         plain = OperatorMessage(operator=msg.operator, reason=msg.reason)
-        if msg.region is None:
+        if message in (Message.PAUSE, Message.RESUME, Message.ABORT):
+            await self._forward(str(message), plain, self._live())
+        elif message == Message.ROLLBACK and msg.region is None:
             if self._rollback_all is None:
                 self._rollback_all = plain
-            return
-        await self._forward("rollback", plain, [s for s in self._live() if s.region == msg.region])
+        elif message == Message.ROLLBACK:
+            here = [s for s in self._live() if s.region == msg.region]
+            await self._forward("rollback", plain, here)
 
-    @workflow.signal(name="abort")
-    async def abort(self, msg: OperatorMessage | None = None) -> None:
-        """Abort every child where it stands; children not started never start."""
-        msg = msg or OperatorMessage()
-        self._aborted = msg
-        await self._operator("abort", msg)
-        await self._forward("abort", msg, self._live())
+    def _operators(self) -> list[OperatorAction]:
+        return self._status.operators
+
+    def _phase_now(self) -> str:
+        return str(self._status.phase)
 
     # -- helpers -------------------------------------------------------------------------------
 
@@ -156,12 +161,6 @@ class RegionalMigrationWorkflow:
             handle = self._handles.get(state.workflow_id)
             if handle is not None:
                 await handle.signal(signal, msg)
-
-    async def _operator(
-        self, action: str, msg: OperatorMessage, extra: dict[str, Any] | None = None
-    ) -> None:
-        self._status.operators.append(operator_action(action, msg))
-        await self._record("operator", msg.operator, operator_data(action, msg, extra or {}))
 
     async def _record(self, kind: str, actor: str, data: dict[str, Any]) -> None:
         self._events += 1
@@ -195,7 +194,7 @@ class RegionalMigrationWorkflow:
             inp.requested_by,
             {
                 "spec": spec.model_dump(mode="json"),
-                "spec_hash": spec.spec_hash(),
+                "spec_hash": self._spec.spec_hash(),
                 "regions": [r.name for r in spec.regions],
                 "tenants": spec.tenants,
             },
@@ -222,7 +221,13 @@ class RegionalMigrationWorkflow:
             await task
         await self._finish()
         await workflow.wait_condition(workflow.all_handlers_finished)
-        return self.status()
+        final = self.status()
+        error = OUTCOMES[final.phase].error
+        if error is not None and self._rules:
+            raise ApplicationError(
+                f"{spec.migration_id} {final.outcome}", final, type=error, non_retryable=True
+            )
+        return final
 
     async def _tenants(self) -> dict[str | None, list[str]]:
         """The tenants migrated in each region (looked up there when the spec says "all")."""
@@ -279,10 +284,19 @@ class RegionalMigrationWorkflow:
         """Wait for a child's end; its result is the last word on its phase."""
         try:
             final = await handle
-            state.phase = final.phase
         except ChildWorkflowError as err:
-            state.phase = Phase.ABORTED
-            state.reason = f"child failed: {err.cause or err}"
+            cause = err.cause
+            if not (
+                isinstance(cause, ApplicationError)
+                and cause.type in OUTCOME_ERRORS
+                and cause.details
+            ):
+                state.phase = Phase.ABORTED
+                state.reason = f"child failed: {summary(cause or err)}"
+                return
+            # Rolled back or aborted: the failure's details are the child's final status.
+            final = MigrationStatus.model_validate(cause.details[0])
+        state.phase = final.phase
 
     def _settled(self, region: str | None) -> bool:
         return all(s.settled for s in self._of(region))
@@ -433,4 +447,14 @@ class RegionalMigrationWorkflow:
         ]
         if final == Phase.COMPLETED and missing:
             self._status.error = "not migrated: " + ", ".join(missing)
+        stop = self._aborted or self._rollback_all
+        by = ""
+        if stop is not None and final != Phase.COMPLETED:
+            by = f" by {stop.operator}" + (f" ({stop.reason})" if stop.reason else "")
+        names = f"{len(done)} of {len(self._status.regions)} children"
+        self._status.outcome = OUTCOMES[final].sentence.format(
+            by=by, source=self._spec.source.name, target=f"{self._spec.target.name} in {names}"
+        )
+        self._status.paused = False
+        self._status.blocked_reason = ""
         await self._phase(final)

@@ -5,6 +5,10 @@
 releases stay in the folder, so a change that would break migrations already running fails the
 replay test: after a change to the workflow's commands (behind ``workflow.patched``), add a
 recording of the new path under a new name rather than re-recording the old ones.
+
+The ``*_v2`` histories were recorded by the release that brought the lifecycle table (the
+``lifecycle-table`` patch): every strategy, a rollback, an abort, a pause and resume, a gate
+overridden by an approver. The others are the release before it, which its runs still replay.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from temporalio.client import WorkflowHistory
@@ -167,6 +172,124 @@ async def record_online(env: WorkflowEnvironment, name: str) -> None:
     save(name, history)
 
 
+async def finish(mc: MigrationClient, mid: str, name: str) -> None:
+    await mc.result(mid)
+    save(name, await mc.handle(mid).fetch_history())
+
+
+async def record_v2(env: WorkflowEnvironment, name: str) -> None:
+    """One of the lifecycle table's recordings (see the module's docstring)."""
+    case = name.removesuffix("_v2")
+    sandbox = fresh_sandbox(name)
+    vectors = sandbox.seed(3000)
+    manual = {"mode": "manual", "bake_seconds": 0.5}
+    automatic = {"mode": "automatic", "bake_seconds": 0.5}
+    online = {
+        "settle_seconds": 0.5,
+        "shadow": {
+            "percent": 100,
+            "seconds": 1,
+            "min_samples": 5,
+            "min_overlap": 0.5,
+            "max_p99_ratio": 50.0,
+        },
+        "ramp": {"steps": [50], "step_seconds": 1},
+    }
+    specs = {
+        "blue_green_completed": sandbox.spec(cutover=automatic),
+        "blue_green_rolled_back": sandbox.spec(cutover=manual),
+        "blue_green_aborted": sandbox.spec(cutover=manual, batch_size=100),
+        "blue_green_paused_resumed": sandbox.spec(
+            cutover=automatic, batch_size=100, max_vectors_per_second=4000
+        ),
+        "blue_green_gate_overridden": sandbox.spec(
+            target=sandbox.poor_target(),
+            gates={"min_recall": 0.999, "sample_queries": 50},
+            cutover=manual,
+        ),
+        "offline_completed": sandbox.spec(strategy="offline", cutover=automatic),
+        "online_drill": sandbox.spec(strategy="online", online=online, cutover=manual),
+        "shadow_only_completed": sandbox.spec(strategy="shadow_only", online=online),
+    }
+    spec = specs[case]
+    router = Router(sandbox.catalog, refresh_seconds=0.2)
+    stop = threading.Event()
+
+    def traffic() -> None:
+        n = 0
+        while not stop.is_set():
+            router.search("default", "docs", vectors[n % 3000], 5, key=f"k{n}")
+            if n % 5 == 0:
+                router.upsert("default", "docs", np.array([100_000 + n]), vectors[n % 3000][None])
+            n += 1
+            time.sleep(0.01)
+
+    side = threading.Thread(target=traffic, daemon=True)
+    if spec.strategy in ("online", "shadow_only"):  # shadow gates need live reads
+        side.start()
+    try:
+        async with running_worker(env.client, sandbox) as queue:
+            mc = MigrationClient(env.client, queue)
+            if case == "online_drill":
+                final = await run_drill(mc, spec, lambda _: None, operator="recorder")
+                assert final.phase == Phase.COMPLETED, final
+                save(name, await mc.handle(final.migration_id).fetch_history())
+                return
+            mid = await mc.start(spec, operator="recorder")
+            if case == "blue_green_completed":
+                await mc.signal(mid, "approve_cutover", operator="recorder")  # ignored: early
+            elif case == "blue_green_rolled_back":
+                await until(mc, mid, lambda s: s.phase == Phase.AWAITING_CUTOVER)
+                await mc.signal(mid, "pause", operator="recorder")
+                await mc.signal(mid, "rollback", operator="recorder", reason="replay test")
+            elif case == "blue_green_aborted":
+                await until(mc, mid, lambda s: s.phase == Phase.BACKFILLING)
+                await mc.signal(mid, "abort", operator="recorder", reason="replay test")
+            elif case == "blue_green_paused_resumed":
+                await until(mc, mid, lambda s: s.phase == Phase.BACKFILLING)
+                await mc.signal(mid, "pause", operator="recorder")
+                await until(mc, mid, lambda s: s.paused)
+                await asyncio.sleep(1.0)
+                await mc.set_throttle(mid, None, operator="recorder")
+                await mc.signal(mid, "resume", operator="recorder")
+            elif case == "blue_green_gate_overridden":
+                await until(mc, mid, lambda s: s.paused and s.gates is not None)
+                st = await mc.status(mid)
+                assert st.gates is not None
+                for line in st.gates.failures():
+                    await mc.set_gate(
+                        mid, line.split(" = ")[0], override=True, operator="recorder", reason="test"
+                    )
+                await mc.signal(mid, "resume", operator="recorder")
+                await until(mc, mid, lambda s: s.phase == Phase.AWAITING_CUTOVER)
+                await mc.signal(mid, "approve_cutover", operator="recorder")
+            await finish(mc, mid, name)
+    finally:
+        stop.set()
+        if side.is_alive():
+            side.join()
+        router.close()
+
+
+async def until(mc: MigrationClient, mid: str, ok: Callable[[Any], bool]) -> None:
+    deadline = time.monotonic() + 120
+    while not ok(await mc.status(mid)):
+        assert time.monotonic() < deadline, f"{mid}: condition not reached"
+        await asyncio.sleep(0.1)
+
+
+V2 = (
+    "blue_green_completed",
+    "blue_green_rolled_back",
+    "blue_green_aborted",
+    "blue_green_paused_resumed",
+    "blue_green_gate_overridden",
+    "offline_completed",
+    "online_drill",
+    "shadow_only_completed",
+)
+
+
 async def record_compaction(env: WorkflowEnvironment, name: str) -> None:
     """A compaction of an IVF index after writes through the router."""
     sandbox = fresh_sandbox(name)
@@ -189,6 +312,7 @@ async def record_compaction(env: WorkflowEnvironment, name: str) -> None:
 
 
 RECORDERS: dict[str, Callable[[WorkflowEnvironment, str], Awaitable[None]]] = {
+    **{f"{case}_v2": record_v2 for case in V2},
     "blue_green_completed": record_blue_green,
     "blue_green_rolled_back": record_blue_green,
     "blue_green_continued": record_continued,

@@ -41,7 +41,7 @@ from sqlalchemy.exc import IntegrityError
 
 from vecmigrate.catalog.engines import begin, engine_for
 from vecmigrate.errors import NotFoundError, PreconditionError, RoutingConflictError
-from vecmigrate.model.lifecycle import RoutingView
+from vecmigrate.model.routing import RoutingView
 from vecmigrate.model.spec import EmbeddingSchema, IndexSpec, MigrationSpec
 
 metadata = MetaData()

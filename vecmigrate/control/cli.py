@@ -13,7 +13,6 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from rich.console import Console
-from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from vecmigrate.catalog.catalog import Catalog
@@ -29,7 +28,7 @@ from vecmigrate.control.report import (
     status_tables,
 )
 from vecmigrate.errors import VecmigrateError
-from vecmigrate.model.lifecycle import GateReport
+from vecmigrate.model.gates import GateReport
 from vecmigrate.model.spec import load_spec
 from vecmigrate.workers.connection import connect, default_address, default_task_queue
 
@@ -179,11 +178,32 @@ def parser() -> argparse.ArgumentParser:
         p.add_argument("--reason", default="")
         if name == "rollback":
             p.add_argument("--region", default=None, help="a regional migration: this region only")
+        if name == "cutover":
+            p.add_argument(
+                "--preapprove",
+                action="store_true",
+                help="approve before the gates have passed (held until they pass)",
+            )
+        if name == "resume":
+            p.add_argument(
+                "--revalidate",
+                action="store_true",
+                help="after a failed gate: measure again although nothing visible changed",
+            )
 
     p = sub.add_parser("throttle", help="change the copy rate of a running migration")
     _common(p)
     p.add_argument("id")
     p.add_argument("rate", help="vectors per second over all shards, or 'none' to lift it")
+    p.add_argument("--reason", default="")
+
+    p = sub.add_parser("gate", help="change a failed gate's threshold, or override it")
+    _common(p)
+    p.add_argument("id")
+    p.add_argument("gate", help="the gate's name as status shows it, e.g. recall@10")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--threshold", type=float, default=None)
+    how.add_argument("--override", action="store_true")
     p.add_argument("--reason", default="")
 
     p = sub.add_parser("report", help="the latest gate report of a migration")
@@ -483,8 +503,27 @@ async def _signal(args: argparse.Namespace) -> int:
         operator=args.operator or _operator(),
         reason=args.reason,
         region=getattr(args, "region", None),
+        preapprove=getattr(args, "preapprove", False),
+        revalidate=getattr(args, "revalidate", False),
     )
-    err.print(f"sent {name} to {args.id}")
+    err.print(f"sent {name} to {args.id} (`vecmigrate status {args.id}` shows what it did)")
+    return 0
+
+
+async def _gate(args: argparse.Namespace) -> int:
+    mc = await _client(args)
+    failing = await mc.set_gate(
+        args.id,
+        args.gate,
+        threshold=args.threshold,
+        override=args.override,
+        operator=args.operator or _operator(),
+        reason=args.reason,
+    )
+    if failing:
+        err.print(f"{args.id}: still failing:\n  " + "\n  ".join(failing))
+    else:
+        err.print(f"{args.id}: the gate passes; `vecmigrate resume {args.id}` goes on")
     return 0
 
 
@@ -503,9 +542,6 @@ async def _throttle(args: argparse.Namespace) -> int:
         )
     except ValueError as exc:
         err.print(str(exc))
-        return 2
-    except WorkflowUpdateFailedError as exc:
-        err.print(f"refused: {exc.cause}")
         return 2
     err.print(f"{args.id}: copy throttle " + (f"{now:,.0f} vectors/s" if now else "lifted"))
     return 0
@@ -568,6 +604,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "serve": _serve,
     "report": _report,
     "throttle": _throttle,
+    "gate": _gate,
     **dict.fromkeys(SIGNAL_COMMANDS, _signal),
 }
 

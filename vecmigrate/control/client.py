@@ -3,30 +3,66 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
+from temporalio.api.workflow.v1 import PendingActivityInfo
 from temporalio.client import (
     Client,
+    WorkflowExecutionDescription,
     WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowHandle,
+    WorkflowUpdateFailedError,
 )
 from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.exceptions import ApplicationError
 
 from vecmigrate.config import resolve_spec
-from vecmigrate.model.lifecycle import (
-    MigrationInput,
-    MigrationStatus,
-    OperatorMessage,
-    ThrottleRequest,
-)
-from vecmigrate.model.regions import RegionalStatus, RegionRollback
+from vecmigrate.errors import MessageRefusedError, SpecMismatchError
+from vecmigrate.model.lifecycle import OUTCOME_ERRORS, SIGNALS, Message
+from vecmigrate.model.messages import GateRequest, OperatorMessage, RampRequest, ThrottleRequest
+from vecmigrate.model.regions import RegionalStatus
 from vecmigrate.model.spec import MigrationSpec
+from vecmigrate.model.status import MigrationInput, MigrationStatus, RetryingStep
 from vecmigrate.workers.connection import default_task_queue
 from vecmigrate.workflows.migration import MigrationWorkflow
 from vecmigrate.workflows.regional import RegionalMigrationWorkflow
 
-SIGNALS = ("pause", "resume", "approve_cutover", "rollback", "abort")
+S = TypeVar("S", MigrationStatus, RegionalStatus)
+
+
+def ended_status(err: WorkflowFailureError, kind: type[S]) -> S | None:
+    """The final status a migration that rolled back or was aborted failed its execution with
+    (``None`` for any other failure)."""
+    cause = err.cause
+    if isinstance(cause, ApplicationError) and cause.type in OUTCOME_ERRORS and cause.details:
+        return kind.model_validate(cause.details[0])
+    return None
+
+
+def retrying(desc: WorkflowExecutionDescription) -> list[RetryingStep]:
+    """The activities Temporal is retrying, from an execution's pending activities."""
+    steps = []
+    for pending in desc.raw_description.pending_activities:
+        if pending.attempt <= 1 or not pending.HasField("last_failure"):
+            continue
+        steps.append(_retrying(pending))
+    return steps
+
+
+def _retrying(pending: PendingActivityInfo) -> RetryingStep:
+    failure = pending.last_failure
+    next_retry = ""
+    if pending.HasField("next_attempt_schedule_time"):
+        next_retry = pending.next_attempt_schedule_time.ToDatetime(UTC).isoformat()
+    return RetryingStep(
+        activity=pending.activity_type.name,
+        attempt=pending.attempt,
+        maximum_attempts=pending.maximum_attempts,
+        last_error=failure.message,
+        error_type=failure.application_failure_info.type,
+        next_retry=next_retry,
+    )
 
 
 class MigrationClient:
@@ -62,6 +98,7 @@ class MigrationClient:
                 f"{spec.tenant}/{spec.collection}: {spec.source.name} -> {spec.target.name} "
                 f"({spec.strategy}, {spec.target.index.kind})"
             )
+        digest = spec.spec_hash()
         handle = await self.client.start_workflow(
             run,
             MigrationInput(spec=spec, requested_by=operator),
@@ -69,7 +106,15 @@ class MigrationClient:
             task_queue=self.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             static_summary=summary,
+            memo={"spec_hash": digest},
         )
+        found = await (await handle.describe()).memo_value("spec_hash", None)
+        if found is not None and found != digest:
+            raise SpecMismatchError(
+                f"migration {spec.migration_id} is already running spec {str(found)[:12]}; "
+                f"this spec is {digest[:12]}: a running migration's spec cannot change. Give "
+                "this one another id, or roll the running one back first"
+            )
         return handle.id
 
     async def has_workers(self) -> bool:
@@ -95,29 +140,32 @@ class MigrationClient:
         """The ``status`` query while the migration runs; its final status once it has ended.
 
         A query of a closed workflow needs a worker to replay it; the final status is in the
-        history itself, so an ended migration is readable with no worker running. With
+        history itself (the result, or the details of the typed failure of a migration that
+        rolled back or was aborted), so an ended migration is readable with no worker running.
+        While it runs, the steps Temporal is retrying are added from the execution's pending
+        activities (the workflow hears of a step only when it succeeds or gives up). With
         ``live``, the counts of shards being copied come from their latest heartbeats (the
         workflow learns a shard's count when its copy finishes), and rate and ETA with them.
         """
-        if live:
-            st = await self.status(migration_id)
-            if st.phase == "BACKFILLING" and st.copy_seconds is None:
-                beats = await self.live_progress(migration_id)
-                for shard in st.shards:
-                    beat = beats.get(("copy_shard", shard.shard))
-                    if shard.state == "copying" and beat is not None:
-                        shard.copied = max(shard.copied, int(beat["copied"]))
-                st.estimate()
-            return st
         handle = self.handle(migration_id)
         desc = await handle.describe()
         if desc.status is not None and desc.status != WorkflowExecutionStatus.RUNNING:
             try:
-                return await handle.result()
+                return await self.result(migration_id)
             except WorkflowFailureError:
-                pass  # failed or terminated: only a replay can tell where it stood
+                pass  # failed otherwise, or terminated: only a replay can tell where it stood
         st = await handle.query(MigrationWorkflow.status)
         st.caught_up(datetime.now(UTC))
+        beats = await self._heartbeats(desc)
+        st.retrying = retrying(desc)
+        for step in st.retrying:
+            shard = next((s for (a, s) in beats if a == step.activity), None)
+            step.shard = shard
+        if live and st.phase == "BACKFILLING" and st.copy_seconds is None:
+            for shard_progress in st.shards:
+                beat = beats.get(("copy_shard", shard_progress.shard))
+                if shard_progress.state in ("copying", "paused") and beat is not None:
+                    shard_progress.copied = max(shard_progress.copied, int(beat["copied"]))
         st.estimate()
         return st
 
@@ -128,23 +176,29 @@ class MigrationClient:
         operator: str = "unknown",
         reason: str = "",
         region: str | None = None,
+        *,
+        preapprove: bool = False,
+        revalidate: bool = False,
     ) -> None:
         """Send one of ``pause``, ``resume``, ``approve_cutover``, ``rollback``, ``abort``.
 
-        ``region`` (a regional migration's ``rollback`` only) rolls back that region alone.
+        ``region`` (a regional migration's ``rollback`` only) rolls back that region alone;
+        ``preapprove`` holds an ``approve_cutover`` sent before the gates passed;
+        ``revalidate`` makes a ``resume`` after a failed gate measure again. A signal that
+        means nothing where the migration stands is recorded and ignored: ``status`` says why.
         """
         if name not in SIGNALS:
             raise ValueError(f"unknown signal {name!r}; use one of {', '.join(SIGNALS)}")
-        if region is not None:
-            if name != "rollback":
-                raise ValueError("only rollback can name a region")
-            await self.handle(migration_id).signal(
-                name, RegionRollback(operator=operator, reason=reason, region=region)
-            )
-            return
-        await self.handle(migration_id).signal(
-            name, OperatorMessage(operator=operator, reason=reason)
+        if region is not None and name != Message.ROLLBACK:
+            raise ValueError("only rollback can name a region")
+        message = OperatorMessage(
+            operator=operator,
+            reason=reason,
+            region=region,
+            preapprove=preapprove,
+            revalidate=revalidate,
         )
+        await self.client.get_workflow_handle(migration_id).signal(name, message)
 
     async def is_regional(self, migration_id: str) -> bool:
         """Whether ``migration_id`` is a regional migration (the parent of per-region ones)."""
@@ -158,8 +212,10 @@ class MigrationClient:
         if desc.status is not None and desc.status != WorkflowExecutionStatus.RUNNING:
             try:
                 return await handle.result()
-            except WorkflowFailureError:
-                pass
+            except WorkflowFailureError as err:
+                ended = ended_status(err, RegionalStatus)
+                if ended is not None:
+                    return ended
         return await handle.query(RegionalMigrationWorkflow.status)
 
     async def set_throttle(
@@ -174,8 +230,8 @@ class MigrationClient:
         Raises:
             ValueError: not a positive finite rate (checked here too: JSON has no NaN, so a NaN
                 would arrive as null and lift the throttle).
-            temporalio.client.WorkflowUpdateFailedError: the workflow's validator refused it
-                (not a positive finite rate, or the migration has ended); nothing changed.
+            MessageRefusedError: the workflow refused it (nothing is being copied, or the
+                migration has ended); nothing changed.
         """
         request = ThrottleRequest(
             max_vectors_per_second=max_vectors_per_second, operator=operator, reason=reason
@@ -183,8 +239,54 @@ class MigrationClient:
         problem = request.problem()
         if problem is not None:
             raise ValueError(problem)
-        result = await self.handle(migration_id).execute_update("set_throttle", request)
+        result = await self._update(migration_id, Message.SET_THROTTLE, request)
         return None if result is None else float(result)
+
+    async def set_ramp(
+        self, migration_id: str, percent: float, operator: str = "unknown", reason: str = ""
+    ) -> float:
+        """Set the share of reads an online migration's new version serves now.
+
+        Raises:
+            MessageRefusedError: not an online migration in SHADOWING, RAMPING or
+                AWAITING_CUTOVER, or not a share below 100; nothing changed.
+        """
+        request = RampRequest(percent=percent, operator=operator, reason=reason)
+        return float(await self._update(migration_id, Message.SET_RAMP, request))
+
+    async def set_gate(
+        self,
+        migration_id: str,
+        gate: str,
+        *,
+        threshold: float | None = None,
+        override: bool = False,
+        operator: str = "unknown",
+        reason: str = "",
+    ) -> list[str]:
+        """Change a failed gate's threshold, or override it with a reason; returns the gates
+        still failing (none: ``resume`` goes on).
+
+        Raises:
+            MessageRefusedError: no gate has failed, no such gate, or not exactly one of a
+                threshold and an override (an override needs a reason); nothing changed.
+        """
+        request = GateRequest(
+            gate=gate, threshold=threshold, override=override, operator=operator, reason=reason
+        )
+        problem = request.problem()
+        if problem is not None:
+            raise MessageRefusedError(f"set_gate refused: {problem}")
+        failing = await self._update(migration_id, Message.SET_GATE, request)
+        return [str(f) for f in failing]
+
+    async def _update(self, migration_id: str, name: Message, request: Any) -> Any:
+        try:
+            return await self.handle(migration_id).execute_update(str(name), request)
+        except WorkflowUpdateFailedError as exc:
+            cause = exc.cause
+            message = cause.message if isinstance(cause, ApplicationError) else str(cause)
+            raise MessageRefusedError(message) from None
 
     async def live_progress(self, migration_id: str) -> dict[tuple[str, int], dict[str, Any]]:
         """Heartbeats of the activities in flight, keyed by (activity, shard).
@@ -192,7 +294,11 @@ class MigrationClient:
         The workflow learns a shard's count when its copy finishes; the heartbeats show it
         batch by batch.
         """
-        desc = await self.handle(migration_id).describe()
+        return await self._heartbeats(await self.handle(migration_id).describe())
+
+    async def _heartbeats(
+        self, desc: WorkflowExecutionDescription
+    ) -> dict[tuple[str, int], dict[str, Any]]:
         live: dict[tuple[str, int], dict[str, Any]] = {}
         for pending in desc.raw_description.pending_activities:
             if not pending.heartbeat_details.payloads:
@@ -203,8 +309,19 @@ class MigrationClient:
         return live
 
     async def result(self, migration_id: str, timeout: float | None = None) -> MigrationStatus:
-        """Wait for the migration to end and return its final status."""
+        """Wait for the migration to end and return its final status, whatever the outcome
+        (``phase`` says it: COMPLETED, ROLLED_BACK or ABORTED).
+
+        Raises:
+            temporalio.client.WorkflowFailureError: the execution failed otherwise (a bug, or
+                terminated by hand).
+        """
         handle = self.handle(migration_id)
-        if timeout is None:
-            return await handle.result()
-        return await handle.result(rpc_timeout=timedelta(seconds=timeout))
+        rpc_timeout = None if timeout is None else timedelta(seconds=timeout)
+        try:
+            return await handle.result(rpc_timeout=rpc_timeout)
+        except WorkflowFailureError as err:
+            ended = ended_status(err, MigrationStatus)
+            if ended is None:
+                raise
+            return ended

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.data.backfill import Check, open_source, run_checks, shard_plan
 from vecmigrate.errors import VecmigrateError
-from vecmigrate.model.lifecycle import STRATEGY_PHASES, Phase
+from vecmigrate.model.lifecycle import LIFECYCLE, describe, figures
 from vecmigrate.model.spec import (
     FaissHnsw,
     FaissIvfPq,
@@ -28,23 +28,6 @@ BUILD_RATE = {
     "hnswlib_hnsw": 2_400.0,
     "pgvector_hnsw": 1_500.0,
     "pgvector_ivfflat": 20_000.0,
-}
-
-_DESCRIBE = {
-    Phase.PLANNED: "spec validated, migration id {mid}",
-    Phase.PREPARING: "check the catalog, register {target} ({model}, {dim}d, {metric}), "
-    "plan {shards} shards",
-    Phase.BACKFILLING: "copy {total} vectors {source} -> {target} in batches of {batch}, "
-    "{parallel} shards at a time, resumable per batch",
-    Phase.BUILDING_INDEX: "build {index} per shard, artifacts content-addressed",
-    Phase.VALIDATING: "profile every shard (counts, checksums, NaN, norms), then recall@{k} "
-    "(floor {min_recall}) on {queries} {query_source} queries, old-vs-new agreement, latency "
-    "and distribution; {on_failure} on a failed gate",
-    Phase.AWAITING_CUTOVER: "{cutover}",
-    Phase.CUT_OVER: "compare-and-set routing: reads -> {target}, writes -> {target} + {source}",
-    Phase.BAKING: "keep {source} ready for instant rollback for {bake}s",
-    Phase.FINALIZING: "stop writing {source}; keep it retained",
-    Phase.COMPLETED: "done",
 }
 
 
@@ -185,27 +168,7 @@ def plan_migration(catalog: Catalog, spec: MigrationSpec) -> Plan:
         + total / BUILD_RATE[spec.target.index.kind] * scale
         + spec.cutover.bake_seconds
     )
-    values = {
-        "mid": spec.migration_id,
-        "source": spec.source.name,
-        "target": spec.target.name,
-        "model": f"{spec.target.embedding.model_id}@{spec.target.embedding.model_version}",
-        "dim": dim,
-        "metric": spec.target.embedding.metric,
-        "shards": len(spec.shards.selected()),
-        "total": total,
-        "batch": spec.batch_size,
-        "parallel": spec.max_parallel_shards,
-        "index": spec.target.index.kind,
-        "k": spec.gates.k,
-        "min_recall": spec.gates.min_recall,
-        "queries": spec.gates.sample_queries,
-        "query_source": "recorded" if spec.gates.query_log else "sampled",
-        "on_failure": spec.gates.on_failure,
-        "bake": spec.cutover.bake_seconds,
-        "cutover": "wait for approve_cutover (manual)"
-        if spec.cutover.mode == "manual"
-        else "proceed once gates pass (automatic)",
-    }
-    plan.steps = [(p.value, _DESCRIBE[p].format(**values)) for p in STRATEGY_PHASES[spec.strategy]]
+    strategy = LIFECYCLE[spec.strategy]
+    values = figures(spec, total)
+    plan.steps = [(p.value, describe(strategy, p, values)) for p in strategy.phases]
     return plan

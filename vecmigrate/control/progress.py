@@ -19,7 +19,8 @@ from temporalio.service import RPCError
 
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.errors import VecmigrateError
-from vecmigrate.model.lifecycle import TERMINAL, MigrationStatus
+from vecmigrate.model.lifecycle import TERMINAL
+from vecmigrate.model.status import MigrationStatus
 
 
 class RateColumn(TextColumn):
@@ -45,8 +46,10 @@ async def watch(
     console: Console,
     interval: float = 0.5,
     unreachable_after: float = 120.0,
+    until_gate_fails: bool = False,
 ) -> MigrationStatus:
-    """Show progress until the migration ends; returns its final status.
+    """Show progress until the migration ends (or, ``until_gate_fails``, until it waits at a
+    failed gate for an operator); returns the status it stopped at.
 
     On a terminal: a live bar per shard with rate and ETA. Elsewhere (logs, CI): one line per
     phase change, pause and finished shard.
@@ -129,7 +132,13 @@ async def watch(
                 progress.update(all_copy, completed=copied_all)
                 indexed = sum(s.state in ("indexed", "validating", "validated") for s in st.shards)
                 progress.update(all_index, completed=indexed)
-            note = st.pause_reason or st.blocked_reason
+            note = st.pause_reason or st.blocked_reason or st.outcome
+            if st.retrying and not note:
+                step = st.retrying[0]
+                note = (
+                    f"retrying {step.activity} (attempt {step.attempt}): "
+                    f"{step.error_type}: {step.last_error[:120]}"
+                )
             if st.phase != last_phase or note != last_note:
                 label = f"phase: [bold]{st.phase}[/bold]" + (
                     f"  [yellow]{note}[/yellow]" if note else ""
@@ -139,5 +148,7 @@ async def watch(
                 last_phase, last_note = st.phase, note
             if st.phase in TERMINAL:
                 progress.update(phase_line, total=1, completed=1)
+                return st
+            if until_gate_fails and st.paused and st.remedies:
                 return st
             await asyncio.sleep(interval)

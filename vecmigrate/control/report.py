@@ -10,8 +10,10 @@ from rich.table import Table
 from vecmigrate.catalog.catalog import LedgerEntry
 from vecmigrate.control.plan import Plan
 from vecmigrate.embedding.registry import Registry
-from vecmigrate.model.lifecycle import GateReport, MigrationStatus
+from vecmigrate.model.gates import GateReport
+from vecmigrate.model.lifecycle import Phase
 from vecmigrate.model.regions import RegionalStatus
+from vecmigrate.model.status import MigrationStatus
 
 # Shard tables longer than this are left out (the summary line counts shards by state).
 SHARD_ROWS = 64
@@ -25,14 +27,38 @@ def status_tables(st: MigrationStatus) -> Group:
         "collection", f"{st.tenant}/{st.collection}: {st.source_version} -> {st.target_version}"
     )
     head.add_row(
-        "phase", f"[bold]{st.phase}[/bold]" + ("  [yellow](paused)[/yellow]" if st.paused else "")
+        "phase",
+        f"[bold]{st.phase}[/bold]"
+        + ("  [yellow](paused)[/yellow]" if st.paused else "")
+        + (f" of {st.strategy}" if st.strategy else ""),
     )
+    if st.doing:
+        head.add_row("doing", st.doing)
+    if st.outcome:
+        style = "green" if st.phase == Phase.COMPLETED else "yellow"
+        head.add_row("outcome", f"[{style}]{st.outcome}[/{style}]")
     if st.pause_reason:
         head.add_row("paused because", st.pause_reason)
     if st.blocked_reason:
         head.add_row("blocked", st.blocked_reason)
+    for remedy in st.remedies:
+        head.add_row("to change it", remedy)
     if st.error:
         head.add_row("error", f"[red]{st.error}[/red]")
+    for step in st.retrying:
+        where = f" (shard {step.shard})" if step.shard is not None else ""
+        of = f" of {step.maximum_attempts}" if step.maximum_attempts else ""
+        head.add_row(
+            "retrying",
+            f"[yellow]{step.activity}{where}: attempt {step.attempt}{of}, next at "
+            f"{step.next_retry or 'once a worker takes it'}; last error "
+            f"{step.error_type or 'error'}: {step.last_error}[/yellow]",
+        )
+    for action in st.ignored()[-3:]:
+        head.add_row(
+            "ignored",
+            f"{action.action} from {action.operator} at {action.at[11:19]}: {action.note}",
+        )
     if st.shards:
         copied, total = st.copied()
         line = f"{copied:,} of {total:,} vectors in {len(st.shards):,} shards"
@@ -89,10 +115,12 @@ def status_tables(st: MigrationStatus) -> Group:
 
     if st.operators:
         ops = Table(title="operator actions")
-        for col in ("at", "operator", "action", "reason"):
+        for col in ("at", "operator", "action", "reason", "outcome"):
             ops.add_column(col)
         for a in st.operators:
-            ops.add_row(a.at, a.operator, a.action, a.reason)
+            outcome = a.outcome + (f": {a.note}" if a.note else "")
+            style = "yellow" if a.outcome == "ignored" else "green"
+            ops.add_row(a.at, a.operator, a.action, a.reason, f"[{style}]{outcome}[/{style}]")
         parts.append(ops)
     return Group(*parts)
 
@@ -106,12 +134,14 @@ def gate_tables(g: GateReport, old: str = "old", new: str = "new") -> Group:
         verdict = "info" if v.comparison == "info" else ("pass" if v.passed else "FAIL")
         style = {"pass": "green", "FAIL": "red"}.get(verdict, "dim")
         threshold = "" if v.threshold is None else f"{v.comparison} {v.threshold}"
+        if v.adjusted:
+            verdict += " (adjusted)"
         gates.add_row(
             v.name,
             "" if v.value is None else f"{v.value:g}",
             threshold,
             f"[{style}]{verdict}[/{style}]",
-            v.detail,
+            "; ".join(x for x in (v.detail, v.adjusted) if x),
         )
     recall = Table(title=f"recall@{g.k} against exact search ({g.queries} queries)")
     recall.add_column("index")
@@ -192,6 +222,11 @@ def summarize(e: LedgerEntry) -> str:
             )
         case "version.state":
             return f"{d.get('version')} -> {d.get('state')}"
+        case "operator" if d.get("outcome") == "ignored":
+            return f"{d.get('action')} in {d.get('phase')} IGNORED: {d.get('note')}"
+        case "operator" if d.get("gate"):
+            how = "override" if d.get("override") else f"threshold {d.get('threshold')}"
+            return f"set_gate {d.get('gate')}: {how}: {d.get('reason')}"
         case "operator":
             return f"{d.get('action')} in {d.get('phase')}" + (
                 f": {d.get('reason')}" if d.get("reason") else ""
@@ -254,7 +289,7 @@ def model_tables(registry: Registry) -> list[Table]:
 def regional_table(st: RegionalStatus) -> Table:
     """A regional migration: each region and tenant, its phase and progress, and the barrier."""
     title = f"{st.migration_id}: {st.phase}" + (
-        f" ({st.blocked_reason})" if st.blocked_reason else ""
+        f" ({st.blocked_reason or st.outcome})" if st.blocked_reason or st.outcome else ""
     )
     table = Table(title=title)
     for col in ("region", "tenant", "phase", "copied", "task queue", "note"):

@@ -38,7 +38,7 @@ from vecmigrate.data.seed import SeedResult, seed_collection, sequential_ids
 from vecmigrate.embedding.embedders import fit_lsa
 from vecmigrate.embedding.registry import ModelRecord, Registry, register_lsa
 from vecmigrate.errors import VecmigrateError
-from vecmigrate.model.lifecycle import MigrationStatus, RetrievalFigures
+from vecmigrate.model.gates import RetrievalFigures
 from vecmigrate.model.spec import (
     AnyStoreRef,
     BuiltinStoreRef,
@@ -47,6 +47,7 @@ from vecmigrate.model.spec import (
     VersionSpec,
     parse_spec,
 )
+from vecmigrate.model.status import MigrationStatus
 from vecmigrate.serving.router import Router
 from vecmigrate.validation.options import first_words
 

@@ -12,7 +12,7 @@ from vecmigrate.catalog.documents import Documents
 from vecmigrate.config import resolve_store
 from vecmigrate.errors import DataError, PreconditionError
 from vecmigrate.indexes.build import artifact_dir, build_native, build_shard, register_index
-from vecmigrate.model.lifecycle import RoutingView
+from vecmigrate.model.routing import RoutingView
 from vecmigrate.model.spec import VersionSpec, is_native
 from vecmigrate.records.sharding import hash_key, hash_shards
 from vecmigrate.records.vectors import Ids, Vectors, check_texts, check_vectors

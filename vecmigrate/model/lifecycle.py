@@ -1,18 +1,19 @@
-"""The migration lifecycle as data: phases, legal transitions, operator messages and status.
+"""The lifecycle as one table: every strategy's phases in order, what each phase does (with the
+spec's figures), the moves allowed out of it and the operator messages it accepts.
 
-Pure and deterministic (no I/O, no clock): the workflow drives it, the CLI and client read it,
-and the transition rules are tested without Temporal.
+The workflows drive it; plan, status, report and the CLI read it; nothing else restates it.
+Pure and deterministic (no I/O, no clock), so the rules are tested without Temporal.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
 from enum import StrEnum
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from vecmigrate.model.spec import MigrationSpec, ShardLayout
+if TYPE_CHECKING:
+    from vecmigrate.model.spec import MigrationSpec
 
 
 class Phase(StrEnum):
@@ -36,440 +37,497 @@ class Phase(StrEnum):
     ABORTED = "ABORTED"
 
 
-TERMINAL = frozenset({Phase.COMPLETED, Phase.ROLLED_BACK, Phase.ABORTED})
+class Message(StrEnum):
+    """Operator messages by their public names: signals, then updates (which have validators)."""
 
-STRATEGY_PHASES: dict[str, tuple[Phase, ...]] = {
-    "blue_green": (
-        Phase.PLANNED,
-        Phase.PREPARING,
-        Phase.BACKFILLING,
-        Phase.BUILDING_INDEX,
-        Phase.VALIDATING,
-        Phase.AWAITING_CUTOVER,
-        Phase.CUT_OVER,
-        Phase.BAKING,
-        Phase.FINALIZING,
-        Phase.COMPLETED,
+    PAUSE = "pause"
+    RESUME = "resume"
+    APPROVE_CUTOVER = "approve_cutover"
+    ROLLBACK = "rollback"
+    ABORT = "abort"
+    SET_THROTTLE = "set_throttle"
+    SET_RAMP = "set_ramp"
+    SET_GATE = "set_gate"
+
+
+SIGNALS = (Message.PAUSE, Message.RESUME, Message.APPROVE_CUTOVER, Message.ROLLBACK, Message.ABORT)
+UPDATES = (Message.SET_THROTTLE, Message.SET_RAMP, Message.SET_GATE)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a terminal phase closes the Temporal execution.
+
+    A migration that did not complete fails its execution with a typed, non-retryable error
+    (``error``) whose details are its final status, so ``temporal workflow list`` and the UI
+    tell it apart from a completed one without opening it.
+    """
+
+    phase: Phase
+    error: str | None
+    sentence: str
+
+
+OUTCOMES: dict[Phase, Outcome] = {
+    Phase.COMPLETED: Outcome(Phase.COMPLETED, None, "completed: reads are served by {target}"),
+    Phase.ROLLED_BACK: Outcome(
+        Phase.ROLLED_BACK, "MigrationRolledBack", "rolled back{by}: reads are served by {source}"
     ),
-    # Dual-write from before the snapshot, catch-up from the change log, shadow reads and a
-    # canary ramp: the collection serves reads and writes throughout.
-    "online": (
-        Phase.PLANNED,
-        Phase.PREPARING,
-        Phase.BACKFILLING,
+    Phase.ABORTED: Outcome(Phase.ABORTED, "MigrationAborted", "aborted{by} where it stood"),
+}
+TERMINAL = frozenset(OUTCOMES)
+# The error types of the executions that did not complete (the client reads the status there).
+OUTCOME_ERRORS = frozenset(o.error for o in OUTCOMES.values() if o.error)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One phase of a strategy.
+
+    ``does`` is a sentence with the spec's figures in braces (see :func:`figures`); ``accepts``
+    the messages that mean something here; ``rollback`` where a rollback goes from here (None:
+    a rollback is refused); ``since`` the patch that added the step, for runs started before it.
+    """
+
+    phase: Phase
+    does: str
+    accepts: frozenset[Message]
+    rollback: Phase | None = Phase.ROLLING_BACK
+    since: str | None = None
+
+
+def _step(
+    phase: Phase,
+    does: str,
+    *messages: Message,
+    rollback: Phase | None = Phase.ROLLING_BACK,
+    since: str | None = None,
+) -> Step:
+    accepts = set(messages)
+    if rollback is not None:
+        accepts.add(Message.ROLLBACK)
+    return Step(phase, does, frozenset(accepts), rollback, since)
+
+
+_HOLD = (Message.PAUSE, Message.RESUME, Message.ABORT)
+_EARLY = (*_HOLD, Message.APPROVE_CUTOVER)  # an approval here needs preapprove
+_COPY = (*_EARLY, Message.SET_THROTTLE)
+_GATE = (*_EARLY, Message.SET_GATE)
+
+# The patch that gave the offline strategy a cut-over decision, a bake and a finalize (runs
+# started before it keep their shorter path).
+OFFLINE_CUTOVER = "offline-cutover-policy"
+
+_PLANNED = _step(Phase.PLANNED, "spec validated; migration id {mid}, spec {spec_hash}", *_COPY)
+_PREPARING = _step(
+    Phase.PREPARING,
+    "check the catalog, register {target} ({model}, {dim}d, {metric}), plan {shards} shards",
+    *_COPY,
+)
+_BACKFILL = (
+    "copy {total} vectors {source} -> {target} in batches of {batch}, {parallel} shards at a "
+    "time, resumable per batch{throttle}{builds}"
+)
+_BUILD = "build {index}{build_how}; register it with the change-log position it covers"
+_VALIDATE = (
+    "profile every shard (counts, checksums, NaN, norms), then recall@{k} (floor {min_recall}) "
+    "on {queries} {query_source} queries, old-vs-new agreement, latency and distribution; "
+    "{on_failure} on a failed gate"
+)
+_AWAIT = _step(Phase.AWAITING_CUTOVER, "{cutover}", *_EARLY, Message.SET_RAMP)
+_CUT = "compare-and-set routing: reads -> {target}; writes -> {target} + {source}{cut_extra}"
+_BAKE = "keep {source} current for an instant rollback for {bake}s"
+_FINAL = "stop writing {source}; it is retained, no longer written"
+_DONE = _step(Phase.COMPLETED, "done", rollback=None)
+
+_BLUE_GREEN = (
+    _PLANNED,
+    _PREPARING,
+    _step(Phase.BACKFILLING, _BACKFILL, *_COPY),
+    _step(Phase.BUILDING_INDEX, _BUILD, *_EARLY),
+    _step(Phase.VALIDATING, _VALIDATE, *_GATE),
+    _step(Phase.AWAITING_CUTOVER, "{cutover}", *_EARLY),
+    _step(Phase.CUT_OVER, _CUT, *_HOLD),
+    _step(Phase.BAKING, _BAKE, *_HOLD),
+    _step(Phase.FINALIZING, _FINAL, Message.ABORT, rollback=None),
+    _DONE,
+)
+
+_DUAL_WRITE = (
+    "dual-write on (writes -> {source} + {target}, watermark taken first), then copy {total} "
+    "vectors up to the watermark in batches of {batch}, {parallel} shards at a time{throttle}"
+)
+_SHADOW = (
+    "mirror {shadow_percent}% of live reads to {target} for {shadow_seconds}s; needs "
+    "{shadow_samples} pairs, overlap >= {shadow_overlap}, p99 <= {shadow_p99}x; {on_breach} on "
+    "a breach"
+)
+_REVERSE = Phase.AWAITING_CUTOVER  # online: reads move back, dual-write kept the source current
+
+_ONLINE = (
+    _PLANNED,
+    _PREPARING,
+    _step(Phase.BACKFILLING, _DUAL_WRITE, *_COPY),
+    _step(
         Phase.CATCHING_UP,
-        Phase.BUILDING_INDEX,
-        Phase.VALIDATING,
-        Phase.SHADOWING,
-        Phase.RAMPING,
-        Phase.AWAITING_CUTOVER,
-        Phase.CUT_OVER,
-        Phase.BAKING,
-        Phase.FINALIZING,
-        Phase.COMPLETED,
+        "replay the change log from the watermark (deletes included) until at most {max_lag} "
+        "entries behind",
+        *_EARLY,
     ),
-    # Writes are refused (503 with Retry-After at the gateway) from PREPARING until the switch.
-    "offline": (
-        Phase.PLANNED,
+    _step(Phase.BUILDING_INDEX, _BUILD, *_EARLY),
+    _step(Phase.VALIDATING, _VALIDATE, *_GATE),
+    _step(Phase.SHADOWING, _SHADOW, *_GATE, Message.SET_RAMP),
+    _step(
+        Phase.RAMPING,
+        "canary: {ramp_steps} of reads on {target}, {step_seconds}s each, each step shadow-gated",
+        *_GATE,
+        Message.SET_RAMP,
+    ),
+    _AWAIT,
+    _step(Phase.CUT_OVER, _CUT, *_HOLD, rollback=_REVERSE),
+    _step(Phase.BAKING, _BAKE + "; a rollback moves reads back", *_HOLD, rollback=_REVERSE),
+    _step(Phase.FINALIZING, _FINAL, Message.ABORT, rollback=None),
+    _DONE,
+)
+
+_OFFLINE = (
+    _PLANNED,
+    _step(
         Phase.PREPARING,
-        Phase.BACKFILLING,
-        Phase.BUILDING_INDEX,
-        Phase.VALIDATING,
-        Phase.CUT_OVER,
-        Phase.COMPLETED,
+        "pause writes (the gateway answers 503 with Retry-After), " + _PREPARING.does,
+        *_COPY,
+    ),
+    _step(Phase.BACKFILLING, _BACKFILL, *_COPY),
+    _step(Phase.BUILDING_INDEX, _BUILD, *_EARLY),
+    _step(Phase.VALIDATING, _VALIDATE, *_GATE),
+    _step(Phase.AWAITING_CUTOVER, "{cutover}; writes stay paused", *_EARLY, since=OFFLINE_CUTOVER),
+    _step(Phase.CUT_OVER, _CUT + "; writes resume", *_HOLD),
+    _step(Phase.BAKING, _BAKE, *_HOLD, since=OFFLINE_CUTOVER),
+    _step(Phase.FINALIZING, _FINAL, Message.ABORT, rollback=None, since=OFFLINE_CUTOVER),
+    _DONE,
+)
+
+_SHADOW_ONLY = (
+    _step(Phase.PLANNED, _PLANNED.does, *_HOLD, Message.SET_THROTTLE),
+    _step(Phase.PREPARING, _PREPARING.does, *_HOLD, Message.SET_THROTTLE),
+    _step(Phase.BACKFILLING, _DUAL_WRITE, *_HOLD, Message.SET_THROTTLE),
+    _step(
+        Phase.CATCHING_UP,
+        "replay the change log from the watermark until at most {max_lag} entries behind",
+        *_HOLD,
+    ),
+    _step(Phase.BUILDING_INDEX, _BUILD, *_HOLD),
+    _step(Phase.VALIDATING, _VALIDATE, *_HOLD, Message.SET_GATE),
+    _step(Phase.SHADOWING, _SHADOW, *_HOLD, Message.SET_GATE),
+    _step(
+        Phase.FINALIZING,
+        "dual-write and shadow reads off; {target} is retained, reads never moved",
+        Message.ABORT,
+        rollback=None,
+    ),
+    _DONE,
+)
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One strategy's lifecycle: its steps in order and the rules read from them.
+
+    ``writes`` is where writes go while the target is built: to the ``source`` alone, to
+    ``both`` versions (dual-write from before the snapshot, replayed by the catch-up), or
+    ``paused`` (refused until the switch).
+    """
+
+    name: str
+    summary: str
+    steps: tuple[Step, ...]
+    writes: Literal["source", "both", "paused"] = "source"
+
+    @property
+    def phases(self) -> tuple[Phase, ...]:
+        """The phases in order, up to COMPLETED."""
+        return tuple(s.phase for s in self.steps)
+
+    @property
+    def switches(self) -> bool:
+        """Whether reads ever move to the target (every strategy but shadow_only)."""
+        return Phase.CUT_OVER in self.phases
+
+    def variant(self, patched: Callable[[str], bool]) -> Strategy:
+        """The strategy as a run sees it: steps added by a patch it does not have left out."""
+        kept = tuple(s for s in self.steps if s.since is None or patched(s.since))
+        return replace(self, steps=kept)
+
+    def step(self, phase: Phase) -> Step:
+        """The step of ``phase``.
+
+        Raises:
+            KeyError: the strategy has no such phase.
+        """
+        for s in self.steps:
+            if s.phase == phase:
+                return s
+        raise KeyError(f"{self.name} has no phase {phase}")
+
+    def has(self, phase: Phase) -> bool:
+        return phase in self.phases
+
+    def after(self, phase: Phase) -> Phase:
+        """The phase that follows ``phase`` when its work is done."""
+        order = self.phases
+        return order[order.index(phase) + 1]
+
+    def before(self, phase: Phase, other: Phase) -> bool:
+        """Whether ``phase`` comes before ``other`` (a phase outside the order never does)."""
+        order = self.phases
+        return phase in order and other in order and order.index(phase) < order.index(other)
+
+    def moves(self, phase: Phase) -> frozenset[Phase]:
+        """The phases a migration may move to from ``phase``."""
+        if phase in TERMINAL:
+            return frozenset()
+        if phase == Phase.ROLLING_BACK:
+            return frozenset({Phase.ROLLED_BACK})
+        step = self.step(phase)
+        moves = {self.after(phase)} if phase != Phase.COMPLETED else set()
+        if step.rollback is not None:
+            moves.add(step.rollback)
+        if Message.ABORT in step.accepts:
+            moves.add(Phase.ABORTED)
+        return frozenset(moves)
+
+    def accepts(self, phase: Phase, message: Message) -> bool:
+        """Whether ``message`` can mean something in ``phase`` (see :func:`rule` for the rest)."""
+        if phase in TERMINAL or phase == Phase.ROLLING_BACK:
+            return False
+        return message in self.step(phase).accepts
+
+
+LIFECYCLE: dict[str, Strategy] = {
+    "blue_green": Strategy(
+        "blue_green",
+        "build beside the source, one atomic switch, the source kept current for a rollback",
+        _BLUE_GREEN,
+    ),
+    "online": Strategy(
+        "online",
+        "dual-write, backfill and catch-up, shadow reads and a canary ramp, then the switch: "
+        "the collection serves reads and writes throughout",
+        _ONLINE,
+        writes="both",
+    ),
+    "offline": Strategy(
+        "offline",
+        "writes paused from PREPARING to the switch, then the same switch as blue_green",
+        _OFFLINE,
+        writes="paused",
+    ),
+    "shadow_only": Strategy(
+        "shadow_only",
+        "validate the target under live shadow reads and keep it; reads never switch",
+        _SHADOW_ONLY,
+        writes="both",
     ),
 }
+STRATEGIES = tuple(LIFECYCLE)
 
-# Phases after which reads are served by the target: a rollback from here must move routing back.
-SERVING_TARGET = frozenset({Phase.CUT_OVER, Phase.BAKING, Phase.FINALIZING})
-
-# Phases in which some reads may go to the target (canary) or are mirrored to it (shadow).
-READING_TARGET = frozenset({Phase.SHADOWING, Phase.RAMPING, Phase.AWAITING_CUTOVER})
+# The regional parent's own lifecycle: its children each run a strategy above.
+REGIONAL = Strategy(
+    "regional",
+    "one child migration per region and tenant, canary region first, a barrier before the cut-over",
+    (
+        _step(Phase.PLANNED, "spec validated; children planned", *_EARLY),
+        _step(
+            Phase.BACKFILLING,
+            "children run towards the barrier: {rollout}; at most {max_parallel} regions at once",
+            *_EARLY,
+        ),
+        _step(Phase.AWAITING_CUTOVER, "barrier: {barrier}", *_EARLY),
+        _step(Phase.CUT_OVER, "region by region: {cutover_order}", *_HOLD),
+        _step(Phase.BAKING, "children bake and finalize", *_HOLD),
+        _DONE,
+    ),
+)
 
 
 class IllegalTransitionError(Exception):
     """A phase change the lifecycle does not allow (a bug in the caller, never user input)."""
 
 
-def check_transition(strategy: str, current: Phase, new: Phase) -> None:
+def check_transition(strategy: Strategy, current: Phase, new: Phase) -> None:
     """Raise :class:`IllegalTransitionError` unless ``strategy`` allows ``current -> new``."""
-    if current in TERMINAL:
-        raise IllegalTransitionError(f"{current} is terminal; cannot move to {new}")
-    if new in (Phase.ROLLING_BACK, Phase.ABORTED):
-        return
-    if current == Phase.ROLLING_BACK:
-        if new == Phase.ROLLED_BACK:
-            return
-        raise IllegalTransitionError(f"{current} can only end in {Phase.ROLLED_BACK}")
-    reversal = current in (Phase.CUT_OVER, Phase.BAKING) and new == Phase.AWAITING_CUTOVER
-    if strategy == "online" and reversal:
-        return  # reads moved back to the old version, which dual-write kept current
-    order = STRATEGY_PHASES[strategy]
-    if current not in order or new not in order:
-        raise IllegalTransitionError(f"{current} -> {new} is not part of strategy {strategy}")
-    if order.index(new) != order.index(current) + 1:
-        raise IllegalTransitionError(f"{current} -> {new} skips or repeats a phase of {strategy}")
+    if new not in strategy.moves(current):
+        allowed = ", ".join(sorted(strategy.moves(current))) or "nothing (terminal)"
+        raise IllegalTransitionError(
+            f"{strategy.name}: {current} -> {new} is not allowed (from {current}: {allowed})"
+        )
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+@dataclass(frozen=True)
+class Situation:
+    """What besides the phase decides whether a message means something now."""
 
-
-class OperatorMessage(_Model):
-    """Payload of every signal: who sent it and why. Both optional so a bare signal works."""
-
-    operator: str = "unknown"
-    reason: str = ""
-
-
-HASH_SPACE = 1 << 32
-
-
-class ShardRef(_Model):
-    """One shard: a half-open range ``[lo, hi)`` of a key.
-
-    The key is the 32-bit hash of the id for ``by="hash"`` and the id itself for ``by="range"``,
-    so every shard is a contiguous range of an index and scans in a stable order.
-    """
-
-    index: int
-    by: Literal["hash", "range"]
-    lo: int
-    hi: int
-
-
-def hash_shards(count: int) -> list[ShardRef]:
-    """``count`` equal ranges of the 32-bit hash space (pure arithmetic: the workflow recomputes
-    them instead of carrying thousands of them across runs)."""
-    bounds = [i * HASH_SPACE // count for i in range(count + 1)]
-    return [ShardRef(index=i, by="hash", lo=bounds[i], hi=bounds[i + 1]) for i in range(count)]
-
-
-def selected_hash_shards(layout: ShardLayout) -> list[ShardRef]:
-    """The hash shards a layout selects, in order."""
-    wanted = set(layout.selected())
-    return [s for s in hash_shards(layout.count) if s.index in wanted]
-
-
-class ShardProgress(_Model):
-    """Copy, index and validation progress of one shard.
-
-    Kept small on purpose: a migration of thousands of shards carries one of these per shard
-    into every continued run. Artifacts and profiles live in the catalog's shard journal.
-    """
-
-    shard: int
-    total: int = 0
-    copied: int = 0
-    state: str = "pending"
-    checksum: str | None = None
-    recopied: int = 0
-
-
-class GateVerdict(_Model):
-    """One check: the figure measured, the threshold it was held to, and the verdict."""
-
-    name: str
-    value: float | None = None
-    threshold: float | None = None
-    comparison: str = ">="
-    passed: bool
-    detail: str = ""
-
-
-class ShardProfile(_Model):
-    """What one scan of a shard saw: counts, bad vectors, norms and checksums."""
-
-    count: int = 0
-    nonfinite: int = 0
-    zero: int = 0
-    duplicate_ids: int = 0
-    off_unit_norm: int = 0
-    norm_min: float | None = None
-    norm_max: float | None = None
-    norm_mean: float | None = None
-    checksum: str = ""
-    id_checksum: str = ""
-
-
-class ShardCheck(_Model):
-    """Source and target profiles of one shard (the source seen through the transform)."""
-
-    shard: int
-    source: ShardProfile
-    target: ShardProfile
-    seconds: float = 0.0
-    # Records left out of both profiles because they were written during the migration.
-    excluded: int = 0
-
-
-class ReadOption(_Model):
-    """One way to serve text queries during a re-embedding migration, measured on known-item
-    queries: how much of its top-k the new model's exact top-k shares, and how often the
-    record a query came from is in its top-k (``hit_rate``, with ``mrr``)."""
-
-    name: str
-    via: str
-    overlap: float | None = None
-    hit_rate: float | None = None
-    mrr: float | None = None
-    detail: str = ""
-
-
-class RetrievalFigures(_Model):
-    """Figures of the retrieval and distribution checks; ``None`` where not measured."""
-
-    query_source: str = "sampled"
-    # Where the exact ground truth came from: "search" (a search of the target here) or "shard
-    # checks" (folded into the shard checks' read of the target).
-    truth_source: str = "search"
-    queries: int = 0
-    latency_queries: int = 0  # of those, searched one at a time for p50/p99
-    k: int = 10
-    source_recall: float | None = None
-    target_recall: float | None = None
-    overlap: float | None = None
-    rank_correlation: float | None = None
-    p50_ms_old: float | None = None
-    p99_ms_old: float | None = None
-    p50_ms_new: float | None = None
-    p99_ms_new: float | None = None
-    norm_ks: float | None = None
-    norm_ks_pvalue: float | None = None
-    mean_shift: float | None = None
-    spectrum_shift: float | None = None
-    distribution_sample: int = 0
-    # Re-embedding migrations: the models on each side, and each way of serving text queries.
-    source_model: str | None = None
-    target_model: str | None = None
-    task_queries: int = 0
-    read_options: list[ReadOption] = Field(default_factory=list)
-    skipped: list[str] = Field(default_factory=list)
-    seconds: float = 0.0
-
-
-class GateReport(_Model):
-    """All verdicts of one validation run plus the figures behind them."""
-
-    passed: bool
-    verdicts: list[GateVerdict]
-    source_recall: float | None = None
-    target_recall: float | None = None
-    k: int = 10
-    queries: int = 0
-    source_counts: dict[int, int] = Field(default_factory=dict)
-    target_counts: dict[int, int] = Field(default_factory=dict)
-    shards: list[ShardCheck] = Field(default_factory=list)
-    figures: RetrievalFigures | None = None
-
-    def failures(self) -> list[str]:
-        """One line per failed verdict, for ``status`` and the ledger."""
-        lines = []
-        for v in self.verdicts:
-            if not v.passed:
-                line = f"{v.name} = {v.value} (needs {v.comparison} {v.threshold})"
-                lines.append(f"{line}: {v.detail}" if v.detail else line)
-        return lines
-
-
-class ThrottleRequest(_Model):
-    """Argument of the ``set_throttle`` update: vectors/s over all shards, ``None`` for none."""
-
-    max_vectors_per_second: float | None = None
-    operator: str = "unknown"
-    reason: str = ""
-
-    def problem(self) -> str | None:
-        """Why this request cannot be applied, or ``None``."""
-        rate = self.max_vectors_per_second
-        if rate is not None and not (rate > 0 and rate != float("inf")):
-            return (
-                f"max_vectors_per_second must be a positive, finite number of vectors per "
-                f"second (or null to lift the throttle), got {rate}"
-            )
-        return None
-
-
-class RampRequest(_Model):
-    """Argument of the ``set_ramp`` update: the share of reads the new version serves."""
-
-    percent: float
-    operator: str = "unknown"
-    reason: str = ""
-
-    def problem(self) -> str | None:
-        """Why this request cannot be applied, or ``None``."""
-        if not 0.0 <= self.percent < 100.0:  # NaN fails too
-            return (
-                f"percent must be at least 0 and below 100 (100 is the cut-over: approve it "
-                f"instead), got {self.percent}"
-            )
-        return None
-
-
-class ShadowFigures(_Model):
-    """What the shadow reads measured during one gate (shadowing, or one ramp step)."""
-
-    step: str = ""
-    passed: bool = False
-    failures: list[str] = Field(default_factory=list)
-    samples: int = 0
-    overlap: float | None = None
-    p50_ms_old: float | None = None
-    p99_ms_old: float | None = None
-    p50_ms_new: float | None = None
-    p99_ms_new: float | None = None
-    errors: int = 0
-
-
-class OperatorAction(_Model):
-    """An operator message as the workflow received it."""
-
-    at: str
-    operator: str
-    action: str
-    reason: str = ""
-
-
-class RoutingView(_Model):
-    """The routing row of a collection as last seen by the workflow.
-
-    Reads go to ``read_version`` (through ``read_index``), except ``ramp_percent`` of them (by
-    a stable hash of the request key) to ``candidate_version``; ``shadow_percent`` of the reads
-    are also run on the candidate and compared. Writes go to every one of ``write_versions``,
-    or are refused while ``writes_paused``.
-    """
-
-    read_version: str | None
-    read_index: str | None = None
-    write_versions: list[str] = Field(default_factory=list)
-    generation: int = 0
-    candidate_version: str | None = None
-    candidate_index: str | None = None
-    ramp_percent: float = 0.0
-    shadow_percent: float = 0.0
-    writes_paused: bool = False
-
-
-class Interrupt(_Model):
-    """A rollback or abort an operator (or a gate policy) asked for."""
-
-    action: Literal["rollback", "abort"]
-    message: OperatorMessage
-
-
-class MigrationStatus(_Model):
-    """What the ``status`` query returns."""
-
-    migration_id: str
-    tenant: str
-    collection: str
-    strategy: str
-    source_version: str
-    target_version: str
-    phase: Phase = Phase.PLANNED
+    phase: Phase
     paused: bool = False
-    pause_reason: str = ""
-    blocked_reason: str = ""
-    shards: list[ShardProgress] = Field(default_factory=list)
-    phase_seconds: dict[str, float] = Field(default_factory=dict)
-    phase_started_at: str = ""
-    # When the status query counted ``phase_seconds``: in workflow time, the last event the
-    # workflow handled, which is minutes old during a long copy (``caught_up`` adds the rest).
-    as_of: str = ""
-    gates: GateReport | None = None
-    routing: RoutingView | None = None
-    operators: list[OperatorAction] = Field(default_factory=list)
+    # A rollback or abort was asked for and is being carried out.
+    stopping: bool = False
+    # The gate of the current phase failed and holds the migration.
+    gate_failed: bool = False
+    # ... and nothing changed since its verdict (thresholds, overrides, data): judged again,
+    # it would fail again.
+    gate_unchanged: bool = False
     cutover_approved: bool = False
-    error: str = ""
-    index_version: str | None = None
-    # The newest ledger entry this migration wrote, kept in Temporal's history: a ledger whose
-    # tail was cut no longer contains it, whatever was done to the catalog.
-    ledger_seq: int = 0
-    ledger_head: str = ""
-    ledger_entries: int = 0
-    # Throttle of the copy (vectors/s over all shards; None: as fast as the stores go).
-    max_vectors_per_second: float | None = None
-    # Vectors/s of the current copy phase so far, and the seconds it still needs at that rate.
-    rate: float | None = None
-    eta_seconds: float | None = None
-    # Seconds of BACKFILLING the copy took, set when the last shard's copy completes (builds
-    # can go on in the phase after it): the rate is the copy's, not diluted by the builds.
-    copy_seconds: float | None = None
-    # Temporal runs this migration has gone through (continue-as-new keeps histories small).
-    runs: int = 1
-    validation_round: int = 0
-    # Where the target's index snapshot stands in the change log: taken before the first shard
-    # is built (during the backfill or after it) and kept by a continued run; later writes are
-    # overlaid on reads.
-    index_log_position: int | None = None
-    # Online migrations: change-log position the catch-up replays from, how far the target is
-    # behind, the canary share, and the last shadow figures per gate.
-    watermark: int | None = None
-    catchup_lag: int | None = None
-    ramp_percent: float = 0.0
-    shadow: list[ShadowFigures] = Field(default_factory=list)
-    cutovers: int = 0
-
-    def copied(self) -> tuple[int, int]:
-        """Vectors copied and total, over all shards."""
-        return sum(s.copied for s in self.shards), sum(s.total for s in self.shards)
-
-    def caught_up(self, now: datetime) -> None:
-        """Count the current phase's seconds up to ``now`` (a reader's clock) from ``as_of``.
-
-        A running workflow's clock stands still between the events it handles; a phase's
-        seconds in a query are as old as its last event. Clocks a little behind the server's
-        change nothing.
-        """
-        if self.phase in TERMINAL or not self.as_of:
-            return
-        behind = (now - datetime.fromisoformat(self.as_of)).total_seconds()
-        if behind > 0:
-            self.phase_seconds[self.phase] = round(
-                self.phase_seconds.get(self.phase, 0.0) + behind, 3
-            )
-            self.as_of = now.isoformat()
-
-    def estimate(self) -> None:
-        """Set ``rate`` and ``eta_seconds`` from the vectors copied so far in BACKFILLING."""
-        if self.phase != Phase.BACKFILLING:
-            return
-        copied, total = self.copied()
-        spent = self.copy_seconds or self.phase_seconds.get(Phase.BACKFILLING, 0.0)
-        if copied and spent > 0:
-            self.rate = round(copied / spent, 1)
-            self.eta_seconds = round(max(0, total - copied) / self.rate, 1)
-
-    def shard_states(self) -> dict[str, int]:
-        """How many shards are in each state."""
-        counts: dict[str, int] = {}
-        for s in self.shards:
-            counts[s.state] = counts.get(s.state, 0) + 1
-        return counts
+    # The cut-over waits for an approval: manual mode, or an online cut-over reversed.
+    approval_needed: bool = True
 
 
-class Carried(_Model):
-    """What a migration hands to its next Temporal run when it continues as new.
+@dataclass(frozen=True)
+class Ruling:
+    """Whether a message is applied, and the reason shown to whoever sent it."""
 
-    Everything the lifecycle needs to pick up where it stood: the status (phase, per-shard
-    states, routing, gates, ledger anchor), the shard plan, and the counters that keep ledger
-    event keys unique across runs.
+    accepted: bool
+    reason: str = ""
+
+
+def rule(
+    strategy: Strategy, message: Message, now: Situation, *, preapprove: bool = False
+) -> Ruling:
+    """Whether ``message`` means something in ``now``; when not, why (for status and ledger).
+
+    An approval before the gates passed is held only when it says ``preapprove``: an early or
+    mistaken approval must never turn a manual cut-over into an automatic one.
     """
+    phase = now.phase
+    if phase in TERMINAL:
+        return Ruling(False, f"the migration has ended ({phase}): {message} changes nothing")
+    if phase == Phase.ROLLING_BACK or now.stopping:
+        return Ruling(False, f"a rollback or abort is under way: {message} changes nothing")
+    if not strategy.accepts(phase, message):
+        return Ruling(False, _why_not(strategy, message, phase))
+    if message == Message.PAUSE and now.paused:
+        return Ruling(False, "already paused")
+    if message == Message.RESUME and not now.paused:
+        return Ruling(False, "not paused: nothing to resume")
+    if message == Message.RESUME and now.gate_unchanged:
+        return Ruling(
+            False,
+            "nothing changed since the gate failed (same data, thresholds and overrides): its "
+            "verdict would be the same; change a threshold or override the gate (set_gate), "
+            "repair the data and resume with revalidate=true, or roll back",
+        )
+    if message == Message.SET_GATE and not now.gate_failed:
+        return Ruling(False, f"no gate has failed in {phase}: nothing to override or adjust")
+    if message == Message.APPROVE_CUTOVER:
+        return _approval(strategy, now, preapprove)
+    return Ruling(True)
 
-    status: MigrationStatus
-    # Range shards come from the source's id quantiles and must be carried; hash shards are
-    # recomputed from the layout (empty here).
-    shards: list[ShardRef] = Field(default_factory=list)
-    source_index: str | None = None
-    target_registered: bool = False
-    events: int = 0
-    interrupt: Interrupt | None = None
+
+def _approval(strategy: Strategy, now: Situation, preapprove: bool) -> Ruling:
+    if now.cutover_approved:
+        return Ruling(False, "the cut-over is already approved")
+    if not now.approval_needed:
+        return Ruling(False, "the cut-over is automatic once the gates pass: nothing to approve")
+    early = strategy.before(now.phase, Phase.AWAITING_CUTOVER)
+    if not early and not now.gate_failed:
+        return Ruling(True)
+    if preapprove:
+        return Ruling(True, "pre-approved: the cut-over goes ahead once the gates pass")
+    why = "a gate failed" if now.gate_failed else f"the gates have not passed yet ({now.phase})"
+    return Ruling(
+        False,
+        f"{why}: an approval now would cut over before anyone saw them; approve at "
+        "AWAITING_CUTOVER, or send preapprove=true to approve in advance",
+    )
 
 
-class MigrationInput(_Model):
-    """Input of the migration workflow; ``carried`` is set only by continue-as-new."""
+def _why_not(strategy: Strategy, message: Message, phase: Phase) -> str:
+    if message == Message.ROLLBACK and phase == Phase.FINALIZING:
+        return (
+            "FINALIZING: the old version no longer receives writes, so a rollback would lose "
+            "them; migrate back with a new migration"
+        )
+    if message == Message.APPROVE_CUTOVER and not strategy.switches:
+        return f"a {strategy.name} migration never switches reads: there is no cut-over"
+    if message == Message.APPROVE_CUTOVER:
+        return f"already past the cut-over ({phase})"
+    if message == Message.SET_RAMP:
+        where = [p for p in strategy.phases if Message.SET_RAMP in strategy.step(p).accepts]
+        if not where:
+            return f"a {strategy.name} migration has no canary ramp"
+        return f"the ramp can be set in {', '.join(where)}, not in {phase}"
+    if message == Message.SET_THROTTLE:
+        return f"nothing is being copied in {phase}: the throttle holds the copy only"
+    if message == Message.SET_GATE:
+        return f"no gate is judged in {phase}"
+    return f"{message} means nothing in {phase} of a {strategy.name} migration"
 
-    spec: MigrationSpec
-    requested_by: str = "unknown"
-    carried: Carried | None = None
+
+def figures(spec: MigrationSpec, total: int | None = None) -> dict[str, Any]:
+    """The spec's figures the steps' sentences name; ``total`` vectors when known."""
+    from vecmigrate.model.spec import is_native
+
+    gates, online, cut = spec.gates, spec.online, spec.cutover
+    strategy = LIFECYCLE[spec.strategy]
+    native = is_native(spec.target.index)
+    during_copy = (
+        not native
+        and strategy.has(Phase.BACKFILLING)
+        and strategy.after(Phase.BACKFILLING) == Phase.BUILDING_INDEX
+    )
+    if cut.mode == "manual":
+        cutover = "wait for approve_cutover (manual)"
+    else:
+        cutover = "go on once the gates pass (automatic)"
+    return {
+        "mid": spec.migration_id,
+        "spec_hash": spec.spec_hash()[:12],
+        "source": spec.source.name,
+        "target": spec.target.name,
+        "model": f"{spec.target.embedding.model_id}@{spec.target.embedding.model_version}",
+        "dim": spec.target.embedding.dimension,
+        "metric": spec.target.embedding.metric,
+        "shards": len(spec.shards.selected()),
+        "total": "the" if total is None else f"{total:,}",
+        "batch": f"{spec.batch_size:,}",
+        "parallel": spec.max_parallel_shards,
+        "throttle": (
+            f", at most {spec.max_vectors_per_second:,.0f} vectors/s"
+            if spec.max_vectors_per_second
+            else ""
+        ),
+        "builds": "; each shard's index is built as its copy completes" if during_copy else "",
+        "index": spec.target.index.kind,
+        "build_how": (
+            " inside the target database, over the whole version"
+            if native
+            else " per shard (artifacts content-addressed)"
+        ),
+        "k": gates.k,
+        "min_recall": gates.min_recall,
+        "queries": gates.sample_queries,
+        "query_source": "recorded" if gates.query_log else "sampled",
+        "on_failure": "pause" if gates.on_failure == "pause" else "roll back",
+        "shadow_percent": online.shadow.percent,
+        "shadow_seconds": online.shadow.seconds,
+        "shadow_samples": online.shadow.min_samples,
+        "shadow_overlap": online.shadow.min_overlap,
+        "shadow_p99": online.shadow.max_p99_ratio,
+        "on_breach": "pause" if online.on_breach == "pause" else "roll back",
+        "ramp_steps": ", ".join(f"{s:g}%" for s in online.ramp.steps),
+        "step_seconds": online.ramp.step_seconds,
+        "max_lag": online.max_catchup_lag,
+        "cutover": cutover,
+        "cut_extra": "; the source stays current for a rollback",
+        "bake": cut.bake_seconds,
+    }
+
+
+# What the phase off every strategy's path does.
+ROLLING_BACK = "reads and writes back to {source} alone, by compare-and-set; {target} abandoned"
+
+
+def describe(strategy: Strategy, phase: Phase, values: Mapping[str, Any]) -> str:
+    """What ``phase`` does in ``strategy``, with ``values`` (see :func:`figures`) filled in."""
+    if phase == Phase.ROLLING_BACK:
+        return ROLLING_BACK.format_map(values)
+    return strategy.step(phase).does.format_map(values)

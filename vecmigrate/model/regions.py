@@ -14,8 +14,9 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from vecmigrate.model.lifecycle import OperatorAction, OperatorMessage, Phase
+from vecmigrate.model.lifecycle import TERMINAL, Phase
 from vecmigrate.model.spec import MigrationSpec, RegionPolicy, RegionSpec
+from vecmigrate.model.status import OperatorAction
 
 
 class _Model(BaseModel):
@@ -42,6 +43,8 @@ class RegionUpdate(_Model):
     copied: int = 0
     total: int = 0
     cutovers: int = 0
+    # The child is rolling back (or rolled back) because one of its gates failed.
+    gate_failed: bool = False
 
 
 class RegionState(_Model):
@@ -68,18 +71,12 @@ class RegionState(_Model):
 
     @property
     def ended(self) -> bool:
-        return self.phase in (Phase.COMPLETED, Phase.ROLLED_BACK, Phase.ABORTED)
+        return self.phase in TERMINAL
 
     @property
     def settled(self) -> bool:
         """Ready for the barrier, or out of the migration."""
         return self.ready or self.ended
-
-
-class RegionRollback(OperatorMessage):
-    """Payload of the parent's ``rollback`` signal: one region's children, or (no region) all."""
-
-    region: str | None = None
 
 
 class RegionalStatus(_Model):
@@ -96,6 +93,8 @@ class RegionalStatus(_Model):
     operators: list[OperatorAction] = Field(default_factory=list)
     paused: bool = False
     error: str = ""
+    # Once ended: how (and by whom, and why) it ended.
+    outcome: str = ""
 
 
 def region_queue(region: RegionSpec) -> str:

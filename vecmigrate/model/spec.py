@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from vecmigrate.errors import SpecError
+from vecmigrate.model.lifecycle import STRATEGIES
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -459,9 +460,6 @@ class TenantLimits(_Model):
     max_vectors_per_second: float | None = Field(default=None, gt=0)
 
 
-SUPPORTED_STRATEGIES = ("blue_green", "online", "offline")
-
-
 class MigrationSpec(_Model):
     """One migration of one collection in one tenant, from a source version to a target."""
 
@@ -514,10 +512,15 @@ class MigrationSpec(_Model):
 
     @model_validator(mode="after")
     def _coherent(self) -> MigrationSpec:
-        if self.strategy not in SUPPORTED_STRATEGIES:
+        if self.strategy not in STRATEGIES:
             raise ValueError(
                 f"strategy {self.strategy!r} is not available in this release; "
-                f"use one of {', '.join(SUPPORTED_STRATEGIES)}"
+                f"use one of {', '.join(STRATEGIES)}"
+            )
+        if self.strategy == "shadow_only" and (self.regions or self.tenants is not None):
+            raise ValueError(
+                "strategy shadow_only never switches reads, so it has no barrier for regions "
+                "or tenants to meet at: start one shadow_only migration per region and tenant"
             )
         if self.source.name == self.target.name:
             raise ValueError(

@@ -1,24 +1,54 @@
 """Inputs and outputs of the data-plane tasks, one model each.
 
 They cross Temporal payloads, so they carry ids, ranges, URIs, counts and checksums, never
-vectors or index bytes. Every field added later must have a default, so running workflows keep
+vectors or index bytes, and never the spec: a task names its migration and the hash of its
+spec, and the activity loads the spec from its catalog (stored there once, by the migration's
+first ledger entry). Every field added later must have a default, so running workflows keep
 decoding them.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from vecmigrate.model.lifecycle import HASH_SPACE as HASH_SPACE
-from vecmigrate.model.lifecycle import GateReport, RoutingView, ShadowFigures, ShardCheck
-from vecmigrate.model.lifecycle import ShardRef as ShardRef
-from vecmigrate.model.spec import MigrationSpec
+from vecmigrate.model.gates import GateReport, ShadowFigures, ShardCheck
+from vecmigrate.model.routing import RoutingView
+from vecmigrate.model.spec import MigrationSpec, ShardLayout
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+HASH_SPACE = 1 << 32
+
+
+class ShardRef(_Model):
+    """One shard: a half-open range ``[lo, hi)`` of a key.
+
+    The key is the 32-bit hash of the id for ``by="hash"`` and the id itself for ``by="range"``,
+    so every shard is a contiguous range of an index and scans in a stable order.
+    """
+
+    index: int
+    by: Literal["hash", "range"]
+    lo: int
+    hi: int
+
+
+def hash_shards(count: int) -> list[ShardRef]:
+    """``count`` equal ranges of the 32-bit hash space (pure arithmetic: the workflow recomputes
+    them instead of carrying thousands of them across runs)."""
+    bounds = [i * HASH_SPACE // count for i in range(count + 1)]
+    return [ShardRef(index=i, by="hash", lo=bounds[i], hi=bounds[i + 1]) for i in range(count)]
+
+
+def selected_hash_shards(layout: ShardLayout) -> list[ShardRef]:
+    """The hash shards a layout selects, in order."""
+    wanted = set(layout.selected())
+    return [s for s in hash_shards(layout.count) if s.index in wanted]
 
 
 class Cursor(_Model):
@@ -28,9 +58,28 @@ class Cursor(_Model):
     id: int
 
 
-class PrepareInput(_Model):
+class SpecTask(_Model):
+    """What every task of a migration names: the migration, the hash of its spec (the activity
+    loads the spec by it and refuses one whose hash differs), and whose data it touches (the
+    tenant, and the region whose workers alone may run it)."""
+
     migration_id: str
-    spec: MigrationSpec
+    spec_hash: str
+    tenant: str
+    region: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_spec(cls, data: Any) -> Any:
+        """A task scheduled by an earlier release carries its whole spec: name it by hash."""
+        if isinstance(data, dict) and "spec" in data and "spec_hash" not in data:
+            data = dict(data)
+            spec = MigrationSpec.model_validate(data.pop("spec"))
+            data.update(spec_hash=spec.spec_hash(), tenant=spec.tenant, region=spec.region)
+        return data
+
+
+class PrepareInput(SpecTask):
     operator: str = "unknown"
 
 
@@ -50,9 +99,7 @@ class LedgerAck(_Model):
     hash: str
 
 
-class CopyShardInput(_Model):
-    migration_id: str
-    spec: MigrationSpec
+class CopyShardInput(SpecTask):
     shard: ShardRef
 
 
@@ -75,17 +122,12 @@ class CopyShardResult(_Model):
     ledger: LedgerAck | None = None
 
 
-class BuildIndexInput(_Model):
-    migration_id: str
-    spec: MigrationSpec
+class BuildIndexInput(SpecTask):
     shard: ShardRef
 
 
-class BuildNativeIndexInput(_Model):
+class BuildNativeIndexInput(SpecTask):
     """The target database builds its own index over the whole version (no shards)."""
-
-    migration_id: str
-    spec: MigrationSpec
 
 
 class ArtifactRef(_Model):
@@ -100,30 +142,24 @@ class ArtifactRef(_Model):
     seconds: float = 0.0
 
 
-class RegisterIndexInput(_Model):
+class RegisterIndexInput(SpecTask):
     """Register the target index; with no ``artifacts``, those the shard journal holds for
     every selected shard (a migration of thousands of shards does not pass them around).
     ``log_position``: the change-log head read before the index's data was, so readers know
     which writes the index lacks."""
 
-    migration_id: str
-    spec: MigrationSpec
     artifacts: list[ArtifactRef] = Field(default_factory=list)
     log_position: int | None = None
 
 
-class ValidateShardInput(_Model):
-    migration_id: str
-    spec: MigrationSpec
+class ValidateShardInput(SpecTask):
     shard: ShardRef
     round: int = 0
     # Online: records written after this change-log position are left out of the profiles.
     volatile_after: int | None = None
 
 
-class ValidateInput(_Model):
-    migration_id: str
-    spec: MigrationSpec
+class ValidateInput(SpecTask):
     source_index: str | None
     target_index: str
     # Profiles of the shards; with none, those of validation ``round`` in the shard journal.
@@ -208,11 +244,9 @@ class ValidateResult(_Model):
     seconds: float = 0.0
 
 
-class CatchUpInput(_Model):
+class CatchUpInput(SpecTask):
     """Replay the change log after ``after`` onto the target, for at most ``seconds``."""
 
-    migration_id: str
-    spec: MigrationSpec
     after: int
     seconds: float = 60.0
 
@@ -258,3 +292,7 @@ class TenantsInput(_Model):
     collection: str
     version: str
     region: str | None = None
+
+
+class DataStateInput(SpecTask):
+    """What the data of both versions look like now (see :class:`GateReport.data_state`)."""

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from vecmigrate.model.lifecycle import hash_shards as hash_shards
 from vecmigrate.model.spec import ShardLayout
 from vecmigrate.model.tasks import ShardRef
+from vecmigrate.model.tasks import hash_shards as hash_shards
 
 _MASK = np.uint64(0xFFFFFFFFFFFFFFFF)
 

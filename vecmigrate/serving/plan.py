@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from vecmigrate.catalog.catalog import VersionRecord
 from vecmigrate.indexes.build import NativeIndex
 from vecmigrate.indexes.live import LiveIndex
-from vecmigrate.model.lifecycle import RoutingView
+from vecmigrate.model.routing import RoutingView
 from vecmigrate.records.vectors import Distances, Ids, Vectors
 from vecmigrate.stores import VectorStore
 

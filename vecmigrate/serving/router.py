@@ -51,7 +51,7 @@ from vecmigrate.errors import DataError, NotFoundError, VecmigrateError
 from vecmigrate.indexes.artifacts import F32
 from vecmigrate.indexes.build import NativeIndex, NativeStore
 from vecmigrate.indexes.live import LOG_PAGE, LiveIndex, NetChanges, open_live
-from vecmigrate.model.lifecycle import RoutingView
+from vecmigrate.model.routing import RoutingView
 from vecmigrate.model.spec import IndexSpec, Metric, is_native, store_ref
 from vecmigrate.records.vectors import (
     Distances,

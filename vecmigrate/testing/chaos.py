@@ -36,8 +36,9 @@ from vecmigrate.control.devserver import DevServer, free_port
 from vecmigrate.data.backfill import open_source, open_target
 from vecmigrate.data.datasets import clustered
 from vecmigrate.data.seed import seed_collection, sequential_ids
-from vecmigrate.model.lifecycle import TERMINAL, MigrationStatus, Phase
+from vecmigrate.model.lifecycle import TERMINAL, Phase
 from vecmigrate.model.spec import BuiltinStoreRef, MigrationSpec, VersionSpec, parse_spec
+from vecmigrate.model.status import MigrationStatus
 from vecmigrate.stores import WHOLE
 from vecmigrate.stores.builtin import namespaces, vectors
 from vecmigrate.workers.connection import connect

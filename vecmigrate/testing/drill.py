@@ -15,8 +15,9 @@ from collections.abc import Callable
 from temporalio.service import RPCError, RPCStatusCode
 
 from vecmigrate.control.client import MigrationClient
-from vecmigrate.model.lifecycle import TERMINAL, MigrationStatus, Phase
+from vecmigrate.model.lifecycle import TERMINAL, Phase
 from vecmigrate.model.spec import MigrationSpec
+from vecmigrate.model.status import MigrationStatus
 
 
 async def until_phase(

@@ -5,7 +5,7 @@ Pure Python over the models, so the rules can be read and tested on their own.
 
 from __future__ import annotations
 
-from vecmigrate.model.lifecycle import GateReport, GateVerdict, RetrievalFigures, ShardCheck
+from vecmigrate.model.gates import GateReport, GateVerdict, RetrievalFigures, ShardCheck
 from vecmigrate.model.spec import GatePolicy
 
 

@@ -20,7 +20,7 @@ from vecmigrate.catalog.documents import Documents
 from vecmigrate.embedding.reembed import load_adapter
 from vecmigrate.embedding.registry import Registry, model_key
 from vecmigrate.indexes.build import load_index_version
-from vecmigrate.model.lifecycle import ReadOption
+from vecmigrate.model.gates import ReadOption
 from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.records.vectors import Ids, Vectors
 from vecmigrate.stores import VectorStore

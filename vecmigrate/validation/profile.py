@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 
 from vecmigrate.data.transforms import Transform
-from vecmigrate.model.lifecycle import ShardProfile
+from vecmigrate.model.gates import ShardProfile
 from vecmigrate.model.tasks import ShardRef
 from vecmigrate.records.checksums import RecordChecksum
 from vecmigrate.records.vectors import Ids, Vectors, repeated_ids

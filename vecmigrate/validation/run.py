@@ -15,7 +15,7 @@ from vecmigrate.data.transforms import Transform, identity, make_transform
 from vecmigrate.embedding.registry import model_key
 from vecmigrate.errors import PreconditionError
 from vecmigrate.indexes.build import load_index_version
-from vecmigrate.model.lifecycle import GateReport, RetrievalFigures, ShardCheck
+from vecmigrate.model.gates import GateReport, RetrievalFigures, ShardCheck
 from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.model.tasks import ShardRef
 from vecmigrate.records.vectors import Distances, ExactKnn, Ids, Vectors

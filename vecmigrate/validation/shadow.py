@@ -20,7 +20,7 @@ from sqlalchemy import (
 
 from vecmigrate.catalog.catalog import Catalog, metadata
 from vecmigrate.catalog.engines import begin, once_per_engine
-from vecmigrate.model.lifecycle import ShadowFigures
+from vecmigrate.model.gates import ShadowFigures
 
 samples_table = Table(
     "shadow_samples",

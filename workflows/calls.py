@@ -1,4 +1,5 @@
-"""What both workflows share: retry policy, timeouts, ledger entries and operator records.
+"""How the workflows call activities: one retry policy, one call for short bookkeeping and one
+for long heartbeated work, and the ledger.
 
 Deterministic: temporalio, the standard library and vecmigrate's pure models only.
 """
@@ -6,16 +7,19 @@ Deterministic: temporalio, the standard library and vecmigrate's pure models onl
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
     from vecmigrate.errors import NON_RETRYABLE_NAMES
-    from vecmigrate.model.lifecycle import OperatorAction, OperatorMessage
     from vecmigrate.model.tasks import LedgerAck, LedgerInput
 
+T = TypeVar("T")
+
+# Activities mark the errors a retry cannot fix as non-retryable themselves; the names are
+# listed too, so an activity of an older worker is not retried for them either.
 RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     backoff_coefficient=2.0,
@@ -27,16 +31,6 @@ RETRY = RetryPolicy(
 # Short bookkeeping calls (ledger, routing, version state) against the catalog. A worker killed
 # during one costs this long before another worker retries it.
 SHORT_TIMEOUT = timedelta(seconds=10)
-
-
-def operator_action(action: str, msg: OperatorMessage) -> OperatorAction:
-    """An operator's message as the status lists it, stamped with workflow time."""
-    return OperatorAction(
-        at=workflow.now().isoformat(),
-        operator=msg.operator,
-        action=action,
-        reason=msg.reason,
-    )
 
 
 async def short_call(
@@ -54,6 +48,23 @@ async def short_call(
     )
 
 
+async def long_call(
+    activity: str, arg: Any, result_type: type[T], *, timeout: timedelta, heartbeat_seconds: float
+) -> T:
+    """One long data-plane activity: it heartbeats (its resume cursor where it has one) at
+    least every ``heartbeat_seconds``, or Temporal presumes its worker dead and runs it again
+    elsewhere, from its last cursor."""
+    result: T = await workflow.execute_activity(
+        activity,
+        arg,
+        result_type=result_type,
+        start_to_close_timeout=timeout,
+        heartbeat_timeout=timedelta(seconds=heartbeat_seconds),
+        retry_policy=RETRY,
+    )
+    return result
+
+
 async def append_ledger(entry: LedgerInput) -> LedgerAck:
     """Append one ledger entry through the ``record`` activity (idempotent by event key)."""
     ack: LedgerAck = await short_call("record", entry, LedgerAck)
@@ -63,7 +74,3 @@ async def append_ledger(entry: LedgerInput) -> LedgerAck:
 def event_key(migration_id: str, n: int) -> str:
     """The ledger key of a workflow's ``n``-th entry: stable across replays and new runs."""
     return f"{migration_id}/{workflow.info().first_execution_run_id}/{n}"
-
-
-def operator_data(action: str, msg: OperatorMessage, extra: dict[str, Any]) -> dict[str, Any]:
-    return {"action": action, "reason": msg.reason, **extra}

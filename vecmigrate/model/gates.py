@@ -1,0 +1,276 @@
+"""Gate figures and verdicts, and the operator's adjustments to them.
+
+A verdict holds the figure measured, the threshold it was held to and whether it passed. An
+approver can override a named gate or change its threshold (the ``set_gate`` update); the
+adjustment is applied to the figures already measured, so it changes the verdict without
+measuring again. Pure models and functions: the workflow applies them inside its sandbox.
+"""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from vecmigrate.model.spec import ShadowPolicy
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class GateVerdict(_Model):
+    """One check: the figure measured, the threshold it was held to, and the verdict."""
+
+    name: str
+    value: float | None = None
+    threshold: float | None = None
+    comparison: str = ">="
+    passed: bool
+    detail: str = ""
+    # Who changed this verdict's threshold or overrode it, and why (empty: as measured).
+    adjusted: str = ""
+
+    @property
+    def judged(self) -> bool:
+        """Whether the verdict decides anything (``info`` figures do not)."""
+        return self.comparison != "info"
+
+    def line(self) -> str:
+        """``name = value (needs >= threshold): detail``."""
+        line = f"{self.name} = {self.value} (needs {self.comparison} {self.threshold})"
+        return f"{line}: {self.detail}" if self.detail else line
+
+
+class ShardProfile(_Model):
+    """What one scan of a shard saw: counts, bad vectors, norms and checksums."""
+
+    count: int = 0
+    nonfinite: int = 0
+    zero: int = 0
+    duplicate_ids: int = 0
+    off_unit_norm: int = 0
+    norm_min: float | None = None
+    norm_max: float | None = None
+    norm_mean: float | None = None
+    checksum: str = ""
+    id_checksum: str = ""
+
+
+class ShardCheck(_Model):
+    """Source and target profiles of one shard (the source seen through the transform)."""
+
+    shard: int
+    source: ShardProfile
+    target: ShardProfile
+    seconds: float = 0.0
+    # Records left out of both profiles because they were written during the migration.
+    excluded: int = 0
+
+
+class ReadOption(_Model):
+    """One way to serve text queries during a re-embedding migration, measured on known-item
+    queries: how much of its top-k the new model's exact top-k shares, and how often the
+    record a query came from is in its top-k (``hit_rate``, with ``mrr``)."""
+
+    name: str
+    via: str
+    overlap: float | None = None
+    hit_rate: float | None = None
+    mrr: float | None = None
+    detail: str = ""
+
+
+class RetrievalFigures(_Model):
+    """Figures of the retrieval and distribution checks; ``None`` where not measured."""
+
+    query_source: str = "sampled"
+    # Where the exact ground truth came from: "search" (a search of the target here) or "shard
+    # checks" (folded into the shard checks' read of the target).
+    truth_source: str = "search"
+    queries: int = 0
+    latency_queries: int = 0  # of those, searched one at a time for p50/p99
+    k: int = 10
+    source_recall: float | None = None
+    target_recall: float | None = None
+    overlap: float | None = None
+    rank_correlation: float | None = None
+    p50_ms_old: float | None = None
+    p99_ms_old: float | None = None
+    p50_ms_new: float | None = None
+    p99_ms_new: float | None = None
+    norm_ks: float | None = None
+    norm_ks_pvalue: float | None = None
+    mean_shift: float | None = None
+    spectrum_shift: float | None = None
+    distribution_sample: int = 0
+    # Re-embedding migrations: the models on each side, and each way of serving text queries.
+    source_model: str | None = None
+    target_model: str | None = None
+    task_queries: int = 0
+    read_options: list[ReadOption] = Field(default_factory=list)
+    skipped: list[str] = Field(default_factory=list)
+    seconds: float = 0.0
+
+
+class GateAdjustment(_Model):
+    """An approver's change to one gate: a new threshold, or an override with a reason."""
+
+    gate: str
+    threshold: float | None = None
+    override: bool = False
+    operator: str = "unknown"
+    reason: str = ""
+    at: str = ""
+
+    def note(self) -> str:
+        """How the verdict shows the change."""
+        what = "overridden" if self.override else f"threshold set to {self.threshold}"
+        return f"{what} by {self.operator}" + (f": {self.reason}" if self.reason else "")
+
+
+def _compare(value: float | None, comparison: str, threshold: float | None) -> bool:
+    if comparison == "info":
+        return True
+    if value is None or threshold is None or math.isnan(value):
+        return False
+    if comparison == ">=":
+        return value >= threshold
+    if comparison == "<=":
+        return value <= threshold
+    return value == threshold
+
+
+def adjust(verdicts: list[GateVerdict], adjustments: list[GateAdjustment]) -> list[GateVerdict]:
+    """``verdicts`` with the latest adjustment of each gate applied (as measured otherwise)."""
+    latest = {a.gate: a for a in adjustments}
+    out = []
+    for v in verdicts:
+        a = latest.get(v.name)
+        if a is None or not v.judged:
+            out.append(v)
+        elif a.override:
+            out.append(v.model_copy(update={"passed": True, "adjusted": a.note()}))
+        else:
+            passed = _compare(v.value, v.comparison, a.threshold)
+            out.append(
+                v.model_copy(
+                    update={"threshold": a.threshold, "passed": passed, "adjusted": a.note()}
+                )
+            )
+    return out
+
+
+def remedies(verdicts: list[GateVerdict]) -> list[str]:
+    """For each failed verdict, what would change it (for ``status`` after a failed gate)."""
+    out = []
+    for v in verdicts:
+        if v.passed or not v.judged:
+            continue
+        if v.value is None:
+            out.append(
+                f"{v.name} was not measured ({v.detail or 'no figure'}): override it with a "
+                "reason (set_gate), or roll back"
+            )
+        elif v.comparison == "==":
+            out.append(
+                f"{v.name}: {v.detail}: the data differ; repair them and resume with "
+                "revalidate=true, override it with a reason (set_gate), or roll back"
+            )
+        else:
+            out.append(
+                f"{v.name} is {v.value:g}, needs {v.comparison} {v.threshold:g}: it passes with a "
+                f"threshold of {v.value:g} or an override with a reason (set_gate); or roll back"
+            )
+    return out
+
+
+class GateReport(_Model):
+    """All verdicts of one validation run plus the figures behind them."""
+
+    passed: bool
+    verdicts: list[GateVerdict]
+    source_recall: float | None = None
+    target_recall: float | None = None
+    k: int = 10
+    queries: int = 0
+    source_counts: dict[int, int] = Field(default_factory=dict)
+    target_counts: dict[int, int] = Field(default_factory=dict)
+    shards: list[ShardCheck] = Field(default_factory=list)
+    figures: RetrievalFigures | None = None
+    # What the data looked like when measured (counts and change-log head): a resume measures
+    # again only when it changed.
+    data_state: str = ""
+
+    def failures(self) -> list[str]:
+        """One line per failed verdict, for ``status`` and the ledger."""
+        return [v.line() for v in self.verdicts if not v.passed]
+
+    def adjusted(self, adjustments: list[GateAdjustment]) -> GateReport:
+        """This report with the approvers' adjustments applied to its verdicts."""
+        verdicts = adjust(self.verdicts, adjustments)
+        return self.model_copy(
+            update={"verdicts": verdicts, "passed": all(v.passed for v in verdicts)}
+        )
+
+
+class ShadowFigures(_Model):
+    """What the shadow reads measured during one gate (shadowing, or one ramp step)."""
+
+    step: str = ""
+    passed: bool = False
+    failures: list[str] = Field(default_factory=list)
+    samples: int = 0
+    overlap: float | None = None
+    p50_ms_old: float | None = None
+    p99_ms_old: float | None = None
+    p50_ms_new: float | None = None
+    p99_ms_new: float | None = None
+    errors: int = 0
+    verdicts: list[GateVerdict] = Field(default_factory=list)
+
+
+# The shadow latency gate compares p99s against at least this many milliseconds: below it a
+# ratio measures scheduler noise, not the index.
+LATENCY_FLOOR_MS = 1.0
+
+
+def shadow_verdicts(
+    figures: ShadowFigures, policy: ShadowPolicy, adjustments: list[GateAdjustment]
+) -> list[GateVerdict]:
+    """The shadow gate's verdicts on ``figures``: enough pairs, overlap, p99 ratio."""
+    verdicts = [
+        GateVerdict(
+            name="shadow.samples",
+            value=float(figures.samples),
+            threshold=float(policy.min_samples),
+            comparison=">=",
+            passed=figures.samples >= policy.min_samples,
+            detail="shadow pairs (no traffic is not a pass)",
+        )
+    ]
+    if policy.min_overlap is not None:
+        verdicts.append(
+            GateVerdict(
+                name="shadow.overlap",
+                value=figures.overlap,
+                threshold=policy.min_overlap,
+                comparison=">=",
+                passed=_compare(figures.overlap, ">=", policy.min_overlap),
+                detail="old vs new top-k on the same live queries",
+            )
+        )
+    if policy.max_p99_ratio is not None and figures.samples:
+        old, new = figures.p99_ms_old or 0.0, figures.p99_ms_new or 0.0
+        ratio = round(new / max(old, LATENCY_FLOOR_MS), 4)
+        verdicts.append(
+            GateVerdict(
+                name="shadow.p99_ratio",
+                value=ratio,
+                threshold=policy.max_p99_ratio,
+                comparison="<=",
+                passed=ratio <= policy.max_p99_ratio,
+                detail=f"p99 {new:.2f} ms on the new version vs {old:.2f} ms",
+            )
+        )
+    return adjust(verdicts, adjustments)

@@ -1,0 +1,196 @@
+"""What a migration knows about itself: the ``status`` query's answer, and what a run hands to
+the next one when it continues as new."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from vecmigrate.model.gates import GateAdjustment, GateReport, ShadowFigures
+from vecmigrate.model.lifecycle import TERMINAL, Phase
+from vecmigrate.model.messages import Interrupt
+from vecmigrate.model.routing import RoutingView
+from vecmigrate.model.spec import MigrationSpec
+from vecmigrate.model.tasks import ShardRef
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ShardProgress(_Model):
+    """Copy, index and validation progress of one shard.
+
+    Kept small on purpose: a migration of thousands of shards carries one of these per shard
+    into every continued run. Artifacts and profiles live in the catalog's shard journal.
+    """
+
+    shard: int
+    total: int = 0
+    copied: int = 0
+    state: str = "pending"
+    checksum: str | None = None
+    recopied: int = 0
+
+
+class OperatorAction(_Model):
+    """An operator message as the workflow received it, and what became of it."""
+
+    at: str
+    operator: str
+    action: str
+    reason: str = ""
+    # "applied", or "ignored" with ``note`` saying why (a message that meant nothing then).
+    outcome: Literal["applied", "ignored"] = "applied"
+    note: str = ""
+
+
+class RetryingStep(_Model):
+    """An activity Temporal is retrying, as its pending-activity record shows it.
+
+    The workflow does not see retries (it hears of an activity only when it succeeds or runs
+    out of attempts); the client adds these to the status from the execution's description.
+    """
+
+    activity: str
+    shard: int | None = None
+    attempt: int
+    maximum_attempts: int = 0
+    last_error: str = ""
+    error_type: str = ""
+    next_retry: str = ""
+
+
+class MigrationStatus(_Model):
+    """What the ``status`` query returns."""
+
+    migration_id: str
+    tenant: str
+    collection: str
+    strategy: str
+    source_version: str
+    target_version: str
+    phase: Phase = Phase.PLANNED
+    paused: bool = False
+    pause_reason: str = ""
+    blocked_reason: str = ""
+    shards: list[ShardProgress] = Field(default_factory=list)
+    phase_seconds: dict[str, float] = Field(default_factory=dict)
+    phase_started_at: str = ""
+    # When the status query counted ``phase_seconds``: in workflow time, the last event the
+    # workflow handled, which is minutes old during a long copy (``caught_up`` adds the rest).
+    as_of: str = ""
+    gates: GateReport | None = None
+    routing: RoutingView | None = None
+    operators: list[OperatorAction] = Field(default_factory=list)
+    cutover_approved: bool = False
+    error: str = ""
+    index_version: str | None = None
+    # The newest ledger entry this migration wrote, kept in Temporal's history: a ledger whose
+    # tail was cut no longer contains it, whatever was done to the catalog.
+    ledger_seq: int = 0
+    ledger_head: str = ""
+    ledger_entries: int = 0
+    # Throttle of the copy (vectors/s over all shards; None: as fast as the stores go).
+    max_vectors_per_second: float | None = None
+    # Vectors/s of the current copy phase so far, and the seconds it still needs at that rate.
+    rate: float | None = None
+    eta_seconds: float | None = None
+    # Seconds of BACKFILLING the copy took, set when the last shard's copy completes (builds
+    # can go on in the phase after it): the rate is the copy's, not diluted by the builds.
+    copy_seconds: float | None = None
+    # Temporal runs this migration has gone through (continue-as-new keeps histories small).
+    runs: int = 1
+    validation_round: int = 0
+    # Where the target's index snapshot stands in the change log: taken before the first shard
+    # is built (during the backfill or after it) and kept by a continued run; later writes are
+    # overlaid on reads.
+    index_log_position: int | None = None
+    # Online migrations: change-log position the catch-up replays from, how far the target is
+    # behind, the canary share, and the last shadow figures per gate.
+    watermark: int | None = None
+    catchup_lag: int | None = None
+    ramp_percent: float = 0.0
+    shadow: list[ShadowFigures] = Field(default_factory=list)
+    cutovers: int = 0
+    # The spec this migration runs (its hash: activities load the spec by it).
+    spec_hash: str = ""
+    # What the current phase does, with the spec's figures (from the lifecycle table).
+    doing: str = ""
+    # Once ended: how (and by whom, and why) it ended.
+    outcome: str = ""
+    approved_by: str = ""
+    # Approvers' overrides and thresholds, and what would change a failed gate's verdict.
+    gate_adjustments: list[GateAdjustment] = Field(default_factory=list)
+    remedies: list[str] = Field(default_factory=list)
+    # Steps Temporal is retrying (added by the client; the workflow cannot see retries).
+    retrying: list[RetryingStep] = Field(default_factory=list)
+
+    def copied(self) -> tuple[int, int]:
+        """Vectors copied and total, over all shards."""
+        return sum(s.copied for s in self.shards), sum(s.total for s in self.shards)
+
+    def caught_up(self, now: datetime) -> None:
+        """Count the current phase's seconds up to ``now`` (a reader's clock) from ``as_of``.
+
+        A running workflow's clock stands still between the events it handles; a phase's
+        seconds in a query are as old as its last event. Clocks a little behind the server's
+        change nothing.
+        """
+        if self.phase in TERMINAL or not self.as_of:
+            return
+        behind = (now - datetime.fromisoformat(self.as_of)).total_seconds()
+        if behind > 0:
+            self.phase_seconds[self.phase] = round(
+                self.phase_seconds.get(self.phase, 0.0) + behind, 3
+            )
+            self.as_of = now.isoformat()
+
+    def estimate(self) -> None:
+        """Set ``rate`` and ``eta_seconds`` from the vectors copied so far in BACKFILLING."""
+        if self.phase != Phase.BACKFILLING:
+            return
+        copied, total = self.copied()
+        spent = self.copy_seconds or self.phase_seconds.get(Phase.BACKFILLING, 0.0)
+        if copied and spent > 0:
+            self.rate = round(copied / spent, 1)
+            self.eta_seconds = round(max(0, total - copied) / self.rate, 1)
+
+    def shard_states(self) -> dict[str, int]:
+        """How many shards are in each state."""
+        counts: dict[str, int] = {}
+        for s in self.shards:
+            counts[s.state] = counts.get(s.state, 0) + 1
+        return counts
+
+    def ignored(self) -> list[OperatorAction]:
+        """The operator messages that were recorded and ignored."""
+        return [a for a in self.operators if a.outcome == "ignored"]
+
+
+class Carried(_Model):
+    """What a migration hands to its next Temporal run when it continues as new.
+
+    Everything the lifecycle needs to pick up where it stood: the status (phase, per-shard
+    states, routing, gates, ledger anchor), the shard plan, and the counters that keep ledger
+    event keys unique across runs.
+    """
+
+    status: MigrationStatus
+    # Range shards come from the source's id quantiles and must be carried; hash shards are
+    # recomputed from the layout (empty here).
+    shards: list[ShardRef] = Field(default_factory=list)
+    source_index: str | None = None
+    target_registered: bool = False
+    events: int = 0
+    interrupt: Interrupt | None = None
+
+
+class MigrationInput(_Model):
+    """Input of the migration workflow; ``carried`` is set only by continue-as-new."""
+
+    spec: MigrationSpec
+    requested_by: str = "unknown"
+    carried: Carried | None = None

@@ -1,0 +1,551 @@
+"""What every phase of a migration works with: its state, its ledger, routing changes, steps
+that pause on failure, pauses and interrupts, and the operator's signals judged where it stands.
+
+The phases themselves are the other modules of this package, one box of the lifecycle each;
+:class:`~vecmigrate.workflows.migration.MigrationWorkflow` puts them together.
+
+Deterministic: temporalio, the standard library and vecmigrate's pure models only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError
+
+from vecmigrate.workflows.calls import append_ledger, event_key, long_call, short_call
+from vecmigrate.workflows.signals import RULES, OperatorSignals
+
+with workflow.unsafe.imports_passed_through():
+    from vecmigrate.model.lifecycle import (
+        LIFECYCLE,
+        OUTCOMES,
+        TERMINAL,
+        Message,
+        Phase,
+        Ruling,
+        Situation,
+        check_transition,
+        describe,
+        figures,
+        rule,
+    )
+    from vecmigrate.model.messages import Interrupt, OperatorMessage
+    from vecmigrate.model.regions import RegionUpdate
+    from vecmigrate.model.routing import RoutingView
+    from vecmigrate.model.status import MigrationInput, MigrationStatus, OperatorAction
+    from vecmigrate.model.tasks import (
+        ControlInput,
+        DataStateInput,
+        LedgerAck,
+        LedgerInput,
+        LogHeadInput,
+        RoutingChangeInput,
+        ShardRef,
+        VersionStateInput,
+        selected_hash_shards,
+    )
+
+T = TypeVar("T")
+
+# Continue as new before the history reaches this many events, less what draining the shard
+# window may add (about a dozen events a shard).
+HISTORY_LIMIT = 2_000
+EVENTS_PER_SHARD_IN_FLIGHT = 12
+
+
+class StopRequestedError(Exception):
+    """An operator (or a gate's policy) asked to roll back or abort while a step was running."""
+
+
+class HistoryFullError(Exception):
+    """The history is long: carry the state into a new run at a point with nothing in flight."""
+
+
+class MigrationCore(OperatorSignals):
+    """The state of one migration and the moves its phases share."""
+
+    def _setup(self, inp: MigrationInput) -> None:
+        spec = inp.spec
+        self._spec = spec
+        self._spec_hash = spec.spec_hash()
+        self._rules = workflow.patched(RULES)
+        self._strategy = LIFECYCLE[spec.strategy].variant(lambda _: self._rules)
+        self._lock = asyncio.Lock()
+        self._control_lock = asyncio.Lock()
+        self._routing_lock = asyncio.Lock()
+        # Set while the migration waits at a failed gate, with the adjustments it had then.
+        self._held: int | None = None
+        carried = inp.carried
+        if carried is None:
+            self._status = MigrationStatus(
+                migration_id=spec.migration_id,
+                tenant=spec.tenant,
+                collection=spec.collection,
+                strategy=spec.strategy,
+                source_version=spec.source.name,
+                target_version=spec.target.name,
+                max_vectors_per_second=spec.max_vectors_per_second,
+            )
+            self._interrupt: Interrupt | None = None
+            self._events = 0
+            self._phase_began = workflow.now()
+            self._source_index: str | None = None
+            self._target_registered = False
+            self._shards: list[ShardRef] = []
+        else:
+            self._status = carried.status
+            self._status.runs += 1
+            self._interrupt = carried.interrupt
+            self._events = carried.events
+            self._phase_began = (
+                datetime.fromisoformat(self._status.phase_started_at)
+                if self._status.phase_started_at
+                else workflow.now()
+            )
+            self._source_index = carried.source_index
+            self._target_registered = carried.target_registered
+            self._shards = carried.shards or selected_hash_shards(spec.shards)
+        self._status.spec_hash = self._spec_hash
+        self._by_shard = {p.shard: p for p in self._status.shards}
+
+    def _task(self) -> dict[str, Any]:
+        """What names this migration's work in every data-plane task (never the spec itself)."""
+        spec = self._spec
+        return {
+            "migration_id": spec.migration_id,
+            "spec_hash": self._spec_hash,
+            "tenant": spec.tenant,
+            "region": spec.region,
+        }
+
+    # -- status -------------------------------------------------------------------------------
+
+    def _phase_seconds(self) -> float:
+        """Seconds spent in the current phase so far (earlier runs' and this one's), by
+        workflow time."""
+        spent = (workflow.now() - self._phase_began).total_seconds()
+        return round(self._status.phase_seconds.get(self._status.phase, 0.0) + spent, 3)
+
+    def _shown(self) -> MigrationStatus:
+        """The status as the ``status`` query answers it."""
+        current = self._status.model_copy(deep=True)
+        if current.phase not in TERMINAL:
+            current.phase_seconds[current.phase] = self._phase_seconds()
+            current.as_of = workflow.now().isoformat()
+        if current.paused:
+            # A copy stops between batches when paused: it is not copying any more.
+            for shard in current.shards:
+                if shard.state == "copying":
+                    shard.state = "paused"
+        current.estimate()
+        return current
+
+    def _operators(self) -> list[OperatorAction]:
+        return self._status.operators
+
+    def _phase_now(self) -> str:
+        return str(self._status.phase)
+
+    def _approver(self) -> str:
+        return self._status.approved_by or next(
+            (
+                a.operator
+                for a in reversed(self._status.operators)
+                if a.action == "approve_cutover" and a.outcome == "applied"
+            ),
+            "vecmigrate",
+        )
+
+    def _approval_needed(self) -> bool:
+        """Whether the cut-over waits for an approval: in manual mode, and (this release on)
+        after an online cut-over was reversed, whatever the mode."""
+        manual = self._spec.cutover.mode == "manual"
+        return manual or (self._rules and self._status.cutovers > 0)
+
+    def _cutover_wait_reason(self) -> str:
+        if self._approval_needed() and not self._status.cutover_approved:
+            return "waiting for approve_cutover"
+        return ""
+
+    # -- the operator's signals ---------------------------------------------------------------
+
+    def _situation(self) -> Situation:
+        st = self._status
+        return Situation(
+            phase=st.phase,
+            paused=st.paused,
+            stopping=self._interrupt is not None,
+            gate_failed=self._held is not None,
+            cutover_approved=st.cutover_approved,
+            approval_needed=self._approval_needed(),
+        )
+
+    async def _ruling(self, message: Message, msg: OperatorMessage) -> Ruling:
+        if msg.region is not None and msg.region != self._spec.region:
+            return Ruling(
+                False,
+                f"this migration is in region {self._spec.region or 'none'}, not {msg.region}: "
+                "send a region's rollback to its regional migration",
+            )
+        now = self._situation()
+        if message == Message.RESUME and await self._gate_unchanged(msg):
+            now = replace(now, gate_unchanged=True)
+        return rule(self._strategy, message, now, preapprove=msg.preapprove)
+
+    async def _gate_unchanged(self, msg: OperatorMessage) -> bool:
+        """Held at a failed validation gate with nothing changed since its verdict: no new
+        adjustment, no ``revalidate``, and the data as they were measured."""
+        st = self._status
+        if self._held is None or st.phase != Phase.VALIDATING or msg.revalidate:
+            return False
+        if len(st.gate_adjustments) != self._held or st.gates is None:
+            return False
+        now: str = await short_call("data_state", DataStateInput(**self._task()), str)
+        return now == st.gates.data_state
+
+    async def _apply(self, message: Message, msg: OperatorMessage, ruling: Ruling) -> None:
+        st = self._status
+        if message == Message.PAUSE:
+            st.paused = True
+            st.pause_reason = f"paused by {msg.operator}" + (
+                f": {msg.reason}" if msg.reason else ""
+            )
+            await self._sync_control()  # running copies stop before their next batch
+        elif message == Message.RESUME:
+            st.paused = False
+            st.pause_reason = ""
+        elif message == Message.APPROVE_CUTOVER:
+            st.cutover_approved = True
+            st.approved_by = msg.operator
+        elif self._interrupt is None:
+            action = "rollback" if message == Message.ROLLBACK else "abort"
+            self._interrupt = Interrupt(action=action, message=msg)
+
+    async def _follow_up(self, message: Message, msg: OperatorMessage) -> None:
+        if message == Message.RESUME:
+            await self._sync_control()
+            await self._report()
+
+    def _refuse(self, message: Message, problem: str | None = None) -> None:
+        """An update's validator: refuse ``message`` (which leaves no history) when its payload
+        has a ``problem`` or it means nothing where the migration stands. Retrying the same
+        message cannot help: the refusal is non-retryable."""
+        if problem is None:
+            ruling = rule(self._strategy, message, self._situation())
+            problem = None if ruling.accepted else ruling.reason
+        if problem is not None:
+            raise ApplicationError(
+                f"{message} refused: {problem}", type="MessageRefusedError", non_retryable=True
+            )
+
+    async def _sync_control(self) -> None:
+        """Tell running copies the pause flag and throttle (they read it before every batch)."""
+        async with self._control_lock:
+            await short_call(
+                "set_control",
+                ControlInput(
+                    migration_id=self._status.migration_id,
+                    paused=self._status.paused,
+                    max_vectors_per_second=self._status.max_vectors_per_second,
+                    region=self._spec.region,
+                ),
+            )
+
+    # -- ledger and parent --------------------------------------------------------------------
+
+    async def _record(self, kind: str, actor: str, data: dict[str, Any]) -> None:
+        self._events += 1
+        ack = await append_ledger(
+            LedgerInput(
+                migration_id=self._status.migration_id,
+                tenant=self._spec.tenant,
+                collection=self._spec.collection,
+                event_key=event_key(self._status.migration_id, self._events),
+                kind=kind,
+                actor=actor,
+                data=data,
+                region=self._spec.region,
+            )
+        )
+        self._anchor(ack)
+
+    def _anchor(self, ack: LedgerAck) -> None:
+        """Keep the newest ledger entry this migration wrote (a cut tail loses it)."""
+        self._status.ledger_entries += 1
+        if ack.seq > self._status.ledger_seq:
+            self._status.ledger_seq, self._status.ledger_head = ack.seq, ack.hash
+
+    async def _report(self) -> None:
+        """Tell the parent (a regional migration) this child's phase, pause and progress.
+
+        Only a child has a parent: a migration started on its own sends nothing.
+        """
+        parent = workflow.info().parent
+        if parent is None:
+            return
+        st = self._status
+        reason = st.pause_reason if st.paused else st.blocked_reason
+        interrupt = self._interrupt
+        if st.phase in (Phase.ROLLING_BACK, Phase.ROLLED_BACK) and interrupt is not None:
+            reason = interrupt.message.reason
+        update = RegionUpdate(
+            workflow_id=st.migration_id,
+            phase=st.phase,
+            paused=st.paused,
+            reason=reason,
+            copied=sum(p.copied for p in st.shards),
+            total=sum(p.total for p in st.shards),
+            cutovers=st.cutovers,
+            gate_failed=interrupt is not None and interrupt.by_gate,
+        )
+        # A parent that has ended cannot hear it: the child goes on by itself.
+        with contextlib.suppress(Exception):
+            await workflow.get_external_workflow_handle(parent.workflow_id).signal(
+                "region_update", update
+            )
+
+    # -- moving through the lifecycle ---------------------------------------------------------
+
+    async def _enter(self, phase: Phase, actor: str = "vecmigrate") -> None:
+        async with self._lock:
+            st = self._status
+            old = st.phase
+            check_transition(self._strategy, old, phase)
+            now = workflow.now()
+            st.phase_seconds[old] = self._phase_seconds()
+            self._phase_began = now
+            st.phase = phase
+            st.phase_started_at = now.isoformat()
+            if phase in TERMINAL:
+                self._settle(phase)
+            else:
+                total = sum(p.total for p in st.shards) or None
+                st.doing = describe(self._strategy, phase, figures(self._spec, total))
+            if self._rules:
+                workflow.upsert_memo({"phase": str(phase)})
+        workflow.set_current_details(f"{phase}: {st.doing}" if st.doing else str(phase))
+        await self._record("phase", actor, {"from": old, "to": phase})
+        await self._report()
+
+    def _settle(self, phase: Phase) -> None:
+        """An ended migration's status says how it ended, and nothing that no longer holds."""
+        st = self._status
+        stop = self._interrupt.message if self._interrupt is not None else None
+        by = ""
+        if stop is not None:
+            by = f" by {stop.operator}" + (f" ({stop.reason})" if stop.reason else "")
+        st.outcome = OUTCOMES[phase].sentence.format(
+            by=by, source=self._spec.source.name, target=self._spec.target.name
+        )
+        if st.error:
+            st.outcome += f"; the last error was: {st.error}"
+        st.doing = ""
+        st.paused = False
+        st.pause_reason = st.blocked_reason = st.error = ""
+        st.remedies = []
+
+    async def _guarded(self, make: Callable[[], Awaitable[T]]) -> T:
+        """Run a step; cancel it and raise `StopRequestedError` on a rollback or abort."""
+        if self._interrupt is not None:
+            raise StopRequestedError()
+        task = asyncio.ensure_future(make())
+        stop = asyncio.ensure_future(workflow.wait_condition(lambda: self._interrupt is not None))
+        await workflow.wait([task, stop], return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            stop.cancel()
+            return task.result()
+        task.cancel()
+        raise StopRequestedError()
+
+    async def _wait_unpaused(self) -> None:
+        if self._status.paused:
+            await self._report()
+        await workflow.wait_condition(
+            lambda: not self._status.paused or self._interrupt is not None
+        )
+        if self._interrupt is not None:
+            raise StopRequestedError()
+
+    async def _step(self, name: str, make: Callable[[], Awaitable[T]]) -> T:
+        """Run a step until it succeeds; a failure pauses for an operator, who may resume it.
+
+        Temporal retries a step by its retry policy first (``status`` shows the attempts): the
+        step fails here only when a retry cannot help or the attempts ran out.
+        """
+        while True:
+            await self._wait_unpaused()
+            try:
+                result = await self._guarded(make)
+            except ActivityError as err:
+                cause = err.cause
+                kind = cause.type if isinstance(cause, ApplicationError) else type(cause).__name__
+                message = cause.message if isinstance(cause, ApplicationError) else str(cause)
+                self._status.error = f"{name} failed ({kind}): {message}"
+                self._status.paused = True
+                self._status.pause_reason = f"{name} failed: {message}; resume to retry"
+                await self._record(
+                    "step.failed", "vecmigrate", {"step": name, "error": message, "type": kind}
+                )
+                await self._sync_control()  # the other shards stop after their batch too
+                continue
+            self._status.error = ""
+            return result
+
+    async def _work(
+        self, name: str, activity: str, arg: Any, result_type: type[T], timeout: timedelta
+    ) -> T:
+        """A long data-plane step (see :meth:`_step` and ``calls.long_call``)."""
+        return await self._step(
+            name,
+            lambda: long_call(
+                activity,
+                arg,
+                result_type,
+                timeout=timeout,
+                heartbeat_seconds=self._spec.heartbeat_seconds,
+            ),
+        )
+
+    def _history_full(self, window: int | None = None) -> bool:
+        """Whether to continue as new, leaving room for ``window`` shard tasks to drain
+        (``max_parallel_shards`` unless given)."""
+        info = workflow.info()
+        in_flight = window or self._spec.max_parallel_shards
+        budget = HISTORY_LIMIT - EVENTS_PER_SHARD_IN_FLIGHT * in_flight
+        return info.is_continue_as_new_suggested() or info.get_current_history_length() > budget
+
+    async def _for_each_shard(
+        self,
+        shards: list[ShardRef],
+        work: Callable[[ShardRef], Awaitable[None]],
+        window: int | None = None,
+    ) -> None:
+        """Run ``work`` per shard in a sliding window of ``window`` shards
+        (``max_parallel_shards`` unless given).
+
+        A pause stops new shards from starting (and running copies stop after their batch).
+        When the history grows long, no new shard starts; once the window has drained the run
+        continues as new and the next run takes the shards still to do.
+        """
+        window = window or self._spec.max_parallel_shards
+        pending = deque(shards)
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while pending or running:
+                while pending and len(running) < window:
+                    if self._history_full(window):
+                        break
+                    await self._wait_unpaused()
+                    running.add(asyncio.ensure_future(work(pending.popleft())))
+                if not running:
+                    raise HistoryFullError()
+                done, _ = await workflow.wait(list(running), return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    running.discard(task)
+                    task.result()
+        finally:
+            for task in running:
+                task.cancel()
+
+    def _shards_not_in(self, states: set[str]) -> list[ShardRef]:
+        """The shards whose state is one of ``states`` (their work is not done yet)."""
+        return [s for s in self._shards if self._by_shard[s.index].state in states]
+
+    # -- routing, version states, the change log ----------------------------------------------
+
+    async def _set_routing(
+        self,
+        *,
+        operator: str,
+        reason: str,
+        key: str,
+        read_version: str | None = None,
+        read_index: str | None = None,
+        write_versions: list[str] | None = None,
+        candidate_version: str | None = None,
+        candidate_index: str | None = None,
+        ramp_percent: float = 0.0,
+        shadow_percent: float = 0.0,
+        writes_paused: bool = False,
+    ) -> None:
+        """Set the whole routing row by compare-and-set (reads default to the source).
+
+        Changes are made one at a time, each against the generation the last one left.
+        """
+        spec = self._spec
+        async with self._routing_lock:
+            routing = self._status.routing
+            assert routing is not None
+            self._events += 1
+            change = RoutingChangeInput(
+                migration_id=spec.migration_id,
+                tenant=spec.tenant,
+                collection=spec.collection,
+                expected_generation=routing.generation,
+                read_version=read_version or spec.source.name,
+                read_index=read_index if read_version else self._source_index,
+                write_versions=write_versions or [spec.source.name],
+                operator=operator,
+                reason=reason,
+                change_key=(
+                    f"{spec.migration_id}/{workflow.info().first_execution_run_id}/"
+                    f"{key}/{self._events}"
+                ),
+                candidate_version=candidate_version,
+                candidate_index=candidate_index,
+                ramp_percent=ramp_percent,
+                shadow_percent=shadow_percent,
+                writes_paused=writes_paused,
+                region=spec.region,
+            )
+            view: RoutingView = await short_call("change_routing", change, RoutingView)
+            self._status.routing = view
+        await self._record("routing.changed", operator, {"reason": reason, **view.model_dump()})
+
+    async def _set_state(self, version: str, state: str, operator: str) -> None:
+        spec = self._spec
+        await short_call(
+            "set_version_state",
+            VersionStateInput(
+                migration_id=spec.migration_id,
+                tenant=spec.tenant,
+                collection=spec.collection,
+                version=version,
+                state=state,
+                operator=operator,
+                region=spec.region,
+            ),
+        )
+        await self._record("version.state", operator, {"version": version, "state": state})
+
+    async def _log_head(self) -> int:
+        spec = self._spec
+        head: int = await short_call(
+            "log_head",
+            LogHeadInput(
+                tenant=spec.tenant,
+                collection=spec.collection,
+                region=spec.region,
+                migration_id=spec.migration_id,
+            ),
+            int,
+        )
+        return head
+
+    # -- work one box hands to another --------------------------------------------------------
+
+    async def _build(self, shard: ShardRef) -> None:
+        """Build one shard's index (BUILDING_INDEX, or during the backfill)."""
+        raise NotImplementedError
+
+    async def _index_position(self) -> int:
+        """The change-log position the target's index covers (taken once)."""
+        raise NotImplementedError

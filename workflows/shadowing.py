@@ -1,0 +1,126 @@
+"""SHADOWING and RAMPING (online): mirror a share of live reads to the target and compare, then
+move a canary share of reads to it step by step, each step held and judged on its shadow pairs.
+
+Deterministic: temporalio, the standard library and vecmigrate's pure models only.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+
+from vecmigrate.workflows.calls import short_call
+from vecmigrate.workflows.validating import Validating
+
+with workflow.unsafe.imports_passed_through():
+    from vecmigrate.model.gates import remedies, shadow_verdicts
+    from vecmigrate.model.lifecycle import Message, Ruling
+    from vecmigrate.model.messages import OperatorMessage, RampRequest
+    from vecmigrate.model.status import MigrationInput
+    from vecmigrate.model.tasks import ShadowInput, ShadowResult
+
+
+class Shadowing(Validating):
+    """The SHADOWING and RAMPING boxes."""
+
+    @workflow.update(name="set_ramp")
+    async def set_ramp(self, req: RampRequest) -> float:
+        """Set the share of reads the new version serves now (online migrations).
+
+        The ramp then goes on with its steps above this share; 0 sends every read back to the
+        old version. 100 is the cut-over: approve it instead.
+        """
+        self._status.ramp_percent = req.percent
+        await self._note(
+            Message.SET_RAMP,
+            OperatorMessage(operator=req.operator, reason=req.reason),
+            Ruling(True),
+            {"percent": req.percent},
+        )
+        await self._route_candidate(req.operator, f"ramp set to {req.percent}% by {req.operator}")
+        return self._status.ramp_percent
+
+    @set_ramp.validator
+    def _check_ramp(self, req: RampRequest) -> None:
+        self._refuse(Message.SET_RAMP, req.problem())
+
+    async def _shadowing(self, inp: MigrationInput) -> None:
+        spec = self._spec
+        await self._route_candidate("vecmigrate", "shadow reads on the new version")
+        settle = timedelta(seconds=spec.online.settle_seconds)
+        await self._guarded(lambda: workflow.sleep(settle))
+        await self._shadow_gate("shadow", timedelta(seconds=spec.online.shadow.seconds))
+
+    async def _ramping(self, inp: MigrationInput) -> None:
+        spec = self._spec
+        for step in spec.online.ramp.steps:
+            if step <= self._status.ramp_percent:
+                continue  # already there (a continued run, or set_ramp moved ahead)
+            await self._wait_unpaused()
+            self._status.ramp_percent = step
+            await self._route_candidate("vecmigrate", f"canary: {step}% of reads on the target")
+            await self._shadow_gate(
+                f"ramp {step}%", timedelta(seconds=spec.online.ramp.step_seconds)
+            )
+        self._status.blocked_reason = self._cutover_wait_reason()
+
+    async def _route_candidate(self, operator: str, reason: str) -> None:
+        """Routing while the target is evaluated: dual-write, shadow reads, the current ramp."""
+        spec = self._spec
+        await self._set_routing(
+            write_versions=[spec.source.name, spec.target.name],
+            candidate_version=spec.target.name,
+            candidate_index=self._status.index_version,
+            ramp_percent=self._status.ramp_percent,
+            shadow_percent=spec.online.shadow.percent,
+            operator=operator,
+            reason=reason,
+            key="candidate",
+        )
+
+    async def _shadow_result(self, after: int) -> ShadowResult:
+        spec = self._spec
+        result: ShadowResult = await short_call(
+            "shadow_figures",
+            ShadowInput(
+                tenant=spec.tenant,
+                collection=spec.collection,
+                candidate=spec.target.name,
+                after=after,
+                region=spec.region,
+                migration_id=spec.migration_id,
+            ),
+            ShadowResult,
+        )
+        return result
+
+    async def _shadow_gate(self, step: str, hold: timedelta) -> None:
+        """Hold the current routing for ``hold``, then judge the shadow pairs it produced.
+
+        A breach pauses for an operator or rolls back, as ``online.on_breach`` says. A resume
+        measures again (the traffic since is new data); an adjustment judges the same pairs
+        again.
+        """
+        st = self._status
+        policy = self._spec.online.shadow
+        while True:
+            mark = (await self._shadow_result(1 << 62)).last_id
+            await self._guarded(lambda: workflow.sleep(hold))
+            figures = (await self._shadow_result(mark)).figures
+            figures.step = step
+            st.shadow.append(figures)
+            while True:
+                figures.verdicts = shadow_verdicts(figures, policy, st.gate_adjustments)
+                figures.failures = [v.line() for v in figures.verdicts if not v.passed]
+                figures.passed = not figures.failures
+                await self._record("shadow.gate", "vecmigrate", figures.model_dump(mode="json"))
+                if figures.passed:
+                    st.blocked_reason = ""
+                    st.remedies = []
+                    return
+                st.blocked_reason = f"{step} gate failed: " + "; ".join(figures.failures)
+                st.remedies = remedies(figures.verdicts)
+                self._gate_failed(step, figures.failures, self._spec.online.on_breach)
+                if not await self._hold():
+                    break
