@@ -14,6 +14,7 @@ from sqlalchemy import event
 from tests.conftest import Sandbox
 from vecmigrate.catalog.changelog import ChangeLog
 from vecmigrate.catalog.journal import Journal
+from vecmigrate.control.textdemo import fit_models, load_corpus, seed_texts, text_versions
 from vecmigrate.data.backfill import copy_shard, open_source, open_target, prepare
 from vecmigrate.data.datasets import clustered
 from vecmigrate.data.seed import seed_collection, sequential_ids
@@ -338,3 +339,28 @@ def test_writes_reach_the_served_index_itself_and_every_router_agrees(sandbox: S
     )
     one.close()
     other.close()
+
+
+def test_a_text_search_after_its_model_is_resolved_asks_the_catalog_nothing(
+    sandbox: Sandbox,
+) -> None:
+    """The model (or adapter) that embeds a version's queries is resolved once per refresh:
+    text searches and text writes then ask the registry nothing per request."""
+    corpus = load_corpus(600)
+    old, new = fit_models(sandbox.catalog, corpus, sandbox.root / "models")
+    v1, _ = text_versions(sandbox.store, old, new)
+    seed_texts(sandbox.catalog, "default", "docs", v1, corpus)
+    router = Router(sandbox.catalog, refresh_seconds=600.0)
+    first = router.search_text("default", "docs", [corpus.texts[10][:60]], 5)
+    assert first.via == f"model {v1.embedding.model_id}@1"
+    with catalog_statements(sandbox) as seen:
+        for text in corpus.texts[:30]:
+            found = router.search_text("default", "docs", [text[:60]], 5)
+            assert found.via == first.via
+    assert seen == []
+    with catalog_statements(sandbox) as seen:
+        router.upsert("default", "docs", np.array([900_001]), texts=["Return the sum."])
+    # The write itself: the log append and the documents, nothing of the registry.
+    assert seen
+    assert not [s for s in seen if "models" in s or "adapters" in s]
+    router.close()
