@@ -362,8 +362,9 @@ class LiveIndex:
         # The one-query path: one hnswlib shard, k up to ef and the count, nothing laid over.
         one = shards[0] if len(shards) == 1 and shards[0].kind == "hnswlib_hnsw" else None
         self._knn = None if one is None else one.native.knn_query
-        self._plain_k = 0
-        self.direct = False
+        # The largest k ``search_one`` answers: up to ef and the count while nothing is laid
+        # over the index and no writer is in it, else 0 (one attribute for the hot path).
+        self._one_k = 0
         self._settle()
 
     # -- searches -------------------------------------------------------------------------------
@@ -382,7 +383,7 @@ class LiveIndex:
         NaN or infinity in a query makes every distance to it NaN or infinite, the nearest one
         too: reading that one distance replaces testing the query up front.
         """
-        if not self.direct or not 0 < k <= self._plain_k:
+        if not 0 < k <= self._one_k:
             return None
         try:
             labels, dist = self._knn(query, k)  # type: ignore[misc]
@@ -452,7 +453,7 @@ class LiveIndex:
             self._queue.append(net)
             self.known = net.last
             if net.size:
-                self.direct = False
+                self._one_k = 0
                 self.overlay = Overlay.of(_latest([self.overlay.entries, _Entries.of(net)]))
 
     def drain(self, budget: int = APPLY_CHUNK) -> bool:
@@ -511,7 +512,7 @@ class LiveIndex:
     @contextmanager
     def _exclusive(self) -> Iterator[None]:
         """Searches kept out: new ones wait, those running finish first."""
-        self.direct = False
+        self._one_k = 0
         self.writing = True
         try:
             _wait_for_searches(self)
@@ -557,10 +558,15 @@ class LiveIndex:
         self._settle()
 
     def _settle(self) -> None:
-        if self._knn is not None:
-            shard = self.shards[0]
-            self._plain_k = min(int(shard.params["ef_search"]), shard.count)
-        self.direct = self._knn is not None and not self.writing and not len(self.overlay)
+        shard = self.shards[0]
+        open_ = self._knn is not None and not self.writing and not len(self.overlay)
+        self._one_k = min(int(shard.params["ef_search"]), shard.count) if open_ else 0
+
+    @property
+    def direct(self) -> bool:
+        """Whether a search is the index's own search and nothing else (one hnswlib shard,
+        nothing laid over it, no writer in it)."""
+        return self._one_k > 0
 
     # -- state ----------------------------------------------------------------------------------
 
