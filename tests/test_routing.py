@@ -19,9 +19,11 @@ from vecmigrate.data.backfill import copy_shard, open_source, open_target, prepa
 from vecmigrate.data.datasets import clustered
 from vecmigrate.data.seed import seed_collection, sequential_ids
 from vecmigrate.errors import DataError, NotFoundError
+from vecmigrate.indexes.build import artifact_dir, build_shard, register_index
 from vecmigrate.indexes.live import LiveIndex
 from vecmigrate.model.routing import RoutingView
 from vecmigrate.model.spec import MigrationSpec
+from vecmigrate.records.sharding import hash_shards
 from vecmigrate.serving.router import Router, WritesPausedError, bucket
 from vecmigrate.stores import WHOLE
 from vecmigrate.validation.shadow import ShadowLog
@@ -363,4 +365,58 @@ def test_a_text_search_after_its_model_is_resolved_asks_the_catalog_nothing(
     # The write itself: the log append and the documents, nothing of the registry.
     assert seen
     assert not [s for s in seen if "models" in s or "adapters" in s]
+    router.close()
+
+
+def test_a_rollback_after_cut_over_reads_at_once_from_the_index_kept_current(
+    sandbox: Sandbox,
+) -> None:
+    """While a version is still written after a cut-over, the router keeps the index it served
+    it from and applies the writes to it: a rollback reads from that very index, current."""
+    spec = migrated(sandbox)  # v1 read, v1 and v2 written
+    target = open_target(spec)
+    directory = artifact_dir(spec.target.store, "default", "docs", "v2")
+    refs = [build_shard(target, spec.target, s, directory, threads=1) for s in hash_shards(1)]
+    new_index = register_index(sandbox.catalog, "default", "docs", spec.target, refs, None)
+    ChangeLog(sandbox.catalog).set_index_position(
+        new_index.id, ChangeLog(sandbox.catalog).head("default", "docs")
+    )
+    _, seventh = open_source(spec).fetch(np.array([7]))
+    router = Router(sandbox.catalog, refresh_seconds=0.05)
+    view = router.routing("default", "docs")
+    assert view.read_index is not None
+    old = router.searcher(view.read_index)
+    assert isinstance(old, LiveIndex)
+    assert 7 in {int(i) for s in old.shards for i in s.search(seventh, 10)[1][0]}
+    route(
+        sandbox, "cutover", read_version="v2", read_index=new_index.id, write_versions=["v2", "v1"]
+    )
+
+    def reading(version: str) -> None:
+        deadline = time.monotonic() + 10
+        while router.routing("default", "docs").read_version != version:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+
+    reading("v2")
+    far = np.full((1, sandbox.dim), 50.0, np.float32)
+    router.upsert("default", "docs", np.array([99_999]), far)
+    router.delete("default", "docs", np.array([7]))
+    router.settle("default", "docs")
+    assert router.searcher(view.read_index) is old  # on standby, kept current
+    assert old.laid_over == 0
+    assert 99_999 in {int(i) for s in old.shards for i in s.search(far, 1)[1][0]}
+    route(
+        sandbox,
+        "rollback",
+        read_version="v1",
+        read_index=view.read_index,
+        write_versions=["v1", "v2"],
+    )
+    reading("v1")
+    found = router.search("default", "docs", far[0], 3)
+    assert (found.version, found.index) == ("v1", view.read_index)
+    assert found.ids[0, 0] == 99_999
+    assert router.searcher(view.read_index) is old  # the same index, not loaded again
+    assert 7 not in {int(i) for s in old.shards for i in s.search(seventh, 10)[1][0]}
     router.close()

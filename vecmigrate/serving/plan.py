@@ -80,9 +80,10 @@ class Plan:
         return list(seen.values())
 
     def live_indexes(self) -> list[LiveIndex]:
-        """The in-memory indexes the plan serves from (each kept current with the log)."""
+        """The in-memory indexes the plan keeps current with the log: those it serves from,
+        and those of versions still written that an earlier plan served from (on standby)."""
         found: dict[str, LiveIndex] = {}
-        for side in (self.read, self.candidate):
-            if side is not None and isinstance(side.searcher, LiveIndex):
+        for side in self.sides():
+            if isinstance(side.searcher, LiveIndex):
                 found.setdefault(side.searcher.index_id, side.searcher)
         return list(found.values())

@@ -156,12 +156,20 @@ class Planner:
         takes_reads = view.ramp_percent > 0 or view.shadow_percent > 0
         if view.candidate_version is not None and takes_reads and read is not None:
             candidate = self._side(tenant, collection, view.candidate_version, view.candidate_index)
+        # A version still written keeps the index an earlier plan served it from, kept current
+        # (on standby): a rollback after a cut-over reads from it at once.
+        previous = self.plans.get((tenant, collection))
+        standby = {
+            s.version: s.index
+            for s in (previous.sides() if previous is not None else [])
+            if isinstance(s.searcher, LiveIndex)
+        }
         writes = tuple(
             read
             if read is not None and name == read.version
             else candidate
             if candidate is not None and name == candidate.version
-            else self._side(tenant, collection, name, None, load_index=False)
+            else self._side(tenant, collection, name, standby.get(name), load_index=name in standby)
             for name in view.write_versions
         )
         live = read if read is not None else (writes[0] if writes else None)

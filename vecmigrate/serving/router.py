@@ -3,8 +3,9 @@
 It follows the collection's routing row. Once per routing generation it resolves everything a
 request needs into a plan (``vecmigrate.serving.plan``): the versions the row names, their
 records, store handles, loaded indexes and models. A request then runs straight through the plan
-to a store or an index; a thread of the router's own (``vecmigrate.serving.upkeep``) re-reads the
-routing row every ``refresh_seconds`` and builds the next plan beside the one serving.
+to a store or an index; the planner (``vecmigrate.serving.planner``), on a thread of the router's
+own, re-reads the routing row every ``refresh_seconds`` and builds the next plan beside the one
+serving.
 
 * reads go to the row's read version, except ``ramp_percent`` of them, chosen by a stable hash
   of the request key (the same user always lands on the same side), which go to the candidate;
