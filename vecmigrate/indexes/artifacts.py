@@ -382,7 +382,7 @@ class LoadedIndex:
         self.count = int(self._faiss.ntotal)
         return removed
 
-    def replace(self, ids: Ids, vectors: Vectors) -> npt.NDArray[np.bool_]:
+    def replace(self, ids: Ids, vectors: Vectors, threads: int = 1) -> npt.NDArray[np.bool_]:
         """Write new vectors for the records the index holds (deleted ones come back); returns
         which of ``ids`` it held. The others are left for ``add`` (in whichever shard is theirs).
 
@@ -408,13 +408,14 @@ class LoadedIndex:
             self._hnsw.add_items(
                 np.ascontiguousarray(vectors[held], dtype=F32),
                 np.asarray(ids, np.int64)[held].astype(np.uint64),
-                num_threads=1,
+                num_threads=threads,
             )
         self._counted(revived)
         return held
 
-    def add(self, ids: Ids, vectors: Vectors) -> None:
-        """Add records the index does not hold."""
+    def add(self, ids: Ids, vectors: Vectors, threads: int = 1) -> None:
+        """Add records the index does not hold (hnswlib with ``threads`` threads, -1: all
+        cores)."""
         if not len(ids):
             return
         if self._hnsw is not None:
@@ -428,7 +429,7 @@ class LoadedIndex:
             index.add_items(
                 np.ascontiguousarray(vectors, dtype=F32),
                 np.asarray(ids, np.int64).astype(np.uint64),
-                num_threads=1,
+                num_threads=threads,
                 replace_deleted=True,
             )
             self._counted(len(ids))

@@ -487,7 +487,7 @@ class LiveIndex:
             if net.after != self.applied:
                 raise ValueError(f"changes after {net.after} applied at {self.applied}: a gap")
             if self.updatable and net.size:
-                self._apply(net)
+                self._apply(net, threads=-1)  # nothing searches it yet: every core
             self._fold(net)
             self.applied = self.known = net.last
             self._rebuild()
@@ -501,7 +501,7 @@ class LiveIndex:
             kept = self._kept.ids[self._kept.codes == _FETCH]
             none = np.empty(0, np.int64)
             gone = np.setdiff1d(kept, ids)
-            self._apply(NetChanges(self.applied, self.applied, ids, vectors, none, gone))
+            self._apply(NetChanges(self.applied, self.applied, ids, vectors, none, gone), -1)
             self._kept = self._kept.keep(self._kept.codes != _FETCH)
             self._rebuild()
 
@@ -520,7 +520,9 @@ class LiveIndex:
         finally:
             self.writing = False
 
-    def _apply(self, net: NetChanges) -> None:
+    def _apply(self, net: NetChanges, threads: int = 1) -> None:
+        """Take a run of changes into the index (hnswlib inserts on ``threads`` threads: one
+        while the index serves, leaving the other cores to searches)."""
         gone = np.concatenate([net.foreign, net.deleted])
         new = np.ones(len(net.ids), np.bool_)
         if self.shards[0].kind == "hnswlib_hnsw":
@@ -528,7 +530,7 @@ class LiveIndex:
                 shard.remove(gone)
             for shard in self.shards:
                 if new.any():
-                    held = shard.replace(net.ids[new], net.vectors[new])
+                    held = shard.replace(net.ids[new], net.vectors[new], threads)
                     new[np.flatnonzero(new)[held]] = False
         else:
             changed = net.changed()
@@ -539,7 +541,7 @@ class LiveIndex:
         for n, shard in enumerate(self.shards):
             mine = homes == n
             if mine.any():
-                shard.add(ids[mine], vectors[mine])
+                shard.add(ids[mine], vectors[mine], threads)
         self._settle()
 
     def _fold(self, net: NetChanges) -> None:
