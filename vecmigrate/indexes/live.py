@@ -445,11 +445,11 @@ class LiveIndex:
         """Lay a run of changes over the index (seen by the next search); the applier takes
         them into the index itself. Runs must come in log order; one already staged is
         skipped."""
-        if net.last <= self.known:
-            return
-        if net.after != self.known:
-            raise ValueError(f"changes after {net.after} staged at {self.known}: a gap")
         with self._lock:
+            if net.last <= self.known:
+                return
+            if net.after != self.known:
+                raise ValueError(f"changes after {net.after} staged at {self.known}: a gap")
             self._queue.append(net)
             self.known = net.last
             if net.size:
