@@ -122,12 +122,16 @@ class Planner:
                 if index_id not in used:
                     del self._indexes[index_id]  # no plan serves it any more: free its memory
 
-    def refresh_due(self) -> None:
-        """Refresh every plan ``refresh_seconds`` old (the background thread's turn)."""
+    def refresh_due(self) -> float:
+        """Refresh every plan ``refresh_seconds`` old (the background thread's turn); the
+        seconds until the next one is due."""
         now = time.monotonic()
+        wait = self.refresh_seconds
         for tenant, collection in list(self.plans):
             state = self._collection(tenant, collection)
-            if now - state.refreshed < self.refresh_seconds:
+            left = state.refreshed + self.refresh_seconds - now
+            if left > 0:
+                wait = min(wait, left)
                 continue
             try:
                 self.refresh(tenant, collection)
@@ -137,6 +141,7 @@ class Planner:
             except Exception:  # the plan in place keeps serving; the next turn tries again
                 state.refreshed = now
                 log.warning("refresh of %s/%s failed", tenant, collection, exc_info=True)
+        return wait
 
     def served_indexes(self) -> list[LiveIndex]:
         """The in-memory indexes the router's plans serve from."""

@@ -35,8 +35,8 @@ class Maintained(Protocol):
 
     refresh_seconds: float
 
-    def refresh_due(self) -> None:
-        """Refresh every plan whose refresh is due."""
+    def refresh_due(self) -> float:
+        """Refresh every plan whose refresh is due; the seconds until the next one is."""
         ...
 
     def served_indexes(self) -> list[LiveIndex]:
@@ -68,11 +68,14 @@ class Upkeep:
             router = self._router()
             if router is None:
                 return
+            # Cleared before the turn looks for work: a write staged from here on wakes the
+            # wait below.
+            self.wake.clear()
             try:
-                if router.refresh_seconds > 0:
-                    router.refresh_due()
+                # Without refreshes (``refresh_seconds=0``) only writes wake it.
+                due = router.refresh_due() if router.refresh_seconds > 0 else 60.0
                 busy = self._apply(router.served_indexes())
-                pause = 0.0 if busy else min(0.05, router.refresh_seconds or 0.05)
+                pause = 0.0 if busy else due
             except Exception:  # the thread outlives a failed turn: requests still get served
                 log.warning("router upkeep failed; retrying", exc_info=True)
                 busy, pause = False, 0.5
@@ -80,7 +83,6 @@ class Upkeep:
             if busy:
                 continue
             self.wake.wait(pause)
-            self.wake.clear()
 
     def _apply(self, indexes: list[LiveIndex]) -> bool:
         """One turn of applying staged changes to each index that has some; whether any are
