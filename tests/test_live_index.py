@@ -339,3 +339,22 @@ def test_searches_run_beside_the_applier_without_a_lock(tmp_path: Path) -> None:
     assert answered[0] > 100
     assert index.applied == seq
     assert index.direct  # caught up: the one-query path is open again
+
+
+def test_a_search_for_many_neighbours_leaves_the_graph_search_as_configured(
+    tmp_path: Path,
+) -> None:
+    """hnswlib searches with max(ef, k): a large k (an over-fetch past records laid over) is
+    answered without raising ef for every later search."""
+    index = live(tmp_path, HnswlibHnsw(m=16, ef_search=32), shards=1)
+    hnsw = index.shards[0].native
+    q = clustered(1, DIM, clusters=12, seed=5)
+    _, wide = index.search(q, 500)
+    assert len(set(wide[0].tolist()) - {-1}) == 500
+    assert hnsw.ef == 32
+    # Laid over the index: the over-fetch widens for a query whose neighbours were written.
+    near = index.search(q, 300)[1][0].tolist()
+    index.stage(write(0, near, None, DELETE))
+    _, after = index.search(q, 10)
+    assert not set(after[0].tolist()) & set(near)
+    assert hnsw.ef == 32

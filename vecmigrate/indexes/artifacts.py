@@ -473,11 +473,9 @@ class LoadedIndex:
                 return dist, labels.view(I64)
             if self.count == 0:
                 return empty_results(q.shape[0], k)
+            # hnswlib searches with max(ef, k): a larger k needs no change of ef (a raised ef
+            # stayed, and slowed every later search of the index).
             kk = min(k, self.count)
-            if kk > self._ef:  # hnswlib needs ef >= k
-                self._hnsw.set_ef(kk)
-                self._ef = kk
-                self._plain_k = min(self._ef, self.count)
             d, i = _hnsw_rows(self._hnsw, q, kk)
             if kk < k:
                 pad_d, pad_i = empty_results(q.shape[0], k - kk)

@@ -6,9 +6,9 @@ One thread per router, off the request path:
   new plan, built and its indexes loaded before it replaces the old one, which serves meanwhile),
   stages the change log's new entries (other routers' writes) on the indexes it serves, and
   swaps an index for a newer compaction when its overlay keeps records only a compaction folds;
-* in between it applies staged changes to those indexes, a few milliseconds' worth at a time,
-  pausing briefly between turns so that searches kept out of a changing index never wait
-  longer than a turn.
+* in between it applies staged changes to those indexes, a few milliseconds' worth at a time;
+  searches kept out of a changing index wait at most a turn, and while some do, the applier
+  pauses between turns as long as it worked.
 
 It holds its router weakly: a router dropped without ``close`` stops its thread.
 """
@@ -99,7 +99,9 @@ class Upkeep:
             self._budget[live.index_id] = max(8, min(4096, int(TURN_SECONDS / max(per, 1e-7))))
             busy = busy or more
             if more:
-                # Searches that arrived during the turn wait for it on the index's lock: a short
-                # pause lets them through before the next turn keeps new ones out again.
-                time.sleep(min(spent / 4, 0.002))
+                # Searches that arrived during the turn waited for it: while some do, the
+                # applier pauses as long as it worked (half the time for searches); otherwise
+                # briefly, and catches up the sooner.
+                waited, live.waited = live.waited, 0
+                time.sleep(spent if waited else min(spent / 8, 0.001))
         return busy
