@@ -105,14 +105,14 @@ class Planner:
             plan = self.plans.get((tenant, collection))
             if plan is None or plan.generation != view.generation:
                 plan = self._make_plan(tenant, collection, view)
-        with state.lock:
-            # Writes staged while the plan was made: its indexes catch up with them here.
-            self._follow(tenant, collection, plan)
-            self._publish(tenant, collection, plan)
-            state.refreshed = time.monotonic()
-        swapped = self._swap_compacted(tenant, collection, plan)
+            with state.lock:
+                # Writes staged while the plan was made: its indexes catch up with them here.
+                self._follow(tenant, collection, plan)
+                self._publish(tenant, collection, plan)
+                state.refreshed = time.monotonic()
+            plan = self._swap_compacted(tenant, collection, plan) or plan
         self._start_upkeep()
-        return swapped or plan
+        return plan
 
     def _publish(self, tenant: str, collection: str, plan: Plan) -> None:
         with self._lock:
@@ -268,7 +268,8 @@ class Planner:
 
     def _swap_compacted(self, tenant: str, collection: str, plan: Plan) -> Plan | None:
         """Load a newer compaction of an index whose overlay keeps records only a compaction
-        folds in, and serve from it (the old copy serves until then)."""
+        folds in, and serve from it (the old copy serves until then). Called with the
+        collection's planning lock held."""
         keeping = [i for i in plan.live_indexes() if i.kept]
         if not keeping:
             return None
