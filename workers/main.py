@@ -19,6 +19,7 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from vecmigrate.activities.compaction import CompactionActivities
 from vecmigrate.activities.migration import MigrationActivities
 from vecmigrate.config import default_catalog_url
 from vecmigrate.security.keyring import environment_keyring
@@ -27,6 +28,7 @@ from vecmigrate.telemetry.logs import configure_logging
 from vecmigrate.telemetry.setup import configure, current, install, version
 from vecmigrate.workers.connection import TemporalSettings, connect, default_task_queue
 from vecmigrate.workers.telemetry import ObservingInterceptor, sdk_metrics
+from vecmigrate.workflows.compaction import CompactionWorkflow
 from vecmigrate.workflows.identity import CallerInterceptor
 from vecmigrate.workflows.migration import MigrationWorkflow
 from vecmigrate.workflows.regional import RegionalMigrationWorkflow
@@ -55,8 +57,8 @@ def build_worker(
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[MigrationWorkflow, RegionalMigrationWorkflow],
-        activities=acts.all(),
+        workflows=[MigrationWorkflow, RegionalMigrationWorkflow, CompactionWorkflow],
+        activities=acts.all() + CompactionActivities(catalog_url).all(),
         activity_executor=executor,
         # Who sent each message (its ``vecmigrate-caller`` header), for the operator roles;
         # traces, metrics and logs of every activity.
