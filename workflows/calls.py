@@ -39,10 +39,11 @@ async def short_call(
     result_type: type | None = None,
     task_queue: str | None = None,
     *,
-    summary: str | None = None,
+    summary: str,
 ) -> Any:
     """One short bookkeeping activity (ledger, routing, control, lookups) with the common
-    timeout and retry policy. ``summary`` is what the Web UI's timeline shows for it."""
+    timeout and retry policy. ``summary`` is what the Web UI's timeline shows for it (every
+    call has one: a timeline of bare activity names says nothing)."""
     return await workflow.execute_activity(
         activity,
         arg,
@@ -61,7 +62,7 @@ async def long_call(
     *,
     timeout: timedelta,
     heartbeat_seconds: float,
-    summary: str | None = None,
+    summary: str,
 ) -> T:
     """One long data-plane activity: it heartbeats (its resume cursor where it has one) at
     least every ``heartbeat_seconds``, or Temporal presumes its worker dead and runs it again

@@ -183,6 +183,7 @@ class MigrationCore(OperatorSignals):
                 region=spec.region,
             ),
             AccessPolicy,
+            summary="operator roles in force",
         )
 
     def _phase_now(self) -> str:

@@ -179,6 +179,7 @@ class RegionalMigrationWorkflow(OperatorSignals):
                     migration_id=spec.migration_id, tenant=tenant, collection=spec.collection
                 ),
                 AccessPolicy,
+                summary=f"operator roles in force for {tenant}",
             )
             bindings.extend(b for b in policy.bindings if b not in bindings)
             four_eyes = four_eyes or policy.four_eyes
@@ -300,6 +301,7 @@ class RegionalMigrationWorkflow(OperatorSignals):
                 TenantsInput(collection=spec.collection, version=spec.source.name, region=name),
                 list[str],
                 task_queue=queue,
+                summary=f"tenants holding {spec.collection}@{spec.source.name} in {name}",
             )
         await self._record("tenants", "vecmigrate", {str(k): v for k, v in found.items()})
         return found
