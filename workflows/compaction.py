@@ -30,6 +30,7 @@ class CompactionWorkflow:
             CompactionResult,
             timeout=timedelta(hours=12),
             heartbeat_seconds=request.heartbeat_seconds,
+            summary=f"compact {request.tenant}/{request.collection}",
         )
 
 
