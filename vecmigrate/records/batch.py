@@ -160,6 +160,11 @@ class Records:
         return int(self.batch.num_rows)
 
     @property
+    def nbytes(self) -> int:
+        """Bytes of the records' columns: ids, vectors and payload."""
+        return int(self.batch.nbytes)
+
+    @property
     def ids(self) -> pa.Array:
         """The ids as the source has them (integers, or canonical text)."""
         return self.batch.column(0)

@@ -22,6 +22,7 @@ from vecmigrate.stores.pgvector import PgvectorStore
 from vecmigrate.stores.pgvector import limits_of as pgvector_limits
 from vecmigrate.stores.qdrant import QdrantStore
 from vecmigrate.stores.qdrant import limits_of as qdrant_limits
+from vecmigrate.telemetry.stores import instrumented
 
 __all__ = [
     "CAPABILITIES",
@@ -57,6 +58,7 @@ def database_access(ref: BuiltinStoreRef | PgvectorStoreRef) -> DatabaseAccess |
     )
 
 
+@instrumented
 def open_store(
     ref: AnyStoreRef,
     scope: Scope,

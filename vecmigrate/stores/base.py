@@ -62,6 +62,11 @@ class Batch:
         return self.records.vectors()
 
     @property
+    def nbytes(self) -> int:
+        """Bytes of the records read (ids, vectors and payload)."""
+        return self.records.nbytes
+
+    @property
     def exhausted(self) -> bool:
         """Whether the scan found nothing more in its shard."""
         return not len(self.records) and not len(self.faults)
