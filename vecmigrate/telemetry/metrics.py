@@ -199,7 +199,8 @@ class Metrics:
                     "zero_norm": sum(p.zero for p in profiles),
                     "norm_outlier": sum(p.off_unit_norm for p in profiles),
                     "duplicate": sum(p.duplicate_ids for p in profiles),
-                    "quarantined": sum(getattr(p, "quarantined", 0) for p in profiles),
+                    # Records left out by reason (see the quarantine), all reasons together.
+                    "quarantined": sum(sum(p.quarantined.values()) for p in profiles),
                 }
                 for issue, count in issues.items():
                     self.set(
