@@ -191,8 +191,9 @@ class TracedStore(wrapt.ObjectProxy[Any]):
         )
 
     def write(self, records: Any, *args: Any, **kwargs: Any) -> Any:
+        # Whole records are upserted by id too: one operation name for dashboards and alerts.
         return self._call(
-            "write", self.__wrapped__.write, records, *args, written=records, **kwargs
+            "upsert", self.__wrapped__.write, records, *args, written=records, **kwargs
         )
 
     def delete(self, ids: Any, *args: Any, **kwargs: Any) -> Any:
