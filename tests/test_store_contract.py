@@ -378,3 +378,30 @@ def test_a_builtin_scan_from_a_cursor_starts_at_the_cursor(tmp_path: Path) -> No
     finally:
         event.remove(store.engine, "checkout", watch)
         dispose_engines()
+
+
+def test_qdrant_local_mode_takes_writes_from_several_threads(tmp_path: Path) -> None:
+    """Shards copied at once write to one local-mode directory from several threads: its one
+    SQLite connection failed inside them (``SystemError``, writes lost) until calls were taken
+    one at a time."""
+    import threading
+
+    store = QdrantStore.open(QdrantStoreRef(path=str(tmp_path / "q")), Scope("t", "c", "v"), 8)
+    errors: list[str] = []
+
+    def write(base: int) -> None:
+        try:
+            for b in range(15):
+                ids = np.arange(base + b * 200, base + (b + 1) * 200, dtype=np.int64)
+                store.upsert(ids, np.ones((200, 8), np.float32))
+        except Exception as exc:
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=write, args=(k * 1_000_000 + 1,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert store.count() == 9000
+    close_qdrant()
