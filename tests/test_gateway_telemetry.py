@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 import sqlite3
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -433,3 +435,28 @@ def test_a_failing_store_is_a_500_whose_span_names_the_error_type_only(
     line = request_lines.lines[-1]
     assert (line["level"], line["status"], line["error_type"]) == ("ERROR", 500, "OperationalError")
     assert "vm_vectors" not in json.dumps(request_lines.lines)
+
+
+def test_a_client_that_leaves_before_the_answer_is_not_a_server_error(
+    sandbox: Sandbox, spans: InMemorySpanExporter, request_lines: JsonLines
+) -> None:
+    sandbox.seed(200)
+    gateway = Gateway(sandbox.catalog.url, port=0).start()
+    try:
+        host, port = gateway.server.sock.getsockname()[:2]
+        with socket.create_connection((host, port)) as sock:
+            sock.sendall(
+                b"POST /v1/default/docs/search HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+            )
+            time.sleep(0.3)  # the body is being read
+        for _ in range(50):
+            if request_lines.lines:
+                break
+            time.sleep(0.1)
+    finally:
+        gateway.stop()
+    [line] = request_lines.lines
+    assert (line["status"], line["error_type"], line["level"]) == (499, "499", "INFO")
+    [server] = [s for s in spans.get_finished_spans() if s.kind == SpanKind.SERVER]
+    assert server.status.status_code == StatusCode.UNSET

@@ -113,7 +113,7 @@ class RequestTelemetry:
         began = time.perf_counter()
         note = RequestNotes()
         token = _notes.set(note)
-        status = 500
+        status: int | None = None
 
         async def watched(message: Message) -> None:
             nonlocal status
@@ -137,6 +137,10 @@ class RequestTelemetry:
                 raise
             finally:
                 seconds = time.perf_counter() - began
+                if status is None:
+                    # No answer was sent: the app failed, or the client left first (nginx's
+                    # 499, so that a disconnect does not count as the server's error).
+                    status = 500 if failure is not None else 499
                 route = self._route(scope)
                 error = None
                 if status >= 400 or failure is not None:
