@@ -4,9 +4,11 @@
 
 "On" is what a deployment runs: every store call in a span (batch reads and writes), the spans
 batched to an exporter (one that drops them here, so no collector's speed is measured), every
-metric recorded for Prometheus, the gateway's requests traced and measured. "Off" records
-nothing (OTEL_* unset: the store handles are the adapters themselves). Same run, ``--repeat``
-pairs, which goes first alternating; medians compared.
+metric recorded for Prometheus, the gateway's requests traced and measured (a span per request
+with the router's decisions, the request histogram, the routing gauges) and logged (one JSON
+line a request, written to /dev/null). "Off" records nothing (OTEL_* unset: the store handles
+are the adapters themselves, the request spans no-ops) and logs nothing below WARNING. Same
+run, ``--repeat`` pairs, which goes first alternating; medians compared.
 
 - copy: a built-in-store migration's shards copied by ``copy_shard`` (as the copy activity runs
   it, inside a migration's work context), vectors/s;
@@ -20,6 +22,8 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import logging
+import os
 import statistics
 import sys
 import time
@@ -41,6 +45,7 @@ from vecmigrate.data.seed import seed_collection, sequential_ids
 from vecmigrate.model.spec import BuiltinStoreRef
 from vecmigrate.serving.gateway import Gateway
 from vecmigrate.telemetry.context import working
+from vecmigrate.telemetry.logs import JsonFormatter
 from vecmigrate.telemetry.setup import Telemetry, configure, install, uninstall
 from vecmigrate.testing.chaos import builtin_version
 
@@ -114,8 +119,14 @@ def gateway_run(catalog_url: str, queries: np.ndarray, on: bool) -> tuple[float,
     """p99 and p50 milliseconds of single searches through the gateway, CPU microseconds per
     request (client and gateway: both run in this process), and the spans made."""
     dropped = telemetry(on)
+    requests_log = logging.getLogger("vecmigrate.gateway.requests")
+    sink = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115 - closed below
+    sink.setFormatter(JsonFormatter())
+    if on:
+        requests_log.addHandler(sink)
+        requests_log.setLevel(logging.INFO)
     gateway = Gateway(catalog_url, port=0, refresh=1.0).start()
-    host, port = gateway.server.server_address[:2]
+    host, port = gateway.server.sock.getsockname()[:2]
     conn = http.client.HTTPConnection(str(host), int(port), timeout=30)
     bodies = [json.dumps({"vector": q.tolist(), "k": 10}).encode() for q in queries]
     headers = {"Content-Type": "application/json"}
@@ -134,6 +145,9 @@ def gateway_run(catalog_url: str, queries: np.ndarray, on: bool) -> tuple[float,
     finally:
         conn.close()
         gateway.stop()
+        requests_log.removeHandler(sink)
+        requests_log.setLevel(logging.NOTSET)
+        sink.stream.close()
     cpu_us = (time.process_time() - cpu) / len(bodies) * 1e6
     spans = _finish(dropped)
     times.sort()
