@@ -4,18 +4,14 @@ worker is killed, and routers moving to the compacted artifacts."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from tests.conftest import Sandbox
+from tests.conftest import Sandbox, WorkerProcess
 from vecmigrate.catalog.changelog import ChangeLog
 from vecmigrate.control.compaction import start_compaction
 from vecmigrate.data.datasets import clustered
@@ -202,48 +198,6 @@ def test_a_compaction_stopped_after_a_checkpoint_resumes_from_it(sandbox: Sandbo
     holds(fresh, written, deleted, sandbox.dim)
 
 
-class WorkerProcess:
-    """A worker in a process of its own, killable with SIGKILL."""
-
-    def __init__(self, root: Path, address: str, queue: str, catalog: str) -> None:
-        self.root, self.address, self.queue, self.catalog = root, address, queue, catalog
-        self.started = 0
-        self.proc = self.spawn()
-
-    def spawn(self) -> subprocess.Popen[bytes]:
-        self.started += 1
-        log = open(self.root / f"worker-{self.started}.log", "wb")  # noqa: SIM115
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "vecmigrate.workers.main",
-                "--address",
-                self.address,
-                "--task-queue",
-                self.queue,
-                "--catalog",
-                self.catalog,
-                "--concurrency",
-                "2",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-        )
-
-    def kill(self) -> None:
-        self.proc.kill()  # SIGKILL: no goodbye to the server
-        self.proc.wait()
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
 @pytest.mark.timeout(300)
 async def test_compaction_resumes_after_its_worker_is_killed(
     env: WorkflowEnvironment, sandbox: Sandbox
@@ -290,7 +244,7 @@ async def test_compaction_resumes_after_its_worker_is_killed(
             await asyncio.sleep(0.1)
         worker.kill()
         assert log.compacted(index_id) is None  # killed in the middle
-        worker.proc = worker.spawn()
+        worker.restart()
         result = await asyncio.wait_for(handle.result(), timeout=180)
     finally:
         worker.stop()
