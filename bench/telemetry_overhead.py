@@ -17,7 +17,6 @@ Target: each at most 3 % slower with telemetry on.
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
 import statistics
@@ -32,7 +31,7 @@ import numpy as np
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from bench.common import RESULTS, alternating, report, scratch
+from bench.common import add_out_option, alternating, report, scratch, script_parser
 from bench.copy_throughput import seeded_copy
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.config import sqlite_url
@@ -141,13 +140,13 @@ def gateway_run(catalog_url: str, queries: np.ndarray, on: bool) -> tuple[float,
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument("--vectors", type=int, default=200_000)
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--batch", type=int, default=10_000)
     p.add_argument("--requests", type=int, default=5_000)
     p.add_argument("--repeat", type=int, default=5, help="pairs of runs, on and off")
-    p.add_argument("--out", type=Path, default=RESULTS, help="where JSON and PNG go")
+    add_out_option(p)
     args = p.parse_args()
     vectors = clustered(args.vectors, args.dim, clusters=64, seed=3)
     queries = clustered(args.requests, args.dim, clusters=64, seed=4)
