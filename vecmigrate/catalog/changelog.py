@@ -110,6 +110,19 @@ class Changes:
     def __len__(self) -> int:
         return len(self.ops)
 
+    def first(self, n: int) -> Changes:
+        """The oldest ``n`` entries (all of them, the same object, when there are no more)."""
+        if n >= len(self):
+            return self
+        return Changes(
+            seqs=self.seqs[:n],
+            ids=self.ids[:n],
+            ops=self.ops[:n],
+            vectors=self.vectors[:n],
+            texts=self.texts[:n],
+            spaces=self.spaces[:n],
+        )
+
     def _last(self) -> dict[int, int]:
         last: dict[int, int] = {}
         for i, record_id in enumerate(self.ids.tolist()):
