@@ -223,20 +223,25 @@ class Sandbox:
         dim: int = DIM,
         vectors: np.ndarray | None = None,
         version: VersionSpec | None = None,
+        index: dict[str, Any] | None = None,
+        shards: int = 2,
     ) -> np.ndarray:
+        """Seed a collection with ``vectors`` (default: ``n`` clustered ones) under ids 1..n as
+        ``version`` (default: v1 in the sandbox's store with ``index``, else IVF-Flat); return
+        the vectors."""
         if vectors is None:
             vectors = clustered(n, dim, clusters=32, seed=7)
         n, dim = vectors.shape
         self.dim = dim
+        index = index or {"kind": "faiss_ivf_flat", "nlist": 16, "nprobe": 4}
         seed_collection(
             self.catalog,
             tenant,
             collection,
-            version
-            or self.version("v1", {"kind": "faiss_ivf_flat", "nlist": 16, "nprobe": 4}, dim),
+            version or self.version("v1", index, dim),
             sequential_ids(n),
             vectors,
-            shards=2,
+            shards=shards,
         )
         return vectors
 
