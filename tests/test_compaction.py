@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from functools import partial
 
 import numpy as np
 import pytest
@@ -92,7 +93,9 @@ def test_compaction_folds_the_log_into_new_artifacts(sandbox: Sandbox, kind: str
     version = sandbox.catalog.find_version("default", "docs", "v1")
     assert version is not None
     store = served.fetch
-    outcome = compact(
+    # The same call twice: the second must find nothing left to do.
+    compact_to_head = partial(
+        compact,
         sandbox.catalog,
         index_id,
         head,
@@ -100,6 +103,7 @@ def test_compaction_folds_the_log_into_new_artifacts(sandbox: Sandbox, kind: str
         normalized=False,
         fetch=store,
     )
+    outcome = compact_to_head()
     assert (outcome.started_at, outcome.position) == (0, head)
     assert outcome.applied == log.count_after("default", "docs", 0)
     assert log.compacted(index_id) == (head, outcome.artifacts)
@@ -117,14 +121,7 @@ def test_compaction_folds_the_log_into_new_artifacts(sandbox: Sandbox, kind: str
     assert fresh.base == fresh.applied == head
     holds(fresh, written, deleted, sandbox.dim)
     # Compacting again to the same position records nothing new.
-    again = compact(
-        sandbox.catalog,
-        index_id,
-        head,
-        space=model_key(version.embedding),
-        normalized=False,
-        fetch=store,
-    )
+    again = compact_to_head()
     assert again.position == again.started_at == head
     assert len(log.compactions(index_id)) == 1
     # The router serving an overlay it cannot fold moves to the compacted artifacts.
