@@ -27,13 +27,14 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
-from bench.common import add_out_option, report, scratch, script_parser
+from bench.common import add_out_option, alternating, report, scratch, script_parser
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.catalog.changelog import ChangeLog
 from vecmigrate.config import sqlite_url
@@ -73,29 +74,26 @@ class Phase:
         return self.written_p99 / self.twin_p99
 
 
+def search_us(router: Router, collection: str, query: np.ndarray, k: int) -> float:
+    """Microseconds one search took."""
+    began = time.perf_counter()
+    router.search("default", collection, query, k)
+    return (time.perf_counter() - began) * 1e6
+
+
 def timed(
     twin: Router, written: Router, queries: np.ndarray, k: int
 ) -> tuple[list[float], list[float]]:
     """Each query on both collections back to back, the order alternating; us per search."""
     a, b = [], []
-    clock = time.perf_counter
     for j, q in enumerate(queries):
-        if j % 2:
-            t0 = clock()
-            twin.search("default", "twin", q, k)
-            t1 = clock()
-            written.search("default", "written", q, k)
-            t2 = clock()
-            a.append((t1 - t0) * 1e6)
-            b.append((t2 - t1) * 1e6)
-        else:
-            t0 = clock()
-            written.search("default", "written", q, k)
-            t1 = clock()
-            twin.search("default", "twin", q, k)
-            t2 = clock()
-            b.append((t1 - t0) * 1e6)
-            a.append((t2 - t1) * 1e6)
+        on_written, on_twin = alternating(
+            j,
+            partial(search_us, written, "written", q, k),
+            partial(search_us, twin, "twin", q, k),
+        )
+        a.append(on_twin)
+        b.append(on_written)
     return a, b
 
 
