@@ -24,6 +24,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -203,18 +204,17 @@ def main() -> None:
 
         fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
         x = [row["pair"] for row in rows]
-        left.plot(x, [row["copy on (vec/s)"] for row in rows], "o-", label="telemetry on")
-        left.plot(x, [row["copy off (vec/s)"] for row in rows], "s--", label="off")
-        left.set_title("copy throughput")
-        left.set_xlabel("pair")
-        left.set_ylabel("vectors/s")
-        left.legend()
-        right.plot(x, [row["gateway p99 on (ms)"] for row in rows], "o-", label="telemetry on")
-        right.plot(x, [row["gateway p99 off (ms)"] for row in rows], "s--", label="off")
-        right.set_title("gateway search p99")
-        right.set_xlabel("pair")
-        right.set_ylabel("ms")
-        right.legend()
+
+        def on_and_off(ax: Any, figure: str, unit: str, title: str, ylabel: str) -> None:
+            ax.plot(x, [row[f"{figure} on ({unit})"] for row in rows], "o-", label="telemetry on")
+            ax.plot(x, [row[f"{figure} off ({unit})"] for row in rows], "s--", label="off")
+            ax.set_title(title)
+            ax.set_xlabel("pair")
+            ax.set_ylabel(ylabel)
+            ax.legend()
+
+        on_and_off(left, "copy", "vec/s", "copy throughput", "vectors/s")
+        on_and_off(right, "gateway p99", "ms", "gateway search p99", "ms")
         fig.tight_layout()
         fig.savefig(path, dpi=100)
 
