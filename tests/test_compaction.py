@@ -162,30 +162,22 @@ def test_a_compaction_stopped_after_a_checkpoint_resumes_from_it(sandbox: Sandbo
     live = router.searcher(index_id)
     assert isinstance(live, LiveIndex)
     fetch = live.fetch
-    with pytest.raises(KilledError):
-        compact(
-            sandbox.catalog,
-            index_id,
-            head,
-            space=space,
-            normalized=False,
-            fetch=fetch,
-            checkpoint_every=300,
-            on_progress=crash_after_a_checkpoint,
-        )
-    assert log.compacted(index_id) is None
-    checkpoint = seen[0]
-    assert 0 < checkpoint.position < head
-    outcome = compact(
+    compact_to_head = partial(
+        compact,
         sandbox.catalog,
         index_id,
         head,
         space=space,
         normalized=False,
         fetch=fetch,
-        resume=checkpoint,
         checkpoint_every=300,
     )
+    with pytest.raises(KilledError):
+        compact_to_head(on_progress=crash_after_a_checkpoint)
+    assert log.compacted(index_id) is None
+    checkpoint = seen[0]
+    assert 0 < checkpoint.position < head
+    outcome = compact_to_head(resume=checkpoint)
     assert outcome.resumed_from == checkpoint.position
     assert outcome.applied == log.count_after("default", "docs", checkpoint.position)
     assert outcome.position == head
