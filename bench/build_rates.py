@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
-from bench.common import RESULTS, report, scratch
+from bench.common import add_out_option, report, scratch
 from vecmigrate.control.plan import INDEX_ESTIMATES, STORE_RATES
 from vecmigrate.data.datasets import clustered
 from vecmigrate.indexes.build import build_native, build_shard
@@ -102,7 +102,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--batch", type=int, default=10_000)
     ap.add_argument("--stores", default=",".join(STORE_KINDS))
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    add_out_option(ap)
     args = ap.parse_args()
     home = scratch("build-rates")
     ids = np.arange(1, args.vectors + 1, dtype=np.int64)

@@ -19,7 +19,6 @@ Target: each at most 3 % slower with telemetry on.
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
 import logging
@@ -29,6 +28,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -36,7 +36,7 @@ import numpy as np
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from bench.common import RESULTS, alternating, report, scratch
+from bench.common import add_out_option, alternating, report, scratch, script_parser
 from bench.copy_throughput import seeded_copy
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.config import sqlite_url
@@ -155,13 +155,13 @@ def gateway_run(catalog_url: str, queries: np.ndarray, on: bool) -> tuple[float,
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument("--vectors", type=int, default=200_000)
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--batch", type=int, default=10_000)
     p.add_argument("--requests", type=int, default=5_000)
     p.add_argument("--repeat", type=int, default=5, help="pairs of runs, on and off")
-    p.add_argument("--out", type=Path, default=RESULTS, help="where JSON and PNG go")
+    add_out_option(p)
     args = p.parse_args()
     vectors = clustered(args.vectors, args.dim, clusters=64, seed=3)
     queries = clustered(args.requests, args.dim, clusters=64, seed=4)
@@ -218,18 +218,17 @@ def main() -> None:
 
         fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
         x = [row["pair"] for row in rows]
-        left.plot(x, [row["copy on (vec/s)"] for row in rows], "o-", label="telemetry on")
-        left.plot(x, [row["copy off (vec/s)"] for row in rows], "s--", label="off")
-        left.set_title("copy throughput")
-        left.set_xlabel("pair")
-        left.set_ylabel("vectors/s")
-        left.legend()
-        right.plot(x, [row["gateway p99 on (ms)"] for row in rows], "o-", label="telemetry on")
-        right.plot(x, [row["gateway p99 off (ms)"] for row in rows], "s--", label="off")
-        right.set_title("gateway search p99")
-        right.set_xlabel("pair")
-        right.set_ylabel("ms")
-        right.legend()
+
+        def on_and_off(ax: Any, figure: str, unit: str, title: str, ylabel: str) -> None:
+            ax.plot(x, [row[f"{figure} on ({unit})"] for row in rows], "o-", label="telemetry on")
+            ax.plot(x, [row[f"{figure} off ({unit})"] for row in rows], "s--", label="off")
+            ax.set_title(title)
+            ax.set_xlabel("pair")
+            ax.set_ylabel(ylabel)
+            ax.legend()
+
+        on_and_off(left, "copy", "vec/s", "copy throughput", "vectors/s")
+        on_and_off(right, "gateway p99", "ms", "gateway search p99", "ms")
         fig.tight_layout()
         fig.savefig(path, dpi=100)
 

@@ -32,7 +32,6 @@ from sqlalchemy import (
     Column,
     DateTime,
     Index,
-    Integer,
     LargeBinary,
     String,
     Table,
@@ -43,7 +42,7 @@ from sqlalchemy import (
     text,
 )
 
-from vecmigrate.catalog.catalog import Catalog, metadata, now
+from vecmigrate.catalog.catalog import Catalog, metadata, now, scope_columns, sequence_key
 from vecmigrate.catalog.documents import Documents, delete_texts, write_texts
 from vecmigrate.catalog.engines import begin, once_per_engine
 from vecmigrate.errors import DataError
@@ -52,11 +51,8 @@ from vecmigrate.records.vectors import Ids, Vectors
 changes = Table(
     "change_log",
     metadata,
-    Column(
-        "seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    ),
-    Column("tenant", String(64), nullable=False),
-    Column("collection", String(64), nullable=False),
+    sequence_key("seq"),
+    *scope_columns(primary_key=False),
     Column("id", BigInteger, nullable=False),
     Column("op", String(8), nullable=False),
     # float32 little-endian, in the space of the version serving reads when it was written;
@@ -113,6 +109,19 @@ class Changes:
 
     def __len__(self) -> int:
         return len(self.ops)
+
+    def first(self, n: int) -> Changes:
+        """The oldest ``n`` entries (all of them, the same object, when there are no more)."""
+        if n >= len(self):
+            return self
+        return Changes(
+            seqs=self.seqs[:n],
+            ids=self.ids[:n],
+            ops=self.ops[:n],
+            vectors=self.vectors[:n],
+            texts=self.texts[:n],
+            spaces=self.spaces[:n],
+        )
 
     def _last(self) -> dict[int, int]:
         last: dict[int, int] = {}
