@@ -7,15 +7,10 @@ from dataclasses import dataclass, field
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.data.backfill import Check, open_source, run_checks, shard_plan
 from vecmigrate.errors import VecmigrateError
+from vecmigrate.indexes.sizes import artifact_bytes, index_bytes, record_bytes, uncompressed
+from vecmigrate.model.costs import StorageEstimate, VersionBytes
 from vecmigrate.model.lifecycle import LIFECYCLE, describe, figures
-from vecmigrate.model.spec import (
-    FaissHnsw,
-    FaissIvfPq,
-    HnswlibHnsw,
-    IndexSpec,
-    MigrationSpec,
-    PgvectorHnsw,
-)
+from vecmigrate.model.spec import MigrationSpec
 
 # Rough single-machine rates (vectors/s at 128 dimensions) for the time estimate; the real
 # figures come from the benchmarks and vary with dimension, parameters and cores.
@@ -42,25 +37,12 @@ class Plan:
     checks: list[Check] = field(default_factory=list)
     estimated_seconds: float = 0.0
     extra_bytes: int = 0
+    storage: StorageEstimate | None = None
 
     @property
     def ok(self) -> bool:
         """Whether the migration may start."""
         return not self.problems
-
-
-# Per-record overhead of the built-in store's row (keys, hash key, page slack), measured roughly.
-ROW_OVERHEAD = 40
-
-
-def index_bytes(spec: IndexSpec, count: int, dim: int) -> int:
-    """Approximate size of an index over ``count`` vectors of ``dim`` floats."""
-    vectors = count * dim * 4
-    if isinstance(spec, FaissIvfPq):
-        return count * (spec.m * spec.nbits // 8 + 8)
-    if isinstance(spec, FaissHnsw | HnswlibHnsw | PgvectorHnsw):
-        return vectors + count * (spec.m * 2 * 4 + 16)
-    return vectors + count * 8
 
 
 def plan_regional(spec: MigrationSpec) -> Plan:
@@ -159,9 +141,9 @@ def plan_migration(catalog: Catalog, spec: MigrationSpec) -> Plan:
         except VecmigrateError as exc:
             plan.problems.append(str(exc))
     dim = spec.target.embedding.dimension
-    # Blue-green keeps both versions until the source is retired: the extra storage is the
-    # target's records plus its index.
-    plan.extra_bytes = total * (dim * 4 + ROW_OVERHEAD) + index_bytes(spec.target.index, total, dim)
+    plan.storage = storage_estimate(catalog, spec, total)
+    # Both versions exist until the source is pruned: the extra storage is the target.
+    plan.extra_bytes = plan.storage.target.total
     scale = dim / 128.0
     plan.estimated_seconds = (
         total / COPY_RATE * scale
@@ -172,3 +154,35 @@ def plan_migration(catalog: Catalog, spec: MigrationSpec) -> Plan:
     values = figures(spec, total)
     plan.steps = [(p.value, describe(strategy, p, values)) for p in strategy.phases]
     return plan
+
+
+def storage_estimate(catalog: Catalog, spec: MigrationSpec, total: int) -> StorageEstimate:
+    """Bytes of the source (its index measured on disk where its artifacts are found) and of the
+    target, from the size model of each index kind; beside them, the target's index as float32."""
+    src_dim, dim = spec.source.embedding.dimension, spec.target.embedding.dimension
+    source_index, measured = index_bytes(spec.source.index, total, src_dim), False
+    routing = catalog.get_routing(spec.tenant, spec.collection)
+    if routing is not None and routing.read_index and routing.read_version == spec.source.name:
+        try:
+            found = artifact_bytes(catalog.get_index(routing.read_index).artifacts)
+        except VecmigrateError:
+            found = None
+        if found is not None:
+            source_index, measured = found, True
+    target_index = index_bytes(spec.target.index, total, dim)
+    return StorageEstimate(
+        source=VersionBytes(
+            version=spec.source.name,
+            records=record_bytes(total, src_dim),
+            index=source_index,
+            index_measured=measured,
+            count=total,
+        ),
+        target=VersionBytes(
+            version=spec.target.name,
+            records=record_bytes(total, dim),
+            index=target_index,
+            count=total,
+        ),
+        target_index_float32=index_bytes(uncompressed(spec.target.index), total, dim),
+    )

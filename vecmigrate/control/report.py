@@ -41,6 +41,8 @@ def status_tables(st: MigrationStatus) -> Group:
         head.add_row("paused because", st.pause_reason)
     if st.blocked_reason:
         head.add_row("blocked", st.blocked_reason)
+    if st.window_note:
+        head.add_row("window", f"[yellow]{st.window_note}[/yellow]")
     for remedy in st.remedies:
         head.add_row("to change it", remedy)
     if st.error:

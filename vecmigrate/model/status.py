@@ -127,6 +127,9 @@ class MigrationStatus(_Model):
     remedies: list[str] = Field(default_factory=list)
     # Steps Temporal is retrying (added by the client; the workflow cannot see retries).
     retrying: list[RetryingStep] = Field(default_factory=list)
+    # Held outside the spec's maintenance windows: when the next one opens, and why it waits.
+    window_until: str = ""
+    window_note: str = ""
 
     def copied(self) -> tuple[int, int]:
         """Vectors copied and total, over all shards."""
