@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import Any, TypeVar
 
 from temporalio import activity
@@ -27,13 +28,15 @@ from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.catalog.changelog import ChangeLog
 from vecmigrate.catalog.journal import Journal
 from vecmigrate.catalog.residency import Residency
+from vecmigrate.catalog.schedules import ScheduleStore
 from vecmigrate.catalog.specs import SpecStore
-from vecmigrate.data import backfill
+from vecmigrate.data import backfill, scheduling
 from vecmigrate.errors import NON_RETRYABLE, PreconditionError, SpecMismatchError, summary
 from vecmigrate.indexes import build
 from vecmigrate.indexes.artifacts import cpu_share, set_openmp_threads
 from vecmigrate.model.gates import ShardCheck
 from vecmigrate.model.routing import RoutingView
+from vecmigrate.model.schedule import Firing, ResolveFiringInput
 from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.model.tasks import (
     ArtifactRef,
@@ -238,6 +241,7 @@ class MigrationActivities:
             self.log_head,
             self.shadow_figures,
             self.list_tenants,
+            self.resolve_firing,
         ]
 
     @activity.defn(name="prepare")
@@ -488,6 +492,23 @@ class MigrationActivities:
         if inp.kind == "phase":
             self.catalog.set_migration_phase(inp.migration_id, str(inp.data.get("to", "")))
         return LedgerAck(seq=entry.seq, hash=entry.hash)
+
+    @activity.defn(name="resolve_firing")
+    @_boundary
+    def resolve_firing(self, inp: ResolveFiringInput) -> Firing:
+        try:
+            template = ScheduleStore(self.catalog).template(inp.schedule_id, inp.spec_hash)
+        except SpecMismatchError as exc:
+            return Firing(outcome="refused", reason=str(exc))
+        return scheduling.resolve_firing(
+            self.catalog,
+            inp.schedule_id,
+            template.spec,
+            inp.spec_hash,
+            datetime.fromisoformat(inp.fired_at),
+            inp.firing_id,
+            inp.requested_by,
+        )
 
     @activity.defn(name="list_tenants")
     @_boundary

@@ -658,6 +658,22 @@ class Catalog:
             raise NotFoundError(f"no migration {migration_id!r} in the catalog")
         return dict(row)
 
+    def migrations_of(self, tenant: str, collection: str) -> list[dict[str, Any]]:
+        """Every migration of a collection as recorded here, oldest first."""
+        with self.engine.connect() as conn:
+            rows = (
+                conn.execute(
+                    select(migrations)
+                    .where(
+                        (migrations.c.tenant == tenant) & (migrations.c.collection == collection)
+                    )
+                    .order_by(migrations.c.created_at)
+                )
+                .mappings()
+                .all()
+            )
+        return [dict(r) for r in rows]
+
     # -- ledger ------------------------------------------------------------------------------
 
     def append(
@@ -744,6 +760,10 @@ class Catalog:
             assert seq is not None
             return LedgerEntry(seq=int(seq[0]), prev_hash=prev, hash=digest, **body)
         raise RuntimeError("could not append to the ledger after 50 attempts")
+
+    def entry_by_key(self, event_key: str) -> LedgerEntry | None:
+        """The entry appended with ``event_key``, or None."""
+        return self._entry_by_key(event_key)
 
     def _entry_by_key(self, event_key: str) -> LedgerEntry | None:
         with self.engine.connect() as conn:

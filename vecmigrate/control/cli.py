@@ -29,7 +29,7 @@ from vecmigrate.control.report import (
 )
 from vecmigrate.errors import VecmigrateError
 from vecmigrate.model.gates import GateReport
-from vecmigrate.model.spec import load_spec
+from vecmigrate.model.spec import MigrationSpec, load_spec, parse_spec
 from vecmigrate.workers.connection import connect, default_address, default_task_queue
 
 SIGNAL_COMMANDS = {
@@ -210,6 +210,74 @@ def parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("id")
     p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("schedule", help="scheduled migrations on Temporal Schedules")
+    ssub = p.add_subparsers(dest="schedule_command", required=True)
+    s = ssub.add_parser(
+        "create", help="create a schedule from a spec with a schedule section (or flags)"
+    )
+    _common(s)
+    s.add_argument("spec")
+    s.add_argument("--id", default=None, help="schedule id (default TENANT.COLLECTION.MIGRATE)")
+    s.add_argument(
+        "--migrate",
+        choices=["rebuild", "next_model", "as_written"],
+        default=None,
+        help="what each firing migrates (default: the spec's schedule.migrate)",
+    )
+    s.add_argument("--cron", action="append", default=None, help="cron expression (repeatable)")
+    s.add_argument("--every", type=float, default=None, help="fire every N seconds")
+    s.add_argument("--timezone", default=None, help="IANA time zone of the calendar")
+    s.add_argument("--jitter", type=float, default=None, help="seconds of random delay")
+    s.add_argument(
+        "--overlap",
+        choices=[
+            "skip",
+            "buffer_one",
+            "buffer_all",
+            "cancel_other",
+            "terminate_other",
+            "allow_all",
+        ],
+        default=None,
+        help="a firing due while the last runs (default skip)",
+    )
+    s.add_argument(
+        "--catchup-window", type=float, default=None, help="seconds a missed firing may run late"
+    )
+    s.add_argument("--paused", action="store_true", help="create it paused")
+    s.add_argument("--json", action="store_true")
+    s = ssub.add_parser("list", help="every schedule of vecmigrate migrations")
+    _common(s)
+    s.add_argument("--json", action="store_true")
+    s = ssub.add_parser("describe", help="calendar, state, next runs and recent firings")
+    _common(s)
+    s.add_argument("id")
+    s.add_argument("--json", action="store_true")
+    for name, text in (("pause", "stop firing"), ("unpause", "fire again")):
+        s = ssub.add_parser(name, help=text)
+        _common(s)
+        s.add_argument("id")
+        s.add_argument("--reason", default="")
+    s = ssub.add_parser("trigger", help="fire now")
+    _common(s)
+    s.add_argument("id")
+    s.add_argument(
+        "--overlap",
+        choices=[
+            "skip",
+            "buffer_one",
+            "buffer_all",
+            "cancel_other",
+            "terminate_other",
+            "allow_all",
+        ],
+        default=None,
+        help="this firing's overlap policy (default: the schedule's)",
+    )
+    s = ssub.add_parser("delete", help="delete a schedule (running firings go on)")
+    _common(s)
+    s.add_argument("id")
 
     p = sub.add_parser("log", help="a migration's ledger entries")
     _common(p)
@@ -470,6 +538,7 @@ async def _start(args: argparse.Namespace) -> int:
 
 async def _status(args: argparse.Namespace) -> int:
     mc = await _client(args)
+    args.id = await mc.migration_of(args.id)
     if await mc.is_regional(args.id):
         regional = await mc.regional_status(args.id)
         if args.json:
@@ -489,6 +558,7 @@ async def _watch(args: argparse.Namespace) -> int:
     from vecmigrate.control.progress import watch
 
     mc = await _client(args)
+    args.id = await mc.migration_of(args.id)
     final = await watch(mc, args.id, out)
     out.print(status_tables(final))
     return 0
@@ -547,8 +617,101 @@ async def _throttle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _schedule_overrides(args: argparse.Namespace, spec: MigrationSpec) -> MigrationSpec:
+    """The spec's schedule section with the command's flags applied."""
+    current = spec.schedule.model_dump() if spec.schedule else {}
+    flags = {
+        "migrate": args.migrate,
+        "cron": tuple(args.cron) if args.cron else None,
+        "every_seconds": args.every,
+        "timezone": args.timezone,
+        "jitter_seconds": args.jitter,
+        "overlap": args.overlap,
+        "catchup_window_seconds": args.catchup_window,
+    }
+    current.update({k: v for k, v in flags.items() if v is not None})
+    if "migrate" not in current:
+        raise VecmigrateError(
+            "say what each firing migrates: a schedule section in the spec, or --migrate "
+            "rebuild | next_model | as_written"
+        )
+    data = spec.model_dump(mode="json")
+    data["schedule"] = current
+    return parse_spec(data)
+
+
+async def _schedule(args: argparse.Namespace) -> int:
+    from vecmigrate.control import schedules
+    from vecmigrate.control.report import firing_line, schedule_tables
+
+    command = args.schedule_command
+    mc = await _client(args)
+    if command == "create":
+        spec = _schedule_overrides(args, resolve_spec(load_spec(args.spec)))
+        sid, now = await schedules.create_schedule(
+            mc.client,
+            _catalog(args),
+            spec,
+            task_queue=mc.task_queue,
+            operator=args.operator or _operator(),
+            schedule_id=args.id,
+            paused=args.paused,
+        )
+        if args.json:
+            print(json.dumps({"schedule_id": sid, "now": now.model_dump(exclude={"spec"})}))
+        else:
+            print(sid)
+            err.print(f"a firing now would: {firing_line(now)}")
+        return 0
+    if command == "list":
+        views = await schedules.list_schedules(mc.client)
+        if args.json:
+            print(json.dumps([v.as_json() for v in views], indent=2))
+        else:
+            for view in views:
+                out.print(schedule_tables(view))
+        return 0
+    if command == "describe":
+        view = await schedules.describe_schedule(mc.client, args.id)
+        if args.json:
+            print(json.dumps(view.as_json(), indent=2))
+        else:
+            out.print(schedule_tables(view))
+        return 0
+    if command == "pause":
+        await schedules.pause_schedule(mc.client, args.id, args.reason)
+    elif command == "unpause":
+        await schedules.unpause_schedule(mc.client, args.id, args.reason)
+    elif command == "trigger":
+        await schedules.trigger_schedule(mc.client, args.id, args.overlap)
+    elif command == "delete":
+        await schedules.delete_schedule(mc.client, _catalog(args), args.id)
+    err.print(f"schedule {args.id}: {command} done")
+    return 0
+
+
+async def _migration_id(args: argparse.Namespace, catalog: Catalog) -> str:
+    """The migration ``args.id`` names: itself, or the one a schedule's firing started (found
+    in the catalog's ledger, else asked of Temporal)."""
+    from vecmigrate.data.scheduling import firing_migration
+
+    found = firing_migration(catalog, args.id)
+    if found is not None:
+        return found
+    try:
+        catalog.get_migration(args.id)
+        return str(args.id)
+    except VecmigrateError:
+        pass
+    try:
+        return await (await _client(args)).migration_of(args.id)
+    except (VecmigrateError, RPCError):
+        return str(args.id)
+
+
 async def _log(args: argparse.Namespace) -> int:
     catalog = _catalog(args)
+    args.id = await _migration_id(args, catalog)
     entries = catalog.entries(args.id)
     if args.json:
         print(json.dumps([e.__dict__ for e in entries], indent=2, default=str))
@@ -576,6 +739,7 @@ async def _log(args: argparse.Namespace) -> int:
 
 async def _report(args: argparse.Namespace) -> int:
     catalog = _catalog(args)
+    args.id = await _migration_id(args, catalog)
     entry = catalog.latest(args.id, "gate")
     if entry is None:
         raise VecmigrateError(f"migration {args.id!r} has no gate report yet")
@@ -605,6 +769,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "report": _report,
     "throttle": _throttle,
     "gate": _gate,
+    "schedule": _schedule,
     **dict.fromkeys(SIGNAL_COMMANDS, _signal),
 }
 

@@ -9,10 +9,12 @@ from rich.table import Table
 
 from vecmigrate.catalog.catalog import LedgerEntry
 from vecmigrate.control.plan import Plan
+from vecmigrate.control.schedules import ScheduleView
 from vecmigrate.embedding.registry import Registry
 from vecmigrate.model.gates import GateReport
 from vecmigrate.model.lifecycle import Phase
 from vecmigrate.model.regions import RegionalStatus
+from vecmigrate.model.schedule import Firing
 from vecmigrate.model.status import MigrationStatus
 
 # Shard tables longer than this are left out (the summary line counts shards by state).
@@ -309,3 +311,49 @@ def regional_table(st: RegionalStatus) -> Table:
             note,
         )
     return table
+
+
+def firing_line(firing: Firing) -> str:
+    """One line for what a firing did (or would do)."""
+    where = f" as {firing.migration_id}" if firing.migration_id else ""
+    return f"{firing.outcome}{where}: {firing.reason}"
+
+
+def schedule_tables(view: ScheduleView) -> Group:
+    """A schedule: calendar, policies, next runs, and each recent firing with its migration."""
+    head = Table.grid(padding=(0, 2))
+    head.add_row(
+        "schedule",
+        f"[bold]{view.schedule_id}[/bold]" + ("  [yellow](paused)[/yellow]" if view.paused else ""),
+    )
+    if view.note:
+        head.add_row("note", view.note)
+    head.add_row("fires", "; ".join(view.calendar) or "only when triggered")
+    head.add_row("time zone", view.timezone)
+    policy = f"overlap {view.overlap}"
+    if view.catchup_window_seconds is not None:
+        policy += f", catch-up window {view.catchup_window_seconds:,.0f} s"
+    if view.jitter_seconds:
+        policy += f", jitter up to {view.jitter_seconds:,.0f} s"
+    head.add_row("policy", policy)
+    head.add_row("next", ", ".join(view.next_runs[:3]) or "none")
+    head.add_row(
+        "firings",
+        f"{view.actions} started, {view.skipped_overlap} skipped (overlap), "
+        f"{len(view.running)} running",
+    )
+    if view.spec_hash:
+        head.add_row("spec", view.spec_hash[:12])
+    table = Table(title="recent firings")
+    for col in ("fired at", "firing", "outcome", "migration", "phase", "reason"):
+        table.add_column(col)
+    for f in view.firings:
+        table.add_row(
+            f.fired_at[:19],
+            f.workflow_id,
+            f.outcome or f.status,
+            f.migration_id or "",
+            f.phase or "",
+            f.reason,
+        )
+    return Group(head, table)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -22,6 +22,7 @@ Overlap = Literal[
     "skip", "buffer_one", "buffer_all", "cancel_other", "terminate_other", "allow_all"
 ]
 Migrate = Literal["rebuild", "next_model", "as_written"]
+OVERLAPS: tuple[str, ...] = get_args(Overlap)
 
 # Target names are ``<prefix>-<stamp>``; version names are at most 64 characters.
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
@@ -184,8 +185,10 @@ class Firing(_Model):
     spec: dict[str, Any] | None = None
 
 
-class FiringResult(_Model):
+class FiringResult(BaseModel):
     """How a firing ended: the query ``firing`` answers it while the migration runs."""
+
+    model_config = ConfigDict(extra="forbid")
 
     schedule_id: str
     fired_at: str
