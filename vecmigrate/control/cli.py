@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -17,6 +18,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.config import default_catalog_url, home_dir, resolve_spec
+from vecmigrate.control.apply import DirectoryPlan, Step, plan_directory
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.control.devserver import DevServer, DevServerError, cancel_on_sigterm
 from vecmigrate.control.plan import plan_migration
@@ -27,7 +29,7 @@ from vecmigrate.control.report import (
     regional_table,
     status_tables,
 )
-from vecmigrate.errors import VecmigrateError
+from vecmigrate.errors import PreconditionError, VecmigrateError
 from vecmigrate.model.gates import GateReport
 from vecmigrate.model.spec import MigrationSpec, load_spec, parse_spec
 from vecmigrate.workers.connection import connect, default_address, default_task_queue
@@ -152,9 +154,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--data", choices=["auto", "glove", "synthetic"], default="auto")
     p.add_argument("--shards", type=int, default=4)
 
-    p = sub.add_parser("plan", help="validate a spec and print what a migration would do")
+    p = sub.add_parser(
+        "plan",
+        help="validate a spec (or a directory of specs) and print what a migration would do",
+    )
     _common(p)
-    p.add_argument("spec")
+    p.add_argument("spec", help="a spec file, or a directory of <number>_<name>.yaml specs")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser(
+        "apply", help="start a directory's specs not applied yet, in order, waiting for each"
+    )
+    _common(p)
+    p.add_argument("directory", help="a directory of <number>_<name>.yaml specs")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("start", help="start a migration; prints its id")
@@ -491,7 +503,64 @@ async def _seed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_directory(plan: DirectoryPlan, as_json: bool) -> None:
+    from vecmigrate.control.report import directory_table
+
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "directory": str(plan.directory),
+                    "ok": plan.ok,
+                    "steps": [
+                        {
+                            "name": s.name,
+                            "state": s.state,
+                            "migration_id": s.migration_id,
+                            "spec_hash": s.spec.spec_hash(),
+                            "problems": s.problems,
+                            "note": s.note,
+                            "diff": s.diff,
+                        }
+                        for s in plan.steps
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return
+    out.print(directory_table(plan))
+    for step in plan.steps:
+        if step.diff:
+            err.print(f"[red]{step.name} changed since it was applied:[/red]")
+            err.print(step.diff, markup=False, highlight=False)
+
+
+async def _apply(args: argparse.Namespace) -> int:
+    from vecmigrate.control.apply import apply_directory
+
+    catalog = _catalog(args)
+    mc = await _client(args)
+
+    def tell(step: Step, text: str) -> None:
+        err.print(f"{step.name}: {text}", markup=False, highlight=False)
+
+    try:
+        plan = await apply_directory(
+            mc, catalog, Path(args.directory), args.operator or _operator(), tell
+        )
+    except PreconditionError:
+        _print_directory(plan_directory(catalog, Path(args.directory)), args.json)
+        raise
+    _print_directory(plan, args.json)
+    return 0
+
+
 async def _plan(args: argparse.Namespace) -> int:
+    if Path(args.spec).is_dir():
+        directory = plan_directory(_catalog(args), Path(args.spec))
+        _print_directory(directory, args.json)
+        return 0 if directory.ok else 1
     spec = resolve_spec(load_spec(args.spec))
     plan = plan_migration(_catalog(args), spec)
     if args.json:
@@ -761,6 +830,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "worker": _worker,
     "seed": _seed,
     "plan": _plan,
+    "apply": _apply,
     "start": _start,
     "status": _status,
     "watch": _watch,

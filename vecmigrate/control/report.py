@@ -8,6 +8,7 @@ from rich.console import Console, Group
 from rich.table import Table
 
 from vecmigrate.catalog.catalog import LedgerEntry
+from vecmigrate.control.apply import DirectoryPlan
 from vecmigrate.control.plan import Plan
 from vecmigrate.control.schedules import ScheduleView
 from vecmigrate.embedding.registry import Registry
@@ -357,3 +358,25 @@ def schedule_tables(view: ScheduleView) -> Group:
             f.reason,
         )
     return Group(head, table)
+
+
+def directory_table(plan: DirectoryPlan) -> Table:
+    """A migration directory's steps: where each stands, its migration and what stops it."""
+    verdict = "ready" if plan.ok else "cannot apply"
+    table = Table(title=f"{plan.directory} ({verdict})")
+    for col in ("step", "state", "migration", "spec", "notes"):
+        table.add_column(col)
+    styles = {"applied": "green", "pending": "cyan", "running": "yellow"}
+    for s in plan.steps:
+        style = styles.get(s.state, "red")
+        notes = "; ".join(p.splitlines()[0] for p in s.problems) or s.note
+        if s.plan is not None and s.plan.ok:
+            notes = (notes + "; " if notes else "") + "preconditions ok"
+        table.add_row(
+            s.name,
+            f"[{style}]{s.state}[/{style}]",
+            s.migration_id,
+            s.spec.spec_hash()[:12],
+            notes,
+        )
+    return table
