@@ -28,12 +28,20 @@ from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.catalog.changelog import ChangeLog
 from vecmigrate.catalog.journal import Journal
 from vecmigrate.catalog.residency import Residency
+from vecmigrate.catalog.retention import RetentionLog
 from vecmigrate.catalog.schedules import ScheduleStore
 from vecmigrate.catalog.specs import SpecStore
-from vecmigrate.data import backfill, scheduling
-from vecmigrate.errors import NON_RETRYABLE, PreconditionError, SpecMismatchError, summary
+from vecmigrate.data import backfill, retention, scheduling
+from vecmigrate.errors import (
+    NON_RETRYABLE,
+    PreconditionError,
+    SpecMismatchError,
+    VecmigrateError,
+    summary,
+)
 from vecmigrate.indexes import build
 from vecmigrate.indexes.artifacts import cpu_share, set_openmp_threads
+from vecmigrate.model.costs import StorageSnapshot
 from vecmigrate.model.gates import ShardCheck
 from vecmigrate.model.routing import RoutingView
 from vecmigrate.model.schedule import Firing, ResolveFiringInput
@@ -55,11 +63,14 @@ from vecmigrate.model.tasks import (
     LogHeadInput,
     PrepareInput,
     PrepareResult,
+    PruneInput,
+    PruneResult,
     RegisterIndexInput,
     RoutingChangeInput,
     ShadowInput,
     ShadowResult,
     SpecTask,
+    StorageInput,
     TenantsInput,
     ValidateInput,
     ValidateResult,
@@ -242,6 +253,8 @@ class MigrationActivities:
             self.shadow_figures,
             self.list_tenants,
             self.resolve_firing,
+            self.record_storage,
+            self.prune_version,
         ]
 
     @activity.defn(name="prepare")
@@ -416,15 +429,20 @@ class MigrationActivities:
     @_boundary
     def catch_up(self, inp: CatchUpInput) -> CatchUpResult:
         spec = self.spec(inp)
+        log = ChangeLog(self.catalog)
         with _keepalive(spec) as beat:
-            return backfill.catch_up(
+            result = backfill.catch_up(
                 spec,
-                ChangeLog(self.catalog),
+                log,
                 self.journal,
                 inp.after,
                 seconds=inp.seconds,
                 on_progress=lambda pos, n: beat({"position": pos, "applied": n}),
             )
+            if result.drained:
+                # What the target now holds, the log need keep only once per id.
+                result.compacted = log.compact(spec.tenant, spec.collection, result.position)
+        return result
 
     @activity.defn(name="log_head")
     @_boundary
@@ -451,7 +469,15 @@ class MigrationActivities:
     @activity.defn(name="change_routing")
     @_boundary
     def change_routing(self, inp: RoutingChangeInput) -> RoutingView:
-        return self.catalog.compare_and_set_routing(
+        before = self.catalog.get_routing(inp.tenant, inp.collection)
+        retained = RetentionLog(self.catalog)
+        if before is not None:
+            # Read before the switch: a version taken out of the writes may miss every write
+            # logged after this position (a promotion back replays them from here).
+            head = ChangeLog(self.catalog).head(inp.tenant, inp.collection)
+            for version in set(before.write_versions) - set(inp.write_versions):
+                retained.stopped_writing(inp.tenant, inp.collection, version, head)
+        view = self.catalog.compare_and_set_routing(
             inp.tenant,
             inp.collection,
             inp.expected_generation,
@@ -467,11 +493,69 @@ class MigrationActivities:
             shadow_percent=inp.shadow_percent,
             writes_paused=inp.writes_paused,
         )
+        for version in set(view.write_versions) - set(before.write_versions if before else []):
+            retained.resumed_writing(inp.tenant, inp.collection, version)
+        return view
 
     @activity.defn(name="set_version_state")
     @_boundary
     def set_version_state(self, inp: VersionStateInput) -> None:
         self.catalog.set_version_state(inp.tenant, inp.collection, inp.version, inp.state)
+        retained = RetentionLog(self.catalog)
+        if inp.state in ("retained", "abandoned"):
+            keep = None
+            try:
+                spec = MigrationSpec.model_validate(
+                    self.catalog.get_migration(inp.migration_id)["spec"]
+                )
+            except (VecmigrateError, ValueError):
+                spec = None
+            if spec is not None and spec.retention is not None:
+                policy = spec.retention
+                keep = (
+                    policy.retired_seconds
+                    if inp.state == "retained"
+                    else (policy.abandoned_seconds)
+                )
+            how = "retired" if inp.state == "retained" else "abandoned"
+            retained.left(inp.tenant, inp.collection, inp.version, how, inp.migration_id, keep)
+        else:
+            retained.back_in_use(inp.tenant, inp.collection, inp.version)
+
+    @activity.defn(name="record_storage")
+    @_boundary
+    def record_storage(self, inp: StorageInput) -> StorageSnapshot:
+        spec = self.spec(inp)
+        if inp.stage == "finalized":
+            # The source no longer written: what the log and the artifacts still hold that
+            # nothing needs goes before the figures are taken.
+            retention.settle_log(self.catalog, spec.tenant, spec.collection)
+            retention.collect_artifacts(self.catalog, spec.tenant, spec.collection)
+        return retention.record_storage(self.catalog, spec, inp.stage)
+
+    @activity.defn(name="prune_version")
+    @_boundary
+    def prune_version(self, inp: PruneInput) -> PruneResult:
+        verdict = retention.prune_version(
+            self.catalog, inp.tenant, inp.collection, inp.version, inp.actor, reason=inp.reason
+        )
+        if verdict.action == "kept":
+            self.catalog.append(
+                tenant=inp.tenant,
+                collection=inp.collection,
+                kind="version.kept",
+                actor=inp.actor,
+                migration_id=inp.migration_id,
+                data={"version": inp.version, "reason": verdict.reason},
+                event_key=f"kept/{activity.info().workflow_id}/{inp.version}",
+                region=self.region,
+            )
+        return PruneResult(
+            action=verdict.action,
+            reason=verdict.reason,
+            freed_bytes=verdict.freed_bytes,
+            keep_until=verdict.keep_until,
+        )
 
     @activity.defn(name="record")
     @_boundary

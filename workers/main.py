@@ -22,6 +22,7 @@ from vecmigrate.config import default_catalog_url
 from vecmigrate.workers.connection import connect, default_address, default_task_queue
 from vecmigrate.workflows.migration import MigrationWorkflow
 from vecmigrate.workflows.regional import RegionalMigrationWorkflow
+from vecmigrate.workflows.retention import RetentionWorkflow
 from vecmigrate.workflows.scheduled import ScheduledMigrationWorkflow
 
 
@@ -48,7 +49,12 @@ def build_worker(
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[MigrationWorkflow, RegionalMigrationWorkflow, ScheduledMigrationWorkflow],
+        workflows=[
+            MigrationWorkflow,
+            RegionalMigrationWorkflow,
+            ScheduledMigrationWorkflow,
+            RetentionWorkflow,
+        ],
         activities=acts.all(),
         activity_executor=executor,
         max_concurrent_activities=max_concurrent_activities,

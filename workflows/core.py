@@ -18,12 +18,17 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    WorkflowAlreadyStartedError,
+)
 
 from vecmigrate.workflows.calls import append_ledger, event_key, long_call, short_call
 from vecmigrate.workflows.signals import RULES, OperatorSignals
 
 with workflow.unsafe.imports_passed_through():
+    from vecmigrate.model.costs import StorageSnapshot
     from vecmigrate.model.lifecycle import (
         LIFECYCLE,
         OUTCOMES,
@@ -47,13 +52,20 @@ with workflow.unsafe.imports_passed_through():
         LedgerAck,
         LedgerInput,
         LogHeadInput,
+        RetentionInput,
         RoutingChangeInput,
         ShardRef,
+        StorageInput,
         VersionStateInput,
         selected_hash_shards,
     )
 
 T = TypeVar("T")
+
+# Patches of this release: the storage figures a migration records at its peak and once
+# finalized, and the retention timer a spec's retention starts for the version it leaves.
+STORAGE_FIGURES = "storage-figures"
+RETENTION_TIMER = "retention-timer"
 
 # Continue as new before the history reaches this many events, less what draining the shard
 # window may add (about a dozen events a shard).
@@ -593,6 +605,50 @@ class MigrationCore(OperatorSignals):
             int,
         )
         return head
+
+    # -- storage and retention ----------------------------------------------------------------
+
+    async def _storage(self, stage: str) -> None:
+        """Measure both versions and the change log at ``stage`` into the ledger (once
+        finalized, the log and artifacts nothing needs go first). Runs started before this
+        release record none."""
+        if not workflow.patched(STORAGE_FIGURES):
+            return
+        snapshot: StorageSnapshot = await short_call(
+            "record_storage", StorageInput(**self._task(), stage=stage), StorageSnapshot
+        )
+        self._status.ledger_entries += 1  # the activity wrote "storage"
+        self._status.storage_bytes[stage] = snapshot.total
+
+    async def _retain(self, version: str, left_as: str, seconds: float | None) -> None:
+        """Start the retention timer of a version this migration leaves (abandoned by the
+        migration, so it outlives it)."""
+        if seconds is None or not workflow.patched(RETENTION_TIMER):
+            return
+        spec = self._spec
+        child = f"retention.{spec.migration_id}.{version}"
+        # Already started (a retried command of this run): the timer runs once.
+        with contextlib.suppress(WorkflowAlreadyStartedError):
+            await workflow.start_child_workflow(
+                "RetentionWorkflow",
+                RetentionInput(
+                    tenant=spec.tenant,
+                    collection=spec.collection,
+                    version=version,
+                    left_as=left_as,
+                    keep_seconds=seconds,
+                    migration_id=spec.migration_id,
+                    region=spec.region,
+                ),
+                id=child,
+                task_queue=workflow.info().task_queue,
+                parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+            )
+        await self._record(
+            "retention.started",
+            "vecmigrate",
+            {"version": version, "left_as": left_as, "keep_seconds": seconds, "timer": child},
+        )
 
     # -- work one box hands to another --------------------------------------------------------
 

@@ -223,6 +223,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser(
+        "gc",
+        help="prune retired and abandoned versions nothing needs; tidy change logs and artifacts",
+    )
+    _common(p)
+    p.add_argument("--tenant", default=None, help="only this tenant")
+    p.add_argument("--collection", default=None, help="only this collection")
+    p.add_argument("--version", default=None, help="only this version (needs --collection)")
+    p.add_argument("--dry-run", action="store_true", help="say what would go; remove nothing")
+    p.add_argument(
+        "--ignore-retention",
+        action="store_true",
+        help="prune before the retention period ends (the other protections still hold)",
+    )
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("schedule", help="scheduled migrations on Temporal Schedules")
     ssub = p.add_subparsers(dest="schedule_command", required=True)
     s = ssub.add_parser(
@@ -759,6 +775,49 @@ async def _schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _gc(args: argparse.Namespace) -> int:
+    from vecmigrate.control.report import gc_table
+    from vecmigrate.data.retention import gc
+
+    if args.version is not None and args.collection is None:
+        raise VecmigrateError("--version names a version of one collection: add --collection")
+    report = await asyncio.to_thread(
+        gc,
+        _catalog(args),
+        args.operator or _operator(),
+        tenant=args.tenant or ("default" if args.version else None),
+        collection=args.collection,
+        version=args.version,
+        dry_run=args.dry_run,
+        ignore_retention=args.ignore_retention,
+    )
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "dry_run": report.dry_run,
+                    "versions": [v.__dict__ for v in report.verdicts],
+                    "log_entries_removed": report.log_entries_removed,
+                    "artifacts_removed": report.artifacts_removed,
+                    "artifact_bytes_removed": report.artifact_bytes_removed,
+                },
+                indent=2,
+            )
+        )
+    else:
+        out.print(gc_table(report))
+    if args.version is not None and report.refused:
+        # A version named on purpose and refused is an error the caller must see.
+        for v in report.refused:
+            err.print(
+                f"refused: {v.tenant}/{v.collection}@{v.version} is kept: {v.reason}",
+                soft_wrap=True,
+                markup=False,
+            )
+        return 1
+    return 0
+
+
 async def _migration_id(args: argparse.Namespace, catalog: Catalog) -> str:
     """The migration ``args.id`` names: itself, or the one a schedule's firing started (found
     in the catalog's ledger, else asked of Temporal)."""
@@ -840,6 +899,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "throttle": _throttle,
     "gate": _gate,
     "schedule": _schedule,
+    "gc": _gc,
     **dict.fromkeys(SIGNAL_COMMANDS, _signal),
 }
 

@@ -11,6 +11,7 @@ from vecmigrate.catalog.catalog import LedgerEntry
 from vecmigrate.control.apply import DirectoryPlan
 from vecmigrate.control.plan import Plan
 from vecmigrate.control.schedules import ScheduleView
+from vecmigrate.data.retention import GcReport
 from vecmigrate.embedding.registry import Registry
 from vecmigrate.model.gates import GateReport
 from vecmigrate.model.lifecycle import Phase
@@ -380,3 +381,27 @@ def directory_table(plan: DirectoryPlan) -> Table:
             notes,
         )
     return table
+
+
+def gc_table(report: GcReport) -> Group:
+    """What a gc pass pruned (or would), what it kept and why, and what it tidied."""
+    table = Table(title="gc" + (" (dry run: nothing removed)" if report.dry_run else ""))
+    for col in ("version", "state", "action", "bytes", "why"):
+        table.add_column(col, justify="right" if col == "bytes" else "left")
+    for v in report.verdicts:
+        style = {"pruned": "green", "would prune": "cyan"}.get(v.action, "yellow")
+        table.add_row(
+            f"{v.tenant}/{v.collection}@{v.version}",
+            v.state,
+            f"[{style}]{v.action}[/{style}]",
+            f"{v.freed_bytes / 1e6:,.1f} MB" if v.freed_bytes else "",
+            v.reason,
+        )
+    tidy = Table.grid(padding=(0, 2))
+    tidy.add_row("change-log entries removed", f"{report.log_entries_removed:,}")
+    verb = "to remove" if report.dry_run else "removed"
+    tidy.add_row(
+        f"unreferenced artifact files {verb}",
+        f"{report.artifacts_removed:,} ({report.artifact_bytes_removed / 1e6:,.1f} MB)",
+    )
+    return Group(table, tidy)

@@ -127,6 +127,8 @@ class MigrationStatus(_Model):
     remedies: list[str] = Field(default_factory=list)
     # Steps Temporal is retrying (added by the client; the workflow cannot see retries).
     retrying: list[RetryingStep] = Field(default_factory=list)
+    # Bytes of both versions and the change log, measured at each stage (peak, finalized).
+    storage_bytes: dict[str, int] = Field(default_factory=dict)
     # Held outside the spec's maintenance windows: when the next one opens, and why it waits.
     window_until: str = ""
     window_note: str = ""

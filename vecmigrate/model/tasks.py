@@ -257,6 +257,8 @@ class CatchUpResult(_Model):
     lag: int
     drained: bool
     seconds: float = 0.0
+    # Entries up to ``position`` a later write of the same id superseded, removed once drained.
+    compacted: int = 0
 
 
 class LogHeadInput(_Model):
@@ -296,3 +298,45 @@ class TenantsInput(_Model):
 
 class DataStateInput(SpecTask):
     """What the data of both versions look like now (see :class:`GateReport.data_state`)."""
+
+
+class StorageInput(SpecTask):
+    """Measure a migration's storage at ``stage`` (and, once finalized, tidy its collection's
+    change log and artifacts first)."""
+
+    stage: Literal["peak", "finalized", "pruned"]
+
+
+class RetentionInput(_Model):
+    """A version left behind by a migration, kept ``keep_seconds`` before it is pruned."""
+
+    tenant: str
+    collection: str
+    version: str
+    left_as: Literal["retired", "abandoned"]
+    keep_seconds: float
+    migration_id: str
+    region: str | None = None
+
+
+class PruneInput(_Model):
+    """Prune ``version`` if nothing needs it."""
+
+    tenant: str
+    collection: str
+    version: str
+    actor: str
+    reason: str
+    migration_id: str | None = None
+    # The region whose data this touches (None outside a regional migration): only a worker
+    # of that region may run it.
+    region: str | None = None
+
+
+class PruneResult(_Model):
+    """What pruning did: ``pruned``, or ``kept`` with the reason."""
+
+    action: str
+    reason: str = ""
+    freed_bytes: int = 0
+    keep_until: str = ""

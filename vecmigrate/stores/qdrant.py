@@ -72,6 +72,17 @@ def close_shards() -> None:
         _shards.clear()
 
 
+def release_shard(root: str, scope: Scope) -> Path:
+    """Close ``scope``'s shard if this process holds it open; returns its directory (to remove
+    a pruned version)."""
+    path = shard_path(root, scope)
+    with _lock:
+        shard = _shards.pop(str(path), None)
+    if shard is not None:
+        shard.close()
+    return path
+
+
 class QdrantStore(ScanningStore):
     """A :class:`~vecmigrate.stores.base.VectorStore` on a Qdrant edge shard."""
 
