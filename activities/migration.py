@@ -31,7 +31,7 @@ from vecmigrate.catalog.residency import Residency
 from vecmigrate.catalog.retention import RetentionLog
 from vecmigrate.catalog.schedules import ScheduleStore
 from vecmigrate.catalog.specs import SpecStore
-from vecmigrate.data import backfill, retention, scheduling
+from vecmigrate.data import backfill, footprint, retention, scheduling
 from vecmigrate.errors import (
     NON_RETRYABLE,
     PreconditionError,
@@ -262,7 +262,15 @@ class MigrationActivities:
     def prepare(self, inp: PrepareInput) -> PrepareResult:
         spec = self.spec(inp)
         with _keepalive(spec):  # counting thousands of shards takes a while
-            return backfill.prepare(self.catalog, spec, inp.operator)
+            result = backfill.prepare(self.catalog, spec, inp.operator)
+            # What plan estimated, kept beside what the migration will measure.
+            estimate = footprint.storage_estimate(
+                self.catalog, spec, sum(result.source_counts.values())
+            )
+            self._ledger(
+                spec, "storage/estimate", footprint.ESTIMATE_KIND, estimate.model_dump(mode="json")
+            )
+        return result
 
     @activity.defn(name="copy_shard")
     @_boundary
@@ -531,7 +539,7 @@ class MigrationActivities:
             # nothing needs goes before the figures are taken.
             retention.settle_log(self.catalog, spec.tenant, spec.collection)
             retention.collect_artifacts(self.catalog, spec.tenant, spec.collection)
-        return retention.record_storage(self.catalog, spec, inp.stage)
+        return footprint.record_storage(self.catalog, spec, inp.stage)
 
     @activity.defn(name="prune_version")
     @_boundary

@@ -23,8 +23,10 @@ from vecmigrate.control.client import MigrationClient
 from vecmigrate.control.devserver import DevServer, DevServerError, cancel_on_sigterm
 from vecmigrate.control.plan import plan_migration
 from vecmigrate.control.report import (
+    cost_tables,
     gate_tables,
     ledger_table,
+    migration_costs,
     plan_table,
     regional_table,
     status_tables,
@@ -218,10 +220,13 @@ def parser() -> argparse.ArgumentParser:
     how.add_argument("--override", action="store_true")
     p.add_argument("--reason", default="")
 
-    p = sub.add_parser("report", help="the latest gate report of a migration")
+    p = sub.add_parser(
+        "report", help="the latest gate report of a migration, its storage and per-shard costs"
+    )
     _common(p)
     p.add_argument("id")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--json", action="store_true", help="the gate report as JSON")
+    p.add_argument("--costs", action="store_true", help="storage and per-shard costs as JSON")
 
     p = sub.add_parser(
         "gc",
@@ -578,6 +583,18 @@ async def _plan(args: argparse.Namespace) -> int:
         _print_directory(directory, args.json)
         return 0 if directory.ok else 1
     spec = resolve_spec(load_spec(args.spec))
+    if spec.schedule is not None:
+        # A schedule's template: what a firing now would migrate, and that migration's plan.
+        from datetime import UTC, datetime
+
+        from vecmigrate.control.report import firing_line
+        from vecmigrate.data.scheduling import plan_firing
+
+        firing = plan_firing(_catalog(args), spec, datetime.now(UTC))
+        err.print(f"a firing now would: {firing_line(firing)}", soft_wrap=True, markup=False)
+        if firing.spec is None:
+            return 1 if firing.outcome == "refused" else 0
+        spec = MigrationSpec.model_validate(firing.spec)
     plan = plan_migration(_catalog(args), spec)
     if args.json:
         print(
@@ -591,6 +608,7 @@ async def _plan(args: argparse.Namespace) -> int:
                     "checks": [c.__dict__ for c in plan.checks],
                     "estimated_seconds": plan.estimated_seconds,
                     "extra_bytes": plan.extra_bytes,
+                    "storage": plan.storage.model_dump(mode="json") if plan.storage else None,
                 },
                 indent=2,
             )
@@ -872,12 +890,16 @@ async def _report(args: argparse.Namespace) -> int:
     if entry is None:
         raise VecmigrateError(f"migration {args.id!r} has no gate report yet")
     report = GateReport.model_validate(entry.data)
-    if args.json:
+    costs = migration_costs(catalog.entries(args.id))
+    if args.costs:
+        print(costs.model_dump_json(indent=2))
+    elif args.json:
         print(report.model_dump_json(indent=2))
     else:
         out.print(f"gate report of {args.id}, recorded {entry.at} (ledger entry {entry.seq})")
         migration = catalog.get_migration(args.id)
         out.print(gate_tables(report, migration["source_version"], migration["target_version"]))
+        out.print(cost_tables(costs))
     return 0 if report.passed else 1
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from vecmigrate.catalog.catalog import Catalog
+from vecmigrate.data import footprint
 from vecmigrate.data.backfill import Check, open_source, run_checks, shard_plan
 from vecmigrate.errors import VecmigrateError
-from vecmigrate.indexes.sizes import artifact_bytes, index_bytes, record_bytes, uncompressed
-from vecmigrate.model.costs import StorageEstimate, VersionBytes
+from vecmigrate.model.costs import StorageEstimate
 from vecmigrate.model.lifecycle import LIFECYCLE, describe, figures
 from vecmigrate.model.spec import MigrationSpec
 
@@ -157,32 +157,5 @@ def plan_migration(catalog: Catalog, spec: MigrationSpec) -> Plan:
 
 
 def storage_estimate(catalog: Catalog, spec: MigrationSpec, total: int) -> StorageEstimate:
-    """Bytes of the source (its index measured on disk where its artifacts are found) and of the
-    target, from the size model of each index kind; beside them, the target's index as float32."""
-    src_dim, dim = spec.source.embedding.dimension, spec.target.embedding.dimension
-    source_index, measured = index_bytes(spec.source.index, total, src_dim), False
-    routing = catalog.get_routing(spec.tenant, spec.collection)
-    if routing is not None and routing.read_index and routing.read_version == spec.source.name:
-        try:
-            found = artifact_bytes(catalog.get_index(routing.read_index).artifacts)
-        except VecmigrateError:
-            found = None
-        if found is not None:
-            source_index, measured = found, True
-    target_index = index_bytes(spec.target.index, total, dim)
-    return StorageEstimate(
-        source=VersionBytes(
-            version=spec.source.name,
-            records=record_bytes(total, src_dim),
-            index=source_index,
-            index_measured=measured,
-            count=total,
-        ),
-        target=VersionBytes(
-            version=spec.target.name,
-            records=record_bytes(total, dim),
-            index=target_index,
-            count=total,
-        ),
-        target_index_float32=index_bytes(uncompressed(spec.target.index), total, dim),
-    )
+    """The storage before, during and after the migration (see ``data.footprint``)."""
+    return footprint.storage_estimate(catalog, spec, total)

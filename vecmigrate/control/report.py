@@ -11,8 +11,10 @@ from vecmigrate.catalog.catalog import LedgerEntry
 from vecmigrate.control.apply import DirectoryPlan
 from vecmigrate.control.plan import Plan
 from vecmigrate.control.schedules import ScheduleView
+from vecmigrate.data.footprint import ESTIMATE_KIND, STORAGE_KIND
 from vecmigrate.data.retention import GcReport
 from vecmigrate.embedding.registry import Registry
+from vecmigrate.model.costs import MigrationCosts, ShardCost, StorageEstimate, StorageSnapshot
 from vecmigrate.model.gates import GateReport
 from vecmigrate.model.lifecycle import Phase
 from vecmigrate.model.regions import RegionalStatus
@@ -182,6 +184,22 @@ def plan_table(plan: Plan) -> Group:
     summary = Table.grid(padding=(0, 2))
     summary.add_row("estimated duration (rough)", f"{plan.estimated_seconds:,.0f} s")
     summary.add_row("extra storage while both versions exist", f"{plan.extra_bytes / 1e6:,.1f} MB")
+    est = plan.storage
+    if est is not None:
+        measured = "measured" if est.source.index_measured else "estimated"
+        summary.add_row(
+            "storage before",
+            f"{est.before / 1e6:,.1f} MB ({plan.spec.source.name}: records "
+            f"{est.source.records / 1e6:,.1f} MB, index {est.source.index / 1e6:,.1f} MB "
+            f"{measured})",
+        )
+        summary.add_row(
+            "storage after",
+            f"{est.after_prune / 1e6:,.1f} MB once {plan.spec.source.name} is pruned "
+            f"({plan.spec.target.name}: records {est.target.records / 1e6:,.1f} MB, index "
+            f"{est.target.index / 1e6:,.1f} MB; as float32 the index would be "
+            f"{est.target_index_float32 / 1e6:,.1f} MB); {est.peak / 1e6:,.1f} MB at the peak",
+        )
     summary.add_row(
         "verdict",
         "[green]ready to start[/green]"
@@ -405,3 +423,108 @@ def gc_table(report: GcReport) -> Group:
         f"{report.artifacts_removed:,} ({report.artifact_bytes_removed / 1e6:,.1f} MB)",
     )
     return Group(table, tidy)
+
+
+def migration_costs(entries: list[LedgerEntry]) -> MigrationCosts:
+    """A migration's costs from its ledger: the estimate its prepare recorded, its storage
+    snapshots, and each shard's last copy and build."""
+    costs = MigrationCosts()
+    shards: dict[int, ShardCost] = {}
+    for e in entries:
+        d = e.data
+        if e.kind == ESTIMATE_KIND:
+            costs.estimate = StorageEstimate.model_validate(d)
+        elif e.kind == STORAGE_KIND:
+            costs.snapshots.append(StorageSnapshot.model_validate(d))
+        elif e.kind in ("shard.copied", "shard.indexed") and "shard" in d:
+            cost = shards.setdefault(int(d["shard"]), ShardCost(shard=int(d["shard"])))
+            if e.kind == "shard.copied":
+                cost.copy_seconds = d.get("seconds")
+                cost.copy_bytes_read = d.get("bytes_read")
+                cost.copy_bytes_written = d.get("bytes_written")
+            else:
+                cost.build_seconds = d.get("seconds")
+                cost.build_peak_memory = d.get("peak_memory")
+                cost.build_bytes_read = d.get("bytes_read")
+                cost.build_bytes_written = d.get("bytes_written")
+    costs.shards = [shards[k] for k in sorted(shards)]
+    return costs
+
+
+def _mb(value: int | None) -> str:
+    return "" if value is None else f"{value / 1e6:,.1f}"
+
+
+def cost_tables(costs: MigrationCosts) -> Group:
+    """Storage over the migration's life next to the plan's estimate, and each shard's cost."""
+    parts: list[Table] = []
+    storage = Table(title="storage over the migration's life (MB)")
+    for col in ("when", "source", "target", "change log", "total", "plan's estimate"):
+        storage.add_column(col, justify="left" if col == "when" else "right")
+    est = costs.estimate
+    expected = {
+        "peak": est.peak if est else None,
+        "finalized": est.after_finalize if est else None,
+        "pruned": est.after_prune if est else None,
+    }
+    if est is not None:
+        storage.add_row(
+            "before (estimate)", _mb(est.source.total), "", "", _mb(est.before), _mb(est.before)
+        )
+    labels = {
+        "peak": "peak (both versions)",
+        "finalized": "after finalize",
+        "pruned": "after pruning",
+    }
+    for snap in costs.snapshots:
+        storage.add_row(
+            labels[snap.stage],
+            _mb(snap.source.total),
+            _mb(snap.target.total),
+            _mb(snap.change_log),
+            _mb(snap.total),
+            _mb(expected.get(snap.stage)),
+        )
+    if est is not None or costs.snapshots:
+        parts.append(storage)
+        index = Table(title="the target's index")
+        for col in ("", "MB", "bytes a vector", "as float32 (MB)"):
+            index.add_column(col, justify="left" if not col else "right")
+        if est is not None:
+            per = est.target.index / est.target.count if est.target.count else 0
+            index.add_row(
+                "estimated", _mb(est.target.index), f"{per:,.1f}", _mb(est.target_index_float32)
+            )
+        measured = next((s for s in reversed(costs.snapshots) if s.target.index), None)
+        if measured is not None:
+            t = measured.target
+            per = t.index / t.count if t.count else 0
+            how = "measured" if t.index_measured else "estimated (engine's own)"
+            index.add_row(how, _mb(t.index), f"{per:,.1f}", "")
+        parts.append(index)
+    if costs.shards:
+        shards = Table(title="cost per shard")
+        for col in (
+            "shard",
+            "copy s",
+            "copy read MB",
+            "copy written MB",
+            "build s",
+            "build peak memory MB",
+            "build read MB",
+            "index written MB",
+        ):
+            shards.add_column(col, justify="right")
+        for c in costs.shards[:SHARD_ROWS]:
+            shards.add_row(
+                str(c.shard),
+                "" if c.copy_seconds is None else f"{c.copy_seconds:,.2f}",
+                _mb(c.copy_bytes_read),
+                _mb(c.copy_bytes_written),
+                "" if c.build_seconds is None else f"{c.build_seconds:,.2f}",
+                _mb(c.build_peak_memory),
+                _mb(c.build_bytes_read),
+                _mb(c.build_bytes_written),
+            )
+        parts.append(shards)
+    return Group(*parts)

@@ -375,6 +375,7 @@ def copy_shard(
     reembed = Reembedder.for_spec(journal.catalog, spec) if spec.model_change else None
     cursor, copied, acc = state.cursor, state.copied, state.written
     handed, batches = state.handed, 0
+    moved = {"read": 0, "written": 0}
     throttle = Throttle(clock)
     parallel = min(spec.max_parallel_shards, len(spec.shards.selected()))
 
@@ -396,6 +397,8 @@ def copy_shard(
             complete=False,
             attempts=state.attempts,
             recopied=max(0, handed - copied),
+            bytes_read=moved["read"],
+            bytes_written=moved["written"],
             **embedded(),
         )
 
@@ -419,6 +422,7 @@ def copy_shard(
             ahead = None
             if len(batch) == 0:
                 break
+            moved["read"] += int(batch.ids.nbytes + batch.vectors.nbytes)
             if batch.next_cursor is not None and len(batch) == spec.batch_size:
                 ahead = reader.submit(source.scan, shard, batch.next_cursor, spec.batch_size)
             try:
@@ -439,6 +443,7 @@ def copy_shard(
             journal.before_batch(mid, shard.index, cursor, copied, acc, len(ids))
             handed += len(ids)
             target.upsert(ids, vectors)
+            moved["written"] += int(ids.nbytes + vectors.nbytes)
             acc.add(ids, vectors)
             assert batch.next_cursor is not None
             cursor = batch.next_cursor
@@ -468,6 +473,8 @@ def copy_shard(
         seconds=time.monotonic() - began,
         attempts=state.attempts,
         recopied=max(0, handed - copied),
+        bytes_read=moved["read"],
+        bytes_written=moved["written"],
         **embedded(),
     )
     journal.finish_copy(mid, shard.index, cursor, copied, acc, result.model_dump(mode="json"))

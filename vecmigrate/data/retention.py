@@ -27,18 +27,15 @@ from vecmigrate.catalog.changelog import ChangeLog
 from vecmigrate.catalog.journal import Journal
 from vecmigrate.catalog.retention import RetentionLog
 from vecmigrate.catalog.schedules import ScheduleStore
-from vecmigrate.data.footprint import drop_version, footprint
+from vecmigrate.data.footprint import drop_version, footprint, record_storage
 from vecmigrate.errors import NotFoundError, VecmigrateError
 from vecmigrate.indexes.build import artifact_dir
-from vecmigrate.indexes.sizes import artifact_bytes, index_bytes, index_spec
-from vecmigrate.model.costs import Stage, StorageSnapshot, VersionBytes
 from vecmigrate.model.lifecycle import TERMINAL, Phase
 from vecmigrate.model.spec import MigrationSpec, store_ref
 from vecmigrate.stores.base import Scope
 
 PRUNABLE = ("retained", "abandoned")
 PRUNED_KIND = "version.pruned"
-STORAGE_KIND = "storage"
 
 
 @dataclass
@@ -127,71 +124,6 @@ def why_kept(
 
 def _utc(at: datetime) -> datetime:
     return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
-
-
-def version_bytes(catalog: Catalog, version: VersionRecord) -> VersionBytes:
-    """A registered version's storage: records (and the engine's indexes) in its store, and its
-    newest index's artifacts on disk."""
-    scope = Scope(version.tenant, version.collection, version.version)
-    ref = store_ref(version.store)
-    if version.state == "pruned":
-        return VersionBytes(version=version.version)
-    try:
-        foot = footprint(ref, scope, version.embedding.dimension)
-    except VecmigrateError:
-        return VersionBytes(version=version.version)
-    indexes = catalog.indexes_of(version.tenant, version.collection, version.version)
-    index, measured = foot.native_index, foot.measured and foot.native_index > 0
-    if indexes:
-        newest = indexes[-1]
-        on_disk = artifact_bytes(newest.artifacts)
-        if on_disk is not None:
-            index, measured = index + on_disk, True
-        elif not foot.native_index:
-            spec = index_spec(newest.spec)
-            index = index_bytes(spec, foot.count, version.embedding.dimension)
-    return VersionBytes(
-        version=version.version,
-        records=foot.records,
-        index=index,
-        index_measured=measured,
-        count=foot.count,
-    )
-
-
-def measure_storage(catalog: Catalog, spec: MigrationSpec, stage: Stage) -> StorageSnapshot:
-    """Both versions of a migration and its collection's change log, now."""
-
-    def of(name: str) -> VersionBytes:
-        found = catalog.find_version(spec.tenant, spec.collection, name)
-        return version_bytes(catalog, found) if found else VersionBytes(version=name)
-
-    entries, log_bytes = ChangeLog(catalog).size(spec.tenant, spec.collection)
-    return StorageSnapshot(
-        stage=stage,
-        at=datetime.now(UTC).isoformat(),
-        source=of(spec.source.name),
-        target=of(spec.target.name),
-        change_log=log_bytes,
-        change_log_entries=entries,
-    )
-
-
-def record_storage(
-    catalog: Catalog, spec: MigrationSpec, stage: Stage, actor: str = "vecmigrate"
-) -> StorageSnapshot:
-    """Measure and keep a migration's storage at ``stage`` in its ledger (once per stage)."""
-    snapshot = measure_storage(catalog, spec, stage)
-    entry = catalog.append(
-        tenant=spec.tenant,
-        collection=spec.collection,
-        kind=STORAGE_KIND,
-        actor=actor,
-        migration_id=spec.migration_id,
-        data=snapshot.model_dump(mode="json"),
-        event_key=f"{spec.migration_id}/storage/{stage}",
-    )
-    return StorageSnapshot.model_validate(entry.data)
 
 
 def prune_version(

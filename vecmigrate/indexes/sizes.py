@@ -32,6 +32,7 @@ from vecmigrate.model.spec import (
     PgvectorHnsw,
     PgvectorIvfflat,
     QdrantHnsw,
+    is_native,
 )
 
 # Bytes of one component of a vector as an index encodes it.
@@ -52,9 +53,10 @@ class IndexCost:
     per_vector: float
     fixed: float = 0.0
 
-    def bytes(self, count: int) -> int:
-        """The index's bytes over ``count`` vectors."""
-        return math.ceil(self.per_vector * count + (self.fixed if count else 0))
+    def bytes(self, count: int, parts: int = 1) -> int:
+        """The index's bytes over ``count`` vectors in ``parts`` separate indexes (one per
+        shard for the artifacts vecmigrate builds: each trains its own centroids)."""
+        return math.ceil(self.per_vector * count + (self.fixed * max(1, parts) if count else 0))
 
 
 def index_cost(spec: IndexSpec, dim: int) -> IndexCost:
@@ -105,9 +107,10 @@ def index_cost(spec: IndexSpec, dim: int) -> IndexCost:
     raise TypeError(f"no size model for {spec!r}")  # pragma: no cover - the union is closed
 
 
-def index_bytes(spec: IndexSpec, count: int, dim: int) -> int:
-    """Estimated bytes of an index of ``spec`` over ``count`` vectors of ``dim`` components."""
-    return index_cost(spec, dim).bytes(count)
+def index_bytes(spec: IndexSpec, count: int, dim: int, parts: int = 1) -> int:
+    """Estimated bytes of an index of ``spec`` over ``count`` vectors of ``dim`` components,
+    built as ``parts`` indexes (a database's own index is one, whatever the shards)."""
+    return index_cost(spec, dim).bytes(count, 1 if is_native(spec) else parts)
 
 
 def record_bytes(count: int, dim: int) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class _Model(BaseModel):
@@ -85,3 +85,12 @@ class ShardCost(_Model):
     build_peak_memory: int | None = None
     build_bytes_read: int | None = None
     build_bytes_written: int | None = None
+
+
+class MigrationCosts(_Model):
+    """What ``report`` shows of a migration's cost: the plan's storage estimate, the storage
+    measured at each stage, and each shard's copy and build."""
+
+    estimate: StorageEstimate | None = None
+    snapshots: list[StorageSnapshot] = Field(default_factory=list)
+    shards: list[ShardCost] = Field(default_factory=list)

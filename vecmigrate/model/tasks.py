@@ -120,6 +120,9 @@ class CopyShardResult(_Model):
     embedded: int = 0
     embed_seconds: float = 0.0
     ledger: LedgerAck | None = None
+    # Bytes of records read from the source and written to the target by this call.
+    bytes_read: int = 0
+    bytes_written: int = 0
 
 
 class BuildIndexInput(SpecTask):
@@ -140,6 +143,11 @@ class ArtifactRef(_Model):
     kind: str
     reused: bool = False
     seconds: float = 0.0
+    # What the build cost: bytes of records read from the store, bytes of index written, and
+    # the growth of the worker's resident memory while it ran (sampled; None where unknown).
+    bytes_read: int = 0
+    bytes_written: int = 0
+    peak_memory: int | None = None
 
 
 class RegisterIndexInput(SpecTask):
