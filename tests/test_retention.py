@@ -18,7 +18,7 @@ from vecmigrate.catalog.retention import RetentionLog
 from vecmigrate.catalog.schedules import ScheduleStore
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.data.datasets import clustered
-from vecmigrate.data.retention import collect_artifacts, gc, prune_version, why_kept
+from vecmigrate.data.retention import collect_artifacts, gc, log_floor, prune_version, why_kept
 from vecmigrate.data.seed import sequential_ids
 from vecmigrate.indexes.build import artifact_dir, build_shard, register_index
 from vecmigrate.model.lifecycle import Phase
@@ -185,12 +185,34 @@ def test_the_change_log_compacts_and_truncates_without_changing_its_effect(
     assert log.head("t", "c") == head + 1
 
 
+def test_the_log_keeps_what_a_promotion_back_replays_and_overlays(collection: Sandbox) -> None:
+    catalog = collection.catalog
+    add_version(collection, "v0", "retained")
+    log = ChangeLog(catalog)
+    vec = np.ones((1, collection.dim), np.float32)
+    for i in range(6):
+        log.append("default", "docs", UPSERT, np.array([i]), vec * i)
+    routing = catalog.get_routing("default", "docs")
+    assert routing is not None
+    assert routing.read_index is not None
+    log.set_index_position(routing.read_index, log.head("default", "docs"))
+    retained_index = catalog.indexes_of("default", "docs", "v0")[-1].id
+    log.set_index_position(retained_index, log.head("default", "docs") - 4)
+    RetentionLog(catalog).stopped_writing("default", "docs", "v0", log.head("default", "docs") - 1)
+    # Not the stop position alone: served again, the retained index overlays from its own.
+    assert log_floor(catalog, "default", "docs") == log.head("default", "docs") - 4
+    prune_version(catalog, "default", "docs", "v0", "alice", reason="test", ignore_retention=True)
+    assert log_floor(catalog, "default", "docs") == log.head("default", "docs")
+
+
 async def test_a_retired_version_is_pruned_when_its_retention_ends(
     client: Client, sandbox: Sandbox
 ) -> None:
     sandbox.seed(2000)
     log = ChangeLog(sandbox.catalog)
-    for i in range(20):  # writes logged before the migration: truncated once it finalizes
+    # Writes logged after v1's index was built: kept while v1 could be promoted back (its index
+    # overlays them), truncated once it is pruned.
+    for i in range(20):
         log.append("default", "docs", UPSERT, np.array([i + 1]), np.ones((1, 16), np.float32))
     spec = sandbox.spec(retention={"retired_seconds": 4, "abandoned_seconds": 3600})
     source_dir = artifact_dir(sandbox.store, "default", "docs", "v1")
@@ -207,7 +229,7 @@ async def test_a_retired_version_is_pruned_when_its_retention_ends(
         assert record.left_as == "retired"
         assert record.written_until is not None
         assert count(sandbox, "v1") == 2000
-        assert log.size("default", "docs")[0] == 1  # truncated after the finalize
+        assert log.size("default", "docs")[0] == 20
         timer = client.get_workflow_handle(f"retention.{mid}.v1")
         deadline = time.monotonic() + 60
         while sandbox.catalog.entry_by_key("prune/default/docs/v1") is None:
@@ -215,6 +237,7 @@ async def test_a_retired_version_is_pruned_when_its_retention_ends(
             await asyncio.sleep(0.5)
         pruned = await timer.result()
     assert pruned["action"] == "pruned"
+    assert log.size("default", "docs")[0] == 1
     assert not source_dir.exists()
     entries = sandbox.catalog.entries(mid)
     kinds = [e.kind for e in entries]

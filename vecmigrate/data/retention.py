@@ -180,6 +180,8 @@ def prune_version(
         },
         event_key=f"prune/{tenant}/{collection}/{version}",
     )
+    # What the log kept for the version's promotion back goes with it.
+    settle_log(catalog, tenant, collection)
     if left_by:
         _storage_after_prune(catalog, left_by, actor)
     return Verdict(tenant, collection, version, found.state, "pruned", reason, freed, keep_until)
@@ -202,7 +204,8 @@ def _tree_bytes(directory: Path) -> int:
 
 def log_floor(catalog: Catalog, tenant: str, collection: str) -> int:
     """The change-log position up to which nothing needs the entries: the lowest of the serving
-    and candidate indexes' positions and the retained versions' stop positions; 0 while a
+    and candidate indexes' positions and the retained versions' stop and last index positions
+    (a promotion back replays from the one and overlays from the other); 0 while a
     migration of the collection is at work (its catch-up reads from its own watermark)."""
     if _at_work(catalog, tenant, collection):
         return 0
@@ -217,6 +220,11 @@ def log_floor(catalog: Catalog, tenant: str, collection: str) -> int:
         state = catalog.find_version(tenant, collection, record.version)
         if state is not None and state.state != "pruned" and record.written_until is not None:
             floors.append(record.written_until)
+            # A promotion back serves the version's last index again, overlaid from its
+            # position: the log after it must still be there.
+            indexes = catalog.indexes_of(tenant, collection, record.version)
+            if indexes:
+                floors.append(log.index_position(indexes[-1].id))
     return max(0, min(floors)) if floors else 0
 
 

@@ -83,6 +83,15 @@ class PrepareInput(SpecTask):
     operator: str = "unknown"
 
 
+class Promotion(_Model):
+    """A retained version moved back into service without a copy: its index, reused, and the
+    change-log position after which it missed writes (replayed instead of copied)."""
+
+    version: str
+    index_id: str
+    written_until: int
+
+
 class PrepareResult(_Model):
     shards: list[ShardRef]
     source_counts: dict[int, int]
@@ -90,6 +99,8 @@ class PrepareResult(_Model):
     source_index: str | None = None
     # The transitional adapter fit for a re-embedding migration, if the spec asked for one.
     adapter: str | None = None
+    # The target is a retained version promoted back (no copy, no build).
+    promotion: Promotion | None = None
 
 
 class LedgerAck(_Model):
