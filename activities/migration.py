@@ -41,12 +41,14 @@ from vecmigrate.errors import (
 )
 from vecmigrate.indexes import build
 from vecmigrate.indexes.artifacts import cpu_share, set_openmp_threads
+from vecmigrate.model.access import AccessPolicy
 from vecmigrate.model.costs import StorageSnapshot
 from vecmigrate.model.gates import ShardCheck
 from vecmigrate.model.routing import RoutingView
 from vecmigrate.model.schedule import Firing, ResolveFiringInput
 from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.model.tasks import (
+    AccessPolicyInput,
     ArtifactRef,
     BuildIndexInput,
     BuildNativeIndexInput,
@@ -255,6 +257,7 @@ class MigrationActivities:
             self.resolve_firing,
             self.record_storage,
             self.prune_version,
+            self.access_policy,
         ]
 
     @activity.defn(name="prepare")
@@ -580,6 +583,7 @@ class MigrationActivities:
             data=inp.data,
             event_key=inp.event_key,
             region=self.region,
+            caller=inp.caller,
         )
         if inp.kind == "phase":
             self.catalog.set_migration_phase(inp.migration_id, str(inp.data.get("to", "")))
@@ -601,6 +605,11 @@ class MigrationActivities:
             inp.firing_id,
             inp.requested_by,
         )
+
+    @activity.defn(name="access_policy")
+    @_boundary
+    def access_policy(self, inp: AccessPolicyInput) -> AccessPolicy:
+        return self.catalog.access_policy(inp.tenant, inp.collection)
 
     @activity.defn(name="list_tenants")
     @_boundary

@@ -14,6 +14,7 @@ import argparse
 import asyncio
 import json
 import os
+import ssl
 import subprocess
 import sys
 import time
@@ -34,10 +35,13 @@ from vecmigrate.data.datasets import clustered
 from vecmigrate.data.seed import seed_collection, sequential_ids
 from vecmigrate.model.lifecycle import LIFECYCLE
 from vecmigrate.model.spec import BuiltinStoreRef, parse_spec
+from vecmigrate.security.credentials import Credentials, new_api_key
+from vecmigrate.serving.asgi import TlsFiles
 from vecmigrate.serving.gateway import Gateway
 from vecmigrate.testing.chaos import builtin_version
 from vecmigrate.testing.drill import run_drill
 from vecmigrate.testing.loadgen import LoadGenerator, latency_table, verify
+from vecmigrate.testing.tls import CertificateAuthority
 from vecmigrate.workers.connection import connect
 
 
@@ -88,7 +92,20 @@ async def main_async(args: argparse.Namespace, console: Console) -> dict[str, ob
     )
     queries = open_source(spec).sample(1000, seed=5)[1]
     phase = {"now": "IDLE"}
-    gateway = Gateway(catalog_url, port=0, refresh=1.0).start()
+    headers: dict[str, str] = {}
+    context = None
+    credentials = tls = None
+    if args.secure:
+        # As production serves it: TLS, and every request with an API key.
+        ca = CertificateAuthority(home / "pki", "bench-ca")
+        cert = ca.issue("localhost", server=True)
+        tls = TlsFiles(cert.cert, cert.key)
+        context = ssl.create_default_context(cafile=str(ca.issued.cert))
+        credentials = Credentials()
+        key, stored = new_api_key("bench", ["default"], ["bench"], ["search", "write"])
+        credentials.api_keys[stored.id] = stored
+        headers["Authorization"] = f"Bearer {key}"
+    gateway = Gateway(catalog_url, port=0, refresh=1.0, credentials=credentials, tls=tls).start()
     load = LoadGenerator(
         gateway.url,
         "default",
@@ -97,6 +114,8 @@ async def main_async(args: argparse.Namespace, console: Console) -> dict[str, ob
         clients=args.clients,
         rate=args.rate,
         phase=lambda: phase["now"],
+        headers=headers,
+        tls=context,
     )
     server = DevServer(home / "temporal.db", port=free_port(), ui_port=free_port(), ui=False)
     server.start()
@@ -209,6 +228,9 @@ def main() -> None:
     p.add_argument("--idle-seconds", type=float, default=10.0)
     p.add_argument("--shadow-percent", type=float, default=20.0)
     p.add_argument("--min-samples", type=int, default=20, help="shadow pairs each gate needs")
+    p.add_argument(
+        "--secure", action="store_true", help="the gateway with TLS and an API key per request"
+    )
     p.add_argument("--home", type=Path, default=None)
     p.add_argument("--out", type=Path, default=Path("bench/results"))
     args = p.parse_args()

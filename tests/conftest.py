@@ -1,13 +1,27 @@
-"""Shared fixtures: one real Temporal dev server per session, a fresh catalog and store per test."""
+"""Shared fixtures (one real Temporal dev server per session, a fresh catalog and store per test)
+and the test tiers.
+
+Every test lands in exactly one tier, which ``pytest -m TIER`` selects:
+
+* ``slow``: marked so (benchmarks at small size, the wheel build, chaos, thousands of shards);
+* ``integration``: uses a server fixture (``env``, ``client``, ``postgres``, or a fixture built
+  on one), a fixture its module lists in ``INTEGRATION_FIXTURES`` (a model fitted on a corpus,
+  real vectors through the whole pipeline), or is marked ``integration`` (it starts processes,
+  or a parameter opens a database engine);
+* ``fast``: everything else: in-process, on SQLite, FAISS and hnswlib, a second or less a test.
+
+While a fast test runs, starting a server or a Python process fails and names the test.
+"""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +43,133 @@ from vecmigrate.testing.postgres import start_postgres
 from vecmigrate.workers.main import build_worker
 
 DIM = 16
+
+TIERS = ("fast", "integration", "slow")
+# Fixtures that start or reach a server: a test using one, directly or through another fixture,
+# is an integration test.
+SERVER_FIXTURES = frozenset({"env", "client", "postgres"})
+# Servers a fast test may not start: the Temporal dev server, PostgreSQL, Milvus.
+SERVER_PROGRAMS = frozenset({"temporal", "postgres", "pg_ctl", "initdb", "milvus"})
+
+
+class TierError(Exception):
+    """A test's tier contradicts what it uses."""
+
+
+def tier_of(
+    fixtures: Iterable[str], marks: Iterable[str], heavy: Iterable[str] = frozenset()
+) -> str:
+    """The one tier of a test, from the fixtures it uses and the marks it carries.
+
+    ``heavy`` names fixtures of the test's own module that make it an integration test (its
+    ``INTEGRATION_FIXTURES``: a real model to fit, a pipeline over real data).
+
+    Raises:
+        TierError: marks that name two tiers, or ``fast`` on a test that uses a server.
+    """
+    marks = set(marks)
+    marked = [t for t in TIERS if t in marks]
+    servers = sorted(SERVER_FIXTURES.union(heavy).intersection(fixtures))
+    if len(marked) > 1:
+        raise TierError(f"marked {' and '.join(marked)}; a test belongs to one tier, keep one")
+    if marked == ["fast"] and servers:
+        raise TierError(
+            f"marked fast but uses {', '.join(servers)}, which makes it an integration "
+            "test: remove the mark"
+        )
+    if marked:
+        return marked[0]
+    return "integration" if servers else "fast"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Give every test its tier's marker, so that ``-m fast`` (or another tier) selects it."""
+    for item in items:
+        try:
+            tier = tier_of(
+                getattr(item, "fixturenames", ()),
+                (m.name for m in item.iter_markers()),
+                getattr(getattr(item, "module", None), "INTEGRATION_FIXTURES", ()),
+            )
+        except TierError as exc:
+            raise pytest.UsageError(f"{item.nodeid}: {exc}") from None
+        item.add_marker(tier)
+
+
+# The fast test being set up or run, if any: the audit hook below reads it.
+_fast_test: list[str] = []
+
+
+def refused_program(argv: object) -> str | None:
+    """What ``subprocess.Popen(argv)`` would start that a fast test may not, if anything.
+
+    Fast tests run in-process: no server (Temporal, PostgreSQL, Milvus) and no Python process
+    of their own (the ``vecmigrate`` command, a worker, a benchmark), which costs seconds.
+    """
+    first = (argv[0] if argv else None) if isinstance(argv, list | tuple) else argv
+    if not isinstance(first, str | bytes | os.PathLike):
+        return None
+    words = os.fsdecode(first).split()
+    if not words:
+        return None
+    if os.path.realpath(words[0]) == os.path.realpath(sys.executable):
+        return "a Python process"
+    name = os.path.basename(words[0])
+    return name if name in SERVER_PROGRAMS else None
+
+
+def _refuse_processes_in_fast_tests(event: str, args: tuple[Any, ...]) -> None:
+    if event != "subprocess.Popen" or not _fast_test:
+        return
+    program = refused_program(args[1])
+    if program is not None:
+        raise TierError(
+            f"{_fast_test[0]} starts {program}, but fast tests run in-process: mark it "
+            "integration, or use a server fixture (env, postgres)"
+        )
+
+
+sys.addaudithook(_refuse_processes_in_fast_tests)
+
+
+def _refuse_temporal(*args: Any, **kwargs: Any) -> Any:
+    raise TierError(
+        f"{_fast_test[0]} starts or reaches a Temporal server, but fast tests use no server: "
+        "use the env or client fixture (the test is then an integration test)"
+    )
+
+
+@contextmanager
+def _guarded(item: pytest.Item) -> Iterator[None]:
+    """While a fast test is set up and run, starting a server fails and names the test.
+
+    Processes are caught by the audit hook; the Temporal SDK starts its servers and connects
+    from native code, so its entry points are replaced for the duration instead.
+    """
+    if item.get_closest_marker("fast") is None:
+        yield
+        return
+    _fast_test.append(item.nodeid)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            for name in ("start_local", "start_time_skipping"):
+                patch.setattr(WorkflowEnvironment, name, _refuse_temporal)
+            patch.setattr(Client, "connect", _refuse_temporal)
+            yield
+    finally:
+        _fast_test.pop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with _guarded(item):
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with _guarded(item):
+        return (yield)
 
 
 @dataclass
@@ -143,7 +284,7 @@ def postgres_database(server: Any) -> str:
     return uri.replace("postgresql://", "postgresql+psycopg://", 1)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.integration)])
 def sql_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The same tests on real SQLite and real PostgreSQL."""
     if request.param == "sqlite":

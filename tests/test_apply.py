@@ -23,18 +23,17 @@ from vecmigrate.errors import PreconditionError, SpecError
 def write_steps(sandbox: Sandbox, root: Path) -> Path:
     directory = root / "migrations"
     directory.mkdir()
+    ivf = {"kind": "faiss_ivf_flat", "nlist": 16, "nprobe": 4}  # what the seed serves with
+    hnsw = {"kind": "hnswlib_hnsw", "m": 16}
+    sq8 = {"kind": "faiss_ivf_flat", "nlist": 16, "nprobe": 8, "encoding": "int8"}
+    # Each step's source as the step before it (or the seed) left it serving.
     steps = [
-        ("0001_ivf_to_hnsw.yaml", "v1", "v2", {"kind": "hnswlib_hnsw", "m": 16}),
-        (
-            "0002_hnsw_to_sq8.yaml",
-            "v2",
-            "v3",
-            {"kind": "faiss_ivf_flat", "nlist": 16, "nprobe": 8, "encoding": "int8"},
-        ),
+        ("0001_ivf_to_hnsw.yaml", ("v1", ivf), ("v2", hnsw)),
+        ("0002_hnsw_to_sq8.yaml", ("v2", hnsw), ("v3", sq8)),
     ]
-    for name, source, target, index in steps:
+    for name, (source, source_index), (target, index) in steps:
         data = sandbox.spec(
-            source=sandbox.version(source, {"kind": "faiss_flat"}).model_dump(mode="json"),
+            source=sandbox.version(source, source_index).model_dump(mode="json"),
             target=sandbox.version(target, index).model_dump(mode="json"),
         ).model_dump(mode="json", exclude={"id"})
         (directory / name).write_text(yaml.safe_dump(data))
@@ -55,6 +54,7 @@ def test_a_directory_is_read_in_order_and_refuses_unnumbered_specs(
     assert "share number 1" in str(exc.value)
 
 
+@pytest.mark.integration  # runs the command in a process
 def test_plan_of_a_directory_checks_the_first_step_against_the_catalog(
     sandbox: Sandbox, tmp_path: Path
 ) -> None:

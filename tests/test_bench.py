@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 
 RUNS = {
@@ -21,6 +23,7 @@ RUNS = {
     "copy_throughput": ["--vectors", "5000", "--dim", "16", "--batch", "1000"],
     "reembed_throughput": ["--records", "1500", "--models", "lsa"],
     "migration_throughput": ["--data", "clustered", "--vectors", "6000", "--dim", "16"],
+    "build_rates": ["--vectors", "600", "--dim", "8"],
     "milvus_pages": [
         "--records",
         "600",

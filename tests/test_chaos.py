@@ -9,6 +9,7 @@ import pytest
 from vecmigrate.testing.chaos import run_chaos
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_migration_survives_killed_workers_and_a_server_restart(tmp_path: Path) -> None:
     report = run_chaos(tmp_path, n=40_000, shards=8, batch_size=1_000, kills=5, seed=3)

@@ -12,7 +12,7 @@ from temporalio.api.workflowservice.v1 import GetSystemInfoRequest
 from vecmigrate.control.devserver import DevServer, free_port
 from vecmigrate.workers.connection import connect
 
-pytestmark = pytest.mark.devserver
+pytestmark = pytest.mark.integration
 
 
 async def test_a_client_waits_for_a_server_still_starting(tmp_path: Path) -> None:

@@ -168,6 +168,7 @@ async def test_status_counts_a_long_copy_by_the_clock_not_the_last_event(
 
 
 # About 4.5 minutes on a 2-core machine, near the default timeout of 5.
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 async def test_five_thousand_shards_keep_every_history_small(
     client: Client, sandbox: Sandbox
@@ -199,6 +200,7 @@ async def test_five_thousand_shards_keep_every_history_small(
     assert sandbox.catalog.verify_ledger() == []
 
 
+@pytest.mark.integration  # its own dev server
 async def test_an_online_build_continued_as_new_keeps_its_log_position(sandbox: Sandbox) -> None:
     """The index's change-log position is taken once, before the first shard is built, and a
     run continued in the middle of the builds keeps it: a later position would claim that the

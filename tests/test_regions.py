@@ -340,7 +340,8 @@ async def test_three_regions_canary_first_barrier_then_ordered_cutover(
     assert_resident(tmp_path, children)
     control_runs = Residency(Catalog(sqlite_url(tmp_path / "control.db")), None).recorded()
     assert {r.region for r in control_runs} == {None}  # the control plane touched no region
-    assert {r.activity for r in control_runs} == {"record"}
+    # Its ledger, and the operator roles its messages are checked against.
+    assert {r.activity for r in control_runs} == {"record", "access_policy"}
 
 
 @pytest.mark.parametrize("policy", ["wait", "rollback_all"])
@@ -507,8 +508,10 @@ def test_plan_of_a_regional_migration_names_queues_order_and_policy(tmp_path: Pa
     spec = regional_spec(
         tmp_path, tenants=["acme"], tenant_limits={"acme": {"max_parallel_shards": 1}}
     )
-    plan = plan_migration(Catalog(sqlite_url(tmp_path / "control.db")), spec)
-    assert plan.ok
+    for r in REGIONS:
+        seed_region(tmp_path, r, tenants=("acme",))
+    plan = plan_migration(None, spec, lambda region: region_catalog(tmp_path, str(region)))
+    assert plan.ok, plan.problems
     details = {c.name: c.detail for c in plan.checks}
     assert f"run only by workers on {tmp_path.name}-us" in details["residency us"]
     assert "at most 1 shards at once" in details["limits acme"]

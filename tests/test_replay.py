@@ -14,6 +14,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from tests.histories.payloads import activity_inputs, input_bytes, load
+from vecmigrate.workflows.identity import CallerInterceptor
 from vecmigrate.workflows.migration import MigrationWorkflow
 from vecmigrate.workflows.regional import RegionalMigrationWorkflow
 
@@ -27,6 +28,7 @@ async def test_history_replays(path: Path) -> None:
     replayer = Replayer(
         workflows=[MigrationWorkflow, RegionalMigrationWorkflow],
         data_converter=pydantic_data_converter,
+        interceptors=[CallerInterceptor()],  # as every worker has: who sent each message
     )
     history = WorkflowHistory.from_json(path.stem, path.read_text())
     await replayer.replay_workflow(history)

@@ -54,6 +54,7 @@ def collection(sandbox: Sandbox) -> Sandbox:
     return sandbox
 
 
+@pytest.mark.integration  # runs the command in a process
 def test_gc_refuses_each_protected_case_with_its_reason(collection: Sandbox) -> None:
     catalog = collection.catalog
     now = datetime.now(UTC)

@@ -95,6 +95,7 @@ def test_bad_writes_are_refused_before_anything_is_logged(sandbox: Sandbox) -> N
         router.upsert("default", "docs", np.array([1]), np.ones((1, sandbox.dim), np.float32))
 
 
+@pytest.mark.integration  # 800 searches with a shadow thread: seconds
 def test_canary_split_is_stable_and_shadow_pairs_are_recorded(sandbox: Sandbox) -> None:
     migrated(sandbox)
     route(sandbox, "canary", candidate_version="v2", ramp_percent=30.0, shadow_percent=100.0)
@@ -121,6 +122,7 @@ def test_canary_split_is_stable_and_shadow_pairs_are_recorded(sandbox: Sandbox) 
     assert figures.p99_ms_new is not None
 
 
+@pytest.mark.integration  # seconds of writes and searches
 def test_overlay_follows_many_writes_and_deletes(sandbox: Sandbox) -> None:
     """The overlay's cached arrays and the entries laid over them agree with the store."""
     migrated(sandbox)

@@ -81,6 +81,7 @@ def test_compressed_kinds_are_measured_against_their_float32_form() -> None:
     assert 0.25 < sq8 / f32 < 0.35
 
 
+@pytest.mark.integration  # runs the command in a process
 def test_plan_estimates_bytes_before_and_after(sandbox: Sandbox) -> None:
     sandbox.seed(3000)
     sq8 = sandbox.version("v2", {"kind": "faiss_ivf_flat", "nlist": 16, "encoding": "int8"})

@@ -55,6 +55,11 @@ from vecmigrate.validation import recall_at_k
 
 Opener = Callable[..., VectorStore]
 ADAPTERS = ["builtin-sqlite", "builtin-postgres", "pgvector", "milvus", "qdrant"]
+# Every adapter but the built-in store on SQLite opens a real database engine.
+ADAPTER_PARAMS = [
+    kind if kind == "builtin-sqlite" else pytest.param(kind, marks=pytest.mark.integration)
+    for kind in ADAPTERS
+]
 
 
 def make_opener(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Opener:
@@ -73,7 +78,7 @@ def make_opener(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> Op
     return lambda scope, dim=None: PgvectorStore.open(url, scope, dim)
 
 
-@pytest.fixture(params=ADAPTERS)
+@pytest.fixture(params=ADAPTER_PARAMS)
 def opener(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Opener]:
     """Opens a scope in one adapter, creating it when given a dimension."""
     yield make_opener(request.param, tmp_path, request)
@@ -218,6 +223,7 @@ def test_exact_search_and_sample(opener: Opener) -> None:
     assert np.array_equal(svec[0], vecs[lookup[int(sid[0])]])
 
 
+@pytest.mark.integration
 def test_adapters_agree_on_the_same_data(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """Congruence: the same records in every adapter scan, hash, sample and search alike."""
     rng = np.random.default_rng(5)
@@ -259,6 +265,7 @@ def assert_native_index_matches_exact(
     assert np.allclose(found_d[:, 0], exact_d[:, 0], rtol=rtol, atol=1e-3)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("metric", [Metric.L2, Metric.IP, Metric.COSINE])
 @pytest.mark.parametrize(
     "index",
@@ -282,6 +289,7 @@ def test_pgvector_native_index_finds_the_exact_neighbours(
     dispose_engines()
 
 
+@pytest.mark.integration
 def test_a_pgvector_halfvec_index_is_smaller_as_the_size_model_says(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -339,6 +347,7 @@ def test_pgvector_capabilities_refuse_what_it_cannot_hold() -> None:
     ]
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("metric", [Metric.L2, Metric.IP, Metric.COSINE])
 @pytest.mark.parametrize(
     "index", [MilvusFlat(), MilvusIvfFlat(nlist=8, nprobe=8)], ids=lambda i: i.kind
@@ -377,6 +386,7 @@ def test_milvus_lite_refuses_the_kinds_only_a_server_builds() -> None:
     assert index_type(MilvusIvfSq8(nlist=64)) == ("IVF_SQ8", {"nlist": 64})
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("metric", [Metric.L2, Metric.IP])
 @pytest.mark.parametrize("quantization", ["none", "scalar", "product"])
 def test_qdrant_native_hnsw_finds_the_exact_neighbours(
@@ -395,6 +405,7 @@ def test_qdrant_native_hnsw_finds_the_exact_neighbours(
     close_shards()
 
 
+@pytest.mark.integration
 def test_qdrant_refuses_what_it_cannot_hold(tmp_path: Path) -> None:
     store = QdrantStore.open(str(tmp_path), Scope("t", "c", "v"), 4)
     with pytest.raises(DataError, match="point ids are unsigned"):

@@ -39,6 +39,9 @@ from vecmigrate.validation.profile import ProfileBuilder
 
 N = 4000
 IVF = {"kind": "faiss_ivf_flat", "nlist": 32, "nprobe": 8}
+# A copy, an index build and the whole gate suite over real vectors take a second or more a test:
+# those tests run with the integration tier; the figures' own arithmetic stays fast.
+INTEGRATION_FIXTURES = frozenset({"words"})
 
 
 @pytest.fixture(scope="module")

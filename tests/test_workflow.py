@@ -591,7 +591,7 @@ async def test_a_retrying_step_shows_its_last_error_attempt_and_next_retry(
     target = sandbox.version(
         "v2",
         {"kind": "faiss_flat"},
-        store={"kind": "pgvector", "url": "postgresql://vm:vm@127.0.0.1:1/nowhere"},
+        store={"kind": "pgvector", "url": "postgresql://vm@127.0.0.1:1/nowhere"},
     )
     spec = sandbox.spec(target=target.model_dump(mode="json"))
     async with running_worker(client, sandbox) as queue:

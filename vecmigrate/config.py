@@ -1,4 +1,11 @@
-"""Where things live by default: the vecmigrate home directory and the URLs derived from it."""
+"""Where things live by default: the vecmigrate home directory and the URLs derived from it.
+
+The home directory is the same whichever directory a command runs in: ``$VECMIGRATE_HOME`` when
+set, else the user's data directory (``~/.local/share/vecmigrate`` on Linux,
+``~/Library/Application Support/vecmigrate`` on macOS, ``%LOCALAPPDATA%\\vecmigrate`` on
+Windows). A command run from another directory therefore sees the same catalog, stores and
+dev-server state, and nothing appears in the directory a command happens to run in.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +13,32 @@ import os
 from pathlib import Path
 from typing import TypeVar, cast
 
-from vecmigrate.model.spec import AnyStoreRef, BuiltinStoreRef, MigrationSpec, VersionSpec
+import platformdirs
+from sqlalchemy.engine import make_url
+
+from vecmigrate.model.spec import (
+    AnyStoreRef,
+    BuiltinStoreRef,
+    MigrationSpec,
+    MilvusStoreRef,
+    QdrantStoreRef,
+    VersionSpec,
+)
 
 R = TypeVar("R", bound=AnyStoreRef)
 
 HOME_ENV = "VECMIGRATE_HOME"
 CATALOG_ENV = "VECMIGRATE_CATALOG_URL"
+# Earlier releases kept the home in ``./.vecmigrate``, in whatever directory a command ran in.
+LEGACY_HOME = ".vecmigrate"
 
 
 def home_dir() -> Path:
-    """``$VECMIGRATE_HOME`` or ``./.vecmigrate``, as an absolute path."""
-    return Path(os.environ.get(HOME_ENV) or ".vecmigrate").resolve()
+    """``$VECMIGRATE_HOME``, else the user's data directory for vecmigrate, as an absolute path."""
+    configured = os.environ.get(HOME_ENV)
+    if configured:
+        return Path(configured).expanduser().resolve()
+    return Path(platformdirs.user_data_dir("vecmigrate", appauthor=False)).resolve()
 
 
 def sqlite_url(path: Path) -> str:
@@ -29,8 +51,30 @@ def default_catalog_url() -> str:
     return os.environ.get(CATALOG_ENV) or sqlite_url(home_dir() / "catalog.db")
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL (None for other databases and in-memory SQLite)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(str(parsed.database))
+
+
+def legacy_home_hint() -> str | None:
+    """A hint when the current directory holds an earlier release's ``.vecmigrate`` home that is
+    not the one in use (its catalog would otherwise seem to have vanished)."""
+    legacy = Path(LEGACY_HOME).resolve()
+    if os.environ.get(HOME_ENV) or legacy == home_dir() or not (legacy / "catalog.db").exists():
+        return None
+    return (
+        f"{legacy} holds a catalog from an earlier release, which kept its home in the current "
+        f"directory; the home is now {home_dir()}. To keep using the old one, set "
+        f"{HOME_ENV}={legacy}"
+    )
+
+
 def resolve_store(ref: R) -> R:
-    """Fill a store reference's empty locations with absolute defaults.
+    """Fill a store reference's empty locations with absolute defaults, and make its relative
+    file locations (a milvus-lite file, a Qdrant directory) absolute from the current directory.
 
     Workers may run in another directory than the CLI that started a migration, so the spec
     carried by the workflow must not depend on anyone's working directory.
@@ -39,6 +83,10 @@ def resolve_store(ref: R) -> R:
     update: dict[str, str] = {"artifacts": str(artifacts)}
     if isinstance(ref, BuiltinStoreRef):
         update["url"] = ref.url or sqlite_url(home_dir() / "store.db")
+    elif isinstance(ref, MilvusStoreRef) and "://" not in ref.uri:
+        update["uri"] = str(Path(ref.uri).expanduser().resolve())  # a milvus-lite file
+    elif isinstance(ref, QdrantStoreRef):
+        update["path"] = str(Path(ref.path).expanduser().resolve())
     return cast(R, ref.model_copy(update=update))
 
 

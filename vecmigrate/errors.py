@@ -46,6 +46,29 @@ class ArtifactError(VecmigrateError):
     """An index artifact is missing, half-written or does not match its checksum."""
 
 
+class SecretError(VecmigrateError):
+    """A secret reference cannot be resolved (unset variable, unreadable file, no resolver).
+
+    The message names the reference, never the secret.
+    """
+
+
+class KeyRingError(VecmigrateError):
+    """The key ring is missing, malformed, or lacks a key that protected something."""
+
+
+class TamperError(VecmigrateError):
+    """Protected data failed its authentication: an encrypted artifact or payload was altered,
+    truncated or swapped, or a ledger entry's MAC does not match."""
+
+
+class AccessDeniedError(VecmigrateError):
+    """A caller's credential or role does not allow the action on that tenant or collection.
+
+    The message says nothing about whether the target exists.
+    """
+
+
 class SpecMismatchError(VecmigrateError):
     """A task names a spec its catalog does not hold, or holds altered (its hash differs)."""
 
@@ -64,6 +87,9 @@ NON_RETRYABLE = (
     ResidencyError,
     RoutingConflictError,
     NotFoundError,
+    SecretError,
+    TamperError,
+    AccessDeniedError,
     SpecMismatchError,
     MessageRefusedError,
 )

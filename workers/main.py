@@ -19,7 +19,10 @@ from temporalio.worker import Worker
 
 from vecmigrate.activities.migration import MigrationActivities
 from vecmigrate.config import default_catalog_url
-from vecmigrate.workers.connection import connect, default_address, default_task_queue
+from vecmigrate.security.keyring import environment_keyring
+from vecmigrate.security.scrub import install as install_scrubber
+from vecmigrate.workers.connection import TemporalSettings, connect, default_task_queue
+from vecmigrate.workflows.identity import CallerInterceptor
 from vecmigrate.workflows.migration import MigrationWorkflow
 from vecmigrate.workflows.regional import RegionalMigrationWorkflow
 from vecmigrate.workflows.retention import RetentionWorkflow
@@ -57,6 +60,8 @@ def build_worker(
         ],
         activities=acts.all(),
         activity_executor=executor,
+        # Who sent each message (its ``vecmigrate-caller`` header), for the operator roles.
+        interceptors=[CallerInterceptor()],
         max_concurrent_activities=max_concurrent_activities,
         # Progress views and the live status read a copy's count from its heartbeats, which
         # the SDK sends at most once per 80 % of the heartbeat timeout by default (24 s at the
@@ -67,7 +72,7 @@ def build_worker(
 
 
 async def run_worker(
-    address: str,
+    address: str | None,
     task_queue: str,
     catalog_url: str,
     *,
@@ -75,14 +80,17 @@ async def run_worker(
     stop: asyncio.Event | None = None,
     handle_signals: bool = True,
     region: str | None = None,
+    settings: TemporalSettings | None = None,
 ) -> None:
     """Connect and poll until ``stop`` is set, then shut down cleanly.
+
+    ``address`` (None: the profile's) overrides ``settings``, the connection's other options.
 
     With ``handle_signals`` SIGINT and SIGTERM set ``stop`` too (a worker process); without,
     they stay with the caller (a worker inside another command).
     """
     # A worker may start before its server is up (a compose file, a demo): wait a minute for it.
-    client = await connect(address, wait_seconds=60)
+    client = await connect(address, wait_seconds=60, settings=settings)
     stop = stop or asyncio.Event()
     if handle_signals:
         loop = asyncio.get_running_loop()
@@ -99,20 +107,27 @@ async def run_worker(
             region=region,
         )
         async with worker:
-            logging.getLogger("vecmigrate").info(
-                "worker polling %s on %s (catalog %s, region %s)",
+            log = logging.getLogger("vecmigrate")
+            log.info(
+                "worker polling %s on %s (namespace %s, catalog %s, region %s)",
                 task_queue,
-                address,
+                client.service_client.config.target_host,
+                client.namespace,
                 catalog_url,
                 region or "none",
             )
+            if environment_keyring() is None:
+                log.warning(
+                    "no key ring (VECMIGRATE_KEYRING): payloads in Temporal, index artifacts "
+                    "and ledger entries are not encrypted or keyed"
+                )
             await stop.wait()
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of ``python -m vecmigrate.workers.main``."""
     p = argparse.ArgumentParser(description="vecmigrate worker")
-    p.add_argument("--address", default=default_address())
+    p.add_argument("--address", default=None, help="default: the envconfig profile")
     p.add_argument(
         "--region",
         default=None,
@@ -125,6 +140,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    install_scrubber()
     queue = args.task_queue or (
         f"vecmigrate-{args.region}" if args.region else default_task_queue()
     )

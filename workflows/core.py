@@ -25,9 +25,10 @@ from temporalio.exceptions import (
 )
 
 from vecmigrate.workflows.calls import append_ledger, event_key, long_call, short_call
-from vecmigrate.workflows.signals import RULES, OperatorSignals
+from vecmigrate.workflows.signals import ROLES, RULES, OperatorSignals
 
 with workflow.unsafe.imports_passed_through():
+    from vecmigrate.model.access import AccessPolicy
     from vecmigrate.model.costs import StorageSnapshot
     from vecmigrate.model.lifecycle import (
         LIFECYCLE,
@@ -47,6 +48,7 @@ with workflow.unsafe.imports_passed_through():
     from vecmigrate.model.routing import RoutingView
     from vecmigrate.model.status import MigrationInput, MigrationStatus, OperatorAction
     from vecmigrate.model.tasks import (
+        AccessPolicyInput,
         ControlInput,
         DataStateInput,
         LedgerAck,
@@ -89,6 +91,8 @@ class MigrationCore(OperatorSignals):
         self._spec = spec
         self._spec_hash = spec.spec_hash()
         self._rules = workflow.patched(RULES)
+        self._roles = workflow.patched(ROLES)
+        self._policy = AccessPolicy()
         self._strategy = LIFECYCLE[spec.strategy].variant(lambda _: self._rules)
         self._lock = asyncio.Lock()
         self._control_lock = asyncio.Lock()
@@ -167,6 +171,32 @@ class MigrationCore(OperatorSignals):
 
     def _operators(self) -> list[OperatorAction]:
         return self._status.operators
+
+    def _tenants_in_scope(self) -> list[str]:
+        return [self._spec.tenant]
+
+    def _collection(self) -> str:
+        return self._spec.collection
+
+    def _started_by(self) -> str:
+        return self._status.started_by
+
+    async def _load_policy(self) -> None:
+        """Read the operator roles in force now (at the start of a run and at each phase, so a
+        grant or a revocation takes effect within a phase); the answer is in the history."""
+        if not self._roles:
+            return
+        spec = self._spec
+        self._policy = await short_call(
+            "access_policy",
+            AccessPolicyInput(
+                migration_id=spec.migration_id,
+                tenant=spec.tenant,
+                collection=spec.collection,
+                region=spec.region,
+            ),
+            AccessPolicy,
+        )
 
     def _phase_now(self) -> str:
         return str(self._status.phase)
@@ -255,6 +285,9 @@ class MigrationCore(OperatorSignals):
         """An update's validator: refuse ``message`` (which leaves no history) when its payload
         has a ``problem`` or it means nothing where the migration stands. Retrying the same
         message cannot help: the refusal is non-retryable."""
+        denied = self._access(str(message))
+        if denied is not None:
+            problem = denied.reason
         if problem is None:
             ruling = rule(self._strategy, message, self._situation())
             problem = None if ruling.accepted else ruling.reason
@@ -278,7 +311,9 @@ class MigrationCore(OperatorSignals):
 
     # -- ledger and parent --------------------------------------------------------------------
 
-    async def _record(self, kind: str, actor: str, data: dict[str, Any]) -> None:
+    async def _record(
+        self, kind: str, actor: str, data: dict[str, Any], caller: str | None = None
+    ) -> None:
         self._events += 1
         ack = await append_ledger(
             LedgerInput(
@@ -290,6 +325,7 @@ class MigrationCore(OperatorSignals):
                 actor=actor,
                 data=data,
                 region=self._spec.region,
+                caller=caller,
             )
         )
         self._anchor(ack)
@@ -351,6 +387,8 @@ class MigrationCore(OperatorSignals):
         workflow.set_current_details(f"{phase}: {st.doing}" if st.doing else str(phase))
         await self._record("phase", actor, {"from": old, "to": phase})
         await self._report()
+        if phase not in TERMINAL:
+            await self._load_policy()
 
     def _settle(self, phase: Phase) -> None:
         """An ended migration's status says how it ended, and nothing that no longer holds."""

@@ -34,6 +34,7 @@ from vecmigrate.workflows.shadowing import Shadowing
 with workflow.unsafe.imports_passed_through():
     from vecmigrate.model.lifecycle import OUTCOMES, TERMINAL, Phase
     from vecmigrate.model.status import Carried, MigrationInput, MigrationStatus
+    from vecmigrate.workflows.identity import caller
 
 
 @workflow.defn(name="MigrationWorkflow")
@@ -53,6 +54,8 @@ class MigrationWorkflow(Preparing, Copying, Indexing, Shadowing, CuttingOver, En
     async def run(self, inp: MigrationInput) -> MigrationStatus:
         spec = self._spec
         src, dst = spec.source.embedding, spec.target.embedding
+        if inp.carried is None and self._roles:
+            self._status.started_by = caller()
         if inp.carried is None:
             # The one payload that carries the spec: the activity stores it by its hash.
             await self._record(
@@ -67,7 +70,9 @@ class MigrationWorkflow(Preparing, Copying, Indexing, Shadowing, CuttingOver, En
                     "target_model": f"{dst.model_id}@{dst.model_version}",
                     "target_index": spec.target.index.model_dump(mode="json"),
                 },
+                caller=self._status.started_by or None,
             )
+        await self._load_policy()
         # Only a spec with maintenance windows (none before they existed) keeps them.
         keeper = asyncio.ensure_future(self._keep_windows()) if spec.windows else None
         try:

@@ -32,14 +32,16 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError, ChildWorkflowError
 
 from vecmigrate.workflows.calls import append_ledger, event_key, short_call
-from vecmigrate.workflows.signals import RULES, OperatorSignals
+from vecmigrate.workflows.signals import ROLES, RULES, OperatorSignals
 
 with workflow.unsafe.imports_passed_through():
     from vecmigrate.errors import summary
+    from vecmigrate.model.access import AccessPolicy, RoleBinding
     from vecmigrate.model.lifecycle import (
         OUTCOME_ERRORS,
         OUTCOMES,
         REGIONAL,
+        TERMINAL,
         Message,
         Phase,
         Ruling,
@@ -56,7 +58,8 @@ with workflow.unsafe.imports_passed_through():
         region_queue,
     )
     from vecmigrate.model.status import MigrationInput, MigrationStatus, OperatorAction
-    from vecmigrate.model.tasks import LedgerInput, TenantsInput
+    from vecmigrate.model.tasks import AccessPolicyInput, LedgerInput, TenantsInput
+    from vecmigrate.workflows.identity import caller
 
 # A child in one of these phases has switched its reads: its cut-over went through.
 SWITCHED = frozenset({Phase.BAKING, Phase.FINALIZING, Phase.COMPLETED})
@@ -71,6 +74,9 @@ class RegionalMigrationWorkflow(OperatorSignals):
         spec = inp.spec
         self._spec = spec
         self._rules = workflow.patched(RULES)
+        self._roles = workflow.patched(ROLES)
+        self._policy = AccessPolicy()
+        self._starter = ""
         self._status = RegionalStatus(
             migration_id=spec.migration_id, collection=spec.collection, strategy=spec.strategy
         )
@@ -142,6 +148,39 @@ class RegionalMigrationWorkflow(OperatorSignals):
     def _phase_now(self) -> str:
         return str(self._status.phase)
 
+    def _tenants_in_scope(self) -> list[str]:
+        spec = self._spec
+        if isinstance(spec.tenants, tuple):
+            return list(spec.tenants)
+        found = sorted({s.tenant for s in self._status.regions})
+        return found or [spec.tenant]
+
+    def _collection(self) -> str:
+        return self._spec.collection
+
+    def _started_by(self) -> str:
+        return self._starter
+
+    async def _load_policy(self) -> None:
+        """The roles in force on the migration's tenants (every tenant's bindings: a message
+        needs its role on each), read at the start and at each phase."""
+        if not self._roles:
+            return
+        spec = self._spec
+        bindings: list[RoleBinding] = []
+        four_eyes = False
+        for tenant in self._tenants_in_scope():
+            policy: AccessPolicy = await short_call(
+                "access_policy",
+                AccessPolicyInput(
+                    migration_id=spec.migration_id, tenant=tenant, collection=spec.collection
+                ),
+                AccessPolicy,
+            )
+            bindings.extend(b for b in policy.bindings if b not in bindings)
+            four_eyes = four_eyes or policy.four_eyes
+        self._policy = AccessPolicy(bindings=tuple(bindings), four_eyes=four_eyes)
+
     # -- helpers -------------------------------------------------------------------------------
 
     def _state(self, workflow_id: str) -> RegionState | None:
@@ -162,7 +201,9 @@ class RegionalMigrationWorkflow(OperatorSignals):
             if handle is not None:
                 await handle.signal(signal, msg)
 
-    async def _record(self, kind: str, actor: str, data: dict[str, Any]) -> None:
+    async def _record(
+        self, kind: str, actor: str, data: dict[str, Any], caller: str | None = None
+    ) -> None:
         self._events += 1
         spec = self._spec
         await append_ledger(
@@ -175,6 +216,7 @@ class RegionalMigrationWorkflow(OperatorSignals):
                 kind=kind,
                 actor=actor,
                 data=data,
+                caller=caller,
             )
         )
 
@@ -183,12 +225,16 @@ class RegionalMigrationWorkflow(OperatorSignals):
         self._status.phase = phase
         self._status.blocked_reason = blocked
         await self._record("phase", "vecmigrate", {"from": old, "to": phase, "why": blocked})
+        if phase not in TERMINAL:
+            await self._load_policy()
 
     # -- the run -------------------------------------------------------------------------------
 
     @workflow.run
     async def run(self, inp: MigrationInput) -> RegionalStatus:
         spec = self._spec
+        if self._roles:
+            self._starter = caller()
         await self._record(
             "migration.started",
             inp.requested_by,
@@ -198,7 +244,9 @@ class RegionalMigrationWorkflow(OperatorSignals):
                 "regions": [r.name for r in spec.regions],
                 "tenants": spec.tenants,
             },
+            caller=self._starter or None,
         )
+        await self._load_policy()
         plans = child_plans(
             spec, spec.migration_id, await self._tenants(), workflow.info().task_queue
         )

@@ -1,9 +1,11 @@
 """The operator's signals, written once for both workflows (one migration, and a regional one).
 
-Each signal is judged against the lifecycle table where the workflow stands: applied, or
-recorded and ignored with the reason, which ``status`` lists beside who sent it and the ledger
-keeps. Runs started by an earlier release applied every signal; they keep doing so until they
-end or continue as new (:data:`RULES`), so their histories replay unchanged.
+Each signal is judged first against the operator roles (the sender's identity, from its
+connection, must hold the role the message needs on the migration's tenant and collection) and
+then against the lifecycle table where the workflow stands: applied, or recorded and ignored
+with the reason, which ``status`` lists beside who sent it and the ledger keeps with the sender's
+identity. Runs started by an earlier release applied every signal; they keep doing so until they
+end or continue as new (:data:`RULES`, :data:`ROLES`), so their histories replay unchanged.
 
 Deterministic: temporalio, the standard library and vecmigrate's pure models only.
 """
@@ -15,14 +17,18 @@ from typing import Any
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from vecmigrate.model.access import WORKFLOW_CALLER, AccessPolicy, authorize
     from vecmigrate.model.lifecycle import Message, Ruling
     from vecmigrate.model.messages import OperatorMessage
     from vecmigrate.model.status import OperatorAction
+    from vecmigrate.workflows.identity import caller
 
 # The patch behind which a run judges messages by the lifecycle table, ends a rollback or an
 # abort as a failed execution, and follows the table's offline path. Checked once, when a run
 # starts: a run that began without it keeps the earlier release's behaviour to its end.
 RULES = "lifecycle-table"
+# The patch behind which a run loads the operator roles and checks every message against them.
+ROLES = "operator-roles"
 
 
 class OperatorSignals:
@@ -34,6 +40,9 @@ class OperatorSignals:
     """
 
     _rules: bool
+    # Set at start (``workflow.patched(ROLES)``); the policy is reloaded as the run goes on.
+    _roles: bool
+    _policy: AccessPolicy
 
     @workflow.signal(name="pause")
     async def pause(self, msg: OperatorMessage | None = None) -> None:
@@ -64,7 +73,9 @@ class OperatorSignals:
         await self._signal(Message.ABORT, msg or OperatorMessage())
 
     async def _signal(self, message: Message, msg: OperatorMessage) -> None:
-        ruling = await self._ruling(message, msg) if self._rules else Ruling(True)
+        ruling = self._access(str(message))
+        if ruling is None:
+            ruling = await self._ruling(message, msg) if self._rules else Ruling(True)
         if ruling.accepted:
             await self._apply(message, msg, ruling)
         await self._note(message, msg, ruling)
@@ -101,7 +112,38 @@ class OperatorSignals:
         if ruling.reason:
             data["outcome"] = outcome
             data["note"] = ruling.reason
-        await self._record("operator", msg.operator, data)
+        await self._record("operator", msg.operator, data, caller=caller())
+
+    def _access(self, action: str) -> Ruling | None:
+        """A refusal when the sender may not send ``action`` here (None: it may).
+
+        A message a workflow's parent forwards is taken on the parent's word: the parent
+        checked its sender.
+        """
+        if not self._roles:
+            return None
+        who = caller()
+        parent = workflow.info().parent
+        if parent is not None and who == f"{WORKFLOW_CALLER}{parent.workflow_id}":
+            return None
+        for tenant in self._tenants_in_scope():
+            decision = authorize(
+                self._policy, who, action, tenant, self._collection(), self._started_by()
+            )
+            if not decision.allowed:
+                return Ruling(False, f"not allowed: {decision.reason}")
+        return None
+
+    def _tenants_in_scope(self) -> list[str]:
+        """The tenants whose roles a message needs (every tenant the migration touches)."""
+        raise NotImplementedError
+
+    def _collection(self) -> str:
+        raise NotImplementedError
+
+    def _started_by(self) -> str:
+        """The identity that started the migration (for the four-eyes rule)."""
+        raise NotImplementedError
 
     async def _ruling(self, message: Message, msg: OperatorMessage) -> Ruling:
         """Whether ``message`` means something now (see ``lifecycle.rule``)."""
@@ -115,8 +157,10 @@ class OperatorSignals:
         """What an accepted message sets going once it is recorded."""
         raise NotImplementedError
 
-    async def _record(self, kind: str, actor: str, data: dict[str, Any]) -> None:
-        """Append a ledger entry."""
+    async def _record(
+        self, kind: str, actor: str, data: dict[str, Any], caller: str | None = None
+    ) -> None:
+        """Append a ledger entry (``caller``: the identity of the message's sender)."""
         raise NotImplementedError
 
     def _operators(self) -> list[OperatorAction]:

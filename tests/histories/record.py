@@ -9,6 +9,8 @@ recording of the new path under a new name rather than re-recording the old ones
 The ``*_v2`` histories were recorded by the release that brought the lifecycle table (the
 ``lifecycle-table`` patch): every strategy, a rollback, an abort, a pause and resume, a gate
 overridden by an approver. The others are the release before it, which its runs still replay.
+``blue_green_roles`` was recorded with operator roles (the ``operator-roles`` patch): replaying
+it needs the worker's caller interceptor, as every worker has.
 """
 
 from __future__ import annotations
@@ -287,6 +289,40 @@ V2 = (
     "shadow_only_completed",
 )
 
+
+async def record_roles(env: WorkflowEnvironment, name: str) -> None:
+    """A manual blue-green migration under operator roles (the ``operator-roles`` patch): a
+    viewer's pause and the starter's own approval (four eyes) recorded and ignored, another
+    approver's approval applied."""
+    from vecmigrate.model.access import Role
+    from vecmigrate.workers.connection import TemporalSettings, connect
+
+    sandbox = fresh_sandbox(name)
+    sandbox.catalog.grant_role("viv", Role.VIEWER, "*", "*", "recorder")
+    sandbox.catalog.grant_role("*@approvers", Role.APPROVER, "*", "*", "recorder")
+    sandbox.catalog.set_four_eyes("*", "*", True, "recorder")
+    sandbox.seed(2000)
+    spec = sandbox.spec(cutover={"mode": "manual", "bake_seconds": 0.2})
+    address = env.client.service_client.config.target_host
+
+    async def as_(who: str, queue: str) -> MigrationClient:
+        settings = TemporalSettings(address=address, identity=who, encrypt=False)
+        return MigrationClient(await connect(settings=settings), queue)
+
+    async with running_worker(env.client, sandbox) as queue:
+        ann, bob, viv = [await as_(w, queue) for w in ("ann@approvers", "bob@approvers", "viv")]
+        mid = await ann.start(spec, operator="ann")
+        while (await ann.status(mid)).phase != Phase.AWAITING_CUTOVER:
+            await asyncio.sleep(0.1)
+        await viv.signal(mid, "pause", operator="viv")
+        await ann.signal(mid, "approve_cutover", operator="ann")
+        while len((await ann.status(mid)).operators) < 2:
+            await asyncio.sleep(0.1)
+        await bob.signal(mid, "approve_cutover", operator="bob")
+        await ann.result(mid)
+        save(name, await ann.handle(mid).fetch_history())
+
+
 RECORDERS: dict[str, Callable[[WorkflowEnvironment, str], Awaitable[None]]] = {
     **{f"{case}_v2": record_v2 for case in V2},
     "blue_green_completed": record_blue_green,
@@ -294,6 +330,7 @@ RECORDERS: dict[str, Callable[[WorkflowEnvironment, str], Awaitable[None]]] = {
     "blue_green_continued": record_continued,
     "online_drill": record_online,
     "blue_green_build_while_copying": record_build_while_copying,
+    "blue_green_roles": record_roles,
 }
 
 

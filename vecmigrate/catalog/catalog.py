@@ -8,6 +8,12 @@ SQLAlchemy 2 Core over any URL; SQLite by default. Every write is idempotent or 
 * the ledger is append-only (database triggers refuse UPDATE and DELETE) and hash-chained: each
   entry stores the hash of the previous one, and ``prev_hash`` is unique, so two concurrent
   appends cannot both extend the same entry. An ``event_key`` makes an append idempotent.
+
+With a key ring (``$VECMIGRATE_KEYRING``) every entry is also MACed with the ring's ledger key
+(the key id is recorded, so rotation keeps old entries checkable), and after every append a
+signed anchor goes to the anchor files outside the catalog (:mod:`vecmigrate.catalog.anchors`):
+rewriting the chain and recomputing its hashes then needs the key, and cutting its tail is seen
+against the anchors. :meth:`Catalog.audit_ledger` checks all of it and fails closed.
 """
 
 from __future__ import annotations
@@ -15,7 +21,9 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-from dataclasses import dataclass
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -39,10 +47,13 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from vecmigrate.catalog.engines import begin, engine_for
+from vecmigrate.catalog.anchors import AnchorFiles, anchor_root
+from vecmigrate.catalog.engines import begin, catalog_access, engine_for
 from vecmigrate.errors import NotFoundError, PreconditionError, RoutingConflictError
+from vecmigrate.model.access import AccessPolicy, Role, RoleBinding
 from vecmigrate.model.routing import RoutingView
 from vecmigrate.model.spec import EmbeddingSchema, IndexSpec, MigrationSpec
+from vecmigrate.security.keyring import LEDGER_MAC, KeyRing, environment_keyring
 
 metadata = MetaData()
 
@@ -122,7 +133,12 @@ _ROUTING_ADDED = {
     "writes_paused": "BOOLEAN NOT NULL DEFAULT FALSE",
 }
 
-_LEDGER_ADDED = {"region": "VARCHAR(64)"}
+_LEDGER_ADDED = {
+    "region": "VARCHAR(64)",
+    "caller": "VARCHAR(200)",
+    "key_id": "VARCHAR(64)",
+    "mac": "VARCHAR(64)",
+}
 
 migrations = Table(
     "migrations",
@@ -156,6 +172,39 @@ ledger = Table(
     Column("hash", String(64), nullable=False, unique=True),
     # The region whose worker wrote the entry (None: no region, or the control plane).
     Column("region", String(64)),
+    # Who the connection that caused the entry authenticated as, beside ``actor``, the operator
+    # name its message declared (None: no message, or written before this was recorded).
+    Column("caller", String(200)),
+    # The key ring key and HMAC of the entry (None: written without a key ring).
+    Column("key_id", String(64)),
+    Column("mac", String(64)),
+)
+
+# Operator roles (``vecmigrate roles``): who may steer migrations of which collection.
+access_roles = Table(
+    "access_roles",
+    metadata,
+    Column("tenant", String(64), primary_key=True),
+    Column("collection", String(64), primary_key=True),
+    Column("identity", String(200), primary_key=True),
+    Column("role", String(16), nullable=False),
+    Column("granted_by", String(200), nullable=False),
+    Column("granted_at", DateTime(timezone=True), nullable=False),
+)
+
+access_settings = Table(
+    "access_settings",
+    metadata,
+    Column("tenant", String(64), primary_key=True),
+    Column("collection", String(64), primary_key=True),
+    Column("four_eyes", Boolean, nullable=False),
+)
+
+catalog_info = Table(
+    "catalog_info",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", String(200), nullable=False),
 )
 
 GENESIS = "0" * 64
@@ -218,10 +267,13 @@ class LedgerEntry:
     prev_hash: str
     hash: str
     region: str | None = None
+    caller: str | None = None
+    key_id: str | None = None
+    mac: str | None = None
 
     def body(self) -> dict[str, Any]:
-        """The hashed part of the entry (the region only when there is one, so entries written
-        before regions existed keep their hashes)."""
+        """The hashed part of the entry (region and caller only when set, so entries written
+        before they existed keep their hashes)."""
         body = {
             "migration_id": self.migration_id,
             "tenant": self.tenant,
@@ -234,7 +286,33 @@ class LedgerEntry:
         }
         if self.region is not None:
             body["region"] = self.region
+        if self.caller is not None:
+            body["caller"] = self.caller
         return body
+
+
+def mac_input(key_id: str, entry_hash_: str) -> bytes:
+    """What an entry's MAC covers: its hash (which covers its body and, through the chain, every
+    entry before it) and the id of the key."""
+    return f"vecmigrate ledger entry|{key_id}|{entry_hash_}".encode()
+
+
+@dataclass
+class LedgerVerdict:
+    """What :meth:`Catalog.audit_ledger` found.
+
+    ``problems`` is tampering seen; ``unverified`` is what could not be checked (no key, an
+    anchor unreachable). Only a verdict with neither is ``intact``.
+    """
+
+    entries: int = 0
+    problems: list[str] = field(default_factory=list)
+    unverified: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def intact(self) -> bool:
+        return not self.problems and not self.unverified
 
 
 @dataclass(frozen=True)
@@ -268,9 +346,25 @@ class Catalog:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine: Engine = engine_for(url)
+        self.engine: Engine = engine_for(url, catalog_access())
         metadata.create_all(self.engine)
         self._upgrade()
+        self.catalog_id = self._catalog_id()
+        self.anchors = AnchorFiles(anchor_root(url, self.catalog_id), self.catalog_id)
+
+    def _catalog_id(self) -> str:
+        """This catalog's id (made on first open): it names its anchor directory."""
+        query = select(catalog_info.c.value).where(catalog_info.c.name == "catalog_id")
+        with self.engine.connect() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            self._insert_ignoring_duplicate(
+                catalog_info.insert().values(name="catalog_id", value=uuid.uuid4().hex)
+            )
+            with self.engine.connect() as conn:
+                row = conn.execute(query).first()
+        assert row is not None
+        return str(row[0])
 
     def _upgrade(self) -> None:
         """Add the columns later releases introduced to a catalog an earlier one created."""
@@ -726,17 +820,21 @@ class Catalog:
         event_key: str | None = None,
         at: datetime | None = None,
         region: str | None = None,
+        caller: str | None = None,
     ) -> LedgerEntry:
         """Append one entry; with an ``event_key`` already present, return that entry instead.
 
         ``region`` names the region whose worker writes it (every entry of a regional
-        migration's child says where it happened).
+        migration's child says where it happened); ``caller`` the identity the message's
+        connection authenticated as, beside ``actor``, the operator it declared. With a key
+        ring the entry is MACed; either way it is anchored in the anchor files.
 
         Appends from one process take turns (activities run on many threads): only appends
         from other processes can race for the chain's head, and the loser reads it again.
         """
+        ring = environment_keyring()
         with _append_lock:
-            return self._append(
+            entry = self._append(
                 tenant=tenant,
                 collection=collection,
                 kind=kind,
@@ -746,7 +844,15 @@ class Catalog:
                 event_key=event_key,
                 at=at,
                 region=region,
+                caller=caller,
+                ring=ring,
             )
+        # Anchored again when a retry finds the entry already there: an anchor only says the
+        # entry exists with its hash, and the first attempt may have died before writing it.
+        self.anchors.write("catalog", entry.seq, entry.hash, entry.at, ring)
+        if entry.migration_id is not None and entry.kind in ("phase", "migration.started"):
+            self.anchors.write(entry.migration_id, entry.seq, entry.hash, entry.at, ring)
+        return entry
 
     def _append(
         self,
@@ -759,7 +865,9 @@ class Catalog:
         migration_id: str | None,
         event_key: str | None,
         at: datetime | None,
-        region: str | None = None,
+        region: str | None,
+        caller: str | None,
+        ring: KeyRing | None,
     ) -> LedgerEntry:
         for _ in range(50):
             if event_key is not None:
@@ -783,7 +891,13 @@ class Catalog:
             }
             if region is not None:
                 body["region"] = region
+            if caller is not None:
+                body["caller"] = caller
             digest = entry_hash(prev, body)
+            key_id = mac = None
+            if ring is not None:
+                key_id = ring.active
+                _, mac = ring.mac(LEDGER_MAC, mac_input(key_id, digest), key_id)
             try:
                 with begin(self.engine) as conn:
                     seq = conn.execute(
@@ -791,12 +905,16 @@ class Catalog:
                             **{**body, "data": json.dumps(body["data"], sort_keys=True)},
                             prev_hash=prev,
                             hash=digest,
+                            key_id=key_id,
+                            mac=mac,
                         )
                     ).inserted_primary_key
             except IntegrityError:
                 continue  # another writer extended the chain (or wrote this key): read again
             assert seq is not None
-            return LedgerEntry(seq=int(seq[0]), prev_hash=prev, hash=digest, **body)
+            return LedgerEntry(
+                seq=int(seq[0]), prev_hash=prev, hash=digest, key_id=key_id, mac=mac, **body
+            )
         raise RuntimeError("could not append to the ledger after 50 attempts")
 
     def entry_by_key(self, event_key: str) -> LedgerEntry | None:
@@ -820,32 +938,250 @@ class Catalog:
         with self.engine.connect() as conn:
             return [_entry(r) for r in conn.execute(q).mappings()]
 
-    def verify_ledger(self, anchor: tuple[int, str] | None = None) -> list[str]:
-        """Problems found walking the whole chain; empty when intact.
+    def verify_ledger(self) -> list[str]:
+        """The tampering :meth:`audit_ledger` finds (empty when none; what it could not check
+        is not listed here)."""
+        return self.audit_ledger().problems
 
-        The chain shows an entry edited, removed or moved anywhere but at the end. ``anchor``,
-        the (seq, hash) of the newest entry as recorded elsewhere (the migration workflow keeps
-        it in Temporal's history), also shows a cut or rewritten tail.
+    def audit_ledger(
+        self,
+        *,
+        history: Iterable[tuple[int, str]] | None = None,
+        migration_id: str | None = None,
+        ring: KeyRing | None = None,
+    ) -> LedgerVerdict:
+        """Check the whole ledger and say what is intact, what was tampered with, and what could
+        not be checked. Fails closed: whatever cannot be checked is ``unverified``.
+
+        * the chain: an entry edited, removed, inserted or moved anywhere but at the end;
+        * the MACs (with ``ring``, default the configured one): a chain rewritten and re-hashed
+          by someone without the key; without a ring nothing vouches for the hashes, and the
+          verdict says so;
+        * the signed anchors outside the catalog: a cut or rewritten tail, an entry of no
+          migration removed; entries no anchor covers are reported;
+        * ``history``: the (seq, hash) Temporal's history of ``migration_id`` recorded for each
+          entry the migration appended (None: not consulted, which the caller reports).
         """
-        problems = []
+        ring = ring or environment_keyring()
+        verdict = LedgerVerdict()
+        entries = self.entries()
+        verdict.entries = len(entries)
+        by_seq = {e.seq: e for e in entries}
+        self._check_chain(entries, verdict)
+        self._check_macs(entries, ring, verdict)
+        anchored = self._check_anchors("catalog", by_seq, ring, verdict)
+        if migration_id is not None:
+            anchored |= self._check_anchors(migration_id, by_seq, ring, verdict)
+        for seq, digest in history or ():
+            anchored.add(seq)
+            found = by_seq.get(seq)
+            if found is None:
+                verdict.problems.append(
+                    f"entry {seq}, which the workflow's history recorded, is missing: the "
+                    "ledger was cut"
+                )
+            elif found.hash != digest:
+                verdict.problems.append(
+                    f"entry {seq} is not the one the workflow's history recorded "
+                    f"({digest[:12]}): it was rewritten"
+                )
+        newest = max(anchored, default=0)
+        loose = [e.seq for e in entries if e.seq > newest]
+        if loose:
+            verdict.unverified.append(
+                f"entries {loose[0]}..{loose[-1]} come after every anchor (written by a process "
+                "that stopped before anchoring them, or appended by someone else)"
+            )
+        return verdict
+
+    @staticmethod
+    def _check_chain(entries: list[LedgerEntry], verdict: LedgerVerdict) -> None:
         prev = GENESIS
-        hashes: dict[int, str] = {}
-        for e in self.entries():
+        for e in entries:
             if e.prev_hash != prev:
-                problems.append(
+                verdict.problems.append(
                     f"entry {e.seq}: does not follow the entry before it "
                     "(an entry was removed, inserted or moved)"
                 )
             if entry_hash(e.prev_hash, e.body()) != e.hash:
-                problems.append(f"entry {e.seq}: content does not match its hash (edited)")
-            hashes[e.seq] = e.hash
+                verdict.problems.append(f"entry {e.seq}: content does not match its hash (edited)")
             prev = e.hash
-        if anchor is not None and anchor[0] and hashes.get(anchor[0]) != anchor[1]:
-            problems.append(
-                f"entry {anchor[0]}, the newest the workflow recorded ({anchor[1][:12]}), is "
-                "missing or altered: the ledger's tail was cut or rewritten"
+
+    @staticmethod
+    def _check_macs(
+        entries: list[LedgerEntry], ring: KeyRing | None, verdict: LedgerVerdict
+    ) -> None:
+        keyed = [e for e in entries if e.mac is not None]
+        if ring is None:
+            verdict.unverified.append(
+                "no key ring (VECMIGRATE_KEYRING): the hashes were checked, but anyone who can "
+                "write to the catalog could have rewritten entries and recomputed them"
             )
-        return problems
+            return
+        if not keyed:
+            if entries:
+                verdict.unverified.append("no ledger entry is MACed: nothing vouches for them")
+            return
+        first = keyed[0].seq
+        legacy = sum(1 for e in entries if e.seq < first)
+        if legacy:
+            verdict.notes.append(f"{legacy} entries predate the ledger key (chain only)")
+        for e in entries:
+            if e.seq < first:
+                continue
+            if e.mac is None or e.key_id is None:
+                verdict.problems.append(f"entry {e.seq}: its MAC was removed")
+            elif e.key_id not in ring.keys:
+                verdict.unverified.append(
+                    f"entry {e.seq} is MACed with key {e.key_id}, which the key ring lacks"
+                )
+            elif not ring.verify_mac(LEDGER_MAC, e.key_id, mac_input(e.key_id, e.hash), e.mac):
+                verdict.problems.append(
+                    f"entry {e.seq}: its MAC does not match (rewritten without the key)"
+                )
+
+    def _check_anchors(
+        self,
+        scope: str,
+        by_seq: dict[int, LedgerEntry],
+        ring: KeyRing | None,
+        verdict: LedgerVerdict,
+    ) -> set[int]:
+        anchored: set[int] = set()
+        if not self.anchors.exists(scope):
+            if scope == "catalog" and by_seq:
+                verdict.unverified.append(
+                    f"no anchor file for this catalog in {self.anchors.root}: nothing outside "
+                    "the catalog vouches for its tail"
+                )
+            return anchored
+        for anchor in self.anchors.read(scope):
+            if isinstance(anchor, str):
+                verdict.problems.append(anchor)
+                continue
+            bad = self.anchors.signature_problem(anchor, ring)
+            if bad is not None:
+                (verdict.problems if "bad signature" in bad else verdict.unverified).append(bad)
+                continue
+            anchored.add(anchor.seq)
+            found = by_seq.get(anchor.seq)
+            if found is None:
+                verdict.problems.append(
+                    f"entry {anchor.seq}, anchored at {anchor.at}, is missing: the ledger was cut "
+                    "or an entry removed"
+                )
+            elif found.hash != anchor.hash:
+                verdict.problems.append(
+                    f"entry {anchor.seq} does not match its anchor ({anchor.hash[:12]}): it was "
+                    "rewritten"
+                )
+        return anchored
+
+    # -- operator roles ----------------------------------------------------------------------
+
+    def grant_role(
+        self, identity: str, role: Role, tenant: str, collection: str, actor: str
+    ) -> None:
+        """Give ``identity`` (exact or a pattern) ``role`` on ``tenant``/``collection`` (``*``
+        for any), replacing a role it held there; the ledger records the grant."""
+        RoleBinding(identity=identity, role=role, tenant=tenant, collection=collection)
+        key = (
+            (access_roles.c.tenant == tenant)
+            & (access_roles.c.collection == collection)
+            & (access_roles.c.identity == identity)
+        )
+        with begin(self.engine) as conn:
+            conn.execute(access_roles.delete().where(key))
+            conn.execute(
+                access_roles.insert().values(
+                    tenant=tenant,
+                    collection=collection,
+                    identity=identity,
+                    role=str(role),
+                    granted_by=actor,
+                    granted_at=now(),
+                )
+            )
+        self.append(
+            tenant=tenant,
+            collection=collection,
+            kind="roles.granted",
+            actor=actor,
+            data={"identity": identity, "role": str(role)},
+        )
+
+    def revoke_role(self, identity: str, tenant: str, collection: str, actor: str) -> bool:
+        """Take ``identity``'s role on ``tenant``/``collection`` away; whether it held one."""
+        key = (
+            (access_roles.c.tenant == tenant)
+            & (access_roles.c.collection == collection)
+            & (access_roles.c.identity == identity)
+        )
+        with begin(self.engine) as conn:
+            gone = conn.execute(access_roles.delete().where(key)).rowcount
+        if gone:
+            self.append(
+                tenant=tenant,
+                collection=collection,
+                kind="roles.revoked",
+                actor=actor,
+                data={"identity": identity},
+            )
+        return bool(gone)
+
+    def set_four_eyes(self, tenant: str, collection: str, on: bool, actor: str) -> None:
+        """Require (or not) that a cut-over's approver differ from the migration's starter."""
+        key = (access_settings.c.tenant == tenant) & (access_settings.c.collection == collection)
+        with begin(self.engine) as conn:
+            conn.execute(access_settings.delete().where(key))
+            conn.execute(
+                access_settings.insert().values(tenant=tenant, collection=collection, four_eyes=on)
+            )
+        self.append(
+            tenant=tenant,
+            collection=collection,
+            kind="roles.four_eyes",
+            actor=actor,
+            data={"four_eyes": on},
+        )
+
+    def access_policy(self, tenant: str, collection: str) -> AccessPolicy:
+        """The roles and four-eyes rule in force on ``tenant``/``collection``."""
+        tenants, collections = (tenant, "*"), (collection, "*")
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(access_roles)
+                .where(access_roles.c.tenant.in_(tenants))
+                .where(access_roles.c.collection.in_(collections))
+                .order_by(access_roles.c.tenant, access_roles.c.collection, access_roles.c.identity)
+            ).mappings()
+            bindings = tuple(
+                RoleBinding(
+                    identity=r["identity"],
+                    role=Role(r["role"]),
+                    tenant=r["tenant"],
+                    collection=r["collection"],
+                )
+                for r in rows
+            )
+            four_eyes = conn.execute(
+                select(access_settings.c.four_eyes)
+                .where(access_settings.c.tenant.in_(tenants))
+                .where(access_settings.c.collection.in_(collections))
+            ).all()
+        return AccessPolicy(bindings=bindings, four_eyes=any(r[0] for r in four_eyes))
+
+    def knows_migration(self, migration_id: str) -> bool:
+        """Whether the catalog has a migration row or any ledger entry for ``migration_id``."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(migrations.c.id).where(migrations.c.id == migration_id)
+            ).first()
+            if row is None:
+                row = conn.execute(
+                    select(ledger.c.seq).where(ledger.c.migration_id == migration_id).limit(1)
+                ).first()
+        return row is not None
 
     def latest(self, migration_id: str, kind: str) -> LedgerEntry | None:
         """The newest entry of ``kind`` for a migration."""
@@ -877,6 +1213,9 @@ def _entry(row: Any) -> LedgerEntry:
         prev_hash=row["prev_hash"],
         hash=row["hash"],
         region=row.get("region"),
+        caller=row.get("caller"),
+        key_id=row.get("key_id"),
+        mac=row.get("mac"),
     )
 
 

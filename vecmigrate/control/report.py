@@ -286,7 +286,8 @@ def print_status(console: Console, st: MigrationStatus) -> None:
 
 
 def model_tables(registry: Registry) -> list[Table]:
-    """The registered models, then the compatibility matrix (query model x index model)."""
+    """The registered models, the compatibility matrix (query model x index model) and the
+    adapters with the collection each serves."""
     records = registry.all_models()
     models = Table(title="embedding models")
     for col in ("model", "kind", "dim", "metric", "unit", "available", "weights"):
@@ -307,7 +308,18 @@ def model_tables(registry: Registry) -> list[Table]:
         matrix.add_column(r.key)
     for row, cells in registry.compatibility().items():
         matrix.add_row(row, *(cells[c.key] for c in records))
-    return [models, matrix]
+    adapters = Table(title="adapters (each serves the collection it was fitted on)")
+    for col in ("collection", "maps", "method", "held-out cosine", "id"):
+        adapters.add_column(col)
+    for a in registry.all_adapters():
+        adapters.add_row(
+            f"{a.tenant}/{a.collection}" if a.collection else "(none recorded)",
+            f"{a.from_model} -> {a.to_model}",
+            a.method,
+            str(a.figures.get("held_out_cosine", "")),
+            a.id,
+        )
+    return [models, matrix, adapters]
 
 
 def regional_table(st: RegionalStatus) -> Table:

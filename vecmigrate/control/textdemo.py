@@ -36,6 +36,7 @@ from vecmigrate.control.report import status_tables
 from vecmigrate.data.datasets import stdlib_docstrings
 from vecmigrate.data.seed import SeedResult, seed_collection, sequential_ids
 from vecmigrate.embedding.embedders import fit_lsa
+from vecmigrate.embedding.reembed import fit_collection_adapter
 from vecmigrate.embedding.registry import ModelRecord, Registry, register_lsa
 from vecmigrate.errors import VecmigrateError
 from vecmigrate.model.gates import RetrievalFigures
@@ -305,8 +306,9 @@ async def run_text_demo(
     task_queue: str,
     operator: str,
     console: Console,
-) -> MigrationStatus:
-    """Seed, migrate to the new model under text traffic, and print what was served."""
+) -> tuple[MigrationStatus, int]:
+    """Seed, migrate to the new model under text traffic, and print what was served; returns
+    the final status and how many requests failed."""
     async with demo_runtime(address, catalog_url, task_queue, console) as (mc, server, address):
         catalog = Catalog(catalog_url)
         console.print("[bold]1. text[/bold] docstrings of the Python standard library ...")
@@ -321,10 +323,26 @@ async def run_text_demo(
             f"{new.schema.metric}, unit length)"
         )
         await asyncio.to_thread(seed_texts, catalog, "default", collection, v1, corpus, 4)
-        if old_model_unavailable:
-            Registry(catalog).set_available(old.schema.model_id, old.schema.model_version, False)
-            console.print(f"   {old.key} marked unavailable: reads need the {adapter} adapter")
         spec = text_demo_spec(collection, v1, v2, adapter)
+        if old_model_unavailable:
+            # The registry refuses to retire a model a collection still needs: the collection's
+            # adapter first (the migration's PREPARING then uses it rather than fit another).
+            fitted = await asyncio.to_thread(
+                fit_collection_adapter,
+                catalog,
+                "default",
+                collection,
+                new.key,
+                adapter,
+                samples=spec.reembed.adapter_samples,
+                ridge_alpha=spec.reembed.ridge_alpha,
+            )
+            console.print(
+                f"   {adapter} adapter {new.key} -> {old.key} fitted on {collection} "
+                f"(held-out cosine {fitted.figures.get('held_out_cosine')})"
+            )
+            Registry(catalog).set_available(old.schema.model_id, old.schema.model_version, False)
+            console.print(f"   {old.key} marked unavailable: reads of v1 go through the adapter")
         router = Router(catalog, refresh_seconds=0.5)
         phase = {"now": "BEFORE"}
         traffic = TextTraffic(router, "default", collection, corpus, phase=lambda: phase["now"])
@@ -351,7 +369,9 @@ async def run_text_demo(
         console.print(traffic_table(traffic))
         if final.gates is not None and final.gates.figures is not None:
             console.print(read_options_table(final.gates.figures))
-        return final
+        failed = sum(row.failed for row in traffic.by_phase())
+        console.print(f"{len(traffic.requests):,} requests through the router, {failed} failed")
+        return final, failed
 
 
 async def _follow(mc: MigrationClient, mid: str, phase: dict[str, str]) -> None:

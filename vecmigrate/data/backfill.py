@@ -227,13 +227,17 @@ def model_checks(catalog: Catalog, spec: MigrationSpec, store: VectorStore) -> l
         checks.append(Check("target model", False, f"the new model cannot run: {exc}"))
     checks.append(text_check(catalog, spec, store))
     old_runs = registry.runnable(s_emb)
+    fitted = None if old_runs else registry.adapter_for(s_emb, spec.tenant, spec.collection)
     asked = spec.reembed.adapter != "none"
     checks.append(
         Check(
             "reads during the re-embed",
-            old_runs or asked,
+            old_runs or fitted is not None or asked,
             f"queries embedded by {old} until the cut-over"
             if old_runs
+            else f"{old} cannot run: queries embedded by {fitted.from_model} through the "
+            f"{fitted.method} adapter fitted on this collection"
+            if fitted is not None
             else f"{old} cannot run: queries embedded by {new} through a {spec.reembed.adapter} "
             "adapter fit before the backfill"
             if asked

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,12 +33,14 @@ import numpy as np
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.catalog.changelog import ChangeLog
 from vecmigrate.catalog.documents import Documents
+from vecmigrate.config import resolve_store
 from vecmigrate.embedding.embedders import Embedder, file_sha256
-from vecmigrate.embedding.registry import AdapterRecord, Registry
-from vecmigrate.errors import DataError, PreconditionError
-from vecmigrate.model.spec import EmbeddingSchema, MigrationSpec
+from vecmigrate.embedding.registry import AdapterRecord, Registry, model_key
+from vecmigrate.errors import DataError, NotFoundError, PreconditionError
+from vecmigrate.indexes.build import artifact_dir
+from vecmigrate.model.spec import EmbeddingSchema, MigrationSpec, store_ref
 from vecmigrate.records.vectors import Ids, Vectors, normalize_rows
-from vecmigrate.stores import VectorStore
+from vecmigrate.stores import Scope, VectorStore, open_store
 
 
 def embed_in_batches(embedder: Embedder, texts: list[str], batch: int) -> Vectors:
@@ -223,44 +226,59 @@ def fit_map(
     )
 
 
+# Added to the gate seed for the adapter's sample, so it differs from the gates' query sample.
+_ADAPTER_SEED_OFFSET = 7
+
+
+@dataclass(frozen=True)
+class AdapterFit:
+    """What an adapter is fitted from: the collection, the old version's records and model, the
+    new model, and how (a spec's ``reembed`` policy, or the same fields from the command line)."""
+
+    tenant: str
+    collection: str
+    source: VectorStore
+    old: EmbeddingSchema
+    new: EmbeddingSchema
+    method: str
+    samples: int = 2_000
+    ridge_alpha: float = 1.0
+    batch_size: int = 256
+    seed: int = 0
+    migration_id: str | None = None
+
+
 def paired_sample(
-    catalog: Catalog, spec: MigrationSpec, source: VectorStore, embedder: Embedder, n: int
+    catalog: Catalog, fit: AdapterFit, embedder: Embedder
 ) -> tuple[Ids, Vectors, Vectors]:
-    """``n`` records with their old vectors (from the source) and new ones (embedded now)."""
-    ids, old = source.sample(n, seed=spec.gates.seed + 7)
-    texts = Documents(catalog).get(spec.tenant, spec.collection, ids)
+    """``fit.samples`` records with their old vectors (from the source) and new ones (embedded
+    now)."""
+    ids, old = fit.source.sample(fit.samples, seed=fit.seed + _ADAPTER_SEED_OFFSET)
+    texts = Documents(catalog).get(fit.tenant, fit.collection, ids)
     keep = np.asarray([t is not None for t in texts], bool)
-    new = embed_in_batches(embedder, [t for t in texts if t is not None], spec.reembed.batch_size)
+    new = embed_in_batches(embedder, [t for t in texts if t is not None], fit.batch_size)
     return ids[keep], new, old[keep]
 
 
-def fit_transition(
-    catalog: Catalog, spec: MigrationSpec, source: VectorStore, directory: Path
-) -> AdapterRecord:
-    """Fit the spec's adapter (new model -> old model) and register it. Idempotent: the same
-    sample and method give the same file, hence the same adapter.
+def fit_adapter(catalog: Catalog, fit: AdapterFit, directory: Path) -> AdapterRecord:
+    """Fit a map from the new model's space to the old one's on the collection's records and
+    register it for that collection. Idempotent: the same sample and method give the same file,
+    hence the same adapter.
 
     Raises:
         PreconditionError: the new model cannot run, or too few records have text.
     """
-    policy = spec.reembed
     registry = Registry(catalog)
-    embedder = registry.embedder(spec.target.embedding)
+    embedder = registry.embedder(fit.new)
     began = time.perf_counter()
-    ids, new, old = paired_sample(catalog, spec, source, embedder, policy.adapter_samples)
+    ids, new, old = paired_sample(catalog, fit, embedder)
     if len(ids) < 10:
         raise PreconditionError(f"an adapter needs at least 10 records with text; found {len(ids)}")
     # Hold a fifth out to report the fit honestly.
     cut = max(1, len(ids) // 5)
     held_new, held_old = new[:cut], old[:cut]
-    source_schema = spec.source.embedding
-    fitted = fit_map(
-        new[cut:],
-        old[cut:],
-        policy.adapter,
-        alpha=policy.ridge_alpha,
-        normalize=source_schema.normalized,
-    )
+    normalize = fit.old.normalized
+    fitted = fit_map(new[cut:], old[cut:], fit.method, alpha=fit.ridge_alpha, normalize=normalize)
     mapped = fitted(held_new)
     figures: dict[str, Any] = {
         "samples": int(len(ids) - cut),
@@ -272,22 +290,99 @@ def fit_transition(
         ),
         "seconds": round(time.perf_counter() - began, 3),
     }
-    final = fit_map(
-        new, old, policy.adapter, alpha=policy.ridge_alpha, normalize=source_schema.normalized
-    )
-    tmp = directory / f"adapter-{spec.migration_id}-{policy.adapter}.new.npz"
+    final = fit_map(new, old, fit.method, alpha=fit.ridge_alpha, normalize=normalize)
+    tmp = directory / f"adapter-{uuid.uuid4().hex}-{fit.method}.new.npz"
     digest = final.save(tmp)
-    path = directory / f"adapter-{policy.adapter}-{digest[:16]}.npz"
+    path = directory / f"adapter-{fit.method}-{digest[:16]}.npz"
     tmp.replace(path)
     return registry.register_adapter(
-        spec.target.embedding,
-        source_schema,
-        policy.adapter,
+        fit.tenant,
+        fit.collection,
+        fit.new,
+        fit.old,
+        fit.method,
         str(path),
         digest,
         figures,
+        migration_id=fit.migration_id,
+    )
+
+
+def fit_transition(
+    catalog: Catalog, spec: MigrationSpec, source: VectorStore, directory: Path
+) -> AdapterRecord:
+    """The spec's adapter (new model -> old model) for the migrated collection: the one already
+    fitted on it for these two models by the same method (an operator fitted it before retiring
+    the old model, or an earlier attempt did), else a new fit."""
+    policy = spec.reembed
+    registry = Registry(catalog)
+    for record in registry.adapters_into(spec.source.embedding, spec.tenant, spec.collection):
+        if record.method == policy.adapter and record.from_model == model_key(
+            spec.target.embedding
+        ):
+            return record
+    fit = AdapterFit(
+        tenant=spec.tenant,
+        collection=spec.collection,
+        source=source,
+        old=spec.source.embedding,
+        new=spec.target.embedding,
+        method=policy.adapter,
+        samples=policy.adapter_samples,
+        ridge_alpha=policy.ridge_alpha,
+        batch_size=policy.batch_size,
+        seed=spec.gates.seed,
         migration_id=spec.migration_id,
     )
+    return fit_adapter(catalog, fit, directory)
+
+
+def fit_collection_adapter(
+    catalog: Catalog,
+    tenant: str,
+    collection: str,
+    new_model: str,
+    method: str,
+    *,
+    samples: int = 2_000,
+    ridge_alpha: float = 1.0,
+) -> AdapterRecord:
+    """Fit an adapter from ``new_model`` (``MODEL_ID@VERSION``) into the space of the version
+    that serves ``tenant/collection``'s reads, on its records: what a collection needs before its
+    model may be marked unavailable. A migration of the collection to ``new_model`` that asks
+    for the same method uses this adapter instead of fitting another.
+
+    Raises:
+        NotFoundError: no such collection or model.
+        PreconditionError: the new model cannot run, or too few records have text.
+    """
+    registry = Registry(catalog)
+    view = catalog.get_routing(tenant, collection)
+    if view is None or view.read_version is None:
+        raise NotFoundError(f"{tenant}/{collection} has no version serving reads")
+    record = catalog.find_version(tenant, collection, view.read_version)
+    if record is None:
+        raise NotFoundError(f"{tenant}/{collection}@{view.read_version} is not registered")
+    model_id, _, version = new_model.rpartition("@")
+    found = registry.find_model(model_id or new_model, version if model_id else "1")
+    if found is None:
+        raise NotFoundError(
+            f"model {new_model} is not registered; register it with `vecmigrate model add` or "
+            "`vecmigrate model fit-lsa`"
+        )
+    ref = resolve_store(store_ref(record.store))
+    source = open_store(ref, Scope(tenant, collection, view.read_version))
+    fit = AdapterFit(
+        tenant=tenant,
+        collection=collection,
+        source=source,
+        old=record.embedding,
+        new=found.schema,
+        method=method,
+        samples=samples,
+        ridge_alpha=ridge_alpha,
+    )
+    return fit_adapter(catalog, fit, artifact_dir(ref, tenant, collection, "adapters"))
 
 
 def load_adapter(record: AdapterRecord) -> LinearMap:
@@ -321,9 +416,11 @@ class QueryPath:
         return v if self.adapter is None else self.adapter(v)
 
 
-def query_path(registry: Registry, schema: EmbeddingSchema) -> QueryPath:
-    """How to embed queries for vectors of ``schema``: its own model if it can run, else an
-    available model through a registered adapter.
+def query_path(
+    registry: Registry, schema: EmbeddingSchema, tenant: str, collection: str
+) -> QueryPath:
+    """How to embed queries for ``tenant/collection``'s vectors of ``schema``: its own model if
+    it can run, else an available model through an adapter fitted on that collection.
 
     Raises:
         PreconditionError: neither.
@@ -331,19 +428,20 @@ def query_path(registry: Registry, schema: EmbeddingSchema) -> QueryPath:
     key = f"{schema.model_id}@{schema.model_version}"
     if registry.runnable(schema):
         return QueryPath(registry.embedder(schema), None, f"model {key}")
-    for record in registry.adapters_into(schema):
+    record = registry.adapter_for(schema, tenant, collection)
+    if record is not None:
         model_id, _, version = record.from_model.rpartition("@")
         found = registry.find_model(model_id, version)
-        if found is None or not found.available:
-            continue
+        assert found is not None  # adapter_for checked it runs
         return QueryPath(
             registry.embedder(found.schema),
             load_adapter(record),
             f"adapter {record.method} {record.from_model}->{key}",
         )
     raise PreconditionError(
-        f"model {key} cannot run and no adapter maps an available model into its space; "
-        "re-enable the model or migrate with reembed.adapter set"
+        f"model {key} cannot run and no adapter fitted on {tenant}/{collection} maps an "
+        "available model into its space; re-enable the model or fit one (`vecmigrate model "
+        "fit-adapter`)"
     )
 
 

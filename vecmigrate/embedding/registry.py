@@ -6,8 +6,14 @@ a version made by it then need an adapter). The compatibility matrix says, for t
 schemas, how a vector of one can be searched against vectors of the other:
 
 * ``same``: the same model and version (at most a normalisation apart);
-* ``adapter``: a learned map registered from the first model's space to the second's;
+* ``adapter``: a learned map registered from the first model's space to the second's (fitted on
+  one collection's records, and used for that collection alone);
 * ``none``: not comparable; a query must be embedded by the version's own model.
+
+A model is never marked unavailable while a collection still serves a version it made and no
+adapter fitted on that collection maps an available model into its space: every text search and
+text write of that collection would fail. Fit the collection's adapter first
+(:func:`vecmigrate.embedding.reembed.fit_collection_adapter`, ``vecmigrate model fit-adapter``).
 """
 
 from __future__ import annotations
@@ -18,9 +24,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, Column, DateTime, Integer, String, Table, select
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Integer,
+    String,
+    Table,
+    inspect,
+    select,
+    text,
+)
 
-from vecmigrate.catalog.catalog import Catalog, metadata, now
+from vecmigrate.catalog.catalog import Catalog, metadata, migrations, now, routing
 from vecmigrate.catalog.engines import begin, once_per_engine
 from vecmigrate.embedding.embedders import (
     EMBEDDER_KINDS,
@@ -49,11 +66,14 @@ models = Table(
     Column("registered_at", DateTime(timezone=True), nullable=False),
 )
 
-# Learned maps between embedding spaces (transitional adapters), by source and target model.
+# Learned maps between embedding spaces (transitional adapters), by the collection they were
+# fitted on and serve, and by source and target model.
 adapters = Table(
     "model_adapters",
     metadata,
     Column("id", String(200), primary_key=True),
+    Column("tenant", String(64)),
+    Column("collection", String(64)),
     Column("from_model", String(270), nullable=False),
     Column("to_model", String(270), nullable=False),
     Column("method", String(32), nullable=False),
@@ -92,9 +112,11 @@ class ModelRecord:
 
 @dataclass(frozen=True)
 class AdapterRecord:
-    """A registered map from one model's space to another's."""
+    """A registered map from one model's space to another's, fitted on one collection."""
 
     id: str
+    tenant: str | None
+    collection: str | None
     from_model: str
     to_model: str
     method: str
@@ -109,11 +131,32 @@ class Registry:
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
         self.engine = catalog.engine
-        once_per_engine(
-            self.engine,
-            "registry",
-            lambda: metadata.create_all(self.engine, tables=[models, adapters]),
-        )
+        once_per_engine(self.engine, "registry", self._create)
+
+    def _create(self) -> None:
+        """The registry's tables; an adapter table from before adapters were kept per collection
+        gains the collection's columns, filled from the migration that fitted each adapter."""
+        metadata.create_all(self.engine, tables=[models, adapters])
+        have = {c["name"] for c in inspect(self.engine).get_columns("model_adapters")}
+        if {"tenant", "collection"} <= have:
+            return
+        with begin(self.engine) as conn:
+            for name in ("tenant", "collection"):
+                if name not in have:
+                    conn.execute(text(f"ALTER TABLE model_adapters ADD COLUMN {name} VARCHAR(64)"))
+            for column in ("tenant", "collection"):
+                source = getattr(migrations.c, column)
+                conn.execute(
+                    adapters.update()
+                    .where(adapters.c.migration_id.is_not(None))
+                    .values(
+                        {
+                            column: select(source)
+                            .where(migrations.c.id == adapters.c.migration_id)
+                            .scalar_subquery()
+                        }
+                    )
+                )
 
     # -- models -------------------------------------------------------------------------------
 
@@ -197,15 +240,68 @@ class Registry:
 
         Raises:
             NotFoundError: no such model.
+            PreconditionError: marking it unavailable while a collection still serves a version
+                it made and has no adapter into its space (listed, with what to do).
         """
+        found = self.find_model(model_id, model_version)
+        if found is None:
+            raise NotFoundError(f"model {model_id}@{model_version} is not registered")
+        if not available:
+            stranded = self.stranded_by(found.key)
+            if stranded:
+                named = ", ".join(f"{t}/{c}@{v}" for t, c, v in stranded)
+                first = stranded[0]
+                which = "that collection" if len(stranded) == 1 else "those collections"
+                raise PreconditionError(
+                    f"model {found.key} is still needed to serve {named}, and no adapter "
+                    f"fitted on {which} maps another available model into its space: every "
+                    "text search and text write there would fail. Fit one first (`vecmigrate "
+                    f"model fit-adapter {first[0]}/{first[1]} --from NEW_MODEL@VERSION --method "
+                    "procrustes`), or migrate with reembed.adapter set and disable the model "
+                    "once the migration has fitted it"
+                )
         with begin(self.engine) as conn:
-            done = conn.execute(
+            conn.execute(
                 models.update()
                 .where((models.c.model_id == model_id) & (models.c.model_version == model_version))
                 .values(available=available)
-            ).rowcount
-        if not done:
-            raise NotFoundError(f"model {model_id}@{model_version} is not registered")
+            )
+
+    def stranded_by(self, key: str) -> list[tuple[str, str, str]]:
+        """``(tenant, collection, version)`` of the versions some collection's routing reads,
+        writes or ramps to that can be served now (their texts embedded by their own model or
+        through the collection's adapter) and could not be with model ``key`` unavailable."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(routing)).mappings().all()
+        stranded = []
+        for row in rows:
+            tenant, collection = row["tenant"], row["collection"]
+            named = {row["read_version"], row["candidate_version"], *(row["write_versions"] or [])}
+            for version in sorted(v for v in named if v):
+                record = self.catalog.find_version(tenant, collection, version)
+                if record is None:
+                    continue
+                schema = record.embedding
+                if self._servable(schema, tenant, collection) and not self._servable(
+                    schema, tenant, collection, without=key
+                ):
+                    stranded.append((tenant, collection, version))
+        return sorted(stranded)
+
+    def _servable(
+        self, schema: EmbeddingSchema, tenant: str, collection: str, without: str | None = None
+    ) -> bool:
+        """Whether texts can reach ``schema``'s space in this collection, with model ``without``
+        taken as unavailable."""
+
+        def runs(key: str) -> bool:
+            model_id, _, version = key.rpartition("@")
+            found = self.find_model(model_id, version)
+            return found is not None and found.available and key != without
+
+        return runs(model_key(schema)) or any(
+            runs(a.from_model) for a in self.adapters_into(schema, tenant, collection)
+        )
 
     def embedder(self, schema: EmbeddingSchema) -> Embedder:
         """The runnable model of ``schema``.
@@ -240,6 +336,8 @@ class Registry:
 
     def register_adapter(
         self,
+        tenant: str,
+        collection: str,
         source: EmbeddingSchema,
         target: EmbeddingSchema,
         method: str,
@@ -248,14 +346,20 @@ class Registry:
         figures: dict[str, Any],
         migration_id: str | None = None,
     ) -> AdapterRecord:
-        """Register a map from ``source``'s space to ``target``'s (idempotent by content)."""
-        aid = f"{model_key(source)}->{model_key(target)}:{method}:{checksum[:12]}"
+        """Register a map from ``source``'s space to ``target``'s fitted on ``tenant/collection``
+        (idempotent by content)."""
+        aid = (
+            f"{tenant}/{collection}:{model_key(source)}->{model_key(target)}:{method}:"
+            f"{checksum[:12]}"
+        )
         if self.get_adapter(aid) is None:
             try:
                 with begin(self.engine) as conn:
                     conn.execute(
                         adapters.insert().values(
                             id=aid,
+                            tenant=tenant,
+                            collection=collection,
                             from_model=model_key(source),
                             to_model=model_key(target),
                             method=method,
@@ -274,27 +378,63 @@ class Registry:
         return found
 
     def get_adapter(self, adapter_id: str) -> AdapterRecord | None:
+        """A registered adapter by id, or None."""
         with self.engine.connect() as conn:
             row = conn.execute(select(adapters).where(adapters.c.id == adapter_id)).first()
         return None if row is None else _adapter(row)
 
-    def adapters_into(self, target: EmbeddingSchema) -> list[AdapterRecord]:
-        """Maps into ``target``'s space, newest first."""
+    def all_adapters(self) -> list[AdapterRecord]:
+        """Every registered adapter, by collection, newest first within one."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(adapters).order_by(
+                    adapters.c.tenant, adapters.c.collection, adapters.c.created_at.desc()
+                )
+            ).all()
+        return [_adapter(r) for r in rows]
+
+    def adapters_into(
+        self, target: EmbeddingSchema, tenant: str, collection: str
+    ) -> list[AdapterRecord]:
+        """Maps into ``target``'s space fitted on ``tenant/collection``, newest first."""
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(adapters)
-                .where(adapters.c.to_model == model_key(target))
+                .where(
+                    (adapters.c.to_model == model_key(target))
+                    & (adapters.c.tenant == tenant)
+                    & (adapters.c.collection == collection)
+                )
                 .order_by(adapters.c.created_at.desc(), adapters.c.id)
             ).all()
         return [_adapter(r) for r in rows]
 
+    def adapter_for(
+        self, target: EmbeddingSchema, tenant: str, collection: str
+    ) -> AdapterRecord | None:
+        """The adapter that serves ``tenant/collection``'s vectors of ``target``'s model: the
+        newest one fitted on that collection from a model that can run (None: none can)."""
+        for record in self.adapters_into(target, tenant, collection):
+            model_id, _, version = record.from_model.rpartition("@")
+            found = self.find_model(model_id, version)
+            if found is not None and found.available:
+                return record
+        return None
+
     def relation(self, a: EmbeddingSchema, b: EmbeddingSchema) -> str:
-        """How a vector of schema ``a`` can be searched among vectors of schema ``b``."""
+        """How a vector of schema ``a`` can be searched among vectors of schema ``b``
+        (``adapter``: in the collections an adapter was fitted on; see :meth:`all_adapters`)."""
         if (a.model_id, a.model_version, a.dimension) == (b.model_id, b.model_version, b.dimension):
             return "same"
-        if any(r.from_model == model_key(a) for r in self.adapters_into(b)):
-            return "adapter"
-        return "none"
+        with self.engine.connect() as conn:
+            mapped = conn.execute(
+                select(adapters.c.id)
+                .where(
+                    (adapters.c.from_model == model_key(a)) & (adapters.c.to_model == model_key(b))
+                )
+                .limit(1)
+            ).first()
+        return "adapter" if mapped is not None else "none"
 
     def compatibility(self) -> dict[str, dict[str, str]]:
         """The matrix over every registered model: ``matrix[query model][index model]``."""
@@ -383,6 +523,8 @@ def _model(row: Any) -> ModelRecord:
 def _adapter(row: Any) -> AdapterRecord:
     return AdapterRecord(
         id=row.id,
+        tenant=row.tenant,
+        collection=row.collection,
         from_model=row.from_model,
         to_model=row.to_model,
         method=row.method,

@@ -35,6 +35,7 @@ from vecmigrate.model.spec import (
 from vecmigrate.model.tasks import ArtifactRef, ShardRef
 from vecmigrate.records.checksums import RecordChecksum
 from vecmigrate.records.vectors import Distances, Ids, Vectors
+from vecmigrate.security.keyring import environment_keyring
 from vecmigrate.stores import (
     MilvusStore,
     PgvectorStore,
@@ -85,14 +86,15 @@ def build_shard(
         metric = Metric(version.embedding.metric)
         key = build_key(version.index, metric, dim, acc.hexdigest())
         stem = f"shard-{shard.index:04d}"
-        found = find_artifact(directory, stem, key)
+        ring = environment_keyring()
+        found = find_artifact(directory, stem, key, encrypted=ring is not None)
         written = 0
         if found is None:
             index = build_index(
                 version.index, metric, ids, vecs, threads=threads, on_progress=on_progress
             )
             found = write_artifact(
-                index, version.index, metric, dim, directory, stem, key, len(ids)
+                index, version.index, metric, dim, directory, stem, key, len(ids), ring
             )
             written = found.data_file.stat().st_size + found.manifest.stat().st_size
     return ArtifactRef(
@@ -106,6 +108,7 @@ def build_shard(
         bytes_read=int(ids.nbytes + vecs.nbytes),
         bytes_written=written,
         peak_memory=memory.peak,
+        protected_by=found.protected_by,
     )
 
 

@@ -17,6 +17,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from vecmigrate.errors import SpecError
+from vecmigrate.model.credentials import SecretRef, UrlWithoutSecret
 from vecmigrate.model.lifecycle import STRATEGIES
 from vecmigrate.model.schedule import SchedulePolicy
 from vecmigrate.model.windows import MaintenanceWindows
@@ -26,7 +27,9 @@ Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # A string under a field is its description in the JSON schema, which the spec reference
+    # (docs/spec-reference.md) is generated from.
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
 
 
 class Metric(StrEnum):
@@ -41,10 +44,13 @@ class EmbeddingSchema(_Model):
     """Which model made the vectors and how they are compared."""
 
     model_id: str = Field(min_length=1)
+    """The embedding model's id, as registered (``vecmigrate model list``)."""
     model_version: str = "1"
     dimension: int = Field(ge=1, le=65536)
+    """Length of every vector."""
     metric: Metric = Metric.L2
     normalized: bool = False
+    """Whether the vectors have unit length (a target may normalise what the source did not)."""
 
 
 # How an index holds each vector: as float32, as float16 (half the bytes, the same ranking to
@@ -60,14 +66,18 @@ class FaissFlat(_Model):
 
     kind: Literal["faiss_flat"] = "faiss_flat"
     encoding: Encoding = "float32"
+    """How each vector is held: float32, float16 (half the bytes) or int8 codes (a quarter)."""
 
 
 class _Ivf(_Model):
     """Parameters every FAISS inverted-file index shares."""
 
     nlist: int = Field(default=256, ge=1, le=1 << 20)
+    """Centroids (inverted lists); each shard needs at least 39 vectors per centroid to train."""
     nprobe: int = Field(default=16, ge=1)
+    """Lists searched per query, at most ``nlist``."""
     train_size: int = Field(default=100_000, ge=1)
+    """Vectors sampled from each shard to train the centroids."""
 
     @model_validator(mode="after")
     def _nprobe_within_nlist(self) -> Self:
@@ -82,6 +92,7 @@ class FaissIvfFlat(_Ivf):
 
     kind: Literal["faiss_ivf_flat"] = "faiss_ivf_flat"
     encoding: Encoding = "float32"
+    """How each vector is held: float32, float16 (half the bytes) or int8 codes (a quarter)."""
 
 
 class FaissIvfPq(_Ivf):
@@ -89,7 +100,9 @@ class FaissIvfPq(_Ivf):
 
     kind: Literal["faiss_ivf_pq"] = "faiss_ivf_pq"
     m: int = Field(default=8, ge=1)
+    """Sub-vectors per code; must divide the dimension."""
     nbits: int = Field(default=8, ge=1, le=16)
+    """Bits per sub-vector code."""
 
 
 class FaissHnsw(_Model):
@@ -98,9 +111,12 @@ class FaissHnsw(_Model):
 
     kind: Literal["faiss_hnsw"] = "faiss_hnsw"
     m: int = Field(default=32, ge=2, le=512)
+    """Links per node of the graph: more is better recall and more memory."""
     ef_construction: int = Field(default=200, ge=1)
+    """Candidates kept while inserting: more is a better graph and a slower build."""
     ef_search: int = Field(default=64, ge=1)
     encoding: Encoding = "float32"
+    """How each vector is held: float32, float16 (half the bytes) or int8 codes (a quarter)."""
 
 
 class HnswlibHnsw(_Model):
@@ -108,7 +124,9 @@ class HnswlibHnsw(_Model):
 
     kind: Literal["hnswlib_hnsw"] = "hnswlib_hnsw"
     m: int = Field(default=16, ge=2, le=512)
+    """Links per node of the graph: more is better recall and more memory."""
     ef_construction: int = Field(default=200, ge=1)
+    """Candidates kept while inserting: more is a better graph and a slower build."""
     ef_search: int = Field(default=64, ge=1)
 
 
@@ -123,9 +141,13 @@ class PgvectorHnsw(_Model):
 
     kind: Literal["pgvector_hnsw"] = "pgvector_hnsw"
     m: int = Field(default=16, ge=2, le=100)
+    """Links per node of the graph: more is better recall and more memory."""
     ef_construction: int = Field(default=64, ge=4, le=1000)
+    """Candidates kept while inserting: more is a better graph and a slower build."""
     ef_search: int = Field(default=40, ge=1, le=1000)
+    """Candidates kept per query: more is better recall and slower searches."""
     precision: Precision = "vector"
+    """``halfvec`` indexes half-precision casts of the vectors (half the index's vector bytes)."""
 
     @model_validator(mode="after")
     def _ef_construction_covers_m(self) -> Self:
@@ -144,6 +166,7 @@ class PgvectorIvfflat(_Model):
     lists: int = Field(default=100, ge=1, le=32768)
     probes: int = Field(default=10, ge=1)
     precision: Precision = "vector"
+    """``halfvec`` indexes half-precision casts of the vectors (half the index's vector bytes)."""
 
 
 class QdrantHnsw(_Model):
@@ -157,12 +180,19 @@ class QdrantHnsw(_Model):
 
     kind: Literal["qdrant_hnsw"] = "qdrant_hnsw"
     m: int = Field(default=16, ge=2, le=512)
+    """Links per node of the graph: more is better recall and more memory."""
     ef_construct: int = Field(default=100, ge=4)
+    """Candidates kept while inserting: more is a better graph and a slower build."""
     ef: int = Field(default=64, ge=1)
     quantization: Literal["none", "scalar", "product"] = "none"
+    """Compressed codes searched first: ``scalar`` (int8) or ``product``; ``none``: full
+    vectors only."""
     product_compression: Literal[4, 8, 16, 32, 64] = 16
+    """How many times smaller than the vectors product codes are."""
     rescore: bool = True
+    """Rescore the candidates found on codes with the full vectors."""
     oversampling: float = Field(default=2.0, ge=1.0, le=100.0)
+    """Candidates taken from the codes, as a multiple of those asked for, before rescoring."""
 
 
 class MilvusFlat(_Model):
@@ -247,42 +277,129 @@ class _StoreRef(_Model):
     """
 
     location: str | None = Field(default=None, min_length=1, max_length=64)
+    """Where the store keeps its data (a region or data-centre label), for residency checks."""
     tenants: tuple[Name, ...] | None = None
+    """The only tenants this store may hold; a migration of any other tenant is refused."""
 
 
-class BuiltinStoreRef(_StoreRef):
+class PostgresTls(_Model):
+    """TLS to PostgreSQL, as libpq names it: ``sslmode`` (``verify-full`` checks the server's
+    certificate and host name against ``root_cert``), and a client certificate for servers that
+    ask for one. Paths are read by the process that connects."""
+
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] = (
+        "verify-full"
+    )
+    """libpq's ``sslmode``: ``verify-full`` checks the server's certificate and name."""
+    root_cert: str | None = Field(default=None, min_length=1)
+    """Path of the CA certificate that signed the server's (libpq's ``sslrootcert``)."""
+    client_cert: str | None = Field(default=None, min_length=1)
+    """Path of a client certificate, for servers that ask for one (``sslcert``)."""
+    client_key: str | None = Field(default=None, min_length=1)
+    """Path of the client certificate's private key (``sslkey``)."""
+    negotiation: Literal["postgres", "direct"] = "postgres"
+    """``direct``: TLS from the first byte (PostgreSQL 17 and later, and TLS-terminating
+    proxies) instead of asking the server to switch to it (libpq's ``sslnegotiation``)."""
+
+    @model_validator(mode="after")
+    def _pair(self) -> Self:
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("client_cert and client_key go together: give both or neither")
+        return self
+
+
+class _PostgresConnection(_Model):
+    """A database reached by URL: its password and TLS options beside the URL, never in it."""
+
+    password: SecretRef | None = None
+    """The database password by reference: ``env:NAME``, ``file:/path`` or ``SCHEME://...``
+    (never the password itself; resolved by the worker that connects)."""
+    tls: PostgresTls | None = None
+    """TLS to the database (``sslmode``, CA and client certificate)."""
+
+    def _check_postgres_only(self, url: str | None) -> None:
+        if (self.password or self.tls) and not (url or "").startswith(("postgres", "psql")):
+            raise ValueError("password and tls apply to PostgreSQL URLs only")
+
+
+class BuiltinStoreRef(_StoreRef, _PostgresConnection):
     """The built-in store: records in a SQL database, index artifacts in a directory.
 
-    Both default to the vecmigrate home directory (``VECMIGRATE_HOME``, else ``./.vecmigrate``)
-    when left empty; the CLI resolves them to absolute paths before a migration starts.
+    Both default to the vecmigrate home directory (``VECMIGRATE_HOME``, else the user's data
+    directory) when left empty; the CLI resolves them to absolute paths before a migration starts.
+    A PostgreSQL ``url`` takes its ``password`` (a secret reference) and ``tls`` beside it.
     """
 
     kind: Literal["builtin"] = "builtin"
-    url: str | None = None
+    url: UrlWithoutSecret | None = None
+    """SQLAlchemy URL of the database that holds the records (no password: see ``password``)."""
     artifacts: str | None = None
+    """Directory of the index artifacts."""
+
+    @model_validator(mode="after")
+    def _connection(self) -> Self:
+        self._check_postgres_only(self.url)
+        return self
 
 
-class PgvectorStoreRef(_StoreRef):
+class PgvectorStoreRef(_StoreRef, _PostgresConnection):
     """A PostgreSQL database with the pgvector extension.
 
-    ``url`` is a libpq or SQLAlchemy URL (``postgresql://user:pass@host:5432/db``; a Unix socket
-    with ``?host=/path``). Each version gets its own table, so native indexes never span
-    versions. ``artifacts`` holds FAISS/hnswlib index files when the index is not native.
+    ``url`` is a libpq or SQLAlchemy URL without a password (``postgresql://app@host:5432/db``;
+    a Unix socket with ``?host=/path``); ``password`` names it by reference (``env:PGPASSWORD``,
+    ``file:/run/secrets/pg``) and ``tls`` sets ``sslmode`` and certificates. Each version gets
+    its own table, so native indexes never span versions. ``artifacts`` holds FAISS/hnswlib
+    index files when the index is not native.
     """
 
     kind: Literal["pgvector"] = "pgvector"
-    url: str = Field(min_length=1)
+    url: UrlWithoutSecret = Field(min_length=1)
+    """libpq or SQLAlchemy URL of the database (no password: see ``password``)."""
     artifacts: str | None = None
+    """Directory of the FAISS/hnswlib index files, when the index is not native."""
+
+
+class MilvusTls(_Model):
+    """TLS to a Milvus server: the CA that signed its certificate, the name it presents, and a
+    client certificate for servers that require one (mutual TLS)."""
+
+    ca_cert: str | None = Field(default=None, min_length=1)
+    """Path of the CA certificate that signed the server's."""
+    server_name: str | None = Field(default=None, min_length=1)
+    """The name in the server's certificate, when it differs from the URI's host."""
+    client_cert: str | None = Field(default=None, min_length=1)
+    """Path of a client certificate, for servers that require one."""
+    client_key: str | None = Field(default=None, min_length=1)
+    """Path of the client certificate's private key."""
+
+    @model_validator(mode="after")
+    def _pair(self) -> Self:
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("client_cert and client_key go together: give both or neither")
+        return self
 
 
 class MilvusStoreRef(_StoreRef):
-    """A Milvus deployment: ``uri`` is ``http://host:19530`` (``token`` if it needs one), or a
-    local file path for the embedded milvus-lite engine. Each version is its own collection."""
+    """A Milvus deployment: ``uri`` is ``https://host:19530`` (``http://`` without TLS), or a
+    local file path for the embedded milvus-lite engine. ``token`` (``user:password`` or an API
+    key) is a secret reference; ``tls`` adds a CA or a client certificate. Each version is its
+    own collection."""
 
     kind: Literal["milvus"] = "milvus"
-    uri: str = Field(min_length=1)
-    token: str | None = None
+    uri: UrlWithoutSecret = Field(min_length=1)
+    """``https://host:19530`` (``http://`` without TLS), or a milvus-lite file path."""
+    token: SecretRef | None = None
+    """``user:password`` or an API key, by reference: ``env:NAME``, ``file:/path``..."""
+    tls: MilvusTls | None = None
+    """TLS to the server: its CA, its name, a client certificate."""
     artifacts: str | None = None
+    """Directory of the FAISS/hnswlib index files, when the index is not native."""
+
+    @model_validator(mode="after")
+    def _remote_only(self) -> Self:
+        if self.tls is not None and not self.uri.startswith(("http://", "https://", "tcp://")):
+            raise ValueError("tls applies to a Milvus server URI (https://host:port)")
+        return self
 
 
 class QdrantStoreRef(_StoreRef):
@@ -309,9 +426,12 @@ class VersionSpec(_Model):
     """One representation of a collection: where its vectors live, what made them, its index."""
 
     name: Name
+    """The version's name within its collection (``v1``, ``v2``...)."""
     store: StoreRef = Field(default_factory=BuiltinStoreRef)
+    """Where the version's records live; the built-in store by default."""
     embedding: EmbeddingSchema
     index: IndexSpec
+    """The index that serves the version's reads; its ``kind`` selects the parameters."""
 
 
 class ShardLayout(_Model):
@@ -325,6 +445,7 @@ class ShardLayout(_Model):
 
     by: Literal["hash", "range"] = "hash"
     count: int = Field(default=4, ge=1, le=5_000)
+    """Shards the collection is split into."""
     only: tuple[int, ...] | None = None
 
     @model_validator(mode="after")
@@ -349,24 +470,34 @@ class IntegrityPolicy(_Model):
     """Per-shard checks of the target's vectors. ``None`` switches a check off."""
 
     max_nonfinite: int = Field(default=0, ge=0)
+    """Target vectors with a NaN or an infinity allowed."""
     max_zero_vectors: int | None = Field(default=0, ge=0)
+    """All-zero target vectors allowed beyond those the source already had."""
     max_duplicate_ids: int = Field(default=0, ge=0)
+    """Ids stored more than once allowed."""
     norm_min: float | None = Field(default=None, ge=0.0)
+    """Smallest vector norm allowed in the target."""
     norm_max: float | None = Field(default=None, ge=0.0)
-    # Relative slack allowed around the source's norm range (after the transform).
+    """Largest vector norm allowed in the target."""
     norm_range_tolerance: float | None = Field(default=0.01, ge=0.0)
-    # For normalised targets: allowed |norm - 1|.
+    """Relative slack allowed around the source's norm range (after the transform)."""
     unit_norm_tolerance: float = Field(default=1e-3, gt=0.0)
+    """For normalised targets: allowed ``|norm - 1|``."""
 
 
 class DistributionPolicy(_Model):
     """Same-model checks that the target's vectors follow the source's distribution."""
 
     sample: int = Field(default=5000, ge=10, le=1_000_000)
+    """Vectors drawn from each side for the distribution checks."""
     max_norm_ks: float | None = Field(default=0.05, ge=0.0, le=1.0)
+    """Two-sample Kolmogorov-Smirnov statistic of the norms, at most."""
     max_mean_shift: float | None = Field(default=0.05, ge=0.0)
+    """Distance between the two means over the mean norm, at most."""
     max_spectrum_shift: float | None = Field(default=0.05, ge=0.0, le=1.0)
+    """Total variation between the covariance spectra, at most."""
     spectrum_components: int = Field(default=32, ge=1, le=4096)
+    """Leading eigenvalues of the covariance compared."""
 
 
 class GatePolicy(_Model):
@@ -378,30 +509,46 @@ class GatePolicy(_Model):
     """
 
     k: int = Field(default=10, ge=1, le=1000)
+    """Neighbours per query for recall and agreement (recall@k, overlap@k)."""
     sample_queries: int = Field(default=200, ge=1, le=100_000)
-    # Of those, how many are also searched one at a time for the p50/p99 figures (recall and
-    # agreement use all of them, searched as one batch).
+    """Queries sampled from the source's records when there is no ``query_log``."""
     latency_queries: int = Field(default=200, ge=1, le=100_000)
+    """Of those, how many are also searched one at a time for the p50/p99 figures (recall and
+    agreement use all of them, searched as one batch)."""
     query_log: str | None = None
+    """A ``.npy`` file of recorded queries in the source's embedding space."""
     min_recall: float | None = Field(default=0.90, ge=0.0, le=1.0)
+    """Recall@k of the new index against exact search, at least."""
     max_recall_drop: float | None = Field(default=None, ge=0.0, le=1.0)
+    """How far the new index's recall may fall below the old index's."""
     min_overlap: float | None = Field(default=None, ge=0.0, le=1.0)
+    """Overlap of the old and new top-k on the same queries, at least."""
     min_rank_correlation: float | None = Field(default=None, ge=-1.0, le=1.0)
+    """Rank correlation of the old and new top-k, at least."""
     max_p99_ratio: float | None = Field(default=None, gt=0.0)
+    """p99 latency of the new index over the old one's, at most."""
     require_count_parity: bool = True
+    """Each shard holds as many records in the target as in the source."""
     require_checksum_parity: bool = True
+    """Each shard's checksum of ids and vector bytes matches (ids alone when vectors are
+    transformed)."""
     integrity: IntegrityPolicy = Field(default_factory=IntegrityPolicy)
     distribution: DistributionPolicy = Field(default_factory=DistributionPolicy)
     time_budget_seconds: float = Field(default=1800.0, gt=0.0)
+    """The retrieval and distribution checks stop here; a check not measured fails."""
     on_failure: Literal["pause", "rollback"] = "pause"
+    """A failed gate pauses for an operator, or rolls the migration back."""
     seed: int = 0
+    """Seed of the query and distribution samples."""
 
 
 class CutoverPolicy(_Model):
     """Who switches reads, and how long the old version stays ready for an instant rollback."""
 
     mode: Literal["manual", "automatic"] = "manual"
+    """``manual`` waits for the ``approve_cutover`` signal once the gates pass."""
     bake_seconds: float = Field(default=300.0, ge=0.0)
+    """After the cut-over, how long the old version stays current for an instant rollback."""
 
 
 class ShadowPolicy(_Model):
@@ -410,12 +557,16 @@ class ShadowPolicy(_Model):
     not a pass)."""
 
     percent: float = Field(default=20.0, gt=0.0, le=100.0)
+    """Share of live reads also run on the new version."""
     seconds: float = Field(default=60.0, ge=0.0)
+    """How long shadow reads are collected before the gate."""
     min_samples: int = Field(default=50, ge=1)
+    """Shadow pairs the gate needs."""
     min_overlap: float | None = Field(default=0.8, ge=0.0, le=1.0)
-    # p99 latency of the new version over the old one, on the same queries (an old p99 under
-    # 1 ms counts as 1 ms: below that a ratio measures scheduler noise).
+    """Overlap@k of each pair's results, on average, at least."""
     max_p99_ratio: float | None = Field(default=2.0, gt=0.0)
+    """p99 latency of the new version over the old one, on the same queries (an old p99 under
+    1 ms counts as 1 ms: below that a ratio measures scheduler noise)."""
 
 
 class RampPolicy(_Model):
@@ -423,7 +574,9 @@ class RampPolicy(_Model):
     serves, step by step, each held ``step_seconds`` and gated on the shadow figures."""
 
     steps: tuple[float, ...] = (1.0, 10.0, 50.0)
+    """Percentages of reads, increasing, each strictly between 0 and 100."""
     step_seconds: float = Field(default=60.0, ge=0.0)
+    """How long each step is held before its gate."""
 
     @model_validator(mode="after")
     def _increasing(self) -> RampPolicy:
@@ -439,16 +592,16 @@ class RampPolicy(_Model):
 class OnlinePolicy(_Model):
     """How an online migration keeps the collection serving while it moves."""
 
-    # Routers re-read the routing row at least this often; the workflow waits this long after
-    # a routing change before relying on every router having seen it.
     settle_seconds: float = Field(default=2.0, ge=0.0)
-    # CATCHING_UP ends when the target is at most this many log entries behind (and a last
-    # pass has applied everything up to the head it saw).
+    """Routers re-read the routing row at least this often; the workflow waits this long after
+    a routing change before relying on every router having seen it."""
     max_catchup_lag: int = Field(default=1_000, ge=0)
+    """CATCHING_UP ends when the target is at most this many log entries behind (and a last
+    pass has applied everything up to the head it saw)."""
     shadow: ShadowPolicy = Field(default_factory=ShadowPolicy)
     ramp: RampPolicy = Field(default_factory=RampPolicy)
-    # A shadow or ramp gate that fails: pause for an operator, or roll back by itself.
     on_breach: Literal["pause", "rollback"] = "pause"
+    """A shadow or ramp gate that fails: pause for an operator, or roll back by itself."""
 
 
 class ReembedPolicy(_Model):
@@ -462,15 +615,20 @@ class ReembedPolicy(_Model):
     can be served from the old index until the cut-over.
     """
 
-    # Texts per model call.
     batch_size: int = Field(default=256, ge=1, le=100_000)
+    """Texts per model call."""
     adapter: Literal["none", "procrustes", "ridge"] = "none"
+    """The map fitted from the new model's space to the old one's, when the old model is
+    retired."""
     adapter_samples: int = Field(default=2_000, ge=10, le=1_000_000)
+    """Records embedded by both models to fit the adapter."""
     ridge_alpha: float = Field(default=1.0, ge=0.0)
-    # Known-item queries (the first ``query_words`` words of a record's text, the record the
-    # expected answer) for the read-options report; 0 switches the report off.
+    """Regularisation of the ``ridge`` adapter."""
     task_queries: int = Field(default=200, ge=0, le=100_000)
+    """Known-item queries (the first ``query_words`` words of a record's text, the record the
+    expected answer) for the read-options report; 0 switches the report off."""
     query_words: int = Field(default=12, ge=1, le=1_000)
+    """Words of a record's text that make its known-item query."""
 
 
 class RegionSpec(_Model):
@@ -484,12 +642,14 @@ class RegionSpec(_Model):
 
     name: Name
     location: str = Field(min_length=1, max_length=64)
+    """Where the region's data lives; stores without a ``location`` of their own are here."""
     allowed_locations: tuple[str, ...] = ()
+    """Where the region's stores may be (default: ``location`` alone)."""
     task_queue: str | None = Field(default=None, min_length=1, max_length=200)
     source_store: StoreRef | None = None
     target_store: StoreRef | None = None
-    # This region's target index, when its parameters differ (another memory budget, say).
     target_index: IndexSpec | None = None
+    """This region's target index, when its parameters differ (another memory budget, say)."""
 
     def allowed(self) -> tuple[str, ...]:
         return self.allowed_locations or (self.location,)
@@ -504,9 +664,12 @@ class RegionPolicy(_Model):
     too (``rollback_all``)."""
 
     canary: bool = True
+    """The first region moves alone until its gates pass."""
     max_parallel: int = Field(default=8, ge=1, le=64)
+    """Regions moving at once after the canary."""
     cutover_order: tuple[Name, ...] | None = None
     pause_between_seconds: float = Field(default=0.0, ge=0.0)
+    """Between two regions' cut-overs."""
     on_region_failure: Literal["wait", "rollback_all"] = "wait"
 
 
@@ -514,7 +677,9 @@ class TenantLimits(_Model):
     """What one tenant's migration may take of shared workers and stores."""
 
     max_parallel_shards: int | None = Field(default=None, ge=1, le=64)
+    """Shards of this tenant copied at once (instead of the spec's)."""
     max_vectors_per_second: float | None = Field(default=None, gt=0)
+    """This tenant's copy throttle (instead of the spec's)."""
 
 
 class RetentionPolicy(_Model):
@@ -529,7 +694,9 @@ class RetentionPolicy(_Model):
     """
 
     retired_seconds: float | None = Field(default=None, ge=0.0)
+    """Seconds a retired source is kept (none: until ``vecmigrate gc`` names it)."""
     abandoned_seconds: float | None = Field(default=None, ge=0.0)
+    """Seconds an abandoned target is kept (none: until ``vecmigrate gc`` names it)."""
 
 
 class MigrationSpec(_Model):
@@ -537,45 +704,55 @@ class MigrationSpec(_Model):
 
     api_version: Literal["vecmigrate/v1"] = "vecmigrate/v1"
     id: Name | None = None
+    """The migration's id (and workflow id); by default derived from tenant, collection and
+    versions, so starting the same spec twice finds the running migration."""
     tenant: Name = "default"
     collection: Name
-    strategy: str = "blue_green"
+    strategy: str = Field(default="blue_green", json_schema_extra={"enum": list(STRATEGIES)})
+    """Which phases run, from the lifecycle table: each strategy and its phases are in the
+    README's concepts and docs/concepts.md."""
     source: VersionSpec
+    """The version serving today, as registered in the catalog."""
     target: VersionSpec
+    """The version to build; its name must be new in the collection."""
     shards: ShardLayout = Field(default_factory=ShardLayout)
-    # Records per copy batch: one transaction, one journal write, one heartbeat. A crash
-    # re-copies at most one batch. Why 10,000 (``bench/tuning.py``, 200,000 x 128 on the
-    # built-in store): 1,000 copied 46,000 vectors/s, 5,000 and 10,000 65-80,000/s (within
-    # the noise of each other), 50,000 88,000/s, while a kill, a pause and a throttle change
-    # each wait for or redo up to a whole batch: past 10,000 the gain is small next to that.
     batch_size: int = Field(default=10_000, ge=1, le=1_000_000)
-    # Shards copied at once (and built at once, where builds overlap the copy). Bounded so that
-    # draining the window before a continue-as-new stays well under Temporal's history limits.
+    """Records per copy batch: one transaction, one journal write, one heartbeat. A crash
+    re-copies at most one batch. Why 10,000 (``bench/tuning.py``, 200,000 x 128 on the
+    built-in store): 1,000 copied 46,000 vectors/s, 5,000 and 10,000 65-80,000/s (within
+    the noise of each other), 50,000 88,000/s, while a kill, a pause and a throttle change
+    each wait for or redo up to a whole batch: past 10,000 the gain is small next to that."""
     max_parallel_shards: int = Field(default=2, ge=1, le=64)
-    # Copy throttle over all shards together; change it while running with ``set_throttle``.
+    """Shards copied at once (and built at once, where builds overlap the copy). Bounded so
+    that draining the window before a continue-as-new stays well under Temporal's history
+    limits."""
     max_vectors_per_second: float | None = Field(default=None, gt=0)
-    # A worker that stops heartbeating for this long is presumed dead and its shard moves to
-    # another worker (from its last committed batch).
+    """Copy throttle over all shards together; change it while running with ``set_throttle``."""
     heartbeat_seconds: float = Field(default=30.0, ge=1.0, le=600.0)
+    """A worker that stops heartbeating for this long is presumed dead and its shard moves to
+    another worker (from its last committed batch)."""
     gates: GatePolicy = Field(default_factory=GatePolicy)
     cutover: CutoverPolicy = Field(default_factory=CutoverPolicy)
     online: OnlinePolicy = Field(default_factory=OnlinePolicy)
+    """Used by ``strategy: online``."""
     reembed: ReembedPolicy = Field(default_factory=ReembedPolicy)
-    # Regional migrations: one child per region (and tenant), a barrier before the cut-over.
+    """Used when the target's embedding model differs from the source's."""
     regions: tuple[RegionSpec, ...] = ()
+    """Regional migrations: one child per region (and tenant), a barrier before the cut-over."""
     region_policy: RegionPolicy = Field(default_factory=RegionPolicy)
-    # Tenants migrated: ``None`` is ``tenant`` alone; a list, or "all" tenants that hold the
-    # collection (found in each region's catalog). Each gets its own child migration.
     tenants: tuple[Name, ...] | Literal["all"] | None = None
+    """Tenants migrated: none is ``tenant`` alone; a list, or ``all`` tenants that hold the
+    collection (found in each region's catalog). Each gets its own child migration."""
     tenant_limits: dict[Name, TenantLimits] = Field(default_factory=dict)
-    # Set by a regional parent on its children: the region this migration's data lives in.
+    """Per-tenant limits, by tenant name."""
     region: Name | None = None
-    # A template for a Temporal Schedule: what each firing migrates, and when it fires.
+    """Set by a regional parent on its children: the region this migration's data lives in."""
     schedule: SchedulePolicy | None = None
-    # When the heavy phases (copy, build) may run; outside, the migration waits on a timer.
+    """A template for a Temporal Schedule: what each firing migrates, and when it fires."""
     windows: MaintenanceWindows | None = None
-    # When the versions this migration leaves behind are pruned.
+    """When the heavy phases (copy, build) may run; outside, the migration waits on a timer."""
     retention: RetentionPolicy | None = None
+    """When the versions this migration leaves behind are pruned."""
 
     @property
     def regional(self) -> bool:
@@ -732,6 +909,9 @@ ADDED_FIELDS: dict[type[BaseModel], frozenset[str]] = {
     PgvectorIvfflat: frozenset({"precision"}),
     QdrantHnsw: frozenset({"quantization", "product_compression", "rescore", "oversampling"}),
     MigrationSpec: frozenset({"schedule", "windows", "retention"}),
+    BuiltinStoreRef: frozenset({"password", "tls"}),
+    PgvectorStoreRef: frozenset({"password", "tls"}),
+    MilvusStoreRef: frozenset({"token", "tls"}),
 }
 
 

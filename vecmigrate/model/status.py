@@ -103,6 +103,9 @@ class MigrationStatus(_Model):
     copy_seconds: float | None = None
     # Temporal runs this migration has gone through (continue-as-new keeps histories small).
     runs: int = 1
+    # The identity that started it (its connection's, not the declared operator): the
+    # four-eyes rule keeps it from approving its own cut-over.
+    started_by: str = ""
     validation_round: int = 0
     # Where the target's index snapshot stands in the change log: taken before the first shard
     # is built (during the backfill or after it) and kept by a continued run; later writes are

@@ -159,6 +159,8 @@ class ArtifactRef(_Model):
     bytes_read: int = 0
     bytes_written: int = 0
     peak_memory: int | None = None
+    # The key ring key that wraps the artifact's data key (None: written in plaintext).
+    protected_by: str | None = None
 
 
 class RegisterIndexInput(SpecTask):
@@ -232,6 +234,18 @@ class LedgerInput(_Model):
     data: dict[str, Any] = Field(default_factory=dict)
     # The region whose data this touches (None outside a regional migration): only a worker
     # of that region may run it.
+    region: str | None = None
+    # The identity the message's connection presented (its ``vecmigrate-caller`` header),
+    # recorded beside ``actor``, the operator name the message declared.
+    caller: str | None = None
+
+
+class AccessPolicyInput(_Model):
+    """Ask the catalog for the operator roles in force on one tenant's collection."""
+
+    migration_id: str
+    tenant: str
+    collection: str
     region: str | None = None
 
 

@@ -1,238 +1,353 @@
 """HTTP gateway over the router: what applications call while collections migrate.
 
-JSON over HTTP/1.1 (keep-alive), one thread per connection:
+An ASGI app (FastAPI) served by uvicorn, with an OpenAPI document at ``/openapi.json``.
+Responses are built directly (their models document them in OpenAPI, and are not validated a
+second time on the way out):
 
     GET  /health
     POST /v1/{tenant}/{collection}/search   {"vector": [...]} or {"vectors": [[...]]}
                                             or {"text": "..."} or {"texts": [...]},
                                             "k", "key", "model" (the query vectors' model)
     POST /v1/{tenant}/{collection}/upsert   {"ids": [...], "vectors": [[...]], "texts": [...]}
-                                            (vectors, texts or both)
     POST /v1/{tenant}/{collection}/delete   {"ids": [...]}
+    GET  /v1/{tenant}/{collection}          the collection's routing (admin)
 
-Texts are embedded by the model of the version that reads or writes them (see
-``vecmigrate.serving.router``); a search answer says which model (or adapter) embedded the query.
+Every request under ``/v1`` carries a credential (``Authorization: Bearer``: an API key or a
+JWT; ``X-API-Key`` too), scoped to tenants, collections and actions (``search``: search;
+``write``: upsert and delete; ``admin``: all of them and the routing view). No credential is 401;
+a credential that does not reach the tenant, the collection or the action is 403 with the same
+body whether the collection exists or not, so a caller learns nothing of other tenants. The
+router checks the scope again at its entry (tenant isolation does not rest on the HTTP layer).
 
-Bad input is a 400 naming the problem (wrong dimension, NaN, wrong model, malformed JSON), an
-unknown collection a 404, a model that cannot run (and no adapter) a 409, and writes during an
-offline migration a 503 with ``Retry-After``. Nothing is written for a request that fails.
+Bad input is a 400 naming the problem (wrong dimension, NaN, wrong model, malformed or too deeply
+nested JSON, ``k`` not an integer, an id outside 64 bits), an unknown collection 404, a model that
+cannot run 409, a body over the limit 413, a body that does not arrive in time 408, writes during
+an offline migration 503 with ``Retry-After``. Nothing is written for a request that fails.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import socket
-import threading
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vecmigrate.catalog.catalog import Catalog
-from vecmigrate.errors import DataError, NotFoundError, PreconditionError
+from vecmigrate.errors import AccessDeniedError, DataError, NotFoundError, PreconditionError
+from vecmigrate.security.credentials import AuthenticationError, Credentials, Principal, bearer
+from vecmigrate.security.scrub import scrub
+from vecmigrate.serving.asgi import AsgiServer, BodyGuard, TlsFiles
 from vecmigrate.serving.router import Router, WritesPausedError
 
 log = logging.getLogger("vecmigrate.gateway")
 
 MAX_BODY = 64 * 1024 * 1024
+MAX_ITEMS = 100_000
+# Which action each route needs.
+ROUTE_ACTIONS = {"search": "search", "upsert": "write", "delete": "write", "": "admin"}
+
+Int64 = Annotated[int, Strict(), Field(ge=-(2**63), le=2**63 - 1)]
+StringId = Annotated[str, Strict(), Field(min_length=1, max_length=512)]
+RecordId = Int64 | StringId
+Number = Annotated[float, Strict()]
 
 
-class BadRequestError(Exception):
-    """A request the gateway cannot read."""
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
 
-def _floats(value: Any, what: str) -> np.ndarray:
-    try:
-        arr = np.asarray(value, dtype=np.float32)
-    except (TypeError, ValueError):
-        raise BadRequestError(f"{what} must be numbers") from None
-    return arr
+class SearchRequest(_Request):
+    """A search: one query vector, several, one text or several (exactly one of them)."""
+
+    vector: list[Number] | None = Field(default=None, max_length=65536)
+    vectors: list[list[Number]] | None = Field(default=None, max_length=MAX_ITEMS)
+    text: str | None = None
+    texts: list[str] | None = Field(default=None, max_length=MAX_ITEMS)
+    k: Annotated[int, Strict(), Field(ge=1, le=1000)] = 10
+    key: str | int | None = Field(default=None, description="user or session: the canary side")
+    model: str | None = Field(default=None, description="the model that made the query vectors")
+
+    @model_validator(mode="after")
+    def _one_query_kind(self) -> SearchRequest:
+        given = [n for n in ("vector", "vectors", "text", "texts") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("search needs exactly one of 'vector', 'vectors', 'text' or 'texts'")
+        return self
 
 
-def _ids(value: Any) -> np.ndarray:
-    if not isinstance(value, list) or not all(
-        isinstance(v, int) and not isinstance(v, bool) for v in value
-    ):
-        raise BadRequestError("ids must be a list of integers")
-    return np.asarray(value, dtype=np.int64)
+class UpsertRequest(_Request):
+    """Records to write: ids with vectors, texts (embedded by each version's model) or both."""
+
+    ids: list[RecordId] = Field(min_length=1, max_length=MAX_ITEMS)
+    vectors: list[list[Number]] | None = Field(default=None, max_length=MAX_ITEMS)
+    texts: list[str] | None = Field(default=None, max_length=MAX_ITEMS)
+
+    @model_validator(mode="after")
+    def _aligned(self) -> UpsertRequest:
+        if self.vectors is None and self.texts is None:
+            raise ValueError("upsert needs 'vectors', 'texts' or both")
+        for name in ("vectors", "texts"):
+            given = getattr(self, name)
+            if given is not None and len(given) != len(self.ids):
+                raise ValueError(f"{len(self.ids)} ids but {len(given)} {name}")
+        return self
 
 
-def _texts(body: dict[str, Any]) -> list[str] | None:
-    if "texts" in body:
-        value = body["texts"]
-    elif "text" in body:
-        value = [body["text"]]
-    else:
-        return None
-    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
-        raise BadRequestError("texts must be a list of strings")
-    return value
+class DeleteRequest(_Request):
+    """Records to delete, by id."""
+
+    ids: list[RecordId] = Field(min_length=1, max_length=MAX_ITEMS)
 
 
-class Gateway:
-    """The router behind an HTTP server; ``start`` serves on a thread, ``serve`` blocks."""
+class SearchResponse(BaseModel):
+    version: str
+    via: str | None = None
+    ids: list[list[int | str]]
+    distances: list[list[float]]
 
-    def __init__(
-        self, catalog_url: str, host: str = "127.0.0.1", port: int = 8080, refresh: float = 1.0
-    ) -> None:
-        self.router = Router(Catalog(catalog_url), refresh_seconds=refresh)
-        gateway = self
 
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-            # One write per response (flushed after each request), and no Nagle delay: with
-            # headers and body in separate segments, delayed ACKs cost 40 ms a request.
-            wbufsize = -1
+class UpsertResponse(BaseModel):
+    upserted: int
+    seq: int
 
-            def setup(self) -> None:
-                super().setup()
-                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-            def log_message(self, format: str, *args: Any) -> None:
-                log.debug(format, *args)
+class DeleteResponse(BaseModel):
+    deleted: int
+    seq: int
 
-            def do_GET(self) -> None:
-                if self.path.rstrip("/") == "/health":
-                    self._send(HTTPStatus.OK, {"ok": True})
-                else:
-                    self._send(HTTPStatus.NOT_FOUND, {"error": f"no such endpoint {self.path}"})
 
-            def do_POST(self) -> None:
-                try:
-                    parts = self.path.strip("/").split("/")
-                    if len(parts) != 4 or parts[0] != "v1":
-                        raise NotFoundError(
-                            f"no such endpoint {self.path}; use /v1/TENANT/COLLECTION/"
-                            "search|upsert|delete"
-                        )
-                    _, tenant, collection, action = parts
-                    body = self._body()
-                    result = gateway.handle(tenant, collection, action, body)
-                    self._send(HTTPStatus.OK, result)
-                except BadRequestError as exc:
-                    self._send(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
-                except DataError as exc:
-                    self._send(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
-                except NotFoundError as exc:
-                    self._send(HTTPStatus.NOT_FOUND, {"error": str(exc)})
-                except PreconditionError as exc:
-                    self._send(HTTPStatus.CONFLICT, {"error": str(exc)})
-                except WritesPausedError as exc:
-                    self._send(
-                        HTTPStatus.SERVICE_UNAVAILABLE,
-                        {"error": str(exc), "retry_after": exc.retry_after},
-                        {"Retry-After": str(exc.retry_after)},
-                    )
-                except Exception as exc:
-                    log.exception("request failed")
-                    self._send(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": str(exc)})
+class RoutingResponse(BaseModel):
+    read_version: str | None
+    write_versions: list[str]
+    candidate_version: str | None
+    ramp_percent: float
+    shadow_percent: float
+    writes_paused: bool
+    generation: int
 
-            def _body(self) -> dict[str, Any]:
-                length = int(self.headers.get("Content-Length") or 0)
-                if length > MAX_BODY:
-                    raise BadRequestError(f"body of {length} bytes is over {MAX_BODY}")
-                raw = self.rfile.read(length)
-                try:
-                    data = json.loads(raw or b"{}")
-                except json.JSONDecodeError as exc:
-                    raise BadRequestError(f"body is not JSON: {exc}") from None
-                if not isinstance(data, dict):
-                    raise BadRequestError("body must be a JSON object")
-                return data
 
-            def _send(
-                self,
-                status: HTTPStatus,
-                payload: dict[str, Any],
-                headers: dict[str, str] | None = None,
-            ) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for name, value in (headers or {}).items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(data)
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status, headers=headers)
 
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
-        self._thread: threading.Thread | None = None
 
-    @property
-    def url(self) -> str:
-        host, port = self.server.server_address[:2]
-        return f"http://{host!s}:{port}"
+def _matrix(rows: list[list[float]], what: str) -> np.ndarray:
+    widths = {len(r) for r in rows}
+    if len(widths) > 1 or not rows:
+        raise DataError(f"{what} must be a non-empty list of equally long lists of numbers")
+    return np.asarray(rows, dtype=np.float32)
 
-    def handle(
-        self, tenant: str, collection: str, action: str, body: dict[str, Any]
-    ) -> dict[str, Any]:
-        """Run one request through the router; the JSON answer."""
-        if action == "search":
-            k = body.get("k", 10)
-            if not isinstance(k, int) or not 1 <= k <= 1000:
-                raise BadRequestError("k must be an integer between 1 and 1000")
-            key = body.get("key")
-            key = None if key is None else str(key)
-            texts = _texts(body)
-            if texts is not None:
-                found = self.router.search_text(tenant, collection, texts, k, key=key)
-            else:
-                if "vectors" in body:
-                    queries = _floats(body["vectors"], "vectors")
-                elif "vector" in body:
-                    queries = _floats([body["vector"]], "vector")
-                else:
-                    raise BadRequestError("search needs 'vector', 'vectors', 'text' or 'texts'")
-                if queries.ndim != 2:
-                    raise BadRequestError("vectors must be a list of equally long lists of numbers")
-                model = body.get("model")
-                found = self.router.search(
-                    tenant,
-                    collection,
-                    queries,
-                    k,
-                    key=key,
-                    model=None if model is None else str(model),
-                )
-            return {
+
+def _int_ids(ids: list[int | str], where: str) -> np.ndarray:
+    if not all(isinstance(i, int) for i in ids):
+        raise DataError(f"ids must be a list of integers: {where} stores 64-bit integer ids")
+    return np.asarray(ids, dtype=np.int64)
+
+
+class Authenticate:
+    """ASGI middleware: every request under ``/v1/{tenant}/{collection}`` is authenticated and
+    authorised before its body is read; the principal rides on the request's state."""
+
+    def __init__(self, app: ASGIApp, credentials: Credentials | None) -> None:
+        self.app = app
+        self.credentials = credentials
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        parts = scope["path"].strip("/").split("/")
+        tenant = parts[1] if len(parts) > 1 else None
+        collection = parts[2] if len(parts) > 2 else None
+        action = ROUTE_ACTIONS.get(parts[3] if len(parts) > 3 else "", "admin")
+        if self.credentials is None:
+            principal = Principal.everything()
+        else:
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+            token = bearer(headers.get("authorization"), headers.get("x-api-key"))
+            try:
+                principal = self.credentials.authenticate(token)
+            except AuthenticationError as exc:
+                response = _error(401, str(exc), {"WWW-Authenticate": 'Bearer realm="vecmigrate"'})
+                await response(scope, receive, send)
+                return
+        if not principal.allows(action, tenant, collection):
+            await _error(403, "forbidden")(scope, receive, send)
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
+
+
+def create_app(router: Router, credentials: Credentials | None = None) -> FastAPI:
+    """The gateway's ASGI app over ``router`` (no ``credentials``: every caller may do
+    everything, for a gateway only its own host can reach)."""
+    app = FastAPI(
+        title="vecmigrate gateway",
+        summary="Search and write collections while they migrate.",
+        version="1",
+        docs_url=None,
+        redoc_url=None,
+    )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for e in exc.errors():
+            where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
+            message = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+            problems.append(f"{where}: {message}" if where else message)
+        return _error(400, "; ".join(problems) or "invalid request")
+
+    @app.exception_handler(RecursionError)
+    async def too_deep(_: Request, __: RecursionError) -> JSONResponse:
+        return _error(400, "the JSON body is nested too deeply")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 404:
+            return _error(404, f"no such endpoint {request.url.path}")
+        return _error(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(DataError)
+    async def bad_data(_: Request, exc: DataError) -> JSONResponse:
+        return _error(400, str(exc))
+
+    @app.exception_handler(NotFoundError)
+    async def not_found(_: Request, exc: NotFoundError) -> JSONResponse:
+        return _error(404, str(exc))
+
+    @app.exception_handler(PreconditionError)
+    async def conflict(_: Request, exc: PreconditionError) -> JSONResponse:
+        return _error(409, str(exc))
+
+    @app.exception_handler(AccessDeniedError)
+    async def forbidden(_: Request, __: AccessDeniedError) -> JSONResponse:
+        return _error(403, "forbidden")
+
+    @app.exception_handler(WritesPausedError)
+    async def paused(_: Request, exc: WritesPausedError) -> JSONResponse:
+        return JSONResponse(
+            {"error": str(exc), "retry_after": exc.retry_after},
+            503,
+            headers={"Retry-After": str(exc.retry_after)},
+        )
+
+    @app.exception_handler(Exception)
+    async def failed(_: Request, exc: Exception) -> JSONResponse:
+        log.error("request failed: %s", scrub(f"{type(exc).__name__}: {exc}"))
+        return _error(500, "internal error; the gateway's log has the details")
+
+    def principal(request: Request) -> Principal:
+        found: Principal = request.state.principal
+        return found
+
+    @app.get("/health")
+    async def health() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.post("/v1/{tenant}/{collection}/search", responses={200: {"model": SearchResponse}})
+    def search(tenant: str, collection: str, body: SearchRequest, request: Request) -> Any:
+        """k nearest neighbours from the version the collection's routing gives this request."""
+        who = principal(request)
+        key = None if body.key is None else str(body.key)
+        if body.text is not None or body.texts is not None:
+            texts = body.texts if body.texts is not None else [body.text or ""]
+            found = router.search_text(tenant, collection, texts, body.k, key=key, access=who)
+        else:
+            rows = body.vectors if body.vectors is not None else [body.vector or []]
+            queries = _matrix(rows, "vectors")
+            found = router.search(
+                tenant, collection, queries, body.k, key=key, model=body.model, access=who
+            )
+        distances = np.where(np.isfinite(found.distances), found.distances, -1).round(6)
+        return JSONResponse(
+            {
                 "version": found.version,
                 "via": found.via,
                 "ids": found.ids.tolist(),
-                "distances": np.where(np.isfinite(found.distances), found.distances, -1)
-                .round(6)
-                .tolist(),
+                "distances": distances.tolist(),
             }
-        if action == "upsert":
-            ids = _ids(body.get("ids"))
-            texts = _texts(body)
-            vectors = None
-            if "vectors" in body:
-                vectors = _floats(body.get("vectors"), "vectors")
-                if vectors.ndim != 2:
-                    raise BadRequestError("vectors must be a list of equally long lists of numbers")
-            elif texts is None:
-                raise BadRequestError("upsert needs 'vectors', 'texts' or both")
-            seq = self.router.upsert(tenant, collection, ids, vectors, texts)
-            return {"upserted": len(ids), "seq": seq}
-        if action == "delete":
-            ids = _ids(body.get("ids"))
-            seq = self.router.delete(tenant, collection, ids)
-            return {"deleted": len(ids), "seq": seq}
-        raise NotFoundError(f"no action {action!r}; use search, upsert or delete")
+        )
+
+    @app.post("/v1/{tenant}/{collection}/upsert", responses={200: {"model": UpsertResponse}})
+    def upsert(tenant: str, collection: str, body: UpsertRequest, request: Request) -> Any:
+        """Write records to every version the collection writes to now."""
+        ids = _int_ids(body.ids, f"{tenant}/{collection}")
+        vectors = _matrix(body.vectors, "vectors") if body.vectors is not None else None
+        seq = router.upsert(tenant, collection, ids, vectors, body.texts, access=principal(request))
+        return JSONResponse({"upserted": len(ids), "seq": seq})
+
+    @app.post("/v1/{tenant}/{collection}/delete", responses={200: {"model": DeleteResponse}})
+    def delete(tenant: str, collection: str, body: DeleteRequest, request: Request) -> Any:
+        """Delete records, by id, from every version the collection writes to now."""
+        ids = _int_ids(body.ids, f"{tenant}/{collection}")
+        seq = router.delete(tenant, collection, ids, access=principal(request))
+        return JSONResponse({"deleted": len(ids), "seq": seq})
+
+    @app.get("/v1/{tenant}/{collection}", responses={200: {"model": RoutingResponse}})
+    def routing(tenant: str, collection: str, request: Request) -> Any:
+        """Which versions the collection reads and writes now (admin)."""
+        principal(request).check("admin", tenant, collection)
+        view = router.routing(tenant, collection)
+        return JSONResponse(view.model_dump())
+
+    app.add_middleware(Authenticate, credentials=credentials)
+    return app
+
+
+class Gateway:
+    """The router behind the ASGI app behind uvicorn; ``start`` serves on a thread, ``serve``
+    in the foreground.
+
+    ``credentials`` None serves without authentication (only for a gateway bound to a loopback
+    address: the ``serve`` command refuses anything else). ``tls`` serves HTTPS.
+    """
+
+    def __init__(
+        self,
+        catalog_url: str,
+        host: str = "127.0.0.1",
+        port: int = 8080,
+        refresh: float = 1.0,
+        *,
+        credentials: Credentials | None = None,
+        tls: TlsFiles | None = None,
+        max_body: int = MAX_BODY,
+        read_timeout: float = 10.0,
+        header_timeout: float = 10.0,
+    ) -> None:
+        self.router = Router(Catalog(catalog_url), refresh_seconds=refresh)
+        self.app = create_app(self.router, credentials)
+        self.server = AsgiServer(
+            BodyGuard(self.app, max_body=max_body, read_timeout=read_timeout),
+            host,
+            port,
+            tls=tls,
+            header_timeout=header_timeout,
+        )
+
+    @property
+    def url(self) -> str:
+        return self.server.url
 
     def start(self) -> Gateway:
         """Serve on a background thread."""
-        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self._thread.start()
+        self.server.start()
         return self
+
+    async def serve(self) -> None:
+        """Serve on the running event loop until SIGINT or SIGTERM, then flush and close."""
+        try:
+            await self.server.serve_async()
+        finally:
+            self.router.close()
 
     def stop(self) -> None:
         """Stop serving and flush shadow samples."""
-        self.server.shutdown()
-        self.server.server_close()
+        self.server.stop()
         self.router.close()
-        if self._thread is not None:
-            self._thread.join(timeout=10)

@@ -53,6 +53,7 @@ from vecmigrate.records.vectors import (
     check_vectors,
     merge_topk,
 )
+from vecmigrate.security.credentials import Principal
 from vecmigrate.stores import Scope, VectorStore, open_store
 from vecmigrate.validation.shadow import ShadowLog, ShadowSample
 
@@ -154,7 +155,7 @@ class Router:
         self._positions: dict[str, int] = {}
         self._plans: dict[tuple[str, str], _Plan] = {}
         self.registry = Registry(catalog)
-        self._paths: dict[str, tuple[float, QueryPath]] = {}
+        self._paths: dict[tuple[str, str, str], tuple[float, QueryPath]] = {}
         self._lock = threading.Lock()
         self._shadow_pool = ThreadPoolExecutor(shadow_threads, thread_name_prefix="shadow")
         self._shadow_in_flight = 0
@@ -219,8 +220,12 @@ class Router:
         k: int,
         key: str | None = None,
         model: str | None = None,
+        access: Principal | None = None,
     ) -> SearchResult:
         """k nearest neighbours from the version the routing row gives this request.
+
+        ``access``, the caller's credential, must allow searching this tenant's collection
+        (checked before anything about the collection is looked up).
 
         ``key`` (a user or session id) decides the canary side; without one the query bytes do.
         ``model`` (``model_id`` or ``model_id@version``) names the model that made the query
@@ -229,7 +234,10 @@ class Router:
         Raises:
             NotFoundError: unknown collection, or no version serves reads.
             DataError: queries of the wrong dimension or model, or NaN.
+            AccessDeniedError: ``access`` does not reach the collection.
         """
+        if access is not None:
+            access.check("search", tenant, collection)
         plan = self._plans.get((tenant, collection))
         if (
             plan is not None
@@ -296,7 +304,13 @@ class Router:
         return SearchResult(version, index, d, i)
 
     def search_text(
-        self, tenant: str, collection: str, texts: list[str], k: int, key: str | None = None
+        self,
+        tenant: str,
+        collection: str,
+        texts: list[str],
+        k: int,
+        key: str | None = None,
+        access: Principal | None = None,
     ) -> SearchResult:
         """k nearest neighbours of query texts, each embedded for the version it reads.
 
@@ -307,7 +321,10 @@ class Router:
             NotFoundError: unknown collection, or no version serves reads.
             DataError: a text that is empty or not a string.
             PreconditionError: the version's model cannot run and no adapter maps into it.
+            AccessDeniedError: ``access`` does not reach the collection.
         """
+        if access is not None:
+            access.check("search", tenant, collection)
         texts = check_texts(texts)
         view = self.routing(tenant, collection)
         if view.read_version is None:
@@ -342,11 +359,12 @@ class Router:
         """How texts reach ``version``'s space, re-checked every ``refresh_seconds`` (a model
         can be marked unavailable while routers run)."""
         record, _ = self._version(tenant, collection, version)
-        key = model_key(record.embedding)
+        # Per collection: an adapter serves the collection it was fitted on, no other.
+        key = (tenant, collection, model_key(record.embedding))
         cached = self._paths.get(key)
         if cached is not None and time.monotonic() - cached[0] < self.refresh_seconds:
             return cached[1]
-        path = query_path(self.registry, record.embedding)
+        path = query_path(self.registry, record.embedding, tenant, collection)
         with self._lock:
             self._paths[key] = (time.monotonic(), path)
         return path
@@ -622,6 +640,7 @@ class Router:
         ids: Ids,
         vectors: Vectors | None = None,
         texts: list[str] | None = None,
+        access: Principal | None = None,
     ) -> int:
         """Write records to every write version; returns their last change-log number.
 
@@ -633,7 +652,10 @@ class Router:
         Raises:
             DataError: wrong dimension, NaN, bad ids, missing texts; nothing was written.
             WritesPausedError: an offline migration holds writes.
+            AccessDeniedError: ``access`` may not write the collection.
         """
+        if access is not None:
+            access.check("write", tenant, collection)
         view, live = self._writable(tenant, collection)
         scope = Scope(tenant, collection, live.version)
         if texts is not None:
@@ -676,13 +698,18 @@ class Router:
             store.upsert(ids_ok, made)
         return seq
 
-    def delete(self, tenant: str, collection: str, ids: Ids) -> int:
+    def delete(
+        self, tenant: str, collection: str, ids: Ids, access: Principal | None = None
+    ) -> int:
         """Delete records from every write version (a tombstone in the change log).
 
         Raises:
             DataError: ids that are not integers.
             WritesPausedError: an offline migration holds writes.
+            AccessDeniedError: ``access`` may not write the collection.
         """
+        if access is not None:
+            access.check("write", tenant, collection)
         view, _ = self._writable(tenant, collection)
         arr = np.asarray(ids)
         if arr.ndim != 1 or not np.issubdtype(arr.dtype, np.integer):

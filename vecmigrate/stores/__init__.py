@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+from vecmigrate.catalog.engines import DatabaseAccess
 from vecmigrate.config import resolve_store
-from vecmigrate.model.spec import AnyStoreRef, MilvusStoreRef, PgvectorStoreRef, QdrantStoreRef
+from vecmigrate.model.spec import (
+    AnyStoreRef,
+    BuiltinStoreRef,
+    MilvusStoreRef,
+    PgvectorStoreRef,
+    QdrantStoreRef,
+)
 from vecmigrate.stores.base import WHOLE, Batch, Scope, VectorStore
 from vecmigrate.stores.builtin import BuiltinStore
 from vecmigrate.stores.capabilities import CAPABILITIES, Capabilities
@@ -22,8 +29,25 @@ __all__ = [
     "QdrantStore",
     "Scope",
     "VectorStore",
+    "database_access",
     "open_store",
 ]
+
+
+def database_access(ref: BuiltinStoreRef | PgvectorStoreRef) -> DatabaseAccess | None:
+    """The password reference and TLS options of a store on PostgreSQL, as the engine takes
+    them (None when the reference sets neither)."""
+    if ref.password is None and ref.tls is None:
+        return None
+    tls = ref.tls
+    return DatabaseAccess(
+        password=ref.password,
+        sslmode=tls.sslmode if tls else None,
+        sslrootcert=tls.root_cert if tls else None,
+        sslcert=tls.client_cert if tls else None,
+        sslkey=tls.client_key if tls else None,
+        sslnegotiation="direct" if tls and tls.negotiation == "direct" else None,
+    )
 
 
 def open_store(
@@ -34,11 +58,11 @@ def open_store(
     ``metric`` matters only to stores that fix it at creation (Qdrant).
     """
     if isinstance(ref, PgvectorStoreRef):
-        return PgvectorStore.open(ref.url, scope, dimension)
+        return PgvectorStore.open(ref.url, scope, dimension, database_access(ref))
     if isinstance(ref, QdrantStoreRef):
         return QdrantStore.open(ref.path, scope, dimension, metric=metric)
     if isinstance(ref, MilvusStoreRef):
-        return MilvusStore.open(ref.uri, scope, dimension, token=ref.token)
+        return MilvusStore.open(ref.uri, scope, dimension, token=ref.token, tls=ref.tls)
     resolved = resolve_store(ref)
     assert resolved.url is not None
-    return BuiltinStore.open(resolved.url, scope, dimension)
+    return BuiltinStore.open(resolved.url, scope, dimension, database_access(resolved))

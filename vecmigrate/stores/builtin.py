@@ -40,7 +40,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError
 
-from vecmigrate.catalog.engines import begin, engine_for, once_per_engine
+from vecmigrate.catalog.engines import DatabaseAccess, begin, engine_for, once_per_engine
 from vecmigrate.errors import NotFoundError
 from vecmigrate.model.tasks import Cursor, ShardRef
 from vecmigrate.records.sharding import hash_key
@@ -103,14 +103,21 @@ class BuiltinStore(ScanningStore):
         self.dimension = dimension
 
     @classmethod
-    def open(cls, url: str, scope: Scope, dimension: int | None = None) -> BuiltinStore:
-        """Open the namespace of ``scope``; create it when ``dimension`` is given.
+    def open(
+        cls,
+        url: str,
+        scope: Scope,
+        dimension: int | None = None,
+        access: DatabaseAccess | None = None,
+    ) -> BuiltinStore:
+        """Open the namespace of ``scope``; create it when ``dimension`` is given. ``access``
+        carries a PostgreSQL database's password reference and TLS options.
 
         Raises:
             NotFoundError: the namespace does not exist and no dimension was given.
             DataError: it exists with another dimension.
         """
-        engine = engine_for(url)
+        engine = engine_for(url, access)
         once_per_engine(engine, "builtin-store", lambda: metadata.create_all(engine))
         key = (
             (namespaces.c.tenant == scope.tenant)

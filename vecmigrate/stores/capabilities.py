@@ -105,3 +105,12 @@ CAPABILITIES: dict[str, Capabilities] = {
         transactions=False,
     ),
 }
+
+
+# Native index kinds only a store's server builds (its embedded engine refuses them).
+SERVER_ONLY_KINDS = frozenset(
+    kind
+    for c in CAPABILITIES.values()
+    if c.local_native_indexes is not None
+    for kind in c.native_indexes - c.local_native_indexes
+)

@@ -31,10 +31,12 @@ from vecmigrate.model.spec import (
     MilvusIvfFlat,
     MilvusIvfPq,
     MilvusIvfSq8,
+    MilvusTls,
 )
 from vecmigrate.model.tasks import Cursor, ShardRef
 from vecmigrate.records.sharding import hash_key
 from vecmigrate.records.vectors import Ids, Vectors, check_vectors
+from vecmigrate.security.secrets import resolve_optional
 from vecmigrate.stores.base import (
     Batch,
     ScanningStore,
@@ -54,7 +56,7 @@ MAX_QUERY = 16384
 # takes 4.1 s in 512-row pages; in pages of a whole batch it had not ended after six minutes.
 # Queries of ids alone page at ``MAX_QUERY`` (10,000 in 9 ms).
 VECTOR_PAGE = 512
-_clients: dict[str, Any] = {}
+_clients: dict[tuple[str, str | None, MilvusTls | None], Any] = {}
 _lock = threading.Lock()
 
 
@@ -62,18 +64,39 @@ def _row_id(row: dict[str, Any]) -> int:
     return int(row["id"])
 
 
-def client_for(uri: str, token: str | None = None) -> Any:
-    """One pymilvus client per URI per process (a milvus-lite file allows one owner)."""
+def client_for(uri: str, token: str | None = None, tls: MilvusTls | None = None) -> Any:
+    """One pymilvus client per URI (and credentials) per process (a milvus-lite file allows one
+    owner). ``token`` is a secret reference, resolved here; ``tls`` adds a CA, the server's
+    name or a client certificate (mutual TLS)."""
+    key = (uri, token, tls)
     with _lock:
-        client = _clients.get(uri)
+        client = _clients.get(key)
         if client is None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # milvus-lite imports pkg_resources
                 from pymilvus import MilvusClient
 
-            client = MilvusClient(uri, token=token or "")
-            _clients[uri] = client
+            client = MilvusClient(uri, token=resolve_optional(token) or "", **tls_options(tls))
+            _clients[key] = client
         return client
+
+
+def tls_options(tls: MilvusTls | None) -> dict[str, Any]:
+    """pymilvus's connection arguments for ``tls`` (one-way with a CA, or mutual)."""
+    if tls is None:
+        return {}
+    options: dict[str, Any] = {"secure": True}
+    if tls.server_name is not None:
+        options["server_name"] = tls.server_name
+    if tls.client_cert is not None:
+        options.update(
+            client_pem_path=tls.client_cert,
+            client_key_path=tls.client_key,
+            ca_pem_path=tls.ca_cert,
+        )
+    elif tls.ca_cert is not None:
+        options["server_pem_path"] = tls.ca_cert
+    return options
 
 
 def close_clients() -> None:
@@ -146,6 +169,7 @@ class MilvusStore(ScanningStore):
         dimension: int | None = None,
         *,
         token: str | None = None,
+        tls: MilvusTls | None = None,
         metric: str = "l2",
     ) -> MilvusStore:
         """Open the collection of ``scope``; create it when ``dimension`` is given.
@@ -154,7 +178,7 @@ class MilvusStore(ScanningStore):
             NotFoundError: no such collection and no dimension given.
             DataError: it exists with another dimension.
         """
-        client = client_for(uri, token)
+        client = client_for(uri, token, tls)
         name = collection_name(scope)
         if not client.has_collection(name):
             if dimension is None:

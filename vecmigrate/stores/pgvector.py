@@ -21,7 +21,7 @@ import numpy.typing as npt
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, ProgrammingError
 
-from vecmigrate.catalog.engines import engine_for, once_per_engine
+from vecmigrate.catalog.engines import DatabaseAccess, engine_for, once_per_engine
 from vecmigrate.errors import DataError, NotFoundError, PreconditionError
 from vecmigrate.model.spec import IndexSpec, Metric, PgvectorHnsw, PgvectorIvfflat, canonical
 from vecmigrate.model.tasks import Cursor, ShardRef
@@ -105,6 +105,41 @@ def decode_copy(data: bytes, dim: int) -> tuple[Ids, Ids, Vectors]:
     return rows["id"].astype(np.int64), rows["h"].astype(np.int64), vectors
 
 
+def table_ddl(table: str, dimension: int) -> list[str]:
+    """The statements that create a version's table and its shard index (if absent)."""
+    return [
+        f"CREATE TABLE IF NOT EXISTS {table} (id bigint PRIMARY KEY, "
+        f"h bigint NOT NULL, embedding vector({dimension}) NOT NULL)",
+        f"CREATE INDEX IF NOT EXISTS {table}_shard ON {table} (h, id)",
+    ]
+
+
+def indexed_column(spec: IndexSpec, dimension: int) -> str:
+    """The expression a native index of ``spec`` is built on: the column, or its cast to half
+    precision (the table keeps full vectors either way)."""
+    if isinstance(spec, PgvectorHnsw | PgvectorIvfflat) and spec.precision == "halfvec":
+        return f"(embedding::halfvec({dimension}))"
+    return "embedding"
+
+
+def index_using(spec: IndexSpec, metric: Metric, dimension: int) -> str:
+    """The ``USING`` clause of the native index ``spec`` on a table's ``embedding`` column of
+    ``dimension``.
+
+    Raises:
+        PreconditionError: pgvector has no such index kind.
+    """
+    if not isinstance(spec, PgvectorHnsw | PgvectorIvfflat):
+        raise PreconditionError(f"pgvector cannot build {spec.kind} natively")
+    column, ops = indexed_column(spec, dimension), _OPS[str(metric)]
+    if spec.precision == "halfvec":
+        ops = ops.replace("vector_", "halfvec_", 1)
+    if isinstance(spec, PgvectorHnsw):
+        params = f"m = {spec.m}, ef_construction = {spec.ef_construction}"
+        return f"hnsw ({column} {ops}) WITH ({params})"
+    return f"ivfflat ({column} {ops}) WITH (lists = {spec.lists})"
+
+
 class PgvectorStore(ScanningStore):
     """A :class:`~vecmigrate.stores.base.VectorStore` on PostgreSQL + pgvector."""
 
@@ -118,15 +153,22 @@ class PgvectorStore(ScanningStore):
         self.dimension = dimension
 
     @classmethod
-    def open(cls, url: str, scope: Scope, dimension: int | None = None) -> PgvectorStore:
-        """Open the table of ``scope``; create it when ``dimension`` is given.
+    def open(
+        cls,
+        url: str,
+        scope: Scope,
+        dimension: int | None = None,
+        access: DatabaseAccess | None = None,
+    ) -> PgvectorStore:
+        """Open the table of ``scope``; create it when ``dimension`` is given. ``access``
+        carries the password reference and TLS options.
 
         Raises:
             PreconditionError: the database lacks the pgvector extension and cannot add it.
             NotFoundError: the scope has no table and no dimension was given.
             DataError: it exists with another dimension.
         """
-        engine = engine_for(sqlalchemy_url(url))
+        engine = engine_for(sqlalchemy_url(url), access)
 
         def prepare() -> None:
             try:
@@ -169,15 +211,10 @@ class PgvectorStore(ScanningStore):
         return store
 
     def _ensure_table(self) -> None:
-        ddl = [
-            f"CREATE TABLE IF NOT EXISTS {self.table} (id bigint PRIMARY KEY, "
-            f"h bigint NOT NULL, embedding vector({self.dimension}) NOT NULL)",
-            f"CREATE INDEX IF NOT EXISTS {self.table}_shard ON {self.table} (h, id)",
-        ]
         for attempt in range(3):
             try:
                 with self.engine.begin() as conn:
-                    for stmt in ddl:
+                    for stmt in table_ddl(self.table, self.dimension):
                         conn.execute(text(stmt))
                 return
             except (IntegrityError, DBAPIError):
@@ -320,25 +357,12 @@ class PgvectorStore(ScanningStore):
         return f"{self.table}_{spec.kind}_{digest}"
 
     def _indexed(self, spec: IndexSpec) -> str:
-        """The expression a native index of ``spec`` is built on: the column, or its cast to
-        half precision (the table keeps full vectors either way)."""
-        if isinstance(spec, PgvectorHnsw | PgvectorIvfflat) and spec.precision == "halfvec":
-            return f"(embedding::halfvec({self.dimension}))"
-        return "embedding"
+        return indexed_column(spec, self.dimension)
 
     def create_index(self, spec: IndexSpec, metric: Metric) -> str:
         """Build a native HNSW or IVFFlat index (a no-op if it exists); returns its name."""
         name = self.index_name(spec, metric)
-        if not isinstance(spec, PgvectorHnsw | PgvectorIvfflat):
-            raise PreconditionError(f"pgvector cannot build {spec.kind} natively")
-        column, ops = self._indexed(spec), _OPS[str(metric)]
-        if spec.precision == "halfvec":
-            ops = ops.replace("vector_", "halfvec_", 1)
-        if isinstance(spec, PgvectorHnsw):
-            params = f"m = {spec.m}, ef_construction = {spec.ef_construction}"
-            using = f"hnsw ({column} {ops}) WITH ({params})"
-        else:
-            using = f"ivfflat ({column} {ops}) WITH (lists = {spec.lists})"
+        using = index_using(spec, metric, self.dimension)
         with self.engine.begin() as conn:
             conn.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON {self.table} USING {using}"))
         return name

@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -57,11 +58,19 @@ class LoadGenerator:
         phase: Callable[[], str] = lambda: "",
         id_base: int = 1 << 40,
         seed: int = 0,
+        headers: dict[str, str] | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         parsed = urlparse(url)
         if parsed.hostname is None or parsed.port is None:
             raise ValueError(f"the gateway URL needs a host and a port: {url}")
         self.host, self.port = parsed.hostname, parsed.port
+        # An https URL needs ``tls`` (trusting the gateway's CA); ``headers`` carry the
+        # credential (``Authorization: Bearer ...``).
+        self.tls = tls if parsed.scheme == "https" else None
+        if parsed.scheme == "https" and tls is None:
+            self.tls = ssl.create_default_context()
+        self.headers = {"Content-Type": "application/json", **(headers or {})}
         self.path = f"/v1/{tenant}/{collection}"
         self.queries = np.asarray(queries, np.float32)
         self.dim = self.queries.shape[1]
@@ -93,7 +102,7 @@ class LoadGenerator:
     def _client(self, n: int) -> None:
         rng = random.Random(self.seed * 1000 + n)
         state = self.states[n]
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        conn = self._connect()
         next_id = self.id_base + n * (1 << 32)
         live: list[int] = []
         while not self._stop.is_set():
@@ -131,7 +140,7 @@ class LoadGenerator:
             status = self._post(conn, f"{self.path}/{kind}", body)
             if status is None:
                 conn.close()
-                conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+                conn = self._connect()
                 status = 599
             ms = (time.perf_counter() - began) * 1000
             state.requests.append(Request(kind, phase, ms, status))
@@ -149,11 +158,17 @@ class LoadGenerator:
                 time.sleep(max(0.0, 1.0 / self.rate - (time.perf_counter() - began)))
         conn.close()
 
-    @staticmethod
-    def _post(conn: http.client.HTTPConnection, path: str, body: dict[str, Any]) -> int | None:
+    def _connect(self) -> http.client.HTTPConnection:
+        if self.tls is not None:
+            return http.client.HTTPSConnection(self.host, self.port, timeout=30, context=self.tls)
+        return http.client.HTTPConnection(self.host, self.port, timeout=30)
+
+    def _post(
+        self, conn: http.client.HTTPConnection, path: str, body: dict[str, Any]
+    ) -> int | None:
         data = json.dumps(body).encode()
         try:
-            conn.request("POST", path, data, {"Content-Type": "application/json"})
+            conn.request("POST", path, data, self.headers)
             resp = conn.getresponse()
             resp.read()
             return resp.status

@@ -109,7 +109,7 @@ def read_options(
                 detail=f"model {model_key(s_emb)} is unavailable",
             )
         )
-    for record in registry.adapters_into(s_emb):
+    for record in registry.adapters_into(s_emb, spec.tenant, spec.collection):
         if record.from_model != model_key(t_emb):
             continue
         mapped = load_adapter(record)(new)

@@ -1,0 +1,272 @@
+"""The gateway before and after its move to ASGI: latency and throughput under the same load.
+
+    python bench/gateway_compare.py --vectors 20000 --clients 8 --seconds 10 --rounds 3
+
+Seeds one collection, then serves it in turn with the gateway of an earlier commit (the
+``http.server`` one, plaintext and without authentication, from a checkout of ``--old-ref`` in a
+temporary directory) and with today's gateway twice: with authentication (an API key) and TLS,
+and without either. Each server runs in its own process; the same closed-loop clients
+(``vecmigrate.testing.loadgen``: searches, upserts and deletes) drive each for ``--seconds``, the
+servers taking turns for ``--rounds`` rounds so that drift on a shared machine hits all of them.
+Prints search and write p50/p99 and requests per second per server, the medians over rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+from rich.table import Table
+
+from bench.common import scratch, wide_console
+from vecmigrate.catalog.catalog import Catalog
+from vecmigrate.config import sqlite_url
+from vecmigrate.control.devserver import free_port
+from vecmigrate.data.datasets import clustered
+from vecmigrate.data.seed import seed_collection, sequential_ids
+from vecmigrate.model.spec import BuiltinStoreRef
+from vecmigrate.security.credentials import Credentials, new_api_key
+from vecmigrate.testing.chaos import builtin_version
+from vecmigrate.testing.loadgen import LoadGenerator
+from vecmigrate.testing.tls import CertificateAuthority
+
+ROOT = Path(__file__).resolve().parent.parent
+OLD_SERVER = """
+import sys, time
+from vecmigrate.serving.gateway import Gateway
+Gateway(sys.argv[1], port=int(sys.argv[2]), refresh=1.0).start()
+print("ready", flush=True)
+time.sleep(10**9)
+"""
+
+
+def old_checkout(ref: str, into: Path) -> Path:
+    """The tree of ``ref`` (this repository's) unpacked into ``into``."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", ref],
+        check=True,
+        capture_output=True,
+    ).stdout
+    into.mkdir(parents=True)
+    with tempfile.TemporaryFile() as f:
+        f.write(archive)
+        f.seek(0)
+        with tarfile.open(fileobj=f) as tar:
+            tar.extractall(into, filter="fully_trusted")
+    return into
+
+
+def wait_healthy(url: str, context: Any, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2, context=context) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the gateway at {url} did not come up")
+        time.sleep(0.2)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds a process has used (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def server(kind: str, setup: dict[str, Any]) -> Iterator[tuple[str, dict[str, str], Any, int]]:
+    """Start one gateway process; yields (url, request headers, TLS context, pid)."""
+    port = free_port()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    headers: dict[str, str] = {}
+    context = None
+    if kind == "old":
+        env["PYTHONPATH"] = str(setup["old_tree"])
+        command = [sys.executable, "-c", OLD_SERVER, setup["catalog"], str(port)]
+        url = f"http://127.0.0.1:{port}"
+    else:
+        env["PYTHONPATH"] = str(ROOT)
+        command = [
+            sys.executable,
+            "-m",
+            "vecmigrate",
+            "serve",
+            "--catalog",
+            setup["catalog"],
+            "--port",
+            str(port),
+        ]
+        if kind == "asgi+auth+tls":
+            command += ["--credentials", str(setup["credentials"])]
+            command += ["--tls-cert", str(setup["cert"]), "--tls-key", str(setup["key"])]
+            headers["Authorization"] = f"Bearer {setup['api_key']}"
+            context = setup["tls"]
+            url = f"https://127.0.0.1:{port}"
+        else:
+            command.append("--no-auth")
+            url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        wait_healthy(url, context, proc)
+        yield url, headers, context, proc.pid
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def measure(kind: str, setup: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    with server(kind, setup) as (url, headers, context, pid):
+        load = LoadGenerator(
+            url,
+            "default",
+            "bench",
+            setup["queries"],
+            clients=args.clients,
+            mix=(args.search_share, (1 - args.search_share) * 0.75, (1 - args.search_share) / 4),
+            headers=headers,
+            tls=context,
+            seed=int(time.time()),
+        )
+        load.start()
+        time.sleep(args.warmup)
+        began = len(load.requests())
+        start, cpu_start = time.monotonic(), cpu_seconds(pid)
+        time.sleep(args.seconds)
+        stop, cpu_stop = time.monotonic(), cpu_seconds(pid)
+        load.stop()
+    requests = load.requests()[began:]
+    searches = np.array([r.ms for r in requests if r.kind == "search" and r.status == 200])
+    writes = np.array([r.ms for r in requests if r.kind != "search" and r.status == 200])
+    return {
+        "server": kind,
+        "requests": len(requests),
+        "failed": sum(r.status != 200 for r in requests),
+        "per_second": round(len(requests) / (stop - start), 1),
+        # The server's own CPU per request: what the machine's other load does not change.
+        "server_cpu_ms_per_request": round(
+            1000 * (cpu_stop - cpu_start) / max(1, len(requests)), 3
+        ),
+        "search_p50_ms": round(float(np.percentile(searches, 50)), 2),
+        "search_p99_ms": round(float(np.percentile(searches, 99)), 2),
+        "write_p50_ms": round(float(np.percentile(writes, 50)), 2) if writes.size else None,
+        "write_p99_ms": round(float(np.percentile(writes, 99)), 2) if writes.size else None,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--vectors", type=int, default=20_000)
+    p.add_argument("--dim", type=int, default=64)
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--warmup", type=float, default=2.0)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--search-share", type=float, default=0.8)
+    p.add_argument("--old-ref", default="9c7b049", help="the commit whose gateway is the baseline")
+    p.add_argument("--out", type=Path, default=Path("bench/results"))
+    args = p.parse_args()
+    console = wide_console()
+    home = scratch("gateway")
+    catalog_url = sqlite_url(home / "catalog.db")
+    store = BuiltinStoreRef(url=sqlite_url(home / "store.db"), artifacts=str(home / "artifacts"))
+    version = builtin_version("v1", store, args.dim, {"kind": "hnswlib_hnsw", "m": 16})
+    vectors = clustered(args.vectors, args.dim, seed=1)
+    console.log(f"seeding {args.vectors:,} x {args.dim}")
+    seed_collection(
+        Catalog(catalog_url), "default", "bench", version, sequential_ids(args.vectors), vectors
+    )
+    ca = CertificateAuthority(home / "pki", "bench-ca")
+    cert = ca.issue("localhost", server=True)
+    credentials = Credentials()
+    key, stored = new_api_key("bench", ["default"], ["bench"], ["search", "write"])
+    credentials.api_keys[stored.id] = stored
+    credentials.save(home / "credentials.yaml")
+    import ssl
+
+    setup = {
+        "catalog": catalog_url,
+        "old_tree": old_checkout(args.old_ref, home / "old"),
+        "credentials": home / "credentials.yaml",
+        "cert": cert.cert,
+        "key": cert.key,
+        "api_key": key,
+        "tls": ssl.create_default_context(cafile=str(ca.issued.cert)),
+        "queries": vectors[np.random.default_rng(3).choice(args.vectors, 1000, replace=False)],
+    }
+    kinds = ["old", "asgi+auth+tls", "asgi"]
+    runs: list[dict[str, Any]] = []
+    for n in range(args.rounds):
+        order = kinds[n % len(kinds) :] + kinds[: n % len(kinds)]
+        for kind in order:
+            console.log(f"round {n + 1}: {kind}")
+            runs.append({**measure(kind, setup, args), "round": n + 1})
+    table = Table(
+        title=f"gateway under {args.clients} closed-loop clients, {args.vectors:,} x {args.dim}, "
+        f"{args.search_share:.0%} searches ({args.rounds} rounds of {args.seconds:g} s; medians)"
+    )
+    columns = [
+        "server",
+        "requests/s",
+        "server CPU ms/request",
+        "search p50",
+        "search p99",
+        "write p50",
+        "write p99",
+    ]
+    for col in (*columns, "failed"):
+        table.add_column(col, justify="right")
+    summary = []
+    for kind in kinds:
+        mine = [r for r in runs if r["server"] == kind]
+
+        def med(key: str, mine: list[dict[str, Any]] = mine) -> float | None:
+            values = [r[key] for r in mine if r[key] is not None]
+            return round(statistics.median(values), 2) if values else None
+
+        row = {
+            "server": kind,
+            "per_second": med("per_second"),
+            "server_cpu_ms_per_request": med("server_cpu_ms_per_request"),
+            "search_p50_ms": med("search_p50_ms"),
+            "search_p99_ms": med("search_p99_ms"),
+            "write_p50_ms": med("write_p50_ms"),
+            "write_p99_ms": med("write_p99_ms"),
+            "failed": sum(r["failed"] for r in mine),
+        }
+        summary.append(row)
+        table.add_row(*(str(v) for v in row.values()))
+    console.print(table)
+    for r in runs:
+        console.print(json.dumps(r))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "gateway_compare.json").write_text(
+        json.dumps(
+            {"summary": summary, "runs": runs, "args": vars(args) | {"out": str(args.out)}},
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

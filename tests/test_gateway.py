@@ -1,0 +1,371 @@
+"""The gateway as a production service: authenticated (API keys, JWT), scoped to tenants,
+collections and actions, tenant isolation in the router too, TLS, and a clear 4xx for every
+malformed request, slow clients timed out."""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import numpy as np
+import pytest
+
+from tests.conftest import Sandbox
+from vecmigrate.errors import AccessDeniedError
+from vecmigrate.security.credentials import Credentials, JwtSettings, Principal, new_api_key
+from vecmigrate.serving.asgi import TlsFiles
+from vecmigrate.serving.gateway import Gateway
+from vecmigrate.serving.router import Router
+from vecmigrate.testing.tls import CertificateAuthority
+
+DIM = 16
+JWT_SECRET = "a-shared-secret-of-at-least-32-bytes!"
+
+# A server of its own (uvicorn, milvus-lite) and seeded collections: seconds, not milliseconds.
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Served:
+    gateway: Gateway
+    keys: dict[str, str]
+    ca: Path | None
+    vectors: np.ndarray
+
+    def client(self, key: str | None = None, **headers: str) -> httpx.Client:
+        if key is not None:
+            headers["Authorization"] = f"Bearer {self.keys.get(key, key)}"
+        verify = ssl.create_default_context(cafile=str(self.ca)) if self.ca else False
+        return httpx.Client(base_url=self.gateway.url, headers=headers, verify=verify)
+
+
+def credentials(keys: dict[str, str]) -> Credentials:
+    creds = Credentials(jwt=JwtSettings(key="env:VM_TEST_JWT_SECRET", algorithms=("HS256",)))
+    grants = {
+        "acme-search": (["acme"], ["docs"], ["search"]),
+        "acme-write": (["acme"], ["docs"], ["write"]),
+        "acme-admin": (["acme"], ["*"], ["admin"]),
+        "globex": (["globex"], ["*"], ["search", "write", "admin"]),
+    }
+    for name, (tenants, collections, actions) in grants.items():
+        key, stored = new_api_key(name, tenants, collections, actions)
+        keys[name] = key
+        creds.api_keys[stored.id] = stored
+    return creds
+
+
+def seeded(sandbox: Sandbox) -> np.ndarray:
+    vectors = sandbox.seed(600, tenant="acme", collection="docs")
+    sandbox.seed(300, tenant="acme", collection="other")
+    sandbox.seed(300, tenant="globex", collection="docs")
+    return vectors
+
+
+@pytest.fixture
+def served(sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
+    monkeypatch.setenv("VM_TEST_JWT_SECRET", JWT_SECRET)
+    vectors = seeded(sandbox)
+    ca = CertificateAuthority(tmp_path / "pki", "gateway-ca")
+    cert = ca.issue("localhost", server=True)
+    keys: dict[str, str] = {}
+    gateway = Gateway(
+        sandbox.catalog.url,
+        port=0,
+        refresh=0.2,
+        credentials=credentials(keys),
+        tls=TlsFiles(cert.cert, cert.key),
+    ).start()
+    yield Served(gateway, keys, ca.issued.cert, vectors)
+    gateway.stop()
+
+
+@pytest.fixture
+def plain(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch) -> Iterator[Served]:
+    """Plaintext, authenticated, short timeouts: for requests written byte by byte."""
+    monkeypatch.setenv("VM_TEST_JWT_SECRET", JWT_SECRET)
+    vectors = seeded(sandbox)
+    keys: dict[str, str] = {}
+    gateway = Gateway(
+        sandbox.catalog.url,
+        port=0,
+        credentials=credentials(keys),
+        max_body=1 << 20,
+        read_timeout=1.0,
+        header_timeout=1.0,
+    ).start()
+    yield Served(gateway, keys, None, vectors)
+    gateway.stop()
+
+
+def requests_for(vector: list[float]) -> dict[str, tuple[str, str, dict[str, Any] | None]]:
+    return {
+        "search": ("POST", "search", {"vector": vector, "k": 3}),
+        "upsert": ("POST", "upsert", {"ids": [900_001], "vectors": [vector]}),
+        "delete": ("POST", "delete", {"ids": [900_001]}),
+        "routing": ("GET", "", None),
+    }
+
+
+ROUTES = ("search", "upsert", "delete", "routing")
+
+
+def every(status: int) -> dict[str, int]:
+    return dict.fromkeys(ROUTES, status)
+
+
+def only(status: int, allowed: tuple[str, ...]) -> dict[str, int]:
+    return {r: status if r in allowed else 403 for r in ROUTES}
+
+
+# (case, credential, tenant, collection, the status each route must answer)
+MATRIX: list[tuple[str, str | None, str, str, dict[str, int]]] = [
+    ("no credential", None, "acme", "docs", every(401)),
+    ("forged key", "vmk_0123456789ab_forged", "acme", "docs", every(401)),
+    ("wrong tenant", "globex", "acme", "docs", every(403)),
+    ("wrong action: search only", "acme-search", "acme", "docs", only(200, ("search",))),
+    ("wrong action: write only", "acme-write", "acme", "docs", only(200, ("upsert", "delete"))),
+    ("wrong collection", "acme-search", "acme", "other", every(403)),
+    ("right: admin", "acme-admin", "acme", "docs", every(200)),
+    ("right: another tenant's own", "globex", "globex", "docs", every(200)),
+]
+
+
+@pytest.mark.parametrize("case", MATRIX, ids=[c[0] for c in MATRIX])
+def test_every_route_by_credential(served: Served, case: tuple[Any, ...]) -> None:
+    _, key, tenant, collection, expected = case
+    vector = served.vectors[0].tolist()
+    with served.client(key) as http:
+        for route, (method, action, body) in requests_for(vector).items():
+            path = f"/v1/{tenant}/{collection}" + (f"/{action}" if action else "")
+            got = http.request(method, path, json=body)
+            assert got.status_code == expected[route], (route, got.text)
+            if got.status_code == 401:
+                assert got.headers["www-authenticate"].startswith("Bearer")
+            if got.status_code == 403:
+                assert got.json() == {"error": "forbidden"}  # no detail about the target
+
+
+def test_unknown_and_forbidden_collections_look_the_same(served: Served) -> None:
+    vector = served.vectors[0].tolist()
+    with served.client("acme-search") as http:
+        answers = [
+            http.post(path, json={"vector": vector})
+            for path in (
+                "/v1/globex/docs/search",  # exists, another tenant
+                "/v1/globex/ghost/search",  # does not exist, another tenant
+                "/v1/initech/docs/search",  # a tenant that does not exist
+                "/v1/acme/other/search",  # exists, not granted
+                "/v1/acme/ghost/search",  # does not exist, not granted
+            )
+        ]
+    assert {(a.status_code, a.text) for a in answers} == {(403, '{"error":"forbidden"}')}
+
+
+def test_jwts_are_checked_and_scoped(served: Served) -> None:
+    now = int(time.time())
+
+    def token(**claims: Any) -> str:
+        base = {"sub": "svc-search", "exp": now + 60, "tenants": ["acme"], "actions": "search"}
+        return jwt.encode({**base, **claims}, JWT_SECRET, algorithm="HS256")
+
+    vector = served.vectors[0].tolist()
+    cases = {
+        token(): 200,
+        token(tenants=["globex"]): 403,
+        token(actions="write"): 403,
+        token(exp=now - 3600): 401,
+        jwt.encode({"sub": "x", "exp": now + 60, "tenants": ["acme"], "actions": "search"},
+                   "another-secret-of-at-least-32-bytes!!", algorithm="HS256"): 401,
+        jwt.encode({"sub": "x", "tenants": ["acme"], "actions": "search"}, JWT_SECRET,
+                   algorithm="HS256"): 401,  # no exp
+    }  # fmt: skip
+    for credential, status in cases.items():
+        with served.client(credential) as http:
+            got = http.post("/v1/acme/docs/search", json={"vector": vector})
+            assert got.status_code == status, got.text
+
+
+def test_tls_and_the_openapi_document(served: Served) -> None:
+    assert served.gateway.url.startswith("https://")
+    with served.client() as http:
+        assert http.get("/health").json() == {"ok": True}
+        spec = http.get("/openapi.json").json()
+    assert "/v1/{tenant}/{collection}/search" in spec["paths"]
+    assert "SearchRequest" in spec["components"]["schemas"]
+    with pytest.raises(httpx.ConnectError):  # a client that does not trust the server's CA
+        httpx.get(f"{served.gateway.url}/health", verify=True)
+
+
+def test_the_router_enforces_the_tenant_too(sandbox: Sandbox) -> None:
+    vectors = seeded(sandbox)
+    router = Router(sandbox.catalog, refresh_seconds=0.2)
+    acme = Principal("app", frozenset({"acme"}), frozenset({"*"}), frozenset({"search", "write"}))
+    try:
+        assert router.search("acme", "docs", vectors[:1], 3, access=acme).ids.shape == (1, 3)
+        for call in (
+            lambda: router.search("globex", "docs", vectors[:1], 3, access=acme),
+            lambda: router.search_text("globex", "docs", ["x"], 3, access=acme),
+            lambda: router.upsert("globex", "docs", np.array([1]), vectors[:1], access=acme),
+            lambda: router.delete("globex", "docs", np.array([1]), access=acme),
+            lambda: router.search("globex", "ghost", vectors[:1], 3, access=acme),
+        ):
+            with pytest.raises(AccessDeniedError, match=r"^forbidden$"):
+                call()
+    finally:
+        router.close()
+
+
+# -- malformed requests: every one a 4xx, none a 500; slow clients timed out ----------------
+
+
+def raw(served: Served, request: bytes, wait: float = 5.0) -> bytes:
+    host, port = served.gateway.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=wait) as sock:
+        sock.sendall(request)
+        chunks = []
+        try:
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+        except TimeoutError:
+            pass
+    return b"".join(chunks)
+
+
+def http_request(served: Served, path: str, body: bytes, length: str | None = None) -> bytes:
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {served.keys['acme-admin']}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {length or len(body)}\r\n"
+        "Connection: close\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def status_of(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1]) if response else 0
+
+
+def test_bad_input_is_a_clear_400_never_a_500(plain: Served) -> None:
+    vector = plain.vectors[0].tolist()
+    cases = {
+        "id above int64": ("upsert", {"ids": [2**63], "vectors": [vector]}, "less than or equal"),
+        "id below int64": ("delete", {"ids": [-(2**63) - 1]}, "greater than or equal"),
+        "k: true": ("search", {"vector": vector, "k": True}, "valid integer"),
+        "k: 0": ("search", {"vector": vector, "k": 0}, "greater than or equal to 1"),
+        "k: '10'": ("search", {"vector": vector, "k": "10"}, "valid integer"),
+        "bool in a vector": ("search", {"vector": [True] * DIM}, "valid number"),
+        "two query kinds": ("search", {"vector": vector, "text": "x"}, "exactly one"),
+        "unknown field": ("search", {"vector": vector, "kk": 3}, "Extra inputs"),
+        "ragged vectors": ("search", {"vectors": [vector, vector[:3]]}, "equally long"),
+        "wrong dimension": ("search", {"vector": [1.0, 2.0]}, "dimension 2"),
+        "ids and vectors differ": ("upsert", {"ids": [1, 2], "vectors": [vector]}, "2 ids but 1"),
+        "string id on an int64 collection": ("delete", {"ids": ["x"]}, "integers"),
+        "no ids": ("delete", {"ids": []}, "at least 1"),
+    }
+    with plain.client("acme-admin") as http:
+        for name, (action, body, says) in cases.items():
+            got = http.post(f"/v1/acme/docs/{action}", json=body)
+            assert got.status_code == 400, (name, got.text)
+            assert says in got.json()["error"], (name, got.json())
+        not_json = http.post(
+            "/v1/acme/docs/search", content=b"{nope", headers={"Content-Type": "application/json"}
+        )
+        assert not_json.status_code == 400
+        deep = b"[" * 100_000 + b"]" * 100_000
+        nested = http.post(
+            "/v1/acme/docs/search", content=deep, headers={"Content-Type": "application/json"}
+        )
+        assert nested.status_code == 400, nested.text
+        assert http.post("/v1/acme/docs/nope", json={}).status_code in (403, 404, 405)
+        assert http.get("/v1/acme/docs/search").status_code == 405
+        assert http.post("/v1/acme/ghost/search", json={"vector": vector}).status_code == 404
+
+
+def test_malformed_lengths_and_oversized_bodies(plain: Served) -> None:
+    body = json.dumps({"vector": plain.vectors[0].tolist()}).encode()
+    path = "/v1/acme/docs/search"
+    assert status_of(raw(plain, http_request(plain, path, body, length="abc"))) == 400
+    assert status_of(raw(plain, http_request(plain, path, body, length="-5"))) == 400
+    # Refused on its declared length, before a byte of the body is read.
+    assert status_of(raw(plain, http_request(plain, path, b"", length=str(2 << 20)))) == 413
+    began = time.monotonic()
+    overstated = raw(plain, http_request(plain, path, body, length=str(len(body) + 100)))
+    assert status_of(overstated) == 408  # the rest of the body never comes: timed out
+    assert time.monotonic() - began < 4
+
+
+def test_slow_and_stalled_clients_are_timed_out_and_service_goes_on(plain: Served) -> None:
+    host, port = plain.gateway.url.removeprefix("http://").rsplit(":", 1)
+    stalled = []
+    for n in range(300):
+        sock = socket.create_connection((host, int(port)), timeout=5)
+        if n % 2:
+            sock.sendall(b"POST /v1/acme/docs/search HTTP/1.1\r\nHost: x\r\n")  # headers stall
+        stalled.append(sock)
+    try:
+        began = time.monotonic()
+        with plain.client("acme-search") as http:  # served meanwhile
+            got = http.post("/v1/acme/docs/search", json={"vector": plain.vectors[0].tolist()})
+        assert got.status_code == 200
+        assert time.monotonic() - began < 2
+        # A client dripping its headers a byte at a time is cut off at the header deadline.
+        drip = socket.create_connection((host, int(port)), timeout=5)
+        drip_began = time.monotonic()
+        closed = False
+        for byte in b"POST /v1/acme/docs/search HTTP/1.1\r\nHost: x\r\n" * 10:
+            try:
+                drip.sendall(bytes([byte]))
+                time.sleep(0.05)
+            except OSError:
+                closed = True
+                break
+            if time.monotonic() - drip_began > 4:
+                break
+        if not closed:
+            drip.settimeout(2)
+            try:
+                closed = drip.recv(1) == b""
+            except (TimeoutError, OSError):
+                closed = False
+        assert closed
+        drip.close()
+        # Every stalled connection is closed by the server within the deadline too.
+        time.sleep(1.5)
+        ended = 0
+        for sock in stalled:
+            sock.settimeout(0.5)
+            try:
+                ended += sock.recv(1) == b""
+            except TimeoutError:
+                pass
+            except OSError:
+                ended += 1
+        assert ended == len(stalled)
+    finally:
+        for sock in stalled:
+            sock.close()
+
+
+def test_a_tls_gateway_refuses_plaintext(served: Served) -> None:
+    host, port = served.gateway.url.removeprefix("https://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        sock.settimeout(3)
+        try:
+            answer = sock.recv(100)
+        except (TimeoutError, ConnectionResetError):
+            answer = b""
+    assert not answer.startswith(b"HTTP/1.1 200")
+    ctx = ssl.create_default_context(cafile=str(served.ca))
+    with (
+        socket.create_connection((host, int(port))) as sock,
+        ctx.wrap_socket(sock, server_hostname="localhost") as tls,
+    ):
+        assert tls.version() in ("TLSv1.2", "TLSv1.3")

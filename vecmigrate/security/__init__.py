@@ -1,0 +1,1 @@
+"""Security: secret references, the key ring, envelope encryption, credentials and scrubbing."""
