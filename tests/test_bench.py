@@ -18,7 +18,19 @@ pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 
 RUNS = {
-    "router_overhead": ["--vectors", "3000", "--queries", "200", "--rounds", "2"],
+    "router_overhead": ["--vectors", "3000", "--queries", "200", "--pairs", "3"],
+    "write_latency": [
+        "--vectors",
+        "3000",
+        "--dim",
+        "16",
+        "--writes",
+        "1500",
+        "--batch",
+        "300",
+        "--queries",
+        "200",
+    ],
     "validation_cost": ["--sizes", "4000", "--dim", "16", "--queries", "100"],
     "copy_throughput": ["--vectors", "5000", "--dim", "16", "--batch", "1000"],
     "reembed_throughput": ["--records", "1500", "--models", "lsa"],
@@ -43,6 +55,18 @@ RUNS = {
         "16",
         "--sizes",
         "500,2000",
+    ],
+    "telemetry_overhead": [
+        "--vectors",
+        "4000",
+        "--dim",
+        "16",
+        "--batch",
+        "1000",
+        "--requests",
+        "300",
+        "--repeat",
+        "1",
     ],
     "resume_cost": [
         "--vectors",

@@ -117,7 +117,7 @@ def test_the_spec_reference_covers_every_field() -> None:
 def commands() -> Iterator[tuple[Path, list[str]]]:
     """Each command line in the pages' shell blocks, split into words (``$(...)`` apart)."""
     for page, body in blocks("bash", "sh", "console"):
-        for line in body.splitlines():
+        for line in re.sub(r"\\\n\s*", " ", body).splitlines():  # continued lines joined
             line = line.removeprefix("$ ").strip()
             inner = re.findall(r"\$\(([^)]*)\)", line)
             for part in [re.sub(r"\$\([^)]*\)", "SUB", line), *inner]:

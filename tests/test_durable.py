@@ -23,6 +23,7 @@ from vecmigrate.data.backfill import open_source, open_target
 from vecmigrate.model.lifecycle import Phase
 from vecmigrate.model.messages import ThrottleRequest
 from vecmigrate.stores import WHOLE
+from vecmigrate.workflows.search import KEYS as SEARCH_KEYS
 
 
 async def until(ok: Callable[[], bool], timeout: float = 10.0) -> None:
@@ -218,6 +219,7 @@ async def test_an_online_build_continued_as_new_keeps_its_log_position(sandbox: 
     # few shards, so the builds are spread over several runs.
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_binary(),
+        search_attributes=list(SEARCH_KEYS.values()),
         data_converter=pydantic_data_converter,
         dev_server_log_level="error",
         dev_server_extra_args=[

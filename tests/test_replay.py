@@ -14,6 +14,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from tests.histories.payloads import activity_inputs, input_bytes, load
+from vecmigrate.workflows.compaction import CompactionWorkflow
 from vecmigrate.workflows.identity import CallerInterceptor
 from vecmigrate.workflows.migration import MigrationWorkflow
 from vecmigrate.workflows.regional import RegionalMigrationWorkflow
@@ -26,7 +27,7 @@ CURRENT = [p for p in HISTORIES if p.stem.endswith("_v2")]
 @pytest.mark.parametrize("path", HISTORIES, ids=lambda p: p.stem)
 async def test_history_replays(path: Path) -> None:
     replayer = Replayer(
-        workflows=[MigrationWorkflow, RegionalMigrationWorkflow],
+        workflows=[MigrationWorkflow, RegionalMigrationWorkflow, CompactionWorkflow],
         data_converter=pydantic_data_converter,
         interceptors=[CallerInterceptor()],  # as every worker has: who sent each message
     )

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
+from sqlalchemy import event
 
 from tests.conftest import Sandbox
 from vecmigrate.catalog.changelog import ChangeLog
 from vecmigrate.catalog.journal import Journal
+from vecmigrate.control.textdemo import fit_models, load_corpus, seed_texts, text_versions
 from vecmigrate.data.backfill import copy_shard, open_source, open_target, prepare
 from vecmigrate.data.datasets import clustered
 from vecmigrate.data.seed import seed_collection, sequential_ids
 from vecmigrate.errors import DataError, NotFoundError
+from vecmigrate.indexes.build import artifact_dir, build_shard, register_index
+from vecmigrate.indexes.live import LiveIndex
 from vecmigrate.model.routing import RoutingView
 from vecmigrate.model.spec import MigrationSpec
+from vecmigrate.records.sharding import hash_shards
 from vecmigrate.serving.router import Router, WritesPausedError, bucket
 from vecmigrate.stores import WHOLE
 from vecmigrate.validation.shadow import ShadowLog
@@ -206,3 +216,209 @@ def test_the_single_query_path_answers_as_the_index_and_refuses_what_the_general
     far = np.full(sandbox.dim, 50.0, np.float32)
     router.upsert("default", "docs", np.array([99_999]), far[None, :])
     assert router.search("default", "docs", far, 3).ids[0, 0] == 99_999
+
+
+@contextmanager
+def catalog_statements(sandbox: Sandbox) -> Iterator[list[str]]:
+    """SQL statements run on the catalog's engine by this thread while the block runs."""
+    seen: list[str] = []
+    me = threading.get_ident()
+
+    def note(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if threading.get_ident() == me:
+            seen.append(statement)
+
+    engine = sandbox.catalog.engine
+    event.listen(engine, "before_cursor_execute", note)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", note)
+
+
+@pytest.mark.parametrize("kind", ["hnswlib_hnsw", "faiss_hnsw"])
+def test_a_search_after_the_plan_is_built_asks_the_catalog_nothing(
+    sandbox: Sandbox, kind: str
+) -> None:
+    """Routing, versions, models, stores and indexes are resolved once per routing generation:
+    searches then ask the catalog nothing, with writes laid over the index (FAISS HNSW keeps
+    them in its overlay) or applied to it, and with a canary and shadow reads."""
+    index = {"kind": kind, "m": 16, "ef_search": 64}
+    vectors = clustered(1500, sandbox.dim, clusters=8, seed=3)
+    seed_collection(
+        sandbox.catalog,
+        "default",
+        "docs",
+        sandbox.version("v1", index),
+        sequential_ids(1500),
+        vectors,
+        shards=2,
+    )
+    queries = vectors[:40] + np.float32(0.01)
+    plain = Router(sandbox.catalog, refresh_seconds=600.0)  # no refresh during the test
+    plain.search("default", "docs", queries[0], 5)  # builds the plan
+    with catalog_statements(sandbox) as seen:
+        for q in queries:
+            plain.search("default", "docs", q, 5)
+            plain.search("default", "docs", q[None, :], 5, key="user-1")
+    assert seen == []
+    plain.close()
+    view = sandbox.catalog.get_routing("default", "docs")
+    assert view is not None
+    route(
+        sandbox,
+        "canary",
+        candidate_version="v1",
+        candidate_index=view.read_index,
+        ramp_percent=30.0,
+        shadow_percent=50.0,
+    )
+    router = Router(sandbox.catalog, refresh_seconds=600.0)
+    router.search("default", "docs", queries[0], 5)
+    with catalog_statements(sandbox) as seen:
+        for n, q in enumerate(queries):
+            router.search("default", "docs", q, 5, key=f"user-{n}")
+    assert seen == []
+    far = np.full((1, sandbox.dim), 50.0, np.float32)
+    router.upsert("default", "docs", np.array([99_999]), far)  # logs the write: the catalog
+    router.delete("default", "docs", np.array([0, 1]))
+    live = router.searcher(router.routing("default", "docs").read_index or "")
+    assert isinstance(live, LiveIndex)
+    with catalog_statements(sandbox) as seen:
+        assert router.search("default", "docs", far[0], 3).ids[0, 0] == 99_999
+        router.settle("default", "docs")
+        for q in queries:
+            found = router.search("default", "docs", q, 5).ids
+            assert not {0, 1} & set(found[0].tolist())
+    assert seen == []
+    if kind == "faiss_hnsw":
+        assert live.kept == 3  # the overlay keeps them until a compaction
+    else:
+        assert live.laid_over == 0  # applied to the index itself
+    router.close()
+
+
+def test_writes_reach_the_served_index_itself_and_every_router_agrees(sandbox: Sandbox) -> None:
+    """A write through one router is applied to the index that router serves (the index object
+    finds it, not the overlay); another router serving the same artifact reads it from the log
+    and holds the same records."""
+    hnsw = {"kind": "hnswlib_hnsw", "m": 16, "ef_search": 64}
+    vectors = clustered(1000, sandbox.dim, clusters=8, seed=3)
+    seed_collection(
+        sandbox.catalog,
+        "default",
+        "docs",
+        sandbox.version("v1", hnsw),
+        sequential_ids(1000),
+        vectors,
+        shards=1,
+    )
+    one = Router(sandbox.catalog, refresh_seconds=0.1)
+    other = Router(sandbox.catalog, refresh_seconds=0.1)
+    for router in (one, other):
+        router.search("default", "docs", vectors[0], 3)
+    far = np.full((1, sandbox.dim), 50.0, np.float32)
+    one.upsert("default", "docs", np.array([99_999]), far)
+    one.delete("default", "docs", np.array([5]))
+    view = sandbox.catalog.get_routing("default", "docs")
+    assert view is not None
+    assert view.read_index is not None
+    for router in (one, other):
+        live = router.searcher(view.read_index)
+        assert isinstance(live, LiveIndex)
+        deadline = time.monotonic() + 10
+        while live.applied < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)  # the other router reads the log every 0.1 s
+        router.settle("default", "docs")
+        assert live.laid_over == 0
+        native = live.shards[0].native
+        assert native.knn_query(far, 1)[0][0, 0] == 99_999  # the index itself
+        with pytest.raises(RuntimeError, match="Label not found"):
+            native.get_items([5])  # deleted in the index itself
+        assert router.search("default", "docs", far[0], 1).ids[0, 0] == 99_999
+    queries = vectors[:50] + np.float32(0.01)
+    assert np.array_equal(
+        one.search("default", "docs", queries, 5).ids,
+        other.search("default", "docs", queries, 5).ids,
+    )
+    one.close()
+    other.close()
+
+
+def test_a_text_search_after_its_model_is_resolved_asks_the_catalog_nothing(
+    sandbox: Sandbox,
+) -> None:
+    """The model (or adapter) that embeds a version's queries is resolved once per refresh:
+    text searches and text writes then ask the registry nothing per request."""
+    corpus = load_corpus(600)
+    old, new = fit_models(sandbox.catalog, corpus, sandbox.root / "models")
+    v1, _ = text_versions(sandbox.store, old, new)
+    seed_texts(sandbox.catalog, "default", "docs", v1, corpus)
+    router = Router(sandbox.catalog, refresh_seconds=600.0)
+    first = router.search_text("default", "docs", [corpus.texts[10][:60]], 5)
+    assert first.via == f"model {v1.embedding.model_id}@1"
+    with catalog_statements(sandbox) as seen:
+        for text in corpus.texts[:30]:
+            found = router.search_text("default", "docs", [text[:60]], 5)
+            assert found.via == first.via
+    assert seen == []
+    with catalog_statements(sandbox) as seen:
+        router.upsert("default", "docs", np.array([900_001]), texts=["Return the sum."])
+    # The write itself: the log append and the documents, nothing of the registry.
+    assert seen
+    assert not [s for s in seen if "models" in s or "adapters" in s]
+    router.close()
+
+
+def test_a_rollback_after_cut_over_reads_at_once_from_the_index_kept_current(
+    sandbox: Sandbox,
+) -> None:
+    """While a version is still written after a cut-over, the router keeps the index it served
+    it from and applies the writes to it: a rollback reads from that very index, current."""
+    spec = migrated(sandbox)  # v1 read, v1 and v2 written
+    target = open_target(spec)
+    directory = artifact_dir(spec.target.store, "default", "docs", "v2")
+    refs = [build_shard(target, spec.target, s, directory, threads=1) for s in hash_shards(1)]
+    new_index = register_index(sandbox.catalog, "default", "docs", spec.target, refs, None)
+    ChangeLog(sandbox.catalog).set_index_position(
+        new_index.id, ChangeLog(sandbox.catalog).head("default", "docs")
+    )
+    _, seventh = open_source(spec).fetch(np.array([7]))
+    router = Router(sandbox.catalog, refresh_seconds=0.05)
+    view = router.routing("default", "docs")
+    assert view.read_index is not None
+    old = router.searcher(view.read_index)
+    assert isinstance(old, LiveIndex)
+    assert 7 in {int(i) for s in old.shards for i in s.search(seventh, 10)[1][0]}
+    route(
+        sandbox, "cutover", read_version="v2", read_index=new_index.id, write_versions=["v2", "v1"]
+    )
+
+    def reading(version: str) -> None:
+        deadline = time.monotonic() + 10
+        while router.routing("default", "docs").read_version != version:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+
+    reading("v2")
+    far = np.full((1, sandbox.dim), 50.0, np.float32)
+    router.upsert("default", "docs", np.array([99_999]), far)
+    router.delete("default", "docs", np.array([7]))
+    router.settle("default", "docs")
+    assert router.searcher(view.read_index) is old  # on standby, kept current
+    assert old.laid_over == 0
+    assert 99_999 in {int(i) for s in old.shards for i in s.search(far, 1)[1][0]}
+    route(
+        sandbox,
+        "rollback",
+        read_version="v1",
+        read_index=view.read_index,
+        write_versions=["v1", "v2"],
+    )
+    reading("v1")
+    found = router.search("default", "docs", far[0], 3)
+    assert (found.version, found.index) == ("v1", view.read_index)
+    assert found.ids[0, 0] == 99_999
+    assert router.searcher(view.read_index) is old  # the same index, not loaded again
+    assert 7 not in {int(i) for s in old.shards for i in s.search(seventh, 10)[1][0]}
+    router.close()

@@ -16,6 +16,7 @@ from typing import TypeVar, cast
 import platformdirs
 from sqlalchemy.engine import make_url
 
+from vecmigrate.errors import ConfigurationError
 from vecmigrate.model.spec import (
     AnyStoreRef,
     BuiltinStoreRef,
@@ -47,7 +48,16 @@ def sqlite_url(path: Path) -> str:
 
 
 def default_catalog_url() -> str:
-    """``$VECMIGRATE_CATALOG_URL`` or a SQLite catalog in the home directory."""
+    """``$VECMIGRATE_CATALOG_URL``, the file ``$VECMIGRATE_CATALOG_URL_FILE`` names (a mounted
+    secret: the URL holds a password), or a SQLite catalog in the home directory."""
+    from_file = os.environ.get(CATALOG_ENV + "_FILE")
+    if not os.environ.get(CATALOG_ENV) and from_file:
+        try:
+            return Path(from_file).read_text().strip()
+        except OSError as exc:
+            raise ConfigurationError(
+                f"{CATALOG_ENV}_FILE={from_file}: cannot read it ({exc.strerror})"
+            ) from None
     return os.environ.get(CATALOG_ENV) or sqlite_url(home_dir() / "catalog.db")
 
 

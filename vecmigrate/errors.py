@@ -42,6 +42,10 @@ class NotFoundError(VecmigrateError):
     """A collection, version, migration or artifact does not exist."""
 
 
+class ConfigurationError(VecmigrateError):
+    """An environment variable or option has a value vecmigrate cannot use."""
+
+
 class ArtifactError(VecmigrateError):
     """An index artifact is missing, half-written or does not match its checksum."""
 

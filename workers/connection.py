@@ -29,7 +29,6 @@ from cryptography.x509.oid import NameOID
 from temporalio import client as temporal_client
 from temporalio.api.common.v1 import Payload
 from temporalio.client import Client, OutboundInterceptor
-from temporalio.contrib.opentelemetry import TracingInterceptor
 from temporalio.converter import default as default_converter
 from temporalio.envconfig import ClientConfigProfile
 from temporalio.service import TLSConfig
@@ -39,6 +38,7 @@ from vecmigrate.model.access import CALLER_HEADER
 from vecmigrate.security.keyring import KeyRingSource, keyring_from_environment
 from vecmigrate.security.secrets import resolve
 from vecmigrate.workers.codec import data_converter
+from vecmigrate.workers.telemetry import temporal_runtime, tracing_interceptor
 
 ADDRESS_ENV = "TEMPORAL_ADDRESS"
 NAMESPACE_ENV = "TEMPORAL_NAMESPACE"
@@ -211,8 +211,9 @@ async def connect(
     settings: TemporalSettings | None = None,
 ) -> Client:
     """A Temporal client from the envconfig profile and ``settings``, with the pydantic data
-    converter (payloads encrypted when a key ring is configured), OpenTelemetry tracing and the
-    caller's identity on every message. ``address`` and ``namespace`` override both.
+    converter (payloads encrypted when a key ring is configured), OpenTelemetry tracing (and the
+    SDK's metrics, when the current telemetry records metrics) and the caller's identity on every
+    message. ``address`` and ``namespace`` override both.
 
     With ``wait_seconds``, a server that is still starting is retried that long: a worker
     started alongside its server (a compose file) waits for it instead of dying before it
@@ -234,7 +235,8 @@ async def connect(
             return await Client.connect(
                 **options,
                 data_converter=data_converter(keys),
-                interceptors=[TracingInterceptor(), CallerInterceptor(options["identity"])],
+                interceptors=[tracing_interceptor(), CallerInterceptor(options["identity"])],
+                runtime=temporal_runtime(),
             )
         except RuntimeError as exc:
             starting = any(mark in str(exc) for mark in _STARTING)

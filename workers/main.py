@@ -11,17 +11,24 @@ import contextlib
 import logging
 import os
 import signal
+import socket
+import time
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from vecmigrate.activities.compaction import CompactionActivities
 from vecmigrate.activities.migration import MigrationActivities
 from vecmigrate.config import default_catalog_url
 from vecmigrate.security.keyring import environment_keyring
-from vecmigrate.security.scrub import install as install_scrubber
+from vecmigrate.telemetry.exposition import ProbeServer, parse_address
+from vecmigrate.telemetry.logs import configure_logging
+from vecmigrate.telemetry.setup import configure, current, install, version
 from vecmigrate.workers.connection import TemporalSettings, connect, default_task_queue
+from vecmigrate.workers.telemetry import ObservingInterceptor, sdk_metrics
+from vecmigrate.workflows.compaction import CompactionWorkflow
 from vecmigrate.workflows.identity import CallerInterceptor
 from vecmigrate.workflows.migration import MigrationWorkflow
 from vecmigrate.workflows.regional import RegionalMigrationWorkflow
@@ -57,17 +64,21 @@ def build_worker(
             RegionalMigrationWorkflow,
             ScheduledMigrationWorkflow,
             RetentionWorkflow,
+            CompactionWorkflow,
         ],
-        activities=acts.all(),
+        activities=acts.all() + CompactionActivities(catalog_url).all(),
         activity_executor=executor,
-        # Who sent each message (its ``vecmigrate-caller`` header), for the operator roles.
-        interceptors=[CallerInterceptor()],
+        # Who sent each message (its ``vecmigrate-caller`` header), for the operator roles;
+        # traces, metrics and logs of every activity.
+        interceptors=[CallerInterceptor(), ObservingInterceptor(spec_of=acts.spec)],
         max_concurrent_activities=max_concurrent_activities,
         # Progress views and the live status read a copy's count from its heartbeats, which
         # the SDK sends at most once per 80 % of the heartbeat timeout by default (24 s at the
         # spec's 30 s): bars would jump and the live rate lag by that much. Every 2 s costs the
         # server one call per running activity per 2 s.
         max_heartbeat_throttle_interval=timedelta(seconds=2),
+        # `vecmigrate doctor` reads the versions of the workers polling a queue from here.
+        identity=f"{os.getpid()}@{socket.gethostname()} vecmigrate/{version()}",
     )
 
 
@@ -81,13 +92,15 @@ async def run_worker(
     handle_signals: bool = True,
     region: str | None = None,
     settings: TemporalSettings | None = None,
+    http: str | None = None,
 ) -> None:
     """Connect and poll until ``stop`` is set, then shut down cleanly.
 
     ``address`` (None: the profile's) overrides ``settings``, the connection's other options.
 
     With ``handle_signals`` SIGINT and SIGTERM set ``stop`` too (a worker process); without,
-    they stay with the caller (a worker inside another command).
+    they stay with the caller (a worker inside another command). With ``http`` (``host:port``)
+    the worker serves ``/metrics``, ``/healthz`` and ``/readyz`` there.
     """
     # A worker may start before its server is up (a compose file, a demo): wait a minute for it.
     client = await connect(address, wait_seconds=60, settings=settings)
@@ -97,6 +110,54 @@ async def run_worker(
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)
+    health = _Health()
+    async with contextlib.AsyncExitStack() as stack:
+        if http:
+            probes = ProbeServer(
+                *parse_address(http), current().registry, live=health.live, ready=health.ready
+            ).start()
+            stack.callback(probes.stop)
+        exporter = sdk_metrics()
+        if exporter is not None:
+            await stack.enter_async_context(exporter)
+        ticking = asyncio.ensure_future(health.tick())
+        stack.callback(ticking.cancel)
+        await _poll(client, task_queue, catalog_url, concurrency, region, stop, health)
+
+
+class _Health:
+    """Liveness (the event loop turns) and readiness (polling, not shutting down)."""
+
+    STALE = 30.0
+
+    def __init__(self) -> None:
+        self.polling = False
+        self.beat = time.monotonic()
+
+    async def tick(self) -> None:
+        while True:
+            self.beat = time.monotonic()
+            await asyncio.sleep(1.0)
+
+    def live(self) -> tuple[bool, str]:
+        late = time.monotonic() - self.beat
+        if late > self.STALE:
+            return False, f"event loop stuck for {late:.0f} s"
+        return True, "ok"
+
+    def ready(self) -> tuple[bool, str]:
+        return (True, "polling") if self.polling else (False, "not polling")
+
+
+async def _poll(
+    client: Client,
+    task_queue: str,
+    catalog_url: str,
+    concurrency: int,
+    region: str | None,
+    stop: asyncio.Event,
+    health: _Health,
+) -> None:
     with ThreadPoolExecutor(max_workers=concurrency + 2) as executor:
         worker = build_worker(
             client,
@@ -107,13 +168,13 @@ async def run_worker(
             region=region,
         )
         async with worker:
-            log = logging.getLogger("vecmigrate")
+            health.polling = True
+            log = logging.getLogger("vecmigrate.worker")
             log.info(
-                "worker polling %s on %s (namespace %s, catalog %s, region %s)",
+                "worker polling %s on %s (namespace %s, region %s)",
                 task_queue,
                 client.service_client.config.target_host,
                 client.namespace,
-                catalog_url,
                 region or "none",
             )
             if environment_keyring() is None:
@@ -121,7 +182,10 @@ async def run_worker(
                     "no key ring (VECMIGRATE_KEYRING): payloads in Temporal, index artifacts "
                     "and ledger entries are not encrypted or keyed"
                 )
-            await stop.wait()
+            try:
+                await stop.wait()
+            finally:
+                health.polling = False
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -138,17 +202,45 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--concurrency", type=int, default=int(os.environ.get("VECMIGRATE_CONCURRENCY", "4"))
     )
+    p.add_argument("--http", default=None, help=HTTP_HELP)
+    p.add_argument("--log-format", choices=["text", "json"], default=None)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    install_scrubber()
+    configure_logging(args.log_format)
+    http = worker_telemetry(args.http)
     queue = args.task_queue or (
         f"vecmigrate-{args.region}" if args.region else default_task_queue()
     )
     asyncio.run(
         run_worker(
-            args.address, queue, args.catalog, concurrency=args.concurrency, region=args.region
+            args.address,
+            queue,
+            args.catalog,
+            concurrency=args.concurrency,
+            region=args.region,
+            http=http,
         )
     )
+
+
+HTTP_ENV = "VECMIGRATE_WORKER_HTTP"
+HTTP_HELP = (
+    "serve /metrics, /healthz and /readyz on HOST:PORT (default: $VECMIGRATE_WORKER_HTTP, or "
+    "$OTEL_EXPORTER_PROMETHEUS_HOST:$OTEL_EXPORTER_PROMETHEUS_PORT when OTEL_METRICS_EXPORTER "
+    "names prometheus)"
+)
+
+
+def worker_telemetry(http: str | None) -> str | None:
+    """Install a worker process's telemetry from the environment; returns the address its
+    HTTP endpoint serves on (None: no endpoint, and no metrics unless exported elsewhere)."""
+    http = http or os.environ.get(HTTP_ENV)
+    exporters = os.environ.get("OTEL_METRICS_EXPORTER", "")
+    if not http and "prometheus" in exporters:
+        host = os.environ.get("OTEL_EXPORTER_PROMETHEUS_HOST") or "localhost"
+        http = f"{host}:{os.environ.get('OTEL_EXPORTER_PROMETHEUS_PORT') or 9464}"
+    telemetry = configure("vecmigrate-worker", metrics_default="prometheus" if http else "none")
+    install(telemetry, set_global=True)
+    return http
 
 
 if __name__ == "__main__":

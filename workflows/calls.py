@@ -34,10 +34,16 @@ SHORT_TIMEOUT = timedelta(seconds=10)
 
 
 async def short_call(
-    activity: str, arg: Any, result_type: type | None = None, task_queue: str | None = None
+    activity: str,
+    arg: Any,
+    result_type: type | None = None,
+    task_queue: str | None = None,
+    *,
+    summary: str,
 ) -> Any:
     """One short bookkeeping activity (ledger, routing, control, lookups) with the common
-    timeout and retry policy."""
+    timeout and retry policy. ``summary`` is what the Web UI's timeline shows for it (every
+    call has one: a timeline of bare activity names says nothing)."""
     return await workflow.execute_activity(
         activity,
         arg,
@@ -45,11 +51,18 @@ async def short_call(
         task_queue=task_queue,
         start_to_close_timeout=SHORT_TIMEOUT,
         retry_policy=RETRY,
+        summary=summary,
     )
 
 
 async def long_call(
-    activity: str, arg: Any, result_type: type[T], *, timeout: timedelta, heartbeat_seconds: float
+    activity: str,
+    arg: Any,
+    result_type: type[T],
+    *,
+    timeout: timedelta,
+    heartbeat_seconds: float,
+    summary: str,
 ) -> T:
     """One long data-plane activity: it heartbeats (its resume cursor where it has one) at
     least every ``heartbeat_seconds``, or Temporal presumes its worker dead and runs it again
@@ -61,14 +74,35 @@ async def long_call(
         start_to_close_timeout=timeout,
         heartbeat_timeout=timedelta(seconds=heartbeat_seconds),
         retry_policy=RETRY,
+        summary=summary,
     )
     return result
 
 
 async def append_ledger(entry: LedgerInput) -> LedgerAck:
     """Append one ledger entry through the ``record`` activity (idempotent by event key)."""
-    ack: LedgerAck = await short_call("record", entry, LedgerAck)
+    ack: LedgerAck = await short_call("record", entry, LedgerAck, summary=ledger_summary(entry))
     return ack
+
+
+def ledger_summary(entry: LedgerInput) -> str:
+    """What a ledger entry records, in the words the Web UI's timeline shows."""
+    data = entry.data
+    if entry.kind == "phase":
+        return f"phase {data.get('from')} -> {data.get('to')}"
+    if entry.kind == "operator":
+        return f"{data.get('action')} by {entry.actor}"
+    if entry.kind == "gate":
+        return "gate suite " + ("passed" if data.get("passed") else "failed")
+    if entry.kind == "shadow.gate":
+        return f"{data.get('step') or 'shadow'} gate " + (
+            "passed" if data.get("passed") else "failed"
+        )
+    if entry.kind == "version.state":
+        return f"record: {data.get('version')} is {data.get('state')}"
+    if entry.kind == "routing.changed":
+        return f"record: routing {data.get('reason', '')}"[:200]
+    return f"record: {entry.kind}"
 
 
 def event_key(migration_id: str, n: int) -> str:

@@ -147,6 +147,7 @@ class Copying(MigrationCore):
             self._status.copy_seconds = self._phase_seconds()
         if result.ledger is not None:
             self._anchor(result.ledger)
+        self._details()
 
     async def _catching_up(self, inp: MigrationInput) -> None:
         """Replay the change log from the watermark until a pass finds nothing newer."""
@@ -161,6 +162,7 @@ class Copying(MigrationCore):
                 timedelta(minutes=30),
             )
             self._status.catchup_lag = result.lag
+            self._details()
             if result.drained and result.lag <= spec.online.max_catchup_lag:
                 await self._record("catchup", "vecmigrate", result.model_dump(mode="json"))
                 return

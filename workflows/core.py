@@ -25,6 +25,7 @@ from temporalio.exceptions import (
 )
 
 from vecmigrate.workflows.calls import append_ledger, event_key, long_call, short_call
+from vecmigrate.workflows.search import SEARCH_ATTRIBUTES, updates
 from vecmigrate.workflows.signals import ROLES, RULES, OperatorSignals
 
 with workflow.unsafe.imports_passed_through():
@@ -46,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
     from vecmigrate.model.messages import Interrupt, OperatorMessage
     from vecmigrate.model.regions import RegionUpdate
     from vecmigrate.model.routing import RoutingView
+    from vecmigrate.model.search import current_details, search_values
     from vecmigrate.model.status import MigrationInput, MigrationStatus, OperatorAction
     from vecmigrate.model.tasks import (
         AccessPolicyInput,
@@ -93,6 +95,8 @@ class MigrationCore(OperatorSignals):
         self._rules = workflow.patched(RULES)
         self._roles = workflow.patched(ROLES)
         self._policy = AccessPolicy()
+        # Runs from before this release keep their history: no attribute changes there.
+        self._searchable = workflow.patched(SEARCH_ATTRIBUTES)
         self._strategy = LIFECYCLE[spec.strategy].variant(lambda _: self._rules)
         self._lock = asyncio.Lock()
         self._control_lock = asyncio.Lock()
@@ -196,6 +200,7 @@ class MigrationCore(OperatorSignals):
                 region=spec.region,
             ),
             AccessPolicy,
+            summary="operator roles in force",
         )
 
     def _phase_now(self) -> str:
@@ -255,7 +260,12 @@ class MigrationCore(OperatorSignals):
             return False
         if len(st.gate_adjustments) != self._held or st.gates is None:
             return False
-        now: str = await short_call("data_state", DataStateInput(**self._task()), str)
+        now: str = await short_call(
+            "data_state",
+            DataStateInput(**self._task()),
+            str,
+            summary="has the data changed since the gate?",
+        )
         return now == st.gates.data_state
 
     async def _apply(self, message: Message, msg: OperatorMessage, ruling: Ruling) -> None:
@@ -307,6 +317,13 @@ class MigrationCore(OperatorSignals):
                     max_vectors_per_second=self._status.max_vectors_per_second,
                     region=self._spec.region,
                 ),
+                summary="copies: "
+                + ("pause" if self._status.paused else "run")
+                + (
+                    f", at most {self._status.max_vectors_per_second:,.0f} vectors/s"
+                    if self._status.max_vectors_per_second
+                    else ""
+                ),
             )
 
     # -- ledger and parent --------------------------------------------------------------------
@@ -315,6 +332,7 @@ class MigrationCore(OperatorSignals):
         self, kind: str, actor: str, data: dict[str, Any], caller: str | None = None
     ) -> None:
         self._events += 1
+        self._details()
         ack = await append_ledger(
             LedgerInput(
                 migration_id=self._status.migration_id,
@@ -329,6 +347,11 @@ class MigrationCore(OperatorSignals):
             )
         )
         self._anchor(ack)
+
+    def _details(self) -> None:
+        """What the Web UI shows on the workflow's page: phase, progress, last gate, and why
+        it waits (a query-time value, not an event: update it as often as it changes)."""
+        workflow.set_current_details(current_details(self._status))
 
     def _anchor(self, ack: LedgerAck) -> None:
         """Keep the newest ledger entry this migration wrote (a cut tail loses it)."""
@@ -384,7 +407,9 @@ class MigrationCore(OperatorSignals):
                 st.doing = describe(self._strategy, phase, figures(self._spec, total))
             if self._rules:
                 workflow.upsert_memo({"phase": str(phase)})
-        workflow.set_current_details(f"{phase}: {st.doing}" if st.doing else str(phase))
+            if self._searchable:
+                workflow.upsert_search_attributes(updates(search_values(self._spec, phase)))
+        self._details()
         await self._record("phase", actor, {"from": old, "to": phase})
         await self._report()
         if phase not in TERMINAL:
@@ -515,6 +540,7 @@ class MigrationCore(OperatorSignals):
                 result_type,
                 timeout=timeout,
                 heartbeat_seconds=self._spec.heartbeat_seconds,
+                summary=name,
             ),
         )
 
@@ -610,7 +636,9 @@ class MigrationCore(OperatorSignals):
                 writes_paused=writes_paused,
                 region=spec.region,
             )
-            view: RoutingView = await short_call("change_routing", change, RoutingView)
+            view: RoutingView = await short_call(
+                "change_routing", change, RoutingView, summary=f"routing: {reason}"[:200]
+            )
             self._status.routing = view
         await self._record("routing.changed", operator, {"reason": reason, **view.model_dump()})
 
@@ -627,6 +655,7 @@ class MigrationCore(OperatorSignals):
                 operator=operator,
                 region=spec.region,
             ),
+            summary=f"version {version}: {state}",
         )
         await self._record("version.state", operator, {"version": version, "state": state})
 
@@ -641,6 +670,7 @@ class MigrationCore(OperatorSignals):
                 migration_id=spec.migration_id,
             ),
             int,
+            summary="change-log head",
         )
         return head
 
@@ -653,7 +683,10 @@ class MigrationCore(OperatorSignals):
         if not workflow.patched(STORAGE_FIGURES):
             return
         snapshot: StorageSnapshot = await short_call(
-            "record_storage", StorageInput(**self._task(), stage=stage), StorageSnapshot
+            "record_storage",
+            StorageInput(**self._task(), stage=stage),
+            StorageSnapshot,
+            summary=f"storage: {stage}",
         )
         self._status.ledger_entries += 1  # the activity wrote "storage"
         self._status.storage_bytes[stage] = snapshot.total

@@ -81,6 +81,7 @@ class Indexing(MigrationCore):
         )
         progress.state = "indexed"
         self._status.ledger_entries += 1  # the activity wrote "shard.indexed"
+        self._details()
 
     async def _index_position(self) -> int:
         """The change-log position of the index being built, taken before its first shard is

@@ -32,6 +32,7 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError, ChildWorkflowError
 
 from vecmigrate.workflows.calls import append_ledger, event_key, short_call
+from vecmigrate.workflows.search import SEARCH_ATTRIBUTES, typed, updates
 from vecmigrate.workflows.signals import ROLES, RULES, OperatorSignals
 
 with workflow.unsafe.imports_passed_through():
@@ -57,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
         child_plans,
         region_queue,
     )
+    from vecmigrate.model.search import memo, search_values
     from vecmigrate.model.status import MigrationInput, MigrationStatus, OperatorAction
     from vecmigrate.model.tasks import AccessPolicyInput, LedgerInput, TenantsInput
     from vecmigrate.workflows.identity import caller
@@ -77,6 +79,7 @@ class RegionalMigrationWorkflow(OperatorSignals):
         self._roles = workflow.patched(ROLES)
         self._policy = AccessPolicy()
         self._starter = ""
+        self._searchable = workflow.patched(SEARCH_ATTRIBUTES)
         self._status = RegionalStatus(
             migration_id=spec.migration_id, collection=spec.collection, strategy=spec.strategy
         )
@@ -176,6 +179,7 @@ class RegionalMigrationWorkflow(OperatorSignals):
                     migration_id=spec.migration_id, tenant=tenant, collection=spec.collection
                 ),
                 AccessPolicy,
+                summary=f"operator roles in force for {tenant}",
             )
             bindings.extend(b for b in policy.bindings if b not in bindings)
             four_eyes = four_eyes or policy.four_eyes
@@ -224,6 +228,9 @@ class RegionalMigrationWorkflow(OperatorSignals):
         old = self._status.phase
         self._status.phase = phase
         self._status.blocked_reason = blocked
+        if self._searchable:
+            workflow.upsert_search_attributes(updates(search_values(self._spec, phase)))
+        workflow.set_current_details(f"**{phase}**" + (f"\n\n{blocked}" if blocked else ""))
         await self._record("phase", "vecmigrate", {"from": old, "to": phase, "why": blocked})
         if phase not in TERMINAL:
             await self._load_policy()
@@ -294,6 +301,7 @@ class RegionalMigrationWorkflow(OperatorSignals):
                 TenantsInput(collection=spec.collection, version=spec.source.name, region=name),
                 list[str],
                 task_queue=queue,
+                summary=f"tenants holding {spec.collection}@{spec.source.name} in {name}",
             )
         await self._record("tenants", "vecmigrate", {str(k): v for k, v in found.items()})
         return found
@@ -304,12 +312,20 @@ class RegionalMigrationWorkflow(OperatorSignals):
         tasks = []
         for state in self._of(region):
             plan = self._plans[state.workflow_id]
+            searchable: dict[str, Any] = {}
+            if self._searchable:
+                searchable = {
+                    "search_attributes": typed(search_values(plan.spec, Phase.PLANNED)),
+                    "memo": memo(plan.spec, requested_by),
+                    "static_summary": f"{plan.region or 'one region'}, tenant {plan.tenant}",
+                }
             handle = await workflow.start_child_workflow(
                 "MigrationWorkflow",
                 MigrationInput(spec=plan.spec, requested_by=requested_by),
                 id=plan.workflow_id,
                 task_queue=plan.task_queue,
                 result_type=MigrationStatus,
+                **searchable,
             )
             self._handles[plan.workflow_id] = handle
             state.started = True

@@ -58,5 +58,6 @@ class RetentionWorkflow:
             # Dropping a table or a collection and removing its files: minutes at most.
             start_to_close_timeout=timedelta(minutes=30),
             retry_policy=RETRY,
+            summary=f"prune {inp.version}",
         )
         return self._result

@@ -73,6 +73,7 @@ class ScheduledMigrationWorkflow:
                 requested_by=inp.requested_by,
             ),
             Firing,
+            summary="what this firing migrates",
         )
         result = self._result
         result.outcome = resolved.outcome

@@ -92,6 +92,7 @@ class Shadowing(Validating):
                 migration_id=spec.migration_id,
             ),
             ShadowResult,
+            summary="shadow-read figures",
         )
         return result
 

@@ -34,17 +34,22 @@ from tests.conftest import Sandbox, running_worker
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.config import sqlite_url
 from vecmigrate.control.client import MigrationClient
+from vecmigrate.control.compaction import start_compaction
 from vecmigrate.control.devserver import temporal_binary
+from vecmigrate.model.compaction import CompactionRequest
 from vecmigrate.model.lifecycle import Phase
 from vecmigrate.serving.router import Router
 from vecmigrate.testing.drill import run_drill
+from vecmigrate.workflows.search import KEYS as SEARCH_KEYS
 
 HERE = Path(__file__).parent
 
 
 async def record(names: list[str]) -> None:
     env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_binary(), data_converter=pydantic_data_converter
+        dev_server_existing_path=temporal_binary(),
+        search_attributes=list(SEARCH_KEYS.values()),
+        data_converter=pydantic_data_converter,
     )
     try:
         for name in names:
@@ -323,6 +328,27 @@ async def record_roles(env: WorkflowEnvironment, name: str) -> None:
         save(name, await ann.handle(mid).fetch_history())
 
 
+async def record_compaction(env: WorkflowEnvironment, name: str) -> None:
+    """A compaction of an IVF index after writes through the router."""
+    sandbox = fresh_sandbox(name)
+    vectors = sandbox.seed(2000)
+    router = Router(sandbox.catalog, refresh_seconds=0.2)
+    for n in range(20):
+        router.upsert(
+            "default", "docs", np.arange(100_000 + 10 * n, 100_010 + 10 * n), vectors[:10]
+        )
+        router.delete("default", "docs", np.array([n]))
+    router.close()
+    async with running_worker(env.client, sandbox) as queue:
+        request = CompactionRequest(
+            tenant="default", collection="docs", settle_seconds=0, requested_by="recorder"
+        )
+        handle = await start_compaction(env.client, request, task_queue=queue)
+        await handle.result()
+        history = await handle.fetch_history()
+    save(name, history)
+
+
 RECORDERS: dict[str, Callable[[WorkflowEnvironment, str], Awaitable[None]]] = {
     **{f"{case}_v2": record_v2 for case in V2},
     "blue_green_completed": record_blue_green,
@@ -331,6 +357,7 @@ RECORDERS: dict[str, Callable[[WorkflowEnvironment, str], Awaitable[None]]] = {
     "online_drill": record_online,
     "blue_green_build_while_copying": record_build_while_copying,
     "blue_green_roles": record_roles,
+    "compaction_completed": record_compaction,
 }
 
 

@@ -5,8 +5,14 @@ each write to the old and the new version, but the backfill can still overwrite 
 with the older value it read before the write (and bring a deleted one back). The log closes that
 gap: the migration notes the log's head before dual-write starts (the watermark), and after the
 backfill it replays everything after the watermark onto the target, in order, the last write of
-each id winning and deletes as tombstones. The router also uses the log to see writes an index
-artifact does not hold yet (see ``vecmigrate.serving.router``).
+each id winning and deletes as tombstones.
+
+The log is also how every router process keeps the indexes it serves current: an index artifact
+holds the writes up to its log position, and each process applies the entries after it, in order,
+to its in-memory copy (``vecmigrate.indexes.live``), so all of them agree on what the index holds.
+A compaction folds the entries into a new artifact with a later position (``index_compactions``),
+which bounds what a process applies when it loads one and what it lays over an index that cannot
+take a write in place.
 
 Appends take the log's write lock (SQLite's single writer; an exclusive table lock on
 PostgreSQL), so sequence numbers commit in order and a reader never skips one that commits late.
@@ -14,11 +20,14 @@ PostgreSQL), so sequence numbers commit in order and a reader never skips one th
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import (
+    JSON,
     BigInteger,
     Column,
     DateTime,
@@ -55,6 +64,9 @@ changes = Table(
     Column("vector", LargeBinary),
     # The record's source text, when the write carried one (re-embedding replays from it).
     Column("text", Text),
+    # Which model's space ``vector`` is in (``model_id@model_version`` of the version serving
+    # reads when it was written): a version of another model cannot take the vector as it is.
+    Column("space", String(300)),
     Column("at", DateTime(timezone=True), nullable=False),
     Index("change_log_by_collection", "tenant", "collection", "seq"),
 )
@@ -65,6 +77,18 @@ index_positions = Table(
     metadata,
     Column("index_id", String(200), primary_key=True),
     Column("seq", BigInteger, nullable=False),
+)
+
+# Artifacts a compaction wrote for an index version: the same index with the log's entries up to
+# ``seq`` folded in. Routers load the newest; the index version and its first artifacts stay as
+# the migration registered them (gates and the ledger refer to those).
+index_compactions = Table(
+    "index_compactions",
+    metadata,
+    Column("index_id", String(200), primary_key=True),
+    Column("seq", BigInteger, primary_key=True),
+    Column("artifacts", JSON, nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
 )
 
 UPSERT = "upsert"
@@ -80,6 +104,8 @@ class Changes:
     ops: list[str]
     vectors: list[bytes | None]
     texts: list[str | None]
+    # The model space of each entry's vector (None: written before the log recorded it).
+    spaces: list[str | None] = field(default_factory=list)
 
     @property
     def last_seq(self) -> int:
@@ -151,11 +177,13 @@ class ChangeLog:
         once_per_engine(self.engine, "change-log", self._create)
 
     def _create(self) -> None:
-        metadata.create_all(self.engine, tables=[changes, index_positions])
+        metadata.create_all(self.engine, tables=[changes, index_positions, index_compactions])
         have = {c["name"] for c in inspect(self.engine).get_columns("change_log")}
-        if "text" not in have:  # a catalog made before writes carried text
-            with begin(self.engine) as conn:
-                conn.execute(text("ALTER TABLE change_log ADD COLUMN text TEXT"))
+        # Columns added after the first release: a catalog made before gains them on open.
+        for name, ddl in (("text", "TEXT"), ("space", "VARCHAR(300)")):
+            if name not in have:
+                with begin(self.engine) as conn:
+                    conn.execute(text(f"ALTER TABLE change_log ADD COLUMN {name} {ddl}"))
 
     def append(
         self,
@@ -165,11 +193,14 @@ class ChangeLog:
         ids: Ids,
         vectors: Vectors | None = None,
         texts: list[str] | None = None,
+        space: str | None = None,
     ) -> int:
         """Log one write (many ids) and return the sequence number of its last entry.
 
         With ``texts``, the records' source texts are stored too (in the entries and in the
-        collection's documents, in the same transaction); a delete removes them.
+        collection's documents, in the same transaction); a delete removes them. ``space``
+        names the model whose space ``vectors`` are in. A write's entries are numbered
+        consecutively (appends hold the log's write lock).
         """
         if op not in (UPSERT, DELETE):
             raise ValueError(f"unknown change {op!r}")
@@ -186,6 +217,7 @@ class ChangeLog:
                 "op": op,
                 "vector": None if raw is None else raw[i].tobytes(),
                 "text": None if texts is None else texts[i],
+                "space": None if raw is None else space,
                 "at": at,
             }
             for i, record_id in enumerate(id_list)
@@ -207,21 +239,28 @@ class ChangeLog:
             ).scalar_one()
         return int(last)
 
-    def head(self, tenant: str, collection: str) -> int:
-        """The newest sequence number of a collection's log (0 when empty)."""
+    def head(self, tenant: str, collection: str, before: datetime | None = None) -> int:
+        """The newest sequence number of a collection's log (0 when empty); with ``before``,
+        the newest of the entries written before that time."""
+        where = (changes.c.tenant == tenant) & (changes.c.collection == collection)
+        if before is not None:
+            where = where & (changes.c.at < before)
         with self.engine.connect() as conn:
-            value = conn.execute(
-                select(func.max(changes.c.seq)).where(
-                    (changes.c.tenant == tenant) & (changes.c.collection == collection)
-                )
-            ).scalar_one()
+            value = conn.execute(select(func.max(changes.c.seq)).where(where)).scalar_one()
         return int(value or 0)
 
     def read(self, tenant: str, collection: str, after: int, limit: int = 10_000) -> Changes:
         """Entries after sequence number ``after``, oldest first, at most ``limit``."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(changes.c.seq, changes.c.id, changes.c.op, changes.c.vector, changes.c.text)
+                select(
+                    changes.c.seq,
+                    changes.c.id,
+                    changes.c.op,
+                    changes.c.vector,
+                    changes.c.text,
+                    changes.c.space,
+                )
                 .where(
                     (changes.c.tenant == tenant)
                     & (changes.c.collection == collection)
@@ -236,6 +275,7 @@ class ChangeLog:
             ops=[r[2] for r in rows],
             vectors=[r[3] for r in rows],
             texts=[r[4] for r in rows],
+            spaces=[r[5] for r in rows],
         )
 
     def changed_ids(self, tenant: str, collection: str, after: int) -> Ids:
@@ -352,3 +392,54 @@ class ChangeLog:
         assert row is not None
         entries = int(row[0])
         return entries, entries * 40 + int(row[1]) + int(row[2])
+
+    # -- compactions ----------------------------------------------------------------------------
+
+    def record_compaction(self, index_id: str, seq: int, artifacts: list[dict[str, Any]]) -> None:
+        """Record artifacts that hold index ``index_id`` with the log folded in up to ``seq``
+        (idempotent: a retried compaction to the same position keeps the first record)."""
+        with begin(self.engine) as conn:
+            exists = conn.execute(
+                select(index_compactions.c.seq).where(
+                    (index_compactions.c.index_id == index_id) & (index_compactions.c.seq == seq)
+                )
+            ).first()
+            if exists is None:
+                conn.execute(
+                    index_compactions.insert().values(
+                        index_id=index_id, seq=seq, artifacts=artifacts, at=now()
+                    )
+                )
+
+    def compacted(self, index_id: str) -> tuple[int, list[dict[str, Any]]] | None:
+        """The newest compaction of an index: its log position and artifacts, or None."""
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(index_compactions.c.seq, index_compactions.c.artifacts)
+                .where(index_compactions.c.index_id == index_id)
+                .order_by(index_compactions.c.seq.desc())
+                .limit(1)
+            ).first()
+        return None if row is None else (int(row[0]), list(row[1]))
+
+    def compactions(self, index_id: str) -> list[tuple[int, list[dict[str, Any]]]]:
+        """Every compaction of an index, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(index_compactions.c.seq, index_compactions.c.artifacts)
+                .where(index_compactions.c.index_id == index_id)
+                .order_by(index_compactions.c.seq)
+            ).all()
+        return [(int(r[0]), list(r[1])) for r in rows]
+
+    def compacted_positions(self, index_ids: list[str]) -> dict[str, int]:
+        """The newest compaction's log position of each of ``index_ids`` that has one."""
+        if not index_ids:
+            return {}
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(index_compactions.c.index_id, func.max(index_compactions.c.seq))
+                .where(index_compactions.c.index_id.in_(index_ids))
+                .group_by(index_compactions.c.index_id)
+            ).all()
+        return {r[0]: int(r[1]) for r in rows}

@@ -50,6 +50,7 @@ from vecmigrate.model.spec import MigrationSpec, load_spec, parse_spec
 from vecmigrate.model.status import MigrationStatus
 from vecmigrate.security.scrub import scrub
 from vecmigrate.stores.probes import describe_store, redacted
+from vecmigrate.telemetry.setup import Telemetry, current
 from vecmigrate.workers.connection import (
     TemporalSettings,
     connect,
@@ -290,6 +291,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ui-port", type=int, default=None, help="Temporal Web UI port (default: a free one)"
     )
+    p.add_argument("--http", default=None, help=WORKER_HTTP_HELP)
+    _log_format(p)
 
     p = sub.add_parser("serve", help="the HTTP gateway applications search and write through")
     p.add_argument(
@@ -319,6 +322,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--read-timeout", type=float, default=10.0, help="seconds a request body may take"
     )
+    _log_format(p)
 
     p = sub.add_parser("worker", help="run a worker: the migrations' workflows and activities")
     _common(p)
@@ -329,6 +333,8 @@ def parser() -> argparse.ArgumentParser:
         help="a region's data-plane worker: runs only that region's work, against the "
         "region's catalog (--catalog); task queue default vecmigrate-REGION",
     )
+    p.add_argument("--http", default=None, help=WORKER_HTTP_HELP)
+    _log_format(p)
 
     p = sub.add_parser(
         "seed",
@@ -446,6 +452,43 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("id", help="the migration id (its workflow id, or a schedule firing's)")
     _json_flag(p, "the gate report")
     p.add_argument("--costs", action="store_true", help="storage and per-shard costs as JSON")
+    p.add_argument(
+        "--html",
+        default=None,
+        metavar="FILE",
+        help="write one self-contained page with the migration's plots (throughput, shard "
+        "durations, gates against thresholds, latency, storage growth) to FILE",
+    )
+
+    p = sub.add_parser("list", help="migrations, newest first, found by their search attributes")
+    _common(p)
+    p.add_argument("--phase", default=None, help="only migrations in this phase")
+    p.add_argument("--collection", default=None, help="only migrations of this collection")
+    p.add_argument("--tenant", default=None, help="only migrations of this tenant")
+    p.add_argument("--strategy", default=None, help="only migrations with this strategy")
+    p.add_argument("--region", default=None, help="only migrations touching this region")
+    state = p.add_mutually_exclusive_group()
+    state.add_argument("--running", action="store_true", help="only running migrations")
+    state.add_argument("--finished", action="store_true", help="only ended migrations")
+    p.add_argument("--limit", type=int, default=50, help="at most this many (default 50)")
+    _json_flag(p, "the migrations")
+    p.add_argument(
+        "--show-query",
+        action="store_true",
+        help="print the visibility query (for `temporal workflow list --query`) and exit",
+    )
+
+    p = sub.add_parser(
+        "doctor", help="check what a deployment needs and say what to fix (exit 1 on a failure)"
+    )
+    _common(p)
+    p.add_argument(
+        "--region",
+        action="append",
+        default=[],
+        help="also check the workers of this region's task queue (vecmigrate-REGION); repeat",
+    )
+    _json_flag(p, "the findings")
 
     p = sub.add_parser(
         "gc",
@@ -552,6 +595,21 @@ def parser() -> argparse.ArgumentParser:
 
     COMMANDS.update(admin.add_commands(sub))
     return top
+
+
+WORKER_HTTP_HELP = (
+    "serve /metrics, /healthz and /readyz on HOST:PORT (default: $VECMIGRATE_WORKER_HTTP, or "
+    "the Prometheus exporter's address when OTEL_METRICS_EXPORTER names prometheus)"
+)
+
+
+def _log_format(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=None,
+        help="log lines as text or JSON (default: $VECMIGRATE_LOG_FORMAT or text)",
+    )
 
 
 async def _client(args: argparse.Namespace) -> MigrationClient:
@@ -766,7 +824,9 @@ async def _dev(args: argparse.Namespace) -> int:
     )
     out.print(f"export TEMPORAL_ADDRESS={server.address}   # for other shells; Ctrl-C stops")
     try:
-        await run_worker(server.address, args.task_queue or default_task_queue(), catalog)
+        await run_worker(
+            server.address, args.task_queue or default_task_queue(), catalog, http=args.http
+        )
     finally:
         server.stop()
     return 0
@@ -832,6 +892,7 @@ async def _worker(args: argparse.Namespace) -> int:
         concurrency=args.concurrency,
         region=args.region,
         settings=_settings(args),
+        http=args.http,
     )
     return 0
 
@@ -1378,6 +1439,8 @@ async def _log(args: argparse.Namespace) -> int:
 async def _report(args: argparse.Namespace) -> int:
     catalog = _read_catalog(args)
     args.id = await _migration_id(args, catalog)
+    if args.html:
+        return await _html_report(args, catalog)
     entry = catalog.latest(args.id, "gate")
     if entry is None:
         raise VecmigrateError(f"migration {args.id!r} has no gate report yet")
@@ -1409,6 +1472,80 @@ async def _where(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _html_report(args: argparse.Namespace, catalog: Catalog) -> int:
+    from vecmigrate.control.htmlreport import ReportData, render
+    from vecmigrate.model.spec import MigrationSpec
+
+    spec = MigrationSpec.model_validate(catalog.get_migration(args.id)["spec"])
+    status = None
+    try:
+        mc = await asyncio.wait_for(_client(args), 10)
+        status = await asyncio.wait_for(mc.status(args.id), 20)
+    except (VecmigrateError, RPCError, TimeoutError) as exc:
+        err.print(f"[yellow]no live status[/yellow] ({exc}); the report uses the ledger alone")
+    page = await asyncio.to_thread(
+        render, ReportData(args.id, catalog.entries(args.id), spec=spec, status=status)
+    )
+    try:
+        with open(args.html, "w", encoding="utf-8") as f:
+            f.write(page)
+    except OSError as exc:
+        raise VecmigrateError(f"cannot write {args.html}: {exc.strerror}") from None
+    err.print(f"wrote {args.html} ({len(page) // 1024:,} KiB)")
+    return 0
+
+
+async def _list(args: argparse.Namespace) -> int:
+    from vecmigrate.control.listing import Filters, list_migrations, list_query, migrations_table
+
+    filters = Filters(
+        phase=args.phase,
+        collection=args.collection,
+        tenant=args.tenant,
+        strategy=args.strategy,
+        region=args.region,
+        running=True if args.running else False if args.finished else None,
+    )
+    if args.show_query:
+        print(list_query(filters))
+        return 0
+    mc = await _client(args)
+    rows = await list_migrations(mc.client, filters, limit=args.limit)
+    if args.json:
+        print(json.dumps([r.__dict__ for r in rows], indent=2, default=str))
+        return 0
+    out.print(migrations_table(rows))
+    return 0
+
+
+async def _doctor(args: argparse.Namespace) -> int:
+    from vecmigrate.control.doctor import as_json, diagnose
+    from vecmigrate.workers.connection import NAMESPACE_ENV
+
+    queues = [args.task_queue or default_task_queue(), *(f"vecmigrate-{r}" for r in args.region)]
+    findings = await diagnose(
+        args.address or default_address(),
+        args.namespace or os.environ.get(NAMESPACE_ENV) or "default",
+        _catalog_url(args),
+        queues,
+    )
+    if args.json:
+        print(json.dumps(as_json(findings), indent=2))
+    else:
+        for f in findings:
+            mark = (
+                "[green]ok[/green]  "
+                if f.ok
+                else ("[yellow]warn[/yellow]" if f.severity == "warning" else "[red]FAIL[/red]")
+            )
+            out.print(f"{mark} {f.check}: {f.detail}", highlight=False)
+            if not f.ok and f.fix:
+                for line in f.fix.splitlines():
+                    out.print(f"       fix: {line}", highlight=False, soft_wrap=True)
+    failed = [f for f in findings if not f.ok and f.severity == "error"]
+    return 1 if failed else 0
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = {
     "demo": _demo,
     "demo-text": _demo_text,
@@ -1429,14 +1566,38 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "schedule": _schedule,
     "gc": _gc,
     "where": _where,
+    "list": _list,
+    "doctor": _doctor,
     **dict.fromkeys(SIGNAL_COMMANDS, _signal),
 }
+
+
+def _telemetry(args: argparse.Namespace) -> Telemetry:
+    """Set up the process's telemetry and logging for its command: a worker's and the gateway's
+    serve metrics; every command traces when OTEL_* says so (a `start` joins its migration's
+    trace)."""
+    from vecmigrate.telemetry.logs import configure_logging
+    from vecmigrate.telemetry.setup import configure, install
+
+    if args.command in ("worker", "dev", "serve"):
+        configure_logging(args.log_format)
+    if args.command in ("worker", "dev"):
+        from vecmigrate.workers.main import worker_telemetry
+
+        args.http = worker_telemetry(args.http)
+        return current()
+    if args.command == "serve":
+        return install(
+            configure("vecmigrate-gateway", metrics_default="prometheus"), set_global=True
+        )
+    return install(configure("vecmigrate-cli"), set_global=True)
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``vecmigrate`` command."""
     args = parser().parse_args(argv)
     try:
+        _telemetry(args)
         code: int = asyncio.run(COMMANDS[args.command](args))
     except (VecmigrateError, DevServerError) as exc:
         err.print(f"[red]error:[/red] {scrub(str(exc))}")
@@ -1450,5 +1611,6 @@ def main(argv: list[str] | None = None) -> None:
         code = 2
     except KeyboardInterrupt:
         code = 130
+    current().shutdown()  # export the spans still batched
     sys.stdout.flush()
     sys.exit(code)

@@ -16,6 +16,7 @@ from temporalio.client import (
 )
 from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 
 from vecmigrate.config import resolve_spec
 from vecmigrate.control.schedules import FIRING_WORKFLOW, firing_view
@@ -24,15 +25,18 @@ from vecmigrate.errors import (
     NotFoundError,
     PreconditionError,
     SpecMismatchError,
+    VecmigrateError,
 )
-from vecmigrate.model.lifecycle import OUTCOME_ERRORS, SIGNALS, Message
+from vecmigrate.model.lifecycle import OUTCOME_ERRORS, SIGNALS, Message, Phase
 from vecmigrate.model.messages import GateRequest, OperatorMessage, RampRequest, ThrottleRequest
 from vecmigrate.model.regions import RegionalStatus
+from vecmigrate.model.search import memo, search_values
 from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.model.status import MigrationInput, MigrationStatus, RetryingStep
 from vecmigrate.workers.connection import default_task_queue
 from vecmigrate.workflows.migration import MigrationWorkflow
 from vecmigrate.workflows.regional import RegionalMigrationWorkflow
+from vecmigrate.workflows.search import typed
 
 S = TypeVar("S", MigrationStatus, RegionalStatus)
 
@@ -89,6 +93,9 @@ class MigrationClient:
 
         A spec with ``regions`` or ``tenants`` starts the regional workflow, which runs one
         child migration per region and tenant on the regions' task queues.
+
+        Raises:
+            VecmigrateError: the namespace lacks vecmigrate's search attributes (nothing started).
         """
         spec = resolve_spec(spec)
         if spec.schedule is not None:
@@ -111,15 +118,25 @@ class MigrationClient:
                 f"({spec.strategy}, {spec.target.index.kind})"
             )
         digest = spec.spec_hash()
-        handle = await self.client.start_workflow(
-            run,
-            MigrationInput(spec=spec, requested_by=operator),
-            id=spec.migration_id,
-            task_queue=self.task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-            static_summary=summary,
-            memo={"spec_hash": digest},
-        )
+        try:
+            handle = await self.client.start_workflow(
+                run,
+                MigrationInput(spec=spec, requested_by=operator),
+                id=spec.migration_id,
+                task_queue=self.task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                static_summary=summary,
+                search_attributes=typed(search_values(spec, Phase.PLANNED)),
+                memo={**memo(spec, operator), "spec_hash": digest},
+            )
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.INVALID_ARGUMENT and "search attribute" in exc.message:
+                raise VecmigrateError(
+                    f"{' '.join(exc.message.split())}: the namespace lacks vecmigrate's search "
+                    "attributes, so the migration was not started; `vecmigrate doctor` names "
+                    "each missing one and the command that registers it"
+                ) from None
+            raise
         found = await (await handle.describe()).memo_value("spec_hash", None)
         if found is not None and found != digest:
             raise SpecMismatchError(

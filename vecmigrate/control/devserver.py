@@ -13,6 +13,8 @@ import sys
 import time
 from pathlib import Path
 
+from vecmigrate.model.search import ALL as SEARCH_ATTRIBUTES
+
 
 def _die_with_parent() -> None:
     """In the child: ask Linux to send SIGTERM when the parent dies, even by kill -9."""
@@ -101,6 +103,8 @@ class DevServer:
             "--log-level",
             "warn",
         ]
+        for attribute in SEARCH_ATTRIBUTES:
+            cmd += ["--search-attribute", f"{attribute.name}={attribute.type}"]
         if self.ui:
             cmd += [
                 "--ui-ip",

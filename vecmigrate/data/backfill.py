@@ -6,6 +6,7 @@ again (whole or from a cursor) upserts the same records by id.
 
 from __future__ import annotations
 
+import contextvars
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -495,7 +496,14 @@ def copy_shard(
                 break
             moved["read"] += int(batch.ids.nbytes + batch.vectors.nbytes)
             if batch.next_cursor is not None and len(batch) == spec.batch_size:
-                ahead = reader.submit(source.scan, shard, batch.next_cursor, spec.batch_size)
+                # In the caller's context: the read joins the copy's trace and its byte count.
+                ahead = reader.submit(
+                    contextvars.copy_context().run,
+                    source.scan,
+                    shard,
+                    batch.next_cursor,
+                    spec.batch_size,
+                )
             try:
                 if reembed is not None:
                     ids, vectors = check_vectors(

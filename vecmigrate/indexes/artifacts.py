@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 import uuid
@@ -36,6 +35,8 @@ from typing import Any
 import faiss
 import hnswlib
 import numpy as np
+import numpy.typing as npt
+from pydantic import TypeAdapter
 
 from vecmigrate.errors import ArtifactError, KeyRingError, PreconditionError, TamperError
 from vecmigrate.model.spec import (
@@ -67,6 +68,9 @@ from vecmigrate.security.envelope import (
 )
 from vecmigrate.security.keyring import KeyRing, environment_keyring
 
+# Index kinds whose artifacts take writes in place (``LoadedIndex.remove``/``add``).
+UPDATABLE_KINDS = frozenset({"faiss_flat", "faiss_ivf_flat", "faiss_ivf_pq", "hnswlib_hnsw"})
+
 _EXT = {
     "faiss_flat": "faiss",
     "faiss_ivf_flat": "faiss",
@@ -78,10 +82,9 @@ _EXT = {
 # dtype objects for the search path. Given a numpy type (``np.int64``) instead, numpy looks the
 # dtype up on every call: after a search, ``labels.view`` took ~1.4 us with the type against
 # ~0.4 us with the object, and ``np.ascontiguousarray(q, dtype=...)`` ~1.0 against ~0.7 (a
-# search of 200,000 x 64 is ~36 us). hnswlib's uint64 labels are read as int64 through ``_I64``.
+# search of 200,000 x 64 is ~36 us). hnswlib's uint64 labels are read as int64 through ``I64``.
 F32 = np.dtype(np.float32)
-_I64 = np.dtype(np.int64)
-_isfinite = math.isfinite  # bound once for search_one (a module lookup is a cache miss there)
+I64 = np.dtype(np.int64)
 
 
 def cpu_share(parallel: int) -> int:
@@ -421,9 +424,14 @@ class LoadedIndex:
         self.dimension = int(meta["dimension"])
         self.count = int(meta["count"])
         params = meta["index"]
+        self.params: dict[str, Any] = dict(params)
         if self.kind == "hnswlib_hnsw":
             idx = hnswlib.Index(space=str(self.metric), dim=self.dimension)
-            idx.load_index(str(data_file), max_elements=max(self.count, 1))
+            # A slot a delete frees is reused by the next new record (``add``), so an index that
+            # takes writes for a long time does not grow with its deletes.
+            idx.load_index(
+                str(data_file), max_elements=max(self.count, 1), allow_replace_deleted=True
+            )
             idx.set_ef(int(params["ef_search"]))
             self._hnsw: Any = idx
             self._ef = int(params["ef_search"])
@@ -437,7 +445,11 @@ class LoadedIndex:
         else:
             self._hnsw = None
             self._faiss = faiss.read_index(str(data_file))
-            inner: Any = faiss.downcast_index(self._faiss.index)
+            inner: Any = (
+                faiss.downcast_index(self._faiss.index)
+                if isinstance(self._faiss, faiss.IndexIDMap2)
+                else self._faiss
+            )
             if "nprobe" in params:
                 inner.nprobe = int(params["nprobe"])
             if "ef_search" in params:
@@ -447,6 +459,122 @@ class LoadedIndex:
     def native(self) -> Any:
         """The library's own index object (an ``hnswlib.Index`` or a FAISS index)."""
         return self._hnsw if self._hnsw is not None else self._faiss
+
+    @property
+    def spec(self) -> IndexSpec:
+        """The index parameters the artifact was built with."""
+        spec: IndexSpec = TypeAdapter(IndexSpec).validate_python(self.params)
+        return spec
+
+    # -- writes ---------------------------------------------------------------------------------
+    #
+    # Not safe while a search runs in the same index (hnswlib and FAISS both say so): the caller
+    # keeps searches out (``vecmigrate.indexes.live``).
+
+    @property
+    def updatable(self) -> bool:
+        """Whether records can be removed and replaced in place (everything but FAISS HNSW,
+        whose graph cannot drop a vector)."""
+        return self.kind in UPDATABLE_KINDS
+
+    def remove(self, ids: Ids) -> int:
+        """Take records out of the index; ids it does not hold are skipped. Returns how many
+        it held."""
+        if not len(ids):
+            return 0
+        if self._hnsw is not None:
+            removed = 0
+            for record_id in np.asarray(ids, np.int64).tolist():
+                try:
+                    self._hnsw.mark_deleted(record_id)
+                except RuntimeError:  # not held, or already deleted
+                    continue
+                removed += 1
+            self._counted(-removed)
+            return removed
+        if not self.updatable:
+            raise PreconditionError(f"a {self.kind} index cannot remove records; rebuild it")
+        # Before its first write an IVF is made to hold its ids itself (a read-only user of
+        # the artifact, a gate, never pays for it).
+        self._faiss = _own_ids(self._faiss)
+        removed = int(self._faiss.remove_ids(np.ascontiguousarray(ids, dtype=I64)))
+        self.count = int(self._faiss.ntotal)
+        return removed
+
+    def replace(self, ids: Ids, vectors: Vectors, threads: int = 1) -> npt.NDArray[np.bool_]:
+        """Write new vectors for the records the index holds (deleted ones come back); returns
+        which of ``ids`` it held. The others are left for ``add`` (in whichever shard is theirs).
+
+        hnswlib only: a FAISS index removes and adds instead.
+        """
+        held = np.zeros(len(ids), np.bool_)
+        if self._hnsw is None or not len(ids):
+            return held
+        revived = 0
+        for n, record_id in enumerate(np.asarray(ids, np.int64).tolist()):
+            # With slots reused, a label must keep its one slot: a record the index holds,
+            # deleted or not, is updated where it is, never added again (hnswlib would give it
+            # a second slot, and reusing the first one later would lose the label's mapping).
+            try:
+                self._hnsw.unmark_deleted(record_id)
+            except RuntimeError as exc:
+                if "not deleted" not in str(exc):
+                    continue  # not held
+            else:
+                revived += 1
+            held[n] = True
+        if held.any():
+            self._hnsw.add_items(
+                np.ascontiguousarray(vectors[held], dtype=F32),
+                np.asarray(ids, np.int64)[held].astype(np.uint64),
+                num_threads=threads,
+            )
+        self._counted(revived)
+        return held
+
+    def add(self, ids: Ids, vectors: Vectors, threads: int = 1) -> None:
+        """Add records the index does not hold (hnswlib with ``threads`` threads, -1: all
+        cores)."""
+        if not len(ids):
+            return
+        if self._hnsw is not None:
+            index = self._hnsw
+            # New records take the slots of deleted ones first.
+            vacant = index.get_current_count() - self.count
+            need = index.get_current_count() + max(0, len(ids) - vacant)
+            if need > index.get_max_elements():
+                # Grown by a quarter at a time: a resize copies the whole graph.
+                index.resize_index(max(need, index.get_max_elements() * 5 // 4 + 1024))
+            index.add_items(
+                np.ascontiguousarray(vectors, dtype=F32),
+                np.asarray(ids, np.int64).astype(np.uint64),
+                num_threads=threads,
+                replace_deleted=True,
+            )
+            self._counted(len(ids))
+            return
+        x = prepare_for_metric(vectors, self.metric)
+        self._faiss = _own_ids(self._faiss)
+        self._faiss.add_with_ids(x, np.ascontiguousarray(ids, dtype=I64))
+        self.count = int(self._faiss.ntotal)
+
+    def _counted(self, change: int) -> None:
+        self.count += change
+        if self._hnsw is not None:
+            self._plain_k = min(self._ef, self.count)
+
+    def records(self) -> tuple[Ids, Vectors]:
+        """Every record the index holds, as stored (unit rows for cosine): what a rebuild of an
+        index that cannot remove starts from. FAISS only."""
+        inner: Any = faiss.downcast_index(self._faiss.index)
+        ids = faiss.vector_to_array(self._faiss.id_map).astype(np.int64)
+        return ids, inner.reconstruct_n(0, inner.ntotal)
+
+    def save(self, directory: Path, stem: str, key: str) -> Artifact:
+        """Write the index as it is now under a content-derived name, atomically."""
+        return write_artifact(
+            self.native, self.spec, self.metric, self.dimension, directory, stem, key, self.count
+        )
 
     def search(self, queries: Vectors, k: int) -> tuple[Distances, Ids]:
         """k nearest neighbours: distances (smaller is closer) and ids, -1 padded."""
@@ -461,14 +589,12 @@ class LoadedIndex:
                 except RuntimeError:  # fewer than k found for some query
                     return _hnsw_row_by_row(self._hnsw, q, k)
                 # uint64 labels are ids below 2**63: the same bytes read as int64.
-                return dist, labels.view(_I64)
+                return dist, labels.view(I64)
             if self.count == 0:
                 return empty_results(q.shape[0], k)
+            # hnswlib searches with max(ef, k): a larger k needs no change of ef (a raised ef
+            # stayed, and slowed every later search of the index).
             kk = min(k, self.count)
-            if kk > self._ef:  # hnswlib needs ef >= k
-                self._hnsw.set_ef(kk)
-                self._ef = kk
-                self._plain_k = min(self._ef, self.count)
             d, i = _hnsw_rows(self._hnsw, q, kk)
             if kk < k:
                 pad_d, pad_i = empty_results(q.shape[0], k - kk)
@@ -483,24 +609,38 @@ class LoadedIndex:
         d = np.where(i < 0, np.inf, d).astype(np.float32)
         return d, i.astype(np.int64)
 
-    def search_one(self, query: Vectors, k: int) -> tuple[Distances, Ids] | None:
-        """k nearest neighbours of one finite float32 query of the index's dimension, in the
-        fewest steps; None when that takes more (another index kind, k above ef or the count,
-        fewer than k found) or the query is not finite: ``search`` answers those.
 
-        NaN or infinity in a query makes every distance to it NaN or infinite, the nearest one
-        too: reading that one distance replaces testing the query up front (one numpy call
-        either way, ~1 us after a search, but the test would be in addition to the read).
-        """
-        if self._hnsw is None or not 0 < k <= self._plain_k:
-            return None
-        try:
-            labels, dist = self._knn(query, k)
-        except RuntimeError:
-            return None
-        if not _isfinite(dist.item(0)):
-            return None
-        return dist, labels.view(_I64)
+def _own_ids(index: Any) -> Any:
+    """A FAISS index that can take writes in place: an IVF under an id map (as builds write
+    them) becomes the IVF holding the ids itself; any other index is returned as it is.
+
+    The id map numbers the IVF's entries 0..n-1 and, on a removal, renumbers its own list
+    assuming the entries below keep their order, which holds for a flat index but not for an
+    IVF (it moves each list's last entry into the hole): after one removal through the map the
+    two disagree and the next one aborts the process. An IVF stores an id per entry anyway.
+    """
+    if not isinstance(index, faiss.IndexIDMap2):  # read_index gives the concrete class
+        return index
+    found = faiss.downcast_index(index.index)
+    if not isinstance(found, faiss.IndexIVF):
+        return index
+    inner: Any = found
+    id_map = faiss.vector_to_array(index.id_map)
+    lists: Any = inner.invlists
+    code_size = lists.code_size
+    for list_no in range(inner.nlist):
+        n = lists.list_size(list_no)
+        if not n:
+            continue
+        labels = faiss.rev_swig_ptr(lists.get_ids(list_no), n).copy()
+        codes = faiss.rev_swig_ptr(lists.get_codes(list_no), n * code_size).copy()
+        real = np.ascontiguousarray(id_map[labels], dtype=I64)
+        lists.update_entries(list_no, 0, n, faiss.swig_ptr(real), faiss.swig_ptr(codes))
+    # The map still owns the IVF (and frees it with itself): the IVF keeps it alive, emptied.
+    index.id_map.clear()
+    index.construct_rev_map()
+    inner.referenced_objects = [index]
+    return inner
 
 
 def _hnsw_rows(index: Any, q: Vectors, k: int) -> tuple[Distances, Ids]:
@@ -512,7 +652,7 @@ def _hnsw_rows(index: Any, q: Vectors, k: int) -> tuple[Distances, Ids]:
     """
     try:
         labels, dist = index.knn_query(q, k)
-        return np.asarray(dist, dtype=np.float32), labels.view(_I64)
+        return np.asarray(dist, dtype=np.float32), labels.view(I64)
     except RuntimeError:
         return _hnsw_row_by_row(index, q, k)
 

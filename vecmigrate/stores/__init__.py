@@ -17,6 +17,7 @@ from vecmigrate.stores.capabilities import CAPABILITIES, Capabilities
 from vecmigrate.stores.milvus import MilvusStore
 from vecmigrate.stores.pgvector import PgvectorStore
 from vecmigrate.stores.qdrant import QdrantStore
+from vecmigrate.telemetry.stores import instrumented
 
 __all__ = [
     "CAPABILITIES",
@@ -50,6 +51,7 @@ def database_access(ref: BuiltinStoreRef | PgvectorStoreRef) -> DatabaseAccess |
     )
 
 
+@instrumented
 def open_store(
     ref: AnyStoreRef, scope: Scope, dimension: int | None = None, metric: str = "l2"
 ) -> VectorStore:

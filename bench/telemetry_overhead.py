@@ -1,0 +1,233 @@
+"""What tracing and metrics cost: copy throughput and gateway p99 with telemetry on and off.
+
+    python bench/telemetry_overhead.py --vectors 200000 --dim 128 --requests 5000
+
+"On" is what a deployment runs: every store call in a span (batch reads and writes), the spans
+batched to an exporter (one that drops them here, so no collector's speed is measured), every
+metric recorded for Prometheus, the gateway's requests traced and measured. "Off" records
+nothing (OTEL_* unset: the store handles are the adapters themselves). Same run, ``--repeat``
+pairs, which goes first alternating; medians compared.
+
+- copy: a built-in-store migration's shards copied by ``copy_shard`` (as the copy activity runs
+  it, inside a migration's work context), vectors/s;
+- gateway: ``--requests`` single-vector searches over HTTP keep-alive against a collection
+  served from an HNSW index, the p99 of their round trips.
+Target: each at most 3 % slower with telemetry on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+from bench.common import RESULTS, alternating, report, scratch
+from bench.copy_throughput import seeded_copy
+from vecmigrate.catalog.catalog import Catalog
+from vecmigrate.config import sqlite_url
+from vecmigrate.data.datasets import clustered
+from vecmigrate.data.seed import seed_collection, sequential_ids
+from vecmigrate.model.spec import BuiltinStoreRef
+from vecmigrate.serving.gateway import Gateway
+from vecmigrate.telemetry.context import working
+from vecmigrate.telemetry.setup import Telemetry, configure, install, uninstall
+from vecmigrate.testing.chaos import builtin_version
+
+TARGET = 0.03
+
+
+class Dropped(SpanExporter):
+    """Takes every span and keeps none: the pipeline's cost without a collector's."""
+
+    def __init__(self) -> None:
+        self.spans = 0
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        self.spans += len(spans)
+        return SpanExportResult.SUCCESS
+
+
+def telemetry(on: bool) -> Dropped | None:
+    """Install telemetry on or off; the exporter counts the spans made while on."""
+    if not on:
+        install(Telemetry())
+        return None
+    dropped = Dropped()
+    install(
+        configure(
+            "bench",
+            metrics_default="prometheus",
+            environ={},
+            span_processors=[BatchSpanProcessor(dropped)],
+        )
+    )
+    return dropped
+
+
+def copy_run(vectors: np.ndarray, batch: int, on: bool) -> tuple[float, float, int]:
+    """Vectors/s of one copy on fresh databases, the CPU seconds it took (every thread of this
+    process: steadier than wall time on a shared machine), and the spans it made."""
+    home = scratch("telemetry-copy")
+    dropped = telemetry(on)
+    copy = seeded_copy(home, vectors, batch)  # seeded with telemetry as set: stores opened so
+    with working(migration_id="copy-bench", task="copy_shard"):
+        cpu = time.process_time()
+        seconds = copy()
+        cpu = time.process_time() - cpu
+    spans = _finish(dropped)
+    return len(vectors) / seconds, cpu, spans
+
+
+def _finish(dropped: Dropped | None) -> int:
+    if dropped is None:
+        return 0
+    uninstall()  # flushes the batched spans into the counter
+    return dropped.spans
+
+
+def seed_gateway(vectors: np.ndarray) -> str:
+    """A collection served from an HNSW index; returns the catalog URL."""
+    home = scratch("telemetry-gateway")
+    catalog = Catalog(sqlite_url(home / "catalog.db"))
+    store = BuiltinStoreRef(url=sqlite_url(home / "store.db"), artifacts=str(home / "artifacts"))
+    v1 = builtin_version(
+        "v1", store, vectors.shape[1], {"kind": "hnswlib_hnsw", "m": 16, "ef_search": 64}
+    )
+    seed_collection(
+        catalog, "default", "bench", v1, sequential_ids(len(vectors)), vectors, shards=1
+    )
+    return catalog.url
+
+
+def gateway_run(catalog_url: str, queries: np.ndarray, on: bool) -> tuple[float, float, float, int]:
+    """p99 and p50 milliseconds of single searches through the gateway, CPU microseconds per
+    request (client and gateway: both run in this process), and the spans made."""
+    dropped = telemetry(on)
+    gateway = Gateway(catalog_url, port=0, refresh=1.0).start()
+    host, port = gateway.server.server_address[:2]
+    conn = http.client.HTTPConnection(str(host), int(port), timeout=30)
+    bodies = [json.dumps({"vector": q.tolist(), "k": 10}).encode() for q in queries]
+    headers = {"Content-Type": "application/json"}
+    times = []
+    cpu = time.process_time()
+    try:
+        for n, body in enumerate(bodies):
+            began = time.perf_counter()
+            conn.request("POST", "/v1/default/bench/search", body, headers)
+            response = conn.getresponse()
+            response.read()
+            if n >= len(bodies) // 10:  # the first tenth warms caches and connections
+                times.append((time.perf_counter() - began) * 1000)
+            if response.status != 200:
+                raise SystemExit(f"search failed: {response.status}")
+    finally:
+        conn.close()
+        gateway.stop()
+    cpu_us = (time.process_time() - cpu) / len(bodies) * 1e6
+    spans = _finish(dropped)
+    times.sort()
+    return times[int(len(times) * 0.99) - 1], statistics.median(times), cpu_us, spans
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--vectors", type=int, default=200_000)
+    p.add_argument("--dim", type=int, default=128)
+    p.add_argument("--batch", type=int, default=10_000)
+    p.add_argument("--requests", type=int, default=5_000)
+    p.add_argument("--repeat", type=int, default=5, help="pairs of runs, on and off")
+    p.add_argument("--out", type=Path, default=RESULTS, help="where JSON and PNG go")
+    args = p.parse_args()
+    vectors = clustered(args.vectors, args.dim, clusters=64, seed=3)
+    queries = clustered(args.requests, args.dim, clusters=64, seed=4)
+    catalog_url = seed_gateway(vectors)
+    rows = []
+    for r in range(args.repeat):
+        (on_rate, on_cpu, on_spans), (off_rate, off_cpu, _) = alternating(
+            r,
+            lambda: copy_run(vectors, args.batch, True),
+            lambda: copy_run(vectors, args.batch, False),
+        )
+        (on_p99, on_p50, on_req, g_spans), (off_p99, off_p50, off_req, _) = alternating(
+            r,
+            lambda: gateway_run(catalog_url, queries, True),
+            lambda: gateway_run(catalog_url, queries, False),
+        )
+        rows.append(
+            {
+                "pair": r + 1,
+                "copy on (vec/s)": on_rate,
+                "copy off (vec/s)": off_rate,
+                "copy CPU on (s)": on_cpu,
+                "copy CPU off (s)": off_cpu,
+                "copy spans": on_spans,
+                "gateway p99 on (ms)": on_p99,
+                "gateway p99 off (ms)": off_p99,
+                "gateway p50 on (ms)": on_p50,
+                "gateway p50 off (ms)": off_p50,
+                "gateway CPU on (us/req)": on_req,
+                "gateway CPU off (us/req)": off_req,
+                "gateway spans": g_spans,
+            }
+        )
+
+    def ratio(on: str, off: str) -> float:
+        """The median over pairs of on/off (each pair ran under the same conditions)."""
+        return statistics.median(float(row[on]) / float(row[off]) for row in rows)
+
+    copy_slower = ratio("copy off (vec/s)", "copy on (vec/s)") - 1
+    copy_cpu = ratio("copy CPU on (s)", "copy CPU off (s)") - 1
+    p99_slower = ratio("gateway p99 on (ms)", "gateway p99 off (ms)") - 1
+    gateway_cpu = ratio("gateway CPU on (us/req)", "gateway CPU off (us/req)") - 1
+    summary = {
+        "vectors, dim, batch": f"{args.vectors:,}, {args.dim}, {args.batch:,}",
+        "copy with telemetry": f"{copy_slower:+.1%} wall, {copy_cpu:+.1%} CPU "
+        f"(median of {args.repeat} pairs' ratios)",
+        "gateway with telemetry": f"p99 {p99_slower:+.1%}, CPU per request {gateway_cpu:+.1%}",
+        "target": f"at most {TARGET:.0%} slower: "
+        + ("met" if max(copy_slower, p99_slower) <= TARGET else "NOT met"),
+    }
+
+    def plot(path: Path) -> None:
+        import matplotlib.pyplot as plt
+
+        fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+        x = [row["pair"] for row in rows]
+        left.plot(x, [row["copy on (vec/s)"] for row in rows], "o-", label="telemetry on")
+        left.plot(x, [row["copy off (vec/s)"] for row in rows], "s--", label="off")
+        left.set_title("copy throughput")
+        left.set_xlabel("pair")
+        left.set_ylabel("vectors/s")
+        left.legend()
+        right.plot(x, [row["gateway p99 on (ms)"] for row in rows], "o-", label="telemetry on")
+        right.plot(x, [row["gateway p99 off (ms)"] for row in rows], "s--", label="off")
+        right.set_title("gateway search p99")
+        right.set_xlabel("pair")
+        right.set_ylabel("ms")
+        right.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+
+    report(
+        "telemetry_overhead",
+        "Telemetry on vs off (same run, alternating pairs)",
+        rows,
+        summary,
+        plot=plot,
+        out=args.out,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,360 @@
+"""Writes reaching the served index itself: applied in place where the index can take them,
+laid over it where it cannot, in log order, with searches running beside the writer."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+
+from vecmigrate.catalog.changelog import DELETE, UPSERT, Changes
+from vecmigrate.data.datasets import clustered
+from vecmigrate.indexes.artifacts import LoadedIndex, build_index, write_artifact
+from vecmigrate.indexes.live import LiveIndex, NetChanges
+from vecmigrate.model.spec import (
+    FaissFlat,
+    FaissHnsw,
+    FaissIvfFlat,
+    FaissIvfPq,
+    HnswlibHnsw,
+    IndexSpec,
+    Metric,
+)
+from vecmigrate.records.vectors import ExactKnn
+
+N, DIM = 3000, 16
+SPECS: list[IndexSpec] = [
+    HnswlibHnsw(m=16, ef_search=64, ef_construction=100),
+    FaissFlat(),
+    FaissIvfFlat(nlist=16, nprobe=16),
+    FaissIvfPq(nlist=16, nprobe=16, m=4, nbits=6),
+    FaissHnsw(m=16, ef_search=64),
+]
+SPACE = "test-model@1"
+
+
+def artifacts(directory: Path, spec: IndexSpec, shards: int, metric: Metric = Metric.L2) -> list:
+    """``shards`` artifacts over N clustered vectors, ids split by parity (not by hash)."""
+    ids = np.arange(N, dtype=np.int64)
+    x = clustered(N, DIM, clusters=12, seed=5)
+    out = []
+    for s in range(shards):
+        mine = ids % shards == s
+        index = build_index(spec, metric, ids[mine], x[mine], threads=1)
+        art = write_artifact(
+            index, spec, metric, DIM, directory, f"shard-{s:04d}", f"{s}" * 64, int(mine.sum())
+        )
+        out.append(art)
+    return out
+
+
+def live(directory: Path, spec: IndexSpec, shards: int = 2, position: int = 0) -> LiveIndex:
+    loaded = [LoadedIndex(a.manifest) for a in artifacts(directory, spec, shards)]
+    return LiveIndex(
+        "ix",
+        loaded,
+        position,
+        space=SPACE,
+        normalized=False,
+        metric=Metric.L2,
+        dimension=DIM,
+    )
+
+
+def index_ids(index: LiveIndex, query: np.ndarray, k: int) -> set[int]:
+    """What the index objects themselves answer, over every shard: no overlay."""
+    found: set[int] = set()
+    for shard in index.shards:
+        _, ids = shard.search(query[None, :], k)
+        found |= {int(i) for i in ids[0] if i >= 0}
+    return found
+
+
+def held(index: LiveIndex) -> set[int]:
+    """Every id the FAISS index objects hold (an IVF's lists, a flat index's id map)."""
+    found: set[int] = set()
+    for shard in index.shards:
+        native = shard.native
+        if isinstance(native, faiss.IndexIVF):
+            lists = native.invlists
+            for n in range(native.nlist):
+                size = lists.list_size(n)
+                found |= set(faiss.rev_swig_ptr(lists.get_ids(n), size).tolist())
+        else:
+            found |= set(faiss.vector_to_array(native.id_map).tolist())
+    return found
+
+
+def write(after: int, ids: list[int], vectors: np.ndarray | None, op: str = UPSERT) -> NetChanges:
+    return NetChanges.of_write(after, after + len(ids), DIM, np.array(ids), vectors, op)
+
+
+def drain(index: LiveIndex) -> None:
+    while index.drain(7):  # small turns: the queue is split across them
+        pass
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.kind)
+def test_a_write_reaches_the_index_itself_and_a_delete_leaves_it(
+    tmp_path: Path, spec: IndexSpec
+) -> None:
+    index = live(tmp_path, spec)
+    far = np.full(DIM, 40.0, np.float32)
+    nearest = int(index.search(far[None, :], 1)[1][0, 0])
+    index.stage(write(0, [90_001, 90_002], np.stack([far, far + 0.5])))
+    # Staged: searches see it at once (laid over the index).
+    assert index.search(far[None, :], 1)[1][0, 0] == 90_001
+    drain(index)
+    assert index.applied == index.known == 2
+    if index.updatable:
+        # Applied: the index objects find it themselves, and nothing is laid over them.
+        assert {90_001, 90_002} <= index_ids(index, far, 3)
+        assert index.laid_over == 0
+    else:
+        # FAISS HNSW cannot remove: the overlay keeps the writes until a compaction.
+        assert index.kept == 2
+        assert index.laid_over == 2
+    index.stage(write(2, [90_001, nearest], None, DELETE))
+    drain(index)
+    answer = {int(i) for i in index.search(far[None, :], 10)[1][0]}
+    assert 90_001 not in answer
+    assert nearest not in answer
+    assert 90_002 in answer
+    if index.updatable:
+        assert 90_001 not in index_ids(index, far, 10)
+        assert nearest not in index_ids(index, far, 10)
+        # A record written again after its delete comes back, in the index itself.
+        index.stage(write(4, [90_001], far[None, :] + 0.1))
+        drain(index)
+        assert 90_001 in index_ids(index, far, 3)
+        assert index.search(far[None, :], 1)[1][0, 0] == 90_001
+
+
+def test_hnswlib_reuses_the_slots_deletes_free_and_keeps_one_slot_per_record(
+    tmp_path: Path,
+) -> None:
+    index = live(tmp_path, HnswlibHnsw(m=16, ef_search=64), shards=1)
+    shard = index.shards[0]
+    hnsw = shard.native
+    capacity = hnsw.get_max_elements()
+    rng = np.random.default_rng(3)
+    seq = 0
+    # Delete 500 records, write 500 new ones: the new ones take the freed slots.
+    index.stage(write(seq, list(range(500)), None, DELETE))
+    seq += 500
+    new = list(range(100_000, 100_500))
+    vectors = rng.normal(size=(500, DIM)).astype(np.float32) * 3
+    index.stage(write(seq, new, vectors))
+    seq += 500
+    drain(index)
+    assert hnsw.get_max_elements() == capacity
+    assert hnsw.get_current_count() == N
+    assert shard.count == N
+    # Records written over and over, deleted and written again, keep one slot each: their
+    # labels stay reachable (a second slot would lose the label's mapping when reused).
+    for _ in range(5):
+        churn = rng.choice(new, 100, replace=False).tolist()
+        index.stage(write(seq, churn, None, DELETE))
+        seq += 100
+        index.stage(write(seq, churn, rng.normal(size=(100, DIM)).astype(np.float32) * 3))
+        seq += 100
+        drain(index)
+    labels = hnsw.get_ids_list()
+    assert len(labels) == len(set(labels)) == N
+    found = hnsw.get_items(new)
+    assert len(found) == 500
+    assert hnsw.get_current_count() == N
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.kind)
+def test_random_writes_leave_the_index_holding_exactly_the_written_records(
+    tmp_path: Path, spec: IndexSpec
+) -> None:
+    """Upserts, overwrites and deletes in random runs, applied in random turns: every record
+    alive is found as its own nearest neighbour, and no deleted one is found at all."""
+    index = live(tmp_path, spec)
+    rng = np.random.default_rng(11)
+    alive = {i: v for i, v in zip(range(N), clustered(N, DIM, clusters=12, seed=5), strict=True)}
+    seq = 0
+    for _ in range(30):
+        n = int(rng.integers(1, 80))
+        chosen = rng.choice(np.arange(N + 400), n, replace=False).tolist()
+        if rng.random() < 0.3:
+            index.stage(write(seq, chosen, None, DELETE))
+            for i in chosen:
+                alive.pop(i, None)
+        else:
+            vectors = (rng.normal(size=(n, DIM)) * 4 + rng.integers(-30, 30)).astype(np.float32)
+            index.stage(write(seq, chosen, vectors))
+            alive.update(zip(chosen, vectors, strict=True))
+        seq += n
+        if rng.random() < 0.5:
+            index.drain(int(rng.integers(1, 100)))
+    drain(index)
+    ids = np.array(sorted(alive), np.int64)
+    vectors = np.stack([alive[i] for i in ids])
+    probe = rng.choice(len(ids), 200, replace=False)
+    _, got = index.search(vectors[probe], 5)
+    exact = ExactKnn(vectors[probe], 5, Metric.L2)
+    exact.add(ids, vectors)
+    truth = exact.result()[1]
+    assert set(got.ravel().tolist()) - {-1} <= set(alive)
+    if spec.kind.startswith("faiss_") and index.updatable:
+        assert held(index) == set(alive)  # exactly, as the index objects hold them
+    if spec.kind != "faiss_ivf_pq":  # PQ codes are lossy: membership is the check there
+        hits = np.mean([truth[r, 0] in got[r] for r in range(len(probe))])
+        assert hits >= 0.99
+
+
+def test_processes_applying_the_log_in_different_turns_hold_the_same_records(
+    tmp_path: Path,
+) -> None:
+    """Two copies of one artifact, the same log entries applied in different turns: both hold
+    the same records at the end (each process serving an artifact agrees with the others)."""
+    spec = FaissFlat()
+    a = live(tmp_path / "a", spec)
+    b = live(tmp_path / "b", spec)
+    rng = np.random.default_rng(5)
+    entries = []
+    seq = 0
+    for _ in range(20):
+        n = int(rng.integers(1, 50))
+        chosen = rng.choice(N + 500, n, replace=False)
+        op = DELETE if rng.random() < 0.3 else UPSERT
+        vecs = (rng.normal(size=(n, DIM)) * 3).astype(np.float32)
+        for j, record_id in enumerate(chosen.tolist()):
+            seq += 1
+            entries.append((seq, record_id, op, None if op == DELETE else vecs[j].tobytes()))
+    log = Changes(
+        seqs=np.array([e[0] for e in entries], np.int64),
+        ids=np.array([e[1] for e in entries], np.int64),
+        ops=[e[2] for e in entries],
+        vectors=[e[3] for e in entries],
+        texts=[None] * len(entries),
+        spaces=[SPACE] * len(entries),
+    )
+    a.stage(NetChanges.of_log(log, 0, SPACE, DIM, False))
+    drain(a)
+    for cut in (40, 200, len(entries)):  # b reads the log in three pages
+        page = Changes(
+            seqs=log.seqs[:cut],
+            ids=log.ids[:cut],
+            ops=log.ops[:cut],
+            vectors=log.vectors[:cut],
+            texts=log.texts[:cut],
+            spaces=log.spaces[:cut],
+        )
+        b.stage(NetChanges.of_log(page, b.known, SPACE, DIM, False))
+        b.drain(int(rng.integers(1, 60)))
+    drain(b)
+    assert a.applied == b.applied == seq
+
+    assert held(a) == held(b)
+
+
+def test_an_entry_of_another_model_is_read_from_the_store(tmp_path: Path) -> None:
+    """During a move to a new model the log holds the serving model's vectors: an index of the
+    other model takes the record out and reads its own vector from its store."""
+    stored: dict[int, np.ndarray] = {77_777: np.full(DIM, 25.0, np.float32)}
+
+    def fetch(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        have = [i for i in ids.tolist() if i in stored]
+        vectors = np.stack([stored[i] for i in have]) if have else np.empty((0, DIM), np.float32)
+        return np.array(have, np.int64), vectors
+
+    loaded = [LoadedIndex(a.manifest) for a in artifacts(tmp_path, FaissFlat(), 1)]
+    index = LiveIndex(
+        "ix",
+        loaded,
+        0,
+        space=SPACE,
+        normalized=False,
+        metric=Metric.L2,
+        dimension=DIM,
+        fetch=fetch,
+    )
+    log = Changes(
+        seqs=np.array([1, 2], np.int64),
+        ids=np.array([77_777, 5], np.int64),
+        ops=[UPSERT, UPSERT],
+        vectors=[np.zeros(DIM, np.float32).tobytes(), np.zeros(DIM, "<f4").tobytes()],
+        texts=[None, None],
+        spaces=["other-model@1", "other-model@1"],
+    )
+    net = NetChanges.of_log(log, 0, SPACE, DIM, False)
+    assert sorted(net.foreign.tolist()) == [5, 77_777]
+    index.stage(net)
+    drain(index)
+    assert index.kept == 2  # only a compaction folds them in
+    far = np.full((1, DIM), 25.0, np.float32)
+    _, got = index.search(far, 3)
+    assert got[0, 0] == 77_777  # its vector as the store holds it
+    assert 5 not in got[0]
+    assert 5 not in index_ids(index, np.zeros(DIM, np.float32), 50)
+
+
+def test_searches_run_beside_the_applier_without_a_lock(tmp_path: Path) -> None:
+    """Threads search an hnswlib index while a writer applies thousands of changes to it (a
+    search beside an insert can crash hnswlib): no error, and every answer is of records that
+    existed."""
+    index = live(tmp_path, HnswlibHnsw(m=16, ef_search=64), shards=1)
+    rng = np.random.default_rng(8)
+    queries = clustered(200, DIM, clusters=12, seed=9)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    answered = [0]
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                for q in queries:
+                    found = index.search_one(q, 5)
+                    if found is None:
+                        found = index.search(q[None, :], 5)
+                    assert (found[1] >= 0).all()
+                    answered[0] += 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(3)]
+    for t in threads:
+        t.start()
+    seq = 0
+    for _ in range(40):
+        new = rng.choice(np.arange(N, N * 3), 100, replace=False).tolist()
+        index.stage(write(seq, new, rng.normal(size=(100, DIM)).astype(np.float32) * 5))
+        seq += 100
+        gone = rng.choice(N, 20, replace=False).tolist()
+        index.stage(write(seq, gone, None, DELETE))
+        seq += 20
+        while index.drain(16):
+            pass
+    stop.set()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert answered[0] > 100
+    assert index.applied == seq
+    assert index.direct  # caught up: the one-query path is open again
+
+
+def test_a_search_for_many_neighbours_leaves_the_graph_search_as_configured(
+    tmp_path: Path,
+) -> None:
+    """hnswlib searches with max(ef, k): a large k (an over-fetch past records laid over) is
+    answered without raising ef for every later search."""
+    index = live(tmp_path, HnswlibHnsw(m=16, ef_search=32), shards=1)
+    hnsw = index.shards[0].native
+    q = clustered(1, DIM, clusters=12, seed=5)
+    _, wide = index.search(q, 500)
+    assert len(set(wide[0].tolist()) - {-1}) == 500
+    assert hnsw.ef == 32
+    # Laid over the index: the over-fetch widens for a query whose neighbours were written.
+    near = index.search(q, 300)[1][0].tolist()
+    index.stage(write(0, near, None, DELETE))
+    _, after = index.search(q, 10)
+    assert not set(after[0].tolist()) & set(near)
+    assert hnsw.ef == 32

@@ -1,0 +1,259 @@
+"""Compaction: the change log folded into new artifacts of an index version.
+
+Routers apply the log to their in-memory copies (``vecmigrate.indexes.live``), but each one that
+starts applies everything after its artifact's position, and what an index cannot take in place
+(writes to FAISS HNSW, records of another model's space) stays laid over it. A compaction bounds
+both: it loads the index's newest artifacts, applies the log up to a position, folds in what
+the overlay kept (reading those records from the version's store, and rebuilding a FAISS HNSW
+shard without the records it replaced), and records the new artifacts with that position.
+Routers then load them (a new process) or swap to them (one with a kept overlay).
+
+It is resumable: every ``checkpoint_every`` entries it writes the shards as they are (content-
+addressed, to a temporary name and renamed) and reports the checkpoint, from which a retry
+starts instead of the beginning. The artifacts an index version was registered with are never
+changed or removed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vecmigrate.catalog.catalog import Catalog
+from vecmigrate.catalog.changelog import ChangeLog
+from vecmigrate.errors import ArtifactError
+from vecmigrate.indexes.artifacts import LoadedIndex, build_index, write_artifact
+from vecmigrate.indexes.live import LOG_PAGE, Fetch, LiveIndex, NetChanges, served_artifacts
+from vecmigrate.records.vectors import Ids, Vectors, normalize_rows
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Shards written with the log applied up to ``position``: where a retry resumes."""
+
+    position: int
+    artifacts: list[dict[str, Any]]
+
+
+@dataclass
+class CompactionOutcome:
+    """What a compaction did."""
+
+    index_id: str
+    started_at: int  # the log position of the artifacts it started from
+    position: int  # the position of the artifacts it recorded (== started_at: nothing to do)
+    applied: int = 0  # log entries applied in this run
+    resumed_from: int | None = None  # a checkpoint's position, when a retry started there
+    checkpoints: int = 0
+    kept_folded: int = 0  # records the overlay kept, now in the index
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+Progress = Callable[[Checkpoint | None, int], None]
+
+
+def compact(
+    catalog: Catalog,
+    index_id: str,
+    upto: int,
+    *,
+    space: str,
+    normalized: bool,
+    fetch: Fetch | None,
+    resume: Checkpoint | None = None,
+    checkpoint_every: int = 50_000,
+    max_entries_per_second: float | None = None,
+    on_progress: Progress | None = None,
+) -> CompactionOutcome:
+    """Fold the log up to ``upto`` into new artifacts of index ``index_id`` (idempotent: a
+    compaction to a position already recorded records nothing new).
+
+    ``on_progress`` is called with the latest checkpoint (None before the first) and the
+    position applied so far, after every page of the log.
+
+    Raises:
+        NotFoundError: no such index version.
+        ArtifactError: an artifact to start from is missing or corrupt.
+    """
+    began = time.monotonic()
+    log = ChangeLog(catalog)
+    record = catalog.get_index(index_id)
+    served = served_artifacts(log, record)
+    outcome = CompactionOutcome(index_id, served.position, served.position)
+    if upto <= served.position:
+        outcome.artifacts = list(served.artifacts)
+        return outcome
+    start = served
+    if resume is not None and served.position < resume.position <= upto:
+        try:
+            live = _open(resume.artifacts, resume.position, space, normalized, fetch)
+            outcome.resumed_from = resume.position
+        except ArtifactError:
+            live = None  # the checkpoint is gone: start again from the served artifacts
+    else:
+        live = None
+    if live is None:
+        live = _open(start.artifacts, start.position, space, normalized, fetch)
+    directory = Path(str(start.artifacts[0]["uri"])).parent
+    numbers = [int(a["shard"]) for a in start.artifacts]
+    last: Checkpoint | None = None
+    since = 0
+    paced = time.monotonic()
+    while live.applied < upto:
+        page = min(LOG_PAGE, checkpoint_every)
+        entries = log.read(record.tenant, record.collection, live.applied, page)
+        if not len(entries):
+            break
+        keep = entries.seqs <= upto
+        net = NetChanges.of_log(
+            _head(entries, keep), live.applied, space, live.dimension, normalized
+        )
+        if net.last <= live.applied:
+            break
+        live.apply_now(net)
+        applied = int(keep.sum())
+        outcome.applied += applied
+        since += applied
+        if since >= checkpoint_every and live.updatable and live.applied < upto:
+            outcome.kept_folded += _fold_kept(live, fetch, normalized)
+            last = Checkpoint(live.applied, _save(live, directory, numbers, index_id))
+            outcome.checkpoints += 1
+            since = 0
+        if on_progress is not None:
+            on_progress(last, live.applied)
+        if max_entries_per_second:
+            paced += applied / max_entries_per_second
+            time.sleep(max(0.0, paced - time.monotonic()))
+    # Every entry of the collection up to ``upto`` is in (the log numbers all collections'
+    # entries together: this one's may stop short of it).
+    position = upto
+    if live.updatable:
+        outcome.kept_folded += _fold_kept(live, fetch, normalized)
+        artifacts = _save(live, directory, numbers, index_id)
+    else:
+        artifacts, folded = _rebuild(live, fetch, normalized, directory, numbers, index_id)
+        outcome.kept_folded += folded
+    log.record_compaction(index_id, position, artifacts)
+    outcome.position = position
+    outcome.artifacts = artifacts
+    outcome.seconds = time.monotonic() - began
+    return outcome
+
+
+def _head(entries: Any, keep: np.ndarray) -> Any:
+    """The entries of a page up to the compaction's position."""
+    if keep.all():
+        return entries
+    n = int(keep.sum())
+    return type(entries)(
+        seqs=entries.seqs[:n],
+        ids=entries.ids[:n],
+        ops=entries.ops[:n],
+        vectors=entries.vectors[:n],
+        texts=entries.texts[:n],
+        spaces=entries.spaces[:n],
+    )
+
+
+def _open(
+    artifacts: list[dict[str, Any]],
+    position: int,
+    space: str,
+    normalized: bool,
+    fetch: Fetch | None,
+) -> LiveIndex:
+    shards = [LoadedIndex(Path(str(a["uri"])), expected_sha256=str(a["sha256"])) for a in artifacts]
+    first = shards[0]
+    return LiveIndex(
+        "compaction",
+        shards,
+        position,
+        space=space,
+        normalized=normalized,
+        metric=first.metric,
+        dimension=first.dimension,
+        fetch=fetch,
+    )
+
+
+def _key(index_id: str, shard: int, position: int, sha: str) -> str:
+    return hashlib.sha256(f"compaction|{index_id}|{shard}|{position}|{sha}".encode()).hexdigest()
+
+
+def _save(
+    live: LiveIndex, directory: Path, numbers: list[int], index_id: str
+) -> list[dict[str, Any]]:
+    out = []
+    for number, shard in zip(numbers, live.shards, strict=True):
+        stem = f"shard-{number:04d}"
+        art = shard.save(directory, stem, _key(index_id, number, live.applied, shard.kind))
+        out.append(_ref(number, art.manifest, art.sha256, art.count, art.kind))
+    return out
+
+
+def _ref(number: int, manifest: Path, sha: str, count: int, kind: str) -> dict[str, Any]:
+    return {"shard": number, "uri": str(manifest), "sha256": sha, "count": count, "kind": kind}
+
+
+def _vectors_of(
+    ids: Ids, fetch: Fetch | None, normalized: bool, dimension: int
+) -> tuple[Ids, Vectors]:
+    """The version's own vectors of records the overlay keeps for the store."""
+    if not len(ids):
+        return ids, np.empty((0, dimension), np.float32)
+    if fetch is None:
+        raise ArtifactError("records to fold in need the version's store, and none was given")
+    found_ids, found = fetch(ids)
+    if normalized and len(found):
+        found = normalize_rows(found)
+    return found_ids, found
+
+
+def _fold_kept(live: LiveIndex, fetch: Fetch | None, normalized: bool) -> int:
+    """Records an updatable index's overlay keeps (their vectors are in the store) added to
+    the index."""
+    kept = live.overlay.fetch
+    if not len(kept):
+        return 0
+    ids, vectors = _vectors_of(kept, fetch, normalized, live.dimension)
+    live.apply_kept(ids, vectors)
+    return len(kept)
+
+
+def _rebuild(
+    live: LiveIndex,
+    fetch: Fetch | None,
+    normalized: bool,
+    directory: Path,
+    numbers: list[int],
+    index_id: str,
+) -> tuple[list[dict[str, Any]], int]:
+    """Each shard of an index that cannot remove, built again from its records with the
+    overlay applied (the records it replaced or deleted dropped, the written ones added)."""
+    overlay = live.overlay
+    fetched_ids, fetched = _vectors_of(overlay.fetch, fetch, normalized, live.dimension)
+    new_ids = np.concatenate([overlay.ids, fetched_ids])
+    new_vectors = np.concatenate([overlay.vectors, fetched])
+    homes = live.home(new_ids)
+    out = []
+    for n, (number, shard) in enumerate(zip(numbers, live.shards, strict=True)):
+        ids, vectors = shard.records()
+        keep = ~np.isin(ids, overlay.hidden)
+        mine = homes == n
+        all_ids = np.concatenate([ids[keep], new_ids[mine]])
+        all_vectors = np.concatenate([vectors[keep], new_vectors[mine]])
+        index = build_index(shard.spec, shard.metric, all_ids, all_vectors, threads=1)
+        stem = f"shard-{number:04d}"
+        key = _key(index_id, number, live.applied, shard.kind)
+        art = write_artifact(
+            index, shard.spec, shard.metric, shard.dimension, directory, stem, key, len(all_ids)
+        )
+        out.append(_ref(number, art.manifest, art.sha256, art.count, art.kind))
+    return out, len(overlay)
