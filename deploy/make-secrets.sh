@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# Creates what deploy/docker-compose.yml mounts as secrets, in deploy/secrets/ (owner-only):
-# the key ring, database passwords, API keys for the gateway and the codec server (printed
-# once; only their hashes are kept), and self-signed TLS certificates for both. Existing files
-# are kept. Needs vecmigrate installed (./scripts/demo.sh sets up .venv) and openssl.
+# Creates what deploy/docker-compose.yml mounts as secrets, in deploy/secrets/: the key ring,
+# database passwords, API keys for the gateway and the codec server (printed once; only their
+# hashes are kept), and self-signed TLS certificates for both. Existing files are kept. Needs
+# vecmigrate installed (./scripts/demo.sh sets up .venv) and openssl.
+#
+# The directory is its owner's alone. Compose mounts each file into the containers as it is on
+# the host, and the containers read it as users of their own (vecmigrate's uid 10001,
+# Temporal's 1000), so the files themselves are readable by any uid that can reach them: only
+# through that directory on this host, or mounted into the stack's containers.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 out="$here/secrets"
@@ -30,4 +35,5 @@ for name in gateway codec; do
     -nodes -days 365 -subj "/CN=$name" -addext "subjectAltName=DNS:localhost,DNS:$name" \
     -keyout "$out/$name.key" -out "$out/$name.pem" 2>/dev/null
 done
+chmod 644 "$out"/*
 echo "secrets in $out (keep them out of version control)"
