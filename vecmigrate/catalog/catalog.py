@@ -518,6 +518,44 @@ class Catalog:
             migration_id=row["migration_id"],
         )
 
+    def list_collections(self) -> list[tuple[str, str]]:
+        """Every (tenant, collection) registered, sorted."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(collections.c.tenant, collections.c.name).order_by(
+                    collections.c.tenant, collections.c.name
+                )
+            ).all()
+        return [(r[0], r[1]) for r in rows]
+
+    def versions_of(self, tenant: str, collection: str) -> list[VersionRecord]:
+        """Every registered version of a collection, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(vector_versions.c.version)
+                .where(
+                    (vector_versions.c.tenant == tenant)
+                    & (vector_versions.c.collection == collection)
+                )
+                .order_by(vector_versions.c.created_at)
+            ).all()
+        found = [self.find_version(tenant, collection, r[0]) for r in rows]
+        return [v for v in found if v is not None]
+
+    def indexes_of(self, tenant: str, collection: str, version: str) -> list[IndexVersionRecord]:
+        """Every index registered for a version, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(index_versions.c.id)
+                .where(
+                    (index_versions.c.tenant == tenant)
+                    & (index_versions.c.collection == collection)
+                    & (index_versions.c.version == version)
+                )
+                .order_by(index_versions.c.created_at)
+            ).all()
+        return [self.get_index(r[0]) for r in rows]
+
     def set_version_state(self, tenant: str, collection: str, version: str, state: str) -> None:
         """Move a version to a new state (building, ready, serving, retained, abandoned)."""
         with begin(self.engine) as conn:
@@ -769,6 +807,22 @@ class Catalog:
             raise NotFoundError(f"no migration {migration_id!r} in the catalog")
         return dict(row)
 
+    def migrations_of(self, tenant: str, collection: str) -> list[dict[str, Any]]:
+        """Every migration of a collection as recorded here, oldest first."""
+        with self.engine.connect() as conn:
+            rows = (
+                conn.execute(
+                    select(migrations)
+                    .where(
+                        (migrations.c.tenant == tenant) & (migrations.c.collection == collection)
+                    )
+                    .order_by(migrations.c.created_at)
+                )
+                .mappings()
+                .all()
+            )
+        return [dict(r) for r in rows]
+
     # -- ledger ------------------------------------------------------------------------------
 
     def append(
@@ -879,6 +933,10 @@ class Catalog:
                 seq=int(seq[0]), prev_hash=prev, hash=digest, key_id=key_id, mac=mac, **body
             )
         raise RuntimeError("could not append to the ledger after 50 attempts")
+
+    def entry_by_key(self, event_key: str) -> LedgerEntry | None:
+        """The entry appended with ``event_key``, or None."""
+        return self._entry_by_key(event_key)
 
     def _entry_by_key(self, event_key: str) -> LedgerEntry | None:
         with self.engine.connect() as conn:

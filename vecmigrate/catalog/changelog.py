@@ -358,6 +358,50 @@ class ChangeLog:
                         latest[record_id] = (seq, op)
         return np.asarray([i for i, (_, op) in latest.items() if op == DELETE], np.int64)
 
+    def compact(self, tenant: str, collection: str, upto: int) -> int:
+        """Remove the entries up to ``upto`` that a later entry of the same id supersedes;
+        returns how many went.
+
+        Every reader of the log takes its net effect (the last write of each id wins, deletes
+        are tombstones), so an entry superseded by a later one changes nothing for any reader,
+        wherever it starts: only the newest entry of each id matters.
+        """
+        where = (changes.c.tenant == tenant) & (changes.c.collection == collection)
+        newest = select(func.max(changes.c.seq)).where(where).group_by(changes.c.id)
+        with begin(self.engine) as conn:
+            n = conn.execute(
+                changes.delete().where(
+                    where & (changes.c.seq <= upto) & changes.c.seq.not_in(newest)
+                )
+            ).rowcount
+        return int(n or 0)
+
+    def truncate(self, tenant: str, collection: str, through: int) -> int:
+        """Remove a collection's entries up to ``through``, keeping its newest entry (the head
+        stays where it is, and sequence numbers are never reused); returns how many went."""
+        where = (changes.c.tenant == tenant) & (changes.c.collection == collection)
+        head = self.head(tenant, collection)
+        with begin(self.engine) as conn:
+            n = conn.execute(
+                changes.delete().where(where & (changes.c.seq <= min(through, head - 1)))
+            ).rowcount
+        return int(n or 0)
+
+    def size(self, tenant: str, collection: str) -> tuple[int, int]:
+        """A collection's entries and their bytes (vectors, texts and about 40 bytes a row)."""
+        where = (changes.c.tenant == tenant) & (changes.c.collection == collection)
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(
+                    func.count(),
+                    func.coalesce(func.sum(func.length(changes.c.vector)), 0),
+                    func.coalesce(func.sum(func.length(changes.c.text)), 0),
+                ).where(where)
+            ).first()
+        assert row is not None
+        entries = int(row[0])
+        return entries, entries * 40 + int(row[1]) + int(row[2])
+
     # -- compactions ----------------------------------------------------------------------------
 
     def record_compaction(self, index_id: str, seq: int, artifacts: list[dict[str, Any]]) -> None:

@@ -19,6 +19,8 @@ class Capabilities:
     metrics: frozenset[str]
     scan_order: str
     transactions: bool
+    # Native kinds the store's embedded engine builds (None: the same as a server's).
+    local_native_indexes: frozenset[str] | None = None
 
     def problems(self, version: VersionSpec, side: str) -> list[str]:
         """Why this store cannot hold ``version`` (empty when it can)."""
@@ -32,7 +34,18 @@ class Capabilities:
         index: IndexSpec = version.index
         if index.kind not in ARTIFACT_INDEX_KINDS and index.kind not in self.native_indexes:
             out.append(f"{side}.store ({self.kind}) cannot build {index.kind} natively")
-        cap = self.max_index_dimension.get(index.kind)
+        local = self.local_native_indexes
+        if local is not None and index.kind in self.native_indexes - local:
+            uri = str(getattr(version.store, "uri", ""))
+            if not uri.startswith(("http://", "https://", "tcp://", "grpc://")):
+                out.append(
+                    f"{side}.index {index.kind} needs a {self.kind} server: the embedded engine "
+                    f"a local path ({uri}) runs builds only {', '.join(sorted(local))}"
+                )
+        precision = getattr(index, "precision", "vector")
+        cap = self.max_index_dimension.get(
+            f"{index.kind}:{precision}", self.max_index_dimension.get(index.kind)
+        )
         if cap is not None and dim > cap:
             out.append(
                 f"{side}.index {index.kind} supports at most {cap} dimensions, not {dim}: "
@@ -57,19 +70,29 @@ CAPABILITIES: dict[str, Capabilities] = {
         kind="pgvector",
         native_indexes=frozenset({"pgvector_hnsw", "pgvector_ivfflat"}),
         max_dimension=16000,
-        max_index_dimension={"pgvector_hnsw": 2000, "pgvector_ivfflat": 2000},
+        # halfvec indexes take up to 4,000 dimensions.
+        max_index_dimension={
+            "pgvector_hnsw": 2000,
+            "pgvector_ivfflat": 2000,
+            "pgvector_hnsw:halfvec": 4000,
+            "pgvector_ivfflat:halfvec": 4000,
+        },
         metrics=frozenset({"l2", "ip", "cosine"}),
         scan_order="(hash of id, id) or id, keyset",
         transactions=True,
     ),
     "milvus": Capabilities(
         kind="milvus",
-        native_indexes=frozenset({"milvus_flat", "milvus_ivf_flat"}),
+        native_indexes=frozenset(
+            {"milvus_flat", "milvus_ivf_flat", "milvus_ivf_sq8", "milvus_ivf_pq"}
+        ),
         max_dimension=32768,
         max_index_dimension={},
         metrics=frozenset({"l2", "ip", "cosine"}),
         scan_order="id within a shard's key range, keyset",
         transactions=False,
+        # milvus-lite (a local file uri) builds FLAT and IVF_FLAT only.
+        local_native_indexes=frozenset({"milvus_flat", "milvus_ivf_flat"}),
     ),
     "qdrant": Capabilities(
         kind="qdrant",
@@ -82,3 +105,12 @@ CAPABILITIES: dict[str, Capabilities] = {
         transactions=False,
     ),
 }
+
+
+# Native index kinds only a store's server builds (its embedded engine refuses them).
+SERVER_ONLY_KINDS = frozenset(
+    kind
+    for c in CAPABILITIES.values()
+    if c.local_native_indexes is not None
+    for kind in c.native_indexes - c.local_native_indexes
+)

@@ -24,7 +24,15 @@ import numpy as np
 import numpy.typing as npt
 
 from vecmigrate.errors import NotFoundError, PreconditionError
-from vecmigrate.model.spec import IndexSpec, Metric, MilvusFlat, MilvusIvfFlat, MilvusTls
+from vecmigrate.model.spec import (
+    IndexSpec,
+    Metric,
+    MilvusFlat,
+    MilvusIvfFlat,
+    MilvusIvfPq,
+    MilvusIvfSq8,
+    MilvusTls,
+)
 from vecmigrate.model.tasks import Cursor, ShardRef
 from vecmigrate.records.sharding import hash_key
 from vecmigrate.records.vectors import Ids, Vectors, check_vectors
@@ -109,14 +117,30 @@ def collection_name(scope: Scope) -> str:
     return f"vm_{readable}_{hashlib.sha256(raw.encode()).hexdigest()[:12]}"
 
 
+# Milvus's index type and build parameters of each native kind vecmigrate builds.
+MilvusIndex = MilvusFlat | MilvusIvfFlat | MilvusIvfSq8 | MilvusIvfPq
+
+
+def index_type(spec: MilvusIndex) -> tuple[str, dict[str, int]]:
+    """The Milvus index type of ``spec`` and its build parameters."""
+    if isinstance(spec, MilvusIvfPq):
+        return "IVF_PQ", {"nlist": spec.nlist, "m": spec.m, "nbits": spec.nbits}
+    if isinstance(spec, MilvusIvfSq8):
+        return "IVF_SQ8", {"nlist": spec.nlist}
+    if isinstance(spec, MilvusIvfFlat):
+        return "IVF_FLAT", {"nlist": spec.nlist}
+    return "FLAT", {}
+
+
 def _index_params(client: Any, spec: IndexSpec | None, metric: Metric) -> Any:
     params = client.prepare_index_params()
-    if isinstance(spec, MilvusIvfFlat):
+    if isinstance(spec, MilvusIvfFlat | MilvusIvfSq8 | MilvusIvfPq):
+        kind, build = index_type(spec)
         params.add_index(
             field_name="embedding",
-            index_type="IVF_FLAT",
+            index_type=kind,
             metric_type=_METRIC[str(metric)],
-            params={"nlist": spec.nlist},
+            params=build,
         )
     else:
         params.add_index(
@@ -267,16 +291,14 @@ class MilvusStore(ScanningStore):
 
     def create_index(self, spec: IndexSpec, metric: Metric) -> str:
         """Replace the collection's index with the native one the spec names (idempotent)."""
-        if not isinstance(spec, MilvusIvfFlat | MilvusFlat):
+        if not isinstance(spec, MilvusFlat | MilvusIvfFlat | MilvusIvfSq8 | MilvusIvfPq):
             raise PreconditionError(f"Milvus cannot build {spec.kind} natively here")
-        wanted = "IVF_FLAT" if isinstance(spec, MilvusIvfFlat) else "FLAT"
+        wanted, build = index_type(spec)
         current = self.client.describe_index(self.name, "embedding") or {}
         same = (
             current.get("index_type") == wanted
             and current.get("metric_type") == _METRIC[str(metric)]
-            and (
-                not isinstance(spec, MilvusIvfFlat) or str(current.get("nlist")) == str(spec.nlist)
-            )
+            and all(str(current.get(k)) == str(v) for k, v in build.items())
         )
         if not same:
             self.client.release_collection(self.name)
@@ -290,7 +312,7 @@ class MilvusStore(ScanningStore):
     ) -> tuple[npt.NDArray[np.float32], Ids]:
         """k nearest neighbours through Milvus; distances follow our convention."""
         params: dict[str, Any] = {"metric_type": _METRIC[str(metric)]}
-        if isinstance(spec, MilvusIvfFlat):
+        if isinstance(spec, MilvusIvfFlat | MilvusIvfSq8 | MilvusIvfPq):
             params["params"] = {"nprobe": spec.nprobe}
         q = np.asarray(queries, np.float32)
         results = self.client.search(self.name, data=list(q), limit=k, search_params=params)

@@ -23,7 +23,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, ProgrammingError
 
 from vecmigrate.catalog.engines import DatabaseAccess, engine_for, once_per_engine
 from vecmigrate.errors import DataError, NotFoundError, PreconditionError
-from vecmigrate.model.spec import IndexSpec, Metric, PgvectorHnsw, PgvectorIvfflat
+from vecmigrate.model.spec import IndexSpec, Metric, PgvectorHnsw, PgvectorIvfflat, canonical
 from vecmigrate.model.tasks import Cursor, ShardRef
 from vecmigrate.records.sharding import hash_key
 from vecmigrate.records.vectors import Ids, Vectors, check_vectors
@@ -114,20 +114,30 @@ def table_ddl(table: str, dimension: int) -> list[str]:
     ]
 
 
-def index_using(spec: IndexSpec, metric: Metric) -> str:
-    """The ``USING`` clause of the native index ``spec`` on a table's ``embedding`` column.
+def indexed_column(spec: IndexSpec, dimension: int) -> str:
+    """The expression a native index of ``spec`` is built on: the column, or its cast to half
+    precision (the table keeps full vectors either way)."""
+    if isinstance(spec, PgvectorHnsw | PgvectorIvfflat) and spec.precision == "halfvec":
+        return f"(embedding::halfvec({dimension}))"
+    return "embedding"
+
+
+def index_using(spec: IndexSpec, metric: Metric, dimension: int) -> str:
+    """The ``USING`` clause of the native index ``spec`` on a table's ``embedding`` column of
+    ``dimension``.
 
     Raises:
         PreconditionError: pgvector has no such index kind.
     """
-    ops = _OPS[str(metric)]
+    if not isinstance(spec, PgvectorHnsw | PgvectorIvfflat):
+        raise PreconditionError(f"pgvector cannot build {spec.kind} natively")
+    column, ops = indexed_column(spec, dimension), _OPS[str(metric)]
+    if spec.precision == "halfvec":
+        ops = ops.replace("vector_", "halfvec_", 1)
     if isinstance(spec, PgvectorHnsw):
-        return (
-            f"hnsw (embedding {ops}) WITH (m = {spec.m}, ef_construction = {spec.ef_construction})"
-        )
-    if isinstance(spec, PgvectorIvfflat):
-        return f"ivfflat (embedding {ops}) WITH (lists = {spec.lists})"
-    raise PreconditionError(f"pgvector cannot build {spec.kind} natively")
+        params = f"m = {spec.m}, ef_construction = {spec.ef_construction}"
+        return f"hnsw ({column} {ops}) WITH ({params})"
+    return f"ivfflat ({column} {ops}) WITH (lists = {spec.lists})"
 
 
 class PgvectorStore(ScanningStore):
@@ -340,15 +350,19 @@ class PgvectorStore(ScanningStore):
 
     def index_name(self, spec: IndexSpec, metric: Metric) -> str:
         """Name of the native index built from ``spec`` (stable, so building is idempotent)."""
+        # Canonical: a parameter added later, at its default, keeps the name (and the index).
         digest = hashlib.sha256(
-            json.dumps([spec.model_dump(mode="json"), str(metric)], sort_keys=True).encode()
+            json.dumps([json.loads(canonical(spec)), str(metric)], sort_keys=True).encode()
         ).hexdigest()[:10]
         return f"{self.table}_{spec.kind}_{digest}"
+
+    def _indexed(self, spec: IndexSpec) -> str:
+        return indexed_column(spec, self.dimension)
 
     def create_index(self, spec: IndexSpec, metric: Metric) -> str:
         """Build a native HNSW or IVFFlat index (a no-op if it exists); returns its name."""
         name = self.index_name(spec, metric)
-        using = index_using(spec, metric)
+        using = index_using(spec, metric, self.dimension)
         with self.engine.begin() as conn:
             conn.execute(text(f"CREATE INDEX IF NOT EXISTS {name} ON {self.table} USING {using}"))
         return name
@@ -367,9 +381,14 @@ class PgvectorStore(ScanningStore):
         )
         d = np.full((queries.shape[0], k), np.inf, np.float32)
         i = np.full((queries.shape[0], k), -1, np.int64)
+        # The query in the type the index was built on, so the planner uses the index.
+        column = self._indexed(spec)
+        cast = "vector"
+        if isinstance(spec, PgvectorHnsw | PgvectorIvfflat) and spec.precision == "halfvec":
+            cast = f"halfvec({self.dimension})"
         sql = text(
-            f"SELECT id, embedding {op} CAST(:q AS vector) AS d FROM {self.table} "
-            f"ORDER BY embedding {op} CAST(:q AS vector) LIMIT :k"
+            f"SELECT id, {column} {op} CAST(:q AS {cast}) AS d FROM {self.table} "
+            f"ORDER BY {column} {op} CAST(:q AS {cast}) LIMIT :k"
         )
         with self.engine.begin() as conn:
             if setting:

@@ -229,7 +229,7 @@ def _pgvector_writable(ref: AnyStoreRef, scope: Scope, version: VersionSpec) -> 
         if is_native(version.index):
             metric = Metric(version.embedding.metric)
             conn.execute(
-                text(f"CREATE INDEX ON {table} USING {index_using(version.index, metric)}")
+                text(f"CREATE INDEX ON {table} USING {index_using(version.index, metric, dim)}")
             )
     return None
 

@@ -72,6 +72,17 @@ def close_shards() -> None:
         _shards.clear()
 
 
+def release_shard(root: str, scope: Scope) -> Path:
+    """Close ``scope``'s shard if this process holds it open; returns its directory (to remove
+    a pruned version)."""
+    path = shard_path(root, scope)
+    with _lock:
+        shard = _shards.pop(str(path), None)
+    if shard is not None:
+        shard.close()
+    return path
+
+
 class QdrantStore(ScanningStore):
     """A :class:`~vecmigrate.stores.base.VectorStore` on a Qdrant edge shard."""
 
@@ -238,18 +249,24 @@ class QdrantStore(ScanningStore):
             self.shard.flush()
             self.shard.close()
             hnsw = HnswIndexConfig(m=spec.m, ef_construct=spec.ef_construct, full_scan_threshold=1)
+            quantization = _quantization(spec)
             config = EdgeConfig(
                 vectors=EdgeVectorParams(
-                    size=self.dimension, distance=_distance(self.metric), hnsw_config=hnsw
+                    size=self.dimension,
+                    distance=_distance(self.metric),
+                    hnsw_config=hnsw,
+                    quantization_config=quantization,
                 ),
                 hnsw_config=hnsw,
+                quantization_config=quantization,
                 # Index every segment whatever its size: the spec asked for a graph.
                 optimizers=EdgeOptimizersConfig(indexing_threshold=1),
             )
             self.shard = EdgeShard.load(key, config)
             _shards[key] = self.shard
         self.shard.optimize()
-        return f"{self.path.name}/hnsw-m{spec.m}-ef{spec.ef_construct}"
+        quantized = "" if spec.quantization == "none" else f"-{spec.quantization}"
+        return f"{self.path.name}/hnsw-m{spec.m}-ef{spec.ef_construct}{quantized}"
 
     def search_native(
         self, queries: Vectors, k: int, spec: IndexSpec, metric: Metric
@@ -258,6 +275,13 @@ class QdrantStore(ScanningStore):
         from qdrant_edge import Query, QueryRequest, SearchParams
 
         ef = spec.ef if isinstance(spec, QdrantHnsw) else None
+        quantized = None
+        if isinstance(spec, QdrantHnsw) and spec.quantization != "none":
+            from qdrant_edge import QuantizationSearchParams
+
+            quantized = QuantizationSearchParams(
+                rescore=spec.rescore, oversampling=spec.oversampling
+            )
         q = np.asarray(queries, np.float32)
         d = np.full((q.shape[0], k), np.inf, np.float32)
         i = np.full((q.shape[0], k), -1, np.int64)
@@ -266,7 +290,7 @@ class QdrantStore(ScanningStore):
                 QueryRequest(
                     limit=k,
                     query=Query.Nearest(q[row].tolist()),
-                    params=SearchParams(hnsw_ef=max(ef or k, k)),
+                    params=SearchParams(hnsw_ef=max(ef or k, k), quantization=quantized),
                 )
             )
             for col, hit in enumerate(hits[:k]):
@@ -274,6 +298,23 @@ class QdrantStore(ScanningStore):
                 score = float(hit.score)
                 d[row, col] = score * score if str(metric) == "l2" else 1.0 - score
         return d, i
+
+
+def _quantization(spec: QdrantHnsw) -> Any:
+    """Qdrant's quantization config of ``spec`` (None: full vectors only)."""
+    from qdrant_edge import (
+        CompressionRatio,
+        ProductQuantizationConfig,
+        ScalarQuantizationConfig,
+        ScalarType,
+    )
+
+    if spec.quantization == "scalar":
+        return ScalarQuantizationConfig(type=ScalarType.Int8, quantile=0.99, always_ram=True)
+    if spec.quantization == "product":
+        ratio = getattr(CompressionRatio, f"X{spec.product_compression}")
+        return ProductQuantizationConfig(compression=ratio, always_ram=True)
+    return None
 
 
 def _shard_config(path: Path) -> tuple[int, str]:

@@ -234,6 +234,7 @@ def retrieval_verdicts(
         ),
     ]
     out = [v for v in candidates if v is not None]
+    out.extend(index_bytes_verdicts(f))
     for name in ("p50_ms_old", "p99_ms_old", "p50_ms_new", "p99_ms_new"):
         value = getattr(f, name)
         if value is not None:
@@ -260,6 +261,44 @@ def retrieval_verdicts(
                     + (f"; {option.detail}" if option.detail else ""),
                 )
             )
+    return out
+
+
+def index_bytes_verdicts(f: RetrievalFigures) -> list[GateVerdict]:
+    """The bytes of both indexes beside the recall they buy (figures, not gates)."""
+    out = []
+    for name, size, count in (
+        ("index_bytes_old", f.source_index_bytes, f.source_vectors),
+        ("index_bytes_new", f.target_index_bytes, f.target_vectors),
+    ):
+        if size is None:
+            continue
+        per = f"{size / count:,.1f} bytes a vector, " if count else ""
+        out.append(
+            GateVerdict(
+                name=name,
+                value=float(size),
+                comparison="info",
+                passed=True,
+                detail=f"{per}{size / 1e6:,.2f} MB on disk",
+            )
+        )
+    if f.source_index_bytes and f.target_index_bytes is not None:
+        ratio = f.target_index_bytes / f.source_index_bytes
+        recall = (
+            f"; recall@{f.k} {f.source_recall} -> {f.target_recall}"
+            if f.target_recall is not None
+            else ""
+        )
+        out.append(
+            GateVerdict(
+                name="index_bytes_ratio",
+                value=round(ratio, 4),
+                comparison="info",
+                passed=True,
+                detail=f"new index / old index{recall}",
+            )
+        )
     return out
 
 
