@@ -14,8 +14,7 @@ import asyncio
 import io
 import json
 import time
-from collections.abc import AsyncIterator
-from contextlib import redirect_stderr, redirect_stdout
+from contextlib import AsyncExitStack, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -157,23 +156,33 @@ class Shared:
 
 @pytest.fixture(scope="module")
 async def shared(
-    env: WorkflowEnvironment, postgres: Any, tmp_path_factory: pytest.TempPathFactory
-) -> AsyncIterator[Shared]:
+    env: WorkflowEnvironment,
+    postgres: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> Shared:
     """One worker for every case (each case its own collection and migration id): starting one
-    per case cost more than most cases."""
+    per case cost more than most cases.
+
+    Not an async generator fixture: one was finalized by the garbage collector in the middle of a
+    case (its teardown closed the Milvus clients under a running call, which then never
+    returned). The worker's context is held here and closed by an explicit finalizer.
+    """
     root = tmp_path_factory.mktemp("matrix")
     catalog = Catalog(sqlite_url(root / "catalog.db"))
-    async with running_worker(env.client, Sandbox(root, catalog)) as queue:
-        yield Shared(
-            root,
-            catalog,
-            postgres_database(postgres),
-            queue,
-            env.client,
-        )
-    close_clients()
-    close_shards()
-    dispose_engines()
+    stack = AsyncExitStack()
+    queue = await stack.enter_async_context(running_worker(env.client, Sandbox(root, catalog)))
+    loop = asyncio.get_running_loop()
+
+    def finish() -> None:
+        # Finalizers run between tests, with the session's loop idle.
+        loop.run_until_complete(stack.aclose())
+        close_clients()
+        close_shards()
+        dispose_engines()
+
+    request.addfinalizer(finish)  # noqa: PT021 (see the docstring)
+    return Shared(root, catalog, postgres_database(postgres), queue, env.client)
 
 
 async def wait_until(mc: MigrationClient, mid: str, done: Any, timeout: float = 120.0) -> Any:
