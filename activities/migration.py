@@ -21,7 +21,7 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError, TemporalError
+from temporalio.exceptions import ApplicationError, CancelledError, TemporalError
 
 from vecmigrate import validation
 from vecmigrate.catalog.catalog import Catalog
@@ -99,8 +99,13 @@ def _boundary(fn: Callable[[MigrationActivities, I], R]) -> Callable[[MigrationA
     @functools.wraps(fn)
     def wrapper(self: MigrationActivities, inp: I) -> R:
         try:
-            self.admit(fn.__name__, inp)
-            return fn(self, inp)
+            # Cancellation is taken at a heartbeat (see ``_Beat``), never thrown into the thread
+            # wherever it stands: an exception raised inside a client library (between a gRPC
+            # channel taking its lock and the block that releases it, in a connection pool's
+            # bookkeeping) leaves that client unusable for every later call in the process.
+            with activity.shield_thread_cancel_exception():
+                self.admit(fn.__name__, inp)
+                return fn(self, inp)
         except TemporalError:
             raise  # raised on purpose (a cancelled heartbeat, an error already typed)
         except NON_RETRYABLE as exc:
@@ -126,6 +131,9 @@ class _Beat:
     def __call__(self, details: dict[str, Any]) -> None:
         self.details = details
         activity.heartbeat(details)
+        if activity.is_cancelled():
+            # Between batches, where the resume cursor is: the call stops cleanly.
+            raise CancelledError("cancelled at a heartbeat")
 
 
 @contextmanager

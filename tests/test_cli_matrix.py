@@ -43,6 +43,9 @@ from vecmigrate.stores.capabilities import SERVER_ONLY_KINDS
 from vecmigrate.stores.milvus import close_clients
 from vecmigrate.stores.qdrant import close_shards
 
+# A case takes seconds (the first also starts the servers): one that waits longer is stuck.
+pytestmark = pytest.mark.timeout(180)
+
 DIM = 8
 RECORDS = 400
 

@@ -265,7 +265,8 @@ def _milvus_holds(ref: AnyStoreRef, scope: Scope) -> bool:
     local = _milvus_file(milvus.uri)
     if local is not None and not local.exists():
         return False
-    return bool(_milvus_client(milvus).has_collection(collection_name(scope)))
+    client = _milvus_client(milvus)
+    return bool(client.has_collection(collection_name(scope), timeout=PROBE_TIMEOUT_SECONDS))
 
 
 def _milvus_writable(ref: AnyStoreRef, scope: Scope, version: VersionSpec) -> str | None:
