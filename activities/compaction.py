@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, CancelledError
 
 from vecmigrate.catalog.catalog import Catalog, now
 from vecmigrate.catalog.changelog import ChangeLog
@@ -39,6 +39,8 @@ def _heartbeats(every: float) -> Iterator[Callable[[CompactionProgress], None]]:
     def report(progress: CompactionProgress) -> None:
         latest[:] = [progress]
         activity.heartbeat(progress)
+        if activity.is_cancelled():
+            raise CancelledError("cancelled at a heartbeat")  # where the resume position is
 
     def loop() -> None:
         while not stop.wait(every):
@@ -74,7 +76,10 @@ class CompactionActivities:
     def compact_index(self, request: CompactionRequest) -> CompactionResult:
         """Compact the index version the request names (or the one serving reads)."""
         try:
-            return self._compact(request)
+            # Cancellation waits for the end (as for a migration's activities): never thrown
+            # into a client library mid-call.
+            with activity.shield_thread_cancel_exception():
+                return self._compact(request)
         except NON_RETRYABLE as exc:
             raise ApplicationError(str(exc), type=type(exc).__name__, non_retryable=True) from exc
 

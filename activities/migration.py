@@ -16,25 +16,36 @@ import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from datetime import datetime
 from typing import Any, TypeVar
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError, TemporalError
+from temporalio.exceptions import ApplicationError, CancelledError, TemporalError
 
 from vecmigrate import validation
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.catalog.changelog import ChangeLog
 from vecmigrate.catalog.journal import Journal
 from vecmigrate.catalog.residency import Residency
+from vecmigrate.catalog.retention import RetentionLog
+from vecmigrate.catalog.schedules import ScheduleStore
 from vecmigrate.catalog.specs import SpecStore
-from vecmigrate.data import backfill
-from vecmigrate.errors import NON_RETRYABLE, PreconditionError, SpecMismatchError, summary
+from vecmigrate.data import backfill, footprint, retention, scheduling
+from vecmigrate.errors import (
+    NON_RETRYABLE,
+    PreconditionError,
+    SpecMismatchError,
+    VecmigrateError,
+    summary,
+)
 from vecmigrate.indexes import build
 from vecmigrate.indexes.artifacts import cpu_share, set_openmp_threads
 from vecmigrate.model.access import AccessPolicy
+from vecmigrate.model.costs import StorageSnapshot
 from vecmigrate.model.gates import ShardCheck
 from vecmigrate.model.routing import RoutingView
+from vecmigrate.model.schedule import Firing, ResolveFiringInput
 from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.model.tasks import (
     AccessPolicyInput,
@@ -54,11 +65,14 @@ from vecmigrate.model.tasks import (
     LogHeadInput,
     PrepareInput,
     PrepareResult,
+    PruneInput,
+    PruneResult,
     RegisterIndexInput,
     RoutingChangeInput,
     ShadowInput,
     ShadowResult,
     SpecTask,
+    StorageInput,
     TenantsInput,
     ValidateInput,
     ValidateResult,
@@ -85,8 +99,13 @@ def _boundary(fn: Callable[[MigrationActivities, I], R]) -> Callable[[MigrationA
     @functools.wraps(fn)
     def wrapper(self: MigrationActivities, inp: I) -> R:
         try:
-            self.admit(fn.__name__, inp)
-            return fn(self, inp)
+            # Cancellation is taken at a heartbeat (see ``_Beat``), never thrown into the thread
+            # wherever it stands: an exception raised inside a client library (between a gRPC
+            # channel taking its lock and the block that releases it, in a connection pool's
+            # bookkeeping) leaves that client unusable for every later call in the process.
+            with _shielded():
+                self.admit(fn.__name__, inp)
+                return fn(self, inp)
         except TemporalError:
             raise  # raised on purpose (a cancelled heartbeat, an error already typed)
         except NON_RETRYABLE as exc:
@@ -101,6 +120,11 @@ def _boundary(fn: Callable[[MigrationActivities, I], R]) -> Callable[[MigrationA
     return wrapper
 
 
+def _shielded() -> AbstractContextManager[None]:
+    """Cancellation held until the block ends (outside an activity, as called in-process: none)."""
+    return activity.shield_thread_cancel_exception() if activity.in_activity() else nullcontext()
+
+
 class _Beat:
     """Heartbeats for a long call: progress details when there are some, and a side thread that
     repeats the latest ones so a call that makes no progress for a while (an index training, a
@@ -112,6 +136,9 @@ class _Beat:
     def __call__(self, details: dict[str, Any]) -> None:
         self.details = details
         activity.heartbeat(details)
+        if activity.is_cancelled():
+            # Between batches, where the resume cursor is: the call stops cleanly.
+            raise CancelledError("cancelled at a heartbeat")
 
 
 @contextmanager
@@ -240,6 +267,9 @@ class MigrationActivities:
             self.log_head,
             self.shadow_figures,
             self.list_tenants,
+            self.resolve_firing,
+            self.record_storage,
+            self.prune_version,
             self.access_policy,
         ]
 
@@ -248,7 +278,15 @@ class MigrationActivities:
     def prepare(self, inp: PrepareInput) -> PrepareResult:
         spec = self.spec(inp)
         with _keepalive(spec):  # counting thousands of shards takes a while
-            return backfill.prepare(self.catalog, spec, inp.operator)
+            result = backfill.prepare(self.catalog, spec, inp.operator)
+            # What plan estimated, kept beside what the migration will measure.
+            estimate = footprint.storage_estimate(
+                self.catalog, spec, sum(result.source_counts.values())
+            )
+            self._ledger(
+                spec, "storage/estimate", footprint.ESTIMATE_KIND, estimate.model_dump(mode="json")
+            )
+        return result
 
     @activity.defn(name="copy_shard")
     @_boundary
@@ -415,15 +453,20 @@ class MigrationActivities:
     @_boundary
     def catch_up(self, inp: CatchUpInput) -> CatchUpResult:
         spec = self.spec(inp)
+        log = ChangeLog(self.catalog)
         with _keepalive(spec) as beat:
-            return backfill.catch_up(
+            result = backfill.catch_up(
                 spec,
-                ChangeLog(self.catalog),
+                log,
                 self.journal,
                 inp.after,
                 seconds=inp.seconds,
                 on_progress=lambda pos, n: beat({"position": pos, "applied": n}),
             )
+            if result.drained:
+                # What the target now holds, the log need keep only once per id.
+                result.compacted = log.compact(spec.tenant, spec.collection, result.position)
+        return result
 
     @activity.defn(name="log_head")
     @_boundary
@@ -450,7 +493,15 @@ class MigrationActivities:
     @activity.defn(name="change_routing")
     @_boundary
     def change_routing(self, inp: RoutingChangeInput) -> RoutingView:
-        return self.catalog.compare_and_set_routing(
+        before = self.catalog.get_routing(inp.tenant, inp.collection)
+        retained = RetentionLog(self.catalog)
+        if before is not None:
+            # Read before the switch: a version taken out of the writes may miss every write
+            # logged after this position (a promotion back replays them from here).
+            head = ChangeLog(self.catalog).head(inp.tenant, inp.collection)
+            for version in set(before.write_versions) - set(inp.write_versions):
+                retained.stopped_writing(inp.tenant, inp.collection, version, head)
+        view = self.catalog.compare_and_set_routing(
             inp.tenant,
             inp.collection,
             inp.expected_generation,
@@ -466,11 +517,69 @@ class MigrationActivities:
             shadow_percent=inp.shadow_percent,
             writes_paused=inp.writes_paused,
         )
+        for version in set(view.write_versions) - set(before.write_versions if before else []):
+            retained.resumed_writing(inp.tenant, inp.collection, version)
+        return view
 
     @activity.defn(name="set_version_state")
     @_boundary
     def set_version_state(self, inp: VersionStateInput) -> None:
         self.catalog.set_version_state(inp.tenant, inp.collection, inp.version, inp.state)
+        retained = RetentionLog(self.catalog)
+        if inp.state in ("retained", "abandoned"):
+            keep = None
+            try:
+                spec = MigrationSpec.model_validate(
+                    self.catalog.get_migration(inp.migration_id)["spec"]
+                )
+            except (VecmigrateError, ValueError):
+                spec = None
+            if spec is not None and spec.retention is not None:
+                policy = spec.retention
+                keep = (
+                    policy.retired_seconds
+                    if inp.state == "retained"
+                    else (policy.abandoned_seconds)
+                )
+            how = "retired" if inp.state == "retained" else "abandoned"
+            retained.left(inp.tenant, inp.collection, inp.version, how, inp.migration_id, keep)
+        else:
+            retained.back_in_use(inp.tenant, inp.collection, inp.version)
+
+    @activity.defn(name="record_storage")
+    @_boundary
+    def record_storage(self, inp: StorageInput) -> StorageSnapshot:
+        spec = self.spec(inp)
+        if inp.stage == "finalized":
+            # The source no longer written: what the log and the artifacts still hold that
+            # nothing needs goes before the figures are taken.
+            retention.settle_log(self.catalog, spec.tenant, spec.collection)
+            retention.collect_artifacts(self.catalog, spec.tenant, spec.collection)
+        return footprint.record_storage(self.catalog, spec, inp.stage)
+
+    @activity.defn(name="prune_version")
+    @_boundary
+    def prune_version(self, inp: PruneInput) -> PruneResult:
+        verdict = retention.prune_version(
+            self.catalog, inp.tenant, inp.collection, inp.version, inp.actor, reason=inp.reason
+        )
+        if verdict.action == "kept":
+            self.catalog.append(
+                tenant=inp.tenant,
+                collection=inp.collection,
+                kind="version.kept",
+                actor=inp.actor,
+                migration_id=inp.migration_id,
+                data={"version": inp.version, "reason": verdict.reason},
+                event_key=f"kept/{activity.info().workflow_id}/{inp.version}",
+                region=self.region,
+            )
+        return PruneResult(
+            action=verdict.action,
+            reason=verdict.reason,
+            freed_bytes=verdict.freed_bytes,
+            keep_until=verdict.keep_until,
+        )
 
     @activity.defn(name="record")
     @_boundary
@@ -492,6 +601,23 @@ class MigrationActivities:
         if inp.kind == "phase":
             self.catalog.set_migration_phase(inp.migration_id, str(inp.data.get("to", "")))
         return LedgerAck(seq=entry.seq, hash=entry.hash)
+
+    @activity.defn(name="resolve_firing")
+    @_boundary
+    def resolve_firing(self, inp: ResolveFiringInput) -> Firing:
+        try:
+            template = ScheduleStore(self.catalog).template(inp.schedule_id, inp.spec_hash)
+        except SpecMismatchError as exc:
+            return Firing(outcome="refused", reason=str(exc))
+        return scheduling.resolve_firing(
+            self.catalog,
+            inp.schedule_id,
+            template.spec,
+            inp.spec_hash,
+            datetime.fromisoformat(inp.fired_at),
+            inp.firing_id,
+            inp.requested_by,
+        )
 
     @activity.defn(name="access_policy")
     @_boundary

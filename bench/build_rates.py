@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
-from bench.common import RESULTS, report, scratch
+from bench.common import add_out_option, report, scratch
 from vecmigrate.control.plan import INDEX_ESTIMATES, STORE_RATES
 from vecmigrate.data.datasets import clustered
 from vecmigrate.indexes.build import build_native, build_shard
@@ -36,6 +36,7 @@ from vecmigrate.model.spec import (
 )
 from vecmigrate.records.sharding import hash_key, hash_shards
 from vecmigrate.stores import WHOLE, Scope, VectorStore, open_store
+from vecmigrate.stores.capabilities import SERVER_ONLY_KINDS
 from vecmigrate.stores.milvus import close_clients
 from vecmigrate.stores.qdrant import close_clients as close_qdrant
 from vecmigrate.testing.postgres import start_postgres
@@ -102,7 +103,7 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--batch", type=int, default=10_000)
     ap.add_argument("--stores", default=",".join(STORE_KINDS))
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    add_out_option(ap)
     args = ap.parse_args()
     home = scratch("build-rates")
     ids = np.arange(1, args.vectors + 1, dtype=np.int64)
@@ -113,7 +114,12 @@ def main() -> None:
     rows: list[dict[str, Any]] = []
     try:
         for kind in stores:
-            natives = [k for k in NATIVE_INDEX_KINDS if k.startswith(kind + "_")]
+            # Milvus runs here as milvus-lite, which builds FLAT and IVF_FLAT only.
+            natives = [
+                k
+                for k in NATIVE_INDEX_KINDS
+                if k.startswith(kind + "_") and k not in SERVER_ONLY_KINDS
+            ]
             indexes = [*natives, *(ARTIFACT_INDEX_KINDS if kind == "builtin" else ())]
             for number, index in enumerate(indexes):
                 spec = version(kind, index, args.dim, home, pg_url)

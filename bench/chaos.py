@@ -7,7 +7,6 @@ Prints a table of what happened and what was checked, and writes it as JSON.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -16,12 +15,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rich.table import Table
 
-from bench.common import scratch, wide_console
+from bench.common import scratch, script_parser, wide_console
 from vecmigrate.testing.chaos import run_chaos
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument("--vectors", type=int, default=1_000_000)
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--shards", type=int, default=32)

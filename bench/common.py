@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import atexit
 import json
 import os
@@ -19,6 +20,17 @@ from rich.table import Table
 RESULTS = Path(__file__).resolve().parent / "results"
 A = TypeVar("A")
 B = TypeVar("B")
+
+
+def script_parser(doc: str | None) -> argparse.ArgumentParser:
+    """The argument parser of a benchmark script, its docstring as the description with its line
+    breaks kept (the docstrings lay out what the script measures)."""
+    return argparse.ArgumentParser(description=doc, formatter_class=argparse.RawTextHelpFormatter)
+
+
+def add_out_option(parser: argparse.ArgumentParser) -> None:
+    """The ``--out`` option every script takes: the folder its JSON and plot go to."""
+    parser.add_argument("--out", type=Path, default=RESULTS, help="where JSON and PNG go")
 
 
 def alternating(pair: int, ours: Callable[[], A], raw: Callable[[], B]) -> tuple[A, B]:

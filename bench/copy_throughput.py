@@ -22,7 +22,6 @@ Targets: vecmigrate at least 0.8 of the raw copy, and at least twice the best pe
 
 from __future__ import annotations
 
-import argparse
 import sqlite3
 import statistics
 import sys
@@ -35,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
-from bench.common import RESULTS, alternating, report, scratch
+from bench.common import add_out_option, alternating, report, scratch, script_parser
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.catalog.journal import Journal
 from vecmigrate.config import sqlite_url
@@ -193,45 +192,43 @@ def vector_io(home: Path, vectors: np.ndarray, python: Path) -> tuple[float, flo
         [str(python), "-c", _MAKE_LANCE, str(work / "src"), str(work / "vectors.npy")],
         check=True,
     )
+
+    def run_tool(*argv: str) -> subprocess.CompletedProcess[str]:
+        """One vector-io command in the work folder; its output, which holds its own timing."""
+        return subprocess.run(
+            list(argv),
+            cwd=work,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            check=True,
+        )
+
     began = time.perf_counter()
-    export = subprocess.run(
-        [
-            str(bindir / "export_vdf"),
-            "-m",
-            "none",
-            "--no-push_to_hub",
-            "lancedb",
-            "--endpoint",
-            str(work / "src"),
-            "--tables",
-            "bench",
-            "--lancedb_api_key",
-            "none",
-        ],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        check=True,
+    export = run_tool(
+        str(bindir / "export_vdf"),
+        "-m",
+        "none",
+        "--no-push_to_hub",
+        "lancedb",
+        "--endpoint",
+        str(work / "src"),
+        "--tables",
+        "bench",
+        "--lancedb_api_key",
+        "none",
     )
     folder = next(p for p in work.iterdir() if p.name.startswith("vdf_"))
-    imported = subprocess.run(
-        [
-            str(bindir / "import_vdf"),
-            "-d",
-            str(folder),
-            "--create_new",
-            "lancedb",
-            "--endpoint",
-            str(work / "dst"),
-            "--lancedb_api_key",
-            "none",
-        ],
-        cwd=work,
-        capture_output=True,
-        text=True,
-        stdin=subprocess.DEVNULL,
-        check=True,
+    imported = run_tool(
+        str(bindir / "import_vdf"),
+        "-d",
+        str(folder),
+        "--create_new",
+        "lancedb",
+        "--endpoint",
+        str(work / "dst"),
+        "--lancedb_api_key",
+        "none",
     )
     wall = time.perf_counter() - began
     count = subprocess.run(
@@ -248,14 +245,14 @@ def vector_io(home: Path, vectors: np.ndarray, python: Path) -> tuple[float, flo
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument("--vectors", type=int, default=200_000)
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--batch", type=int, default=10_000)
     p.add_argument(
         "--repeat", type=int, default=3, help="vecmigrate / raw pairs (medians are reported)"
     )
-    p.add_argument("--out", type=Path, default=RESULTS, help="where JSON and PNG go")
+    add_out_option(p)
     p.add_argument(
         "--vector-io",
         type=Path,

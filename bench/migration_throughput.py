@@ -14,7 +14,6 @@ server's own are not counted) and how many cores the raw build kept busy.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import statistics
@@ -28,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import hnswlib
 import numpy as np
 
-from bench.common import RESULTS, alternating, report, scratch
+from bench.common import add_out_option, alternating, report, scratch, script_parser
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.config import sqlite_url
 from vecmigrate.control.client import MigrationClient
@@ -124,7 +123,7 @@ async def migrate(
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument("--data", choices=["glove", "clustered"], default="glove")
     p.add_argument("--vectors", type=int, default=400_000)
     p.add_argument("--dim", type=int, default=128, help="clustered data only")
@@ -141,7 +140,7 @@ def main() -> None:
         default=1,
         help="migration / raw build pairs, which goes first alternating (medians are reported)",
     )
-    p.add_argument("--out", type=Path, default=RESULTS, help="where JSON and PNG go")
+    add_out_option(p)
     args = p.parse_args()
     if args.data == "glove":
         vectors = glove(args.vectors)

@@ -13,7 +13,6 @@ writes vectors in pages of ``VECTOR_PAGE`` rows (ids alone page at ``MAX_QUERY``
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -23,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
-from bench.common import RESULTS, report, scratch
+from bench.common import add_out_option, report, scratch, script_parser
 from vecmigrate.data.datasets import clustered
 from vecmigrate.model.tasks import ShardRef
 from vecmigrate.records.sharding import hash_shards
@@ -87,7 +86,7 @@ def measure(home: Path, n: int, dim: int, pages: list[int], upsert_n: int) -> li
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument("--records", type=int, default=40_000)
     p.add_argument("--dims", default="64,384")
     p.add_argument("--pages", default="256,512,2000,4000", help="rows per call, comma-separated")
@@ -97,7 +96,7 @@ def main() -> None:
         default=10_000,
         help="records upserted per page size (large pages take minutes: keep it small)",
     )
-    p.add_argument("--out", type=Path, default=RESULTS, help="where JSON and PNG go")
+    add_out_option(p)
     args = p.parse_args()
     home = scratch("milvus_pages")
     pages = [int(x) for x in args.pages.split(",")]

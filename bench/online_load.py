@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import scratch, wide_console
+from bench.common import add_out_option, scratch, script_parser, wide_console
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.config import sqlite_url
 from vecmigrate.control.client import MigrationClient
@@ -217,7 +217,7 @@ def plot(result: dict[str, object], path: Path) -> None:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument("--vectors", type=int, default=100_000)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--shards", type=int, default=8)
@@ -232,7 +232,7 @@ def main() -> None:
         "--secure", action="store_true", help="the gateway with TLS and an API key per request"
     )
     p.add_argument("--home", type=Path, default=None)
-    p.add_argument("--out", type=Path, default=Path("bench/results"))
+    add_out_option(p)
     args = p.parse_args()
     console = wide_console()
     result = asyncio.run(main_async(args, console))

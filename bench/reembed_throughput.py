@@ -15,7 +15,6 @@ model's own time dominates, so the ratio should approach 1 as the model gets hea
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import sys
 import time
@@ -25,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
-from bench.common import RESULTS, report, scratch
+from bench.common import add_out_option, report, scratch, script_parser
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.catalog.journal import Journal
 from vecmigrate.config import sqlite_url
@@ -98,7 +97,7 @@ def vecmigrate_copy(
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument("--records", type=int, default=7_000)
     p.add_argument(
         "--models",
@@ -112,7 +111,7 @@ def main() -> None:
         help="records for the neural models (tens of texts/s on two cores)",
     )
     p.add_argument("--batch", type=int, default=256, help="texts per model call")
-    p.add_argument("--out", type=Path, default=RESULTS, help="where JSON and PNG go")
+    add_out_option(p)
     args = p.parse_args()
     home = scratch("reembed")
     catalog = Catalog(sqlite_url(home / "catalog.db"))

@@ -11,25 +11,24 @@ Target: at most one batch re-copied per kill.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import RESULTS, report, scratch
+from bench.common import add_out_option, report, scratch, script_parser
 from vecmigrate.testing.chaos import run_chaos
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument("--vectors", type=int, default=200_000)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--shards", type=int, default=8)
     p.add_argument("--batch-size", type=int, default=5_000)
     p.add_argument("--kills", type=int, default=6)
     p.add_argument("--throttle", type=float, default=20_000.0, help="copy vectors/s")
-    p.add_argument("--out", type=Path, default=RESULTS, help="where JSON and PNG go")
+    add_out_option(p)
     args = p.parse_args()
     runs = []
     for kills in (0, args.kills):

@@ -17,7 +17,6 @@ the ratio: the router takes the same steps whatever the dimension, and the searc
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -28,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
-from bench.common import RESULTS, report, scratch
+from bench.common import add_out_option, report, scratch, script_parser
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.config import sqlite_url
 from vecmigrate.data.datasets import clustered
@@ -139,7 +138,7 @@ def measure(home: Path, n: int, dim: int, queries: int, k: int, pairs: int) -> T
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument("--vectors", type=int, default=200_000)
     p.add_argument(
         "--dims", default="64,128,384", help="comma-separated dimensions, each its own collection"
@@ -147,7 +146,7 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=5_000)
     p.add_argument("--pairs", type=int, default=5, help="passes over the queries (at least 3)")
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--out", type=Path, default=RESULTS, help="where JSON and PNG go")
+    add_out_option(p)
     args = p.parse_args()
     if args.pairs < 3:
         p.error("--pairs must be at least 3: the figure is the median pair")

@@ -4,9 +4,11 @@
 
 "On" is what a deployment runs: every store call in a span (batch reads and writes), the spans
 batched to an exporter (one that drops them here, so no collector's speed is measured), every
-metric recorded for Prometheus, the gateway's requests traced and measured. "Off" records
-nothing (OTEL_* unset: the store handles are the adapters themselves). Same run, ``--repeat``
-pairs, which goes first alternating; medians compared.
+metric recorded for Prometheus, the gateway's requests traced and measured (a span per request
+with the router's decisions, the request histogram, the routing gauges) and logged (one JSON
+line a request, written to /dev/null). "Off" records nothing (OTEL_* unset: the store handles
+are the adapters themselves, the request spans no-ops) and logs nothing below WARNING. Same
+run, ``--repeat`` pairs, which goes first alternating; medians compared.
 
 - copy: a built-in-store migration's shards copied by ``copy_shard`` (as the copy activity runs
   it, inside a migration's work context), vectors/s;
@@ -17,14 +19,16 @@ Target: each at most 3 % slower with telemetry on.
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import json
+import logging
+import os
 import statistics
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -32,7 +36,7 @@ import numpy as np
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from bench.common import RESULTS, alternating, report, scratch
+from bench.common import add_out_option, alternating, report, scratch, script_parser
 from bench.copy_throughput import seeded_copy
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.config import sqlite_url
@@ -41,6 +45,7 @@ from vecmigrate.data.seed import seed_collection, sequential_ids
 from vecmigrate.model.spec import BuiltinStoreRef
 from vecmigrate.serving.gateway import Gateway
 from vecmigrate.telemetry.context import working
+from vecmigrate.telemetry.logs import JsonFormatter
 from vecmigrate.telemetry.setup import Telemetry, configure, install, uninstall
 from vecmigrate.testing.chaos import builtin_version
 
@@ -114,8 +119,14 @@ def gateway_run(catalog_url: str, queries: np.ndarray, on: bool) -> tuple[float,
     """p99 and p50 milliseconds of single searches through the gateway, CPU microseconds per
     request (client and gateway: both run in this process), and the spans made."""
     dropped = telemetry(on)
+    requests_log = logging.getLogger("vecmigrate.gateway.requests")
+    sink = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115 - closed below
+    sink.setFormatter(JsonFormatter())
+    if on:
+        requests_log.addHandler(sink)
+        requests_log.setLevel(logging.INFO)
     gateway = Gateway(catalog_url, port=0, refresh=1.0).start()
-    host, port = gateway.server.server_address[:2]
+    host, port = gateway.server.sock.getsockname()[:2]
     conn = http.client.HTTPConnection(str(host), int(port), timeout=30)
     bodies = [json.dumps({"vector": q.tolist(), "k": 10}).encode() for q in queries]
     headers = {"Content-Type": "application/json"}
@@ -134,6 +145,9 @@ def gateway_run(catalog_url: str, queries: np.ndarray, on: bool) -> tuple[float,
     finally:
         conn.close()
         gateway.stop()
+        requests_log.removeHandler(sink)
+        requests_log.setLevel(logging.NOTSET)
+        sink.stream.close()
     cpu_us = (time.process_time() - cpu) / len(bodies) * 1e6
     spans = _finish(dropped)
     times.sort()
@@ -141,13 +155,13 @@ def gateway_run(catalog_url: str, queries: np.ndarray, on: bool) -> tuple[float,
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument("--vectors", type=int, default=200_000)
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--batch", type=int, default=10_000)
     p.add_argument("--requests", type=int, default=5_000)
     p.add_argument("--repeat", type=int, default=5, help="pairs of runs, on and off")
-    p.add_argument("--out", type=Path, default=RESULTS, help="where JSON and PNG go")
+    add_out_option(p)
     args = p.parse_args()
     vectors = clustered(args.vectors, args.dim, clusters=64, seed=3)
     queries = clustered(args.requests, args.dim, clusters=64, seed=4)
@@ -204,18 +218,17 @@ def main() -> None:
 
         fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
         x = [row["pair"] for row in rows]
-        left.plot(x, [row["copy on (vec/s)"] for row in rows], "o-", label="telemetry on")
-        left.plot(x, [row["copy off (vec/s)"] for row in rows], "s--", label="off")
-        left.set_title("copy throughput")
-        left.set_xlabel("pair")
-        left.set_ylabel("vectors/s")
-        left.legend()
-        right.plot(x, [row["gateway p99 on (ms)"] for row in rows], "o-", label="telemetry on")
-        right.plot(x, [row["gateway p99 off (ms)"] for row in rows], "s--", label="off")
-        right.set_title("gateway search p99")
-        right.set_xlabel("pair")
-        right.set_ylabel("ms")
-        right.legend()
+
+        def on_and_off(ax: Any, figure: str, unit: str, title: str, ylabel: str) -> None:
+            ax.plot(x, [row[f"{figure} on ({unit})"] for row in rows], "o-", label="telemetry on")
+            ax.plot(x, [row[f"{figure} off ({unit})"] for row in rows], "s--", label="off")
+            ax.set_title(title)
+            ax.set_xlabel("pair")
+            ax.set_ylabel(ylabel)
+            ax.legend()
+
+        on_and_off(left, "copy", "vec/s", "copy throughput", "vectors/s")
+        on_and_off(right, "gateway p99", "ms", "gateway search p99", "ms")
         fig.tight_layout()
         fig.savefig(path, dpi=100)
 

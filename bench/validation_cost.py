@@ -16,7 +16,6 @@ where it is above 1.2, the target cannot be met here by a suite that reads what 
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -27,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import faiss
 import numpy as np
 
-from bench.common import RESULTS, report, scratch
+from bench.common import add_out_option, report, scratch, script_parser
 from vecmigrate import validation
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.catalog.journal import Journal
@@ -110,11 +109,11 @@ def one(n: int, dim: int, queries: int) -> dict[str, object]:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument("--sizes", default="100000,1000000")
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--queries", type=int, default=1_000)
-    p.add_argument("--out", type=Path, default=RESULTS, help="where JSON and PNG go")
+    add_out_option(p)
     args = p.parse_args()
     rows = [one(int(s), args.dim, args.queries) for s in args.sizes.split(",")]
 

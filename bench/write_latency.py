@@ -23,18 +23,18 @@ until the compaction: ``after`` shows what that costs and ``compacted`` what it 
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
-from bench.common import RESULTS, report, scratch
+from bench.common import add_out_option, alternating, report, scratch, script_parser
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.catalog.changelog import ChangeLog
 from vecmigrate.config import sqlite_url
@@ -74,29 +74,26 @@ class Phase:
         return self.written_p99 / self.twin_p99
 
 
+def search_us(router: Router, collection: str, query: np.ndarray, k: int) -> float:
+    """Microseconds one search took."""
+    began = time.perf_counter()
+    router.search("default", collection, query, k)
+    return (time.perf_counter() - began) * 1e6
+
+
 def timed(
     twin: Router, written: Router, queries: np.ndarray, k: int
 ) -> tuple[list[float], list[float]]:
     """Each query on both collections back to back, the order alternating; us per search."""
     a, b = [], []
-    clock = time.perf_counter
     for j, q in enumerate(queries):
-        if j % 2:
-            t0 = clock()
-            twin.search("default", "twin", q, k)
-            t1 = clock()
-            written.search("default", "written", q, k)
-            t2 = clock()
-            a.append((t1 - t0) * 1e6)
-            b.append((t2 - t1) * 1e6)
-        else:
-            t0 = clock()
-            written.search("default", "written", q, k)
-            t1 = clock()
-            twin.search("default", "twin", q, k)
-            t2 = clock()
-            b.append((t1 - t0) * 1e6)
-            a.append((t2 - t1) * 1e6)
+        on_written, on_twin = alternating(
+            j,
+            partial(search_us, written, "written", q, k),
+            partial(search_us, twin, "twin", q, k),
+        )
+        a.append(on_twin)
+        b.append(on_written)
     return a, b
 
 
@@ -136,8 +133,17 @@ def served(router: Router, collection: str) -> LiveIndex:
     return live
 
 
+def loaded_router(catalog: Catalog, query: np.ndarray, k: int) -> tuple[Router, float]:
+    """A new router and the seconds its first search took: loading the index and applying the
+    change log since its build."""
+    began = time.monotonic()
+    router = Router(catalog, refresh_seconds=1.0)
+    router.search("default", "written", query, k)
+    return router, time.monotonic() - began
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = script_parser(__doc__)
     p.add_argument("--vectors", type=int, default=200_000)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--writes", type=int, default=60_000)
@@ -145,7 +151,7 @@ def main() -> None:
     p.add_argument("--kind", choices=sorted(INDEXES), default="hnswlib_hnsw")
     p.add_argument("--queries", type=int, default=3_000)
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--out", type=Path, default=RESULTS)
+    add_out_option(p)
     args = p.parse_args()
     home = scratch("write-latency")
     catalog = Catalog(sqlite_url(home / "catalog.db"))
@@ -212,10 +218,7 @@ def main() -> None:
     )
     written.close()
 
-    began = time.monotonic()
-    fresh = Router(catalog, refresh_seconds=1.0)
-    fresh.search("default", "written", queries[0], args.k)
-    loaded = time.monotonic() - began
+    fresh, loaded = loaded_router(catalog, queries[0], args.k)
     phases.append(
         phase(
             "new router",
@@ -245,10 +248,7 @@ def main() -> None:
         fetch=served(fresh, "written").fetch,
     )
     compacted = time.monotonic() - began
-    began = time.monotonic()
-    after = Router(catalog, refresh_seconds=1.0)
-    after.search("default", "written", queries[0], args.k)
-    loaded = time.monotonic() - began
+    after, loaded = loaded_router(catalog, queries[0], args.k)
     phases.append(
         phase(
             "compacted",

@@ -223,20 +223,25 @@ class Sandbox:
         dim: int = DIM,
         vectors: np.ndarray | None = None,
         version: VersionSpec | None = None,
+        index: dict[str, Any] | None = None,
+        shards: int = 2,
     ) -> np.ndarray:
+        """Seed a collection with ``vectors`` (default: ``n`` clustered ones) under ids 1..n as
+        ``version`` (default: v1 in the sandbox's store with ``index``, else IVF-Flat); return
+        the vectors."""
         if vectors is None:
             vectors = clustered(n, dim, clusters=32, seed=7)
         n, dim = vectors.shape
         self.dim = dim
+        index = index or {"kind": "faiss_ivf_flat", "nlist": 16, "nprobe": 4}
         seed_collection(
             self.catalog,
             tenant,
             collection,
-            version
-            or self.version("v1", {"kind": "faiss_ivf_flat", "nlist": 16, "nprobe": 4}, dim),
+            version or self.version("v1", index, dim),
             sequential_ids(n),
             vectors,
-            shards=2,
+            shards=shards,
         )
         return vectors
 
@@ -344,3 +349,60 @@ async def running_worker(
             build_threads=1,
         ):
             yield queue
+
+
+class WorkerProcess:
+    """A worker in a process of its own, killable with SIGKILL and restartable.
+
+    Its output goes to ``worker[-REGION]-N.log`` under ``log_dir``, one file per start.
+    """
+
+    def __init__(
+        self, log_dir: Path, address: str, queue: str, catalog: str, region: str | None = None
+    ) -> None:
+        self.log_dir, self.address, self.queue, self.catalog = log_dir, address, queue, catalog
+        self.region = region
+        self.started = 0
+        self.proc = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        self.started += 1
+        name = "worker" if self.region is None else f"worker-{self.region}"
+        log = open(self.log_dir / f"{name}-{self.started}.log", "wb")  # noqa: SIM115
+        region = [] if self.region is None else ["--region", self.region]
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "vecmigrate.workers.main",
+                "--address",
+                self.address,
+                *region,
+                "--task-queue",
+                self.queue,
+                "--catalog",
+                self.catalog,
+                "--concurrency",
+                "2",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+
+    def kill(self) -> None:
+        """Kill the process with SIGKILL: no goodbye to the server."""
+        self.proc.kill()
+        self.proc.wait()
+
+    def restart(self) -> None:
+        """Start a new process in place of the killed one."""
+        self.proc = self._spawn()
+
+    def stop(self) -> None:
+        """Stop the process, killing it if it does not stop within 20 seconds."""
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()

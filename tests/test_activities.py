@@ -4,10 +4,12 @@ the spec loaded by its hash, and errors summarised to fit Temporal's failure rec
 from __future__ import annotations
 
 import dataclasses
+import threading
+import time
 from typing import Any
 
 import pytest
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import ActivityEnvironment
 
 from tests.conftest import Sandbox
@@ -114,6 +116,45 @@ def test_copy_killed_inside_a_write_loses_nothing_and_recopies_one_batch(
     assert again.checksum == result.checksum
     assert again.batches == result.batches
     assert again.attempts == 3
+
+
+def test_a_cancel_during_a_write_lets_the_write_finish_and_stops_at_the_next_heartbeat(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancellation is never thrown into a store call: an exception raised inside a client
+    library (a gRPC channel between taking its lock and the block that releases it) leaves the
+    client unusable for every later call in the worker. The write under way finishes, the copy
+    stops at the batch's heartbeat, and the journal resumes it after that batch."""
+    from vecmigrate.stores.builtin import BuiltinStore
+
+    acts, spec, inp = _copy_input(sandbox)
+    real = BuiltinStore.write
+    inside, writes = threading.Event(), {"started": 0, "finished": 0}
+    env = ActivityEnvironment()
+
+    def slow_third(self: BuiltinStore, records: Any) -> int:
+        writes["started"] += 1
+        if writes["started"] == 3:
+            inside.set()
+            for _ in range(50):  # Python bytecode, where a thrown exception would land
+                time.sleep(0.01)
+        written = real(self, records)
+        writes["finished"] += 1
+        return written
+
+    monkeypatch.setattr(BuiltinStore, "write", slow_third)
+    canceller = threading.Thread(target=lambda: inside.wait(10) and env.cancel())
+    canceller.start()
+    with pytest.raises(CancelledError):
+        env.run(acts.copy_shard, inp)
+    canceller.join()
+    assert writes == {"started": 3, "finished": 3}
+    assert open_target(spec).count() == 300
+
+    monkeypatch.setattr(BuiltinStore, "write", real)
+    result = ActivityEnvironment().run(acts.copy_shard, inp)
+    assert result.copied == 3000
+    assert result.checksum == open_source(spec).checksum(inp.shard)
 
 
 def test_build_reuses_a_finished_artifact(sandbox: Sandbox) -> None:

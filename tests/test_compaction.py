@@ -4,18 +4,15 @@ worker is killed, and routers moving to the compacted artifacts."""
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
 import time
 import uuid
-from pathlib import Path
+from functools import partial
 
 import numpy as np
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from tests.conftest import Sandbox
+from tests.conftest import Sandbox, WorkerProcess
 from vecmigrate.catalog.changelog import ChangeLog
 from vecmigrate.control.compaction import start_compaction
 from vecmigrate.data.datasets import clustered
@@ -96,7 +93,9 @@ def test_compaction_folds_the_log_into_new_artifacts(sandbox: Sandbox, kind: str
     version = sandbox.catalog.find_version("default", "docs", "v1")
     assert version is not None
     store = served.fetch
-    outcome = compact(
+    # The same call twice: the second must find nothing left to do.
+    compact_to_head = partial(
+        compact,
         sandbox.catalog,
         index_id,
         head,
@@ -104,6 +103,7 @@ def test_compaction_folds_the_log_into_new_artifacts(sandbox: Sandbox, kind: str
         normalized=False,
         fetch=store,
     )
+    outcome = compact_to_head()
     assert (outcome.started_at, outcome.position) == (0, head)
     assert outcome.applied == log.count_after("default", "docs", 0)
     assert log.compacted(index_id) == (head, outcome.artifacts)
@@ -121,14 +121,7 @@ def test_compaction_folds_the_log_into_new_artifacts(sandbox: Sandbox, kind: str
     assert fresh.base == fresh.applied == head
     holds(fresh, written, deleted, sandbox.dim)
     # Compacting again to the same position records nothing new.
-    again = compact(
-        sandbox.catalog,
-        index_id,
-        head,
-        space=model_key(version.embedding),
-        normalized=False,
-        fetch=store,
-    )
+    again = compact_to_head()
     assert again.position == again.started_at == head
     assert len(log.compactions(index_id)) == 1
     # The router serving an overlay it cannot fold moves to the compacted artifacts.
@@ -169,30 +162,22 @@ def test_a_compaction_stopped_after_a_checkpoint_resumes_from_it(sandbox: Sandbo
     live = router.searcher(index_id)
     assert isinstance(live, LiveIndex)
     fetch = live.fetch
-    with pytest.raises(KilledError):
-        compact(
-            sandbox.catalog,
-            index_id,
-            head,
-            space=space,
-            normalized=False,
-            fetch=fetch,
-            checkpoint_every=300,
-            on_progress=crash_after_a_checkpoint,
-        )
-    assert log.compacted(index_id) is None
-    checkpoint = seen[0]
-    assert 0 < checkpoint.position < head
-    outcome = compact(
+    compact_to_head = partial(
+        compact,
         sandbox.catalog,
         index_id,
         head,
         space=space,
         normalized=False,
         fetch=fetch,
-        resume=checkpoint,
         checkpoint_every=300,
     )
+    with pytest.raises(KilledError):
+        compact_to_head(on_progress=crash_after_a_checkpoint)
+    assert log.compacted(index_id) is None
+    checkpoint = seen[0]
+    assert 0 < checkpoint.position < head
+    outcome = compact_to_head(resume=checkpoint)
     assert outcome.resumed_from == checkpoint.position
     assert outcome.applied == log.count_after("default", "docs", checkpoint.position)
     assert outcome.position == head
@@ -200,48 +185,6 @@ def test_a_compaction_stopped_after_a_checkpoint_resumes_from_it(sandbox: Sandbo
         log, sandbox.catalog.get_index(index_id), space=space, normalized=False, fetch=fetch
     )
     holds(fresh, written, deleted, sandbox.dim)
-
-
-class WorkerProcess:
-    """A worker in a process of its own, killable with SIGKILL."""
-
-    def __init__(self, root: Path, address: str, queue: str, catalog: str) -> None:
-        self.root, self.address, self.queue, self.catalog = root, address, queue, catalog
-        self.started = 0
-        self.proc = self.spawn()
-
-    def spawn(self) -> subprocess.Popen[bytes]:
-        self.started += 1
-        log = open(self.root / f"worker-{self.started}.log", "wb")  # noqa: SIM115
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "vecmigrate.workers.main",
-                "--address",
-                self.address,
-                "--task-queue",
-                self.queue,
-                "--catalog",
-                self.catalog,
-                "--concurrency",
-                "2",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-        )
-
-    def kill(self) -> None:
-        self.proc.kill()  # SIGKILL: no goodbye to the server
-        self.proc.wait()
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 @pytest.mark.timeout(300)
@@ -290,7 +233,7 @@ async def test_compaction_resumes_after_its_worker_is_killed(
             await asyncio.sleep(0.1)
         worker.kill()
         assert log.compacted(index_id) is None  # killed in the middle
-        worker.proc = worker.spawn()
+        worker.restart()
         result = await asyncio.wait_for(handle.result(), timeout=180)
     finally:
         worker.stop()

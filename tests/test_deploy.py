@@ -116,8 +116,12 @@ def test_the_compose_stack_is_wired_together() -> None:
     assert targets["vecmigrate-worker"] == [
         f"{w}:{port}" for w in ("worker", "worker-us", "worker-eu")
     ]
-    gateway_port = parser().parse_args(services["gateway"]["command"]).port
-    assert targets["vecmigrate-gateway"] == [f"gateway:{gateway_port}"]
+    # The gateway's metrics on their own address (its API port asks for a credential).
+    metrics_at = services["gateway"]["environment"]["VECMIGRATE_GATEWAY_METRICS"]
+    assert targets["vecmigrate-gateway"] == [f"gateway:{metrics_at.rsplit(':', 1)[1]}"]
+    assert parser().parse_args(services["gateway"]["command"]).port != int(
+        metrics_at.rsplit(":", 1)[1]
+    )
     for target in (t for ts in targets.values() for t in ts):
         assert target.split(":")[0] in services, target
     # Traces go to the collector, the collector to Jaeger.

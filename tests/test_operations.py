@@ -76,7 +76,7 @@ def test_the_home_does_not_depend_on_the_current_directory(
     assert resolve_store(MilvusStoreRef(uri="http://milvus:19530")).uri == "http://milvus:19530"
 
 
-def test_log_and_where_see_one_catalog_from_any_directory(
+def test_where_and_plan_see_one_catalog_from_any_directory(
     sandbox: Sandbox, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     home = tmp_path / "home"

@@ -11,6 +11,7 @@ import sqlite3
 import threading
 import uuid
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -456,18 +457,25 @@ def _print(traffic: TextTraffic) -> None:
         )
 
 
+def _searches_of_a_completed_migration(traffic: TextTraffic, final: Any) -> list[Any]:
+    """The searches of the traffic, once it is shown that the migration completed, no request
+    failed and every search found its ten answers (never an empty answer)."""
+    _print(traffic)
+    assert final.phase == Phase.COMPLETED, (final.phase, final.error, final.pause_reason)
+    failed = [r for r in traffic.requests if not r.ok]
+    assert failed == [], failed[:5]
+    searches = [r for r in traffic.requests if r.op == "search"]
+    assert all(r.found == 10 for r in searches)
+    return searches
+
+
 async def test_online_reembedding_serves_text_reads_throughout(
     client: Client, sandbox: Sandbox, corpus: Corpus
 ) -> None:
     v1, v2 = text_setup(sandbox, corpus)
     spec = text_spec(v1, v2)
     traffic, final = await _migrate_under_text_traffic(client, sandbox, corpus, spec)
-    _print(traffic)
-    assert final.phase == Phase.COMPLETED, (final.phase, final.error, final.pause_reason)
-    failed = [r for r in traffic.requests if not r.ok]
-    assert failed == [], failed[:5]
-    searches = [r for r in traffic.requests if r.op == "search"]
-    assert all(r.found == 10 for r in searches)  # never an empty answer
+    searches = _searches_of_a_completed_migration(traffic, final)
     old_via, new_via = f"model {v1.embedding.model_id}@1", f"model {v2.embedding.model_id}@1"
     before = [r for r in searches if r.phase in ("BEFORE", "BACKFILLING", "CATCHING_UP")]
     assert before
@@ -519,12 +527,7 @@ async def test_adapter_serves_every_read_while_the_old_model_is_unavailable(
     )
     Registry(sandbox.catalog).set_available(v1.embedding.model_id, "1", False)
     traffic, final = await _migrate_under_text_traffic(client, sandbox, corpus, spec)
-    _print(traffic)
-    assert final.phase == Phase.COMPLETED, (final.phase, final.error, final.pause_reason)
-    failed = [r for r in traffic.requests if not r.ok]
-    assert failed == [], failed[:5]
-    searches = [r for r in traffic.requests if r.op == "search"]
-    assert all(r.found == 10 for r in searches)
+    searches = _searches_of_a_completed_migration(traffic, final)
     adapter_via = f"adapter procrustes {v2.embedding.model_id}@1->{v1.embedding.model_id}@1"
     served = [r for r in searches if r.version == "v1"]
     assert served

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
-import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -22,7 +19,7 @@ import pytest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from tests.conftest import Sandbox
+from tests.conftest import Sandbox, WorkerProcess
 from vecmigrate.activities.migration import MigrationActivities
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.catalog.residency import Residency
@@ -113,60 +110,18 @@ def seed_region(root: Path, region: str, tenants: tuple[str, ...] = ("default",)
         )
 
 
-class RegionWorker:
-    """One region's worker process: its own catalog, its own task queue, killable."""
-
-    def __init__(self, root: Path, region: str, address: str, queue: str) -> None:
-        self.root, self.region, self.address, self.queue = root, region, address, queue
-        self.spawned = 0
-        self.proc = self._spawn()
-
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        self.spawned += 1
-        log = open(self.root / f"worker-{self.region}-{self.spawned}.log", "wb")  # noqa: SIM115
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "vecmigrate.workers.main",
-                "--address",
-                self.address,
-                "--region",
-                self.region,
-                "--task-queue",
-                self.queue,
-                "--catalog",
-                sqlite_url(self.root / self.region / "catalog.db"),
-                "--concurrency",
-                "2",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "OMP_NUM_THREADS": "1"},
-        )
-
-    def kill(self) -> None:
-        self.proc.kill()  # SIGKILL: no goodbye to the server
-        self.proc.wait()
-
-    def restart(self) -> None:
-        self.proc = self._spawn()
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-
-
 @pytest.fixture
-def regions(tmp_path: Path, env: WorkflowEnvironment) -> Iterator[dict[str, RegionWorker]]:
+def regions(tmp_path: Path, env: WorkflowEnvironment) -> Iterator[dict[str, WorkerProcess]]:
     address = env.client.service_client.config.target_host
     for r in REGIONS:
         (tmp_path / r).mkdir()
         seed_region(tmp_path, r)
-    workers = {r: RegionWorker(tmp_path, r, address, f"{tmp_path.name}-{r}") for r in REGIONS}
+    workers = {
+        r: WorkerProcess(
+            tmp_path, address, f"{tmp_path.name}-{r}", sqlite_url(tmp_path / r / "catalog.db"), r
+        )
+        for r in REGIONS
+    }
     try:
         yield workers
     finally:
@@ -310,7 +265,7 @@ def test_a_worker_refuses_another_regions_work(tmp_path: Path) -> None:
 
 
 async def test_three_regions_canary_first_barrier_then_ordered_cutover(
-    client: Client, tmp_path: Path, regions: dict[str, RegionWorker]
+    client: Client, tmp_path: Path, regions: dict[str, WorkerProcess]
 ) -> None:
     spec = regional_spec(tmp_path)
     async with ControlPlane(client, tmp_path) as mc:
@@ -346,7 +301,7 @@ async def test_three_regions_canary_first_barrier_then_ordered_cutover(
 
 @pytest.mark.parametrize("policy", ["wait", "rollback_all"])
 async def test_a_region_failing_its_gates_rolls_back_and_the_others_follow_policy(
-    client: Client, tmp_path: Path, regions: dict[str, RegionWorker], policy: str
+    client: Client, tmp_path: Path, regions: dict[str, WorkerProcess], policy: str
 ) -> None:
     data = regional_spec(tmp_path).model_dump(mode="json")
     # us gets a target index that cannot reach the recall gate.
@@ -387,7 +342,7 @@ async def test_a_region_failing_its_gates_rolls_back_and_the_others_follow_polic
 
 
 async def test_a_killed_region_worker_holds_only_its_region(
-    client: Client, tmp_path: Path, regions: dict[str, RegionWorker]
+    client: Client, tmp_path: Path, regions: dict[str, WorkerProcess]
 ) -> None:
     spec = regional_spec(tmp_path, max_vectors_per_second=1500.0)
     async with ControlPlane(client, tmp_path) as mc:
@@ -522,7 +477,7 @@ def test_plan_of_a_regional_migration_names_queues_order_and_policy(tmp_path: Pa
 
 
 async def test_rollback_of_one_region_at_the_barrier_then_the_others_cut_over(
-    client: Client, tmp_path: Path, regions: dict[str, RegionWorker]
+    client: Client, tmp_path: Path, regions: dict[str, WorkerProcess]
 ) -> None:
     # Tenants "all": each region's own catalog says which tenants hold the collection.
     spec = regional_spec(tmp_path, tenants="all", cutover={"mode": "manual", "bake_seconds": 0.5})

@@ -245,15 +245,7 @@ def test_a_search_after_the_plan_is_built_asks_the_catalog_nothing(
     them in its overlay) or applied to it, and with a canary and shadow reads."""
     index = {"kind": kind, "m": 16, "ef_search": 64}
     vectors = clustered(1500, sandbox.dim, clusters=8, seed=3)
-    seed_collection(
-        sandbox.catalog,
-        "default",
-        "docs",
-        sandbox.version("v1", index),
-        sequential_ids(1500),
-        vectors,
-        shards=2,
-    )
+    sandbox.seed(vectors=vectors, index=index, shards=2)
     queries = vectors[:40] + np.float32(0.01)
     plain = Router(sandbox.catalog, refresh_seconds=600.0)  # no refresh during the test
     plain.search("default", "docs", queries[0], 5)  # builds the plan
@@ -304,15 +296,7 @@ def test_writes_reach_the_served_index_itself_and_every_router_agrees(sandbox: S
     and holds the same records."""
     hnsw = {"kind": "hnswlib_hnsw", "m": 16, "ef_search": 64}
     vectors = clustered(1000, sandbox.dim, clusters=8, seed=3)
-    seed_collection(
-        sandbox.catalog,
-        "default",
-        "docs",
-        sandbox.version("v1", hnsw),
-        sequential_ids(1000),
-        vectors,
-        shards=1,
-    )
+    sandbox.seed(vectors=vectors, index=hnsw, shards=1)
     one = Router(sandbox.catalog, refresh_seconds=0.1)
     other = Router(sandbox.catalog, refresh_seconds=0.1)
     for router in (one, other):

@@ -16,18 +16,22 @@ from typing import Any
 
 import numpy as np
 import pytest
-from sqlalchemy import event
+from qdrant_client.models import ProductQuantization, ScalarQuantization
+from sqlalchemy import event, text
 
 from tests.conftest import postgres_database
 from vecmigrate.catalog.engines import dispose_engines
 from vecmigrate.config import sqlite_url
 from vecmigrate.data.datasets import clustered
 from vecmigrate.errors import DataError, NotFoundError, PreconditionError
+from vecmigrate.indexes.sizes import index_bytes
 from vecmigrate.model.spec import (
     HnswlibHnsw,
     Metric,
     MilvusFlat,
     MilvusIvfFlat,
+    MilvusIvfPq,
+    MilvusIvfSq8,
     PgvectorHnsw,
     PgvectorIvfflat,
     QdrantHnsw,
@@ -46,7 +50,8 @@ from vecmigrate.stores import (
     VectorStore,
 )
 from vecmigrate.stores.base import WHOLE
-from vecmigrate.stores.milvus import close_clients
+from vecmigrate.stores.milvus import close_clients, index_type
+from vecmigrate.stores.qdrant import _quantization as qdrant_quantization
 from vecmigrate.stores.qdrant import close_clients as close_qdrant
 from vecmigrate.validation import recall_at_k
 
@@ -248,7 +253,7 @@ def test_adapters_agree_on_the_same_data(tmp_path: Path, request: pytest.Fixture
 
 
 def assert_native_index_matches_exact(
-    store: Any, vecs: np.ndarray, index: Any, metric: Metric
+    store: Any, vecs: np.ndarray, index: Any, metric: Metric, rtol: float = 0.0
 ) -> None:
     """Build the store's own index (twice: idempotent) and hold it to exact search."""
     store.upsert(np.arange(1, vecs.shape[0] + 1), vecs)
@@ -259,15 +264,20 @@ def assert_native_index_matches_exact(
     found_d, found = store.search_native(queries, 10, index, metric)
     assert recall_at_k(found, exact) >= 0.9
     # Distances follow one convention whatever the backend (smaller is closer).
-    assert np.allclose(found_d[:, 0], exact_d[:, 0], atol=1e-3)
+    assert np.allclose(found_d[:, 0], exact_d[:, 0], rtol=rtol, atol=1e-3)
 
 
 @pytest.mark.integration
 @pytest.mark.parametrize("metric", [Metric.L2, Metric.IP, Metric.COSINE])
 @pytest.mark.parametrize(
     "index",
-    [PgvectorHnsw(m=16, ef_construction=64, ef_search=80), PgvectorIvfflat(lists=8, probes=8)],
-    ids=lambda i: i.kind,
+    [
+        PgvectorHnsw(m=16, ef_construction=64, ef_search=80),
+        PgvectorIvfflat(lists=8, probes=8),
+        PgvectorHnsw(m=16, ef_construction=64, ef_search=80, precision="halfvec"),
+        PgvectorIvfflat(lists=8, probes=8, precision="halfvec"),
+    ],
+    ids=lambda i: f"{i.kind}-{i.precision}",
 )
 def test_pgvector_native_index_finds_the_exact_neighbours(
     tmp_path: Path, request: pytest.FixtureRequest, metric: Metric, index: Any
@@ -275,7 +285,35 @@ def test_pgvector_native_index_finds_the_exact_neighbours(
     store = make_opener("pgvector", tmp_path, request)(Scope("t", "c", "v"), 16)
     assert isinstance(store, PgvectorStore)
     vecs = clustered(1500, 16, clusters=12, seed=2)
-    assert_native_index_matches_exact(store, vecs, index, metric)
+    # A halfvec index compares half-precision values: distances agree to about 3 digits.
+    rtol = 2e-3 if index.precision == "halfvec" else 0.0
+    assert_native_index_matches_exact(store, vecs, index, metric, rtol)
+    dispose_engines()
+
+
+@pytest.mark.integration
+def test_a_pgvector_halfvec_index_is_smaller_as_the_size_model_says(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    store = make_opener("pgvector", tmp_path, request)(Scope("t", "c", "v"), 128)
+    assert isinstance(store, PgvectorStore)
+    store.upsert(np.arange(1, 3001), clustered(3000, 128, clusters=12, seed=2))
+    sizes = {}
+    for precision in ("vector", "halfvec"):
+        spec = PgvectorHnsw(precision=precision)
+        name = store.create_index(spec, Metric.L2)
+        with store.engine.connect() as conn:
+            sizes[precision] = conn.execute(
+                text("SELECT pg_relation_size(:n)"), {"n": name}
+            ).scalar_one()
+            definition = conn.execute(
+                text("SELECT indexdef FROM pg_indexes WHERE indexname = :n"), {"n": name}
+            ).scalar_one()
+        assert ("halfvec" in definition) == (precision == "halfvec"), definition
+        estimate = index_bytes(spec, 3000, 128)
+        assert abs(sizes[precision] - estimate) / sizes[precision] < 0.1, (sizes, estimate)
+    # Half the vector's bytes; the graph's links stay the same size.
+    assert sizes["halfvec"] < 0.75 * sizes["vector"], sizes
     dispose_engines()
 
 
@@ -295,6 +333,17 @@ def test_pgvector_capabilities_refuse_what_it_cannot_hold() -> None:
     ]
     flat = big.model_copy(update={"index": HnswlibHnsw()})
     assert caps.problems(flat, "target") == []
+    half = big.model_copy(update={"index": PgvectorHnsw(precision="halfvec")})
+    assert caps.problems(half, "target") == []  # halfvec indexes take up to 4,000
+    assert caps.problems(
+        half.model_copy(
+            update={"embedding": half.embedding.model_copy(update={"dimension": 5000})}
+        ),
+        "target",
+    ) == [
+        "target.index pgvector_hnsw supports at most 4000 dimensions, not 5000: use a "
+        "FAISS/hnswlib index kind (built from the data by vecmigrate) instead"
+    ]
     assert CAPABILITIES["builtin"].problems(big, "target") == [
         "target.store (builtin) cannot build pgvector_hnsw natively"
     ]
@@ -314,17 +363,53 @@ def test_milvus_native_index_finds_the_exact_neighbours(
     close_clients()
 
 
+def test_milvus_lite_refuses_the_kinds_only_a_server_builds() -> None:
+    lite = VersionSpec.model_validate(
+        {
+            "name": "v2",
+            "store": {"kind": "milvus", "uri": "/srv/milvus.db"},
+            "embedding": {"model_id": "m", "dimension": 64},
+            "index": {"kind": "milvus_ivf_sq8"},
+        }
+    )
+    problems = CAPABILITIES["milvus"].problems(lite, "target")
+    assert problems == [
+        "target.index milvus_ivf_sq8 needs a milvus server: the embedded engine a local path "
+        "(/srv/milvus.db) runs builds only milvus_flat, milvus_ivf_flat"
+    ]
+    server = lite.model_copy(
+        update={"store": lite.store.model_copy(update={"uri": "http://milvus:19530"})}
+    )
+    assert CAPABILITIES["milvus"].problems(server, "target") == []
+    assert index_type(MilvusIvfPq(nlist=64, m=8, nbits=8)) == (
+        "IVF_PQ",
+        {"nlist": 64, "m": 8, "nbits": 8},
+    )
+    assert index_type(MilvusIvfSq8(nlist=64)) == ("IVF_SQ8", {"nlist": 64})
+
+
 @pytest.mark.integration
 @pytest.mark.parametrize("metric", [Metric.L2, Metric.IP])
-def test_qdrant_native_hnsw_finds_the_exact_neighbours(tmp_path: Path, metric: Metric) -> None:
+@pytest.mark.parametrize("quantization", ["none", "scalar", "product"])
+def test_qdrant_native_hnsw_finds_the_exact_neighbours(
+    tmp_path: Path, metric: Metric, quantization: str
+) -> None:
     ref = QdrantStoreRef(path=str(tmp_path))
     store = QdrantStore.open(ref, Scope("t", "c", "v"), 16, metric=str(metric))
     vecs = clustered(1500, 16, clusters=12, seed=2)
-    assert_native_index_matches_exact(store, vecs, QdrantHnsw(m=16, ef_construct=64, ef=80), metric)
-    # The graph's parameters are the spec's, set on the collection and recorded in its metadata
-    # (qdrant-client's local mode searches exactly; a server builds the graph with them).
-    made = store.client.get_collection(store.name).config.metadata["vecmigrate"]
-    assert made["index"] == {"kind": "qdrant_hnsw", "m": 16, "ef_construct": 64, "ef": 80}
+    # Product codes 16 times smaller than 16 dimensions are 4 bytes: rescoring needs more
+    # candidates from them to find the exact top 10.
+    index = QdrantHnsw(m=16, ef_construct=64, ef=80, quantization=quantization, oversampling=4)
+    assert_native_index_matches_exact(store, vecs, index, metric)
+    # The graph's parameters and the quantization are the spec's, set on the collection and
+    # recorded in its metadata (qdrant-client's local mode searches exactly; a server builds the
+    # graph and the codes with them).
+    config = store.client.get_collection(store.name).config
+    assert config.metadata["vecmigrate"]["index"] == index.model_dump(mode="json")
+    # What a server is sent to keep beside the full vectors (the local mode keeps no codes).
+    sent = qdrant_quantization(index)
+    expected = {"none": type(None), "scalar": ScalarQuantization, "product": ProductQuantization}
+    assert isinstance(sent, expected[quantization])
     assert store.count() == 1500
     close_qdrant()
 

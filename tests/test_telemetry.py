@@ -302,6 +302,12 @@ def test_telemetry_follows_the_otel_variables() -> None:
     assert not console.metering
     otlp = configure("t", environ={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317"})
     assert otlp.tracing
+    assert otlp.tracer_provider is not None
+    assert otlp.tracer_provider.resource.attributes["service.name"] == "t"
+    # A region's worker names itself: the variable wins over the code's default.
+    named = configure("t", environ={"OTEL_TRACES_EXPORTER": "console", "OTEL_SERVICE_NAME": "w-us"})
+    assert named.tracer_provider is not None
+    assert named.tracer_provider.resource.attributes["service.name"] == "w-us"
     http = configure(
         "t",
         environ={

@@ -32,6 +32,8 @@ from vecmigrate.workflows.compaction import CompactionWorkflow
 from vecmigrate.workflows.identity import CallerInterceptor
 from vecmigrate.workflows.migration import MigrationWorkflow
 from vecmigrate.workflows.regional import RegionalMigrationWorkflow
+from vecmigrate.workflows.retention import RetentionWorkflow
+from vecmigrate.workflows.scheduled import ScheduledMigrationWorkflow
 
 
 def build_worker(
@@ -57,7 +59,13 @@ def build_worker(
     return Worker(
         client,
         task_queue=task_queue,
-        workflows=[MigrationWorkflow, RegionalMigrationWorkflow, CompactionWorkflow],
+        workflows=[
+            MigrationWorkflow,
+            RegionalMigrationWorkflow,
+            ScheduledMigrationWorkflow,
+            RetentionWorkflow,
+            CompactionWorkflow,
+        ],
         activities=acts.all() + CompactionActivities(catalog_url).all(),
         activity_executor=executor,
         # Who sent each message (its ``vecmigrate-caller`` header), for the operator roles;

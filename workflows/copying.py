@@ -54,6 +54,9 @@ class Copying(MigrationCore):
         self._refuse(Message.SET_THROTTLE, ThrottleRequest.of(req).problem())
 
     async def _backfill(self, inp: MigrationInput) -> None:
+        if self._status.promotion is not None:
+            await self._resync()
+            return
         if not self._builds_while_copying():
             await self._for_each_shard(self._shards_not_in({"pending", "copying"}), self._copy)
             return
@@ -76,6 +79,30 @@ class Copying(MigrationCore):
             self._shards_not_in({"pending", "copying", "copied", "indexing"}),
             copy_then_build,
             window=2 * parallel,
+        )
+
+    async def _resync(self) -> None:
+        """A retained version promoted back: instead of a copy, replay the writes it missed
+        (logged after it stopped being written) until a pass finds nothing newer."""
+        promotion = self._status.promotion
+        assert promotion is not None
+        while True:
+            result = await self._work(
+                "resync",
+                "catch_up",
+                CatchUpInput(**self._task(), after=promotion.written_until, seconds=60.0),
+                CatchUpResult,
+                timedelta(minutes=30),
+            )
+            if result.drained:
+                break
+        for progress in self._status.shards:
+            progress.copied, progress.state = progress.total, "indexed"
+        await self._record(
+            "promotion.resynced",
+            "vecmigrate",
+            {"version": promotion.version, "after": promotion.written_until}
+            | result.model_dump(mode="json"),
         )
 
     def _builds_while_copying(self) -> bool:

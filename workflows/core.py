@@ -18,7 +18,11 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    WorkflowAlreadyStartedError,
+)
 
 from vecmigrate.workflows.calls import append_ledger, event_key, long_call, short_call
 from vecmigrate.workflows.search import SEARCH_ATTRIBUTES, updates
@@ -26,6 +30,7 @@ from vecmigrate.workflows.signals import ROLES, RULES, OperatorSignals
 
 with workflow.unsafe.imports_passed_through():
     from vecmigrate.model.access import AccessPolicy
+    from vecmigrate.model.costs import StorageSnapshot
     from vecmigrate.model.lifecycle import (
         LIFECYCLE,
         OUTCOMES,
@@ -51,13 +56,20 @@ with workflow.unsafe.imports_passed_through():
         LedgerAck,
         LedgerInput,
         LogHeadInput,
+        RetentionInput,
         RoutingChangeInput,
         ShardRef,
+        StorageInput,
         VersionStateInput,
         selected_hash_shards,
     )
 
 T = TypeVar("T")
+
+# Patches of this release: the storage figures a migration records at its peak and once
+# finalized, and the retention timer a spec's retention starts for the version it leaves.
+STORAGE_FIGURES = "storage-figures"
+RETENTION_TIMER = "retention-timer"
 
 # Continue as new before the history reaches this many events, less what draining the shard
 # window may add (about a dozen events a shard).
@@ -123,6 +135,9 @@ class MigrationCore(OperatorSignals):
             self._shards = carried.shards or selected_hash_shards(spec.shards)
         self._status.spec_hash = self._spec_hash
         self._by_shard = {p.shard: p for p in self._status.shards}
+        # Outside every maintenance window (when the spec has windows): the heavy phases wait.
+        windows = spec.windows
+        self._window_closed = windows is not None and windows.open_until(workflow.now()) is None
 
     def _task(self) -> dict[str, Any]:
         """What names this migration's work in every data-plane task (never the spec itself)."""
@@ -148,7 +163,9 @@ class MigrationCore(OperatorSignals):
         if current.phase not in TERMINAL:
             current.phase_seconds[current.phase] = self._phase_seconds()
             current.as_of = workflow.now().isoformat()
-        if current.paused:
+        if not self._window_holds():
+            current.window_until = current.window_note = ""
+        if current.paused or self._window_holds():
             # A copy stops between batches when paused: it is not copying any more.
             for shard in current.shards:
                 if shard.state == "copying":
@@ -296,7 +313,7 @@ class MigrationCore(OperatorSignals):
                 "set_control",
                 ControlInput(
                     migration_id=self._status.migration_id,
-                    paused=self._status.paused,
+                    paused=self._status.paused or self._window_holds(),
                     max_vectors_per_second=self._status.max_vectors_per_second,
                     region=self._spec.region,
                 ),
@@ -432,10 +449,59 @@ class MigrationCore(OperatorSignals):
         if self._status.paused:
             await self._report()
         await workflow.wait_condition(
-            lambda: not self._status.paused or self._interrupt is not None
+            lambda: (
+                (not self._status.paused and not self._window_holds())
+                or self._interrupt is not None
+            )
         )
         if self._interrupt is not None:
             raise StopRequestedError()
+
+    # -- maintenance windows ------------------------------------------------------------------
+
+    def _window_holds(self) -> bool:
+        """Whether the maintenance windows hold the current phase back now."""
+        windows = self._spec.windows
+        return windows is not None and self._window_closed and windows.holds(self._status.phase)
+
+    async def _keep_windows(self) -> None:
+        """Follow the spec's maintenance windows on durable timers: at each closing, running
+        copies stop after their batch and no heavy work starts; at the next opening it goes
+        on. Runs beside the lifecycle for as long as the run does."""
+        windows = self._spec.windows
+        assert windows is not None
+        while True:
+            now = workflow.now()
+            closes = windows.open_until(now)
+            opens = None if closes is not None else windows.next_opening(now)
+            await self._window_changed(closes is None, opens)
+            wake = closes or opens
+            if wake is None:
+                return  # no window opens again: the held phases wait for an operator's abort
+            await workflow.sleep(max(timedelta(seconds=1), wake - now))
+
+    async def _window_changed(self, closed: bool, opens: datetime | None) -> None:
+        st = self._status
+        until = opens.isoformat() if closed and opens is not None else ""
+        if closed == self._window_closed and until == st.window_until:
+            return
+        self._window_closed = closed
+        st.window_until = until
+        if closed:
+            note = f"until {until}" if until else "and no window opens again"
+            st.window_note = (
+                f"outside the maintenance window {note}: "
+                + ", ".join(self._spec.windows.phases if self._spec.windows else ())
+                + " wait on a durable timer"
+            )
+        else:
+            st.window_note = ""
+        await self._record(
+            "window.closed" if closed else "window.opened",
+            "vecmigrate",
+            {"phase": str(st.phase), "until": until},
+        )
+        await self._sync_control()
 
     async def _step(self, name: str, make: Callable[[], Awaitable[T]]) -> T:
         """Run a step until it succeeds; a failure pauses for an operator, who may resume it.
@@ -607,6 +673,53 @@ class MigrationCore(OperatorSignals):
             summary="change-log head",
         )
         return head
+
+    # -- storage and retention ----------------------------------------------------------------
+
+    async def _storage(self, stage: str) -> None:
+        """Measure both versions and the change log at ``stage`` into the ledger (once
+        finalized, the log and artifacts nothing needs go first). Runs started before this
+        release record none."""
+        if not workflow.patched(STORAGE_FIGURES):
+            return
+        snapshot: StorageSnapshot = await short_call(
+            "record_storage",
+            StorageInput(**self._task(), stage=stage),
+            StorageSnapshot,
+            summary=f"storage: {stage}",
+        )
+        self._status.ledger_entries += 1  # the activity wrote "storage"
+        self._status.storage_bytes[stage] = snapshot.total
+
+    async def _retain(self, version: str, left_as: str, seconds: float | None) -> None:
+        """Start the retention timer of a version this migration leaves (abandoned by the
+        migration, so it outlives it)."""
+        if seconds is None or not workflow.patched(RETENTION_TIMER):
+            return
+        spec = self._spec
+        child = f"retention.{spec.migration_id}.{version}"
+        # Already started (a retried command of this run): the timer runs once.
+        with contextlib.suppress(WorkflowAlreadyStartedError):
+            await workflow.start_child_workflow(
+                "RetentionWorkflow",
+                RetentionInput(
+                    tenant=spec.tenant,
+                    collection=spec.collection,
+                    version=version,
+                    left_as=left_as,
+                    keep_seconds=seconds,
+                    migration_id=spec.migration_id,
+                    region=spec.region,
+                ),
+                id=child,
+                task_queue=workflow.info().task_queue,
+                parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+            )
+        await self._record(
+            "retention.started",
+            "vecmigrate",
+            {"version": version, "left_as": left_as, "keep_seconds": seconds, "timer": child},
+        )
 
     # -- work one box hands to another --------------------------------------------------------
 

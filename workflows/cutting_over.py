@@ -76,6 +76,7 @@ class CuttingOver(MigrationCore):
                 key="finalize",
             )
             await self._set_state(spec.target.name, "retained", "vecmigrate")
+            await self._storage("finalized")
             return
         await self._set_routing(
             read_version=spec.target.name,
@@ -86,6 +87,9 @@ class CuttingOver(MigrationCore):
             key="finalize",
         )
         await self._set_state(spec.source.name, "retained", "vecmigrate")
+        await self._storage("finalized")
+        keep = spec.retention.retired_seconds if spec.retention else None
+        await self._retain(spec.source.name, "retired", keep)
 
     def _reversible(self) -> bool:
         """A rollback where the table sends it back to AWAITING_CUTOVER (online, reading from

@@ -40,6 +40,8 @@ class Ending(MigrationCore):
             await self._set_state(spec.source.name, "serving", msg.operator)
         if self._target_registered:
             await self._set_state(spec.target.name, "abandoned", msg.operator)
+            keep = spec.retention.abandoned_seconds if spec.retention else None
+            await self._retain(spec.target.name, "abandoned", keep)
         await self._enter(Phase.ROLLED_BACK, actor=msg.operator)
 
     async def _abort(self, msg: OperatorMessage) -> None:

@@ -29,6 +29,17 @@ class Indexing(MigrationCore):
     """The BUILDING_INDEX box."""
 
     async def _build_index(self, inp: MigrationInput) -> None:
+        promotion = self._status.promotion
+        if promotion is not None:
+            # The retained version's index is reused: its log position is already recorded,
+            # and readers overlay what it lacks.
+            self._status.index_version = promotion.index_id
+            await self._record(
+                "index.registered",
+                "vecmigrate",
+                {"index_id": promotion.index_id, "reused": True, "artifacts": 0, "checksum": ""},
+            )
+            return
         native: ArtifactRef | None = None
         position = await self._index_position()
         if is_native(self._spec.target.index):

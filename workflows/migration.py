@@ -17,6 +17,7 @@ checksums.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 from temporalio import workflow
@@ -72,9 +73,13 @@ class MigrationWorkflow(Preparing, Copying, Indexing, Shadowing, CuttingOver, En
                 caller=self._status.started_by or None,
             )
         await self._load_policy()
+        # Only a spec with maintenance windows (none before they existed) keeps them.
+        keeper = asyncio.ensure_future(self._keep_windows()) if spec.windows else None
         try:
             await self._lifecycle(inp)
         except HistoryFullError:
+            if keeper is not None:
+                keeper.cancel()
             await workflow.wait_condition(workflow.all_handlers_finished)
             workflow.continue_as_new(
                 MigrationInput(spec=spec, requested_by=inp.requested_by, carried=self._carry())
@@ -85,6 +90,9 @@ class MigrationWorkflow(Preparing, Copying, Indexing, Shadowing, CuttingOver, En
                 await self._roll_back(self._interrupt.message)
             else:
                 await self._abort(self._interrupt.message)
+        finally:
+            if keeper is not None:
+                keeper.cancel()
         await workflow.wait_condition(workflow.all_handlers_finished)
         final = self._shown()
         error = OUTCOMES[final.phase].error

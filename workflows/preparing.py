@@ -17,6 +17,11 @@ with workflow.unsafe.imports_passed_through():
     from vecmigrate.model.tasks import PrepareInput, PrepareResult
 
 
+# The patch that lets a migration promote a retained version back (a prepare of an earlier
+# release never names one).
+PROMOTE_RETAINED = "promote-retained"
+
+
 class Preparing(MigrationCore):
     """The PREPARING box."""
 
@@ -31,6 +36,8 @@ class Preparing(MigrationCore):
         )
         self._status.routing = prep.routing
         self._source_index = prep.source_index
+        if prep.promotion is not None and workflow.patched(PROMOTE_RETAINED):
+            self._status.promotion = prep.promotion
         self._target_registered = True
         self._shards = prep.shards
         self._status.shards = [

@@ -149,6 +149,7 @@ class Validating(MigrationCore):
                 report = st.gates
                 await self._record("gate", "vecmigrate", report.model_dump(mode="json"))
             if report.passed:
+                await self._storage("peak")
                 st.remedies = []
                 # Set before the phase changes, so no status shows AWAITING_CUTOVER without why.
                 waits = self._strategy.after(Phase.VALIDATING) == Phase.AWAITING_CUTOVER

@@ -21,7 +21,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,50 @@ def fresh_sandbox(name: str) -> Sandbox:
 def save(name: str, history: WorkflowHistory, note: str = "") -> None:
     (HERE / f"{name}.json").write_text(history.to_json())
     print(f"wrote {name}.json ({len(history.events)} events{note})")
+
+
+# The online settings of the recordings: short shadow and ramp windows, lenient gates.
+ONLINE: dict[str, Any] = {
+    "settle_seconds": 0.5,
+    "shadow": {
+        "percent": 100,
+        "seconds": 1,
+        "min_samples": 5,
+        "min_overlap": 0.5,
+        "max_p99_ratio": 50.0,
+    },
+    "ramp": {"steps": [50], "step_seconds": 1},
+}
+
+
+@contextmanager
+def live_traffic(catalog: Catalog, vectors: np.ndarray, on: bool = True) -> Iterator[None]:
+    """Search, and write every fifth request, through a router on a side thread while the block
+    runs (``on=False``: no traffic)."""
+    router = Router(catalog, refresh_seconds=0.2)
+    stop = threading.Event()
+
+    def traffic() -> None:
+        n = 0
+        while not stop.is_set():
+            router.search("default", "docs", vectors[n % len(vectors)], 5, key=f"k{n}")
+            if n % 5 == 0:
+                router.upsert(
+                    "default", "docs", np.array([100_000 + n]), vectors[n % len(vectors)][None]
+                )
+            n += 1
+            time.sleep(0.01)
+
+    side = threading.Thread(target=traffic, daemon=True)
+    if on:
+        side.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        if side.is_alive():
+            side.join()
+        router.close()
 
 
 async def record_blue_green(env: WorkflowEnvironment, name: str) -> None:
@@ -137,43 +182,15 @@ async def record_online(env: WorkflowEnvironment, name: str) -> None:
     vectors = sandbox.seed(3000)
     spec = sandbox.spec(
         strategy="online",
-        online={
-            "settle_seconds": 0.5,
-            "shadow": {
-                "percent": 100,
-                "seconds": 1,
-                "min_samples": 5,
-                "min_overlap": 0.5,
-                "max_p99_ratio": 50.0,
-            },
-            "ramp": {"steps": [50], "step_seconds": 1},
-        },
+        online=ONLINE,
         cutover={"mode": "manual", "bake_seconds": 2},
     )
-    router = Router(sandbox.catalog, refresh_seconds=0.2)
-    stop = threading.Event()
-
-    def traffic() -> None:
-        n = 0
-        while not stop.is_set():
-            router.search("default", "docs", vectors[n % 3000], 5, key=f"k{n}")
-            if n % 5 == 0:
-                router.upsert("default", "docs", np.array([100_000 + n]), vectors[n % 3000][None])
-            n += 1
-            time.sleep(0.01)
-
-    side = threading.Thread(target=traffic, daemon=True)
-    side.start()
-    try:
+    with live_traffic(sandbox.catalog, vectors):
         async with running_worker(env.client, sandbox) as queue:
             mc = MigrationClient(env.client, queue)
             final = await run_drill(mc, spec, lambda _: None, operator="recorder")
             assert final.phase == Phase.COMPLETED, final
             history = await mc.handle(final.migration_id).fetch_history()
-    finally:
-        stop.set()
-        side.join()
-        router.close()
     save(name, history)
 
 
@@ -189,17 +206,6 @@ async def record_v2(env: WorkflowEnvironment, name: str) -> None:
     vectors = sandbox.seed(3000)
     manual = {"mode": "manual", "bake_seconds": 0.5}
     automatic = {"mode": "automatic", "bake_seconds": 0.5}
-    online = {
-        "settle_seconds": 0.5,
-        "shadow": {
-            "percent": 100,
-            "seconds": 1,
-            "min_samples": 5,
-            "min_overlap": 0.5,
-            "max_p99_ratio": 50.0,
-        },
-        "ramp": {"steps": [50], "step_seconds": 1},
-    }
     specs = {
         "blue_green_completed": sandbox.spec(cutover=automatic),
         "blue_green_rolled_back": sandbox.spec(cutover=manual),
@@ -213,26 +219,12 @@ async def record_v2(env: WorkflowEnvironment, name: str) -> None:
             cutover=manual,
         ),
         "offline_completed": sandbox.spec(strategy="offline", cutover=automatic),
-        "online_drill": sandbox.spec(strategy="online", online=online, cutover=manual),
-        "shadow_only_completed": sandbox.spec(strategy="shadow_only", online=online),
+        "online_drill": sandbox.spec(strategy="online", online=ONLINE, cutover=manual),
+        "shadow_only_completed": sandbox.spec(strategy="shadow_only", online=ONLINE),
     }
     spec = specs[case]
-    router = Router(sandbox.catalog, refresh_seconds=0.2)
-    stop = threading.Event()
-
-    def traffic() -> None:
-        n = 0
-        while not stop.is_set():
-            router.search("default", "docs", vectors[n % 3000], 5, key=f"k{n}")
-            if n % 5 == 0:
-                router.upsert("default", "docs", np.array([100_000 + n]), vectors[n % 3000][None])
-            n += 1
-            time.sleep(0.01)
-
-    side = threading.Thread(target=traffic, daemon=True)
-    if spec.strategy in ("online", "shadow_only"):  # shadow gates need live reads
-        side.start()
-    try:
+    # Shadow gates need live reads.
+    with live_traffic(sandbox.catalog, vectors, on=spec.strategy in ("online", "shadow_only")):
         async with running_worker(env.client, sandbox) as queue:
             mc = MigrationClient(env.client, queue)
             if case == "online_drill":
@@ -269,11 +261,6 @@ async def record_v2(env: WorkflowEnvironment, name: str) -> None:
                 await until(mc, mid, lambda s: s.phase == Phase.AWAITING_CUTOVER)
                 await mc.signal(mid, "approve_cutover", operator="recorder")
             await finish(mc, mid, name)
-    finally:
-        stop.set()
-        if side.is_alive():
-            side.join()
-        router.close()
 
 
 async def until(mc: MigrationClient, mid: str, ok: Callable[[Any], bool]) -> None:

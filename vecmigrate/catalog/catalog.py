@@ -29,6 +29,7 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -57,6 +58,29 @@ from vecmigrate.security.keyring import LEDGER_MAC, KeyRing, environment_keyring
 
 metadata = MetaData()
 
+
+def scope_columns(*, primary_key: bool) -> tuple[Column[str], Column[str]]:
+    """The tenant and collection a row belongs to: the first columns of its primary key, or
+    required columns beside a key of its own."""
+    if primary_key:
+        return (
+            Column("tenant", String(64), primary_key=True),
+            Column("collection", String(64), primary_key=True),
+        )
+    return (
+        Column("tenant", String(64), nullable=False),
+        Column("collection", String(64), nullable=False),
+    )
+
+
+def sequence_key(name: str) -> Column[int]:
+    """An ever-growing 64-bit primary key the database assigns (INTEGER on SQLite, which only
+    auto-increments its rowid alias)."""
+    return Column(
+        name, BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+
+
 collections = Table(
     "collections",
     metadata,
@@ -79,8 +103,7 @@ embedding_schemas = Table(
 vector_versions = Table(
     "vector_versions",
     metadata,
-    Column("tenant", String(64), primary_key=True),
-    Column("collection", String(64), primary_key=True),
+    *scope_columns(primary_key=True),
     Column("version", String(64), primary_key=True),
     Column("embedding_schema", String(64), nullable=False),
     Column("store", JSON, nullable=False),
@@ -94,8 +117,7 @@ index_versions = Table(
     "index_versions",
     metadata,
     Column("id", String(200), primary_key=True),
-    Column("tenant", String(64), nullable=False),
-    Column("collection", String(64), nullable=False),
+    *scope_columns(primary_key=False),
     Column("version", String(64), nullable=False),
     Column("spec", JSON, nullable=False),
     Column("artifacts", JSON, nullable=False),
@@ -107,8 +129,7 @@ index_versions = Table(
 routing = Table(
     "routing",
     metadata,
-    Column("tenant", String(64), primary_key=True),
-    Column("collection", String(64), primary_key=True),
+    *scope_columns(primary_key=True),
     Column("read_version", String(64)),
     Column("read_index", String(200)),
     Column("write_versions", JSON, nullable=False),
@@ -144,8 +165,7 @@ migrations = Table(
     "migrations",
     metadata,
     Column("id", String(200), primary_key=True),
-    Column("tenant", String(64), nullable=False),
-    Column("collection", String(64), nullable=False),
+    *scope_columns(primary_key=False),
     Column("source_version", String(64), nullable=False),
     Column("target_version", String(64), nullable=False),
     Column("spec", JSON, nullable=False),
@@ -161,8 +181,7 @@ ledger = Table(
     metadata,
     Column("seq", Integer, primary_key=True, autoincrement=True),
     Column("migration_id", String(200)),
-    Column("tenant", String(64), nullable=False),
-    Column("collection", String(64), nullable=False),
+    *scope_columns(primary_key=False),
     Column("at", String(40), nullable=False),
     Column("actor", String(200), nullable=False),
     Column("kind", String(64), nullable=False),
@@ -184,8 +203,7 @@ ledger = Table(
 access_roles = Table(
     "access_roles",
     metadata,
-    Column("tenant", String(64), primary_key=True),
-    Column("collection", String(64), primary_key=True),
+    *scope_columns(primary_key=True),
     Column("identity", String(200), primary_key=True),
     Column("role", String(16), nullable=False),
     Column("granted_by", String(200), nullable=False),
@@ -195,8 +213,7 @@ access_roles = Table(
 access_settings = Table(
     "access_settings",
     metadata,
-    Column("tenant", String(64), primary_key=True),
-    Column("collection", String(64), primary_key=True),
+    *scope_columns(primary_key=True),
     Column("four_eyes", Boolean, nullable=False),
 )
 
@@ -501,6 +518,44 @@ class Catalog:
             migration_id=row["migration_id"],
         )
 
+    def list_collections(self) -> list[tuple[str, str]]:
+        """Every (tenant, collection) registered, sorted."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(collections.c.tenant, collections.c.name).order_by(
+                    collections.c.tenant, collections.c.name
+                )
+            ).all()
+        return [(r[0], r[1]) for r in rows]
+
+    def versions_of(self, tenant: str, collection: str) -> list[VersionRecord]:
+        """Every registered version of a collection, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(vector_versions.c.version)
+                .where(
+                    (vector_versions.c.tenant == tenant)
+                    & (vector_versions.c.collection == collection)
+                )
+                .order_by(vector_versions.c.created_at)
+            ).all()
+        found = [self.find_version(tenant, collection, r[0]) for r in rows]
+        return [v for v in found if v is not None]
+
+    def indexes_of(self, tenant: str, collection: str, version: str) -> list[IndexVersionRecord]:
+        """Every index registered for a version, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(index_versions.c.id)
+                .where(
+                    (index_versions.c.tenant == tenant)
+                    & (index_versions.c.collection == collection)
+                    & (index_versions.c.version == version)
+                )
+                .order_by(index_versions.c.created_at)
+            ).all()
+        return [self.get_index(r[0]) for r in rows]
+
     def set_version_state(self, tenant: str, collection: str, version: str, state: str) -> None:
         """Move a version to a new state (building, ready, serving, retained, abandoned)."""
         with begin(self.engine) as conn:
@@ -752,6 +807,22 @@ class Catalog:
             raise NotFoundError(f"no migration {migration_id!r} in the catalog")
         return dict(row)
 
+    def migrations_of(self, tenant: str, collection: str) -> list[dict[str, Any]]:
+        """Every migration of a collection as recorded here, oldest first."""
+        with self.engine.connect() as conn:
+            rows = (
+                conn.execute(
+                    select(migrations)
+                    .where(
+                        (migrations.c.tenant == tenant) & (migrations.c.collection == collection)
+                    )
+                    .order_by(migrations.c.created_at)
+                )
+                .mappings()
+                .all()
+            )
+        return [dict(r) for r in rows]
+
     # -- ledger ------------------------------------------------------------------------------
 
     def append(
@@ -862,6 +933,10 @@ class Catalog:
                 seq=int(seq[0]), prev_hash=prev, hash=digest, key_id=key_id, mac=mac, **body
             )
         raise RuntimeError("could not append to the ledger after 50 attempts")
+
+    def entry_by_key(self, event_key: str) -> LedgerEntry | None:
+        """The entry appended with ``event_key``, or None."""
+        return self._entry_by_key(event_key)
 
     def _entry_by_key(self, event_key: str) -> LedgerEntry | None:
         with self.engine.connect() as conn:

@@ -32,7 +32,6 @@ from sqlalchemy import (
     Column,
     DateTime,
     Index,
-    Integer,
     LargeBinary,
     String,
     Table,
@@ -43,7 +42,7 @@ from sqlalchemy import (
     text,
 )
 
-from vecmigrate.catalog.catalog import Catalog, metadata, now
+from vecmigrate.catalog.catalog import Catalog, metadata, now, scope_columns, sequence_key
 from vecmigrate.catalog.documents import Documents, delete_texts, write_texts
 from vecmigrate.catalog.engines import begin, once_per_engine
 from vecmigrate.errors import DataError
@@ -52,11 +51,8 @@ from vecmigrate.records.vectors import Ids, Vectors
 changes = Table(
     "change_log",
     metadata,
-    Column(
-        "seq", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    ),
-    Column("tenant", String(64), nullable=False),
-    Column("collection", String(64), nullable=False),
+    sequence_key("seq"),
+    *scope_columns(primary_key=False),
     Column("id", BigInteger, nullable=False),
     Column("op", String(8), nullable=False),
     # float32 little-endian, in the space of the version serving reads when it was written;
@@ -113,6 +109,19 @@ class Changes:
 
     def __len__(self) -> int:
         return len(self.ops)
+
+    def first(self, n: int) -> Changes:
+        """The oldest ``n`` entries (all of them, the same object, when there are no more)."""
+        if n >= len(self):
+            return self
+        return Changes(
+            seqs=self.seqs[:n],
+            ids=self.ids[:n],
+            ops=self.ops[:n],
+            vectors=self.vectors[:n],
+            texts=self.texts[:n],
+            spaces=self.spaces[:n],
+        )
 
     def _last(self) -> dict[int, int]:
         last: dict[int, int] = {}
@@ -348,6 +357,50 @@ class ChangeLog:
                     if record_id not in latest or latest[record_id][0] < seq:
                         latest[record_id] = (seq, op)
         return np.asarray([i for i, (_, op) in latest.items() if op == DELETE], np.int64)
+
+    def compact(self, tenant: str, collection: str, upto: int) -> int:
+        """Remove the entries up to ``upto`` that a later entry of the same id supersedes;
+        returns how many went.
+
+        Every reader of the log takes its net effect (the last write of each id wins, deletes
+        are tombstones), so an entry superseded by a later one changes nothing for any reader,
+        wherever it starts: only the newest entry of each id matters.
+        """
+        where = (changes.c.tenant == tenant) & (changes.c.collection == collection)
+        newest = select(func.max(changes.c.seq)).where(where).group_by(changes.c.id)
+        with begin(self.engine) as conn:
+            n = conn.execute(
+                changes.delete().where(
+                    where & (changes.c.seq <= upto) & changes.c.seq.not_in(newest)
+                )
+            ).rowcount
+        return int(n or 0)
+
+    def truncate(self, tenant: str, collection: str, through: int) -> int:
+        """Remove a collection's entries up to ``through``, keeping its newest entry (the head
+        stays where it is, and sequence numbers are never reused); returns how many went."""
+        where = (changes.c.tenant == tenant) & (changes.c.collection == collection)
+        head = self.head(tenant, collection)
+        with begin(self.engine) as conn:
+            n = conn.execute(
+                changes.delete().where(where & (changes.c.seq <= min(through, head - 1)))
+            ).rowcount
+        return int(n or 0)
+
+    def size(self, tenant: str, collection: str) -> tuple[int, int]:
+        """A collection's entries and their bytes (vectors, texts and about 40 bytes a row)."""
+        where = (changes.c.tenant == tenant) & (changes.c.collection == collection)
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(
+                    func.count(),
+                    func.coalesce(func.sum(func.length(changes.c.vector)), 0),
+                    func.coalesce(func.sum(func.length(changes.c.text)), 0),
+                ).where(where)
+            ).first()
+        assert row is not None
+        entries = int(row[0])
+        return entries, entries * 40 + int(row[1]) + int(row[2])
 
     # -- compactions ----------------------------------------------------------------------------
 

@@ -15,7 +15,6 @@ from sqlalchemy import (
     BigInteger,
     Column,
     Connection,
-    String,
     Table,
     Text,
     func,
@@ -23,7 +22,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from vecmigrate.catalog.catalog import Catalog, metadata
+from vecmigrate.catalog.catalog import Catalog, metadata, scope_columns
 from vecmigrate.catalog.engines import begin, once_per_engine
 from vecmigrate.errors import DataError
 from vecmigrate.records.vectors import Ids, check_texts
@@ -31,8 +30,7 @@ from vecmigrate.records.vectors import Ids, check_texts
 documents = Table(
     "documents",
     metadata,
-    Column("tenant", String(64), primary_key=True),
-    Column("collection", String(64), primary_key=True),
+    *scope_columns(primary_key=True),
     Column("id", BigInteger, primary_key=True, autoincrement=False),
     Column("text", Text, nullable=False),
 )

@@ -48,6 +48,12 @@ def add_commands(sub: Any) -> dict[str, Command]:
         "$VECMIGRATE_HOME)",
     )
     shared.add_argument("--operator", default=None, help="who you are, for the ledger")
+    # The commands that re-wrap artifacts' data keys find them under the catalog's versions and
+    # in these directories.
+    artifacts = argparse.ArgumentParser(add_help=False, parents=[shared])
+    artifacts.add_argument(
+        "--artifacts", action="append", default=[], help="another artifact directory"
+    )
     p = sub.add_parser("keys", help="the key ring (rotation included) and API keys")
     ksub = p.add_subparsers(dest="keys_command", required=True)
     ksub.add_parser(
@@ -58,24 +64,21 @@ def add_commands(sub: Any) -> dict[str, Command]:
     )
     k = ksub.add_parser(
         "rotate",
-        parents=[shared],
+        parents=[artifacts],
         help="add a key and make it active; re-wrap the artifacts' data keys under it (the "
         "data is not re-encrypted; migrations running meanwhile carry on)",
     )
-    k.add_argument("--artifacts", action="append", default=[], help="another artifact directory")
     k.add_argument("--no-rewrap", action="store_true", help="rotate only; re-wrap later")
-    k = ksub.add_parser(
-        "rewrap", parents=[shared], help="re-wrap every artifact's data key under the active key"
+    ksub.add_parser(
+        "rewrap", parents=[artifacts], help="re-wrap every artifact's data key under the active key"
     )
-    k.add_argument("--artifacts", action="append", default=[], help="another artifact directory")
     k = ksub.add_parser(
         "retire",
-        parents=[shared],
+        parents=[artifacts],
         help="remove a key no artifact uses any more (payloads it encrypted in Temporal "
         "histories become unreadable)",
     )
     k.add_argument("key_id", help="the key to retire (as `vecmigrate keys list` names it)")
-    k.add_argument("--artifacts", action="append", default=[], help="another artifact directory")
     k = ksub.add_parser("api-key", help="issue an API key for the gateway or codec server")
     k.add_argument("--credentials", required=True, help="the credentials file (created if new)")
     k.add_argument("--name", required=True, help="who or what the key is for")

@@ -28,22 +28,25 @@ from vecmigrate.config import (
     sqlite_path,
 )
 from vecmigrate.control import admin
+from vecmigrate.control.apply import DirectoryPlan, Step, plan_directory
 from vecmigrate.control.client import MigrationClient, ended_status
 from vecmigrate.control.devserver import DevServer, DevServerError, cancel_on_sigterm
 from vecmigrate.control.ledgeraudit import history_anchors
 from vecmigrate.control.plan import Plan, plan_migration
 from vecmigrate.control.report import (
+    cost_tables,
     gate_tables,
     ledger_table,
+    migration_costs,
     plan_table,
     regional_table,
     status_tables,
 )
-from vecmigrate.errors import VecmigrateError
+from vecmigrate.errors import PreconditionError, VecmigrateError
 from vecmigrate.model.gates import GateReport
 from vecmigrate.model.lifecycle import Phase
 from vecmigrate.model.regions import RegionalStatus
-from vecmigrate.model.spec import MigrationSpec, load_spec
+from vecmigrate.model.spec import MigrationSpec, load_spec, parse_spec
 from vecmigrate.model.status import MigrationStatus
 from vecmigrate.security.scrub import scrub
 from vecmigrate.stores.probes import describe_store, redacted
@@ -393,11 +396,26 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=3, help="sample records to show (default: 3)")
     _json_flag(p, "the inventory")
 
-    p = sub.add_parser("plan", help="check a spec against the catalog and stores; writes nothing")
+    p = sub.add_parser(
+        "plan",
+        help="check a spec (or a directory of specs) against the catalog and stores; writes "
+        "nothing",
+    )
     _common(p)
-    p.add_argument("spec", help="the migration spec, a YAML or JSON file")
+    p.add_argument(
+        "spec",
+        help="the migration spec, a YAML or JSON file, or a directory of <number>_<name>.yaml "
+        "specs (each step's state; non-zero exit on a problem: the CI step)",
+    )
     _json_flag(p, "the plan")
     _region_catalogs(p)
+
+    p = sub.add_parser(
+        "apply", help="start a directory's specs not applied yet, in order, waiting for each"
+    )
+    _common(p)
+    p.add_argument("directory", help="a directory of <number>_<name>.yaml specs")
+    _json_flag(p, "each step's state")
 
     p = sub.add_parser("start", help="plan, then start a migration; prints its id")
     _common(p)
@@ -458,10 +476,13 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--reason", default="", help="why, recorded in the ledger with --operator")
 
-    p = sub.add_parser("report", help="the latest gate report of a migration")
+    p = sub.add_parser(
+        "report", help="the latest gate report of a migration, its storage and per-shard costs"
+    )
     _common(p)
-    p.add_argument("id", help="the migration id (its workflow id)")
+    p.add_argument("id", help="the migration id (its workflow id, or a schedule firing's)")
     _json_flag(p, "the gate report")
+    p.add_argument("--costs", action="store_true", help="storage and per-shard costs as JSON")
     p.add_argument(
         "--html",
         default=None,
@@ -499,6 +520,90 @@ def parser() -> argparse.ArgumentParser:
         help="also check the workers of this region's task queue (vecmigrate-REGION); repeat",
     )
     _json_flag(p, "the findings")
+
+    p = sub.add_parser(
+        "gc",
+        help="prune retired and abandoned versions nothing needs; tidy change logs and artifacts",
+    )
+    _common(p)
+    p.add_argument("--tenant", default=None, help="only this tenant")
+    p.add_argument("--collection", default=None, help="only this collection")
+    p.add_argument("--version", default=None, help="only this version (needs --collection)")
+    p.add_argument("--dry-run", action="store_true", help="say what would go; remove nothing")
+    p.add_argument(
+        "--ignore-retention",
+        action="store_true",
+        help="prune before the retention period ends (the other protections still hold)",
+    )
+    _json_flag(p, "each version's verdict")
+
+    p = sub.add_parser("schedule", help="scheduled migrations on Temporal Schedules")
+    ssub = p.add_subparsers(dest="schedule_command", required=True)
+    s = ssub.add_parser(
+        "create", help="create a schedule from a spec with a schedule section (or flags)"
+    )
+    _common(s)
+    s.add_argument("spec", help="the migration spec to run at each firing, a YAML or JSON file")
+    s.add_argument("--id", default=None, help="schedule id (default TENANT.COLLECTION.MIGRATE)")
+    s.add_argument(
+        "--migrate",
+        choices=["rebuild", "next_model", "as_written"],
+        default=None,
+        help="what each firing migrates (default: the spec's schedule.migrate)",
+    )
+    s.add_argument("--cron", action="append", default=None, help="cron expression (repeatable)")
+    s.add_argument("--every", type=float, default=None, help="fire every N seconds")
+    s.add_argument("--timezone", default=None, help="IANA time zone of the calendar")
+    s.add_argument("--jitter", type=float, default=None, help="seconds of random delay")
+    s.add_argument(
+        "--overlap",
+        choices=[
+            "skip",
+            "buffer_one",
+            "buffer_all",
+            "cancel_other",
+            "terminate_other",
+            "allow_all",
+        ],
+        default=None,
+        help="a firing due while the last runs (default skip)",
+    )
+    s.add_argument(
+        "--catchup-window", type=float, default=None, help="seconds a missed firing may run late"
+    )
+    s.add_argument("--paused", action="store_true", help="create it paused")
+    _json_flag(s, "the schedule")
+    s = ssub.add_parser("list", help="every schedule of vecmigrate migrations")
+    _common(s)
+    _json_flag(s, "the schedules")
+    s = ssub.add_parser("describe", help="calendar, state, next runs and recent firings")
+    _common(s)
+    s.add_argument("id", help="the schedule id")
+    _json_flag(s, "the schedule")
+    for name, text in (("pause", "stop firing"), ("unpause", "fire again")):
+        s = ssub.add_parser(name, help=text)
+        _common(s)
+        s.add_argument("id", help="the schedule id")
+        s.add_argument("--reason", default="", help="why, shown as the schedule's note")
+    s = ssub.add_parser("trigger", help="fire now")
+    _common(s)
+    s.add_argument("id", help="the schedule id")
+    s.add_argument(
+        "--overlap",
+        choices=[
+            "skip",
+            "buffer_one",
+            "buffer_all",
+            "cancel_other",
+            "terminate_other",
+            "allow_all",
+        ],
+        default=None,
+        help="this firing's overlap policy (default: the schedule's)",
+    )
+    s = ssub.add_parser("delete", help="delete a schedule (running firings go on)")
+    _common(s)
+    s.add_argument("id", help="the schedule id")
 
     p = sub.add_parser("log", help="a migration's ledger entries")
     _common(p)
@@ -867,6 +972,59 @@ async def _inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_directory(plan: DirectoryPlan, as_json: bool) -> None:
+    from vecmigrate.control.report import directory_table
+
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "directory": str(plan.directory),
+                    "ok": plan.ok,
+                    "steps": [
+                        {
+                            "name": s.name,
+                            "state": s.state,
+                            "migration_id": s.migration_id,
+                            "spec_hash": s.spec.spec_hash(),
+                            "problems": s.problems,
+                            "note": s.note,
+                            "diff": s.diff,
+                        }
+                        for s in plan.steps
+                    ],
+                },
+                indent=2,
+            )
+        )
+        return
+    out.print(directory_table(plan))
+    for step in plan.steps:
+        if step.diff:
+            err.print(f"[red]{step.name} changed since it was applied:[/red]")
+            err.print(step.diff, markup=False, highlight=False)
+
+
+async def _apply(args: argparse.Namespace) -> int:
+    from vecmigrate.control.apply import apply_directory
+
+    catalog = _catalog(args)
+    mc = await _client(args)
+
+    def tell(step: Step, text: str) -> None:
+        err.print(f"{step.name}: {text}", markup=False, highlight=False)
+
+    try:
+        plan = await apply_directory(
+            mc, catalog, Path(args.directory), args.operator or _operator(), tell
+        )
+    except PreconditionError:
+        _print_directory(plan_directory(catalog, Path(args.directory)), args.json)
+        raise
+    _print_directory(plan, args.json)
+    return 0
+
+
 async def _seed_for(args: argparse.Namespace) -> int:
     from vecmigrate.control.seeding import seed_spec_source
 
@@ -914,7 +1072,23 @@ def _planned(args: argparse.Namespace, spec: MigrationSpec) -> Plan:
 
 
 async def _plan(args: argparse.Namespace) -> int:
+    if Path(args.spec).is_dir():
+        directory = plan_directory(_read_catalog(args), Path(args.spec))
+        _print_directory(directory, args.json)
+        return 0 if directory.ok else 1
     spec = resolve_spec(load_spec(args.spec))
+    if spec.schedule is not None:
+        # A schedule's template: what a firing now would migrate, and that migration's plan.
+        from datetime import UTC, datetime
+
+        from vecmigrate.control.report import firing_line
+        from vecmigrate.data.scheduling import plan_firing
+
+        firing = plan_firing(_read_catalog(args), spec, datetime.now(UTC))
+        err.print(f"a firing now would: {firing_line(firing)}", soft_wrap=True, markup=False)
+        if firing.spec is None:
+            return 1 if firing.outcome == "refused" else 0
+        spec = MigrationSpec.model_validate(firing.spec)
     plan = _planned(args, spec)
     if args.json:
         print(
@@ -928,6 +1102,7 @@ async def _plan(args: argparse.Namespace) -> int:
                     "checks": [c.__dict__ for c in plan.checks],
                     "estimated_seconds": plan.estimated_seconds,
                     "extra_bytes": plan.extra_bytes,
+                    "storage": plan.storage.model_dump(mode="json") if plan.storage else None,
                 },
                 indent=2,
             )
@@ -960,6 +1135,7 @@ async def _start(args: argparse.Namespace) -> int:
 
 async def _status(args: argparse.Namespace) -> int:
     mc = await _client(args)
+    args.id = await mc.migration_of(args.id)
     if await mc.is_regional(args.id):
         regional = await mc.regional_status(args.id)
         if args.json:
@@ -979,6 +1155,7 @@ async def _watch(args: argparse.Namespace) -> int:
     from vecmigrate.control.progress import watch
 
     mc = await _client(args)
+    args.id = await mc.migration_of(args.id)
     final = await watch(mc, args.id, out)
     out.print(status_tables(final))
     return 0
@@ -1120,12 +1297,148 @@ async def _throttle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _schedule_overrides(args: argparse.Namespace, spec: MigrationSpec) -> MigrationSpec:
+    """The spec's schedule section with the command's flags applied."""
+    current = spec.schedule.model_dump() if spec.schedule else {}
+    flags = {
+        "migrate": args.migrate,
+        "cron": tuple(args.cron) if args.cron else None,
+        "every_seconds": args.every,
+        "timezone": args.timezone,
+        "jitter_seconds": args.jitter,
+        "overlap": args.overlap,
+        "catchup_window_seconds": args.catchup_window,
+    }
+    current.update({k: v for k, v in flags.items() if v is not None})
+    if "migrate" not in current:
+        raise VecmigrateError(
+            "say what each firing migrates: a schedule section in the spec, or --migrate "
+            "rebuild | next_model | as_written"
+        )
+    data = spec.model_dump(mode="json")
+    data["schedule"] = current
+    return parse_spec(data)
+
+
+async def _schedule(args: argparse.Namespace) -> int:
+    from vecmigrate.control import schedules
+    from vecmigrate.control.report import firing_line, schedule_tables
+
+    command = args.schedule_command
+    mc = await _client(args)
+    if command == "create":
+        spec = _schedule_overrides(args, resolve_spec(load_spec(args.spec)))
+        sid, now = await schedules.create_schedule(
+            mc.client,
+            _catalog(args),
+            spec,
+            task_queue=mc.task_queue,
+            operator=args.operator or _operator(),
+            schedule_id=args.id,
+            paused=args.paused,
+        )
+        if args.json:
+            print(json.dumps({"schedule_id": sid, "now": now.model_dump(exclude={"spec"})}))
+        else:
+            print(sid)
+            err.print(f"a firing now would: {firing_line(now)}")
+        return 0
+    if command == "list":
+        views = await schedules.list_schedules(mc.client)
+        if args.json:
+            print(json.dumps([v.as_json() for v in views], indent=2))
+        else:
+            for view in views:
+                out.print(schedule_tables(view))
+        return 0
+    if command == "describe":
+        view = await schedules.describe_schedule(mc.client, args.id)
+        if args.json:
+            print(json.dumps(view.as_json(), indent=2))
+        else:
+            out.print(schedule_tables(view))
+        return 0
+    if command == "pause":
+        await schedules.pause_schedule(mc.client, args.id, args.reason)
+    elif command == "unpause":
+        await schedules.unpause_schedule(mc.client, args.id, args.reason)
+    elif command == "trigger":
+        await schedules.trigger_schedule(mc.client, args.id, args.overlap)
+    elif command == "delete":
+        await schedules.delete_schedule(mc.client, _catalog(args), args.id)
+    err.print(f"schedule {args.id}: {command} done")
+    return 0
+
+
+async def _gc(args: argparse.Namespace) -> int:
+    from vecmigrate.control.report import gc_table
+    from vecmigrate.data.retention import gc
+
+    if args.version is not None and args.collection is None:
+        raise VecmigrateError("--version names a version of one collection: add --collection")
+    report = await asyncio.to_thread(
+        gc,
+        _catalog(args),
+        args.operator or _operator(),
+        tenant=args.tenant or ("default" if args.version else None),
+        collection=args.collection,
+        version=args.version,
+        dry_run=args.dry_run,
+        ignore_retention=args.ignore_retention,
+    )
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "dry_run": report.dry_run,
+                    "versions": [v.__dict__ for v in report.verdicts],
+                    "log_entries_removed": report.log_entries_removed,
+                    "artifacts_removed": report.artifacts_removed,
+                    "artifact_bytes_removed": report.artifact_bytes_removed,
+                },
+                indent=2,
+            )
+        )
+    else:
+        out.print(gc_table(report))
+    if args.version is not None and report.refused:
+        # A version named on purpose and refused is an error the caller must see.
+        for v in report.refused:
+            err.print(
+                f"refused: {v.tenant}/{v.collection}@{v.version} is kept: {v.reason}",
+                soft_wrap=True,
+                markup=False,
+            )
+        return 1
+    return 0
+
+
+async def _migration_id(args: argparse.Namespace, catalog: Catalog) -> str:
+    """The migration ``args.id`` names: itself, or the one a schedule's firing started (found
+    in the catalog's ledger, else asked of Temporal)."""
+    from vecmigrate.data.scheduling import firing_migration
+
+    found = firing_migration(catalog, args.id)
+    if found is not None:
+        return found
+    try:
+        catalog.get_migration(args.id)
+        return str(args.id)
+    except VecmigrateError:
+        pass
+    try:
+        return await (await _client(args)).migration_of(args.id)
+    except (VecmigrateError, RPCError):
+        return str(args.id)
+
+
 async def _log(args: argparse.Namespace) -> int:
     catalog = _read_catalog(args)
+    args.id = await _migration_id(args, catalog)
     if not catalog.knows_migration(args.id):
         raise VecmigrateError(
             f"no migration {args.id!r} in the catalog at {catalog.url} (check the id: a "
-            "migration id is its workflow id, not a schedule's or a run's)"
+            "migration id is its workflow id or a schedule firing's, not a schedule's or a run's)"
         )
     entries = catalog.entries(args.id)
     if args.json:
@@ -1170,18 +1483,23 @@ async def _log(args: argparse.Namespace) -> int:
 
 async def _report(args: argparse.Namespace) -> int:
     catalog = _read_catalog(args)
+    args.id = await _migration_id(args, catalog)
     if args.html:
         return await _html_report(args, catalog)
     entry = catalog.latest(args.id, "gate")
     if entry is None:
         raise VecmigrateError(f"migration {args.id!r} has no gate report yet")
     report = GateReport.model_validate(entry.data)
-    if args.json:
+    costs = migration_costs(catalog.entries(args.id))
+    if args.costs:
+        print(costs.model_dump_json(indent=2))
+    elif args.json:
         print(report.model_dump_json(indent=2))
     else:
         out.print(f"gate report of {args.id}, recorded {entry.at} (ledger entry {entry.seq})")
         migration = catalog.get_migration(args.id)
         out.print(gate_tables(report, migration["source_version"], migration["target_version"]))
+        out.print(cost_tables(costs))
     return 0 if report.passed else 1
 
 
@@ -1282,6 +1600,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "seed": _seed,
     "inspect": _inspect,
     "plan": _plan,
+    "apply": _apply,
     "start": _start,
     "status": _status,
     "watch": _watch,
@@ -1290,6 +1609,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "report": _report,
     "throttle": _throttle,
     "gate": _gate,
+    "schedule": _schedule,
+    "gc": _gc,
     "where": _where,
     "list": _list,
     "doctor": _doctor,

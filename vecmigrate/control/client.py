@@ -19,7 +19,14 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from vecmigrate.config import resolve_spec
-from vecmigrate.errors import MessageRefusedError, SpecMismatchError, VecmigrateError
+from vecmigrate.control.schedules import FIRING_WORKFLOW, firing_view
+from vecmigrate.errors import (
+    MessageRefusedError,
+    NotFoundError,
+    PreconditionError,
+    SpecMismatchError,
+    VecmigrateError,
+)
 from vecmigrate.model.lifecycle import OUTCOME_ERRORS, SIGNALS, Message, Phase
 from vecmigrate.model.messages import GateRequest, OperatorMessage, RampRequest, ThrottleRequest
 from vecmigrate.model.regions import RegionalStatus
@@ -91,6 +98,12 @@ class MigrationClient:
             VecmigrateError: the namespace lacks vecmigrate's search attributes (nothing started).
         """
         spec = resolve_spec(spec)
+        if spec.schedule is not None:
+            raise PreconditionError(
+                "this spec is a schedule's template (it has a schedule section): create the "
+                "schedule with `vecmigrate schedule create`, or leave the section out to run "
+                "it once"
+            )
         if spec.regional:
             run: Any = RegionalMigrationWorkflow.run
             summary = (
@@ -148,6 +161,25 @@ class MigrationClient:
         )
         return len(response.pollers) > 0
 
+    async def migration_of(self, workflow_id: str) -> str:
+        """The migration id behind ``workflow_id``: itself, or the migration a schedule's
+        firing started (Temporal names a firing after its schedule and the firing time).
+
+        Raises:
+            NotFoundError: the firing started no migration (nothing to do, refused, or still
+                resolving); the message says why.
+        """
+        desc = await self.client.get_workflow_handle(workflow_id).describe()
+        if desc.workflow_type != FIRING_WORKFLOW:
+            return workflow_id
+        view = await firing_view(self.client, workflow_id)
+        if view.migration_id and view.outcome in ("started", "running", ""):
+            return view.migration_id
+        raise NotFoundError(
+            f"{workflow_id} is a firing of a schedule that started no migration"
+            + (f" ({view.outcome}: {view.reason})" if view.outcome else f" ({view.status})")
+        )
+
     def handle(self, migration_id: str) -> WorkflowHandle[MigrationWorkflow, MigrationStatus]:
         """The workflow handle of a migration."""
         return self.client.get_workflow_handle_for(MigrationWorkflow.run, migration_id)
@@ -163,6 +195,7 @@ class MigrationClient:
         ``live``, the counts of shards being copied come from their latest heartbeats (the
         workflow learns a shard's count when its copy finishes), and rate and ETA with them.
         """
+        migration_id = await self.migration_of(migration_id)
         handle = self.handle(migration_id)
         desc = await handle.describe()
         if desc.status is not None and desc.status != WorkflowExecutionStatus.RUNNING:
@@ -214,7 +247,8 @@ class MigrationClient:
             preapprove=preapprove,
             revalidate=revalidate,
         )
-        await self.client.get_workflow_handle(migration_id).signal(name, message)
+        target = await self.migration_of(migration_id)
+        await self.client.get_workflow_handle(target).signal(name, message)
 
     async def is_regional(self, migration_id: str) -> bool:
         """Whether ``migration_id`` is a regional migration (the parent of per-region ones)."""

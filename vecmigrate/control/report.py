@@ -8,11 +8,17 @@ from rich.console import Console, Group
 from rich.table import Table
 
 from vecmigrate.catalog.catalog import LedgerEntry
+from vecmigrate.control.apply import DirectoryPlan
 from vecmigrate.control.plan import Plan
+from vecmigrate.control.schedules import ScheduleView
+from vecmigrate.data.footprint import ESTIMATE_KIND, STORAGE_KIND
+from vecmigrate.data.retention import GcReport
 from vecmigrate.embedding.registry import Registry
+from vecmigrate.model.costs import MigrationCosts, ShardCost, StorageEstimate, StorageSnapshot
 from vecmigrate.model.gates import GateReport
 from vecmigrate.model.lifecycle import Phase
 from vecmigrate.model.regions import RegionalStatus
+from vecmigrate.model.schedule import Firing
 from vecmigrate.model.status import MigrationStatus
 
 # Shard tables longer than this are left out (the summary line counts shards by state).
@@ -41,6 +47,8 @@ def status_tables(st: MigrationStatus) -> Group:
         head.add_row("paused because", st.pause_reason)
     if st.blocked_reason:
         head.add_row("blocked", st.blocked_reason)
+    if st.window_note:
+        head.add_row("window", f"[yellow]{st.window_note}[/yellow]")
     for remedy in st.remedies:
         head.add_row("to change it", remedy)
     if st.error:
@@ -176,6 +184,22 @@ def plan_table(plan: Plan) -> Group:
     summary = Table.grid(padding=(0, 2))
     summary.add_row("estimated duration (rough)", f"{plan.estimated_seconds:,.0f} s")
     summary.add_row("extra storage while both versions exist", f"{plan.extra_bytes / 1e6:,.1f} MB")
+    est = plan.storage
+    if est is not None:
+        measured = "measured" if est.source.index_measured else "estimated"
+        summary.add_row(
+            "storage before",
+            f"{est.before / 1e6:,.1f} MB ({plan.spec.source.name}: records "
+            f"{est.source.records / 1e6:,.1f} MB, index {est.source.index / 1e6:,.1f} MB "
+            f"{measured})",
+        )
+        summary.add_row(
+            "storage after",
+            f"{est.after_prune / 1e6:,.1f} MB once {plan.spec.source.name} is pruned "
+            f"({plan.spec.target.name}: records {est.target.records / 1e6:,.1f} MB, index "
+            f"{est.target.index / 1e6:,.1f} MB; as float32 the index would be "
+            f"{est.target_index_float32 / 1e6:,.1f} MB); {est.peak / 1e6:,.1f} MB at the peak",
+        )
     summary.add_row(
         "verdict",
         "[green]ready to start[/green]"
@@ -319,3 +343,200 @@ def regional_table(st: RegionalStatus) -> Table:
             note,
         )
     return table
+
+
+def firing_line(firing: Firing) -> str:
+    """One line for what a firing did (or would do)."""
+    where = f" as {firing.migration_id}" if firing.migration_id else ""
+    return f"{firing.outcome}{where}: {firing.reason}"
+
+
+def schedule_tables(view: ScheduleView) -> Group:
+    """A schedule: calendar, policies, next runs, and each recent firing with its migration."""
+    head = Table.grid(padding=(0, 2))
+    head.add_row(
+        "schedule",
+        f"[bold]{view.schedule_id}[/bold]" + ("  [yellow](paused)[/yellow]" if view.paused else ""),
+    )
+    if view.note:
+        head.add_row("note", view.note)
+    head.add_row("fires", "; ".join(view.calendar) or "only when triggered")
+    head.add_row("time zone", view.timezone)
+    policy = f"overlap {view.overlap}"
+    if view.catchup_window_seconds is not None:
+        policy += f", catch-up window {view.catchup_window_seconds:,.0f} s"
+    if view.jitter_seconds:
+        policy += f", jitter up to {view.jitter_seconds:,.0f} s"
+    head.add_row("policy", policy)
+    head.add_row("next", ", ".join(view.next_runs[:3]) or "none")
+    head.add_row(
+        "firings",
+        f"{view.actions} started, {view.skipped_overlap} skipped (overlap), "
+        f"{len(view.running)} running",
+    )
+    if view.spec_hash:
+        head.add_row("spec", view.spec_hash[:12])
+    table = Table(title="recent firings")
+    for col in ("fired at", "firing", "outcome", "migration", "phase", "reason"):
+        table.add_column(col)
+    for f in view.firings:
+        table.add_row(
+            f.fired_at[:19],
+            f.workflow_id,
+            f.outcome or f.status,
+            f.migration_id or "",
+            f.phase or "",
+            f.reason,
+        )
+    return Group(head, table)
+
+
+def directory_table(plan: DirectoryPlan) -> Table:
+    """A migration directory's steps: where each stands, its migration and what stops it."""
+    verdict = "ready" if plan.ok else "cannot apply"
+    table = Table(title=f"{plan.directory} ({verdict})")
+    for col in ("step", "state", "migration", "spec", "notes"):
+        table.add_column(col)
+    styles = {"applied": "green", "pending": "cyan", "running": "yellow"}
+    for s in plan.steps:
+        style = styles.get(s.state, "red")
+        notes = "; ".join(p.splitlines()[0] for p in s.problems) or s.note
+        if s.plan is not None and s.plan.ok:
+            notes = (notes + "; " if notes else "") + "preconditions ok"
+        table.add_row(
+            s.name,
+            f"[{style}]{s.state}[/{style}]",
+            s.migration_id,
+            s.spec.spec_hash()[:12],
+            notes,
+        )
+    return table
+
+
+def gc_table(report: GcReport) -> Group:
+    """What a gc pass pruned (or would), what it kept and why, and what it tidied."""
+    table = Table(title="gc" + (" (dry run: nothing removed)" if report.dry_run else ""))
+    for col in ("version", "state", "action", "bytes", "why"):
+        table.add_column(col, justify="right" if col == "bytes" else "left")
+    for v in report.verdicts:
+        style = {"pruned": "green", "would prune": "cyan"}.get(v.action, "yellow")
+        table.add_row(
+            f"{v.tenant}/{v.collection}@{v.version}",
+            v.state,
+            f"[{style}]{v.action}[/{style}]",
+            f"{v.freed_bytes / 1e6:,.1f} MB" if v.freed_bytes else "",
+            v.reason,
+        )
+    tidy = Table.grid(padding=(0, 2))
+    tidy.add_row("change-log entries removed", f"{report.log_entries_removed:,}")
+    verb = "to remove" if report.dry_run else "removed"
+    tidy.add_row(
+        f"unreferenced artifact files {verb}",
+        f"{report.artifacts_removed:,} ({report.artifact_bytes_removed / 1e6:,.1f} MB)",
+    )
+    return Group(table, tidy)
+
+
+def migration_costs(entries: list[LedgerEntry]) -> MigrationCosts:
+    """A migration's costs from its ledger: the estimate its prepare recorded, its storage
+    snapshots, and each shard's last copy and build."""
+    costs = MigrationCosts()
+    shards: dict[int, ShardCost] = {}
+    for e in entries:
+        d = e.data
+        if e.kind == ESTIMATE_KIND:
+            costs.estimate = StorageEstimate.model_validate(d)
+        elif e.kind == STORAGE_KIND:
+            costs.snapshots.append(StorageSnapshot.model_validate(d))
+        elif e.kind in ("shard.copied", "shard.indexed") and "shard" in d:
+            cost = shards.setdefault(int(d["shard"]), ShardCost(shard=int(d["shard"])))
+            if e.kind == "shard.copied":
+                cost.copy_seconds = d.get("seconds")
+                cost.copy_bytes_read = d.get("bytes_read")
+                cost.copy_bytes_written = d.get("bytes_written")
+            else:
+                cost.build_seconds = d.get("seconds")
+                cost.build_peak_memory = d.get("peak_memory")
+                cost.build_bytes_read = d.get("bytes_read")
+                cost.build_bytes_written = d.get("bytes_written")
+    costs.shards = [shards[k] for k in sorted(shards)]
+    return costs
+
+
+def _mb(value: int | None) -> str:
+    return "" if value is None else f"{value / 1e6:,.1f}"
+
+
+def cost_tables(costs: MigrationCosts) -> Group:
+    """Storage over the migration's life next to the plan's estimate, and each shard's cost."""
+    parts: list[Table] = []
+    storage = Table(title="storage over the migration's life (MB)")
+    for col in ("when", "source", "target", "change log", "total", "plan's estimate"):
+        storage.add_column(col, justify="left" if col == "when" else "right")
+    est = costs.estimate
+    expected = {
+        "peak": est.peak if est else None,
+        "finalized": est.after_finalize if est else None,
+        "pruned": est.after_prune if est else None,
+    }
+    if est is not None:
+        storage.add_row(
+            "before (estimate)", _mb(est.source.total), "", "", _mb(est.before), _mb(est.before)
+        )
+    labels = {
+        "peak": "peak (both versions)",
+        "finalized": "after finalize",
+        "pruned": "after pruning",
+    }
+    for snap in costs.snapshots:
+        storage.add_row(
+            labels[snap.stage],
+            _mb(snap.source.total),
+            _mb(snap.target.total),
+            _mb(snap.change_log),
+            _mb(snap.total),
+            _mb(expected.get(snap.stage)),
+        )
+    if est is not None or costs.snapshots:
+        parts.append(storage)
+        index = Table(title="the target's index")
+        for col in ("", "MB", "bytes a vector", "as float32 (MB)"):
+            index.add_column(col, justify="left" if not col else "right")
+        if est is not None:
+            per = est.target.index / est.target.count if est.target.count else 0
+            index.add_row(
+                "estimated", _mb(est.target.index), f"{per:,.1f}", _mb(est.target_index_float32)
+            )
+        measured = next((s for s in reversed(costs.snapshots) if s.target.index), None)
+        if measured is not None:
+            t = measured.target
+            per = t.index / t.count if t.count else 0
+            how = "measured" if t.index_measured else "estimated (engine's own)"
+            index.add_row(how, _mb(t.index), f"{per:,.1f}", "")
+        parts.append(index)
+    if costs.shards:
+        shards = Table(title="cost per shard")
+        for col in (
+            "shard",
+            "copy s",
+            "copy read MB",
+            "copy written MB",
+            "build s",
+            "build peak memory MB",
+            "build read MB",
+            "index written MB",
+        ):
+            shards.add_column(col, justify="right")
+        for c in costs.shards[:SHARD_ROWS]:
+            shards.add_row(
+                str(c.shard),
+                "" if c.copy_seconds is None else f"{c.copy_seconds:,.2f}",
+                _mb(c.copy_bytes_read),
+                _mb(c.copy_bytes_written),
+                "" if c.build_seconds is None else f"{c.build_seconds:,.2f}",
+                _mb(c.build_peak_memory),
+                _mb(c.build_bytes_read),
+                _mb(c.build_bytes_written),
+            )
+        parts.append(shards)
+    return Group(*parts)

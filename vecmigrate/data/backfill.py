@@ -18,6 +18,7 @@ from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.catalog.changelog import ChangeLog
 from vecmigrate.catalog.documents import Documents
 from vecmigrate.catalog.journal import Control, Journal
+from vecmigrate.catalog.retention import RetentionLog
 from vecmigrate.data.adopt import adopt, adoption_checks, target_schema
 from vecmigrate.data.checks import Check
 from vecmigrate.data.quarantine import Quarantine
@@ -27,8 +28,16 @@ from vecmigrate.embedding.reembed import Reembedder, fit_transition, untexted
 from vecmigrate.embedding.registry import Registry, model_key
 from vecmigrate.errors import DataError, NotFoundError, PreconditionError, VecmigrateError
 from vecmigrate.indexes.build import artifact_dir
-from vecmigrate.model.spec import FaissIvfFlat, FaissIvfPq, MigrationSpec, named
-from vecmigrate.model.tasks import CatchUpResult, CopyShardResult, Cursor, PrepareResult, ShardRef
+from vecmigrate.indexes.sizes import index_spec
+from vecmigrate.model.spec import FaissIvfFlat, FaissIvfPq, MigrationSpec, canonical, named
+from vecmigrate.model.tasks import (
+    CatchUpResult,
+    CopyShardResult,
+    Cursor,
+    PrepareResult,
+    Promotion,
+    ShardRef,
+)
 from vecmigrate.records.batch import Faults, Records
 from vecmigrate.records.checksums import RecordChecksum
 from vecmigrate.records.screening import Limits, screen
@@ -119,6 +128,18 @@ def run_checks(catalog: Catalog, spec: MigrationSpec) -> list[Check]:
     dst = catalog.find_version(spec.tenant, spec.collection, spec.target.name)
     if dst is None or (dst.migration_id == spec.migration_id and dst.state != "abandoned"):
         add("target version free", True, f"{spec.target.name} is new or this migration's", "")
+    elif dst.state == "retained":
+        promotion, problem = promotion_of(catalog, spec)
+        add(
+            "promotion of a retained version",
+            promotion is not None,
+            f"{spec.target.name} is retained: it goes back into service without a copy (the "
+            f"writes logged after position {promotion.written_until} are replayed onto it, "
+            f"its index {promotion.index_id} reused), once it passes the gates again"
+            if promotion is not None
+            else "",
+            problem,
+        )
     elif dst.migration_id != spec.migration_id:
         add(
             "target version free",
@@ -305,6 +326,47 @@ def text_check(catalog: Catalog, spec: MigrationSpec, store: VectorStore) -> Che
     )
 
 
+def promotion_of(catalog: Catalog, spec: MigrationSpec) -> tuple[Promotion | None, str]:
+    """Whether ``spec``'s target, a retained version, can go back into service without a copy:
+    the same embedding and index it was retired with, and the change log intact from where it
+    stopped being written. The promotion, or why not."""
+    where = f"{spec.tenant}/{spec.collection}@{spec.target.name}"
+    dst = catalog.find_version(spec.tenant, spec.collection, spec.target.name)
+    if dst is None or dst.state != "retained":
+        return None, f"{where} is not a retained version"
+    if dst.store != spec.target.store.model_dump(mode="json"):
+        return None, (
+            f"{where} is stored in another store than target.store names; a promotion writes "
+            "the missed writes into the version's own store: set target.store to it, or name a "
+            "new version"
+        )
+    if dst.embedding != spec.target.embedding:
+        return None, (
+            f"{where} holds {dst.embedding.model_id}@{dst.embedding.model_version} "
+            f"({dst.embedding.dimension}d, {dst.embedding.metric}); target.embedding must say "
+            "the same to promote it, or name a new version"
+        )
+    indexes = catalog.indexes_of(spec.tenant, spec.collection, spec.target.name)
+    if not indexes:
+        return None, f"{where} has no registered index to serve with: name a new version"
+    index = indexes[-1]
+    if canonical(index_spec(index.spec)) != canonical(spec.target.index):
+        return None, (
+            f"{where} is indexed with {index.spec}; a promotion reuses that index: set "
+            "target.index to it, or name a new version for another index"
+        )
+    stopped = RetentionLog(catalog).get(spec.tenant, spec.collection, spec.target.name)
+    if stopped.written_until is None:
+        return None, (
+            f"{where} was retired before vecmigrate recorded where it stopped being written: "
+            "migrate to a new version name instead (a full copy)"
+        )
+    return (
+        Promotion(version=spec.target.name, index_id=index.id, written_until=stopped.written_until),
+        "",
+    )
+
+
 def check_preconditions(catalog: Catalog, spec: MigrationSpec) -> list[str]:
     """What would stop this migration, checked without writing anything. Empty means go."""
     return [c.detail for c in run_checks(catalog, spec) if not c.passed]
@@ -364,12 +426,17 @@ def prepare(catalog: Catalog, spec: MigrationSpec, operator: str) -> PrepareResu
         )
     routing = catalog.get_routing(spec.tenant, spec.collection)
     assert routing is not None
+    promotion = None
+    dst = catalog.find_version(spec.tenant, spec.collection, spec.target.name)
+    if dst is not None and dst.state == "retained":
+        promotion, _ = promotion_of(catalog, spec)
     return PrepareResult(
         shards=shards,
         source_counts=counts,
         routing=routing,
         source_index=routing.read_index,
         adapter=adapter,
+        promotion=promotion,
     )
 
 
@@ -427,6 +494,7 @@ def copy_shard(
     reembed = Reembedder.for_spec(journal.catalog, spec) if spec.model_change else None
     cursor, copied, acc = state.cursor, state.copied, state.written
     handed, batches, left_out = state.handed, 0, 0
+    moved = {"read": 0, "written": 0}
     throttle = Throttle(clock)
     parallel = min(spec.max_parallel_shards, len(spec.shards.selected()))
 
@@ -449,6 +517,8 @@ def copy_shard(
             attempts=state.attempts,
             recopied=max(0, handed - copied),
             quarantined=left_out,
+            bytes_read=moved["read"],
+            bytes_written=moved["written"],
             **embedded(),
         )
 
@@ -483,6 +553,7 @@ def copy_shard(
             ahead = None
             if batch.exhausted:
                 break
+            moved["read"] += batch.nbytes
             if batch.next_cursor is not None:
                 # In the caller's context: the read joins the copy's trace and its byte count.
                 ahead = reader.submit(
@@ -505,6 +576,7 @@ def copy_shard(
             quarantine.add(mid, shard.index, faults)
             left_out += len(faults)
             target.write(records)
+            moved["written"] += records.nbytes
             acc.add_hashes(records.hashes())
             assert batch.next_cursor is not None
             cursor = batch.next_cursor
@@ -535,6 +607,8 @@ def copy_shard(
         attempts=state.attempts,
         recopied=max(0, handed - copied),
         quarantined=left_out,
+        bytes_read=moved["read"],
+        bytes_written=moved["written"],
         **embedded(),
     )
     journal.finish_copy(mid, shard.index, cursor, copied, acc, result.model_dump(mode="json"))

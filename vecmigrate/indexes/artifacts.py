@@ -47,6 +47,7 @@ from vecmigrate.model.spec import (
     HnswlibHnsw,
     IndexSpec,
     Metric,
+    canonical,
 )
 from vecmigrate.records.vectors import (
     Distances,
@@ -110,7 +111,9 @@ def build_key(spec: IndexSpec, metric: Metric, dimension: int, data_checksum: st
     """SHA-256 of everything that determines an index build."""
     payload = json.dumps(
         {
-            "index": spec.model_dump(mode="json"),
+            # Canonical: a parameter added later, at its default, keeps the key of a build
+            # made before it (its artifact is reused).
+            "index": json.loads(canonical(spec)),
             "metric": str(metric),
             "dimension": dimension,
             "data": data_checksum,
@@ -157,10 +160,21 @@ def build_index(
         return index
     fm = faiss_metric(metric)
     base: Any
+    rng = np.random.default_rng(seed)
     if isinstance(spec, FaissFlat):
-        base = faiss.IndexFlat(dim, fm)
+        if spec.encoding == "float32":
+            base = faiss.IndexFlat(dim, fm)
+        else:
+            base = faiss.IndexScalarQuantizer(dim, _SQ[spec.encoding], fm)
+            if n:
+                base.train(_training_sample(x, TRAIN_SIZE, rng))
     elif isinstance(spec, FaissHnsw):
-        base = faiss.IndexHNSWFlat(dim, spec.m, fm)
+        if spec.encoding == "float32":
+            base = faiss.IndexHNSWFlat(dim, spec.m, fm)
+        else:
+            base = faiss.IndexHNSWSQ(dim, _SQ[spec.encoding], spec.m, fm)
+            if n:
+                base.train(_training_sample(x, TRAIN_SIZE, rng))
         base.hnsw.efConstruction = spec.ef_construction
         base.hnsw.efSearch = spec.ef_search
     elif isinstance(spec, FaissIvfFlat | FaissIvfPq):
@@ -170,7 +184,9 @@ def build_index(
                 f"train, but this shard holds {n}: lower index.nlist or use fewer shards"
             )
         quantizer = faiss.IndexFlat(dim, fm)
-        if isinstance(spec, FaissIvfFlat):
+        if isinstance(spec, FaissIvfFlat) and spec.encoding != "float32":
+            base = faiss.IndexIVFScalarQuantizer(quantizer, dim, spec.nlist, _SQ[spec.encoding], fm)
+        elif isinstance(spec, FaissIvfFlat):
             base = faiss.IndexIVFFlat(quantizer, dim, spec.nlist, fm)
         else:
             if n < (1 << spec.nbits):
@@ -179,9 +195,7 @@ def build_index(
                     f"to train, but this shard holds {n}: lower index.nbits or use fewer shards"
                 )
             base = faiss.IndexIVFPQ(quantizer, dim, spec.nlist, spec.m, spec.nbits, fm)
-        rng = np.random.default_rng(seed)
-        train = x if n <= spec.train_size else x[rng.choice(n, spec.train_size, replace=False)]
-        base.train(train)
+        base.train(_training_sample(x, spec.train_size, rng))
         base.nprobe = spec.nprobe
     else:  # pragma: no cover - the spec union is closed
         raise TypeError(f"unknown index spec {spec!r}")
@@ -193,6 +207,21 @@ def build_index(
         if on_progress is not None:
             on_progress(stop, n)
     return index
+
+
+# FAISS's scalar quantizers by encoding: float16 components, or 8 bits per component over the
+# range each dimension spans in the training sample.
+_SQ: dict[str, Any] = {
+    "float16": faiss.ScalarQuantizer.QT_fp16,
+    "int8": faiss.ScalarQuantizer.QT_8bit,
+}
+# Vectors a scalar quantizer learns its per-dimension ranges from.
+TRAIN_SIZE = 100_000
+
+
+def _training_sample(x: Vectors, size: int, rng: np.random.Generator) -> Vectors:
+    n = x.shape[0]
+    return x if n <= size else x[rng.choice(n, size, replace=False)]
 
 
 def _sha256_file(path: Path) -> str:

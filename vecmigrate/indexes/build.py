@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import psutil
 from pydantic import TypeAdapter
 
 from vecmigrate.catalog.catalog import Catalog, IndexVersionRecord
@@ -71,27 +73,30 @@ def build_shard(
     manifest, or a file that fails its checksum) is rebuilt.
     """
     began = time.monotonic()
-    id_parts, vec_parts = [], []
-    acc = RecordChecksum()
-    for batch in store.iter_shard(shard, read_batch, read_ahead=True):
-        id_parts.append(batch.ids)
-        vec_parts.append(batch.vectors)
-        acc.add(batch.ids, batch.vectors)
-    dim = store.dimension
-    ids = np.concatenate(id_parts) if id_parts else np.empty(0, np.int64)
-    vecs = np.concatenate(vec_parts) if vec_parts else np.empty((0, dim), np.float32)
-    metric = Metric(version.embedding.metric)
-    key = build_key(version.index, metric, dim, acc.hexdigest())
-    stem = f"shard-{shard.index:04d}"
-    ring = environment_keyring()
-    found = find_artifact(directory, stem, key, encrypted=ring is not None)
-    if found is None:
-        index = build_index(
-            version.index, metric, ids, vecs, threads=threads, on_progress=on_progress
-        )
-        found = write_artifact(
-            index, version.index, metric, dim, directory, stem, key, len(ids), ring
-        )
+    with PeakMemory() as memory:
+        id_parts, vec_parts = [], []
+        acc = RecordChecksum()
+        for batch in store.iter_shard(shard, read_batch, read_ahead=True):
+            id_parts.append(batch.ids)
+            vec_parts.append(batch.vectors)
+            acc.add(batch.ids, batch.vectors)
+        dim = store.dimension
+        ids = np.concatenate(id_parts) if id_parts else np.empty(0, np.int64)
+        vecs = np.concatenate(vec_parts) if vec_parts else np.empty((0, dim), np.float32)
+        metric = Metric(version.embedding.metric)
+        key = build_key(version.index, metric, dim, acc.hexdigest())
+        stem = f"shard-{shard.index:04d}"
+        ring = environment_keyring()
+        found = find_artifact(directory, stem, key, encrypted=ring is not None)
+        written = 0
+        if found is None:
+            index = build_index(
+                version.index, metric, ids, vecs, threads=threads, on_progress=on_progress
+            )
+            found = write_artifact(
+                index, version.index, metric, dim, directory, stem, key, len(ids), ring
+            )
+            written = found.data_file.stat().st_size + found.manifest.stat().st_size
     return ArtifactRef(
         shard=shard.index,
         uri=str(found.manifest),
@@ -100,8 +105,45 @@ def build_shard(
         kind=found.kind,
         reused=found.reused,
         seconds=time.monotonic() - began,
+        bytes_read=int(ids.nbytes + vecs.nbytes),
+        bytes_written=written,
+        peak_memory=memory.peak,
         protected_by=found.protected_by,
     )
+
+
+class PeakMemory:
+    """The growth of this process's resident memory while the block runs, sampled every
+    ``every`` seconds by a side thread (FAISS and hnswlib allocate outside Python's view, so
+    tracemalloc would miss them). Work running beside the block in the same process counts
+    too: two builds at once each see both."""
+
+    def __init__(self, every: float = 0.02) -> None:
+        self.every = every
+        self.peak: int | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> PeakMemory:
+        process = psutil.Process()
+        base = process.memory_info().rss
+        self.peak = 0
+
+        def sample() -> None:
+            while True:
+                grown = process.memory_info().rss - base
+                self.peak = max(self.peak or 0, grown)
+                if self._stop.wait(self.every):
+                    return
+
+        self._thread = threading.Thread(target=sample, name="peak-memory", daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
 
 
 def index_version_id(

@@ -111,14 +111,13 @@ def compact(
         entries = log.read(record.tenant, record.collection, live.applied, page)
         if not len(entries):
             break
-        keep = entries.seqs <= upto
-        net = NetChanges.of_log(
-            _head(entries, keep), live.applied, space, live.dimension, normalized
-        )
+        # Entries come oldest first: those up to the compaction's position are a prefix.
+        head = entries.first(int((entries.seqs <= upto).sum()))
+        net = NetChanges.of_log(head, live.applied, space, live.dimension, normalized)
         if net.last <= live.applied:
             break
         live.apply_now(net)
-        applied = int(keep.sum())
+        applied = len(head)
         outcome.applied += applied
         since += applied
         if since >= checkpoint_every and live.updatable and live.applied < upto:
@@ -145,21 +144,6 @@ def compact(
     outcome.artifacts = artifacts
     outcome.seconds = time.monotonic() - began
     return outcome
-
-
-def _head(entries: Any, keep: np.ndarray) -> Any:
-    """The entries of a page up to the compaction's position."""
-    if keep.all():
-        return entries
-    n = int(keep.sum())
-    return type(entries)(
-        seqs=entries.seqs[:n],
-        ids=entries.ids[:n],
-        ops=entries.ops[:n],
-        vectors=entries.vectors[:n],
-        texts=entries.texts[:n],
-        spaces=entries.spaces[:n],
-    )
 
 
 def _open(

@@ -116,6 +116,12 @@ class RetrievalFigures(_Model):
     read_options: list[ReadOption] = Field(default_factory=list)
     skipped: list[str] = Field(default_factory=list)
     seconds: float = 0.0
+    # What each index takes on disk (its artifacts; None for a database's own index), and the
+    # vectors it holds: a cheaper format is judged on its bytes beside its recall.
+    source_index_bytes: int | None = None
+    target_index_bytes: int | None = None
+    source_vectors: int = 0
+    target_vectors: int = 0
 
 
 class GateAdjustment(_Model):

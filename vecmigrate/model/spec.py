@@ -20,6 +20,8 @@ from vecmigrate.errors import SpecError
 from vecmigrate.model.credentials import SecretRef, UrlWithoutSecret
 from vecmigrate.model.lifecycle import STRATEGIES
 from vecmigrate.model.records import FieldKind
+from vecmigrate.model.schedule import SchedulePolicy
+from vecmigrate.model.windows import MaintenanceWindows
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
@@ -52,10 +54,20 @@ class EmbeddingSchema(_Model):
     """Whether the vectors have unit length (a target may normalise what the source did not)."""
 
 
+# How an index holds each vector: as float32, as float16 (half the bytes, the same ranking to
+# about three decimal digits) or as 8-bit scalar codes (a quarter, trained per dimension on the
+# shard's range): FAISS's SQfp16 and SQ8. The gates measure what the smaller codes cost in recall.
+Encoding = Literal["float32", "float16", "int8"]
+ENCODINGS: tuple[Encoding, ...] = ("float32", "float16", "int8")
+
+
 class FaissFlat(_Model):
-    """Exact search (brute force) with FAISS."""
+    """Exact search (brute force) with FAISS; ``encoding`` float16 or int8 compares against
+    compressed codes (FAISS's scalar quantizer)."""
 
     kind: Literal["faiss_flat"] = "faiss_flat"
+    encoding: Encoding = "float32"
+    """How each vector is held: float32, float16 (half the bytes) or int8 codes (a quarter)."""
 
 
 class _Ivf(_Model):
@@ -76,9 +88,12 @@ class _Ivf(_Model):
 
 
 class FaissIvfFlat(_Ivf):
-    """FAISS inverted file with full vectors: ``nlist`` centroids, ``nprobe`` probed per query."""
+    """FAISS inverted file: ``nlist`` centroids, ``nprobe`` probed per query; the lists hold
+    full vectors, or float16 / int8 codes with ``encoding`` (IVF-SQfp16, IVF-SQ8)."""
 
     kind: Literal["faiss_ivf_flat"] = "faiss_ivf_flat"
+    encoding: Encoding = "float32"
+    """How each vector is held: float32, float16 (half the bytes) or int8 codes (a quarter)."""
 
 
 class FaissIvfPq(_Ivf):
@@ -92,7 +107,8 @@ class FaissIvfPq(_Ivf):
 
 
 class FaissHnsw(_Model):
-    """FAISS HNSW graph (IndexHNSWFlat)."""
+    """FAISS HNSW graph over full vectors (IndexHNSWFlat), or over float16 / int8 codes with
+    ``encoding`` (IndexHNSWSQ)."""
 
     kind: Literal["faiss_hnsw"] = "faiss_hnsw"
     m: int = Field(default=32, ge=2, le=512)
@@ -100,6 +116,8 @@ class FaissHnsw(_Model):
     ef_construction: int = Field(default=200, ge=1)
     """Candidates kept while inserting: more is a better graph and a slower build."""
     ef_search: int = Field(default=64, ge=1)
+    encoding: Encoding = "float32"
+    """How each vector is held: float32, float16 (half the bytes) or int8 codes (a quarter)."""
 
 
 class HnswlibHnsw(_Model):
@@ -113,8 +131,14 @@ class HnswlibHnsw(_Model):
     ef_search: int = Field(default=64, ge=1)
 
 
+# pgvector's index over the vectors as stored (``vector``, 4 bytes a dimension) or cast to
+# ``halfvec`` (2 bytes a dimension: half the index, and indexes up to 4,000 dimensions).
+Precision = Literal["vector", "halfvec"]
+
+
 class PgvectorHnsw(_Model):
-    """pgvector's own HNSW index, built by Postgres on the target table."""
+    """pgvector's own HNSW index, built by Postgres on the target table (over ``halfvec``
+    casts of the vectors with ``precision: halfvec``)."""
 
     kind: Literal["pgvector_hnsw"] = "pgvector_hnsw"
     m: int = Field(default=16, ge=2, le=100)
@@ -123,6 +147,8 @@ class PgvectorHnsw(_Model):
     """Candidates kept while inserting: more is a better graph and a slower build."""
     ef_search: int = Field(default=40, ge=1, le=1000)
     """Candidates kept per query: more is better recall and slower searches."""
+    precision: Precision = "vector"
+    """``halfvec`` indexes half-precision casts of the vectors (half the index's vector bytes)."""
 
     @model_validator(mode="after")
     def _ef_construction_covers_m(self) -> Self:
@@ -134,15 +160,24 @@ class PgvectorHnsw(_Model):
 
 
 class PgvectorIvfflat(_Model):
-    """pgvector's own IVFFlat index: ``lists`` clusters, ``probes`` searched per query."""
+    """pgvector's own IVFFlat index: ``lists`` clusters, ``probes`` searched per query (over
+    ``halfvec`` casts of the vectors with ``precision: halfvec``)."""
 
     kind: Literal["pgvector_ivfflat"] = "pgvector_ivfflat"
     lists: int = Field(default=100, ge=1, le=32768)
     probes: int = Field(default=10, ge=1)
+    precision: Precision = "vector"
+    """``halfvec`` indexes half-precision casts of the vectors (half the index's vector bytes)."""
 
 
 class QdrantHnsw(_Model):
-    """Qdrant's own HNSW graph (its optimizers build it with these parameters)."""
+    """Qdrant's own HNSW graph (its optimizers build it with these parameters).
+
+    ``quantization``: ``scalar`` keeps int8 codes of every vector beside it (a quarter of the
+    bytes), ``product`` product-quantised codes ``product_compression`` times smaller; Qdrant
+    searches the codes, then rescores the best candidates with the full vectors (``rescore``),
+    ``oversampling`` times as many as asked.
+    """
 
     kind: Literal["qdrant_hnsw"] = "qdrant_hnsw"
     m: int = Field(default=16, ge=2, le=512)
@@ -150,6 +185,15 @@ class QdrantHnsw(_Model):
     ef_construct: int = Field(default=100, ge=4)
     """Candidates kept while inserting: more is a better graph and a slower build."""
     ef: int = Field(default=64, ge=1)
+    quantization: Literal["none", "scalar", "product"] = "none"
+    """Compressed codes searched first: ``scalar`` (int8) or ``product``; ``none``: full
+    vectors only."""
+    product_compression: Literal[4, 8, 16, 32, 64] = 16
+    """How many times smaller than the vectors product codes are."""
+    rescore: bool = True
+    """Rescore the candidates found on codes with the full vectors."""
+    oversampling: float = Field(default=2.0, ge=1.0, le=100.0)
+    """Candidates taken from the codes, as a multiple of those asked for, before rescoring."""
 
 
 class MilvusFlat(_Model):
@@ -166,6 +210,25 @@ class MilvusIvfFlat(_Model):
     nprobe: int = Field(default=16, ge=1, le=65536)
 
 
+class MilvusIvfSq8(_Model):
+    """Milvus's IVF_SQ8 index: IVF lists of 8-bit scalar codes (a quarter of IVF_FLAT)."""
+
+    kind: Literal["milvus_ivf_sq8"] = "milvus_ivf_sq8"
+    nlist: int = Field(default=128, ge=1, le=65536)
+    nprobe: int = Field(default=16, ge=1, le=65536)
+
+
+class MilvusIvfPq(_Model):
+    """Milvus's IVF_PQ index: IVF lists of product-quantised codes (``m`` sub-vectors of
+    ``nbits`` bits)."""
+
+    kind: Literal["milvus_ivf_pq"] = "milvus_ivf_pq"
+    nlist: int = Field(default=128, ge=1, le=65536)
+    nprobe: int = Field(default=16, ge=1, le=65536)
+    m: int = Field(default=8, ge=1)
+    nbits: int = Field(default=8, ge=1, le=16)
+
+
 IndexSpec = Annotated[
     FaissFlat
     | FaissIvfFlat
@@ -176,6 +239,8 @@ IndexSpec = Annotated[
     | PgvectorIvfflat
     | MilvusFlat
     | MilvusIvfFlat
+    | MilvusIvfSq8
+    | MilvusIvfPq
     | QdrantHnsw,
     Field(discriminator="kind"),
 ]
@@ -193,6 +258,8 @@ NATIVE_INDEX_KINDS = (
     "pgvector_ivfflat",
     "milvus_flat",
     "milvus_ivf_flat",
+    "milvus_ivf_sq8",
+    "milvus_ivf_pq",
     "qdrant_hnsw",
 )
 INDEX_KINDS = ARTIFACT_INDEX_KINDS + NATIVE_INDEX_KINDS
@@ -693,6 +760,23 @@ class TenantLimits(_Model):
     """This tenant's copy throttle (instead of the spec's)."""
 
 
+class RetentionPolicy(_Model):
+    """How long the versions a migration leaves behind are kept before they are pruned.
+
+    ``retired_seconds``: the source a completed migration retired (no longer written, kept for
+    a migration back); ``abandoned_seconds``: the target a rollback or a failed gate abandoned.
+    Each is a durable timer started when the version is left; at its end the version's records,
+    native index and index artifacts are removed and a ledger entry says so, unless routing, a
+    rollback window, a running migration or a schedule still needs it (then it is kept and the
+    entry says why). ``None`` keeps the version until ``vecmigrate gc`` names it.
+    """
+
+    retired_seconds: float | None = Field(default=None, ge=0.0)
+    """Seconds a retired source is kept (none: until ``vecmigrate gc`` names it)."""
+    abandoned_seconds: float | None = Field(default=None, ge=0.0)
+    """Seconds an abandoned target is kept (none: until ``vecmigrate gc`` names it)."""
+
+
 class MigrationSpec(_Model):
     """One migration of one collection in one tenant, from a source version to a target."""
 
@@ -742,6 +826,12 @@ class MigrationSpec(_Model):
     """Per-tenant limits, by tenant name."""
     region: Name | None = None
     """Set by a regional parent on its children: the region this migration's data lives in."""
+    schedule: SchedulePolicy | None = None
+    """A template for a Temporal Schedule: what each firing migrates, and when it fires."""
+    windows: MaintenanceWindows | None = None
+    """When the heavy phases (copy, build) may run; outside, the migration waits on a timer."""
+    retention: RetentionPolicy | None = None
+    """When the versions this migration leaves behind are pruned."""
 
     @property
     def regional(self) -> bool:
@@ -806,11 +896,22 @@ class MigrationSpec(_Model):
                     f"{version.store.kind}: use a FAISS/hnswlib index kind or that store"
                 )
         self._check_regions()
-        if isinstance(idx, FaissIvfPq) and dst.dimension % idx.m != 0:
+        if isinstance(idx, FaissIvfPq | MilvusIvfPq) and dst.dimension % idx.m != 0:
             raise ValueError(
                 f"target.index.m ({idx.m}) must divide the dimension ({dst.dimension}); "
                 "pick m among its divisors"
             )
+        if self.schedule is not None:
+            if self.regional or self.region is not None:
+                raise ValueError(
+                    "schedule: a scheduled spec migrates one tenant's collection in one place; "
+                    "schedule one spec per region and tenant"
+                )
+            if self.id is not None:
+                raise ValueError(
+                    "schedule: every firing gets its own migration id (from its fresh target "
+                    "version); leave id out"
+                )
         return self
 
     def _check_regions(self) -> None:
@@ -872,9 +973,63 @@ class MigrationSpec(_Model):
         return f"{self.tenant}.{self.collection}.{self.source.name}-to-{self.target.name}"
 
     def spec_hash(self) -> str:
-        """SHA-256 of the canonical JSON of the spec."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        """SHA-256 of the canonical JSON of the spec (see :func:`canonical`)."""
+        return hashlib.sha256(canonical(self).encode()).hexdigest()
+
+
+# Fields added after the first release, by model: left out of the canonical form while they hold
+# their default, so the hash of every spec written before them stays what it was (running
+# migrations load their spec by that hash) and a spec that uses none of them hashes as before.
+ADDED_FIELDS: dict[type[BaseModel], frozenset[str]] = {
+    FaissFlat: frozenset({"encoding"}),
+    FaissIvfFlat: frozenset({"encoding"}),
+    FaissHnsw: frozenset({"encoding"}),
+    PgvectorHnsw: frozenset({"precision"}),
+    PgvectorIvfflat: frozenset({"precision"}),
+    QdrantHnsw: frozenset({"quantization", "product_compression", "rescore", "oversampling"}),
+    MigrationSpec: frozenset({"schedule", "windows", "retention", "quarantine"}),
+    BuiltinStoreRef: frozenset({"password", "tls", "writable"}),
+    PgvectorStoreRef: frozenset(
+        {"password", "tls", "table", "id_column", "vector_columns", "payload_columns", "writable"}
+    ),
+    MilvusStoreRef: frozenset({"token", "tls", "collection", "vector_fields", "writable"}),
+    QdrantStoreRef: frozenset(
+        {"url", "api_key", "collection", "vectors", "payload_kinds", "writable"}
+    ),
+}
+
+
+def _without_added(model: BaseModel, data: Any) -> Any:
+    """``data`` (``model`` dumped as JSON) less the added fields that hold their default."""
+    if not isinstance(data, dict):
+        return data
+    added = ADDED_FIELDS.get(type(model), frozenset())
+    kept: dict[str, Any] = {}
+    for name, value in data.items():
+        field = type(model).model_fields.get(name)
+        attr = getattr(model, name, None)
+        if (
+            name in added
+            and field is not None
+            and attr == field.get_default(call_default_factory=True)
+        ):
+            continue
+        if isinstance(attr, BaseModel):
+            value = _without_added(attr, value)
+        elif isinstance(attr, tuple | list) and isinstance(value, list):
+            value = [
+                _without_added(a, v) if isinstance(a, BaseModel) else v
+                for a, v in zip(attr, value, strict=True)
+            ]
+        kept[name] = value
+    return kept
+
+
+def canonical(model: BaseModel) -> str:
+    """The canonical JSON of a spec or one of its parts: sorted keys, no spaces, and the fields
+    added after the first release left out while they hold their default."""
+    data = _without_added(model, model.model_dump(mode="json"))
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
 _FIX_HINTS = {

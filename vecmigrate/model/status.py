@@ -13,7 +13,7 @@ from vecmigrate.model.lifecycle import TERMINAL, Phase
 from vecmigrate.model.messages import Interrupt
 from vecmigrate.model.routing import RoutingView
 from vecmigrate.model.spec import MigrationSpec
-from vecmigrate.model.tasks import ShardRef
+from vecmigrate.model.tasks import Promotion, ShardRef
 
 
 class _Model(BaseModel):
@@ -130,6 +130,14 @@ class MigrationStatus(_Model):
     remedies: list[str] = Field(default_factory=list)
     # Steps Temporal is retrying (added by the client; the workflow cannot see retries).
     retrying: list[RetryingStep] = Field(default_factory=list)
+    # The target is a retained version going back into service: the log is replayed onto it
+    # from where it stopped being written, and its index reused (no copy, no build).
+    promotion: Promotion | None = None
+    # Bytes of both versions and the change log, measured at each stage (peak, finalized).
+    storage_bytes: dict[str, int] = Field(default_factory=dict)
+    # Held outside the spec's maintenance windows: when the next one opens, and why it waits.
+    window_until: str = ""
+    window_note: str = ""
 
     def copied(self) -> tuple[int, int]:
         """Vectors copied and total, over all shards."""

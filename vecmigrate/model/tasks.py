@@ -89,6 +89,15 @@ class PrepareInput(SpecTask):
     operator: str = "unknown"
 
 
+class Promotion(_Model):
+    """A retained version moved back into service without a copy: its index, reused, and the
+    change-log position after which it missed writes (replayed instead of copied)."""
+
+    version: str
+    index_id: str
+    written_until: int
+
+
 class PrepareResult(_Model):
     shards: list[ShardRef]
     source_counts: dict[int, int]
@@ -96,6 +105,8 @@ class PrepareResult(_Model):
     source_index: str | None = None
     # The transitional adapter fit for a re-embedding migration, if the spec asked for one.
     adapter: str | None = None
+    # The target is a retained version promoted back (no copy, no build).
+    promotion: Promotion | None = None
 
 
 class LedgerAck(_Model):
@@ -128,6 +139,9 @@ class CopyShardResult(_Model):
     ledger: LedgerAck | None = None
     # Source records of this shard left out (see the quarantine), over this call's batches.
     quarantined: int = 0
+    # Bytes of records read from the source and written to the target by this call.
+    bytes_read: int = 0
+    bytes_written: int = 0
 
 
 class BuildIndexInput(SpecTask):
@@ -148,6 +162,11 @@ class ArtifactRef(_Model):
     kind: str
     reused: bool = False
     seconds: float = 0.0
+    # What the build cost: bytes of records read from the store, bytes of index written, and
+    # the growth of the worker's resident memory while it ran (sampled; None where unknown).
+    bytes_read: int = 0
+    bytes_written: int = 0
+    peak_memory: int | None = None
     # The key ring key that wraps the artifact's data key (None: written in plaintext).
     protected_by: str | None = None
 
@@ -279,6 +298,8 @@ class CatchUpResult(_Model):
     lag: int
     drained: bool
     seconds: float = 0.0
+    # Entries up to ``position`` a later write of the same id superseded, removed once drained.
+    compacted: int = 0
 
 
 class LogHeadInput(_Model):
@@ -318,3 +339,45 @@ class TenantsInput(_Model):
 
 class DataStateInput(SpecTask):
     """What the data of both versions look like now (see :class:`GateReport.data_state`)."""
+
+
+class StorageInput(SpecTask):
+    """Measure a migration's storage at ``stage`` (and, once finalized, tidy its collection's
+    change log and artifacts first)."""
+
+    stage: Literal["peak", "finalized", "pruned"]
+
+
+class RetentionInput(_Model):
+    """A version left behind by a migration, kept ``keep_seconds`` before it is pruned."""
+
+    tenant: str
+    collection: str
+    version: str
+    left_as: Literal["retired", "abandoned"]
+    keep_seconds: float
+    migration_id: str
+    region: str | None = None
+
+
+class PruneInput(_Model):
+    """Prune ``version`` if nothing needs it."""
+
+    tenant: str
+    collection: str
+    version: str
+    actor: str
+    reason: str
+    migration_id: str | None = None
+    # The region whose data this touches (None outside a regional migration): only a worker
+    # of that region may run it.
+    region: str | None = None
+
+
+class PruneResult(_Model):
+    """What pruning did: ``pruned``, or ``kept`` with the reason."""
+
+    action: str
+    reason: str = ""
+    freed_bytes: int = 0
+    keep_until: str = ""

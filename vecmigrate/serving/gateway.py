@@ -11,6 +11,7 @@ second time on the way out):
     POST /v1/{tenant}/{collection}/upsert   {"ids": [...], "vectors": [[...]], "texts": [...]}
     POST /v1/{tenant}/{collection}/delete   {"ids": [...]}
     GET  /v1/{tenant}/{collection}          the collection's routing (admin)
+    GET  /metrics                           Prometheus exposition (see below)
 
 Every request under ``/v1`` carries a credential (``Authorization: Bearer``: an API key or a
 JWT; ``X-API-Key`` too), scoped to tenants, collections and actions (``search``: search;
@@ -23,27 +24,58 @@ Bad input is a 400 naming the problem (wrong dimension, NaN, wrong model, malfor
 nested JSON, ``k`` not an integer, an id outside 64 bits), an unknown collection 404, a model that
 cannot run 409, a body over the limit 413, a body that does not arrive in time 408, writes during
 an offline migration 503 with ``Retry-After``. Nothing is written for a request that fails.
+
+Each request is traced, measured and logged (``vecmigrate.telemetry.http``): one span per
+request (a child of the caller's when it sends ``traceparent``) with the router's decisions as
+attributes, the store calls beneath it. ``/metrics`` carries the tenants' and collections' names,
+so by default it asks for a credential with ``admin`` over every tenant (Prometheus sends it as
+a bearer token); ``metrics`` (or ``$VECMIGRATE_GATEWAY_METRICS``) says otherwise: ``open`` (no
+credential, for a port only the monitoring network reaches), ``HOST:PORT`` (``/metrics``,
+``/healthz`` and ``/readyz`` on an address of their own, as a worker serves them; not on the
+gateway's port) or ``off``.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Annotated, Any
+import os
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextvars import copy_context
+from typing import Annotated, Any, ParamSpec, TypeVar
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, Strict, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from vecmigrate.catalog.catalog import Catalog
-from vecmigrate.errors import AccessDeniedError, DataError, NotFoundError, PreconditionError
-from vecmigrate.security.credentials import AuthenticationError, Credentials, Principal, bearer
+from vecmigrate.errors import (
+    AccessDeniedError,
+    ConfigurationError,
+    DataError,
+    NotFoundError,
+    PreconditionError,
+)
+from vecmigrate.model.routing import RoutingView
+from vecmigrate.security.credentials import (
+    ANY,
+    AuthenticationError,
+    Credentials,
+    Principal,
+    bearer,
+)
 from vecmigrate.security.scrub import scrub
 from vecmigrate.serving.asgi import AsgiServer, BodyGuard, TlsFiles
 from vecmigrate.serving.router import Router, WritesPausedError
+from vecmigrate.telemetry import names
+from vecmigrate.telemetry.exposition import ProbeServer, metrics_payload, parse_address
+from vecmigrate.telemetry.http import RequestTelemetry, request_notes
+from vecmigrate.telemetry.setup import Telemetry, current
 
 log = logging.getLogger("vecmigrate.gateway")
 
@@ -51,6 +83,13 @@ MAX_BODY = 64 * 1024 * 1024
 MAX_ITEMS = 100_000
 # Which action each route needs.
 ROUTE_ACTIONS = {"search": "search", "upsert": "write", "delete": "write", "": "admin"}
+METRICS_PATH = "/metrics"
+METRICS_ENV = "VECMIGRATE_GATEWAY_METRICS"
+# Where /metrics is served: on the gateway's port behind a credential, or without one, or not.
+METRICS_MODES = ("auth", "open", "off")
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 Int64 = Annotated[int, Strict(), Field(ge=-(2**63), le=2**63 - 1)]
 StringId = Annotated[str, Strict(), Field(min_length=1, max_length=512)]
@@ -149,22 +188,40 @@ def _int_ids(ids: list[int | str], where: str) -> np.ndarray:
     return np.asarray(ids, dtype=np.int64)
 
 
+def _noted(kind: type[BaseException]) -> None:
+    """The request's telemetry names the error it was answered with (its type, no message)."""
+    note = request_notes()
+    if note is not None:
+        note.error_type = kind.__name__
+
+
 class Authenticate:
     """ASGI middleware: every request under ``/v1/{tenant}/{collection}`` is authenticated and
-    authorised before its body is read; the principal rides on the request's state."""
+    authorised before its body is read; the principal rides on the request's state. With
+    ``guard_metrics``, ``/metrics`` needs ``admin`` over every tenant (its labels name them
+    all)."""
 
-    def __init__(self, app: ASGIApp, credentials: Credentials | None) -> None:
+    def __init__(
+        self, app: ASGIApp, credentials: Credentials | None, guard_metrics: bool = True
+    ) -> None:
         self.app = app
         self.credentials = credentials
+        self.guard_metrics = guard_metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+        path = scope["path"] if scope["type"] == "http" else ""
+        tenant: str | None
+        collection: str | None
+        if path == METRICS_PATH and self.guard_metrics:
+            tenant, collection, action = ANY, None, "admin"
+        elif path.startswith("/v1/"):
+            parts = path.strip("/").split("/")
+            tenant = parts[1] if len(parts) > 1 else None
+            collection = parts[2] if len(parts) > 2 else None
+            action = ROUTE_ACTIONS.get(parts[3] if len(parts) > 3 else "", "admin")
+        else:
             await self.app(scope, receive, send)
             return
-        parts = scope["path"].strip("/").split("/")
-        tenant = parts[1] if len(parts) > 1 else None
-        collection = parts[2] if len(parts) > 2 else None
-        action = ROUTE_ACTIONS.get(parts[3] if len(parts) > 3 else "", "admin")
         if self.credentials is None:
             principal = Principal.everything()
         else:
@@ -173,19 +230,107 @@ class Authenticate:
             try:
                 principal = self.credentials.authenticate(token)
             except AuthenticationError as exc:
+                _noted(type(exc))
                 response = _error(401, str(exc), {"WWW-Authenticate": 'Bearer realm="vecmigrate"'})
                 await response(scope, receive, send)
                 return
         if not principal.allows(action, tenant, collection):
+            _noted(AccessDeniedError)
             await _error(403, "forbidden")(scope, receive, send)
             return
+        note = request_notes()
+        if note is not None and tenant != ANY:
+            # Labels only once the credential reaches them: a caller who may not cannot grow
+            # the label sets with made-up names.
+            note.tenant, note.collection = tenant, collection
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
 
 
-def create_app(router: Router, credentials: Credentials | None = None) -> FastAPI:
+class _RequestShadowPool(ThreadPoolExecutor):
+    """The router's pool of shadow reads, each run in the context of the request that asked
+    for it: the request's span says it was shadowed, and the candidate's store calls are its
+    children (the same trace) rather than traces of their own."""
+
+    def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:
+        note = request_notes()
+        if note is not None:
+            note.attributes[names.ATTR_SHADOWED] = True
+        context = copy_context()
+        return super().submit(lambda: context.run(fn, *args, **kwargs))
+
+
+def _trace_shadow_reads(router: Router) -> None:
+    # The router takes no executor of ours: its pool is replaced (before any request) rather
+    # than the router taught about requests' telemetry.
+    pool = router._shadow_pool
+    if isinstance(pool, _RequestShadowPool):
+        return
+    router._shadow_pool = _RequestShadowPool(pool._max_workers, thread_name_prefix="shadow")
+    pool.shutdown(wait=False)
+
+
+class _RoutingNotes:
+    """Puts the router's decisions on a request's telemetry, and the routing row a collection
+    is served by on the routing gauges (once per routing generation)."""
+
+    def __init__(self, router: Router, telemetry: Telemetry) -> None:
+        self.router = router
+        self.telemetry = telemetry
+        self._generations: dict[tuple[str, str], int] = {}
+
+    def __call__(self, tenant: str, collection: str, version: str | None = None) -> None:
+        note = request_notes()
+        if note is None:
+            return
+        try:
+            view = self.router.routing(tenant, collection)
+        except NotFoundError:
+            return  # the collection went away since the router answered
+        key = (tenant, collection)
+        if self.telemetry.metering and self._generations.get(key) != view.generation:
+            self._generations[key] = view.generation
+            self.telemetry.metrics.routing(tenant, collection, view)
+        note.attributes.update(_routing_attributes(view))
+        if version is not None:
+            note.version = version
+            note.attributes[names.ATTR_CANARY] = version == view.candidate_version
+            note.attributes.setdefault(names.ATTR_SHADOWED, False)
+
+
+def _routing_attributes(view: RoutingView) -> dict[str, Any]:
+    found: dict[str, Any] = {
+        names.ATTR_GENERATION: view.generation,
+        names.ATTR_RAMP: view.ramp_percent,
+        names.ATTR_SHADOW: view.shadow_percent,
+        "vecmigrate.routing.write_versions": list(view.write_versions),
+    }
+    if view.read_version is not None:
+        found[names.ATTR_READ_VERSION] = view.read_version
+    if view.candidate_version is not None:
+        found[names.ATTR_CANDIDATE] = view.candidate_version
+    return found
+
+
+def create_app(
+    router: Router,
+    credentials: Credentials | None = None,
+    *,
+    metrics: str = "auth",
+    telemetry: Telemetry | None = None,
+) -> FastAPI:
     """The gateway's ASGI app over ``router`` (no ``credentials``: every caller may do
-    everything, for a gateway only its own host can reach)."""
+    everything, for a gateway only its own host can reach).
+
+    ``metrics``: ``auth`` serves ``/metrics`` to a credential with ``admin`` over every tenant,
+    ``open`` to anyone, ``off`` not at all. ``telemetry`` (default: the process's) holds the
+    registry ``/metrics`` exposes and the gauges of the routing rows served.
+    """
+    if metrics not in METRICS_MODES:
+        raise ConfigurationError(f"metrics={metrics!r}: use {', '.join(METRICS_MODES)}")
+    telemetry = telemetry or current()
+    noting = _RoutingNotes(router, telemetry)
+    _trace_shadow_reads(router)
     app = FastAPI(
         title="vecmigrate gateway",
         summary="Search and write collections while they migrate.",
@@ -196,6 +341,7 @@ def create_app(router: Router, credentials: Credentials | None = None) -> FastAP
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        _noted(type(exc))
         problems = []
         for e in exc.errors():
             where = ".".join(str(p) for p in e.get("loc", ()) if p != "body")
@@ -204,33 +350,40 @@ def create_app(router: Router, credentials: Credentials | None = None) -> FastAP
         return _error(400, "; ".join(problems) or "invalid request")
 
     @app.exception_handler(RecursionError)
-    async def too_deep(_: Request, __: RecursionError) -> JSONResponse:
+    async def too_deep(_: Request, exc: RecursionError) -> JSONResponse:
+        _noted(type(exc))
         return _error(400, "the JSON body is nested too deeply")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        _noted(type(exc))
         if exc.status_code == 404:
             return _error(404, f"no such endpoint {request.url.path}")
         return _error(exc.status_code, str(exc.detail))
 
     @app.exception_handler(DataError)
     async def bad_data(_: Request, exc: DataError) -> JSONResponse:
+        _noted(type(exc))
         return _error(400, str(exc))
 
     @app.exception_handler(NotFoundError)
     async def not_found(_: Request, exc: NotFoundError) -> JSONResponse:
+        _noted(type(exc))
         return _error(404, str(exc))
 
     @app.exception_handler(PreconditionError)
     async def conflict(_: Request, exc: PreconditionError) -> JSONResponse:
+        _noted(type(exc))
         return _error(409, str(exc))
 
     @app.exception_handler(AccessDeniedError)
-    async def forbidden(_: Request, __: AccessDeniedError) -> JSONResponse:
+    async def forbidden(_: Request, exc: AccessDeniedError) -> JSONResponse:
+        _noted(type(exc))
         return _error(403, "forbidden")
 
     @app.exception_handler(WritesPausedError)
     async def paused(_: Request, exc: WritesPausedError) -> JSONResponse:
+        _noted(type(exc))
         return JSONResponse(
             {"error": str(exc), "retry_after": exc.retry_after},
             503,
@@ -239,6 +392,7 @@ def create_app(router: Router, credentials: Credentials | None = None) -> FastAP
 
     @app.exception_handler(Exception)
     async def failed(_: Request, exc: Exception) -> JSONResponse:
+        _noted(type(exc))
         log.error("request failed: %s", scrub(f"{type(exc).__name__}: {exc}"))
         return _error(500, "internal error; the gateway's log has the details")
 
@@ -249,6 +403,13 @@ def create_app(router: Router, credentials: Credentials | None = None) -> FastAP
     @app.get("/health")
     async def health() -> dict[str, bool]:
         return {"ok": True}
+
+    if metrics != "off":
+
+        @app.get(METRICS_PATH, include_in_schema=False)
+        async def exposition() -> Response:
+            status, kind, body = metrics_payload(telemetry.registry)
+            return Response(body, status, media_type=kind)
 
     @app.post("/v1/{tenant}/{collection}/search", responses={200: {"model": SearchResponse}})
     def search(tenant: str, collection: str, body: SearchRequest, request: Request) -> Any:
@@ -264,6 +425,7 @@ def create_app(router: Router, credentials: Credentials | None = None) -> FastAP
             found = router.search(
                 tenant, collection, queries, body.k, key=key, model=body.model, access=who
             )
+        noting(tenant, collection, found.version)
         distances = np.where(np.isfinite(found.distances), found.distances, -1).round(6)
         return JSONResponse(
             {
@@ -280,6 +442,7 @@ def create_app(router: Router, credentials: Credentials | None = None) -> FastAP
         ids = _int_ids(body.ids, f"{tenant}/{collection}")
         vectors = _matrix(body.vectors, "vectors") if body.vectors is not None else None
         seq = router.upsert(tenant, collection, ids, vectors, body.texts, access=principal(request))
+        noting(tenant, collection)
         return JSONResponse({"upserted": len(ids), "seq": seq})
 
     @app.post("/v1/{tenant}/{collection}/delete", responses={200: {"model": DeleteResponse}})
@@ -287,6 +450,7 @@ def create_app(router: Router, credentials: Credentials | None = None) -> FastAP
         """Delete records, by id, from every version the collection writes to now."""
         ids = _int_ids(body.ids, f"{tenant}/{collection}")
         seq = router.delete(tenant, collection, ids, access=principal(request))
+        noting(tenant, collection)
         return JSONResponse({"deleted": len(ids), "seq": seq})
 
     @app.get("/v1/{tenant}/{collection}", responses={200: {"model": RoutingResponse}})
@@ -294,10 +458,25 @@ def create_app(router: Router, credentials: Credentials | None = None) -> FastAP
         """Which versions the collection reads and writes now (admin)."""
         principal(request).check("admin", tenant, collection)
         view = router.routing(tenant, collection)
+        noting(tenant, collection)
         return JSONResponse(view.model_dump())
 
-    app.add_middleware(Authenticate, credentials=credentials)
+    app.add_middleware(Authenticate, credentials=credentials, guard_metrics=metrics == "auth")
     return app
+
+
+def route_template(app: FastAPI) -> Callable[[dict[str, Any]], str | None]:
+    """The template of ``app``'s route a request's path matches (for requests answered before
+    the app routed them: a refused credential, a body too large)."""
+
+    def find(scope: dict[str, Any]) -> str | None:
+        for route in app.routes:
+            match, _ = route.matches(scope)
+            if match is not Match.NONE:
+                return str(getattr(route, "path", "")) or None
+        return None
+
+    return find
 
 
 class Gateway:
@@ -305,7 +484,14 @@ class Gateway:
     in the foreground.
 
     ``credentials`` None serves without authentication (only for a gateway bound to a loopback
-    address: the ``serve`` command refuses anything else). ``tls`` serves HTTPS.
+    address: the ``serve`` command refuses anything else). ``tls`` serves HTTPS. ``metrics``
+    (default ``$VECMIGRATE_GATEWAY_METRICS``, else ``auth``): ``auth``, ``open`` or ``off`` (see
+    :func:`create_app`), or ``HOST:PORT`` for ``/metrics``, ``/healthz`` and ``/readyz`` on an
+    address of their own (:attr:`metrics_url`). Requests are traced, measured and logged with
+    the process's telemetry (``vecmigrate.telemetry.setup.current``, installed before).
+
+    Raises:
+        ConfigurationError: a ``metrics`` value that is none of these.
     """
 
     def __init__(
@@ -320,11 +506,29 @@ class Gateway:
         max_body: int = MAX_BODY,
         read_timeout: float = 10.0,
         header_timeout: float = 10.0,
+        metrics: str | None = None,
     ) -> None:
+        telemetry = current()
+        mode = (metrics or os.environ.get(METRICS_ENV) or "auth").strip()
+        self.metrics_server: ProbeServer | None = None
+        if mode not in METRICS_MODES:
+            try:
+                metrics_host, metrics_port = parse_address(mode)
+            except ValueError:
+                raise ConfigurationError(
+                    f"{METRICS_ENV}={mode!r}: use auth, open, off or HOST:PORT"
+                ) from None
+            self.metrics_server = ProbeServer(metrics_host, metrics_port, telemetry.registry)
+            mode = "off"
         self.router = Router(Catalog(catalog_url), refresh_seconds=refresh)
-        self.app = create_app(self.router, credentials)
+        self.app = create_app(self.router, credentials, metrics=mode, telemetry=telemetry)
         self.server = AsgiServer(
-            BodyGuard(self.app, max_body=max_body, read_timeout=read_timeout),
+            RequestTelemetry(
+                BodyGuard(self.app, max_body=max_body, read_timeout=read_timeout),
+                telemetry,
+                route_of=route_template(self.app),
+                quiet=("/health", METRICS_PATH),
+            ),
             host,
             port,
             tls=tls,
@@ -335,19 +539,32 @@ class Gateway:
     def url(self) -> str:
         return self.server.url
 
+    @property
+    def metrics_url(self) -> str | None:
+        """The address of ``/metrics`` when it has one of its own."""
+        return self.metrics_server.url if self.metrics_server is not None else None
+
     def start(self) -> Gateway:
         """Serve on a background thread."""
+        if self.metrics_server is not None:
+            self.metrics_server.start()
         self.server.start()
         return self
 
     async def serve(self) -> None:
         """Serve on the running event loop until SIGINT or SIGTERM, then flush and close."""
+        if self.metrics_server is not None:
+            self.metrics_server.start()
         try:
             await self.server.serve_async()
         finally:
             self.router.close()
+            if self.metrics_server is not None:
+                self.metrics_server.stop()
 
     def stop(self) -> None:
         """Stop serving and flush shadow samples."""
         self.server.stop()
         self.router.close()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()

@@ -24,6 +24,8 @@ class Capabilities:
     max_half_dimension: int | None = None
     # What each store keeps of a record beside its vectors (for ``plan`` and the docs).
     records: str = ""
+    # Native kinds the store's embedded engine builds (None: the same as a server's).
+    local_native_indexes: frozenset[str] | None = None
 
     def problems(self, version: VersionSpec, side: str) -> list[str]:
         """Why this store cannot hold ``version`` (empty when it can)."""
@@ -37,7 +39,18 @@ class Capabilities:
         index: IndexSpec = version.index
         if index.kind not in ARTIFACT_INDEX_KINDS and index.kind not in self.native_indexes:
             out.append(f"{side}.store ({self.kind}) cannot build {index.kind} natively")
-        cap = self.max_index_dimension.get(index.kind)
+        local = self.local_native_indexes
+        if local is not None and index.kind in self.native_indexes - local:
+            uri = str(getattr(version.store, "uri", ""))
+            if not uri.startswith(("http://", "https://", "tcp://", "grpc://")):
+                out.append(
+                    f"{side}.index {index.kind} needs a {self.kind} server: the embedded engine "
+                    f"a local path ({uri}) runs builds only {', '.join(sorted(local))}"
+                )
+        precision = getattr(index, "precision", "vector")
+        cap = self.max_index_dimension.get(
+            f"{index.kind}:{precision}", self.max_index_dimension.get(index.kind)
+        )
         if cap is not None and dim > cap:
             out.append(
                 f"{side}.index {index.kind} supports at most {cap} dimensions, not {dim}: "
@@ -80,7 +93,13 @@ CAPABILITIES: dict[str, Capabilities] = {
         kind="pgvector",
         native_indexes=frozenset({"pgvector_hnsw", "pgvector_ivfflat"}),
         max_dimension=16000,
-        max_index_dimension={"pgvector_hnsw": 2000, "pgvector_ivfflat": 2000},
+        # halfvec indexes take up to 4,000 dimensions.
+        max_index_dimension={
+            "pgvector_hnsw": 2000,
+            "pgvector_ivfflat": 2000,
+            "pgvector_hnsw:halfvec": 4000,
+            "pgvector_ivfflat:halfvec": 4000,
+        },
         metrics=frozenset({"l2", "ip", "cosine"}),
         scan_order="(hash of id, id) or id, keyset; an adopted table by id",
         transactions=True,
@@ -90,7 +109,9 @@ CAPABILITIES: dict[str, Capabilities] = {
     ),
     "milvus": Capabilities(
         kind="milvus",
-        native_indexes=frozenset({"milvus_flat", "milvus_ivf_flat"}),
+        native_indexes=frozenset(
+            {"milvus_flat", "milvus_ivf_flat", "milvus_ivf_sq8", "milvus_ivf_pq"}
+        ),
         max_dimension=32768,
         max_index_dimension={},
         metrics=frozenset({"l2", "ip", "cosine"}),
@@ -98,6 +119,8 @@ CAPABILITIES: dict[str, Capabilities] = {
         transactions=False,
         records="INT64 or VARCHAR ids, FLOAT/FLOAT16 vectors, typed scalar and JSON fields (a "
         "VARCHAR value up to 65,535 bytes, a JSON one up to 65,536), the dynamic field",
+        # milvus-lite (a local file uri) builds FLAT and IVF_FLAT only.
+        local_native_indexes=frozenset({"milvus_flat", "milvus_ivf_flat"}),
     ),
     "qdrant": Capabilities(
         kind="qdrant",
@@ -111,3 +134,12 @@ CAPABILITIES: dict[str, Capabilities] = {
         records="unsigned integer or UUID point ids, named float32/float16 vectors, JSON payload",
     ),
 }
+
+
+# Native index kinds only a store's server builds (its embedded engine refuses them).
+SERVER_ONLY_KINDS = frozenset(
+    kind
+    for c in CAPABILITIES.values()
+    if c.local_native_indexes is not None
+    for kind in c.native_indexes - c.local_native_indexes
+)

@@ -53,6 +53,8 @@ from vecmigrate.model.spec import (
     Metric,
     MilvusFlat,
     MilvusIvfFlat,
+    MilvusIvfPq,
+    MilvusIvfSq8,
     MilvusStoreRef,
     MilvusTls,
 )
@@ -177,14 +179,30 @@ def _literal(value: Any) -> str:
     return repr(value)
 
 
+# Milvus's index type and build parameters of each native kind vecmigrate builds.
+MilvusIndex = MilvusFlat | MilvusIvfFlat | MilvusIvfSq8 | MilvusIvfPq
+
+
+def index_type(spec: MilvusIndex) -> tuple[str, dict[str, int]]:
+    """The Milvus index type of ``spec`` and its build parameters."""
+    if isinstance(spec, MilvusIvfPq):
+        return "IVF_PQ", {"nlist": spec.nlist, "m": spec.m, "nbits": spec.nbits}
+    if isinstance(spec, MilvusIvfSq8):
+        return "IVF_SQ8", {"nlist": spec.nlist}
+    if isinstance(spec, MilvusIvfFlat):
+        return "IVF_FLAT", {"nlist": spec.nlist}
+    return "FLAT", {}
+
+
 def _vector_index(client: Any, field: str, spec: IndexSpec | None, metric: str) -> Any:
     params = client.prepare_index_params()
-    if isinstance(spec, MilvusIvfFlat):
+    if isinstance(spec, MilvusIvfFlat | MilvusIvfSq8 | MilvusIvfPq):
+        kind, build = index_type(spec)
         params.add_index(
             field_name=field,
-            index_type="IVF_FLAT",
+            index_type=kind,
             metric_type=_METRIC[metric],
-            params={"nlist": spec.nlist},
+            params=build,
         )
     else:
         params.add_index(field_name=field, index_type="FLAT", metric_type=_METRIC[metric])
@@ -569,19 +587,16 @@ class MilvusStore(ScanningStore):
         """Replace each vector's index with the native one the spec names (idempotent; the
         other vectors by the metric their source indexed them with)."""
         self._writes()
-        if not isinstance(spec, MilvusIvfFlat | MilvusFlat):
+        if not isinstance(spec, MilvusFlat | MilvusIvfFlat | MilvusIvfSq8 | MilvusIvfPq):
             raise PreconditionError(f"Milvus cannot build {spec.kind} natively here")
-        wanted = "IVF_FLAT" if isinstance(spec, MilvusIvfFlat) else "FLAT"
+        wanted, build = index_type(spec)
         for v in self.schema.vectors:
             m = str(metric) if v is self.schema.primary else (v.metric or str(metric))
             current = self.client.describe_index(self.name, v.name) or {}
             same = (
                 current.get("index_type") == wanted
                 and current.get("metric_type") == _METRIC[m]
-                and (
-                    not isinstance(spec, MilvusIvfFlat)
-                    or str(current.get("nlist")) == str(spec.nlist)
-                )
+                and all(str(current.get(k)) == str(val) for k, val in build.items())
             )
             if not same:
                 self.client.release_collection(self.name)
@@ -613,7 +628,7 @@ class MilvusStore(ScanningStore):
         """k nearest neighbours (with a payload filter) through Milvus's own search: distances
         in our convention, labels, and the ids."""
         params: dict[str, Any] = {"metric_type": _METRIC[str(metric)]}
-        if isinstance(spec, MilvusIvfFlat):
+        if isinstance(spec, MilvusIvfFlat | MilvusIvfSq8 | MilvusIvfPq):
             params["params"] = {"nprobe": spec.nprobe}
         expr = (
             ""

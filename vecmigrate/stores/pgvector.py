@@ -55,7 +55,14 @@ from vecmigrate.model.records import (
     RecordSchema,
     VectorField,
 )
-from vecmigrate.model.spec import IndexSpec, Metric, PgvectorHnsw, PgvectorIvfflat, PgvectorStoreRef
+from vecmigrate.model.spec import (
+    IndexSpec,
+    Metric,
+    PgvectorHnsw,
+    PgvectorIvfflat,
+    PgvectorStoreRef,
+    canonical,
+)
 from vecmigrate.model.tasks import Cursor, ShardRef
 from vecmigrate.records.batch import Faults, Records, assemble
 from vecmigrate.records.filters import normalize
@@ -264,14 +271,30 @@ def _sql_type(f: PayloadField) -> str:
     }[f.kind]
 
 
-def _index_using(metric: str, column: str, typname: str, spec: IndexSpec) -> str:
-    ops = _OPS[metric].replace("vector_", "halfvec_") if typname == "halfvec" else _OPS[metric]
+def indexed_expression(
+    column: str, typname: str, spec: IndexSpec, dimension: int
+) -> tuple[str, str]:
+    """What a native index of ``spec`` on a vector column is built on, and the type a query is
+    cast to so the planner uses it: the column itself, or its cast to half precision where the
+    spec asks for ``halfvec`` on a full-precision column (the table keeps full vectors)."""
+    if typname == "halfvec":
+        return quote(column), "halfvec"
+    if isinstance(spec, PgvectorHnsw | PgvectorIvfflat) and spec.precision == "halfvec":
+        return f"({quote(column)}::halfvec({dimension}))", f"halfvec({dimension})"
+    return quote(column), "vector"
+
+
+def _index_using(metric: str, column: str, typname: str, spec: IndexSpec, dimension: int) -> str:
+    if not isinstance(spec, PgvectorHnsw | PgvectorIvfflat):
+        raise PreconditionError(f"pgvector cannot build {spec.kind} natively")
+    expr, cast = indexed_expression(column, typname, spec, dimension)
+    ops = _OPS[metric]
+    if cast.startswith("halfvec"):
+        ops = ops.replace("vector_", "halfvec_", 1)
     if isinstance(spec, PgvectorHnsw):
         params = f"m = {spec.m}, ef_construction = {spec.ef_construction}"
-        return f"hnsw ({quote(column)} {ops}) WITH ({params})"
-    if isinstance(spec, PgvectorIvfflat):
-        return f"ivfflat ({quote(column)} {ops}) WITH (lists = {spec.lists})"
-    raise PreconditionError(f"pgvector cannot build {spec.kind} natively")
+        return f"hnsw ({expr} {ops}) WITH ({params})"
+    return f"ivfflat ({expr} {ops}) WITH (lists = {spec.lists})"
 
 
 # -- reading and writing rows ----------------------------------------------------------------
@@ -983,7 +1006,8 @@ class PgvectorStore(ScanningStore):
     def index_name(self, spec: IndexSpec, metric: Metric, column: str | None = None) -> str:
         """Name of the native index built from ``spec`` on the primary vector (or on
         ``column``): stable, so building is idempotent."""
-        key: list[Any] = [spec.model_dump(mode="json"), str(metric)]
+        # Canonical: a parameter added later, at its default, keeps the name (and the index).
+        key: list[Any] = [json.loads(canonical(spec)), str(metric)]
         if column is not None:
             key.append(column)
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
@@ -998,7 +1022,7 @@ class PgvectorStore(ScanningStore):
         for v, col in zip(self.schema.vectors, self.layout.vectors, strict=True):
             m = Metric(v.metric or metric) if v is not self.schema.primary else metric
             name = self.index_name(spec, m, None if v is self.schema.primary else col.name)
-            using = _index_using(str(m), col.name, col.typname, spec)
+            using = _index_using(str(m), col.name, col.typname, spec, v.dimension)
             where = quote(self.table)
             with self.engine.begin() as conn:
                 conn.execute(
@@ -1031,7 +1055,7 @@ class PgvectorStore(ScanningStore):
         our convention, labels, and the ids as the table has them."""
         op = _OPERATOR[str(metric)]
         col = self.layout.vectors[0]
-        vtype = "halfvec" if col.typname == "halfvec" else "vector"
+        vcol, vtype = indexed_expression(col.name, col.typname, spec, self.dimension)
         settings = []
         if isinstance(spec, PgvectorHnsw):
             settings.append(f"SET LOCAL hnsw.ef_search = {max(spec.ef_search, k)}")
@@ -1045,7 +1069,6 @@ class PgvectorStore(ScanningStore):
         where, params = "TRUE", list[Any]()
         if flt is not None:
             where, params = sql_filter(normalize(flt, self.schema), self.layout)
-        vcol = quote(col.name)
         idc = quote(self.layout.id.name)
         sql = (
             f"SELECT {idc}, {vcol} {op} %s::{vtype} AS d FROM {quote(self.table)} "
@@ -1205,13 +1228,13 @@ def table_ddl(table: str, dimension: int) -> list[str]:
     ]
 
 
-def index_using(spec: IndexSpec, metric: Metric, column: str = "embedding") -> str:
-    """The ``USING`` clause of the native index ``spec`` on a ``vector`` column.
+def index_using(spec: IndexSpec, metric: Metric, dimension: int, column: str = "embedding") -> str:
+    """The ``USING`` clause of the native index ``spec`` on a ``vector`` column of ``dimension``.
 
     Raises:
         PreconditionError: pgvector has no such index kind.
     """
-    return _index_using(str(metric), column, "vector", spec)
+    return _index_using(str(metric), column, "vector", spec, dimension)
 
 
 def _ensure_legacy(engine: Engine, table: str, dim: int) -> None:

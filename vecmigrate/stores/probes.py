@@ -239,7 +239,7 @@ def _pgvector_writable(ref: AnyStoreRef, scope: Scope, version: VersionSpec) -> 
         if is_native(version.index):
             metric = Metric(version.embedding.metric)
             conn.execute(
-                text(f"CREATE INDEX ON {table} USING {index_using(version.index, metric)}")
+                text(f"CREATE INDEX ON {table} USING {index_using(version.index, metric, dim)}")
             )
     return None
 
@@ -275,8 +275,9 @@ def _milvus_holds(ref: AnyStoreRef, scope: Scope) -> bool:
     local = _milvus_file(milvus.uri)
     if local is not None and not local.exists():
         return False
+    client = _milvus_client(milvus)
     name = milvus.collection or collection_name(scope)
-    return bool(_milvus_client(milvus).has_collection(name))
+    return bool(client.has_collection(name, timeout=PROBE_TIMEOUT_SECONDS))
 
 
 def _milvus_writable(ref: AnyStoreRef, scope: Scope, version: VersionSpec) -> str | None:

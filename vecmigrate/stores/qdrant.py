@@ -237,6 +237,17 @@ def qdrant_filter(flt: Filter, schema: RecordSchema) -> Any:
     return models.Filter(must=[models.FieldCondition(key=key, range=rng)])
 
 
+def drop_version(ref: QdrantStoreRef, scope: Scope) -> bool:
+    """Drop the collection vecmigrate made for ``scope`` (a pruned version); whether there was
+    one. An adopted collection has a name of its own and is never dropped here."""
+    client = client_for(ref)
+    name = collection_name(scope)
+    if not client.collection_exists(name):
+        return False
+    client.delete_collection(name)
+    return True
+
+
 class QdrantStore(ScanningStore):
     """A :class:`~vecmigrate.stores.base.VectorStore` on a Qdrant collection."""
 
@@ -584,9 +595,11 @@ class QdrantStore(ScanningStore):
                 self.name,
                 hnsw_config=models.HnswConfigDiff(m=spec.m, ef_construct=spec.ef_construct),
                 optimizers_config=models.OptimizersConfigDiff(indexing_threshold=1),
+                quantization_config=_quantization(spec),
                 metadata=made,
             )
-        return f"{self.name}/hnsw-m{spec.m}-ef{spec.ef_construct}"
+        quantized = "" if spec.quantization == "none" else f"-{spec.quantization}"
+        return f"{self.name}/hnsw-m{spec.m}-ef{spec.ef_construct}{quantized}"
 
     def search_native(
         self,
@@ -613,6 +626,11 @@ class QdrantStore(ScanningStore):
         models = _models()
         ef = spec.ef if isinstance(spec, QdrantHnsw) else None
         qf = None if flt is None else qdrant_filter(normalize(flt, self.schema), self.schema)
+        quantized = None
+        if isinstance(spec, QdrantHnsw) and spec.quantization != "none":
+            quantized = models.QuantizationSearchParams(
+                rescore=spec.rescore, oversampling=spec.oversampling
+            )
         q = np.asarray(queries, np.float32)
         d = np.full((q.shape[0], k), np.inf, np.float32)
         i = np.full((q.shape[0], k), -1, np.int64)
@@ -627,7 +645,9 @@ class QdrantStore(ScanningStore):
                     using=using,
                     limit=k,
                     query_filter=qf,
-                    search_params=models.SearchParams(hnsw_ef=max(ef or k, k)),
+                    search_params=models.SearchParams(
+                        hnsw_ef=max(ef or k, k), quantization=quantized
+                    ),
                     with_payload=False,
                 ).points
             ids = [_record_id(h.id, self.schema.id_kind) for h in hits[:k]]
@@ -808,3 +828,21 @@ def _adopted_schema(
         id_kind=id_kind, vectors=tuple(vectors), payload=tuple(fields), extra=extra
     )
     return schema, names, notes
+
+
+def _quantization(spec: QdrantHnsw) -> Any:
+    """Qdrant's quantization config of ``spec`` (None: full vectors only). A server keeps the
+    codes beside the full vectors and rescores with them; the local mode searches exactly."""
+    models = _models()
+    if spec.quantization == "scalar":
+        return models.ScalarQuantization(
+            scalar=models.ScalarQuantizationConfig(
+                type=models.ScalarType.INT8, quantile=0.99, always_ram=True
+            )
+        )
+    if spec.quantization == "product":
+        ratio = getattr(models.CompressionRatio, f"X{spec.product_compression}")
+        return models.ProductQuantization(
+            product=models.ProductQuantizationConfig(compression=ratio, always_ram=True)
+        )
+    return None

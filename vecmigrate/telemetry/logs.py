@@ -30,7 +30,21 @@ LEVEL_ENV = "VECMIGRATE_LOG_LEVEL"
 FORMATS = ("text", "json")
 
 # Fields a log call may pass in ``extra`` (or the current work supplies), in print order.
-FIELDS = ("migration_id", "phase", "shard", "task", "tenant", "collection", "version", "seconds")
+FIELDS = (
+    "migration_id",
+    "phase",
+    "shard",
+    "task",
+    "tenant",
+    "collection",
+    "version",
+    "seconds",
+    # A gateway request's (the path, headers and body are never logged).
+    "method",
+    "route",
+    "status",
+    "error_type",
+)
 
 
 def _context(record: logging.LogRecord) -> dict[str, Any]:

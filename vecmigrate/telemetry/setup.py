@@ -176,7 +176,10 @@ def configure(
     )
     span_kinds = _choices(env, "OTEL_TRACES_EXPORTER", _EXPORTERS, "otlp" if endpoint else "none")
     metric_kinds = _choices(env, "OTEL_METRICS_EXPORTER", _METRIC_EXPORTERS, metrics_default)
-    resource = Resource.create({"service.name": service, "service.version": version()})
+    # OTEL_SERVICE_NAME names the process where it is set (a region's worker, say): the code's
+    # own name is the default, as the specification has the variable win.
+    name = env.get("OTEL_SERVICE_NAME") or service
+    resource = Resource.create({"service.name": name, "service.version": version()})
     tracer_provider = None
     processors: list[SpanProcessor] = [
         BatchSpanProcessor(_span_exporter(k, env)) for k in span_kinds

@@ -5,6 +5,8 @@ Pure Python over the models, so the rules can be read and tested on their own.
 
 from __future__ import annotations
 
+from collections.abc import Sized
+
 from vecmigrate.model.gates import GateReport, GateVerdict, RetrievalFigures, ShardCheck
 from vecmigrate.model.spec import GatePolicy, QuarantinePolicy
 
@@ -51,6 +53,18 @@ def _count(name: str, per_shard: dict[int, int], limit: int, what: str) -> GateV
     )
 
 
+def _none_failed(name: str, failed: Sized, detail: str) -> GateVerdict:
+    """A verdict that passes only when nothing failed; its value is how many things did."""
+    return GateVerdict(
+        name=name,
+        value=float(len(failed)),
+        threshold=0.0,
+        comparison="==",
+        passed=not failed,
+        detail=detail,
+    )
+
+
 def parity_verdicts(
     policy: GatePolicy, same_bytes: bool, checks: list[ShardCheck]
 ) -> list[GateVerdict]:
@@ -59,13 +73,10 @@ def parity_verdicts(
     if policy.require_count_parity:
         diff = [c for c in checks if c.source.count != c.target.count]
         out.append(
-            GateVerdict(
-                name="count_parity",
-                value=float(len(diff)),
-                threshold=0.0,
-                comparison="==",
-                passed=not diff,
-                detail="; ".join(
+            _none_failed(
+                "count_parity",
+                diff,
+                "; ".join(
                     f"shard {c.shard}: {c.source.count} source vs {c.target.count} target"
                     for c in diff
                 )
@@ -81,13 +92,8 @@ def parity_verdicts(
             "ids and vector bytes" if same_bytes else "id sets (vectors transformed or re-embedded)"
         )
         out.append(
-            GateVerdict(
-                name=name,
-                value=float(len(bad)),
-                threshold=0.0,
-                comparison="==",
-                passed=not bad,
-                detail=f"{what} differ in {_shards(bad)}" if bad else f"{what} identical",
+            _none_failed(
+                name, bad, f"{what} differ in {_shards(bad)}" if bad else f"{what} identical"
             )
         )
         if any(c.source.payload_checksum or c.target.payload_checksum for c in checks):
@@ -186,13 +192,8 @@ def integrity_verdicts(
                     f"shard {c.shard}: [{t_lo:.4g}, {t_hi:.4g}] vs source [{s_lo:.4g}, {s_hi:.4g}]"
                 )
         out.append(
-            GateVerdict(
-                name="norm_range",
-                value=float(len(bad)),
-                threshold=0.0,
-                comparison="==",
-                passed=not bad,
-                detail="; ".join(bad) or "target norms within the source's range",
+            _none_failed(
+                "norm_range", bad, "; ".join(bad) or "target norms within the source's range"
             )
         )
     lo = [c.target.norm_min for c in checks if c.target.norm_min is not None]
@@ -277,6 +278,7 @@ def retrieval_verdicts(
         ),
     ]
     out = [v for v in candidates if v is not None]
+    out.extend(index_bytes_verdicts(f))
     for name in ("p50_ms_old", "p99_ms_old", "p50_ms_new", "p99_ms_new"):
         value = getattr(f, name)
         if value is not None:
@@ -303,6 +305,44 @@ def retrieval_verdicts(
                     + (f"; {option.detail}" if option.detail else ""),
                 )
             )
+    return out
+
+
+def index_bytes_verdicts(f: RetrievalFigures) -> list[GateVerdict]:
+    """The bytes of both indexes beside the recall they buy (figures, not gates)."""
+    out = []
+    for name, size, count in (
+        ("index_bytes_old", f.source_index_bytes, f.source_vectors),
+        ("index_bytes_new", f.target_index_bytes, f.target_vectors),
+    ):
+        if size is None:
+            continue
+        per = f"{size / count:,.1f} bytes a vector, " if count else ""
+        out.append(
+            GateVerdict(
+                name=name,
+                value=float(size),
+                comparison="info",
+                passed=True,
+                detail=f"{per}{size / 1e6:,.2f} MB on disk",
+            )
+        )
+    if f.source_index_bytes and f.target_index_bytes is not None:
+        ratio = f.target_index_bytes / f.source_index_bytes
+        recall = (
+            f"; recall@{f.k} {f.source_recall} -> {f.target_recall}"
+            if f.target_recall is not None
+            else ""
+        )
+        out.append(
+            GateVerdict(
+                name="index_bytes_ratio",
+                value=round(ratio, 4),
+                comparison="info",
+                passed=True,
+                detail=f"new index / old index{recall}",
+            )
+        )
     return out
 
 

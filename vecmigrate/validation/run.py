@@ -16,6 +16,7 @@ from vecmigrate.data.transforms import Transform, make_transform
 from vecmigrate.embedding.registry import model_key
 from vecmigrate.errors import PreconditionError
 from vecmigrate.indexes.build import load_index_version
+from vecmigrate.indexes.sizes import artifact_bytes
 from vecmigrate.model.gates import GateReport, RetrievalFigures, ShardCheck
 from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.model.tasks import ShardRef
@@ -256,6 +257,7 @@ def measure(
             )
     elif not over("distribution"):
         distribution_figures(spec, source, target, fig)
+    _index_sizes(catalog, fig, source_index, target_index)
     fig.seconds = round(time.monotonic() - began, 3)
     return fig
 
@@ -285,6 +287,19 @@ def distribution_figures(
     fig.norm_ks, fig.norm_ks_pvalue = round(ks, 4), round(p, 4)
     fig.mean_shift = round(mean_shift(src, dst), 4)
     fig.spectrum_shift = round(spectrum_shift(src, dst, g.distribution.spectrum_components), 4)
+
+
+def _index_sizes(
+    catalog: Catalog, fig: RetrievalFigures, source_index: str | None, target_index: str
+) -> None:
+    """Bytes on disk and vectors of both indexes (artifacts only: a database's own index has
+    no files of its own)."""
+    for side, index_id in (("source", source_index), ("target", target_index)):
+        if index_id is None:
+            continue
+        record = catalog.get_index(index_id)
+        setattr(fig, f"{side}_index_bytes", artifact_bytes(record.artifacts))
+        setattr(fig, f"{side}_vectors", sum(int(a.get("count", 0)) for a in record.artifacts))
 
 
 def report(spec: MigrationSpec, checks: list[ShardCheck], figures: RetrievalFigures) -> GateReport:

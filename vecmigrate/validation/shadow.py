@@ -6,30 +6,25 @@ from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import (
-    BigInteger,
     Boolean,
     Column,
     Float,
     Index,
-    Integer,
     String,
     Table,
     func,
     select,
 )
 
-from vecmigrate.catalog.catalog import Catalog, metadata
+from vecmigrate.catalog.catalog import Catalog, metadata, scope_columns, sequence_key
 from vecmigrate.catalog.engines import begin, once_per_engine
 from vecmigrate.model.gates import ShadowFigures
 
 samples_table = Table(
     "shadow_samples",
     metadata,
-    Column(
-        "id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
-    ),
-    Column("tenant", String(64), nullable=False),
-    Column("collection", String(64), nullable=False),
+    sequence_key("id"),
+    *scope_columns(primary_key=False),
     Column("candidate", String(64), nullable=False),
     Column("overlap", Float),
     Column("ms_old", Float),
