@@ -16,7 +16,7 @@ import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -103,7 +103,7 @@ def _boundary(fn: Callable[[MigrationActivities, I], R]) -> Callable[[MigrationA
             # wherever it stands: an exception raised inside a client library (between a gRPC
             # channel taking its lock and the block that releases it, in a connection pool's
             # bookkeeping) leaves that client unusable for every later call in the process.
-            with activity.shield_thread_cancel_exception():
+            with _shielded():
                 self.admit(fn.__name__, inp)
                 return fn(self, inp)
         except TemporalError:
@@ -118,6 +118,11 @@ def _boundary(fn: Callable[[MigrationActivities, I], R]) -> Callable[[MigrationA
             raise ApplicationError(summary(exc), type=type(exc).__name__) from None
 
     return wrapper
+
+
+def _shielded() -> AbstractContextManager[None]:
+    """Cancellation held until the block ends (outside an activity, as called in-process: none)."""
+    return activity.shield_thread_cancel_exception() if activity.in_activity() else nullcontext()
 
 
 class _Beat:

@@ -190,6 +190,7 @@ def record_storage(
         migration_id=spec.migration_id,
         data=snapshot.model_dump(mode="json"),
         event_key=f"{spec.migration_id}/storage/{stage}",
+        region=spec.region,
     )
     return StorageSnapshot.model_validate(entry.data)
 
