@@ -38,6 +38,7 @@ from vecmigrate.model.spec import (
     QdrantStoreRef,
     store_ref,
 )
+from vecmigrate.stores import database_access
 from vecmigrate.stores.base import Scope
 from vecmigrate.stores.builtin import drop_namespace
 from vecmigrate.stores.pgvector import sqlalchemy_url
@@ -68,7 +69,8 @@ def footprint(ref: AnyStoreRef, scope: Scope, dimension: int) -> Footprint:
     count = store.count()
     if isinstance(ref, PgvectorStoreRef):
         table = getattr(store, "table", None)
-        with engine_for(sqlalchemy_url(ref.url)).connect() as conn:
+        # With the store's own credentials and TLS, as every connection to it.
+        with engine_for(sqlalchemy_url(ref.url), database_access(ref)).connect() as conn:
             row = conn.execute(
                 text("SELECT pg_table_size(:t), pg_indexes_size(:t)"), {"t": table}
             ).first()
@@ -88,9 +90,9 @@ def drop_version(ref: AnyStoreRef, scope: Scope) -> bool:
     if isinstance(ref, BuiltinStoreRef):
         resolved = resolve_store(ref)
         assert resolved.url is not None
-        return drop_namespace(resolved.url, scope) > 0
+        return drop_namespace(resolved.url, scope, database_access(ref)) > 0
     if isinstance(ref, PgvectorStoreRef):
-        return _drop_pgvector(ref.url, scope)
+        return _drop_pgvector(ref, scope)
     if isinstance(ref, MilvusStoreRef):
         from vecmigrate.stores.milvus import client_for, collection_name
 
@@ -105,8 +107,8 @@ def drop_version(ref: AnyStoreRef, scope: Scope) -> bool:
     return drop_qdrant(ref, scope)
 
 
-def _drop_pgvector(url: str, scope: Scope) -> bool:
-    engine = engine_for(sqlalchemy_url(url))
+def _drop_pgvector(ref: PgvectorStoreRef, scope: Scope) -> bool:
+    engine = engine_for(sqlalchemy_url(ref.url), database_access(ref))
     key = {"t": scope.tenant, "c": scope.collection, "v": scope.version}
     with engine.begin() as conn:
         row = conn.execute(

@@ -485,9 +485,10 @@ class BuiltinStore(ScanningStore):
         )
 
 
-def drop_namespace(url: str, scope: Scope) -> int:
-    """Delete a whole version's records (used only for explicit cleanup, never on rollback)."""
-    engine = engine_for(url)
+def drop_namespace(url: str, scope: Scope, access: DatabaseAccess | None = None) -> int:
+    """Delete a whole version's records (used only for explicit cleanup, never on rollback);
+    ``access`` carries the password reference and TLS options of a database server."""
+    engine = engine_for(url, access)
     _prepare(engine)
     with begin(engine) as conn:
         row = conn.execute(
