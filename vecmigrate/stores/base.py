@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from vecmigrate.errors import DataError, PreconditionError
 from vecmigrate.model.records import Filter, IdKind, RecordSchema
+from vecmigrate.model.spec import IndexSpec, Metric
 from vecmigrate.model.tasks import Cursor, ShardRef
 from vecmigrate.records.batch import Faults, Records
 from vecmigrate.records.checksums import RecordChecksum
@@ -209,6 +210,34 @@ class VectorStore(Protocol):
     def inventory(self, samples: int = 3) -> Inventory:
         """What ``vecmigrate inspect`` reports of this store."""
         ...
+
+
+class EngineSearch:
+    """Search through an engine's own index (Milvus, pgvector, Qdrant): ``native_search`` does it
+    and also returns the ids as the engine has them; ``search_native`` is the store protocol's
+    form of it."""
+
+    def native_search(
+        self,
+        queries: Vectors,
+        k: int,
+        spec: IndexSpec,
+        metric: Metric,
+        flt: Filter | None = None,
+    ) -> tuple[npt.NDArray[np.float32], Ids, list[list[Any]]]:
+        raise NotImplementedError
+
+    def search_native(
+        self,
+        queries: Vectors,
+        k: int,
+        spec: IndexSpec,
+        metric: Metric,
+        flt: Filter | None = None,
+    ) -> tuple[npt.NDArray[np.float32], Ids]:
+        """k nearest neighbours through the engine's index; distances follow our convention."""
+        d, i, _ = self.native_search(queries, k, spec, metric, flt)
+        return d, i
 
 
 class ScanningStore:

@@ -69,6 +69,7 @@ from vecmigrate.records.vectors import Ids, Vectors
 from vecmigrate.security.secrets import resolve_optional
 from vecmigrate.stores.base import (
     Batch,
+    EngineSearch,
     Inventory,
     ScanningStore,
     Scope,
@@ -242,7 +243,7 @@ def milvus_filter(flt: Filter, schema: RecordSchema, nulls: dict[str, str]) -> s
     return cond
 
 
-class MilvusStore(ScanningStore):
+class MilvusStore(EngineSearch, ScanningStore):
     """A :class:`~vecmigrate.stores.base.VectorStore` on Milvus."""
 
     kind = "milvus"
@@ -604,18 +605,6 @@ class MilvusStore(ScanningStore):
                 self.client.create_index(self.name, _vector_index(self.client, v.name, spec, m))
         self.client.load_collection(self.name)
         return f"{self.name}/{wanted}"
-
-    def search_native(
-        self,
-        queries: Vectors,
-        k: int,
-        spec: IndexSpec,
-        metric: Metric,
-        flt: Filter | None = None,
-    ) -> tuple[npt.NDArray[np.float32], Ids]:
-        """k nearest neighbours through Milvus; distances follow our convention."""
-        d, i, _ = self.native_search(queries, k, spec, metric, flt)
-        return d, i
 
     def native_search(
         self,

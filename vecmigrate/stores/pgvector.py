@@ -74,6 +74,7 @@ from vecmigrate.records.vectors import Ids, Vectors, check_vectors
 from vecmigrate.stores.base import (
     WHOLE,
     Batch,
+    EngineSearch,
     Inventory,
     ScanningStore,
     Scope,
@@ -451,7 +452,7 @@ def sql_filter(flt: Filter, layout: Layout) -> tuple[str, list[Any]]:
 # -- the store -------------------------------------------------------------------------------
 
 
-class PgvectorStore(ScanningStore):
+class PgvectorStore(EngineSearch, ScanningStore):
     """A :class:`~vecmigrate.stores.base.VectorStore` on PostgreSQL + pgvector."""
 
     kind = "pgvector"
@@ -678,12 +679,7 @@ class PgvectorStore(ScanningStore):
         return Batch(records, Cursor(key=key, id=label, token=token), faults)
 
     def _scan_legacy(self, shard: ShardRef, cursor: Cursor | None, limit: int) -> Batch:
-        lo, after = seek_bounds(shard, cursor)
-        column = "h" if shard.by == "hash" else "id"
-        where = f"{column} >= {int(lo)} AND {column} < {int(shard.hi)}"
-        if after is not None:
-            where += f" AND (h, id) > ({int(after[0])}, {int(after[1])})"
-        order = "h, id" if shard.by == "hash" else "id"
+        where, order = _legacy_range(shard, cursor)
         data = self._copy_out(
             f"SELECT id, h, embedding FROM {self.table} WHERE {where} ORDER BY {order} "
             f"LIMIT {int(limit)}"
@@ -778,12 +774,7 @@ class PgvectorStore(ScanningStore):
             return
         cursor: Cursor | None = None
         while True:
-            lo, after = seek_bounds(shard, cursor)
-            column = "h" if shard.by == "hash" else "id"
-            where = f"{column} >= {int(lo)} AND {column} < {int(shard.hi)}"
-            if after is not None:
-                where += f" AND (h, id) > ({int(after[0])}, {int(after[1])})"
-            order = "h, id" if shard.by == "hash" else "id"
+            where, order = _legacy_range(shard, cursor)
             rows = self._query(
                 f"SELECT h, id FROM {self.table} WHERE {where} ORDER BY {order} "
                 f"LIMIT {int(batch_size)}"
@@ -1031,18 +1022,6 @@ class PgvectorStore(ScanningStore):
             first = first or name
         return first
 
-    def search_native(
-        self,
-        queries: Vectors,
-        k: int,
-        spec: IndexSpec,
-        metric: Metric,
-        flt: Filter | None = None,
-    ) -> tuple[npt.NDArray[np.float32], Ids]:
-        """k nearest neighbours through the native index; distances follow our convention."""
-        d, i, _ = self.native_search(queries, k, spec, metric, flt)
-        return d, i
-
     def native_search(
         self,
         queries: Vectors,
@@ -1216,6 +1195,17 @@ def _legacy_layout(table: str, dim: int) -> Layout:
 def limits_of(schema: RecordSchema) -> Limits:
     """What a table of ``schema`` cannot hold: PostgreSQL's text and jsonb take no NUL."""
     return Limits(nul=False)
+
+
+def _legacy_range(shard: ShardRef, cursor: Cursor | None) -> tuple[str, str]:
+    """The WHERE and ORDER BY of a shard's rows after ``cursor`` in a table of vecmigrate's first
+    layout (``id``, ``h``, ``embedding``)."""
+    lo, after = seek_bounds(shard, cursor)
+    column = "h" if shard.by == "hash" else "id"
+    where = f"{column} >= {int(lo)} AND {column} < {int(shard.hi)}"
+    if after is not None:
+        where += f" AND (h, id) > ({int(after[0])}, {int(after[1])})"
+    return where, "h, id" if shard.by == "hash" else "id"
 
 
 def table_ddl(table: str, dimension: int) -> list[str]:

@@ -57,6 +57,7 @@ from vecmigrate.records.vectors import Ids, Vectors
 from vecmigrate.security.secrets import resolve_optional
 from vecmigrate.stores.base import (
     Batch,
+    EngineSearch,
     Inventory,
     ScanningStore,
     Scope,
@@ -248,7 +249,7 @@ def drop_version(ref: QdrantStoreRef, scope: Scope) -> bool:
     return True
 
 
-class QdrantStore(ScanningStore):
+class QdrantStore(EngineSearch, ScanningStore):
     """A :class:`~vecmigrate.stores.base.VectorStore` on a Qdrant collection."""
 
     kind = "qdrant"
@@ -600,18 +601,6 @@ class QdrantStore(ScanningStore):
             )
         quantized = "" if spec.quantization == "none" else f"-{spec.quantization}"
         return f"{self.name}/hnsw-m{spec.m}-ef{spec.ef_construct}{quantized}"
-
-    def search_native(
-        self,
-        queries: Vectors,
-        k: int,
-        spec: IndexSpec,
-        metric: Metric,
-        flt: Filter | None = None,
-    ) -> tuple[npt.NDArray[np.float32], Ids]:
-        """k nearest neighbours through Qdrant's index; distances follow our convention."""
-        d, i, _ = self.native_search(queries, k, spec, metric, flt)
-        return d, i
 
     def native_search(
         self,
