@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from typing import Any
 
+import numpy as np
 import pytest
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -33,45 +33,47 @@ async def until(ok: Callable[[], bool], timeout: float = 10.0) -> None:
         await asyncio.sleep(0.05)
 
 
-async def test_bad_data_pauses_the_migration_with_its_reason_until_fixed(
+async def test_bad_data_is_quarantined_and_holds_the_migration_at_its_gate(
     client: Client, sandbox: Sandbox
 ) -> None:
-    vectors = sandbox.seed(3000)
+    """A record no store can hold (a NaN vector) is left out of the copy, named in the
+    quarantine with its reason, and the quarantine gate (no record left out, by default) holds
+    the migration before cut-over; an approver who accepts it overrides the gate with a reason,
+    and the migration completes with every other record copied exactly."""
+    from vecmigrate.data.quarantine import Quarantine
+
+    sandbox.seed(3000)
     spec = sandbox.spec(shards={"count": 1}, batch_size=200)
     poison(sandbox, spec, 1500)
     async with running_worker(client, sandbox) as queue:
         mc = MigrationClient(client, queue)
         mid = await mc.start(spec, operator="alice")
-        st = await wait_for(mc, mid, lambda s: s.paused and "copy shard 0" in s.error)
-        assert st.phase == Phase.BACKFILLING
-        assert "DataError" in st.error
-        assert "[1500]" in st.error
-        assert "NaN" in st.error
-        assert "resume to retry" in st.pause_reason
-
-        def failed_entries() -> list[Any]:
-            return [e for e in sandbox.catalog.entries(mid) if e.kind == "step.failed"]
-
-        await until(lambda: len(failed_entries()) > 0)  # written just after the status changed
-        failed = failed_entries()
-        assert len(failed) == 1
-        assert "[1500]" in failed[0].data["error"]
-        assert failed[0].data["type"] == "DataError"
-        # Not retried (the error is not transient), and nothing of the bad batch was written.
-        journal = Journal(sandbox.catalog)
-        state = journal.copy_state(mid, 0)
+        st = await wait_for(mc, mid, lambda s: s.paused and s.gates is not None)
+        assert st.phase == Phase.VALIDATING
+        held = next(v for v in st.gates.verdicts if v.name == "quarantine")
+        assert not held.passed
+        assert held.value == 1.0
+        assert "nonfinite 1" in held.detail
+        assert any(r.startswith("quarantine is 1") for r in st.remedies)
+        report = Quarantine(sandbox.catalog).report(mid)
+        assert report.counts == {"nonfinite": 1}
+        assert report.ids == {"nonfinite": ["1500"]}
+        # Copied in one attempt, nothing retried, and every other record there.
+        state = Journal(sandbox.catalog).copy_state(mid, 0)
         assert state is not None
         assert state.attempts == 1
-        assert open_target(spec).count(WHOLE) == state.copied < 3000
-        await until(lambda: journal.control(mid).paused)
+        assert open_target(spec).count(WHOLE) == 2999
 
-        # The operator repairs the record at the source and resumes.
-        open_source(spec).upsert(__import__("numpy").array([1500]), vectors[1499:1500])
-        await mc.signal(mid, "resume", operator="alice", reason="record 1500 repaired")
-        final = await mc.result(mid)
+        failing = await mc.set_gate(
+            mid, "quarantine", override=True, operator="alice", reason="record 1500 is known bad"
+        )
+        assert not [f for f in failing if f.startswith("quarantine")]
+        await mc.signal(mid, "resume", operator="alice", reason="quarantine accepted")
+        final = await mc.result(mid)  # the sandbox's specs cut over automatically
     assert final.phase == Phase.COMPLETED
-    assert open_target(spec).checksum(WHOLE) == open_source(spec).checksum(WHOLE)
-    assert final.shards[0].recopied == 0
+    source, target = open_source(spec), open_target(spec)
+    ids = np.array([i for i in range(1, 3001) if i != 1500], np.int64)
+    assert np.array_equal(source.fetch(ids)[1], target.fetch(ids)[1])
 
 
 async def test_throttle_update_and_pause_hold_a_running_copy(
