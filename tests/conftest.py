@@ -323,9 +323,10 @@ def client(env: WorkflowEnvironment) -> Client:
 def vecmigrate(
     *args: str, env: dict[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    """Run the ``vecmigrate`` command in a separate process, as a user would."""
+    """Run the ``vecmigrate`` command in a separate process, as a user would (with Python's
+    fault handler on, so a crash in a native library leaves its stack in stderr)."""
     return subprocess.run(
-        [sys.executable, "-m", "vecmigrate", *args],
+        [sys.executable, "-X", "faulthandler", "-m", "vecmigrate", *args],
         env=env,
         capture_output=True,
         text=True,

@@ -1,6 +1,6 @@
 """``python -m vecmigrate`` runs the ``vecmigrate`` command."""
 
-from vecmigrate.control.cli import main
+from vecmigrate.control.cli import run
 
 if __name__ == "__main__":
-    main()
+    run()

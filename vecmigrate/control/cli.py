@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
 import os
@@ -1660,3 +1661,25 @@ def main(argv: list[str] | None = None) -> None:
     current().shutdown()  # export the spans still batched
     sys.stdout.flush()
     sys.exit(code)
+
+
+def run() -> None:
+    """The ``vecmigrate`` program: :func:`main`, then an exit that skips the interpreter's
+    finalization. The command is over by then (spans exported, output flushed, servers and
+    workers stopped), but the native runtimes it loaded still hold threads: Temporal's client
+    runtime can call back into Python while the interpreter tears down, which aborts the
+    process (``PyGILState_Release``) after it has printed its result, with a failing exit code.
+    """
+    try:
+        main()
+        code: int = 0
+    except SystemExit as done:
+        if done.code is None or isinstance(done.code, int):
+            code = done.code or 0
+        else:
+            print(done.code, file=sys.stderr)
+            code = 1
+    with contextlib.suppress(OSError):  # a closed pipe (`| head`) is not a failure
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)

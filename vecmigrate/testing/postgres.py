@@ -139,7 +139,9 @@ class TlsPostgres:
             [str(self.bin / program), *args],
             check=True,
             capture_output=True,
-            text=True,
+            # Not all of the server's tools print UTF-8 (pg_ctl's progress can hold stray bytes).
+            encoding="utf-8",
+            errors="replace",
             user=self.user,
             cwd="/",
         ).stdout
