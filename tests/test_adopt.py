@@ -33,6 +33,7 @@ from vecmigrate.model.gates import GateReport
 from vecmigrate.model.lifecycle import Phase
 from vecmigrate.model.records import parse_filter
 from vecmigrate.model.spec import Metric, QdrantStoreRef, parse_spec
+from vecmigrate.serving.router import Router
 from vecmigrate.stores import Scope, open_store
 from vecmigrate.stores.milvus import close_clients as close_milvus
 from vecmigrate.stores.qdrant import close_clients as close_qdrant
@@ -352,8 +353,12 @@ async def test_the_table_moves_to_qdrant_and_milvus_with_payload_indexes_and_fil
         queries = queries / np.linalg.norm(queries, axis=1, keepdims=True)
         metric = Metric(str(embedding["metric"]))
         index_spec = spec.target.index
+        router = Router(sandbox.catalog, refresh_seconds=0)
         for q, flt in zip(queries, filters(200), strict=True):
-            _, _, got = dst.native_search(q[None], 10, index_spec, metric, parse_filter(flt))  # type: ignore[attr-defined]
+            _, labels, got = dst.native_search(q[None], 10, index_spec, metric, parse_filter(flt))  # type: ignore[attr-defined]
+            # The router (and so the gateway) asks the engine's own filter the same.
+            served = router.search("default", "documents", q, 10, flt=parse_filter(flt))
+            assert served.ids[0].tolist() == labels[0].tolist(), flt
             if engine == "qdrant":
                 hits = dst.client.query_points(  # type: ignore[attr-defined]
                     dst.name,
@@ -376,6 +381,7 @@ async def test_the_table_moves_to_qdrant_and_milvus_with_payload_indexes_and_fil
                 own = [h["id"] for h in hits]
             assert [str(i) for i in got[0]] == own, flt
             assert own, flt
+        router.close()
     finally:
         close_qdrant()
         close_milvus()

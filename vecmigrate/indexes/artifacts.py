@@ -576,8 +576,13 @@ class LoadedIndex:
             self.native, self.spec, self.metric, self.dimension, directory, stem, key, self.count
         )
 
-    def search(self, queries: Vectors, k: int) -> tuple[Distances, Ids]:
-        """k nearest neighbours: distances (smaller is closer) and ids, -1 padded."""
+    def search(self, queries: Vectors, k: int, allowed: Ids | None = None) -> tuple[Distances, Ids]:
+        """k nearest neighbours: distances (smaller is closer) and ids, -1 padded; with
+        ``allowed`` (sorted ids), among those ids only (the index skips every other one while
+        it searches, so a filter does not cost recall the way dropping results afterwards
+        would)."""
+        if allowed is not None:
+            return self._search_among(queries, k, allowed)
         if self._hnsw is not None:
             # The serving hot path: every step here is paid by every query (the router's
             # overhead figure counts it against hnswlib's own knn_query), so no copies of
@@ -605,9 +610,47 @@ class LoadedIndex:
         if self.count == 0:
             return empty_results(n, k)
         d, i = self._faiss.search(q, k)
+        return self._faiss_results(d, i)
+
+    def _faiss_results(self, d: Distances, i: Ids) -> tuple[Distances, Ids]:
         d = to_distance(d, self.metric)
         d = np.where(i == -1, np.inf, d).astype(np.float32)
         return d, i.astype(np.int64)
+
+    def _search_among(self, queries: Vectors, k: int, allowed: Ids) -> tuple[Distances, Ids]:
+        if self._hnsw is not None:
+            q = np.ascontiguousarray(queries, dtype=F32)
+            if self.count == 0 or not len(allowed):
+                return empty_results(q.shape[0], k)
+            # hnswlib labels are uint64 (ids below 0 read as 2**64 + id): the same bytes.
+            member = set(np.ascontiguousarray(allowed, I64).view(np.uint64).tolist()).__contains__
+            try:
+                # One thread: hnswlib calls the filter back with the GIL for every node.
+                labels, dist = self._hnsw.knn_query(q, k, num_threads=1, filter=member)
+                return np.asarray(dist, dtype=F32), labels.view(I64)
+            except RuntimeError:  # fewer than k for some query: row by row, padded
+                return _hnsw_row_by_row(self._hnsw, q, k, member)
+        q = prepare_for_metric(queries, self.metric)
+        if self.count == 0 or not len(allowed):
+            return empty_results(q.shape[0], k)
+        # The selector is asked about ids as the index labels them (an id map translates).
+        selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=I64))
+        inner: Any = (
+            faiss.downcast_index(self._faiss.index)
+            if isinstance(self._faiss, faiss.IndexIDMap2)
+            else self._faiss
+        )
+        # Parameters given with a search replace the index's own: carry nprobe and efSearch.
+        library: Any = faiss  # its type stubs lack the search parameters' keywords
+        params: Any
+        if isinstance(inner, faiss.IndexIVF):
+            params = library.SearchParametersIVF(sel=selector, nprobe=inner.nprobe)
+        elif isinstance(inner, faiss.IndexHNSW):
+            params = library.SearchParametersHNSW(sel=selector, efSearch=inner.hnsw.efSearch)
+        else:
+            params = library.SearchParameters(sel=selector)
+        d, i = self._faiss.search(q, k, params=params)
+        return self._faiss_results(d, i)
 
 
 def _own_ids(index: Any) -> Any:
@@ -657,13 +700,16 @@ def _hnsw_rows(index: Any, q: Vectors, k: int) -> tuple[Distances, Ids]:
         return _hnsw_row_by_row(index, q, k)
 
 
-def _hnsw_row_by_row(index: Any, q: Vectors, k: int) -> tuple[Distances, Ids]:
-    """Each query on its own with the largest k hnswlib can answer for it, padded to k."""
+def _hnsw_row_by_row(
+    index: Any, q: Vectors, k: int, member: Callable[[int], bool] | None = None
+) -> tuple[Distances, Ids]:
+    """Each query on its own with the largest k hnswlib can answer for it, padded to k (among
+    the labels ``member`` accepts, if given)."""
     d, i = empty_results(q.shape[0], k)
     for row in range(q.shape[0]):
         for kk in range(k, 0, -1):
             try:
-                labels, dist = index.knn_query(q[row : row + 1], k=kk)
+                labels, dist = index.knn_query(q[row : row + 1], k=kk, filter=member)
             except RuntimeError:
                 continue
             d[row, :kk] = dist[0]
@@ -678,10 +724,11 @@ class ShardedIndex:
     def __init__(self, shards: list[LoadedIndex]) -> None:
         self.shards = shards
 
-    def search(self, queries: Vectors, k: int) -> tuple[Distances, Ids]:
-        """k nearest neighbours over every shard (each pads its own answer to k columns)."""
+    def search(self, queries: Vectors, k: int, allowed: Ids | None = None) -> tuple[Distances, Ids]:
+        """k nearest neighbours over every shard (each pads its own answer to k columns),
+        among the ``allowed`` ids if given."""
         if len(self.shards) == 1:
-            return self.shards[0].search(queries, k)
+            return self.shards[0].search(queries, k, allowed)
         if not self.shards:
             return empty_results(np.shape(queries)[0], k)
-        return merge_topk([s.search(queries, k) for s in self.shards], k)
+        return merge_topk([s.search(queries, k, allowed) for s in self.shards], k)

@@ -24,6 +24,7 @@ from vecmigrate.indexes.artifacts import (
     find_artifact,
     write_artifact,
 )
+from vecmigrate.model.records import Filter
 from vecmigrate.model.spec import (
     AnyStoreRef,
     IndexSpec,
@@ -194,9 +195,9 @@ class NativeIndex:
     def __init__(self, store: NativeStore, spec: IndexSpec, metric: Metric) -> None:
         self.store, self.spec, self.metric = store, spec, metric
 
-    def search(self, queries: Vectors, k: int) -> tuple[Distances, Ids]:
-        """k nearest neighbours through the database's index."""
-        return self.store.search_native(queries, k, self.spec, self.metric)
+    def search(self, queries: Vectors, k: int, flt: Filter | None = None) -> tuple[Distances, Ids]:
+        """k nearest neighbours through the database's index (with its own filter)."""
+        return self.store.search_native(queries, k, self.spec, self.metric, flt)
 
 
 def build_native(store: VectorStore, version: VersionSpec) -> ArtifactRef:

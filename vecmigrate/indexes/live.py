@@ -399,9 +399,10 @@ class LiveIndex:
         # uint64 labels are ids below 2**63: the same bytes read as int64.
         return dist, labels.view(I64)
 
-    def search(self, queries: Vectors, k: int) -> tuple[Distances, Ids]:
+    def search(self, queries: Vectors, k: int, allowed: Ids | None = None) -> tuple[Distances, Ids]:
         """k nearest neighbours over the index and its overlay: distances (smaller is closer)
-        and ids, -1 padded."""
+        and ids, -1 padded; with ``allowed`` (sorted unique ids, as the version's store holds
+        them now), among those only."""
         q = np.ascontiguousarray(queries, dtype=F32)
         while True:
             overlay = self.overlay  # read before the index: see ``drain``
@@ -412,7 +413,7 @@ class LiveIndex:
                         f"index {self.index_id} needs records from its store but has none"
                     )
                 fetched = self.fetch(overlay.fetch)
-            found = self._search_index(q, k, overlay.hidden)
+            found = self._search_index(q, k, overlay.hidden, allowed)
             if found is not None:
                 break
             self.waited += 1  # tells the applier to leave searches more time between turns
@@ -421,15 +422,23 @@ class LiveIndex:
         if not len(overlay):
             return found
         exact = ExactKnn(q, k, self.metric)
-        exact.add(overlay.ids, overlay.vectors)
+        exact.add(*_among(overlay.ids, overlay.vectors, allowed))
         if fetched is not None:
-            exact.add(*fetched)
+            exact.add(*_among(*fetched, allowed))
         return merge_topk([found, exact.result()], k)
 
-    def _search_index(self, q: Vectors, k: int, hidden: Ids) -> tuple[Distances, Ids] | None:
-        """The index's own answer without the ``hidden`` ids; None while a writer changes it."""
+    def _search_index(
+        self, q: Vectors, k: int, hidden: Ids, allowed: Ids | None = None
+    ) -> tuple[Distances, Ids] | None:
+        """The index's own answer without the ``hidden`` ids (among the ``allowed`` ones, if
+        given); None while a writer changes it."""
         if self.writing:
             return None
+        if allowed is not None:
+            # The index skips what it must not answer while it searches: no over-fetching.
+            if len(hidden):
+                allowed = allowed[~np.isin(allowed, hidden, assume_unique=True)]
+            return self._searcher.search(q, k, allowed)
         if not len(hidden):
             return self._searcher.search(q, k)
         # Over-fetch just enough to have k results left once hidden ones are dropped: start
@@ -614,6 +623,14 @@ class LiveIndex:
             else:
                 self.apply_now(net)
             seen += len(entries)
+
+
+def _among(ids: Ids, vectors: Vectors, allowed: Ids | None) -> tuple[Ids, Vectors]:
+    """The records among ``ids`` whose ids are ``allowed`` (all of them without a list)."""
+    if allowed is None:
+        return ids, vectors
+    keep = np.isin(ids, allowed)
+    return ids[keep], vectors[keep]
 
 
 _SEARCHES.update({LiveIndex.search_one.__code__, LiveIndex._search_index.__code__})

@@ -7,7 +7,8 @@ second time on the way out):
     GET  /health
     POST /v1/{tenant}/{collection}/search   {"vector": [...]} or {"vectors": [[...]]}
                                             or {"text": "..."} or {"texts": [...]},
-                                            "k", "key", "model" (the query vectors' model)
+                                            "k", "key", "model" (the query vectors' model),
+                                            "filter" (on payload fields)
     POST /v1/{tenant}/{collection}/upsert   {"ids": [...], "vectors": [[...]], "texts": [...]}
     POST /v1/{tenant}/{collection}/delete   {"ids": [...]}
     GET  /v1/{tenant}/{collection}          the collection's routing (admin)
@@ -61,6 +62,7 @@ from vecmigrate.errors import (
     NotFoundError,
     PreconditionError,
 )
+from vecmigrate.model.records import parse_filter
 from vecmigrate.model.routing import RoutingView
 from vecmigrate.security.credentials import (
     ANY,
@@ -111,6 +113,11 @@ class SearchRequest(_Request):
     k: Annotated[int, Strict(), Field(ge=1, le=1000)] = 10
     key: str | int | None = Field(default=None, description="user or session: the canary side")
     model: str | None = Field(default=None, description="the model that made the query vectors")
+    filter: dict[str, Any] | None = Field(
+        default=None,
+        description="a payload filter: {'field': F, 'eq' | 'in' | 'gt' | 'gte' | 'lt' | 'lte' | "
+        "'is_null': ...}, or {'and' | 'or': [...]}, {'not': {...}} around them",
+    )
 
     @model_validator(mode="after")
     def _one_query_kind(self) -> SearchRequest:
@@ -416,14 +423,17 @@ def create_app(
         """k nearest neighbours from the version the collection's routing gives this request."""
         who = principal(request)
         key = None if body.key is None else str(body.key)
+        flt = None if body.filter is None else parse_filter(body.filter)
         if body.text is not None or body.texts is not None:
             texts = body.texts if body.texts is not None else [body.text or ""]
-            found = router.search_text(tenant, collection, texts, body.k, key=key, access=who)
+            found = router.search_text(
+                tenant, collection, texts, body.k, key=key, access=who, flt=flt
+            )
         else:
             rows = body.vectors if body.vectors is not None else [body.vector or []]
             queries = _matrix(rows, "vectors")
             found = router.search(
-                tenant, collection, queries, body.k, key=key, model=body.model, access=who
+                tenant, collection, queries, body.k, key=key, model=body.model, access=who, flt=flt
             )
         noting(tenant, collection, found.version)
         distances = np.where(np.isfinite(found.distances), found.distances, -1).round(6)

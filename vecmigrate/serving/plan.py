@@ -12,16 +12,25 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 from vecmigrate.catalog.catalog import VersionRecord
 from vecmigrate.indexes.build import NativeIndex
 from vecmigrate.indexes.live import LiveIndex
+from vecmigrate.model.records import Filter
 from vecmigrate.model.routing import RoutingView
-from vecmigrate.records.vectors import Distances, Ids, Vectors
+from vecmigrate.records.vectors import Distances, ExactKnn, Ids, Vectors
 from vecmigrate.stores import VectorStore
 
 # One float32 query of the read version's dimension, k: the answer, or None for "take the
 # general path".
 OneQuery = Callable[[Vectors, int], tuple[Distances, Ids] | None]
+# Up to this many records match a filter: searched exactly (read from the store), not through
+# the index (an HNSW graph searched for a few records among many walks most of it).
+EXACT_AMONG = 2048
+# ... or at most this share of the version's records: a graph search for a sparse set walks
+# through mostly records it must skip, and comes back short.
+EXACT_SHARE = 0.02
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,11 +48,40 @@ class Side:
     def dimension(self) -> int:
         return self.record.embedding.dimension
 
-    def search(self, queries: Vectors, k: int) -> tuple[Distances, Ids]:
-        """k nearest neighbours in this version (its index, or exactly in its store)."""
+    def search(self, queries: Vectors, k: int, flt: Filter | None = None) -> tuple[Distances, Ids]:
+        """k nearest neighbours in this version (its index, or exactly in its store), among
+        the records whose payload matches ``flt`` if given.
+
+        A database's own index filters as it searches (the engine's native filter). Over the
+        indexes vecmigrate builds, the store names the matching records first: a few
+        (``EXACT_AMONG`` or ``EXACT_SHARE`` of the version) are searched exactly, more through
+        the index, which skips every other record while it searches (and a query it answers
+        short, exactly).
+        """
+        metric = str(self.record.embedding.metric)
+        if flt is None:
+            if self.searcher is None:
+                return self.store.search(queries, k, metric=metric)
+            return self.searcher.search(queries, k)
+        if isinstance(self.searcher, NativeIndex):
+            return self.searcher.search(queries, k, flt)
+        allowed = np.unique(self.store.matching(flt))
         if self.searcher is None:
-            return self.store.search(queries, k, metric=str(self.record.embedding.metric))
-        return self.searcher.search(queries, k)
+            return self._exact_among(queries, k, allowed)
+        total = sum(s.count for s in self.searcher.shards)
+        if len(allowed) <= max(EXACT_AMONG, EXACT_SHARE * total):
+            return self._exact_among(queries, k, allowed)
+        d, i = self.searcher.search(queries, k, allowed)
+        # A graph searched for a sparse set can come back short: those queries, exactly.
+        short = np.flatnonzero((i >= 0).sum(axis=1) < min(k, len(allowed)))
+        if len(short):
+            d[short], i[short] = self._exact_among(queries[short], k, allowed)
+        return d, i
+
+    def _exact_among(self, queries: Vectors, k: int, allowed: Ids) -> tuple[Distances, Ids]:
+        exact = ExactKnn(queries, k, str(self.record.embedding.metric))
+        exact.add(*self.store.fetch_labels(allowed))
+        return exact.result()
 
 
 @dataclass(frozen=True, slots=True)

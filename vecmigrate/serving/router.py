@@ -49,7 +49,9 @@ from vecmigrate.errors import DataError, NotFoundError, VecmigrateError
 from vecmigrate.indexes.artifacts import F32
 from vecmigrate.indexes.build import NativeIndex
 from vecmigrate.indexes.live import LiveIndex
+from vecmigrate.model.records import Filter
 from vecmigrate.model.routing import RoutingView
+from vecmigrate.records.filters import normalize
 from vecmigrate.records.vectors import (
     Distances,
     Ids,
@@ -100,6 +102,13 @@ _ndarray = np.ndarray
 def _check_finite(q: Vectors) -> None:
     if not np.isfinite(q).all():
         raise DataError("queries contain NaN or infinity")
+
+
+def _check_filter(flt: Filter | None, read: Side) -> None:
+    """A filter on a field the collection does not have, or of the wrong kind, is refused
+    before anything is searched (``DataError`` naming the field)."""
+    if flt is not None:
+        normalize(flt, read.store.schema)
 
 
 class Router:
@@ -169,8 +178,10 @@ class Router:
         key: str | None = None,
         model: str | None = None,
         access: Principal | None = None,
+        flt: Filter | None = None,
     ) -> SearchResult:
-        """k nearest neighbours from the version the routing row gives this request.
+        """k nearest neighbours from the version the routing row gives this request (among
+        the records whose payload matches ``flt``, if given: see ``Side.search``).
 
         ``access``, the caller's credential, must allow searching this tenant's collection
         (checked before anything about the collection is looked up).
@@ -190,6 +201,7 @@ class Router:
         if (
             plan is not None
             and plan.one is not None
+            and flt is None
             and model is None
             and type(queries) is _ndarray
             and queries.dtype is F32
@@ -220,22 +232,23 @@ class Router:
                 f"{emb.dimension}-dimensional vectors ({read.model})"
             )
         _check_finite(q)
+        _check_filter(flt, read)
         candidate = plan.candidate
         if candidate is None or not plan.vectors_canary:
-            d, i = read.search(q, k)
+            d, i = read.search(q, k, flt)
             return SearchResult(read.version, read.index, d, i)
         view = plan.view
         side = bucket(key if key is not None else q.tobytes().hex())
         served = candidate if side < view.ramp_percent else read
         began = time.perf_counter()
-        d, i = served.search(q, k)
+        d, i = served.search(q, k, flt)
         ms = (time.perf_counter() - began) * 1000
         if (
             served is read
             and view.shadow_percent > 0
             and bucket(f"shadow:{side}") < (view.shadow_percent)
         ):
-            self._shadow(tenant, collection, candidate, q, k, i, ms)
+            self._shadow(tenant, collection, candidate, q, k, i, ms, flt)
         return SearchResult(served.version, served.index, d, i)
 
     def search_text(
@@ -246,8 +259,10 @@ class Router:
         k: int,
         key: str | None = None,
         access: Principal | None = None,
+        flt: Filter | None = None,
     ) -> SearchResult:
-        """k nearest neighbours of query texts, each embedded for the version it reads.
+        """k nearest neighbours of query texts, each embedded for the version it reads (among
+        the records whose payload matches ``flt``, if given).
 
         The canary and shadow reads work as for vectors; a shadow read embeds the texts with the
         candidate's model on the shadow thread, off the response path.
@@ -265,13 +280,14 @@ class Router:
         read, candidate = plan.read, plan.candidate
         if read is None:
             raise NotFoundError(f"{tenant}/{collection} has no version serving reads")
+        _check_filter(flt, read)
         view = plan.view
         side = bucket(key if key is not None else "\x1f".join(texts)) if candidate else 100.0
         served = candidate if candidate is not None and side < view.ramp_percent else read
         path = self._path(served)
         q = path(texts)
         began = time.perf_counter()
-        d, i = served.search(q, k)
+        d, i = served.search(q, k, flt)
         ms = (time.perf_counter() - began) * 1000
         shadowed = candidate is not None and served is read
         if shadowed and view.shadow_percent > 0 and bucket(f"shadow:{side}") < view.shadow_percent:
@@ -284,6 +300,7 @@ class Router:
                 k,
                 i,
                 ms,
+                flt,
             )
         return SearchResult(served.version, served.index, d, i, via=path.via)
 
@@ -312,6 +329,7 @@ class Router:
         k: int,
         served: Ids,
         served_ms: float,
+        flt: Filter | None = None,
     ) -> None:
         with self._lock:
             if self._shadow_in_flight >= 8:
@@ -328,7 +346,7 @@ class Router:
             try:
                 q = queries() if callable(queries) else queries
                 began = time.perf_counter()
-                _, found = candidate.search(q, k)
+                _, found = candidate.search(q, k, flt)
                 sample.ms_new = (time.perf_counter() - began) * 1000
                 sample.overlap = _overlap(served, found)
             except Exception:

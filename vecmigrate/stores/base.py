@@ -191,6 +191,10 @@ class VectorStore(Protocol):
         """The records with these ids (as the source has them) that exist."""
         ...
 
+    def fetch_labels(self, labels: Ids) -> tuple[Ids, Vectors]:
+        """The records with these labels that exist, in label order, whatever their ids."""
+        ...
+
     def id_quantiles(self, parts: int) -> list[int]:
         """``parts - 1`` increasing ids splitting the scope into near-equal id ranges."""
         ...
@@ -316,6 +320,24 @@ class ScanningStore:
         found = self.fetch_records(pa.array(np.unique(np.asarray(ids, np.int64))))
         order = np.argsort(found.labels, kind="stable")
         return found.labels[order], found.vectors()[order]
+
+    def fetch_labels(self, labels: Ids) -> tuple[Ids, Vectors]:
+        """The records with these labels that exist, in label order, whatever their ids: by id
+        for integer ids, else by reading every record (a store that keeps its records by label
+        answers this itself)."""
+        if self.schema.id_kind == IdKind.INT:
+            return self.fetch(labels)
+        wanted = np.unique(np.asarray(labels, np.int64))
+        found: list[tuple[Ids, Vectors]] = []
+        for b in self.iter_shard(WHOLE, 50_000):
+            keep = np.isin(b.records.labels, wanted)
+            if keep.any():
+                found.append((b.records.labels[keep], b.records.vectors()[keep]))
+        if not found:
+            return np.empty(0, np.int64), np.empty((0, self.dimension), np.float32)
+        ids = np.concatenate([f[0] for f in found])
+        order = np.argsort(ids, kind="stable")
+        return ids[order], np.concatenate([f[1] for f in found])[order]
 
     def iter_shard(
         self, shard: ShardRef, batch_size: int, *, read_ahead: bool = False

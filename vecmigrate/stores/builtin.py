@@ -59,7 +59,7 @@ from vecmigrate.records.batch import Faults, Records, assemble
 from vecmigrate.records.ids import id_array
 from vecmigrate.records.payload import ARROW_TYPES
 from vecmigrate.records.sharding import hash_key
-from vecmigrate.records.vectors import MAX_ID, Ids, repeated_ids
+from vecmigrate.records.vectors import MAX_ID, Ids, Vectors, repeated_ids
 from vecmigrate.stores.base import (
     WHOLE,
     Batch,
@@ -454,7 +454,15 @@ class BuiltinStore(ScanningStore):
 
     def fetch_records(self, ids: pa.Array | Any) -> Records:
         """The records with these ids that exist, in label order."""
-        labels = np.unique(self._labels_of(ids))
+        return self._by_labels(self._labels_of(ids))
+
+    def fetch_labels(self, labels: Ids) -> tuple[Ids, Vectors]:
+        """The records with these labels that exist, in label order (the table's key)."""
+        found = self._by_labels(np.asarray(labels, np.int64))
+        return found.labels, found.vectors()
+
+    def _by_labels(self, labels: Ids) -> Records:
+        labels = np.unique(labels)
         rows: list[tuple[Any, ...]] = []
         for at in range(0, len(labels), 10_000):
             part = labels[at : at + 10_000].tolist()
