@@ -143,3 +143,44 @@ def test_online_load_script_checks_every_write(tmp_path: Path) -> None:
     assert result["lost_writes"] == 0
     assert result["writes_checked"] > 0
     assert (tmp_path / "online_load.png").exists()
+
+
+@pytest.mark.timeout(600)
+def test_storage_formats_script_measures_every_format_against_raw_faiss(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "storage_formats.py"),
+            *("--data", "clustered", "--vectors", "12000", "--dim", "16", "--queries", "200"),
+            *("--threads", "2", "--out", str(tmp_path)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=580,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (tmp_path / "storage_formats_clustered_12000.png").is_file()
+    written = json.loads((tmp_path / "storage_formats_clustered_12000.json").read_text())
+    rows = {r["format"]: r for r in written["rows"]}
+    assert set(rows) == {
+        "flat float32",
+        "flat float16",
+        "flat SQ8",
+        "IVF SQ8",
+        "IVF-PQ",
+        "HNSW float32",
+        "HNSW float16",
+        "HNSW SQ8",
+    }
+    assert rows["flat float32"]["recall@10"] == 1.0
+    for name, row in rows.items():
+        # The size model plan estimates from holds for every file written.
+        assert 0.97 <= row["measured/estimate"] <= 1.1, (name, row)
+        # vecmigrate's build is FAISS's own index: the same recall as raw FAISS builds it.
+        assert abs(row["recall@10"] - row["raw recall@10"]) <= 0.03, (name, row)
+        assert row["build s"] > 0
+    flat = [rows[f"flat {e}"]["bytes/vector"] for e in ("float32", "float16", "SQ8")]
+    assert flat == sorted(flat, reverse=True)
+    assert rows["IVF-PQ"]["x smaller"] > 2
+    assert rows["flat SQ8"]["recall@10"] > 0.9
