@@ -22,7 +22,10 @@ MAX_ID = (1 << 63) - 2
 def normalize_rows(x: Vectors) -> Vectors:
     """Unit-norm rows (zero rows stay zero)."""
     norms = np.linalg.norm(x, axis=1, keepdims=True)
-    out: Vectors = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0).astype(np.float32)
+    # No second copy of float32 rows (astype copies unless told not to).
+    out: Vectors = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0).astype(
+        np.float32, copy=False
+    )
     return out
 
 
