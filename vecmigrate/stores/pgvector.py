@@ -1227,8 +1227,9 @@ def index_using(spec: IndexSpec, metric: Metric, dimension: int, column: str = "
     return _index_using(str(metric), column, "vector", spec, dimension)
 
 
-def _ensure_legacy(engine: Engine, table: str, dim: int) -> None:
-    ddl = table_ddl(table, dim)
+def _run_ddl(engine: Engine, ddl: list[str]) -> None:
+    """Run ``ddl`` in one transaction, three times at the most: concurrent ``CREATE ... IF NOT
+    EXISTS`` statements can collide (the loser fails on the catalog's unique index)."""
     for attempt in range(3):
         try:
             with engine.begin() as conn:
@@ -1237,7 +1238,11 @@ def _ensure_legacy(engine: Engine, table: str, dim: int) -> None:
             return
         except (IntegrityError, DBAPIError):
             if attempt == 2:
-                raise  # concurrent CREATE ... IF NOT EXISTS can collide; retry first
+                raise
+
+
+def _ensure_legacy(engine: Engine, table: str, dim: int) -> None:
+    _run_ddl(engine, table_ddl(table, dim))
 
 
 def _create(engine: Engine, table: str, scope: Scope, schema: RecordSchema) -> None:
@@ -1271,15 +1276,7 @@ def _create(engine: Engine, table: str, scope: Scope, schema: RecordSchema) -> N
             )
     escaped = comment.replace("'", "''")
     ddl.append(f"COMMENT ON TABLE {quote(table)} IS '{escaped}'")
-    for attempt in range(3):
-        try:
-            with engine.begin() as conn:
-                for stmt in ddl:
-                    conn.execute(text(stmt))
-            return
-        except (IntegrityError, DBAPIError):
-            if attempt == 2:
-                raise
+    _run_ddl(engine, ddl)
 
 
 def _own_layout(engine: Engine, table: str, made: dict[str, Any], scope: Scope) -> Layout:
