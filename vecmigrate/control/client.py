@@ -218,6 +218,15 @@ class MigrationClient:
         st.estimate()
         return st
 
+    async def status_if_started(self, migration_id: str) -> MigrationStatus | None:
+        """:meth:`status`, or None while Temporal knows no such workflow yet (just started)."""
+        try:
+            return await self.status(migration_id)
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:
+                raise
+            return None
+
     async def signal(
         self,
         migration_id: str,

@@ -12,8 +12,6 @@ import contextlib
 import time
 from collections.abc import Callable
 
-from temporalio.service import RPCError, RPCStatusCode
-
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.model.lifecycle import TERMINAL, Phase
 from vecmigrate.model.spec import MigrationSpec
@@ -30,11 +28,8 @@ async def until_phase(
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            st = await mc.status(mid)
-        except RPCError as exc:
-            if exc.status != RPCStatusCode.NOT_FOUND:
-                raise
+        st = await mc.status_if_started(mid)
+        if st is None:
             await asyncio.sleep(0.1)  # not started yet
             continue
         if st.phase == phase:
