@@ -445,11 +445,7 @@ class LoadedIndex:
         else:
             self._hnsw = None
             self._faiss = faiss.read_index(str(data_file))
-            inner: Any = (
-                faiss.downcast_index(self._faiss.index)
-                if isinstance(self._faiss, faiss.IndexIDMap2)
-                else self._faiss
-            )
+            inner = _unmapped(self._faiss)
             if "nprobe" in params:
                 inner.nprobe = int(params["nprobe"])
             if "ef_search" in params:
@@ -635,11 +631,7 @@ class LoadedIndex:
             return empty_results(q.shape[0], k)
         # The selector is asked about ids as the index labels them (an id map translates).
         selector = faiss.IDSelectorBatch(np.ascontiguousarray(allowed, dtype=I64))
-        inner: Any = (
-            faiss.downcast_index(self._faiss.index)
-            if isinstance(self._faiss, faiss.IndexIDMap2)
-            else self._faiss
-        )
+        inner = _unmapped(self._faiss)
         # Parameters given with a search replace the index's own: carry nprobe and efSearch.
         library: Any = faiss  # its type stubs lack the search parameters' keywords
         params: Any
@@ -651,6 +643,11 @@ class LoadedIndex:
             params = library.SearchParameters(sel=selector)
         d, i = self._faiss.search(q, k, params=params)
         return self._faiss_results(d, i)
+
+
+def _unmapped(index: Any) -> Any:
+    """The FAISS index under an id map (the index itself when it has none)."""
+    return faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
 
 
 def _own_ids(index: Any) -> Any:

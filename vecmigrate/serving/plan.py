@@ -58,10 +58,9 @@ class Side:
         the index, which skips every other record while it searches (and a query it answers
         short, exactly).
         """
-        metric = str(self.record.embedding.metric)
         if flt is None:
             if self.searcher is None:
-                return self.store.search(queries, k, metric=metric)
+                return self.store.search(queries, k, metric=str(self.record.embedding.metric))
             return self.searcher.search(queries, k)
         if isinstance(self.searcher, NativeIndex):
             return self.searcher.search(queries, k, flt)
