@@ -337,9 +337,14 @@ class MigrationActivities:
     @_boundary
     def build_native_index(self, inp: BuildNativeIndexInput) -> ArtifactRef:
         spec = self.spec(inp)
-        # One statement, no cursor to heartbeat: a retry finds the index by its stable name.
-        with _keepalive(spec):
-            return build.build_native(backfill.open_target(spec), spec.target)
+        # One statement, no cursor: a retry finds the index by its stable name. The heartbeats
+        # carry the database's progress of the build, which the status shows.
+        with _keepalive(spec) as beat:
+            return build.build_native(
+                backfill.open_target(spec),
+                spec.target,
+                on_progress=lambda p: beat({"index_build": p.model_dump(mode="json")}),
+            )
 
     @activity.defn(name="register_index")
     @_boundary

@@ -184,3 +184,33 @@ def test_storage_formats_script_measures_every_format_against_raw_faiss(tmp_path
     assert flat == sorted(flat, reverse=True)
     assert rows["IVF-PQ"]["x smaller"] > 2
     assert rows["flat SQ8"]["recall@10"] > 0.9
+
+
+@pytest.mark.timeout(600)
+def test_pgvector_build_writes_script_shows_writes_flowing_only_during_the_concurrent_build(
+    tmp_path: Path,
+) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "pgvector_build_writes.py"),
+            *("--vectors", "10000", "--dim", "32", "--idle-seconds", "1", "--out", str(tmp_path)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=580,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (tmp_path / "pgvector_build_writes.png").is_file()
+    written = json.loads((tmp_path / "pgvector_build_writes.json").read_text())
+    rows = {r["phase"]: r for r in written["rows"]}
+    idle, online = rows["idle"], rows["CREATE INDEX CONCURRENTLY"]
+    blocked = rows["CREATE INDEX in a transaction"]
+    assert idle["writes committed"] > 0
+    assert online["writes committed"] > 0
+    assert online["p99 ms"] < 1000 * online["build s"]
+    assert blocked["writes committed"] == 0
+    # The plain build held every write back for about the whole build.
+    assert blocked["max ms"] > 500 * blocked["build s"]
+    assert idle["failed"] == online["failed"] == blocked["failed"] == 0

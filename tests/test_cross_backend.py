@@ -192,3 +192,35 @@ async def test_builtin_to_qdrant_native_hnsw(client: Client, sandbox: Sandbox) -
         assert served.ids[:, 0].tolist() == [1, 2, 3, 4, 5]
     finally:
         close_qdrant()
+
+
+async def test_status_shows_where_the_pgvector_index_build_stands(
+    client: Client, sandbox: Sandbox, postgres: Any
+) -> None:
+    sandbox.seed(30_000)
+    # A graph this dense on one backend takes several seconds: the status sees it under way.
+    index = {"kind": "pgvector_hnsw", "m": 32, "ef_construction": 200, "parallel_workers": 0}
+    target = sandbox.version("v2", index, store=pg(postgres))
+    spec = sandbox.spec(target=target.model_dump(mode="json"), cutover={"mode": "manual"})
+    async with running_worker(client, sandbox) as queue:
+        mc = MigrationClient(client, queue)
+        mid = await mc.start(spec)
+        st = await wait_for(
+            mc,
+            mid,
+            lambda s: s.index_build is not None and s.index_build.fraction is not None,
+            timeout=240,
+        )
+        build = st.index_build
+        assert build is not None
+        assert build.command == "CREATE INDEX CONCURRENTLY", build
+        assert build.phase, build
+        assert build.fraction is not None
+        assert 0 <= build.fraction <= 1
+        assert build.index.startswith("vm_vec_")
+        assert st.phase == Phase.BUILDING_INDEX or st.phase == Phase.BACKFILLING, st.phase
+        st = await wait_for(mc, mid, lambda s: s.phase == Phase.AWAITING_CUTOVER, timeout=240)
+        assert st.index_build is None  # the build is over: nothing in flight to show
+        await mc.signal(mid, "abort", operator="dba", reason="seen what it shows")
+        final = await mc.result(mid)
+    assert final.phase == Phase.ABORTED

@@ -9,7 +9,15 @@ from typing import Any
 import pytest
 
 from vecmigrate.errors import SpecError
-from vecmigrate.model.spec import FaissIvfFlat, HnswlibHnsw, load_spec, parse_spec
+from vecmigrate.model.spec import (
+    FaissIvfFlat,
+    HnswlibHnsw,
+    PgvectorHnsw,
+    PgvectorIvfflat,
+    load_spec,
+    memory_kb,
+    parse_spec,
+)
 
 
 def base() -> dict[str, Any]:
@@ -187,4 +195,49 @@ def test_spec_hash_changes_when_an_added_field_is_used() -> None:
     assert parse_spec(data).spec_hash() != plain.spec_hash()
     data = base()
     data["retention"] = {"retired_seconds": 60}
+    assert parse_spec(data).spec_hash() != plain.spec_hash()
+
+
+def on_pgvector() -> dict[str, Any]:
+    data = base()
+    data["target"]["store"] = {"kind": "pgvector", "url": "postgresql://db.internal/search"}
+    return data
+
+
+@pytest.mark.parametrize("kind", ["pgvector_hnsw", "pgvector_ivfflat"])
+def test_pgvector_build_settings_are_checked_before_anything_runs(kind: str) -> None:
+    data = on_pgvector()
+    data["target"]["index"] = {"kind": kind, "maintenance_work_mem": "512mb"}
+    msg = problems(data)
+    assert "target.index.maintenance_work_mem: '512mb' is not a PostgreSQL memory size" in msg
+    assert "kB, MB, GB or TB" in msg
+    for bad in ("lots", "512", "1.5GB", "-1MB", "64MB; DROP TABLE x"):
+        data["target"]["index"]["maintenance_work_mem"] = bad
+        assert "is not a PostgreSQL memory size" in problems(data), bad
+    for outside in ("512kB", "3000GB", "2TB"):
+        data["target"]["index"]["maintenance_work_mem"] = outside
+        assert "outside PostgreSQL's range" in problems(data), outside
+    data["target"]["index"] = {"kind": kind, "parallel_workers": -1}
+    assert "target.index.parallel_workers" in problems(data)
+    data["target"]["index"] = {"kind": kind, "lock_timeout_seconds": 0}
+    assert "target.index.lock_timeout_seconds" in problems(data)
+    data["target"]["index"] = {
+        "kind": kind,
+        "maintenance_work_mem": "2GB",
+        "parallel_workers": 4,
+        "lock_timeout_seconds": 30,
+    }
+    index = parse_spec(data).target.index
+    assert isinstance(index, PgvectorHnsw | PgvectorIvfflat)
+    assert (index.maintenance_work_mem, index.parallel_workers) == ("2GB", 4)
+    assert memory_kb("1 GB") == memory_kb("1024MB") == 1024 * 1024
+
+
+def test_pgvector_build_settings_leave_older_hashes_alone() -> None:
+    data = on_pgvector()
+    data["target"]["index"] = {"kind": "pgvector_hnsw", "m": 16}
+    plain = parse_spec(data)
+    data["target"]["index"].update(lock_timeout_seconds=600, parallel_workers=None)
+    assert parse_spec(data).spec_hash() == plain.spec_hash()
+    data["target"]["index"]["maintenance_work_mem"] = "1GB"
     assert parse_spec(data).spec_hash() != plain.spec_hash()

@@ -32,7 +32,12 @@ from vecmigrate.model.messages import GateRequest, OperatorMessage, RampRequest,
 from vecmigrate.model.regions import RegionalStatus
 from vecmigrate.model.search import memo, search_values
 from vecmigrate.model.spec import MigrationSpec
-from vecmigrate.model.status import MigrationInput, MigrationStatus, RetryingStep
+from vecmigrate.model.status import (
+    IndexBuildProgress,
+    MigrationInput,
+    MigrationStatus,
+    RetryingStep,
+)
 from vecmigrate.workers.connection import default_task_queue
 from vecmigrate.workflows.migration import MigrationWorkflow
 from vecmigrate.workflows.regional import RegionalMigrationWorkflow
@@ -206,6 +211,7 @@ class MigrationClient:
         st = await handle.query(MigrationWorkflow.status)
         st.caught_up(datetime.now(UTC))
         beats = await self._heartbeats(desc)
+        st.index_build = await self._index_build(desc)
         st.retrying = retrying(desc)
         for step in st.retrying:
             shard = next((s for (a, s) in beats if a == step.activity), None)
@@ -366,6 +372,18 @@ class MigrationClient:
             if decoded and isinstance(decoded[0], dict) and "shard" in decoded[0]:
                 live[(pending.activity_type.name, int(decoded[0]["shard"]))] = decoded[0]
         return live
+
+    async def _index_build(self, desc: WorkflowExecutionDescription) -> IndexBuildProgress | None:
+        """The progress of a native index build in flight, from its activity's heartbeat."""
+        for pending in desc.raw_description.pending_activities:
+            if pending.activity_type.name != "build_native_index":
+                continue
+            if not pending.heartbeat_details.payloads:
+                continue
+            decoded = await self.client.data_converter.decode(pending.heartbeat_details.payloads)
+            if decoded and isinstance(decoded[0], dict) and "index_build" in decoded[0]:
+                return IndexBuildProgress.model_validate(decoded[0]["index_build"])
+        return None
 
     async def result(self, migration_id: str, timeout: float | None = None) -> MigrationStatus:
         """Wait for the migration to end and return its final status, whatever the outcome

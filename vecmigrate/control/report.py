@@ -77,6 +77,8 @@ def status_tables(st: MigrationStatus) -> Group:
         if st.eta_seconds is not None:
             line += f", about {st.eta_seconds:,.0f} s to go"
         head.add_row("copy", line)
+    if st.index_build is not None:
+        head.add_row("index build", st.index_build.line())
     if st.max_vectors_per_second:
         head.add_row("throttle", f"{st.max_vectors_per_second:,.0f} vectors/s")
     if st.runs > 1:

@@ -33,6 +33,7 @@ from vecmigrate.model.spec import (
     is_native,
     store_ref,
 )
+from vecmigrate.model.status import IndexBuildProgress
 from vecmigrate.model.tasks import ArtifactRef, ShardRef
 from vecmigrate.records.checksums import RecordChecksum
 from vecmigrate.records.vectors import Distances, Ids, Vectors
@@ -200,8 +201,15 @@ class NativeIndex:
         return self.store.search_native(queries, k, self.spec, self.metric, flt)
 
 
-def build_native(store: VectorStore, version: VersionSpec) -> ArtifactRef:
+def build_native(
+    store: VectorStore,
+    version: VersionSpec,
+    on_progress: Callable[[IndexBuildProgress], None] | None = None,
+) -> ArtifactRef:
     """Have the target database build its own index over the whole version (idempotent).
+
+    PostgreSQL builds without blocking writes to the table, and reports where it stands to
+    ``on_progress`` every few seconds (see :meth:`PgvectorStore.create_index`).
 
     Raises:
         PreconditionError: the store cannot build this index kind.
@@ -210,7 +218,10 @@ def build_native(store: VectorStore, version: VersionSpec) -> ArtifactRef:
     if not isinstance(store, NativeStore):
         raise PreconditionError(f"{store.kind} stores cannot build {version.index.kind}")
     metric = Metric(version.embedding.metric)
-    name = store.create_index(version.index, metric)
+    if isinstance(store, PgvectorStore):
+        name = store.create_index(version.index, metric, on_progress=on_progress)
+    else:
+        name = store.create_index(version.index, metric)
     uri = f"{store.kind}:{name}"
     return ArtifactRef(
         shard=-1,

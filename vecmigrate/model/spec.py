@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from vecmigrate.errors import SpecError
 from vecmigrate.model.credentials import SecretRef, UrlWithoutSecret
@@ -135,6 +144,38 @@ class HnswlibHnsw(_Model):
 # ``halfvec`` (2 bytes a dimension: half the index, and indexes up to 4,000 dimensions).
 Precision = Literal["vector", "halfvec"]
 
+_MEMORY = re.compile(r"([0-9]+) ?(kB|MB|GB|TB)")
+_MEMORY_KB = {"kB": 1, "MB": 1024, "GB": 1024**2, "TB": 1024**3}
+# PostgreSQL's bounds for maintenance_work_mem, in kB: 1MB, and the largest int.
+_MEMORY_RANGE_KB = (1024, 2_147_483_647)
+
+
+def memory_kb(value: str) -> int:
+    """Kilobytes of a PostgreSQL memory size such as ``512MB``.
+
+    Raises:
+        ValueError: not a size PostgreSQL accepts for ``maintenance_work_mem``.
+    """
+    found = _MEMORY.fullmatch(value)
+    if found is None:
+        raise ValueError(
+            f"{value!r} is not a PostgreSQL memory size: write a whole number and a unit, "
+            "kB, MB, GB or TB as PostgreSQL spells them (512MB, 2GB)"
+        )
+    kb = int(found[1]) * _MEMORY_KB[found[2]]
+    low, high = _MEMORY_RANGE_KB
+    if not low <= kb <= high:
+        raise ValueError(f"{value!r} is outside PostgreSQL's range for it, 1MB to 2047GB")
+    return kb
+
+
+def _memory_size(value: str) -> str:
+    memory_kb(value)
+    return value
+
+
+MemorySize = Annotated[str, AfterValidator(_memory_size)]
+
 
 class PgvectorHnsw(_Model):
     """pgvector's own HNSW index, built by Postgres on the target table (over ``halfvec``
@@ -149,6 +190,16 @@ class PgvectorHnsw(_Model):
     """Candidates kept per query: more is better recall and slower searches."""
     precision: Precision = "vector"
     """``halfvec`` indexes half-precision casts of the vectors (half the index's vector bytes)."""
+    maintenance_work_mem: MemorySize | None = None
+    """Memory the build may use, as PostgreSQL writes it (``512MB``, ``2GB``; units kB, MB,
+    GB, TB): set on the build's own connection (none: the server's setting). An HNSW graph
+    that fits in it is built several times faster."""
+    parallel_workers: int | None = Field(default=None, ge=0, le=64)
+    """Parallel maintenance workers for the build (``max_parallel_maintenance_workers`` on
+    the build's connection; none: the server's setting, 0: the build's backend alone)."""
+    lock_timeout_seconds: int = Field(default=600, ge=1, le=86_400)
+    """How long the build waits for a lock or for older transactions on the table to end
+    before it gives up (the activity is retried); it never queues forever."""
 
     @model_validator(mode="after")
     def _ef_construction_covers_m(self) -> Self:
@@ -168,6 +219,15 @@ class PgvectorIvfflat(_Model):
     probes: int = Field(default=10, ge=1)
     precision: Precision = "vector"
     """``halfvec`` indexes half-precision casts of the vectors (half the index's vector bytes)."""
+    maintenance_work_mem: MemorySize | None = None
+    """Memory the build may use, as PostgreSQL writes it (``512MB``, ``2GB``; units kB, MB,
+    GB, TB): set on the build's own connection (none: the server's setting)."""
+    parallel_workers: int | None = Field(default=None, ge=0, le=64)
+    """Parallel maintenance workers for the build (``max_parallel_maintenance_workers`` on
+    the build's connection; none: the server's setting, 0: the build's backend alone)."""
+    lock_timeout_seconds: int = Field(default=600, ge=1, le=86_400)
+    """How long the build waits for a lock or for older transactions on the table to end
+    before it gives up (the activity is retried); it never queues forever."""
 
 
 class QdrantHnsw(_Model):
@@ -984,8 +1044,12 @@ ADDED_FIELDS: dict[type[BaseModel], frozenset[str]] = {
     FaissFlat: frozenset({"encoding"}),
     FaissIvfFlat: frozenset({"encoding"}),
     FaissHnsw: frozenset({"encoding"}),
-    PgvectorHnsw: frozenset({"precision"}),
-    PgvectorIvfflat: frozenset({"precision"}),
+    PgvectorHnsw: frozenset(
+        {"precision", "maintenance_work_mem", "parallel_workers", "lock_timeout_seconds"}
+    ),
+    PgvectorIvfflat: frozenset(
+        {"precision", "maintenance_work_mem", "parallel_workers", "lock_timeout_seconds"}
+    ),
     QdrantHnsw: frozenset({"quantization", "product_compression", "rescore", "oversampling"}),
     MigrationSpec: frozenset({"schedule", "windows", "retention", "quarantine"}),
     BuiltinStoreRef: frozenset({"password", "tls", "writable"}),

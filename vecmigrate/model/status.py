@@ -63,6 +63,43 @@ class RetryingStep(_Model):
     next_retry: str = ""
 
 
+class IndexBuildProgress(_Model):
+    """Where a native index build stands, as the database reports it (PostgreSQL's
+    ``pg_stat_progress_create_index``, read on a connection of its own while the build runs).
+
+    The build's activity heartbeats it; the client adds it to the status.
+    """
+
+    index: str
+    command: str = ""
+    phase: str = ""
+    blocks_done: int = 0
+    blocks_total: int = 0
+    tuples_done: int = 0
+    tuples_total: int = 0
+    lockers_done: int = 0
+    lockers_total: int = 0
+    # Whichever of blocks, tuples or lockers the phase counts, done over total (None: the
+    # phase counts nothing, or not yet).
+    fraction: float | None = None
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        """The build in one line: index, phase, percentage and what it counts."""
+        text = f"{self.index}: {self.phase or 'starting'}"
+        if self.fraction is not None:
+            text += f", {100 * self.fraction:.0f}%"
+        if self.blocks_total:
+            text += f" ({self.blocks_done:,} of {self.blocks_total:,} blocks)"
+        elif self.tuples_total:
+            text += f" ({self.tuples_done:,} of {self.tuples_total:,} tuples)"
+        elif self.tuples_done:
+            text += f" ({self.tuples_done:,} tuples)"
+        elif self.lockers_total:
+            text += f" (waiting for {self.lockers_total - self.lockers_done:,} transactions)"
+        return text + f", {self.seconds:,.0f} s"
+
+
 class MigrationStatus(_Model):
     """What the ``status`` query returns."""
 
@@ -138,6 +175,8 @@ class MigrationStatus(_Model):
     # Held outside the spec's maintenance windows: when the next one opens, and why it waits.
     window_until: str = ""
     window_note: str = ""
+    # A native index build in flight (added by the client from its activity's heartbeat).
+    index_build: IndexBuildProgress | None = None
 
     def copied(self) -> tuple[int, int]:
         """Vectors copied and total, over all shards."""

@@ -18,7 +18,8 @@ Three kinds of table, behind one adapter:
 Scans are keyset-paginated; rows cross in PostgreSQL's binary format (vectors, UUIDs,
 timestamps and JSON as raw bytes, decoded for a whole batch at once); writes go through binary
 COPY into a staging table and one ``INSERT ... ON CONFLICT`` per batch. Native HNSW and IVFFlat
-indexes are built by Postgres with the parameters of the spec, and payload indexes (btree, or
+indexes are built by Postgres with the parameters of the spec, ``CONCURRENTLY`` (writes to the
+table go on during the build, whose progress is read as it runs), and payload indexes (btree, or
 GIN for JSON) on the fields the source indexed.
 """
 
@@ -27,9 +28,12 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import re
 import struct
-from collections.abc import Iterator, Sequence
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -38,12 +42,13 @@ import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
 from psycopg.adapt import Loader
+from psycopg.errors import LockNotAvailable
 from psycopg.pq import Format
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, ProgrammingError
 
 from vecmigrate.catalog.engines import DatabaseAccess, engine_for, once_per_engine
-from vecmigrate.errors import DataError, NotFoundError, PreconditionError
+from vecmigrate.errors import DataError, NotFoundError, PreconditionError, VecmigrateError
 from vecmigrate.model.records import (
     AndFilter,
     FieldKind,
@@ -62,7 +67,9 @@ from vecmigrate.model.spec import (
     PgvectorIvfflat,
     PgvectorStoreRef,
     canonical,
+    memory_kb,
 )
+from vecmigrate.model.status import IndexBuildProgress
 from vecmigrate.model.tasks import Cursor, ShardRef
 from vecmigrate.records.batch import Faults, Records, assemble
 from vecmigrate.records.filters import normalize
@@ -85,6 +92,8 @@ from vecmigrate.stores.base import (
     sample_rows,
     seek_bounds,
 )
+
+log = logging.getLogger("vecmigrate.stores.pgvector")
 
 _SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
 _HEADER = _SIGNATURE + struct.pack(">ii", 0, 0)
@@ -997,28 +1006,47 @@ class PgvectorStore(EngineSearch, ScanningStore):
     def index_name(self, spec: IndexSpec, metric: Metric, column: str | None = None) -> str:
         """Name of the native index built from ``spec`` on the primary vector (or on
         ``column``): stable, so building is idempotent."""
-        # Canonical: a parameter added later, at its default, keeps the name (and the index).
-        key: list[Any] = [json.loads(canonical(spec)), str(metric)]
+        # Canonical: a parameter added later, at its default, keeps the name (and the index);
+        # how the index is built (memory, workers, lock timeout) is not part of what it is.
+        described = json.loads(canonical(spec))
+        for setting in BUILD_SETTINGS:
+            described.pop(setting, None)
+        key: list[Any] = [described, str(metric)]
         if column is not None:
             key.append(column)
         digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
         return f"{self.table.split('.')[-1][:40]}_{spec.kind}_{digest}"
 
-    def create_index(self, spec: IndexSpec, metric: Metric) -> str:
-        """Build a native HNSW or IVFFlat index on each vector column (a no-op where it exists;
-        the other vectors by the metric their source indexed them with); returns the primary
-        one's name."""
+    def create_index(
+        self,
+        spec: IndexSpec,
+        metric: Metric,
+        on_progress: Callable[[IndexBuildProgress], None] | None = None,
+        every: float = 2.0,
+    ) -> str:
+        """Build a native HNSW or IVFFlat index on each vector column (the other vectors by the
+        metric their source indexed them with); returns the primary one's name.
+
+        Built with ``CREATE INDEX CONCURRENTLY`` on a connection of its own, so writes to the
+        table go on during the build: a valid index of the same name is kept, an invalid one
+        (left by a build that was killed, cancelled or timed out) is dropped and built again.
+        ``on_progress`` is called every ``every`` seconds of the build, in the calling thread,
+        with what ``pg_stat_progress_create_index`` says of it; whatever it raises cancels
+        the build (the invalid index it leaves is rebuilt next time) and is raised.
+
+        Raises:
+            VecmigrateError: the build waited longer than the spec's ``lock_timeout_seconds``
+                for older transactions or a lock on the table (retryable).
+        """
         self._writes()
+        if not isinstance(spec, PgvectorHnsw | PgvectorIvfflat):
+            raise PreconditionError(f"pgvector cannot build {spec.kind} natively")
         first = ""
         for v, col in zip(self.schema.vectors, self.layout.vectors, strict=True):
             m = Metric(v.metric or metric) if v is not self.schema.primary else metric
             name = self.index_name(spec, m, None if v is self.schema.primary else col.name)
             using = _index_using(str(m), col.name, col.typname, spec, v.dimension)
-            where = quote(self.table)
-            with self.engine.begin() as conn:
-                conn.execute(
-                    text(f"CREATE INDEX IF NOT EXISTS {quote(name)} ON {where} USING {using}")
-                )
+            _Build(self.engine, self.table, name, spec, on_progress, every).run(using)
             first = first or name
         return first
 
@@ -1225,6 +1253,231 @@ def index_using(spec: IndexSpec, metric: Metric, dimension: int, column: str = "
         PreconditionError: pgvector has no such index kind.
     """
     return _index_using(str(metric), column, "vector", spec, dimension)
+
+
+# -- native index builds ---------------------------------------------------------------------
+
+# Fields of a pgvector index spec that say how the index is built, not what it is.
+BUILD_SETTINGS = ("maintenance_work_mem", "parallel_workers", "lock_timeout_seconds")
+
+_PROGRESS = (
+    "SELECT command, phase, blocks_done, blocks_total, tuples_done, tuples_total, "
+    "lockers_done, lockers_total FROM pg_stat_progress_create_index WHERE pid = %s"
+)
+_INDEX_STATE = (
+    "SELECT i.indexrelid::bigint, i.indisvalid FROM pg_index i "
+    "JOIN pg_class c ON c.oid = i.indexrelid WHERE i.indrelid = to_regclass(%s) "
+    "AND c.relname = %s"
+)
+
+
+def build_settings(spec: PgvectorHnsw | PgvectorIvfflat) -> list[str]:
+    """The ``SET`` statements a build's own connection runs first: the spec's memory and
+    parallel workers, its lock timeout, and no statement timeout (a role's default would cut
+    a long build short and leave an invalid index to build again)."""
+    settings = [
+        f"SET lock_timeout = '{int(spec.lock_timeout_seconds)}s'",
+        "SET statement_timeout = 0",
+    ]
+    if spec.maintenance_work_mem is not None:
+        memory_kb(spec.maintenance_work_mem)  # a validated spec: a unit and digits, no quote
+        settings.append(f"SET maintenance_work_mem = '{spec.maintenance_work_mem}'")
+    if spec.parallel_workers is not None:
+        settings.append(f"SET max_parallel_maintenance_workers = {int(spec.parallel_workers)}")
+    return settings
+
+
+def read_build_progress(
+    conn: Any, pid: int, index: str, seconds: float = 0.0
+) -> IndexBuildProgress | None:
+    """What ``pg_stat_progress_create_index`` says of the build backend ``pid`` runs (None: it
+    runs none), read on ``conn``, a psycopg connection other than the build's.
+
+    The statistics a transaction reads stay as they were when it first read them: each
+    reading is committed, so the next one sees the build move.
+    """
+    row = conn.execute(_PROGRESS, (pid,)).fetchone()
+    conn.commit()
+    if row is None:
+        return None
+    counts = [int(x or 0) for x in row[2:]]
+    fraction = None
+    for done, total in zip(counts[0::2], counts[1::2], strict=True):
+        if total > 0:
+            fraction = round(min(1.0, done / total), 4)
+            break
+    return IndexBuildProgress(
+        index=index,
+        command=str(row[0] or ""),
+        phase=str(row[1] or ""),
+        blocks_done=counts[0],
+        blocks_total=counts[1],
+        tuples_done=counts[2],
+        tuples_total=counts[3],
+        lockers_done=counts[4],
+        lockers_total=counts[5],
+        fraction=fraction,
+        seconds=round(seconds, 1),
+    )
+
+
+class _Build:
+    """One native index built with ``CREATE INDEX CONCURRENTLY`` (idempotent).
+
+    The statement runs on a connection taken out of the pool (its ``SET``s reach no other
+    user, and ``CONCURRENTLY`` needs autocommit) in a thread of its own, while the calling
+    thread reads the build's progress on a second connection and hands it to ``on_progress``.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        table: str,
+        name: str,
+        spec: PgvectorHnsw | PgvectorIvfflat,
+        on_progress: Callable[[IndexBuildProgress], None] | None,
+        every: float,
+    ) -> None:
+        self.engine, self.table, self.name, self.spec = engine, table, name, spec
+        self.on_progress, self.every = on_progress, every
+        schema = table.rsplit(".", 1)[0] + "." if "." in table else ""
+        self.qualified = quote(schema + name)
+
+    def run(self, using: str) -> None:
+        """Build the index unless a valid one of its name exists; drop an invalid one first,
+        or wait for the session that is building it.
+
+        Raises:
+            VecmigrateError: the build waited longer than its lock timeout (retryable), or the
+                index is still invalid after being built again.
+        """
+        create = (
+            f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {quote(self.name)} ON {quote(self.table)} "
+            f"USING {using}"
+        )
+        for _ in range(4):
+            state = self._state()
+            if state is not None and state[1]:
+                return
+            if state is not None:
+                builder = self._builder(state[0])
+                if builder is not None:
+                    # Another session (an earlier attempt of this build) is at it: follow it.
+                    self._follow(builder)
+                    continue
+                self._statement(
+                    f"DROP INDEX CONCURRENTLY IF EXISTS {self.qualified}",
+                    "dropping the invalid index an earlier build left",
+                )
+            self._statement(create, "waiting for a lock on the table")
+        raise VecmigrateError(
+            f"index {self.name} on {self.table} is still invalid after it was built again; "
+            "see the database's log for why its builds fail"
+        )
+
+    def _state(self) -> tuple[int, bool] | None:
+        """The index's oid and whether it is valid (None: no index of that name)."""
+        with self.engine.connect() as conn:
+            row = conn.exec_driver_sql(_INDEX_STATE, (self.table, self.name)).first()
+        return None if row is None else (int(row[0]), bool(row[1]))
+
+    def _builder(self, oid: int) -> int | None:
+        """The backend building the index of ``oid`` now (None: none is)."""
+        with self.engine.connect() as conn:
+            row = conn.exec_driver_sql(
+                "SELECT pid FROM pg_stat_progress_create_index WHERE index_relid::bigint = %s",
+                (oid,),
+            ).first()
+        return None if row is None else int(row[0])
+
+    def _follow(self, pid: int) -> None:
+        """Watch another session's build of the index until it ends."""
+
+        def over(wait: float) -> bool:
+            time.sleep(wait)
+            with self.engine.connect() as conn:
+                row = conn.exec_driver_sql(
+                    "SELECT 1 FROM pg_stat_progress_create_index WHERE pid = %s", (pid,)
+                ).first()
+            return row is None
+
+        self._watch(pid, over)
+
+    def _statement(self, sql: str, waiting: str) -> None:
+        """Run ``sql`` on the build's own connection, watched (``waiting``: the phase while
+        PostgreSQL reports none); cancel it if watching fails."""
+        raw = self.engine.raw_connection()
+        conn = raw.driver_connection
+        assert conn is not None
+        raw.detach()  # closed for good afterwards: its settings never reach the pool
+        try:
+            conn.rollback()
+            conn.autocommit = True  # CONCURRENTLY cannot run in a transaction block
+            # pgvector says here when the graph outgrows maintenance_work_mem (a slower build).
+            conn.add_notice_handler(
+                lambda d: log.warning("building %s: %s", self.name, d.message_primary)
+            )
+            for setting in build_settings(self.spec):
+                conn.execute(setting)
+            pid = int(conn.execute("SELECT pg_backend_pid()").fetchone()[0])
+            failed: list[BaseException] = []
+
+            def build() -> None:
+                try:
+                    conn.execute(sql)
+                except BaseException as exc:  # raised in the calling thread below
+                    failed.append(exc)
+
+            def over(wait: float) -> bool:
+                thread.join(wait)
+                return not thread.is_alive()
+
+            thread = threading.Thread(target=build, name=f"build {self.name}", daemon=True)
+            thread.start()
+            try:
+                self._watch(pid, over, waiting)
+            except BaseException:
+                with self.engine.connect() as other:
+                    other.exec_driver_sql("SELECT pg_cancel_backend(%s)", (pid,))
+                thread.join()
+                raise
+            if failed:
+                raise self._failure(failed[0]) from failed[0]
+        finally:
+            raw.close()
+
+    def _watch(self, pid: int, done: Callable[[float], bool], waiting: str = "") -> None:
+        """Hand the progress of ``pid``'s build to ``on_progress`` until ``done`` (which waits
+        up to the seconds it is given) says the build is over; while PostgreSQL reports none,
+        a progress of phase ``waiting`` (if given)."""
+        began = time.monotonic()
+        if self.on_progress is None:
+            while not done(self.every):
+                pass
+            return
+        monitor = self.engine.raw_connection()
+        try:
+            while not done(self.every):
+                progress = read_build_progress(
+                    monitor.driver_connection, pid, self.name, time.monotonic() - began
+                )
+                if progress is None and waiting:
+                    seconds = round(time.monotonic() - began, 1)
+                    progress = IndexBuildProgress(index=self.name, phase=waiting, seconds=seconds)
+                if progress is not None:
+                    self.on_progress(progress)
+        finally:
+            monitor.close()
+
+    def _failure(self, exc: BaseException) -> BaseException:
+        if isinstance(exc, LockNotAvailable):
+            return VecmigrateError(
+                f"the build of index {self.name} waited more than "
+                f"{self.spec.lock_timeout_seconds} s for a lock on {self.table} or for older "
+                "transactions on it to end (a long transaction holds it): it will be tried "
+                "again; end that transaction or raise the index's lock_timeout_seconds"
+            )
+        return exc
 
 
 def _run_ddl(engine: Engine, ddl: list[str]) -> None:
