@@ -16,17 +16,20 @@ from typing import Any
 import numpy as np
 import psycopg
 import pytest
+from rich.console import Console
 from temporalio.client import Client
 
 from tests.conftest import Sandbox, postgres_database, running_worker
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.control.doctor import Finding
 from vecmigrate.control.doctor import _catalog as doctor_catalog
+from vecmigrate.control.report import status_tables
 from vecmigrate.data import capture
 from vecmigrate.data.datasets import clustered
 from vecmigrate.errors import SpecError
 from vecmigrate.model.lifecycle import TERMINAL, Phase
 from vecmigrate.model.spec import MigrationSpec, canonical, parse_spec
+from vecmigrate.model.status import CaptureStatus, MigrationStatus
 from vecmigrate.serving.router import Router
 from vecmigrate.stores import pgcapture
 from vecmigrate.testing.drill import until_phase
@@ -402,3 +405,27 @@ def test_doctor_flags_a_capture_whose_migration_ended_or_is_unknown(
     capture.remove(spec, replay_first=False)
     _, found = doctor_catalog(catalog.url)
     assert not [f for f in found if f.check.startswith("change capture")]
+
+
+def test_status_alerts_on_a_change_table_that_outlived_its_migration() -> None:
+    cap = CaptureStatus(table="public.vm_capture_m_1234abcd", installed=True, captured=40, lag=3)
+    assert cap.alert(Phase.BACKFILLING) == ""
+    alert = cap.alert(Phase.ABORTED)
+    assert "outlived the migration" in alert
+    assert "DROP FUNCTION public.vm_capture_m_1234abcd_fn() CASCADE" in alert
+    assert CaptureStatus(table=cap.table, installed=True, removed=True).alert(Phase.ABORTED) == ""
+    status = MigrationStatus(
+        migration_id="m",
+        tenant="default",
+        collection="items",
+        strategy="online",
+        source_version="v1",
+        target_version="v2",
+        phase=Phase.ABORTED,
+        capture=cap,
+    )
+    console = Console(width=200, record=True)
+    console.print(status_tables(status))
+    shown = console.export_text()
+    assert "capturing: public.vm_capture_m_1234abcd, 40 writes captured, 3 not replayed" in shown
+    assert "outlived the migration" in shown

@@ -778,7 +778,7 @@ class MigrationCore(OperatorSignals):
             result = await self._work(
                 name,
                 "capture_replay",
-                CaptureInput(**self._task(), seconds=60.0, max_lag=max_lag),
+                CaptureInput(**self._task(), seconds=60.0),
                 CaptureResult,
                 timedelta(minutes=30),
             )

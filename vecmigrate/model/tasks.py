@@ -304,11 +304,10 @@ class CatchUpResult(_Model):
 
 class CaptureInput(SpecTask):
     """Replay the writes captured from the source table onto the target, for at most
-    ``seconds`` or until at most ``max_lag`` changes are left; with ``remove``, stop capturing
+    ``seconds`` or until a batch finds every change there is; with ``remove``, stop capturing
     first and then (when ``replay``) replay what is left, and drop the capture."""
 
     seconds: float = 60.0
-    max_lag: int = 0
     remove: bool = False
     replay: bool = True
 
