@@ -25,6 +25,7 @@ from vecmigrate.control.doctor import Finding
 from vecmigrate.control.doctor import _catalog as doctor_catalog
 from vecmigrate.control.report import status_tables
 from vecmigrate.data import capture
+from vecmigrate.data.backfill import run_checks
 from vecmigrate.data.datasets import clustered
 from vecmigrate.errors import SpecError
 from vecmigrate.model.lifecycle import TERMINAL, Phase
@@ -429,3 +430,36 @@ def test_status_alerts_on_a_change_table_that_outlived_its_migration() -> None:
     shown = console.export_text()
     assert "capturing: public.vm_capture_m_1234abcd, 40 writes captured, 3 not replayed" in shown
     assert "outlived the migration" in shown
+
+
+def test_plan_names_the_grants_a_capture_needs_before_anything_is_written(
+    sandbox: Sandbox, postgres: Any
+) -> None:
+    url = postgres_database(postgres)
+    items_table(url, rows=50)
+    role = f"app_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(_pg(url), autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute(f"GRANT SELECT ON items TO {role}")
+    user = url.split("://", 1)[1].split("@", 1)[0]
+    spec = items_spec(url.replace(f"://{user}@", f"://{role}@", 1))
+
+    def capture_check() -> str | None:
+        found = [c for c in run_checks(sandbox.catalog, spec) if c.name == "change capture"]
+        assert len(found) == 1
+        return None if found[0].passed else found[0].detail
+
+    assert f"GRANT TRIGGER ON items TO {role}" in (capture_check() or "")
+    assert "online.capture: off" in (capture_check() or "")
+    with psycopg.connect(_pg(url), autocommit=True) as conn:
+        conn.execute(f"GRANT TRIGGER ON items TO {role}")
+        public_create = conn.execute(
+            f"SELECT has_schema_privilege('{role}', 'public', 'CREATE')"
+        ).fetchone()
+    assert public_create is not None
+    if not public_create[0]:  # PostgreSQL 15 on: the public schema is the owner's
+        assert f"GRANT CREATE ON SCHEMA public TO {role}" in (capture_check() or "")
+        with psycopg.connect(_pg(url), autocommit=True) as conn:
+            conn.execute(f"GRANT CREATE ON SCHEMA public TO {role}")
+    assert capture_check() is None
+    assert leftovers(url) == NOTHING  # planning wrote nothing

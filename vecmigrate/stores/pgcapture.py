@@ -100,6 +100,30 @@ def _exists(conn: Connection, table: str) -> bool:
     return conn.execute(text("SELECT to_regclass(:t)"), {"t": quote(table)}).scalar() is not None
 
 
+def install_problem(store: PgvectorStore) -> str | None:
+    """Why the migration's role could not install a capture on ``store``'s table, or None."""
+    with store.engine.begin() as conn:
+        row = conn.execute(
+            text(
+                "SELECT current_user, current_schema(), has_table_privilege(:t, 'TRIGGER'), "
+                "has_schema_privilege(current_schema(), 'CREATE')"
+            ),
+            {"t": quote(store.table)},
+        ).one()
+    user, schema, trigger, create = row
+    if not trigger:
+        return (
+            f"role {user} may not create a trigger on {store.table}: GRANT TRIGGER ON "
+            f"{store.table} TO {user}"
+        )
+    if not create:
+        return (
+            f"role {user} may not create the change table in schema {schema}: GRANT CREATE ON "
+            f"SCHEMA {schema} TO {user}"
+        )
+    return None
+
+
 def install(store: PgvectorStore, migration_id: str) -> Capture:
     """Start capturing the writes made to ``store``'s table (idempotent: a second install
     finds the first and keeps what it captured).
