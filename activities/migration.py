@@ -20,6 +20,7 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import datetime
 from typing import Any, TypeVar
 
+import numpy as np
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, CancelledError, TemporalError
 
@@ -31,7 +32,7 @@ from vecmigrate.catalog.residency import Residency
 from vecmigrate.catalog.retention import RetentionLog
 from vecmigrate.catalog.schedules import ScheduleStore
 from vecmigrate.catalog.specs import SpecStore
-from vecmigrate.data import backfill, footprint, retention, scheduling
+from vecmigrate.data import backfill, capture, footprint, retention, scheduling
 from vecmigrate.errors import (
     NON_RETRYABLE,
     PreconditionError,
@@ -52,6 +53,8 @@ from vecmigrate.model.tasks import (
     ArtifactRef,
     BuildIndexInput,
     BuildNativeIndexInput,
+    CaptureInput,
+    CaptureResult,
     CatchUpInput,
     CatchUpResult,
     ControlInput,
@@ -80,7 +83,7 @@ from vecmigrate.model.tasks import (
     VersionStateInput,
 )
 from vecmigrate.records.checksums import RecordChecksum
-from vecmigrate.records.vectors import merge_topk
+from vecmigrate.records.vectors import Ids, merge_topk
 from vecmigrate.stores import WHOLE
 from vecmigrate.validation.shadow import ShadowLog
 
@@ -264,6 +267,8 @@ class MigrationActivities:
             self.set_control,
             self.record,
             self.catch_up,
+            self.capture_install,
+            self.capture_replay,
             self.log_head,
             self.shadow_figures,
             self.list_tenants,
@@ -377,7 +382,13 @@ class MigrationActivities:
         volatile = None
         if inp.volatile_after is not None:
             after, log = inp.volatile_after, ChangeLog(self.catalog)
-            volatile = lambda: log.changed_ids(spec.tenant, spec.collection, after)  # noqa: E731
+
+            def volatile() -> Ids:
+                # Writes through the router, and writes to the source made with plain SQL that
+                # were captured but not replayed yet: either side may differ there.
+                logged = log.changed_ids(spec.tenant, spec.collection, after)
+                return np.union1d(logged, capture.captured_ids(spec))
+
         source, target = backfill.open_source(spec), backfill.open_target(spec)
         set_openmp_threads(self._share(spec))  # the exact search runs in FAISS
         fold = validation.fold_truth(spec)
@@ -472,6 +483,26 @@ class MigrationActivities:
                 # What the target now holds, the log need keep only once per id.
                 result.compacted = log.compact(spec.tenant, spec.collection, result.position)
         return result
+
+    @activity.defn(name="capture_install")
+    @_boundary
+    def capture_install(self, inp: CaptureInput) -> CaptureResult:
+        return capture.install(self.spec(inp))
+
+    @activity.defn(name="capture_replay")
+    @_boundary
+    def capture_replay(self, inp: CaptureInput) -> CaptureResult:
+        """Replay captured writes onto the target for at most ``inp.seconds``; with ``remove``,
+        stop capturing, replay what is left when ``replay``, and drop the capture."""
+        spec = self.spec(inp)
+        with _keepalive(spec) as beat:
+
+            def progress(applied: int) -> None:
+                beat({"applied": applied})
+
+            if inp.remove:
+                return capture.remove(spec, replay_first=inp.replay, on_progress=progress)
+            return capture.replay(spec, seconds=inp.seconds, on_progress=progress)
 
     @activity.defn(name="log_head")
     @_boundary

@@ -165,4 +165,7 @@ class Copying(MigrationCore):
             self._details()
             if result.drained and result.lag <= spec.online.max_catchup_lag:
                 await self._record("catchup", "vecmigrate", result.model_dump(mode="json"))
-                return
+                break
+        # Then the writes made to the source table with plain SQL: the source's current rows
+        # also correct any the backfill copied before a later write.
+        await self._replay_captured("catch up captured writes")

@@ -48,9 +48,16 @@ with workflow.unsafe.imports_passed_through():
     from vecmigrate.model.regions import RegionUpdate
     from vecmigrate.model.routing import RoutingView
     from vecmigrate.model.search import current_details, search_values
-    from vecmigrate.model.status import MigrationInput, MigrationStatus, OperatorAction
+    from vecmigrate.model.status import (
+        CaptureStatus,
+        MigrationInput,
+        MigrationStatus,
+        OperatorAction,
+    )
     from vecmigrate.model.tasks import (
         AccessPolicyInput,
+        CaptureInput,
+        CaptureResult,
         ControlInput,
         DataStateInput,
         LedgerAck,
@@ -70,6 +77,8 @@ T = TypeVar("T")
 # finalized, and the retention timer a spec's retention starts for the version it leaves.
 STORAGE_FIGURES = "storage-figures"
 RETENTION_TIMER = "retention-timer"
+# Writes made to an adopted PostgreSQL source with plain SQL, captured by a trigger.
+PG_CAPTURE = "pg-capture"
 
 # Continue as new before the history reaches this many events, less what draining the shard
 # window may add (about a dozen events a shard).
@@ -719,6 +728,101 @@ class MigrationCore(OperatorSignals):
             "retention.started",
             "vecmigrate",
             {"version": version, "left_as": left_as, "keep_seconds": seconds, "timer": child},
+        )
+
+    # -- writes captured from the source table ----------------------------------------------
+
+    async def _install_capture(self) -> None:
+        """Capture the writes made to the source table with plain SQL, from before the snapshot
+        (only a spec that captures, in a run that has this release's patch)."""
+        if not self._spec.captures_writes or not workflow.patched(PG_CAPTURE):
+            return
+        # Set first: a rollback during the install still removes what it made.
+        self._status.capture = CaptureStatus()
+        result = await self._work(
+            "install change capture",
+            "capture_install",
+            CaptureInput(**self._task()),
+            CaptureResult,
+            timedelta(minutes=10),
+        )
+        self._captured(result)
+        self._status.capture.installed = True
+        await self._record(
+            "capture.installed",
+            "vecmigrate",
+            {"table": result.table, "created_at": result.created_at},
+        )
+
+    def _captured(self, result: CaptureResult) -> None:
+        cap = self._status.capture
+        assert cap is not None
+        cap.table = result.table or cap.table
+        cap.captured, cap.lag, cap.bytes = result.captured, result.lag, result.bytes
+        cap.created_at = result.created_at or cap.created_at
+        cap.removed = result.removed
+        self._details()
+
+    def _capturing(self) -> bool:
+        cap = self._status.capture
+        return cap is not None and not cap.removed
+
+    async def _replay_captured(self, name: str) -> None:
+        """Replay the captured writes onto the target until at most ``max_catchup_lag`` are
+        left after a pass that reached the newest."""
+        if not self._capturing():
+            return
+        max_lag = self._spec.online.max_catchup_lag
+        applied = 0
+        while True:
+            result = await self._work(
+                name,
+                "capture_replay",
+                CaptureInput(**self._task(), seconds=60.0),
+                CaptureResult,
+                timedelta(minutes=30),
+            )
+            self._captured(result)
+            applied += result.applied
+            if result.drained and result.lag <= max_lag:
+                break
+        await self._record(
+            "capture.replayed",
+            "vecmigrate",
+            {"step": name, "applied": applied, "lag": result.lag, "captured": result.captured},
+        )
+
+    async def _remove_capture(self, replay: bool) -> None:
+        """Stop capturing and drop the change table (after a last replay when ``replay``).
+
+        A rollback or an abort goes on when the removal fails: the status then says the change
+        table outlived the migration (see ``CaptureStatus.alert``).
+        """
+        if not self._capturing():
+            return
+        arg = CaptureInput(**self._task(), remove=True, replay=replay)
+        name = "remove change capture" + (" after a last replay" if replay else "")
+        if replay:
+            result = await self._work(
+                name, "capture_replay", arg, CaptureResult, timedelta(hours=1)
+            )
+        else:
+            try:
+                result = await long_call(
+                    "capture_replay",
+                    arg,
+                    CaptureResult,
+                    timeout=timedelta(minutes=10),
+                    heartbeat_seconds=self._spec.heartbeat_seconds,
+                    summary=name,
+                )
+            except ActivityError as err:
+                self._status.error = f"{name} failed: {err.cause or err}"
+                await self._record("capture.left", "vecmigrate", {"error": self._status.error})
+                return
+        self._captured(result)
+        await self._record(
+            "capture.removed", "vecmigrate", {"table": result.table, "replayed": replay}
         )
 
     # -- work one box hands to another --------------------------------------------------------

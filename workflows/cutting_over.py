@@ -38,6 +38,7 @@ class CuttingOver(MigrationCore):
     async def _cut_over(self, inp: MigrationInput) -> None:
         spec = self._spec
         approver = self._approver()
+        await self._replay_captured("replay captured writes before the cut-over")
         # The source stays current through the bake, so a rollback loses no write; a run of the
         # offline strategy started before it baked switches writes with reads.
         keeps_source = self._strategy.has(Phase.BAKING)
@@ -61,13 +62,25 @@ class CuttingOver(MigrationCore):
 
     async def _bake(self, inp: MigrationInput) -> None:
         began = datetime.fromisoformat(self._status.phase_started_at)
-        left = timedelta(seconds=self._spec.cutover.bake_seconds) - (workflow.now() - began)
+        bake = timedelta(seconds=self._spec.cutover.bake_seconds)
+        # While writes to the source table are captured, the target that now serves reads is
+        # kept current through the bake: a replay every 30 s (or a 50th of the bake).
+        every = max(timedelta(seconds=30), bake / 50)
+        while self._capturing():
+            left = bake - (workflow.now() - began)
+            if left <= timedelta(0):
+                break
+            await self._guarded(lambda: workflow.sleep(min(left, every)))  # noqa: B023
+            await self._replay_captured("replay captured writes during the bake")
+        left = bake - (workflow.now() - began)
         if left > timedelta(0):
             await self._guarded(lambda: workflow.sleep(left))
         await self._wait_unpaused()
 
     async def _finalize(self, inp: MigrationInput) -> None:
         spec = self._spec
+        # Capture stops, what it holds is replayed, and the trigger and change table go.
+        await self._remove_capture(replay=True)
         if not self._strategy.switches:
             # shadow_only: reads never moved; the target is kept, no longer written.
             await self._set_routing(

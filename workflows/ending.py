@@ -38,6 +38,7 @@ class Ending(MigrationCore):
             )
         if self._status.cutovers:
             await self._set_state(spec.source.name, "serving", msg.operator)
+        await self._remove_capture(replay=False)
         if self._target_registered:
             await self._set_state(spec.target.name, "abandoned", msg.operator)
             keep = spec.retention.abandoned_seconds if spec.retention else None
@@ -57,4 +58,5 @@ class Ending(MigrationCore):
                 reason="abort: writes resume",
                 key="abort",
             )
+        await self._remove_capture(replay=False)
         await self._enter(Phase.ABORTED, actor=msg.operator)

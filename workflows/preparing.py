@@ -46,6 +46,8 @@ class Preparing(MigrationCore):
         ]
         self._by_shard = {p.shard: p for p in self._status.shards}
         await self._sync_control()
+        # Before the snapshot: a write to the source table is either copied or captured.
+        await self._install_capture()
         writes = self._strategy.writes
         if writes == "both":
             # The watermark comes first: every write logged after it is replayed after the

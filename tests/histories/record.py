@@ -10,7 +10,8 @@ The ``*_v2`` histories were recorded by the release that brought the lifecycle t
 ``lifecycle-table`` patch): every strategy, a rollback, an abort, a pause and resume, a gate
 overridden by an approver. The others are the release before it, which its runs still replay.
 ``blue_green_roles`` was recorded with operator roles (the ``operator-roles`` patch): replaying
-it needs the worker's caller interceptor, as every worker has.
+it needs the worker's caller interceptor, as every worker has. ``online_capture`` was recorded
+with change capture (the ``pg-capture`` patch) on a PostgreSQL server the recorder starts.
 """
 
 from __future__ import annotations
@@ -194,6 +195,41 @@ async def record_online(env: WorkflowEnvironment, name: str) -> None:
     save(name, history)
 
 
+async def record_online_capture(env: WorkflowEnvironment, name: str) -> None:
+    """The online drill on an adopted PostgreSQL table (patch ``pg-capture``) while an
+    application writes to it with plain SQL: the capture installed before the snapshot,
+    replayed in the catch-up, before each cut-over and through the bake, removed at the
+    finalize."""
+    from tests.test_capture import Application, Reader, items_spec, items_table
+    from vecmigrate.testing.postgres import start_postgres
+
+    sandbox = fresh_sandbox(name)
+    server = start_postgres()
+    try:
+        server.psql("CREATE DATABASE recorded;")
+        url = server.get_uri("recorded").replace("postgresql://", "postgresql+psycopg://", 1)
+        items_table(url)
+        spec = items_spec(url, id="online-capture", cutover={"mode": "manual", "bake_seconds": 2})
+        app, reader = Application(url, {"now": "recording"}, rate=50.0), Reader(sandbox, spec)
+        app.start()
+        reader.start()
+        try:
+            async with running_worker(env.client, sandbox) as queue:
+                mc = MigrationClient(env.client, queue)
+                final = await run_drill(mc, spec, lambda _: None, operator="recorder")
+                assert final.phase == Phase.COMPLETED, final
+                assert final.capture is not None
+                assert final.capture.removed, final.capture
+                history = await mc.handle(final.migration_id).fetch_history()
+        finally:
+            app.stopping.set()
+            app.join(10)
+            reader.close()
+    finally:
+        server.cleanup()
+    save(name, history)
+
+
 async def finish(mc: MigrationClient, mid: str, name: str) -> None:
     await mc.result(mid)
     save(name, await mc.handle(mid).fetch_history())
@@ -342,6 +378,7 @@ RECORDERS: dict[str, Callable[[WorkflowEnvironment, str], Awaitable[None]]] = {
     "blue_green_rolled_back": record_blue_green,
     "blue_green_continued": record_continued,
     "online_drill": record_online,
+    "online_capture": record_online_capture,
     "blue_green_build_while_copying": record_build_while_copying,
     "blue_green_roles": record_roles,
     "compaction_completed": record_compaction,

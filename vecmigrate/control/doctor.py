@@ -23,11 +23,13 @@ from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest, Describe
 from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
-from vecmigrate.catalog.catalog import metadata, vector_versions
+from vecmigrate.catalog.catalog import metadata, migrations, vector_versions
 from vecmigrate.catalog.engines import engine_for
+from vecmigrate.model.lifecycle import TERMINAL
 from vecmigrate.model.search import ALL as SEARCH_ATTRIBUTES
 from vecmigrate.model.spec import store_ref
-from vecmigrate.stores import Scope, open_store
+from vecmigrate.stores import Scope, open_store, pgcapture
+from vecmigrate.stores.pgvector import PgvectorStore
 from vecmigrate.telemetry.setup import version
 from vecmigrate.workers.connection import connect
 
@@ -216,6 +218,12 @@ def _catalog(url: str) -> tuple[Finding, list[Finding]]:
                 if c.name not in {col["name"] for col in present.get_columns(t.name)}
             ]
             rows = []
+            phases: dict[str, str] = {}
+            if migrations.name in tables and not columns:
+                phases = {
+                    str(r[0]): str(r[1])
+                    for r in conn.execute(select(migrations.c.id, migrations.c.phase))
+                }
             if vector_versions.name in tables and not columns:
                 rows = list(
                     conn.execute(
@@ -249,10 +257,67 @@ def _catalog(url: str) -> tuple[Finding, list[Finding]]:
                 "postgresql+psycopg://...)",
             )
         )
-    return findings[0], [*findings[1:], *(_store(row) for row in rows)]
+    seen: set[str] = set()
+    stores = [f for row in rows for f in _store(row, phases, seen)]
+    return findings[0], [*findings[1:], *stores]
 
 
-def _store(row: Any) -> Finding:
+def capture_findings(store: PgvectorStore, phases: dict[str, str]) -> list[Finding]:
+    """One finding per change capture in ``store``'s database: fine while its migration runs;
+    a warning when the migration ended or the catalog does not know it, since the change table
+    grows with every write to the table it captures until someone drops it."""
+    found = []
+    for cap in pgcapture.captures(store.engine):
+        phase = phases.get(cap.migration_id)
+        where = (
+            f"{cap.table} on {cap.source}: {cap.pending:,} changes not replayed, "
+            f"{cap.bytes / 1e6:,.1f} MB, made {cap.age_seconds / 3600:,.1f} h ago"
+        )
+        stale = phase is None or phase in TERMINAL
+        found.append(
+            Finding(
+                f"change capture {cap.table}",
+                not stale,
+                f"{where}, for migration {cap.migration_id} ("
+                + ("unknown to this catalog" if phase is None else phase)
+                + ")",
+                f"nothing will replay it: DROP FUNCTION {cap.table}_fn() CASCADE; DROP TABLE "
+                f"{cap.table}"
+                if stale
+                else "",
+                severity="warning",
+            )
+        )
+    return found
+
+
+def _store(row: Any, phases: dict[str, str], seen: set[str]) -> list[Finding]:
+    """The finding of one version's store (and of the change captures in its database, once
+    per database)."""
+    store = _open_store(row)
+    if not isinstance(store, PgvectorStore):
+        return [store]
+    where = f"{row['tenant']}/{row['collection']}@{row['version']}"
+    found = [Finding(f"store of {where}", True, f"{store.kind} store open ({row['state']})")]
+    database = store.engine.url.render_as_string(hide_password=True)
+    if database not in seen:
+        seen.add(database)
+        try:
+            found += capture_findings(store, phases)
+        except Exception as exc:
+            found.append(
+                Finding(
+                    f"change captures in {database}",
+                    False,
+                    f"cannot list them: {exc}",
+                    "grant the role read access to pg_class, or check the server",
+                    severity="warning",
+                )
+            )
+    return found
+
+
+def _open_store(row: Any) -> Finding | PgvectorStore:
     where = f"{row['tenant']}/{row['collection']}@{row['version']}"
     check = f"store of {where}"
     try:
@@ -275,6 +340,8 @@ def _store(row: Any) -> Finding:
             "keep built-in stores on local disk, or migrate the collection to pgvector, Qdrant "
             "or Milvus for a deployment",
         )
+    if isinstance(store, PgvectorStore):
+        return store
     return Finding(check, True, f"{store.kind} store open ({row['state']})")
 
 

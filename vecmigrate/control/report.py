@@ -83,6 +83,18 @@ def status_tables(st: MigrationStatus) -> Group:
         head.add_row("throttle", f"{st.max_vectors_per_second:,.0f} vectors/s")
     if st.runs > 1:
         head.add_row("runs", f"{st.runs} (continued as new to keep histories small)")
+    if st.capture is not None:
+        cap = st.capture
+        state = "removed" if cap.removed else ("capturing" if cap.installed else "installing")
+        head.add_row(
+            "capture",
+            f"{state}: {cap.table or 'change table'}, {cap.captured:,} writes captured, "
+            f"{cap.lag:,} not replayed yet, {cap.bytes / 1e6:,.1f} MB"
+            + (f", since {cap.created_at[:19]}" if cap.created_at else ""),
+        )
+        alert = cap.alert(st.phase)
+        if alert:
+            head.add_row("alert", f"[red]{alert}[/red]")
     if st.routing:
         r = st.routing
         head.add_row(

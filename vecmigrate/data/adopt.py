@@ -24,7 +24,8 @@ from vecmigrate.indexes.build import register_index
 from vecmigrate.model.records import IdKind, RecordSchema
 from vecmigrate.model.spec import IndexSpec, MigrationSpec, is_native, named
 from vecmigrate.model.tasks import ArtifactRef
-from vecmigrate.stores import VectorStore
+from vecmigrate.stores import VectorStore, pgcapture
+from vecmigrate.stores.pgvector import PgvectorStore
 
 
 def target_schema(source: RecordSchema, spec: MigrationSpec) -> RecordSchema:
@@ -126,6 +127,19 @@ def adoption_checks(spec: MigrationSpec, store: VectorStore) -> list[Check]:
             ),
         )
     )
+    if spec.captures_writes and isinstance(store, PgvectorStore):
+        problem = pgcapture.install_problem(store)
+        checks.append(
+            Check(
+                "change capture",
+                problem is None,
+                f"writes made to {named(src.store)} with plain SQL are captured by a trigger "
+                "from before the snapshot and replayed onto the target"
+                if problem is None
+                else f"{problem}; or set online.capture: off (writes made with plain SQL during "
+                "the migration would then not reach the target)",
+            )
+        )
     return checks
 
 

@@ -23,7 +23,7 @@ from vecmigrate.data.adopt import adopt, adoption_checks, target_schema
 from vecmigrate.data.checks import Check
 from vecmigrate.data.quarantine import Quarantine
 from vecmigrate.data.quarantine import estimate as estimate_quarantine
-from vecmigrate.data.transforms import make_transform
+from vecmigrate.data.transforms import Transform, make_transform
 from vecmigrate.embedding.reembed import Reembedder, fit_transition, untexted
 from vecmigrate.embedding.registry import Registry, model_key
 from vecmigrate.errors import DataError, NotFoundError, PreconditionError, VecmigrateError
@@ -459,6 +459,25 @@ class Throttle:
         return max(0.0, self.done / rate - (self.clock() - self.since))
 
 
+def as_target(
+    records: Records,
+    target: VectorStore,
+    limits: Limits,
+    transform: Transform | None,
+    reembed: Reembedder | None = None,
+) -> tuple[Records, Faults]:
+    """Source records as the target holds them (screened against its limits, re-embedded or
+    transformed, in its schema), and the records it cannot hold. The copy and the replay of
+    captured writes both go through it."""
+    good, faults = screen(records, limits)
+    if reembed is not None:
+        found, vectors = reembed.records(good.labels)
+        good = good.filter(np.isin(good.labels, found)).with_vectors(vectors)
+    elif transform is not None:
+        good = good.with_vectors(transform(good.vectors()))
+    return good.conform(target.schema), faults
+
+
 def copy_shard(
     spec: MigrationSpec,
     shard: ShardRef,
@@ -528,15 +547,11 @@ def copy_shard(
         return {"embedded": reembed.texts, "embed_seconds": round(reembed.seconds, 3)}
 
     def target_records(batch: Batch) -> tuple[Records, Faults]:
-        """The batch as the target holds it, and the records it cannot."""
-        good, faults = screen(batch.records, limits)
+        good, faults = as_target(
+            batch.records, target, limits, None if name == "identity" else transform, reembed
+        )
         faults.extend(batch.faults)
-        if reembed is not None:
-            found, vectors = reembed.records(good.labels)
-            good = good.filter(np.isin(good.labels, found)).with_vectors(vectors)
-        elif name != "identity":
-            good = good.with_vectors(transform(good.vectors()))
-        return good.conform(target.schema), faults
+        return good, faults
 
     # The next batch is read while this one is written (the source and the target are other
     # databases, so the read and the write overlap): reading costs a third of a copy.

@@ -740,6 +740,13 @@ class OnlinePolicy(_Model):
     ramp: RampPolicy = Field(default_factory=RampPolicy)
     on_breach: Literal["pause", "rollback"] = "pause"
     """A shadow or ramp gate that fails: pause for an operator, or roll back by itself."""
+    capture: Literal["auto", "on", "off"] = "auto"
+    """Writes the application makes to an adopted PostgreSQL table with plain SQL, bypassing
+    the router: captured by a trigger into a change table from before the snapshot, replayed
+    onto the target by the catch-up, before the cut-over and at the finalize, and removed at
+    the end (finalize, rollback, abort). ``auto`` captures when the source is a pgvector
+    ``table`` and the embedding model stays; ``on`` requires it; ``off`` leaves the table
+    alone (then only writes through the router reach the target)."""
 
 
 class ReembedPolicy(_Model):
@@ -956,6 +963,12 @@ class MigrationSpec(_Model):
                     f"{version.store.kind}: use a FAISS/hnswlib index kind or that store"
                 )
         self._check_regions()
+        if self.online.capture == "on":
+            problem = self._capture_problem()
+            if problem is not None:
+                raise ValueError(
+                    f"online.capture is on, but {problem}: set online.capture to auto or off"
+                )
         if isinstance(idx, FaissIvfPq | MilvusIvfPq) and dst.dimension % idx.m != 0:
             raise ValueError(
                 f"target.index.m ({idx.m}) must divide the dimension ({dst.dimension}); "
@@ -1026,6 +1039,26 @@ class MigrationSpec(_Model):
                     )
 
     @property
+    def captures_writes(self) -> bool:
+        """Whether this migration captures the writes made to its adopted PostgreSQL source
+        with plain SQL (see ``online.capture``)."""
+        return self.online.capture != "off" and self._capture_problem() is None
+
+    def _capture_problem(self) -> str | None:
+        """Why writes to the source cannot be captured, or None when they can."""
+        if self.strategy != "online":
+            return f"strategy {self.strategy} does not catch up (only online does)"
+        store = self.source.store
+        if not isinstance(store, PgvectorStoreRef) or store.table is None:
+            return "the source is not a PostgreSQL table adopted with source.store.table"
+        if self.model_change:
+            return (
+                "the target is re-embedded from texts kept in the catalog, which a write to "
+                "the table does not change"
+            )
+        return None
+
+    @property
     def migration_id(self) -> str:
         """Deterministic id: starting the same migration twice finds the running one."""
         if self.id:
@@ -1052,6 +1085,7 @@ ADDED_FIELDS: dict[type[BaseModel], frozenset[str]] = {
     ),
     QdrantHnsw: frozenset({"quantization", "product_compression", "rescore", "oversampling"}),
     MigrationSpec: frozenset({"schedule", "windows", "retention", "quarantine"}),
+    OnlinePolicy: frozenset({"capture"}),
     BuiltinStoreRef: frozenset({"password", "tls", "writable"}),
     PgvectorStoreRef: frozenset(
         {"password", "tls", "table", "id_column", "vector_columns", "payload_columns", "writable"}

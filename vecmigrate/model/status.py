@@ -100,6 +100,29 @@ class IndexBuildProgress(_Model):
         return text + f", {self.seconds:,.0f} s"
 
 
+class CaptureStatus(_Model):
+    """The capture of writes made to the adopted source table with plain SQL."""
+
+    table: str = ""
+    installed: bool = False
+    removed: bool = False
+    captured: int = 0
+    lag: int = 0
+    bytes: int = 0
+    created_at: str = ""
+
+    def alert(self, phase: Phase) -> str:
+        """Why this capture needs an operator, or "": a change table left behind by a migration
+        that ended fills the source database's disk with every later write."""
+        if phase in TERMINAL and self.installed and not self.removed:
+            return (
+                f"change table {self.table} outlived the migration and grows with every write "
+                f"to the source: DROP FUNCTION {self.table}_fn() CASCADE; DROP TABLE "
+                f"{self.table} (the trigger goes with its function)"
+            )
+        return ""
+
+
 class MigrationStatus(_Model):
     """What the ``status`` query returns."""
 
@@ -152,6 +175,8 @@ class MigrationStatus(_Model):
     # behind, the canary share, and the last shadow figures per gate.
     watermark: int | None = None
     catchup_lag: int | None = None
+    # Writes made to an adopted PostgreSQL source with plain SQL, captured by a trigger.
+    capture: CaptureStatus | None = None
     ramp_percent: float = 0.0
     shadow: list[ShadowFigures] = Field(default_factory=list)
     cutovers: int = 0

@@ -302,6 +302,36 @@ class CatchUpResult(_Model):
     compacted: int = 0
 
 
+class CaptureInput(SpecTask):
+    """Replay the writes captured from the source table onto the target, for at most
+    ``seconds`` or until a batch finds every change there is; with ``remove``, stop capturing
+    first and then (when ``replay``) replay what is left, and drop the capture."""
+
+    seconds: float = 60.0
+    remove: bool = False
+    replay: bool = True
+
+
+class CaptureResult(_Model):
+    """Where the capture of the source table's writes stands after a call."""
+
+    table: str
+    # Changes captured since the capture was installed, and those not yet on the target.
+    captured: int = 0
+    lag: int = 0
+    # Changes applied by this call: rows written to the target, ids deleted from it, and rows
+    # the target cannot hold (deleted from it, counted here).
+    applied: int = 0
+    upserted: int = 0
+    deleted: int = 0
+    left_out: int = 0
+    drained: bool = False
+    removed: bool = False
+    bytes: int = 0
+    created_at: str = ""
+    seconds: float = 0.0
+
+
 class LogHeadInput(_Model):
     tenant: str
     migration_id: str | None = None
