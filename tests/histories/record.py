@@ -17,6 +17,7 @@ with change capture (the ``pg-capture`` patch) on a PostgreSQL server the record
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import sys
 import tempfile
@@ -34,7 +35,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests.conftest import Sandbox, running_worker
 from vecmigrate.catalog.catalog import Catalog
-from vecmigrate.config import sqlite_url
+from vecmigrate.config import HOME_ENV, sqlite_url
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.control.compaction import start_compaction
 from vecmigrate.control.devserver import temporal_binary
@@ -204,6 +205,8 @@ async def record_online_capture(env: WorkflowEnvironment, name: str) -> None:
     from vecmigrate.testing.postgres import start_postgres
 
     sandbox = fresh_sandbox(name)
+    # The spec's defaults resolve under the sandbox, not the recording user's home.
+    os.environ[HOME_ENV] = str(sandbox.root)
     server = start_postgres()
     try:
         server.psql("CREATE DATABASE recorded;")
