@@ -1,0 +1,265 @@
+"""Stable names on the real engines: a Qdrant alias (qdrant-client's local mode) and a
+PostgreSQL view, switched between two versions while a reader thread hammers the name with the
+engine's own client (not vecmigrate), counting every failed read and every version it saw;
+milvus-lite's refusal (it has no aliases); writes through a view.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+from sqlalchemy import create_engine
+
+from tests.conftest import postgres_database
+from vecmigrate.catalog.engines import dispose_engines
+from vecmigrate.data.datasets import clustered
+from vecmigrate.errors import PreconditionError, SpecError
+from vecmigrate.model.spec import MilvusStoreRef, QdrantStoreRef, parse_spec
+from vecmigrate.stores import MilvusStore, PgvectorStore, QdrantStore, Scope, VectorStore
+from vecmigrate.stores.milvus import client_for as milvus_client
+from vecmigrate.stores.milvus import close_clients as close_milvus
+from vecmigrate.stores.pgvector import LOCK_TIMEOUT
+from vecmigrate.stores.qdrant import client_for as qdrant_client
+from vecmigrate.stores.qdrant import close_clients as close_qdrant
+
+pytestmark = pytest.mark.integration
+
+DIM = 8
+# The two versions differ in size, so a read says which one it reached.
+SIZES = {"v1": 120, "v2": 170}
+SWITCHES = 12
+EMB = {"model_id": "m", "dimension": DIM}
+FLAT = {"kind": "faiss_flat"}
+
+
+@dataclass
+class Reader:
+    """A thread that reads the stable name as fast as it can, with the engine's own client."""
+
+    read: Callable[[], int]
+    pause: float = 0.0
+    counts: list[int] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.counts.append(self.read())
+            except Exception as exc:  # every failed read is counted, none hidden
+                self.failures.append(f"{type(exc).__name__}: {exc}")
+            if self.pause:
+                time.sleep(self.pause)
+
+
+@contextmanager
+def hammering(read: Callable[[], int], pause: float = 0.0) -> Iterator[Reader]:
+    reader = Reader(read, pause)
+    thread = threading.Thread(target=reader.run, name="reader", daemon=True)
+    thread.start()
+    try:
+        yield reader
+    finally:
+        reader.stop.set()
+        thread.join(30)
+
+
+def fill(store: VectorStore, n: int, seed: int) -> None:
+    vectors = clustered(n, DIM, clusters=4, seed=seed)
+    store.upsert(np.arange(1, n + 1, dtype=np.int64), vectors)
+
+
+def switch_back_and_forth(
+    versions: dict[str, VectorStore], name: str, read: Callable[[], int]
+) -> Reader:
+    """Point ``name`` at v1, then alternately at v2 and v1 while a reader hammers it; after
+    each switch the name reads the version it points at."""
+    versions["v1"].point_name(name)
+    assert read() == SIZES["v1"]
+    with hammering(read) as reader:
+        time.sleep(0.2)
+        for i in range(SWITCHES):
+            to = "v2" if i % 2 == 0 else "v1"
+            done = versions[to].point_name(name)
+            assert done.changed
+            assert read() == SIZES[to]
+            again = versions[to].point_name(name)  # pointing where it points: nothing changes
+            assert not again.changed
+            assert again.before == again.after == done.after
+            time.sleep(0.05)
+        time.sleep(0.2)
+    print(f"{SWITCHES} switches: {len(reader.counts)} reads, {len(reader.failures)} failed")
+    assert reader.failures == [], reader.failures[:5]
+    assert set(reader.counts) == set(SIZES.values())
+    assert len(reader.counts) > 2 * SWITCHES
+    return reader
+
+
+def test_a_qdrant_alias_switches_under_a_reader_with_no_failed_read(tmp_path: Path) -> None:
+    ref = QdrantStoreRef(path=str(tmp_path / "qdrant"))
+    try:
+        versions: dict[str, VectorStore] = {}
+        for seed, (version, n) in enumerate(SIZES.items()):
+            versions[version] = QdrantStore.open(ref, Scope("default", "docs", version), DIM)
+            fill(versions[version], n, seed)
+        # The reader uses qdrant-client itself (the local mode allows one client per directory
+        # and process: the one vecmigrate opened, without vecmigrate's lock around it).
+        raw = qdrant_client(ref)._client
+        query = clustered(1, DIM, clusters=1, seed=9)[0].tolist()
+
+        def read() -> int:
+            hits = raw.query_points("docs", query=query, using="embedding", limit=3)
+            assert len(hits.points) == 3
+            return int(raw.count("docs").count)
+
+        switch_back_and_forth(versions, "docs", read)
+        assert versions["v1"].name_points_at("docs") == versions["v1"].name  # type: ignore[attr-defined]
+        # A collection's own name is not a stable name: refused, typed.
+        with pytest.raises(PreconditionError, match="is a Qdrant collection, not an alias"):
+            versions["v2"].point_name(versions["v1"].name)  # type: ignore[attr-defined]
+    finally:
+        close_qdrant()
+
+
+def test_milvus_lite_has_no_aliases_and_a_stable_name_on_it_is_refused_before_anything(
+    tmp_path: Path,
+) -> None:
+    """milvus-lite (the engine the tests have) answers every alias call UNIMPLEMENTED: a spec
+    naming a stable name on it is refused when read, and the adapter's switch says why
+    instead of failing inside gRPC. (A Milvus server switches by ``alter_alias``.)"""
+    uri = str(tmp_path / "milvus.db")
+    store = {"kind": "milvus", "uri": uri}
+    with pytest.raises(SpecError, match=r"milvus-lite .* has no aliases"):
+        parse_spec(
+            {
+                "collection": "docs",
+                "source": {"name": "v1", "store": store, "embedding": EMB, "index": FLAT},
+                "target": {"name": "v2", "store": store, "embedding": EMB, "index": FLAT},
+                "cutover": {"stable_name": "docs"},
+            }
+        )
+    try:
+        one = MilvusStore.open(uri, Scope("default", "docs", "v1"), DIM)
+        fill(one, 10, 1)
+        with pytest.raises(PreconditionError, match="has no aliases"):
+            one.point_name("docs")
+        assert one.count() == 10
+        client = milvus_client(MilvusStoreRef(uri=uri).uri)
+        assert not client.has_collection("docs")
+    finally:
+        close_milvus()
+
+
+def _psycopg(url: str) -> str:
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
+def test_a_postgres_view_switches_under_a_plain_sql_reader_with_no_failed_read(
+    postgres: Any,
+) -> None:
+    url = postgres_database(postgres)
+    try:
+        versions: dict[str, VectorStore] = {}
+        for seed, (version, n) in enumerate(SIZES.items()):
+            versions[version] = PgvectorStore.open(url, Scope("default", "docs", version), DIM)
+            fill(versions[version], n, seed)
+        conn = psycopg.connect(_psycopg(url), autocommit=True)
+        query = "[" + ",".join(str(float(x)) for x in clustered(1, DIM, 1, seed=9)[0]) + "]"
+
+        def read() -> int:
+            near = conn.execute(
+                "SELECT id FROM docs ORDER BY embedding <-> %s::vector LIMIT 3", (query,)
+            ).fetchall()
+            assert len(near) == 3
+            row = conn.execute("SELECT count(*) FROM docs").fetchone()
+            assert row is not None
+            return int(row[0])
+
+        try:
+            switch_back_and_forth(versions, "docs", read)
+        finally:
+            conn.close()
+        # The view shows the records, not vecmigrate's shard key.
+        with psycopg.connect(_psycopg(url)) as check:
+            columns = [
+                r[0]
+                for r in check.execute(
+                    "SELECT column_name FROM information_schema.columns "
+                    "WHERE table_name = 'docs' ORDER BY ordinal_position"
+                ).fetchall()
+            ]
+        assert columns == ["id", "embedding"]
+    finally:
+        dispose_engines()
+
+
+def test_a_postgres_switch_gives_up_on_a_held_lock_instead_of_queueing_readers(
+    postgres: Any,
+) -> None:
+    url = postgres_database(postgres)
+    try:
+        one = PgvectorStore.open(url, Scope("default", "docs", "v1"), DIM)
+        two = PgvectorStore.open(url, Scope("default", "docs", "v2"), DIM)
+        fill(one, 10, 1)
+        fill(two, 20, 2)
+        one.point_name("docs")
+        with psycopg.connect(_psycopg(url)) as long_one:
+            long_one.execute("SELECT count(*) FROM docs").fetchone()  # holds its lock
+            began = time.monotonic()
+            with pytest.raises(TimeoutError, match="held by another transaction"):
+                two.point_name("docs")
+            waited = time.monotonic() - began
+            long_one.rollback()
+        assert waited < float(LOCK_TIMEOUT.removesuffix("s")) + 3
+        assert one.name_points_at("docs") == one.table  # type: ignore[attr-defined]
+        assert two.point_name("docs").changed  # free again: it goes through
+    finally:
+        dispose_engines()
+
+
+def test_writes_through_the_view_reach_an_adopted_table_not_a_table_vecmigrate_made(
+    postgres: Any,
+) -> None:
+    """INSERT ... ON CONFLICT and DELETE through the view of an application's own table work
+    (PostgreSQL writes through a simple view); a table vecmigrate made keeps a shard key the
+    view does not show, so an insert there is refused (a delete goes through)."""
+    url = postgres_database(postgres)
+    try:
+        with psycopg.connect(_psycopg(url), autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+            conn.execute("CREATE TABLE items (id bigint PRIMARY KEY, embedding vector(8))")
+        engine = create_engine(url)
+        from vecmigrate.stores.pgvector import point_view
+
+        point_view(engine, "items_live", "items")
+        own = PgvectorStore.open(url, Scope("default", "items", "v2"), DIM)
+        fill(own, 5, 1)
+        vec = "[" + ",".join(["0.5"] * 8) + "]"
+        upsert = (
+            "INSERT INTO items_live (id, embedding) VALUES (%s, %s::vector) "
+            "ON CONFLICT (id) DO UPDATE SET embedding = EXCLUDED.embedding"
+        )
+        with psycopg.connect(_psycopg(url), autocommit=True) as conn:
+            conn.execute(upsert, (1, vec))
+            conn.execute(upsert, (1, vec))
+            conn.execute(upsert, (2, vec))
+            conn.execute("DELETE FROM items_live WHERE id = 2")
+            left = conn.execute("SELECT id FROM items").fetchall()
+            assert left == [(1,)]
+            own.point_name("items_live")
+            with pytest.raises(psycopg.errors.NotNullViolation):
+                conn.execute(upsert, (99, vec))
+            conn.execute("DELETE FROM items_live WHERE id = 5")
+        assert own.count() == 4
+        engine.dispose()
+    finally:
+        dispose_engines()
