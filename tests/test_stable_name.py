@@ -1,7 +1,8 @@
 """Stable names on the real engines: a Qdrant alias (qdrant-client's local mode) and a
 PostgreSQL view, switched between two versions while a reader thread hammers the name with the
 engine's own client (not vecmigrate), counting every failed read and every version it saw;
-milvus-lite's refusal (it has no aliases); writes through a view.
+milvus-lite's refusal (it has no aliases); migrations through the real workflow that cut over
+and roll back after the cut-over under such a reader.
 """
 
 from __future__ import annotations
@@ -18,11 +19,17 @@ import numpy as np
 import psycopg
 import pytest
 from sqlalchemy import create_engine
+from temporalio.client import Client
 
-from tests.conftest import postgres_database
+from tests.conftest import Sandbox, postgres_database, running_worker
+from tests.test_workflow import wait_for
 from vecmigrate.catalog.engines import dispose_engines
+from vecmigrate.control.client import MigrationClient
+from vecmigrate.data import stablename
+from vecmigrate.data.backfill import open_source, open_target
 from vecmigrate.data.datasets import clustered
 from vecmigrate.errors import PreconditionError, SpecError
+from vecmigrate.model.lifecycle import Phase
 from vecmigrate.model.spec import MilvusStoreRef, QdrantStoreRef, parse_spec
 from vecmigrate.stores import MilvusStore, PgvectorStore, QdrantStore, Scope, VectorStore
 from vecmigrate.stores.milvus import client_for as milvus_client
@@ -263,3 +270,112 @@ def test_writes_through_the_view_reach_an_adopted_table_not_a_table_vecmigrate_m
         engine.dispose()
     finally:
         dispose_engines()
+
+
+# -- through the real workflow ----------------------------------------------------------------
+
+E2E = 1500
+MARK = 1_000_000  # a record only the target holds, written there after the gates
+
+
+def _engine_reader(kind: str, store: dict[str, Any], name: str) -> tuple[Callable[[], int], Any]:
+    """A read of the stable name with the engine's own client (count of records), and what
+    to close after."""
+    if kind == "qdrant":
+        raw = qdrant_client(QdrantStoreRef.model_validate(store))._client
+        return lambda: int(raw.count(name, exact=True).count), None
+    conn = psycopg.connect(_psycopg(store["url"]), autocommit=True)
+
+    def read() -> int:
+        row = conn.execute(f"SELECT count(*) FROM {name}").fetchone()
+        assert row is not None
+        return int(row[0])
+
+    return read, conn
+
+
+@pytest.mark.parametrize("kind", ["qdrant", "pgvector"])
+async def test_a_migration_switches_the_stable_name_and_a_rollback_after_cut_over_switches_it_back(
+    client: Client, sandbox: Sandbox, postgres: Any, kind: str
+) -> None:
+    if kind == "qdrant":
+        store: dict[str, Any] = {"kind": "qdrant", "path": str(sandbox.root / "qdrant")}
+        index: dict[str, Any] = {"kind": "qdrant_hnsw", "m": 16, "ef": 64}
+    else:
+        store = {"kind": "pgvector", "url": postgres_database(postgres)}
+        index = {"kind": "pgvector_hnsw", "m": 16, "ef_construction": 64, "ef_search": 64}
+    source = sandbox.version("v1", index, store=store)
+    sandbox.seed(E2E, version=source)
+    spec = sandbox.spec(
+        source=source.model_dump(mode="json"),
+        target=sandbox.version("v2", index, store=store).model_dump(mode="json"),
+        cutover={"mode": "manual", "bake_seconds": 3600, "stable_name": "docs_live"},
+    )
+    # Applications move to the stable name before the migration: prepared over the source.
+    prepared = stablename.prepare(spec)
+    assert prepared.changed
+    src = open_source(spec)
+    physical = {"v1": str(getattr(src, "name", None) or getattr(src, "table", ""))}
+    read, conn = _engine_reader(kind, store, "docs_live")
+    assert read() == E2E
+    try:
+        # A read every few milliseconds: the worker runs in this process too (Qdrant's local
+        # mode allows one), and a reader that never yields would starve it.
+        with hammering(read, pause=0.002) as reader:
+            async with running_worker(client, sandbox) as queue:
+                mc = MigrationClient(client, queue)
+                mid = await mc.start(spec)
+                await wait_for(mc, mid, lambda s: s.phase == Phase.AWAITING_CUTOVER, 180)
+                target = open_target(spec)
+                physical["v2"] = str(getattr(target, "name", None) or getattr(target, "table", ""))
+                target.upsert(np.array([MARK]), clustered(1, sandbox.dim, 1, seed=5))
+                assert read() == E2E  # still the source
+                await mc.signal(mid, "approve_cutover", operator="dba")
+                await wait_for(mc, mid, lambda s: s.phase == Phase.BAKING, 60)
+                assert read() == E2E + 1  # the target, at once
+                assert src.name_points_at("docs_live") == physical["v2"]
+                await mc.signal(mid, "rollback", operator="oncall", reason="p99")
+                final = await mc.result(mid)
+                assert read() == E2E  # the source again
+                assert src.name_points_at("docs_live") == physical["v1"]
+            time.sleep(0.2)
+    finally:
+        if conn is not None:
+            conn.close()
+    try:
+        check_the_switches(sandbox, spec, src, mid, final, reader, physical)
+    finally:
+        close_qdrant()
+        dispose_engines()
+
+
+def check_the_switches(
+    sandbox: Sandbox,
+    spec: Any,
+    src: VectorStore,
+    mid: str,
+    final: Any,
+    reader: Reader,
+    physical: dict[str, str],
+) -> None:
+    assert final.phase == Phase.ROLLED_BACK, final.error
+    assert final.error == ""
+    print(f"migration: {len(reader.counts)} reads, {len(reader.failures)} failed")
+    assert reader.failures == [], reader.failures[:5]
+    assert set(reader.counts) == {E2E, E2E + 1}
+    switched = [e for e in sandbox.catalog.entries(mid) if e.kind == "stable_name.switched"]
+    assert [(e.actor, e.data["from"], e.data["to"]) for e in switched] == [
+        ("dba", physical["v1"], physical["v2"]),
+        ("oncall", physical["v2"], physical["v1"]),
+    ]
+    assert switched[1].data["reason"] == "rollback: p99"
+    # The router's applications were switched back as well.
+    routing = sandbox.catalog.get_routing("default", "docs")
+    assert routing is not None
+    assert routing.read_version == "v1"
+    assert sandbox.catalog.verify_ledger() == []
+    # The preparation is undone: the name is gone, the source as it was.
+    undone = stablename.prepare(spec, undo=True)
+    assert undone.changed
+    assert src.name_points_at("docs_live") is None
+    assert src.count() == E2E
