@@ -2,11 +2,13 @@
 PostgreSQL view, switched between two versions while a reader thread hammers the name with the
 engine's own client (not vecmigrate), counting every failed read and every version it saw;
 milvus-lite's refusal (it has no aliases); migrations through the real workflow that cut over
-and roll back after the cut-over under such a reader.
+and roll back after the cut-over under such a reader; the preparation of names applications
+already use, what ``plan`` says of it, and its undo.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -21,10 +23,11 @@ import pytest
 from sqlalchemy import create_engine
 from temporalio.client import Client
 
-from tests.conftest import Sandbox, postgres_database, running_worker
+from tests.conftest import Sandbox, postgres_database, running_worker, vecmigrate
 from tests.test_workflow import wait_for
 from vecmigrate.catalog.engines import dispose_engines
 from vecmigrate.control.client import MigrationClient
+from vecmigrate.control.plan import plan_migration
 from vecmigrate.data import stablename
 from vecmigrate.data.backfill import open_source, open_target
 from vecmigrate.data.datasets import clustered
@@ -379,3 +382,130 @@ def check_the_switches(
     assert undone.changed
     assert src.name_points_at("docs_live") is None
     assert src.count() == E2E
+
+
+# -- the preparation, and what plan says ------------------------------------------------------
+
+
+def test_plan_shows_the_preparation_of_a_table_applications_use_and_the_cli_does_and_undoes_it(
+    sandbox: Sandbox, postgres: Any, tmp_path: Path
+) -> None:
+    url = postgres_database(postgres)
+    with psycopg.connect(_psycopg(url), autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        conn.execute(
+            "CREATE TABLE documents (id bigint PRIMARY KEY, title text, embedding vector(8))"
+        )
+        for i in range(1, 51):
+            conn.execute(
+                "INSERT INTO documents VALUES (%s, %s, %s::vector)",
+                (i, f"doc {i}", "[" + ",".join([str(i / 50)] * 8) + "]"),
+            )
+    store = {"kind": "pgvector", "url": url}
+    spec = {
+        "id": "docs-stable",
+        "collection": "documents",
+        "source": {
+            "name": "v1",
+            "store": {**store, "table": "documents_v1"},
+            "embedding": EMB,
+            "index": FLAT,
+        },
+        "target": {
+            "name": "v2",
+            "store": {**store, "table": "documents_v2"},
+            "embedding": EMB,
+            "index": FLAT,
+        },
+        "cutover": {"stable_name": "documents"},
+    }
+    path = tmp_path / "spec.yaml"
+    path.write_text(json.dumps(spec))
+    catalog = ["--catalog", sandbox.catalog.url]
+
+    def plan() -> dict[str, Any]:
+        shown = vecmigrate("plan", str(path), *catalog, "--json")
+        planned: dict[str, Any] = json.loads(shown.stdout)
+        return planned
+
+    before = plan()
+    steps = dict(before["steps"])
+    assert "documents is a table applications use by its name" in steps["PREPARE"]
+    assert "renames it to documents_v1" in steps["PREPARE"]
+    assert "the view documents points at v2 in one atomic step" in steps["STABLE NAME"]
+    assert "WRITES" not in steps  # PostgreSQL: no warning of engines without change capture
+    checks = {c["name"]: c for c in before["checks"]}
+    assert not checks["stable name"]["passed"]
+    assert not before["ok"]
+
+    done = vecmigrate("stable-name", "prepare", str(path), *catalog, "--operator", "dba")
+    assert done.returncode == 0, done.stderr
+    assert "view documents now points at documents_v1" in done.stdout
+    with psycopg.connect(_psycopg(url), autocommit=True) as conn:
+        kinds = dict(
+            conn.execute(
+                "SELECT relname, relkind::text FROM pg_class "
+                "WHERE relname IN ('documents', 'documents_v1')"
+            ).fetchall()
+        )
+        assert kinds == {"documents": "v", "documents_v1": "r"}
+        row = conn.execute("SELECT count(*), max(title) FROM documents").fetchone()
+        assert row == (50, "doc 9")
+        # Applications keep writing through the name: PostgreSQL writes through the view.
+        conn.execute(
+            "INSERT INTO documents (id, title, embedding) VALUES (51, 'new', %s::vector) "
+            "ON CONFLICT (id) DO UPDATE SET title = EXCLUDED.title",
+            ("[" + ",".join(["0.1"] * 8) + "]",),
+        )
+    again = vecmigrate("stable-name", "prepare", str(path), *catalog)
+    assert again.returncode == 0, again.stderr
+    assert "nothing to do" in again.stdout
+    after = plan()
+    checks = {c["name"]: c for c in after["checks"]}
+    assert checks["stable name"]["passed"], checks["stable name"]
+    assert "the view documents points at documents_v1" in checks["stable name"]["detail"]
+
+    undone = vecmigrate("stable-name", "prepare", str(path), *catalog, "--undo")
+    assert undone.returncode == 0, undone.stderr
+    with psycopg.connect(_psycopg(url), autocommit=True) as conn:
+        kinds = dict(
+            conn.execute(
+                "SELECT relname, relkind::text FROM pg_class "
+                "WHERE relname IN ('documents', 'documents_v1')"
+            ).fetchall()
+        )
+        assert kinds == {"documents": "r"}
+        assert conn.execute("SELECT count(*) FROM documents").fetchone() == (51,)
+    prepared = [
+        e for e in sandbox.catalog.entries("docs-stable") if e.kind == "stable_name.prepared"
+    ]
+    assert [(e.actor, e.data["undo"]) for e in prepared][:1] == [("dba", False)]
+    assert [e.data["undo"] for e in prepared] == [False, True]
+
+
+def test_plan_tells_qdrant_users_that_writes_must_go_through_the_router(sandbox: Sandbox) -> None:
+    store = {"kind": "qdrant", "path": str(sandbox.root / "qdrant")}
+    index = {"kind": "qdrant_hnsw"}
+    source = sandbox.version("v1", index, store=store)
+    sandbox.seed(300, version=source)
+    spec = sandbox.spec(
+        source=source.model_dump(mode="json"),
+        target=sandbox.version("v2", index, store=store).model_dump(mode="json"),
+        cutover={"stable_name": "docs_live"},
+    )
+    try:
+        planned = plan_migration(sandbox.catalog, spec)
+        steps = dict(planned.steps)
+        assert planned.steps[0][0] == "PREPARE"
+        assert "no alias docs_live yet" in steps["PREPARE"]
+        assert "stable-name prepare" in steps["PREPARE"]
+        assert "not captured" in steps["WRITES"]
+        assert "through the router or the gateway" in steps["WRITES"]
+        assert planned.ok, planned.problems
+        # Prepared: the alias reads the source; plan says where it points.
+        stablename.prepare(spec)
+        steps = dict(plan_migration(sandbox.catalog, spec).steps)
+        src = open_source(spec)
+        assert f"the alias docs_live points at {src.name}" in steps["PREPARE"]  # type: ignore[attr-defined]
+    finally:
+        close_qdrant()
