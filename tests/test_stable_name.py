@@ -34,6 +34,7 @@ from vecmigrate.data.datasets import clustered
 from vecmigrate.errors import PreconditionError, SpecError
 from vecmigrate.model.lifecycle import Phase
 from vecmigrate.model.spec import MilvusStoreRef, QdrantStoreRef, parse_spec
+from vecmigrate.serving.router import Router
 from vecmigrate.stores import MilvusStore, PgvectorStore, QdrantStore, Scope, VectorStore
 from vecmigrate.stores.milvus import client_for as milvus_client
 from vecmigrate.stores.milvus import close_clients as close_milvus
@@ -509,3 +510,79 @@ def test_plan_tells_qdrant_users_that_writes_must_go_through_the_router(sandbox:
         assert f"the alias docs_live points at {src.name}" in steps["PREPARE"]  # type: ignore[attr-defined]
     finally:
         close_qdrant()
+
+
+async def test_an_online_rollback_after_cut_over_points_the_view_back_and_a_second_cut_over_again(
+    client: Client, sandbox: Sandbox, postgres: Any
+) -> None:
+    """Online: the rollback after the cut-over goes back to AWAITING_CUTOVER (dual-write on);
+    the view follows it back to the source, and the next approved cut-over to the target, which
+    it keeps once the migration completes. Searches through the router feed the shadow gate."""
+    store = {"kind": "pgvector", "url": postgres_database(postgres)}
+    index = {"kind": "pgvector_hnsw", "m": 16, "ef_construction": 64, "ef_search": 64}
+    source = sandbox.version("v1", index, store=store)
+    vectors = sandbox.seed(E2E, version=source)
+    spec = sandbox.spec(
+        strategy="online",
+        source=source.model_dump(mode="json"),
+        target=sandbox.version("v2", index, store=store).model_dump(mode="json"),
+        cutover={"mode": "manual", "bake_seconds": 8, "stable_name": "docs_live"},
+        online={
+            "settle_seconds": 0.3,
+            "shadow": {
+                "percent": 100,
+                "seconds": 0.5,
+                "min_samples": 3,
+                "min_overlap": None,
+                "max_p99_ratio": None,
+            },
+            "ramp": {"steps": []},
+        },
+    )
+    stablename.prepare(spec)
+    read, conn = _engine_reader("pgvector", store, "docs_live")
+    router = Router(sandbox.catalog, refresh_seconds=0.1)
+    searching = threading.Event()
+
+    def search() -> None:
+        while not searching.is_set():
+            router.search("default", "docs", vectors[:2], 3)
+            time.sleep(0.02)
+
+    searcher = threading.Thread(target=search, daemon=True)
+    searcher.start()
+    try:
+        with hammering(read, pause=0.002) as reader:
+            async with running_worker(client, sandbox) as queue:
+                mc = MigrationClient(client, queue)
+                mid = await mc.start(spec)
+                await wait_for(mc, mid, lambda s: s.phase == Phase.AWAITING_CUTOVER, 180)
+                open_target(spec).upsert(np.array([MARK]), clustered(1, sandbox.dim, 1, seed=5))
+                await mc.signal(mid, "approve_cutover", operator="dba")
+                await wait_for(mc, mid, lambda s: s.phase == Phase.BAKING, 60)
+                assert read() == E2E + 1
+                await mc.signal(mid, "rollback", operator="oncall", reason="p99")
+                await wait_for(
+                    mc, mid, lambda s: s.phase == Phase.AWAITING_CUTOVER and s.cutovers == 1, 60
+                )
+                assert read() == E2E  # back on the source, which dual-write kept current
+                await mc.signal(mid, "approve_cutover", operator="dba")
+                final = await mc.result(mid)
+                assert read() == E2E + 1
+    finally:
+        searching.set()
+        searcher.join(10)
+        conn.close()
+        dispose_engines()
+    assert final.phase == Phase.COMPLETED, final.error
+    assert final.cutovers == 2
+    print(f"online: {len(reader.counts)} reads, {len(reader.failures)} failed")
+    assert reader.failures == [], reader.failures[:5]
+    assert set(reader.counts) == {E2E, E2E + 1}
+    switched = [e for e in sandbox.catalog.entries(mid) if e.kind == "stable_name.switched"]
+    assert [(e.actor, e.data["version"]) for e in switched] == [
+        ("dba", "v2"),
+        ("oncall", "v1"),
+        ("dba", "v2"),
+    ]
+    assert switched[1].data["reason"] == "rollback after cut-over: p99"

@@ -197,8 +197,9 @@ def plan_steps(spec: MigrationSpec) -> list[tuple[str, str]]:
                 "WRITES",
                 f"{spec.source.store.kind} has no change capture: writes made directly to the "
                 "engine during the migration are not captured and would be missing from the "
-                f"target; until it ends, applications must write through the router or the "
-                f"gateway (which can front {name}), and may read {name} directly",
+                "target; until it ends, applications must write through the router or the "
+                f"gateway (/v1/{spec.tenant}/{spec.collection}: an endpoint that follows every "
+                f"cut-over, so applications move to it once), and may read {name} directly",
             )
         )
     return steps
