@@ -32,7 +32,7 @@ from vecmigrate.catalog.residency import Residency
 from vecmigrate.catalog.retention import RetentionLog
 from vecmigrate.catalog.schedules import ScheduleStore
 from vecmigrate.catalog.specs import SpecStore
-from vecmigrate.data import backfill, capture, footprint, retention, scheduling
+from vecmigrate.data import backfill, capture, footprint, retention, scheduling, stablename
 from vecmigrate.errors import (
     NON_RETRYABLE,
     PreconditionError,
@@ -75,6 +75,8 @@ from vecmigrate.model.tasks import (
     ShadowInput,
     ShadowResult,
     SpecTask,
+    StableNameInput,
+    StableNameSwitch,
     StorageInput,
     TenantsInput,
     ValidateInput,
@@ -276,6 +278,7 @@ class MigrationActivities:
             self.record_storage,
             self.prune_version,
             self.access_policy,
+            self.point_stable_name,
         ]
 
     @activity.defn(name="prepare")
@@ -556,6 +559,14 @@ class MigrationActivities:
         for version in set(view.write_versions) - set(before.write_versions if before else []):
             retained.resumed_writing(inp.tenant, inp.collection, version)
         return view
+
+    @activity.defn(name="point_stable_name")
+    @_boundary
+    def point_stable_name(self, inp: StableNameInput) -> StableNameSwitch:
+        """Point the spec's stable name (an alias, a view) at one of its versions. Idempotent:
+        a retry finds it where the first attempt left it. A name that is a table or collection
+        of its own is refused for good (PreconditionError)."""
+        return stablename.switch(self.spec(inp), inp.side, create=inp.create)
 
     @activity.defn(name="set_version_state")
     @_boundary

@@ -66,6 +66,8 @@ with workflow.unsafe.imports_passed_through():
         RetentionInput,
         RoutingChangeInput,
         ShardRef,
+        StableNameInput,
+        StableNameSwitch,
         StorageInput,
         VersionStateInput,
         selected_hash_shards,
@@ -650,6 +652,39 @@ class MigrationCore(OperatorSignals):
             )
             self._status.routing = view
         await self._record("routing.changed", operator, {"reason": reason, **view.model_dump()})
+
+    async def _point_stable_name(
+        self, side: str, operator: str, reason: str, *, create: bool = True
+    ) -> None:
+        """Point the spec's stable name (an alias, a view applications query directly) at the
+        ``side`` version, and record the switch in the ledger: who, from what, to what.
+
+        Only a spec that sets ``cutover.stable_name`` calls it, so the histories of every other
+        run replay unchanged.
+        """
+        spec = self._spec
+        name = spec.cutover.stable_name
+        assert name is not None
+        version = spec.target.name if side == "target" else spec.source.name
+        switch: StableNameSwitch = await short_call(
+            "point_stable_name",
+            StableNameInput(**self._task(), side=side, operator=operator, create=create),
+            StableNameSwitch,
+            summary=f"stable name {name} -> {version}",
+        )
+        if switch.changed:
+            await self._record(
+                "stable_name.switched",
+                operator,
+                {
+                    "name": name,
+                    "kind": switch.kind,
+                    "version": version,
+                    "from": switch.before,
+                    "to": switch.after,
+                    "reason": reason,
+                },
+            )
 
     async def _set_state(self, version: str, state: str, operator: str) -> None:
         spec = self._spec

@@ -43,6 +43,13 @@ class CuttingOver(MigrationCore):
         # offline strategy started before it baked switches writes with reads.
         keeps_source = self._strategy.has(Phase.BAKING)
         paused_writes = self._strategy.writes == "paused"
+        if spec.cutover.stable_name is not None:
+            # Applications that query the engine by the stable name switch first, in one
+            # atomic step; a failure pauses here (resume retries it) before routing moves.
+            await self._step(
+                "stable name",
+                lambda: self._point_stable_name("target", approver, "cut-over"),
+            )
         await self._set_routing(
             read_version=spec.target.name,
             read_index=self._status.index_version,
@@ -126,6 +133,12 @@ class CuttingOver(MigrationCore):
         st.approved_by = ""
         st.ramp_percent = 0.0
         spec = self._spec
+        if spec.cutover.stable_name is not None:
+            reason = f"rollback after cut-over: {msg.reason or 'requested'}"
+            await self._step(
+                "stable name",
+                lambda: self._point_stable_name("source", msg.operator, reason, create=False),
+            )
         await self._set_routing(
             read_version=spec.source.name,
             read_index=self._source_index,

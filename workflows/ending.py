@@ -7,6 +7,7 @@ Deterministic: temporalio, the standard library and vecmigrate's pure models onl
 from __future__ import annotations
 
 from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError
 
 from vecmigrate.workflows.core import MigrationCore
 
@@ -21,6 +22,7 @@ class Ending(MigrationCore):
 
     async def _roll_back(self, msg: OperatorMessage) -> None:
         spec = self._spec
+        began_cutover = self._status.cutovers > 0 or self._status.phase == Phase.CUT_OVER
         await self._enter(Phase.ROLLING_BACK, actor=msg.operator)
         self._status.paused = False
         routing = self._status.routing
@@ -36,6 +38,8 @@ class Ending(MigrationCore):
                 reason=f"rollback: {msg.reason or 'requested'}",
                 key="rollback",
             )
+        if spec.cutover.stable_name is not None and began_cutover:
+            await self._name_back(msg)
         if self._status.cutovers:
             await self._set_state(spec.source.name, "serving", msg.operator)
         await self._remove_capture(replay=False)
@@ -44,6 +48,23 @@ class Ending(MigrationCore):
             keep = spec.retention.abandoned_seconds if spec.retention else None
             await self._retain(spec.target.name, "abandoned", keep)
         await self._enter(Phase.ROLLED_BACK, actor=msg.operator)
+
+    async def _name_back(self, msg: OperatorMessage) -> None:
+        """Point the stable name back at the source (left absent if it never existed). The
+        rollback goes on if it cannot: the error stays in the outcome and the ledger."""
+        name = self._spec.cutover.stable_name
+        reason = f"rollback: {msg.reason or 'requested'}"
+        try:
+            await self._point_stable_name("source", msg.operator, reason, create=False)
+        except ActivityError as err:
+            cause = err.cause
+            message = cause.message if isinstance(cause, ApplicationError) else str(cause)
+            self._status.error = f"stable name {name} still points at the target: {message}"
+            await self._record(
+                "step.failed",
+                "vecmigrate",
+                {"step": "stable name", "error": message, "type": type(cause).__name__},
+            )
 
     async def _abort(self, msg: OperatorMessage) -> None:
         self._status.paused = False

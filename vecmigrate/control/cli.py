@@ -622,6 +622,30 @@ def parser() -> argparse.ArgumentParser:
     )
     _json_flag(p, "the entries")
 
+    p = sub.add_parser(
+        "stable-name",
+        help="the name applications query the database by (cutover.stable_name): prepare it "
+        "before a migration, or show where it points",
+    )
+    nsub = p.add_subparsers(dest="stable_command", required=True, metavar="STABLE_COMMAND")
+    n = nsub.add_parser(
+        "prepare",
+        help="point the spec's stable name at its source (PostgreSQL: rename the table "
+        "applications use and create the view under its name, in one transaction)",
+    )
+    _common(n)
+    n.add_argument("spec", help="the migration spec, a YAML or JSON file")
+    n.add_argument(
+        "--undo",
+        action="store_true",
+        help="take the name away again (the table renamed back), while it points at the source",
+    )
+    _json_flag(n, "the switch")
+    n = nsub.add_parser("show", help="where the spec's stable name points now; changes nothing")
+    _common(n)
+    n.add_argument("spec", help="the migration spec, a YAML or JSON file")
+    _json_flag(n, "the state")
+
     p = sub.add_parser("where", help="where vecmigrate keeps its state on this machine")
     _common(p)
 
@@ -1371,6 +1395,45 @@ async def _schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _stable_name(args: argparse.Namespace) -> int:
+    from vecmigrate.data import stablename
+
+    spec = resolve_spec(load_spec(args.spec))
+    if spec.cutover.stable_name is None:
+        raise VecmigrateError(f"{args.spec} sets no cutover.stable_name: nothing to prepare")
+    if args.stable_command == "show":
+        now = await asyncio.to_thread(stablename.state, spec)
+        if args.json:
+            print(json.dumps(now.__dict__, indent=2))
+        else:
+            print(now.detail)
+        return 1 if now.needs else 0
+    switch = await asyncio.to_thread(stablename.prepare, spec, undo=args.undo)
+    catalog = _existing_catalog(_catalog_url(args))
+    if catalog is not None and switch.changed:
+        # Kept in the collection's ledger: who prepared (or undid) it, from what, to what.
+        catalog.append(
+            tenant=spec.tenant,
+            collection=spec.collection,
+            kind=stablename.PREPARED_KIND,
+            actor=args.operator or _operator(),
+            data={**switch.model_dump(mode="json"), "undo": args.undo},
+            migration_id=spec.migration_id,
+        )
+    if args.json:
+        print(json.dumps(switch.model_dump(mode="json"), indent=2))
+    elif not switch.changed:
+        print(f"{switch.kind} {switch.name}: nothing to do (it points at {switch.after})")
+    elif args.undo:
+        print(f"{switch.kind} {switch.name} removed (it pointed at {switch.before})")
+    else:
+        print(
+            f"{switch.kind} {switch.name} now points at {switch.after}: move applications "
+            "to it before the migration"
+        )
+    return 0
+
+
 async def _gc(args: argparse.Namespace) -> int:
     from vecmigrate.control.report import gc_table
     from vecmigrate.data.retention import gc
@@ -1612,6 +1675,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "gate": _gate,
     "schedule": _schedule,
     "gc": _gc,
+    "stable-name": _stable_name,
     "where": _where,
     "list": _list,
     "doctor": _doctor,

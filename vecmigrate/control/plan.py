@@ -19,7 +19,7 @@ from pydantic import TypeAdapter
 
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.config import resolve_store
-from vecmigrate.data import footprint
+from vecmigrate.data import footprint, stablename
 from vecmigrate.data.backfill import (
     open_source,
     run_checks,
@@ -303,6 +303,8 @@ def check_migration(catalog: Catalog, spec: MigrationSpec) -> Checked:
     # A target the store cannot hold (its declared limits) is not tried as well.
     if all(c.passed for c in checks if c.name == "stores can hold it"):
         checks += target_checks(catalog, spec)
+    if spec.cutover.stable_name is not None:
+        checks.append(stable_name_check(spec))
     sizes: dict[int, int] = {}
     if all(c.passed for c in checks):
         try:
@@ -320,6 +322,16 @@ def check_migration(catalog: Catalog, spec: MigrationSpec) -> Checked:
         storage.target.total,
         storage,
     )
+
+
+def stable_name_check(spec: MigrationSpec) -> Check:
+    """Whether the stable name is ready for the migration (free, or an alias or view of
+    vecmigrate's), read from the engine without changing it."""
+    try:
+        now = stablename.state(spec)
+    except VecmigrateError as exc:
+        return Check("stable name", False, str(exc))
+    return Check("stable name", not now.needs, now.detail)
 
 
 # Opens the catalog of a region (None: a spec without regions), or raises VecmigrateError naming
@@ -494,6 +506,9 @@ def plan_migration(
     strategy = LIFECYCLE[spec.strategy]
     values = figures(spec, total)
     plan.steps = [(p.value, describe(strategy, p, values)) for p in strategy.phases]
+    if spec.cutover.stable_name is not None:
+        named = stablename.plan_steps(spec)
+        plan.steps = named[:1] + plan.steps + named[1:]
     return plan
 
 

@@ -179,13 +179,20 @@ def spec_reference() -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+# What a stable name is in each engine, for the capabilities table.
+STABLE_NAMES = {
+    "alias": "an alias (switched atomically)",
+    "view": "a view (swapped in one transaction)",
+}
+
+
 def capabilities_table() -> str:
     """What each store holds and builds, as a Markdown table."""
     built = ", ".join(f"`{k}`" for k in ARTIFACT_INDEX_KINDS)
     lines = [
         "| store (`kind`) | indexes the database builds | largest dimension | metrics "
-        "| scan order | transactions |",
-        "|---|---|---|---|---|---|",
+        "| scan order | transactions | stable name (`cutover.stable_name`) |",
+        "|---|---|---|---|---|---|---|",
     ]
     for kind, caps in CAPABILITIES.items():
         native = ", ".join(
@@ -200,7 +207,8 @@ def capabilities_table() -> str:
         metrics = ", ".join(f"`{m}`" for m in sorted(caps.metrics))
         lines.append(
             f"| `{kind}` | {native or 'none'} | {caps.max_dimension:,} | {metrics} "
-            f"| {_cell(caps.scan_order)} | {'yes' if caps.transactions else 'no'} |"
+            f"| {_cell(caps.scan_order)} | {'yes' if caps.transactions else 'no'} "
+            f"| {STABLE_NAMES.get(caps.stable_names, 'none')} |"
         )
     lines += ["", f"Every store also carries the indexes vecmigrate builds from its data: {built}."]
     return "\n".join(lines)

@@ -544,6 +544,15 @@ def named(ref: AnyStoreRef) -> str | None:
     return None
 
 
+def _deployment(ref: AnyStoreRef) -> str | None:
+    """Where a store reference's engine is: its URL, URI or local-mode path."""
+    if isinstance(ref, MilvusStoreRef):
+        return ref.uri
+    if isinstance(ref, QdrantStoreRef):
+        return ref.url or ref.path
+    return ref.url
+
+
 def store_ref(data: dict[str, Any]) -> AnyStoreRef:
     """A store reference from its stored JSON (as the catalog keeps it)."""
     adapter: TypeAdapter[AnyStoreRef] = TypeAdapter(StoreRef)
@@ -687,6 +696,10 @@ class CutoverPolicy(_Model):
     """``manual`` waits for the ``approve_cutover`` signal once the gates pass."""
     bake_seconds: float = Field(default=300.0, ge=0.0)
     """After the cut-over, how long the old version stays current for an instant rollback."""
+    stable_name: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+    """A name applications query the database by directly (a Qdrant or Milvus alias, a
+    PostgreSQL view), pointed at the target by the cut-over in one atomic step and back at the
+    source by a rollback. Source and target must be on the same engine deployment."""
 
 
 class ShadowPolicy(_Model):
@@ -969,6 +982,7 @@ class MigrationSpec(_Model):
                 raise ValueError(
                     f"online.capture is on, but {problem}: set online.capture to auto or off"
                 )
+        self._check_stable_name()
         if isinstance(idx, FaissIvfPq | MilvusIvfPq) and dst.dimension % idx.m != 0:
             raise ValueError(
                 f"target.index.m ({idx.m}) must divide the dimension ({dst.dimension}); "
@@ -986,6 +1000,58 @@ class MigrationSpec(_Model):
                     "version); leave id out"
                 )
         return self
+
+    def _check_stable_name(self) -> None:
+        """A stable name is switched inside one engine: source and target on the same
+        deployment, one that has aliases or views, and the name none of their own tables or
+        collections."""
+        name = self.cutover.stable_name
+        if name is None:
+            return
+        src, dst = self.source.store, self.target.store
+        if src.kind != dst.kind or src.kind == "builtin":
+            raise ValueError(
+                f"cutover.stable_name needs source and target on one Qdrant, Milvus or "
+                f"PostgreSQL deployment; the source is {src.kind} and the target {dst.kind}: "
+                "switch applications through the router or gateway instead, or leave it out"
+            )
+        at = {side: _deployment(ref) for side, ref in (("source", src), ("target", dst))}
+        if at["source"] != at["target"]:
+            raise ValueError(
+                f"cutover.stable_name: the source is at {at['source']} and the target at "
+                f"{at['target']}; an alias or a view points within one deployment, so both "
+                "must be on the same one"
+            )
+        if isinstance(src, MilvusStoreRef) and not src.uri.startswith(
+            ("http://", "https://", "tcp://", "grpc://")
+        ):
+            raise ValueError(
+                f"cutover.stable_name: the Milvus store is the embedded milvus-lite engine "
+                f"({src.uri}), which has no aliases; a Milvus server (https://host:19530) has"
+            )
+        if self.regional or self.region is not None:
+            raise ValueError(
+                "cutover.stable_name is one name in one deployment: it cannot be switched by "
+                "every region or tenant of a regional migration; set it on a single migration"
+            )
+        if self.strategy == "shadow_only":
+            raise ValueError("cutover.stable_name: strategy shadow_only never switches reads")
+        if named(dst) == name:
+            raise ValueError(
+                f"cutover.stable_name {name} is the target's own table or collection; name "
+                "the target's something else (the stable name points at it)"
+            )
+        if named(src) == name:
+            raise ValueError(
+                f"cutover.stable_name {name} is the source's own table or collection; "
+                + (
+                    f"name the table it is renamed to in source.store.table (`vecmigrate "
+                    f"stable-name prepare` renames {name} and creates the view {name} over it)"
+                    if src.kind == "pgvector"
+                    else "collections cannot be renamed: give applications a new name, an "
+                    "alias `vecmigrate stable-name prepare` creates over the source"
+                )
+            )
 
     def _check_regions(self) -> None:
         """Residency and tenant scope, before anything runs."""
@@ -1086,6 +1152,7 @@ ADDED_FIELDS: dict[type[BaseModel], frozenset[str]] = {
     QdrantHnsw: frozenset({"quantization", "product_compression", "rescore", "oversampling"}),
     MigrationSpec: frozenset({"schedule", "windows", "retention", "quarantine"}),
     OnlinePolicy: frozenset({"capture"}),
+    CutoverPolicy: frozenset({"stable_name"}),
     BuiltinStoreRef: frozenset({"password", "tls", "writable"}),
     PgvectorStoreRef: frozenset(
         {"password", "tls", "table", "id_column", "vector_columns", "payload_columns", "writable"}

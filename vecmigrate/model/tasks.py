@@ -411,3 +411,23 @@ class PruneResult(_Model):
     reason: str = ""
     freed_bytes: int = 0
     keep_until: str = ""
+
+
+class StableNameInput(SpecTask):
+    """Point the spec's ``cutover.stable_name`` at one of its versions (``create``: make the
+    name when it does not exist yet; else leave an absent name absent)."""
+
+    side: Literal["source", "target"]
+    operator: str
+    create: bool = True
+
+
+class StableNameSwitch(_Model):
+    """Where a stable name pointed before a switch and where it points after it (the table or
+    collection names in the engine; None: the name did not exist)."""
+
+    name: str
+    kind: str  # "alias" (Qdrant, Milvus) or "view" (PostgreSQL)
+    before: str | None = None
+    after: str | None = None
+    changed: bool = False

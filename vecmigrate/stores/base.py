@@ -14,7 +14,7 @@ import pyarrow as pa
 from vecmigrate.errors import DataError, PreconditionError
 from vecmigrate.model.records import Filter, IdKind, RecordSchema
 from vecmigrate.model.spec import IndexSpec, Metric
-from vecmigrate.model.tasks import Cursor, ShardRef
+from vecmigrate.model.tasks import Cursor, ShardRef, StableNameSwitch
 from vecmigrate.records.batch import Faults, Records
 from vecmigrate.records.checksums import RecordChecksum
 from vecmigrate.records.filters import evaluate
@@ -215,6 +215,21 @@ class VectorStore(Protocol):
         """What ``vecmigrate inspect`` reports of this store."""
         ...
 
+    def point_name(self, name: str, *, create: bool = True) -> StableNameSwitch:
+        """Point the stable name ``name`` (an alias, a view) at this version in one atomic
+        step; pointing it where it already points changes nothing. With ``create`` false, a
+        name that does not exist is left absent.
+
+        Raises:
+            PreconditionError: the store has no stable names, or ``name`` is a table or
+                collection of its own (or a view vecmigrate did not make).
+        """
+        ...
+
+    def name_points_at(self, name: str) -> str | None:
+        """The table or collection the stable name ``name`` points at (None: no such name)."""
+        ...
+
 
 class EngineSearch:
     """Search through an engine's own index (Milvus, pgvector, Qdrant): ``native_search`` does it
@@ -281,6 +296,15 @@ class ScanningStore:
     def limits(self) -> Limits:
         """What this store cannot hold; the default holds everything."""
         return Limits()
+
+    def point_name(self, name: str, *, create: bool = True) -> StableNameSwitch:
+        raise PreconditionError(
+            f"a {self.kind} store has no stable names (aliases or views): cutover.stable_name "
+            "needs Qdrant, Milvus or PostgreSQL"
+        )
+
+    def name_points_at(self, name: str) -> str | None:
+        raise PreconditionError(f"a {self.kind} store has no stable names (aliases or views)")
 
     def _writes(self) -> None:
         """Refuse a write to a store that must not change.

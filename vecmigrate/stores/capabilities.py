@@ -26,6 +26,9 @@ class Capabilities:
     records: str = ""
     # Native kinds the store's embedded engine builds (None: the same as a server's).
     local_native_indexes: frozenset[str] | None = None
+    # What a stable name applications query by is in this engine ("alias", "view"; "": none),
+    # pointed at a version by the cut-over in one atomic step.
+    stable_names: str = ""
 
     def problems(self, version: VersionSpec, side: str) -> list[str]:
         """Why this store cannot hold ``version`` (empty when it can)."""
@@ -104,6 +107,7 @@ CAPABILITIES: dict[str, Capabilities] = {
         scan_order="(hash of id, id) or id, keyset; an adopted table by id",
         transactions=True,
         max_half_dimension=16000,
+        stable_names="view",
         records="bigint/text/uuid ids, vector/halfvec columns, one typed column per payload "
         "field; text cannot hold NUL",
     ),
@@ -117,6 +121,7 @@ CAPABILITIES: dict[str, Capabilities] = {
         metrics=frozenset({"l2", "ip", "cosine"}),
         scan_order="id within a shard's key range, keyset",
         transactions=False,
+        stable_names="alias",
         records="INT64 or VARCHAR ids, FLOAT/FLOAT16 vectors, typed scalar and JSON fields (a "
         "VARCHAR value up to 65,535 bytes, a JSON one up to 65,536), the dynamic field",
         # milvus-lite (a local file uri) builds FLAT and IVF_FLAT only.
@@ -131,6 +136,7 @@ CAPABILITIES: dict[str, Capabilities] = {
         metrics=frozenset({"l2", "ip"}),
         scan_order="point id within a shard's key range, keyset",
         transactions=False,
+        stable_names="alias",
         records="unsigned integer or UUID point ids, named float32/float16 vectors, JSON payload",
     ),
 }

@@ -58,7 +58,7 @@ from vecmigrate.model.spec import (
     MilvusStoreRef,
     MilvusTls,
 )
-from vecmigrate.model.tasks import Cursor, ShardRef
+from vecmigrate.model.tasks import Cursor, ShardRef, StableNameSwitch
 from vecmigrate.records.batch import Faults, Records, assemble_rows
 from vecmigrate.records.filters import normalize
 from vecmigrate.records.ids import id_array
@@ -169,6 +169,69 @@ def collection_name(scope: Scope) -> str:
     raw = f"{scope.tenant}/{scope.collection}@{scope.version}"
     readable = re.sub(r"[^A-Za-z0-9_]", "_", f"{scope.collection}_{scope.version}")[:160]
     return f"vm_{readable}_{hashlib.sha256(raw.encode()).hexdigest()[:12]}"
+
+
+def alias_target(client: Any, name: str) -> str | None:
+    """The collection the alias ``name`` points at (None: no such alias).
+
+    Raises:
+        PreconditionError: ``name`` is a collection, not an alias.
+    """
+    try:
+        aliases = client.list_aliases().get("aliases", [])
+    except Exception as exc:
+        if "UNIMPLEMENTED" not in str(exc):
+            raise
+        raise PreconditionError(
+            "this Milvus engine has no aliases (milvus-lite answers UNIMPLEMENTED): a stable "
+            "name needs a Milvus server"
+        ) from None
+    if name in aliases:
+        return str(client.describe_alias(alias=name)["collection_name"])
+    if client.has_collection(name):
+        raise PreconditionError(
+            f"{name} is a Milvus collection, not an alias: a stable name must be free or an "
+            "alias (collections cannot be renamed; give applications a new name, an alias)"
+        )
+    return None
+
+
+def point_alias(
+    client: Any, name: str, collection: str, *, create: bool = True
+) -> StableNameSwitch:
+    """Point the alias ``name`` at ``collection`` in one step (``alter_alias`` moves it; a new
+    one is created), and check it took.
+
+    Raises:
+        PreconditionError: ``name`` is a collection.
+        DataError: the alias points elsewhere after the switch.
+    """
+    before = alias_target(client, name)
+    if before == collection or (before is None and not create):
+        return StableNameSwitch(name=name, kind="alias", before=before, after=before)
+    if before is None:
+        client.create_alias(collection_name=collection, alias=name)
+    else:
+        client.alter_alias(collection_name=collection, alias=name)
+    after = alias_target(client, name)
+    if after != collection:
+        raise DataError(f"alias {name} points at {after} after the switch, not at {collection}")
+    return StableNameSwitch(name=name, kind="alias", before=before, after=after, changed=True)
+
+
+def drop_alias(client: Any, name: str, collection: str) -> bool:
+    """Drop the alias ``name`` if it points at ``collection``; whether it did.
+
+    Raises:
+        PreconditionError: it points at another collection (not ours to remove).
+    """
+    before = alias_target(client, name)
+    if before is None:
+        return False
+    if before != collection:
+        raise PreconditionError(f"alias {name} points at {before}, not at {collection}: kept")
+    client.drop_alias(alias=name)
+    return True
 
 
 def _literal(value: Any) -> str:
@@ -349,6 +412,15 @@ class MilvusStore(EngineSearch, ScanningStore):
             writable=ref.writable,
             notes=notes,
         )
+
+    # -- the stable name --------------------------------------------------------------------
+
+    def point_name(self, name: str, *, create: bool = True) -> StableNameSwitch:
+        """Point the alias ``name`` at this version's collection (see :func:`point_alias`)."""
+        return point_alias(self.client, name, self.name, create=create)
+
+    def name_points_at(self, name: str) -> str | None:
+        return alias_target(self.client, name)
 
     # -- reading ------------------------------------------------------------------------------
 

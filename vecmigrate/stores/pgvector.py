@@ -70,7 +70,7 @@ from vecmigrate.model.spec import (
     memory_kb,
 )
 from vecmigrate.model.status import IndexBuildProgress
-from vecmigrate.model.tasks import Cursor, ShardRef
+from vecmigrate.model.tasks import Cursor, ShardRef, StableNameSwitch
 from vecmigrate.records.batch import Faults, Records, assemble
 from vecmigrate.records.filters import normalize
 from vecmigrate.records.ids import id_array, uuid_bytes, uuid_texts
@@ -578,6 +578,15 @@ class PgvectorStore(EngineSearch, ScanningStore):
                 "for the target (an existing table can only be a source)"
             )
         return cls(engine, scope, _adopted_layout(engine, ref), writable=ref.writable)
+
+    # -- the stable name --------------------------------------------------------------------
+
+    def point_name(self, name: str, *, create: bool = True) -> StableNameSwitch:
+        """Point the view ``name`` at this version's table (see :func:`point_view`)."""
+        return point_view(self.engine, name, self.table, create=create)
+
+    def name_points_at(self, name: str) -> str | None:
+        return view_target(self.engine, name)
 
     # -- reading ----------------------------------------------------------------------------
 
@@ -1755,3 +1764,193 @@ def _common_length(engine: Engine, table: str, col: Column) -> int:
             f"column {col.name} of {table} has no dimension and no rows to find one from"
         )
     return int(found)
+
+
+# -- stable names: a view applications query, swapped between versions' tables --------------
+
+# The comment on a view vecmigrate made for a stable name (a view without it is not ours).
+VIEW_MARK = "vecmigrate:stable-name"
+# ... on a view made by renaming the table applications used (undone by renaming it back).
+RENAMED_MARK = VIEW_MARK + " (the table was renamed)"
+# How long a switch waits for the view's lock before it gives up (and is retried), so it never
+# queues behind a long transaction and holds every reader up behind it.
+LOCK_TIMEOUT = "2s"
+# The shard keys of vecmigrate's tables: kept out of a view.
+_KEYS = frozenset({KEY_COLUMN, "h"})
+
+
+def _view_reads(conn: Any, name: str) -> tuple[int, str, str] | None:
+    """The table (oid, name) the stable-name view ``name`` reads, and the view's comment (None:
+    no such relation).
+
+    Raises:
+        PreconditionError: ``name`` is a table (or another relation), or a view vecmigrate did
+            not make.
+    """
+    row = conn.execute(
+        text(
+            "SELECT c.relkind::text, obj_description(c.oid, 'pg_class') FROM pg_class c "
+            "WHERE c.oid = to_regclass(:n)"
+        ),
+        {"n": name},
+    ).first()
+    if row is None:
+        return None
+    if row[0] != "v":
+        raise PreconditionError(
+            f"{name} is a table applications use by its name, not a view: prepare it first "
+            "(vecmigrate stable-name prepare renames the table and creates the view "
+            f"{name} over it, in one transaction)"
+        )
+    if not str(row[1] or "").startswith(VIEW_MARK):
+        raise PreconditionError(f"view {name} was not made by vecmigrate: it is not switched")
+    read = conn.execute(
+        text(
+            "SELECT DISTINCT d.refobjid::int, d.refobjid::regclass::text FROM pg_rewrite r "
+            "JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid "
+            "AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> r.ev_class "
+            "WHERE r.ev_class = to_regclass(:n)"
+        ),
+        {"n": name},
+    ).all()
+    if len(read) != 1:
+        raise PreconditionError(f"view {name} reads {len(read)} tables, not one: not switched")
+    return int(read[0][0]), str(read[0][1]), str(row[1])
+
+
+def view_target(engine: Engine, name: str) -> str | None:
+    """The table the stable-name view ``name`` reads (None: no such view)."""
+    with engine.connect() as conn:
+        found = _view_reads(conn, name)
+    return found[1] if found else None
+
+
+@contextlib.contextmanager
+def _switching(engine: Engine, name: str) -> Iterator[Any]:
+    """One transaction that gives up on a lock after :data:`LOCK_TIMEOUT`.
+
+    Raises:
+        TimeoutError: the lock was held by another transaction all that time (a retry may
+            find it free).
+    """
+    try:
+        with engine.begin() as conn:
+            conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'"))
+            yield conn
+    except DBAPIError as exc:
+        if getattr(exc.orig, "sqlstate", None) == "55P03":
+            raise TimeoutError(
+                f"the lock on {name} was held by another transaction for {LOCK_TIMEOUT}: "
+                "nothing changed; retry once it ends"
+            ) from None
+        raise
+
+
+def point_view(engine: Engine, name: str, table: str, *, create: bool = True) -> StableNameSwitch:
+    """Point the view ``name`` at ``table``: drop and create it in one transaction (readers
+    wait for the commit, then read the new table), never waiting longer than
+    :data:`LOCK_TIMEOUT` for its lock; then check it took.
+
+    Raises:
+        PreconditionError: ``name`` is a table, or a view vecmigrate did not make.
+        TimeoutError: a long transaction holds the view.
+    """
+    with engine.connect() as conn:
+        before = _view_reads(conn, name)
+        oid = conn.execute(text("SELECT to_regclass(:t)::oid::int"), {"t": table}).scalar_one()
+    if oid is None:
+        raise NotFoundError(f"table {table} does not exist: no view over it")
+    if (before is not None and before[0] == oid) or (before is None and not create):
+        shown = before[1] if before else None
+        return StableNameSwitch(name=name, kind="view", before=shown, after=shown)
+    with _switching(engine, name) as conn:
+        conn.execute(text(f"DROP VIEW IF EXISTS {quote(name)}"))
+        for stmt in _view_sql_in(conn, name, table, before[2] if before else VIEW_MARK):
+            conn.execute(text(stmt))
+    with engine.connect() as conn:
+        after = _view_reads(conn, name)
+    if after is None or after[0] != oid:
+        raise DataError(f"view {name} reads {after and after[1]} after the switch, not {table}")
+    return StableNameSwitch(
+        name=name, kind="view", before=before[1] if before else None, after=after[1], changed=True
+    )
+
+
+def rename_into_view(engine: Engine, name: str, table: str) -> StableNameSwitch:
+    """The preparation of an adopted table applications use by its name: rename the table
+    ``name`` to ``table`` and create the view ``name`` over it, in one transaction (undone by
+    :func:`drop_view`). Done already: nothing changes.
+
+    Raises:
+        PreconditionError: ``name`` is not a table, ``table`` exists, or ``table`` names
+            another schema.
+    """
+    schema, _, bare = table.rpartition(".")
+    if schema and schema != name.rpartition(".")[0]:
+        raise PreconditionError(f"{table} is in another schema than {name}: a rename keeps it")
+    with engine.connect() as conn:
+        kind = conn.execute(
+            text("SELECT relkind::text FROM pg_class WHERE oid = to_regclass(:n)"), {"n": name}
+        ).scalar_one_or_none()
+        taken = conn.execute(text("SELECT to_regclass(:t) IS NOT NULL"), {"t": table}).scalar_one()
+        if kind == "v":
+            found = _view_reads(conn, name)
+            oid = conn.execute(text("SELECT to_regclass(:t)::oid::int"), {"t": table}).scalar()
+            if found is not None and found[0] == oid:
+                return StableNameSwitch(name=name, kind="view", before=found[1], after=found[1])
+    if kind not in ("r", "p"):
+        raise PreconditionError(f"{name} is not a table: there is nothing to prepare")
+    if taken:
+        raise PreconditionError(f"{table} exists already: name a free table to rename {name} to")
+    with _switching(engine, name) as conn:
+        conn.execute(text(f"ALTER TABLE {quote(name)} RENAME TO {quote(bare)}"))
+        for stmt in _view_sql_in(conn, name, table, RENAMED_MARK):
+            conn.execute(text(stmt))
+    return StableNameSwitch(name=name, kind="view", before=None, after=table, changed=True)
+
+
+def _view_sql_in(conn: Any, name: str, table: str, mark: str = VIEW_MARK) -> list[str]:
+    """The statements that create the view ``name`` over ``table`` (read in ``conn``'s
+    transaction, which may have just renamed it): every column but vecmigrate's shard key, so
+    a simple view PostgreSQL can write through."""
+    rows = conn.execute(
+        text(
+            "SELECT a.attname FROM pg_attribute a WHERE a.attrelid = to_regclass(:t) "
+            "AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
+        ),
+        {"t": table},
+    ).all()
+    columns = [quote(str(r[0])) for r in rows if str(r[0]) not in _KEYS]
+    if not columns:
+        raise NotFoundError(f"table {table} does not exist: no view over it")
+    escaped = mark.replace("'", "''")
+    return [
+        f"CREATE VIEW {quote(name)} AS SELECT {', '.join(columns)} FROM {quote(table)}",
+        f"COMMENT ON VIEW {quote(name)} IS '{escaped}'",
+    ]
+
+
+def drop_view(engine: Engine, name: str, table: str) -> bool:
+    """Undo a preparation: remove the stable-name view ``name`` that reads ``table`` (when it
+    was made by renaming the table, rename ``table`` back to ``name`` in the same transaction);
+    whether there was anything to undo.
+
+    Raises:
+        PreconditionError: the view reads another table (a migration switched it: roll it
+            back first).
+    """
+    with engine.connect() as conn:
+        found = _view_reads(conn, name)
+        oid = conn.execute(text("SELECT to_regclass(:t)::oid::int"), {"t": table}).scalar()
+    if found is None:
+        return False
+    if found[0] != oid:
+        raise PreconditionError(
+            f"view {name} reads {found[1]}, not {table}: point it back at {table} first"
+        )
+    with _switching(engine, name) as conn:
+        conn.execute(text(f"DROP VIEW {quote(name)}"))
+        if found[2] == RENAMED_MARK:
+            bare = quote(name.rpartition(".")[2])
+            conn.execute(text(f"ALTER TABLE {quote(table)} RENAME TO {bare}"))
+    return True

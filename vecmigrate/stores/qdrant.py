@@ -46,7 +46,7 @@ from vecmigrate.model.records import (
     VectorField,
 )
 from vecmigrate.model.spec import IndexSpec, Metric, QdrantHnsw, QdrantStoreRef
-from vecmigrate.model.tasks import Cursor, ShardRef
+from vecmigrate.model.tasks import Cursor, ShardRef, StableNameSwitch
 from vecmigrate.records.batch import Faults, Records, assemble_rows
 from vecmigrate.records.filters import normalize
 from vecmigrate.records.ids import id_array
@@ -249,6 +249,72 @@ def drop_version(ref: QdrantStoreRef, scope: Scope) -> bool:
     return True
 
 
+def alias_target(client: Any, name: str) -> str | None:
+    """The collection the alias ``name`` points at (None: no such alias).
+
+    Raises:
+        PreconditionError: ``name`` is a collection, not an alias.
+    """
+    for alias in client.get_aliases().aliases:
+        if alias.alias_name == name:
+            return str(alias.collection_name)
+    if client.collection_exists(name):
+        raise PreconditionError(
+            f"{name} is a Qdrant collection, not an alias: a stable name must be free or an "
+            "alias (collections cannot be renamed; give applications a new name, an alias)"
+        )
+    return None
+
+
+def point_alias(
+    client: Any, name: str, collection: str, *, create: bool = True
+) -> StableNameSwitch:
+    """Point the alias ``name`` at ``collection`` in one request (the old alias deleted and the
+    new one created together, so a reader finds one or the other), and check it took.
+
+    Raises:
+        PreconditionError: ``name`` is a collection.
+        DataError: the alias points elsewhere after the switch.
+    """
+    before = alias_target(client, name)
+    if before == collection or (before is None and not create):
+        return StableNameSwitch(name=name, kind="alias", before=before, after=before)
+    models = _models()
+    ops: list[Any] = []
+    if before is not None:
+        ops.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=name)))
+    ops.append(
+        models.CreateAliasOperation(
+            create_alias=models.CreateAlias(collection_name=collection, alias_name=name)
+        )
+    )
+    client.update_collection_aliases(change_aliases_operations=ops)
+    after = alias_target(client, name)
+    if after != collection:
+        raise DataError(f"alias {name} points at {after} after the switch, not at {collection}")
+    return StableNameSwitch(name=name, kind="alias", before=before, after=after, changed=True)
+
+
+def drop_alias(client: Any, name: str, collection: str) -> bool:
+    """Delete the alias ``name`` if it points at ``collection``; whether it did.
+
+    Raises:
+        PreconditionError: it points at another collection (not ours to remove).
+    """
+    before = alias_target(client, name)
+    if before is None:
+        return False
+    if before != collection:
+        raise PreconditionError(f"alias {name} points at {before}, not at {collection}: kept")
+    models = _models()
+    client.update_collection_aliases(
+        change_aliases_operations=[
+            models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=name))
+        ]
+    )
+    return True
+
+
 class QdrantStore(EngineSearch, ScanningStore):
     """A :class:`~vecmigrate.stores.base.VectorStore` on a Qdrant collection."""
 
@@ -341,6 +407,15 @@ class QdrantStore(EngineSearch, ScanningStore):
             writable=ref.writable,
             notes=notes,
         )
+
+    # -- the stable name --------------------------------------------------------------------
+
+    def point_name(self, name: str, *, create: bool = True) -> StableNameSwitch:
+        """Point the alias ``name`` at this version's collection (see :func:`point_alias`)."""
+        return point_alias(self.client, name, self.name, create=create)
+
+    def name_points_at(self, name: str) -> str | None:
+        return alias_target(self.client, name)
 
     # -- reading ------------------------------------------------------------------------------
 
