@@ -10,10 +10,12 @@ import platform
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -103,6 +105,35 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "blas": blas,
     }
+
+
+def timed_qdrant_migrate(source: Any, dest: Any, collection: str, n: int) -> float:
+    """Seconds qdrant-client's own ``migrate`` takes from ``source`` to ``dest`` (both clients
+    are closed after), checking that all ``n`` points of ``collection`` arrived."""
+    began = time.perf_counter()
+    source.migrate(dest)
+    seconds = time.perf_counter() - began
+    assert dest.count(collection).count == n
+    source.close()
+    dest.close()
+    return seconds
+
+
+def paired_bars(
+    ax: Any,
+    labels: Sequence[str],
+    series: Mapping[str, Sequence[float]],
+    *,
+    horizontal: bool = False,
+    **ticks: Any,
+) -> None:
+    """Two series as bars side by side at each of ``labels`` (the first left of the second, or
+    below it with ``horizontal``), named for the legend; ``ticks`` go to the label axis."""
+    at = np.arange(len(labels))
+    draw, set_ticks = (ax.barh, ax.set_yticks) if horizontal else (ax.bar, ax.set_xticks)
+    for shift, (name, values) in zip((-0.2, 0.2), series.items(), strict=True):
+        draw(at + shift, values, 0.4, label=name)
+    set_ticks(at, labels, **ticks)
 
 
 def report(

@@ -34,7 +34,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
-from bench.common import add_out_option, alternating, report, scratch, script_parser
+from bench.common import (
+    add_out_option,
+    alternating,
+    report,
+    scratch,
+    script_parser,
+    timed_qdrant_migrate,
+)
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.catalog.journal import Journal
 from vecmigrate.config import sqlite_url
@@ -137,14 +144,7 @@ def qdrant_migrate(home: Path, vectors: np.ndarray) -> float | None:
     for start in range(0, n, 10_000):
         stop = min(n, start + 10_000)
         source.upload_collection("bench", vectors[start:stop], ids=list(range(start + 1, stop + 1)))
-    dest = QdrantClient(path=str(home / "qdrant-dst"))
-    began = time.perf_counter()
-    source.migrate(dest)
-    seconds = time.perf_counter() - began
-    assert dest.count("bench").count == n
-    source.close()
-    dest.close()
-    return seconds
+    return timed_qdrant_migrate(source, QdrantClient(path=str(home / "qdrant-dst")), "bench", n)
 
 
 _MAKE_LANCE = """

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
-from bench.common import RESULTS, alternating, report, scratch
+from bench.common import RESULTS, alternating, paired_bars, report, scratch, timed_qdrant_migrate
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.catalog.journal import Journal
 from vecmigrate.config import sqlite_url
@@ -136,14 +136,7 @@ def qdrant_migrate(home: Path, source: Path, n: int) -> float:
 
     shutil.rmtree(home / "q-dst", ignore_errors=True)
     src = QdrantClient(path=str(source))
-    dst = QdrantClient(path=str(home / "q-dst"))
-    began = time.perf_counter()
-    src.migrate(dst)
-    seconds = time.perf_counter() - began
-    assert dst.count("docs").count == n
-    src.close()
-    dst.close()
-    return seconds
+    return timed_qdrant_migrate(src, QdrantClient(path=str(home / "q-dst")), "docs", n)
 
 
 def run(home: Path, vectors: np.ndarray, with_payload: bool) -> dict[str, Any]:
@@ -194,10 +187,14 @@ def main() -> None:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        x = np.arange(len(rows))
-        ax.bar(x - 0.2, [r["vecmigrate points/s"] for r in rows], 0.4, label="vecmigrate")
-        ax.bar(x + 0.2, [r["migrate() points/s"] for r in rows], 0.4, label="migrate()")
-        ax.set_xticks(x, [f"payload: {r['payload']}" for r in rows])
+        paired_bars(
+            ax,
+            [f"payload: {r['payload']}" for r in rows],
+            {
+                "vecmigrate": [r["vecmigrate points/s"] for r in rows],
+                "migrate()": [r["migrate() points/s"] for r in rows],
+            },
+        )
         ax.set_ylabel("points/s")
         ax.legend()
         fig.tight_layout()

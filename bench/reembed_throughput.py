@@ -22,9 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import numpy as np
 
-from bench.common import add_out_option, report, scratch, script_parser
+from bench.common import add_out_option, paired_bars, report, scratch, script_parser
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.catalog.journal import Journal
 from vecmigrate.config import sqlite_url
@@ -156,10 +155,15 @@ def main() -> None:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(7, 3))
-        y = np.arange(len(rows))
-        ax.barh(y - 0.2, [r["raw_texts_per_s"] for r in rows], 0.4, label="raw model")
-        ax.barh(y + 0.2, [r["vecmigrate_texts_per_s"] for r in rows], 0.4, label="vecmigrate copy")
-        ax.set_yticks(y, [r["model"] for r in rows])
+        paired_bars(
+            ax,
+            [r["model"] for r in rows],
+            {
+                "raw model": [r["raw_texts_per_s"] for r in rows],
+                "vecmigrate copy": [r["vecmigrate_texts_per_s"] for r in rows],
+            },
+            horizontal=True,
+        )
         ax.set_xscale("log")
         ax.set_xlabel("texts per second (log)")
         ax.set_title("re-embedding standard-library docstrings")

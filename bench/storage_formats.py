@@ -40,7 +40,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from bench.common import add_out_option, report, scratch, script_parser, wide_console
+from bench.common import add_out_option, paired_bars, report, scratch, script_parser, wide_console
 from vecmigrate.data.datasets import GLOVE_ROWS, clustered, glove
 from vecmigrate.indexes.sizes import index_bytes
 from vecmigrate.model.spec import FaissFlat, FaissHnsw, FaissIvfFlat, FaissIvfPq, IndexSpec, Metric
@@ -267,10 +267,17 @@ def main() -> None:
         left.set_xlabel("bytes a vector on disk (log)")
         left.set_ylabel("recall@10")
         left.set_title("what each format keeps, for its size")
-        at = np.arange(len(rows))
-        right.bar(at - 0.2, [r["build s"] for r in rows], 0.4, label="vecmigrate")
-        right.bar(at + 0.2, [r["build s"] / r["build ratio"] for r in rows], 0.4, label="raw FAISS")
-        right.set_xticks(at, [r["format"] for r in rows], rotation=30, ha="right", fontsize=8)
+        paired_bars(
+            right,
+            [r["format"] for r in rows],
+            {
+                "vecmigrate": [r["build s"] for r in rows],
+                "raw FAISS": [r["build s"] / r["build ratio"] for r in rows],
+            },
+            rotation=30,
+            ha="right",
+            fontsize=8,
+        )
         right.set_ylabel("build seconds")
         right.legend()
         fig.suptitle(summary["data"])

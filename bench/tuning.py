@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 from pydantic import TypeAdapter
 
-from bench.common import add_out_option, report, scratch, script_parser
+from bench.common import add_out_option, paired_bars, report, scratch, script_parser
 from bench.copy_throughput import vecmigrate_copy
 from vecmigrate.data.datasets import clustered
 from vecmigrate.indexes.artifacts import build_index, cpu_share
@@ -111,11 +111,15 @@ def main() -> None:
         left.set_ylabel("vectors/s")
         left.set_title("copy throughput by batch size")
         labels = [str(r["plan"]) for r in build_rows if r["index"] == "faiss_ivf_flat"]
-        xs = np.arange(len(labels))
-        for shift, name in ((-0.2, "faiss_ivf_flat"), (0.2, "hnswlib_hnsw")):
-            secs = [r["seconds"] for r in build_rows if r["index"] == name]
-            right.bar(xs + shift, secs, 0.4, label=name)
-        right.set_xticks(xs, [lab.replace(", ", ",\n") for lab in labels], fontsize=7)
+        paired_bars(
+            right,
+            [lab.replace(", ", ",\n") for lab in labels],
+            {
+                name: [r["seconds"] for r in build_rows if r["index"] == name]
+                for name in ("faiss_ivf_flat", "hnswlib_hnsw")
+            },
+            fontsize=7,
+        )
         right.set_ylabel("seconds for two shards")
         right.set_title("threads per concurrent build")
         right.legend(fontsize=7)

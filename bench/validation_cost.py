@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import faiss
 import numpy as np
 
-from bench.common import add_out_option, report, scratch, script_parser
+from bench.common import add_out_option, paired_bars, report, scratch, script_parser
 from vecmigrate import validation
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.catalog.journal import Journal
@@ -121,11 +121,14 @@ def main() -> None:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(6, 3.5))
-        labels = [f"{r['vectors']:,}" for r in rows]
-        xs = np.arange(len(rows))
-        ax.bar(xs - 0.2, [r["gate_suite_s"] for r in rows], 0.4, label="full gate suite")
-        ax.bar(xs + 0.2, [r["raw_exact_s"] for r in rows], 0.4, label="raw FAISS exact search")
-        ax.set_xticks(xs, labels)
+        paired_bars(
+            ax,
+            [f"{r['vectors']:,}" for r in rows],
+            {
+                "full gate suite": [r["gate_suite_s"] for r in rows],
+                "raw FAISS exact search": [r["raw_exact_s"] for r in rows],
+            },
+        )
         ax.set_ylabel("seconds")
         ax.set_xlabel("vectors")
         ax.legend()

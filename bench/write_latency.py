@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
-from bench.common import add_out_option, alternating, report, scratch, script_parser
+from bench.common import add_out_option, alternating, paired_bars, report, scratch, script_parser
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.catalog.changelog import ChangeLog
 from vecmigrate.config import sqlite_url
@@ -283,11 +283,12 @@ def main() -> None:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(7, 3.6))
-        x = np.arange(len(phases))
-        ax.bar(x - 0.2, [ph.p50 for ph in phases], 0.4, label="p50")
-        ax.bar(x + 0.2, [ph.p99 for ph in phases], 0.4, label="p99")
+        paired_bars(
+            ax,
+            [ph.name for ph in phases],
+            {"p50": [ph.p50 for ph in phases], "p99": [ph.p99 for ph in phases]},
+        )
         ax.axhline(TARGET, color="grey", linestyle="--", linewidth=1)
-        ax.set_xticks(x, [ph.name for ph in phases])
         ax.set_ylabel("written / twin")
         ax.set_title(
             f"{args.kind}, {args.vectors:,} x {args.dim}: search latency after "

@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import time
 from contextlib import AsyncExitStack, redirect_stderr, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from tests.conftest import Sandbox, postgres_database, running_worker
+from tests.test_workflow import wait_for
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.catalog.engines import dispose_engines
 from vecmigrate.config import sqlite_url
@@ -188,16 +188,6 @@ async def shared(
     return Shared(root, catalog, postgres_database(postgres), queue, env.client)
 
 
-async def wait_until(mc: MigrationClient, mid: str, done: Any, timeout: float = 120.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        st = await mc.status(mid)
-        if done(st):
-            return st
-        assert time.monotonic() < deadline, f"{mid} stuck in {st.phase} ({st.error})"
-        await asyncio.sleep(0.2)
-
-
 @pytest.mark.parametrize(("strategy", "source", "store", "kind"), CASES)
 async def test_plan_start_and_abort_through_the_cli(
     shared: Shared, strategy: str, source: str, store: str, kind: str
@@ -248,15 +238,20 @@ async def test_plan_start_and_abort_through_the_cli(
         # Prepared, copied and indexed: the gates run on what the target store built. The copy
         # and the build are the same for every strategy; blue-green takes every target there.
         gated = {Phase.VALIDATING, Phase.AWAITING_CUTOVER, Phase.CUT_OVER}
-        st = await wait_until(mc, mid, lambda s: s.phase in gated or s.paused or s.error)
+        st = await wait_for(
+            mc, mid, lambda s: s.phase in gated or s.paused or bool(s.error), timeout=120.0
+        )
         assert st.phase in gated, (st.phase, st.pause_reason, st.error)
         assert st.index_version is not None
         assert kind in st.index_version
     else:
         # Prepared: the target registered and created, the strategy's routing set (dual-write,
         # writes paused), the copy under way.
-        st = await wait_until(
-            mc, mid, lambda s: s.phase not in (Phase.PLANNED, Phase.PREPARING) or s.paused
+        st = await wait_for(
+            mc,
+            mid,
+            lambda s: s.phase not in (Phase.PLANNED, Phase.PREPARING) or s.paused,
+            timeout=120.0,
         )
         assert not st.paused, (st.phase, st.pause_reason, st.error)
     code, out, err = await asyncio.to_thread(

@@ -17,13 +17,13 @@ import httpx
 import numpy as np
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Sandbox
 from tests.test_routing import migrated, route
+from tests.test_telemetry import memory_spans
 from vecmigrate.control.devserver import free_port
 from vecmigrate.errors import ConfigurationError
 from vecmigrate.security.credentials import Credentials, new_api_key
@@ -31,7 +31,6 @@ from vecmigrate.serving.gateway import Gateway
 from vecmigrate.serving.router import bucket
 from vecmigrate.telemetry import names
 from vecmigrate.telemetry.logs import JsonFormatter
-from vecmigrate.telemetry.setup import configure, install, uninstall
 
 pytestmark = pytest.mark.integration  # a uvicorn server and seeded collections: seconds
 
@@ -45,17 +44,7 @@ UPSERT = "/v1/{tenant}/{collection}/upsert"
 @pytest.fixture
 def spans() -> Iterator[InMemorySpanExporter]:
     """Telemetry as the gateway's process sets it up, its spans kept in memory."""
-    exporter = InMemorySpanExporter()
-    install(
-        configure(
-            "vecmigrate-gateway",
-            metrics_default="prometheus",
-            environ={},
-            span_processors=[SimpleSpanProcessor(exporter)],
-        )
-    )
-    yield exporter
-    uninstall()
+    yield from memory_spans("vecmigrate-gateway")
 
 
 class JsonLines(logging.Handler):

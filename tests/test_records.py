@@ -50,23 +50,32 @@ SCHEMA = RecordSchema(
 )
 
 
-def _reference_bytes_hash(data: bytes) -> int:
-    """:func:`hash_bytes` of one value as its docstring defines it, with Python integers."""
-    mask = (1 << 64) - 1
+MASK = (1 << 64) - 1
+GOLDEN = 0x9E3779B97F4A7C15
 
-    def mix(x: int) -> int:
-        x ^= x >> 30
-        x = (x * 0xBF58476D1CE4E5B9) & mask
-        x ^= x >> 27
-        x = (x * 0x94D049BB133111EB) & mask
-        return x ^ (x >> 31)
 
-    h = mix((len(data) + 0x243F6A8885A308D3) & mask)
-    padded = data + b"\0" * (-len(data) % 8)
+def reference_mix(x: int) -> int:
+    """The 64-bit finaliser the checksums' docstrings define, with Python integers."""
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & MASK
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & MASK
+    return x ^ (x >> 31)
+
+
+def reference_fold(seed: int, padded: bytes) -> int:
+    """Mix the little-endian 64-bit words of ``padded`` into ``seed``, the k-th word with k+1
+    times the golden ratio, as the checksums' docstrings define it."""
+    h = reference_mix(seed & MASK)
     for k in range(len(padded) // 8):
         word = int.from_bytes(padded[8 * k : 8 * k + 8], "little")
-        h = mix(h ^ word ^ (((k + 1) * 0x9E3779B97F4A7C15) & mask))
+        h = reference_mix(h ^ word ^ (((k + 1) * GOLDEN) & MASK))
     return h
+
+
+def _reference_bytes_hash(data: bytes) -> int:
+    """:func:`hash_bytes` of one value as its docstring defines it, with Python integers."""
+    return reference_fold(len(data) + 0x243F6A8885A308D3, data + b"\0" * (-len(data) % 8))
 
 
 def test_hash_bytes_follows_its_definition_whatever_the_lengths_around_a_value() -> None:

@@ -63,20 +63,30 @@ def version(name: str, store_ref: dict[str, Any], index: dict[str, Any]) -> Vers
     )
 
 
-def regional_spec(root: Path, **overrides: Any) -> MigrationSpec:
-    data: dict[str, Any] = {
-        "id": f"rg-{uuid.uuid4().hex[:8]}",
+def eu_spec_data(root: Path, prefix: str, **fields: Any) -> dict[str, Any]:
+    """A spec moving ``docs`` from v1 (flat) to v2 (``GOOD``) in the eu region's store, with
+    ``fields`` added; its id starts with ``prefix``."""
+    return {
+        "id": f"{prefix}-{uuid.uuid4().hex[:8]}",
         "collection": "docs",
         "source": version("v1", store(root, "eu", "store"), {"kind": "faiss_flat"}).model_dump(
             mode="json"
         ),
         "target": version("v2", store(root, "eu", "store"), GOOD).model_dump(mode="json"),
         "shards": {"count": 2},
-        "batch_size": 500,
-        "heartbeat_seconds": 3,
         "gates": {"min_recall": 0.8, "sample_queries": 50},
         "cutover": {"mode": "automatic", "bake_seconds": 0.5},
-        "regions": [
+        **fields,
+    }
+
+
+def regional_spec(root: Path, **overrides: Any) -> MigrationSpec:
+    data = eu_spec_data(
+        root,
+        "rg",
+        batch_size=500,
+        heartbeat_seconds=3,
+        regions=[
             {
                 "name": r,
                 "location": f"{r}-1",
@@ -86,8 +96,8 @@ def regional_spec(root: Path, **overrides: Any) -> MigrationSpec:
             }
             for r in REGIONS
         ],
-        "region_policy": {"cutover_order": ["eu", "ap", "us"], "pause_between_seconds": 1.0},
-    }
+        region_policy={"cutover_order": ["eu", "ap", "us"], "pause_between_seconds": 1.0},
+    )
     data.update(overrides)
     return parse_spec(data)
 
@@ -385,20 +395,13 @@ async def test_one_tenant_migrates_while_anothers_reads_and_writes_are_untouched
     catalog = region_catalog(root, "eu")
     before = catalog.get_routing("globex", "docs")
     spec = parse_spec(
-        {
-            "id": f"tn-{uuid.uuid4().hex[:8]}",
-            "collection": "docs",
-            "source": version("v1", store(root, "eu", "store"), {"kind": "faiss_flat"}).model_dump(
-                mode="json"
-            ),
-            "target": version("v2", store(root, "eu", "store"), GOOD).model_dump(mode="json"),
-            "shards": {"count": 2},
-            "batch_size": 300,
-            "gates": {"min_recall": 0.8, "sample_queries": 50},
-            "cutover": {"mode": "automatic", "bake_seconds": 0.5},
-            "tenants": ["acme"],
-            "tenant_limits": {"acme": {"max_parallel_shards": 1, "max_vectors_per_second": 3000}},
-        }
+        eu_spec_data(
+            root,
+            "tn",
+            batch_size=300,
+            tenants=["acme"],
+            tenant_limits={"acme": {"max_parallel_shards": 1, "max_vectors_per_second": 3000}},
+        )
     )
     router = Router(catalog, refresh_seconds=0.2)
     queries = clustered(50, DIM, clusters=24, seed=5)

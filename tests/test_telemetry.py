@@ -37,13 +37,13 @@ from vecmigrate.workers.connection import connect
 from vecmigrate.workers.main import run_worker
 
 
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    """Telemetry that keeps every span in memory and serves metrics for Prometheus."""
+def memory_spans(service: str) -> Iterator[InMemorySpanExporter]:
+    """Telemetry of ``service`` that keeps every span in memory and serves metrics for
+    Prometheus, installed until the fixture that yields from it ends."""
     exporter = InMemorySpanExporter()
     install(
         configure(
-            "vecmigrate-test",
+            service,
             metrics_default="prometheus",
             environ={},
             span_processors=[SimpleSpanProcessor(exporter)],
@@ -51,6 +51,12 @@ def spans() -> Iterator[InMemorySpanExporter]:
     )
     yield exporter
     uninstall()
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """Telemetry that keeps every span in memory and serves metrics for Prometheus."""
+    yield from memory_spans("vecmigrate-test")
 
 
 @asynccontextmanager

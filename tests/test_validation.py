@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import text
 
 from tests.conftest import Sandbox
+from tests.test_records import GOLDEN, reference_fold
 from vecmigrate.catalog.journal import Journal
 from vecmigrate.data.backfill import copy_shard, open_source, open_target, prepare
 from vecmigrate.data.datasets import glove
@@ -408,22 +409,9 @@ def test_profile_arithmetic_matches_the_plain_definitions() -> None:
 
 def _reference_hash(record_id: int, vector: np.ndarray) -> int:
     """The record hash as its docstring defines it, one Python integer at a time."""
-    mask = (1 << 64) - 1
-
-    def mix(x: int) -> int:
-        x ^= x >> 30
-        x = (x * 0xBF58476D1CE4E5B9) & mask
-        x ^= x >> 27
-        x = (x * 0x94D049BB133111EB) & mask
-        return x ^ (x >> 31)
-
     raw = vector.astype("<f4").tobytes()
     raw += b"\0" * (len(raw) % 8)  # an odd dimension: the last word zero-padded
-    h = mix((record_id + 0x9E3779B97F4A7C15) & mask)
-    for k in range(len(raw) // 8):
-        word = int.from_bytes(raw[8 * k : 8 * k + 8], "little")
-        h = mix(h ^ word ^ (((k + 1) * 0x9E3779B97F4A7C15) & mask))
-    return h
+    return reference_fold(record_id + GOLDEN, raw)
 
 
 def test_record_hashes_follow_their_definition_across_chunks() -> None:

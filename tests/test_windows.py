@@ -5,8 +5,6 @@ are seconds long)."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -14,9 +12,9 @@ from pydantic import ValidationError
 from temporalio.client import Client
 
 from tests.conftest import Sandbox, running_worker
+from tests.test_workflow import wait_for
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.model.lifecycle import Phase
-from vecmigrate.model.status import MigrationStatus
 from vecmigrate.model.windows import MaintenanceWindows
 
 
@@ -103,12 +101,12 @@ async def test_a_window_pauses_and_resumes_a_migration_by_durable_timer(
     async with running_worker(client, sandbox) as queue:
         mc = MigrationClient(client, queue)
         mid = await mc.start(spec, operator="alice")
-        held = await wait_until(mc, mid, lambda s: s.phase == Phase.BACKFILLING)
+        held = await wait_for(mc, mid, lambda s: s.phase == Phase.BACKFILLING, timeout=30.0)
         assert held.window_until == iso(6), held
         assert "outside the maintenance window" in held.window_note
         assert held.copied()[0] == 0
         # Inside the first window the copy runs; once it closes the copies stop after a batch.
-        closed = await wait_until(mc, mid, lambda s: s.window_until == iso(22), timeout=40)
+        closed = await wait_for(mc, mid, lambda s: s.window_until == iso(22), timeout=40)
         assert closed.phase == Phase.BACKFILLING
         await asyncio.sleep(3.0)
         before = await mc.status(mid, live=True)
@@ -133,15 +131,3 @@ async def test_a_window_pauses_and_resumes_a_migration_by_durable_timer(
     assert min(copied) >= opened_at[0]
     # The last shard finished only after the second window opened.
     assert max(copied) >= opened_at[1]
-
-
-async def wait_until(
-    mc: MigrationClient, mid: str, ok: Callable[[MigrationStatus], bool], timeout: float = 30.0
-) -> MigrationStatus:
-    deadline = time.monotonic() + timeout
-    while True:
-        st = await mc.status(mid)
-        if ok(st):
-            return st
-        assert time.monotonic() < deadline, f"condition not reached; last status: {st}"
-        await asyncio.sleep(0.2)

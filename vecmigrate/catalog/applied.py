@@ -14,8 +14,9 @@ from datetime import datetime
 
 from sqlalchemy import JSON, Column, DateTime, String, Table, select
 
+from vecmigrate.catalog import sql
 from vecmigrate.catalog.catalog import Catalog, metadata, now
-from vecmigrate.catalog.engines import begin, once_per_engine
+from vecmigrate.catalog.engines import begin
 
 code_migrations = Table(
     "code_migrations",
@@ -53,19 +54,13 @@ class AppliedSpecs:
 
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
-        engine = catalog.engine
-        once_per_engine(
-            engine, "code-migrations", lambda: metadata.create_all(engine, tables=[code_migrations])
-        )
+        sql.create_tables_once(catalog.engine, "code-migrations", code_migrations)
 
     def get(self, name: str) -> AppliedSpec | None:
         """The record of spec file ``name``, or None when it was never applied."""
-        with self.catalog.engine.connect() as conn:
-            row = (
-                conn.execute(select(code_migrations).where(code_migrations.c.name == name))
-                .mappings()
-                .first()
-            )
+        row = sql.first_row(
+            self.catalog.engine, select(code_migrations).where(code_migrations.c.name == name)
+        )
         return None if row is None else AppliedSpec(**dict(row))
 
     def started(
@@ -105,10 +100,7 @@ class AppliedSpecs:
 
     def all(self) -> list[AppliedSpec]:
         """Every applied spec file, in the order they were started."""
-        with self.catalog.engine.connect() as conn:
-            rows = (
-                conn.execute(select(code_migrations).order_by(code_migrations.c.started_at))
-                .mappings()
-                .all()
-            )
+        rows = sql.all_rows(
+            self.catalog.engine, select(code_migrations).order_by(code_migrations.c.started_at)
+        )
         return [AppliedSpec(**dict(r)) for r in rows]

@@ -42,12 +42,12 @@ from sqlalchemy import (
     Text,
     event,
     false,
-    inspect,
     select,
     text,
 )
 from sqlalchemy.exc import IntegrityError
 
+from vecmigrate.catalog import sql
 from vecmigrate.catalog.anchors import AnchorFiles, anchor_root
 from vecmigrate.catalog.engines import begin, catalog_access, engine_for
 from vecmigrate.errors import NotFoundError, PreconditionError, RoutingConflictError
@@ -372,48 +372,35 @@ class Catalog:
     def _catalog_id(self) -> str:
         """This catalog's id (made on first open): it names its anchor directory."""
         query = select(catalog_info.c.value).where(catalog_info.c.name == "catalog_id")
-        with self.engine.connect() as conn:
-            row = conn.execute(query).first()
+        row = sql.first_row(self.engine, query)
         if row is None:
-            self._insert_ignoring_duplicate(
-                catalog_info.insert().values(name="catalog_id", value=uuid.uuid4().hex)
+            sql.insert_ignoring_duplicate(
+                self.engine,
+                catalog_info.insert().values(name="catalog_id", value=uuid.uuid4().hex),
             )
-            with self.engine.connect() as conn:
-                row = conn.execute(query).first()
+            row = sql.first_row(self.engine, query)
         assert row is not None
-        return str(row[0])
+        return str(row["value"])
 
     def _upgrade(self) -> None:
         """Add the columns later releases introduced to a catalog an earlier one created."""
-        for table, added in (("routing", _ROUTING_ADDED), ("ledger", _LEDGER_ADDED)):
-            have = {c["name"] for c in inspect(self.engine).get_columns(table)}
-            missing = [name for name in added if name not in have]
-            if missing:
-                with begin(self.engine) as conn:
-                    for name in missing:
-                        conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {added[name]}"))
-
-    def _insert_ignoring_duplicate(self, stmt: Any) -> None:
-        """Run an insert; a duplicate key means a concurrent writer got there first."""
-        try:
-            with begin(self.engine) as conn:
-                conn.execute(stmt)
-        except IntegrityError:
-            pass
+        sql.add_missing_columns(self.engine, "routing", _ROUTING_ADDED)
+        sql.add_missing_columns(self.engine, "ledger", _LEDGER_ADDED)
 
     # -- collections and versions -------------------------------------------------------------
 
     def ensure_collection(self, tenant: str, name: str) -> None:
         """Register a collection (no-op if it exists)."""
-        with self.engine.connect() as conn:
-            exists = conn.execute(
-                select(collections.c.name).where(
-                    (collections.c.tenant == tenant) & (collections.c.name == name)
-                )
-            ).first()
+        exists = sql.first_row(
+            self.engine,
+            select(collections.c.name).where(
+                (collections.c.tenant == tenant) & (collections.c.name == name)
+            ),
+        )
         if exists is None:
-            self._insert_ignoring_duplicate(
-                collections.insert().values(tenant=tenant, name=name, created_at=now())
+            sql.insert_ignoring_duplicate(
+                self.engine,
+                collections.insert().values(tenant=tenant, name=name, created_at=now()),
             )
 
     def register_version(
@@ -433,12 +420,12 @@ class Catalog:
         """
         self.ensure_collection(tenant, collection)
         sid = schema_id(embedding)
-        with self.engine.connect() as conn:
-            known = conn.execute(
-                select(embedding_schemas.c.id).where(embedding_schemas.c.id == sid)
-            ).first()
+        known = sql.first_row(
+            self.engine, select(embedding_schemas.c.id).where(embedding_schemas.c.id == sid)
+        )
         if known is None:
-            self._insert_ignoring_duplicate(
+            sql.insert_ignoring_duplicate(
+                self.engine,
                 embedding_schemas.insert().values(
                     id=sid,
                     model_id=embedding.model_id,
@@ -446,7 +433,7 @@ class Catalog:
                     dimension=embedding.dimension,
                     metric=str(embedding.metric),
                     normalized=embedding.normalized,
-                )
+                ),
             )
         existing = self.find_version(tenant, collection, version)
         if existing is not None:
@@ -457,7 +444,8 @@ class Catalog:
                     "fix the spec or choose a new version name"
                 )
             return existing
-        self._insert_ignoring_duplicate(
+        sql.insert_ignoring_duplicate(
+            self.engine,
             vector_versions.insert().values(
                 tenant=tenant,
                 collection=collection,
@@ -468,7 +456,7 @@ class Catalog:
                 migration_id=migration_id,
                 created_at=now(),
                 updated_at=now(),
-            )
+            ),
         )
         found = self.find_version(tenant, collection, version)
         assert found is not None
@@ -476,16 +464,16 @@ class Catalog:
 
     def tenants_with(self, collection: str, version: str) -> list[str]:
         """Tenants whose ``collection`` has ``version`` registered, sorted."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(vector_versions.c.tenant)
-                .where(
-                    (vector_versions.c.collection == collection)
-                    & (vector_versions.c.version == version)
-                )
-                .order_by(vector_versions.c.tenant)
-            ).all()
-        return [r[0] for r in rows]
+        rows = sql.all_rows(
+            self.engine,
+            select(vector_versions.c.tenant)
+            .where(
+                (vector_versions.c.collection == collection)
+                & (vector_versions.c.version == version)
+            )
+            .order_by(vector_versions.c.tenant),
+        )
+        return [r["tenant"] for r in rows]
 
     def find_version(self, tenant: str, collection: str, version: str) -> VersionRecord | None:
         """A registered version, or None."""
@@ -493,13 +481,11 @@ class Catalog:
             select(vector_versions, embedding_schemas)
             .join(embedding_schemas, embedding_schemas.c.id == vector_versions.c.embedding_schema)
             .where(
-                (vector_versions.c.tenant == tenant)
-                & (vector_versions.c.collection == collection)
+                sql.in_scope(vector_versions, tenant, collection)
                 & (vector_versions.c.version == version)
             )
         )
-        with self.engine.connect() as conn:
-            row = conn.execute(q).mappings().first()
+        row = sql.first_row(self.engine, q)
         if row is None:
             return None
         return VersionRecord(
@@ -520,41 +506,37 @@ class Catalog:
 
     def list_collections(self) -> list[tuple[str, str]]:
         """Every (tenant, collection) registered, sorted."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(collections.c.tenant, collections.c.name).order_by(
-                    collections.c.tenant, collections.c.name
-                )
-            ).all()
-        return [(r[0], r[1]) for r in rows]
+        rows = sql.all_rows(
+            self.engine,
+            select(collections.c.tenant, collections.c.name).order_by(
+                collections.c.tenant, collections.c.name
+            ),
+        )
+        return [(r["tenant"], r["name"]) for r in rows]
 
     def versions_of(self, tenant: str, collection: str) -> list[VersionRecord]:
         """Every registered version of a collection, oldest first."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(vector_versions.c.version)
-                .where(
-                    (vector_versions.c.tenant == tenant)
-                    & (vector_versions.c.collection == collection)
-                )
-                .order_by(vector_versions.c.created_at)
-            ).all()
-        found = [self.find_version(tenant, collection, r[0]) for r in rows]
+        rows = sql.all_rows(
+            self.engine,
+            select(vector_versions.c.version)
+            .where(sql.in_scope(vector_versions, tenant, collection))
+            .order_by(vector_versions.c.created_at),
+        )
+        found = [self.find_version(tenant, collection, r["version"]) for r in rows]
         return [v for v in found if v is not None]
 
     def indexes_of(self, tenant: str, collection: str, version: str) -> list[IndexVersionRecord]:
         """Every index registered for a version, oldest first."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(index_versions.c.id)
-                .where(
-                    (index_versions.c.tenant == tenant)
-                    & (index_versions.c.collection == collection)
-                    & (index_versions.c.version == version)
-                )
-                .order_by(index_versions.c.created_at)
-            ).all()
-        return [self.get_index(r[0]) for r in rows]
+        rows = sql.all_rows(
+            self.engine,
+            select(index_versions.c.id)
+            .where(
+                sql.in_scope(index_versions, tenant, collection)
+                & (index_versions.c.version == version)
+            )
+            .order_by(index_versions.c.created_at),
+        )
+        return [self.get_index(r["id"]) for r in rows]
 
     def set_version_state(self, tenant: str, collection: str, version: str, state: str) -> None:
         """Move a version to a new state (building, ready, serving, retained, abandoned)."""
@@ -562,8 +544,7 @@ class Catalog:
             n = conn.execute(
                 vector_versions.update()
                 .where(
-                    (vector_versions.c.tenant == tenant)
-                    & (vector_versions.c.collection == collection)
+                    sql.in_scope(vector_versions, tenant, collection)
                     & (vector_versions.c.version == version)
                 )
                 .values(state=state, updated_at=now())
@@ -587,12 +568,12 @@ class Catalog:
         digest = hashlib.sha256(
             json.dumps(sorted(a["sha256"] for a in artifacts)).encode()
         ).hexdigest()
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                select(index_versions.c.id).where(index_versions.c.id == index_id)
-            ).first()
+        row = sql.first_row(
+            self.engine, select(index_versions.c.id).where(index_versions.c.id == index_id)
+        )
         if row is None:
-            self._insert_ignoring_duplicate(
+            sql.insert_ignoring_duplicate(
+                self.engine,
                 index_versions.insert().values(
                     id=index_id,
                     tenant=tenant,
@@ -603,7 +584,7 @@ class Catalog:
                     checksum=digest,
                     migration_id=migration_id,
                     created_at=now(),
-                )
+                ),
             )
         return self.get_index(index_id)
 
@@ -613,12 +594,9 @@ class Catalog:
         Raises:
             NotFoundError: no such index version.
         """
-        with self.engine.connect() as conn:
-            row = (
-                conn.execute(select(index_versions).where(index_versions.c.id == index_id))
-                .mappings()
-                .first()
-            )
+        row = sql.first_row(
+            self.engine, select(index_versions).where(index_versions.c.id == index_id)
+        )
         if row is None:
             raise NotFoundError(f"index version {index_id!r} is not registered")
         return IndexVersionRecord(
@@ -635,16 +613,9 @@ class Catalog:
 
     def get_routing(self, tenant: str, collection: str) -> RoutingView | None:
         """The routing row of a collection, or None if it has none yet."""
-        with self.engine.connect() as conn:
-            row = (
-                conn.execute(
-                    select(routing).where(
-                        (routing.c.tenant == tenant) & (routing.c.collection == collection)
-                    )
-                )
-                .mappings()
-                .first()
-            )
+        row = sql.first_row(
+            self.engine, select(routing).where(sql.in_scope(routing, tenant, collection))
+        )
         if row is None:
             return None
         return self._view(row)
@@ -658,7 +629,8 @@ class Catalog:
         actor: str,
     ) -> RoutingView:
         """Create the routing row of a new collection (generation 1); existing rows win."""
-        self._insert_ignoring_duplicate(
+        sql.insert_ignoring_duplicate(
+            self.engine,
             routing.insert().values(
                 tenant=tenant,
                 collection=collection,
@@ -670,7 +642,7 @@ class Catalog:
                 updated_by=actor,
                 reason="collection created",
                 updated_at=now(),
-            )
+            ),
         )
         view = self.get_routing(tenant, collection)
         assert view is not None
@@ -702,7 +674,7 @@ class Catalog:
             RoutingConflictError: the row moved on (someone else changed routing).
             NotFoundError: the collection has no routing row.
         """
-        where = (routing.c.tenant == tenant) & (routing.c.collection == collection)
+        where = sql.in_scope(routing, tenant, collection)
         with begin(self.engine) as conn:
             current = conn.execute(select(routing).where(where)).mappings().first()
             if current is None:
@@ -797,30 +769,19 @@ class Catalog:
         Raises:
             NotFoundError: unknown migration id.
         """
-        with self.engine.connect() as conn:
-            row = (
-                conn.execute(select(migrations).where(migrations.c.id == migration_id))
-                .mappings()
-                .first()
-            )
+        row = sql.first_row(self.engine, select(migrations).where(migrations.c.id == migration_id))
         if row is None:
             raise NotFoundError(f"no migration {migration_id!r} in the catalog")
         return dict(row)
 
     def migrations_of(self, tenant: str, collection: str) -> list[dict[str, Any]]:
         """Every migration of a collection as recorded here, oldest first."""
-        with self.engine.connect() as conn:
-            rows = (
-                conn.execute(
-                    select(migrations)
-                    .where(
-                        (migrations.c.tenant == tenant) & (migrations.c.collection == collection)
-                    )
-                    .order_by(migrations.c.created_at)
-                )
-                .mappings()
-                .all()
-            )
+        rows = sql.all_rows(
+            self.engine,
+            select(migrations)
+            .where(sql.in_scope(migrations, tenant, collection))
+            .order_by(migrations.c.created_at),
+        )
         return [dict(r) for r in rows]
 
     # -- ledger ------------------------------------------------------------------------------
@@ -891,11 +852,10 @@ class Catalog:
                 existing = self._entry_by_key(event_key)
                 if existing is not None:
                     return existing
-            with self.engine.connect() as conn:
-                last = conn.execute(
-                    select(ledger.c.hash).order_by(ledger.c.seq.desc()).limit(1)
-                ).first()
-            prev = last[0] if last is not None else GENESIS
+            last = sql.first_row(
+                self.engine, select(ledger.c.hash).order_by(ledger.c.seq.desc()).limit(1)
+            )
+            prev = last["hash"] if last is not None else GENESIS
             body = {
                 "migration_id": migration_id,
                 "tenant": tenant,
@@ -939,12 +899,7 @@ class Catalog:
         return self._entry_by_key(event_key)
 
     def _entry_by_key(self, event_key: str) -> LedgerEntry | None:
-        with self.engine.connect() as conn:
-            row = (
-                conn.execute(select(ledger).where(ledger.c.event_key == event_key))
-                .mappings()
-                .first()
-            )
+        row = sql.first_row(self.engine, select(ledger).where(ledger.c.event_key == event_key))
         return _entry(row) if row is not None else None
 
     def entries(self, migration_id: str | None = None) -> list[LedgerEntry]:
@@ -952,8 +907,7 @@ class Catalog:
         q = select(ledger).order_by(ledger.c.seq)
         if migration_id is not None:
             q = q.where(ledger.c.migration_id == migration_id)
-        with self.engine.connect() as conn:
-            return [_entry(r) for r in conn.execute(q).mappings()]
+        return [_entry(r) for r in sql.all_rows(self.engine, q)]
 
     def verify_ledger(self) -> list[str]:
         """The tampering :meth:`audit_ledger` finds (empty when none; what it could not check
@@ -1102,11 +1056,7 @@ class Catalog:
         """Give ``identity`` (exact or a pattern) ``role`` on ``tenant``/``collection`` (``*``
         for any), replacing a role it held there; the ledger records the grant."""
         RoleBinding(identity=identity, role=role, tenant=tenant, collection=collection)
-        key = (
-            (access_roles.c.tenant == tenant)
-            & (access_roles.c.collection == collection)
-            & (access_roles.c.identity == identity)
-        )
+        key = sql.in_scope(access_roles, tenant, collection) & (access_roles.c.identity == identity)
         with begin(self.engine) as conn:
             conn.execute(access_roles.delete().where(key))
             conn.execute(
@@ -1129,11 +1079,7 @@ class Catalog:
 
     def revoke_role(self, identity: str, tenant: str, collection: str, actor: str) -> bool:
         """Take ``identity``'s role on ``tenant``/``collection`` away; whether it held one."""
-        key = (
-            (access_roles.c.tenant == tenant)
-            & (access_roles.c.collection == collection)
-            & (access_roles.c.identity == identity)
-        )
+        key = sql.in_scope(access_roles, tenant, collection) & (access_roles.c.identity == identity)
         with begin(self.engine) as conn:
             gone = conn.execute(access_roles.delete().where(key)).rowcount
         if gone:
@@ -1148,7 +1094,7 @@ class Catalog:
 
     def set_four_eyes(self, tenant: str, collection: str, on: bool, actor: str) -> None:
         """Require (or not) that a cut-over's approver differ from the migration's starter."""
-        key = (access_settings.c.tenant == tenant) & (access_settings.c.collection == collection)
+        key = sql.in_scope(access_settings, tenant, collection)
         with begin(self.engine) as conn:
             conn.execute(access_settings.delete().where(key))
             conn.execute(
@@ -1202,17 +1148,13 @@ class Catalog:
 
     def latest(self, migration_id: str, kind: str) -> LedgerEntry | None:
         """The newest entry of ``kind`` for a migration."""
-        with self.engine.connect() as conn:
-            row = (
-                conn.execute(
-                    select(ledger)
-                    .where((ledger.c.migration_id == migration_id) & (ledger.c.kind == kind))
-                    .order_by(ledger.c.seq.desc())
-                    .limit(1)
-                )
-                .mappings()
-                .first()
-            )
+        row = sql.first_row(
+            self.engine,
+            select(ledger)
+            .where((ledger.c.migration_id == migration_id) & (ledger.c.kind == kind))
+            .order_by(ledger.c.seq.desc())
+            .limit(1),
+        )
         return _entry(row) if row is not None else None
 
 

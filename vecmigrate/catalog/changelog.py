@@ -37,11 +37,11 @@ from sqlalchemy import (
     Table,
     Text,
     func,
-    inspect,
     select,
     text,
 )
 
+from vecmigrate.catalog import sql
 from vecmigrate.catalog.catalog import Catalog, metadata, now, scope_columns, sequence_key
 from vecmigrate.catalog.documents import Documents, delete_texts, write_texts
 from vecmigrate.catalog.engines import begin, once_per_engine
@@ -187,12 +187,10 @@ class ChangeLog:
 
     def _create(self) -> None:
         metadata.create_all(self.engine, tables=[changes, index_positions, index_compactions])
-        have = {c["name"] for c in inspect(self.engine).get_columns("change_log")}
         # Columns added after the first release: a catalog made before gains them on open.
-        for name, ddl in (("text", "TEXT"), ("space", "VARCHAR(300)")):
-            if name not in have:
-                with begin(self.engine) as conn:
-                    conn.execute(text(f"ALTER TABLE change_log ADD COLUMN {name} {ddl}"))
+        sql.add_missing_columns(
+            self.engine, "change_log", {"text": "TEXT", "space": "VARCHAR(300)"}
+        )
 
     def append(
         self,
@@ -242,16 +240,14 @@ class ChangeLog:
             elif texts is not None:
                 write_texts(conn, tenant, collection, np.asarray(id_list, np.int64), texts)
             last = conn.execute(
-                select(func.max(changes.c.seq)).where(
-                    (changes.c.tenant == tenant) & (changes.c.collection == collection)
-                )
+                select(func.max(changes.c.seq)).where(sql.in_scope(changes, tenant, collection))
             ).scalar_one()
         return int(last)
 
     def head(self, tenant: str, collection: str, before: datetime | None = None) -> int:
         """The newest sequence number of a collection's log (0 when empty); with ``before``,
         the newest of the entries written before that time."""
-        where = (changes.c.tenant == tenant) & (changes.c.collection == collection)
+        where = sql.in_scope(changes, tenant, collection)
         if before is not None:
             where = where & (changes.c.at < before)
         with self.engine.connect() as conn:
@@ -260,46 +256,38 @@ class ChangeLog:
 
     def read(self, tenant: str, collection: str, after: int, limit: int = 10_000) -> Changes:
         """Entries after sequence number ``after``, oldest first, at most ``limit``."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(
-                    changes.c.seq,
-                    changes.c.id,
-                    changes.c.op,
-                    changes.c.vector,
-                    changes.c.text,
-                    changes.c.space,
-                )
-                .where(
-                    (changes.c.tenant == tenant)
-                    & (changes.c.collection == collection)
-                    & (changes.c.seq > after)
-                )
-                .order_by(changes.c.seq)
-                .limit(limit)
-            ).all()
+        rows = sql.all_rows(
+            self.engine,
+            select(
+                changes.c.seq,
+                changes.c.id,
+                changes.c.op,
+                changes.c.vector,
+                changes.c.text,
+                changes.c.space,
+            )
+            .where(sql.in_scope(changes, tenant, collection) & (changes.c.seq > after))
+            .order_by(changes.c.seq)
+            .limit(limit),
+        )
         return Changes(
-            seqs=np.asarray([r[0] for r in rows], np.int64),
-            ids=np.asarray([r[1] for r in rows], np.int64),
-            ops=[r[2] for r in rows],
-            vectors=[r[3] for r in rows],
-            texts=[r[4] for r in rows],
-            spaces=[r[5] for r in rows],
+            seqs=np.asarray([r["seq"] for r in rows], np.int64),
+            ids=np.asarray([r["id"] for r in rows], np.int64),
+            ops=[r["op"] for r in rows],
+            vectors=[r["vector"] for r in rows],
+            texts=[r["text"] for r in rows],
+            spaces=[r["space"] for r in rows],
         )
 
     def changed_ids(self, tenant: str, collection: str, after: int) -> Ids:
         """Distinct ids written (or deleted) after sequence number ``after``."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(changes.c.id)
-                .where(
-                    (changes.c.tenant == tenant)
-                    & (changes.c.collection == collection)
-                    & (changes.c.seq > after)
-                )
-                .distinct()
-            ).all()
-        return np.asarray([r[0] for r in rows], np.int64)
+        rows = sql.all_rows(
+            self.engine,
+            select(changes.c.id)
+            .where(sql.in_scope(changes, tenant, collection) & (changes.c.seq > after))
+            .distinct(),
+        )
+        return np.asarray([r["id"] for r in rows], np.int64)
 
     def set_index_position(self, index_id: str, seq: int) -> None:
         """Record that index ``index_id`` holds the writes up to log position ``seq``.
@@ -321,11 +309,11 @@ class ChangeLog:
 
     def index_position(self, index_id: str) -> int:
         """The log position index ``index_id`` is current to (0: nothing known, overlay all)."""
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                select(index_positions.c.seq).where(index_positions.c.index_id == index_id)
-            ).first()
-        return int(row[0]) if row is not None else 0
+        row = sql.first_row(
+            self.engine,
+            select(index_positions.c.seq).where(index_positions.c.index_id == index_id),
+        )
+        return int(row["seq"]) if row is not None else 0
 
     def count_after(self, tenant: str, collection: str, after: int) -> int:
         """How many entries of a collection come after sequence number ``after``."""
@@ -333,9 +321,7 @@ class ChangeLog:
             return int(
                 conn.execute(
                     select(func.count()).where(
-                        (changes.c.tenant == tenant)
-                        & (changes.c.collection == collection)
-                        & (changes.c.seq > after)
+                        sql.in_scope(changes, tenant, collection) & (changes.c.seq > after)
                     )
                 ).scalar_one()
             )
@@ -348,8 +334,7 @@ class ChangeLog:
             for start in range(0, len(wanted), 10_000):
                 rows = conn.execute(
                     select(changes.c.id, changes.c.seq, changes.c.op).where(
-                        (changes.c.tenant == tenant)
-                        & (changes.c.collection == collection)
+                        sql.in_scope(changes, tenant, collection)
                         & changes.c.id.in_(wanted[start : start + 10_000])
                     )
                 ).all()
@@ -366,7 +351,7 @@ class ChangeLog:
         are tombstones), so an entry superseded by a later one changes nothing for any reader,
         wherever it starts: only the newest entry of each id matters.
         """
-        where = (changes.c.tenant == tenant) & (changes.c.collection == collection)
+        where = sql.in_scope(changes, tenant, collection)
         newest = select(func.max(changes.c.seq)).where(where).group_by(changes.c.id)
         with begin(self.engine) as conn:
             n = conn.execute(
@@ -379,7 +364,7 @@ class ChangeLog:
     def truncate(self, tenant: str, collection: str, through: int) -> int:
         """Remove a collection's entries up to ``through``, keeping its newest entry (the head
         stays where it is, and sequence numbers are never reused); returns how many went."""
-        where = (changes.c.tenant == tenant) & (changes.c.collection == collection)
+        where = sql.in_scope(changes, tenant, collection)
         head = self.head(tenant, collection)
         with begin(self.engine) as conn:
             n = conn.execute(
@@ -389,7 +374,7 @@ class ChangeLog:
 
     def size(self, tenant: str, collection: str) -> tuple[int, int]:
         """A collection's entries and their bytes (vectors, texts and about 40 bytes a row)."""
-        where = (changes.c.tenant == tenant) & (changes.c.collection == collection)
+        where = sql.in_scope(changes, tenant, collection)
         with self.engine.connect() as conn:
             row = conn.execute(
                 select(
@@ -422,24 +407,24 @@ class ChangeLog:
 
     def compacted(self, index_id: str) -> tuple[int, list[dict[str, Any]]] | None:
         """The newest compaction of an index: its log position and artifacts, or None."""
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                select(index_compactions.c.seq, index_compactions.c.artifacts)
-                .where(index_compactions.c.index_id == index_id)
-                .order_by(index_compactions.c.seq.desc())
-                .limit(1)
-            ).first()
-        return None if row is None else (int(row[0]), list(row[1]))
+        row = sql.first_row(
+            self.engine,
+            select(index_compactions.c.seq, index_compactions.c.artifacts)
+            .where(index_compactions.c.index_id == index_id)
+            .order_by(index_compactions.c.seq.desc())
+            .limit(1),
+        )
+        return None if row is None else (int(row["seq"]), list(row["artifacts"]))
 
     def compactions(self, index_id: str) -> list[tuple[int, list[dict[str, Any]]]]:
         """Every compaction of an index, oldest first."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(index_compactions.c.seq, index_compactions.c.artifacts)
-                .where(index_compactions.c.index_id == index_id)
-                .order_by(index_compactions.c.seq)
-            ).all()
-        return [(int(r[0]), list(r[1])) for r in rows]
+        rows = sql.all_rows(
+            self.engine,
+            select(index_compactions.c.seq, index_compactions.c.artifacts)
+            .where(index_compactions.c.index_id == index_id)
+            .order_by(index_compactions.c.seq),
+        )
+        return [(int(r["seq"]), list(r["artifacts"])) for r in rows]
 
     def compacted_positions(self, index_ids: list[str]) -> dict[str, int]:
         """The newest compaction's log position of each of ``index_ids`` that has one."""

@@ -22,8 +22,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
+from vecmigrate.catalog import sql
 from vecmigrate.catalog.catalog import Catalog, metadata, scope_columns
-from vecmigrate.catalog.engines import begin, once_per_engine
+from vecmigrate.catalog.engines import begin
 from vecmigrate.errors import DataError
 from vecmigrate.records.vectors import Ids, check_texts
 
@@ -44,9 +45,7 @@ class Documents:
 
     def __init__(self, catalog: Catalog) -> None:
         self.engine = catalog.engine
-        once_per_engine(
-            self.engine, "documents", lambda: metadata.create_all(self.engine, tables=[documents])
-        )
+        sql.create_tables_once(self.engine, "documents", documents)
 
     def put(self, tenant: str, collection: str, ids: Ids, texts: Sequence[str]) -> None:
         """Insert or replace the texts of these records."""
@@ -61,8 +60,7 @@ class Documents:
             for start in range(0, len(wanted), _CHUNK):
                 rows = conn.execute(
                     select(documents.c.id, documents.c.text).where(
-                        (documents.c.tenant == tenant)
-                        & (documents.c.collection == collection)
+                        sql.in_scope(documents, tenant, collection)
                         & documents.c.id.in_(wanted[start : start + _CHUNK])
                     )
                 ).all()
@@ -92,9 +90,7 @@ class Documents:
         with self.engine.connect() as conn:
             return int(
                 conn.execute(
-                    select(func.count()).where(
-                        (documents.c.tenant == tenant) & (documents.c.collection == collection)
-                    )
+                    select(func.count()).where(sql.in_scope(documents, tenant, collection))
                 ).scalar_one()
             )
 
@@ -133,8 +129,7 @@ def delete_texts(conn: Connection, tenant: str, collection: str, ids: Ids) -> No
     for start in range(0, len(id_list), _CHUNK):
         conn.execute(
             documents.delete().where(
-                (documents.c.tenant == tenant)
-                & (documents.c.collection == collection)
+                sql.in_scope(documents, tenant, collection)
                 & documents.c.id.in_(id_list[start : start + _CHUNK])
             )
         )

@@ -30,13 +30,11 @@ from sqlalchemy import (
     String,
     Table,
     Text,
-    inspect,
     select,
-    text,
     update,
 )
-from sqlalchemy.exc import IntegrityError
 
+from vecmigrate.catalog import sql
 from vecmigrate.catalog.catalog import Catalog, metadata, now
 from vecmigrate.catalog.engines import begin, once_per_engine
 from vecmigrate.model.tasks import Cursor
@@ -132,42 +130,30 @@ class Journal:
 
     def _create(self) -> None:
         metadata.create_all(self.engine, tables=[shard_work, controls, gate_truths])
-        have = {c["name"] for c in inspect(self.engine).get_columns("shard_work")}
-        if "cursor_token" not in have:  # a catalog made before scans had tokens
-            with begin(self.engine) as conn:
-                conn.execute(text("ALTER TABLE shard_work ADD COLUMN cursor_token TEXT"))
+        # A catalog made before scans had tokens.
+        sql.add_missing_columns(self.engine, "shard_work", {"cursor_token": "TEXT"})
 
     # -- copy progress ------------------------------------------------------------------------
 
     def _ensure(self, migration_id: str, shard: int) -> None:
-        try:
-            with begin(self.engine) as conn:
-                conn.execute(
-                    shard_work.insert().values(
-                        migration_id=migration_id,
-                        shard=shard,
-                        copied=0,
-                        sum_count=0,
-                        sum_total="0",
-                        handed=0,
-                        attempts=0,
-                        updated_at=now(),
-                    )
-                )
-        except IntegrityError:
-            pass  # already there
+        sql.insert_ignoring_duplicate(  # a duplicate: already there
+            self.engine,
+            shard_work.insert().values(
+                migration_id=migration_id,
+                shard=shard,
+                copied=0,
+                sum_count=0,
+                sum_total="0",
+                handed=0,
+                attempts=0,
+                updated_at=now(),
+            ),
+        )
 
     def _row(self, migration_id: str, shard: int) -> Any:
-        with self.engine.connect() as conn:
-            return (
-                conn.execute(
-                    select(shard_work).where(
-                        (shard_work.c.migration_id == migration_id) & (shard_work.c.shard == shard)
-                    )
-                )
-                .mappings()
-                .first()
-            )
+        return sql.first_row(
+            self.engine, select(shard_work).where(self._where(migration_id, shard))
+        )
 
     def _where(self, migration_id: str, shard: int) -> Any:
         return (shard_work.c.migration_id == migration_id) & (shard_work.c.shard == shard)
@@ -257,12 +243,9 @@ class Journal:
 
     def copy_states(self, migration_id: str) -> dict[int, CopyState]:
         """Every shard's copy progress (one query)."""
-        with self.engine.connect() as conn:
-            rows = (
-                conn.execute(select(shard_work).where(shard_work.c.migration_id == migration_id))
-                .mappings()
-                .all()
-            )
+        rows = sql.all_rows(
+            self.engine, select(shard_work).where(shard_work.c.migration_id == migration_id)
+        )
         return {int(row["shard"]): self._state(row) for row in rows}
 
     # -- per-shard outcomes ---------------------------------------------------------------------
@@ -308,22 +291,23 @@ class Journal:
     ) -> list[tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]] | None:
         """Every listed shard's ground truth for these queries in this round; None if any is
         missing (the figures then search the target themselves)."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(gate_truths).where(
-                    (gate_truths.c.migration_id == migration_id)
-                    & (gate_truths.c.round == round_)
-                    & (gate_truths.c.queries_digest == digest)
-                )
-            ).all()
-        found = {int(r.shard): r for r in rows}
+        rows = sql.all_rows(
+            self.engine,
+            select(gate_truths).where(
+                (gate_truths.c.migration_id == migration_id)
+                & (gate_truths.c.round == round_)
+                & (gate_truths.c.queries_digest == digest)
+            ),
+        )
+        found = {int(r["shard"]): r for r in rows}
         if any(s not in found for s in shards):
             return None
         out = []
         for s in shards:
             r = found[s]
-            d = np.frombuffer(r.distances, np.float32).reshape(r.rows, r.k)
-            i = np.frombuffer(r.ids, np.int64).reshape(r.rows, r.k)
+            shape = (r["rows"], r["k"])
+            d = np.frombuffer(r["distances"], np.float32).reshape(shape)
+            i = np.frombuffer(r["ids"], np.int64).reshape(shape)
             out.append((d, i))
         return out
 
@@ -331,13 +315,13 @@ class Journal:
         """``artifact``, ``check_result``, ``check_round`` or ``copy_result`` of every shard that
         has one."""
         col = shard_work.c[column]
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(shard_work.c.shard, col).where(
-                    (shard_work.c.migration_id == migration_id) & col.is_not(None)
-                )
-            ).all()
-        return {int(r[0]): r[1] for r in rows}
+        rows = sql.all_rows(
+            self.engine,
+            select(shard_work.c.shard, col).where(
+                (shard_work.c.migration_id == migration_id) & col.is_not(None)
+            ),
+        )
+        return {int(r["shard"]): r[column] for r in rows}
 
     def check_rounds(self, migration_id: str) -> dict[int, int]:
         """The validation round each shard's stored profile belongs to."""
@@ -347,12 +331,9 @@ class Journal:
 
     def control(self, migration_id: str) -> Control:
         """Pause flag and throttle of a migration (defaults when never set)."""
-        with self.engine.connect() as conn:
-            row = (
-                conn.execute(select(controls).where(controls.c.migration_id == migration_id))
-                .mappings()
-                .first()
-            )
+        row = sql.first_row(
+            self.engine, select(controls).where(controls.c.migration_id == migration_id)
+        )
         if row is None:
             return Control()
         return Control(bool(row["paused"]), row["max_vectors_per_second"])
@@ -366,30 +347,22 @@ class Journal:
             "max_vectors_per_second": max_vectors_per_second,
             "updated_at": now(),
         }
-        with begin(self.engine) as conn:
-            changed = conn.execute(
-                update(controls).where(controls.c.migration_id == migration_id).values(**values)
-            ).rowcount
-        if not changed:
-            try:
-                with begin(self.engine) as conn:
-                    conn.execute(controls.insert().values(migration_id=migration_id, **values))
-            except IntegrityError:  # a concurrent writer inserted it: write over it
-                with begin(self.engine) as conn:
-                    conn.execute(
-                        update(controls)
-                        .where(controls.c.migration_id == migration_id)
-                        .values(**values)
-                    )
+        sql.upsert(
+            self.engine,
+            controls,
+            controls.c.migration_id == migration_id,
+            {"migration_id": migration_id},
+            values,
+        )
         return Control(paused, max_vectors_per_second)
 
     def catchup_position(self, migration_id: str) -> int:
         """How far the catch-up replayed the change log (0 if it never ran)."""
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                select(controls.c.catchup_seq).where(controls.c.migration_id == migration_id)
-            ).first()
-        return int(row[0]) if row is not None and row[0] is not None else 0
+        row = sql.first_row(
+            self.engine,
+            select(controls.c.catchup_seq).where(controls.c.migration_id == migration_id),
+        )
+        return int(row["catchup_seq"]) if row is not None and row["catchup_seq"] is not None else 0
 
     def set_catchup_position(self, migration_id: str, seq: int) -> None:
         """Record the catch-up's position (a control row is made if there is none)."""

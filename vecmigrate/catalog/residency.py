@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import Column, DateTime, Integer, String, Table, select
 
+from vecmigrate.catalog import sql
 from vecmigrate.catalog.catalog import Catalog, metadata, now
-from vecmigrate.catalog.engines import begin, once_per_engine
+from vecmigrate.catalog.engines import begin
 from vecmigrate.errors import ResidencyError
 
 runs = Table(
@@ -51,9 +52,7 @@ class Residency:
         self.engine = catalog.engine
         self.region = region
         self.worker = worker or f"{socket.gethostname()}:{region or 'global'}"
-        once_per_engine(
-            self.engine, "activity-runs", lambda: metadata.create_all(self.engine, tables=[runs])
-        )
+        sql.create_tables_once(self.engine, "activity-runs", runs)
 
     def admit(
         self, activity: str, region: str | None, migration_id: str | None, tenant: str | None
@@ -84,15 +83,6 @@ class Residency:
 
     def recorded(self) -> list[Run]:
         """Every run recorded in this catalog, oldest first."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(
-                    runs.c.activity,
-                    runs.c.migration_id,
-                    runs.c.tenant,
-                    runs.c.region,
-                    runs.c.worker_region,
-                    runs.c.worker,
-                ).order_by(runs.c.seq)
-            ).all()
-        return [Run(*r) for r in rows]
+        fields = ("activity", "migration_id", "tenant", "region", "worker_region", "worker")
+        rows = sql.all_rows(self.engine, select(*(runs.c[f] for f in fields)).order_by(runs.c.seq))
+        return [Run(**r) for r in rows]

@@ -8,16 +8,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import BigInteger, Column, ColumnElement, DateTime, String, Table, select
-from sqlalchemy.exc import IntegrityError
 
-from vecmigrate.catalog.catalog import Catalog, metadata, now
-from vecmigrate.catalog.engines import begin, once_per_engine
+from vecmigrate.catalog import sql
+from vecmigrate.catalog.catalog import Catalog, metadata, now, scope_columns
 
 version_retention = Table(
     "version_retention",
     metadata,
-    Column("tenant", String(64), primary_key=True),
-    Column("collection", String(64), primary_key=True),
+    *scope_columns(primary_key=True),
     Column("version", String(64), primary_key=True),
     # The change-log head read before the version was last taken out of the write set: every
     # write after it may be missing from the version.
@@ -56,38 +54,24 @@ class RetentionLog:
 
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
-        engine = catalog.engine
-        once_per_engine(
-            engine, "retention", lambda: metadata.create_all(engine, tables=[version_retention])
-        )
+        sql.create_tables_once(catalog.engine, "retention", version_retention)
 
     def get(self, tenant: str, collection: str, version: str) -> Retention:
         """The record of a version (an empty one when nothing was recorded)."""
-        with self.catalog.engine.connect() as conn:
-            row = (
-                conn.execute(
-                    select(version_retention).where(self._key(tenant, collection, version))
-                )
-                .mappings()
-                .first()
-            )
+        row = sql.first_row(
+            self.catalog.engine,
+            select(version_retention).where(self._key(tenant, collection, version)),
+        )
         if row is None:
             return Retention(tenant, collection, version)
         return Retention(**dict(row))
 
     def of_collection(self, tenant: str, collection: str) -> list[Retention]:
         """Every record of a collection."""
-        with self.catalog.engine.connect() as conn:
-            rows = (
-                conn.execute(
-                    select(version_retention).where(
-                        (version_retention.c.tenant == tenant)
-                        & (version_retention.c.collection == collection)
-                    )
-                )
-                .mappings()
-                .all()
-            )
+        rows = sql.all_rows(
+            self.catalog.engine,
+            select(version_retention).where(sql.in_scope(version_retention, tenant, collection)),
+        )
         return [Retention(**dict(r)) for r in rows]
 
     def stopped_writing(self, tenant: str, collection: str, version: str, position: int) -> None:
@@ -154,32 +138,15 @@ class RetentionLog:
 
     @staticmethod
     def _key(tenant: str, collection: str, version: str) -> ColumnElement[bool]:
-        return (
-            (version_retention.c.tenant == tenant)
-            & (version_retention.c.collection == collection)
-            & (version_retention.c.version == version)
+        return sql.in_scope(version_retention, tenant, collection) & (
+            version_retention.c.version == version
         )
 
     def _set(self, tenant: str, collection: str, version: str, **values: object) -> None:
-        with begin(self.catalog.engine) as conn:
-            n = conn.execute(
-                version_retention.update()
-                .where(self._key(tenant, collection, version))
-                .values(**values)
-            ).rowcount
-            if n:
-                return
-        try:
-            with begin(self.catalog.engine) as conn:
-                conn.execute(
-                    version_retention.insert().values(
-                        tenant=tenant, collection=collection, version=version, **values
-                    )
-                )
-        except IntegrityError:  # another writer made the row first: update it
-            with begin(self.catalog.engine) as conn:
-                conn.execute(
-                    version_retention.update()
-                    .where(self._key(tenant, collection, version))
-                    .values(**values)
-                )
+        sql.upsert(
+            self.catalog.engine,
+            version_retention,
+            self._key(tenant, collection, version),
+            {"tenant": tenant, "collection": collection, "version": version},
+            values,
+        )

@@ -11,11 +11,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from pydantic import ValidationError
-from sqlalchemy import JSON, Column, DateTime, String, Table, select
+from sqlalchemy import JSON, Column, ColumnElement, DateTime, RowMapping, String, Table, select
 from sqlalchemy.exc import IntegrityError
 
-from vecmigrate.catalog.catalog import Catalog, metadata, now
-from vecmigrate.catalog.engines import begin, once_per_engine
+from vecmigrate.catalog import sql
+from vecmigrate.catalog.catalog import Catalog, metadata, now, scope_columns
+from vecmigrate.catalog.engines import begin
 from vecmigrate.errors import SpecMismatchError
 from vecmigrate.model.spec import MigrationSpec
 
@@ -24,8 +25,7 @@ scheduled_specs = Table(
     metadata,
     Column("schedule_id", String(200), primary_key=True),
     Column("spec_hash", String(64), primary_key=True),
-    Column("tenant", String(64), nullable=False),
-    Column("collection", String(64), nullable=False),
+    *scope_columns(primary_key=False),
     Column("spec", JSON, nullable=False),
     Column("created_by", String(200), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
@@ -50,10 +50,7 @@ class ScheduleStore:
 
     def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
-        engine = catalog.engine
-        once_per_engine(
-            engine, "scheduled-specs", lambda: metadata.create_all(engine, tables=[scheduled_specs])
-        )
+        sql.create_tables_once(catalog.engine, "scheduled-specs", scheduled_specs)
 
     def store(self, schedule_id: str, spec: MigrationSpec, created_by: str) -> str:
         """Keep ``spec`` as the template of ``schedule_id`` (idempotent); returns its hash."""
@@ -75,10 +72,7 @@ class ScheduleStore:
             with begin(self.catalog.engine) as conn:  # created again after a delete
                 conn.execute(
                     scheduled_specs.update()
-                    .where(
-                        (scheduled_specs.c.schedule_id == schedule_id)
-                        & (scheduled_specs.c.spec_hash == digest)
-                    )
+                    .where(_key(schedule_id, digest))
                     .values(deleted_at=None)
                 )
         return digest
@@ -89,17 +83,9 @@ class ScheduleStore:
         Raises:
             SpecMismatchError: none stored here, or what is stored no longer hashes to its name.
         """
-        with self.catalog.engine.connect() as conn:
-            row = (
-                conn.execute(
-                    select(scheduled_specs).where(
-                        (scheduled_specs.c.schedule_id == schedule_id)
-                        & (scheduled_specs.c.spec_hash == spec_hash)
-                    )
-                )
-                .mappings()
-                .first()
-            )
+        row = sql.first_row(
+            self.catalog.engine, select(scheduled_specs).where(_key(schedule_id, spec_hash))
+        )
         if row is None:
             raise SpecMismatchError(
                 f"the catalog holds no spec {spec_hash[:12]} for schedule {schedule_id}: the "
@@ -137,13 +123,18 @@ class ScheduleStore:
             query = query.where(scheduled_specs.c.tenant == tenant)
         if collection is not None:
             query = query.where(scheduled_specs.c.collection == collection)
-        with self.catalog.engine.connect() as conn:
-            rows = conn.execute(query.order_by(scheduled_specs.c.created_at)).mappings().all()
+        rows = sql.all_rows(self.catalog.engine, query.order_by(scheduled_specs.c.created_at))
         return [_record(r) for r in rows]
 
 
-def _record(row: object) -> ScheduledSpec:
-    data = dict(row)  # type: ignore[call-overload]
+def _key(schedule_id: str, spec_hash: str) -> ColumnElement[bool]:
+    return (scheduled_specs.c.schedule_id == schedule_id) & (
+        scheduled_specs.c.spec_hash == spec_hash
+    )
+
+
+def _record(row: RowMapping) -> ScheduledSpec:
+    data = dict(row)
     try:
         spec = MigrationSpec.model_validate(data["spec"])
     except ValidationError as exc:

@@ -13,10 +13,9 @@ import threading
 
 from pydantic import ValidationError
 from sqlalchemy import JSON, Column, DateTime, String, Table, select
-from sqlalchemy.exc import IntegrityError
 
+from vecmigrate.catalog import sql
 from vecmigrate.catalog.catalog import Catalog, metadata, now
-from vecmigrate.catalog.engines import begin, once_per_engine
 from vecmigrate.errors import SpecMismatchError
 from vecmigrate.model.spec import MigrationSpec
 
@@ -37,28 +36,23 @@ class SpecStore:
         self.catalog = catalog
         self._verified: dict[str, MigrationSpec] = {}
         self._lock = threading.Lock()
-        engine = catalog.engine
-        once_per_engine(
-            engine, "applied-specs", lambda: metadata.create_all(engine, tables=[applied_specs])
-        )
+        sql.create_tables_once(catalog.engine, "applied-specs", applied_specs)
 
     def store(self, migration_id: str, spec: MigrationSpec) -> str:
         """Store ``spec`` under its hash (idempotent); returns the hash."""
         digest = spec.spec_hash()
         if self._stored(digest) is not None:
             return digest
-        try:
-            with begin(self.catalog.engine) as conn:
-                conn.execute(
-                    applied_specs.insert().values(
-                        spec_hash=digest,
-                        migration_id=migration_id,
-                        spec=spec.model_dump(mode="json"),
-                        stored_at=now(),
-                    )
-                )
-        except IntegrityError:
-            pass  # another worker stored it first: the same spec, by its hash
+        # A duplicate: another worker stored it first, the same spec by its hash.
+        sql.insert_ignoring_duplicate(
+            self.catalog.engine,
+            applied_specs.insert().values(
+                spec_hash=digest,
+                migration_id=migration_id,
+                spec=spec.model_dump(mode="json"),
+                stored_at=now(),
+            ),
+        )
         return digest
 
     def load(self, migration_id: str, spec_hash: str) -> MigrationSpec:
@@ -97,14 +91,14 @@ class SpecStore:
         return spec
 
     def _stored(self, spec_hash: str) -> MigrationSpec | None:
-        with self.catalog.engine.connect() as conn:
-            row = conn.execute(
-                select(applied_specs.c.spec).where(applied_specs.c.spec_hash == spec_hash)
-            ).first()
+        row = sql.first_row(
+            self.catalog.engine,
+            select(applied_specs.c.spec).where(applied_specs.c.spec_hash == spec_hash),
+        )
         if row is None:
             return None
         try:
-            return MigrationSpec.model_validate(row[0])
+            return MigrationSpec.model_validate(row["spec"])
         except ValidationError as exc:
             raise SpecMismatchError(
                 f"the spec stored as {spec_hash[:12]} is no longer a valid spec "
@@ -127,10 +121,8 @@ class SpecStore:
         return None
 
     def _hashes(self, migration_id: str) -> list[str]:
-        with self.catalog.engine.connect() as conn:
-            rows = conn.execute(
-                select(applied_specs.c.spec_hash).where(
-                    applied_specs.c.migration_id == migration_id
-                )
-            ).all()
-        return [r[0] for r in rows]
+        rows = sql.all_rows(
+            self.catalog.engine,
+            select(applied_specs.c.spec_hash).where(applied_specs.c.migration_id == migration_id),
+        )
+        return [r["spec_hash"] for r in rows]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from rich.console import Console, Group
@@ -105,13 +106,8 @@ def status_tables(st: MigrationStatus) -> Group:
     parts: list[Any] = [head]
 
     if st.phase_seconds:
-        phases = Table(title="time per phase")
-        phases.add_column("phase")
-        phases.add_column("seconds", justify="right")
-        for name, secs in st.phase_seconds.items():
-            if name != "PLANNED":
-                phases.add_row(name, f"{secs:.2f}")
-        parts.append(phases)
+        timed = ((n, f"{secs:.2f}") for n, secs in st.phase_seconds.items() if n != "PLANNED")
+        parts.append(figures_table("time per phase", ("phase", "seconds"), timed))
 
     if st.shards and len(st.shards) <= SHARD_ROWS:
         shards = Table(title="shards")
@@ -147,6 +143,16 @@ def status_tables(st: MigrationStatus) -> Group:
     return Group(*parts)
 
 
+def figures_table(title: str, columns: tuple[str, str], rows: Iterable[tuple[str, str]]) -> Table:
+    """A table of names and their figures (the figures right-aligned)."""
+    table = Table(title=title)
+    table.add_column(columns[0])
+    table.add_column(columns[1], justify="right")
+    for name, figure in rows:
+        table.add_row(name, figure)
+    return table
+
+
 def gate_tables(g: GateReport, old: str = "old", new: str = "new") -> Group:
     """Every verdict with its figure and threshold, then recall of both indexes."""
     gates = Table(title=f"gates ({'passed' if g.passed else 'FAILED'})")
@@ -165,11 +171,12 @@ def gate_tables(g: GateReport, old: str = "old", new: str = "new") -> Group:
             f"[{style}]{verdict}[/{style}]",
             "; ".join(x for x in (v.detail, v.adjusted) if x),
         )
-    recall = Table(title=f"recall@{g.k} against exact search ({g.queries} queries)")
-    recall.add_column("index")
-    recall.add_column("recall", justify="right")
-    for label, value in ((f"old ({old})", g.source_recall), (f"new ({new})", g.target_recall)):
-        recall.add_row(label, "n/a" if value is None else f"{value:.4f}")
+    both = ((f"old ({old})", g.source_recall), (f"new ({new})", g.target_recall))
+    recall = figures_table(
+        f"recall@{g.k} against exact search ({g.queries} queries)",
+        ("index", "recall"),
+        ((label, "n/a" if value is None else f"{value:.4f}") for label, value in both),
+    )
     return Group(gates, recall)
 
 
@@ -182,12 +189,8 @@ def plan_table(plan: Plan) -> Group:
         steps.add_row(phase, text)
     parts: list[Table] = [steps]
     if plan.shard_sizes:
-        sizes = Table(title="shards")
-        sizes.add_column("shard")
-        sizes.add_column("vectors", justify="right")
-        for shard, n in plan.shard_sizes.items():
-            sizes.add_row(str(shard), str(n))
-        parts.append(sizes)
+        sized = ((str(shard), str(n)) for shard, n in plan.shard_sizes.items())
+        parts.append(figures_table("shards", ("shard", "vectors"), sized))
     checks = Table(title="preconditions")
     checks.add_column("check")
     checks.add_column("result")

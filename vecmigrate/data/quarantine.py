@@ -15,8 +15,9 @@ import numpy as np
 from sqlalchemy import Column, DateTime, Integer, String, Table, Text, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from vecmigrate.catalog import sql
 from vecmigrate.catalog.catalog import Catalog, metadata, now
-from vecmigrate.catalog.engines import begin, once_per_engine
+from vecmigrate.catalog.engines import begin
 from vecmigrate.records.batch import Faults
 from vecmigrate.records.screening import Limits, screen
 from vecmigrate.records.sharding import HASH_SPACE, hash_key
@@ -55,9 +56,7 @@ class Quarantine:
 
     def __init__(self, catalog: Catalog) -> None:
         self.engine = catalog.engine
-        once_per_engine(
-            self.engine, "quarantine", lambda: metadata.create_all(self.engine, tables=[quarantine])
-        )
+        sql.create_tables_once(self.engine, "quarantine", quarantine)
 
     def add(self, migration_id: str, shard: int, faults: Faults) -> None:
         """Note records left out of ``shard`` (a second note of the same record and reason,

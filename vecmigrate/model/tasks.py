@@ -24,6 +24,10 @@ class _Model(BaseModel):
 
 HASH_SPACE = 1 << 32
 
+# The region whose data a task touches (None outside a regional migration): only a worker of that
+# region may run it (see :mod:`vecmigrate.catalog.residency`).
+TaskRegion = str | None
+
 
 class ShardRef(_Model):
     """One shard: a half-open range ``[lo, hi)`` of a key.
@@ -72,7 +76,7 @@ class SpecTask(_Model):
     migration_id: str
     spec_hash: str
     tenant: str
-    region: str | None = None
+    region: TaskRegion = None
 
     @model_validator(mode="before")
     @classmethod
@@ -225,9 +229,7 @@ class RoutingChangeInput(_Model):
     ramp_percent: float = 0.0
     shadow_percent: float = 0.0
     writes_paused: bool = False
-    # The region whose data this touches (None outside a regional migration): only a worker
-    # of that region may run it.
-    region: str | None = None
+    region: TaskRegion = None
 
 
 class LedgerInput(_Model):
@@ -240,9 +242,7 @@ class LedgerInput(_Model):
     kind: str
     actor: str
     data: dict[str, Any] = Field(default_factory=dict)
-    # The region whose data this touches (None outside a regional migration): only a worker
-    # of that region may run it.
-    region: str | None = None
+    region: TaskRegion = None
     # The identity the message's connection presented (its ``vecmigrate-caller`` header),
     # recorded beside ``actor``, the operator name the message declared.
     caller: str | None = None
@@ -254,7 +254,7 @@ class AccessPolicyInput(_Model):
     migration_id: str
     tenant: str
     collection: str
-    region: str | None = None
+    region: TaskRegion = None
 
 
 class ControlInput(_Model):
@@ -263,9 +263,7 @@ class ControlInput(_Model):
     migration_id: str
     paused: bool
     max_vectors_per_second: float | None = None
-    # The region whose data this touches (None outside a regional migration): only a worker
-    # of that region may run it.
-    region: str | None = None
+    region: TaskRegion = None
 
 
 class VersionStateInput(_Model):
@@ -275,9 +273,7 @@ class VersionStateInput(_Model):
     version: str
     state: str
     operator: str
-    # The region whose data this touches (None outside a regional migration): only a worker
-    # of that region may run it.
-    region: str | None = None
+    region: TaskRegion = None
 
 
 class ValidateResult(_Model):
@@ -336,9 +332,7 @@ class LogHeadInput(_Model):
     tenant: str
     migration_id: str | None = None
     collection: str
-    # The region whose data this touches (None outside a regional migration): only a worker
-    # of that region may run it.
-    region: str | None = None
+    region: TaskRegion = None
 
 
 class ShadowInput(_Model):
@@ -349,9 +343,7 @@ class ShadowInput(_Model):
     candidate: str
     after: int = 0
     migration_id: str | None = None
-    # The region whose data this touches (None outside a regional migration): only a worker
-    # of that region may run it.
-    region: str | None = None
+    region: TaskRegion = None
 
 
 class ShadowResult(_Model):
@@ -364,7 +356,7 @@ class TenantsInput(_Model):
 
     collection: str
     version: str
-    region: str | None = None
+    region: TaskRegion = None
 
 
 class DataStateInput(SpecTask):
@@ -387,7 +379,7 @@ class RetentionInput(_Model):
     left_as: Literal["retired", "abandoned"]
     keep_seconds: float
     migration_id: str
-    region: str | None = None
+    region: TaskRegion = None
 
 
 class PruneInput(_Model):
@@ -399,9 +391,7 @@ class PruneInput(_Model):
     actor: str
     reason: str
     migration_id: str | None = None
-    # The region whose data this touches (None outside a regional migration): only a worker
-    # of that region may run it.
-    region: str | None = None
+    region: TaskRegion = None
 
 
 class PruneResult(_Model):

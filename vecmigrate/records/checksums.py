@@ -5,17 +5,30 @@ A record's hash folds its id, its vectors (the primary one first, the others by 
 the collection has a payload, the hash of its payload (each field's canonical value, fields by
 name) into one word. For a record of an integer id and one vector without payload it is the hash
 this project has always computed, so the checksums of existing collections do not change.
+
+Also here: the SHA-256 of a file, by which index artifacts and model files are checked.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
 
 from vecmigrate.records.vectors import Ids, Vectors
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file's bytes (read a mebibyte at a time)."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
 
 Words = npt.NDArray[np.uint64]
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from typing import Any, ParamSpec, TypeVar
 
 import wrapt
@@ -96,12 +97,7 @@ class TracedStore(wrapt.ObjectProxy[Any]):
         written: Any = None,
         **kwargs: Any,
     ) -> Any:
-        t: Telemetry = self._self_telemetry
-        with t.tracer.start_as_current_span(
-            names.SPAN_STORE.format(operation=operation),
-            attributes=self._span_attrs(shard),
-            record_exception=False,
-        ) as span:
+        with self._span(operation, shard) as span:
             began = time.perf_counter()
             try:
                 result = fn(*args, **kwargs)
@@ -115,6 +111,14 @@ class TracedStore(wrapt.ObjectProxy[Any]):
                 self._note(span, operation, _records(result), read=_nbytes(result))
             self._timed(operation, seconds)
             return result
+
+    def _span(self, operation: str, shard: Any) -> AbstractContextManager[Span]:
+        """The span of one call or batch (a failure is recorded once, by :func:`_failed`)."""
+        return self._self_telemetry.tracer.start_as_current_span(
+            names.SPAN_STORE.format(operation=operation),
+            attributes=self._span_attrs(shard),
+            record_exception=False,
+        )
 
     def _span_attrs(self, shard: Any) -> dict[str, Any]:
         attrs: dict[str, Any] = dict(self._self_attrs)
@@ -155,13 +159,8 @@ class TracedStore(wrapt.ObjectProxy[Any]):
 
     def _batches(self, operation: str, batches: Iterator[Any], shard: Any) -> Iterator[Any]:
         """One span per batch, around the wait for it (a read-ahead's wait is what remains)."""
-        tracer = self._self_telemetry.tracer
         while True:
-            with tracer.start_as_current_span(
-                names.SPAN_STORE.format(operation=operation),
-                attributes=self._span_attrs(shard),
-                record_exception=False,
-            ) as span:
+            with self._span(operation, shard) as span:
                 began = time.perf_counter()
                 try:
                     batch = next(batches)

@@ -1,0 +1,76 @@
+"""Small SQL helpers the catalog's tables share: reading rows by column name, the where clause
+of a collection's rows, idempotent inserts and upserts, and creating or upgrading a table once
+per engine."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import ColumnElement, Engine, RowMapping, Table, inspect, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql import Executable
+
+from vecmigrate.catalog.engines import begin, once_per_engine
+
+
+def in_scope(table: Table, tenant: str, collection: str) -> ColumnElement[bool]:
+    """The rows of ``tenant``/``collection`` in a table with :func:`scope_columns`."""
+    return (table.c.tenant == tenant) & (table.c.collection == collection)
+
+
+def first_row(engine: Engine, query: Executable) -> RowMapping | None:
+    """The first row ``query`` reads, by column name, or None."""
+    with engine.connect() as conn:
+        return conn.execute(query).mappings().first()
+
+
+def all_rows(engine: Engine, query: Executable) -> Sequence[RowMapping]:
+    """Every row ``query`` reads, by column name."""
+    with engine.connect() as conn:
+        return conn.execute(query).mappings().all()
+
+
+def insert_ignoring_duplicate(engine: Engine, stmt: Executable) -> None:
+    """Run an insert; a duplicate key means a concurrent writer got there first."""
+    try:
+        with begin(engine) as conn:
+            conn.execute(stmt)
+    except IntegrityError:
+        pass
+
+
+def upsert(
+    engine: Engine,
+    table: Table,
+    key: ColumnElement[bool],
+    identity: Mapping[str, Any],
+    values: Mapping[str, Any],
+) -> None:
+    """Set ``values`` on the row ``key`` selects, inserting it (with ``identity``, the values of
+    its key columns) when there is none; a concurrent writer's insert is written over."""
+    with begin(engine) as conn:
+        if conn.execute(table.update().where(key).values(**values)).rowcount:
+            return
+    try:
+        with begin(engine) as conn:
+            conn.execute(table.insert().values(**identity, **values))
+    except IntegrityError:  # another writer made the row first: update it
+        with begin(engine) as conn:
+            conn.execute(table.update().where(key).values(**values))
+
+
+def create_tables_once(engine: Engine, what: str, *tables: Table) -> None:
+    """Create ``tables`` (if missing) the first time ``what`` is opened on ``engine``."""
+    metadata = tables[0].metadata
+    once_per_engine(engine, what, lambda: metadata.create_all(engine, tables=list(tables)))
+
+
+def add_missing_columns(engine: Engine, table: str, added: Mapping[str, str]) -> None:
+    """Add the columns of ``added`` (name: DDL) a table made by an earlier release lacks."""
+    have = {c["name"] for c in inspect(engine).get_columns(table)}
+    missing = [name for name in added if name not in have]
+    if missing:
+        with begin(engine) as conn:
+            for name in missing:
+                conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {added[name]}"))
