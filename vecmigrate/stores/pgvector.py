@@ -583,7 +583,26 @@ class PgvectorStore(EngineSearch, ScanningStore):
 
     def point_name(self, name: str, *, create: bool = True) -> StableNameSwitch:
         """Point the view ``name`` at this version's table (see :func:`point_view`)."""
+        self.prepare_view_inserts()
         return point_view(self.engine, name, self.table, create=create)
+
+    def prepare_view_inserts(self) -> None:
+        """Let an application insert through a view over this table: a table vecmigrate made
+        gets the trigger that computes its shard key (:mod:`vecmigrate.stores.pgshardkey`);
+        an adopted table needs nothing."""
+        # A table of vecmigrate's first release (integer ids) keeps its key in "h".
+        key = "h" if self.layout.legacy else self.layout.key
+        if key:
+            from vecmigrate.stores import pgshardkey
+
+            pgshardkey.install(
+                self.engine,
+                self.table,
+                self.layout.id.name,
+                self.layout.id.typname,
+                self.schema.id_kind,
+                key,
+            )
 
     def name_points_at(self, name: str) -> str | None:
         return view_target(self.engine, name)
