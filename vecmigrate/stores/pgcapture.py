@@ -9,7 +9,8 @@ migration's role may create a table and a trigger, costs each write of the appli
 small insert in its own transaction (``bench/capture_overhead.py`` measures it), and what it
 leaves behind is an ordinary table, visible and bounded by the writes made.
 
-One capture per migration, named from its id:
+One capture per migration and direction, named from its id (the capture of the target's
+writes, made when a stable name moves to the target, has the suffix :data:`BACK`):
 
 * the change table ``vm_capture_<id>_<hash>`` (``seq bigserial, op, id text, captured_at``),
   its comment the migration id, the source table and when it was made (what ``doctor`` reads
