@@ -35,7 +35,7 @@ NAME = "items"  # the name the application uses, before and after the migration
 State = tuple[str, int, tuple[float, ...]] | None
 
 
-def drill_spec(url: str) -> MigrationSpec:
+def drill_spec(url: str, id: str = "drill") -> MigrationSpec:
     version = {
         "embedding": {"model_id": "m", "dimension": DIM, "metric": "cosine"},
         "index": {"kind": "pgvector_hnsw", "m": 16, "ef_construction": 64},
@@ -43,7 +43,7 @@ def drill_spec(url: str) -> MigrationSpec:
     store = {"kind": "pgvector", "url": url}
     return parse_spec(
         {
-            "id": "drill",
+            "id": id,
             "collection": "items",
             "strategy": "online",
             "source": {"name": "v1", "store": store | {"table": "items_v1", "writable": True}}
