@@ -34,6 +34,7 @@ from vecmigrate.data.datasets import clustered
 from vecmigrate.errors import PreconditionError, SpecError
 from vecmigrate.model.lifecycle import Phase
 from vecmigrate.model.spec import MilvusStoreRef, QdrantStoreRef, parse_spec
+from vecmigrate.records.sharding import hash_key
 from vecmigrate.serving.router import Router
 from vecmigrate.stores import MilvusStore, PgvectorStore, QdrantStore, Scope, VectorStore
 from vecmigrate.stores.milvus import client_for as milvus_client
@@ -237,12 +238,12 @@ def test_a_postgres_switch_gives_up_on_a_held_lock_instead_of_queueing_readers(
         dispose_engines()
 
 
-def test_writes_through_the_view_reach_an_adopted_table_not_a_table_vecmigrate_made(
+def test_writes_through_the_view_reach_an_adopted_table_and_a_table_vecmigrate_made(
     postgres: Any,
 ) -> None:
     """INSERT ... ON CONFLICT and DELETE through the view of an application's own table work
     (PostgreSQL writes through a simple view); a table vecmigrate made keeps a shard key the
-    view does not show, so an insert there is refused (a delete goes through)."""
+    view does not show, which its trigger computes for a row inserted through the view."""
     url = postgres_database(postgres)
     try:
         with psycopg.connect(_psycopg(url), autocommit=True) as conn:
@@ -267,10 +268,14 @@ def test_writes_through_the_view_reach_an_adopted_table_not_a_table_vecmigrate_m
             left = conn.execute("SELECT id FROM items").fetchall()
             assert left == [(1,)]
             own.point_name("items_live")
-            with pytest.raises(psycopg.errors.NotNullViolation):
-                conn.execute(upsert, (99, vec))
+            # The table's trigger gives the row the shard key vecmigrate would have (in "h",
+            # the key column of a table of vecmigrate's first release).
+            conn.execute(upsert, (99, vec))
             conn.execute("DELETE FROM items_live WHERE id = 5")
-        assert own.count() == 4
+            key = conn.execute(f"SELECT h FROM {own.table} WHERE id = 99").fetchone()
+        assert key is not None
+        assert key[0] == int(hash_key(np.array([99]))[0])
+        assert own.count() == 5
         engine.dispose()
     finally:
         dispose_engines()

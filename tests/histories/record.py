@@ -11,7 +11,8 @@ The ``*_v2`` histories were recorded by the release that brought the lifecycle t
 overridden by an approver. The others are the release before it, which its runs still replay.
 ``blue_green_roles`` was recorded with operator roles (the ``operator-roles`` patch): replaying
 it needs the worker's caller interceptor, as every worker has. ``online_capture`` was recorded
-with change capture (the ``pg-capture`` patch) on a PostgreSQL server the recorder starts.
+with change capture (the ``pg-capture`` patch) on a PostgreSQL server the recorder starts;
+``online_stable_capture`` with a stable name over such a table, capture running both ways.
 """
 
 from __future__ import annotations
@@ -233,6 +234,50 @@ async def record_online_capture(env: WorkflowEnvironment, name: str) -> None:
     save(name, history)
 
 
+async def record_online_stable_capture(env: WorkflowEnvironment, name: str) -> None:
+    """The online drill with a stable name (a view) over an adopted PostgreSQL table whose
+    writes are captured, while an application writes by the name with plain SQL: the capture
+    runs both ways from the cut-over, and each move of the view (cut-over, rollback after it,
+    second cut-over) replays under a lock. No workflow command is new for it (the switch and
+    the replays are activities it already called); the recording keeps that path's commands
+    from changing unnoticed."""
+    from tests.test_capture import Reader, items_table
+    from tests.test_capture_drill import Application, drill_spec
+    from vecmigrate.data import stablename
+    from vecmigrate.testing.postgres import start_postgres
+
+    sandbox = fresh_sandbox(name)
+    # The spec's defaults resolve under the sandbox, not the recording user's home.
+    os.environ[HOME_ENV] = str(sandbox.root)
+    server = start_postgres()
+    try:
+        server.psql("CREATE DATABASE recorded;")
+        url = server.get_uri("recorded").replace("postgresql://", "postgresql+psycopg://", 1)
+        items_table(url)
+        spec = drill_spec(url, id="online-stable-capture")
+        stablename.prepare(spec)
+        app, reader = Application(url, {"now": "recording"}, rate=50.0), Reader(sandbox, spec)
+        app.start()
+        reader.start()
+        try:
+            async with running_worker(env.client, sandbox) as queue:
+                mc = MigrationClient(env.client, queue)
+                final = await run_drill(mc, spec, lambda _: None, operator="recorder")
+                assert final.phase == Phase.COMPLETED, final
+                assert final.cutovers == 2, final
+                assert final.capture is not None
+                assert final.capture.removed, final.capture
+                history = await mc.handle(final.migration_id).fetch_history()
+        finally:
+            app.stopping.set()
+            app.join(10)
+            reader.close()
+        assert app.failures == [], app.failures[:3]
+    finally:
+        server.cleanup()
+    save(name, history)
+
+
 async def finish(mc: MigrationClient, mid: str, name: str) -> None:
     await mc.result(mid)
     save(name, await mc.handle(mid).fetch_history())
@@ -382,6 +427,7 @@ RECORDERS: dict[str, Callable[[WorkflowEnvironment, str], Awaitable[None]]] = {
     "blue_green_continued": record_continued,
     "online_drill": record_online,
     "online_capture": record_online_capture,
+    "online_stable_capture": record_online_stable_capture,
     "blue_green_build_while_copying": record_build_while_copying,
     "blue_green_roles": record_roles,
     "compaction_completed": record_compaction,

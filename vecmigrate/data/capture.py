@@ -15,16 +15,22 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from vecmigrate.data.backfill import as_target, open_source, open_target, target_limits
+from vecmigrate.data.backfill import (
+    as_target,
+    open_source,
+    open_target,
+    target_limits,
+    target_scope,
+)
 from vecmigrate.data.transforms import make_transform
-from vecmigrate.errors import PreconditionError
+from vecmigrate.errors import NotFoundError, PreconditionError
 from vecmigrate.model.records import IdKind
 from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.model.tasks import CaptureResult
 from vecmigrate.records.batch import Records
 from vecmigrate.records.ids import id_array
 from vecmigrate.records.vectors import Ids
-from vecmigrate.stores import pgcapture
+from vecmigrate.stores import open_store, pgcapture
 from vecmigrate.stores.pgvector import PgvectorStore
 
 
@@ -50,6 +56,74 @@ def install(spec: MigrationSpec) -> CaptureResult:
     return _result(source, pgcapture.install(source, spec.migration_id))
 
 
+def two_way(spec: MigrationSpec) -> bool:
+    """Whether the migration also captures the writes applications make to the target by the
+    stable name once the cut-over pointed it there, and replays them onto the source (so a
+    rollback after the cut-over loses none of them)."""
+    return spec.captures_writes and spec.cutover.stable_name is not None
+
+
+def _pair(spec: MigrationSpec) -> tuple[PgvectorStore, PgvectorStore]:
+    source = captured_source(spec)
+    target = open_target(spec, source)
+    if not isinstance(target, PgvectorStore):
+        raise PreconditionError(f"{target.scope} is not a PostgreSQL table: nothing to capture")
+    return source, target
+
+
+def _existing_target(spec: MigrationSpec) -> PgvectorStore | None:
+    """The target table when it exists (a rollback before the copy made it makes nothing)."""
+    try:
+        found = open_store(spec.target.store, target_scope(spec))
+    except NotFoundError:
+        return None
+    return found if isinstance(found, PgvectorStore) else None
+
+
+def install_back(spec: MigrationSpec) -> CaptureResult:
+    """Start capturing the target table's writes, replayed onto the source (idempotent)."""
+    _, target = _pair(spec)
+    found = pgcapture.install(target, spec.migration_id, pgcapture.BACK)
+    return _result(target, found)
+
+
+def _applier(
+    spec: MigrationSpec,
+    read: PgvectorStore,
+    write: PgvectorStore,
+    counts: dict[str, int],
+) -> Callable[[list[str]], None]:
+    """What a replay does with a batch of captured ids: write the rows ``read`` holds now to
+    ``write`` (screened, transformed when going to the target), and delete from ``write`` the
+    ids ``read`` no longer holds."""
+    limits = target_limits(spec, write)
+    name, made = make_transform(spec.source.embedding, spec.target.embedding)
+    # Back onto the source, rows map back as they are: a spec that transforms vectors does not
+    # capture in both directions (see MigrationSpec._check_stable_name).
+    transform = None if name == "identity" or _is_source(spec, write) else made
+    kind = read.schema.id_kind
+
+    def apply(texts: list[str]) -> None:
+        ids = _ids(texts, kind)
+        current = read.fetch_records(ids)
+        good, faults = as_target(current, write, limits, transform)
+        held = {str(v) for v in good.id_values()}
+        gone = [t for t in (str(v) for v in ids.to_pylist()) if t not in held]
+        if len(good):
+            write.write(good)
+        if gone:
+            write.delete(_ids(gone, kind))
+        counts["upserted"] += len(good)
+        counts["deleted"] += len(gone) - len(faults)
+        counts["left_out"] += len(faults)
+
+    return apply
+
+
+def _is_source(spec: MigrationSpec, store: PgvectorStore) -> bool:
+    return store.scope.version == spec.source.name
+
+
 def replay(
     spec: MigrationSpec,
     *,
@@ -58,41 +132,72 @@ def replay(
     batch: int = 1_000,
 ) -> CaptureResult:
     """Replay what was captured onto the target for at most ``seconds`` (see
-    :func:`pgcapture.replay`); idempotent."""
+    :func:`pgcapture.replay`), and, once the cut-over captures the target's writes too
+    (:func:`two_way`), those onto the source; idempotent."""
     began = time.monotonic()
-    source = captured_source(spec)
-    target = open_target(spec, source)
-    limits = target_limits(spec, target)
-    name, made = make_transform(spec.source.embedding, spec.target.embedding)
-    transform = None if name == "identity" else made
+    source, target = _pair(spec)
     counts = {"upserted": 0, "deleted": 0, "left_out": 0}
-
-    def apply(texts: list[str]) -> None:
-        ids = _ids(texts, source.schema.id_kind)
-        current = source.fetch_records(ids)
-        good, faults = as_target(current, target, limits, transform)
-        held = {str(v) for v in good.id_values()}
-        gone = [t for t in (str(v) for v in ids.to_pylist()) if t not in held]
-        if len(good):
-            target.write(good)
-        if gone:
-            target.delete(_ids(gone, source.schema.id_kind))
-        counts["upserted"] += len(good)
-        counts["deleted"] += len(gone) - len(faults)
-        counts["left_out"] += len(faults)
-
     done = pgcapture.replay(
-        source, spec.migration_id, apply, seconds=seconds, batch=batch, on_batch=on_progress
+        source,
+        spec.migration_id,
+        _applier(spec, source, target, counts),
+        seconds=seconds,
+        batch=batch,
+        on_batch=on_progress,
     )
     result = _result(source, pgcapture.find(source.engine, spec.migration_id))
+    applied, drained = done.applied, done.drained
+    back = pgcapture.find(target.engine, spec.migration_id, pgcapture.BACK)
+    if back is not None:
+        left = max(1.0, seconds - (time.monotonic() - began))
+        went = pgcapture.replay(
+            target,
+            spec.migration_id,
+            _applier(spec, target, source, counts),
+            seconds=left,
+            batch=batch,
+            on_batch=on_progress,
+            suffix=pgcapture.BACK,
+        )
+        now = pgcapture.find(target.engine, spec.migration_id, pgcapture.BACK)
+        applied += went.applied
+        drained = drained and went.drained
+        if now is not None:
+            result = result.model_copy(
+                update={
+                    "lag": result.lag + now.pending,
+                    "captured": result.captured + now.captured,
+                    "bytes": result.bytes + now.bytes,
+                }
+            )
     return result.model_copy(
         update={
-            "applied": done.applied,
-            "drained": done.drained,
+            "applied": applied,
+            "drained": drained,
             "seconds": round(time.monotonic() - began, 3),
             **counts,
         }
     )
+
+
+def drain(spec: MigrationSpec, toward: str) -> int:
+    """Replay every change captured on the side the stable name leaves onto the side it goes
+    to (``toward``: "target" replays the source's writes, "source" the target's), until none
+    is left: what the switch does while it holds the lock that keeps writers out. The number
+    of changes replayed."""
+    source, target = _pair(spec)
+    counts = {"upserted": 0, "deleted": 0, "left_out": 0}
+    if toward == "target":
+        frm, to, suffix = source, target, ""
+    else:
+        frm, to, suffix = target, source, pgcapture.BACK
+    apply = _applier(spec, frm, to, counts)
+    applied = 0
+    while True:
+        done = pgcapture.replay(frm, spec.migration_id, apply, seconds=60.0, suffix=suffix)
+        applied += done.applied
+        if done.drained:
+            return applied
 
 
 def remove(
@@ -101,15 +206,20 @@ def remove(
     replay_first: bool,
     on_progress: Callable[[int], None] | None = None,
 ) -> CaptureResult:
-    """Stop capturing, replay what is left when ``replay_first`` (the finalize: the target
-    ends current), then drop the change table. Idempotent."""
+    """Stop capturing (in both directions), replay what is left when ``replay_first`` (the
+    finalize: the target ends current), then drop the change tables. Idempotent."""
     source = captured_source(spec)
+    target = _existing_target(spec) if two_way(spec) else None
     pgcapture.stop(source, spec.migration_id)
+    if target is not None:
+        pgcapture.stop(target, spec.migration_id, pgcapture.BACK)
     result = _result(source, pgcapture.find(source.engine, spec.migration_id))
     if replay_first:
-        # Nothing is captured any more: replay until the table is empty.
+        # Nothing is captured any more: replay until the tables are empty.
         while not (result := replay(spec, seconds=60.0, on_progress=on_progress)).drained:
             pass
+    if target is not None:
+        pgcapture.remove(target, spec.migration_id, pgcapture.BACK)
     pgcapture.remove(source, spec.migration_id)
     return result.model_copy(update={"removed": True, "lag": 0 if replay_first else result.lag})
 

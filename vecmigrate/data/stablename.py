@@ -37,11 +37,33 @@ def _name(spec: MigrationSpec) -> str:
 def switch(
     spec: MigrationSpec, side: Literal["source", "target"], *, create: bool = True
 ) -> StableNameSwitch:
-    """Point the spec's stable name at its ``side`` version (idempotent; checked after)."""
+    """Point the spec's stable name at its ``side`` version (idempotent; checked after).
+
+    A migration that captures writes (:func:`vecmigrate.data.capture.two_way`) loses none at
+    the switch: moving to the target it starts capturing the target's writes first (replayed
+    onto the source through the bake, so a rollback after the cut-over keeps them), replays
+    what was captured on the side the name leaves, and switches in one transaction that holds
+    that side's writers back while it replays the rest (:func:`point_view` with ``drain``).
+    """
+    from vecmigrate.data import capture
     from vecmigrate.data.backfill import open_source, open_target
+    from vecmigrate.stores.pgvector import PgvectorStore, point_view
 
     store = open_source(spec) if side == "source" else open_target(spec)
-    return store.point_name(_name(spec), create=create)
+    if not capture.two_way(spec) or not isinstance(store, PgvectorStore):
+        return store.point_name(_name(spec), create=create)
+    if side == "target":
+        capture.install_back(spec)
+    # Most of what is pending goes before the lock, so writers wait only for the rest.
+    capture.drain(spec, toward=side)
+    store.prepare_view_inserts()
+    return point_view(
+        store.engine,
+        _name(spec),
+        store.table,
+        create=create,
+        drain=lambda: capture.drain(spec, toward=side),
+    )
 
 
 def _engine(ref: PgvectorStoreRef) -> Any:

@@ -1052,6 +1052,25 @@ class MigrationSpec(_Model):
                     "alias `vecmigrate stable-name prepare` creates over the source"
                 )
             )
+        if self.captures_writes:
+            # After the cut-over applications write by the name into the target; those writes
+            # are captured and replayed onto the source, so a rollback after the cut-over keeps
+            # them. That needs rows that map back unchanged, and a source vecmigrate may write.
+            if self.target.embedding.normalized and not self.source.embedding.normalized:
+                raise ValueError(
+                    f"cutover.stable_name {name} with online.capture: the target normalises "
+                    "the source's vectors, so the writes applications make by the name into the "
+                    "target after the cut-over cannot be replayed back onto the source, and a "
+                    "rollback after the cut-over would lose them; set online.capture to off "
+                    "(and send writes through the router) or leave the vectors as they are"
+                )
+            if not src.writable:
+                raise ValueError(
+                    f"cutover.stable_name {name} with online.capture: the writes applications "
+                    "make by the name into the target after the cut-over are replayed onto the "
+                    "source (so a rollback after the cut-over keeps them), which needs "
+                    "source.store.writable: true"
+                )
 
     def _check_regions(self) -> None:
         """Residency and tenant scope, before anything runs."""

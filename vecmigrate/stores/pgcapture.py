@@ -9,7 +9,8 @@ migration's role may create a table and a trigger, costs each write of the appli
 small insert in its own transaction (``bench/capture_overhead.py`` measures it), and what it
 leaves behind is an ordinary table, visible and bounded by the writes made.
 
-One capture per migration, named from its id:
+One capture per migration and direction, named from its id (the capture of the target's
+writes, made when a stable name moves to the target, has the suffix :data:`BACK`):
 
 * the change table ``vm_capture_<id>_<hash>`` (``seq bigserial, op, id text, captured_at``),
   its comment the migration id, the source table and when it was made (what ``doctor`` reads
@@ -58,6 +59,9 @@ class Capture:
     captured: int  # changes recorded since it was made
     pending: int  # changes not replayed yet
     bytes: int
+    # "forward" (the source's writes, replayed onto the target) or BACK (the target's,
+    # replayed onto the source after the cut-over moved the stable name).
+    direction: str = "forward"
 
     @property
     def age_seconds(self) -> float:
@@ -72,12 +76,18 @@ class Replayed:
     drained: bool
 
 
-def change_table(migration_id: str) -> str:
-    """The change table's name (without schema) for ``migration_id``: readable, unique by a
-    hash of the id, and short enough for PostgreSQL's 63 bytes with ``_fn`` added."""
+# The direction suffix of the capture of the target's writes, replayed onto the source (the
+# capture of the source's writes has none, as before).
+BACK = "_t2s"
+
+
+def change_table(migration_id: str, suffix: str = "") -> str:
+    """The change table's name (without schema) for ``migration_id`` and a direction
+    ``suffix``: readable, unique by a hash of the id, and short enough for PostgreSQL's 63
+    bytes with ``_fn`` added."""
     slug = re.sub(r"[^a-z0-9]+", "_", migration_id.lower()).strip("_")[:32]
     digest = hashlib.sha256(migration_id.encode()).hexdigest()[:8]
-    return f"{PREFIX}{slug}_{digest}"
+    return f"{PREFIX}{slug}_{digest}{suffix}"
 
 
 def _lock_key(name: str) -> int:
@@ -88,11 +98,11 @@ def _lock(conn: Connection, name: str) -> None:
     conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _lock_key(name)})
 
 
-def _qualified(conn: Connection, migration_id: str) -> tuple[str, str]:
+def _qualified(conn: Connection, migration_id: str, suffix: str = "") -> tuple[str, str]:
     """The change table's schema-qualified name (in the schema the migration's role creates
     in) and its bare name."""
     schema = conn.execute(text("SELECT current_schema()")).scalar_one()
-    name = change_table(migration_id)
+    name = change_table(migration_id, suffix)
     return f"{schema}.{name}", name
 
 
@@ -124,7 +134,7 @@ def install_problem(store: PgvectorStore) -> str | None:
     return None
 
 
-def install(store: PgvectorStore, migration_id: str) -> Capture:
+def install(store: PgvectorStore, migration_id: str, suffix: str = "") -> Capture:
     """Start capturing the writes made to ``store``'s table (idempotent: a second install
     finds the first and keeps what it captured).
 
@@ -133,7 +143,7 @@ def install(store: PgvectorStore, migration_id: str) -> Capture:
     """
     idc = f"{{row}}.{quote(store.layout.id.name)}::text"
     with store.engine.begin() as conn:
-        table, name = _qualified(conn, migration_id)
+        table, name = _qualified(conn, migration_id, suffix)
         _lock(conn, table)
         if not _exists(conn, table):
             conn.execute(
@@ -146,6 +156,7 @@ def install(store: PgvectorStore, migration_id: str) -> Capture:
                 COMMENT_KEY: {
                     "migration_id": migration_id,
                     "source": store.table,
+                    "direction": suffix or "forward",
                     "created_at": datetime.now(UTC).isoformat(),
                 }
             }
@@ -191,6 +202,7 @@ def replay(
     seconds: float,
     batch: int = 1_000,
     on_batch: Callable[[int], None] | None = None,
+    suffix: str = "",
 ) -> Replayed:
     """Hand the captured changes, oldest first, to ``apply`` (the distinct ids of a batch, as
     text) and forget each batch once ``apply`` returns, for at most ``seconds``.
@@ -202,7 +214,7 @@ def replay(
     applied = 0
     while True:
         with store.engine.begin() as conn:
-            table, _ = _qualified(conn, migration_id)
+            table, _ = _qualified(conn, migration_id, suffix)
             _lock(conn, table)
             if not _exists(conn, table):
                 return Replayed(applied, True)
@@ -224,38 +236,38 @@ def replay(
             return Replayed(applied, False)
 
 
-def stop(store: PgvectorStore, migration_id: str) -> None:
+def stop(store: PgvectorStore, migration_id: str, suffix: str = "") -> None:
     """Stop capturing: drop the trigger (with its function); the change table stays for a last
     replay. Idempotent."""
     with store.engine.begin() as conn:
-        table, _ = _qualified(conn, migration_id)
+        table, _ = _qualified(conn, migration_id, suffix)
         _lock(conn, table)
         conn.execute(text(f"DROP FUNCTION IF EXISTS {quote(table + '_fn')}() CASCADE"))
 
 
-def remove(store: PgvectorStore, migration_id: str) -> None:
+def remove(store: PgvectorStore, migration_id: str, suffix: str = "") -> None:
     """Drop the trigger, its function and the change table. Idempotent."""
-    stop(store, migration_id)
+    stop(store, migration_id, suffix)
     with store.engine.begin() as conn:
-        table, _ = _qualified(conn, migration_id)
+        table, _ = _qualified(conn, migration_id, suffix)
         _lock(conn, table)
         conn.execute(text(f"DROP TABLE IF EXISTS {quote(table)}"))
 
 
-def pending_ids(engine: Engine, migration_id: str) -> list[str]:
+def pending_ids(engine: Engine, migration_id: str, suffix: str = "") -> list[str]:
     """The distinct ids of the changes not replayed yet (none when there is no capture)."""
     with engine.begin() as conn:
-        table, _ = _qualified(conn, migration_id)
+        table, _ = _qualified(conn, migration_id, suffix)
         if not _exists(conn, table):
             return []
         rows = conn.execute(text(f"SELECT DISTINCT id FROM {quote(table)}")).all()
     return [str(r[0]) for r in rows]
 
 
-def find(engine: Engine, migration_id: str) -> Capture | None:
+def find(engine: Engine, migration_id: str, suffix: str = "") -> Capture | None:
     """The capture of ``migration_id``, or None when there is none."""
     for capture in captures(engine):
-        if capture.migration_id == migration_id:
+        if capture.migration_id == migration_id and capture.direction == (suffix or "forward"):
             return capture
     return None
 
@@ -295,6 +307,7 @@ def captures(engine: Engine) -> list[Capture]:
                     captured=int(figures[2] or 0),
                     pending=int(figures[0]),
                     bytes=int(figures[1]),
+                    direction=str(note.get("direction", "forward")),
                 )
             )
     return found

@@ -105,6 +105,10 @@ _OPCLASS_METRIC = {"l2": "l2", "ip": "ip", "cosine": "cosine"}
 # Microseconds from 1970-01-01 to PostgreSQL's epoch, 2000-01-01.
 _PG_EPOCH = 946_684_800_000_000
 KEY_COLUMN = "_vm_h"
+# vecmigrate's own writes (the copy, replays, dual-writes) mark their transaction, so a change
+# capture's trigger does not record them back (``vecmigrate.stores.pgcapture``): a replay onto
+# one side is never captured there and replayed back.
+MARK_OWN_WRITES = "SELECT set_config('vecmigrate.replaying', 'on', true)"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MARKER = "vecmigrate:"
 
@@ -583,7 +587,26 @@ class PgvectorStore(EngineSearch, ScanningStore):
 
     def point_name(self, name: str, *, create: bool = True) -> StableNameSwitch:
         """Point the view ``name`` at this version's table (see :func:`point_view`)."""
+        self.prepare_view_inserts()
         return point_view(self.engine, name, self.table, create=create)
+
+    def prepare_view_inserts(self) -> None:
+        """Let an application insert through a view over this table: a table vecmigrate made
+        gets the trigger that computes its shard key (:mod:`vecmigrate.stores.pgshardkey`);
+        an adopted table needs nothing."""
+        # A table of vecmigrate's first release (integer ids) keeps its key in "h".
+        key = "h" if self.layout.legacy else self.layout.key
+        if key:
+            from vecmigrate.stores import pgshardkey
+
+            pgshardkey.install(
+                self.engine,
+                self.table,
+                self.layout.id.name,
+                self.layout.id.typname,
+                self.schema.id_kind,
+                key,
+            )
 
     def name_points_at(self, name: str) -> str | None:
         return view_target(self.engine, name)
@@ -870,6 +893,7 @@ class PgvectorStore(EngineSearch, ScanningStore):
         raw = self.engine.raw_connection()
         try:
             with raw.driver_connection.cursor() as cur:  # type: ignore[union-attr]
+                cur.execute(MARK_OWN_WRITES)
                 cur.execute(f"CREATE TEMP TABLE vm_stage ({', '.join(stage)}) ON COMMIT DROP")
                 quoted = ", ".join(quote(n) for n in names)
                 with cur.copy(f"COPY vm_stage ({quoted}) FROM STDIN (FORMAT BINARY)") as cp:
@@ -931,6 +955,7 @@ class PgvectorStore(EngineSearch, ScanningStore):
         idc = quote(self.layout.id.name)
         cast = "::uuid[]" if self.layout.id.typname == "uuid" else ""
         with self.engine.begin() as conn:
+            conn.exec_driver_sql(MARK_OWN_WRITES)
             result = conn.exec_driver_sql(
                 f"DELETE FROM {quote(self.table)} WHERE {idc} = ANY(%(ids)s{cast})",
                 {"ids": values},
@@ -1846,10 +1871,24 @@ def _switching(engine: Engine, name: str) -> Iterator[Any]:
         raise
 
 
-def point_view(engine: Engine, name: str, table: str, *, create: bool = True) -> StableNameSwitch:
+def point_view(
+    engine: Engine,
+    name: str,
+    table: str,
+    *,
+    create: bool = True,
+    drain: Callable[[], object] | None = None,
+) -> StableNameSwitch:
     """Point the view ``name`` at ``table``: drop and create it in one transaction (readers
     wait for the commit, then read the new table), never waiting longer than
     :data:`LOCK_TIMEOUT` for its lock; then check it took.
+
+    With ``drain`` (a migration that captures writes on both sides), the transaction first
+    drops the view (writers and readers by the name wait from then on), locks the table the
+    view read against writes (``EXCLUSIVE``: still readable, so ``drain`` can read it from
+    its own connections), calls ``drain`` to replay what was captured there onto the other
+    side, and only then creates the view over ``table`` and commits: no write made by the name
+    before the switch is missing from the side it moves to, and none fails; it waits.
 
     Raises:
         PreconditionError: ``name`` is a table, or a view vecmigrate did not make.
@@ -1864,7 +1903,12 @@ def point_view(engine: Engine, name: str, table: str, *, create: bool = True) ->
         shown = before[1] if before else None
         return StableNameSwitch(name=name, kind="view", before=shown, after=shown)
     with _switching(engine, name) as conn:
+        # The view first, then the table: a writer by the name takes them in that order, so the
+        # two never wait for each other in a cycle.
         conn.execute(text(f"DROP VIEW IF EXISTS {quote(name)}"))
+        if drain is not None and before is not None:
+            conn.execute(text(f"LOCK TABLE {before[1]} IN EXCLUSIVE MODE"))
+            drain()
         for stmt in _view_sql_in(conn, name, table, before[2] if before else VIEW_MARK):
             conn.execute(text(stmt))
     with engine.connect() as conn:
