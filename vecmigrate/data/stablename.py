@@ -20,6 +20,7 @@ from vecmigrate.catalog.engines import engine_for
 from vecmigrate.errors import PreconditionError, VecmigrateError
 from vecmigrate.model.spec import MigrationSpec, MilvusStoreRef, PgvectorStoreRef, QdrantStoreRef
 from vecmigrate.model.tasks import StableNameSwitch
+from vecmigrate.stores.base import Aliases
 from vecmigrate.stores.capabilities import CAPABILITIES
 
 # Ledger kinds: a switch of the stable name by a migration, and a preparation (or its undo).
@@ -119,12 +120,17 @@ def prepare(spec: MigrationSpec, *, undo: bool = False) -> StableNameSwitch:
     if undo:
         if isinstance(ref, QdrantStoreRef | MilvusStoreRef):
             source = open_source(spec)
+            aliases: Aliases
             if isinstance(ref, QdrantStoreRef):
-                from vecmigrate.stores.qdrant import drop_alias
+                from vecmigrate.stores.qdrant import QdrantAliases
+
+                aliases = QdrantAliases(_alias_client(ref))
             else:
-                from vecmigrate.stores.milvus import drop_alias
+                from vecmigrate.stores.milvus import MilvusAliases
+
+                aliases = MilvusAliases(_alias_client(ref))
             physical = str(getattr(source, "name", ""))
-            dropped = drop_alias(_alias_client(ref), name, physical)
+            dropped = aliases.drop(name, physical)
             return StableNameSwitch(
                 name=name, kind="alias", before=physical if dropped else None, changed=dropped
             )

@@ -646,3 +646,58 @@ def increasing_bounds(ids_at: Callable[[int], int | None], count: int, parts: in
             value = bounds[-1] + 1
         bounds.append(value)
     return bounds
+
+
+class Aliases:
+    """An engine's collection aliases, the stable names of Qdrant and Milvus. The engines differ
+    only in how an alias is read, moved and dropped; pointing one (idempotent, checked after)
+    and dropping one (only where it points at ours) are written once, here."""
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    def target(self, name: str) -> str | None:
+        """The collection the alias ``name`` points at (None: no such alias).
+
+        Raises:
+            PreconditionError: ``name`` is a collection, not an alias.
+        """
+        raise NotImplementedError
+
+    def _move(self, name: str, collection: str, before: str | None) -> None:
+        """Point ``name`` at ``collection`` in one step (it pointed at ``before``)."""
+        raise NotImplementedError
+
+    def _drop(self, name: str) -> None:
+        raise NotImplementedError
+
+    def point(self, name: str, collection: str, *, create: bool = True) -> StableNameSwitch:
+        """Point the alias ``name`` at ``collection`` and check it took; where it already points
+        there (or, without ``create``, where there is no such alias) nothing changes.
+
+        Raises:
+            PreconditionError: ``name`` is a collection.
+            DataError: the alias points elsewhere after the switch.
+        """
+        before = self.target(name)
+        if before == collection or (before is None and not create):
+            return StableNameSwitch(name=name, kind="alias", before=before, after=before)
+        self._move(name, collection, before)
+        after = self.target(name)
+        if after != collection:
+            raise DataError(f"alias {name} points at {after} after the switch, not at {collection}")
+        return StableNameSwitch(name=name, kind="alias", before=before, after=after, changed=True)
+
+    def drop(self, name: str, collection: str) -> bool:
+        """Drop the alias ``name`` if it points at ``collection``; whether it did.
+
+        Raises:
+            PreconditionError: it points at another collection (not ours to remove).
+        """
+        before = self.target(name)
+        if before is None:
+            return False
+        if before != collection:
+            raise PreconditionError(f"alias {name} points at {before}, not at {collection}: kept")
+        self._drop(name)
+        return True

@@ -68,6 +68,7 @@ from vecmigrate.records.sharding import HASH_SPACE, hash_key
 from vecmigrate.records.vectors import Ids, Vectors
 from vecmigrate.security.secrets import resolve_optional
 from vecmigrate.stores.base import (
+    Aliases,
     Batch,
     EngineSearch,
     Inventory,
@@ -171,67 +172,36 @@ def collection_name(scope: Scope) -> str:
     return f"vm_{readable}_{hashlib.sha256(raw.encode()).hexdigest()[:12]}"
 
 
-def alias_target(client: Any, name: str) -> str | None:
-    """The collection the alias ``name`` points at (None: no such alias).
+class MilvusAliases(Aliases):
+    """Milvus aliases: ``alter_alias`` moves one in one step, ``create_alias`` makes a new one."""
 
-    Raises:
-        PreconditionError: ``name`` is a collection, not an alias.
-    """
-    try:
-        aliases = client.list_aliases().get("aliases", [])
-    except Exception as exc:
-        if "UNIMPLEMENTED" not in str(exc):
-            raise
-        raise PreconditionError(
-            "this Milvus engine has no aliases (milvus-lite answers UNIMPLEMENTED): a stable "
-            "name needs a Milvus server"
-        ) from None
-    if name in aliases:
-        return str(client.describe_alias(alias=name)["collection_name"])
-    if client.has_collection(name):
-        raise PreconditionError(
-            f"{name} is a Milvus collection, not an alias: a stable name must be free or an "
-            "alias (collections cannot be renamed; give applications a new name, an alias)"
-        )
-    return None
+    def target(self, name: str) -> str | None:
+        try:
+            aliases = self.client.list_aliases().get("aliases", [])
+        except Exception as exc:
+            if "UNIMPLEMENTED" not in str(exc):
+                raise
+            raise PreconditionError(
+                "this Milvus engine has no aliases (milvus-lite answers UNIMPLEMENTED): a stable "
+                "name needs a Milvus server"
+            ) from None
+        if name in aliases:
+            return str(self.client.describe_alias(alias=name)["collection_name"])
+        if self.client.has_collection(name):
+            raise PreconditionError(
+                f"{name} is a Milvus collection, not an alias: a stable name must be free or an "
+                "alias (collections cannot be renamed; give applications a new name, an alias)"
+            )
+        return None
 
+    def _move(self, name: str, collection: str, before: str | None) -> None:
+        if before is None:
+            self.client.create_alias(collection_name=collection, alias=name)
+        else:
+            self.client.alter_alias(collection_name=collection, alias=name)
 
-def point_alias(
-    client: Any, name: str, collection: str, *, create: bool = True
-) -> StableNameSwitch:
-    """Point the alias ``name`` at ``collection`` in one step (``alter_alias`` moves it; a new
-    one is created), and check it took.
-
-    Raises:
-        PreconditionError: ``name`` is a collection.
-        DataError: the alias points elsewhere after the switch.
-    """
-    before = alias_target(client, name)
-    if before == collection or (before is None and not create):
-        return StableNameSwitch(name=name, kind="alias", before=before, after=before)
-    if before is None:
-        client.create_alias(collection_name=collection, alias=name)
-    else:
-        client.alter_alias(collection_name=collection, alias=name)
-    after = alias_target(client, name)
-    if after != collection:
-        raise DataError(f"alias {name} points at {after} after the switch, not at {collection}")
-    return StableNameSwitch(name=name, kind="alias", before=before, after=after, changed=True)
-
-
-def drop_alias(client: Any, name: str, collection: str) -> bool:
-    """Drop the alias ``name`` if it points at ``collection``; whether it did.
-
-    Raises:
-        PreconditionError: it points at another collection (not ours to remove).
-    """
-    before = alias_target(client, name)
-    if before is None:
-        return False
-    if before != collection:
-        raise PreconditionError(f"alias {name} points at {before}, not at {collection}: kept")
-    client.drop_alias(alias=name)
-    return True
+    def _drop(self, name: str) -> None:
+        self.client.drop_alias(alias=name)
 
 
 def _literal(value: Any) -> str:
@@ -416,11 +386,11 @@ class MilvusStore(EngineSearch, ScanningStore):
     # -- the stable name --------------------------------------------------------------------
 
     def point_name(self, name: str, *, create: bool = True) -> StableNameSwitch:
-        """Point the alias ``name`` at this version's collection (see :func:`point_alias`)."""
-        return point_alias(self.client, name, self.name, create=create)
+        """Point the alias ``name`` at this version's collection (see :meth:`Aliases.point`)."""
+        return MilvusAliases(self.client).point(name, self.name, create=create)
 
     def name_points_at(self, name: str) -> str | None:
-        return alias_target(self.client, name)
+        return MilvusAliases(self.client).target(name)
 
     # -- reading ------------------------------------------------------------------------------
 

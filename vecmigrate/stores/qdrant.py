@@ -56,6 +56,7 @@ from vecmigrate.records.sharding import HASH_SPACE, hash_key
 from vecmigrate.records.vectors import Ids, Vectors
 from vecmigrate.security.secrets import resolve_optional
 from vecmigrate.stores.base import (
+    Aliases,
     Batch,
     EngineSearch,
     Inventory,
@@ -249,70 +250,38 @@ def drop_version(ref: QdrantStoreRef, scope: Scope) -> bool:
     return True
 
 
-def alias_target(client: Any, name: str) -> str | None:
-    """The collection the alias ``name`` points at (None: no such alias).
+class QdrantAliases(Aliases):
+    """Qdrant aliases: one ``update_collection_aliases`` request deletes the old alias and
+    creates the new one together, so a reader finds one or the other."""
 
-    Raises:
-        PreconditionError: ``name`` is a collection, not an alias.
-    """
-    for alias in client.get_aliases().aliases:
-        if alias.alias_name == name:
-            return str(alias.collection_name)
-    if client.collection_exists(name):
-        raise PreconditionError(
-            f"{name} is a Qdrant collection, not an alias: a stable name must be free or an "
-            "alias (collections cannot be renamed; give applications a new name, an alias)"
+    def target(self, name: str) -> str | None:
+        for alias in self.client.get_aliases().aliases:
+            if alias.alias_name == name:
+                return str(alias.collection_name)
+        if self.client.collection_exists(name):
+            raise PreconditionError(
+                f"{name} is a Qdrant collection, not an alias: a stable name must be free or an "
+                "alias (collections cannot be renamed; give applications a new name, an alias)"
+            )
+        return None
+
+    def _move(self, name: str, collection: str, before: str | None) -> None:
+        models = _models()
+        ops: list[Any] = [] if before is None else [_delete_alias(name)]
+        ops.append(
+            models.CreateAliasOperation(
+                create_alias=models.CreateAlias(collection_name=collection, alias_name=name)
+            )
         )
-    return None
+        self.client.update_collection_aliases(change_aliases_operations=ops)
+
+    def _drop(self, name: str) -> None:
+        self.client.update_collection_aliases(change_aliases_operations=[_delete_alias(name)])
 
 
-def point_alias(
-    client: Any, name: str, collection: str, *, create: bool = True
-) -> StableNameSwitch:
-    """Point the alias ``name`` at ``collection`` in one request (the old alias deleted and the
-    new one created together, so a reader finds one or the other), and check it took.
-
-    Raises:
-        PreconditionError: ``name`` is a collection.
-        DataError: the alias points elsewhere after the switch.
-    """
-    before = alias_target(client, name)
-    if before == collection or (before is None and not create):
-        return StableNameSwitch(name=name, kind="alias", before=before, after=before)
+def _delete_alias(name: str) -> Any:
     models = _models()
-    ops: list[Any] = []
-    if before is not None:
-        ops.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=name)))
-    ops.append(
-        models.CreateAliasOperation(
-            create_alias=models.CreateAlias(collection_name=collection, alias_name=name)
-        )
-    )
-    client.update_collection_aliases(change_aliases_operations=ops)
-    after = alias_target(client, name)
-    if after != collection:
-        raise DataError(f"alias {name} points at {after} after the switch, not at {collection}")
-    return StableNameSwitch(name=name, kind="alias", before=before, after=after, changed=True)
-
-
-def drop_alias(client: Any, name: str, collection: str) -> bool:
-    """Delete the alias ``name`` if it points at ``collection``; whether it did.
-
-    Raises:
-        PreconditionError: it points at another collection (not ours to remove).
-    """
-    before = alias_target(client, name)
-    if before is None:
-        return False
-    if before != collection:
-        raise PreconditionError(f"alias {name} points at {before}, not at {collection}: kept")
-    models = _models()
-    client.update_collection_aliases(
-        change_aliases_operations=[
-            models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=name))
-        ]
-    )
-    return True
+    return models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=name))
 
 
 class QdrantStore(EngineSearch, ScanningStore):
@@ -411,11 +380,11 @@ class QdrantStore(EngineSearch, ScanningStore):
     # -- the stable name --------------------------------------------------------------------
 
     def point_name(self, name: str, *, create: bool = True) -> StableNameSwitch:
-        """Point the alias ``name`` at this version's collection (see :func:`point_alias`)."""
-        return point_alias(self.client, name, self.name, create=create)
+        """Point the alias ``name`` at this version's collection (see :meth:`Aliases.point`)."""
+        return QdrantAliases(self.client).point(name, self.name, create=create)
 
     def name_points_at(self, name: str) -> str | None:
-        return alias_target(self.client, name)
+        return QdrantAliases(self.client).target(name)
 
     # -- reading ------------------------------------------------------------------------------
 
