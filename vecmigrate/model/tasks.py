@@ -381,3 +381,13 @@ class PruneResult(_Model):
     reason: str = ""
     freed_bytes: int = 0
     keep_until: str = ""
+
+
+class ReconcileShardInput(SpecTask):
+    """Compare one shard of the source and the target record by record, repair what differs,
+    and compare it again."""
+
+    shard: ShardRef
+    repair: bool = True
+    # Records read per second on this shard (None: as fast as the stores go).
+    max_records_per_second: float | None = None
