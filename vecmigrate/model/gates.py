@@ -364,27 +364,32 @@ class ReconcileReport(_Model):
     passed: bool = True
     seconds: float = 0.0
 
+    # Whether every shard has been compared (a gate in progress is not judged yet).
+    done: bool = False
+
+    def add(self, result: ShardReconcile) -> None:
+        """Fold in one shard's result."""
+        left = result.left()
+        self.found = self.found.plus(result.found)
+        self.repaired = self.repaired.plus(result.repaired)
+        self.left = self.left.plus(left)
+        self.shards += 1
+        if result.found.total() or left.total():
+            self.differing = sorted([*self.differing, result], key=lambda r: r.shard)
+        self.quarantined += result.quarantined
+        self.excluded += result.excluded
+        self.vectors_compared = self.vectors_compared and result.vectors_compared
+        self.passed = not self.left.total()
+        self.seconds = round(self.seconds + result.seconds, 3)
+
     @classmethod
     def of(cls, results: list[ShardReconcile]) -> ReconcileReport:
-        """The report of these shards' results."""
-        found, repaired, left = DiffCounts(), DiffCounts(), DiffCounts()
+        """The report of these shards' results (every shard compared)."""
+        report = cls()
         for r in results:
-            found, repaired = found.plus(r.found), repaired.plus(r.repaired)
-            left = left.plus(r.left())
-        return cls(
-            found=found,
-            repaired=repaired,
-            left=left,
-            shards=len(results),
-            differing=sorted(
-                (r for r in results if r.found.total() or r.left().total()), key=lambda r: r.shard
-            ),
-            quarantined=sum(r.quarantined for r in results),
-            excluded=sum(r.excluded for r in results),
-            vectors_compared=all(r.vectors_compared for r in results),
-            passed=not left.total(),
-            seconds=round(sum(r.seconds for r in results), 3),
-        )
+            report.add(r)
+        report.done = True
+        return report
 
     def failures(self) -> list[str]:
         """Why the gate failed (empty when it passed)."""
