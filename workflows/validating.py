@@ -204,8 +204,8 @@ class Validating(MigrationCore):
         second pass finds nothing. A failed gate pauses (or rolls back, as the spec's
         ``gates.on_failure`` says); a resume compares every shard again.
 
-        Shards are marked as they are compared, so a run continued as new goes on with the
-        rest; a shard repaired after its index was built is built again.
+        The report keeps the shards compared so far, so a run continued as new goes on with
+        the rest; a shard repaired after its index was built is built again.
         """
         st = self._status
         if st.reconcile is not None and st.reconcile.done and st.reconcile.passed:
@@ -213,14 +213,12 @@ class Validating(MigrationCore):
         while True:
             if st.reconcile is None or st.reconcile.done:
                 st.reconcile = ReconcileReport()
-                for progress in st.shards:
-                    progress.reconciled = False
+            compared = set(st.reconcile.compared)
             await self._for_each_shard(
-                [s for s in self._shards if not self._by_shard[s.index].reconciled],
-                self._reconcile_shard,
+                [s for s in self._shards if s.index not in compared], self._reconcile_shard
             )
             report = st.reconcile
-            report.done = True
+            report.finish()
             await self._record("reconcile", "vecmigrate", report.model_dump(mode="json"))
             if report.passed:
                 st.blocked_reason = ""
@@ -248,7 +246,6 @@ class Validating(MigrationCore):
         assert st.reconcile is not None
         st.reconcile.add(result)
         progress = self._by_shard[shard.index]
-        progress.reconciled = True
         if result.repaired.total() and progress.state == "indexed":
             progress.state = "copied"  # built during the copy: built again
         self._details()

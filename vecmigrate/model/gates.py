@@ -366,6 +366,9 @@ class ReconcileReport(_Model):
 
     # Whether every shard has been compared (a gate in progress is not judged yet).
     done: bool = False
+    # While it runs: the shards compared so far (a run continued as new goes on with the
+    # rest); emptied when done, so a migration of thousands of shards does not carry them.
+    compared: list[int] = Field(default_factory=list)
 
     def add(self, result: ShardReconcile) -> None:
         """Fold in one shard's result."""
@@ -381,6 +384,7 @@ class ReconcileReport(_Model):
         self.vectors_compared = self.vectors_compared and result.vectors_compared
         self.passed = not self.left.total()
         self.seconds = round(self.seconds + result.seconds, 3)
+        self.compared.append(result.shard)
 
     @classmethod
     def of(cls, results: list[ShardReconcile]) -> ReconcileReport:
@@ -388,8 +392,13 @@ class ReconcileReport(_Model):
         report = cls()
         for r in results:
             report.add(r)
-        report.done = True
+        report.finish()
         return report
+
+    def finish(self) -> None:
+        """Every shard compared: the report is judged."""
+        self.done = True
+        self.compared = []
 
     def failures(self) -> list[str]:
         """Why the gate failed (empty when it passed)."""

@@ -33,8 +33,6 @@ class ShardProgress(_Model):
     state: str = "pending"
     checksum: str | None = None
     recopied: int = 0
-    # Compared record by record by the reconcile gate of this round.
-    reconciled: bool = False
 
 
 class OperatorAction(_Model):
