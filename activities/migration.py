@@ -44,7 +44,7 @@ from vecmigrate.indexes import build
 from vecmigrate.indexes.artifacts import cpu_share, set_openmp_threads
 from vecmigrate.model.access import AccessPolicy
 from vecmigrate.model.costs import StorageSnapshot
-from vecmigrate.model.gates import ShardCheck
+from vecmigrate.model.gates import ShardCheck, ShardReconcile
 from vecmigrate.model.routing import RoutingView
 from vecmigrate.model.schedule import Firing, ResolveFiringInput
 from vecmigrate.model.spec import MigrationSpec
@@ -70,6 +70,7 @@ from vecmigrate.model.tasks import (
     PrepareResult,
     PruneInput,
     PruneResult,
+    ReconcileShardInput,
     RegisterIndexInput,
     RoutingChangeInput,
     ShadowInput,
@@ -87,6 +88,7 @@ from vecmigrate.model.tasks import (
 from vecmigrate.records.checksums import RecordChecksum
 from vecmigrate.records.vectors import Ids, merge_topk
 from vecmigrate.stores import WHOLE
+from vecmigrate.validation import reconcile
 from vecmigrate.validation.shadow import ShadowLog
 
 I = TypeVar("I")  # noqa: E741
@@ -263,6 +265,7 @@ class MigrationActivities:
             self.register_index,
             self.validate_shard,
             self.validate,
+            self.reconcile_shard,
             self.data_state,
             self.change_routing,
             self.set_version_state,
@@ -407,6 +410,26 @@ class MigrationActivities:
             spec.migration_id, inp.shard.index, inp.round, check.model_dump(mode="json")
         )
         return check
+
+    @activity.defn(name="reconcile_shard")
+    @_boundary
+    def reconcile_shard(self, inp: ReconcileShardInput) -> ShardReconcile:
+        """Compare one shard of the source and the target record by record, repair what
+        differs and compare it again. Records written while it runs (the change log names them)
+        are left out: dual-write and catch-up account for them. It heartbeats where it stands;
+        a retry compares the shard again from its start (a repair written twice is the same)."""
+        spec = self.spec(inp)
+        log = ChangeLog(self.catalog)
+        after = log.head(spec.tenant, spec.collection)
+        with _keepalive(spec) as beat:
+            rec = reconcile.for_migration(
+                self.catalog,
+                spec,
+                max_records_per_second=inp.max_records_per_second,
+                volatile=lambda: log.changed_ids(spec.tenant, spec.collection, after),
+                on_progress=beat,
+            )
+            return rec.shard(inp.shard, inp.repair)
 
     @activity.defn(name="validate")
     @_boundary

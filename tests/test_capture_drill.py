@@ -25,7 +25,8 @@ from tests.test_capture import DIM, NOTHING, ROWS, Reader, _pg, _vec, items_tabl
 from vecmigrate.catalog.engines import dispose_engines
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.data import capture, stablename
-from vecmigrate.data.backfill import as_target, open_source, open_target, target_limits
+from vecmigrate.data.backfill import TargetView, open_source, open_target, target_limits
+from vecmigrate.data.transforms import identity
 from vecmigrate.errors import SpecError
 from vecmigrate.model.lifecycle import Phase
 from vecmigrate.model.spec import MigrationSpec, parse_spec
@@ -340,7 +341,8 @@ def test_a_switch_replays_what_is_pending_while_writers_by_the_name_wait(postgre
         # The copy, as the backfill makes it: the target holds every row of the source.
         source, target = open_source(spec), open_target(spec)
         rows = source.fetch_records(pa.array(range(200), pa.int64()))
-        copied, _ = as_target(rows, target, target_limits(spec, target), None)
+        view = TargetView(target, target_limits(spec, target), ("identity", identity))
+        copied, _ = view.records(rows)
         assert target.write(copied) == 200
         app.start()
         time.sleep(1.5)

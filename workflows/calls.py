@@ -98,6 +98,8 @@ def ledger_summary(entry: LedgerInput) -> str:
         return f"{data.get('step') or 'shadow'} gate " + (
             "passed" if data.get("passed") else "failed"
         )
+    if entry.kind == "reconcile":
+        return "reconcile gate " + ("passed" if data.get("passed") else "failed")
     if entry.kind == "version.state":
         return f"record: {data.get('version')} is {data.get('state')}"
     if entry.kind == "routing.changed":

@@ -869,3 +869,8 @@ class MigrationCore(OperatorSignals):
     async def _index_position(self) -> int:
         """The change-log position the target's index covers (taken once)."""
         raise NotImplementedError
+
+    async def _reconcile_gate(self) -> None:
+        """Compare the target with the source record by record, repair, and judge (VALIDATING's
+        module holds the gates)."""
+        raise NotImplementedError

@@ -25,6 +25,11 @@ with workflow.unsafe.imports_passed_through():
     )
 
 
+# The patch that puts the reconcile gate before the index build (runs recorded before it build
+# right away).
+RECONCILE_GATE = "reconcile-gate"
+
+
 class Indexing(MigrationCore):
     """The BUILDING_INDEX box."""
 
@@ -40,6 +45,10 @@ class Indexing(MigrationCore):
                 {"index_id": promotion.index_id, "reused": True, "artifacts": 0, "checksum": ""},
             )
             return
+        if workflow.patched(RECONCILE_GATE):
+            # After the copy and the catch-up, before anything is built on the target: a shard
+            # it repairs after its index was built (during the copy) is built again.
+            await self._reconcile_gate()
         native: ArtifactRef | None = None
         position = await self._index_position()
         if is_native(self._spec.target.index):

@@ -19,7 +19,9 @@ with workflow.unsafe.imports_passed_through():
         GateAdjustment,
         GateReport,
         GateVerdict,
+        ReconcileReport,
         ShardCheck,
+        ShardReconcile,
         adjust,
         remedies,
     )
@@ -27,6 +29,7 @@ with workflow.unsafe.imports_passed_through():
     from vecmigrate.model.messages import GateRequest, Interrupt, OperatorMessage
     from vecmigrate.model.status import MigrationInput
     from vecmigrate.model.tasks import (
+        ReconcileShardInput,
         ShardRef,
         ValidateInput,
         ValidateResult,
@@ -194,3 +197,55 @@ class Validating(MigrationCore):
             timedelta(seconds=self._spec.gates.time_budget_seconds * 2),
         )
         return result.report
+
+    async def _reconcile_gate(self) -> None:
+        """Compare every shard of the target with the source record by record (ids, vectors
+        and payload), repair what differs, and compare it again: the gate passes when that
+        second pass finds nothing. A failed gate pauses (or rolls back, as the spec's
+        ``gates.on_failure`` says); a resume compares every shard again.
+
+        The report keeps the shards compared so far, so a run continued as new goes on with
+        the rest; a shard repaired after its index was built is built again.
+        """
+        st = self._status
+        if st.reconcile is not None and st.reconcile.done and st.reconcile.passed:
+            return
+        while True:
+            if st.reconcile is None or st.reconcile.done:
+                st.reconcile = ReconcileReport()
+            compared = set(st.reconcile.compared)
+            await self._for_each_shard(
+                [s for s in self._shards if s.index not in compared], self._reconcile_shard
+            )
+            report = st.reconcile
+            report.finish()
+            await self._record("reconcile", "vecmigrate", report.model_dump(mode="json"))
+            if report.passed:
+                st.blocked_reason = ""
+                return
+            failures = report.failures()
+            st.blocked_reason = "reconcile failed: " + "; ".join(failures)
+            self._gate_failed("reconcile", failures, self._spec.gates.on_failure)
+            st.pause_reason = (
+                f"reconcile gate failed: {'; '.join(failures)}; resume to compare and repair "
+                "again, or roll back"
+            )
+            await self._hold()
+
+    async def _reconcile_shard(self, shard: ShardRef) -> None:
+        st = self._status
+        rate = st.max_vectors_per_second
+        share = None if rate is None else rate / max(1, self._spec.max_parallel_shards)
+        result = await self._work(
+            f"reconcile shard {shard.index}",
+            "reconcile_shard",
+            ReconcileShardInput(**self._task(), shard=shard, max_records_per_second=share),
+            ShardReconcile,
+            timedelta(hours=12),
+        )
+        assert st.reconcile is not None
+        st.reconcile.add(result)
+        progress = self._by_shard[shard.index]
+        if result.repaired.total() and progress.state == "indexed":
+            progress.state = "copied"  # built during the copy: built again
+        self._details()

@@ -278,6 +278,26 @@ async def record_online_stable_capture(env: WorkflowEnvironment, name: str) -> N
     save(name, history)
 
 
+async def record_reconciled(env: WorkflowEnvironment, name: str) -> None:
+    """An online migration with a router writing on the side, through the reconcile gate after
+    the catch-up (writes in flight while it compares are left out, not repaired)."""
+    sandbox = fresh_sandbox(name)
+    vectors = sandbox.seed(3000)
+    spec = sandbox.spec(
+        strategy="online", online=ONLINE, cutover={"mode": "automatic", "bake_seconds": 0.5}
+    )
+    with live_traffic(sandbox.catalog, vectors):
+        async with running_worker(env.client, sandbox) as queue:
+            mc = MigrationClient(env.client, queue)
+            mid = await mc.start(spec, operator="recorder")
+            final = await mc.result(mid)
+            assert final.phase == Phase.COMPLETED, final
+            assert final.reconcile is not None, "the reconcile gate did not run"
+            assert final.reconcile.passed, final.reconcile
+            history = await mc.handle(mid).fetch_history()
+    save(name, history)
+
+
 async def finish(mc: MigrationClient, mid: str, name: str) -> None:
     await mc.result(mid)
     save(name, await mc.handle(mid).fetch_history())
@@ -431,6 +451,7 @@ RECORDERS: dict[str, Callable[[WorkflowEnvironment, str], Awaitable[None]]] = {
     "blue_green_build_while_copying": record_build_while_copying,
     "blue_green_roles": record_roles,
     "compaction_completed": record_compaction,
+    "online_reconciled": record_reconciled,
 }
 
 

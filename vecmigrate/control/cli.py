@@ -35,16 +35,18 @@ from vecmigrate.control.devserver import DevServer, DevServerError, cancel_on_si
 from vecmigrate.control.ledgeraudit import history_anchors
 from vecmigrate.control.plan import Plan, plan_migration
 from vecmigrate.control.report import (
+    SHARD_ROWS,
     cost_tables,
     gate_tables,
     ledger_table,
     migration_costs,
     plan_table,
+    reconcile_table,
     regional_table,
     status_tables,
 )
 from vecmigrate.errors import PreconditionError, VecmigrateError
-from vecmigrate.model.gates import GateReport
+from vecmigrate.model.gates import GateReport, ReconcileReport
 from vecmigrate.model.lifecycle import Phase
 from vecmigrate.model.regions import RegionalStatus
 from vecmigrate.model.spec import MigrationSpec, load_spec, parse_spec
@@ -476,6 +478,46 @@ def parser() -> argparse.ArgumentParser:
         help="let the gate pass as it stands (recorded with --reason in the ledger and report)",
     )
     p.add_argument("--reason", default="", help="why, recorded in the ledger with --operator")
+
+    p = sub.add_parser(
+        "diff",
+        help="compare two versions of a collection record by record, shard by shard (and "
+        "repair the target); resumable",
+    )
+    _common(p)
+    p.add_argument(
+        "spec", help="a migration spec naming the collection (and, by default, the two versions)"
+    )
+    p.add_argument(
+        "--source", default=None, help="the version read as right (default: the spec's source)"
+    )
+    p.add_argument(
+        "--target", default=None, help="the version compared with it (default: the spec's target)"
+    )
+    p.add_argument(
+        "--repair",
+        action="store_true",
+        help="copy what differs again from the source (through the migration's transform) and "
+        "delete the target's extra records, then compare those shards again",
+    )
+    p.add_argument(
+        "--max-records-per-second",
+        type=float,
+        default=None,
+        metavar="N",
+        help="read at most N records a second (both versions counted; default: unthrottled)",
+    )
+    p.add_argument(
+        "--state",
+        default=None,
+        metavar="FILE",
+        help="where the shards compared are kept, so a rerun goes on with the rest (default: a "
+        "file per comparison in the vecmigrate home's diff folder)",
+    )
+    p.add_argument(
+        "--restart", action="store_true", help="compare every shard again, forgetting the state"
+    )
+    _json_flag(p, "the report")
 
     p = sub.add_parser(
         "report", help="the latest gate report of a migration, its storage and per-shard costs"
@@ -1562,8 +1604,57 @@ async def _report(args: argparse.Namespace) -> int:
     else:
         out.print(f"gate report of {args.id}, recorded {entry.at} (ledger entry {entry.seq})")
         migration = catalog.get_migration(args.id)
+        reconciled = catalog.latest(args.id, "reconcile")
+        if reconciled is not None:
+            out.print(reconcile_table(ReconcileReport.model_validate(reconciled.data)))
         out.print(gate_tables(report, migration["source_version"], migration["target_version"]))
         out.print(cost_tables(costs))
+    return 0 if report.passed else 1
+
+
+async def _diff(args: argparse.Namespace) -> int:
+    from vecmigrate.control.diff import run_diff
+    from vecmigrate.model.gates import ShardReconcile
+
+    rate = args.max_records_per_second
+    if rate is not None and not (rate > 0 and rate != float("inf")):
+        raise VecmigrateError(f"--max-records-per-second takes a positive number, not {rate}")
+    spec = resolve_spec(load_spec(args.spec))
+
+    def tell(result: ShardReconcile, before: bool) -> None:
+        how = (
+            "compared before (--restart compares it again)"
+            if before
+            else (
+                f"{result.source_records:,} / {result.target_records:,} records in "
+                f"{result.seconds:.2f} s"
+            )
+        )
+        err.print(
+            f"shard {result.shard}: found {result.found.line()}; repaired "
+            f"{result.repaired.line()}; {how}",
+            markup=False,
+            soft_wrap=True,
+        )
+
+    report, results = run_diff(
+        _read_catalog(args),
+        spec,
+        source=args.source,
+        target=args.target,
+        repair=args.repair,
+        max_records_per_second=rate,
+        state_path=Path(args.state) if args.state else None,
+        restart=args.restart,
+        on_shard=None if args.json else tell,
+    )
+    if args.json:
+        print(report.model_dump_json(indent=2))
+    else:
+        shown = results if len(results) <= SHARD_ROWS else None
+        out.print(reconcile_table(report, shown))
+        if not report.vectors_compared:
+            out.print("vectors were not compared: the versions hold vectors of different models")
     return 0 if report.passed else 1
 
 
@@ -1671,6 +1762,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "log": _log,
     "serve": _serve,
     "report": _report,
+    "diff": _diff,
     "throttle": _throttle,
     "gate": _gate,
     "schedule": _schedule,

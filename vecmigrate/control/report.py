@@ -16,7 +16,13 @@ from vecmigrate.data.footprint import ESTIMATE_KIND, STORAGE_KIND
 from vecmigrate.data.retention import GcReport
 from vecmigrate.embedding.registry import Registry
 from vecmigrate.model.costs import MigrationCosts, ShardCost, StorageEstimate, StorageSnapshot
-from vecmigrate.model.gates import GateReport
+from vecmigrate.model.gates import (
+    DIFF_KINDS,
+    DiffCounts,
+    GateReport,
+    ReconcileReport,
+    ShardReconcile,
+)
 from vecmigrate.model.lifecycle import Phase
 from vecmigrate.model.regions import RegionalStatus
 from vecmigrate.model.schedule import Firing
@@ -128,6 +134,8 @@ def status_tables(st: MigrationStatus) -> Group:
             )
         parts.append(shards)
 
+    if st.reconcile:
+        parts.append(reconcile_table(st.reconcile))
     if st.gates:
         parts.extend(gate_tables(st.gates, st.source_version, st.target_version).renderables)
 
@@ -150,6 +158,38 @@ def figures_table(title: str, columns: tuple[str, str], rows: Iterable[tuple[str
     table.add_column(columns[1], justify="right")
     for name, figure in rows:
         table.add_row(name, figure)
+    return table
+
+
+def reconcile_table(r: ReconcileReport, shards: list[ShardReconcile] | None = None) -> Table:
+    """Records found differing and repaired per kind, per shard (those that differed, or
+    ``shards``) and in total, with what the pass after the repair found."""
+    what = "ids, vectors and payload" if r.vectors_compared else "ids and payload (new vectors)"
+    verdict = "passed" if r.passed else "FAILED"
+    if not r.done:
+        verdict = f"running, {r.shards} shards so far"
+    table = Table(
+        title=f"reconcile ({verdict}): {r.shards} shards compared by {what}",
+        caption=f"left out: {r.quarantined:,} quarantined, {r.excluded:,} written while compared",
+    )
+    table.add_column("shard")
+    for kind in DIFF_KINDS:
+        table.add_column(kind, justify="right")
+    table.add_column("repaired", justify="right")
+    table.add_column("left", justify="right")
+
+    def row(name: str, found: DiffCounts, repaired: DiffCounts, left: DiffCounts) -> None:
+        style = "red" if left.total() else "green"
+        table.add_row(
+            name,
+            *(f"{getattr(found, k):,}" for k in DIFF_KINDS),
+            f"{repaired.total():,}",
+            f"[{style}]{left.line()}[/{style}]",
+        )
+
+    for s in r.differing if shards is None else shards:
+        row(str(s.shard), s.found, s.repaired, s.left())
+    row("total", r.found, r.repaired, r.left)
     return table
 
 

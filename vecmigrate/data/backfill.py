@@ -440,6 +440,48 @@ def prepare(catalog: Catalog, spec: MigrationSpec, operator: str) -> PrepareResu
     )
 
 
+class TargetView:
+    """Source records as the copy writes them into the target: those the target cannot hold left
+    out (the quarantine's), the rest re-embedded by the new model or passed through the
+    migration's transform, in the target's layout. The copy, the catch-up's repairs and the
+    reconcile's write through this one path."""
+
+    def __init__(
+        self,
+        target: VectorStore,
+        limits: Limits,
+        transform: tuple[str, Transform],
+        reembed: Reembedder | None = None,
+    ) -> None:
+        self.limits = limits
+        self.transform_name, self.transform = transform
+        self.reembed = reembed
+        self.schema = target.schema
+
+    @classmethod
+    def of(cls, catalog: Catalog, spec: MigrationSpec, target: VectorStore) -> TargetView:
+        """The view of ``spec``'s migration into ``target``."""
+        return cls(
+            target,
+            target_limits(spec, target),
+            make_transform(spec.source.embedding, spec.target.embedding),
+            Reembedder.for_spec(catalog, spec) if spec.model_change else None,
+        )
+
+    def records(self, records: Records, faults: Faults | None = None) -> tuple[Records, Faults]:
+        """``records`` as the target holds them, and the records it cannot (with ``faults``,
+        those the read already left out)."""
+        good, bad = screen(records, self.limits)
+        if faults is not None:
+            bad.extend(faults)
+        if self.reembed is not None:
+            found, vectors = self.reembed.records(good.labels)
+            good = good.filter(np.isin(good.labels, found)).with_vectors(vectors)
+        elif self.transform_name != "identity":
+            good = good.with_vectors(self.transform(good.vectors()))
+        return good.conform(self.schema), bad
+
+
 class Throttle:
     """Holds a copy to a rate (vectors/s), measured from the last change of the rate."""
 
@@ -457,25 +499,6 @@ class Throttle:
         if rate is None:
             return 0.0
         return max(0.0, self.done / rate - (self.clock() - self.since))
-
-
-def as_target(
-    records: Records,
-    target: VectorStore,
-    limits: Limits,
-    transform: Transform | None,
-    reembed: Reembedder | None = None,
-) -> tuple[Records, Faults]:
-    """Source records as the target holds them (screened against its limits, re-embedded or
-    transformed, in its schema), and the records it cannot hold. The copy and the replay of
-    captured writes both go through it."""
-    good, faults = screen(records, limits)
-    if reembed is not None:
-        found, vectors = reembed.records(good.labels)
-        good = good.filter(np.isin(good.labels, found)).with_vectors(vectors)
-    elif transform is not None:
-        good = good.with_vectors(transform(good.vectors()))
-    return good.conform(target.schema), faults
 
 
 def copy_shard(
@@ -507,10 +530,9 @@ def copy_shard(
         )
     source = open_source(spec)
     target = open_target(spec, source)
-    limits = target_limits(spec, target)
+    view = TargetView.of(journal.catalog, spec, target)
+    reembed = view.reembed
     quarantine = Quarantine(journal.catalog)
-    name, transform = make_transform(spec.source.embedding, spec.target.embedding)
-    reembed = Reembedder.for_spec(journal.catalog, spec) if spec.model_change else None
     cursor, copied, acc = state.cursor, state.copied, state.written
     handed, batches, left_out = state.handed, 0, 0
     moved = {"read": 0, "written": 0}
@@ -546,13 +568,6 @@ def copy_shard(
             return {}
         return {"embedded": reembed.texts, "embed_seconds": round(reembed.seconds, 3)}
 
-    def target_records(batch: Batch) -> tuple[Records, Faults]:
-        good, faults = as_target(
-            batch.records, target, limits, None if name == "identity" else transform, reembed
-        )
-        faults.extend(batch.faults)
-        return good, faults
-
     # The next batch is read while this one is written (the source and the target are other
     # databases, so the read and the write overlap): reading costs a third of a copy.
     reader = ThreadPoolExecutor(1, thread_name_prefix="prefetch")
@@ -579,7 +594,7 @@ def copy_shard(
                     spec.batch_size,
                 )
             try:
-                records, faults = target_records(batch)
+                records, faults = view.records(batch.records, batch.faults)
             except DataError as exc:
                 # Everything before this batch has committed: a resume after the fix starts here.
                 journal.before_batch(mid, shard.index, cursor, copied, acc, 0)

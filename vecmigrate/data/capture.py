@@ -16,13 +16,13 @@ import numpy as np
 import pyarrow as pa
 
 from vecmigrate.data.backfill import (
-    as_target,
+    TargetView,
     open_source,
     open_target,
     target_limits,
     target_scope,
 )
-from vecmigrate.data.transforms import make_transform
+from vecmigrate.data.transforms import identity, make_transform
 from vecmigrate.errors import NotFoundError, PreconditionError
 from vecmigrate.model.records import IdKind
 from vecmigrate.model.spec import MigrationSpec
@@ -96,17 +96,20 @@ def _applier(
     """What a replay does with a batch of captured ids: write the rows ``read`` holds now to
     ``write`` (screened, transformed when going to the target), and delete from ``write`` the
     ids ``read`` no longer holds."""
-    limits = target_limits(spec, write)
-    name, made = make_transform(spec.source.embedding, spec.target.embedding)
     # Back onto the source, rows map back as they are: a spec that transforms vectors does not
     # capture in both directions (see MigrationSpec._check_stable_name).
-    transform = None if name == "identity" or _is_source(spec, write) else made
+    transform = (
+        ("identity", identity)
+        if _is_source(spec, write)
+        else make_transform(spec.source.embedding, spec.target.embedding)
+    )
+    view = TargetView(write, target_limits(spec, write), transform)
     kind = read.schema.id_kind
 
     def apply(texts: list[str]) -> None:
         ids = _ids(texts, kind)
         current = read.fetch_records(ids)
-        good, faults = as_target(current, write, limits, transform)
+        good, faults = view.records(current)
         held = {str(v) for v in good.id_values()}
         gone = [t for t in (str(v) for v in ids.to_pylist()) if t not in held]
         if len(good):

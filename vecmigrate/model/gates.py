@@ -285,3 +285,136 @@ def shadow_verdicts(
             )
         )
     return adjust(verdicts, adjustments)
+
+
+# What a reconcile tells apart, in this order: records of the source the target lacks, records
+# of the target the source lacks, and records on both sides whose vectors or payload differ.
+DIFF_KINDS = ("missing", "extra", "vector", "payload")
+
+
+class DiffCounts(_Model):
+    """Records per kind of difference (see :data:`DIFF_KINDS`)."""
+
+    missing: int = 0
+    extra: int = 0
+    vector: int = 0
+    payload: int = 0
+
+    def total(self) -> int:
+        """Every difference (a record whose vector and payload both differ counts twice)."""
+        return self.missing + self.extra + self.vector + self.payload
+
+    def plus(self, other: DiffCounts) -> DiffCounts:
+        """The counts of both."""
+        return DiffCounts(
+            missing=self.missing + other.missing,
+            extra=self.extra + other.extra,
+            vector=self.vector + other.vector,
+            payload=self.payload + other.payload,
+        )
+
+    def line(self) -> str:
+        """``missing 1, extra 2, ...`` (kinds with none left out); ``none`` when all are 0."""
+        parts = [f"{k} {getattr(self, k):,}" for k in DIFF_KINDS if getattr(self, k)]
+        return ", ".join(parts) or "none"
+
+
+class ShardReconcile(_Model):
+    """One shard compared record by record (and repaired, and compared again)."""
+
+    shard: int
+    found: DiffCounts = Field(default_factory=DiffCounts)
+    repaired: DiffCounts = Field(default_factory=DiffCounts)
+    # The pass after the repair (None when nothing was repaired or no repair was asked).
+    again: DiffCounts | None = None
+    source_records: int = 0
+    target_records: int = 0
+    # Source records no target can hold (the quarantine's): left out, never "missing".
+    quarantined: int = 0
+    # Records written while the shard was compared (the change log names them): left out.
+    excluded: int = 0
+    # False when the migration changes vectors (a new model, dimension or transform that
+    # cannot be replayed): then ids and payload are compared, not vectors.
+    vectors_compared: bool = True
+    seconds: float = 0.0
+
+    def left(self) -> DiffCounts:
+        """What differs after this shard's work: the second pass's finding, else the first's
+        less what was repaired."""
+        if self.again is not None:
+            return self.again
+        return DiffCounts(
+            **{k: getattr(self.found, k) - getattr(self.repaired, k) for k in DIFF_KINDS}
+        )
+
+
+class ReconcileReport(_Model):
+    """The reconcile gate of a migration: what it found and repaired, per shard and in total,
+    and whether the pass after the repair found nothing (the verdict)."""
+
+    found: DiffCounts = Field(default_factory=DiffCounts)
+    repaired: DiffCounts = Field(default_factory=DiffCounts)
+    left: DiffCounts = Field(default_factory=DiffCounts)
+    shards: int = 0
+    # Only the shards where something differed (a clean shard is counted, not listed).
+    differing: list[ShardReconcile] = Field(default_factory=list)
+    quarantined: int = 0
+    excluded: int = 0
+    vectors_compared: bool = True
+    passed: bool = True
+    seconds: float = 0.0
+
+    # Whether every shard has been compared (a gate in progress is not judged yet).
+    done: bool = False
+    # While it runs: the shards compared so far (a run continued as new goes on with the
+    # rest); emptied when done, so a migration of thousands of shards does not carry them.
+    compared: list[int] = Field(default_factory=list)
+
+    def add(self, result: ShardReconcile) -> None:
+        """Fold in one shard's result."""
+        left = result.left()
+        self.found = self.found.plus(result.found)
+        self.repaired = self.repaired.plus(result.repaired)
+        self.left = self.left.plus(left)
+        self.shards += 1
+        if result.found.total() or left.total():
+            self.differing = sorted([*self.differing, result], key=lambda r: r.shard)
+        self.quarantined += result.quarantined
+        self.excluded += result.excluded
+        self.vectors_compared = self.vectors_compared and result.vectors_compared
+        self.passed = not self.left.total()
+        self.seconds = round(self.seconds + result.seconds, 3)
+        self.compared.append(result.shard)
+
+    @classmethod
+    def of(cls, results: list[ShardReconcile]) -> ReconcileReport:
+        """The report of these shards' results (every shard compared)."""
+        report = cls()
+        for r in results:
+            report.add(r)
+        report.finish()
+        return report
+
+    def finish(self) -> None:
+        """Every shard compared: the report is judged."""
+        self.done = True
+        self.compared = []
+
+    def failures(self) -> list[str]:
+        """Why the gate failed (empty when it passed)."""
+        if self.passed:
+            return []
+        shards = [r.shard for r in self.differing if r.left().total()]
+        return [
+            f"reconcile: after the repair {self.left.line()} still differ "
+            f"(shards {shards[:10]}{' ...' if len(shards) > 10 else ''})"
+        ]
+
+    def line(self) -> str:
+        """One line for a status or a report."""
+        what = "ids, vectors and payload" if self.vectors_compared else "ids and payload"
+        verdict = "passed" if self.passed else "FAILED"
+        return (
+            f"reconcile {verdict}: {self.shards} shards compared by {what}; found "
+            f"{self.found.line()}; repaired {self.repaired.line()}; left {self.left.line()}"
+        )

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from vecmigrate.model.gates import GateAdjustment, GateReport, ShadowFigures
+from vecmigrate.model.gates import GateAdjustment, GateReport, ReconcileReport, ShadowFigures
 from vecmigrate.model.lifecycle import TERMINAL, Phase
 from vecmigrate.model.messages import Interrupt
 from vecmigrate.model.routing import RoutingView
@@ -143,6 +143,8 @@ class MigrationStatus(_Model):
     # workflow handled, which is minutes old during a long copy (``caught_up`` adds the rest).
     as_of: str = ""
     gates: GateReport | None = None
+    # The reconcile gate before the index build: what it found and repaired, and its verdict.
+    reconcile: ReconcileReport | None = None
     routing: RoutingView | None = None
     operators: list[OperatorAction] = Field(default_factory=list)
     cutover_approved: bool = False

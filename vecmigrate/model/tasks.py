@@ -421,3 +421,13 @@ class StableNameSwitch(_Model):
     before: str | None = None
     after: str | None = None
     changed: bool = False
+
+
+class ReconcileShardInput(SpecTask):
+    """Compare one shard of the source and the target record by record, repair what differs,
+    and compare it again."""
+
+    shard: ShardRef
+    repair: bool = True
+    # Records read per second on this shard (None: as fast as the stores go).
+    max_records_per_second: float | None = None

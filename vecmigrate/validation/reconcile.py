@@ -1,0 +1,323 @@
+"""Reconcile: compare a source and a target shard by shard, record by record, and repair what
+differs by copying it again.
+
+Each side of one shard is read once into a table of its records' labels with two 64-bit hashes
+each: one of the id and vectors, one of the id and payload (the hashes of
+:mod:`vecmigrate.records.checksums`, so a record compares equal exactly when its checksum
+would). The source is seen as the target should hold it (see
+:class:`~vecmigrate.data.backfill.TargetView`): records the target cannot hold are left out
+(the quarantine's, never "missing"), the rest passed through the migration's transform. Memory
+is bounded by one shard: 24 bytes and an id per record.
+
+A record is ``missing`` (in the source, not the target), ``extra`` (in the target, not the
+source), or on both sides with its ``vector`` or its ``payload`` different. When the migration
+re-embeds (a new model), vectors cannot be compared with the source's: ids and payload are, and
+the result says so (``vectors_compared``). The repair copies the missing and differing records
+again from the source through the copy's own path and deletes the extra ones; a second pass
+must then find nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from vecmigrate.catalog.catalog import Catalog
+from vecmigrate.data.backfill import TargetView, Throttle, open_source, target_scope
+from vecmigrate.model.gates import DIFF_KINDS, DiffCounts, ShardReconcile
+from vecmigrate.model.spec import MigrationSpec
+from vecmigrate.model.tasks import ShardRef
+from vecmigrate.records.batch import Records
+from vecmigrate.records.checksums import Words, record_hashes
+from vecmigrate.records.ids import id_array, labels
+from vecmigrate.records.screening import screen
+from vecmigrate.records.vectors import Ids
+from vecmigrate.stores import VectorStore, open_store
+
+# Called after every batch read with where the pass stands: the shard, the pass (1 or 2), the
+# side and the records read so far (the activity heartbeats it).
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class _Side:
+    """One side of a shard: each record's label, id, and its vector and payload hashes."""
+
+    labels: list[Ids] = field(default_factory=list)
+    ids: list[pa.Array] = field(default_factory=list)
+    vectors: list[Words] = field(default_factory=list)
+    payloads: list[Words] = field(default_factory=list)
+    # Records read that no store can hold (a NaN, a wrong dimension, a repeated id): their ids.
+    broken: list[str] = field(default_factory=list)
+
+    def add(self, records: Records, compare_vectors: bool) -> None:
+        labels_ = records.labels
+        self.labels.append(labels_)
+        self.ids.append(records.ids)
+        if compare_vectors:
+            schema = records.schema
+            ordered = [schema.primary.name, *sorted(v.name for v in schema.vectors[1:])]
+            self.vectors.append(record_hashes(labels_, [records.vectors(n) for n in ordered]))
+        else:
+            self.vectors.append(np.zeros(len(records), np.uint64))
+        self.payloads.append(records.payload_only_hashes())
+
+    def table(self) -> tuple[Ids, pa.Array | None, Words, Words]:
+        """Labels (sorted), ids, vector hashes and payload hashes, in label order."""
+        if not self.labels:
+            empty = np.empty(0, np.uint64)
+            return np.empty(0, np.int64), None, empty, empty
+        lab = np.concatenate(self.labels)
+        order = np.argsort(lab, kind="stable")
+        ids = pa.concat_arrays([a.cast(self.ids[0].type) for a in self.ids]).take(pa.array(order))
+        return (
+            lab[order],
+            ids,
+            np.concatenate(self.vectors)[order],
+            np.concatenate(self.payloads)[order],
+        )
+
+
+@dataclass
+class _Ids:
+    """A side's ids by label: sorted labels and the ids in that order (and a few more, by
+    label, that the table lacks: the target's broken records)."""
+
+    labels: Ids
+    ids: pa.Array | None
+    more: dict[int, Any] = field(default_factory=dict)
+
+    def of(self, wanted: Ids, kind: Any) -> pa.Array:
+        """The ids of ``wanted`` labels, as an Arrow array of ``kind``."""
+        known = np.isin(wanted, self.labels)
+        values: list[Any] = []
+        if known.any() and self.ids is not None:
+            rows = np.searchsorted(self.labels, wanted[known])
+            values += self.ids.take(pa.array(rows)).to_pylist()
+        values += [self.more[int(x)] for x in wanted[~known]]
+        return id_array(values, kind)
+
+
+@dataclass
+class ShardDiff:
+    """What differs in one shard, by label; ids as each side holds them, for the repair."""
+
+    missing: Ids
+    extra: Ids
+    vector: Ids
+    payload: Ids
+    source: _Ids
+    target: _Ids
+    source_records: int
+    target_records: int
+    quarantined: int
+    excluded: int
+
+    def counts(self) -> DiffCounts:
+        return DiffCounts(**{k: int(getattr(self, k).size) for k in DIFF_KINDS})
+
+
+@dataclass
+class Reconciler:
+    """Compares (and repairs) ``target`` against ``source`` shard by shard.
+
+    ``view`` is how the copy writes source records into the target (what the target should
+    hold, and the path the repair writes through); ``compare_vectors`` is False when vectors
+    were re-embedded. ``volatile`` names the records written since a point before the pass
+    (the change log's): they are left out, not repaired (dual-write keeps them). At most
+    ``max_records_per_second`` records are read per second (both sides counted).
+    """
+
+    source: VectorStore
+    target: VectorStore
+    view: TargetView
+    compare_vectors: bool = True
+    batch_size: int = 10_000
+    max_records_per_second: float | None = None
+    volatile: Callable[[], Ids] | None = None
+    on_progress: Progress | None = None
+    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float] = time.monotonic
+    _throttle: Throttle | None = None
+
+    def _read(self, shard: ShardRef, side: str, pass_: int) -> tuple[_Side, int]:
+        store = self.source if side == "source" else self.target
+        out, quarantined, read = _Side(), 0, 0
+        if self._throttle is None:
+            self._throttle = Throttle(self.clock)
+        for batch in store.iter_shard(shard, self.batch_size, read_ahead=True):
+            records = batch.records
+            if side == "source":
+                records, bad = screen(records, self.view.limits)
+                bad.extend(batch.faults)
+                quarantined += len(set(bad.ids))
+                if self.compare_vectors and self.view.transform_name != "identity" and len(records):
+                    records = records.with_vectors(self.view.transform(records.vectors()))
+                if self.compare_vectors:
+                    records = records.conform(self.view.schema)
+            else:
+                out.broken.extend(batch.faults.ids)
+            out.add(records, self.compare_vectors)
+            read += len(batch.records) + len(batch.faults)
+            if self.on_progress is not None:
+                cursor = batch.next_cursor.model_dump() if batch.next_cursor else None
+                self.on_progress(
+                    {
+                        "shard": shard.index,
+                        "pass": pass_,
+                        "side": side,
+                        "read": read,
+                        "cursor": cursor,
+                    }
+                )
+            wait = self._throttle.delay(self.max_records_per_second, len(batch.records))
+            if wait > 0:
+                self.sleep(wait)
+        return out, quarantined
+
+    def diff(self, shard: ShardRef, pass_: int = 1) -> ShardDiff:
+        """Compare one shard of both sides."""
+        src, quarantined = self._read(shard, "source", pass_)
+        dst, _ = self._read(shard, "target", pass_)
+        s_lab, s_ids, s_vec, s_pay = src.table()
+        t_lab, t_ids, t_vec, t_pay = dst.table()
+        common, si, ti = np.intersect1d(s_lab, t_lab, assume_unique=True, return_indices=True)
+        missing = np.setdiff1d(s_lab, t_lab, assume_unique=True)
+        extra = np.setdiff1d(t_lab, s_lab, assume_unique=True)
+        vector = common[s_vec[si] != t_vec[ti]] if self.compare_vectors else common[:0]
+        payload = common[s_pay[si] != t_pay[ti]]
+        target = _Ids(t_lab, t_ids)
+        if dst.broken:
+            # Target records no store can hold: copied again when the source has them, else
+            # deleted.
+            kind = self.target.schema.id_kind
+            arr = id_array(dst.broken, kind)
+            b_lab = labels(arr, kind)
+            for label, value in zip(b_lab.tolist(), arr.to_pylist(), strict=True):
+                target.more.setdefault(label, value)
+            in_src = np.isin(b_lab, s_lab)
+            vector = np.union1d(vector, b_lab[in_src])
+            missing = np.setdiff1d(missing, b_lab)
+            extra = np.union1d(extra, b_lab[~in_src])
+        excluded = 0
+        if self.volatile is not None:
+            changed = self.volatile()
+            if changed.size:
+                seen = np.union1d(s_lab, t_lab)
+                excluded = int(np.isin(seen, changed).sum())
+                missing, extra, vector, payload = (
+                    a[~np.isin(a, changed)] for a in (missing, extra, vector, payload)
+                )
+        return ShardDiff(
+            missing=missing,
+            extra=extra,
+            vector=vector,
+            payload=payload,
+            source=_Ids(s_lab, s_ids),
+            target=target,
+            source_records=int(s_lab.size),
+            target_records=int(t_lab.size),
+            quarantined=quarantined,
+            excluded=excluded,
+        )
+
+    def repair(self, diff: ShardDiff) -> DiffCounts:
+        """Copy the missing and differing records again from the source (through the copy's
+        path) and delete the extra ones; the records repaired, per kind."""
+        again = np.union1d(np.union1d(diff.missing, diff.vector), diff.payload)
+        written: list[Ids] = []
+        kind = self.source.schema.id_kind
+        for start in range(0, again.size, self.batch_size):
+            chunk = again[start : start + self.batch_size]
+            ids = diff.source.of(chunk, kind)
+            records, _ = self.view.records(self.source.fetch_records(ids))
+            if len(records):
+                self.target.write(records)
+                written.append(records.labels)
+            wait = (
+                self._throttle.delay(self.max_records_per_second, len(chunk))
+                if self._throttle
+                else 0.0
+            )
+            if wait > 0:
+                self.sleep(wait)
+        done = np.concatenate(written) if written else np.empty(0, np.int64)
+        deleted = 0
+        if diff.extra.size:
+            t_kind = self.target.schema.id_kind
+            self.target.delete(diff.target.of(diff.extra, t_kind))
+            deleted = int(diff.extra.size)
+        return DiffCounts(
+            missing=int(np.isin(diff.missing, done).sum()),
+            extra=deleted,
+            vector=int(np.isin(diff.vector, done).sum()),
+            payload=int(np.isin(diff.payload, done).sum()),
+        )
+
+    def shard(self, shard: ShardRef, repair: bool = True) -> ShardReconcile:
+        """Compare one shard; with ``repair``, repair what differs and compare it again."""
+        began = self.clock()
+        first = self.diff(shard, 1)
+        found = first.counts()
+        repaired, again = DiffCounts(), None
+        if repair and found.total():
+            repaired = self.repair(first)
+            again = self.diff(shard, 2).counts()
+        return ShardReconcile(
+            shard=shard.index,
+            found=found,
+            repaired=repaired,
+            again=again,
+            source_records=first.source_records,
+            target_records=first.target_records,
+            quarantined=first.quarantined,
+            excluded=first.excluded,
+            vectors_compared=self.compare_vectors,
+            seconds=round(self.clock() - began, 3),
+        )
+
+
+def open_existing_target(spec: MigrationSpec) -> VectorStore:
+    """The target version's store, which must exist (a reconcile never creates one).
+
+    Raises:
+        NotFoundError: the target has not been created (nothing was copied yet).
+    """
+    return open_store(
+        spec.target.store, target_scope(spec), metric=str(spec.target.embedding.metric)
+    )
+
+
+def for_migration(
+    catalog: Catalog,
+    spec: MigrationSpec,
+    source: VectorStore | None = None,
+    target: VectorStore | None = None,
+    **options: Any,
+) -> Reconciler:
+    """A reconciler of ``spec``'s target against its source, seen through the migration (its
+    quarantine rules, its transform, and its new model's re-embedding for the repair)."""
+    source = source or open_source(spec)
+    target = target or open_existing_target(spec)
+    options.setdefault("batch_size", spec.batch_size)
+    return Reconciler(
+        source,
+        target,
+        TargetView.of(catalog, spec, target),
+        compare_vectors=vectors_comparable(spec.model_change),
+        **options,
+    )
+
+
+def vectors_comparable(model_change: bool) -> bool:
+    """Whether a target's vectors can be compared with the source's seen through the
+    migration's transform: not when a new model embedded them."""
+    return not model_change
+
+
+__all__ = ["Reconciler", "ShardDiff", "for_migration", "open_existing_target", "vectors_comparable"]
