@@ -415,18 +415,25 @@ class MigrationActivities:
     @_boundary
     def reconcile_shard(self, inp: ReconcileShardInput) -> ShardReconcile:
         """Compare one shard of the source and the target record by record, repair what
-        differs and compare it again. Records written while it runs (the change log names them)
-        are left out: dual-write and catch-up account for them. It heartbeats where it stands;
-        a retry compares the shard again from its start (a repair written twice is the same)."""
+        differs and compare it again. Records written while it runs are left out: those the
+        change log names (dual-write and catch-up account for them) and those written to the
+        source with plain SQL whose capture is not replayed yet (the next replay brings them).
+        It heartbeats where it stands; a retry compares the shard again from its start (a
+        repair written twice is the same)."""
         spec = self.spec(inp)
         log = ChangeLog(self.catalog)
         after = log.head(spec.tenant, spec.collection)
+
+        def volatile() -> Ids:
+            logged = log.changed_ids(spec.tenant, spec.collection, after)
+            return np.union1d(logged, capture.captured_ids(spec))
+
         with _keepalive(spec) as beat:
             rec = reconcile.for_migration(
                 self.catalog,
                 spec,
                 max_records_per_second=inp.max_records_per_second,
-                volatile=lambda: log.changed_ids(spec.tenant, spec.collection, after),
+                volatile=volatile,
                 on_progress=beat,
             )
             return rec.shard(inp.shard, inp.repair)
@@ -457,6 +464,7 @@ class MigrationActivities:
                 queries=queries,
                 truth=merge_topk(parts, queries.ask) if parts else None,
                 source_is_target=validation.same_data(spec, checks),
+                unsettled=capture.captured_ids(spec),
             )
         report = validation.report(spec, checks, figures)
         report.data_state = before

@@ -227,7 +227,7 @@ async def test_the_drill_loses_no_write_through_a_rollback_after_cut_over_and_a_
             if st is not None:
                 phase["now"] = str(st.phase) + (f"#{st.cutovers}" if st.cutovers else "")
                 assert st.phase not in (Phase.ABORTED, Phase.ROLLED_BACK), st.error
-                assert not st.paused, st.error
+                assert not st.paused, (st.blocked_reason, st.error, st.reconcile)
                 if ok(st):
                     return
             await asyncio.sleep(0.05)
