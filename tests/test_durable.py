@@ -170,9 +170,10 @@ async def test_status_counts_a_long_copy_by_the_clock_not_the_last_event(
     assert after.eta_seconds == pytest.approx((total - copied) / after.rate, abs=0.1)
 
 
-# About 4.5 minutes on a 2-core machine, near the default timeout of 5.
+# About 4.5 minutes on a quiet 2-core machine before the reconcile gate (now three activities a
+# shard: copy, reconcile, checks), 13.5 on a loaded one with it: the timeout leaves room.
 @pytest.mark.slow
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1500)
 async def test_five_thousand_shards_keep_every_history_small(
     client: Client, sandbox: Sandbox
 ) -> None:
@@ -186,7 +187,7 @@ async def test_five_thousand_shards_keep_every_history_small(
     async with running_worker(client, sandbox, concurrency=8) as queue:
         mc = MigrationClient(client, queue)
         mid = await mc.start(spec, operator="alice")
-        final = await mc.result(mid, timeout=1100)
+        final = await mc.result(mid, timeout=1400)
     assert final.phase == Phase.COMPLETED, final.error
     assert len(final.shards) == 5000
     assert sum(s.copied for s in final.shards) == 15_000
