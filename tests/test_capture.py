@@ -23,6 +23,7 @@ from tests.conftest import Sandbox, postgres_database, running_worker
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.control.doctor import Finding
 from vecmigrate.control.doctor import _catalog as doctor_catalog
+from vecmigrate.control.plan import plan_migration
 from vecmigrate.control.report import status_tables
 from vecmigrate.data import capture
 from vecmigrate.data.backfill import run_checks
@@ -462,4 +463,7 @@ def test_plan_names_the_grants_a_capture_needs_before_anything_is_written(
         with psycopg.connect(_pg(url), autocommit=True) as conn:
             conn.execute(f"GRANT CREATE ON SCHEMA public TO {role}")
     assert capture_check() is None
+    steps = dict(plan_migration(sandbox.catalog, spec).steps)
+    assert steps["CAPTURE"].startswith("a trigger on items records every write made with plain")
+    assert "replayed onto the source" not in steps["CAPTURE"]  # no stable name: one way
     assert leftovers(url) == NOTHING  # planning wrote nothing

@@ -24,6 +24,7 @@ from tests.conftest import Sandbox, postgres_database, running_worker
 from tests.test_capture import DIM, NOTHING, ROWS, Reader, _pg, _vec, items_table, leftovers
 from vecmigrate.catalog.engines import dispose_engines
 from vecmigrate.control.client import MigrationClient
+from vecmigrate.control.plan import capture_step
 from vecmigrate.data import capture, stablename
 from vecmigrate.data.backfill import TargetView, open_source, open_target, target_limits
 from vecmigrate.data.transforms import identity
@@ -373,3 +374,9 @@ def test_a_switch_replays_what_is_pending_while_writers_by_the_name_wait(postgre
     assert {"v1", "v2", "v1 again"} <= set(app.latency)
     assert leftovers(url) == NOTHING
     print("write p99 around the switches (count, ms):", app.p99())
+
+
+def test_plan_says_a_stable_name_over_a_captured_table_is_captured_both_ways() -> None:
+    step = capture_step(drill_spec("postgresql+psycopg://app@db.example/prod"))
+    assert "from the cut-over the writes applications make by" in step
+    assert "replayed onto the source, so a rollback keeps them" in step

@@ -506,10 +506,30 @@ def plan_migration(
     strategy = LIFECYCLE[spec.strategy]
     values = figures(spec, total)
     plan.steps = [(p.value, describe(strategy, p, values)) for p in strategy.phases]
+    if spec.captures_writes:
+        plan.steps.insert(0, ("CAPTURE", capture_step(spec)))
     if spec.cutover.stable_name is not None:
         named = stablename.plan_steps(spec)
         plan.steps = named[:1] + plan.steps + named[1:]
     return plan
+
+
+def capture_step(spec: MigrationSpec) -> str:
+    """What ``plan`` says of the change capture on an adopted PostgreSQL source."""
+    table = getattr(spec.source.store, "table", None)
+    text = (
+        f"a trigger on {table} records every write made with plain SQL from PREPARING (before "
+        "the snapshot) into a change table; CATCHING_UP replays them onto the target, again "
+        "before the cut-over and through the bake"
+    )
+    if spec.cutover.stable_name is not None:
+        text += (
+            f"; from the cut-over the writes applications make by {spec.cutover.stable_name} "
+            "(now the target's) are captured too and replayed onto the source, so a rollback "
+            "keeps them, and each move of the view holds writers back while the last changes "
+            "are replayed (at most the switch's lock timeout)"
+        )
+    return text + "; the triggers and change tables are dropped at the end, whatever the outcome"
 
 
 def storage_estimate(catalog: Catalog, spec: MigrationSpec, total: int) -> StorageEstimate:
