@@ -70,7 +70,9 @@ def items_table(url: str, rows: int = ROWS) -> None:
         )
 
 
-def items_spec(url: str, **more: Any) -> MigrationSpec:
+def items_spec(url: str, source_store: dict[str, Any] | None = None, **more: Any) -> MigrationSpec:
+    """An online migration of the table ``items`` to ``items_v2`` (``source_store`` adds to or
+    replaces the source's store fields; ``more`` the spec's top-level fields)."""
     version = {
         "embedding": {"model_id": "m", "dimension": DIM, "metric": "cosine"},
         "index": {"kind": "pgvector_hnsw", "m": 16, "ef_construction": 64},
@@ -79,7 +81,10 @@ def items_spec(url: str, **more: Any) -> MigrationSpec:
         "id": f"cap-{uuid.uuid4().hex[:8]}",
         "collection": "items",
         "strategy": "online",
-        "source": {"name": "v1", "store": {"kind": "pgvector", "url": url, "table": "items"}}
+        "source": {
+            "name": "v1",
+            "store": {"kind": "pgvector", "url": url, "table": "items"} | (source_store or {}),
+        }
         | version,
         "target": {"name": "v2", "store": {"kind": "pgvector", "url": url, "table": "items_v2"}}
         | version,

@@ -21,7 +21,17 @@ import pytest
 from temporalio.client import Client
 
 from tests.conftest import Sandbox, postgres_database, running_worker
-from tests.test_capture import DIM, NOTHING, ROWS, Reader, _pg, _vec, items_table, leftovers
+from tests.test_capture import (
+    DIM,
+    NOTHING,
+    ROWS,
+    Reader,
+    _pg,
+    _vec,
+    items_spec,
+    items_table,
+    leftovers,
+)
 from vecmigrate.catalog.engines import dispose_engines
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.control.plan import capture_step
@@ -38,36 +48,13 @@ State = tuple[str, int, tuple[float, ...]] | None
 
 
 def drill_spec(url: str, id: str = "drill") -> MigrationSpec:
-    version = {
-        "embedding": {"model_id": "m", "dimension": DIM, "metric": "cosine"},
-        "index": {"kind": "pgvector_hnsw", "m": 16, "ef_construction": 64},
-    }
-    store = {"kind": "pgvector", "url": url}
-    return parse_spec(
-        {
-            "id": id,
-            "collection": "items",
-            "strategy": "online",
-            "source": {"name": "v1", "store": store | {"table": "items_v1", "writable": True}}
-            | version,
-            "target": {"name": "v2", "store": store | {"table": "items_v2"}} | version,
-            "shards": {"by": "hash", "count": 2},
-            "batch_size": 200,
-            "max_vectors_per_second": 1_000.0,
-            "gates": {"min_recall": 0.5, "sample_queries": 20, "latency_queries": 5},
-            "online": {
-                "settle_seconds": 0.5,
-                "shadow": {
-                    "percent": 100,
-                    "seconds": 1,
-                    "min_samples": 5,
-                    "min_overlap": None,
-                    "max_p99_ratio": None,
-                },
-                "ramp": {"steps": [50], "step_seconds": 0.5},
-            },
-            "cutover": {"mode": "manual", "bake_seconds": 12, "stable_name": NAME},
-        }
+    """The capture test's migration with the application's name in front: the table the
+    application used is ``items_v1`` behind the view ``items``, writable for the replay back."""
+    return items_spec(
+        url,
+        source_store={"table": "items_v1", "writable": True},
+        id=id,
+        cutover={"mode": "manual", "bake_seconds": 12, "stable_name": NAME},
     )
 
 
