@@ -197,12 +197,17 @@ async def record_online(env: WorkflowEnvironment, name: str) -> None:
     save(name, history)
 
 
-async def record_online_capture(env: WorkflowEnvironment, name: str) -> None:
-    """The online drill on an adopted PostgreSQL table (patch ``pg-capture``) while an
-    application writes to it with plain SQL: the capture installed before the snapshot,
-    replayed in the catch-up, before each cut-over and through the bake, removed at the
-    finalize."""
-    from tests.test_capture import Application, Reader, items_spec, items_table
+async def captured_drill(
+    env: WorkflowEnvironment,
+    name: str,
+    spec_for: Callable[[str], Any],
+    application: type[Any],
+    cutovers: int | None = None,
+) -> None:
+    """The online drill on an adopted PostgreSQL table whose writes are captured (patch
+    ``pg-capture``), while an ``application`` writes to it with plain SQL: on a PostgreSQL
+    server of its own, the migration ``spec_for`` makes from the database's URL."""
+    from tests.test_capture import Reader, items_table
     from vecmigrate.testing.postgres import start_postgres
 
     sandbox = fresh_sandbox(name)
@@ -213,8 +218,8 @@ async def record_online_capture(env: WorkflowEnvironment, name: str) -> None:
         server.psql("CREATE DATABASE recorded;")
         url = server.get_uri("recorded").replace("postgresql://", "postgresql+psycopg://", 1)
         items_table(url)
-        spec = items_spec(url, id="online-capture", cutover={"mode": "manual", "bake_seconds": 2})
-        app, reader = Application(url, {"now": "recording"}, rate=50.0), Reader(sandbox, spec)
+        spec = spec_for(url)
+        app, reader = application(url, {"now": "recording"}, rate=50.0), Reader(sandbox, spec)
         app.start()
         reader.start()
         try:
@@ -222,6 +227,7 @@ async def record_online_capture(env: WorkflowEnvironment, name: str) -> None:
                 mc = MigrationClient(env.client, queue)
                 final = await run_drill(mc, spec, lambda _: None, operator="recorder")
                 assert final.phase == Phase.COMPLETED, final
+                assert cutovers is None or final.cutovers == cutovers, final
                 assert final.capture is not None
                 assert final.capture.removed, final.capture
                 history = await mc.handle(final.migration_id).fetch_history()
@@ -229,53 +235,38 @@ async def record_online_capture(env: WorkflowEnvironment, name: str) -> None:
             app.stopping.set()
             app.join(10)
             reader.close()
+        assert not getattr(app, "failures", []), app.failures[:3]
     finally:
         server.cleanup()
     save(name, history)
+
+
+async def record_online_capture(env: WorkflowEnvironment, name: str) -> None:
+    """The capture installed before the snapshot, replayed in the catch-up, before each
+    cut-over and through the bake, removed at the finalize."""
+    from tests.test_capture import Application, items_spec
+
+    def spec_for(url: str) -> Any:
+        return items_spec(url, id="online-capture", cutover={"mode": "manual", "bake_seconds": 2})
+
+    await captured_drill(env, name, spec_for, Application)
 
 
 async def record_online_stable_capture(env: WorkflowEnvironment, name: str) -> None:
-    """The online drill with a stable name (a view) over an adopted PostgreSQL table whose
-    writes are captured, while an application writes by the name with plain SQL: the capture
-    runs both ways from the cut-over, and each move of the view (cut-over, rollback after it,
-    second cut-over) replays under a lock. No workflow command is new for it (the switch and
-    the replays are activities it already called); the recording keeps that path's commands
-    from changing unnoticed."""
-    from tests.test_capture import Reader, items_table
+    """With a stable name (a view) in front, the application writing by the name: the
+    capture runs both ways from the cut-over, and each move of the view (cut-over, rollback
+    after it, second cut-over) replays under a lock. No workflow command is new for it (the
+    switch and the replays are activities it already called); the recording keeps that path's
+    commands from changing unnoticed."""
     from tests.test_capture_drill import Application, drill_spec
     from vecmigrate.data import stablename
-    from vecmigrate.testing.postgres import start_postgres
 
-    sandbox = fresh_sandbox(name)
-    # The spec's defaults resolve under the sandbox, not the recording user's home.
-    os.environ[HOME_ENV] = str(sandbox.root)
-    server = start_postgres()
-    try:
-        server.psql("CREATE DATABASE recorded;")
-        url = server.get_uri("recorded").replace("postgresql://", "postgresql+psycopg://", 1)
-        items_table(url)
+    def spec_for(url: str) -> Any:
         spec = drill_spec(url, id="online-stable-capture")
         stablename.prepare(spec)
-        app, reader = Application(url, {"now": "recording"}, rate=50.0), Reader(sandbox, spec)
-        app.start()
-        reader.start()
-        try:
-            async with running_worker(env.client, sandbox) as queue:
-                mc = MigrationClient(env.client, queue)
-                final = await run_drill(mc, spec, lambda _: None, operator="recorder")
-                assert final.phase == Phase.COMPLETED, final
-                assert final.cutovers == 2, final
-                assert final.capture is not None
-                assert final.capture.removed, final.capture
-                history = await mc.handle(final.migration_id).fetch_history()
-        finally:
-            app.stopping.set()
-            app.join(10)
-            reader.close()
-        assert app.failures == [], app.failures[:3]
-    finally:
-        server.cleanup()
-    save(name, history)
+        return spec
+
+    await captured_drill(env, name, spec_for, Application, cutovers=2)
 
 
 async def record_reconciled(env: WorkflowEnvironment, name: str) -> None:
