@@ -140,39 +140,31 @@ def replay(
     began = time.monotonic()
     source, target = _pair(spec)
     counts = {"upserted": 0, "deleted": 0, "left_out": 0}
-    done = pgcapture.replay(
-        source,
-        spec.migration_id,
-        _applier(spec, source, target, counts),
-        seconds=seconds,
-        batch=batch,
-        on_batch=on_progress,
-    )
-    result = _result(source, pgcapture.find(source.engine, spec.migration_id))
-    applied, drained = done.applied, done.drained
-    back = pgcapture.find(target.engine, spec.migration_id, pgcapture.BACK)
-    if back is not None:
-        left = max(1.0, seconds - (time.monotonic() - began))
-        went = pgcapture.replay(
-            target,
+    applied, drained = 0, True
+    sides = [(source, target, "")]
+    if pgcapture.find(target.engine, spec.migration_id, pgcapture.BACK) is not None:
+        sides.append((target, source, pgcapture.BACK))
+    for frm, to, suffix in sides:
+        done = pgcapture.replay(
+            frm,
             spec.migration_id,
-            _applier(spec, target, source, counts),
-            seconds=left,
+            _applier(spec, frm, to, counts),
+            seconds=max(1.0, seconds - (time.monotonic() - began)) if suffix else seconds,
             batch=batch,
             on_batch=on_progress,
-            suffix=pgcapture.BACK,
+            suffix=suffix,
         )
-        now = pgcapture.find(target.engine, spec.migration_id, pgcapture.BACK)
-        applied += went.applied
-        drained = drained and went.drained
-        if now is not None:
-            result = result.model_copy(
-                update={
-                    "lag": result.lag + now.pending,
-                    "captured": result.captured + now.captured,
-                    "bytes": result.bytes + now.bytes,
-                }
-            )
+        applied, drained = applied + done.applied, drained and done.drained
+    result = _result(source, pgcapture.find(source.engine, spec.migration_id))
+    back = pgcapture.find(target.engine, spec.migration_id, pgcapture.BACK)
+    if back is not None:
+        result = result.model_copy(
+            update={
+                "lag": result.lag + back.pending,
+                "captured": result.captured + back.captured,
+                "bytes": result.bytes + back.bytes,
+            }
+        )
     return result.model_copy(
         update={
             "applied": applied,

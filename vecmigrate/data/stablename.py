@@ -18,9 +18,8 @@ from sqlalchemy import text
 
 from vecmigrate.catalog.engines import engine_for
 from vecmigrate.errors import PreconditionError, VecmigrateError
-from vecmigrate.model.spec import MigrationSpec, MilvusStoreRef, PgvectorStoreRef, QdrantStoreRef
+from vecmigrate.model.spec import MigrationSpec, PgvectorStoreRef
 from vecmigrate.model.tasks import StableNameSwitch
-from vecmigrate.stores.base import Aliases
 from vecmigrate.stores.capabilities import CAPABILITIES
 
 # Ledger kinds: a switch of the stable name by a migration, and a preparation (or its undo).
@@ -83,16 +82,6 @@ def _pg_kind(ref: PgvectorStoreRef, name: str) -> str | None:
     return None if found is None else str(found)
 
 
-def _alias_client(ref: QdrantStoreRef | MilvusStoreRef) -> Any:
-    if isinstance(ref, QdrantStoreRef):
-        from vecmigrate.stores.qdrant import client_for
-
-        return client_for(ref)
-    from vecmigrate.stores.milvus import client_for as milvus_client
-
-    return milvus_client(ref.uri, ref.token, ref.tls)
-
-
 def prepare(spec: MigrationSpec, *, undo: bool = False) -> StableNameSwitch:
     """Point the stable name at the source, so applications can move to it before the
     migration (for PostgreSQL, when the name is a table, rename it to ``source.store.table``
@@ -118,32 +107,15 @@ def prepare(spec: MigrationSpec, *, undo: bool = False) -> StableNameSwitch:
         if _pg_kind(ref, name) in ("r", "p"):
             return rename_into_view(engine, name, ref.table)
     if undo:
-        if isinstance(ref, QdrantStoreRef | MilvusStoreRef):
-            source = open_source(spec)
-            aliases: Aliases
-            if isinstance(ref, QdrantStoreRef):
-                from vecmigrate.stores.qdrant import QdrantAliases
-
-                aliases = QdrantAliases(_alias_client(ref))
-            else:
-                from vecmigrate.stores.milvus import MilvusAliases
-
-                aliases = MilvusAliases(_alias_client(ref))
-            physical = str(getattr(source, "name", ""))
-            dropped = aliases.drop(name, physical)
-            return StableNameSwitch(
-                name=name, kind="alias", before=physical if dropped else None, changed=dropped
-            )
-        if isinstance(ref, PgvectorStoreRef):
-            from vecmigrate.stores.pgvector import drop_view
-
-            source = open_source(spec)
-            table = str(getattr(source, "table", ""))
-            dropped = drop_view(_engine(ref), name, table)
-            return StableNameSwitch(
-                name=name, kind="view", before=table if dropped else None, changed=dropped
-            )
-        raise PreconditionError(f"a {ref.kind} store has no stable names")
+        source = open_source(spec)
+        physical = str(getattr(source, "table", None) or getattr(source, "name", ""))
+        dropped = source.drop_name(name)
+        return StableNameSwitch(
+            name=name,
+            kind=CAPABILITIES[ref.kind].stable_names or "name",
+            before=physical if dropped else None,
+            changed=dropped,
+        )
     return open_source(spec).point_name(name)
 
 

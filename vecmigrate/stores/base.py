@@ -230,6 +230,15 @@ class VectorStore(Protocol):
         """The table or collection the stable name ``name`` points at (None: no such name)."""
         ...
 
+    def drop_name(self, name: str) -> bool:
+        """Take the stable name ``name`` away if it points at this version (a renamed table
+        gets its name back); whether it did.
+
+        Raises:
+            PreconditionError: it points at another version (not ours to remove).
+        """
+        ...
+
 
 class EngineSearch:
     """Search through an engine's own index (Milvus, pgvector, Qdrant): ``native_search`` does it
@@ -304,6 +313,9 @@ class ScanningStore:
         )
 
     def name_points_at(self, name: str) -> str | None:
+        raise PreconditionError(f"a {self.kind} store has no stable names (aliases or views)")
+
+    def drop_name(self, name: str) -> bool:
         raise PreconditionError(f"a {self.kind} store has no stable names (aliases or views)")
 
     def _writes(self) -> None:

@@ -392,6 +392,9 @@ class MilvusStore(EngineSearch, ScanningStore):
     def name_points_at(self, name: str) -> str | None:
         return MilvusAliases(self.client).target(name)
 
+    def drop_name(self, name: str) -> bool:
+        return MilvusAliases(self.client).drop(name, self.name)
+
     # -- reading ------------------------------------------------------------------------------
 
     def _row_id(self, row: dict[str, Any]) -> Any:

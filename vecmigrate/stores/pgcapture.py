@@ -40,12 +40,10 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, text
 
-from vecmigrate.stores.pgvector import PgvectorStore, quote
+from vecmigrate.stores.pgvector import REPLAYING, PgvectorStore, quote
 
 PREFIX = "vm_capture_"
 COMMENT_KEY = "vecmigrate_capture"
-# Set by vecmigrate's own writes to a captured table (``SET LOCAL``): not captured.
-REPLAYING = "vecmigrate.replaying"
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,8 @@ KEY_COLUMN = "_vm_h"
 # vecmigrate's own writes (the copy, replays, dual-writes) mark their transaction, so a change
 # capture's trigger does not record them back (``vecmigrate.stores.pgcapture``): a replay onto
 # one side is never captured there and replayed back.
-MARK_OWN_WRITES = "SELECT set_config('vecmigrate.replaying', 'on', true)"
+REPLAYING = "vecmigrate.replaying"
+MARK_OWN_WRITES = f"SELECT set_config('{REPLAYING}', 'on', true)"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MARKER = "vecmigrate:"
 
@@ -610,6 +611,9 @@ class PgvectorStore(EngineSearch, ScanningStore):
 
     def name_points_at(self, name: str) -> str | None:
         return view_target(self.engine, name)
+
+    def drop_name(self, name: str) -> bool:
+        return drop_view(self.engine, name, self.table)
 
     # -- reading ----------------------------------------------------------------------------
 

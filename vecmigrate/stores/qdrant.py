@@ -386,6 +386,9 @@ class QdrantStore(EngineSearch, ScanningStore):
     def name_points_at(self, name: str) -> str | None:
         return QdrantAliases(self.client).target(name)
 
+    def drop_name(self, name: str) -> bool:
+        return QdrantAliases(self.client).drop(name, self.name)
+
     # -- reading ------------------------------------------------------------------------------
 
     def _scroll(
