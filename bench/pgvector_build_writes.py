@@ -32,7 +32,7 @@ from vecmigrate.data.datasets import clustered
 from vecmigrate.model.spec import Metric, PgvectorHnsw
 from vecmigrate.stores import PgvectorStore, Scope
 from vecmigrate.stores.pgvector import index_using
-from vecmigrate.testing.buildload import BuildWatch, Write, Writer, during, latency
+from vecmigrate.testing.buildload import Write, Writer, during, latency, while_building
 from vecmigrate.testing.postgres import start_postgres
 
 
@@ -56,15 +56,7 @@ def phase(
 
 def under_build(uri: str, store: PgvectorStore, dim: int, name: str, build: Any) -> dict[str, Any]:
     """Write while ``build()`` runs; the phase's row."""
-    writer = Writer(uri, store.table, dim, pause=0).start()
-    watch = BuildWatch(uri, store.table).start()
-    time.sleep(0.3)
-    began = time.monotonic()
-    build()
-    took = time.monotonic() - began
-    time.sleep(0.3)
-    writes = writer.stop()
-    watch.stop()
+    writes, watch, took = while_building(uri, store.table, dim, build, pause=0)
     window = watch.window()
     if window is None:
         raise SystemExit("the build was never seen in pg_stat_progress_create_index: add --vectors")

@@ -33,7 +33,7 @@ from vecmigrate.model.spec import Metric, PgvectorHnsw, PgvectorIvfflat
 from vecmigrate.model.status import IndexBuildProgress, MigrationStatus
 from vecmigrate.stores import PgvectorStore, Scope
 from vecmigrate.stores.pgvector import index_using, read_build_progress
-from vecmigrate.testing.buildload import BuildWatch, Writer, during, latency
+from vecmigrate.testing.buildload import during, latency, while_building
 
 DIM = 32
 
@@ -70,16 +70,7 @@ def pg_url(postgres: Any) -> Iterator[str]:
 def writes_during_build(url: str, store: PgvectorStore, build: Any) -> dict[str, Any]:
     """Run ``build()`` while an application thread writes to the table and a third connection
     watches ``pg_stat_progress_create_index``; what went through while the build was seen."""
-    info = conninfo(url)
-    writer = Writer(info, store.table, DIM).start()
-    watch = BuildWatch(info, store.table).start()
-    time.sleep(0.3)  # the writes are flowing before the build starts
-    began = time.monotonic()
-    build()
-    seconds = time.monotonic() - began
-    time.sleep(0.3)
-    writes = writer.stop()
-    watch.stop()
+    writes, watch, seconds = while_building(conninfo(url), store.table, DIM, build)
     went = during(writes, watch.window())
     return {
         "seconds": round(seconds, 2),

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -137,6 +138,24 @@ class BuildWatch:
         if not self.seen:
             return None
         return self.seen[0][0], self.seen[-1][0]
+
+
+def while_building(
+    conninfo: str, table: str, dim: int, build: Callable[[], object], pause: float = 0.002
+) -> tuple[list[Write], BuildWatch, float]:
+    """Run ``build()`` while a :class:`Writer` writes to ``table`` (from a little before to a
+    little after) and a :class:`BuildWatch` follows the build: the writes, the watch and the
+    build's seconds."""
+    writer = Writer(conninfo, table, dim, pause=pause).start()
+    watch = BuildWatch(conninfo, table).start()
+    time.sleep(0.3)  # the writes are flowing before the build starts
+    began = time.monotonic()
+    build()
+    seconds = time.monotonic() - began
+    time.sleep(0.3)
+    writes = writer.stop()
+    watch.stop()
+    return writes, watch, seconds
 
 
 def during(writes: list[Write], window: tuple[float, float] | None) -> list[Write]:
