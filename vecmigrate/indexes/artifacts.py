@@ -135,13 +135,17 @@ def build_index(
     seed: int = 1234,
     on_progress: Callable[[int, int], None] | None = None,
     chunk: int = 20_000,
+    prepared: bool = False,
 ) -> Any:
     """Build an in-memory FAISS or hnswlib index over ``vectors`` labelled by ``ids``.
+
+    ``prepared``: the vectors are already contiguous float32 rows, unit-normed for cosine
+    (no prepared copy is made).
 
     Raises:
         PreconditionError: too few vectors to train the requested IVF.
     """
-    x = prepare_for_metric(vectors, metric)
+    x = vectors if prepared else prepare_for_metric(vectors, metric)
     n, dim = x.shape
     if threads > 0:
         set_openmp_threads(threads)

@@ -36,7 +36,7 @@ from vecmigrate.model.spec import (
 from vecmigrate.model.status import IndexBuildProgress
 from vecmigrate.model.tasks import ArtifactRef, ShardRef
 from vecmigrate.records.checksums import RecordChecksum
-from vecmigrate.records.vectors import Distances, Ids, Vectors
+from vecmigrate.records.vectors import Distances, Ids, Vectors, normalize_rows
 from vecmigrate.security.keyring import environment_keyring
 from vecmigrate.stores import (
     MilvusStore,
@@ -76,25 +76,31 @@ def build_shard(
     """
     began = time.monotonic()
     with PeakMemory() as memory:
-        id_parts, vec_parts = [], []
         acc = RecordChecksum()
-        for batch in store.iter_shard(shard, read_batch, read_ahead=True):
-            id_parts.append(batch.ids)
-            vec_parts.append(batch.vectors)
-            acc.add(batch.ids, batch.vectors)
+        ids, vecs = read_shard(store, shard, read_batch, acc)
         dim = store.dimension
-        ids = np.concatenate(id_parts) if id_parts else np.empty(0, np.int64)
-        vecs = np.concatenate(vec_parts) if vec_parts else np.empty((0, dim), np.float32)
         metric = Metric(version.embedding.metric)
         key = build_key(version.index, metric, dim, acc.hexdigest())
+        bytes_read = int(ids.nbytes + vecs.nbytes)
         stem = f"shard-{shard.index:04d}"
         ring = environment_keyring()
         found = find_artifact(directory, stem, key, encrypted=ring is not None)
         written = 0
         if found is None:
+            if metric == Metric.COSINE:
+                # The buffer is this function's own: unit-norm it where it is (the checksum
+                # above was taken on the stored vectors) instead of making a normed copy.
+                normalize_rows(vecs, out=vecs)
             index = build_index(
-                version.index, metric, ids, vecs, threads=threads, on_progress=on_progress
+                version.index,
+                metric,
+                ids,
+                vecs,
+                threads=threads,
+                on_progress=on_progress,
+                prepared=True,
             )
+            del vecs  # the index holds them now
             found = write_artifact(
                 index, version.index, metric, dim, directory, stem, key, len(ids), ring
             )
@@ -107,11 +113,42 @@ def build_shard(
         kind=found.kind,
         reused=found.reused,
         seconds=time.monotonic() - began,
-        bytes_read=int(ids.nbytes + vecs.nbytes),
+        bytes_read=bytes_read,
         bytes_written=written,
         peak_memory=memory.peak,
         protected_by=found.protected_by,
     )
+
+
+def read_shard(
+    store: VectorStore, shard: ShardRef, batch_size: int, checksum: RecordChecksum
+) -> tuple[Ids, Vectors]:
+    """Every record of ``shard`` in one pair of arrays, each batch's checksum folded into
+    ``checksum`` as it is read.
+
+    The arrays are allocated once, from the shard's count, and each batch is copied into them
+    as it arrives: the shard's vectors are held once (and one batch beside them), not once in
+    the batches and again in their concatenation. Records written while the shard is read (an
+    online migration writes during its build) grow the arrays by a quarter at a time; the
+    result is a view of the rows filled.
+    """
+    dim = store.dimension
+    size = max(store.count(shard), 0)
+    ids = np.empty(size, np.int64)
+    vecs = np.empty((size, dim), np.float32)
+    n = 0
+    for batch in store.iter_shard(shard, batch_size, read_ahead=True):
+        b_ids, b_vecs = batch.ids, batch.vectors
+        m = len(b_ids)
+        if n + m > len(ids):
+            grown = max(n + m, len(ids) + len(ids) // 4 + batch_size)
+            ids = np.resize(ids, grown)
+            vecs = np.resize(vecs, (grown, dim))
+        ids[n : n + m] = b_ids
+        vecs[n : n + m] = b_vecs
+        checksum.add(b_ids, b_vecs)
+        n += m
+    return ids[:n], vecs[:n]
 
 
 class PeakMemory:

@@ -19,14 +19,22 @@ Distances = npt.NDArray[np.float32]
 MAX_ID = (1 << 63) - 2
 
 
-def normalize_rows(x: Vectors) -> Vectors:
-    """Unit-norm rows (zero rows stay zero)."""
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
+def normalize_rows(x: Vectors, *, out: Vectors | None = None) -> Vectors:
+    """Unit-norm rows (zero rows stay zero); into ``out`` when given (``out=x`` norms ``x`` in
+    place, float32 rows only)."""
+    if out is None:
+        out = np.zeros_like(x)
+    # A block of rows at a time: the norm's squares are a temporary as large as its input.
+    for lo in range(0, len(x), _NORM_ROWS):
+        part = x[lo : lo + _NORM_ROWS]
+        norms = np.linalg.norm(part, axis=1, keepdims=True)
+        np.divide(part, norms, out=out[lo : lo + _NORM_ROWS], where=norms > 0)
     # No second copy of float32 rows (astype copies unless told not to).
-    out: Vectors = np.divide(x, norms, out=np.zeros_like(x), where=norms > 0).astype(
-        np.float32, copy=False
-    )
-    return out
+    done: Vectors = out.astype(np.float32, copy=False)
+    return done
+
+
+_NORM_ROWS = 4_096
 
 
 def faiss_metric(metric: Metric) -> int:
