@@ -34,6 +34,7 @@ from vecmigrate.control.client import MigrationClient
 from vecmigrate.control.devserver import DevServer, free_port
 from vecmigrate.data.datasets import clustered, glove
 from vecmigrate.data.seed import seed_collection, sequential_ids
+from vecmigrate.indexes.build import PeakMemory
 from vecmigrate.model.lifecycle import LIFECYCLE, Phase
 from vecmigrate.model.spec import BuiltinStoreRef, parse_spec
 from vecmigrate.records.sharding import hash_key, hash_shards
@@ -42,6 +43,10 @@ from vecmigrate.workers.connection import connect
 from vecmigrate.workers.main import run_worker
 
 M, EF_CONSTRUCTION, EF_SEARCH = 16, 200, 64
+
+
+def mb(n: float) -> str:
+    return f"{n / 2**20:,.0f} MB"
 
 
 @dataclass
@@ -53,6 +58,8 @@ class Run:
     phases: dict[str, float]
     raw: float
     raw_cpu: float
+    peak: int  # resident memory the migration added to this process at its highest
+    index_bytes: int  # the target's index artifacts on disk
 
 
 def raw_build(ids: np.ndarray, vectors: np.ndarray, shards: int) -> tuple[float, float]:
@@ -71,9 +78,11 @@ def raw_build(ids: np.ndarray, vectors: np.ndarray, shards: int) -> tuple[float,
 
 async def migrate(
     home: Path, vectors: np.ndarray, shards: int, parallel: int
-) -> tuple[float, float, dict[str, float]]:
+) -> tuple[float, float, dict[str, float], int, int]:
     """Seconds of a full blue-green migration, the CPU seconds of this process (the worker's
-    activities, the client) meanwhile, and the time per phase."""
+    activities, the client) meanwhile, the time per phase, the resident memory the migration
+    added to this process at its highest (the worker runs every activity here; the data set
+    was loaded before) and the bytes of the target's index on disk."""
     n, dim = vectors.shape
     catalog_url = sqlite_url(home / "catalog.db")
     catalog = Catalog(catalog_url)
@@ -109,8 +118,9 @@ async def migrate(
         mc = MigrationClient(await connect(server.address), "bench")
         cpu = time.process_time()
         began = time.perf_counter()
-        mid = await mc.start(spec, operator="bench")
-        final = await mc.result(mid)
+        with PeakMemory() as memory:
+            mid = await mc.start(spec, operator="bench")
+            final = await mc.result(mid)
         seconds = time.perf_counter() - began
         cpu = time.process_time() - cpu
     finally:
@@ -119,7 +129,9 @@ async def migrate(
         server.stop()
     if final.phase != Phase.COMPLETED:
         raise SystemExit(f"the migration ended in {final.phase}: {final.error}")
-    return seconds, cpu, final.phase_seconds
+    index = home / "artifacts" / "default" / "bench" / "v2"
+    index_bytes = sum(f.stat().st_size for f in index.rglob("*") if f.is_file())
+    return seconds, cpu, final.phase_seconds, memory.peak or 0, index_bytes
 
 
 def main() -> None:
@@ -149,7 +161,7 @@ def main() -> None:
     n, dim = vectors.shape
     ids = sequential_ids(n)
 
-    def migrate_once() -> tuple[float, float, dict[str, float]]:
+    def migrate_once() -> tuple[float, float, dict[str, float], int, int]:
         return asyncio.run(migrate(scratch("throughput"), vectors, args.shards, args.parallel))
 
     runs: list[Run] = []
@@ -157,7 +169,8 @@ def main() -> None:
         # The same build moves by 10 % and more from run to run on a shared machine: single
         # pairs at 1M gave ratios from 1.12 to 1.42.
         mine, theirs = alternating(r, migrate_once, lambda: raw_build(ids, vectors, args.shards))
-        run = Run(*mine, *theirs)
+        total, cpu, phases, peak, index_bytes = mine
+        run = Run(total, cpu, phases, *theirs, peak, index_bytes)
         runs.append(run)
         print(f"pair {r + 1}: vecmigrate {run.total:.1f} s, raw {run.raw:.1f} s", flush=True)
     median = statistics.median
@@ -171,6 +184,7 @@ def main() -> None:
     ratio = median(run.total / run.raw for run in runs)
     cpu = median(run.cpu for run in runs)
     raw_cpu = median(run.raw_cpu for run in runs)
+    peak = median(run.peak for run in runs)
 
     def plot(path: Path) -> None:
         import matplotlib.pyplot as plt
@@ -197,13 +211,19 @@ def main() -> None:
             "ratio (vecmigrate / raw)": f"{ratio:.2f}"
             + (" (median of pairs)" if len(runs) > 1 else ""),
             "each pair": ", ".join(f"{run.total / run.raw:.2f}" for run in runs),
-            "target at 1M": "<= 1.15",
+            "target at 1M": "<= 1.10",
             # The work each did, whatever the cores: when the raw build keeps every core busy,
             # no scheduling brings the wall-clock ratio below the CPU ratio.
             "CPU seconds (vecmigrate process / raw)": f"{cpu:,.1f} / {raw_cpu:,.1f}",
             "CPU ratio": f"{cpu / raw_cpu:.2f}",
             "CPU ratio, each pair": ", ".join(f"{run.cpu / run.raw_cpu:.2f}" for run in runs),
             "raw build's cores kept busy": f"{raw_cpu / raw:.2f} of {os.cpu_count()}",
+            # Memory: what the migration added to this process's resident set at its highest
+            # (the worker runs every activity here; the data set was loaded before), beside the
+            # index it built. The Temporal server's memory is its own.
+            "worker's peak memory added": mb(peak),
+            "target index on disk": mb(median(run.index_bytes for run in runs)),
+            "vectors (float32)": mb(vectors.nbytes),
         },
         plot,
         out=args.out,
