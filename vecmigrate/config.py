@@ -107,3 +107,9 @@ def resolve_spec(spec: MigrationSpec) -> MigrationSpec:
         return v.model_copy(update={"store": resolve_store(v.store)})
 
     return spec.model_copy(update={"source": side(spec.source), "target": side(spec.target)})
+
+
+def build_threads_default() -> int:
+    """Threads of each index build a worker runs: ``$VECMIGRATE_BUILD_THREADS``, or 0 (the
+    cores shared among the builds running at once)."""
+    return int(os.environ.get("VECMIGRATE_BUILD_THREADS", "0"))

@@ -21,7 +21,7 @@ from temporalio.worker import Worker
 
 from vecmigrate.activities.compaction import CompactionActivities
 from vecmigrate.activities.migration import MigrationActivities
-from vecmigrate.config import default_catalog_url
+from vecmigrate.config import build_threads_default, default_catalog_url
 from vecmigrate.security.keyring import environment_keyring
 from vecmigrate.telemetry.exposition import ProbeServer, parse_address
 from vecmigrate.telemetry.logs import configure_logging
@@ -93,6 +93,7 @@ async def run_worker(
     region: str | None = None,
     settings: TemporalSettings | None = None,
     http: str | None = None,
+    build_threads: int = 0,
 ) -> None:
     """Connect and poll until ``stop`` is set, then shut down cleanly.
 
@@ -122,7 +123,9 @@ async def run_worker(
             await stack.enter_async_context(exporter)
         ticking = asyncio.ensure_future(health.tick())
         stack.callback(ticking.cancel)
-        await _poll(client, task_queue, catalog_url, concurrency, region, stop, health)
+        await _poll(
+            client, task_queue, catalog_url, concurrency, region, stop, health, build_threads
+        )
 
 
 class _Health:
@@ -157,6 +160,7 @@ async def _poll(
     region: str | None,
     stop: asyncio.Event,
     health: _Health,
+    build_threads: int = 0,
 ) -> None:
     with ThreadPoolExecutor(max_workers=concurrency + 2) as executor:
         worker = build_worker(
@@ -165,6 +169,7 @@ async def _poll(
             catalog_url,
             executor,
             max_concurrent_activities=concurrency,
+            build_threads=build_threads,
             region=region,
         )
         async with worker:
@@ -202,6 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--concurrency", type=int, default=int(os.environ.get("VECMIGRATE_CONCURRENCY", "4"))
     )
+    p.add_argument("--build-threads", type=int, default=build_threads_default(), help=THREADS_HELP)
     p.add_argument("--http", default=None, help=HTTP_HELP)
     p.add_argument("--log-format", choices=["text", "json"], default=None)
     args = p.parse_args(argv)
@@ -218,8 +224,15 @@ def main(argv: list[str] | None = None) -> None:
             concurrency=args.concurrency,
             region=args.region,
             http=http,
+            build_threads=args.build_threads,
         )
     )
+
+
+THREADS_HELP = (
+    "threads each index build uses (default: $VECMIGRATE_BUILD_THREADS, or 0: the cores "
+    "shared among the builds running at once)"
+)
 
 
 HTTP_ENV = "VECMIGRATE_WORKER_HTTP"

@@ -22,6 +22,7 @@ from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.config import (
     CATALOG_ENV,
     HOME_ENV,
+    build_threads_default,
     default_catalog_url,
     home_dir,
     legacy_home_hint,
@@ -330,6 +331,9 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("worker", help="run a worker: the migrations' workflows and activities")
     _common(p)
     p.add_argument("--concurrency", type=int, default=4, help="activities run at once (default: 4)")
+    p.add_argument(
+        "--build-threads", type=int, default=build_threads_default(), help=WORKER_THREADS_HELP
+    )
     p.add_argument(
         "--region",
         default=None,
@@ -695,6 +699,10 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+WORKER_THREADS_HELP = (
+    "threads each index build uses (default: $VECMIGRATE_BUILD_THREADS, or 0: the cores "
+    "shared among the builds running at once)"
+)
 WORKER_HTTP_HELP = (
     "serve /metrics, /healthz and /readyz on HOST:PORT (default: $VECMIGRATE_WORKER_HTTP, or "
     "the Prometheus exporter's address when OTEL_METRICS_EXPORTER names prometheus)"
@@ -991,6 +999,7 @@ async def _worker(args: argparse.Namespace) -> int:
         region=args.region,
         settings=_settings(args),
         http=args.http,
+        build_threads=args.build_threads,
     )
     return 0
 

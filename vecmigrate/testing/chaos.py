@@ -14,6 +14,7 @@ vector handed to the target over all attempts).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import subprocess
@@ -25,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 from sqlalchemy import func, select
 
 from vecmigrate.catalog.catalog import Catalog
@@ -89,20 +91,38 @@ def builtin_version(
     )
 
 
-class _Workers:
+class WorkerPool:
     """Worker processes on one task queue; any of them can be killed and replaced."""
 
-    def __init__(self, home: Path, address: str, queue: str, catalog: str, count: int) -> None:
+    def __init__(
+        self,
+        home: Path,
+        address: str,
+        queue: str,
+        catalog: str,
+        count: int,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.home, self.address, self.queue, self.catalog = home, address, queue, catalog
+        self.env = {"VECMIGRATE_CONCURRENCY": "2", "OMP_NUM_THREADS": "1", **(env or {})}
         self.procs: list[subprocess.Popen[bytes]] = []
         self.started = 0
         for _ in range(count):
             self.procs.append(self._spawn())
 
+    def cpu_seconds(self) -> float:
+        """CPU seconds (user and system) the running workers have spent so far."""
+        total = 0.0
+        for proc in self.procs:
+            with contextlib.suppress(psutil.Error):
+                t = psutil.Process(proc.pid).cpu_times()
+                total += t.user + t.system
+        return total
+
     def _spawn(self) -> subprocess.Popen[bytes]:
         self.started += 1
         log = open(self.home / f"worker-{self.started}.log", "wb")  # noqa: SIM115
-        env = {**os.environ, "VECMIGRATE_CONCURRENCY": "2", "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, **self.env}
         return subprocess.Popen(
             [
                 sys.executable,
@@ -264,7 +284,7 @@ async def _run(
     )
     server = DevServer(home / "temporal.db", port=free_port(), ui_port=free_port()).start()
     queue = "chaos"
-    pool = _Workers(home, server.address, queue, catalog_url, workers)
+    pool = WorkerPool(home, server.address, queue, catalog_url, workers)
     began = time.monotonic()
     try:
         client = await connect(server.address)
