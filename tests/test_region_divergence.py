@@ -1,22 +1,28 @@
 """Divergence between regions' copies: the pure comparison, `vecmigrate diff --regions` on
 real stores (a faithful replica, then one with a missing id, an extra id, a changed vector and a
-changed payload)."""
+changed payload), and the regional workflow's gate before the global cut-over (two regions,
+each with its own worker, catalog and stores, on the real dev server)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pytest
+from temporalio.client import Client
 
 from tests.conftest import postgres_database, vecmigrate
-from tests.test_regions import eu_spec_data, store
+from tests.test_regions import ControlPlane, eu_spec_data, region_catalog, regional_until, store
 from vecmigrate.config import sqlite_url
 from vecmigrate.control.diff import run_region_diff
 from vecmigrate.data.datasets import clustered
+from vecmigrate.data.seed import seed_collection
 from vecmigrate.errors import PreconditionError, SpecError
 from vecmigrate.model.divergence import (
     BUCKETS,
@@ -31,11 +37,13 @@ from vecmigrate.model.divergence import (
     overlap_at_k,
     verdict,
 )
+from vecmigrate.model.lifecycle import Phase
 from vecmigrate.model.records import FieldKind, PayloadField, RecordSchema, VectorField
 from vecmigrate.model.spec import (
     BuiltinStoreRef,
     DivergenceBound,
     MigrationSpec,
+    VersionSpec,
     canonical,
     parse_spec,
 )
@@ -44,6 +52,7 @@ from vecmigrate.records.batch import Records, assemble
 from vecmigrate.records.checksums import RecordChecksum
 from vecmigrate.stores import Scope, VectorStore, open_store
 from vecmigrate.validation.divergence import SAMPLE_SEED, Reader, buckets_of
+from vecmigrate.workers.main import build_worker
 
 DIM = 16
 N = 600
@@ -345,3 +354,159 @@ def test_vecmigrate_diff_regions_prints_the_figures_and_fails_over_the_bound(
     mixed = vecmigrate("diff", str(path), "--regions", "eu,us", "--repair")
     assert mixed.returncode == 2
     assert "leave out --repair" in mixed.stderr
+
+
+# -- the regional workflow's gate --------------------------------------------------------------
+
+M = 1500
+
+
+def seed_two(root: Path, diverged: bool) -> None:
+    """The same records in both regions' sources; with ``diverged``, us lacks id 13, has an
+    extra id and a changed vector for id 11 (its copy carries them to its target)."""
+    vectors = clustered(M, DIM, clusters=24, seed=11)
+    for r in TWO:
+        (root / r).mkdir()
+        ids = np.arange(M, dtype=np.int64)
+        vecs = vectors.copy()
+        if diverged and r == "us":
+            vecs[11] += 0.5
+            keep = ids != 13
+            ids = np.append(ids[keep], 50_000)
+            vecs = np.vstack([vecs[keep], vectors[:1]])
+        seed_collection(
+            region_catalog(root, r),
+            "default",
+            "docs",
+            VersionSpec.model_validate(
+                {
+                    "name": "v1",
+                    "store": store(root, r, "store"),
+                    "embedding": {"model_id": "m", "dimension": DIM},
+                    "index": {"kind": "faiss_flat"},
+                }
+            ),
+            ids,
+            vecs,
+            shards=1,
+        )
+
+
+@contextlib.asynccontextmanager
+async def region_workers(client: Client, root: Path) -> AsyncIterator[None]:
+    """One in-process worker per region, on its queue, with its own catalog."""
+    with ThreadPoolExecutor(max_workers=12) as executor:
+        async with contextlib.AsyncExitStack() as stack:
+            for r in TWO:
+                await stack.enter_async_context(
+                    build_worker(
+                        client,
+                        f"{root.name}-{r}",
+                        sqlite_url(root / r / "catalog.db"),
+                        executor,
+                        region=r,
+                        build_threads=1,
+                    )
+                )
+            yield
+
+
+def gated_spec(root: Path) -> MigrationSpec:
+    return parse_spec(
+        two_region_data(
+            root,
+            shards={"count": 2},
+            region_policy={"divergence": {"max_differing_share": 0.0, "min_overlap": 0.95}},
+        )
+    )
+
+
+async def test_replicated_copies_that_agree_pass_the_gate_and_cut_over(
+    client: Client, tmp_path: Path
+) -> None:
+    seed_two(tmp_path, diverged=False)
+    spec = gated_spec(tmp_path)
+    async with region_workers(client, tmp_path), ControlPlane(client, tmp_path) as mc:
+        mid = await mc.start(spec, operator="alice")
+        final = await regional_until(
+            mc, mid, lambda s: s.phase in (Phase.COMPLETED, Phase.ROLLED_BACK)
+        )
+    assert final.phase == Phase.COMPLETED, final
+    [report] = final.divergence
+    assert (report.reference, report.region, report.tenant) == ("eu", "us", "default")
+    assert report.passed
+    assert (report.reference_records, report.region_records, report.differing) == (M, M, 0)
+    assert report.overlap == 1.0
+    assert report.queries == 100
+    control = region_control(tmp_path).entries(mid)
+    [entry] = [e for e in control if e.kind == "region.divergence"]
+    assert entry.data["passed"] is True
+    for r in TWO:
+        routing = region_catalog(tmp_path, r).get_routing("default", "docs")
+        assert routing is not None
+        assert routing.read_version == "v2"
+    # Each region's part ran on its own workers.
+    for r in TWO:
+        from vecmigrate.catalog.residency import Residency
+
+        runs = Residency(region_catalog(tmp_path, r), r).recorded()
+        mine = {x.activity for x in runs if x.activity.startswith("region_")}
+        assert mine == {"region_digest", "region_answers"}, (r, mine)
+        assert {x.worker_region for x in runs} == {r}
+
+
+def region_control(root: Path) -> Any:
+    from vecmigrate.catalog.catalog import Catalog
+
+    return Catalog(sqlite_url(root / "control.db"))
+
+
+async def test_a_diverged_regions_copy_holds_the_cut_over_with_the_figures(
+    client: Client, tmp_path: Path
+) -> None:
+    seed_two(tmp_path, diverged=True)
+    spec = gated_spec(tmp_path)
+    async with region_workers(client, tmp_path), ControlPlane(client, tmp_path) as mc:
+        mid = await mc.start(spec, operator="alice")
+        held = await regional_until(mc, mid, lambda s: "diverge" in s.blocked_reason)
+        assert all(s.ready for s in held.regions)
+        assert held.cut_over == []
+        why = held.blocked_reason
+        assert "regions' copies diverge beyond region_policy.divergence" in why
+        assert "us/default against eu" in why
+        assert "1 missing, 1 extra, 1 vector, 0 payload" in why
+        assert "approve_cutover cuts over anyway, rollback ends all" in why
+        [report] = held.divergence
+        assert report.listed == {"missing": [13], "extra": [50_000], "vector": [11]}
+        assert (report.reference_records, report.region_records) == (M, M)
+        assert not report.passed
+        await mc.signal(mid, "approve_cutover", operator="bob", reason="us drift accepted")
+        final = await regional_until(
+            mc, mid, lambda s: s.phase in (Phase.COMPLETED, Phase.ROLLED_BACK)
+        )
+    assert final.phase == Phase.COMPLETED, final
+    control = region_control(tmp_path).entries(mid)
+    assert [e.data["passed"] for e in control if e.kind == "region.divergence"] == [False]
+    barrier = [e.data["why"] for e in control if e.kind == "barrier"]
+    assert barrier == [why]
+    for r in TWO:
+        routing = region_catalog(tmp_path, r).get_routing("default", "docs")
+        assert routing is not None
+        assert routing.read_version == "v2"
+
+
+def test_the_recorded_regional_history_compares_the_copies_without_vectors() -> None:
+    """The replay tests replay it (tests/test_replay.py); here: it holds the comparison, and
+    what crossed Temporal for it is ids, counts and checksums."""
+    from tests.histories.payloads import activity_inputs, input_bytes, load
+
+    path = Path(__file__).parent / "histories" / "regional_divergence.json"
+    history = load(path)
+    names = [name for name, _, _ in activity_inputs(history)]
+    assert names.count("region_digest") == 2
+    assert names.count("region_answers") == 2
+    assert "region_entries" not in names  # the copies agreed: no bucket to list
+    answers = [d for name, _, d in activity_inputs(history) if name == "region_answers"]
+    assert all(len(d["labels"]) == 100 and set(d) >= {"labels", "k"} for d in answers)
+    calls, total = input_bytes(history)["region_answers"]
+    assert total / calls < 3000

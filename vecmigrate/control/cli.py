@@ -1672,7 +1672,7 @@ async def _diff(args: argparse.Namespace) -> int:
     return 0 if report.passed else 1
 
 
-def _region_diff(args: argparse.Namespace, spec: Any) -> int:
+def _region_diff(args: argparse.Namespace, spec: MigrationSpec) -> int:
     from vecmigrate.control.diff import run_region_diff
     from vecmigrate.control.report import divergence_table
 
