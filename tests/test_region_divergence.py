@@ -32,6 +32,7 @@ from vecmigrate.model.divergence import (
     CopyEntries,
     Entry,
     ShardDigest,
+    buckets_for,
     compare_copies,
     differing_cells,
     overlap_at_k,
@@ -159,6 +160,10 @@ def test_compare_copies_counts_each_kind_lists_ids_and_judges_the_bound() -> Non
     assert verdict([again.model_copy(update={"passed": True})]) == ""
 
 
+def test_bucket_counts_keep_a_digest_small_with_many_shards() -> None:
+    assert [buckets_for(n) for n in (1, 64, 128, 1024, 100_000)] == [256, 256, 128, 16, 4]
+
+
 def test_overlap_at_k_is_the_mean_shared_share_of_the_references_top_k() -> None:
     ref = CopyAnswers(answers=[[1, 2], [3, 4]])
     assert overlap_at_k(ref, CopyAnswers(answers=[[2, 1], [4, 5]]), 2) == 0.75
@@ -255,6 +260,7 @@ def test_a_copys_digest_is_the_store_checksum_per_shard_and_per_bucket(tmp_path:
     copy.write(data)
     digest = Reader(copy, batch_size=97).digest(3, sample=5)
     assert [s.shard for s in digest.shards] == [0, 1, 2]
+    assert digest.buckets == BUCKETS
     assert digest.records == N
     for shard, got in zip(hash_shards(3), digest.shards, strict=True):
         assert got.checksum == copy.checksum(shard)
@@ -262,7 +268,7 @@ def test_a_copys_digest_is_the_store_checksum_per_shard_and_per_bucket(tmp_path:
         # One bucket's checksum is the RecordChecksum of its records alone.
         bucket, figure = next(iter(got.buckets.items()))
         whole = Records.concat([b.records for b in copy.iter_shard(shard, 1000)], data.schema)
-        mine = whole.filter(buckets_of(whole.labels, shard, BUCKETS) == bucket)
+        mine = whole.filter(buckets_of(whole.labels, shard, digest.buckets) == bucket)
         acc = RecordChecksum()
         acc.add_hashes(mine.hashes())
         assert figure == acc.hexdigest()

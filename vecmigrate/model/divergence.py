@@ -21,8 +21,17 @@ from vecmigrate.model.spec import DivergenceBound
 from vecmigrate.model.tasks import SpecTask
 
 # Id-hash buckets per shard: a bucket whose digest differs is listed record by record, so with
-# a million records in a shard one differing record lists about 4,000.
+# a million records in a shard one differing record lists about 4,000. With many shards, fewer
+# a shard: a digest holds at most CELLS buckets in all (about 25 bytes each in its payload).
 BUCKETS = 256
+CELLS = 16_384
+
+
+def buckets_for(shards: int) -> int:
+    """Buckets per shard for a copy of ``shards`` hash shards (every region uses the same)."""
+    return max(4, min(BUCKETS, CELLS // max(shards, 1)))
+
+
 # (label, hashes) entries one region returns for the buckets that differ, at most: about 60
 # bytes each, well inside one Temporal payload.
 MAX_ENTRIES = 20_000

@@ -18,7 +18,6 @@ import numpy as np
 
 from vecmigrate.data.backfill import Throttle
 from vecmigrate.model.divergence import (
-    BUCKETS,
     MAX_ENTRIES,
     Cell,
     CopyAnswers,
@@ -27,6 +26,7 @@ from vecmigrate.model.divergence import (
     Entry,
     RegionDivergence,
     ShardDigest,
+    buckets_for,
     compare_copies,
     differing_cells,
 )
@@ -83,6 +83,7 @@ class Reader:
         that many records drawn deterministically (the same records from any copy holding the
         same data)."""
         out = []
+        buckets = buckets_for(shard_count)
         for shard in hash_shards(shard_count):
             before = (done or {}).get(shard.index)
             if before is not None:
@@ -90,13 +91,13 @@ class Reader:
                 continue
             whole = RecordChecksum()
             # Each bucket's RecordChecksum, for all buckets at once: counts and wrapping sums.
-            counts = np.zeros(BUCKETS, np.int64)
-            sums = np.zeros(BUCKETS, np.uint64)
+            counts = np.zeros(buckets, np.int64)
+            sums = np.zeros(buckets, np.uint64)
             for records in self._iter(shard):
                 hashes = records.hashes()
                 whole.add_hashes(hashes)
-                bucket = buckets_of(records.labels, shard, BUCKETS)
-                counts += np.bincount(bucket, minlength=BUCKETS)
+                bucket = buckets_of(records.labels, shard, buckets)
+                counts += np.bincount(bucket, minlength=buckets)
                 np.add.at(sums, bucket, hashes)
             digest = ShardDigest(
                 shard=shard.index,
@@ -112,7 +113,7 @@ class Reader:
         labels: list[int] = []
         if sample:
             labels = [int(x) for x in self.store.sample_records(sample, SAMPLE_SEED).labels]
-        return CopyDigest(shards=out, buckets=BUCKETS, sample=labels)
+        return CopyDigest(shards=out, buckets=buckets, sample=labels)
 
     def entries(self, shard_count: int, cells: list[Cell]) -> CopyEntries:
         """The records of the copy in ``cells``: label, id and the reconcile's vector and
@@ -121,12 +122,13 @@ class Reader:
         for c in cells:
             wanted.setdefault(c.shard, set()).add(c.bucket)
         shards = {s.index: s for s in hash_shards(shard_count)}
+        buckets = buckets_for(shard_count)
         out: list[Entry] = []
         for index in sorted(wanted):
             shard = shards[index]
             keep = np.array(sorted(wanted[index]), np.int64)
             for records in self._iter(shard):
-                rows = np.isin(buckets_of(records.labels, shard, BUCKETS), keep)
+                rows = np.isin(buckets_of(records.labels, shard, buckets), keep)
                 if not rows.any():
                     continue
                 part = records.filter(rows)
