@@ -44,6 +44,15 @@ from vecmigrate.indexes import build
 from vecmigrate.indexes.artifacts import cpu_share, set_openmp_threads
 from vecmigrate.model.access import AccessPolicy
 from vecmigrate.model.costs import StorageSnapshot
+from vecmigrate.model.divergence import (
+    AnswersInput,
+    CopyAnswers,
+    CopyDigest,
+    CopyEntries,
+    DigestInput,
+    EntriesInput,
+    ShardDigest,
+)
 from vecmigrate.model.gates import ShardCheck, ShardReconcile
 from vecmigrate.model.routing import RoutingView
 from vecmigrate.model.schedule import Firing, ResolveFiringInput
@@ -88,7 +97,7 @@ from vecmigrate.model.tasks import (
 from vecmigrate.records.checksums import RecordChecksum
 from vecmigrate.records.vectors import Ids, merge_topk
 from vecmigrate.stores import WHOLE
-from vecmigrate.validation import reconcile
+from vecmigrate.validation import divergence, reconcile
 from vecmigrate.validation.shadow import ShadowLog
 
 I = TypeVar("I")  # noqa: E741
@@ -282,6 +291,9 @@ class MigrationActivities:
             self.prune_version,
             self.access_policy,
             self.point_stable_name,
+            self.region_digest,
+            self.region_entries,
+            self.region_answers,
         ]
 
     @activity.defn(name="prepare")
@@ -701,6 +713,52 @@ class MigrationActivities:
     @_boundary
     def access_policy(self, inp: AccessPolicyInput) -> AccessPolicy:
         return self.catalog.access_policy(inp.tenant, inp.collection)
+
+    def _copy(self, spec: MigrationSpec) -> divergence.Reader:
+        """A reader of this region's copy of the migration's target."""
+        return divergence.Reader(
+            reconcile.open_existing_target(spec),
+            batch_size=spec.batch_size,
+            max_records_per_second=spec.max_vectors_per_second,
+        )
+
+    @activity.defn(name="region_digest")
+    @_boundary
+    def region_digest(self, inp: DigestInput) -> CopyDigest:
+        """This region's copy digested per shard and bucket (resumed from the shards a previous
+        attempt heartbeated)."""
+        spec = self.spec(inp)
+        info = activity.info()
+        done: dict[int, ShardDigest] = {}
+        if info.heartbeat_details:
+            for d in info.heartbeat_details[0].get("shards", []):
+                shard = ShardDigest.model_validate(d)
+                done[shard.shard] = shard
+        with _keepalive(spec) as beat:
+
+            def on_shard(shard: ShardDigest) -> None:
+                done[shard.shard] = shard
+                beat({"shards": [d.model_dump(mode="json") for d in done.values()]})
+
+            return self._copy(spec).digest(
+                spec.shards.count, sample=inp.sample, done=done, on_shard=on_shard
+            )
+
+    @activity.defn(name="region_entries")
+    @_boundary
+    def region_entries(self, inp: EntriesInput) -> CopyEntries:
+        """This region's records in the buckets that differ: labels, ids and hashes only."""
+        spec = self.spec(inp)
+        with _keepalive(spec):
+            return self._copy(spec).entries(spec.shards.count, inp.cells)
+
+    @activity.defn(name="region_answers")
+    @_boundary
+    def region_answers(self, inp: AnswersInput) -> CopyAnswers:
+        """This region's top k labels for the query records, searched with its own vectors."""
+        spec = self.spec(inp)
+        with _keepalive(spec):
+            return self._copy(spec).answers(inp.labels, inp.k, str(spec.target.embedding.metric))
 
     @activity.defn(name="list_tenants")
     @_boundary

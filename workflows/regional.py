@@ -29,15 +29,27 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError, ChildWorkflowError
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
-from vecmigrate.workflows.calls import append_ledger, event_key, short_call
+from vecmigrate.workflows.calls import RETRY, append_ledger, event_key, short_call
 from vecmigrate.workflows.search import SEARCH_ATTRIBUTES, typed, updates
 from vecmigrate.workflows.signals import ROLES, RULES, OperatorSignals
 
 with workflow.unsafe.imports_passed_through():
     from vecmigrate.errors import summary
     from vecmigrate.model.access import AccessPolicy, RoleBinding
+    from vecmigrate.model.divergence import (
+        AnswersInput,
+        CopyAnswers,
+        CopyDigest,
+        CopyEntries,
+        DigestInput,
+        EntriesInput,
+        RegionDivergence,
+        compare_copies,
+        differing_cells,
+        verdict,
+    )
     from vecmigrate.model.lifecycle import (
         OUTCOME_ERRORS,
         OUTCOMES,
@@ -59,12 +71,18 @@ with workflow.unsafe.imports_passed_through():
         region_queue,
     )
     from vecmigrate.model.search import memo, search_values
+    from vecmigrate.model.spec import DivergenceBound
     from vecmigrate.model.status import MigrationInput, MigrationStatus, OperatorAction
     from vecmigrate.model.tasks import AccessPolicyInput, LedgerInput, TenantsInput
     from vecmigrate.workflows.identity import caller
 
 # A child in one of these phases has switched its reads: its cut-over went through.
 SWITCHED = frozenset({Phase.BAKING, Phase.FINALIZING, Phase.COMPLETED})
+
+# The regions' copies compared at the barrier (when region_policy.divergence sets a bound).
+DIVERGENCE = "region-divergence"
+# How long one region's part of the comparison may take (it reads the region's whole copy).
+DIVERGENCE_TIMEOUT = timedelta(hours=12)
 
 
 @workflow.defn(name="RegionalMigrationWorkflow")
@@ -88,6 +106,9 @@ class RegionalMigrationWorkflow(OperatorSignals):
         self._rollback_all: OperatorMessage | None = None
         self._aborted: OperatorMessage | None = None
         self._events = 0
+        # The regions' copies differ beyond the policy's bound: the cut-over waits for an
+        # operator's approve_cutover, as it does when a region is out.
+        self._diverged = False
 
     # -- messages ------------------------------------------------------------------------------
 
@@ -120,7 +141,7 @@ class RegionalMigrationWorkflow(OperatorSignals):
             paused=st.paused,
             stopping=self._stopping(),
             cutover_approved=st.cutover_approved,
-            approval_needed=self._spec.cutover.mode == "manual" or out,
+            approval_needed=self._spec.cutover.mode == "manual" or out or self._diverged,
         )
         return rule(REGIONAL, message, now, preapprove=msg.preapprove)
 
@@ -422,7 +443,16 @@ class RegionalMigrationWorkflow(OperatorSignals):
                 operator="vecmigrate", reason=f"{names} failed its gates; policy rollback_all"
             )
             return
-        if out:
+        diverged = ""
+        if policy.divergence is not None and workflow.patched(DIVERGENCE):
+            diverged = await self._divergence(policy.divergence)
+            if self._stopping():
+                return
+        if diverged:
+            self._diverged = True
+            names = ", ".join(f"{s.region}/{s.tenant} ({s.phase})" for s in out)
+            why = (f"{names} out of the migration; " if out else "") + diverged
+        elif out:
             names = ", ".join(f"{s.region}/{s.tenant} ({s.phase})" for s in out)
             why = (
                 f"{names} out of the migration; the other regions passed and wait: "
@@ -435,6 +465,116 @@ class RegionalMigrationWorkflow(OperatorSignals):
         self._status.blocked_reason = why
         await self._record("barrier", "vecmigrate", {"why": why})
         await workflow.wait_condition(lambda: self._stopping() or self._status.cutover_approved)
+
+    async def _in_region(self, name: str, arg: Any, result_type: type, state: RegionState) -> Any:
+        """One part of the regions' comparison, run by ``state``'s region on its own queue."""
+        return await workflow.execute_activity(
+            name,
+            arg,
+            result_type=result_type,
+            task_queue=state.task_queue,
+            start_to_close_timeout=DIVERGENCE_TIMEOUT,
+            heartbeat_timeout=timedelta(seconds=self._spec.heartbeat_seconds),
+            retry_policy=RETRY,
+            summary=f"{name.removeprefix('region_')} of {state.region}/{state.tenant}'s copy",
+        )
+
+    def _task(self, state: RegionState) -> dict[str, Any]:
+        plan = self._plans[state.workflow_id]
+        return {
+            "migration_id": state.workflow_id,
+            "spec_hash": plan.spec.spec_hash(),
+            "tenant": state.tenant,
+            "region": state.region,
+        }
+
+    async def _divergence(self, bound: DivergenceBound) -> str:
+        """Compare every ready region's copy of the target with the reference region's (the
+        first region ready, in the spec's order), tenant by tenant; the figures go to the
+        status and the ledger. Returns the blocked reason ("" when within the bound)."""
+        self._status.blocked_reason = "every region passed its gates; comparing their copies"
+        order = [r.name for r in self._spec.regions]
+        ready = sorted(
+            (s for s in self._status.regions if s.ready),
+            key=lambda s: order.index(s.region) if s.region in order else len(order),
+        )
+        tenants = list(dict.fromkeys(s.tenant for s in ready))
+        reports: list[RegionDivergence] = []
+        try:
+            for tenant in tenants:
+                mine = [s for s in ready if s.tenant == tenant]
+                if len(mine) < 2:
+                    continue
+                reports += await self._compare_tenant(bound, mine[0], mine[1:])
+        except (ActivityError, ValueError) as err:
+            # A region's part failed for good, or two regions' workers digest differently.
+            cause = err.cause if isinstance(err, ActivityError) else None
+            why = (
+                f"the regions' copies could not be compared ({summary(cause or err)}); "
+                "approve_cutover cuts over anyway, rollback ends all"
+            )
+            await self._record("region.divergence.failed", "vecmigrate", {"why": why})
+            return why
+        return verdict(reports)
+
+    async def _compare_tenant(
+        self, bound: DivergenceBound, ref: RegionState, others: list[RegionState]
+    ) -> list[RegionDivergence]:
+        everyone = [ref, *others]
+        digests: list[CopyDigest] = await asyncio.gather(
+            *(
+                self._in_region(
+                    "region_digest",
+                    DigestInput(**self._task(s), sample=bound.queries if s is ref else 0),
+                    CopyDigest,
+                    s,
+                )
+                for s in everyone
+            )
+        )
+        sample = digests[0].sample
+        answers: list[CopyAnswers] = await asyncio.gather(
+            *(
+                self._in_region(
+                    "region_answers",
+                    AnswersInput(**self._task(s), labels=sample, k=bound.k),
+                    CopyAnswers,
+                    s,
+                )
+                for s in everyone
+            )
+        )
+        reports = []
+        for state, digest, answer in zip(others, digests[1:], answers[1:], strict=True):
+            cells = differing_cells(digests[0], digest)
+            entries = (CopyEntries(), CopyEntries())
+            if cells:
+                a, b = await asyncio.gather(
+                    *(
+                        self._in_region(
+                            "region_entries",
+                            EntriesInput(**self._task(s), cells=cells),
+                            CopyEntries,
+                            s,
+                        )
+                        for s in (ref, state)
+                    )
+                )
+                entries = (a, b)
+            report = compare_copies(
+                bound,
+                reference=ref.region or "-",
+                region=state.region or "-",
+                tenant=state.tenant,
+                digests=(digests[0], digest),
+                entries=entries,
+                answers=(answers[0], answer),
+                cells=cells,
+            )
+            self._status.divergence.append(report)
+            await self._record("region.divergence", "vecmigrate", report.model_dump(mode="json"))
+            reports.append(report)
+        return reports
 
     async def _cut_over(self) -> None:
         """Cut the ready children over, region by region, in the policy's order."""

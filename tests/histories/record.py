@@ -13,6 +13,8 @@ overridden by an approver. The others are the release before it, which its runs 
 it needs the worker's caller interceptor, as every worker has. ``online_capture`` was recorded
 with change capture (the ``pg-capture`` patch) on a PostgreSQL server the recorder starts;
 ``online_stable_capture`` with a stable name over such a table, capture running both ways.
+``regional_divergence`` is a regional migration's parent (two regions, a worker each) whose
+barrier compares the regions' copies (the ``region-divergence`` patch) before the cut-over.
 """
 
 from __future__ import annotations
@@ -431,6 +433,25 @@ async def record_compaction(env: WorkflowEnvironment, name: str) -> None:
     save(name, history)
 
 
+async def record_regional_divergence(env: WorkflowEnvironment, name: str) -> None:
+    """Two regions with the same records, compared at the barrier, then cut over."""
+    from tests.test_region_divergence import gated_spec, region_workers, seed_two
+    from tests.test_regions import ControlPlane, regional_until
+
+    root = fresh_sandbox(name).root
+    seed_two(root, diverged=False)
+    spec = gated_spec(root)
+    async with region_workers(env.client, root), ControlPlane(env.client, root) as mc:
+        mid = await mc.start(spec, operator="recorder")
+        final = await regional_until(
+            mc, mid, lambda s: s.phase in (Phase.COMPLETED, Phase.ROLLED_BACK)
+        )
+        assert final.phase == Phase.COMPLETED, final
+        assert [d.passed for d in final.divergence] == [True], final.divergence
+        history = await mc.handle(mid).fetch_history()
+    save(name, history)
+
+
 RECORDERS: dict[str, Callable[[WorkflowEnvironment, str], Awaitable[None]]] = {
     **{f"{case}_v2": record_v2 for case in V2},
     "blue_green_completed": record_blue_green,
@@ -443,6 +464,7 @@ RECORDERS: dict[str, Callable[[WorkflowEnvironment, str], Awaitable[None]]] = {
     "blue_green_roles": record_roles,
     "compaction_completed": record_compaction,
     "online_reconciled": record_reconciled,
+    "regional_divergence": record_regional_divergence,
 }
 
 

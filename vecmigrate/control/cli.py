@@ -521,6 +521,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--restart", action="store_true", help="compare every shard again, forgetting the state"
     )
+    p.add_argument(
+        "--regions",
+        default=None,
+        metavar="A,B",
+        help="compare region B's copy of the spec's target with region A's instead (records "
+        "and overlap@k of their answers, against region_policy.divergence); exit 1 over it",
+    )
+    p.add_argument(
+        "--tenant", default=None, help="with --regions: the tenant compared (default: the spec's)"
+    )
     _json_flag(p, "the report")
 
     p = sub.add_parser(
@@ -1629,6 +1639,10 @@ async def _diff(args: argparse.Namespace) -> int:
     if rate is not None and not (rate > 0 and rate != float("inf")):
         raise VecmigrateError(f"--max-records-per-second takes a positive number, not {rate}")
     spec = resolve_spec(load_spec(args.spec))
+    if args.regions is not None:
+        return _region_diff(args, spec)
+    if args.tenant is not None:
+        raise VecmigrateError("--tenant goes with --regions")
 
     def tell(result: ShardReconcile, before: bool) -> None:
         how = (
@@ -1664,6 +1678,36 @@ async def _diff(args: argparse.Namespace) -> int:
         out.print(reconcile_table(report, shown))
         if not report.vectors_compared:
             out.print("vectors were not compared: the versions hold vectors of different models")
+    return 0 if report.passed else 1
+
+
+def _region_diff(args: argparse.Namespace, spec: MigrationSpec) -> int:
+    from vecmigrate.control.diff import run_region_diff
+    from vecmigrate.control.report import divergence_table
+
+    mixed = [
+        flag
+        for flag, on in (
+            ("--source", args.source),
+            ("--target", args.target),
+            ("--repair", args.repair),
+            ("--state", args.state),
+            ("--restart", args.restart),
+        )
+        if on
+    ]
+    if mixed:
+        raise VecmigrateError(
+            f"--regions compares two regions' copies of the target: leave out {', '.join(mixed)}"
+        )
+    regions = [r.strip() for r in args.regions.split(",") if r.strip()]
+    report, bound, given = run_region_diff(
+        spec, regions, tenant=args.tenant, max_records_per_second=args.max_records_per_second
+    )
+    if args.json:
+        print(report.model_dump_json(indent=2))
+    else:
+        out.print(divergence_table(report, bound, given))
     return 0 if report.passed else 1
 
 

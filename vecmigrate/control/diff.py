@@ -4,6 +4,9 @@ with a repair on demand; resumable (the shards compared are kept in a state file
 The versions are named by a migration spec: its source and target by default, or any two
 registered versions of its collection. The comparison is the reconcile gate's
 (:mod:`vecmigrate.validation.reconcile`).
+
+With ``--regions A,B`` two regions' copies of the spec's target are compared instead, as the
+regional workflow's divergence gate compares them (:mod:`vecmigrate.validation.divergence`).
 """
 
 from __future__ import annotations
@@ -21,10 +24,13 @@ from vecmigrate.config import home_dir
 from vecmigrate.data.backfill import TargetView, open_source, shard_plan, target_limits
 from vecmigrate.data.transforms import make_transform
 from vecmigrate.errors import NotFoundError, PreconditionError
+from vecmigrate.model.divergence import RegionDivergence
 from vecmigrate.model.gates import ReconcileReport, ShardReconcile
-from vecmigrate.model.spec import EmbeddingSchema, MigrationSpec, store_ref
+from vecmigrate.model.regions import child_plans
+from vecmigrate.model.spec import DivergenceBound, EmbeddingSchema, MigrationSpec, store_ref
 from vecmigrate.model.tasks import ShardRef
 from vecmigrate.stores import Scope, VectorStore, open_store
+from vecmigrate.validation.divergence import Reader, compare_regions
 from vecmigrate.validation.reconcile import Reconciler, open_existing_target
 
 
@@ -222,3 +228,68 @@ def run_diff(
         if on_shard is not None:
             on_shard(result, False)
     return ReconcileReport.of(results), results
+
+
+def run_region_diff(
+    spec: MigrationSpec,
+    regions: list[str],
+    *,
+    tenant: str | None = None,
+    max_records_per_second: float | None = None,
+) -> tuple[RegionDivergence, DivergenceBound, bool]:
+    """Compare the second region's copy of the spec's target with the first's, as the regional
+    workflow's gate does, against the spec's ``region_policy.divergence`` (its defaults when the
+    spec sets none). Returns the figures, the bound, and whether the bound is the spec's.
+
+    Each region's copy is read from the region's own target store (the spec's region entry);
+    only digests, labels and hashes are compared here, but the reads are made from where this
+    runs: run it where both regions' stores may be read.
+
+    Raises:
+        PreconditionError: not two distinct regions of the spec.
+        NotFoundError: a region's copy has no store yet.
+    """
+    names = [r.name for r in spec.regions]
+    if len(regions) != 2 or regions[0] == regions[1]:
+        raise PreconditionError(
+            f"--regions names two distinct regions (the reference first), not {regions}"
+        )
+    unknown = [r for r in regions if r not in names]
+    if unknown:
+        raise PreconditionError(
+            f"the spec has no region {', '.join(unknown)} "
+            f"(its regions: {', '.join(names) or 'none'})"
+        )
+    who = tenant or spec.tenant
+    plans = {
+        p.region: p for p in child_plans(spec, spec.migration_id, {r: [who] for r in regions}, "-")
+    }
+    readers = []
+    for name in regions:
+        child = plans[name].spec
+        try:
+            store = open_existing_target(child)
+        except NotFoundError:
+            raise NotFoundError(
+                f"region {name} holds no copy of {who}/{spec.collection}@{spec.target.name} yet"
+            ) from None
+        readers.append(
+            (
+                name,
+                Reader(
+                    store, batch_size=spec.batch_size, max_records_per_second=max_records_per_second
+                ),
+            )
+        )
+    bound = spec.region_policy.divergence
+    given = bound is not None
+    bound = bound or DivergenceBound()
+    report = compare_regions(
+        bound,
+        readers[0],
+        readers[1],
+        tenant=who,
+        shard_count=spec.shards.count,
+        metric=str(spec.target.embedding.metric),
+    )
+    return report, bound, given

@@ -16,6 +16,7 @@ from vecmigrate.data.footprint import ESTIMATE_KIND, STORAGE_KIND
 from vecmigrate.data.retention import GcReport
 from vecmigrate.embedding.registry import Registry
 from vecmigrate.model.costs import MigrationCosts, ShardCost, StorageEstimate, StorageSnapshot
+from vecmigrate.model.divergence import RegionDivergence
 from vecmigrate.model.gates import (
     DIFF_KINDS,
     DiffCounts,
@@ -26,6 +27,7 @@ from vecmigrate.model.gates import (
 from vecmigrate.model.lifecycle import Phase
 from vecmigrate.model.regions import RegionalStatus
 from vecmigrate.model.schedule import Firing
+from vecmigrate.model.spec import DivergenceBound
 from vecmigrate.model.status import MigrationStatus
 
 # Shard tables longer than this are left out (the summary line counts shards by state).
@@ -597,3 +599,36 @@ def cost_tables(costs: MigrationCosts) -> Group:
             )
         parts.append(shards)
     return Group(*parts)
+
+
+def divergence_table(r: RegionDivergence, bound: DivergenceBound, given: bool) -> Group:
+    """Two regions' copies compared: records differing per kind, per shard and in total, then
+    the figures against the bound (a line each) and the ids listed."""
+    verdict = "within the bound" if r.passed else "OVER THE BOUND"
+    source = "region_policy.divergence" if given else "the defaults (the spec sets no bound)"
+    table = Table(title=f"{r.region}/{r.tenant} against {r.reference}: {verdict}")
+    table.add_column("shard")
+    for kind in DIFF_KINDS:
+        table.add_column(kind, justify="right")
+    for s in r.shards:
+        table.add_row(str(s.shard), *(f"{getattr(s, k):,}" for k in DIFF_KINDS))
+    table.add_row("total", *(f"{getattr(r, k):,}" for k in DIFF_KINDS))
+    lines = [
+        f"records: {r.reference_records:,} in {r.reference}, {r.region_records:,} in {r.region}",
+        f"differing: {r.differing_share:.4%} (at most {bound.max_differing_share:.4%})",
+        "overlap: no query sample"
+        if r.overlap is None
+        else f"overlap@{r.k} {r.overlap:.3f} on {r.queries} queries "
+        f"(at least {bound.min_overlap:.3f})",
+        f"bound: {source}",
+    ]
+    if r.why:
+        lines.append(f"over: {r.why}")
+    if not r.complete:
+        lines.append("more records differ than were compared: the counts are a lower bound")
+    for kind, ids in r.listed.items():
+        more = getattr(r, kind) - len(ids)
+        lines.append(
+            f"{kind}: " + ", ".join(str(i) for i in ids) + (f" and {more:,} more" if more else "")
+        )
+    return Group(table, *lines)

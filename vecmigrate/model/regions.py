@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from vecmigrate.model.divergence import RegionDivergence
 from vecmigrate.model.lifecycle import TERMINAL, Phase
 from vecmigrate.model.spec import MigrationSpec, RegionPolicy, RegionSpec
 from vecmigrate.model.status import OperatorAction
@@ -93,6 +94,9 @@ class RegionalStatus(_Model):
     operators: list[OperatorAction] = Field(default_factory=list)
     paused: bool = False
     error: str = ""
+    # The regions' copies compared with the reference region's at the barrier (when the
+    # policy sets region_policy.divergence), one entry per region and tenant.
+    divergence: list[RegionDivergence] = Field(default_factory=list)
     # Once ended: how (and by whom, and why) it ended.
     outcome: str = ""
 

@@ -813,6 +813,29 @@ class RegionSpec(_Model):
         return self.allowed_locations or (self.location,)
 
 
+class DivergenceBound(_Model):
+    """How far two regions' copies of the target may differ before the global cut-over.
+
+    Each region's copy is compared with the reference region's (the first region, the canary)
+    record by record (ids missing on either side, records whose vector or payload differs) and
+    by the overlap of their answers: the top ``k`` of each region's own copy for the vectors of
+    ``queries`` records drawn from the reference region. Over either bound the cut-over is held
+    for an operator (``approve_cutover`` goes on anyway, ``rollback`` ends all).
+    """
+
+    max_differing_share: float = Field(default=0.0, ge=0.0, le=1.0)
+    """Largest share of records (of the larger copy) allowed to be missing, extra or different;
+    0 allows none."""
+    min_overlap: float = Field(default=0.99, ge=0.0, le=1.0)
+    """Smallest mean overlap@k of the two copies' answers on the query sample."""
+    queries: int = Field(default=100, ge=0, le=10_000)
+    """Records of the reference region whose vectors make the query sample (0: no overlap)."""
+    k: int = Field(default=10, ge=1, le=1_000)
+    """Neighbours compared per query."""
+    max_listed: int = Field(default=20, ge=0, le=1_000)
+    """Differing ids listed per kind (missing, extra, vector, payload) in the ledger."""
+
+
 class RegionPolicy(_Model):
     """How a regional migration moves: the canary region alone first (until its gates pass),
     then the others, at most ``max_parallel`` regions at a time; a cut-over only after every
@@ -829,6 +852,9 @@ class RegionPolicy(_Model):
     pause_between_seconds: float = Field(default=0.0, ge=0.0)
     """Between two regions' cut-overs."""
     on_region_failure: Literal["wait", "rollback_all"] = "wait"
+    divergence: DivergenceBound | None = None
+    """Compare every region's copy with the first region's before the global cut-over and hold
+    it when they differ beyond this bound (absent: no comparison)."""
 
 
 class TenantLimits(_Model):
@@ -1084,6 +1110,11 @@ class MigrationSpec(_Model):
             )
         if self.region is not None and self.regional:
             raise ValueError("region is set on a region's own migration, not with regions")
+        if self.region_policy.divergence is not None and len(names) < 2:
+            raise ValueError(
+                "region_policy.divergence compares regions' copies with each other: name at "
+                f"least two regions (the spec names {len(names)})"
+            )
         scope = set(self.tenants) if isinstance(self.tenants, tuple) else None
         if self.tenants is None:
             scope = {self.tenant}
@@ -1172,6 +1203,7 @@ ADDED_FIELDS: dict[type[BaseModel], frozenset[str]] = {
     MigrationSpec: frozenset({"schedule", "windows", "retention", "quarantine"}),
     OnlinePolicy: frozenset({"capture"}),
     CutoverPolicy: frozenset({"stable_name"}),
+    RegionPolicy: frozenset({"divergence"}),
     BuiltinStoreRef: frozenset({"password", "tls", "writable"}),
     PgvectorStoreRef: frozenset(
         {"password", "tls", "table", "id_column", "vector_columns", "payload_columns", "writable"}
