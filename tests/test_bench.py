@@ -38,6 +38,7 @@ RUNS = {
     "reembed_throughput": ["--records", "1500", "--models", "lsa"],
     "migration_throughput": ["--data", "clustered", "--vectors", "6000", "--dim", "16"],
     "build_rates": ["--vectors", "600", "--dim", "8"],
+    "capacity": ["--vectors", "1000000", "100000000"],
     "fleet": ["--vectors", "4000", "--dim", "8", "--shards", "2", "--workers", "1", "2"],
     "milvus_pages": [
         "--records",

@@ -110,6 +110,15 @@ class WorkerPool:
         for _ in range(count):
             self.procs.append(self._spawn())
 
+    def wait_polling(self, timeout: float = 120.0) -> None:
+        """Wait until every worker of the pool says it polls (its log's first INFO line)."""
+        deadline = time.monotonic() + timeout
+        logs = [self.home / f"worker-{n}.log" for n in range(1, self.started + 1)]
+        while not all(p.exists() and b"worker polling" in p.read_bytes() for p in logs):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"workers not polling after {timeout:.0f} s: see {self.home}")
+            time.sleep(0.2)
+
     def cpu_seconds(self) -> float:
         """CPU seconds (user and system) the running workers have spent so far."""
         total = 0.0
