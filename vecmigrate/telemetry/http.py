@@ -1,4 +1,5 @@
-"""Telemetry of an HTTP server's requests: one span, the request metrics and one log line each.
+"""Telemetry of an HTTP server's requests: one span, the request metrics and an access log line
+each (by default only for errors and slow requests).
 
 :class:`RequestTelemetry` is ASGI middleware, outermost, so that what it measures includes
 everything the server does for a request (a body refused for its size, a credential refused).
