@@ -71,6 +71,8 @@ RUNS = {
         "300",
         "--repeat",
         "1",
+        "--micro",
+        "500",
     ],
     "resume_cost": [
         "--vectors",

@@ -1,7 +1,7 @@
 """The gateway's telemetry on a real server (uvicorn on a port): a request's trace continues
 the caller's through the router to the store calls, /metrics shows the request, error and
-routing metrics with their labels, and every request is one structured log line without
-secrets."""
+routing metrics with their labels, and the access log (every request a structured line when
+asked, errors and slow requests by default) holds no secret."""
 
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def test_a_request_continues_the_callers_trace_down_to_the_store_calls(
         shadow_percent=100.0,
     )
     query = np.full(sandbox.dim, 0.1).tolist()
-    gateway = Gateway(sandbox.catalog.url, port=0, refresh=0.2).start()
+    gateway = Gateway(sandbox.catalog.url, port=0, refresh=0.2, access_log="all").start()
     try:
         spans.clear()
         with httpx.Client(base_url=gateway.url, headers={"traceparent": TRACEPARENT}) as http:
@@ -262,7 +262,9 @@ def test_metrics_are_scraped_from_the_gateway_with_their_labels(
         secret, stored = new_api_key(name, tenants, ["*"], actions)
         keys[name] = secret
         creds.api_keys[stored.id] = stored
-    gateway = Gateway(sandbox.catalog.url, port=0, refresh=0.2, credentials=creds).start()
+    gateway = Gateway(
+        sandbox.catalog.url, port=0, refresh=0.2, credentials=creds, access_log="all"
+    ).start()
     metrics = f"{gateway.url}/metrics"
     try:
         app = httpx.Client(base_url=gateway.url, headers={"X-API-Key": keys["app"]})
@@ -449,3 +451,106 @@ def test_a_client_that_leaves_before_the_answer_is_not_a_server_error(
     assert (line["status"], line["error_type"], line["level"]) == (499, "499", "INFO")
     [server] = [s for s in spans.get_finished_spans() if s.kind == SpanKind.SERVER]
     assert server.status.status_code == StatusCode.UNSET
+
+
+def test_by_default_the_access_log_has_the_errors_and_the_slow_requests_only(
+    sandbox: Sandbox,
+    spans: InMemorySpanExporter,
+    request_lines: JsonLines,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    vectors = sandbox.seed(200)
+    monkeypatch.delenv("VECMIGRATE_GATEWAY_ACCESS_LOG", raising=False)
+    monkeypatch.delenv("VECMIGRATE_GATEWAY_SLOW_MS", raising=False)
+    query = {"vector": vectors[0].tolist(), "k": 3}
+    quick = Gateway(sandbox.catalog.url, port=0).start()
+    try:
+        for _ in range(3):
+            assert httpx.post(f"{quick.url}/v1/default/docs/search", json=query).is_success
+        bad = httpx.post(f"{quick.url}/v1/default/docs/search", json={"vector": [1.0], "k": 3})
+        assert bad.status_code == 400
+        status, samples = scrape(f"{quick.url}/metrics")
+    finally:
+        quick.stop()
+    # The successes are counted and traced, not logged; the error is a line.
+    assert [(line["status"], line["level"]) for line in request_lines.lines] == [(400, "INFO")]
+    assert request_lines.lines[0]["error_type"] == "DataError"
+    assert status == 200
+    served = {
+        "http_request_method": "POST",
+        "http_route": SEARCH,
+        "http_response_status_code": 200,
+        "tenant": "default",
+        "version": "v1",
+    }
+    assert value(samples, names.GATEWAY_DURATION.prometheus + "_count", **served) == 3
+    servers = [s for s in spans.get_finished_spans() if s.kind == SpanKind.SERVER]
+    assert len(servers) == 4
+    # Every request is slower than 0 ms: each is a WARNING line, leading to its trace.
+    request_lines.lines.clear()
+    monkeypatch.setenv("VECMIGRATE_GATEWAY_SLOW_MS", "0")
+    slow = Gateway(sandbox.catalog.url, port=0).start()
+    try:
+        assert httpx.post(f"{slow.url}/v1/default/docs/search", json=query).is_success
+    finally:
+        slow.stop()
+    [line] = request_lines.lines
+    assert (line["level"], line["status"], line["version"]) == ("WARNING", 200, "v1")
+    last = [s for s in spans.get_finished_spans() if s.kind == SpanKind.SERVER][-1]
+    assert line["trace_id"] == f"{last.context.trace_id:032x}"
+    monkeypatch.setenv("VECMIGRATE_GATEWAY_SLOW_MS", "soon")
+    with pytest.raises(ConfigurationError, match="VECMIGRATE_GATEWAY_SLOW_MS='soon'"):
+        Gateway(sandbox.catalog.url, port=0)
+    monkeypatch.delenv("VECMIGRATE_GATEWAY_SLOW_MS")
+    monkeypatch.setenv("VECMIGRATE_GATEWAY_ACCESS_LOG", "some")
+    with pytest.raises(ConfigurationError, match="VECMIGRATE_GATEWAY_ACCESS_LOG='some'"):
+        Gateway(sandbox.catalog.url, port=0)
+
+
+SERVE_WITH_GLOBAL_PROVIDERS = """
+import sys, httpx
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from vecmigrate.serving.gateway import Gateway
+from vecmigrate.telemetry.setup import configure, install
+
+spans = InMemorySpanExporter()
+telemetry = configure(
+    "vecmigrate-gateway",
+    metrics_default="prometheus",
+    environ={},
+    span_processors=[SimpleSpanProcessor(spans)],
+)
+install(telemetry, set_global=True)  # as the serve command does
+gateway = Gateway(sys.argv[1], port=0, metrics="open").start()
+try:
+    found = httpx.post(gateway.url + "/v1/default/docs/search", json={"vector": [0.1] * 16})
+    assert found.is_success, found.text
+    page = httpx.get(gateway.url + "/metrics").text
+finally:
+    gateway.stop()
+for span in spans.get_finished_spans():
+    print("span", span.instrumentation_scope.name, span.kind.name, span.name)
+print("families", page.count("# TYPE http_server_request_duration_seconds histogram"))
+"""
+
+
+def test_with_the_global_providers_set_a_request_is_traced_and_measured_once(
+    sandbox: Sandbox,
+) -> None:
+    # FastAPI traces and measures requests itself once OpenTelemetry's global providers are
+    # set (the serve command sets them): the gateway's own telemetry must be the only one.
+    import subprocess
+    import sys
+
+    sandbox.seed(200, dim=16)
+    done = subprocess.run(
+        [sys.executable, "-c", SERVE_WITH_GLOBAL_PROVIDERS, sandbox.catalog.url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    spans = [line.split(" ", 3)[1:] for line in done.stdout.splitlines() if line.startswith("span")]
+    assert spans == [["vecmigrate", "SERVER", f"POST {SEARCH}"]]
+    assert "families 1" in done.stdout

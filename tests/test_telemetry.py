@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -341,6 +342,48 @@ def test_telemetry_follows_the_otel_variables() -> None:
             "t",
             environ={"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"},
         )
+
+
+def test_exemplars_are_taken_only_when_a_reader_sends_them_on() -> None:
+    spans = [SimpleSpanProcessor(InMemorySpanExporter())]
+    # A reader that sends exemplars on (OTLP does): the SDK's default, trace-based, so a
+    # request measured inside its sampled span leaves one.
+    reader = InMemoryMetricReader()
+    both = configure(
+        "t",
+        metrics_default="prometheus",
+        environ={},
+        span_processors=spans,
+        metric_readers=[reader],
+    )
+    with both.tracer.start_as_current_span("request"):
+        both.metrics.record(names.GATEWAY_DURATION, 0.002, {names.HTTP_METHOD: "POST"})
+    data = reader.get_metrics_data()
+    assert data is not None
+    points = [
+        point
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+        if metric.name == names.GATEWAY_DURATION.name
+        for point in metric.data.data_points
+    ]
+    assert [len(point.exemplars) for point in points] == [1]
+    both.shutdown()
+    # Prometheus alone drops them: none is taken, unless the variable asks for them.
+    alone = configure("t", metrics_default="prometheus", environ={}, span_processors=spans)
+    assert alone.meter_provider is not None
+    assert isinstance(alone.meter_provider._sdk_config.exemplar_filter, AlwaysOffExemplarFilter)
+    alone.shutdown()
+    asked = configure(
+        "t",
+        metrics_default="prometheus",
+        environ={"OTEL_METRICS_EXEMPLAR_FILTER": "trace_based"},
+        span_processors=spans,
+    )
+    assert asked.meter_provider is not None
+    assert not isinstance(asked.meter_provider._sdk_config.exemplar_filter, AlwaysOffExemplarFilter)
+    asked.shutdown()
 
 
 def test_the_store_proxy_traces_every_adapter_call_and_stays_an_instance_of_it(

@@ -76,7 +76,7 @@ from vecmigrate.serving.asgi import AsgiServer, BodyGuard, TlsFiles
 from vecmigrate.serving.router import Router, WritesPausedError
 from vecmigrate.telemetry import names
 from vecmigrate.telemetry.exposition import ProbeServer, metrics_payload, parse_address
-from vecmigrate.telemetry.http import RequestTelemetry, request_notes
+from vecmigrate.telemetry.http import ACCESS_LOGS, RequestTelemetry, request_notes
 from vecmigrate.telemetry.setup import Telemetry, current
 
 log = logging.getLogger("vecmigrate.gateway")
@@ -87,6 +87,9 @@ MAX_ITEMS = 100_000
 ROUTE_ACTIONS = {"search": "search", "upsert": "write", "delete": "write", "": "admin"}
 METRICS_PATH = "/metrics"
 METRICS_ENV = "VECMIGRATE_GATEWAY_METRICS"
+# Which requests get an access log line (errors or all), and from how many ms one is slow.
+ACCESS_LOG_ENV = "VECMIGRATE_GATEWAY_ACCESS_LOG"
+SLOW_MS_ENV = "VECMIGRATE_GATEWAY_SLOW_MS"
 # Where /metrics is served: on the gateway's port behind a credential, or without one, or not.
 METRICS_MODES = ("auth", "open", "off")
 
@@ -279,12 +282,13 @@ def _trace_shadow_reads(router: Router) -> None:
 
 class _RoutingNotes:
     """Puts the router's decisions on a request's telemetry, and the routing row a collection
-    is served by on the routing gauges (once per routing generation)."""
+    is served by on the routing gauges (once per routing generation). The row's span
+    attributes are built once per generation too, and shared by the requests it serves."""
 
     def __init__(self, router: Router, telemetry: Telemetry) -> None:
         self.router = router
         self.telemetry = telemetry
-        self._generations: dict[tuple[str, str], int] = {}
+        self._rows: dict[tuple[str, str], tuple[int, dict[str, Any]]] = {}
 
     def __call__(self, tenant: str, collection: str, version: str | None = None) -> None:
         note = request_notes()
@@ -295,10 +299,13 @@ class _RoutingNotes:
         except NotFoundError:
             return  # the collection went away since the router answered
         key = (tenant, collection)
-        if self.telemetry.metering and self._generations.get(key) != view.generation:
-            self._generations[key] = view.generation
-            self.telemetry.metrics.routing(tenant, collection, view)
-        note.attributes.update(_routing_attributes(view))
+        known = self._rows.get(key)
+        if known is None or known[0] != view.generation:
+            known = (view.generation, _routing_attributes(view))
+            self._rows[key] = known
+            if self.telemetry.metering:
+                self.telemetry.metrics.routing(tenant, collection, view)
+        note.routing = known[1]
         if version is not None:
             note.version = version
             note.attributes[names.ATTR_CANARY] = version == view.candidate_version
@@ -344,6 +351,11 @@ def create_app(
         version="1",
         docs_url=None,
         redoc_url=None,
+        # FastAPI's own request telemetry, on as soon as OpenTelemetry's global providers are
+        # set (the serve command sets them), would trace and measure every request a second
+        # time: RequestTelemetry (vecmigrate.telemetry.http) does it, with the labels and the
+        # rules on errors the gateway needs.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
 
     @app.exception_handler(RequestValidationError)
@@ -500,8 +512,13 @@ class Gateway:
     address of their own (:attr:`metrics_url`). Requests are traced, measured and logged with
     the process's telemetry (``vecmigrate.telemetry.setup.current``, installed before).
 
+    ``access_log`` (default ``$VECMIGRATE_GATEWAY_ACCESS_LOG``, else ``errors``): ``errors``
+    writes a line for a request answered 4xx or 5xx, or slower than ``slow_ms`` (default
+    ``$VECMIGRATE_GATEWAY_SLOW_MS``, else 1000); ``all`` one for every request.
+
     Raises:
-        ConfigurationError: a ``metrics`` value that is none of these.
+        ConfigurationError: a ``metrics`` value that is none of these, an unknown
+            ``access_log``, a ``slow_ms`` that is not a number of milliseconds >= 0.
     """
 
     def __init__(
@@ -517,8 +534,25 @@ class Gateway:
         read_timeout: float = 10.0,
         header_timeout: float = 10.0,
         metrics: str | None = None,
+        access_log: str | None = None,
+        slow_ms: float | None = None,
     ) -> None:
         telemetry = current()
+        access_log = (access_log or os.environ.get(ACCESS_LOG_ENV) or "errors").strip().lower()
+        if access_log not in ACCESS_LOGS:
+            raise ConfigurationError(
+                f"{ACCESS_LOG_ENV}={access_log!r}: use {' or '.join(ACCESS_LOGS)}"
+            )
+        if slow_ms is None:
+            raw = os.environ.get(SLOW_MS_ENV, "").strip() or "1000"
+            try:
+                slow_ms = float(raw)
+            except ValueError:
+                raise ConfigurationError(
+                    f"{SLOW_MS_ENV}={raw!r}: a number of milliseconds"
+                ) from None
+        if not slow_ms >= 0:
+            raise ConfigurationError(f"{SLOW_MS_ENV}={slow_ms!r}: milliseconds >= 0")
         mode = (metrics or os.environ.get(METRICS_ENV) or "auth").strip()
         self.metrics_server: ProbeServer | None = None
         if mode not in METRICS_MODES:
@@ -538,6 +572,8 @@ class Gateway:
                 telemetry,
                 route_of=route_template(self.app),
                 quiet=("/health", METRICS_PATH),
+                access_log=access_log,
+                slow_seconds=slow_ms / 1000,
             ),
             host,
             port,

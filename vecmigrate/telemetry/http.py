@@ -1,4 +1,5 @@
-"""Telemetry of an HTTP server's requests: one span, the request metrics and one log line each.
+"""Telemetry of an HTTP server's requests: one span, the request metrics and an access log line
+each (by default only for errors and slow requests).
 
 :class:`RequestTelemetry` is ASGI middleware, outermost, so that what it measures includes
 everything the server does for a request (a body refused for its size, a credential refused).
@@ -10,9 +11,12 @@ Per request:
   the status code. Never a message: messages can carry connection details or query text.
 * ``http.server.request.duration`` by method, route, status, tenant and version, and
   ``vecmigrate.gateway.errors`` by route, tenant, version and error type.
-* one INFO line on ``vecmigrate.gateway.requests`` (method, route, status, seconds, tenant,
-  collection, version, error type, and the span's trace id): never headers, query string or
-  body, where credentials and data travel.
+* an access log line on ``vecmigrate.gateway.requests`` (method, route, status, seconds,
+  tenant, collection, version, error type, and the span's trace id): never headers, query
+  string or body, where credentials and data travel. Which requests get one is
+  ``access_log``'s choice: ``errors`` (the default, as production gateways log) a request
+  answered 4xx or 5xx (ERROR for a 5xx, INFO otherwise) or slower than ``slow_seconds``
+  (WARNING); ``all`` every request (INFO, ERROR for a 5xx).
 
 The app says what the request was about (tenant, collection, version served, routing
 decisions) on the request's :class:`RequestNotes` (:func:`request_notes`, a context variable:
@@ -24,21 +28,28 @@ Why not ``opentelemetry-instrumentation-asgi``: its duration histogram has a fix
 (tenant and version cannot be added, so it would be switched off and redone here), and its span
 records an exception that escapes the app with the exception's message, which the rule above
 forbids; what remains of it (reading ``traceparent``, naming the span) is two API calls.
+
+What a request's telemetry costs is measured by ``bench/telemetry_overhead.py``; the hot path
+is kept to the span, one call setting its attributes (only when the span is sampled: the
+routing row's attributes are built once per routing generation, by the app), one histogram
+record with a label set built once per combination, and a log line only when one is due.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from opentelemetry import propagate
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from vecmigrate.errors import ConfigurationError
 from vecmigrate.telemetry import names
 from vecmigrate.telemetry.setup import Telemetry, current
 
@@ -48,6 +59,12 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 # The route template that matches a scope, for requests answered before the app routed them.
 RouteOf = Callable[[Scope], str | None]
+# Which requests the access log writes a line for (see the module's doc).
+ACCESS_LOGS = ("errors", "all")
+# Label sets kept ready per combination; past this many (the SDK's own cardinality limit),
+# each request builds its own.
+_LABEL_CACHE = 2000
+_NO_ATTRIBUTES: Mapping[str, Any] = MappingProxyType({})
 
 
 @dataclass
@@ -60,6 +77,10 @@ class RequestNotes:
     version: str | None = None
     # Set when the app answered with an error it caught: the exception's type.
     error_type: str | None = None
+    # The routing row's span attributes: one mapping per routing generation, shared by the
+    # requests served by it (read only).
+    routing: Mapping[str, Any] = field(default_factory=lambda: _NO_ATTRIBUTES)
+    # This request's own span attributes (canary, shadowed).
     attributes: dict[str, Any] = field(default_factory=dict)
 
 
@@ -88,8 +109,13 @@ _getter = _Getter()
 
 
 class RequestTelemetry:
-    """ASGI middleware: a span, the request metrics and a log line per HTTP request (see the
-    module's doc). With telemetry off it only logs."""
+    """ASGI middleware: a span, the request metrics and an access log line per HTTP request
+    (see the module's doc). With telemetry off it only logs.
+
+    Raises:
+        ConfigurationError: ``access_log`` is not one of :data:`ACCESS_LOGS`, or
+            ``slow_seconds`` is negative.
+    """
 
     def __init__(
         self,
@@ -98,12 +124,22 @@ class RequestTelemetry:
         *,
         route_of: RouteOf | None = None,
         quiet: Iterable[str] = (),
+        access_log: str = "errors",
+        slow_seconds: float = 1.0,
     ) -> None:
+        if access_log not in ACCESS_LOGS:
+            raise ConfigurationError(f"access log {access_log!r}: use {' or '.join(ACCESS_LOGS)}")
+        if not slow_seconds >= 0:
+            raise ConfigurationError(f"slow request threshold {slow_seconds!r}: must be >= 0 s")
         self.app = app
         self.telemetry = telemetry or current()
         self.route_of = route_of
         # Paths polled every few seconds (probes, scrapes): no span, no line, no metric.
         self.quiet = frozenset(quiet)
+        self.log_all = access_log == "all"
+        self.slow_seconds = slow_seconds
+        self._durations: dict[tuple[Any, ...], dict[str, str | int]] = {}
+        self._errors: dict[tuple[Any, ...], dict[str, str | int]] = {}
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] in self.quiet:
@@ -168,23 +204,26 @@ class RequestTelemetry:
         error: str | None,
         note: RequestNotes,
     ) -> None:
+        # One call: the SDK takes its lock and checks the values once per call, not per key.
+        attributes: dict[str, Any] = {
+            names.HTTP_METHOD: method,
+            names.HTTP_STATUS: status,
+            "url.scheme": scope.get("scheme", "http"),
+            **note.routing,
+            **note.attributes,
+        }
         if route is not None:
             span.update_name(f"{method} {route}")
-            span.set_attribute(names.HTTP_ROUTE, route)
-        span.set_attribute(names.HTTP_METHOD, method)
-        span.set_attribute(names.HTTP_STATUS, status)
-        span.set_attribute("url.scheme", scope.get("scheme", "http"))
-        for key, value in (
-            (names.ATTR_TENANT, note.tenant),
-            (names.ATTR_COLLECTION, note.collection),
-            (names.ATTR_VERSION, note.version),
-        ):
-            if value is not None:
-                span.set_attribute(key, value)
-        if note.attributes:
-            span.set_attributes(note.attributes)
+            attributes[names.HTTP_ROUTE] = route
+        if note.tenant is not None:
+            attributes[names.ATTR_TENANT] = note.tenant
+        if note.collection is not None:
+            attributes[names.ATTR_COLLECTION] = note.collection
+        if note.version is not None:
+            attributes[names.ATTR_VERSION] = note.version
         if error is not None:
-            span.set_attribute(names.ERROR_TYPE, error)
+            attributes[names.ERROR_TYPE] = error
+        span.set_attributes(attributes)
         if status >= 500:
             # A server span's 4xx is the caller's error, not the server's (HTTP conventions).
             span.set_status(Status(StatusCode.ERROR))
@@ -200,21 +239,38 @@ class RequestTelemetry:
     ) -> None:
         if not self.telemetry.metering:
             return
-        where: dict[str, str | int] = {}
-        if route is not None:
-            where[names.HTTP_ROUTE] = route
-        if note.tenant is not None:
-            where[names.TENANT] = note.tenant
-        if note.version is not None:
-            where[names.VERSION] = note.version
         m = self.telemetry.metrics
-        m.record(
-            names.GATEWAY_DURATION,
-            seconds,
-            {**where, names.HTTP_METHOD: method, names.HTTP_STATUS: status},
+        key = (method, status, route, note.tenant, note.version)
+        labels = self._durations.get(key) or self._labels(
+            self._durations, key, {names.HTTP_METHOD: method, names.HTTP_STATUS: status}
         )
+        m.record(names.GATEWAY_DURATION, seconds, labels)
         if error is not None:
-            m.add(names.GATEWAY_ERRORS, 1, {**where, names.ERROR_TYPE: error})
+            by_error = (error, route, note.tenant, note.version)
+            labels = self._errors.get(by_error) or self._labels(
+                self._errors, by_error, {names.ERROR_TYPE: error}
+            )
+            m.add(names.GATEWAY_ERRORS, 1, labels)
+
+    @staticmethod
+    def _labels(
+        cache: dict[tuple[Any, ...], dict[str, str | int]],
+        key: tuple[Any, ...],
+        labels: dict[str, str | int],
+    ) -> dict[str, str | int]:
+        """A label set with the route, tenant and version of ``key`` (its last three),
+        remembered under ``key`` (the SDK copies what it is given: the dict is never
+        changed)."""
+        route, tenant, version = key[-3:]
+        if route is not None:
+            labels[names.HTTP_ROUTE] = route
+        if tenant is not None:
+            labels[names.TENANT] = tenant
+        if version is not None:
+            labels[names.VERSION] = version
+        if len(cache) < _LABEL_CACHE:
+            cache[key] = labels
+        return labels
 
     def _log(
         self,
@@ -225,7 +281,14 @@ class RequestTelemetry:
         note: RequestNotes,
         seconds: float,
     ) -> None:
-        level = logging.ERROR if status >= 500 else logging.INFO
+        if status >= 500:
+            level = logging.ERROR
+        elif status >= 400 or self.log_all:
+            level = logging.INFO
+        elif seconds >= self.slow_seconds:
+            level = logging.WARNING
+        else:
+            return  # a request answered well and in time: counted and traced, not logged
         if not log.isEnabledFor(level):
             return
         fields = {
