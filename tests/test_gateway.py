@@ -698,3 +698,19 @@ async def test_an_application_on_the_stable_name_through_the_gateway_loses_nothi
     assert served("after rollback", "second approval") == {"v1"}
     assert served("second bake", "completed") == {"v2"}
     assert served("completed") == {"v2"}
+
+
+def test_serve_refuses_a_malformed_name_option_before_it_listens(sandbox: Sandbox) -> None:
+    from tests.conftest import vecmigrate
+
+    for given, says in [
+        ("docs", "NAME=TENANT/COLLECTION"),
+        ("docs=acme/docs --name docs=globex/docs", "a stable name fronts one collection"),
+    ]:
+        options = [a for pair in given.split(" --name ") for a in ("--name", pair)]
+        done = vecmigrate(
+            "serve", "--catalog", sandbox.catalog.url, "--no-auth", "--port", "0", *options
+        )
+        assert done.returncode != 0
+        assert says in " ".join(done.stderr.split()), done.stderr  # the console wraps lines
+        assert "gateway on" not in done.stderr
