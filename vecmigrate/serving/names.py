@@ -10,8 +10,10 @@ version routing writes, through the change log, like any router write.
 Where a name comes from: the catalog (every migration's ``cutover.stable_name``, and the names
 ``vecmigrate stable-name prepare`` set up), and ``vecmigrate serve --name NAME=TENANT/COLLECTION``
 for a name the catalog does not know yet. A name that fronts two collections is refused, never
-guessed. The map is read at most once per ``refresh_seconds`` (a name's collection does not
-change with the routing; which version serves it is the router's plan, once per generation).
+guessed. The map is read from the catalog every ``REREAD_SECONDS``, and at most once per
+``refresh_seconds`` for a name it does not hold, never per request: a name's collection does
+not change with the routing (which version serves it is the router's plan, once per
+generation), and the read scans the catalog's migrations and the ledger's preparations.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _SCOPE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,63})/([A-Za-z0-9][A-Za-z0-9_.-]{0,63})$")
 
 Target = tuple[str, str]  # (tenant, collection)
+# How old the map may get before it is read again, for the names it holds.
+REREAD_SECONDS = 60.0
 
 
 class AmbiguousNameError(PreconditionError):
@@ -87,11 +91,15 @@ class StableNames:
         self._read_at = float("-inf")
         self._lock = threading.Lock()
 
-    def _current(self) -> dict[str, set[Target]]:
-        if time.monotonic() - self._read_at < self.refresh_seconds:
+    def _stale(self, name: str) -> bool:
+        age = time.monotonic() - self._read_at
+        return age >= REREAD_SECONDS or (name not in self._known and age >= self.refresh_seconds)
+
+    def _current(self, name: str) -> dict[str, set[Target]]:
+        if not self._stale(name):
             return self._known
         with self._lock:
-            if time.monotonic() - self._read_at >= self.refresh_seconds:
+            if self._stale(name):
                 known = self.catalog.stable_names()
                 for name, target in self.explicit.items():
                     known.setdefault(name, set()).add(target)
@@ -100,7 +108,7 @@ class StableNames:
 
     def candidates(self, name: str) -> set[Target]:
         """Every collection ``name`` fronts (empty: none)."""
-        return set(self._current().get(name, ()))
+        return set(self._current(name).get(name, ()))
 
     def resolve(self, name: str) -> Target:
         """The collection ``name`` fronts.
