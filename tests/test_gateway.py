@@ -4,9 +4,11 @@ malformed request, slow clients timed out."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,13 +19,22 @@ import httpx
 import jwt
 import numpy as np
 import pytest
+from temporalio.client import Client
 
-from tests.conftest import Sandbox
-from vecmigrate.errors import AccessDeniedError
+from tests.conftest import Sandbox, running_worker
+from vecmigrate.control.client import MigrationClient
+from vecmigrate.data import stablename
+from vecmigrate.data.backfill import open_source, open_target
+from vecmigrate.errors import AccessDeniedError, ConfigurationError
+from vecmigrate.model.lifecycle import Phase
+from vecmigrate.model.spec import QdrantStoreRef
 from vecmigrate.security.credentials import Credentials, JwtSettings, Principal, new_api_key
 from vecmigrate.serving.asgi import TlsFiles
 from vecmigrate.serving.gateway import Gateway
+from vecmigrate.serving.names import parse_names
 from vecmigrate.serving.router import Router
+from vecmigrate.stores.qdrant import client_for as qdrant_client
+from vecmigrate.stores.qdrant import close_clients as close_qdrant
 from vecmigrate.testing.tls import CertificateAuthority
 
 DIM = 16
@@ -369,3 +380,337 @@ def test_a_tls_gateway_refuses_plaintext(served: Served) -> None:
         ctx.wrap_socket(sock, server_hostname="localhost") as tls,
     ):
         assert tls.version() in ("TLSv1.2", "TLSv1.3")
+
+
+# -- serving a collection under its stable name ----------------------------------------------
+
+
+def test_name_options_are_parsed_and_bad_ones_refused() -> None:
+    assert parse_names(["docs=acme/docs", "docs=acme/docs", "b=globex/x-1"]) == {
+        "docs": ("acme", "docs"),
+        "b": ("globex", "x-1"),
+    }
+    for bad, says in [
+        (["docs"], "NAME=TENANT/COLLECTION"),
+        (["docs=acme"], "NAME=TENANT/COLLECTION"),
+        (["1docs=acme/docs"], "NAME=TENANT/COLLECTION"),
+        (["docs=acme/docs", "docs=globex/docs"], "a stable name fronts one collection"),
+    ]:
+        with pytest.raises(ConfigurationError, match=says):
+            parse_names(bad)
+
+
+def test_a_collection_is_served_under_its_stable_name_and_unclear_names_are_refused(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VM_TEST_JWT_SECRET", JWT_SECRET)
+    vectors = seeded(sandbox)
+    keys: dict[str, str] = {}
+    creds = credentials(keys)
+    key, stored = new_api_key("root", ["*"], ["*"], ["admin"])
+    keys["root"] = key
+    creds.api_keys[stored.id] = stored
+    # A name two collections were prepared under (in two tenants): the catalog knows both.
+    for tenant in ("acme", "globex"):
+        sandbox.catalog.append(
+            tenant=tenant,
+            collection="docs",
+            kind="stable_name.prepared",
+            actor="dba",
+            data={"name": "shared", "undo": False},
+        )
+    gateway = Gateway(
+        sandbox.catalog.url,
+        port=0,
+        refresh=0.2,
+        credentials=creds,
+        names={"docs": ("acme", "docs"), "gdocs": ("globex", "docs")},
+    ).start()
+    served = Served(gateway, keys, None, vectors)
+    vector = vectors[3].tolist()
+    try:
+        with served.client("acme-search") as http:
+            by_name = http.post("/v1/_name/docs/search", json={"vector": vector, "k": 3})
+            by_path = http.post("/v1/acme/docs/search", json={"vector": vector, "k": 3})
+            assert by_name.status_code == 200, by_name.text
+            assert by_name.json() == by_path.json()
+            assert by_name.json()["ids"][0][0] == 4  # ids 1..n: the fourth vector's own
+            # Another tenant's name, an unknown one, one the credential covers only half of.
+            for name in ("gdocs", "ghost", "shared"):
+                got = http.post(f"/v1/_name/{name}/search", json={"vector": vector})
+                assert (got.status_code, got.json()) == (403, {"error": "forbidden"}), name
+            assert http.post("/v1/_name/docs/upsert", json={"ids": [1]}).status_code == 403
+        with served.client("acme-write") as http:
+            got = http.post("/v1/_name/docs/upsert", json={"ids": [900_002], "vectors": [vector]})
+            assert got.status_code == 200, got.text
+        with served.client("acme-admin") as http:
+            assert http.get("/v1/_name/docs").json()["read_version"] == "v1"
+            found = http.post("/v1/acme/docs/search", json={"vector": vector, "k": 2}).json()
+            assert 900_002 in found["ids"][0]
+        with served.client("root") as http:
+            shared = http.post("/v1/_name/shared/search", json={"vector": vector})
+            assert shared.status_code == 409
+            assert "fronts 2 collections (acme/docs, globex/docs)" in shared.json()["error"]
+            ghost = http.post("/v1/_name/ghost/search", json={"vector": vector})
+            assert ghost.status_code == 404
+            assert "no collection has the stable name ghost" in ghost.json()["error"]
+            assert http.post("/v1/_name/gdocs/search", json={"vector": vector}).status_code == 200
+        with served.client("globex") as http:
+            got = http.post("/v1/_name/gdocs/search", json={"vector": vector, "k": 1})
+            assert got.status_code == 200, got.text
+    finally:
+        gateway.stop()
+
+
+class NamedApplication(threading.Thread):
+    """An application that calls the gateway by the stable name only: upserts of new and
+    existing ids and deletes, each acknowledged before the next, and a search after each.
+    Keeps each id's acknowledged state (its vector, or None once deleted), every failed
+    request, and the versions its searches were served from, by phase."""
+
+    def __init__(self, url: str, name: str, phase: dict[str, str], first_id: int) -> None:
+        super().__init__(daemon=True)
+        self.http = httpx.Client(base_url=url, timeout=30)
+        self.name, self.phase = name, phase
+        self.next_id = first_id
+        self.stopping = threading.Event()
+        self.paused = threading.Event()
+        self.idle = threading.Event()
+        self.state: dict[int, np.ndarray | None] = {}
+        self.failures: list[str] = []
+        self.served: dict[str, set[str]] = {}
+        self.seen: list[tuple[float, str]] = []  # (when, the version a search was served from)
+        self.requests = 0
+
+    def call(self, action: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        self.requests += 1
+        try:
+            got = self.http.post(f"/v1/_name/{self.name}/{action}", json=body)
+        except httpx.HTTPError as exc:
+            self.failures.append(f"{self.phase['now']} {action}: {exc}")
+            return None
+        if got.status_code != 200:
+            self.failures.append(f"{self.phase['now']} {action}: {got.status_code} {got.text}")
+            return None
+        found: dict[str, Any] = got.json()
+        return found
+
+    def run(self) -> None:
+        rng = np.random.default_rng(11)
+        alive: list[int] = []
+        n = 0
+        while not self.stopping.is_set():
+            if self.paused.is_set():
+                self.idle.set()
+                time.sleep(0.01)
+                continue
+            self.idle.clear()
+            vector = rng.standard_normal(DIM).astype(np.float32)
+            kind = "delete" if alive and rng.random() < 0.2 else "upsert"
+            if kind == "upsert" and alive and rng.random() < 0.3:
+                victim = alive[int(rng.integers(len(alive)))]
+            elif kind == "upsert":
+                victim, self.next_id = self.next_id, self.next_id + 1
+            else:
+                victim = alive.pop(int(rng.integers(len(alive))))
+            if kind == "upsert":
+                body: dict[str, Any] = {"ids": [victim], "vectors": [vector.tolist()]}
+                if self.call("upsert", body) is not None:
+                    self.state[victim] = vector
+                    if victim not in alive:
+                        alive.append(victim)
+            elif self.call("delete", {"ids": [victim]}) is not None:
+                self.state[victim] = None
+            found = self.call("search", {"vector": vector.tolist(), "k": 3, "key": f"u{n % 7}"})
+            if found is not None:
+                self.served.setdefault(self.phase["now"], set()).add(found["version"])
+                self.seen.append((time.monotonic(), found["version"]))
+            n += 1
+            time.sleep(0.01)
+        self.http.close()
+
+    def pause(self) -> None:
+        """Hold the next request until ``paused`` clears, once the one in flight is answered."""
+        self.idle.clear()
+        self.paused.set()
+        assert self.idle.wait(30)
+
+
+def qdrant_mismatches(
+    raw: Any, collection: str, state: dict[int, np.ndarray | None]
+) -> dict[str, list[int]]:
+    """Ids whose acknowledged last write the Qdrant collection does not hold (missing or
+    stale), and deleted ids it holds (resurrected), read with qdrant-client itself."""
+    points = raw.retrieve(collection, ids=list(state), with_vectors=True, with_payload=False)
+    # vecmigrate's collections hold one named vector a point.
+    held = {
+        int(p.id): np.asarray(
+            next(iter(p.vector.values())) if isinstance(p.vector, dict) else p.vector, np.float32
+        )
+        for p in points
+    }
+    lost = sorted(
+        i
+        for i, v in state.items()
+        if v is not None and (i not in held or not np.allclose(held[i], v, atol=1e-5))
+    )
+    back = sorted(i for i, v in state.items() if v is None and i in held)
+    return {"lost": lost, "resurrected": back}
+
+
+async def test_an_application_on_the_stable_name_through_the_gateway_loses_nothing_across_cut_overs(
+    client: Client, sandbox: Sandbox
+) -> None:
+    """Qdrant's local mode, the real workflow: the application moves to the gateway with the
+    stable name (the alias it queried) before an online migration, and writes and reads by it
+    through the backfill, the ramp, the cut-over, a rollback after it and a second cut-over."""
+    store: dict[str, Any] = {"kind": "qdrant", "path": str(sandbox.root / "qdrant")}
+    index: dict[str, Any] = {"kind": "qdrant_hnsw", "m": 16, "ef": 64}
+    source = sandbox.version("v1", index, store=store)
+    seeded = 2000
+    sandbox.seed(seeded, version=source)
+    spec = sandbox.spec(
+        strategy="online",
+        source=source.model_dump(mode="json"),
+        target=sandbox.version("v2", index, store=store).model_dump(mode="json"),
+        batch_size=200,
+        max_vectors_per_second=2_000.0,
+        cutover={"mode": "manual", "bake_seconds": 5, "stable_name": "docs_live"},
+        online={
+            "settle_seconds": 0.3,
+            "shadow": {
+                "percent": 100,
+                "seconds": 1,
+                "min_samples": 5,
+                "min_overlap": None,
+                "max_p99_ratio": None,
+            },
+            "ramp": {"steps": [50], "step_seconds": 1},
+        },
+    )
+    stablename.prepare(spec)  # the alias docs_live over the source, before the migration
+    src, raw = open_source(spec), qdrant_client(QdrantStoreRef.model_validate(store))._client
+    physical = {"v1": src.name, "v2": open_target(spec).name}
+    # Before the migration the catalog does not know the name yet: the operator maps it.
+    gateway = Gateway(
+        sandbox.catalog.url, port=0, refresh=0.1, names={"docs_live": ("default", "docs")}
+    ).start()  # loopback, no credentials
+    phase = {"now": "PLANNED"}
+    app = NamedApplication(gateway.url, "docs_live", phase, first_id=10 * seeded)
+    agreed: dict[str, tuple[str, str | None]] = {}
+    moments: dict[str, float] = {}
+    checks: dict[str, dict[str, dict[str, list[int]]]] = {}
+
+    def agree(when: str) -> None:
+        """Where the alias points and where the gateway reads by the name, now."""
+        with httpx.Client(base_url=gateway.url) as http:
+            got = http.get("/v1/_name/docs_live")
+            assert got.status_code == 200, got.text
+            version = got.json()["read_version"]
+        points = src.name_points_at("docs_live")
+        agreed[when] = (version, points)
+        assert points == physical[version], (when, version, points)
+        # From here (the gateway's plan refreshes every 0.1 s) every search is served there.
+        time.sleep(0.3)
+        moments[when] = time.monotonic()
+
+    async def until(ok: Any, timeout: float = 300.0) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = await mc.status_if_started(spec.migration_id)
+            if st is not None:
+                phase["now"] = str(st.phase) + (f"#{st.cutovers}" if st.cutovers else "")
+                assert st.phase not in (Phase.ABORTED, Phase.ROLLED_BACK), st.error
+                assert not st.paused, (st.blocked_reason, st.error)
+                if ok(st):
+                    return st
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"not reached: {phase}")
+
+    try:
+        agree("before")
+        async with running_worker(client, sandbox) as queue:
+            mc = MigrationClient(client, queue)
+            app.start()
+            mid = await mc.start(spec)
+            await until(lambda s: s.phase == Phase.AWAITING_CUTOVER)
+            agree("awaiting cut-over")
+            await mc.signal(mid, "approve_cutover", operator="dba")
+            await until(lambda s: s.phase == Phase.BAKING)
+            agree("baking")
+            await asyncio.sleep(1)
+            moments["rollback"] = time.monotonic()
+            await mc.signal(mid, "rollback", operator="oncall", reason="drill")
+            await until(lambda s: s.phase == Phase.AWAITING_CUTOVER and s.cutovers == 1)
+            agree("after rollback")
+            await asyncio.sleep(1)
+            app.pause()  # nothing in flight while both collections are read
+            checks["after rollback"] = {
+                v: qdrant_mismatches(raw, physical[v], app.state) for v in ("v1", "v2")
+            }
+            app.paused.clear()
+            moments["second approval"] = time.monotonic()
+            await mc.signal(mid, "approve_cutover", operator="dba")
+            await until(lambda s: s.phase == Phase.BAKING and s.cutovers == 2)
+            agree("second bake")
+            await asyncio.sleep(1)
+            app.pause()
+            checks["second bake"] = {
+                v: qdrant_mismatches(raw, physical[v], app.state) for v in ("v1", "v2")
+            }
+            app.paused.clear()
+            final = await mc.result(mid, timeout=300)
+            phase["now"] = str(final.phase)
+            await asyncio.sleep(0.5)
+            agree("completed")
+            await asyncio.sleep(1)
+            app.pause()
+            checks["completed"] = {"v2": qdrant_mismatches(raw, physical["v2"], app.state)}
+            app.stopping.set()
+            app.join(30)
+    finally:
+        app.stopping.set()
+        gateway.stop()
+        close_qdrant()
+    assert final.phase == Phase.COMPLETED, final.error
+    assert final.cutovers == 2
+    print(
+        f"gateway by name: {app.requests} requests, {len(app.failures)} failed, "
+        f"{sum(v is not None for v in app.state.values())} ids alive, "
+        f"{sum(v is None for v in app.state.values())} deleted; served {app.served}"
+    )
+    assert app.failures == [], app.failures[:5]
+    assert len(app.state) > 100
+    for when, found in checks.items():
+        for version, wrong in found.items():
+            assert wrong == {"lost": [], "resurrected": []}, (when, version, wrong)
+    assert app.served.get("BACKFILLING") == {"v1"}
+    assert app.served.get("RAMPING") == {"v1", "v2"}  # the canary share, by key
+
+    def served(since: str, until: str | None = None) -> set[str]:
+        end = moments[until] if until is not None else float("inf")
+        return {v for t, v in app.seen if moments[since] <= t < end}
+
+    # Where the alias pointed, the gateway served every search by the name.
+    assert [agreed[w][0] for w in agreed] == ["v1", "v1", "v2", "v1", "v2", "v2"]
+    assert served("before", "awaiting cut-over") >= {"v1"}  # the ramp sent some to v2
+    assert served("baking", "rollback") == {"v2"}
+    assert served("after rollback", "second approval") == {"v1"}
+    assert served("second bake", "completed") == {"v2"}
+    assert served("completed") == {"v2"}
+
+
+def test_serve_refuses_a_malformed_name_option_before_it_listens(sandbox: Sandbox) -> None:
+    from tests.conftest import vecmigrate
+
+    for given, says in [
+        ("docs", "NAME=TENANT/COLLECTION"),
+        ("docs=acme/docs --name docs=globex/docs", "a stable name fronts one collection"),
+    ]:
+        options = [a for pair in given.split(" --name ") for a in ("--name", pair)]
+        done = vecmigrate(
+            "serve", "--catalog", sandbox.catalog.url, "--no-auth", "--port", "0", *options
+        )
+        assert done.returncode != 0
+        assert says in " ".join(done.stderr.split()), done.stderr  # the console wraps lines
+        assert "gateway on" not in done.stderr

@@ -81,6 +81,8 @@ STORAGE_FIGURES = "storage-figures"
 RETENTION_TIMER = "retention-timer"
 # Writes made to an adopted PostgreSQL source with plain SQL, captured by a trigger.
 PG_CAPTURE = "pg-capture"
+# An abort after a cut-over leaves the stable name where reads are, and drains the capture.
+ABORT_NAME = "abort-stable-name"
 
 # Continue as new before the history reaches this many events, less what draining the shard
 # window may add (about a dozen events a shard).
@@ -655,9 +657,10 @@ class MigrationCore(OperatorSignals):
 
     async def _point_stable_name(
         self, side: str, operator: str, reason: str, *, create: bool = True
-    ) -> None:
+    ) -> bool:
         """Point the spec's stable name (an alias, a view applications query directly) at the
-        ``side`` version, and record the switch in the ledger: who, from what, to what.
+        ``side`` version, and record the switch in the ledger: who, from what, to what. Whether
+        it moved.
 
         Only a spec that sets ``cutover.stable_name`` calls it, so the histories of every other
         run replay unchanged.
@@ -685,6 +688,7 @@ class MigrationCore(OperatorSignals):
                     "reason": reason,
                 },
             )
+        return switch.changed
 
     async def _set_state(self, version: str, state: str, operator: str) -> None:
         spec = self._spec
@@ -827,17 +831,17 @@ class MigrationCore(OperatorSignals):
             {"step": name, "applied": applied, "lag": result.lag, "captured": result.captured},
         )
 
-    async def _remove_capture(self, replay: bool) -> None:
+    async def _remove_capture(self, replay: bool, *, ending: bool = False) -> None:
         """Stop capturing and drop the change table (after a last replay when ``replay``).
 
-        A rollback or an abort goes on when the removal fails: the status then says the change
-        table outlived the migration (see ``CaptureStatus.alert``).
+        A rollback or an abort (``ending``, or no replay) goes on when the removal fails: the
+        status then says the change table outlived the migration (see ``CaptureStatus.alert``).
         """
         if not self._capturing():
             return
         arg = CaptureInput(**self._task(), remove=True, replay=replay)
         name = "remove change capture" + (" after a last replay" if replay else "")
-        if replay:
+        if replay and not ending:
             result = await self._work(
                 name, "capture_replay", arg, CaptureResult, timedelta(hours=1)
             )
@@ -847,7 +851,7 @@ class MigrationCore(OperatorSignals):
                     "capture_replay",
                     arg,
                     CaptureResult,
-                    timeout=timedelta(minutes=10),
+                    timeout=timedelta(hours=1) if replay else timedelta(minutes=10),
                     heartbeat_seconds=self._spec.heartbeat_seconds,
                     summary=name,
                 )

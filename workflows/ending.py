@@ -9,7 +9,7 @@ from __future__ import annotations
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
-from vecmigrate.workflows.core import MigrationCore
+from vecmigrate.workflows.core import ABORT_NAME, MigrationCore
 
 with workflow.unsafe.imports_passed_through():
     from vecmigrate.model.lifecycle import Phase
@@ -79,5 +79,40 @@ class Ending(MigrationCore):
                 reason="abort: writes resume",
                 key="abort",
             )
-        await self._remove_capture(replay=False)
+        named = self._spec.cutover.stable_name is not None and (
+            self._status.cutovers > 0 or self._status.phase == Phase.CUT_OVER
+        )
+        if named and workflow.patched(ABORT_NAME):
+            await self._name_where_reads_are(msg)
+            # Both sides keep what the application wrote by the name until the abort: routing
+            # still writes both, and the capture goes only after its last replay.
+            await self._remove_capture(replay=True, ending=True)
+        else:
+            await self._remove_capture(replay=False)
         await self._enter(Phase.ABORTED, actor=msg.operator)
+
+    async def _name_where_reads_are(self, msg: OperatorMessage) -> None:
+        """After a cut-over began, the stable name ends on the version routing reads from (the
+        abort leaves routing as it stands): the target during the bake, the source when the
+        abort came between the name's switch and routing's. The switch drains the capture
+        toward that side first; the ledger says where the name ended, moved or not."""
+        spec = self._spec
+        name = spec.cutover.stable_name
+        routing = self._status.routing
+        reads = routing.read_version if routing is not None else spec.source.name
+        side = "target" if reads == spec.target.name else "source"
+        version = spec.target.name if side == "target" else spec.source.name
+        reason = f"abort: {msg.reason or 'requested'}; reads stay on {version}"
+        failed = ""
+        try:
+            moved = await self._point_stable_name(side, msg.operator, reason, create=False)
+        except ActivityError as err:
+            cause = err.cause
+            failed = cause.message if isinstance(cause, ApplicationError) else str(cause)
+            moved = False
+            self._status.error = f"stable name {name} may not point at {version}: {failed}"
+        await self._record(
+            "stable_name.ended",
+            msg.operator,
+            {"name": name, "version": version, "moved": moved, "error": failed, "reason": reason},
+        )

@@ -15,6 +15,8 @@ with change capture (the ``pg-capture`` patch) on a PostgreSQL server the record
 ``online_stable_capture`` with a stable name over such a table, capture running both ways.
 ``regional_divergence`` is a regional migration's parent (two regions, a worker each) whose
 barrier compares the regions' copies (the ``region-divergence`` patch) before the cut-over.
+``blue_green_stable_aborted``: a stable name (a Qdrant alias) and an abort during the bake
+(the ``abort-stable-name`` patch).
 """
 
 from __future__ import annotations
@@ -291,6 +293,44 @@ async def record_reconciled(env: WorkflowEnvironment, name: str) -> None:
     save(name, history)
 
 
+async def record_stable_aborted(env: WorkflowEnvironment, name: str) -> None:
+    """A blue-green migration with a stable name (a Qdrant alias, local mode), aborted during
+    the bake: the abort leaves the name where reads are and says so in the ledger (the
+    ``abort-stable-name`` patch)."""
+    from vecmigrate.data import stablename
+    from vecmigrate.stores.qdrant import close_clients
+
+    sandbox = fresh_sandbox(name)
+    os.environ[HOME_ENV] = str(sandbox.root)
+    store = {"kind": "qdrant", "path": str(sandbox.root / "qdrant")}
+    index = {"kind": "qdrant_hnsw", "m": 16, "ef": 64}
+    source = sandbox.version("v1", index, store=store)
+    sandbox.seed(600, version=source)
+    spec = sandbox.spec(
+        id="stable-aborted",
+        source=source.model_dump(mode="json"),
+        target=sandbox.version("v2", index, store=store).model_dump(mode="json"),
+        cutover={"mode": "manual", "bake_seconds": 3600, "stable_name": "docs_live"},
+    )
+    stablename.prepare(spec)
+    try:
+        async with running_worker(env.client, sandbox) as queue:
+            mc = MigrationClient(env.client, queue)
+            mid = await mc.start(spec, operator="recorder")
+            await until(mc, mid, lambda s: s.phase == Phase.AWAITING_CUTOVER)
+            await mc.signal(mid, "approve_cutover", operator="recorder")
+            await until(mc, mid, lambda s: s.phase == Phase.BAKING)
+            await mc.signal(mid, "abort", operator="recorder", reason="recorded")
+            final = await mc.result(mid)
+            assert final.phase == Phase.ABORTED, final
+            kinds = [e.kind for e in sandbox.catalog.entries(mid)]
+            assert "stable_name.ended" in kinds, kinds
+            history = await mc.handle(mid).fetch_history()
+    finally:
+        close_clients()
+    save(name, history)
+
+
 async def finish(mc: MigrationClient, mid: str, name: str) -> None:
     await mc.result(mid)
     save(name, await mc.handle(mid).fetch_history())
@@ -465,6 +505,7 @@ RECORDERS: dict[str, Callable[[WorkflowEnvironment, str], Awaitable[None]]] = {
     "compaction_completed": record_compaction,
     "online_reconciled": record_reconciled,
     "regional_divergence": record_regional_divergence,
+    "blue_green_stable_aborted": record_stable_aborted,
 }
 
 

@@ -784,6 +784,34 @@ class Catalog:
         )
         return [dict(r) for r in rows]
 
+    def stable_names(self) -> dict[str, set[tuple[str, str]]]:
+        """Each stable name the catalog knows, with the collections (tenant, collection) it
+        fronts: the ``cutover.stable_name`` of every migration recorded here, and the names
+        ``vecmigrate stable-name prepare`` set up (and did not undo) before any migration."""
+        found: dict[str, set[tuple[str, str]]] = {}
+        rows = sql.all_rows(
+            self.engine, select(migrations.c.tenant, migrations.c.collection, migrations.c.spec)
+        )
+        for r in rows:
+            spec = r["spec"] if isinstance(r["spec"], dict) else json.loads(r["spec"])
+            name = (spec.get("cutover") or {}).get("stable_name")
+            if name:
+                found.setdefault(name, set()).add((r["tenant"], r["collection"]))
+        prepared: dict[tuple[str, str, str], bool] = {}
+        q = (
+            select(ledger.c.tenant, ledger.c.collection, ledger.c.data)
+            .where(ledger.c.kind == "stable_name.prepared")
+            .order_by(ledger.c.seq)
+        )
+        for r in sql.all_rows(self.engine, q):
+            data = json.loads(r["data"])
+            if data.get("name"):
+                prepared[(data["name"], r["tenant"], r["collection"])] = not data.get("undo")
+        for (name, tenant, collection), kept in prepared.items():
+            if kept:
+                found.setdefault(name, set()).add((tenant, collection))
+        return found
+
     # -- ledger ------------------------------------------------------------------------------
 
     def append(

@@ -326,6 +326,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--read-timeout", type=float, default=10.0, help="seconds a request body may take"
     )
+    p.add_argument(
+        "--name",
+        action="append",
+        default=[],
+        metavar="NAME=TENANT/COLLECTION",
+        help="serve a collection under its stable name as well, at /v1/_name/NAME (the names "
+        "of the catalog's migrations and of `vecmigrate stable-name prepare` are served without "
+        "it); repeatable",
+    )
     _log_format(p)
 
     p = sub.add_parser("worker", help="run a worker: the migrations' workflows and activities")
@@ -954,7 +963,9 @@ async def _serve(args: argparse.Namespace) -> int:
     from vecmigrate.security.credentials import Credentials
     from vecmigrate.serving.asgi import TlsFiles
     from vecmigrate.serving.gateway import Gateway
+    from vecmigrate.serving.names import parse_names
 
+    names = parse_names(args.name)
     if (args.credentials is None) == (not args.no_auth):
         raise VecmigrateError(
             "give --credentials (API keys or JWT settings: `vecmigrate keys api-key`), or "
@@ -985,11 +996,12 @@ async def _serve(args: argparse.Namespace) -> int:
         tls=tls,
         max_body=args.max_body,
         read_timeout=args.read_timeout,
+        names=names,
     )
     auth = "no authentication" if args.no_auth else f"credentials from {args.credentials}"
     err.print(
         f"vecmigrate gateway on {gateway.url} ({auth}; GET /health, /openapi.json, "
-        "POST /v1/TENANT/COLLECTION/search|upsert|delete)"
+        "POST /v1/TENANT/COLLECTION/search|upsert|delete, or /v1/_name/NAME/... by stable name)"
     )
     await gateway.serve()
     return 0

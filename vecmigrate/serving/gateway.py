@@ -12,6 +12,9 @@ second time on the way out):
     POST /v1/{tenant}/{collection}/upsert   {"ids": [...], "vectors": [[...]], "texts": [...]}
     POST /v1/{tenant}/{collection}/delete   {"ids": [...]}
     GET  /v1/{tenant}/{collection}          the collection's routing (admin)
+    POST /v1/_name/{name}/search|upsert|delete, GET /v1/_name/{name}
+                                            the same, for the collection whose stable name
+                                            (cutover.stable_name) is {name}
     GET  /metrics                           Prometheus exposition (see below)
 
 Every request under ``/v1`` carries a credential (``Authorization: Bearer``: an API key or a
@@ -40,7 +43,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextvars import copy_context
 from typing import Annotated, Any, ParamSpec, TypeVar
@@ -73,6 +76,8 @@ from vecmigrate.security.credentials import (
 )
 from vecmigrate.security.scrub import scrub
 from vecmigrate.serving.asgi import AsgiServer, BodyGuard, TlsFiles
+from vecmigrate.serving.names import PREFIX as NAME_PREFIX
+from vecmigrate.serving.names import AmbiguousNameError, StableNames
 from vecmigrate.serving.router import Router, WritesPausedError
 from vecmigrate.telemetry import names
 from vecmigrate.telemetry.exposition import ProbeServer, metrics_payload, parse_address
@@ -212,16 +217,22 @@ class Authenticate:
     all)."""
 
     def __init__(
-        self, app: ASGIApp, credentials: Credentials | None, guard_metrics: bool = True
+        self,
+        app: ASGIApp,
+        credentials: Credentials | None,
+        guard_metrics: bool = True,
+        names: StableNames | None = None,
     ) -> None:
         self.app = app
         self.credentials = credentials
         self.guard_metrics = guard_metrics
+        self.names = names
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"] if scope["type"] == "http" else ""
         tenant: str | None
         collection: str | None
+        by_name = path.startswith(NAME_PREFIX) and self.names is not None
         if path == METRICS_PATH and self.guard_metrics:
             tenant, collection, action = ANY, None, "admin"
         elif path.startswith("/v1/"):
@@ -244,6 +255,20 @@ class Authenticate:
                 response = _error(401, str(exc), {"WWW-Authenticate": 'Bearer realm="vecmigrate"'})
                 await response(scope, receive, send)
                 return
+        if by_name:
+            assert self.names is not None
+            # /v1/_name/NAME[/ACTION]: served as /v1/TENANT/COLLECTION[/ACTION] once the name
+            # resolves; checked against the credential like that path.
+            name = collection or ""
+            wanted = ROUTE_ACTIONS.get(parts[3] if len(parts) > 3 else "")
+            refused = self._refused(name, wanted, principal)
+            if refused is not None:
+                await refused(scope, receive, send)
+                return
+            tenant, collection = self.names.resolve(name)
+            rest = path[len(NAME_PREFIX) + len(name) :]
+            scope["path"] = f"/v1/{tenant}/{collection}{rest}"
+            scope["raw_path"] = scope["path"].encode()
         if not principal.allows(action, tenant, collection):
             _noted(AccessDeniedError)
             await _error(403, "forbidden")(scope, receive, send)
@@ -255,6 +280,31 @@ class Authenticate:
             note.tenant, note.collection = tenant, collection
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
+
+    def _refused(self, name: str, action: str | None, principal: Principal) -> Response | None:
+        """Why a request by stable name cannot be served (None: it can). A name the credential
+        does not reach (or not every collection of, when it fronts several) is 403, as any
+        collection it does not reach is: the answer says nothing about other tenants."""
+        assert self.names is not None
+        if action is None:
+            return _error(404, "no such endpoint: /v1/_name/NAME/search|upsert|delete")
+        found = self.names.candidates(name)
+        if not all(principal.allows(action, t, c) for t, c in found):
+            _noted(AccessDeniedError)
+            return _error(403, "forbidden")
+        if not found:
+            if not principal.allows(action, ANY, ANY):
+                _noted(AccessDeniedError)
+                return _error(403, "forbidden")
+            try:
+                self.names.resolve(name)
+            except NotFoundError as exc:
+                _noted(type(exc))
+                return _error(404, str(exc))
+        if len(found) > 1:
+            _noted(AmbiguousNameError)
+            return _error(409, str(AmbiguousNameError(name, found)))
+        return None
 
 
 class _RequestShadowPool(ThreadPoolExecutor):
@@ -332,9 +382,13 @@ def create_app(
     *,
     metrics: str = "auth",
     telemetry: Telemetry | None = None,
+    names: StableNames | None = None,
 ) -> FastAPI:
     """The gateway's ASGI app over ``router`` (no ``credentials``: every caller may do
     everything, for a gateway only its own host can reach).
+
+    ``names`` (default: those the router's catalog knows) are the stable names served under
+    ``/v1/_name/NAME`` (``vecmigrate.serving.names``).
 
     ``metrics``: ``auth`` serves ``/metrics`` to a credential with ``admin`` over every tenant,
     ``open`` to anyone, ``off`` not at all. ``telemetry`` (default: the process's) holds the
@@ -483,7 +537,11 @@ def create_app(
         noting(tenant, collection)
         return JSONResponse(view.model_dump())
 
-    app.add_middleware(Authenticate, credentials=credentials, guard_metrics=metrics == "auth")
+    if names is None:
+        names = StableNames(router.catalog, refresh_seconds=router.refresh_seconds)
+    app.add_middleware(
+        Authenticate, credentials=credentials, guard_metrics=metrics == "auth", names=names
+    )
     return app
 
 
@@ -511,6 +569,8 @@ class Gateway:
     :func:`create_app`), or ``HOST:PORT`` for ``/metrics``, ``/healthz`` and ``/readyz`` on an
     address of their own (:attr:`metrics_url`). Requests are traced, measured and logged with
     the process's telemetry (``vecmigrate.telemetry.setup.current``, installed before).
+    ``names`` maps stable names to (tenant, collection) beside those the catalog knows
+    (``vecmigrate serve --name``).
 
     ``access_log`` (default ``$VECMIGRATE_GATEWAY_ACCESS_LOG``, else ``errors``): ``errors``
     writes a line for a request answered 4xx or 5xx, or slower than ``slow_ms`` (default
@@ -536,6 +596,7 @@ class Gateway:
         metrics: str | None = None,
         access_log: str | None = None,
         slow_ms: float | None = None,
+        names: Mapping[str, tuple[str, str]] | None = None,
     ) -> None:
         telemetry = current()
         access_log = (access_log or os.environ.get(ACCESS_LOG_ENV) or "errors").strip().lower()
@@ -565,7 +626,10 @@ class Gateway:
             self.metrics_server = ProbeServer(metrics_host, metrics_port, telemetry.registry)
             mode = "off"
         self.router = Router(Catalog(catalog_url), refresh_seconds=refresh)
-        self.app = create_app(self.router, credentials, metrics=mode, telemetry=telemetry)
+        self.names = StableNames(self.router.catalog, names, refresh_seconds=refresh)
+        self.app = create_app(
+            self.router, credentials, metrics=mode, telemetry=telemetry, names=self.names
+        )
         self.server = AsgiServer(
             RequestTelemetry(
                 BodyGuard(self.app, max_body=max_body, read_timeout=read_timeout),
