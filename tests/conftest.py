@@ -48,7 +48,7 @@ DIM = 16
 TIERS = ("fast", "integration", "slow")
 # Fixtures that start or reach a server: a test using one, directly or through another fixture,
 # is an integration test.
-SERVER_FIXTURES = frozenset({"env", "client", "postgres"})
+SERVER_FIXTURES = frozenset({"env", "client", "postgres", "milvus_server"})
 # Servers a fast test may not start: the Temporal dev server, PostgreSQL, Milvus.
 SERVER_PROGRAMS = frozenset({"temporal", "postgres", "pg_ctl", "initdb", "milvus"})
 
@@ -280,6 +280,19 @@ def postgres() -> Iterator[Any]:
     server = start_postgres()
     yield server
     server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Milvus server (standalone, from the ``milvus`` wheel; no Docker) for what
+    milvus-lite does not do (aliases); its URI."""
+    from milvus import MilvusServer
+
+    server = MilvusServer()
+    server.set_base_dir(str(tmp_path_factory.mktemp("milvus-server")))
+    server.start()
+    yield f"http://127.0.0.1:{server.listen_port}"
+    server.stop()
 
 
 def postgres_database(server: Any) -> str:

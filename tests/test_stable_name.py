@@ -1,7 +1,8 @@
-"""Stable names on the real engines: a Qdrant alias (qdrant-client's local mode) and a
-PostgreSQL view, switched between two versions while a reader thread hammers the name with the
-engine's own client (not vecmigrate), counting every failed read and every version it saw;
-milvus-lite's refusal (it has no aliases); migrations through the real workflow that cut over
+"""Stable names on the real engines: a Qdrant alias (qdrant-client's local mode), a Milvus alias
+(a Milvus server from the ``milvus`` wheel) and a PostgreSQL view, switched between two
+versions while a reader thread hammers the name with the engine's own client (not vecmigrate),
+counting every failed read and every version it saw; milvus-lite's refusal (it has no
+aliases); migrations through the real workflow that cut over
 and roll back after the cut-over under such a reader; the preparation of names applications
 already use, what ``plan`` says of it, and its undo.
 """
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import psycopg
 import pytest
+from pymilvus import MilvusClient
 from sqlalchemy import create_engine
 from temporalio.client import Client
 
@@ -91,10 +93,11 @@ def fill(store: VectorStore, n: int, seed: int) -> None:
 
 
 def switch_back_and_forth(
-    versions: dict[str, VectorStore], name: str, read: Callable[[], int]
+    versions: dict[str, VectorStore], name: str, read: Callable[[], int], gap: float = 0.05
 ) -> Reader:
-    """Point ``name`` at v1, then alternately at v2 and v1 while a reader hammers it; after
-    each switch the name reads the version it points at."""
+    """Point ``name`` at v1, then alternately at v2 and v1 while a reader hammers it, ``gap``
+    seconds between switches (more for an engine whose reads take longer); after each switch
+    the name reads the version it points at."""
     versions["v1"].point_name(name)
     assert read() == SIZES["v1"]
     with hammering(read) as reader:
@@ -107,7 +110,7 @@ def switch_back_and_forth(
             again = versions[to].point_name(name)  # pointing where it points: nothing changes
             assert not again.changed
             assert again.before == again.after == done.after
-            time.sleep(0.05)
+            time.sleep(gap)
         time.sleep(0.2)
     print(f"{SWITCHES} switches: {len(reader.counts)} reads, {len(reader.failures)} failed")
     assert reader.failures == [], reader.failures[:5]
@@ -140,6 +143,39 @@ def test_a_qdrant_alias_switches_under_a_reader_with_no_failed_read(tmp_path: Pa
             versions["v2"].point_name(versions["v1"].name)  # type: ignore[attr-defined]
     finally:
         close_qdrant()
+
+
+def _milvus_reader(uri: str, name: str) -> Callable[[], int]:
+    """A read of ``name`` with pymilvus's own client: a search, then the count (strong
+    consistency: the count is the version's, not a stale one)."""
+    raw = MilvusClient(uri)
+    query = clustered(1, DIM, clusters=1, seed=9)[0].tolist()
+
+    def read() -> int:
+        hits = raw.search(name, data=[query], limit=3, anns_field="embedding")
+        assert len(hits[0]) == 3
+        rows = raw.query(name, filter="", output_fields=["count(*)"], consistency_level="Strong")
+        return int(rows[0]["count(*)"])
+
+    return read
+
+
+def test_a_milvus_alias_switches_under_a_reader_with_no_failed_read(milvus_server: str) -> None:
+    try:
+        versions: dict[str, VectorStore] = {}
+        for seed, (version, n) in enumerate(SIZES.items()):
+            versions[version] = MilvusStore.open(
+                milvus_server, Scope("default", "mdocs", version), DIM
+            )
+            fill(versions[version], n, seed)
+        # A search and a strongly consistent count take a server 0.1-0.4 s: longer gaps.
+        switch_back_and_forth(versions, "mdocs", _milvus_reader(milvus_server, "mdocs"), gap=1.5)
+        assert versions["v1"].name_points_at("mdocs") == versions["v1"].name  # type: ignore[attr-defined]
+        # A collection's own name is not a stable name: refused, typed.
+        with pytest.raises(PreconditionError, match="not an alias"):
+            versions["v2"].point_name(versions["v1"].name)  # type: ignore[attr-defined]
+    finally:
+        close_milvus()
 
 
 def test_milvus_lite_has_no_aliases_and_a_stable_name_on_it_is_refused_before_anything(
@@ -293,6 +329,16 @@ def _engine_reader(kind: str, store: dict[str, Any], name: str) -> tuple[Callabl
     if kind == "qdrant":
         raw = qdrant_client(QdrantStoreRef.model_validate(store))._client
         return lambda: int(raw.count(name, exact=True).count), None
+    if kind == "milvus":
+        raw = MilvusClient(store["uri"])
+
+        def count() -> int:
+            rows = raw.query(
+                name, filter="", output_fields=["count(*)"], consistency_level="Strong"
+            )
+            return int(rows[0]["count(*)"])
+
+        return count, None
     conn = psycopg.connect(_psycopg(store["url"]), autocommit=True)
 
     def read() -> int:
@@ -303,15 +349,18 @@ def _engine_reader(kind: str, store: dict[str, Any], name: str) -> tuple[Callabl
     return read, conn
 
 
-@pytest.mark.parametrize("kind", ["qdrant", "pgvector"])
+@pytest.mark.parametrize("kind", ["qdrant", "milvus", "pgvector"])
 async def test_a_migration_switches_the_stable_name_and_a_rollback_after_cut_over_switches_it_back(
-    client: Client, sandbox: Sandbox, postgres: Any, kind: str
+    client: Client, sandbox: Sandbox, request: pytest.FixtureRequest, kind: str
 ) -> None:
     if kind == "qdrant":
         store: dict[str, Any] = {"kind": "qdrant", "path": str(sandbox.root / "qdrant")}
         index: dict[str, Any] = {"kind": "qdrant_hnsw", "m": 16, "ef": 64}
+    elif kind == "milvus":
+        store = {"kind": "milvus", "uri": request.getfixturevalue("milvus_server")}
+        index = {"kind": "milvus_flat"}
     else:
-        store = {"kind": "pgvector", "url": postgres_database(postgres)}
+        store = {"kind": "pgvector", "url": postgres_database(request.getfixturevalue("postgres"))}
         index = {"kind": "pgvector_hnsw", "m": 16, "ef_construction": 64, "ef_search": 64}
     source = sandbox.version("v1", index, store=store)
     sandbox.seed(E2E, version=source)
@@ -355,6 +404,7 @@ async def test_a_migration_switches_the_stable_name_and_a_rollback_after_cut_ove
         check_the_switches(sandbox, spec, src, mid, final, reader, physical)
     finally:
         close_qdrant()
+        close_milvus()
         dispose_engines()
 
 
