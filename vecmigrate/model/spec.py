@@ -656,14 +656,19 @@ class GatePolicy(_Model):
     """A ``.npy`` file of recorded queries in the source's embedding space."""
     min_recall: float | None = Field(default=0.90, ge=0.0, le=1.0)
     """Recall@k of the new index against exact search, at least."""
-    max_recall_drop: float | None = Field(default=None, ge=0.0, le=1.0)
-    """How far the new index's recall may fall below the old index's."""
+    max_recall_drop: float | None = Field(default=0.02, ge=0.0, le=1.0)
+    """How far the new index's recall may fall below the old index's, judged on the paired
+    difference over the same queries (the default was ``None``, no such gate, before the gate's
+    confidence intervals)."""
     min_overlap: float | None = Field(default=None, ge=0.0, le=1.0)
     """Overlap of the old and new top-k on the same queries, at least."""
     min_rank_correlation: float | None = Field(default=None, ge=-1.0, le=1.0)
     """Rank correlation of the old and new top-k, at least."""
-    max_p99_ratio: float | None = Field(default=None, gt=0.0)
-    """p99 latency of the new index over the old one's, at most."""
+    max_p99_ratio: float | None = Field(default=2.0, gt=0.0)
+    """p99 latency of the new index over the old one's, at most, the two timed in turns on
+    the same queries and each p99 read as at least 1 ms (below it a ratio measures the
+    scheduler); the default was ``None``, no such gate, before the gate's confidence
+    intervals."""
     require_count_parity: bool = True
     """Each shard holds as many records in the target as in the source."""
     require_checksum_parity: bool = True
@@ -1181,6 +1186,32 @@ ADDED_FIELDS: dict[type[BaseModel], frozenset[str]] = {
         {"url", "api_key", "collection", "vectors", "payload_kinds", "writable"}
     ),
 }
+
+
+# Fields whose default changed, with the default they had before: a spec applied before the
+# change was parsed with the old one (and stored with it, so its hash holds), while the same
+# file parsed today takes the new one. See :func:`as_applied_before`.
+CHANGED_DEFAULTS: dict[str, Any] = {
+    "gates.max_recall_drop": None,
+    "gates.max_p99_ratio": None,
+}
+
+
+def as_applied_before(spec: MigrationSpec, recorded: MigrationSpec) -> MigrationSpec:
+    """``spec`` (a file parsed today) as it would have parsed when ``recorded`` was applied:
+    each field of :data:`CHANGED_DEFAULTS` that holds today's default in ``spec`` and the old
+    default in ``recorded`` takes the old one (a file that never set it). Then an unchanged
+    file hashes as it did when applied."""
+    gates = spec.gates
+    update: dict[str, Any] = {}
+    for path, before in CHANGED_DEFAULTS.items():
+        name = path.removeprefix("gates.")
+        field = GatePolicy.model_fields[name]
+        if getattr(gates, name) == field.get_default() and getattr(recorded.gates, name) == before:
+            update[name] = before
+    if not update:
+        return spec
+    return spec.model_copy(update={"gates": gates.model_copy(update=update)})
 
 
 def _without_added(model: BaseModel, data: Any) -> Any:
