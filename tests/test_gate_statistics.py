@@ -11,10 +11,10 @@ from vecmigrate.catalog.journal import Journal
 from vecmigrate.data.backfill import copy_shard, open_source, open_target, prepare
 from vecmigrate.indexes.build import artifact_dir, build_shard, register_index
 from vecmigrate.model.gates import GateAdjustment, GateReport, RetrievalFigures, adjust, decide
-from vecmigrate.model.spec import GatePolicy, as_applied_before, parse_spec
-from vecmigrate.model.tasks import hash_shards
+from vecmigrate.model.spec import GatePolicy, MigrationSpec, as_applied_before, parse_spec
+from vecmigrate.model.tasks import PrepareResult, hash_shards
 from vecmigrate.stores.base import in_shard, proportional_quotas
-from vecmigrate.validation import gate_queries, validate_migration
+from vecmigrate.validation import gate_queries, measure, validate_migration
 from vecmigrate.validation.gates import retrieval_verdicts
 from vecmigrate.validation.intervals import (
     mean_score_interval,
@@ -174,7 +174,10 @@ def test_query_sample_is_stratified_over_every_shard(sandbox: Sandbox) -> None:
     assert sum(bool(in_shard(old, s).any()) for s in shards) <= 2  # one run of the ring
 
 
-def _migrate(sandbox: Sandbox, target_index: dict[str, object]) -> GateReport:
+def _built(
+    sandbox: Sandbox, target_index: dict[str, object]
+) -> tuple[MigrationSpec, PrepareResult, str]:
+    """v1 seeded, copied to v2 and v2's index built."""
     sandbox.seed(n=3000, shards=3)
     spec = sandbox.spec(
         target=sandbox.version("v2", target_index).model_dump(mode="json"),
@@ -189,11 +192,16 @@ def _migrate(sandbox: Sandbox, target_index: dict[str, object]) -> GateReport:
     index_id = register_index(
         sandbox.catalog, spec.tenant, spec.collection, spec.target, arts, None
     ).id
+    return spec, prep, index_id
+
+
+def _migrate(sandbox: Sandbox, target_index: dict[str, object]) -> GateReport:
+    spec, prep, index_id = _built(sandbox, target_index)
     return validate_migration(
         sandbox.catalog,
         spec,
         open_source(spec),
-        target,
+        open_target(spec),
         prep.shards,
         prep.source_index,
         index_id,
@@ -248,3 +256,50 @@ def test_new_defaults_keep_applied_specs_unchanged() -> None:
     assert as_applied_before(today, before).spec_hash() == before.spec_hash()
     edited = parse_spec({**data, "gates": {"max_recall_drop": 0.1}})
     assert as_applied_before(edited, before).spec_hash() != before.spec_hash()
+
+
+def test_each_index_is_judged_on_the_records_it_was_built_from(sandbox: Sandbox) -> None:
+    """Writes after the indexes were built (an online migration's) would count as misses of
+    indexes that never saw them; left out, the figures are those of before the writes."""
+    spec, prep, index_id = _built(sandbox, {"kind": "faiss_ivf_flat", "nlist": 16, "nprobe": 4})
+    source, target = open_source(spec), open_target(spec)
+    q = gate_queries(spec, source, target)
+    before = measure(sandbox.catalog, spec, source, target, prep.source_index, index_id, queries=q)
+    # A near twin of every query, written to both stores after both indexes were built.
+    written = np.arange(100_000, 100_000 + len(q.source), dtype=np.int64)
+    for store in (source, target):
+        store.upsert(written, q.source + np.float32(1e-4))
+    stale = measure(sandbox.catalog, spec, source, target, prep.source_index, index_id, queries=q)
+    fair = measure(
+        sandbox.catalog,
+        spec,
+        source,
+        target,
+        prep.source_index,
+        index_id,
+        queries=q,
+        unindexed=(written, written),
+    )
+    assert before.source_recall is not None
+    assert before.target_recall is not None
+    assert stale.source_recall is not None
+    assert stale.source_recall < before.source_recall - 0.05
+    assert fair.source_recall == before.source_recall
+    assert fair.target_recall == before.target_recall
+    assert fair.overlap == before.overlap
+
+
+def test_stratified_sample_is_the_same_read_either_way(sandbox: Sandbox) -> None:
+    """A store without shard keys (one read of everything) draws the very records a keyed
+    store draws by reading a window of each shard: every adapter gives the same queries."""
+    sandbox.seed(n=2500, shards=2)
+    spec = sandbox.spec(shards={"by": "hash", "count": 5})
+    keyed = open_source(spec)
+    shards = hash_shards(5)
+    windowed = keyed.sample_shards(shards, 137, seed=3)
+    scanned = open_source(spec)
+    scanned.keyed = False
+    read_once = scanned.sample_shards(shards, 137, seed=3)
+    assert len(windowed) == 137
+    assert np.array_equal(windowed.labels, read_once.labels)
+    assert np.array_equal(windowed.vectors(), read_once.vectors())

@@ -30,7 +30,7 @@ from vecmigrate.model.tasks import ShardRef
 from vecmigrate.records.screening import screen
 from vecmigrate.records.vectors import Distances, ExactKnn, Ids, Vectors
 from vecmigrate.stores import VectorStore
-from vecmigrate.stores.base import in_shard
+from vecmigrate.stores.base import WHOLE, in_shard
 from vecmigrate.validation.distribution import ks_two_sample, mean_shift, spectrum_shift
 from vecmigrate.validation.gates import judge
 from vecmigrate.validation.intervals import (
@@ -234,6 +234,7 @@ def measure(
     truth: tuple[Distances, Ids] | None = None,
     source_is_target: bool = False,
     unsettled: Ids | None = None,
+    unindexed: tuple[Ids | None, Ids | None] = (None, None),
 ) -> RetrievalFigures:
     """Recall, agreement, latency and distribution figures, within the spec's time budget.
 
@@ -244,8 +245,15 @@ def measure(
     :func:`same_data`) the source's exact search is that same answer. ``unsettled`` names
     records the two sides may hold differently for now (written to the source with plain SQL,
     their capture not replayed yet): the distribution samples leave them out on both sides.
+
+    ``unindexed`` names, for the old index and then the new one, the records written (or
+    deleted) since that index was built, as the change log knows them: each index is judged
+    against the exact answer over the records it was built from, so those are left out of its
+    exact search and of its answers (in an online migration the stores hold writes the index
+    never saw, which would count as misses of an index that could not have found them).
     """
     g = spec.gates
+    old_out, new_out = (u if u is not None and u.size else None for u in unindexed)
     began = time.monotonic()
     deadline = began + g.time_budget_seconds
     k = g.k
@@ -269,30 +277,35 @@ def measure(
     new_scores: Scores | None = None
     sides: list[tuple[Searcher, Vectors]] = []
     if fig.queries and not over("target recall"):
-        if truth is not None:
+        if truth is not None and new_out is None:
             target_exact = truth[1]
             fig.truth_source = "shard checks"
         else:
-            _, target_exact = target.search(tq, q.ask, metric=str(spec.target.embedding.metric))
+            target_exact = exact_without(target, tq, q.ask, spec.target.embedding.metric, new_out)
         new_index = load_index_version(catalog, catalog.get_index(target_index))
-        _, found = new_index.search(tq, q.ask)
-        new_found = exclude_self(found, qids, k)
+        new_raw = index_answer(new_index, tq, q.ask, new_out)
+        new_found = exclude_self(new_raw, qids, k)
         new_scores = recall_scores(new_found, exclude_self(target_exact, qids, k))
         fig.target_recall, fig.target_recall_ci = _mean(new_scores, k)
         sides.append((new_index, tq))
     if fig.queries and source_index is not None and not over("source recall"):
-        if source_is_target and target_exact is not None:
+        if source_is_target and target_exact is not None and old_out is None and new_out is None:
             # The checks proved both sides hold the same bytes: the same exact answer.
             exact = target_exact
         else:
-            _, exact = source.search(q.source, q.ask, metric=str(spec.source.embedding.metric))
+            exact = exact_without(source, q.source, q.ask, spec.source.embedding.metric, old_out)
         old_index = load_index_version(catalog, catalog.get_index(source_index))
-        _, found = old_index.search(q.source, q.ask)
-        old_found = exclude_self(found, qids, k)
+        old_raw = index_answer(old_index, q.source, q.ask, old_out)
+        old_found = exclude_self(old_raw, qids, k)
         old_scores = recall_scores(old_found, exclude_self(exact, qids, k))
         fig.source_recall, fig.source_recall_ci = _mean(old_scores, k)
         sides.append((old_index, q.source))
         if new_found is not None and new_scores is not None:
+            # Agreement over the records both indexes were built from.
+            both_out = _union(old_out, new_out)
+            if both_out is not None:
+                new_found = exclude_self(_blank(new_raw, both_out), qids, k)
+                old_found = exclude_self(_blank(old_raw, both_out), qids, k)
             fig.overlap, fig.overlap_ci = _mean(recall_scores(new_found, old_found), k)
             rho = rank_correlation(old_found, new_found)
             fig.rank_correlation = None if rho is None else round(rho, 4)
@@ -312,6 +325,39 @@ def measure(
     _index_sizes(catalog, fig, source_index, target_index)
     fig.seconds = round(time.monotonic() - began, 3)
     return fig
+
+
+def exact_without(
+    store: VectorStore, queries: Vectors, ask: int, metric: str, left_out: Ids | None
+) -> Ids:
+    """The exact ``ask`` nearest records of each query in ``store``, leaving out the records
+    ``left_out`` names (one streamed read, as the store's own exact search)."""
+    if left_out is None:
+        return store.search(queries, ask, metric=str(metric))[1]
+    knn = ExactKnn(queries, ask, str(metric))
+    for batch in store.iter_shard(WHOLE, 100_000):
+        keep = ~np.isin(batch.ids, left_out)
+        knn.add(batch.ids[keep], batch.vectors[keep])
+    return knn.result()[1]
+
+
+def index_answer(index: Searcher, queries: Vectors, ask: int, left_out: Ids | None) -> Ids:
+    """The index's answers with the records ``left_out`` names blanked (-1), asking for up to
+    ``ask`` more so that k remain."""
+    if left_out is None:
+        return index.search(queries, ask)[1]
+    _, found = index.search(queries, ask + min(int(left_out.size), ask))
+    return _blank(found, left_out)
+
+
+def _blank(found: Ids, left_out: Ids) -> Ids:
+    return np.where(np.isin(found, left_out), -1, found)
+
+
+def _union(a: Ids | None, b: Ids | None) -> Ids | None:
+    if a is None or b is None:
+        return a if b is None else b
+    return np.union1d(a, b)
 
 
 def _rounded(bounds: tuple[float, float], digits: int = 4) -> tuple[float, float]:
