@@ -237,15 +237,20 @@ def test_default_recall_drop_gate_passes_an_equal_index(sandbox: Sandbox) -> Non
     assert f.recall_change_ci[0] <= 0.0 <= f.recall_change_ci[1] or abs(f.recall_change or 0) < 0.01
 
 
-def test_new_defaults_keep_applied_specs_unchanged() -> None:
-    """A file applied before the recall-drop and latency defaults parses to them today; as
-    that release parsed it, it hashes as it did (apply does not call it edited)."""
+def _spec_data(**extra: object) -> dict[str, object]:
     emb = {"model_id": "m", "model_version": "1", "dimension": 64, "metric": "l2"}
-    data = {
+    return {
         "collection": "docs",
         "source": {"name": "v1", "embedding": emb, "index": {"kind": "faiss_ivf_flat"}},
         "target": {"name": "v2", "embedding": dict(emb), "index": {"kind": "hnswlib_hnsw"}},
+        **extra,
     }
+
+
+def test_new_defaults_keep_applied_specs_unchanged() -> None:
+    """A file applied before the recall-drop and latency defaults parses to them today; as
+    that release parsed it, it hashes as it did (apply does not call it edited)."""
+    data = _spec_data()
     today = parse_spec(data)
     assert today.gates.max_recall_drop == 0.02
     assert today.gates.max_p99_ratio == 2.0
@@ -303,3 +308,17 @@ def test_stratified_sample_is_the_same_read_either_way(sandbox: Sandbox) -> None
     assert len(windowed) == 137
     assert np.array_equal(windowed.labels, read_once.labels)
     assert np.array_equal(windowed.vectors(), read_once.vectors())
+
+
+def test_sample_sized_from_the_precision_the_gate_needs() -> None:
+    """``half_width`` sizes the sample for any figure; ``sample_queries`` stays the least, and a
+    spec that does not set it hashes as before."""
+    assert GatePolicy().queries == 200
+    assert GatePolicy(half_width=0.02).queries == queries_for_half_width(0.02) == 2401
+    assert GatePolicy(half_width=0.1, sample_queries=500).queries == 500
+    # What it promises: the widest recall interval (p = 0.5, one neighbour) at 2,401 queries.
+    lo, hi = mean_score_interval(np.r_[np.ones(1200), np.zeros(1201)], 1) or (0.0, 1.0)
+    assert (hi - lo) / 2 <= 0.02
+    plain = parse_spec(_spec_data())
+    assert plain.spec_hash() == parse_spec(_spec_data(gates={"half_width": None})).spec_hash()
+    assert plain.spec_hash() != parse_spec(_spec_data(gates={"half_width": 0.02})).spec_hash()

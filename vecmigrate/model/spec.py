@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from enum import StrEnum
 from pathlib import Path
+from statistics import NormalDist
 from typing import Annotated, Any, Literal, Self
 
 import yaml
@@ -649,6 +651,12 @@ class GatePolicy(_Model):
     """Neighbours per query for recall and agreement (recall@k, overlap@k)."""
     sample_queries: int = Field(default=200, ge=1, le=100_000)
     """Queries sampled from the source's records when there is no ``query_log``."""
+    half_width: float | None = Field(default=None, gt=0.0, le=0.5)
+    """The precision the gate needs: the half-width its 95% interval of a recall or overlap
+    may have at most, whatever the figure. The sample grows to the queries that guarantee it
+    (``queries``: 2,401 for 0.02, 9,604 for 0.01), ``sample_queries`` staying the least; a
+    recorded query log gives what it holds. ``None``: ``sample_queries`` alone (each verdict
+    still reports its interval, and how many queries would tell when it straddles)."""
     latency_queries: int = Field(default=200, ge=1, le=100_000)
     """Of those, how many are also searched one at a time for the p50/p99 figures (recall and
     agreement use all of them, searched as one batch)."""
@@ -682,6 +690,16 @@ class GatePolicy(_Model):
     """A failed gate pauses for an operator, or rolls the migration back."""
     seed: int = 0
     """Seed of the query and distribution samples."""
+
+    @property
+    def queries(self) -> int:
+        """Queries the retrieval checks draw: ``sample_queries``, or more when ``half_width``
+        needs them (the worst case: a proportion of one half, one trial a query)."""
+        if self.half_width is None:
+            return self.sample_queries
+        z = NormalDist().inv_cdf(0.975)
+        needed = math.ceil(z * z * 0.25 / (self.half_width * self.half_width))
+        return min(100_000, max(self.sample_queries, needed))
 
 
 class QuarantinePolicy(_Model):
@@ -1175,6 +1193,7 @@ ADDED_FIELDS: dict[type[BaseModel], frozenset[str]] = {
     ),
     QdrantHnsw: frozenset({"quantization", "product_compression", "rescore", "oversampling"}),
     MigrationSpec: frozenset({"schedule", "windows", "retention", "quarantine"}),
+    GatePolicy: frozenset({"half_width"}),
     OnlinePolicy: frozenset({"capture"}),
     CutoverPolicy: frozenset({"stable_name"}),
     BuiltinStoreRef: frozenset({"password", "tls", "writable"}),

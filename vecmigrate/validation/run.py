@@ -132,9 +132,9 @@ def load_queries(spec: MigrationSpec, source: VectorStore) -> tuple[Ids | None, 
                 f"gates.query_log {path} holds shape {log.shape}; it needs rows of "
                 f"{source.dimension} floats (the source's dimension)"
             )
-        queries = np.ascontiguousarray(log[: g.sample_queries], dtype=np.float32)
+        queries = np.ascontiguousarray(log[: g.queries], dtype=np.float32)
         return None, queries, "recorded"
-    sample = source.sample_shards(query_strata(spec, source), g.sample_queries, seed=g.seed)
+    sample = source.sample_shards(query_strata(spec, source), g.queries, seed=g.seed)
     return sample.labels, sample.vectors(), "sampled"
 
 
@@ -186,7 +186,7 @@ def gate_queries(spec: MigrationSpec, source: VectorStore, target: VectorStore) 
         )
     # The same records, as the new model embedded them (self excluded on both sides).
     sample = source.sample_shards(
-        query_strata(spec, source), spec.gates.sample_queries, seed=spec.gates.seed
+        query_strata(spec, source), spec.gates.queries, seed=spec.gates.seed
     )
     found = target.fetch_records(sample.ids)
     row = {label: i for i, label in enumerate(found.labels.tolist())}
@@ -218,8 +218,8 @@ TRUTH_BYTES_MAX = 64 << 20
 
 def fold_truth(spec: MigrationSpec) -> bool:
     """Whether the shard checks should run the recall gate's exact search as they read
-    (decided from the spec, before any query is drawn: at most ``sample_queries`` of them)."""
-    per_shard = spec.gates.sample_queries * (spec.gates.k + 1) * 12
+    (decided from the spec, before any query is drawn: at most ``gates.queries`` of them)."""
+    per_shard = spec.gates.queries * (spec.gates.k + 1) * 12
     return 0 < per_shard * len(spec.shards.selected()) <= TRUTH_BYTES_MAX
 
 
