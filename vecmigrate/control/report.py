@@ -201,22 +201,23 @@ def gate_tables(g: GateReport, old: str = "old", new: str = "new") -> Group:
     gates = Table(title=f"gates ({'passed' if g.passed else 'FAILED'})")
     f = g.figures
     level = f"{(f.confidence if f and f.confidence else CONFIDENCE) * 100:g}% interval"
-    for col in ("check", "value", level, "threshold", "verdict", "detail"):
+    gates.add_column("check", no_wrap=True)  # a name an approver types (set_gate)
+    gates.add_column(f"value\n{level}")
+    for col in ("threshold", "verdict", "detail"):
         gates.add_column(col)
     for v in g.verdicts:
         verdict = "info" if v.comparison == "info" else ("pass" if v.passed else "FAIL")
         style = {"pass": "green", "FAIL": "red"}.get(verdict, "dim")
         threshold = "" if v.threshold is None else f"{v.comparison} {v.threshold}"
         if v.undecided:
-            verdict += " (the sample cannot tell)"
-            if v.queries_needed:
-                verdict += f"; ~{v.queries_needed:,} queries would"
+            verdict += " (the sample cannot tell"
+            verdict += f"; ~{v.queries_needed:,} queries would)" if v.queries_needed else ")"
         if v.adjusted:
             verdict += " (adjusted)"
+        value = "" if v.value is None else f"{v.value:g}"
         gates.add_row(
             v.name,
-            "" if v.value is None else f"{v.value:g}",
-            "" if v.interval is None else interval(v.interval),
+            value if v.interval is None else f"{value}\n{interval(v.interval)}",
             threshold,
             f"[{style}]{verdict}[/{style}]",
             "; ".join(x for x in (v.detail, v.adjusted) if x),

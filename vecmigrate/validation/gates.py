@@ -286,7 +286,10 @@ def retrieval_verdicts(
             # the comparison with the old one knows it (far tighter than the two apart).
             None
             if vs_old is None or old_recall is None
-            else (round(old_recall + vs_old[0], 4), round(old_recall + vs_old[1], 4)),
+            else (
+                round(max(0.0, old_recall + vs_old[0]), 4),
+                round(min(1.0, old_recall + vs_old[1]), 4),
+            ),
             n,
         ),
         _bounded(
