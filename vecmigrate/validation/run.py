@@ -257,7 +257,7 @@ def measure(
     began = time.monotonic()
     deadline = began + g.time_budget_seconds
     k = g.k
-    fig = RetrievalFigures(k=k)
+    fig = RetrievalFigures(k=k, confidence=CONFIDENCE)
     q = queries if queries is not None else gate_queries(spec, source, target)
     qids, tq = q.ids, q.target
     fig.query_source, fig.queries = q.kind, int(q.source.shape[0])
@@ -275,7 +275,7 @@ def measure(
     target_exact: Ids | None = None
     new_found: Ids | None = None
     new_scores: Scores | None = None
-    sides: list[tuple[Searcher, Vectors]] = []
+    sides: dict[str, tuple[Searcher, Vectors]] = {}  # "new", "old": timed for latency
     if fig.queries and not over("target recall"):
         if truth is not None and new_out is None:
             target_exact = truth[1]
@@ -287,7 +287,7 @@ def measure(
         new_found = exclude_self(new_raw, qids, k)
         new_scores = recall_scores(new_found, exclude_self(target_exact, qids, k))
         fig.target_recall, fig.target_recall_ci = _mean(new_scores, k)
-        sides.append((new_index, tq))
+        sides["new"] = (new_index, tq)
     if fig.queries and source_index is not None and not over("source recall"):
         if source_is_target and target_exact is not None and old_out is None and new_out is None:
             # The checks proved both sides hold the same bytes: the same exact answer.
@@ -299,7 +299,7 @@ def measure(
         old_found = exclude_self(old_raw, qids, k)
         old_scores = recall_scores(old_found, exclude_self(exact, qids, k))
         fig.source_recall, fig.source_recall_ci = _mean(old_scores, k)
-        sides.append((old_index, q.source))
+        sides["old"] = (old_index, q.source)
         if new_found is not None and new_scores is not None:
             # Agreement over the records both indexes were built from.
             both_out = _union(old_out, new_out)
@@ -314,7 +314,8 @@ def measure(
                 fig.recall_change = round(change[0], 4)
                 fig.recall_change_ci = _rounded(change[1])
     if sides:
-        latency_figures(fig, paired_latency(sides, q.ask, g.latency_queries), g.seed)
+        timed = paired_latency(list(sides.values()), q.ask, g.latency_queries)
+        latency_figures(fig, dict(zip(sides, timed, strict=True)), g.seed)
     if spec.model_change:
         if spec.reembed.task_queries and not over("read options"):
             fig.task_queries, fig.read_options = read_options(
@@ -374,19 +375,18 @@ def _mean(scores: Scores, k: int) -> tuple[float, tuple[float, float] | None]:
     )
 
 
-def latency_figures(fig: RetrievalFigures, millis: list[Scores], seed: int) -> None:
-    """p50 and p99 of each side with their order-statistic intervals, and the ratio of the
-    p99s (new over old, each read as at least LATENCY_FLOOR_MS) with its paired bootstrap
-    interval. ``millis`` is the new side's, then the old side's when there is an old index."""
-    fig.confidence = CONFIDENCE
-    for side, ms in zip(("new", "old"), millis, strict=False):
+def latency_figures(fig: RetrievalFigures, millis: dict[str, Scores], seed: int) -> None:
+    """p50 and p99 of each side (``new``, ``old``) with their order-statistic intervals, and
+    the ratio of the p99s (new over old, each read as at least LATENCY_FLOOR_MS) with its
+    paired bootstrap interval when both sides were timed."""
+    for side, ms in millis.items():
         fig.latency_queries = len(ms)
         for q in (50, 99):
             setattr(fig, f"p{q}_ms_{side}", round(float(np.percentile(ms, q)), 3))
             bounds = quantile_interval(ms, q / 100)
             setattr(fig, f"p{q}_ms_{side}_ci", None if bounds is None else _rounded(bounds, 3))
-    if len(millis) == 2:
-        ratio = ratio_interval(millis[0], millis[1], 0.99, LATENCY_FLOOR_MS, seed=seed)
+    if "new" in millis and "old" in millis:
+        ratio = ratio_interval(millis["new"], millis["old"], 0.99, LATENCY_FLOOR_MS, seed=seed)
         if ratio is not None:
             fig.p99_ratio, fig.p99_ratio_ci = round(ratio[0], 4), _rounded(ratio[1])
 
