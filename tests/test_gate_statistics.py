@@ -13,7 +13,7 @@ from vecmigrate.indexes.build import artifact_dir, build_shard, register_index
 from vecmigrate.model.gates import GateAdjustment, GateReport, RetrievalFigures, adjust, decide
 from vecmigrate.model.spec import GatePolicy, MigrationSpec, as_applied_before, parse_spec
 from vecmigrate.model.tasks import PrepareResult, hash_shards
-from vecmigrate.stores.base import in_shard, proportional_quotas
+from vecmigrate.stores.base import COUNTED_STRATA, in_shard, proportional_quotas
 from vecmigrate.validation import gate_queries, measure, validate_migration
 from vecmigrate.validation.gates import retrieval_verdicts
 from vecmigrate.validation.intervals import (
@@ -322,3 +322,20 @@ def test_sample_sized_from_the_precision_the_gate_needs() -> None:
     plain = parse_spec(_spec_data())
     assert plain.spec_hash() == parse_spec(_spec_data(gates={"half_width": None})).spec_hash()
     assert plain.spec_hash() != parse_spec(_spec_data(gates={"half_width": 0.02})).spec_hash()
+
+
+def test_thousands_of_shards_share_the_sample_by_key_range(sandbox: Sandbox) -> None:
+    """Past COUNTED_STRATA shards the sample is shared by key range (no count per shard on
+    every draw), alike with and without shard keys, and still spread over the shards."""
+    sandbox.seed(n=3000, shards=2)
+    spec = sandbox.spec(shards={"by": "hash", "count": 4})
+    shards = hash_shards(COUNTED_STRATA + 44)
+    keyed = open_source(spec)
+    windowed = keyed.sample_shards(shards, 600, seed=1)
+    scanned = open_source(spec)
+    scanned.keyed = False
+    read_once = scanned.sample_shards(shards, 600, seed=1)
+    assert np.array_equal(windowed.labels, read_once.labels)
+    assert 590 <= len(windowed) <= 600  # a shard may hold fewer records than its share
+    held = {s.index for s in shards if in_shard(windowed.labels, s).any()}
+    assert len(held) == len(shards)

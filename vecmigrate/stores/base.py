@@ -516,15 +516,23 @@ class ScanningStore:
         here a point inside the shard's range), in shard order. Deterministic from ``seed``
         and the same records from every adapter holding the same data.
 
-        A keyed store counts each hash shard and reads a window of it holding its share; a
-        store without keys (or range shards) reads everything once, keeping each shard's first
-        ``n`` records on the ring.
+        A keyed store counts each hash shard (beyond :data:`COUNTED_STRATA` shards, shares by
+        key range instead) and reads a window of it holding its share; a store without keys
+        (or range shards) reads everything once, keeping each shard's first ``n`` records on
+        the ring.
         """
         if n <= 0 or not shards:
             return Records.empty(self.schema)
         start = int(hash_key(np.array([seed], dtype=np.int64))[0])
         if self.keyed and all(s.by == "hash" for s in shards):
-            counts = self.shard_counts(shards)
+            if len(shards) <= COUNTED_STRATA:
+                counts = self.shard_counts(shards)
+            else:
+                # Counting thousands of shards on every draw would cost more than the sample:
+                # the hash spreads records evenly, so a shard's share of the key space is its
+                # share of the records (within about the square root of its count).
+                whole = self.count()
+                counts = {s.index: whole * (s.hi - s.lo) // HASH_SPACE for s in shards}
             quotas = proportional_quotas(n, [counts[s.index] for s in shards])
             parts = [
                 self._window_sample(s, q, _start_in(s, start), counts[s.index])
@@ -547,12 +555,29 @@ class ScanningStore:
                 for batch in self.iter_shard(s, 50_000):
                     keep(s, batch.records)
         else:
+            # One read of everything, each record sent to its shard by a binary search of the
+            # shards' key ranges (thousands of shards cost no more than four).
+            ranked = sorted(shards, key=lambda s: s.lo)
+            los = np.array([s.lo for s in ranked], np.int64)
+            his = np.array([s.hi for s in ranked], np.int64)
             for batch in self.iter_shard(WHOLE, 50_000):
-                for s in shards:
-                    keep(s, batch.records.filter(in_shard(batch.records.labels, s)))
+                recs = batch.records
+                keys = hash_key(recs.labels)
+                at = np.searchsorted(los, keys, side="right") - 1
+                inside = (at >= 0) & (keys < his[np.clip(at, 0, None)])
+                rows = np.flatnonzero(inside)
+                rows = rows[np.argsort(at[rows], kind="stable")]
+                groups = np.split(rows, np.flatnonzero(np.diff(at[rows])) + 1)
+                for group in groups:
+                    if len(group):
+                        keep(ranked[int(at[group[0]])], recs.take(group))
+        if len(shards) > COUNTED_STRATA and all(s.by == "hash" for s in shards):
+            # Shared as a keyed store shares them, so that every adapter draws the same.
+            whole = sum(sizes.values())
+            sizes = {s.index: whole * (s.hi - s.lo) // HASH_SPACE for s in shards}
         quotas = proportional_quotas(n, [sizes[s.index] for s in shards])
         parts = [
-            kept[s.index].take(np.arange(q))
+            kept[s.index].take(np.arange(min(q, len(kept[s.index]))))
             for s, q in zip(shards, quotas, strict=True)
             if q and s.index in kept
         ]
@@ -617,6 +642,11 @@ def ring_window(start: int, width: int) -> list[ShardRef]:
         ShardRef(index=0, by="hash", lo=start, hi=HASH_SPACE),
         ShardRef(index=0, by="hash", lo=0, hi=min(start, end - HASH_SPACE)),
     ]
+
+
+# Up to this many hash shards, a keyed store's stratified sample counts each shard's records;
+# beyond, it shares the sample by key range (see ScanningStore.sample_shards).
+COUNTED_STRATA = 256
 
 
 def proportional_quotas(n: int, sizes: list[int]) -> list[int]:
