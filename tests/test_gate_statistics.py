@@ -10,7 +10,14 @@ from tests.conftest import Sandbox
 from vecmigrate.catalog.journal import Journal
 from vecmigrate.data.backfill import copy_shard, open_source, open_target, prepare
 from vecmigrate.indexes.build import artifact_dir, build_shard, register_index
-from vecmigrate.model.gates import GateAdjustment, GateReport, RetrievalFigures, adjust, decide
+from vecmigrate.model.gates import (
+    GateAdjustment,
+    GateReport,
+    GateVerdict,
+    RetrievalFigures,
+    adjust,
+    decide,
+)
 from vecmigrate.model.spec import GatePolicy, MigrationSpec, as_applied_before, parse_spec
 from vecmigrate.model.tasks import PrepareResult, hash_shards
 from vecmigrate.stores.base import COUNTED_STRATA, in_shard, proportional_quotas
@@ -339,3 +346,32 @@ def test_thousands_of_shards_share_the_sample_by_key_range(sandbox: Sandbox) -> 
     assert 590 <= len(windowed) <= 600  # a shard may hold fewer records than its share
     held = {s.index for s in shards if in_shard(windowed.labels, s).any()}
     assert len(held) == len(shards)
+
+
+def test_latency_ratio_fails_only_on_evidence() -> None:
+    """One stalled query among a few dozen makes a wide interval: the latency gate then passes
+    and says the sample cannot tell; an interval wholly above the threshold fails."""
+    assert decide(6.5, (1.17, 8.0), 2.0, "<=", doubt_passes=True) == (True, False)
+    assert decide(6.5, (2.5, 8.0), 2.0, "<=", doubt_passes=True) == (False, True)
+
+    def ratio_verdict(value: float, bounds: tuple[float, float]) -> GateVerdict:
+        figures = RetrievalFigures(
+            queries=50,
+            latency_queries=50,
+            p99_ms_new=value,
+            p99_ms_old=1.0,
+            p99_ratio=value,
+            p99_ratio_ci=bounds,
+        )
+        (v,) = [v for v in retrieval_verdicts(GatePolicy(), figures) if v.name == "p99_ratio"]
+        return v
+
+    stalled = ratio_verdict(6.5, (1.17, 8.0))
+    assert stalled.passed
+    assert stalled.undecided
+    slower = ratio_verdict(3.0, (2.4, 3.6))
+    assert not slower.passed
+    assert not slower.undecided
+    # An approver's threshold is held to the same rule.
+    (moved,) = adjust([stalled], [GateAdjustment(gate="p99_ratio", threshold=1.0)])
+    assert not moved.passed

@@ -62,13 +62,25 @@ def interval(bounds: tuple[float, float]) -> str:
     return f"[{bounds[0]:.4g}, {bounds[1]:.4g}]"
 
 
+# Gates whose interval across the threshold passes instead of leaving it to the point
+# estimate: a latency ratio fails only when the sample shows the new index slower. Timings on
+# a shared machine stall now and then, and the p99 of a few hundred queries is their slowest
+# two or three, so one stall cannot be told from a slow index without more queries.
+BENEFIT_OF_DOUBT = frozenset({"p99_ratio"})
+
+
 def decide(
-    value: float, bounds: tuple[float, float] | None, threshold: float, comparison: str
+    value: float,
+    bounds: tuple[float, float] | None,
+    threshold: float,
+    comparison: str,
+    doubt_passes: bool = False,
 ) -> tuple[bool, bool]:
     """``(passed, sure)`` for ``value comparison threshold`` (``>=`` or ``<=``) measured with
     the interval ``bounds``: an interval wholly on one side of the threshold decides
-    (``sure``); one across it leaves the decision to the point estimate. Without an interval
-    (a figure counted exactly), the value decides."""
+    (``sure``); one across it leaves the decision to the point estimate, or passes with
+    ``doubt_passes`` (see :data:`BENEFIT_OF_DOUBT`). Without an interval (a figure counted
+    exactly), the value decides."""
     ok = value >= threshold if comparison == ">=" else value <= threshold
     if bounds is None:
         return ok, True
@@ -83,7 +95,7 @@ def decide(
             return True, True
         if lo > threshold:
             return False, True
-    return ok, False
+    return ok or doubt_passes, False
 
 
 class ShardProfile(_Model):
@@ -207,13 +219,14 @@ def _compare(
     comparison: str,
     threshold: float | None,
     bounds: tuple[float, float] | None = None,
+    doubt_passes: bool = False,
 ) -> bool:
     if comparison == "info":
         return True
     if value is None or threshold is None or math.isnan(value):
         return False
     if comparison in (">=", "<="):
-        return decide(value, bounds, threshold, comparison)[0]
+        return decide(value, bounds, threshold, comparison, doubt_passes)[0]
     return value == threshold
 
 
@@ -228,7 +241,8 @@ def adjust(verdicts: list[GateVerdict], adjustments: list[GateAdjustment]) -> li
         elif a.override:
             out.append(v.model_copy(update={"passed": True, "adjusted": a.note()}))
         else:
-            passed = _compare(v.value, v.comparison, a.threshold, v.interval)
+            doubt = v.name in BENEFIT_OF_DOUBT
+            passed = _compare(v.value, v.comparison, a.threshold, v.interval, doubt)
             sure = (
                 v.value is None
                 or a.threshold is None

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sized
 
 from vecmigrate.model.gates import (
+    BENEFIT_OF_DOUBT,
     LATENCY_FLOOR_MS,
     GateReport,
     GateVerdict,
@@ -50,7 +51,7 @@ def _bounded(
             passed=False,
             detail="not measured" + (f": {detail}" if detail else ""),
         )
-    ok, sure = decide(value, bounds, threshold, comparison)
+    ok, sure = decide(value, bounds, threshold, comparison, name in BENEFIT_OF_DOUBT)
     return GateVerdict(
         name=name,
         value=round(value, 4),
