@@ -675,8 +675,9 @@ class GatePolicy(_Model):
     max_p99_ratio: float | None = Field(default=2.0, gt=0.0)
     """p99 latency of the new index over the old one's, at most, the two timed in turns on
     the same queries and each p99 read as at least 1 ms (below it a ratio measures the
-    scheduler); the default was ``None``, no such gate, before the gate's confidence
-    intervals."""
+    scheduler). It fails only when its whole interval lies above (one stalled query cannot be
+    told from a slow index). The default was ``None``, no such gate, before the gate's
+    confidence intervals."""
     require_count_parity: bool = True
     """Each shard holds as many records in the target as in the source."""
     require_checksum_parity: bool = True
