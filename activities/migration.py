@@ -460,6 +460,7 @@ class MigrationActivities:
         checks = inp.checks or self._checks(spec, inp.round)
         set_openmp_threads(cpu_share(1))  # the figures run alone, after every shard check
         with _keepalive(spec):
+            unsettled = capture.captured_ids(spec)
             queries = validation.gate_queries(spec, source, target)
             parts = None
             if validation.fold_truth(spec):  # else the shard checks stored none
@@ -476,11 +477,27 @@ class MigrationActivities:
                 queries=queries,
                 truth=merge_topk(parts, queries.ask) if parts else None,
                 source_is_target=validation.same_data(spec, checks),
-                unsettled=capture.captured_ids(spec),
+                unsettled=unsettled,
+                unindexed=(
+                    self._unindexed(spec, inp.source_index, unsettled),
+                    self._unindexed(spec, inp.target_index),
+                ),
             )
         report = validation.report(spec, checks, figures)
         report.data_state = before
         return ValidateResult(report=report, seconds=time.monotonic() - began)
+
+    def _unindexed(
+        self, spec: MigrationSpec, index_id: str | None, also: Ids | None = None
+    ) -> Ids | None:
+        """Records written or deleted since index ``index_id`` was built (the change log after
+        the position the index is current to, and ``also``): its recall is measured without
+        them."""
+        if index_id is None:
+            return None
+        log = ChangeLog(self.catalog)
+        written = log.changed_ids(spec.tenant, spec.collection, log.index_position(index_id))
+        return written if also is None else np.union1d(written, also)
 
     @activity.defn(name="data_state")
     @_boundary

@@ -28,7 +28,7 @@ from vecmigrate.control.client import MigrationClient
 from vecmigrate.control.plan import Plan, plan_migration
 from vecmigrate.errors import PreconditionError, SpecError
 from vecmigrate.model.lifecycle import Phase
-from vecmigrate.model.spec import MigrationSpec, load_spec
+from vecmigrate.model.spec import MigrationSpec, as_applied_before, load_spec, parse_spec
 
 STEP_FILE = re.compile(r"^(\d+)[_-][A-Za-z0-9_.-]*\.(ya?ml|json)$")
 
@@ -138,7 +138,7 @@ def plan_directory(catalog: Catalog, directory: Path) -> DirectoryPlan:
         step.migration_id = spec.migration_id
         if record is not None:
             step.migration_id = record.migration_id
-            if record.spec_hash != spec.spec_hash():
+            if record.spec_hash not in (spec.spec_hash(), _applied_hash(spec, record.spec)):
                 step.state = "edited"
                 step.diff = spec_diff(record.spec, spec, step.path.name)
                 step.problems.append(
@@ -242,3 +242,13 @@ async def apply_directory(
                 f"({final.outcome}); the steps after it were not started"
             )
     return plan
+
+
+def _applied_hash(spec: MigrationSpec, recorded: dict[str, Any]) -> str:
+    """The hash ``spec`` would have had when ``recorded`` was applied, under the defaults of
+    that release (a gate default changed since is not an edit of the file)."""
+    try:
+        before = parse_spec(recorded)
+    except SpecError:
+        return ""
+    return as_applied_before(spec, before).spec_hash()

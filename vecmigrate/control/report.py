@@ -18,11 +18,13 @@ from vecmigrate.embedding.registry import Registry
 from vecmigrate.model.costs import MigrationCosts, ShardCost, StorageEstimate, StorageSnapshot
 from vecmigrate.model.divergence import RegionDivergence
 from vecmigrate.model.gates import (
+    CONFIDENCE,
     DIFF_KINDS,
     DiffCounts,
     GateReport,
     ReconcileReport,
     ShardReconcile,
+    interval,
 )
 from vecmigrate.model.lifecycle import Phase
 from vecmigrate.model.regions import RegionalStatus
@@ -153,13 +155,14 @@ def status_tables(st: MigrationStatus) -> Group:
     return Group(*parts)
 
 
-def figures_table(title: str, columns: tuple[str, str], rows: Iterable[tuple[str, str]]) -> Table:
+def figures_table(title: str, columns: tuple[str, ...], rows: Iterable[tuple[str, ...]]) -> Table:
     """A table of names and their figures (the figures right-aligned)."""
     table = Table(title=title)
     table.add_column(columns[0])
-    table.add_column(columns[1], justify="right")
-    for name, figure in rows:
-        table.add_row(name, figure)
+    for column in columns[1:]:
+        table.add_column(column, justify="right")
+    for row in rows:
+        table.add_row(*row)
     return table
 
 
@@ -198,26 +201,40 @@ def reconcile_table(r: ReconcileReport, shards: list[ShardReconcile] | None = No
 def gate_tables(g: GateReport, old: str = "old", new: str = "new") -> Group:
     """Every verdict with its figure and threshold, then recall of both indexes."""
     gates = Table(title=f"gates ({'passed' if g.passed else 'FAILED'})")
-    for col in ("check", "value", "threshold", "verdict", "detail"):
+    f = g.figures
+    level = f"{(f.confidence if f and f.confidence else CONFIDENCE) * 100:g}% interval"
+    gates.add_column("check", no_wrap=True)  # a name an approver types (set_gate)
+    gates.add_column(f"value\n{level}")
+    for col in ("threshold", "verdict", "detail"):
         gates.add_column(col)
     for v in g.verdicts:
         verdict = "info" if v.comparison == "info" else ("pass" if v.passed else "FAIL")
         style = {"pass": "green", "FAIL": "red"}.get(verdict, "dim")
         threshold = "" if v.threshold is None else f"{v.comparison} {v.threshold}"
+        if v.undecided:
+            verdict += " (the sample cannot tell"
+            verdict += f"; ~{v.queries_needed:,} queries would)" if v.queries_needed else ")"
         if v.adjusted:
             verdict += " (adjusted)"
+        value = "" if v.value is None else f"{v.value:g}"
         gates.add_row(
             v.name,
-            "" if v.value is None else f"{v.value:g}",
+            value if v.interval is None else f"{value}\n{interval(v.interval)}",
             threshold,
             f"[{style}]{verdict}[/{style}]",
             "; ".join(x for x in (v.detail, v.adjusted) if x),
         )
-    both = ((f"old ({old})", g.source_recall), (f"new ({new})", g.target_recall))
+    both = (
+        (f"old ({old})", g.source_recall, f.source_recall_ci if f else None),
+        (f"new ({new})", g.target_recall, f.target_recall_ci if f else None),
+    )
     recall = figures_table(
         f"recall@{g.k} against exact search ({g.queries} queries)",
-        ("index", "recall"),
-        ((label, "n/a" if value is None else f"{value:.4f}") for label, value in both),
+        ("index", "recall", level),
+        (
+            (label, "n/a" if value is None else f"{value:.3f}", "" if ci is None else interval(ci))
+            for label, value, ci in both
+        ),
     )
     return Group(gates, recall)
 

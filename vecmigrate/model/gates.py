@@ -14,6 +14,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from vecmigrate.model.spec import ShadowPolicy
 
+# Two-sided confidence of every interval the gate reports on a sampled figure.
+CONFIDENCE = 0.95
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -30,6 +33,13 @@ class GateVerdict(_Model):
     detail: str = ""
     # Who changed this verdict's threshold or overrode it, and why (empty: as measured).
     adjusted: str = ""
+    # A sampled figure's confidence interval (see docs/validation.md for the rule that decides
+    # on it); None for a figure counted exactly, and in reports written before intervals.
+    interval: tuple[float, float] | None = None
+    # The interval lies across the threshold: the point estimate decided, the sample could not
+    # tell; ``queries_needed`` is about how many queries would.
+    undecided: bool = False
+    queries_needed: int | None = None
 
     @property
     def judged(self) -> bool:
@@ -37,9 +47,55 @@ class GateVerdict(_Model):
         return self.comparison != "info"
 
     def line(self) -> str:
-        """``name = value (needs >= threshold): detail``."""
-        line = f"{self.name} = {self.value} (needs {self.comparison} {self.threshold})"
+        """``name = value [lo, hi] (needs >= threshold): detail``."""
+        shown = f"{self.value}" + ("" if self.interval is None else f" {interval(self.interval)}")
+        line = f"{self.name} = {shown} (needs {self.comparison} {self.threshold})"
+        if self.undecided:
+            line += " (the sample cannot tell" + (
+                f"; about {self.queries_needed:,} queries would)" if self.queries_needed else ")"
+            )
         return f"{line}: {self.detail}" if self.detail else line
+
+
+def interval(bounds: tuple[float, float]) -> str:
+    """An interval as ``[lo, hi]``, to four significant digits."""
+    return f"[{bounds[0]:.4g}, {bounds[1]:.4g}]"
+
+
+# Gates whose interval across the threshold passes instead of leaving it to the point
+# estimate: a latency ratio fails only when the sample shows the new index slower. Timings on
+# a shared machine stall now and then, and the p99 of a few hundred queries is their slowest
+# two or three, so one stall cannot be told from a slow index without more queries.
+BENEFIT_OF_DOUBT = frozenset({"p99_ratio"})
+
+
+def decide(
+    value: float,
+    bounds: tuple[float, float] | None,
+    threshold: float,
+    comparison: str,
+    doubt_passes: bool = False,
+) -> tuple[bool, bool]:
+    """``(passed, sure)`` for ``value comparison threshold`` (``>=`` or ``<=``) measured with
+    the interval ``bounds``: an interval wholly on one side of the threshold decides
+    (``sure``); one across it leaves the decision to the point estimate, or passes with
+    ``doubt_passes`` (see :data:`BENEFIT_OF_DOUBT`). Without an interval (a figure counted
+    exactly), the value decides."""
+    ok = value >= threshold if comparison == ">=" else value <= threshold
+    if bounds is None:
+        return ok, True
+    lo, hi = bounds
+    if comparison == ">=":
+        if lo >= threshold:
+            return True, True
+        if hi < threshold:
+            return False, True
+    else:
+        if hi <= threshold:
+            return True, True
+        if lo > threshold:
+            return False, True
+    return ok or doubt_passes, False
 
 
 class ShardProfile(_Model):
@@ -104,6 +160,24 @@ class RetrievalFigures(_Model):
     p99_ms_old: float | None = None
     p50_ms_new: float | None = None
     p99_ms_new: float | None = None
+    # Confidence intervals of the sampled figures above (at ``confidence``, two-sided), and
+    # the paired figures judged on them: the new index's recall less the old one's over the
+    # same queries, and the ratio of the p99s (each read as at least LATENCY_FLOOR_MS). None in
+    # reports written before intervals.
+    confidence: float | None = None
+    source_recall_ci: tuple[float, float] | None = None
+    target_recall_ci: tuple[float, float] | None = None
+    overlap_ci: tuple[float, float] | None = None
+    recall_change: float | None = None
+    recall_change_ci: tuple[float, float] | None = None
+    p50_ms_old_ci: tuple[float, float] | None = None
+    p99_ms_old_ci: tuple[float, float] | None = None
+    p50_ms_new_ci: tuple[float, float] | None = None
+    p99_ms_new_ci: tuple[float, float] | None = None
+    p99_ratio: float | None = None
+    p99_ratio_ci: tuple[float, float] | None = None
+    # Queries drawn from each shard of the sample (stratified in proportion to the records).
+    queries_per_shard: dict[int, int] = Field(default_factory=dict)
     norm_ks: float | None = None
     norm_ks_pvalue: float | None = None
     mean_shift: float | None = None
@@ -140,15 +214,19 @@ class GateAdjustment(_Model):
         return f"{what} by {self.operator}" + (f": {self.reason}" if self.reason else "")
 
 
-def _compare(value: float | None, comparison: str, threshold: float | None) -> bool:
+def _compare(
+    value: float | None,
+    comparison: str,
+    threshold: float | None,
+    bounds: tuple[float, float] | None = None,
+    doubt_passes: bool = False,
+) -> bool:
     if comparison == "info":
         return True
     if value is None or threshold is None or math.isnan(value):
         return False
-    if comparison == ">=":
-        return value >= threshold
-    if comparison == "<=":
-        return value <= threshold
+    if comparison in (">=", "<="):
+        return decide(value, bounds, threshold, comparison, doubt_passes)[0]
     return value == threshold
 
 
@@ -163,10 +241,23 @@ def adjust(verdicts: list[GateVerdict], adjustments: list[GateAdjustment]) -> li
         elif a.override:
             out.append(v.model_copy(update={"passed": True, "adjusted": a.note()}))
         else:
-            passed = _compare(v.value, v.comparison, a.threshold)
+            doubt = v.name in BENEFIT_OF_DOUBT
+            passed = _compare(v.value, v.comparison, a.threshold, v.interval, doubt)
+            sure = (
+                v.value is None
+                or a.threshold is None
+                or v.comparison not in (">=", "<=")
+                or decide(v.value, v.interval, a.threshold, v.comparison)[1]
+            )
             out.append(
                 v.model_copy(
-                    update={"threshold": a.threshold, "passed": passed, "adjusted": a.note()}
+                    update={
+                        "threshold": a.threshold,
+                        "passed": passed,
+                        "adjusted": a.note(),
+                        "undecided": not sure,
+                        "queries_needed": None,
+                    }
                 )
             )
     return out

@@ -504,7 +504,7 @@ def figures(spec: MigrationSpec, total: int | None = None) -> dict[str, Any]:
         ),
         "k": gates.k,
         "min_recall": gates.min_recall,
-        "queries": gates.sample_queries,
+        "queries": gates.queries,
         "query_source": "recorded" if gates.query_log else "sampled",
         "on_failure": "pause" if gates.on_failure == "pause" else "roll back",
         "shadow_percent": online.shadow.percent,

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 from enum import StrEnum
 from pathlib import Path
+from statistics import NormalDist
 from typing import Annotated, Any, Literal, Self
 
 import yaml
@@ -649,6 +651,12 @@ class GatePolicy(_Model):
     """Neighbours per query for recall and agreement (recall@k, overlap@k)."""
     sample_queries: int = Field(default=200, ge=1, le=100_000)
     """Queries sampled from the source's records when there is no ``query_log``."""
+    half_width: float | None = Field(default=None, gt=0.0, le=0.5)
+    """The precision the gate needs: the half-width its 95% interval of a recall or overlap
+    may have at most, whatever the figure. The sample grows to the queries that guarantee it
+    (``queries``: 2,401 for 0.02, 9,604 for 0.01), ``sample_queries`` staying the least; a
+    recorded query log gives what it holds. ``None``: ``sample_queries`` alone (each verdict
+    still reports its interval, and how many queries would tell when it straddles)."""
     latency_queries: int = Field(default=200, ge=1, le=100_000)
     """Of those, how many are also searched one at a time for the p50/p99 figures (recall and
     agreement use all of them, searched as one batch)."""
@@ -656,14 +664,20 @@ class GatePolicy(_Model):
     """A ``.npy`` file of recorded queries in the source's embedding space."""
     min_recall: float | None = Field(default=0.90, ge=0.0, le=1.0)
     """Recall@k of the new index against exact search, at least."""
-    max_recall_drop: float | None = Field(default=None, ge=0.0, le=1.0)
-    """How far the new index's recall may fall below the old index's."""
+    max_recall_drop: float | None = Field(default=0.02, ge=0.0, le=1.0)
+    """How far the new index's recall may fall below the old index's, judged on the paired
+    difference over the same queries (the default was ``None``, no such gate, before the gate's
+    confidence intervals)."""
     min_overlap: float | None = Field(default=None, ge=0.0, le=1.0)
     """Overlap of the old and new top-k on the same queries, at least."""
     min_rank_correlation: float | None = Field(default=None, ge=-1.0, le=1.0)
     """Rank correlation of the old and new top-k, at least."""
-    max_p99_ratio: float | None = Field(default=None, gt=0.0)
-    """p99 latency of the new index over the old one's, at most."""
+    max_p99_ratio: float | None = Field(default=2.0, gt=0.0)
+    """p99 latency of the new index over the old one's, at most, the two timed in turns on
+    the same queries and each p99 read as at least 1 ms (below it a ratio measures the
+    scheduler). It fails only when its whole interval lies above (one stalled query cannot be
+    told from a slow index). The default was ``None``, no such gate, before the gate's
+    confidence intervals."""
     require_count_parity: bool = True
     """Each shard holds as many records in the target as in the source."""
     require_checksum_parity: bool = True
@@ -677,6 +691,16 @@ class GatePolicy(_Model):
     """A failed gate pauses for an operator, or rolls the migration back."""
     seed: int = 0
     """Seed of the query and distribution samples."""
+
+    @property
+    def queries(self) -> int:
+        """Queries the retrieval checks draw: ``sample_queries``, or more when ``half_width``
+        needs them (the worst case: a proportion of one half, one trial a query)."""
+        if self.half_width is None:
+            return self.sample_queries
+        z = NormalDist().inv_cdf(0.975)
+        needed = math.ceil(z * z * 0.25 / (self.half_width * self.half_width))
+        return min(100_000, max(self.sample_queries, needed))
 
 
 class QuarantinePolicy(_Model):
@@ -1201,6 +1225,7 @@ ADDED_FIELDS: dict[type[BaseModel], frozenset[str]] = {
     ),
     QdrantHnsw: frozenset({"quantization", "product_compression", "rescore", "oversampling"}),
     MigrationSpec: frozenset({"schedule", "windows", "retention", "quarantine"}),
+    GatePolicy: frozenset({"half_width"}),
     OnlinePolicy: frozenset({"capture"}),
     CutoverPolicy: frozenset({"stable_name"}),
     RegionPolicy: frozenset({"divergence"}),
@@ -1213,6 +1238,32 @@ ADDED_FIELDS: dict[type[BaseModel], frozenset[str]] = {
         {"url", "api_key", "collection", "vectors", "payload_kinds", "writable"}
     ),
 }
+
+
+# Fields whose default changed, with the default they had before: a spec applied before the
+# change was parsed with the old one (and stored with it, so its hash holds), while the same
+# file parsed today takes the new one. See :func:`as_applied_before`.
+CHANGED_DEFAULTS: dict[str, Any] = {
+    "gates.max_recall_drop": None,
+    "gates.max_p99_ratio": None,
+}
+
+
+def as_applied_before(spec: MigrationSpec, recorded: MigrationSpec) -> MigrationSpec:
+    """``spec`` (a file parsed today) as it would have parsed when ``recorded`` was applied:
+    each field of :data:`CHANGED_DEFAULTS` that holds today's default in ``spec`` and the old
+    default in ``recorded`` takes the old one (a file that never set it). Then an unchanged
+    file hashes as it did when applied."""
+    gates = spec.gates
+    update: dict[str, Any] = {}
+    for path, before in CHANGED_DEFAULTS.items():
+        name = path.removeprefix("gates.")
+        field = GatePolicy.model_fields[name]
+        if getattr(gates, name) == field.get_default() and getattr(recorded.gates, name) == before:
+            update[name] = before
+    if not update:
+        return spec
+    return spec.model_copy(update={"gates": gates.model_copy(update=update)})
 
 
 def _without_added(model: BaseModel, data: Any) -> Any:

@@ -183,6 +183,11 @@ class VectorStore(Protocol):
         every adapter holding the same data."""
         ...
 
+    def sample_shards(self, shards: list[ShardRef], n: int, seed: int = 0) -> Records:
+        """``n`` records spread over ``shards`` in proportion to their records (see
+        :meth:`ScanningStore.sample_shards`)."""
+        ...
+
     def fetch(self, ids: Ids) -> tuple[Ids, Vectors]:
         """The records with these labels that exist, in label order."""
         ...
@@ -504,6 +509,100 @@ class ScanningStore:
             kept = _first_on_ring(both, start, n)
         return kept if kept is not None else Records.empty(self.schema)
 
+    def sample_shards(self, shards: list[ShardRef], n: int, seed: int = 0) -> Records:
+        """``n`` records stratified over ``shards``: each shard gives its share of ``n`` in
+        proportion to its records (largest remainders, ties to the lower shard), chosen within
+        the shard as :meth:`sample_records` chooses (first on the key ring from a seeded point,
+        here a point inside the shard's range), in shard order. Deterministic from ``seed``
+        and the same records from every adapter holding the same data.
+
+        A keyed store counts each hash shard (beyond :data:`COUNTED_STRATA` shards, shares by
+        key range instead) and reads a window of it holding its share; a store without keys
+        (or range shards) reads everything once, keeping each shard's first ``n`` records on
+        the ring.
+        """
+        if n <= 0 or not shards:
+            return Records.empty(self.schema)
+        start = int(hash_key(np.array([seed], dtype=np.int64))[0])
+        if self.keyed and all(s.by == "hash" for s in shards):
+            if len(shards) <= COUNTED_STRATA:
+                counts = self.shard_counts(shards)
+            else:
+                # Counting thousands of shards on every draw would cost more than the sample:
+                # the hash spreads records evenly, so a shard's share of the key space is its
+                # share of the records (within about the square root of its count).
+                whole = self.count()
+                counts = {s.index: whole * (s.hi - s.lo) // HASH_SPACE for s in shards}
+            quotas = proportional_quotas(n, [counts[s.index] for s in shards])
+            parts = [
+                self._window_sample(s, q, _start_in(s, start), counts[s.index])
+                for s, q in zip(shards, quotas, strict=True)
+                if q
+            ]
+            return Records.concat(parts, self.schema) if parts else Records.empty(self.schema)
+        kept: dict[int, Records] = {}
+        sizes = dict.fromkeys((s.index for s in shards), 0)
+
+        def keep(shard: ShardRef, recs: Records) -> None:
+            sizes[shard.index] += len(recs)
+            if len(recs):
+                held = kept.get(shard.index)
+                both = recs if held is None else Records.concat([held, recs], self.schema)
+                kept[shard.index] = _first_on_ring(both, _start_in(shard, start), n)
+
+        if self.keyed or all(s.by == "range" for s in shards):
+            for s in shards:
+                for batch in self.iter_shard(s, 50_000):
+                    keep(s, batch.records)
+        else:
+            # One read of everything, each record sent to its shard by a binary search of the
+            # shards' key ranges (thousands of shards cost no more than four).
+            ranked = sorted(shards, key=lambda s: s.lo)
+            los = np.array([s.lo for s in ranked], np.int64)
+            his = np.array([s.hi for s in ranked], np.int64)
+            for batch in self.iter_shard(WHOLE, 50_000):
+                recs = batch.records
+                keys = hash_key(recs.labels)
+                at = np.searchsorted(los, keys, side="right") - 1
+                inside = (at >= 0) & (keys < his[np.clip(at, 0, None)])
+                rows = np.flatnonzero(inside)
+                rows = rows[np.argsort(at[rows], kind="stable")]
+                groups = np.split(rows, np.flatnonzero(np.diff(at[rows])) + 1)
+                for group in groups:
+                    if len(group):
+                        keep(ranked[int(at[group[0]])], recs.take(group))
+        if len(shards) > COUNTED_STRATA and all(s.by == "hash" for s in shards):
+            # Shared as a keyed store shares them, so that every adapter draws the same.
+            whole = sum(sizes.values())
+            sizes = {s.index: whole * (s.hi - s.lo) // HASH_SPACE for s in shards}
+        quotas = proportional_quotas(n, [sizes[s.index] for s in shards])
+        parts = [
+            kept[s.index].take(np.arange(min(q, len(kept[s.index]))))
+            for s, q in zip(shards, quotas, strict=True)
+            if q and s.index in kept
+        ]
+        return Records.concat(parts, self.schema) if parts else Records.empty(self.schema)
+
+    def _window_sample(self, shard: ShardRef, n: int, start: int, total: int) -> Records:
+        """The ``n`` records of hash shard ``shard`` first on the ring from ``start`` (inside
+        it), read as a window of the shard's range widened until it holds them."""
+        span = shard.hi - shard.lo
+        width = min(span, max(1024, int(span * min(1.0, 1.5 * n / max(total, 1)))))
+        while True:
+            end = start + width
+            windows = [ShardRef(index=shard.index, by="hash", lo=start, hi=min(end, shard.hi))]
+            if end > shard.hi:
+                windows.append(
+                    ShardRef(
+                        index=shard.index, by="hash", lo=shard.lo, hi=shard.lo + end - shard.hi
+                    )
+                )
+            parts = [b.records for w in windows for b in self.iter_shard(w, 50_000)]
+            kept = Records.concat(parts, self.schema)
+            if len(kept) >= n or width >= span:
+                return _first_on_ring(kept, start, n)
+            width = min(span, width * 4)
+
     def matching(self, flt: Filter) -> Ids:
         """Labels of the records whose payload matches ``flt``, found by reading every record
         (engines with a filter of their own answer this themselves)."""
@@ -543,6 +642,38 @@ def ring_window(start: int, width: int) -> list[ShardRef]:
         ShardRef(index=0, by="hash", lo=start, hi=HASH_SPACE),
         ShardRef(index=0, by="hash", lo=0, hi=min(start, end - HASH_SPACE)),
     ]
+
+
+# Up to this many hash shards, a keyed store's stratified sample counts each shard's records;
+# beyond, it shares the sample by key range (see ScanningStore.sample_shards).
+COUNTED_STRATA = 256
+
+
+def proportional_quotas(n: int, sizes: list[int]) -> list[int]:
+    """``n`` split over strata of ``sizes`` in proportion (largest remainders, ties to the
+    earlier stratum), none given more than it holds: they sum to ``min(n, sum(sizes))``."""
+    total = sum(sizes)
+    if total <= 0 or n <= 0:
+        return [0] * len(sizes)
+    n = min(n, total)
+    exact = [n * size / total for size in sizes]
+    quotas = [min(size, int(e)) for size, e in zip(sizes, exact, strict=True)]
+    order = sorted(range(len(sizes)), key=lambda i: (-(exact[i] - int(exact[i])), i))
+    while sum(quotas) < n:
+        for i in order:
+            if sum(quotas) >= n:
+                break
+            if quotas[i] < sizes[i]:
+                quotas[i] += 1
+    return quotas
+
+
+def _start_in(shard: ShardRef, start: int) -> int:
+    """The seeded point ``start`` of the key ring moved inside hash shard ``shard`` (the same
+    relative place in every shard); the ring's point itself for a range shard."""
+    if shard.by != "hash":
+        return start
+    return shard.lo + start % (shard.hi - shard.lo)
 
 
 def _first_on_ring(records: Records, start: int, n: int) -> Records:

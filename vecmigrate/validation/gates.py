@@ -7,8 +7,18 @@ from __future__ import annotations
 
 from collections.abc import Sized
 
-from vecmigrate.model.gates import GateReport, GateVerdict, RetrievalFigures, ShardCheck
+from vecmigrate.model.gates import (
+    BENEFIT_OF_DOUBT,
+    LATENCY_FLOOR_MS,
+    GateReport,
+    GateVerdict,
+    RetrievalFigures,
+    ShardCheck,
+    decide,
+    interval,
+)
 from vecmigrate.model.spec import GatePolicy, QuarantinePolicy
+from vecmigrate.validation.intervals import queries_needed
 
 
 def _shards(names: list[int]) -> str:
@@ -16,9 +26,21 @@ def _shards(names: list[int]) -> str:
 
 
 def _bounded(
-    name: str, value: float | None, threshold: float | None, comparison: str, detail: str = ""
+    name: str,
+    value: float | None,
+    threshold: float | None,
+    comparison: str,
+    detail: str = "",
+    bounds: tuple[float, float] | None = None,
+    queries: int = 0,
 ) -> GateVerdict | None:
-    """A verdict for ``value comparison threshold``; None when the check is switched off."""
+    """A verdict for ``value comparison threshold``; None when the check is switched off.
+
+    With ``bounds`` (the figure's confidence interval over ``queries`` queries) the interval
+    decides when it lies wholly on one side of the threshold, and the point estimate when it
+    lies across it (the verdict then says the sample cannot tell, and about how many queries
+    would): see :func:`~vecmigrate.model.gates.decide`.
+    """
     if threshold is None:
         return None
     if value is None:
@@ -29,7 +51,7 @@ def _bounded(
             passed=False,
             detail="not measured" + (f": {detail}" if detail else ""),
         )
-    ok = value >= threshold if comparison == ">=" else value <= threshold
+    ok, sure = decide(value, bounds, threshold, comparison, name in BENEFIT_OF_DOUBT)
     return GateVerdict(
         name=name,
         value=round(value, 4),
@@ -37,6 +59,11 @@ def _bounded(
         comparison=comparison,
         passed=ok,
         detail=detail,
+        interval=bounds,
+        undecided=not sure,
+        queries_needed=None
+        if sure or bounds is None
+        else queries_needed(queries, value, bounds, threshold),
     )
 
 
@@ -220,6 +247,15 @@ def retrieval_verdicts(
     k = f.k
     dist = policy.distribution if same_model else None
     why = "skipped: " + ", ".join(f.skipped) if f.skipped else ""
+    n = f.queries
+    old_recall = f.source_recall
+    vs_old = None if old_recall is None or f.recall_change_ci is None else f.recall_change_ci
+    if f.p99_ratio is not None:
+        ratio: float | None = f.p99_ratio
+    elif f.p99_ms_old and f.p99_ms_new is not None:  # a report from before the paired ratio
+        ratio = f.p99_ms_new / f.p99_ms_old
+    else:
+        ratio = None
     candidates = [
         _bounded(
             f"recall@{k}",
@@ -227,18 +263,45 @@ def retrieval_verdicts(
             policy.min_recall,
             ">=",
             f"new index vs exact search, {f.queries} {f.query_source} queries"
-            + ("" if same_model else f" embedded by {f.target_model}"),
+            + ("" if same_model else f" embedded by {f.target_model}")
+            + _per_shard(f),
+            f.target_recall_ci,
+            n,
         ),
         _bounded(
             f"recall@{k}_vs_old",
             f.target_recall,
             None
-            if policy.max_recall_drop is None or f.source_recall is None
-            else round(f.source_recall - policy.max_recall_drop, 4),
+            if policy.max_recall_drop is None or old_recall is None
+            else round(old_recall - policy.max_recall_drop, 4),
             ">=",
-            f"old index recall@{k} is {f.source_recall}",
+            f"old index recall@{k} is {old_recall}"
+            + ("" if f.source_recall_ci is None else f" {interval(f.source_recall_ci)}")
+            + (
+                ""
+                if f.recall_change is None or f.recall_change_ci is None
+                else f"; new - old {f.recall_change:+.4f} {interval(f.recall_change_ci)}, "
+                "paired over the same queries"
+            ),
+            # The old recall plus the paired difference's interval: the new index's recall as
+            # the comparison with the old one knows it (far tighter than the two apart).
+            None
+            if vs_old is None or old_recall is None
+            else (
+                round(max(0.0, old_recall + vs_old[0]), 4),
+                round(min(1.0, old_recall + vs_old[1]), 4),
+            ),
+            n,
         ),
-        _bounded(f"overlap@{k}", f.overlap, policy.min_overlap, ">=", "old vs new top-k"),
+        _bounded(
+            f"overlap@{k}",
+            f.overlap,
+            policy.min_overlap,
+            ">=",
+            "old vs new top-k",
+            f.overlap_ci,
+            n,
+        ),
         _bounded(
             "rank_correlation",
             f.rank_correlation,
@@ -248,10 +311,18 @@ def retrieval_verdicts(
         ),
         _bounded(
             "p99_ratio",
-            None if not f.p99_ms_old or f.p99_ms_new is None else f.p99_ms_new / f.p99_ms_old,
+            ratio,
             policy.max_p99_ratio,
             "<=",
-            f"p99 new {f.p99_ms_new} ms / old {f.p99_ms_old} ms",
+            f"p99 new {f.p99_ms_new} ms / old {f.p99_ms_old} ms"
+            + (
+                ""
+                if f.p99_ratio is None
+                else f", each read as at least {LATENCY_FLOOR_MS:g} ms, "
+                f"{f.latency_queries} queries timed in turns"
+            ),
+            f.p99_ratio_ci,
+            f.latency_queries,
         ),
         _bounded(
             "norm_ks",
@@ -282,7 +353,15 @@ def retrieval_verdicts(
     for name in ("p50_ms_old", "p99_ms_old", "p50_ms_new", "p99_ms_new"):
         value = getattr(f, name)
         if value is not None:
-            out.append(GateVerdict(name=name, value=value, comparison="info", passed=True))
+            out.append(
+                GateVerdict(
+                    name=name,
+                    value=value,
+                    comparison="info",
+                    passed=True,
+                    interval=getattr(f, f"{name}_ci"),
+                )
+            )
     if not same_model:
         out.append(
             GateVerdict(
@@ -306,6 +385,15 @@ def retrieval_verdicts(
                 )
             )
     return out
+
+
+def _per_shard(f: RetrievalFigures) -> str:
+    """``; per shard 0: 50, 1: 49, ...`` (the query sample's strata), or nothing."""
+    if not f.queries_per_shard:
+        return ""
+    shown = ", ".join(f"{s}: {n}" for s, n in sorted(f.queries_per_shard.items())[:8])
+    more = " ..." if len(f.queries_per_shard) > 8 else ""
+    return f" (by shard {shown}{more})"
 
 
 def index_bytes_verdicts(f: RetrievalFigures) -> list[GateVerdict]:

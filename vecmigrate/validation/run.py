@@ -5,35 +5,50 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import numpy.typing as npt
 
 from vecmigrate.catalog.catalog import Catalog
-from vecmigrate.data.backfill import target_limits
+from vecmigrate.data.backfill import shard_plan, target_limits
 from vecmigrate.data.transforms import Transform, make_transform
 from vecmigrate.embedding.registry import model_key
 from vecmigrate.errors import PreconditionError
-from vecmigrate.indexes.build import load_index_version
+from vecmigrate.indexes.build import Searcher, load_index_version
 from vecmigrate.indexes.sizes import artifact_bytes
-from vecmigrate.model.gates import GateReport, RetrievalFigures, ShardCheck
+from vecmigrate.model.gates import (
+    CONFIDENCE,
+    LATENCY_FLOOR_MS,
+    GateReport,
+    RetrievalFigures,
+    ShardCheck,
+)
 from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.model.tasks import ShardRef
 from vecmigrate.records.screening import screen
 from vecmigrate.records.vectors import Distances, ExactKnn, Ids, Vectors
 from vecmigrate.stores import VectorStore
+from vecmigrate.stores.base import WHOLE, in_shard
 from vecmigrate.validation.distribution import ks_two_sample, mean_shift, spectrum_shift
 from vecmigrate.validation.gates import judge
+from vecmigrate.validation.intervals import (
+    mean_score_interval,
+    paired_difference_interval,
+    quantile_interval,
+    ratio_interval,
+)
 from vecmigrate.validation.options import read_options
 from vecmigrate.validation.profile import profile_shard, scan_shard
 from vecmigrate.validation.retrieval import (
     exclude_self,
-    overlap_at_k,
+    paired_latency,
     rank_correlation,
-    recall_at_k,
-    timed_search,
+    recall_scores,
 )
+
+Scores = npt.NDArray[np.float64]
 
 
 def check_shard(
@@ -117,10 +132,16 @@ def load_queries(spec: MigrationSpec, source: VectorStore) -> tuple[Ids | None, 
                 f"gates.query_log {path} holds shape {log.shape}; it needs rows of "
                 f"{source.dimension} floats (the source's dimension)"
             )
-        queries = np.ascontiguousarray(log[: g.sample_queries], dtype=np.float32)
+        queries = np.ascontiguousarray(log[: g.queries], dtype=np.float32)
         return None, queries, "recorded"
-    qids, queries = source.sample(g.sample_queries, seed=g.seed)
-    return qids, queries, "sampled"
+    sample = source.sample_shards(query_strata(spec, source), g.queries, seed=g.seed)
+    return sample.labels, sample.vectors(), "sampled"
+
+
+def query_strata(spec: MigrationSpec, source: VectorStore) -> list[ShardRef]:
+    """The strata of the gate's query sample: the migration's shards, each giving queries in
+    proportion to its records (one contiguous key range would stand for one shard alone)."""
+    return shard_plan(spec, source)
 
 
 @dataclass
@@ -132,6 +153,7 @@ class GateQueries:
     target: Vectors  # in the target's space
     kind: str  # "sampled" or "recorded"
     ask: int  # neighbours to ask for: k, plus one for the query's own record
+    per_shard: dict[int, int] = field(default_factory=dict)  # sampled queries by shard
 
     def digest(self) -> str:
         """What the queries are: a ground truth stored for one set is never used for another."""
@@ -154,15 +176,38 @@ def gate_queries(spec: MigrationSpec, source: VectorStore, target: VectorStore) 
         _, transform = make_transform(spec.source.embedding, spec.target.embedding)
         qids, queries, kind = load_queries(spec, source)
         extra = 1 if qids is not None else 0
-        return GateQueries(qids, queries, transform(queries), kind, spec.gates.k + extra)
+        return GateQueries(
+            qids,
+            queries,
+            transform(queries),
+            kind,
+            spec.gates.k + extra,
+            _per_shard(spec, source, qids),
+        )
     # The same records, as the new model embedded them (self excluded on both sides).
-    sample = source.sample_records(spec.gates.sample_queries, seed=spec.gates.seed)
+    sample = source.sample_shards(
+        query_strata(spec, source), spec.gates.queries, seed=spec.gates.seed
+    )
     found = target.fetch_records(sample.ids)
     row = {label: i for i, label in enumerate(found.labels.tolist())}
     keep = np.array([label in row for label in sample.labels.tolist()], bool)
     qids = sample.labels[keep]
     tq = found.vectors()[[row[label] for label in qids.tolist()]]
-    return GateQueries(qids, sample.vectors()[keep], tq, "sampled", spec.gates.k + 1)
+    return GateQueries(
+        qids,
+        sample.vectors()[keep],
+        tq,
+        "sampled",
+        spec.gates.k + 1,
+        _per_shard(spec, source, qids),
+    )
+
+
+def _per_shard(spec: MigrationSpec, source: VectorStore, qids: Ids | None) -> dict[int, int]:
+    """How many of the sampled queries each shard holds."""
+    if qids is None:
+        return {}
+    return {s.index: int(in_shard(qids, s).sum()) for s in query_strata(spec, source)}
 
 
 # Per-shard ground truths are stored in the catalog (queries x neighbours x 12 bytes each); past
@@ -173,8 +218,8 @@ TRUTH_BYTES_MAX = 64 << 20
 
 def fold_truth(spec: MigrationSpec) -> bool:
     """Whether the shard checks should run the recall gate's exact search as they read
-    (decided from the spec, before any query is drawn: at most ``sample_queries`` of them)."""
-    per_shard = spec.gates.sample_queries * (spec.gates.k + 1) * 12
+    (decided from the spec, before any query is drawn: at most ``gates.queries`` of them)."""
+    per_shard = spec.gates.queries * (spec.gates.k + 1) * 12
     return 0 < per_shard * len(spec.shards.selected()) <= TRUTH_BYTES_MAX
 
 
@@ -189,6 +234,7 @@ def measure(
     truth: tuple[Distances, Ids] | None = None,
     source_is_target: bool = False,
     unsettled: Ids | None = None,
+    unindexed: tuple[Ids | None, Ids | None] = (None, None),
 ) -> RetrievalFigures:
     """Recall, agreement, latency and distribution figures, within the spec's time budget.
 
@@ -199,15 +245,23 @@ def measure(
     :func:`same_data`) the source's exact search is that same answer. ``unsettled`` names
     records the two sides may hold differently for now (written to the source with plain SQL,
     their capture not replayed yet): the distribution samples leave them out on both sides.
+
+    ``unindexed`` names, for the old index and then the new one, the records written (or
+    deleted) since that index was built, as the change log knows them: each index is judged
+    against the exact answer over the records it was built from, so those are left out of its
+    exact search and of its answers (in an online migration the stores hold writes the index
+    never saw, which would count as misses of an index that could not have found them).
     """
     g = spec.gates
+    old_out, new_out = (u if u is not None and u.size else None for u in unindexed)
     began = time.monotonic()
     deadline = began + g.time_budget_seconds
     k = g.k
-    fig = RetrievalFigures(k=k)
+    fig = RetrievalFigures(k=k, confidence=CONFIDENCE)
     q = queries if queries is not None else gate_queries(spec, source, target)
     qids, tq = q.ids, q.target
     fig.query_source, fig.queries = q.kind, int(q.source.shape[0])
+    fig.queries_per_shard = dict(q.per_shard)
     if spec.model_change:
         fig.source_model = model_key(spec.source.embedding)
         fig.target_model = model_key(spec.target.embedding)
@@ -220,39 +274,48 @@ def measure(
 
     target_exact: Ids | None = None
     new_found: Ids | None = None
+    new_scores: Scores | None = None
+    sides: dict[str, tuple[Searcher, Vectors]] = {}  # "new", "old": timed for latency
     if fig.queries and not over("target recall"):
-        if truth is not None:
+        if truth is not None and new_out is None:
             target_exact = truth[1]
             fig.truth_source = "shard checks"
         else:
-            _, target_exact = target.search(tq, q.ask, metric=str(spec.target.embedding.metric))
-        found, new_ms = timed_search(
-            load_index_version(catalog, catalog.get_index(target_index)),
-            tq,
-            q.ask,
-            g.latency_queries,
-        )
-        fig.latency_queries = len(new_ms)
-        new_found = exclude_self(found, qids, k)
-        fig.target_recall = round(recall_at_k(new_found, exclude_self(target_exact, qids, k)), 4)
-        fig.p50_ms_new = round(float(np.percentile(new_ms, 50)), 3)
-        fig.p99_ms_new = round(float(np.percentile(new_ms, 99)), 3)
+            target_exact = exact_without(target, tq, q.ask, spec.target.embedding.metric, new_out)
+        new_index = load_index_version(catalog, catalog.get_index(target_index))
+        new_raw = index_answer(new_index, tq, q.ask, new_out)
+        new_found = exclude_self(new_raw, qids, k)
+        new_scores = recall_scores(new_found, exclude_self(target_exact, qids, k))
+        fig.target_recall, fig.target_recall_ci = _mean(new_scores, k)
+        sides["new"] = (new_index, tq)
     if fig.queries and source_index is not None and not over("source recall"):
-        if source_is_target and target_exact is not None:
+        if source_is_target and target_exact is not None and old_out is None and new_out is None:
             # The checks proved both sides hold the same bytes: the same exact answer.
             exact = target_exact
         else:
-            _, exact = source.search(q.source, q.ask, metric=str(spec.source.embedding.metric))
+            exact = exact_without(source, q.source, q.ask, spec.source.embedding.metric, old_out)
         old_index = load_index_version(catalog, catalog.get_index(source_index))
-        found, old_ms = timed_search(old_index, q.source, q.ask, g.latency_queries)
-        old_found = exclude_self(found, qids, k)
-        fig.source_recall = round(recall_at_k(old_found, exclude_self(exact, qids, k)), 4)
-        fig.p50_ms_old = round(float(np.percentile(old_ms, 50)), 3)
-        fig.p99_ms_old = round(float(np.percentile(old_ms, 99)), 3)
-        if new_found is not None:
-            fig.overlap = round(overlap_at_k(old_found, new_found), 4)
+        old_raw = index_answer(old_index, q.source, q.ask, old_out)
+        old_found = exclude_self(old_raw, qids, k)
+        old_scores = recall_scores(old_found, exclude_self(exact, qids, k))
+        fig.source_recall, fig.source_recall_ci = _mean(old_scores, k)
+        sides["old"] = (old_index, q.source)
+        if new_found is not None and new_scores is not None:
+            # Agreement over the records both indexes were built from.
+            both_out = _union(old_out, new_out)
+            if both_out is not None:
+                new_found = exclude_self(_blank(new_raw, both_out), qids, k)
+                old_found = exclude_self(_blank(old_raw, both_out), qids, k)
+            fig.overlap, fig.overlap_ci = _mean(recall_scores(new_found, old_found), k)
             rho = rank_correlation(old_found, new_found)
             fig.rank_correlation = None if rho is None else round(rho, 4)
+            change = paired_difference_interval(new_scores, old_scores)
+            if change is not None:
+                fig.recall_change = round(change[0], 4)
+                fig.recall_change_ci = _rounded(change[1])
+    if sides:
+        timed = paired_latency(list(sides.values()), q.ask, g.latency_queries)
+        latency_figures(fig, dict(zip(sides, timed, strict=True)), g.seed)
     if spec.model_change:
         if spec.reembed.task_queries and not over("read options"):
             fig.task_queries, fig.read_options = read_options(
@@ -263,6 +326,69 @@ def measure(
     _index_sizes(catalog, fig, source_index, target_index)
     fig.seconds = round(time.monotonic() - began, 3)
     return fig
+
+
+def exact_without(
+    store: VectorStore, queries: Vectors, ask: int, metric: str, left_out: Ids | None
+) -> Ids:
+    """The exact ``ask`` nearest records of each query in ``store``, leaving out the records
+    ``left_out`` names (one streamed read, as the store's own exact search)."""
+    if left_out is None:
+        return store.search(queries, ask, metric=str(metric))[1]
+    knn = ExactKnn(queries, ask, str(metric))
+    for batch in store.iter_shard(WHOLE, 100_000):
+        keep = ~np.isin(batch.ids, left_out)
+        knn.add(batch.ids[keep], batch.vectors[keep])
+    return knn.result()[1]
+
+
+def index_answer(index: Searcher, queries: Vectors, ask: int, left_out: Ids | None) -> Ids:
+    """The index's answers with the records ``left_out`` names blanked (-1), asking for up to
+    ``ask`` more so that k remain."""
+    if left_out is None:
+        return index.search(queries, ask)[1]
+    _, found = index.search(queries, ask + min(int(left_out.size), ask))
+    return _blank(found, left_out)
+
+
+def _blank(found: Ids, left_out: Ids) -> Ids:
+    return np.where(np.isin(found, left_out), -1, found)
+
+
+def _union(a: Ids | None, b: Ids | None) -> Ids | None:
+    if a is None or b is None:
+        return a if b is None else b
+    return np.union1d(a, b)
+
+
+def _rounded(bounds: tuple[float, float], digits: int = 4) -> tuple[float, float]:
+    return (round(bounds[0], digits), round(bounds[1], digits))
+
+
+def _mean(scores: Scores, k: int) -> tuple[float, tuple[float, float] | None]:
+    """A mean per-query score (recall, overlap) and its interval, rounded for the report."""
+    kept = scores[~np.isnan(scores)]
+    bounds = mean_score_interval(kept, k)
+    return (
+        round(float(kept.mean()), 4) if len(kept) else 0.0,
+        None if bounds is None else _rounded(bounds),
+    )
+
+
+def latency_figures(fig: RetrievalFigures, millis: dict[str, Scores], seed: int) -> None:
+    """p50 and p99 of each side (``new``, ``old``) with their order-statistic intervals, and
+    the ratio of the p99s (new over old, each read as at least LATENCY_FLOOR_MS) with its
+    paired bootstrap interval when both sides were timed."""
+    for side, ms in millis.items():
+        fig.latency_queries = len(ms)
+        for q in (50, 99):
+            setattr(fig, f"p{q}_ms_{side}", round(float(np.percentile(ms, q)), 3))
+            bounds = quantile_interval(ms, q / 100)
+            setattr(fig, f"p{q}_ms_{side}_ci", None if bounds is None else _rounded(bounds, 3))
+    if "new" in millis and "old" in millis:
+        ratio = ratio_interval(millis["new"], millis["old"], 0.99, LATENCY_FLOOR_MS, seed=seed)
+        if ratio is not None:
+            fig.p99_ratio, fig.p99_ratio_ci = round(ratio[0], 4), _rounded(ratio[1])
 
 
 def distribution_figures(
