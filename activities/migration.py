@@ -96,7 +96,7 @@ from vecmigrate.model.tasks import (
 )
 from vecmigrate.records.checksums import RecordChecksum
 from vecmigrate.records.vectors import Ids, merge_topk
-from vecmigrate.stores import WHOLE
+from vecmigrate.stores import WHOLE, VectorStore
 from vecmigrate.validation import divergence, reconcile
 from vecmigrate.validation.shadow import ShadowLog
 
@@ -198,6 +198,11 @@ class MigrationActivities:
         self.region = region
         self._catalog: Catalog | None = None
         self._journal: Journal | None = None
+        # The gate's query sample of each validation round, drawn once per worker: every shard
+        # check of the round folds the same queries' exact search, and a stratified draw reads
+        # a window of every shard holding a query (thousands of shards: once, not per shard).
+        self._gate_queries: dict[tuple[str, str, int], validation.GateQueries] = {}
+        self._gate_queries_lock = threading.Lock()
         self._residency: Residency | None = None
         self._specs: SpecStore | None = None
 
@@ -393,6 +398,22 @@ class MigrationActivities:
             index_id=record.id, checksum=record.checksum, artifacts=len(record.artifacts)
         )
 
+    def _round_queries(
+        self, spec: MigrationSpec, round_: int, source: VectorStore, target: VectorStore
+    ) -> validation.GateQueries:
+        """The gate's queries of validation round ``round_``, drawn once by this worker (the
+        draw is deterministic from the seed; the stored ground truths name their queries'
+        digest, so a worker that drew others never mixes them)."""
+        key = (spec.migration_id, spec.spec_hash(), round_)
+        with self._gate_queries_lock:
+            if key in self._gate_queries:
+                return self._gate_queries[key]
+            queries = validation.gate_queries(spec, source, target)
+            while len(self._gate_queries) >= 8:
+                self._gate_queries.pop(next(iter(self._gate_queries)))
+            self._gate_queries[key] = queries
+            return queries
+
     @activity.defn(name="validate_shard")
     @_boundary
     def validate_shard(self, inp: ValidateShardInput) -> ShardCheck:
@@ -411,7 +432,7 @@ class MigrationActivities:
         set_openmp_threads(self._share(spec))  # the exact search runs in FAISS
         fold = validation.fold_truth(spec)
         with _keepalive(spec):
-            queries = validation.gate_queries(spec, source, target) if fold else None
+            queries = self._round_queries(spec, inp.round, source, target) if fold else None
             knn = queries.exact_search(spec) if queries is not None else None
             check = validation.check_shard(spec, source, target, inp.shard, volatile, truth=knn)
         if queries is not None and knn is not None:
@@ -461,7 +482,7 @@ class MigrationActivities:
         set_openmp_threads(cpu_share(1))  # the figures run alone, after every shard check
         with _keepalive(spec):
             unsettled = capture.captured_ids(spec)
-            queries = validation.gate_queries(spec, source, target)
+            queries = self._round_queries(spec, inp.round, source, target)
             parts = None
             if validation.fold_truth(spec):  # else the shard checks stored none
                 parts = self.journal.truths(

@@ -182,7 +182,10 @@ async def test_five_thousand_shards_keep_every_history_small(
         shards={"by": "hash", "count": 5000},
         max_parallel_shards=8,
         target=sandbox.version("v2", {"kind": "faiss_flat"}).model_dump(mode="json"),
-        gates={"sample_queries": 100},
+        # 5,000 shards of three records answer a query in 5,000 searches, hundreds of times
+        # slower than the two-shard source: the latency gate rightly fails it, and this test is
+        # about histories, not about that layout.
+        gates={"sample_queries": 100, "max_p99_ratio": None},
     )
     async with running_worker(client, sandbox, concurrency=8) as queue:
         mc = MigrationClient(client, queue)
