@@ -257,7 +257,9 @@ class Sandbox:
             ).model_dump(mode="json"),
             "shards": {"by": "hash", "count": 3},
             "batch_size": 500,
-            "gates": {"min_recall": 0.8, "sample_queries": 50},
+            # No latency gate by default here: a p99 of 50 queries on a loaded 2-core machine
+            # moves by tens of times from a single stall. The gate's tests set it.
+            "gates": {"min_recall": 0.8, "sample_queries": 50, "max_p99_ratio": None},
             "cutover": {"mode": "automatic", "bake_seconds": 0.2},
         }
         for key, value in overrides.items():
