@@ -251,7 +251,20 @@ def check_measured(results: Path, rates: Rates) -> dict[str, str]:
     e2e = json.loads((results / "migration_throughput_clustered_1000000.json").read_text())
     measured = next(r["seconds"] for r in e2e["rows"] if r["phase"] == "vecmigrate end to end")
     cores = int(e2e["machine"]["cores"])
-    plan = Plan(1_000_000, 128, 250_000, 1, cores, 50_000, 4, 16, 0.0, 712, 10.0)
+    # The run's own parameters: 4 shards, one in-process worker with the machine's cores.
+    plan = Plan(
+        vectors=1_000_000,
+        dim=128,
+        shard_vectors=250_000,
+        workers=1,
+        cores=cores,
+        batch=50_000,
+        window=4,
+        m=16,
+        online_writes_per_second=0.0,
+        record_bytes=4 * 128 + 200,
+        heartbeat_seconds=10.0,
+    )
     out["1M x 128, 1 worker, model / measured"] = (
         f"{model(plan, rates)['wall seconds']:.0f} s / {measured:.0f} s"
     )
@@ -263,7 +276,19 @@ def check_measured(results: Path, rates: Rates) -> dict[str, str]:
         for row in fleet["rows"]:
             # Each worker is one core's worth; the machine has only so many.
             w = min(int(row["workers"]), int(fleet["machine"]["cores"]))
-            fp = Plan(n, dim, math.ceil(n / shards), w, 1, 20_000, shards, 16, 0.0, 0, 10.0)
+            fp = Plan(
+                vectors=n,
+                dim=dim,
+                shard_vectors=math.ceil(n / shards),
+                workers=w,
+                cores=1,
+                batch=20_000,
+                window=shards,
+                m=16,
+                online_writes_per_second=0.0,
+                record_bytes=4 * dim + 200,
+                heartbeat_seconds=10.0,
+            )
             out[f"fleet {n:,} x {dim}, {row['workers']} workers, model / measured"] = (
                 f"{model(fp, rates)['wall seconds']:.0f} s / {row['seconds']:.0f} s"
             )

@@ -51,11 +51,10 @@ class FleetRun:
 
 def server_cpu(server: DevServer) -> float:
     """CPU seconds of the dev server's process tree so far (0 where it cannot be read)."""
-    proc = getattr(server, "process", None) or getattr(server, "proc", None)
-    if proc is None:
+    if server.process is None:
         return 0.0
     try:
-        root = psutil.Process(proc.pid)
+        root = psutil.Process(server.process.pid)
         total = 0.0
         for p in [root, *root.children(recursive=True)]:
             t = p.cpu_times()
