@@ -26,12 +26,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import RESULTS, add_out_option, report, script_parser
+from vecmigrate.workflows.core import EVENTS_PER_SHARD_IN_FLIGHT, HISTORY_LIMIT
 
 # Temporal: what one shard costs in the workflow's history (three activities a shard for
 # blue-green: copy, build, checks; four online with the reconcile), the history size at which
 # a run continues as new, and the largest payload the server takes by default.
-EVENTS_PER_SHARD = 12
-HISTORY_LIMIT = 2_000
+EVENTS_PER_SHARD = EVENTS_PER_SHARD_IN_FLIGHT
 CARRIED_BYTES_PER_SHARD = 160  # one ShardProgress in the status carried into the next run
 PAYLOAD_LIMIT = 2 * 2**20
 PAYLOAD_WARN = 512 * 2**10
