@@ -556,12 +556,20 @@ class LoadedIndex:
         if self._hnsw is not None:
             self._plain_k = min(self._ef, self.count)
 
-    def records(self) -> tuple[Ids, Vectors]:
+    def records(self, room: int = 0) -> tuple[Ids, Vectors]:
         """Every record the index holds, as stored (unit rows for cosine): what a rebuild of an
-        index that cannot remove starts from. FAISS only."""
+        index that cannot remove starts from. FAISS only.
+
+        The arrays have ``room`` more rows, unset, after the records: a rebuild appends the
+        records written since into them instead of into a concatenated copy.
+        """
         inner: Any = faiss.downcast_index(self._faiss.index)
-        ids = faiss.vector_to_array(self._faiss.id_map).astype(np.int64)
-        return ids, inner.reconstruct_n(0, inner.ntotal)
+        n = int(inner.ntotal)
+        ids = np.empty(n + room, np.int64)
+        ids[:n] = faiss.vector_to_array(self._faiss.id_map)
+        vectors = np.empty((n + room, self.dimension), np.float32)
+        inner.reconstruct_n(0, n, vectors[:n])
+        return ids, vectors
 
     def save(self, directory: Path, stem: str, key: str) -> Artifact:
         """Write the index as it is now under a content-derived name, atomically."""

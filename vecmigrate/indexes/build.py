@@ -36,7 +36,7 @@ from vecmigrate.model.spec import (
 from vecmigrate.model.status import IndexBuildProgress
 from vecmigrate.model.tasks import ArtifactRef, ShardRef
 from vecmigrate.records.checksums import RecordChecksum
-from vecmigrate.records.vectors import Distances, Ids, Vectors, normalize_rows
+from vecmigrate.records.vectors import Distances, Ids, Vectors, grown_rows, normalize_rows
 from vecmigrate.security.keyring import environment_keyring
 from vecmigrate.stores import (
     MilvusStore,
@@ -129,8 +129,8 @@ def read_shard(
     The arrays are allocated once, from the shard's count, and each batch is copied into them
     as it arrives: the shard's vectors are held once (and one batch beside them), not once in
     the batches and again in their concatenation. Records written while the shard is read (an
-    online migration writes during its build) grow the arrays by a quarter at a time; the
-    result is a view of the rows filled.
+    online migration writes during its build) grow the arrays by a quarter at a time, in
+    place; the result is a view of the rows filled.
     """
     dim = store.dimension
     size = max(store.count(shard), 0)
@@ -142,8 +142,7 @@ def read_shard(
         m = len(b_ids)
         if n + m > len(ids):
             grown = max(n + m, len(ids) + len(ids) // 4 + batch_size)
-            ids = np.resize(ids, grown)
-            vecs = np.resize(vecs, (grown, dim))
+            ids, vecs = grown_rows(ids, grown), grown_rows(vecs, grown)
         ids[n : n + m] = b_ids
         vecs[n : n + m] = b_vecs
         checksum.add(b_ids, b_vecs)

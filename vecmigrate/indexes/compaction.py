@@ -30,7 +30,8 @@ from vecmigrate.catalog.changelog import ChangeLog
 from vecmigrate.errors import ArtifactError
 from vecmigrate.indexes.artifacts import LoadedIndex, build_index, write_artifact
 from vecmigrate.indexes.live import LOG_PAGE, Fetch, LiveIndex, NetChanges, served_artifacts
-from vecmigrate.records.vectors import Ids, Vectors, normalize_rows
+from vecmigrate.model.spec import Metric
+from vecmigrate.records.vectors import Ids, Vectors, grown_rows, normalize_rows
 
 
 @dataclass(frozen=True)
@@ -228,16 +229,55 @@ def _rebuild(
     homes = live.home(new_ids)
     out = []
     for n, (number, shard) in enumerate(zip(numbers, live.shards, strict=True)):
-        ids, vectors = shard.records()
-        keep = ~np.isin(ids, overlay.hidden)
         mine = homes == n
-        all_ids = np.concatenate([ids[keep], new_ids[mine]])
-        all_vectors = np.concatenate([vectors[keep], new_vectors[mine]])
-        index = build_index(shard.spec, shard.metric, all_ids, all_vectors, threads=1)
+        room = int(mine.sum())
+        ids, vectors = shard.records(room)
+        ids, vectors = with_overlay(
+            ids, vectors, len(ids) - room, overlay.hidden, new_ids[mine], new_vectors[mine]
+        )
+        if shard.metric == Metric.COSINE:
+            # The index's rows are unit already; the written ones may not be.
+            normalize_rows(vectors, out=vectors)
+        index = build_index(shard.spec, shard.metric, ids, vectors, threads=1, prepared=True)
+        count = len(ids)
+        del ids, vectors
         stem = f"shard-{number:04d}"
         key = _key(index_id, number, live.applied, shard.kind)
         art = write_artifact(
-            index, shard.spec, shard.metric, shard.dimension, directory, stem, key, len(all_ids)
+            index, shard.spec, shard.metric, shard.dimension, directory, stem, key, count
         )
         out.append(_ref(number, art.manifest, art.sha256, art.count, art.kind))
     return out, len(overlay)
+
+
+# Rows moved at a time when a shard's kept records close up: a boolean index copies its rows.
+_MOVE_ROWS = 8_192
+
+
+def with_overlay(
+    ids: Ids, vectors: Vectors, count: int, hidden: Ids, add_ids: Ids, add_vectors: Vectors
+) -> tuple[Ids, Vectors]:
+    """A shard's ``count`` records (the first rows of ``ids`` and ``vectors``: arrays of its
+    own, reused, with room after them for the added records) with the overlay applied: the
+    records ``hidden`` names dropped and ``add_ids`` appended.
+
+    The kept rows close up in place, a block at a time, and the added ones go into the room
+    after them (the arrays grow, in place where numpy can, if it is short): the shard's vectors
+    are held once, not again in a filtered copy and a third time in a concatenation.
+    """
+    keep = ~np.isin(ids[:count], hidden)
+    n = 0
+    for lo in range(0, count, _MOVE_ROWS):
+        sel = keep[lo : lo + _MOVE_ROWS]
+        m = int(sel.sum())
+        if n != lo or m != len(sel):  # rows before this block were dropped, or some in it
+            hi = lo + len(sel)
+            ids[n : n + m] = ids[lo:hi][sel]
+            vectors[n : n + m] = vectors[lo:hi][sel]
+        n += m
+    total = n + len(add_ids)
+    if total > len(ids):
+        ids, vectors = grown_rows(ids, total), grown_rows(vectors, total)
+    ids[n:total] = add_ids
+    vectors[n:total] = add_vectors
+    return ids[:total], vectors[:total]

@@ -4,6 +4,7 @@ and exact k-nearest-neighbour search over batches."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import faiss
 import numpy as np
@@ -35,6 +36,20 @@ def normalize_rows(x: Vectors, *, out: Vectors | None = None) -> Vectors:
 
 
 _NORM_ROWS = 4_096
+
+
+def grown_rows(a: npt.NDArray[Any], rows: int) -> npt.NDArray[Any]:
+    """``a`` with room for ``rows`` rows (its rows kept, the new ones unset).
+
+    Grown in place where numpy owns the memory (a reallocation, so the rows are not held twice
+    while they move), else copied once. ``a`` must have no other views: they would dangle.
+    """
+    if a.flags.owndata and a.flags.c_contiguous:
+        a.resize((rows, *a.shape[1:]), refcheck=False)
+        return a
+    out = np.empty((rows, *a.shape[1:]), a.dtype)
+    out[: len(a)] = a
+    return out
 
 
 def faiss_metric(metric: Metric) -> int:
