@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
+from functools import cached_property
 from typing import Any
 
 from temporalio import activity
@@ -60,13 +61,11 @@ class CompactionActivities:
 
     def __init__(self, catalog_url: str) -> None:
         self.catalog_url = catalog_url
-        self._catalog: Catalog | None = None
 
-    @property
+    @cached_property
     def catalog(self) -> Catalog:
-        if self._catalog is None:
-            self._catalog = Catalog(self.catalog_url)
-        return self._catalog
+        """The catalog, opened at its first use (not when the worker is built)."""
+        return Catalog(self.catalog_url)
 
     def all(self) -> list[Callable[..., Any]]:
         """Every activity, for ``Worker(activities=...)``."""

@@ -162,6 +162,17 @@ class MigrationCore(OperatorSignals):
             "region": spec.region,
         }
 
+    def _scope(self) -> dict[str, Any]:
+        """What names this migration's collection in its bookkeeping calls to the catalog
+        (access policy, routing, version states, the change log, retention)."""
+        spec = self._spec
+        return {
+            "migration_id": spec.migration_id,
+            "tenant": spec.tenant,
+            "collection": spec.collection,
+            "region": spec.region,
+        }
+
     # -- status -------------------------------------------------------------------------------
 
     def _phase_seconds(self) -> float:
@@ -203,15 +214,9 @@ class MigrationCore(OperatorSignals):
         grant or a revocation takes effect within a phase); the answer is in the history."""
         if not self._roles:
             return
-        spec = self._spec
         self._policy = await short_call(
             "access_policy",
-            AccessPolicyInput(
-                migration_id=spec.migration_id,
-                tenant=spec.tenant,
-                collection=spec.collection,
-                region=spec.region,
-            ),
+            AccessPolicyInput(**self._scope()),
             AccessPolicy,
             summary="operator roles in force",
         )
@@ -629,9 +634,7 @@ class MigrationCore(OperatorSignals):
             assert routing is not None
             self._events += 1
             change = RoutingChangeInput(
-                migration_id=spec.migration_id,
-                tenant=spec.tenant,
-                collection=spec.collection,
+                **self._scope(),
                 expected_generation=routing.generation,
                 read_version=read_version or spec.source.name,
                 read_index=read_index if read_version else self._source_index,
@@ -647,7 +650,6 @@ class MigrationCore(OperatorSignals):
                 ramp_percent=ramp_percent,
                 shadow_percent=shadow_percent,
                 writes_paused=writes_paused,
-                region=spec.region,
             )
             view: RoutingView = await short_call(
                 "change_routing", change, RoutingView, summary=f"routing: {reason}"[:200]
@@ -691,32 +693,17 @@ class MigrationCore(OperatorSignals):
         return switch.changed
 
     async def _set_state(self, version: str, state: str, operator: str) -> None:
-        spec = self._spec
         await short_call(
             "set_version_state",
-            VersionStateInput(
-                migration_id=spec.migration_id,
-                tenant=spec.tenant,
-                collection=spec.collection,
-                version=version,
-                state=state,
-                operator=operator,
-                region=spec.region,
-            ),
+            VersionStateInput(**self._scope(), version=version, state=state, operator=operator),
             summary=f"version {version}: {state}",
         )
         await self._record("version.state", operator, {"version": version, "state": state})
 
     async def _log_head(self) -> int:
-        spec = self._spec
         head: int = await short_call(
             "log_head",
-            LogHeadInput(
-                tenant=spec.tenant,
-                collection=spec.collection,
-                region=spec.region,
-                migration_id=spec.migration_id,
-            ),
+            LogHeadInput(**self._scope()),
             int,
             summary="change-log head",
         )
@@ -751,13 +738,7 @@ class MigrationCore(OperatorSignals):
             await workflow.start_child_workflow(
                 "RetentionWorkflow",
                 RetentionInput(
-                    tenant=spec.tenant,
-                    collection=spec.collection,
-                    version=version,
-                    left_as=left_as,
-                    keep_seconds=seconds,
-                    migration_id=spec.migration_id,
-                    region=spec.region,
+                    **self._scope(), version=version, left_as=left_as, keep_seconds=seconds
                 ),
                 id=child,
                 task_queue=workflow.info().task_queue,

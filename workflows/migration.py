@@ -21,7 +21,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError
 
 from vecmigrate.workflows.copying import Copying
 from vecmigrate.workflows.core import HistoryFullError, StopRequestedError
@@ -32,7 +31,7 @@ from vecmigrate.workflows.preparing import Preparing
 from vecmigrate.workflows.shadowing import Shadowing
 
 with workflow.unsafe.imports_passed_through():
-    from vecmigrate.model.lifecycle import OUTCOMES, TERMINAL, Phase
+    from vecmigrate.model.lifecycle import TERMINAL, Phase
     from vecmigrate.model.status import Carried, MigrationInput, MigrationStatus
     from vecmigrate.workflows.identity import caller
 
@@ -93,14 +92,7 @@ class MigrationWorkflow(Preparing, Copying, Indexing, Shadowing, CuttingOver, En
         finally:
             if keeper is not None:
                 keeper.cancel()
-        await workflow.wait_condition(workflow.all_handlers_finished)
-        final = self._shown()
-        error = OUTCOMES[final.phase].error
-        if error is not None and self._rules:
-            raise ApplicationError(
-                f"{spec.migration_id} {final.outcome}", final, type=error, non_retryable=True
-            )
-        return final
+        return await self._finished(spec.migration_id, self._shown)
 
     def _carry(self) -> Carried:
         return Carried(

@@ -296,14 +296,7 @@ class RegionalMigrationWorkflow(OperatorSignals):
         for task in results:
             await task
         await self._finish()
-        await workflow.wait_condition(workflow.all_handlers_finished)
-        final = self.status()
-        error = OUTCOMES[final.phase].error
-        if error is not None and self._rules:
-            raise ApplicationError(
-                f"{spec.migration_id} {final.outcome}", final, type=error, non_retryable=True
-            )
-        return final
+        return await self._finished(spec.migration_id, self.status)
 
     async def _tenants(self) -> dict[str | None, list[str]]:
         """The tenants migrated in each region (looked up there when the spec says "all")."""

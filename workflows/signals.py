@@ -12,13 +12,15 @@ Deterministic: temporalio, the standard library and vecmigrate's pure models onl
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
 
 from temporalio import workflow
+from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from vecmigrate.model.access import WORKFLOW_CALLER, AccessPolicy, authorize
-    from vecmigrate.model.lifecycle import Message, Ruling
+    from vecmigrate.model.lifecycle import OUTCOMES, Message, Phase, Ruling
     from vecmigrate.model.messages import OperatorMessage
     from vecmigrate.model.status import OperatorAction
     from vecmigrate.workflows.identity import caller
@@ -29,6 +31,16 @@ with workflow.unsafe.imports_passed_through():
 RULES = "lifecycle-table"
 # The patch behind which a run loads the operator roles and checks every message against them.
 ROLES = "operator-roles"
+
+
+class _Finished(Protocol):
+    """A workflow's status where its run ends."""
+
+    phase: Phase
+    outcome: str
+
+
+S = TypeVar("S", bound=_Finished)
 
 
 class OperatorSignals:
@@ -71,6 +83,19 @@ class OperatorSignals:
     async def abort(self, msg: OperatorMessage | None = None) -> None:
         """Stop where the migration stands; routing is left as it is (writes resume)."""
         await self._signal(Message.ABORT, msg or OperatorMessage())
+
+    async def _finished(self, migration_id: str, final: Callable[[], S]) -> S:
+        """What a run returns once every signal handler has finished: its ``final`` status, or
+        (under :data:`RULES`) the error its outcome names, carrying that status: a rolled-back
+        or aborted migration fails its execution."""
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        status = final()
+        error = OUTCOMES[status.phase].error
+        if error is not None and self._rules:
+            raise ApplicationError(
+                f"{migration_id} {status.outcome}", status, type=error, non_retryable=True
+            )
+        return status
 
     async def _signal(self, message: Message, msg: OperatorMessage) -> None:
         ruling = self._access(str(message))

@@ -196,7 +196,7 @@ async def _status(mc: MigrationClient, mid: str) -> MigrationStatus | None:
         return None
 
 
-def run_chaos(
+async def chaos(
     home: Path,
     *,
     n: int = 40_000,
@@ -218,45 +218,6 @@ def run_chaos(
 
     A worker is killed every ``kill_gap`` seconds (uniformly at random between the two).
     """
-    return asyncio.run(
-        _run(
-            home,
-            n=n,
-            dim=dim,
-            shards=shards,
-            batch_size=batch_size,
-            parallel=parallel,
-            workers=workers,
-            kills=kills,
-            restart_server=restart_server,
-            throttle=throttle,
-            heartbeat_seconds=heartbeat_seconds,
-            seed=seed,
-            timeout=timeout,
-            kill_gap=kill_gap,
-            log=log,
-        )
-    )
-
-
-async def _run(
-    home: Path,
-    *,
-    n: int,
-    dim: int,
-    shards: int,
-    batch_size: int,
-    parallel: int,
-    workers: int,
-    kills: int,
-    restart_server: bool,
-    throttle: float | None,
-    heartbeat_seconds: float,
-    seed: int,
-    timeout: float,
-    kill_gap: tuple[float, float],
-    log: Callable[[str], None],
-) -> ChaosReport:
     home.mkdir(parents=True, exist_ok=True)
     rng = random.Random(seed)
     report = ChaosReport(vectors=n, shards=shards, batch_size=batch_size)
@@ -359,3 +320,9 @@ async def _run(
     if report.kills < kills:
         report.problems.append(f"only {report.kills} kills happened before the end")
     return report
+
+
+def run_chaos(home: Path, **options: Any) -> ChaosReport:
+    """:func:`chaos` for synchronous callers (the test, the benchmark): the same options, in an
+    event loop of its own."""
+    return asyncio.run(chaos(home, **options))
