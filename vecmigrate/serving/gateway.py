@@ -358,8 +358,9 @@ class _RoutingNotes:
         note.routing = known[1]
         if version is not None:
             note.version = version
-            note.attributes[names.ATTR_CANARY] = version == view.candidate_version
-            note.attributes.setdefault(names.ATTR_SHADOWED, False)
+            if note.recording:  # span attributes: built only for a sampled request
+                note.attributes[names.ATTR_CANARY] = version == view.candidate_version
+                note.attributes.setdefault(names.ATTR_SHADOWED, False)
 
 
 def _routing_attributes(view: RoutingView) -> dict[str, Any]:

@@ -45,12 +45,15 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from opentelemetry import propagate
-from opentelemetry.propagators.textmap import Getter
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.context import Context
+from opentelemetry.propagators.textmap import Getter, TextMapPropagator
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from vecmigrate.errors import ConfigurationError
 from vecmigrate.telemetry import names
+from vecmigrate.telemetry.metrics import Recorder
 from vecmigrate.telemetry.setup import Telemetry, current
 
 log = logging.getLogger("vecmigrate.gateway.requests")
@@ -65,6 +68,9 @@ ACCESS_LOGS = ("errors", "all")
 # each request builds its own.
 _LABEL_CACHE = 2000
 _NO_ATTRIBUTES: Mapping[str, Any] = MappingProxyType({})
+# The parent of a request that carries no trace context: none (a new trace), whatever context
+# the server's task happens to run in.
+_NO_PARENT = Context()
 
 
 @dataclass
@@ -82,6 +88,9 @@ class RequestNotes:
     routing: Mapping[str, Any] = field(default_factory=lambda: _NO_ATTRIBUTES)
     # This request's own span attributes (canary, shadowed).
     attributes: dict[str, Any] = field(default_factory=dict)
+    # Whether the request's span records (is sampled): the attributes above are built only
+    # then (an unsampled request builds none).
+    recording: bool = False
 
 
 _notes: ContextVar[RequestNotes | None] = ContextVar("vecmigrate_request_notes", default=None)
@@ -138,8 +147,11 @@ class RequestTelemetry:
         self.quiet = frozenset(quiet)
         self.log_all = access_log == "all"
         self.slow_seconds = slow_seconds
-        self._durations: dict[tuple[Any, ...], dict[str, str | int]] = {}
+        # The duration histogram's recorder per (method, status, route, tenant, version).
+        self._durations: dict[tuple[Any, ...], Recorder] = {}
         self._errors: dict[tuple[Any, ...], dict[str, str | int]] = {}
+        self._textmap: TextMapPropagator | None = None
+        self._fields: frozenset[bytes] = frozenset()
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
         if scope["type"] != "http" or scope["path"] in self.quiet:
@@ -158,34 +170,57 @@ class RequestTelemetry:
             await send(message)
 
         method = scope["method"]
-        with t.tracer.start_as_current_span(
-            method,
-            context=propagate.extract(scope, getter=_getter) if t.tracing else None,
-            kind=SpanKind.SERVER,
-            record_exception=False,
-            set_status_on_exception=False,
-        ) as span:
-            failure: str | None = None
-            try:
-                await self.app(scope, receive, watched)
-            except Exception as exc:
-                failure = type(exc).__name__
-                raise
-            finally:
-                seconds = time.perf_counter() - began
-                if status is None:
-                    # No answer was sent: the app failed, or the client left first (nginx's
-                    # 499, so that a disconnect does not count as the server's error).
-                    status = 500 if failure is not None else 499
-                route = self._route(scope)
-                error = None
-                if status >= 400 or failure is not None:
-                    error = failure or note.error_type or str(status)
-                if span.is_recording():
-                    self._annotate(span, scope, method, route, status, error, note)
-                self._measure(method, route, status, error, note, seconds)
-                self._log(method, route, status, error, note, seconds)
-                _notes.reset(token)
+        span = None
+        attached = None
+        if t.tracing:
+            span = t.tracer.start_span(
+                method,
+                context=self._parent(scope),
+                kind=SpanKind.SERVER,
+                record_exception=False,
+                set_status_on_exception=False,
+            )
+            # Attached even when the span is not sampled: the store calls beneath it must see
+            # an unsampled parent (else each would start a trace of its own, sampled anew).
+            attached = otel_context.attach(trace.set_span_in_context(span))
+            note.recording = span.is_recording()
+        failure: str | None = None
+        try:
+            await self.app(scope, receive, watched)
+        except Exception as exc:
+            failure = type(exc).__name__
+            raise
+        finally:
+            seconds = time.perf_counter() - began
+            if status is None:
+                # No answer was sent: the app failed, or the client left first (nginx's
+                # 499, so that a disconnect does not count as the server's error).
+                status = 500 if failure is not None else 499
+            route = self._route(scope)
+            error = None
+            if status >= 400 or failure is not None:
+                error = failure or note.error_type or str(status)
+            if note.recording:
+                self._annotate(span, scope, method, route, status, error, note)
+            self._measure(method, route, status, error, note, seconds)
+            self._log(method, route, status, error, note, seconds)  # in the span's context
+            if span is not None and attached is not None:
+                otel_context.detach(attached)
+                span.end()
+            _notes.reset(token)
+
+    def _parent(self, scope: Scope) -> Context:
+        """The caller's trace context when the request carries one (``traceparent`` and the
+        other headers the global propagator reads), else an empty context: a new trace."""
+        textmap = propagate.get_global_textmap()
+        if textmap is not self._textmap:
+            self._textmap = textmap
+            self._fields = frozenset(f.lower().encode("latin-1") for f in textmap.fields)
+        fields = self._fields
+        for key, _ in scope["headers"]:
+            if key.lower() in fields:
+                return propagate.extract(scope, getter=_getter)
+        return _NO_PARENT
 
     def _route(self, scope: Scope) -> str | None:
         routed = scope.get("route")
@@ -241,26 +276,26 @@ class RequestTelemetry:
             return
         m = self.telemetry.metrics
         key = (method, status, route, note.tenant, note.version)
-        labels = self._durations.get(key) or self._labels(
-            self._durations, key, {names.HTTP_METHOD: method, names.HTTP_STATUS: status}
-        )
-        m.record(names.GATEWAY_DURATION, seconds, labels)
+        record = self._durations.get(key)
+        if record is None:
+            labels = self._labels(key, {names.HTTP_METHOD: method, names.HTTP_STATUS: status})
+            record = m.recorder(names.GATEWAY_DURATION, labels)
+            if len(self._durations) < _LABEL_CACHE:
+                self._durations[key] = record
+        record(seconds)
         if error is not None:
             by_error = (error, route, note.tenant, note.version)
-            labels = self._errors.get(by_error) or self._labels(
-                self._errors, by_error, {names.ERROR_TYPE: error}
-            )
-            m.add(names.GATEWAY_ERRORS, 1, labels)
+            found = self._errors.get(by_error)
+            if found is None:
+                found = self._labels(by_error, {names.ERROR_TYPE: error})
+                if len(self._errors) < _LABEL_CACHE:
+                    self._errors[by_error] = found
+            m.add(names.GATEWAY_ERRORS, 1, found)
 
     @staticmethod
-    def _labels(
-        cache: dict[tuple[Any, ...], dict[str, str | int]],
-        key: tuple[Any, ...],
-        labels: dict[str, str | int],
-    ) -> dict[str, str | int]:
-        """A label set with the route, tenant and version of ``key`` (its last three),
-        remembered under ``key`` (the SDK copies what it is given: the dict is never
-        changed)."""
+    def _labels(key: tuple[Any, ...], labels: dict[str, str | int]) -> dict[str, str | int]:
+        """``labels`` with the route, tenant and version of ``key`` (its last three); kept per
+        key by the caller, so never changed afterwards."""
         route, tenant, version = key[-3:]
         if route is not None:
             labels[names.HTTP_ROUTE] = route
@@ -268,8 +303,6 @@ class RequestTelemetry:
             labels[names.TENANT] = tenant
         if version is not None:
             labels[names.VERSION] = version
-        if len(cache) < _LABEL_CACHE:
-            cache[key] = labels
         return labels
 
     def _log(

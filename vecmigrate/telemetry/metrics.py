@@ -3,17 +3,28 @@
 Call sites say what happened (a shard copied so far, a gate report, a request served); this
 module turns it into metric points with bounded labels. Every instrument comes from one meter:
 the no-op meter when metrics are off, where each call costs a method call.
+
+The histograms of :data:`DIRECT` (the gateway's request duration: one point per request) are
+kept by :class:`PrometheusHistogram` instead when Prometheus is the only reader: the
+OpenTelemetry SDK cleans, copies and hashes the label set of every measurement (about 19 us a
+point; it has no bound instruments), where a pre-bound series here is a bisect and a lock
+(about 1 us). Its ``/metrics`` output is the OpenTelemetry exporter's, sample for sample.
 """
 
 from __future__ import annotations
 
+import bisect
+import json
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
 
 from vecmigrate.model.gates import GateReport, ShadowFigures
 from vecmigrate.model.routing import RoutingView
@@ -21,6 +32,11 @@ from vecmigrate.telemetry import names
 from vecmigrate.telemetry.names import MetricDef
 
 Labels = Mapping[str, str | int | float | bool]
+# Records one value into a series whose labels were given once.
+Recorder = Callable[[float], None]
+# Histograms recorded once per gateway request: kept by PrometheusHistogram when Prometheus
+# is the only metric reader.
+DIRECT = frozenset({names.GATEWAY_DURATION.name})
 
 
 @dataclass
@@ -79,23 +95,125 @@ class CopyTracker:
         return out
 
 
-class Metrics:
-    """Every instrument, created from one meter."""
+def _label_value(value: Any) -> str:
+    """A label value as the OpenTelemetry Prometheus exporter writes it (JSON for non-strings:
+    200 is "200", True is "true")."""
+    return value if isinstance(value, str) else json.dumps(value, default=str)
 
-    def __init__(self, meter: Meter) -> None:
+
+class _Series:
+    """One label set's buckets, sum and count."""
+
+    __slots__ = ("bounds", "counts", "lock", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last: above every bound (+Inf)
+        self.sum = 0.0
+        self.lock = threading.Lock()
+
+    def observe(self, value: float) -> None:
+        at = bisect.bisect_left(self.bounds, value)  # the first bucket whose bound >= value
+        with self.lock:
+            self.counts[at] += 1
+            self.sum += value
+
+
+class PrometheusHistogram(Collector):
+    """A histogram for Prometheus alone, registered in ``registry``: what the OpenTelemetry
+    exporter would expose for ``metric`` (name, help, unit, ``le`` bounds as written in
+    :mod:`~vecmigrate.telemetry.names`, cumulative counts, and the label keys of all series
+    on each, missing ones empty), at a fraction of the SDK's cost per point."""
+
+    def __init__(self, metric: MetricDef, registry: CollectorRegistry) -> None:
+        if metric.kind != "histogram" or not metric.buckets:
+            raise ValueError(f"{metric.name} is not a histogram with buckets")
+        self.metric = metric
+        self._bounds = tuple(float(b) for b in metric.buckets)
+        self._lock = threading.Lock()
+        self._series: dict[tuple[tuple[str, str], ...], _Series] = {}
+        self._registry = registry
+        registry.register(self)
+
+    def bind(self, labels: Labels) -> Recorder:
+        """The recorder of one label set: keep it and call it per value."""
+        key = tuple(sorted((k, _label_value(v)) for k, v in labels.items()))
+        with self._lock:
+            series = self._series.get(key)
+            if series is None:
+                series = self._series[key] = _Series(self._bounds)
+        return series.observe
+
+    def record(self, value: float, labels: Labels) -> None:
+        self.bind(labels)(value)
+
+    def unregister(self) -> None:
+        self._registry.unregister(self)
+
+    def _family(self, keys: list[str]) -> HistogramMetricFamily:
+        d = self.metric
+        unit = names.UNIT_SUFFIX.get(d.unit, "")
+        return HistogramMetricFamily(d.prometheus, d.description, labels=keys, unit=unit)
+
+    def describe(self) -> Iterator[HistogramMetricFamily]:
+        yield self._family([])
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        with self._lock:
+            series = list(self._series.items())
+        if not series:
+            return  # as the exporter: no family before the first point
+        keys = sorted({k for key, _ in series for k, _ in key})
+        family = self._family(keys)
+        bounds = [str(b) for b in self.metric.buckets or ()] + ["+Inf"]
+        for key, s in series:
+            with s.lock:
+                counts, total = list(s.counts), s.sum
+            given = dict(key)
+            cumulative, running = [], 0
+            for bound, count in zip(bounds, counts, strict=True):
+                running += count
+                cumulative.append((bound, running))
+            family.add_metric([given.get(k, "") for k in keys], cumulative, total)
+        yield family
+
+
+class _Bound:
+    """An OpenTelemetry instrument's recorder for one label set (the SDK has no bound
+    instruments: this only saves the call site from keeping the labels)."""
+
+    __slots__ = ("labels", "record")
+
+    def __init__(self, instrument: Any, labels: Labels) -> None:
+        self.record = instrument.record
+        self.labels = labels
+
+    def __call__(self, value: float) -> None:
+        self.record(value, self.labels)
+
+
+class Metrics:
+    """Every instrument, created from one meter (and the histograms of :data:`DIRECT` kept for
+    Prometheus directly when ``registry`` is given: Prometheus is the only reader)."""
+
+    def __init__(self, meter: Meter, registry: CollectorRegistry | None = None) -> None:
         self.copies = CopyTracker()
         self._lock = threading.Lock()
         self._phases: dict[str, str] = {}
         self._read_versions: dict[tuple[str, str], str] = {}
         self._instruments: dict[str, Any] = {}
+        self._direct: dict[str, PrometheusHistogram] = {}
         observers = {
             names.COPY_RATE.name: self._observe_rates,
             names.SHARD_COPIED.name: self._observe_shards,
         }
         for d in names.ALL:
             common: dict[str, Any] = {"unit": d.unit, "description": d.description}
-            if d.kind == "counter":
-                made: Any = meter.create_counter(d.name, **common)
+            if registry is not None and d.name in DIRECT:
+                made: Any = PrometheusHistogram(d, registry)
+                self._direct[d.name] = made
+            elif d.kind == "counter":
+                made = meter.create_counter(d.name, **common)
             elif d.kind == "histogram":
                 made = meter.create_histogram(
                     d.name, explicit_bucket_boundaries_advisory=list(d.buckets or ()), **common
@@ -121,6 +239,20 @@ class Metrics:
     def set(self, metric: MetricDef, value: float, labels: Labels) -> None:
         """Set a gauge."""
         self._instruments[metric.name].set(value, labels)
+
+    def recorder(self, metric: MetricDef, labels: Labels) -> Recorder:
+        """Records values of histogram ``metric`` with ``labels``: made once per label set
+        and kept by a caller that records many (``labels`` must not change afterwards)."""
+        direct = self._direct.get(metric.name)
+        if direct is not None:
+            return direct.bind(labels)
+        return _Bound(self._instruments[metric.name], labels)
+
+    def close(self) -> None:
+        """Take the histograms kept for Prometheus directly out of its registry."""
+        for histogram in self._direct.values():
+            histogram.unregister()
+        self._direct.clear()
 
     # -- what happened -------------------------------------------------------------------------
 

@@ -36,7 +36,7 @@ REQUEST_SECONDS = (
 # Bytes per shard: 1 MB to 64 GB, by powers of four.
 BYTES = tuple(float(1 << n) for n in range(20, 37, 2))
 
-_UNIT_SUFFIX = {"s": "seconds", "By": "bytes", "ms": "milliseconds"}
+UNIT_SUFFIX = {"s": "seconds", "By": "bytes", "ms": "milliseconds"}
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,8 @@ class MetricDef:
         base = self.name.replace(".", "_")
         if self.unit.endswith("/s"):
             base += "_per_second"
-        elif self.unit in _UNIT_SUFFIX and not base.endswith(_UNIT_SUFFIX[self.unit]):
-            base += "_" + _UNIT_SUFFIX[self.unit]
+        elif self.unit in UNIT_SUFFIX and not base.endswith(UNIT_SUFFIX[self.unit]):
+            base += "_" + UNIT_SUFFIX[self.unit]
         return base + "_total" if self.kind == "counter" else base
 
     def label_names(self) -> tuple[str, ...]:
