@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
+import opentelemetry.sdk.environment_variables as otel_env
 import pytest
 import yaml
 from temporalio.envconfig import ClientConfigProfile
@@ -315,10 +316,23 @@ def temporal_client_reads(name: str) -> bool:
     return given.to_dict() != base.to_dict()
 
 
+def otel_sdk_reads(name: str) -> bool:
+    """Whether ``name`` is one of the variables the OpenTelemetry SDK itself reads (a sampler,
+    say: vecmigrate leaves them to the SDK)."""
+    return name in {
+        v for k, v in vars(otel_env).items() if k.startswith("OTEL_") and isinstance(v, str)
+    }
+
+
 def unknown_env(names_set: set[str]) -> set[str]:
-    """The names in ``names_set`` no vecmigrate code reads."""
+    """The names in ``names_set`` no vecmigrate code, Temporal client or OpenTelemetry SDK
+    reads."""
     known = code_env_names()
-    return {n for n in names_set if n not in known and not temporal_client_reads(n)}
+    return {
+        n
+        for n in names_set
+        if n not in known and not temporal_client_reads(n) and not otel_sdk_reads(n)
+    }
 
 
 def strings(value: Any) -> Iterator[str]:
@@ -592,6 +606,10 @@ def test_every_variable_a_vecmigrate_process_is_given_is_one_the_code_reads() ->
     assert unknown_env({"VECMIGRATE_CATALOG_PASSWORD_FILE", "TEMPORAL_TLS_CERT"}) == {
         "VECMIGRATE_CATALOG_PASSWORD_FILE",
         "TEMPORAL_TLS_CERT",
+    }
+    # And the OpenTelemetry SDK's own variables, but not made-up ones.
+    assert unknown_env({"OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLE_RATE"}) == {
+        "OTEL_TRACES_SAMPLE_RATE"
     }
 
 
