@@ -30,10 +30,17 @@ from vecmigrate.errors import SpecError
 from vecmigrate.indexes.build import NativeIndex
 from vecmigrate.indexes.live import LiveIndex
 from vecmigrate.model.lifecycle import Phase
-from vecmigrate.model.spec import MigrationSpec, PgvectorIvfflat, canonical, parse_spec
+from vecmigrate.model.spec import (
+    MigrationSpec,
+    PgvectorIvfflat,
+    TuningPolicy,
+    canonical,
+    parse_spec,
+)
 from vecmigrate.model.status import MigrationStatus
+from vecmigrate.model.tuning import CandidateFigures, choose
 from vecmigrate.serving.router import Router
-from vecmigrate.validation.tuning import TuningLog
+from vecmigrate.validation.tuning import TuningLog, measure
 
 DIM = 16
 
@@ -405,3 +412,85 @@ def test_tuning_needs_a_shadowing_phase_and_keeps_old_hashes(sandbox: Sandbox) -
     assert '"tuning":' not in canonical(plain)
     tuned = _spec(sandbox, {"kind": "hnswlib_hnsw"}, {"parameter": "ef_search", "candidates": [8]})
     assert '"tuning":{' in canonical(tuned)
+
+
+# -- the chooser and the catalog's sample, in process ------------------------------------------
+
+
+def test_the_chooser_takes_the_smallest_value_meeting_every_gate() -> None:
+    policy = TuningPolicy(
+        parameter="ef_search", candidates=(8, 16, 64), min_recall=0.9, max_p99_ms=5.0
+    )
+    figures = [
+        # Recall met, but its whole p99 interval lies above 5 ms: a latency failure.
+        CandidateFigures(
+            value=8,
+            queries=200,
+            recall=0.95,
+            recall_interval=(0.93, 0.97),
+            p99_ms=9.0,
+            p99_interval=(8.0, 12.0),
+        ),
+        CandidateFigures(
+            value=16,
+            queries=200,
+            recall=0.97,
+            recall_interval=(0.95, 0.98),
+            p99_ms=4.0,
+            p99_interval=(3.0, 6.0),  # across the threshold: the latency gate passes
+        ),
+        CandidateFigures(value=64, queries=200, recall=0.99, recall_interval=(0.98, 1.0)),
+    ]
+    chosen, why = choose(figures, policy, "ef_search", 64)
+    assert chosen == 16
+    assert why == ("ef_search=16 is the smallest candidate meeting the gates (ef_search=8 did not)")
+    assert figures[0].failures == ["p99 = 9.0 ms (needs <= 5.0 ms)"]
+    assert figures[2].failures == ["p99 not measured"]
+    # Too few mirrored queries is not a pass, whatever the figures.
+    few = [CandidateFigures(value=8, queries=3, recall=1.0, p99_ms=0.1)]
+    chosen, why = choose(few, policy, "ef_search", 64)
+    assert chosen is None
+    assert why.startswith("no candidate met the gates, so the index's own ef_search=64 keeps")
+    assert "3 mirrored queries, needs 50" in why
+
+
+def test_the_sample_is_kept_while_the_trial_is_open_and_deleted_once_judged(
+    sandbox: Sandbox,
+) -> None:
+    vectors = sandbox.seed(vectors=hard_vectors(500), index={"kind": "faiss_flat"})
+    spec = _spec(
+        sandbox,
+        {"kind": "hnswlib_hnsw", "ef_search": 32},
+        {"parameter": "ef_search", "candidates": [4, 32], "sample": 10, "min_samples": 5},
+    )
+    log = TuningLog(sandbox.catalog)
+    log.start(spec, "an-index")
+    log.start(spec, "an-index")  # a retried activity finds the trial open
+    trial = log.active("default", "docs", "v2")
+    assert trial is not None
+    assert trial.candidates == (4, 32)
+    assert log.active("other", "docs", "v2") is None  # scoped by tenant
+    truth = {int(i) for i in range(1, 11)}
+    for n in range(12):
+        # ef 32 finds the true ten; ef 4 finds half of them.
+        log.add(trial, vectors[n], {4: (sorted(truth)[:5], 0.1), 32: (sorted(truth), 0.3)})
+    assert log.count(trial) == 12
+
+    def exact(q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.tile(np.arange(1, k + 1, dtype=np.int64), (len(q), 1))
+        return np.zeros(ids.shape, np.float32), ids
+
+    result = measure(log, spec, "an-index", exact)
+    assert result.queries == 10  # the first `sample` queries only
+    assert [(c.value, c.recall, c.passed) for c in result.candidates] == [
+        (4, 0.5, False),
+        (32, 1.0, True),
+    ]
+    assert result.chosen == 32
+    assert log.tuned("an-index") == {"ef_search": 32}
+    # Judged: the vectors are gone, later mirrored reads keep none, a retry gets the result.
+    assert log.count(trial) == 0
+    assert log.active("default", "docs", "v2") is None
+    log.add(trial, vectors[0], {4: ([1], 0.1)})
+    assert log.count(trial) == 0
+    assert measure(log, spec, "an-index", exact) == result
