@@ -16,6 +16,7 @@ plan made after the choice: the ramp's reads and, after the cut-over, all of the
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 
@@ -25,6 +26,8 @@ from vecmigrate.model.spec import SEARCH_PARAMETERS
 from vecmigrate.records.vectors import Ids, Vectors
 from vecmigrate.serving.plan import Side
 from vecmigrate.validation.tuning import Trial, TuningLog
+
+log = logging.getLogger("vecmigrate.router")
 
 # How often a router re-reads which trials are open (and how many queries each has kept).
 TRIALS_REFRESH_SECONDS = 1.0
@@ -104,7 +107,19 @@ class Trials:
 
     def run(self, candidate: Side, queries: Vectors, ramp_percent: float) -> None:
         """Try every candidate value of an open trial on this mirrored read (one query, no
-        filter, no ramp yet), and keep the query and the answers."""
+        filter, no ramp yet), and keep the query and the answers. A trial that fails costs
+        its sample, never the shadow read's: the error's type is logged (its message could
+        hold the query)."""
+        try:
+            self._run(candidate, queries, ramp_percent)
+        except Exception as exc:
+            log.warning(
+                "a tuning trial on %s failed (%s); the next mirrored read tries again",
+                candidate.version,
+                type(exc).__name__,
+            )
+
+    def _run(self, candidate: Side, queries: Vectors, ramp_percent: float) -> None:
         if ramp_percent > 0 or queries.shape[0] != 1 or candidate.searcher is None:
             return
         trial = self._trial(candidate)
