@@ -25,6 +25,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError, CancelledError, TemporalError
 
 from vecmigrate import validation
+from vecmigrate.activities import tuning
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.catalog.changelog import ChangeLog
 from vecmigrate.catalog.journal import Journal
@@ -94,6 +95,7 @@ from vecmigrate.model.tasks import (
     ValidateShardInput,
     VersionStateInput,
 )
+from vecmigrate.model.tuning import TuningInput, TuningResult
 from vecmigrate.records.checksums import RecordChecksum
 from vecmigrate.records.vectors import Ids, merge_topk
 from vecmigrate.stores import WHOLE, VectorStore
@@ -299,6 +301,8 @@ class MigrationActivities:
             self.region_digest,
             self.region_entries,
             self.region_answers,
+            self.tuning_start,
+            self.tuning_choose,
         ]
 
     @activity.defn(name="prepare")
@@ -802,3 +806,17 @@ class MigrationActivities:
     @_boundary
     def list_tenants(self, inp: TenantsInput) -> list[str]:
         return self.catalog.tenants_with(inp.collection, inp.version)
+
+    # -- search-parameter tuning (``activities.tuning``) ----------------------------------------
+
+    @activity.defn(name="tuning_start")
+    @_boundary
+    def tuning_start(self, inp: TuningInput) -> None:
+        tuning.start(self.catalog, self.spec(inp), inp)
+
+    @activity.defn(name="tuning_choose")
+    @_boundary
+    def tuning_choose(self, inp: TuningInput) -> TuningResult:
+        spec = self.spec(inp)
+        with _keepalive(spec):  # the exact search over the target's store takes a while
+            return tuning.choose(self.catalog, spec, inp)

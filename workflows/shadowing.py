@@ -10,7 +10,7 @@ from datetime import timedelta
 
 from temporalio import workflow
 
-from vecmigrate.workflows.calls import short_call
+from vecmigrate.workflows.calls import long_call, short_call
 from vecmigrate.workflows.validating import Validating
 
 with workflow.unsafe.imports_passed_through():
@@ -19,6 +19,7 @@ with workflow.unsafe.imports_passed_through():
     from vecmigrate.model.messages import OperatorMessage, RampRequest
     from vecmigrate.model.status import MigrationInput
     from vecmigrate.model.tasks import ShadowInput, ShadowResult
+    from vecmigrate.model.tuning import TuningInput, TuningResult
 
 
 class Shadowing(Validating):
@@ -47,10 +48,37 @@ class Shadowing(Validating):
 
     async def _shadowing(self, inp: MigrationInput) -> None:
         spec = self._spec
+        # Only with ``online.tuning`` set: recorded histories without it replay unchanged.
+        tuning = spec.online.tuning is not None and self._status.tuning is None
+        if tuning:
+            await short_call(
+                "tuning_start",
+                TuningInput(**self._task(), index_id=self._status.index_version),
+                summary="tuning: try the candidates on mirrored reads",
+            )
         await self._route_candidate("vecmigrate", "shadow reads on the new version")
         settle = timedelta(seconds=spec.online.settle_seconds)
         await self._guarded(lambda: workflow.sleep(settle))
         await self._shadow_gate("shadow", timedelta(seconds=spec.online.shadow.seconds))
+        if tuning:
+            await self._tune()
+
+    async def _tune(self) -> None:
+        """Judge the candidates on the mirrored reads and serve the target with the cheapest
+        that meets the gates (routers take it with their next plan: the ramp's, then the
+        cut-over's); none meeting them leaves the index's own value, which the shadow gate
+        just judged, and says so."""
+        spec = self._spec
+        result: TuningResult = await long_call(
+            "tuning_choose",
+            TuningInput(**self._task(), index_id=self._status.index_version),
+            TuningResult,
+            timeout=timedelta(hours=1),
+            heartbeat_seconds=spec.heartbeat_seconds,
+            summary="tuning: judge the candidates against exact search",
+        )
+        self._status.tuning = result
+        await self._record("tuning.chosen", "vecmigrate", result.model_dump(mode="json"))
 
     async def _ramping(self, inp: MigrationInput) -> None:
         spec = self._spec

@@ -17,6 +17,8 @@ with change capture (the ``pg-capture`` patch) on a PostgreSQL server the record
 barrier compares the regions' copies (the ``region-divergence`` patch) before the cut-over.
 ``blue_green_stable_aborted``: a stable name (a Qdrant alias) and an abort during the bake
 (the ``abort-stable-name`` patch).
+``online_tuned``: an online migration with ``online.tuning`` set (candidates tried on mirrored
+reads during SHADOWING, the cheapest meeting the gates chosen and recorded).
 """
 
 from __future__ import annotations
@@ -199,6 +201,31 @@ async def record_online(env: WorkflowEnvironment, name: str) -> None:
             assert final.phase == Phase.COMPLETED, final
             history = await mc.handle(final.migration_id).fetch_history()
     save(name, history)
+
+
+async def record_online_tuned(env: WorkflowEnvironment, name: str) -> None:
+    """An online migration that tunes the target's ef_search on mirrored reads during
+    SHADOWING (``online.tuning``: the ``tuning_start`` and ``tuning_choose`` activities and the
+    ``tuning.chosen`` ledger entry), then ramps and cuts over."""
+    sandbox = fresh_sandbox(name)
+    vectors = sandbox.seed(3000)
+    spec = sandbox.spec(
+        strategy="online",
+        online={
+            **ONLINE,
+            "shadow": {**ONLINE["shadow"], "seconds": 2},
+            "tuning": {"parameter": "ef_search", "candidates": [8, 64], "min_recall": 0.5},
+        },
+    )
+    with live_traffic(sandbox.catalog, vectors):
+        async with running_worker(env.client, sandbox) as queue:
+            mc = MigrationClient(env.client, queue)
+            mid = await mc.start(spec, operator="recorder")
+            final = await mc.result(mid)
+            assert final.phase == Phase.COMPLETED, final
+            assert final.tuning is not None, final
+            history = await mc.handle(mid).fetch_history()
+    save(name, history, f", chose ef_search={final.tuning.chosen}")
 
 
 async def captured_drill(
@@ -498,6 +525,7 @@ RECORDERS: dict[str, Callable[[WorkflowEnvironment, str], Awaitable[None]]] = {
     "blue_green_rolled_back": record_blue_green,
     "blue_green_continued": record_continued,
     "online_drill": record_online,
+    "online_tuned": record_online_tuned,
     "online_capture": record_online_capture,
     "online_stable_capture": record_online_stable_capture,
     "blue_green_build_while_copying": record_build_while_copying,

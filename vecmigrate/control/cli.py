@@ -45,6 +45,7 @@ from vecmigrate.control.report import (
     reconcile_table,
     regional_table,
     status_tables,
+    tuning_table,
 )
 from vecmigrate.errors import PreconditionError, VecmigrateError
 from vecmigrate.model.gates import GateReport, ReconcileReport
@@ -52,6 +53,7 @@ from vecmigrate.model.lifecycle import Phase
 from vecmigrate.model.regions import RegionalStatus
 from vecmigrate.model.spec import MigrationSpec, load_spec, parse_spec
 from vecmigrate.model.status import MigrationStatus
+from vecmigrate.model.tuning import TuningResult
 from vecmigrate.security.scrub import scrub
 from vecmigrate.stores.probes import describe_store, redacted
 from vecmigrate.telemetry.setup import Telemetry, current
@@ -1639,6 +1641,9 @@ async def _report(args: argparse.Namespace) -> int:
         if reconciled is not None:
             out.print(reconcile_table(ReconcileReport.model_validate(reconciled.data)))
         out.print(gate_tables(report, migration["source_version"], migration["target_version"]))
+        tuned = catalog.latest(args.id, "tuning.chosen")
+        if tuned is not None:
+            out.print(tuning_table(TuningResult.model_validate(tuned.data)))
         out.print(cost_tables(costs))
     return 0 if report.passed else 1
 

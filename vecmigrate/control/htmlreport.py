@@ -22,6 +22,7 @@ from vecmigrate.errors import VecmigrateError
 from vecmigrate.model.gates import GateReport, ShadowFigures
 from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.model.status import MigrationStatus
+from vecmigrate.model.tuning import TuningResult
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -299,6 +300,54 @@ def latency(data: ReportData) -> Plot:
     )
 
 
+def tuning_frontier(data: ReportData) -> Plot | None:
+    """The recall/latency frontier search-parameter tuning measured (None: no tuning ran)."""
+    entries = data.of("tuning.chosen")
+    if not entries:
+        return None
+    t = TuningResult.model_validate(entries[-1].data)
+    title = f"Tuning {t.parameter}: recall@{t.k} against p99 latency"
+    measured = [c for c in t.candidates if c.recall is not None and c.p99_ms is not None]
+    if not measured:
+        return Plot("tuning", title, None, t.reason or "No candidate was measured.")
+    fig, ax = _figure()
+    for c in measured:
+        assert c.recall is not None
+        assert c.p99_ms is not None
+        lo, hi = c.recall_interval or (c.recall, c.recall)
+        colour = "tab:green" if c.passed else "tab:red"
+        ax.errorbar(
+            [c.p99_ms],
+            [c.recall],
+            yerr=[[c.recall - lo], [hi - c.recall]],
+            fmt="o",
+            color=colour,
+            capsize=3,
+        )
+        served = " (serves)" if c.value == t.serving else ""
+        ax.annotate(
+            f"{t.parameter}={c.value}{served}",
+            (c.p99_ms, c.recall),
+            textcoords="offset points",
+            xytext=(6, -10),
+            fontsize="small",
+        )
+    ax.plot([c.p99_ms for c in measured], [c.recall for c in measured], color="grey", lw=0.8)
+    ax.axhline(t.min_recall, color="black", ls="--", lw=0.8, label=f"min recall {t.min_recall}")
+    if t.max_p99_ms is not None:
+        ax.axvline(t.max_p99_ms, color="black", ls=":", lw=0.8, label=f"max p99 {t.max_p99_ms} ms")
+    ax.set_xlabel("p99 milliseconds (mirrored live reads)")
+    ax.set_ylabel(f"recall@{t.k} (95% interval)")
+    ax.legend(fontsize="small")
+    return Plot(
+        "tuning",
+        title,
+        _svg(fig),
+        f"Each candidate {t.parameter} tried on {t.queries} mirrored live reads against the exact "
+        f"answer over the target's store; green met the gates. {t.reason}.",
+    )
+
+
 def _artifact_bytes(uri: str) -> int:
     """Bytes of an index artifact from its manifest (0 when it is not on this machine)."""
     try:
@@ -422,8 +471,8 @@ def render(data: ReportData) -> str:
         f"<h1>Migration {html.escape(data.migration_id)}</h1>",
         _table(_summary(data)),
     ]
-    for make in PLOTS:
-        plot = make(data)
+    tuned = tuning_frontier(data)
+    for plot in [make(data) for make in PLOTS] + ([tuned] if tuned is not None else []):
         parts.append(
             f"<h2 id='{plot.key}'>{html.escape(plot.title)}</h2><figure data-plot='{plot.key}'>"
         )

@@ -31,6 +31,7 @@ from vecmigrate.model.regions import RegionalStatus
 from vecmigrate.model.schedule import Firing
 from vecmigrate.model.spec import DivergenceBound
 from vecmigrate.model.status import MigrationStatus
+from vecmigrate.model.tuning import TuningResult
 
 # Shard tables longer than this are left out (the summary line counts shards by state).
 SHARD_ROWS = 64
@@ -143,6 +144,9 @@ def status_tables(st: MigrationStatus) -> Group:
     if st.gates:
         parts.extend(gate_tables(st.gates, st.source_version, st.target_version).renderables)
 
+    if st.tuning:
+        parts.append(tuning_table(st.tuning))
+
     if st.operators:
         ops = Table(title="operator actions")
         for col in ("at", "operator", "action", "reason", "outcome"):
@@ -153,6 +157,41 @@ def status_tables(st: MigrationStatus) -> Group:
             ops.add_row(a.at, a.operator, a.action, a.reason, f"[{style}]{outcome}[/{style}]")
         parts.append(ops)
     return Group(*parts)
+
+
+def tuning_table(t: TuningResult) -> Table:
+    """The recall/latency frontier tuning measured: every candidate value, its recall@k with
+    its 95% interval, p50/p99, the verdict, and which value serves."""
+    chosen = "none: the index's own value" if t.chosen is None else f"{t.parameter}={t.chosen}"
+    gates = f"recall@{t.k} >= {t.min_recall}" + (
+        "" if t.max_p99_ms is None else f", p99 <= {t.max_p99_ms} ms"
+    )
+    table = Table(title=f"tuning {t.parameter} ({gates}; chosen: {chosen})", caption=t.reason)
+    for col in (t.parameter, "queries", f"recall@{t.k}", "95% interval", "p50 ms", "p99 ms"):
+        table.add_column(col, justify="right")
+    table.add_column("verdict")
+
+    def shown(v: float | None) -> str:
+        return "" if v is None else f"{v:g}"
+
+    for c in t.candidates:
+        ci = (
+            ""
+            if c.recall_interval is None
+            else f"[{c.recall_interval[0]:.4g}, {c.recall_interval[1]:.4g}]"
+        )
+        mark = " (serves)" if c.value == t.serving else ""
+        verdict = "[green]pass[/green]" if c.passed else "[red]" + "; ".join(c.failures) + "[/red]"
+        table.add_row(
+            f"{c.value}{mark}",
+            str(c.queries),
+            shown(c.recall),
+            ci,
+            shown(c.p50_ms),
+            shown(c.p99_ms),
+            verdict,
+        )
+    return table
 
 
 def figures_table(title: str, columns: tuple[str, ...], rows: Iterable[tuple[str, ...]]) -> Table:

@@ -448,6 +448,23 @@ class LoadedIndex:
             if "ef_search" in params:
                 inner.hnsw.efSearch = int(params["ef_search"])
 
+    def set_search_params(self, params: dict[str, int]) -> None:
+        """Search with other values of the index's search parameters (``ef_search``,
+        ``nprobe``) from now on; not while a search runs in the index (the caller holds
+        :attr:`LiveIndex.params_lock <vecmigrate.indexes.live.LiveIndex.params_lock>`)."""
+        if self._hnsw is not None:
+            if "ef_search" in params:
+                self._ef = int(params["ef_search"])
+                self._hnsw.set_ef(self._ef)
+                self._plain_k = min(self._ef, self.count)
+        else:
+            inner = _unmapped(self._faiss)
+            if "nprobe" in params:
+                inner.nprobe = int(params["nprobe"])
+            if "ef_search" in params:
+                inner.hnsw.efSearch = int(params["ef_search"])
+        self.params.update({k: int(v) for k, v in params.items() if k in self.params})
+
     @property
     def native(self) -> Any:
         """The library's own index object (an ``hnswlib.Index`` or a FAISS index)."""

@@ -371,6 +371,9 @@ class LiveIndex:
         # over the index and no writer is in it, else 0 (one attribute for the hot path).
         self._one_k = 0
         self._settle()
+        # Held while the search parameters change and by the searches that may not see them
+        # change under them (the shadow reads that try tuning candidates).
+        self.params_lock = threading.Lock()
 
     # -- searches -------------------------------------------------------------------------------
 
@@ -583,6 +586,18 @@ class LiveIndex:
         shard = self.shards[0]
         open_ = self._knn is not None and not self.writing and not len(self.overlay)
         self._one_k = min(int(shard.params["ef_search"]), shard.count) if open_ else 0
+
+    def search_params(self, names: tuple[str, ...]) -> dict[str, int]:
+        """The values of the search parameters ``names`` the index searches with now."""
+        params = self.shards[0].params
+        return {n: int(params[n]) for n in names if n in params}
+
+    def set_search_params(self, params: dict[str, int]) -> None:
+        """Search every shard with these values of its search parameters from now on (the
+        caller holds ``params_lock``)."""
+        for shard in self.shards:
+            shard.set_search_params(params)
+        self._settle()
 
     @property
     def direct(self) -> bool:

@@ -29,7 +29,7 @@ from pydantic import (
 
 from vecmigrate.errors import SpecError
 from vecmigrate.model.credentials import SecretRef, UrlWithoutSecret
-from vecmigrate.model.lifecycle import STRATEGIES
+from vecmigrate.model.lifecycle import LIFECYCLE, STRATEGIES, Phase
 from vecmigrate.model.records import FieldKind
 from vecmigrate.model.schedule import SchedulePolicy
 from vecmigrate.model.windows import MaintenanceWindows
@@ -764,6 +764,60 @@ class RampPolicy(_Model):
         return self
 
 
+# The search parameter of each index kind that a search can change without a rebuild, as the
+# adapter that searches the index honours it (``online.tuning`` tries values of it).
+SEARCH_PARAMETERS: dict[str, str] = {
+    "hnswlib_hnsw": "ef_search",
+    "faiss_hnsw": "ef_search",
+    "faiss_ivf_flat": "nprobe",
+    "faiss_ivf_pq": "nprobe",
+    "pgvector_hnsw": "ef_search",
+    "pgvector_ivfflat": "probes",
+    "qdrant_hnsw": "ef",
+    "milvus_ivf_flat": "nprobe",
+    "milvus_ivf_sq8": "nprobe",
+    "milvus_ivf_pq": "nprobe",
+}
+
+
+class TuningPolicy(_Model):
+    """Search-parameter tuning in the canary window: during SHADOWING every mirrored live read
+    (up to ``sample`` of them) is also searched on the target with each candidate value, and
+    the exact answer over the target's store is computed for the same queries. The smallest
+    candidate whose recall@k and p99 meet the gates then serves the target's reads (the ramp's
+    and, after the cut-over, all of them). When none does, the index's own value stays."""
+
+    parameter: str
+    """The index's search parameter: ``ef_search`` (hnswlib, FAISS HNSW, pgvector HNSW),
+    ``nprobe`` (FAISS IVF, Milvus IVF), ``probes`` (pgvector IVFFlat) or ``ef`` (Qdrant)."""
+    candidates: tuple[int, ...] = Field(min_length=1, max_length=32)
+    """Values tried, each at least 1; the smallest that meets the gates is chosen."""
+    k: int = Field(default=10, ge=1, le=1000)
+    """Neighbours per query for recall@k (each mirrored read is searched with this k)."""
+    min_recall: float = Field(default=0.95, ge=0.0, le=1.0)
+    """Recall@k against the exact answer over the target's store, at least (judged on its 95%
+    interval: one across the threshold leaves it to the point estimate)."""
+    max_p99_ms: float | None = Field(default=None, gt=0.0)
+    """p99 latency of the candidate's searches, at most (none: no latency gate); it fails only
+    when its whole interval lies above, as the other latency gates."""
+    sample: int = Field(default=200, ge=10, le=10_000)
+    """Mirrored query vectors kept in the catalog for the ground truth, at most."""
+    min_samples: int = Field(default=50, ge=1)
+    """Mirrored queries needed to judge a candidate (fewer: none is chosen)."""
+
+    @model_validator(mode="after")
+    def _distinct(self) -> Self:
+        if any(v < 1 for v in self.candidates):
+            raise ValueError(f"tuning candidates must be at least 1, got {list(self.candidates)}")
+        if len(set(self.candidates)) != len(self.candidates):
+            raise ValueError(f"tuning candidates must be distinct, got {list(self.candidates)}")
+        if self.min_samples > self.sample:
+            raise ValueError(
+                f"tuning.min_samples ({self.min_samples}) exceeds tuning.sample ({self.sample})"
+            )
+        return self
+
+
 class OnlinePolicy(_Model):
     """How an online migration keeps the collection serving while it moves."""
 
@@ -784,6 +838,10 @@ class OnlinePolicy(_Model):
     the end (finalize, rollback, abort). ``auto`` captures when the source is a pgvector
     ``table`` and the embedding model stays; ``on`` requires it; ``off`` leaves the table
     alone (then only writes through the router reach the target)."""
+    tuning: TuningPolicy | None = None
+    """Candidate values of the target index's search parameter, tried on mirrored live reads
+    during SHADOWING; the cheapest that meets the gates serves the target (none: the index's
+    own value)."""
 
 
 class ReembedPolicy(_Model):
@@ -1033,6 +1091,7 @@ class MigrationSpec(_Model):
                     f"online.capture is on, but {problem}: set online.capture to auto or off"
                 )
         self._check_stable_name()
+        self._check_tuning()
         if isinstance(idx, FaissIvfPq | MilvusIvfPq) and dst.dimension % idx.m != 0:
             raise ValueError(
                 f"target.index.m ({idx.m}) must divide the dimension ({dst.dimension}); "
@@ -1050,6 +1109,39 @@ class MigrationSpec(_Model):
                     "version); leave id out"
                 )
         return self
+
+    def _check_tuning(self) -> None:
+        """Tuning candidates are values of the target index's own search parameter, each one
+        the index kind accepts, tried during a SHADOWING phase the strategy has."""
+        tuning = self.online.tuning
+        if tuning is None:
+            return
+        idx = self.target.index
+        param = SEARCH_PARAMETERS.get(idx.kind)
+        if param is None:
+            raise ValueError(
+                f"online.tuning: target.index.kind {idx.kind} has no search parameter to tune "
+                "(an exact index searches everything); leave online.tuning out"
+            )
+        if tuning.parameter != param:
+            raise ValueError(
+                f"online.tuning.parameter {tuning.parameter} is not a search parameter of "
+                f"target.index.kind {idx.kind}; its search parameter is {param}"
+            )
+        if Phase.SHADOWING not in LIFECYCLE[self.strategy].phases:
+            raise ValueError(
+                f"online.tuning tries candidates on mirrored reads during SHADOWING, which "
+                f"strategy {self.strategy} does not have: use strategy online or shadow_only"
+            )
+        for value in tuning.candidates:
+            try:
+                type(idx).model_validate({**idx.model_dump(), param: value})
+            except ValidationError as exc:
+                problem = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+                raise ValueError(
+                    f"online.tuning candidate {param}={value} is not valid for "
+                    f"{idx.kind}: {problem}"
+                ) from None
 
     def _check_stable_name(self) -> None:
         """A stable name is switched inside one engine: source and target on the same
@@ -1226,7 +1318,7 @@ ADDED_FIELDS: dict[type[BaseModel], frozenset[str]] = {
     QdrantHnsw: frozenset({"quantization", "product_compression", "rescore", "oversampling"}),
     MigrationSpec: frozenset({"schedule", "windows", "retention", "quarantine"}),
     GatePolicy: frozenset({"half_width"}),
-    OnlinePolicy: frozenset({"capture"}),
+    OnlinePolicy: frozenset({"capture", "tuning"}),
     CutoverPolicy: frozenset({"stable_name"}),
     RegionPolicy: frozenset({"divergence"}),
     BuiltinStoreRef: frozenset({"password", "tls", "writable"}),

@@ -14,6 +14,7 @@ from vecmigrate.model.messages import Interrupt
 from vecmigrate.model.routing import RoutingView
 from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.model.tasks import Promotion, ShardRef
+from vecmigrate.model.tuning import TuningResult
 
 
 class _Model(BaseModel):
@@ -181,6 +182,9 @@ class MigrationStatus(_Model):
     capture: CaptureStatus | None = None
     ramp_percent: float = 0.0
     shadow: list[ShadowFigures] = Field(default_factory=list)
+    # Search-parameter tuning in the canary window (``online.tuning``): every candidate's
+    # figures and the value chosen.
+    tuning: TuningResult | None = None
     cutovers: int = 0
     # The spec this migration runs (its hash: activities load the spec by it).
     spec_hash: str = ""

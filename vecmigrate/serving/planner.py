@@ -28,8 +28,10 @@ from vecmigrate.model.routing import RoutingView
 from vecmigrate.model.spec import IndexSpec, Metric, is_native, store_ref
 from vecmigrate.records.vectors import Ids, Vectors
 from vecmigrate.serving.plan import Plan, Side
+from vecmigrate.serving.tuning import Tuned
 from vecmigrate.serving.upkeep import Upkeep
 from vecmigrate.stores import Scope, VectorStore, open_store
+from vecmigrate.validation.tuning import TuningLog
 
 log = logging.getLogger("vecmigrate.router")
 
@@ -65,6 +67,7 @@ class Planner:
         self._lock = threading.Lock()
         self._upkeep: Upkeep | None = None
         self._closed = False
+        self.tuned = Tuned(TuningLog(catalog))
 
     def close(self) -> None:
         """Stop the background thread."""
@@ -215,7 +218,12 @@ class Planner:
         record, store = self.version(tenant, collection, version)
         searcher = None
         if index_id is not None and load_index:
-            searcher = self._index(index_id, record, store)
+            loaded = self._index(index_id, record, store)
+            # With the search parameters a migration chose for it, if one did.
+            searcher = self.tuned.apply(index_id, loaded)
+            if searcher is not loaded:  # a database's own index: a handle with them
+                with self._lock:
+                    self._indexes[index_id] = searcher
         return Side(version, index_id, record, store, searcher, model_key(record.embedding))
 
     def version(

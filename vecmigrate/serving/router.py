@@ -10,7 +10,9 @@ serving.
 * reads go to the row's read version, except ``ramp_percent`` of them, chosen by a stable hash
   of the request key (the same user always lands on the same side), which go to the candidate;
 * ``shadow_percent`` of reads are also run on the candidate on a side thread, never delaying or
-  changing the response, and each pair's overlap@k and latencies are recorded for the gates;
+  changing the response, and each pair's overlap@k and latencies are recorded for the gates
+  (and, while a migration tunes the candidate's search parameter, tried with each candidate
+  value: ``vecmigrate.serving.tuning``);
 * writes are checked (dimension, NaN) before anything is written, logged in the change log
   (which numbers them), then applied to every write version; while ``writes_paused`` (an
   offline migration) they are refused with :class:`WritesPausedError`.
@@ -62,8 +64,10 @@ from vecmigrate.records.vectors import (
 from vecmigrate.security.credentials import Principal
 from vecmigrate.serving.plan import Plan, Side
 from vecmigrate.serving.planner import Planner
+from vecmigrate.serving.tuning import Trials
 from vecmigrate.stores import VectorStore
 from vecmigrate.validation.shadow import ShadowLog, ShadowSample
+from vecmigrate.validation.tuning import TuningLog
 
 
 class WritesPausedError(VecmigrateError):
@@ -123,6 +127,8 @@ class Router:
         self.shadow_log = ShadowLog(catalog)
         self.registry = Registry(catalog)
         self.planner = Planner(catalog, self.log, refresh_seconds)
+        # Search-parameter candidates tried on shadow reads (``vecmigrate.serving.tuning``).
+        self.trials = Trials(TuningLog(catalog))
         # The planner's plans, read by the hot path without a call.
         self._plans = self.planner.plans
         self._paths: dict[tuple[str, str, str], tuple[float, QueryPath]] = {}
@@ -248,7 +254,7 @@ class Router:
             and view.shadow_percent > 0
             and bucket(f"shadow:{side}") < (view.shadow_percent)
         ):
-            self._shadow(tenant, collection, candidate, q, k, i, ms, flt)
+            self._shadow(tenant, collection, candidate, q, k, i, ms, flt, view.ramp_percent)
         return SearchResult(served.version, served.index, d, i)
 
     def search_text(
@@ -301,6 +307,7 @@ class Router:
                 i,
                 ms,
                 flt,
+                view.ramp_percent,
             )
         return SearchResult(served.version, served.index, d, i, via=path.via)
 
@@ -330,6 +337,7 @@ class Router:
         served: Ids,
         served_ms: float,
         flt: Filter | None = None,
+        ramp_percent: float = 0.0,
     ) -> None:
         with self._lock:
             if self._shadow_in_flight >= 8:
@@ -345,10 +353,13 @@ class Router:
             )
             try:
                 q = queries() if callable(queries) else queries
-                began = time.perf_counter()
-                _, found = candidate.search(q, k, flt)
-                sample.ms_new = (time.perf_counter() - began) * 1000
+                with self.trials.guard(candidate):  # no trial changes the index under it
+                    began = time.perf_counter()
+                    _, found = candidate.search(q, k, flt)
+                    sample.ms_new = (time.perf_counter() - began) * 1000
                 sample.overlap = _overlap(served, found)
+                if flt is None:
+                    self.trials.run(candidate, q, ramp_percent)
             except Exception:
                 sample.error = True
             finally:
