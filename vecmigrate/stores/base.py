@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -789,6 +790,33 @@ def increasing_bounds(ids_at: Callable[[int], int | None], count: int, parts: in
             value = bounds[-1] + 1
         bounds.append(value)
     return bounds
+
+
+class Clients:
+    """One engine client per key per process, made on first use (an embedded engine's file or
+    directory allows one owner); ``close`` closes them all."""
+
+    def __init__(self) -> None:
+        self._clients: dict[Any, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Any, make: Callable[[], Any]) -> Any:
+        """The client of ``key``, made by ``make`` the first time."""
+        with self._lock:
+            client = self._clients.get(key)
+            if client is None:
+                client = self._clients[key] = make()
+            return client
+
+    def close(self) -> None:
+        """Close every client and forget them (the next ``get`` makes a new one)."""
+        with self._lock:
+            for client in self._clients.values():
+                try:
+                    client.close()
+                except Exception:  # a client whose engine is already gone
+                    continue
+            self._clients.clear()
 
 
 class Aliases:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import threading
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -70,6 +69,7 @@ from vecmigrate.security.secrets import resolve_optional
 from vecmigrate.stores.base import (
     Aliases,
     Batch,
+    Clients,
     EngineSearch,
     Inventory,
     ScanningStore,
@@ -102,25 +102,22 @@ TIMESTAMP_NOTE = "vecmigrate:timestamp"
 MAX_VARCHAR = 65_535
 MAX_JSON = 65_536
 ID_LENGTH = {IdKind.UUID: 36, IdKind.STRING: 1_024}
-_clients: dict[tuple[str, str | None, MilvusTls | None], Any] = {}
-_lock = threading.Lock()
+_clients = Clients()
 
 
 def client_for(uri: str, token: str | None = None, tls: MilvusTls | None = None) -> Any:
     """One pymilvus client per URI (and credentials) per process (a milvus-lite file allows one
     owner). ``token`` is a secret reference, resolved here; ``tls`` adds a CA, the server's
     name or a client certificate (mutual TLS)."""
-    key = (uri, token, tls)
-    with _lock:
-        client = _clients.get(key)
-        if client is None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # milvus-lite imports pkg_resources
-                from pymilvus import MilvusClient
 
-            client = MilvusClient(uri, token=resolve_optional(token) or "", **tls_options(tls))
-            _clients[key] = client
-        return client
+    def connect() -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # milvus-lite imports pkg_resources
+            from pymilvus import MilvusClient
+
+        return MilvusClient(uri, token=resolve_optional(token) or "", **tls_options(tls))
+
+    return _clients.get((uri, token, tls), connect)
 
 
 def tls_options(tls: MilvusTls | None) -> dict[str, Any]:
@@ -156,13 +153,7 @@ def limits_of(schema: RecordSchema) -> Limits:
 
 def close_clients() -> None:
     """Close every cached client (stops embedded milvus-lite engines)."""
-    with _lock:
-        for client in _clients.values():
-            try:
-                client.close()
-            except Exception:  # a client whose engine is already gone
-                continue
-        _clients.clear()
+    _clients.close()
 
 
 def collection_name(scope: Scope) -> str:

@@ -58,6 +58,7 @@ from vecmigrate.security.secrets import resolve_optional
 from vecmigrate.stores.base import (
     Aliases,
     Batch,
+    Clients,
     EngineSearch,
     Inventory,
     ScanningStore,
@@ -76,8 +77,7 @@ PAGE = 512
 # Points read to type the payload of a collection that keeps no schema of it.
 SAMPLE = 1_000
 _UNNAMED = "vector"  # the field name of a collection's single unnamed vector
-_clients: dict[str, Any] = {}
-_lock = threading.Lock()
+_clients = Clients()
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -90,18 +90,15 @@ def _models() -> Any:
 def client_for(ref: QdrantStoreRef) -> Any:
     """One client per server URL or local directory per process (a local-mode directory
     allows one owner)."""
-    key = ref.url or f"path:{ref.path}"
-    with _lock:
-        client = _clients.get(key)
-        if client is None:
-            from qdrant_client import QdrantClient
 
-            if ref.url is not None:
-                client = QdrantClient(url=ref.url, api_key=resolve_optional(ref.api_key))
-            else:
-                client = OneAtATime(QdrantClient(path=ref.path))
-            _clients[key] = client
-        return client
+    def connect() -> Any:
+        from qdrant_client import QdrantClient
+
+        if ref.url is not None:
+            return QdrantClient(url=ref.url, api_key=resolve_optional(ref.api_key))
+        return OneAtATime(QdrantClient(path=ref.path))
+
+    return _clients.get(ref.url or f"path:{ref.path}", connect)
 
 
 class OneAtATime:
@@ -135,13 +132,7 @@ def limits_of(schema: RecordSchema) -> Limits:
 
 def close_clients() -> None:
     """Close every cached client (a local-mode directory is free for another process)."""
-    with _lock:
-        for client in _clients.values():
-            try:
-                client.close()
-            except Exception:  # a client whose local storage is already gone
-                continue
-        _clients.clear()
+    _clients.close()
 
 
 def collection_name(scope: Scope) -> str:
