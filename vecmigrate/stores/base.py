@@ -615,6 +615,32 @@ class ScanningStore:
         return np.concatenate(found) if found else np.empty(0, np.int64)
 
 
+class CollectionStore(ScanningStore):
+    """A store on one collection of an engine with aliases (Qdrant, Milvus): the engine's client,
+    the collection's name, and stable names as the engine's aliases (``aliases`` names its kind
+    of :class:`Aliases`)."""
+
+    aliases: type[Aliases]
+
+    def __init__(self, client: Any, scope: Scope, name: str, schema: RecordSchema) -> None:
+        self.client = client
+        self.scope = scope
+        self.name = name
+        self.schema = schema
+        self.dimension = schema.primary.dimension
+        self.metric = schema.primary.metric or "l2"
+
+    def point_name(self, name: str, *, create: bool = True) -> StableNameSwitch:
+        """Point the alias ``name`` at this version's collection (see :meth:`Aliases.point`)."""
+        return self.aliases(self.client).point(name, self.name, create=create)
+
+    def name_points_at(self, name: str) -> str | None:
+        return self.aliases(self.client).target(name)
+
+    def drop_name(self, name: str) -> bool:
+        return self.aliases(self.client).drop(name, self.name)
+
+
 def sample_rows(records: Records) -> list[dict[str, Any]]:
     """A few records as JSON-able rows, for ``inspect`` (vectors cut to their first values)."""
     out = []

@@ -57,7 +57,7 @@ from vecmigrate.model.spec import (
     MilvusStoreRef,
     MilvusTls,
 )
-from vecmigrate.model.tasks import Cursor, ShardRef, StableNameSwitch
+from vecmigrate.model.tasks import Cursor, ShardRef
 from vecmigrate.records.batch import Faults, Records, assemble_rows
 from vecmigrate.records.filters import normalize
 from vecmigrate.records.ids import id_array
@@ -70,9 +70,9 @@ from vecmigrate.stores.base import (
     Aliases,
     Batch,
     Clients,
+    CollectionStore,
     EngineSearch,
     Inventory,
-    ScanningStore,
     Scope,
     check_dimension,
     check_scope,
@@ -267,10 +267,11 @@ def milvus_filter(flt: Filter, schema: RecordSchema, nulls: dict[str, str]) -> s
     return cond
 
 
-class MilvusStore(EngineSearch, ScanningStore):
+class MilvusStore(EngineSearch, CollectionStore):
     """A :class:`~vecmigrate.stores.base.VectorStore` on Milvus."""
 
     kind = "milvus"
+    aliases = MilvusAliases
 
     def __init__(
         self,
@@ -285,12 +286,7 @@ class MilvusStore(EngineSearch, ScanningStore):
         writable: bool = True,
         notes: list[str] | None = None,
     ) -> None:
-        self.client = client
-        self.scope = scope
-        self.name = name
-        self.schema = schema
-        self.dimension = schema.primary.dimension
-        self.metric = schema.primary.metric or "l2"
+        super().__init__(client, scope, name, schema)
         self.key = key
         self.keyed = key is not None
         self.nulls = nulls
@@ -373,18 +369,6 @@ class MilvusStore(EngineSearch, ScanningStore):
             writable=ref.writable,
             notes=notes,
         )
-
-    # -- the stable name --------------------------------------------------------------------
-
-    def point_name(self, name: str, *, create: bool = True) -> StableNameSwitch:
-        """Point the alias ``name`` at this version's collection (see :meth:`Aliases.point`)."""
-        return MilvusAliases(self.client).point(name, self.name, create=create)
-
-    def name_points_at(self, name: str) -> str | None:
-        return MilvusAliases(self.client).target(name)
-
-    def drop_name(self, name: str) -> bool:
-        return MilvusAliases(self.client).drop(name, self.name)
 
     # -- reading ------------------------------------------------------------------------------
 

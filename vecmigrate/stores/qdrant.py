@@ -46,7 +46,7 @@ from vecmigrate.model.records import (
     VectorField,
 )
 from vecmigrate.model.spec import IndexSpec, Metric, QdrantHnsw, QdrantStoreRef
-from vecmigrate.model.tasks import Cursor, ShardRef, StableNameSwitch
+from vecmigrate.model.tasks import Cursor, ShardRef
 from vecmigrate.records.batch import Faults, Records, assemble_rows
 from vecmigrate.records.filters import normalize
 from vecmigrate.records.ids import id_array
@@ -59,9 +59,9 @@ from vecmigrate.stores.base import (
     Aliases,
     Batch,
     Clients,
+    CollectionStore,
     EngineSearch,
     Inventory,
-    ScanningStore,
     Scope,
     check_dimension,
     check_scope,
@@ -275,10 +275,11 @@ def _delete_alias(name: str) -> Any:
     return models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=name))
 
 
-class QdrantStore(EngineSearch, ScanningStore):
+class QdrantStore(EngineSearch, CollectionStore):
     """A :class:`~vecmigrate.stores.base.VectorStore` on a Qdrant collection."""
 
     kind = "qdrant"
+    aliases = QdrantAliases
 
     def __init__(
         self,
@@ -292,12 +293,7 @@ class QdrantStore(EngineSearch, ScanningStore):
         writable: bool,
         notes: list[str] | None = None,
     ) -> None:
-        self.client = client
-        self.scope = scope
-        self.name = name
-        self.schema = schema
-        self.dimension = schema.primary.dimension
-        self.metric = schema.primary.metric or "l2"
+        super().__init__(client, scope, name, schema)
         self.keyed = keyed
         self.writable = writable
         # Schema vector name -> Qdrant's ("" for a collection's single unnamed vector).
@@ -367,18 +363,6 @@ class QdrantStore(EngineSearch, ScanningStore):
             writable=ref.writable,
             notes=notes,
         )
-
-    # -- the stable name --------------------------------------------------------------------
-
-    def point_name(self, name: str, *, create: bool = True) -> StableNameSwitch:
-        """Point the alias ``name`` at this version's collection (see :meth:`Aliases.point`)."""
-        return QdrantAliases(self.client).point(name, self.name, create=create)
-
-    def name_points_at(self, name: str) -> str | None:
-        return QdrantAliases(self.client).target(name)
-
-    def drop_name(self, name: str) -> bool:
-        return QdrantAliases(self.client).drop(name, self.name)
 
     # -- reading ------------------------------------------------------------------------------
 
