@@ -324,6 +324,19 @@ class ScanningStore:
     def drop_name(self, name: str) -> bool:
         raise PreconditionError(f"a {self.kind} store has no stable names (aliases or views)")
 
+    def labels_of(self, ids: list[Any] | pa.Array) -> Ids:
+        """The labels of ``ids`` as the engine answered them (ids of this store's kind)."""
+        arr = id_array(ids, self.schema.id_kind)
+        return Records(self.schema, pa.RecordBatch.from_arrays([arr], names=["id"])).labels
+
+    def add_shard_faults(self, faults: Faults, bad: Faults, shard: ShardRef) -> None:
+        """Add to ``faults`` those of ``bad`` whose record belongs to ``shard``: a store that
+        reads a shard by filtering its rows counts each fault once, in the shard of its id."""
+        for fid, reason, detail in zip(bad.ids, bad.reasons, bad.details, strict=True):
+            value: Any = int(fid) if self.schema.id_kind == IdKind.INT else fid
+            if in_shard(self.labels_of([value]), shard)[0]:
+                faults.add(fid, reason, detail)
+
     def _writes(self) -> None:
         """Refuse a write to a store that must not change.
 

@@ -56,7 +56,6 @@ from vecmigrate.errors import DataError, NotFoundError
 from vecmigrate.model.records import FieldKind, IdKind, RecordSchema
 from vecmigrate.model.tasks import Cursor, ShardRef
 from vecmigrate.records.batch import Faults, Records, assemble
-from vecmigrate.records.ids import id_array
 from vecmigrate.records.payload import ARROW_TYPES
 from vecmigrate.records.sharding import hash_key
 from vecmigrate.records.vectors import MAX_ID, Ids, Vectors, repeated_ids
@@ -414,10 +413,7 @@ class BuiltinStore(ScanningStore):
                 if not isinstance(ids, pa.Array)
                 else (np.asarray(ids.to_numpy(zero_copy_only=False), np.int64))
             )
-        return Records(
-            self.schema,
-            pa.RecordBatch.from_arrays([id_array(ids, self.schema.id_kind)], names=["id"]),
-        ).labels
+        return self.labels_of(ids)
 
     def delete(self, ids: Ids | pa.Array) -> int:
         self._writes()

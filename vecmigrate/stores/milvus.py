@@ -462,14 +462,7 @@ class MilvusStore(EngineSearch, CollectionStore):
             last = after = max(r[self.id_field] for r in rows)
             if not self.keyed and shard.by == "hash":
                 records = records.filter(in_shard(records.labels, shard))
-                for fid, reason, detail in zip(bad.ids, bad.reasons, bad.details, strict=True):
-                    value: Any = int(fid) if self.schema.id_kind == IdKind.INT else fid
-                    arr = id_array([value], self.schema.id_kind)
-                    labels = Records(
-                        self.schema, pa.RecordBatch.from_arrays([arr], names=["id"])
-                    ).labels
-                    if in_shard(labels, shard)[0]:
-                        faults.add(fid, reason, detail)
+                self.add_shard_faults(faults, bad, shard)
             else:
                 faults.extend(bad)
             kept.append(records)
@@ -535,8 +528,7 @@ class MilvusStore(EngineSearch, CollectionStore):
             after = max(r[self.id_field] for r in rows)
         if not found:
             return np.empty(0, np.int64)
-        arr = id_array(found, self.schema.id_kind)
-        return Records(self.schema, pa.RecordBatch.from_arrays([arr], names=["id"])).labels
+        return self.labels_of(found)
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -661,10 +653,7 @@ class MilvusStore(EngineSearch, CollectionStore):
             ids = [hit["id"] for hit in hits[:k]]
             found_ids.append(ids)
             if ids:
-                arr = id_array(ids, self.schema.id_kind)
-                i[row, : len(ids)] = Records(
-                    self.schema, pa.RecordBatch.from_arrays([arr], names=["id"])
-                ).labels
+                i[row, : len(ids)] = self.labels_of(ids)
             for col, hit in enumerate(hits[:k]):
                 value = float(hit["distance"])
                 d[row, col] = value if str(metric) == "l2" else 1.0 - value

@@ -784,9 +784,7 @@ class PgvectorStore(EngineSearch, ScanningStore):
                 records = records.filter(in_shard(records.labels, shard))
             kept.append(records)
             count += len(records)
-            for fid, reason, detail in zip(bad.ids, bad.reasons, bad.details, strict=True):
-                if self._fault_in_shard(fid, shard):
-                    faults.add(fid, reason, detail)
+            self.add_shard_faults(faults, bad, shard)
             if len(rows) < page and self.layout.unique_id:
                 break
         nxt = cursor if after is None else Cursor(key=0, id=0, token=str(after))
@@ -800,16 +798,6 @@ class PgvectorStore(EngineSearch, ScanningStore):
     def _id_param(self, value: Any) -> Any:
         """An id as a query parameter (a UUID read as raw bytes back to its text)."""
         return _id_param(value, self.schema)
-
-    def _fault_in_shard(self, record_id: str, shard: ShardRef) -> bool:
-        """Whether a record left out of a batch belongs to ``shard`` (faults are counted once,
-        in the shard of their id)."""
-        arr = id_array(
-            [int(record_id)] if self.schema.id_kind == IdKind.INT else [record_id],
-            self.schema.id_kind,
-        )
-        label = Records(self.schema, pa.RecordBatch.from_arrays([arr], names=["id"])).labels
-        return bool(in_shard(label, shard)[0])
 
     def iter_ids(self, shard: ShardRef, batch_size: int) -> Iterator[Ids]:
         """Every label of a shard in scan order, read from the shard index (no vector crosses

@@ -432,9 +432,7 @@ class QdrantStore(EngineSearch, CollectionStore):
             if not self.keyed and shard.by == "hash":
                 mine = in_shard(records.labels, shard)
                 records = records.filter(mine)
-                for fid, reason, detail in zip(bad.ids, bad.reasons, bad.details, strict=True):
-                    if self._in_shard_id(fid, shard):
-                        faults.add(fid, reason, detail)
+                self.add_shard_faults(faults, bad, shard)
             else:
                 faults.extend(bad)
             kept.append(records)
@@ -448,12 +446,6 @@ class QdrantStore(EngineSearch, CollectionStore):
         key = int(hash_key(np.array([label]))[0]) if len(records) else 0
         return Batch(records, Cursor(key=key, id=label, token=str(last)), faults)
 
-    def _in_shard_id(self, record_id: str, shard: ShardRef) -> bool:
-        value: Any = int(record_id) if self.schema.id_kind == IdKind.INT else record_id
-        arr = id_array([value], self.schema.id_kind)
-        labels = Records(self.schema, pa.RecordBatch.from_arrays([arr], names=["id"])).labels
-        return bool(in_shard(labels, shard)[0])
-
     def iter_ids(self, shard: ShardRef, batch_size: int) -> Iterator[Ids]:
         """Every label of a shard, scrolled without vectors or payloads where the collection
         keeps shard keys."""
@@ -465,10 +457,7 @@ class QdrantStore(EngineSearch, CollectionStore):
         while True:
             points, nxt = self._scroll(flt, offset, min(batch_size, 10_000), vectors=False)
             if points:
-                arr = id_array(
-                    [_record_id(p.id, self.schema.id_kind) for p in points], self.schema.id_kind
-                )
-                yield Records(self.schema, pa.RecordBatch.from_arrays([arr], names=["id"])).labels
+                yield self.labels_of([_record_id(p.id, self.schema.id_kind) for p in points])
             if nxt is None:
                 return
             offset = nxt
@@ -524,8 +513,7 @@ class QdrantStore(EngineSearch, CollectionStore):
                 break
         if not found:
             return np.empty(0, np.int64)
-        arr = id_array(found, self.schema.id_kind)
-        return Records(self.schema, pa.RecordBatch.from_arrays([arr], names=["id"])).labels
+        return self.labels_of(found)
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -664,10 +652,7 @@ class QdrantStore(EngineSearch, CollectionStore):
             ids = [_record_id(h.id, self.schema.id_kind) for h in hits[:k]]
             found_ids.append(ids)
             if ids:
-                arr = id_array(ids, self.schema.id_kind)
-                i[row, : len(ids)] = Records(
-                    self.schema, pa.RecordBatch.from_arrays([arr], names=["id"])
-                ).labels
+                i[row, : len(ids)] = self.labels_of(ids)
             for col, hit in enumerate(hits[:k]):
                 score = float(hit.score)
                 d[row, col] = score * score if str(metric) == "l2" else 1.0 - score
