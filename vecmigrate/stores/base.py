@@ -324,6 +324,32 @@ class ScanningStore:
     def drop_name(self, name: str) -> bool:
         raise PreconditionError(f"a {self.kind} store has no stable names (aliases or views)")
 
+    def _inventory(
+        self,
+        name: str,
+        samples: int,
+        *,
+        indexes: dict[str, dict[str, Any]],
+        payload_indexes: dict[str, str],
+        notes: list[str],
+        size_bytes: int | None = None,
+        sampled: bool = False,
+    ) -> Inventory:
+        """The inventory of this store, named ``name``, with what its engine says of it: the
+        count, the schema and its first ``samples`` records beside it."""
+        return Inventory(
+            engine=self.kind,
+            name=name,
+            count=self.count(),
+            schema=self.schema,
+            indexes=indexes,
+            payload_indexes=payload_indexes,
+            size_bytes=size_bytes,
+            samples=sample_rows(self.scan(WHOLE, None, samples).records),
+            sampled=sampled,
+            notes=notes,
+        )
+
     def labels_of(self, ids: list[Any] | pa.Array) -> Ids:
         """The labels of ``ids`` as the engine answered them (ids of this store's kind)."""
         arr = id_array(ids, self.schema.id_kind)

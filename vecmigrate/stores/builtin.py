@@ -60,14 +60,12 @@ from vecmigrate.records.payload import ARROW_TYPES
 from vecmigrate.records.sharding import hash_key
 from vecmigrate.records.vectors import MAX_ID, Ids, Vectors, repeated_ids
 from vecmigrate.stores.base import (
-    WHOLE,
     Batch,
     Inventory,
     ScanningStore,
     Scope,
     check_dimension,
     increasing_bounds,
-    sample_rows,
     seek_bounds,
 )
 
@@ -476,15 +474,11 @@ class BuiltinStore(ScanningStore):
 
     def inventory(self, samples: int = 3) -> Inventory:
         """Records, schema and a few of them (the built-in store keeps no index of its own)."""
-        return Inventory(
-            engine="builtin",
-            name=str(self.scope),
-            count=self.count(),
-            schema=self.schema,
+        return self._inventory(
+            str(self.scope),
+            samples,
             indexes={},
             payload_indexes={},
-            size_bytes=None,
-            samples=sample_rows(self.scan(WHOLE, None, samples).records),
             notes=["the built-in store keeps no index: a version's indexes are artifacts"],
         )
 

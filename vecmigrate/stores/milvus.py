@@ -79,7 +79,6 @@ from vecmigrate.stores.base import (
     collect_pages,
     in_shard,
     paged_ids,
-    sample_rows,
 )
 
 _METRIC = {"l2": "L2", "ip": "IP", "cosine": "COSINE"}
@@ -689,17 +688,11 @@ class MilvusStore(EngineSearch, CollectionStore):
     def inventory(self, samples: int = 3) -> Inventory:
         """Rows, schema, vector and scalar indexes, and a few rows of the collection."""
         indexes, payload_indexes = self._indexes()
-        rows = self.scan(ShardRef(index=0, by="hash", lo=0, hi=HASH_SPACE), None, samples).records
-        return Inventory(
-            engine="milvus",
-            name=self.name,
-            count=self.count(),
-            schema=self.schema,
+        return self._inventory(
+            self.name,
+            samples,
             indexes=indexes,
             payload_indexes=payload_indexes,
-            size_bytes=None,
-            samples=sample_rows(rows),
-            sampled=False,
             notes=list(self.notes),
         )
 

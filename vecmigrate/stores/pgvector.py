@@ -89,7 +89,6 @@ from vecmigrate.stores.base import (
     check_scope,
     in_shard,
     increasing_bounds,
-    sample_rows,
     seek_bounds,
 )
 
@@ -1169,17 +1168,13 @@ class PgvectorStore(EngineSearch, ScanningStore):
             and idx["columns"][0] != self.layout.id.name
             and idx["columns"][0] != self.layout.key
         }
-        rows = self.scan(WHOLE, None, samples).records
-        return Inventory(
-            engine="pgvector",
-            name=self.table,
-            count=self.count(),
-            schema=self.schema,
+        return self._inventory(
+            self.table,
+            samples,
             indexes=self.vector_indexes(),
             payload_indexes=payload_indexes,
-            size_bytes=info["size"],
-            samples=sample_rows(rows),
             notes=list(self.layout.notes),
+            size_bytes=info["size"],
         )
 
 

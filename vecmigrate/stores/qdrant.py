@@ -66,7 +66,6 @@ from vecmigrate.stores.base import (
     check_dimension,
     check_scope,
     in_shard,
-    sample_rows,
 )
 
 KEY = "_vecmigrate_h"
@@ -684,18 +683,13 @@ class QdrantStore(EngineSearch, CollectionStore):
         payload_indexes = {
             k: _index_type(s) for k, s in (info.payload_schema or {}).items() if k != KEY
         }
-        rows = self.scan(ShardRef(index=0, by="hash", lo=0, hi=HASH_SPACE), None, samples).records
-        return Inventory(
-            engine="qdrant",
-            name=self.name,
-            count=self.count(),
-            schema=self.schema,
+        return self._inventory(
+            self.name,
+            samples,
             indexes=self.vector_indexes(),
             payload_indexes=payload_indexes,
-            size_bytes=None,
-            samples=sample_rows(rows),
-            sampled=not self.keyed,
             notes=list(self.notes),
+            sampled=not self.keyed,
         )
 
 
