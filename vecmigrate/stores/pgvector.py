@@ -881,25 +881,32 @@ class PgvectorStore(EngineSearch, ScanningStore):
         by_name = {c.name: c for c in [*layout.vectors, *layout.payload]}
         values = ", ".join(_insert_expr(by_name[n]) if n in by_name else quote(n) for n in names)
         updates = ", ".join(f"{quote(n)} = EXCLUDED.{quote(n)}" for n in names[1:])
+        with self._write_cursor() as cur:
+            cur.execute(MARK_OWN_WRITES)
+            cur.execute(f"CREATE TEMP TABLE vm_stage ({', '.join(stage)}) ON COMMIT DROP")
+            quoted = ", ".join(quote(n) for n in names)
+            with cur.copy(f"COPY vm_stage ({quoted}) FROM STDIN (FORMAT BINARY)") as cp:
+                cp.write(_HEADER + body + _TRAILER)
+            cur.execute(
+                f"INSERT INTO {quote(self.table)} ({quoted}) SELECT {values} FROM vm_stage "
+                f"ON CONFLICT ({quote(layout.id.name)}) DO UPDATE SET {updates}"
+            )
+        return len(records)
+
+    @contextlib.contextmanager
+    def _write_cursor(self) -> Iterator[Any]:
+        """A cursor on a raw connection of its own: committed when the block ends, rolled back
+        when it raises."""
         raw = self.engine.raw_connection()
         try:
             with raw.driver_connection.cursor() as cur:  # type: ignore[union-attr]
-                cur.execute(MARK_OWN_WRITES)
-                cur.execute(f"CREATE TEMP TABLE vm_stage ({', '.join(stage)}) ON COMMIT DROP")
-                quoted = ", ".join(quote(n) for n in names)
-                with cur.copy(f"COPY vm_stage ({quoted}) FROM STDIN (FORMAT BINARY)") as cp:
-                    cp.write(_HEADER + body + _TRAILER)
-                cur.execute(
-                    f"INSERT INTO {quote(self.table)} ({quoted}) SELECT {values} FROM vm_stage "
-                    f"ON CONFLICT ({quote(layout.id.name)}) DO UPDATE SET {updates}"
-                )
+                yield cur
             raw.commit()
         except Exception:
             raw.rollback()
             raise
         finally:
             raw.close()
-        return len(records)
 
     def _encode_ids(self, records: Records) -> list[bytes]:
         kind, col = self.schema.id_kind, self.layout.id
@@ -912,26 +919,18 @@ class PgvectorStore(EngineSearch, ScanningStore):
 
     def _write_legacy(self, ids64: Ids, vec32: Vectors) -> int:
         payload = encode_copy(ids64, hash_key(ids64), vec32)
-        raw = self.engine.raw_connection()
-        try:
-            with raw.driver_connection.cursor() as cur:  # type: ignore[union-attr]
-                cur.execute(
-                    f"CREATE TEMP TABLE vm_stage (id bigint, h bigint, "
-                    f"embedding vector({self.dimension})) ON COMMIT DROP"
-                )
-                with cur.copy("COPY vm_stage (id, h, embedding) FROM STDIN (FORMAT BINARY)") as cp:
-                    cp.write(payload)
-                cur.execute(
-                    f"INSERT INTO {self.table} (id, h, embedding) "
-                    "SELECT id, h, embedding FROM vm_stage "
-                    "ON CONFLICT (id) DO UPDATE SET h = EXCLUDED.h, embedding = EXCLUDED.embedding"
-                )
-            raw.commit()
-        except Exception:
-            raw.rollback()
-            raise
-        finally:
-            raw.close()
+        with self._write_cursor() as cur:
+            cur.execute(
+                f"CREATE TEMP TABLE vm_stage (id bigint, h bigint, "
+                f"embedding vector({self.dimension})) ON COMMIT DROP"
+            )
+            with cur.copy("COPY vm_stage (id, h, embedding) FROM STDIN (FORMAT BINARY)") as cp:
+                cp.write(payload)
+            cur.execute(
+                f"INSERT INTO {self.table} (id, h, embedding) "
+                "SELECT id, h, embedding FROM vm_stage "
+                "ON CONFLICT (id) DO UPDATE SET h = EXCLUDED.h, embedding = EXCLUDED.embedding"
+            )
         return int(ids64.size)
 
     def _id_params(self, ids: Any) -> list[Any]:
