@@ -892,12 +892,30 @@ class Aliases:
     def __init__(self, client: Any) -> None:
         self.client = client
 
+    # The engine's name, as an error message says it.
+    engine: str
+
     def target(self, name: str) -> str | None:
         """The collection the alias ``name`` points at (None: no such alias).
 
         Raises:
             PreconditionError: ``name`` is a collection, not an alias.
         """
+        found = self._find(name)
+        if found is None and self._is_collection(name):
+            raise PreconditionError(
+                f"{name} is a {self.engine} collection, not an alias: a stable name must be free "
+                "or an alias (collections cannot be renamed; give applications a new name, an "
+                "alias)"
+            )
+        return found
+
+    def _find(self, name: str) -> str | None:
+        """The collection the alias ``name`` points at, as the engine says (None: no such
+        alias)."""
+        raise NotImplementedError
+
+    def _is_collection(self, name: str) -> bool:
         raise NotImplementedError
 
     def _move(self, name: str, collection: str, before: str | None) -> None:

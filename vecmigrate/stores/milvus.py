@@ -165,7 +165,9 @@ def collection_name(scope: Scope) -> str:
 class MilvusAliases(Aliases):
     """Milvus aliases: ``alter_alias`` moves one in one step, ``create_alias`` makes a new one."""
 
-    def target(self, name: str) -> str | None:
+    engine = "Milvus"
+
+    def _find(self, name: str) -> str | None:
         try:
             aliases = self.client.list_aliases().get("aliases", [])
         except Exception as exc:
@@ -177,12 +179,10 @@ class MilvusAliases(Aliases):
             ) from None
         if name in aliases:
             return str(self.client.describe_alias(alias=name)["collection_name"])
-        if self.client.has_collection(name):
-            raise PreconditionError(
-                f"{name} is a Milvus collection, not an alias: a stable name must be free or an "
-                "alias (collections cannot be renamed; give applications a new name, an alias)"
-            )
         return None
+
+    def _is_collection(self, name: str) -> bool:
+        return bool(self.client.has_collection(name))
 
     def _move(self, name: str, collection: str, before: str | None) -> None:
         if before is None:

@@ -244,16 +244,16 @@ class QdrantAliases(Aliases):
     """Qdrant aliases: one ``update_collection_aliases`` request deletes the old alias and
     creates the new one together, so a reader finds one or the other."""
 
-    def target(self, name: str) -> str | None:
+    engine = "Qdrant"
+
+    def _find(self, name: str) -> str | None:
         for alias in self.client.get_aliases().aliases:
             if alias.alias_name == name:
                 return str(alias.collection_name)
-        if self.client.collection_exists(name):
-            raise PreconditionError(
-                f"{name} is a Qdrant collection, not an alias: a stable name must be free or an "
-                "alias (collections cannot be renamed; give applications a new name, an alias)"
-            )
         return None
+
+    def _is_collection(self, name: str) -> bool:
+        return bool(self.client.collection_exists(name))
 
     def _move(self, name: str, collection: str, before: str | None) -> None:
         models = _models()
