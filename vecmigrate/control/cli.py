@@ -51,6 +51,7 @@ from vecmigrate.errors import PreconditionError, VecmigrateError
 from vecmigrate.model.gates import GateReport, ReconcileReport
 from vecmigrate.model.lifecycle import Phase
 from vecmigrate.model.regions import RegionalStatus
+from vecmigrate.model.schedule import OVERLAPS
 from vecmigrate.model.spec import MigrationSpec, load_spec, parse_spec
 from vecmigrate.model.status import MigrationStatus
 from vecmigrate.model.tuning import TuningResult
@@ -625,14 +626,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--jitter", type=float, default=None, help="seconds of random delay")
     s.add_argument(
         "--overlap",
-        choices=[
-            "skip",
-            "buffer_one",
-            "buffer_all",
-            "cancel_other",
-            "terminate_other",
-            "allow_all",
-        ],
+        choices=OVERLAPS,
         default=None,
         help="a firing due while the last runs (default skip)",
     )
@@ -658,14 +652,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("id", help="the schedule id")
     s.add_argument(
         "--overlap",
-        choices=[
-            "skip",
-            "buffer_one",
-            "buffer_all",
-            "cancel_other",
-            "terminate_other",
-            "allow_all",
-        ],
+        choices=OVERLAPS,
         default=None,
         help="this firing's overlap policy (default: the schedule's)",
     )

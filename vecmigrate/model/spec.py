@@ -14,7 +14,7 @@ import re
 from enum import StrEnum
 from pathlib import Path
 from statistics import NormalDist
-from typing import Annotated, Any, Literal, Self
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import (
@@ -355,7 +355,22 @@ class _StoreRef(_Model):
 TABLE_PATTERN = r"^[A-Za-z_][A-Za-z0-9_$]{0,62}(\.[A-Za-z_][A-Za-z0-9_$]{0,62})?$"
 
 
-class PostgresTls(_Model):
+class _ClientCertificate(_Model):
+    """TLS options with a client certificate: ``client_cert`` and its ``client_key`` are given
+    together or not at all (the subclasses declare both fields, each in its place)."""
+
+    if TYPE_CHECKING:
+        client_cert: str | None
+        client_key: str | None
+
+    @model_validator(mode="after")
+    def _pair(self) -> Self:
+        if (self.client_cert is None) != (self.client_key is None):
+            raise ValueError("client_cert and client_key go together: give both or neither")
+        return self
+
+
+class PostgresTls(_ClientCertificate):
     """TLS to PostgreSQL, as libpq names it: ``sslmode`` (``verify-full`` checks the server's
     certificate and host name against ``root_cert``), and a client certificate for servers that
     ask for one. Paths are read by the process that connects."""
@@ -373,12 +388,6 @@ class PostgresTls(_Model):
     negotiation: Literal["postgres", "direct"] = "postgres"
     """``direct``: TLS from the first byte (PostgreSQL 17 and later, and TLS-terminating
     proxies) instead of asking the server to switch to it (libpq's ``sslnegotiation``)."""
-
-    @model_validator(mode="after")
-    def _pair(self) -> Self:
-        if (self.client_cert is None) != (self.client_key is None):
-            raise ValueError("client_cert and client_key go together: give both or neither")
-        return self
 
 
 class _PostgresConnection(_Model):
@@ -445,7 +454,7 @@ class PgvectorStoreRef(_StoreRef, _PostgresConnection):
     """The adopted table's columns carried as payload: every other column, or these."""
 
 
-class MilvusTls(_Model):
+class MilvusTls(_ClientCertificate):
     """TLS to a Milvus server: the CA that signed its certificate, the name it presents, and a
     client certificate for servers that require one (mutual TLS)."""
 
@@ -457,12 +466,6 @@ class MilvusTls(_Model):
     """Path of a client certificate, for servers that require one."""
     client_key: str | None = Field(default=None, min_length=1)
     """Path of the client certificate's private key."""
-
-    @model_validator(mode="after")
-    def _pair(self) -> Self:
-        if (self.client_cert is None) != (self.client_key is None):
-            raise ValueError("client_cert and client_key go together: give both or neither")
-        return self
 
 
 class MilvusStoreRef(_StoreRef):

@@ -312,6 +312,10 @@ class Records:
         return Records.build(schema, self.ids, vectors, payload, self.extra)
 
 
+# A screening check: which records fail it, the reason they are left out, and what was found.
+Check = tuple[npt.NDArray[np.bool_], str, str]
+
+
 @dataclass
 class Faults:
     """Records left out of a batch: each one's id (as text), reason and what was found."""
@@ -328,6 +332,18 @@ class Faults:
         self.ids.append(id_codec.id_text(record_id))
         self.reasons.append(reason)
         self.details.append(detail)
+
+    def flag(self, ids: pa.Array, checks: Sequence[Check]) -> npt.NDArray[np.bool_]:
+        """Note every record a check's mask marks, under the first check that marks it (the
+        reason and detail it names); which records were noted."""
+        bad = np.zeros(len(ids), bool)
+        for mask, reason, detail in checks:
+            hit = mask & ~bad
+            if hit.any():
+                for i in np.flatnonzero(hit).tolist():
+                    self.add(ids[i].as_py(), reason, detail)
+                bad |= hit
+        return bad
 
     def extend(self, other: Faults) -> None:
         """Note every record of ``other``."""
@@ -393,10 +409,8 @@ def assemble(
     vector).
     """
     n = len(ids)
-    bad = np.zeros(n, bool)
-    faults = Faults()
     clean: dict[str, npt.NDArray[Any]] = {}
-    reasons: list[tuple[npt.NDArray[np.bool_], str, str]] = []
+    reasons: list[Check] = []
     for v in schema.vectors:
         rows, null, lengths = _vector_rows(vectors[v.name], v.dimension, v.dtype)
         wrong = ~null & (lengths != v.dimension)
@@ -417,12 +431,8 @@ def assemble(
         repeated[order[1:][same]] = True
         repeated[order[:-1][same]] = True
         reasons.append((repeated, DUPLICATE_ID, "the id occurs more than once in the source"))
-    for mask, reason, detail in reasons:
-        hit = mask & ~bad
-        if hit.any():
-            for i in np.flatnonzero(hit).tolist():
-                faults.add(ids[i].as_py(), reason, detail)
-            bad |= hit
+    faults = Faults()
+    bad = faults.flag(ids, reasons)
     records = Records.build(schema, ids, clean, payload, extra)
     if bad.any():
         records = records.filter(~bad)

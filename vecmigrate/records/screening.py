@@ -21,6 +21,7 @@ from vecmigrate.records.batch import (
     ID_UNSTORABLE,
     PAYLOAD_TOO_LARGE,
     VALUE_UNSTORABLE,
+    Check,
     Faults,
     Records,
 )
@@ -94,8 +95,7 @@ def screen(records: Records, limits: Limits) -> tuple[Records, Faults]:
     n = len(records)
     if n == 0:
         return records, faults
-    bad = np.zeros(n, bool)
-    checks: list[tuple[npt.NDArray[np.bool_], str, str]] = []
+    checks: list[Check] = []
     ids_bad, why = _unstorable_ids(records, limits)
     checks.append((ids_bad, ID_UNSTORABLE, why))
     sizes = np.zeros(n, np.int64)
@@ -140,13 +140,7 @@ def screen(records: Records, limits: Limits) -> tuple[Records, Faults]:
                 f"the payload is larger than the target allows ({limits.max_payload_bytes} bytes)",
             )
         )
-    ids = records.ids
-    for mask, reason, detail in checks:
-        hit = mask & ~bad
-        if hit.any():
-            for i in np.flatnonzero(hit).tolist():
-                faults.add(ids[i].as_py(), reason, detail)
-            bad |= hit
+    bad = faults.flag(records.ids, checks)
     return (records.filter(~bad) if bad.any() else records), faults
 
 

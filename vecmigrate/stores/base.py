@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -323,6 +324,45 @@ class ScanningStore:
     def drop_name(self, name: str) -> bool:
         raise PreconditionError(f"a {self.kind} store has no stable names (aliases or views)")
 
+    def _inventory(
+        self,
+        name: str,
+        samples: int,
+        *,
+        indexes: dict[str, dict[str, Any]],
+        payload_indexes: dict[str, str],
+        notes: list[str],
+        size_bytes: int | None = None,
+        sampled: bool = False,
+    ) -> Inventory:
+        """The inventory of this store, named ``name``, with what its engine says of it: the
+        count, the schema and its first ``samples`` records beside it."""
+        return Inventory(
+            engine=self.kind,
+            name=name,
+            count=self.count(),
+            schema=self.schema,
+            indexes=indexes,
+            payload_indexes=payload_indexes,
+            size_bytes=size_bytes,
+            samples=sample_rows(self.scan(WHOLE, None, samples).records),
+            sampled=sampled,
+            notes=notes,
+        )
+
+    def labels_of(self, ids: list[Any] | pa.Array) -> Ids:
+        """The labels of ``ids`` as the engine answered them (ids of this store's kind)."""
+        arr = id_array(ids, self.schema.id_kind)
+        return Records(self.schema, pa.RecordBatch.from_arrays([arr], names=["id"])).labels
+
+    def add_shard_faults(self, faults: Faults, bad: Faults, shard: ShardRef) -> None:
+        """Add to ``faults`` those of ``bad`` whose record belongs to ``shard``: a store that
+        reads a shard by filtering its rows counts each fault once, in the shard of its id."""
+        for fid, reason, detail in zip(bad.ids, bad.reasons, bad.details, strict=True):
+            value: Any = int(fid) if self.schema.id_kind == IdKind.INT else fid
+            if in_shard(self.labels_of([value]), shard)[0]:
+                faults.add(fid, reason, detail)
+
     def _writes(self) -> None:
         """Refuse a write to a store that must not change.
 
@@ -614,6 +654,32 @@ class ScanningStore:
         return np.concatenate(found) if found else np.empty(0, np.int64)
 
 
+class CollectionStore(ScanningStore):
+    """A store on one collection of an engine with aliases (Qdrant, Milvus): the engine's client,
+    the collection's name, and stable names as the engine's aliases (``aliases`` names its kind
+    of :class:`Aliases`)."""
+
+    aliases: type[Aliases]
+
+    def __init__(self, client: Any, scope: Scope, name: str, schema: RecordSchema) -> None:
+        self.client = client
+        self.scope = scope
+        self.name = name
+        self.schema = schema
+        self.dimension = schema.primary.dimension
+        self.metric = schema.primary.metric or "l2"
+
+    def point_name(self, name: str, *, create: bool = True) -> StableNameSwitch:
+        """Point the alias ``name`` at this version's collection (see :meth:`Aliases.point`)."""
+        return self.aliases(self.client).point(name, self.name, create=create)
+
+    def name_points_at(self, name: str) -> str | None:
+        return self.aliases(self.client).target(name)
+
+    def drop_name(self, name: str) -> bool:
+        return self.aliases(self.client).drop(name, self.name)
+
+
 def sample_rows(records: Records) -> list[dict[str, Any]]:
     """A few records as JSON-able rows, for ``inspect`` (vectors cut to their first values)."""
     out = []
@@ -791,6 +857,33 @@ def increasing_bounds(ids_at: Callable[[int], int | None], count: int, parts: in
     return bounds
 
 
+class Clients:
+    """One engine client per key per process, made on first use (an embedded engine's file or
+    directory allows one owner); ``close`` closes them all."""
+
+    def __init__(self) -> None:
+        self._clients: dict[Any, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, key: Any, make: Callable[[], Any]) -> Any:
+        """The client of ``key``, made by ``make`` the first time."""
+        with self._lock:
+            client = self._clients.get(key)
+            if client is None:
+                client = self._clients[key] = make()
+            return client
+
+    def close(self) -> None:
+        """Close every client and forget them (the next ``get`` makes a new one)."""
+        with self._lock:
+            for client in self._clients.values():
+                try:
+                    client.close()
+                except Exception:  # a client whose engine is already gone
+                    continue
+            self._clients.clear()
+
+
 class Aliases:
     """An engine's collection aliases, the stable names of Qdrant and Milvus. The engines differ
     only in how an alias is read, moved and dropped; pointing one (idempotent, checked after)
@@ -799,12 +892,30 @@ class Aliases:
     def __init__(self, client: Any) -> None:
         self.client = client
 
+    # The engine's name, as an error message says it.
+    engine: str
+
     def target(self, name: str) -> str | None:
         """The collection the alias ``name`` points at (None: no such alias).
 
         Raises:
             PreconditionError: ``name`` is a collection, not an alias.
         """
+        found = self._find(name)
+        if found is None and self._is_collection(name):
+            raise PreconditionError(
+                f"{name} is a {self.engine} collection, not an alias: a stable name must be free "
+                "or an alias (collections cannot be renamed; give applications a new name, an "
+                "alias)"
+            )
+        return found
+
+    def _find(self, name: str) -> str | None:
+        """The collection the alias ``name`` points at, as the engine says (None: no such
+        alias)."""
+        raise NotImplementedError
+
+    def _is_collection(self, name: str) -> bool:
         raise NotImplementedError
 
     def _move(self, name: str, collection: str, before: str | None) -> None:

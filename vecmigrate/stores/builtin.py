@@ -56,19 +56,16 @@ from vecmigrate.errors import DataError, NotFoundError
 from vecmigrate.model.records import FieldKind, IdKind, RecordSchema
 from vecmigrate.model.tasks import Cursor, ShardRef
 from vecmigrate.records.batch import Faults, Records, assemble
-from vecmigrate.records.ids import id_array
 from vecmigrate.records.payload import ARROW_TYPES
 from vecmigrate.records.sharding import hash_key
 from vecmigrate.records.vectors import MAX_ID, Ids, Vectors, repeated_ids
 from vecmigrate.stores.base import (
-    WHOLE,
     Batch,
     Inventory,
     ScanningStore,
     Scope,
     check_dimension,
     increasing_bounds,
-    sample_rows,
     seek_bounds,
 )
 
@@ -414,10 +411,7 @@ class BuiltinStore(ScanningStore):
                 if not isinstance(ids, pa.Array)
                 else (np.asarray(ids.to_numpy(zero_copy_only=False), np.int64))
             )
-        return Records(
-            self.schema,
-            pa.RecordBatch.from_arrays([id_array(ids, self.schema.id_kind)], names=["id"]),
-        ).labels
+        return self.labels_of(ids)
 
     def delete(self, ids: Ids | pa.Array) -> int:
         self._writes()
@@ -480,15 +474,11 @@ class BuiltinStore(ScanningStore):
 
     def inventory(self, samples: int = 3) -> Inventory:
         """Records, schema and a few of them (the built-in store keeps no index of its own)."""
-        return Inventory(
-            engine="builtin",
-            name=str(self.scope),
-            count=self.count(),
-            schema=self.schema,
+        return self._inventory(
+            str(self.scope),
+            samples,
             indexes={},
             payload_indexes={},
-            size_bytes=None,
-            samples=sample_rows(self.scan(WHOLE, None, samples).records),
             notes=["the built-in store keeps no index: a version's indexes are artifacts"],
         )
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import threading
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -58,7 +57,7 @@ from vecmigrate.model.spec import (
     MilvusStoreRef,
     MilvusTls,
 )
-from vecmigrate.model.tasks import Cursor, ShardRef, StableNameSwitch
+from vecmigrate.model.tasks import Cursor, ShardRef
 from vecmigrate.records.batch import Faults, Records, assemble_rows
 from vecmigrate.records.filters import normalize
 from vecmigrate.records.ids import id_array
@@ -70,16 +69,16 @@ from vecmigrate.security.secrets import resolve_optional
 from vecmigrate.stores.base import (
     Aliases,
     Batch,
+    Clients,
+    CollectionStore,
     EngineSearch,
     Inventory,
-    ScanningStore,
     Scope,
     check_dimension,
     check_scope,
     collect_pages,
     in_shard,
     paged_ids,
-    sample_rows,
 )
 
 _METRIC = {"l2": "L2", "ip": "IP", "cosine": "COSINE"}
@@ -102,25 +101,22 @@ TIMESTAMP_NOTE = "vecmigrate:timestamp"
 MAX_VARCHAR = 65_535
 MAX_JSON = 65_536
 ID_LENGTH = {IdKind.UUID: 36, IdKind.STRING: 1_024}
-_clients: dict[tuple[str, str | None, MilvusTls | None], Any] = {}
-_lock = threading.Lock()
+_clients = Clients()
 
 
 def client_for(uri: str, token: str | None = None, tls: MilvusTls | None = None) -> Any:
     """One pymilvus client per URI (and credentials) per process (a milvus-lite file allows one
     owner). ``token`` is a secret reference, resolved here; ``tls`` adds a CA, the server's
     name or a client certificate (mutual TLS)."""
-    key = (uri, token, tls)
-    with _lock:
-        client = _clients.get(key)
-        if client is None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # milvus-lite imports pkg_resources
-                from pymilvus import MilvusClient
 
-            client = MilvusClient(uri, token=resolve_optional(token) or "", **tls_options(tls))
-            _clients[key] = client
-        return client
+    def connect() -> Any:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # milvus-lite imports pkg_resources
+            from pymilvus import MilvusClient
+
+        return MilvusClient(uri, token=resolve_optional(token) or "", **tls_options(tls))
+
+    return _clients.get((uri, token, tls), connect)
 
 
 def tls_options(tls: MilvusTls | None) -> dict[str, Any]:
@@ -156,13 +152,7 @@ def limits_of(schema: RecordSchema) -> Limits:
 
 def close_clients() -> None:
     """Close every cached client (stops embedded milvus-lite engines)."""
-    with _lock:
-        for client in _clients.values():
-            try:
-                client.close()
-            except Exception:  # a client whose engine is already gone
-                continue
-        _clients.clear()
+    _clients.close()
 
 
 def collection_name(scope: Scope) -> str:
@@ -175,7 +165,9 @@ def collection_name(scope: Scope) -> str:
 class MilvusAliases(Aliases):
     """Milvus aliases: ``alter_alias`` moves one in one step, ``create_alias`` makes a new one."""
 
-    def target(self, name: str) -> str | None:
+    engine = "Milvus"
+
+    def _find(self, name: str) -> str | None:
         try:
             aliases = self.client.list_aliases().get("aliases", [])
         except Exception as exc:
@@ -187,12 +179,10 @@ class MilvusAliases(Aliases):
             ) from None
         if name in aliases:
             return str(self.client.describe_alias(alias=name)["collection_name"])
-        if self.client.has_collection(name):
-            raise PreconditionError(
-                f"{name} is a Milvus collection, not an alias: a stable name must be free or an "
-                "alias (collections cannot be renamed; give applications a new name, an alias)"
-            )
         return None
+
+    def _is_collection(self, name: str) -> bool:
+        return bool(self.client.has_collection(name))
 
     def _move(self, name: str, collection: str, before: str | None) -> None:
         if before is None:
@@ -276,10 +266,11 @@ def milvus_filter(flt: Filter, schema: RecordSchema, nulls: dict[str, str]) -> s
     return cond
 
 
-class MilvusStore(EngineSearch, ScanningStore):
+class MilvusStore(EngineSearch, CollectionStore):
     """A :class:`~vecmigrate.stores.base.VectorStore` on Milvus."""
 
     kind = "milvus"
+    aliases = MilvusAliases
 
     def __init__(
         self,
@@ -294,12 +285,7 @@ class MilvusStore(EngineSearch, ScanningStore):
         writable: bool = True,
         notes: list[str] | None = None,
     ) -> None:
-        self.client = client
-        self.scope = scope
-        self.name = name
-        self.schema = schema
-        self.dimension = schema.primary.dimension
-        self.metric = schema.primary.metric or "l2"
+        super().__init__(client, scope, name, schema)
         self.key = key
         self.keyed = key is not None
         self.nulls = nulls
@@ -382,18 +368,6 @@ class MilvusStore(EngineSearch, ScanningStore):
             writable=ref.writable,
             notes=notes,
         )
-
-    # -- the stable name --------------------------------------------------------------------
-
-    def point_name(self, name: str, *, create: bool = True) -> StableNameSwitch:
-        """Point the alias ``name`` at this version's collection (see :meth:`Aliases.point`)."""
-        return MilvusAliases(self.client).point(name, self.name, create=create)
-
-    def name_points_at(self, name: str) -> str | None:
-        return MilvusAliases(self.client).target(name)
-
-    def drop_name(self, name: str) -> bool:
-        return MilvusAliases(self.client).drop(name, self.name)
 
     # -- reading ------------------------------------------------------------------------------
 
@@ -487,14 +461,7 @@ class MilvusStore(EngineSearch, ScanningStore):
             last = after = max(r[self.id_field] for r in rows)
             if not self.keyed and shard.by == "hash":
                 records = records.filter(in_shard(records.labels, shard))
-                for fid, reason, detail in zip(bad.ids, bad.reasons, bad.details, strict=True):
-                    value: Any = int(fid) if self.schema.id_kind == IdKind.INT else fid
-                    arr = id_array([value], self.schema.id_kind)
-                    labels = Records(
-                        self.schema, pa.RecordBatch.from_arrays([arr], names=["id"])
-                    ).labels
-                    if in_shard(labels, shard)[0]:
-                        faults.add(fid, reason, detail)
+                self.add_shard_faults(faults, bad, shard)
             else:
                 faults.extend(bad)
             kept.append(records)
@@ -560,8 +527,7 @@ class MilvusStore(EngineSearch, ScanningStore):
             after = max(r[self.id_field] for r in rows)
         if not found:
             return np.empty(0, np.int64)
-        arr = id_array(found, self.schema.id_kind)
-        return Records(self.schema, pa.RecordBatch.from_arrays([arr], names=["id"])).labels
+        return self.labels_of(found)
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -686,10 +652,7 @@ class MilvusStore(EngineSearch, ScanningStore):
             ids = [hit["id"] for hit in hits[:k]]
             found_ids.append(ids)
             if ids:
-                arr = id_array(ids, self.schema.id_kind)
-                i[row, : len(ids)] = Records(
-                    self.schema, pa.RecordBatch.from_arrays([arr], names=["id"])
-                ).labels
+                i[row, : len(ids)] = self.labels_of(ids)
             for col, hit in enumerate(hits[:k]):
                 value = float(hit["distance"])
                 d[row, col] = value if str(metric) == "l2" else 1.0 - value
@@ -725,17 +688,11 @@ class MilvusStore(EngineSearch, ScanningStore):
     def inventory(self, samples: int = 3) -> Inventory:
         """Rows, schema, vector and scalar indexes, and a few rows of the collection."""
         indexes, payload_indexes = self._indexes()
-        rows = self.scan(ShardRef(index=0, by="hash", lo=0, hi=HASH_SPACE), None, samples).records
-        return Inventory(
-            engine="milvus",
-            name=self.name,
-            count=self.count(),
-            schema=self.schema,
+        return self._inventory(
+            self.name,
+            samples,
             indexes=indexes,
             payload_indexes=payload_indexes,
-            size_bytes=None,
-            samples=sample_rows(rows),
-            sampled=False,
             notes=list(self.notes),
         )
 

@@ -89,7 +89,6 @@ from vecmigrate.stores.base import (
     check_scope,
     in_shard,
     increasing_bounds,
-    sample_rows,
     seek_bounds,
 )
 
@@ -784,9 +783,7 @@ class PgvectorStore(EngineSearch, ScanningStore):
                 records = records.filter(in_shard(records.labels, shard))
             kept.append(records)
             count += len(records)
-            for fid, reason, detail in zip(bad.ids, bad.reasons, bad.details, strict=True):
-                if self._fault_in_shard(fid, shard):
-                    faults.add(fid, reason, detail)
+            self.add_shard_faults(faults, bad, shard)
             if len(rows) < page and self.layout.unique_id:
                 break
         nxt = cursor if after is None else Cursor(key=0, id=0, token=str(after))
@@ -800,16 +797,6 @@ class PgvectorStore(EngineSearch, ScanningStore):
     def _id_param(self, value: Any) -> Any:
         """An id as a query parameter (a UUID read as raw bytes back to its text)."""
         return _id_param(value, self.schema)
-
-    def _fault_in_shard(self, record_id: str, shard: ShardRef) -> bool:
-        """Whether a record left out of a batch belongs to ``shard`` (faults are counted once,
-        in the shard of their id)."""
-        arr = id_array(
-            [int(record_id)] if self.schema.id_kind == IdKind.INT else [record_id],
-            self.schema.id_kind,
-        )
-        label = Records(self.schema, pa.RecordBatch.from_arrays([arr], names=["id"])).labels
-        return bool(in_shard(label, shard)[0])
 
     def iter_ids(self, shard: ShardRef, batch_size: int) -> Iterator[Ids]:
         """Every label of a shard in scan order, read from the shard index (no vector crosses
@@ -894,25 +881,32 @@ class PgvectorStore(EngineSearch, ScanningStore):
         by_name = {c.name: c for c in [*layout.vectors, *layout.payload]}
         values = ", ".join(_insert_expr(by_name[n]) if n in by_name else quote(n) for n in names)
         updates = ", ".join(f"{quote(n)} = EXCLUDED.{quote(n)}" for n in names[1:])
+        with self._write_cursor() as cur:
+            cur.execute(MARK_OWN_WRITES)
+            cur.execute(f"CREATE TEMP TABLE vm_stage ({', '.join(stage)}) ON COMMIT DROP")
+            quoted = ", ".join(quote(n) for n in names)
+            with cur.copy(f"COPY vm_stage ({quoted}) FROM STDIN (FORMAT BINARY)") as cp:
+                cp.write(_HEADER + body + _TRAILER)
+            cur.execute(
+                f"INSERT INTO {quote(self.table)} ({quoted}) SELECT {values} FROM vm_stage "
+                f"ON CONFLICT ({quote(layout.id.name)}) DO UPDATE SET {updates}"
+            )
+        return len(records)
+
+    @contextlib.contextmanager
+    def _write_cursor(self) -> Iterator[Any]:
+        """A cursor on a raw connection of its own: committed when the block ends, rolled back
+        when it raises."""
         raw = self.engine.raw_connection()
         try:
             with raw.driver_connection.cursor() as cur:  # type: ignore[union-attr]
-                cur.execute(MARK_OWN_WRITES)
-                cur.execute(f"CREATE TEMP TABLE vm_stage ({', '.join(stage)}) ON COMMIT DROP")
-                quoted = ", ".join(quote(n) for n in names)
-                with cur.copy(f"COPY vm_stage ({quoted}) FROM STDIN (FORMAT BINARY)") as cp:
-                    cp.write(_HEADER + body + _TRAILER)
-                cur.execute(
-                    f"INSERT INTO {quote(self.table)} ({quoted}) SELECT {values} FROM vm_stage "
-                    f"ON CONFLICT ({quote(layout.id.name)}) DO UPDATE SET {updates}"
-                )
+                yield cur
             raw.commit()
         except Exception:
             raw.rollback()
             raise
         finally:
             raw.close()
-        return len(records)
 
     def _encode_ids(self, records: Records) -> list[bytes]:
         kind, col = self.schema.id_kind, self.layout.id
@@ -925,26 +919,18 @@ class PgvectorStore(EngineSearch, ScanningStore):
 
     def _write_legacy(self, ids64: Ids, vec32: Vectors) -> int:
         payload = encode_copy(ids64, hash_key(ids64), vec32)
-        raw = self.engine.raw_connection()
-        try:
-            with raw.driver_connection.cursor() as cur:  # type: ignore[union-attr]
-                cur.execute(
-                    f"CREATE TEMP TABLE vm_stage (id bigint, h bigint, "
-                    f"embedding vector({self.dimension})) ON COMMIT DROP"
-                )
-                with cur.copy("COPY vm_stage (id, h, embedding) FROM STDIN (FORMAT BINARY)") as cp:
-                    cp.write(payload)
-                cur.execute(
-                    f"INSERT INTO {self.table} (id, h, embedding) "
-                    "SELECT id, h, embedding FROM vm_stage "
-                    "ON CONFLICT (id) DO UPDATE SET h = EXCLUDED.h, embedding = EXCLUDED.embedding"
-                )
-            raw.commit()
-        except Exception:
-            raw.rollback()
-            raise
-        finally:
-            raw.close()
+        with self._write_cursor() as cur:
+            cur.execute(
+                f"CREATE TEMP TABLE vm_stage (id bigint, h bigint, "
+                f"embedding vector({self.dimension})) ON COMMIT DROP"
+            )
+            with cur.copy("COPY vm_stage (id, h, embedding) FROM STDIN (FORMAT BINARY)") as cp:
+                cp.write(payload)
+            cur.execute(
+                f"INSERT INTO {self.table} (id, h, embedding) "
+                "SELECT id, h, embedding FROM vm_stage "
+                "ON CONFLICT (id) DO UPDATE SET h = EXCLUDED.h, embedding = EXCLUDED.embedding"
+            )
         return int(ids64.size)
 
     def _id_params(self, ids: Any) -> list[Any]:
@@ -1181,17 +1167,13 @@ class PgvectorStore(EngineSearch, ScanningStore):
             and idx["columns"][0] != self.layout.id.name
             and idx["columns"][0] != self.layout.key
         }
-        rows = self.scan(WHOLE, None, samples).records
-        return Inventory(
-            engine="pgvector",
-            name=self.table,
-            count=self.count(),
-            schema=self.schema,
+        return self._inventory(
+            self.table,
+            samples,
             indexes=self.vector_indexes(),
             payload_indexes=payload_indexes,
-            size_bytes=info["size"],
-            samples=sample_rows(rows),
             notes=list(self.layout.notes),
+            size_bytes=info["size"],
         )
 
 

@@ -46,7 +46,7 @@ from vecmigrate.model.records import (
     VectorField,
 )
 from vecmigrate.model.spec import IndexSpec, Metric, QdrantHnsw, QdrantStoreRef
-from vecmigrate.model.tasks import Cursor, ShardRef, StableNameSwitch
+from vecmigrate.model.tasks import Cursor, ShardRef
 from vecmigrate.records.batch import Faults, Records, assemble_rows
 from vecmigrate.records.filters import normalize
 from vecmigrate.records.ids import id_array
@@ -58,14 +58,14 @@ from vecmigrate.security.secrets import resolve_optional
 from vecmigrate.stores.base import (
     Aliases,
     Batch,
+    Clients,
+    CollectionStore,
     EngineSearch,
     Inventory,
-    ScanningStore,
     Scope,
     check_dimension,
     check_scope,
     in_shard,
-    sample_rows,
 )
 
 KEY = "_vecmigrate_h"
@@ -76,8 +76,7 @@ PAGE = 512
 # Points read to type the payload of a collection that keeps no schema of it.
 SAMPLE = 1_000
 _UNNAMED = "vector"  # the field name of a collection's single unnamed vector
-_clients: dict[str, Any] = {}
-_lock = threading.Lock()
+_clients = Clients()
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -90,18 +89,15 @@ def _models() -> Any:
 def client_for(ref: QdrantStoreRef) -> Any:
     """One client per server URL or local directory per process (a local-mode directory
     allows one owner)."""
-    key = ref.url or f"path:{ref.path}"
-    with _lock:
-        client = _clients.get(key)
-        if client is None:
-            from qdrant_client import QdrantClient
 
-            if ref.url is not None:
-                client = QdrantClient(url=ref.url, api_key=resolve_optional(ref.api_key))
-            else:
-                client = OneAtATime(QdrantClient(path=ref.path))
-            _clients[key] = client
-        return client
+    def connect() -> Any:
+        from qdrant_client import QdrantClient
+
+        if ref.url is not None:
+            return QdrantClient(url=ref.url, api_key=resolve_optional(ref.api_key))
+        return OneAtATime(QdrantClient(path=ref.path))
+
+    return _clients.get(ref.url or f"path:{ref.path}", connect)
 
 
 class OneAtATime:
@@ -135,13 +131,7 @@ def limits_of(schema: RecordSchema) -> Limits:
 
 def close_clients() -> None:
     """Close every cached client (a local-mode directory is free for another process)."""
-    with _lock:
-        for client in _clients.values():
-            try:
-                client.close()
-            except Exception:  # a client whose local storage is already gone
-                continue
-        _clients.clear()
+    _clients.close()
 
 
 def collection_name(scope: Scope) -> str:
@@ -254,16 +244,16 @@ class QdrantAliases(Aliases):
     """Qdrant aliases: one ``update_collection_aliases`` request deletes the old alias and
     creates the new one together, so a reader finds one or the other."""
 
-    def target(self, name: str) -> str | None:
+    engine = "Qdrant"
+
+    def _find(self, name: str) -> str | None:
         for alias in self.client.get_aliases().aliases:
             if alias.alias_name == name:
                 return str(alias.collection_name)
-        if self.client.collection_exists(name):
-            raise PreconditionError(
-                f"{name} is a Qdrant collection, not an alias: a stable name must be free or an "
-                "alias (collections cannot be renamed; give applications a new name, an alias)"
-            )
         return None
+
+    def _is_collection(self, name: str) -> bool:
+        return bool(self.client.collection_exists(name))
 
     def _move(self, name: str, collection: str, before: str | None) -> None:
         models = _models()
@@ -284,10 +274,11 @@ def _delete_alias(name: str) -> Any:
     return models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=name))
 
 
-class QdrantStore(EngineSearch, ScanningStore):
+class QdrantStore(EngineSearch, CollectionStore):
     """A :class:`~vecmigrate.stores.base.VectorStore` on a Qdrant collection."""
 
     kind = "qdrant"
+    aliases = QdrantAliases
 
     def __init__(
         self,
@@ -301,12 +292,7 @@ class QdrantStore(EngineSearch, ScanningStore):
         writable: bool,
         notes: list[str] | None = None,
     ) -> None:
-        self.client = client
-        self.scope = scope
-        self.name = name
-        self.schema = schema
-        self.dimension = schema.primary.dimension
-        self.metric = schema.primary.metric or "l2"
+        super().__init__(client, scope, name, schema)
         self.keyed = keyed
         self.writable = writable
         # Schema vector name -> Qdrant's ("" for a collection's single unnamed vector).
@@ -377,18 +363,6 @@ class QdrantStore(EngineSearch, ScanningStore):
             notes=notes,
         )
 
-    # -- the stable name --------------------------------------------------------------------
-
-    def point_name(self, name: str, *, create: bool = True) -> StableNameSwitch:
-        """Point the alias ``name`` at this version's collection (see :meth:`Aliases.point`)."""
-        return QdrantAliases(self.client).point(name, self.name, create=create)
-
-    def name_points_at(self, name: str) -> str | None:
-        return QdrantAliases(self.client).target(name)
-
-    def drop_name(self, name: str) -> bool:
-        return QdrantAliases(self.client).drop(name, self.name)
-
     # -- reading ------------------------------------------------------------------------------
 
     def _scroll(
@@ -457,9 +431,7 @@ class QdrantStore(EngineSearch, ScanningStore):
             if not self.keyed and shard.by == "hash":
                 mine = in_shard(records.labels, shard)
                 records = records.filter(mine)
-                for fid, reason, detail in zip(bad.ids, bad.reasons, bad.details, strict=True):
-                    if self._in_shard_id(fid, shard):
-                        faults.add(fid, reason, detail)
+                self.add_shard_faults(faults, bad, shard)
             else:
                 faults.extend(bad)
             kept.append(records)
@@ -473,12 +445,6 @@ class QdrantStore(EngineSearch, ScanningStore):
         key = int(hash_key(np.array([label]))[0]) if len(records) else 0
         return Batch(records, Cursor(key=key, id=label, token=str(last)), faults)
 
-    def _in_shard_id(self, record_id: str, shard: ShardRef) -> bool:
-        value: Any = int(record_id) if self.schema.id_kind == IdKind.INT else record_id
-        arr = id_array([value], self.schema.id_kind)
-        labels = Records(self.schema, pa.RecordBatch.from_arrays([arr], names=["id"])).labels
-        return bool(in_shard(labels, shard)[0])
-
     def iter_ids(self, shard: ShardRef, batch_size: int) -> Iterator[Ids]:
         """Every label of a shard, scrolled without vectors or payloads where the collection
         keeps shard keys."""
@@ -490,10 +456,7 @@ class QdrantStore(EngineSearch, ScanningStore):
         while True:
             points, nxt = self._scroll(flt, offset, min(batch_size, 10_000), vectors=False)
             if points:
-                arr = id_array(
-                    [_record_id(p.id, self.schema.id_kind) for p in points], self.schema.id_kind
-                )
-                yield Records(self.schema, pa.RecordBatch.from_arrays([arr], names=["id"])).labels
+                yield self.labels_of([_record_id(p.id, self.schema.id_kind) for p in points])
             if nxt is None:
                 return
             offset = nxt
@@ -549,8 +512,7 @@ class QdrantStore(EngineSearch, ScanningStore):
                 break
         if not found:
             return np.empty(0, np.int64)
-        arr = id_array(found, self.schema.id_kind)
-        return Records(self.schema, pa.RecordBatch.from_arrays([arr], names=["id"])).labels
+        return self.labels_of(found)
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -689,10 +651,7 @@ class QdrantStore(EngineSearch, ScanningStore):
             ids = [_record_id(h.id, self.schema.id_kind) for h in hits[:k]]
             found_ids.append(ids)
             if ids:
-                arr = id_array(ids, self.schema.id_kind)
-                i[row, : len(ids)] = Records(
-                    self.schema, pa.RecordBatch.from_arrays([arr], names=["id"])
-                ).labels
+                i[row, : len(ids)] = self.labels_of(ids)
             for col, hit in enumerate(hits[:k]):
                 score = float(hit.score)
                 d[row, col] = score * score if str(metric) == "l2" else 1.0 - score
@@ -724,18 +683,13 @@ class QdrantStore(EngineSearch, ScanningStore):
         payload_indexes = {
             k: _index_type(s) for k, s in (info.payload_schema or {}).items() if k != KEY
         }
-        rows = self.scan(ShardRef(index=0, by="hash", lo=0, hi=HASH_SPACE), None, samples).records
-        return Inventory(
-            engine="qdrant",
-            name=self.name,
-            count=self.count(),
-            schema=self.schema,
+        return self._inventory(
+            self.name,
+            samples,
             indexes=self.vector_indexes(),
             payload_indexes=payload_indexes,
-            size_bytes=None,
-            samples=sample_rows(rows),
-            sampled=not self.keyed,
             notes=list(self.notes),
+            sampled=not self.keyed,
         )
 
 
