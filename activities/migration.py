@@ -443,23 +443,12 @@ class MigrationActivities:
         set_openmp_threads(self._share(spec))  # the exact search runs in FAISS
         fold = validation.fold_truth(spec)
         with _keepalive(spec):
-            began = time.monotonic()
             queries = self._round_queries(spec, inp.round, source, target) if fold else None
             # The figures the copy streamed, once the target store is checked against them
             # (its count and a read-back sample); else both versions read in full, as before.
-            found, why = stream.usable(
-                self.journal, spec, inp.shard, queries, None if volatile is None else volatile()
+            check, truth = stream.shard_check(
+                self.journal, spec, source, target, inp.shard, queries, volatile
             )
-            if found is not None:
-                why = stream.verify(spec, target, inp.shard, found)
-            if found is not None and not why:
-                check = found.check(round(time.monotonic() - began, 3))
-                truth = found.truth()
-            else:
-                knn = queries.exact_search(spec) if queries is not None else None
-                check = validation.check_shard(spec, source, target, inp.shard, volatile, truth=knn)
-                check.basis = f"read: {why}"
-                truth = None if knn is None else knn.result()
         if queries is not None and truth is not None:
             self.journal.set_truth(
                 spec.migration_id, inp.shard.index, inp.round, queries.digest(), *truth

@@ -119,6 +119,7 @@ shard_streams = Table(
     Column("state", JSON, nullable=False),
     Column("distances", LargeBinary),
     Column("ids", LargeBinary),
+    Column("sample", LargeBinary),  # the read-back sample: labels, then hashes (8 bytes each)
 )
 
 
@@ -129,6 +130,7 @@ class StreamRow:
     state: dict[str, Any]
     distances: bytes | None
     ids: bytes | None
+    sample: bytes | None = None
 
 
 @dataclass(frozen=True)
@@ -218,6 +220,7 @@ class Journal:
                         state=stream.state,
                         distances=stream.distances,
                         ids=stream.ids,
+                        sample=stream.sample,
                     )
                 )
 
@@ -314,7 +317,7 @@ class Journal:
         )
         if row is None:
             return None
-        return StreamRow(row["state"], row["distances"], row["ids"])
+        return StreamRow(row["state"], row["distances"], row["ids"], row["sample"])
 
     def drop_stream(self, migration_id: str, shard: int) -> None:
         """Forget a shard's streamed state (its copy starts over without one)."""

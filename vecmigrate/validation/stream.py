@@ -23,12 +23,15 @@ asks for ``gates.deep``), the check reads both versions in full as before and sa
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from vecmigrate.catalog.journal import Journal, StreamRow
 from vecmigrate.model.gates import ShardCheck
+from vecmigrate.model.records import IdKind
 from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.model.tasks import ShardRef
 from vecmigrate.records.batch import Faults, Records
@@ -38,7 +41,7 @@ from vecmigrate.records.vectors import Distances, ExactKnn, Ids
 from vecmigrate.stores import VectorStore
 from vecmigrate.stores.base import in_shard
 from vecmigrate.validation.profile import ProfileBuilder
-from vecmigrate.validation.run import GateQueries, fold_truth, gate_queries
+from vecmigrate.validation.run import GateQueries, check_shard, fold_truth, gate_queries
 
 # Records of each shard read back from the target and compared with the hash they were written
 # with. The count catches a lost or added record whatever the sample; the read-back is for a
@@ -138,6 +141,7 @@ class ShardStream:
         self.sample_ids: list[Any] = []  # as the store has them (integers or text)
         self.sample_labels = np.empty(0, np.int64)
         self.sample_hashes = np.empty(0, np.uint64)
+        self.int_ids = True  # integer ids: the sample's ids are its labels
         self.complete = False
 
     def add(self, seen: Records, faults: Faults, written: Records) -> None:
@@ -159,6 +163,7 @@ class ShardStream:
         if not rows.size:
             return
         chosen = written.take(rows.astype(np.int64))
+        self.int_ids = written.schema.id_kind == IdKind.INT
         ids = self.sample_ids + chosen.id_values()
         all_labels = np.concatenate([self.sample_labels, labels[rows]])
         hashes = np.concatenate([self.sample_hashes, chosen.hashes()])
@@ -179,20 +184,22 @@ class ShardStream:
             "complete": self.complete,
             "source": self.source.state(),
             "target": self.target.state(),
-            "sample": {
-                "ids": self.sample_ids,
-                "labels": self.sample_labels.tolist(),
-                "hashes": [str(h) for h in self.sample_hashes.tolist()],
-            },
+            # Integer ids are their labels (kept in the blob); text ids are listed.
+            "sample_ids": None if self.int_ids else self.sample_ids,
         }
+        sample = (
+            np.ascontiguousarray(self.sample_labels, np.int64).tobytes()
+            + np.ascontiguousarray(self.sample_hashes, np.uint64).tobytes()
+        )
         truth = self.truth()
         if truth is None:
-            return StreamRow(state, None, None)
+            return StreamRow(state, None, None, sample)
         d, i = truth
         return StreamRow(
             state,
             np.ascontiguousarray(d, np.float32).tobytes(),
             np.ascontiguousarray(i, np.int64).tobytes(),
+            sample,
         )
 
     @classmethod
@@ -212,10 +219,13 @@ class ShardStream:
         s.complete = bool(state["complete"])
         s.source = ProfileBuilder.from_state(state["source"])
         s.target = ProfileBuilder.from_state(state["target"])
-        sample = state["sample"]
-        s.sample_ids = list(sample["ids"])
-        s.sample_labels = np.asarray(sample["labels"], np.int64)
-        s.sample_hashes = np.asarray([int(h) for h in sample["hashes"]], np.uint64)
+        words = np.frombuffer(row.sample or b"", np.int64)
+        half = words.size // 2
+        s.sample_labels = words[:half].copy()
+        s.sample_hashes = words[half:].view(np.uint64).copy()
+        listed = state.get("sample_ids")
+        s.int_ids = listed is None
+        s.sample_ids = s.sample_labels.tolist() if listed is None else list(listed)
         if s.knn is not None:
             if row.distances is None or row.ids is None:
                 return None
@@ -318,3 +328,28 @@ def verify(spec: MigrationSpec, target: VectorStore, shard: ShardRef, stream: Sh
             f"from what the copy wrote (label {differ[0]})"
         )
     return ""
+
+
+def shard_check(
+    journal: Journal,
+    spec: MigrationSpec,
+    source: VectorStore,
+    target: VectorStore,
+    shard: ShardRef,
+    queries: GateQueries | None,
+    volatile: Callable[[], Ids] | None = None,
+) -> tuple[ShardCheck, tuple[Distances, Ids] | None]:
+    """One shard's check and the exact search of ``queries`` over its target records: from the
+    figures its copy streamed when the target store checks out against them (see
+    :func:`usable` and :func:`verify`), else from a full read of both versions
+    (:func:`~vecmigrate.validation.run.check_shard`), its ``basis`` saying why."""
+    began = time.monotonic()
+    found, why = usable(journal, spec, shard, queries, None if volatile is None else volatile())
+    if found is not None:
+        why = verify(spec, target, shard, found)
+        if not why:
+            return found.check(round(time.monotonic() - began, 3)), found.truth()
+    knn = queries.exact_search(spec) if queries is not None else None
+    check = check_shard(spec, source, target, shard, volatile, truth=knn)
+    check.basis = f"read: {why}"
+    return check, None if knn is None else knn.result()
