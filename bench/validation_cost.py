@@ -6,9 +6,10 @@
 Streaming (the default since the copy computes the shard checks): the copy folds each shard's
 profiles and the recall gate's exact search into its batches, and the suite checks the target
 by its count and a read-back sample instead of reading both versions again. Measured in
-``--pairs`` pairs, each the streamed suite then raw FAISS exact search of the same queries
-(``streamed_suite_s``, ``streamed_raw_s``: medians; ``streamed_ratio``: the median of the pairs'
-ratios), and the copy's time with and without the streaming (``copy_streamed_s``,
+``--pairs`` rounds, each the streamed suite then raw FAISS exact search of the same queries
+(``streamed_suite_s``, ``streamed_raw_s``: medians; ``streamed_ratio``: the median of the
+rounds' ratios), the full-read suite (``gates.deep``) in the same rounds (``full_suite_s``,
+``full_ratio``), and the copy's time with and without the streaming (``copy_streamed_s``,
 ``copy_plain_s``: what the streaming moved into the copy).
 
 For each size: v1 and v2 hold the same vectors (v2 copied by vecmigrate, both indexed with IVF),
@@ -145,16 +146,23 @@ def one(n: int, dim: int, queries: int, pairs: int = 3) -> dict[str, object]:
     plain_prep = prepare(catalog, plain, "bench")
     copy_plain = copy_all(plain, journal, plain_prep.shards, watch=False)
 
-    # Pairs: the streamed suite, then raw exact search of the same (stored) queries.
+    # Rounds of three, under the same load: the streamed suite, the full-read suite (what
+    # gates.deep runs), then raw exact search of the same (stored) queries.
     fixed = stream.stored_queries(journal, spec)
     assert fixed is not None
-    streamed, raws, ratios = [], [], []
+    streamed, full, raws, ratios, full_ratios = [], [], [], [], []
     for _ in range(pairs):
         began = time.perf_counter()
         streamed_gate = streamed_suite(catalog, spec, prep.shards, prep.source_index, record.id)
         streamed.append(time.perf_counter() - began)
+        began = time.perf_counter()
+        validation.validate_migration(
+            catalog, spec, source, target, prep.shards, prep.source_index, record.id
+        )
+        full.append(time.perf_counter() - began)
         raws.append(raw_exact(vectors, fixed.source, fixed.ask)[0])
         ratios.append(streamed[-1] / raws[-1])
+        full_ratios.append(full[-1] / raws[-1])
 
     cpu, began = time.process_time(), time.perf_counter()
     gate = validation.validate_migration(
@@ -176,6 +184,8 @@ def one(n: int, dim: int, queries: int, pairs: int = 3) -> dict[str, object]:
         "streamed_suite_s": round(float(np.median(streamed)), 2),
         "streamed_raw_s": round(float(np.median(raws)), 2),
         "streamed_ratio": round(float(np.median(ratios)), 2),
+        "full_suite_s": round(float(np.median(full)), 2),
+        "full_ratio": round(float(np.median(full_ratios)), 2),
         "streamed_passed": streamed_gate.passed,
         "copy_streamed_s": round(copy_streamed, 2),
         "copy_plain_s": round(copy_plain, 2),
@@ -200,7 +210,9 @@ def main() -> None:
     p.add_argument("--sizes", default="100000,1000000")
     p.add_argument("--dim", type=int, default=128)
     p.add_argument("--queries", type=int, default=1_000)
-    p.add_argument("--pairs", type=int, default=3, help="streamed suite / raw search pairs")
+    p.add_argument(
+        "--pairs", type=int, default=3, help="rounds of streamed suite, full suite, raw search"
+    )
     add_out_option(p)
     args = p.parse_args()
     rows = [one(int(s), args.dim, args.queries, args.pairs) for s in args.sizes.split(",")]

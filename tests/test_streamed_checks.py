@@ -9,16 +9,20 @@ from typing import Any
 
 import numpy as np
 import pytest
+from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from tests.conftest import Sandbox, postgres_database
+from tests.conftest import Sandbox, postgres_database, running_worker
 from tests.test_activities import KilledError, killed, task
 from tests.test_backfill import poison
 from vecmigrate import validation
 from vecmigrate.activities.migration import MigrationActivities
+from vecmigrate.catalog.journal import Journal
+from vecmigrate.control.client import MigrationClient
 from vecmigrate.data.backfill import open_source, open_target, prepare
 from vecmigrate.model.gates import ShardCheck, ShardProfile
+from vecmigrate.model.lifecycle import Phase
 from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.model.tasks import CopyShardInput, ShardRef, ValidateShardInput
 from vecmigrate.records.vectors import merge_topk
@@ -248,3 +252,30 @@ def test_a_copy_from_before_streaming_is_read_in_full(sandbox: Sandbox) -> None:
     check = _check(acts, spec, shards[0])
     assert check.basis == "read: the copy kept no streamed figures for this shard"
     assert check.source.count == check.target.count > 0
+
+
+@pytest.mark.parametrize("deep", [False, True])
+async def test_a_migration_through_the_workflow_validates_from_the_stream_unless_deep(
+    client: Client, sandbox: Sandbox, deep: bool
+) -> None:
+    sandbox.seed(N)
+    spec = sandbox.spec(gates={"deep": deep})
+    async with running_worker(client, sandbox) as queue:
+        mc = MigrationClient(client, queue)
+        final = await mc.result(await mc.start(spec))
+    assert final.phase == Phase.COMPLETED, final.error
+    journal = Journal(sandbox.catalog)
+    checks = [
+        ShardCheck.model_validate(c)
+        for c in journal.outcomes(spec.migration_id, "check_result").values()
+    ]
+    assert len(checks) == 3
+    if deep:
+        assert {c.basis for c in checks} == {"read: gates.deep asks for the full re-read"}
+        assert stream.stored_queries(journal, spec) is None
+    else:
+        assert {c.basis for c in checks} == {"streamed"}
+        stored = stream.stored_queries(journal, spec)
+        assert stored is not None
+        assert final.gates is not None
+        assert final.gates.queries == stored.source.shape[0]
