@@ -447,7 +447,7 @@ class MigrationActivities:
             # The figures the copy streamed, once the target store is checked against them
             # (its count and a read-back sample); else both versions read in full, as before.
             check, truth = stream.shard_check(
-                self.journal, spec, source, target, inp.shard, queries, volatile
+                self.journal, spec, source, target, inp.shard, queries, volatile, inp.round
             )
         if queries is not None and truth is not None:
             self.journal.set_truth(

@@ -4,7 +4,12 @@ against the store (a lost or changed record fails the gate); ``gates.deep`` read
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import random
+import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,6 +31,7 @@ from vecmigrate.model.lifecycle import Phase
 from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.model.tasks import CopyShardInput, ShardRef, ValidateShardInput
 from vecmigrate.records.vectors import merge_topk
+from vecmigrate.testing.chaos import WorkerPool, streamed_problems
 from vecmigrate.validation import stream
 from vecmigrate.validation.gates import parity_verdicts
 
@@ -279,3 +285,62 @@ async def test_a_migration_through_the_workflow_validates_from_the_stream_unless
         assert stored is not None
         assert final.gates is not None
         assert final.gates.queries == stored.source.shape[0]
+
+
+async def test_a_worker_killed_mid_copy_resumes_the_stream_where_its_cursor_is(
+    client: Client, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A real worker process killed with SIGKILL in the middle of a shard's copy: the retry on
+    a new worker goes on from the journal's cursor with the figures kept beside it, and they
+    equal a full read of both versions."""
+    sandbox.seed(12_000)
+    spec = sandbox.spec(
+        shards={"count": 2},
+        batch_size=250,
+        max_vectors_per_second=3000.0,
+        heartbeat_seconds=2.0,
+    )
+    journal = Journal(sandbox.catalog)
+    queue = f"kill-{uuid.uuid4().hex[:8]}"
+    home = tmp_path / "workers"
+    home.mkdir()
+    pool = WorkerPool(home, client.service_client.config.target_host, queue, sandbox.catalog.url, 1)
+    try:
+        mc = MigrationClient(client, queue)
+        mid = await mc.start(spec)
+        deadline = time.monotonic() + 120
+        while not any(
+            s.result is None and s.copied >= 1000
+            for s in journal.copy_states(spec.migration_id).values()
+        ):
+            assert time.monotonic() < deadline, "no copy under way"
+            await asyncio.sleep(0.05)
+        pool.kill_one(random.Random(0))  # the only worker, mid-copy; a new one takes over
+        final = await mc.result(mid)
+    finally:
+        pool.stop()
+    assert final.phase == Phase.COMPLETED, final.error
+    states = journal.copy_states(spec.migration_id).values()
+    assert any(s.attempts > 1 and s.copied > 0 for s in states)
+    streamed, problems = streamed_problems(sandbox.catalog, spec)
+    assert problems == []
+    assert streamed == 2
+
+
+def test_a_source_record_removed_behind_the_log_and_a_later_round_read_in_full(
+    sandbox: Sandbox,
+) -> None:
+    acts, spec, shards = _copied(sandbox)
+    for s in shards:
+        _copy(acts, spec, s)
+    assert _check(acts, spec, shards[0]).basis == "streamed"
+    # A validation round after a failed gate reads in full, whatever the stream holds.
+    inp = ValidateShardInput(**task(acts, spec), shard=shards[0], round=1)
+    again = ActivityEnvironment().run(acts.validate_shard, inp)
+    assert again.basis == "read: a validation round after a failed gate reads in full"
+    # A source record deleted with no change logged: the source's count gives it away.
+    victim = int(next(iter(open_source(spec).iter_shard(shards[0], 10))).ids[0])
+    open_source(spec).delete(np.array([victim], np.int64))
+    check = _check(acts, spec, shards[0])
+    assert check.basis.startswith("read: the source holds")
+    assert check.source.count == check.target.count - 1

@@ -359,14 +359,15 @@ async def _run(
             )
     if report.kills < kills:
         report.problems.append(f"only {report.kills} kills happened before the end")
-    report.problems.extend(_streamed_problems(catalog, spec, report))
+    report.streamed_checks, problems = streamed_problems(catalog, spec)
+    report.problems.extend(problems)
     return report
 
 
-def _streamed_problems(catalog: Catalog, spec: MigrationSpec, report: ChaosReport) -> list[str]:
+def streamed_problems(catalog: Catalog, spec: MigrationSpec) -> tuple[int, list[str]]:
     """The figures each shard's copy streamed through the kills, against a full read of both
-    versions now: they must be equal (a batch counted twice or missed would show here), and
-    the gate must have used them."""
+    versions now: they must be equal (a batch counted twice or missed would show here). Also
+    how many shard checks the gate took from them."""
     from vecmigrate.model.gates import ShardCheck
     from vecmigrate.validation.run import check_shard
     from vecmigrate.validation.stream import stored_queries, usable
@@ -374,11 +375,11 @@ def _streamed_problems(catalog: Catalog, spec: MigrationSpec, report: ChaosRepor
     journal = Journal(catalog)
     source, target = open_source(spec), open_target(spec)
     checks = journal.outcomes(spec.migration_id, "check_result")
-    problems = []
+    problems, streamed = [], 0
     for shard in shard_plan(spec, source):
         used = ShardCheck.model_validate(checks[shard.index]) if shard.index in checks else None
         if used is not None and used.basis == "streamed":
-            report.streamed_checks += 1
+            streamed += 1
         found, why = usable(journal, spec, shard, stored_queries(journal, spec), None)
         if found is None:
             problems.append(f"shard {shard.index}: no streamed figures ({why})")
@@ -389,4 +390,4 @@ def _streamed_problems(catalog: Catalog, spec: MigrationSpec, report: ChaosRepor
             b = getattr(read, side).model_dump(exclude={"norm_mean"})
             if a != b:
                 problems.append(f"shard {shard.index}: streamed {side} profile {a} != read {b}")
-    return problems
+    return streamed, problems
