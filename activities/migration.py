@@ -99,7 +99,7 @@ from vecmigrate.model.tuning import TuningInput, TuningResult
 from vecmigrate.records.checksums import RecordChecksum
 from vecmigrate.records.vectors import Ids, merge_topk
 from vecmigrate.stores import WHOLE, VectorStore
-from vecmigrate.validation import divergence, reconcile
+from vecmigrate.validation import divergence, reconcile, stream
 from vecmigrate.validation.shadow import ShadowLog
 
 I = TypeVar("I")  # noqa: E741
@@ -329,7 +329,16 @@ class MigrationActivities:
             def progress(cursor: Cursor, done: int, _acc: RecordChecksum) -> None:
                 beat({"shard": index, "cursor": cursor.model_dump(), "copied": done})
 
-            result = backfill.copy_shard(spec, inp.shard, self.journal, progress)
+            # The copy streams the shard's check (profiles, the gate's exact search): the
+            # search runs in FAISS, on this shard's share of the cores.
+            set_openmp_threads(self._share(spec))
+            result = backfill.copy_shard(
+                spec,
+                inp.shard,
+                self.journal,
+                progress,
+                watch=functools.partial(stream.open_stream, self.journal, spec, inp.shard),
+            )
         if result.resumed_from is not None and result.complete:
             activity.logger.info(
                 "shard %s resumed after id %s (attempt %s, %s vectors re-copied)",
@@ -412,7 +421,9 @@ class MigrationActivities:
         with self._gate_queries_lock:
             if key in self._gate_queries:
                 return self._gate_queries[key]
-            queries = validation.gate_queries(spec, source, target)
+            # The sample the copy searched, if it streamed (fixed before it began); else drawn.
+            fixed = None if stream.streamable(spec) else stream.stored_queries(self.journal, spec)
+            queries = fixed or validation.gate_queries(spec, source, target)
             while len(self._gate_queries) >= 8:
                 self._gate_queries.pop(next(iter(self._gate_queries)))
             self._gate_queries[key] = queries
@@ -437,11 +448,14 @@ class MigrationActivities:
         fold = validation.fold_truth(spec)
         with _keepalive(spec):
             queries = self._round_queries(spec, inp.round, source, target) if fold else None
-            knn = queries.exact_search(spec) if queries is not None else None
-            check = validation.check_shard(spec, source, target, inp.shard, volatile, truth=knn)
-        if queries is not None and knn is not None:
+            # The figures the copy streamed, once the target store is checked against them
+            # (its count and a read-back sample); else both versions read in full, as before.
+            check, truth = stream.shard_check(
+                self.journal, spec, source, target, inp.shard, queries, volatile, inp.round
+            )
+        if queries is not None and truth is not None:
             self.journal.set_truth(
-                spec.migration_id, inp.shard.index, inp.round, queries.digest(), *knn.result()
+                spec.migration_id, inp.shard.index, inp.round, queries.digest(), *truth
             )
         self.journal.set_check(
             spec.migration_id, inp.shard.index, inp.round, check.model_dump(mode="json")

@@ -24,3 +24,6 @@ def test_migration_survives_killed_workers_and_a_server_restart(tmp_path: Path) 
     # Every retried copy re-copied at most one batch (counted by the shard journal).
     assert report.max_recopied_per_retry <= 1_000
     assert report.recopied <= 1_000 * report.retried_copies
+    # The gate took every shard's check from what its copy streamed through the kills (and
+    # those figures equal a full read of both versions: a problem otherwise).
+    assert report.streamed_checks == 8

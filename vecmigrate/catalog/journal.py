@@ -94,6 +94,44 @@ gate_truths = Table(
     Column("ids", LargeBinary, nullable=False),
 )
 
+# The gate's query sample, drawn once before the copy (see ``vecmigrate.validation.stream``):
+# the copy searches it exactly as it writes, so it must not change under it. Ids and vectors
+# are blobs here, never in payloads; keyed by migration and spec hash.
+gate_samples = Table(
+    "gate_samples",
+    metadata,
+    Column("migration_id", String(200), primary_key=True),
+    Column("spec_hash", String(64), primary_key=True),
+    Column("meta", JSON, nullable=False),  # kind, ask, rows, dimensions, per-shard counts
+    Column("ids", LargeBinary),  # int64 labels; NULL for a recorded query log
+    Column("source", LargeBinary, nullable=False),  # float32 rows, the source's space
+    Column("target", LargeBinary, nullable=False),  # float32 rows, the target's space
+)
+
+# What a shard's copy has seen so far, kept to match its cursor: the profiles of both sides,
+# the read-back sample and the running exact search of the gate's queries. Written in the
+# transaction that moves the cursor, so a resumed copy goes on from exactly what was counted.
+shard_streams = Table(
+    "shard_streams",
+    metadata,
+    Column("migration_id", String(200), primary_key=True),
+    Column("shard", Integer, primary_key=True),
+    Column("state", JSON, nullable=False),
+    Column("distances", LargeBinary),
+    Column("ids", LargeBinary),
+    Column("sample", LargeBinary),  # the read-back sample: labels, then hashes (8 bytes each)
+)
+
+
+@dataclass(frozen=True)
+class StreamRow:
+    """A shard's streamed validation state as stored (see ``vecmigrate.validation.stream``)."""
+
+    state: dict[str, Any]
+    distances: bytes | None
+    ids: bytes | None
+    sample: bytes | None = None
+
 
 @dataclass(frozen=True)
 class CopyState:
@@ -129,7 +167,9 @@ class Journal:
         once_per_engine(self.engine, "journal", self._create)
 
     def _create(self) -> None:
-        metadata.create_all(self.engine, tables=[shard_work, controls, gate_truths])
+        metadata.create_all(
+            self.engine, tables=[shard_work, controls, gate_truths, gate_samples, shard_streams]
+        )
         # A catalog made before scans had tokens.
         sql.add_missing_columns(self.engine, "shard_work", {"cursor_token": "TEXT"})
 
@@ -158,13 +198,31 @@ class Journal:
     def _where(self, migration_id: str, shard: int) -> Any:
         return (shard_work.c.migration_id == migration_id) & (shard_work.c.shard == shard)
 
-    def _update(self, migration_id: str, shard: int, **values: Any) -> None:
+    def _update(
+        self, migration_id: str, shard: int, stream: StreamRow | None = None, **values: Any
+    ) -> None:
         with begin(self.engine) as conn:
             conn.execute(
                 update(shard_work)
                 .where(self._where(migration_id, shard))
                 .values(**values, updated_at=now())
             )
+            if stream is not None:
+                # In the cursor's transaction: the two never disagree, whenever the copy dies.
+                key = (shard_streams.c.migration_id == migration_id) & (
+                    shard_streams.c.shard == shard
+                )
+                conn.execute(shard_streams.delete().where(key))
+                conn.execute(
+                    shard_streams.insert().values(
+                        migration_id=migration_id,
+                        shard=shard,
+                        state=stream.state,
+                        distances=stream.distances,
+                        ids=stream.ids,
+                        sample=stream.sample,
+                    )
+                )
 
     @staticmethod
     def _progress(cursor: Cursor | None, copied: int, written: RecordChecksum) -> dict[str, Any]:
@@ -214,8 +272,10 @@ class Journal:
         copied: int,
         written: RecordChecksum,
         batch: int,
+        stream: StreamRow | None = None,
     ) -> None:
-        """Record the resume point (the start of the batch about to be written) and its size.
+        """Record the resume point (the start of the batch about to be written) and its size,
+        and with ``stream`` the shard's streamed validation state up to that point.
 
         Called before the batch is written: if the writer dies, the next attempt starts at this
         batch again, and ``handed`` has counted it once per attempt.
@@ -223,6 +283,7 @@ class Journal:
         self._update(
             migration_id,
             shard,
+            stream,
             **self._progress(cursor, copied, written),
             handed=shard_work.c.handed + batch,
         )
@@ -235,10 +296,76 @@ class Journal:
         copied: int,
         written: RecordChecksum,
         result: dict[str, Any],
+        stream: StreamRow | None = None,
     ) -> None:
-        """Record a finished copy: its end cursor, counts and result."""
+        """Record a finished copy: its end cursor, counts and result (and final stream)."""
         self._update(
-            migration_id, shard, **self._progress(cursor, copied, written), copy_result=result
+            migration_id,
+            shard,
+            stream,
+            **self._progress(cursor, copied, written),
+            copy_result=result,
+        )
+
+    def stream(self, migration_id: str, shard: int) -> StreamRow | None:
+        """The shard's streamed validation state, or None if its copy kept none."""
+        row = sql.first_row(
+            self.engine,
+            select(shard_streams).where(
+                (shard_streams.c.migration_id == migration_id) & (shard_streams.c.shard == shard)
+            ),
+        )
+        if row is None:
+            return None
+        return StreamRow(row["state"], row["distances"], row["ids"], row["sample"])
+
+    def drop_stream(self, migration_id: str, shard: int) -> None:
+        """Forget a shard's streamed state (its copy starts over without one)."""
+        with begin(self.engine) as conn:
+            conn.execute(
+                shard_streams.delete().where(
+                    (shard_streams.c.migration_id == migration_id)
+                    & (shard_streams.c.shard == shard)
+                )
+            )
+
+    # -- the gate's fixed query sample ----------------------------------------------------------
+
+    def gate_sample(
+        self, migration_id: str, spec_hash: str
+    ) -> tuple[dict[str, Any], bytes | None, bytes, bytes] | None:
+        """The stored query sample (meta, ids, source rows, target rows), or None."""
+        row = sql.first_row(
+            self.engine,
+            select(gate_samples).where(
+                (gate_samples.c.migration_id == migration_id)
+                & (gate_samples.c.spec_hash == spec_hash)
+            ),
+        )
+        if row is None:
+            return None
+        return row["meta"], row["ids"], row["source"], row["target"]
+
+    def set_gate_sample(
+        self,
+        migration_id: str,
+        spec_hash: str,
+        meta: dict[str, Any],
+        ids: bytes | None,
+        source: bytes,
+        target: bytes,
+    ) -> None:
+        """Store the query sample unless one is stored already (the first writer's stays)."""
+        sql.insert_ignoring_duplicate(
+            self.engine,
+            gate_samples.insert().values(
+                migration_id=migration_id,
+                spec_hash=spec_hash,
+                meta=meta,
+                ids=ids,
+                source=source,
+                target=target,
+            ),
         )
 
     def copy_states(self, migration_id: str) -> dict[int, CopyState]:

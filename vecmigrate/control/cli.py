@@ -440,6 +440,11 @@ def parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("spec", help="the migration spec, a YAML or JSON file")
     p.add_argument("--watch", action="store_true", help="show progress until it ends")
+    p.add_argument(
+        "--deep",
+        action="store_true",
+        help="validate by reading both versions in full (sets gates.deep; an audit)",
+    )
     _region_catalogs(p)
 
     p = sub.add_parser("status", help="status of a migration")
@@ -1201,6 +1206,8 @@ async def _plan(args: argparse.Namespace) -> int:
 
 async def _start(args: argparse.Namespace) -> int:
     spec = resolve_spec(load_spec(args.spec))
+    if args.deep:
+        spec = spec.model_copy(update={"gates": spec.gates.model_copy(update={"deep": True})})
     plan = _planned(args, spec)
     if not plan.ok:
         raise VecmigrateError("the migration cannot start:\n  " + "\n  ".join(plan.problems))

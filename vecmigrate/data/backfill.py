@@ -10,14 +10,14 @@ import contextvars
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.catalog.changelog import ChangeLog
 from vecmigrate.catalog.documents import Documents
-from vecmigrate.catalog.journal import Control, Journal
+from vecmigrate.catalog.journal import Control, Journal, StreamRow
 from vecmigrate.catalog.retention import RetentionLog
 from vecmigrate.data.adopt import adopt, adoption_checks, target_schema
 from vecmigrate.data.checks import Check
@@ -48,6 +48,22 @@ from vecmigrate.stores.base import Batch
 # Called after every committed batch with the cursor to resume from, the running count and the
 # running checksum of what was written (so a resumed copy need not re-read to checksum).
 ProgressCallback = Callable[[Cursor, int, RecordChecksum], None]
+
+
+class CopyWatcher(Protocol):
+    """Figures a copy keeps as it goes (the streamed shard check, see
+    ``vecmigrate.validation.stream``), persisted with every cursor it records."""
+
+    complete: bool
+
+    def add(self, seen: Records, faults: Faults, written: Records) -> None: ...
+
+    def row(self) -> StreamRow: ...
+
+
+# Opens the watcher of a copy: told whether the copy starts from the shard's beginning, and given
+# the open source and target stores. None: the copy keeps no figures.
+WatcherOpener = Callable[[bool, VectorStore, VectorStore], CopyWatcher | None]
 
 
 def source_scope(spec: MigrationSpec) -> Scope:
@@ -471,6 +487,14 @@ class TargetView:
     def records(self, records: Records, faults: Faults | None = None) -> tuple[Records, Faults]:
         """``records`` as the target holds them, and the records it cannot (with ``faults``,
         those the read already left out)."""
+        _, written, bad = self.split(records, faults)
+        return written, bad
+
+    def split(
+        self, records: Records, faults: Faults | None = None
+    ) -> tuple[Records, Records, Faults]:
+        """As :meth:`records`, with first the records the target can hold as the migration
+        makes them, before they take the target's layout (the source side of a shard check)."""
         good, bad = screen(records, self.limits)
         if faults is not None:
             bad.extend(faults)
@@ -479,7 +503,7 @@ class TargetView:
             good = good.filter(np.isin(good.labels, found)).with_vectors(vectors)
         elif self.transform_name != "identity":
             good = good.with_vectors(self.transform(good.vectors()))
-        return good.conform(self.schema), bad
+        return good, good.conform(self.schema), bad
 
 
 class Throttle:
@@ -508,8 +532,13 @@ def copy_shard(
     on_batch: ProgressCallback | None = None,
     sleep: Callable[[float], None] = time.sleep,
     clock: Callable[[], float] = time.monotonic,
+    watch: WatcherOpener | None = None,
 ) -> CopyShardResult:
     """Copy one shard from where its journal says to its end, one batch per transaction.
+
+    With ``watch``, the copy also keeps the figures of the watcher it opens (the shard check
+    streamed from the batches it holds), persisted with the cursor in the journal's transaction:
+    a resumed copy goes on with figures that count every batch before its cursor once.
 
     Before each batch the journal records the batch's start as the resume point, so a crash at
     any instant re-copies at most that one batch, and upserts by id make the re-copy harmless.
@@ -531,6 +560,7 @@ def copy_shard(
     source = open_source(spec)
     target = open_target(spec, source)
     view = TargetView.of(journal.catalog, spec, target)
+    watcher = None if watch is None else watch(state.cursor is None, source, target)
     reembed = view.reembed
     quarantine = Quarantine(journal.catalog)
     cursor, copied, acc = state.cursor, state.copied, state.written
@@ -543,9 +573,12 @@ def copy_shard(
         rate = control.max_vectors_per_second
         return None if rate is None else rate / parallel
 
+    def kept() -> StreamRow | None:
+        return None if watcher is None else watcher.row()
+
     def incomplete() -> CopyShardResult:
         # Everything up to the cursor has committed: the next call starts right after it.
-        journal.before_batch(mid, shard.index, cursor, copied, acc, 0)
+        journal.before_batch(mid, shard.index, cursor, copied, acc, 0, kept())
         return CopyShardResult(
             shard=shard.index,
             copied=copied,
@@ -594,20 +627,22 @@ def copy_shard(
                     spec.batch_size,
                 )
             try:
-                records, faults = view.records(batch.records, batch.faults)
+                seen, records, faults = view.split(batch.records, batch.faults)
             except DataError as exc:
                 # Everything before this batch has committed: a resume after the fix starts here.
-                journal.before_batch(mid, shard.index, cursor, copied, acc, 0)
+                journal.before_batch(mid, shard.index, cursor, copied, acc, 0, kept())
                 raise DataError(
                     f"shard {shard.index}, batch after id {cursor.id if cursor else 'start'}: {exc}"
                 ) from None
-            journal.before_batch(mid, shard.index, cursor, copied, acc, len(records))
+            journal.before_batch(mid, shard.index, cursor, copied, acc, len(records), kept())
             handed += len(records)
             quarantine.add(mid, shard.index, faults)
             left_out += len(faults)
             target.write(records)
             moved["written"] += records.nbytes
             acc.add_hashes(records.hashes())
+            if watcher is not None:
+                watcher.add(seen, faults, records)
             assert batch.next_cursor is not None
             cursor = batch.next_cursor
             copied += len(records)
@@ -641,7 +676,11 @@ def copy_shard(
         bytes_written=moved["written"],
         **embedded(),
     )
-    journal.finish_copy(mid, shard.index, cursor, copied, acc, result.model_dump(mode="json"))
+    if watcher is not None:
+        watcher.complete = True
+    journal.finish_copy(
+        mid, shard.index, cursor, copied, acc, result.model_dump(mode="json"), kept()
+    )
     return result
 
 

@@ -127,6 +127,10 @@ class ShardCheck(_Model):
     seconds: float = 0.0
     # Records left out of both profiles because they were written during the migration.
     excluded: int = 0
+    # Where the profiles come from: "streamed" (computed by the copy, the target checked by its
+    # count and a read-back sample), "read" (both versions read in full), or "read: <why>"
+    # (read in full because the streamed figures could not be used).
+    basis: str = "read"
 
 
 class ReadOption(_Model):

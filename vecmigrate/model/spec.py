@@ -694,6 +694,10 @@ class GatePolicy(_Model):
     """A failed gate pauses for an operator, or rolls the migration back."""
     seed: int = 0
     """Seed of the query and distribution samples."""
+    deep: bool = False
+    """Read both versions in full after the build for the shard checks (an audit). By default
+    the copy computes each shard's profiles and the recall gate's exact search as it writes,
+    and the checks verify the target by its count and a read-back sample of each shard."""
 
     @property
     def queries(self) -> int:
@@ -1320,7 +1324,7 @@ ADDED_FIELDS: dict[type[BaseModel], frozenset[str]] = {
     ),
     QdrantHnsw: frozenset({"quantization", "product_compression", "rescore", "oversampling"}),
     MigrationSpec: frozenset({"schedule", "windows", "retention", "quarantine"}),
-    GatePolicy: frozenset({"half_width"}),
+    GatePolicy: frozenset({"half_width", "deep"}),
     OnlinePolicy: frozenset({"capture", "tuning"}),
     CutoverPolicy: frozenset({"stable_name"}),
     RegionPolicy: frozenset({"divergence"}),

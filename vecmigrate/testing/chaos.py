@@ -35,7 +35,7 @@ from vecmigrate.catalog.journal import Journal
 from vecmigrate.config import sqlite_url
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.control.devserver import DevServer, free_port
-from vecmigrate.data.backfill import open_source, open_target
+from vecmigrate.data.backfill import open_source, open_target, shard_plan
 from vecmigrate.data.datasets import clustered
 from vecmigrate.data.seed import seed_collection, sequential_ids
 from vecmigrate.model.lifecycle import TERMINAL, Phase
@@ -57,6 +57,7 @@ class ChaosReport:
     kill_phases: list[str] = field(default_factory=list)
     server_restarts: int = 0
     retried_copies: int = 0
+    streamed_checks: int = 0  # shard checks taken from the figures the copy streamed
     recopied: int = 0
     max_recopied_per_retry: int = 0
     phase: str = ""
@@ -319,6 +320,8 @@ async def chaos(
             )
     if report.kills < kills:
         report.problems.append(f"only {report.kills} kills happened before the end")
+    report.streamed_checks, problems = streamed_problems(catalog, spec)
+    report.problems.extend(problems)
     return report
 
 
@@ -326,3 +329,32 @@ def run_chaos(home: Path, **options: Any) -> ChaosReport:
     """:func:`chaos` for synchronous callers (the test, the benchmark): the same options, in an
     event loop of its own."""
     return asyncio.run(chaos(home, **options))
+
+
+def streamed_problems(catalog: Catalog, spec: MigrationSpec) -> tuple[int, list[str]]:
+    """The figures each shard's copy streamed through the kills, against a full read of both
+    versions now: they must be equal (a batch counted twice or missed would show here). Also
+    how many shard checks the gate took from them."""
+    from vecmigrate.model.gates import ShardCheck
+    from vecmigrate.validation.run import check_shard
+    from vecmigrate.validation.stream import stored_queries, usable
+
+    journal = Journal(catalog)
+    source, target = open_source(spec), open_target(spec)
+    checks = journal.outcomes(spec.migration_id, "check_result")
+    problems, streamed = [], 0
+    for shard in shard_plan(spec, source):
+        used = ShardCheck.model_validate(checks[shard.index]) if shard.index in checks else None
+        if used is not None and used.basis == "streamed":
+            streamed += 1
+        found, why = usable(journal, spec, shard, stored_queries(journal, spec), None)
+        if found is None:
+            problems.append(f"shard {shard.index}: no streamed figures ({why})")
+            continue
+        read = check_shard(spec, source, target, shard)
+        for side in ("source", "target"):
+            a = getattr(found.check(), side).model_dump(exclude={"norm_mean"})
+            b = getattr(read, side).model_dump(exclude={"norm_mean"})
+            if a != b:
+                problems.append(f"shard {shard.index}: streamed {side} profile {a} != read {b}")
+    return streamed, problems

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -61,9 +62,16 @@ class ProfileBuilder:
     dual-write and catch-up account for them).
     """
 
-    def __init__(self, unit_norm_tolerance: float = 1e-3, keep: bool = False) -> None:
+    def __init__(
+        self, unit_norm_tolerance: float = 1e-3, keep: bool = False, track_ids: bool = True
+    ) -> None:
         self.tolerance = unit_norm_tolerance
         self.keep = keep
+        # Without ``track_ids`` repeated ids are counted within each batch only (the copy reads a
+        # shard in id order, so a repeat never spans two batches) and no id is kept: the state
+        # stays a few numbers, persisted with the copy's cursor.
+        self.track_ids = track_ids
+        self.repeats = 0
         self.batches: list[Records] = []
         self.records = RecordChecksum()
         self.ids = IdChecksum()
@@ -106,7 +114,10 @@ class ProfileBuilder:
         self.has_payload = records.schema.has_payload
         if self.has_payload:
             self.payloads.add_hashes(record_hashes(labels, [], records.payload_only_hashes()))
-        self.seen.append(labels)
+        if self.track_ids:
+            self.seen.append(labels)
+        else:
+            self.repeats += repeated_ids(labels)
         self.count += len(records)
         vectors = records.vectors()
         finite = np.isfinite(vectors).all(axis=1)
@@ -130,10 +141,56 @@ class ProfileBuilder:
         rest.broken = self.broken
         return rest.result()
 
+    def state(self) -> dict[str, Any]:
+        """Everything added so far as JSON (for a builder without kept batches or ids)."""
+        if self.keep or self.track_ids:
+            raise ValueError("only a builder made with keep=False, track_ids=False has a state")
+        return {
+            "tolerance": self.tolerance,
+            "records": [self.records.count, str(self.records.total)],
+            "ids": [self.ids.count, str(self.ids.total)],
+            "payloads": [self.payloads.count, str(self.payloads.total)],
+            "has_payload": self.has_payload,
+            "repeats": self.repeats,
+            "left_out": dict(self.left_out),
+            "broken": [self.broken.records, self.broken.vectors, self.broken.duplicates],
+            "count": self.count,
+            "nonfinite": self.nonfinite,
+            "zero": self.zero,
+            "off_unit": self.off_unit,
+            # JSON has no infinity: an empty builder's bounds are written as null.
+            "norm": [
+                None if self.count == self.nonfinite else self.norm_min,
+                None if self.count == self.nonfinite else self.norm_max,
+                self.norm_sum,
+            ],
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> ProfileBuilder:
+        """A builder that goes on from ``state`` (see :meth:`state`)."""
+        b = cls(float(state["tolerance"]), track_ids=False)
+        b.records = RecordChecksum(int(state["records"][0]), int(state["records"][1]))
+        b.ids = IdChecksum(int(state["ids"][0]), int(state["ids"][1]))
+        b.payloads = RecordChecksum(int(state["payloads"][0]), int(state["payloads"][1]))
+        b.has_payload = bool(state["has_payload"])
+        b.repeats = int(state["repeats"])
+        b.left_out = {str(k): int(v) for k, v in state["left_out"].items()}
+        b.broken = _Broken(*(int(x) for x in state["broken"]))
+        b.count = int(state["count"])
+        b.nonfinite = int(state["nonfinite"])
+        b.zero = int(state["zero"])
+        b.off_unit = int(state["off_unit"])
+        low, high, total = state["norm"]
+        b.norm_min = np.inf if low is None else float(low)
+        b.norm_max = -np.inf if high is None else float(high)
+        b.norm_sum = float(total)
+        return b
+
     def result(self) -> ShardProfile:
         """The profile of everything added."""
         all_ids = np.concatenate(self.seen) if self.seen else np.empty(0, np.int64)
-        duplicates = repeated_ids(all_ids) + self.broken.duplicates
+        duplicates = repeated_ids(all_ids) + self.repeats + self.broken.duplicates
         finite = self.count - self.nonfinite
         return ShardProfile(
             count=self.count + self.broken.records,

@@ -1,0 +1,388 @@
+"""Streaming verification: the shard checks the copy computes as it writes equal a full read of
+both versions, also after a copy killed mid-shard and resumed; the target is still checked
+against the store (a lost or changed record fails the gate); ``gates.deep`` reads in full."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from tests.conftest import Sandbox, postgres_database, running_worker
+from tests.test_activities import KilledError, killed, task
+from tests.test_backfill import poison
+from vecmigrate import validation
+from vecmigrate.activities.migration import MigrationActivities
+from vecmigrate.catalog.journal import Journal
+from vecmigrate.control.client import MigrationClient
+from vecmigrate.data.backfill import open_source, open_target, prepare
+from vecmigrate.model.gates import ShardCheck, ShardProfile
+from vecmigrate.model.lifecycle import Phase
+from vecmigrate.model.spec import MigrationSpec
+from vecmigrate.model.tasks import CopyShardInput, ShardRef, ValidateShardInput
+from vecmigrate.records.vectors import merge_topk
+from vecmigrate.testing.chaos import WorkerPool, streamed_problems
+from vecmigrate.validation import stream
+from vecmigrate.validation.gates import parity_verdicts
+
+N = 3000
+
+
+def _target(sandbox: Sandbox, kind: str, request: pytest.FixtureRequest) -> dict[str, Any]:
+    index = {"kind": "hnswlib_hnsw", "m": 16, "ef_search": 64}
+    if kind == "builtin":
+        return sandbox.version("v2", index).model_dump(mode="json")
+    url = postgres_database(request.getfixturevalue("postgres"))
+    return sandbox.version("v2", index, store={"kind": "pgvector", "url": url}).model_dump(
+        mode="json"
+    )
+
+
+def _copied(
+    sandbox: Sandbox, target: dict[str, Any] | None = None, **gates: Any
+) -> tuple[MigrationActivities, MigrationSpec, list[ShardRef]]:
+    """A migration of N records in 3 shards, batches of 100, prepared (not copied)."""
+    sandbox.seed(N)
+    over: dict[str, Any] = {"batch_size": 100, "gates": {"sample_queries": 60, **gates}}
+    if target is not None:
+        over["target"] = target
+    spec = sandbox.spec(**over)
+    acts = MigrationActivities(sandbox.catalog.url)
+    shards = prepare(sandbox.catalog, spec, "t").shards
+    return acts, spec, shards
+
+
+def _copy(acts: MigrationActivities, spec: MigrationSpec, shard: ShardRef) -> None:
+    result = ActivityEnvironment().run(
+        acts.copy_shard, CopyShardInput(**task(acts, spec), shard=shard)
+    )
+    assert result.complete
+
+
+def _check(acts: MigrationActivities, spec: MigrationSpec, shard: ShardRef) -> ShardCheck:
+    inp = ValidateShardInput(**task(acts, spec), shard=shard, round=0)
+    return ActivityEnvironment().run(acts.validate_shard, inp)
+
+
+def _same(streamed: ShardProfile, read: ShardProfile) -> None:
+    """Equal, but for the norms' mean: summed over other batch boundaries, its float64 sum may
+    differ in the last bits (it is reported to 6 decimals)."""
+    a, b = streamed.model_dump(), read.model_dump()
+    mean_a, mean_b = a.pop("norm_mean"), b.pop("norm_mean")
+    assert a == b
+    assert mean_a == pytest.approx(mean_b, abs=2e-6)
+
+
+@pytest.mark.parametrize(
+    "kind", ["builtin", pytest.param("pgvector", marks=pytest.mark.integration)]
+)
+def test_streamed_checks_equal_a_full_read_after_copies_killed_mid_shard(
+    sandbox: Sandbox,
+    kind: str,
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    acts, spec, shards = _copied(sandbox, _target(sandbox, kind, request))
+    poison(sandbox, spec, 17)  # one source record the target cannot hold: counted, not copied
+    first, second, third = shards
+
+    # Shard one: the worker "dies" at its fifth heartbeat, after the fifth batch was written
+    # (the journal points at that batch's start: it is copied again on the resume).
+    beats: list[Any] = []
+
+    def die_at_five(*details: Any) -> None:
+        beats.append(details[0])
+        if len(beats) == 5:
+            raise KilledError()
+
+    env = ActivityEnvironment()
+    env.on_heartbeat = die_at_five
+    inp = CopyShardInput(**task(acts, spec), shard=first)
+    with pytest.raises(ApplicationError) as died:
+        env.run(acts.copy_shard, inp)
+    assert killed(died)
+    resumed = ActivityEnvironment()
+    resumed.info = dataclasses.replace(resumed.info, attempt=2)
+    again = resumed.run(acts.copy_shard, inp)
+    assert again.complete
+    assert again.recopied == 100
+
+    # Shard two: the target store fails inside its seventh write (before it commits).
+    store_type = type(open_target(spec))
+    real = store_type.write
+    calls = {"n": 0}
+
+    def dies_in_the_seventh(self: Any, records: Any) -> int:
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KilledError()
+        return real(self, records)
+
+    monkeypatch.setattr(store_type, "write", dies_in_the_seventh)
+    inp = CopyShardInput(**task(acts, spec), shard=second)
+    with pytest.raises(ApplicationError) as died:
+        ActivityEnvironment().run(acts.copy_shard, inp)
+    assert killed(died)
+    monkeypatch.setattr(store_type, "write", real)
+    assert ActivityEnvironment().run(acts.copy_shard, inp).recopied == 100
+    _copy(acts, spec, third)
+
+    checks = [_check(acts, spec, s) for s in shards]
+    assert [c.basis for c in checks] == ["streamed"] * 3
+    assert sum(c.source.quarantined.get("nonfinite", 0) for c in checks) == 1
+
+    # The same checks from a full read of both versions, with the same queries' exact search.
+    queries = stream.stored_queries(acts.journal, spec)
+    assert queries is not None
+    assert queries.source.shape[0] == 60
+    source, target = open_source(spec), open_target(spec)
+    for shard, check in zip(shards, checks, strict=True):
+        knn = queries.exact_search(spec)
+        read = validation.check_shard(spec, source, target, shard, truth=knn)
+        _same(check.source, read.source)
+        _same(check.target, read.target)
+        (d, i), (rd, ri) = (
+            acts.journal.truths(spec.migration_id, 0, queries.digest(), [shard.index])[0],  # type: ignore[index]
+            knn.result(),
+        )
+        np.testing.assert_array_equal(i, ri)
+        np.testing.assert_allclose(d, rd, rtol=1e-5, atol=1e-5)
+    # Merged, the shards' truths are the exact search of the whole target.
+    parts = acts.journal.truths(spec.migration_id, 0, queries.digest(), [s.index for s in shards])
+    assert parts is not None
+    whole = target.search(queries.target, queries.ask, metric=str(spec.target.embedding.metric))
+    np.testing.assert_array_equal(merge_topk(parts, queries.ask)[1], whole[1])
+    assert all(v.passed for v in parity_verdicts(spec.gates, True, checks))
+
+
+def test_a_target_record_lost_after_the_copy_fails_the_gate(sandbox: Sandbox) -> None:
+    acts, spec, shards = _copied(sandbox)
+    for s in shards:
+        _copy(acts, spec, s)
+    shard = shards[1]
+    victim = int(next(iter(open_target(spec).iter_shard(shard, 10))).ids[3])
+    open_target(spec).delete(np.array([victim], np.int64))
+
+    checks = [_check(acts, spec, s) for s in shards]
+    assert checks[0].basis == checks[2].basis == "streamed"
+    assert checks[1].basis.startswith("read: the target holds")
+    verdicts = {v.name: v for v in parity_verdicts(spec.gates, True, checks)}
+    assert not verdicts["count_parity"].passed
+    assert "shard 1" in verdicts["count_parity"].detail
+    assert not verdicts["checksum_parity"].passed
+
+
+def test_a_sampled_target_record_changed_after_the_copy_fails_the_gate(sandbox: Sandbox) -> None:
+    acts, spec, shards = _copied(sandbox)
+    for s in shards:
+        _copy(acts, spec, s)
+    shard = shards[2]
+    row = acts.journal.stream(spec.migration_id, shard.index)
+    assert row is not None
+    # Every record of a shard this small is in the read-back sample (1,024 a shard).
+    sampled = np.frombuffer(row.sample or b"", np.int64)[: open_target(spec).count(shard)]
+    assert len(row.sample or b"") == 16 * open_target(spec).count(shard)
+    victim = int(sampled[5])
+    target = open_target(spec)
+    _, vec = target.fetch(np.array([victim], np.int64))
+    target.upsert(np.array([victim], np.int64), vec + np.float32(0.25))
+
+    checks = [_check(acts, spec, s) for s in shards]
+    assert checks[2].basis.startswith("read: 1 of")
+    assert "differ in the target" in checks[2].basis
+    verdicts = {v.name: v for v in parity_verdicts(spec.gates, True, checks)}
+    assert verdicts["count_parity"].passed
+    assert not verdicts["checksum_parity"].passed
+    assert "2" in verdicts["checksum_parity"].detail
+
+
+def test_changes_during_the_migration_send_their_shards_to_the_full_read(
+    sandbox: Sandbox,
+) -> None:
+    """A record written since the migration began (the change log names it) is left out of
+    both profiles, as before: its shard is read in full; the others keep the stream."""
+    from vecmigrate.catalog.changelog import ChangeLog
+
+    acts, spec, shards = _copied(sandbox)
+    log = ChangeLog(sandbox.catalog)
+    after = log.head(spec.tenant, spec.collection)
+    for s in shards:
+        _copy(acts, spec, s)
+    source, target = open_source(spec), open_target(spec)
+    victim = int(next(iter(source.iter_shard(shards[0], 10))).ids[0])
+    new = np.full((1, spec.source.embedding.dimension), 0.5, np.float32)
+    # A write through the router: both versions and the change log.
+    source.upsert(np.array([victim], np.int64), new)
+    target.upsert(np.array([victim], np.int64), new)
+    log.append(spec.tenant, spec.collection, "upsert", np.array([victim], np.int64), new)
+
+    def check(shard: ShardRef) -> ShardCheck:
+        inp = ValidateShardInput(**task(acts, spec), shard=shard, round=0, volatile_after=after)
+        return ActivityEnvironment().run(acts.validate_shard, inp)
+
+    checks = [check(s) for s in shards]
+    assert checks[0].basis == "read: 1 records of the shard changed during the migration"
+    assert checks[0].excluded == 1
+    assert [c.basis for c in checks[1:]] == ["streamed", "streamed"]
+    assert all(v.passed for v in parity_verdicts(spec.gates, True, checks))
+
+
+def test_deep_reads_both_versions_in_full_and_the_copy_keeps_no_stream(sandbox: Sandbox) -> None:
+    acts, spec, shards = _copied(sandbox, deep=True)
+    for s in shards:
+        _copy(acts, spec, s)
+    assert acts.journal.stream(spec.migration_id, shards[0].index) is None
+    assert stream.stored_queries(acts.journal, spec) is None
+    checks = [_check(acts, spec, s) for s in shards]
+    assert {c.basis for c in checks} == {"read: gates.deep asks for the full re-read"}
+    assert all(v.passed for v in parity_verdicts(spec.gates, True, checks))
+
+
+def test_a_copy_from_before_streaming_is_read_in_full(sandbox: Sandbox) -> None:
+    """A shard copied without a stream (a copy that began before this version) is checked by
+    the full read, and says so."""
+    acts, spec, shards = _copied(sandbox)
+    for s in shards:
+        _copy(acts, spec, s)
+    acts.journal.drop_stream(spec.migration_id, shards[0].index)
+    check = _check(acts, spec, shards[0])
+    assert check.basis == "read: the copy kept no streamed figures for this shard"
+    assert check.source.count == check.target.count > 0
+
+
+@pytest.mark.parametrize("deep", [False, True])
+async def test_a_migration_through_the_workflow_validates_from_the_stream_unless_deep(
+    client: Client, sandbox: Sandbox, deep: bool
+) -> None:
+    sandbox.seed(N)
+    spec = sandbox.spec(gates={"deep": deep})
+    async with running_worker(client, sandbox) as queue:
+        mc = MigrationClient(client, queue)
+        final = await mc.result(await mc.start(spec))
+    assert final.phase == Phase.COMPLETED, final.error
+    journal = Journal(sandbox.catalog)
+    checks = [
+        ShardCheck.model_validate(c)
+        for c in journal.outcomes(spec.migration_id, "check_result").values()
+    ]
+    assert len(checks) == 3
+    if deep:
+        assert {c.basis for c in checks} == {"read: gates.deep asks for the full re-read"}
+        assert stream.stored_queries(journal, spec) is None
+    else:
+        assert {c.basis for c in checks} == {"streamed"}
+        stored = stream.stored_queries(journal, spec)
+        assert stored is not None
+        assert final.gates is not None
+        assert final.gates.queries == stored.source.shape[0]
+
+
+async def test_a_worker_killed_mid_copy_resumes_the_stream_where_its_cursor_is(
+    client: Client, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """A real worker process killed with SIGKILL in the middle of a shard's copy: the retry on
+    a new worker goes on from the journal's cursor with the figures kept beside it, and they
+    equal a full read of both versions."""
+    sandbox.seed(12_000)
+    spec = sandbox.spec(
+        shards={"count": 2},
+        batch_size=250,
+        max_vectors_per_second=3000.0,
+        heartbeat_seconds=2.0,
+    )
+    journal = Journal(sandbox.catalog)
+    queue = f"kill-{uuid.uuid4().hex[:8]}"
+    home = tmp_path / "workers"
+    home.mkdir()
+    pool = WorkerPool(home, client.service_client.config.target_host, queue, sandbox.catalog.url, 1)
+    try:
+        mc = MigrationClient(client, queue)
+        mid = await mc.start(spec)
+        deadline = time.monotonic() + 120
+        while not any(
+            s.result is None and s.copied >= 1000
+            for s in journal.copy_states(spec.migration_id).values()
+        ):
+            assert time.monotonic() < deadline, "no copy under way"
+            await asyncio.sleep(0.05)
+        pool.kill_one(random.Random(0))  # the only worker, mid-copy; a new one takes over
+        final = await mc.result(mid)
+    finally:
+        pool.stop()
+    assert final.phase == Phase.COMPLETED, final.error
+    states = journal.copy_states(spec.migration_id).values()
+    assert any(s.attempts > 1 and s.copied > 0 for s in states)
+    streamed, problems = streamed_problems(sandbox.catalog, spec)
+    assert problems == []
+    assert streamed == 2
+
+
+def test_a_source_record_removed_behind_the_log_and_a_later_round_read_in_full(
+    sandbox: Sandbox,
+) -> None:
+    acts, spec, shards = _copied(sandbox)
+    for s in shards:
+        _copy(acts, spec, s)
+    assert _check(acts, spec, shards[0]).basis == "streamed"
+    # A validation round after a failed gate reads in full, whatever the stream holds.
+    inp = ValidateShardInput(**task(acts, spec), shard=shards[0], round=1)
+    again = ActivityEnvironment().run(acts.validate_shard, inp)
+    assert again.basis == "read: a validation round after a failed gate reads in full"
+    # A source record deleted with no change logged: the source's count gives it away.
+    victim = int(next(iter(open_source(spec).iter_shard(shards[0], 10))).ids[0])
+    open_source(spec).delete(np.array([victim], np.int64))
+    check = _check(acts, spec, shards[0])
+    assert check.basis.startswith("read: the source holds")
+    assert check.source.count == check.target.count - 1
+
+
+async def test_an_online_migration_with_writes_passes_reading_the_shards_they_touched(
+    client: Client, sandbox: Sandbox
+) -> None:
+    """Writes through the gateway during the whole window: the migration passes its gates, each
+    shard's check either streamed or read in full because the writes touched it (and says so),
+    and the checks' figures leave the written records out, as the full read always did."""
+    from tests.test_online import online_spec
+    from vecmigrate.serving.gateway import Gateway
+    from vecmigrate.testing.drill import run_drill
+    from vecmigrate.testing.loadgen import LoadGenerator, verify
+
+    sandbox.seed(6000)
+    spec = online_spec(sandbox, shards={"count": 4})
+    gateway = Gateway(sandbox.catalog.url, port=0, refresh=0.5).start()
+    queries = open_source(spec).sample(100, seed=3)[1]
+    phase = {"now": "BEFORE"}
+    load = LoadGenerator(
+        gateway.url, "default", "docs", queries, clients=2, rate=20, phase=lambda: phase["now"]
+    )
+    try:
+        load.start()
+        async with running_worker(client, sandbox) as queue:
+            mc = MigrationClient(client, queue)
+            final = await run_drill(mc, spec, lambda p: phase.update(now=p), operator="alice")
+    finally:
+        load.stop()
+        gateway.stop()
+    assert final.phase == Phase.COMPLETED, final.error
+    assert verify(load.states, open_target(spec)).ok
+    checks = [
+        ShardCheck.model_validate(c)
+        for c in Journal(sandbox.catalog).outcomes(spec.migration_id, "check_result").values()
+    ]
+    assert len(checks) == 4
+    print({c.shard: (c.basis, c.excluded) for c in checks})
+    touched = [c for c in checks if c.basis != "streamed"]
+    assert touched, "the writes touched no shard: the test measured nothing online"
+    for c in touched:
+        assert c.basis.endswith("records of the shard changed during the migration"), c.basis
+        assert c.excluded > 0
