@@ -7,17 +7,15 @@ are worth retrying.
 
 from __future__ import annotations
 
-import contextvars
-import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import timedelta
 from functools import cached_property
 from typing import Any
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.exceptions import ApplicationError
 
+from vecmigrate.activities.heartbeat import keepalive
 from vecmigrate.catalog.catalog import Catalog, now
 from vecmigrate.catalog.changelog import ChangeLog
 from vecmigrate.embedding.registry import model_key
@@ -27,33 +25,6 @@ from vecmigrate.indexes.live import served_artifacts
 from vecmigrate.model.compaction import CompactionProgress, CompactionRequest, CompactionResult
 from vecmigrate.model.spec import store_ref
 from vecmigrate.stores import Scope, open_store
-
-
-@contextmanager
-def _heartbeats(every: float) -> Iterator[Callable[[CompactionProgress], None]]:
-    """Report progress as it comes, and repeat the latest report from a side thread while a
-    long step (a shard written, a FAISS HNSW shard rebuilt) makes none."""
-    latest: list[CompactionProgress] = []
-    stop = threading.Event()
-    context = contextvars.copy_context()  # the activity's, so heartbeat finds it
-
-    def report(progress: CompactionProgress) -> None:
-        latest[:] = [progress]
-        activity.heartbeat(progress)
-        if activity.is_cancelled():
-            raise CancelledError("cancelled at a heartbeat")  # where the resume position is
-
-    def loop() -> None:
-        while not stop.wait(every):
-            context.run(activity.heartbeat, *latest)
-
-    thread = threading.Thread(target=loop, name="heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield report
-    finally:
-        stop.set()
-        thread.join()
 
 
 class CompactionActivities:
@@ -124,7 +95,7 @@ class CompactionActivities:
         if resumed is not None and resumed.checkpoint_position is not None:
             checkpoint = Checkpoint(resumed.checkpoint_position, resumed.checkpoint)
         store = open_store(store_ref(version.store), Scope(tenant, collection, version.version))
-        with _heartbeats(request.heartbeat_seconds / 4) as report:
+        with keepalive(request.heartbeat_seconds / 4) as report:
             report(resumed or CompactionProgress(upto=upto, applied=start))
 
             kept = [checkpoint]  # the latest checkpoint: a retry resumes from it

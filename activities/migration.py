@@ -11,21 +11,21 @@ pool.
 
 from __future__ import annotations
 
-import contextvars
 import functools
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
 from typing import Any, TypeVar
 
 import numpy as np
 from temporalio import activity
-from temporalio.exceptions import ApplicationError, CancelledError, TemporalError
+from temporalio.exceptions import ApplicationError, TemporalError
 
 from vecmigrate import validation
 from vecmigrate.activities import tuning
+from vecmigrate.activities.heartbeat import Beat, keepalive
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.catalog.changelog import ChangeLog
 from vecmigrate.catalog.journal import Journal
@@ -117,7 +117,7 @@ def _boundary(fn: Callable[[MigrationActivities, I], R]) -> Callable[[MigrationA
     @functools.wraps(fn)
     def wrapper(self: MigrationActivities, inp: I) -> R:
         try:
-            # Cancellation is taken at a heartbeat (see ``_Beat``), never thrown into the thread
+            # Cancellation is taken at a heartbeat (see ``Beat``), never thrown into the thread
             # wherever it stands: an exception raised inside a client library (between a gRPC
             # channel taking its lock and the block that releases it, in a connection pool's
             # bookkeeping) leaves that client unusable for every later call in the process.
@@ -143,43 +143,8 @@ def _shielded() -> AbstractContextManager[None]:
     return activity.shield_thread_cancel_exception() if activity.in_activity() else nullcontext()
 
 
-class _Beat:
-    """Heartbeats for a long call: progress details when there are some, and a side thread that
-    repeats the latest ones so a call that makes no progress for a while (an index training, a
-    slow batch) is not taken for a dead worker."""
-
-    def __init__(self) -> None:
-        self.details: dict[str, Any] | None = None
-
-    def __call__(self, details: dict[str, Any]) -> None:
-        self.details = details
-        activity.heartbeat(details)
-        if activity.is_cancelled():
-            # Between batches, where the resume cursor is: the call stops cleanly.
-            raise CancelledError("cancelled at a heartbeat")
-
-
-@contextmanager
-def _keepalive(spec: MigrationSpec) -> Iterator[_Beat]:
-    beat = _Beat()
-    stop = threading.Event()
-    context = contextvars.copy_context()  # the activity's context, so heartbeat finds it
-    every = spec.heartbeat_seconds / 4
-
-    def loop() -> None:
-        while not stop.wait(every):
-            if beat.details is None:
-                context.run(activity.heartbeat)
-            else:
-                context.run(activity.heartbeat, beat.details)
-
-    thread = threading.Thread(target=loop, name="heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield beat
-    finally:
-        stop.set()
-        thread.join()
+def _keepalive(spec: MigrationSpec) -> AbstractContextManager[Beat]:
+    return keepalive(spec.heartbeat_seconds / 4)
 
 
 class MigrationActivities:
