@@ -35,6 +35,33 @@ def add_out_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=RESULTS, help="where JSON and PNG go")
 
 
+def sized_parser(
+    doc: str | None,
+    *,
+    vectors: int | None = None,
+    dim: int | None = None,
+    shards: int | None = None,
+    batch_size: int | None = None,
+    out: bool = True,
+) -> argparse.ArgumentParser:
+    """A script's parser (``script_parser``) with the options that size its run, each one the
+    script gives a default for: ``--vectors``, ``--dim``, ``--shards`` (of the migration) and
+    ``--batch-size`` (the spec's ``batch_size``); and ``--out`` unless ``out`` is false. The
+    script adds its own options after these."""
+    parser = script_parser(doc)
+    for option, default in (
+        ("--vectors", vectors),
+        ("--dim", dim),
+        ("--shards", shards),
+        ("--batch-size", batch_size),
+    ):
+        if default is not None:
+            parser.add_argument(option, type=int, default=default)
+    if out:
+        add_out_option(parser)
+    return parser
+
+
 def alternating(pair: int, ours: Callable[[], A], raw: Callable[[], B]) -> tuple[A, B]:
     """Run one pair of a paired benchmark: ``ours`` first in even pairs, ``raw`` first in odd
     ones. Whatever runs second finds caches and files warm, and a shared machine drifts; a

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psutil
 
-from bench.common import add_out_option, report, scratch, script_parser
+from bench.common import report, scratch, sized_parser
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.config import sqlite_url
 from vecmigrate.control.client import MigrationClient
@@ -111,12 +111,8 @@ async def run_fleet(home: Path, n: int, dim: int, shards: int, workers: int) -> 
 
 
 def main() -> None:
-    p = script_parser(__doc__)
-    p.add_argument("--vectors", type=int, default=400_000)
-    p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--shards", type=int, default=16)
+    p = sized_parser(__doc__, vectors=400_000, dim=64, shards=16)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
-    add_out_option(p)
     args = p.parse_args()
     n = args.vectors
     runs = []

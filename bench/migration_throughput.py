@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import hnswlib
 import numpy as np
 
-from bench.common import add_out_option, alternating, report, scratch, script_parser
+from bench.common import alternating, report, scratch, sized_parser
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.config import sqlite_url
 from vecmigrate.control.client import MigrationClient
@@ -135,11 +135,9 @@ async def migrate(
 
 
 def main() -> None:
-    p = script_parser(__doc__)
+    p = sized_parser(__doc__, vectors=400_000, shards=4)
     p.add_argument("--data", choices=["glove", "clustered"], default="glove")
-    p.add_argument("--vectors", type=int, default=400_000)
     p.add_argument("--dim", type=int, default=128, help="clustered data only")
-    p.add_argument("--shards", type=int, default=4)
     p.add_argument(
         "--parallel",
         type=int,
@@ -152,7 +150,6 @@ def main() -> None:
         default=1,
         help="migration / raw build pairs, which goes first alternating (medians are reported)",
     )
-    add_out_option(p)
     args = p.parse_args()
     if args.data == "glove":
         vectors = glove(args.vectors)
