@@ -19,6 +19,12 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from vecmigrate.catalog.catalog import Catalog
+from vecmigrate.config import sqlite_url
+from vecmigrate.data.seed import seed_collection, sequential_ids
+from vecmigrate.model.spec import BuiltinStoreRef, MigrationSpec, parse_spec
+from vecmigrate.testing.chaos import builtin_version
+
 RESULTS = Path(__file__).resolve().parent / "results"
 A = TypeVar("A")
 B = TypeVar("B")
@@ -144,6 +150,46 @@ def timed_qdrant_migrate(source: Any, dest: Any, collection: str, n: int) -> flo
     source.close()
     dest.close()
     return seconds
+
+
+def builtin_migration(
+    home: Path,
+    collection: str,
+    vectors: np.ndarray,
+    source_index: dict[str, Any],
+    target_index: dict[str, Any],
+    *,
+    spec_id: str,
+    shards: int,
+    parallel: int,
+    batch_size: int,
+) -> tuple[str, MigrationSpec]:
+    """Seed ``vectors`` (ids 1 to n, four shards) as version v1 of ``collection`` with
+    ``source_index``, in a catalog and built-in store under ``home``, and return the catalog's
+    URL and the spec of a blue-green migration to v2 with ``target_index``: ``shards`` shards,
+    ``parallel`` at once, a loose recall gate and an automatic cutover with no bake, so that
+    the migration's own work is what the run measures."""
+    n, dim = vectors.shape
+    catalog_url = sqlite_url(home / "catalog.db")
+    store = BuiltinStoreRef(url=sqlite_url(home / "store.db"), artifacts=str(home / "artifacts"))
+    v1 = builtin_version("v1", store, dim, source_index)
+    seed_collection(
+        Catalog(catalog_url), "default", collection, v1, sequential_ids(n), vectors, shards=4
+    )
+    spec = parse_spec(
+        {
+            "id": spec_id,
+            "collection": collection,
+            "source": v1.model_dump(mode="json"),
+            "target": builtin_version("v2", store, dim, target_index).model_dump(mode="json"),
+            "shards": {"count": shards},
+            "max_parallel_shards": parallel,
+            "batch_size": batch_size,
+            "gates": {"min_recall": 0.8, "sample_queries": 200},
+            "cutover": {"mode": "automatic", "bake_seconds": 0},
+        }
+    )
+    return catalog_url, spec
 
 
 def paired_bars(
