@@ -209,6 +209,33 @@ def paired_bars(
     set_ticks(at, labels, **ticks)
 
 
+def paired_bar_chart(
+    labels: Sequence[str],
+    series: Mapping[str, Sequence[float]],
+    *,
+    ylabel: str,
+    xlabel: str | None = None,
+    figsize: tuple[float, float] = (6, 3.5),
+    dpi: float = 100,
+) -> Callable[[Path], None]:
+    """The ``plot`` for ``report`` of a chart that is ``paired_bars`` alone: two series side by
+    side at each of ``labels``, with a legend."""
+
+    def plot(path: Path) -> None:
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=figsize)
+        paired_bars(ax, labels, series)
+        ax.set_ylabel(ylabel)
+        if xlabel is not None:
+            ax.set_xlabel(xlabel)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=dpi)
+
+    return plot
+
+
 def report(
     name: str,
     title: str,

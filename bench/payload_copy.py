@@ -35,7 +35,7 @@ import numpy as np
 
 from bench.common import (
     alternating,
-    paired_bars,
+    paired_bar_chart,
     report,
     scratch,
     sized_parser,
@@ -188,23 +188,14 @@ def main() -> None:
     home = scratch("payload")
     rows = [run(home, vectors, False), run(home, vectors, True)]
 
-    def plot(path: Path) -> None:
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        paired_bars(
-            ax,
-            [f"payload: {r['payload']}" for r in rows],
-            {
-                "vecmigrate": [r["vecmigrate points/s"] for r in rows],
-                "migrate()": [r["migrate() points/s"] for r in rows],
-            },
-        )
-        ax.set_ylabel("points/s")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(path)
-
+    plot = paired_bar_chart(
+        [f"payload: {r['payload']}" for r in rows],
+        {
+            "vecmigrate": [r["vecmigrate points/s"] for r in rows],
+            "migrate()": [r["migrate() points/s"] for r in rows],
+        },
+        ylabel="points/s",
+    )
     report(
         "payload_copy",
         f"Qdrant collection to a new one, {ARGS.points:,} x {ARGS.dim}, UUID ids",
