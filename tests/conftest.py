@@ -15,6 +15,7 @@ While a fast test runs, starting a server or a Python process fails and names th
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -347,6 +348,18 @@ def vecmigrate(
         text=True,
         timeout=timeout,
     )
+
+
+def json_objects(text: str) -> Iterator[dict[str, Any]]:
+    """Every JSON object in ``text`` (a history the CLI printed, say), nested ones included."""
+    stack: list[Any] = [json.loads(text)]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            yield node
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 @asynccontextmanager
