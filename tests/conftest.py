@@ -39,7 +39,9 @@ from vecmigrate.config import sqlite_url
 from vecmigrate.control.devserver import temporal_binary
 from vecmigrate.data.datasets import clustered
 from vecmigrate.data.seed import seed_collection, sequential_ids
+from vecmigrate.model.lifecycle import Phase
 from vecmigrate.model.spec import BuiltinStoreRef, MigrationSpec, VersionSpec, parse_spec
+from vecmigrate.model.status import MigrationStatus
 from vecmigrate.testing.postgres import start_postgres
 from vecmigrate.workers.main import build_worker
 from vecmigrate.workflows.search import KEYS as SEARCH_KEYS
@@ -348,6 +350,20 @@ def vecmigrate(
         text=True,
         timeout=timeout,
     )
+
+
+def status_in(phase: Phase, **fields: Any) -> MigrationStatus:
+    """A migration's status in ``phase`` with ``fields`` set, as the workflow reports it; the
+    migration is a placeholder (``m``: t/c, blue-green from v1 to v2) unless ``fields`` say."""
+    placeholder: dict[str, Any] = {
+        "migration_id": "m",
+        "tenant": "t",
+        "collection": "c",
+        "strategy": "blue_green",
+        "source_version": "v1",
+        "target_version": "v2",
+    }
+    return MigrationStatus(**(placeholder | fields), phase=phase)
 
 
 def json_objects(text: str) -> Iterator[dict[str, Any]]:

@@ -19,7 +19,7 @@ import pytest
 from rich.console import Console
 from temporalio.client import Client
 
-from tests.conftest import Sandbox, postgres_database, running_worker
+from tests.conftest import Sandbox, postgres_database, running_worker, status_in
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.control.doctor import Finding
 from vecmigrate.control.doctor import _catalog as doctor_catalog
@@ -31,7 +31,7 @@ from vecmigrate.data.datasets import clustered
 from vecmigrate.errors import SpecError
 from vecmigrate.model.lifecycle import TERMINAL, Phase
 from vecmigrate.model.spec import MigrationSpec, canonical, parse_spec
-from vecmigrate.model.status import CaptureStatus, MigrationStatus
+from vecmigrate.model.status import CaptureStatus
 from vecmigrate.serving.router import Router
 from vecmigrate.stores import pgcapture
 from vecmigrate.testing.drill import until_phase
@@ -421,15 +421,8 @@ def test_status_alerts_on_a_change_table_that_outlived_its_migration() -> None:
     assert "outlived the migration" in alert
     assert "DROP FUNCTION public.vm_capture_m_1234abcd_fn() CASCADE" in alert
     assert CaptureStatus(table=cap.table, installed=True, removed=True).alert(Phase.ABORTED) == ""
-    status = MigrationStatus(
-        migration_id="m",
-        tenant="default",
-        collection="items",
-        strategy="online",
-        source_version="v1",
-        target_version="v2",
-        phase=Phase.ABORTED,
-        capture=cap,
+    status = status_in(
+        Phase.ABORTED, tenant="default", collection="items", strategy="online", capture=cap
     )
     console = Console(width=200, record=True)
     console.print(status_tables(status))
