@@ -366,6 +366,19 @@ def status_in(phase: Phase, **fields: Any) -> MigrationStatus:
     return MigrationStatus(**(placeholder | fields), phase=phase)
 
 
+def shadow_all(seconds: float, min_samples: int) -> dict[str, Any]:
+    """A spec's shadow stage that mirrors every search for ``seconds`` and asks ``min_samples``
+    pairs but bounds neither overlap nor p99: for tests in which the shadow stage is a step on
+    the way to a cutover, not what they check."""
+    return {
+        "percent": 100,
+        "seconds": seconds,
+        "min_samples": min_samples,
+        "min_overlap": None,
+        "max_p99_ratio": None,
+    }
+
+
 def json_objects(text: str) -> Iterator[dict[str, Any]]:
     """Every JSON object in ``text`` (a history the CLI printed, say), nested ones included."""
     stack: list[Any] = [json.loads(text)]

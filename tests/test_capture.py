@@ -19,7 +19,7 @@ import pytest
 from rich.console import Console
 from temporalio.client import Client
 
-from tests.conftest import Sandbox, postgres_database, running_worker, status_in
+from tests.conftest import Sandbox, postgres_database, running_worker, shadow_all, status_in
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.control.doctor import Finding
 from vecmigrate.control.doctor import _catalog as doctor_catalog
@@ -94,13 +94,7 @@ def items_spec(url: str, source_store: dict[str, Any] | None = None, **more: Any
         "gates": {"min_recall": 0.5, "sample_queries": 20, "latency_queries": 5},
         "online": {
             "settle_seconds": 0.5,
-            "shadow": {
-                "percent": 100,
-                "seconds": 1,
-                "min_samples": 5,
-                "min_overlap": None,
-                "max_p99_ratio": None,
-            },
+            "shadow": shadow_all(seconds=1, min_samples=5),
             "ramp": {"steps": [50], "step_seconds": 0.5},
         },
         "cutover": {"mode": "automatic", "bake_seconds": 1},
