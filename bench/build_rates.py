@@ -14,7 +14,6 @@ builds to the index being ready). The rates in ``vecmigrate.control.plan`` are t
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
-from bench.common import add_out_option, report, scratch
+from bench.common import report, scratch, sized_parser
 from vecmigrate.control.plan import INDEX_ESTIMATES, STORE_RATES
 from vecmigrate.data.datasets import clustered
 from vecmigrate.indexes.build import build_native, build_shard
@@ -98,12 +97,9 @@ def build(store: VectorStore, spec: VersionSpec, directory: Path) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--vectors", type=int, default=50_000)
-    ap.add_argument("--dim", type=int, default=128)
+    ap = sized_parser(__doc__, vectors=50_000, dim=128)
     ap.add_argument("--batch", type=int, default=10_000)
     ap.add_argument("--stores", default=",".join(STORE_KINDS))
-    add_out_option(ap)
     args = ap.parse_args()
     home = scratch("build-rates")
     ids = np.arange(1, args.vectors + 1, dtype=np.int64)

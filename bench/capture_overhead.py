@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 import psycopg
 
-from bench.common import add_out_option, report, scratch, script_parser
+from bench.common import report, scratch, sized_parser
 from vecmigrate.data.datasets import clustered
 from vecmigrate.model.spec import PgvectorStoreRef
 from vecmigrate.stores import Scope, pgcapture
@@ -88,12 +88,10 @@ def write_round(
 
 
 def main() -> None:
-    parser = script_parser(__doc__)
+    parser = sized_parser(__doc__, dim=384)
     parser.add_argument("--rows", type=int, default=20_000)
-    parser.add_argument("--dim", type=int, default=384)
     parser.add_argument("--writes", type=int, default=2_000, help="writes per round")
     parser.add_argument("--pairs", type=int, default=3, help="rounds of each mode")
-    add_out_option(parser)
     args = parser.parse_args()
     scratch("capture-overhead")
     server = start_postgres()

@@ -15,16 +15,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rich.table import Table
 
-from bench.common import scratch, script_parser, wide_console
+from bench.common import scratch, sized_parser, wide_console
 from vecmigrate.testing.chaos import run_chaos
 
 
 def main() -> None:
-    p = script_parser(__doc__)
-    p.add_argument("--vectors", type=int, default=1_000_000)
-    p.add_argument("--dim", type=int, default=128)
-    p.add_argument("--shards", type=int, default=32)
-    p.add_argument("--batch-size", type=int, default=10_000)
+    p = sized_parser(__doc__, vectors=1_000_000, dim=128, shards=32, batch_size=10_000, out=False)
     p.add_argument("--parallel", type=int, default=2, help="shards in flight")
     p.add_argument("--workers", type=int, default=2, help="worker processes")
     p.add_argument("--kills", type=int, default=8)

@@ -19,6 +19,12 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from vecmigrate.catalog.catalog import Catalog
+from vecmigrate.config import sqlite_url
+from vecmigrate.data.seed import seed_collection, sequential_ids
+from vecmigrate.model.spec import BuiltinStoreRef, MigrationSpec, parse_spec
+from vecmigrate.testing.chaos import builtin_version
+
 RESULTS = Path(__file__).resolve().parent / "results"
 A = TypeVar("A")
 B = TypeVar("B")
@@ -33,6 +39,33 @@ def script_parser(doc: str | None) -> argparse.ArgumentParser:
 def add_out_option(parser: argparse.ArgumentParser) -> None:
     """The ``--out`` option every script takes: the folder its JSON and plot go to."""
     parser.add_argument("--out", type=Path, default=RESULTS, help="where JSON and PNG go")
+
+
+def sized_parser(
+    doc: str | None,
+    *,
+    vectors: int | None = None,
+    dim: int | None = None,
+    shards: int | None = None,
+    batch_size: int | None = None,
+    out: bool = True,
+) -> argparse.ArgumentParser:
+    """A script's parser (``script_parser``) with the options that size its run, each one the
+    script gives a default for: ``--vectors``, ``--dim``, ``--shards`` (of the migration) and
+    ``--batch-size`` (the spec's ``batch_size``); and ``--out`` unless ``out`` is false. The
+    script adds its own options after these."""
+    parser = script_parser(doc)
+    for option, default in (
+        ("--vectors", vectors),
+        ("--dim", dim),
+        ("--shards", shards),
+        ("--batch-size", batch_size),
+    ):
+        if default is not None:
+            parser.add_argument(option, type=int, default=default)
+    if out:
+        add_out_option(parser)
+    return parser
 
 
 def alternating(pair: int, ours: Callable[[], A], raw: Callable[[], B]) -> tuple[A, B]:
@@ -119,6 +152,46 @@ def timed_qdrant_migrate(source: Any, dest: Any, collection: str, n: int) -> flo
     return seconds
 
 
+def builtin_migration(
+    home: Path,
+    collection: str,
+    vectors: np.ndarray,
+    source_index: dict[str, Any],
+    target_index: dict[str, Any],
+    *,
+    spec_id: str,
+    shards: int,
+    parallel: int,
+    batch_size: int,
+) -> tuple[str, MigrationSpec]:
+    """Seed ``vectors`` (ids 1 to n, four shards) as version v1 of ``collection`` with
+    ``source_index``, in a catalog and built-in store under ``home``, and return the catalog's
+    URL and the spec of a blue-green migration to v2 with ``target_index``: ``shards`` shards,
+    ``parallel`` at once, a loose recall gate and an automatic cutover with no bake, so that
+    the migration's own work is what the run measures."""
+    n, dim = vectors.shape
+    catalog_url = sqlite_url(home / "catalog.db")
+    store = BuiltinStoreRef(url=sqlite_url(home / "store.db"), artifacts=str(home / "artifacts"))
+    v1 = builtin_version("v1", store, dim, source_index)
+    seed_collection(
+        Catalog(catalog_url), "default", collection, v1, sequential_ids(n), vectors, shards=4
+    )
+    spec = parse_spec(
+        {
+            "id": spec_id,
+            "collection": collection,
+            "source": v1.model_dump(mode="json"),
+            "target": builtin_version("v2", store, dim, target_index).model_dump(mode="json"),
+            "shards": {"count": shards},
+            "max_parallel_shards": parallel,
+            "batch_size": batch_size,
+            "gates": {"min_recall": 0.8, "sample_queries": 200},
+            "cutover": {"mode": "automatic", "bake_seconds": 0},
+        }
+    )
+    return catalog_url, spec
+
+
 def paired_bars(
     ax: Any,
     labels: Sequence[str],
@@ -134,6 +207,33 @@ def paired_bars(
     for shift, (name, values) in zip((-0.2, 0.2), series.items(), strict=True):
         draw(at + shift, values, 0.4, label=name)
     set_ticks(at, labels, **ticks)
+
+
+def paired_bar_chart(
+    labels: Sequence[str],
+    series: Mapping[str, Sequence[float]],
+    *,
+    ylabel: str,
+    xlabel: str | None = None,
+    figsize: tuple[float, float] = (6, 3.5),
+    dpi: float = 100,
+) -> Callable[[Path], None]:
+    """The ``plot`` for ``report`` of a chart that is ``paired_bars`` alone: two series side by
+    side at each of ``labels``, with a legend."""
+
+    def plot(path: Path) -> None:
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=figsize)
+        paired_bars(ax, labels, series)
+        ax.set_ylabel(ylabel)
+        if xlabel is not None:
+            ax.set_xlabel(xlabel)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=dpi)
+
+    return plot
 
 
 def report(

@@ -35,11 +35,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 
 from bench.common import (
-    add_out_option,
     alternating,
     report,
     scratch,
-    script_parser,
+    sized_parser,
     timed_qdrant_migrate,
 )
 from vecmigrate.catalog.catalog import Catalog
@@ -245,14 +244,11 @@ def vector_io(home: Path, vectors: np.ndarray, python: Path) -> tuple[float, flo
 
 
 def main() -> None:
-    p = script_parser(__doc__)
-    p.add_argument("--vectors", type=int, default=200_000)
-    p.add_argument("--dim", type=int, default=128)
+    p = sized_parser(__doc__, vectors=200_000, dim=128)
     p.add_argument("--batch", type=int, default=10_000)
     p.add_argument(
         "--repeat", type=int, default=3, help="vecmigrate / raw pairs (medians are reported)"
     )
-    add_out_option(p)
     p.add_argument(
         "--vector-io",
         type=Path,

@@ -26,16 +26,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import psutil
 
-from bench.common import add_out_option, report, scratch, script_parser
-from vecmigrate.catalog.catalog import Catalog
-from vecmigrate.config import sqlite_url
+from bench.common import builtin_migration, report, scratch, sized_parser
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.control.devserver import DevServer, free_port
 from vecmigrate.data.datasets import clustered
-from vecmigrate.data.seed import seed_collection, sequential_ids
 from vecmigrate.model.lifecycle import Phase
-from vecmigrate.model.spec import BuiltinStoreRef, parse_spec
-from vecmigrate.testing.chaos import WorkerPool, builtin_version
+from vecmigrate.testing.chaos import WorkerPool
 from vecmigrate.workers.connection import connect
 
 
@@ -66,27 +62,16 @@ def server_cpu(server: DevServer) -> float:
 
 async def run_fleet(home: Path, n: int, dim: int, shards: int, workers: int) -> FleetRun:
     home.mkdir(parents=True, exist_ok=True)
-    catalog_url = sqlite_url(home / "catalog.db")
-    catalog = Catalog(catalog_url)
-    store = BuiltinStoreRef(url=sqlite_url(home / "store.db"), artifacts=str(home / "artifacts"))
-    nlist = int(max(8, min(1024, n // 200)))
-    v1 = builtin_version("v1", store, dim, {"kind": "faiss_ivf_flat", "nlist": nlist})
-    seed_collection(
-        catalog, "default", "fleet", v1, sequential_ids(n), clustered(n, dim, seed=2), shards=4
-    )
-    hnsw = {"kind": "hnswlib_hnsw", "m": 16, "ef_construction": 100}
-    spec = parse_spec(
-        {
-            "id": f"fleet-{workers}",
-            "collection": "fleet",
-            "source": v1.model_dump(mode="json"),
-            "target": builtin_version("v2", store, dim, hnsw).model_dump(mode="json"),
-            "shards": {"count": shards},
-            "max_parallel_shards": shards,
-            "batch_size": 20_000,
-            "gates": {"min_recall": 0.8, "sample_queries": 200},
-            "cutover": {"mode": "automatic", "bake_seconds": 0},
-        }
+    catalog_url, spec = builtin_migration(
+        home,
+        "fleet",
+        clustered(n, dim, seed=2),
+        {"kind": "faiss_ivf_flat", "nlist": int(max(8, min(1024, n // 200)))},
+        {"kind": "hnswlib_hnsw", "m": 16, "ef_construction": 100},
+        spec_id=f"fleet-{workers}",
+        shards=shards,
+        parallel=shards,
+        batch_size=20_000,
     )
     server = DevServer(home / "temporal.db", port=free_port(), ui=False).start()
     env = {"VECMIGRATE_CONCURRENCY": "1", "OMP_NUM_THREADS": "1", "VECMIGRATE_BUILD_THREADS": "1"}
@@ -111,12 +96,8 @@ async def run_fleet(home: Path, n: int, dim: int, shards: int, workers: int) -> 
 
 
 def main() -> None:
-    p = script_parser(__doc__)
-    p.add_argument("--vectors", type=int, default=400_000)
-    p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--shards", type=int, default=16)
+    p = sized_parser(__doc__, vectors=400_000, dim=64, shards=16)
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
-    add_out_option(p)
     args = p.parse_args()
     n = args.vectors
     runs = []

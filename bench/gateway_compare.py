@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 from rich.table import Table
 
-from bench.common import add_out_option, scratch, script_parser, wide_console
+from bench.common import scratch, sized_parser, wide_console
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.config import sqlite_url
 from vecmigrate.control.devserver import free_port
@@ -175,16 +175,13 @@ def measure(kind: str, setup: dict[str, Any], args: argparse.Namespace) -> dict[
 
 
 def main() -> None:
-    p = script_parser(__doc__)
-    p.add_argument("--vectors", type=int, default=20_000)
-    p.add_argument("--dim", type=int, default=64)
+    p = sized_parser(__doc__, vectors=20_000, dim=64)
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--search-share", type=float, default=0.8)
     p.add_argument("--old-ref", default="9c7b049", help="the commit whose gateway is the baseline")
-    add_out_option(p)
     args = p.parse_args()
     console = wide_console()
     home = scratch("gateway")

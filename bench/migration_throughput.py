@@ -27,18 +27,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import hnswlib
 import numpy as np
 
-from bench.common import add_out_option, alternating, report, scratch, script_parser
-from vecmigrate.catalog.catalog import Catalog
-from vecmigrate.config import sqlite_url
+from bench.common import alternating, builtin_migration, report, scratch, sized_parser
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.control.devserver import DevServer, free_port
 from vecmigrate.data.datasets import clustered, glove
-from vecmigrate.data.seed import seed_collection, sequential_ids
+from vecmigrate.data.seed import sequential_ids
 from vecmigrate.indexes.build import PeakMemory
 from vecmigrate.model.lifecycle import LIFECYCLE, Phase
-from vecmigrate.model.spec import BuiltinStoreRef, parse_spec
 from vecmigrate.records.sharding import hash_key, hash_shards
-from vecmigrate.testing.chaos import builtin_version
 from vecmigrate.workers.connection import connect
 from vecmigrate.workers.main import run_worker
 
@@ -83,31 +79,23 @@ async def migrate(
     activities, the client) meanwhile, the time per phase, the resident memory the migration
     added to this process at its highest (the worker runs every activity here; the data set
     was loaded before) and the bytes of the target's index on disk."""
-    n, dim = vectors.shape
-    catalog_url = sqlite_url(home / "catalog.db")
-    catalog = Catalog(catalog_url)
-    store = BuiltinStoreRef(url=sqlite_url(home / "store.db"), artifacts=str(home / "artifacts"))
-    nlist = int(max(8, min(4096, 4 * np.sqrt(n), n // 39)))
-    v1 = builtin_version("v1", store, dim, {"kind": "faiss_ivf_flat", "nlist": nlist, "nprobe": 8})
-    seed_collection(catalog, "default", "bench", v1, sequential_ids(n), vectors, shards=4)
+    nlist = int(max(8, min(4096, 4 * np.sqrt(len(vectors)), len(vectors) // 39)))
     hnsw = {
         "kind": "hnswlib_hnsw",
         "m": M,
         "ef_construction": EF_CONSTRUCTION,
         "ef_search": EF_SEARCH,
     }
-    spec = parse_spec(
-        {
-            "id": "throughput",
-            "collection": "bench",
-            "source": v1.model_dump(mode="json"),
-            "target": builtin_version("v2", store, dim, hnsw).model_dump(mode="json"),
-            "shards": {"count": shards},
-            "max_parallel_shards": parallel,
-            "batch_size": 50_000,
-            "gates": {"min_recall": 0.8, "sample_queries": 200},
-            "cutover": {"mode": "automatic", "bake_seconds": 0},
-        }
+    catalog_url, spec = builtin_migration(
+        home,
+        "bench",
+        vectors,
+        {"kind": "faiss_ivf_flat", "nlist": nlist, "nprobe": 8},
+        hnsw,
+        spec_id="throughput",
+        shards=shards,
+        parallel=parallel,
+        batch_size=50_000,
     )
     server = DevServer(home / "temporal.db", port=free_port(), ui=False).start()
     stop = asyncio.Event()
@@ -135,11 +123,9 @@ async def migrate(
 
 
 def main() -> None:
-    p = script_parser(__doc__)
+    p = sized_parser(__doc__, vectors=400_000, shards=4)
     p.add_argument("--data", choices=["glove", "clustered"], default="glove")
-    p.add_argument("--vectors", type=int, default=400_000)
     p.add_argument("--dim", type=int, default=128, help="clustered data only")
-    p.add_argument("--shards", type=int, default=4)
     p.add_argument(
         "--parallel",
         type=int,
@@ -152,7 +138,6 @@ def main() -> None:
         default=1,
         help="migration / raw build pairs, which goes first alternating (medians are reported)",
     )
-    add_out_option(p)
     args = p.parse_args()
     if args.data == "glove":
         vectors = glove(args.vectors)

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import add_out_option, scratch, script_parser, wide_console
+from bench.common import scratch, sized_parser, wide_console
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.config import sqlite_url
 from vecmigrate.control.client import MigrationClient
@@ -217,10 +217,7 @@ def plot(result: dict[str, object], path: Path) -> None:
 
 
 def main() -> None:
-    p = script_parser(__doc__)
-    p.add_argument("--vectors", type=int, default=100_000)
-    p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--shards", type=int, default=8)
+    p = sized_parser(__doc__, vectors=100_000, dim=64, shards=8)
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--rate", type=float, default=25.0, help="requests/s per client")
     p.add_argument("--throttle", type=float, default=50_000.0, help="copy vectors/s")
@@ -232,7 +229,6 @@ def main() -> None:
         "--secure", action="store_true", help="the gateway with TLS and an API key per request"
     )
     p.add_argument("--home", type=Path, default=None)
-    add_out_option(p)
     args = p.parse_args()
     console = wide_console()
     result = asyncio.run(main_async(args, console))

@@ -33,7 +33,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
-from bench.common import RESULTS, alternating, paired_bars, report, scratch, timed_qdrant_migrate
+from bench.common import (
+    alternating,
+    paired_bar_chart,
+    report,
+    scratch,
+    sized_parser,
+    timed_qdrant_migrate,
+)
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.catalog.journal import Journal
 from vecmigrate.config import sqlite_url
@@ -171,35 +178,24 @@ ARGS = argparse.Namespace()
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = sized_parser(__doc__, dim=128)
     p.add_argument("--points", type=int, default=20_000)
-    p.add_argument("--dim", type=int, default=128)
     p.add_argument("--payload-bytes", type=int, default=1_000, help="JSON per point, about")
     p.add_argument("--batch", type=int, default=2_000)
     p.add_argument("--repeat", type=int, default=3, help="runs of each (medians are reported)")
-    p.add_argument("--out", type=Path, default=RESULTS, help="where JSON and PNG go")
     p.parse_args(namespace=ARGS)
     vectors = clustered(ARGS.points, ARGS.dim, seed=8)
     home = scratch("payload")
     rows = [run(home, vectors, False), run(home, vectors, True)]
 
-    def plot(path: Path) -> None:
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        paired_bars(
-            ax,
-            [f"payload: {r['payload']}" for r in rows],
-            {
-                "vecmigrate": [r["vecmigrate points/s"] for r in rows],
-                "migrate()": [r["migrate() points/s"] for r in rows],
-            },
-        )
-        ax.set_ylabel("points/s")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(path)
-
+    plot = paired_bar_chart(
+        [f"payload: {r['payload']}" for r in rows],
+        {
+            "vecmigrate": [r["vecmigrate points/s"] for r in rows],
+            "migrate()": [r["migrate() points/s"] for r in rows],
+        },
+        ylabel="points/s",
+    )
     report(
         "payload_copy",
         f"Qdrant collection to a new one, {ARGS.points:,} x {ARGS.dim}, UUID ids",

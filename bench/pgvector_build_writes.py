@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 from sqlalchemy import text
 
-from bench.common import add_out_option, report, script_parser
+from bench.common import report, sized_parser
 from vecmigrate.catalog.engines import dispose_engines
 from vecmigrate.data.datasets import clustered
 from vecmigrate.model.spec import Metric, PgvectorHnsw
@@ -66,15 +66,12 @@ def under_build(uri: str, store: PgvectorStore, dim: int, name: str, build: Any)
 
 
 def main() -> None:
-    p = script_parser(__doc__)
-    p.add_argument("--vectors", type=int, default=100_000)
-    p.add_argument("--dim", type=int, default=128)
+    p = sized_parser(__doc__, vectors=100_000, dim=128)
     p.add_argument("--m", type=int, default=16)
     p.add_argument("--ef-construction", type=int, default=64)
     p.add_argument("--workers", type=int, default=0, help="parallel maintenance workers")
     p.add_argument("--memory", default="256MB", help="maintenance_work_mem of the build")
     p.add_argument("--idle-seconds", type=float, default=5.0)
-    add_out_option(p)
     args = p.parse_args()
     server = start_postgres()
     try:

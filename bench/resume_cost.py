@@ -16,19 +16,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import add_out_option, report, scratch, script_parser
+from bench.common import report, scratch, sized_parser
 from vecmigrate.testing.chaos import run_chaos
 
 
 def main() -> None:
-    p = script_parser(__doc__)
-    p.add_argument("--vectors", type=int, default=200_000)
-    p.add_argument("--dim", type=int, default=64)
-    p.add_argument("--shards", type=int, default=8)
-    p.add_argument("--batch-size", type=int, default=5_000)
+    p = sized_parser(__doc__, vectors=200_000, dim=64, shards=8, batch_size=5_000)
     p.add_argument("--kills", type=int, default=6)
     p.add_argument("--throttle", type=float, default=20_000.0, help="copy vectors/s")
-    add_out_option(p)
     args = p.parse_args()
     runs = []
     for kills in (0, args.kills):

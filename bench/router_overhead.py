@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
-from bench.common import add_out_option, report, scratch, script_parser
+from bench.common import report, scratch, sized_parser
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.config import sqlite_url
 from vecmigrate.data.datasets import clustered
@@ -138,15 +138,13 @@ def measure(home: Path, n: int, dim: int, queries: int, k: int, pairs: int) -> T
 
 
 def main() -> None:
-    p = script_parser(__doc__)
-    p.add_argument("--vectors", type=int, default=200_000)
+    p = sized_parser(__doc__, vectors=200_000)
     p.add_argument(
         "--dims", default="64,128,384", help="comma-separated dimensions, each its own collection"
     )
     p.add_argument("--queries", type=int, default=5_000)
     p.add_argument("--pairs", type=int, default=5, help="passes over the queries (at least 3)")
     p.add_argument("--k", type=int, default=10)
-    add_out_option(p)
     args = p.parse_args()
     if args.pairs < 3:
         p.error("--pairs must be at least 3: the figure is the median pair")

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 from pydantic import TypeAdapter
 
-from bench.common import add_out_option, paired_bars, report, scratch, script_parser
+from bench.common import paired_bars, report, scratch, sized_parser
 from bench.copy_throughput import vecmigrate_copy
 from vecmigrate.data.datasets import clustered
 from vecmigrate.indexes.artifacts import build_index, cpu_share
@@ -87,12 +87,10 @@ def build_threads(vectors: np.ndarray) -> list[dict[str, object]]:
 
 
 def main() -> None:
-    p = script_parser(__doc__)
+    p = sized_parser(__doc__, dim=128)
     p.add_argument("--vectors", type=int, default=200_000, help="for the batch-size sweep")
     p.add_argument("--build-vectors", type=int, default=100_000, help="per shard, two shards")
-    p.add_argument("--dim", type=int, default=128)
     p.add_argument("--sizes", default="1000,5000,10000,50000")
-    add_out_option(p)
     args = p.parse_args()
     copy_rows = batch_sizes(
         clustered(args.vectors, args.dim, seed=3), [int(s) for s in args.sizes.split(",")]

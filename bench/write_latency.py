@@ -34,7 +34,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 
-from bench.common import add_out_option, alternating, paired_bars, report, scratch, script_parser
+from bench.common import (
+    alternating,
+    paired_bars,
+    report,
+    scratch,
+    sized_parser,
+)
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.catalog.changelog import ChangeLog
 from vecmigrate.config import sqlite_url
@@ -143,15 +149,12 @@ def loaded_router(catalog: Catalog, query: np.ndarray, k: int) -> tuple[Router, 
 
 
 def main() -> None:
-    p = script_parser(__doc__)
-    p.add_argument("--vectors", type=int, default=200_000)
-    p.add_argument("--dim", type=int, default=64)
+    p = sized_parser(__doc__, vectors=200_000, dim=64)
     p.add_argument("--writes", type=int, default=60_000)
     p.add_argument("--batch", type=int, default=1_000, help="records per write request")
     p.add_argument("--kind", choices=sorted(INDEXES), default="hnswlib_hnsw")
     p.add_argument("--queries", type=int, default=3_000)
     p.add_argument("--k", type=int, default=10)
-    add_out_option(p)
     args = p.parse_args()
     home = scratch("write-latency")
     catalog = Catalog(sqlite_url(home / "catalog.db"))

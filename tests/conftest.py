@@ -15,6 +15,7 @@ While a fast test runs, starting a server or a Python process fails and names th
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -38,7 +39,9 @@ from vecmigrate.config import sqlite_url
 from vecmigrate.control.devserver import temporal_binary
 from vecmigrate.data.datasets import clustered
 from vecmigrate.data.seed import seed_collection, sequential_ids
+from vecmigrate.model.lifecycle import Phase
 from vecmigrate.model.spec import BuiltinStoreRef, MigrationSpec, VersionSpec, parse_spec
+from vecmigrate.model.status import MigrationStatus
 from vecmigrate.testing.postgres import start_postgres
 from vecmigrate.workers.main import build_worker
 from vecmigrate.workflows.search import KEYS as SEARCH_KEYS
@@ -347,6 +350,45 @@ def vecmigrate(
         text=True,
         timeout=timeout,
     )
+
+
+def status_in(phase: Phase, **fields: Any) -> MigrationStatus:
+    """A migration's status in ``phase`` with ``fields`` set, as the workflow reports it; the
+    migration is a placeholder (``m``: t/c, blue-green from v1 to v2) unless ``fields`` say."""
+    placeholder: dict[str, Any] = {
+        "migration_id": "m",
+        "tenant": "t",
+        "collection": "c",
+        "strategy": "blue_green",
+        "source_version": "v1",
+        "target_version": "v2",
+    }
+    return MigrationStatus(**(placeholder | fields), phase=phase)
+
+
+def shadow_all(seconds: float, min_samples: int) -> dict[str, Any]:
+    """A spec's shadow stage that mirrors every search for ``seconds`` and asks ``min_samples``
+    pairs but bounds neither overlap nor p99: for tests in which the shadow stage is a step on
+    the way to a cutover, not what they check."""
+    return {
+        "percent": 100,
+        "seconds": seconds,
+        "min_samples": min_samples,
+        "min_overlap": None,
+        "max_p99_ratio": None,
+    }
+
+
+def json_objects(text: str) -> Iterator[dict[str, Any]]:
+    """Every JSON object in ``text`` (a history the CLI printed, say), nested ones included."""
+    stack: list[Any] = [json.loads(text)]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            yield node
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
 
 
 @asynccontextmanager

@@ -91,17 +91,23 @@ RUNS = {
 }
 
 
-@pytest.mark.timeout(600)
-@pytest.mark.parametrize("name", sorted(RUNS))
-def test_benchmark_script_runs(name: str, tmp_path: Path) -> None:
+def run_script(name: str, *args: str, out: Path) -> None:
+    """Run ``bench/NAME.py`` with ``args`` and ``--out out`` from the clone's root, as a user
+    would; a failure shows the end of the script's output."""
     done = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / f"{name}.py"), *RUNS[name], "--out", str(tmp_path)],
+        [sys.executable, str(ROOT / "bench" / f"{name}.py"), *args, "--out", str(out)],
         capture_output=True,
         text=True,
         timeout=580,
         cwd=ROOT,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("name", sorted(RUNS))
+def test_benchmark_script_runs(name: str, tmp_path: Path) -> None:
+    run_script(name, *RUNS[name], out=tmp_path)
     written = sorted(p.name for p in tmp_path.iterdir())
     assert any(n.endswith(".json") for n in written), written
     assert any(n.endswith(".png") for n in written), written
@@ -112,37 +118,13 @@ def test_benchmark_script_runs(name: str, tmp_path: Path) -> None:
 
 @pytest.mark.timeout(600)
 def test_online_load_script_checks_every_write(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "online_load.py"),
-            "--vectors",
-            "5000",
-            "--dim",
-            "16",
-            "--shards",
-            "2",
-            "--clients",
-            "2",
-            "--rate",
-            "20",
-            "--step-seconds",
-            "1.5",
-            "--idle-seconds",
-            "1",
-            "--shadow-percent",
-            "100",
-            "--min-samples",
-            "3",
-            "--out",
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=580,
-        cwd=ROOT,
+    run_script(
+        "online_load",
+        *("--vectors", "5000", "--dim", "16", "--shards", "2", "--clients", "2", "--rate", "20"),
+        *("--step-seconds", "1.5", "--idle-seconds", "1", "--shadow-percent", "100"),
+        *("--min-samples", "3"),
+        out=tmp_path,
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     result = json.loads((tmp_path / "online_load.json").read_text())
     assert result["failed"] == 0
     assert result["lost_writes"] == 0
@@ -152,19 +134,12 @@ def test_online_load_script_checks_every_write(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(600)
 def test_storage_formats_script_measures_every_format_against_raw_faiss(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "storage_formats.py"),
-            *("--data", "clustered", "--vectors", "12000", "--dim", "16", "--queries", "200"),
-            *("--threads", "2", "--out", str(tmp_path)),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=580,
-        cwd=ROOT,
+    run_script(
+        "storage_formats",
+        *("--data", "clustered", "--vectors", "12000", "--dim", "16", "--queries", "200"),
+        *("--threads", "2"),
+        out=tmp_path,
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert (tmp_path / "storage_formats_clustered_12000.png").is_file()
     written = json.loads((tmp_path / "storage_formats_clustered_12000.json").read_text())
     rows = {r["format"]: r for r in written["rows"]}
@@ -195,18 +170,16 @@ def test_storage_formats_script_measures_every_format_against_raw_faiss(tmp_path
 def test_pgvector_build_writes_script_shows_writes_flowing_only_during_the_concurrent_build(
     tmp_path: Path,
 ) -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "pgvector_build_writes.py"),
-            *("--vectors", "10000", "--dim", "32", "--idle-seconds", "1", "--out", str(tmp_path)),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=580,
-        cwd=ROOT,
+    run_script(
+        "pgvector_build_writes",
+        "--vectors",
+        "10000",
+        "--dim",
+        "32",
+        "--idle-seconds",
+        "1",
+        out=tmp_path,
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert (tmp_path / "pgvector_build_writes.png").is_file()
     written = json.loads((tmp_path / "pgvector_build_writes.json").read_text())
     rows = {r["phase"]: r for r in written["rows"]}

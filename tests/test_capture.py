@@ -19,7 +19,7 @@ import pytest
 from rich.console import Console
 from temporalio.client import Client
 
-from tests.conftest import Sandbox, postgres_database, running_worker
+from tests.conftest import Sandbox, postgres_database, running_worker, shadow_all, status_in
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.control.doctor import Finding
 from vecmigrate.control.doctor import _catalog as doctor_catalog
@@ -31,7 +31,7 @@ from vecmigrate.data.datasets import clustered
 from vecmigrate.errors import SpecError
 from vecmigrate.model.lifecycle import TERMINAL, Phase
 from vecmigrate.model.spec import MigrationSpec, canonical, parse_spec
-from vecmigrate.model.status import CaptureStatus, MigrationStatus
+from vecmigrate.model.status import CaptureStatus
 from vecmigrate.serving.router import Router
 from vecmigrate.stores import pgcapture
 from vecmigrate.testing.drill import until_phase
@@ -94,13 +94,7 @@ def items_spec(url: str, source_store: dict[str, Any] | None = None, **more: Any
         "gates": {"min_recall": 0.5, "sample_queries": 20, "latency_queries": 5},
         "online": {
             "settle_seconds": 0.5,
-            "shadow": {
-                "percent": 100,
-                "seconds": 1,
-                "min_samples": 5,
-                "min_overlap": None,
-                "max_p99_ratio": None,
-            },
+            "shadow": shadow_all(seconds=1, min_samples=5),
             "ramp": {"steps": [50], "step_seconds": 0.5},
         },
         "cutover": {"mode": "automatic", "bake_seconds": 1},
@@ -421,15 +415,8 @@ def test_status_alerts_on_a_change_table_that_outlived_its_migration() -> None:
     assert "outlived the migration" in alert
     assert "DROP FUNCTION public.vm_capture_m_1234abcd_fn() CASCADE" in alert
     assert CaptureStatus(table=cap.table, installed=True, removed=True).alert(Phase.ABORTED) == ""
-    status = MigrationStatus(
-        migration_id="m",
-        tenant="default",
-        collection="items",
-        strategy="online",
-        source_version="v1",
-        target_version="v2",
-        phase=Phase.ABORTED,
-        capture=cap,
+    status = status_in(
+        Phase.ABORTED, tenant="default", collection="items", strategy="online", capture=cap
     )
     console = Console(width=200, record=True)
     console.print(status_tables(status))

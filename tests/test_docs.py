@@ -143,6 +143,20 @@ def accepts(parser: argparse.ArgumentParser, args: list[str]) -> str | None:
     return None
 
 
+def sized_options(source: str) -> set[str]:
+    """The options a benchmark script's source takes from ``bench.common.sized_parser`` (the
+    sizes it gives defaults for, and ``--out``): that parser, built with the same keywords."""
+    from bench.common import sized_parser
+
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "sized_parser":
+            keywords = {k.arg: ast.literal_eval(k.value) for k in node.keywords if k.arg}
+            parser = sized_parser(None, **keywords)
+            found |= {o for a in parser._actions for o in a.option_strings}
+    return found
+
+
 def refusal(words: list[str]) -> str | None:
     """Why the code would refuse the command ``words``, or ``None``; commands of other
     programs are not checked."""
@@ -166,8 +180,9 @@ def refusal(words: list[str]) -> str | None:
         if not script.exists():
             return f"no script {args[0]}"
         source = script.read_text()
+        shared = sized_options(source)
         flags = [a.split("=")[0] for a in args[1:] if a.startswith("--")]
-        missing = [f for f in flags if f'"{f}"' not in source]
+        missing = [f for f in flags if f'"{f}"' not in source and f not in shared]
         return f"{args[0]} has no {missing}" if missing else None
     if program == "temporal" and "--name" in args:
         name = args[args.index("--name") + 1]
@@ -193,6 +208,10 @@ def test_the_command_check_catches_what_the_code_would_refuse() -> None:
     assert refusal(["vecmigrate", "cut-over", "ID"]) is not None
     assert refusal(["temporal", "workflow", "signal", "--name", "approve"]) is not None
     assert refusal(["python", "bench/copy_throughput.py", "--vectorz", "5"]) is not None
+    # The size options sized_parser adds are the ones the script asks for, no others.
+    assert refusal(["python", "bench/copy_throughput.py", "--vectors", "5", "--out", "x"]) is None
+    assert refusal(["python", "bench/copy_throughput.py", "--shards", "2"]) is not None
+    assert refusal(["python", "bench/chaos.py", "--out", "x"]) is not None
     assert refusal(["./scripts/test.sh", "-m", "quick"]) is not None
     assert refusal(["vecmigrate", "plan", "examples/no_such_spec.yaml"]) is not None
     assert refusal(["vecmigrate", "cutover", "ID", "--reason", "ok"]) is None

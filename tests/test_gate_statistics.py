@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 
 from tests.conftest import Sandbox
-from vecmigrate.catalog.journal import Journal
-from vecmigrate.data.backfill import copy_shard, open_source, open_target, prepare
-from vecmigrate.indexes.build import artifact_dir, build_shard, register_index
+from tests.test_validation import copy_and_build, validate
+from vecmigrate.data.backfill import open_source, open_target
 from vecmigrate.model.gates import (
     GateAdjustment,
     GateReport,
@@ -21,7 +20,7 @@ from vecmigrate.model.gates import (
 from vecmigrate.model.spec import GatePolicy, MigrationSpec, as_applied_before, parse_spec
 from vecmigrate.model.tasks import PrepareResult, hash_shards
 from vecmigrate.stores.base import COUNTED_STRATA, in_shard, proportional_quotas
-from vecmigrate.validation import gate_queries, measure, validate_migration
+from vecmigrate.validation import gate_queries, measure
 from vecmigrate.validation.gates import retrieval_verdicts
 from vecmigrate.validation.intervals import (
     mean_score_interval,
@@ -190,29 +189,11 @@ def _built(
         target=sandbox.version("v2", target_index).model_dump(mode="json"),
         gates={"min_recall": None, "sample_queries": 400, "max_p99_ratio": None},
     )
-    prep = prepare(sandbox.catalog, spec, "test")
-    for shard in prep.shards:
-        copy_shard(spec, shard, Journal(sandbox.catalog))
-    target = open_target(spec)
-    directory = artifact_dir(spec.target.store, spec.tenant, spec.collection, spec.target.name)
-    arts = [build_shard(target, spec.target, s, directory, threads=1) for s in prep.shards]
-    index_id = register_index(
-        sandbox.catalog, spec.tenant, spec.collection, spec.target, arts, None
-    ).id
-    return spec, prep, index_id
+    return spec, *copy_and_build(sandbox, spec)
 
 
 def _migrate(sandbox: Sandbox, target_index: dict[str, object]) -> GateReport:
-    spec, prep, index_id = _built(sandbox, target_index)
-    return validate_migration(
-        sandbox.catalog,
-        spec,
-        open_source(spec),
-        open_target(spec),
-        prep.shards,
-        prep.source_index,
-        index_id,
-    )
+    return validate(sandbox, *_built(sandbox, target_index))
 
 
 def test_default_recall_drop_gate_fails_a_worse_index(sandbox: Sandbox) -> None:

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from temporalio.client import Client
 
-from tests.conftest import Sandbox, running_worker
+from tests.conftest import Sandbox, running_worker, shadow_all
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.data import stablename
 from vecmigrate.data.backfill import open_source, open_target
@@ -578,13 +578,7 @@ async def test_an_application_on_the_stable_name_through_the_gateway_loses_nothi
         cutover={"mode": "manual", "bake_seconds": 5, "stable_name": "docs_live"},
         online={
             "settle_seconds": 0.3,
-            "shadow": {
-                "percent": 100,
-                "seconds": 1,
-                "min_samples": 5,
-                "min_overlap": None,
-                "max_p99_ratio": None,
-            },
+            "shadow": shadow_all(seconds=1, min_samples=5),
             "ramp": {"steps": [50], "step_seconds": 1},
         },
     )

@@ -19,7 +19,7 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
-from tests.conftest import Sandbox, vecmigrate
+from tests.conftest import Sandbox, json_objects, vecmigrate
 from tests.test_workflow import wait_for
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.control.client import MigrationClient
@@ -50,21 +50,12 @@ def ring_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> KeyRingSource:
 
 def payload_texts(history_json: str) -> str:
     """Every payload's data and metadata in a history the CLI printed, base64 decoded."""
-    found: list[str] = []
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if "data" in node and isinstance(node.get("metadata"), dict):
-                for value in (node["data"], *node["metadata"].values()):
-                    found.append(base64.b64decode(value).decode(errors="replace"))
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(json.loads(history_json))
-    return "\n".join(found)
+    return "\n".join(
+        base64.b64decode(value).decode(errors="replace")
+        for node in json_objects(history_json)
+        if "data" in node and isinstance(node.get("metadata"), dict)
+        for value in (node["data"], *node["metadata"].values())
+    )
 
 
 def shell(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -12,7 +12,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from tests.conftest import Sandbox
+from tests.conftest import Sandbox, status_in
 from vecmigrate.model.lifecycle import (
     LIFECYCLE,
     OFFLINE_CUTOVER,
@@ -288,14 +288,8 @@ class TestLifecycleThoroughly(Lifecycle.TestCase):
 
 
 def backfilling(copied: int, total: int, seconds: float, as_of: datetime) -> MigrationStatus:
-    return MigrationStatus(
-        migration_id="m",
-        tenant="t",
-        collection="c",
-        strategy="blue_green",
-        source_version="v1",
-        target_version="v2",
-        phase=Phase.BACKFILLING,
+    return status_in(
+        Phase.BACKFILLING,
         shards=[ShardProgress(shard=0, copied=copied, total=total, state="copying")],
         phase_seconds={Phase.BACKFILLING: seconds},
         as_of=as_of.isoformat(),

@@ -30,7 +30,7 @@ import psycopg
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from tests.conftest import vecmigrate
+from tests.conftest import json_objects, vecmigrate
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.catalog.engines import dispose_engines
 from vecmigrate.control.client import MigrationClient
@@ -135,21 +135,10 @@ def with_payloads_decoded(history_json: str) -> str:
     """The history as the CLI printed it, and every payload's data decoded from base64 (a
     secret in a payload would otherwise hide in its encoding)."""
     found: list[str] = [history_json]
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                if key == "data" and isinstance(value, str):
-                    with contextlib.suppress(ValueError):
-                        found.append(
-                            base64.b64decode(value, validate=True).decode(errors="replace")
-                        )
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(json.loads(history_json))
+    for node in json_objects(history_json):
+        if isinstance(node.get("data"), str):
+            with contextlib.suppress(ValueError):
+                found.append(base64.b64decode(node["data"], validate=True).decode(errors="replace"))
     return "\n".join(found)
 
 

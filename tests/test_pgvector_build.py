@@ -24,7 +24,7 @@ import pytest
 from rich.console import Console
 from sqlalchemy import text
 
-from tests.conftest import postgres_database
+from tests.conftest import postgres_database, status_in
 from vecmigrate.catalog.engines import dispose_engines
 from vecmigrate.control.report import status_tables
 from vecmigrate.errors import VecmigrateError
@@ -283,14 +283,8 @@ def test_a_build_of_another_session_is_followed_not_dropped(pg_url: str) -> None
 
 
 def test_status_shows_the_builds_phase_and_percentage() -> None:
-    st = MigrationStatus(
-        migration_id="m",
-        tenant="t",
-        collection="c",
-        strategy="blue_green",
-        source_version="v1",
-        target_version="v2",
-        phase=Phase.BUILDING_INDEX,
+    st = status_in(
+        Phase.BUILDING_INDEX,
         index_build=IndexBuildProgress(
             index="docs_v2_pgvector_hnsw_1a2b3c4d5e",
             command="CREATE INDEX CONCURRENTLY",

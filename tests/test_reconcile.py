@@ -84,9 +84,9 @@ def spec_data(tmp_path: Path, target: dict[str, Any], **overrides: Any) -> dict[
     }
 
 
-def records() -> Records:
+def records(over_cap: bool = True) -> Records:
     """Integer ids 1..N, a text and an integer payload field, one vector; record N has a text
-    over the spec's payload cap."""
+    over the spec's payload cap unless ``over_cap`` is false."""
     schema = RecordSchema(
         vectors=(VectorField(name="embedding", dimension=DIM),),
         payload=(
@@ -96,7 +96,8 @@ def records() -> Records:
     )
     ids = pa.array(np.arange(1, N + 1, dtype=np.int64))
     titles = [f"title {i}" for i in range(1, N + 1)]
-    titles[-1] = "x" * (CAP * 2)
+    if over_cap:
+        titles[-1] = "x" * (CAP * 2)
     payload = {
         "title": pa.array(titles),
         "year": pa.array([1990 + i % 35 for i in range(N)], pa.int64()),
@@ -131,7 +132,9 @@ def run(rec: Reconciler, spec: MigrationSpec, repair: bool) -> ReconcileReport:
 
 
 def corrupt(source: VectorStore, target: VectorStore) -> None:
-    """A changed vector (id 11), a changed payload (id 12), a missing id (13) and an extra id."""
+    """A changed vector (id 11), a changed payload (id 12), a missing id (13) and an extra id
+    (10,000) in ``target``, the changed records made from ``source``'s (which may be ``target``
+    itself: the region divergence tests corrupt one region's copy)."""
     got = source.fetch_records(pa.array([11, 12], pa.int64()))
     order = np.argsort(got.labels)
     got = got.take(order)

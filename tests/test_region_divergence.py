@@ -9,15 +9,17 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import pytest
 from temporalio.client import Client
 
 from tests.conftest import postgres_database, vecmigrate
+from tests.test_reconcile import DIM, N, corrupt
+from tests.test_reconcile import records as reconciled_records
 from tests.test_regions import ControlPlane, eu_spec_data, region_catalog, regional_until, store
 from vecmigrate.config import sqlite_url
 from vecmigrate.control.diff import run_region_diff
@@ -39,7 +41,7 @@ from vecmigrate.model.divergence import (
     verdict,
 )
 from vecmigrate.model.lifecycle import Phase
-from vecmigrate.model.records import FieldKind, PayloadField, RecordSchema, VectorField
+from vecmigrate.model.records import RecordSchema
 from vecmigrate.model.spec import (
     BuiltinStoreRef,
     DivergenceBound,
@@ -49,14 +51,12 @@ from vecmigrate.model.spec import (
     parse_spec,
 )
 from vecmigrate.model.tasks import hash_shards
-from vecmigrate.records.batch import Records, assemble
+from vecmigrate.records.batch import Records
 from vecmigrate.records.checksums import RecordChecksum
 from vecmigrate.stores import Scope, VectorStore, open_store
 from vecmigrate.validation.divergence import SAMPLE_SEED, Reader, buckets_of
 from vecmigrate.workers.main import build_worker
 
-DIM = 16
-N = 600
 TWO = ("eu", "us")
 
 # -- the pure comparison -----------------------------------------------------------------------
@@ -102,11 +102,9 @@ def test_compare_copies_counts_each_kind_lists_ids_and_judges_the_bound() -> Non
         CopyAnswers(answers=[[1, 2, 3, 9], None, None]),
     )
     bound = DivergenceBound(max_differing_share=0.05, min_overlap=0.5, k=4, max_listed=1)
-    out = compare_copies(
+    us_against_eu = partial(compare_copies, reference="eu", region="us", tenant="acme")
+    out = us_against_eu(
         bound,
-        reference="eu",
-        region="us",
-        tenant="acme",
         digests=digests,
         entries=(ref, reg),
         answers=answers,
@@ -128,27 +126,15 @@ def test_compare_copies_counts_each_kind_lists_ids_and_judges_the_bound() -> Non
     assert "1 missing, 1 extra, 1 vector, 1 payload" in reason
     assert reason.endswith("approve_cutover cuts over anyway, rollback ends all")
     strict = bound.model_copy(update={"max_differing_share": 0.01, "min_overlap": 0.0})
-    again = compare_copies(
-        strict,
-        reference="eu",
-        region="us",
-        tenant="acme",
-        digests=digests,
-        entries=(ref, reg),
-        answers=answers,
-        cells=[],
-    )
+    again = us_against_eu(strict, digests=digests, entries=(ref, reg), answers=answers, cells=[])
     assert again.why == "4.0000% of records differ (bound 1.0000%)"
     # A truncated listing: the share is the differing buckets' records, an upper bound.
     big = (
         CopyDigest(shards=[ShardDigest(shard=0, checksum="100:1", buckets={0: "30:1"})]),
         CopyDigest(shards=[ShardDigest(shard=0, checksum="100:2", buckets={0: "31:2"})]),
     )
-    cut = compare_copies(
+    cut = us_against_eu(
         strict,
-        reference="eu",
-        region="us",
-        tenant="acme",
         digests=big,
         entries=(ref, reg.model_copy(update={"truncated": True})),
         answers=(CopyAnswers(), CopyAnswers()),
@@ -202,52 +188,15 @@ def two_region_data(root: Path, us_target: dict[str, Any] | None = None, **field
 
 
 def records() -> Records:
-    """Integer ids 1..N, a title and a year, one vector."""
-    schema = RecordSchema(
-        vectors=(VectorField(name="embedding", dimension=DIM),),
-        payload=(
-            PayloadField(name="title", kind=FieldKind.TEXT),
-            PayloadField(name="year", kind=FieldKind.INT),
-        ),
-    )
-    ids = pa.array(np.arange(1, N + 1, dtype=np.int64))
-    payload = {
-        "title": pa.array([f"title {i}" for i in range(1, N + 1)]),
-        "year": pa.array([1990 + i % 35 for i in range(N)], pa.int64()),
-    }
-    out, faults = assemble(schema, ids, {"embedding": clustered(N, DIM, 8, seed=3)}, payload)
-    assert not len(faults)
-    return out
+    """The reconcile tests' records (ids 1..N, a title and a year, one vector), every one
+    within the payload cap."""
+    return reconciled_records(over_cap=False)
 
 
 def target_of(spec: MigrationSpec, region: str, schema: RecordSchema | None = None) -> VectorStore:
     ref = next(r for r in spec.regions if r.name == region).target_store
     assert ref is not None
     return open_store(ref, Scope(spec.tenant, spec.collection, spec.target.name), schema=schema)
-
-
-def diverge(target: VectorStore) -> None:
-    """A changed vector (id 11), a changed payload (id 12), a missing id (13), an extra id."""
-    got = target.fetch_records(pa.array([11, 12], pa.int64()))
-    got = got.take(np.argsort(got.labels))
-    vectors = got.vectors().copy()
-    vectors[0] += 0.5
-    target.write(got.slice(0, 1).with_vectors(vectors[:1]))
-    changed, _ = assemble(
-        got.schema,
-        pa.array([12], pa.int64()),
-        {"embedding": vectors[1:]},
-        {"title": pa.array(["changed"]), "year": pa.array([1], pa.int64())},
-    )
-    target.write(changed)
-    target.delete(pa.array([13], pa.int64()))
-    extra, _ = assemble(
-        got.schema,
-        pa.array([10_000], pa.int64()),
-        {"embedding": vectors[:1]},
-        {"title": pa.array(["extra"]), "year": pa.array([2], pa.int64())},
-    )
-    target.write(extra)
 
 
 def test_a_copys_digest_is_the_store_checksum_per_shard_and_per_bucket(tmp_path: Path) -> None:
@@ -310,7 +259,8 @@ def test_region_diff_finds_exactly_what_one_regions_copy_lost_gained_and_changed
     assert (same.reference_records, same.region_records, same.differing) == (N, N, 0)
     assert (same.overlap, same.queries) == (1.0, 50)
 
-    diverge(target_of(spec, "us"))
+    us = target_of(spec, "us")
+    corrupt(us, us)
     diff, _, _ = run_region_diff(spec, ["eu", "us"])
     assert (diff.missing, diff.extra, diff.vector, diff.payload) == (1, 1, 1, 1)
     assert diff.listed == {"missing": [13], "extra": [10_000], "vector": [11], "payload": [12]}
@@ -348,7 +298,8 @@ def test_vecmigrate_diff_regions_prints_the_figures_and_fails_over_the_bound(
     assert ok.returncode == 0, ok.stderr
     assert "us/default against eu: within the bound" in ok.stdout
     assert "overlap@10 1.000 on 20 queries (at least 0.990)" in ok.stdout
-    diverge(target_of(spec, "us"))
+    us = target_of(spec, "us")
+    corrupt(us, us)
     found = vecmigrate("diff", str(path), "--regions", "eu,us", "--json")
     assert found.returncode == 1, found.stderr
     report = json.loads(found.stdout)

@@ -25,7 +25,7 @@ from pymilvus import MilvusClient
 from sqlalchemy import create_engine
 from temporalio.client import Client
 
-from tests.conftest import Sandbox, postgres_database, running_worker, vecmigrate
+from tests.conftest import Sandbox, postgres_database, running_worker, shadow_all, vecmigrate
 from tests.test_workflow import wait_for
 from vecmigrate.catalog.engines import dispose_engines
 from vecmigrate.control.client import MigrationClient
@@ -584,13 +584,7 @@ async def test_an_online_rollback_after_cut_over_points_the_view_back_and_a_seco
         cutover={"mode": "manual", "bake_seconds": 8, "stable_name": "docs_live"},
         online={
             "settle_seconds": 0.3,
-            "shadow": {
-                "percent": 100,
-                "seconds": 0.5,
-                "min_samples": 3,
-                "min_overlap": None,
-                "max_p99_ratio": None,
-            },
+            "shadow": shadow_all(seconds=0.5, min_samples=3),
             "ramp": {"steps": []},
         },
     )

@@ -64,10 +64,16 @@ def migrate(
         "v2", index or {"kind": "hnswlib_hnsw", "m": 16}, normalized=normalized, metric=metric
     )
     spec = sandbox.spec(target=target.model_dump(mode="json"), **overrides)
+    return spec, *copy_and_build(sandbox, spec)
+
+
+def copy_and_build(sandbox: Sandbox, spec: MigrationSpec) -> tuple[PrepareResult, str]:
+    """The migration prepared, every shard copied to v2 and v2's index built, as the workflow
+    does before validating: the plan and the index's id."""
     prep = prepare(sandbox.catalog, spec, "test")
     for shard in prep.shards:
         copy_shard(spec, shard, Journal(sandbox.catalog))
-    return spec, prep, rebuild(sandbox, spec, prep)
+    return prep, rebuild(sandbox, spec, prep)
 
 
 def rebuild(sandbox: Sandbox, spec: MigrationSpec, prep: PrepareResult) -> str:

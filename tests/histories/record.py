@@ -48,6 +48,8 @@ from vecmigrate.control.compaction import start_compaction
 from vecmigrate.control.devserver import temporal_binary
 from vecmigrate.model.compaction import CompactionRequest
 from vecmigrate.model.lifecycle import Phase
+from vecmigrate.model.spec import MigrationSpec
+from vecmigrate.model.status import MigrationStatus
 from vecmigrate.serving.router import Router
 from vecmigrate.testing.drill import run_drill
 from vecmigrate.workflows.search import KEYS as SEARCH_KEYS
@@ -125,6 +127,19 @@ def live_traffic(catalog: Catalog, vectors: np.ndarray, on: bool = True) -> Iter
         router.close()
 
 
+async def completed(
+    env: WorkflowEnvironment, sandbox: Sandbox, spec: MigrationSpec
+) -> tuple[MigrationStatus, WorkflowHistory]:
+    """Run ``spec`` to its end on a worker of its own and check that it completed: its final
+    status and its history."""
+    async with running_worker(env.client, sandbox) as queue:
+        mc = MigrationClient(env.client, queue)
+        mid = await mc.start(spec, operator="recorder")
+        final = await mc.result(mid)
+        assert final.phase == Phase.COMPLETED, final
+        return final, await mc.handle(mid).fetch_history()
+
+
 async def record_blue_green(env: WorkflowEnvironment, name: str) -> None:
     """A blue-green migration to completion, or rolled back at the approval it waits for."""
     manual = name == "blue_green_rolled_back"
@@ -153,13 +168,8 @@ async def record_build_while_copying(env: WorkflowEnvironment, name: str) -> Non
         max_parallel_shards=1,
         cutover={"mode": "automatic", "bake_seconds": 0.2},
     )
-    async with running_worker(env.client, sandbox) as queue:
-        mc = MigrationClient(env.client, queue)
-        mid = await mc.start(spec, operator="recorder")
-        final = await mc.result(mid)
-        assert final.phase == Phase.COMPLETED, final
-        assert final.index_log_position is not None, "the shards were not built during the copy"
-        history = await mc.handle(mid).fetch_history()
+    final, history = await completed(env, sandbox, spec)
+    assert final.index_log_position is not None, "the shards were not built during the copy"
     save(name, history)
 
 
@@ -309,14 +319,9 @@ async def record_reconciled(env: WorkflowEnvironment, name: str) -> None:
         strategy="online", online=ONLINE, cutover={"mode": "automatic", "bake_seconds": 0.5}
     )
     with live_traffic(sandbox.catalog, vectors):
-        async with running_worker(env.client, sandbox) as queue:
-            mc = MigrationClient(env.client, queue)
-            mid = await mc.start(spec, operator="recorder")
-            final = await mc.result(mid)
-            assert final.phase == Phase.COMPLETED, final
-            assert final.reconcile is not None, "the reconcile gate did not run"
-            assert final.reconcile.passed, final.reconcile
-            history = await mc.handle(mid).fetch_history()
+        final, history = await completed(env, sandbox, spec)
+    assert final.reconcile is not None, "the reconcile gate did not run"
+    assert final.reconcile.passed, final.reconcile
     save(name, history)
 
 
