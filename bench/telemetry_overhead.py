@@ -48,7 +48,7 @@ import numpy as np
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 
-from bench.common import add_out_option, alternating, report, scratch, script_parser
+from bench.common import alternating, report, scratch, sized_parser
 from bench.copy_throughput import seeded_copy
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.config import sqlite_url
@@ -260,14 +260,11 @@ def telemetry_us(
 
 
 def main() -> None:
-    p = script_parser(__doc__)
-    p.add_argument("--vectors", type=int, default=200_000)
-    p.add_argument("--dim", type=int, default=128)
+    p = sized_parser(__doc__, vectors=200_000, dim=128)
     p.add_argument("--batch", type=int, default=10_000)
     p.add_argument("--requests", type=int, default=5_000)
     p.add_argument("--repeat", type=int, default=5, help="pairs of runs, on and off")
     p.add_argument("--micro", type=int, default=20_000, help="requests of the microbenchmark")
-    add_out_option(p)
     args = p.parse_args()
     vectors = clustered(args.vectors, args.dim, clusters=64, seed=3)
     queries = clustered(args.requests, args.dim, clusters=64, seed=4)

@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import faiss
 import numpy as np
 
-from bench.common import add_out_option, paired_bars, report, scratch, script_parser
+from bench.common import paired_bar_chart, report, scratch, sized_parser
 from vecmigrate import validation
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.catalog.journal import Journal
@@ -214,34 +214,25 @@ def one(n: int, dim: int, queries: int, pairs: int = 3) -> dict[str, object]:
 
 
 def main() -> None:
-    p = script_parser(__doc__)
+    p = sized_parser(__doc__, dim=128)
     p.add_argument("--sizes", default="100000,1000000")
-    p.add_argument("--dim", type=int, default=128)
     p.add_argument("--queries", type=int, default=1_000)
     p.add_argument(
         "--pairs", type=int, default=3, help="rounds of streamed suite, full suite, raw search"
     )
-    add_out_option(p)
     args = p.parse_args()
     rows = [one(int(s), args.dim, args.queries, args.pairs) for s in args.sizes.split(",")]
 
-    def plot(path: Path) -> None:
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        paired_bars(
-            ax,
-            [f"{r['vectors']:,}" for r in rows],
-            {
-                "streamed gate suite": [r["streamed_suite_s"] for r in rows],
-                "raw FAISS exact search": [r["streamed_raw_s"] for r in rows],
-            },
-        )
-        ax.set_ylabel("seconds")
-        ax.set_xlabel("vectors")
-        ax.legend()
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
+    plot = paired_bar_chart(
+        [f"{r['vectors']:,}" for r in rows],
+        {
+            "streamed gate suite": [r["streamed_suite_s"] for r in rows],
+            "raw FAISS exact search": [r["streamed_raw_s"] for r in rows],
+        },
+        ylabel="seconds",
+        xlabel="vectors",
+        dpi=110,
+    )
 
     report(
         "validation_cost",
