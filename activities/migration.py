@@ -357,7 +357,11 @@ class MigrationActivities:
                 threads=budget.build_threads(
                     self.catalog, spec, self.build_threads or self._share(spec)
                 ),
-                on_progress=lambda done, total: beat({"shard": index, "added": done, "of": total}),
+                on_progress=budget.paced(
+                    self.catalog,
+                    spec,
+                    lambda done, total: beat({"shard": index, "added": done, "of": total}),
+                ),
             )
         self.journal.set_artifact(spec.migration_id, index, ref.model_dump(mode="json"))
         self._ledger(spec, f"shard/{index}/indexed", "shard.indexed", ref.model_dump(mode="json"))

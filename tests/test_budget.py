@@ -16,8 +16,9 @@ from vecmigrate.catalog.journal import Journal
 from vecmigrate.catalog.latency import Latencies, LatencyReading
 from vecmigrate.control.report import status_tables
 from vecmigrate.data.backfill import copy_shard, open_source, prepare
-from vecmigrate.data.budget import PaceController, build_threads, limit_of
-from vecmigrate.model.spec import LatencyBudget, MigrationSpec
+from vecmigrate.data.budget import PaceController, build_threads, limit_of, paced
+from vecmigrate.indexes.artifacts import build_index
+from vecmigrate.model.spec import LatencyBudget, Metric, MigrationSpec
 from vecmigrate.model.status import MigrationStatus
 from vecmigrate.model.tasks import ShardRef
 from vecmigrate.serving.router import Router
@@ -190,3 +191,29 @@ def test_index_build_threads_follow_the_budget(sandbox: Sandbox) -> None:
         assert build_threads(sandbox.catalog, plain, 4) == 4
     finally:
         router.close()
+
+
+def test_an_index_build_over_budget_pauses_between_chunks(sandbox: Sandbox) -> None:
+    sandbox.seed(3000)
+    router, _ = _searched(sandbox)
+    try:
+        spec = sandbox.spec(budget={"max_search_p99_ms": 1e-6})
+        ids, vectors = open_source(spec).sample(3000, seed=1)
+        sleeps: list[float] = []
+        seen: list[int] = []
+
+        def sleep(seconds: float) -> None:  # the pauses are real, a chunk's time each: short
+            sleeps.append(seconds)
+            time.sleep(seconds)
+
+        progress = paced(sandbox.catalog, spec, lambda done, _: seen.append(done), sleep)
+        index = build_index(
+            spec.target.index, Metric.L2, ids, vectors, on_progress=progress, chunk=500
+        )
+    finally:
+        router.close()
+    assert index.get_current_count() == 3000
+    assert seen == [500, 1000, 1500, 2000, 2500, 3000]
+    assert len(sleeps) == 5  # between chunks, not after the last
+    assert all(s > 0 for s in sleeps)
+    assert paced(sandbox.catalog, sandbox.spec(), print) is print  # no budget: untouched

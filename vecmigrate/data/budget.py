@@ -197,3 +197,24 @@ def build_threads(catalog: Catalog, spec: MigrationSpec, threads: int) -> int:
         return threads
     cores = threads or os.cpu_count() or 1
     return max(1, math.floor(cores * pacer.share))
+
+
+def paced(
+    catalog: Catalog,
+    spec: MigrationSpec,
+    on_progress: Callable[[int, int], None],
+    sleep: Callable[[float], None] = time.sleep,
+) -> Callable[[int, int], None]:
+    """An index build's progress callback followed, between chunks, by the budget's pause
+    (``on_progress`` itself without a budget)."""
+    if spec.budget is None:
+        return on_progress
+    pacer = BudgetPacer(catalog, spec)
+
+    def progress(done: int, total: int) -> None:
+        on_progress(done, total)
+        wait = pacer.pause(done)
+        if wait > 0 and done < total:
+            sleep(wait)
+
+    return progress
