@@ -4,6 +4,7 @@ one), the index build's threads, and the status line."""
 
 from __future__ import annotations
 
+import argparse
 import time
 from typing import Any
 
@@ -217,3 +218,19 @@ def test_an_index_build_over_budget_pauses_between_chunks(sandbox: Sandbox) -> N
     assert len(sleeps) == 5  # between chunks, not after the last
     assert all(s > 0 for s in sleeps)
     assert paced(sandbox.catalog, sandbox.spec(), print) is print  # no budget: untouched
+
+
+def test_the_status_command_reads_the_budget_from_the_catalog(sandbox: Sandbox) -> None:
+    from vecmigrate.control import cli
+
+    sandbox.seed(3000)
+    router, _ = _searched(sandbox)
+    try:
+        spec, _, _ = _copy(sandbox, budget={"max_search_p99_ms": 1e-6})
+    finally:
+        router.close()
+    args = argparse.Namespace(catalog=sandbox.catalog.url)
+    state = cli._budget_state(args, spec.migration_id)
+    assert state is not None
+    assert state.throttled
+    assert cli._budget_state(args, "no-such-migration") is None

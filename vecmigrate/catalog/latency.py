@@ -44,7 +44,7 @@ latency_budgets = Table(
     Column("at", Float, nullable=False),
 )
 
-# Rows of routers silent for this long are removed by the next publisher.
+# Rows of routers silent for this long are removed when a router first publishes.
 FORGET_SECONDS = 3600.0
 
 
