@@ -33,7 +33,7 @@ from vecmigrate.catalog.residency import Residency
 from vecmigrate.catalog.retention import RetentionLog
 from vecmigrate.catalog.schedules import ScheduleStore
 from vecmigrate.catalog.specs import SpecStore
-from vecmigrate.data import backfill, capture, footprint, retention, scheduling, stablename
+from vecmigrate.data import backfill, budget, capture, footprint, retention, scheduling, stablename
 from vecmigrate.errors import (
     NON_RETRYABLE,
     PreconditionError,
@@ -332,8 +332,14 @@ class MigrationActivities:
                 spec.target,
                 inp.shard,
                 directory,
-                threads=self.build_threads or self._share(spec),
-                on_progress=lambda done, total: beat({"shard": index, "added": done, "of": total}),
+                threads=budget.build_threads(
+                    self.catalog, spec, self.build_threads or self._share(spec)
+                ),
+                on_progress=budget.paced(
+                    self.catalog,
+                    spec,
+                    lambda done, total: beat({"shard": index, "added": done, "of": total}),
+                ),
             )
         self.journal.set_artifact(spec.migration_id, index, ref.model_dump(mode="json"))
         self._ledger(spec, f"shard/{index}/indexed", "shard.indexed", ref.model_dump(mode="json"))

@@ -3,9 +3,12 @@
     python bench/online_load.py --vectors 100000 --clients 8
 
 Seeds a collection, serves it through the HTTP gateway, runs N clients (search / upsert /
-delete) against it, first alone (the idle baseline), then through the online-migration drill
-(shadow, ramp, cut-over, rollback after cut-over, second cut-over). Prints the table, checks
-every acknowledged write and delete against the live version, and writes JSON and a PNG plot.
+delete) against it, first alone (the idle baseline, after a few seconds of warm-up), then
+through the online-migration drill (shadow, ramp, cut-over, rollback after cut-over, second
+cut-over). Prints the table with each phase's search p99 over the idle p99 of the same run,
+checks every acknowledged write and delete against the live version, and writes JSON and a PNG
+plot. With ``--budget 1.5`` the spec sets a latency budget (search p99 at most 1.5x idle): the
+table says whether each phase met it and the lowest pace the budget set in it.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from rich.table import Table
 
 from bench.common import scratch, sized_parser, wide_console
 from vecmigrate.catalog.catalog import Catalog
+from vecmigrate.catalog.latency import Latencies
 from vecmigrate.config import sqlite_url
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.control.devserver import DevServer, free_port
@@ -88,10 +92,13 @@ async def main_async(args: argparse.Namespace, console: Console) -> dict[str, ob
                 "ramp": {"steps": [1, 10, 50], "step_seconds": args.step_seconds},
             },
             "cutover": {"mode": "manual", "bake_seconds": args.step_seconds * 2},
+            "budget": {"max_p99_ratio": args.budget} if args.budget else None,
         }
     )
     queries = open_source(spec).sample(1000, seed=5)[1]
-    phase = {"now": "IDLE"}
+    # The first seconds (connections, the index's first pages) are left out of the baseline.
+    phase = {"now": "WARMUP"}
+    paces: dict[str, float] = {}  # the lowest pace share the budget set, by phase
     headers: dict[str, str] = {}
     context = None
     credentials = tls = None
@@ -141,12 +148,18 @@ async def main_async(args: argparse.Namespace, console: Console) -> dict[str, ob
     try:
         client = await connect(server.address)
         load.start()
+        await asyncio.sleep(min(3.0, args.idle_seconds / 3))
+        phase["now"] = "IDLE"
         console.log(f"idle baseline for {args.idle_seconds:.0f}s with {args.clients} clients")
         await asyncio.sleep(args.idle_seconds)
         console.log("online migration drill under load")
-        final = await run_drill(
-            MigrationClient(client, "bench"), spec, lambda p: phase.update(now=p)
-        )
+        watcher = asyncio.create_task(watch_budget(catalog, spec.migration_id, phase, paces))
+        try:
+            final = await run_drill(
+                MigrationClient(client, "bench"), spec, lambda p: phase.update(now=p)
+            )
+        finally:
+            watcher.cancel()
         phase["now"] = "AFTER"
         await asyncio.sleep(2.0)
     finally:
@@ -160,6 +173,8 @@ async def main_async(args: argparse.Namespace, console: Console) -> dict[str, ob
     order = ["IDLE", *(str(p) for p in LIFECYCLE["online"].phases), "AFTER"]
     rows = latency_table(requests, order)
     idle = next(r for r in rows if r["phase"] == "IDLE")
+    against_idle(rows, idle, args.budget, paces)
+    state = Latencies(catalog).budget(spec.migration_id)
     backfill = next((r for r in rows if r["phase"] == "BACKFILLING"), None)
     ratio = (
         round(backfill["search_p99_ms"] / idle["search_p99_ms"], 2)
@@ -182,9 +197,49 @@ async def main_async(args: argparse.Namespace, console: Console) -> dict[str, ob
         "wrong_vectors": verdict.wrong_vectors,
         "resurrected_deletes": verdict.resurrected,
         "search_p99_backfill_over_idle": ratio,
+        "budget": args.budget,
+        "budget_met_in_every_phase": (
+            all(r["met_budget"] is not False for r in rows) if args.budget else None
+        ),
+        "budget_last_state": state.line() if state is not None else None,
         "seconds": round(time.monotonic() - began, 1),
         "phases": rows,
     }
+
+
+async def watch_budget(
+    catalog: Catalog, migration_id: str, phase: dict[str, str], paces: dict[str, float]
+) -> None:
+    """Read the budget's state (as `vecmigrate status` does) every half second: the lowest
+    pace share of each phase the budget paces (the copy's and the build's)."""
+    latencies = Latencies(catalog)
+    while True:
+        state = await asyncio.to_thread(latencies.budget, migration_id)
+        now = phase["now"]
+        if state is not None and now in ("BACKFILLING", "BUILDING_INDEX"):  # the paced phases
+            paces[now] = min(paces.get(now, 1.0), state.share)
+        await asyncio.sleep(0.5)
+
+
+def against_idle(
+    rows: list[dict[str, object]],
+    idle: dict[str, object],
+    budget: float | None,
+    paces: dict[str, float],
+) -> None:
+    """Add to each phase its search p99 over the idle p99 of the same run, whether that meets
+    the budget (None without one), and the lowest pace the budget set in it."""
+    base = idle["search_p99_ms"]
+    for row in rows:
+        p99 = row["search_p99_ms"]
+        ratio = (
+            round(p99 / base, 2)
+            if isinstance(p99, float) and isinstance(base, float) and base
+            else None
+        )
+        row["search_p99_over_idle"] = ratio
+        row["met_budget"] = None if budget is None or ratio is None else ratio <= budget
+        row["lowest_pace"] = paces.get(str(row["phase"]))
 
 
 def plot(result: dict[str, object], path: Path) -> None:
@@ -228,6 +283,12 @@ def main() -> None:
     p.add_argument(
         "--secure", action="store_true", help="the gateway with TLS and an API key per request"
     )
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="latency budget: search p99 at most this times the idle p99 (spec budget)",
+    )
     p.add_argument("--home", type=Path, default=None)
     args = p.parse_args()
     console = wide_console()
@@ -251,6 +312,9 @@ def main() -> None:
         "wrong_vectors",
         "resurrected_deletes",
         "search_p99_backfill_over_idle",
+        "budget",
+        "budget_met_in_every_phase",
+        "budget_last_state",
         "cutovers",
         "seconds",
     ):

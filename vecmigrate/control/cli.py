@@ -53,7 +53,7 @@ from vecmigrate.model.lifecycle import Phase
 from vecmigrate.model.regions import RegionalStatus
 from vecmigrate.model.schedule import OVERLAPS
 from vecmigrate.model.spec import MigrationSpec, load_spec, parse_spec
-from vecmigrate.model.status import MigrationStatus
+from vecmigrate.model.status import BudgetState, MigrationStatus
 from vecmigrate.model.tuning import TuningResult
 from vecmigrate.security.scrub import scrub
 from vecmigrate.stores.probes import describe_store, redacted
@@ -1238,11 +1238,22 @@ async def _status(args: argparse.Namespace) -> int:
             out.print(regional_table(regional))
         return 0
     st = await mc.status(args.id, live=True)
+    if st.phase in (Phase.BACKFILLING, Phase.BUILDING_INDEX):  # the phases a budget paces
+        st.budget = _budget_state(args, st.migration_id)
     if args.json:
         print(st.model_dump_json(indent=2))
     else:
         out.print(status_tables(st))
     return 0
+
+
+def _budget_state(args: argparse.Namespace, migration_id: str) -> BudgetState | None:
+    """Where the migration's latency budget stands, from the catalog (None: no budget, or no
+    catalog here to read it from)."""
+    from vecmigrate.catalog.latency import Latencies
+
+    catalog = _existing_catalog(_catalog_url(args))
+    return None if catalog is None else Latencies(catalog).budget(migration_id)
 
 
 async def _watch(args: argparse.Namespace) -> int:

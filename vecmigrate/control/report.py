@@ -91,6 +91,9 @@ def status_tables(st: MigrationStatus) -> Group:
         head.add_row("copy", line)
     if st.index_build is not None:
         head.add_row("index build", st.index_build.line())
+    if st.budget is not None:
+        style = "yellow" if st.budget.throttled else "green"
+        head.add_row("latency budget", f"[{style}]{st.budget.line()}[/{style}]")
     if st.max_vectors_per_second:
         head.add_row("throttle", f"{st.max_vectors_per_second:,.0f} vectors/s")
     if st.runs > 1:

@@ -20,6 +20,7 @@ from vecmigrate.catalog.documents import Documents
 from vecmigrate.catalog.journal import Control, Journal, StreamRow
 from vecmigrate.catalog.retention import RetentionLog
 from vecmigrate.data.adopt import adopt, adoption_checks, target_schema
+from vecmigrate.data.budget import BudgetPacer
 from vecmigrate.data.checks import Check
 from vecmigrate.data.quarantine import Quarantine
 from vecmigrate.data.quarantine import estimate as estimate_quarantine
@@ -567,6 +568,7 @@ def copy_shard(
     handed, batches, left_out = state.handed, 0, 0
     moved = {"read": 0, "written": 0}
     throttle = Throttle(clock)
+    pacer = BudgetPacer(journal.catalog, spec, clock)  # the latency budget's pauses
     parallel = min(spec.max_parallel_shards, len(spec.shards.selected()))
 
     def share(control: Control) -> float | None:
@@ -649,7 +651,7 @@ def copy_shard(
             batches += 1
             if on_batch is not None:
                 on_batch(cursor, copied, acc)
-            wait = throttle.delay(share(control), len(records))
+            wait = max(throttle.delay(share(control), len(records)), pacer.pause(len(records)))
             while wait > 0:
                 step = min(wait, 1.0)
                 sleep(step)

@@ -972,6 +972,30 @@ class RetentionPolicy(_Model):
     """Seconds an abandoned target is kept (none: until ``vecmigrate gc`` names it)."""
 
 
+class LatencyBudget(_Model):
+    """A latency budget for live traffic: while it copies and builds, the migration keeps the
+    search p99 the router measures within the budget by slowing itself (pausing between copy
+    batches, fewer index build threads), down to ``min_rate_share`` of its full pace, and
+    speeds up again when the latency allows. Set ``max_p99_ratio`` (against the idle p99 the
+    router published before the copy began), ``max_search_p99_ms``, or both (the lower wins)."""
+
+    max_p99_ratio: float | None = Field(default=None, ge=1.0)
+    """The search p99 may be at most this times the idle p99 (for example 1.5)."""
+    max_search_p99_ms: float | None = Field(default=None, gt=0.0)
+    """The search p99 may be at most this many milliseconds."""
+    min_rate_share: float = Field(default=0.05, gt=0.0, le=1.0)
+    """The slowest the migration goes: this share of its full pace (it never stops)."""
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> LatencyBudget:
+        if self.max_p99_ratio is None and self.max_search_p99_ms is None:
+            raise ValueError(
+                "budget needs max_p99_ratio (against the idle p99) or max_search_p99_ms; "
+                "leave budget out for no budget"
+            )
+        return self
+
+
 class MigrationSpec(_Model):
     """One migration of one collection in one tenant, from a source version to a target."""
 
@@ -1027,6 +1051,9 @@ class MigrationSpec(_Model):
     """When the heavy phases (copy, build) may run; outside, the migration waits on a timer."""
     retention: RetentionPolicy | None = None
     """When the versions this migration leaves behind are pruned."""
+    budget: LatencyBudget | None = None
+    """A latency budget for live searches the copy and the index build adapt their pace to
+    (none: they run at full pace, as throttled by ``max_vectors_per_second``)."""
 
     @property
     def regional(self) -> bool:
@@ -1323,7 +1350,7 @@ ADDED_FIELDS: dict[type[BaseModel], frozenset[str]] = {
         {"precision", "maintenance_work_mem", "parallel_workers", "lock_timeout_seconds"}
     ),
     QdrantHnsw: frozenset({"quantization", "product_compression", "rescore", "oversampling"}),
-    MigrationSpec: frozenset({"schedule", "windows", "retention", "quarantine"}),
+    MigrationSpec: frozenset({"schedule", "windows", "retention", "quarantine", "budget"}),
     GatePolicy: frozenset({"half_width", "deep"}),
     OnlinePolicy: frozenset({"capture", "tuning"}),
     CutoverPolicy: frozenset({"stable_name"}),

@@ -64,6 +64,30 @@ class RetryingStep(_Model):
     next_retry: str = ""
 
 
+class BudgetState(_Model):
+    """Where a migration's latency budget stands: the limit, the search p99 last measured by
+    the routers, and the share of its full pace the copy and the build run at (written by the
+    copy between batches; the ``status`` command adds it)."""
+
+    limit_ms: float | None = None
+    idle_p99_ms: float | None = None
+    p99_ms: float | None = None
+    share: float = 1.0
+    throttled: bool = False
+    why: str = ""
+    at: float = 0.0  # when it was written, seconds since the epoch
+
+    def line(self) -> str:
+        """The budget in one line: throttled or not, the p99 against the limit, and why."""
+        limit = f"{self.limit_ms:.1f} ms" if self.limit_ms is not None else "no limit yet"
+        p99 = f"{self.p99_ms:.1f} ms" if self.p99_ms is not None else "no reading"
+        idle = f", idle p99 {self.idle_p99_ms:.1f} ms" if self.idle_p99_ms is not None else ""
+        state = "throttling" if self.throttled else "within budget"
+        return f"{state}: pace {100 * self.share:.0f}%, search p99 {p99} of {limit}{idle}" + (
+            f" ({self.why})" if self.why else ""
+        )
+
+
 class IndexBuildProgress(_Model):
     """Where a native index build stands, as the database reports it (PostgreSQL's
     ``pg_stat_progress_create_index``, read on a connection of its own while the build runs).
@@ -208,6 +232,8 @@ class MigrationStatus(_Model):
     window_note: str = ""
     # A native index build in flight (added by the client from its activity's heartbeat).
     index_build: IndexBuildProgress | None = None
+    # The latency budget's throttle (added by the status command from the catalog).
+    budget: BudgetState | None = None
 
     def copied(self) -> tuple[int, int]:
         """Vectors copied and total, over all shards."""

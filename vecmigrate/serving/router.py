@@ -62,6 +62,7 @@ from vecmigrate.records.vectors import (
     check_vectors,
 )
 from vecmigrate.security.credentials import Principal
+from vecmigrate.serving.latency import LatencyMonitor
 from vecmigrate.serving.plan import Plan, Side
 from vecmigrate.serving.planner import Planner
 from vecmigrate.serving.tuning import Trials
@@ -101,6 +102,7 @@ def bucket(key: str) -> float:
 # The hot path's names, bound once: after a search, reaching ``np.ndarray`` through its module
 # costs a cache miss or two (~0.3 us a lookup in paired timings).
 _ndarray = np.ndarray
+_clock = time.perf_counter
 
 
 def _check_finite(q: Vectors) -> None:
@@ -137,9 +139,12 @@ class Router:
         self._shadow_in_flight = 0
         self._shadow_buffer: list[ShadowSample] = []
         self._shadow_flushed = time.monotonic()
+        # Search latencies per collection, published once a second for latency budgets.
+        self.latency = LatencyMonitor(catalog)
 
     def close(self) -> None:
         """Stop the background thread, finish shadow reads in flight and write their samples."""
+        self.latency.close()
         self.planner.close()
         self._shadow_pool.shutdown(wait=True)
         self._flush_shadow(force=True)
@@ -203,6 +208,7 @@ class Router:
         """
         if access is not None:
             access.check("search", tenant, collection)
+        t0 = _clock()
         plan = self._plans.get((tenant, collection))
         if (
             plan is not None
@@ -218,6 +224,7 @@ class Router:
             # object reached a cache miss: this path reaches the plan and the index only.
             found = plan.one(queries, k)
             if found is not None:
+                self.latency.samples[(tenant, collection)].append((_clock() - t0) * 1000)
                 return _result(SearchResult, (plan.version, plan.index, *found, "vectors"))
         plan = self.planner.current(tenant, collection)
         read = plan.read
@@ -242,6 +249,7 @@ class Router:
         candidate = plan.candidate
         if candidate is None or not plan.vectors_canary:
             d, i = read.search(q, k, flt)
+            self.latency.samples[(tenant, collection)].append((_clock() - t0) * 1000)
             return SearchResult(read.version, read.index, d, i)
         view = plan.view
         side = bucket(key if key is not None else q.tobytes().hex())
@@ -255,6 +263,7 @@ class Router:
             and bucket(f"shadow:{side}") < (view.shadow_percent)
         ):
             self._shadow(tenant, collection, candidate, q, k, i, ms, flt, view.ramp_percent)
+        self.latency.samples[(tenant, collection)].append((_clock() - t0) * 1000)
         return SearchResult(served.version, served.index, d, i)
 
     def search_text(

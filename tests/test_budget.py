@@ -1,0 +1,236 @@
+"""The latency budget: the pace controller's decisions on measured sequences, the router's
+published latencies, a copy that slows when they are over the budget (and does not without
+one), the index build's threads, and the status line."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+from rich.console import Console
+
+from tests.conftest import Sandbox
+from vecmigrate.catalog.journal import Journal
+from vecmigrate.catalog.latency import Latencies, LatencyReading
+from vecmigrate.control.report import status_tables
+from vecmigrate.data.backfill import copy_shard, open_source, prepare
+from vecmigrate.data.budget import PaceController, build_threads, limit_of, paced
+from vecmigrate.indexes.artifacts import build_index
+from vecmigrate.model.spec import LatencyBudget, Metric, MigrationSpec
+from vecmigrate.model.status import MigrationStatus
+from vecmigrate.model.tasks import ShardRef
+from vecmigrate.serving.router import Router
+
+
+def _at(t: float, p99: float, count: int = 100) -> LatencyReading:
+    return LatencyReading(p50_ms=p99 / 3, p99_ms=p99, count=count, at=t)
+
+
+def test_controller_halves_over_budget_and_raises_gently_under_it() -> None:
+    c = PaceController(min_share=0.05, cooldown_seconds=3.0)
+    limit = 15.0
+    shares = []
+    # One reading a second: idle, then a burst over budget, then calm again.
+    for t, p99 in enumerate([10, 20, 21, 22, 20, 14, 9, 9, 9, 9]):
+        shares.append(c.decide(_at(t, p99), limit, now=t).share)
+    assert shares[0] == 1.0  # under budget at full pace: nothing to raise
+    assert shares[1] == 0.5  # over: halved
+    assert shares[2:4] == [0.5, 0.5]  # the window still holds the slow searches: cool-down
+    assert shares[4] == 0.25  # still over after the cool-down: halved again
+    assert shares[5] == 0.25  # within 80-100% of the limit: held (hysteresis)
+    assert shares[6:] == pytest.approx([0.35, 0.45, 0.55, 0.65])  # +0.1 a reading
+
+
+def test_controller_never_goes_below_the_floor() -> None:
+    c = PaceController(min_share=0.05, cooldown_seconds=0.0)
+    for t in range(20):
+        d = c.decide(_at(t, 100.0), 10.0, now=t)
+    assert d.share == 0.05
+    assert d.throttled
+    assert "over 10.0 ms" in d.why
+
+
+def test_controller_holds_without_a_fresh_or_sufficient_reading() -> None:
+    c = PaceController(cooldown_seconds=0.0, share=0.5)
+    # No reading, a stale one, the same one twice, too few searches, no limit: all hold.
+    assert c.decide(None, 10.0, now=100.0).share == 0.5
+    stale = c.decide(_at(50.0, 1.0), 10.0, now=100.0)
+    assert stale.share == 0.5
+    assert "no search latency" in stale.why
+    assert c.decide(_at(99.0, 1.0, count=5), 10.0, now=100.0).why.endswith("too few to judge")
+    assert c.decide(_at(99.5, 1.0), None, now=100.0).share == 0.5
+    assert c.decide(_at(99.5, 1.0), 10.0, now=100.0).share == pytest.approx(0.6)
+    again = c.decide(_at(99.5, 1.0), 10.0, now=100.5)  # the same reading: no second step
+    assert again.share == pytest.approx(0.6)
+
+
+def test_limit_is_the_lower_of_the_ratio_and_the_absolute() -> None:
+    both = LatencyBudget(max_p99_ratio=1.5, max_search_p99_ms=20.0)
+    assert limit_of(both, 10.0) == 15.0
+    assert limit_of(both, 20.0) == 20.0
+    assert limit_of(both, None) == 20.0
+    assert limit_of(LatencyBudget(max_p99_ratio=1.5), None) is None
+
+
+def test_a_budget_needs_a_limit_and_old_specs_keep_their_hash(sandbox: Sandbox) -> None:
+    with pytest.raises(ValidationError, match="max_p99_ratio"):
+        LatencyBudget()
+    with pytest.raises(ValidationError, match="greater than or equal to 1"):
+        LatencyBudget(max_p99_ratio=0.5)
+    spec = sandbox.spec()
+    assert spec.budget is None
+    with_none = MigrationSpec.model_validate({**spec.model_dump(mode="json"), "budget": None})
+    assert with_none.spec_hash() == spec.spec_hash()
+
+
+def _searched(sandbox: Sandbox, searches: int = 60) -> tuple[Router, LatencyReading]:
+    """Real searches through a router, and the summary it published for them."""
+    router = Router(sandbox.catalog, refresh_seconds=0.0)
+    queries = open_source(sandbox.spec()).sample(searches, seed=3)[1]
+    for q in queries:
+        router.search("default", "docs", q, 10)
+    assert router.latency.tick() == [("default", "docs")]
+    published = Latencies(sandbox.catalog).latest("default", "docs", 10.0)
+    assert published is not None
+    return router, published
+
+
+def test_the_router_publishes_its_search_latencies(sandbox: Sandbox) -> None:
+    sandbox.seed(2000)
+    router, published = _searched(sandbox, 60)
+    try:
+        assert published.count == 60
+        assert 0 < published.p50_ms <= published.p99_ms
+        # A second with no searches publishes nothing; the window still holds the last one.
+        assert router.latency.tick() == []
+    finally:
+        router.close()
+
+
+def _copy(sandbox: Sandbox, **spec: Any) -> tuple[MigrationSpec, ShardRef, list[float]]:
+    s = sandbox.spec(batch_size=100, shards={"count": 1}, **spec)
+    shard = prepare(sandbox.catalog, s, "t").shards[0]
+    sleeps: list[float] = []
+    result = copy_shard(s, shard, Journal(sandbox.catalog), None, sleeps.append, time.monotonic)
+    assert result.complete
+    assert result.copied == 3000
+    return s, shard, sleeps
+
+
+def test_a_copy_over_budget_pauses_between_batches_and_status_says_so(
+    sandbox: Sandbox,
+) -> None:
+    sandbox.seed(3000)
+    router, published = _searched(sandbox)
+    try:
+        # Real searches take microseconds to milliseconds: a budget of a nanosecond is over.
+        spec, _, sleeps = _copy(sandbox, budget={"max_search_p99_ms": 1e-6})
+    finally:
+        router.close()
+    assert sleeps
+    assert sum(sleeps) > 0
+    state = Latencies(sandbox.catalog).budget(spec.migration_id)
+    assert state is not None
+    assert state.throttled
+    assert state.share == 0.5  # one reading, one cut
+    assert state.p99_ms == pytest.approx(published.p99_ms)
+    assert state.idle_p99_ms == pytest.approx(published.p99_ms)  # published before the copy
+
+    st = MigrationStatus(
+        migration_id=spec.migration_id,
+        tenant="default",
+        collection="docs",
+        strategy="blue_green",
+        source_version="v1",
+        target_version="v2",
+        budget=state,
+    )
+    console = Console(width=200, record=True)
+    console.print(status_tables(st))
+    text = console.export_text()
+    assert "latency budget" in text
+    assert "throttling: pace 50%" in text
+
+
+def test_without_a_budget_the_copy_never_waits(sandbox: Sandbox) -> None:
+    sandbox.seed(3000)
+    router, _ = _searched(sandbox)
+    try:
+        spec, _, sleeps = _copy(sandbox)
+    finally:
+        router.close()
+    assert sleeps == []
+    assert Latencies(sandbox.catalog).budget(spec.migration_id) is None
+
+
+def test_a_ratio_budget_takes_the_idle_p99_and_holds_pace_within_it(sandbox: Sandbox) -> None:
+    sandbox.seed(3000)
+    router, published = _searched(sandbox)
+    try:
+        spec, _, sleeps = _copy(sandbox, budget={"max_p99_ratio": 1.5})
+    finally:
+        router.close()
+    state = Latencies(sandbox.catalog).budget(spec.migration_id)
+    assert state is not None
+    assert state.limit_ms == pytest.approx(1.5 * published.p99_ms)
+    # The reading is the idle one itself, well within 1.5x of it: full pace, no pauses.
+    assert not state.throttled
+    assert state.share == 1.0
+    assert sum(sleeps) == 0
+
+
+def test_index_build_threads_follow_the_budget(sandbox: Sandbox) -> None:
+    sandbox.seed(3000)
+    router, _ = _searched(sandbox)
+    try:
+        over = sandbox.spec(budget={"max_search_p99_ms": 1e-6})
+        assert build_threads(sandbox.catalog, over, 4) == 2  # halved by the reading over it
+        plain = sandbox.spec()
+        assert build_threads(sandbox.catalog, plain, 4) == 4
+    finally:
+        router.close()
+
+
+def test_an_index_build_over_budget_pauses_between_chunks(sandbox: Sandbox) -> None:
+    sandbox.seed(3000)
+    router, _ = _searched(sandbox)
+    try:
+        spec = sandbox.spec(budget={"max_search_p99_ms": 1e-6})
+        ids, vectors = open_source(spec).sample(3000, seed=1)
+        sleeps: list[float] = []
+        seen: list[int] = []
+
+        def sleep(seconds: float) -> None:  # the pauses are real, a chunk's time each: short
+            sleeps.append(seconds)
+            time.sleep(seconds)
+
+        progress = paced(sandbox.catalog, spec, lambda done, _: seen.append(done), sleep)
+        index = build_index(
+            spec.target.index, Metric.L2, ids, vectors, on_progress=progress, chunk=500
+        )
+    finally:
+        router.close()
+    assert index.get_current_count() == 3000
+    assert seen == [500, 1000, 1500, 2000, 2500, 3000]
+    assert len(sleeps) == 5  # between chunks, not after the last
+    assert all(s > 0 for s in sleeps)
+    assert paced(sandbox.catalog, sandbox.spec(), print) is print  # no budget: untouched
+
+
+def test_the_status_command_reads_the_budget_from_the_catalog(sandbox: Sandbox) -> None:
+    from vecmigrate.control import cli
+
+    sandbox.seed(3000)
+    router, _ = _searched(sandbox)
+    try:
+        spec, _, _ = _copy(sandbox, budget={"max_search_p99_ms": 1e-6})
+    finally:
+        router.close()
+    args = argparse.Namespace(catalog=sandbox.catalog.url)
+    state = cli._budget_state(args, spec.migration_id)
+    assert state is not None
+    assert state.throttled
+    assert cli._budget_state(args, "no-such-migration") is None

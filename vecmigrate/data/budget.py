@@ -1,0 +1,220 @@
+"""A latency budget for live traffic: the copy and the index build slow down when the search
+p99 the routers measure goes over the spec's budget, and speed up again when it allows.
+
+:class:`PaceController` is the decision, pure and clocked by its caller: additive increase,
+multiplicative decrease on the routers' published p99 against the limit, with a dead band
+below the limit (hysteresis), a cool-down after a cut (the routers' window still holds the
+searches that were slow before it), and the last pace held when no fresh reading comes.
+
+:class:`BudgetPacer` applies it between copy batches: at a share ``s`` of full pace, each
+batch is followed by a pause of ``(1/s - 1)`` times the time the batch took (a duty cycle),
+combined with the ``max_vectors_per_second`` throttle by taking the longer wait.
+:func:`build_threads` scales an index build's threads by the same share at its start. Both
+write where the budget stands to the catalog (``vecmigrate.catalog.latency``), which
+``vecmigrate status`` shows.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from vecmigrate.catalog.catalog import Catalog
+from vecmigrate.catalog.latency import Latencies, LatencyReading
+from vecmigrate.model.spec import LatencyBudget, MigrationSpec
+from vecmigrate.model.status import BudgetState
+
+# A reading older than this is no reading: the pace is held where it is.
+STALE_SECONDS = 10.0
+# How often a pacer reads the routers' latencies (the routers publish about once a second).
+CHECK_SECONDS = 1.0
+# The idle baseline must come from a window the copy did not touch: read at the copy's start.
+BASELINE_MAX_AGE = 10.0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The pace a controller chose and why."""
+
+    share: float
+    throttled: bool
+    why: str
+
+
+@dataclass
+class PaceController:
+    """AIMD on the search p99: over ``limit_ms`` the pace halves (at most once per
+    ``cooldown_seconds``), under ``headroom`` times it the pace grows by ``step``, in between
+    it holds; too few searches, a stale reading or no limit hold it too."""
+
+    min_share: float = 0.05
+    step: float = 0.1
+    cut: float = 0.5
+    headroom: float = 0.8
+    min_count: int = 20
+    stale_seconds: float = STALE_SECONDS
+    cooldown_seconds: float = 3.0
+    share: float = 1.0
+    last_reading: float = -math.inf
+    last_cut: float = -math.inf
+
+    def decide(
+        self, reading: LatencyReading | None, limit_ms: float | None, now: float
+    ) -> Decision:
+        """The pace for the next while, given the routers' latest reading (``now`` and the
+        reading's time on the same clock, seconds since the epoch)."""
+        if limit_ms is None:
+            return self._hold("no limit: no idle p99 was published before the copy began")
+        if reading is None or now - reading.at > self.stale_seconds:
+            return self._hold(f"no search latency published in {self.stale_seconds:.0f}s")
+        if reading.at <= self.last_reading:
+            return self._hold("waiting for the next reading")
+        self.last_reading = reading.at
+        if reading.count < self.min_count:
+            return self._hold(f"{reading.count} searches are too few to judge")
+        if reading.p99_ms > limit_ms:
+            if now - self.last_cut < self.cooldown_seconds:
+                return self._hold(
+                    f"p99 {reading.p99_ms:.1f} ms over {limit_ms:.1f} ms; "
+                    "waiting for the last cut to show"
+                )
+            self.last_cut = now
+            self.share = max(self.min_share, self.share * self.cut)
+            return self._hold(f"p99 {reading.p99_ms:.1f} ms over {limit_ms:.1f} ms: pace cut")
+        if reading.p99_ms < self.headroom * limit_ms and self.share < 1.0:
+            self.share = min(1.0, self.share + self.step)
+            return self._hold(f"p99 {reading.p99_ms:.1f} ms under {limit_ms:.1f} ms: pace raised")
+        return self._hold("")
+
+    def _hold(self, why: str) -> Decision:
+        return Decision(self.share, self.share < 1.0, why)
+
+
+def limit_of(budget: LatencyBudget, idle_p99_ms: float | None) -> float | None:
+    """The p99 limit in milliseconds: the lower of the absolute limit and the ratio to the idle
+    p99 (None when only a ratio is set and there is no idle p99)."""
+    limits = []
+    if budget.max_search_p99_ms is not None:
+        limits.append(budget.max_search_p99_ms)
+    if budget.max_p99_ratio is not None and idle_p99_ms is not None:
+        limits.append(budget.max_p99_ratio * idle_p99_ms)
+    return min(limits) if limits else None
+
+
+def _idle_state(latencies: Latencies, spec: MigrationSpec, wall: float) -> BudgetState:
+    """The budget's row, made at the first start from the routers' idle window."""
+    mid = spec.migration_id
+    state = latencies.budget(mid)
+    if state is None:
+        idle = latencies.latest(spec.tenant, spec.collection, BASELINE_MAX_AGE, wall)
+        assert spec.budget is not None
+        idle_p99 = idle.p99_ms if idle is not None else None
+        state = BudgetState(
+            idle_p99_ms=idle_p99,
+            limit_ms=limit_of(spec.budget, idle_p99),
+            p99_ms=idle_p99,
+            at=wall,
+        )
+        latencies.set_budget(mid, state)
+    return state
+
+
+class BudgetPacer:
+    """The pauses a copy makes between batches to hold a latency budget (none without one)."""
+
+    def __init__(
+        self,
+        catalog: Catalog | None,
+        spec: MigrationSpec,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self.spec = spec
+        self.clock = clock
+        self.wall = wall
+        self.mark = clock()
+        self.checked = -math.inf
+        self.latencies: Latencies | None = None
+        self.state: BudgetState | None = None
+        if catalog is None or spec.budget is None:
+            return
+        self.latencies = Latencies(catalog)
+        self.state = _idle_state(self.latencies, spec, wall())
+        self.controller = PaceController(
+            min_share=spec.budget.min_rate_share, share=self.state.share
+        )
+
+    @property
+    def share(self) -> float:
+        """The share of full pace the copy runs at now."""
+        return 1.0 if self.state is None else self.state.share
+
+    def pause(self, added: int) -> float:
+        """Seconds to wait after a batch of ``added`` records (0 without a budget)."""
+        if self.latencies is None or self.state is None:
+            return 0.0
+        now = self.clock()
+        work = max(0.0, now - self.mark)
+        wall = self.wall()
+        if wall - self.checked >= CHECK_SECONDS:
+            self.checked = wall
+            self._update(wall)
+        wait = work * (1.0 / self.share - 1.0)
+        self.mark = now + wait
+        return wait
+
+    def _update(self, wall: float) -> None:
+        assert self.latencies is not None
+        assert self.state is not None
+        spec = self.spec
+        reading = self.latencies.latest(spec.tenant, spec.collection, STALE_SECONDS, wall)
+        decision = self.controller.decide(reading, self.state.limit_ms, wall)
+        state = self.state.model_copy(
+            update={
+                "share": decision.share,
+                "throttled": decision.throttled,
+                "why": decision.why or self.state.why,
+                "p99_ms": reading.p99_ms if reading is not None else self.state.p99_ms,
+                "at": wall,
+            }
+        )
+        self.state = state
+        self.latencies.set_budget(spec.migration_id, state)
+
+
+def build_threads(catalog: Catalog, spec: MigrationSpec, threads: int) -> int:
+    """The threads an index build starts with under the spec's budget: ``threads`` (0: every
+    core) scaled by the share of full pace the budget allows now, at least one. Without a
+    budget, ``threads`` unchanged."""
+    if spec.budget is None:
+        return threads
+    pacer = BudgetPacer(catalog, spec)
+    pacer.pause(0)  # one reading and one decision, written for the status
+    if pacer.share >= 1.0:
+        return threads
+    cores = threads or os.cpu_count() or 1
+    return max(1, math.floor(cores * pacer.share))
+
+
+def paced(
+    catalog: Catalog,
+    spec: MigrationSpec,
+    on_progress: Callable[[int, int], None],
+    sleep: Callable[[float], None] = time.sleep,
+) -> Callable[[int, int], None]:
+    """An index build's progress callback followed, between chunks, by the budget's pause
+    (``on_progress`` itself without a budget)."""
+    if spec.budget is None:
+        return on_progress
+    pacer = BudgetPacer(catalog, spec)
+
+    def progress(done: int, total: int) -> None:
+        on_progress(done, total)
+        wait = pacer.pause(done)
+        if wait > 0 and done < total:
+            sleep(wait)
+
+    return progress

@@ -1,0 +1,93 @@
+"""The router's search latencies, summed up once a second and published to the catalog.
+
+A search appends its milliseconds to a list of the current second (the hot path's only cost:
+a dictionary lookup and an append). A thread of the monitor's own, once a second, moves the
+second's lists into a window of the last few seconds and publishes, for each collection
+searched in the last second, the window's p50, p99 and count (one row per router and
+collection, written over: see ``vecmigrate.catalog.latency``). A latency budget reads them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections import defaultdict, deque
+
+import numpy as np
+
+from vecmigrate.catalog.catalog import Catalog
+from vecmigrate.catalog.latency import Latencies, LatencyReading
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+
+
+class LatencyMonitor:
+    """Rolling search latencies per collection, published every ``every`` seconds over the
+    last ``window_seconds``."""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        window_seconds: float = 3.0,
+        every: float = 1.0,
+        start: bool = True,
+    ) -> None:
+        self.catalog = catalog
+        self.every = every
+        self.router = uuid.uuid4().hex
+        # The current second's samples, appended to by searches: (tenant, collection) -> ms.
+        self.samples: defaultdict[Key, list[float]] = defaultdict(list)
+        self._window: deque[dict[Key, list[float]]] = deque(
+            maxlen=max(1, round(window_seconds / every))
+        )
+        self._latencies: Latencies | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if start:
+            self._thread = threading.Thread(target=self._run, name="latency-monitor", daemon=True)
+            self._thread.start()
+
+    def close(self) -> None:
+        """Stop publishing."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def summary(self, tenant: str, collection: str) -> LatencyReading | None:
+        """The window's p50, p99 and count for a collection (None: no searches in it)."""
+        found = [s.get((tenant, collection), ()) for s in self._window]
+        values = np.fromiter((ms for part in found for ms in part), dtype=np.float64)
+        if values.size == 0:
+            return None
+        p50, p99 = np.percentile(values, [50, 99])
+        return LatencyReading(float(p50), float(p99), int(values.size), time.time())
+
+    def tick(self) -> list[Key]:
+        """Close the current second: move its samples into the window and publish each
+        collection searched in it. Returns the collections published."""
+        current, self.samples = self.samples, defaultdict(list)
+        self._window.append(dict(current))
+        published = []
+        for key, values in current.items():
+            if not values:
+                continue
+            reading = self.summary(*key)
+            if reading is None:
+                continue
+            if self._latencies is None:
+                self._latencies = Latencies(self.catalog)
+                self._latencies.forget_silent()
+            self._latencies.publish(self.router, key[0], key[1], reading)
+            published.append(key)
+        return published
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                self.tick()
+            except Exception:  # serving never depends on the summary being written
+                log.warning("could not publish search latencies", exc_info=True)
