@@ -22,7 +22,7 @@ from rich.table import Table
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.config import sqlite_url
 from vecmigrate.data.seed import seed_collection, sequential_ids
-from vecmigrate.model.spec import BuiltinStoreRef, MigrationSpec, parse_spec
+from vecmigrate.model.spec import BuiltinStoreRef, MigrationSpec, VersionSpec, parse_spec
 from vecmigrate.testing.chaos import builtin_version
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -152,6 +152,58 @@ def timed_qdrant_migrate(source: Any, dest: Any, collection: str, n: int) -> flo
     return seconds
 
 
+def _seeded_versions(
+    home: Path,
+    collection: str,
+    vectors: np.ndarray,
+    source_index: dict[str, Any],
+    target_index: dict[str, Any],
+    location: str | None = None,
+) -> tuple[str, VersionSpec, VersionSpec]:
+    """Seed ``vectors`` (ids 1 to n, four shards) as version v1 of ``collection`` with
+    ``source_index`` in a catalog and built-in store (at ``location``) under ``home``; return
+    the catalog's URL, v1 and v2 (same store, ``target_index``)."""
+    n, dim = vectors.shape
+    catalog_url = sqlite_url(home / "catalog.db")
+    store = BuiltinStoreRef(
+        url=sqlite_url(home / "store.db"), artifacts=str(home / "artifacts"), location=location
+    )
+    v1 = builtin_version("v1", store, dim, source_index)
+    seed_collection(
+        Catalog(catalog_url), "default", collection, v1, sequential_ids(n), vectors, shards=4
+    )
+    return catalog_url, v1, builtin_version("v2", store, dim, target_index)
+
+
+def _measured_spec(
+    spec_id: str,
+    collection: str,
+    v1: VersionSpec,
+    v2: VersionSpec,
+    shards: int,
+    parallel: int,
+    batch_size: int,
+    **more: Any,
+) -> MigrationSpec:
+    """A blue-green migration from v1 to v2: ``shards`` shards, ``parallel`` at once, a loose
+    recall gate and an automatic cutover with no bake, so that the migration's own work is what
+    a run measures; with the fields ``more``."""
+    return parse_spec(
+        {
+            "id": spec_id,
+            "collection": collection,
+            "source": v1.model_dump(mode="json"),
+            "target": v2.model_dump(mode="json"),
+            "shards": {"count": shards},
+            "max_parallel_shards": parallel,
+            "batch_size": batch_size,
+            "gates": {"min_recall": 0.8, "sample_queries": 200},
+            "cutover": {"mode": "automatic", "bake_seconds": 0},
+            **more,
+        }
+    )
+
+
 def builtin_migration(
     home: Path,
     collection: str,
@@ -169,27 +221,57 @@ def builtin_migration(
     URL and the spec of a blue-green migration to v2 with ``target_index``: ``shards`` shards,
     ``parallel`` at once, a loose recall gate and an automatic cutover with no bake, so that
     the migration's own work is what the run measures."""
-    n, dim = vectors.shape
-    catalog_url = sqlite_url(home / "catalog.db")
-    store = BuiltinStoreRef(url=sqlite_url(home / "store.db"), artifacts=str(home / "artifacts"))
-    v1 = builtin_version("v1", store, dim, source_index)
-    seed_collection(
-        Catalog(catalog_url), "default", collection, v1, sequential_ids(n), vectors, shards=4
+    catalog_url, v1, v2 = _seeded_versions(home, collection, vectors, source_index, target_index)
+    return catalog_url, _measured_spec(spec_id, collection, v1, v2, shards, parallel, batch_size)
+
+
+def regional_builtin_migration(
+    home: Path,
+    collection: str,
+    regions: Mapping[str, np.ndarray],
+    source_index: dict[str, Any],
+    target_index: dict[str, Any],
+    *,
+    spec_id: str,
+    shards: int,
+    parallel: int,
+    batch_size: int,
+) -> tuple[dict[str, str], MigrationSpec]:
+    """:func:`builtin_migration` in several regions at once: each region (a name and its
+    vectors, ids 1 to its count) gets its own catalog and built-in store under ``home/REGION``
+    and its own task queue, ``COLLECTION-REGION``, and the spec moves every region's copy in
+    one regional migration, all regions at once (no canary, no pause between the cut-overs).
+    Returns each region's catalog URL and the spec; its workers run with ``--region REGION``."""
+    catalogs: dict[str, str] = {}
+    entries = []
+    versions: list[tuple[VersionSpec, VersionSpec]] = []
+    for region, vectors in regions.items():
+        (home / region).mkdir(parents=True, exist_ok=True)
+        catalogs[region], v1, v2 = _seeded_versions(
+            home / region, collection, vectors, source_index, target_index, f"{region}-1"
+        )
+        versions.append((v1, v2))
+        store = v1.store.model_dump(mode="json")
+        entries.append(
+            {
+                "name": region,
+                "location": f"{region}-1",
+                "task_queue": f"{collection}-{region}",
+                "source_store": store,
+                "target_store": store,
+            }
+        )
+    spec = _measured_spec(
+        spec_id,
+        collection,
+        *versions[0],
+        shards,
+        parallel,
+        batch_size,
+        regions=entries,
+        region_policy={"canary": False, "max_parallel": len(entries)},
     )
-    spec = parse_spec(
-        {
-            "id": spec_id,
-            "collection": collection,
-            "source": v1.model_dump(mode="json"),
-            "target": builtin_version("v2", store, dim, target_index).model_dump(mode="json"),
-            "shards": {"count": shards},
-            "max_parallel_shards": parallel,
-            "batch_size": batch_size,
-            "gates": {"min_recall": 0.8, "sample_queries": 200},
-            "cutover": {"mode": "automatic", "bake_seconds": 0},
-        }
-    )
-    return catalog_url, spec
+    return catalogs, spec
 
 
 def paired_bars(

@@ -42,6 +42,7 @@ from vecmigrate.data.seed import seed_collection, sequential_ids
 from vecmigrate.model.lifecycle import Phase
 from vecmigrate.model.spec import BuiltinStoreRef, MigrationSpec, VersionSpec, parse_spec
 from vecmigrate.model.status import MigrationStatus
+from vecmigrate.testing.chaos import worker_command
 from vecmigrate.testing.postgres import start_postgres
 from vecmigrate.workers.main import build_worker
 from vecmigrate.workflows.search import KEYS as SEARCH_KEYS
@@ -427,22 +428,10 @@ class WorkerProcess:
         self.started += 1
         name = "worker" if self.region is None else f"worker-{self.region}"
         log = open(self.log_dir / f"{name}-{self.started}.log", "wb")  # noqa: SIM115
-        region = [] if self.region is None else ["--region", self.region]
         return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "vecmigrate.workers.main",
-                "--address",
-                self.address,
-                *region,
-                "--task-queue",
-                self.queue,
-                "--catalog",
-                self.catalog,
-                "--concurrency",
-                "2",
-            ],
+            worker_command(
+                self.address, self.queue, self.catalog, region=self.region, concurrency=2
+            ),
             stdout=log,
             stderr=subprocess.STDOUT,
             env={**os.environ, "OMP_NUM_THREADS": "1"},

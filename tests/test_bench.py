@@ -39,7 +39,6 @@ RUNS = {
     "migration_throughput": ["--data", "clustered", "--vectors", "6000", "--dim", "16"],
     "build_rates": ["--vectors", "600", "--dim", "8"],
     "capacity": ["--vectors", "1000000", "100000000"],
-    "fleet": ["--vectors", "4000", "--dim", "8", "--shards", "2", "--workers", "1", "2"],
     "milvus_pages": [
         "--records",
         "600",
@@ -114,6 +113,36 @@ def test_benchmark_script_runs(name: str, tmp_path: Path) -> None:
     result = json.loads(next(tmp_path.glob("*.json")).read_text())
     assert result["rows"]
     assert result["machine"]["cores"]
+
+
+@pytest.mark.timeout(600)
+def test_fleet_script_runs_on_one_queue_and_on_per_region_queues(tmp_path: Path) -> None:
+    run_script(
+        "fleet",
+        *("--vectors", "4000", "--dim", "8", "--shards", "2", "--workers", "1", "2"),
+        *("--queues", "both", "--regions", "2"),
+        out=tmp_path,
+    )
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "fleet-regions_4000.json",
+        "fleet-regions_4000.png",
+        "fleet_4000.json",
+        "fleet_4000.png",
+    ]
+    one = json.loads((tmp_path / "fleet_4000.json").read_text())
+    assert [r["workers"] for r in one["rows"]] == [1, 2]
+    regions = json.loads((tmp_path / "fleet-regions_4000.json").read_text())
+    assert regions["summary"]["regions"] == 2
+    # N workers a region: 2N processes in all, each having spent CPU on the migration.
+    assert [(r["workers a region"], r["worker processes"]) for r in regions["rows"]] == [
+        (1, 2),
+        (2, 4),
+    ]
+    for result in (one, regions):
+        assert all(
+            r["vectors/s"] > 0 and r["worker CPU s / 1k vectors"] > 0 for r in result["rows"]
+        )
+        assert result["summary"]["stops scaling"]
 
 
 @pytest.mark.timeout(600)

@@ -92,8 +92,39 @@ def builtin_version(
     )
 
 
+def worker_command(
+    address: str,
+    queue: str,
+    catalog: str,
+    *,
+    region: str | None = None,
+    concurrency: int | None = None,
+) -> list[str]:
+    """The command line of a ``vecmigrate worker`` process polling ``queue`` with ``catalog``:
+    only ``region``'s work when one is given, ``concurrency`` activity slots when given (else
+    ``$VECMIGRATE_CONCURRENCY`` or the worker's default)."""
+    return [
+        sys.executable,
+        "-m",
+        "vecmigrate.workers.main",
+        "--address",
+        address,
+        *([] if region is None else ["--region", region]),
+        "--task-queue",
+        queue,
+        "--catalog",
+        catalog,
+        *([] if concurrency is None else ["--concurrency", str(concurrency)]),
+    ]
+
+
 class WorkerPool:
-    """Worker processes on one task queue; any of them can be killed and replaced."""
+    """Worker processes on one task queue; any of them can be killed and replaced.
+
+    With ``region``, they are that region's workers (``--region``: they run only its work, and
+    refuse any other region's); their logs are ``worker-REGION-N.log`` under ``home``, else
+    ``worker-N.log``.
+    """
 
     def __init__(
         self,
@@ -103,8 +134,10 @@ class WorkerPool:
         catalog: str,
         count: int,
         env: dict[str, str] | None = None,
+        region: str | None = None,
     ) -> None:
         self.home, self.address, self.queue, self.catalog = home, address, queue, catalog
+        self.region = region
         self.env = {"VECMIGRATE_CONCURRENCY": "2", "OMP_NUM_THREADS": "1", **(env or {})}
         self.procs: list[subprocess.Popen[bytes]] = []
         self.started = 0
@@ -114,7 +147,7 @@ class WorkerPool:
     def wait_polling(self, timeout: float = 120.0) -> None:
         """Wait until every worker of the pool says it polls (its log's first INFO line)."""
         deadline = time.monotonic() + timeout
-        logs = [self.home / f"worker-{n}.log" for n in range(1, self.started + 1)]
+        logs = [self._log(n) for n in range(1, self.started + 1)]
         while not all(p.exists() and b"worker polling" in p.read_bytes() for p in logs):
             if time.monotonic() > deadline:
                 raise TimeoutError(f"workers not polling after {timeout:.0f} s: see {self.home}")
@@ -129,25 +162,18 @@ class WorkerPool:
                 total += t.user + t.system
         return total
 
+    def _log(self, n: int) -> Path:
+        name = "worker" if self.region is None else f"worker-{self.region}"
+        return self.home / f"{name}-{n}.log"
+
     def _spawn(self) -> subprocess.Popen[bytes]:
         self.started += 1
-        log = open(self.home / f"worker-{self.started}.log", "wb")  # noqa: SIM115
-        env = {**os.environ, **self.env}
+        log = open(self._log(self.started), "wb")  # noqa: SIM115
         return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "vecmigrate.workers.main",
-                "--address",
-                self.address,
-                "--task-queue",
-                self.queue,
-                "--catalog",
-                self.catalog,
-            ],
+            worker_command(self.address, self.queue, self.catalog, region=self.region),
             stdout=log,
             stderr=subprocess.STDOUT,
-            env=env,
+            env={**os.environ, **self.env},
         )
 
     def kill_one(self, rng: random.Random) -> None:
