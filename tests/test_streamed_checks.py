@@ -18,7 +18,7 @@ from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from tests.conftest import Sandbox, postgres_database, running_worker
+from tests.conftest import DIM, Sandbox, postgres_database, running_worker
 from tests.test_activities import KilledError, killed, task
 from tests.test_backfill import poison
 from vecmigrate import validation
@@ -26,22 +26,56 @@ from vecmigrate.activities.migration import MigrationActivities
 from vecmigrate.catalog.journal import Journal
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.data.backfill import open_source, open_target, prepare
+from vecmigrate.data.datasets import clustered
 from vecmigrate.model.gates import ShardCheck, ShardProfile
 from vecmigrate.model.lifecycle import Phase
+from vecmigrate.model.records import IdKind
 from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.model.tasks import CopyShardInput, ShardRef, ValidateShardInput
+from vecmigrate.records.ids import id_array
 from vecmigrate.records.vectors import merge_topk
+from vecmigrate.stores.milvus import close_clients as close_milvus
+from vecmigrate.stores.qdrant import close_clients as close_qdrant
 from vecmigrate.testing.chaos import WorkerPool, streamed_problems
 from vecmigrate.validation import stream
 from vecmigrate.validation.gates import parity_verdicts
 
 N = 3000
 
+# Native indexes of the engines the adapters run in-process (qdrant-client's local mode,
+# milvus-lite): both search exactly there.
+ENGINE_INDEX: dict[str, dict[str, Any]] = {
+    "qdrant": {"kind": "qdrant_hnsw", "m": 16, "ef_construct": 64, "ef": 64},
+    "milvus": {"kind": "milvus_flat"},
+}
+# Every target but the built-in store on SQLite opens a real database engine.
+TARGETS = [
+    "builtin",
+    *(pytest.param(k, marks=pytest.mark.integration) for k in ("pgvector", "qdrant", "milvus")),
+]
+
+
+def engine_store(sandbox: Sandbox, kind: str) -> dict[str, Any]:
+    """A Qdrant local-mode directory or a milvus-lite file in the sandbox."""
+    if kind == "qdrant":
+        return {"kind": "qdrant", "path": str(sandbox.root / "qdrant")}
+    return {"kind": "milvus", "uri": str(sandbox.root / "milvus.db")}
+
+
+def close_engines() -> None:
+    close_milvus()
+    close_qdrant()
+
 
 def _target(sandbox: Sandbox, kind: str, request: pytest.FixtureRequest) -> dict[str, Any]:
     index = {"kind": "hnswlib_hnsw", "m": 16, "ef_search": 64}
     if kind == "builtin":
         return sandbox.version("v2", index).model_dump(mode="json")
+    if kind in ("qdrant", "milvus"):
+        request.addfinalizer(close_engines)
+        return sandbox.version(
+            "v2", ENGINE_INDEX[kind], store=engine_store(sandbox, kind)
+        ).model_dump(mode="json")
     url = postgres_database(request.getfixturevalue("postgres"))
     return sandbox.version("v2", index, store={"kind": "pgvector", "url": url}).model_dump(
         mode="json"
@@ -83,9 +117,7 @@ def _same(streamed: ShardProfile, read: ShardProfile) -> None:
     assert mean_a == pytest.approx(mean_b, abs=2e-6)
 
 
-@pytest.mark.parametrize(
-    "kind", ["builtin", pytest.param("pgvector", marks=pytest.mark.integration)]
-)
+@pytest.mark.parametrize("kind", TARGETS)
 def test_streamed_checks_equal_a_full_read_after_copies_killed_mid_shard(
     sandbox: Sandbox,
     kind: str,
@@ -165,8 +197,153 @@ def test_streamed_checks_equal_a_full_read_after_copies_killed_mid_shard(
     assert all(v.passed for v in parity_verdicts(spec.gates, True, checks))
 
 
-def test_a_target_record_lost_after_the_copy_fails_the_gate(sandbox: Sandbox) -> None:
-    acts, spec, shards = _copied(sandbox)
+def engine_collection(sandbox: Sandbox, kind: str, n: int = 1500) -> dict[str, Any]:
+    """A collection made with the engine's own client, as users have them: in milvus-lite, text
+    ids (a VARCHAR primary key) with a VARCHAR and an INT64 field and dynamic fields; in
+    Qdrant's local mode (point ids are integers or UUIDs), UUID ids with a JSON payload, a key
+    missing from some points and one no field names. The store reference that adopts it."""
+    vectors = clustered(n, DIM, clusters=16, seed=5)
+    rng = np.random.default_rng(5)
+    if kind == "milvus":
+        from pymilvus import DataType, MilvusClient
+
+        uri = str(sandbox.root / "milvus.db")
+        mc = MilvusClient(uri)
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=True)
+        schema.add_field("doc_id", DataType.VARCHAR, is_primary=True, max_length=64)
+        schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=DIM)
+        schema.add_field("title", DataType.VARCHAR, max_length=200)
+        schema.add_field("year", DataType.INT64)
+        index = mc.prepare_index_params()
+        index.add_index("embedding", index_type="FLAT", metric_type="L2")
+        mc.create_collection("articles", schema=schema, index_params=index)
+        rows = [
+            {"doc_id": f"doc-{i:05d}", "embedding": vectors[i].tolist(), "title": f"título {i}"}
+            | {"year": 1990 + i % 30}
+            | ({"note": {"n": i}} if i % 3 == 0 else {})  # a dynamic field, on some rows
+            for i in range(n)
+        ]
+        mc.insert("articles", rows)
+        mc.close()
+        return {"kind": "milvus", "uri": uri, "collection": "articles"}
+    from qdrant_client import QdrantClient, models
+
+    path = str(sandbox.root / "qdrant")
+    qc = QdrantClient(path=path)
+    qc.create_collection(
+        "articles", vectors_config=models.VectorParams(size=DIM, distance=models.Distance.EUCLID)
+    )
+    ids = [str(uuid.UUID(bytes=rng.bytes(16), version=4)) for _ in range(n)]
+    payloads = [
+        {"title": f"title {i}", "tags": ["a", "b", "c"][: i % 4], "price": round(1.5 * i, 2)}
+        | {"listed": f"2024-03-0{1 + i % 9}T10:00:00.000123Z", "sold": i % 2 == 0}
+        | ({} if i % 5 == 0 else {"year": 1990 + i % 30})  # missing from some points
+        | ({"rare key": {"n": i}} if i % 7 == 0 else {})  # no field: kept in the extra object
+        for i in range(n)
+    ]
+    qc.upsert("articles", points=models.Batch(ids=ids, vectors=vectors.tolist(), payloads=payloads))
+    qc.close()
+    kinds = {"title": "text", "year": "int", "tags": "json", "price": "float"}
+    kinds |= {"listed": "timestamp", "sold": "bool"}
+    return {"kind": "qdrant", "path": path, "collection": "articles", "payload_kinds": kinds}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("kind", "to"), [("qdrant", "qdrant"), ("milvus", "milvus"), ("qdrant", "milvus")]
+)
+def test_an_engine_collection_of_text_ids_and_payloads_streams_and_a_change_fails_the_gate(
+    sandbox: Sandbox, kind: str, to: str, request: pytest.FixtureRequest
+) -> None:
+    """A collection the engine's own client made (text or UUID ids, payloads) migrated to a
+    collection of vecmigrate's in the same engine or in Milvus: each shard's streamed check
+    equals a full read of both versions (one copy killed mid-shard and resumed), the read-back
+    sample keeps the ids as text; then a record deleted from the target and a sampled record
+    changed in it fail the gate."""
+    request.addfinalizer(close_engines)
+    adopted = engine_collection(sandbox, kind)
+    # The index the engine keeps (Qdrant's default HNSW, Milvus's FLAT), as inspect reports it.
+    kept = {"kind": "qdrant_hnsw"} if kind == "qdrant" else {"kind": "milvus_flat"}
+    source = sandbox.version("v1", kept, store=adopted)
+    target = sandbox.version("v2", ENGINE_INDEX[to], store=engine_store(sandbox, to))
+    spec = sandbox.spec(
+        collection="articles",
+        source=source.model_dump(mode="json"),
+        target=target.model_dump(mode="json"),
+        batch_size=100,
+        gates={"sample_queries": 40},
+    )
+    acts = MigrationActivities(sandbox.catalog.url)
+    shards = prepare(sandbox.catalog, spec, "t").shards
+    # Shard 0's copy "dies" at its second heartbeat and resumes from the journal's cursor,
+    # with the sample's text ids kept beside it.
+    beats: list[Any] = []
+
+    def die_at_two(*details: Any) -> None:
+        beats.append(details[0])
+        if len(beats) == 2:
+            raise KilledError()
+
+    env = ActivityEnvironment()
+    env.on_heartbeat = die_at_two
+    inp = CopyShardInput(**task(acts, spec), shard=shards[0])
+    with pytest.raises(ApplicationError) as died:
+        env.run(acts.copy_shard, inp)
+    assert killed(died)
+    resumed = ActivityEnvironment()
+    resumed.info = dataclasses.replace(resumed.info, attempt=2)
+    assert resumed.run(acts.copy_shard, inp).recopied == 100
+    for s in shards[1:]:
+        _copy(acts, spec, s)
+    src, dst = open_source(spec), open_target(spec)
+    assert dst.schema.id_kind == src.schema.id_kind != IdKind.INT
+    assert [f.name for f in dst.schema.payload] == [f.name for f in src.schema.payload]
+
+    checks = [_check(acts, spec, s) for s in shards]
+    assert [c.basis for c in checks] == ["streamed"] * 3
+    assert sum(c.target.count for c in checks) == 1500
+    queries = stream.stored_queries(acts.journal, spec)
+    assert queries is not None
+    for shard, check in zip(shards, checks, strict=True):
+        read = validation.check_shard(spec, src, dst, shard, truth=queries.exact_search(spec))
+        _same(check.source, read.source)
+        _same(check.target, read.target)
+        assert check.target.payload_checksum == read.target.payload_checksum
+    assert all(v.passed for v in parity_verdicts(spec.gates, True, checks))
+
+    # The sample's ids are kept as the store has them (text), and read back by them.
+    row = acts.journal.stream(spec.migration_id, shards[2].index)
+    assert row is not None
+    listed = row.state["sample_ids"]
+    assert listed is not None
+    assert len(listed) == dst.count(shards[2])
+    assert all(isinstance(i, str) for i in listed)
+
+    # A record deleted from shard 1 of the target, a sampled record of shard 2 changed in it.
+    victim = dst.scan(shards[1], None, 10).records.id_values()[3]
+    assert dst.delete(id_array([victim], dst.schema.id_kind)) == 1
+    found = dst.fetch_records(id_array([listed[5]], dst.schema.id_kind))
+    assert len(found) == 1
+    changed = found.with_vectors(found.vectors() + np.float32(0.25))
+    dst.write(changed)
+
+    checks = [_check(acts, spec, s) for s in shards]
+    assert checks[0].basis == "streamed"
+    assert checks[1].basis.startswith("read: the target holds"), checks[1].basis
+    assert checks[2].basis.startswith("read: 1 of"), checks[2].basis
+    assert "differ in the target" in checks[2].basis
+    verdicts = {v.name: v for v in parity_verdicts(spec.gates, True, checks)}
+    assert not verdicts["count_parity"].passed
+    assert "shard 1" in verdicts["count_parity"].detail
+    assert not verdicts["checksum_parity"].passed
+    assert "1, 2" in verdicts["checksum_parity"].detail
+
+
+@pytest.mark.parametrize("kind", TARGETS)
+def test_a_target_record_lost_after_the_copy_fails_the_gate(
+    sandbox: Sandbox, kind: str, request: pytest.FixtureRequest
+) -> None:
+    acts, spec, shards = _copied(sandbox, _target(sandbox, kind, request))
     for s in shards:
         _copy(acts, spec, s)
     shard = shards[1]
@@ -182,8 +359,11 @@ def test_a_target_record_lost_after_the_copy_fails_the_gate(sandbox: Sandbox) ->
     assert not verdicts["checksum_parity"].passed
 
 
-def test_a_sampled_target_record_changed_after_the_copy_fails_the_gate(sandbox: Sandbox) -> None:
-    acts, spec, shards = _copied(sandbox)
+@pytest.mark.parametrize("kind", TARGETS)
+def test_a_sampled_target_record_changed_after_the_copy_fails_the_gate(
+    sandbox: Sandbox, kind: str, request: pytest.FixtureRequest
+) -> None:
+    acts, spec, shards = _copied(sandbox, _target(sandbox, kind, request))
     for s in shards:
         _copy(acts, spec, s)
     shard = shards[2]
