@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pytest
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
@@ -27,12 +28,15 @@ from vecmigrate.catalog.journal import Journal
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.data.backfill import open_source, open_target, prepare
 from vecmigrate.data.datasets import clustered
+from vecmigrate.data.quarantine import Quarantine
 from vecmigrate.model.gates import ShardCheck, ShardProfile
 from vecmigrate.model.lifecycle import Phase
-from vecmigrate.model.records import IdKind
+from vecmigrate.model.records import IdKind, RecordSchema, VectorField
 from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.model.tasks import CopyShardInput, ShardRef, ValidateShardInput
+from vecmigrate.records.batch import Records
 from vecmigrate.records.ids import id_array
+from vecmigrate.records.screening import Limits, screen
 from vecmigrate.records.vectors import merge_topk
 from vecmigrate.stores.milvus import close_clients as close_milvus
 from vecmigrate.stores.qdrant import close_clients as close_qdrant
@@ -337,6 +341,89 @@ def test_an_engine_collection_of_text_ids_and_payloads_streams_and_a_change_fail
     assert "shard 1" in verdicts["count_parity"].detail
     assert not verdicts["checksum_parity"].passed
     assert "1, 2" in verdicts["checksum_parity"].detail
+
+
+def test_text_ids_a_qdrant_point_would_spell_otherwise_are_left_out() -> None:
+    """Qdrant hands point ids back in canonical form: a number with a leading zero or a UUID in
+    capitals or without hyphens would come back as another id, so the copy cannot hold it."""
+    ids = ["7", "007", "0", "18446744073709551615", "18446744073709551616", str(uuid.UUID(int=9))]
+    ids += [str(uuid.UUID(int=10)).upper(), uuid.UUID(int=11).hex, "doc-1"]
+    schema = RecordSchema(id_kind=IdKind.STRING, vectors=(VectorField(name="v", dimension=2),))
+    records = Records.build(schema, pa.array(ids), {"v": np.ones((len(ids), 2), np.float32)})
+    kept, faults = screen(records, Limits(ids="point"))
+    assert kept.id_values() == ["7", "0", "18446744073709551615", str(uuid.UUID(int=9))]
+    assert sorted(faults.ids) == sorted(set(ids) - set(kept.id_values()))
+    assert set(faults.reasons) == {"id_unstorable"}
+    assert "canonical form" in faults.details[0]
+
+
+@pytest.mark.integration
+def test_text_ids_qdrant_would_rename_are_quarantined_and_the_stream_holds(
+    sandbox: Sandbox, request: pytest.FixtureRequest
+) -> None:
+    """Text ids from milvus-lite to Qdrant: numbers with a leading zero and UUIDs in capitals
+    used to be written under Qdrant's own spelling ("000097" came back as "97"), which the copy
+    counted as written with the source's id: the streamed checks passed whenever no renamed
+    record was in the read-back sample, where a full read found other ids. They are now left
+    out (``id_unstorable``) and the streamed checks, equal to a full read, pass."""
+    from pymilvus import DataType, MilvusClient
+
+    request.addfinalizer(close_engines)
+    n = 4000
+    rng = np.random.default_rng(3)
+    ids = [
+        f"{i:06d}"
+        if i % 97 == 0
+        else str(uuid.UUID(bytes=rng.bytes(16))).upper()
+        if i % 89 == 0
+        else str(i)
+        for i in range(n)
+    ]
+    renamed = {i for i in ids if not i.isdigit() or i.startswith("0")} - {"0"}
+    vectors = clustered(n, DIM, clusters=16, seed=5)
+    uri = str(sandbox.root / "milvus.db")
+    mc = MilvusClient(uri)
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("doc_id", DataType.VARCHAR, is_primary=True, max_length=64)
+    schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=DIM)
+    index = mc.prepare_index_params()
+    index.add_index("embedding", index_type="FLAT", metric_type="L2")
+    mc.create_collection("articles", schema=schema, index_params=index)
+    mc.insert("articles", [{"doc_id": ids[i], "embedding": vectors[i].tolist()} for i in range(n)])
+    mc.close()
+    adopted = {"kind": "milvus", "uri": uri, "collection": "articles"}
+    spec = sandbox.spec(
+        collection="articles",
+        source=sandbox.version("v1", {"kind": "milvus_flat"}, store=adopted).model_dump(
+            mode="json"
+        ),
+        target=sandbox.version(
+            "v2", ENGINE_INDEX["qdrant"], store=engine_store(sandbox, "qdrant")
+        ).model_dump(mode="json"),
+        batch_size=200,
+        gates={"sample_queries": 40},
+        quarantine={"max_records": None},
+    )
+    acts = MigrationActivities(sandbox.catalog.url)
+    shards = prepare(sandbox.catalog, spec, "t").shards
+    for s in shards:
+        _copy(acts, spec, s)
+    report = Quarantine(sandbox.catalog).report(spec.migration_id, listed=n)
+    assert report.counts == {"id_unstorable": len(renamed)}
+    assert set(report.ids["id_unstorable"]) == renamed
+
+    src, dst = open_source(spec), open_target(spec)
+    checks = [_check(acts, spec, s) for s in shards]
+    assert [c.basis for c in checks] == ["streamed"] * 3
+    reads = [validation.check_shard(spec, src, dst, s) for s in shards]
+    for check, read in zip(checks, reads, strict=True):
+        _same(check.target, read.target)
+    assert all(v.passed for v in parity_verdicts(spec.gates, True, checks))
+    assert all(v.passed for v in parity_verdicts(spec.gates, True, reads))
+    # Every record the target holds has its source id.
+    held = set(dst.fetch_records(id_array(sorted(set(ids) - renamed), IdKind.STRING)).id_values())
+    assert held == set(ids) - renamed
+    assert dst.count() == n - len(renamed)
 
 
 @pytest.mark.parametrize("kind", TARGETS)
