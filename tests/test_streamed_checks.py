@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pytest
+import yaml
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
@@ -653,3 +654,49 @@ async def test_an_online_migration_with_writes_passes_reading_the_shards_they_to
     for c in touched:
         assert c.basis.endswith("records of the shard changed during the migration"), c.basis
         assert c.excluded > 0
+
+
+async def test_vecmigrate_start_deep_reads_the_shards_in_full(
+    client: Client, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """``vecmigrate start --deep SPEC``: the migration it starts keeps a spec with ``gates.deep``
+    (the file says nothing of it) and its shard checks read both versions in full."""
+    from tests.test_cli_matrix import run_cli
+
+    sandbox.seed(N)
+    spec = sandbox.spec()
+    assert not spec.gates.deep
+    path = tmp_path / "spec.yaml"
+    written = spec.model_dump(mode="json")
+    del written["gates"]["deep"]
+    path.write_text(yaml.safe_dump(written))
+    address = str(client.service_client.config.target_host)
+    async with running_worker(client, sandbox) as queue:
+        common = ["--catalog", sandbox.catalog.url, "--address", address, "--task-queue", queue]
+        code, out, err = await asyncio.to_thread(
+            run_cli, "start", str(path), "--deep", "--operator", "ci", *common
+        )
+        assert code == 0, err + out
+        mid = out.strip()
+        assert mid == spec.migration_id
+        final = await MigrationClient(client, queue).result(mid)
+    assert final.phase == Phase.COMPLETED, final.error
+    stored = MigrationSpec.model_validate(sandbox.catalog.get_migration(mid)["spec"])
+    assert stored.gates.deep
+    assert stored.spec_hash() != spec.spec_hash()
+    checks = [
+        ShardCheck.model_validate(c)
+        for c in Journal(sandbox.catalog).outcomes(mid, "check_result").values()
+    ]
+    assert len(checks) == 3
+    assert {c.basis for c in checks} == {"read: gates.deep asks for the full re-read"}
+    assert sum(c.target.count for c in checks) == N
+    assert acts_kept_no_stream(sandbox, stored)
+
+
+def acts_kept_no_stream(sandbox: Sandbox, spec: MigrationSpec) -> bool:
+    """Whether the copy kept neither a streamed shard state nor a query sample (deep)."""
+    journal = Journal(sandbox.catalog)
+    shards = range(spec.shards.count)
+    none = all(journal.stream(spec.migration_id, i) is None for i in shards)
+    return none and stream.stored_queries(journal, spec) is None
