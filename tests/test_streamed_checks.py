@@ -13,12 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 import pytest
+import yaml
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from tests.conftest import Sandbox, postgres_database, running_worker
+from tests.conftest import DIM, Sandbox, postgres_database, running_worker
 from tests.test_activities import KilledError, killed, task
 from tests.test_backfill import poison
 from vecmigrate import validation
@@ -26,22 +28,59 @@ from vecmigrate.activities.migration import MigrationActivities
 from vecmigrate.catalog.journal import Journal
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.data.backfill import open_source, open_target, prepare
+from vecmigrate.data.datasets import clustered
+from vecmigrate.data.quarantine import Quarantine
 from vecmigrate.model.gates import ShardCheck, ShardProfile
 from vecmigrate.model.lifecycle import Phase
+from vecmigrate.model.records import IdKind, RecordSchema, VectorField
 from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.model.tasks import CopyShardInput, ShardRef, ValidateShardInput
+from vecmigrate.records.batch import Records
+from vecmigrate.records.ids import id_array, labels
+from vecmigrate.records.screening import Limits, screen
 from vecmigrate.records.vectors import merge_topk
+from vecmigrate.stores.milvus import close_clients as close_milvus
+from vecmigrate.stores.qdrant import close_clients as close_qdrant
 from vecmigrate.testing.chaos import WorkerPool, streamed_problems
 from vecmigrate.validation import stream
 from vecmigrate.validation.gates import parity_verdicts
 
 N = 3000
 
+# Native indexes of the engines the adapters run in-process (qdrant-client's local mode,
+# milvus-lite): both search exactly there.
+ENGINE_INDEX: dict[str, dict[str, Any]] = {
+    "qdrant": {"kind": "qdrant_hnsw", "m": 16, "ef_construct": 64, "ef": 64},
+    "milvus": {"kind": "milvus_flat"},
+}
+# Every target but the built-in store on SQLite opens a real database engine.
+TARGETS = [
+    "builtin",
+    *(pytest.param(k, marks=pytest.mark.integration) for k in ("pgvector", "qdrant", "milvus")),
+]
+
+
+def engine_store(sandbox: Sandbox, kind: str) -> dict[str, Any]:
+    """A Qdrant local-mode directory or a milvus-lite file in the sandbox."""
+    if kind == "qdrant":
+        return {"kind": "qdrant", "path": str(sandbox.root / "qdrant")}
+    return {"kind": "milvus", "uri": str(sandbox.root / "milvus.db")}
+
+
+def close_engines() -> None:
+    close_milvus()
+    close_qdrant()
+
 
 def _target(sandbox: Sandbox, kind: str, request: pytest.FixtureRequest) -> dict[str, Any]:
     index = {"kind": "hnswlib_hnsw", "m": 16, "ef_search": 64}
     if kind == "builtin":
         return sandbox.version("v2", index).model_dump(mode="json")
+    if kind in ("qdrant", "milvus"):
+        request.addfinalizer(close_engines)
+        return sandbox.version(
+            "v2", ENGINE_INDEX[kind], store=engine_store(sandbox, kind)
+        ).model_dump(mode="json")
     url = postgres_database(request.getfixturevalue("postgres"))
     return sandbox.version("v2", index, store={"kind": "pgvector", "url": url}).model_dump(
         mode="json"
@@ -83,9 +122,7 @@ def _same(streamed: ShardProfile, read: ShardProfile) -> None:
     assert mean_a == pytest.approx(mean_b, abs=2e-6)
 
 
-@pytest.mark.parametrize(
-    "kind", ["builtin", pytest.param("pgvector", marks=pytest.mark.integration)]
-)
+@pytest.mark.parametrize("kind", TARGETS)
 def test_streamed_checks_equal_a_full_read_after_copies_killed_mid_shard(
     sandbox: Sandbox,
     kind: str,
@@ -165,8 +202,240 @@ def test_streamed_checks_equal_a_full_read_after_copies_killed_mid_shard(
     assert all(v.passed for v in parity_verdicts(spec.gates, True, checks))
 
 
-def test_a_target_record_lost_after_the_copy_fails_the_gate(sandbox: Sandbox) -> None:
-    acts, spec, shards = _copied(sandbox)
+def engine_collection(sandbox: Sandbox, kind: str, n: int = 1500) -> dict[str, Any]:
+    """A collection made with the engine's own client, as users have them: in milvus-lite, text
+    ids (a VARCHAR primary key) with a VARCHAR and an INT64 field and dynamic fields; in
+    Qdrant's local mode (point ids are integers or UUIDs), UUID ids with a JSON payload, a key
+    missing from some points and one no field names. The store reference that adopts it."""
+    vectors = clustered(n, DIM, clusters=16, seed=5)
+    rng = np.random.default_rng(5)
+    if kind == "milvus":
+        from pymilvus import DataType, MilvusClient
+
+        uri = str(sandbox.root / "milvus.db")
+        mc = MilvusClient(uri)
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=True)
+        schema.add_field("doc_id", DataType.VARCHAR, is_primary=True, max_length=64)
+        schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=DIM)
+        schema.add_field("title", DataType.VARCHAR, max_length=200)
+        schema.add_field("year", DataType.INT64)
+        index = mc.prepare_index_params()
+        index.add_index("embedding", index_type="FLAT", metric_type="L2")
+        mc.create_collection("articles", schema=schema, index_params=index)
+        rows = [
+            {"doc_id": f"doc-{i:05d}", "embedding": vectors[i].tolist(), "title": f"título {i}"}
+            | {"year": 1990 + i % 30}
+            | ({"note": {"n": i}} if i % 3 == 0 else {})  # a dynamic field, on some rows
+            for i in range(n)
+        ]
+        mc.insert("articles", rows)
+        mc.close()
+        return {"kind": "milvus", "uri": uri, "collection": "articles"}
+    from qdrant_client import QdrantClient, models
+
+    path = str(sandbox.root / "qdrant")
+    qc = QdrantClient(path=path)
+    qc.create_collection(
+        "articles", vectors_config=models.VectorParams(size=DIM, distance=models.Distance.EUCLID)
+    )
+    ids = [str(uuid.UUID(bytes=rng.bytes(16), version=4)) for _ in range(n)]
+    payloads = [
+        {"title": f"title {i}", "tags": ["a", "b", "c"][: i % 4], "price": round(1.5 * i, 2)}
+        | {"listed": f"2024-03-0{1 + i % 9}T10:00:00.000123Z", "sold": i % 2 == 0}
+        | ({} if i % 5 == 0 else {"year": 1990 + i % 30})  # missing from some points
+        | ({"rare key": {"n": i}} if i % 7 == 0 else {})  # no field: kept in the extra object
+        for i in range(n)
+    ]
+    qc.upsert("articles", points=models.Batch(ids=ids, vectors=vectors.tolist(), payloads=payloads))
+    qc.close()
+    kinds = {"title": "text", "year": "int", "tags": "json", "price": "float"}
+    kinds |= {"listed": "timestamp", "sold": "bool"}
+    return {"kind": "qdrant", "path": path, "collection": "articles", "payload_kinds": kinds}
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("kind", "to"), [("qdrant", "qdrant"), ("milvus", "milvus"), ("qdrant", "milvus")]
+)
+def test_an_engine_collection_of_text_ids_and_payloads_streams_and_a_change_fails_the_gate(
+    sandbox: Sandbox, kind: str, to: str, request: pytest.FixtureRequest
+) -> None:
+    """A collection the engine's own client made (text or UUID ids, payloads) migrated to a
+    collection of vecmigrate's in the same engine or in Milvus: each shard's streamed check
+    equals a full read of both versions (one copy killed mid-shard and resumed), the read-back
+    sample keeps the ids as text; then a record deleted from the target and a sampled record
+    changed in it fail the gate."""
+    request.addfinalizer(close_engines)
+    adopted = engine_collection(sandbox, kind)
+    # The index the engine keeps (Qdrant's default HNSW, Milvus's FLAT), as inspect reports it.
+    kept = {"kind": "qdrant_hnsw"} if kind == "qdrant" else {"kind": "milvus_flat"}
+    source = sandbox.version("v1", kept, store=adopted)
+    target = sandbox.version("v2", ENGINE_INDEX[to], store=engine_store(sandbox, to))
+    spec = sandbox.spec(
+        collection="articles",
+        source=source.model_dump(mode="json"),
+        target=target.model_dump(mode="json"),
+        batch_size=100,
+        gates={"sample_queries": 40},
+    )
+    acts = MigrationActivities(sandbox.catalog.url)
+    shards = prepare(sandbox.catalog, spec, "t").shards
+    # Shard 0's copy "dies" at its second heartbeat and resumes from the journal's cursor,
+    # with the sample's text ids kept beside it.
+    beats: list[Any] = []
+
+    def die_at_two(*details: Any) -> None:
+        beats.append(details[0])
+        if len(beats) == 2:
+            raise KilledError()
+
+    env = ActivityEnvironment()
+    env.on_heartbeat = die_at_two
+    inp = CopyShardInput(**task(acts, spec), shard=shards[0])
+    with pytest.raises(ApplicationError) as died:
+        env.run(acts.copy_shard, inp)
+    assert killed(died)
+    resumed = ActivityEnvironment()
+    resumed.info = dataclasses.replace(resumed.info, attempt=2)
+    assert resumed.run(acts.copy_shard, inp).recopied == 100
+    for s in shards[1:]:
+        _copy(acts, spec, s)
+    src, dst = open_source(spec), open_target(spec)
+    assert dst.schema.id_kind == src.schema.id_kind != IdKind.INT
+    assert [f.name for f in dst.schema.payload] == [f.name for f in src.schema.payload]
+
+    checks = [_check(acts, spec, s) for s in shards]
+    assert [c.basis for c in checks] == ["streamed"] * 3
+    assert sum(c.target.count for c in checks) == 1500
+    queries = stream.stored_queries(acts.journal, spec)
+    assert queries is not None
+    for shard, check in zip(shards, checks, strict=True):
+        read = validation.check_shard(spec, src, dst, shard, truth=queries.exact_search(spec))
+        _same(check.source, read.source)
+        _same(check.target, read.target)
+        assert check.target.payload_checksum == read.target.payload_checksum
+    assert all(v.passed for v in parity_verdicts(spec.gates, True, checks))
+
+    # The sample's ids are kept as the store has them (text), and read back by them.
+    row = acts.journal.stream(spec.migration_id, shards[2].index)
+    assert row is not None
+    listed = row.state["sample_ids"]
+    assert listed is not None
+    assert len(listed) == dst.count(shards[2])
+    assert all(isinstance(i, str) for i in listed)
+
+    # A record deleted from shard 1 of the target, a sampled record of shard 2 changed in it.
+    victim = dst.scan(shards[1], None, 10).records.id_values()[3]
+    assert dst.delete(id_array([victim], dst.schema.id_kind)) == 1
+    found = dst.fetch_records(id_array([listed[5]], dst.schema.id_kind))
+    assert len(found) == 1
+    changed = found.with_vectors(found.vectors() + np.float32(0.25))
+    dst.write(changed)
+
+    checks = [_check(acts, spec, s) for s in shards]
+    assert checks[0].basis == "streamed"
+    assert checks[1].basis.startswith("read: the target holds"), checks[1].basis
+    assert checks[2].basis.startswith("read: 1 of"), checks[2].basis
+    assert "differ in the target" in checks[2].basis
+    verdicts = {v.name: v for v in parity_verdicts(spec.gates, True, checks)}
+    assert not verdicts["count_parity"].passed
+    assert "shard 1" in verdicts["count_parity"].detail
+    assert not verdicts["checksum_parity"].passed
+    assert "1, 2" in verdicts["checksum_parity"].detail
+
+
+def test_text_ids_a_qdrant_point_would_spell_otherwise_are_left_out() -> None:
+    """Qdrant hands point ids back in canonical form: a number with a leading zero or a UUID in
+    capitals or without hyphens would come back as another id, so the copy cannot hold it."""
+    ids = ["7", "007", "0", "18446744073709551615", "18446744073709551616", str(uuid.UUID(int=9))]
+    ids += [str(uuid.UUID(int=10)).upper(), uuid.UUID(int=11).hex, "doc-1"]
+    schema = RecordSchema(id_kind=IdKind.STRING, vectors=(VectorField(name="v", dimension=2),))
+    records = Records.build(schema, pa.array(ids), {"v": np.ones((len(ids), 2), np.float32)})
+    kept, faults = screen(records, Limits(ids="point"))
+    assert kept.id_values() == ["7", "0", "18446744073709551615", str(uuid.UUID(int=9))]
+    assert sorted(faults.ids) == sorted(set(ids) - set(kept.id_values()))
+    assert set(faults.reasons) == {"id_unstorable"}
+    assert "canonical form" in faults.details[0]
+
+
+@pytest.mark.integration
+def test_text_ids_qdrant_would_rename_are_quarantined_and_the_stream_holds(
+    sandbox: Sandbox, request: pytest.FixtureRequest
+) -> None:
+    """Text ids from milvus-lite to Qdrant: numbers with a leading zero and UUIDs in capitals
+    used to be written under Qdrant's own spelling ("000097" came back as "97"), which the copy
+    counted as written with the source's id: the streamed checks passed whenever no renamed
+    record was in the read-back sample, where a full read found other ids. They are now left
+    out (``id_unstorable``) and the streamed checks, equal to a full read, pass."""
+    from pymilvus import DataType, MilvusClient
+
+    request.addfinalizer(close_engines)
+    n = 4000
+    rng = np.random.default_rng(3)
+    ids = [
+        f"{i:06d}"
+        if i % 97 == 0
+        else str(uuid.UUID(bytes=rng.bytes(16))).upper()
+        if i % 89 == 0
+        else str(i)
+        for i in range(n)
+    ]
+    # One more, ranked last for the read-back sample: only the copy's screen can catch it.
+    padded = [f"{i:06d}" for i in range(n)]
+    last = int(np.argmax(stream._priority(labels(pa.array(padded), IdKind.STRING))))
+    ids[last] = padded[last]
+    renamed = {i for i in ids if not i.isdigit() or i.startswith("0")} - {"0"}
+    vectors = clustered(n, DIM, clusters=16, seed=5)
+    uri = str(sandbox.root / "milvus.db")
+    mc = MilvusClient(uri)
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("doc_id", DataType.VARCHAR, is_primary=True, max_length=64)
+    schema.add_field("embedding", DataType.FLOAT_VECTOR, dim=DIM)
+    index = mc.prepare_index_params()
+    index.add_index("embedding", index_type="FLAT", metric_type="L2")
+    mc.create_collection("articles", schema=schema, index_params=index)
+    mc.insert("articles", [{"doc_id": ids[i], "embedding": vectors[i].tolist()} for i in range(n)])
+    mc.close()
+    adopted = {"kind": "milvus", "uri": uri, "collection": "articles"}
+    spec = sandbox.spec(
+        collection="articles",
+        source=sandbox.version("v1", {"kind": "milvus_flat"}, store=adopted).model_dump(
+            mode="json"
+        ),
+        target=sandbox.version(
+            "v2", ENGINE_INDEX["qdrant"], store=engine_store(sandbox, "qdrant")
+        ).model_dump(mode="json"),
+        batch_size=200,
+        gates={"sample_queries": 40},
+        quarantine={"max_records": None},
+    )
+    acts = MigrationActivities(sandbox.catalog.url)
+    shards = prepare(sandbox.catalog, spec, "t").shards
+    for s in shards:
+        _copy(acts, spec, s)
+    report = Quarantine(sandbox.catalog).report(spec.migration_id, listed=n)
+    assert report.counts == {"id_unstorable": len(renamed)}
+    assert set(report.ids["id_unstorable"]) == renamed
+
+    src, dst = open_source(spec), open_target(spec)
+    checks = [_check(acts, spec, s) for s in shards]
+    assert [c.basis for c in checks] == ["streamed"] * 3
+    reads = [validation.check_shard(spec, src, dst, s) for s in shards]
+    for check, read in zip(checks, reads, strict=True):
+        _same(check.target, read.target)
+    assert all(v.passed for v in parity_verdicts(spec.gates, True, checks))
+    assert all(v.passed for v in parity_verdicts(spec.gates, True, reads))
+    # Every record the target holds has its source id.
+    held = set(dst.fetch_records(id_array(sorted(set(ids) - renamed), IdKind.STRING)).id_values())
+    assert held == set(ids) - renamed
+    assert dst.count() == n - len(renamed)
+
+
+@pytest.mark.parametrize("kind", TARGETS)
+def test_a_target_record_lost_after_the_copy_fails_the_gate(
+    sandbox: Sandbox, kind: str, request: pytest.FixtureRequest
+) -> None:
+    acts, spec, shards = _copied(sandbox, _target(sandbox, kind, request))
     for s in shards:
         _copy(acts, spec, s)
     shard = shards[1]
@@ -182,8 +451,11 @@ def test_a_target_record_lost_after_the_copy_fails_the_gate(sandbox: Sandbox) ->
     assert not verdicts["checksum_parity"].passed
 
 
-def test_a_sampled_target_record_changed_after_the_copy_fails_the_gate(sandbox: Sandbox) -> None:
-    acts, spec, shards = _copied(sandbox)
+@pytest.mark.parametrize("kind", TARGETS)
+def test_a_sampled_target_record_changed_after_the_copy_fails_the_gate(
+    sandbox: Sandbox, kind: str, request: pytest.FixtureRequest
+) -> None:
+    acts, spec, shards = _copied(sandbox, _target(sandbox, kind, request))
     for s in shards:
         _copy(acts, spec, s)
     shard = shards[2]
@@ -386,3 +658,49 @@ async def test_an_online_migration_with_writes_passes_reading_the_shards_they_to
     for c in touched:
         assert c.basis.endswith("records of the shard changed during the migration"), c.basis
         assert c.excluded > 0
+
+
+async def test_vecmigrate_start_deep_reads_the_shards_in_full(
+    client: Client, sandbox: Sandbox, tmp_path: Path
+) -> None:
+    """``vecmigrate start --deep SPEC``: the migration it starts keeps a spec with ``gates.deep``
+    (the file says nothing of it) and its shard checks read both versions in full."""
+    from tests.test_cli_matrix import run_cli
+
+    sandbox.seed(N)
+    spec = sandbox.spec()
+    assert not spec.gates.deep
+    path = tmp_path / "spec.yaml"
+    written = spec.model_dump(mode="json")
+    del written["gates"]["deep"]
+    path.write_text(yaml.safe_dump(written))
+    address = str(client.service_client.config.target_host)
+    async with running_worker(client, sandbox) as queue:
+        common = ["--catalog", sandbox.catalog.url, "--address", address, "--task-queue", queue]
+        code, out, err = await asyncio.to_thread(
+            run_cli, "start", str(path), "--deep", "--operator", "ci", *common
+        )
+        assert code == 0, err + out
+        mid = out.strip()
+        assert mid == spec.migration_id
+        final = await MigrationClient(client, queue).result(mid)
+    assert final.phase == Phase.COMPLETED, final.error
+    stored = MigrationSpec.model_validate(sandbox.catalog.get_migration(mid)["spec"])
+    assert stored.gates.deep
+    assert stored.spec_hash() != spec.spec_hash()
+    checks = [
+        ShardCheck.model_validate(c)
+        for c in Journal(sandbox.catalog).outcomes(mid, "check_result").values()
+    ]
+    assert len(checks) == 3
+    assert {c.basis for c in checks} == {"read: gates.deep asks for the full re-read"}
+    assert sum(c.target.count for c in checks) == N
+    assert acts_kept_no_stream(sandbox, stored)
+
+
+def acts_kept_no_stream(sandbox: Sandbox, spec: MigrationSpec) -> bool:
+    """Whether the copy kept neither a streamed shard state nor a query sample (deep)."""
+    journal = Journal(sandbox.catalog)
+    shards = range(spec.shards.count)
+    none = all(journal.stream(spec.migration_id, i) is None for i in shards)
+    return none and stream.stored_queries(journal, spec) is None

@@ -28,7 +28,11 @@ from vecmigrate.records.batch import (
 from vecmigrate.records.payload import value_bytes
 
 _UINT64_MAX = (1 << 64) - 1
-_UUID_PATTERN = r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}$"
+# Text ids a Qdrant point id holds as they are: Qdrant hands ids back in its canonical form
+# (a lower-case 8-4-4-4-12 UUID, a number without leading zeros), so any other spelling of the
+# same value would come back as another id.
+_UUID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+_NUMBER_PATTERN = r"^(0|[1-9][0-9]{0,19})$"
 
 
 @dataclass(frozen=True)
@@ -71,14 +75,17 @@ def _unstorable_ids(records: Records, limits: Limits) -> tuple[npt.NDArray[np.bo
                 pc.match_substring_regex(ids, _UUID_PATTERN).to_numpy(zero_copy_only=False), bool
             )
             digits = np.asarray(
-                pc.match_substring_regex(ids, r"^[0-9]{1,20}$").to_numpy(zero_copy_only=False), bool
+                pc.match_substring_regex(ids, _NUMBER_PATTERN).to_numpy(zero_copy_only=False), bool
             )
             small = np.array(
                 [d and int(v) <= _UINT64_MAX for d, v in zip(digits, ids.to_pylist(), strict=True)],
                 bool,
             )
             bad = ~(uuid_like | small)
-            why = "Qdrant point ids are unsigned integers or UUIDs"
+            why = (
+                "Qdrant point ids are unsigned integers or UUIDs, written back in canonical "
+                "form (no leading zero; lower-case 8-4-4-4-12): another spelling would change"
+            )
     if limits.max_id_bytes is not None and records.schema.id_kind != IdKind.INT:
         longer = (
             np.asarray(pc.binary_length(ids).to_numpy(zero_copy_only=False)) > limits.max_id_bytes
