@@ -635,7 +635,15 @@ async def test_an_online_migration_with_writes_passes_reading_the_shards_they_to
     queries = open_source(spec).sample(100, seed=3)[1]
     phase = {"now": "BEFORE"}
     load = LoadGenerator(
-        gateway.url, "default", "docs", queries, clients=2, rate=20, phase=lambda: phase["now"]
+        # The rate of test_online's drill: at half of it a loaded machine left a ramp step with
+        # fewer shadow pairs than the gate asks for (9 of 10), which paused the migration.
+        gateway.url,
+        "default",
+        "docs",
+        queries,
+        clients=4,
+        rate=40,
+        phase=lambda: phase["now"],
     )
     try:
         load.start()
