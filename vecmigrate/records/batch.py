@@ -208,7 +208,15 @@ class Records:
         return values
 
     def hashes(self) -> Words:
-        """Each record's checksum hash (id, every vector, payload)."""
+        """Each record's checksum hash (id, every vector, payload), read-only.
+
+        Computed once per batch: the copy's checksum, the shard's streamed profiles and its
+        read-back sample all take the same batch's hashes (the batch is immutable Arrow).
+        """
+        return self._hashes
+
+    @cached_property
+    def _hashes(self) -> Words:
         ordered = [self.schema.primary.name, *sorted(v.name for v in self.schema.vectors[1:])]
         vectors = [self.vectors(name) for name in ordered]
         payload = (
@@ -216,7 +224,9 @@ class Records:
             if self.schema.has_payload
             else None
         )
-        return record_hashes(self.labels, vectors, payload)
+        hashes = record_hashes(self.labels, vectors, payload)
+        hashes.flags.writeable = False
+        return hashes
 
     def payload_only_hashes(self) -> Words:
         """Each record's payload hash alone (zero without payload)."""

@@ -166,7 +166,7 @@ class ShardStream:
         self.int_ids = written.schema.id_kind == IdKind.INT
         ids = self.sample_ids + chosen.id_values()
         all_labels = np.concatenate([self.sample_labels, labels[rows]])
-        hashes = np.concatenate([self.sample_hashes, chosen.hashes()])
+        hashes = np.concatenate([self.sample_hashes, written.hashes()[rows]])
         keep = np.argsort(_priority(all_labels), kind="stable")[:READBACK]
         self.sample_ids = [ids[i] for i in keep.tolist()]
         self.sample_labels = all_labels[keep]
