@@ -46,6 +46,7 @@ from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.model.tuning import CandidateFigures, TuningResult, choose
 from vecmigrate.records.vectors import Vectors
 from vecmigrate.validation.intervals import mean_score_interval, quantile_interval
+from vecmigrate.validation.retrieval import recall_scores
 
 trials_table = Table(
     "tuning_trials",
@@ -294,18 +295,21 @@ def measure(
     figures = [CandidateFigures(value=v) for v in sorted(policy.candidates)]
     if rows:
         _, truth = exact(matrix, policy.k)
+        truth = np.asarray(truth)
         for fig in figures:
-            scores, ms = [], []
-            for row, answer in zip(rows, truth, strict=True):
-                got = row.get(str(fig.value))
-                wanted = {int(x) for x in answer if x != -1}
-                if got is None or not wanted:
-                    continue
-                scores.append(len(wanted & {int(x) for x in got["ids"]}) / len(wanted))
-                ms.append(float(got["ms"]))
-            fig.queries = len(scores)
-            if scores:
-                s, t = np.asarray(scores), np.asarray(ms)
+            tried = [
+                (n, row[str(fig.value)]) for n, row in enumerate(rows) if str(fig.value) in row
+            ]
+            # What the candidate found, -1 padded (padding never counts as a hit).
+            found = np.full((len(tried), max((len(g["ids"]) for _, g in tried), default=0)), -1)
+            for n, (_, got) in enumerate(tried):
+                found[n, : len(got["ids"])] = got["ids"]
+            scores = recall_scores(found, truth[[n for n, _ in tried]])
+            measured = ~np.isnan(scores)  # a query whose exact answer is empty measures nothing
+            s = scores[measured]
+            t = np.asarray([float(g["ms"]) for _, g in tried], np.float64)[measured]
+            fig.queries = len(s)
+            if len(s):
                 fig.recall = round(float(s.mean()), 4)
                 fig.recall_interval = _rounded(mean_score_interval(s, policy.k))
                 fig.p50_ms = round(float(np.percentile(t, 50)), 3)
