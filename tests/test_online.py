@@ -32,6 +32,7 @@ from vecmigrate.data.backfill import open_source, open_target
 from vecmigrate.model.lifecycle import LIFECYCLE, Phase
 from vecmigrate.model.messages import RampRequest
 from vecmigrate.serving.gateway import Gateway
+from vecmigrate.serving.router import Router
 from vecmigrate.stores import WHOLE
 from vecmigrate.testing.drill import run_drill, until_phase
 from vecmigrate.testing.loadgen import LoadGenerator, latency_table, verify
@@ -245,6 +246,46 @@ def test_vecmigrate_serve_answers_over_http(sandbox: Sandbox) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=20)
+
+
+async def test_a_shadow_step_short_of_pairs_collects_more_before_it_is_judged(
+    client: Client, sandbox: Sandbox
+) -> None:
+    """No search at all until the shadow stage's hold has ended short of its pairs (the status
+    says it goes on collecting): then the searches come, and the gate passes on them instead of
+    pausing the migration."""
+    sandbox.seed(3000)
+    spec = online_spec(
+        sandbox,
+        online={
+            "settle_seconds": 0.5,
+            "shadow": {"percent": 100, "seconds": 1, "min_samples": 10},
+            "ramp": {"steps": [50], "step_seconds": 0.5},
+        },
+        cutover={"mode": "automatic", "bake_seconds": 1},
+    )
+    queries = open_source(spec).sample(50, seed=3)[1]
+    router = Router(sandbox.catalog, refresh_seconds=0.2)
+    try:
+        async with running_worker(client, sandbox) as queue:
+            mc = MigrationClient(client, queue)
+            mid = await mc.start(spec)
+            short = await wait_for(
+                mc, mid, lambda s: "shadow pairs when the hold ended" in s.blocked_reason, 120
+            )
+            assert (short.phase, short.paused) == (Phase.SHADOWING, False), short
+            assert short.blocked_reason.startswith("shadow: 0 of 10 shadow pairs"), short
+            while (await mc.status(mid)).phase in (Phase.SHADOWING, Phase.RAMPING):
+                for n, q in enumerate(queries):
+                    router.search("default", "docs", q[None, :], 5, key=f"user-{n}")
+                await asyncio.sleep(0.05)
+            final = await mc.result(mid, timeout=120)
+    finally:
+        router.close()
+    assert final.phase == Phase.COMPLETED, final.error
+    gate = final.shadow[0]
+    assert (gate.step, gate.passed) == ("shadow", True), gate
+    assert gate.samples >= 10
 
 
 async def test_a_shadow_breach_rolls_back_and_restores_routing(

@@ -54,10 +54,17 @@ async def wait_for(
 ) -> MigrationStatus:
     deadline = time.monotonic() + timeout
     last = None
+    held_since: float | None = None  # when a gate's pause began, while it lasts
     while time.monotonic() < deadline:
         last = await mc.status(mid)
         if ok(last):
             return last
+        # A migration a failed gate paused does not move on by itself: say why now rather
+        # than at the timeout (a resume just signalled is given time to land).
+        held = last.paused and "failed" in last.blocked_reason
+        held_since = (held_since or time.monotonic()) if held else None
+        if held_since is not None and time.monotonic() - held_since > 20:
+            raise AssertionError(f"condition not reached; paused by a gate: {last}")
         await asyncio.sleep(0.1)
     raise AssertionError(f"condition not reached; last status: {last}")
 

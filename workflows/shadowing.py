@@ -14,12 +14,17 @@ from vecmigrate.workflows.calls import long_call, short_call
 from vecmigrate.workflows.validating import Validating
 
 with workflow.unsafe.imports_passed_through():
-    from vecmigrate.model.gates import remedies, shadow_verdicts
+    from vecmigrate.model.gates import ShadowFigures, remedies, shadow_verdicts
     from vecmigrate.model.lifecycle import Message, Ruling
     from vecmigrate.model.messages import OperatorMessage, RampRequest
     from vecmigrate.model.status import MigrationInput
     from vecmigrate.model.tasks import ShadowInput, ShadowResult
     from vecmigrate.model.tuning import TuningInput, TuningResult
+
+
+# The patch after which a step whose hold ended short of the shadow pairs its gate needs goes on
+# collecting them for a while before it is judged (runs recorded before it judged at once).
+PAIRS_WAIT = "shadow-waits-for-pairs"
 
 
 class Shadowing(Validating):
@@ -124,6 +129,28 @@ class Shadowing(Validating):
         )
         return result
 
+    async def _more_pairs(
+        self, step: str, mark: int, hold: timedelta, figures: ShadowFigures
+    ) -> ShadowFigures:
+        """The hold ended with fewer shadow pairs than the gate needs (light traffic, a router
+        that refreshed its routing late): too few pairs is missing evidence, not a breach, so
+        collect for up to ``max(hold, 10 s)`` more, looking every ``max(1 s, hold / 4)``, and
+        return the figures as soon as there are enough (else as they are then: the gate fails
+        on them as before)."""
+        need = self._spec.online.shadow.min_samples
+        budget = max(hold, timedelta(seconds=10))
+        poll = max(timedelta(seconds=1), hold / 4)
+        waited = timedelta(0)
+        while figures.samples < need and waited < budget:
+            self._status.blocked_reason = (
+                f"{step}: {figures.samples} of {need} shadow pairs when the hold ended; "
+                f"collecting for up to {(budget - waited).total_seconds():g} s more"
+            )
+            await self._guarded(lambda: workflow.sleep(poll))
+            waited += poll
+            figures = (await self._shadow_result(mark)).figures
+        return figures
+
     async def _shadow_gate(self, step: str, hold: timedelta) -> None:
         """Hold the current routing for ``hold``, then judge the shadow pairs it produced.
 
@@ -137,6 +164,8 @@ class Shadowing(Validating):
             mark = (await self._shadow_result(1 << 62)).last_id
             await self._guarded(lambda: workflow.sleep(hold))
             figures = (await self._shadow_result(mark)).figures
+            if figures.samples < policy.min_samples and workflow.patched(PAIRS_WAIT):
+                figures = await self._more_pairs(step, mark, hold, figures)
             figures.step = step
             st.shadow.append(figures)
             while True:

@@ -743,7 +743,9 @@ class ShadowPolicy(_Model):
     seconds: float = Field(default=60.0, ge=0.0)
     """How long shadow reads are collected before the gate."""
     min_samples: int = Field(default=50, ge=1)
-    """Shadow pairs the gate needs."""
+    """Shadow pairs the gate needs. When a step's hold (``seconds`` here, a ramp step's
+    ``step_seconds``) ends short of them, it goes on collecting for up to the hold again (at
+    least 10 seconds) before it is judged."""
     min_overlap: float | None = Field(default=0.8, ge=0.0, le=1.0)
     """Overlap@k of each pair's results, on average, at least."""
     max_p99_ratio: float | None = Field(default=2.0, gt=0.0)
