@@ -456,6 +456,7 @@ class MigrationActivities:
                 spec,
                 max_records_per_second=inp.max_records_per_second,
                 volatile=volatile,
+                settle=lambda ids: backfill.settle_from_log(self.catalog, spec, log, after, ids),
                 on_progress=beat,
             )
             return rec.shard(inp.shard, inp.repair)

@@ -22,10 +22,17 @@ from temporalio.client import Client
 from tests.conftest import Sandbox, postgres_database, running_worker, vecmigrate
 from tests.test_workflow import wait_for
 from vecmigrate.catalog.catalog import Catalog
+from vecmigrate.catalog.changelog import DELETE, UPSERT, ChangeLog
 from vecmigrate.catalog.engines import dispose_engines
 from vecmigrate.config import sqlite_url
 from vecmigrate.control.client import MigrationClient
-from vecmigrate.data.backfill import TargetView, open_source, source_scope, target_scope
+from vecmigrate.data.backfill import (
+    TargetView,
+    open_source,
+    settle_from_log,
+    source_scope,
+    target_scope,
+)
 from vecmigrate.data.datasets import clustered
 from vecmigrate.model.gates import DiffCounts, ReconcileReport, ShardReconcile
 from vecmigrate.model.lifecycle import Phase
@@ -184,6 +191,51 @@ def test_reconcile_finds_and_repairs_a_corrupted_target_then_finds_nothing(
     assert again.passed
     assert target.count() == N - 1
     assert target.fetch_records(pa.array([10_000], pa.int64())).labels.size == 0
+
+
+def test_a_write_the_router_makes_during_the_repair_keeps_its_last_state(
+    tmp_path: Path, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The repair reads the records it copies again from the source, then writes them to the
+    target, and deletes the target's extra ones. The router, meanwhile, deletes one of those
+    records and writes the extra one anew, in its own order (the change log, the source, the
+    target). The repair's stale copies land last; the change log then gives both records their
+    last write again: the deleted one stays deleted, the written one keeps its new vector."""
+    spec = spec_into(tmp_path, ref("builtin", tmp_path), shards={"by": "hash", "count": 1})
+    source, target = copied(catalog, spec)
+    corrupt(source, target)  # 13 is missing from the target, 10,000 is an extra one
+    log = ChangeLog(catalog)
+    after = log.head(spec.tenant, spec.collection)
+    newer = np.full((1, DIM), 7.0, np.float32)
+    fetch = source.fetch_records
+
+    def router_writes_meanwhile(ids: pa.Array) -> Records:
+        got = fetch(ids)
+        log.append(spec.tenant, spec.collection, DELETE, np.array([13]))
+        for store in (source, target):
+            store.delete(pa.array([13], pa.int64()))
+        log.append(spec.tenant, spec.collection, UPSERT, np.array([10_000]), newer)
+        for store in (source, target):
+            store.upsert(np.array([10_000]), newer)
+        return got
+
+    monkeypatch.setattr(source, "fetch_records", router_writes_meanwhile)
+    rec = for_migration(
+        catalog,
+        spec,
+        source,
+        target,
+        volatile=lambda: log.changed_ids(spec.tenant, spec.collection, after),
+        settle=lambda ids: settle_from_log(catalog, spec, log, after, ids),
+    )
+    report = run(rec, spec, repair=True)
+    assert report.passed, report.line()
+    assert report.found == DiffCounts(missing=1, extra=1, vector=1, payload=1)
+    assert target.fetch_records(pa.array([13], pa.int64())).labels.size == 0
+    written = target.fetch_records(pa.array([10_000], pa.int64()))
+    np.testing.assert_array_equal(written.vectors(), newer)
+    monkeypatch.undo()
+    assert run(for_migration(catalog, spec, source, target), spec, repair=False).passed
 
 
 def test_without_repair_what_differs_is_left_and_the_verdict_fails(

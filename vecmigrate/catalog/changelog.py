@@ -114,13 +114,23 @@ class Changes:
         """The oldest ``n`` entries (all of them, the same object, when there are no more)."""
         if n >= len(self):
             return self
+        return self._take(np.arange(n))
+
+    def among(self, ids: Ids) -> Changes:
+        """The entries of the records ``ids`` names, oldest first."""
+        keep = np.flatnonzero(np.isin(self.ids, ids))
+        return self if len(keep) == len(self) else self._take(keep)
+
+    def _take(self, rows: npt.NDArray[np.intp]) -> Changes:
+        """The entries at positions ``rows``, in that order."""
+        at = rows.tolist()
         return Changes(
-            seqs=self.seqs[:n],
-            ids=self.ids[:n],
-            ops=self.ops[:n],
-            vectors=self.vectors[:n],
-            texts=self.texts[:n],
-            spaces=self.spaces[:n],
+            seqs=self.seqs[rows],
+            ids=self.ids[rows],
+            ops=[self.ops[i] for i in at],
+            vectors=[self.vectors[i] for i in at],
+            texts=[self.texts[i] for i in at],
+            spaces=[self.spaces[i] for i in at] if self.spaces else [],
         )
 
     def _last(self) -> dict[int, int]:

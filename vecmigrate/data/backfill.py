@@ -15,7 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from vecmigrate.catalog.catalog import Catalog
-from vecmigrate.catalog.changelog import ChangeLog
+from vecmigrate.catalog.changelog import ChangeLog, Changes
 from vecmigrate.catalog.documents import Documents
 from vecmigrate.catalog.journal import Control, Journal, StreamRow
 from vecmigrate.catalog.retention import RetentionLog
@@ -43,6 +43,7 @@ from vecmigrate.records.batch import Faults, Records
 from vecmigrate.records.checksums import RecordChecksum
 from vecmigrate.records.screening import Limits, screen
 from vecmigrate.records.sharding import plan_shards
+from vecmigrate.records.vectors import Ids
 from vecmigrate.stores import CAPABILITIES, WHOLE, Scope, VectorStore, limits_for, open_store
 from vecmigrate.stores.base import Batch
 
@@ -686,6 +687,54 @@ def copy_shard(
     return result
 
 
+def _log_applier(catalog: Catalog, spec: MigrationSpec) -> Callable[[Changes], None]:
+    """What replaying change-log entries onto ``spec``'s target does: their net effect (the
+    last write of each id wins, deletes are tombstones), each upsert's vector seen through the
+    migration's transform, or its text embedded again by the new model."""
+    target = open_target(spec)
+    _, transform = make_transform(spec.source.embedding, spec.target.embedding)
+    reembed = Reembedder.for_spec(catalog, spec) if spec.model_change else None
+
+    def apply(changes: Changes) -> None:
+        if reembed is not None:
+            ids, texts, gone = changes.net_texts()
+            vectors = reembed.embed(texts)
+        else:
+            ids, vectors, gone = changes.net(spec.source.embedding.dimension)
+            vectors = transform(vectors)
+        if len(ids):
+            target.upsert(ids, vectors)
+        if len(gone):
+            target.delete(gone)
+
+    return apply
+
+
+def settle_from_log(
+    catalog: Catalog, spec: MigrationSpec, log: ChangeLog, after: int, only: Ids
+) -> int:
+    """Write onto the target the last state the change log holds after ``after`` for the
+    records ``only`` names (their ids); the entries applied.
+
+    A write the router makes during a reconcile's repair goes to both versions, and the repair's
+    own write of the same record, read from the source a moment before, can land on the target
+    after it, with the older state: a delete undone, an upsert lost. The router logs a write
+    before it makes it, so a replay of the log for those records that starts after the repair
+    wrote, read to the log's head, leaves each with its last write (as the catch-up does).
+    """
+    apply = _log_applier(catalog, spec)
+    applied, cursor = 0, after
+    while True:
+        changes = log.read(spec.tenant, spec.collection, cursor, 10_000)
+        if len(changes) == 0:
+            return applied
+        mine = changes.among(only)
+        if len(mine):
+            apply(mine)
+            applied += len(mine)
+        cursor = changes.last_seq
+
+
 def catch_up(
     spec: MigrationSpec,
     log: ChangeLog,
@@ -706,9 +755,7 @@ def catch_up(
     """
     began = time.monotonic()
     mid = spec.migration_id
-    target = open_target(spec)
-    _, transform = make_transform(spec.source.embedding, spec.target.embedding)
-    reembed = Reembedder.for_spec(journal.catalog, spec) if spec.model_change else None
+    apply = _log_applier(journal.catalog, spec)
     cursor = max(after, journal.catchup_position(mid))
     applied = 0
     while True:
@@ -716,16 +763,7 @@ def catch_up(
         if len(changes) == 0:
             drained = True
             break
-        if reembed is not None:
-            ids, texts, gone = changes.net_texts()
-            vectors = reembed.embed(texts)
-        else:
-            ids, vectors, gone = changes.net(spec.source.embedding.dimension)
-            vectors = transform(vectors)
-        if len(ids):
-            target.upsert(ids, vectors)
-        if len(gone):
-            target.delete(gone)
+        apply(changes)
         cursor = changes.last_seq
         applied += len(changes)
         journal.set_catchup_position(mid, cursor)

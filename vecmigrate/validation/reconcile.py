@@ -129,8 +129,11 @@ class Reconciler:
     ``view`` is how the copy writes source records into the target (what the target should
     hold, and the path the repair writes through); ``compare_vectors`` is False when vectors
     were re-embedded. ``volatile`` names the records written since a point before the pass
-    (the change log's): they are left out, not repaired (dual-write keeps them). At most
-    ``max_records_per_second`` records are read per second (both sides counted).
+    (the change log's): they are left out, not repaired (dual-write keeps them). A record the
+    repair wrote or deleted that turns out written meanwhile is handed to ``settle`` (labels),
+    which gives it its last write again: the repair's copy, read from the source a moment
+    before, may have landed after that write. At most ``max_records_per_second`` records are
+    read per second (both sides counted).
     """
 
     source: VectorStore
@@ -140,6 +143,7 @@ class Reconciler:
     batch_size: int = 10_000
     max_records_per_second: float | None = None
     volatile: Callable[[], Ids] | None = None
+    settle: Callable[[Ids], object] | None = None
     on_progress: Progress | None = None
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
@@ -252,6 +256,10 @@ class Reconciler:
             t_kind = self.target.schema.id_kind
             self.target.delete(diff.target.of(diff.extra, t_kind))
             deleted = int(diff.extra.size)
+        if self.settle is not None and self.volatile is not None:
+            raced = np.intersect1d(np.union1d(done, diff.extra), self.volatile())
+            if raced.size:
+                self.settle(raced)
         return DiffCounts(
             missing=int(np.isin(diff.missing, done).sum()),
             extra=deleted,
