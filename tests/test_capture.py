@@ -29,6 +29,7 @@ from vecmigrate.data import capture
 from vecmigrate.data.backfill import run_checks
 from vecmigrate.data.datasets import clustered
 from vecmigrate.errors import SpecError
+from vecmigrate.indexes.build import register_version
 from vecmigrate.model.lifecycle import TERMINAL, Phase
 from vecmigrate.model.spec import MigrationSpec, canonical, parse_spec
 from vecmigrate.model.status import CaptureStatus
@@ -379,14 +380,7 @@ def test_doctor_flags_a_capture_whose_migration_ended_or_is_unknown(
     spec = items_spec(url)
     table = capture.install(spec).table
     catalog = sandbox.catalog
-    catalog.register_version(
-        spec.tenant,
-        spec.collection,
-        spec.source.name,
-        spec.source.embedding,
-        spec.source.store.model_dump(mode="json"),
-        state="serving",
-    )
+    register_version(catalog, spec.tenant, spec.collection, spec.source, "serving")
 
     def finding() -> Finding:
         _, found = doctor_catalog(catalog.url)

@@ -20,7 +20,7 @@ from pydantic import TypeAdapter, ValidationError
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.data.checks import Check
 from vecmigrate.data.transforms import make_transform
-from vecmigrate.indexes.build import register_index
+from vecmigrate.indexes.build import register_index, register_version
 from vecmigrate.model.records import IdKind, RecordSchema
 from vecmigrate.model.spec import IndexSpec, MigrationSpec, is_native, named
 from vecmigrate.model.tasks import ArtifactRef
@@ -161,14 +161,7 @@ def adopt(catalog: Catalog, spec: MigrationSpec, store: VectorStore, operator: s
     version id (None where the engine keeps no index the spec names)."""
     tenant, collection, version = spec.tenant, spec.collection, spec.source.name
     if catalog.find_version(tenant, collection, version) is None:
-        catalog.register_version(
-            tenant,
-            collection,
-            version,
-            spec.source.embedding,
-            spec.source.store.model_dump(mode="json"),
-            state="serving",
-        )
+        register_version(catalog, tenant, collection, spec.source, "serving")
     index_id = None
     if is_native(spec.source.index):
         uri = f"{store.kind}:{named(spec.source.store)}:adopted"

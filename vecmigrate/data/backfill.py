@@ -28,7 +28,7 @@ from vecmigrate.data.transforms import Transform, make_transform
 from vecmigrate.embedding.reembed import Reembedder, fit_transition, untexted
 from vecmigrate.embedding.registry import Registry, model_key
 from vecmigrate.errors import DataError, NotFoundError, PreconditionError, VecmigrateError
-from vecmigrate.indexes.build import artifact_dir
+from vecmigrate.indexes.build import artifact_dir, register_version
 from vecmigrate.indexes.sizes import index_spec
 from vecmigrate.model.spec import FaissIvfFlat, FaissIvfPq, MigrationSpec, canonical, named
 from vecmigrate.model.tasks import (
@@ -411,14 +411,8 @@ def prepare(catalog: Catalog, spec: MigrationSpec, operator: str) -> PrepareResu
     if source.adopted:
         adopt(catalog, spec, source, operator)
     catalog.record_migration(spec, "PREPARING", operator)
-    catalog.register_version(
-        spec.tenant,
-        spec.collection,
-        spec.target.name,
-        spec.target.embedding,
-        spec.target.store.model_dump(mode="json"),
-        state="building",
-        migration_id=spec.migration_id,
+    register_version(
+        catalog, spec.tenant, spec.collection, spec.target, "building", spec.migration_id
     )
     open_target(spec, source)
     adapter = None

@@ -11,7 +11,13 @@ from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.catalog.documents import Documents
 from vecmigrate.config import resolve_store
 from vecmigrate.errors import DataError, PreconditionError
-from vecmigrate.indexes.build import artifact_dir, build_native, build_shard, register_index
+from vecmigrate.indexes.build import (
+    artifact_dir,
+    build_native,
+    build_shard,
+    register_index,
+    register_version,
+)
 from vecmigrate.model.routing import RoutingView
 from vecmigrate.model.spec import VersionSpec, is_native
 from vecmigrate.records.sharding import hash_key, hash_shards
@@ -60,9 +66,10 @@ def seed_collection(
             f"{tenant}/{collection} already serves {routing.read_version!r}; "
             "seed a new collection name or migrate it instead"
         )
-    store_ref = resolve_store(version.store)
+    # The version as it is recorded: its store reference's locations made absolute.
+    version = version.model_copy(update={"store": resolve_store(version.store)})
     store = open_store(
-        store_ref, Scope(tenant, collection, version.name), version.embedding.dimension
+        version.store, Scope(tenant, collection, version.name), version.embedding.dimension
     )
     # Validate everything before the first write, so bad input leaves nothing behind.
     ids, vectors = check_vectors(ids, vectors, version.embedding.dimension, store.scope)
@@ -70,14 +77,7 @@ def seed_collection(
         texts = check_texts(texts)
         if len(texts) != len(ids):
             raise DataError(f"{len(ids)} records but {len(texts)} texts; pass one text per record")
-    catalog.register_version(
-        tenant,
-        collection,
-        version.name,
-        version.embedding,
-        store_ref.model_dump(mode="json"),
-        state="serving",
-    )
+    register_version(catalog, tenant, collection, version, "serving")
     n = int(ids.shape[0])
     documents = Documents(catalog)
     # Loaded in shard-key order: stores keep records clustered by it, and inserts in that order
@@ -91,7 +91,7 @@ def seed_collection(
             documents.put(tenant, collection, ids[rows], [texts[i] for i in rows])
         if on_progress:
             on_progress("load", stop, n)
-    directory = artifact_dir(store_ref, tenant, collection, version.name)
+    directory = artifact_dir(version.store, tenant, collection, version.name)
     artifacts = []
     if is_native(version.index):
         artifacts.append(build_native(store, version))

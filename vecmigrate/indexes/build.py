@@ -13,7 +13,7 @@ import numpy as np
 import psutil
 from pydantic import TypeAdapter
 
-from vecmigrate.catalog.catalog import Catalog, IndexVersionRecord
+from vecmigrate.catalog.catalog import Catalog, IndexVersionRecord, VersionRecord
 from vecmigrate.config import resolve_store
 from vecmigrate.errors import NotFoundError, PreconditionError
 from vecmigrate.indexes.artifacts import (
@@ -192,6 +192,27 @@ def index_version_id(
         "|".join(f"{a.shard}:{a.sha256}" for a in sorted(artifacts, key=lambda a: a.shard)).encode()
     ).hexdigest()
     return f"{tenant}/{collection}@{version}/{spec.kind}-{digest[:12]}"
+
+
+def register_version(
+    catalog: Catalog,
+    tenant: str,
+    collection: str,
+    version: VersionSpec,
+    state: str,
+    migration_id: str | None = None,
+) -> VersionRecord:
+    """Record ``version`` in the catalog in ``state``, with its embedding schema and its store
+    reference; an existing version is returned unchanged."""
+    return catalog.register_version(
+        tenant,
+        collection,
+        version.name,
+        version.embedding,
+        version.store.model_dump(mode="json"),
+        state=state,
+        migration_id=migration_id,
+    )
 
 
 def register_index(

@@ -36,6 +36,7 @@ from sqlalchemy import (
     Column,
     Engine,
     Index,
+    Insert,
     Integer,
     LargeBinary,
     MetaData,
@@ -83,6 +84,18 @@ namespaces = Table(
     Column("record_schema", Text),
     UniqueConstraint("tenant", "collection", "version"),
 )
+
+
+def new_namespace(scope: Scope, schema: RecordSchema) -> Insert:
+    """The row that creates ``scope``'s namespace for records of ``schema``."""
+    return namespaces.insert().values(
+        tenant=scope.tenant,
+        collection=scope.collection,
+        version=scope.version,
+        dimension=schema.primary.dimension,
+        record_schema=None if schema.is_plain else schema.model_dump_json(),
+    )
+
 
 vectors = Table(
     "vm_vectors",
@@ -227,15 +240,7 @@ class BuiltinStore(ScanningStore):
         if row is None and schema is not None:
             # A concurrent worker may create it first: the unique key decides, then re-read.
             with contextlib.suppress(IntegrityError), begin(engine) as conn:
-                conn.execute(
-                    namespaces.insert().values(
-                        tenant=scope.tenant,
-                        collection=scope.collection,
-                        version=scope.version,
-                        dimension=schema.primary.dimension,
-                        record_schema=None if schema.is_plain else schema.model_dump_json(),
-                    )
-                )
+                conn.execute(new_namespace(scope, schema))
             with engine.connect() as conn:
                 row = conn.execute(query).first()
         if row is None:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from vecmigrate.model.records import RecordSchema
-from vecmigrate.model.spec import ARTIFACT_INDEX_KINDS, IndexSpec, VersionSpec
+from vecmigrate.model.spec import ARTIFACT_INDEX_KINDS, IndexSpec, Metric, VersionSpec
 
 
 @dataclass(frozen=True)
@@ -15,11 +15,12 @@ class Capabilities:
     kind: str
     native_indexes: frozenset[str]
     max_dimension: int
-    # Native index kinds with a lower dimension cap than the store's vectors.
-    max_index_dimension: dict[str, int]
-    metrics: frozenset[str]
     scan_order: str
     transactions: bool
+    # Native index kinds with a lower dimension cap than the store's vectors.
+    max_index_dimension: dict[str, int] = field(default_factory=dict)
+    # The metrics its searches and indexes take (all of them unless it lacks one).
+    metrics: frozenset[str] = frozenset(m.value for m in Metric)
     # Most dimensions of a float16 vector (pgvector's halfvec), where lower than float32's.
     max_half_dimension: int | None = None
     # What each store keeps of a record beside its vectors (for ``plan`` and the docs).
@@ -86,8 +87,6 @@ CAPABILITIES: dict[str, Capabilities] = {
         kind="builtin",
         native_indexes=frozenset(),
         max_dimension=65536,
-        max_index_dimension={},
-        metrics=frozenset({"l2", "ip", "cosine"}),
         scan_order="(hash of id, id) or id, keyset",
         transactions=True,
         records="any id, float32/float16 vectors, any payload (kept as canonical JSON)",
@@ -103,7 +102,6 @@ CAPABILITIES: dict[str, Capabilities] = {
             "pgvector_hnsw:halfvec": 4000,
             "pgvector_ivfflat:halfvec": 4000,
         },
-        metrics=frozenset({"l2", "ip", "cosine"}),
         scan_order="(hash of id, id) or id, keyset; an adopted table by id",
         transactions=True,
         max_half_dimension=16000,
@@ -117,8 +115,6 @@ CAPABILITIES: dict[str, Capabilities] = {
             {"milvus_flat", "milvus_ivf_flat", "milvus_ivf_sq8", "milvus_ivf_pq"}
         ),
         max_dimension=32768,
-        max_index_dimension={},
-        metrics=frozenset({"l2", "ip", "cosine"}),
         scan_order="id within a shard's key range, keyset",
         transactions=False,
         stable_names="alias",
@@ -131,7 +127,6 @@ CAPABILITIES: dict[str, Capabilities] = {
         kind="qdrant",
         native_indexes=frozenset({"qdrant_hnsw"}),
         max_dimension=65536,
-        max_index_dimension={},
         # Cosine collections normalise what they store; use ip on normalised vectors.
         metrics=frozenset({"l2", "ip"}),
         scan_order="point id within a shard's key range, keyset",

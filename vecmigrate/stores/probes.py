@@ -30,6 +30,7 @@ from sqlalchemy.pool import NullPool
 
 from vecmigrate.config import resolve_store, sqlite_path
 from vecmigrate.errors import PreconditionError, VecmigrateError
+from vecmigrate.model.records import RecordSchema
 from vecmigrate.model.spec import (
     AnyStoreRef,
     BuiltinStoreRef,
@@ -166,18 +167,11 @@ def _builtin_writable(ref: AnyStoreRef, scope: Scope, version: VersionSpec) -> s
     url = _builtin_url(ref)
     path = sqlite_path(url)
     if path is None:
-        from vecmigrate.stores.builtin import metadata, namespaces
+        from vecmigrate.stores.builtin import metadata, new_namespace
 
         with _postgres(url) as conn, _rolled_back(conn):
             metadata.create_all(conn)
-            conn.execute(
-                namespaces.insert().values(
-                    tenant=scope.tenant,
-                    collection=scope.collection,
-                    version=scope.version,
-                    dimension=version.embedding.dimension,
-                )
-            )
+            conn.execute(new_namespace(scope, RecordSchema.plain(version.embedding.dimension)))
         return None
     if not path.exists():
         return creatable(path)
