@@ -576,7 +576,9 @@ class MigrationActivities:
 
             if inp.remove:
                 return capture.remove(spec, replay_first=inp.replay, on_progress=progress)
-            return capture.replay(spec, seconds=inp.seconds, on_progress=progress)
+            return capture.replay(
+                spec, seconds=inp.seconds, on_progress=progress, catalog=self.catalog
+            )
 
     @activity.defn(name="log_head")
     @_boundary

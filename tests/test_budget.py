@@ -8,15 +8,17 @@ import argparse
 import time
 from typing import Any
 
+import numpy as np
 import pytest
 from pydantic import ValidationError
 from rich.console import Console
 
 from tests.conftest import Sandbox
+from vecmigrate.catalog.changelog import UPSERT, ChangeLog
 from vecmigrate.catalog.journal import Journal
 from vecmigrate.catalog.latency import Latencies, LatencyReading
 from vecmigrate.control.report import status_tables
-from vecmigrate.data.backfill import copy_shard, open_source, prepare
+from vecmigrate.data.backfill import catch_up, copy_shard, open_source, open_target, prepare
 from vecmigrate.data.budget import PaceController, build_threads, limit_of, paced
 from vecmigrate.indexes.artifacts import build_index
 from vecmigrate.model.spec import LatencyBudget, Metric, MigrationSpec
@@ -180,6 +182,52 @@ def test_a_ratio_budget_takes_the_idle_p99_and_holds_pace_within_it(sandbox: San
     assert not state.throttled
     assert state.share == 1.0
     assert sum(sleeps) == 0
+
+
+def _caught_up(sandbox: Sandbox, **spec: Any) -> tuple[MigrationSpec, list[float]]:
+    """A copied target, 500 writes in the change log since, replayed 100 a batch."""
+    s, _, _ = _copy(sandbox, **spec)
+    log = ChangeLog(sandbox.catalog)
+    after = log.head("default", "docs")
+    vectors = np.random.default_rng(5).standard_normal((500, 16)).astype(np.float32)
+    for start in range(0, 500, 50):
+        ids = np.arange(10_000 + start, 10_000 + start + 50)
+        log.append("default", "docs", UPSERT, ids, vectors[start : start + 50])
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:  # real pauses (a batch's time each: short)
+        sleeps.append(seconds)
+        time.sleep(seconds)
+
+    result = catch_up(s, log, Journal(sandbox.catalog), after, seconds=60, batch=100, sleep=sleep)
+    assert result.drained
+    assert result.applied == 500
+    assert open_target(s).count() == 3500
+    return s, sleeps
+
+
+def test_the_catch_up_over_budget_pauses_between_batches(sandbox: Sandbox) -> None:
+    sandbox.seed(3000)
+    router, _ = _searched(sandbox)
+    try:
+        spec, sleeps = _caught_up(sandbox, budget={"max_search_p99_ms": 1e-6})
+    finally:
+        router.close()
+    assert len(sleeps) == 5  # after each of the 5 batches
+    assert all(s > 0 for s in sleeps)
+    state = Latencies(sandbox.catalog).budget(spec.migration_id)
+    assert state is not None
+    assert state.throttled
+
+
+def test_without_a_budget_the_catch_up_never_waits(sandbox: Sandbox) -> None:
+    sandbox.seed(3000)
+    router, _ = _searched(sandbox)
+    try:
+        _, sleeps = _caught_up(sandbox)
+    finally:
+        router.close()
+    assert sleeps == []
 
 
 def test_index_build_threads_follow_the_budget(sandbox: Sandbox) -> None:

@@ -20,6 +20,7 @@ from rich.console import Console
 from temporalio.client import Client
 
 from tests.conftest import Sandbox, postgres_database, running_worker, shadow_all, status_in
+from vecmigrate.catalog.latency import Latencies, LatencyReading
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.control.doctor import Finding
 from vecmigrate.control.doctor import _catalog as doctor_catalog
@@ -281,6 +282,39 @@ def test_the_trigger_captures_every_kind_of_write_and_replay_converges(
     capture.remove(spec, replay_first=False)  # idempotent
     with psycopg.connect(_pg(url), autocommit=True) as conn:
         conn.execute("UPDATE items SET title = 'after' WHERE id = 1")  # the application goes on
+
+
+def test_a_replay_under_a_latency_budget_pauses_between_batches(
+    postgres: Any, sandbox: Sandbox
+) -> None:
+    """The routers' p99 is over the spec's budget: the replay waits after each batch it has
+    committed (the copy's duty cycle), and still replays every change."""
+    url = postgres_database(postgres)
+    items_table(url, rows=300)
+    spec = items_spec(url, budget={"max_search_p99_ms": 1e-6})
+    reading = LatencyReading(p50_ms=1.0, p99_ms=3.0, count=100, at=time.time())
+    Latencies(sandbox.catalog).publish("a-router", spec.tenant, spec.collection, reading)
+    capture.install(spec)
+    with psycopg.connect(_pg(url), autocommit=True) as conn:
+        conn.execute("UPDATE items SET title = 'again' WHERE id < 250")
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        time.sleep(seconds)
+
+    done = capture.replay(spec, seconds=60, batch=50, catalog=sandbox.catalog, sleep=sleep)
+    assert (done.applied, done.lag, done.drained) == (250, 0, True)
+    assert len(sleeps) == 5  # after each batch of 50
+    assert all(s > 0 for s in sleeps)
+    state = Latencies(sandbox.catalog).budget(spec.migration_id)
+    assert state is not None
+    assert state.throttled
+    with psycopg.connect(_pg(url)) as conn:
+        again = conn.execute("SELECT count(*) FROM items_v2 WHERE title = 'again'").fetchone()
+    assert again == (250,)
+    capture.remove(spec, replay_first=False)
+    assert leftovers(url) == NOTHING
 
 
 def pgvector_engine(spec: MigrationSpec) -> Any:

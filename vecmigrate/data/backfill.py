@@ -738,6 +738,7 @@ def catch_up(
     seconds: float,
     batch: int = 10_000,
     on_progress: Callable[[int, int], None] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> CatchUpResult:
     """Replay the change log after ``after`` onto the target, for at most ``seconds``.
 
@@ -745,11 +746,13 @@ def catch_up(
     deletes are tombstones) and records how far it got in the journal, so a retry goes on from
     there. ``drained`` means a pass found nothing newer: from then on dual-write alone keeps the
     target current, and no replayed write can land after a newer one (why the phase waits for a
-    pass that finds the log's head rather than stopping at a small lag).
+    pass that finds the log's head rather than stopping at a small lag). Under a latency budget
+    it pauses between batches as the copy does (:class:`~vecmigrate.data.budget.BudgetPacer`).
     """
     began = time.monotonic()
     mid = spec.migration_id
     apply = _log_applier(journal.catalog, spec)
+    pacer = BudgetPacer(journal.catalog, spec)
     cursor = max(after, journal.catchup_position(mid))
     applied = 0
     while True:
@@ -766,6 +769,9 @@ def catch_up(
         if time.monotonic() - began > seconds:
             drained = False
             break
+        wait = pacer.pause(len(changes))
+        if wait > 0:
+            sleep(min(wait, seconds - (time.monotonic() - began)))
     return CatchUpResult(
         position=cursor,
         applied=applied,

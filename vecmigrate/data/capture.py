@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.data.backfill import (
     TargetView,
     open_source,
@@ -22,6 +23,7 @@ from vecmigrate.data.backfill import (
     target_limits,
     target_scope,
 )
+from vecmigrate.data.budget import BudgetPacer
 from vecmigrate.data.transforms import identity, make_transform
 from vecmigrate.errors import NotFoundError, PreconditionError
 from vecmigrate.model.records import IdKind
@@ -133,12 +135,25 @@ def replay(
     seconds: float,
     on_progress: Callable[[int], None] | None = None,
     batch: int = 1_000,
+    catalog: Catalog | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> CaptureResult:
     """Replay what was captured onto the target for at most ``seconds`` (see
     :func:`pgcapture.replay`), and, once the cut-over captures the target's writes too
-    (:func:`two_way`), those onto the source; idempotent."""
+    (:func:`two_way`), those onto the source; idempotent. With ``catalog``, under the spec's
+    latency budget, it pauses between batches as the copy does (once each batch's transaction
+    has committed: nothing is held while it waits)."""
     began = time.monotonic()
     source, target = _pair(spec)
+    pacer = BudgetPacer(catalog, spec)
+
+    def batch_done(applied: int) -> None:
+        if on_progress is not None:
+            on_progress(applied)
+        wait = pacer.pause(applied)
+        if wait > 0:
+            sleep(min(wait, max(0.0, seconds - (time.monotonic() - began))))
+
     counts = {"upserted": 0, "deleted": 0, "left_out": 0}
     applied, drained = 0, True
     sides = [(source, target, "")]
@@ -151,7 +166,7 @@ def replay(
             _applier(spec, frm, to, counts),
             seconds=max(1.0, seconds - (time.monotonic() - began)) if suffix else seconds,
             batch=batch,
-            on_batch=on_progress,
+            on_batch=batch_done,
             suffix=suffix,
         )
         applied, drained = applied + done.applied, drained and done.drained
