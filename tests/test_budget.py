@@ -25,6 +25,7 @@ from vecmigrate.model.spec import LatencyBudget, Metric, MigrationSpec
 from vecmigrate.model.status import MigrationStatus
 from vecmigrate.model.tasks import ShardRef
 from vecmigrate.serving.router import Router
+from vecmigrate.validation import reconcile
 
 
 def _at(t: float, p99: float, count: int = 100) -> LatencyReading:
@@ -228,6 +229,35 @@ def test_without_a_budget_the_catch_up_never_waits(sandbox: Sandbox) -> None:
     finally:
         router.close()
     assert sleeps == []
+
+
+def _reconciled(sandbox: Sandbox, **spec: Any) -> list[float]:
+    """The pauses of a reconcile of a copied shard (which finds nothing to repair)."""
+    sandbox.seed(3000)
+    router, _ = _searched(sandbox)
+    try:
+        s, shard, _ = _copy(sandbox, **spec)
+        sleeps: list[float] = []
+
+        def sleep(seconds: float) -> None:
+            sleeps.append(seconds)
+            time.sleep(seconds)
+
+        result = reconcile.for_migration(sandbox.catalog, s, sleep=sleep).shard(shard)
+    finally:
+        router.close()
+    assert result.found.total() == 0
+    return sleeps
+
+
+def test_the_reconcile_reads_pause_under_the_budget(sandbox: Sandbox) -> None:
+    sleeps = _reconciled(sandbox, budget={"max_search_p99_ms": 1e-6})
+    assert len(sleeps) == 60  # after each of 30 batches of 100 a side
+    assert all(s > 0 for s in sleeps)
+
+
+def test_without_a_budget_the_reconcile_never_waits(sandbox: Sandbox) -> None:
+    assert _reconciled(sandbox) == []
 
 
 def test_index_build_threads_follow_the_budget(sandbox: Sandbox) -> None:

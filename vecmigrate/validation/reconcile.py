@@ -29,6 +29,7 @@ import pyarrow as pa
 
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.data.backfill import TargetView, Throttle, open_source, target_scope
+from vecmigrate.data.budget import BudgetPacer
 from vecmigrate.model.gates import DIFF_KINDS, DiffCounts, ShardReconcile
 from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.model.tasks import ShardRef
@@ -133,7 +134,8 @@ class Reconciler:
     repair wrote or deleted that turns out written meanwhile is handed to ``settle`` (labels),
     which gives it its last write again: the repair's copy, read from the source a moment
     before, may have landed after that write. At most ``max_records_per_second`` records are
-    read per second (both sides counted).
+    read per second (both sides counted); a ``pacer`` (the spec's latency budget) adds the
+    copy's pauses between batches.
     """
 
     source: VectorStore
@@ -144,6 +146,7 @@ class Reconciler:
     max_records_per_second: float | None = None
     volatile: Callable[[], Ids] | None = None
     settle: Callable[[Ids], object] | None = None
+    pacer: BudgetPacer | None = None
     on_progress: Progress | None = None
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
@@ -180,6 +183,8 @@ class Reconciler:
                     }
                 )
             wait = self._throttle.delay(self.max_records_per_second, len(batch.records))
+            if self.pacer is not None:  # the latency budget's pause, if longer
+                wait = max(wait, self.pacer.pause(len(batch.records)))
             if wait > 0:
                 self.sleep(wait)
         return out, quarantined
@@ -313,6 +318,7 @@ def for_migration(
     source = source or open_source(spec)
     target = target or open_existing_target(spec)
     options.setdefault("batch_size", spec.batch_size)
+    options.setdefault("pacer", BudgetPacer(catalog, spec))
     return Reconciler(
         source,
         target,
