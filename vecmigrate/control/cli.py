@@ -85,6 +85,26 @@ def _operator() -> str:
         return "unknown"
 
 
+# The Temporal connection flags, each a field of TemporalSettings (its name is the flag's dest),
+# with its help; ``--tls`` is the one switch.
+_CONNECTION_FLAGS: dict[str, str] = {
+    "--address": "Temporal frontend host:port (default: the profile, $TEMPORAL_ADDRESS or "
+    "127.0.0.1:7233)",
+    "--namespace": "Temporal namespace (default: the profile)",
+    "--profile": "envconfig profile name",
+    "--config-file": "envconfig TOML file",
+    "--api-key": "API key as a secret reference: env:NAME or file:/path (default: the profile's, "
+    "or $VECMIGRATE_TEMPORAL_API_KEY)",
+    "--tls": "connect with TLS",
+    "--tls-ca": "CA certificate that signed the server's",
+    "--tls-cert": "client certificate (mutual TLS)",
+    "--tls-key": "client certificate's private key",
+    "--tls-server-name": "name the server's certificate has",
+    "--identity": "who you are to Temporal, recorded with every message you send (default: "
+    "$VECMIGRATE_IDENTITY, the client certificate's name, else user@host)",
+}
+
+
 def _connection(p: argparse.ArgumentParser) -> None:
     """How to reach Temporal; each flag overrides the Temporal CLI's profile (envconfig)."""
     g = p.add_argument_group(
@@ -92,48 +112,16 @@ def _connection(p: argparse.ArgumentParser) -> None:
         "defaults come from the Temporal CLI's profile (TEMPORAL_CONFIG_FILE, TEMPORAL_PROFILE) "
         "and TEMPORAL_* variables",
     )
-    g.add_argument(
-        "--address",
-        default=None,
-        help="Temporal frontend host:port (default: the profile, $TEMPORAL_ADDRESS or "
-        "127.0.0.1:7233)",
-    )
-    g.add_argument("--namespace", default=None, help="Temporal namespace (default: the profile)")
-    g.add_argument("--profile", default=None, help="envconfig profile name")
-    g.add_argument("--config-file", default=None, help="envconfig TOML file")
-    g.add_argument(
-        "--api-key",
-        default=None,
-        help="API key as a secret reference: env:NAME or file:/path (default: the profile's, "
-        "or $VECMIGRATE_TEMPORAL_API_KEY)",
-    )
-    g.add_argument("--tls", action="store_true", default=None, help="connect with TLS")
-    g.add_argument("--tls-ca", default=None, help="CA certificate that signed the server's")
-    g.add_argument("--tls-cert", default=None, help="client certificate (mutual TLS)")
-    g.add_argument("--tls-key", default=None, help="client certificate's private key")
-    g.add_argument("--tls-server-name", default=None, help="name the server's certificate has")
-    g.add_argument(
-        "--identity",
-        default=None,
-        help="who you are to Temporal, recorded with every message you send (default: "
-        "$VECMIGRATE_IDENTITY, the client certificate's name, else user@host)",
-    )
+    for flag, help_ in _CONNECTION_FLAGS.items():
+        if flag == "--tls":
+            g.add_argument(flag, action="store_true", default=None, help=help_)
+        else:
+            g.add_argument(flag, default=None, help=help_)
 
 
 def _settings(args: argparse.Namespace) -> TemporalSettings:
-    return TemporalSettings(
-        profile=args.profile,
-        config_file=args.config_file,
-        address=args.address,
-        namespace=args.namespace,
-        api_key=args.api_key,
-        tls=args.tls,
-        tls_ca=args.tls_ca,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        tls_server_name=args.tls_server_name,
-        identity=args.identity,
-    )
+    fields = (flag[2:].replace("-", "_") for flag in _CONNECTION_FLAGS)
+    return TemporalSettings(**{name: getattr(args, name) for name in fields})
 
 
 def _common(p: argparse.ArgumentParser) -> None:
