@@ -1,6 +1,6 @@
-"""Small SQL helpers the catalog's tables share: reading rows by column name (and into the
-dataclasses that mirror them), the where clause of a collection's rows, idempotent inserts and
-upserts, and creating or upgrading a table once per engine."""
+"""Small SQL helpers the catalog's tables share: reading rows by column name, the where clause
+of a collection's rows, idempotent inserts and upserts, and creating or upgrading a table once
+per engine."""
 
 from __future__ import annotations
 
