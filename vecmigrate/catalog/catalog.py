@@ -22,7 +22,7 @@ import hashlib
 import json
 import threading
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -49,11 +49,11 @@ from sqlalchemy.exc import IntegrityError
 
 from vecmigrate.catalog import sql
 from vecmigrate.catalog.anchors import AnchorFiles, anchor_root
-from vecmigrate.catalog.engines import begin, catalog_access, engine_for
+from vecmigrate.catalog.engines import begin, catalog_access, engine_for, once_per_engine
 from vecmigrate.errors import NotFoundError, PreconditionError, RoutingConflictError
 from vecmigrate.model.access import AccessPolicy, Role, RoleBinding
 from vecmigrate.model.routing import RoutingView
-from vecmigrate.model.spec import EmbeddingSchema, IndexSpec, MigrationSpec
+from vecmigrate.model.spec import EmbeddingSchema, IndexSpec, Metric, MigrationSpec
 from vecmigrate.security.keyring import LEDGER_MAC, KeyRing, environment_keyring
 
 metadata = MetaData()
@@ -81,6 +81,38 @@ def sequence_key(name: str) -> Column[int]:
     )
 
 
+def schema_shape_columns() -> tuple[Column[int], Column[str], Column[bool]]:
+    """The shape of the vectors an embedding schema describes: its dimension, metric and whether
+    they are normalised (beside the model's id and version)."""
+    return (
+        Column("dimension", Integer, nullable=False),
+        Column("metric", String(16), nullable=False),
+        Column("normalized", Boolean, nullable=False),
+    )
+
+
+def schema_values(schema: EmbeddingSchema) -> dict[str, Any]:
+    """An embedding schema's fields as the columns that store it hold them."""
+    return {
+        "model_id": schema.model_id,
+        "model_version": schema.model_version,
+        "dimension": schema.dimension,
+        "metric": str(schema.metric),
+        "normalized": schema.normalized,
+    }
+
+
+def schema_from_row(row: Mapping[Any, Any]) -> EmbeddingSchema:
+    """The embedding schema a row stores (the columns :func:`schema_values` fills)."""
+    return EmbeddingSchema(
+        model_id=row["model_id"],
+        model_version=row["model_version"],
+        dimension=row["dimension"],
+        metric=Metric(row["metric"]),
+        normalized=bool(row["normalized"]),
+    )
+
+
 collections = Table(
     "collections",
     metadata,
@@ -95,9 +127,7 @@ embedding_schemas = Table(
     Column("id", String(64), primary_key=True),
     Column("model_id", String(200), nullable=False),
     Column("model_version", String(64), nullable=False),
-    Column("dimension", Integer, nullable=False),
-    Column("metric", String(16), nullable=False),
-    Column("normalized", Boolean, nullable=False),
+    *schema_shape_columns(),
 )
 
 vector_versions = Table(
@@ -426,14 +456,7 @@ class Catalog:
         if known is None:
             sql.insert_ignoring_duplicate(
                 self.engine,
-                embedding_schemas.insert().values(
-                    id=sid,
-                    model_id=embedding.model_id,
-                    model_version=embedding.model_version,
-                    dimension=embedding.dimension,
-                    metric=str(embedding.metric),
-                    normalized=embedding.normalized,
-                ),
+                embedding_schemas.insert().values(id=sid, **schema_values(embedding)),
             )
         existing = self.find_version(tenant, collection, version)
         if existing is not None:
@@ -488,20 +511,8 @@ class Catalog:
         row = sql.first_row(self.engine, q)
         if row is None:
             return None
-        return VersionRecord(
-            tenant=row["tenant"],
-            collection=row["collection"],
-            version=row["version"],
-            embedding=EmbeddingSchema(
-                model_id=row["model_id"],
-                model_version=row["model_version"],
-                dimension=row["dimension"],
-                metric=row["metric"],
-                normalized=row["normalized"],
-            ),
-            store=dict(row["store"]),
-            state=row["state"],
-            migration_id=row["migration_id"],
+        return sql.record(
+            VersionRecord, row, embedding=schema_from_row(row), store=dict(row["store"])
         )
 
     def list_collections(self) -> list[tuple[str, str]]:
@@ -599,14 +610,8 @@ class Catalog:
         )
         if row is None:
             raise NotFoundError(f"index version {index_id!r} is not registered")
-        return IndexVersionRecord(
-            id=row["id"],
-            tenant=row["tenant"],
-            collection=row["collection"],
-            version=row["version"],
-            spec=dict(row["spec"]),
-            artifacts=list(row["artifacts"]),
-            checksum=row["checksum"],
+        return sql.record(
+            IndexVersionRecord, row, spec=dict(row["spec"]), artifacts=list(row["artifacts"])
         )
 
     # -- routing -----------------------------------------------------------------------------
@@ -1187,24 +1192,24 @@ class Catalog:
 
 
 def _entry(row: Any) -> LedgerEntry:
-    return LedgerEntry(
-        seq=row["seq"],
-        migration_id=row["migration_id"],
-        tenant=row["tenant"],
-        collection=row["collection"],
-        at=row["at"],
-        actor=row["actor"],
-        kind=row["kind"],
-        event_key=row["event_key"],
-        data=json.loads(row["data"]),
-        prev_hash=row["prev_hash"],
-        hash=row["hash"],
-        region=row.get("region"),
-        caller=row.get("caller"),
-        key_id=row.get("key_id"),
-        mac=row.get("mac"),
-    )
+    return sql.record(LedgerEntry, row, data=json.loads(row["data"]))
 
 
 def _describe(e: EmbeddingSchema) -> str:
     return f"{e.model_id}@{e.model_version} ({e.dimension}d, {e.metric})"
+
+
+class CatalogTables:
+    """Tables of a part of vecmigrate (the journal, the change log, the model registry) in a
+    catalog's database: :meth:`_create` makes or upgrades them once per engine, on first use."""
+
+    part: str = ""
+    """The part's name, what the engine remembers its tables by."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+        self.engine = catalog.engine
+        once_per_engine(self.engine, self.part, self._create)
+
+    def _create(self) -> None:
+        raise NotImplementedError

@@ -42,9 +42,16 @@ from sqlalchemy import (
 )
 
 from vecmigrate.catalog import sql
-from vecmigrate.catalog.catalog import Catalog, metadata, now, scope_columns, sequence_key
+from vecmigrate.catalog.catalog import (
+    Catalog,
+    CatalogTables,
+    metadata,
+    now,
+    scope_columns,
+    sequence_key,
+)
 from vecmigrate.catalog.documents import Documents, delete_texts, write_texts
-from vecmigrate.catalog.engines import begin, once_per_engine
+from vecmigrate.catalog.engines import begin
 from vecmigrate.errors import DataError
 from vecmigrate.records.vectors import Ids, Vectors
 
@@ -187,13 +194,14 @@ class Changes:
         return np.asarray(up_ids, np.int64), texts, np.asarray(gone, np.int64)
 
 
-class ChangeLog:
+class ChangeLog(CatalogTables):
     """The change log in a catalog's database."""
 
+    part = "change-log"
+
     def __init__(self, catalog: Catalog) -> None:
-        self.engine = catalog.engine
         Documents(catalog)
-        once_per_engine(self.engine, "change-log", self._create)
+        super().__init__(catalog)
 
     def _create(self) -> None:
         metadata.create_all(self.engine, tables=[changes, index_positions, index_compactions])

@@ -35,16 +35,24 @@ from sqlalchemy import (
 )
 
 from vecmigrate.catalog import sql
-from vecmigrate.catalog.catalog import Catalog, metadata, now
-from vecmigrate.catalog.engines import begin, once_per_engine
+from vecmigrate.catalog.catalog import CatalogTables, metadata, now
+from vecmigrate.catalog.engines import begin
 from vecmigrate.model.tasks import Cursor
 from vecmigrate.records.checksums import RecordChecksum
+
+
+def shard_key() -> tuple[Column[str], Column[int]]:
+    """The migration and shard a row is about: the primary key of the per-shard tables."""
+    return (
+        Column("migration_id", String(200), primary_key=True),
+        Column("shard", Integer, primary_key=True),
+    )
+
 
 shard_work = Table(
     "shard_work",
     metadata,
-    Column("migration_id", String(200), primary_key=True),
-    Column("shard", Integer, primary_key=True),
+    *shard_key(),
     # Resume point: the copy continues after (cursor_key, cursor_id); NULL means from the start.
     Column("cursor_key", BigInteger),
     Column("cursor_id", BigInteger),
@@ -84,8 +92,7 @@ controls = Table(
 gate_truths = Table(
     "gate_truths",
     metadata,
-    Column("migration_id", String(200), primary_key=True),
-    Column("shard", Integer, primary_key=True),
+    *shard_key(),
     Column("round", Integer, nullable=False),
     Column("queries_digest", String(64), nullable=False),
     Column("rows", Integer, nullable=False),
@@ -114,8 +121,7 @@ gate_samples = Table(
 shard_streams = Table(
     "shard_streams",
     metadata,
-    Column("migration_id", String(200), primary_key=True),
-    Column("shard", Integer, primary_key=True),
+    *shard_key(),
     Column("state", JSON, nullable=False),
     Column("distances", LargeBinary),
     Column("ids", LargeBinary),
@@ -158,13 +164,10 @@ class Control:
     max_vectors_per_second: float | None = None
 
 
-class Journal:
+class Journal(CatalogTables):
     """The shard journal and control rows in a catalog's database."""
 
-    def __init__(self, catalog: Catalog) -> None:
-        self.catalog = catalog
-        self.engine = catalog.engine
-        once_per_engine(self.engine, "journal", self._create)
+    part = "journal"
 
     def _create(self) -> None:
         metadata.create_all(

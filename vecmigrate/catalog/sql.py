@@ -5,13 +5,19 @@ per engine."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import fields
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import ColumnElement, Engine, RowMapping, Table, inspect, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import Executable
 
 from vecmigrate.catalog.engines import begin, once_per_engine
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+R = TypeVar("R", bound="DataclassInstance")
 
 
 def in_scope(table: Table, tenant: str, collection: str) -> ColumnElement[bool]:
@@ -29,6 +35,13 @@ def all_rows(engine: Engine, query: Executable) -> Sequence[RowMapping]:
     """Every row ``query`` reads, by column name."""
     with engine.connect() as conn:
         return conn.execute(query).mappings().all()
+
+
+def record(cls: type[R], row: Mapping[Any, Any], **given: Any) -> R:
+    """A dataclass from a row: each field from the column of its name, unless ``given`` (a
+    field whose column the row lacks, one an older catalog does not have, keeps its default)."""
+    values = {f.name: row[f.name] for f in fields(cls) if f.name in row}
+    return cls(**{**values, **given})
 
 
 def insert_ignoring_duplicate(engine: Engine, stmt: Executable) -> None:

@@ -56,29 +56,33 @@ def add_commands(sub: Any) -> dict[str, Command]:
     )
     p = sub.add_parser("keys", help="the key ring (rotation included) and API keys")
     ksub = p.add_subparsers(dest="keys_command", required=True)
-    ksub.add_parser(
-        "init", parents=[shared], help="create a key ring with one key (refuses to overwrite)"
+    # The key ring's commands, with the flags they share (those that re-wrap find artifacts).
+    ring = {
+        name: ksub.add_parser(name, parents=[parent], help=help_)
+        for name, parent, help_ in (
+            ("init", shared, "create a key ring with one key (refuses to overwrite)"),
+            ("list", shared, "the keys, which is active, and what each protects"),
+            (
+                "rotate",
+                artifacts,
+                "add a key and make it active; re-wrap the artifacts' data keys under it (the "
+                "data is not re-encrypted; migrations running meanwhile carry on)",
+            ),
+            ("rewrap", artifacts, "re-wrap every artifact's data key under the active key"),
+            (
+                "retire",
+                artifacts,
+                "remove a key no artifact uses any more (payloads it encrypted in Temporal "
+                "histories become unreadable)",
+            ),
+        )
+    }
+    ring["rotate"].add_argument(
+        "--no-rewrap", action="store_true", help="rotate only; re-wrap later"
     )
-    ksub.add_parser(
-        "list", parents=[shared], help="the keys, which is active, and what each protects"
+    ring["retire"].add_argument(
+        "key_id", help="the key to retire (as `vecmigrate keys list` names it)"
     )
-    k = ksub.add_parser(
-        "rotate",
-        parents=[artifacts],
-        help="add a key and make it active; re-wrap the artifacts' data keys under it (the "
-        "data is not re-encrypted; migrations running meanwhile carry on)",
-    )
-    k.add_argument("--no-rewrap", action="store_true", help="rotate only; re-wrap later")
-    ksub.add_parser(
-        "rewrap", parents=[artifacts], help="re-wrap every artifact's data key under the active key"
-    )
-    k = ksub.add_parser(
-        "retire",
-        parents=[artifacts],
-        help="remove a key no artifact uses any more (payloads it encrypted in Temporal "
-        "histories become unreadable)",
-    )
-    k.add_argument("key_id", help="the key to retire (as `vecmigrate keys list` names it)")
     k = ksub.add_parser("api-key", help="issue an API key for the gateway or codec server")
     k.add_argument("--credentials", required=True, help="the credentials file (created if new)")
     k.add_argument("--name", required=True, help="who or what the key is for")

