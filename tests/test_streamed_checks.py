@@ -5,7 +5,6 @@ against the store (a lost or changed record fails the gate); ``gates.deep`` read
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import random
 import time
 import uuid
@@ -17,11 +16,10 @@ import pyarrow as pa
 import pytest
 import yaml
 from temporalio.client import Client
-from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from tests.conftest import DIM, Sandbox, postgres_database, running_worker
-from tests.test_activities import KilledError, killed, task
+from tests.test_activities import copy_killed_at_heartbeat, copy_killed_in_write, retry, task
 from tests.test_backfill import poison
 from vecmigrate import validation
 from vecmigrate.activities.migration import MigrationActivities
@@ -135,42 +133,15 @@ def test_streamed_checks_equal_a_full_read_after_copies_killed_mid_shard(
 
     # Shard one: the worker "dies" at its fifth heartbeat, after the fifth batch was written
     # (the journal points at that batch's start: it is copied again on the resume).
-    beats: list[Any] = []
-
-    def die_at_five(*details: Any) -> None:
-        beats.append(details[0])
-        if len(beats) == 5:
-            raise KilledError()
-
-    env = ActivityEnvironment()
-    env.on_heartbeat = die_at_five
     inp = CopyShardInput(**task(acts, spec), shard=first)
-    with pytest.raises(ApplicationError) as died:
-        env.run(acts.copy_shard, inp)
-    assert killed(died)
-    resumed = ActivityEnvironment()
-    resumed.info = dataclasses.replace(resumed.info, attempt=2)
-    again = resumed.run(acts.copy_shard, inp)
+    copy_killed_at_heartbeat(acts, inp, 5)
+    again = retry().run(acts.copy_shard, inp)
     assert again.complete
     assert again.recopied == 100
 
     # Shard two: the target store fails inside its seventh write (before it commits).
-    store_type = type(open_target(spec))
-    real = store_type.write
-    calls = {"n": 0}
-
-    def dies_in_the_seventh(self: Any, records: Any) -> int:
-        calls["n"] += 1
-        if calls["n"] == 7:
-            raise KilledError()
-        return real(self, records)
-
-    monkeypatch.setattr(store_type, "write", dies_in_the_seventh)
     inp = CopyShardInput(**task(acts, spec), shard=second)
-    with pytest.raises(ApplicationError) as died:
-        ActivityEnvironment().run(acts.copy_shard, inp)
-    assert killed(died)
-    monkeypatch.setattr(store_type, "write", real)
+    copy_killed_in_write(monkeypatch, type(open_target(spec)), acts, inp)
     assert ActivityEnvironment().run(acts.copy_shard, inp).recopied == 100
     _copy(acts, spec, third)
 
@@ -282,22 +253,9 @@ def test_an_engine_collection_of_text_ids_and_payloads_streams_and_a_change_fail
     shards = prepare(sandbox.catalog, spec, "t").shards
     # Shard 0's copy "dies" at its second heartbeat and resumes from the journal's cursor,
     # with the sample's text ids kept beside it.
-    beats: list[Any] = []
-
-    def die_at_two(*details: Any) -> None:
-        beats.append(details[0])
-        if len(beats) == 2:
-            raise KilledError()
-
-    env = ActivityEnvironment()
-    env.on_heartbeat = die_at_two
     inp = CopyShardInput(**task(acts, spec), shard=shards[0])
-    with pytest.raises(ApplicationError) as died:
-        env.run(acts.copy_shard, inp)
-    assert killed(died)
-    resumed = ActivityEnvironment()
-    resumed.info = dataclasses.replace(resumed.info, attempt=2)
-    assert resumed.run(acts.copy_shard, inp).recopied == 100
+    copy_killed_at_heartbeat(acts, inp, 2)
+    assert retry().run(acts.copy_shard, inp).recopied == 100
     for s in shards[1:]:
         _copy(acts, spec, s)
     src, dst = open_source(spec), open_target(spec)
