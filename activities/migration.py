@@ -163,39 +163,28 @@ class MigrationActivities:
         # shard checks can share the cores (see ``cpu_share``).
         self.slots = slots
         self.region = region
-        self._catalog: Catalog | None = None
-        self._journal: Journal | None = None
         # The gate's query sample of each validation round, drawn once per worker: every shard
         # check of the round folds the same queries' exact search, and a stratified draw reads
         # a window of every shard holding a query (thousands of shards: once, not per shard).
         self._gate_queries: dict[tuple[str, str, int], validation.GateQueries] = {}
         self._gate_queries_lock = threading.Lock()
-        self._residency: Residency | None = None
-        self._specs: SpecStore | None = None
 
-    @property
+    # Made on first use, then kept: the catalog and what reads through it.
+    @functools.cached_property
     def catalog(self) -> Catalog:
-        if self._catalog is None:
-            self._catalog = Catalog(self.catalog_url)
-        return self._catalog
+        return Catalog(self.catalog_url)
 
-    @property
+    @functools.cached_property
     def residency(self) -> Residency:
-        if self._residency is None:
-            self._residency = Residency(self.catalog, self.region)
-        return self._residency
+        return Residency(self.catalog, self.region)
 
-    @property
+    @functools.cached_property
     def journal(self) -> Journal:
-        if self._journal is None:
-            self._journal = Journal(self.catalog)
-        return self._journal
+        return Journal(self.catalog)
 
-    @property
+    @functools.cached_property
     def specs(self) -> SpecStore:
-        if self._specs is None:
-            self._specs = SpecStore(self.catalog)
-        return self._specs
+        return SpecStore(self.catalog)
 
     def admit(self, name: str, inp: Any) -> None:
         """Record this run, or refuse it before it touches anything when it belongs to another

@@ -274,6 +274,35 @@ def regional_builtin_migration(
     return catalogs, spec
 
 
+def bar_chart(
+    labels: Sequence[str],
+    values: Sequence[float],
+    *,
+    value_label: str,
+    title: str,
+    figsize: tuple[float, float],
+    horizontal: bool = False,
+) -> Callable[[Path], None]:
+    """The ``plot`` for ``report`` of one series of bars, one at each of ``labels`` (rows of
+    horizontal bars with ``horizontal``), its value axis named ``value_label``."""
+
+    def plot(path: Path) -> None:
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=figsize)
+        if horizontal:
+            ax.barh(labels, values)
+            ax.set_xlabel(value_label)
+        else:
+            ax.bar(labels, values)
+            ax.set_ylabel(value_label)
+        ax.set_title(title)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+
+    return plot
+
+
 def paired_bars(
     ax: Any,
     labels: Sequence[str],

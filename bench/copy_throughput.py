@@ -36,6 +36,7 @@ import numpy as np
 
 from bench.common import (
     alternating,
+    bar_chart,
     report,
     scratch,
     sized_parser,
@@ -301,16 +302,6 @@ def main() -> None:
         )
     peers = [r["points_per_s"] for r in rows[2:]]
 
-    def plot(path: Path) -> None:
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(7, 3))
-        ax.barh([r["tool"] for r in rows], [r["points_per_s"] for r in rows])
-        ax.set_xlabel("points per second")
-        ax.set_title(f"copy of {n:,} x {args.dim} vectors")
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-
     summary = {
         "vecmigrate / raw SQLite": f"{raw / ours:.2f} (target >= 0.8)",
         "each pair": ", ".join(f"{w / o:.2f}" for o, w in zip(ours_runs, raw_runs, strict=True)),
@@ -323,7 +314,14 @@ def main() -> None:
         f"copy phase alone: {n:,} x {args.dim}",
         rows,
         summary,
-        plot,
+        bar_chart(
+            [r["tool"] for r in rows],
+            [r["points_per_s"] for r in rows],
+            value_label="points per second",
+            title=f"copy of {n:,} x {args.dim} vectors",
+            figsize=(7, 3),
+            horizontal=True,
+        ),
         out=args.out,
     )
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import report, scratch, sized_parser
+from bench.common import bar_chart, report, scratch, sized_parser
 from vecmigrate.testing.chaos import run_chaos
 
 
@@ -57,16 +57,6 @@ def main() -> None:
     ]
     per_kill = (faulty.seconds - clean.seconds) / max(1, faulty.kills)
 
-    def plot(path: Path) -> None:
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6, 3))
-        ax.bar([row["run"] for row in rows], [row["seconds"] for row in rows])
-        ax.set_ylabel("seconds")
-        ax.set_title(f"{args.vectors:,} vectors: {per_kill:.1f} s lost per kill")
-        fig.tight_layout()
-        fig.savefig(path, dpi=110)
-
     report(
         "resume_cost",
         f"resume cost: {args.vectors:,} x {args.dim}, batch {args.batch_size:,}",
@@ -77,7 +67,13 @@ def main() -> None:
             "met": faulty.max_recopied_per_retry <= args.batch_size and faulty.passed,
             "seconds lost per kill": f"{per_kill:.1f} (heartbeat timeout 3 s)",
         },
-        plot,
+        bar_chart(
+            [row["run"] for row in rows],
+            [row["seconds"] for row in rows],
+            value_label="seconds",
+            title=f"{args.vectors:,} vectors: {per_kill:.1f} s lost per kill",
+            figsize=(6, 3),
+        ),
         out=args.out,
     )
 

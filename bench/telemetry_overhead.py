@@ -38,7 +38,8 @@ import os
 import statistics
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -152,6 +153,24 @@ def seed_gateway(vectors: np.ndarray) -> str:
     return catalog.url
 
 
+@contextmanager
+def _requests_logged(on: bool) -> Iterator[None]:
+    """With ``on``, the gateway's request log at INFO, formatted as JSON into /dev/null (its
+    cost measured, its lines dropped) until the block ends."""
+    requests_log = logging.getLogger("vecmigrate.gateway.requests")
+    with open(os.devnull, "w") as devnull:
+        sink = logging.StreamHandler(devnull)
+        sink.setFormatter(JsonFormatter())
+        if on:
+            requests_log.addHandler(sink)
+            requests_log.setLevel(logging.INFO)
+        try:
+            yield
+        finally:
+            requests_log.removeHandler(sink)
+            requests_log.setLevel(logging.NOTSET)
+
+
 def gateway_run(
     catalog_url: str, queries: np.ndarray, on: bool, sampled: float | None = None
 ) -> tuple[float, float, float, int]:
@@ -159,35 +178,27 @@ def gateway_run(
     request (client and gateway: both run in this process), and the spans made (``sampled``:
     as for :func:`telemetry`)."""
     dropped = telemetry(on, sampled)
-    requests_log = logging.getLogger("vecmigrate.gateway.requests")
-    sink = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115 - closed below
-    sink.setFormatter(JsonFormatter())
-    if on:
-        requests_log.addHandler(sink)
-        requests_log.setLevel(logging.INFO)
-    gateway = Gateway(catalog_url, port=0, refresh=1.0).start()
-    host, port = gateway.server.sock.getsockname()[:2]
-    conn = http.client.HTTPConnection(str(host), int(port), timeout=30)
-    bodies = [json.dumps({"vector": q.tolist(), "k": 10}).encode() for q in queries]
-    headers = {"Content-Type": "application/json"}
-    times = []
-    cpu = time.process_time()
-    try:
-        for n, body in enumerate(bodies):
-            began = time.perf_counter()
-            conn.request("POST", "/v1/default/bench/search", body, headers)
-            response = conn.getresponse()
-            response.read()
-            if n >= len(bodies) // 10:  # the first tenth warms caches and connections
-                times.append((time.perf_counter() - began) * 1000)
-            if response.status != 200:
-                raise SystemExit(f"search failed: {response.status}")
-    finally:
-        conn.close()
-        gateway.stop()
-        requests_log.removeHandler(sink)
-        requests_log.setLevel(logging.NOTSET)
-        sink.stream.close()
+    with _requests_logged(on):
+        gateway = Gateway(catalog_url, port=0, refresh=1.0).start()
+        host, port = gateway.server.sock.getsockname()[:2]
+        conn = http.client.HTTPConnection(str(host), int(port), timeout=30)
+        bodies = [json.dumps({"vector": q.tolist(), "k": 10}).encode() for q in queries]
+        headers = {"Content-Type": "application/json"}
+        times = []
+        cpu = time.process_time()
+        try:
+            for n, body in enumerate(bodies):
+                began = time.perf_counter()
+                conn.request("POST", "/v1/default/bench/search", body, headers)
+                response = conn.getresponse()
+                response.read()
+                if n >= len(bodies) // 10:  # the first tenth warms caches and connections
+                    times.append((time.perf_counter() - began) * 1000)
+                if response.status != 200:
+                    raise SystemExit(f"search failed: {response.status}")
+        finally:
+            conn.close()
+            gateway.stop()
     cpu_us = (time.process_time() - cpu) / len(bodies) * 1e6
     spans = _finish(dropped)
     times.sort()
@@ -204,12 +215,6 @@ def telemetry_us(
     """CPU microseconds per request of the gateway's request telemetry (the middleware and
     the routing notes a search leaves) around an app that answers at once: best of 5."""
     dropped = telemetry(on, sampled)
-    requests_log = logging.getLogger("vecmigrate.gateway.requests")
-    sink = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115 - closed below
-    sink.setFormatter(JsonFormatter())
-    if on:
-        requests_log.addHandler(sink)
-        requests_log.setLevel(logging.INFO)
     router = Router(Catalog(catalog_url), refresh_seconds=60.0)
     noting = _RoutingNotes(router, current())
     version = router.routing("default", "bench").read_version
@@ -249,12 +254,10 @@ def telemetry_us(
         return (time.process_time() - began) / n * 1e6
 
     try:
-        best = min(asyncio.run(run(requests)) for _ in range(5))
+        with _requests_logged(on):
+            best = min(asyncio.run(run(requests)) for _ in range(5))
     finally:
         router.close()
-        requests_log.removeHandler(sink)
-        requests_log.setLevel(logging.NOTSET)
-        sink.stream.close()
         _finish(dropped)
     return best
 

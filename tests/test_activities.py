@@ -50,28 +50,66 @@ def killed(exc: pytest.ExceptionInfo[ApplicationError]) -> bool:
     return exc.value.type == "KilledError" and not exc.value.non_retryable
 
 
-def test_copy_killed_after_a_batch_resumes_from_the_journal(sandbox: Sandbox) -> None:
-    acts, spec, inp = _copy_input(sandbox)
-    shard = inp.shard
+def copy_killed_at_heartbeat(acts: MigrationActivities, inp: CopyShardInput, n: int) -> list[Any]:
+    """Run the copy of ``inp`` until its worker "dies" at its ``n``-th heartbeat (after the
+    ``n``-th batch was written); the details of the heartbeats it sent."""
     beats: list[Any] = []
 
-    def die_after_five(*details: Any) -> None:
+    def die_at_n(*details: Any) -> None:
         beats.append(details[0])
-        if len(beats) == 5:
+        if len(beats) == n:
             raise KilledError()
 
     env = ActivityEnvironment()
-    env.on_heartbeat = die_after_five
+    env.on_heartbeat = die_at_n
     with pytest.raises(ApplicationError) as died:
         env.run(acts.copy_shard, inp)
     assert killed(died)
+    return beats
+
+
+def copy_killed_in_write(
+    monkeypatch: pytest.MonkeyPatch,
+    store_type: type[Any],
+    acts: MigrationActivities,
+    inp: CopyShardInput,
+    n: int = 7,
+) -> None:
+    """Run the copy of ``inp`` until its target store's ``n``-th write "dies" inside the call,
+    before the write commits; the store's writes are real again afterwards."""
+    real = store_type.write
+    calls = {"n": 0}
+
+    def dies_in_the_nth(self: Any, records: Any) -> int:
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KilledError()  # before the transaction commits
+        return real(self, records)
+
+    monkeypatch.setattr(store_type, "write", dies_in_the_nth)
+    with pytest.raises(ApplicationError) as died:
+        ActivityEnvironment().run(acts.copy_shard, inp)
+    assert killed(died)
+    monkeypatch.setattr(store_type, "write", real)
+
+
+def retry() -> ActivityEnvironment:
+    """An environment running an activity's second attempt."""
+    env = ActivityEnvironment()
+    env.info = dataclasses.replace(env.info, attempt=2)
+    return env
+
+
+def test_copy_killed_after_a_batch_resumes_from_the_journal(sandbox: Sandbox) -> None:
+    acts, spec, inp = _copy_input(sandbox)
+    shard = inp.shard
+    beats = copy_killed_at_heartbeat(acts, inp, 5)
     assert beats[-1]["copied"] == 500
     assert open_target(spec).count() == 500
 
     # The retry gets no heartbeat details at all (Temporal may not have received the last
     # ones): the journal alone says where to go on.
-    resumed = ActivityEnvironment()
-    resumed.info = dataclasses.replace(resumed.info, attempt=2)
+    resumed = retry()
     later: list[Any] = []
     resumed.on_heartbeat = lambda *d: later.append(d[0])
     result = resumed.run(acts.copy_shard, inp)
@@ -92,20 +130,7 @@ def test_copy_killed_inside_a_write_loses_nothing_and_recopies_one_batch(
     from vecmigrate.stores.builtin import BuiltinStore
 
     acts, spec, inp = _copy_input(sandbox)
-    real = BuiltinStore.write
-    calls = {"n": 0}
-
-    def dies_in_the_seventh(self: BuiltinStore, records: Any) -> int:
-        calls["n"] += 1
-        if calls["n"] == 7:
-            raise KilledError()  # before the transaction commits
-        return real(self, records)
-
-    monkeypatch.setattr(BuiltinStore, "write", dies_in_the_seventh)
-    with pytest.raises(ApplicationError) as died:
-        ActivityEnvironment().run(acts.copy_shard, inp)
-    assert killed(died)
-    monkeypatch.setattr(BuiltinStore, "write", real)
+    copy_killed_in_write(monkeypatch, BuiltinStore, acts, inp)
     assert open_target(spec).count() == 600
     result = ActivityEnvironment().run(acts.copy_shard, inp)
     assert result.copied == 3000

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -23,7 +25,7 @@ from vecmigrate.data.budget import PaceController, build_threads, limit_of, pace
 from vecmigrate.indexes.artifacts import build_index
 from vecmigrate.model.spec import LatencyBudget, Metric, MigrationSpec
 from vecmigrate.model.status import MigrationStatus
-from vecmigrate.model.tasks import ShardRef
+from vecmigrate.records.sharding import plan_shards
 from vecmigrate.serving.router import Router
 from vecmigrate.validation import reconcile
 
@@ -89,50 +91,53 @@ def test_a_budget_needs_a_limit_and_old_specs_keep_their_hash(sandbox: Sandbox) 
     assert with_none.spec_hash() == spec.spec_hash()
 
 
-def _searched(sandbox: Sandbox, searches: int = 60) -> tuple[Router, LatencyReading]:
-    """Real searches through a router, and the summary it published for them."""
+@contextmanager
+def _searched(sandbox: Sandbox, searches: int = 60) -> Iterator[tuple[Router, LatencyReading]]:
+    """Real searches through a router, and the summary it published for them; the router is
+    closed when the block ends."""
     router = Router(sandbox.catalog, refresh_seconds=0.0)
-    queries = open_source(sandbox.spec()).sample(searches, seed=3)[1]
-    for q in queries:
-        router.search("default", "docs", q, 10)
-    assert router.latency.tick() == [("default", "docs")]
-    published = Latencies(sandbox.catalog).latest("default", "docs", 10.0)
-    assert published is not None
-    return router, published
-
-
-def test_the_router_publishes_its_search_latencies(sandbox: Sandbox) -> None:
-    sandbox.seed(2000)
-    router, published = _searched(sandbox, 60)
     try:
-        assert published.count == 60
-        assert 0 < published.p50_ms <= published.p99_ms
-        # A second with no searches publishes nothing; the window still holds the last one.
-        assert router.latency.tick() == []
+        queries = open_source(sandbox.spec()).sample(searches, seed=3)[1]
+        for q in queries:
+            router.search("default", "docs", q, 10)
+        assert router.latency.tick() == [("default", "docs")]
+        published = Latencies(sandbox.catalog).latest("default", "docs", 10.0)
+        assert published is not None
+        yield router, published
     finally:
         router.close()
 
 
-def _copy(sandbox: Sandbox, **spec: Any) -> tuple[MigrationSpec, ShardRef, list[float]]:
-    s = sandbox.spec(batch_size=100, shards={"count": 1}, **spec)
-    shard = prepare(sandbox.catalog, s, "t").shards[0]
-    sleeps: list[float] = []
-    result = copy_shard(s, shard, Journal(sandbox.catalog), None, sleeps.append, time.monotonic)
-    assert result.complete
-    assert result.copied == 3000
-    return s, shard, sleeps
+def test_the_router_publishes_its_search_latencies(sandbox: Sandbox) -> None:
+    sandbox.seed(2000)
+    with _searched(sandbox, 60) as (router, published):
+        assert published.count == 60
+        assert 0 < published.p50_ms <= published.p99_ms
+        # A second with no searches publishes nothing; the window still holds the last one.
+        assert router.latency.tick() == []
+
+
+def _copy_after_searches(
+    sandbox: Sandbox, **spec: Any
+) -> tuple[MigrationSpec, list[float], LatencyReading]:
+    """Seed 3000 vectors, publish a router's search latencies for them, then copy them under
+    ``spec``: the spec, the copy's pauses and the latencies published before it."""
+    sandbox.seed(3000)
+    with _searched(sandbox) as (_, published):
+        s = sandbox.spec(batch_size=100, shards={"count": 1}, **spec)
+        shard = prepare(sandbox.catalog, s, "t").shards[0]
+        sleeps: list[float] = []
+        result = copy_shard(s, shard, Journal(sandbox.catalog), None, sleeps.append, time.monotonic)
+        assert result.complete
+        assert result.copied == 3000
+    return s, sleeps, published
 
 
 def test_a_copy_over_budget_pauses_between_batches_and_status_says_so(
     sandbox: Sandbox,
 ) -> None:
-    sandbox.seed(3000)
-    router, published = _searched(sandbox)
-    try:
-        # Real searches take microseconds to milliseconds: a budget of a nanosecond is over.
-        spec, _, sleeps = _copy(sandbox, budget={"max_search_p99_ms": 1e-6})
-    finally:
-        router.close()
+    # Real searches take microseconds to milliseconds: a budget of a nanosecond is over.
+    spec, sleeps, published = _copy_after_searches(sandbox, budget={"max_search_p99_ms": 1e-6})
     assert sleeps
     assert sum(sleeps) > 0
     state = Latencies(sandbox.catalog).budget(spec.migration_id)
@@ -159,23 +164,13 @@ def test_a_copy_over_budget_pauses_between_batches_and_status_says_so(
 
 
 def test_without_a_budget_the_copy_never_waits(sandbox: Sandbox) -> None:
-    sandbox.seed(3000)
-    router, _ = _searched(sandbox)
-    try:
-        spec, _, sleeps = _copy(sandbox)
-    finally:
-        router.close()
+    spec, sleeps, _ = _copy_after_searches(sandbox)
     assert sleeps == []
     assert Latencies(sandbox.catalog).budget(spec.migration_id) is None
 
 
 def test_a_ratio_budget_takes_the_idle_p99_and_holds_pace_within_it(sandbox: Sandbox) -> None:
-    sandbox.seed(3000)
-    router, published = _searched(sandbox)
-    try:
-        spec, _, sleeps = _copy(sandbox, budget={"max_p99_ratio": 1.5})
-    finally:
-        router.close()
+    spec, sleeps, published = _copy_after_searches(sandbox, budget={"max_p99_ratio": 1.5})
     state = Latencies(sandbox.catalog).budget(spec.migration_id)
     assert state is not None
     assert state.limit_ms == pytest.approx(1.5 * published.p99_ms)
@@ -185,21 +180,27 @@ def test_a_ratio_budget_takes_the_idle_p99_and_holds_pace_within_it(sandbox: San
     assert sum(sleeps) == 0
 
 
+def _real_sleeps() -> tuple[list[float], Callable[[float], None]]:
+    """A sleep that waits for real (a batch's time each: short) and keeps what it was asked."""
+    sleeps: list[float] = []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        time.sleep(seconds)
+
+    return sleeps, sleep
+
+
 def _caught_up(sandbox: Sandbox, **spec: Any) -> tuple[MigrationSpec, list[float]]:
     """A copied target, 500 writes in the change log since, replayed 100 a batch."""
-    s, _, _ = _copy(sandbox, **spec)
+    s, _, _ = _copy_after_searches(sandbox, **spec)
     log = ChangeLog(sandbox.catalog)
     after = log.head("default", "docs")
     vectors = np.random.default_rng(5).standard_normal((500, 16)).astype(np.float32)
     for start in range(0, 500, 50):
         ids = np.arange(10_000 + start, 10_000 + start + 50)
         log.append("default", "docs", UPSERT, ids, vectors[start : start + 50])
-    sleeps: list[float] = []
-
-    def sleep(seconds: float) -> None:  # real pauses (a batch's time each: short)
-        sleeps.append(seconds)
-        time.sleep(seconds)
-
+    sleeps, sleep = _real_sleeps()
     result = catch_up(s, log, Journal(sandbox.catalog), after, seconds=60, batch=100, sleep=sleep)
     assert result.drained
     assert result.applied == 500
@@ -208,12 +209,7 @@ def _caught_up(sandbox: Sandbox, **spec: Any) -> tuple[MigrationSpec, list[float
 
 
 def test_the_catch_up_over_budget_pauses_between_batches(sandbox: Sandbox) -> None:
-    sandbox.seed(3000)
-    router, _ = _searched(sandbox)
-    try:
-        spec, sleeps = _caught_up(sandbox, budget={"max_search_p99_ms": 1e-6})
-    finally:
-        router.close()
+    spec, sleeps = _caught_up(sandbox, budget={"max_search_p99_ms": 1e-6})
     assert len(sleeps) == 5  # after each of the 5 batches
     assert all(s > 0 for s in sleeps)
     state = Latencies(sandbox.catalog).budget(spec.migration_id)
@@ -222,31 +218,15 @@ def test_the_catch_up_over_budget_pauses_between_batches(sandbox: Sandbox) -> No
 
 
 def test_without_a_budget_the_catch_up_never_waits(sandbox: Sandbox) -> None:
-    sandbox.seed(3000)
-    router, _ = _searched(sandbox)
-    try:
-        _, sleeps = _caught_up(sandbox)
-    finally:
-        router.close()
-    assert sleeps == []
+    assert _caught_up(sandbox)[1] == []
 
 
 def _reconciled(sandbox: Sandbox, **spec: Any) -> list[float]:
     """The pauses of a reconcile of a copied shard (which finds nothing to repair)."""
-    sandbox.seed(3000)
-    router, _ = _searched(sandbox)
-    try:
-        s, shard, _ = _copy(sandbox, **spec)
-        sleeps: list[float] = []
-
-        def sleep(seconds: float) -> None:
-            sleeps.append(seconds)
-            time.sleep(seconds)
-
-        result = reconcile.for_migration(sandbox.catalog, s, sleep=sleep).shard(shard)
-    finally:
-        router.close()
-    assert result.found.total() == 0
+    s, _, _ = _copy_after_searches(sandbox, **spec)
+    sleeps, sleep = _real_sleeps()
+    rec = reconcile.for_migration(sandbox.catalog, s, sleep=sleep)
+    assert rec.shard(plan_shards(s.shards)[0]).found.total() == 0
     return sleeps
 
 
@@ -262,35 +242,24 @@ def test_without_a_budget_the_reconcile_never_waits(sandbox: Sandbox) -> None:
 
 def test_index_build_threads_follow_the_budget(sandbox: Sandbox) -> None:
     sandbox.seed(3000)
-    router, _ = _searched(sandbox)
-    try:
+    with _searched(sandbox):
         over = sandbox.spec(budget={"max_search_p99_ms": 1e-6})
         assert build_threads(sandbox.catalog, over, 4) == 2  # halved by the reading over it
         plain = sandbox.spec()
         assert build_threads(sandbox.catalog, plain, 4) == 4
-    finally:
-        router.close()
 
 
 def test_an_index_build_over_budget_pauses_between_chunks(sandbox: Sandbox) -> None:
     sandbox.seed(3000)
-    router, _ = _searched(sandbox)
-    try:
+    with _searched(sandbox):
         spec = sandbox.spec(budget={"max_search_p99_ms": 1e-6})
         ids, vectors = open_source(spec).sample(3000, seed=1)
-        sleeps: list[float] = []
+        sleeps, sleep = _real_sleeps()
         seen: list[int] = []
-
-        def sleep(seconds: float) -> None:  # the pauses are real, a chunk's time each: short
-            sleeps.append(seconds)
-            time.sleep(seconds)
-
         progress = paced(sandbox.catalog, spec, lambda done, _: seen.append(done), sleep)
         index = build_index(
             spec.target.index, Metric.L2, ids, vectors, on_progress=progress, chunk=500
         )
-    finally:
-        router.close()
     assert index.get_current_count() == 3000
     assert seen == [500, 1000, 1500, 2000, 2500, 3000]
     assert len(sleeps) == 5  # between chunks, not after the last
@@ -301,12 +270,7 @@ def test_an_index_build_over_budget_pauses_between_chunks(sandbox: Sandbox) -> N
 def test_the_status_command_reads_the_budget_from_the_catalog(sandbox: Sandbox) -> None:
     from vecmigrate.control import cli
 
-    sandbox.seed(3000)
-    router, _ = _searched(sandbox)
-    try:
-        spec, _, _ = _copy(sandbox, budget={"max_search_p99_ms": 1e-6})
-    finally:
-        router.close()
+    spec, _, _ = _copy_after_searches(sandbox, budget={"max_search_p99_ms": 1e-6})
     args = argparse.Namespace(catalog=sandbox.catalog.url)
     state = cli._budget_state(args, spec.migration_id)
     assert state is not None

@@ -77,6 +77,15 @@ def online_spec(sandbox: Sandbox, **overrides: object):  # type: ignore[no-untyp
     return sandbox.spec(**data)
 
 
+def drill_load(gateway: Gateway, queries: np.ndarray, phase: dict[str, str]) -> LoadGenerator:
+    """The drill's clients on the gateway's default/docs: four of them at a rate of 40, each
+    request marked with ``phase["now"]``. At half that rate a loaded machine left a ramp step
+    with fewer shadow pairs than the gate asks for (9 of 10), which paused the migration."""
+    return LoadGenerator(
+        gateway.url, "default", "docs", queries, clients=4, rate=40, phase=lambda: phase["now"]
+    )
+
+
 async def test_online_migration_under_load_loses_no_write(client: Client, sandbox: Sandbox) -> None:
     sandbox.seed(10_000)
     spec = online_spec(sandbox)
@@ -84,9 +93,7 @@ async def test_online_migration_under_load_loses_no_write(client: Client, sandbo
     base = f"{gateway.url}/v1/default/docs"
     queries = open_source(spec).sample(200, seed=3)[1]
     phase = {"now": "BEFORE"}
-    load = LoadGenerator(
-        gateway.url, "default", "docs", queries, clients=4, rate=40, phase=lambda: phase["now"]
-    )
+    load = drill_load(gateway, queries, phase)
     try:
         # The gateway's own errors, before anything runs.
         status, body, _ = post(f"{base}/upsert", {"ids": [1], "vectors": [[1.0, 2.0]]})

@@ -10,7 +10,7 @@ import pytest
 from temporalio.client import Client
 
 from tests.conftest import Sandbox, running_worker
-from tests.test_online import online_spec
+from tests.test_online import drill_load, online_spec
 from vecmigrate.catalog.retention import RetentionLog
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.control.plan import plan_migration
@@ -130,15 +130,7 @@ async def test_an_online_promotion_under_load_loses_no_write(
                 target=sandbox.version("v1", IVF).model_dump(mode="json"),
             )
             queries = open_source(back).sample(200, seed=3)[1]
-            load = LoadGenerator(
-                gateway.url,
-                "default",
-                "docs",
-                queries,
-                clients=4,
-                rate=40,
-                phase=lambda: phase["now"],
-            )
+            load = drill_load(gateway, queries, phase)
             load.start()
             await asyncio.sleep(1.5)  # writes to v2 alone, which the retained v1 misses
             final = await run_drill(mc, back, lambda p: phase.update(now=p), operator="alice")

@@ -22,6 +22,7 @@ from tests.test_reconcile import DIM, N, corrupt
 from tests.test_reconcile import records as reconciled_records
 from tests.test_regions import ControlPlane, eu_spec_data, region_catalog, regional_until, store
 from vecmigrate.config import sqlite_url
+from vecmigrate.control.client import MigrationClient
 from vecmigrate.control.diff import run_region_diff
 from vecmigrate.data.datasets import clustered
 from vecmigrate.data.seed import seed_collection
@@ -378,13 +379,23 @@ def gated_spec(root: Path) -> MigrationSpec:
     )
 
 
+@contextlib.asynccontextmanager
+async def gated_migration(
+    client: Client, root: Path, diverged: bool
+) -> AsyncIterator[tuple[MigrationClient, str]]:
+    """Seed both regions (``diverged``: as for :func:`seed_two`) and start the divergence-gated
+    migration, with each region's workers and the control plane running until the block ends;
+    the client and the migration's id."""
+    seed_two(root, diverged=diverged)
+    spec = gated_spec(root)
+    async with region_workers(client, root), ControlPlane(client, root) as mc:
+        yield mc, await mc.start(spec, operator="alice")
+
+
 async def test_replicated_copies_that_agree_pass_the_gate_and_cut_over(
     client: Client, tmp_path: Path
 ) -> None:
-    seed_two(tmp_path, diverged=False)
-    spec = gated_spec(tmp_path)
-    async with region_workers(client, tmp_path), ControlPlane(client, tmp_path) as mc:
-        mid = await mc.start(spec, operator="alice")
+    async with gated_migration(client, tmp_path, diverged=False) as (mc, mid):
         final = await regional_until(
             mc, mid, lambda s: s.phase in (Phase.COMPLETED, Phase.ROLLED_BACK)
         )
@@ -421,10 +432,7 @@ def region_control(root: Path) -> Any:
 async def test_a_diverged_regions_copy_holds_the_cut_over_with_the_figures(
     client: Client, tmp_path: Path
 ) -> None:
-    seed_two(tmp_path, diverged=True)
-    spec = gated_spec(tmp_path)
-    async with region_workers(client, tmp_path), ControlPlane(client, tmp_path) as mc:
-        mid = await mc.start(spec, operator="alice")
+    async with gated_migration(client, tmp_path, diverged=True) as (mc, mid):
         held = await regional_until(mc, mid, lambda s: "diverge" in s.blocked_reason)
         assert all(s.ready for s in held.regions)
         assert held.cut_over == []

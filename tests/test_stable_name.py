@@ -25,10 +25,9 @@ from pymilvus import MilvusClient
 from sqlalchemy import create_engine
 from temporalio.client import Client
 
-from tests.conftest import Sandbox, postgres_database, running_worker, shadow_all, vecmigrate
-from tests.test_workflow import wait_for
+from tests.conftest import Sandbox, postgres_database, shadow_all, vecmigrate
+from tests.test_workflow import awaiting_cutover, started, wait_for
 from vecmigrate.catalog.engines import dispose_engines
-from vecmigrate.control.client import MigrationClient
 from vecmigrate.control.plan import plan_migration
 from vecmigrate.data import stablename
 from vecmigrate.data.backfill import open_source, open_target
@@ -211,6 +210,16 @@ def _psycopg(url: str) -> str:
     return url.replace("postgresql+psycopg://", "postgresql://", 1)
 
 
+def _relkinds(conn: psycopg.Connection[Any]) -> dict[str, str]:
+    """What the relations documents and documents_v1 are now ("r" a table, "v" a view)."""
+    return dict(
+        conn.execute(
+            "SELECT relname, relkind::text FROM pg_class "
+            "WHERE relname IN ('documents', 'documents_v1')"
+        ).fetchall()
+    )
+
+
 def test_a_postgres_view_switches_under_a_plain_sql_reader_with_no_failed_read(
     postgres: Any,
 ) -> None:
@@ -380,10 +389,7 @@ async def test_a_migration_switches_the_stable_name_and_a_rollback_after_cut_ove
         # A read every few milliseconds: the worker runs in this process too (Qdrant's local
         # mode allows one), and a reader that never yields would starve it.
         with hammering(read, pause=0.002) as reader:
-            async with running_worker(client, sandbox) as queue:
-                mc = MigrationClient(client, queue)
-                mid = await mc.start(spec)
-                await wait_for(mc, mid, lambda s: s.phase == Phase.AWAITING_CUTOVER, 180)
+            async with started(client, sandbox, spec, awaiting_cutover, 180) as (mc, mid, _):
                 target = open_target(spec)
                 physical["v2"] = str(getattr(target, "name", None) or getattr(target, "table", ""))
                 target.upsert(np.array([MARK]), clustered(1, sandbox.dim, 1, seed=5))
@@ -498,13 +504,7 @@ def test_plan_shows_the_preparation_of_a_table_applications_use_and_the_cli_does
     assert done.returncode == 0, done.stderr
     assert "view documents now points at documents_v1" in done.stdout
     with psycopg.connect(_psycopg(url), autocommit=True) as conn:
-        kinds = dict(
-            conn.execute(
-                "SELECT relname, relkind::text FROM pg_class "
-                "WHERE relname IN ('documents', 'documents_v1')"
-            ).fetchall()
-        )
-        assert kinds == {"documents": "v", "documents_v1": "r"}
+        assert _relkinds(conn) == {"documents": "v", "documents_v1": "r"}
         row = conn.execute("SELECT count(*), max(title) FROM documents").fetchone()
         assert row == (50, "doc 9")
         # Applications keep writing through the name: PostgreSQL writes through the view.
@@ -524,13 +524,7 @@ def test_plan_shows_the_preparation_of_a_table_applications_use_and_the_cli_does
     undone = vecmigrate("stable-name", "prepare", str(path), *catalog, "--undo")
     assert undone.returncode == 0, undone.stderr
     with psycopg.connect(_psycopg(url), autocommit=True) as conn:
-        kinds = dict(
-            conn.execute(
-                "SELECT relname, relkind::text FROM pg_class "
-                "WHERE relname IN ('documents', 'documents_v1')"
-            ).fetchall()
-        )
-        assert kinds == {"documents": "r"}
+        assert _relkinds(conn) == {"documents": "r"}
         assert conn.execute("SELECT count(*) FROM documents").fetchone() == (51,)
     prepared = [
         e for e in sandbox.catalog.entries("docs-stable") if e.kind == "stable_name.prepared"
@@ -602,10 +596,7 @@ async def test_an_online_rollback_after_cut_over_points_the_view_back_and_a_seco
     searcher.start()
     try:
         with hammering(read, pause=0.002) as reader:
-            async with running_worker(client, sandbox) as queue:
-                mc = MigrationClient(client, queue)
-                mid = await mc.start(spec)
-                await wait_for(mc, mid, lambda s: s.phase == Phase.AWAITING_CUTOVER, 180)
+            async with started(client, sandbox, spec, awaiting_cutover, 180) as (mc, mid, _):
                 open_target(spec).upsert(np.array([MARK]), clustered(1, sandbox.dim, 1, seed=5))
                 await mc.signal(mid, "approve_cutover", operator="dba")
                 await wait_for(mc, mid, lambda s: s.phase == Phase.BAKING, 60)

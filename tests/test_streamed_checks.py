@@ -5,7 +5,6 @@ against the store (a lost or changed record fails the gate); ``gates.deep`` read
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import random
 import time
 import uuid
@@ -17,11 +16,10 @@ import pyarrow as pa
 import pytest
 import yaml
 from temporalio.client import Client
-from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from tests.conftest import DIM, Sandbox, postgres_database, running_worker
-from tests.test_activities import KilledError, killed, task
+from tests.test_activities import copy_killed_at_heartbeat, copy_killed_in_write, retry, task
 from tests.test_backfill import poison
 from vecmigrate import validation
 from vecmigrate.activities.migration import MigrationActivities
@@ -108,6 +106,16 @@ def _copy(acts: MigrationActivities, spec: MigrationSpec, shard: ShardRef) -> No
     assert result.complete
 
 
+def _all_copied(
+    sandbox: Sandbox, target: dict[str, Any] | None = None, **gates: Any
+) -> tuple[MigrationActivities, MigrationSpec, list[ShardRef]]:
+    """As :func:`_copied`, with every shard then copied."""
+    acts, spec, shards = _copied(sandbox, target, **gates)
+    for s in shards:
+        _copy(acts, spec, s)
+    return acts, spec, shards
+
+
 def _check(acts: MigrationActivities, spec: MigrationSpec, shard: ShardRef) -> ShardCheck:
     inp = ValidateShardInput(**task(acts, spec), shard=shard, round=0)
     return ActivityEnvironment().run(acts.validate_shard, inp)
@@ -135,42 +143,15 @@ def test_streamed_checks_equal_a_full_read_after_copies_killed_mid_shard(
 
     # Shard one: the worker "dies" at its fifth heartbeat, after the fifth batch was written
     # (the journal points at that batch's start: it is copied again on the resume).
-    beats: list[Any] = []
-
-    def die_at_five(*details: Any) -> None:
-        beats.append(details[0])
-        if len(beats) == 5:
-            raise KilledError()
-
-    env = ActivityEnvironment()
-    env.on_heartbeat = die_at_five
     inp = CopyShardInput(**task(acts, spec), shard=first)
-    with pytest.raises(ApplicationError) as died:
-        env.run(acts.copy_shard, inp)
-    assert killed(died)
-    resumed = ActivityEnvironment()
-    resumed.info = dataclasses.replace(resumed.info, attempt=2)
-    again = resumed.run(acts.copy_shard, inp)
+    copy_killed_at_heartbeat(acts, inp, 5)
+    again = retry().run(acts.copy_shard, inp)
     assert again.complete
     assert again.recopied == 100
 
     # Shard two: the target store fails inside its seventh write (before it commits).
-    store_type = type(open_target(spec))
-    real = store_type.write
-    calls = {"n": 0}
-
-    def dies_in_the_seventh(self: Any, records: Any) -> int:
-        calls["n"] += 1
-        if calls["n"] == 7:
-            raise KilledError()
-        return real(self, records)
-
-    monkeypatch.setattr(store_type, "write", dies_in_the_seventh)
     inp = CopyShardInput(**task(acts, spec), shard=second)
-    with pytest.raises(ApplicationError) as died:
-        ActivityEnvironment().run(acts.copy_shard, inp)
-    assert killed(died)
-    monkeypatch.setattr(store_type, "write", real)
+    copy_killed_in_write(monkeypatch, type(open_target(spec)), acts, inp)
     assert ActivityEnvironment().run(acts.copy_shard, inp).recopied == 100
     _copy(acts, spec, third)
 
@@ -282,22 +263,9 @@ def test_an_engine_collection_of_text_ids_and_payloads_streams_and_a_change_fail
     shards = prepare(sandbox.catalog, spec, "t").shards
     # Shard 0's copy "dies" at its second heartbeat and resumes from the journal's cursor,
     # with the sample's text ids kept beside it.
-    beats: list[Any] = []
-
-    def die_at_two(*details: Any) -> None:
-        beats.append(details[0])
-        if len(beats) == 2:
-            raise KilledError()
-
-    env = ActivityEnvironment()
-    env.on_heartbeat = die_at_two
     inp = CopyShardInput(**task(acts, spec), shard=shards[0])
-    with pytest.raises(ApplicationError) as died:
-        env.run(acts.copy_shard, inp)
-    assert killed(died)
-    resumed = ActivityEnvironment()
-    resumed.info = dataclasses.replace(resumed.info, attempt=2)
-    assert resumed.run(acts.copy_shard, inp).recopied == 100
+    copy_killed_at_heartbeat(acts, inp, 2)
+    assert retry().run(acts.copy_shard, inp).recopied == 100
     for s in shards[1:]:
         _copy(acts, spec, s)
     src, dst = open_source(spec), open_target(spec)
@@ -435,9 +403,7 @@ def test_text_ids_qdrant_would_rename_are_quarantined_and_the_stream_holds(
 def test_a_target_record_lost_after_the_copy_fails_the_gate(
     sandbox: Sandbox, kind: str, request: pytest.FixtureRequest
 ) -> None:
-    acts, spec, shards = _copied(sandbox, _target(sandbox, kind, request))
-    for s in shards:
-        _copy(acts, spec, s)
+    acts, spec, shards = _all_copied(sandbox, _target(sandbox, kind, request))
     shard = shards[1]
     victim = int(next(iter(open_target(spec).iter_shard(shard, 10))).ids[3])
     open_target(spec).delete(np.array([victim], np.int64))
@@ -455,9 +421,7 @@ def test_a_target_record_lost_after_the_copy_fails_the_gate(
 def test_a_sampled_target_record_changed_after_the_copy_fails_the_gate(
     sandbox: Sandbox, kind: str, request: pytest.FixtureRequest
 ) -> None:
-    acts, spec, shards = _copied(sandbox, _target(sandbox, kind, request))
-    for s in shards:
-        _copy(acts, spec, s)
+    acts, spec, shards = _all_copied(sandbox, _target(sandbox, kind, request))
     shard = shards[2]
     row = acts.journal.stream(spec.migration_id, shard.index)
     assert row is not None
@@ -510,9 +474,7 @@ def test_changes_during_the_migration_send_their_shards_to_the_full_read(
 
 
 def test_deep_reads_both_versions_in_full_and_the_copy_keeps_no_stream(sandbox: Sandbox) -> None:
-    acts, spec, shards = _copied(sandbox, deep=True)
-    for s in shards:
-        _copy(acts, spec, s)
+    acts, spec, shards = _all_copied(sandbox, deep=True)
     assert acts.journal.stream(spec.migration_id, shards[0].index) is None
     assert stream.stored_queries(acts.journal, spec) is None
     checks = [_check(acts, spec, s) for s in shards]
@@ -523,9 +485,7 @@ def test_deep_reads_both_versions_in_full_and_the_copy_keeps_no_stream(sandbox: 
 def test_a_copy_from_before_streaming_is_read_in_full(sandbox: Sandbox) -> None:
     """A shard copied without a stream (a copy that began before this version) is checked by
     the full read, and says so."""
-    acts, spec, shards = _copied(sandbox)
-    for s in shards:
-        _copy(acts, spec, s)
+    acts, spec, shards = _all_copied(sandbox)
     acts.journal.drop_stream(spec.migration_id, shards[0].index)
     check = _check(acts, spec, shards[0])
     assert check.basis == "read: the copy kept no streamed figures for this shard"
@@ -602,9 +562,7 @@ async def test_a_worker_killed_mid_copy_resumes_the_stream_where_its_cursor_is(
 def test_a_source_record_removed_behind_the_log_and_a_later_round_read_in_full(
     sandbox: Sandbox,
 ) -> None:
-    acts, spec, shards = _copied(sandbox)
-    for s in shards:
-        _copy(acts, spec, s)
+    acts, spec, shards = _all_copied(sandbox)
     assert _check(acts, spec, shards[0]).basis == "streamed"
     # A validation round after a failed gate reads in full, whatever the stream holds.
     inp = ValidateShardInput(**task(acts, spec), shard=shards[0], round=1)
@@ -624,27 +582,17 @@ async def test_an_online_migration_with_writes_passes_reading_the_shards_they_to
     """Writes through the gateway during the whole window: the migration passes its gates, each
     shard's check either streamed or read in full because the writes touched it (and says so),
     and the checks' figures leave the written records out, as the full read always did."""
-    from tests.test_online import online_spec
+    from tests.test_online import drill_load, online_spec
     from vecmigrate.serving.gateway import Gateway
     from vecmigrate.testing.drill import run_drill
-    from vecmigrate.testing.loadgen import LoadGenerator, verify
+    from vecmigrate.testing.loadgen import verify
 
     sandbox.seed(6000)
     spec = online_spec(sandbox, shards={"count": 4})
     gateway = Gateway(sandbox.catalog.url, port=0, refresh=0.5).start()
     queries = open_source(spec).sample(100, seed=3)[1]
     phase = {"now": "BEFORE"}
-    load = LoadGenerator(
-        # The rate of test_online's drill: at half of it a loaded machine left a ramp step with
-        # fewer shadow pairs than the gate asks for (9 of 10), which paused the migration.
-        gateway.url,
-        "default",
-        "docs",
-        queries,
-        clients=4,
-        rate=40,
-        phase=lambda: phase["now"],
-    )
+    load = drill_load(gateway, queries, phase)
     try:
         load.start()
         async with running_worker(client, sandbox) as queue:

@@ -11,9 +11,9 @@ from __future__ import annotations
 import re
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, NamedTuple
 
 import faiss
 import numpy as np
@@ -38,7 +38,7 @@ from vecmigrate.model.spec import (
     parse_spec,
 )
 from vecmigrate.model.status import MigrationStatus
-from vecmigrate.model.tuning import CandidateFigures, choose
+from vecmigrate.model.tuning import CandidateFigures, TuningResult, choose
 from vecmigrate.serving.router import Router
 from vecmigrate.validation.tuning import TuningLog, measure
 
@@ -90,7 +90,6 @@ def serving(router: Router, queries: np.ndarray, rate: float = 150.0) -> Iterato
 
 def tuning_spec(
     sandbox: Sandbox,
-    source: dict[str, Any],
     target: dict[str, Any],
     tuning: dict[str, Any],
     target_store: dict[str, Any] | None = None,
@@ -98,7 +97,7 @@ def tuning_spec(
     return sandbox.spec(
         strategy="online",
         shards={"count": 2},
-        source=sandbox.version("v1", source).model_dump(mode="json"),
+        source=sandbox.version("v1", {"kind": "faiss_flat"}).model_dump(mode="json"),
         target=sandbox.version("v2", target, store=target_store).model_dump(mode="json"),
         gates={"min_recall": 0.8, "max_recall_drop": None, "sample_queries": 50},
         online={
@@ -116,21 +115,41 @@ def tuning_spec(
     )
 
 
-async def migrate(
-    client: Client, sandbox: Sandbox, spec: MigrationSpec, vectors: np.ndarray
-) -> tuple[MigrationStatus, Router]:
-    """Run ``spec`` with reads near ``vectors`` served by a router throughout; the final status
-    and the router (still open: the caller closes it)."""
+class Tuned(NamedTuple):
+    vectors: np.ndarray
+    spec: MigrationSpec
+    final: MigrationStatus
+    tuning: TuningResult
+    router: Router
+
+
+@asynccontextmanager
+async def tuned_migration(
+    client: Client,
+    sandbox: Sandbox,
+    target: dict[str, Any],
+    tuning: dict[str, Any],
+    target_store: dict[str, Any] | None = None,
+) -> AsyncIterator[Tuned]:
+    """Seed hard vectors under a flat index, migrate them online to ``target`` tuning
+    ``tuning`` with reads served by a router throughout, and yield the completed migration
+    with its tuning result and the router (closed when the block ends)."""
+    vectors = sandbox.seed(vectors=hard_vectors(), index={"kind": "faiss_flat"})
+    spec = tuning_spec(sandbox, target, tuning, target_store)
     router = Router(sandbox.catalog, refresh_seconds=0.2)
-    queries = live_queries(vectors)
-    with serving(router, queries) as answered:
-        async with running_worker(client, sandbox) as queue:
-            mc = MigrationClient(client, queue)
-            await mc.start(spec, operator="alice")
-            final = await mc.result(spec.migration_id, timeout=180)
-        time.sleep(0.5)  # reads after the cut-over
-    assert answered[-1] == "v2"
-    return final, router
+    try:
+        with serving(router, live_queries(vectors)) as answered:
+            async with running_worker(client, sandbox) as queue:
+                mc = MigrationClient(client, queue)
+                await mc.start(spec, operator="alice")
+                final = await mc.result(spec.migration_id, timeout=180)
+            time.sleep(0.5)  # reads after the cut-over
+        assert answered[-1] == "v2"
+        assert final.phase == Phase.COMPLETED, final.error
+        assert final.tuning is not None
+        yield Tuned(vectors, spec, final, final.tuning, router)
+    finally:
+        router.close()
 
 
 def frontier(status: MigrationStatus) -> dict[int, tuple[float, bool]]:
@@ -150,18 +169,12 @@ def frontier(status: MigrationStatus) -> dict[int, tuple[float, bool]]:
 async def test_hnswlib_tuning_picks_the_smallest_ef_meeting_recall_and_serves_it(
     client: Client, sandbox: Sandbox
 ) -> None:
-    vectors = sandbox.seed(vectors=hard_vectors(), index={"kind": "faiss_flat"})
-    spec = tuning_spec(
+    async with tuned_migration(
+        client,
         sandbox,
-        {"kind": "faiss_flat"},
         {"kind": "hnswlib_hnsw", "m": 4, "ef_construction": 16, "ef_search": 200},
         {"parameter": "ef_search", "candidates": [8, 16, 64, 200], "min_recall": 0.85},
-    )
-    final, router = await migrate(client, sandbox, spec, vectors)
-    try:
-        assert final.phase == Phase.COMPLETED, final.error
-        tuned = final.tuning
-        assert tuned is not None
+    ) as (vectors, spec, final, tuned, router):
         measured = frontier(final)
         # A low ef really misses: the chooser passed over candidates that failed the gate.
         assert not measured[8][1], measured
@@ -208,23 +221,15 @@ async def test_hnswlib_tuning_picks_the_smallest_ef_meeting_recall_and_serves_it
             assert all(s.native.ef == tuned.chosen for s in searcher.shards)
             if r is not router:
                 r.close()
-    finally:
-        router.close()
 
 
 async def test_faiss_ivf_tuning_picks_nprobe(client: Client, sandbox: Sandbox) -> None:
-    vectors = sandbox.seed(vectors=hard_vectors(), index={"kind": "faiss_flat"})
-    spec = tuning_spec(
+    async with tuned_migration(
+        client,
         sandbox,
-        {"kind": "faiss_flat"},
         {"kind": "faiss_ivf_flat", "nlist": 32, "nprobe": 32},
         {"parameter": "nprobe", "candidates": [1, 2, 8, 32], "min_recall": 0.8},
-    )
-    final, router = await migrate(client, sandbox, spec, vectors)
-    try:
-        assert final.phase == Phase.COMPLETED, final.error
-        tuned = final.tuning
-        assert tuned is not None
+    ) as (_, _, final, tuned, router):
         measured = frontier(final)
         assert not measured[1][1], measured  # one list of 32 misses most neighbours
         assert measured[32][0] == 1.0  # every list: the exact answer
@@ -239,26 +244,18 @@ async def test_faiss_ivf_tuning_picks_nprobe(client: Client, sandbox: Sandbox) -
         assert all(
             faiss.extract_index_ivf(s.native).nprobe == tuned.chosen for s in searcher.shards
         )
-    finally:
-        router.close()
 
 
 async def test_no_candidate_meeting_the_gates_keeps_the_index_own_value(
     client: Client, sandbox: Sandbox
 ) -> None:
-    vectors = sandbox.seed(vectors=hard_vectors(), index={"kind": "faiss_flat"})
-    spec = tuning_spec(
+    # The migration goes on with the index's own ef, which the shadow and ramp gates judged.
+    async with tuned_migration(
+        client,
         sandbox,
-        {"kind": "faiss_flat"},
         {"kind": "hnswlib_hnsw", "m": 4, "ef_construction": 16, "ef_search": 100},
         {"parameter": "ef_search", "candidates": [8, 16], "min_recall": 0.95},
-    )
-    final, router = await migrate(client, sandbox, spec, vectors)
-    try:
-        # The migration goes on with the index's own ef, which the shadow and ramp gates judged.
-        assert final.phase == Phase.COMPLETED, final.error
-        tuned = final.tuning
-        assert tuned is not None
+    ) as (_, spec, _, tuned, router):
         assert tuned.chosen is None
         assert tuned.serving == 100
         assert "no candidate met the gates" in tuned.reason
@@ -273,43 +270,35 @@ async def test_no_candidate_meeting_the_gates_keeps_the_index_own_value(
         searcher = router.searcher(tuned.index_id)
         assert isinstance(searcher, LiveIndex)
         assert searcher.search_params(("ef_search",)) == {"ef_search": 100}
-    finally:
-        router.close()
 
 
 async def test_pgvector_ivfflat_tuning_picks_probes(
     client: Client, sandbox: Sandbox, postgres: Any
 ) -> None:
-    vectors = sandbox.seed(vectors=hard_vectors(), index={"kind": "faiss_flat"})
     store = {"kind": "pgvector", "url": postgres_database(postgres)}
-    spec = tuning_spec(
-        sandbox,
-        {"kind": "faiss_flat"},
-        {"kind": "pgvector_ivfflat", "lists": 32, "probes": 32},
-        {"parameter": "probes", "candidates": [1, 2, 8, 32], "min_recall": 0.8},
-        target_store=store,
-    )
-    final, router = await migrate(client, sandbox, spec, vectors)
     try:
-        assert final.phase == Phase.COMPLETED, final.error
-        tuned = final.tuning
-        assert tuned is not None
-        measured = frontier(final)
-        assert not measured[1][1], measured  # one list of 32 misses most neighbours
-        assert tuned.chosen == min(v for v, (_, ok) in measured.items() if ok)
-        assert tuned.chosen in (2, 8, 32)
-        index_id = tuned.index_id
-        assert index_id is not None
-        # pgvector's own index, searched with the chosen ivfflat.probes after the cut-over.
-        searcher = router.searcher(index_id)
-        assert isinstance(searcher, NativeIndex)
-        assert isinstance(searcher.spec, PgvectorIvfflat)
-        assert searcher.spec.probes == tuned.chosen
-        served = router.search("default", "docs", vectors[:5], 1)
-        assert served.version == "v2"
-        assert served.ids[:, 0].tolist() == [1, 2, 3, 4, 5]
+        async with tuned_migration(
+            client,
+            sandbox,
+            {"kind": "pgvector_ivfflat", "lists": 32, "probes": 32},
+            {"parameter": "probes", "candidates": [1, 2, 8, 32], "min_recall": 0.8},
+            target_store=store,
+        ) as (vectors, _, final, tuned, router):
+            measured = frontier(final)
+            assert not measured[1][1], measured  # one list of 32 misses most neighbours
+            assert tuned.chosen == min(v for v, (_, ok) in measured.items() if ok)
+            assert tuned.chosen in (2, 8, 32)
+            index_id = tuned.index_id
+            assert index_id is not None
+            # pgvector's own index, searched with the chosen ivfflat.probes after the cut-over.
+            searcher = router.searcher(index_id)
+            assert isinstance(searcher, NativeIndex)
+            assert isinstance(searcher.spec, PgvectorIvfflat)
+            assert searcher.spec.probes == tuned.chosen
+            served = router.search("default", "docs", vectors[:5], 1)
+            assert served.version == "v2"
+            assert served.ids[:, 0].tolist() == [1, 2, 3, 4, 5]
     finally:
-        router.close()
         dispose_engines()
 
 

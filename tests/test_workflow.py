@@ -9,7 +9,7 @@ import os
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -42,6 +42,7 @@ from vecmigrate.model.lifecycle import (
     check_transition,
 )
 from vecmigrate.model.messages import RampRequest
+from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.model.status import MigrationStatus
 from vecmigrate.serving.router import Router
 
@@ -67,6 +68,30 @@ async def wait_for(
             raise AssertionError(f"condition not reached; paused by a gate: {last}")
         await asyncio.sleep(0.1)
     raise AssertionError(f"condition not reached; last status: {last}")
+
+
+def awaiting_cutover(status: MigrationStatus) -> bool:
+    return status.phase == Phase.AWAITING_CUTOVER
+
+
+def held_at_a_gate(status: MigrationStatus) -> bool:
+    return status.paused and status.gates is not None
+
+
+@contextlib.asynccontextmanager
+async def started(
+    client: Client,
+    sandbox: Sandbox,
+    spec: MigrationSpec,
+    ok: Callable[[MigrationStatus], bool],
+    timeout: float = 60.0,
+) -> AsyncIterator[tuple[MigrationClient, str, MigrationStatus]]:
+    """``spec``'s migration started on a worker that runs until the block ends, once its status
+    meets ``ok``: the client, the migration's id and that status."""
+    async with running_worker(client, sandbox) as queue:
+        mc = MigrationClient(client, queue)
+        mid = await mc.start(spec)
+        yield mc, mid, await wait_for(mc, mid, ok, timeout)
 
 
 def phases_entered(sandbox: Sandbox, mid: str) -> list[str]:
@@ -197,10 +222,7 @@ async def test_shards_are_built_while_the_next_ones_copy(client: Client, sandbox
 async def test_manual_cutover_waits_for_approval(client: Client, sandbox: Sandbox) -> None:
     sandbox.seed()
     spec = sandbox.spec(cutover={"mode": "manual", "bake_seconds": 0.2})
-    async with running_worker(client, sandbox) as queue:
-        mc = MigrationClient(client, queue)
-        mid = await mc.start(spec)
-        st = await wait_for(mc, mid, lambda s: s.phase == Phase.AWAITING_CUTOVER)
+    async with started(client, sandbox, spec, awaiting_cutover) as (mc, mid, st):
         assert st.blocked_reason == "waiting for approve_cutover"
         await asyncio.sleep(1.0)
         assert (await mc.status(mid)).phase == Phase.AWAITING_CUTOVER
@@ -225,10 +247,7 @@ async def test_rollback_at_phase(client: Client, sandbox: Sandbox, phase: Phase)
     # A long bake keeps BAKING observable; manual cut-over holds AWAITING_CUTOVER.
     mode = "automatic" if phase == Phase.BAKING else "manual"
     spec = sandbox.spec(cutover={"mode": mode, "bake_seconds": 3600}, batch_size=50)
-    async with running_worker(client, sandbox) as queue:
-        mc = MigrationClient(client, queue)
-        mid = await mc.start(spec)
-        await wait_for(mc, mid, lambda s: s.phase == phase)
+    async with started(client, sandbox, spec, lambda s: s.phase == phase) as (mc, mid, _):
         if phase == Phase.BAKING:
             assert sandbox.catalog.get_routing("default", "docs").read_version == "v2"
         await mc.signal(mid, "rollback", operator="carol", reason="p99 regression")
@@ -246,10 +265,7 @@ async def test_rollback_at_phase(client: Client, sandbox: Sandbox, phase: Phase)
 async def test_abort_leaves_routing(client: Client, sandbox: Sandbox) -> None:
     sandbox.seed()
     spec = sandbox.spec(cutover={"mode": "manual", "bake_seconds": 1})
-    async with running_worker(client, sandbox) as queue:
-        mc = MigrationClient(client, queue)
-        mid = await mc.start(spec)
-        await wait_for(mc, mid, lambda s: s.phase == Phase.AWAITING_CUTOVER)
+    async with started(client, sandbox, spec, awaiting_cutover) as (mc, mid, _):
         await mc.signal(mid, "abort", operator="dave", reason="wrong window")
         final = await mc.result(mid)
     assert final.phase == Phase.ABORTED
@@ -288,10 +304,7 @@ async def test_failed_gate_blocks_cutover(client: Client, sandbox: Sandbox) -> N
         gates={"min_recall": 0.999, "sample_queries": 50},
         cutover={"mode": "manual", "bake_seconds": 0.2},
     )
-    async with running_worker(client, sandbox) as queue:
-        mc = MigrationClient(client, queue)
-        mid = await mc.start(spec)
-        st = await wait_for(mc, mid, lambda s: s.paused and s.gates is not None)
+    async with started(client, sandbox, spec, held_at_a_gate) as (mc, mid, st):
         assert st.phase == Phase.VALIDATING
         assert "recall@10" in st.blocked_reason
         assert "cut-over is blocked" in st.blocked_reason
@@ -324,10 +337,7 @@ async def test_failed_gate_rolls_back_when_policy_says(client: Client, sandbox: 
 async def test_precondition_failure_pauses_with_reason(client: Client, sandbox: Sandbox) -> None:
     sandbox.seed()
     spec = sandbox.spec(collection="nope")
-    async with running_worker(client, sandbox) as queue:
-        mc = MigrationClient(client, queue)
-        mid = await mc.start(spec)
-        st = await wait_for(mc, mid, lambda s: s.paused)
+    async with started(client, sandbox, spec, lambda s: s.paused) as (mc, mid, st):
         assert st.phase == Phase.PREPARING
         assert "source version 'v1' of default/nope is not in the catalog" in st.error
         await mc.signal(mid, "abort", operator="gil")
@@ -346,7 +356,7 @@ async def test_vecmigrate_signal_commands(client: Client, sandbox: Sandbox) -> N
     async with running_worker(client, sandbox) as queue:
         mc = MigrationClient(client, queue)
         mid = await mc.start(spec)
-        await wait_for(mc, mid, lambda s: s.phase == Phase.AWAITING_CUTOVER)
+        await wait_for(mc, mid, awaiting_cutover)
         assert await mc.has_workers() is True
         done = await asyncio.to_thread(
             cli, address, queue, "pause", mid, "--operator", "ops", "--reason", "freeze"
@@ -411,7 +421,7 @@ async def test_an_early_approval_does_not_cut_over_and_status_says_why(
         assert "gates have not passed yet (BACKFILLING)" in ignored.note
         assert "preapprove=true" in ignored.note
         assert not st.cutover_approved
-        st = await wait_for(mc, mid, lambda s: s.phase == Phase.AWAITING_CUTOVER)
+        st = await wait_for(mc, mid, awaiting_cutover)
         await asyncio.sleep(1.0)
         st = await mc.status(mid)
         assert st.phase == Phase.AWAITING_CUTOVER
@@ -461,7 +471,7 @@ async def test_gates_an_operator_can_act_on(client: Client, sandbox: Sandbox) ->
     async with running_worker(client, sandbox) as queue:
         mc = MigrationClient(client, queue)
         mid = await mc.start(spec)
-        st = await wait_for(mc, mid, lambda s: s.paused and s.gates is not None)
+        st = await wait_for(mc, mid, held_at_a_gate)
         assert st.phase == Phase.VALIDATING
         assert any(r.startswith("recall@10 is ") and "set_gate" in r for r in st.remedies)
         validations = len([e for e in sandbox.catalog.entries(mid) if e.kind == "gate"])
@@ -498,7 +508,7 @@ async def test_gates_an_operator_can_act_on(client: Client, sandbox: Sandbox) ->
         assert st.gates.passed
         assert st.pause_reason == "the gate passes with the adjustments: resume to go on"
         await mc.signal(mid, "resume", operator="gina")
-        await wait_for(mc, mid, lambda s: s.phase == Phase.AWAITING_CUTOVER)
+        await wait_for(mc, mid, awaiting_cutover)
         await mc.signal(mid, "approve_cutover", operator="gina")
         final = await mc.result(mid)
     assert final.phase == Phase.COMPLETED
@@ -559,7 +569,7 @@ async def test_a_rolled_back_and_an_aborted_migration_are_told_apart_in_the_list
                 cutover={"mode": "manual", "bake_seconds": 0.2},
             )
             mid = await mc.start(spec)
-            await wait_for(mc, mid, lambda s: s.phase == Phase.AWAITING_CUTOVER)
+            await wait_for(mc, mid, awaiting_cutover)
             await mc.signal(mid, signal, operator="hal", reason=f"{outcome} on purpose")
             ids[outcome] = mid
             final = await mc.result(mid)

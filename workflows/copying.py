@@ -15,8 +15,8 @@ from temporalio import workflow
 from vecmigrate.workflows.core import MigrationCore
 
 with workflow.unsafe.imports_passed_through():
-    from vecmigrate.model.lifecycle import Message, Phase, Ruling
-    from vecmigrate.model.messages import OperatorMessage, ThrottleRequest
+    from vecmigrate.model.lifecycle import Message, Phase
+    from vecmigrate.model.messages import ThrottleRequest
     from vecmigrate.model.spec import is_native
     from vecmigrate.model.status import MigrationInput
     from vecmigrate.model.tasks import (
@@ -40,10 +40,10 @@ class Copying(MigrationCore):
         """
         request = ThrottleRequest.of(req)
         self._status.max_vectors_per_second = request.max_vectors_per_second
-        await self._note(
+        await self._note_update(
             Message.SET_THROTTLE,
-            OperatorMessage(operator=request.operator, reason=request.reason),
-            Ruling(True),
+            request.operator,
+            request.reason,
             {"max_vectors_per_second": request.max_vectors_per_second},
         )
         await self._sync_control()

@@ -15,8 +15,8 @@ from vecmigrate.workflows.validating import Validating
 
 with workflow.unsafe.imports_passed_through():
     from vecmigrate.model.gates import ShadowFigures, remedies, shadow_verdicts
-    from vecmigrate.model.lifecycle import Message, Ruling
-    from vecmigrate.model.messages import OperatorMessage, RampRequest
+    from vecmigrate.model.lifecycle import Message
+    from vecmigrate.model.messages import RampRequest
     from vecmigrate.model.status import MigrationInput
     from vecmigrate.model.tasks import ShadowInput, ShadowResult
     from vecmigrate.model.tuning import TuningInput, TuningResult
@@ -38,11 +38,8 @@ class Shadowing(Validating):
         old version. 100 is the cut-over: approve it instead.
         """
         self._status.ramp_percent = req.percent
-        await self._note(
-            Message.SET_RAMP,
-            OperatorMessage(operator=req.operator, reason=req.reason),
-            Ruling(True),
-            {"percent": req.percent},
+        await self._note_update(
+            Message.SET_RAMP, req.operator, req.reason, {"percent": req.percent}
         )
         await self._route_candidate(req.operator, f"ramp set to {req.percent}% by {req.operator}")
         return self._status.ramp_percent

@@ -139,6 +139,15 @@ class OperatorSignals:
             data["note"] = ruling.reason
         await self._record("operator", msg.operator, data, caller=caller())
 
+    async def _note_update(
+        self, message: Message, operator: str, reason: str, extra: dict[str, Any]
+    ) -> None:
+        """Keep an operator's update (applied as asked: its validator refuses what it cannot
+        apply) in the status and the ledger, with ``extra`` saying what it set."""
+        await self._note(
+            message, OperatorMessage(operator=operator, reason=reason), Ruling(True), extra
+        )
+
     def _access(self, action: str) -> Ruling | None:
         """A refusal when the sender may not send ``action`` here (None: it may).
 

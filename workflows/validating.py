@@ -25,7 +25,7 @@ with workflow.unsafe.imports_passed_through():
         adjust,
         remedies,
     )
-    from vecmigrate.model.lifecycle import Message, Phase, Ruling
+    from vecmigrate.model.lifecycle import Message, Phase
     from vecmigrate.model.messages import GateRequest, Interrupt, OperatorMessage
     from vecmigrate.model.status import MigrationInput
     from vecmigrate.model.tasks import (
@@ -57,10 +57,10 @@ class Validating(MigrationCore):
         )
         self._status.gate_adjustments.append(adjustment)
         failing = self._judge_again()
-        await self._note(
+        await self._note_update(
             Message.SET_GATE,
-            OperatorMessage(operator=req.operator, reason=req.reason),
-            Ruling(True),
+            req.operator,
+            req.reason,
             {"gate": req.gate, "threshold": req.threshold, "override": req.override},
         )
         return failing
