@@ -427,13 +427,14 @@ class MigrationActivities:
     def reconcile_shard(self, inp: ReconcileShardInput) -> ShardReconcile:
         """Compare one shard of the source and the target record by record, repair what
         differs and compare it again. Records written while it runs are left out: those the
-        change log names (dual-write and catch-up account for them) and those written to the
+        change log names from a minute before it began (dual-write and catch-up account for
+        them; see ``reconcile.volatile_mark``) and those written to the
         source with plain SQL whose capture is not replayed yet (the next replay brings them).
         It heartbeats where it stands; a retry compares the shard again from its start (a
         repair written twice is the same)."""
         spec = self.spec(inp)
         log = ChangeLog(self.catalog)
-        after = log.head(spec.tenant, spec.collection)
+        after = reconcile.volatile_mark(log, spec.tenant, spec.collection)
 
         def volatile() -> Ids:
             logged = log.changed_ids(spec.tenant, spec.collection, after)

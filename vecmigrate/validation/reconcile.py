@@ -22,12 +22,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from vecmigrate.catalog.catalog import Catalog
+from vecmigrate.catalog.catalog import Catalog, now
+from vecmigrate.catalog.changelog import ChangeLog
 from vecmigrate.data.backfill import TargetView, Throttle, open_source, target_scope
 from vecmigrate.data.budget import BudgetPacer
 from vecmigrate.model.gates import DIFF_KINDS, DiffCounts, ShardReconcile
@@ -39,6 +41,22 @@ from vecmigrate.records.ids import id_array, labels
 from vecmigrate.records.screening import screen
 from vecmigrate.records.vectors import Ids
 from vecmigrate.stores import VectorStore, open_store
+
+# The router logs a write, then makes it in each version, one after the other: the change log's
+# head when a pass starts can name a write not yet in both stores (the source read without it,
+# the target with it, the pass would call the record extra and the repair delete it). Writes
+# logged this long before a pass are counted as made during it (left out, like the later ones);
+# the router makes its stores' writes within milliseconds of the entry.
+WRITE_GRACE_SECONDS = 60.0
+
+
+def volatile_mark(
+    log: ChangeLog, tenant: str, collection: str, grace: float = WRITE_GRACE_SECONDS
+) -> int:
+    """The change-log position after which a pass starting now counts records as written
+    during it: the newest entry logged more than ``grace`` seconds ago."""
+    return log.head(tenant, collection, before=now() - timedelta(seconds=grace))
+
 
 # Called after every batch read with where the pass stands: the shard, the pass (1 or 2), the
 # side and the records read so far (the activity heartbeats it).
@@ -334,4 +352,11 @@ def vectors_comparable(model_change: bool) -> bool:
     return not model_change
 
 
-__all__ = ["Reconciler", "ShardDiff", "for_migration", "open_existing_target", "vectors_comparable"]
+__all__ = [
+    "Reconciler",
+    "ShardDiff",
+    "for_migration",
+    "open_existing_target",
+    "vectors_comparable",
+    "volatile_mark",
+]
