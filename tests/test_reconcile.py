@@ -194,6 +194,26 @@ def test_reconcile_finds_and_repairs_a_corrupted_target_then_finds_nothing(
     assert target.fetch_records(pa.array([10_000], pa.int64())).labels.size == 0
 
 
+def under_writes(
+    catalog: Catalog,
+    spec: MigrationSpec,
+    source: VectorStore,
+    target: VectorStore,
+    log: ChangeLog,
+    after: int,
+) -> Reconciler:
+    """A reconciler as the gate runs one while the router writes: the records the change log
+    names after ``after`` are left out, and those the repair touched are settled from it."""
+    return for_migration(
+        catalog,
+        spec,
+        source,
+        target,
+        volatile=lambda: log.changed_ids(spec.tenant, spec.collection, after),
+        settle=lambda ids: settle_from_log(catalog, spec, log, after, ids),
+    )
+
+
 def test_a_write_the_router_makes_during_the_repair_keeps_its_last_state(
     tmp_path: Path, catalog: Catalog, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -221,14 +241,7 @@ def test_a_write_the_router_makes_during_the_repair_keeps_its_last_state(
         return got
 
     monkeypatch.setattr(source, "fetch_records", router_writes_meanwhile)
-    rec = for_migration(
-        catalog,
-        spec,
-        source,
-        target,
-        volatile=lambda: log.changed_ids(spec.tenant, spec.collection, after),
-        settle=lambda ids: settle_from_log(catalog, spec, log, after, ids),
-    )
+    rec = under_writes(catalog, spec, source, target, log, after)
     report = run(rec, spec, repair=True)
     assert report.passed, report.line()
     assert report.found == DiffCounts(missing=1, extra=1, vector=1, payload=1)
@@ -264,14 +277,7 @@ def test_a_write_logged_before_the_pass_and_made_during_it_is_left_out(
                 store.upsert(np.array([20_000]), vector)
 
     monkeypatch.setattr(source, "iter_shard", written_after_the_source_is_read)
-    rec = for_migration(
-        catalog,
-        spec,
-        source,
-        target,
-        volatile=lambda: log.changed_ids(spec.tenant, spec.collection, after),
-        settle=lambda ids: settle_from_log(catalog, spec, log, after, ids),
-    )
+    rec = under_writes(catalog, spec, source, target, log, after)
     result = rec.shard(plan_shards(spec.shards)[0])
     kept = target.fetch_records(pa.array([20_000], pa.int64())).labels.size
     if grace:
