@@ -150,3 +150,8 @@ def queries_for_half_width(half_width: float, confidence: float = CONFIDENCE) ->
     the figure (the worst case, a proportion of one half with one trial a query)."""
     z = _z(confidence)
     return math.ceil(z * z * 0.25 / (half_width * half_width))
+
+
+def rounded(bounds: tuple[float, float] | None, digits: int = 4) -> tuple[float, float] | None:
+    """An interval's bounds rounded for a report (None stays None)."""
+    return None if bounds is None else (round(bounds[0], digits), round(bounds[1], digits))

@@ -38,6 +38,7 @@ from vecmigrate.validation.intervals import (
     paired_difference_interval,
     quantile_interval,
     ratio_interval,
+    rounded,
 )
 from vecmigrate.validation.options import read_options
 from vecmigrate.validation.profile import profile_shard, scan_shard
@@ -312,7 +313,7 @@ def measure(
             change = paired_difference_interval(new_scores, old_scores)
             if change is not None:
                 fig.recall_change = round(change[0], 4)
-                fig.recall_change_ci = _rounded(change[1])
+                fig.recall_change_ci = rounded(change[1])
     if sides:
         timed = paired_latency(list(sides.values()), q.ask, g.latency_queries)
         latency_figures(fig, dict(zip(sides, timed, strict=True)), g.seed)
@@ -361,17 +362,13 @@ def _union(a: Ids | None, b: Ids | None) -> Ids | None:
     return np.union1d(a, b)
 
 
-def _rounded(bounds: tuple[float, float], digits: int = 4) -> tuple[float, float]:
-    return (round(bounds[0], digits), round(bounds[1], digits))
-
-
 def _mean(scores: Scores, k: int) -> tuple[float, tuple[float, float] | None]:
     """A mean per-query score (recall, overlap) and its interval, rounded for the report."""
     kept = scores[~np.isnan(scores)]
     bounds = mean_score_interval(kept, k)
     return (
         round(float(kept.mean()), 4) if len(kept) else 0.0,
-        None if bounds is None else _rounded(bounds),
+        rounded(bounds),
     )
 
 
@@ -384,11 +381,11 @@ def latency_figures(fig: RetrievalFigures, millis: dict[str, Scores], seed: int)
         for q in (50, 99):
             setattr(fig, f"p{q}_ms_{side}", round(float(np.percentile(ms, q)), 3))
             bounds = quantile_interval(ms, q / 100)
-            setattr(fig, f"p{q}_ms_{side}_ci", None if bounds is None else _rounded(bounds, 3))
+            setattr(fig, f"p{q}_ms_{side}_ci", rounded(bounds, 3))
     if "new" in millis and "old" in millis:
         ratio = ratio_interval(millis["new"], millis["old"], 0.99, LATENCY_FLOOR_MS, seed=seed)
         if ratio is not None:
-            fig.p99_ratio, fig.p99_ratio_ci = round(ratio[0], 4), _rounded(ratio[1])
+            fig.p99_ratio, fig.p99_ratio_ci = round(ratio[0], 4), rounded(ratio[1])
 
 
 def distribution_figures(

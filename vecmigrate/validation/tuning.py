@@ -46,7 +46,7 @@ from vecmigrate.catalog.sql import (
 from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.model.tuning import CandidateFigures, TuningResult, choose
 from vecmigrate.records.vectors import Vectors
-from vecmigrate.validation.intervals import mean_score_interval, quantile_interval
+from vecmigrate.validation.intervals import mean_score_interval, quantile_interval, rounded
 from vecmigrate.validation.retrieval import recall_scores
 
 trials_table = Table(
@@ -308,10 +308,10 @@ def measure(
             fig.queries = len(s)
             if len(s):
                 fig.recall = round(float(s.mean()), 4)
-                fig.recall_interval = _rounded(mean_score_interval(s, policy.k))
+                fig.recall_interval = rounded(mean_score_interval(s, policy.k))
                 fig.p50_ms = round(float(np.percentile(t, 50)), 3)
                 fig.p99_ms = round(float(np.percentile(t, 99)), 3)
-                fig.p99_interval = _rounded(quantile_interval(t, 0.99))
+                fig.p99_interval = rounded(quantile_interval(t, 0.99))
     chosen, reason = choose(figures, policy, param, default)
     result = TuningResult(
         parameter=param,
@@ -329,7 +329,3 @@ def measure(
         log.set_tuned(index_id, tenant, collection, {param: chosen}, mid)
     log.finish(tenant, collection, mid, result)
     return result
-
-
-def _rounded(bounds: tuple[float, float] | None) -> tuple[float, float] | None:
-    return None if bounds is None else (round(bounds[0], 4), round(bounds[1], 4))
