@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.table import Table
 from temporalio.client import Client, WorkflowUpdateFailedError
 
-from tests.conftest import Sandbox, running_worker
+from tests.conftest import Sandbox, running_worker, shadow_all
 from tests.test_workflow import wait_for
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.control.devserver import free_port
@@ -260,13 +260,14 @@ async def test_a_shadow_step_short_of_pairs_collects_more_before_it_is_judged(
 ) -> None:
     """No search at all until the shadow stage's hold has ended short of its pairs (the status
     says it goes on collecting): then the searches come, and the gate passes on them instead of
-    pausing the migration."""
+    pausing the migration. (The pairs' overlap and p99 are not bounded here: on a loaded machine
+    they measure the load, and this test is about the count.)"""
     sandbox.seed(3000)
     spec = online_spec(
         sandbox,
         online={
             "settle_seconds": 0.5,
-            "shadow": {"percent": 100, "seconds": 1, "min_samples": 10},
+            "shadow": shadow_all(seconds=1, min_samples=10),
             "ramp": {"steps": [50], "step_seconds": 0.5},
         },
         cutover={"mode": "automatic", "bake_seconds": 1},
@@ -282,11 +283,17 @@ async def test_a_shadow_step_short_of_pairs_collects_more_before_it_is_judged(
             )
             assert (short.phase, short.paused) == (Phase.SHADOWING, False), short
             assert short.blocked_reason.startswith("shadow: 0 of 10 shadow pairs"), short
-            while (await mc.status(mid)).phase in (Phase.SHADOWING, Phase.RAMPING):
+            deadline = time.monotonic() + 120
+            while True:
+                st = await mc.status(mid)
+                assert not st.paused, st.blocked_reason
+                if st.phase not in (Phase.SHADOWING, Phase.RAMPING):
+                    break
+                assert time.monotonic() < deadline, st
                 for n, q in enumerate(queries):
                     router.search("default", "docs", q[None, :], 5, key=f"user-{n}")
                 await asyncio.sleep(0.05)
-            final = await mc.result(mid, timeout=120)
+            final = await asyncio.wait_for(mc.result(mid), 120)
     finally:
         router.close()
     assert final.phase == Phase.COMPLETED, final.error
