@@ -433,21 +433,13 @@ class MigrationActivities:
         It heartbeats where it stands; a retry compares the shard again from its start (a
         repair written twice is the same)."""
         spec = self.spec(inp)
-        log = ChangeLog(self.catalog)
-        after = reconcile.volatile_mark(log, spec.tenant, spec.collection)
-
-        def volatile() -> Ids:
-            logged = log.changed_ids(spec.tenant, spec.collection, after)
-            return np.union1d(logged, capture.captured_ids(spec))
-
         with _keepalive(spec) as beat:
             rec = reconcile.for_migration(
                 self.catalog,
                 spec,
                 max_records_per_second=inp.max_records_per_second,
-                volatile=volatile,
-                settle=lambda ids: backfill.settle_from_log(self.catalog, spec, log, after, ids),
                 on_progress=beat,
+                **reconcile.during_writes(self.catalog, spec),
             )
             return rec.shard(inp.shard, inp.repair)
 

@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from vecmigrate.model.regions import child_plans
 from vecmigrate.model.spec import DivergenceBound, EmbeddingSchema, MigrationSpec, store_ref
 from vecmigrate.model.tasks import ShardRef
 from vecmigrate.stores import Scope, VectorStore, open_store
+from vecmigrate.validation import reconcile
 from vecmigrate.validation.divergence import Reader, compare_regions
 from vecmigrate.validation.reconcile import Reconciler, open_existing_target
 
@@ -211,6 +212,9 @@ def run_diff(
     rec = reconciler(
         catalog, spec, src, dst, repair=repair, max_records_per_second=max_records_per_second
     )
+    # Writes the application makes while a shard is compared are left out of it, as the gate
+    # leaves them; a repair of the migration's own target settles those it raced with.
+    own = (src_name, dst_name) == (spec.source.name, spec.target.name)
     if state.shards is None:
         state.shards = shard_plan(spec, src.store)
     results = []
@@ -221,7 +225,8 @@ def run_diff(
             if on_shard is not None:
                 on_shard(before, True)
             continue
-        result = rec.shard(shard, repair)
+        live = reconcile.during_writes(catalog, spec, settle=own)
+        result = replace(rec, **live).shard(shard, repair)
         state.done[shard.index] = result
         state.save()
         results.append(result)

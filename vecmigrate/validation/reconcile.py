@@ -30,7 +30,14 @@ import pyarrow as pa
 
 from vecmigrate.catalog.catalog import Catalog, now
 from vecmigrate.catalog.changelog import ChangeLog
-from vecmigrate.data.backfill import TargetView, Throttle, open_source, target_scope
+from vecmigrate.data import capture
+from vecmigrate.data.backfill import (
+    TargetView,
+    Throttle,
+    open_source,
+    settle_from_log,
+    target_scope,
+)
 from vecmigrate.data.budget import BudgetPacer
 from vecmigrate.model.gates import DIFF_KINDS, DiffCounts, ShardReconcile
 from vecmigrate.model.spec import MigrationSpec
@@ -56,6 +63,27 @@ def volatile_mark(
     """The change-log position after which a pass starting now counts records as written
     during it: the newest entry logged more than ``grace`` seconds ago."""
     return log.head(tenant, collection, before=now() - timedelta(seconds=grace))
+
+
+def during_writes(catalog: Catalog, spec: MigrationSpec, *, settle: bool = True) -> dict[str, Any]:
+    """A reconciler's options for a pass that starts now while the application writes: the
+    records written since a minute before it (the change log's, see :func:`volatile_mark`) and
+    those written to the source with plain SQL whose capture is not replayed yet are left out,
+    since the two sides may differ there for a moment; with ``settle``, a record the repair
+    touched that turns out written meanwhile gets its last write again from the log (for the
+    migration's own target, which the router's dual-write keeps: see
+    :func:`~vecmigrate.data.backfill.settle_from_log`)."""
+    log = ChangeLog(catalog)
+    after = volatile_mark(log, spec.tenant, spec.collection)
+
+    def volatile() -> Ids:
+        logged = log.changed_ids(spec.tenant, spec.collection, after)
+        return np.union1d(logged, capture.captured_ids(spec))
+
+    options: dict[str, Any] = {"volatile": volatile}
+    if settle:
+        options["settle"] = lambda ids: settle_from_log(catalog, spec, log, after, ids)
+    return options
 
 
 # Called after every batch read with where the pass stands: the shard, the pass (1 or 2), the
