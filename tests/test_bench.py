@@ -143,6 +143,12 @@ def test_fleet_script_runs_on_one_queue_and_on_per_region_queues(tmp_path: Path)
             r["vectors/s"] > 0 and r["worker CPU s / 1k vectors"] > 0 for r in result["rows"]
         )
         assert result["summary"]["stops scaling"]
+        # Every phase of every run, for bench/capacity.py's model of the fixed part.
+        phases = result["summary"]["phases s, each run"]
+        assert len(phases) == len(result["rows"])
+        assert all(p["BACKFILLING"] > 0 and p["VALIDATING"] > 0 for p in phases)
+    assert len(regions["summary"]["coordination s, each run"]) == 2
+    assert "coordination s, each run" not in one["summary"]
 
 
 @pytest.mark.timeout(600)
