@@ -329,6 +329,7 @@ class MigrationActivities:
                     spec,
                     lambda done, total: beat({"shard": index, "added": done, "of": total}),
                 ),
+                chunk=budget.build_chunk(spec),
             )
         self.journal.set_artifact(spec.migration_id, index, ref.model_dump(mode="json"))
         self._ledger(spec, f"shard/{index}/indexed", "shard.indexed", ref.model_dump(mode="json"))

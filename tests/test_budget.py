@@ -25,6 +25,7 @@ from vecmigrate.data.backfill import catch_up, copy_shard, open_source, open_tar
 from vecmigrate.data.budget import (
     PaceController,
     between,
+    build_chunk,
     build_threads,
     limit_of,
     paced,
@@ -439,3 +440,22 @@ def test_within_the_budget_the_router_mirrors_every_shadowed_read(sandbox: Sandb
     state = Latencies(sandbox.catalog).budget(spec.migration_id)
     assert state is not None
     assert not state.throttled
+
+
+def test_an_index_build_under_a_budget_adds_smaller_chunks(sandbox: Sandbox, tmp_path: Any) -> None:
+    sandbox.seed(3000)
+    spec = sandbox.spec(shards={"count": 1}, budget={"max_search_p99_ms": 50.0})
+    assert build_chunk(spec) == 2_000
+    assert build_chunk(sandbox.spec()) == 20_000  # no budget: as before
+    seen: list[int] = []
+    art = build_shard(
+        open_source(spec),
+        spec.target,
+        plan_shards(spec.shards)[0],
+        tmp_path,
+        threads=1,
+        on_progress=lambda done, _: seen.append(done),
+        chunk=build_chunk(spec),
+    )
+    assert art.count == 3000
+    assert seen == [2000, 3000]  # a look at the budget after each chunk

@@ -208,6 +208,17 @@ def build_threads(catalog: Catalog, spec: MigrationSpec, threads: int) -> int:
     return max(1, math.floor(cores * pacer.share))
 
 
+# An index build adds this many vectors between two looks at the budget (20,000 without one):
+# a chunk is the longest stretch a build runs without a pause.
+BUDGET_CHUNK = 2_000
+
+
+def build_chunk(spec: MigrationSpec, chunk: int = 20_000) -> int:
+    """The vectors an index build adds between two pauses: smaller under a budget, so that its
+    pauses come often enough to spread its load (``chunk`` without one)."""
+    return chunk if spec.budget is None else min(chunk, BUDGET_CHUNK)
+
+
 def paced(
     catalog: Catalog,
     spec: MigrationSpec,
