@@ -9,9 +9,12 @@ searches that were slow before it), and the last pace held when no fresh reading
 :class:`BudgetPacer` applies it between copy batches: at a share ``s`` of full pace, each
 batch is followed by a pause of ``(1/s - 1)`` times the time the batch took (a duty cycle),
 combined with the ``max_vectors_per_second`` throttle by taking the longer wait.
-:func:`build_threads` scales an index build's threads by the same share at its start. Both
-write where the budget stands to the catalog (``vecmigrate.catalog.latency``), which
-``vecmigrate status`` shows.
+:func:`build_threads` scales an index build's threads by the same share at its start, and
+:func:`paced` pauses between its chunks (:func:`build_chunk` vectors each). The same pacer
+pauses the shard checks' full reads (:func:`paced_reads`) and the validation gates between
+their stages (:func:`between`). :class:`MirrorBudget` is a router's: the share of its shadowed
+reads it mirrors to a candidate. Each writes where the budget stands to the catalog
+(``vecmigrate.catalog.latency``), which ``vecmigrate status`` shows.
 """
 
 from __future__ import annotations
