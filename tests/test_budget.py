@@ -252,6 +252,22 @@ def test_without_a_budget_the_reconcile_never_waits(sandbox: Sandbox) -> None:
     assert _reconciled(sandbox) == []
 
 
+def test_the_reconcile_repair_writes_pause_under_the_budget(sandbox: Sandbox) -> None:
+    s, _, _ = _copy_after_searches(sandbox, budget={"max_search_p99_ms": 1e-6})
+    target, shard = open_target(s), plan_shards(s.shards)[0]
+    target.delete(next(iter(target.iter_shard(shard, 250))).ids)  # 250 records lost
+    sleeps, sleep = _real_sleeps()
+    rec = reconcile.for_migration(sandbox.catalog, s, sleep=sleep)
+    result = rec.shard(shard)
+    assert result.found.missing == 250
+    assert result.repaired.missing == 250
+    assert target.count() == 3000
+    # The first pass reads 30 batches of the source and 28 of the target, the repair writes 3
+    # batches of at most 100, the second pass reads 30 a side: a pause after each.
+    assert len(sleeps) == 30 + 28 + 3 + 60
+    assert all(w > 0 for w in sleeps)
+
+
 def test_index_build_threads_follow_the_budget(sandbox: Sandbox) -> None:
     sandbox.seed(3000)
     with _searched(sandbox):
