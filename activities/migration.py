@@ -329,6 +329,7 @@ class MigrationActivities:
                     spec,
                     lambda done, total: beat({"shard": index, "added": done, "of": total}),
                 ),
+                chunk=budget.build_chunk(spec),
             )
         self.journal.set_artifact(spec.migration_id, index, ref.model_dump(mode="json"))
         self._ledger(spec, f"shard/{index}/indexed", "shard.indexed", ref.model_dump(mode="json"))
@@ -403,7 +404,14 @@ class MigrationActivities:
                 logged = log.changed_ids(spec.tenant, spec.collection, after)
                 return np.union1d(logged, capture.captured_ids(spec))
 
-        source, target = backfill.open_source(spec), backfill.open_target(spec)
+        # A full read of both versions (when the copy's streamed figures cannot stand) pauses
+        # between its batches under the spec's latency budget.
+        source, target = budget.paced_reads(
+            self.catalog,
+            spec,
+            (backfill.open_source(spec), backfill.open_target(spec)),
+            "shard checks",
+        )
         set_openmp_threads(self._share(spec))  # the exact search runs in FAISS
         fold = validation.fold_truth(spec)
         with _keepalive(spec):
@@ -475,6 +483,7 @@ class MigrationActivities:
                     self._unindexed(spec, inp.source_index, unsettled),
                     self._unindexed(spec, inp.target_index),
                 ),
+                pause=budget.between(self.catalog, spec, "validation gates"),
             )
         report = validation.report(spec, checks, figures)
         report.data_state = before

@@ -211,12 +211,14 @@ async def watch_budget(
     catalog: Catalog, migration_id: str, phase: dict[str, str], paces: dict[str, float]
 ) -> None:
     """Read the budget's state (as `vecmigrate status` does) every half second: the lowest
-    pace share of each phase the budget paces (the copy's and the build's)."""
+    pace share of each phase, from the states written in it (a pacer writes once a second
+    while it runs: the copy, the build, the catch-up, the checks, the gates; a router while
+    its shadow reads are throttled or stop being so)."""
     latencies = Latencies(catalog)
     while True:
         state = await asyncio.to_thread(latencies.budget, migration_id)
         now = phase["now"]
-        if state is not None and now in ("BACKFILLING", "BUILDING_INDEX"):  # the paced phases
+        if state is not None and time.time() - state.at <= 2.0:  # written in this phase
             paces[now] = min(paces.get(now, 1.0), state.share)
         await asyncio.sleep(0.5)
 

@@ -1,6 +1,7 @@
 """The latency budget: the pace controller's decisions on measured sequences, the router's
 published latencies, a copy that slows when they are over the budget (and does not without
-one), the index build's threads, and the status line."""
+one), the index build's threads, the shard checks' reads, the validation gates' stages, the
+router's shadow reads, and the status line."""
 
 from __future__ import annotations
 
@@ -21,13 +22,24 @@ from vecmigrate.catalog.journal import Journal
 from vecmigrate.catalog.latency import Latencies, LatencyReading
 from vecmigrate.control.report import status_tables
 from vecmigrate.data.backfill import catch_up, copy_shard, open_source, open_target, prepare
-from vecmigrate.data.budget import PaceController, build_threads, limit_of, paced
+from vecmigrate.data.budget import (
+    PaceController,
+    between,
+    build_chunk,
+    build_threads,
+    limit_of,
+    paced,
+    paced_reads,
+)
 from vecmigrate.indexes.artifacts import build_index
+from vecmigrate.indexes.build import artifact_dir, build_shard, register_index
 from vecmigrate.model.spec import LatencyBudget, Metric, MigrationSpec
 from vecmigrate.model.status import MigrationStatus
 from vecmigrate.records.sharding import plan_shards
-from vecmigrate.serving.router import Router
+from vecmigrate.serving.router import Router, bucket
 from vecmigrate.validation import reconcile
+from vecmigrate.validation.run import check_shard, measure
+from vecmigrate.validation.shadow import ShadowLog
 
 
 def _at(t: float, p99: float, count: int = 100) -> LatencyReading:
@@ -240,6 +252,22 @@ def test_without_a_budget_the_reconcile_never_waits(sandbox: Sandbox) -> None:
     assert _reconciled(sandbox) == []
 
 
+def test_the_reconcile_repair_writes_pause_under_the_budget(sandbox: Sandbox) -> None:
+    s, _, _ = _copy_after_searches(sandbox, budget={"max_search_p99_ms": 1e-6})
+    target, shard = open_target(s), plan_shards(s.shards)[0]
+    target.delete(next(iter(target.iter_shard(shard, 250))).ids)  # 250 records lost
+    sleeps, sleep = _real_sleeps()
+    rec = reconcile.for_migration(sandbox.catalog, s, sleep=sleep)
+    result = rec.shard(shard)
+    assert result.found.missing == 250
+    assert result.repaired.missing == 250
+    assert target.count() == 3000
+    # The first pass reads 30 batches of the source and 28 of the target, the repair writes 3
+    # batches of at most 100, the second pass reads 30 a side: a pause after each.
+    assert len(sleeps) == 30 + 28 + 3 + 60
+    assert all(w > 0 for w in sleeps)
+
+
 def test_index_build_threads_follow_the_budget(sandbox: Sandbox) -> None:
     sandbox.seed(3000)
     with _searched(sandbox):
@@ -276,3 +304,174 @@ def test_the_status_command_reads_the_budget_from_the_catalog(sandbox: Sandbox) 
     assert state is not None
     assert state.throttled
     assert cli._budget_state(args, "no-such-migration") is None
+
+
+def _shard_checked(sandbox: Sandbox, **spec: Any) -> tuple[MigrationSpec, list[float]]:
+    """A copied shard checked by a full read of both versions through the budget's stores."""
+    s, _, _ = _copy_after_searches(sandbox, **spec)
+    sleeps, sleep = _real_sleeps()
+    stores = (open_source(s), open_target(s))
+    source, target = paced_reads(sandbox.catalog, s, stores, "shard checks", sleep)
+    check = check_shard(s, source, target, plan_shards(s.shards)[0])
+    assert check.source.count == check.target.count == 3000
+    assert check.source.checksum == check.target.checksum
+    return s, sleeps
+
+
+def test_the_shard_checks_full_reads_pause_under_the_budget(sandbox: Sandbox) -> None:
+    spec, sleeps = _shard_checked(sandbox, budget={"max_search_p99_ms": 1e-6})
+    assert len(sleeps) >= 2  # after each side's read (one batch each)
+    assert all(s > 0 for s in sleeps)
+    state = Latencies(sandbox.catalog).budget(spec.migration_id)
+    assert state is not None
+    assert state.throttled
+    assert state.why.startswith("shard checks: ")
+
+
+def test_within_the_budget_the_shard_checks_never_wait(sandbox: Sandbox) -> None:
+    assert _shard_checked(sandbox, budget={"max_search_p99_ms": 1e6})[1] == []
+    plain = sandbox.spec()
+    stores = (open_source(plain), open_target(plain))
+    assert paced_reads(sandbox.catalog, plain, stores, "shard checks") is stores  # no budget
+
+
+def _gates_measured(sandbox: Sandbox, **spec: Any) -> tuple[MigrationSpec, list[float]]:
+    """The validation gates' figures of a copied and indexed target, paced by the budget."""
+    s, _, _ = _copy_after_searches(sandbox, **spec)
+    target = open_target(s)
+    shard = plan_shards(s.shards)[0]
+    directory = artifact_dir(s.target.store, s.tenant, s.collection, s.target.name)
+    art = build_shard(target, s.target, shard, directory, threads=1)
+    index_id = register_index(sandbox.catalog, s.tenant, s.collection, s.target, [art], None).id
+    source_index = sandbox.catalog.get_routing("default", "docs").read_index  # type: ignore[union-attr]
+    sleeps, sleep = _real_sleeps()
+    pause = between(sandbox.catalog, s, "validation gates", sleep)
+    assert (pause is None) == (s.budget is None)
+    fig = measure(sandbox.catalog, s, open_source(s), target, source_index, index_id, pause=pause)
+    assert fig.skipped == []  # the waits extend the time budget
+    assert fig.target_recall is not None
+    assert fig.target_recall > 0.5
+    assert fig.p99_ms_new is not None
+    assert fig.p99_ms_old is not None
+    return s, sleeps
+
+
+def test_the_validation_gates_pause_between_stages_under_the_budget(sandbox: Sandbox) -> None:
+    spec, sleeps = _gates_measured(sandbox, budget={"max_search_p99_ms": 1e-6})
+    # After drawing the queries, the target's recall, the source's recall and the timed
+    # searches: between stages, none in the middle of the timing.
+    assert len(sleeps) == 4
+    assert all(s > 0 for s in sleeps)
+    state = Latencies(sandbox.catalog).budget(spec.migration_id)
+    assert state is not None
+    assert state.throttled
+    assert state.why.startswith("validation gates: ")
+
+
+def test_within_the_budget_the_validation_gates_never_wait(sandbox: Sandbox) -> None:
+    assert _gates_measured(sandbox, budget={"max_search_p99_ms": 1e6})[1] == []
+
+
+def _route_shadow(sandbox: Sandbox, candidate: str) -> None:
+    current = sandbox.catalog.get_routing("default", "docs")
+    assert current is not None
+    sandbox.catalog.compare_and_set_routing(
+        "default",
+        "docs",
+        current.generation,
+        current.read_version,
+        current.read_index,
+        current.write_versions,
+        "test",
+        "shadow",
+        "shadow",
+        candidate_version=candidate,
+        shadow_percent=100.0,
+    )
+
+
+def _mirrored(sandbox: Sandbox, **spec: Any) -> tuple[MigrationSpec, Router, int, int]:
+    """Every read shadowed to the copied target: 60 searches, the router's latencies
+    published (and its share of mirrored reads decided on them), then 300 searches of other
+    users. The spec, the router (closed), the share of mirroring in percent, and the pairs
+    recorded for the 300."""
+    s, _, _ = _copy_after_searches(sandbox, **spec)
+    _route_shadow(sandbox, s.target.name)
+    queries = open_source(s).sample(60, seed=4)[1]
+    router = Router(sandbox.catalog, refresh_seconds=0.0, shadow_threads=1)
+    log = ShadowLog(sandbox.catalog)
+    try:
+        for j in range(60):
+            router.search("default", "docs", queries[j], 10, key=f"warm-{j}")
+        router.latency.tick()
+        share = round(100 * router.mirror.share("default", "docs"))
+        time.sleep(1.0)  # the warm-up's shadow reads recorded
+        router._flush_shadow(force=True)
+        mark = log.last_id()
+        for j in range(300):
+            while router._shadow_in_flight >= 4:  # a shadow read finding 8 in flight is dropped
+                time.sleep(0.001)
+            router.search("default", "docs", queries[j % 60], 10, key=f"user-{j}")
+    finally:
+        router.close()
+    return s, router, share, log.figures("default", "docs", s.target.name, mark).samples
+
+
+@pytest.mark.integration  # 360 searches with a shadow thread: seconds
+def test_over_the_budget_the_router_mirrors_fewer_reads_and_status_says_so(
+    sandbox: Sandbox,
+) -> None:
+    spec, _, share, pairs = _mirrored(sandbox, budget={"max_search_p99_ms": 1e-6})
+    assert share <= 50  # halved by the first reading over the limit (or more since)
+    # The users whose reads the share mirrors (it can only fall further while they search).
+    chosen = sum(bucket(f"shadow:{bucket(f'user-{j}')}") < share for j in range(300))
+    assert chosen < 0.6 * 300
+    assert 0 < pairs <= chosen  # fewer pairs, but some: the shadow gate still gets its pairs
+    state = Latencies(sandbox.catalog).budget(spec.migration_id)
+    assert state is not None
+    assert state.throttled
+    assert state.why.startswith("shadow reads mirrored at ")
+    console = Console(width=200, record=True)
+    console.print(
+        status_tables(
+            MigrationStatus(
+                migration_id=spec.migration_id,
+                tenant="default",
+                collection="docs",
+                strategy="online",
+                source_version="v1",
+                target_version="v2",
+                budget=state,
+            )
+        )
+    )
+    assert "shadow reads mirrored at" in console.export_text()
+
+
+@pytest.mark.integration  # 360 searches with a shadow thread: seconds
+def test_within_the_budget_the_router_mirrors_every_shadowed_read(sandbox: Sandbox) -> None:
+    spec, _, share, pairs = _mirrored(sandbox, budget={"max_search_p99_ms": 1e6})
+    assert share == 100
+    assert pairs == 300  # every read mirrored
+    state = Latencies(sandbox.catalog).budget(spec.migration_id)
+    assert state is not None
+    assert not state.throttled
+
+
+def test_an_index_build_under_a_budget_adds_smaller_chunks(sandbox: Sandbox, tmp_path: Any) -> None:
+    sandbox.seed(3000)
+    spec = sandbox.spec(shards={"count": 1}, budget={"max_search_p99_ms": 50.0})
+    assert build_chunk(spec) == 2_000
+    assert build_chunk(sandbox.spec()) == 20_000  # no budget: as before
+    seen: list[int] = []
+    art = build_shard(
+        open_source(spec),
+        spec.target,
+        plan_shards(spec.shards)[0],
+        tmp_path,
+        threads=1,
+        on_progress=lambda done, _: seen.append(done),
+        chunk=build_chunk(spec),
+    )
+    assert art.count == 3000
+    assert seen == [2000, 3000]  # a look at the budget after each chunk

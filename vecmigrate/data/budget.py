@@ -9,23 +9,32 @@ searches that were slow before it), and the last pace held when no fresh reading
 :class:`BudgetPacer` applies it between copy batches: at a share ``s`` of full pace, each
 batch is followed by a pause of ``(1/s - 1)`` times the time the batch took (a duty cycle),
 combined with the ``max_vectors_per_second`` throttle by taking the longer wait.
-:func:`build_threads` scales an index build's threads by the same share at its start. Both
-write where the budget stands to the catalog (``vecmigrate.catalog.latency``), which
-``vecmigrate status`` shows.
+:func:`build_threads` scales an index build's threads by the same share at its start, and
+:func:`paced` pauses between its chunks (:func:`build_chunk` vectors each). The same pacer
+pauses the shard checks' full reads (:func:`paced_reads`) and the validation gates between
+their stages (:func:`between`). :class:`MirrorBudget` is a router's: the share of its shadowed
+reads it mirrors to a candidate. Each writes where the budget stands to the catalog
+(``vecmigrate.catalog.latency``), which ``vecmigrate status`` shows.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any, cast
 
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.catalog.latency import Latencies, LatencyReading
+from vecmigrate.errors import NotFoundError
 from vecmigrate.model.spec import LatencyBudget, MigrationSpec
 from vecmigrate.model.status import BudgetState
+from vecmigrate.model.tasks import ShardRef
+from vecmigrate.stores import VectorStore
+from vecmigrate.stores.base import Batch
 
 # A reading older than this is no reading: the pace is held where it is.
 STALE_SECONDS = 10.0
@@ -131,8 +140,10 @@ class BudgetPacer:
         spec: MigrationSpec,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        what: str = "",
     ) -> None:
         self.spec = spec
+        self.what = what  # what it paces, named in the status ("" for the copy)
         self.clock = clock
         self.wall = wall
         self.mark = clock()
@@ -172,11 +183,12 @@ class BudgetPacer:
         spec = self.spec
         reading = self.latencies.latest(spec.tenant, spec.collection, STALE_SECONDS, wall)
         decision = self.controller.decide(reading, self.state.limit_ms, wall)
+        why = f"{self.what}: {decision.why}" if self.what and decision.why else decision.why
         state = self.state.model_copy(
             update={
                 "share": decision.share,
                 "throttled": decision.throttled,
-                "why": decision.why or self.state.why,
+                "why": why or self.state.why,
                 "p99_ms": reading.p99_ms if reading is not None else self.state.p99_ms,
                 "at": wall,
             }
@@ -199,6 +211,17 @@ def build_threads(catalog: Catalog, spec: MigrationSpec, threads: int) -> int:
     return max(1, math.floor(cores * pacer.share))
 
 
+# An index build adds this many vectors between two looks at the budget (20,000 without one):
+# a chunk is the longest stretch a build runs without a pause.
+BUDGET_CHUNK = 2_000
+
+
+def build_chunk(spec: MigrationSpec, chunk: int = 20_000) -> int:
+    """The vectors an index build adds between two pauses: smaller under a budget, so that its
+    pauses come often enough to spread its load (``chunk`` without one)."""
+    return chunk if spec.budget is None else min(chunk, BUDGET_CHUNK)
+
+
 def paced(
     catalog: Catalog,
     spec: MigrationSpec,
@@ -218,3 +241,130 @@ def paced(
             sleep(wait)
 
     return progress
+
+
+def between(
+    catalog: Catalog,
+    spec: MigrationSpec,
+    what: str,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Callable[[], float] | None:
+    """A pause for between two steps of work (the validation gates' stages): it waits as the
+    budget asks for the work done since the last one and returns the seconds it waited. None
+    without a budget."""
+    if spec.budget is None:
+        return None
+    pacer = BudgetPacer(catalog, spec, what=what)
+
+    def pause() -> float:
+        wait = pacer.pause(0)
+        if wait > 0:
+            sleep(wait)
+        return wait
+
+    return pause
+
+
+class _PacedReads:
+    """A store whose full reads (``iter_shard``) pause after each batch as the budget asks;
+    everything else is the store's own."""
+
+    def __init__(
+        self, store: VectorStore, pacer: BudgetPacer, sleep: Callable[[float], None]
+    ) -> None:
+        self._store = store
+        self._pacer = pacer
+        self._sleep = sleep
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    def iter_shard(
+        self, shard: ShardRef, batch_size: int, *, read_ahead: bool = False
+    ) -> Iterator[Batch]:
+        for batch in self._store.iter_shard(shard, batch_size, read_ahead=read_ahead):
+            yield batch  # the caller's work on the batch counts as the read's
+            wait = self._pacer.pause(len(batch.records))
+            if wait > 0:
+                self._sleep(wait)
+
+
+def paced_reads(
+    catalog: Catalog,
+    spec: MigrationSpec,
+    stores: tuple[VectorStore, VectorStore],
+    what: str,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[VectorStore, VectorStore]:
+    """Both versions' stores, their full reads paced by one pacer (the stores themselves
+    without a budget)."""
+    if spec.budget is None:
+        return stores
+    pacer = BudgetPacer(catalog, spec, what=what)
+    source, target = (cast(VectorStore, _PacedReads(s, pacer, sleep)) for s in stores)
+    return source, target
+
+
+class MirrorBudget:
+    """The share of its shadow reads a router mirrors to a candidate version under the latency
+    budget of the migration that made it (1.0 without one).
+
+    The router updates it once a second, after publishing its latencies: a controller of its
+    own per migration (the same AIMD as the copy's, from full share, never below the spec's
+    ``min_rate_share``) on the routers' published p99 against the limit in the budget's row,
+    and writes where it stands to that row, which ``status`` shows."""
+
+    def __init__(self, catalog: Catalog, wall: Callable[[], float] = time.time) -> None:
+        self.catalog = catalog
+        self.wall = wall
+        self.shares: dict[tuple[str, str], float] = {}
+        self._controllers: dict[str, PaceController] = {}
+        self._latencies: Latencies | None = None
+
+    def share(self, tenant: str, collection: str) -> float:
+        """The share of the shadow reads to mirror now (read on the request path)."""
+        return self.shares.get((tenant, collection), 1.0)
+
+    def update(self, tenant: str, collection: str, migration_id: str | None) -> float:
+        """Decide the share from the latest published latencies; returns it."""
+        key = (tenant, collection)
+        if self._latencies is None:
+            self._latencies = Latencies(self.catalog)
+        state = None if migration_id is None else self._latencies.budget(migration_id)
+        if migration_id is None or state is None:  # no budget (its row is made at the copy)
+            self.shares.pop(key, None)
+            return 1.0
+        controller = self._controllers.get(migration_id)
+        if controller is None:
+            controller = PaceController(min_share=self._min_share(migration_id))
+            self._controllers[migration_id] = controller
+        now = self.wall()
+        reading = self._latencies.latest(tenant, collection, STALE_SECONDS, now)
+        decision = controller.decide(reading, state.limit_ms, now)
+        self.shares[key] = decision.share
+        if decision.why or decision.throttled != state.throttled:
+            why = f"shadow reads mirrored at {100 * decision.share:.0f}%"
+            self._latencies.set_budget(
+                migration_id,
+                state.model_copy(
+                    update={
+                        "share": decision.share,
+                        "throttled": decision.throttled,
+                        "why": f"{why}: {decision.why}" if decision.why else why,
+                        "p99_ms": reading.p99_ms if reading is not None else state.p99_ms,
+                        "at": now,
+                    }
+                ),
+            )
+        return decision.share
+
+    def _min_share(self, migration_id: str) -> float:
+        """The spec's ``min_rate_share``, or the default when the catalog has no row for the
+        migration."""
+        default = float(LatencyBudget.model_fields["min_rate_share"].default)
+        try:
+            spec = self.catalog.get_migration(migration_id)["spec"]
+        except NotFoundError:
+            return default
+        budget = (spec if isinstance(spec, dict) else json.loads(spec)).get("budget") or {}
+        return float(budget.get("min_rate_share", default))

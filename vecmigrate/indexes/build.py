@@ -67,8 +67,10 @@ def build_shard(
     read_batch: int = 50_000,
     threads: int = 0,
     on_progress: BuildProgress | None = None,
+    chunk: int = 20_000,
 ) -> ArtifactRef:
-    """Build (or reuse) the index of one shard of ``store``.
+    """Build (or reuse) the index of one shard of ``store``, adding ``chunk`` vectors at a
+    time (``on_progress`` is called after each).
 
     The artifact is keyed by the index parameters and the checksum of the shard's data, so a
     retry after a crash finds a finished artifact and reuses it, and a half-written one (no
@@ -98,6 +100,7 @@ def build_shard(
                 vecs,
                 threads=threads,
                 on_progress=on_progress,
+                chunk=chunk,
                 prepared=True,
             )
             del vecs  # the index holds them now

@@ -975,10 +975,11 @@ class RetentionPolicy(_Model):
 
 
 class LatencyBudget(_Model):
-    """A latency budget for live traffic: while it copies and builds, the migration keeps the
-    search p99 the router measures within the budget by slowing itself (pausing between copy
-    batches, fewer index build threads), down to ``min_rate_share`` of its full pace, and
-    speeds up again when the latency allows. Set ``max_p99_ratio`` (against the idle p99 the
+    """A latency budget for live traffic: the migration keeps the search p99 the router
+    measures within the budget by slowing itself (pausing between copy, catch-up and check
+    batches and between the gates' stages, fewer index build threads, fewer shadow reads
+    mirrored), down to ``min_rate_share`` of its full pace, and speeds up again when the
+    latency allows. Set ``max_p99_ratio`` (against the idle p99 the
     router published before the copy began), ``max_search_p99_ms``, or both (the lower wins)."""
 
     max_p99_ratio: float | None = Field(default=None, ge=1.0)
@@ -1054,8 +1055,9 @@ class MigrationSpec(_Model):
     retention: RetentionPolicy | None = None
     """When the versions this migration leaves behind are pruned."""
     budget: LatencyBudget | None = None
-    """A latency budget for live searches the copy and the index build adapt their pace to
-    (none: they run at full pace, as throttled by ``max_vectors_per_second``)."""
+    """A latency budget for live searches the migration adapts its pace to: the copy, the
+    catch-up, the index build, the shard checks, the gates and the shadow reads (none: they
+    run at full pace, as throttled by ``max_vectors_per_second``)."""
 
     @property
     def regional(self) -> bool:

@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections import defaultdict, deque
+from collections.abc import Callable
 
 import numpy as np
 
@@ -45,6 +46,8 @@ class LatencyMonitor:
             maxlen=max(1, round(window_seconds / every))
         )
         self._latencies: Latencies | None = None
+        # Run after each tick, on the monitor's thread (the router paces its shadow reads).
+        self.after_tick: Callable[[], None] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         if start:
@@ -83,6 +86,8 @@ class LatencyMonitor:
                 self._latencies.forget_silent()
             self._latencies.publish(self.router, key[0], key[1], reading)
             published.append(key)
+        if self.after_tick is not None:
+            self.after_tick()
         return published
 
     def _run(self) -> None:

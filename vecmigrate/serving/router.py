@@ -12,7 +12,8 @@ serving.
 * ``shadow_percent`` of reads are also run on the candidate on a side thread, never delaying or
   changing the response, and each pair's overlap@k and latencies are recorded for the gates
   (and, while a migration tunes the candidate's search parameter, tried with each candidate
-  value: ``vecmigrate.serving.tuning``);
+  value: ``vecmigrate.serving.tuning``); under the migration's latency budget, a smaller share
+  of them while the search p99 is over it (``vecmigrate.data.budget.MirrorBudget``);
 * writes are checked (dimension, NaN) before anything is written, logged in the change log
   (which numbers them), then applied to every write version; while ``writes_paused`` (an
   offline migration) they are refused with :class:`WritesPausedError`.
@@ -44,6 +45,7 @@ import numpy as np
 
 from vecmigrate.catalog.catalog import Catalog, VersionRecord
 from vecmigrate.catalog.changelog import DELETE, UPSERT, ChangeLog
+from vecmigrate.data.budget import MirrorBudget
 from vecmigrate.data.transforms import make_transform
 from vecmigrate.embedding.reembed import QueryPath, query_path
 from vecmigrate.embedding.registry import Registry
@@ -139,8 +141,11 @@ class Router:
         self._shadow_in_flight = 0
         self._shadow_buffer: list[ShadowSample] = []
         self._shadow_flushed = time.monotonic()
-        # Search latencies per collection, published once a second for latency budgets.
+        # Search latencies per collection, published once a second for latency budgets; after
+        # each publication the share of shadow reads to mirror is decided again.
+        self.mirror = MirrorBudget(catalog)
         self.latency = LatencyMonitor(catalog)
+        self.latency.after_tick = self._pace_mirroring
 
     def close(self) -> None:
         """Stop the background thread, finish shadow reads in flight and write their samples."""
@@ -260,7 +265,8 @@ class Router:
         if (
             served is read
             and view.shadow_percent > 0
-            and bucket(f"shadow:{side}") < (view.shadow_percent)
+            and bucket(f"shadow:{side}")
+            < view.shadow_percent * self.mirror.share(tenant, collection)
         ):
             self._shadow(tenant, collection, candidate, q, k, i, ms, flt, view.ramp_percent)
         self.latency.samples[(tenant, collection)].append((_clock() - t0) * 1000)
@@ -305,7 +311,8 @@ class Router:
         d, i = served.search(q, k, flt)
         ms = (time.perf_counter() - began) * 1000
         shadowed = candidate is not None and served is read
-        if shadowed and view.shadow_percent > 0 and bucket(f"shadow:{side}") < view.shadow_percent:
+        mirrored = view.shadow_percent * self.mirror.share(tenant, collection)
+        if shadowed and mirrored > 0 and bucket(f"shadow:{side}") < mirrored:
             assert candidate is not None
             self._shadow(
                 tenant,
@@ -335,6 +342,15 @@ class Router:
         return path
 
     # -- shadow reads -------------------------------------------------------------------------
+
+    def _pace_mirroring(self) -> None:
+        """Decide again, for each collection whose reads are shadowed, the share of them to
+        mirror under the latency budget of the migration that made the candidate (its
+        ``budget``; without one, all of ``shadow_percent``)."""
+        for (tenant, collection), plan in list(self._plans.items()):
+            candidate = plan.candidate
+            if candidate is not None and plan.view.shadow_percent > 0:
+                self.mirror.update(tenant, collection, candidate.record.migration_id)
 
     def _shadow(
         self,

@@ -181,7 +181,7 @@ class Reconciler:
     which gives it its last write again: the repair's copy, read from the source a moment
     before, may have landed after that write. At most ``max_records_per_second`` records are
     read per second (both sides counted); a ``pacer`` (the spec's latency budget) adds the
-    copy's pauses between batches.
+    copy's pauses between batches, read or repaired.
     """
 
     source: VectorStore
@@ -299,6 +299,8 @@ class Reconciler:
                 if self._throttle
                 else 0.0
             )
+            if self.pacer is not None:  # the latency budget's pause, if longer
+                wait = max(wait, self.pacer.pause(len(chunk)))
             if wait > 0:
                 self.sleep(wait)
         done = np.concatenate(written) if written else np.empty(0, np.int64)

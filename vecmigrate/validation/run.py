@@ -236,6 +236,7 @@ def measure(
     source_is_target: bool = False,
     unsettled: Ids | None = None,
     unindexed: tuple[Ids | None, Ids | None] = (None, None),
+    pause: Callable[[], float] | None = None,
 ) -> RetrievalFigures:
     """Recall, agreement, latency and distribution figures, within the spec's time budget.
 
@@ -252,6 +253,10 @@ def measure(
     against the exact answer over the records it was built from, so those are left out of its
     exact search and of its answers (in an online migration the stores hold writes the index
     never saw, which would count as misses of an index that could not have found them).
+
+    ``pause`` (the latency budget's, ``vecmigrate.data.budget.between``) is called between
+    stages, never inside a timed search, and returns the seconds it waited; they extend the
+    time budget.
     """
     g = spec.gates
     old_out, new_out = (u if u is not None and u.size else None for u in unindexed)
@@ -268,6 +273,9 @@ def measure(
         fig.target_model = model_key(spec.target.embedding)
 
     def over(stage: str) -> bool:
+        nonlocal deadline
+        if pause is not None:  # the latency budget's wait between stages
+            deadline += pause()
         if time.monotonic() > deadline:
             fig.skipped.append(stage)
             return True
@@ -314,6 +322,8 @@ def measure(
             if change is not None:
                 fig.recall_change = round(change[0], 4)
                 fig.recall_change_ci = rounded(change[1])
+    if sides and pause is not None:
+        deadline += pause()
     if sides:
         timed = paired_latency(list(sides.values()), q.ask, g.latency_queries)
         latency_figures(fig, dict(zip(sides, timed, strict=True)), g.seed)
