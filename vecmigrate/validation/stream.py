@@ -273,8 +273,8 @@ class ShardStream:
             )
             if short:
                 self.spoiled = (
-                    f"replayed deletes left {short} queries with fewer kept exact neighbours "
-                    f"than the {self.ask} the gate asks"
+                    f"replayed deletes or moves left {short} queries with fewer kept exact "
+                    f"neighbours than the {self.ask} the gate asks"
                 )
         self._sample_drop(old.labels)
         self._sample_add(written)
@@ -442,7 +442,10 @@ def usable(
         return None, "the copy kept no streamed figures for this shard"
     stream = ShardStream.resume(spec, shard, row, queries if _searches(spec) else None)
     if stream is None:
-        return None, "the streamed figures were kept for another spec or query sample"
+        return None, (
+            "the streamed figures were kept for another spec or query sample (or by a copy "
+            "that kept fewer exact neighbours)"
+        )
     if not stream.complete:
         return None, "the shard's copy has not finished"
     if stream.spoiled:
