@@ -548,10 +548,11 @@ class StreamedReplay:
     contributions taken out and the new ones put in are written ahead with what the target
     will hold for those ids (the journal's pending row), then the target is written, then the
     pending rows become the shards' figures, in one transaction. A replay that dies between the
-    write ahead and that last step leaves the pending rows: the next one (or the check) reads
-    the ids back from the target and keeps the state the target shows (or marks the figures
-    unusable if it shows neither). A batch replayed twice (the capture forgets a batch only
-    after it is applied) takes out what it put in and puts it in again: counted once.
+    write ahead and that last step leaves the pending rows: the next one reads the ids back
+    from the target and keeps the state the target shows (or marks the figures unusable if it
+    shows neither); a check meanwhile reads the shard in full. A batch replayed twice (the
+    capture forgets a batch only after it is applied) takes out what it put in and puts it in
+    again: counted once. Figures a change does not fit are marked unusable; the replay goes on.
     """
 
     def __init__(
@@ -615,6 +616,14 @@ class StreamedReplay:
                 spoiled="a replay into the shard died between its writes to the target",
             )
 
+    def _unapplied(self, shard: ShardRef) -> ShardStream:
+        """The shard's figures as stored (an :meth:`apply` that failed half-way is dropped)."""
+        row = self.journal.stream(self.spec.migration_id, shard.index)
+        assert row is not None
+        found = ShardStream.resume(self.spec, shard, row, self.queries)
+        assert found is not None
+        return found
+
     def _open(self, shard: ShardRef) -> ShardStream | None:
         """The shard's streamed figures a replay can keep current, or None (it kept none, they
         are unusable, or its copy has not finished: then they are marked unusable)."""
@@ -669,16 +678,22 @@ class StreamedReplay:
                     old_left[reason] = old_left.get(reason, 0) + 1
                 if t in faulted or t in stream.requarantined or t in copied:
                     stream.requarantined[t] = faulted.get(t, "")
+            if not why:
+                try:
+                    stream.apply(
+                        old.filter(in_shard(old.labels, shard)),
+                        old_left,
+                        seen.filter(in_shard(seen.labels, shard)),
+                        _faults_among(faults, {texts[j] for j in mine.tolist()}),
+                        written.filter(in_shard(written.labels, shard)),
+                    )
+                except ValueError as exc:
+                    # Figures that do not hold what the target held: never the replay's
+                    # problem (it goes on), only the figures' (the shard is read in full).
+                    stream = self._unapplied(shard)
+                    why = f"a replayed change does not fit the streamed figures: {exc}"
             if why:
                 stream.spoiled = why
-            else:
-                stream.apply(
-                    old.filter(in_shard(old.labels, shard)),
-                    old_left,
-                    seen.filter(in_shard(seen.labels, shard)),
-                    _faults_among(faults, {texts[j] for j in mine.tolist()}),
-                    written.filter(in_shard(written.labels, shard)),
-                )
             expect = {
                 "ids": [values[j] for j in mine.tolist()],
                 "before": [_word(before.get(int(labels[j]))) for j in mine.tolist()],
