@@ -568,7 +568,12 @@ class MigrationActivities:
             if inp.remove:
                 return capture.remove(spec, replay_first=inp.replay, on_progress=progress)
             return capture.replay(
-                spec, seconds=inp.seconds, on_progress=progress, catalog=self.catalog
+                spec,
+                seconds=inp.seconds,
+                on_progress=progress,
+                catalog=self.catalog,
+                # The shard checks the copy streamed follow what the replay writes.
+                follow=functools.partial(stream.StreamedReplay, self.journal, spec),
             )
 
     @activity.defn(name="log_head")

@@ -129,6 +129,23 @@ shard_streams = Table(
 )
 
 
+# A replayed change's streamed state, written ahead of the write to the target (see
+# ``vecmigrate.validation.stream.StreamedReplay``): the shard's state once the write has landed,
+# and what the target holds for the records it touches before and after it. The replay
+# promotes it to ``shard_streams`` once the write is done; a replay that died in between finds
+# it and tells from the target which of the two states is true.
+shard_stream_pending = Table(
+    "shard_stream_pending",
+    metadata,
+    *shard_key(),
+    Column("state", JSON, nullable=False),
+    Column("distances", LargeBinary),
+    Column("ids", LargeBinary),
+    Column("sample", LargeBinary),
+    Column("expect", JSON, nullable=False),  # ids, and their hashes before and after
+)
+
+
 @dataclass(frozen=True)
 class StreamRow:
     """A shard's streamed validation state as stored (see ``vecmigrate.validation.stream``)."""
@@ -171,7 +188,15 @@ class Journal(CatalogTables):
 
     def _create(self) -> None:
         metadata.create_all(
-            self.engine, tables=[shard_work, controls, gate_truths, gate_samples, shard_streams]
+            self.engine,
+            tables=[
+                shard_work,
+                controls,
+                gate_truths,
+                gate_samples,
+                shard_streams,
+                shard_stream_pending,
+            ],
         )
         # A catalog made before scans had tokens.
         sql.add_missing_columns(self.engine, "shard_work", {"cursor_token": "TEXT"})
@@ -322,15 +347,92 @@ class Journal(CatalogTables):
             return None
         return StreamRow(row["state"], row["distances"], row["ids"], row["sample"])
 
+    def set_stream(self, migration_id: str, shard: int, stream: StreamRow) -> None:
+        """Replace a shard's streamed state (outside a copy: a replay's, or marked unusable)."""
+        with begin(self.engine) as conn:
+            self._put_stream(conn, shard_streams, migration_id, shard, stream)
+
+    @staticmethod
+    def _put_stream(
+        conn: Any,
+        table: Table,
+        migration_id: str,
+        shard: int,
+        stream: StreamRow,
+        **extra: Any,
+    ) -> None:
+        key = (table.c.migration_id == migration_id) & (table.c.shard == shard)
+        conn.execute(table.delete().where(key))
+        conn.execute(
+            table.insert().values(
+                migration_id=migration_id,
+                shard=shard,
+                state=stream.state,
+                distances=stream.distances,
+                ids=stream.ids,
+                sample=stream.sample,
+                **extra,
+            )
+        )
+
+    def set_pending_streams(
+        self, migration_id: str, pending: dict[int, tuple[StreamRow, dict[str, Any]]]
+    ) -> None:
+        """Write ahead, in one transaction, each shard's streamed state as it will be once a
+        replayed write lands, with what the target holds before and after it (``expect``)."""
+        with begin(self.engine) as conn:
+            for shard, (stream, expect) in pending.items():
+                self._put_stream(
+                    conn, shard_stream_pending, migration_id, shard, stream, expect=expect
+                )
+
+    def pending_stream(
+        self, migration_id: str, shard: int
+    ) -> tuple[StreamRow, dict[str, Any]] | None:
+        """The state written ahead for a shard and its expectations, or None."""
+        row = sql.first_row(
+            self.engine,
+            select(shard_stream_pending).where(
+                (shard_stream_pending.c.migration_id == migration_id)
+                & (shard_stream_pending.c.shard == shard)
+            ),
+        )
+        if row is None:
+            return None
+        stream = StreamRow(row["state"], row["distances"], row["ids"], row["sample"])
+        return stream, row["expect"]
+
+    def settle_pending_streams(
+        self, migration_id: str, shards: list[int], promote: bool, spoiled: str = ""
+    ) -> None:
+        """End the written-ahead states of ``shards`` in one transaction: ``promote`` makes
+        each the shard's state (the write landed), else they are dropped (it did not); with
+        ``spoiled`` the shard's state is marked unusable instead, saying why."""
+        with begin(self.engine) as conn:
+            for shard in shards:
+                key = (shard_stream_pending.c.migration_id == migration_id) & (
+                    shard_stream_pending.c.shard == shard
+                )
+                row = conn.execute(select(shard_stream_pending).where(key)).mappings().first()
+                if row is None:
+                    continue
+                if promote or spoiled:
+                    state = dict(row["state"])
+                    if spoiled:
+                        state["spoiled"] = spoiled
+                    stream = StreamRow(state, row["distances"], row["ids"], row["sample"])
+                    self._put_stream(conn, shard_streams, migration_id, shard, stream)
+                conn.execute(shard_stream_pending.delete().where(key))
+
     def drop_stream(self, migration_id: str, shard: int) -> None:
         """Forget a shard's streamed state (its copy starts over without one)."""
         with begin(self.engine) as conn:
-            conn.execute(
-                shard_streams.delete().where(
-                    (shard_streams.c.migration_id == migration_id)
-                    & (shard_streams.c.shard == shard)
+            for table in (shard_streams, shard_stream_pending):
+                conn.execute(
+                    table.delete().where(
+                        (table.c.migration_id == migration_id) & (table.c.shard == shard)
+                    )
                 )
-            )
 
     # -- the gate's fixed query sample ----------------------------------------------------------
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
@@ -29,11 +29,23 @@ from vecmigrate.errors import NotFoundError, PreconditionError
 from vecmigrate.model.records import IdKind
 from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.model.tasks import CaptureResult
-from vecmigrate.records.batch import Records
+from vecmigrate.records.batch import Faults, Records
 from vecmigrate.records.ids import id_array
 from vecmigrate.records.vectors import Ids
-from vecmigrate.stores import open_store, pgcapture
+from vecmigrate.stores import VectorStore, open_store, pgcapture
 from vecmigrate.stores.pgvector import PgvectorStore
+
+
+class ReplayWriter(Protocol):
+    """Writes a replay's batch onto the target and keeps figures of its own current with it
+    (the streamed shard checks, see ``vecmigrate.validation.stream.StreamedReplay``)."""
+
+    def write(self, ids: pa.Array, current: Records) -> tuple[Records, Faults, pa.Array]: ...
+
+
+# Opens the writer of a replay onto the target, given the source, the target and the view the
+# copy writes through. None: the replay writes the target itself and keeps no figures.
+WriterOpener = Callable[[VectorStore, VectorStore, TargetView], ReplayWriter]
 
 
 def captured_source(spec: MigrationSpec) -> PgvectorStore:
@@ -94,10 +106,12 @@ def _applier(
     read: PgvectorStore,
     write: PgvectorStore,
     counts: dict[str, int],
+    follow: WriterOpener | None = None,
 ) -> Callable[[list[str]], None]:
     """What a replay does with a batch of captured ids: write the rows ``read`` holds now to
     ``write`` (screened, transformed when going to the target), and delete from ``write`` the
-    ids ``read`` no longer holds."""
+    ids ``read`` no longer holds. With ``follow``, a replay onto the target writes through the
+    writer it opens (which keeps the shard checks the copy streamed current)."""
     # Back onto the source, rows map back as they are: a spec that transforms vectors does not
     # capture in both directions (see MigrationSpec._check_stable_name).
     transform = (
@@ -107,19 +121,28 @@ def _applier(
     )
     view = TargetView(write, target_limits(spec, write), transform)
     kind = read.schema.id_kind
+    # Onto the target, the streamed shard checks of the shards the replay touches are kept
+    # current with it (see vecmigrate.validation.stream.StreamedReplay); back onto the source
+    # there is nothing to keep.
+    streamed = None if follow is None or _is_source(spec, write) else follow(read, write, view)
 
     def apply(texts: list[str]) -> None:
         ids = _ids(texts, kind)
         current = read.fetch_records(ids)
-        good, faults = view.records(current)
-        held = {str(v) for v in good.id_values()}
-        gone = [t for t in (str(v) for v in ids.to_pylist()) if t not in held]
-        if len(good):
-            write.write(good)
-        if gone:
-            write.delete(_ids(gone, kind))
+        if streamed is not None:
+            good, faults, gone_ids = streamed.write(ids, current)
+            gone = len(gone_ids)
+        else:
+            good, faults = view.records(current)
+            held = {str(v) for v in good.id_values()}
+            dropped = [t for t in (str(v) for v in ids.to_pylist()) if t not in held]
+            if len(good):
+                write.write(good)
+            if dropped:
+                write.delete(_ids(dropped, kind))
+            gone = len(dropped)
         counts["upserted"] += len(good)
-        counts["deleted"] += len(gone) - len(faults)
+        counts["deleted"] += gone - len(faults)
         counts["left_out"] += len(faults)
 
     return apply
@@ -137,12 +160,15 @@ def replay(
     batch: int = 1_000,
     catalog: Catalog | None = None,
     sleep: Callable[[float], None] = time.sleep,
+    follow: WriterOpener | None = None,
 ) -> CaptureResult:
     """Replay what was captured onto the target for at most ``seconds`` (see
     :func:`pgcapture.replay`), and, once the cut-over captures the target's writes too
     (:func:`two_way`), those onto the source; idempotent. With ``catalog``, under the spec's
     latency budget, it pauses between batches as the copy does (once each batch's transaction
-    has committed: nothing is held while it waits)."""
+    has committed: nothing is held while it waits). With ``follow``, what it writes onto the
+    target goes through the writer it opens (the activity's keeps the shard checks the copy
+    streamed current: see ``vecmigrate.validation.stream.StreamedReplay``)."""
     began = time.monotonic()
     source, target = _pair(spec)
     pacer = BudgetPacer(catalog, spec)
@@ -163,7 +189,7 @@ def replay(
         done = pgcapture.replay(
             frm,
             spec.migration_id,
-            _applier(spec, frm, to, counts),
+            _applier(spec, frm, to, counts, follow),
             seconds=max(1.0, seconds - (time.monotonic() - began)) if suffix else seconds,
             batch=batch,
             on_batch=batch_done,

@@ -5,6 +5,11 @@ migrations that change vectors), and ids with payload (the payload must cross un
 happens to the vectors). A source shard is seen as the target should hold it: records no target
 can hold, or this target cannot, are left out and counted per reason (the quarantine), and the
 rest seen through the migration's transform.
+
+Every figure but the norm bounds is a sum a record's removal can undo exactly (the checksums
+are sums modulo 2**64, the norms' total a sum of integers: each norm in units of 2**-32), so a
+streamed profile follows the records replayed into a shard without a second read (see
+:meth:`ProfileBuilder.remove_records`); the full read computes the same sums.
 """
 
 from __future__ import annotations
@@ -43,6 +48,26 @@ def _norms(vectors: Vectors) -> npt.NDArray[np.float64]:
     if big.any():
         norms[big] = np.linalg.norm(v[big].astype(np.float64), axis=1)
     return norms
+
+
+# A norm is summed as an integer number of 2**-32 (exactly, whatever the order of the records,
+# and exactly undone when a record is removed); the mean is rounded to 6 decimals.
+_NORM_UNIT = float(1 << 32)
+_NORM_SPLIT = float(1 << 30)  # below this, a norm in units of 2**-32 fits an int64 with room
+
+
+def norm_units(norms: npt.NDArray[np.float64]) -> int:
+    """The sum of ``norms`` as an integer of 2**-32 units, each rounded on its own (so the sum
+    is the same in any order and a record's share can be taken out again exactly)."""
+    if not norms.size:
+        return 0
+    small = norms < _NORM_SPLIT
+    q = np.rint(norms[small] * _NORM_UNIT).astype(np.int64)
+    # Summed in two 32-bit halves: 50,000 values of up to 2**62 would overflow an int64.
+    total = (int((q >> 32).sum()) << 32) + int((q & 0xFFFFFFFF).sum())
+    for x in norms[~small].tolist():
+        total += round(x * _NORM_UNIT)
+    return total
 
 
 @dataclass
@@ -86,7 +111,11 @@ class ProfileBuilder:
         self.off_unit = 0
         self.norm_min = np.inf
         self.norm_max = -np.inf
-        self.norm_sum = 0.0
+        self.norm_units = 0  # the finite norms' sum, see norm_units
+        # Set when a removed record held the smallest (largest) norm: the bound kept is then
+        # only a bound of the rest (see :meth:`remove_records`).
+        self.low_lost = False
+        self.high_lost = False
 
     def add(self, ids: Ids, vectors: Vectors) -> None:
         """Fold in a batch of integer ids and one vector each."""
@@ -126,9 +155,71 @@ class ProfileBuilder:
         self.zero += int((norms == 0).sum())
         self.off_unit += int((np.abs(norms - 1.0) > self.tolerance).sum())
         if norms.size:
-            self.norm_min = min(self.norm_min, float(norms.min()))
-            self.norm_max = max(self.norm_max, float(norms.max()))
-            self.norm_sum += float(norms.sum())
+            low, high = float(norms.min()), float(norms.max())
+            # A lost bound is still a bound of the rest: a record beyond it is the new bound.
+            if low <= self.norm_min or not self.low_lost:
+                self.norm_min, self.low_lost = min(self.norm_min, low), False
+            if high >= self.norm_max or not self.high_lost:
+                self.norm_max, self.high_lost = max(self.norm_max, high), False
+            self.norm_units += norm_units(norms)
+
+    @property
+    def bounds_lost(self) -> bool:
+        """Whether a removed record held the smallest or the largest norm and none added since
+        went past it: the bounds of the rest are not known without a read."""
+        return self.low_lost or self.high_lost
+
+    def remove_records(self, records: Records, left_out: dict[str, int] | None = None) -> None:
+        """Take out records added before (exactly as they were added) and, with ``left_out``,
+        records counted as left out (per reason): what a record replaced or deleted after the
+        copy contributed. Only for a builder without kept batches or ids.
+
+        Every sum is undone exactly. The norm bounds are not sums: when a removed record's norm
+        is the smallest or the largest, the bound of the rest is unknown until a record added
+        goes past it (:attr:`bounds_lost`; the shard is read in full if it stays so)."""
+        if self.keep or self.track_ids:
+            raise ValueError("records can be removed only from a builder without kept batches")
+        for reason, n in (left_out or {}).items():
+            left = self.left_out.get(reason, 0) - n
+            if left < 0:
+                raise ValueError(f"more records removed for {reason!r} than were left out")
+            if left:
+                self.left_out[reason] = left
+            else:
+                self.left_out.pop(reason, None)
+        if not len(records):
+            return
+        if len(records) > self.count:
+            raise ValueError(f"{len(records)} records removed from a profile of {self.count}")
+        labels = records.labels
+        mask = 0xFFFFFFFFFFFFFFFF
+        self.records.total = (
+            self.records.total - int(records.hashes().sum(dtype=np.uint64))
+        ) & mask
+        self.records.count -= len(records)
+        ids = RecordChecksum()
+        ids.add(labels, np.empty((labels.shape[0], 0), np.float32))
+        self.ids.total = (self.ids.total - ids.total) & mask
+        self.ids.count -= ids.count
+        if self.has_payload and records.schema.has_payload:
+            hashes = record_hashes(labels, [], records.payload_only_hashes())
+            self.payloads.total = (self.payloads.total - int(hashes.sum(dtype=np.uint64))) & mask
+            self.payloads.count -= len(records)
+        self.count -= len(records)
+        vectors = records.vectors()
+        finite = np.isfinite(vectors).all(axis=1)
+        self.nonfinite -= int((~finite).sum())
+        norms = _norms(vectors if finite.all() else vectors[finite])
+        self.zero -= int((norms == 0).sum())
+        self.off_unit -= int((np.abs(norms - 1.0) > self.tolerance).sum())
+        self.norm_units -= norm_units(norms)
+        if self.count == self.nonfinite:
+            # Nothing finite is left: no bounds, and none lost.
+            self.norm_min, self.norm_max = np.inf, -np.inf
+            self.low_lost = self.high_lost = False
+        elif norms.size:
+            self.low_lost = self.low_lost or bool(norms.min() <= self.norm_min)
+            self.high_lost = self.high_lost or bool(norms.max() >= self.norm_max)
 
     def without(self, exclude: Ids) -> ShardProfile:
         """The profile of the kept batches with the records of ``exclude`` left out."""
@@ -162,8 +253,9 @@ class ProfileBuilder:
             "norm": [
                 None if self.count == self.nonfinite else self.norm_min,
                 None if self.count == self.nonfinite else self.norm_max,
-                self.norm_sum,
+                str(self.norm_units),
             ],
+            "bounds_lost": [self.low_lost, self.high_lost],
         }
 
     @classmethod
@@ -184,7 +276,9 @@ class ProfileBuilder:
         low, high, total = state["norm"]
         b.norm_min = np.inf if low is None else float(low)
         b.norm_max = -np.inf if high is None else float(high)
-        b.norm_sum = float(total)
+        # A state kept before the norms were summed as integers held a float total.
+        b.norm_units = int(total) if isinstance(total, str) else norm_units(np.array([total]))
+        b.low_lost, b.high_lost = (bool(x) for x in state.get("bounds_lost", [False, False]))
         return b
 
     def result(self) -> ShardProfile:
@@ -200,7 +294,7 @@ class ProfileBuilder:
             off_unit_norm=self.off_unit,
             norm_min=None if finite == 0 else round(self.norm_min, 6),
             norm_max=None if finite == 0 else round(self.norm_max, 6),
-            norm_mean=None if finite == 0 else round(self.norm_sum / finite, 6),
+            norm_mean=None if finite == 0 else round(self.norm_units / _NORM_UNIT / finite, 6),
             checksum=self.records.hexdigest(),
             id_checksum=self.ids.hexdigest(),
             payload_checksum=self.payloads.hexdigest() if self.has_payload else "",
