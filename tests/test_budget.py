@@ -34,7 +34,7 @@ from vecmigrate.data.budget import (
 from vecmigrate.indexes.artifacts import build_index
 from vecmigrate.indexes.build import artifact_dir, build_shard, register_index
 from vecmigrate.model.spec import LatencyBudget, Metric, MigrationSpec
-from vecmigrate.model.status import MigrationStatus
+from vecmigrate.model.status import BudgetState, MigrationStatus
 from vecmigrate.records.sharding import plan_shards
 from vecmigrate.serving.router import Router, bucket
 from vecmigrate.validation import reconcile
@@ -44,6 +44,16 @@ from vecmigrate.validation.shadow import ShadowLog
 
 def _at(t: float, p99: float, count: int = 100) -> LatencyReading:
     return LatencyReading(p50_ms=p99 / 3, p99_ms=p99, count=count, at=t)
+
+
+def _throttled(sandbox: Sandbox, spec: MigrationSpec, stage: str = "") -> BudgetState:
+    """The budget's state as `status` reads it, which must say the migration is throttled
+    (by ``stage``, when given)."""
+    state = Latencies(sandbox.catalog).budget(spec.migration_id)
+    assert state is not None
+    assert state.throttled
+    assert state.why.startswith(stage), state.why
+    return state
 
 
 def test_controller_halves_over_budget_and_raises_gently_under_it() -> None:
@@ -152,9 +162,7 @@ def test_a_copy_over_budget_pauses_between_batches_and_status_says_so(
     spec, sleeps, published = _copy_after_searches(sandbox, budget={"max_search_p99_ms": 1e-6})
     assert sleeps
     assert sum(sleeps) > 0
-    state = Latencies(sandbox.catalog).budget(spec.migration_id)
-    assert state is not None
-    assert state.throttled
+    state = _throttled(sandbox, spec)
     assert state.share == 0.5  # one reading, one cut
     assert state.p99_ms == pytest.approx(published.p99_ms)
     assert state.idle_p99_ms == pytest.approx(published.p99_ms)  # published before the copy
@@ -224,9 +232,7 @@ def test_the_catch_up_over_budget_pauses_between_batches(sandbox: Sandbox) -> No
     spec, sleeps = _caught_up(sandbox, budget={"max_search_p99_ms": 1e-6})
     assert len(sleeps) == 5  # after each of the 5 batches
     assert all(s > 0 for s in sleeps)
-    state = Latencies(sandbox.catalog).budget(spec.migration_id)
-    assert state is not None
-    assert state.throttled
+    _throttled(sandbox, spec)
 
 
 def test_without_a_budget_the_catch_up_never_waits(sandbox: Sandbox) -> None:
@@ -322,10 +328,7 @@ def test_the_shard_checks_full_reads_pause_under_the_budget(sandbox: Sandbox) ->
     spec, sleeps = _shard_checked(sandbox, budget={"max_search_p99_ms": 1e-6})
     assert len(sleeps) >= 2  # after each side's read (one batch each)
     assert all(s > 0 for s in sleeps)
-    state = Latencies(sandbox.catalog).budget(spec.migration_id)
-    assert state is not None
-    assert state.throttled
-    assert state.why.startswith("shard checks: ")
+    _throttled(sandbox, spec, "shard checks: ")
 
 
 def test_within_the_budget_the_shard_checks_never_wait(sandbox: Sandbox) -> None:
@@ -362,10 +365,7 @@ def test_the_validation_gates_pause_between_stages_under_the_budget(sandbox: San
     # searches: between stages, none in the middle of the timing.
     assert len(sleeps) == 4
     assert all(s > 0 for s in sleeps)
-    state = Latencies(sandbox.catalog).budget(spec.migration_id)
-    assert state is not None
-    assert state.throttled
-    assert state.why.startswith("validation gates: ")
+    _throttled(sandbox, spec, "validation gates: ")
 
 
 def test_within_the_budget_the_validation_gates_never_wait(sandbox: Sandbox) -> None:
@@ -427,10 +427,7 @@ def test_over_the_budget_the_router_mirrors_fewer_reads_and_status_says_so(
     chosen = sum(bucket(f"shadow:{bucket(f'user-{j}')}") < share for j in range(300))
     assert chosen < 0.6 * 300
     assert 0 < pairs <= chosen  # fewer pairs, but some: the shadow gate still gets its pairs
-    state = Latencies(sandbox.catalog).budget(spec.migration_id)
-    assert state is not None
-    assert state.throttled
-    assert state.why.startswith("shadow reads mirrored at ")
+    state = _throttled(sandbox, spec, "shadow reads mirrored at ")
     console = Console(width=200, record=True)
     console.print(
         status_tables(

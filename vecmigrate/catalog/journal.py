@@ -237,20 +237,7 @@ class Journal(CatalogTables):
             )
             if stream is not None:
                 # In the cursor's transaction: the two never disagree, whenever the copy dies.
-                key = (shard_streams.c.migration_id == migration_id) & (
-                    shard_streams.c.shard == shard
-                )
-                conn.execute(shard_streams.delete().where(key))
-                conn.execute(
-                    shard_streams.insert().values(
-                        migration_id=migration_id,
-                        shard=shard,
-                        state=stream.state,
-                        distances=stream.distances,
-                        ids=stream.ids,
-                        sample=stream.sample,
-                    )
-                )
+                self._put_stream(conn, shard_streams, migration_id, shard, stream)
 
     @staticmethod
     def _progress(cursor: Cursor | None, copied: int, written: RecordChecksum) -> dict[str, Any]:
