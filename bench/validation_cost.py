@@ -8,9 +8,9 @@ profiles and the recall gate's exact search into its batches, and the suite chec
 by its count and a read-back sample instead of reading both versions again. Measured in
 ``--pairs`` rounds, each the streamed suite then raw FAISS exact search of the same queries
 (``streamed_suite_s``, ``streamed_raw_s``: medians; ``streamed_ratio``: the median of the
-rounds' ratios), the full-read suite (``gates.deep``) in the same rounds (``full_suite_s``,
-``full_ratio``), and the copy's time with and without the streaming (``copy_streamed_s``,
-``copy_plain_s``: what the streaming moved into the copy).
+rounds' ratios, ``streamed_ratios``: each round's), the full-read suite (``gates.deep``) in
+the same rounds (``full_suite_s``, ``full_ratio``), and the copy's time with and without the
+streaming (``copy_streamed_s``, ``copy_plain_s``: what the streaming moved into the copy).
 
 For each size: v1 and v2 hold the same vectors (v2 copied by vecmigrate, both indexed with IVF),
 then the whole validation runs (every shard profiled on both sides, recall@10 of both indexes
@@ -190,6 +190,8 @@ def one(n: int, dim: int, queries: int, pairs: int = 3) -> dict[str, object]:
         "streamed_suite_s": round(float(np.median(streamed)), 2),
         "streamed_raw_s": round(float(np.median(raws)), 2),
         "streamed_ratio": round(float(np.median(ratios)), 2),
+        # Each round's ratio: the load of a shared machine moves them more than any change.
+        "streamed_ratios": [round(float(r), 2) for r in ratios],
         # Of the streamed suite, the shard checks (counts, read-back): the rest is retrieval.
         "streamed_checks_s": round(float(np.median(checking)), 2),
         "full_suite_s": round(float(np.median(full)), 2),

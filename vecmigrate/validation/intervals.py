@@ -125,6 +125,10 @@ def ratio_interval(
         return np.asarray(qx / qy, dtype=np.float64)
 
     point = float(ratio(a, b))
+    if max(a.max(), b.max()) <= floor:
+        # No resample's quantile exceeds its sample's largest value: every one reads as the
+        # floor on both sides, and the bootstrap would only draw ratios of 1.
+        return (point, (point, point))
     rows = np.random.default_rng(seed).integers(0, n, size=(BOOTSTRAP, n))
     boot = ratio(a[rows], b[rows])
     alpha = 1 - confidence
