@@ -56,6 +56,25 @@ def _throttled(sandbox: Sandbox, spec: MigrationSpec, stage: str = "") -> Budget
     return state
 
 
+def _status_text(spec: MigrationSpec, strategy: str, budget: BudgetState) -> str:
+    """What `vecmigrate status` prints of a migration of v1 to v2 with this budget's state."""
+    console = Console(width=200, record=True)
+    console.print(
+        status_tables(
+            MigrationStatus(
+                migration_id=spec.migration_id,
+                tenant="default",
+                collection="docs",
+                strategy=strategy,
+                source_version="v1",
+                target_version="v2",
+                budget=budget,
+            )
+        )
+    )
+    return console.export_text()
+
+
 def test_controller_halves_over_budget_and_raises_gently_under_it() -> None:
     c = PaceController(min_share=0.05, cooldown_seconds=3.0)
     limit = 15.0
@@ -167,18 +186,7 @@ def test_a_copy_over_budget_pauses_between_batches_and_status_says_so(
     assert state.p99_ms == pytest.approx(published.p99_ms)
     assert state.idle_p99_ms == pytest.approx(published.p99_ms)  # published before the copy
 
-    st = MigrationStatus(
-        migration_id=spec.migration_id,
-        tenant="default",
-        collection="docs",
-        strategy="blue_green",
-        source_version="v1",
-        target_version="v2",
-        budget=state,
-    )
-    console = Console(width=200, record=True)
-    console.print(status_tables(st))
-    text = console.export_text()
+    text = _status_text(spec, "blue_green", state)
     assert "latency budget" in text
     assert "throttling: pace 50%" in text
 
@@ -428,21 +436,7 @@ def test_over_the_budget_the_router_mirrors_fewer_reads_and_status_says_so(
     assert chosen < 0.6 * 300
     assert 0 < pairs <= chosen  # fewer pairs, but some: the shadow gate still gets its pairs
     state = _throttled(sandbox, spec, "shadow reads mirrored at ")
-    console = Console(width=200, record=True)
-    console.print(
-        status_tables(
-            MigrationStatus(
-                migration_id=spec.migration_id,
-                tenant="default",
-                collection="docs",
-                strategy="online",
-                source_version="v1",
-                target_version="v2",
-                budget=state,
-            )
-        )
-    )
-    assert "shadow reads mirrored at" in console.export_text()
+    assert "shadow reads mirrored at" in _status_text(spec, "online", state)
 
 
 @pytest.mark.integration  # 360 searches with a shadow thread: seconds
