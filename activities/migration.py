@@ -283,16 +283,20 @@ class MigrationActivities:
             def progress(cursor: Cursor, done: int, _acc: RecordChecksum) -> None:
                 beat({"shard": index, "cursor": cursor.model_dump(), "copied": done})
 
-            # The copy streams the shard's check (profiles, the gate's exact search): the
-            # search runs in FAISS, on this shard's share of the cores.
-            set_openmp_threads(self._share(spec))
-            result = backfill.copy_shard(
-                spec,
-                inp.shard,
-                self.journal,
-                progress,
-                watch=functools.partial(stream.open_stream, self.journal, spec, inp.shard),
-            )
+            def copy() -> CopyShardResult:
+                # The copy streams the shard's check (profiles, the gate's exact search): the
+                # search runs in FAISS, on this shard's share of the cores (set on the thread
+                # that runs it: libgomp keeps the count per thread).
+                set_openmp_threads(self._share(spec))
+                return backfill.copy_shard(
+                    spec,
+                    inp.shard,
+                    self.journal,
+                    progress,
+                    watch=functools.partial(stream.open_stream, self.journal, spec, inp.shard),
+                )
+
+            result = budget.niced(spec, copy)
         if result.resumed_from is not None and result.complete:
             activity.logger.info(
                 "shard %s resumed after id %s (attempt %s, %s vectors re-copied)",
@@ -316,20 +320,23 @@ class MigrationActivities:
             spec.target.store, spec.tenant, spec.collection, spec.target.name
         )
         with _keepalive(spec) as beat:
-            ref = build.build_shard(
-                store,
-                spec.target,
-                inp.shard,
-                directory,
-                threads=budget.build_threads(
-                    self.catalog, spec, self.build_threads or self._share(spec)
+            ref = budget.niced(
+                spec,
+                lambda: build.build_shard(
+                    store,
+                    spec.target,
+                    inp.shard,
+                    directory,
+                    threads=budget.build_threads(
+                        self.catalog, spec, self.build_threads or self._share(spec)
+                    ),
+                    on_progress=budget.paced(
+                        self.catalog,
+                        spec,
+                        lambda done, total: beat({"shard": index, "added": done, "of": total}),
+                    ),
+                    chunk=budget.build_chunk(spec),
                 ),
-                on_progress=budget.paced(
-                    self.catalog,
-                    spec,
-                    lambda done, total: beat({"shard": index, "added": done, "of": total}),
-                ),
-                chunk=budget.build_chunk(spec),
             )
         self.journal.set_artifact(spec.migration_id, index, ref.model_dump(mode="json"))
         self._ledger(spec, f"shard/{index}/indexed", "shard.indexed", ref.model_dump(mode="json"))

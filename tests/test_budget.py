@@ -6,6 +6,10 @@ router's shadow reads, and the status line."""
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextvars
+import os
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -15,25 +19,30 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 from rich.console import Console
+from temporalio.client import Client
 
-from tests.conftest import Sandbox
+from tests.conftest import Sandbox, running_worker
 from vecmigrate.catalog.changelog import UPSERT, ChangeLog
 from vecmigrate.catalog.journal import Journal
 from vecmigrate.catalog.latency import Latencies, LatencyReading
+from vecmigrate.control.client import MigrationClient
 from vecmigrate.control.report import status_tables
 from vecmigrate.data.backfill import catch_up, copy_shard, open_source, open_target, prepare
 from vecmigrate.data.budget import (
+    PER_THREAD_NICE,
     PaceController,
     between,
     build_chunk,
     build_threads,
     limit_of,
+    niced,
     paced,
     paced_reads,
 )
 from vecmigrate.indexes.artifacts import build_index
 from vecmigrate.indexes.build import artifact_dir, build_shard, register_index
-from vecmigrate.model.spec import LatencyBudget, Metric, MigrationSpec
+from vecmigrate.model.lifecycle import Phase
+from vecmigrate.model.spec import LatencyBudget, Metric, MigrationSpec, canonical
 from vecmigrate.model.status import BudgetState, MigrationStatus
 from vecmigrate.records.sharding import plan_shards
 from vecmigrate.serving.router import Router, bucket
@@ -466,3 +475,82 @@ def test_an_index_build_under_a_budget_adds_smaller_chunks(sandbox: Sandbox, tmp
     )
     assert art.count == 3000
     assert seen == [2000, 3000]  # a look at the budget after each chunk
+
+
+def _priority() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+@pytest.mark.skipif(not PER_THREAD_NICE, reason="a nice value per thread is Linux's")
+@pytest.mark.parametrize(
+    ("budget", "step"), [(None, 0), ({"nice": 0}, 0), ({}, 10), ({"nice": 4}, 4)]
+)
+def test_under_a_budget_the_build_runs_at_a_lower_cpu_priority_and_its_threads_too(
+    sandbox: Sandbox, budget: dict[str, Any] | None, step: int
+) -> None:
+    """A real hnswlib build of a copied shard, run as the build activity runs it: its progress
+    callback (on the build's thread) and a thread that thread starts (as hnswlib starts its
+    own) see the worker's nice value plus the budget's; the caller's thread keeps its own."""
+    limits = None if budget is None else {"max_search_p99_ms": 1e6, **budget}
+    s, _, _ = _copy_after_searches(sandbox, **({} if limits is None else {"budget": limits}))
+    base = _priority()
+    seen: list[tuple[int, int]] = []
+
+    def progress(done: int, total: int) -> None:
+        child: list[int] = []
+        started = threading.Thread(target=lambda: child.append(_priority()))
+        started.start()
+        started.join()
+        seen.append((_priority(), child[0]))
+
+    shard = plan_shards(s.shards)[0]
+    directory = artifact_dir(s.target.store, s.tenant, s.collection, s.target.name)
+    art = niced(
+        s,
+        lambda: build_shard(
+            open_target(s), s.target, shard, directory, threads=2, on_progress=progress, chunk=1000
+        ),
+    )
+    assert art.count == 3000
+    assert seen == [(min(19, base + step), min(19, base + step))] * 3
+    assert _priority() == base
+
+
+def test_niced_work_raises_what_it_raised_and_keeps_the_callers_context(sandbox: Sandbox) -> None:
+    spec = sandbox.spec(budget={"max_search_p99_ms": 1e6, "nice": 3})
+    marker: contextvars.ContextVar[str] = contextvars.ContextVar("marker")
+    marker.set("activity")
+    assert niced(spec, marker.get) == "activity"
+
+    def fails() -> None:
+        raise ValueError("the copy failed")
+
+    with pytest.raises(ValueError, match="the copy failed"):
+        niced(spec, fails)
+
+
+def test_the_budgets_nice_is_bounded_and_left_out_of_the_hash_at_its_default() -> None:
+    with pytest.raises(ValidationError, match="nice"):
+        LatencyBudget(max_p99_ratio=1.5, nice=20)
+    assert "nice" not in canonical(LatencyBudget(max_p99_ratio=1.5))
+    assert '"nice":4' in canonical(LatencyBudget(max_p99_ratio=1.5, nice=4))
+
+
+async def test_a_migration_under_a_budget_copies_and_builds_on_niced_threads(
+    client: Client, sandbox: Sandbox
+) -> None:
+    """The copy and the build activities run their work on a niced thread of their own under
+    a budget: the activity's heartbeats come from it (its context goes along), what it returns
+    reaches the workflow, and the migration completes with every record copied."""
+    sandbox.seed(3000)
+    spec = sandbox.spec(budget={"max_search_p99_ms": 1e6, "nice": 5})
+    async with running_worker(client, sandbox) as queue:
+        mc = MigrationClient(client, queue)
+        mid = await mc.start(spec)
+        final = await asyncio.wait_for(mc.result(mid), 240)
+    assert final.phase == Phase.COMPLETED
+    assert sum(s.copied for s in final.shards) == 3000
+    assert final.index_version is not None
+    state = Latencies(sandbox.catalog).budget(mid)
+    assert state is not None  # the copy and the build looked at the budget
+    assert not state.throttled

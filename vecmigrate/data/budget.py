@@ -14,18 +14,23 @@ combined with the ``max_vectors_per_second`` throttle by taking the longer wait.
 pauses the shard checks' full reads (:func:`paced_reads`) and the validation gates between
 their stages (:func:`between`). :class:`MirrorBudget` is a router's: the share of its shadowed
 reads it mirrors to a candidate. Each writes where the budget stands to the catalog
-(``vecmigrate.catalog.latency``), which ``vecmigrate status`` shows.
+(``vecmigrate.catalog.latency``), which ``vecmigrate status`` shows. :func:`niced` runs the
+copy and the build at a lower CPU priority under a budget, so that the scheduler serves the
+searches first whenever the two want the same core.
 """
 
 from __future__ import annotations
 
+import contextvars
 import json
 import math
 import os
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.catalog.latency import Latencies, LatencyReading
@@ -195,6 +200,44 @@ class BudgetPacer:
         )
         self.state = state
         self.latencies.set_budget(spec.migration_id, state)
+
+
+T = TypeVar("T")
+
+# Linux keeps a nice value per thread, and a thread inherits its creator's: a build's own
+# threads (hnswlib's) run at the priority of the thread that starts them. Elsewhere the value
+# is the process's, which lowering for one call would leave lowered for every later one.
+PER_THREAD_NICE = sys.platform.startswith("linux")
+
+
+def niced(spec: MigrationSpec, work: Callable[[], T]) -> T:
+    """``work()``, run under the spec's budget on a thread of its own whose nice value is the
+    budget's ``nice`` above the caller's (the thread ends with the call, so the worker's own
+    threads keep their priority); without a budget, with ``nice`` 0 or off Linux, on the
+    calling thread. The activity's context goes with it (its heartbeats), and whatever
+    ``work`` raises is raised here."""
+    step = spec.budget.nice if spec.budget is not None else 0
+    if step <= 0 or not PER_THREAD_NICE:
+        return work()
+    context = contextvars.copy_context()
+    done: list[T] = []
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            tid = threading.get_native_id()
+            base = os.getpriority(os.PRIO_PROCESS, tid)
+            os.setpriority(os.PRIO_PROCESS, tid, min(19, base + step))
+            done.append(context.run(work))
+        except BaseException as e:  # handed to the caller
+            failed.append(e)
+
+    thread = threading.Thread(target=run, name="vecmigrate-niced", daemon=True)
+    thread.start()
+    thread.join()
+    if failed:
+        raise failed[0]
+    return done[0]
 
 
 def build_threads(catalog: Catalog, spec: MigrationSpec, threads: int) -> int:

@@ -979,8 +979,9 @@ class LatencyBudget(_Model):
     measures within the budget by slowing itself (pausing between copy, catch-up and check
     batches and between the gates' stages, fewer index build threads, fewer shadow reads
     mirrored), down to ``min_rate_share`` of its full pace, and speeds up again when the
-    latency allows. Set ``max_p99_ratio`` (against the idle p99 the
-    router published before the copy began), ``max_search_p99_ms``, or both (the lower wins)."""
+    latency allows; the copy and the build also run at a lower CPU priority (``nice``). Set
+    ``max_p99_ratio`` (against the idle p99 the router published before the copy began),
+    ``max_search_p99_ms``, or both (the lower wins)."""
 
     max_p99_ratio: float | None = Field(default=None, ge=1.0)
     """The search p99 may be at most this times the idle p99 (for example 1.5)."""
@@ -988,6 +989,11 @@ class LatencyBudget(_Model):
     """The search p99 may be at most this many milliseconds."""
     min_rate_share: float = Field(default=0.05, gt=0.0, le=1.0)
     """The slowest the migration goes: this share of its full pace (it never stops)."""
+    nice: int = Field(default=10, ge=0, le=19)
+    """How much lower the CPU priority of the copy and the index build is while a budget is
+    set (added to the worker's nice value, as ``nice`` does; 0 leaves it): with the cores
+    contended, the scheduler gives the serving processes their time first. Linux only (the
+    priority of one thread, which the build's threads inherit)."""
 
     @model_validator(mode="after")
     def _some_limit(self) -> LatencyBudget:
@@ -1355,6 +1361,7 @@ ADDED_FIELDS: dict[type[BaseModel], frozenset[str]] = {
     ),
     QdrantHnsw: frozenset({"quantization", "product_compression", "rescore", "oversampling"}),
     MigrationSpec: frozenset({"schedule", "windows", "retention", "quarantine", "budget"}),
+    LatencyBudget: frozenset({"nice"}),
     GatePolicy: frozenset({"half_width", "deep"}),
     OnlinePolicy: frozenset({"capture", "tuning"}),
     CutoverPolicy: frozenset({"stable_name"}),
