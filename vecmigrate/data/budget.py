@@ -189,17 +189,28 @@ class BudgetPacer:
         reading = self.latencies.latest(spec.tenant, spec.collection, STALE_SECONDS, wall)
         decision = self.controller.decide(reading, self.state.limit_ms, wall)
         why = f"{self.what}: {decision.why}" if self.what and decision.why else decision.why
-        state = self.state.model_copy(
-            update={
-                "share": decision.share,
-                "throttled": decision.throttled,
-                "why": why or self.state.why,
-                "p99_ms": reading.p99_ms if reading is not None else self.state.p99_ms,
-                "at": wall,
-            }
-        )
-        self.state = state
-        self.latencies.set_budget(spec.migration_id, state)
+        self.state = _decided(self.state, decision, why or self.state.why, reading, wall)
+        self.latencies.set_budget(spec.migration_id, self.state)
+
+
+def _decided(
+    state: BudgetState,
+    decision: Decision,
+    why: str,
+    reading: LatencyReading | None,
+    wall: float,
+) -> BudgetState:
+    """The budget's state after ``decision``, taken at ``wall`` on ``reading`` (the last p99
+    kept when there is none), as the status shows it."""
+    return state.model_copy(
+        update={
+            "share": decision.share,
+            "throttled": decision.throttled,
+            "why": why,
+            "p99_ms": reading.p99_ms if reading is not None else state.p99_ms,
+            "at": wall,
+        }
+    )
 
 
 T = TypeVar("T")
@@ -387,18 +398,8 @@ class MirrorBudget:
         self.shares[key] = decision.share
         if decision.why or decision.throttled != state.throttled:
             why = f"shadow reads mirrored at {100 * decision.share:.0f}%"
-            self._latencies.set_budget(
-                migration_id,
-                state.model_copy(
-                    update={
-                        "share": decision.share,
-                        "throttled": decision.throttled,
-                        "why": f"{why}: {decision.why}" if decision.why else why,
-                        "p99_ms": reading.p99_ms if reading is not None else state.p99_ms,
-                        "at": now,
-                    }
-                ),
-            )
+            why = f"{why}: {decision.why}" if decision.why else why
+            self._latencies.set_budget(migration_id, _decided(state, decision, why, reading, now))
         return decision.share
 
     def _min_share(self, migration_id: str) -> float:
