@@ -181,6 +181,16 @@ class Control:
     max_vectors_per_second: float | None = None
 
 
+def _shard_key(table: Table, migration_id: str, shard: int) -> Any:
+    """The where clause of one shard's row of a migration in ``table``."""
+    return (table.c.migration_id == migration_id) & (table.c.shard == shard)
+
+
+def _stream_row(row: Any) -> StreamRow:
+    """A shard's streamed state from its row (of ``shard_streams`` or the pending table)."""
+    return StreamRow(row["state"], row["distances"], row["ids"], row["sample"])
+
+
 class Journal(CatalogTables):
     """The shard journal and control rows in a catalog's database."""
 
@@ -224,7 +234,7 @@ class Journal(CatalogTables):
         )
 
     def _where(self, migration_id: str, shard: int) -> Any:
-        return (shard_work.c.migration_id == migration_id) & (shard_work.c.shard == shard)
+        return _shard_key(shard_work, migration_id, shard)
 
     def _update(
         self, migration_id: str, shard: int, stream: StreamRow | None = None, **values: Any
@@ -326,13 +336,9 @@ class Journal(CatalogTables):
         """The shard's streamed validation state, or None if its copy kept none."""
         row = sql.first_row(
             self.engine,
-            select(shard_streams).where(
-                (shard_streams.c.migration_id == migration_id) & (shard_streams.c.shard == shard)
-            ),
+            select(shard_streams).where(_shard_key(shard_streams, migration_id, shard)),
         )
-        if row is None:
-            return None
-        return StreamRow(row["state"], row["distances"], row["ids"], row["sample"])
+        return None if row is None else _stream_row(row)
 
     def set_stream(self, migration_id: str, shard: int, stream: StreamRow) -> None:
         """Replace a shard's streamed state (outside a copy: a replay's, or marked unusable)."""
@@ -348,8 +354,7 @@ class Journal(CatalogTables):
         stream: StreamRow,
         **extra: Any,
     ) -> None:
-        key = (table.c.migration_id == migration_id) & (table.c.shard == shard)
-        conn.execute(table.delete().where(key))
+        conn.execute(table.delete().where(_shard_key(table, migration_id, shard)))
         conn.execute(
             table.insert().values(
                 migration_id=migration_id,
@@ -380,14 +385,10 @@ class Journal(CatalogTables):
         row = sql.first_row(
             self.engine,
             select(shard_stream_pending).where(
-                (shard_stream_pending.c.migration_id == migration_id)
-                & (shard_stream_pending.c.shard == shard)
+                _shard_key(shard_stream_pending, migration_id, shard)
             ),
         )
-        if row is None:
-            return None
-        stream = StreamRow(row["state"], row["distances"], row["ids"], row["sample"])
-        return stream, row["expect"]
+        return None if row is None else (_stream_row(row), row["expect"])
 
     def settle_pending_streams(
         self, migration_id: str, shards: list[int], promote: bool, spoiled: str = ""
@@ -397,9 +398,7 @@ class Journal(CatalogTables):
         ``spoiled`` the shard's state is marked unusable instead, saying why."""
         with begin(self.engine) as conn:
             for shard in shards:
-                key = (shard_stream_pending.c.migration_id == migration_id) & (
-                    shard_stream_pending.c.shard == shard
-                )
+                key = _shard_key(shard_stream_pending, migration_id, shard)
                 row = conn.execute(select(shard_stream_pending).where(key)).mappings().first()
                 if row is None:
                     continue
@@ -407,7 +406,7 @@ class Journal(CatalogTables):
                     state = dict(row["state"])
                     if spoiled:
                         state["spoiled"] = spoiled
-                    stream = StreamRow(state, row["distances"], row["ids"], row["sample"])
+                    stream = _stream_row({**row, "state": state})
                     self._put_stream(conn, shard_streams, migration_id, shard, stream)
                 conn.execute(shard_stream_pending.delete().where(key))
 
@@ -415,11 +414,7 @@ class Journal(CatalogTables):
         """Forget a shard's streamed state (its copy starts over without one)."""
         with begin(self.engine) as conn:
             for table in (shard_streams, shard_stream_pending):
-                conn.execute(
-                    table.delete().where(
-                        (table.c.migration_id == migration_id) & (table.c.shard == shard)
-                    )
-                )
+                conn.execute(table.delete().where(_shard_key(table, migration_id, shard)))
 
     # -- the gate's fixed query sample ----------------------------------------------------------
 
