@@ -48,6 +48,24 @@ class ReplayWriter(Protocol):
 WriterOpener = Callable[[VectorStore, VectorStore, TargetView], ReplayWriter]
 
 
+class _PlainWriter:
+    """A replay's batch written as it is: the records ``view`` lets through written to
+    ``store``, the ids with none deleted from it (no figures kept)."""
+
+    def __init__(self, store: VectorStore, view: TargetView, kind: IdKind) -> None:
+        self.store, self.view, self.kind = store, view, kind
+
+    def write(self, ids: pa.Array, current: Records) -> tuple[Records, Faults, pa.Array]:
+        good, faults = self.view.records(current)
+        held = {str(v) for v in good.id_values()}
+        gone = _ids([t for t in (str(v) for v in ids.to_pylist()) if t not in held], self.kind)
+        if len(good):
+            self.store.write(good)
+        if len(gone):
+            self.store.delete(gone)
+        return good, faults, gone
+
+
 def captured_source(spec: MigrationSpec) -> PgvectorStore:
     """The source table whose writes the migration captures.
 
@@ -124,25 +142,17 @@ def _applier(
     # Onto the target, the streamed shard checks of the shards the replay touches are kept
     # current with it (see vecmigrate.validation.stream.StreamedReplay); back onto the source
     # there is nothing to keep.
-    streamed = None if follow is None or _is_source(spec, write) else follow(read, write, view)
+    writer: ReplayWriter = (
+        _PlainWriter(write, view, kind)
+        if follow is None or _is_source(spec, write)
+        else follow(read, write, view)
+    )
 
     def apply(texts: list[str]) -> None:
         ids = _ids(texts, kind)
-        current = read.fetch_records(ids)
-        if streamed is not None:
-            good, faults, gone_ids = streamed.write(ids, current)
-            gone = len(gone_ids)
-        else:
-            good, faults = view.records(current)
-            held = {str(v) for v in good.id_values()}
-            dropped = [t for t in (str(v) for v in ids.to_pylist()) if t not in held]
-            if len(good):
-                write.write(good)
-            if dropped:
-                write.delete(_ids(dropped, kind))
-            gone = len(dropped)
+        good, faults, gone = writer.write(ids, read.fetch_records(ids))
         counts["upserted"] += len(good)
-        counts["deleted"] += gone - len(faults)
+        counts["deleted"] += len(gone) - len(faults)
         counts["left_out"] += len(faults)
 
     return apply
