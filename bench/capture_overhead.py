@@ -21,6 +21,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -127,7 +128,7 @@ def main() -> None:
             store.engine.dispose()
     finally:
         server.cleanup()
-    rows = []
+    rows: list[dict[str, Any]] = []
     for mode in ("off", "on"):
         t = np.asarray(taken[mode])
         rows.append(

@@ -123,7 +123,7 @@ def machine() -> dict[str, Any]:
     try:
         import faiss  # noqa: F401 - loads FAISS's own OpenMP/BLAS so threadpoolctl sees them
         import numpy  # noqa: F401
-        from threadpoolctl import threadpool_info
+        from threadpoolctl import threadpool_info  # type: ignore[import-untyped]
 
         blas = [
             {k: lib.get(k) for k in ("internal_api", "version", "architecture", "num_threads")}

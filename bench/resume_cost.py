@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -44,7 +45,7 @@ def main() -> None:
             )
         )
     clean, faulty = runs
-    rows = [
+    rows: list[dict[str, Any]] = [
         {
             "run": "no fault" if r.kills == 0 else f"{r.kills} kills",
             "seconds": r.seconds,

@@ -18,6 +18,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -36,8 +37,8 @@ INDEXES = {
 }
 
 
-def batch_sizes(vectors: np.ndarray, sizes: list[int]) -> list[dict[str, object]]:
-    rows: list[dict[str, object]] = []
+def batch_sizes(vectors: np.ndarray, sizes: list[int]) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
     for size in sizes:
         seconds = vecmigrate_copy(scratch("tuning"), vectors, size)
         rows.append(
@@ -51,7 +52,7 @@ def batch_sizes(vectors: np.ndarray, sizes: list[int]) -> list[dict[str, object]
     return rows
 
 
-def build_threads(vectors: np.ndarray) -> list[dict[str, object]]:
+def build_threads(vectors: np.ndarray) -> list[dict[str, Any]]:
     half = len(vectors) // 2
     ids = np.arange(len(vectors), dtype=np.int64)
     parts = [(ids[:half], vectors[:half]), (ids[half:], vectors[half:])]
@@ -61,7 +62,7 @@ def build_threads(vectors: np.ndarray) -> list[dict[str, object]]:
         ("two at once, cores split (default)", 2, cpu_share(2)),
         ("one after the other, every core", 1, cores),
     ]
-    rows: list[dict[str, object]] = []
+    rows: list[dict[str, Any]] = []
     for name, raw in INDEXES.items():
         spec: IndexSpec = TypeAdapter(IndexSpec).validate_python(raw)
         for label, parallel, threads in plans:
