@@ -267,10 +267,11 @@ def measure(
     Without ``pause``, work a later stage needs and no earlier one touches runs on a second
     thread while the target's recall is measured (see :class:`_Ahead`): loading the old index
     (and its batch search, when FAISS runs one thread), and reading the distribution samples
-    when nothing else reads a store meanwhile. Every figure is computed from the same answers
-    as one after the other; a stage the budget skips leaves what was fetched for it unused;
-    and the latency gate starts only when that thread is done, so nothing of the suite's own
-    runs beside a timed search. With ``pause`` (a latency budget), stages run one at a time.
+    and computing their figures when nothing else reads a store meanwhile. Every figure is
+    computed from the same answers as one after the other; a stage the budget skips leaves
+    what was fetched for it unused; and the latency gate starts only when that thread is done,
+    so nothing of the suite's own runs beside a timed search. With ``pause`` (a latency
+    budget), stages run one at a time.
     """
     g = spec.gates
     old_out, new_out = (u if u is not None and u.size else None for u in unindexed)
@@ -323,7 +324,7 @@ def measure(
         if not spec.model_change:
             # Read ahead only while the recall stages read no store of their own.
             samples = ahead.start(
-                not own_reads, distribution_samples, spec, source, target, unsettled
+                not own_reads, distribution_values, spec, source, target, unsettled
             )
 
         target_exact: Ids | None = None
@@ -393,7 +394,8 @@ def measure(
                     catalog, spec, source, target, source_index, target_index
                 )
         elif samples is not None and not over("distribution"):
-            set_distribution(fig, spec, *samples())
+            for name, value in samples().items():
+                setattr(fig, name, value)
     _index_sizes(catalog, fig, source_index, target_index)
     fig.seconds = round(time.monotonic() - began, 3)
     return fig
@@ -528,7 +530,29 @@ def distribution_figures(
 ) -> None:
     """Set the distribution figures of ``fig`` (norms' KS, mean shift, spectrum shift) from
     both sides' samples (see :func:`distribution_samples`)."""
-    set_distribution(fig, spec, *distribution_samples(spec, source, target, unsettled))
+    for name, value in distribution_values(spec, source, target, unsettled).items():
+        setattr(fig, name, value)
+
+
+def distribution_values(
+    spec: MigrationSpec,
+    source: VectorStore,
+    target: VectorStore,
+    unsettled: Ids | None = None,
+) -> dict[str, float | int]:
+    """The distribution figures by name, from both sides' samples (none when one is empty)."""
+    src, dst = distribution_samples(spec, source, target, unsettled)
+    if not (len(src) and len(dst)):
+        return {}
+    ks, p = ks_two_sample(np.linalg.norm(src, axis=1), np.linalg.norm(dst, axis=1))
+    components = spec.gates.distribution.spectrum_components
+    return {
+        "distribution_sample": int(min(len(src), len(dst))),
+        "norm_ks": round(ks, 4),
+        "norm_ks_pvalue": round(p, 4),
+        "mean_shift": round(mean_shift(src, dst), 4),
+        "spectrum_shift": round(spectrum_shift(src, dst, components), 4),
+    }
 
 
 def distribution_samples(
@@ -559,21 +583,6 @@ def distribution_samples(
         _, transform = make_transform(spec.source.embedding, spec.target.embedding)
         src = transform(src)
     return src, dst
-
-
-def set_distribution(
-    fig: RetrievalFigures, spec: MigrationSpec, src: Vectors, dst: Vectors
-) -> None:
-    """Set the distribution figures of ``fig`` from the two samples (none when one is empty)."""
-    if not (len(src) and len(dst)):
-        return
-    fig.distribution_sample = int(min(len(src), len(dst)))
-    ks, p = ks_two_sample(np.linalg.norm(src, axis=1), np.linalg.norm(dst, axis=1))
-    fig.norm_ks, fig.norm_ks_pvalue = round(ks, 4), round(p, 4)
-    fig.mean_shift = round(mean_shift(src, dst), 4)
-    fig.spectrum_shift = round(
-        spectrum_shift(src, dst, spec.gates.distribution.spectrum_components), 4
-    )
 
 
 def _index_sizes(
