@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import faiss
@@ -473,29 +472,18 @@ def verify(
 ) -> str:
     """Check the stores against what the copy read and wrote, cheaply: the source's count for
     the shard (a record written behind the change log's back since), the target's, and the
-    read-back sample's checksum hashes. "" when it holds; else what differs.
-
-    The three reads are independent and go to the stores at once (the two counts on threads
-    of their own while the read-back is fetched): each is a round trip that mostly waits on
-    the store, and the check waits for the longest instead of their sum. The verdict is
-    taken in the same order as ever, so the same difference is named first."""
-    with ThreadPoolExecutor(2, thread_name_prefix="verify") as pool:
-        source_count = pool.submit(source.count, shard)
-        target_count = pool.submit(target.count, shard)
-        found = (
-            target.fetch_records(id_array(stream.sample_ids, target.schema.id_kind))
-            if stream.sample_ids
-            else None
-        )
-        have, held = source_count.result(), target_count.result()
+    read-back sample's checksum hashes. "" when it holds; else what differs."""
     read = stream.source.count + sum(stream.source.left_out.values())
+    have = source.count(shard)
     if have != read:
         return f"the source holds {have} records of the shard where the copy read {read}"
+    held = target.count(shard)
     wrote = stream.target.count
     if held != wrote:
         return f"the target holds {held} records of the shard where the copy wrote {wrote}"
-    if found is None:
+    if not stream.sample_ids:
         return ""
+    found = target.fetch_records(id_array(stream.sample_ids, target.schema.id_kind))
     got = dict(zip(found.labels.tolist(), found.hashes().tolist(), strict=True))
     missing = [int(x) for x in stream.sample_labels.tolist() if x not in got]
     if missing:
