@@ -5,11 +5,13 @@ full second pass gives."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import faiss
 import numpy as np
 import numpy.typing as npt
+import pytest
 
 from vecmigrate.records.vectors import Distances, Ids, Vectors
 from vecmigrate.validation.distribution import spectrum, spectrum_shift
@@ -22,6 +24,7 @@ from vecmigrate.validation.retrieval import (
     recall_scores,
     tail,
 )
+from vecmigrate.validation.run import _Ahead
 
 Scores = npt.NDArray[np.float64]
 
@@ -193,3 +196,41 @@ def test_paired_latency_times_the_slower_queries_again_on_both_sides() -> None:
     assert old.searches[10] == old.searches[60] == 2
     assert millis[1][10] < 50
     assert millis[1][60] < 50
+
+
+def test_work_ahead_runs_beside_the_caller_or_where_it_is_first_asked_for() -> None:
+    """The gate suite's read-ahead: begun at once on a thread of its own when parallel and
+    early, else run in the caller when its result is asked for (as the stages one after
+    another did); what it raised is raised where its result is used."""
+    caller = threading.get_ident()
+    began = threading.Event()
+
+    def work(x: int) -> tuple[int, int]:
+        began.set()
+        return threading.get_ident(), x
+
+    with _Ahead(True) as ahead:
+        result = ahead.start(True, work, 7)
+        assert began.wait(10)  # before its result is asked for
+        thread, x = result()
+        assert thread != caller
+        assert x == 7
+        began.clear()
+        later = ahead.start(False, work, 8)  # not early: nothing runs before it is asked for
+        ahead.finish()
+        assert not began.is_set()
+        assert later() == (caller, 8)
+
+        def fail() -> None:
+            raise ValueError("the old index cannot be read")
+
+        failing = ahead.start(True, fail)
+        ahead.finish()  # waits, raises nothing
+        with pytest.raises(ValueError, match="cannot be read"):
+            failing()
+    began.clear()
+    with _Ahead(False) as ahead:
+        result = ahead.start(True, work, 9)
+        ahead.finish()
+        assert not began.is_set()
+        assert result() == (caller, 9)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from tests.test_records import GOLDEN, reference_fold
 from vecmigrate.catalog.journal import Journal
 from vecmigrate.data.backfill import copy_shard, open_source, open_target, prepare
 from vecmigrate.data.datasets import glove
-from vecmigrate.errors import PreconditionError
+from vecmigrate.errors import ArtifactError, PreconditionError
 from vecmigrate.indexes.build import artifact_dir, build_shard, load_index_version, register_index
 from vecmigrate.model.gates import GateReport, RetrievalFigures, ShardCheck, ShardProfile
 from vecmigrate.model.spec import GatePolicy, MigrationSpec
@@ -177,6 +178,56 @@ def test_folded_ground_truth_is_the_exact_search(sandbox: Sandbox, words: np.nda
     corrupt(target, shard_ids(target, prep, 0)[:1], lambda v: v + 1.0)
     checks = [check_shard(spec, source, target, s) for s in prep.shards]
     assert not same_data(spec, checks)
+
+
+def _untimed(fig: RetrievalFigures) -> dict[str, Any]:
+    """Every figure but the measured ones (latencies, their ratio, the seconds taken)."""
+    timed = ("p50_ms", "p99_ms", "p99_ratio", "seconds")
+    return {k: v for k, v in fig.model_dump().items() if not k.startswith(timed)}
+
+
+def test_stages_overlapped_give_the_figures_of_one_after_another(
+    sandbox: Sandbox, words: np.ndarray
+) -> None:
+    """Without a latency budget the old index is loaded and searched, and the distribution
+    samples read, beside the target's recall: the figures are those of running the stages one
+    after another (as with a budget's pause), on a target whose recall, agreement and
+    distribution all differ from the source's; and a tampered old index still stops them."""
+    one_probe = {"kind": "faiss_ivf_flat", "nlist": 64, "nprobe": 1}
+    spec, prep, index_id = migrate(sandbox, words, index=one_probe)
+    source, target = open_source(spec), open_target(spec)
+    corrupt(target, shard_ids(target, prep, 1)[:300], lambda v: v * 3.0)
+    queries = gate_queries(spec, source, target)
+    truth = target.search(queries.target, queries.ask, metric="l2")
+    args = (sandbox.catalog, spec, source, target, prep.source_index, index_id)
+    # Told the sides hold the same data, the recall stages read no store: both reads go ahead.
+    overlapped = measure(*args, queries=queries, truth=truth, source_is_target=True)
+    serial = measure(*args, queries=queries, truth=truth, source_is_target=True, pause=lambda: 0.0)
+    assert _untimed(overlapped) == _untimed(serial)
+    assert overlapped.target_recall is not None
+    assert overlapped.target_recall < 0.9
+    assert overlapped.overlap is not None
+    assert overlapped.overlap < 0.9
+    assert overlapped.rank_correlation is not None
+    assert overlapped.mean_shift is not None
+    assert overlapped.mean_shift > 0
+    assert overlapped.norm_ks is not None
+    assert overlapped.norm_ks > 0
+    assert overlapped.p99_ms_old is not None
+    assert overlapped.p99_ms_new is not None
+    # The source's own exact search (the sides not proven the same): the distribution read
+    # waits for its stage, the old index still goes ahead.
+    assert _untimed(measure(*args, queries=queries, truth=truth)) == _untimed(
+        measure(*args, queries=queries, truth=truth, pause=lambda: 0.0)
+    )
+
+    old = sandbox.catalog.get_index(prep.source_index)
+    manifest = Path(old.artifacts[0]["uri"])
+    data = manifest.parent / json.loads(manifest.read_text())["file"]
+    data.write_bytes(data.read_bytes() + b"\0")
+    for pause in (None, lambda: 0.0):
+        with pytest.raises(ArtifactError, match="does not match its checksum"):
+            measure(*args, queries=queries, truth=truth, source_is_target=True, pause=pause)
 
 
 def test_one_batch_search_gives_recall_and_a_sample_is_timed_singly(

@@ -5,17 +5,22 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
 
+import faiss
 import numpy as np
 import numpy.typing as npt
 
-from vecmigrate.catalog.catalog import Catalog
+from vecmigrate.catalog.catalog import Catalog, IndexVersionRecord
 from vecmigrate.data.backfill import shard_plan, target_limits
 from vecmigrate.data.transforms import Transform, make_transform
 from vecmigrate.embedding.registry import model_key
 from vecmigrate.errors import PreconditionError
+from vecmigrate.indexes.artifacts import set_openmp_threads
 from vecmigrate.indexes.build import Searcher, load_index_version
 from vecmigrate.indexes.sizes import artifact_bytes
 from vecmigrate.model.gates import (
@@ -25,7 +30,7 @@ from vecmigrate.model.gates import (
     RetrievalFigures,
     ShardCheck,
 )
-from vecmigrate.model.spec import MigrationSpec
+from vecmigrate.model.spec import NATIVE_INDEX_KINDS, MigrationSpec
 from vecmigrate.model.tasks import ShardRef
 from vecmigrate.records.screening import screen
 from vecmigrate.records.vectors import Distances, ExactKnn, Ids, Vectors
@@ -50,6 +55,7 @@ from vecmigrate.validation.retrieval import (
 )
 
 Scores = npt.NDArray[np.float64]
+T = TypeVar("T")
 
 
 def check_shard(
@@ -257,6 +263,15 @@ def measure(
     ``pause`` (the latency budget's, ``vecmigrate.data.budget.between``) is called between
     stages, never inside a timed search, and returns the seconds it waited; they extend the
     time budget.
+
+    Without ``pause``, work a later stage needs and no earlier one touches runs on a second
+    thread while the target's recall is measured (see :class:`_Ahead`): loading the old index
+    (and its batch search, when FAISS runs one thread), and reading the distribution samples
+    and computing their figures when nothing else reads a store meanwhile. Every figure is
+    computed from the same answers as one after the other; a stage the budget skips leaves
+    what was fetched for it unused; and the latency gate starts only when that thread is done,
+    so nothing of the suite's own runs beside a timed search. With ``pause`` (a latency
+    budget), stages run one at a time.
     """
     g = spec.gates
     old_out, new_out = (u if u is not None and u.size else None for u in unindexed)
@@ -281,62 +296,170 @@ def measure(
             return True
         return False
 
-    target_exact: Ids | None = None
-    new_found: Ids | None = None
-    new_scores: Scores | None = None
-    sides: dict[str, tuple[Searcher, Vectors]] = {}  # "new", "old": timed for latency
-    if fig.queries and not over("target recall"):
-        if truth is not None and new_out is None:
-            target_exact = truth[1]
-            fig.truth_source = "shard checks"
-        else:
-            target_exact = exact_without(target, tq, q.ask, spec.target.embedding.metric, new_out)
-        new_index = load_index_version(catalog, catalog.get_index(target_index))
-        new_raw = index_answer(new_index, tq, q.ask, new_out)
-        new_found = exclude_self(new_raw, qids, k)
-        new_scores = recall_scores(new_found, exclude_self(target_exact, qids, k))
-        fig.target_recall, fig.target_recall_ci = _mean(new_scores, k)
-        sides["new"] = (new_index, tq)
-    if fig.queries and source_index is not None and not over("source recall"):
-        if source_is_target and target_exact is not None and old_out is None and new_out is None:
-            # The checks proved both sides hold the same bytes: the same exact answer.
-            exact = target_exact
-        else:
-            exact = exact_without(source, q.source, q.ask, spec.source.embedding.metric, old_out)
-        old_index = load_index_version(catalog, catalog.get_index(source_index))
-        old_raw = index_answer(old_index, q.source, q.ask, old_out)
-        old_found = exclude_self(old_raw, qids, k)
-        old_scores = recall_scores(old_found, exclude_self(exact, qids, k))
-        fig.source_recall, fig.source_recall_ci = _mean(old_scores, k)
-        sides["old"] = (old_index, q.source)
-        if new_found is not None and new_scores is not None:
-            # Agreement over the records both indexes were built from.
-            both_out = _union(old_out, new_out)
-            if both_out is not None:
-                new_found = exclude_self(_blank(new_raw, both_out), qids, k)
-                old_found = exclude_self(_blank(old_raw, both_out), qids, k)
-            fig.overlap, fig.overlap_ci = _mean(recall_scores(new_found, old_found), k)
-            rho = rank_correlation(old_found, new_found)
-            fig.rank_correlation = None if rho is None else round(rho, 4)
-            change = paired_difference_interval(new_scores, old_scores)
-            if change is not None:
-                fig.recall_change = round(change[0], 4)
-                fig.recall_change_ci = rounded(change[1])
-    if sides and pause is not None:
-        deadline += pause()
-    if sides:
-        timed = paired_latency(list(sides.values()), q.ask, g.latency_queries)
-        latency_figures(fig, dict(zip(sides, timed, strict=True)), g.seed)
-    if spec.model_change:
-        if spec.reembed.task_queries and not over("read options"):
-            fig.task_queries, fig.read_options = read_options(
-                catalog, spec, source, target, source_index, target_index
+    with _Ahead(pause is None) as ahead:
+        new_record = catalog.get_index(target_index) if fig.queries else None
+        old_record = None
+        if fig.queries and source_index is not None:
+            old_record = catalog.get_index(source_index)
+        own_reads = new_record is None or truth is None or new_out is not None
+        own_reads |= _native(new_record)
+        old_side = None
+        if old_record is not None:
+            # The old index's artifacts, loaded (and with one FAISS thread, searched) beside
+            # the target's recall; a native index searches a store, which is left alone.
+            own_reads |= _native(old_record) or not (
+                source_is_target and old_out is None and new_out is None
             )
-    elif not over("distribution"):
-        distribution_figures(spec, source, target, fig, unsettled)
+            old_side = ahead.start(
+                not _native(old_record),
+                _old_side,
+                catalog,
+                old_record,
+                q.source,
+                q.ask,
+                old_out,
+                faiss.omp_get_max_threads(),
+            )
+        samples = None
+        if not spec.model_change:
+            # Read ahead only while the recall stages read no store of their own.
+            samples = ahead.start(
+                not own_reads, distribution_values, spec, source, target, unsettled
+            )
+
+        target_exact: Ids | None = None
+        new_found: Ids | None = None
+        new_scores: Scores | None = None
+        sides: dict[str, tuple[Searcher, Vectors]] = {}  # "new", "old": timed for latency
+        if new_record is not None and not over("target recall"):
+            if truth is not None and new_out is None:
+                target_exact = truth[1]
+                fig.truth_source = "shard checks"
+            else:
+                target_exact = exact_without(
+                    target, tq, q.ask, spec.target.embedding.metric, new_out
+                )
+            new_index = load_index_version(catalog, new_record)
+            new_raw = index_answer(new_index, tq, q.ask, new_out)
+            new_found = exclude_self(new_raw, qids, k)
+            new_scores = recall_scores(new_found, exclude_self(target_exact, qids, k))
+            fig.target_recall, fig.target_recall_ci = _mean(new_scores, k)
+            sides["new"] = (new_index, tq)
+        if old_side is not None and not over("source recall"):
+            if (
+                source_is_target
+                and target_exact is not None
+                and old_out is None
+                and new_out is None
+            ):
+                # The checks proved both sides hold the same bytes: the same exact answer.
+                exact = target_exact
+            else:
+                exact = exact_without(
+                    source, q.source, q.ask, spec.source.embedding.metric, old_out
+                )
+            old_index, searched = old_side()
+            old_raw = (
+                searched
+                if searched is not None
+                else index_answer(old_index, q.source, q.ask, old_out)
+            )
+            old_found = exclude_self(old_raw, qids, k)
+            old_scores = recall_scores(old_found, exclude_self(exact, qids, k))
+            fig.source_recall, fig.source_recall_ci = _mean(old_scores, k)
+            sides["old"] = (old_index, q.source)
+            if new_found is not None and new_scores is not None:
+                # Agreement over the records both indexes were built from.
+                both_out = _union(old_out, new_out)
+                if both_out is not None:
+                    new_found = exclude_self(_blank(new_raw, both_out), qids, k)
+                    old_found = exclude_self(_blank(old_raw, both_out), qids, k)
+                fig.overlap, fig.overlap_ci = _mean(recall_scores(new_found, old_found), k)
+                rho = rank_correlation(old_found, new_found)
+                fig.rank_correlation = None if rho is None else round(rho, 4)
+                change = paired_difference_interval(new_scores, old_scores)
+                if change is not None:
+                    fig.recall_change = round(change[0], 4)
+                    fig.recall_change_ci = rounded(change[1])
+        # Nothing of the suite's own runs beside the latency gate's timed searches.
+        ahead.finish()
+        if sides and pause is not None:
+            deadline += pause()
+        if sides:
+            timed = paired_latency(list(sides.values()), q.ask, g.latency_queries)
+            latency_figures(fig, dict(zip(sides, timed, strict=True)), g.seed)
+        if spec.model_change:
+            if spec.reembed.task_queries and not over("read options"):
+                fig.task_queries, fig.read_options = read_options(
+                    catalog, spec, source, target, source_index, target_index
+                )
+        elif samples is not None and not over("distribution"):
+            for name, value in samples().items():
+                setattr(fig, name, value)
     _index_sizes(catalog, fig, source_index, target_index)
     fig.seconds = round(time.monotonic() - began, 3)
     return fig
+
+
+class _Ahead:
+    """Work a later stage of :func:`measure` needs, started early on one thread of its own
+    (when ``parallel``), or run where it is first asked for, as one stage after another would.
+
+    :meth:`start` returns the call that gives the work's result (raising what it raised) at
+    the point of use; work that no stage asks for (its stage skipped by the time budget) is
+    waited for and its result dropped. :meth:`finish` waits until the thread is idle.
+    """
+
+    def __init__(self, parallel: bool) -> None:
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="gates") if parallel else None
+        self._started: list[Any] = []
+
+    def __enter__(self) -> _Ahead:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        trace: TracebackType | None,
+    ) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def start(self, early: bool, work: Callable[..., T], *args: Any) -> Callable[[], T]:
+        """``work(*args)``, begun now on the thread when ``early`` and parallel."""
+        if self._pool is None or not early:
+            return lambda: work(*args)
+        future = self._pool.submit(work, *args)
+        self._started.append(future)
+        return future.result
+
+    def finish(self) -> None:
+        for future in self._started:
+            future.exception()  # waits; what it raised is raised where its result is used
+
+
+def _native(record: IndexVersionRecord | None) -> bool:
+    """Whether an index is the store's own (searching it reads the store)."""
+    return record is not None and record.spec.get("kind") in NATIVE_INDEX_KINDS
+
+
+def _old_side(
+    catalog: Catalog,
+    record: IndexVersionRecord,
+    queries: Vectors,
+    ask: int,
+    left_out: Ids | None,
+    threads: int,
+) -> tuple[Searcher, Ids | None]:
+    """The old index loaded, and its answers to the queries when FAISS runs one thread in the
+    caller (``threads``): a second search of several threads beside the target's would only
+    take cores from it; the caller then searches (None)."""
+    index = load_index_version(catalog, record)
+    if threads != 1:
+        return index, None
+    set_openmp_threads(1)  # OpenMP's setting is per thread: this one's as the caller's
+    return index, index_answer(index, queries, ask, left_out)
 
 
 def exact_without(
@@ -405,7 +528,41 @@ def distribution_figures(
     fig: RetrievalFigures,
     unsettled: Ids | None = None,
 ) -> None:
-    """Set the distribution figures of ``fig`` (norms' KS, mean shift, spectrum shift).
+    """Set the distribution figures of ``fig`` (norms' KS, mean shift, spectrum shift) from
+    both sides' samples (see :func:`distribution_samples`)."""
+    for name, value in distribution_values(spec, source, target, unsettled).items():
+        setattr(fig, name, value)
+
+
+def distribution_values(
+    spec: MigrationSpec,
+    source: VectorStore,
+    target: VectorStore,
+    unsettled: Ids | None = None,
+) -> dict[str, float | int]:
+    """The distribution figures by name, from both sides' samples (none when one is empty)."""
+    src, dst = distribution_samples(spec, source, target, unsettled)
+    if not (len(src) and len(dst)):
+        return {}
+    ks, p = ks_two_sample(np.linalg.norm(src, axis=1), np.linalg.norm(dst, axis=1))
+    components = spec.gates.distribution.spectrum_components
+    return {
+        "distribution_sample": int(min(len(src), len(dst))),
+        "norm_ks": round(ks, 4),
+        "norm_ks_pvalue": round(p, 4),
+        "mean_shift": round(mean_shift(src, dst), 4),
+        "spectrum_shift": round(spectrum_shift(src, dst, components), 4),
+    }
+
+
+def distribution_samples(
+    spec: MigrationSpec,
+    source: VectorStore,
+    target: VectorStore,
+    unsettled: Ids | None = None,
+) -> tuple[Vectors, Vectors]:
+    """The distribution figures' samples: the source's (in the target's space) and the
+    target's.
 
     Both sides draw the same records, chosen by id alike by every adapter (see
     :meth:`~vecmigrate.stores.base.ScanningStore.sample_records`); on the source side only those
@@ -422,15 +579,10 @@ def distribution_figures(
     src = src_records.vectors()
     # Non-finite rows are the integrity gate's business; they would poison the statistics.
     dst = dst[np.isfinite(dst).all(axis=1)]
-    if not (len(src) and len(dst)):
-        return
-    _, transform = make_transform(spec.source.embedding, spec.target.embedding)
-    src = transform(src)
-    fig.distribution_sample = int(min(len(src), len(dst)))
-    ks, p = ks_two_sample(np.linalg.norm(src, axis=1), np.linalg.norm(dst, axis=1))
-    fig.norm_ks, fig.norm_ks_pvalue = round(ks, 4), round(p, 4)
-    fig.mean_shift = round(mean_shift(src, dst), 4)
-    fig.spectrum_shift = round(spectrum_shift(src, dst, g.distribution.spectrum_components), 4)
+    if len(src):
+        _, transform = make_transform(spec.source.embedding, spec.target.embedding)
+        src = transform(src)
+    return src, dst
 
 
 def _index_sizes(
