@@ -31,6 +31,7 @@ import sys
 import time
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -111,7 +112,7 @@ def copy_all(spec: MigrationSpec, journal: Journal, shards: list[ShardRef], watc
     return time.perf_counter() - began
 
 
-def one(n: int, dim: int, queries: int, pairs: int = 3) -> dict[str, object]:
+def one(n: int, dim: int, queries: int, pairs: int = 3) -> dict[str, Any]:
     home = scratch("validation")
     catalog = Catalog(sqlite_url(home / "catalog.db"))
     store = BuiltinStoreRef(url=sqlite_url(home / "store.db"), artifacts=str(home / "artifacts"))
@@ -177,9 +178,9 @@ def one(n: int, dim: int, queries: int, pairs: int = 3) -> dict[str, object]:
     suite, suite_cpu = time.perf_counter() - began, time.process_time() - cpu
     # The floor under any suite that checks the stored data: reading both versions once.
     cpu, began = time.process_time(), time.perf_counter()
-    for store in (source, target):
+    for side in (source, target):
         for shard in prep.shards:
-            for _batch in store.iter_shard(shard, 50_000, read_ahead=True):
+            for _batch in side.iter_shard(shard, 50_000, read_ahead=True):
                 pass
     reads, reads_cpu = time.perf_counter() - began, time.process_time() - cpu
     _, q = source.sample(queries, seed=0)
