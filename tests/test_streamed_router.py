@@ -21,10 +21,18 @@ from tests.test_streamed_checks import _copied, _copy
 from vecmigrate import validation
 from vecmigrate.activities.migration import MigrationActivities
 from vecmigrate.catalog.changelog import ChangeLog
-from vecmigrate.data.backfill import open_source, open_target
+from vecmigrate.data import retention
+from vecmigrate.data.backfill import open_source, open_target, prepare
 from vecmigrate.model.gates import ShardCheck
+from vecmigrate.model.lifecycle import Phase
 from vecmigrate.model.spec import MigrationSpec
-from vecmigrate.model.tasks import CopyShardInput, ShardRef, ValidateShardInput
+from vecmigrate.model.tasks import (
+    CopyShardInput,
+    LedgerInput,
+    ShardRef,
+    StorageInput,
+    ValidateShardInput,
+)
 from vecmigrate.records.vectors import Ids
 from vecmigrate.validation import stream
 from vecmigrate.validation.gates import parity_verdicts
@@ -247,3 +255,71 @@ def test_a_resumed_copy_writes_its_files_again_and_a_fresh_one_removes_the_old(
     assert fresh.counted is not None
     assert fresh.counted.gen != died["gen"]
     assert not (root / died["gen"]).exists()
+
+
+def test_what_the_copy_counted_goes_when_its_migration_ends_and_never_another_ones(
+    sandbox: Sandbox,
+) -> None:
+    """Finalize, a rollback or an abort (their phase's ledger entry) removes the migration's
+    directory of what its copy counted, twice as well as once; gc removes those of ended
+    migrations whose removal did not run (and of those named as ended), never a running one's."""
+    sandbox.seed(600)
+    acts = MigrationActivities(sandbox.catalog.url)
+    hnsw = {"kind": "hnswlib_hnsw", "m": 16, "ef_search": 64}
+    specs, shards = [], {}
+    for name in ("v2", "v3", "v4", "v5", "v6"):
+        spec = sandbox.spec(
+            target=sandbox.version(name, hnsw).model_dump(mode="json"),
+            shards={"count": 2},
+            batch_size=100,
+            gates={"sample_queries": 20},
+        )
+        shards[spec.migration_id] = prepare(sandbox.catalog, spec, "t").shards
+        for shard in shards[spec.migration_id]:
+            _copy(acts, spec, shard)
+        assert any(retention.streamed_dir(spec).rglob("*.npy"))
+        specs.append(spec)
+    finalized, rolled_back, died, terminated, running = specs
+
+    def enter(spec: MigrationSpec, old: Phase, new: Phase) -> None:
+        entry = LedgerInput(
+            migration_id=spec.migration_id,
+            tenant=spec.tenant,
+            collection=spec.collection,
+            event_key=f"{spec.migration_id}/{new}",
+            kind="phase",
+            actor="alice",
+            data={"from": old, "to": new},
+        )
+        ActivityEnvironment().run(acts.record, entry)
+
+    # Finalize: the storage figures taken once finalized go without it, then COMPLETED.
+    ActivityEnvironment().run(
+        acts.record_storage, StorageInput(**task(acts, finalized), stage="finalized")
+    )
+    assert not retention.streamed_dir(finalized).exists()
+    enter(finalized, Phase.FINALIZING, Phase.COMPLETED)
+    enter(finalized, Phase.FINALIZING, Phase.COMPLETED)  # a retry of the step
+    assert not retention.streamed_dir(finalized).exists()
+    enter(rolled_back, Phase.VALIDATING, Phase.ROLLING_BACK)
+    assert retention.streamed_dir(rolled_back).is_dir()  # not ended yet
+    enter(rolled_back, Phase.ROLLING_BACK, Phase.ROLLED_BACK)
+    assert not retention.streamed_dir(rolled_back).exists()
+    for other in (died, terminated, running):
+        assert any(retention.streamed_dir(other).rglob("*.npy"))
+
+    # Aborted with its worker gone before the removal ran; terminated by hand mid-copy.
+    sandbox.catalog.set_migration_phase(died.migration_id, Phase.ABORTED)
+    held = retention._tree_bytes(retention.streamed_dir(died))
+    dry = retention.gc(sandbox.catalog, "alice", dry_run=True)
+    assert (dry.streamed_removed, dry.streamed_bytes_removed) == (1, held)
+    assert retention.streamed_dir(died).is_dir()
+    done = retention.gc(sandbox.catalog, "alice", ended=frozenset({terminated.migration_id}))
+    assert done.streamed_removed == 2
+    assert not retention.streamed_dir(died).exists()
+    assert not retention.streamed_dir(terminated).exists()
+    assert retention.gc(sandbox.catalog, "alice").streamed_removed == 0
+    # The running migration's files are all there, and its checks still use them.
+    assert retention.streamed_dir(running).is_dir()
+    for shard in shards[running.migration_id]:
+        assert _check(acts, running, shard, 0).basis == "streamed"

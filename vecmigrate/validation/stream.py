@@ -36,9 +36,7 @@ log names out of both profiles and out of the kept neighbours (see :func:`leave_
 
 from __future__ import annotations
 
-import hashlib
 import os
-import re
 import shutil
 import time
 import uuid
@@ -56,7 +54,7 @@ from vecmigrate.catalog.journal import Journal, StreamRow
 from vecmigrate.data.backfill import TargetView, shard_plan
 from vecmigrate.data.quarantine import Quarantine
 from vecmigrate.data.quarantine import quarantine as quarantine_table
-from vecmigrate.indexes.build import artifact_dir
+from vecmigrate.data.retention import streamed_dir
 from vecmigrate.model.gates import ShardCheck
 from vecmigrate.model.records import IdKind
 from vecmigrate.model.spec import MigrationSpec
@@ -139,11 +137,6 @@ def shares(records: Records) -> np.ndarray:
     return out
 
 
-def _safe(name: str) -> str:
-    readable = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:80]
-    return f"{readable}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
-
-
 class Counted:
     """The shares of both profiles a shard's copy counted, record by record: one file per
     batch and side (``<part>.source.npy``, ``<part>.target.npy``: numpy arrays of
@@ -163,8 +156,7 @@ class Counted:
     @staticmethod
     def shard_root(spec: MigrationSpec, shard: int) -> Path:
         """Where the copies of ``shard`` keep what they counted."""
-        where = artifact_dir(spec.target.store, spec.tenant, spec.collection, "streamed")
-        return where / _safe(spec.migration_id) / f"shard-{shard}"
+        return streamed_dir(spec) / f"shard-{shard}"
 
     @classmethod
     def fresh(cls, spec: MigrationSpec, shard: int) -> Counted:
