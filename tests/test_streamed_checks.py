@@ -33,7 +33,7 @@ from vecmigrate.model.lifecycle import Phase
 from vecmigrate.model.records import IdKind, RecordSchema, VectorField
 from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.model.tasks import CopyShardInput, ShardRef, ValidateShardInput
-from vecmigrate.records.batch import Records
+from vecmigrate.records.batch import Faults, Records
 from vecmigrate.records.ids import id_array, labels
 from vecmigrate.records.screening import Limits, screen
 from vecmigrate.records.vectors import merge_topk
@@ -676,3 +676,30 @@ def acts_kept_no_stream(sandbox: Sandbox, spec: MigrationSpec) -> bool:
     shards = range(spec.shards.count)
     none = all(journal.stream(spec.migration_id, i) is None for i in shards)
     return none and stream.stored_queries(journal, spec) is None
+
+
+def test_the_exact_search_run_while_the_target_writes_gives_the_same_figures(
+    sandbox: Sandbox,
+) -> None:
+    """The copy starts each batch's exact search before the target's write and folds it in
+    after: the figures persisted are byte for byte those of the search run in ``add``; a batch
+    added that is not the one searched ahead is refused."""
+    acts, spec, shards = _all_copied(sandbox)
+    queries = stream.stored_queries(acts.journal, spec)
+    assert queries is not None
+    target = open_target(spec)
+    shard = shards[0]
+    batches = [b.records for b in target.iter_shard(shard, 100)]
+    assert len(batches) > 3
+    ahead, inline = (stream.ShardStream(spec, shard, queries) for _ in range(2))
+    for records in batches:
+        ahead.before_write(records)
+        ahead.add(records, Faults(), records)
+        inline.add(records, Faults(), records)
+        assert ahead.row() == inline.row()
+    truth = ahead.truth()
+    assert truth is not None
+    assert (truth[1] != -1).all()  # every query found its neighbours
+    ahead.before_write(batches[0])
+    with pytest.raises(ValueError, match="another batch"):
+        ahead.add(batches[1], Faults(), batches[1])

@@ -38,9 +38,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -256,6 +258,22 @@ def _take_out(b: ProfileBuilder, counted: np.ndarray, left_out: dict[str, int]) 
         b.high_lost = b.high_lost or bool(norms.max() >= b.norm_max)
 
 
+def _in_thread(fn: Callable[..., None], *args: Any) -> Future[None]:
+    """Run ``fn(*args)`` in a thread of its own; its outcome as a future."""
+    done: Future[None] = Future()
+
+    def run() -> None:
+        try:
+            fn(*args)
+        except BaseException as exc:
+            done.set_exception(exc)
+        else:
+            done.set_result(None)
+
+    threading.Thread(target=run, name="streamed-exact-search", daemon=True).start()
+    return done
+
+
 # -- the fixed query sample -------------------------------------------------------------------
 
 
@@ -389,17 +407,43 @@ class ShardStream:
         # replay changed the figures since (what they count is then no longer all in it).
         self.counted: Counted | None = None
         self.replayed = False
+        # The exact search of the batch being written, started ahead (see :meth:`before_write`).
+        self._searching: tuple[Records, Future[None]] | None = None
+
+    def before_write(self, written: Records) -> None:
+        """Start the exact search of the batch the copy is about to write (``written``), in a
+        thread of its own, so that it runs while the target writes: FAISS and the stores'
+        drivers let go of the interpreter, and the search is most of what the figures cost
+        the copy. :meth:`add` of the same batch waits for it and folds it in; the figures are
+        those of a search run in :meth:`add` (the same search, merged in the same order)."""
+        if self.knn is None or not len(written) or self._searching is not None:
+            return
+        labels, vectors = written.labels, written.vectors()
+        self._searching = (written, _in_thread(self.knn.add, labels, vectors))
+
+    def _settle(self) -> Records | None:
+        """Wait for the search :meth:`before_write` started, if any; the batch it searched."""
+        if self._searching is None:
+            return None
+        searched, done = self._searching
+        self._searching = None
+        done.result()
+        return searched
 
     def add(self, seen: Records, faults: Faults, written: Records) -> None:
         """Fold in one batch: ``seen``, the source's records the target can hold as the
-        transform makes them, ``faults`` the ones it cannot, ``written`` what the target got."""
+        transform makes them, ``faults`` the ones it cannot, ``written`` what the target got
+        (its exact search already under way when :meth:`before_write` was told of it)."""
         self.source.add_records(seen, faults, quarantined=True)
         self.target.add_records(written)
         if self.counted is not None and (len(seen) or len(written)):
             self.counted.write(shares(seen), shares(written))
+        searched = self._settle()
+        if searched is not None and searched is not written:
+            raise ValueError("the exact search ran ahead for another batch than the one added")
         if not len(written):
             return
-        if self.knn is not None:
+        if self.knn is not None and searched is None:
             self.knn.add(written.labels, written.vectors())
         self._sample_add(written)
 
@@ -420,6 +464,7 @@ class ShardStream:
         Every profile sum is undone and redone exactly; the exact search drops the old records
         and merges the new ones. When a query's kept neighbours run short of what the gate asks
         (deletes of kept neighbours), the figures are marked :attr:`spoiled`."""
+        self._settle()
         total_before = self.target.count
         self.replayed = True
         self.source.remove_records(old, old_left)
@@ -478,6 +523,7 @@ class ShardStream:
 
     def truth(self) -> tuple[Distances, Ids] | None:
         """The exact search of the gate's queries over everything written, or None."""
+        self._settle()
         if self.knn is None:
             return None
         d, i = self.knn.result()
@@ -485,6 +531,7 @@ class ShardStream:
 
     def row(self) -> StreamRow:
         """The state to persist with the copy's cursor."""
+        self._settle()
         state = {
             "spec_hash": self.spec_hash,
             "digest": self.digest,
