@@ -55,6 +55,7 @@ from vecmigrate.model.divergence import (
     ShardDigest,
 )
 from vecmigrate.model.gates import ShardCheck, ShardReconcile
+from vecmigrate.model.lifecycle import TERMINAL
 from vecmigrate.model.routing import RoutingView
 from vecmigrate.model.schedule import Firing, ResolveFiringInput
 from vecmigrate.model.spec import MigrationSpec
@@ -678,6 +679,8 @@ class MigrationActivities:
             # nothing needs goes before the figures are taken.
             retention.settle_log(self.catalog, spec.tenant, spec.collection)
             retention.collect_artifacts(self.catalog, spec.tenant, spec.collection)
+            # Validation is over: what the copy counted for the streamed checks is not read again.
+            retention.drop_streamed(spec)
         return footprint.record_storage(self.catalog, spec, inp.stage)
 
     @activity.defn(name="prune_version")
@@ -722,7 +725,13 @@ class MigrationActivities:
             caller=inp.caller,
         )
         if inp.kind == "phase":
-            self.catalog.set_migration_phase(inp.migration_id, str(inp.data.get("to", "")))
+            phase = str(inp.data.get("to", ""))
+            self.catalog.set_migration_phase(inp.migration_id, phase)
+            if phase in TERMINAL:
+                # Completed, rolled back or aborted: nothing reads what the copy counted for
+                # the streamed shard checks again (a retry finds it gone; gc removes it when
+                # this step did not run).
+                retention.drop_streamed_of(self.catalog, inp.migration_id)
         return LedgerAck(seq=entry.seq, hash=entry.hash)
 
     @activity.defn(name="resolve_firing")

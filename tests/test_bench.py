@@ -34,6 +34,7 @@ RUNS = {
     ],
     "validation_cost": ["--sizes", "4000", "--dim", "16", "--queries", "100"],
     "copy_throughput": ["--vectors", "5000", "--dim", "16", "--batch", "1000"],
+    "counted_cost": ["--vectors", "4000", "--dim", "16", "--batch-size", "500", "--rounds", "1"],
     "payload_copy": ["--points", "600", "--dim", "8", "--repeat", "1", "--batch", "200"],
     "reembed_throughput": ["--records", "1500", "--models", "lsa"],
     "migration_throughput": ["--data", "clustered", "--vectors", "6000", "--dim", "16"],

@@ -263,8 +263,11 @@ def test_plain_sql_writes_replayed_by_the_capture_keep_the_shards_streamed(
         conn.execute("DELETE FROM items WHERE id IN (2, 5, 8)")
         conn.execute(f"INSERT INTO items VALUES (5000, 'new', 1, '{_vec(np.ones(16))}')")
         conn.execute(f"UPDATE items SET embedding = '{_vec(np.arange(16) + 1.0)}' WHERE id = 9")
+    # Captured and not replayed yet: left out of the figures by what the copy counted for them,
+    # as the full read leaves them out.
     before = [_check(acts, spec, s, after) for s in shards]
-    assert any(c.basis.startswith("read: ") and c.excluded for c in before)
+    assert [c.basis for c in before] == ["streamed"] * len(shards)
+    assert sum(c.excluded for c in before) == 6
     done = ActivityEnvironment().run(
         acts.capture_replay, CaptureInput(**task(acts, spec), seconds=10)
     )

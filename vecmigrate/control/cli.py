@@ -588,6 +588,14 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="prune before the retention period ends (the other protections still hold)",
     )
+    p.add_argument(
+        "--ended",
+        action="append",
+        default=[],
+        metavar="MIGRATION",
+        help="a migration whose execution closed without ending (terminated by hand, failed): "
+        "remove what its copy counted for the streamed checks too (Temporal is asked; repeat)",
+    )
     _json_flag(p, "each version's verdict")
 
     p = sub.add_parser("schedule", help="scheduled migrations on Temporal Schedules")
@@ -1490,6 +1498,14 @@ async def _gc(args: argparse.Namespace) -> int:
 
     if args.version is not None and args.collection is None:
         raise VecmigrateError("--version names a version of one collection: add --collection")
+    ended: set[str] = set()
+    if args.ended:
+        mc = await _client(args)
+        for migration_id in args.ended:
+            desc = await mc.handle(migration_id).describe()
+            if desc.status is None or desc.status == WorkflowExecutionStatus.RUNNING:
+                raise VecmigrateError(f"--ended {migration_id}: its execution is still running")
+            ended.add(migration_id)
     report = await asyncio.to_thread(
         gc,
         _catalog(args),
@@ -1499,6 +1515,7 @@ async def _gc(args: argparse.Namespace) -> int:
         version=args.version,
         dry_run=args.dry_run,
         ignore_retention=args.ignore_retention,
+        ended=frozenset(ended),
     )
     if args.json:
         print(
@@ -1509,6 +1526,8 @@ async def _gc(args: argparse.Namespace) -> int:
                     "log_entries_removed": report.log_entries_removed,
                     "artifacts_removed": report.artifacts_removed,
                     "artifact_bytes_removed": report.artifact_bytes_removed,
+                    "streamed_removed": report.streamed_removed,
+                    "streamed_bytes_removed": report.streamed_bytes_removed,
                 },
                 indent=2,
             )

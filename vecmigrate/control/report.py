@@ -552,6 +552,10 @@ def gc_table(report: GcReport) -> Group:
         f"unreferenced artifact files {verb}",
         f"{report.artifacts_removed:,} ({report.artifact_bytes_removed / 1e6:,.1f} MB)",
     )
+    tidy.add_row(
+        f"ended migrations' streamed-check files {verb}",
+        f"{report.streamed_removed:,} ({report.streamed_bytes_removed / 1e6:,.1f} MB)",
+    )
     return Group(table, tidy)
 
 

@@ -58,6 +58,8 @@ class CopyWatcher(Protocol):
 
     complete: bool
 
+    def before_write(self, written: Records) -> None: ...
+
     def add(self, seen: Records, faults: Faults, written: Records) -> None: ...
 
     def row(self) -> StreamRow: ...
@@ -635,6 +637,8 @@ def copy_shard(
             handed += len(records)
             quarantine.add(mid, shard.index, faults)
             left_out += len(faults)
+            if watcher is not None:
+                watcher.before_write(records)  # what it can do while the target writes
             target.write(records)
             moved["written"] += records.nbytes
             acc.add_hashes(records.hashes())

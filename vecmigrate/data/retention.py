@@ -10,12 +10,15 @@ caller names it and says so). Otherwise the answer is the reason, and nothing is
 The change log is compacted (entries a later write of the same id supersedes) and truncated
 (entries older than everything a reader still needs: the serving and candidate indexes' log
 positions, a retained version's stop position, any running migration); index artifacts no index
-version references are collected.
+version references are collected, and so are the files a migration's copy kept of what it
+counted for its streamed shard checks once the migration has ended (see :func:`drop_streamed`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 import shutil
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -61,6 +64,9 @@ class GcReport:
     log_entries_removed: int = 0
     artifacts_removed: int = 0
     artifact_bytes_removed: int = 0
+    # Directories of what ended migrations' copies counted (see :func:`drop_streamed`).
+    streamed_removed: int = 0
+    streamed_bytes_removed: int = 0
 
     @property
     def refused(self) -> list[Verdict]:
@@ -296,6 +302,71 @@ def _referenced(
     return names
 
 
+# -- what a copy counted for the streamed shard checks ------------------------------------------
+
+
+def _safe(name: str) -> str:
+    readable = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:80]
+    return f"{readable}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+
+
+def streamed_dir(spec: MigrationSpec) -> Path:
+    """Where the copy of ``spec``'s migration keeps, per shard, what it counted record by
+    record for the streamed shard checks (``vecmigrate.validation.stream.Counted``): its own
+    directory in the target's artifact directory, named after the migration (no other
+    migration's files are under it)."""
+    where = artifact_dir(spec.target.store, spec.tenant, spec.collection, "streamed")
+    return where / _safe(spec.migration_id)
+
+
+def drop_streamed(spec: MigrationSpec, *, dry_run: bool = False) -> int:
+    """Remove what the copy of ``spec``'s migration counted (its :func:`streamed_dir`): once
+    the migration has ended (completed, rolled back, aborted) nothing reads it again. Returns
+    the bytes it held; idempotent (nothing there: 0)."""
+    directory = streamed_dir(spec)
+    freed = _tree_bytes(directory)
+    if not dry_run:
+        shutil.rmtree(directory, ignore_errors=True)
+    return freed
+
+
+def drop_streamed_of(catalog: Catalog, migration_id: str) -> int:
+    """:func:`drop_streamed` for the migration the catalog knows as ``migration_id`` (0 when its
+    spec cannot be read: nothing is removed)."""
+    try:
+        spec = MigrationSpec.model_validate(catalog.get_migration(migration_id)["spec"])
+    except (VecmigrateError, ValueError):
+        return 0
+    return drop_streamed(spec)
+
+
+def collect_streamed(
+    catalog: Catalog,
+    tenant: str,
+    collection: str,
+    *,
+    ended: frozenset[str] = frozenset(),
+    dry_run: bool = False,
+) -> tuple[int, int]:
+    """Remove what the copies of a collection's ended migrations counted: those the catalog
+    records in a terminal phase, and those named in ``ended`` (migrations whose execution
+    closed without reaching one: terminated or failed, as Temporal tells). A running
+    migration's files are kept. Returns (directories, bytes)."""
+    dirs, freed = 0, 0
+    for m in catalog.migrations_of(tenant, collection):
+        if m["phase"] not in TERMINAL and m["id"] not in ended:
+            continue
+        try:
+            spec = MigrationSpec.model_validate(m["spec"])
+        except ValueError:
+            continue
+        if not streamed_dir(spec).is_dir():
+            continue
+        dirs += 1
+        freed += drop_streamed(spec, dry_run=dry_run)
+    return dirs, freed
+
+
 def gc(
     catalog: Catalog,
     actor: str,
@@ -305,9 +376,12 @@ def gc(
     version: str | None = None,
     dry_run: bool = False,
     ignore_retention: bool = False,
+    ended: frozenset[str] = frozenset(),
 ) -> GcReport:
     """Prune every retired or abandoned version nothing needs (or the one named), then tidy the
-    change logs and artifacts of the collections looked at."""
+    change logs and artifacts of the collections looked at, and remove what the copies of their
+    ended migrations counted (``ended``: migrations whose execution closed without reaching a
+    terminal phase, see :func:`collect_streamed`)."""
     report = GcReport(dry_run=dry_run)
     scopes = [
         (t, c)
@@ -338,4 +412,7 @@ def gc(
         files, freed = collect_artifacts(catalog, t, c, dry_run=dry_run)
         report.artifacts_removed += files
         report.artifact_bytes_removed += freed
+        dirs, freed = collect_streamed(catalog, t, c, ended=ended, dry_run=dry_run)
+        report.streamed_removed += dirs
+        report.streamed_bytes_removed += freed
     return report

@@ -17,22 +17,33 @@ stored one.
 The shard check then trusts the stream only after checking the target store itself, cheaply:
 its count for the shard must be what the copy wrote, and the read-back sample must come back
 with the same checksum hashes (see :func:`verify`). When it cannot (the store lost or changed a
-record, a record of the shard was written through the router during the migration, the copy
-kept no state, the spec asks for ``gates.deep``), the check reads both versions in full as
-before and says why.
+record, the copy kept no state, the spec asks for ``gates.deep``), the check reads both
+versions in full as before and says why.
 
 Writes captured from the source and replayed onto the target after the copy are followed:
 :class:`StreamedReplay` takes each changed record's old contribution out of the figures and
 puts its new one in (the profiles' sums are undone exactly, the exact search keeps twice the
 neighbours asked for so a deleted one is replaced by the next), written ahead of the target's
-write and settled after it. Writes through the router are not: dual-write overwrites the
-target behind the figures, and what they counted for a record is then in neither store.
+write and settled after it.
+
+Writes through the router (dual-write overwrites the target behind the figures, so what they
+counted for a record is then in neither store) are left out at the check instead, as the full
+read leaves them out: the copy also writes each record's share of both profiles, as it counted
+it, to a file of its own per batch (:class:`Counted`, in the target's artifact directory, named
+in the state kept with the cursor), and the check takes the shares of the records the change
+log names out of both profiles and out of the kept neighbours (see :func:`leave_out`).
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import threading
 import time
+import uuid
 from collections.abc import Callable
+from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 import faiss
@@ -45,12 +56,13 @@ from vecmigrate.catalog.journal import Journal, StreamRow
 from vecmigrate.data.backfill import TargetView, shard_plan
 from vecmigrate.data.quarantine import Quarantine
 from vecmigrate.data.quarantine import quarantine as quarantine_table
+from vecmigrate.data.retention import streamed_dir
 from vecmigrate.model.gates import ShardCheck
 from vecmigrate.model.records import IdKind
 from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.model.tasks import ShardRef
 from vecmigrate.records.batch import DUPLICATE_ID, Faults, Records
-from vecmigrate.records.checksums import Words, mixed
+from vecmigrate.records.checksums import RecordChecksum, Words, mixed, record_hashes
 from vecmigrate.records.ids import id_array, id_text
 from vecmigrate.records.ids import labels as id_labels
 from vecmigrate.records.vectors import (
@@ -65,7 +77,7 @@ from vecmigrate.records.vectors import (
 )
 from vecmigrate.stores import VectorStore
 from vecmigrate.stores.base import in_shard
-from vecmigrate.validation.profile import ProfileBuilder
+from vecmigrate.validation.profile import ProfileBuilder, _norms, norm_units
 from vecmigrate.validation.run import GateQueries, check_shard, fold_truth, gate_queries
 
 # Records of each shard read back from the target and compared with the hash they were written
@@ -96,6 +108,170 @@ def streamable(spec: MigrationSpec) -> str:
             "from the target's vectors: read in full"
         )
     return ""
+
+
+# -- what the copy counted, record by record -----------------------------------------------------
+
+# A record's share of a profile as the copy counted it: its label, its checksum hash, its norm
+# (NaN for a vector with a NaN or infinite value, which the profile counts as such) and, when
+# the collection has payload, its share of the payload checksum. The id checksum's share is the
+# label's alone: not kept. 24 bytes a record and side (32 with payload).
+_SHARE = np.dtype([("label", "<i8"), ("hash", "<u8"), ("norm", "<f8")])
+_SHARE_PAYLOAD = np.dtype([("label", "<i8"), ("hash", "<u8"), ("norm", "<f8"), ("payload", "<u8")])
+SIDES = ("source", "target")
+
+
+def shares(records: Records) -> np.ndarray:
+    """Each record's share of a profile, as :meth:`ProfileBuilder.add_records` counts it."""
+    labels = records.labels
+    payload = records.schema.has_payload
+    out = np.empty(len(records), _SHARE_PAYLOAD if payload else _SHARE)
+    out["label"] = labels
+    out["hash"] = records.hashes()
+    if payload:
+        out["payload"] = record_hashes(labels, [], records.payload_only_hashes())
+    vectors = records.vectors()
+    finite = np.isfinite(vectors).all(axis=1)
+    norms = np.full(len(records), np.nan)
+    # The same rows as the profile takes, so each norm is the one it summed.
+    norms[finite] = _norms(vectors if finite.all() else vectors[finite])
+    out["norm"] = norms
+    return out
+
+
+class Counted:
+    """The shares of both profiles a shard's copy counted, record by record: one file per
+    batch and side (``<part>.source.npy``, ``<part>.target.npy``: numpy arrays of
+    :func:`shares`) under a directory of its own per copy from the shard's beginning (``gen``),
+    in the target's artifact directory (``<artifacts>/<tenant>/<collection>/streamed/<migration>/
+    shard-<n>/<gen>``).
+
+    The state kept with the copy's cursor names the directory and how many parts count: a part
+    written past them (its batch written, the cursor not moved yet) is never read, and is
+    written again, whole, when the resumed copy writes that batch again (each file is written
+    under a temporary name and renamed). A copy started over from the shard's beginning removes
+    the shard's directory and writes a new one."""
+
+    def __init__(self, root: Path, gen: str, parts: int = 0) -> None:
+        self.root, self.gen, self.parts = root, gen, parts
+
+    @staticmethod
+    def shard_root(spec: MigrationSpec, shard: int) -> Path:
+        """Where the copies of ``shard`` keep what they counted."""
+        return streamed_dir(spec) / f"shard-{shard}"
+
+    @classmethod
+    def fresh(cls, spec: MigrationSpec, shard: int) -> Counted:
+        """A new directory for a copy from the shard's beginning (the shard's others removed)."""
+        root = cls.shard_root(spec, shard)
+        shutil.rmtree(root, ignore_errors=True)
+        return cls(root, uuid.uuid4().hex)
+
+    def state(self) -> dict[str, Any]:
+        return {"gen": self.gen, "parts": self.parts}
+
+    def _path(self, part: int, side: str) -> Path:
+        return self.root / self.gen / f"{part:06d}.{side}.npy"
+
+    def write(self, source: np.ndarray, target: np.ndarray) -> None:
+        """Write the next part (a batch's shares on both sides)."""
+        (self.root / self.gen).mkdir(parents=True, exist_ok=True)
+        for side, arr in zip(SIDES, (source, target), strict=True):
+            path = self._path(self.parts, side)
+            tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+            with open(tmp, "wb") as f:
+                np.save(f, arr, allow_pickle=False)
+            os.replace(tmp, path)
+        self.parts += 1
+
+    def read(self, side: str) -> np.ndarray:
+        """Every share counted on ``side``, in the order counted.
+
+        Raises:
+            OSError: a part is missing.
+            ValueError: a part is not an array of shares.
+        """
+        parts = [np.load(self._path(i, side), allow_pickle=False) for i in range(self.parts)]
+        for p in parts:
+            if p.dtype not in (_SHARE, _SHARE_PAYLOAD):
+                raise ValueError(f"a part holds {p.dtype}, not shares")
+        if not parts:
+            return np.empty(0, _SHARE)
+        if len({p.dtype for p in parts}) > 1:
+            parts = [
+                p[["label", "hash", "norm"]].astype(_SHARE) for p in parts
+            ]  # payload's share not in every part
+        return np.concatenate(parts)
+
+    def nbytes(self) -> int:
+        """The size of the parts that count."""
+        return sum(self._path(i, s).stat().st_size for i in range(self.parts) for s in SIDES)
+
+
+def _take_out(b: ProfileBuilder, counted: np.ndarray, left_out: dict[str, int]) -> None:
+    """Take records out of a streamed profile by the shares the copy counted for them (and
+    ``left_out``, records counted as left out, per reason): what
+    :meth:`ProfileBuilder.remove_records` does with the records themselves.
+
+    Raises:
+        ValueError: the shares do not fit the profile.
+    """
+    for reason, n in left_out.items():
+        left = b.left_out.get(reason, 0) - n
+        if left < 0:
+            raise ValueError(f"more records taken out for {reason!r} than were left out")
+        if left:
+            b.left_out[reason] = left
+        else:
+            b.left_out.pop(reason, None)
+    n = len(counted)
+    if not n:
+        return
+    if n > b.count:
+        raise ValueError(f"{n} records taken out of a profile of {b.count}")
+    mask = 0xFFFFFFFFFFFFFFFF
+    b.records.total = (b.records.total - int(counted["hash"].sum(dtype=np.uint64))) & mask
+    b.records.count -= n
+    ids = RecordChecksum()
+    ids.add(counted["label"].copy(), np.empty((n, 0), np.float32))
+    b.ids.total = (b.ids.total - ids.total) & mask
+    b.ids.count -= n
+    if b.has_payload:
+        if "payload" not in (counted.dtype.names or ()):
+            raise ValueError("the profile counts payload; the shares kept none")
+        payload = int(counted["payload"].sum(dtype=np.uint64))
+        b.payloads.total = (b.payloads.total - payload) & mask
+        b.payloads.count -= n
+    b.count -= n
+    norms = counted["norm"]
+    finite = ~np.isnan(norms)
+    b.nonfinite -= int((~finite).sum())
+    norms = norms[finite]
+    b.zero -= int((norms == 0).sum())
+    b.off_unit -= int((np.abs(norms - 1.0) > b.tolerance).sum())
+    b.norm_units -= norm_units(norms)
+    if b.count == b.nonfinite:
+        b.norm_min, b.norm_max = np.inf, -np.inf
+        b.low_lost = b.high_lost = False
+    elif norms.size:
+        b.low_lost = b.low_lost or bool(norms.min() <= b.norm_min)
+        b.high_lost = b.high_lost or bool(norms.max() >= b.norm_max)
+
+
+def _in_thread(fn: Callable[..., None], *args: Any) -> Future[None]:
+    """Run ``fn(*args)`` in a thread of its own; its outcome as a future."""
+    done: Future[None] = Future()
+
+    def run() -> None:
+        try:
+            fn(*args)
+        except BaseException as exc:
+            done.set_exception(exc)
+        else:
+            done.set_result(None)
+
+    threading.Thread(target=run, name="streamed-exact-search", daemon=True).start()
+    return done
 
 
 # -- the fixed query sample -------------------------------------------------------------------
@@ -227,15 +403,47 @@ class ShardStream:
         # Records replayed after the copy whose quarantine differs from the copy's (id text to
         # reason, "" for not left out): the copy's are in the quarantine table.
         self.requarantined: dict[str, str] = {}
+        # What the copy counted, record by record (None: a copy that kept none), and whether a
+        # replay changed the figures since (what they count is then no longer all in it).
+        self.counted: Counted | None = None
+        self.replayed = False
+        # The exact search of the batch being written, started ahead (see :meth:`before_write`).
+        self._searching: tuple[Records, Future[None]] | None = None
+
+    def before_write(self, written: Records) -> None:
+        """Start the exact search of the batch the copy is about to write (``written``), in a
+        thread of its own, so that it runs while the target writes: FAISS and the stores'
+        drivers let go of the interpreter, and the search is most of what the figures cost
+        the copy. :meth:`add` of the same batch waits for it and folds it in; the figures are
+        those of a search run in :meth:`add` (the same search, merged in the same order)."""
+        if self.knn is None or not len(written) or self._searching is not None:
+            return
+        labels, vectors = written.labels, written.vectors()
+        self._searching = (written, _in_thread(self.knn.add, labels, vectors))
+
+    def _settle(self) -> Records | None:
+        """Wait for the search :meth:`before_write` started, if any; the batch it searched."""
+        if self._searching is None:
+            return None
+        searched, done = self._searching
+        self._searching = None
+        done.result()
+        return searched
 
     def add(self, seen: Records, faults: Faults, written: Records) -> None:
         """Fold in one batch: ``seen``, the source's records the target can hold as the
-        transform makes them, ``faults`` the ones it cannot, ``written`` what the target got."""
+        transform makes them, ``faults`` the ones it cannot, ``written`` what the target got
+        (its exact search already under way when :meth:`before_write` was told of it)."""
         self.source.add_records(seen, faults, quarantined=True)
         self.target.add_records(written)
+        if self.counted is not None and (len(seen) or len(written)):
+            self.counted.write(shares(seen), shares(written))
+        searched = self._settle()
+        if searched is not None and searched is not written:
+            raise ValueError("the exact search ran ahead for another batch than the one added")
         if not len(written):
             return
-        if self.knn is not None:
+        if self.knn is not None and searched is None:
             self.knn.add(written.labels, written.vectors())
         self._sample_add(written)
 
@@ -256,7 +464,9 @@ class ShardStream:
         Every profile sum is undone and redone exactly; the exact search drops the old records
         and merges the new ones. When a query's kept neighbours run short of what the gate asks
         (deletes of kept neighbours), the figures are marked :attr:`spoiled`."""
+        self._settle()
         total_before = self.target.count
+        self.replayed = True
         self.source.remove_records(old, old_left)
         self.target.remove_records(old)
         self.source.add_records(seen, faults, quarantined=True)
@@ -313,6 +523,7 @@ class ShardStream:
 
     def truth(self) -> tuple[Distances, Ids] | None:
         """The exact search of the gate's queries over everything written, or None."""
+        self._settle()
         if self.knn is None:
             return None
         d, i = self.knn.result()
@@ -320,6 +531,7 @@ class ShardStream:
 
     def row(self) -> StreamRow:
         """The state to persist with the copy's cursor."""
+        self._settle()
         state = {
             "spec_hash": self.spec_hash,
             "digest": self.digest,
@@ -330,6 +542,8 @@ class ShardStream:
             "sample_ids": None if self.int_ids else self.sample_ids,
             "spoiled": self.spoiled,
             "requarantined": dict(self.requarantined),
+            "counted": None if self.counted is None else self.counted.state(),
+            "replayed": self.replayed,
         }
         sample = (
             np.ascontiguousarray(self.sample_labels, np.int64).tobytes()
@@ -362,6 +576,11 @@ class ShardStream:
         s.complete = bool(state["complete"])
         s.spoiled = str(state.get("spoiled", ""))
         s.requarantined = {str(k): str(v) for k, v in state.get("requarantined", {}).items()}
+        counted = state.get("counted")
+        if counted is not None:
+            root = Counted.shard_root(spec, shard.index)
+            s.counted = Counted(root, str(counted["gen"]), int(counted["parts"]))
+        s.replayed = bool(state.get("replayed", False))
         s.source = ProfileBuilder.from_state(state["source"])
         s.target = ProfileBuilder.from_state(state["target"])
         words = np.frombuffer(row.sample or b"", np.int64)
@@ -408,7 +627,9 @@ def open_stream(
         return None
     queries = fixed_queries(journal, spec, source, target) if _searches(spec) else None
     if fresh:
-        return ShardStream(spec, shard, queries)
+        started = ShardStream(spec, shard, queries)
+        started.counted = Counted.fresh(spec, shard.index)
+        return started
     row = journal.stream(spec.migration_id, shard.index)
     found = None if row is None else ShardStream.resume(spec, shard, row, queries)
     if found is None and row is not None:
@@ -432,8 +653,9 @@ def usable(
 
     ``changed`` names the records written since the migration began through the change log
     and those captured but not replayed yet: a shard holding one is read in full, its figures
-    taken without them. Captured writes once replayed are in the streamed figures (see
-    :class:`StreamedReplay`)."""
+    taken without them (:func:`shard_check` passes none and leaves them out of the figures
+    instead, see :func:`leave_out`). Captured writes once replayed are in the streamed figures
+    (see :class:`StreamedReplay`)."""
     why = streamable(spec)
     if why:
         return None, why
@@ -463,22 +685,106 @@ def usable(
     return stream, ""
 
 
+def leave_out(
+    journal: Journal,
+    spec: MigrationSpec,
+    source: VectorStore,
+    target: VectorStore,
+    stream: ShardStream,
+    changed: Ids,
+) -> tuple[str, int, int, int]:
+    """Leave the records ``changed`` names (the shard's, written through the router since the
+    migration began or captured and not replayed yet) out of the streamed figures, as the full
+    read leaves them out of both profiles: their shares as the copy counted them (:class:`Counted`)
+    taken out of both, and the quarantine the copy noted for them; the source's quarantine of
+    them now counted (the full read counts it). Their kept exact neighbours go, and the target's
+    records for them now are merged in (the full read searches them). They go from the read-back
+    sample too.
+
+    Returns why the figures cannot leave them out ("" when they can; the shard is then read in
+    full), the records of them the source holds now that the target can (left out of the source
+    profile) and the target holds now (left out of the target's), for :func:`verify`, and how
+    many of them either holds (the check's ``excluded``)."""
+    said = f"{changed.size} records of the shard changed during the migration"
+    if target.schema.id_kind != IdKind.INT:
+        return f"{said} (ids that are not integers: the change log names them by label)", 0, 0, 0
+    if stream.counted is None:
+        return f"{said}; the copy kept no file of what it counted", 0, 0, 0
+    if stream.replayed:
+        return f"{said}; replayed captures changed what the copy counted", 0, 0, 0
+    if stream.source.repeats or stream.target.repeats:
+        return f"{said}; the shard holds repeated ids", 0, 0, 0
+    try:
+        counted = [stream.counted.read(side) for side in SIDES]
+    except (OSError, ValueError) as exc:
+        return f"{said}; the file of what the copy counted cannot be read: {exc}", 0, 0, 0
+    if [len(c) for c in counted] != [stream.source.count, stream.target.count]:
+        return f"{said}; the file of what the copy counted does not match its figures", 0, 0, 0
+    ids = id_array(changed, IdKind.INT)
+    seen, _, faults = TargetView.of(journal.catalog, spec, target).split(source.fetch_records(ids))
+    held = target.fetch_records(ids)
+    left: dict[str, int] = {}
+    texts = [str(int(x)) for x in changed]
+    for reasons in _copy_quarantine(journal, spec.migration_id, texts).values():
+        if len(reasons) > 1:
+            return f"{said}; one of them was left out for two reasons", 0, 0, 0
+        reason = next(iter(reasons))
+        left[reason] = left.get(reason, 0) + 1
+    if DUPLICATE_ID in left or DUPLICATE_ID in faults.reasons:
+        return f"{said}; one of them is left out for a repeated id", 0, 0, 0
+    before = stream.target.count
+    try:
+        _take_out(stream.source, counted[0][np.isin(counted[0]["label"], changed)], left)
+        _take_out(stream.target, counted[1][np.isin(counted[1]["label"], changed)], {})
+    except ValueError as exc:
+        return f"{said}; what the copy counted for them does not fit its figures: {exc}", 0, 0, 0
+    for reason, n in faults.counts().items():
+        stream.source.left_out[reason] = stream.source.left_out.get(reason, 0) + n
+    if stream.source.bounds_lost or stream.target.bounds_lost:
+        return f"{said}; one of them held the shard's smallest or largest norm", 0, 0, 0
+    if stream.knn is not None:
+        short = _replace_neighbours(
+            stream.knn,
+            changed,
+            held.labels,
+            held.vectors(),
+            before,
+            stream.target.count + len(held),
+            stream.ask,
+        )
+        if short:
+            return (
+                f"{said}; left out, they leave {short} queries with fewer kept exact "
+                f"neighbours than the {stream.ask} the gate asks",
+                0,
+                0,
+                0,
+            )
+    stream._sample_drop(changed)
+    excluded = int(np.union1d(seen.labels, held.labels).size)
+    return "", len(seen), len(held), excluded
+
+
 def verify(
     spec: MigrationSpec,
     source: VectorStore,
     target: VectorStore,
     shard: ShardRef,
     stream: ShardStream,
+    source_extra: int = 0,
+    target_extra: int = 0,
 ) -> str:
     """Check the stores against what the copy read and wrote, cheaply: the source's count for
     the shard (a record written behind the change log's back since), the target's, and the
-    read-back sample's checksum hashes. "" when it holds; else what differs."""
-    read = stream.source.count + sum(stream.source.left_out.values())
+    read-back sample's checksum hashes. ``source_extra`` and ``target_extra`` are records each
+    holds that the figures leave out (see :func:`leave_out`). "" when it holds; else what
+    differs."""
+    read = stream.source.count + sum(stream.source.left_out.values()) + source_extra
     have = source.count(shard)
     if have != read:
         return f"the source holds {have} records of the shard where the copy read {read}"
     held = target.count(shard)
-    wrote = stream.target.count
+    wrote = stream.target.count + target_extra
     if held != wrote:
         return f"the target holds {held} records of the shard where the copy wrote {wrote}"
     if not stream.sample_ids:
@@ -501,6 +807,53 @@ def verify(
     return ""
 
 
+# Tries of a shard check from its streamed figures while records of the shard are written
+# through the router: a write landing between the check's reads of the change log and of the
+# stores can make them disagree, and the check tries again from the stored figures.
+_TRIES = 3
+
+
+def _streamed(
+    journal: Journal,
+    spec: MigrationSpec,
+    source: VectorStore,
+    target: VectorStore,
+    shard: ShardRef,
+    queries: GateQueries | None,
+    volatile: Callable[[], Ids] | None,
+) -> tuple[ShardStream | None, str, int]:
+    """The shard's streamed figures, with the records ``volatile`` names left out (see
+    :func:`leave_out`), once the stores check out against them (:func:`verify`); else why not.
+    Also how many records were left out."""
+    why = ""
+    for _ in range(_TRIES):
+        found, why = usable(journal, spec, shard, queries, None)
+        if found is None:
+            return None, why, 0
+        mine = np.empty(0, np.int64) if volatile is None else _of_shard(volatile(), shard)
+        extra, excluded = (0, 0), 0
+        if mine.size:
+            # Written through the router (dual-write reaches the target behind the streamed
+            # figures), or captured and not replayed yet: left out, as the full read does.
+            why, source_extra, target_extra, excluded = leave_out(
+                journal, spec, source, target, found, mine
+            )
+            if why:
+                return None, why, 0
+            extra = (source_extra, target_extra)
+        why = verify(spec, source, target, shard, found, *extra)
+        if not why:
+            # Records written since ``mine`` was read and not caught by the stores' checks
+            # are counted as the copy counted them, on both sides: the check is of the stores
+            # as it read them.
+            return found, "", excluded
+        if volatile is None:
+            break
+        if not mine.size and not _of_shard(volatile(), shard).size:
+            break  # nothing of the shard written: the stores differ from the figures
+    return None, why, 0
+
+
 def shard_check(
     journal: Journal,
     spec: MigrationSpec,
@@ -512,20 +865,21 @@ def shard_check(
     round_: int = 0,
 ) -> tuple[ShardCheck, tuple[Distances, Ids] | None]:
     """One shard's check and the exact search of ``queries`` over its target records: from the
-    figures its copy streamed when the stores check out against them (see :func:`usable` and
-    :func:`verify`) in the first validation round, else from a full read of both versions
-    (:func:`~vecmigrate.validation.run.check_shard`), its ``basis`` saying why."""
+    figures its copy streamed when the stores check out against them (see :func:`usable`,
+    :func:`leave_out` and :func:`verify`) in the first validation round, else from a full read
+    of both versions (:func:`~vecmigrate.validation.run.check_shard`), its ``basis`` saying
+    why. Records ``volatile`` names are left out of both profiles either way (and counted in
+    ``excluded``)."""
     began = time.monotonic()
     if round_ > 0:
         # Measured again after a failed gate: whatever was fixed since is seen in full.
-        found, why = None, "a validation round after a failed gate reads in full"
+        why = "a validation round after a failed gate reads in full"
     else:
-        changed = None if volatile is None else volatile()
-        found, why = usable(journal, spec, shard, queries, changed)
-    if found is not None:
-        why = verify(spec, source, target, shard, found)
-        if not why:
-            return found.check(round(time.monotonic() - began, 3)), found.truth()
+        found, why, excluded = _streamed(journal, spec, source, target, shard, queries, volatile)
+        if found is not None:
+            check = found.check(round(time.monotonic() - began, 3))
+            check.excluded = excluded
+            return check, found.truth()
     knn = queries.exact_search(spec) if queries is not None else None
     check = check_shard(spec, source, target, shard, volatile, truth=knn)
     check.basis = f"read: {why}"
@@ -704,21 +1058,29 @@ class StreamedReplay:
 
     def _copy_quarantine(self, texts: list[str]) -> dict[str, set[str]]:
         """The reasons the copy left each of these records out for (the quarantine table)."""
-        if not texts:
-            return {}
-        q = quarantine_table
-        found: dict[str, set[str]] = {}
-        for at in range(0, len(texts), 1000):
-            rows = sql.all_rows(
-                self.journal.engine,
-                select(q.c.record_id, q.c.reason).where(
-                    (q.c.migration_id == self.spec.migration_id)
-                    & q.c.record_id.in_(texts[at : at + 1000])
-                ),
-            )
-            for r in rows:
-                found.setdefault(str(r["record_id"]), set()).add(str(r["reason"]))
-        return found
+        return _copy_quarantine(self.journal, self.spec.migration_id, texts)
+
+
+def _of_shard(changed: Ids, shard: ShardRef) -> Ids:
+    """The records of ``shard`` among ``changed`` (each once, in order)."""
+    ids = np.unique(np.asarray(changed, np.int64))
+    return ids[in_shard(ids, shard)]
+
+
+def _copy_quarantine(journal: Journal, migration_id: str, texts: list[str]) -> dict[str, set[str]]:
+    """The reasons the copy left each of these records out for (the quarantine table)."""
+    q = quarantine_table
+    found: dict[str, set[str]] = {}
+    for at in range(0, len(texts), 1000):
+        rows = sql.all_rows(
+            journal.engine,
+            select(q.c.record_id, q.c.reason).where(
+                (q.c.migration_id == migration_id) & q.c.record_id.in_(texts[at : at + 1000])
+            ),
+        )
+        for r in rows:
+            found.setdefault(str(r["record_id"]), set()).add(str(r["reason"]))
+    return found
 
 
 def _labels(ids: pa.Array, kind: IdKind) -> Ids:
