@@ -9,6 +9,7 @@ read, saying why."""
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
@@ -25,7 +26,7 @@ from vecmigrate.data import retention
 from vecmigrate.data.backfill import open_source, open_target, prepare
 from vecmigrate.model.gates import ShardCheck
 from vecmigrate.model.lifecycle import Phase
-from vecmigrate.model.spec import MigrationSpec
+from vecmigrate.model.spec import NAME_PATTERN, MigrationSpec
 from vecmigrate.model.tasks import (
     CopyShardInput,
     LedgerInput,
@@ -323,3 +324,11 @@ def test_what_the_copy_counted_goes_when_its_migration_ends_and_never_another_on
     assert retention.streamed_dir(running).is_dir()
     for shard in shards[running.migration_id]:
         assert _check(acts, running, shard, 0).basis == "streamed"
+
+
+def test_no_version_can_be_named_as_the_directory_of_what_the_copies_counted() -> None:
+    """The counted files sit beside the collection's version directories: a version that could
+    bear their directory's name would share it, and pruning that version would remove every
+    migration's files. Version names begin with a letter or digit; the directory does not."""
+    assert re.fullmatch(NAME_PATTERN, "streamed")
+    assert not re.fullmatch(NAME_PATTERN, retention.STREAMED)

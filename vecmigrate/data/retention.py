@@ -310,12 +310,18 @@ def _safe(name: str) -> str:
     return f"{readable}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
 
 
+# The directory beside a collection's version directories that holds what the copies counted:
+# a version name begins with a letter or digit, so no version's artifacts can be this one (and
+# pruning a version can never remove another migration's files).
+STREAMED = "_streamed"
+
+
 def streamed_dir(spec: MigrationSpec) -> Path:
     """Where the copy of ``spec``'s migration keeps, per shard, what it counted record by
     record for the streamed shard checks (``vecmigrate.validation.stream.Counted``): its own
     directory in the target's artifact directory, named after the migration (no other
     migration's files are under it)."""
-    where = artifact_dir(spec.target.store, spec.tenant, spec.collection, "streamed")
+    where = artifact_dir(spec.target.store, spec.tenant, spec.collection, STREAMED)
     return where / _safe(spec.migration_id)
 
 

@@ -143,7 +143,7 @@ class Counted:
     """The shares of both profiles a shard's copy counted, record by record: one file per
     batch and side (``<part>.source.npy``, ``<part>.target.npy``: numpy arrays of
     :func:`shares`) under a directory of its own per copy from the shard's beginning (``gen``),
-    in the target's artifact directory (``<artifacts>/<tenant>/<collection>/streamed/<migration>/
+    in the target's artifact directory (``<artifacts>/<tenant>/<collection>/_streamed/<migration>/
     shard-<n>/<gen>``).
 
     The state kept with the copy's cursor names the directory and how many parts count: a part
