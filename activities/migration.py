@@ -370,7 +370,9 @@ class MigrationActivities:
                     f"{' ...' if len(missing) > 10 else ''}; build them first"
                 )
             artifacts = [ArtifactRef.model_validate(stored[s]) for s in spec.shards.selected()]
-        with _keepalive(spec):  # every artifact is verified against its checksum
+        # Registration records the artifacts' checksums; every load (the gates', each
+        # router's) verifies the bytes against them, so a file changed since is refused there.
+        with _keepalive(spec):
             record = build.register_index(
                 self.catalog, spec.tenant, spec.collection, spec.target, artifacts, inp.migration_id
             )
