@@ -25,7 +25,7 @@ from vecmigrate.data.transforms import Transform
 from vecmigrate.model.gates import ShardProfile
 from vecmigrate.model.tasks import ShardRef
 from vecmigrate.records.batch import DUPLICATE_ID, Faults, Records
-from vecmigrate.records.checksums import RecordChecksum, record_hashes
+from vecmigrate.records.checksums import RecordChecksum, Words, record_hashes
 from vecmigrate.records.screening import Limits, screen
 from vecmigrate.records.vectors import Ids, Vectors, repeated_ids
 from vecmigrate.stores import VectorStore
@@ -47,6 +47,15 @@ def _norms(vectors: Vectors) -> npt.NDArray[np.float64]:
     big = ~np.isfinite(norms)
     if big.any():
         norms[big] = np.linalg.norm(v[big].astype(np.float64), axis=1)
+    return norms
+
+
+def record_norms(vectors: Vectors) -> npt.NDArray[np.float64]:
+    """Each row's norm as a profile counts it (:func:`_norms` of the finite rows), NaN for a
+    row that is not finite (which a profile counts as such, not by its norm)."""
+    finite = np.isfinite(vectors).all(axis=1)
+    norms = np.full(len(vectors), np.nan)
+    norms[finite] = _norms(vectors if finite.all() else vectors[finite])
     return norms
 
 
@@ -179,6 +188,29 @@ class ProfileBuilder:
         goes past it (:attr:`bounds_lost`; the shard is read in full if it stays so)."""
         if self.keep or self.track_ids:
             raise ValueError("records can be removed only from a builder without kept batches")
+        payload = None
+        norms = np.empty(0)
+        if len(records):
+            if self.has_payload and records.schema.has_payload:
+                payload = record_hashes(records.labels, [], records.payload_only_hashes())
+            norms = record_norms(records.vectors())
+        self.remove_shares(records.labels, records.hashes(), payload, norms, left_out)
+
+    def remove_shares(
+        self,
+        labels: Ids,
+        hashes: Words,
+        payloads: Words | None,
+        norms: npt.NDArray[np.float64],
+        left_out: dict[str, int] | None = None,
+    ) -> None:
+        """:meth:`remove_records` from each record's share of the sums as it was counted: its
+        label, record hash, payload hash (None: not counted) and norm (:func:`record_norms`,
+        NaN for a vector that is not finite), for a caller that kept those and not the records.
+
+        Raises:
+            ValueError: more records or left-out records than the profile counted.
+        """
         for reason, n in (left_out or {}).items():
             left = self.left_out.get(reason, 0) - n
             if left < 0:
@@ -187,29 +219,25 @@ class ProfileBuilder:
                 self.left_out[reason] = left
             else:
                 self.left_out.pop(reason, None)
-        if not len(records):
+        n = len(labels)
+        if not n:
             return
-        if len(records) > self.count:
-            raise ValueError(f"{len(records)} records removed from a profile of {self.count}")
-        labels = records.labels
+        if n > self.count:
+            raise ValueError(f"{n} records removed from a profile of {self.count}")
         mask = 0xFFFFFFFFFFFFFFFF
-        self.records.total = (
-            self.records.total - int(records.hashes().sum(dtype=np.uint64))
-        ) & mask
-        self.records.count -= len(records)
+        self.records.total = (self.records.total - int(hashes.sum(dtype=np.uint64))) & mask
+        self.records.count -= n
         ids = RecordChecksum()
-        ids.add(labels, np.empty((labels.shape[0], 0), np.float32))
+        ids.add(np.ascontiguousarray(labels, np.int64), np.empty((n, 0), np.float32))
         self.ids.total = (self.ids.total - ids.total) & mask
         self.ids.count -= ids.count
-        if self.has_payload and records.schema.has_payload:
-            hashes = record_hashes(labels, [], records.payload_only_hashes())
-            self.payloads.total = (self.payloads.total - int(hashes.sum(dtype=np.uint64))) & mask
-            self.payloads.count -= len(records)
-        self.count -= len(records)
-        vectors = records.vectors()
-        finite = np.isfinite(vectors).all(axis=1)
+        if self.has_payload and payloads is not None:
+            self.payloads.total = (self.payloads.total - int(payloads.sum(dtype=np.uint64))) & mask
+            self.payloads.count -= n
+        self.count -= n
+        finite = ~np.isnan(norms)
         self.nonfinite -= int((~finite).sum())
-        norms = _norms(vectors if finite.all() else vectors[finite])
+        norms = norms[finite]
         self.zero -= int((norms == 0).sum())
         self.off_unit -= int((np.abs(norms - 1.0) > self.tolerance).sum())
         self.norm_units -= norm_units(norms)

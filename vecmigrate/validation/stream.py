@@ -62,7 +62,7 @@ from vecmigrate.model.records import IdKind
 from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.model.tasks import ShardRef
 from vecmigrate.records.batch import DUPLICATE_ID, Faults, Records
-from vecmigrate.records.checksums import RecordChecksum, Words, mixed, record_hashes
+from vecmigrate.records.checksums import Words, mixed, record_hashes
 from vecmigrate.records.ids import id_array, id_text
 from vecmigrate.records.ids import labels as id_labels
 from vecmigrate.records.vectors import (
@@ -77,7 +77,7 @@ from vecmigrate.records.vectors import (
 )
 from vecmigrate.stores import VectorStore
 from vecmigrate.stores.base import in_shard
-from vecmigrate.validation.profile import ProfileBuilder, _norms, norm_units
+from vecmigrate.validation.profile import ProfileBuilder, record_norms
 from vecmigrate.validation.run import GateQueries, check_shard, fold_truth, gate_queries
 
 # Records of each shard read back from the target and compared with the hash they were written
@@ -130,12 +130,7 @@ def shares(records: Records) -> np.ndarray:
     out["hash"] = records.hashes()
     if payload:
         out["payload"] = record_hashes(labels, [], records.payload_only_hashes())
-    vectors = records.vectors()
-    finite = np.isfinite(vectors).all(axis=1)
-    norms = np.full(len(records), np.nan)
-    # The same rows as the profile takes, so each norm is the one it summed.
-    norms[finite] = _norms(vectors if finite.all() else vectors[finite])
-    out["norm"] = norms
+    out["norm"] = record_norms(records.vectors())  # each the norm the profile summed
     return out
 
 
@@ -216,46 +211,12 @@ def _take_out(b: ProfileBuilder, counted: np.ndarray, left_out: dict[str, int]) 
     Raises:
         ValueError: the shares do not fit the profile.
     """
-    for reason, n in left_out.items():
-        left = b.left_out.get(reason, 0) - n
-        if left < 0:
-            raise ValueError(f"more records taken out for {reason!r} than were left out")
-        if left:
-            b.left_out[reason] = left
-        else:
-            b.left_out.pop(reason, None)
-    n = len(counted)
-    if not n:
-        return
-    if n > b.count:
-        raise ValueError(f"{n} records taken out of a profile of {b.count}")
-    mask = 0xFFFFFFFFFFFFFFFF
-    b.records.total = (b.records.total - int(counted["hash"].sum(dtype=np.uint64))) & mask
-    b.records.count -= n
-    ids = RecordChecksum()
-    ids.add(counted["label"].copy(), np.empty((n, 0), np.float32))
-    b.ids.total = (b.ids.total - ids.total) & mask
-    b.ids.count -= n
-    if b.has_payload:
+    payload = None
+    if b.has_payload and len(counted):
         if "payload" not in (counted.dtype.names or ()):
             raise ValueError("the profile counts payload; the shares kept none")
-        payload = int(counted["payload"].sum(dtype=np.uint64))
-        b.payloads.total = (b.payloads.total - payload) & mask
-        b.payloads.count -= n
-    b.count -= n
-    norms = counted["norm"]
-    finite = ~np.isnan(norms)
-    b.nonfinite -= int((~finite).sum())
-    norms = norms[finite]
-    b.zero -= int((norms == 0).sum())
-    b.off_unit -= int((np.abs(norms - 1.0) > b.tolerance).sum())
-    b.norm_units -= norm_units(norms)
-    if b.count == b.nonfinite:
-        b.norm_min, b.norm_max = np.inf, -np.inf
-        b.low_lost = b.high_lost = False
-    elif norms.size:
-        b.low_lost = b.low_lost or bool(norms.min() <= b.norm_min)
-        b.high_lost = b.high_lost or bool(norms.max() >= b.norm_max)
+        payload = counted["payload"]
+    b.remove_shares(counted["label"], counted["hash"], payload, counted["norm"], left_out)
 
 
 def _in_thread(fn: Callable[..., None], *args: Any) -> Future[None]:
