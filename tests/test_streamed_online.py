@@ -8,6 +8,7 @@ why."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.model.tasks import CaptureInput, CopyShardInput, ShardRef, ValidateShardInput
 from vecmigrate.records.batch import Faults
 from vecmigrate.records.ids import id_array
+from vecmigrate.records.vectors import Ids
 from vecmigrate.validation import stream
 from vecmigrate.validation.gates import parity_verdicts
 
@@ -42,19 +44,25 @@ def _check(
 
 
 def _equal_to_a_full_read(
-    acts: MigrationActivities, spec: MigrationSpec, shards: list[ShardRef], after: int | None = None
+    acts: MigrationActivities,
+    spec: MigrationSpec,
+    shards: list[ShardRef],
+    after: int | None = None,
+    changed: Callable[[], Ids] | None = None,
 ) -> list[ShardCheck]:
-    """Validate every shard, and compare each check and its exact neighbours with a full read
-    of both versions now, figure by figure."""
+    """Validate every shard, and compare each check, its excluded count and its exact
+    neighbours with a full read of both versions now, figure by figure (a read that leaves
+    out the records ``changed`` names, as the check leaves out those written since ``after``)."""
     checks = [_check(acts, spec, s, after) for s in shards]
     queries = stream.stored_queries(acts.journal, spec)
     assert queries is not None
     source, target = open_source(spec), open_target(spec)
     for shard, check in zip(shards, checks, strict=True):
         knn = queries.exact_search(spec)
-        read = validation.check_shard(spec, source, target, shard, truth=knn)
+        read = validation.check_shard(spec, source, target, shard, changed, truth=knn)
         assert check.source.model_dump() == read.source.model_dump()
         assert check.target.model_dump() == read.target.model_dump()
+        assert check.excluded == read.excluded
         found = acts.journal.truths(spec.migration_id, 0, queries.digest(), [shard.index])
         assert found is not None
         (d, i), (rd, ri) = found[0], knn.result()

@@ -19,12 +19,11 @@ from tests.conftest import Sandbox
 from tests.test_activities import copy_killed_at_heartbeat, retry, task
 from tests.test_backfill import poison
 from tests.test_streamed_checks import _copied, _copy
-from vecmigrate import validation
+from tests.test_streamed_online import _check, _equal_to_a_full_read
 from vecmigrate.activities.migration import MigrationActivities
 from vecmigrate.catalog.changelog import ChangeLog
 from vecmigrate.data import retention
 from vecmigrate.data.backfill import open_source, open_target, prepare
-from vecmigrate.model.gates import ShardCheck
 from vecmigrate.model.lifecycle import Phase
 from vecmigrate.model.spec import NAME_PATTERN, MigrationSpec
 from vecmigrate.model.tasks import (
@@ -32,7 +31,6 @@ from vecmigrate.model.tasks import (
     LedgerInput,
     ShardRef,
     StorageInput,
-    ValidateShardInput,
 )
 from vecmigrate.records.vectors import Ids
 from vecmigrate.validation import stream
@@ -63,37 +61,6 @@ class Writes:
 
     def changed(self) -> Ids:
         return self.log.changed_ids(self.spec.tenant, self.spec.collection, self.after)
-
-
-def _check(
-    acts: MigrationActivities, spec: MigrationSpec, shard: ShardRef, after: int
-) -> ShardCheck:
-    inp = ValidateShardInput(**task(acts, spec), shard=shard, round=0, volatile_after=after)
-    return ActivityEnvironment().run(acts.validate_shard, inp)
-
-
-def _equal_to_a_full_read(
-    acts: MigrationActivities, spec: MigrationSpec, shards: list[ShardRef], writes: Writes
-) -> list[ShardCheck]:
-    """Validate every shard, and compare each check, its excluded count and its exact
-    neighbours with a full read of both versions now that leaves the same records out."""
-    checks = [_check(acts, spec, s, writes.after) for s in shards]
-    queries = stream.stored_queries(acts.journal, spec)
-    assert queries is not None
-    for shard, check in zip(shards, checks, strict=True):
-        knn = queries.exact_search(spec)
-        read = validation.check_shard(
-            spec, writes.source, writes.target, shard, writes.changed, truth=knn
-        )
-        assert check.source.model_dump() == read.source.model_dump()
-        assert check.target.model_dump() == read.target.model_dump()
-        assert check.excluded == read.excluded
-        found = acts.journal.truths(spec.migration_id, 0, queries.digest(), [shard.index])
-        assert found is not None
-        (d, i), (rd, ri) = found[0], knn.result()
-        np.testing.assert_array_equal(i, ri)
-        np.testing.assert_allclose(d, rd, rtol=1e-5, atol=1e-5)
-    return checks
 
 
 def _kept(acts: MigrationActivities, spec: MigrationSpec, shard: ShardRef) -> np.ndarray:
@@ -169,7 +136,7 @@ def test_router_writes_leave_the_shards_streamed_equal_to_a_full_read_after_a_ki
     assert queries is not None
     near = queries.target[:10] + rng.normal(scale=1e-3, size=(10, dim))
     writes.upsert(list(range(50_000, 50_010)), near)
-    checks = _equal_to_a_full_read(acts, spec, shards, writes)
+    checks = _equal_to_a_full_read(acts, spec, shards, writes.after, writes.changed)
     assert [c.basis for c in checks] == ["streamed"] * 3
     assert all(c.excluded for c in checks), [c.excluded for c in checks]
     assert sum(sum(c.source.quarantined.values()) for c in checks) == 0
@@ -203,7 +170,7 @@ def test_router_writes_the_figures_cannot_leave_out_send_their_shard_to_the_full
     victim = int(next(iter(writes.source.iter_shard(third, 10))).ids[0])
     writes.delete([victim])
 
-    checks = _equal_to_a_full_read(acts, spec, shards, writes)
+    checks = _equal_to_a_full_read(acts, spec, shards, writes.after, writes.changed)
     n = row.size
     assert checks[0].basis.startswith(
         f"read: {n} records of the shard changed during the migration; left out, they leave "
