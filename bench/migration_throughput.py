@@ -20,7 +20,6 @@ import asyncio
 import os
 import statistics
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,7 +30,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import hnswlib
 import numpy as np
-import psutil
 
 from bench.common import alternating, builtin_migration, report, scratch, sized_parser
 from vecmigrate.catalog.catalog import Catalog, LedgerEntry
@@ -39,6 +37,7 @@ from vecmigrate.control.client import MigrationClient
 from vecmigrate.control.devserver import DevServer, free_port
 from vecmigrate.data.datasets import clustered, glove
 from vecmigrate.data.seed import sequential_ids
+from vecmigrate.indexes.build import PeakMemory
 from vecmigrate.model.lifecycle import LIFECYCLE, Phase
 from vecmigrate.records.sharding import hash_key, hash_shards
 from vecmigrate.workers.connection import connect
@@ -51,41 +50,13 @@ def mb(n: float) -> str:
     return f"{n / 2**20:,.0f} MB"
 
 
-class Resident:
+class Resident(PeakMemory):
     """This process's resident memory over the block's start, sampled every ``every`` seconds
     with the time of each sample, so the peak can be split by the phases the migration went
     through (FAISS and hnswlib allocate outside Python's view: tracemalloc would miss them)."""
 
     def __init__(self, every: float = 0.02) -> None:
-        self.every = every
-        self.samples: list[tuple[float, int]] = []  # (time.time(), bytes over the start)
-        self.cpu = 0.0  # the sampling thread's own CPU seconds (the benchmark's, not measured)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def __enter__(self) -> Resident:
-        process = psutil.Process()
-        base = process.memory_info().rss
-
-        def sample() -> None:
-            while True:
-                self.samples.append((time.time(), process.memory_info().rss - base))
-                if self._stop.wait(self.every):
-                    self.cpu = time.thread_time()
-                    return
-
-        self._thread = threading.Thread(target=sample, name="resident", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-
-    @property
-    def peak(self) -> int:
-        return max((grown for _, grown in self.samples), default=0)
+        super().__init__(every, keep=True)
 
     def by_phase(self, entries: list[LedgerEntry]) -> dict[str, int]:
         """The peak within each phase, from the times the migration's ledger recorded it
@@ -131,7 +102,7 @@ def raw_build(ids: np.ndarray, vectors: np.ndarray, shards: int) -> tuple[float,
             index.init_index(max_elements=int(mask.sum()), M=M, ef_construction=EF_CONSTRUCTION)
             index.add_items(vectors[mask], ids[mask], num_threads=-1)
     cpu = time.process_time() - cpu - memory.cpu
-    return time.perf_counter() - began, cpu, memory.peak
+    return time.perf_counter() - began, cpu, memory.peak or 0
 
 
 Migrated = tuple[float, float, dict[str, float], int, dict[str, int], int]
@@ -183,7 +154,7 @@ async def migrate(home: Path, vectors: np.ndarray, shards: int, parallel: int) -
     index = home / "artifacts" / "default" / "bench" / "v2"
     index_bytes = sum(f.stat().st_size for f in index.rglob("*") if f.is_file())
     by_phase = memory.by_phase(Catalog(catalog_url).entries(mid))
-    return seconds, cpu, final.phase_seconds, memory.peak, by_phase, index_bytes
+    return seconds, cpu, final.phase_seconds, memory.peak or 0, by_phase, index_bytes
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, Self
 
 import numpy as np
 import psutil
@@ -183,25 +183,34 @@ class PeakMemory:
     CPU the raw library's build does not spend, for a figure that a build's gradual growth
     does not need at that rate."""
 
-    def __init__(self, every: float = 0.1) -> None:
+    def __init__(self, every: float = 0.1, keep: bool = False) -> None:
         self.every = every
+        self.keep = keep
         self.peak: int | None = None
+        # With ``keep``, every sample: (time.time(), bytes over the start), so a caller can
+        # split the peak by what ran when.
+        self.samples: list[tuple[float, int]] = []
+        self.cpu = 0.0  # the sampling thread's own CPU seconds, once it has stopped
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._sample: Callable[[], None] | None = None
 
-    def __enter__(self) -> PeakMemory:
+    def __enter__(self) -> Self:
         process = psutil.Process()
         base = process.memory_info().rss
         self.peak = 0
 
         def sample() -> None:
-            self.peak = max(self.peak or 0, process.memory_info().rss - base)
+            grown = process.memory_info().rss - base
+            self.peak = max(self.peak or 0, grown)
+            if self.keep:
+                self.samples.append((time.time(), grown))
 
         def run() -> None:
             while True:
                 sample()
                 if self._stop.wait(self.every):
+                    self.cpu = time.thread_time()
                     return
 
         self._sample = sample
