@@ -9,19 +9,26 @@ read, saying why."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
 import re
 import shutil
+import uuid
 
 import numpy as np
+import pytest
+from temporalio.client import Client
 from temporalio.testing import ActivityEnvironment
 
-from tests.conftest import Sandbox
+from tests.conftest import Sandbox, vecmigrate
 from tests.test_activities import copy_killed_at_heartbeat, retry, task
 from tests.test_backfill import poison
 from tests.test_streamed_checks import _copied, _copy
 from tests.test_streamed_online import _check, _equal_to_a_full_read
 from vecmigrate.activities.migration import MigrationActivities
 from vecmigrate.catalog.changelog import ChangeLog
+from vecmigrate.control.client import MigrationClient
 from vecmigrate.data import retention
 from vecmigrate.data.backfill import open_source, open_target, prepare
 from vecmigrate.model.lifecycle import Phase
@@ -299,3 +306,53 @@ def test_no_version_can_be_named_as_the_directory_of_what_the_copies_counted() -
     migration's files. Version names begin with a letter or digit; the directory does not."""
     assert re.fullmatch(NAME_PATTERN, "streamed")
     assert not re.fullmatch(NAME_PATTERN, retention.STREAMED)
+
+
+@pytest.mark.integration
+async def test_vecmigrate_gc_ended_asks_temporal_and_removes_only_a_closed_migrations_files(
+    client: Client, sandbox: Sandbox
+) -> None:
+    """`vecmigrate gc --ended ID` is for a migration whose execution closed without reaching an
+    ended phase (terminated by hand, failed): the catalog still shows it mid-copy, so Temporal
+    is asked. A migration still running is refused, with its files kept; a terminated one's
+    files go, and no other migration's."""
+    sandbox.seed(300)
+    acts = MigrationActivities(sandbox.catalog.url)
+    tag = uuid.uuid4().hex[:8]
+    hnsw = {"kind": "hnswlib_hnsw", "m": 16, "ef_search": 64}
+    specs = []
+    for name in ("v2", "v3"):
+        spec = sandbox.spec(
+            id=f"gc-{name}-{tag}",
+            target=sandbox.version(name, hnsw).model_dump(mode="json"),
+            shards={"count": 1},
+            batch_size=100,
+            gates={"sample_queries": 20},
+        )
+        for shard in prepare(sandbox.catalog, spec, "t").shards:
+            _copy(acts, spec, shard)
+        assert any(retention.streamed_dir(spec).rglob("*.npy"))
+        specs.append(spec)
+    closed, running = specs
+    mc = MigrationClient(client, f"nobody-{tag}")  # no worker: both stay where they are
+    for spec in specs:
+        await mc.start(spec, operator="alice")
+    await client.get_workflow_handle(closed.migration_id).terminate("test: closed by hand")
+    env = {**os.environ, "TEMPORAL_ADDRESS": client.service_client.config.target_host}
+    common = ["--catalog", sandbox.catalog.url]
+
+    refused = await asyncio.to_thread(
+        vecmigrate, "gc", "--ended", running.migration_id, *common, env=env
+    )
+    assert refused.returncode != 0
+    assert f"--ended {running.migration_id}: its execution is still running" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert any(retention.streamed_dir(running).rglob("*.npy"))
+
+    done = await asyncio.to_thread(
+        vecmigrate, "gc", "--ended", closed.migration_id, *common, "--json", env=env
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["streamed_removed"] == 1
+    assert not retention.streamed_dir(closed).exists()
+    assert any(retention.streamed_dir(running).rglob("*.npy"))
