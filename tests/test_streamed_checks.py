@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -703,3 +704,18 @@ def test_the_exact_search_run_while_the_target_writes_gives_the_same_figures(
     ahead.before_write(batches[0])
     with pytest.raises(ValueError, match="another batch"):
         ahead.add(batches[1], Faults(), batches[1])
+
+
+def test_the_search_beside_the_write_runs_on_the_copys_share_of_the_cores() -> None:
+    """The copy activity sets its share of FAISS's threads on its own thread (libgomp keeps the
+    count per thread); the batch's exact search, run on a thread of its own while the target
+    writes, takes the same count instead of the process's default of every core."""
+    before = faiss.omp_get_max_threads()
+    seen: list[int] = []
+    try:
+        for share in (1, 3):
+            faiss.omp_set_num_threads(share)
+            stream._in_thread(lambda: seen.append(faiss.omp_get_max_threads())).result(10)
+    finally:
+        faiss.omp_set_num_threads(before)
+    assert seen == [1, 3]

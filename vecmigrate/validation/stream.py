@@ -220,11 +220,15 @@ def _take_out(b: ProfileBuilder, counted: np.ndarray, left_out: dict[str, int]) 
 
 
 def _in_thread(fn: Callable[..., None], *args: Any) -> Future[None]:
-    """Run ``fn(*args)`` in a thread of its own; its outcome as a future."""
+    """Run ``fn(*args)`` in a thread of its own, with the caller's count of FAISS threads (the
+    copy activity's share of the cores: libgomp keeps the count per thread, and a new thread
+    would start from the process's default, every core); its outcome as a future."""
     done: Future[None] = Future()
+    threads = faiss.omp_get_max_threads()
 
     def run() -> None:
         try:
+            faiss.omp_set_num_threads(threads)
             fn(*args)
         except BaseException as exc:
             done.set_exception(exc)
