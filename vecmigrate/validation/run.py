@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import time
 from collections.abc import Callable
@@ -430,7 +431,8 @@ class _Ahead:
         """``work(*args)``, begun now on the thread when ``early`` and parallel."""
         if self._pool is None or not early:
             return lambda: work(*args)
-        future = self._pool.submit(work, *args)
+        # In the caller's context: the trace its spans belong to, the budget's settings.
+        future = self._pool.submit(contextvars.copy_context().run, work, *args)
         self._started.append(future)
         return future.result
 

@@ -36,6 +36,7 @@ log names out of both profiles and out of the kept neighbours (see :func:`leave_
 
 from __future__ import annotations
 
+import contextvars
 import os
 import shutil
 import threading
@@ -225,11 +226,12 @@ def _in_thread(fn: Callable[..., None], *args: Any) -> Future[None]:
     would start from the process's default, every core); its outcome as a future."""
     done: Future[None] = Future()
     threads = faiss.omp_get_max_threads()
+    context = contextvars.copy_context()  # the caller's trace, for any span the work makes
 
     def run() -> None:
         try:
             faiss.omp_set_num_threads(threads)
-            fn(*args)
+            context.run(fn, *args)
         except BaseException as exc:
             done.set_exception(exc)
         else:
