@@ -113,6 +113,22 @@ class Quarantine:
         with self.engine.connect() as conn:
             return [str(r[0]) for r in conn.execute(query.order_by(quarantine.c.record_id)).all()]
 
+    def reasons(self, migration_id: str, record_ids: list[str]) -> dict[str, set[str]]:
+        """The reasons each of these records (ids as text) was left out of the migration for;
+        records never left out are not in it."""
+        found: dict[str, set[str]] = {}
+        for at in range(0, len(record_ids), 1000):
+            rows = sql.all_rows(
+                self.engine,
+                select(quarantine.c.record_id, quarantine.c.reason).where(
+                    (quarantine.c.migration_id == migration_id)
+                    & quarantine.c.record_id.in_(record_ids[at : at + 1000])
+                ),
+            )
+            for r in rows:
+                found.setdefault(str(r["record_id"]), set()).add(str(r["reason"]))
+        return found
+
 
 # Source records ``plan`` reads to estimate the quarantine.
 ESTIMATE_SAMPLE = 2_000

@@ -50,13 +50,10 @@ from typing import Any
 import faiss
 import numpy as np
 import pyarrow as pa
-from sqlalchemy import select
 
-from vecmigrate.catalog import sql
 from vecmigrate.catalog.journal import Journal, StreamRow
 from vecmigrate.data.backfill import TargetView, shard_plan
 from vecmigrate.data.quarantine import Quarantine
-from vecmigrate.data.quarantine import quarantine as quarantine_table
 from vecmigrate.data.retention import streamed_dir
 from vecmigrate.model.gates import ShardCheck
 from vecmigrate.model.records import IdKind
@@ -692,7 +689,7 @@ def leave_out(
     held = target.fetch_records(ids)
     left: dict[str, int] = {}
     texts = [str(int(x)) for x in changed]
-    for reasons in _copy_quarantine(journal, spec.migration_id, texts).values():
+    for reasons in Quarantine(journal.catalog).reasons(spec.migration_id, texts).values():
         if len(reasons) > 1:
             return f"{said}; one of them was left out for two reasons", 0, 0, 0
         reason = next(iter(reasons))
@@ -974,7 +971,7 @@ class StreamedReplay:
         before = dict(zip(old.labels.tolist(), old.hashes().tolist(), strict=True))
         after = dict(zip(written.labels.tolist(), written.hashes().tolist(), strict=True))
         present = set(before)
-        copied = self._copy_quarantine(texts)
+        copied = Quarantine(self.journal.catalog).reasons(self.spec.migration_id, texts)
         faulted = dict(zip(faults.ids, faults.reasons, strict=True))
         out: dict[int, tuple[StreamRow, dict[str, Any]]] = {}
         for shard in self.shards:
@@ -1023,31 +1020,11 @@ class StreamedReplay:
             out[shard.index] = (stream.row(), expect)
         return out
 
-    def _copy_quarantine(self, texts: list[str]) -> dict[str, set[str]]:
-        """The reasons the copy left each of these records out for (the quarantine table)."""
-        return _copy_quarantine(self.journal, self.spec.migration_id, texts)
-
 
 def _of_shard(changed: Ids, shard: ShardRef) -> Ids:
     """The records of ``shard`` among ``changed`` (each once, in order)."""
     ids = np.unique(np.asarray(changed, np.int64))
     return ids[in_shard(ids, shard)]
-
-
-def _copy_quarantine(journal: Journal, migration_id: str, texts: list[str]) -> dict[str, set[str]]:
-    """The reasons the copy left each of these records out for (the quarantine table)."""
-    q = quarantine_table
-    found: dict[str, set[str]] = {}
-    for at in range(0, len(texts), 1000):
-        rows = sql.all_rows(
-            journal.engine,
-            select(q.c.record_id, q.c.reason).where(
-                (q.c.migration_id == migration_id) & q.c.record_id.in_(texts[at : at + 1000])
-            ),
-        )
-        for r in rows:
-            found.setdefault(str(r["record_id"]), set()).add(str(r["reason"]))
-    return found
 
 
 def _labels(ids: pa.Array, kind: IdKind) -> Ids:
