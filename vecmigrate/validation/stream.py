@@ -678,15 +678,17 @@ def leave_out(
         return f"{said}; replayed captures changed what the copy counted", 0, 0, 0
     if stream.source.repeats or stream.target.repeats:
         return f"{said}; the shard holds repeated ids", 0, 0, 0
+    # Read first, right after the caller counted the stores: a write landing in between would
+    # make the counts and these records disagree (the caller tries again).
+    ids = id_array(changed, IdKind.INT)
+    now, held = source.fetch_records(ids), target.fetch_records(ids)
     try:
         counted = [stream.counted.read(side) for side in SIDES]
     except (OSError, ValueError) as exc:
         return f"{said}; the file of what the copy counted cannot be read: {exc}", 0, 0, 0
     if [len(c) for c in counted] != [stream.source.count, stream.target.count]:
         return f"{said}; the file of what the copy counted does not match its figures", 0, 0, 0
-    ids = id_array(changed, IdKind.INT)
-    seen, _, faults = TargetView.of(journal.catalog, spec, target).split(source.fetch_records(ids))
-    held = target.fetch_records(ids)
+    seen, _, faults = TargetView.of(journal.catalog, spec, target).split(now)
     left: dict[str, int] = {}
     texts = [str(int(x)) for x in changed]
     for reasons in Quarantine(journal.catalog).reasons(spec.migration_id, texts).values():
@@ -737,17 +739,17 @@ def verify(
     stream: ShardStream,
     source_extra: int = 0,
     target_extra: int = 0,
+    counts: tuple[int, int] | None = None,
 ) -> str:
     """Check the stores against what the copy read and wrote, cheaply: the source's count for
     the shard (a record written behind the change log's back since), the target's, and the
     read-back sample's checksum hashes. ``source_extra`` and ``target_extra`` are records each
-    holds that the figures leave out (see :func:`leave_out`). "" when it holds; else what
-    differs."""
+    holds that the figures leave out (see :func:`leave_out`); ``counts`` the stores' counts of
+    the shard when taken already (read here if not). "" when it holds; else what differs."""
     read = stream.source.count + sum(stream.source.left_out.values()) + source_extra
-    have = source.count(shard)
+    have, held = counts if counts is not None else (source.count(shard), target.count(shard))
     if have != read:
         return f"the source holds {have} records of the shard where the copy read {read}"
-    held = target.count(shard)
     wrote = stream.target.count + target_extra
     if held != wrote:
         return f"the target holds {held} records of the shard where the copy wrote {wrote}"
@@ -773,8 +775,12 @@ def verify(
 
 # Tries of a shard check from its streamed figures while records of the shard are written
 # through the router: a write landing between the check's reads of the change log and of the
-# stores can make them disagree, and the check tries again from the stored figures.
-_TRIES = 3
+# stores can make them disagree, and the check tries again from the stored figures. The router
+# logs a write before it reaches the stores, so the stores are counted right after the change
+# log is read, and the records it names are read right after that (see :func:`leave_out`): the
+# windows a write can land in are short, but a steady stream of writes can still hit a few in a
+# row, and a full read costs far more than another try.
+_TRIES = 8
 
 
 def _streamed(
@@ -795,6 +801,7 @@ def _streamed(
         if found is None:
             return None, why, 0
         mine = np.empty(0, np.int64) if volatile is None else _of_shard(volatile(), shard)
+        counts = (source.count(shard), target.count(shard))
         extra, excluded = (0, 0), 0
         if mine.size:
             # Written through the router (dual-write reaches the target behind the streamed
@@ -805,7 +812,7 @@ def _streamed(
             if why:
                 return None, why, 0
             extra = (source_extra, target_extra)
-        why = verify(spec, source, target, shard, found, *extra)
+        why = verify(spec, source, target, shard, found, *extra, counts=counts)
         if not why:
             # Records written since ``mine`` was read and not caught by the stores' checks
             # are counted as the copy counted them, on both sides: the check is of the stores
