@@ -219,20 +219,26 @@ class Records:
     def _hashes(self) -> Words:
         ordered = [self.schema.primary.name, *sorted(v.name for v in self.schema.vectors[1:])]
         vectors = [self.vectors(name) for name in ordered]
-        payload = (
-            payload_hashes(self.schema, self.payload_columns(), self.extra)
-            if self.schema.has_payload
-            else None
-        )
+        payload = self._payload_hashes if self.schema.has_payload else None
         hashes = record_hashes(self.labels, vectors, payload)
         hashes.flags.writeable = False
         return hashes
 
     def payload_only_hashes(self) -> Words:
-        """Each record's payload hash alone (zero without payload)."""
+        """Each record's payload hash alone (zero without payload), read-only.
+
+        Computed once per batch, like :meth:`hashes` (which folds it in): the copy's checksum,
+        the streamed profiles and each record's share of them all take it.
+        """
         if not self.schema.has_payload:
             return np.zeros(len(self), np.uint64)
-        return payload_hashes(self.schema, self.payload_columns(), self.extra)
+        return self._payload_hashes
+
+    @cached_property
+    def _payload_hashes(self) -> Words:
+        hashes = payload_hashes(self.schema, self.payload_columns(), self.extra)
+        hashes.flags.writeable = False
+        return hashes
 
     # -- deriving -------------------------------------------------------------------------------
 
