@@ -537,13 +537,36 @@ def test_the_budgets_nice_is_bounded_and_left_out_of_the_hash_at_its_default() -
 
 
 async def test_a_migration_under_a_budget_copies_and_builds_on_niced_threads(
-    client: Client, sandbox: Sandbox
+    client: Client, sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The copy and the build activities run their work on a niced thread of their own under
     a budget: the activity's heartbeats come from it (its context goes along), what it returns
-    reaches the workflow, and the migration completes with every record copied."""
+    reaches the workflow, and the migration completes with every record copied. The shard
+    checks, the reconcile gate's comparison and the gates' figures run niced too (as seen by
+    the functions the activities call, on the threads they run on)."""
+    import vecmigrate.validation as validation_pkg
+    from vecmigrate.validation import stream
+
+    seen: dict[str, set[int]] = {}
+
+    def spy(owner: Any, name: str) -> None:
+        real = getattr(owner, name)
+
+        def watched(*args: Any, **kwargs: Any) -> Any:
+            seen.setdefault(name, set()).add(_priority())
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, watched)
+
+    for owner, name in (
+        (stream, "shard_check"),
+        (validation_pkg, "measure"),
+        (reconcile.Reconciler, "shard"),
+    ):
+        spy(owner, name)
     sandbox.seed(3000)
     spec = sandbox.spec(budget={"max_search_p99_ms": 1e6, "nice": 5})
+    base = _priority()
     async with running_worker(client, sandbox) as queue:
         mc = MigrationClient(client, queue)
         mid = await mc.start(spec)
@@ -551,6 +574,9 @@ async def test_a_migration_under_a_budget_copies_and_builds_on_niced_threads(
     assert final.phase == Phase.COMPLETED
     assert sum(s.copied for s in final.shards) == 3000
     assert final.index_version is not None
+    if PER_THREAD_NICE:
+        want = {min(19, base + 5)}
+        assert seen == {"shard_check": want, "measure": want, "shard": want}
     state = Latencies(sandbox.catalog).budget(mid)
     assert state is not None  # the copy and the build looked at the budget
     assert not state.throttled

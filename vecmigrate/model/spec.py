@@ -979,7 +979,8 @@ class LatencyBudget(_Model):
     measures within the budget by slowing itself (pausing between copy, catch-up and check
     batches and between the gates' stages, fewer index build threads, fewer shadow reads
     mirrored), down to ``min_rate_share`` of its full pace, and speeds up again when the
-    latency allows; the copy and the build also run at a lower CPU priority (``nice``). Set
+    latency allows; the copy, the build, the shard checks and the gates also run at a lower
+    CPU priority (``nice``). Set
     ``max_p99_ratio`` (against the idle p99 the router published before the copy began),
     ``max_search_p99_ms``, or both (the lower wins)."""
 
@@ -990,10 +991,10 @@ class LatencyBudget(_Model):
     min_rate_share: float = Field(default=0.05, gt=0.0, le=1.0)
     """The slowest the migration goes: this share of its full pace (it never stops)."""
     nice: int = Field(default=10, ge=0, le=19)
-    """How much lower the CPU priority of the copy and the index build is while a budget is
-    set (added to the worker's nice value, as ``nice`` does; 0 leaves it): with the cores
-    contended, the scheduler gives the serving processes their time first. Linux only (the
-    priority of one thread, which the build's threads inherit)."""
+    """How much lower the CPU priority of the copy, the index build, the shard checks and
+    the gates is while a budget is set (added to the worker's nice value, as ``nice`` does; 0
+    leaves it): with the cores contended, the scheduler gives the serving processes their time
+    first. Linux only (the priority of one thread, which the threads it starts inherit)."""
 
     @model_validator(mode="after")
     def _some_limit(self) -> LatencyBudget:
