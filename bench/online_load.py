@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import json
 import os
-import ssl
 import subprocess
 import sys
 import time
@@ -44,7 +43,7 @@ from vecmigrate.serving.asgi import TlsFiles
 from vecmigrate.serving.gateway import Gateway
 from vecmigrate.testing.chaos import builtin_version
 from vecmigrate.testing.drill import run_drill
-from vecmigrate.testing.loadgen import LoadGenerator, latency_table, verify
+from vecmigrate.testing.loadgen import LoadProcess, latency_table, verify
 from vecmigrate.testing.tls import CertificateAuthority
 from vecmigrate.workers.connection import connect
 
@@ -100,20 +99,22 @@ async def main_async(args: argparse.Namespace, console: Console) -> dict[str, ob
     phase = {"now": "WARMUP"}
     paces: dict[str, float] = {}  # the lowest pace share the budget set, by phase
     headers: dict[str, str] = {}
-    context = None
+    cafile = None
     credentials = tls = None
     if args.secure:
         # As production serves it: TLS, and every request with an API key.
         ca = CertificateAuthority(home / "pki", "bench-ca")
         cert = ca.issue("localhost", server=True)
         tls = TlsFiles(cert.cert, cert.key)
-        context = ssl.create_default_context(cafile=str(ca.issued.cert))
+        cafile = str(ca.issued.cert)
         credentials = Credentials()
         key, stored = new_api_key("bench", ["default"], ["bench"], ["search", "write"])
         credentials.api_keys[stored.id] = stored
         headers["Authorization"] = f"Bearer {key}"
     gateway = Gateway(catalog_url, port=0, refresh=1.0, credentials=credentials, tls=tls).start()
-    load = LoadGenerator(
+    # The clients in a process of their own, as they run elsewhere in production: in the
+    # gateway's process they took turns with its handlers at the GIL.
+    load = LoadProcess(
         gateway.url,
         "default",
         "bench",
@@ -122,7 +123,7 @@ async def main_async(args: argparse.Namespace, console: Console) -> dict[str, ob
         rate=args.rate,
         phase=lambda: phase["now"],
         headers=headers,
-        tls=context,
+        cafile=cafile,
     )
     server = DevServer(home / "temporal.db", port=free_port(), ui_port=free_port(), ui=False)
     server.start()

@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import http.client
 import json
+import multiprocessing
 import random
 import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import numpy as np
 
 from vecmigrate.stores import VectorStore
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+    from multiprocessing.sharedctypes import SynchronizedString
 
 
 @dataclass
@@ -174,6 +179,96 @@ class LoadGenerator:
             return resp.status
         except (OSError, http.client.HTTPException):
             return None
+
+
+class LoadProcess:
+    """A :class:`LoadGenerator` run in a process of its own, as clients run on other machines:
+    its threads do not share a GIL with the gateway they measure (in one process, the clients'
+    JSON and the gateway's handlers took turns at it, and each client's times counted the
+    other's work). The same arguments, but the gateway's CA as a file (``cafile``) rather than
+    an SSL context; ``phase`` is read here and handed to the clients' process every few
+    milliseconds. ``states`` and :meth:`requests` hold what the clients did once stopped."""
+
+    # How often the phase is handed over: a request is tagged with the phase at its start.
+    PHASE_EVERY = 0.005
+
+    def __init__(
+        self,
+        url: str,
+        tenant: str,
+        collection: str,
+        queries: np.ndarray,
+        *,
+        phase: Callable[[], str] = lambda: "",
+        cafile: str | None = None,
+        **options: Any,
+    ) -> None:
+        self._ctx = multiprocessing.get_context("spawn")
+        self.phase = phase
+        self.states: list[ClientState] = []
+        self._now: SynchronizedString = self._ctx.Array("c", 64)  # type: ignore[assignment]
+        self._pipe, child = self._ctx.Pipe()
+        args = (url, tenant, collection, np.asarray(queries, np.float32), options, cafile)
+        self._proc = self._ctx.Process(
+            target=_run_load, args=(child, self._now, *args), name="load", daemon=True
+        )
+        self._done = threading.Event()
+        self._relay = threading.Thread(target=self._hand_over, name="load-phase", daemon=True)
+
+    def start(self) -> LoadProcess:
+        self._set(self.phase())
+        self._proc.start()
+        self._relay.start()
+        if not self._pipe.poll(60) or self._pipe.recv() != "started":
+            raise RuntimeError("the load's process did not start its clients")
+        return self
+
+    def stop(self) -> None:
+        self._done.set()
+        self._relay.join()
+        self._pipe.send("stop")
+        if not self._pipe.poll(120):
+            self._proc.kill()
+            raise RuntimeError("the load's process did not stop within 120 s")
+        self.states = self._pipe.recv()
+        self._proc.join(timeout=30)
+
+    def requests(self) -> list[Request]:
+        return [r for s in self.states for r in s.requests]
+
+    def _set(self, phase: str) -> None:
+        self._now.value = phase.encode()[:63]
+
+    def _hand_over(self) -> None:
+        while not self._done.wait(self.PHASE_EVERY):
+            self._set(self.phase())
+
+
+def _run_load(
+    conn: Connection,
+    now: SynchronizedString,
+    url: str,
+    tenant: str,
+    collection: str,
+    queries: np.ndarray,
+    options: dict[str, Any],
+    cafile: str | None,
+) -> None:
+    """The body of a :class:`LoadProcess`: the clients until told to stop, then their states."""
+    tls = ssl.create_default_context(cafile=cafile) if cafile else None
+    load = LoadGenerator(
+        url,
+        tenant,
+        collection,
+        queries,
+        phase=lambda: bytes(now.value).decode(),
+        tls=tls,
+        **options,
+    ).start()
+    conn.send("started")
+    conn.recv()
+    load.stop()
+    conn.send(load.states)
 
 
 @dataclass
