@@ -708,3 +708,38 @@ def test_serve_refuses_a_malformed_name_option_before_it_listens(sandbox: Sandbo
         assert done.returncode != 0
         assert says in " ".join(done.stderr.split()), done.stderr  # the console wraps lines
         assert "gateway on" not in done.stderr
+
+
+def test_clients_in_a_process_of_their_own_are_tagged_and_checked(
+    served: Served, sandbox: Sandbox
+) -> None:
+    """The benchmark's load in a process of its own (``LoadProcess``), over TLS with an API key:
+    its requests are tagged with the phase set here while they ran, every one succeeds, and
+    what the clients were told they wrote and deleted is what the collection holds."""
+    from vecmigrate.testing.loadgen import LoadProcess, verify
+
+    phase = {"now": "FIRST"}
+    load = LoadProcess(
+        served.gateway.url,
+        "acme",
+        "docs",
+        served.vectors[:50],
+        clients=2,
+        rate=50,
+        phase=lambda: phase["now"],
+        headers={"Authorization": f"Bearer {served.keys['acme-admin']}"},
+        cafile=str(served.ca),
+    ).start()
+    try:
+        time.sleep(1.0)
+        phase["now"] = "SECOND"
+        time.sleep(1.0)
+    finally:
+        load.stop()
+    requests = load.requests()
+    assert {r.phase for r in requests} == {"FIRST", "SECOND"}
+    assert {r.kind for r in requests} == {"search", "upsert", "delete"}
+    assert all(r.status == 200 for r in requests), {r.status for r in requests}
+    verdict = verify(load.states, open_source(sandbox.spec(tenant="acme")))
+    assert verdict.ok, verdict
+    assert verdict.writes_checked > 0
