@@ -19,6 +19,7 @@ from rich.console import Group
 from rich.table import Table
 
 from vecmigrate.errors import PreconditionError
+from vecmigrate.indexes.sizes import tree_bytes
 from vecmigrate.model.records import FieldKind
 from vecmigrate.model.spec import (
     AnyStoreRef,
@@ -97,7 +98,7 @@ def inspect(
         kinds = {f.name: f.kind for f in inventory.schema.payload}
         ref = ref.model_copy(update={"payload_kinds": kinds})
     if isinstance(ref, QdrantStoreRef) and ref.path is not None:
-        size = sum(f.stat().st_size for f in Path(ref.path).rglob("*") if f.is_file())
+        size = tree_bytes(Path(ref.path))
         inventory = Inventory(**{**inventory.__dict__, "size_bytes": size})
     return inventory, ref
 

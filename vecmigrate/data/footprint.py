@@ -26,6 +26,7 @@ from vecmigrate.indexes.sizes import (
     index_bytes,
     index_spec,
     record_bytes,
+    tree_bytes,
     uncompressed,
 )
 from vecmigrate.model.costs import Stage, StorageEstimate, StorageSnapshot, VersionBytes
@@ -79,8 +80,7 @@ def footprint(ref: AnyStoreRef, scope: Scope, dimension: int) -> Footprint:
     if isinstance(ref, QdrantStoreRef):
         path = getattr(store, "path", None)
         if isinstance(path, Path) and path.is_dir():
-            size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-            return Footprint(size, 0, measured=True, count=count)
+            return Footprint(tree_bytes(path), 0, measured=True, count=count)
     return Footprint(record_bytes(count, dimension), count=count)
 
 

@@ -33,6 +33,7 @@ from vecmigrate.catalog.schedules import ScheduleStore
 from vecmigrate.data.footprint import drop_version, footprint, record_storage
 from vecmigrate.errors import NotFoundError, VecmigrateError
 from vecmigrate.indexes.build import artifact_dir
+from vecmigrate.indexes.sizes import tree_bytes
 from vecmigrate.model.lifecycle import TERMINAL, Phase
 from vecmigrate.model.spec import MigrationSpec, store_ref
 from vecmigrate.stores.base import Scope
@@ -158,7 +159,7 @@ def prune_version(
     ref = store_ref(found.store)
     foot = footprint(ref, Scope(tenant, collection, version), found.embedding.dimension)
     directory = artifact_dir(ref, tenant, collection, version)
-    index = foot.native_index + _tree_bytes(directory)
+    index = foot.native_index + tree_bytes(directory)
     freed = foot.records + index
     if dry_run:
         return Verdict(tenant, collection, version, found.state, "would prune", reason, freed)
@@ -200,12 +201,6 @@ def _storage_after_prune(catalog: Catalog, migration_id: str, actor: str) -> Non
     except (VecmigrateError, ValueError):
         return
     record_storage(catalog, spec, "pruned", actor)
-
-
-def _tree_bytes(directory: Path) -> int:
-    if not directory.is_dir():
-        return 0
-    return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
 
 
 def log_floor(catalog: Catalog, tenant: str, collection: str) -> int:
@@ -330,7 +325,7 @@ def drop_streamed(spec: MigrationSpec, *, dry_run: bool = False) -> int:
     the migration has ended (completed, rolled back, aborted) nothing reads it again. Returns
     the bytes it held; idempotent (nothing there: 0)."""
     directory = streamed_dir(spec)
-    freed = _tree_bytes(directory)
+    freed = tree_bytes(directory)
     if not dry_run:
         shutil.rmtree(directory, ignore_errors=True)
     return freed

@@ -157,3 +157,11 @@ def artifact_bytes(artifacts: list[dict[str, Any]]) -> int | None:
         except (OSError, ValueError, KeyError):
             continue
     return total if found else None
+
+
+def tree_bytes(directory: Path) -> int:
+    """Bytes of every file under ``directory`` (0 when it is not a directory): what a version's
+    artifacts, or a local-mode Qdrant's files, take on disk."""
+    if not directory.is_dir():
+        return 0
+    return sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
