@@ -194,23 +194,23 @@ class LoadProcess:
 
     def __init__(
         self,
-        url: str,
-        tenant: str,
-        collection: str,
-        queries: np.ndarray,
-        *,
+        *args: Any,
         phase: Callable[[], str] = lambda: "",
         cafile: str | None = None,
         **options: Any,
     ) -> None:
+        """``args`` and ``options`` are :class:`LoadGenerator`'s (its process makes one of
+        them), but ``tls`` (``cafile`` instead)."""
         self._ctx = multiprocessing.get_context("spawn")
         self.phase = phase
         self.states: list[ClientState] = []
         self._now: SynchronizedString = self._ctx.Array("c", 64)  # type: ignore[assignment]
         self._pipe, child = self._ctx.Pipe()
-        args = (url, tenant, collection, np.asarray(queries, np.float32), options, cafile)
         self._proc = self._ctx.Process(
-            target=_run_load, args=(child, self._now, *args), name="load", daemon=True
+            target=_run_load,
+            args=(child, self._now, args, options, cafile),
+            name="load",
+            daemon=True,
         )
         self._done = threading.Event()
         self._relay = threading.Thread(target=self._hand_over, name="load-phase", daemon=True)
@@ -247,24 +247,17 @@ class LoadProcess:
 def _run_load(
     conn: Connection,
     now: SynchronizedString,
-    url: str,
-    tenant: str,
-    collection: str,
-    queries: np.ndarray,
+    args: tuple[Any, ...],
     options: dict[str, Any],
     cafile: str | None,
 ) -> None:
     """The body of a :class:`LoadProcess`: the clients until told to stop, then their states."""
     tls = ssl.create_default_context(cafile=cafile) if cafile else None
-    load = LoadGenerator(
-        url,
-        tenant,
-        collection,
-        queries,
-        phase=lambda: bytes(now.value).decode(),
-        tls=tls,
-        **options,
-    ).start()
+
+    def phase() -> str:
+        return bytes(now.value).decode()
+
+    load = LoadGenerator(*args, phase=phase, tls=tls, **options).start()
     conn.send("started")
     conn.recv()
     load.stop()
