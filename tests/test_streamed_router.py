@@ -31,6 +31,7 @@ from vecmigrate.catalog.changelog import ChangeLog
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.data import retention
 from vecmigrate.data.backfill import open_source, open_target, prepare
+from vecmigrate.indexes.sizes import tree_bytes
 from vecmigrate.model.lifecycle import Phase
 from vecmigrate.model.spec import NAME_PATTERN, MigrationSpec
 from vecmigrate.model.tasks import (
@@ -285,7 +286,7 @@ def test_what_the_copy_counted_goes_when_its_migration_ends_and_never_another_on
 
     # Aborted with its worker gone before the removal ran; terminated by hand mid-copy.
     sandbox.catalog.set_migration_phase(died.migration_id, Phase.ABORTED)
-    held = retention._tree_bytes(retention.streamed_dir(died))
+    held = tree_bytes(retention.streamed_dir(died))
     dry = retention.gc(sandbox.catalog, "alice", dry_run=True)
     assert (dry.streamed_removed, dry.streamed_bytes_removed) == (1, held)
     assert retention.streamed_dir(died).is_dir()
