@@ -54,7 +54,7 @@ from vecmigrate.model.divergence import (
     EntriesInput,
     ShardDigest,
 )
-from vecmigrate.model.gates import RetrievalFigures, ShardCheck, ShardReconcile
+from vecmigrate.model.gates import ShardCheck, ShardReconcile
 from vecmigrate.model.lifecycle import TERMINAL
 from vecmigrate.model.routing import RoutingView
 from vecmigrate.model.schedule import Firing, ResolveFiringInput
@@ -98,7 +98,7 @@ from vecmigrate.model.tasks import (
 )
 from vecmigrate.model.tuning import TuningInput, TuningResult
 from vecmigrate.records.checksums import RecordChecksum
-from vecmigrate.records.vectors import Distances, Ids, merge_topk
+from vecmigrate.records.vectors import Ids, merge_topk
 from vecmigrate.stores import WHOLE, VectorStore
 from vecmigrate.validation import divergence, reconcile, stream
 from vecmigrate.validation.shadow import ShadowLog
@@ -422,20 +422,19 @@ class MigrationActivities:
             (backfill.open_source(spec), backfill.open_target(spec)),
             "shard checks",
         )
+        set_openmp_threads(self._share(spec))  # the exact search runs in FAISS
         fold = validation.fold_truth(spec)
-
-        def checked() -> tuple[ShardCheck, tuple[Distances, Ids] | None]:
-            set_openmp_threads(self._share(spec))  # the exact search runs in FAISS
-            # The figures the copy streamed, once the target store is checked against them
-            # (its count and a read-back sample); else both versions read in full, as before.
-            return stream.shard_check(
-                self.journal, spec, source, target, inp.shard, queries, volatile, inp.round
-            )
-
         with _keepalive(spec):
             queries = self._round_queries(spec, inp.round, source, target) if fold else None
+            # The figures the copy streamed, once the target store is checked against them
+            # (its count and a read-back sample); else both versions read in full, as before.
             # At the budget's lower CPU priority, as the copy and the build run.
-            check, truth = budget.niced(spec, checked)
+            check, truth = budget.niced(
+                spec,
+                lambda: stream.shard_check(
+                    self.journal, spec, source, target, inp.shard, queries, volatile, inp.round
+                ),
+            )
         if queries is not None and truth is not None:
             self.journal.set_truth(
                 spec.migration_id, inp.shard.index, inp.round, queries.digest(), *truth
@@ -474,6 +473,7 @@ class MigrationActivities:
         before = self._data_state(spec)
         source, target = backfill.open_source(spec), backfill.open_target(spec)
         checks = inp.checks or self._checks(spec, inp.round)
+        set_openmp_threads(cpu_share(1))  # the figures run alone, after every shard check
         with _keepalive(spec):
             unsettled = capture.captured_ids(spec)
             queries = self._round_queries(spec, inp.round, source, target)
@@ -482,45 +482,30 @@ class MigrationActivities:
                 parts = self.journal.truths(
                     spec.migration_id, inp.round, queries.digest(), list(spec.shards.selected())
                 )
+            # At the budget's lower CPU priority, as the copy and the build run.
             figures = budget.niced(
                 spec,
-                lambda: self._figures(spec, inp, source, target, queries, parts, checks, unsettled),
+                lambda: validation.measure(
+                    self.catalog,
+                    spec,
+                    source,
+                    target,
+                    inp.source_index,
+                    inp.target_index,
+                    queries=queries,
+                    truth=merge_topk(parts, queries.ask) if parts else None,
+                    source_is_target=validation.same_data(spec, checks),
+                    unsettled=unsettled,
+                    unindexed=(
+                        self._unindexed(spec, inp.source_index, unsettled),
+                        self._unindexed(spec, inp.target_index),
+                    ),
+                    pause=budget.between(self.catalog, spec, "validation gates"),
+                ),
             )
         report = validation.report(spec, checks, figures)
         report.data_state = before
         return ValidateResult(report=report, seconds=time.monotonic() - began)
-
-    def _figures(
-        self,
-        spec: MigrationSpec,
-        inp: ValidateInput,
-        source: VectorStore,
-        target: VectorStore,
-        queries: validation.GateQueries,
-        parts: list[tuple[Distances, Ids]] | None,
-        checks: list[ShardCheck],
-        unsettled: Ids,
-    ) -> RetrievalFigures:
-        """The gates' figures of a validation round (run at the budget's lower CPU priority,
-        as the copy and the build run)."""
-        set_openmp_threads(cpu_share(1))  # the figures run alone, after every shard check
-        return validation.measure(
-            self.catalog,
-            spec,
-            source,
-            target,
-            inp.source_index,
-            inp.target_index,
-            queries=queries,
-            truth=merge_topk(parts, queries.ask) if parts else None,
-            source_is_target=validation.same_data(spec, checks),
-            unsettled=unsettled,
-            unindexed=(
-                self._unindexed(spec, inp.source_index, unsettled),
-                self._unindexed(spec, inp.target_index),
-            ),
-            pause=budget.between(self.catalog, spec, "validation gates"),
-        )
 
     def _unindexed(
         self, spec: MigrationSpec, index_id: str | None, also: Ids | None = None

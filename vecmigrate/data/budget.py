@@ -21,7 +21,6 @@ searches first whenever the two want the same core.
 
 from __future__ import annotations
 
-import contextvars
 import json
 import math
 import os
@@ -35,6 +34,7 @@ from typing import Any, TypeVar, cast
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.catalog.latency import Latencies, LatencyReading
 from vecmigrate.errors import NotFoundError
+from vecmigrate.indexes.artifacts import carried
 from vecmigrate.model.spec import LatencyBudget, MigrationSpec
 from vecmigrate.model.status import BudgetState
 from vecmigrate.model.tasks import ShardRef
@@ -225,12 +225,13 @@ def niced(spec: MigrationSpec, work: Callable[[], T]) -> T:
     """``work()``, run under the spec's budget on a thread of its own whose nice value is the
     budget's ``nice`` above the caller's (the thread ends with the call, so the worker's own
     threads keep their priority); without a budget, with ``nice`` 0 or off Linux, on the
-    calling thread. The activity's context goes with it (its heartbeats), and whatever
-    ``work`` raises is raised here."""
+    calling thread. The activity's context goes with it (its heartbeats), and the caller's
+    FAISS thread count (see :func:`~vecmigrate.indexes.artifacts.carried`); whatever ``work``
+    raises is raised here."""
     step = spec.budget.nice if spec.budget is not None else 0
     if step <= 0 or not PER_THREAD_NICE:
         return work()
-    context = contextvars.copy_context()
+    work = carried(work)  # the activity's context (its heartbeats) and FAISS thread count
     done: list[T] = []
     failed: list[BaseException] = []
 
@@ -239,7 +240,7 @@ def niced(spec: MigrationSpec, work: Callable[[], T]) -> T:
             tid = threading.get_native_id()
             base = os.getpriority(os.PRIO_PROCESS, tid)
             os.setpriority(os.PRIO_PROCESS, tid, min(19, base + step))
-            done.append(context.run(work))
+            done.append(work())
         except BaseException as e:  # handed to the caller
             failed.append(e)
 

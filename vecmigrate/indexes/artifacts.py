@@ -21,6 +21,7 @@ for ``ip`` and ``cosine``, the convention hnswlib uses.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import json
 import os
@@ -30,7 +31,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import faiss
 import hnswlib
@@ -69,6 +70,8 @@ from vecmigrate.security.envelope import (
 )
 from vecmigrate.security.keyring import KeyRing, environment_keyring
 
+T = TypeVar("T")
+
 # Index kinds whose artifacts take writes in place (``LoadedIndex.remove``/``add``).
 UPDATABLE_KINDS = frozenset({"faiss_flat", "faiss_ivf_flat", "faiss_ivf_pq", "hnswlib_hnsw"})
 
@@ -106,6 +109,21 @@ def set_openmp_threads(threads: int) -> None:
     it per thread: an activity slot's setting does not reach the others), so every activity
     that runs FAISS sets its share (:func:`cpu_share`) before it starts."""
     faiss.omp_set_num_threads(max(1, threads))
+
+
+def carried(fn: Callable[..., T]) -> Callable[..., T]:
+    """``fn``, to be run on another thread as it would run on this one: in this thread's
+    context (the trace its spans belong to) and with this thread's FAISS thread count (libgomp
+    keeps the count per thread, and a new thread starts from the process's default, every
+    core). Taken when called, here."""
+    threads = faiss.omp_get_max_threads()
+    context = contextvars.copy_context()
+
+    def run(*args: Any) -> T:
+        faiss.omp_set_num_threads(threads)
+        return context.run(fn, *args)
+
+    return run
 
 
 def build_key(spec: IndexSpec, metric: Metric, dimension: int, data_checksum: str) -> str:

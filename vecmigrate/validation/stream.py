@@ -36,7 +36,6 @@ log names out of both profiles and out of the kept neighbours (see :func:`leave_
 
 from __future__ import annotations
 
-import contextvars
 import os
 import shutil
 import threading
@@ -55,6 +54,7 @@ from vecmigrate.catalog.journal import Journal, StreamRow
 from vecmigrate.data.backfill import TargetView, shard_plan
 from vecmigrate.data.quarantine import Quarantine
 from vecmigrate.data.retention import streamed_dir
+from vecmigrate.indexes.artifacts import carried
 from vecmigrate.model.gates import ShardCheck
 from vecmigrate.model.records import IdKind
 from vecmigrate.model.spec import MigrationSpec
@@ -222,13 +222,11 @@ def _in_thread(fn: Callable[..., None], *args: Any) -> Future[None]:
     copy activity's share of the cores: libgomp keeps the count per thread, and a new thread
     would start from the process's default, every core); its outcome as a future."""
     done: Future[None] = Future()
-    threads = faiss.omp_get_max_threads()
-    context = contextvars.copy_context()  # the caller's trace, for any span the work makes
+    work = carried(fn)  # the caller's trace, for any span the work makes, and FAISS threads
 
     def run() -> None:
         try:
-            faiss.omp_set_num_threads(threads)
-            context.run(fn, *args)
+            work(*args)
         except BaseException as exc:
             done.set_exception(exc)
         else:
@@ -732,22 +730,19 @@ def leave_out(
 
 
 def verify(
-    spec: MigrationSpec,
-    source: VectorStore,
     target: VectorStore,
-    shard: ShardRef,
     stream: ShardStream,
+    counts: tuple[int, int],
     source_extra: int = 0,
     target_extra: int = 0,
-    counts: tuple[int, int] | None = None,
 ) -> str:
-    """Check the stores against what the copy read and wrote, cheaply: the source's count for
-    the shard (a record written behind the change log's back since), the target's, and the
-    read-back sample's checksum hashes. ``source_extra`` and ``target_extra`` are records each
-    holds that the figures leave out (see :func:`leave_out`); ``counts`` the stores' counts of
-    the shard when taken already (read here if not). "" when it holds; else what differs."""
+    """Check the stores against what the copy read and wrote, cheaply: ``counts``, the source's
+    and the target's counts of the shard (taken right after the change log was read: a record
+    written behind its back shows there), and the read-back sample's checksum hashes.
+    ``source_extra`` and ``target_extra`` are records each holds that the figures leave out
+    (see :func:`leave_out`). "" when it holds; else what differs."""
     read = stream.source.count + sum(stream.source.left_out.values()) + source_extra
-    have, held = counts if counts is not None else (source.count(shard), target.count(shard))
+    have, held = counts
     if have != read:
         return f"the source holds {have} records of the shard where the copy read {read}"
     wrote = stream.target.count + target_extra
@@ -812,7 +807,7 @@ def _streamed(
             if why:
                 return None, why, 0
             extra = (source_extra, target_extra)
-        why = verify(spec, source, target, shard, found, *extra, counts=counts)
+        why = verify(target, found, counts, *extra)
         if not why:
             # Records written since ``mine`` was read and not caught by the stores' checks
             # are counted as the copy counted them, on both sides: the check is of the stores
