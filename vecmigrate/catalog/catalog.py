@@ -23,7 +23,7 @@ import json
 import threading
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -844,20 +844,25 @@ class Catalog:
         from other processes can race for the chain's head, and the loser reads it again.
         """
         ring = environment_keyring()
+        # The entry as it will read, but for its time and its place in the chain, which each
+        # attempt sets afresh.
+        draft = LedgerEntry(
+            seq=0,
+            migration_id=migration_id,
+            tenant=tenant,
+            collection=collection,
+            at="",
+            actor=actor,
+            kind=kind,
+            event_key=event_key,
+            data=json.loads(json.dumps(data or {}, default=str)),
+            prev_hash=GENESIS,
+            hash="",
+            region=region,
+            caller=caller,
+        )
         with _append_lock:
-            entry = self._append(
-                tenant=tenant,
-                collection=collection,
-                kind=kind,
-                actor=actor,
-                data=data,
-                migration_id=migration_id,
-                event_key=event_key,
-                at=at,
-                region=region,
-                caller=caller,
-                ring=ring,
-            )
+            entry = self._append(draft, at, ring)
         # Anchored again when a retry finds the entry already there: an anchor only says the
         # entry exists with its hash, and the first attempt may have died before writing it.
         self.anchors.write("catalog", entry.seq, entry.hash, entry.at, ring)
@@ -865,44 +870,18 @@ class Catalog:
             self.anchors.write(entry.migration_id, entry.seq, entry.hash, entry.at, ring)
         return entry
 
-    def _append(
-        self,
-        *,
-        tenant: str,
-        collection: str,
-        kind: str,
-        actor: str,
-        data: dict[str, Any] | None,
-        migration_id: str | None,
-        event_key: str | None,
-        at: datetime | None,
-        region: str | None,
-        caller: str | None,
-        ring: KeyRing | None,
-    ) -> LedgerEntry:
+    def _append(self, draft: LedgerEntry, at: datetime | None, ring: KeyRing | None) -> LedgerEntry:
         for _ in range(50):
-            if event_key is not None:
-                existing = self._entry_by_key(event_key)
+            if draft.event_key is not None:
+                existing = self._entry_by_key(draft.event_key)
                 if existing is not None:
                     return existing
             last = sql.first_row(
                 self.engine, select(ledger.c.hash).order_by(ledger.c.seq.desc()).limit(1)
             )
             prev = last["hash"] if last is not None else GENESIS
-            body = {
-                "migration_id": migration_id,
-                "tenant": tenant,
-                "collection": collection,
-                "at": (at or now()).isoformat(),
-                "actor": actor,
-                "kind": kind,
-                "event_key": event_key,
-                "data": json.loads(json.dumps(data or {}, default=str)),
-            }
-            if region is not None:
-                body["region"] = region
-            if caller is not None:
-                body["caller"] = caller
+            entry = replace(draft, at=(at or now()).isoformat(), prev_hash=prev)
+            body = entry.body()
             digest = entry_hash(prev, body)
             key_id = mac = None
             if ring is not None:
@@ -912,7 +891,7 @@ class Catalog:
                 with begin(self.engine) as conn:
                     seq = conn.execute(
                         ledger.insert().values(
-                            **{**body, "data": json.dumps(body["data"], sort_keys=True)},
+                            **{**body, "data": json.dumps(entry.data, sort_keys=True)},
                             prev_hash=prev,
                             hash=digest,
                             key_id=key_id,
@@ -922,9 +901,7 @@ class Catalog:
             except IntegrityError:
                 continue  # another writer extended the chain (or wrote this key): read again
             assert seq is not None
-            return LedgerEntry(
-                seq=int(seq[0]), prev_hash=prev, hash=digest, key_id=key_id, mac=mac, **body
-            )
+            return replace(entry, seq=int(seq[0]), hash=digest, key_id=key_id, mac=mac)
         raise RuntimeError("could not append to the ledger after 50 attempts")
 
     def entry_by_key(self, event_key: str) -> LedgerEntry | None:

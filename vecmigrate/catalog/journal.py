@@ -49,6 +49,18 @@ def shard_key() -> tuple[Column[str], Column[int]]:
     )
 
 
+def stream_columns() -> tuple[Column[Any], ...]:
+    """A shard's streamed validation state (a :class:`StreamRow`): the profiles' state, the
+    running exact search's distances and ids, and the read-back sample (labels, then hashes,
+    8 bytes each)."""
+    return (
+        Column("state", JSON, nullable=False),
+        Column("distances", LargeBinary),
+        Column("ids", LargeBinary),
+        Column("sample", LargeBinary),
+    )
+
+
 shard_work = Table(
     "shard_work",
     metadata,
@@ -122,10 +134,7 @@ shard_streams = Table(
     "shard_streams",
     metadata,
     *shard_key(),
-    Column("state", JSON, nullable=False),
-    Column("distances", LargeBinary),
-    Column("ids", LargeBinary),
-    Column("sample", LargeBinary),  # the read-back sample: labels, then hashes (8 bytes each)
+    *stream_columns(),
 )
 
 
@@ -138,10 +147,7 @@ shard_stream_pending = Table(
     "shard_stream_pending",
     metadata,
     *shard_key(),
-    Column("state", JSON, nullable=False),
-    Column("distances", LargeBinary),
-    Column("ids", LargeBinary),
-    Column("sample", LargeBinary),
+    *stream_columns(),
     Column("expect", JSON, nullable=False),  # ids, and their hashes before and after
 )
 

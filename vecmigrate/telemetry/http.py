@@ -93,6 +93,18 @@ class RequestNotes:
     recording: bool = False
 
 
+@dataclass(slots=True)
+class _Answered:
+    """How a request was answered: what its span, metrics and log line say of it."""
+
+    method: str
+    route: str | None
+    status: int
+    error: str | None
+    note: RequestNotes
+    seconds: float
+
+
 _notes: ContextVar[RequestNotes | None] = ContextVar("vecmigrate_request_notes", default=None)
 
 
@@ -196,14 +208,14 @@ class RequestTelemetry:
                 # No answer was sent: the app failed, or the client left first (nginx's
                 # 499, so that a disconnect does not count as the server's error).
                 status = 500 if failure is not None else 499
-            route = self._route(scope)
             error = None
             if status >= 400 or failure is not None:
                 error = failure or note.error_type or str(status)
+            answered = _Answered(method, self._route(scope), status, error, note, seconds)
             if note.recording:
-                self._annotate(span, scope, method, route, status, error, note)
-            self._measure(method, route, status, error, note, seconds)
-            self._log(method, route, status, error, note, seconds)  # in the span's context
+                self._annotate(span, scope, answered)
+            self._measure(answered)
+            self._log(answered)  # in the span's context
             if span is not None and attached is not None:
                 otel_context.detach(attached)
                 span.end()
@@ -229,65 +241,50 @@ class RequestTelemetry:
             return template
         return self.route_of(scope) if self.route_of is not None else None
 
-    def _annotate(
-        self,
-        span: Any,
-        scope: Scope,
-        method: str,
-        route: str | None,
-        status: int,
-        error: str | None,
-        note: RequestNotes,
-    ) -> None:
+    def _annotate(self, span: Any, scope: Scope, a: _Answered) -> None:
+        note = a.note
         # One call: the SDK takes its lock and checks the values once per call, not per key.
         attributes: dict[str, Any] = {
-            names.HTTP_METHOD: method,
-            names.HTTP_STATUS: status,
+            names.HTTP_METHOD: a.method,
+            names.HTTP_STATUS: a.status,
             "url.scheme": scope.get("scheme", "http"),
             **note.routing,
             **note.attributes,
         }
-        if route is not None:
-            span.update_name(f"{method} {route}")
-            attributes[names.HTTP_ROUTE] = route
+        if a.route is not None:
+            span.update_name(f"{a.method} {a.route}")
+            attributes[names.HTTP_ROUTE] = a.route
         if note.tenant is not None:
             attributes[names.ATTR_TENANT] = note.tenant
         if note.collection is not None:
             attributes[names.ATTR_COLLECTION] = note.collection
         if note.version is not None:
             attributes[names.ATTR_VERSION] = note.version
-        if error is not None:
-            attributes[names.ERROR_TYPE] = error
+        if a.error is not None:
+            attributes[names.ERROR_TYPE] = a.error
         span.set_attributes(attributes)
-        if status >= 500:
+        if a.status >= 500:
             # A server span's 4xx is the caller's error, not the server's (HTTP conventions).
             span.set_status(Status(StatusCode.ERROR))
 
-    def _measure(
-        self,
-        method: str,
-        route: str | None,
-        status: int,
-        error: str | None,
-        note: RequestNotes,
-        seconds: float,
-    ) -> None:
+    def _measure(self, a: _Answered) -> None:
         if not self.telemetry.metering:
             return
+        note = a.note
         m = self.telemetry.metrics
-        key = (method, status, route, note.tenant, note.version)
+        key = (a.method, a.status, a.route, note.tenant, note.version)
         record = self._durations.get(key)
         if record is None:
-            labels = self._labels(key, {names.HTTP_METHOD: method, names.HTTP_STATUS: status})
+            labels = self._labels(key, {names.HTTP_METHOD: a.method, names.HTTP_STATUS: a.status})
             record = m.recorder(names.GATEWAY_DURATION, labels)
             if len(self._durations) < _LABEL_CACHE:
                 self._durations[key] = record
-        record(seconds)
-        if error is not None:
-            by_error = (error, route, note.tenant, note.version)
+        record(a.seconds)
+        if a.error is not None:
+            by_error = (a.error, a.route, note.tenant, note.version)
             found = self._errors.get(by_error)
             if found is None:
-                found = self._labels(by_error, {names.ERROR_TYPE: error})
+                found = self._labels(by_error, {names.ERROR_TYPE: a.error})
                 if len(self._errors) < _LABEL_CACHE:
                     self._errors[by_error] = found
             m.add(names.GATEWAY_ERRORS, 1, found)
@@ -305,40 +302,33 @@ class RequestTelemetry:
             labels[names.VERSION] = version
         return labels
 
-    def _log(
-        self,
-        method: str,
-        route: str | None,
-        status: int,
-        error: str | None,
-        note: RequestNotes,
-        seconds: float,
-    ) -> None:
-        if status >= 500:
+    def _log(self, a: _Answered) -> None:
+        note = a.note
+        if a.status >= 500:
             level = logging.ERROR
-        elif status >= 400 or self.log_all:
+        elif a.status >= 400 or self.log_all:
             level = logging.INFO
-        elif seconds >= self.slow_seconds:
+        elif a.seconds >= self.slow_seconds:
             level = logging.WARNING
         else:
             return  # a request answered well and in time: counted and traced, not logged
         if not log.isEnabledFor(level):
             return
         fields = {
-            "method": method,
-            "route": route,
-            "status": status,
-            "seconds": round(seconds, 6),
+            "method": a.method,
+            "route": a.route,
+            "status": a.status,
+            "seconds": round(a.seconds, 6),
             "tenant": note.tenant,
             "collection": note.collection,
             "version": note.version,
-            "error_type": error,
+            "error_type": a.error,
         }
         log.log(
             level,
             "%s %s %d",
-            method,
-            route or "(no route)",
-            status,
+            a.method,
+            a.route or "(no route)",
+            a.status,
             extra={k: v for k, v in fields.items() if v is not None},
         )
