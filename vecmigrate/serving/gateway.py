@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextvars import copy_context
 from typing import Annotated, Any, ParamSpec, TypeVar
@@ -208,6 +208,19 @@ def _noted(kind: type[BaseException]) -> None:
     note = request_notes()
     if note is not None:
         note.error_type = kind.__name__
+
+
+def _answering(
+    status: int, message: str | None = None
+) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
+    """An exception handler that answers ``status`` with ``message``, or with the exception's
+    own message (one written for the caller: a bad request, a missing or refused thing)."""
+
+    async def answer(_: Request, exc: Exception) -> JSONResponse:
+        _noted(type(exc))
+        return _error(status, str(exc) if message is None else message)
+
+    return answer
 
 
 class Authenticate:
@@ -423,11 +436,6 @@ def create_app(
             problems.append(f"{where}: {message}" if where else message)
         return _error(400, "; ".join(problems) or "invalid request")
 
-    @app.exception_handler(RecursionError)
-    async def too_deep(_: Request, exc: RecursionError) -> JSONResponse:
-        _noted(type(exc))
-        return _error(400, "the JSON body is nested too deeply")
-
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         _noted(type(exc))
@@ -435,25 +443,14 @@ def create_app(
             return _error(404, f"no such endpoint {request.url.path}")
         return _error(exc.status_code, str(exc.detail))
 
-    @app.exception_handler(DataError)
-    async def bad_data(_: Request, exc: DataError) -> JSONResponse:
-        _noted(type(exc))
-        return _error(400, str(exc))
-
-    @app.exception_handler(NotFoundError)
-    async def not_found(_: Request, exc: NotFoundError) -> JSONResponse:
-        _noted(type(exc))
-        return _error(404, str(exc))
-
-    @app.exception_handler(PreconditionError)
-    async def conflict(_: Request, exc: PreconditionError) -> JSONResponse:
-        _noted(type(exc))
-        return _error(409, str(exc))
-
-    @app.exception_handler(AccessDeniedError)
-    async def forbidden(_: Request, exc: AccessDeniedError) -> JSONResponse:
-        _noted(type(exc))
-        return _error(403, "forbidden")
+    for kind, status, message in (
+        (RecursionError, 400, "the JSON body is nested too deeply"),
+        (DataError, 400, None),
+        (NotFoundError, 404, None),
+        (PreconditionError, 409, None),
+        (AccessDeniedError, 403, "forbidden"),
+    ):
+        app.add_exception_handler(kind, _answering(status, message))
 
     @app.exception_handler(WritesPausedError)
     async def paused(_: Request, exc: WritesPausedError) -> JSONResponse:

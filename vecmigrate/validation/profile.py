@@ -361,25 +361,3 @@ def scan_shard(
         if also is not None and len(records):
             also(records.labels, records.vectors())
     return builder
-
-
-def profile_shard(
-    store: VectorStore,
-    shard: ShardRef,
-    transform: Transform | None = None,
-    *,
-    batch_size: int = 50_000,
-    unit_norm_tolerance: float = 1e-3,
-    also: Callable[[Ids, Vectors], None] | None = None,
-    limits: Limits | None = None,
-) -> ShardProfile:
-    """Scan ``shard`` once and profile it, seen through ``transform`` if given."""
-    return scan_shard(
-        store,
-        shard,
-        transform,
-        batch_size=batch_size,
-        unit_norm_tolerance=unit_norm_tolerance,
-        also=also,
-        limits=limits,
-    ).result()

@@ -47,7 +47,7 @@ from vecmigrate.validation.intervals import (
     rounded,
 )
 from vecmigrate.validation.options import read_options
-from vecmigrate.validation.profile import profile_shard, scan_shard
+from vecmigrate.validation.profile import scan_shard
 from vecmigrate.validation.retrieval import (
     exclude_self,
     paired_latency,
@@ -86,15 +86,17 @@ def check_shard(
     tol = spec.gates.integrity.unit_norm_tolerance
     also = None if truth is None else truth.add
     limits = target_limits(spec, target)
+    # The records read are kept only to leave the volatile ones out afterwards.
+    keep = volatile is not None
+    src = scan_shard(source, shard, transform, unit_norm_tolerance=tol, keep=keep, limits=limits)
+    dst = scan_shard(target, shard, unit_norm_tolerance=tol, keep=keep, also=also)
     if volatile is None:
         return ShardCheck(
             shard=shard.index,
-            source=profile_shard(source, shard, transform, unit_norm_tolerance=tol, limits=limits),
-            target=profile_shard(target, shard, unit_norm_tolerance=tol, also=also),
+            source=src.result(),
+            target=dst.result(),
             seconds=round(time.monotonic() - began, 3),
         )
-    src = scan_shard(source, shard, transform, unit_norm_tolerance=tol, keep=True, limits=limits)
-    dst = scan_shard(target, shard, unit_norm_tolerance=tol, keep=True, also=also)
     changed = volatile()
     seen = np.unique(np.concatenate([r.labels for r in src.batches + dst.batches] or [changed]))
     return ShardCheck(
