@@ -40,6 +40,7 @@ from vecmigrate.control.devserver import temporal_binary
 from vecmigrate.data.datasets import clustered
 from vecmigrate.data.seed import seed_collection, sequential_ids
 from vecmigrate.model.lifecycle import Phase
+from vecmigrate.model.routing import RoutingView
 from vecmigrate.model.spec import BuiltinStoreRef, MigrationSpec, VersionSpec, parse_spec
 from vecmigrate.model.status import MigrationStatus
 from vecmigrate.testing.chaos import worker_command
@@ -248,6 +249,29 @@ class Sandbox:
             shards=shards,
         )
         return vectors
+
+    def route(self, key: str, *, reason: str = "test", **fields: Any) -> RoutingView:
+        """Change default/docs's routing as actor "test" under ``key``: ``fields`` set, every
+        other field as it stands."""
+        current = self.catalog.get_routing("default", "docs")
+        assert current is not None
+        row = {**current.model_dump(), **fields}
+        return self.catalog.compare_and_set_routing(
+            "default",
+            "docs",
+            current.generation,
+            row["read_version"],
+            row["read_index"],
+            row["write_versions"],
+            "test",
+            reason,
+            key,
+            candidate_version=row["candidate_version"],
+            candidate_index=row["candidate_index"],
+            ramp_percent=row["ramp_percent"],
+            shadow_percent=row["shadow_percent"],
+            writes_paused=row["writes_paused"],
+        )
 
     def spec(self, **overrides: Any) -> MigrationSpec:
         data: dict[str, Any] = {

@@ -389,31 +389,13 @@ def test_within_the_budget_the_validation_gates_never_wait(sandbox: Sandbox) -> 
     assert _gates_measured(sandbox, budget={"max_search_p99_ms": 1e6})[1] == []
 
 
-def _route_shadow(sandbox: Sandbox, candidate: str) -> None:
-    current = sandbox.catalog.get_routing("default", "docs")
-    assert current is not None
-    sandbox.catalog.compare_and_set_routing(
-        "default",
-        "docs",
-        current.generation,
-        current.read_version,
-        current.read_index,
-        current.write_versions,
-        "test",
-        "shadow",
-        "shadow",
-        candidate_version=candidate,
-        shadow_percent=100.0,
-    )
-
-
 def _mirrored(sandbox: Sandbox, **spec: Any) -> tuple[MigrationSpec, Router, int, int]:
     """Every read shadowed to the copied target: 60 searches, the router's latencies
     published (and its share of mirrored reads decided on them), then 300 searches of other
     users. The spec, the router (closed), the share of mirroring in percent, and the pairs
     recorded for the 300."""
     s, _, _ = _copy_after_searches(sandbox, **spec)
-    _route_shadow(sandbox, s.target.name)
+    sandbox.route("shadow", reason="shadow", candidate_version=s.target.name, shadow_percent=100.0)
     queries = open_source(s).sample(60, seed=4)[1]
     router = Router(sandbox.catalog, refresh_seconds=0.0, shadow_threads=1)
     log = ShadowLog(sandbox.catalog)

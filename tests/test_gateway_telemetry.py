@@ -22,7 +22,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Sandbox
-from tests.test_routing import migrated, route
+from tests.test_routing import migrated
 from tests.test_telemetry import memory_spans
 from vecmigrate.control.devserver import free_port
 from vecmigrate.errors import ConfigurationError
@@ -96,8 +96,7 @@ def test_a_request_continues_the_callers_trace_down_to_the_store_calls(
     migrated(sandbox)  # v1 and v2 hold the same vectors, both written
     # Exact search in each version's store (no index), so a search is a store call; half the
     # reads go to v2, and every read served by v1 is mirrored to v2.
-    route(
-        sandbox,
+    sandbox.route(
         "canary",
         read_index=None,
         candidate_version="v2",
@@ -387,7 +386,7 @@ def test_a_failing_store_is_a_500_whose_span_names_the_error_type_only(
     sandbox: Sandbox, spans: InMemorySpanExporter, request_lines: JsonLines
 ) -> None:
     sandbox.seed(300)
-    route(sandbox, "exact", read_index=None)  # searches are store calls
+    sandbox.route("exact", read_index=None)  # searches are store calls
     gateway = Gateway(sandbox.catalog.url, port=0, refresh=0.2, metrics="open").start()
     try:
         query = {"vector": np.full(sandbox.dim, 0.1).tolist(), "k": 3}

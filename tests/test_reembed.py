@@ -345,19 +345,7 @@ def test_router_embeds_text_per_version_and_refuses_mismatched_vectors(
     # Dual-write to both models' versions: texts are embedded by each; bare vectors refused.
     spec = text_spec(v1, v2)
     prepare(sandbox.catalog, spec, "alice")
-    view = sandbox.catalog.get_routing("default", "docs")
-    assert view is not None
-    sandbox.catalog.compare_and_set_routing(
-        "default",
-        "docs",
-        view.generation,
-        view.read_version,
-        view.read_index,
-        ["v1", "v2"],
-        actor="test",
-        reason="dual-write",
-        change_key="dw",
-    )
+    sandbox.route("dw", reason="dual-write", write_versions=["v1", "v2"])
     with pytest.raises(DataError, match="write texts"):
         router.upsert("default", "docs", np.array([900_001]), np.ones((1, 64), np.float32))
     router.upsert("default", "docs", np.array([900_001]), texts=["Return the sum of two numbers."])

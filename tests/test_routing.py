@@ -21,35 +21,11 @@ from vecmigrate.data.seed import seed_collection, sequential_ids
 from vecmigrate.errors import DataError, NotFoundError
 from vecmigrate.indexes.build import artifact_dir, build_shard, register_index
 from vecmigrate.indexes.live import LiveIndex
-from vecmigrate.model.routing import RoutingView
 from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.records.sharding import hash_shards
 from vecmigrate.serving.router import Router, WritesPausedError, bucket
 from vecmigrate.stores import WHOLE
 from vecmigrate.validation.shadow import ShadowLog
-
-
-def route(sandbox: Sandbox, key: str, **fields: object) -> RoutingView:
-    current = sandbox.catalog.get_routing("default", "docs")
-    assert current is not None
-    base = current.model_dump()
-    base.update(fields)
-    return sandbox.catalog.compare_and_set_routing(
-        "default",
-        "docs",
-        current.generation,
-        base["read_version"],
-        base["read_index"],
-        base["write_versions"],
-        "test",
-        "test",
-        key,
-        candidate_version=base["candidate_version"],
-        candidate_index=base["candidate_index"],
-        ramp_percent=base["ramp_percent"],
-        shadow_percent=base["shadow_percent"],
-        writes_paused=base["writes_paused"],
-    )
 
 
 def migrated(sandbox: Sandbox) -> MigrationSpec:
@@ -58,7 +34,7 @@ def migrated(sandbox: Sandbox) -> MigrationSpec:
     spec = sandbox.spec(shards={"count": 1})
     shard = prepare(sandbox.catalog, spec, "t").shards[0]
     copy_shard(spec, shard, Journal(sandbox.catalog))
-    route(sandbox, "dual", write_versions=["v1", "v2"])
+    sandbox.route("dual", write_versions=["v1", "v2"])
     return spec
 
 
@@ -100,7 +76,7 @@ def test_bad_writes_are_refused_before_anything_is_logged(sandbox: Sandbox) -> N
     with pytest.raises(NotFoundError, match="unknown collection default/nope"):
         router.search("default", "nope", bad, 3)
     assert log.head("default", "docs") == head
-    route(sandbox, "paused", writes_paused=True)
+    sandbox.route("paused", writes_paused=True)
     with pytest.raises(WritesPausedError):
         router.upsert("default", "docs", np.array([1]), np.ones((1, sandbox.dim), np.float32))
 
@@ -108,7 +84,7 @@ def test_bad_writes_are_refused_before_anything_is_logged(sandbox: Sandbox) -> N
 @pytest.mark.integration  # 800 searches with a shadow thread: seconds
 def test_canary_split_is_stable_and_shadow_pairs_are_recorded(sandbox: Sandbox) -> None:
     migrated(sandbox)
-    route(sandbox, "canary", candidate_version="v2", ramp_percent=30.0, shadow_percent=100.0)
+    sandbox.route("canary", candidate_version="v2", ramp_percent=30.0, shadow_percent=100.0)
     router = Router(sandbox.catalog, refresh_seconds=0.0)
     queries = open_source(sandbox.spec()).sample(50, seed=1)[1]
     sides = [
@@ -257,8 +233,7 @@ def test_a_search_after_the_plan_is_built_asks_the_catalog_nothing(
     plain.close()
     view = sandbox.catalog.get_routing("default", "docs")
     assert view is not None
-    route(
-        sandbox,
+    sandbox.route(
         "canary",
         candidate_version="v1",
         candidate_index=view.read_index,
@@ -374,8 +349,8 @@ def test_a_rollback_after_cut_over_reads_at_once_from_the_index_kept_current(
     old = router.searcher(view.read_index)
     assert isinstance(old, LiveIndex)
     assert 7 in {int(i) for s in old.shards for i in s.search(seventh, 10)[1][0]}
-    route(
-        sandbox, "cutover", read_version="v2", read_index=new_index.id, write_versions=["v2", "v1"]
+    sandbox.route(
+        "cutover", read_version="v2", read_index=new_index.id, write_versions=["v2", "v1"]
     )
 
     def reading(version: str) -> None:
@@ -392,8 +367,7 @@ def test_a_rollback_after_cut_over_reads_at_once_from_the_index_kept_current(
     assert router.searcher(view.read_index) is old  # on standby, kept current
     assert old.laid_over == 0
     assert 99_999 in {int(i) for s in old.shards for i in s.search(far, 1)[1][0]}
-    route(
-        sandbox,
+    sandbox.route(
         "rollback",
         read_version="v1",
         read_index=view.read_index,

@@ -8,6 +8,7 @@ import asyncio
 import random
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,19 +72,21 @@ def close_engines() -> None:
     close_qdrant()
 
 
-def _target(sandbox: Sandbox, kind: str, request: pytest.FixtureRequest) -> dict[str, Any]:
+@pytest.fixture(params=TARGETS)
+def target_version(sandbox: Sandbox, request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    """The target version, v2, in each kind of store in turn."""
+    kind = request.param
     index = {"kind": "hnswlib_hnsw", "m": 16, "ef_search": 64}
     if kind == "builtin":
-        return sandbox.version("v2", index).model_dump(mode="json")
-    if kind in ("qdrant", "milvus"):
-        request.addfinalizer(close_engines)
-        return sandbox.version(
-            "v2", ENGINE_INDEX[kind], store=engine_store(sandbox, kind)
-        ).model_dump(mode="json")
-    url = postgres_database(request.getfixturevalue("postgres"))
-    return sandbox.version("v2", index, store={"kind": "pgvector", "url": url}).model_dump(
-        mode="json"
-    )
+        yield sandbox.version("v2", index).model_dump(mode="json")
+    elif kind in ("qdrant", "milvus"):
+        store = engine_store(sandbox, kind)
+        yield sandbox.version("v2", ENGINE_INDEX[kind], store=store).model_dump(mode="json")
+        close_engines()
+    else:
+        url = postgres_database(request.getfixturevalue("postgres"))
+        store = {"kind": "pgvector", "url": url}
+        yield sandbox.version("v2", index, store=store).model_dump(mode="json")
 
 
 def _copied(
@@ -128,14 +131,10 @@ def _same(streamed: ShardProfile, read: ShardProfile) -> None:
     assert streamed.model_dump() == read.model_dump()
 
 
-@pytest.mark.parametrize("kind", TARGETS)
 def test_streamed_checks_equal_a_full_read_after_copies_killed_mid_shard(
-    sandbox: Sandbox,
-    kind: str,
-    request: pytest.FixtureRequest,
-    monkeypatch: pytest.MonkeyPatch,
+    sandbox: Sandbox, target_version: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    acts, spec, shards = _copied(sandbox, _target(sandbox, kind, request))
+    acts, spec, shards = _copied(sandbox, target_version)
     poison(sandbox, spec, 17)  # one source record the target cannot hold: counted, not copied
     first, second, third = shards
 
@@ -397,11 +396,10 @@ def test_text_ids_qdrant_would_rename_are_quarantined_and_the_stream_holds(
     assert dst.count() == n - len(renamed)
 
 
-@pytest.mark.parametrize("kind", TARGETS)
 def test_a_target_record_lost_after_the_copy_fails_the_gate(
-    sandbox: Sandbox, kind: str, request: pytest.FixtureRequest
+    sandbox: Sandbox, target_version: dict[str, Any]
 ) -> None:
-    acts, spec, shards = _all_copied(sandbox, _target(sandbox, kind, request))
+    acts, spec, shards = _all_copied(sandbox, target_version)
     shard = shards[1]
     victim = int(next(iter(open_target(spec).iter_shard(shard, 10))).ids[3])
     open_target(spec).delete(np.array([victim], np.int64))
@@ -415,11 +413,10 @@ def test_a_target_record_lost_after_the_copy_fails_the_gate(
     assert not verdicts["checksum_parity"].passed
 
 
-@pytest.mark.parametrize("kind", TARGETS)
 def test_a_sampled_target_record_changed_after_the_copy_fails_the_gate(
-    sandbox: Sandbox, kind: str, request: pytest.FixtureRequest
+    sandbox: Sandbox, target_version: dict[str, Any]
 ) -> None:
-    acts, spec, shards = _all_copied(sandbox, _target(sandbox, kind, request))
+    acts, spec, shards = _all_copied(sandbox, target_version)
     shard = shards[2]
     row = acts.journal.stream(spec.migration_id, shard.index)
     assert row is not None
