@@ -45,7 +45,14 @@ from vecmigrate.serving.asgi import TlsFiles
 from vecmigrate.serving.gateway import Gateway
 from vecmigrate.testing.chaos import builtin_version
 from vecmigrate.testing.drill import run_drill
-from vecmigrate.testing.loadgen import LoadProcess, Request, latency_table, verify
+from vecmigrate.testing.loadgen import (
+    SEARCHES,
+    LoadProcess,
+    Request,
+    answered_millis,
+    latency_table,
+    verify,
+)
 from vecmigrate.testing.tls import CertificateAuthority
 from vecmigrate.validation.intervals import quantile_interval
 from vecmigrate.workers.connection import connect
@@ -232,11 +239,7 @@ async def watch_budget(
 
 def search_millis(requests: list[Request]) -> dict[str, np.ndarray]:
     """The answered searches' milliseconds, by phase."""
-    by_phase: dict[str, list[float]] = {}
-    for r in requests:
-        if r.kind == "search" and r.status == 200:
-            by_phase.setdefault(r.phase, []).append(r.ms)
-    return {phase: np.asarray(ms, dtype=np.float64) for phase, ms in by_phase.items()}
+    return answered_millis(requests, SEARCHES)
 
 
 def against_idle(

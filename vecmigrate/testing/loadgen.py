@@ -303,8 +303,26 @@ def verify(states: list[ClientState], store: VectorStore) -> Verdict:
     return Verdict(writes, deletes, lost, wrong, back)
 
 
+# The kinds of request whose latencies the tables keep apart.
+SEARCHES = frozenset({"search"})
+WRITES = frozenset({"upsert", "delete"})
+
+
+def answered_millis(requests: list[Request], kinds: frozenset[str]) -> dict[str, np.ndarray]:
+    """The milliseconds of the answered requests of ``kinds``, by phase."""
+    by_phase: dict[str, list[float]] = {}
+    for r in requests:
+        if r.kind in kinds and r.status == 200:
+            by_phase.setdefault(r.phase, []).append(r.ms)
+    return {phase: np.asarray(ms, dtype=np.float64) for phase, ms in by_phase.items()}
+
+
 def latency_table(requests: list[Request], phases: list[str]) -> list[dict[str, Any]]:
     """Per phase: requests, failures, and p50/p99 of searches and of writes (ms)."""
+    millis = {
+        name: answered_millis(requests, kinds)
+        for name, kinds in (("search", SEARCHES), ("write", WRITES))
+    }
     rows = []
     for phase in phases:
         mine = [r for r in requests if r.phase == phase]
@@ -315,8 +333,8 @@ def latency_table(requests: list[Request], phases: list[str]) -> list[dict[str, 
             "requests": len(mine),
             "failed": sum(r.status != 200 for r in mine),
         }
-        for name, kinds in (("search", {"search"}), ("write", {"upsert", "delete"})):
-            ms = np.array([r.ms for r in mine if r.kind in kinds and r.status == 200])
+        for name, by_phase in millis.items():
+            ms = by_phase.get(phase, np.empty(0))
             row[f"{name}_p50_ms"] = round(float(np.percentile(ms, 50)), 2) if ms.size else None
             row[f"{name}_p99_ms"] = round(float(np.percentile(ms, 99)), 2) if ms.size else None
         rows.append(row)
