@@ -26,6 +26,7 @@ GIN for JSON) on the fields the source indexed.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -41,9 +42,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
-from psycopg.adapt import Loader
-from psycopg.errors import LockNotAvailable
-from psycopg.pq import Format
 from sqlalchemy import Engine, text
 from sqlalchemy.exc import DBAPIError, IntegrityError, ProgrammingError
 
@@ -188,13 +186,21 @@ def decode_copy(data: bytes, dim: int) -> tuple[Ids, Ids, Vectors]:
     return rows["id"].astype(np.int64), rows["h"].astype(np.int64), vectors
 
 
-class _Raw(Loader):
-    """A value's binary form as it is (decoded a whole column at a time)."""
+@functools.cache
+def _raw_loader() -> type:
+    """psycopg's loader that gives a value's binary form as it is (decoded a whole column at a
+    time). Made on first use: psycopg is the ``postgres`` extra's, and a process that never
+    opens a pgvector store need not have it."""
+    from psycopg.adapt import Loader
+    from psycopg.pq import Format
 
-    format = Format.BINARY
+    class _Raw(Loader):
+        format = Format.BINARY
 
-    def load(self, data: Any) -> bytes:
-        return bytes(data)
+        def load(self, data: Any) -> bytes:
+            return bytes(data)
+
+    return _Raw
 
 
 @dataclass(frozen=True)
@@ -630,7 +636,7 @@ class PgvectorStore(EngineSearch, ScanningStore):
                 self._oids = {str(r[0]): int(r[1]) for r in cur.fetchall()}
         cur = raw.driver_connection.cursor(binary=True)
         for oid in self._oids.values():
-            cur.adapters.register_loader(oid, _Raw)
+            cur.adapters.register_loader(oid, _raw_loader())
         return cur
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -1490,6 +1496,8 @@ class _Build:
             monitor.close()
 
     def _failure(self, exc: BaseException) -> BaseException:
+        from psycopg.errors import LockNotAvailable
+
         if isinstance(exc, LockNotAvailable):
             return VecmigrateError(
                 f"the build of index {self.name} waited more than "
