@@ -502,15 +502,16 @@ class LiveIndex:
                 self._rebuild()
             return bool(self._queue)
 
-    def apply_now(self, net: NetChanges) -> None:
-        """Apply a run of changes at once, before the index serves (no search can be in it)."""
+    def apply_now(self, net: NetChanges, threads: int = -1) -> None:
+        """Apply a run of changes at once, before the index serves (no search can be in it),
+        hnswlib inserts on ``threads`` threads (-1: every core)."""
         with self._lock:
             if net.last <= self.applied or self._queue:
                 raise ValueError("apply_now is for an index that has not served yet")
             if net.after != self.applied:
                 raise ValueError(f"changes after {net.after} applied at {self.applied}: a gap")
             if self.updatable and net.size:
-                self._apply(net, threads=-1)  # nothing searches it yet: every core
+                self._apply(net, threads)
             self._fold(net)
             self.applied = self.known = net.last
             self._rebuild()
@@ -623,8 +624,11 @@ class LiveIndex:
         """Records only a compaction can fold into the index."""
         return len(self._kept)
 
-    def follow(self, log: ChangeLog, tenant: str, collection: str, *, serving: bool) -> int:
-        """Stage (``serving``) or apply at once every log entry after ``known``; how many."""
+    def follow(
+        self, log: ChangeLog, tenant: str, collection: str, *, serving: bool, threads: int = -1
+    ) -> int:
+        """Stage (``serving``) or apply at once (on ``threads`` threads) every log entry after
+        ``known``; how many."""
         seen = 0
         while True:
             entries = log.read(tenant, collection, self.known, LOG_PAGE)
@@ -636,7 +640,7 @@ class LiveIndex:
             if serving:
                 self.stage(net)
             else:
-                self.apply_now(net)
+                self.apply_now(net, threads)
             seen += len(entries)
 
 
@@ -683,8 +687,11 @@ def open_live(
     space: str,
     normalized: bool,
     fetch: Fetch | None,
+    threads: int = -1,
 ) -> LiveIndex:
-    """Load an index version's newest artifacts and apply the log after their position.
+    """Load an index version's newest artifacts and apply the log after their position
+    (hnswlib inserts on ``threads`` threads: -1, every core, where nothing else is served;
+    one beside indexes that serve, whose searches need the other cores).
 
     Raises:
         ArtifactError: an artifact is missing or does not match its checksum.
@@ -704,5 +711,5 @@ def open_live(
         dimension=first.dimension,
         fetch=fetch,
     )
-    live.follow(log, record.tenant, record.collection, serving=False)
+    live.follow(log, record.tenant, record.collection, serving=False, threads=threads)
     return live

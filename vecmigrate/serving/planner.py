@@ -259,6 +259,9 @@ class Planner:
                 space=model_key(record.embedding),
                 normalized=record.embedding.normalized,
                 fetch=store.fetch,
+                # Beside indexes that serve (a candidate loaded for shadow reads), its catch-up
+                # on the change log leaves their searches the other cores.
+                threads=1 if self._indexes else -1,
             )
         with self._lock:
             self._indexes[index_id] = loaded
@@ -293,6 +296,7 @@ class Planner:
                 space=side.model,
                 normalized=side.record.embedding.normalized,
                 fetch=side.store.fetch,
+                threads=1,  # the old copy serves meanwhile
             )
             with self._lock:
                 self._indexes[old.index_id] = loaded
