@@ -28,6 +28,15 @@ log = logging.getLogger("vecmigrate.router")
 
 # A turn of the applier aims at this long (the time searches of that index may wait).
 TURN_SECONDS = 0.004
+# Records the first turn of an index applies, before its pace is known.
+FIRST_TURN = 64
+
+
+def next_turn(records: int, spent: float) -> int:
+    """Records the next turn applies, from the last one's (``records`` in ``spent`` seconds):
+    as many as fit in ``TURN_SECONDS`` at that pace, 8 to 4,096."""
+    per = spent / max(records, 1)
+    return max(8, min(4096, int(TURN_SECONDS / max(per, 1e-7))))
 
 
 class Maintained(Protocol):
@@ -91,12 +100,11 @@ class Upkeep:
         for live in indexes:
             if not live.staged:
                 continue
-            budget = self._budget.get(live.index_id, 64)
+            budget = self._budget.get(live.index_id, FIRST_TURN)
             began = time.perf_counter()
             more = live.drain(budget)
             spent = time.perf_counter() - began
-            per = spent / max(budget, 1)
-            self._budget[live.index_id] = max(8, min(4096, int(TURN_SECONDS / max(per, 1e-7))))
+            self._budget[live.index_id] = next_turn(budget, spent)
             busy = busy or more
             if more:
                 # Searches that arrived during the turn waited for it: while some do, the
