@@ -4,6 +4,7 @@ laid over it where it cannot, in log order, with searches running beside the wri
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import faiss
@@ -169,6 +170,38 @@ def test_hnswlib_reuses_the_slots_deletes_free_and_keeps_one_slot_per_record(
     assert hnsw.get_current_count() == N
 
 
+def random_writes(
+    index: LiveIndex,
+    rng: np.random.Generator,
+    alive: dict[int, np.ndarray],
+    candidates: np.ndarray,
+    *,
+    rounds: int,
+    most: int,
+    deletes: float,
+    vectors: Callable[[int], np.ndarray],
+    seq: int = 0,
+) -> None:
+    """Random runs of upserts (``vectors(n)`` new vectors) and deletes (a ``deletes`` share of
+    the runs) of ``candidates``, staged in log order from ``seq`` and applied in random turns,
+    then to the end; ``alive`` follows what was written."""
+    for _ in range(rounds):
+        n = int(rng.integers(1, most))
+        chosen = rng.choice(candidates, n, replace=False).tolist()
+        if rng.random() < deletes:
+            index.stage(write(seq, chosen, None, DELETE))
+            for i in chosen:
+                alive.pop(i, None)
+        else:
+            written = vectors(n).astype(np.float32)
+            index.stage(write(seq, chosen, written))
+            alive.update(zip(chosen, written, strict=True))
+        seq += n
+        if rng.random() < 0.5:
+            index.drain(int(rng.integers(1, 100)))
+    drain(index)
+
+
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: s.kind)
 def test_random_writes_leave_the_index_holding_exactly_the_written_records(
     tmp_path: Path, spec: IndexSpec
@@ -178,22 +211,16 @@ def test_random_writes_leave_the_index_holding_exactly_the_written_records(
     index = live(tmp_path, spec)
     rng = np.random.default_rng(11)
     alive = {i: v for i, v in zip(range(N), clustered(N, DIM, clusters=12, seed=5), strict=True)}
-    seq = 0
-    for _ in range(30):
-        n = int(rng.integers(1, 80))
-        chosen = rng.choice(np.arange(N + 400), n, replace=False).tolist()
-        if rng.random() < 0.3:
-            index.stage(write(seq, chosen, None, DELETE))
-            for i in chosen:
-                alive.pop(i, None)
-        else:
-            vectors = (rng.normal(size=(n, DIM)) * 4 + rng.integers(-30, 30)).astype(np.float32)
-            index.stage(write(seq, chosen, vectors))
-            alive.update(zip(chosen, vectors, strict=True))
-        seq += n
-        if rng.random() < 0.5:
-            index.drain(int(rng.integers(1, 100)))
-    drain(index)
+    random_writes(
+        index,
+        rng,
+        alive,
+        np.arange(N + 400),
+        rounds=30,
+        most=80,
+        deletes=0.3,
+        vectors=lambda n: rng.normal(size=(n, DIM)) * 4 + rng.integers(-30, 30),
+    )
     ids = np.array(sorted(alive), np.int64)
     vectors = np.stack([alive[i] for i in ids])
     probe = rng.choice(len(ids), 200, replace=False)
@@ -404,23 +431,18 @@ def test_hnswlib_holds_exactly_the_written_records_through_deletes_and_reused_sl
             dimension=DIM,
         )
         assert index.shards[0]._labels.unsure
-    candidates = np.concatenate([np.arange(N + 600), -(10**15) * np.arange(1, 80)])
-    for _ in range(40):
-        n = int(rng.integers(1, 120))
-        # Old ids, ids deleted before, and new ones (some of which reuse freed slots).
-        chosen = rng.choice(candidates, n, replace=False).tolist()
-        if rng.random() < 0.4:
-            index.stage(write(seq, chosen, None, DELETE))
-            for i in chosen:
-                alive.pop(i, None)
-        else:
-            vectors = rng.normal(size=(n, DIM)).astype(np.float32) * 5
-            index.stage(write(seq, chosen, vectors))
-            alive.update(zip(chosen, vectors, strict=True))
-        seq += n
-        if rng.random() < 0.5:
-            index.drain(int(rng.integers(1, 100)))
-    drain(index)
+    # Old ids, ids deleted before, and new ones (some of which reuse freed slots).
+    random_writes(
+        index,
+        rng,
+        alive,
+        np.concatenate([np.arange(N + 600), -(10**15) * np.arange(1, 80)]),
+        rounds=40,
+        most=120,
+        deletes=0.4,
+        vectors=lambda n: rng.normal(size=(n, DIM)) * 5,
+        seq=seq,
+    )
     shard = index.shards[0]
     held_now = _live_labels(shard)
     assert min(held_now) < 0
