@@ -453,3 +453,43 @@ def test_hnswlib_holds_exactly_the_written_records_through_deletes_and_reused_sl
     # Every slot is held once: no label lost its mapping to a reused slot.
     labels = shard.native.get_ids_list()
     assert len(labels) == len(set(labels))
+
+
+@pytest.mark.parametrize("path", ["search_one", "search"])
+def test_a_writer_waits_for_the_searches_inside_the_index(tmp_path: Path, path: str) -> None:
+    """A search already inside the index when a write comes keeps the writer out until it
+    ends (hnswlib and FAISS cannot search beside a write), on the one-query path and on the
+    general one."""
+    index = live(tmp_path, HnswlibHnsw(m=16, ef_search=64), shards=1 if path == "search_one" else 2)
+    entered, release = threading.Event(), threading.Event()
+
+    def held(real):  # the library's search, held open until released
+        def search(*args, **kwargs):
+            entered.set()
+            assert release.wait(10)
+            return real(*args, **kwargs)
+
+        return search
+
+    query = clustered(1, DIM, clusters=12, seed=9)
+    if path == "search_one":
+        assert index.search_one_ready
+        index._knn = held(index._knn)
+        searcher = threading.Thread(target=index.search_one, args=(query[0], 5))
+    else:
+        shard = index.shards[0]
+        shard.search = held(shard.search)  # type: ignore[method-assign]
+        searcher = threading.Thread(target=index.search, args=(query, 5))
+    searcher.start()
+    assert entered.wait(10)
+    index.stage(write(0, [90_001], np.full((1, DIM), 40.0, np.float32)))
+    writer = threading.Thread(target=index.drain, args=(8,))
+    writer.start()
+    writer.join(0.5)
+    assert writer.is_alive(), "the writer changed the index under a running search"
+    assert index.applied == 0
+    release.set()
+    searcher.join(10)
+    writer.join(10)
+    assert not writer.is_alive()
+    assert index.applied == 1
