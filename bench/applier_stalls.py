@@ -62,7 +62,7 @@ class Watchdog:
         self._thread.join()
 
 
-def rounds(n: int, shards: int, writes: int, seed: int) -> list[dict[str, np.ndarray]]:
+def rounds(n: int, writes: int, seed: int) -> list[dict[str, np.ndarray]]:
     """Each round's new ids (half negative), overwritten and deleted ids (held ones)."""
     rng = np.random.default_rng(seed)
     held = rng.permutation(n)
@@ -159,7 +159,7 @@ def main() -> None:
             index, spec, Metric.L2, dim, home, f"s{s}", f"{s}" * 64, int(mine.sum())
         )
         manifests.append(art.manifest)
-    work = rounds(n, count, args.writes, seed=7)
+    work = rounds(n, args.writes, seed=7)
     results: dict[str, list[dict[str, Any]]] = {"vecmigrate applier": [], "raw hnswlib": []}
     for _ in range(args.repeat):
         for name, run in (("vecmigrate applier", applier), ("raw hnswlib", raw)):

@@ -48,7 +48,6 @@ from vecmigrate.testing.drill import run_drill
 from vecmigrate.testing.loadgen import (
     SEARCHES,
     LoadProcess,
-    Request,
     answered_millis,
     latency_table,
     verify,
@@ -184,7 +183,7 @@ async def main_async(args: argparse.Namespace, console: Console) -> dict[str, ob
     order = ["IDLE", *(str(p) for p in LIFECYCLE["online"].phases), "AFTER"]
     rows = latency_table(requests, order)
     idle = next(r for r in rows if r["phase"] == "IDLE")
-    against_idle(rows, idle, args.budget, paces, search_millis(requests))
+    against_idle(rows, idle, args.budget, paces, answered_millis(requests, SEARCHES))
     state = Latencies(catalog).budget(spec.migration_id)
     backfill = next((r for r in rows if r["phase"] == "BACKFILLING"), None)
     ratio = (
@@ -235,11 +234,6 @@ async def watch_budget(
         if state is not None and time.time() - state.at <= 2.0:  # written in this phase
             paces[now] = min(paces.get(now, 1.0), state.share)
         await asyncio.sleep(0.5)
-
-
-def search_millis(requests: list[Request]) -> dict[str, np.ndarray]:
-    """The answered searches' milliseconds, by phase."""
-    return answered_millis(requests, SEARCHES)
 
 
 def against_idle(

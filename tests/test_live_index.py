@@ -463,7 +463,7 @@ def test_a_writer_waits_for_the_searches_inside_the_index(tmp_path: Path, path: 
     index = live(tmp_path, HnswlibHnsw(m=16, ef_search=64), shards=1 if path == "search_one" else 2)
     entered, release = threading.Event(), threading.Event()
 
-    def held(real):  # the library's search, held open until released
+    def held_open(real):  # the library's search, held open until released
         def search(*args, **kwargs):
             entered.set()
             assert release.wait(10)
@@ -474,11 +474,11 @@ def test_a_writer_waits_for_the_searches_inside_the_index(tmp_path: Path, path: 
     query = clustered(1, DIM, clusters=12, seed=9)
     if path == "search_one":
         assert index.search_one_ready
-        index._knn = held(index._knn)
+        index._knn = held_open(index._knn)
         searcher = threading.Thread(target=index.search_one, args=(query[0], 5))
     else:
         shard = index.shards[0]
-        shard.search = held(shard.search)  # type: ignore[method-assign]
+        shard.search = held_open(shard.search)  # type: ignore[method-assign]
         searcher = threading.Thread(target=index.search, args=(query, 5))
     searcher.start()
     assert entered.wait(10)

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from bench.online_load import against_idle, search_millis
-from vecmigrate.testing.loadgen import Request, latency_table
+from bench.online_load import against_idle
+from vecmigrate.testing.loadgen import SEARCHES, Request, answered_millis, latency_table
 
 
 def test_each_phase_is_judged_on_the_interval_of_its_p99_over_idle() -> None:
@@ -24,7 +24,7 @@ def test_each_phase_is_judged_on_the_interval_of_its_p99_over_idle() -> None:
         Request("upsert", "CUT_OVER", 800.0, 200),  # a write: not a search
     ]
     rows = latency_table(requests, ["IDLE", "BACKFILLING", "CUT_OVER"])
-    against_idle(rows, rows[0], 1.5, {"BACKFILLING": 0.5}, search_millis(requests))
+    against_idle(rows, rows[0], 1.5, {"BACKFILLING": 0.5}, answered_millis(requests, SEARCHES))
     by = {r["phase"]: r for r in rows}
 
     assert by["IDLE"]["search_p99_over_idle"] == 1.0
@@ -40,7 +40,7 @@ def test_each_phase_is_judged_on_the_interval_of_its_p99_over_idle() -> None:
     cut = by["CUT_OVER"]
     assert cut["met_budget"] is False
     assert cut["verdict"] == "within noise"
-    assert search_millis(requests)["CUT_OVER"].size == 40
+    assert answered_millis(requests, SEARCHES)["CUT_OVER"].size == 40
 
-    against_idle(rows, rows[0], None, {}, search_millis(requests))
+    against_idle(rows, rows[0], None, {}, answered_millis(requests, SEARCHES))
     assert all(r["verdict"] is None and r["met_budget"] is None for r in rows)

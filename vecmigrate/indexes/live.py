@@ -31,8 +31,7 @@ uncontended, cost more than the router's whole overhead target on a 2-core machi
 round trip, ~2 us after a search had evicted it from cache, against ~31 us for the search);
 the note costs ~0.08 us. (The writer used to find the searches in the threads' frames,
 ``sys._current_frames`` and ``f_back``: on Python 3.11 reading another thread's frames while it
-runs can crash the interpreter, as thread-sampling profilers found, and a gateway under load
-did once.)
+runs can crash the interpreter, as thread-sampling profilers found.)
 """
 
 from __future__ import annotations
