@@ -40,6 +40,7 @@ import numpy.typing as npt
 from pydantic import TypeAdapter
 
 from vecmigrate.errors import ArtifactError, KeyRingError, PreconditionError, TamperError
+from vecmigrate.indexes.hnswfile import read_index
 from vecmigrate.model.spec import (
     FaissFlat,
     FaissHnsw,
@@ -429,8 +430,16 @@ class LoadedIndex:
     decrypted with the key ring, which authenticates every byte)."""
 
     def __init__(
-        self, manifest: Path, expected_sha256: str | None = None, ring: KeyRing | None = None
+        self,
+        manifest: Path,
+        expected_sha256: str | None = None,
+        ring: KeyRing | None = None,
+        *,
+        low_stall: bool = False,
     ) -> None:
+        """``low_stall``: load an hnswlib index holding the GIL only in short slices
+        (``vecmigrate.indexes.hnswfile``), at the cost of a second copy of its bytes while
+        it loads; for a process whose other threads serve requests meanwhile."""
         try:
             meta = json.loads(manifest.read_text())
         except (OSError, ValueError) as exc:
@@ -439,7 +448,14 @@ class LoadedIndex:
         if not data_file.exists():
             raise ArtifactError(f"index file {data_file} named by {manifest} is missing")
         if "encryption" in meta:
-            self._load_encrypted(meta, data_file, expected_sha256, ring or environment_keyring())
+            self._load_encrypted(
+                meta, data_file, expected_sha256, ring or environment_keyring(), low_stall
+            )
+            return
+        if low_stall and meta["kind"] == "hnswlib_hnsw":
+            data = data_file.read_bytes()  # read, and hashed below, with the GIL released
+            self._verify(hashlib.sha256(data).hexdigest(), meta, data_file, expected_sha256)
+            self._load(meta, data_file, data)
             return
         # The checksum is computed while the index loads and checked before it is used: FAISS
         # reads its file without holding the GIL, so the two overlap (loading a 1M-vector
@@ -459,6 +475,7 @@ class LoadedIndex:
         data_file: Path,
         expected_sha256: str | None,
         ring: KeyRing | None,
+        low_stall: bool,
     ) -> None:
         if ring is None:
             raise KeyRingError(
@@ -473,7 +490,8 @@ class LoadedIndex:
                     decrypt_stream(src, dst, ring, wrapped)
             except TamperError as exc:
                 raise TamperError(f"index file {data_file}: {exc}") from None
-            self._load(meta, plain)
+            low = low_stall and meta["kind"] == "hnswlib_hnsw"
+            self._load(meta, plain, plain.read_bytes() if low else None)
 
     @staticmethod
     def _verify(sha: str, meta: dict[str, Any], data_file: Path, expected: str | None) -> None:
@@ -482,7 +500,9 @@ class LoadedIndex:
                 f"index file {data_file} does not match its checksum; rebuild the index"
             )
 
-    def _load(self, meta: dict[str, Any], data_file: Path) -> None:
+    def _load(self, meta: dict[str, Any], data_file: Path, data: bytes | None = None) -> None:
+        """Load the index from ``data_file`` (an hnswlib one from ``data``, its bytes, when
+        they were read already: ``low_stall``)."""
         self.kind: str = meta["kind"]
         self.metric = Metric(meta["metric"])
         self.dimension = int(meta["dimension"])
@@ -490,12 +510,21 @@ class LoadedIndex:
         params = meta["index"]
         self.params: dict[str, Any] = dict(params)
         if self.kind == "hnswlib_hnsw":
-            idx = hnswlib.Index(space=str(self.metric), dim=self.dimension)
             # A slot a delete frees is reused by the next new record (``add``), so an index that
             # takes writes for a long time does not grow with its deletes.
-            idx.load_index(
-                str(data_file), max_elements=max(self.count, 1), allow_replace_deleted=True
-            )
+            if data is not None:
+                idx = read_index(
+                    data,
+                    space=str(self.metric),
+                    dim=self.dimension,
+                    max_elements=self.count,
+                    where=data_file,
+                )
+            else:
+                idx = hnswlib.Index(space=str(self.metric), dim=self.dimension)
+                idx.load_index(
+                    str(data_file), max_elements=max(self.count, 1), allow_replace_deleted=True
+                )
             idx.set_ef(int(params["ef_search"]))
             self._hnsw: Any = idx
             self._noted: _HnswLabels | None = None  # made by the first write (see ``_labels``)

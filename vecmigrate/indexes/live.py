@@ -689,17 +689,21 @@ def open_live(
     normalized: bool,
     fetch: Fetch | None,
     threads: int = -1,
+    low_stall: bool = False,
 ) -> LiveIndex:
     """Load an index version's newest artifacts and apply the log after their position
     (hnswlib inserts on ``threads`` threads: -1, every core, where nothing else is served;
-    one beside indexes that serve, whose searches need the other cores).
+    one beside indexes that serve, whose searches need the other cores; ``low_stall``, there
+    too: hnswlib files are loaded holding the GIL only in short slices, see
+    :class:`~vecmigrate.indexes.artifacts.LoadedIndex`).
 
     Raises:
         ArtifactError: an artifact is missing or does not match its checksum.
     """
     served = served_artifacts(log, record)
     shards = [
-        LoadedIndex(Path(str(a["uri"])), expected_sha256=str(a["sha256"])) for a in served.artifacts
+        LoadedIndex(Path(str(a["uri"])), expected_sha256=str(a["sha256"]), low_stall=low_stall)
+        for a in served.artifacts
     ]
     first = shards[0]
     live = LiveIndex(

@@ -259,9 +259,11 @@ class Planner:
                 space=model_key(record.embedding),
                 normalized=record.embedding.normalized,
                 fetch=store.fetch,
-                # Beside indexes that serve (a candidate loaded for shadow reads), its catch-up
-                # on the change log leaves their searches the other cores.
+                # Beside indexes that serve (a candidate loaded for shadow reads), its load
+                # holds the GIL in short slices and its catch-up on the change log leaves
+                # their searches the other cores.
                 threads=1 if self._indexes else -1,
+                low_stall=bool(self._indexes),
             )
         with self._lock:
             self._indexes[index_id] = loaded
@@ -297,6 +299,7 @@ class Planner:
                 normalized=side.record.embedding.normalized,
                 fetch=side.store.fetch,
                 threads=1,  # the old copy serves meanwhile
+                low_stall=True,
             )
             with self._lock:
                 self._indexes[old.index_id] = loaded
