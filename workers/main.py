@@ -24,7 +24,7 @@ from vecmigrate.activities.migration import MigrationActivities
 from vecmigrate.config import build_threads_default, default_catalog_url
 from vecmigrate.security.keyring import environment_keyring
 from vecmigrate.telemetry.exposition import ProbeServer, parse_address
-from vecmigrate.telemetry.logs import configure_logging
+from vecmigrate.telemetry.logs import configure_logging, crash_traces
 from vecmigrate.telemetry.setup import configure, current, install, version
 from vecmigrate.workers.connection import TemporalSettings, connect, default_task_queue
 from vecmigrate.workers.telemetry import ObservingInterceptor, sdk_metrics
@@ -212,6 +212,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--log-format", choices=["text", "json"], default=None)
     args = p.parse_args(argv)
     configure_logging(args.log_format)
+    crash_traces()
     http = worker_telemetry(args.http)
     queue = args.task_queue or (
         f"vecmigrate-{args.region}" if args.region else default_task_queue()

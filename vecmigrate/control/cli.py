@@ -1890,6 +1890,9 @@ def run() -> None:
     runtime can call back into Python while the interpreter tears down, which aborts the
     process (``PyGILState_Release``) after it has printed its result, with a failing exit code.
     """
+    from vecmigrate.telemetry.logs import crash_traces
+
+    crash_traces()
     try:
         main()
         code: int = 0

@@ -12,6 +12,9 @@ can act on, and the message does.
 
 from __future__ import annotations
 
+import contextlib
+import faulthandler
+import io
 import json
 import logging
 import os
@@ -125,6 +128,14 @@ class ExpectedErrors(logging.Filter):
         if record.levelno > logging.WARNING:
             record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
+
+
+def crash_traces() -> None:
+    """On a fatal signal (a segmentation fault in a native library, an abort), write every
+    thread's Python stack to stderr: the only trace such a crash leaves. Frames name files,
+    functions and lines, never values. A process whose stderr is no file is left as it is."""
+    with contextlib.suppress(AttributeError, ValueError, io.UnsupportedOperation):
+        faulthandler.enable(file=sys.stderr, all_threads=True)
 
 
 def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
