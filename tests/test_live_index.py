@@ -170,6 +170,45 @@ def test_hnswlib_reuses_the_slots_deletes_free_and_keeps_one_slot_per_record(
     assert hnsw.get_current_count() == N
 
 
+def test_a_turn_fits_its_time_at_the_pace_of_each_kind_of_record(tmp_path: Path) -> None:
+    """hnswlib updates a record it holds several times slower than it adds one, and deletes
+    one almost for free: a turn takes as many of each as its pace says fit in its time, so
+    the searches it keeps out wait about as long whatever it applies."""
+    index = live(tmp_path, HnswlibHnsw(m=16, ef_search=64), shards=2)
+    rng = np.random.default_rng(5)
+    seq = 0
+    index.pace = {"add": 1e-3, "update": 6e-3, "delete": 1e-5}  # fixed, then learned
+
+    def turn(ids: list[int], op: str = UPSERT) -> int:
+        """Stage writes (or deletes) of ``ids``, apply one turn of 60 ms: how many it
+        applied."""
+        nonlocal seq
+        x = rng.normal(size=(len(ids), DIM)).astype(np.float32) if op == UPSERT else None
+        index.stage(write(seq, ids, x, op))
+        seq += len(ids)
+        before = index.staged
+        pace = dict(index.pace)
+        index.drain(4096, seconds=0.0605)
+        applied = before - index.staged
+        drain(index)
+        index.pace = pace
+        return applied
+
+    assert turn(list(range(100_000, 100_100))) == 60  # new records: 1 ms each
+    assert turn(list(range(100))) == 10  # held ones: 6 ms each
+    # Mixed, in the run's order: 5 held (30 ms), then new ones up to 60 ms (30).
+    assert turn(list(range(200, 205)) + list(range(200_000, 200_100))) == 35
+    assert turn(list(range(1000, 8000)), DELETE) == 4096  # deletes: up to the cap
+    assert turn(list(range(300, 302))) == 2  # what is staged, however much time is left
+    assert index.staged == 0
+    # A turn times what it applied, one kind apart from another.
+    index.pace = {"add": 1.0, "update": 1.0, "delete": 1.0}
+    index.stage(write(seq, list(range(400, 450)), rng.normal(size=(50, DIM)).astype(np.float32)))
+    index.drain(4096, seconds=1e9)
+    assert index.pace["update"] < 1.0
+    assert index.pace["add"] == index.pace["delete"] == 1.0  # none of those: unchanged
+
+
 def random_writes(
     index: LiveIndex,
     rng: np.random.Generator,

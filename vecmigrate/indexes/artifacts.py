@@ -624,6 +624,13 @@ class LoadedIndex:
         self.count = int(self._faiss.ntotal)
         return removed
 
+    def holds(self, ids: Ids) -> npt.NDArray[np.bool_]:
+        """Which of ``ids`` an hnswlib graph may hold, deleted or not (False: certainly not;
+        a FAISS index: none, it removes and adds instead of updating)."""
+        if self._hnsw is None:
+            return np.zeros(len(ids), np.bool_)
+        return self._labels.held(np.asarray(ids, np.int64))
+
     def replace(self, ids: Ids, vectors: Vectors, threads: int = 1) -> npt.NDArray[np.bool_]:
         """Write new vectors for the records the index holds (deleted ones come back); returns
         which of ``ids`` it held. The others are left for ``add`` (in whichever shard is theirs).

@@ -26,17 +26,11 @@ from vecmigrate.indexes.live import LiveIndex
 
 log = logging.getLogger("vecmigrate.router")
 
-# A turn of the applier aims at this long (the time searches of that index may wait).
+# A turn of the applier aims at this long (the time searches of that index may wait): each
+# index sizes it from its own pace for each kind of record (``LiveIndex.drain``).
 TURN_SECONDS = 0.004
-# Records the first turn of an index applies, before its pace is known.
-FIRST_TURN = 64
-
-
-def next_turn(records: int, spent: float) -> int:
-    """Records the next turn applies, from the last one's (``records`` in ``spent`` seconds):
-    as many as fit in ``TURN_SECONDS`` at that pace, 8 to 4,096."""
-    per = spent / max(records, 1)
-    return max(8, min(4096, int(TURN_SECONDS / max(per, 1e-7))))
+# The most records a turn applies, however fast they go.
+MOST_PER_TURN = 4096
 
 
 class Maintained(Protocol):
@@ -60,8 +54,6 @@ class Upkeep:
         self._router: Callable[[], Maintained | None] = weakref.ref(router)
         self.wake = threading.Event()
         self._stop = threading.Event()
-        # Records per turn for each index, adapted to the time a record takes to apply.
-        self._budget: dict[str, int] = {}
         self._thread = threading.Thread(target=self._run, name="router-upkeep", daemon=True)
         self._thread.start()
 
@@ -100,11 +92,9 @@ class Upkeep:
         for live in indexes:
             if not live.staged:
                 continue
-            budget = self._budget.get(live.index_id, FIRST_TURN)
             began = time.perf_counter()
-            more = live.drain(budget)
+            more = live.drain(MOST_PER_TURN, seconds=TURN_SECONDS)
             spent = time.perf_counter() - began
-            self._budget[live.index_id] = next_turn(budget, spent)
             busy = busy or more
             if more:
                 # Searches that arrived during the turn waited for it: while some do, the
