@@ -161,7 +161,9 @@ def main() -> None:
     results: dict[str, list[dict[str, Any]]] = {"vecmigrate applier": [], "raw hnswlib": []}
     for _ in range(args.repeat):
         for name, run in (("vecmigrate applier", applier), ("raw hnswlib", raw)):
-            results[name].append(run([LoadedIndex(m) for m in manifests], work, dim))
+            # Loaded as a router loads the indexes it serves (with room for new records).
+            shards = [LoadedIndex(m, for_writes=True) for m in manifests]
+            results[name].append(run(shards, work, dim))
     rows = []
     for name, runs in results.items():
         late = [np.asarray(r["late"]) for r in runs]

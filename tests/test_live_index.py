@@ -209,6 +209,23 @@ def test_a_turn_fits_its_time_at_the_pace_of_each_kind_of_record(tmp_path: Path)
     assert index.pace["add"] == index.pace["delete"] == 1.0  # none of those: unchanged
 
 
+@pytest.mark.parametrize("low_stall", [False, True])
+def test_an_index_loaded_for_writes_takes_new_records_without_copying_its_graph(
+    tmp_path: Path, low_stall: bool
+) -> None:
+    """A router loads the indexes it serves with room for a quarter more records: its first
+    new records do not resize (copy) the graph while searches wait."""
+    (art,) = artifacts(tmp_path, HnswlibHnsw(m=16, ef_search=64), 1)
+    shard = LoadedIndex(art.manifest, for_writes=True, low_stall=low_stall)
+    room = shard.native.get_max_elements()
+    assert room >= N * 5 // 4
+    assert LoadedIndex(art.manifest, low_stall=low_stall).native.get_max_elements() == N
+    new = np.arange(10**6, 10**6 + room - N, dtype=np.int64)
+    shard.add(new, np.random.default_rng(2).normal(size=(len(new), DIM)).astype(np.float32))
+    assert shard.native.get_max_elements() == room
+    assert shard.count == shard.native.get_current_count() == room
+
+
 def random_writes(
     index: LiveIndex,
     rng: np.random.Generator,

@@ -417,6 +417,11 @@ class _HnswLabels:
         self._tail = tail
 
 
+def _grown(slots: int) -> int:
+    """The room an hnswlib graph of ``slots`` grows to when it needs more: a quarter more."""
+    return slots * 5 // 4 + 1024
+
+
 def _sorted_member(sorted_ids: Ids, ids: Ids) -> npt.NDArray[np.bool_]:
     """Which of ``ids`` are in ``sorted_ids`` (sorted ascending)."""
     if not len(sorted_ids):
@@ -436,10 +441,14 @@ class LoadedIndex:
         ring: KeyRing | None = None,
         *,
         low_stall: bool = False,
+        for_writes: bool = False,
     ) -> None:
         """``low_stall``: load an hnswlib index holding the GIL only in short slices
         (``vecmigrate.indexes.hnswfile``), at the cost of a second copy of its bytes while
-        it loads; for a process whose other threads serve requests meanwhile."""
+        it loads; for a process whose other threads serve requests meanwhile.
+        ``for_writes``: an hnswlib index gets room for a quarter more records at once (the
+        room ``add`` grows it by), so its first new records do not copy the whole graph."""
+        self._for_writes = for_writes
         try:
             meta = json.loads(manifest.read_text())
         except (OSError, ValueError) as exc:
@@ -512,19 +521,19 @@ class LoadedIndex:
         if self.kind == "hnswlib_hnsw":
             # A slot a delete frees is reused by the next new record (``add``), so an index that
             # takes writes for a long time does not grow with its deletes.
+            # Room beyond the records is allocated but not touched until used.
+            slots = _grown(self.count) if self._for_writes else max(self.count, 1)
             if data is not None:
                 idx = read_index(
                     data,
                     space=str(self.metric),
                     dim=self.dimension,
-                    max_elements=self.count,
+                    max_elements=slots,
                     where=data_file,
                 )
             else:
                 idx = hnswlib.Index(space=str(self.metric), dim=self.dimension)
-                idx.load_index(
-                    str(data_file), max_elements=max(self.count, 1), allow_replace_deleted=True
-                )
+                idx.load_index(str(data_file), max_elements=slots, allow_replace_deleted=True)
             idx.set_ef(int(params["ef_search"]))
             self._hnsw: Any = idx
             self._noted: _HnswLabels | None = None  # made by the first write (see ``_labels``)
@@ -685,7 +694,7 @@ class LoadedIndex:
             need = index.get_current_count() + max(0, len(ids) - vacant)
             if need > index.get_max_elements():
                 # Grown by a quarter at a time: a resize copies the whole graph.
-                index.resize_index(max(need, index.get_max_elements() * 5 // 4 + 1024))
+                index.resize_index(max(need, _grown(index.get_max_elements())))
             index.add_items(
                 np.ascontiguousarray(vectors, dtype=F32),
                 np.asarray(ids, np.int64).astype(np.uint64),

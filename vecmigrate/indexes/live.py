@@ -747,7 +747,12 @@ def open_live(
     """
     served = served_artifacts(log, record)
     shards = [
-        LoadedIndex(Path(str(a["uri"])), expected_sha256=str(a["sha256"]), low_stall=low_stall)
+        LoadedIndex(
+            Path(str(a["uri"])),
+            expected_sha256=str(a["sha256"]),
+            low_stall=low_stall,
+            for_writes=True,
+        )
         for a in served.artifacts
     ]
     first = shards[0]
