@@ -31,7 +31,7 @@ import numpy as np
 from bench.common import bar_chart, report, scratch, sized_parser
 from vecmigrate.catalog.changelog import DELETE, UPSERT
 from vecmigrate.data.datasets import clustered
-from vecmigrate.indexes.artifacts import LoadedIndex, build_index, write_artifact
+from vecmigrate.indexes.artifacts import Artifact, LoadedIndex, build_index, write_artifact
 from vecmigrate.indexes.live import LiveIndex, NetChanges
 from vecmigrate.model.spec import HnswlibHnsw, Metric
 from vecmigrate.serving.upkeep import MOST_PER_TURN, TURN_SECONDS
@@ -60,6 +60,22 @@ class Watchdog:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def hnswlib_shards(n: int, dim: int, count: int, home: Path) -> tuple[list[Artifact], np.ndarray]:
+    """Artifacts of ``count`` hnswlib shards (M 16) of ``n`` clustered records of ``dim``
+    (ids split by remainder), in ``home``; and the records' vectors."""
+    spec = HnswlibHnsw(m=16, ef_construction=100, ef_search=64)
+    ids = np.arange(n, dtype=np.int64)
+    x = clustered(n, dim, seed=1)
+    arts = []
+    for s in range(count):
+        mine = ids % count == s
+        index = build_index(spec, Metric.L2, ids[mine], x[mine], threads=-1)
+        arts.append(
+            write_artifact(index, spec, Metric.L2, dim, home, f"s{s}", f"{s}" * 64, int(mine.sum()))
+        )
+    return arts, x
 
 
 def rounds(n: int, writes: int, seed: int) -> list[dict[str, np.ndarray]]:
@@ -144,19 +160,9 @@ def main() -> None:
     p.add_argument("--writes", type=int, default=20_000)
     p.add_argument("--repeat", type=int, default=3)
     args = p.parse_args()
-    home = scratch("applier")
     n, dim, count = args.vectors, args.dim, args.shards
-    spec = HnswlibHnsw(m=16, ef_construction=100, ef_search=64)
-    ids = np.arange(n, dtype=np.int64)
-    x = clustered(n, dim, seed=1)
-    manifests = []
-    for s in range(count):
-        mine = ids % count == s
-        index = build_index(spec, Metric.L2, ids[mine], x[mine], threads=-1)
-        art = write_artifact(
-            index, spec, Metric.L2, dim, home, f"s{s}", f"{s}" * 64, int(mine.sum())
-        )
-        manifests.append(art.manifest)
+    arts, _ = hnswlib_shards(n, dim, count, scratch("applier"))
+    manifests = [art.manifest for art in arts]
     work = rounds(n, args.writes, seed=7)
     results: dict[str, list[dict[str, Any]]] = {"vecmigrate applier": [], "raw hnswlib": []}
     for _ in range(args.repeat):

@@ -35,11 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import hnswlib
 import numpy as np
 
-from bench.applier_stalls import Watchdog
+from bench.applier_stalls import Watchdog, hnswlib_shards
 from bench.common import bar_chart, report, scratch, sized_parser
-from vecmigrate.data.datasets import clustered
-from vecmigrate.indexes.artifacts import Artifact, LoadedIndex, build_index, write_artifact
-from vecmigrate.model.spec import HnswlibHnsw, Metric
+from vecmigrate.indexes.artifacts import Artifact, LoadedIndex
 
 
 class Searcher:
@@ -137,17 +135,8 @@ def main() -> None:
     args = p.parse_args()
     home = scratch("load-stalls")
     n, dim, count = args.vectors, args.dim, args.shards
-    spec = HnswlibHnsw(m=16, ef_construction=100, ef_search=64)
-    ids = np.arange(n, dtype=np.int64)
-    x = clustered(n, dim, seed=1)
-    arts = []
-    for s in range(count):
-        mine = ids % count == s
-        index = build_index(spec, Metric.L2, ids[mine], x[mine], threads=-1)
-        art = write_artifact(
-            index, spec, Metric.L2, dim, home, f"s{s}", f"{s}" * 64, int(mine.sum())
-        )
-        arts.append((art, int(mine.sum())))
+    built, x = hnswlib_shards(n, dim, count, home)
+    arts = [(art, art.count) for art in built]
     served = raw_load(arts[0][0], dim, arts[0][1])
     served.set_ef(64)
     queries = x[:: max(1, n // 2000)][:2000]
