@@ -15,7 +15,7 @@ import pytest
 
 from vecmigrate.errors import ArtifactError
 from vecmigrate.indexes.artifacts import LoadedIndex, build_index, write_artifact
-from vecmigrate.indexes.hnswfile import read_index
+from vecmigrate.indexes.hnswfile import read_index, slot_labels
 from vecmigrate.model.spec import HnswlibHnsw, Metric
 from vecmigrate.security.keyring import KeyRing
 
@@ -118,6 +118,26 @@ def test_the_index_is_the_one_load_index_makes(
         index.resize_index(index.get_max_elements() + 3)
         index.add_items(v, np.array([7, 2**63 + 5, 11], np.uint64), replace_deleted=True)
     assert state(made) == state(expected)
+
+
+def test_each_slots_label_and_deleted_mark_are_read_from_the_file(tmp_path: Path) -> None:
+    path, _ = written(tmp_path, "l2", 16, 8, 900, seed=11, history=True)
+    index = loaded(path, "l2", 16, 0)
+    for label in index.get_ids_list()[::30]:  # some deleted slots left in the file
+        index.mark_deleted(label)
+    index.save_index(str(path))
+    labels, deleted = slot_labels(path.read_bytes(), dim=16, where=path)
+    assert len(labels) == len(deleted) == index.element_count
+    listed = {int(label) for label in np.asarray(index.get_ids_list(), np.uint64).view(np.int64)}
+    assert set(labels.tolist()) == listed
+    gone = set()
+    for label in listed:
+        try:
+            index.get_items(np.array([label], np.int64).view(np.uint64))
+        except RuntimeError:  # hnswlib refuses a deleted record
+            gone.add(label)
+    assert gone  # the history deleted some
+    assert set(labels[deleted].tolist()) == gone
 
 
 def test_a_damaged_or_foreign_file_is_refused(tmp_path: Path) -> None:

@@ -448,9 +448,11 @@ def _live_labels(shard: LoadedIndex) -> dict[int, np.ndarray]:
     return found
 
 
-@pytest.mark.parametrize("deleted_at_load", [False, True], ids=["fresh", "saved-with-deletes"])
+@pytest.mark.parametrize(
+    "loaded", ["fresh", "saved-with-deletes", "saved-for-writes", "saved-for-writes-low-stall"]
+)
 def test_hnswlib_holds_exactly_the_written_records_through_deletes_and_reused_slots(
-    tmp_path: Path, deleted_at_load: bool
+    tmp_path: Path, loaded: str
 ) -> None:
     """Record by record against a model of what was written: deletes, overwrites, records
     written again after their delete, and labels whose slot a new record took and which are
@@ -461,9 +463,10 @@ def test_hnswlib_holds_exactly_the_written_records_through_deletes_and_reused_sl
     x = clustered(N, DIM, clusters=12, seed=5)
     alive = {i: x[i] for i in range(N)}
     seq = 0
-    if deleted_at_load:
-        # An artifact saved with deleted slots (hnswlib does not list them): reloaded, every
-        # held label's state is asked of hnswlib.
+    if loaded != "fresh":
+        # An artifact saved with deleted slots (hnswlib does not list them): reloaded as a
+        # gate loads it, every held label's state is asked of hnswlib; as a router loads it
+        # (for writes), the note is made from the file's slots and knows the deleted ones.
         gone = list(range(0, 600, 3))
         index.stage(write(seq, gone, None, DELETE))
         seq += len(gone)
@@ -477,16 +480,24 @@ def test_hnswlib_holds_exactly_the_written_records_through_deletes_and_reused_sl
             alive.pop(i)
         alive.update(zip(negative, vectors, strict=True))
         saved = index.shards[0].save(tmp_path / "saved", "shard-0000", "9" * 64)
-        index = LiveIndex(
-            "ix",
-            [LoadedIndex(saved.manifest)],
-            seq,
-            space=SPACE,
-            normalized=False,
-            metric=Metric.L2,
-            dimension=DIM,
+        shard = LoadedIndex(
+            saved.manifest,
+            for_writes=loaded != "saved-with-deletes",
+            low_stall=loaded.endswith("low-stall"),
         )
-        assert index.shards[0]._labels.unsure
+        index = LiveIndex(
+            "ix", [shard], seq, space=SPACE, normalized=False, metric=Metric.L2, dimension=DIM
+        )
+        note = shard._labels
+        if loaded == "saved-with-deletes":
+            assert note.unsure
+        else:
+            assert not note.unsure
+            every = {
+                int(np.uint64(label).astype(np.int64)) for label in shard.native.get_ids_list()
+            }
+            assert note.deleted == every - set(_live_labels(shard))
+            assert len(note.deleted) == len(gone) - len(negative)  # the rest took their slots
     # Old ids, ids deleted before, and new ones (some of which reuse freed slots).
     random_writes(
         index,

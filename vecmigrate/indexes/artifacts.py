@@ -40,7 +40,7 @@ import numpy.typing as npt
 from pydantic import TypeAdapter
 
 from vecmigrate.errors import ArtifactError, KeyRingError, PreconditionError, TamperError
-from vecmigrate.indexes.hnswfile import read_index
+from vecmigrate.indexes.hnswfile import read_index, slot_labels
 from vecmigrate.model.spec import (
     FaissFlat,
     FaissHnsw,
@@ -391,15 +391,33 @@ class _HnswLabels:
     labels this process deleted. A deleted slot reused by a new record (``replace_deleted``)
     leaves its old label in both: such a label is asked of hnswlib, which says it is gone.
     ``unsure``: the graph had deleted slots when it was loaded, which hnswlib does not list,
-    so every held label's state is asked of hnswlib (as before).
+    so every held label's state is asked of hnswlib (as before). A note made from the file's
+    slots (``of_slots``) knows them.
     """
 
-    def __init__(self, index: Any, live: int) -> None:
-        # Labels are int64 ids stored as uint64 (negative ones above 2**63): read them back.
-        self._main = np.sort(np.asarray(index.get_ids_list(), dtype=np.uint64).view(np.int64))
+    def __init__(self, held: Ids, deleted: set[int], unsure: bool) -> None:
+        self._main = held
         self._tail = np.empty(0, np.int64)
-        self.deleted: set[int] = set()
-        self.unsure = int(index.get_current_count()) != live
+        self.deleted = deleted
+        self.unsure = unsure
+
+    @classmethod
+    def of_index(cls, index: Any, live: int) -> _HnswLabels:
+        """The note of a graph, from hnswlib's list of its labels (``live``: the records it
+        should hold; more slots than that means some are deleted, which the list does not
+        say)."""
+        # Labels are int64 ids stored as uint64 (negative ones above 2**63): read them back.
+        held = np.sort(np.asarray(index.get_ids_list(), dtype=np.uint64).view(np.int64))
+        return cls(held, set(), int(index.get_current_count()) != live)
+
+    @classmethod
+    def of_slots(cls, labels: Ids, deleted: npt.NDArray[np.bool_]) -> _HnswLabels:
+        """The note of a graph loaded from a file, from each slot's label and deleted mark
+        (``hnswfile.slot_labels``): it knows which labels are deleted. A label in two slots
+        is the later slot's, as hnswlib's load makes it."""
+        last = len(labels) - 1 - np.unique(labels[::-1], return_index=True)[1]
+        held = labels[last]  # sorted, as np.unique sorts
+        return cls(held, set(held[deleted[last]].tolist()), unsure=False)
 
     def held(self, ids: Ids) -> npt.NDArray[np.bool_]:
         """Which of ``ids`` the graph may hold (False: certainly not)."""
@@ -415,6 +433,11 @@ class _HnswLabels:
         if len(tail) > 4096 + len(self._main) // 16:
             self._main, tail = np.sort(np.concatenate([self._main, tail]), kind="stable"), tail[:0]
         self._tail = tail
+
+
+def _mapped(path: Path) -> memoryview:
+    """A file's bytes, mapped into memory (read as they are used; no copy)."""
+    return np.memmap(path, dtype=np.uint8, mode="r").data
 
 
 def _grown(slots: int) -> int:
@@ -536,7 +559,14 @@ class LoadedIndex:
                 idx.load_index(str(data_file), max_elements=slots, allow_replace_deleted=True)
             idx.set_ef(int(params["ef_search"]))
             self._hnsw: Any = idx
-            self._noted: _HnswLabels | None = None  # made by the first write (see ``_labels``)
+            # The note of the graph's labels: made now, from the file's slots, for an index
+            # that takes writes (it then knows the deleted ones); else by a first write.
+            self._noted: _HnswLabels | None = None
+            if self._for_writes:
+                view = memoryview(data) if data is not None else _mapped(data_file)
+                self._noted = _HnswLabels.of_slots(
+                    *slot_labels(view, dim=self.dimension, where=data_file)
+                )
             self._ef = int(params["ef_search"])
             # Up to this k a search needs no change of ef and no padding: knn_query answers
             # as it is (the common case, kept to the fewest steps). Called with k by position:
@@ -592,7 +622,7 @@ class LoadedIndex:
         """The note of the graph's labels, made when it first takes a write (a read-only
         user, a gate, never pays for it)."""
         if self._noted is None:
-            self._noted = _HnswLabels(self._hnsw, self.count)
+            self._noted = _HnswLabels.of_index(self._hnsw, self.count)
         return self._noted
 
     @property

@@ -31,7 +31,7 @@ import struct
 import time
 from bisect import bisect_left
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import hnswlib
 import numpy as np
@@ -44,8 +44,75 @@ from vecmigrate.errors import ArtifactError
 _HEADER = struct.Struct("<6QiI3QdQ")
 _LINK_COUNT = 4  # bytes of the count at the head of every link list (linklistsizeint)
 _LABEL = 8  # bytes of a label (labeltype, size_t)
+_DELETE_MARK = 0x01  # the mark of a deleted slot (hnswalg.h)
 _YIELD_EVERY = 512  # link lists walked between two offers of the GIL to other threads
 _RANDOM_SEED = 100  # hnswlib's default seed for the levels of records added later
+
+
+class _Header(NamedTuple):
+    """The fields ``saveIndex`` writes first, in its order."""
+
+    offset_level0: int
+    saved_max: int
+    elements: int
+    per_element: int
+    label_offset: int
+    offset_data: int
+    max_level: int
+    entry: int
+    max_m: int
+    max_m0: int
+    m: int
+    mult: float
+    ef_construction: int
+
+
+def _header(view: memoryview, dim: int, where: Path) -> _Header:
+    """The header of an hnswlib file's bytes, checked against their length and ``dim``.
+
+    Raises:
+        ArtifactError: the bytes are not an hnswlib index of this dimension.
+    """
+    if len(view) < _HEADER.size:
+        raise ArtifactError(f"index file {where} is too short to be an hnswlib index")
+    h = _Header(*_HEADER.unpack_from(view, 0))
+    level0_end = _HEADER.size + h.elements * h.per_element
+    if (
+        h.elements > len(view)
+        or level0_end > len(view)
+        or (len(view) - level0_end) % 4
+        or h.per_element < h.offset_data + dim * 4
+        or h.label_offset + _LABEL > h.per_element
+        or h.offset_level0 + _LINK_COUNT > h.per_element
+    ):
+        raise ArtifactError(f"index file {where} is not an hnswlib index of dimension {dim}")
+    return h
+
+
+def _slots(view: memoryview, h: _Header) -> np.ndarray:
+    """The level-0 block, one row of bytes a slot (where it lies: no copy)."""
+    return np.frombuffer(view, np.int8, h.elements * h.per_element, _HEADER.size).reshape(
+        h.elements, h.per_element
+    )
+
+
+def slot_labels(
+    data: bytes | memoryview, *, dim: int, where: Path
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each slot's label (as the int64 id it was written for) and whether it is marked
+    deleted, read from an hnswlib file's bytes (or a memory map of it): what hnswlib does not
+    list (``get_ids_list`` has the labels, not which are deleted).
+
+    Raises:
+        ArtifactError: the bytes are not an hnswlib index of this dimension.
+    """
+    view = memoryview(data).cast("B")
+    h = _header(view, dim, where)
+    slots = _slots(view, h)
+    labels = np.ascontiguousarray(slots[:, h.label_offset : h.label_offset + _LABEL]).view("<i8")
+    # The third byte of a slot's level-0 link count holds its marks (hnswlib's DELETE_MARK, 1).
+    deleted = (slots[:, h.offset_level0 + 2] & _DELETE_MARK).astype(np.bool_)
+    return labels.ravel(), deleted
 
 
 def read_index(
@@ -58,41 +125,20 @@ def read_index(
         ArtifactError: the bytes are not an hnswlib index of this dimension.
     """
     view = memoryview(data)
-    if len(view) < _HEADER.size:
-        raise ArtifactError(f"index file {where} is too short to be an hnswlib index")
-    (
-        offset_level0,
-        saved_max,
-        count,
-        per_element,
-        label_offset,
-        offset_data,
-        max_level,
-        entry,
-        max_m,
-        max_m0,
-        m,
-        mult,
-        ef_construction,
-    ) = _HEADER.unpack_from(view, 0)
-    links_per_level = max_m * 4 + _LINK_COUNT
-    level0_end = _HEADER.size + count * per_element
-    if (
-        count > len(view)
-        or level0_end > len(view)
-        or (len(view) - level0_end) % 4
-        or per_element < offset_data + dim * 4
-        or label_offset + _LABEL > per_element
-    ):
-        raise ArtifactError(f"index file {where} is not an hnswlib index of dimension {dim}")
-    level0 = np.frombuffer(view, np.int8, count * per_element, _HEADER.size)
+    h = _header(view, dim, where)
+    count = h.elements
+    links_per_level = h.max_m * 4 + _LINK_COUNT
+    slots = _slots(view, h)
     levels, link_lists = _upper_levels(
-        np.frombuffer(view, "<u4", offset=level0_end), count, links_per_level, where
+        np.frombuffer(view, "<u4", offset=_HEADER.size + count * h.per_element),
+        count,
+        links_per_level,
+        where,
     )
     # Every slot's label, read where the level-0 block keeps it. hnswlib's map keeps the first
     # pair inserted for a label, and loadIndex lets a later slot win: hence last slot first.
-    slots = level0.reshape(count, per_element)
-    labels = np.ascontiguousarray(slots[::-1, label_offset : label_offset + _LABEL]).view("<u8")
+    lo = h.label_offset
+    labels = np.ascontiguousarray(slots[::-1, lo : lo + _LABEL]).view("<u8")
     params = {
         "ser_version": 1,
         "space": space,
@@ -102,20 +148,20 @@ def read_index(
         "normalize": space == "cosine",
         "num_threads": os.cpu_count() or 1,  # as load_index leaves it
         "seed": _RANDOM_SEED,
-        "offset_level0": offset_level0,
+        "offset_level0": h.offset_level0,
         # As loadIndex: room for ``max_elements``, or the saved room if that is too little.
-        "max_elements": max_elements if max_elements >= count else saved_max,
+        "max_elements": max_elements if max_elements >= count else h.saved_max,
         "cur_element_count": count,
-        "size_data_per_element": per_element,
-        "label_offset": label_offset,
-        "offset_data": offset_data,
-        "max_level": max_level,
-        "enterpoint_node": entry,
-        "max_M": max_m,
-        "max_M0": max_m0,
-        "M": m,
-        "mult": mult,
-        "ef_construction": ef_construction,
+        "size_data_per_element": h.per_element,
+        "label_offset": lo,
+        "offset_data": h.offset_data,
+        "max_level": h.max_level,
+        "enterpoint_node": h.entry,
+        "max_M": h.max_m,
+        "max_M0": h.max_m0,
+        "M": h.m,
+        "mult": h.mult,
+        "ef_construction": h.ef_construction,
         "ef": 10,
         "has_deletions": True,  # hnswlib then finds the deleted slots itself, as loadIndex does
         "size_links_per_element": links_per_level,
@@ -123,7 +169,7 @@ def read_index(
         "label_lookup_external": labels.ravel(),
         "label_lookup_internal": np.arange(count - 1, -1, -1, dtype=np.uint32),
         "element_levels": levels,
-        "data_level0": level0,
+        "data_level0": slots.ravel(),
         "link_lists": link_lists,
     }
     try:
