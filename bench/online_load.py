@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import os
 import subprocess
@@ -43,7 +42,7 @@ from vecmigrate.model.lifecycle import LIFECYCLE
 from vecmigrate.model.spec import BuiltinStoreRef, parse_spec
 from vecmigrate.security.credentials import Credentials, new_api_key
 from vecmigrate.serving.asgi import TlsFiles
-from vecmigrate.serving.gateway import Gateway, frozen_start
+from vecmigrate.serving.gateway import Gateway
 from vecmigrate.testing.chaos import builtin_version
 from vecmigrate.testing.drill import run_drill
 from vecmigrate.testing.loadgen import (
@@ -122,8 +121,6 @@ async def main_async(args: argparse.Namespace, console: Console) -> dict[str, ob
         credentials.api_keys[stored.id] = stored
         headers["Authorization"] = f"Bearer {key}"
     gateway = Gateway(catalog_url, port=0, refresh=1.0, credentials=credentials, tls=tls).start()
-    frozen_start()  # as `vecmigrate serve` starts (this process serves until the script ends)
-    pauses = CollectorPauses().start()  # the gateway's process stops for them
     # The clients in a process of their own, as they run elsewhere in production: in the
     # gateway's process they took turns with its handlers at the GIL.
     load = LoadProcess(
@@ -218,34 +215,9 @@ async def main_async(args: argparse.Namespace, console: Console) -> dict[str, ob
             [r["phase"] for r in rows if r["verdict"] == "missed"] if args.budget else None
         ),
         "budget_last_state": state.line() if state is not None else None,
-        "gc_pauses_over_5_ms": pauses.stop(),
         "seconds": round(time.monotonic() - began, 1),
         "phases": rows,
     }
-
-
-class CollectorPauses:
-    """The garbage collector's collections in this process (the gateway's) that took more
-    than 5 ms, while it serves: every thread of the process waits for them."""
-
-    def __init__(self) -> None:
-        self.long: list[float] = []
-        self._began = 0.0
-
-    def _note(self, phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            self._began = time.perf_counter()
-        elif (spent := (time.perf_counter() - self._began) * 1000) > 5:
-            self.long.append(round(spent, 1))
-
-    def start(self) -> CollectorPauses:
-        gc.callbacks.append(self._note)
-        return self
-
-    def stop(self) -> list[float]:
-        """The pauses over 5 ms (ms), in order."""
-        gc.callbacks.remove(self._note)
-        return self.long
 
 
 async def watch_budget(
@@ -383,7 +355,6 @@ def main() -> None:
         "budget_met_in_every_phase",
         "budget_missed_beyond_noise",
         "budget_last_state",
-        "gc_pauses_over_5_ms",
         "cutovers",
         "seconds",
     ):

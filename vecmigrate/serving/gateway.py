@@ -41,7 +41,6 @@ gateway's port) or ``off``.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 from collections.abc import Awaitable, Callable, Mapping
@@ -185,18 +184,6 @@ class RoutingResponse(BaseModel):
     shadow_percent: float
     writes_paused: bool
     generation: int
-
-
-def frozen_start() -> None:
-    """Take every object alive now (modules, classes, functions, the app and its router) out
-    of the cyclic garbage collector's reach, after one last collection. A full collection
-    traverses every tracked object and stops the process's threads meanwhile: 50-200 ms in the
-    online benchmark's process, paid by whichever request or shadow read triggered it. After
-    this it traverses only what the process allocated since it began to serve. For a process
-    that serves until it ends (``serve``; not a gateway started inside another program, whose
-    objects alive now would never be collected)."""
-    gc.collect()
-    gc.freeze()
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
@@ -676,7 +663,6 @@ class Gateway:
         """Serve on the running event loop until SIGINT or SIGTERM, then flush and close."""
         if self.metrics_server is not None:
             self.metrics_server.start()
-        frozen_start()
         try:
             await self.server.serve_async()
         finally:

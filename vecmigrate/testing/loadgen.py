@@ -21,7 +21,6 @@ from urllib.parse import urlparse
 
 import numpy as np
 
-from vecmigrate.serving.gateway import frozen_start
 from vecmigrate.stores import VectorStore
 
 if TYPE_CHECKING:
@@ -254,9 +253,6 @@ def _run_load(
 ) -> None:
     """The body of a :class:`LoadProcess`: the clients until told to stop, then their states."""
     tls = ssl.create_default_context(cafile=cafile) if cafile else None
-    # What the process holds after its start is never traversed again by a full collection,
-    # which would stop the clients and count in the latencies they measure.
-    frozen_start()
 
     def phase() -> str:
         return bytes(now.value).decode()
