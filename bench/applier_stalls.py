@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -39,27 +39,38 @@ from vecmigrate.serving.upkeep import MOST_PER_TURN, TURN_SECONDS
 BATCH = 500  # records a write round stages: new ones, overwrites and deletes
 
 
-class Watchdog:
-    """A thread that sleeps 0.5 ms at a time and notes how late it wakes (ms)."""
+class Background:
+    """A thread running ``_run`` for the length of a ``with`` block (``_stop`` says when to
+    end)."""
 
     def __init__(self) -> None:
-        self.late: list[float] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
-        while not self._stop.is_set():
-            began = time.perf_counter()
-            time.sleep(0.0005)
-            self.late.append((time.perf_counter() - began - 0.0005) * 1000)
+        raise NotImplementedError
 
-    def __enter__(self) -> Watchdog:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class Watchdog(Background):
+    """A thread that sleeps 0.5 ms at a time and notes how late it wakes (ms)."""
+
+    def __init__(self) -> None:
+        self.late: list[float] = []
+        super().__init__()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            began = time.perf_counter()
+            time.sleep(0.0005)
+            self.late.append((time.perf_counter() - began - 0.0005) * 1000)
 
 
 def hnswlib_shards(n: int, dim: int, count: int, home: Path) -> tuple[list[Artifact], np.ndarray]:

@@ -24,7 +24,6 @@ import resource
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,12 +34,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import hnswlib
 import numpy as np
 
-from bench.applier_stalls import Watchdog, hnswlib_shards
+from bench.applier_stalls import Background, Watchdog, hnswlib_shards
 from bench.common import bar_chart, report, scratch, sized_parser
 from vecmigrate.indexes.artifacts import Artifact, LoadedIndex
 
 
-class Searcher:
+class Searcher(Background):
     """A thread that sends a search to ``index`` every ``EVERY`` seconds on a fixed schedule
     (as requests arrive, whether or not the process is ready) and notes each one's latency
     from its arrival (ms): the time it waited for the GIL counts, as it does for a request."""
@@ -50,8 +49,7 @@ class Searcher:
     def __init__(self, index: Any, queries: np.ndarray) -> None:
         self.millis: list[float] = []
         self._index, self._queries = index, queries
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__()
 
     def _run(self) -> None:
         at, start = 0, time.perf_counter()
@@ -64,14 +62,6 @@ class Searcher:
             self._index.knn_query(q, 10, 1)
             self.millis.append((time.perf_counter() - arrival) * 1000)
             at += 1
-
-    def __enter__(self) -> Searcher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
 
 def raw_load(art: Artifact, dim: int, count: int) -> Any:
