@@ -226,6 +226,18 @@ def test_an_index_loaded_for_writes_takes_new_records_without_copying_its_graph(
     assert shard.count == shard.native.get_current_count() == room
 
 
+def test_an_index_that_cannot_take_writes_folds_a_whole_budget_a_turn(tmp_path: Path) -> None:
+    """FAISS HNSW keeps writes in its overlay: a turn only folds them (cheap), so it is not
+    sized by the pace of writes it never makes."""
+    index = live(tmp_path, FaissHnsw(m=16, ef_search=64))
+    assert not index.updatable
+    ids = list(range(10**6, 10**6 + 3000))
+    index.stage(write(0, ids, np.random.default_rng(1).normal(size=(3000, DIM)).astype(np.float32)))
+    assert index.drain(2000, seconds=0.004)
+    assert index.staged == 1000
+    assert not index.drain(2000, seconds=0.004)
+
+
 def random_writes(
     index: LiveIndex,
     rng: np.random.Generator,

@@ -493,15 +493,15 @@ class LiveIndex:
 
     def drain(self, budget: int = APPLY_CHUNK, seconds: float | None = None) -> bool:
         """Apply up to ``budget`` staged records to the index, and with ``seconds``, only as
-        many as its pace for each kind of record says fit in that long; whether more are
-        staged."""
+        many as its pace for each kind of record says fit in that long (an index that cannot
+        take writes only folds them into its overlay: ``budget``); whether more are staged."""
         with self._lock:
             if not self._queue:
                 return False
             net = self._queue[0]
-            head, rest = net.split(
-                budget if seconds is None else self._fitting(net, budget, seconds)
-            )
+            if seconds is not None and self.updatable:  # folding into the overlay is cheap
+                budget = self._fitting(net, budget, seconds)
+            head, rest = net.split(budget)
             if self.updatable and head.size:
                 with self._exclusive():
                     self._apply(head)
