@@ -479,12 +479,13 @@ class LoadedIndex:
         data_file = manifest.parent / meta["file"]
         if not data_file.exists():
             raise ArtifactError(f"index file {data_file} named by {manifest} is missing")
+        low_stall = low_stall and meta["kind"] == "hnswlib_hnsw"  # FAISS reads without the GIL
         if "encryption" in meta:
             self._load_encrypted(
                 meta, data_file, expected_sha256, ring or environment_keyring(), low_stall
             )
             return
-        if low_stall and meta["kind"] == "hnswlib_hnsw":
+        if low_stall:
             data = data_file.read_bytes()  # read, and hashed below, with the GIL released
             self._verify(hashlib.sha256(data).hexdigest(), meta, data_file, expected_sha256)
             self._load(meta, data_file, data)
@@ -522,8 +523,7 @@ class LoadedIndex:
                     decrypt_stream(src, dst, ring, wrapped)
             except TamperError as exc:
                 raise TamperError(f"index file {data_file}: {exc}") from None
-            low = low_stall and meta["kind"] == "hnswlib_hnsw"
-            self._load(meta, plain, plain.read_bytes() if low else None)
+            self._load(meta, plain, plain.read_bytes() if low_stall else None)
 
     @staticmethod
     def _verify(sha: str, meta: dict[str, Any], data_file: Path, expected: str | None) -> None:

@@ -109,10 +109,15 @@ def slot_labels(
     view = memoryview(data).cast("B")
     h = _header(view, dim, where)
     slots = _slots(view, h)
-    labels = np.ascontiguousarray(slots[:, h.label_offset : h.label_offset + _LABEL]).view("<i8")
     # The third byte of a slot's level-0 link count holds its marks (hnswlib's DELETE_MARK, 1).
     deleted = (slots[:, h.offset_level0 + 2] & _DELETE_MARK).astype(np.bool_)
-    return labels.ravel(), deleted
+    return _labels(slots, h), deleted
+
+
+def _labels(slots: np.ndarray, h: _Header) -> np.ndarray:
+    """Every slot's label, read where the level-0 block keeps it (as int64 ids)."""
+    field = slots[:, h.label_offset : h.label_offset + _LABEL]
+    return np.ascontiguousarray(field).view("<i8").ravel()
 
 
 def read_index(
@@ -135,10 +140,9 @@ def read_index(
         links_per_level,
         where,
     )
-    # Every slot's label, read where the level-0 block keeps it. hnswlib's map keeps the first
-    # pair inserted for a label, and loadIndex lets a later slot win: hence last slot first.
-    lo = h.label_offset
-    labels = np.ascontiguousarray(slots[::-1, lo : lo + _LABEL]).view("<u8")
+    # hnswlib's map keeps the first pair inserted for a label, and loadIndex lets a later slot
+    # win: hence last slot first.
+    labels = np.ascontiguousarray(_labels(slots, h)[::-1]).view("<u8")
     params = {
         "ser_version": 1,
         "space": space,
@@ -153,7 +157,7 @@ def read_index(
         "max_elements": max_elements if max_elements >= count else h.saved_max,
         "cur_element_count": count,
         "size_data_per_element": h.per_element,
-        "label_offset": lo,
+        "label_offset": h.label_offset,
         "offset_data": h.offset_data,
         "max_level": h.max_level,
         "enterpoint_node": h.entry,
@@ -166,7 +170,7 @@ def read_index(
         "has_deletions": True,  # hnswlib then finds the deleted slots itself, as loadIndex does
         "size_links_per_element": links_per_level,
         "allow_replace_deleted": True,
-        "label_lookup_external": labels.ravel(),
+        "label_lookup_external": labels,
         "label_lookup_internal": np.arange(count - 1, -1, -1, dtype=np.uint32),
         "element_levels": levels,
         "data_level0": slots.ravel(),

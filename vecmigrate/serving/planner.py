@@ -253,6 +253,7 @@ class Planner:
             assert isinstance(store, NativeStore)
             loaded = NativeIndex(store, spec, Metric(record.embedding.metric))
         else:
+            beside = bool(self._indexes)  # indexes that serve already
             loaded = open_live(
                 self.log,
                 index_record,
@@ -262,8 +263,8 @@ class Planner:
                 # Beside indexes that serve (a candidate loaded for shadow reads), its load
                 # holds the GIL in short slices and its catch-up on the change log leaves
                 # their searches the other cores.
-                threads=1 if self._indexes else -1,
-                low_stall=bool(self._indexes),
+                threads=1 if beside else -1,
+                low_stall=beside,
             )
         with self._lock:
             self._indexes[index_id] = loaded
