@@ -64,18 +64,16 @@ class Searcher(Background):
             at += 1
 
 
-def raw_load(art: Artifact, dim: int, count: int) -> Any:
+def raw_load(art: Artifact, dim: int) -> Any:
     index = hnswlib.Index(space="l2", dim=dim)
-    index.load_index(str(art.data_file), max_elements=count, allow_replace_deleted=True)
+    index.load_index(str(art.data_file), max_elements=art.count, allow_replace_deleted=True)
     return index
 
 
-LOADERS: dict[str, Callable[[Artifact, int, int], Any]] = {
-    "hnswlib load_index": lambda art, dim, count: raw_load(art, dim, count),
-    "LoadedIndex": lambda art, dim, count: LoadedIndex(art.manifest, art.sha256),
-    "LoadedIndex low_stall": lambda art, dim, count: LoadedIndex(
-        art.manifest, art.sha256, low_stall=True
-    ),
+LOADERS: dict[str, Callable[[Artifact, int], Any]] = {
+    "hnswlib load_index": raw_load,
+    "LoadedIndex": lambda art, dim: LoadedIndex(art.manifest, art.sha256),
+    "LoadedIndex low_stall": lambda art, dim: LoadedIndex(art.manifest, art.sha256, low_stall=True),
 }
 
 
@@ -95,22 +93,22 @@ def peak_kb() -> int:
 
 def peak_growth(side: str, saved: Path, dim: int) -> float:
     """How much one load grows this process's peak resident memory (MB)."""
-    art, count = pickle.loads(saved.read_bytes())
+    art = pickle.loads(saved.read_bytes())
     before = peak_kb()
-    LOADERS[side](art, dim, count)
+    LOADERS[side](art, dim)
     return (peak_kb() - before) / 1024
 
 
 def one_round(
-    name: str, arts: list[tuple[Artifact, int]], served: Any, queries: np.ndarray, dim: int
+    name: str, arts: list[Artifact], served: Any, queries: np.ndarray, dim: int
 ) -> dict[str, Any]:
     with Watchdog() as dog, Searcher(served, queries) as searches:
         time.sleep(0.2)  # both threads running before the clock starts
         skip = len(searches.millis)
         began = time.perf_counter()
-        for art, count in arts:
+        for art in arts:
             if name:
-                LOADERS[name](art, dim, count)
+                LOADERS[name](art, dim)
             else:
                 time.sleep(0.05)  # nothing loading: the searches' own latency
         seconds = time.perf_counter() - began
@@ -125,13 +123,12 @@ def main() -> None:
     args = p.parse_args()
     home = scratch("load-stalls")
     n, dim, count = args.vectors, args.dim, args.shards
-    built, x = hnswlib_shards(n, dim, count, home)
-    arts = [(art, art.count) for art in built]
-    served = raw_load(arts[0][0], dim, arts[0][1])
+    arts, x = hnswlib_shards(n, dim, count, home)
+    served = raw_load(arts[0], dim)
     served.set_ef(64)
     queries = x[:: max(1, n // 2000)][:2000]
-    index_mb = arts[0][0].data_file.stat().st_size / 2**20
-    for art, _ in arts:  # every file in the page cache, as a file just written is
+    index_mb = arts[0].data_file.stat().st_size / 2**20
+    for art in arts:  # every file in the page cache, as a file just written is
         art.data_file.read_bytes()
     sides = ["", *LOADERS]
     results: dict[str, list[dict[str, Any]]] = {side: [] for side in sides}
