@@ -155,3 +155,15 @@ def test_the_wheel_holds_only_the_vecmigrate_package(tmp_path: Path) -> None:
     for part in ("workflows", "activities", "workers"):
         assert f"vecmigrate/{part}/__init__.py" in names
     assert "vecmigrate/py.typed" in names
+
+
+@pytest.mark.integration
+def test_the_gateway_imports_neither_temporal_nor_scipy() -> None:
+    """A gateway process holds only what serving needs: each module it imports stays in its
+    heap, and a full garbage collection walks all of it while requests wait."""
+    code = (
+        "import sys, vecmigrate.serving.gateway\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'scipy', 'temporalio'}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
