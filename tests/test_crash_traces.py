@@ -18,6 +18,8 @@ PROGRAMS = {
     f"w.worker_telemetry = lambda *a: {CRASH}; w.main([])",
     "vecmigrate command": "from vecmigrate.control import cli; "
     f"cli.main = lambda: {CRASH}; cli.run()",
+    "vecmigrate serve": "from vecmigrate.serving import command as c; "
+    f"c.main = lambda argv: {CRASH}; c.run([])",
 }
 
 

@@ -710,6 +710,16 @@ def test_serve_refuses_a_malformed_name_option_before_it_listens(sandbox: Sandbo
         assert "gateway on" not in done.stderr
 
 
+def test_serve_refuses_no_auth_off_loopback_in_one_message(sandbox: Sandbox) -> None:
+    from tests.conftest import vecmigrate
+
+    done = vecmigrate("serve", "--no-auth", "--host", "0.0.0.0", "--catalog", sandbox.catalog.url)
+    assert done.returncode == 2
+    assert "--no-auth on 0.0.0.0" in " ".join(done.stderr.split()), done.stderr
+    # FAISS, imported once logging is set up, logs each CPU build it fails to load at INFO.
+    assert "faiss" not in done.stderr, done.stderr
+
+
 def test_clients_in_a_process_of_their_own_are_tagged_and_checked(
     served: Served, sandbox: Sandbox
 ) -> None:

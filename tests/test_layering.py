@@ -158,12 +158,22 @@ def test_the_wheel_holds_only_the_vecmigrate_package(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-def test_the_gateway_imports_neither_temporal_nor_scipy() -> None:
-    """A gateway process holds only what serving needs: each module it imports stays in its
-    heap, and a full garbage collection walks all of it while requests wait."""
-    code = (
-        "import sys, vecmigrate.serving.gateway\n"
-        "print(sorted({m.split('.')[0] for m in sys.modules} & {'scipy', 'temporalio'}))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "[]"
+def test_the_gateway_imports_neither_temporal_nor_scipy(tmp_path: Path) -> None:
+    """``vecmigrate serve`` holds only what serving needs: each module a process imports stays
+    in its heap, and a full garbage collection walks all of it while requests wait."""
+    catalog = f"sqlite:///{tmp_path / 'catalog.db'}"
+    code = f"""
+import sys
+from vecmigrate.serving.gateway import Gateway
+
+async def serve(self):
+    print(sorted({{m.split('.')[0] for m in sys.modules}} & {{'scipy', 'temporalio'}}))
+
+Gateway.serve = serve
+sys.argv = ['vecmigrate', 'serve', '--no-auth', '--port', '0', '--catalog', {catalog!r}]
+from vecmigrate.__main__ import run
+run()
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]", done.stderr

@@ -10,6 +10,7 @@ dev-server state, and nothing appears in the directory a command happens to run 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar, cast
 
@@ -59,6 +60,16 @@ def default_catalog_url() -> str:
                 f"{CATALOG_ENV}_FILE={from_file}: cannot read it ({exc.strerror})"
             ) from None
     return os.environ.get(CATALOG_ENV) or sqlite_url(home_dir() / "catalog.db")
+
+
+def catalog_url(given: str | None, note: Callable[[str], None]) -> str:
+    """The catalog a command uses: ``given`` (its ``--catalog``), else the default; ``note`` gets
+    a hint when an earlier release's catalog sits in the current directory unused."""
+    if given is None and not os.environ.get(CATALOG_ENV):
+        hint = legacy_home_hint()
+        if hint:
+            note(hint)
+    return given or default_catalog_url()
 
 
 def sqlite_path(url: str) -> Path | None:

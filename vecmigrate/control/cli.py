@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import getpass
 import json
 import os
@@ -23,9 +22,8 @@ from vecmigrate.config import (
     CATALOG_ENV,
     HOME_ENV,
     build_threads_default,
-    default_catalog_url,
+    catalog_url,
     home_dir,
-    legacy_home_hint,
     resolve_spec,
     sqlite_path,
 )
@@ -56,7 +54,9 @@ from vecmigrate.model.spec import MigrationSpec, load_spec, parse_spec
 from vecmigrate.model.status import BudgetState, MigrationStatus
 from vecmigrate.model.tuning import TuningResult
 from vecmigrate.security.scrub import scrub
+from vecmigrate.serving import command as serve_command
 from vecmigrate.stores.probes import describe_store, redacted
+from vecmigrate.telemetry.logs import log_format_flag, run_program
 from vecmigrate.telemetry.setup import Telemetry, current
 from vecmigrate.workers.connection import (
     TemporalSettings,
@@ -294,46 +294,10 @@ def parser() -> argparse.ArgumentParser:
         "--ui-port", type=int, default=None, help="Temporal Web UI port (default: a free one)"
     )
     p.add_argument("--http", default=None, help=WORKER_HTTP_HELP)
-    _log_format(p)
+    log_format_flag(p)
 
-    p = sub.add_parser("serve", help="the HTTP gateway applications search and write through")
-    p.add_argument(
-        "--catalog",
-        default=None,
-        help="the catalog's SQLAlchemy URL (default: as for every command; `vecmigrate where`)",
-    )
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
-    p.add_argument(
-        "--refresh", type=float, default=1.0, help="seconds between reads of the routing row"
-    )
-    p.add_argument(
-        "--credentials",
-        default=None,
-        help="API keys and JWT settings callers authenticate with (`vecmigrate keys api-key`)",
-    )
-    p.add_argument(
-        "--no-auth",
-        action="store_true",
-        help="serve without authentication (loopback addresses only)",
-    )
-    p.add_argument("--tls-cert", default=None, help="serve HTTPS with this certificate")
-    p.add_argument("--tls-key", default=None, help="... and this key")
-    p.add_argument("--tls-client-ca", default=None, help="require client certificates it signed")
-    p.add_argument("--max-body", type=int, default=64 * 1024 * 1024, help="bytes per request")
-    p.add_argument(
-        "--read-timeout", type=float, default=10.0, help="seconds a request body may take"
-    )
-    p.add_argument(
-        "--name",
-        action="append",
-        default=[],
-        metavar="NAME=TENANT/COLLECTION",
-        help="serve a collection under its stable name as well, at /v1/_name/NAME (the names "
-        "of the catalog's migrations and of `vecmigrate stable-name prepare` are served without "
-        "it); repeatable",
-    )
-    _log_format(p)
+    p = sub.add_parser("serve", help=serve_command.HELP)
+    serve_command.add_arguments(p)
 
     p = _command(sub, "worker", help="run a worker: the migrations' workflows and activities")
     p.add_argument("--concurrency", type=int, default=4, help="activities run at once (default: 4)")
@@ -347,7 +311,7 @@ def parser() -> argparse.ArgumentParser:
         "region's catalog (--catalog); task queue default vecmigrate-REGION",
     )
     p.add_argument("--http", default=None, help=WORKER_HTTP_HELP)
-    _log_format(p)
+    log_format_flag(p)
 
     p = _command(
         sub,
@@ -700,15 +664,6 @@ WORKER_HTTP_HELP = (
 )
 
 
-def _log_format(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--log-format",
-        choices=["text", "json"],
-        default=None,
-        help="log lines as text or JSON (default: $VECMIGRATE_LOG_FORMAT or text)",
-    )
-
-
 async def _client(args: argparse.Namespace) -> MigrationClient:
     settings = _settings(args)
     address = connect_options(settings)["target_host"]
@@ -726,11 +681,7 @@ async def _client(args: argparse.Namespace) -> MigrationClient:
 
 def _catalog_url(args: argparse.Namespace) -> str:
     """The catalog this command uses; a note when an earlier release's catalog sits here."""
-    if args.catalog is None and not os.environ.get(CATALOG_ENV):
-        hint = legacy_home_hint()
-        if hint:
-            err.print(f"[yellow]note:[/yellow] {hint}")
-    return str(args.catalog or default_catalog_url())
+    return catalog_url(args.catalog, lambda hint: err.print(f"[yellow]note:[/yellow] {hint}"))
 
 
 def _open_catalog(url: str) -> Catalog:
@@ -926,56 +877,6 @@ async def _dev(args: argparse.Namespace) -> int:
         )
     finally:
         server.stop()
-    return 0
-
-
-async def _serve(args: argparse.Namespace) -> int:
-    import ipaddress
-
-    from vecmigrate.security.credentials import Credentials
-    from vecmigrate.serving.asgi import TlsFiles
-    from vecmigrate.serving.gateway import Gateway
-    from vecmigrate.serving.names import parse_names
-
-    names = parse_names(args.name)
-    if (args.credentials is None) == (not args.no_auth):
-        raise VecmigrateError(
-            "give --credentials (API keys or JWT settings: `vecmigrate keys api-key`), or "
-            "--no-auth to serve without authentication on a loopback address"
-        )
-    if args.no_auth:
-        try:
-            loopback = ipaddress.ip_address(args.host).is_loopback
-        except ValueError:
-            loopback = args.host == "localhost"
-        if not loopback:
-            raise VecmigrateError(
-                f"--no-auth on {args.host} would let anyone who reaches it read and write every "
-                "tenant's collections; serve on 127.0.0.1, or give --credentials"
-            )
-    if bool(args.tls_cert) != bool(args.tls_key):
-        raise VecmigrateError("--tls-cert and --tls-key go together")
-    tls = None
-    if args.tls_cert:
-        client_ca = Path(args.tls_client_ca) if args.tls_client_ca else None
-        tls = TlsFiles(Path(args.tls_cert), Path(args.tls_key), client_ca)
-    gateway = Gateway(
-        _catalog_url(args),
-        host=args.host,
-        port=args.port,
-        refresh=args.refresh,
-        credentials=Credentials.load(args.credentials) if args.credentials else None,
-        tls=tls,
-        max_body=args.max_body,
-        read_timeout=args.read_timeout,
-        names=names,
-    )
-    auth = "no authentication" if args.no_auth else f"credentials from {args.credentials}"
-    err.print(
-        f"vecmigrate gateway on {gateway.url} ({auth}; GET /health, /openapi.json, "
-        "POST /v1/TENANT/COLLECTION/search|upsert|delete, or /v1/_name/NAME/... by stable name)"
-    )
-    await gateway.serve()
     return 0
 
 
@@ -1824,7 +1725,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], Coroutine[Any, Any, int]]] = 
     "status": _status,
     "watch": _watch,
     "log": _log,
-    "serve": _serve,
+    "serve": serve_command.serve,
     "report": _report,
     "diff": _diff,
     "throttle": _throttle,
@@ -1884,25 +1785,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run() -> None:
-    """The ``vecmigrate`` program: :func:`main`, then an exit that skips the interpreter's
-    finalization. The command is over by then (spans exported, output flushed, servers and
-    workers stopped), but the native runtimes it loaded still hold threads: Temporal's client
-    runtime can call back into Python while the interpreter tears down, which aborts the
-    process (``PyGILState_Release``) after it has printed its result, with a failing exit code.
-    """
-    from vecmigrate.telemetry.logs import crash_traces
-
-    crash_traces()
-    try:
-        main()
-        code: int = 0
-    except SystemExit as done:
-        if done.code is None or isinstance(done.code, int):
-            code = done.code or 0
-        else:
-            print(done.code, file=sys.stderr)
-            code = 1
-    with contextlib.suppress(OSError):  # a closed pipe (`| head`) is not a failure
-        sys.stdout.flush()
-        sys.stderr.flush()
-    os._exit(code)
+    """The ``vecmigrate`` program: :func:`main`, in the way
+    :func:`~vecmigrate.telemetry.logs.run_program` runs a program (``python -m vecmigrate`` and
+    the installed command start ``serve`` from :mod:`vecmigrate.serving.command` instead)."""
+    run_program(main)

@@ -12,6 +12,7 @@ can act on, and the message does.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import faulthandler
 import io
@@ -19,8 +20,9 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from opentelemetry import trace
 
@@ -31,6 +33,9 @@ from vecmigrate.telemetry.context import current_work
 FORMAT_ENV = "VECMIGRATE_LOG_FORMAT"
 LEVEL_ENV = "VECMIGRATE_LOG_LEVEL"
 FORMATS = ("text", "json")
+# Libraries that log their start-up at INFO: FAISS names every CPU build it tries and fails to
+# load before the one it loads. Their warnings still show, and everything at DEBUG.
+QUIET = ("faiss.loader",)
 
 # Fields a log call may pass in ``extra`` (or the current work supplies), in print order.
 FIELDS = (
@@ -138,6 +143,39 @@ def crash_traces() -> None:
         faulthandler.enable(file=sys.stderr, all_threads=True)
 
 
+def run_program(main: Callable[[], None]) -> NoReturn:
+    """Run a program's ``main`` with :func:`crash_traces` on, then exit with its code without the
+    interpreter's finalization. The program is over by then (spans exported, output flushed,
+    servers and workers stopped), but the native runtimes it loaded may still hold threads:
+    Temporal's client runtime can call back into Python while the interpreter tears down, which
+    aborts the process (``PyGILState_Release``) after it has printed its result, with a failing
+    exit code."""
+    crash_traces()
+    try:
+        main()
+        code: int = 0
+    except SystemExit as done:
+        if done.code is None or isinstance(done.code, int):
+            code = done.code or 0
+        else:
+            print(done.code, file=sys.stderr)
+            code = 1
+    with contextlib.suppress(OSError):  # a closed pipe (`| head`) is not a failure
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
+
+
+def log_format_flag(p: argparse.ArgumentParser) -> None:
+    """The ``--log-format`` flag of a long-running command (a worker, the gateway)."""
+    p.add_argument(
+        "--log-format",
+        choices=["text", "json"],
+        default=None,
+        help="log lines as text or JSON (default: $VECMIGRATE_LOG_FORMAT or text)",
+    )
+
+
 def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
     """Log to stderr as ``fmt`` (``text`` or ``json``; default ``$VECMIGRATE_LOG_FORMAT`` or
     text) at ``level`` (default ``$VECMIGRATE_LOG_LEVEL`` or INFO).
@@ -161,5 +199,9 @@ def configure_logging(fmt: str | None = None, level: str | None = None) -> None:
     handler._vecmigrate = True  # type: ignore[attr-defined]
     root.addHandler(handler)
     root.setLevel(name)
+    for library in QUIET:
+        logging.getLogger(library).setLevel(
+            logging.WARNING if root.level > logging.DEBUG else logging.NOTSET
+        )
     # Passwords and tokens that reach a message are masked on this handler too.
     scrub_logs()
