@@ -8,7 +8,9 @@ import json
 import os
 import platform
 import shutil
+import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -25,7 +27,8 @@ from vecmigrate.data.seed import seed_collection, sequential_ids
 from vecmigrate.model.spec import BuiltinStoreRef, MigrationSpec, VersionSpec, parse_spec
 from vecmigrate.testing.chaos import builtin_version
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
 A = TypeVar("A")
 B = TypeVar("B")
 
@@ -109,6 +112,23 @@ def scratch(name: str) -> Path:
     return home
 
 
+def old_checkout(ref: str, into: Path) -> Path:
+    """The tree of ``ref`` (a commit of this repository) unpacked into ``into``: the code of
+    before, for a benchmark that runs it beside today's."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", "--format=tar", ref],
+        check=True,
+        capture_output=True,
+    ).stdout
+    into.mkdir(parents=True)
+    with tempfile.TemporaryFile() as f:
+        f.write(archive)
+        f.seek(0)
+        with tarfile.open(fileobj=f) as tar:
+            tar.extractall(into, filter="fully_trusted")
+    return into
+
+
 def machine() -> dict[str, Any]:
     """CPU, cores, Python, and which BLAS kernels numpy and FAISS loaded (threadpoolctl)."""
     cpu = platform.processor() or platform.machine()
@@ -152,6 +172,28 @@ def timed_qdrant_migrate(source: Any, dest: Any, collection: str, n: int) -> flo
     return seconds
 
 
+def seeded_collection(
+    home: Path,
+    collection: str,
+    vectors: np.ndarray,
+    index: dict[str, Any],
+    location: str | None = None,
+) -> tuple[str, VersionSpec]:
+    """Seed ``vectors`` (ids 1 to n, four shards) as version v1 of ``collection`` with ``index``
+    in a catalog and built-in store (at ``location``) under ``home``, routed to; return the
+    catalog's URL and v1."""
+    n, dim = vectors.shape
+    catalog_url = sqlite_url(home / "catalog.db")
+    store = BuiltinStoreRef(
+        url=sqlite_url(home / "store.db"), artifacts=str(home / "artifacts"), location=location
+    )
+    v1 = builtin_version("v1", store, dim, index)
+    seed_collection(
+        Catalog(catalog_url), "default", collection, v1, sequential_ids(n), vectors, shards=4
+    )
+    return catalog_url, v1
+
+
 def _seeded_versions(
     home: Path,
     collection: str,
@@ -160,19 +202,11 @@ def _seeded_versions(
     target_index: dict[str, Any],
     location: str | None = None,
 ) -> tuple[str, VersionSpec, VersionSpec]:
-    """Seed ``vectors`` (ids 1 to n, four shards) as version v1 of ``collection`` with
-    ``source_index`` in a catalog and built-in store (at ``location``) under ``home``; return
-    the catalog's URL, v1 and v2 (same store, ``target_index``)."""
-    n, dim = vectors.shape
-    catalog_url = sqlite_url(home / "catalog.db")
-    store = BuiltinStoreRef(
-        url=sqlite_url(home / "store.db"), artifacts=str(home / "artifacts"), location=location
-    )
-    v1 = builtin_version("v1", store, dim, source_index)
-    seed_collection(
-        Catalog(catalog_url), "default", collection, v1, sequential_ids(n), vectors, shards=4
-    )
-    return catalog_url, v1, builtin_version("v2", store, dim, target_index)
+    """``seeded_collection`` with ``source_index``; also v2, in the same store, with
+    ``target_index``."""
+    catalog_url, v1 = seeded_collection(home, collection, vectors, source_index, location)
+    assert isinstance(v1.store, BuiltinStoreRef)
+    return catalog_url, v1, builtin_version("v2", v1.store, vectors.shape[1], target_index)
 
 
 def _measured_spec(

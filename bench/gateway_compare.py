@@ -19,8 +19,6 @@ import os
 import statistics
 import subprocess
 import sys
-import tarfile
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -33,15 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 from rich.table import Table
 
-from bench.common import scratch, sized_parser, wide_console
-from vecmigrate.catalog.catalog import Catalog
-from vecmigrate.config import sqlite_url
+from bench.common import old_checkout, scratch, seeded_collection, sized_parser, wide_console
 from vecmigrate.control.devserver import free_port
 from vecmigrate.data.datasets import clustered
-from vecmigrate.data.seed import seed_collection, sequential_ids
-from vecmigrate.model.spec import BuiltinStoreRef
 from vecmigrate.security.credentials import Credentials, new_api_key
-from vecmigrate.testing.chaos import builtin_version
 from vecmigrate.testing.loadgen import LoadGenerator
 from vecmigrate.testing.tls import CertificateAuthority
 
@@ -53,22 +46,6 @@ Gateway(sys.argv[1], port=int(sys.argv[2]), refresh=1.0).start()
 print("ready", flush=True)
 time.sleep(10**9)
 """
-
-
-def old_checkout(ref: str, into: Path) -> Path:
-    """The tree of ``ref`` (this repository's) unpacked into ``into``."""
-    archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", "--format=tar", ref],
-        check=True,
-        capture_output=True,
-    ).stdout
-    into.mkdir(parents=True)
-    with tempfile.TemporaryFile() as f:
-        f.write(archive)
-        f.seek(0)
-        with tarfile.open(fileobj=f) as tar:
-            tar.extractall(into, filter="fully_trusted")
-    return into
 
 
 def wait_healthy(url: str, context: Any, proc: subprocess.Popen[bytes]) -> None:
@@ -123,7 +100,11 @@ def server(kind: str, setup: dict[str, Any]) -> Iterator[tuple[str, dict[str, st
         else:
             command.append("--no-auth")
             url = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # Run from the tree it serves: Python imports from a program's directory first (for ``-c``
+    # and ``-m``, the current one), before PYTHONPATH.
+    proc = subprocess.Popen(
+        command, env=env, cwd=env["PYTHONPATH"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     try:
         wait_healthy(url, context, proc)
         yield url, headers, context, proc.pid
@@ -185,14 +166,9 @@ def main() -> None:
     args = p.parse_args()
     console = wide_console()
     home = scratch("gateway")
-    catalog_url = sqlite_url(home / "catalog.db")
-    store = BuiltinStoreRef(url=sqlite_url(home / "store.db"), artifacts=str(home / "artifacts"))
-    version = builtin_version("v1", store, args.dim, {"kind": "hnswlib_hnsw", "m": 16})
     vectors = clustered(args.vectors, args.dim, seed=1)
     console.log(f"seeding {args.vectors:,} x {args.dim}")
-    seed_collection(
-        Catalog(catalog_url), "default", "bench", version, sequential_ids(args.vectors), vectors
-    )
+    catalog_url, _ = seeded_collection(home, "bench", vectors, {"kind": "hnswlib_hnsw", "m": 16})
     ca = CertificateAuthority(home / "pki", "bench-ca")
     cert = ca.issue("localhost", server=True)
     credentials = Credentials()

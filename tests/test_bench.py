@@ -170,6 +170,24 @@ def test_online_load_script_checks_every_write(tmp_path: Path) -> None:
     assert (tmp_path / "online_load.png").exists()
 
 
+def test_gateway_footprint_script_starts_the_gateway_each_way(tmp_path: Path) -> None:
+    # HEAD as the code of before: a clone of any depth holds it.
+    run_script(
+        "gateway_footprint",
+        *("--vectors", "2000", "--dim", "16", "--rounds", "1", "--searches", "20"),
+        *("--old-ref", "HEAD"),
+        out=tmp_path,
+    )
+    result = json.loads((tmp_path / "gateway_footprint.json").read_text())
+    rows = {r["way"]: r for r in result["rows"]}
+    assert set(rows) == {"now", "through the whole command", "before"}
+    assert not rows["now"]["temporalio"]
+    assert rows["through the whole command"]["temporalio"]
+    assert rows["before"]["temporalio"]
+    assert rows["now"]["tracked_objects"] < rows["through the whole command"]["tracked_objects"]
+    assert (tmp_path / "gateway_footprint.png").exists()
+
+
 @pytest.mark.timeout(600)
 def test_storage_formats_script_measures_every_format_against_raw_faiss(tmp_path: Path) -> None:
     run_script(

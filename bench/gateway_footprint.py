@@ -1,0 +1,234 @@
+"""What a gateway process holds: its start-up, its memory and a full garbage collection's pause.
+
+    python bench/gateway_footprint.py --rounds 5
+
+Seeds one collection (HNSW on the built-in store), then starts ``vecmigrate serve`` on it in a
+process of its own, three ways in turn for ``--rounds`` rounds: as the command starts it now
+(from ``vecmigrate.serving.command``, importing what serving needs); through the whole
+``vecmigrate`` command's module (every command's libraries, Temporal's client among them), as
+it started before; and the code of ``--old-ref`` (a checkout in a temporary directory: before
+the gateway stopped importing scipy and before it started on its own). For each process: the
+seconds from its start until ``/health`` answers, the median of ``--searches`` searches over
+HTTP (the first loads the index), then, the process idle, its resident memory, the modules it
+imported, the objects the garbage collector tracks and the median of five full collections'
+pauses: each full collection walks every tracked object while requests wait. Medians over the
+rounds. Linux (``/proc``, ``SIGUSR1``).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+
+from bench.common import (
+    ROOT,
+    old_checkout,
+    report,
+    scratch,
+    seeded_collection,
+    sized_parser,
+    wide_console,
+)
+from vecmigrate.control.devserver import free_port
+from vecmigrate.data.datasets import clustered
+
+WAYS = {"now": "now", "through the whole command": "whole", "before": "whole"}
+FIGURES = ("start_s", "search_p50_ms", "rss_mb", "modules", "tracked_objects", "full_gc_ms")
+# The server's program: ``vecmigrate serve`` started one of the two ways, which on SIGUSR1
+# writes what its process holds to a file (the handler runs on the thread that serves).
+SERVER = """
+import gc, json, os, signal, statistics, sys, time
+way, stats, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+
+def held(*_):
+    gc.collect()
+    pauses = []
+    for _ in range(5):
+        began = time.perf_counter()
+        gc.collect()
+        pauses.append(time.perf_counter() - began)
+    status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+    figures = {
+        "rss_mb": int(status["VmRSS"].split()[0]) / 1024,
+        "modules": len(sys.modules),
+        "tracked_objects": len(gc.get_objects()),
+        "full_gc_ms": 1000 * statistics.median(pauses),
+        "temporalio": "temporalio" in sys.modules,
+        "package": sys.modules["vecmigrate"].__path__[0],
+    }
+    with open(stats + ".part", "w") as f:
+        json.dump(figures, f)
+    os.replace(stats + ".part", stats)
+
+signal.signal(signal.SIGUSR1, held)
+sys.argv = ["vecmigrate", "serve", *argv]
+if way == "now":
+    from vecmigrate.__main__ import run
+else:
+    from vecmigrate.control.cli import run
+run()
+"""
+
+
+def measure(
+    way: str, tree: Path, catalog: str, queries: np.ndarray, home: Path, searches: int
+) -> dict[str, Any]:
+    port = free_port()
+    stats = home / f"held-{way}.json"
+    stats.unlink(missing_ok=True)
+    argv = ["--no-auth", "--catalog", catalog, "--port", str(port)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tree)}
+    began = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", SERVER, way, str(stats), *argv],
+        env=env,
+        cwd=tree,  # a program given by -c imports from its directory first
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        while True:
+            try:
+                conn.request("GET", "/health")
+                answer = conn.getresponse()
+                answer.read()
+                if answer.status == 200:
+                    break
+            except OSError:
+                conn.close()
+            if proc.poll() is not None or time.perf_counter() - began > 120:
+                raise RuntimeError("the gateway did not come up")
+            time.sleep(0.02)
+        started = time.perf_counter() - began
+        latencies = []
+        for n in range(searches):
+            body = json.dumps({"vector": queries[n % len(queries)].tolist(), "k": 10})
+            at = time.perf_counter()
+            conn.request(
+                "POST", "/v1/default/bench/search", body, {"Content-Type": "application/json"}
+            )
+            answer = conn.getresponse()
+            text = answer.read()
+            if answer.status != 200:
+                raise RuntimeError(f"search answered {answer.status}: {text[:200]!r}")
+            latencies.append(time.perf_counter() - at)
+        conn.close()
+        proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 60
+        while not stats.exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the gateway did not report what it holds")
+            time.sleep(0.05)
+        held = json.loads(stats.read_text())
+        if Path(held["package"]).resolve() != (tree / "vecmigrate").resolve():
+            raise RuntimeError(f"the gateway ran {held['package']}, not the code of {tree}")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return {
+        "start_s": round(started, 3),
+        # The first search loads the index; the median is of the searches after it.
+        "search_p50_ms": round(1000 * statistics.median(latencies[1:] or latencies), 3),
+        "rss_mb": round(held["rss_mb"], 1),
+        "modules": held["modules"],
+        "tracked_objects": held["tracked_objects"],
+        "full_gc_ms": round(held["full_gc_ms"], 2),
+        "temporalio": held["temporalio"],
+    }
+
+
+def plot(summary: dict[str, dict[str, float]]) -> Any:
+    def draw(path: Path) -> None:
+        import matplotlib.pyplot as plt
+
+        shown = [
+            ("start_s", "seconds to /health"),
+            ("rss_mb", "resident MB"),
+            ("full_gc_ms", "full collection, ms"),
+        ]
+        fig, axes = plt.subplots(1, len(shown), figsize=(11, 3.2))
+        names = list(summary)
+        for ax, (key, label) in zip(axes, shown, strict=True):
+            ax.bar(range(len(names)), [summary[n][key] for n in names], color=["C0", "C1", "C2"])
+            ax.set_xticks(range(len(names)), ["now", "whole command", "before"])
+            ax.set_title(label)
+        fig.suptitle("a gateway process: vecmigrate serve started three ways (medians)")
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+
+    return draw
+
+
+def main() -> None:
+    p = sized_parser(__doc__, vectors=20_000, dim=64)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--searches", type=int, default=500)
+    p.add_argument(
+        "--old-ref",
+        default="41883ac",
+        help="the commit whose gateway is the baseline (before it stopped importing scipy)",
+    )
+    args = p.parse_args()
+    console = wide_console()
+    home = scratch("gateway-footprint")
+    trees = {
+        "now": ROOT,
+        "through the whole command": ROOT,
+        "before": old_checkout(args.old_ref, home / "old"),
+    }
+    vectors = clustered(args.vectors, args.dim, seed=1)
+    console.log(f"seeding {args.vectors:,} x {args.dim}")
+    catalog, _ = seeded_collection(home, "bench", vectors, {"kind": "hnswlib_hnsw", "m": 16})
+    queries = vectors[np.random.default_rng(3).choice(args.vectors, 200, replace=False)]
+    rows: list[dict[str, Any]] = []
+    for n in range(args.rounds):
+        names = list(WAYS)
+        names = names[n % len(names) :] + names[: n % len(names)]
+        for name in names:
+            console.log(f"round {n + 1}: {name}")
+            figures = measure(WAYS[name], trees[name], catalog, queries, home, args.searches)
+            rows.append({"way": name, "round": n + 1, **figures})
+    ways = {
+        name: {
+            key: round(statistics.median(r[key] for r in rows if r["way"] == name), 3)
+            for key in FIGURES
+        }
+        for name in WAYS
+    }
+    now, before = ways["now"], ways["before"]
+    summary: dict[str, Any] = {
+        **ways,
+        "full collection, now / before": round(now["full_gc_ms"] / before["full_gc_ms"], 2),
+        "start-up, now / before": round(now["start_s"] / before["start_s"], 2),
+        "resident memory saved (MB)": round(before["rss_mb"] - now["rss_mb"], 1),
+    }
+    report(
+        "gateway_footprint",
+        f"a gateway process, {args.vectors:,} x {args.dim}, {args.rounds} rounds (before: "
+        f"{args.old_ref})",
+        rows,
+        summary,
+        plot(ways),
+        args.out,
+        console,
+    )
+
+
+if __name__ == "__main__":
+    main()
