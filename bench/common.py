@@ -8,12 +8,16 @@ import json
 import os
 import platform
 import shutil
+import ssl
 import subprocess
 import sys
 import tarfile
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+import urllib.request
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -127,6 +131,79 @@ def old_checkout(ref: str, into: Path) -> Path:
         with tarfile.open(fileobj=f) as tar:
             tar.extractall(into, filter="fully_trusted")
     return into
+
+
+@dataclass
+class GatewayProcess:
+    """A ``vecmigrate serve`` process: where it listens, what a request sends, what to trust."""
+
+    url: str
+    pid: int
+    headers: dict[str, str] = field(default_factory=dict)
+    cafile: str | None = None
+    """The CA certificate the server's is issued by (with TLS)."""
+
+
+@contextmanager
+def gateway_process(
+    catalog_url: str, home: Path, *, secure: bool = False, refresh: float = 1.0
+) -> Iterator[GatewayProcess]:
+    """``vecmigrate serve`` on ``catalog_url`` in a process of its own, as production runs it;
+    ``secure``: with TLS and an API key for requests (its credentials and certificates under
+    ``home``), else without authentication on 127.0.0.1. Stopped on leaving; its output is in
+    ``home``."""
+    from vecmigrate.control.devserver import free_port
+    from vecmigrate.security.credentials import Credentials, new_api_key
+    from vecmigrate.testing.tls import CertificateAuthority
+
+    port = free_port()
+    command = [sys.executable, "-m", "vecmigrate", "serve", "--catalog", catalog_url]
+    command += ["--port", str(port), "--refresh", str(refresh)]
+    headers: dict[str, str] = {}
+    cafile = None
+    if secure:
+        ca = CertificateAuthority(home / "pki", "bench-ca")
+        cert = ca.issue("localhost", server=True)
+        credentials = Credentials()
+        key, stored = new_api_key("bench", ["default"], ["bench"], ["search", "write"])
+        credentials.api_keys[stored.id] = stored
+        credentials.save(home / "credentials.yaml")
+        command += ["--credentials", str(home / "credentials.yaml")]
+        command += ["--tls-cert", str(cert.cert), "--tls-key", str(cert.key)]
+        headers["Authorization"] = f"Bearer {key}"
+        cafile = str(ca.issued.cert)
+        url = f"https://127.0.0.1:{port}"
+    else:
+        command.append("--no-auth")
+        url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    # From the repository's root: Python imports a -m program's modules from the current
+    # directory first, before PYTHONPATH.
+    # Its log in a file under ``home`` (kept when the script fails): a pipe nobody reads would
+    # stop the server once full.
+    log = (home / f"gateway-{port}.log").open("wb")
+    proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        context = ssl.create_default_context(cafile=cafile) if cafile else None
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2, context=context) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the gateway at {url} did not come up")
+            time.sleep(0.1)
+        yield GatewayProcess(url, proc.pid, headers, cafile)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
 
 
 def machine() -> dict[str, Any]:

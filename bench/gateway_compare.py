@@ -1,14 +1,13 @@
-"""The gateway before and after its move to ASGI: latency and throughput under the same load.
+"""What authentication and TLS cost the gateway: latency and throughput under the same load.
 
     python bench/gateway_compare.py --vectors 20000 --clients 8 --seconds 10 --rounds 3
 
-Seeds one collection, then serves it in turn with the gateway of an earlier commit (the
-``http.server`` one, plaintext and without authentication, from a checkout of ``--old-ref`` in a
-temporary directory) and with today's gateway twice: with authentication (an API key) and TLS,
-and without either. Each server runs in its own process; the same closed-loop clients
-(``vecmigrate.testing.loadgen``: searches, upserts and deletes) drive each for ``--seconds``, the
-servers taking turns for ``--rounds`` rounds so that drift on a shared machine hits all of them.
-Prints search and write p50/p99 and requests per second per server, the medians over rounds.
+Seeds one collection, then serves it in turn with ``vecmigrate serve`` twice: with
+authentication (an API key) and TLS, and without either. Each server runs in its own process;
+the same closed-loop clients (``vecmigrate.testing.loadgen``: searches, upserts and deletes)
+drive each for ``--seconds``, the servers taking turns for ``--rounds`` rounds so that drift on a
+shared machine hits all of them. Prints search and write p50/p99 and requests per second per
+server, the medians over rounds.
 """
 
 from __future__ import annotations
@@ -16,13 +15,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import ssl
 import statistics
-import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,35 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 from rich.table import Table
 
-from bench.common import old_checkout, scratch, seeded_collection, sized_parser, wide_console
-from vecmigrate.control.devserver import free_port
+from bench.common import gateway_process, scratch, seeded_collection, sized_parser, wide_console
 from vecmigrate.data.datasets import clustered
-from vecmigrate.security.credentials import Credentials, new_api_key
 from vecmigrate.testing.loadgen import LoadGenerator
-from vecmigrate.testing.tls import CertificateAuthority
-
-ROOT = Path(__file__).resolve().parent.parent
-OLD_SERVER = """
-import sys, time
-from vecmigrate.serving.gateway import Gateway
-Gateway(sys.argv[1], port=int(sys.argv[2]), refresh=1.0).start()
-print("ready", flush=True)
-time.sleep(10**9)
-"""
-
-
-def wait_healthy(url: str, context: Any, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=2, context=context) as resp:
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"the gateway at {url} did not come up")
-        time.sleep(0.2)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -68,64 +38,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-@contextmanager
-def server(kind: str, setup: dict[str, Any]) -> Iterator[tuple[str, dict[str, str], Any, int]]:
-    """Start one gateway process; yields (url, request headers, TLS context, pid)."""
-    port = free_port()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    headers: dict[str, str] = {}
-    context = None
-    if kind == "old":
-        env["PYTHONPATH"] = str(setup["old_tree"])
-        command = [sys.executable, "-c", OLD_SERVER, setup["catalog"], str(port)]
-        url = f"http://127.0.0.1:{port}"
-    else:
-        env["PYTHONPATH"] = str(ROOT)
-        command = [
-            sys.executable,
-            "-m",
-            "vecmigrate",
-            "serve",
-            "--catalog",
-            setup["catalog"],
-            "--port",
-            str(port),
-        ]
-        if kind == "asgi+auth+tls":
-            command += ["--credentials", str(setup["credentials"])]
-            command += ["--tls-cert", str(setup["cert"]), "--tls-key", str(setup["key"])]
-            headers["Authorization"] = f"Bearer {setup['api_key']}"
-            context = setup["tls"]
-            url = f"https://127.0.0.1:{port}"
-        else:
-            command.append("--no-auth")
-            url = f"http://127.0.0.1:{port}"
-    # Run from the tree it serves: Python imports from a program's directory first (for ``-c``
-    # and ``-m``, the current one), before PYTHONPATH.
-    proc = subprocess.Popen(
-        command, env=env, cwd=env["PYTHONPATH"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    try:
-        wait_healthy(url, context, proc)
-        yield url, headers, context, proc.pid
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 def measure(kind: str, setup: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    with server(kind, setup) as (url, headers, context, pid):
+    secure = kind == "asgi+auth+tls"
+    with gateway_process(setup["catalog"], setup["home"], secure=secure) as gateway:
+        pid = gateway.pid
+        context = ssl.create_default_context(cafile=gateway.cafile) if gateway.cafile else None
         load = LoadGenerator(
-            url,
+            gateway.url,
             "default",
             "bench",
             setup["queries"],
             clients=args.clients,
             mix=(args.search_share, (1 - args.search_share) * 0.75, (1 - args.search_share) / 4),
-            headers=headers,
+            headers=gateway.headers,
             tls=context,
             seed=int(time.time()),
         )
@@ -162,32 +87,18 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=2.0)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--search-share", type=float, default=0.8)
-    p.add_argument("--old-ref", default="9c7b049", help="the commit whose gateway is the baseline")
     args = p.parse_args()
     console = wide_console()
     home = scratch("gateway")
     vectors = clustered(args.vectors, args.dim, seed=1)
     console.log(f"seeding {args.vectors:,} x {args.dim}")
     catalog_url, _ = seeded_collection(home, "bench", vectors, {"kind": "hnswlib_hnsw", "m": 16})
-    ca = CertificateAuthority(home / "pki", "bench-ca")
-    cert = ca.issue("localhost", server=True)
-    credentials = Credentials()
-    key, stored = new_api_key("bench", ["default"], ["bench"], ["search", "write"])
-    credentials.api_keys[stored.id] = stored
-    credentials.save(home / "credentials.yaml")
-    import ssl
-
     setup = {
         "catalog": catalog_url,
-        "old_tree": old_checkout(args.old_ref, home / "old"),
-        "credentials": home / "credentials.yaml",
-        "cert": cert.cert,
-        "key": cert.key,
-        "api_key": key,
-        "tls": ssl.create_default_context(cafile=str(ca.issued.cert)),
+        "home": home,
         "queries": vectors[np.random.default_rng(3).choice(args.vectors, 1000, replace=False)],
     }
-    kinds = ["old", "asgi+auth+tls", "asgi"]
+    kinds = ["asgi+auth+tls", "asgi"]
     runs: list[dict[str, Any]] = []
     for n in range(args.rounds):
         order = kinds[n % len(kinds) :] + kinds[: n % len(kinds)]

@@ -2,7 +2,8 @@
 
     python bench/online_load.py --vectors 100000 --clients 8
 
-Seeds a collection, serves it through the HTTP gateway, runs N clients (search / upsert /
+Seeds a collection, serves it through the HTTP gateway (``vecmigrate serve`` in a process of its
+own, as the worker and the clients are), runs N clients (search / upsert /
 delete) against it, first alone (the idle baseline, after a few seconds of warm-up), then
 through the online-migration drill (shadow, ramp, cut-over, rollback after cut-over, second
 cut-over). Prints the table with each phase's search p99 over the idle p99 of the same run,
@@ -21,6 +22,7 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -29,7 +31,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import scratch, sized_parser, wide_console
+from bench.common import gateway_process, scratch, sized_parser, wide_console
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.catalog.latency import Latencies
 from vecmigrate.config import sqlite_url
@@ -40,9 +42,6 @@ from vecmigrate.data.datasets import clustered
 from vecmigrate.data.seed import seed_collection, sequential_ids
 from vecmigrate.model.lifecycle import LIFECYCLE
 from vecmigrate.model.spec import BuiltinStoreRef, parse_spec
-from vecmigrate.security.credentials import Credentials, new_api_key
-from vecmigrate.serving.asgi import TlsFiles
-from vecmigrate.serving.gateway import Gateway
 from vecmigrate.testing.chaos import builtin_version
 from vecmigrate.testing.drill import run_drill
 from vecmigrate.testing.loadgen import (
@@ -52,7 +51,6 @@ from vecmigrate.testing.loadgen import (
     latency_table,
     verify,
 )
-from vecmigrate.testing.tls import CertificateAuthority
 from vecmigrate.validation.intervals import quantile_interval
 from vecmigrate.workers.connection import connect
 
@@ -107,20 +105,11 @@ async def main_async(args: argparse.Namespace, console: Console) -> dict[str, ob
     # The first seconds (connections, the index's first pages) are left out of the baseline.
     phase = {"now": "WARMUP"}
     paces: dict[str, float] = {}  # the lowest pace share the budget set, by phase
-    headers: dict[str, str] = {}
-    cafile = None
-    credentials = tls = None
-    if args.secure:
-        # As production serves it: TLS, and every request with an API key.
-        ca = CertificateAuthority(home / "pki", "bench-ca")
-        cert = ca.issue("localhost", server=True)
-        tls = TlsFiles(cert.cert, cert.key)
-        cafile = str(ca.issued.cert)
-        credentials = Credentials()
-        key, stored = new_api_key("bench", ["default"], ["bench"], ["search", "write"])
-        credentials.api_keys[stored.id] = stored
-        headers["Authorization"] = f"Bearer {key}"
-    gateway = Gateway(catalog_url, port=0, refresh=1.0, credentials=credentials, tls=tls).start()
+    # The gateway in a process of its own, as `vecmigrate serve` runs in production (with
+    # --secure, with TLS and every request with an API key): in this process it shared the GIL
+    # with the drill's Temporal client and its polling.
+    serving = ExitStack()
+    gateway = serving.enter_context(gateway_process(catalog_url, home, secure=args.secure))
     # The clients in a process of their own, as they run elsewhere in production: in the
     # gateway's process they took turns with its handlers at the GIL.
     load = LoadProcess(
@@ -131,8 +120,8 @@ async def main_async(args: argparse.Namespace, console: Console) -> dict[str, ob
         clients=args.clients,
         rate=args.rate,
         phase=lambda: phase["now"],
-        headers=headers,
-        cafile=cafile,
+        headers=gateway.headers,
+        cafile=gateway.cafile,
     )
     server = DevServer(home / "temporal.db", port=free_port(), ui_port=free_port(), ui=False)
     server.start()
@@ -176,7 +165,7 @@ async def main_async(args: argparse.Namespace, console: Console) -> dict[str, ob
         worker.terminate()
         worker.wait(timeout=30)
         load.stop()
-        gateway.stop()
+        serving.close()
         server.stop()
     requests = load.requests()
     verdict = verify(load.states, open_target(spec))
