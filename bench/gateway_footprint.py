@@ -39,6 +39,7 @@ from bench.common import (
     scratch,
     seeded_collection,
     sized_parser,
+    stop_process,
     wide_console,
 )
 from vecmigrate.control.devserver import free_port
@@ -136,11 +137,7 @@ def measure(
         if Path(held["package"]).resolve() != (tree / "vecmigrate").resolve():
             raise RuntimeError(f"the gateway ran {held['package']}, not the code of {tree}")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
     return {
         "start_s": round(started, 3),
         # The first search loads the index; the median is of the searches after it.
