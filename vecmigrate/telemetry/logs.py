@@ -170,7 +170,7 @@ def log_format_flag(p: argparse.ArgumentParser) -> None:
     """The ``--log-format`` flag of a long-running command (a worker, the gateway)."""
     p.add_argument(
         "--log-format",
-        choices=["text", "json"],
+        choices=list(FORMATS),
         default=None,
         help="log lines as text or JSON (default: $VECMIGRATE_LOG_FORMAT or text)",
     )
