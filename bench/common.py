@@ -27,9 +27,12 @@ from rich.table import Table
 
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.config import sqlite_url
+from vecmigrate.control.devserver import free_port
 from vecmigrate.data.seed import seed_collection, sequential_ids
 from vecmigrate.model.spec import BuiltinStoreRef, MigrationSpec, VersionSpec, parse_spec
+from vecmigrate.security.credentials import Credentials, new_api_key
 from vecmigrate.testing.chaos import builtin_version
+from vecmigrate.testing.tls import CertificateAuthority
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -146,18 +149,21 @@ class GatewayProcess:
 
 @contextmanager
 def gateway_process(
-    catalog_url: str, home: Path, *, secure: bool = False, refresh: float = 1.0
+    catalog_url: str,
+    home: Path,
+    *,
+    secure: bool = False,
+    refresh: float = 1.0,
+    tree: Path = ROOT,
+    launcher: Sequence[str] = ("-m", "vecmigrate"),
 ) -> Iterator[GatewayProcess]:
-    """``vecmigrate serve`` on ``catalog_url`` in a process of its own, as production runs it;
-    ``secure``: with TLS and an API key for requests (its credentials and certificates under
-    ``home``), else without authentication on 127.0.0.1. Stopped on leaving; its output is in
-    ``home``."""
-    from vecmigrate.control.devserver import free_port
-    from vecmigrate.security.credentials import Credentials, new_api_key
-    from vecmigrate.testing.tls import CertificateAuthority
-
+    """``vecmigrate serve`` on ``catalog_url`` in a process of its own, as production runs it,
+    from the code in ``tree``, started by Python with ``launcher`` before ``serve`` and its
+    flags; ``secure``: with TLS and an API key for requests (its credentials and certificates
+    under ``home``), else without authentication on 127.0.0.1. Yields once ``/health``
+    answers; stopped on leaving; its output is in ``home``."""
     port = free_port()
-    command = [sys.executable, "-m", "vecmigrate", "serve", "--catalog", catalog_url]
+    command = [sys.executable, *launcher, "serve", "--catalog", catalog_url]
     command += ["--port", str(port), "--refresh", str(refresh)]
     headers: dict[str, str] = {}
     cafile = None
@@ -176,13 +182,12 @@ def gateway_process(
     else:
         command.append("--no-auth")
         url = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    # From the repository's root: Python imports a -m program's modules from the current
-    # directory first, before PYTHONPATH.
-    # Its log in a file under ``home`` (kept when the script fails): a pipe nobody reads would
-    # stop the server once full.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tree)}
+    # Run from ``tree``: Python imports a -m or -c program's modules from the current directory
+    # first, before PYTHONPATH. Its log in a file under ``home`` (kept when the script fails):
+    # a pipe nobody reads would stop the server once full.
     log = (home / f"gateway-{port}.log").open("wb")
-    proc = subprocess.Popen(command, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(command, env=env, cwd=tree, stdout=log, stderr=subprocess.STDOUT)
     try:
         context = ssl.create_default_context(cafile=cafile) if cafile else None
         deadline = time.monotonic() + 60
@@ -195,7 +200,7 @@ def gateway_process(
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the gateway at {url} did not come up")
-            time.sleep(0.1)
+            time.sleep(0.02)
         yield GatewayProcess(url, proc.pid, headers, cafile)
     finally:
         stop_process(proc)

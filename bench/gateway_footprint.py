@@ -22,11 +22,11 @@ import json
 import os
 import signal
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -34,15 +34,14 @@ import numpy as np
 
 from bench.common import (
     ROOT,
+    gateway_process,
     old_checkout,
     report,
     scratch,
     seeded_collection,
     sized_parser,
-    stop_process,
     wide_console,
 )
-from vecmigrate.control.devserver import free_port
 from vecmigrate.data.datasets import clustered
 
 WAYS = {"now": "now", "through the whole command": "whole", "before": "whole"}
@@ -51,7 +50,7 @@ FIGURES = ("start_s", "search_p50_ms", "rss_mb", "modules", "tracked_objects", "
 # writes what its process holds to a file (the handler runs on the thread that serves).
 SERVER = """
 import gc, json, os, signal, statistics, sys, time
-way, stats, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+way, stats, argv = sys.argv[1], sys.argv[2], sys.argv[3:]  # argv: serve and its flags
 
 def held(*_):
     gc.collect()
@@ -74,7 +73,7 @@ def held(*_):
     os.replace(stats + ".part", stats)
 
 signal.signal(signal.SIGUSR1, held)
-sys.argv = ["vecmigrate", "serve", *argv]
+sys.argv = ["vecmigrate", *argv]
 if way == "now":
     from vecmigrate.__main__ import run
 else:
@@ -86,34 +85,13 @@ run()
 def measure(
     way: str, tree: Path, catalog: str, queries: np.ndarray, home: Path, searches: int
 ) -> dict[str, Any]:
-    port = free_port()
     stats = home / f"held-{way}.json"
     stats.unlink(missing_ok=True)
-    argv = ["--no-auth", "--catalog", catalog, "--port", str(port)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(tree)}
     began = time.perf_counter()
-    proc = subprocess.Popen(
-        [sys.executable, "-c", SERVER, way, str(stats), *argv],
-        env=env,
-        cwd=tree,  # a program given by -c imports from its directory first
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-        while True:
-            try:
-                conn.request("GET", "/health")
-                answer = conn.getresponse()
-                answer.read()
-                if answer.status == 200:
-                    break
-            except OSError:
-                conn.close()
-            if proc.poll() is not None or time.perf_counter() - began > 120:
-                raise RuntimeError("the gateway did not come up")
-            time.sleep(0.02)
+    launcher = ("-c", SERVER, way, str(stats))
+    with gateway_process(catalog, home, tree=tree, launcher=launcher) as gateway:
         started = time.perf_counter() - began
+        conn = http.client.HTTPConnection(urlsplit(gateway.url).netloc, timeout=10)
         latencies = []
         for n in range(searches):
             body = json.dumps({"vector": queries[n % len(queries)].tolist(), "k": 10})
@@ -127,17 +105,15 @@ def measure(
                 raise RuntimeError(f"search answered {answer.status}: {text[:200]!r}")
             latencies.append(time.perf_counter() - at)
         conn.close()
-        proc.send_signal(signal.SIGUSR1)
+        os.kill(gateway.pid, signal.SIGUSR1)
         deadline = time.monotonic() + 60
         while not stats.exists():
             if time.monotonic() > deadline:
                 raise RuntimeError("the gateway did not report what it holds")
             time.sleep(0.05)
         held = json.loads(stats.read_text())
-        if Path(held["package"]).resolve() != (tree / "vecmigrate").resolve():
-            raise RuntimeError(f"the gateway ran {held['package']}, not the code of {tree}")
-    finally:
-        stop_process(proc)
+    if Path(held["package"]).resolve() != (tree / "vecmigrate").resolve():
+        raise RuntimeError(f"the gateway ran {held['package']}, not the code of {tree}")
     return {
         "start_s": round(started, 3),
         # The first search loads the index; the median is of the searches after it.
