@@ -1747,17 +1747,14 @@ def _telemetry(args: argparse.Namespace) -> Telemetry:
     from vecmigrate.telemetry.logs import configure_logging
     from vecmigrate.telemetry.setup import configure, install
 
-    if args.command in ("worker", "dev", "serve"):
-        configure_logging(args.log_format)
+    if args.command == "serve":
+        return serve_command.set_up(args)
     if args.command in ("worker", "dev"):
         from vecmigrate.workers.main import worker_telemetry
 
+        configure_logging(args.log_format)
         args.http = worker_telemetry(args.http)
         return current()
-    if args.command == "serve":
-        return install(
-            configure("vecmigrate-gateway", metrics_default="prometheus"), set_global=True
-        )
     return install(configure("vecmigrate-cli"), set_global=True)
 
 

@@ -21,6 +21,7 @@ from vecmigrate.config import catalog_url
 from vecmigrate.errors import VecmigrateError
 from vecmigrate.security.scrub import scrub
 from vecmigrate.telemetry.logs import configure_logging, log_format_flag, run_program
+from vecmigrate.telemetry.setup import Telemetry, configure, current, install
 
 HELP = "the HTTP gateway applications search and write through"
 
@@ -126,16 +127,24 @@ def note(message: str) -> None:
     err.print(f"[yellow]note:[/yellow] {message}")
 
 
+def set_up(args: argparse.Namespace) -> Telemetry:
+    """The gateway process's logging (``--log-format``) and telemetry: metrics served for
+    Prometheus by default, traces when ``OTEL_*`` says so.
+
+    Raises:
+        ConfigurationError: an unknown log format or level.
+    """
+    configure_logging(args.log_format)
+    return install(configure("vecmigrate-gateway", metrics_default="prometheus"), set_global=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     """``vecmigrate serve`` with ``argv`` its flags: set up logging and telemetry, then serve."""
-    from vecmigrate.telemetry.setup import configure, current, install
-
     p = argparse.ArgumentParser(prog="vecmigrate serve", description=HELP)
     add_arguments(p)
     args = p.parse_args(argv)
     try:
-        configure_logging(args.log_format)
-        install(configure("vecmigrate-gateway", metrics_default="prometheus"), set_global=True)
+        set_up(args)
         code = asyncio.run(serve(args))
     except VecmigrateError as exc:
         err.print(f"[red]error:[/red] {scrub(str(exc))}")
