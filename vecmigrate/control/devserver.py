@@ -61,6 +61,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
+RETRY_PAUSE = 1.0
+"""Seconds between a start that exited and the next (a port taken for a moment is free)."""
+
+
+def _last_lines(log_file: Path, offset: int, lines: int = 3, limit: int = 600) -> str:
+    """What a server wrote to ``log_file`` after ``offset``: its last lines, one line."""
+    with log_file.open("rb") as f:
+        f.seek(offset)
+        text = f.read().decode("utf-8", "replace")
+    tail = " | ".join(line.strip() for line in text.strip().splitlines()[-lines:])
+    return tail[-limit:]
+
+
 class DevServer:
     """``temporal server start-dev`` on 127.0.0.1, persisted to ``db_file``, UI on ``ui_port``."""
 
@@ -87,9 +100,29 @@ class DevServer:
     def ui_url(self) -> str:
         return f"http://127.0.0.1:{self.ui_port}"
 
-    def start(self, timeout: float = 60.0) -> DevServer:
-        """Start the server and wait until its frontend reports healthy."""
-        self.db_file.parent.mkdir(parents=True, exist_ok=True)
+    def start(self, timeout: float = 60.0, attempts: int = 3) -> DevServer:
+        """Start the server and wait until its frontend reports healthy.
+
+        The dev server binds its internal services to ports it picks as it starts, and a port
+        can be taken between the pick and the bind (or ours, between a stop and a start, by
+        another process's connection). Such a start exits at once; it is tried again, up to
+        ``attempts`` times, and the error of the last names what the server printed.
+        """
+        deadline = time.monotonic() + timeout
+        for attempt in range(1, attempts + 1):
+            exited = self._start_once(deadline, timeout)
+            if exited is None:
+                return self
+            if attempt == attempts or time.monotonic() + RETRY_PAUSE >= deadline:
+                raise DevServerError(
+                    f"the Temporal dev server exited with {exited[0]} "
+                    f"(start {attempt} of {attempts}): {exited[1] or 'it printed nothing'}; "
+                    f"see {self.log_file}"
+                )
+            time.sleep(RETRY_PAUSE)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _command(self) -> list[str]:
         cmd = [
             temporal_binary(),
             "server",
@@ -115,22 +148,27 @@ class DevServer:
             ]
         else:
             cmd += ["--headless"]
-        log = self.log_file.open("ab")
-        self.process = subprocess.Popen(
-            cmd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
-        )
-        deadline = time.monotonic() + timeout
+        return cmd
+
+    def _start_once(self, deadline: float, timeout: float) -> tuple[int, str] | None:
+        """One start: None once healthy, or the exit code and last lines of a server that
+        exited first. Raises when it neither exits nor gets healthy by ``deadline``."""
+        self.db_file.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_file.open("ab") as log:
+            offset = log.tell()
+            self.process = subprocess.Popen(
+                self._command(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None,
+            )
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise DevServerError(
-                    f"the Temporal dev server exited with {self.process.returncode}; "
-                    f"see {self.log_file}"
-                )
+            code = self.process.poll()
+            if code is not None:
+                self.process = None
+                return code, _last_lines(self.log_file, offset)
             if not port_free(self.port) and self._healthy():
-                return self
+                return None
             time.sleep(0.2)
         self.stop()
         raise DevServerError(
