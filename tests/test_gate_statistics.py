@@ -10,12 +10,14 @@ from tests.conftest import Sandbox
 from tests.test_validation import copy_and_build, validate
 from vecmigrate.data.backfill import open_source, open_target
 from vecmigrate.model.gates import (
+    PAIRS_STRETCH,
     GateAdjustment,
     GateReport,
     GateVerdict,
     RetrievalFigures,
     adjust,
     decide,
+    pairs_arrive_in_time,
 )
 from vecmigrate.model.spec import GatePolicy, MigrationSpec, as_applied_before, parse_spec
 from vecmigrate.model.tasks import PrepareResult, hash_shards
@@ -356,3 +358,14 @@ def test_latency_ratio_fails_only_on_evidence() -> None:
     # An approver's threshold is held to the same rule.
     (moved,) = adjust([stalled], [GateAdjustment(gate="p99_ratio", threshold=1.0)])
     assert not moved.passed
+
+
+def test_a_shadow_step_short_of_pairs_waits_only_as_long_as_their_rate_says() -> None:
+    # 6 pairs in 12 s is one every 2 s: the 4 missing come in 8 s
+    assert pairs_arrive_in_time(10, 6, watched=12.0, left=8.0)
+    assert not pairs_arrive_in_time(10, 6, watched=12.0, left=7.9)
+    # no pair yet is no rate at all, however long is left
+    assert not pairs_arrive_in_time(10, 0, watched=12.0, left=1e9)
+    # enough already: nothing to wait for
+    assert pairs_arrive_in_time(10, 10, watched=0.0, left=0.0)
+    assert PAIRS_STRETCH > 1

@@ -302,6 +302,52 @@ async def test_a_shadow_step_short_of_pairs_collects_more_before_it_is_judged(
     assert gate.samples >= 10
 
 
+async def test_a_shadow_step_fed_at_a_trickle_waits_while_its_pairs_keep_coming(
+    client: Client, sandbox: Sandbox
+) -> None:
+    """One search every 1.6 s (as when a latency budget mirrors a small share of reads): a
+    step's first wait of 10 s ends with 6 or 7 of its 10 pairs. It goes on at the pairs' rate
+    (the status says so) and passes, instead of pausing the migration for an operator. (The
+    ramp's step is 1 %: only reads the old version serves are mirrored.)"""
+    sandbox.seed(3000)
+    spec = online_spec(
+        sandbox,
+        online={
+            "settle_seconds": 0.5,
+            "shadow": shadow_all(seconds=1, min_samples=10),
+            "ramp": {"steps": [1], "step_seconds": 1},
+        },
+        cutover={"mode": "automatic", "bake_seconds": 1},
+    )
+    queries = open_source(spec).sample(50, seed=3)[1]
+    router = Router(sandbox.catalog, refresh_seconds=0.2)
+    reasons: set[str] = set()
+    try:
+        async with running_worker(client, sandbox) as queue:
+            mc = MigrationClient(client, queue)
+            mid = await mc.start(spec)
+            deadline = time.monotonic() + 240
+            n = 0
+            while True:
+                st = await mc.status(mid)
+                assert not st.paused, st.blocked_reason
+                reasons.add(st.blocked_reason)
+                if st.phase in (Phase.SHADOWING, Phase.RAMPING):
+                    n += 1
+                    router.search("default", "docs", queries[n % 50][None, :], 5, key=f"u{n}")
+                elif n:
+                    break  # past the ramp
+                assert time.monotonic() < deadline, st
+                await asyncio.sleep(1.6)
+            final = await asyncio.wait_for(mc.result(mid), 120)
+    finally:
+        router.close()
+    assert final.phase == Phase.COMPLETED, final.error
+    assert [(g.step, g.passed) for g in final.shadow] == [("shadow", True), ("ramp 1.0%", True)]
+    assert all(g.samples >= 10 for g in final.shadow)
+    assert any("a minute; collecting for up to" in r for r in reasons), reasons
+
+
 async def test_a_shadow_breach_rolls_back_and_restores_routing(
     client: Client, sandbox: Sandbox
 ) -> None:

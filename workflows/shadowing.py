@@ -14,7 +14,13 @@ from vecmigrate.workflows.calls import long_call, short_call
 from vecmigrate.workflows.validating import Validating
 
 with workflow.unsafe.imports_passed_through():
-    from vecmigrate.model.gates import ShadowFigures, remedies, shadow_verdicts
+    from vecmigrate.model.gates import (
+        PAIRS_STRETCH,
+        ShadowFigures,
+        pairs_arrive_in_time,
+        remedies,
+        shadow_verdicts,
+    )
     from vecmigrate.model.lifecycle import Message
     from vecmigrate.model.messages import RampRequest
     from vecmigrate.model.status import MigrationInput
@@ -25,6 +31,10 @@ with workflow.unsafe.imports_passed_through():
 # The patch after which a step whose hold ended short of the shadow pairs its gate needs goes on
 # collecting them for a while before it is judged (runs recorded before it judged at once).
 PAIRS_WAIT = "shadow-waits-for-pairs"
+# The patch after which such a step, still short when that wait ends, goes on collecting while
+# the pairs' rate says the rest come within PAIRS_STRETCH times the wait (runs recorded before
+# it judged when the first wait ended).
+PAIRS_RATE = "shadow-waits-at-pair-rate"
 
 
 class Shadowing(Validating):
@@ -130,19 +140,33 @@ class Shadowing(Validating):
         self, step: str, mark: int, hold: timedelta, figures: ShadowFigures
     ) -> ShadowFigures:
         """The hold ended with fewer shadow pairs than the gate needs (light traffic, a router
-        that refreshed its routing late): too few pairs is missing evidence, not a breach, so
-        collect for up to ``max(hold, 10 s)`` more, looking every ``max(1 s, hold / 4)``, and
-        return the figures as soon as there are enough (else as they are then: the gate fails
-        on them as before)."""
+        that refreshed its routing late, a latency budget that cut the share of reads mirrored):
+        too few pairs is missing evidence, not a breach, so collect for up to
+        ``max(hold, 10 s)`` more, looking every ``max(1 s, hold / 4)``. Still short then, go on
+        while the pairs' rate since the hold began says the rest come within
+        ``PAIRS_STRETCH`` times that wait in all. Return the figures as soon as there are
+        enough, else as they are when the wait ends (the gate fails on them as before)."""
         need = self._spec.online.shadow.min_samples
         budget = max(hold, timedelta(seconds=10))
+        limit = budget * PAIRS_STRETCH if workflow.patched(PAIRS_RATE) else budget
         poll = max(timedelta(seconds=1), hold / 4)
         waited = timedelta(0)
-        while figures.samples < need and waited < budget:
-            self._status.blocked_reason = (
-                f"{step}: {figures.samples} of {need} shadow pairs when the hold ended; "
-                f"collecting for up to {(budget - waited).total_seconds():g} s more"
-            )
+        while figures.samples < need and waited < limit:
+            left = limit - waited
+            if waited >= budget:
+                watched = (hold + waited).total_seconds()
+                if not pairs_arrive_in_time(need, figures.samples, watched, left.total_seconds()):
+                    break
+                rate = 60 * figures.samples / watched
+                self._status.blocked_reason = (
+                    f"{step}: {figures.samples} of {need} shadow pairs, "
+                    f"{rate:.3g} a minute; collecting for up to {left.total_seconds():g} s more"
+                )
+            else:
+                self._status.blocked_reason = (
+                    f"{step}: {figures.samples} of {need} shadow pairs when the hold ended; "
+                    f"collecting for up to {(budget - waited).total_seconds():g} s more"
+                )
             await self._guarded(lambda: workflow.sleep(poll))
             waited += poll
             figures = (await self._shadow_result(mark)).figures

@@ -336,6 +336,22 @@ class ShadowFigures(_Model):
     verdicts: list[GateVerdict] = Field(default_factory=list)
 
 
+# A shadow step short of its pairs after its first wait goes on collecting, while the pairs'
+# rate says the rest will come, for up to this many times that wait in all.
+PAIRS_STRETCH = 4
+
+
+def pairs_arrive_in_time(need: int, have: int, watched: float, left: float) -> bool:
+    """Whether the ``need - have`` pairs still missing come within ``left`` seconds at the rate
+    the ``have`` pairs came over ``watched`` seconds. No pair yet says no rate: False. (A budget
+    that cut the share of reads mirrored slows the pairs; it does not stop them.)"""
+    if have >= need:
+        return True
+    if have <= 0 or watched <= 0:
+        return False
+    return (need - have) * watched / have <= left
+
+
 # The shadow latency gate compares p99s against at least this many milliseconds: below it a
 # ratio measures scheduler noise, not the index.
 LATENCY_FLOOR_MS = 1.0

@@ -745,7 +745,9 @@ class ShadowPolicy(_Model):
     min_samples: int = Field(default=50, ge=1)
     """Shadow pairs the gate needs. When a step's hold (``seconds`` here, a ramp step's
     ``step_seconds``) ends short of them, it goes on collecting for up to the hold again (at
-    least 10 seconds) before it is judged."""
+    least 10 seconds) before it is judged; still short then, it goes on while the pairs' rate
+    since the hold began says the rest come within four times that wait in all (a latency
+    budget that mirrors fewer reads slows the pairs down; it does not fail the gate)."""
     min_overlap: float | None = Field(default=0.8, ge=0.0, le=1.0)
     """Overlap@k of each pair's results, on average, at least."""
     max_p99_ratio: float | None = Field(default=2.0, gt=0.0)
