@@ -553,3 +553,52 @@ def test_with_the_global_providers_set_a_request_is_traced_and_measured_once(
     spans = [line.split(" ", 3)[1:] for line in done.stdout.splitlines() if line.startswith("span")]
     assert spans == [["vecmigrate", "SERVER", f"POST {SEARCH}"]]
     assert "families 1" in done.stdout
+
+
+def test_a_latency_budget_reads_what_the_gateways_clients_waited_for(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The latencies a budget reads are the gateway's whole requests (HTTP, parsing, the
+    thread hop, the answer), not the router's search alone: 50 ms spent in the request outside
+    the router count. Each search counts once, and a refused one not at all."""
+    from vecmigrate.serving import gateway as gateway_module
+
+    sandbox.seed(500)
+    query = np.full(sandbox.dim, 0.1).tolist()
+    parse = gateway_module._matrix
+
+    def slow_parse(rows: list[list[float]], what: str) -> Any:
+        time.sleep(0.05)
+        return parse(rows, what)
+
+    monkeypatch.setattr(gateway_module, "_matrix", slow_parse)
+    gateway = Gateway(sandbox.catalog.url, port=0, refresh=0.2).start()
+    router_ms: list[float] = []
+    search = gateway.router.search
+
+    def timed_search(*args: Any, **kwargs: Any) -> Any:
+        began = time.perf_counter()
+        try:
+            return search(*args, **kwargs)
+        finally:
+            router_ms.append((time.perf_counter() - began) * 1000)
+
+    monkeypatch.setattr(gateway.router, "search", timed_search)
+    try:
+        with httpx.Client(base_url=gateway.url) as http:
+            answered = [
+                http.post("/v1/default/docs/search", json={"vector": query, "k": 3})
+                for _ in range(3)
+            ]
+            refused = http.post("/v1/default/docs/search", json={"vector": [0.1] * 3})
+        gateway.router.latency.tick()
+        seen = gateway.router.latency.summary("default", "docs")
+    finally:
+        gateway.stop()
+    assert [r.status_code for r in answered] == [200, 200, 200]
+    assert refused.status_code == 400
+    assert len(router_ms) == 4, router_ms
+    assert max(router_ms) < 50, router_ms
+    assert seen is not None
+    assert seen.count == 3, seen
+    assert seen.p50_ms >= 50, seen

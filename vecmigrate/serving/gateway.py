@@ -81,7 +81,7 @@ from vecmigrate.serving.names import AmbiguousNameError, StableNames
 from vecmigrate.serving.router import Router, WritesPausedError
 from vecmigrate.telemetry import names
 from vecmigrate.telemetry.exposition import ProbeServer, metrics_payload, parse_address
-from vecmigrate.telemetry.http import ACCESS_LOGS, RequestTelemetry, request_notes
+from vecmigrate.telemetry.http import ACCESS_LOGS, RequestNotes, RequestTelemetry, request_notes
 from vecmigrate.telemetry.setup import Telemetry, current
 
 log = logging.getLogger("vecmigrate.gateway")
@@ -488,6 +488,14 @@ def create_app(
         who = principal(request)
         key = None if body.key is None else str(body.key)
         flt = None if body.filter is None else parse_filter(body.filter)
+        # The latency budgets read what clients wait for: the whole request, timed by the
+        # telemetry middleware when it reports answered requests (see ``Gateway``); else the
+        # router times the search itself.
+        note = request_notes()
+        timed = note is None or not note.reported
+        if not timed:
+            assert note is not None
+            note.timed_for = (tenant, collection)
         if body.text is not None or body.texts is not None:
             texts = body.texts if body.texts is not None else [body.text or ""]
             found = router.search_text(
@@ -497,7 +505,15 @@ def create_app(
             rows = body.vectors if body.vectors is not None else [body.vector or []]
             queries = _matrix(rows, "vectors")
             found = router.search(
-                tenant, collection, queries, body.k, key=key, model=body.model, access=who, flt=flt
+                tenant,
+                collection,
+                queries,
+                body.k,
+                key=key,
+                model=body.model,
+                access=who,
+                flt=flt,
+                timed=timed,
             )
         noting(tenant, collection, found.version)
         distances = np.where(np.isfinite(found.distances), found.distances, -1).round(6)
@@ -636,12 +652,19 @@ class Gateway:
                 quiet=("/health", METRICS_PATH),
                 access_log=access_log,
                 slow_seconds=slow_ms / 1000,
+                on_answered=self._answered,
             ),
             host,
             port,
             tls=tls,
             header_timeout=header_timeout,
         )
+
+    def _answered(self, note: RequestNotes, status: int, seconds: float) -> None:
+        """A search's whole time, as its client waited for it, in the latencies the router
+        publishes for latency budgets (answered searches: a refused one searched nothing)."""
+        if note.timed_for is not None and status == 200:
+            self.router.latency.samples[note.timed_for].append(seconds * 1000)
 
     @property
     def url(self) -> str:

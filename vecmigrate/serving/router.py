@@ -195,6 +195,7 @@ class Router:
         model: str | None = None,
         access: Principal | None = None,
         flt: Filter | None = None,
+        timed: bool = True,
     ) -> SearchResult:
         """k nearest neighbours from the version the routing row gives this request (among
         the records whose payload matches ``flt``, if given: see ``Side.search``).
@@ -205,6 +206,10 @@ class Router:
         ``key`` (a user or session id) decides the canary side; without one the query bytes do.
         ``model`` (``model_id`` or ``model_id@version``) names the model that made the query
         vectors; a mismatch with the version read is refused rather than answered wrongly.
+
+        ``timed``: count this search's milliseconds in the latencies the router publishes for
+        latency budgets. A caller that times the whole request instead (the gateway: what its
+        clients wait for) passes False and records its own time (``latency.samples``).
 
         Raises:
             NotFoundError: unknown collection, or no version serves reads.
@@ -229,7 +234,8 @@ class Router:
             # object reached a cache miss: this path reaches the plan and the index only.
             found = plan.one(queries, k)
             if found is not None:
-                self.latency.samples[(tenant, collection)].append((_clock() - t0) * 1000)
+                if timed:
+                    self.latency.samples[(tenant, collection)].append((_clock() - t0) * 1000)
                 return _result(SearchResult, (plan.version, plan.index, *found, "vectors"))
         plan = self.planner.current(tenant, collection)
         read = plan.read
@@ -254,7 +260,8 @@ class Router:
         candidate = plan.candidate
         if candidate is None or not plan.vectors_canary:
             d, i = read.search(q, k, flt)
-            self.latency.samples[(tenant, collection)].append((_clock() - t0) * 1000)
+            if timed:
+                self.latency.samples[(tenant, collection)].append((_clock() - t0) * 1000)
             return SearchResult(read.version, read.index, d, i)
         view = plan.view
         side = bucket(key if key is not None else q.tobytes().hex())
@@ -269,7 +276,8 @@ class Router:
             < view.shadow_percent * self.mirror.share(tenant, collection)
         ):
             self._shadow(tenant, collection, candidate, q, k, i, ms, flt, view.ramp_percent)
-        self.latency.samples[(tenant, collection)].append((_clock() - t0) * 1000)
+        if timed:
+            self.latency.samples[(tenant, collection)].append((_clock() - t0) * 1000)
         return SearchResult(served.version, served.index, d, i)
 
     def search_text(

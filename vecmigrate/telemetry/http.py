@@ -62,6 +62,9 @@ Scope = dict[str, Any]
 Message = dict[str, Any]
 # The route template that matches a scope, for requests answered before the app routed them.
 RouteOf = Callable[[Scope], str | None]
+# Told of every request once it is answered: its notes, status and seconds (in the server's
+# task, after the response went out).
+Answered = Callable[["RequestNotes", int, float], None]
 # Which requests the access log writes a line for (see the module's doc).
 ACCESS_LOGS = ("errors", "all")
 # Label sets kept ready per combination; past this many (the SDK's own cardinality limit),
@@ -91,6 +94,11 @@ class RequestNotes:
     # Whether the request's span records (is sampled): the attributes above are built only
     # then (an unsampled request builds none).
     recording: bool = False
+    # Whether an ``on_answered`` hook is told of this request once it is answered.
+    reported: bool = False
+    # The (tenant, collection) whose search latencies this request's whole time counts in
+    # (set by the app on a search it left untimed, for that hook to record).
+    timed_for: tuple[str, str] | None = None
 
 
 @dataclass(slots=True)
@@ -147,6 +155,7 @@ class RequestTelemetry:
         quiet: Iterable[str] = (),
         access_log: str = "errors",
         slow_seconds: float = 1.0,
+        on_answered: Answered | None = None,
     ) -> None:
         if access_log not in ACCESS_LOGS:
             raise ConfigurationError(f"access log {access_log!r}: use {' or '.join(ACCESS_LOGS)}")
@@ -159,6 +168,7 @@ class RequestTelemetry:
         self.quiet = frozenset(quiet)
         self.log_all = access_log == "all"
         self.slow_seconds = slow_seconds
+        self.on_answered = on_answered
         # The duration histogram's recorder per (method, status, route, tenant, version).
         self._durations: dict[tuple[Any, ...], Recorder] = {}
         self._errors: dict[tuple[Any, ...], dict[str, str | int]] = {}
@@ -171,7 +181,7 @@ class RequestTelemetry:
             return
         t = self.telemetry
         began = time.perf_counter()
-        note = RequestNotes()
+        note = RequestNotes(reported=self.on_answered is not None)
         token = _notes.set(note)
         status: int | None = None
 
@@ -216,6 +226,8 @@ class RequestTelemetry:
                 self._annotate(span, scope, answered)
             self._measure(answered)
             self._log(answered)  # in the span's context
+            if self.on_answered is not None:
+                self.on_answered(note, status, seconds)
             if span is not None and attached is not None:
                 otel_context.detach(attached)
                 span.end()
