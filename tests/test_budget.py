@@ -562,3 +562,26 @@ async def test_a_migration_under_a_budget_copies_and_builds_on_niced_threads(
     state = Latencies(sandbox.catalog).budget(mid)
     assert state is not None  # the copy and the build looked at the budget
     assert not state.throttled
+
+
+def test_the_idle_baseline_is_read_as_the_migration_prepares(sandbox: Sandbox) -> None:
+    """The budget's idle p99 is the window published before the preparation's work, not the
+    one at the copy's start (by then the preparation loaded the machine): a slower window
+    published in between does not move it, and the copy is held to the first."""
+    sandbox.seed(3000)
+    with _searched(sandbox) as (_, published):
+        s = sandbox.spec(batch_size=100, shards={"count": 1}, budget={"max_p99_ratio": 1.5})
+        shard = prepare(sandbox.catalog, s, "t").shards[0]
+        state = Latencies(sandbox.catalog).budget(s.migration_id)
+        assert state is not None
+        assert state.idle_p99_ms == pytest.approx(published.p99_ms)
+        slow = LatencyReading(50 * published.p50_ms, 50 * published.p99_ms, 100, time.time())
+        Latencies(sandbox.catalog).publish("another-router", "default", "docs", slow)
+        sleeps: list[float] = []
+        copy_shard(s, shard, Journal(sandbox.catalog), None, sleeps.append, time.monotonic)
+    state = Latencies(sandbox.catalog).budget(s.migration_id)
+    assert state is not None
+    assert state.idle_p99_ms == pytest.approx(published.p99_ms)
+    assert state.limit_ms == pytest.approx(1.5 * published.p99_ms)
+    assert state.throttled  # the slower window is over 1.5x the idle one
+    assert sum(sleeps) > 0

@@ -20,7 +20,7 @@ from vecmigrate.catalog.documents import Documents
 from vecmigrate.catalog.journal import Control, Journal, StreamRow
 from vecmigrate.catalog.retention import RetentionLog
 from vecmigrate.data.adopt import adopt, adoption_checks, target_schema
-from vecmigrate.data.budget import BudgetPacer
+from vecmigrate.data.budget import BudgetPacer, idle_baseline
 from vecmigrate.data.checks import Check
 from vecmigrate.data.quarantine import Quarantine
 from vecmigrate.data.quarantine import estimate as estimate_quarantine
@@ -407,6 +407,7 @@ def prepare(catalog: Catalog, spec: MigrationSpec, operator: str) -> PrepareResu
     problems = check_preconditions(catalog, spec)
     if problems:
         raise PreconditionError("; ".join(problems))
+    idle_baseline(catalog, spec)  # before the counts below load the machine
     source = open_source(spec)
     shards = shard_plan(spec, source)
     counts = source.shard_counts(shards)

@@ -45,7 +45,8 @@ from vecmigrate.stores.base import Batch
 STALE_SECONDS = 10.0
 # How often a pacer reads the routers' latencies (the routers publish about once a second).
 CHECK_SECONDS = 1.0
-# The idle baseline must come from a window the copy did not touch: read at the copy's start.
+# The idle baseline must come from a window the migration's work did not touch: read as it
+# prepares, before its first work (see ``idle_baseline``).
 BASELINE_MAX_AGE = 10.0
 
 
@@ -118,8 +119,18 @@ def limit_of(budget: LatencyBudget, idle_p99_ms: float | None) -> float | None:
     return min(limits) if limits else None
 
 
+def idle_baseline(catalog: Catalog, spec: MigrationSpec) -> BudgetState | None:
+    """Make the budget's row from the routers' idle window, once, before the migration's first
+    work (the preparation's counts and tables load the machine already); its later steps read
+    the same row. None without a budget."""
+    if spec.budget is None:
+        return None
+    return _idle_state(Latencies(catalog), spec, time.time())
+
+
 def _idle_state(latencies: Latencies, spec: MigrationSpec, wall: float) -> BudgetState:
-    """The budget's row, made at the first start from the routers' idle window."""
+    """The budget's row, made at the first start from the routers' idle window (or read back:
+    made by ``idle_baseline`` as the migration prepared)."""
     mid = spec.migration_id
     state = latencies.budget(mid)
     if state is None:
@@ -386,7 +397,7 @@ class MirrorBudget:
         if self._latencies is None:
             self._latencies = Latencies(self.catalog)
         state = None if migration_id is None else self._latencies.budget(migration_id)
-        if migration_id is None or state is None:  # no budget (its row is made at the copy)
+        if migration_id is None or state is None:  # no budget (its row is made as it prepares)
             self.shares.pop(key, None)
             return 1.0
         controller = self._controllers.get(migration_id)

@@ -977,13 +977,14 @@ class RetentionPolicy(_Model):
 
 
 class LatencyBudget(_Model):
-    """A latency budget for live traffic: the migration keeps the search p99 the router
-    measures within the budget by slowing itself (pausing between copy, catch-up and check
-    batches and between the gates' stages, fewer index build threads, fewer shadow reads
-    mirrored), down to ``min_rate_share`` of its full pace, and speeds up again when the
-    latency allows; the copy, the build, the shard checks and the gates also run at a lower
-    CPU priority (``nice``). Set ``max_p99_ratio`` (against the idle p99 the router published
-    before the copy began), ``max_search_p99_ms``, or both (the lower wins)."""
+    """A latency budget for live traffic: the migration keeps the search p99 the routers
+    measure (a gateway: its whole search requests) within the budget by slowing itself
+    (pausing between copy, catch-up and check batches and between the gates' stages, fewer
+    index build threads, fewer shadow reads mirrored), down to ``min_rate_share`` of its full
+    pace, and speeds up again when the latency allows; the copy, the build, the shard checks
+    and the gates also run at a lower CPU priority (``nice``). Set ``max_p99_ratio``
+    (against the idle p99 the routers published before the migration's work began),
+    ``max_search_p99_ms``, or both (the lower wins)."""
 
     max_p99_ratio: float | None = Field(default=None, ge=1.0)
     """The search p99 may be at most this times the idle p99 (for example 1.5)."""
