@@ -34,6 +34,7 @@ from vecmigrate.data.budget import (
     between,
     build_chunk,
     build_threads,
+    idle_baseline,
     limit_of,
     niced,
     paced,
@@ -45,6 +46,7 @@ from vecmigrate.model.lifecycle import Phase
 from vecmigrate.model.spec import LatencyBudget, Metric, MigrationSpec, canonical
 from vecmigrate.model.status import BudgetState, MigrationStatus
 from vecmigrate.records.sharding import plan_shards
+from vecmigrate.serving.latency import LatencyMonitor
 from vecmigrate.serving.router import Router, bucket
 from vecmigrate.validation import reconcile
 from vecmigrate.validation.run import check_shard, measure
@@ -585,3 +587,33 @@ def test_the_idle_baseline_is_read_as_the_migration_prepares(sandbox: Sandbox) -
     assert state.limit_ms == pytest.approx(1.5 * published.p99_ms)
     assert state.throttled  # the slower window is over 1.5x the idle one
     assert sum(sleeps) > 0
+
+
+def test_routers_publish_a_longer_windows_p99_and_a_budget_takes_it_as_idle(
+    sandbox: Sandbox,
+) -> None:
+    """A router publishes its last 3 seconds (p50, p99, count) and the p99 of its last 30; a
+    budget made as a migration prepares takes the longer one as its idle p99 (a 3-second
+    window's p99 is its third-slowest search at 100 a second)."""
+    monitor = LatencyMonitor(sandbox.catalog, start=False)
+    rng = np.random.default_rng(7)
+    every = []
+    for second in range(40):
+        ms = rng.gamma(2.0, 1.5, 100) + (20.0 if second == 20 else 0.0)  # one slow second
+        monitor.samples[("default", "docs")].extend(ms.tolist())
+        monitor.tick()
+        every.append(ms)
+    published = Latencies(sandbox.catalog).latest("default", "docs", 10.0)
+    assert published is not None
+    assert published.count == 300
+    assert published.p99_ms == pytest.approx(np.percentile(np.concatenate(every[-3:]), 99))
+    longer = np.percentile(np.concatenate(every[-30:]), 99)
+    assert published.p99_baseline_ms == pytest.approx(longer)
+    assert published.p99_baseline_ms != pytest.approx(published.p99_ms)
+
+    sandbox.seed(200)
+    spec = sandbox.spec(budget={"max_p99_ratio": 1.5})
+    state = idle_baseline(sandbox.catalog, spec)
+    assert state is not None
+    assert state.idle_p99_ms == pytest.approx(longer)
+    assert state.limit_ms == pytest.approx(1.5 * longer)

@@ -16,7 +16,7 @@ from sqlalchemy import Boolean, Column, Float, Integer, String, Table, delete, s
 
 from vecmigrate.catalog import sql
 from vecmigrate.catalog.catalog import Catalog, metadata
-from vecmigrate.catalog.engines import begin
+from vecmigrate.catalog.engines import begin, once_per_engine
 from vecmigrate.model.status import BudgetState
 
 search_latency = Table(
@@ -29,7 +29,11 @@ search_latency = Table(
     Column("p99_ms", Float, nullable=False),
     Column("count", Integer, nullable=False),
     Column("at", Float, nullable=False),  # seconds since the epoch
+    # The p99 over the router's longer window (``BASELINE_SECONDS``): a budget's idle p99.
+    Column("p99_baseline_ms", Float),
 )
+# Columns added to search_latency since its first release (name: DDL).
+_LATENCY_ADDED = {"p99_baseline_ms": "FLOAT"}
 
 latency_budgets = Table(
     "latency_budgets",
@@ -56,6 +60,9 @@ class LatencyReading:
     p99_ms: float
     count: int
     at: float  # seconds since the epoch
+    # The p99 over the longer window the routers also keep (None: a router that keeps none);
+    # steadier than the short window's, for a budget's idle baseline.
+    p99_baseline_ms: float | None = None
 
 
 class Latencies:
@@ -64,6 +71,11 @@ class Latencies:
     def __init__(self, catalog: Catalog) -> None:
         self.engine = catalog.engine
         sql.create_tables_once(self.engine, "latency", search_latency, latency_budgets)
+        once_per_engine(
+            self.engine,
+            "latency-columns",
+            lambda: sql.add_missing_columns(self.engine, "search_latency", _LATENCY_ADDED),
+        )
 
     def publish(self, router: str, tenant: str, collection: str, reading: LatencyReading) -> None:
         """Write one router's latest summary for a collection over its previous one."""
@@ -77,6 +89,7 @@ class Latencies:
             "p99_ms": reading.p99_ms,
             "count": reading.count,
             "at": reading.at,
+            "p99_baseline_ms": reading.p99_baseline_ms,
         }
         identity = {"router": router, "tenant": tenant, "collection": collection}
         sql.upsert(self.engine, search_latency, key, identity, values)
@@ -102,11 +115,13 @@ class Latencies:
         )
         if not rows:
             return None
+        baselines = [r["p99_baseline_ms"] for r in rows if r["p99_baseline_ms"] is not None]
         return LatencyReading(
             p50_ms=max(r["p50_ms"] for r in rows),
             p99_ms=max(r["p99_ms"] for r in rows),
             count=sum(r["count"] for r in rows),
             at=max(r["at"] for r in rows),
+            p99_baseline_ms=max(baselines) if baselines else None,
         )
 
     def budget(self, migration_id: str) -> BudgetState | None:

@@ -17,6 +17,7 @@ from collections import defaultdict, deque
 from collections.abc import Callable
 
 import numpy as np
+import numpy.typing as npt
 
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.catalog.latency import Latencies, LatencyReading
@@ -24,6 +25,12 @@ from vecmigrate.catalog.latency import Latencies, LatencyReading
 log = logging.getLogger(__name__)
 
 Key = tuple[str, str]
+Millis = npt.NDArray[np.float64]
+
+# The longer window over which each router also publishes a p99: a latency budget takes it as
+# the idle p99 (a 3-second window's p99 is its third-slowest search at 100 a second: in four
+# drill runs one such window before a migration gave 0.5 to 1.6 times the clients' idle p99).
+BASELINE_SECONDS = 30.0
 
 
 class LatencyMonitor:
@@ -36,15 +43,19 @@ class LatencyMonitor:
         window_seconds: float = 3.0,
         every: float = 1.0,
         start: bool = True,
+        baseline_seconds: float = BASELINE_SECONDS,
     ) -> None:
         self.catalog = catalog
         self.every = every
         self.router = uuid.uuid4().hex
         # The current second's samples, appended to by searches: (tenant, collection) -> ms.
         self.samples: defaultdict[Key, list[float]] = defaultdict(list)
-        self._window: deque[dict[Key, list[float]]] = deque(
-            maxlen=max(1, round(window_seconds / every))
+        # The seconds closed since, newest last: the window published (its p50, p99, count),
+        # and the longer one whose p99 is published as the baseline a budget takes as idle.
+        self._seconds: deque[dict[Key, Millis]] = deque(
+            maxlen=max(1, round(max(window_seconds, baseline_seconds) / every))
         )
+        self._recent = max(1, round(window_seconds / every))
         self._latencies: Latencies | None = None
         # Run after each tick, on the monitor's thread (the router paces its shadow reads).
         self.after_tick: Callable[[], None] | None = None
@@ -61,19 +72,29 @@ class LatencyMonitor:
             self._thread.join(timeout=5)
 
     def summary(self, tenant: str, collection: str) -> LatencyReading | None:
-        """The window's p50, p99 and count for a collection (None: no searches in it)."""
-        found = [s.get((tenant, collection), ()) for s in self._window]
-        values = np.fromiter((ms for part in found for ms in part), dtype=np.float64)
-        if values.size == 0:
+        """The window's p50, p99 and count for a collection, and the longer window's p99
+        (None: no searches in the window)."""
+        key = (tenant, collection)
+        seconds = list(self._seconds)
+        recent = [s[key] for s in seconds[-self._recent :] if key in s]
+        if not recent:
             return None
+        values = np.concatenate(recent)
         p50, p99 = np.percentile(values, [50, 99])
-        return LatencyReading(float(p50), float(p99), int(values.size), time.time())
+        longer = np.concatenate([s[key] for s in seconds if key in s])
+        return LatencyReading(
+            float(p50),
+            float(p99),
+            int(values.size),
+            time.time(),
+            p99_baseline_ms=float(np.percentile(longer, 99)),
+        )
 
     def tick(self) -> list[Key]:
         """Close the current second: move its samples into the window and publish each
         collection searched in it. Returns the collections published."""
         current, self.samples = self.samples, defaultdict(list)
-        self._window.append(dict(current))
+        self._seconds.append({k: np.asarray(v, np.float64) for k, v in current.items() if v})
         published = []
         for key, values in current.items():
             if not values:
