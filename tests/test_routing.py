@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -23,6 +24,7 @@ from vecmigrate.indexes.build import artifact_dir, build_shard, register_index
 from vecmigrate.indexes.live import LiveIndex
 from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.records.sharding import hash_shards
+from vecmigrate.serving.planner import RETIRE_PAUSE
 from vecmigrate.serving.router import Router, WritesPausedError, bucket
 from vecmigrate.stores import WHOLE
 from vecmigrate.validation.shadow import ShadowLog
@@ -380,3 +382,35 @@ def test_a_rollback_after_cut_over_reads_at_once_from_the_index_kept_current(
     assert router.searcher(view.read_index) is old  # the same index, not loaded again
     assert 7 not in {int(i) for s in old.shards for i in s.search(seventh, 10)[1][0]}
     router.close()
+
+
+def test_an_index_no_plan_serves_is_freed_one_shard_at_a_time_off_the_request(
+    sandbox: Sandbox,
+) -> None:
+    """Once the routing stops reading an index, the router frees it a shard at a time on a
+    thread of its own, RETIRE_PAUSE apart: an hnswlib index frees its memory holding the GIL,
+    and all of a collection's shards at once stalled every request of the process."""
+    sandbox.seed(2000, index={"kind": "hnswlib_hnsw", "m": 8, "ef_construction": 40}, shards=3)
+    router = Router(sandbox.catalog, refresh_seconds=0.0)
+    query = np.full((1, sandbox.dim), 0.1, np.float32)
+    try:
+        served = router.search("default", "docs", query, 3)
+        assert served.index is not None
+        live = router.planner.searcher(served.index)
+        assert isinstance(live, LiveIndex)
+        freed: list[float] = []
+        assert len(live.shards) == 3
+        watches = [weakref.finalize(s, lambda: freed.append(time.monotonic())) for s in live.shards]
+        del live, served
+        sandbox.route("exact", read_index=None)
+        assert router.search("default", "docs", query, 3).index is None  # a new plan
+        assert len(freed) < 3  # not all at once, on the thread that swapped the plan
+        deadline = time.monotonic() + 10
+        while len(freed) < 3:
+            assert time.monotonic() < deadline, freed
+            time.sleep(0.01)
+    finally:
+        router.close()
+    assert not any(w.alive for w in watches)
+    gaps = np.diff(freed)
+    assert (gaps >= 0.8 * RETIRE_PAUSE).all(), gaps
