@@ -255,6 +255,26 @@ def test_vecmigrate_serve_answers_over_http(sandbox: Sandbox) -> None:
         proc.wait(timeout=20)
 
 
+def _pairs_drill(
+    sandbox: Sandbox, ramp_step: float, step_seconds: float
+) -> tuple[Any, Any, Router]:
+    """3,000 records seeded; an online spec whose shadow stage mirrors every search for 1 s and
+    needs 10 pairs, then one ramp step and an automatic cut-over; 50 of the records as queries;
+    a router that refreshes its plan every 0.2 s."""
+    sandbox.seed(3000)
+    spec = online_spec(
+        sandbox,
+        online={
+            "settle_seconds": 0.5,
+            "shadow": shadow_all(seconds=1, min_samples=10),
+            "ramp": {"steps": [ramp_step], "step_seconds": step_seconds},
+        },
+        cutover={"mode": "automatic", "bake_seconds": 1},
+    )
+    queries = open_source(spec).sample(50, seed=3)[1]
+    return spec, queries, Router(sandbox.catalog, refresh_seconds=0.2)
+
+
 async def test_a_shadow_step_short_of_pairs_collects_more_before_it_is_judged(
     client: Client, sandbox: Sandbox
 ) -> None:
@@ -262,18 +282,7 @@ async def test_a_shadow_step_short_of_pairs_collects_more_before_it_is_judged(
     says it goes on collecting): then the searches come, and the gate passes on them instead of
     pausing the migration. (The pairs' overlap and p99 are not bounded here: on a loaded machine
     they measure the load, and this test is about the count.)"""
-    sandbox.seed(3000)
-    spec = online_spec(
-        sandbox,
-        online={
-            "settle_seconds": 0.5,
-            "shadow": shadow_all(seconds=1, min_samples=10),
-            "ramp": {"steps": [50], "step_seconds": 0.5},
-        },
-        cutover={"mode": "automatic", "bake_seconds": 1},
-    )
-    queries = open_source(spec).sample(50, seed=3)[1]
-    router = Router(sandbox.catalog, refresh_seconds=0.2)
+    spec, queries, router = _pairs_drill(sandbox, 50, 0.5)
     try:
         async with running_worker(client, sandbox) as queue:
             mc = MigrationClient(client, queue)
@@ -309,18 +318,7 @@ async def test_a_shadow_step_fed_at_a_trickle_waits_while_its_pairs_keep_coming(
     step's first wait of 10 s ends with 6 or 7 of its 10 pairs. It goes on at the pairs' rate
     (the status says so) and passes, instead of pausing the migration for an operator. (The
     ramp's step is 1 %: only reads the old version serves are mirrored.)"""
-    sandbox.seed(3000)
-    spec = online_spec(
-        sandbox,
-        online={
-            "settle_seconds": 0.5,
-            "shadow": shadow_all(seconds=1, min_samples=10),
-            "ramp": {"steps": [1], "step_seconds": 1},
-        },
-        cutover={"mode": "automatic", "bake_seconds": 1},
-    )
-    queries = open_source(spec).sample(50, seed=3)[1]
-    router = Router(sandbox.catalog, refresh_seconds=0.2)
+    spec, queries, router = _pairs_drill(sandbox, 1, 1)
     reasons: set[str] = set()
     try:
         async with running_worker(client, sandbox) as queue:
