@@ -109,18 +109,17 @@ class DevServer:
         ``attempts`` times, and the error of the last names what the server printed.
         """
         deadline = time.monotonic() + timeout
-        for attempt in range(1, attempts + 1):
-            exited = self._start_once(deadline, timeout)
-            if exited is None:
-                return self
-            if attempt == attempts or time.monotonic() + RETRY_PAUSE >= deadline:
+        attempt = 1
+        while (exited := self._start_once(deadline, timeout)) is not None:
+            if attempt >= attempts or time.monotonic() + RETRY_PAUSE >= deadline:
                 raise DevServerError(
                     f"the Temporal dev server exited with {exited[0]} "
                     f"(start {attempt} of {attempts}): {exited[1] or 'it printed nothing'}; "
                     f"see {self.log_file}"
                 )
+            attempt += 1
             time.sleep(RETRY_PAUSE)
-        raise AssertionError("unreachable")  # pragma: no cover
+        return self
 
     def _command(self) -> list[str]:
         cmd = [

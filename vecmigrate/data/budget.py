@@ -137,7 +137,9 @@ def _idle_state(latencies: Latencies, spec: MigrationSpec, wall: float) -> Budge
         idle = latencies.latest(spec.tenant, spec.collection, BASELINE_MAX_AGE, wall)
         assert spec.budget is not None
         # The routers' longer window when they keep one (steadier), else their short one.
-        idle_p99 = None if idle is None else idle.p99_baseline_ms or idle.p99_ms
+        idle_p99 = None
+        if idle is not None:
+            idle_p99 = idle.p99_ms if idle.p99_baseline_ms is None else idle.p99_baseline_ms
         state = BudgetState(
             idle_p99_ms=idle_p99,
             limit_ms=limit_of(spec.budget, idle_p99),

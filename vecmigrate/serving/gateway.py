@@ -493,8 +493,7 @@ def create_app(
         # router times the search itself.
         note = request_notes()
         timed = note is None or not note.reported
-        if not timed:
-            assert note is not None
+        if note is not None and not timed:
             note.timed_for = (tenant, collection)
         if body.text is not None or body.texts is not None:
             texts = body.texts if body.texts is not None else [body.text or ""]
