@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 import weakref
@@ -24,6 +25,7 @@ from vecmigrate.indexes.build import artifact_dir, build_shard, register_index
 from vecmigrate.indexes.live import LiveIndex
 from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.records.sharding import hash_shards
+from vecmigrate.serving import heap
 from vecmigrate.serving.planner import RETIRE_PAUSE
 from vecmigrate.serving.router import Router, WritesPausedError, bucket
 from vecmigrate.stores import WHOLE
@@ -382,6 +384,50 @@ def test_a_rollback_after_cut_over_reads_at_once_from_the_index_kept_current(
     assert router.searcher(view.read_index) is old  # the same index, not loaded again
     assert 7 not in {int(i) for s in old.shards for i in s.search(seventh, 10)[1][0]}
     router.close()
+
+
+def test_a_router_that_settles_its_heap_freezes_each_new_plan_and_frees_a_retired_index(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`vecmigrate serve` freezes what each new plan loaded out of the garbage collector's
+    full passes (``heap.settle``); a refresh that keeps the plan does not settle again, and
+    an index no plan serves any more is still freed, the index and every shard, by reference
+    counting alone (with the collector off): nothing of it is left in a cycle to leak."""
+    sandbox.seed(2000, index={"kind": "hnswlib_hnsw", "m": 8, "ef_construction": 40}, shards=2)
+    settled: list[int] = []
+    real = heap.settle
+
+    def settle() -> None:
+        settled.append(1)
+        real()
+
+    monkeypatch.setattr(heap, "settle", settle)
+    router = Router(sandbox.catalog, refresh_seconds=0.0)
+    router.planner.settle_heap = True
+    query = np.full((1, sandbox.dim), 0.1, np.float32)
+    gc.disable()
+    try:
+        served = router.search("default", "docs", query, 3)
+        assert served.index is not None
+        assert len(settled) == 1
+        assert gc.get_freeze_count() > 0
+        router.search("default", "docs", query, 3)
+        assert len(settled) == 1  # the same plan: nothing new to freeze
+        live = router.planner.searcher(served.index)
+        assert isinstance(live, LiveIndex)
+        watches = [weakref.finalize(x, lambda: None) for x in (live, *live.shards)]
+        del live, served
+        sandbox.route("exact", read_index=None)
+        assert router.search("default", "docs", query, 3).index is None  # a new plan
+        assert len(settled) == 2
+        deadline = time.monotonic() + 10
+        while any(w.alive for w in watches):
+            assert time.monotonic() < deadline, [w.alive for w in watches]
+            time.sleep(0.01)
+    finally:
+        router.close()
+        gc.enable()
+        gc.unfreeze()
 
 
 def test_an_index_no_plan_serves_is_freed_one_shard_at_a_time_off_the_request(

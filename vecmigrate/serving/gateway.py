@@ -75,6 +75,7 @@ from vecmigrate.security.credentials import (
     bearer,
 )
 from vecmigrate.security.scrub import scrub
+from vecmigrate.serving import heap
 from vecmigrate.serving.asgi import AsgiServer, BodyGuard, TlsFiles
 from vecmigrate.serving.names import PREFIX as NAME_PREFIX
 from vecmigrate.serving.names import AmbiguousNameError, StableNames
@@ -682,7 +683,13 @@ class Gateway:
         return self
 
     async def serve(self) -> None:
-        """Serve on the running event loop until SIGINT or SIGTERM, then flush and close."""
+        """Serve on the running event loop until SIGINT or SIGTERM, then flush and close.
+
+        The process is the gateway's own: what lives as long as it does (its modules, and
+        then each plan's indexes) is frozen out of the garbage collector's full passes, which
+        otherwise stopped every request for 100 ms and more (``vecmigrate.serving.heap``)."""
+        self.router.planner.settle_heap = True
+        heap.settle()
         if self.metrics_server is not None:
             self.metrics_server.start()
         try:

@@ -27,6 +27,7 @@ from vecmigrate.indexes.live import LOG_PAGE, LiveIndex, NetChanges, open_live
 from vecmigrate.model.routing import RoutingView
 from vecmigrate.model.spec import IndexSpec, Metric, is_native, store_ref
 from vecmigrate.records.vectors import Ids, Vectors
+from vecmigrate.serving import heap
 from vecmigrate.serving.plan import Plan, Side
 from vecmigrate.serving.tuning import Tuned
 from vecmigrate.serving.upkeep import Upkeep
@@ -59,6 +60,9 @@ class Planner:
         self.catalog = catalog
         self.log = log
         self.refresh_seconds = refresh_seconds
+        # Set when the router is its process's own (`vecmigrate serve`): what a new plan
+        # loaded is frozen out of the collector's full passes (``vecmigrate.serving.heap``).
+        self.settle_heap = False
         # Read by the router's hot path without a lock (a dict read is atomic).
         self.plans: dict[tuple[str, str], Plan] = {}
         self._collections: dict[tuple[str, str], _Collection] = {}
@@ -105,15 +109,20 @@ class Planner:
         if view is None:
             raise NotFoundError(f"unknown collection {tenant}/{collection}")
         with state.planning:
-            plan = self.plans.get((tenant, collection))
-            if plan is None or plan.generation != view.generation:
-                plan = self._make_plan(tenant, collection, view)
+            old = self.plans.get((tenant, collection))
+            plan = (
+                old
+                if old is not None and old.generation == view.generation
+                else self._make_plan(tenant, collection, view)
+            )
             with state.lock:
                 # Writes staged while the plan was made: its indexes catch up with them here.
                 self._follow(tenant, collection, plan)
                 self._publish(tenant, collection, plan)
                 state.refreshed = time.monotonic()
             plan = self._swap_compacted(tenant, collection, plan) or plan
+        if self.settle_heap and plan is not old:
+            heap.settle()
         self._start_upkeep()
         return plan
 
