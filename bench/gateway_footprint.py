@@ -10,9 +10,11 @@ it started before; and the code of ``--old-ref`` (a checkout in a temporary dire
 the gateway stopped importing scipy and before it started on its own). For each process: the
 seconds from its start until ``/health`` answers, the median of ``--searches`` searches over
 HTTP (the first loads the index), then, the process idle, its resident memory, the modules it
-imported, the objects the garbage collector tracks and the median of five full collections'
-pauses: each full collection walks every tracked object while requests wait. Medians over the
-rounds. Linux (``/proc``, ``SIGUSR1``).
+imported, the objects the garbage collector tracks, those frozen out of its passes (a gateway
+started by ``vecmigrate serve`` freezes what lives as long as it does, see
+``vecmigrate.serving.heap``), and the median of five full collections' pauses: each full
+collection walks every tracked object not frozen while requests wait. Medians over the rounds.
+Linux (``/proc``, ``SIGUSR1``).
 """
 
 from __future__ import annotations
@@ -45,7 +47,15 @@ from bench.common import (
 from vecmigrate.data.datasets import clustered
 
 WAYS = {"now": "now", "through the whole command": "whole", "before": "whole"}
-FIGURES = ("start_s", "search_p50_ms", "rss_mb", "modules", "tracked_objects", "full_gc_ms")
+FIGURES = (
+    "start_s",
+    "search_p50_ms",
+    "rss_mb",
+    "modules",
+    "tracked_objects",
+    "frozen_objects",
+    "full_gc_ms",
+)
 # The server's program: ``vecmigrate serve`` started one of the two ways, which on SIGUSR1
 # writes what its process holds to a file (the handler runs on the thread that serves).
 SERVER = """
@@ -64,6 +74,7 @@ def held(*_):
         "rss_mb": int(status["VmRSS"].split()[0]) / 1024,
         "modules": len(sys.modules),
         "tracked_objects": len(gc.get_objects()),
+        "frozen_objects": gc.get_freeze_count(),
         "full_gc_ms": 1000 * statistics.median(pauses),
         "temporalio": "temporalio" in sys.modules,
         "package": sys.modules["vecmigrate"].__path__[0],
@@ -121,6 +132,7 @@ def measure(
         "rss_mb": round(held["rss_mb"], 1),
         "modules": held["modules"],
         "tracked_objects": held["tracked_objects"],
+        "frozen_objects": held["frozen_objects"],
         "full_gc_ms": round(held["full_gc_ms"], 2),
         "temporalio": held["temporalio"],
     }

@@ -47,6 +47,7 @@ from vecmigrate.testing.drill import run_drill
 from vecmigrate.testing.loadgen import (
     SEARCHES,
     LoadProcess,
+    Request,
     answered_millis,
     latency_table,
     verify,
@@ -104,6 +105,13 @@ async def main_async(args: argparse.Namespace, console: Console) -> dict[str, ob
     queries = open_source(spec).sample(1000, seed=5)[1]
     # The first seconds (connections, the index's first pages) are left out of the baseline.
     phase = {"now": "WARMUP"}
+    timeline: list[tuple[float, str]] = []  # when each phase was seen to begin
+
+    def enter(now: str) -> None:
+        if now != phase["now"]:
+            timeline.append((time.time(), now))
+        phase["now"] = now
+
     paces: dict[str, float] = {}  # the lowest pace share the budget set, by phase
     # The gateway in a process of its own, as `vecmigrate serve` runs in production (with
     # --secure, with TLS and every request with an API key): in this process it shared the GIL
@@ -148,18 +156,16 @@ async def main_async(args: argparse.Namespace, console: Console) -> dict[str, ob
         client = await connect(server.address)
         load.start()
         await asyncio.sleep(min(3.0, args.idle_seconds / 3))
-        phase["now"] = "IDLE"
+        enter("IDLE")
         console.log(f"idle baseline for {args.idle_seconds:.0f}s with {args.clients} clients")
         await asyncio.sleep(args.idle_seconds)
         console.log("online migration drill under load")
         watcher = asyncio.create_task(watch_budget(catalog, spec.migration_id, phase, paces))
         try:
-            final = await run_drill(
-                MigrationClient(client, "bench"), spec, lambda p: phase.update(now=p)
-            )
+            final = await run_drill(MigrationClient(client, "bench"), spec, enter)
         finally:
             watcher.cancel()
-        phase["now"] = "AFTER"
+        enter("AFTER")
         await asyncio.sleep(2.0)
     finally:
         worker.terminate()
@@ -173,6 +179,9 @@ async def main_async(args: argparse.Namespace, console: Console) -> dict[str, ob
     rows = latency_table(requests, order)
     idle = next(r for r in rows if r["phase"] == "IDLE")
     against_idle(rows, idle, args.budget, paces, answered_millis(requests, SEARCHES))
+    late = slowest(requests, timeline)
+    for row in rows:
+        row["slowest_searches"] = late.get(str(row["phase"]), [])
     state = Latencies(catalog).budget(spec.migration_id)
     backfill = next((r for r in rows if r["phase"] == "BACKFILLING"), None)
     ratio = (
@@ -223,6 +232,22 @@ async def watch_budget(
         if state is not None and time.time() - state.at <= 2.0:  # written in this phase
             paces[now] = min(paces.get(now, 1.0), state.share)
         await asyncio.sleep(0.5)
+
+
+def slowest(
+    requests: list[Request], timeline: list[tuple[float, str]], n: int = 3
+) -> dict[str, list[tuple[float, float]]]:
+    """For each phase, its ``n`` slowest answered searches: milliseconds, and
+    seconds since the phase was seen to begin (a phase entered twice, from its latest entry
+    before the search): whether a phase's p99 comes from its first moments or from all of it."""
+    found: dict[str, list[tuple[float, float]]] = {}
+    for r in requests:
+        if r.kind not in SEARCHES or r.status != 200:
+            continue
+        entries = [t for t, p in timeline if p == r.phase and t <= r.at]
+        since = r.at - entries[-1] if entries else float("nan")
+        found.setdefault(r.phase, []).append((round(r.ms, 1), round(since, 2)))
+    return {p: sorted(found[p], reverse=True)[:n] for p in found}
 
 
 def against_idle(

@@ -36,6 +36,7 @@ class Request:
     phase: str
     ms: float
     status: int
+    at: float = 0.0  # when it was sent, seconds since the epoch
 
 
 @dataclass
@@ -111,7 +112,7 @@ class LoadGenerator:
         next_id = self.id_base + n * (1 << 32)
         live: list[int] = []
         while not self._stop.is_set():
-            began = time.perf_counter()
+            began, sent_at = time.perf_counter(), time.time()
             roll = rng.random()
             phase = self.phase()
             if roll < self.mix[0] or (not live and roll >= self.mix[0] + self.mix[1]):
@@ -148,7 +149,7 @@ class LoadGenerator:
                 conn = self._connect()
                 status = 599
             ms = (time.perf_counter() - began) * 1000
-            state.requests.append(Request(kind, phase, ms, status))
+            state.requests.append(Request(kind, phase, ms, status, sent_at))
             if status == 200 and kind == "upsert":
                 sent = np.asarray(body["vectors"], np.float32)
                 for record_id, vec in zip(body["ids"], sent, strict=True):
