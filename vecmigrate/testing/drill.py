@@ -63,20 +63,21 @@ async def run_drill(
     # One query of the migration's status every 0.1 s, which both tags requests with the phase
     # and tells the drill when to act: each query is work for the worker and the Temporal
     # server, on the cores the gateway under load shares.
-    latest: list[MigrationStatus] = []
+    latest: MigrationStatus | None = None
 
     async def follow() -> None:
+        nonlocal latest
         while True:
             with contextlib.suppress(Exception):
                 st = await mc.status_if_started(mid)
                 if st is not None:
-                    latest[:] = [st]
+                    latest = st
                     on_phase(str(st.phase))
             await asyncio.sleep(0.1)
 
     async def reach(phase: Phase) -> None:
         deadline = time.monotonic() + timeout
-        while not (latest and _reached(mid, latest[0], phase)):
+        while latest is None or not _reached(mid, latest, phase):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{mid} did not reach {phase} within {timeout:.0f}s")
             await asyncio.sleep(0.02)
