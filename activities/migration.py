@@ -84,6 +84,8 @@ from vecmigrate.model.tasks import (
     ReconcileShardInput,
     RegisterIndexInput,
     RoutingChangeInput,
+    RoutingStepInput,
+    RoutingStepResult,
     ShadowInput,
     ShadowResult,
     SpecTask,
@@ -239,6 +241,7 @@ class MigrationActivities:
             self.reconcile_shard,
             self.data_state,
             self.change_routing,
+            self.routing_step,
             self.set_version_state,
             self.set_control,
             self.record,
@@ -619,6 +622,44 @@ class MigrationActivities:
     @activity.defn(name="change_routing")
     @_boundary
     def change_routing(self, inp: RoutingChangeInput) -> RoutingView:
+        return self._change_routing(inp)
+
+    @activity.defn(name="routing_step")
+    @_boundary
+    def routing_step(self, inp: RoutingStepInput) -> RoutingStepResult:
+        """``change_routing``, its ledger entry, then each version state and its entry: what
+        the workflow did in one task per write before this release."""
+        view = self._change_routing(inp)
+        data = {"reason": inp.reason, **view.model_dump(mode="json")}
+        acks = [self._entry(inp, inp.event_key, "routing.changed", data)]
+        scope = inp.model_dump(
+            include={"migration_id", "tenant", "collection", "operator", "region"}
+        )
+        for step in inp.states:
+            self._set_version_state(
+                VersionStateInput(**scope, version=step.version, state=step.state)
+            )
+            data = {"version": step.version, "state": step.state}
+            acks.append(self._entry(inp, step.event_key, "version.state", data))
+        return RoutingStepResult(routing=view, acks=acks)
+
+    def _entry(
+        self, inp: RoutingChangeInput, key: str, kind: str, data: dict[str, Any]
+    ) -> LedgerAck:
+        """Append the workflow's entry ``key`` (the ``record`` activity's append)."""
+        entry = self.catalog.append(
+            tenant=inp.tenant,
+            collection=inp.collection,
+            migration_id=inp.migration_id,
+            kind=kind,
+            actor=inp.operator,
+            data=data,
+            event_key=key,
+            region=self.region,
+        )
+        return LedgerAck(seq=entry.seq, hash=entry.hash)
+
+    def _change_routing(self, inp: RoutingChangeInput) -> RoutingView:
         before = self.catalog.get_routing(inp.tenant, inp.collection)
         retained = RetentionLog(self.catalog)
         if before is not None:
@@ -658,6 +699,9 @@ class MigrationActivities:
     @activity.defn(name="set_version_state")
     @_boundary
     def set_version_state(self, inp: VersionStateInput) -> None:
+        self._set_version_state(inp)
+
+    def _set_version_state(self, inp: VersionStateInput) -> None:
         self.catalog.set_version_state(inp.tenant, inp.collection, inp.version, inp.state)
         retained = RetentionLog(self.catalog)
         if inp.state in ("retained", "abandoned"):

@@ -215,6 +215,7 @@ async def main_async(args: argparse.Namespace, console: Console) -> dict[str, ob
         "budget_last_state": state.line() if state is not None else None,
         "seconds": round(time.monotonic() - began, 1),
         "phases": rows,
+        "timeline": timeline,
     }
 
 

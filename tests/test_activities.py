@@ -16,7 +16,13 @@ from tests.conftest import Sandbox
 from vecmigrate.activities.migration import MigrationActivities
 from vecmigrate.data.backfill import open_source, open_target, prepare
 from vecmigrate.model.spec import MigrationSpec
-from vecmigrate.model.tasks import BuildIndexInput, CopyShardInput, PrepareInput
+from vecmigrate.model.tasks import (
+    BuildIndexInput,
+    CopyShardInput,
+    PrepareInput,
+    RoutingStepInput,
+    VersionStateStep,
+)
 
 
 class KilledError(Exception):
@@ -311,3 +317,74 @@ def test_an_error_is_typed_and_cut_to_fit_temporals_failure_record(
     assert len(err.message) < SUMMARY_CHARS + 100
     assert "more characters in the worker's log" in err.message
     assert err.__cause__ is None  # no chained stack trace travels with it
+
+
+def test_a_routing_step_retried_after_a_failure_completes_it_and_writes_nothing_twice(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``routing_step`` (the routing change, its entry, the version states and theirs in one
+    task) fails between its writes on the first attempt; the retry completes what is left, and
+    a third run of the same input finds everything where the second left it."""
+    sandbox.seed(200)
+    spec = sandbox.spec()
+    acts = MigrationActivities(sandbox.catalog.url)
+    prepare(sandbox.catalog, spec, "t")  # registers the target, building
+    catalog = sandbox.catalog
+    before = catalog.get_routing("default", "docs")
+    assert before is not None
+    scope = {"migration_id": spec.migration_id, "tenant": "default", "collection": "docs"}
+    inp = RoutingStepInput(
+        **scope,
+        expected_generation=before.generation,
+        read_version="v2",
+        read_index=None,
+        write_versions=["v2", "v1"],
+        operator="alice",
+        reason="cut-over: reads move to the target",
+        change_key=f"{spec.migration_id}/run/cutover/1",
+        event_key=f"{spec.migration_id}/run/2",
+        states=[
+            VersionStateStep(version="v2", state="serving", event_key=f"{spec.migration_id}/run/3"),
+            VersionStateStep(version="v1", state="standby", event_key=f"{spec.migration_id}/run/4"),
+        ],
+    )
+    real = catalog.set_version_state
+    failed: list[str] = []
+
+    def fails_once_on_v1(tenant: str, collection: str, version: str, state: str) -> None:
+        if version == "v1" and not failed:
+            failed.append(version)
+            raise ConnectionError("catalog connection lost")
+        real(tenant, collection, version, state)
+
+    monkeypatch.setattr(acts.catalog, "set_version_state", fails_once_on_v1)
+    env = ActivityEnvironment()
+    with pytest.raises(ApplicationError) as first:
+        env.run(acts.routing_step, inp)
+    assert first.value.type == "ConnectionError"
+    assert not first.value.non_retryable
+    done = env.run(acts.routing_step, inp)
+    again = env.run(acts.routing_step, inp)
+    assert again == done
+    assert done.routing.generation == before.generation + 1
+    assert done.routing.read_version == "v2"
+    assert done.routing.write_versions == ["v2", "v1"]
+    states = {v.version: v.state for v in catalog.versions_of("default", "docs")}
+    assert states == {"v1": "standby", "v2": "serving"}
+    entries = [e for e in catalog.entries(spec.migration_id) if e.event_key in _keys(inp)]
+    assert [(e.kind, e.actor) for e in entries] == [
+        ("routing.changed", "alice"),
+        ("version.state", "alice"),
+        ("version.state", "alice"),
+    ]
+    assert entries[0].data["reason"] == inp.reason
+    assert entries[0].data["generation"] == before.generation + 1
+    assert [e.data for e in entries[1:]] == [
+        {"version": "v2", "state": "serving"},
+        {"version": "v1", "state": "standby"},
+    ]
+    assert [a.seq for a in done.acks] == [e.seq for e in entries]
+
+
+def _keys(inp: RoutingStepInput) -> set[str]:
+    return {inp.event_key, *(s.event_key for s in inp.states)}

@@ -289,6 +289,8 @@ async def test_a_running_migration_is_found_by_its_phase_and_reads_from_its_page
             summaries.setdefault(kind, []).append(text)
     assert sorted(summaries["copy_shard"]) == ["copy shard 0", "copy shard 1", "copy shard 2"]
     assert "phase PREPARING -> BACKFILLING" in summaries["record"]
-    assert any(s.startswith("version v2: ") for s in summaries["set_version_state"])
-    assert any(s.startswith("routing: ") for s in summaries["change_routing"])
+    # A routing change names its reason and the version states it sets with it.
+    steps = summaries["routing_step"]
+    assert all(s.startswith("routing: ") for s in steps), steps
+    assert any("v2: serving" in s for s in steps), steps
     assert len(set(summaries["record"])) > len(summaries["record"]) / 2

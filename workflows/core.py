@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -65,11 +65,14 @@ with workflow.unsafe.imports_passed_through():
         LogHeadInput,
         RetentionInput,
         RoutingChangeInput,
+        RoutingStepInput,
+        RoutingStepResult,
         ShardRef,
         StableNameInput,
         StableNameSwitch,
         StorageInput,
         VersionStateInput,
+        VersionStateStep,
         selected_hash_shards,
     )
 
@@ -83,6 +86,8 @@ RETENTION_TIMER = "retention-timer"
 PG_CAPTURE = "pg-capture"
 # An abort after a cut-over leaves the stable name where reads are, and drains the capture.
 ABORT_NAME = "abort-stable-name"
+# A routing change, its ledger entry and the version states that go with it in one task.
+ROUTING_STEP = "routing-step"
 
 # Continue as new before the history reaches this many events, less what draining the shard
 # window may add (about a dozen events a shard).
@@ -110,6 +115,7 @@ class MigrationCore(OperatorSignals):
         self._policy = AccessPolicy()
         # Runs from before this release keep their history: no attribute changes there.
         self._searchable = workflow.patched(SEARCH_ATTRIBUTES)
+        self._one_step = workflow.patched(ROUTING_STEP)
         self._strategy = LIFECYCLE[spec.strategy].variant(lambda _: self._rules)
         self._lock = asyncio.Lock()
         self._control_lock = asyncio.Lock()
@@ -623,10 +629,14 @@ class MigrationCore(OperatorSignals):
         ramp_percent: float = 0.0,
         shadow_percent: float = 0.0,
         writes_paused: bool = False,
+        states: Sequence[tuple[str, str]] = (),
     ) -> None:
-        """Set the whole routing row by compare-and-set (reads default to the source).
+        """Set the whole routing row by compare-and-set (reads default to the source), record
+        it, then set each ``(version, state)`` of ``states``.
 
-        Changes are made one at a time, each against the generation the last one left.
+        Changes are made one at a time, each against the generation the last one left. A run
+        with the ``routing-step`` patch makes them all in one task; a run from before it, one
+        task per write.
         """
         spec = self._spec
         async with self._routing_lock:
@@ -651,11 +661,43 @@ class MigrationCore(OperatorSignals):
                 shadow_percent=shadow_percent,
                 writes_paused=writes_paused,
             )
+            if self._one_step:
+                await self._routing_step(change, states)
+                return
             view: RoutingView = await short_call(
                 "change_routing", change, RoutingView, summary=f"routing: {reason}"[:200]
             )
             self._status.routing = view
         await self._record("routing.changed", operator, {"reason": reason, **view.model_dump()})
+        for version, state in states:
+            await self._set_state(version, state, operator)
+
+    async def _routing_step(
+        self, change: RoutingChangeInput, states: Sequence[tuple[str, str]]
+    ) -> None:
+        """The routing change, its entry and the states' in one task, each entry under the
+        event key the separate calls would have used."""
+        mid = self._status.migration_id
+        self._events += 1
+        key = event_key(mid, self._events)
+        steps: list[VersionStateStep] = []
+        for version, state in states:
+            self._events += 1
+            entry = event_key(mid, self._events)
+            steps.append(VersionStateStep(version=version, state=state, event_key=entry))
+        self._details()
+        summary = f"routing: {change.reason}"[:200]
+        if steps:
+            summary = f"{summary[:150]}; " + ", ".join(f"{s.version}: {s.state}" for s in steps)
+        result: RoutingStepResult = await short_call(
+            "routing_step",
+            RoutingStepInput(**change.model_dump(), event_key=key, states=steps),
+            RoutingStepResult,
+            summary=summary[:200],
+        )
+        self._status.routing = result.routing
+        for ack in result.acks:
+            self._anchor(ack)
 
     async def _point_stable_name(
         self, side: str, operator: str, reason: str, *, create: bool = True

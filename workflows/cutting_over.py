@@ -61,11 +61,13 @@ class CuttingOver(MigrationCore):
             + ("; the source stays current for rollback" if keeps_source else "")
             + ("; writes resume" if paused_writes else ""),
             key="cutover",
+            states=[
+                (spec.target.name, "serving"),
+                (spec.source.name, "standby" if keeps_source else "retained"),
+            ],
         )
         self._status.cutovers += 1
         self._status.ramp_percent = 0.0
-        await self._set_state(spec.target.name, "serving", approver)
-        await self._set_state(spec.source.name, "standby" if keeps_source else "retained", approver)
 
     async def _bake(self, inp: MigrationInput) -> None:
         began = datetime.fromisoformat(self._status.phase_started_at)
@@ -94,8 +96,8 @@ class CuttingOver(MigrationCore):
                 operator="vecmigrate",
                 reason="finalize: shadow reads and dual-write off; the target is retained",
                 key="finalize",
+                states=[(spec.target.name, "retained")],
             )
-            await self._set_state(spec.target.name, "retained", "vecmigrate")
             await self._storage("finalized")
             return
         await self._set_routing(
@@ -105,8 +107,8 @@ class CuttingOver(MigrationCore):
             operator="vecmigrate",
             reason="finalize: the source is retained but no longer written",
             key="finalize",
+            states=[(spec.source.name, "retained")],
         )
-        await self._set_state(spec.source.name, "retained", "vecmigrate")
         await self._storage("finalized")
         keep = spec.retention.retired_seconds if spec.retention else None
         await self._retain(spec.source.name, "retired", keep)
@@ -149,8 +151,7 @@ class CuttingOver(MigrationCore):
             operator=msg.operator,
             reason=f"rollback after cut-over: {msg.reason or 'requested'}; dual-write stays on",
             key="reverse",
+            states=[(spec.source.name, "serving"), (spec.target.name, "building")],
         )
-        await self._set_state(spec.source.name, "serving", msg.operator)
-        await self._set_state(spec.target.name, "building", msg.operator)
         st.blocked_reason = self._cutover_wait_reason()
         await self._enter(Phase.AWAITING_CUTOVER, actor=msg.operator)

@@ -9,6 +9,8 @@ recording of the new path under a new name rather than re-recording the old ones
 The ``*_v2`` histories were recorded by the release that brought the lifecycle table (the
 ``lifecycle-table`` patch): every strategy, a rollback, an abort, a pause and resume, a gate
 overridden by an approver. The others are the release before it, which its runs still replay.
+The ``*_v3`` histories, the same cases, were recorded by the release that makes each routing
+change, its ledger entry and its version states one task (the ``routing-step`` patch).
 ``blue_green_roles`` was recorded with operator roles (the ``operator-roles`` patch): replaying
 it needs the worker's caller interceptor, as every worker has. ``online_capture`` was recorded
 with change capture (the ``pg-capture`` patch) on a PostgreSQL server the recorder starts;
@@ -370,7 +372,7 @@ async def finish(mc: MigrationClient, mid: str, name: str) -> None:
 
 async def record_v2(env: WorkflowEnvironment, name: str) -> None:
     """One of the lifecycle table's recordings (see the module's docstring)."""
-    case = name.removesuffix("_v2")
+    case = name.rsplit("_", 1)[0]
     sandbox = fresh_sandbox(name)
     vectors = sandbox.seed(3000)
     manual = {"mode": "manual", "bake_seconds": 0.5}
@@ -526,6 +528,7 @@ async def record_regional_divergence(env: WorkflowEnvironment, name: str) -> Non
 
 RECORDERS: dict[str, Callable[[WorkflowEnvironment, str], Awaitable[None]]] = {
     **{f"{case}_v2": record_v2 for case in V2},
+    **{f"{case}_v3": record_v2 for case in V2},
     "blue_green_completed": record_blue_green,
     "blue_green_rolled_back": record_blue_green,
     "blue_green_continued": record_continued,

@@ -232,6 +232,31 @@ class RoutingChangeInput(_Model):
     region: TaskRegion = None
 
 
+class VersionStateStep(_Model):
+    """A version's new state, part of a :class:`RoutingStepInput`, and its ledger entry's key."""
+
+    version: str
+    state: str
+    event_key: str
+
+
+class RoutingStepInput(RoutingChangeInput):
+    """A routing change, its ledger entry and the version states that go with it, as one task
+    (one round trip to the server instead of one per write). Each write is idempotent on its
+    own key (the change key, each entry's event key), so a retry completes what an attempt
+    began, in the order an attempt makes them: routing, its entry, then each state and its
+    entry."""
+
+    event_key: str
+    states: list[VersionStateStep] = Field(default_factory=list)
+
+
+class RoutingStepResult(_Model):
+    routing: RoutingView
+    # Where each entry landed: the routing change's, then each state's.
+    acks: list[LedgerAck]
+
+
 class LedgerInput(_Model):
     """One ledger entry; ``event_key`` makes the append idempotent under retries."""
 
