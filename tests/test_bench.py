@@ -93,9 +93,9 @@ RUNS = {
 }
 
 
-def run_script(name: str, *args: str, out: Path) -> None:
+def run_script(name: str, *args: str, out: Path) -> str:
     """Run ``bench/NAME.py`` with ``args`` and ``--out out`` from the clone's root, as a user
-    would; a failure shows the end of the script's output."""
+    would; what it printed (a failure shows the end of it)."""
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / f"{name}.py"), *args, "--out", str(out)],
         capture_output=True,
@@ -104,6 +104,7 @@ def run_script(name: str, *args: str, out: Path) -> None:
         cwd=ROOT,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
 
 
 @pytest.mark.timeout(600)
@@ -156,7 +157,7 @@ def test_fleet_script_runs_on_one_queue_and_on_per_region_queues(tmp_path: Path)
 
 @pytest.mark.timeout(600)
 def test_online_load_script_checks_every_write(tmp_path: Path) -> None:
-    run_script(
+    printed = run_script(
         "online_load",
         *("--vectors", "5000", "--dim", "16", "--shards", "2", "--clients", "2", "--rate", "20"),
         *("--step-seconds", "1.5", "--idle-seconds", "1", "--shadow-percent", "100"),
@@ -172,6 +173,17 @@ def test_online_load_script_checks_every_write(tmp_path: Path) -> None:
         assert all(ms > 0 and since >= 0 for ms, since in phase["slowest_searches"]), phase
     assert next(p for p in result["phases"] if p["phase"] == "IDLE")["slowest_searches"]
     assert (tmp_path / "online_load.png").exists()
+    # When each phase was seen to begin, in order; the lifecycle's phases each in it.
+    seen = [phase for _, phase in result["timeline"]]
+    assert seen[0] == "IDLE"
+    assert seen[-1] == "AFTER"
+    assert {"BACKFILLING", "CUT_OVER", "BAKING"} <= set(seen)
+    assert [t for t, _ in result["timeline"]] == sorted(t for t, _ in result["timeline"])
+    # The table shows every phase whole in the 120 columns a pipe gets: nothing cut short.
+    assert "slowest @ s" in printed
+    assert "…" not in printed
+    for phase in result["phases"]:
+        assert f"\n{phase['phase']} " in printed, phase["phase"]
 
 
 def test_gateway_footprint_script_starts_the_gateway_each_way(tmp_path: Path) -> None:
