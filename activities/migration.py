@@ -630,34 +630,28 @@ class MigrationActivities:
         """``change_routing``, its ledger entry, then each version state and its entry: what
         the workflow did in one task per write before this release."""
         view = self._change_routing(inp)
+        scope = inp.model_dump(include={"migration_id", "tenant", "collection"})
+
+        def entry(key: str, kind: str, data: dict[str, Any]) -> LedgerAck:
+            return self._append(
+                LedgerInput(**scope, event_key=key, kind=kind, actor=inp.operator, data=data)
+            )
+
         data = {"reason": inp.reason, **view.model_dump(mode="json")}
-        acks = [self._entry(inp, inp.event_key, "routing.changed", data)]
-        scope = inp.model_dump(
-            include={"migration_id", "tenant", "collection", "operator", "region"}
-        )
+        acks = [entry(inp.event_key, "routing.changed", data)]
         for step in inp.states:
             self._set_version_state(
-                VersionStateInput(**scope, version=step.version, state=step.state)
+                VersionStateInput(
+                    **scope,
+                    version=step.version,
+                    state=step.state,
+                    operator=inp.operator,
+                    region=inp.region,
+                )
             )
             data = {"version": step.version, "state": step.state}
-            acks.append(self._entry(inp, step.event_key, "version.state", data))
+            acks.append(entry(step.event_key, "version.state", data))
         return RoutingStepResult(routing=view, acks=acks)
-
-    def _entry(
-        self, inp: RoutingChangeInput, key: str, kind: str, data: dict[str, Any]
-    ) -> LedgerAck:
-        """Append the workflow's entry ``key`` (the ``record`` activity's append)."""
-        entry = self.catalog.append(
-            tenant=inp.tenant,
-            collection=inp.collection,
-            migration_id=inp.migration_id,
-            kind=kind,
-            actor=inp.operator,
-            data=data,
-            event_key=key,
-            region=self.region,
-        )
-        return LedgerAck(seq=entry.seq, hash=entry.hash)
 
     def _change_routing(self, inp: RoutingChangeInput) -> RoutingView:
         before = self.catalog.get_routing(inp.tenant, inp.collection)
@@ -767,6 +761,19 @@ class MigrationActivities:
         if inp.kind == "migration.started" and "spec" in inp.data:
             # The one payload that carries the spec: stored by its hash before any task names it.
             self.specs.store(inp.migration_id, MigrationSpec.model_validate(inp.data["spec"]))
+        ack = self._append(inp)
+        if inp.kind == "phase":
+            phase = str(inp.data.get("to", ""))
+            self.catalog.set_migration_phase(inp.migration_id, phase)
+            if phase in TERMINAL:
+                # Completed, rolled back or aborted: nothing reads what the copy counted for
+                # the streamed shard checks again (a retry finds it gone; gc removes it when
+                # this step did not run).
+                retention.drop_streamed_of(self.catalog, inp.migration_id)
+        return ack
+
+    def _append(self, inp: LedgerInput) -> LedgerAck:
+        """Append the workflow's entry (idempotent by its event key) from this worker's region."""
         entry = self.catalog.append(
             tenant=inp.tenant,
             collection=inp.collection,
@@ -778,14 +785,6 @@ class MigrationActivities:
             region=self.region,
             caller=inp.caller,
         )
-        if inp.kind == "phase":
-            phase = str(inp.data.get("to", ""))
-            self.catalog.set_migration_phase(inp.migration_id, phase)
-            if phase in TERMINAL:
-                # Completed, rolled back or aborted: nothing reads what the copy counted for
-                # the streamed shard checks again (a retry finds it gone; gc removes it when
-                # this step did not run).
-                retention.drop_streamed_of(self.catalog, inp.migration_id)
         return LedgerAck(seq=entry.seq, hash=entry.hash)
 
     @activity.defn(name="resolve_firing")

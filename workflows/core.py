@@ -686,8 +686,8 @@ class MigrationCore(OperatorSignals):
             entry = event_key(mid, self._events)
             steps.append(VersionStateStep(version=version, state=state, event_key=entry))
         self._details()
-        summary = f"routing: {change.reason}"[:200]
-        if steps:
+        summary = f"routing: {change.reason}"
+        if steps:  # the states after at most 150 characters of the reason
             summary = f"{summary[:150]}; " + ", ".join(f"{s.version}: {s.state}" for s in steps)
         result: RoutingStepResult = await short_call(
             "routing_step",

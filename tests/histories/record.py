@@ -371,7 +371,8 @@ async def finish(mc: MigrationClient, mid: str, name: str) -> None:
 
 
 async def record_v2(env: WorkflowEnvironment, name: str) -> None:
-    """One of the lifecycle table's recordings (see the module's docstring)."""
+    """One of the lifecycle table's cases (``_v2``), or the same case recorded again under the
+    ``routing-step`` patch (``_v3``; see the module's docstring)."""
     case = name.rsplit("_", 1)[0]
     sandbox = fresh_sandbox(name)
     vectors = sandbox.seed(3000)
