@@ -36,7 +36,7 @@ code_migrations = Table(
 
 @dataclass(frozen=True)
 class AppliedSpec:
-    """One spec file applied from a migration directory."""
+    """One spec file applied from a migration directory: a row of ``code_migrations``."""
 
     name: str
     spec_hash: str
@@ -75,19 +75,12 @@ class AppliedSpecs:
         """Record that ``name`` was started (a second call for the same spec changes nothing)."""
         if self.get(name) is not None:
             return
+        # Started now, not finished, running.
+        record = AppliedSpec(
+            name, spec_hash, spec, migration_id, directory, applied_by, now(), None, "running"
+        )
         with begin(self.catalog.engine) as conn:
-            conn.execute(
-                code_migrations.insert().values(
-                    name=name,
-                    spec_hash=spec_hash,
-                    spec=spec,
-                    migration_id=migration_id,
-                    directory=directory,
-                    applied_by=applied_by,
-                    started_at=now(),
-                    outcome="running",
-                )
-            )
+            conn.execute(code_migrations.insert().values(**sql.row_values(record)))
 
     def finished(self, name: str, outcome: str) -> None:
         """Record how ``name``'s migration ended."""

@@ -81,10 +81,13 @@ def sequence_key(name: str) -> Column[int]:
     )
 
 
-def schema_shape_columns() -> tuple[Column[int], Column[str], Column[bool]]:
-    """The shape of the vectors an embedding schema describes: its dimension, metric and whether
-    they are normalised (beside the model's id and version)."""
+def schema_columns(*, primary_key: bool) -> tuple[Column[Any], ...]:
+    """The columns of an embedding schema (what :func:`schema_values` fills): the model's id and
+    version (the primary key, or required columns beside a key of their own), then the shape of
+    its vectors: their dimension, metric and whether they are normalised."""
     return (
+        Column("model_id", String(200), primary_key=primary_key, nullable=False),
+        Column("model_version", String(64), primary_key=primary_key, nullable=False),
         Column("dimension", Integer, nullable=False),
         Column("metric", String(16), nullable=False),
         Column("normalized", Boolean, nullable=False),
@@ -125,9 +128,7 @@ embedding_schemas = Table(
     "embedding_schemas",
     metadata,
     Column("id", String(64), primary_key=True),
-    Column("model_id", String(200), nullable=False),
-    Column("model_version", String(64), nullable=False),
-    *schema_shape_columns(),
+    *schema_columns(primary_key=False),
 )
 
 vector_versions = Table(
@@ -1068,23 +1069,19 @@ class Catalog:
         RoleBinding(identity=identity, role=role, tenant=tenant, collection=collection)
         key = sql.in_scope(access_roles, tenant, collection) & (access_roles.c.identity == identity)
         with begin(self.engine) as conn:
-            conn.execute(access_roles.delete().where(key))
-            conn.execute(
-                access_roles.insert().values(
-                    tenant=tenant,
-                    collection=collection,
-                    identity=identity,
-                    role=str(role),
-                    granted_by=actor,
-                    granted_at=now(),
-                )
+            sql.replace_row(
+                conn,
+                access_roles,
+                key,
+                tenant=tenant,
+                collection=collection,
+                identity=identity,
+                role=str(role),
+                granted_by=actor,
+                granted_at=now(),
             )
-        self.append(
-            tenant=tenant,
-            collection=collection,
-            kind="roles.granted",
-            actor=actor,
-            data={"identity": identity, "role": str(role)},
+        self._access_changed(
+            "granted", tenant, collection, actor, identity=identity, role=str(role)
         )
 
     def revoke_role(self, identity: str, tenant: str, collection: str, actor: str) -> bool:
@@ -1093,29 +1090,24 @@ class Catalog:
         with begin(self.engine) as conn:
             gone = conn.execute(access_roles.delete().where(key)).rowcount
         if gone:
-            self.append(
-                tenant=tenant,
-                collection=collection,
-                kind="roles.revoked",
-                actor=actor,
-                data={"identity": identity},
-            )
+            self._access_changed("revoked", tenant, collection, actor, identity=identity)
         return bool(gone)
 
     def set_four_eyes(self, tenant: str, collection: str, on: bool, actor: str) -> None:
         """Require (or not) that a cut-over's approver differ from the migration's starter."""
         key = sql.in_scope(access_settings, tenant, collection)
         with begin(self.engine) as conn:
-            conn.execute(access_settings.delete().where(key))
-            conn.execute(
-                access_settings.insert().values(tenant=tenant, collection=collection, four_eyes=on)
+            sql.replace_row(
+                conn, access_settings, key, tenant=tenant, collection=collection, four_eyes=on
             )
+        self._access_changed("four_eyes", tenant, collection, actor, four_eyes=on)
+
+    def _access_changed(
+        self, change: str, tenant: str, collection: str, actor: str, **data: Any
+    ) -> None:
+        """Record a change of who may steer ``tenant``/``collection`` (``roles.<change>``)."""
         self.append(
-            tenant=tenant,
-            collection=collection,
-            kind="roles.four_eyes",
-            actor=actor,
-            data={"four_eyes": on},
+            tenant=tenant, collection=collection, kind=f"roles.{change}", actor=actor, data=data
         )
 
     def access_policy(self, tenant: str, collection: str) -> AccessPolicy:

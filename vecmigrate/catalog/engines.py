@@ -48,14 +48,8 @@ class DatabaseAccess:
 
     def tls_args(self) -> dict[str, str]:
         """The libpq TLS parameters that are set."""
-        fields = {
-            "sslmode": self.sslmode,
-            "sslrootcert": self.sslrootcert,
-            "sslcert": self.sslcert,
-            "sslkey": self.sslkey,
-            "sslnegotiation": self.sslnegotiation,
-        }
-        return {k: v for k, v in fields.items() if v is not None}
+        names = ("sslmode", "sslrootcert", "sslcert", "sslkey", "sslnegotiation")
+        return {k: v for k in names if (v := getattr(self, k)) is not None}
 
 
 def catalog_access() -> DatabaseAccess | None:

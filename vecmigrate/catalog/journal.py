@@ -154,7 +154,8 @@ shard_stream_pending = Table(
 
 @dataclass(frozen=True)
 class StreamRow:
-    """A shard's streamed validation state as stored (see ``vecmigrate.validation.stream``)."""
+    """A shard's streamed validation state as stored, one field per column of
+    :func:`stream_columns` (see ``vecmigrate.validation.stream``)."""
 
     state: dict[str, Any]
     distances: bytes | None
@@ -194,7 +195,7 @@ def _shard_key(table: Table, migration_id: str, shard: int) -> Any:
 
 def _stream_row(row: Any) -> StreamRow:
     """A shard's streamed state from its row (of ``shard_streams`` or the pending table)."""
-    return StreamRow(row["state"], row["distances"], row["ids"], row["sample"])
+    return sql.record(StreamRow, row)
 
 
 class Journal(CatalogTables):
@@ -360,18 +361,9 @@ class Journal(CatalogTables):
         stream: StreamRow,
         **extra: Any,
     ) -> None:
-        conn.execute(table.delete().where(_shard_key(table, migration_id, shard)))
-        conn.execute(
-            table.insert().values(
-                migration_id=migration_id,
-                shard=shard,
-                state=stream.state,
-                distances=stream.distances,
-                ids=stream.ids,
-                sample=stream.sample,
-                **extra,
-            )
-        )
+        key = _shard_key(table, migration_id, shard)
+        values = sql.row_values(stream)
+        sql.replace_row(conn, table, key, migration_id=migration_id, shard=shard, **values, **extra)
 
     def set_pending_streams(
         self, migration_id: str, pending: dict[int, tuple[StreamRow, dict[str, Any]]]
@@ -499,11 +491,10 @@ class Journal(CatalogTables):
             "distances": np.ascontiguousarray(distances, np.float32).tobytes(),
             "ids": np.ascontiguousarray(ids, np.int64).tobytes(),
         }
-        key = (gate_truths.c.migration_id == migration_id) & (gate_truths.c.shard == shard)
+        key = _shard_key(gate_truths, migration_id, shard)
         with begin(self.engine) as conn:
-            conn.execute(gate_truths.delete().where(key))
-            conn.execute(
-                gate_truths.insert().values(migration_id=migration_id, shard=shard, **values)
+            sql.replace_row(
+                conn, gate_truths, key, migration_id=migration_id, shard=shard, **values
             )
 
     def truths(

@@ -10,7 +10,7 @@ audited from the workers' records rather than assumed from the routing of task q
 from __future__ import annotations
 
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 from sqlalchemy import Column, DateTime, Integer, String, Table, select
 
@@ -35,7 +35,7 @@ runs = Table(
 
 @dataclass(frozen=True)
 class Run:
-    """One recorded activity run."""
+    """One recorded activity run (its row, but for the time it was recorded at)."""
 
     activity: str
     migration_id: str | None
@@ -68,21 +68,12 @@ class Residency:
                 f"a worker of region {self.region or 'none'}; refused (data stays in its "
                 "region): check the task queues of the region's workers"
             )
+        run = Run(activity, migration_id, tenant, region, self.region, self.worker)
         with begin(self.engine) as conn:
-            conn.execute(
-                runs.insert().values(
-                    activity=activity,
-                    migration_id=migration_id,
-                    tenant=tenant,
-                    region=region,
-                    worker_region=self.region,
-                    worker=self.worker,
-                    at=now(),
-                )
-            )
+            conn.execute(runs.insert().values(**sql.row_values(run), at=now()))
 
     def recorded(self) -> list[Run]:
         """Every run recorded in this catalog, oldest first."""
-        fields = ("activity", "migration_id", "tenant", "region", "worker_region", "worker")
-        rows = sql.all_rows(self.engine, select(*(runs.c[f] for f in fields)).order_by(runs.c.seq))
+        columns = (runs.c[f.name] for f in fields(Run))
+        rows = sql.all_rows(self.engine, select(*columns).order_by(runs.c.seq))
         return [Run(**r) for r in rows]

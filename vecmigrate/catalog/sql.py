@@ -1,14 +1,14 @@
-"""Small SQL helpers the catalog's tables share: reading rows by column name, the where clause
-of a collection's rows, idempotent inserts and upserts, and creating or upgrading a table once
-per engine."""
+"""Small SQL helpers the catalog's tables share: reading rows by column name (and writing them
+from a dataclass), the where clause of a collection's rows, idempotent inserts and upserts, and
+creating or upgrading a table once per engine."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import ColumnElement, Engine, RowMapping, Table, inspect, text
+from sqlalchemy import ColumnElement, Connection, Engine, RowMapping, Table, inspect, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import Executable
 
@@ -44,6 +44,12 @@ def record(cls: type[R], row: Mapping[Any, Any], **given: Any) -> R:
     return cls(**{**values, **given})
 
 
+def row_values(record: DataclassInstance) -> dict[str, Any]:
+    """A dataclass's fields as the columns of its row, the reverse of :func:`record` (the values
+    themselves, not copies as :func:`dataclasses.asdict` makes)."""
+    return {f.name: getattr(record, f.name) for f in fields(record)}
+
+
 def insert_ignoring_duplicate(engine: Engine, stmt: Executable) -> None:
     """Run an insert; a duplicate key means a concurrent writer got there first."""
     try:
@@ -73,17 +79,31 @@ def upsert(
             conn.execute(table.update().where(key).values(**values))
 
 
+def replace_row(conn: Connection, table: Table, key: ColumnElement[bool], **values: Any) -> None:
+    """Replace the row ``key`` selects (if any) with ``values``, in ``conn``'s transaction."""
+    conn.execute(table.delete().where(key))
+    conn.execute(table.insert().values(**values))
+
+
 def create_tables_once(engine: Engine, what: str, *tables: Table) -> None:
     """Create ``tables`` (if missing) the first time ``what`` is opened on ``engine``."""
     metadata = tables[0].metadata
     once_per_engine(engine, what, lambda: metadata.create_all(engine, tables=list(tables)))
 
 
-def add_missing_columns(engine: Engine, table: str, added: Mapping[str, str]) -> None:
-    """Add the columns of ``added`` (name: DDL) a table made by an earlier release lacks."""
+def add_missing_columns(
+    engine: Engine,
+    table: str,
+    added: Mapping[str, str],
+    backfill: Callable[[Connection], None] | None = None,
+) -> None:
+    """Add the columns of ``added`` (name: DDL) a table made by an earlier release lacks; when
+    any was missing, ``backfill`` then fills them in the same transaction."""
     have = {c["name"] for c in inspect(engine).get_columns(table)}
     missing = [name for name in added if name not in have]
     if missing:
         with begin(engine) as conn:
             for name in missing:
                 conn.execute(text(f"ALTER TABLE {table} ADD COLUMN {name} {added[name]}"))
+            if backfill is not None:
+                backfill(conn)

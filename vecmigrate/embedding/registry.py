@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,12 +29,12 @@ from sqlalchemy import (
     JSON,
     Boolean,
     Column,
+    ColumnElement,
+    Connection,
     DateTime,
     String,
     Table,
-    inspect,
     select,
-    text,
 )
 
 from vecmigrate.catalog import sql
@@ -43,8 +44,9 @@ from vecmigrate.catalog.catalog import (
     migrations,
     now,
     routing,
+    schema_columns,
     schema_from_row,
-    schema_shape_columns,
+    schema_values,
 )
 from vecmigrate.catalog.engines import begin
 from vecmigrate.embedding.embedders import (
@@ -62,10 +64,8 @@ from vecmigrate.records.checksums import file_sha256
 models = Table(
     "models",
     metadata,
-    Column("model_id", String(200), primary_key=True),
-    Column("model_version", String(64), primary_key=True),
+    *schema_columns(primary_key=True),
     Column("kind", String(32), nullable=False),
-    *schema_shape_columns(),
     Column("uri", String(1000), nullable=False),
     Column("checksum", String(64)),
     Column("available", Boolean, nullable=False),
@@ -118,7 +118,8 @@ class ModelRecord:
 
 @dataclass(frozen=True)
 class AdapterRecord:
-    """A registered map from one model's space to another's, fitted on one collection."""
+    """A registered map from one model's space to another's, fitted on one collection (its row
+    but for the migration that fitted it and when)."""
 
     id: str
     tenant: str | None
@@ -140,26 +141,8 @@ class Registry(CatalogTables):
         """The registry's tables; an adapter table from before adapters were kept per collection
         gains the collection's columns, filled from the migration that fitted each adapter."""
         metadata.create_all(self.engine, tables=[models, adapters])
-        have = {c["name"] for c in inspect(self.engine).get_columns("model_adapters")}
-        if {"tenant", "collection"} <= have:
-            return
-        with begin(self.engine) as conn:
-            for name in ("tenant", "collection"):
-                if name not in have:
-                    conn.execute(text(f"ALTER TABLE model_adapters ADD COLUMN {name} VARCHAR(64)"))
-            for column in ("tenant", "collection"):
-                source = getattr(migrations.c, column)
-                conn.execute(
-                    adapters.update()
-                    .where(adapters.c.migration_id.is_not(None))
-                    .values(
-                        {
-                            column: select(source)
-                            .where(migrations.c.id == adapters.c.migration_id)
-                            .scalar_subquery()
-                        }
-                    )
-                )
+        scope = {"tenant": "VARCHAR(64)", "collection": "VARCHAR(64)"}
+        sql.add_missing_columns(self.engine, "model_adapters", scope, _scope_from_migrations)
 
     # -- models -------------------------------------------------------------------------------
 
@@ -187,12 +170,8 @@ class Registry(CatalogTables):
         with begin(self.engine) as conn:
             conn.execute(
                 models.insert().values(
-                    model_id=schema.model_id,
-                    model_version=schema.model_version,
+                    **schema_values(schema),
                     kind=kind,
-                    dimension=schema.dimension,
-                    metric=str(schema.metric),
-                    normalized=schema.normalized,
                     uri=uri,
                     checksum=checksum,
                     available=True,
@@ -205,12 +184,7 @@ class Registry(CatalogTables):
 
     def find_model(self, model_id: str, model_version: str) -> ModelRecord | None:
         """A registered model, or None."""
-        with self.engine.connect() as conn:
-            row = conn.execute(
-                select(models).where(
-                    (models.c.model_id == model_id) & (models.c.model_version == model_version)
-                )
-            ).first()
+        row = sql.first_row(self.engine, select(models).where(_model_is(model_id, model_version)))
         return None if row is None else _model(row)
 
     def model_for(self, schema: EmbeddingSchema) -> ModelRecord:
@@ -234,8 +208,7 @@ class Registry(CatalogTables):
         return found
 
     def all_models(self) -> list[ModelRecord]:
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(models).order_by(models.c.model_id)).all()
+        rows = sql.all_rows(self.engine, select(models).order_by(models.c.model_id))
         return [_model(r) for r in rows]
 
     def set_available(self, model_id: str, model_version: str, available: bool) -> None:
@@ -266,7 +239,7 @@ class Registry(CatalogTables):
         with begin(self.engine) as conn:
             conn.execute(
                 models.update()
-                .where((models.c.model_id == model_id) & (models.c.model_version == model_version))
+                .where(_model_is(model_id, model_version))
                 .values(available=available)
             )
 
@@ -274,8 +247,7 @@ class Registry(CatalogTables):
         """``(tenant, collection, version)`` of the versions some collection's routing reads,
         writes or ramps to that can be served now (their texts embedded by their own model or
         through the collection's adapter) and could not be with model ``key`` unavailable."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(select(routing)).mappings().all()
+        rows = sql.all_rows(self.engine, select(routing))
         stranded = []
         for row in rows:
             tenant, collection = row["tenant"], row["collection"]
@@ -357,22 +329,20 @@ class Registry(CatalogTables):
         )
         if self.get_adapter(aid) is None:
             try:
+                record = AdapterRecord(
+                    id=aid,
+                    tenant=tenant,
+                    collection=collection,
+                    from_model=model_key(source),
+                    to_model=model_key(target),
+                    method=method,
+                    uri=uri,
+                    checksum=checksum,
+                    figures=json.loads(json.dumps(figures)),
+                )
+                row = {**sql.row_values(record), "migration_id": migration_id, "created_at": now()}
                 with begin(self.engine) as conn:
-                    conn.execute(
-                        adapters.insert().values(
-                            id=aid,
-                            tenant=tenant,
-                            collection=collection,
-                            from_model=model_key(source),
-                            to_model=model_key(target),
-                            method=method,
-                            uri=uri,
-                            checksum=checksum,
-                            figures=json.loads(json.dumps(figures)),
-                            migration_id=migration_id,
-                            created_at=now(),
-                        )
-                    )
+                    conn.execute(adapters.insert().values(**row))
             except Exception:
                 if self.get_adapter(aid) is None:
                     raise
@@ -382,34 +352,32 @@ class Registry(CatalogTables):
 
     def get_adapter(self, adapter_id: str) -> AdapterRecord | None:
         """A registered adapter by id, or None."""
-        with self.engine.connect() as conn:
-            row = conn.execute(select(adapters).where(adapters.c.id == adapter_id)).first()
+        row = sql.first_row(self.engine, select(adapters).where(adapters.c.id == adapter_id))
         return None if row is None else _adapter(row)
 
     def all_adapters(self) -> list[AdapterRecord]:
         """Every registered adapter, by collection, newest first within one."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(adapters).order_by(
-                    adapters.c.tenant, adapters.c.collection, adapters.c.created_at.desc()
-                )
-            ).all()
+        rows = sql.all_rows(
+            self.engine,
+            select(adapters).order_by(
+                adapters.c.tenant, adapters.c.collection, adapters.c.created_at.desc()
+            ),
+        )
         return [_adapter(r) for r in rows]
 
     def adapters_into(
         self, target: EmbeddingSchema, tenant: str, collection: str
     ) -> list[AdapterRecord]:
         """Maps into ``target``'s space fitted on ``tenant/collection``, newest first."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(adapters)
-                .where(
-                    (adapters.c.to_model == model_key(target))
-                    & (adapters.c.tenant == tenant)
-                    & (adapters.c.collection == collection)
-                )
-                .order_by(adapters.c.created_at.desc(), adapters.c.id)
-            ).all()
+        rows = sql.all_rows(
+            self.engine,
+            select(adapters)
+            .where(
+                (adapters.c.to_model == model_key(target))
+                & sql.in_scope(adapters, tenant, collection)
+            )
+            .order_by(adapters.c.created_at.desc(), adapters.c.id),
+        )
         return [_adapter(r) for r in rows]
 
     def adapter_for(
@@ -429,14 +397,12 @@ class Registry(CatalogTables):
         (``adapter``: in the collections an adapter was fitted on; see :meth:`all_adapters`)."""
         if (a.model_id, a.model_version, a.dimension) == (b.model_id, b.model_version, b.dimension):
             return "same"
-        with self.engine.connect() as conn:
-            mapped = conn.execute(
-                select(adapters.c.id)
-                .where(
-                    (adapters.c.from_model == model_key(a)) & (adapters.c.to_model == model_key(b))
-                )
-                .limit(1)
-            ).first()
+        mapped = sql.first_row(
+            self.engine,
+            select(adapters.c.id)
+            .where((adapters.c.from_model == model_key(a)) & (adapters.c.to_model == model_key(b)))
+            .limit(1),
+        )
         return "adapter" if mapped is not None else "none"
 
     def compatibility(self) -> dict[str, dict[str, str]]:
@@ -507,10 +473,34 @@ def packaged_model_uri(kind: str) -> str:
     raise PreconditionError(f"no packaged model of kind {kind!r}")
 
 
-def _model(row: Any) -> ModelRecord:
-    m = row._mapping
-    return sql.record(ModelRecord, m, schema=schema_from_row(m), available=bool(row.available))
+def _model_is(model_id: str, model_version: str) -> ColumnElement[bool]:
+    """The where clause of one model's row."""
+    return (models.c.model_id == model_id) & (models.c.model_version == model_version)
 
 
-def _adapter(row: Any) -> AdapterRecord:
-    return sql.record(AdapterRecord, row._mapping, figures=dict(row.figures))
+def _model(row: Mapping[Any, Any]) -> ModelRecord:
+    return sql.record(
+        ModelRecord, row, schema=schema_from_row(row), available=bool(row["available"])
+    )
+
+
+def _adapter(row: Mapping[Any, Any]) -> AdapterRecord:
+    return sql.record(AdapterRecord, row, figures=dict(row["figures"]))
+
+
+def _scope_from_migrations(conn: Connection) -> None:
+    """Fill the tenant and collection of each adapter a migration fitted from that migration
+    (an upgrade of an adapter table from before adapters were kept per collection)."""
+    for column in ("tenant", "collection"):
+        source = getattr(migrations.c, column)
+        conn.execute(
+            adapters.update()
+            .where(adapters.c.migration_id.is_not(None))
+            .values(
+                {
+                    column: select(source)
+                    .where(migrations.c.id == adapters.c.migration_id)
+                    .scalar_subquery()
+                }
+            )
+        )

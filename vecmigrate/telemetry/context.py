@@ -31,15 +31,8 @@ class Work:
 
     def fields(self) -> dict[str, Any]:
         """The non-empty identifying fields, for log lines and span attributes."""
-        found = {
-            "migration_id": self.migration_id,
-            "tenant": self.tenant,
-            "collection": self.collection,
-            "phase": self.phase,
-            "shard": self.shard,
-            "task": self.task,
-        }
-        return {k: v for k, v in found.items() if v is not None}
+        names = ("migration_id", "tenant", "collection", "phase", "shard", "task")
+        return {k: v for k in names if (v := getattr(self, k)) is not None}
 
 
 _current: ContextVar[Work | None] = ContextVar("vecmigrate_work", default=None)
