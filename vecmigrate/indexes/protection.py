@@ -15,6 +15,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from vecmigrate.catalog.catalog import Catalog, vector_versions
+from vecmigrate.catalog.sql import all_rows, record
 from vecmigrate.indexes.artifacts import manifest_protection, rewrap_manifest
 from vecmigrate.indexes.build import artifact_dir
 from vecmigrate.model.spec import store_ref
@@ -35,24 +36,24 @@ class VersionArtifacts:
 def artifact_manifests(catalog: Catalog, extra: list[Path] | None = None) -> list[VersionArtifacts]:
     """Every artifact manifest under the artifact directories of the catalog's versions (and of
     ``extra`` directories), by version."""
-    with catalog.engine.connect() as conn:
-        rows = conn.execute(
-            select(
-                vector_versions.c.tenant,
-                vector_versions.c.collection,
-                vector_versions.c.version,
-                vector_versions.c.store,
-            )
-        ).all()
+    rows = all_rows(
+        catalog.engine,
+        select(
+            vector_versions.c.tenant,
+            vector_versions.c.collection,
+            vector_versions.c.version,
+            vector_versions.c.store,
+        ),
+    )
     found: list[VersionArtifacts] = []
     seen: set[Path] = set()
-    for tenant, collection, version, store in rows:
-        directory = artifact_dir(store_ref(dict(store)), tenant, collection, version)
+    for row in rows:
+        store = store_ref(dict(row["store"]))
+        directory = artifact_dir(store, row["tenant"], row["collection"], row["version"])
         if directory.is_dir() and directory not in seen:
             seen.add(directory)
-            found.append(
-                VersionArtifacts(tenant, collection, version, directory, _manifests(directory))
-            )
+            manifests = _manifests(directory)
+            found.append(record(VersionArtifacts, row, directory=directory, manifests=manifests))
     for directory in extra or []:
         if directory.resolve() not in seen and directory.is_dir():
             seen.add(directory.resolve())

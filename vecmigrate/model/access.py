@@ -20,7 +20,9 @@ from __future__ import annotations
 from enum import StrEnum
 from fnmatch import fnmatchcase
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from vecmigrate.model.base import FrozenModel as _Model
 
 ANY = "*"
 UNAUTHENTICATED = ""
@@ -53,10 +55,6 @@ REQUIRED: dict[str, Role] = {
     "rollback": Role.APPROVER,
     "abort": Role.APPROVER,
 }
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class RoleBinding(_Model):

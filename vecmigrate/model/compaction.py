@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from vecmigrate.model.base import Model as _Model
 
 
 class CompactionRequest(_Model):

@@ -14,8 +14,9 @@ Pure models and functions (no I/O, no numpy): the regional workflow, the activit
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from vecmigrate.model.base import Model as _Model
 from vecmigrate.model.gates import DIFF_KINDS
 from vecmigrate.model.spec import DivergenceBound
 from vecmigrate.model.tasks import SpecTask
@@ -37,10 +38,6 @@ def buckets_for(shards: int) -> int:
 MAX_ENTRIES = 20_000
 
 Id = int | str
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class ShardDigest(_Model):

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import math
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from vecmigrate.model.base import Model as _Model
 from vecmigrate.model.spec import ShadowPolicy
 
 # Two-sided confidence of every interval the gate reports on a sampled figure.
 CONFIDENCE = 0.95
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class GateVerdict(_Model):

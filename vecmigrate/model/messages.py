@@ -9,11 +9,7 @@ from __future__ import annotations
 import math
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from vecmigrate.model.base import Model as _Model
 
 
 class OperatorMessage(_Model):

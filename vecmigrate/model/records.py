@@ -17,13 +17,10 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from vecmigrate.errors import DataError
+from vecmigrate.model.base import FrozenModel as _Model
 
 FIELD_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,62}$"
 FieldName = Annotated[str, Field(pattern=FIELD_PATTERN)]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class IdKind(StrEnum):

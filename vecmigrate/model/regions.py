@@ -12,16 +12,13 @@ a global barrier before the cut-over and cuts them over in the spec's order.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from vecmigrate.model.base import Model as _Model
 from vecmigrate.model.divergence import RegionDivergence
 from vecmigrate.model.lifecycle import TERMINAL, Phase
 from vecmigrate.model.spec import MigrationSpec, RegionPolicy, RegionSpec
 from vecmigrate.model.status import OperatorAction
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class ChildPlan(_Model):

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from vecmigrate.model.base import Model
 
 
-class RoutingView(BaseModel):
+class RoutingView(Model):
     """The routing row of a collection as last seen by the workflow.
 
     Reads go to ``read_version`` (through ``read_index``), except ``ramp_percent`` of them (by
@@ -13,8 +15,6 @@ class RoutingView(BaseModel):
     are also run on the candidate and compared. Writes go to every one of ``write_versions``,
     or are refused while ``writes_paused``.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     read_version: str | None
     read_index: str | None = None

@@ -14,8 +14,10 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
+from vecmigrate.model.base import FrozenModel as _Model
+from vecmigrate.model.base import Model
 from vecmigrate.model.windows import TimeZoneName
 
 Overlap = Literal[
@@ -27,10 +29,6 @@ OVERLAPS: tuple[str, ...] = get_args(Overlap)
 # Target names are ``<prefix>-<stamp>``; version names are at most 64 characters.
 STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
 PREFIX_MAX = 64 - 1 - len("20250101T000000Z")
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 # Each calendar field: its bounds, and the names it accepts (Temporal counts Sunday as 0).
@@ -185,10 +183,8 @@ class Firing(_Model):
     spec: dict[str, Any] | None = None
 
 
-class FiringResult(BaseModel):
+class FiringResult(Model):
     """How a firing ended: the query ``firing`` answers it while the migration runs."""
-
-    model_config = ConfigDict(extra="forbid")
 
     schedule_id: str
     fired_at: str

@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 from vecmigrate.errors import SpecError
+from vecmigrate.model.base import FrozenModel
 from vecmigrate.model.credentials import SecretRef, UrlWithoutSecret
 from vecmigrate.model.lifecycle import LIFECYCLE, STRATEGIES, Phase
 from vecmigrate.model.records import FieldKind
@@ -38,10 +39,10 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 
 
-class _Model(BaseModel):
+class _Model(FrozenModel):
     # A string under a field is its description in the JSON schema, which the spec reference
     # (docs/spec-reference.md) is generated from.
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    model_config = ConfigDict(use_attribute_docstrings=True)
 
 
 class Metric(StrEnum):

@@ -6,8 +6,9 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from vecmigrate.model.base import Model as _Model
 from vecmigrate.model.gates import GateAdjustment, GateReport, ReconcileReport, ShadowFigures
 from vecmigrate.model.lifecycle import TERMINAL, Phase
 from vecmigrate.model.messages import Interrupt
@@ -15,10 +16,6 @@ from vecmigrate.model.routing import RoutingView
 from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.model.tasks import Promotion, ShardRef
 from vecmigrate.model.tuning import TuningResult
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class ShardProgress(_Model):

@@ -11,16 +11,12 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from vecmigrate.model.base import Model as _Model
 from vecmigrate.model.gates import GateReport, ShadowFigures, ShardCheck
 from vecmigrate.model.routing import RoutingView
 from vecmigrate.model.spec import MigrationSpec, ShardLayout
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
 
 HASH_SPACE = 1 << 32
 

@@ -7,15 +7,12 @@ measuring is in ``vecmigrate.validation.tuning``.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
+from vecmigrate.model.base import Model as _Model
 from vecmigrate.model.gates import decide, interval
 from vecmigrate.model.spec import TuningPolicy
 from vecmigrate.model.tasks import SpecTask
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid")
 
 
 class CandidateFigures(_Model):

@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
-from sqlalchemy import (
-    Boolean,
-    Column,
-    Float,
-    Index,
-    String,
-    Table,
-    func,
-    select,
-)
+from sqlalchemy import Boolean, Column, Float, Index, String, Table, func, select
 
 from vecmigrate.catalog.catalog import Catalog, metadata, scope_columns, sequence_key
-from vecmigrate.catalog.engines import begin, once_per_engine
+from vecmigrate.catalog.engines import begin
+from vecmigrate.catalog.sql import all_rows, create_tables_once, in_scope
 from vecmigrate.model.gates import ShadowFigures
 
 samples_table = Table(
@@ -52,30 +44,14 @@ class ShadowLog:
 
     def __init__(self, catalog: Catalog) -> None:
         self.engine = catalog.engine
-        once_per_engine(
-            self.engine, "shadow", lambda: metadata.create_all(self.engine, tables=[samples_table])
-        )
+        create_tables_once(self.engine, "shadow", samples_table)
 
     def record(self, samples: list[ShadowSample]) -> None:
         """Store samples (one transaction)."""
         if not samples:
             return
         with begin(self.engine) as conn:
-            conn.execute(
-                samples_table.insert(),
-                [
-                    {
-                        "tenant": s.tenant,
-                        "collection": s.collection,
-                        "candidate": s.candidate,
-                        "overlap": s.overlap,
-                        "ms_old": s.ms_old,
-                        "ms_new": s.ms_new,
-                        "error": s.error,
-                    }
-                    for s in samples
-                ],
-            )
+            conn.execute(samples_table.insert(), [asdict(s) for s in samples])
 
     def last_id(self) -> int:
         """The newest sample's id (a mark: figures after it cover what comes next)."""
@@ -84,26 +60,25 @@ class ShadowLog:
 
     def figures(self, tenant: str, collection: str, candidate: str, after: int) -> ShadowFigures:
         """Overlap and latency of the samples after id ``after``."""
-        with self.engine.connect() as conn:
-            rows = conn.execute(
-                select(
-                    samples_table.c.overlap,
-                    samples_table.c.ms_old,
-                    samples_table.c.ms_new,
-                    samples_table.c.error,
-                ).where(
-                    (samples_table.c.tenant == tenant)
-                    & (samples_table.c.collection == collection)
-                    & (samples_table.c.candidate == candidate)
-                    & (samples_table.c.id > after)
-                )
-            ).all()
-        ok = [r for r in rows if not r[3] and r[0] is not None]
+        rows = all_rows(
+            self.engine,
+            select(
+                samples_table.c.overlap,
+                samples_table.c.ms_old,
+                samples_table.c.ms_new,
+                samples_table.c.error,
+            ).where(
+                in_scope(samples_table, tenant, collection)
+                & (samples_table.c.candidate == candidate)
+                & (samples_table.c.id > after)
+            ),
+        )
+        ok = [r for r in rows if not r["error"] and r["overlap"] is not None]
         fig = ShadowFigures(samples=len(ok), errors=len(rows) - len(ok))
         if ok:
-            overlap = np.array([r[0] for r in ok])
-            old = np.array([r[1] for r in ok])
-            new = np.array([r[2] for r in ok])
+            overlap = np.array([r["overlap"] for r in ok])
+            old = np.array([r["ms_old"] for r in ok])
+            new = np.array([r["ms_new"] for r in ok])
             fig.overlap = round(float(overlap.mean()), 4)
             fig.p50_ms_old = round(float(np.percentile(old, 50)), 3)
             fig.p99_ms_old = round(float(np.percentile(old, 99)), 3)
