@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, runtime_checkable
@@ -18,7 +18,7 @@ from vecmigrate.model.spec import IndexSpec, Metric
 from vecmigrate.model.tasks import Cursor, ShardRef, StableNameSwitch
 from vecmigrate.records.batch import Faults, Records
 from vecmigrate.records.checksums import RecordChecksum
-from vecmigrate.records.filters import evaluate
+from vecmigrate.records.filters import evaluate, normalize
 from vecmigrate.records.ids import id_array
 from vecmigrate.records.screening import Limits
 from vecmigrate.records.sharding import HASH_SPACE, hash_key
@@ -246,10 +246,30 @@ class VectorStore(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class NativeQuery:
+    """A search through an engine's own index as an adapter runs it: the query vectors (float32),
+    how many neighbours, the index's search parameters, the metric, and the payload filter
+    normalised against the store's schema (None: no filter)."""
+
+    vectors: npt.NDArray[np.float32]
+    k: int
+    spec: IndexSpec
+    metric: Metric
+    flt: Filter | None
+
+
+# The hits of one query vector, nearest first: the ids as the engine has them, their labels, and
+# their distances in our convention.
+NativeHits = tuple[list[Any], Ids, list[float]]
+
+
 class EngineSearch:
     """Search through an engine's own index (Milvus, pgvector, Qdrant): ``native_search`` does it
     and also returns the ids as the engine has them; ``search_native`` is the store protocol's
-    form of it."""
+    form of it. An adapter runs the search itself in ``_native_hits``."""
+
+    schema: RecordSchema
 
     def native_search(
         self,
@@ -259,6 +279,23 @@ class EngineSearch:
         metric: Metric,
         flt: Filter | None = None,
     ) -> tuple[npt.NDArray[np.float32], Ids, list[list[Any]]]:
+        """k nearest neighbours (with a payload filter) through the engine's own index:
+        distances in our convention, labels, and the ids as the engine has them (a query with
+        fewer than ``k`` hits pads its row with infinite distances and label -1)."""
+        q = np.asarray(queries, np.float32)
+        normalized = None if flt is None else normalize(flt, self.schema)
+        query = NativeQuery(q, k, spec, metric, normalized)
+        d = np.full((q.shape[0], k), np.inf, np.float32)
+        i = np.full((q.shape[0], k), -1, np.int64)
+        found_ids: list[list[Any]] = []
+        for row, (ids, labels, distances) in enumerate(self._native_hits(query)):
+            found_ids.append(ids)
+            i[row, : len(labels)] = labels
+            d[row, : len(distances)] = distances
+        return d, i, found_ids
+
+    def _native_hits(self, query: NativeQuery) -> Iterable[NativeHits]:
+        """The hits of each query vector, in order, as the engine's index finds them."""
         raise NotImplementedError
 
     def search_native(
@@ -289,6 +326,11 @@ class ScanningStore:
     keyed: bool = True
     # Adopted sources refuse every write unless their store reference allows it.
     writable: bool = True
+
+    def __init__(self, scope: Scope, schema: RecordSchema) -> None:
+        self.scope = scope
+        self.schema = schema
+        self.dimension = schema.primary.dimension
 
     @property
     def adopted(self) -> bool:
@@ -662,11 +704,9 @@ class CollectionStore(ScanningStore):
     aliases: type[Aliases]
 
     def __init__(self, client: Any, scope: Scope, name: str, schema: RecordSchema) -> None:
+        super().__init__(scope, schema)
         self.client = client
-        self.scope = scope
         self.name = name
-        self.schema = schema
-        self.dimension = schema.primary.dimension
         self.metric = schema.primary.metric or "l2"
 
     def point_name(self, name: str, *, create: bool = True) -> StableNameSwitch:

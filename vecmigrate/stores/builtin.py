@@ -199,11 +199,9 @@ class BuiltinStore(ScanningStore):
     kind = "builtin"
 
     def __init__(self, engine: Engine, scope: Scope, ns: int, schema: RecordSchema) -> None:
+        super().__init__(scope, schema)
         self.engine = engine
-        self.scope = scope
         self.ns = ns
-        self.schema = schema
-        self.dimension = schema.primary.dimension
         self.plain = schema.is_plain
 
     @classmethod

@@ -31,7 +31,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import pyarrow as pa
 
 from vecmigrate.errors import DataError, NotFoundError, PreconditionError
@@ -64,7 +63,7 @@ from vecmigrate.records.ids import id_array
 from vecmigrate.records.payload import python_values
 from vecmigrate.records.screening import Limits
 from vecmigrate.records.sharding import HASH_SPACE, hash_key
-from vecmigrate.records.vectors import Ids, Vectors
+from vecmigrate.records.vectors import Ids
 from vecmigrate.security.secrets import resolve_optional
 from vecmigrate.stores.base import (
     Aliases,
@@ -73,6 +72,8 @@ from vecmigrate.stores.base import (
     CollectionStore,
     EngineSearch,
     Inventory,
+    NativeHits,
+    NativeQuery,
     Scope,
     check_dimension,
     check_scope,
@@ -617,46 +618,26 @@ class MilvusStore(EngineSearch, CollectionStore):
         self.client.load_collection(self.name)
         return f"{self.name}/{wanted}"
 
-    def native_search(
-        self,
-        queries: Vectors,
-        k: int,
-        spec: IndexSpec,
-        metric: Metric,
-        flt: Filter | None = None,
-    ) -> tuple[npt.NDArray[np.float32], Ids, list[list[Any]]]:
-        """k nearest neighbours (with a payload filter) through Milvus's own search: distances
-        in our convention, labels, and the ids."""
-        params: dict[str, Any] = {"metric_type": _METRIC[str(metric)]}
+    def _native_hits(self, query: NativeQuery) -> Iterator[NativeHits]:
+        """Milvus's own search (see :meth:`EngineSearch.native_search`)."""
+        metric, spec, k = str(query.metric), query.spec, query.k
+        params: dict[str, Any] = {"metric_type": _METRIC[metric]}
         if isinstance(spec, MilvusIvfFlat | MilvusIvfSq8 | MilvusIvfPq):
             params["params"] = {"nprobe": spec.nprobe}
-        expr = (
-            ""
-            if flt is None
-            else milvus_filter(normalize(flt, self.schema), self.schema, self.nulls)
-        )
-        q = np.asarray(queries, np.float32)
+        expr = "" if query.flt is None else milvus_filter(query.flt, self.schema, self.nulls)
         results = self.client.search(
             self.name,
-            data=list(q),
+            data=list(query.vectors),
             limit=k,
             filter=expr,
             anns_field=self.schema.primary.name,
             search_params=params,
             output_fields=[self.id_field],
         )
-        d = np.full((q.shape[0], k), np.inf, np.float32)
-        i = np.full((q.shape[0], k), -1, np.int64)
-        found_ids: list[list[Any]] = []
-        for row, hits in enumerate(results):
+        for hits in results:
             ids = [hit["id"] for hit in hits[:k]]
-            found_ids.append(ids)
-            if ids:
-                i[row, : len(ids)] = self.labels_of(ids)
-            for col, hit in enumerate(hits[:k]):
-                value = float(hit["distance"])
-                d[row, col] = value if str(metric) == "l2" else 1.0 - value
-        return d, i, found_ids
+            values = [float(hit["distance"]) for hit in hits[:k]]
+            yield ids, self.labels_of(ids), values if metric == "l2" else [1.0 - v for v in values]
 
     # -- inventory ------------------------------------------------------------------------------
 

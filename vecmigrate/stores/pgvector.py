@@ -81,6 +81,8 @@ from vecmigrate.stores.base import (
     Batch,
     EngineSearch,
     Inventory,
+    NativeHits,
+    NativeQuery,
     ScanningStore,
     Scope,
     check_dimension,
@@ -477,12 +479,10 @@ class PgvectorStore(EngineSearch, ScanningStore):
     kind = "pgvector"
 
     def __init__(self, engine: Engine, scope: Scope, layout: Layout, writable: bool = True) -> None:
+        super().__init__(scope, layout.schema)
         self.engine = engine
-        self.scope = scope
         self.layout = layout
         self.table = layout.table
-        self.schema = layout.schema
-        self.dimension = layout.schema.primary.dimension
         self.keyed = layout.key is not None
         self.writable = writable
         self._oids: dict[str, int] | None = None
@@ -1080,17 +1080,11 @@ class PgvectorStore(EngineSearch, ScanningStore):
             first = first or name
         return first
 
-    def native_search(
-        self,
-        queries: Vectors,
-        k: int,
-        spec: IndexSpec,
-        metric: Metric,
-        flt: Filter | None = None,
-    ) -> tuple[npt.NDArray[np.float32], Ids, list[list[Any]]]:
-        """k nearest neighbours (with a payload filter) through the native index: distances in
-        our convention, labels, and the ids as the table has them."""
-        op = _OPERATOR[str(metric)]
+    def _native_hits(self, query: NativeQuery) -> list[NativeHits]:
+        """The native index's search (see :meth:`EngineSearch.native_search`), the ids as the
+        table has them."""
+        spec, metric, k, flt = query.spec, str(query.metric), query.k, query.flt
+        op = _OPERATOR[metric]
         col = self.layout.vectors[0]
         vcol, vtype = indexed_expression(col.name, col.typname, spec, self.dimension)
         settings = []
@@ -1105,40 +1099,34 @@ class PgvectorStore(EngineSearch, ScanningStore):
                 settings.append("SET LOCAL ivfflat.iterative_scan = relaxed_order")
         where, params = "TRUE", list[Any]()
         if flt is not None:
-            where, params = sql_filter(normalize(flt, self.schema), self.layout)
+            where, params = sql_filter(flt, self.layout)
         idc = quote(self.layout.id.name)
         sql = (
             f"SELECT {idc}, {vcol} {op} %s::{vtype} AS d FROM {quote(self.table)} "
             f"WHERE {where} ORDER BY {vcol} {op} %s::{vtype} LIMIT %s"
         )
-        n = queries.shape[0]
-        d = np.full((n, k), np.inf, np.float32)
-        i = np.full((n, k), -1, np.int64)
-        found_ids: list[list[Any]] = []
+        found: list[NativeHits] = []
         raw = self._connection()
         try:
             with self._cursor(raw) as cur:
                 for s in settings:
                     cur.execute(s)
-                for row, q in enumerate(np.asarray(queries, np.float32)):
+                for q in query.vectors:
                     literal = "[" + ",".join(repr(float(x)) for x in q) + "]"
                     cur.execute(sql, [literal, *params, literal, k], binary=True)
                     hits = cur.fetchall()
                     ids = [h[0] for h in hits]
-                    if ids:
-                        i[row, : len(ids)] = self._labels(ids)
-                    found_ids.append(self._id_values(ids))
-                    for col_at, (_, dist) in enumerate(hits):
-                        value = float(dist)
-                        d[row, col_at] = (
-                            value * value
-                            if str(metric) == "l2"
-                            else (1.0 + value if str(metric) == "ip" else value)
-                        )
+                    values = [float(dist) for _, dist in hits]
+                    distances = (
+                        [v * v for v in values]
+                        if metric == "l2"
+                        else ([1.0 + v for v in values] if metric == "ip" else values)
+                    )
+                    found.append((self._id_values(ids), self._labels(ids), distances))
             raw.commit()
         finally:
             raw.close()
-        return d, i, found_ids
+        return found
 
     def _id_values(self, raw_ids: list[Any]) -> list[Any]:
         if self.schema.id_kind == IdKind.UUID:

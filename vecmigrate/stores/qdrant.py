@@ -29,7 +29,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import pyarrow as pa
 
 from vecmigrate.errors import DataError, NotFoundError, PreconditionError
@@ -53,7 +52,7 @@ from vecmigrate.records.ids import id_array
 from vecmigrate.records.payload import infer_kind, python_values
 from vecmigrate.records.screening import Limits
 from vecmigrate.records.sharding import HASH_SPACE, hash_key
-from vecmigrate.records.vectors import Ids, Vectors
+from vecmigrate.records.vectors import Ids
 from vecmigrate.security.secrets import resolve_optional
 from vecmigrate.stores.base import (
     Aliases,
@@ -62,6 +61,8 @@ from vecmigrate.stores.base import (
     CollectionStore,
     EngineSearch,
     Inventory,
+    NativeHits,
+    NativeQuery,
     Scope,
     check_dimension,
     check_scope,
@@ -611,35 +612,25 @@ class QdrantStore(EngineSearch, CollectionStore):
         quantized = "" if spec.quantization == "none" else f"-{spec.quantization}"
         return f"{self.name}/hnsw-m{spec.m}-ef{spec.ef_construct}{quantized}"
 
-    def native_search(
-        self,
-        queries: Vectors,
-        k: int,
-        spec: IndexSpec,
-        metric: Metric,
-        flt: Filter | None = None,
-    ) -> tuple[npt.NDArray[np.float32], Ids, list[list[Any]]]:
-        """k nearest neighbours (with a payload filter) through Qdrant's own search: distances
-        in our convention, labels, and the point ids."""
+    def _native_hits(self, query: NativeQuery) -> Iterator[NativeHits]:
+        """Qdrant's own search (see :meth:`EngineSearch.native_search`)."""
         models = _models()
+        spec, k = query.spec, query.k
         ef = spec.ef if isinstance(spec, QdrantHnsw) else None
-        qf = None if flt is None else qdrant_filter(normalize(flt, self.schema), self.schema)
+        qf = None if query.flt is None else qdrant_filter(query.flt, self.schema)
         quantized = None
         if isinstance(spec, QdrantHnsw) and spec.quantization != "none":
             quantized = models.QuantizationSearchParams(
                 rescore=spec.rescore, oversampling=spec.oversampling
             )
-        q = np.asarray(queries, np.float32)
-        d = np.full((q.shape[0], k), np.inf, np.float32)
-        i = np.full((q.shape[0], k), -1, np.int64)
         using = self.names[self.schema.primary.name] or None
-        found_ids: list[list[Any]] = []
-        for row in range(q.shape[0]):
+        l2 = str(query.metric) == "l2"
+        for vector in query.vectors:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the local mode searches exactly
                 hits = self.client.query_points(
                     self.name,
-                    query=q[row].tolist(),
+                    query=vector.tolist(),
                     using=using,
                     limit=k,
                     query_filter=qf,
@@ -649,13 +640,8 @@ class QdrantStore(EngineSearch, CollectionStore):
                     with_payload=False,
                 ).points
             ids = [_record_id(h.id, self.schema.id_kind) for h in hits[:k]]
-            found_ids.append(ids)
-            if ids:
-                i[row, : len(ids)] = self.labels_of(ids)
-            for col, hit in enumerate(hits[:k]):
-                score = float(hit.score)
-                d[row, col] = score * score if str(metric) == "l2" else 1.0 - score
-        return d, i, found_ids
+            scores = [float(hit.score) for hit in hits[:k]]
+            yield ids, self.labels_of(ids), [s * s if l2 else 1.0 - s for s in scores]
 
     # -- inventory ------------------------------------------------------------------------------
 
