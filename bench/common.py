@@ -297,28 +297,32 @@ def _seeded_versions(
     return catalog_url, v1, builtin_version("v2", v1.store, vectors.shape[1], target_index)
 
 
+@dataclass(frozen=True)
+class Sizing:
+    """A measured migration's spec id and size: ``shards`` shards, ``parallel`` of them at once,
+    batches of ``batch_size`` records."""
+
+    spec_id: str
+    shards: int
+    parallel: int
+    batch_size: int
+
+
 def _measured_spec(
-    spec_id: str,
-    collection: str,
-    v1: VersionSpec,
-    v2: VersionSpec,
-    shards: int,
-    parallel: int,
-    batch_size: int,
-    **more: Any,
+    collection: str, v1: VersionSpec, v2: VersionSpec, sizing: Sizing, **more: Any
 ) -> MigrationSpec:
-    """A blue-green migration from v1 to v2: ``shards`` shards, ``parallel`` at once, a loose
-    recall gate and an automatic cutover with no bake, so that the migration's own work is what
-    a run measures; with the fields ``more``."""
+    """A blue-green migration from v1 to v2 of ``sizing``'s id and size, with a loose recall
+    gate and an automatic cutover with no bake, so that the migration's own work is what a run
+    measures; with the fields ``more``."""
     return parse_spec(
         {
-            "id": spec_id,
+            "id": sizing.spec_id,
             "collection": collection,
             "source": v1.model_dump(mode="json"),
             "target": v2.model_dump(mode="json"),
-            "shards": {"count": shards},
-            "max_parallel_shards": parallel,
-            "batch_size": batch_size,
+            "shards": {"count": sizing.shards},
+            "max_parallel_shards": sizing.parallel,
+            "batch_size": sizing.batch_size,
             "gates": {"min_recall": 0.8, "sample_queries": 200},
             "cutover": {"mode": "automatic", "bake_seconds": 0},
             **more,
@@ -333,18 +337,15 @@ def builtin_migration(
     source_index: dict[str, Any],
     target_index: dict[str, Any],
     *,
-    spec_id: str,
-    shards: int,
-    parallel: int,
-    batch_size: int,
+    sizing: Sizing,
 ) -> tuple[str, MigrationSpec]:
     """Seed ``vectors`` (ids 1 to n, four shards) as version v1 of ``collection`` with
     ``source_index``, in a catalog and built-in store under ``home``, and return the catalog's
-    URL and the spec of a blue-green migration to v2 with ``target_index``: ``shards`` shards,
-    ``parallel`` at once, a loose recall gate and an automatic cutover with no bake, so that
-    the migration's own work is what the run measures."""
+    URL and the spec of a blue-green migration to v2 with ``target_index``, of ``sizing``'s id
+    and size, with a loose recall gate and an automatic cutover with no bake, so that the
+    migration's own work is what the run measures."""
     catalog_url, v1, v2 = _seeded_versions(home, collection, vectors, source_index, target_index)
-    return catalog_url, _measured_spec(spec_id, collection, v1, v2, shards, parallel, batch_size)
+    return catalog_url, _measured_spec(collection, v1, v2, sizing)
 
 
 def regional_builtin_migration(
@@ -354,10 +355,7 @@ def regional_builtin_migration(
     source_index: dict[str, Any],
     target_index: dict[str, Any],
     *,
-    spec_id: str,
-    shards: int,
-    parallel: int,
-    batch_size: int,
+    sizing: Sizing,
 ) -> tuple[dict[str, str], MigrationSpec]:
     """:func:`builtin_migration` in several regions at once: each region (a name and its
     vectors, ids 1 to its count) gets its own catalog and built-in store under ``home/REGION``
@@ -384,12 +382,9 @@ def regional_builtin_migration(
             }
         )
     spec = _measured_spec(
-        spec_id,
         collection,
         *versions[0],
-        shards,
-        parallel,
-        batch_size,
+        sizing,
         regions=entries,
         region_policy={"canary": False, "max_parallel": len(entries)},
     )

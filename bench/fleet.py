@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import psutil
 
 from bench.common import (
+    Sizing,
     builtin_migration,
     regional_builtin_migration,
     report,
@@ -59,6 +60,11 @@ TARGET = {"kind": "hnswlib_hnsw", "m": 16, "ef_construction": 100}
 def source_index(n: int) -> dict[str, object]:
     # At least the default nprobe (16) lists, which a tiny region would go under.
     return {"kind": "faiss_ivf_flat", "nlist": int(max(16, min(1024, n // 200)))}
+
+
+def fleet_sizing(spec_id: str, shards: int) -> Sizing:
+    """Every shard at once, in batches of 20,000: how many run is the fleet's to decide."""
+    return Sizing(spec_id, shards=shards, parallel=shards, batch_size=20_000)
 
 
 @dataclass
@@ -98,10 +104,7 @@ async def run_fleet(home: Path, n: int, dim: int, shards: int, workers: int) -> 
         clustered(n, dim, seed=2),
         source_index(n),
         TARGET,
-        spec_id=f"fleet-{workers}",
-        shards=shards,
-        parallel=shards,
-        batch_size=20_000,
+        sizing=fleet_sizing(f"fleet-{workers}", shards),
     )
     server = DevServer(home / "temporal.db", port=free_port(), ui=False).start()
     pool = WorkerPool(home, server.address, "fleet", catalog_url, workers, env=ONE_CORE)
@@ -141,10 +144,7 @@ async def run_regions(
         },
         source_index(min(sizes)),
         TARGET,
-        spec_id=f"fleet-regions-{workers}",
-        shards=shards,
-        parallel=shards,
-        batch_size=20_000,
+        sizing=fleet_sizing(f"fleet-regions-{workers}", shards),
     )
     server = DevServer(home / "temporal.db", port=free_port(), ui=False).start()
     control = WorkerPool(

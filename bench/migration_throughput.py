@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import hnswlib
 import numpy as np
 
-from bench.common import alternating, builtin_migration, report, scratch, sized_parser
+from bench.common import Sizing, alternating, builtin_migration, report, scratch, sized_parser
 from vecmigrate.catalog.catalog import Catalog, LedgerEntry
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.control.devserver import DevServer, free_port
@@ -126,10 +126,7 @@ async def migrate(home: Path, vectors: np.ndarray, shards: int, parallel: int) -
         vectors,
         {"kind": "faiss_ivf_flat", "nlist": nlist, "nprobe": 8},
         hnsw,
-        spec_id="throughput",
-        shards=shards,
-        parallel=parallel,
-        batch_size=50_000,
+        sizing=Sizing("throughput", shards=shards, parallel=parallel, batch_size=50_000),
     )
     server = DevServer(home / "temporal.db", port=free_port(), ui=False).start()
     stop = asyncio.Event()

@@ -55,6 +55,7 @@ from vecmigrate.model.tasks import ShardRef
 from vecmigrate.records.vectors import merge_topk
 from vecmigrate.testing.chaos import builtin_version
 from vecmigrate.validation import stream
+from vecmigrate.validation.run import measured_report
 
 CORES = len(os.sched_getaffinity(0))
 
@@ -82,18 +83,11 @@ def streamed_suite(
         assert truth is not None
         truths.append(truth)
     checked = time.perf_counter() - began
-    figures = validation.measure(
-        catalog,
-        spec,
-        source,
-        target,
-        source_index,
-        target_index,
-        queries=queries,
-        truth=merge_topk(truths, queries.ask),
-        source_is_target=validation.same_data(spec, checks),
+    merged = merge_topk(truths, queries.ask)
+    gates = measured_report(
+        spec, checks, catalog, source, target, source_index, target_index, queries, merged
     )
-    return validation.report(spec, checks, figures), checked
+    return gates, checked
 
 
 def raw_exact(vectors: np.ndarray, q: np.ndarray, k: int) -> tuple[float, float]:

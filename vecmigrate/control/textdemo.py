@@ -33,6 +33,7 @@ from vecmigrate.control.client import MigrationClient
 from vecmigrate.control.demo import demo_runtime, show_links
 from vecmigrate.control.progress import watch
 from vecmigrate.control.report import status_tables
+from vecmigrate.control.traffic import start_clients, stop_clients
 from vecmigrate.data.datasets import stdlib_docstrings
 from vecmigrate.data.seed import SeedResult, seed_collection, sequential_ids
 from vecmigrate.embedding.embedders import fit_lsa
@@ -172,16 +173,11 @@ class TextTraffic:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self) -> TextTraffic:
-        for n in range(self.clients):
-            t = threading.Thread(target=self._run, args=(n,), name=f"text-client-{n}", daemon=True)
-            t.start()
-            self._threads.append(t)
+        self._threads.extend(start_clients(self._run, self.clients, "text-client"))
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=30)
+        stop_clients(self._stop, self._threads, timeout=30)
 
     def _run(self, client: int) -> None:
         rng = random.Random(client)

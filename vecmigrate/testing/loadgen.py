@@ -21,6 +21,7 @@ from urllib.parse import urlparse
 
 import numpy as np
 
+from vecmigrate.control.traffic import start_clients, stop_clients
 from vecmigrate.stores import VectorStore
 
 if TYPE_CHECKING:
@@ -91,16 +92,11 @@ class LoadGenerator:
         self._threads: list[threading.Thread] = []
 
     def start(self) -> LoadGenerator:
-        for n in range(len(self.states)):
-            t = threading.Thread(target=self._client, args=(n,), name=f"load-{n}", daemon=True)
-            t.start()
-            self._threads.append(t)
+        self._threads.extend(start_clients(self._client, len(self.states), "load"))
         return self
 
     def stop(self) -> None:
-        self._stop.set()
-        for t in self._threads:
-            t.join(timeout=60)
+        stop_clients(self._stop, self._threads, timeout=60)
 
     def requests(self) -> list[Request]:
         return [r for s in self.states for r in s.requests]

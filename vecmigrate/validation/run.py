@@ -629,6 +629,25 @@ def validate_migration(
     queries = gate_queries(spec, source, target)
     knn = queries.exact_search(spec) if queries.source.shape[0] else None
     checks = [check_shard(spec, source, target, s, truth=knn) for s in shards]
+    truth = None if knn is None else knn.result()
+    return measured_report(
+        spec, checks, catalog, source, target, source_index, target_index, queries, truth
+    )
+
+
+def measured_report(
+    spec: MigrationSpec,
+    checks: list[ShardCheck],
+    catalog: Catalog,
+    source: VectorStore,
+    target: VectorStore,
+    source_index: str | None,
+    target_index: str,
+    queries: GateQueries,
+    truth: tuple[Distances, Ids] | None,
+) -> GateReport:
+    """The gate report of the shard checks ``checks`` and the figures :func:`measure` takes of
+    ``queries`` (``truth``: the target's exact search of them, when the checks ran it)."""
     figures = measure(
         catalog,
         spec,
@@ -637,7 +656,7 @@ def validate_migration(
         source_index,
         target_index,
         queries=queries,
-        truth=None if knn is None else knn.result(),
+        truth=truth,
         source_is_target=same_data(spec, checks),
     )
     return report(spec, checks, figures)
