@@ -21,6 +21,7 @@ import pytest
 from temporalio.client import Client
 
 from tests.conftest import Sandbox, postgres_database, running_worker
+from tests.helpers import Looping
 from tests.test_capture import (
     DIM,
     NOTHING,
@@ -62,16 +63,15 @@ def _row_state(row: tuple[Any, ...]) -> State:
     return (str(row[1]), int(row[2]), tuple(np.float32(x) for x in str(row[3])[1:-1].split(",")))
 
 
-class Application(threading.Thread):
+class Application(Looping):
     """Writes by the stable name with plain SQL, about ``rate`` a second, each acknowledged
     (committed) before the next: upserts of new and existing ids, updates of the payload alone,
     deletes. Keeps what PostgreSQL acknowledged as each id's last state (from ``RETURNING``),
     every failure, and each write's latency by the migration's phase."""
 
     def __init__(self, url: str, phase: dict[str, str], rate: float = 200.0) -> None:
-        super().__init__(daemon=True)
+        super().__init__()
         self.url, self.phase, self.rate = _pg(url), phase, rate
-        self.stopping = threading.Event()
         self.paused = threading.Event()
         self.idle = threading.Event()
         self.state: dict[int, State] = {}
@@ -151,13 +151,12 @@ class Application(threading.Thread):
         }
 
 
-class NameReader(threading.Thread):
+class NameReader(Looping):
     """Nearest-neighbour queries by the stable name, as fast as they answer."""
 
     def __init__(self, url: str) -> None:
-        super().__init__(daemon=True)
+        super().__init__()
         self.url = _pg(url)
-        self.stopping = threading.Event()
         self.reads = 0
         self.failures: list[str] = []
 
@@ -262,10 +261,8 @@ async def test_the_drill_loses_no_write_through_a_rollback_after_cut_over_and_a_
             app.paused.clear()
             await asyncio.sleep(2)
     finally:
-        app.stopping.set()
-        reader.stopping.set()
-        app.join(10)
-        reader.join(10)
+        app.close()
+        reader.close()
         router_reader.close()
         dispose_engines()
     assert final.phase == Phase.COMPLETED, final.error
@@ -353,8 +350,7 @@ def test_a_switch_replays_what_is_pending_while_writers_by_the_name_wait(postgre
         wrong = mismatches(url, "items_v1", app.state)
         assert wrong == CLEAN, {k: [(i, app.last[i]) for i in v[:5]] for k, v in wrong.items()}
     finally:
-        app.stopping.set()
-        app.join(10)
+        app.close()
         capture.remove(spec, replay_first=False)
         dispose_engines()
     assert app.failures == [], app.failures[:5]

@@ -12,32 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.index_kinds import every_artifact_kind, write_built
 from vecmigrate.data.datasets import clustered
-from vecmigrate.indexes.artifacts import (
-    LoadedIndex,
-    ShardedIndex,
-    build_index,
-    build_key,
-    write_artifact,
-)
-from vecmigrate.model.spec import (
-    FaissFlat,
-    FaissHnsw,
-    FaissIvfFlat,
-    FaissIvfPq,
-    HnswlibHnsw,
-    IndexSpec,
-    Metric,
-)
+from vecmigrate.indexes.artifacts import LoadedIndex, ShardedIndex, build_key
+from vecmigrate.model.spec import FaissFlat, FaissHnsw, IndexSpec, Metric
 from vecmigrate.records.vectors import ExactKnn
 
 SPECS: list[IndexSpec] = [
-    FaissFlat(),
+    *every_artifact_kind(nlist=16, nprobe=8, pq_m=8, pq_nbits=6),
     FaissFlat(encoding="int8"),
-    FaissIvfFlat(nlist=16, nprobe=8),
-    FaissIvfPq(nlist=16, nprobe=8, m=8, nbits=6),
-    FaissHnsw(m=16, ef_search=64),
-    HnswlibHnsw(m=16, ef_search=64),
 ]
 FLOORS = {"faiss_flat": 0.95, "faiss_ivf_flat": 0.9, "faiss_ivf_pq": 0.6}
 
@@ -45,10 +28,8 @@ FLOORS = {"faiss_flat": 0.95, "faiss_ivf_flat": 0.9, "faiss_ivf_pq": 0.6}
 def loaded(
     spec: IndexSpec, metric: Metric, ids: np.ndarray, x: np.ndarray, at: Path
 ) -> LoadedIndex:
-    index = build_index(spec, metric, ids, x)
     key = build_key(spec, metric, x.shape[1], f"{at.name}")
-    artifact = write_artifact(index, spec, metric, x.shape[1], at, "shard", key, len(ids))
-    return LoadedIndex(artifact.manifest)
+    return LoadedIndex(write_built(spec, metric, ids, x, at, "shard", key).manifest)
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda s: f"{s.kind}-{getattr(s, 'encoding', '')}")

@@ -11,6 +11,7 @@ import socket
 import sqlite3
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -508,18 +509,11 @@ def test_by_default_the_access_log_has_the_errors_and_the_slow_requests_only(
 
 SERVE_WITH_GLOBAL_PROVIDERS = """
 import sys, httpx
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from tests.helpers import memory_telemetry
 from vecmigrate.serving.gateway import Gateway
-from vecmigrate.telemetry.setup import configure, install
+from vecmigrate.telemetry.setup import install
 
-spans = InMemorySpanExporter()
-telemetry = configure(
-    "vecmigrate-gateway",
-    metrics_default="prometheus",
-    environ={},
-    span_processors=[SimpleSpanProcessor(spans)],
-)
+telemetry, spans = memory_telemetry("vecmigrate-gateway")
 install(telemetry, set_global=True)  # as the serve command does
 gateway = Gateway(sys.argv[1], port=0, metrics="open").start()
 try:
@@ -545,6 +539,7 @@ def test_with_the_global_providers_set_a_request_is_traced_and_measured_once(
     sandbox.seed(200, dim=16)
     done = subprocess.run(
         [sys.executable, "-c", SERVE_WITH_GLOBAL_PROVIDERS, sandbox.catalog.url],
+        cwd=Path(__file__).resolve().parent.parent,  # where the script imports tests.helpers
         capture_output=True,
         text=True,
         timeout=120,

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.index_kinds import every_artifact_kind, write_built
 from vecmigrate.data.datasets import clustered
 from vecmigrate.errors import ArtifactError, PreconditionError
 from vecmigrate.indexes.artifacts import (
@@ -17,28 +18,23 @@ from vecmigrate.indexes.artifacts import (
     build_index,
     build_key,
     find_artifact,
-    write_artifact,
 )
 from vecmigrate.indexes.build import READ_BATCH_BYTES, read_batch_rows
-from vecmigrate.model.spec import (
-    FaissFlat,
-    FaissHnsw,
-    FaissIvfFlat,
-    FaissIvfPq,
-    HnswlibHnsw,
-    IndexSpec,
-    Metric,
-)
+from vecmigrate.model.spec import FaissFlat, FaissIvfFlat, HnswlibHnsw, IndexSpec, Metric
 from vecmigrate.records.vectors import ExactKnn
 from vecmigrate.validation import recall_at_k
 
 N, DIM = 4000, 32
+FLOORS = {
+    "faiss_flat": 1.0,
+    "faiss_ivf_flat": 0.85,
+    "faiss_ivf_pq": 0.3,
+    "faiss_hnsw": 0.9,
+    "hnswlib_hnsw": 0.9,
+}
 SPECS: list[tuple[IndexSpec, float]] = [
-    (FaissFlat(), 1.0),
-    (FaissIvfFlat(nlist=32, nprobe=8), 0.85),
-    (FaissIvfPq(nlist=32, nprobe=8, m=8, nbits=8), 0.3),
-    (FaissHnsw(m=16, ef_search=64), 0.9),
-    (HnswlibHnsw(m=16, ef_search=64), 0.9),
+    (spec, FLOORS[spec.kind])
+    for spec in every_artifact_kind(nlist=32, nprobe=8, pq_m=8, pq_nbits=8)
 ]
 
 
@@ -61,9 +57,8 @@ def test_build_write_load_search(
     exact = ExactKnn(q, 10, metric)
     exact.add(ids, x)
     _, truth = exact.result()
-    index = build_index(spec, metric, ids, x, threads=1)
     key = build_key(spec, metric, DIM, "data-checksum")
-    art = write_artifact(index, spec, metric, DIM, tmp_path, "shard-0000", key, N)
+    art = write_built(spec, metric, ids, x, tmp_path, "shard-0000", key, threads=1)
     assert art.data_file.name.startswith("shard-0000-")
     assert art.sha256[:16] in art.data_file.name
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
@@ -88,9 +83,8 @@ def test_sharded_search_merges_like_one_index(
     ids, x = data
     loaded = []
     for i, part in enumerate(np.array_split(np.arange(N), 3)):
-        idx = build_index(FaissFlat(), Metric.L2, ids[part], x[part])
-        art = write_artifact(
-            idx, FaissFlat(), Metric.L2, DIM, tmp_path, f"shard-{i:04d}", f"k{i}", len(part)
+        art = write_built(
+            FaissFlat(), Metric.L2, ids[part], x[part], tmp_path, f"shard-{i:04d}", f"k{i}"
         )
         loaded.append(LoadedIndex(art.manifest))
     _, merged = ShardedIndex(loaded).search(x[:30], 7)
@@ -106,9 +100,7 @@ def test_reuse_only_a_whole_verified_artifact(
     spec = HnswlibHnsw(m=8)
     key = build_key(spec, Metric.L2, DIM, "c1")
     assert find_artifact(tmp_path, "shard-0001", key) is None
-    art = write_artifact(
-        build_index(spec, Metric.L2, ids, x), spec, Metric.L2, DIM, tmp_path, "shard-0001", key, N
-    )
+    art = write_built(spec, Metric.L2, ids, x, tmp_path, "shard-0001", key)
     reused = find_artifact(tmp_path, "shard-0001", key)
     assert reused is not None
     assert reused.reused

@@ -11,29 +11,16 @@ import faiss
 import numpy as np
 import pytest
 
+from tests.index_kinds import every_artifact_kind, write_built
 from vecmigrate.catalog.changelog import DELETE, UPSERT, Changes
 from vecmigrate.data.datasets import clustered
-from vecmigrate.indexes.artifacts import LoadedIndex, build_index, write_artifact
+from vecmigrate.indexes.artifacts import LoadedIndex
 from vecmigrate.indexes.live import LiveIndex, NetChanges
-from vecmigrate.model.spec import (
-    FaissFlat,
-    FaissHnsw,
-    FaissIvfFlat,
-    FaissIvfPq,
-    HnswlibHnsw,
-    IndexSpec,
-    Metric,
-)
+from vecmigrate.model.spec import FaissFlat, FaissHnsw, HnswlibHnsw, IndexSpec, Metric
 from vecmigrate.records.vectors import ExactKnn
 
 N, DIM = 3000, 16
-SPECS: list[IndexSpec] = [
-    HnswlibHnsw(m=16, ef_search=64, ef_construction=100),
-    FaissFlat(),
-    FaissIvfFlat(nlist=16, nprobe=16),
-    FaissIvfPq(nlist=16, nprobe=16, m=4, nbits=6),
-    FaissHnsw(m=16, ef_search=64),
-]
+SPECS = every_artifact_kind(nlist=16, nprobe=16, pq_m=4, pq_nbits=6, ef_construction=100)
 SPACE = "test-model@1"
 
 
@@ -44,9 +31,8 @@ def artifacts(directory: Path, spec: IndexSpec, shards: int, metric: Metric = Me
     out = []
     for s in range(shards):
         mine = ids % shards == s
-        index = build_index(spec, metric, ids[mine], x[mine], threads=1)
-        art = write_artifact(
-            index, spec, metric, DIM, directory, f"shard-{s:04d}", f"{s}" * 64, int(mine.sum())
+        art = write_built(
+            spec, metric, ids[mine], x[mine], directory, f"shard-{s:04d}", f"{s}" * 64, threads=1
         )
         out.append(art)
     return out

@@ -14,6 +14,7 @@ from pydantic import TypeAdapter
 from sqlalchemy import create_engine, func, select, text
 
 from tests.conftest import Sandbox, postgres_database, vecmigrate
+from tests.helpers import version_data
 from tests.test_cli_matrix import run_cli, said
 from vecmigrate.catalog.catalog import Catalog, ledger, migrations, vector_versions
 from vecmigrate.config import resolve_spec, sqlite_url
@@ -340,12 +341,7 @@ def test_plan_checks_each_region_against_its_own_catalog(
     for region, tenants in (("eu", ("acme", "globex")), ("us", ("acme",))):
         catalogs[region] = Catalog(sqlite_url(tmp_path / region / "catalog.db"))
         v1 = VersionSpec.model_validate(
-            {
-                "name": "v1",
-                "store": _region_store(tmp_path, region),
-                "embedding": {"model_id": "m", "dimension": 8},
-                "index": {"kind": "faiss_flat"},
-            }
+            version_data("v1", "faiss_flat", store=_region_store(tmp_path, region))
         )
         for tenant in tenants:
             seed_collection(
@@ -355,16 +351,8 @@ def test_plan_checks_each_region_against_its_own_catalog(
     def spec(tenants: Any) -> Path:
         data = {
             "collection": "docs",
-            "source": {
-                "name": "v1",
-                "embedding": {"model_id": "m", "dimension": 8},
-                "index": {"kind": "faiss_flat"},
-            },
-            "target": {
-                "name": "v2",
-                "embedding": {"model_id": "m", "dimension": 8},
-                "index": {"kind": "hnswlib_hnsw"},
-            },
+            "source": version_data("v1", "faiss_flat"),
+            "target": version_data("v2", "hnswlib_hnsw"),
             "shards": {"count": 1},
             "tenants": tenants,
             "regions": [

@@ -26,6 +26,7 @@ from sqlalchemy import create_engine
 from temporalio.client import Client
 
 from tests.conftest import Sandbox, postgres_database, shadow_all, vecmigrate
+from tests.helpers import in_background
 from tests.test_workflow import awaiting_cutover, started, wait_for
 from vecmigrate.catalog.engines import dispose_engines
 from vecmigrate.control.plan import plan_migration
@@ -62,10 +63,9 @@ class Reader:
     pause: float = 0.0
     counts: list[int] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
 
-    def run(self) -> None:
-        while not self.stop.is_set():
+    def run(self, stop: threading.Event) -> None:
+        while not stop.is_set():
             try:
                 self.counts.append(self.read())
             except Exception as exc:  # every failed read is counted, none hidden
@@ -77,13 +77,8 @@ class Reader:
 @contextmanager
 def hammering(read: Callable[[], int], pause: float = 0.0) -> Iterator[Reader]:
     reader = Reader(read, pause)
-    thread = threading.Thread(target=reader.run, name="reader", daemon=True)
-    thread.start()
-    try:
+    with in_background(reader.run, "reader", join=30):
         yield reader
-    finally:
-        reader.stop.set()
-        thread.join(30)
 
 
 def fill(store: VectorStore, n: int, seed: int) -> None:
@@ -585,17 +580,14 @@ async def test_an_online_rollback_after_cut_over_points_the_view_back_and_a_seco
     stablename.prepare(spec)
     read, conn = _engine_reader("pgvector", store, "docs_live")
     router = Router(sandbox.catalog, refresh_seconds=0.1)
-    searching = threading.Event()
 
-    def search() -> None:
-        while not searching.is_set():
+    def search(stop: threading.Event) -> None:
+        while not stop.is_set():
             router.search("default", "docs", vectors[:2], 3)
             time.sleep(0.02)
 
-    searcher = threading.Thread(target=search, daemon=True)
-    searcher.start()
     try:
-        with hammering(read, pause=0.002) as reader:
+        with in_background(search, "searcher", join=10), hammering(read, pause=0.002) as reader:
             async with started(client, sandbox, spec, awaiting_cutover, 180) as (mc, mid, _):
                 open_target(spec).upsert(np.array([MARK]), clustered(1, sandbox.dim, 1, seed=5))
                 await mc.signal(mid, "approve_cutover", operator="dba")
@@ -610,8 +602,6 @@ async def test_an_online_rollback_after_cut_over_points_the_view_back_and_a_seco
                 final = await mc.result(mid)
                 assert read() == E2E + 1
     finally:
-        searching.set()
-        searcher.join(10)
         conn.close()
         dispose_engines()
     assert final.phase == Phase.COMPLETED, final.error

@@ -14,10 +14,11 @@ import pytest
 from temporalio.client import Client
 
 from tests.conftest import Sandbox, running_worker, vecmigrate
+from tests.index_kinds import write_built
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.control.plan import plan_migration
 from vecmigrate.data.datasets import clustered
-from vecmigrate.indexes.artifacts import LoadedIndex, build_index, build_key, write_artifact
+from vecmigrate.indexes.artifacts import LoadedIndex, build_key
 from vecmigrate.indexes.sizes import index_bytes, uncompressed
 from vecmigrate.model.costs import MigrationCosts
 from vecmigrate.model.lifecycle import Phase
@@ -54,9 +55,8 @@ def test_each_encoding_builds_searches_and_matches_the_size_model(
 ) -> None:
     x = clustered(6000, 32, clusters=24, seed=5)
     ids = np.arange(100, 6100, dtype=np.int64)
-    index = build_index(spec, metric, ids, x)
     key = build_key(spec, metric, 32, "data")
-    artifact = write_artifact(index, spec, metric, 32, tmp_path, "shard-0000", key, len(ids))
+    artifact = write_built(spec, metric, ids, x, tmp_path, "shard-0000", key)
     size = artifact.data_file.stat().st_size
     estimate = index_bytes(spec, len(ids), 32)
     assert abs(size - estimate) / size < 0.05, (size, estimate)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers import version_data
 from vecmigrate.model.spec import MilvusTls, parse_spec
 from vecmigrate.stores import open_store
 from vecmigrate.stores.base import Scope
@@ -63,9 +64,10 @@ def test_a_milvus_store_over_mutual_tls(
     spec = parse_spec(
         {
             "collection": "docs",
-            "source": {
-                "name": "v1",
-                "store": {
+            "source": version_data(
+                "v1",
+                "milvus_flat",
+                store={
                     "kind": "milvus",
                     "uri": milvus.uri,
                     "token": "env:VM_TEST_MILVUS_TOKEN",
@@ -76,14 +78,8 @@ def test_a_milvus_store_over_mutual_tls(
                         "client_key": str(milvus.app.key),
                     },
                 },
-                "embedding": {"model_id": "m", "dimension": 8},
-                "index": {"kind": "milvus_flat"},
-            },
-            "target": {
-                "name": "v2",
-                "embedding": {"model_id": "m", "dimension": 8},
-                "index": {"kind": "faiss_flat"},
-            },
+            ),
+            "target": version_data("v2", "faiss_flat"),
         }
     )
     store = open_store(spec.source.store, Scope("default", "docs", "v1"), 8)

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
-from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from prometheus_client import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
 from tests.conftest import Sandbox
+from tests.helpers import memory_telemetry
 from vecmigrate.serving.gateway import _RoutingNotes
 from vecmigrate.serving.router import Router
 from vecmigrate.telemetry import names
@@ -95,13 +95,7 @@ def one_in_none(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Telemetry, An
     decision, as ``parentbased_traceidratio`` does at any ratio; spans kept in memory."""
     monkeypatch.setenv("OTEL_TRACES_SAMPLER", "parentbased_traceidratio")
     monkeypatch.setenv("OTEL_TRACES_SAMPLER_ARG", "0")
-    exporter = InMemorySpanExporter()
-    t = configure(
-        "g",
-        metrics_default="prometheus",
-        environ={},
-        span_processors=[SimpleSpanProcessor(exporter)],
-    )
+    t, exporter = memory_telemetry("g")
     yield t, exporter
     t.shutdown()
 

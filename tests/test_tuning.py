@@ -22,6 +22,7 @@ from rich.console import Console
 from temporalio.client import Client
 
 from tests.conftest import Sandbox, postgres_database, running_worker
+from tests.helpers import in_background
 from vecmigrate.catalog.engines import dispose_engines
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.control.htmlreport import ReportData, render
@@ -62,11 +63,10 @@ def live_queries(vectors: np.ndarray, n: int = 400) -> np.ndarray:
 def serving(router: Router, queries: np.ndarray, rate: float = 150.0) -> Iterator[list[str]]:
     """Searches through the router, one query at a time, until the block ends; yields the
     versions that answered."""
-    stop = threading.Event()
     answered: list[str] = []
     errors: list[BaseException] = []
 
-    def loop() -> None:
+    def loop(stop: threading.Event) -> None:
         i = 0
         while not stop.is_set():
             try:
@@ -78,13 +78,8 @@ def serving(router: Router, queries: np.ndarray, rate: float = 150.0) -> Iterato
             i += 1
             time.sleep(1 / rate)
 
-    thread = threading.Thread(target=loop, name="reads", daemon=True)
-    thread.start()
-    try:
+    with in_background(loop, "reads"):
         yield answered
-    finally:
-        stop.set()
-        thread.join()
     assert errors == [], errors[:3]
 
 
@@ -410,26 +405,21 @@ def test_the_chooser_takes_the_smallest_value_meeting_every_gate() -> None:
     policy = TuningPolicy(
         parameter="ef_search", candidates=(8, 16, 64), min_recall=0.9, max_p99_ms=5.0
     )
-    figures = [
+    measured = [  # value, recall and its interval, p99 and its interval: 200 queries each
         # Recall met, but its whole p99 interval lies above 5 ms: a latency failure.
-        CandidateFigures(
-            value=8,
-            queries=200,
-            recall=0.95,
-            recall_interval=(0.93, 0.97),
-            p99_ms=9.0,
-            p99_interval=(8.0, 12.0),
-        ),
-        CandidateFigures(
-            value=16,
-            queries=200,
-            recall=0.97,
-            recall_interval=(0.95, 0.98),
-            p99_ms=4.0,
-            p99_interval=(3.0, 6.0),  # across the threshold: the latency gate passes
-        ),
-        CandidateFigures(value=64, queries=200, recall=0.99, recall_interval=(0.98, 1.0)),
+        (8, 0.95, (0.93, 0.97), 9.0, (8.0, 12.0)),
+        # Its p99 interval across the threshold: the latency gate passes.
+        (16, 0.97, (0.95, 0.98), 4.0, (3.0, 6.0)),
     ]
+    figures = [
+        CandidateFigures(
+            value=v, queries=200, recall=r, recall_interval=ri, p99_ms=p, p99_interval=pi
+        )
+        for v, r, ri, p, pi in measured
+    ]
+    figures.append(
+        CandidateFigures(value=64, queries=200, recall=0.99, recall_interval=(0.98, 1.0))
+    )
     chosen, why = choose(figures, policy, "ef_search", 64)
     assert chosen == 16
     assert why == ("ef_search=16 is the smallest candidate meeting the gates (ef_search=8 did not)")
