@@ -75,9 +75,16 @@ class AppliedSpecs:
         """Record that ``name`` was started (a second call for the same spec changes nothing)."""
         if self.get(name) is not None:
             return
-        # Started now, not finished, running.
         record = AppliedSpec(
-            name, spec_hash, spec, migration_id, directory, applied_by, now(), None, "running"
+            name=name,
+            spec_hash=spec_hash,
+            spec=spec,
+            migration_id=migration_id,
+            directory=directory,
+            applied_by=applied_by,
+            started_at=now(),
+            finished_at=None,
+            outcome="running",
         )
         with begin(self.catalog.engine) as conn:
             conn.execute(code_migrations.insert().values(**sql.row_values(record)))

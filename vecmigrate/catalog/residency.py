@@ -68,7 +68,14 @@ class Residency:
                 f"a worker of region {self.region or 'none'}; refused (data stays in its "
                 "region): check the task queues of the region's workers"
             )
-        run = Run(activity, migration_id, tenant, region, self.region, self.worker)
+        run = Run(
+            activity=activity,
+            migration_id=migration_id,
+            tenant=tenant,
+            region=region,
+            worker_region=self.region,
+            worker=self.worker,
+        )
         with begin(self.engine) as conn:
             conn.execute(runs.insert().values(**sql.row_values(run), at=now()))
 
