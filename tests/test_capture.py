@@ -93,7 +93,14 @@ def items_spec(url: str, source_store: dict[str, Any] | None = None, **more: Any
         "shards": {"by": "hash", "count": 2},
         "batch_size": 200,
         "max_vectors_per_second": 1_000.0,
-        "gates": {"min_recall": 0.5, "sample_queries": 20, "latency_queries": 5},
+        # 20 queries cannot decide a 0.02 drop in recall against the old index (the gate then
+        # pauses, "the sample cannot tell"): these tests are about the capture, not that gate.
+        "gates": {
+            "min_recall": 0.5,
+            "sample_queries": 20,
+            "latency_queries": 5,
+            "max_recall_drop": None,
+        },
         "online": {
             "settle_seconds": 0.5,
             "shadow": shadow_all(seconds=1, min_samples=5),
