@@ -7,4 +7,5 @@ cd "$ROOT"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
-exec .venv/bin/python -m pytest "$@"
+# One pytest process per core; the slowest tests named at the end.
+exec .venv/bin/python -m pytest -n auto --durations=20 "$@"
