@@ -25,6 +25,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from tests.conftest import Sandbox
+from tests.helpers import memory_telemetry
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.control.devserver import free_port
 from vecmigrate.errors import ConfigurationError
@@ -41,15 +42,8 @@ from vecmigrate.workers.main import run_worker
 def memory_spans(service: str) -> Iterator[InMemorySpanExporter]:
     """Telemetry of ``service`` that keeps every span in memory and serves metrics for
     Prometheus, installed until the fixture that yields from it ends."""
-    exporter = InMemorySpanExporter()
-    install(
-        configure(
-            service,
-            metrics_default="prometheus",
-            environ={},
-            span_processors=[SimpleSpanProcessor(exporter)],
-        )
-    )
+    telemetry, exporter = memory_telemetry(service)
+    install(telemetry)
     yield exporter
     uninstall()
 
