@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import Boolean, Column, Float, Index, String, Table, func, select
 
 from vecmigrate.catalog.catalog import Catalog, metadata, scope_columns, sequence_key
 from vecmigrate.catalog.engines import begin
-from vecmigrate.catalog.sql import all_rows, create_tables_once, in_scope
+from vecmigrate.catalog.sql import all_rows, create_tables_once, in_scope, row_values
 from vecmigrate.model.gates import ShadowFigures
 
 samples_table = Table(
@@ -51,7 +51,7 @@ class ShadowLog:
         if not samples:
             return
         with begin(self.engine) as conn:
-            conn.execute(samples_table.insert(), [asdict(s) for s in samples])
+            conn.execute(samples_table.insert(), [row_values(s) for s in samples])
 
     def last_id(self) -> int:
         """The newest sample's id (a mark: figures after it cover what comes next)."""
