@@ -23,123 +23,13 @@ from vecmigrate.config import default_catalog_url, home_dir
 from vecmigrate.errors import KeyRingError, VecmigrateError
 from vecmigrate.indexes.protection import artifact_manifests, protection, rewrap_artifacts
 from vecmigrate.model.access import Role
-from vecmigrate.security.credentials import ACTIONS, Credentials, new_api_key
+from vecmigrate.security.credentials import Credentials, new_api_key
 from vecmigrate.security.keyring import KEYRING_ENV, KeyRing, KeyRingSource
 
 err = Console(stderr=True)
 out = Console()
 
 Command = Callable[[argparse.Namespace], Coroutine[Any, Any, int]]
-
-
-def add_commands(sub: Any) -> dict[str, Command]:
-    """Add ``keys`` and ``codec-server`` to the ``vecmigrate`` parser; their handlers."""
-    shared = argparse.ArgumentParser(add_help=False)
-    shared.add_argument(
-        "--keyring",
-        default=None,
-        help=f"the key ring, as a secret reference (default: ${KEYRING_ENV}; init: "
-        "file:$VECMIGRATE_HOME/keyring.json)",
-    )
-    shared.add_argument(
-        "--catalog",
-        default=None,
-        help="catalog SQLAlchemy URL (default: $VECMIGRATE_CATALOG_URL or SQLite in "
-        "$VECMIGRATE_HOME)",
-    )
-    shared.add_argument("--operator", default=None, help="who you are, for the ledger")
-    # The commands that re-wrap artifacts' data keys find them under the catalog's versions and
-    # in these directories.
-    artifacts = argparse.ArgumentParser(add_help=False, parents=[shared])
-    artifacts.add_argument(
-        "--artifacts", action="append", default=[], help="another artifact directory"
-    )
-    p = sub.add_parser("keys", help="the key ring (rotation included) and API keys")
-    ksub = p.add_subparsers(dest="keys_command", required=True)
-    # The key ring's commands, with the flags they share (those that re-wrap find artifacts).
-    ring = {
-        name: ksub.add_parser(name, parents=[parent], help=help_)
-        for name, parent, help_ in (
-            ("init", shared, "create a key ring with one key (refuses to overwrite)"),
-            ("list", shared, "the keys, which is active, and what each protects"),
-            (
-                "rotate",
-                artifacts,
-                "add a key and make it active; re-wrap the artifacts' data keys under it (the "
-                "data is not re-encrypted; migrations running meanwhile carry on)",
-            ),
-            ("rewrap", artifacts, "re-wrap every artifact's data key under the active key"),
-            (
-                "retire",
-                artifacts,
-                "remove a key no artifact uses any more (payloads it encrypted in Temporal "
-                "histories become unreadable)",
-            ),
-        )
-    }
-    ring["rotate"].add_argument(
-        "--no-rewrap", action="store_true", help="rotate only; re-wrap later"
-    )
-    ring["retire"].add_argument(
-        "key_id", help="the key to retire (as `vecmigrate keys list` names it)"
-    )
-    k = ksub.add_parser("api-key", help="issue an API key for the gateway or codec server")
-    k.add_argument("--credentials", required=True, help="the credentials file (created if new)")
-    k.add_argument("--name", required=True, help="who or what the key is for")
-    k.add_argument("--tenant", action="append", required=True, help="a tenant it may use (or *)")
-    k.add_argument(
-        "--collection",
-        action="append",
-        default=[],
-        help="a collection (NAME or TENANT/NAME) it may use (default: all of its tenants')",
-    )
-    k.add_argument(
-        "--action", action="append", required=True, choices=ACTIONS, help="what it may do"
-    )
-
-    p = sub.add_parser("roles", help="operator roles: who may steer which collection's migrations")
-    rsub = p.add_subparsers(dest="roles_command", required=True)
-    scope = argparse.ArgumentParser(add_help=False, parents=[shared])
-    scope.add_argument("--tenant", default="*", help="a tenant, or * for all (default)")
-    scope.add_argument("--collection", default="*", help="a collection, or * for all (default)")
-    r = rsub.add_parser(
-        "grant",
-        parents=[scope],
-        help="give an identity a role (viewer, operator, approver); migrations pick it up at "
-        "their next phase",
-    )
-    r.add_argument("identity", help="as its connection presents it; a pattern like *@ops.example")
-    r.add_argument("role", choices=[str(x) for x in Role], help="the role to give")
-    r = rsub.add_parser("revoke", parents=[scope], help="take an identity's role away")
-    r.add_argument("identity", help="the identity or pattern as it was granted")
-    r = rsub.add_parser(
-        "four-eyes",
-        parents=[scope],
-        help="require a cut-over's approver to differ from its starter",
-    )
-    r.add_argument("state", choices=["on", "off"], help="on: the approver must differ")
-    rsub.add_parser("list", parents=[scope], help="the roles in force on a tenant's collection")
-
-    p = sub.add_parser(
-        "codec-server",
-        help="serve the payload codec to the Temporal UI and CLI (authenticated, CORS)",
-    )
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: loopback)")
-    p.add_argument("--port", type=int, default=8081, help="port to listen on (default: 8081)")
-    p.add_argument("--keyring", default=None, help=f"default: ${KEYRING_ENV}")
-    p.add_argument("--credentials", required=True, help="who may decode (API keys or JWT settings)")
-    p.add_argument(
-        "--cors-origin",
-        action="append",
-        default=[],
-        help="an origin browsers may call from (the Temporal UI's, e.g. http://localhost:8233)",
-    )
-    p.add_argument(
-        "--namespace", action="append", default=None, help="a namespace served (default: any)"
-    )
-    p.add_argument("--tls-cert", default=None, help="serve HTTPS with this certificate")
-    p.add_argument("--tls-key", default=None, help="... and this key")
-    return {"keys": _keys, "roles": _roles, "codec-server": _codec_server}
 
 
 def _source(args: argparse.Namespace, creating: bool = False) -> KeyRingSource:
@@ -294,3 +184,7 @@ async def _codec_server(args: argparse.Namespace) -> int:
     err.print(f"codec server on {server.url} (POST /decode, /encode)")
     await server.serve_async()
     return 0
+
+
+# The handlers of the commands :func:`vecmigrate.control.arguments.parser` adds for them.
+COMMANDS: dict[str, Command] = {"keys": _keys, "roles": _roles, "codec-server": _codec_server}

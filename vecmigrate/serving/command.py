@@ -4,7 +4,9 @@
 every command's libraries (Temporal's client among them). A gateway process keeps what it imports
 for its whole life, and each full garbage collection walks all of it while requests wait: started
 from here it imports only what serving needs (``bench/gateway_footprint.py`` measures both). The
-``vecmigrate`` command keeps ``serve`` among its commands with the same flags, from this module.
+``vecmigrate`` command keeps ``serve`` among its commands with the same flags, from this module;
+reading them imports nothing of serving's (the catalog's configuration and telemetry load when
+the gateway starts).
 """
 
 from __future__ import annotations
@@ -14,14 +16,16 @@ import asyncio
 import ipaddress
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 
-from vecmigrate.config import catalog_url
 from vecmigrate.errors import VecmigrateError
 from vecmigrate.security.scrub import scrub
 from vecmigrate.telemetry.logs import configure_logging, log_format_flag, run_program
-from vecmigrate.telemetry.setup import Telemetry, configure, current, install
+
+if TYPE_CHECKING:
+    from vecmigrate.telemetry.setup import Telemetry
 
 HELP = "the HTTP gateway applications search and write through"
 
@@ -75,6 +79,7 @@ async def serve(args: argparse.Namespace) -> int:
     Raises:
         VecmigrateError: flags that do not go together, or a gateway that cannot start.
     """
+    from vecmigrate.config import catalog_url
     from vecmigrate.security.credentials import Credentials
     from vecmigrate.serving.asgi import TlsFiles
     from vecmigrate.serving.gateway import Gateway
@@ -134,6 +139,8 @@ def set_up(args: argparse.Namespace) -> Telemetry:
     Raises:
         ConfigurationError: an unknown log format or level.
     """
+    from vecmigrate.telemetry.setup import configure, install
+
     configure_logging(args.log_format)
     return install(configure("vecmigrate-gateway", metrics_default="prometheus"), set_global=True)
 
@@ -143,6 +150,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="vecmigrate serve", description=HELP)
     add_arguments(p)
     args = p.parse_args(argv)
+    from vecmigrate.telemetry.setup import current
+
     try:
         set_up(args)
         code = asyncio.run(serve(args))
