@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 RUNS = {
     "applier_stalls": ["--vectors", "4000", "--dim", "16", "--writes", "2000", "--repeat", "1"],
+    "copy_write_stalls": ["--vectors", "20000", "--dim", "16", "--rate", "200", "--repeat", "1"],
     "load_stalls": ["--vectors", "4000", "--dim", "16", "--shards", "2", "--repeat", "1"],
     "capture_overhead": ["--rows", "2000", "--dim", "16", "--writes", "300", "--pairs", "2"],
     "router_overhead": ["--vectors", "3000", "--queries", "200", "--pairs", "3"],

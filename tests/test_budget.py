@@ -30,6 +30,7 @@ from vecmigrate.control.report import status_tables
 from vecmigrate.data.backfill import catch_up, copy_shard, open_source, open_target, prepare
 from vecmigrate.data.budget import (
     PER_THREAD_NICE,
+    TURN_GAP_SECONDS,
     PaceController,
     between,
     build_chunk,
@@ -48,6 +49,8 @@ from vecmigrate.model.status import BudgetState, MigrationStatus
 from vecmigrate.records.sharding import plan_shards
 from vecmigrate.serving.latency import LatencyMonitor
 from vecmigrate.serving.router import Router, bucket
+from vecmigrate.stores import builtin
+from vecmigrate.stores.builtin import BuiltinStore
 from vecmigrate.validation import reconcile
 from vecmigrate.validation.run import check_shard, measure
 from vecmigrate.validation.shadow import ShadowLog
@@ -170,13 +173,13 @@ def test_the_router_publishes_its_search_latencies(sandbox: Sandbox) -> None:
 
 
 def _copy_after_searches(
-    sandbox: Sandbox, **spec: Any
+    sandbox: Sandbox, batch_size: int = 100, **spec: Any
 ) -> tuple[MigrationSpec, list[float], LatencyReading]:
     """Seed 3000 vectors, publish a router's search latencies for them, then copy them under
     ``spec``: the spec, the copy's pauses and the latencies published before it."""
     sandbox.seed(3000)
     with _searched(sandbox) as (_, published):
-        s = sandbox.spec(batch_size=100, shards={"count": 1}, **spec)
+        s = sandbox.spec(batch_size=batch_size, shards={"count": 1}, **spec)
         shard = prepare(sandbox.catalog, s, "t").shards[0]
         sleeps: list[float] = []
         result = copy_shard(s, shard, Journal(sandbox.catalog), None, sleeps.append, time.monotonic)
@@ -206,6 +209,49 @@ def test_without_a_budget_the_copy_never_waits(sandbox: Sandbox) -> None:
     spec, sleeps, _ = _copy_after_searches(sandbox)
     assert sleeps == []
     assert Latencies(sandbox.catalog).budget(spec.migration_id) is None
+
+
+def _target_transactions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The rows of each transaction the built-in store writes into version v2 from now on."""
+    written: list[int] = []
+    insert = BuiltinStore._insert
+
+    def counted(store: BuiltinStore, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        if store.scope.version == "v2":
+            written.append(len(rows))
+        insert(store, sql, rows)
+
+    monkeypatch.setattr(BuiltinStore, "_insert", counted)
+    return written
+
+
+def test_under_a_budget_the_copy_writes_in_turns_with_the_budgets_pauses_between_them(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SQLite takes one writer at a time: a gateway's write waits for a turn, not a batch.
+    monkeypatch.setattr(builtin, "FIRST_TURN_ROWS", 200)
+    monkeypatch.setattr(builtin, "TURN_SECONDS", 1e-9)  # then the fewest rows a turn (100)
+    written = _target_transactions(monkeypatch)
+    spec, sleeps, _ = _copy_after_searches(
+        sandbox, batch_size=1000, budget={"max_search_p99_ms": 1e-6}
+    )
+    _throttled(sandbox, spec)
+    assert written == [200, *[100] * 8] * 3
+    # The budget's pauses go between turns, each at least the gap an application's write
+    # needs to find the database free (8 between the 9 turns of each batch).
+    assert sum(s >= TURN_GAP_SECONDS for s in sleeps) >= 3 * 8
+    assert open_target(spec).checksum() == open_source(spec).checksum()
+
+
+def test_without_a_budget_the_copy_writes_each_batch_in_one_transaction(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # At full speed: each turn's commit costs the copy (a sync of SQLite's log).
+    written = _target_transactions(monkeypatch)
+    spec, sleeps, _ = _copy_after_searches(sandbox, batch_size=1000)
+    assert written == [1000, 1000, 1000]
+    assert sleeps == []
+    assert open_target(spec).checksum() == open_source(spec).checksum()
 
 
 def test_a_ratio_budget_takes_the_idle_p99_and_holds_pace_within_it(sandbox: Sandbox) -> None:

@@ -108,7 +108,7 @@ def test_the_spec_reference_covers_every_field() -> None:
         for field in model.get("properties", {}):
             assert f"| `{field}` |" in section, (name, field)
     # A field's docstring is its description (pydantic's attribute docstrings).
-    assert "| Records per copy batch: one transaction, one journal write" in reference
+    assert "| Records per copy batch: one transaction (under a `budget`" in reference
 
 
 # -- commands --------------------------------------------------------------------------------

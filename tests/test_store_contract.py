@@ -39,6 +39,7 @@ from vecmigrate.model.spec import (
     ShardLayout,
     VersionSpec,
 )
+from vecmigrate.records.batch import Records
 from vecmigrate.records.sharding import hash_shards, plan_shards, range_shards
 from vecmigrate.stores import (
     CAPABILITIES,
@@ -48,6 +49,7 @@ from vecmigrate.stores import (
     QdrantStore,
     Scope,
     VectorStore,
+    builtin,
 )
 from vecmigrate.stores.base import WHOLE
 from vecmigrate.stores.milvus import close_clients, index_type
@@ -192,6 +194,40 @@ def test_bad_input_is_refused_before_anything_is_written(opener: Opener) -> None
     assert store.count() == 10
     with pytest.raises(DataError, match="holds 8-dimensional vectors, not 4"):
         opener(Scope("t", "c", "v1"), 4)
+
+
+def test_a_batch_written_in_turns_is_written_whole_and_checked_first(
+    opener: Opener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A copy under a latency budget hands the store a call to make between turns: the built-in
+    store on SQLite (one writer at a time) writes the batch in turns of a few milliseconds and
+    makes it between them; engines that take concurrent writers write in one go. Either way
+    every record lands, and a bad record refuses the whole batch before any turn."""
+    # Turns as short as they go: 300 rows, then the fewest (100).
+    monkeypatch.setattr(builtin, "FIRST_TURN_ROWS", 300)
+    monkeypatch.setattr(builtin, "TURN_SECONDS", 1e-9)
+    store = opener(Scope("t", "c", "v1"), 8)
+    rng = np.random.default_rng(3)
+    ids = rng.permutation(1000).astype(np.int64) + 1
+    vecs = rng.standard_normal((1000, 8)).astype(np.float32)
+    turns: list[int] = []
+    assert store.write(Records.from_numpy(ids, vecs), between_turns=turns.append) == 1000
+    assert store.count() == 1000
+    found, got = store.fetch(np.sort(ids))
+    assert found.tolist() == np.sort(ids).tolist()
+    assert np.array_equal(got, vecs[np.argsort(ids)])
+    one_writer = isinstance(store, BuiltinStore) and store.engine.dialect.name == "sqlite"
+    # Between turns: 300, then 100 at a time; the last turn's records need no call after them.
+    assert turns == ([300, *[100] * 6] if one_writer else [])
+
+    bad = rng.standard_normal((1000, 8)).astype(np.float32)
+    bad[-1, 0] = np.nan  # in the last turn
+    before = store.checksum()
+    turns.clear()
+    with pytest.raises(DataError, match="NaN or infinity"):
+        store.write(Records.from_numpy(ids, bad), between_turns=turns.append)
+    assert turns == []
+    assert store.checksum() == before
 
 
 def test_scopes_are_isolated(opener: Opener) -> None:

@@ -533,7 +533,11 @@ def copy_shard(
     clock: Callable[[], float] = time.monotonic,
     watch: WatcherOpener | None = None,
 ) -> CopyShardResult:
-    """Copy one shard from where its journal says to its end, one batch per transaction.
+    """Copy one shard from where its journal says to its end, batch by batch, each batch in one
+    transaction; under a latency budget, on a database of one writer at a time (SQLite), in
+    turns of a few milliseconds instead, the budget's pauses between them, so that an
+    application's writes never wait for a whole batch (see
+    :meth:`~vecmigrate.stores.base.VectorStore.write`).
 
     With ``watch``, the copy also keeps the figures of the watcher it opens (the shard check
     streamed from the batches it holds), persisted with the cursor in the journal's transaction:
@@ -568,6 +572,9 @@ def copy_shard(
     throttle = Throttle(clock)
     pacer = BudgetPacer(journal.catalog, spec, clock)  # the latency budget's pauses
     parallel = min(spec.max_parallel_shards, len(spec.shards.selected()))
+
+    def between_turns(rows: int) -> None:
+        sleep(pacer.between_turns(rows))  # the budget's pause, spread over the batch's turns
 
     def share(control: Control) -> float | None:
         rate = control.max_vectors_per_second
@@ -640,7 +647,9 @@ def copy_shard(
             left_out += len(faults)
             if watcher is not None:
                 watcher.before_write(records)  # what it can do while the target writes
-            target.write(records)
+            # Under a budget, on a database of one writer at a time, in turns (see
+            # VectorStore.write): an application's write waits for a turn, not the batch.
+            target.write(records, between_turns=between_turns if pacer.active else None)
             moved["written"] += records.nbytes
             acc.add_hashes(records.hashes())
             if watcher is not None:

@@ -48,6 +48,12 @@ CHECK_SECONDS = 1.0
 # The idle baseline must come from a window the migration's work did not touch: read as it
 # prepares, before its first work (see ``idle_baseline``).
 BASELINE_MAX_AGE = 10.0
+# Under a budget, the least a copy waits between two turns of a batch's write on a database of
+# one writer at a time (see ``VectorStore.write``), even at full pace: an application's write
+# that found the database busy polls for it in steps of up to 100 ms, and two copies writing
+# turns back to back left it few moments to find. Measured with two copies at full pace into
+# one SQLite database and an application writing 50 times a second (`bench/copy_write_stalls.py`).
+TURN_GAP_SECONDS = 0.005
 
 
 @dataclass(frozen=True)
@@ -176,6 +182,16 @@ class BudgetPacer:
         self.controller = PaceController(
             min_share=spec.budget.min_rate_share, share=self.state.share
         )
+
+    @property
+    def active(self) -> bool:
+        """Whether the migration has a latency budget to hold."""
+        return self.state is not None
+
+    def between_turns(self, added: int) -> float:
+        """Seconds to wait between two turns of a batch's write (the budget's pause, and at
+        least ``TURN_GAP_SECONDS``), ``added`` records into the batch; 0 without a budget."""
+        return 0.0 if self.state is None else max(self.pause(added), TURN_GAP_SECONDS)
 
     @property
     def share(self) -> float:

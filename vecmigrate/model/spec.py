@@ -1027,11 +1027,13 @@ class MigrationSpec(_Model):
     """The version to build; its name must be new in the collection."""
     shards: ShardLayout = Field(default_factory=ShardLayout)
     batch_size: int = Field(default=10_000, ge=1, le=1_000_000)
-    """Records per copy batch: one transaction, one journal write, one heartbeat. A crash
-    re-copies at most one batch. Why 10,000 (``bench/tuning.py``, 200,000 x 128 on the
-    built-in store): 1,000 copied 46,000 vectors/s, 5,000 and 10,000 65-80,000/s (within
-    the noise of each other), 50,000 88,000/s, while a kill, a pause and a throttle change
-    each wait for or redo up to a whole batch: past 10,000 the gain is small next to that."""
+    """Records per copy batch: one transaction (under a ``budget``, on SQLite, turns of about
+    10 ms each, so that an application's writes wait for a turn rather than a batch), one
+    journal write, one heartbeat. A crash re-copies at most one batch. Why 10,000
+    (``bench/tuning.py``, 200,000 x 128 on the built-in store): 1,000 copied 46,000
+    vectors/s, 5,000 and 10,000 65-80,000/s (within the noise of each other), 50,000
+    88,000/s, while a kill, a pause and a throttle change each wait for or redo up to a whole
+    batch: past 10,000 the gain is small next to that."""
     max_parallel_shards: int = Field(default=2, ge=1, le=64)
     """Shards copied at once (and built at once, where builds overlap the copy). Bounded so
     that draining the window before a continue-as-new stays well under Temporal's history

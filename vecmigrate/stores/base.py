@@ -26,6 +26,9 @@ from vecmigrate.records.vectors import ExactKnn, check_vectors
 
 Ids = npt.NDArray[np.int64]
 Vectors = npt.NDArray[np.float32]
+# Called between the turns a single-writer database writes a batch in, with each turn's record
+# count (see ``VectorStore.write``).
+Turns = Callable[[int], None]
 
 
 @dataclass(frozen=True)
@@ -149,8 +152,15 @@ class VectorStore(Protocol):
         left unread where the store can)."""
         ...
 
-    def write(self, records: Records) -> int:
-        """Insert or replace records by id; running it twice leaves the same store."""
+    def write(self, records: Records, *, between_turns: Turns | None = None) -> int:
+        """Insert or replace records by id; running it twice leaves the same store.
+
+        With ``between_turns``, a store whose database takes one writer at a time (the
+        built-in store on SQLite) writes the batch in turns of a few milliseconds each and
+        calls it with each turn's records between them, so that the writers of other
+        processes wait for a turn rather than for the whole batch; the batch is checked in full
+        before any of it is written. Stores whose databases take concurrent writers write in
+        one go and never call it."""
         ...
 
     def upsert(self, ids: Ids, vectors: Vectors) -> int:
@@ -341,7 +351,7 @@ class ScanningStore:
     def scan(self, shard: ShardRef, cursor: Cursor | None, limit: int) -> Batch:
         raise NotImplementedError
 
-    def write(self, records: Records) -> int:
+    def write(self, records: Records, *, between_turns: Turns | None = None) -> int:
         raise NotImplementedError
 
     def fetch_records(self, ids: pa.Array) -> Records:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import time
 from collections.abc import Iterator
 from itertools import repeat
 from typing import Any, cast
@@ -65,6 +66,7 @@ from vecmigrate.stores.base import (
     Inventory,
     ScanningStore,
     Scope,
+    Turns,
     check_dimension,
     increasing_bounds,
     seek_bounds,
@@ -121,6 +123,13 @@ _UPSERT_RECORDS_SQL = (
     "ON CONFLICT (ns, id) DO UPDATE SET h = excluded.h, vec = excluded.vec, rid = excluded.rid, "
     "more = excluded.more, payload = excluded.payload"
 )
+# A batch written in turns (``BuiltinStore.write`` with ``between_turns``): each turn's
+# transaction aims at this many seconds, the first writes this many rows, and none fewer than
+# the least. 10 ms: a gateway's write waiting on a turn sleeps in SQLite's busy handler for
+# steps of 1, 2, 5 and 10 ms at first, and so finds the lock free within about a turn.
+TURN_SECONDS = 0.01
+FIRST_TURN_ROWS = 500
+MIN_TURN_ROWS = 100
 # Columns added after the first release, for stores made before them.
 _ADDED = {
     "vm_namespaces": {"record_schema": "TEXT"},
@@ -340,8 +349,15 @@ class BuiltinStore(ScanningStore):
                 db_cursor.close()
         return rows
 
-    def write(self, records: Records) -> int:
+    def write(self, records: Records, *, between_turns: Turns | None = None) -> int:
         """Insert or replace records by id (every record of the batch once).
+
+        With ``between_turns`` on SQLite, the batch is written in turns of about
+        ``TURN_SECONDS`` each, one transaction a turn, the call made between them: SQLite
+        takes one writer at a time, and a writer of another process (a gateway's) that finds
+        it busy sleeps in steps of up to 100 ms until it is free, so a batch written in one
+        transaction held every such write for its whole length. Every record is checked
+        before the first turn.
 
         Raises:
             DataError: a record of another schema, a NaN or infinite vector, an id twice.
@@ -400,12 +416,29 @@ class BuiltinStore(ScanningStore):
                 )
             )
             sql = _UPSERT_RECORDS_SQL
+        if between_turns is None or self.engine.dialect.name != "sqlite":
+            self._insert(sql, rows)
+            return n
+        at, size = 0, FIRST_TURN_ROWS
+        while at < n:
+            turn = rows[at : at + size]
+            began = time.perf_counter()
+            self._insert(sql, turn)
+            spent = time.perf_counter() - began
+            at += len(turn)
+            if at < n:
+                between_turns(len(turn))
+                # The next turn sized from this one's pace (a commit's cost included).
+                size = max(MIN_TURN_ROWS, int(len(turn) * TURN_SECONDS / max(spent, 1e-4)))
+        return n
+
+    def _insert(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """Rows written by ``sql`` (``?`` marks) in one transaction."""
         with begin(self.engine) as conn:
             # Straight to the driver's executemany: building SQLAlchemy parameter dicts per row
             # cost more than the insert itself.
             mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
             conn.exec_driver_sql(sql.replace("?", mark), rows)
-        return n
 
     def _labels_of(self, ids: Any) -> Ids:
         if self.schema.id_kind == IdKind.INT:

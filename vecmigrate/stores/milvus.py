@@ -75,6 +75,7 @@ from vecmigrate.stores.base import (
     NativeHits,
     NativeQuery,
     Scope,
+    Turns,
     check_dimension,
     check_scope,
     collect_pages,
@@ -532,7 +533,7 @@ class MilvusStore(EngineSearch, CollectionStore):
 
     # -- writing ------------------------------------------------------------------------------
 
-    def write(self, records: Records) -> int:
+    def write(self, records: Records, *, between_turns: Turns | None = None) -> int:
         """Insert or replace records by id, a page at a time, in order (a later write of an id
         still wins).
 

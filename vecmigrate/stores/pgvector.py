@@ -85,6 +85,7 @@ from vecmigrate.stores.base import (
     NativeQuery,
     ScanningStore,
     Scope,
+    Turns,
     check_dimension,
     check_scope,
     in_shard,
@@ -825,7 +826,7 @@ class PgvectorStore(EngineSearch, ScanningStore):
 
     # -- writing ----------------------------------------------------------------------------
 
-    def write(self, records: Records) -> int:
+    def write(self, records: Records, *, between_turns: Turns | None = None) -> int:
         """Insert or replace records by id (binary COPY into a staging table, one INSERT).
 
         Raises:

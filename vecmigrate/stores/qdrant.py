@@ -64,6 +64,7 @@ from vecmigrate.stores.base import (
     NativeHits,
     NativeQuery,
     Scope,
+    Turns,
     check_dimension,
     check_scope,
     in_shard,
@@ -517,7 +518,7 @@ class QdrantStore(EngineSearch, CollectionStore):
 
     # -- writing ------------------------------------------------------------------------------
 
-    def write(self, records: Records) -> int:
+    def write(self, records: Records, *, between_turns: Turns | None = None) -> int:
         """Insert or replace points by id, a page at a time.
 
         Raises:
