@@ -90,11 +90,11 @@ def copy_killed_in_write(
     real = store_type.write
     calls = {"n": 0}
 
-    def dies_in_the_nth(self: Any, records: Any) -> int:
+    def dies_in_the_nth(self: Any, records: Any, **turns: Any) -> int:
         calls["n"] += 1
         if calls["n"] == n:
             raise KilledError()  # before the transaction commits
-        return real(self, records)
+        return real(self, records, **turns)
 
     monkeypatch.setattr(store_type, "write", dies_in_the_nth)
     with pytest.raises(ApplicationError) as died:
@@ -167,13 +167,13 @@ def test_a_cancel_during_a_write_lets_the_write_finish_and_stops_at_the_next_hea
     inside, writes = threading.Event(), {"started": 0, "finished": 0}
     env = ActivityEnvironment()
 
-    def slow_third(self: BuiltinStore, records: Any) -> int:
+    def slow_third(self: BuiltinStore, records: Any, **turns: Any) -> int:
         writes["started"] += 1
         if writes["started"] == 3:
             inside.set()
             for _ in range(50):  # Python bytecode, where a thrown exception would land
                 time.sleep(0.01)
-        written = real(self, records)
+        written = real(self, records, **turns)
         writes["finished"] += 1
         return written
 
@@ -304,7 +304,7 @@ def test_an_error_is_typed_and_cut_to_fit_temporals_failure_record(
 
     acts, _, inp = _copy_input(sandbox, n=500)
 
-    def unreachable(self: BuiltinStore, records: Any) -> int:
+    def unreachable(self: BuiltinStore, records: Any, **turns: Any) -> int:
         raise ConnectionError("server closed the connection unexpectedly " + "x" * 20_000)
 
     monkeypatch.setattr(BuiltinStore, "write", unreachable)

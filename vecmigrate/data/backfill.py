@@ -647,9 +647,12 @@ def copy_shard(
             left_out += len(faults)
             if watcher is not None:
                 watcher.before_write(records)  # what it can do while the target writes
-            # Under a budget, on a database of one writer at a time, in turns (see
-            # VectorStore.write): an application's write waits for a turn, not the batch.
-            target.write(records, between_turns=between_turns if pacer.active else None)
+            if pacer.active:
+                # On a database of one writer at a time, in turns (see VectorStore.write): an
+                # application's write waits for a turn, not for the batch.
+                target.write(records, between_turns=between_turns)
+            else:
+                target.write(records)
             moved["written"] += records.nbytes
             acc.add_hashes(records.hashes())
             if watcher is not None:
