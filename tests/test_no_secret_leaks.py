@@ -187,7 +187,10 @@ async def test_no_password_or_key_anywhere(world: dict[str, Any], tmp_path: Path
                 },
                 "shards": {"count": 2},
                 "batch_size": 500,
-                "gates": {"min_recall": 0.5, "sample_queries": 30},
+                # No latency gate: it would compare PostgreSQL's index behind a TLS proxy with
+                # an index in the worker's memory (p99 4.4 ms against 0.6 once on a loaded
+                # machine), not what this test is about; the gate has its own tests.
+                "gates": {"min_recall": 0.5, "sample_queries": 30, "max_p99_ratio": None},
                 "cutover": {"mode": "automatic", "bake_seconds": 0.2},
             }
         )
