@@ -216,10 +216,11 @@ def _target_transactions(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     written: list[int] = []
     insert = BuiltinStore._insert
 
-    def counted(store: BuiltinStore, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    def counted(store: BuiltinStore, sql: str, rows: Any) -> int:
+        done = insert(store, sql, rows)
         if store.scope.version == "v2":
-            written.append(len(rows))
-        insert(store, sql, rows)
+            written.append(done)
+        return done
 
     monkeypatch.setattr(BuiltinStore, "_insert", counted)
     return written

@@ -501,6 +501,51 @@ def test_a_builtin_scan_from_a_cursor_starts_at_the_cursor(tmp_path: Path) -> No
         dispose_engines()
 
 
+@pytest.mark.parametrize("turns", [False, True])
+def test_a_builtin_batch_in_one_statement_stores_what_row_by_row_inserts_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, turns: bool
+) -> None:
+    """On SQLite the built-in store writes a batch in one statement (ids and keys as JSON, the
+    vectors one blob): the rows it stores are those of an insert row by row, to the byte, for
+    ids at both ends of the range, an odd dimension, and records written again (an upsert);
+    in turns too."""
+    rng = np.random.default_rng(3)
+    n, dim = 2_500, 7
+    ids = np.concatenate(
+        [
+            np.array([-builtin.MAX_ID, builtin.MAX_ID, -1, 0], np.int64),
+            rng.choice(10**15, n - 4, replace=False).astype(np.int64) + 1,
+        ]
+    )
+    first = rng.standard_normal((n, dim)).astype(np.float32)
+    again = rng.standard_normal((n // 2, dim)).astype(np.float32)
+    waits: list[int] = []
+    assert builtin.PACKED_WRITES  # this machine's SQLite takes the one statement
+
+    def rows(packed: bool) -> list[tuple[Any, ...]]:
+        monkeypatch.setattr(builtin, "PACKED_WRITES", packed)
+        store = BuiltinStore.open(sqlite_url(tmp_path / f"{packed}.db"), Scope("t", "c", "v1"), dim)
+        between = waits.append if turns else None
+        store.write(Records.from_numpy(ids, first), between_turns=between)
+        store.write(Records.from_numpy(ids[::2], again), between_turns=between)
+        with store.engine.connect() as conn:
+            return [
+                tuple(r)
+                for r in conn.exec_driver_sql(
+                    "SELECT ns, id, h, vec, typeof(id), typeof(h) FROM vm_vectors ORDER BY id"
+                )
+            ]
+
+    try:
+        packed, plain = rows(True), rows(False)
+    finally:
+        dispose_engines()
+    assert len(packed) == n
+    assert packed == plain
+    assert {(r[4], r[5]) for r in packed} == {("integer", "integer")}
+    assert (not turns) or len(waits) > 2  # written in turns, the call made between them
+
+
 def test_qdrant_local_mode_takes_writes_from_several_threads(tmp_path: Path) -> None:
     """Shards copied at once write to one local-mode directory from several threads: its one
     SQLite connection failed inside them (``SystemError``, writes lost) until calls were taken
