@@ -51,6 +51,7 @@ from vecmigrate.config import sqlite_url
 from vecmigrate.data.backfill import copy_shard, prepare
 from vecmigrate.data.datasets import clustered
 from vecmigrate.data.seed import seed_collection, sequential_ids
+from vecmigrate.indexes.artifacts import cpu_share, set_openmp_threads
 from vecmigrate.model.spec import BuiltinStoreRef, parse_spec
 from vecmigrate.testing.chaos import builtin_version
 from vecmigrate.validation import stream
@@ -88,6 +89,10 @@ def seeded_copy(
     journal = Journal(catalog)
 
     def copy() -> float:
+        # FAISS's threads for the streamed exact search, as the copy activity sets them on a
+        # worker of the default concurrency (4 activities): the cores split among the shards
+        # the spec copies at once (one each on two cores).
+        set_openmp_threads(cpu_share(min(spec.max_parallel_shards, 4)))
         began = time.perf_counter()
         for shard in prep.shards:
             watch = partial(stream.open_stream, journal, spec, shard) if checks else None
