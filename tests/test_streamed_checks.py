@@ -676,12 +676,13 @@ def acts_kept_no_stream(sandbox: Sandbox, spec: MigrationSpec) -> bool:
     return none and stream.stored_queries(journal, spec) is None
 
 
-def test_the_exact_search_run_while_the_target_writes_gives_the_same_figures(
+def test_a_batch_folded_in_while_the_target_writes_gives_the_same_figures(
     sandbox: Sandbox,
 ) -> None:
-    """The copy starts each batch's exact search before the target's write and folds it in
-    after: the figures persisted are byte for byte those of the search run in ``add``; a batch
-    added that is not the one searched ahead is refused."""
+    """The copy starts folding in each batch (profiles, exact search, read-back sample) before
+    the target's write and waits for it after: the figures persisted are byte for byte those
+    of the fold run in ``add``; a batch added that is not the one folded in ahead is
+    refused."""
     acts, spec, shards = _all_copied(sandbox)
     queries = stream.stored_queries(acts.journal, spec)
     assert queries is not None
@@ -691,14 +692,14 @@ def test_the_exact_search_run_while_the_target_writes_gives_the_same_figures(
     assert len(batches) > 3
     ahead, inline = (stream.ShardStream(spec, shard, queries) for _ in range(2))
     for records in batches:
-        ahead.before_write(records)
+        ahead.before_write(records, Faults(), records)
         ahead.add(records, Faults(), records)
         inline.add(records, Faults(), records)
         assert ahead.row() == inline.row()
     truth = ahead.truth()
     assert truth is not None
     assert (truth[1] != -1).all()  # every query found its neighbours
-    ahead.before_write(batches[0])
+    ahead.before_write(batches[0], Faults(), batches[0])
     with pytest.raises(ValueError, match="another batch"):
         ahead.add(batches[1], Faults(), batches[1])
 

@@ -58,7 +58,7 @@ class CopyWatcher(Protocol):
 
     complete: bool
 
-    def before_write(self, written: Records) -> None: ...
+    def before_write(self, seen: Records, faults: Faults, written: Records) -> None: ...
 
     def add(self, seen: Records, faults: Faults, written: Records) -> None: ...
 
@@ -657,7 +657,7 @@ def copy_shard(
             quarantine.add(mid, shard.index, faults)
             left_out += len(faults)
             if watcher is not None:
-                watcher.before_write(records)  # what it can do while the target writes
+                watcher.before_write(seen, faults, records)  # folded in while it writes
             if pacer.active:
                 # On a database of one writer at a time, in turns (see VectorStore.write): an
                 # application's write waits for a turn, not for the batch.

@@ -369,43 +369,48 @@ class ShardStream:
         # replay changed the figures since (what they count is then no longer all in it).
         self.counted: Counted | None = None
         self.replayed = False
-        # The exact search of the batch being written, started ahead (see :meth:`before_write`).
-        self._searching: tuple[Records, Future[None]] | None = None
+        # The batch being written, folded in ahead on a thread of its own (see
+        # :meth:`before_write`): the batch and the fold's outcome.
+        self._folding: tuple[Records, Future[None]] | None = None
 
-    def before_write(self, written: Records) -> None:
-        """Start the exact search of the batch the copy is about to write (``written``), in a
-        thread of its own, so that it runs while the target writes: FAISS and the stores'
-        drivers let go of the interpreter, and the search is most of what the figures cost
-        the copy. :meth:`add` of the same batch waits for it and folds it in; the figures are
-        those of a search run in :meth:`add` (the same search, merged in the same order)."""
-        if self.knn is None or not len(written) or self._searching is not None:
+    def before_write(self, seen: Records, faults: Faults, written: Records) -> None:
+        """Start folding in the batch the copy is about to write (as :meth:`add` takes it) on a
+        thread of its own, so that it runs while the target writes: the profiles, each
+        record's share of them and the exact search are numpy and FAISS, which let go of the
+        interpreter, as the store's write does. :meth:`add` of the same batch waits for it;
+        the figures are those of a fold run in :meth:`add` (the same steps in the same order).
+        A copy whose write fails ends without persisting them."""
+        if self._folding is not None:
             return
-        labels, vectors = written.labels, written.vectors()
-        self._searching = (written, _in_thread(self.knn.add, labels, vectors))
+        self._folding = (written, _in_thread(self._fold, seen, faults, written))
 
     def _settle(self) -> Records | None:
-        """Wait for the search :meth:`before_write` started, if any; the batch it searched."""
-        if self._searching is None:
+        """Wait for the fold :meth:`before_write` started, if any; the batch it folded in."""
+        if self._folding is None:
             return None
-        searched, done = self._searching
-        self._searching = None
+        folded, done = self._folding
+        self._folding = None
         done.result()
-        return searched
+        return folded
 
     def add(self, seen: Records, faults: Faults, written: Records) -> None:
         """Fold in one batch: ``seen``, the source's records the target can hold as the
         transform makes them, ``faults`` the ones it cannot, ``written`` what the target got
-        (its exact search already under way when :meth:`before_write` was told of it)."""
+        (already folded in, or under way, when :meth:`before_write` was told of it)."""
+        folded = self._settle()
+        if folded is None:
+            self._fold(seen, faults, written)
+        elif folded is not written:
+            raise ValueError("the batch folded in ahead is another batch than the one added")
+
+    def _fold(self, seen: Records, faults: Faults, written: Records) -> None:
         self.source.add_records(seen, faults, quarantined=True)
         self.target.add_records(written)
         if self.counted is not None and (len(seen) or len(written)):
             self.counted.write(shares(seen), shares(written))
-        searched = self._settle()
-        if searched is not None and searched is not written:
-            raise ValueError("the exact search ran ahead for another batch than the one added")
         if not len(written):
             return
-        if self.knn is not None and searched is None:
+        if self.knn is not None:
             self.knn.add(written.labels, written.vectors())
         self._sample_add(written)
 
