@@ -44,16 +44,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import RESULTS, add_out_option, report, script_parser
 from vecmigrate.workflows.core import EVENTS_PER_SHARD_IN_FLIGHT, HISTORY_LIMIT
 
-# Temporal: what one shard costs in the workflow's history (three activities a shard for
-# blue-green: copy, build, checks; four online with the reconcile), the history size at which
-# a run continues as new, and the largest payload the server takes by default.
+# Temporal: what one shard costs in the workflow's history (four activities a shard: copy,
+# build, reconcile, checks), the history size at which a run continues as new, and the largest
+# payload the server takes by default.
 EVENTS_PER_SHARD = EVENTS_PER_SHARD_IN_FLIGHT
 CARRIED_BYTES_PER_SHARD = 160  # one ShardProgress in the status carried into the next run
 PAYLOAD_LIMIT = 2 * 2**20
 PAYLOAD_WARN = 512 * 2**10
-# Catalog: one journal write a copy batch, and about five a shard (begin, end, artifact,
-# checks, ground truth).
-WRITES_PER_SHARD = 5
+# Catalog: one journal write a copy batch, and 12 a shard beside them (counted over a
+# blue-green migration of 200 shards: each of the shard's four activities records where it
+# ran, 4; its ledger entries, 2; the copy's journal at its start, 2, and end, 1; the artifact,
+# the checks and the ground truth, 1 each).
+ACTIVITIES_PER_SHARD = 4
+WRITES_PER_SHARD = 12
 # Memory of one shard's build: the shard read into one pair of arrays (measured: 1.24 times
 # its vectors, tests/test_indexes.py) and hnswlib's index (vectors, links of level 0 at 2M
 # neighbours of 4 bytes, a label; the upper levels add about 1/M of that).
@@ -288,7 +291,7 @@ def model(p: Plan, rates: Rates) -> dict[str, Any]:
     events = EVENTS_PER_SHARD * shards + 100  # a region's migration workflow
     per_run = HISTORY_LIMIT - EVENTS_PER_SHARD * p.window
     carried = CARRIED_BYTES_PER_SHARD * shards
-    activities = (3 * shards + 30) * regions
+    activities = (ACTIVITIES_PER_SHARD * shards + 30) * regions
     if p.regions:
         activities += REGIONAL_ACTIVITIES_PER_REGION * regions
     catalog_writes = region_vectors / p.batch + WRITES_PER_SHARD * shards  # a region's catalog
