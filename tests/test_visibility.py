@@ -164,11 +164,7 @@ async def test_doctor_passes_on_a_ready_deployment(client: Client, sandbox: Sand
     async with running_worker(client, sandbox) as queue:
         # A worker just started may not have polled yet (on a loaded machine, seconds): until
         # it has, the doctor rightly says that nobody polls the queue.
-        polled = MigrationClient(client, queue)
-        for _ in range(300):
-            if await polled.has_workers():
-                break
-            await asyncio.sleep(0.1)
+        await eventually(MigrationClient(client, queue).has_workers, bool, timeout=30)
         findings = await diagnose(address(client), "default", sandbox.catalog.url, [queue])
     failed = [f for f in findings if not f.ok]
     assert failed == []
