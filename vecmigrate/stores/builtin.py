@@ -398,7 +398,7 @@ class BuiltinStore(ScanningStore):
         raw = np.ascontiguousarray(records.raw_vectors(primary.name), _dtype(primary.dtype))
         if self.plain and PACKED_WRITES and self.engine.dialect.name == "sqlite":
             width = raw.shape[1] * raw.itemsize
-            pairs = np.stack([labels.astype(np.int64), keys.astype(np.int64)], axis=1)
+            pairs = np.stack([labels, keys], axis=1).astype(np.int64, copy=False)
 
             def packed(at: int, stop: int) -> None:
                 keyed = orjson.dumps(pairs[at:stop], option=orjson.OPT_SERIALIZE_NUMPY)
