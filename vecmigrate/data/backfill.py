@@ -473,6 +473,12 @@ class TargetView:
         self.reembed = reembed
         self.schema = target.schema
 
+    @property
+    def keeps_vectors(self) -> bool:
+        """Whether the records it passes on keep the vectors read (no new model, no transform):
+        then the checksum hashes of a batch as read are those of what the copy counts."""
+        return self.reembed is None and self.transform_name == "identity"
+
     @classmethod
     def of(cls, catalog: Catalog, spec: MigrationSpec, target: VectorStore) -> TargetView:
         """The view of ``spec``'s migration into ``target``."""
@@ -524,12 +530,15 @@ class Throttle:
         return max(0.0, self.done / rate - (self.clock() - self.since))
 
 
-def _read_ahead(source: VectorStore, shard: ShardRef, cursor: Cursor, size: int) -> Batch:
-    """The batch after ``cursor``, its records' checksum hashes computed: on the read-ahead
-    thread they cost the copy nothing (numpy lets go of the interpreter), where the copy
-    would compute them after the write (a tenth of a copy of 128-dimension vectors)."""
+def _read_ahead(
+    source: VectorStore, shard: ShardRef, cursor: Cursor, size: int, hashed: bool
+) -> Batch:
+    """The batch after ``cursor``; ``hashed``, its records' checksum hashes computed too: on
+    the read-ahead thread they cost the copy nothing (numpy lets go of the interpreter), where
+    the copy would compute them after the write (a tenth of a copy of 128-dimension vectors).
+    Not when the copy writes other vectors than it reads (it hashes those)."""
     batch = source.scan(shard, cursor, size)
-    if not batch.exhausted:
+    if hashed and not batch.exhausted:
         batch.records.hashes()
     return batch
 
@@ -643,6 +652,7 @@ def copy_shard(
                     shard,
                     batch.next_cursor,
                     spec.batch_size,
+                    view.keeps_vectors,
                 )
             try:
                 seen, records, faults = view.split(batch.records, batch.faults)
