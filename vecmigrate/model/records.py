@@ -11,8 +11,9 @@ the catalog and the activities share it.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Sequence
 from enum import StrEnum
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -270,14 +271,38 @@ def parse_filter(data: Any) -> Filter:
         raise DataError(f"invalid filter: {problems}") from None
 
 
+_T = TypeVar("_T")
+
+
+def fold_filter(
+    flt: Filter,
+    leaf: Callable[[FieldCondition], _T],
+    negate: Callable[[_T], _T],
+    all_of: Callable[[Sequence[_T]], _T],
+    any_of: Callable[[Sequence[_T]], _T],
+) -> _T:
+    """``flt`` folded bottom-up: each condition through ``leaf``, each ``not`` through ``negate``
+    and each ``and``/``or`` through ``all_of``/``any_of`` (its parts' results in their order)."""
+
+    def fold(f: Filter) -> _T:
+        if isinstance(f, FieldCondition):
+            return leaf(f)
+        if isinstance(f, NotFilter):
+            return negate(fold(f.not_))
+        if isinstance(f, AndFilter):
+            return all_of([fold(p) for p in f.and_])
+        return any_of([fold(p) for p in f.or_])
+
+    return fold(flt)
+
+
+def _union(parts: Sequence[set[str]]) -> set[str]:
+    return set().union(*parts)
+
+
 def filter_fields(flt: Filter) -> set[str]:
     """Every payload field a filter tests."""
-    if isinstance(flt, FieldCondition):
-        return {flt.field}
-    if isinstance(flt, NotFilter):
-        return filter_fields(flt.not_)
-    parts = flt.and_ if isinstance(flt, AndFilter) else flt.or_
-    return set().union(*(filter_fields(p) for p in parts))
+    return fold_filter(flt, lambda c: {c.field}, lambda s: s, _union, _union)
 
 
 AndFilter.model_rebuild()

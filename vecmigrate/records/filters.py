@@ -8,6 +8,9 @@ included), as Qdrant's ``must_not`` does. Each engine's translation keeps this m
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
+
 import numpy as np
 import numpy.typing as npt
 import pyarrow as pa
@@ -23,6 +26,7 @@ from vecmigrate.model.records import (
     OrFilter,
     RecordSchema,
     Scalar,
+    fold_filter,
 )
 from vecmigrate.records.batch import Records
 from vecmigrate.records.payload import timestamp_micros
@@ -52,12 +56,22 @@ def normalize(flt: Filter, schema: RecordSchema) -> Filter:
         DataError: an unknown field, a JSON field (not filterable), a value of the wrong kind, or
             a range on a field without order (text, bool).
     """
-    if isinstance(flt, AndFilter):
-        return AndFilter(**{"and": tuple(normalize(p, schema) for p in flt.and_)})
-    if isinstance(flt, OrFilter):
-        return OrFilter(**{"or": tuple(normalize(p, schema) for p in flt.or_)})
-    if isinstance(flt, NotFilter):
-        return NotFilter(**{"not": normalize(flt.not_, schema)})
+    return fold_filter(flt, lambda cond: _normalize_condition(cond, schema), _not, _and, _or)
+
+
+def _not(inner: Filter) -> Filter:
+    return NotFilter(**{"not": inner})
+
+
+def _and(parts: Sequence[Filter]) -> Filter:
+    return AndFilter(**{"and": tuple(parts)})
+
+
+def _or(parts: Sequence[Filter]) -> Filter:
+    return OrFilter(**{"or": tuple(parts)})
+
+
+def _normalize_condition(flt: FieldCondition, schema: RecordSchema) -> FieldCondition:
     f = schema.field(flt.field)
     if f.kind == FieldKind.JSON:
         raise DataError(f"field {f.name!r} holds JSON documents; filter on scalar fields only")
@@ -99,14 +113,15 @@ def evaluate(flt: Filter, records: Records) -> Mask:
     return _evaluate(normalize(flt, records.schema), records)
 
 
+def _all_of(masks: Sequence[Mask]) -> Mask:
+    return functools.reduce(np.logical_and, masks)
+
+
+def _any_of(masks: Sequence[Mask]) -> Mask:
+    return functools.reduce(np.logical_or, masks)
+
+
 def _evaluate(flt: Filter, records: Records) -> Mask:
-    if isinstance(flt, FieldCondition):
-        return _condition(flt, records)
-    if isinstance(flt, NotFilter):
-        return ~_evaluate(flt.not_, records)
-    parts = [_evaluate(p, records) for p in (flt.and_ if isinstance(flt, AndFilter) else flt.or_)]
-    combine = np.logical_and if isinstance(flt, AndFilter) else np.logical_or
-    out = parts[0]
-    for p in parts[1:]:
-        out = combine(out, p)
-    return out
+    return fold_filter(
+        flt, lambda cond: _condition(cond, records), np.logical_not, _all_of, _any_of
+    )

@@ -35,16 +35,14 @@ import pyarrow as pa
 
 from vecmigrate.errors import DataError, NotFoundError, PreconditionError
 from vecmigrate.model.records import (
-    AndFilter,
     FieldCondition,
     FieldKind,
     Filter,
     IdKind,
-    NotFilter,
-    OrFilter,
     PayloadField,
     RecordSchema,
     VectorField,
+    fold_filter,
 )
 from vecmigrate.model.spec import (
     IndexSpec,
@@ -238,13 +236,16 @@ def _vector_index(client: Any, field: str, spec: IndexSpec | None, metric: str) 
 def milvus_filter(flt: Filter, schema: RecordSchema, nulls: dict[str, str]) -> str:
     """A normalised filter as a Milvus boolean expression. ``nulls`` says how each nullable
     field keeps its nulls (``flag``: a companion flag; ``native``: a nullable field)."""
-    if isinstance(flt, NotFilter):
-        return f"not ({milvus_filter(flt.not_, schema, nulls)})"
-    if isinstance(flt, AndFilter | OrFilter):
-        parts = flt.and_ if isinstance(flt, AndFilter) else flt.or_
-        joined = " and " if isinstance(flt, AndFilter) else " or "
-        return joined.join(f"({milvus_filter(p, schema, nulls)})" for p in parts)
-    assert isinstance(flt, FieldCondition)
+    return fold_filter(
+        flt,
+        lambda cond: _milvus_condition(cond, nulls),
+        lambda inner: f"not ({inner})",
+        lambda parts: " and ".join(f"({p})" for p in parts),
+        lambda parts: " or ".join(f"({p})" for p in parts),
+    )
+
+
+def _milvus_condition(flt: FieldCondition, nulls: dict[str, str]) -> str:
     name = flt.field
     held = nulls.get(name)
     if flt.is_null is not None:

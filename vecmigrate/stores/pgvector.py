@@ -48,15 +48,14 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, ProgrammingError
 from vecmigrate.catalog.engines import DatabaseAccess, engine_for, once_per_engine
 from vecmigrate.errors import DataError, NotFoundError, PreconditionError, VecmigrateError
 from vecmigrate.model.records import (
-    AndFilter,
+    FieldCondition,
     FieldKind,
     Filter,
     IdKind,
-    NotFilter,
-    OrFilter,
     PayloadField,
     RecordSchema,
     VectorField,
+    fold_filter,
 )
 from vecmigrate.model.spec import (
     IndexSpec,
@@ -438,17 +437,21 @@ def _insert_expr(col: Column) -> str:
 
 def sql_filter(flt: Filter, layout: Layout) -> tuple[str, list[Any]]:
     """A WHERE condition (``%s`` placeholders) and its parameters for a normalised filter."""
-    if isinstance(flt, NotFilter):
-        inner, params = sql_filter(flt.not_, layout)
-        return f"(({inner}) IS NOT TRUE)", params
-    if isinstance(flt, AndFilter | OrFilter):
-        parts = flt.and_ if isinstance(flt, AndFilter) else flt.or_
-        sqls, params = [], []
-        for p in parts:
-            part, more = sql_filter(p, layout)
-            sqls.append(f"({part})")
-            params += more
-        return (" AND " if isinstance(flt, AndFilter) else " OR ").join(sqls), params
+    return fold_filter(
+        flt,
+        lambda cond: _sql_condition(cond, layout),
+        lambda inner: (f"(({inner[0]}) IS NOT TRUE)", inner[1]),
+        lambda parts: _sql_joined(" AND ", parts),
+        lambda parts: _sql_joined(" OR ", parts),
+    )
+
+
+def _sql_joined(op: str, parts: Sequence[tuple[str, list[Any]]]) -> tuple[str, list[Any]]:
+    """Conditions joined by ``op`` (each in parentheses), their parameters in order."""
+    return op.join(f"({sql})" for sql, _ in parts), [v for _, params in parts for v in params]
+
+
+def _sql_condition(flt: FieldCondition, layout: Layout) -> tuple[str, list[Any]]:
     columns = {f.name: c for f, c in zip(layout.schema.payload, layout.payload, strict=True)}
     col = columns[flt.field]
     kind = layout.schema.field(flt.field).kind

@@ -33,16 +33,14 @@ import pyarrow as pa
 
 from vecmigrate.errors import DataError, NotFoundError, PreconditionError
 from vecmigrate.model.records import (
-    AndFilter,
     FieldCondition,
     FieldKind,
     Filter,
     IdKind,
-    NotFilter,
-    OrFilter,
     PayloadField,
     RecordSchema,
     VectorField,
+    fold_filter,
 )
 from vecmigrate.model.spec import IndexSpec, Metric, QdrantHnsw, QdrantStoreRef
 from vecmigrate.model.tasks import Cursor, ShardRef
@@ -195,13 +193,17 @@ def qdrant_filter(flt: Filter, schema: RecordSchema) -> Any:
     """A normalised filter as a Qdrant ``Filter`` (equality on floats and timestamps as
     two-sided ranges; ``not`` as ``must_not``, which holds where a field is null or absent)."""
     models = _models()
-    if isinstance(flt, NotFilter):
-        return models.Filter(must_not=[qdrant_filter(flt.not_, schema)])
-    if isinstance(flt, AndFilter):
-        return models.Filter(must=[qdrant_filter(p, schema) for p in flt.and_])
-    if isinstance(flt, OrFilter):
-        return models.Filter(should=[qdrant_filter(p, schema) for p in flt.or_])
-    assert isinstance(flt, FieldCondition)
+    return fold_filter(
+        flt,
+        lambda cond: _qdrant_condition(cond, schema),
+        lambda inner: models.Filter(must_not=[inner]),
+        lambda parts: models.Filter(must=list(parts)),
+        lambda parts: models.Filter(should=list(parts)),
+    )
+
+
+def _qdrant_condition(flt: FieldCondition, schema: RecordSchema) -> Any:
+    models = _models()
     kind = schema.field(flt.field).kind
     key = flt.field
     if flt.is_null is not None:
