@@ -29,24 +29,17 @@ from vecmigrate.model.records import (
     fold_filter,
 )
 from vecmigrate.records.batch import Records
-from vecmigrate.records.payload import timestamp_micros
+from vecmigrate.records.payload import scalar_value
 
 Mask = npt.NDArray[np.bool_]
 
 
 def _value(value: Scalar, kind: FieldKind, name: str) -> Scalar:
     """A filter value as the field's canonical value (a timestamp in microseconds)."""
-    if kind == FieldKind.TIMESTAMP:
-        return timestamp_micros(value)
-    if kind == FieldKind.BOOL and isinstance(value, bool):
-        return value
-    if kind == FieldKind.INT and isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if kind == FieldKind.FLOAT and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if kind == FieldKind.TEXT and isinstance(value, str):
-        return value
-    raise DataError(f"filter on {name!r} compares a {kind} field with {value!r}")
+    out = scalar_value(value, kind)
+    if out is None:
+        raise DataError(f"filter on {name!r} compares a {kind} field with {value!r}")
+    return out
 
 
 def normalize(flt: Filter, schema: RecordSchema) -> Filter:

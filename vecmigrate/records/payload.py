@@ -21,7 +21,7 @@ import orjson
 import pyarrow as pa
 
 from vecmigrate.errors import DataError
-from vecmigrate.model.records import FieldKind, PayloadField, RecordSchema
+from vecmigrate.model.records import FieldKind, PayloadField, RecordSchema, Scalar
 from vecmigrate.records.checksums import Words, hash_bytes, mix, mixed, name_salt
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -96,28 +96,41 @@ def rfc3339(micros: int) -> str:
     return (_EPOCH + timedelta(microseconds=micros)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def scalar_value(value: Any, kind: FieldKind) -> Scalar | None:
+    """A value as the canonical value of a scalar ``kind`` (a timestamp in microseconds), or
+    None where it is no value of that kind (a bool is no number).
+
+    Raises:
+        DataError: a timestamp that cannot be read.
+    """
+    if kind == FieldKind.TIMESTAMP:
+        return timestamp_micros(value)
+    if kind == FieldKind.BOOL and isinstance(value, bool):
+        return value
+    if kind == FieldKind.INT and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if kind == FieldKind.FLOAT and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if kind == FieldKind.TEXT and isinstance(value, str):
+        return value
+    return None
+
+
 def _python_value(value: Any, kind: FieldKind, name: str) -> Any:
     """One value as the canonical Python value of ``kind`` (None stays None)."""
     if value is None:
         return None
     if kind == FieldKind.JSON:
         return canonical_json(value)
-    if kind == FieldKind.TIMESTAMP:
-        return timestamp_micros(value)
-    if kind == FieldKind.BOOL and isinstance(value, bool):
-        return value
-    if kind == FieldKind.INT and isinstance(value, int) and not isinstance(value, bool):
-        if not -(1 << 63) <= value < 1 << 63:
-            raise DataError(f"field {name!r}: {value} does not fit a 64-bit integer")
-        return value
-    if kind == FieldKind.FLOAT and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if kind == FieldKind.TEXT and isinstance(value, str):
-        return value
-    raise DataError(
-        f"field {name!r} holds {type(value).__name__} {value!r:.60} where the schema says "
-        f"{kind}; declare the field json in the spec to carry any value"
-    )
+    out = scalar_value(value, kind)
+    if out is None:
+        raise DataError(
+            f"field {name!r} holds {type(value).__name__} {value!r:.60} where the schema says "
+            f"{kind}; declare the field json in the spec to carry any value"
+        )
+    if kind == FieldKind.INT and not -(1 << 63) <= value < 1 << 63:
+        raise DataError(f"field {name!r}: {value} does not fit a 64-bit integer")
+    return out
 
 
 def canonical_value(value: Any, field: PayloadField) -> Any:
