@@ -10,7 +10,7 @@ import contextvars
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
@@ -602,30 +602,33 @@ def copy_shard(
     def kept() -> StreamRow | None:
         return None if watcher is None else watcher.row()
 
-    def incomplete() -> CopyShardResult:
-        # Everything up to the cursor has committed: the next call starts right after it.
-        journal.before_batch(mid, shard.index, cursor, copied, acc, 0, kept())
+    def result(total: int, complete: bool) -> CopyShardResult:
+        embedded = (
+            {}
+            if reembed is None
+            else {"embedded": reembed.texts, "embed_seconds": round(reembed.seconds, 3)}
+        )
         return CopyShardResult(
             shard=shard.index,
             copied=copied,
-            total=copied,
+            total=total,
             checksum=acc.hexdigest(),
             batches=batches,
             resumed_from=state.cursor,
             seconds=time.monotonic() - began,
-            complete=False,
+            complete=complete,
             attempts=state.attempts,
             recopied=max(0, handed - copied),
             quarantined=left_out,
             bytes_read=moved["read"],
             bytes_written=moved["written"],
-            **embedded(),
+            **embedded,
         )
 
-    def embedded() -> dict[str, Any]:
-        if reembed is None:
-            return {}
-        return {"embedded": reembed.texts, "embed_seconds": round(reembed.seconds, 3)}
+    def incomplete() -> CopyShardResult:
+        # Everything up to the cursor has committed: the next call starts right after it.
+        journal.before_batch(mid, shard.index, cursor, copied, acc, 0, kept())
+        return result(copied, complete=False)
 
     # The next batch is read while this one is written (the source and the target are other
     # databases, so the read and the write overlap): reading costs a third of a copy.
@@ -696,27 +699,11 @@ def copy_shard(
                     break  # the throttle changed: measure again from the next batch
     finally:
         reader.shutdown(wait=True, cancel_futures=True)
-    result = CopyShardResult(
-        shard=shard.index,
-        copied=copied,
-        total=target.count(shard),
-        checksum=acc.hexdigest(),
-        batches=batches,
-        resumed_from=state.cursor,
-        seconds=time.monotonic() - began,
-        attempts=state.attempts,
-        recopied=max(0, handed - copied),
-        quarantined=left_out,
-        bytes_read=moved["read"],
-        bytes_written=moved["written"],
-        **embedded(),
-    )
+    done = result(target.count(shard), complete=True)
     if watcher is not None:
         watcher.complete = True
-    journal.finish_copy(
-        mid, shard.index, cursor, copied, acc, result.model_dump(mode="json"), kept()
-    )
-    return result
+    journal.finish_copy(mid, shard.index, cursor, copied, acc, done.model_dump(mode="json"), kept())
+    return done
 
 
 def _log_applier(catalog: Catalog, spec: MigrationSpec) -> Callable[[Changes], None]:
