@@ -891,6 +891,32 @@ def check_dimension(scope: Scope, found: int, wanted: int | None) -> None:
         )
 
 
+def check_schema(
+    scope: Scope, found: RecordSchema, schema: RecordSchema | None, dimension: int | None
+) -> None:
+    """Refuse to reopen a version with a record schema (given without a dimension) of another
+    shape than the one it holds.
+
+    Raises:
+        DataError: the shapes differ.
+    """
+    if schema is not None and dimension is None and found.shape() != schema.shape():
+        raise DataError(f"{scope} exists with another record schema; use a new version name")
+
+
+def schema_to_create(
+    schema: RecordSchema | None, dimension: int | None, metric: str
+) -> RecordSchema | None:
+    """What a store creates a version from: ``schema``, or else a plain schema of ``dimension``
+    (None: neither given), its primary vector's metric ``metric`` unless it names one."""
+    if schema is None and dimension is not None:
+        schema = RecordSchema.plain(dimension)
+    if schema is not None and schema.primary.metric is None:
+        primary = schema.primary.model_copy(update={"metric": metric})
+        schema = schema.model_copy(update={"vectors": (primary, *schema.vectors[1:])})
+    return schema
+
+
 def increasing_bounds(ids_at: Callable[[int], int | None], count: int, parts: int) -> list[int]:
     """``parts - 1`` strictly increasing ids, the id at each ``i * count // parts`` position.
 

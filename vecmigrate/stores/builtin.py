@@ -69,6 +69,7 @@ from vecmigrate.stores.base import (
     Scope,
     Turns,
     check_dimension,
+    check_schema,
     increasing_bounds,
     seek_bounds,
 )
@@ -269,8 +270,7 @@ class BuiltinStore(ScanningStore):
         ns, dim = int(row[0]), int(row[1])
         found = RecordSchema.model_validate_json(row[2]) if row[2] else RecordSchema.plain(dim)
         check_dimension(scope, dim, dimension)
-        if schema is not None and dimension is None and found.shape() != schema.shape():
-            raise DataError(f"{scope} exists with another record schema; use a new version name")
+        check_schema(scope, found, schema, dimension)
         return cls(engine, scope, ns, found)
 
     def _columns(self) -> str:

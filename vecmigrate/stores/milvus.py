@@ -75,10 +75,12 @@ from vecmigrate.stores.base import (
     Scope,
     Turns,
     check_dimension,
+    check_schema,
     check_scope,
     collect_pages,
     in_shard,
     paged_ids,
+    schema_to_create,
 )
 
 _METRIC = {"l2": "L2", "ip": "IP", "cosine": "COSINE"}
@@ -321,11 +323,7 @@ class MilvusStore(EngineSearch, CollectionStore):
             ref = MilvusStoreRef(uri=ref, token=token, tls=tls)
         client = client_for(ref.uri, ref.token, ref.tls)
         name = ref.collection or collection_name(scope)
-        if schema is None and dimension is not None:
-            schema = RecordSchema.plain(dimension)
-        if schema is not None and schema.primary.metric is None:
-            primary = schema.primary.model_copy(update={"metric": metric})
-            schema = schema.model_copy(update={"vectors": (primary, *schema.vectors[1:])})
+        schema = schema_to_create(schema, dimension, metric)
         if not client.has_collection(name):
             if schema is None:
                 raise NotFoundError(f"{scope} does not exist in Milvus at {ref.uri} ({name})")
@@ -348,8 +346,7 @@ class MilvusStore(EngineSearch, CollectionStore):
                 )
                 key = LEGACY_KEY
             check_dimension(scope, found.primary.dimension, dimension)
-            if schema is not None and dimension is None and found.shape() != schema.shape():
-                raise DataError(f"{scope} exists with another record schema; use a new version")
+            check_schema(scope, found, schema, dimension)
             nulls = {f.name: "flag" for f in found.payload if f.nullable}
             client.load_collection(name)
             return cls(client, scope, name, found, key=key, nulls=nulls)

@@ -86,6 +86,7 @@ from vecmigrate.stores.base import (
     Scope,
     Turns,
     check_dimension,
+    check_schema,
     check_scope,
     in_shard,
     increasing_bounds,
@@ -556,8 +557,7 @@ class PgvectorStore(EngineSearch, ScanningStore):
                 made = _comment(engine, table)
             assert made is not None
             layout = _own_layout(engine, table, made, scope)
-        if schema is not None and dimension is None and layout.schema.shape() != schema.shape():
-            raise DataError(f"{scope} exists with another record schema; use a new version name")
+        check_schema(scope, layout.schema, schema, dimension)
         return cls(engine, scope, layout)
 
     @classmethod

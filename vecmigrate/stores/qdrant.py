@@ -64,8 +64,10 @@ from vecmigrate.stores.base import (
     Scope,
     Turns,
     check_dimension,
+    check_schema,
     check_scope,
     in_shard,
+    schema_to_create,
 )
 
 KEY = "_vecmigrate_h"
@@ -323,19 +325,7 @@ class QdrantStore(EngineSearch, CollectionStore):
         """
         client = client_for(ref)
         name = ref.collection or collection_name(scope)
-        if schema is None and dimension is not None:
-            schema = RecordSchema.plain(dimension)
-        if schema is not None:
-            primary = schema.primary
-            if primary.metric is None:
-                schema = schema.model_copy(
-                    update={
-                        "vectors": (
-                            primary.model_copy(update={"metric": metric}),
-                            *schema.vectors[1:],
-                        )
-                    }
-                )
+        schema = schema_to_create(schema, dimension, metric)
         if not client.collection_exists(name):
             if schema is None:
                 raise NotFoundError(f"{scope} does not exist in the Qdrant store ({name})")
@@ -346,8 +336,7 @@ class QdrantStore(EngineSearch, CollectionStore):
             check_scope(made.get("scope"), scope, f"collection {name}")
             found = RecordSchema.model_validate(made["schema"])
             check_dimension(scope, found.primary.dimension, dimension)
-            if schema is not None and dimension is None and found.shape() != schema.shape():
-                raise DataError(f"{scope} exists with another record schema; use a new version")
+            check_schema(scope, found, schema, dimension)
             names = {v.name: v.name for v in found.vectors}
             return cls(client, scope, name, found, names, keyed=True, writable=True)
         if schema is not None:
