@@ -14,9 +14,12 @@ An application process upserts one record ``--rate`` times a second into one ver
 ``--copies`` copies (threads, as a worker copies the shards a migration copies at once) write
 ``--vectors`` records in all into other versions of the same database, at full pace: with
 their batches in one transaction each, and in turns with ``TURN_GAP_SECONDS`` between them (as
-under a budget that does not hold the copy back; one that does makes the pauses longer), the
-order alternating by round. Printed, medians of ``--repeat`` rounds: the application's write
-latency (p50, p90, p99, max), and the copies' records a second, each way.
+under a budget that does not hold the copy back; one that does makes the pauses longer). The
+application waits for the database either as vecmigrate's writers do (``engines.begin``: the
+write lock taken as the transaction begins, tried again every 0.5-2 ms) or as a plain
+SQLAlchemy transaction does (SQLite's busy handler, whose sleeps grow to 100 ms). Each round
+runs the four, the order alternating by round. Printed, medians of ``--repeat`` rounds: the
+application's write latency (p50, p90, p99, max), and the copies' records a second, each way.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 
 from bench.common import paired_bar_chart, report, scratch, sized_parser
+from vecmigrate.catalog import engines
 from vecmigrate.config import sqlite_url
 from vecmigrate.data.budget import TURN_GAP_SECONDS
 from vecmigrate.data.datasets import clustered
@@ -42,12 +46,21 @@ from vecmigrate.records.batch import Records
 from vecmigrate.stores.base import Scope
 from vecmigrate.stores.builtin import BuiltinStore
 
-WAYS = ("one transaction a batch", "in turns")
+COPIES = ("one transaction a batch", "in turns")
+WAITS = ("vecmigrate's steps", "SQLite's busy handler")
+WAYS = [(copy, wait) for copy in COPIES for wait in WAITS]
 
 
-def application(url: str, dim: int, rate: float, ready: Any, done: Any, out: Any) -> None:
-    """Upsert one record ``rate`` times a second until ``done``; put the latencies in ``out``."""
+def application(
+    url: str, dim: int, rate: float, wait: str, ready: Any, done: Any, out: Any
+) -> None:
+    """Upsert one record ``rate`` times a second until ``done``, waiting for the database the
+    ``wait`` way; put the latencies in ``out``."""
     store = BuiltinStore.open(url, Scope("app", "c", "v1"))
+    if wait == "SQLite's busy handler":
+        # Without the engine's write lock, ``begin`` is SQLAlchemy's: a deferred transaction
+        # that meets a busy database in SQLite's busy handler.
+        engines._write_locks.pop(id(store.engine))
     rng = np.random.default_rng(2)
     millis: list[float] = []
     store.upsert(np.array([-1]), rng.standard_normal((1, dim)).astype(np.float32))  # warm
@@ -64,10 +77,12 @@ def application(url: str, dim: int, rate: float, ready: Any, done: Any, out: Any
 
 
 def one_round(
-    home: Path, name: str, vectors: np.ndarray, batch: int, rate: float, copies: int
+    home: Path, way: tuple[str, str], vectors: np.ndarray, batch: int, rate: float, copies: int
 ) -> dict[str, Any]:
-    """The copies' seconds and the application's write latencies for one way of writing."""
-    url = sqlite_url(home / f"{name.replace(' ', '-')}-{time.monotonic_ns()}.db")
+    """The copies' seconds and the application's write latencies for one way of writing and
+    of waiting."""
+    name, wait = way
+    url = sqlite_url(home / f"round-{time.monotonic_ns()}.db")
     n, dim = vectors.shape
     BuiltinStore.open(url, Scope("app", "c", "v1"), dim)
     # Each copy writes its share of the records into a version of its own, as the shards of a
@@ -76,7 +91,7 @@ def one_round(
     targets = [BuiltinStore.open(url, Scope("app", "c", f"v{2 + c}"), dim) for c in range(copies)]
     spawn = multiprocessing.get_context("spawn")
     ready, done, out = spawn.Event(), spawn.Event(), spawn.Queue()
-    app = spawn.Process(target=application, args=(url, dim, rate, ready, done, out))
+    app = spawn.Process(target=application, args=(url, dim, rate, wait, ready, done, out))
     app.start()
     ready.wait(60)
     turns = [0] * copies
@@ -126,14 +141,15 @@ def main() -> None:
     args = p.parse_args()
     home = scratch("copy-write-stalls")
     vectors = clustered(args.vectors, args.dim, seed=3)
-    runs: dict[str, list[dict[str, Any]]] = {way: [] for way in WAYS}
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = {way: [] for way in WAYS}
     for round_ in range(args.repeat):
         for way in WAYS if round_ % 2 == 0 else reversed(WAYS):
             runs[way].append(one_round(home, way, vectors, args.batch_size, args.rate, args.copies))
     med = statistics.median
     rows = [
         {
-            "copies write": way,
+            "copies write": way[0],
+            "application waits": way[1],
             "app writes": int(med(r["writes"] for r in runs[way])),
             "write p50 ms": round(med(r["p50"] for r in runs[way]), 2),
             "write p90 ms": round(med(r["p90"] for r in runs[way]), 2),
@@ -144,7 +160,9 @@ def main() -> None:
         }
         for way in WAYS
     ]
-    whole, turns = rows
+    steps = {row["copies write"]: row for row in rows if row["application waits"] == WAITS[0]}
+    handler = {row["copies write"]: row for row in rows if row["application waits"] == WAITS[1]}
+    whole, turns = steps[COPIES[0]], steps[COPIES[1]]
     report(
         "copy_write_stalls",
         f"an application's writes while {args.copies} copies of {args.vectors:,} x {args.dim} "
@@ -154,6 +172,9 @@ def main() -> None:
             "write p99, one transaction / turns": round(
                 whole["write p99 ms"] / turns["write p99 ms"], 1
             ),
+            "write p99 in turns, SQLite's busy handler / vecmigrate's steps": round(
+                handler[COPIES[1]]["write p99 ms"] / turns["write p99 ms"], 1
+            ),
             "copy records/s, turns / one transaction": round(
                 turns["copy records/s"] / whole["copy records/s"], 2
             ),
@@ -162,11 +183,13 @@ def main() -> None:
         plot=paired_bar_chart(
             ["p50", "p90", "p99", "max"],
             {
-                row["copies write"]: [row[f"write {q} ms"] for q in ("p50", "p90", "p99", "max")]
-                for row in rows
+                f"waiting in {wait}": [
+                    row[COPIES[1]][f"write {q} ms"] for q in ("p50", "p90", "p99", "max")
+                ]
+                for wait, row in zip(WAITS, (steps, handler), strict=True)
             },
             ylabel="ms an application's write took",
-            xlabel="while the copies wrote their batches",
+            xlabel="while the copies wrote their batches in turns",
         ),
         out=args.out,
     )
