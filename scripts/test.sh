@@ -8,7 +8,7 @@ cd "$ROOT"
 .venv/bin/ruff format --check .
 .venv/bin/mypy
 # One pytest process per core and one more: the tests wait on servers and timers for much of
-# their time (with one a core, the cores stood idle a third of a CI run). The slowest tests
+# their time (with one a core, the cores stood idle a quarter of a CI run's tests). The slowest tests
 # are named at the end; `-n 0` among the arguments runs them in one process.
 CORES="$(getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)"
 exec .venv/bin/python -m pytest -n "$((CORES + 1))" --durations=20 "$@"
