@@ -160,9 +160,9 @@ def main() -> None:
         }
         for way in WAYS
     ]
-    steps = {row["copies write"]: row for row in rows if row["application waits"] == WAITS[0]}
-    handler = {row["copies write"]: row for row in rows if row["application waits"] == WAITS[1]}
-    whole, turns = steps[COPIES[0]], steps[COPIES[1]]
+    row_of = dict(zip(WAYS, rows, strict=True))
+    whole, turns = row_of[COPIES[0], WAITS[0]], row_of[COPIES[1], WAITS[0]]
+    turns_handler = row_of[COPIES[1], WAITS[1]]
     report(
         "copy_write_stalls",
         f"an application's writes while {args.copies} copies of {args.vectors:,} x {args.dim} "
@@ -173,7 +173,7 @@ def main() -> None:
                 whole["write p99 ms"] / turns["write p99 ms"], 1
             ),
             "write p99 in turns, SQLite's busy handler / vecmigrate's steps": round(
-                handler[COPIES[1]]["write p99 ms"] / turns["write p99 ms"], 1
+                turns_handler["write p99 ms"] / turns["write p99 ms"], 1
             ),
             "copy records/s, turns / one transaction": round(
                 turns["copy records/s"] / whole["copy records/s"], 2
@@ -184,9 +184,9 @@ def main() -> None:
             ["p50", "p90", "p99", "max"],
             {
                 f"waiting in {wait}": [
-                    row[COPIES[1]][f"write {q} ms"] for q in ("p50", "p90", "p99", "max")
+                    row_of[COPIES[1], wait][f"write {q} ms"] for q in ("p50", "p90", "p99", "max")
                 ]
-                for wait, row in zip(WAITS, (steps, handler), strict=True)
+                for wait in WAITS
             },
             ylabel="ms an application's write took",
             xlabel="while the copies wrote their batches in turns",

@@ -71,11 +71,15 @@ BUSY_TIMEOUT_SECONDS = 60.0
 WRITE_POLL_SECONDS = (0.0005, 0.002)
 
 
+def _busy_timeout() -> str:
+    return f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_SECONDS * 1000)}"
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cur = dbapi_connection.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
     cur.execute("PRAGMA synchronous=FULL")
-    cur.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_SECONDS * 1000)}")
+    cur.execute(_busy_timeout())
     cur.execute("PRAGMA foreign_keys=ON")
     cur.close()
 
@@ -171,7 +175,7 @@ def _take_write_lock(conn: Connection) -> None:
             time.sleep(step)
             step = min(2 * step, longest)
     finally:
-        raw.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_SECONDS * 1000)}")
+        raw.execute(_busy_timeout())
 
 
 _prepared: dict[str, set[int]] = {}
