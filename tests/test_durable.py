@@ -173,6 +173,7 @@ async def test_status_counts_a_long_copy_by_the_clock_not_the_last_event(
 # About 4.5 minutes on a quiet 2-core machine before the reconcile gate (now three activities a
 # shard: copy, reconcile, checks), 13.5 on a loaded one with it: the timeout leaves room.
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.timeout(1500)
 async def test_five_thousand_shards_keep_every_history_small(
     client: Client, sandbox: Sandbox
