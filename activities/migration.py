@@ -28,7 +28,7 @@ from vecmigrate.activities import tuning
 from vecmigrate.activities.heartbeat import Beat, keepalive
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.catalog.changelog import ChangeLog
-from vecmigrate.catalog.journal import Journal
+from vecmigrate.catalog.journal import Journal, Truth
 from vecmigrate.catalog.residency import Residency
 from vecmigrate.catalog.retention import RetentionLog
 from vecmigrate.catalog.schedules import ScheduleStore
@@ -438,12 +438,12 @@ class MigrationActivities:
                     self.journal, spec, source, target, inp.shard, queries, volatile, inp.round
                 ),
             )
-        if queries is not None and truth is not None:
-            self.journal.set_truth(
-                spec.migration_id, inp.shard.index, inp.round, queries.digest(), *truth
-            )
         self.journal.set_check(
-            spec.migration_id, inp.shard.index, inp.round, check.model_dump(mode="json")
+            spec.migration_id,
+            inp.shard.index,
+            inp.round,
+            check.model_dump(mode="json"),
+            None if queries is None or truth is None else Truth(queries.digest(), *truth),
         )
         return check
 

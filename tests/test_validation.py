@@ -12,7 +12,7 @@ from sqlalchemy import text
 
 from tests.conftest import Sandbox
 from tests.test_records import GOLDEN, reference_fold
-from vecmigrate.catalog.journal import Journal
+from vecmigrate.catalog.journal import Journal, Truth
 from vecmigrate.data.backfill import copy_shard, open_source, open_target, prepare
 from vecmigrate.data.datasets import glove
 from vecmigrate.errors import ArtifactError, PreconditionError
@@ -261,15 +261,18 @@ def test_stored_truths_answer_only_their_queries(sandbox: Sandbox) -> None:
     journal = Journal(sandbox.catalog)
     d = np.arange(6, dtype=np.float32).reshape(2, 3)
     i = np.arange(6, dtype=np.int64).reshape(2, 3)
-    journal.set_truth("m", 0, 1, "digest-a", d, i)
-    journal.set_truth("m", 1, 1, "digest-a", d + 10, i + 10)
+    # With the shard's check, in its transaction (a shard with no row yet gets one), or alone.
+    journal.set_check("m", 0, 1, {"ok": True}, Truth("digest-a", d, i))
+    journal.set_truth("m", 1, 1, Truth("digest-a", d + 10, i + 10))
+    assert journal.outcomes("m", "check_result") == {0: {"ok": True}}
+    assert journal.check_rounds("m") == {0: 1}
     parts = journal.truths("m", 1, "digest-a", [0, 1])
     assert parts is not None
     assert np.array_equal(parts[1][1], i + 10)
     assert journal.truths("m", 1, "digest-b", [0, 1]) is None  # other queries
     assert journal.truths("m", 2, "digest-a", [0, 1]) is None  # another round
     assert journal.truths("m", 1, "digest-a", [0, 1, 2]) is None  # a shard not checked
-    journal.set_truth("m", 1, 2, "digest-a", d, i)  # round 2 replaces shard 1's truth
+    journal.set_truth("m", 1, 2, Truth("digest-a", d, i))  # round 2 replaces shard 1's truth
     assert journal.truths("m", 1, "digest-a", [0, 1]) is None
 
 

@@ -16,9 +16,10 @@ import os
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -139,10 +140,99 @@ def begin(engine: Engine) -> Iterator[Connection]:
         with engine.begin() as conn:
             yield conn
         return
-    with lock, engine.connect() as conn:
-        _take_write_lock(conn)
-        with conn.begin():
-            yield conn
+    with lock:
+        held = _held_by_this_thread()
+        held[id(engine)] += 1
+        try:
+            with engine.connect() as conn:
+                _take_write_lock(conn)
+                with conn.begin():
+                    yield conn
+        finally:
+            held[id(engine)] -= 1
+
+
+_thread_state = threading.local()
+
+
+def _held_by_this_thread() -> Counter[int]:
+    """How many of ``begin``'s transactions this thread has open, by engine."""
+    held: Counter[int] | None = getattr(_thread_state, "held", None)
+    if held is None:
+        held = _thread_state.held = Counter()
+    return held
+
+
+@dataclass
+class _Write:
+    write: Callable[[Connection], None]
+    done: bool = False
+    error: BaseException | None = None
+
+
+@dataclass
+class _Group:
+    """The writes of one engine waiting to share a transaction, and whether one is open."""
+
+    ready: threading.Condition = field(default_factory=threading.Condition)
+    queued: list[_Write] = field(default_factory=list)
+    open: bool = False
+
+
+_groups: dict[int, _Group] = {}
+
+
+def grouped(engine: Engine, write: Callable[[Connection], None]) -> None:
+    """Run ``write`` in a write transaction it may share with writes of other threads, and
+    return once that transaction is committed (raising what ``write`` raised, or what the
+    commit did).
+
+    On SQLite, where a process's writers take turns (see :func:`begin`), each turn costs a
+    commit and its fsync, and with a worker's activities each writing a row or two at their
+    start and end, the turns are mostly waiting for one another. Here, while one transaction
+    is open, the writes that arrive wait and then go into the next one together, the first
+    of them running it (group commit). Each runs in a savepoint of its own, so one that fails
+    is undone alone and its caller gets the error. A ``write`` must only use the connection
+    it is given and may run on another thread. Elsewhere (PostgreSQL) ``write`` runs in a
+    transaction of its own.
+    """
+    if id(engine) not in _write_locks or _held_by_this_thread()[id(engine)]:
+        # Not SQLite; or called inside a transaction of this thread's, whose turn it holds
+        # (waiting for another thread's group would wait for itself).
+        with begin(engine) as conn:
+            write(conn)
+        return
+    with _lock:
+        group = _groups.setdefault(id(engine), _Group())
+    mine = _Write(write)
+    with group.ready:
+        group.queued.append(mine)
+        while group.open and not mine.done:
+            group.ready.wait()
+        if not mine.done:
+            group.open = True
+            batch, group.queued = group.queued, []
+    if not mine.done:
+        try:
+            with begin(engine) as conn:
+                for item in batch:
+                    try:
+                        with conn.begin_nested():
+                            item.write(conn)
+                    except Exception as exc:
+                        item.error = exc
+        except BaseException as exc:  # the commit failed: none of them is written
+            for item in batch:
+                item.error = item.error or exc
+            raise
+        finally:
+            with group.ready:
+                for item in batch:
+                    item.done = True
+                group.open = False
+                group.ready.notify_all()
+    if mine.error is not None:
+        raise mine.error
 
 
 def _take_write_lock(conn: Connection) -> None:

@@ -13,7 +13,9 @@ row (pause flag and throttle), which running copies read before every batch.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -33,10 +35,11 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import Connection
 
 from vecmigrate.catalog import sql
 from vecmigrate.catalog.catalog import CatalogTables, metadata, now
-from vecmigrate.catalog.engines import begin
+from vecmigrate.catalog.engines import begin, grouped
 from vecmigrate.model.tasks import Cursor
 from vecmigrate.records.checksums import RecordChecksum
 
@@ -188,6 +191,16 @@ class Control:
     max_vectors_per_second: float | None = None
 
 
+@dataclass(frozen=True)
+class Truth:
+    """A shard's exact nearest neighbours of the gate queries whose digest is ``digest``: a
+    row of ``k`` distances and ids per query."""
+
+    digest: str
+    distances: npt.NDArray[np.float32]
+    ids: npt.NDArray[np.int64]
+
+
 def _shard_key(table: Table, migration_id: str, shard: int) -> Any:
     """The where clause of one shard's row of a migration in ``table``."""
     return (table.c.migration_id == migration_id) & (table.c.shard == shard)
@@ -220,19 +233,32 @@ class Journal(CatalogTables):
 
     # -- copy progress ------------------------------------------------------------------------
 
-    def _ensure(self, migration_id: str, shard: int) -> None:
-        sql.insert_ignoring_duplicate(  # a duplicate: already there
+    def _upsert(
+        self,
+        migration_id: str,
+        shard: int,
+        values: dict[str, Any],
+        inserted: dict[str, Any] | None = None,
+        also: Callable[[Connection], None] | None = None,
+    ) -> None:
+        """Set ``values`` on a shard's row, making the row (with ``inserted`` where given) if
+        it has none, in one transaction (with what ``also`` writes)."""
+        new = {
+            "copied": 0,
+            "sum_count": 0,
+            "sum_total": "0",
+            "handed": 0,
+            "attempts": 0,
+            **(values if inserted is None else inserted),
+        }
+        sql.upsert(
             self.engine,
-            shard_work.insert().values(
-                migration_id=migration_id,
-                shard=shard,
-                copied=0,
-                sum_count=0,
-                sum_total="0",
-                handed=0,
-                attempts=0,
-                updated_at=now(),
-            ),
+            shard_work,
+            self._where(migration_id, shard),
+            {"migration_id": migration_id, "shard": shard},
+            {**values, "updated_at": now()},
+            {**new, "updated_at": now()},
+            also,
         )
 
     def _row(self, migration_id: str, shard: int) -> Any:
@@ -246,15 +272,21 @@ class Journal(CatalogTables):
     def _update(
         self, migration_id: str, shard: int, stream: StreamRow | None = None, **values: Any
     ) -> None:
-        with begin(self.engine) as conn:
-            conn.execute(
-                update(shard_work)
-                .where(self._where(migration_id, shard))
-                .values(**values, updated_at=now())
-            )
+        change = (
+            update(shard_work)
+            .where(self._where(migration_id, shard))
+            .values(**values, updated_at=now())
+        )
+
+        def write(conn: Connection) -> None:
+            conn.execute(change)
             if stream is not None:
                 # In the cursor's transaction: the two never disagree, whenever the copy dies.
                 self._put_stream(conn, shard_streams, migration_id, shard, stream)
+
+        # Each running copy writes its cursor before every batch: concurrent ones share a
+        # commit, and each returns once its own is durable.
+        grouped(self.engine, write)
 
     @staticmethod
     def _progress(cursor: Cursor | None, copied: int, written: RecordChecksum) -> dict[str, Any]:
@@ -285,8 +317,7 @@ class Journal(CatalogTables):
 
     def begin_copy(self, migration_id: str, shard: int) -> CopyState:
         """Count a new copy attempt and return where it must resume."""
-        self._ensure(migration_id, shard)
-        self._update(migration_id, shard, attempts=shard_work.c.attempts + 1)
+        self._upsert(migration_id, shard, {"attempts": shard_work.c.attempts + 1}, {"attempts": 1})
         state = self.copy_state(migration_id, shard)
         assert state is not None
         return state
@@ -464,38 +495,47 @@ class Journal(CatalogTables):
 
     def set_artifact(self, migration_id: str, shard: int, artifact: dict[str, Any]) -> None:
         """Record the index artifact built for a shard."""
-        self._ensure(migration_id, shard)
-        self._update(migration_id, shard, artifact=artifact)
+        self._upsert(migration_id, shard, {"artifact": artifact})
 
-    def set_check(self, migration_id: str, shard: int, round_: int, check: dict[str, Any]) -> None:
-        """Record a shard's validation profile for validation round ``round_``."""
-        self._ensure(migration_id, shard)
-        self._update(migration_id, shard, check_result=check, check_round=round_)
-
-    def set_truth(
+    def set_check(
         self,
         migration_id: str,
         shard: int,
         round_: int,
-        digest: str,
-        distances: npt.NDArray[np.float32],
-        ids: npt.NDArray[np.int64],
+        check: dict[str, Any],
+        truth: Truth | None = None,
     ) -> None:
+        """Record a shard's validation profile for validation round ``round_``, with ``truth``
+        its exact nearest neighbours of the gate queries (replacing any) in the same
+        transaction."""
+        also = None
+        if truth is not None:
+            also = partial(self._put_truth, migration_id, shard, round_, truth)
+        self._upsert(migration_id, shard, {"check_result": check, "check_round": round_}, also=also)
+
+    def set_truth(self, migration_id: str, shard: int, round_: int, truth: Truth) -> None:
         """Record a shard's exact nearest neighbours of the gate queries (replacing any)."""
-        rows, k = ids.shape
-        values = {
-            "round": round_,
-            "queries_digest": digest,
-            "rows": rows,
-            "k": k,
-            "distances": np.ascontiguousarray(distances, np.float32).tobytes(),
-            "ids": np.ascontiguousarray(ids, np.int64).tobytes(),
-        }
-        key = _shard_key(gate_truths, migration_id, shard)
         with begin(self.engine) as conn:
-            sql.replace_row(
-                conn, gate_truths, key, migration_id=migration_id, shard=shard, **values
-            )
+            self._put_truth(migration_id, shard, round_, truth, conn)
+
+    @staticmethod
+    def _put_truth(
+        migration_id: str, shard: int, round_: int, truth: Truth, conn: Connection
+    ) -> None:
+        rows, k = truth.ids.shape
+        sql.replace_row(
+            conn,
+            gate_truths,
+            _shard_key(gate_truths, migration_id, shard),
+            migration_id=migration_id,
+            shard=shard,
+            round=round_,
+            queries_digest=truth.digest,
+            rows=rows,
+            k=k,
+            distances=np.ascontiguousarray(truth.distances, np.float32).tobytes(),
+            ids=np.ascontiguousarray(truth.ids, np.int64).tobytes(),
+        )
 
     def truths(
         self, migration_id: str, round_: int, digest: str, shards: list[int]

@@ -12,11 +12,11 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, fields
 
-from sqlalchemy import Column, DateTime, Integer, String, Table, select
+from sqlalchemy import Column, Connection, DateTime, Integer, String, Table, select
 
 from vecmigrate.catalog import sql
 from vecmigrate.catalog.catalog import Catalog, metadata, now
-from vecmigrate.catalog.engines import begin
+from vecmigrate.catalog.engines import grouped
 from vecmigrate.errors import ResidencyError
 
 runs = Table(
@@ -76,8 +76,13 @@ class Residency:
             worker_region=self.region,
             worker=self.worker,
         )
-        with begin(self.engine) as conn:
-            conn.execute(runs.insert().values(**sql.row_values(run), at=now()))
+        row = runs.insert().values(**sql.row_values(run), at=now())
+
+        def write(conn: Connection) -> None:
+            conn.execute(row)
+
+        # Every activity writes one as it starts: concurrent ones share a commit.
+        grouped(self.engine, write)
 
     def recorded(self) -> list[Run]:
         """Every run recorded in this catalog, oldest first."""

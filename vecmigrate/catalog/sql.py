@@ -12,7 +12,7 @@ from sqlalchemy import ColumnElement, Connection, Engine, RowMapping, Table, ins
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.sql import Executable
 
-from vecmigrate.catalog.engines import begin, once_per_engine
+from vecmigrate.catalog.engines import begin, grouped, once_per_engine
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance
@@ -65,18 +65,25 @@ def upsert(
     key: ColumnElement[bool],
     identity: Mapping[str, Any],
     values: Mapping[str, Any],
+    inserted: Mapping[str, Any] | None = None,
+    also: Callable[[Connection], None] | None = None,
 ) -> None:
     """Set ``values`` on the row ``key`` selects, inserting it (with ``identity``, the values of
-    its key columns) when there is none; a concurrent writer's insert is written over."""
-    with begin(engine) as conn:
-        if conn.execute(table.update().where(key).values(**values)).rowcount:
-            return
+    its key columns, and ``inserted`` where given, else ``values``) when there is none, in one
+    transaction (which it may share: see :func:`~vecmigrate.catalog.engines.grouped`);
+    ``also`` writes more in that transaction. A concurrent writer's insert (a database without
+    SQLite's one writer) is written over."""
+
+    def write(conn: Connection) -> None:
+        if not conn.execute(table.update().where(key).values(**values)).rowcount:
+            conn.execute(table.insert().values(**identity, **(inserted or values)))
+        if also is not None:
+            also(conn)
+
     try:
-        with begin(engine) as conn:
-            conn.execute(table.insert().values(**identity, **values))
+        grouped(engine, write)
     except IntegrityError:  # another writer made the row first: update it
-        with begin(engine) as conn:
-            conn.execute(table.update().where(key).values(**values))
+        grouped(engine, write)
 
 
 def replace_row(conn: Connection, table: Table, key: ColumnElement[bool], **values: Any) -> None:
