@@ -37,9 +37,9 @@ from vecmigrate.control.client import MigrationClient
 from vecmigrate.control.devserver import DevServer, free_port
 from vecmigrate.data.datasets import clustered, glove
 from vecmigrate.data.seed import sequential_ids
-from vecmigrate.indexes.build import PeakMemory
 from vecmigrate.model.lifecycle import LIFECYCLE, Phase
 from vecmigrate.records.sharding import hash_key, hash_shards
+from vecmigrate.telemetry.resources import PeakMemory
 from vecmigrate.workers.connection import connect
 from vecmigrate.workers.main import run_worker
 

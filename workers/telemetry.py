@@ -164,7 +164,7 @@ class _Observer(ActivityInboundInterceptor):
                 if stage is None:
                     result = await super().execute_activity(input)
                 else:
-                    with PeakMemory() as memory:
+                    with PeakMemory(every=0.2) as memory:
                         result = await super().execute_activity(input)
                     if _finished(result):
                         m.shard_done(
@@ -173,7 +173,7 @@ class _Observer(ActivityInboundInterceptor):
                             time.monotonic() - began,
                             read_bytes=work.read_bytes,
                             written_bytes=work.written_bytes,
-                            peak_memory=memory.rise,
+                            peak_memory=memory.peak,
                         )
             finally:
                 if self.copy_key is not None:

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol, Self
+from typing import Protocol
 
 import numpy as np
-import psutil
 from pydantic import TypeAdapter
 
 from vecmigrate.catalog.catalog import Catalog, IndexVersionRecord, VersionRecord
@@ -46,6 +44,7 @@ from vecmigrate.stores import (
     VectorStore,
     open_store,
 )
+from vecmigrate.telemetry.resources import PeakMemory
 
 # Called while building with (vectors added, vectors in the shard).
 BuildProgress = Callable[[int, int], None]
@@ -170,60 +169,6 @@ def read_shard(
         checksum.add(b_ids, b_vecs)
         n += m
     return ids[:n], vecs[:n]
-
-
-class PeakMemory:
-    """The growth of this process's resident memory while the block runs, sampled every
-    ``every`` seconds by a side thread and once more at its end (FAISS and hnswlib allocate
-    outside Python's view, so tracemalloc would miss them). Work running beside the block in
-    the same process counts too: two builds at once each see both.
-
-    Every 0.1 s: sampled every 0.02 s, the thread took 0.32 s of CPU over the four builds of a
-    250,000 x 128 migration (a wake-up, the GIL and a read of the process's status each time),
-    CPU the raw library's build does not spend, for a figure that a build's gradual growth
-    does not need at that rate."""
-
-    def __init__(self, every: float = 0.1, keep: bool = False) -> None:
-        self.every = every
-        self.keep = keep
-        self.peak: int | None = None
-        # With ``keep``, every sample: (time.time(), bytes over the start), so a caller can
-        # split the peak by what ran when.
-        self.samples: list[tuple[float, int]] = []
-        self.cpu = 0.0  # the sampling thread's own CPU seconds, once it has stopped
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._sample: Callable[[], None] | None = None
-
-    def __enter__(self) -> Self:
-        process = psutil.Process()
-        base = process.memory_info().rss
-        self.peak = 0
-
-        def sample() -> None:
-            grown = process.memory_info().rss - base
-            self.peak = max(self.peak or 0, grown)
-            if self.keep:
-                self.samples.append((time.time(), grown))
-
-        def run() -> None:
-            while True:
-                sample()
-                if self._stop.wait(self.every):
-                    self.cpu = time.thread_time()
-                    return
-
-        self._sample = sample
-        self._thread = threading.Thread(target=run, name="peak-memory", daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        if self._sample is not None:
-            self._sample()
 
 
 def index_version_id(
