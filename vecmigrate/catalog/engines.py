@@ -215,12 +215,15 @@ def grouped(engine: Engine, write: Callable[[Connection], None]) -> None:
     if not mine.done:
         try:
             with begin(engine) as conn:
-                for item in batch:
-                    try:
-                        with conn.begin_nested():
-                            item.write(conn)
-                    except Exception as exc:
-                        item.error = exc
+                if len(batch) == 1:  # alone: no savepoint (SQLite journals a savepoint's pages)
+                    batch[0].write(conn)
+                else:
+                    for item in batch:
+                        try:
+                            with conn.begin_nested():
+                                item.write(conn)
+                        except Exception as exc:
+                            item.error = exc
         except BaseException as exc:  # the commit failed: none of them is written
             for item in batch:
                 item.error = item.error or exc

@@ -53,11 +53,10 @@ class _Sampler:
                 every = min((b.every for b in self._open), default=None)
             # Woken early when a block opens (it may ask for a shorter interval).
             self._changed.wait(every)
+            at, rss = time.time(), rss_bytes()
+            # Under the lock: once ``remove`` returns, the block is observed by its owner alone.
             with self._lock:
-                blocks = tuple(self._open)
-            if blocks:
-                at, rss = time.time(), rss_bytes()
-                for block in blocks:
+                for block in self._open:
                     block.observe(at, rss)
             self.cpu = time.thread_time()
 
