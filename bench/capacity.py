@@ -51,12 +51,13 @@ EVENTS_PER_SHARD = EVENTS_PER_SHARD_IN_FLIGHT
 CARRIED_BYTES_PER_SHARD = 160  # one ShardProgress in the status carried into the next run
 PAYLOAD_LIMIT = 2 * 2**20
 PAYLOAD_WARN = 512 * 2**10
-# Catalog: one journal write a copy batch, and 12 a shard beside them (counted over a
-# blue-green migration of 200 shards: each of the shard's four activities records where it
-# ran, 4; its ledger entries, 2; the copy's journal at its start, 2, and end, 1; the artifact,
-# the checks and the ground truth, 1 each).
+# Catalog: one journal write a copy batch, and 10 a shard beside them (counted over a
+# blue-green migration of 500 shards: each of the shard's four activities records where it
+# ran, 4; its ledger entries, 2; the copy's journal at its start and its end, 1 each; the
+# artifact, 1; the checks with their ground truth, 1). On SQLite, writes of a worker's
+# activities that come at once share a commit (about 8 commits a shard in that run).
 ACTIVITIES_PER_SHARD = 4
-WRITES_PER_SHARD = 12
+WRITES_PER_SHARD = 10
 # Memory of one shard's build: the shard read into one pair of arrays (measured: 1.24 times
 # its vectors, tests/test_indexes.py) and hnswlib's index (vectors, links of level 0 at 2M
 # neighbours of 4 bytes, a label; the upper levels add about 1/M of that).
