@@ -191,10 +191,10 @@ def grouped(engine: Engine, write: Callable[[Connection], None]) -> None:
     commit and its fsync, and with a worker's activities each writing a row or two at their
     start and end, the turns are mostly waiting for one another. Here, while one transaction
     is open, the writes that arrive wait and then go into the next one together, the first
-    of them running it (group commit). Each runs in a savepoint of its own, so one that fails
-    is undone alone and its caller gets the error. A ``write`` must only use the connection
-    it is given and may run on another thread. Elsewhere (PostgreSQL) ``write`` runs in a
-    transaction of its own.
+    of them running it (group commit). With others, each runs in a savepoint of its own, so
+    one that fails is undone alone and its caller gets the error. A ``write`` must only use
+    the connection it is given and may run on another thread. Elsewhere (PostgreSQL)
+    ``write`` runs in a transaction of its own.
     """
     if id(engine) not in _write_locks or _held_by_this_thread()[id(engine)]:
         # Not SQLite; or called inside a transaction of this thread's, whose turn it holds
