@@ -66,6 +66,8 @@ _engines: dict[tuple[str, DatabaseAccess | None], Engine] = {}
 _lock = threading.Lock()
 # One write lock per SQLite engine (see ``begin``).
 _write_locks: dict[int, threading.RLock] = {}
+# The writes waiting to share a transaction, per SQLite engine (see ``grouped``).
+_groups: dict[int, _Group] = {}
 # How long a SQLite writer waits for another process's write to end before it fails, and the
 # steps it waits in while it does (see ``_take_write_lock``).
 BUSY_TIMEOUT_SECONDS = 60.0
@@ -112,6 +114,7 @@ def engine_for(url: str, access: DatabaseAccess | None = None) -> Engine:
             engine = create_engine(url, pool_size=8, max_overflow=8)
             event.listen(engine, "connect", _sqlite_pragmas)
             _write_locks[id(engine)] = threading.RLock()
+            _groups[id(engine)] = _Group()
         else:
             tls = access.tls_args() if access is not None else {}
             engine = create_engine(url, pool_pre_ping=True, connect_args=tls)
@@ -179,9 +182,6 @@ class _Group:
     open: bool = False
 
 
-_groups: dict[int, _Group] = {}
-
-
 def grouped(engine: Engine, write: Callable[[Connection], None]) -> None:
     """Run ``write`` in a write transaction it may share with writes of other threads, and
     return once that transaction is committed (raising what ``write`` raised, or what the
@@ -197,13 +197,13 @@ def grouped(engine: Engine, write: Callable[[Connection], None]) -> None:
     ``write`` runs in a transaction of its own.
     """
     if id(engine) not in _write_locks or _held_by_this_thread()[id(engine)]:
-        # Not SQLite; or called inside a transaction of this thread's, whose turn it holds
-        # (waiting for another thread's group would wait for itself).
+        # Not SQLite; or called inside this thread's own transaction on the engine, a misuse:
+        # it then fails after the busy timeout, where waiting for a group whose leader waits
+        # for this thread's turn would hang.
         with begin(engine) as conn:
             write(conn)
         return
-    with _lock:
-        group = _groups.setdefault(id(engine), _Group())
+    group = _groups[id(engine)]
     mine = _Write(write)
     with group.ready:
         group.queued.append(mine)
@@ -295,4 +295,5 @@ def dispose_engines() -> None:
             engine.dispose()
         _engines.clear()
         _write_locks.clear()
+        _groups.clear()
         _prepared.clear()
