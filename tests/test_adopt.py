@@ -479,7 +479,14 @@ async def test_a_qdrant_collection_with_uuids_and_two_named_vectors_moves_to_pgv
             },
             "shards": {"count": 2},
             "batch_size": 200,
-            "gates": {"min_recall": 0.8, "sample_queries": 30, "latency_queries": 5},
+            # No latency gate: pgvector answers over a socket where local Qdrant answers in-process,
+            # and 5 timed queries on a loaded machine decide nothing this test is about.
+            "gates": {
+                "min_recall": 0.8,
+                "sample_queries": 30,
+                "latency_queries": 5,
+                "max_p99_ratio": None,
+            },
             "quarantine": {"max_records": None},
             "cutover": {"mode": "automatic", "bake_seconds": 0.2},
         }
@@ -595,7 +602,13 @@ async def test_every_kind_of_bad_record_is_quarantined_and_counted_exactly(
             },
             "shards": {"count": 3},
             "batch_size": 97,  # batches end inside runs of a repeated id
-            "gates": {"min_recall": 0.8, "sample_queries": 20, "latency_queries": 5},
+            # No latency gate: the two engines answer differently fast, and this test is about ids.
+            "gates": {
+                "min_recall": 0.8,
+                "sample_queries": 20,
+                "latency_queries": 5,
+                "max_p99_ratio": None,
+            },
             "quarantine": {"max_records": 0, "max_payload_bytes": 4_000},
             "cutover": {"mode": "automatic", "bake_seconds": 0.2},
         }

@@ -94,12 +94,14 @@ def items_spec(url: str, source_store: dict[str, Any] | None = None, **more: Any
         "batch_size": 200,
         "max_vectors_per_second": 1_000.0,
         # 20 queries cannot decide a 0.02 drop in recall against the old index (the gate then
-        # pauses, "the sample cannot tell"): these tests are about the capture, not that gate.
+        # pauses, "the sample cannot tell"), and 5 queries timed on a loaded machine should not
+        # pause them on a p99 ratio: these tests are about the capture, not those gates.
         "gates": {
             "min_recall": 0.5,
             "sample_queries": 20,
             "latency_queries": 5,
             "max_recall_drop": None,
+            "max_p99_ratio": None,
         },
         "online": {
             "settle_seconds": 0.5,

@@ -211,7 +211,14 @@ async def test_plan_start_and_abort_through_the_cli(
         "target": shared.version("v2", store, kind),
         "shards": {"count": 2},
         "batch_size": 100,
-        "gates": {"sample_queries": 20, "latency_queries": 5, "min_recall": 0.5},
+        # No latency gate: the backends answer differently fast (in-process, over a socket),
+        # and this matrix is about the commands, not the new engine's p99.
+        "gates": {
+            "sample_queries": 20,
+            "latency_queries": 5,
+            "min_recall": 0.5,
+            "max_p99_ratio": None,
+        },
         "cutover": {"mode": "manual", "bake_seconds": 1},
     }
     path = shared.root / f"{collection}.yaml"
