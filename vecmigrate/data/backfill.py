@@ -44,7 +44,16 @@ from vecmigrate.records.checksums import RecordChecksum
 from vecmigrate.records.screening import Limits, screen
 from vecmigrate.records.sharding import plan_shards
 from vecmigrate.records.vectors import Ids
-from vecmigrate.stores import CAPABILITIES, WHOLE, Scope, VectorStore, limits_for, open_store
+from vecmigrate.stores import (
+    CAPABILITIES,
+    WHOLE,
+    Scope,
+    VectorStore,
+    limits_for,
+    open_store,
+    records_at,
+    share_store,
+)
 from vecmigrate.stores.base import Batch
 
 # Called after every committed batch with the cursor to resume from, the running count and the
@@ -88,14 +97,24 @@ def open_source(spec: MigrationSpec) -> VectorStore:
 
 def open_target(spec: MigrationSpec, source: VectorStore | None = None) -> VectorStore:
     """The target version's store, created on first use with the source's record schema (see
-    :func:`~vecmigrate.data.adopt.target_schema`)."""
+    :func:`~vecmigrate.data.adopt.target_schema`), or, with ``records: shared``, reading the
+    source's records."""
     emb = spec.target.embedding
     try:
         return open_store(spec.target.store, target_scope(spec), metric=str(emb.metric))
     except NotFoundError:
         pass
+    if spec.records == "shared":
+        return share_store(spec.target.store, target_scope(spec), source_scope(spec))
     schema = target_schema((source or open_source(spec)).schema, spec)
     return open_store(spec.target.store, target_scope(spec), metric=str(emb.metric), schema=schema)
+
+
+def same_records(source: VectorStore, target: VectorStore) -> bool:
+    """Whether the two versions read the same records (``records: shared``): what is written
+    to one is in the other, and nothing is copied, replayed or repaired between them."""
+    held = records_at(source)
+    return held is not None and held == records_at(target)
 
 
 def target_limits(spec: MigrationSpec, target: VectorStore) -> Limits:
@@ -200,6 +219,14 @@ def run_checks(catalog: Catalog, spec: MigrationSpec) -> list[Check]:
         + (", target normalised on copy" if t_emb.normalized and not s_emb.normalized else ""),
         "",
     )
+    if spec.records == "shared":
+        add(
+            "records",
+            True,
+            f"{spec.target.name} reads the records of {spec.source.name} where they are: "
+            "nothing is copied, the index alone is built",
+            "",
+        )
     if spec.model_change:
         checks.extend(model_checks(catalog, spec, store))
     idx = spec.target.index
@@ -582,6 +609,7 @@ def copy_shard(
     source = open_source(spec)
     target = open_target(spec, source)
     view = TargetView.of(journal.catalog, spec, target)
+    shared = same_records(source, target)  # a pass that reads and checks, writing nothing
     watcher = None if watch is None else watch(state.cursor is None, source, target)
     reembed = view.reembed
     quarantine = Quarantine(journal.catalog)
@@ -671,13 +699,14 @@ def copy_shard(
             left_out += len(faults)
             if watcher is not None:
                 watcher.before_write(seen, faults, records)  # folded in while it writes
-            if pacer.active:
-                # On a database of one writer at a time, in turns (see VectorStore.write): an
-                # application's write waits for a turn, not for the batch.
-                target.write(records, between_turns=between_turns)
-            else:
-                target.write(records)
-            moved["written"] += records.nbytes
+            if not shared:
+                if pacer.active:
+                    # On a database of one writer at a time, in turns (see VectorStore.write):
+                    # an application's write waits for a turn, not for the batch.
+                    target.write(records, between_turns=between_turns)
+                else:
+                    target.write(records)
+                moved["written"] += records.nbytes
             acc.add_hashes(records.hashes())
             if watcher is not None:
                 watcher.add(seen, faults, records)
@@ -713,8 +742,11 @@ def _log_applier(catalog: Catalog, spec: MigrationSpec) -> Callable[[Changes], N
     target = open_target(spec)
     _, transform = make_transform(spec.source.embedding, spec.target.embedding)
     reembed = Reembedder.for_spec(catalog, spec) if spec.model_change else None
+    shared = same_records(open_source(spec), target)
 
     def apply(changes: Changes) -> None:
+        if shared:  # every logged write is already in the records both versions read
+            return
         if reembed is not None:
             ids, texts, gone = changes.net_texts()
             vectors = reembed.embed(texts)

@@ -41,7 +41,7 @@ from vecmigrate.model.spec import (
 )
 from vecmigrate.stores import database_access
 from vecmigrate.stores.base import Scope
-from vecmigrate.stores.builtin import drop_namespace
+from vecmigrate.stores.builtin import BuiltinStore, drop_namespace, other_readers
 from vecmigrate.stores.pgvector import sqlalchemy_url
 
 # Ledger kinds: the plan's estimate recorded when a migration prepares, and each measurement.
@@ -60,7 +60,9 @@ class Footprint:
 
 
 def footprint(ref: AnyStoreRef, scope: Scope, dimension: int) -> Footprint:
-    """The bytes ``scope`` takes up in ``ref`` (zero when it is not there)."""
+    """The bytes ``scope`` takes up in ``ref`` (zero when it is not there): its records'
+    count none while another version reads them too (``records: shared``; dropping it would
+    free none of them)."""
     from vecmigrate.stores import open_store
 
     try:
@@ -81,6 +83,8 @@ def footprint(ref: AnyStoreRef, scope: Scope, dimension: int) -> Footprint:
         path = getattr(store, "path", None)
         if isinstance(path, Path) and path.is_dir():
             return Footprint(tree_bytes(path), 0, measured=True, count=count)
+    if isinstance(store, BuiltinStore) and other_readers(store):
+        return Footprint(0, count=count)
     return Footprint(record_bytes(count, dimension), count=count)
 
 
@@ -194,7 +198,8 @@ def record_storage(
 
 def storage_estimate(catalog: Catalog, spec: MigrationSpec, total: int) -> StorageEstimate:
     """Bytes of the source (its index measured on disk where its artifacts are found) and of the
-    target, from the size model of each index kind; beside them, the target's index as float32."""
+    target (no records of its own with ``records: shared``), from the size model of each index
+    kind; beside them, the target's index as float32."""
     src_dim, dim = spec.source.embedding.dimension, spec.target.embedding.dimension
     parts = len(spec.shards.selected())
     source_index, measured = index_bytes(spec.source.index, total, src_dim, parts), False
@@ -216,7 +221,7 @@ def storage_estimate(catalog: Catalog, spec: MigrationSpec, total: int) -> Stora
         ),
         target=VersionBytes(
             version=spec.target.name,
-            records=record_bytes(total, dim),
+            records=0 if spec.records == "shared" else record_bytes(total, dim),
             index=index_bytes(spec.target.index, total, dim, parts),
             count=total,
         ),

@@ -444,6 +444,8 @@ class ShardReconcile(_Model):
     # False when the migration changes vectors (a new model, dimension or transform that
     # cannot be replayed): then ids and payload are compared, not vectors.
     vectors_compared: bool = True
+    # True when both versions read the same records (``records: shared``): nothing to compare.
+    shared: bool = False
     seconds: float = 0.0
 
     def left(self) -> DiffCounts:

@@ -1025,6 +1025,14 @@ class MigrationSpec(_Model):
     """The version serving today, as registered in the catalog."""
     target: VersionSpec
     """The version to build; its name must be new in the collection."""
+    records: Literal["copy", "shared"] = "copy"
+    """``copy``: the target version gets its own copy of the records. ``shared``: the target
+    reads the source's records where they are and only its index is built, for a change of the
+    index alone (IVF to HNSW, new parameters) in the built-in store: the same store and
+    embedding. The copy's pass still reads every shard (the streamed checks, the gate's ground
+    truth) and writes nothing, the record-by-record comparison has nothing to compare, a write
+    to either version is made once, and dropping a version never drops records another one
+    reads."""
     shards: ShardLayout = Field(default_factory=ShardLayout)
     batch_size: int = Field(default=10_000, ge=1, le=1_000_000)
     """Records per copy batch: one transaction (under a ``budget``, on SQLite, turns of about
@@ -1142,6 +1150,7 @@ class MigrationSpec(_Model):
                 )
         self._check_stable_name()
         self._check_tuning()
+        self._check_shared_records()
         if isinstance(idx, FaissIvfPq | MilvusIvfPq) and dst.dimension % idx.m != 0:
             raise ValueError(
                 f"target.index.m ({idx.m}) must divide the dimension ({dst.dimension}); "
@@ -1159,6 +1168,30 @@ class MigrationSpec(_Model):
                     "version); leave id out"
                 )
         return self
+
+    def _check_shared_records(self) -> None:
+        """A target that reads the source's records changes the index alone, beside them."""
+        if self.records != "shared":
+            return
+        problem = None
+        if self.target.store.kind != "builtin":
+            problem = (
+                f"target.store is {self.target.store.kind}, which keeps each version's records "
+                "apart (the built-in store alone lets versions share them)"
+            )
+        elif self.target.store != self.source.store:
+            problem = "target.store differs from source.store (the target reads the source's)"
+        elif self.target.embedding != self.source.embedding:
+            problem = (
+                "target.embedding differs from source.embedding (shared records keep their "
+                "vectors: the same model, dimension, metric and normalisation)"
+            )
+        elif self.regional or self.region is not None:
+            problem = "a regional migration copies each region's records"
+        elif self.quarantine.max_payload_bytes is not None:
+            problem = "quarantine.max_payload_bytes leaves records out, which the target reads"
+        if problem is not None:
+            raise ValueError(f"records: shared, but {problem}; or use records: copy")
 
     def _check_tuning(self) -> None:
         """Tuning candidates are values of the target index's own search parameter, each one
@@ -1366,7 +1399,9 @@ ADDED_FIELDS: dict[type[BaseModel], frozenset[str]] = {
         {"precision", "maintenance_work_mem", "parallel_workers", "lock_timeout_seconds"}
     ),
     QdrantHnsw: frozenset({"quantization", "product_compression", "rescore", "oversampling"}),
-    MigrationSpec: frozenset({"schedule", "windows", "retention", "quarantine", "budget"}),
+    MigrationSpec: frozenset(
+        {"schedule", "windows", "retention", "quarantine", "budget", "records"}
+    ),
     LatencyBudget: frozenset({"nice"}),
     GatePolicy: frozenset({"half_width", "deep"}),
     OnlinePolicy: frozenset({"capture", "tuning"}),

@@ -20,7 +20,7 @@ from vecmigrate.indexes.live import LiveIndex
 from vecmigrate.model.records import Filter
 from vecmigrate.model.routing import RoutingView
 from vecmigrate.records.vectors import Distances, ExactKnn, Ids, Vectors
-from vecmigrate.stores import VectorStore
+from vecmigrate.stores import VectorStore, records_at
 
 # One float32 query of the read version's dimension, k: the answer, or None for "take the
 # general path".
@@ -83,6 +83,19 @@ class Side:
         return exact.result()
 
 
+def one_a_records(sides: tuple[Side, ...]) -> tuple[Side, ...]:
+    """``sides`` less those reading the records an earlier one reads."""
+    seen: set[str] = set()
+    out = []
+    for side in sides:
+        held = records_at(side.store)
+        if held is None or held not in seen:
+            out.append(side)
+        if held is not None:
+            seen.add(held)
+    return tuple(out)
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     """How requests to one collection are served at one routing generation."""
@@ -92,6 +105,9 @@ class Plan:
     # The version the routing row sends some reads to (ramp or shadow), if any.
     candidate: Side | None
     writes: tuple[Side, ...]
+    # Of ``writes``, those whose stores take each write: one a set of records (versions that
+    # share their records, ``records: shared``, are written once).
+    stored: tuple[Side, ...]
     # Writes come in the space of this version (the read version, else the first written).
     live: Side | None
     # Whether vector queries can reach the candidate: only within one model (a query vector

@@ -479,7 +479,7 @@ class Router:
         self.planner.stage_write(
             tenant, collection, seq - len(ids_ok), seq, UPSERT, ids_ok, made_by
         )
-        for side in plan.writes:
+        for side in plan.stored:
             side.store.upsert(ids_ok, made_by[side.version])
         return seq
 
@@ -502,7 +502,7 @@ class Router:
         gone = arr.astype(np.int64)
         seq = self.log.append(tenant, collection, DELETE, gone)
         self.planner.stage_write(tenant, collection, seq - len(gone), seq, DELETE, gone, {})
-        for side in plan.writes:
+        for side in plan.stored:
             side.store.delete(gone)
         return seq
 

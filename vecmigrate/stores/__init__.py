@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from vecmigrate.catalog.engines import DatabaseAccess
 from vecmigrate.config import resolve_store
+from vecmigrate.errors import PreconditionError
 from vecmigrate.model.records import RecordSchema
 from vecmigrate.model.spec import (
     AnyStoreRef,
@@ -39,6 +40,8 @@ __all__ = [
     "database_access",
     "limits_for",
     "open_store",
+    "records_at",
+    "share_store",
 ]
 
 
@@ -87,6 +90,31 @@ def open_store(
     return BuiltinStore.open(
         resolved.url, scope, dimension, database_access(resolved), schema=schema
     )
+
+
+@instrumented
+def share_store(ref: AnyStoreRef, scope: Scope, records_of: Scope) -> VectorStore:
+    """Open ``scope`` reading the records of ``records_of`` in the same store, made on first
+    use (see :meth:`BuiltinStore.share`): the built-in store alone keeps versions that share
+    records.
+
+    Raises:
+        PreconditionError: another kind of store.
+    """
+    if not isinstance(ref, BuiltinStoreRef):
+        raise PreconditionError(
+            f"a {ref.kind} store keeps each version's records apart: records: shared needs the "
+            "built-in store; use records: copy"
+        )
+    resolved = resolve_store(ref)
+    assert resolved.url is not None
+    return BuiltinStore.share(resolved.url, scope, records_of, database_access(resolved))
+
+
+def records_at(store: VectorStore) -> str | None:
+    """Where ``store``'s records are, for a store whose versions can share them (None: its
+    records are its own): two handles with the same value hold the same records."""
+    return store.records_at if isinstance(store, BuiltinStore) else None
 
 
 def limits_for(kind: str, schema: RecordSchema) -> Limits:

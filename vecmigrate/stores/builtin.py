@@ -18,6 +18,11 @@ it always had. Other records keep their label in ``id`` (see :mod:`vecmigrate.re
 id itself in ``rid``, the primary vector in its own dtype in ``vec``, the other vectors in
 ``more`` and the payload in ``payload`` (one compact JSON array of the fields' canonical values);
 the namespace keeps the record schema.
+
+A namespace may read another's records instead of its own (``records_ns``): a version that
+changes the index alone (a migration with ``records: shared``) keeps no copy. Dropping one of
+the namespaces that read a set of records drops the records only with the last of them; an
+owner dropped before its readers stays as a retired row, so its number is never given again.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ from sqlalchemy import (
 from sqlalchemy.exc import IntegrityError
 
 from vecmigrate.catalog.engines import DatabaseAccess, begin, engine_for, once_per_engine
-from vecmigrate.errors import DataError, NotFoundError
+from vecmigrate.errors import DataError, NotFoundError, PreconditionError
 from vecmigrate.model.records import FieldKind, IdKind, RecordSchema
 from vecmigrate.model.tasks import Cursor, ShardRef
 from vecmigrate.records.batch import Faults, Records, assemble
@@ -86,6 +91,10 @@ namespaces = Table(
     Column("dimension", Integer, nullable=False),
     # The record schema as JSON; NULL for integer ids and one float32 vector.
     Column("record_schema", Text),
+    # The namespace whose records this one reads; NULL: its own.
+    Column("records_ns", Integer),
+    # 1: dropped, kept only because other namespaces read its records.
+    Column("retired", Integer),
     UniqueConstraint("tenant", "collection", "version"),
 )
 
@@ -147,7 +156,7 @@ FIRST_TURN_ROWS = 500
 MIN_TURN_ROWS = 100
 # Columns added after the first release, for stores made before them.
 _ADDED = {
-    "vm_namespaces": {"record_schema": "TEXT"},
+    "vm_namespaces": {"record_schema": "TEXT", "records_ns": "INTEGER", "retired": "INTEGER"},
     "vm_vectors": {"rid": "TEXT", "more": "BLOB", "payload": "BLOB"},
 }
 
@@ -225,8 +234,14 @@ class BuiltinStore(ScanningStore):
     def __init__(self, engine: Engine, scope: Scope, ns: int, schema: RecordSchema) -> None:
         super().__init__(scope, schema)
         self.engine = engine
-        self.ns = ns
+        self.ns = ns  # the namespace whose records this one reads: its own, or the one it shares
         self.plain = schema.is_plain
+
+    @property
+    def records_at(self) -> str:
+        """Where the records are: two handles with the same value read and write the same
+        records (a version that shares another's)."""
+        return f"{self.engine.url.render_as_string(hide_password=True)}#ns{self.ns}"
 
     @classmethod
     def open(
@@ -254,9 +269,13 @@ class BuiltinStore(ScanningStore):
             & (namespaces.c.collection == scope.collection)
             & (namespaces.c.version == scope.version)
         )
-        query = select(namespaces.c.ns, namespaces.c.dimension, namespaces.c.record_schema).where(
-            key
-        )
+        query = select(
+            namespaces.c.ns,
+            namespaces.c.dimension,
+            namespaces.c.record_schema,
+            namespaces.c.records_ns,
+            namespaces.c.retired,
+        ).where(key)
         with engine.connect() as conn:
             row = conn.execute(query).first()
         if row is None and schema is not None:
@@ -265,13 +284,46 @@ class BuiltinStore(ScanningStore):
                 conn.execute(new_namespace(scope, schema))
             with engine.connect() as conn:
                 row = conn.execute(query).first()
+        if row is not None and row[4]:
+            # Dropped while other versions read its records: its name is not free again.
+            gone = f"{scope} was dropped (other versions read its records)"
+            if schema is not None:
+                raise PreconditionError(f"{gone}; name another version")
+            raise NotFoundError(f"{gone} in the built-in store at {url}")
         if row is None:
             raise NotFoundError(f"{scope} does not exist in the built-in store at {url}")
-        ns, dim = int(row[0]), int(row[1])
+        ns = int(row[3]) if row[3] is not None else int(row[0])
+        dim = int(row[1])
         found = RecordSchema.model_validate_json(row[2]) if row[2] else RecordSchema.plain(dim)
         check_dimension(scope, dim, dimension)
         check_schema(scope, found, schema, dimension)
         return cls(engine, scope, ns, found)
+
+    @classmethod
+    def share(
+        cls, url: str, scope: Scope, records_of: Scope, access: DatabaseAccess | None = None
+    ) -> BuiltinStore:
+        """Open ``scope`` as a namespace that reads the records of ``records_of`` (whose own
+        may be another's in turn), created on first use: nothing is copied, and a write through
+        either is a write to both.
+
+        Raises:
+            NotFoundError: ``records_of`` does not exist.
+            PreconditionError: ``scope`` exists with records of its own, or was dropped.
+        """
+        source = cls.open(url, records_of, access=access)
+        try:
+            found = cls.open(url, scope, access=access)
+        except NotFoundError:
+            made = new_namespace(scope, source.schema).values(records_ns=source.ns)
+            with contextlib.suppress(IntegrityError), begin(source.engine) as conn:
+                conn.execute(made)  # a concurrent worker may make it first: the same row
+            found = cls.open(url, scope, access=access)
+        if found.ns != source.ns:
+            raise PreconditionError(
+                f"{scope} holds records of its own, not those of {records_of}; name another version"
+            )
+        return found
 
     def _columns(self) -> str:
         return "id, h, vec" if self.plain else "id, h, vec, rid, more, payload"
@@ -554,19 +606,57 @@ class BuiltinStore(ScanningStore):
 
 def drop_namespace(url: str, scope: Scope, access: DatabaseAccess | None = None) -> int:
     """Delete a whole version's records (used only for explicit cleanup, never on rollback);
-    ``access`` carries the password reference and TLS options of a database server."""
+    ``access`` carries the password reference and TLS options of a database server. The
+    records deleted: none while other namespaces read them (the namespace alone goes; an
+    owner stays as a retired row until the last of its readers goes, and then with it)."""
     engine = engine_for(url, access)
     _prepare(engine)
     with begin(engine) as conn:
         row = conn.execute(
-            select(namespaces.c.ns).where(
+            select(namespaces.c.ns, namespaces.c.records_ns).where(
                 (namespaces.c.tenant == scope.tenant)
                 & (namespaces.c.collection == scope.collection)
                 & (namespaces.c.version == scope.version)
+                & namespaces.c.retired.is_(None)
             )
         ).first()
         if row is None:
             return 0
-        n = conn.execute(vectors.delete().where(vectors.c.ns == row[0])).rowcount
-        conn.execute(namespaces.delete().where(namespaces.c.ns == row[0]))
+        own, held = int(row[0]), int(row[1]) if row[1] is not None else int(row[0])
+        if _readers(conn, held, besides=own):
+            if row[1] is None:  # the owner: kept, retired, so that its number stays taken
+                conn.execute(namespaces.update().where(namespaces.c.ns == own).values(retired=1))
+            else:
+                conn.execute(namespaces.delete().where(namespaces.c.ns == own))
+            return 0
+        n = conn.execute(vectors.delete().where(vectors.c.ns == held)).rowcount
+        conn.execute(namespaces.delete().where(namespaces.c.ns.in_([own, held])))
     return int(n)
+
+
+def _readers(conn: Any, held: int, besides: int) -> int:
+    """How many namespaces other than ``besides`` read the records of namespace ``held`` (a
+    retired owner does not count)."""
+    query = (
+        select(func.count())
+        .select_from(namespaces)
+        .where(
+            ((namespaces.c.ns == held) | (namespaces.c.records_ns == held))
+            & (namespaces.c.ns != besides)
+            & namespaces.c.retired.is_(None)
+        )
+    )
+    return int(conn.execute(query).scalar_one())
+
+
+def other_readers(store: BuiltinStore) -> int:
+    """How many other versions read the records ``store`` reads (dropping it frees none of
+    them while there are any)."""
+    own = select(namespaces.c.ns).where(
+        (namespaces.c.tenant == store.scope.tenant)
+        & (namespaces.c.collection == store.scope.collection)
+        & (namespaces.c.version == store.scope.version)
+    )
+    with store.engine.connect() as conn:
+        found = conn.execute(own).scalar_one_or_none()
+        return 0 if found is None else _readers(conn, store.ns, besides=int(found))

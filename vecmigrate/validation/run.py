@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from vecmigrate.catalog.catalog import Catalog, IndexVersionRecord
-from vecmigrate.data.backfill import shard_plan, target_limits
+from vecmigrate.data.backfill import same_records, shard_plan, target_limits
 from vecmigrate.data.transforms import Transform, make_transform
 from vecmigrate.embedding.registry import model_key
 from vecmigrate.errors import PreconditionError
@@ -88,8 +88,16 @@ def check_shard(
     limits = target_limits(spec, target)
     # The records read are kept only to leave the volatile ones out afterwards.
     keep = volatile is not None
-    src = scan_shard(source, shard, transform, unit_norm_tolerance=tol, keep=keep, limits=limits)
+    # One set of records (``records: shared``) is read once: a write landing between two reads
+    # of it would look like a difference between the versions.
+    shared = same_records(source, target)
+    src = (
+        None
+        if shared
+        else scan_shard(source, shard, transform, unit_norm_tolerance=tol, keep=keep, limits=limits)
+    )
     dst = scan_shard(target, shard, unit_norm_tolerance=tol, keep=keep, also=also)
+    src = dst if src is None else src
     if volatile is None:
         return ShardCheck(
             shard=shard.index,
