@@ -2,6 +2,8 @@
 
     python bench/migration_throughput.py --data glove --vectors 400000
     python bench/migration_throughput.py --data clustered --vectors 1000000 --dim 128 --repeat 3
+    python bench/migration_throughput.py --data clustered --vectors 1000000 --dim 128 --repeat 3 \
+        --records shared
 
 Seeds v1 (FAISS IVF-Flat), then runs a real blue-green migration to hnswlib HNSW on the Temporal
 dev server with an in-process worker: copy, per-shard index build, validation gates, cut-over.
@@ -12,6 +14,10 @@ over the raw build's; the target is 1.10 at 1M vectors. Also printed: the CPU se
 server's own and the memory sampler's are not counted), how many cores the raw build kept busy,
 and the resident memory each added to this process at its highest, the migration's in each
 phase too, beside the size of the index it built.
+
+``--records shared`` runs the migration that changes the index alone as such (the spec's
+``records: shared``): the target reads the source's records where they are, the copy's pass
+reads and checks every shard and writes nothing.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ from vecmigrate.control.devserver import DevServer, free_port
 from vecmigrate.data.datasets import clustered, glove
 from vecmigrate.data.seed import sequential_ids
 from vecmigrate.model.lifecycle import LIFECYCLE, Phase
+from vecmigrate.model.spec import parse_spec
 from vecmigrate.records.sharding import hash_key, hash_shards
 from vecmigrate.telemetry.resources import PeakMemory
 from vecmigrate.workers.connection import connect
@@ -108,7 +115,9 @@ def raw_build(ids: np.ndarray, vectors: np.ndarray, shards: int) -> tuple[float,
 Migrated = tuple[float, float, dict[str, float], int, dict[str, int], int]
 
 
-async def migrate(home: Path, vectors: np.ndarray, shards: int, parallel: int) -> Migrated:
+async def migrate(
+    home: Path, vectors: np.ndarray, shards: int, parallel: int, records: str = "copy"
+) -> Migrated:
     """Seconds of a full blue-green migration, the CPU seconds of this process (the worker's
     activities, the client) meanwhile, the time per phase, the resident memory the migration
     added to this process at its highest and within each phase (the worker runs every activity
@@ -128,6 +137,7 @@ async def migrate(home: Path, vectors: np.ndarray, shards: int, parallel: int) -
         hnsw,
         sizing=Sizing("throughput", shards=shards, parallel=parallel, batch_size=50_000),
     )
+    spec = parse_spec({**spec.model_dump(mode="json"), "records": records})
     server = DevServer(home / "temporal.db", port=free_port(), ui=False).start()
     stop = asyncio.Event()
     worker = asyncio.create_task(
@@ -170,6 +180,12 @@ def main() -> None:
         default=1,
         help="migration / raw build pairs, which goes first alternating (medians are reported)",
     )
+    p.add_argument(
+        "--records",
+        choices=["copy", "shared"],
+        default="copy",
+        help="the target's records: a copy of its own, or the source's (an index-only change)",
+    )
     args = p.parse_args()
     if args.data == "glove":
         vectors = glove(args.vectors)
@@ -179,7 +195,9 @@ def main() -> None:
     ids = sequential_ids(n)
 
     def migrate_once() -> Migrated:
-        return asyncio.run(migrate(scratch("throughput"), vectors, args.shards, args.parallel))
+        return asyncio.run(
+            migrate(scratch("throughput"), vectors, args.shards, args.parallel, args.records)
+        )
 
     runs: list[Run] = []
     for r in range(args.repeat):
@@ -238,8 +256,9 @@ def main() -> None:
         fig.savefig(path, dpi=110)
 
     report(
-        f"migration_throughput_{args.data}_{n}",
-        f"IVF -> HNSW migration of {n:,} x {dim} ({args.data}) vs raw hnswlib",
+        f"migration_throughput_{args.data}_{n}" + ("-shared" if args.records == "shared" else ""),
+        f"IVF -> HNSW migration of {n:,} x {dim} ({args.data}, records: {args.records}) vs raw "
+        "hnswlib",
         rows,
         {
             "vectors/s end to end": f"{n / total:,.0f}",

@@ -268,3 +268,21 @@ def test_pgvector_build_writes_script_shows_writes_flowing_only_during_the_concu
     # The plain build held every write back for about the whole build.
     assert blocked["max ms"] > 500 * blocked["build s"]
     assert idle["failed"] == online["failed"] == blocked["failed"] == 0
+
+
+@pytest.mark.timeout(600)
+def test_migration_throughput_runs_the_index_only_migration_with_shared_records(
+    tmp_path: Path,
+) -> None:
+    run_script(
+        "migration_throughput", *RUNS["migration_throughput"], "--records", "shared", out=tmp_path
+    )
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert written == [
+        "migration_throughput_clustered_6000-shared.json",
+        "migration_throughput_clustered_6000-shared.png",
+    ]
+    result = json.loads((tmp_path / written[0]).read_text())
+    phases = {r["phase"]: r["seconds"] for r in result["rows"]}
+    assert phases["vecmigrate end to end"] > 0
+    assert float(result["summary"]["ratio (vecmigrate / raw)"]) > 0
