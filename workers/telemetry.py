@@ -188,9 +188,11 @@ class _Observer(ActivityInboundInterceptor):
         m = self.telemetry.metrics
         migration = work.migration_id or ""
         if isinstance(result, CopyShardResult) and result.complete:
+            shared = spec is not None and spec.records == "shared"
             log.info(
-                "shard %s copied: %s vectors in %.1f s (%s re-copied)",
+                "shard %s %s: %s vectors in %.1f s (%s re-copied)",
                 result.shard,
+                "read and checked (records shared, nothing written)" if shared else "copied",
                 f"{result.copied:,}",
                 result.seconds,
                 result.recopied,

@@ -83,7 +83,7 @@ class Side:
         return exact.result()
 
 
-def one_a_records(sides: tuple[Side, ...]) -> tuple[Side, ...]:
+def distinct_records(sides: tuple[Side, ...]) -> tuple[Side, ...]:
     """``sides`` less those reading the records an earlier one reads."""
     seen: set[str] = set()
     out = []

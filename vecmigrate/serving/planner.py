@@ -28,7 +28,7 @@ from vecmigrate.model.routing import RoutingView
 from vecmigrate.model.spec import IndexSpec, Metric, is_native, store_ref
 from vecmigrate.records.vectors import Ids, Vectors
 from vecmigrate.serving import heap
-from vecmigrate.serving.plan import Plan, Side, one_a_records
+from vecmigrate.serving.plan import Plan, Side, distinct_records
 from vecmigrate.serving.tuning import Tuned
 from vecmigrate.serving.upkeep import Upkeep
 from vecmigrate.stores import Scope, VectorStore, open_store
@@ -210,7 +210,7 @@ class Planner:
             read=read,
             candidate=candidate,
             writes=writes,
-            stored=one_a_records(writes),
+            stored=distinct_records(writes),
             live=live,
             vectors_canary=vectors_canary,
             one=one,
