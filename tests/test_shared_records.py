@@ -6,17 +6,21 @@ on a real Temporal dev server with real FAISS and hnswlib."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import yaml
 from sqlalchemy import text
 from temporalio.client import Client
 
-from tests.conftest import Sandbox, running_worker, shadow_all
+from tests.conftest import Sandbox, running_worker, shadow_all, vecmigrate
 from vecmigrate.catalog.engines import engine_for
+from vecmigrate.config import sqlite_url
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.data.backfill import open_source, open_target, prepare
 from vecmigrate.data.footprint import footprint, storage_estimate
@@ -309,3 +313,52 @@ def test_a_router_writes_versions_that_share_records_once(sandbox: Sandbox) -> N
     finally:
         router.close()
     assert open_target(spec).fetch(np.array([9_999]))[0].tolist() == [9_999]
+
+
+def test_a_store_of_an_earlier_release_gains_the_columns_and_shares_its_records(
+    tmp_path: Path,
+) -> None:
+    url = sqlite_url(tmp_path / "earlier.db")
+    with engine_for(url).begin() as conn:  # vm_namespaces as releases before records_ns made it
+        conn.execute(
+            text(
+                "CREATE TABLE vm_namespaces (ns INTEGER PRIMARY KEY, tenant VARCHAR(64) NOT NULL, "
+                "collection VARCHAR(64) NOT NULL, version VARCHAR(64) NOT NULL, "
+                "dimension INTEGER NOT NULL, record_schema TEXT, "
+                "UNIQUE (tenant, collection, version))"
+            )
+        )
+        conn.execute(
+            text(
+                "INSERT INTO vm_namespaces (tenant, collection, version, dimension) "
+                "VALUES ('t', 'c', 'v1', 8)"
+            )
+        )
+    v1 = BuiltinStore.open(url, Scope("t", "c", "v1"))
+    v1.upsert(np.arange(1, 11), _vectors(10))
+    v2 = BuiltinStore.share(url, Scope("t", "c", "v2"), Scope("t", "c", "v1"))
+    assert v2.count() == 10
+    assert _rows(url) == (10, 2)
+
+
+@pytest.mark.integration
+def test_plan_says_nothing_is_copied_and_refuses_what_cannot_share(
+    sandbox: Sandbox, tmp_path: Path
+) -> None:
+    sandbox.seed(500)
+    data = sandbox.spec(records="shared").model_dump(mode="json")
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(data))
+    shown = vecmigrate("plan", "--catalog", sandbox.catalog.url, "--json", str(path))
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    plan = json.loads(shown.stdout)
+    assert plan["ok"] is True
+    checks = {c["name"]: c["detail"] for c in plan["checks"]}
+    assert "nothing is copied, the index alone is built" in checks["records"]
+    steps = dict(plan["steps"])
+    assert steps["BACKFILLING"].startswith("read and check (records shared, none written) 500")
+    data["target"]["store"] = {"kind": "pgvector", "url": "postgresql+psycopg://db/app"}
+    path.write_text(yaml.safe_dump(data))
+    refused = vecmigrate("plan", "--catalog", sandbox.catalog.url, "--json", str(path))
+    assert refused.returncode != 0
+    assert "records: shared, but target.store is pgvector" in refused.stderr + refused.stdout

@@ -125,7 +125,7 @@ _PREPARING = _step(
     *_COPY,
 )
 _BACKFILL = (
-    "copy {total} vectors {source} -> {target} in batches of {batch}, {parallel} shards at a "
+    "{copy} {total} vectors {source} -> {target} in batches of {batch}, {parallel} shards at a "
     "time, resumable per batch{throttle}{builds}"
 )
 _BUILD = "build {index}{build_how}; register it with the change-log position it covers"
@@ -154,7 +154,7 @@ _BLUE_GREEN = (
 )
 
 _DUAL_WRITE = (
-    "dual-write on (writes -> {source} + {target}, watermark taken first), then copy {total} "
+    "dual-write on (writes -> {source} + {target}, watermark taken first), then {copy} {total} "
     "vectors up to the watermark in batches of {batch}, {parallel} shards at a time{throttle}"
 )
 _SHADOW = (
@@ -488,6 +488,10 @@ def figures(spec: MigrationSpec, total: int | None = None) -> dict[str, Any]:
         "metric": spec.target.embedding.metric,
         "shards": len(spec.shards.selected()),
         "total": "the" if total is None else f"{total:,}",
+        # With shared records the pass reads and checks every record and writes none.
+        "copy": "copy"
+        if spec.records == "copy"
+        else "read and check (records shared, none written)",
         "batch": f"{spec.batch_size:,}",
         "parallel": spec.max_parallel_shards,
         "throttle": (
