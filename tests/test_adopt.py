@@ -101,6 +101,14 @@ def documents_table(url: str, seed: int = 3) -> dict[str, Any]:
     }
 
 
+def between_engines(**fields: Any) -> dict[str, Any]:
+    """The gates of a move between engines: no latency gate, since the engines' round trips
+    (an SQL query over a socket against a local Qdrant or milvus-lite in the process), not the
+    indexes, would be compared, on a few queries timed on a loaded machine: these tests are
+    about the data."""
+    return {"min_recall": 0.8, "latency_queries": 5, "max_p99_ratio": None, **fields}
+
+
 def documents_spec(
     url: str, target: dict[str, Any], source: dict[str, Any] | None = None, **more: Any
 ) -> Any:
@@ -118,14 +126,7 @@ def documents_spec(
             "target": target,
             "shards": {"by": "hash", "count": 2},
             "batch_size": 500,
-            # No latency gate: these moves are between engines (an SQL query against a local
-            # Qdrant or milvus-lite server), whose round trips, not indexes, would be compared.
-            "gates": {
-                "min_recall": 0.8,
-                "sample_queries": 40,
-                "latency_queries": 10,
-                "max_p99_ratio": None,
-            },
+            "gates": between_engines(sample_queries=40, latency_queries=10),
             "quarantine": {"max_records": None},
             "cutover": {"mode": "automatic", "bake_seconds": 0.2},
             **more,
@@ -479,14 +480,7 @@ async def test_a_qdrant_collection_with_uuids_and_two_named_vectors_moves_to_pgv
             },
             "shards": {"count": 2},
             "batch_size": 200,
-            # No latency gate: pgvector answers over a socket where local Qdrant answers in-process,
-            # and 5 timed queries on a loaded machine decide nothing this test is about.
-            "gates": {
-                "min_recall": 0.8,
-                "sample_queries": 30,
-                "latency_queries": 5,
-                "max_p99_ratio": None,
-            },
+            "gates": between_engines(sample_queries=30),
             "quarantine": {"max_records": None},
             "cutover": {"mode": "automatic", "bake_seconds": 0.2},
         }
@@ -602,13 +596,7 @@ async def test_every_kind_of_bad_record_is_quarantined_and_counted_exactly(
             },
             "shards": {"count": 3},
             "batch_size": 97,  # batches end inside runs of a repeated id
-            # No latency gate: the two engines answer differently fast, and this test is about ids.
-            "gates": {
-                "min_recall": 0.8,
-                "sample_queries": 20,
-                "latency_queries": 5,
-                "max_p99_ratio": None,
-            },
+            "gates": between_engines(sample_queries=20),
             "quarantine": {"max_records": 0, "max_payload_bytes": 4_000},
             "cutover": {"mode": "automatic", "bake_seconds": 0.2},
         }
