@@ -6,6 +6,7 @@ on a real Temporal dev server with real FAISS and hnswlib."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import threading
 import time
@@ -196,13 +197,8 @@ async def test_an_index_only_migration_copies_nothing_and_loses_no_write(
     traffic = Traffic(sandbox, vectors)
     async with running_worker(client, sandbox) as queue:
         mc = MigrationClient(client, queue)
-        if writes:
-            traffic.__enter__()
-        try:
+        with traffic if writes else contextlib.nullcontext():
             final = await mc.result(await mc.start(spec), timeout=300)
-        finally:
-            if writes:
-                traffic.__exit__()
     assert traffic.error is None, traffic.error
     assert final.phase == Phase.COMPLETED, final.error
     assert final.gates is not None
@@ -241,7 +237,7 @@ async def test_an_index_only_migration_copies_nothing_and_loses_no_write(
         assert routing.read_version == "v1"
         return
     assert routing.read_version == "v2"
-    # The new index serves: a record written now is found by the index itself.
+    # The new version serves, and a record written now is found through it and in the old.
     router = Router(sandbox.catalog, refresh_seconds=0)
     try:
         probe = vectors[10:11] * 0 + 50.0
