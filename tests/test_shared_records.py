@@ -79,6 +79,8 @@ def test_versions_that_share_records_read_and_write_one_set_and_drop_it_with_the
         BuiltinStore.open(sql_url, Scope("t", "c", "v1"))
     with pytest.raises(PreconditionError, match="name another version"):
         BuiltinStore.open(sql_url, Scope("t", "c", "v1"), DIM)
+    with pytest.raises(PreconditionError, match="was dropped"):
+        BuiltinStore.share(sql_url, Scope("t", "c", "v1"), Scope("t", "c", "v2"))
     assert v2.count() == 100
     assert other_readers(v2) == 1
     assert drop_namespace(sql_url, Scope("t", "c", "v2")) == 0

@@ -252,12 +252,16 @@ class BuiltinStore(ScanningStore):
         access: DatabaseAccess | None = None,
         *,
         schema: RecordSchema | None = None,
+        reads: int | None = None,
     ) -> BuiltinStore:
-        """Open the namespace of ``scope``; create it when ``dimension`` or ``schema`` is given.
+        """Open the namespace of ``scope``; create it when ``dimension`` or ``schema`` is given
+        (reading the records of namespace ``reads``, if given, see :meth:`share`).
         ``access`` carries a PostgreSQL database's password reference and TLS options.
 
         Raises:
             NotFoundError: the namespace does not exist and neither was given.
+            PreconditionError: it was dropped while others read its records, and was to be
+                created.
             DataError: it exists with another dimension or schema.
         """
         engine = engine_for(url, access)
@@ -281,7 +285,7 @@ class BuiltinStore(ScanningStore):
         if row is None and schema is not None:
             # A concurrent worker may create it first: the unique key decides, then re-read.
             with contextlib.suppress(IntegrityError), begin(engine) as conn:
-                conn.execute(new_namespace(scope, schema))
+                conn.execute(new_namespace(scope, schema).values(records_ns=reads))
             with engine.connect() as conn:
                 row = conn.execute(query).first()
         if row is not None and row[4]:
@@ -312,13 +316,7 @@ class BuiltinStore(ScanningStore):
             PreconditionError: ``scope`` exists with records of its own, or was dropped.
         """
         source = cls.open(url, records_of, access=access)
-        try:
-            found = cls.open(url, scope, access=access)
-        except NotFoundError:
-            made = new_namespace(scope, source.schema).values(records_ns=source.ns)
-            with contextlib.suppress(IntegrityError), begin(source.engine) as conn:
-                conn.execute(made)  # a concurrent worker may make it first: the same row
-            found = cls.open(url, scope, access=access)
+        found = cls.open(url, scope, access=access, schema=source.schema, reads=source.ns)
         if found.ns != source.ns:
             raise PreconditionError(
                 f"{scope} holds records of its own, not those of {records_of}; name another version"
