@@ -5,7 +5,6 @@ on a real Temporal dev server with real FAISS and hnswlib."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import threading
@@ -20,6 +19,9 @@ from sqlalchemy import text
 from temporalio.client import Client
 
 from tests.conftest import Sandbox, running_worker, shadow_all, vecmigrate
+from tests.index_kinds import every_artifact_kind
+from tests.test_validation import copy_and_build, validate
+from tests.test_workflow import wait_for
 from vecmigrate.catalog.engines import engine_for
 from vecmigrate.config import sqlite_url
 from vecmigrate.control.client import MigrationClient
@@ -267,10 +269,7 @@ async def test_a_rollback_after_the_cut_over_keeps_every_write_in_the_old_versio
     async with running_worker(client, sandbox) as queue:
         mc = MigrationClient(client, queue)
         mid = await mc.start(spec)
-        deadline = time.monotonic() + 120
-        while (await mc.status(mid)).phase != Phase.BAKING:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.2)
+        await wait_for(mc, mid, lambda st: st.phase == Phase.BAKING, timeout=120)
         router = Router(sandbox.catalog, refresh_seconds=0)
         try:
             new = vectors[:1] + 100.0
@@ -360,3 +359,23 @@ def test_plan_says_nothing_is_copied_and_refuses_what_cannot_share(
     refused = vecmigrate("plan", "--catalog", sandbox.catalog.url, "--json", str(path))
     assert refused.returncode != 0
     assert "records: shared, but target.store is pgvector" in refused.stderr + refused.stdout
+
+
+@pytest.mark.parametrize(
+    "index",
+    every_artifact_kind(nlist=8, nprobe=8, pq_m=4, pq_nbits=4),
+    ids=lambda index: index.kind,
+)
+def test_every_artifact_index_kind_is_built_over_shared_records(
+    sandbox: Sandbox, index: Any
+) -> None:
+    sandbox.seed(1500)
+    target = sandbox.version("v2", index.model_dump(mode="json"))
+    spec = sandbox.spec(records="shared", target=target.model_dump(mode="json"))
+    prep, index_id = copy_and_build(sandbox, spec)
+    assert sandbox.catalog.get_index(index_id).artifacts
+    report = validate(sandbox, spec, prep, index_id)
+    verdicts = {v.name: v for v in report.verdicts}
+    assert verdicts["count_parity"].passed
+    assert verdicts["checksum_parity"].passed
+    assert _rows(sandbox.store.url or "") == (1500, 2)  # one set of records, nothing copied
