@@ -742,7 +742,8 @@ def _log_applier(catalog: Catalog, spec: MigrationSpec) -> Callable[[Changes], N
     target = open_target(spec)
     _, transform = make_transform(spec.source.embedding, spec.target.embedding)
     reembed = Reembedder.for_spec(catalog, spec) if spec.model_change else None
-    shared = same_records(open_source(spec), target)
+    # Only a target that can share records makes the source worth opening to tell.
+    shared = records_at(target) is not None and same_records(open_source(spec), target)
 
     def apply(changes: Changes) -> None:
         if shared:  # every logged write is already in the records both versions read
