@@ -26,6 +26,7 @@ from vecmigrate.model.lifecycle import (
     Phase,
     Situation,
     Strategy,
+    builds_while_copying,
     check_transition,
     describe,
     figures,
@@ -323,3 +324,29 @@ def test_the_copy_rate_is_the_copys_while_builds_go_on() -> None:
     st_.estimate()
     assert st_.rate == 200.0
     assert st_.eta_seconds == 0.0
+
+
+@pytest.mark.parametrize(
+    ("strategy", "beside"),
+    [("blue_green", True), ("offline", True), ("online", False), ("shadow_only", False)],
+)
+def test_a_copys_exact_search_leaves_the_cores_to_the_builds_that_run_beside_it(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, strategy: str, beside: bool
+) -> None:
+    """Where each shard's index is built as its copy ends, the next copies run beside builds
+    that take every core given them: the copy's streamed search then runs on one thread (two
+    OpenMP threads spinning beside a build slowed both). Elsewhere the shard's share of the
+    cores less the one the copy's own reads and writes take. A database's own index is built
+    once, after the copy: nothing runs beside it."""
+    from vecmigrate.activities.migration import MigrationActivities
+    from vecmigrate.model.spec import PgvectorHnsw
+
+    cores = set(range(16))
+    monkeypatch.setattr("vecmigrate.indexes.artifacts.os.sched_getaffinity", lambda _: cores)
+    spec = sandbox.spec(strategy=strategy, max_parallel_shards=2)
+    acts = MigrationActivities(sandbox.catalog.url, slots=4)
+    assert builds_while_copying(spec) is beside
+    assert acts._copy_search_threads(spec) == (1 if beside else 16 // 2 - 1)
+    target = spec.target.model_copy(update={"index": PgvectorHnsw()})
+    native = spec.model_copy(update={"target": target})
+    assert not builds_while_copying(native)

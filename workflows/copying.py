@@ -15,9 +15,8 @@ from temporalio import workflow
 from vecmigrate.workflows.core import MigrationCore
 
 with workflow.unsafe.imports_passed_through():
-    from vecmigrate.model.lifecycle import Message, Phase
+    from vecmigrate.model.lifecycle import Message, Phase, builds_while_copying
     from vecmigrate.model.messages import ThrottleRequest
-    from vecmigrate.model.spec import is_native
     from vecmigrate.model.status import MigrationInput
     from vecmigrate.model.tasks import (
         CatchUpInput,
@@ -113,12 +112,7 @@ class Copying(MigrationCore):
         Migrations started before this existed keep building after the backfill (the patch
         marker keeps their replay deterministic).
         """
-        follows = self._strategy.after(Phase.BACKFILLING) == Phase.BUILDING_INDEX
-        return (
-            follows
-            and not is_native(self._spec.target.index)
-            and workflow.patched("build-while-copying")
-        )
+        return builds_while_copying(self._spec) and workflow.patched("build-while-copying")
 
     async def _copy(self, shard: ShardRef) -> None:
         progress = self._by_shard[shard.index]

@@ -462,18 +462,28 @@ def _why_not(strategy: Strategy, message: Message, phase: Phase) -> str:
     return f"{message} means nothing in {phase} of a {strategy.name} migration"
 
 
+def builds_while_copying(spec: MigrationSpec) -> bool:
+    """Whether each shard's index is built as soon as its copy is done, beside the copies of
+    the shards after it: where the build comes right after the backfill (no catch-up between
+    them to change the target) and builds per shard (a database's own index is built once,
+    over everything)."""
+    from vecmigrate.model.spec import is_native
+
+    strategy = LIFECYCLE[spec.strategy]
+    return (
+        not is_native(spec.target.index)
+        and strategy.has(Phase.BACKFILLING)
+        and strategy.after(Phase.BACKFILLING) == Phase.BUILDING_INDEX
+    )
+
+
 def figures(spec: MigrationSpec, total: int | None = None) -> dict[str, Any]:
     """The spec's figures the steps' sentences name; ``total`` vectors when known."""
     from vecmigrate.model.spec import is_native
 
     gates, online, cut = spec.gates, spec.online, spec.cutover
-    strategy = LIFECYCLE[spec.strategy]
     native = is_native(spec.target.index)
-    during_copy = (
-        not native
-        and strategy.has(Phase.BACKFILLING)
-        and strategy.after(Phase.BACKFILLING) == Phase.BUILDING_INDEX
-    )
+    during_copy = builds_while_copying(spec)
     if cut.mode == "manual":
         cutover = "wait for approve_cutover (manual)"
     else:
