@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 from sqlalchemy import text
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHistory
 
 from tests.conftest import Sandbox, running_worker, shadow_all, vecmigrate
 from tests.index_kinds import every_artifact_kind
@@ -29,7 +29,7 @@ from vecmigrate.data.backfill import open_source, open_target, prepare
 from vecmigrate.data.footprint import footprint, storage_estimate
 from vecmigrate.data.retention import prune_version
 from vecmigrate.errors import NotFoundError, PreconditionError, SpecError
-from vecmigrate.model.lifecycle import Phase
+from vecmigrate.model.lifecycle import Phase, builds_while_copying
 from vecmigrate.model.spec import PgvectorStoreRef, parse_spec
 from vecmigrate.serving.router import Router
 from vecmigrate.stores import Scope, share_store
@@ -177,6 +177,23 @@ class Traffic:
             self.error = exc
 
 
+def _order(history: WorkflowHistory) -> list[str]:
+    """The shard copies' and builds' activities scheduled and completed, in history order."""
+    named: dict[int, str] = {}
+    seen: list[str] = []
+    for event in history.events:
+        if event.HasField("activity_task_scheduled_event_attributes"):
+            name = event.activity_task_scheduled_event_attributes.activity_type.name
+            if name in ("copy_shard", "build_shard_index"):
+                named[event.event_id] = name
+                seen.append(f"scheduled {name}")
+        elif event.HasField("activity_task_completed_event_attributes"):
+            done = named.get(event.activity_task_completed_event_attributes.scheduled_event_id)
+            if done is not None:
+                seen.append(f"completed {done}")
+    return seen
+
+
 def _shared_spec(sandbox: Sandbox, strategy: str) -> Any:
     over: dict[str, Any] = {"strategy": strategy, "records": "shared"}
     if strategy in ("online", "shadow_only"):
@@ -202,9 +219,14 @@ async def test_an_index_only_migration_copies_nothing_and_loses_no_write(
     async with running_worker(client, sandbox) as queue:
         mc = MigrationClient(client, queue)
         with traffic if writes else contextlib.nullcontext():
-            final = await mc.result(await mc.start(spec), timeout=300)
+            mid = await mc.start(spec)
+            final = await mc.result(mid, timeout=300)
+        history = await mc.handle(mid).fetch_history()
     assert traffic.error is None, traffic.error
     assert final.phase == Phase.COMPLETED, final.error
+    if builds_while_copying(spec):
+        # The first shard's build starts beside its pass, not after it.
+        assert _order(history)[:2] == ["scheduled copy_shard", "scheduled build_shard_index"]
     assert final.gates is not None
     assert final.gates.passed
     # Nothing was copied: one set of records, read by both versions.

@@ -66,13 +66,34 @@ class Copying(MigrationCore):
         await self._index_position()
         parallel = self._spec.max_parallel_shards
         copies, builds = asyncio.Semaphore(parallel), asyncio.Semaphore(parallel)
+        # Records shared (``records: shared``): the build reads records that are already where
+        # it reads them, so it starts beside the shard's pass (which reads and checks them and
+        # writes nothing) instead of after it.
+        beside = self._spec.records == "shared" and workflow.patched("shared-build-beside-pass")
 
-        async def copy_then_build(shard: ShardRef) -> None:
-            if self._by_shard[shard.index].state in ("pending", "copying"):
-                async with copies:
-                    await self._copy(shard)
+        async def copy(shard: ShardRef) -> None:
+            async with copies:
+                await self._copy(shard)
+
+        async def build(shard: ShardRef) -> None:
             async with builds:
                 await self._build(shard)
+
+        async def copy_then_build(shard: ShardRef) -> None:
+            progress = self._by_shard[shard.index]
+            if progress.state not in ("pending", "copying"):
+                await build(shard)
+            elif beside:
+                both = [asyncio.ensure_future(copy(shard)), asyncio.ensure_future(build(shard))]
+                try:
+                    await asyncio.gather(*both)
+                finally:
+                    for task in both:
+                        task.cancel()  # the other one, when one failed
+                progress.state = "indexed"  # whichever of the two ended last
+            else:
+                await copy(shard)
+                await build(shard)
 
         await self._for_each_shard(
             self._shards_not_in({"pending", "copying", "copied", "indexing"}),

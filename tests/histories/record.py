@@ -19,6 +19,9 @@ with change capture (the ``pg-capture`` patch) on a PostgreSQL server the record
 barrier compares the regions' copies (the ``region-divergence`` patch) before the cut-over.
 ``blue_green_stable_aborted``: a stable name (a Qdrant alias) and an abort during the bake
 (the ``abort-stable-name`` patch).
+``blue_green_shared_records``: a migration that changes the index alone (``records: shared``),
+each shard built after its pass; ``blue_green_shared_beside`` the same, recorded by the release
+that starts each shard's build beside its pass (the ``shared-build-beside-pass`` patch).
 ``online_tuned``: an online migration with ``online.tuning`` set (candidates tried on mirrored
 reads during SHADOWING, the cheapest meeting the gates chosen and recorded).
 """
@@ -172,6 +175,22 @@ async def record_build_while_copying(env: WorkflowEnvironment, name: str) -> Non
     )
     final, history = await completed(env, sandbox, spec)
     assert final.index_log_position is not None, "the shards were not built during the copy"
+    save(name, history)
+
+
+async def record_shared_records(env: WorkflowEnvironment, name: str) -> None:
+    """A blue-green migration that changes the index alone (``records: shared``): the target
+    reads the source's records, each shard's pass reads and checks them and writes nothing."""
+    sandbox = fresh_sandbox(name)
+    sandbox.seed(3000)
+    spec = sandbox.spec(
+        records="shared",
+        shards={"count": 4},
+        max_parallel_shards=1,
+        cutover={"mode": "automatic", "bake_seconds": 0.2},
+    )
+    final, history = await completed(env, sandbox, spec)
+    assert final.index_log_position is not None, "the shards were not built during the pass"
     save(name, history)
 
 
@@ -538,6 +557,8 @@ RECORDERS: dict[str, Callable[[WorkflowEnvironment, str], Awaitable[None]]] = {
     "online_capture": record_online_capture,
     "online_stable_capture": record_online_stable_capture,
     "blue_green_build_while_copying": record_build_while_copying,
+    "blue_green_shared_records": record_shared_records,
+    "blue_green_shared_beside": record_shared_records,
     "blue_green_roles": record_roles,
     "compaction_completed": record_compaction,
     "online_reconciled": record_reconciled,
