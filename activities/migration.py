@@ -55,7 +55,7 @@ from vecmigrate.model.divergence import (
     ShardDigest,
 )
 from vecmigrate.model.gates import ShardCheck, ShardReconcile
-from vecmigrate.model.lifecycle import TERMINAL, builds_while_copying
+from vecmigrate.model.lifecycle import TERMINAL
 from vecmigrate.model.routing import RoutingView
 from vecmigrate.model.schedule import Firing, ResolveFiringInput
 from vecmigrate.model.spec import MigrationSpec
@@ -291,7 +291,7 @@ class MigrationActivities:
                 # The copy streams the shard's check (profiles, the gate's exact search): the
                 # search runs in FAISS (its threads set on the thread that runs it: libgomp
                 # keeps the count per thread).
-                set_openmp_threads(self._copy_search_threads(spec))
+                set_openmp_threads(backfill.copy_search_threads(spec, self.slots))
                 return backfill.copy_shard(
                     spec,
                     inp.shard,
@@ -538,20 +538,6 @@ class MigrationActivities:
         """Threads for one shard's build or check: the cores split among the shards the
         migration works on at once."""
         return cpu_share(min(spec.max_parallel_shards, self.slots))
-
-    def _copy_search_threads(self, spec: MigrationSpec) -> int:
-        """Threads for the exact search a shard's copy streams: one where the shards' index
-        builds run beside the copies (they take the cores), else the shard's share less the
-        core the copy's own reads and writes take, at least one.
-
-        FAISS's OpenMP threads wait for each other by spinning: two of them beside a build's
-        two threads on two cores ran a copy's search of 1,000 queries over 250,000 x 128 in
-        3.2-3.9 s instead of 0.8-0.9 s on one thread, and the build took 1.5-2.5 s longer (in
-        20 s) where one thread cost it 0.3 s at most.
-        """
-        if builds_while_copying(spec):
-            return 1
-        return max(1, self._share(spec) - 1)
 
     def _checks(self, spec: MigrationSpec, round_: int) -> list[ShardCheck]:
         """The shard profiles of validation round ``round_`` from the shard journal."""

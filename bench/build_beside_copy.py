@@ -10,7 +10,7 @@ code). This runs one hnswlib build of ``--vectors`` vectors on every core, alone
 fold over as many other vectors (``--queries`` queries, batches of ``--batch-size``) with 1
 and with 2 OpenMP threads, the order rotating from pair to pair, and prints each build's time
 over the build alone in the same pair, and the search's own time. The copy activity gives its
-search one thread where builds run beside it (``MigrationActivities._copy_search_threads``).
+search one thread where builds run beside it (``vecmigrate.data.backfill.copy_search_threads``).
 """
 
 from __future__ import annotations

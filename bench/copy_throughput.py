@@ -48,10 +48,10 @@ from bench.common import (
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.catalog.journal import Journal
 from vecmigrate.config import sqlite_url
-from vecmigrate.data.backfill import copy_shard, prepare
+from vecmigrate.data.backfill import copy_search_threads, copy_shard, prepare
 from vecmigrate.data.datasets import clustered
 from vecmigrate.data.seed import seed_collection, sequential_ids
-from vecmigrate.indexes.artifacts import cpu_share, set_openmp_threads
+from vecmigrate.indexes.artifacts import set_openmp_threads
 from vecmigrate.model.spec import BuiltinStoreRef, parse_spec
 from vecmigrate.testing.chaos import builtin_version
 from vecmigrate.validation import stream
@@ -90,9 +90,8 @@ def seeded_copy(
 
     def copy() -> float:
         # FAISS's threads for the streamed exact search, as the copy activity sets them on a
-        # worker of the default concurrency (4 activities): the cores split among the shards
-        # the spec copies at once (one each on two cores).
-        set_openmp_threads(cpu_share(min(spec.max_parallel_shards, 4)))
+        # worker of the default concurrency (4 activities).
+        set_openmp_threads(copy_search_threads(spec, 4))
         began = time.perf_counter()
         for shard in prep.shards:
             watch = partial(stream.open_stream, journal, spec, shard) if checks else None

@@ -338,15 +338,14 @@ def test_a_copys_exact_search_leaves_the_cores_to_the_builds_that_run_beside_it(
     OpenMP threads spinning beside a build slowed both). Elsewhere the shard's share of the
     cores less the one the copy's own reads and writes take. A database's own index is built
     once, after the copy: nothing runs beside it."""
-    from vecmigrate.activities.migration import MigrationActivities
+    from vecmigrate.data.backfill import copy_search_threads
     from vecmigrate.model.spec import PgvectorHnsw
 
     cores = set(range(16))
     monkeypatch.setattr("vecmigrate.indexes.artifacts.os.sched_getaffinity", lambda _: cores)
     spec = sandbox.spec(strategy=strategy, max_parallel_shards=2)
-    acts = MigrationActivities(sandbox.catalog.url, slots=4)
     assert builds_while_copying(spec) is beside
-    assert acts._copy_search_threads(spec) == (1 if beside else 16 // 2 - 1)
+    assert copy_search_threads(spec, 4) == (1 if beside else 16 // 2 - 1)
     target = spec.target.model_copy(update={"index": PgvectorHnsw()})
     native = spec.model_copy(update={"target": target})
     assert not builds_while_copying(native)

@@ -28,8 +28,10 @@ from vecmigrate.data.transforms import Transform, make_transform
 from vecmigrate.embedding.reembed import Reembedder, fit_transition, untexted
 from vecmigrate.embedding.registry import Registry, model_key
 from vecmigrate.errors import DataError, NotFoundError, PreconditionError, VecmigrateError
+from vecmigrate.indexes.artifacts import cpu_share
 from vecmigrate.indexes.build import artifact_dir, register_version
 from vecmigrate.indexes.sizes import index_spec
+from vecmigrate.model.lifecycle import builds_while_copying
 from vecmigrate.model.spec import FaissIvfFlat, FaissIvfPq, MigrationSpec, canonical, named
 from vecmigrate.model.tasks import (
     CatchUpResult,
@@ -568,6 +570,21 @@ def _read_ahead(
     if hashed and not batch.exhausted:
         batch.records.hashes()
     return batch
+
+
+def copy_search_threads(spec: MigrationSpec, slots: int) -> int:
+    """FAISS threads for the exact search a shard's copy streams, on a worker that runs
+    ``slots`` activities at once: one where the shards' index builds run beside the copies
+    (they take the cores), else the shard's share of the cores less the one the copy's own
+    reads and writes take, at least one.
+
+    FAISS's OpenMP threads wait for each other by spinning: two of them beside a build's two
+    threads on two cores took 4.7 times as long as one and slowed the build by 9.5 % where one
+    slowed it by 1.4 % (``bench/build_beside_copy.py``).
+    """
+    if builds_while_copying(spec):
+        return 1
+    return max(1, cpu_share(min(spec.max_parallel_shards, slots)) - 1)
 
 
 def copy_shard(
