@@ -165,32 +165,19 @@ async def record_blue_green(env: WorkflowEnvironment, name: str) -> None:
 
 
 async def record_build_while_copying(env: WorkflowEnvironment, name: str) -> None:
-    """A blue-green migration that builds each shard's index while the next shard copies."""
+    """A blue-green migration that builds each shard's index while the next shard copies; in
+    the ``shared`` ones it changes the index alone (``records: shared``): the target reads the
+    source's records, and each shard's pass reads and checks them and writes nothing."""
     sandbox = fresh_sandbox(name)
     sandbox.seed(3000)
     spec = sandbox.spec(
         shards={"count": 4},
         max_parallel_shards=1,
         cutover={"mode": "automatic", "bake_seconds": 0.2},
+        **({"records": "shared"} if "shared" in name else {}),
     )
     final, history = await completed(env, sandbox, spec)
     assert final.index_log_position is not None, "the shards were not built during the copy"
-    save(name, history)
-
-
-async def record_shared_records(env: WorkflowEnvironment, name: str) -> None:
-    """A blue-green migration that changes the index alone (``records: shared``): the target
-    reads the source's records, each shard's pass reads and checks them and writes nothing."""
-    sandbox = fresh_sandbox(name)
-    sandbox.seed(3000)
-    spec = sandbox.spec(
-        records="shared",
-        shards={"count": 4},
-        max_parallel_shards=1,
-        cutover={"mode": "automatic", "bake_seconds": 0.2},
-    )
-    final, history = await completed(env, sandbox, spec)
-    assert final.index_log_position is not None, "the shards were not built during the pass"
     save(name, history)
 
 
@@ -557,8 +544,8 @@ RECORDERS: dict[str, Callable[[WorkflowEnvironment, str], Awaitable[None]]] = {
     "online_capture": record_online_capture,
     "online_stable_capture": record_online_stable_capture,
     "blue_green_build_while_copying": record_build_while_copying,
-    "blue_green_shared_records": record_shared_records,
-    "blue_green_shared_beside": record_shared_records,
+    "blue_green_shared_records": record_build_while_copying,
+    "blue_green_shared_beside": record_build_while_copying,
     "blue_green_roles": record_roles,
     "compaction_completed": record_compaction,
     "online_reconciled": record_reconciled,
