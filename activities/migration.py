@@ -528,9 +528,12 @@ class MigrationActivities:
         return self._data_state(self.spec(inp))
 
     def _data_state(self, spec: MigrationSpec) -> str:
-        """Counts of both versions and the change-log head: what a gate measured, cheaply."""
-        source = backfill.open_source(spec).count(WHOLE)
-        target = backfill.open_target(spec).count(WHOLE)
+        """Counts of both versions and the change-log head: what a gate measured, cheaply.
+        Versions that read the same records (``records: shared``) are counted once."""
+        source_store, target_store = backfill.open_source(spec), backfill.open_target(spec)
+        source = source_store.count(WHOLE)
+        shared = backfill.same_records(source_store, target_store)
+        target = source if shared else target_store.count(WHOLE)
         head = ChangeLog(self.catalog).head(spec.tenant, spec.collection)
         return f"source {source}, target {target}, change log at {head}"
 

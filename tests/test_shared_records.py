@@ -401,3 +401,34 @@ def test_every_artifact_index_kind_is_built_over_shared_records(
     assert verdicts["count_parity"].passed
     assert verdicts["checksum_parity"].passed
     assert _rows(sandbox.store.url or "") == (1500, 2)  # one set of records, nothing copied
+
+
+def test_the_state_a_gate_measured_counts_shared_records_once(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a gate measured is told by both versions' counts; versions that read one set of
+    records are counted once (a count of every record: 0.19 s at 1M on SQLite)."""
+    from vecmigrate.activities.migration import MigrationActivities
+
+    sandbox.seed(500)
+    acts = MigrationActivities(sandbox.catalog.url)
+    counted: list[int] = []
+    real = BuiltinStore.count
+
+    def count(store: BuiltinStore, *args: Any, **kwargs: Any) -> int:
+        counted.append(1)
+        return real(store, *args, **kwargs)
+
+    monkeypatch.setattr(BuiltinStore, "count", count)
+    for records, name, counts in (("copy", "v2", 2), ("shared", "v3", 1)):
+        target_index = {"kind": "hnswlib_hnsw", "m": 16, "ef_search": 64}
+        spec = sandbox.spec(
+            records=records, target=sandbox.version(name, target_index).model_dump(mode="json")
+        )
+        prepare(sandbox.catalog, spec, "test")
+        open_target(spec)
+        counted.clear()
+        state = acts._data_state(spec)
+        target = 500 if records == "shared" else 0
+        assert state.startswith(f"source 500, target {target}, change log at "), state
+        assert len(counted) == counts
