@@ -473,8 +473,8 @@ class MigrationActivities:
     def validate(self, inp: ValidateInput) -> ValidateResult:
         began = time.monotonic()
         spec = self.spec(inp)
-        before = self._data_state(spec)
         source, target = backfill.open_source(spec), backfill.open_target(spec)
+        before = self._data_state(spec, source, target)
         checks = inp.checks or self._checks(spec, inp.round)
         set_openmp_threads(cpu_share(1))  # the figures run alone, after every shard check
         with _keepalive(spec):
@@ -525,17 +525,18 @@ class MigrationActivities:
     @activity.defn(name="data_state")
     @_boundary
     def data_state(self, inp: DataStateInput) -> str:
-        return self._data_state(self.spec(inp))
+        spec = self.spec(inp)
+        return self._data_state(spec, backfill.open_source(spec), backfill.open_target(spec))
 
-    def _data_state(self, spec: MigrationSpec) -> str:
+    def _data_state(self, spec: MigrationSpec, source: VectorStore, target: VectorStore) -> str:
         """Counts of both versions and the change-log head: what a gate measured, cheaply.
         Versions that read the same records (``records: shared``) are counted once."""
-        source_store, target_store = backfill.open_source(spec), backfill.open_target(spec)
-        source = source_store.count(WHOLE)
-        shared = backfill.same_records(source_store, target_store)
-        target = source if shared else target_store.count(WHOLE)
+        held = source.count(WHOLE)
+        shared = backfill.same_records(source, target)
         head = ChangeLog(self.catalog).head(spec.tenant, spec.collection)
-        return f"source {source}, target {target}, change log at {head}"
+        return (
+            f"source {held}, target {held if shared else target.count(WHOLE)}, change log at {head}"
+        )
 
     def _share(self, spec: MigrationSpec) -> int:
         """Threads for one shard's build or check: the cores split among the shards the

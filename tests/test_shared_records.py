@@ -426,9 +426,9 @@ def test_the_state_a_gate_measured_counts_shared_records_once(
             records=records, target=sandbox.version(name, target_index).model_dump(mode="json")
         )
         prepare(sandbox.catalog, spec, "test")
-        open_target(spec)
+        stores = open_source(spec), open_target(spec)
         counted.clear()
-        state = acts._data_state(spec)
+        state = acts._data_state(spec, *stores)
         target = 500 if records == "shared" else 0
         assert state.startswith(f"source 500, target {target}, change log at "), state
         assert len(counted) == counts
