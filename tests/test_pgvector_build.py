@@ -152,8 +152,11 @@ def test_an_invalid_index_left_by_a_timed_out_build_is_dropped_and_built_again(
 
 
 def test_a_cancelled_build_leaves_an_invalid_index_the_next_build_replaces(pg_url: str) -> None:
-    store = filled(pg_url, 8000)
-    spec = PgvectorIvfflat(lists=20, parallel_workers=0)
+    # Enough rows and lists that the build stays in "building index" for many progress reads
+    # (about 1.5 s): with 8,000 rows and 20 lists it lasted some 50 ms, and under the whole
+    # suite's load the reads every 50 ms could miss it, the build ending uncancelled.
+    store = filled(pg_url, 50_000)
+    spec = PgvectorIvfflat(lists=500, parallel_workers=0)
     name = store.index_name(spec, Metric.L2)
 
     class StopError(Exception):
