@@ -407,16 +407,7 @@ class MigrationActivities:
     @_boundary
     def validate_shard(self, inp: ValidateShardInput) -> ShardCheck:
         spec = self.spec(inp)
-        volatile = None
-        if inp.volatile_after is not None:
-            after, log = inp.volatile_after, ChangeLog(self.catalog)
-
-            def volatile() -> Ids:
-                # Writes through the router, and writes to the source made with plain SQL that
-                # were captured but not replayed yet: either side may differ there.
-                logged = log.changed_ids(spec.tenant, spec.collection, after)
-                return np.union1d(logged, capture.captured_ids(spec))
-
+        volatile = None if inp.volatile_after is None else self._changed(spec, inp.volatile_after)
         # A full read of both versions (when the copy's streamed figures cannot stand) pauses
         # between its batches under the spec's latency budget.
         source, target = budget.paced_reads(
@@ -459,14 +450,46 @@ class MigrationActivities:
         repair written twice is the same)."""
         spec = self.spec(inp)
         with _keepalive(spec) as beat:
+            source, target = backfill.open_source(spec), reconcile.open_existing_target(spec)
+            options = reconcile.during_writes(self.catalog, spec)
+            if inp.from_stream:
+                # The copy's streamed figures, when they vouch for the shard, stand for the
+                # full read (written during the migration, from the watermark on, or
+                # captured and not replayed yet: read from both versions).
+                changed = self._changed(spec, inp.volatile_after)
+                compare = reconcile.vectors_comparable(spec.model_change)
+                options["streamed"] = stream.vouch(
+                    self.journal, spec, source, target, changed, compare
+                )
             rec = reconcile.for_migration(
                 self.catalog,
                 spec,
+                source,
+                target,
                 max_records_per_second=inp.max_records_per_second,
                 on_progress=beat,
-                **reconcile.during_writes(self.catalog, spec),
+                **options,
             )
-            return budget.niced(spec, lambda: rec.shard(inp.shard, inp.repair))
+            result = budget.niced(spec, lambda: rec.shard(inp.shard, inp.repair))
+            if result.repaired.total():
+                # Written behind the figures: the shard's checks read it in full from now on.
+                why = f"the reconcile gate repaired {result.repaired.total()} records of the shard"
+                stream.spoil(self.journal, spec, inp.shard.index, why)
+            return result
+
+    def _changed(self, spec: MigrationSpec, after: int | None) -> Callable[[], Ids]:
+        """The records written during the migration: through the router since the change-log
+        position ``after`` (none without one), and to the source with plain SQL, captured
+        and not replayed yet. Either version may differ from the other there."""
+        log = ChangeLog(self.catalog)
+
+        def changed() -> Ids:
+            captured = capture.captured_ids(spec)
+            if after is None:
+                return captured
+            return np.union1d(log.changed_ids(spec.tenant, spec.collection, after), captured)
+
+        return changed
 
     @activity.defn(name="validate")
     @_boundary

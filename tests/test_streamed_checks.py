@@ -522,11 +522,16 @@ async def test_a_migration_through_the_workflow_validates_from_the_stream_unless
         for c in journal.outcomes(spec.migration_id, "check_result").values()
     ]
     assert len(checks) == 3
+    assert final.reconcile is not None
+    assert final.reconcile.passed
+    assert final.reconcile.shards == 3
     if deep:
         assert {c.basis for c in checks} == {"read: gates.deep asks for the full re-read"}
         assert stream.stored_queries(journal, spec) is None
+        assert final.reconcile.streamed == 0
     else:
         assert {c.basis for c in checks} == {"streamed"}
+        assert final.reconcile.streamed == 3  # the reconcile gate read neither version
         stored = stream.stored_queries(journal, spec)
         assert stored is not None
         assert final.gates is not None
@@ -628,6 +633,11 @@ async def test_an_online_migration_with_writes_keeps_the_shards_they_touched_str
     # The records written through the router are left out of the streamed figures by what the
     # copy counted for them: no shard is read in full for them.
     assert [c.basis for c in checks] == ["streamed"] * 4
+    # Nor by the reconcile gate: it reads the records written during the migration from both
+    # versions instead, and they agree.
+    assert final.reconcile is not None
+    assert final.reconcile.passed
+    assert final.reconcile.streamed == 4, final.reconcile
 
 
 async def test_vecmigrate_start_deep_reads_the_shards_in_full(

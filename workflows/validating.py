@@ -239,7 +239,13 @@ class Validating(MigrationCore):
         result = await self._work(
             f"reconcile shard {shard.index}",
             "reconcile_shard",
-            ReconcileShardInput(**self._task(), shard=shard, max_records_per_second=share),
+            ReconcileShardInput(
+                **self._task(),
+                shard=shard,
+                max_records_per_second=share,
+                from_stream=True,
+                volatile_after=st.watermark,
+            ),
             ShardReconcile,
             timedelta(hours=12),
         )

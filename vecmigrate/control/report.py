@@ -215,9 +215,12 @@ def reconcile_table(r: ReconcileReport, shards: list[ShardReconcile] | None = No
     verdict = "passed" if r.passed else "FAILED"
     if not r.done:
         verdict = f"running, {r.shards} shards so far"
+    caption = f"left out: {r.quarantined:,} quarantined, {r.excluded:,} written while compared"
+    if r.streamed:
+        caption += f"; {r.streamed:,} of {r.shards:,} shards from the copy's streamed figures"
     table = Table(
         title=f"reconcile ({verdict}): {r.shards} shards compared by {what}",
-        caption=f"left out: {r.quarantined:,} quarantined, {r.excluded:,} written while compared",
+        caption=caption,
     )
     table.add_column("shard")
     for kind in DIFF_KINDS:

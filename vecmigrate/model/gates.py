@@ -446,6 +446,10 @@ class ShardReconcile(_Model):
     vectors_compared: bool = True
     # True when both versions read the same records (``records: shared``): nothing to compare.
     shared: bool = False
+    # How the shard was compared: "streamed" (the copy's figures of both versions agree and the
+    # stores checked out against them; the records written during the migration read from both),
+    # "read" (both versions read in full), or "read: <why>" (in full, the figures not standing).
+    basis: str = "read"
     seconds: float = 0.0
 
     def left(self) -> DiffCounts:
@@ -473,6 +477,8 @@ class ReconcileReport(_Model):
     vectors_compared: bool = True
     passed: bool = True
     seconds: float = 0.0
+    # Shards compared from the copy's streamed figures rather than by reading both versions.
+    streamed: int = 0
 
     # Whether every shard has been compared (a gate in progress is not judged yet).
     done: bool = False
@@ -494,6 +500,7 @@ class ReconcileReport(_Model):
         self.vectors_compared = self.vectors_compared and result.vectors_compared
         self.passed = not self.left.total()
         self.seconds = round(self.seconds + result.seconds, 3)
+        self.streamed += result.basis == "streamed"
         self.compared.append(result.shard)
 
     @classmethod

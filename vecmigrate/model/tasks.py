@@ -452,3 +452,8 @@ class ReconcileShardInput(SpecTask):
     repair: bool = True
     # Records read per second on this shard (None: as fast as the stores go).
     max_records_per_second: float | None = None
+    # Whether the copy's streamed figures may vouch for the shard, and the change-log position
+    # after which records count as written during the migration (None: no dual-write). A
+    # workflow from before these fields sends neither: every shard is read in full.
+    from_stream: bool = False
+    volatile_after: int | None = None

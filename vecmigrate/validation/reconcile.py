@@ -20,7 +20,7 @@ must then find nothing.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -41,6 +41,7 @@ from vecmigrate.data.backfill import (
 )
 from vecmigrate.data.budget import BudgetPacer
 from vecmigrate.model.gates import DIFF_KINDS, DiffCounts, ShardReconcile
+from vecmigrate.model.records import IdKind
 from vecmigrate.model.spec import MigrationSpec
 from vecmigrate.model.tasks import ShardRef
 from vecmigrate.records.batch import Records
@@ -49,6 +50,7 @@ from vecmigrate.records.ids import id_array, labels
 from vecmigrate.records.screening import screen
 from vecmigrate.records.vectors import Ids
 from vecmigrate.stores import VectorStore, open_store
+from vecmigrate.stores.base import Batch
 
 # The router logs a write, then makes it in each version, one after the other: the change log's
 # head when a pass starts can name a write not yet in both stores (the source read without it,
@@ -170,6 +172,23 @@ class ShardDiff:
         return DiffCounts(**{k: int(getattr(self, k).size) for k in DIFF_KINDS})
 
 
+@dataclass(frozen=True)
+class Vouched:
+    """A shard the copy's streamed figures vouch for (see
+    :func:`vecmigrate.validation.stream.vouch`): the stores checked out against them and both
+    versions' figures agree, but for ``changed``, the shard's records written during the
+    migration (labels), which they leave out; the stores' counts as checked."""
+
+    changed: Ids
+    source_records: int
+    target_records: int
+    quarantined: int
+
+
+# A shard's streamed figures, if they vouch for it, else why not.
+Vouch = Callable[[ShardRef], tuple[Vouched | None, str]]
+
+
 @dataclass
 class Reconciler:
     """Compares (and repairs) ``target`` against ``source`` shard by shard.
@@ -194,17 +213,33 @@ class Reconciler:
     volatile: Callable[[], Ids] | None = None
     settle: Callable[[Ids], object] | None = None
     pacer: BudgetPacer | None = None
+    streamed: Vouch | None = None
     on_progress: Progress | None = None
     sleep: Callable[[float], None] = time.sleep
     clock: Callable[[], float] = time.monotonic
     _throttle: Throttle | None = None
 
-    def _read(self, shard: ShardRef, side: str, pass_: int) -> tuple[_Side, int]:
+    def _batches(self, store: VectorStore, shard: ShardRef, only: Ids | None) -> Iterator[Batch]:
+        """The shard's records in batches: all of them, or those of the labels ``only`` (of a
+        store with integer ids, whose labels are the ids)."""
+        if only is None:
+            yield from store.iter_shard(shard, self.batch_size, read_ahead=True)
+            return
+        if only.size and store.schema.id_kind != IdKind.INT:
+            raise ValueError("records are read by label only from a store of integer ids")
+        for start in range(0, only.size, self.batch_size):
+            chunk = only[start : start + self.batch_size]
+            found = store.fetch_records(id_array(chunk, IdKind.INT))
+            yield Batch(found, None)
+
+    def _read(
+        self, shard: ShardRef, side: str, pass_: int, only: Ids | None = None
+    ) -> tuple[_Side, int]:
         store = self.source if side == "source" else self.target
         out, quarantined, read = _Side(), 0, 0
         if self._throttle is None:
             self._throttle = Throttle(self.clock)
-        for batch in store.iter_shard(shard, self.batch_size, read_ahead=True):
+        for batch in self._batches(store, shard, only):
             records = batch.records
             if side == "source":
                 records, bad = screen(records, self.view.limits)
@@ -236,10 +271,11 @@ class Reconciler:
                 self.sleep(wait)
         return out, quarantined
 
-    def diff(self, shard: ShardRef, pass_: int = 1) -> ShardDiff:
-        """Compare one shard of both sides."""
-        src, quarantined = self._read(shard, "source", pass_)
-        dst, _ = self._read(shard, "target", pass_)
+    def diff(self, shard: ShardRef, pass_: int = 1, only: Ids | None = None) -> ShardDiff:
+        """Compare one shard of both sides (with ``only``, those records of it: labels of a
+        collection of integer ids)."""
+        src, quarantined = self._read(shard, "source", pass_, only)
+        dst, _ = self._read(shard, "target", pass_, only)
         s_lab, s_ids, s_vec, s_pay = src.table()
         t_lab, t_ids, t_vec, t_pay = dst.table()
         common, si, ti = np.intersect1d(s_lab, t_lab, assume_unique=True, return_indices=True)
@@ -323,7 +359,9 @@ class Reconciler:
 
     def shard(self, shard: ShardRef, repair: bool = True) -> ShardReconcile:
         """Compare one shard; with ``repair``, repair what differs and compare it again.
-        Versions that read the same records (``records: shared``) are not read at all."""
+        Versions that read the same records (``records: shared``) are not read at all; a shard
+        the copy's streamed figures vouch for (``streamed``) is compared by reading the records
+        written during the migration alone, and read in full when one of them differs."""
         began = self.clock()
         if same_records(self.source, self.target):
             held = self.target.count(shard)
@@ -335,6 +373,25 @@ class Reconciler:
                 vectors_compared=self.compare_vectors,
                 seconds=round(self.clock() - began, 3),
             )
+        basis = "read"
+        if self.streamed is not None:
+            vouched, why = self.streamed(shard)
+            if vouched is not None:
+                written = self.diff(shard, 1, only=vouched.changed)
+                differ = written.counts().total()
+                if not differ:
+                    return ShardReconcile(
+                        shard=shard.index,
+                        source_records=vouched.source_records,
+                        target_records=vouched.target_records,
+                        quarantined=vouched.quarantined,
+                        excluded=written.excluded,
+                        vectors_compared=self.compare_vectors,
+                        basis="streamed",
+                        seconds=round(self.clock() - began, 3),
+                    )
+                why = f"{differ} records written during the migration differ between the versions"
+            basis = f"read: {why}"
         first = self.diff(shard, 1)
         found = first.counts()
         repaired, again = DiffCounts(), None
@@ -351,6 +408,7 @@ class Reconciler:
             quarantined=first.quarantined,
             excluded=first.excluded,
             vectors_compared=self.compare_vectors,
+            basis=basis,
             seconds=round(self.clock() - began, 3),
         )
 
@@ -397,6 +455,8 @@ def vectors_comparable(model_change: bool) -> bool:
 __all__ = [
     "Reconciler",
     "ShardDiff",
+    "Vouch",
+    "Vouched",
     "for_migration",
     "open_existing_target",
     "vectors_comparable",

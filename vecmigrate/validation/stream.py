@@ -43,8 +43,9 @@ import time
 import uuid
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import faiss
 import numpy as np
@@ -76,6 +77,7 @@ from vecmigrate.records.vectors import (
 from vecmigrate.stores import VectorStore
 from vecmigrate.stores.base import in_shard
 from vecmigrate.validation.profile import ProfileBuilder, record_norms
+from vecmigrate.validation.reconcile import Vouch, Vouched
 from vecmigrate.validation.run import GateQueries, check_shard, fold_truth, gate_queries
 
 # Records of each shard read back from the target and compared with the hash they were written
@@ -783,6 +785,19 @@ def verify(
 _TRIES = 8
 
 
+class Streamed(NamedTuple):
+    """A shard's streamed figures that the stores checked out against (``stream`` None when
+    they did not, ``why`` saying why), with the records of the shard left out of them
+    (``changed``; ``excluded`` of them held by either store) and the stores' counts of the
+    shard when they were checked."""
+
+    stream: ShardStream | None
+    why: str
+    excluded: int = 0
+    changed: Ids = np.empty(0, np.int64)
+    counts: tuple[int, int] = (0, 0)
+
+
 def _streamed(
     journal: Journal,
     spec: MigrationSpec,
@@ -791,15 +806,14 @@ def _streamed(
     shard: ShardRef,
     queries: GateQueries | None,
     volatile: Callable[[], Ids] | None,
-) -> tuple[ShardStream | None, str, int]:
+) -> Streamed:
     """The shard's streamed figures, with the records ``volatile`` names left out (see
-    :func:`leave_out`), once the stores check out against them (:func:`verify`); else why not.
-    Also how many records were left out."""
+    :func:`leave_out`), once the stores check out against them (:func:`verify`); else why not."""
     why = ""
     for _ in range(_TRIES):
         found, why = usable(journal, spec, shard, queries, None)
         if found is None:
-            return None, why, 0
+            return Streamed(None, why)
         mine = np.empty(0, np.int64) if volatile is None else _of_shard(volatile(), shard)
         counts = (source.count(shard), target.count(shard))
         extra, excluded = (0, 0), 0
@@ -810,19 +824,19 @@ def _streamed(
                 journal, spec, source, target, found, mine
             )
             if why:
-                return None, why, 0
+                return Streamed(None, why)
             extra = (source_extra, target_extra)
         why = verify(target, found, counts, *extra)
         if not why:
             # Records written since ``mine`` was read and not caught by the stores' checks
             # are counted as the copy counted them, on both sides: the check is of the stores
             # as it read them.
-            return found, "", excluded
+            return Streamed(found, "", excluded, mine, counts)
         if volatile is None:
             break
         if not mine.size and not _of_shard(volatile(), shard).size:
             break  # nothing of the shard written: the stores differ from the figures
-    return None, why, 0
+    return Streamed(None, why)
 
 
 def shard_check(
@@ -846,7 +860,9 @@ def shard_check(
         # Measured again after a failed gate: whatever was fixed since is seen in full.
         why = "a validation round after a failed gate reads in full"
     else:
-        found, why, excluded = _streamed(journal, spec, source, target, shard, queries, volatile)
+        found, why, excluded, _, _ = _streamed(
+            journal, spec, source, target, shard, queries, volatile
+        )
         if found is not None:
             check = found.check(round(time.monotonic() - began, 3))
             check.excluded = excluded
@@ -855,6 +871,58 @@ def shard_check(
     check = check_shard(spec, source, target, shard, volatile, truth=knn)
     check.basis = f"read: {why}"
     return check, None if knn is None else knn.result()
+
+
+# -- the reconcile gate -------------------------------------------------------------------------
+
+
+def vouch(
+    journal: Journal,
+    spec: MigrationSpec,
+    source: VectorStore,
+    target: VectorStore,
+    changed: Callable[[], Ids],
+    compare_vectors: bool,
+) -> Vouch:
+    """What the reconcile gate asks of each shard before it reads both versions in full: the
+    shard's streamed figures, if they vouch for it (see :class:`~vecmigrate.validation
+    .reconcile.Reconciler`). They do when the stores check out against them as for the shard
+    check (each store's count of the shard and the read-back sample; the records ``changed``
+    names, written since the migration began or captured and not replayed yet, left out of
+    them: see :func:`_streamed`), and when both versions' figures then agree: the same count,
+    id checksum, payload checksum and, when ``compare_vectors``, vector checksum (each a sum of
+    the per-record hashes the full read compares one by one). The records left out are for the
+    reconciler to read from both stores; a shard whose figures do not vouch for it is read in
+    full, as is every shard with ``gates.deep``."""
+    queries = stored_queries(journal, spec) if _searches(spec) else None
+
+    def vouched(shard: ShardRef) -> tuple[Vouched | None, str]:
+        found, why, _, mine, (have, held) = _streamed(
+            journal, spec, source, target, shard, queries, changed
+        )
+        if found is None:
+            return None, why
+        s, t = found.source.result(), found.target.result()
+        fields = ["count", "id_checksum", "payload_checksum"]
+        differ = [
+            f for f in fields + ["checksum"] * compare_vectors if getattr(s, f) != getattr(t, f)
+        ]
+        if differ:
+            return None, f"the copy's figures of the two versions differ ({', '.join(differ)})"
+        quarantined = sum(found.source.left_out.values())
+        return Vouched(mine, have - quarantined, held, quarantined), ""
+
+    return vouched
+
+
+def spoil(journal: Journal, spec: MigrationSpec, shard: int, why: str) -> None:
+    """Mark a shard's streamed figures unusable, saying why (a write the figures did not
+    follow: the reconcile gate's repair); its checks then read it in full."""
+    row = journal.stream(spec.migration_id, shard)
+    if row is not None:
+        journal.set_stream(
+            spec.migration_id, shard, replace(row, state={**row.state, "spoiled": why})
+        )
 
 
 # -- replayed changes ---------------------------------------------------------------------------
