@@ -696,9 +696,11 @@ class GatePolicy(_Model):
     seed: int = 0
     """Seed of the query and distribution samples."""
     deep: bool = False
-    """Read both versions in full after the build for the shard checks (an audit). By default
-    the copy computes each shard's profiles and the recall gate's exact search as it writes,
-    and the checks verify the target by its count and a read-back sample of each shard."""
+    """Read both versions in full for the reconcile gate and the shard checks (an audit). By
+    default the copy computes each shard's profiles and the recall gate's exact search as it
+    writes, and the checks and the reconcile gate verify the target by its count and a
+    read-back sample of each shard (the records written during the migration read from both
+    versions)."""
 
     @property
     def queries(self) -> int:
