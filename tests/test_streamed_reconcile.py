@@ -67,14 +67,16 @@ def test_a_clean_copy_is_reconciled_from_the_stream_as_the_full_read_finds(
     assert all(r.found == DiffCounts() for r in streamed)
 
 
-def test_a_write_that_reached_one_version_alone_is_found_and_repaired(
-    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("lost", [True, False])
+def test_a_write_during_the_migration_is_read_from_both_versions(
+    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, lost: bool
 ) -> None:
     """A record written through the router since the migration began (the change log names
-    it) that the source has and the target lost: its shard's figures leave it out, the record
-    is read from both versions, differs, and the shard is read in full and repaired; the other
-    shards stay streamed. Its figures are then marked unusable: its shard check reads it in
-    full."""
+    it, before the minute a pass leaves out): its shard's figures leave it out and the record
+    is read from both versions. Made in both, the shard stays streamed. Made in the source
+    alone (``lost``, the target's write lost), it differs: the shard is read in full and
+    repaired, the other shards stay streamed, and its figures are marked unusable (its shard
+    check reads it in full)."""
     monkeypatch.setattr(
         reconcile, "volatile_mark", lambda log, tenant, collection: log.head(tenant, collection)
     )
@@ -83,46 +85,28 @@ def test_a_write_that_reached_one_version_alone_is_found_and_repaired(
     after = log.head(spec.tenant, spec.collection)
     for s in shards:
         _copy(acts, spec, s)
-    source = open_source(spec)
-    victim = int(next(iter(source.iter_shard(shards[1], 10))).ids[0])
+    victim = np.array([int(next(iter(open_source(spec).iter_shard(shards[1], 10))).ids[0])])
     new = np.full((1, spec.source.embedding.dimension), 5.0, np.float32)
-    log.append(spec.tenant, spec.collection, "upsert", np.array([victim], np.int64), new)
-    source.upsert(np.array([victim], np.int64), new)  # the target's write was lost
+    log.append(spec.tenant, spec.collection, "upsert", victim, new)
+    for store in [open_source(spec)] + ([] if lost else [open_target(spec)]):
+        store.upsert(victim, new)
 
     results = [_reconcile(acts, spec, s, after=after) for s in shards]
     assert results[0].basis == results[2].basis == "streamed"
+    _, held = open_target(spec).fetch(victim)
+    assert np.array_equal(held, new)
+    if not lost:
+        assert results[1].basis == "streamed"
+        assert all(r.found == DiffCounts() for r in results)
+        return
     assert results[1].basis == (
         "read: 1 records written during the migration differ between the versions"
     )
-    assert results[1].found == DiffCounts(vector=1)
-    assert results[1].repaired == DiffCounts(vector=1)
+    assert results[1].found == results[1].repaired == DiffCounts(vector=1)
     assert results[1].again == DiffCounts()
-    _, held = open_target(spec).fetch(np.array([victim], np.int64))
-    assert np.array_equal(held, new)
     check = _check(acts, spec, shards[1])
     assert check.basis == "read: the reconcile gate repaired 1 records of the shard"
     assert _check(acts, spec, shards[0]).basis == "streamed"
-
-
-def test_the_same_write_in_both_versions_keeps_the_shard_streamed(
-    sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(
-        reconcile, "volatile_mark", lambda log, tenant, collection: log.head(tenant, collection)
-    )
-    acts, spec, shards = _copied(sandbox)
-    log = ChangeLog(sandbox.catalog)
-    after = log.head(spec.tenant, spec.collection)
-    for s in shards:
-        _copy(acts, spec, s)
-    victim = int(next(iter(open_source(spec).iter_shard(shards[0], 10))).ids[0])
-    new = np.full((1, spec.source.embedding.dimension), 5.0, np.float32)
-    log.append(spec.tenant, spec.collection, "upsert", np.array([victim], np.int64), new)
-    for store in (open_source(spec), open_target(spec)):
-        store.upsert(np.array([victim], np.int64), new)
-    results = [_reconcile(acts, spec, s, after=after) for s in shards]
-    assert [r.basis for r in results] == ["streamed"] * 3
-    assert all(r.found == DiffCounts() for r in results)
 
 
 @pytest.mark.parametrize("change", ["deleted", "changed"])
