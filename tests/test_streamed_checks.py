@@ -690,9 +690,9 @@ def test_a_batch_folded_in_while_the_target_writes_gives_the_same_figures(
     sandbox: Sandbox,
 ) -> None:
     """The copy starts folding in each batch (profiles, exact search, read-back sample) before
-    the target's write and waits for it after: the figures persisted are byte for byte those
-    of the fold run in ``add``; a batch added that is not the one folded in ahead is
-    refused."""
+    the target's write and waits for it when the figures are read (persisted with the next
+    cursor), or when the next batch's fold starts: the figures are byte for byte those of the
+    fold run in ``add``; a batch added that is not the one folded in ahead is refused."""
     acts, spec, shards = _all_copied(sandbox)
     queries = stream.stored_queries(acts.journal, spec)
     assert queries is not None
@@ -700,12 +700,15 @@ def test_a_batch_folded_in_while_the_target_writes_gives_the_same_figures(
     shard = shards[0]
     batches = [b.records for b in target.iter_shard(shard, 100)]
     assert len(batches) > 3
-    ahead, inline = (stream.ShardStream(spec, shard, queries) for _ in range(2))
+    ahead, inline, chained = (stream.ShardStream(spec, shard, queries) for _ in range(3))
     for records in batches:
         ahead.before_write(records, Faults(), records)
         ahead.add(records, Faults(), records)
         inline.add(records, Faults(), records)
         assert ahead.row() == inline.row()
+        chained.before_write(records, Faults(), records)  # the fold before waited for here
+        chained.add(records, Faults(), records)
+    assert chained.row() == inline.row()
     truth = ahead.truth()
     assert truth is not None
     assert (truth[1] != -1).all()  # every query found its neighbours

@@ -562,13 +562,15 @@ class Throttle:
 def _read_ahead(
     source: VectorStore, shard: ShardRef, cursor: Cursor, size: int, hashed: bool
 ) -> Batch:
-    """The batch after ``cursor``; ``hashed``, its records' checksum hashes computed too: on
-    the read-ahead thread they cost the copy nothing (numpy lets go of the interpreter), where
-    the copy would compute them after the write (a tenth of a copy of 128-dimension vectors).
-    Not when the copy writes other vectors than it reads (it hashes those)."""
+    """The batch after ``cursor``; ``hashed``, its records' checksum hashes and norms (the
+    streamed shard checks' profiles take them) computed too: on the read-ahead thread they
+    cost the copy nothing (numpy lets go of the interpreter), where the copy would compute
+    them after the write (a tenth of a copy of 128-dimension vectors). Not when the copy
+    writes other vectors than it reads (it computes those)."""
     batch = source.scan(shard, cursor, size)
     if hashed and not batch.exhausted:
         batch.records.hashes()
+        batch.records.norms()
     return batch
 
 

