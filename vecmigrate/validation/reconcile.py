@@ -15,6 +15,12 @@ re-embeds (a new model), vectors cannot be compared with the source's: ids and p
 the result says so (``vectors_compared``). The repair copies the missing and differing records
 again from the source through the copy's own path and deletes the extra ones; a second pass
 must then find nothing.
+
+A migration's reconciler is also handed what the copy streamed (``streamed``, see
+:func:`vecmigrate.validation.stream.vouch`): a shard whose figures vouch for it (the stores
+still match them, both versions' figures agree) is not read in full; only the records written
+during the migration, which the figures leave out, are read from both sides and compared. Any
+difference, or figures that do not vouch, and the shard is read in full as above.
 """
 
 from __future__ import annotations
