@@ -407,7 +407,9 @@ class MigrationActivities:
     @_boundary
     def validate_shard(self, inp: ValidateShardInput) -> ShardCheck:
         spec = self.spec(inp)
-        volatile = None if inp.volatile_after is None else self._changed(spec, inp.volatile_after)
+        volatile = None
+        if inp.volatile_after is not None:
+            volatile = reconcile.changed_since(ChangeLog(self.catalog), spec, inp.volatile_after)
         # A full read of both versions (when the copy's streamed figures cannot stand) pauses
         # between its batches under the spec's latency budget.
         source, target = budget.paced_reads(
@@ -456,7 +458,7 @@ class MigrationActivities:
                 # The copy's streamed figures, when they vouch for the shard, stand for the
                 # full read (written during the migration, from the watermark on, or
                 # captured and not replayed yet: read from both versions).
-                changed = self._changed(spec, inp.volatile_after)
+                changed = reconcile.changed_since(ChangeLog(self.catalog), spec, inp.volatile_after)
                 compare = reconcile.vectors_comparable(spec.model_change)
                 options["streamed"] = stream.vouch(
                     self.journal, spec, source, target, changed, compare
@@ -476,20 +478,6 @@ class MigrationActivities:
                 why = f"the reconcile gate repaired {result.repaired.total()} records of the shard"
                 stream.spoil(self.journal, spec, inp.shard.index, why)
             return result
-
-    def _changed(self, spec: MigrationSpec, after: int | None) -> Callable[[], Ids]:
-        """The records written during the migration: through the router since the change-log
-        position ``after`` (none without one), and to the source with plain SQL, captured
-        and not replayed yet. Either version may differ from the other there."""
-        log = ChangeLog(self.catalog)
-
-        def changed() -> Ids:
-            captured = capture.captured_ids(spec)
-            if after is None:
-                return captured
-            return np.union1d(log.changed_ids(spec.tenant, spec.collection, after), captured)
-
-        return changed
 
     @activity.defn(name="validate")
     @_boundary

@@ -560,17 +560,18 @@ class Throttle:
 
 
 def _read_ahead(
-    source: VectorStore, shard: ShardRef, cursor: Cursor, size: int, hashed: bool
+    source: VectorStore, shard: ShardRef, cursor: Cursor, size: int, hashed: bool, normed: bool
 ) -> Batch:
-    """The batch after ``cursor``; ``hashed``, its records' checksum hashes and norms (the
-    streamed shard checks' profiles take them) computed too: on the read-ahead thread they
-    cost the copy nothing (numpy lets go of the interpreter), where the copy would compute
-    them after the write (a tenth of a copy of 128-dimension vectors). Not when the copy
-    writes other vectors than it reads (it computes those)."""
+    """The batch after ``cursor``; ``hashed``, its records' checksum hashes computed too, and
+    ``normed`` their norms (the streamed shard checks' profiles take them): on the read-ahead
+    thread they cost the copy nothing (numpy lets go of the interpreter), where the copy would
+    compute them after the write (a tenth of a copy of 128-dimension vectors). Neither when
+    the copy writes other vectors than it reads (it computes those)."""
     batch = source.scan(shard, cursor, size)
     if hashed and not batch.exhausted:
         batch.records.hashes()
-        batch.records.norms()
+        if normed:
+            batch.records.norms()
     return batch
 
 
@@ -703,6 +704,7 @@ def copy_shard(
                     batch.next_cursor,
                     spec.batch_size,
                     view.keeps_vectors,
+                    watcher is not None,
                 )
             try:
                 seen, records, faults = view.split(batch.records, batch.faults)

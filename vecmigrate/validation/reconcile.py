@@ -74,6 +74,20 @@ def volatile_mark(
     return log.head(tenant, collection, before=now() - timedelta(seconds=grace))
 
 
+def changed_since(log: ChangeLog, spec: MigrationSpec, after: int | None) -> Callable[[], Ids]:
+    """The records either version may differ in, as of each call: those written through the
+    router after the change-log position ``after`` (none without one) and those written to the
+    source with plain SQL whose capture is not replayed yet."""
+
+    def changed() -> Ids:
+        captured = capture.captured_ids(spec)
+        if after is None:
+            return captured
+        return np.union1d(log.changed_ids(spec.tenant, spec.collection, after), captured)
+
+    return changed
+
+
 def during_writes(catalog: Catalog, spec: MigrationSpec, *, settle: bool = True) -> dict[str, Any]:
     """A reconciler's options for a pass that starts now while the application writes: the
     records written since a minute before it (the change log's, see :func:`volatile_mark`) and
@@ -84,12 +98,7 @@ def during_writes(catalog: Catalog, spec: MigrationSpec, *, settle: bool = True)
     :func:`~vecmigrate.data.backfill.settle_from_log`)."""
     log = ChangeLog(catalog)
     after = volatile_mark(log, spec.tenant, spec.collection)
-
-    def volatile() -> Ids:
-        logged = log.changed_ids(spec.tenant, spec.collection, after)
-        return np.union1d(logged, capture.captured_ids(spec))
-
-    options: dict[str, Any] = {"volatile": volatile}
+    options: dict[str, Any] = {"volatile": changed_since(log, spec, after)}
     if settle:
         options["settle"] = lambda ids: settle_from_log(catalog, spec, log, after, ids)
     return options
@@ -463,6 +472,7 @@ __all__ = [
     "ShardDiff",
     "Vouch",
     "Vouched",
+    "changed_since",
     "for_migration",
     "open_existing_target",
     "vectors_comparable",

@@ -909,9 +909,8 @@ def vouch(
             return None, why
         s, t = found.source.result(), found.target.result()
         fields = ["count", "id_checksum", "payload_checksum"]
-        differ = [
-            f for f in fields + ["checksum"] * compare_vectors if getattr(s, f) != getattr(t, f)
-        ]
+        fields += ["checksum"] if compare_vectors else []
+        differ = [f for f in fields if getattr(s, f) != getattr(t, f)]
         if differ:
             return None, f"the copy's figures of the two versions differ ({', '.join(differ)})"
         quarantined = sum(found.source.left_out.values())
