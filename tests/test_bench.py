@@ -42,6 +42,7 @@ RUNS = {
     "reembed_throughput": ["--records", "1500", "--models", "lsa"],
     "migration_throughput": ["--data", "clustered", "--vectors", "6000", "--dim", "16"],
     "build_rates": ["--vectors", "600", "--dim", "8"],
+    "blas_kernels": ["--vectors", "2000", "--dim", "16", "--rounds", "1"],
     "build_beside_copy": ["--vectors", "2000", "--dim", "8", "--queries", "50", "--repeat", "1"],
     "capacity": ["--vectors", "1000000", "100000000"],
     "milvus_pages": [

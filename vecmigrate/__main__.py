@@ -7,7 +7,11 @@ def run() -> None:
     """The ``vecmigrate`` program. ``serve`` starts from its own module, so that the gateway's
     process imports only what serving needs (see :mod:`vecmigrate.serving.command`). Every other
     command's flags are read before the commands' libraries load, so that ``--help`` and a
-    mistyped flag are answered at once."""
+    mistyped flag are answered at once. Before any of them loads numpy or FAISS, the BLAS kernel
+    is chosen (see :mod:`vecmigrate.blas`)."""
+    from vecmigrate.blas import prefer_core
+
+    prefer_core()
     if sys.argv[1:2] == ["serve"]:
         from vecmigrate.serving.command import run as serve
 

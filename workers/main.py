@@ -19,6 +19,7 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from vecmigrate import blas
 from vecmigrate.activities.compaction import CompactionActivities
 from vecmigrate.activities.migration import MigrationActivities
 from vecmigrate.config import build_threads_default, default_catalog_url
@@ -182,6 +183,8 @@ async def _poll(
                 client.namespace,
                 region or "none",
             )
+            if (kernel := blas.described()) is not None:
+                log.info("OpenBLAS kernel %s", kernel)
             if environment_keyring() is None:
                 log.warning(
                     "no key ring (VECMIGRATE_KEYRING): payloads in Temporal, index artifacts "
