@@ -28,7 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import bar_chart, report, sized_parser
+from bench.common import paired_bar_chart, report, sized_parser
 from vecmigrate.blas import CPUINFO, SWITCH, VARIABLE, Cpu, chosen_core
 
 QUERIES = 1000
@@ -154,13 +154,14 @@ def main() -> None:
             "vecmigrate's choice": options.get("vecmigrate's") or "none (OpenBLAS's own kept)",
             "same neighbours in every process": len(digests) == 1,
         },
-        bar_chart(
-            [f"{r['choice']}\n{r['kernel']}" for r in rows],
-            [r["exact search (s)"] for r in rows],
-            value_label="exact search seconds (median)",
-            title=f"exact search of {QUERIES:,} queries over {args.vectors:,} x {args.dim}",
-            figsize=(7, 3),
-            horizontal=True,
+        paired_bar_chart(
+            [f"{r['choice'].split(' (')[0]}\n{r['kernel']}" for r in rows],
+            {
+                "exact search": [r["exact search (s)"] for r in rows],
+                "k-means": [r["k-means (s)"] for r in rows],
+            },
+            ylabel="seconds (median)",
+            figsize=(7, 3.5),
         ),
         out=args.out,
     )

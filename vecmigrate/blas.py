@@ -4,8 +4,8 @@ FAISS's exact search (the copy's streamed ground truth, the gates' exact search,
 search of records not yet in an index) and its k-means (IVF training) run on BLAS, and the
 faiss-cpu wheels bundle their own OpenBLAS, 0.3.15 (2021). That release does not know AMD's
 Zen 5 (CPU family 26) and falls back to its kernel for the 2007 "Barcelona": on a Zen 5
-machine with AVX-512, the gate's exact search (1,000 queries over 100,000 x 128) took 0.59 s
-with it against 0.22 s with OpenBLAS's AVX-512 kernel ("SkylakeX"); numpy's newer OpenBLAS
+machine with AVX-512, the gate's exact search (1,000 queries over 100,000 x 128) took 0.65 s
+with it against 0.23 s with OpenBLAS's AVX-512 kernel ("SkylakeX"); numpy's newer OpenBLAS
 picks that kernel by itself. OpenBLAS reads ``OPENBLAS_CORETYPE`` once, when it loads, so the
 ``vecmigrate`` program sets it before anything imports numpy or FAISS (:func:`prefer_core`):
 
