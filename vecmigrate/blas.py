@@ -9,10 +9,11 @@ with it against 0.23 s with OpenBLAS's AVX-512 kernel ("SkylakeX"); numpy's newe
 picks that kernel by itself. OpenBLAS reads ``OPENBLAS_CORETYPE`` once, when it loads, so the
 ``vecmigrate`` program sets it before anything imports numpy or FAISS (:func:`prefer_core`):
 
-* only on AMD processors (OpenBLAS 0.3.15 finds its way on Intel's, by their features): with
-  the AVX-512 features OpenBLAS's AVX-512 kernel uses, ``SkylakeX`` (what later OpenBLAS
-  releases choose on Zen 4 and Zen 5 themselves); on a family it does not know (26 and later)
-  without them, ``Haswell`` (AVX2 and FMA);
+* only on AMD processors, where OpenBLAS 0.3.15 chooses by the processor's family and takes
+  Barcelona for one it does not know (elsewhere its choice is kept): with the AVX-512
+  features OpenBLAS's AVX-512 kernel uses, ``SkylakeX`` (what later OpenBLAS releases choose
+  on Zen 4 and Zen 5 themselves); on a family it does not know (26 and later) without them,
+  ``Haswell`` (AVX2 and FMA);
 * never over a value already set: whoever set ``OPENBLAS_CORETYPE`` chose;
 * not at all with ``VECMIGRATE_BLAS_CORE=off``.
 
