@@ -29,7 +29,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import paired_bar_chart, report, sized_parser
-from vecmigrate.blas import CPUINFO, SWITCH, VARIABLE, Cpu, chosen_core
+from vecmigrate.blas import SWITCH, VARIABLE, chosen_core, this_cpu
 
 QUERIES = 1000
 K = 22
@@ -76,14 +76,10 @@ def child(n: int, dim: int) -> dict[str, Any]:
 def choices() -> dict[str, str | None]:
     """The kernels to compare, by who chooses them (None: OpenBLAS's own)."""
     env = {k: v for k, v in os.environ.items() if k not in (VARIABLE, SWITCH)}
-    try:
-        cpu = Cpu.parse(Path(CPUINFO).read_text())
-    except OSError:
-        cpu = None
     out: dict[str, str | None] = {"OpenBLAS's own": None}
     if os.environ.get(VARIABLE):
         out[f"this environment's ({VARIABLE})"] = os.environ[VARIABLE]
-    ours = chosen_core(cpu, env)
+    ours = chosen_core(this_cpu(), env)
     if ours is not None:
         out["vecmigrate's"] = ours
     return out

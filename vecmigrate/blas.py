@@ -11,8 +11,8 @@ picks that kernel by itself. OpenBLAS reads ``OPENBLAS_CORETYPE`` once, when it 
 
 * only on AMD processors, where OpenBLAS 0.3.15 chooses by the processor's family and takes
   Barcelona for one it does not know (elsewhere its choice is kept): with the AVX-512
-  features OpenBLAS's AVX-512 kernel uses, ``SkylakeX`` (what later OpenBLAS releases choose
-  on Zen 4 and Zen 5 themselves); on a family it does not know (26 and later) without them,
+  features OpenBLAS's AVX-512 kernel uses, ``SkylakeX`` (what numpy's OpenBLAS 0.3.31 chose
+  on that Zen 5 itself); on a family it does not know (26 and later) without them,
   ``Haswell`` (AVX2 and FMA);
 * never over a value already set: whoever set ``OPENBLAS_CORETYPE`` chose;
 * not at all with ``VECMIGRATE_BLAS_CORE=off``.
@@ -70,6 +70,15 @@ class Cpu:
             return None
 
 
+def this_cpu(cpuinfo: str = CPUINFO) -> Cpu | None:
+    """This machine's first processor (None where ``cpuinfo`` cannot be read or lacks it)."""
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            return Cpu.parse(f.read())
+    except OSError:
+        return None
+
+
 def chosen_core(cpu: Cpu | None, env: Mapping[str, str]) -> str | None:
     """The OpenBLAS kernel to ask for, or None to leave OpenBLAS its own choice."""
     if cpu is None or VARIABLE in env or env.get(SWITCH, "auto").lower() == "off":
@@ -91,12 +100,7 @@ def prefer_core(
     Call it before numpy or FAISS is imported; later it changes nothing for them.
     """
     env = os.environ if environ is None else environ
-    try:
-        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
-            cpu = Cpu.parse(f.read())
-    except OSError:
-        return None
-    core = chosen_core(cpu, env)
+    core = chosen_core(this_cpu(cpuinfo), env)
     if core is not None:
         env[VARIABLE] = core
         if environ is None:
