@@ -147,6 +147,45 @@ class GatewayProcess:
     """The CA certificate the server's is issued by (with TLS)."""
 
 
+def split_cores(serving: int) -> tuple[set[int], set[int]] | None:
+    """This process's cores split in two: the last ``serving`` for the application's side (its
+    gateway and its clients), the others for the migration's (the worker, the Temporal server,
+    the benchmark's own process); None with ``serving`` 0.
+
+    Raises:
+        SystemExit: the split leaves either side no core, or the platform cannot pin.
+    """
+    if serving <= 0:
+        return None
+    if not hasattr(os, "sched_setaffinity"):
+        raise SystemExit("pinning processes to cores needs Linux (os.sched_setaffinity)")
+    cores = sorted(os.sched_getaffinity(0))
+    if serving >= len(cores):
+        raise SystemExit(
+            f"--serving-cores {serving} leaves no core of this process's {len(cores)} to the "
+            "migration's side"
+        )
+    return set(cores[-serving:]), set(cores[:-serving])
+
+
+@contextmanager
+def pinned(cores: set[int] | None) -> Iterator[None]:
+    """Processes started inside run on ``cores`` (None: wherever the system puts them).
+
+    The calling thread is pinned while inside, and a child process takes its mask from the
+    thread that starts it.
+    """
+    if cores is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cores)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
 @contextmanager
 def gateway_process(
     catalog_url: str,

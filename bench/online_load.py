@@ -11,6 +11,9 @@ checks every acknowledged write and delete against the live version, and writes 
 plot. With ``--budget 1.5`` the spec sets a latency budget (search p99 at most 1.5x idle): the
 table says whether each phase met it, the ratio's 95 % interval and the verdict on it (a
 phase's p99 rests on its few slowest searches), and the lowest pace the budget set in it.
+With ``--serving-cores 1`` the gateway and the clients run on a core of their own and the
+worker, the Temporal server and this process on the others (Linux), so that what the migration
+costs the application is not the cores they share on one machine.
 """
 
 from __future__ import annotations
@@ -32,7 +35,14 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from bench.common import gateway_process, scratch, sized_parser, wide_console
+from bench.common import (
+    gateway_process,
+    pinned,
+    scratch,
+    sized_parser,
+    split_cores,
+    wide_console,
+)
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.catalog.latency import Latencies
 from vecmigrate.config import sqlite_url
@@ -114,11 +124,17 @@ async def main_async(args: argparse.Namespace, console: Console) -> dict[str, ob
         phase["now"] = now
 
     paces: dict[str, float] = {}  # the lowest pace share the budget set, by phase
+    # With --serving-cores, the application's side (the gateway and its clients) and the
+    # migration's (the worker, the Temporal server, this process) on cores of their own, as
+    # when the migration's fleet and the application's servers are different machines.
+    split = split_cores(args.serving_cores)
+    serving_cores, migration_cores = split if split is not None else (None, None)
     # The gateway in a process of its own, as `vecmigrate serve` runs in production (with
     # --secure, with TLS and every request with an API key): in this process it shared the GIL
     # with the drill's Temporal client and its polling.
     serving = ExitStack()
-    gateway = serving.enter_context(gateway_process(catalog_url, home, secure=args.secure))
+    with pinned(serving_cores):
+        gateway = serving.enter_context(gateway_process(catalog_url, home, secure=args.secure))
     # The clients in a process of their own, as they run elsewhere in production: in the
     # gateway's process they took turns with its handlers at the GIL.
     load = LoadProcess(
@@ -133,29 +149,22 @@ async def main_async(args: argparse.Namespace, console: Console) -> dict[str, ob
         cafile=gateway.cafile,
     )
     server = DevServer(home / "temporal.db", port=free_port(), ui_port=free_port(), ui=False)
-    server.start()
+    with pinned(migration_cores):
+        server.start()
     began = time.monotonic()
     # The worker is its own process, as in production: the gateway does not share a GIL with
     # index builds.
-    worker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vecmigrate.workers.main",
-            "--address",
-            server.address,
-            "--task-queue",
-            "bench",
-            "--catalog",
-            catalog_url,
-        ],
-        env={**os.environ, "OMP_NUM_THREADS": "1", "VECMIGRATE_CONCURRENCY": "2"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    with pinned(migration_cores):
+        worker = _start_worker(server.address, catalog_url)
+    if migration_cores is not None:
+        os.sched_setaffinity(0, migration_cores)  # this thread, and the client's threads
     try:
         client = await connect(server.address)
-        load.start()
+        with pinned(serving_cores):
+            load.start()
+        cores = _cores_of(
+            gateway=gateway.pid, clients=load.pid, worker=worker.pid, temporal=server.process
+        )
         await asyncio.sleep(min(3.0, args.idle_seconds / 3))
         enter("IDLE")
         console.log(f"idle baseline for {args.idle_seconds:.0f}s with {args.clients} clients")
@@ -215,9 +224,39 @@ async def main_async(args: argparse.Namespace, console: Console) -> dict[str, ob
         ),
         "budget_last_state": state.line() if state is not None else None,
         "seconds": round(time.monotonic() - began, 1),
+        "serving_cores": None if serving_cores is None else sorted(serving_cores),
+        "migration_cores": None if migration_cores is None else sorted(migration_cores),
+        "cores": cores,
         "phases": rows,
         "timeline": timeline,
     }
+
+
+def _cores_of(**processes: int | subprocess.Popen[bytes] | None) -> dict[str, list[int]]:
+    """The cores each process may run on, as the system has them (Linux; else empty)."""
+    if not hasattr(os, "sched_getaffinity"):
+        return {}
+    pids = {k: p.pid if isinstance(p, subprocess.Popen) else p for k, p in processes.items()}
+    return {k: sorted(os.sched_getaffinity(pid)) for k, pid in pids.items() if pid is not None}
+
+
+def _start_worker(address: str, catalog_url: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "vecmigrate.workers.main",
+            "--address",
+            address,
+            "--task-queue",
+            "bench",
+            "--catalog",
+            catalog_url,
+        ],
+        env={**os.environ, "OMP_NUM_THREADS": "1", "VECMIGRATE_CONCURRENCY": "2"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 async def watch_budget(
@@ -383,6 +422,13 @@ def main() -> None:
         default=None,
         help="latency budget: search p99 at most this times the idle p99 (spec budget)",
     )
+    p.add_argument(
+        "--serving-cores",
+        type=int,
+        default=0,
+        help="pin the gateway and the clients to this many cores of their own, and the worker, "
+        "the Temporal server and this process to the others (Linux; 0: no pinning)",
+    )
     p.add_argument("--home", type=Path, default=None)
     args = p.parse_args()
     console = wide_console()
@@ -406,6 +452,8 @@ def main() -> None:
         "budget_last_state",
         "cutovers",
         "seconds",
+        "serving_cores",
+        "migration_cores",
     ):
         console.print(f"{key:32} {result[key]}")
     args.out.mkdir(parents=True, exist_ok=True)

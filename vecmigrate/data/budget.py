@@ -34,7 +34,7 @@ from typing import Any, TypeVar, cast
 from vecmigrate.catalog.catalog import Catalog
 from vecmigrate.catalog.latency import Latencies, LatencyReading
 from vecmigrate.errors import NotFoundError
-from vecmigrate.indexes.artifacts import carried
+from vecmigrate.indexes.artifacts import carried, usable_cores
 from vecmigrate.model.spec import LatencyBudget, MigrationSpec
 from vecmigrate.model.status import BudgetState
 from vecmigrate.model.tasks import ShardRef
@@ -294,7 +294,7 @@ def build_threads(catalog: Catalog, spec: MigrationSpec, threads: int) -> int:
     pacer.pause(0)  # one reading and one decision, written for the status
     if pacer.share >= 1.0:
         return threads
-    cores = threads or os.cpu_count() or 1
+    cores = threads or usable_cores()
     return max(1, math.floor(cores * pacer.share))
 
 

@@ -101,8 +101,15 @@ def cpu_share(parallel: int) -> int:
     with one thread per build, 7.8 s with two each (OpenMP threads spinning against each
     other) and 4.5 s one build after the other; hnswlib took 16.7-17.6 s whichever way.
     """
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) // max(1, parallel))
+    return max(1, usable_cores() // max(1, parallel))
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its affinity mask where the system has one (a
+    container's cpuset, ``taskset``), else every core."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
 
 
 def set_openmp_threads(threads: int) -> None:

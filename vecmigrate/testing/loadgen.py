@@ -212,6 +212,11 @@ class LoadProcess:
         self._done = threading.Event()
         self._relay = threading.Thread(target=self._hand_over, name="load-phase", daemon=True)
 
+    @property
+    def pid(self) -> int | None:
+        """The clients' process id (None before :meth:`start`)."""
+        return self._proc.pid
+
     def start(self) -> LoadProcess:
         self._set(self.phase())
         self._proc.start()
