@@ -53,7 +53,7 @@ from vecmigrate.data.datasets import clustered
 from vecmigrate.data.seed import seed_collection, sequential_ids
 from vecmigrate.model.lifecycle import LIFECYCLE
 from vecmigrate.model.spec import BuiltinStoreRef, parse_spec
-from vecmigrate.testing.chaos import builtin_version
+from vecmigrate.testing.chaos import builtin_version, worker_command
 from vecmigrate.testing.drill import run_drill
 from vecmigrate.testing.loadgen import (
     SEARCHES,
@@ -157,7 +157,7 @@ async def main_async(args: argparse.Namespace, console: Console) -> dict[str, ob
     with pinned(migration_cores):
         worker = _start_worker(server.address, catalog_url)
     if migration_cores is not None:
-        os.sched_setaffinity(0, migration_cores)  # this thread, and the client's threads
+        os.sched_setaffinity(0, migration_cores)  # this thread and the Temporal client's threads
     try:
         client = await connect(server.address)
         with pinned(serving_cores):
@@ -242,17 +242,7 @@ def _cores_of(**processes: int | subprocess.Popen[bytes] | None) -> dict[str, li
 
 def _start_worker(address: str, catalog_url: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "vecmigrate.workers.main",
-            "--address",
-            address,
-            "--task-queue",
-            "bench",
-            "--catalog",
-            catalog_url,
-        ],
+        worker_command(address, "bench", catalog_url),
         env={**os.environ, "OMP_NUM_THREADS": "1", "VECMIGRATE_CONCURRENCY": "2"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
