@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import socket
 import ssl
 import threading
@@ -22,6 +23,7 @@ import pytest
 from temporalio.client import Client
 
 from tests.conftest import Sandbox, running_worker, shadow_all
+from vecmigrate.config import sqlite_url
 from vecmigrate.control.client import MigrationClient
 from vecmigrate.data import stablename
 from vecmigrate.data.backfill import open_source, open_target
@@ -398,6 +400,49 @@ def test_name_options_are_parsed_and_bad_ones_refused() -> None:
     ]:
         with pytest.raises(ConfigurationError, match=says):
             parse_names(bad)
+
+
+def test_the_gateway_loads_every_routed_collection_before_it_serves(
+    sandbox: Sandbox, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No client waits for a plan or an index to load: a started gateway holds the plan of
+    every collection the catalog routes. A collection whose store cannot be opened is logged
+    and left to its first request; it keeps nothing else from being served. --no-preload loads
+    each collection on its first request instead."""
+    seeded(sandbox)
+    gone = tmp_path / "gone"
+    elsewhere = {"kind": "builtin", "url": sqlite_url(gone / "s.db"), "artifacts": str(gone)}
+    gone.mkdir()
+    sandbox.seed(
+        200,
+        tenant="acme",
+        collection="broken",
+        version=sandbox.version("v1", {"kind": "faiss_flat"}, store=elsewhere),
+    )
+    shutil.rmtree(gone)
+    routed = {("acme", "docs"), ("acme", "other"), ("globex", "docs")}
+    query = np.full(sandbox.dim, 0.1).tolist()
+
+    gateway = Gateway(sandbox.catalog.url, port=0, refresh=60).start()
+    try:
+        assert set(gateway.router.planner.plans) == routed
+        assert "preloading acme/broken failed" in caplog.text
+        with httpx.Client(base_url=gateway.url) as http:
+            found = http.post("/v1/acme/docs/search", json={"vector": query, "k": 3})
+        assert found.status_code == 200, found.text
+        assert len(found.json()["ids"][0]) == 3
+    finally:
+        gateway.stop()
+
+    lazy = Gateway(sandbox.catalog.url, port=0, refresh=60, preload=False).start()
+    try:
+        assert lazy.router.planner.plans == {}
+        with httpx.Client(base_url=lazy.url) as http:
+            found = http.post("/v1/globex/docs/search", json={"vector": query, "k": 3})
+        assert found.status_code == 200, found.text
+        assert set(lazy.router.planner.plans) == {("globex", "docs")}
+    finally:
+        lazy.stop()
 
 
 def test_a_collection_is_served_under_its_stable_name_and_unclear_names_are_refused(

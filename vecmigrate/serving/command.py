@@ -70,6 +70,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "of the catalog's migrations and of `vecmigrate stable-name prepare` are served without "
         "it); repeatable",
     )
+    p.add_argument(
+        "--no-preload",
+        action="store_true",
+        help="load a collection's indexes on its first request rather than before serving "
+        "(a catalog of many collections this gateway never serves)",
+    )
     log_format_flag(p)
 
 
@@ -117,6 +123,7 @@ async def serve(args: argparse.Namespace) -> int:
         max_body=args.max_body,
         read_timeout=args.read_timeout,
         names=names,
+        preload=not args.no_preload,
     )
     auth = "no authentication" if args.no_auth else f"credentials from {args.credentials}"
     err.print(

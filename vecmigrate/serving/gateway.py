@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextvars import copy_context
@@ -584,7 +585,9 @@ class Gateway:
     address of their own (:attr:`metrics_url`). Requests are traced, measured and logged with
     the process's telemetry (``vecmigrate.telemetry.setup.current``, installed before).
     ``names`` maps stable names to (tenant, collection) beside those the catalog knows
-    (``vecmigrate serve --name``).
+    (``vecmigrate serve --name``). ``preload`` (default): load every routed collection's plan
+    and indexes before serving, so that no client's request waits for them; False loads each
+    on its first request (``vecmigrate serve --no-preload``).
 
     ``access_log`` (default ``$VECMIGRATE_GATEWAY_ACCESS_LOG``, else ``errors``): ``errors``
     writes a line for a request answered 4xx or 5xx, or slower than ``slow_ms`` (default
@@ -611,8 +614,10 @@ class Gateway:
         access_log: str | None = None,
         slow_ms: float | None = None,
         names: Mapping[str, tuple[str, str]] | None = None,
+        preload: bool = True,
     ) -> None:
         telemetry = current()
+        self.preload = preload
         access_log = (access_log or os.environ.get(ACCESS_LOG_ENV) or "errors").strip().lower()
         if access_log not in ACCESS_LOGS:
             raise ConfigurationError(
@@ -675,8 +680,19 @@ class Gateway:
         """The address of ``/metrics`` when it has one of its own."""
         return self.metrics_server.url if self.metrics_server is not None else None
 
+    def _preload(self) -> None:
+        if not self.preload:
+            return
+        began = time.monotonic()
+        loaded = self.router.preload()
+        log.info(
+            "loaded the plans of %d collections in %.2f s", len(loaded), time.monotonic() - began
+        )
+
     def start(self) -> Gateway:
-        """Serve on a background thread."""
+        """Serve on a background thread, once every routed collection's plan is loaded (unless
+        ``preload`` is False)."""
+        self._preload()
         if self.metrics_server is not None:
             self.metrics_server.start()
         self.server.start()
@@ -688,6 +704,7 @@ class Gateway:
         The process is the gateway's own: what lives as long as it does (its modules, and
         then each plan's indexes) is frozen out of the garbage collector's full passes, which
         otherwise stopped every request for 100 ms and more (``vecmigrate.serving.heap``)."""
+        self._preload()
         self.router.planner.settle_heap = True
         heap.settle()
         if self.metrics_server is not None:

@@ -137,6 +137,26 @@ class Planner:
                     del self._indexes[index_id]
         retire(unused)
 
+    def preload(self) -> list[tuple[str, str]]:
+        """Make the plan of every collection the catalog routes (its indexes loaded, the change
+        log's writes since applied), so that a collection's first request is served as its
+        later ones are; the collections loaded. One whose plan cannot be made now (its store
+        unreachable, say) is logged and left to its first request, which tries again.
+        """
+        loaded: list[tuple[str, str]] = []
+        for tenant, collection in self.catalog.list_collections():
+            if self._closed:
+                break
+            try:
+                self.refresh(tenant, collection)
+            except NotFoundError:
+                continue  # registered, no routing row yet: nothing serves it
+            except Exception:
+                log.warning("preloading %s/%s failed", tenant, collection, exc_info=True)
+                continue
+            loaded.append((tenant, collection))
+        return loaded
+
     def refresh_due(self) -> float:
         """Refresh every plan ``refresh_seconds`` old (the background thread's turn); the
         seconds until the next one is due."""

@@ -156,6 +156,11 @@ class Router:
 
     # -- plans --------------------------------------------------------------------------------
 
+    def preload(self) -> list[tuple[str, str]]:
+        """Load the plan of every collection the catalog routes now rather than on its first
+        request (see ``Planner.preload``); the collections loaded."""
+        return self.planner.preload()
+
     def routing(self, tenant: str, collection: str) -> RoutingView:
         """The routing row the current plan follows.
 
