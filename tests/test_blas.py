@@ -67,34 +67,52 @@ def test_prefer_core_sets_the_variable_only_when_it_chooses(tmp_path: Path) -> N
     assert env == {}
 
 
+# How each program is started, in a probe: ``vecmigrate`` (the command, every subcommand) and
+# ``python -m vecmigrate.workers.main`` (the worker alone, as its module runs).
+PROGRAMS = {
+    "vecmigrate": "from vecmigrate.__main__ import run\nrun()\n",
+    "python -m vecmigrate.workers.main": (
+        "import runpy\nrunpy.run_module('vecmigrate.workers.main', run_name='__main__')\n"
+    ),
+}
+
+
 @pytest.mark.integration  # a Python process of its own
-def test_the_program_sets_it_before_faiss_loads_its_openblas() -> None:
-    """The ``vecmigrate`` program's entry point chooses before anything imports numpy or FAISS,
-    and FAISS's own OpenBLAS then runs the chosen kernel (on this machine's processor: where
-    nothing is chosen, the variable stays unset)."""
+@pytest.mark.parametrize("program", list(PROGRAMS))
+def test_the_program_sets_it_before_faiss_loads_its_openblas(program: str) -> None:
+    """Each program's entry point chooses before anything imports numpy or FAISS, and FAISS's
+    own OpenBLAS then runs the chosen kernel (on this machine's processor: where nothing is
+    chosen, the variable stays unset)."""
     pytest.importorskip("threadpoolctl")
+    start = "".join(f"    {line}\n" for line in PROGRAMS[program].splitlines())
     probe = (
         "import os, sys, json\n"
-        "sys.argv = ['vecmigrate', '--help']\n"
-        "from vecmigrate.__main__ import run\n"
+        "sys.argv = ['prog', '--help']\n"
+        "import vecmigrate.blas\n"
+        "chosen = []\n"
+        "prefer = vecmigrate.blas.prefer_core\n"
+        "def watched(*a, **k):\n"
+        "    chosen.append('numpy' in sys.modules)\n"
+        "    return prefer(*a, **k)\n"
+        "vecmigrate.blas.prefer_core = watched\n"
         "try:\n"
-        "    run()\n"
+        f"{start}"
         "except SystemExit:\n"
         "    pass\n"
-        "loaded = 'numpy' in sys.modules\n"
+        "first = chosen == [False]\n"
         "import faiss\n"
         "from threadpoolctl import threadpool_info\n"
         "kernels = [lib.get('architecture') for lib in threadpool_info()\n"
         "           if 'faiss' in str(lib.get('filepath'))\n"
         "           and lib.get('internal_api') == 'openblas']\n"
-        "print(json.dumps([os.environ.get('OPENBLAS_CORETYPE'), loaded, kernels]))\n"
+        "print(json.dumps([os.environ.get('OPENBLAS_CORETYPE'), first, kernels]))\n"
     )
     env = {k: v for k, v in os.environ.items() if k not in (VARIABLE, SWITCH)}
     done = subprocess.run(
         [sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True
     )
-    core, numpy_loaded, kernels = json.loads(done.stdout.strip().splitlines()[-1])
+    core, chosen_first, kernels = json.loads(done.stdout.strip().splitlines()[-1])
     assert core == chosen_core(this_cpu(), env)
-    assert not numpy_loaded, "the program imported numpy before choosing the kernel"
+    assert chosen_first, "the program did not choose the kernel before it imported numpy"
     if core is not None and kernels:
         assert kernels == [core]

@@ -5,6 +5,14 @@ Run it with ``vecmigrate worker`` or ``python -m vecmigrate.workers.main``.
 
 from __future__ import annotations
 
+if __name__ == "__main__":
+    # Run as ``python -m vecmigrate.workers.main``: choose the BLAS kernel before anything
+    # below imports numpy or FAISS, as the ``vecmigrate`` program does (``vecmigrate.blas``).
+    # Imported as a library, the program that imports it keeps its own BLAS set-up.
+    from vecmigrate.blas import prefer_core
+
+    prefer_core()
+
 import argparse
 import asyncio
 import contextlib
