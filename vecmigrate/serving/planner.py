@@ -36,6 +36,9 @@ from vecmigrate.validation.tuning import TuningLog
 
 log = logging.getLogger("vecmigrate.router")
 
+# Seconds before the background thread tries again to load a collection it could not.
+RETRY_SECONDS = 60.0
+
 
 @dataclass
 class _Collection:
@@ -72,6 +75,11 @@ class Planner:
         self._upkeep: Upkeep | None = None
         self._closed = False
         self.tuned = Tuned(TuningLog(catalog))
+        # After ``preload``: collections routed later are loaded by the background thread.
+        self.follow_new = False
+        self._looked_for_new = float("-inf")
+        # Collections whose plan could not be made, and when to try again.
+        self._failed: dict[tuple[str, str], float] = {}
 
     def close(self) -> None:
         """Stop the background thread."""
@@ -140,21 +148,38 @@ class Planner:
     def preload(self) -> list[tuple[str, str]]:
         """Make the plan of every collection the catalog routes (its indexes loaded, the change
         log's writes since applied), so that a collection's first request is served as its
-        later ones are; the collections loaded. One whose plan cannot be made now (its store
-        unreachable, say) is logged and left to its first request, which tries again.
+        later ones are; the collections loaded. From then on the background thread loads a
+        collection routed later within ``refresh_seconds`` of its routing row, before its first
+        request if that comes later. One whose plan cannot be made (its store unreachable, say)
+        is logged and tried again after ``RETRY_SECONDS``, or on its first request.
         """
+        self.follow_new = True
+        loaded = self._load_new()
+        self._start_upkeep()
+        return loaded
+
+    def _load_new(self) -> list[tuple[str, str]]:
+        """Make the plans of the routed collections that have none yet (see ``preload``)."""
+        self._looked_for_new = time.monotonic()
         loaded: list[tuple[str, str]] = []
-        for tenant, collection in self.catalog.list_collections():
+        for key in self.catalog.list_collections():
             if self._closed:
                 break
+            if key in self.plans or self._failed.get(key, 0.0) > self._looked_for_new:
+                continue
+            tenant, collection = key
             try:
                 self.refresh(tenant, collection)
             except NotFoundError:
                 continue  # registered, no routing row yet: nothing serves it
             except Exception:
-                log.warning("preloading %s/%s failed", tenant, collection, exc_info=True)
+                if key not in self._failed:
+                    log.warning("loading %s/%s failed", tenant, collection, exc_info=True)
+                self._failed[key] = self._looked_for_new + RETRY_SECONDS
                 continue
-            loaded.append((tenant, collection))
+            if self._failed.pop(key, None) is not None:
+                log.info("loaded %s/%s", tenant, collection)
+            loaded.append(key)
         return loaded
 
     def refresh_due(self) -> float:
@@ -162,6 +187,11 @@ class Planner:
         seconds until the next one is due."""
         now = time.monotonic()
         wait = self.refresh_seconds
+        if self.follow_new and now - self._looked_for_new >= self.refresh_seconds:
+            try:
+                self._load_new()
+            except Exception:  # the catalog unreachable: the next turn looks again
+                log.warning("looking for newly routed collections failed", exc_info=True)
         for tenant, collection in list(self.plans):
             state = self._collection(tenant, collection)
             left = state.refreshed + self.refresh_seconds - now

@@ -158,7 +158,8 @@ class Router:
 
     def preload(self) -> list[tuple[str, str]]:
         """Load the plan of every collection the catalog routes now rather than on its first
-        request (see ``Planner.preload``); the collections loaded."""
+        request, and those routed later in the background (see ``Planner.preload``); the
+        collections loaded."""
         return self.planner.preload()
 
     def routing(self, tenant: str, collection: str) -> RoutingView:

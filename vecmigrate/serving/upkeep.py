@@ -6,6 +6,7 @@ One thread per router, off the request path:
   new plan, built and its indexes loaded before it replaces the old one, which serves meanwhile),
   stages the change log's new entries (other routers' writes) on the indexes it serves, and
   swaps an index for a newer compaction when its overlay keeps records only a compaction folds;
+  after ``preload`` (the gateway's default) it also loads the plan of a collection routed since;
 * in between it applies staged changes to those indexes, a few milliseconds' worth at a time;
   searches kept out of a changing index wait at most a turn, and while some do, the applier
   pauses between turns as long as it worked.
