@@ -15,10 +15,12 @@ While a fast test runs, starting a server or a Python process fails and names th
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -315,17 +317,26 @@ def postgres() -> Iterator[Any]:
     server.cleanup()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Milvus server (standalone, from the ``milvus`` wheel; no Docker) for what
-    milvus-lite does not do (aliases); its URI."""
+    milvus-lite does not do (aliases); its URI.
+
+    One such server runs on a machine at a time: its embedded etcd's peer port (2380) and its
+    pid file are fixed, and a second one waits for them until its start times out. So the test
+    holds a lock that every test process of the machine takes (the suite's workers, another
+    run) while its server runs: one started a test (about 8 s), not one a worker."""
     from milvus import MilvusServer
 
-    server = MilvusServer()
-    server.set_base_dir(str(tmp_path_factory.mktemp("milvus-server")))
-    server.start()
-    yield f"http://127.0.0.1:{server.listen_port}"
-    server.stop()
+    with open(Path(tempfile.gettempdir()) / "vecmigrate-milvus-server.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        server = MilvusServer()
+        server.set_base_dir(str(tmp_path_factory.mktemp("milvus-server")))
+        server.start()
+        try:
+            yield f"http://127.0.0.1:{server.listen_port}"
+        finally:
+            server.stop()
 
 
 def postgres_database(server: Any) -> str:
