@@ -209,6 +209,11 @@ def test_the_kubernetes_deployments_are_production_ready() -> None:
             assert c["readinessProbe"]["httpGet"]["path"] in ("/readyz", "/health"), where
             assert c["livenessProbe"]["httpGet"]["path"] in ("/healthz", "/health"), where
             assert {"cpu", "memory"} <= set(c["resources"]["requests"]), where
+            if d["metadata"]["name"] == "vecmigrate-gateway":
+                # It loads its collections before its API listens: time for that, on /readyz.
+                startup = c["startupProbe"]
+                assert startup["httpGet"] == {"path": "/readyz", "port": "metrics"}, where
+                assert startup["periodSeconds"] * startup["failureThreshold"] >= 300, where
             # Secrets are mounted files, never values in the manifest or the environment.
             for env in c.get("env", []):
                 assert "secretKeyRef" not in str(env.get("valueFrom", "")), where

@@ -5,10 +5,12 @@ asked, errors and slow requests by default) holds no secret."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -372,8 +374,41 @@ def test_metrics_on_an_address_of_their_own_or_open(sandbox: Sandbox, spans: Any
             == 1
         )
         assert httpx.get(f"{apart.metrics_url}/healthz").status_code == 200
+        assert httpx.get(f"{apart.metrics_url}/readyz").status_code == 200
     finally:
         apart.stop()
+    # While it loads its collections: alive, not ready, the API not yet answering.
+    port = free_port()
+    loading = Gateway(sandbox.catalog.url, port=0, credentials=creds, metrics=f"127.0.0.1:{port}")
+    preload, release = loading.router.preload, threading.Event()
+
+    def held() -> list[tuple[str, str]]:
+        release.wait(30)
+        return preload()
+
+    loading.router.preload = held  # type: ignore[method-assign]
+    starting = threading.Thread(target=loading.start)
+    starting.start()
+    try:
+        probes = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{probes}/healthz").status_code == 200:
+                    break
+            time.sleep(0.05)
+        assert httpx.get(f"{probes}/healthz").status_code == 200
+        waiting = httpx.get(f"{probes}/readyz")
+        assert waiting.status_code == 503
+        assert "loading" in waiting.text
+        release.set()
+        starting.join(30)
+        assert httpx.get(f"{probes}/readyz").status_code == 200
+        assert httpx.get(f"{loading.url}/health").status_code == 200
+    finally:
+        release.set()
+        starting.join(30)
+        loading.stop()
     opened = Gateway(sandbox.catalog.url, port=0, credentials=creds, metrics="open").start()
     try:
         assert scrape(f"{opened.url}/metrics")[0] == 200

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -618,6 +619,8 @@ class Gateway:
     ) -> None:
         telemetry = current()
         self.preload = preload
+        # Set once the collections are loaded and the API listens (``/readyz``).
+        self.serving = threading.Event()
         access_log = (access_log or os.environ.get(ACCESS_LOG_ENV) or "errors").strip().lower()
         if access_log not in ACCESS_LOGS:
             raise ConfigurationError(
@@ -642,7 +645,9 @@ class Gateway:
                 raise ConfigurationError(
                     f"{METRICS_ENV}={mode!r}: use auth, open, off or HOST:PORT"
                 ) from None
-            self.metrics_server = ProbeServer(metrics_host, metrics_port, telemetry.registry)
+            self.metrics_server = ProbeServer(
+                metrics_host, metrics_port, telemetry.registry, ready=self._ready
+            )
             mode = "off"
         self.router = Router(Catalog(catalog_url), refresh_seconds=refresh)
         self.names = StableNames(self.router.catalog, names, refresh_seconds=refresh)
@@ -680,6 +685,11 @@ class Gateway:
         """The address of ``/metrics`` when it has one of its own."""
         return self.metrics_server.url if self.metrics_server is not None else None
 
+    def _ready(self) -> tuple[bool, str]:
+        if self.serving.is_set():
+            return True, "serving"
+        return False, "loading the collections' indexes"
+
     def _preload(self) -> None:
         if not self.preload:
             return
@@ -691,11 +701,12 @@ class Gateway:
 
     def start(self) -> Gateway:
         """Serve on a background thread, once every routed collection's plan is loaded (unless
-        ``preload`` is False)."""
-        self._preload()
+        ``preload`` is False): ``/healthz`` answers meanwhile, ``/readyz`` once it serves."""
         if self.metrics_server is not None:
             self.metrics_server.start()
+        self._preload()
         self.server.start()
+        self.serving.set()
         return self
 
     async def serve(self) -> None:
@@ -704,20 +715,24 @@ class Gateway:
         The process is the gateway's own: what lives as long as it does (its modules, and
         then each plan's indexes) is frozen out of the garbage collector's full passes, which
         otherwise stopped every request for 100 ms and more (``vecmigrate.serving.heap``)."""
+        if self.metrics_server is not None:
+            self.metrics_server.start()
         self._preload()
         self.router.planner.settle_heap = True
         heap.settle()
-        if self.metrics_server is not None:
-            self.metrics_server.start()
         try:
+            # Its socket listens already: what connects now is served as the loop turns.
+            self.serving.set()
             await self.server.serve_async()
         finally:
+            self.serving.clear()
             self.router.close()
             if self.metrics_server is not None:
                 self.metrics_server.stop()
 
     def stop(self) -> None:
         """Stop serving and flush shadow samples."""
+        self.serving.clear()
         self.server.stop()
         self.router.close()
         if self.metrics_server is not None:
