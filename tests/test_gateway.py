@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import shutil
 import socket
 import ssl
@@ -424,10 +425,12 @@ def test_the_gateway_loads_every_routed_collection_before_it_serves(
     routed = {("acme", "docs"), ("acme", "other"), ("globex", "docs")}
     query = np.full(sandbox.dim, 0.1).tolist()
 
+    caplog.set_level(logging.INFO, logger="vecmigrate.router")
     gateway = Gateway(sandbox.catalog.url, port=0, refresh=0.2).start()
     try:
         plans = gateway.router.planner.plans
         assert set(plans) == routed
+        assert "loaded acme/docs (reads: v1, index " in caplog.text
         with httpx.Client(base_url=gateway.url) as http:
             found = http.post("/v1/acme/docs/search", json={"vector": query, "k": 3})
         assert found.status_code == 200, found.text

@@ -126,6 +126,8 @@ async def serve(args: argparse.Namespace) -> int:
         preload=not args.no_preload,
     )
     auth = "no authentication" if args.no_auth else f"credentials from {args.credentials}"
+    if not args.no_preload:
+        err.print("loading every routed collection's indexes before serving (--no-preload: not)")
     err.print(
         f"vecmigrate gateway on {gateway.url} ({auth}; GET /health, /openapi.json, "
         "POST /v1/TENANT/COLLECTION/search|upsert|delete, or /v1/_name/NAME/... by stable name)"

@@ -168,8 +168,9 @@ class Planner:
             if key in self.plans or self._failed.get(key, 0.0) > self._looked_for_new:
                 continue
             tenant, collection = key
+            began = time.monotonic()
             try:
-                self.refresh(tenant, collection)
+                plan = self.refresh(tenant, collection)
             except NotFoundError:
                 continue  # registered, no routing row yet: nothing serves it
             except Exception:
@@ -177,8 +178,15 @@ class Planner:
                     log.warning("loading %s/%s failed", tenant, collection, exc_info=True)
                 self._failed[key] = self._looked_for_new + RETRY_SECONDS
                 continue
-            if self._failed.pop(key, None) is not None:
-                log.info("loaded %s/%s", tenant, collection)
+            self._failed.pop(key, None)
+            log.info(
+                "loaded %s/%s (reads: %s, index %s) in %.2f s",
+                tenant,
+                collection,
+                plan.version,
+                plan.index,
+                time.monotonic() - began,
+            )
             loaded.append(key)
         return loaded
 
