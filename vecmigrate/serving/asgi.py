@@ -210,6 +210,11 @@ class AsgiServer:
         host, port = self.sock.getsockname()[:2]
         return f"{self.scheme}://{host}:{port}"
 
+    @property
+    def serving(self) -> bool:
+        """Whether it answers connections now: started, and not told to stop."""
+        return bool(self.server.started and not self.server.should_exit)
+
     def serve(self) -> None:
         """Serve in the foreground until :meth:`stop` (or a signal uvicorn handles)."""
         self.server.run(sockets=[self.sock])

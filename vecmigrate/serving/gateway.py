@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -619,8 +618,6 @@ class Gateway:
     ) -> None:
         telemetry = current()
         self.preload = preload
-        # Set once the collections are loaded and the API listens (``/readyz``).
-        self.serving = threading.Event()
         access_log = (access_log or os.environ.get(ACCESS_LOG_ENV) or "errors").strip().lower()
         if access_log not in ACCESS_LOGS:
             raise ConfigurationError(
@@ -686,7 +683,8 @@ class Gateway:
         return self.metrics_server.url if self.metrics_server is not None else None
 
     def _ready(self) -> tuple[bool, str]:
-        if self.serving.is_set():
+        """``/readyz``: the API serves once the collections are loaded (see ``start``)."""
+        if self.server.serving:
             return True, "serving"
         return False, "loading the collections' indexes"
 
@@ -706,7 +704,6 @@ class Gateway:
             self.metrics_server.start()
         self._preload()
         self.server.start()
-        self.serving.set()
         return self
 
     async def serve(self) -> None:
@@ -721,18 +718,14 @@ class Gateway:
         self.router.planner.settle_heap = True
         heap.settle()
         try:
-            # Its socket listens already: what connects now is served as the loop turns.
-            self.serving.set()
             await self.server.serve_async()
         finally:
-            self.serving.clear()
             self.router.close()
             if self.metrics_server is not None:
                 self.metrics_server.stop()
 
     def stop(self) -> None:
         """Stop serving and flush shadow samples."""
-        self.serving.clear()
         self.server.stop()
         self.router.close()
         if self.metrics_server is not None:
