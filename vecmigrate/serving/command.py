@@ -127,7 +127,10 @@ async def serve(args: argparse.Namespace) -> int:
     )
     auth = "no authentication" if args.no_auth else f"credentials from {args.credentials}"
     if not args.no_preload:
-        err.print("loading every routed collection's indexes before serving (--no-preload: not)")
+        err.print(
+            "loading every routed collection's indexes before serving "
+            "(--no-preload loads each on its first request)"
+        )
     err.print(
         f"vecmigrate gateway on {gateway.url} ({auth}; GET /health, /openapi.json, "
         "POST /v1/TENANT/COLLECTION/search|upsert|delete, or /v1/_name/NAME/... by stable name)"
