@@ -148,16 +148,16 @@ async def main_async(args: argparse.Namespace, console: Console) -> dict[str, ob
         headers=gateway.headers,
         cafile=gateway.cafile,
     )
+    # From here this process is on the migration's side: the Temporal server and the worker it
+    # starts, and the Temporal client's threads, take this thread's cores.
+    if migration_cores is not None:
+        os.sched_setaffinity(0, migration_cores)
     server = DevServer(home / "temporal.db", port=free_port(), ui_port=free_port(), ui=False)
-    with pinned(migration_cores):
-        server.start()
+    server.start()
     began = time.monotonic()
     # The worker is its own process, as in production: the gateway does not share a GIL with
     # index builds.
-    with pinned(migration_cores):
-        worker = _start_worker(server.address, catalog_url)
-    if migration_cores is not None:
-        os.sched_setaffinity(0, migration_cores)  # this thread and the Temporal client's threads
+    worker = _start_worker(server.address, catalog_url)
     try:
         client = await connect(server.address)
         with pinned(serving_cores):
