@@ -31,6 +31,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -49,10 +50,10 @@ from vecmigrate.data.backfill import copy_shard, open_source, open_target, prepa
 from vecmigrate.data.datasets import clustered
 from vecmigrate.data.seed import seed_collection, sequential_ids
 from vecmigrate.indexes.build import artifact_dir, build_shard, register_index
-from vecmigrate.model.gates import GateReport
+from vecmigrate.model.gates import GateReport, ShardCheck
 from vecmigrate.model.spec import BuiltinStoreRef, MigrationSpec, parse_spec
 from vecmigrate.model.tasks import ShardRef
-from vecmigrate.records.vectors import merge_topk
+from vecmigrate.records.vectors import Distances, Ids, merge_topk
 from vecmigrate.testing.chaos import builtin_version
 from vecmigrate.validation import stream
 from vecmigrate.validation.run import measured_report
@@ -68,16 +69,22 @@ def streamed_suite(
     target_index: str,
 ) -> tuple[GateReport, float]:
     """The gate suite as the workflow runs it on a streamed copy: each shard's check from the
-    copy's figures (count and read-back checked), the figures from the merged truths; and the
+    copy's figures (count and read-back checked), ``max_parallel_shards`` of them at a time as
+    the workflow runs their activities, then the figures from the merged truths; and the
     seconds the shard checks took of it."""
     began = time.perf_counter()
     journal = Journal(catalog)
     source, target = open_source(spec), open_target(spec)
     queries = stream.stored_queries(journal, spec)
     assert queries is not None
+
+    def check_one(shard: ShardRef) -> tuple[ShardCheck, tuple[Distances, Ids] | None]:
+        return stream.shard_check(journal, spec, source, target, shard, queries)
+
+    with ThreadPoolExecutor(spec.max_parallel_shards) as pool:
+        checked_shards = list(pool.map(check_one, shards))
     checks, truths = [], []
-    for shard in shards:
-        check, truth = stream.shard_check(journal, spec, source, target, shard, queries)
+    for check, truth in checked_shards:
         assert check.basis == "streamed", check.basis
         checks.append(check)
         assert truth is not None

@@ -38,6 +38,7 @@ from vecmigrate.validation import (
 )
 from vecmigrate.validation.distribution import ks_two_sample, spectrum_shift
 from vecmigrate.validation.profile import ProfileBuilder
+from vecmigrate.validation.run import distribution_values
 
 N = 4000
 IVF = {"kind": "faiss_ivf_flat", "nlist": 32, "nprobe": 8}
@@ -154,6 +155,21 @@ def test_faithful_migration_passes_every_gate(sandbox: Sandbox, words: np.ndarra
     assert sum(c.target.count for c in report.shards) == N
 
 
+def test_identical_data_reads_one_sample_for_the_distribution_figures(
+    sandbox: Sandbox, words: np.ndarray
+) -> None:
+    """Once the shard checks prove the target holds the source's bytes, the target's sample
+    stands for both sides: the same figures as drawing both, one read fewer."""
+    spec, prep, index_id = migrate(sandbox, words)
+    report = validate(sandbox, spec, prep, index_id)
+    assert same_data(spec, report.shards)
+    source, target = open_source(spec), open_target(spec)
+    both = distribution_values(spec, source, target)
+    one = distribution_values(spec, source, target, same=True)
+    assert one == both
+    assert both["distribution_sample"] > 0
+
+
 def test_folded_ground_truth_is_the_exact_search(sandbox: Sandbox, words: np.ndarray) -> None:
     """The shard checks' read also runs the exact search: same figures as searching apart."""
     spec, prep, index_id = migrate(sandbox, words, gates={"max_recall_drop": 0.05})
@@ -209,17 +225,22 @@ def test_stages_overlapped_give_the_figures_of_one_after_another(
     assert overlapped.overlap is not None
     assert overlapped.overlap < 0.9
     assert overlapped.rank_correlation is not None
-    assert overlapped.mean_shift is not None
-    assert overlapped.mean_shift > 0
-    assert overlapped.norm_ks is not None
-    assert overlapped.norm_ks > 0
+    # Told the sides are the same, the target's sample stands for both.
+    assert overlapped.mean_shift == 0
+    assert overlapped.norm_ks == 0
+    assert overlapped.distribution_sample
     assert overlapped.p99_ms_old is not None
     assert overlapped.p99_ms_new is not None
     # The source's own exact search (the sides not proven the same): the distribution read
     # waits for its stage, the old index still goes ahead.
-    assert _untimed(measure(*args, queries=queries, truth=truth)) == _untimed(
+    apart = measure(*args, queries=queries, truth=truth)
+    assert _untimed(apart) == _untimed(
         measure(*args, queries=queries, truth=truth, pause=lambda: 0.0)
     )
+    assert apart.mean_shift is not None
+    assert apart.mean_shift > 0
+    assert apart.norm_ks is not None
+    assert apart.norm_ks > 0
 
     old = sandbox.catalog.get_index(prep.source_index)
     manifest = Path(old.artifacts[0]["uri"])

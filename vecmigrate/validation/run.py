@@ -335,7 +335,13 @@ def measure(
         if not spec.model_change:
             # Read ahead only while the recall stages read no store of their own.
             samples = ahead.start(
-                not own_reads, distribution_values, spec, source, target, unsettled
+                not own_reads,
+                distribution_values,
+                spec,
+                source,
+                target,
+                unsettled,
+                source_is_target,
             )
 
         target_exact: Ids | None = None
@@ -551,9 +557,11 @@ def distribution_values(
     source: VectorStore,
     target: VectorStore,
     unsettled: Ids | None = None,
+    same: bool = False,
 ) -> dict[str, float | int]:
-    """The distribution figures by name, from both sides' samples (none when one is empty)."""
-    src, dst = distribution_samples(spec, source, target, unsettled)
+    """The distribution figures by name, from both sides' samples (none when one is empty);
+    ``same``: see :func:`distribution_samples`."""
+    src, dst = distribution_samples(spec, source, target, unsettled, same)
     if not (len(src) and len(dst)):
         return {}
     ks, p = ks_two_sample(np.linalg.norm(src, axis=1), np.linalg.norm(dst, axis=1))
@@ -572,6 +580,7 @@ def distribution_samples(
     source: VectorStore,
     target: VectorStore,
     unsettled: Ids | None = None,
+    same: bool = False,
 ) -> tuple[Vectors, Vectors]:
     """The distribution figures' samples: the source's (in the target's space) and the
     target's.
@@ -579,11 +588,19 @@ def distribution_samples(
     Both sides draw the same records, chosen by id alike by every adapter (see
     :meth:`~vecmigrate.stores.base.ScanningStore.sample_records`); on the source side only those
     the target can hold (the quarantine's are not in it), so byte-identical data measures zero.
+    With ``same`` (the shard checks proved the target holds the source's records byte for
+    byte: :func:`same_data`) the source's draw would read those very bytes again, and the
+    target's sample stands for both.
     """
     g = spec.gates
     n = g.distribution.sample
-    src_records, _ = screen(source.sample_records(n, seed=g.seed + 1), target_limits(spec, target))
     dst_labels, dst = target.sample(n, seed=g.seed + 1)
+    if same:
+        if unsettled is not None and unsettled.size:
+            dst = dst[~np.isin(dst_labels, unsettled)]
+        dst = dst[np.isfinite(dst).all(axis=1)]
+        return dst, dst
+    src_records, _ = screen(source.sample_records(n, seed=g.seed + 1), target_limits(spec, target))
     if unsettled is not None and unsettled.size:
         # The same records on both sides, but for those a replay has yet to bring across.
         src_records = src_records.filter(~np.isin(src_records.labels, unsettled))
