@@ -127,27 +127,27 @@ def test_faiss_shards_search_as_one_call_and_follow_writes(
     for q, k in ((x[:1], 10), (x[:25], 10), (x[100:110], 50)):
         d, found = sharded.search(q, k)
         want_d, want = merge_topk([s.search(q, k) for s in loaded], k)
-        assert sharded._joined is not None
+        assert sharded._join[1] is not None
         assert np.array_equal(found, want)
         assert np.allclose(d, want_d)
         assert found.dtype == np.int64
         assert d.dtype == np.float32
     if not loaded[0].updatable:
         return
-    before = sharded._joined
+    before = sharded._join[1]
     gone = int(loaded[0].search(x[:1], 1)[1][0, 0])
     assert loaded[0].remove(np.array([gone])) == 1
     # The query itself, scaled up for inner product (where a longer vector scores higher).
     loaded[1].add(np.array([10**9]), x[:1] * (10 if metric == Metric.IP else 1))
     _, found = sharded.search(x[:1], 5)
     if spec.kind == "faiss_ivf_flat":
-        assert sharded._joined is not before  # the IVF took its ids: joined anew
+        assert sharded._join[1] is not before  # the IVF took its ids: joined anew
     assert gone not in found[0]
     assert 10**9 in found[0]
     # A negative id written: searched one shard at a time from then on, and found.
     loaded[2].add(np.array([-(10**9)]), x[1:2] * (10 if metric == Metric.IP else 1))
     _, found = sharded.search(x[1:2], 5)
-    assert sharded._joined is None
+    assert sharded._join[1] is None
     assert -(10**9) in found[0]
 
 
@@ -167,7 +167,7 @@ def test_faiss_shards_with_negative_ids_are_searched_one_by_one(
         loaded.append(LoadedIndex(art.manifest))
     sharded = ShardedIndex(loaded)
     _, found = sharded.search(x[:20], 10)
-    assert sharded._joined is None
+    assert sharded._join[1] is None
     assert (found != -1).all()
     assert np.array_equal(found, merge_topk([s.search(x[:20], 10) for s in loaded], 10)[1])
 

@@ -936,8 +936,9 @@ class ShardedIndex:
 
     def __init__(self, shards: list[LoadedIndex]) -> None:
         self.shards = shards
-        self._parts: tuple[Any, ...] = ()
-        self._joined: Any = None
+        # The shards' indexes as they were joined, and the join: one attribute, read and
+        # replaced whole, so a search never takes a join made of other indexes than it checked.
+        self._join: tuple[tuple[Any, ...], Any] = ((), None)
 
     def search(self, queries: Vectors, k: int, allowed: Ids | None = None) -> tuple[Distances, Ids]:
         """k nearest neighbours over every shard (each pads its own answer to k columns),
@@ -962,8 +963,9 @@ class ShardedIndex:
         out, as a shard searched on its own answers an empty index without asking FAISS."""
         shards = self.shards
         parts = tuple((s._faiss if s.count else None, s.negative_ids) for s in shards)
-        if parts == self._parts:
-            return self._joined
+        joined_parts, joined = self._join
+        if parts == joined_parts:
+            return joined
         first = shards[0]
         joined = None
         if any(p is not None for p, _ in parts) and all(
@@ -978,5 +980,5 @@ class ShardedIndex:
             for p, _ in parts:
                 if p is not None:
                     joined.add_shard(p)
-        self._parts, self._joined = parts, joined
+        self._join = (parts, joined)
         return joined
