@@ -8,6 +8,11 @@ checks the query, reaches the plan and calls the index. The target is ``Router.s
 router serves from, the fastest way (the query as the router gets it, one 1-D row, and k by
 position: a keyword costs pybind11 ~0.9 us, a 2-D view of the row ~0.4 us).
 
+With ``--kind ivf`` each collection is instead an IVF-Flat index in ``--shards`` shards (4 by
+default; nlist 4 sqrt(n / shards), nprobe 16), and the raw search is FAISS's own
+``IndexShards`` over the very shard index objects the router serves from, given the query as
+a 2-D row made beforehand: what a sharded FAISS collection costs through the router.
+
 Each query is searched both ways back to back, the order alternating from query to query, and
 each search is timed on its own: a pair is one pass over the queries, giving each path's p50
 and p99 and their ratios. The figure is the median ratio over the pairs (at least 3), and every
@@ -22,9 +27,11 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import faiss
 import numpy as np
 
 from bench.common import report, scratch, sized_parser
@@ -38,6 +45,8 @@ from vecmigrate.serving.router import Router
 from vecmigrate.testing.chaos import builtin_version
 
 TARGET = 0.03
+# The raw library each kind of collection is measured against, as the figures name it.
+LIBRARY = {"hnsw": "hnswlib", "ivf": "faiss"}
 
 
 @dataclass
@@ -72,16 +81,27 @@ class Timings:
         return statistics.median(p.p99 for p in self.pairs)
 
 
-def measure(home: Path, n: int, dim: int, queries: int, k: int, pairs: int) -> Timings:
-    """Seed ``n`` x ``dim`` into a one-shard HNSW version and time every query both ways."""
+def measure(
+    home: Path, n: int, dim: int, queries: int, k: int, pairs: int, kind: str, shards: int
+) -> Timings:
+    """Seed ``n`` x ``dim`` into a version indexed as ``kind`` says (a one-shard hnswlib HNSW,
+    or IVF-Flat in ``shards`` shards) and time every query both ways."""
     catalog = Catalog(sqlite_url(home / f"catalog-{dim}.db"))
     store = BuiltinStoreRef(
         url=sqlite_url(home / f"store-{dim}.db"), artifacts=str(home / f"artifacts-{dim}")
     )
-    index = {"kind": "hnswlib_hnsw", "m": 16, "ef_construction": 100, "ef_search": 64}
+    index: dict[str, Any] = {
+        "kind": "hnswlib_hnsw",
+        "m": 16,
+        "ef_construction": 100,
+        "ef_search": 64,
+    }
+    if kind == "ivf":
+        nlist = int(max(8, min(4096, 4 * np.sqrt(n // shards))))
+        index = {"kind": "faiss_ivf_flat", "nlist": nlist, "nprobe": 16}
     v1 = builtin_version("v1", store, dim, index)
     data = clustered(n, dim, seed=2)
-    seed_collection(catalog, "default", "bench", v1, sequential_ids(n), data, shards=1)
+    seed_collection(catalog, "default", "bench", v1, sequential_ids(n), data, shards=shards)
     routing = catalog.get_routing("default", "bench")
     assert routing is not None
     assert routing.read_index is not None
@@ -93,8 +113,17 @@ def measure(home: Path, n: int, dim: int, queries: int, k: int, pairs: int) -> T
     # memory, and which of them the caches favour is not the router's doing.
     live = router.searcher(routing.read_index)
     assert isinstance(live, LiveIndex)
-    assert len(live.shards) == 1
-    knn = live.shards[0].native.knn_query  # hnswlib's own index object: the library, no wrapper
+    assert len(live.shards) == shards
+    rows = [sample[j : j + 1] for j in range(len(sample))]  # FAISS's queries: 2-D, made now
+    if kind == "ivf":
+        library: Any = faiss  # its type stubs lack IndexShards' threaded and ids flags
+        joined = library.IndexShards(dim, False, False)
+        for shard in live.shards:
+            joined.add_shard(shard.native)  # the shards' own FAISS objects: no wrapper
+        knn: Any = joined.search
+    else:
+        knn = live.shards[0].native.knn_query  # hnswlib's own index object, no wrapper
+    raw = rows if kind == "ivf" else list(sample)
     search = router.search
 
     def one_pair() -> Pair:
@@ -102,9 +131,10 @@ def measure(home: Path, n: int, dim: int, queries: int, k: int, pairs: int) -> T
         router_ns = np.empty(len(sample), np.int64)
         clock = time.perf_counter_ns
         for j, q in enumerate(sample):
+            x = raw[j]
             if j % 2:
                 t0 = clock()
-                knn(q, k)
+                knn(x, k)
                 t1 = clock()
                 search("default", "bench", q, k)
                 t2 = clock()
@@ -113,7 +143,7 @@ def measure(home: Path, n: int, dim: int, queries: int, k: int, pairs: int) -> T
                 t0 = clock()
                 search("default", "bench", q, k)
                 t1 = clock()
-                knn(q, k)
+                knn(x, k)
                 t2 = clock()
                 router_ns[j], raw_ns[j] = t1 - t0, t2 - t1
         r50, r99 = np.percentile(raw_ns, [50, 99]) / 1000
@@ -122,15 +152,17 @@ def measure(home: Path, n: int, dim: int, queries: int, k: int, pairs: int) -> T
 
     one_pair()  # warm up (caches, the interpreter's specialisation of the hot path)
     got = np.stack([search("default", "bench", q, k).ids[0] for q in sample[:50]])
-    assert np.array_equal(got, knn(sample[:50], k)[0].astype(np.int64)), "router changed results"
+    want = knn(sample[:50], k)[1] if kind == "ivf" else knn(sample[:50], k)[0]
+    assert np.array_equal(got, want.astype(np.int64)), "router changed results"
     timed = []
     for n_pair in range(pairs):
         pair = one_pair()
         timed.append(pair)
+        library_name = LIBRARY[kind]
         print(
-            f"d={dim} pair {n_pair + 1}: p50 hnswlib {pair.raw_p50:.1f} us router "
-            f"{pair.router_p50:.1f} us ({pair.p50:+.2%}); p99 hnswlib {pair.raw_p99:.1f} us "
-            f"router {pair.router_p99:.1f} us ({pair.p99:+.2%})",
+            f"d={dim} pair {n_pair + 1}: p50 {library_name} {pair.raw_p50:.1f} us router "
+            f"{pair.router_p50:.1f} us ({pair.p50:+.2%}); p99 {library_name} "
+            f"{pair.raw_p99:.1f} us router {pair.router_p99:.1f} us ({pair.p99:+.2%})",
             flush=True,
         )
     router.close()
@@ -145,21 +177,35 @@ def main() -> None:
     p.add_argument("--queries", type=int, default=5_000)
     p.add_argument("--pairs", type=int, default=5, help="passes over the queries (at least 3)")
     p.add_argument("--k", type=int, default=10)
+    p.add_argument(
+        "--kind",
+        choices=sorted(LIBRARY),
+        default="hnsw",
+        help="hnsw: one-shard hnswlib HNSW (the target's case); ivf: IVF-Flat in --shards shards",
+    )
+    p.add_argument("--shards", type=int, default=None, help="with --kind ivf (default 4)")
     args = p.parse_args()
     if args.pairs < 3:
         p.error("--pairs must be at least 3: the figure is the median pair")
+    if args.kind == "hnsw" and args.shards not in (None, 1):
+        p.error("--shards is for --kind ivf: the hnsw case is one shard, as hnswlib serves it")
+    shards = args.shards or (4 if args.kind == "ivf" else 1)
+    name = LIBRARY[args.kind]
     dims = [int(d) for d in args.dims.split(",")]
     home = scratch("router")
-    runs = [measure(home, args.vectors, d, args.queries, args.k, args.pairs) for d in dims]
+    runs = [
+        measure(home, args.vectors, d, args.queries, args.k, args.pairs, args.kind, shards)
+        for d in dims
+    ]
     rows = []
     for t in runs:
         rows.append(
             {
                 "dim": t.dim,
-                "hnswlib_p50_us": round(statistics.median(p.raw_p50 for p in t.pairs), 1),
+                f"{name}_p50_us": round(statistics.median(p.raw_p50 for p in t.pairs), 1),
                 "router_p50_us": round(statistics.median(p.router_p50 for p in t.pairs), 1),
                 "p50_over": f"{t.p50:+.2%}",
-                "hnswlib_p99_us": round(statistics.median(p.raw_p99 for p in t.pairs), 1),
+                f"{name}_p99_us": round(statistics.median(p.raw_p99 for p in t.pairs), 1),
                 "router_p99_us": round(statistics.median(p.router_p99 for p in t.pairs), 1),
                 "p99_over": f"{t.p99:+.2%}",
                 "pairs_p50": " ".join(f"{p.p50:+.1%}" for p in t.pairs),
@@ -177,19 +223,21 @@ def main() -> None:
             ax.axhline(TARGET * 100, color="grey", linestyle="--", linewidth=1)
             ax.set_title(f"d={t.dim}: p50 {t.p50:+.1%}, p99 {t.p99:+.1%}")
             ax.set_xlabel("pair")
-            ax.set_ylabel("router over hnswlib (%)")
+            ax.set_ylabel(f"router over {name} (%)")
             ax.legend()
-        fig.suptitle(f"router overhead, {args.vectors:,} vectors, one-shard HNSW")
+        what = "one-shard HNSW" if args.kind == "hnsw" else f"IVF-Flat in {shards} shards"
+        fig.suptitle(f"router overhead, {args.vectors:,} vectors, {what}")
         fig.tight_layout()
         fig.savefig(path, dpi=110)
 
+    call = "knn_query" if args.kind == "hnsw" else f"IndexShards.search over {shards} shards"
     report(
-        "router_overhead",
-        f"router vs hnswlib knn_query: {args.vectors:,} vectors, {args.queries:,} queries, "
+        "router_overhead" if args.kind == "hnsw" else f"router_overhead_ivf{shards}",
+        f"router vs {name} {call}: {args.vectors:,} vectors, {args.queries:,} queries, "
         f"{args.pairs} pairs (median pair)",
         rows,
         {
-            "target": f"<= +{TARGET:.0%} over hnswlib at p50 and p99",
+            "target": f"<= +{TARGET:.0%} over {name} at p50 and p99",
             "met": {str(t.dim): t.p50 <= TARGET and t.p99 <= TARGET for t in runs},
         },
         plot,

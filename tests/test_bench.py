@@ -219,6 +219,25 @@ def test_gateway_footprint_script_starts_the_gateway_each_way(tmp_path: Path) ->
     assert (tmp_path / "gateway_footprint.png").exists()
 
 
+def test_router_overhead_script_measures_sharded_faiss_collections(tmp_path: Path) -> None:
+    """``--kind ivf``: the router over a 4-shard IVF-Flat collection against FAISS's own
+    IndexShards over the very shard objects it serves from (the script checks the answers
+    match before it times them)."""
+    run_script(
+        "router_overhead",
+        *("--vectors", "3000", "--queries", "200", "--pairs", "3", "--kind", "ivf"),
+        *("--dims", "16,32"),
+        out=tmp_path,
+    )
+    written = json.loads((tmp_path / "router_overhead_ivf4.json").read_text())
+    assert [r["dim"] for r in written["rows"]] == [16, 32]
+    for row in written["rows"]:
+        assert row["faiss_p50_us"] > 0
+        assert row["router_p50_us"] > 0
+    assert (tmp_path / "router_overhead_ivf4.png").is_file()
+
+
+@pytest.mark.timeout(600)
 @pytest.mark.timeout(600)
 def test_storage_formats_script_measures_every_format_against_raw_faiss(tmp_path: Path) -> None:
     run_script(

@@ -123,6 +123,10 @@ def test_faiss_shards_search_as_one_call_and_follow_writes(
         none = np.empty(0, np.int64)
         art = write_built(spec, metric, none, x[:0], tmp_path, "shard-0004", "k4")
         loaded.append(LoadedIndex(art.manifest))
+    # A short answer is padded with -1 at an infinite distance, and only there.
+    d, found = loaded[3].search(x[:3], 50)
+    assert (found[:, -10:] == -1).all()
+    assert np.array_equal(found == -1, np.isinf(d))
     sharded = ShardedIndex(loaded)
     for q, k in ((x[:1], 10), (x[:25], 10), (x[100:110], 50)):
         d, found = sharded.search(q, k)

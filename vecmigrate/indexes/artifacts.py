@@ -816,9 +816,15 @@ class LoadedIndex:
         return self._faiss_results(d, i)
 
     def _faiss_results(self, d: Distances, i: Ids) -> tuple[Distances, Ids]:
+        """FAISS's answer as distances (smaller is closer) with an infinite one for each -1
+        FAISS pads a short answer with (it gives the largest float there). An answer is in
+        order, its padding last: a row padded anywhere is padded in the last column, which is
+        all that is read of an answer without any (on the search path, where each numpy call
+        costs about a microsecond). FAISS's arrays are float32 and int64 already."""
         d = to_distance(d, self.metric)
-        d = np.where(i == -1, np.inf, d).astype(np.float32)
-        return d, i.astype(np.int64)
+        if i.size and i[:, -1].min() < 0:
+            d = np.where(i == -1, np.float32(np.inf), d)
+        return d, i
 
     def _search_among(self, queries: Vectors, k: int, allowed: Ids) -> tuple[Distances, Ids]:
         if self._hnsw is not None:
@@ -962,7 +968,7 @@ class ShardedIndex:
         the end of a shard's answer) or the metrics or dimensions differ. Empty shards are left
         out, as a shard searched on its own answers an empty index without asking FAISS."""
         shards = self.shards
-        parts = tuple((s._faiss if s.count else None, s.negative_ids) for s in shards)
+        parts = tuple([(s._faiss if s.count else None, s.negative_ids) for s in shards])
         joined_parts, joined = self._join
         if parts == joined_parts:
             return joined
