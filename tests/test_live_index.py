@@ -531,12 +531,16 @@ def test_hnswlib_holds_exactly_the_written_records_through_deletes_and_reused_sl
     assert len(labels) == len(set(labels))
 
 
-@pytest.mark.parametrize("path", ["search_one", "search"])
+@pytest.mark.parametrize("path", ["search_one", "search_one_faiss", "search"])
 def test_a_writer_waits_for_the_searches_inside_the_index(tmp_path: Path, path: str) -> None:
     """A search already inside the index when a write comes keeps the writer out until it
-    ends (hnswlib and FAISS cannot search beside a write), on the one-query path and on the
-    general one."""
-    index = live(tmp_path, HnswlibHnsw(m=16, ef_search=64), shards=1 if path == "search_one" else 2)
+    ends (hnswlib and FAISS cannot search beside a write), on the one-query path (one hnswlib
+    shard, FAISS shards) and on the general one."""
+    if path == "search_one_faiss":
+        index = live(tmp_path, FaissIvfFlat(nlist=16, nprobe=4), shards=2)
+    else:
+        spec = HnswlibHnsw(m=16, ef_search=64)
+        index = live(tmp_path, spec, shards=1 if path == "search_one" else 2)
     entered, release = threading.Event(), threading.Event()
 
     def held_open(real):  # the library's search, held open until released
@@ -551,6 +555,10 @@ def test_a_writer_waits_for_the_searches_inside_the_index(tmp_path: Path, path: 
     if path == "search_one":
         assert index.search_one_ready
         index._knn = held_open(index._knn)
+        searcher = threading.Thread(target=index.search_one, args=(query[0], 5))
+    elif path == "search_one_faiss":
+        assert index.search_one_ready
+        index._searcher.search = held_open(index._searcher.search)  # type: ignore[method-assign]
         searcher = threading.Thread(target=index.search_one, args=(query[0], 5))
     else:
         shard = index.shards[0]
@@ -569,3 +577,44 @@ def test_a_writer_waits_for_the_searches_inside_the_index(tmp_path: Path, path: 
     writer.join(10)
     assert not writer.is_alive()
     assert index.applied == 1
+
+
+@pytest.mark.parametrize(
+    "spec", [FaissFlat(), FaissIvfFlat(nlist=16, nprobe=4), FaissHnsw(m=8)], ids=lambda s: s.kind
+)
+def test_faiss_shards_answer_one_query_directly_while_nothing_is_laid_over(
+    tmp_path: Path, spec: IndexSpec
+) -> None:
+    """FAISS shards take the one-query path (the router's hot path): the answer ``search``
+    gives, for any k (padded past the records); declined while a write is laid over the index
+    (until it is applied, where the index can take it) and for a query that is not finite."""
+    index = live(tmp_path, spec, shards=3)
+    assert index.search_one_ready
+    assert index.direct
+    queries = clustered(20, DIM, clusters=12, seed=9)
+    for q in queries:
+        for k in (1, 10):
+            d, ids = index.search(q[None, :], k)
+            found = index.search_one(q, k)
+            assert found is not None
+            assert np.array_equal(found[1], ids)
+            assert np.allclose(found[0], d)
+    d, ids = index.search(queries[:1], N + 5)
+    found = index.search_one(queries[0], N + 5)
+    assert found is not None
+    assert np.array_equal(found[1], ids)
+    assert (found[1][0, N:] == -1).all()
+    for bad in (np.nan, np.inf):
+        q = queries[0].copy()
+        q[3] = bad
+        assert index.search_one(q, 5) is None
+    index.stage(write(0, [90_001], np.full((1, DIM), 40.0, np.float32)))
+    assert index.search_one(queries[0], 5) is None  # laid over: the general path answers
+    drain(index)
+    if spec.kind == "faiss_hnsw":  # its graph keeps every write in the overlay until compaction
+        assert index.search_one(queries[0], 5) is None
+        return
+    assert index.direct
+    found = index.search_one(np.full(DIM, 40.0, np.float32), 1)
+    assert found is not None
+    assert found[1][0, 0] == 90_001

@@ -139,24 +139,33 @@ def test_overlay_follows_many_writes_and_deletes(sandbox: Sandbox) -> None:
     assert new <= set(alive)  # nothing deleted comes back
 
 
+@pytest.mark.parametrize("kind", ["hnswlib_hnsw", "faiss_ivf_flat"])
 def test_the_single_query_path_answers_as_the_index_and_refuses_what_the_general_path_does(
-    sandbox: Sandbox,
+    sandbox: Sandbox, kind: str
 ) -> None:
-    """One float32 query against a one-shard hnswlib index takes the router's shortest path:
-    the same neighbours as the index, NaN, infinity and a query of the wrong length refused,
-    k past ef or past the count
-    answered (padded), and the router's own write seen at once."""
-    hnsw = {"kind": "hnswlib_hnsw", "m": 16, "ef_search": 32, "ef_construction": 64}
+    """One float32 query against a one-shard hnswlib index, or FAISS shards, takes the
+    router's shortest path: the same neighbours as the index, NaN, infinity and a query of the
+    wrong length refused, k past ef or past the count answered (padded), and the router's own
+    write seen at once."""
+    index_spec: dict[str, object] = {
+        "kind": "hnswlib_hnsw",
+        "m": 16,
+        "ef_search": 32,
+        "ef_construction": 64,
+    }
+    shards = 1
+    if kind == "faiss_ivf_flat":  # every list probed: the whole collection within reach
+        index_spec, shards = {"kind": "faiss_ivf_flat", "nlist": 8, "nprobe": 8}, 3
     vectors = clustered(300, sandbox.dim, clusters=8, seed=3)
     ids = sequential_ids(300)
     seed_collection(
         sandbox.catalog,
         "default",
         "docs",
-        sandbox.version("v1", hnsw),
+        sandbox.version("v1", index_spec),
         ids,
         vectors,
-        shards=1,
+        shards=shards,
     )
     router = Router(sandbox.catalog, refresh_seconds=60.0)  # the plan stays fresh throughout
     view = sandbox.catalog.get_routing("default", "docs")

@@ -296,6 +296,10 @@ class Overlay:
         return len(self.hidden)
 
 
+# ``search_one``'s bound on k over FAISS shards, which answer any k (padded past their records).
+_ANY_K = 1 << 30
+
+
 def _wait_for_searches(owner: LiveIndex) -> None:
     """Until no thread but this one is inside one of ``owner``'s searches."""
     inside = owner._inside
@@ -361,11 +365,13 @@ class LiveIndex:
         # Searches that had to wait for a writer (read and reset by the applier; a lost count
         # under a race only shortens one pause).
         self.waited = 0
-        # The one-query path: one hnswlib shard, k up to ef and the count, nothing laid over.
+        # The one-query path, while nothing is laid over the index: one hnswlib shard (k up to
+        # ef and the count), or FAISS shards (any k: FAISS pads a short answer).
         one = shards[0] if len(shards) == 1 and shards[0].kind == "hnswlib_hnsw" else None
         self._knn = None if one is None else one.native.knn_query
-        # The largest k ``search_one`` answers: up to ef and the count while nothing is laid
-        # over the index and no writer is in it, else 0 (one attribute for the hot path).
+        self._faiss_one = bool(shards) and all(s.kind != "hnswlib_hnsw" for s in shards)
+        # The largest k ``search_one`` answers while nothing is laid over the index and no
+        # writer is in it, else 0 (one attribute for the hot path).
         self._one_k = 0
         self._settle()
         # Held while the search parameters change and by the searches that may not see them
@@ -376,25 +382,33 @@ class LiveIndex:
 
     @property
     def search_one_ready(self) -> bool:
-        """Whether ``search_one`` can answer (one hnswlib shard); it still declines a query
-        while the overlay holds anything."""
-        return self._knn is not None
+        """Whether ``search_one`` can answer (one hnswlib shard, or FAISS shards); it still
+        declines a query while the overlay holds anything."""
+        return self._knn is not None or self._faiss_one
 
     def search_one(self, query: Vectors, k: int) -> tuple[Distances, Ids] | None:
         """k nearest neighbours of one finite float32 query of the index's dimension in the
-        fewest steps; None when that takes more (nothing to lay over it, one hnswlib shard, k
-        up to ef and the count) or the query is not finite: ``search`` answers those.
+        fewest steps; None when that takes more (something laid over the index, a writer in
+        it, k beyond ef or the count of one hnswlib shard) or the query is not finite:
+        ``search`` answers those.
 
         NaN or infinity in a query makes every distance to it NaN or infinite, the nearest one
-        too: reading that one distance replaces testing the query up front.
+        too (or leaves FAISS with no answer, padded at an infinite distance): reading that one
+        distance replaces testing the query up front.
         """
         inside, me = self._inside, _get_ident()
         inside[me] = True  # before the writer's flag (``_one_k``) is read
         try:
             if not 0 < k <= self._one_k:
                 return None
+            knn = self._knn
+            if knn is None:  # FAISS shards, searched in one call (``ShardedIndex``)
+                dist, found = self._searcher.search(query[None], k)
+                if not _isfinite(dist.item(0)):
+                    return None
+                return dist, found
             try:
-                labels, dist = self._knn(query, k)  # type: ignore[misc]
+                labels, dist = knn(query, k)
             except RuntimeError:  # fewer than k found
                 return None
         finally:
@@ -633,9 +647,13 @@ class LiveIndex:
         self._settle()
 
     def _settle(self) -> None:
-        shard = self.shards[0]
-        open_ = self._knn is not None and not self.writing and not len(self.overlay)
-        self._one_k = min(int(shard.params["ef_search"]), shard.count) if open_ else 0
+        if self.writing or len(self.overlay):
+            self._one_k = 0
+        elif self._knn is not None:
+            shard = self.shards[0]
+            self._one_k = min(int(shard.params["ef_search"]), shard.count)
+        else:
+            self._one_k = _ANY_K if self._faiss_one else 0
 
     def search_params(self, names: tuple[str, ...]) -> dict[str, int]:
         """The values of the search parameters ``names`` the index searches with now."""
@@ -651,8 +669,8 @@ class LiveIndex:
 
     @property
     def direct(self) -> bool:
-        """Whether a search is the index's own search and nothing else (one hnswlib shard,
-        nothing laid over it, no writer in it)."""
+        """Whether a search is the index's own search and nothing else (one hnswlib shard or
+        FAISS shards, nothing laid over them, no writer in them)."""
         return self._one_k > 0
 
     # -- state ----------------------------------------------------------------------------------
