@@ -559,9 +559,15 @@ def distribution_values(
     unsettled: Ids | None = None,
     same: bool = False,
 ) -> dict[str, float | int]:
-    """The distribution figures by name, from both sides' samples (none when one is empty);
-    ``same``: see :func:`distribution_samples`."""
-    src, dst = distribution_samples(spec, source, target, unsettled, same)
+    """The distribution figures by name, from both sides' samples (none when one is empty).
+
+    With ``same`` (the shard checks proved the target holds the source's records byte for
+    byte: :func:`same_data`) the source's draw would read those very bytes again: the
+    target's sample stands for both sides."""
+    if same:
+        src = dst = _target_sample(spec, target, unsettled)
+    else:
+        src, dst = distribution_samples(spec, source, target, unsettled)
     if not (len(src) and len(dst)):
         return {}
     ks, p = ks_two_sample(np.linalg.norm(src, axis=1), np.linalg.norm(dst, axis=1))
@@ -575,12 +581,23 @@ def distribution_values(
     }
 
 
+def _target_sample(spec: MigrationSpec, target: VectorStore, unsettled: Ids | None) -> Vectors:
+    """The target's side of the distribution figures' samples, less the ``unsettled``
+    records and any row that is not finite (the integrity gate's business; it would poison
+    the statistics)."""
+    g = spec.gates
+    labels, vectors = target.sample(g.distribution.sample, seed=g.seed + 1)
+    if unsettled is not None and unsettled.size:
+        vectors = vectors[~np.isin(labels, unsettled)]
+    out: Vectors = vectors[np.isfinite(vectors).all(axis=1)]
+    return out
+
+
 def distribution_samples(
     spec: MigrationSpec,
     source: VectorStore,
     target: VectorStore,
     unsettled: Ids | None = None,
-    same: bool = False,
 ) -> tuple[Vectors, Vectors]:
     """The distribution figures' samples: the source's (in the target's space) and the
     target's.
@@ -588,30 +605,19 @@ def distribution_samples(
     Both sides draw the same records, chosen by id alike by every adapter (see
     :meth:`~vecmigrate.stores.base.ScanningStore.sample_records`); on the source side only those
     the target can hold (the quarantine's are not in it), so byte-identical data measures zero.
-    With ``same`` (the shard checks proved the target holds the source's records byte for
-    byte: :func:`same_data`) the source's draw would read those very bytes again, and the
-    target's sample stands for both.
     """
     g = spec.gates
-    n = g.distribution.sample
-    dst_labels, dst = target.sample(n, seed=g.seed + 1)
-    if same:
-        if unsettled is not None and unsettled.size:
-            dst = dst[~np.isin(dst_labels, unsettled)]
-        dst = dst[np.isfinite(dst).all(axis=1)]
-        return dst, dst
-    src_records, _ = screen(source.sample_records(n, seed=g.seed + 1), target_limits(spec, target))
+    src_records, _ = screen(
+        source.sample_records(g.distribution.sample, seed=g.seed + 1), target_limits(spec, target)
+    )
     if unsettled is not None and unsettled.size:
         # The same records on both sides, but for those a replay has yet to bring across.
         src_records = src_records.filter(~np.isin(src_records.labels, unsettled))
-        dst = dst[~np.isin(dst_labels, unsettled)]
     src = src_records.vectors()
-    # Non-finite rows are the integrity gate's business; they would poison the statistics.
-    dst = dst[np.isfinite(dst).all(axis=1)]
     if len(src):
         _, transform = make_transform(spec.source.embedding, spec.target.embedding)
         src = transform(src)
-    return src, dst
+    return src, _target_sample(spec, target, unsettled)
 
 
 def _index_sizes(
