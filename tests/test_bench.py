@@ -219,10 +219,10 @@ def test_gateway_footprint_script_starts_the_gateway_each_way(tmp_path: Path) ->
     assert (tmp_path / "gateway_footprint.png").exists()
 
 
-def test_router_overhead_script_measures_sharded_faiss_collections(tmp_path: Path) -> None:
+def test_router_overhead_script_measures_sharded_collections(tmp_path: Path) -> None:
     """``--kind ivf``: the router over a 4-shard IVF-Flat collection against FAISS's own
-    IndexShards over the very shard objects it serves from (the script checks the answers
-    match before it times them)."""
+    IndexShards over the very shard objects it serves from; ``--shards 4``: hnswlib in 4
+    shards (the script checks the answers match before it times them)."""
     run_script(
         "router_overhead",
         *("--vectors", "3000", "--queries", "200", "--pairs", "3", "--kind", "ivf"),
@@ -235,6 +235,15 @@ def test_router_overhead_script_measures_sharded_faiss_collections(tmp_path: Pat
         assert row["faiss_p50_us"] > 0
         assert row["router_p50_us"] > 0
     assert (tmp_path / "router_overhead_ivf4.png").is_file()
+    # hnswlib in 4 shards: against each shard's own knn_query, the answers checked merged.
+    run_script(
+        "router_overhead",
+        *("--vectors", "3000", "--queries", "200", "--pairs", "3", "--shards", "4"),
+        *("--dims", "16"),
+        out=tmp_path,
+    )
+    written = json.loads((tmp_path / "router_overhead_hnsw4.json").read_text())
+    assert written["rows"][0]["hnswlib_p50_us"] > 0
 
 
 @pytest.mark.timeout(600)

@@ -531,7 +531,7 @@ def test_hnswlib_holds_exactly_the_written_records_through_deletes_and_reused_sl
     assert len(labels) == len(set(labels))
 
 
-@pytest.mark.parametrize("path", ["search_one", "search_one_faiss", "search"])
+@pytest.mark.parametrize("path", ["search_one", "search_one_shards", "search_one_faiss", "search"])
 def test_a_writer_waits_for_the_searches_inside_the_index(tmp_path: Path, path: str) -> None:
     """A search already inside the index when a write comes keeps the writer out until it
     ends (hnswlib and FAISS cannot search beside a write), on the one-query path (one hnswlib
@@ -555,6 +555,10 @@ def test_a_writer_waits_for_the_searches_inside_the_index(tmp_path: Path, path: 
     if path == "search_one":
         assert index.search_one_ready
         index._knn = held_open(index._knn)
+        searcher = threading.Thread(target=index.search_one, args=(query[0], 5))
+    elif path == "search_one_shards":
+        assert index.search_one_ready
+        index._knns = tuple(held_open(each) for each in index._knns)
         searcher = threading.Thread(target=index.search_one, args=(query[0], 5))
     elif path == "search_one_faiss":
         assert index.search_one_ready
@@ -580,14 +584,17 @@ def test_a_writer_waits_for_the_searches_inside_the_index(tmp_path: Path, path: 
 
 
 @pytest.mark.parametrize(
-    "spec", [FaissFlat(), FaissIvfFlat(nlist=16, nprobe=4), FaissHnsw(m=8)], ids=lambda s: s.kind
+    "spec",
+    [FaissFlat(), FaissIvfFlat(nlist=16, nprobe=4), FaissHnsw(m=8), HnswlibHnsw(m=16)],
+    ids=lambda s: s.kind,
 )
-def test_faiss_shards_answer_one_query_directly_while_nothing_is_laid_over(
+def test_shards_answer_one_query_directly_while_nothing_is_laid_over(
     tmp_path: Path, spec: IndexSpec
 ) -> None:
-    """FAISS shards take the one-query path (the router's hot path): the answer ``search``
-    gives, for any k (padded past the records); declined while a write is laid over the index
-    (until it is applied, where the index can take it) and for a query that is not finite."""
+    """Several shards take the one-query path (the router's hot path): the answer ``search``
+    gives; FAISS for any k (padded past the records), hnswlib up to its ef; declined while a
+    write is laid over the index (until it is applied, where the index can take it) and for a
+    query that is not finite."""
     index = live(tmp_path, spec, shards=3)
     assert index.search_one_ready
     assert index.direct
@@ -597,13 +604,17 @@ def test_faiss_shards_answer_one_query_directly_while_nothing_is_laid_over(
             d, ids = index.search(q[None, :], k)
             found = index.search_one(q, k)
             assert found is not None
+            assert found[1].dtype == np.int64
             assert np.array_equal(found[1], ids)
             assert np.allclose(found[0], d)
     d, ids = index.search(queries[:1], N + 5)
     found = index.search_one(queries[0], N + 5)
-    assert found is not None
-    assert np.array_equal(found[1], ids)
-    assert (found[1][0, N:] == -1).all()
+    if spec.kind == "hnswlib_hnsw":
+        assert found is None  # past ef and every shard's count: the general path pads
+    else:
+        assert found is not None
+        assert np.array_equal(found[1], ids)
+    assert (ids[0, N:] == -1).all()
     for bad in (np.nan, np.inf):
         q = queries[0].copy()
         q[3] = bad

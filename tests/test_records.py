@@ -30,6 +30,7 @@ from vecmigrate.records.ids import id_array, labels, uuid_bytes, uuid_texts
 from vecmigrate.records.payload import canonical_json, column, infer_kind, rfc3339
 from vecmigrate.records.screening import Limits, screen
 from vecmigrate.records.sharding import hash_key
+from vecmigrate.records.vectors import merge_topk
 from vecmigrate.stores import BuiltinStore, Scope, limits_for
 
 SCHEMA = RecordSchema(
@@ -343,3 +344,34 @@ def test_the_quarantine_estimate_scales_a_sample_of_the_source(tmp_path: Path) -
     whole = estimate(store, limits_for("pgvector", schema), n=n)
     assert (whole.sampled, whole.estimated) == (n, int(nul.sum()))
     dispose_engines()
+
+
+def _merged_by_definition(parts: list[tuple[np.ndarray, np.ndarray]], k: int) -> tuple:
+    """Every row's k smallest of the parts in one stable sort: a -1 id counts as infinitely
+    far, and an infinite distance's id is -1."""
+    d = np.concatenate([p[0] for p in parts], axis=1)
+    i = np.concatenate([p[1] for p in parts], axis=1)
+    d = np.where(i == -1, np.inf, d)
+    order = np.argsort(d, axis=1, kind="stable")[:, :k]
+    dd = np.take_along_axis(d, order, axis=1).astype(np.float32)
+    ii = np.where(np.isinf(dd), -1, np.take_along_axis(i, order, axis=1))
+    return dd, ii.astype(np.int64)
+
+
+def test_merging_one_querys_answers_is_the_merge_by_definition() -> None:
+    """A single query's answers from several shards (the served case) are merged in fewer
+    steps; the result is the general merge's, ties, -1 ids, negative ids, infinite and NaN
+    distances included."""
+    rng = np.random.default_rng(5)
+    for trial in range(3000):
+        rows = 1 if trial % 4 else 2
+        parts = []
+        for _ in range(rng.integers(1, 5)):
+            d = np.sort(rng.integers(0, 15, (rows, 6)).astype(np.float32), axis=1)
+            if trial % 7 == 0:
+                d[0, -1] = [np.inf, np.nan][trial % 2]
+            parts.append((d, rng.integers(-4, 50, (rows, 6)).astype(np.int64)))
+        got, want = merge_topk(parts, 5), _merged_by_definition(parts, 5)
+        for a, b in zip(got, want, strict=True):
+            assert a.dtype == b.dtype
+            np.testing.assert_array_equal(a, b)

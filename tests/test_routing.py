@@ -139,23 +139,23 @@ def test_overlay_follows_many_writes_and_deletes(sandbox: Sandbox) -> None:
     assert new <= set(alive)  # nothing deleted comes back
 
 
-@pytest.mark.parametrize("kind", ["hnswlib_hnsw", "faiss_ivf_flat"])
+@pytest.mark.parametrize(
+    ("kind", "shards"), [("hnswlib_hnsw", 1), ("hnswlib_hnsw", 3), ("faiss_ivf_flat", 3)]
+)
 def test_the_single_query_path_answers_as_the_index_and_refuses_what_the_general_path_does(
-    sandbox: Sandbox, kind: str
+    sandbox: Sandbox, kind: str, shards: int
 ) -> None:
-    """One float32 query against a one-shard hnswlib index, or FAISS shards, takes the
-    router's shortest path: the same neighbours as the index, NaN, infinity and a query of the
-    wrong length refused, k past ef or past the count answered (padded), and the router's own
-    write seen at once."""
+    """One float32 query against hnswlib or FAISS shards takes the router's shortest path: the
+    same neighbours as the index, NaN, infinity and a query of the wrong length refused, k
+    past ef or past the count answered (padded), and the router's own write seen at once."""
     index_spec: dict[str, object] = {
         "kind": "hnswlib_hnsw",
         "m": 16,
         "ef_search": 32,
         "ef_construction": 64,
     }
-    shards = 1
     if kind == "faiss_ivf_flat":  # every list probed: the whole collection within reach
-        index_spec, shards = {"kind": "faiss_ivf_flat", "nlist": 8, "nprobe": 8}, 3
+        index_spec = {"kind": "faiss_ivf_flat", "nlist": 8, "nprobe": 8}
     vectors = clustered(300, sandbox.dim, clusters=8, seed=3)
     ids = sequential_ids(300)
     seed_collection(

@@ -365,10 +365,12 @@ class LiveIndex:
         # Searches that had to wait for a writer (read and reset by the applier; a lost count
         # under a race only shortens one pause).
         self.waited = 0
-        # The one-query path, while nothing is laid over the index: one hnswlib shard (k up to
-        # ef and the count), or FAISS shards (any k: FAISS pads a short answer).
-        one = shards[0] if len(shards) == 1 and shards[0].kind == "hnswlib_hnsw" else None
-        self._knn = None if one is None else one.native.knn_query
+        # The one-query path, while nothing is laid over the index: hnswlib shards (k up to
+        # each one's ef and count; one shard's answer as it is, several merged), or FAISS
+        # shards (any k: FAISS pads a short answer).
+        hnsw = bool(shards) and all(s.kind == "hnswlib_hnsw" for s in shards)
+        self._knn = shards[0].native.knn_query if hnsw and len(shards) == 1 else None
+        self._knns = tuple(s.native.knn_query for s in shards) if hnsw and len(shards) > 1 else ()
         self._faiss_one = bool(shards) and all(s.kind != "hnswlib_hnsw" for s in shards)
         # The largest k ``search_one`` answers while nothing is laid over the index and no
         # writer is in it, else 0 (one attribute for the hot path).
@@ -382,14 +384,14 @@ class LiveIndex:
 
     @property
     def search_one_ready(self) -> bool:
-        """Whether ``search_one`` can answer (one hnswlib shard, or FAISS shards); it still
+        """Whether ``search_one`` can answer (hnswlib shards, or FAISS shards); it still
         declines a query while the overlay holds anything."""
-        return self._knn is not None or self._faiss_one
+        return self._knn is not None or bool(self._knns) or self._faiss_one
 
     def search_one(self, query: Vectors, k: int) -> tuple[Distances, Ids] | None:
         """k nearest neighbours of one finite float32 query of the index's dimension in the
         fewest steps; None when that takes more (something laid over the index, a writer in
-        it, k beyond ef or the count of one hnswlib shard) or the query is not finite:
+        it, k beyond the ef or the count of an hnswlib shard) or the query is not finite:
         ``search`` answers those.
 
         NaN or infinity in a query makes every distance to it NaN or infinite, the nearest one
@@ -402,8 +404,15 @@ class LiveIndex:
             if not 0 < k <= self._one_k:
                 return None
             knn = self._knn
-            if knn is None:  # FAISS shards, searched in one call (``ShardedIndex``)
-                dist, found = self._searcher.search(query[None], k)
+            if knn is None:
+                if self._knns:  # hnswlib shards: each one's answer (ids int64), merged
+                    try:
+                        answers = [each(query, k) for each in self._knns]
+                    except RuntimeError:  # fewer than k found in some shard
+                        return None
+                    dist, found = merge_topk([(d, ids.view(I64)) for ids, d in answers], k)
+                else:  # FAISS shards, searched in one call (``ShardedIndex``)
+                    dist, found = self._searcher.search(query[None], k)
                 if not _isfinite(dist.item(0)):
                     return None
                 return dist, found
@@ -649,9 +658,8 @@ class LiveIndex:
     def _settle(self) -> None:
         if self.writing or len(self.overlay):
             self._one_k = 0
-        elif self._knn is not None:
-            shard = self.shards[0]
-            self._one_k = min(int(shard.params["ef_search"]), shard.count)
+        elif self._knn is not None or self._knns:
+            self._one_k = min(min(int(s.params["ef_search"]), s.count) for s in self.shards)
         else:
             self._one_k = _ANY_K if self._faiss_one else 0
 
@@ -669,8 +677,8 @@ class LiveIndex:
 
     @property
     def direct(self) -> bool:
-        """Whether a search is the index's own search and nothing else (one hnswlib shard or
-        FAISS shards, nothing laid over them, no writer in them)."""
+        """Whether a search is the index's own search and nothing else (hnswlib or FAISS
+        shards, nothing laid over them, no writer in them)."""
         return self._one_k > 0
 
     # -- state ----------------------------------------------------------------------------------

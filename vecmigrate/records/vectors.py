@@ -93,9 +93,21 @@ def to_distance(d: Distances, metric: Metric) -> Distances:
 
 
 def merge_topk(parts: list[tuple[Distances, Ids]], k: int) -> tuple[Distances, Ids]:
-    """Merge (distances, ids) result sets row by row in one sort, keeping the k smallest."""
+    """Merge (distances, ids) result sets row by row in one sort, keeping the k smallest
+    (-1 ids at an infinite distance, and an infinite distance's id -1)."""
     d = np.concatenate([p[0] for p in parts], axis=1)
     i = np.concatenate([p[1] for p in parts], axis=1)
+    if (
+        d.shape[0] == 1
+        and d.dtype == np.float32
+        and i.dtype == np.int64
+        and d.max() < np.inf  # every distance finite (NaN fails this too)
+        and -1 not in i
+    ):
+        # One query, nothing to rewrite (a served search over several shards): the same
+        # answer in the fewest numpy calls, each about a microsecond after a search.
+        order = np.argsort(d[0], kind="stable")[:k]
+        return d[:, order], i[:, order]
     d = np.where(i == -1, np.inf, d)
     order = np.argsort(d, axis=1, kind="stable")[:, :k]
     dd = np.take_along_axis(d, order, axis=1).astype(np.float32)
