@@ -375,3 +375,8 @@ def test_merging_one_querys_answers_is_the_merge_by_definition() -> None:
         for a, b in zip(got, want, strict=True):
             assert a.dtype == b.dtype
             np.testing.assert_array_equal(a, b)
+    # Answers of no neighbours (k = 0) merge to none.
+    nothing = (np.empty((1, 0), np.float32), np.empty((1, 0), np.int64))
+    merged = merge_topk([nothing, nothing], 0)
+    assert merged[0].shape == (1, 0)
+    assert merged[1].shape == (1, 0)

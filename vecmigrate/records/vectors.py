@@ -99,6 +99,7 @@ def merge_topk(parts: list[tuple[Distances, Ids]], k: int) -> tuple[Distances, I
     i = np.concatenate([p[1] for p in parts], axis=1)
     if (
         d.shape[0] == 1
+        and d.size
         and d.dtype == np.float32
         and i.dtype == np.int64
         and d.max() < np.inf  # every distance finite (NaN fails this too)
