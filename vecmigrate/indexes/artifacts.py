@@ -820,9 +820,10 @@ class LoadedIndex:
         FAISS pads a short answer with (it gives the largest float there). An answer is in
         order, its padding last: a row padded anywhere is padded in the last column, which is
         all that is read of an answer without any (on the search path, where each numpy call
-        costs about a microsecond). FAISS's arrays are float32 and int64 already."""
+        costs about a microsecond; ids hashed from strings are negative, so -1 itself is
+        looked for). FAISS's arrays are float32 and int64 already."""
         d = to_distance(d, self.metric)
-        if i.size and i[:, -1].min() < 0:
+        if i.size and -1 in i[:, -1]:
             d = np.where(i == -1, np.float32(np.inf), d)
         return d, i
 

@@ -404,28 +404,26 @@ class LiveIndex:
             if not 0 < k <= self._one_k:
                 return None
             knn = self._knn
-            if knn is None:
-                if self._knns:  # hnswlib shards: each one's answer (ids int64), merged
-                    try:
-                        answers = [each(query, k) for each in self._knns]
-                    except RuntimeError:  # fewer than k found in some shard
-                        return None
-                    dist, found = merge_topk([(d, ids.view(I64)) for ids, d in answers], k)
-                else:  # FAISS shards, searched in one call (``ShardedIndex``)
-                    dist, found = self._searcher.search(query[None], k)
-                if not _isfinite(dist.item(0)):
+            if knn is not None:  # one hnswlib shard: its answer as it is
+                try:
+                    labels, dist = knn(query, k)
+                except RuntimeError:  # fewer than k found
                     return None
-                return dist, found
-            try:
-                labels, dist = knn(query, k)
-            except RuntimeError:  # fewer than k found
-                return None
+                # uint64 labels are ids below 2**63: the same bytes read as int64.
+                found = labels.view(I64)
+            elif self._knns:  # hnswlib shards: each one's answer, merged
+                try:
+                    answers = [each(query, k) for each in self._knns]
+                except RuntimeError:  # fewer than k found in some shard
+                    return None
+                dist, found = merge_topk([(d, ids.view(I64)) for ids, d in answers], k)
+            else:  # FAISS shards, searched in one call (``ShardedIndex``)
+                dist, found = self._searcher.search(query[None], k)
         finally:
             del inside[me]
         if not _isfinite(dist.item(0)):
             return None
-        # uint64 labels are ids below 2**63: the same bytes read as int64.
-        return dist, labels.view(I64)
+        return dist, found
 
     def search(self, queries: Vectors, k: int, allowed: Ids | None = None) -> tuple[Distances, Ids]:
         """k nearest neighbours over the index and its overlay: distances (smaller is closer)
