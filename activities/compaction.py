@@ -141,18 +141,8 @@ class CompactionActivities:
             },
             event_key=f"compaction/{index_id}/{outcome.position}",
         )
-        return CompactionResult(
-            index_id=index_id,
-            started_at=outcome.started_at,
-            position=outcome.position,
-            applied=outcome.applied,
-            resumed_from=outcome.resumed_from,
-            attempt=info.attempt,
-            checkpoints=outcome.checkpoints,
-            kept_folded=outcome.kept_folded,
-            artifacts=outcome.artifacts,
-            seconds=outcome.seconds,
-        )
+        outcome.attempt = info.attempt
+        return outcome
 
 
 def _seconds(value: float) -> timedelta:

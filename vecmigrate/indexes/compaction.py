@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from vecmigrate.catalog.changelog import ChangeLog
 from vecmigrate.errors import ArtifactError
 from vecmigrate.indexes.artifacts import LoadedIndex, build_index, write_artifact
 from vecmigrate.indexes.live import LOG_PAGE, Fetch, LiveIndex, NetChanges, served_artifacts
+from vecmigrate.model.compaction import CompactionResult
 from vecmigrate.model.spec import Metric
 from vecmigrate.records.vectors import Ids, Vectors, grown_rows, normalize_rows
 
@@ -40,21 +41,6 @@ class Checkpoint:
 
     position: int
     artifacts: list[dict[str, Any]]
-
-
-@dataclass
-class CompactionOutcome:
-    """What a compaction did."""
-
-    index_id: str
-    started_at: int  # the log position of the artifacts it started from
-    position: int  # the position of the artifacts it recorded (== started_at: nothing to do)
-    applied: int = 0  # log entries applied in this run
-    resumed_from: int | None = None  # a checkpoint's position, when a retry started there
-    checkpoints: int = 0
-    kept_folded: int = 0  # records the overlay kept, now in the index
-    artifacts: list[dict[str, Any]] = field(default_factory=list)
-    seconds: float = 0.0
 
 
 Progress = Callable[[Checkpoint | None, int], None]
@@ -72,7 +58,7 @@ def compact(
     checkpoint_every: int = 50_000,
     max_entries_per_second: float | None = None,
     on_progress: Progress | None = None,
-) -> CompactionOutcome:
+) -> CompactionResult:
     """Fold the log up to ``upto`` into new artifacts of index ``index_id`` (idempotent: a
     compaction to a position already recorded records nothing new).
 
@@ -87,7 +73,9 @@ def compact(
     log = ChangeLog(catalog)
     record = catalog.get_index(index_id)
     served = served_artifacts(log, record)
-    outcome = CompactionOutcome(index_id, served.position, served.position)
+    outcome = CompactionResult(
+        index_id=index_id, started_at=served.position, position=served.position
+    )
     if upto <= served.position:
         outcome.artifacts = list(served.artifacts)
         return outcome

@@ -378,16 +378,18 @@ class Reconciler:
         the copy's streamed figures vouch for (``streamed``) is compared by reading the records
         written during the migration alone, and read in full when one of them differs."""
         began = self.clock()
-        if same_records(self.source, self.target):
-            held = self.target.count(shard)
+
+        def done(**figures: Any) -> ShardReconcile:
             return ShardReconcile(
                 shard=shard.index,
-                source_records=held,
-                target_records=held,
-                shared=True,
                 vectors_compared=self.compare_vectors,
                 seconds=round(self.clock() - began, 3),
+                **figures,
             )
+
+        if same_records(self.source, self.target):
+            held = self.target.count(shard)
+            return done(source_records=held, target_records=held, shared=True)
         basis = "read"
         if self.streamed is not None:
             vouched, why = self.streamed(shard)
@@ -395,15 +397,12 @@ class Reconciler:
                 written = self.diff(shard, 1, only=vouched.changed)
                 differ = written.counts().total()
                 if not differ:
-                    return ShardReconcile(
-                        shard=shard.index,
+                    return done(
                         source_records=vouched.source_records,
                         target_records=vouched.target_records,
                         quarantined=vouched.quarantined,
                         excluded=written.excluded,
-                        vectors_compared=self.compare_vectors,
                         basis="streamed",
-                        seconds=round(self.clock() - began, 3),
                     )
                 why = f"{differ} records written during the migration differ between the versions"
             basis = f"read: {why}"
@@ -413,8 +412,7 @@ class Reconciler:
         if repair and found.total():
             repaired = self.repair(first)
             again = self.diff(shard, 2).counts()
-        return ShardReconcile(
-            shard=shard.index,
+        return done(
             found=found,
             repaired=repaired,
             again=again,
@@ -422,9 +420,7 @@ class Reconciler:
             target_records=first.target_records,
             quarantined=first.quarantined,
             excluded=first.excluded,
-            vectors_compared=self.compare_vectors,
             basis=basis,
-            seconds=round(self.clock() - began, 3),
         )
 
 
