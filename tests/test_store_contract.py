@@ -9,6 +9,8 @@ errors on bad input.
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -571,3 +573,45 @@ def test_qdrant_local_mode_takes_writes_from_several_threads(tmp_path: Path) -> 
     assert errors == []
     assert store.count() == 9000
     close_qdrant()
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("engine", ["qdrant", "milvus"])
+def test_a_process_that_opened_an_embedded_engine_exits_cleanly(
+    tmp_path: Path, engine: str
+) -> None:
+    """A process that opens a store keeps the engine's client; left to the interpreter's
+    teardown, Qdrant's local client failed in its own ``__del__`` and printed a traceback as
+    this script exited. The cached clients are closed on the way out, and the next process
+    finds the records."""
+    ref = (
+        f"QdrantStoreRef(path={str(tmp_path / 'qdrant')!r})"
+        if engine == "qdrant"
+        else f"MilvusStoreRef(uri={str(tmp_path / 'milvus.db')!r})"
+    )
+    script = (
+        "import sys\n"
+        "import numpy as np\n"
+        "from vecmigrate.model.spec import MilvusStoreRef, QdrantStoreRef\n"
+        "from vecmigrate.stores import open_store\n"
+        "from vecmigrate.stores.base import Scope\n"
+        f"ref = {ref}\n"
+        "scope = Scope('default', 'exits', 'v1')\n"
+        "if sys.argv[1] == 'write':\n"
+        "    store = open_store(ref, scope, 8)\n"
+        "    ids = np.arange(1, 101, dtype=np.int64)\n"
+        "    store.upsert(ids, np.ones((100, 8), np.float32))\n"
+        "print(open_store(ref, scope).count())\n"
+    )
+    for step in ("write", "read"):
+        done = subprocess.run(
+            [sys.executable, "-W", "ignore", "-c", script, step],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert done.stdout.strip() == "100", (step, done.stdout, done.stderr)
+        assert "Traceback" not in done.stderr, done.stderr
+        assert "Exception ignored" not in done.stderr, done.stderr

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -935,11 +936,14 @@ def increasing_bounds(ids_at: Callable[[int], int | None], count: int, parts: in
 
 class Clients:
     """One engine client per key per process, made on first use (an embedded engine's file or
-    directory allows one owner); ``close`` closes them all."""
+    directory allows one owner); ``close`` closes them all, and the process closes them on its
+    way out (left to the interpreter's teardown, Qdrant's local client can fail in its own
+    ``__del__`` and print a traceback as the process exits)."""
 
     def __init__(self) -> None:
         self._clients: dict[Any, Any] = {}
         self._lock = threading.Lock()
+        self._at_exit = False
 
     def get(self, key: Any, make: Callable[[], Any]) -> Any:
         """The client of ``key``, made by ``make`` the first time."""
@@ -947,6 +951,9 @@ class Clients:
             client = self._clients.get(key)
             if client is None:
                 client = self._clients[key] = make()
+                if not self._at_exit:
+                    atexit.register(self.close)
+                    self._at_exit = True
             return client
 
     def close(self) -> None:
