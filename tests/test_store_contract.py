@@ -582,8 +582,9 @@ def test_a_process_that_opened_an_embedded_engine_exits_cleanly(
 ) -> None:
     """A process that opens a store keeps the engine's client; left to the interpreter's
     teardown, Qdrant's local client failed in its own ``__del__`` and printed a traceback as
-    this script exited. The cached clients are closed on the way out, and the next process
-    finds the records."""
+    this script exited, and milvus-lite warned of setuptools' ``pkg_resources`` as its first
+    client started. The cached clients are closed on the way out, and the next process finds
+    the records."""
     ref = (
         f"QdrantStoreRef(path={str(tmp_path / 'qdrant')!r})"
         if engine == "qdrant"
@@ -605,7 +606,7 @@ def test_a_process_that_opened_an_embedded_engine_exits_cleanly(
     )
     for step in ("write", "read"):
         done = subprocess.run(
-            [sys.executable, "-W", "ignore", "-c", script, step],
+            [sys.executable, "-c", script, step],
             capture_output=True,
             text=True,
             timeout=300,
@@ -613,5 +614,4 @@ def test_a_process_that_opened_an_embedded_engine_exits_cleanly(
         )
         assert done.returncode == 0, done.stderr
         assert done.stdout.strip() == "100", (step, done.stdout, done.stderr)
-        assert "Traceback" not in done.stderr, done.stderr
-        assert "Exception ignored" not in done.stderr, done.stderr
+        assert not done.stderr, done.stderr  # no traceback, no library's warning

@@ -113,10 +113,12 @@ def client_for(uri: str, token: str | None = None, tls: MilvusTls | None = None)
 
     def connect() -> Any:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # milvus-lite imports pkg_resources
+            # milvus-lite imports pkg_resources, which setuptools deprecates, when the first
+            # client of a local file starts it.
+            warnings.filterwarnings("ignore", "pkg_resources is deprecated", UserWarning)
             from pymilvus import MilvusClient
 
-        return MilvusClient(uri, token=resolve_optional(token) or "", **tls_options(tls))
+            return MilvusClient(uri, token=resolve_optional(token) or "", **tls_options(tls))
 
     return _clients.get((uri, token, tls), connect)
 
