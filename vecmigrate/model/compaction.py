@@ -54,6 +54,7 @@ class CompactionResult(_Model):
     resumed_from: int | None = None
     attempt: int = 1
     checkpoints: int = 0
+    # Records the overlay kept (their vectors read from the store) now in the new artifacts.
     kept_folded: int = 0
     artifacts: list[dict[str, Any]] = Field(default_factory=list)
     seconds: float = 0.0
