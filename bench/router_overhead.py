@@ -252,9 +252,9 @@ def main() -> None:
         "hnsw": "knn_query" if shards == 1 else f"knn_query of each of {shards} shards",
         "ivf": f"IndexShards.search over {shards} shards",
     }[args.kind]
-    named = "router_overhead" if (args.kind, shards) == ("hnsw", 1) else None
+    one_hnsw = (args.kind, shards) == ("hnsw", 1)
     report(
-        named or f"router_overhead_{args.kind}{shards}",
+        "router_overhead" if one_hnsw else f"router_overhead_{args.kind}{shards}",
         f"router vs {name} {call}: {args.vectors:,} vectors, {args.queries:,} queries, "
         f"{args.pairs} pairs (median pair)",
         rows,
